@@ -1,0 +1,33 @@
+# The two commands of the README:  `make run`  and  `make test`.
+# Both create or refresh .venv first (torch==2.13.0 before anything that depends on it).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/quickstart.toml
+ARGS   ?=
+
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
+
+.PHONY: run test venv flwr-run clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fedmtl run $(CONFIG) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+flwr-run: $(STAMP)
+	$(BIN)/fedmtl flwr-run $(CONFIG)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Flower client side of fedmtl: the ClientApp (message in, fedmtl training, message out)."""

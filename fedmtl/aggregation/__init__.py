@@ -1,0 +1,14 @@
+"""Aggregation: map a batch of objectives to weights, and combine updates.
+
+The one abstraction of fedmtl (see DESIGN.md): a :class:`Weighting` takes an
+:class:`Objectives` batch (update rows and their Gramian, losses before training, example
+counts, ids) and returns a weight vector; the combined update is ``Σ_i w_i u_i``. The same
+weightings run on a client across its tasks and on the server across clients.
+"""
+
+from fedmtl.aggregation import basic  # noqa: F401  (registers the weightings)
+from fedmtl.aggregation.base import WEIGHTINGS, Weighting, make_weighting
+from fedmtl.aggregation.combine import combine
+from fedmtl.aggregation.objectives import Objectives
+
+__all__ = ["WEIGHTINGS", "Objectives", "Weighting", "combine", "make_weighting"]

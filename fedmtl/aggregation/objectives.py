@@ -1,0 +1,78 @@
+"""The ``Objectives`` batch: the input every weighting sees.
+
+An *objective* is one update direction with its statistics: a (client, task) pair, a client,
+or a task. A batch of ``m`` objectives carries
+
+- ``updates``: an ``(m, p)`` matrix whose rows are the update directions (or ``None`` when a
+  weighting only needs losses, as on a client with ``mean``);
+- ``losses``: each objective's loss *before* local training, shape ``(m,)``;
+- ``num_examples``: example counts, shape ``(m,)``;
+- ``client_ids`` / ``task_ids``: who each row belongs to.
+
+The Gramian ``G Gᵀ`` is computed lazily, once, in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Objectives:
+    """A batch of ``m`` objectives (see the module docstring).
+
+    Parameters
+    ----------
+    updates : torch.Tensor or None
+        ``(m, p)`` update rows.
+    losses : torch.Tensor or None
+        ``(m,)`` losses before local training.
+    num_examples : torch.Tensor or None
+        ``(m,)`` example counts.
+    client_ids : list[int]
+        Client (partition) id of each row; empty when not meaningful.
+    task_ids : list[str]
+        Task name of each row; empty when rows are whole clients.
+    """
+
+    updates: torch.Tensor | None = None
+    losses: torch.Tensor | None = None
+    num_examples: torch.Tensor | None = None
+    client_ids: list[int] = field(default_factory=list)
+    task_ids: list[str] = field(default_factory=list)
+    _gramian: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        sizes = {
+            name: len(value)
+            for name, value in (
+                ("updates", self.updates),
+                ("losses", self.losses),
+                ("num_examples", self.num_examples),
+                ("client_ids", self.client_ids or None),
+                ("task_ids", self.task_ids or None),
+            )
+            if value is not None
+        }
+        if not sizes:
+            raise ValueError("Objectives needs at least one of updates, losses, num_examples")
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"Objectives fields disagree on the number of rows: {sizes}")
+
+    def __len__(self) -> int:
+        for value in (self.updates, self.losses, self.num_examples):
+            if value is not None:
+                return len(value)
+        return len(self.client_ids)
+
+    @property
+    def gramian(self) -> torch.Tensor:
+        """``G Gᵀ`` in float64, computed on first use."""
+        if self._gramian is None:
+            if self.updates is None:
+                raise ValueError("this weighting needs update rows, but none were given")
+            g = self.updates.to(torch.float64)
+            self._gramian = g @ g.T
+        return self._gramian

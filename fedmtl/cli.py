@@ -1,0 +1,151 @@
+"""The ``fedmtl`` command line.
+
+Commands: ``run`` (a simulation or the centralized baseline), ``flwr-run`` (the same
+through ``flwr run`` with its real final status checked), ``validate`` (print the resolved
+config), ``plot`` (redraw a run's figures), ``list`` (registered names).
+
+Config errors print one line per problem, ``error: <key> = <value>: <what is allowed>``,
+and exit with code 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fedmtl.config import ConfigError, ExperimentConfig, load_config
+
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="fedmtl: federated multi-task learning simulator with fair aggregation.",
+)
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a key: --set run.rounds=5 (repeatable)."),
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` to stderr and exit with ``code``."""
+    for line in str(message).splitlines():
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+@cli.command()
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment TOML file.")] = None,
+    set_: SetOption = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's logs.")] = False,
+) -> None:
+    """Run an experiment: a Flower simulation on Ray, or the centralized baseline."""
+    cfg = _load(config, set_)
+    from fedmtl.results import create_run_dir
+
+    try:
+        run_dir = create_run_dir(cfg, out)
+    except FileExistsError as exc:
+        fail(str(exc))
+    if cfg.run.mode == "centralized":
+        from fedmtl.training.centralized import run_centralized
+
+        run_centralized(cfg, run_dir, quiet=quiet)
+    else:
+        from server.simulation import simulate
+
+        simulate(cfg, run_dir, quiet=quiet, verbose=verbose)
+
+
+@cli.command("flwr-run")
+def flwr_run(
+    config: Annotated[Path, typer.Argument(help="Experiment TOML file (a Flower run config).")],
+    app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
+    federation: Annotated[str, typer.Option(help="Federation to run on.")] = "local-simulation",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to finish.")] = 3600.0,
+) -> None:
+    """``flwr run APP_DIR FEDERATION --run-config CONFIG``, failing when the run fails.
+
+    ``flwr run`` itself exits 0 even when the ServerApp raises; this command waits for the
+    run and exits 1 unless Flower reports it finished successfully.
+    """
+    _load(config, None)
+    from fedmtl.flwr_cli import run_and_check
+
+    code = run_and_check(app_dir, federation, config, timeout)
+    raise typer.Exit(code)
+
+
+@cli.command()
+def validate(
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment TOML file.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Validate a config and print it fully resolved (every default filled in)."""
+    typer.echo(_load(config, set_).to_toml(), nl=False)
+
+
+@cli.command()
+def plot(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+    """Redraw the figures of a run folder."""
+    from fedmtl.plots import plot_run
+
+    if not (run_dir / "metrics.csv").is_file():
+        fail(f"'{run_dir}' is not a run folder (no metrics.csv)")
+    for path in plot_run(run_dir):
+        typer.echo(path)
+
+
+@cli.command("list")
+def list_(
+    kind: Annotated[
+        str, typer.Argument(help="weightings | datasets | backbones | partitioners | tasks")
+    ] = "weightings",
+) -> None:
+    """List registered names of one kind."""
+    from fedmtl.aggregation import WEIGHTINGS
+    from fedmtl.data import DATASETS, PARTITIONERS
+    from fedmtl.models import BACKBONES
+    from fedmtl.tasks import TASK_KINDS
+
+    registries = {
+        "weightings": WEIGHTINGS, "datasets": DATASETS, "backbones": BACKBONES,
+        "partitioners": PARTITIONERS, "tasks": TASK_KINDS,
+    }
+    if kind not in registries:
+        from fedmtl.registry import did_you_mean
+
+        fail(f"unknown kind '{kind}'{did_you_mean(kind, list(registries))}; allowed: {', '.join(registries)}")
+    for name, entry in registries[kind].items():
+        doc = getattr(entry, "description", None) or (entry.__doc__ or "").strip().splitlines()[0]
+        scope = getattr(entry, "scope", None)
+        typer.echo(f"{name:<14} {f'[{scope}] ' if scope else ''}{doc}")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        cli()
+    except ConfigError as exc:  # raised after start-up (e.g. by the ServerApp)
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

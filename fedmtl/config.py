@@ -1,0 +1,324 @@
+"""Experiment configuration: one validated schema for ``fedmtl run`` and ``flwr run``.
+
+A config is a TOML file of sections (``[run]``, ``[data]``, ``[model]``, ``[client]``,
+``[server]``, ``[engine]``) whose keys are kebab-case scalars, so that the same file is a
+valid ``flwr run --run-config`` file (Flower flattens it to ``"data.num-clients"`` keys).
+Every key has a default; ``docs/config.md`` lists them.
+
+Errors are :class:`ConfigError`: one line naming the key, the bad value and what is
+allowed, with a did-you-mean for misspelt keys and names.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedmtl.registry import did_you_mean
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is invalid; the message says which and why."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class Section(BaseModel):
+    """Base of config sections: kebab-case keys, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=_kebab, populate_by_name=True, frozen=True
+    )
+
+
+def _registered(value: str, registry_path: str) -> str:
+    """Check ``value`` against a registry imported lazily from ``module:attr``."""
+    module_name, attr = registry_path.split(":")
+    registry = getattr(__import__(module_name, fromlist=[attr]), attr)
+    if value not in registry:
+        raise ValueError(registry.unknown_message(value))
+    return value
+
+
+class RunSection(Section):
+    """``[run]``: what to run and where results go."""
+
+    name: str = Field("fedmtl", min_length=1, description="Run name; prefix of the run folder.")
+    mode: Literal["federated", "centralized"] = Field(
+        "federated",
+        description="'federated' (Flower simulation) or 'centralized' (pooled-data baseline).",
+    )
+    seed: int = Field(0, ge=0, description="Seed of data partitions, initialisation and sampling.")
+    rounds: int = Field(10, ge=1, description="Server rounds (centralized: training epochs).")
+    evaluate_every: int = Field(1, ge=1, description="Evaluate every N rounds (and the last).")
+    output_dir: str = Field("runs", min_length=1, description="Parent folder of run folders.")
+
+
+class DataSection(Section):
+    """``[data]``: dataset, federation and splits."""
+
+    dataset: str = Field("multimnist", description="Registered dataset name.")
+    num_clients: int = Field(20, ge=1, le=100_000, description="Number of clients (partitions).")
+    partitioner: str = Field("iid", description="Registered partitioner name.")
+    dirichlet_alpha: float = Field(
+        0.5, gt=0, description="Concentration of Dirichlet label skew (smaller = more skewed)."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Fraction of each client's examples held out for testing."
+    )
+    pairs_per_digit: int = Field(
+        4, ge=1, le=50, description="MultiMNIST: training canvases per base digit."
+    )
+    test_pairs_per_digit: int = Field(
+        2, ge=1, le=50, description="MultiMNIST: test canvases per base digit."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _registered(v, "fedmtl.data:DATASETS")
+
+    @field_validator("partitioner")
+    @classmethod
+    def _partitioner(cls, v: str) -> str:
+        return _registered(v, "fedmtl.data:PARTITIONERS")
+
+
+class ModelSection(Section):
+    """``[model]``: the backbone and the heads."""
+
+    backbone: str = Field("lenet", description="Registered backbone name ('lenet', 'mlp').")
+    width: int = Field(50, ge=1, description="Representation size of the backbone.")
+    head_hidden: int = Field(50, ge=0, description="Hidden width of each head (0 = linear).")
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        return _registered(v, "fedmtl.models:BACKBONES")
+
+
+class ClientSection(Section):
+    """``[client]``: local training and where heads live."""
+
+    epochs: int = Field(1, ge=1, description="Local epochs per round.")
+    batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
+    lr: float = Field(0.05, gt=0, description="Local SGD learning rate (backbone and heads).")
+    momentum: float = Field(0.5, ge=0, lt=1, description="Local SGD momentum.")
+    weighting: str = Field("mean", description="Cross-task weighting of every local step.")
+    head_store: Literal["context", "disk"] = Field(
+        "disk", description="Where heads persist between rounds: node 'context' or 'disk'."
+    )
+    head_store_dir: str = Field(
+        "", description="Folder of the disk head store ('' = <run folder>/heads)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses CUDA when the client sees a GPU, else the CPU."
+    )
+
+    @field_validator("weighting")
+    @classmethod
+    def _weighting(cls, v: str) -> str:
+        _registered(v, "fedmtl.aggregation:WEIGHTINGS")
+        from fedmtl.aggregation import WEIGHTINGS
+
+        if WEIGHTINGS.get(v).scope == "server":
+            raise ValueError(f"weighting '{v}' runs on the server only, not across tasks")
+        return v
+
+
+class ServerSection(Section):
+    """``[server]``: sampling, aggregation and the server step."""
+
+    weighting: str = Field("fedavg", description="Cross-client weighting of the updates.")
+    lr: float = Field(1.0, gt=0, description="Server learning rate on the combined update.")
+    fraction_train: float = Field(
+        1.0, gt=0, le=1, description="Fraction of clients sampled for training each round."
+    )
+    fraction_evaluate: float = Field(
+        1.0, gt=0, le=1, description="Fraction of clients that evaluate each evaluation round."
+    )
+    min_train_clients: int = Field(1, ge=1, description="Minimum clients sampled per round.")
+    timeout: float = Field(3600.0, gt=0, description="Seconds to wait for replies per round.")
+
+    @field_validator("weighting")
+    @classmethod
+    def _weighting(cls, v: str) -> str:
+        _registered(v, "fedmtl.aggregation:WEIGHTINGS")
+        from fedmtl.aggregation import WEIGHTINGS
+
+        if WEIGHTINGS.get(v).scope == "client":
+            raise ValueError(f"weighting '{v}' runs on clients only, not on the server")
+        return v
+
+
+class EngineSection(Section):
+    """``[engine]``: resources of the Ray simulation engine (``fedmtl run`` only)."""
+
+    client_num_cpus: float = Field(1.0, gt=0, description="CPUs per virtual client.")
+    client_num_gpus: float = Field(
+        0.0, ge=0, le=1, description="GPU fraction per virtual client (0 = CPU only)."
+    )
+    num_cpus: int = Field(0, ge=0, description="CPUs Ray may use (0 = all of this machine).")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "run": RunSection,
+    "data": DataSection,
+    "model": ModelSection,
+    "client": ClientSection,
+    "server": ServerSection,
+    "engine": EngineSection,
+}
+
+
+class ExperimentConfig(Section):
+    """A whole experiment: one field per section."""
+
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    client: ClientSection = ClientSection()
+    server: ServerSection = ServerSection()
+    engine: EngineSection = EngineSection()
+
+    # -- conversions ------------------------------------------------------------------
+    def to_nested(self) -> dict[str, dict[str, Any]]:
+        """``{"data": {"num-clients": 20, ...}, ...}`` with kebab-case keys."""
+        return self.model_dump(by_alias=True)
+
+    def to_flat(self) -> dict[str, Any]:
+        """``{"data.num-clients": 20, ...}``: Flower's run-config form."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.to_nested().items()
+            for key, value in values.items()
+        }
+
+    def to_toml(self) -> str:
+        """The fully resolved config as TOML text."""
+        return tomli_w.dumps(self.to_nested())
+
+    def fingerprint(self) -> str:
+        """A stable string of the values (a cache key)."""
+        return json.dumps(self.to_flat(), sort_keys=True)
+
+    def with_values(self, **sections: dict[str, Any]) -> "ExperimentConfig":
+        """A copy with some keys of some sections replaced (validated)."""
+        nested = self.to_nested()
+        for section, values in sections.items():
+            nested[section].update({_kebab(k): v for k, v in values.items()})
+        return build_config(nested)
+
+
+# -- building and loading ---------------------------------------------------------------
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            allowed = list(SECTIONS)
+            return (
+                f"unknown section '[{loc[0]}]'{did_you_mean(loc[0], allowed)}; "
+                f"allowed sections: {', '.join(allowed)}"
+            )
+        section = SECTIONS.get(loc[0])
+        allowed = [f.alias or n for n, f in section.model_fields.items()] if section else []
+        return (
+            f"unknown key '{key}'{did_you_mean(loc[-1], allowed)}; "
+            f"allowed keys in [{loc[0]}]: {', '.join(allowed)}"
+        )
+    value = err.get("input")
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{key} = {value!r}: {message}"
+
+
+def build_config(values: dict[str, Any]) -> ExperimentConfig:
+    """Validate a nested ``{section: {key: value}}`` dict.
+
+    Raises
+    ------
+    ConfigError
+        Naming every bad key and value (one per line).
+    """
+    for section, content in values.items():
+        if section in SECTIONS and not isinstance(content, dict):
+            raise ConfigError(f"'{section}' must be a table ([{section}]), got {content!r}")
+    try:
+        return ExperimentConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe_error(e) for e in exc.errors())) from None
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"data.num-clients": 3}`` -> ``{"data": {"num-clients": 3}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"key '{key}' conflicts with '{part}' = {child!r}")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def config_from_flat(flat: dict[str, Any]) -> ExperimentConfig:
+    """Validate a flat Flower run config (``"section.key"`` keys)."""
+    return build_config(unflatten(dict(flat)))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value`` (value in TOML syntax; bare words are strings)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if "." not in key:
+        raise ConfigError(f"--set key '{key}' must be 'section.key', e.g. 'run.rounds'")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax errors into :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a TOML config file (or the defaults) and apply ``--set`` overrides.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A TOML file; ``None`` starts from the defaults.
+    overrides : list[str], optional
+        ``"section.key=value"`` strings applied on top, in order.
+    """
+    values = read_toml(path) if path is not None else {}
+    flat_over = dict(parse_override(o) for o in overrides or [])
+    for section, content in unflatten(flat_over).items():
+        base = values.setdefault(section, {})
+        if isinstance(base, dict) and isinstance(content, dict):
+            base.update(content)
+        else:
+            values[section] = content
+    return build_config(values)

@@ -1,0 +1,97 @@
+"""Federations: per-client train/test splits built once per process, lazily per client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from fedmtl.tasks import TaskSpec
+
+
+@dataclass
+class Split:
+    """Inputs and one target tensor per task.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Inputs, shape ``(n, *input_shape)``.
+    targets : dict[str, torch.Tensor]
+        Task name -> targets of shape ``(n,)``.
+    """
+
+    x: torch.Tensor
+    targets: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """Mini-batches; shuffled when a ``generator`` is given, in order otherwise."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        out = []
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            out.append((self.x[idx], {t: y[idx] for t, y in self.targets.items()}))
+        return out
+
+    @staticmethod
+    def concat(splits: list["Split"]) -> "Split":
+        """Pool several splits (same tasks) into one."""
+        tasks = splits[0].targets.keys()
+        return Split(
+            torch.cat([s.x for s in splits]),
+            {t: torch.cat([s.targets[t] for s in splits]) for t in tasks},
+        )
+
+
+@dataclass
+class ClientData:
+    """One client's local data."""
+
+    client_id: int
+    train: Split
+    test: Split
+
+
+@dataclass
+class Federation:
+    """The clients of one dataset under one partition.
+
+    Clients are built on first access by ``build_client`` and cached, so a process that
+    serves a few clients never materialises the others.
+
+    Parameters
+    ----------
+    input_shape : tuple[int, ...]
+        Shape of one input.
+    tasks : list[TaskSpec]
+        The dataset's tasks.
+    num_clients : int
+        Number of clients.
+    build_client : Callable[[int], ClientData]
+        Builds client ``i``'s data.
+    """
+
+    input_shape: tuple[int, ...]
+    tasks: list[TaskSpec]
+    num_clients: int
+    build_client: Callable[[int], ClientData]
+    _cache: dict[int, ClientData] = field(default_factory=dict, repr=False)
+
+    def client(self, client_id: int) -> ClientData:
+        """Client ``client_id``'s data (built once, then cached)."""
+        if not 0 <= client_id < self.num_clients:
+            raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")
+        if client_id not in self._cache:
+            self._cache[client_id] = self.build_client(client_id)
+        return self._cache[client_id]
+
+    def clients(self) -> list[ClientData]:
+        """All clients (builds every one)."""
+        return [self.client(i) for i in range(self.num_clients)]

@@ -1,0 +1,84 @@
+"""Partitioners: split example indices among clients.
+
+Each partitioner maps ``(labels, num_partitions, seed, data_cfg)`` to one index array per
+client. IID and Dirichlet label skew use flwr-datasets' partitioners on an in-memory
+``datasets.Dataset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedmtl.registry import Registry
+
+if TYPE_CHECKING:
+    from fedmtl.config import DataSection
+
+Partitioner = Callable[[np.ndarray, int, int, "DataSection"], list[np.ndarray]]
+PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
+
+
+def _indices_with(partitioner, labels: np.ndarray) -> list[np.ndarray]:  # noqa: ANN001
+    from datasets import Dataset
+
+    partitioner.dataset = Dataset.from_dict(
+        {"label": labels.astype(np.int64), "index": np.arange(len(labels))}
+    )
+    return [
+        np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
+        for i in range(partitioner.num_partitions)
+    ]
+
+
+def _check_enough(labels: np.ndarray, num_partitions: int) -> None:
+    if len(labels) < 2 * num_partitions:
+        raise ValueError(
+            f"{len(labels)} examples cannot give {num_partitions} clients at least 2 each "
+            "(one to train, one to test); lower data.num-clients"
+        )
+
+
+@PARTITIONERS.register("iid")
+def iid(labels: np.ndarray, num_partitions: int, seed: int, cfg: "DataSection") -> list[np.ndarray]:
+    """Shuffle (seeded), then cut into ``num_partitions`` near-equal parts."""
+    from flwr_datasets.partitioner import IidPartitioner
+
+    _check_enough(labels, num_partitions)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    parts = _indices_with(IidPartitioner(num_partitions), labels[order])
+    return [order[p] for p in parts]
+
+
+@PARTITIONERS.register("dirichlet")
+def dirichlet(
+    labels: np.ndarray, num_partitions: int, seed: int, cfg: "DataSection"
+) -> list[np.ndarray]:
+    """Label skew: each class is split among clients by proportions ~ Dir(α·1).
+
+    ``data.dirichlet-alpha`` is α: small values give clients few classes; large values
+    approach IID (Hsu, Qi & Brown, 2019, arXiv 1909.06335).
+    """
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    _check_enough(labels, num_partitions)
+    min_size = int(min(10, max(2, len(labels) // (4 * num_partitions))))
+    partitioner = DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=cfg.dirichlet_alpha,
+        min_partition_size=min_size,
+        self_balancing=False,
+        shuffle=True,
+        seed=seed,
+    )
+    try:
+        return _indices_with(partitioner, labels)
+    except ValueError as exc:
+        raise ValueError(
+            f"Dirichlet partition with alpha={cfg.dirichlet_alpha} could not give every one of "
+            f"{num_partitions} clients {min_size} examples ({exc}); raise data.dirichlet-alpha "
+            "or lower data.num-clients"
+        ) from None

@@ -1,0 +1,61 @@
+"""Fairness summaries of a metric across clients.
+
+``summarize(values)`` returns the statistics recorded per task and round in ``rounds.csv``:
+mean, example-weighted mean, population std, min (worst client), max, worst-10% mean (mean
+of the ``max(1, ⌊n/10⌋)`` lowest values) and Jain's index ``(Σa)² / (n Σa²)`` (Jain, Chiu &
+Hawe 1984). For metrics where lower is better pass ``higher_is_better=False``: "worst" then
+means highest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def worst_fraction_mean(values: np.ndarray, fraction: float, higher_is_better: bool = True) -> float:
+    """Mean of the ``max(1, ⌊fraction·n⌋)`` worst values."""
+    if len(values) == 0:
+        return math.nan
+    k = max(1, math.floor(fraction * len(values)))
+    ordered = np.sort(values)
+    worst = ordered[:k] if higher_is_better else ordered[::-1][:k]
+    return float(worst.mean())
+
+
+def jain_index(values: np.ndarray) -> float:
+    """Jain's fairness index ``(Σa)² / (n Σa²)`` in ``[1/n, 1]``; 1 when all equal (NaN if all 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    denom = len(values) * float(np.sum(values**2))
+    return float(np.sum(values) ** 2 / denom) if denom > 0 else math.nan
+
+
+def summarize(
+    values: np.ndarray, weights: np.ndarray | None = None, higher_is_better: bool = True
+) -> dict[str, float]:
+    """Across-client statistics of one metric.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        One value per client.
+    weights : np.ndarray, optional
+        Example counts for the weighted mean.
+    higher_is_better : bool
+        Direction of the metric (decides what "worst" means).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return {k: math.nan for k in ("mean", "wmean", "std", "worst", "best", "worst10", "jain")}
+    w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
+    worst, best = (values.min(), values.max()) if higher_is_better else (values.max(), values.min())
+    return {
+        "mean": float(values.mean()),
+        "wmean": float(np.average(values, weights=w)) if w.sum() > 0 else math.nan,
+        "std": float(values.std()),
+        "worst": float(worst),
+        "best": float(best),
+        "worst10": worst_fraction_mean(values, 0.1, higher_is_better),
+        "jain": jain_index(values),
+    }

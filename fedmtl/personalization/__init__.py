@@ -1,0 +1,19 @@
+"""Personalisation: where each client's heads live (the backbone is federated)."""
+
+from fedmtl.personalization.head_store import (
+    ContextHeadStore,
+    DiskHeadStore,
+    HeadStore,
+    heads_fingerprint,
+    init_heads,
+    restore_heads,
+)
+
+__all__ = [
+    "ContextHeadStore",
+    "DiskHeadStore",
+    "HeadStore",
+    "heads_fingerprint",
+    "init_heads",
+    "restore_heads",
+]

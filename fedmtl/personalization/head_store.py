@@ -1,0 +1,132 @@
+"""Where a client's personal heads live between rounds.
+
+Heads never leave the client. Two stores keep them across rounds:
+
+- :class:`ContextHeadStore`: in the node's Flower ``Context.state`` (a ``RecordDict``),
+  fine for small heads. (In simulation the context travels with every message to the
+  worker that runs the client, so large heads belong on disk.)
+- :class:`DiskHeadStore`: one file per client id under a folder, written atomically; it
+  survives process and node restarts.
+
+On a client's first visit the store is empty and heads are initialised deterministically
+from the run seed and the client id (:func:`init_heads`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from fedmtl.models import MultiTaskModel
+
+HeadState = dict[str, torch.Tensor]
+CONTEXT_KEY = "fedmtl.heads"
+
+
+class HeadStore(Protocol):
+    """Load and save the head state of a client."""
+
+    def load(self, client_id: int) -> HeadState | None:
+        """The saved heads, or ``None`` on a first visit."""
+
+    def save(self, client_id: int, state: HeadState) -> None:
+        """Persist the heads."""
+
+
+class DiskHeadStore:
+    """One ``client-<id>.pt`` file per client under ``root``.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder of the store (created on first save).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, client_id: int) -> Path:
+        """File of client ``client_id``."""
+        return self.root / f"client-{client_id}.pt"
+
+    def load(self, client_id: int) -> HeadState | None:
+        path = self.path(client_id)
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def save(self, client_id: int, state: HeadState) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".client-{client_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save({k: v.detach().cpu() for k, v in state.items()}, handle)
+            os.replace(tmp, self.path(client_id))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class ContextHeadStore:
+    """Heads kept in a Flower node ``Context.state`` under :data:`CONTEXT_KEY`.
+
+    Parameters
+    ----------
+    state : flwr.app.RecordDict
+        The node context's ``state``.
+    """
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def load(self, client_id: int) -> HeadState | None:
+        record = self.state.array_records.get(CONTEXT_KEY)
+        if record is None:
+            return None
+        return record.to_torch_state_dict()
+
+    def save(self, client_id: int, state: HeadState) -> None:
+        from flwr.app import ArrayRecord
+
+        self.state[CONTEXT_KEY] = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
+
+
+def init_heads(model: MultiTaskModel, seed: int, client_id: int) -> None:
+    """Re-initialise ``model``'s heads from ``(seed, client_id)`` alone (deterministic)."""
+    generator_seed = (seed * 1_000_003 + client_id * 7_919 + 12_345) % (2**63)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(generator_seed)
+        for head in model.heads.values():
+            for module in head.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+
+
+def restore_heads(model: MultiTaskModel, store: HeadStore, seed: int, client_id: int) -> bool:
+    """Load the client's heads into ``model``; initialise them on a first visit.
+
+    Returns
+    -------
+    bool
+        ``True`` when heads were found in the store.
+    """
+    state = store.load(client_id)
+    if state is None:
+        init_heads(model, seed, client_id)
+        return False
+    model.heads.load_state_dict(state)
+    return True
+
+
+def heads_fingerprint(model: MultiTaskModel) -> float:
+    """A float64 checksum of the heads' parameters (for continuity checks in logs/tests)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i, p in enumerate(model.heads.parameters()):
+        flat = p.detach().to(torch.float64).flatten()
+        ramp = torch.linspace(1.0, 2.0, len(flat), dtype=torch.float64)
+        total += (i + 1) * (flat * ramp).sum()
+    return float(total)

@@ -1,0 +1,93 @@
+"""Figures of a run folder (written to ``plots/``).
+
+- ``accuracy.png``: per task, the personalized test metric vs round: the mean across
+  clients, the 10th-90th percentile band and the min-max band.
+- ``final_distribution.png``: per task, the distribution of client test metrics at the last
+  evaluation round (box plot and every client as a point).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PREFERRED = ("accuracy", "mse", "mae", "loss")
+
+
+def primary_metric(test: pd.DataFrame, task: str) -> str:
+    """The metric shown for ``task``: accuracy if recorded, else MSE, MAE or loss."""
+    recorded = set(test.loc[test["task"] == task, "metric"])
+    return next(m for m in PREFERRED if m in recorded)
+
+
+def _label(metric: str) -> tuple[str, float]:
+    return ("accuracy (%)", 100.0) if metric == "accuracy" else (metric, 1.0)
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Draw every figure of ``run_dir``; return their paths."""
+    run_dir = Path(run_dir)
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    test = metrics[(metrics["split"] == "test") & (metrics["task"] != "all")]
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    if test.empty:
+        return []
+    tasks = sorted(test["task"].unique())
+    return [_curves(test, tasks, out / "accuracy.png"), _final(test, tasks, out / "final_distribution.png")]
+
+
+def _curves(test: pd.DataFrame, tasks: list[str], path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        metric = primary_metric(test, task)
+        label, scale = _label(metric)
+        rows = test[(test["task"] == task) & (test["metric"] == metric)]
+        per_round = rows.groupby("round")["value"]
+        rounds = np.array(sorted(rows["round"].unique()))
+        mean = per_round.mean().reindex(rounds).to_numpy() * scale
+        lo, hi = per_round.min().reindex(rounds) * scale, per_round.max().reindex(rounds) * scale
+        p10 = per_round.quantile(0.1).reindex(rounds) * scale
+        p90 = per_round.quantile(0.9).reindex(rounds) * scale
+        ax.fill_between(rounds, lo, hi, alpha=0.15, color="C0", label="min-max over clients")
+        ax.fill_between(rounds, p10, p90, alpha=0.3, color="C0", label="10th-90th percentile")
+        ax.plot(rounds, mean, color="C0", marker="o", label="mean over clients")
+        ax.set_title(f"task '{task}': personalized test {metric}")
+        ax.set_xlabel("server round")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _final(test: pd.DataFrame, tasks: list[str], path: Path) -> Path:
+    last = test["round"].max()
+    fig, ax = plt.subplots(figsize=(1.8 + 1.8 * len(tasks), 3.8))
+    data, labels = [], []
+    for task in tasks:
+        metric = primary_metric(test, task)
+        label, scale = _label(metric)
+        rows = test[(test["round"] == last) & (test["task"] == task) & (test["metric"] == metric)]
+        data.append(rows["value"].to_numpy() * scale)
+        labels.append(f"{task}\n({metric})")
+    ax.boxplot(data, showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, values in enumerate(data, start=1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=12, alpha=0.7, color="C1")
+    ax.set_xticks(range(1, len(labels) + 1), labels)
+    ax.set_ylabel("client test metric (accuracy in %)")
+    ax.set_title(f"Client distribution at round {last} ({len(data[0])} clients)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

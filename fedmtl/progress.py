@@ -1,0 +1,59 @@
+"""Live terminal display: one line per evaluated round and a final per-task table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from fedmtl.results import RoundStats
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{100 * value:5.1f}%" if metric == "accuracy" else f"{value:.4g}"
+
+
+class Progress:
+    """Prints round lines and the final table.
+
+    Parameters
+    ----------
+    total_rounds : int
+        Number of rounds, for ``round r/R``.
+    enabled : bool
+        ``False`` silences it (tests).
+    """
+
+    def __init__(self, total_rounds: int, enabled: bool = True) -> None:
+        self.total = total_rounds
+        self.console = Console(highlight=False, width=None if Console().is_terminal else 120)
+        self.enabled = enabled
+
+    def round(self, stats: RoundStats, elapsed: float, replies: int, failures: int) -> None:
+        """One line: round, per task mean and worst client, replies, elapsed time."""
+        if not self.enabled:
+            return
+        parts = [f"[bold]round {stats.round:>{len(str(self.total))}}/{self.total}[/bold]"]
+        for task, values in stats.stats.items():
+            metric = stats.metric[task]
+            parts.append(
+                f"{task}: mean {_fmt(metric, values['mean'])} worst {_fmt(metric, values['worst'])}"
+            )
+        parts.append(f"replies {replies}" + (f" ([red]{failures} failed[/red])" if failures else ""))
+        parts.append(f"{elapsed:6.1f} s")
+        self.console.print("  |  ".join(parts))
+
+    def final_table(self, stats: RoundStats | None) -> None:
+        """Per-task statistics across clients at the last evaluation round."""
+        if not self.enabled or stats is None:
+            return
+        table = Table(title=f"Personalized test metrics across clients (round {stats.round})")
+        for column in ("task", "metric", "mean", "weighted mean", "std", "worst", "worst 10%", "best", "Jain"):
+            table.add_column(column, justify="right" if column not in ("task", "metric") else "left")
+        for task, v in stats.stats.items():
+            m = stats.metric[task]
+            std = f"{100 * v['std']:.1f} pp" if m == "accuracy" else f"{v['std']:.4g}"
+            table.add_row(
+                task, m, _fmt(m, v["mean"]), _fmt(m, v["wmean"]), std, _fmt(m, v["worst"]),
+                _fmt(m, v["worst10"]), _fmt(m, v["best"]), f"{v['jain']:.4f}",
+            )
+        self.console.print(table)

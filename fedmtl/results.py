@@ -1,0 +1,208 @@
+"""The run folder: the stable results format of fedmtl.
+
+Each run writes one folder::
+
+    config.toml     the fully resolved config
+    metrics.csv     long format: round, client, task, split, metric, value
+    rounds.csv      one row per round: server-side counts and across-client statistics
+    summary.json    final per-task statistics, duration, paths
+    checkpoints/    the global backbone after the latest round
+    plots/*.png     figures (see fedmtl.plots)
+
+``metrics.csv`` rows with ``task == "all"`` are client-level (example counts, the client's
+aggregation weight, head fingerprints). pandas reads everything (``load_run``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from fedmtl.config import ExperimentConfig
+from fedmtl.fairness import summarize
+from fedmtl.tasks import TaskSpec
+
+METRIC_COLUMNS = ["round", "client", "task", "split", "metric", "value"]
+CLIENT_LEVEL = "all"
+
+
+def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
+    """Create a new, empty run folder.
+
+    ``out`` is used as given (it must be absent or empty); otherwise the folder is
+    ``<run.output-dir>/<run.name>-<timestamp>``.
+    """
+    if out is not None:
+        path = Path(out)
+        if path.exists() and any(path.iterdir()):
+            raise FileExistsError(f"run folder '{path}' exists and is not empty; choose another --out")
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}-{suffix}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class RoundStats:
+    """Across-client statistics of one round's evaluation, per task."""
+
+    round: int
+    stats: dict[str, dict[str, float]]
+    metric: dict[str, str]
+
+
+class RunRecorder:
+    """Writes a run folder incrementally while a run progresses.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The (existing) run folder.
+    cfg : ExperimentConfig
+        The resolved config, written to ``config.toml``.
+    tasks : list[TaskSpec]
+        The dataset's tasks (their primary metrics are summarised per round).
+    """
+
+    def __init__(self, run_dir: Path, cfg: ExperimentConfig, tasks: list[TaskSpec]) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = cfg
+        self.tasks = tasks
+        self.started = time.monotonic()
+        self.rounds: list[dict[str, Any]] = []
+        for sub in ("checkpoints", "plots"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
+        self.metrics_path = self.run_dir / "metrics.csv"
+        with self.metrics_path.open("w", newline="") as handle:
+            csv.writer(handle).writerow(METRIC_COLUMNS)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the recorder was created."""
+        return time.monotonic() - self.started
+
+    def log_metrics(self, rows: list[tuple[int, int, str, str, str, float]]) -> None:
+        """Append ``(round, client, task, split, metric, value)`` rows to ``metrics.csv``."""
+        with self.metrics_path.open("a", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+
+    def evaluation_stats(
+        self, server_round: int, per_client: dict[int, dict[str, dict[str, float]]],
+        num_examples: dict[int, int],
+    ) -> RoundStats:
+        """Across-client statistics of each task's primary metric."""
+        stats, metric = {}, {}
+        clients = sorted(per_client)
+        for task in self.tasks:
+            name = task.primary_metric
+            higher = task.task_kind.metrics[name]
+            held = [c for c in clients if task.name in per_client[c]]
+            values = [per_client[c][task.name][name] for c in held]
+            weights = [num_examples.get(c, 1) for c in held]
+            stats[task.name] = summarize(values, weights, higher)
+            metric[task.name] = name
+        return RoundStats(server_round, stats, metric)
+
+    def record_evaluation(
+        self, server_round: int, per_client: dict[int, dict[str, dict[str, float]]],
+        num_examples: dict[int, int],
+    ) -> RoundStats:
+        """Log every client's test metrics to ``metrics.csv``; return the round's statistics.
+
+        Parameters
+        ----------
+        server_round : int
+            The round evaluated.
+        per_client : dict[int, dict[str, dict[str, float]]]
+            ``{client: {task: {metric: value}}}``.
+        num_examples : dict[int, int]
+            Test examples per client.
+        """
+        rows: list[tuple[int, int, str, str, str, float]] = []
+        for client in sorted(per_client):
+            rows.append((server_round, client, CLIENT_LEVEL, "test", "num-examples", num_examples[client]))
+            for task, values in per_client[client].items():
+                rows += [(server_round, client, task, "test", m, v) for m, v in values.items()]
+        self.log_metrics(rows)
+        return self.evaluation_stats(server_round, per_client, num_examples)
+
+    def log_round(self, row: dict[str, Any], stats: RoundStats | None) -> None:
+        """Add one ``rounds.csv`` row (server counts plus per-task statistics)."""
+        row = {"round": row["round"], "elapsed_s": round(self.elapsed, 3), **row}
+        if stats is not None:
+            for task, values in stats.stats.items():
+                for key, value in values.items():
+                    row[f"{task}.{stats.metric[task]}.{key}"] = value
+        self.rounds.append(row)
+        data = pd.DataFrame(self.rounds).to_csv(index=False).encode()
+        atomic_write_bytes(self.run_dir / "rounds.csv", data)
+
+    def save_checkpoint(self, server_round: int, state: dict[str, Any]) -> None:
+        """Write ``checkpoints/latest.pt`` atomically."""
+        path = self.run_dir / "checkpoints" / "latest.pt"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save({"round": server_round, **state}, tmp)
+        os.replace(tmp, path)
+
+    def finish(self, final: RoundStats | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``summary.json`` and the plots; return the summary."""
+        summary: dict[str, Any] = {
+            "name": self.cfg.run.name,
+            "mode": self.cfg.run.mode,
+            "dataset": self.cfg.data.dataset,
+            "num_clients": self.cfg.data.num_clients,
+            "rounds": self.cfg.run.rounds,
+            "duration_s": round(self.elapsed, 3),
+            "final_round": final.round if final else None,
+            "final": {
+                task: {"metric": final.metric[task], **values} for task, values in final.stats.items()
+            }
+            if final
+            else {},
+            "run_dir": str(self.run_dir),
+            **(extra or {}),
+        }
+        atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        from fedmtl.plots import plot_run
+
+        plot_run(self.run_dir)
+        return summary
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Read a run folder: ``metrics`` and ``rounds`` DataFrames, ``summary`` dict."""
+    run_dir = Path(run_dir)
+    return {
+        "metrics": pd.read_csv(run_dir / "metrics.csv"),
+        "rounds": pd.read_csv(run_dir / "rounds.csv"),
+        "summary": json.loads((run_dir / "summary.json").read_text()),
+    }

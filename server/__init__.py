@@ -1,0 +1,1 @@
+"""Flower server side of fedmtl: the ServerApp and its strategy (wiring only)."""

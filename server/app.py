@@ -1,0 +1,115 @@
+"""The fedmtl ServerApp.
+
+``flwr run . --run-config CONFIG`` loads ``app`` (see ``[tool.flwr.app.components]`` in
+pyproject.toml) and reads the experiment from the run config; ``fedmtl run`` builds the
+same server with :func:`make_server_app` around an already validated config and run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common import MessageType
+from flwr.serverapp import Grid, ServerApp
+
+from fedmtl.config import ExperimentConfig, config_from_flat
+from fedmtl.data import dataset_info
+from fedmtl.models import build_model
+from fedmtl.progress import Progress
+from fedmtl.results import RunRecorder, create_run_dir
+from server.strategy import FedMTLStrategy
+
+log = logging.getLogger("fedmtl")
+
+
+class FederationMismatch(RuntimeError):
+    """The connected SuperNodes do not match ``data.num-clients``."""
+
+
+def discover_clients(grid: Grid, cfg: ExperimentConfig, timeout: float = 600.0) -> dict[int, int]:
+    """Ask every node for its partition id; return ``{partition id: node id}``.
+
+    Waits until ``data.num-clients`` nodes are connected, then checks that each reports
+    ``num-partitions == data.num-clients`` and that the partition ids are ``0..N-1``.
+    """
+    expected = cfg.data.num_clients
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise FederationMismatch(
+                f"only {len(node_ids)} SuperNodes connected after {timeout:.0f} s, "
+                f"but data.num-clients = {expected}"
+            )
+        time.sleep(1.0)
+    content = RecordDict({"config": ConfigRecord({"kind": "discover"})})
+    messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
+    clients: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise FederationMismatch(f"a node failed client discovery: {reply.error.reason}")
+        info = reply.content["info"]
+        if int(info["num-partitions"]) != expected:
+            raise FederationMismatch(
+                f"the federation has num-partitions = {int(info['num-partitions'])} but "
+                f"data.num-clients = {expected}; make them equal (for `flwr run`, set "
+                "options.num-supernodes of the federation)"
+            )
+        clients[int(info["partition-id"])] = reply.metadata.src_node_id
+    if sorted(clients) != list(range(expected)):
+        raise FederationMismatch(f"partition ids {sorted(clients)} are not 0..{expected - 1}")
+    return clients
+
+
+def resolve_paths(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
+    """Fill in defaults that depend on the run folder (the disk head store)."""
+    if cfg.client.head_store_dir == "":
+        cfg = cfg.with_values(client={"head_store_dir": str(run_dir / "heads")})
+    return cfg
+
+
+def run_server(grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False) -> Path:
+    """Run a whole federated experiment on ``grid``; return the run folder."""
+    run_dir = run_dir or create_run_dir(cfg)
+    cfg = resolve_paths(cfg, run_dir)
+    info = dataset_info(cfg.data.dataset)
+    recorder = RunRecorder(run_dir, cfg, list(info.tasks))
+    progress = Progress(cfg.run.rounds, enabled=not quiet)
+    clients = discover_clients(grid, cfg)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model, info.input_shape, info.tasks)
+    strategy = FedMTLStrategy(cfg, clients, recorder, progress)
+    strategy.start(
+        grid,
+        ArrayRecord(model.backbone_state()),
+        num_rounds=cfg.run.rounds,
+        timeout=cfg.server.timeout,
+    )
+    progress.final_table(strategy.last_stats)
+    recorder.finish(strategy.last_stats)
+    if not quiet:
+        progress.console.print(f"Results: {run_dir}")
+    return run_dir
+
+
+def make_server_app(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> ServerApp:
+    """A ServerApp running ``cfg`` into ``run_dir`` (used by ``fedmtl run``)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, cfg, run_dir, quiet=quiet)
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point of ``flwr run``: the experiment comes from the run config."""
+    run_server(grid, config_from_flat(context.run_config))

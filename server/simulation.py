@@ -1,0 +1,55 @@
+"""``fedmtl run``'s launcher: the ServerApp and ClientApp on Flower's Ray Simulation Engine."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from fedmtl.config import ExperimentConfig
+
+
+class _DropDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "deprecated" not in record.getMessage().lower()
+
+
+def backend_config(cfg: ExperimentConfig) -> dict:
+    """The Simulation Engine's backend config from ``[engine]``."""
+    init_args: dict = {"include_dashboard": False}
+    if cfg.engine.num_cpus:
+        init_args["num_cpus"] = cfg.engine.num_cpus
+    return {
+        "client_resources": {
+            "num_cpus": cfg.engine.client_num_cpus,
+            "num_gpus": cfg.engine.client_num_gpus,
+        },
+        "init_args": init_args,
+    }
+
+
+def simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, verbose: bool = False) -> Path:
+    """Run ``cfg`` through the Ray Simulation Engine with ``data.num-clients`` SuperNodes.
+
+    Raises whatever the ServerApp raised (the engine re-raises it).
+    """
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from server.app import make_server_app
+
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addFilter(_DropDeprecation())
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        run_simulation(
+            server_app=make_server_app(cfg, run_dir, quiet=quiet),
+            client_app=client_app,
+            num_supernodes=cfg.data.num_clients,
+            backend_config=backend_config(cfg),
+            verbose_logging=verbose,
+        )
+    return run_dir

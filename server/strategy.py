@@ -1,0 +1,216 @@
+"""The fedmtl strategy: Flower's message-based ``Strategy`` over fedmtl's aggregation.
+
+Each round:
+
+1. ``configure_train`` samples clients with the strategy's own seeded RNG and sends them
+   the global backbone and the round's config (the resolved run config travels with it);
+2. ``aggregate_train`` turns every valid reply's backbone update into a row of an
+   :class:`~fedmtl.aggregation.Objectives` batch, asks the configured weighting for
+   weights, and applies ``backbone += server.lr · Σ_i w_i Δ_i``;
+3. ``configure_evaluate`` asks clients to evaluate their personalized model (global
+   backbone + own heads) on their local test split; ``aggregate_evaluate`` records the
+   per-client, per-task metrics and the across-client statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import MessageType, log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedmtl.aggregation import Objectives, combine, make_weighting
+from fedmtl.config import ExperimentConfig
+from fedmtl.progress import Progress
+from fedmtl.results import CLIENT_LEVEL, RoundStats, RunRecorder
+
+
+def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
+    """Concatenate the tensors of ``keys`` into one float32 vector."""
+    return torch.cat([state[k].detach().reshape(-1).to(torch.float32) for k in keys])
+
+
+def unflatten_state(
+    vector: torch.Tensor, like: dict[str, torch.Tensor], keys: list[str]
+) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`flatten_state`, with ``like``'s shapes and dtypes."""
+    out, offset = {}, 0
+    for k in keys:
+        n = like[k].numel()
+        out[k] = vector[offset : offset + n].reshape(like[k].shape).to(like[k].dtype)
+        offset += n
+    return out
+
+
+def parse_metrics(record: MetricRecord, prefix: str) -> dict[str, dict[str, float]]:
+    """``{"test.left.accuracy": v}`` -> ``{"left": {"accuracy": v}}`` for one prefix."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in record.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == prefix:
+            out.setdefault(parts[1], {})[parts[2]] = float(value)
+    return out
+
+
+class FedMTLStrategy(Strategy):
+    """Federated multi-task strategy with personalized heads and pluggable weightings.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The resolved run config (sent to clients with every message).
+    clients : dict[int, int]
+        Client (partition) id -> Flower node id, from client discovery.
+    recorder : RunRecorder
+        Writes the run folder.
+    progress : Progress
+        Live terminal display.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        clients: dict[int, int],
+        recorder: RunRecorder,
+        progress: Progress,
+    ) -> None:
+        self.cfg = cfg
+        self.clients = dict(sorted(clients.items()))
+        self.recorder = recorder
+        self.progress = progress
+        self.weighting = make_weighting(cfg.server.weighting)
+        self.rng = np.random.default_rng([cfg.run.seed, 0x5A3])
+        self.client_config = cfg.to_flat()
+        self.global_state: dict[str, torch.Tensor] = {}
+        self.keys: list[str] = []
+        self.round_row: dict[str, float | int] = {}
+        self.last_stats: RoundStats | None = None
+
+    # -- helpers ------------------------------------------------------------------------
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log(INFO, "\t├── clients: %d, train fraction %.2f, evaluate fraction %.2f",
+            len(self.clients), self.cfg.server.fraction_train, self.cfg.server.fraction_evaluate)
+        log(INFO, "\t└── server weighting '%s', server lr %g, client weighting '%s'",
+            self.cfg.server.weighting, self.cfg.server.lr, self.cfg.client.weighting)
+
+    def sample(self, fraction: float, minimum: int) -> list[int]:
+        """Sample client ids without replacement with the strategy's RNG."""
+        ids = list(self.clients)
+        k = min(len(ids), max(minimum, math.ceil(fraction * len(ids))))
+        if k == len(ids):
+            return ids
+        return sorted(int(i) for i in self.rng.choice(ids, size=k, replace=False))
+
+    def _messages(
+        self, server_round: int, arrays: ArrayRecord, client_ids: list[int], kind: str
+    ) -> list[Message]:
+        config = ConfigRecord({**self.client_config, "server-round": server_round})
+        content = RecordDict({"arrays": arrays, "config": config})
+        return [
+            Message(content=content, message_type=kind, dst_node_id=self.clients[c])
+            for c in client_ids
+        ]
+
+    def _valid(self, replies: Iterable[Message]) -> tuple[list[Message], int]:
+        valid, failures = [], 0
+        for reply in replies:
+            if reply.has_error():
+                failures += 1
+                log(WARNING, "client reply failed: %s", reply.error.reason)
+            else:
+                valid.append(reply)
+        return valid, failures
+
+    # -- training -----------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients and send them the global backbone and the config."""
+        self.global_state = arrays.to_torch_state_dict()
+        self.keys = list(self.global_state)
+        sampled = self.sample(self.cfg.server.fraction_train, self.cfg.server.min_train_clients)
+        self.round_row = {"round": server_round, "sampled": len(sampled)}
+        return self._messages(server_round, arrays, sampled, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Weight the clients' backbone updates and take the server step."""
+        valid, failures = self._valid(replies)
+        self.round_row.update({"replies": len(valid), "failures": failures})
+        if not valid:
+            log(WARNING, "round %d: no valid training reply; the backbone is unchanged", server_round)
+            return None, None
+        rows, counts, losses, ids, metric_rows = [], [], [], [], []
+        for reply in valid:
+            metrics = reply.content["metrics"]
+            client = int(metrics["partition-id"])
+            update = reply.content["update"].to_torch_state_dict()
+            rows.append(flatten_state(update, self.keys))
+            counts.append(float(metrics["num-examples"]))
+            task_losses = parse_metrics(metrics, "train")
+            losses.append(float(np.mean([v["loss"] for v in task_losses.values()])))
+            ids.append(client)
+            for task, values in task_losses.items():
+                metric_rows += [(server_round, client, task, "train", m, v) for m, v in values.items()]
+            for key in ("num-examples", "heads-fingerprint-in", "heads-fingerprint-out"):
+                metric_rows.append((server_round, client, CLIENT_LEVEL, "train", key, float(metrics[key])))
+        objectives = Objectives(
+            updates=torch.stack(rows),
+            losses=torch.tensor(losses, dtype=torch.float64),
+            num_examples=torch.tensor(counts, dtype=torch.float64),
+            client_ids=ids,
+        )
+        direction, weights = combine(objectives, self.weighting)
+        for client, w in zip(ids, weights.tolist(), strict=True):
+            metric_rows.append((server_round, client, CLIENT_LEVEL, "train", "aggregation-weight", w))
+        self.recorder.log_metrics(metric_rows)
+
+        new_vector = flatten_state(self.global_state, self.keys) + self.cfg.server.lr * direction
+        new_state = unflatten_state(new_vector, self.global_state, self.keys)
+        self.recorder.save_checkpoint(server_round, {"backbone": new_state})
+        self.round_row["train_loss"] = float(np.average(losses, weights=counts))
+        return ArrayRecord(new_state), MetricRecord({"train-loss": self.round_row["train_loss"]})
+
+    # -- evaluation ---------------------------------------------------------------------
+    def is_evaluation_round(self, server_round: int) -> bool:
+        """Evaluate every ``run.evaluate-every`` rounds and at the last round."""
+        return server_round % self.cfg.run.evaluate_every == 0 or server_round == self.cfg.run.rounds
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Ask sampled clients to evaluate their personalized model."""
+        if not self.is_evaluation_round(server_round):
+            return []
+        sampled = self.sample(self.cfg.server.fraction_evaluate, 1)
+        return self._messages(server_round, arrays, sampled, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Record per-client metrics and the round's across-client statistics."""
+        valid, failures = self._valid(replies)
+        stats = None
+        if valid:
+            per_client, counts = {}, {}
+            for reply in valid:
+                metrics = reply.content["metrics"]
+                client = int(metrics["partition-id"])
+                per_client[client] = parse_metrics(metrics, "test")
+                counts[client] = int(metrics["num-examples"])
+            stats = self.recorder.record_evaluation(server_round, per_client, counts)
+            self.last_stats = stats
+            self.round_row["evaluated"] = len(valid)
+            self.round_row["evaluate_failures"] = failures
+            self.progress.round(stats, self.recorder.elapsed, int(self.round_row.get("replies", 0)),
+                                int(self.round_row.get("failures", 0)))
+        self.recorder.log_round(dict(self.round_row), stats)
+        if stats is None:
+            return None
+        return MetricRecord({f"{t}.{stats.metric[t]}.mean": v["mean"] for t, v in stats.stats.items()})
