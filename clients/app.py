@@ -68,7 +68,7 @@ def head_store(cfg: ExperimentConfig, context: Context) -> HeadStore:
 
 def personalized_model(cfg: ExperimentConfig, msg: Message, context: Context) -> tuple[MultiTaskModel, int, HeadStore]:
     """Global backbone from ``msg`` + this client's heads; returns (model, client id, store)."""
-    torch.set_num_threads(max(1, int(cfg.engine.client_num_cpus)))
+    torch.set_num_threads(cfg.engine.client_num_cpus)
     client = partition_id(context)
     fed = load_federation(cfg.data, cfg.run.seed)
     model = build_model(cfg.model, fed.input_shape, fed.tasks)

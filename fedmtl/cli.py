@@ -76,18 +76,20 @@ def run(
 def flwr_run(
     config: Annotated[Path, typer.Argument(help="Experiment TOML file (a Flower run config).")],
     app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
-    federation: Annotated[str, typer.Option(help="Federation to run on.")] = "local-simulation",
+    superlink: Annotated[
+        Optional[str], typer.Option(help="SuperLink connection of the Flower config.")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to finish.")] = 3600.0,
 ) -> None:
-    """``flwr run APP_DIR FEDERATION --run-config CONFIG``, failing when the run fails.
+    """``flwr run APP_DIR [SUPERLINK] --run-config CONFIG``, failing when the run fails.
 
     ``flwr run`` itself exits 0 even when the ServerApp raises; this command waits for the
     run and exits 1 unless Flower reports it finished successfully.
     """
     _load(config, None)
-    from fedmtl.flwr_cli import run_and_check
+    from server.flwr_run import run_and_check
 
-    code = run_and_check(app_dir, federation, config, timeout)
+    code = run_and_check(app_dir, config, superlink, timeout)
     raise typer.Exit(code)
 
 

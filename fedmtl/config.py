@@ -161,7 +161,7 @@ class ServerSection(Section):
 class EngineSection(Section):
     """``[engine]``: resources of the Ray simulation engine (``fedmtl run`` only)."""
 
-    client_num_cpus: float = Field(1.0, gt=0, description="CPUs per virtual client.")
+    client_num_cpus: int = Field(1, ge=1, description="Whole CPUs per virtual client.")
     client_num_gpus: float = Field(
         0.0, ge=0, le=1, description="GPU fraction per virtual client (0 = CPU only)."
     )
@@ -291,6 +291,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def flower_defaults_block() -> str:
+    """The body of pyproject's ``[tool.flwr.app.config]``: every key and its default."""
+    lines = []
+    for key, value in ExperimentConfig().to_flat().items():
+        lines.append(f"{key} = {tomli_w.dumps({'v': value})[4:].strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def sync_pyproject(path: str | Path = "pyproject.toml") -> bool:
+    """Rewrite the generated defaults block of ``path``; return ``True`` if it changed."""
+    path = Path(path)
+    text = path.read_text()
+    begin, end = "# BEGIN GENERATED DEFAULTS\n", "# END GENERATED DEFAULTS"
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    new = text[:start] + flower_defaults_block() + text[stop:]
+    path.write_text(new)
+    return new != text
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file, turning I/O and syntax errors into :class:`ConfigError`."""
     path = Path(path)
@@ -322,3 +341,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         else:
             values[section] = content
     return build_config(values)
+
+
+if __name__ == "__main__":  # python -m fedmtl.config: refresh pyproject's defaults block
+    print("pyproject.toml updated" if sync_pyproject() else "pyproject.toml already in sync")

@@ -33,8 +33,9 @@ class FederationMismatch(RuntimeError):
 def discover_clients(grid: Grid, cfg: ExperimentConfig, timeout: float = 600.0) -> dict[int, int]:
     """Ask every node for its partition id; return ``{partition id: node id}``.
 
-    Waits until ``data.num-clients`` nodes are connected, then checks that each reports
-    ``num-partitions == data.num-clients`` and that the partition ids are ``0..N-1``.
+    Waits until ``data.num-clients`` (N) nodes are connected and checks that partition ids
+    ``0..N-1`` are all present. Nodes with larger partition ids (a federation with more
+    SuperNodes than clients) stay idle, with a warning.
     """
     expected = cfg.data.num_clients
     deadline = time.monotonic() + timeout
@@ -52,15 +53,20 @@ def discover_clients(grid: Grid, cfg: ExperimentConfig, timeout: float = 600.0) 
         if reply.has_error():
             raise FederationMismatch(f"a node failed client discovery: {reply.error.reason}")
         info = reply.content["info"]
-        if int(info["num-partitions"]) != expected:
+        partitions = int(info["num-partitions"])
+        if partitions < expected:
             raise FederationMismatch(
-                f"the federation has num-partitions = {int(info['num-partitions'])} but "
-                f"data.num-clients = {expected}; make them equal (for `flwr run`, set "
-                "options.num-supernodes of the federation)"
+                f"the federation has num-partitions = {partitions} but data.num-clients = "
+                f"{expected}; give it at least {expected} SuperNodes (for `flwr run`, "
+                f"--federation-config 'num-supernodes={expected}')"
             )
-        clients[int(info["partition-id"])] = reply.metadata.src_node_id
+        if int(info["partition-id"]) < expected:
+            clients[int(info["partition-id"])] = reply.metadata.src_node_id
     if sorted(clients) != list(range(expected)):
         raise FederationMismatch(f"partition ids {sorted(clients)} are not 0..{expected - 1}")
+    idle = len(node_ids) - expected
+    if idle > 0:
+        log.warning("%d SuperNodes have partition ids >= data.num-clients = %d and stay idle", idle, expected)
     return clients
 
 

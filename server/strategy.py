@@ -58,6 +58,18 @@ def parse_metrics(record: MetricRecord, prefix: str) -> dict[str, dict[str, floa
     return out
 
 
+def client_error_message(reason: str) -> str:
+    """The client's own exception message out of the engine's wrapped error text."""
+    marker = "Message: "
+    if marker in reason:
+        reason = reason[reason.rindex(marker) + len(marker) :]
+    return reason.strip().removesuffix("'>").strip()
+
+
+class ClientsFailed(RuntimeError):
+    """Every client of a round failed."""
+
+
 class FedMTLStrategy(Strategy):
     """Federated multi-task strategy with personalized heads and pluggable weightings.
 
@@ -118,15 +130,26 @@ class FedMTLStrategy(Strategy):
             for c in client_ids
         ]
 
-    def _valid(self, replies: Iterable[Message]) -> tuple[list[Message], int]:
-        valid, failures = [], 0
+    def _valid(self, replies: Iterable[Message], server_round: int, stage: str) -> tuple[list[Message], int]:
+        """Split replies into valid ones and a failure count.
+
+        Raises
+        ------
+        ClientsFailed
+            When every client of a non-empty round failed (the run cannot progress).
+        """
+        valid, reasons = [], []
         for reply in replies:
             if reply.has_error():
-                failures += 1
-                log(WARNING, "client reply failed: %s", reply.error.reason)
+                reasons.append(client_error_message(reply.error.reason))
+                log(WARNING, "round %d %s: a client failed: %s", server_round, stage, reasons[-1])
             else:
                 valid.append(reply)
-        return valid, failures
+        if reasons and not valid:
+            raise ClientsFailed(
+                f"round {server_round} {stage}: all {len(reasons)} clients failed; first error: {reasons[0]}"
+            )
+        return valid, len(reasons)
 
     # -- training -----------------------------------------------------------------------
     def configure_train(
@@ -143,10 +166,9 @@ class FedMTLStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Weight the clients' backbone updates and take the server step."""
-        valid, failures = self._valid(replies)
+        valid, failures = self._valid(replies, server_round, "training")
         self.round_row.update({"replies": len(valid), "failures": failures})
         if not valid:
-            log(WARNING, "round %d: no valid training reply; the backbone is unchanged", server_round)
             return None, None
         rows, counts, losses, ids, metric_rows = [], [], [], [], []
         for reply in valid:
@@ -195,7 +217,7 @@ class FedMTLStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Record per-client metrics and the round's across-client statistics."""
-        valid, failures = self._valid(replies)
+        valid, failures = self._valid(replies, server_round, "evaluation")
         stats = None
         if valid:
             per_client, counts = {}, {}

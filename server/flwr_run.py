@@ -1,0 +1,137 @@
+"""Run an experiment with ``flwr run`` and report the run's *real* final status.
+
+``flwr run`` exits 0 even when the ServerApp raises. :func:`run_and_check` submits the
+run, streams its logs, polls ``flwr ls --run-id ID --format json`` until Flower reports a
+final status, and returns 0 only for ``finished:completed``.
+
+The config file is validated first; a resolved copy with an absolute ``run.output-dir``
+is what Flower receives, so results land where ``fedmtl run`` would put them whatever the
+SuperLink's working directory. For the local simulation, ``num-supernodes`` and the client
+resources come from the config's ``[data]`` and ``[engine]`` sections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedmtl.config import ExperimentConfig, load_config
+
+
+def flwr_env() -> dict[str, str]:
+    """Environment for Flower's CLI: this interpreter's scripts first, no runtime installs."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    return env
+
+
+def _json_from(text: str) -> dict[str, Any]:
+    start = text.find("{")
+    if start < 0:
+        raise ValueError(f"no JSON in Flower's output: {text.strip()[:500]}")
+    return json.loads(text[start:])
+
+
+def _flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> dict[str, Any]:
+    proc = subprocess.run(["flwr", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    try:
+        return _json_from(proc.stdout)
+    except ValueError:
+        raise RuntimeError(
+            f"`flwr {' '.join(args)}` failed (exit {proc.returncode}): "
+            f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
+        ) from None
+
+
+def resolved_run_config(cfg: ExperimentConfig, folder: Path) -> Path:
+    """Write the resolved config (absolute output folder) as a Flower run-config file."""
+    nested = cfg.to_nested()
+    nested["run"]["output-dir"] = str(Path(cfg.run.output_dir).resolve())
+    path = folder / "run-config.toml"
+    path.write_text(tomli_w.dumps(nested))
+    return path
+
+
+def run_status(run_id: str, superlink: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """The run's entry of ``flwr ls --run-id ID --format json``."""
+    listing = _flwr(["ls", *superlink, "--run-id", run_id, "--format", "json"], env)
+    runs = listing.get("runs", [])
+    if not runs:
+        raise RuntimeError(f"Flower does not list run {run_id}: {listing}")
+    return runs[0]
+
+
+def run_and_check(
+    app_dir: Path,
+    config: Path,
+    superlink: str | None = None,
+    timeout: float = 3600.0,
+    stream: bool = True,
+) -> int:
+    """Submit ``config`` with ``flwr run``; return 0 iff the run finished completed.
+
+    Parameters
+    ----------
+    app_dir : Path
+        The Flower app (this repository).
+    config : Path
+        Experiment TOML file.
+    superlink : str, optional
+        SuperLink connection name of the Flower config (default: Flower's default).
+    timeout : float
+        Seconds to wait for a final status.
+    stream : bool
+        Stream the run's logs while waiting.
+    """
+    cfg = load_config(config)
+    env = flwr_env()
+    link = [superlink] if superlink else []
+    federation = (
+        f"num-supernodes={cfg.data.num_clients} "
+        f"client-resources-num-cpus={cfg.engine.client_num_cpus} "
+        f"client-resources-num-gpus={cfg.engine.client_num_gpus}"
+    )
+    with tempfile.TemporaryDirectory(prefix="fedmtl-flwr-") as tmp:
+        run_config = resolved_run_config(cfg, Path(tmp))
+        submitted = _flwr(
+            ["run", str(app_dir), *link, "--run-config", str(run_config),
+             "--federation-config", federation, "--format", "json"],
+            env,
+            timeout=600,
+        )
+    if not submitted.get("success"):
+        print(f"error: flwr run did not start the run: {submitted}", file=sys.stderr)
+        return 1
+    run_id = str(submitted["run-id"])
+    print(f"Flower run {run_id} submitted; waiting for it to finish", flush=True)
+    logs = subprocess.Popen(["flwr", "log", run_id, *link, "--stream"], env=env) if stream else None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            status = run_status(run_id, link, env)
+            if str(status["status"]).startswith("finished"):
+                break
+            if time.monotonic() > deadline:
+                print(f"error: run {run_id} not finished after {timeout:.0f} s", file=sys.stderr)
+                return 1
+            time.sleep(2.0)
+    finally:
+        if logs is not None:
+            time.sleep(1.0)
+            logs.terminate()
+            logs.wait(timeout=10)
+    if status["status"] == "finished:completed":
+        print(f"Flower run {run_id}: finished:completed", flush=True)
+        return 0
+    print(f"error: Flower run {run_id}: {status['status']}: {status.get('status-details', '')}", file=sys.stderr)
+    return 1
