@@ -72,7 +72,7 @@ class DiskHeadStore:
 
 
 class ContextHeadStore:
-    """Heads kept in a Flower node ``Context.state`` under :data:`CONTEXT_KEY`.
+    """Heads kept in a Flower node ``Context.state`` under ``"fedmtl.heads.<client id>"``.
 
     Parameters
     ----------
@@ -83,8 +83,12 @@ class ContextHeadStore:
     def __init__(self, state: Any) -> None:
         self.state = state
 
+    def key(self, client_id: int) -> str:
+        """Record name of client ``client_id``'s heads."""
+        return f"{CONTEXT_KEY}.{client_id}"
+
     def load(self, client_id: int) -> HeadState | None:
-        record = self.state.array_records.get(CONTEXT_KEY)
+        record = self.state.array_records.get(self.key(client_id))
         if record is None:
             return None
         return record.to_torch_state_dict()
@@ -92,7 +96,7 @@ class ContextHeadStore:
     def save(self, client_id: int, state: HeadState) -> None:
         from flwr.app import ArrayRecord
 
-        self.state[CONTEXT_KEY] = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
+        self.state[self.key(client_id)] = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
 
 
 def init_heads(model: MultiTaskModel, seed: int, client_id: int) -> None:

@@ -1,0 +1,151 @@
+"""The real ClientApp, called with real Flower Messages and a node Context.
+
+These tests drive ``clients.app.app`` exactly as the SuperNode runtime does
+(``app(message, context)``) without the engine, to look inside every reply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common import MessageType
+
+from clients.app import app
+from fedmtl.config import load_config
+from fedmtl.data import dataset_info
+from fedmtl.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Set the process's task identity, as the SuperNode runtime does before calling the app."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 100
+    yield
+
+
+def _cfg(tmp_path, store):
+    return load_config(
+        None,
+        [
+            "data.num-clients=3", "data.pairs-per-digit=1", "data.test-pairs-per-digit=1",
+            "client.batch-size=64", f"client.head-store={store}",
+            f"client.head-store-dir={tmp_path / 'heads'}",
+        ],
+    )
+
+
+def _global(cfg):
+    info = dataset_info(cfg.data.dataset)
+    torch.manual_seed(0)
+    return build_model(cfg.model, info.input_shape, info.tasks)
+
+
+def _send(cfg, model, kind, server_round, context):
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.backbone_state()),
+            "config": ConfigRecord({**cfg.to_flat(), "server-round": server_round}),
+        }
+    )
+    msg = Message(content=content, dst_node_id=context.node_id, message_type=kind)
+    reply = app(msg, context)
+    assert not reply.has_error(), reply.error
+    return reply
+
+
+def _context(client_id, num=3):
+    return Context(
+        run_id=1, node_id=100 + client_id,
+        node_config={"partition-id": client_id, "num-partitions": num},
+        state=RecordDict(), run_config={},
+    )
+
+
+@pytest.mark.parametrize("store", ["disk", "context"])
+def test_no_head_tensor_in_any_reply(tmp_path, store):
+    cfg = _cfg(tmp_path, store)
+    model = _global(cfg)
+    context = _context(1)
+    replies = [
+        _send(cfg, model, MessageType.QUERY, 0, context),
+        _send(cfg, model, MessageType.TRAIN, 1, context),
+        _send(cfg, model, MessageType.EVALUATE, 1, context),
+    ]
+    # the client's heads after training, from its own store
+    from clients.app import head_store
+
+    heads = head_store(cfg, context).load(1)
+    assert heads is not None
+    head_arrays = [v.numpy() for v in heads.values()]
+    backbone_keys = set(model.backbone_state())
+    for reply in replies:
+        for name, record in reply.content.array_records.items():
+            assert set(record.keys()) <= backbone_keys, f"{name} carries non-backbone arrays"
+            for array in record.to_torch_state_dict().values():
+                for head in head_arrays:
+                    assert not (array.shape == head.shape and np.allclose(array.numpy(), head)), (
+                        f"a head tensor travels in reply record '{name}'"
+                    )
+        for record in reply.content.metric_records.values():
+            assert all(not isinstance(v, list) or len(v) < 10 for v in record.values())
+    train = replies[1]
+    assert set(train.content.array_records) == {"update"}
+    assert set(train.content["update"].keys()) == backbone_keys
+
+
+@pytest.mark.parametrize("store", ["disk", "context"])
+def test_heads_after_round_r_are_the_heads_of_round_r_plus_1(tmp_path, store):
+    cfg = _cfg(tmp_path, store)
+    model = _global(cfg)
+    context = _context(2)
+    first = _send(cfg, model, MessageType.TRAIN, 1, context).content["metrics"]
+    # the server moves the backbone between rounds; heads must not move
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.01)
+    second = _send(cfg, model, MessageType.TRAIN, 2, context).content["metrics"]
+    assert first["heads-fingerprint-in"] != first["heads-fingerprint-out"]  # training moved them
+    assert second["heads-fingerprint-in"] == first["heads-fingerprint-out"]
+    # a different client starts from different (its own deterministic) heads
+    other = _send(cfg, model, MessageType.TRAIN, 1, _context(0)).content["metrics"]
+    assert other["heads-fingerprint-in"] != first["heads-fingerprint-in"]
+    # same client, fresh node state and fresh store: the same first-visit heads again
+    cfg_fresh = _cfg(tmp_path / "fresh", store)
+    again = _send(cfg_fresh, model, MessageType.TRAIN, 1, _context(2)).content["metrics"]
+    assert again["heads-fingerprint-in"] == first["heads-fingerprint-in"]
+
+
+def test_train_reply_is_the_backbone_update_and_evaluation_uses_own_heads(tmp_path):
+    cfg = _cfg(tmp_path, "disk")
+    model = _global(cfg)
+    context = _context(0)
+    before = _send(cfg, model, MessageType.EVALUATE, 1, context).content["metrics"]
+    reply = _send(cfg, model, MessageType.TRAIN, 1, context)
+    update = reply.content["update"].to_torch_state_dict()
+    assert any(v.abs().sum() > 0 for v in update.values())
+    metrics = reply.content["metrics"]
+    assert metrics["partition-id"] == 0 and metrics["num-examples"] > 0
+    assert {"train.left.loss", "train.right.loss", "train.left.weight"} <= set(metrics.keys())
+    # evaluating the *same* global backbone again now uses the trained heads
+    after = _send(cfg, model, MessageType.EVALUATE, 1, context).content["metrics"]
+    assert after["test.left.loss"] != before["test.left.loss"]
+    assert after["num-examples"] == before["num-examples"] > 0
+
+
+def test_query_reports_partition():
+    cfg = load_config(None, ["data.num-clients=3"])
+    reply = _send(cfg, _global(cfg), MessageType.QUERY, 0, _context(2))
+    assert dict(reply.content["info"].items()) == {"partition-id": 2, "num-partitions": 3}
+
+
+def test_missing_partition_id_is_a_clear_error(tmp_path):
+    cfg = _cfg(tmp_path, "disk")
+    context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+    content = RecordDict({"arrays": ArrayRecord(_global(cfg).backbone_state()),
+                          "config": ConfigRecord(cfg.to_flat())})
+    with pytest.raises(RuntimeError, match="--node-config 'partition-id=<i> num-partitions=<N>'"):
+        app(Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN), context)

@@ -1,0 +1,117 @@
+"""Config schema: defaults, conversions, and one clear error per bad key or value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedmtl.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    config_from_flat,
+    flower_defaults_block,
+    load_config,
+    parse_override,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_run_config_lists_every_key_with_its_default():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    from flwr.common.config import flatten_dict
+
+    flower_defaults = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+    assert flower_defaults == ExperimentConfig().to_flat(), (
+        "pyproject.toml's [tool.flwr.app.config] is stale; run `python -m fedmtl.config`:\n"
+        + flower_defaults_block()
+    )
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+def test_shipped_configs_are_valid(name):
+    load_config(ROOT / "configs" / name)
+
+
+def test_flat_round_trip_and_toml_round_trip():
+    cfg = load_config(None, ["data.num-clients=7", "client.lr=0.1", "run.name=abc"])
+    assert config_from_flat(cfg.to_flat()) == cfg
+    assert build_config(tomllib.loads(cfg.to_toml())) == cfg
+    assert cfg.data.num_clients == 7 and cfg.client.lr == 0.1 and cfg.run.name == "abc"
+
+
+def test_override_parses_toml_values_and_bare_strings():
+    assert parse_override("run.rounds=5") == ("run.rounds", 5)
+    assert parse_override("client.lr = 0.5") == ("client.lr", 0.5)
+    assert parse_override("data.partitioner=dirichlet") == ("data.partitioner", "dirichlet")
+    with pytest.raises(ConfigError, match="section.key"):
+        parse_override("rounds=5")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("run.rounds")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"data": {"num-client": 3}}, "unknown key 'data.num-client' (did you mean 'num-clients'?)"),
+        ({"dta": {}}, "unknown section '[dta]' (did you mean 'data'?)"),
+        ({"client": {"lr": -1}}, "client.lr = -1: Input should be greater than 0"),
+        ({"server": {"fraction-train": 1.5}}, "server.fraction-train = 1.5"),
+        ({"data": {"num-clients": "ten"}}, "data.num-clients = 'ten'"),
+        ({"data": {"dataset": "multimnst"}}, "unknown dataset 'multimnst' (did you mean 'multimnist'?)"),
+        ({"data": {"partitioner": "dirichlett"}}, "did you mean 'dirichlet'?"),
+        ({"model": {"backbone": "resnet"}}, "unknown backbone 'resnet'; allowed: 'lenet', 'mlp'"),
+        ({"client": {"weighting": "fedavg"}}, "runs on the server only"),
+        ({"server": {"weighting": "nope"}}, "unknown weighting 'nope'"),
+        ({"client": {"head-store": "cloud"}}, "client.head-store = 'cloud'"),
+        ({"run": 3}, "'run' must be a table"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(values, expected):
+    with pytest.raises(ConfigError) as info:
+        build_config(values)
+    assert expected in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nrounds = 3\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
+
+
+def test_cli_config_error_is_one_clean_line_and_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data]\nnum-clients = 0\n[client]\nepoch = 2\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmtl", "run", str(bad), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "error: data.num-clients = 0: Input should be greater than or equal to 1",
+        "error: unknown key 'client.epoch' (did you mean 'epochs'?); allowed keys in [client]: "
+        "epochs, batch-size, lr, momentum, weighting, head-store, head-store-dir, device",
+    ]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run").exists(), "no work may start on a bad config"
+
+
+def test_cli_validate_prints_resolved_config():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmtl", "validate", str(ROOT / "configs/smoke.toml"), "--set", "run.rounds=9"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    resolved = tomllib.loads(proc.stdout)
+    assert resolved["run"]["rounds"] == 9
+    assert resolved["data"]["num-clients"] == 4
+    assert resolved["client"]["weighting"] == "mean"  # default filled in

@@ -1,0 +1,120 @@
+"""MultiMNIST construction, partitioners and the federation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedmtl.config import DataSection
+from fedmtl.data import load_federation
+from fedmtl.data.multimnist import (
+    MEAN,
+    STD,
+    canvases,
+    load_digits,
+    make_pairs,
+    overlay,
+)
+from fedmtl.data.partitioners import PARTITIONERS
+
+
+def test_embedded_digits_are_the_real_mnist_5k():
+    images, labels = load_digits()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [500] * 10
+    assert images.max() == 255 and images.min() == 0
+
+
+def test_overlay_places_left_top_left_right_shifted_and_keeps_the_max():
+    left = np.zeros((1, 28, 28), np.uint8)
+    right = np.zeros((1, 28, 28), np.uint8)
+    left[0, 0, 0] = 200  # canvas (0, 0)
+    left[0, 27, 27] = 50  # canvas (27, 27), inside the overlap
+    right[0, 21, 21] = 120  # canvas (27, 27) too
+    right[0, 27, 27] = 90  # canvas (33, 33)
+    out = overlay(left, right)
+    assert out.shape == (1, 28, 28)
+    # nearest-neighbour resize 36 -> 28 by pixel centres: dst i <- src floor((i + .5) * 36 / 28)
+    src = np.minimum(((np.arange(28) + 0.5) * 36 / 28).astype(int), 35)
+    canvas = np.zeros((36, 36), np.uint8)
+    canvas[0, 0], canvas[27, 27], canvas[33, 33] = 200, 120, 90
+    np.testing.assert_array_equal(out[0], canvas[src][:, src])
+
+
+def test_pairs_never_pair_a_digit_with_itself_and_stay_in_the_pool():
+    rng = np.random.default_rng(0)
+    pool = np.array([3, 17, 42, 99])
+    left, right = make_pairs(pool, 5, rng)
+    assert len(left) == 20 and (left != right).all()
+    assert set(left) == set(pool) and set(right) <= set(pool)
+    assert np.bincount(np.searchsorted(pool, left)).tolist() == [5, 5, 5, 5]
+
+
+def test_canvases_labels_follow_the_digits_and_are_normalised():
+    images, labels = load_digits()
+    split = canvases(np.arange(50), 2, np.random.default_rng(1))
+    assert split.x.shape == (100, 1, 28, 28) and split.x.dtype == torch.float32
+    assert set(split.targets) == {"left", "right"}
+    assert split.x.min().item() == pytest.approx((0 - MEAN) / STD, rel=1e-5)
+    np.testing.assert_array_equal(split.targets["left"].numpy(), np.repeat(labels[:50], 2))
+
+
+@pytest.mark.parametrize("name", ["iid", "dirichlet"])
+@pytest.mark.parametrize("num", [3, 20])
+def test_partitioners_cover_every_example_exactly_once(name, num):
+    _, labels = load_digits()
+    parts = PARTITIONERS.get(name)(labels, num, 0, DataSection(dirichlet_alpha=0.5))
+    assert len(parts) == num
+    joined = np.concatenate(parts)
+    assert len(joined) == len(labels) and len(np.unique(joined)) == len(labels)
+    assert min(len(p) for p in parts) >= 2
+
+
+def test_iid_sizes_are_balanced_and_seeded():
+    _, labels = load_digits()
+    parts = PARTITIONERS.get("iid")(labels, 7, 3, DataSection())
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    again = PARTITIONERS.get("iid")(labels, 7, 3, DataSection())
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    other = PARTITIONERS.get("iid")(labels, 7, 4, DataSection())
+    assert not np.array_equal(parts[0], other[0])
+
+
+def _mean_top_label_share(alpha: float) -> float:
+    _, labels = load_digits()
+    parts = PARTITIONERS.get("dirichlet")(labels, 10, 0, DataSection(dirichlet_alpha=alpha))
+    return float(np.mean([np.bincount(labels[p], minlength=10).max() / len(p) for p in parts]))
+
+
+def test_dirichlet_concentration_controls_label_skew():
+    skewed, mild = _mean_top_label_share(0.1), _mean_top_label_share(100.0)
+    assert skewed > 0.4 > 0.2 > mild  # IID would give about 0.1 + noise
+
+
+def test_too_many_clients_is_a_clear_error():
+    _, labels = load_digits()
+    with pytest.raises(ValueError, match="lower data.num-clients"):
+        PARTITIONERS.get("iid")(labels, 3000, 0, DataSection())
+
+
+def test_federation_splits_are_disjoint_in_base_digits_and_deterministic():
+    cfg = DataSection(num_clients=5, partitioner="dirichlet", dirichlet_alpha=1.0, pairs_per_digit=2)
+    fed = load_federation(cfg, 0)
+    images, _ = load_digits()
+    flat = images.reshape(len(images), -1)
+    seen = set()
+    for client in fed.clients():
+        assert len(client.train) > 0 and len(client.test) > 0
+        # recover which base digits a canvas used from its left digit's top-left 22x22 block,
+        # which the right digit never covers
+        def lefts(split):
+            x = (split.x[:, 0].numpy() * STD + MEAN) * 255
+            return {tuple(np.round(row[:16, :16]).astype(int).ravel()) for row in x}
+        train, test = lefts(client.train), lefts(client.test)
+        assert not (train & test), "a test digit also appears in training"
+        seen |= train | test
+    assert len(seen) > 0.9 * len(flat)  # nearly every base digit is used somewhere
+    again = load_federation.__wrapped__(cfg, 0)
+    assert torch.equal(again.client(2).train.x, fed.client(2).train.x)

@@ -1,0 +1,36 @@
+"""Across-client statistics, checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedmtl.fairness import jain_index, summarize, worst_fraction_mean
+
+
+def test_summary_by_hand():
+    values = np.array([0.5, 1.0, 0.75, 0.25])
+    s = summarize(values, weights=np.array([1, 1, 2, 0]))
+    assert s["mean"] == pytest.approx(0.625)
+    assert s["wmean"] == pytest.approx((0.5 + 1.0 + 1.5) / 4)
+    assert s["std"] == pytest.approx(np.sqrt(np.mean((values - 0.625) ** 2)))
+    assert s["worst"] == 0.25 and s["best"] == 1.0
+    assert s["worst10"] == 0.25  # max(1, floor(0.4)) = 1 lowest
+    assert s["jain"] == pytest.approx(2.5**2 / (4 * (0.25 + 1 + 0.5625 + 0.0625)))
+
+
+def test_edge_cases():
+    assert summarize(np.array([0.7]))["jain"] == pytest.approx(1.0)
+    assert summarize(np.array([0.3, 0.3, 0.3]))["std"] == 0.0
+    assert math.isnan(jain_index(np.zeros(3)))
+    assert all(math.isnan(v) for v in summarize(np.array([])).values())
+
+
+def test_lower_is_better_flips_worst():
+    values = np.array([1.0, 4.0, 2.0, 3.0] * 5)
+    s = summarize(values, higher_is_better=False)
+    assert s["worst"] == 4.0 and s["best"] == 1.0
+    assert worst_fraction_mean(values, 0.1, higher_is_better=False) == 4.0  # 2 worst of 20
+    assert worst_fraction_mean(values, 0.2, higher_is_better=True) == pytest.approx(1.0)
