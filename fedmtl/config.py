@@ -146,6 +146,9 @@ class ServerSection(Section):
     )
     min_train_clients: int = Field(1, ge=1, description="Minimum clients sampled per round.")
     timeout: float = Field(3600.0, gt=0, description="Seconds to wait for replies per round.")
+    connect_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for data.num-clients SuperNodes to connect."
+    )
 
     @field_validator("weighting")
     @classmethod

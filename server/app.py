@@ -30,41 +30,58 @@ class FederationMismatch(RuntimeError):
     """The connected SuperNodes do not match ``data.num-clients``."""
 
 
-def discover_clients(grid: Grid, cfg: ExperimentConfig, timeout: float = 600.0) -> dict[int, int]:
-    """Ask every node for its partition id; return ``{partition id: node id}``.
-
-    Waits until ``data.num-clients`` (N) nodes are connected and checks that partition ids
-    ``0..N-1`` are all present. Nodes with larger partition ids (a federation with more
-    SuperNodes than clients) stay idle, with a warning.
-    """
-    expected = cfg.data.num_clients
-    deadline = time.monotonic() + timeout
-    while len(node_ids := list(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline:
-            raise FederationMismatch(
-                f"only {len(node_ids)} SuperNodes connected after {timeout:.0f} s, "
-                f"but data.num-clients = {expected}"
-            )
-        time.sleep(1.0)
+def _query_nodes(grid: Grid, node_ids: list[int], timeout: float) -> dict[int, tuple[int, int]]:
+    """Ask nodes for ``(partition id, num partitions)``; ``{node id: info}``."""
     content = RecordDict({"config": ConfigRecord({"kind": "discover"})})
     messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
-    clients: dict[int, int] = {}
+    infos = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             raise FederationMismatch(f"a node failed client discovery: {reply.error.reason}")
         info = reply.content["info"]
-        partitions = int(info["num-partitions"])
-        if partitions < expected:
+        infos[reply.metadata.src_node_id] = (int(info["partition-id"]), int(info["num-partitions"]))
+    return infos
+
+
+def discover_clients(grid: Grid, cfg: ExperimentConfig) -> dict[int, int]:
+    """Ask every node for its partition id; return ``{partition id: node id}``.
+
+    Nodes are queried as they connect. A node reporting fewer partitions than
+    ``data.num-clients`` (N) fails at once, naming the fix; otherwise discovery waits up to
+    ``server.connect-timeout`` seconds for partition ids ``0..N-1``. Nodes with larger
+    partition ids (more SuperNodes than clients) stay idle, with a warning.
+    """
+    expected = cfg.data.num_clients
+    deadline = time.monotonic() + cfg.server.connect_timeout
+    infos: dict[int, tuple[int, int]] = {}
+    clients: dict[int, int] = {}
+    last_report = 0.0
+    while True:
+        new = [n for n in grid.get_node_ids() if n not in infos]
+        if new:
+            infos.update(_query_nodes(grid, new, cfg.server.connect_timeout))
+        for node, (partition, partitions) in infos.items():
+            if partitions < expected:
+                raise FederationMismatch(
+                    f"the federation has num-partitions = {partitions} but data.num-clients = "
+                    f"{expected}; give it at least {expected} SuperNodes (for `flwr run`: "
+                    f"--federation-config 'num-supernodes={expected}', or use `fedmtl flwr-run`)"
+                )
+            if partition < expected:
+                clients[partition] = node
+        if len(clients) == expected:
+            break
+        if time.monotonic() > deadline:
+            missing = sorted(set(range(expected)) - set(clients))
             raise FederationMismatch(
-                f"the federation has num-partitions = {partitions} but data.num-clients = "
-                f"{expected}; give it at least {expected} SuperNodes (for `flwr run`, "
-                f"--federation-config 'num-supernodes={expected}')"
+                f"after {cfg.server.connect_timeout:.0f} s, {len(clients)} of data.num-clients = "
+                f"{expected} clients are connected; missing partition ids {missing[:10]}"
             )
-        if int(info["partition-id"]) < expected:
-            clients[int(info["partition-id"])] = reply.metadata.src_node_id
-    if sorted(clients) != list(range(expected)):
-        raise FederationMismatch(f"partition ids {sorted(clients)} are not 0..{expected - 1}")
-    idle = len(node_ids) - expected
+        if time.monotonic() - last_report > 10:
+            log.info("waiting for SuperNodes: %d of %d clients connected", len(clients), expected)
+            last_report = time.monotonic()
+        time.sleep(0.5)
+    idle = len(infos) - expected
     if idle > 0:
         log.warning("%d SuperNodes have partition ids >= data.num-clients = %d and stay idle", idle, expected)
     return clients

@@ -1,0 +1,109 @@
+"""The same app through `flwr run` and a real local SuperLink (simulation runtime)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.flwr_run import _json_from, run_status
+from tests.helpers import is_png, stop_local_superlink
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _wait(run_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run_status(run_id, [], dict(__import__("os").environ))
+        if status["status"].startswith("finished"):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+def _port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
+    from flwr.cli.constant import LOCAL_SUPERLINK_HTTP_API_PORT
+
+    # `flwr run` reuses whatever local SuperLink already listens on its fixed port
+    assert not _port_in_use(int(LOCAL_SUPERLINK_HTTP_API_PORT)), (
+        f"a local SuperLink from another FLWR_HOME already listens on port "
+        f"{LOCAL_SUPERLINK_HTTP_API_PORT}; stop it (pkill -f flower-superlink) and rerun"
+    )
+    try:
+        # 1. the plain Flower command, exactly as documented, from the repository root:
+        #    it succeeds and writes the run folder under ./runs (relative output-dir = the
+        #    local SuperLink's working directory)
+        before = set((ROOT / "runs").glob("smoke-*"))
+        proc = subprocess.run(
+            ["flwr", "run", ".", "--run-config", "configs/smoke.toml", "--format", "json"],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )
+        submitted = _json_from(proc.stdout)
+        assert submitted["success"], proc.stdout + proc.stderr
+        status = _wait(submitted["run-id"])
+        assert status["status"] == "finished:completed", status
+        created = set((ROOT / "runs").glob("smoke-*")) - before
+        assert len(created) == 1
+        run_dir = created.pop()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["final_round"] == 2 and set(summary["final"]) == {"left", "right"}
+        assert is_png(run_dir / "plots" / "accuracy.png")
+        shutil.rmtree(run_dir)
+
+        # a federation smaller than data.num-clients fails fast, naming the fix
+        proc = subprocess.run(
+            ["flwr", "run", ".", "--run-config", "data.num-clients=3 run.rounds=1", "--format", "json"],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )
+        status = _wait(_json_from(proc.stdout)["run-id"], timeout=120)
+        assert status["status"] == "finished:failed"
+        assert "--federation-config 'num-supernodes=3'" in status["status-details"]
+
+        # 2. a ServerApp that fails: `flwr run` still exits 0 ...
+        bad = tmp_path / "fails.toml"
+        bad.write_text(
+            '[run]\nrounds = 1\noutput-dir = "' + str(tmp_path / "bad-runs") + '"\n'
+            '[data]\nnum-clients = 20\npartitioner = "dirichlet"\ndirichlet-alpha = 0.001\n'
+        )
+        proc = subprocess.run(
+            ["flwr", "run", str(ROOT), "--run-config", str(bad), "--format", "json"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )
+        assert proc.returncode == 0
+        assert _wait(_json_from(proc.stdout)["run-id"])["status"] == "finished:failed"
+        # ... but the documented command fails, with the reason
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedmtl", "flwr-run", str(bad), "--app-dir", str(ROOT)],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        )
+        assert proc.returncode == 1
+        assert "finished:failed" in proc.stderr
+        assert "raise data.dirichlet-alpha or lower data.num-clients" in proc.stderr
+
+        # 3. the documented command succeeds on a good config, results at run.output-dir
+        good = tmp_path / "good.toml"
+        good.write_text((ROOT / "configs/smoke.toml").read_text().replace(
+            '[run]\n', f'[run]\noutput-dir = "{tmp_path / "good-runs"}"\n'))
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedmtl", "flwr-run", str(good), "--app-dir", str(ROOT)],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "finished:completed" in proc.stdout
+        assert len(list((tmp_path / "good-runs").glob("smoke-*/summary.json"))) == 1
+    finally:
+        stop_local_superlink(flwr_home)

@@ -1,0 +1,124 @@
+"""End to end through Flower's real Ray Simulation Engine, and the run-folder format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedmtl.results import METRIC_COLUMNS, load_run
+from tests.helpers import is_png
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(out: Path, *overrides: str, config: str = "configs/smoke.toml") -> subprocess.CompletedProcess:
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmtl", "run", str(ROOT / config), "--out", str(out), *sets],
+        capture_output=True, text=True, timeout=600, cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module", params=["disk", "context"])
+def smoke_run(request, tmp_path_factory) -> tuple[Path, str, str]:
+    out = tmp_path_factory.mktemp(f"smoke-{request.param}") / "run"
+    proc = _run(
+        out, f"client.head-store={request.param}", "data.num-clients=4", "run.rounds=3",
+        "server.fraction-train=0.75",
+    )
+    return out, request.param, proc.stdout
+
+
+def test_run_folder_has_the_documented_files(smoke_run):
+    out, _, _ = smoke_run
+    for name in ("config.toml", "metrics.csv", "rounds.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "latest.pt").is_file()
+    for name in ("accuracy.png", "final_distribution.png"):
+        assert is_png(out / "plots" / name), name
+
+
+def test_results_read_with_pandas(smoke_run):
+    out, store, _ = smoke_run
+    run = load_run(out)
+    metrics, rounds, summary = run["metrics"], run["rounds"], run["summary"]
+    assert list(metrics.columns) == METRIC_COLUMNS
+    test = metrics[(metrics.split == "test") & (metrics.task != "all")]
+    # every client evaluated both tasks every round
+    assert set(test["round"]) == {1, 2, 3}
+    counts = test[test.metric == "accuracy"].groupby(["round", "task"])["client"].nunique()
+    assert (counts == 4).all()
+    assert test[test.metric == "accuracy"]["value"].between(0, 1).all()
+    assert list(rounds["round"]) == [1, 2, 3]
+    assert (rounds["sampled"] == 3).all() and (rounds["replies"] == 3).all() and (rounds["failures"] == 0).all()
+    for task in ("left", "right"):
+        last = test[(test["round"] == 3) & (test.task == task) & (test.metric == "accuracy")]["value"]
+        assert rounds.loc[rounds["round"] == 3, f"{task}.accuracy.mean"].item() == pytest.approx(last.mean())
+        assert rounds.loc[rounds["round"] == 3, f"{task}.accuracy.worst"].item() == pytest.approx(last.min())
+        assert summary["final"][task]["mean"] == pytest.approx(last.mean())
+    weights = metrics[(metrics.metric == "aggregation-weight")].groupby("round")["value"].sum()
+    assert weights.to_numpy() == pytest.approx([1.0, 1.0, 1.0])
+    resolved = tomllib.loads((out / "config.toml").read_text())
+    assert resolved["client"]["head-store"] == store
+    assert resolved["client"]["head-store-dir"] == str(out / "heads")
+
+
+def test_heads_continue_across_rounds_in_the_real_engine(smoke_run):
+    out, store, _ = smoke_run
+    m = pd.read_csv(out / "metrics.csv")
+    fp = m[m.metric.str.startswith("heads-fingerprint")].pivot_table(
+        index=["client", "round"], columns="metric", values="value"
+    )
+    checked = 0
+    for client, rows in fp.groupby(level="client"):
+        rows = rows.droplevel("client").sort_index()
+        for (_, prev), (_, cur) in zip(rows.iloc[:-1].iterrows(), rows.iloc[1:].iterrows()):
+            assert cur["heads-fingerprint-in"] == prev["heads-fingerprint-out"]
+            checked += 1
+        assert (rows["heads-fingerprint-in"] != rows["heads-fingerprint-out"]).all()
+    assert checked >= 4
+    if store == "disk":
+        trained = sorted(fp.index.get_level_values("client").unique())
+        assert sorted(p.name for p in (out / "heads").iterdir()) == [f"client-{i}.pt" for i in trained]
+    else:
+        assert not (out / "heads").exists()
+
+
+def test_progress_display_and_final_table(smoke_run):
+    _, _, stdout = smoke_run
+    assert "round 1/3" in stdout and "round 3/3" in stdout
+    assert "left: mean" in stdout and "worst" in stdout
+    assert "Personalized test metrics across clients (round 3)" in stdout
+
+
+def test_centralized_baseline_writes_the_same_format(tmp_path):
+    out = tmp_path / "central"
+    _run(out, "run.mode=centralized", "run.rounds=2", config="configs/smoke.toml")
+    run = load_run(out)
+    assert run["summary"]["mode"] == "centralized"
+    test = run["metrics"][(run["metrics"].split == "test") & (run["metrics"].metric == "accuracy")]
+    assert test.groupby("round")["client"].nunique().tolist() == [2, 2]
+    # two epochs over the pooled data must beat chance clearly
+    assert test[test["round"] == 2]["value"].mean() > 0.3
+    assert is_png(out / "plots" / "accuracy.png")
+
+
+def test_existing_nonempty_out_folder_is_refused(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmtl", "run", str(ROOT / "configs/smoke.toml"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "exists and is not empty" in proc.stderr
+    assert (out / "keep.txt").read_text() == "mine"
