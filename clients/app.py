@@ -13,6 +13,7 @@ set by the Simulation Engine in simulation). Messages:
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -20,7 +21,7 @@ from flwr.clientapp import ClientApp
 
 from fedmtl.aggregation import make_weighting
 from fedmtl.config import ExperimentConfig, config_from_flat
-from fedmtl.data import load_federation
+from fedmtl.data import ClientData, load_federation
 from fedmtl.models import MultiTaskModel, build_model
 from fedmtl.personalization import (
     ContextHeadStore,
@@ -29,6 +30,7 @@ from fedmtl.personalization import (
     heads_fingerprint,
     restore_heads,
 )
+from fedmtl.tasks import TaskSpec
 from fedmtl.training import evaluate, train_local
 from fedmtl.training.setup import select_device, seeded_generator
 
@@ -66,8 +68,23 @@ def head_store(cfg: ExperimentConfig, context: Context) -> HeadStore:
     return DiskHeadStore(str(root))
 
 
-def personalized_model(cfg: ExperimentConfig, msg: Message, context: Context) -> tuple[MultiTaskModel, int, HeadStore]:
-    """Global backbone from ``msg`` + this client's heads; returns (model, client id, store)."""
+@dataclass
+class LocalSetup:
+    """Everything a train or evaluate call works with on this node."""
+
+    cfg: ExperimentConfig
+    server_round: int
+    client: int
+    model: MultiTaskModel
+    store: HeadStore
+    data: ClientData
+    tasks: list[TaskSpec]
+    device: torch.device
+
+
+def local_setup(msg: Message, context: Context) -> LocalSetup:
+    """Config from ``msg``; global backbone from ``msg`` + this client's heads; its data."""
+    cfg, server_round = read_config(msg.content["config"])
     torch.set_num_threads(cfg.engine.client_num_cpus)
     client = partition_id(context)
     fed = load_federation(cfg.data, cfg.run.seed)
@@ -75,7 +92,10 @@ def personalized_model(cfg: ExperimentConfig, msg: Message, context: Context) ->
     model.backbone.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     store = head_store(cfg, context)
     restore_heads(model, store, cfg.run.seed, client)
-    return model, client, store
+    return LocalSetup(
+        cfg, server_round, client, model, store, fed.client(client), fed.tasks,
+        select_device(cfg.client.device),
+    )
 
 
 @app.query()
@@ -93,27 +113,25 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local multi-task training; reply the backbone update and metrics (no heads)."""
-    cfg, server_round = read_config(msg.content["config"])
-    model, client, store = personalized_model(cfg, msg, context)
-    fed = load_federation(cfg.data, cfg.run.seed)
-    device = select_device(cfg.client.device)
+    s = local_setup(msg, context)
+    model, client, cfg = s.model, s.client, s.cfg
     fingerprint_in = heads_fingerprint(model)
     global_state = {k: v.clone() for k, v in model.backbone_state().items()}
-    model.to(device)
+    model.to(s.device)
     result = train_local(
         model,
-        fed.client(client).train,
-        fed.tasks,
+        s.data.train,
+        s.tasks,
         make_weighting(cfg.client.weighting),
         epochs=cfg.client.epochs,
         batch_size=cfg.client.batch_size,
         lr=cfg.client.lr,
         momentum=cfg.client.momentum,
-        device=device,
-        generator=seeded_generator(cfg.run.seed, server_round, client),
+        device=s.device,
+        generator=seeded_generator(cfg.run.seed, s.server_round, client),
     )
     model.to("cpu")
-    store.save(client, model.heads_state())
+    s.store.save(client, model.heads_state())
     update = {k: v - global_state[k] for k, v in model.backbone_state().items()}
     metrics = {
         "partition-id": client,
@@ -131,13 +149,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_personalized(msg: Message, context: Context) -> Message:
     """Evaluate global backbone + own heads on the local test split."""
-    cfg, _ = read_config(msg.content["config"])
-    model, client, _ = personalized_model(cfg, msg, context)
-    fed = load_federation(cfg.data, cfg.run.seed)
-    device = select_device(cfg.client.device)
-    test = fed.client(client).test
-    results = evaluate(model.to(device), test, fed.tasks, device=device)
-    metrics: dict[str, float | int] = {"partition-id": client, "num-examples": len(test)}
+    s = local_setup(msg, context)
+    test = s.data.test
+    results = evaluate(s.model.to(s.device), test, s.tasks, device=s.device)
+    metrics: dict[str, float | int] = {"partition-id": s.client, "num-examples": len(test)}
     for task, values in results.items():
         for metric, value in values.items():
             metrics[f"test.{task}.{metric}"] = value

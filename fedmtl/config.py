@@ -47,6 +47,18 @@ def _registered(value: str, registry_path: str) -> str:
     return value
 
 
+def _weighting_runs_on(value: str, side: Literal["client", "server"]) -> str:
+    """Check that weighting ``value`` exists and may run on ``side``."""
+    _registered(value, "fedmtl.aggregation:WEIGHTINGS")
+    from fedmtl.aggregation import WEIGHTINGS
+
+    scope = WEIGHTINGS.get(value).scope
+    if scope not in (side, "both"):
+        where = "the server only, not across tasks" if scope == "server" else "clients only, not on the server"
+        raise ValueError(f"weighting '{value}' runs on {where}")
+    return value
+
+
 class RunSection(Section):
     """``[run]``: what to run and where results go."""
 
@@ -125,12 +137,7 @@ class ClientSection(Section):
     @field_validator("weighting")
     @classmethod
     def _weighting(cls, v: str) -> str:
-        _registered(v, "fedmtl.aggregation:WEIGHTINGS")
-        from fedmtl.aggregation import WEIGHTINGS
-
-        if WEIGHTINGS.get(v).scope == "server":
-            raise ValueError(f"weighting '{v}' runs on the server only, not across tasks")
-        return v
+        return _weighting_runs_on(v, "client")
 
 
 class ServerSection(Section):
@@ -153,12 +160,7 @@ class ServerSection(Section):
     @field_validator("weighting")
     @classmethod
     def _weighting(cls, v: str) -> str:
-        _registered(v, "fedmtl.aggregation:WEIGHTINGS")
-        from fedmtl.aggregation import WEIGHTINGS
-
-        if WEIGHTINGS.get(v).scope == "client":
-            raise ValueError(f"weighting '{v}' runs on clients only, not on the server")
-        return v
+        return _weighting_runs_on(v, "server")
 
 
 class EngineSection(Section):

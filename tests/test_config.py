@@ -113,5 +113,5 @@ def test_cli_validate_prints_resolved_config():
     assert proc.returncode == 0, proc.stderr
     resolved = tomllib.loads(proc.stdout)
     assert resolved["run"]["rounds"] == 9
-    assert resolved["data"]["num-clients"] == 4
+    assert resolved["data"]["num-clients"] == 2
     assert resolved["client"]["weighting"] == "mean"  # default filled in
