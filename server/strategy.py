@@ -149,6 +149,8 @@ class FedMTLStrategy(Strategy):
             raise ClientsFailed(
                 f"round {server_round} {stage}: all {len(reasons)} clients failed; first error: {reasons[0]}"
             )
+        # replies arrive in any order; aggregate in client order so float sums are reproducible
+        valid.sort(key=lambda reply: int(reply.content["metrics"]["partition-id"]))
         return valid, len(reasons)
 
     # -- training -----------------------------------------------------------------------

@@ -28,14 +28,29 @@ def _run(out: Path, *overrides: str, config: str = "configs/smoke.toml") -> subp
     return proc
 
 
-@pytest.fixture(scope="module", params=["disk", "context"])
-def smoke_run(request, tmp_path_factory) -> tuple[Path, str, str]:
-    out = tmp_path_factory.mktemp(f"smoke-{request.param}") / "run"
-    proc = _run(
-        out, f"client.head-store={request.param}", "data.num-clients=4", "run.rounds=3",
-        "server.fraction-train=0.75",
-    )
-    return out, request.param, proc.stdout
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, str, str]]:
+    """The same 4-client, 3-round simulation with each head store."""
+    runs = {}
+    for store in ("disk", "context"):
+        out = tmp_path_factory.mktemp(f"smoke-{store}") / "run"
+        proc = _run(
+            out, f"client.head-store={store}", "data.num-clients=4", "run.rounds=3",
+            "server.fraction-train=0.75",
+        )
+        runs[store] = (out, store, proc.stdout)
+    return runs
+
+
+@pytest.fixture(params=["disk", "context"])
+def smoke_run(request, smoke_runs) -> tuple[Path, str, str]:
+    return smoke_runs[request.param]
+
+
+def test_same_seed_same_metrics_whatever_the_head_store(smoke_runs):
+    disk = (smoke_runs["disk"][0] / "metrics.csv").read_text()
+    context = (smoke_runs["context"][0] / "metrics.csv").read_text()
+    assert disk == context
 
 
 def test_run_folder_has_the_documented_files(smoke_run):

@@ -108,3 +108,27 @@ def test_evaluate_counts_by_hand():
     data = Split(torch.tensor([[3.0, 1.0], [0.0, 2.0], [5.0, 4.0]]), {"a": torch.tensor([0, 0, 1])})
     result = evaluate(Fixed(), data, [TaskSpec("a", "multiclass", 2)], batch_size=2)
     assert result["a"]["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_device_choice_falls_back_to_cpu_without_a_gpu(monkeypatch, caplog):
+    from fedmtl.training.setup import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto").type == "cpu"
+    assert select_device("cpu").type == "cpu"
+    with caplog.at_level("WARNING", logger="fedmtl"):
+        assert select_device("cuda").type == "cpu"
+    assert "no GPU is visible" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto").type == "cuda" and select_device("cuda").type == "cuda"
+    assert select_device("cpu").type == "cpu"
+
+
+def test_engine_resources_reach_the_backend_config():
+    from fedmtl.config import load_config
+    from server.simulation import backend_config
+
+    cfg = load_config(None, ["engine.client-num-cpus=2", "engine.client-num-gpus=0.25", "engine.num-cpus=4"])
+    backend = backend_config(cfg)
+    assert backend["client_resources"] == {"num_cpus": 2, "num_gpus": 0.25}
+    assert backend["init_args"]["num_cpus"] == 4
