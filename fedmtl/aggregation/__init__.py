@@ -10,5 +10,14 @@ from fedmtl.aggregation import basic  # noqa: F401  (registers the weightings)
 from fedmtl.aggregation.base import WEIGHTINGS, Weighting, make_weighting
 from fedmtl.aggregation.combine import combine
 from fedmtl.aggregation.objectives import Objectives
+from fedmtl.aggregation.solvers import SolveInfo, solve_alpha_fair
 
-__all__ = ["WEIGHTINGS", "Objectives", "Weighting", "combine", "make_weighting"]
+__all__ = [
+    "WEIGHTINGS",
+    "Objectives",
+    "SolveInfo",
+    "Weighting",
+    "combine",
+    "make_weighting",
+    "solve_alpha_fair",
+]

@@ -1,0 +1,147 @@
+"""The α-fair solver: the FairGrad condition, torchjd agreement, limits and degenerate input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchjd.aggregation import FairGradWeighting, MGDAWeighting
+
+from fedmtl.aggregation import solve_alpha_fair
+from fedmtl.aggregation.solvers import relative_residual
+
+ALPHAS = [0.5, 1.0, 2.0, 5.0]
+
+
+def _gramian(m: int, kind: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        g = rng.normal(size=(m, 3 * m))
+    elif kind == "correlated":
+        g = rng.normal(size=(1, 3 * m)) + 0.1 * rng.normal(size=(m, 3 * m))
+    else:  # positive combinations of 2 directions with a positive common part: rank 2, solvable
+        base = rng.normal(size=(2, 3 * m))
+        g = rng.uniform(0.1, 1.0, size=(m, 2)) @ base + 2.0 * base.sum(0)
+    return g @ g.T
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("m", [2, 5, 20])
+@pytest.mark.parametrize("kind", ["random", "correlated"])
+def test_agrees_with_torchjd_fairgrad_where_it_converges(alpha, m, kind):
+    a = _gramian(m, kind)
+    ours, info = solve_alpha_fair(a, alpha)
+    theirs = FairGradWeighting(alpha)(torch.from_numpy(a)).numpy()
+    assert info.fallback == "" and info.residual < 1e-12
+    if relative_residual(a, theirs, alpha) < 1e-9:  # torchjd converged
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_condition_holds_on_every_row(alpha):
+    a = _gramian(8, "random", seed=3)
+    w, _ = solve_alpha_fair(torch.from_numpy(a), alpha)
+    assert (w > 0).all()
+    np.testing.assert_allclose(a @ w, w ** (-1 / alpha), rtol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("s", [1e-6, 0.3, 250.0])
+def test_scaling_law(alpha, s):
+    """Scaling the Gramian by s scales the weights by s^(-α/(α+1)) (direction unchanged)."""
+    a = _gramian(6, "correlated", seed=1)
+    w, _ = solve_alpha_fair(a, alpha)
+    ws, _ = solve_alpha_fair(s * a, alpha)
+    np.testing.assert_allclose(ws, s ** (-alpha / (alpha + 1)) * w, rtol=1e-9)
+
+
+def test_permutation_equivariance():
+    a = _gramian(7, "random", seed=2)
+    perm = np.random.default_rng(0).permutation(7)
+    w, _ = solve_alpha_fair(a, 2.0)
+    wp, _ = solve_alpha_fair(a[np.ix_(perm, perm)], 2.0)
+    np.testing.assert_allclose(wp, w[perm], rtol=1e-10)
+
+
+def test_alpha_zero_is_uniform_and_alpha_one_is_nash():
+    a = _gramian(5, "random")
+    w0, info = solve_alpha_fair(a, 0.0)
+    np.testing.assert_allclose(w0, np.full(5, 0.2))
+    assert info.iterations == 0
+    w1, _ = solve_alpha_fair(a, 1.0)
+    np.testing.assert_allclose(a @ w1, 1 / w1, rtol=1e-10)  # Nash-MTL: A w = 1/w
+
+
+def test_alpha_infinity_is_the_mgda_direction_and_the_large_alpha_limit():
+    rng = np.random.default_rng(4)
+    g = rng.normal(size=(4, 12)) + 1.5 * rng.normal(size=(1, 12))
+    a = g @ g.T
+    w_inf, info = solve_alpha_fair(a, math.inf)
+    assert info.fallback == ""
+    d = w_inf @ g
+    lam = MGDAWeighting(epsilon=1e-9, max_iters=10_000)(torch.from_numpy(a)).numpy()
+    d_mgda = lam @ g
+    assert np.dot(d, d_mgda) / (np.linalg.norm(d) * np.linalg.norm(d_mgda)) > 1 - 1e-6
+    # max-min: every objective improves at least 1 (= on the support); Frank-Wolfe accuracy
+    assert (g @ d >= 1 - 1e-3).all()
+    w_big, _ = solve_alpha_fair(a, 200.0)
+    d_big = w_big @ g
+    assert np.dot(d, d_big) / (np.linalg.norm(d) * np.linalg.norm(d_big)) > 0.99
+
+
+def test_rank_deficient_but_solvable_needs_no_fallback():
+    a = _gramian(6, "rank2")
+    assert np.linalg.matrix_rank(a) == 2
+    w, info = solve_alpha_fair(a, 2.0)
+    assert info.fallback == "" and info.residual < 1e-10
+
+
+def test_pareto_stationary_input_falls_back_finitely_and_says_so():
+    g = np.array([[1.0, 2.0, 0.5]])
+    a = np.vstack([g, -2 * g]) @ np.vstack([g, -2 * g]).T  # 0 is in the hull: no positive solution
+    w, info = solve_alpha_fair(a, 1.0)
+    assert info.fallback == "regularised"
+    assert np.isfinite(w).all() and (w > 0).all()
+    w, info = solve_alpha_fair(np.zeros((3, 3)), 2.0)
+    assert info.fallback == "zero-gramian" and np.allclose(w, 1 / 3)
+    w, info = solve_alpha_fair(a, math.inf)
+    assert info.fallback == "pareto-stationary" and np.isfinite(w).all()
+
+
+def test_warm_start_from_the_solution_converges_at_once():
+    a = _gramian(30, "random", seed=5)
+    w, info = solve_alpha_fair(a, 2.0)
+    w2, info2 = solve_alpha_fair(a, 2.0, warm_start=w)
+    assert info2.iterations <= 1 < info.iterations
+    np.testing.assert_allclose(w2, w, rtol=1e-10)
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        solve_alpha_fair(np.eye(2), -1.0)
+    with pytest.raises(ValueError, match="square"):
+        solve_alpha_fair(np.ones((2, 3)), 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        solve_alpha_fair(np.array([[1.0, np.nan], [np.nan, 1.0]]), 1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 12),
+    rank=st.integers(1, 12),
+    alpha=st.sampled_from([0.25, 1.0, 3.0, math.inf]),
+    scale=st.floats(1e-8, 1e8),
+    seed=st.integers(0, 2**16),
+)
+def test_never_raises_and_weights_are_finite_and_positive(m, rank, alpha, scale, seed):
+    g = np.random.default_rng(seed).normal(size=(m, min(rank, m) + 1)) * scale
+    w, info = solve_alpha_fair(g @ g.T, alpha)
+    assert w.shape == (m,) and np.isfinite(w).all() and (w >= 0).all()
+    if alpha != math.inf:
+        assert (w > 0).all()
+    if info.fallback == "" and alpha != math.inf:
+        assert info.residual < 1e-8
