@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tomllib
@@ -94,7 +93,7 @@ def test_heads_continue_across_rounds_in_the_real_engine(smoke_run):
         index=["client", "round"], columns="metric", values="value"
     )
     checked = 0
-    for client, rows in fp.groupby(level="client"):
+    for _, rows in fp.groupby(level="client"):
         rows = rows.droplevel("client").sort_index()
         for (_, prev), (_, cur) in zip(rows.iloc[:-1].iterrows(), rows.iloc[1:].iterrows()):
             assert cur["heads-fingerprint-in"] == prev["heads-fingerprint-out"]
