@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
+from fedmtl.atomic import torch_save, write_bytes
 from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
 from fedmtl.tasks import TaskSpec
@@ -55,18 +53,6 @@ def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path
             path = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}-{suffix}"
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -99,7 +85,7 @@ class RunRecorder:
         self.rounds: list[dict[str, Any]] = []
         for sub in ("checkpoints", "plots"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
+        write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
         self.metrics_path = self.run_dir / "metrics.csv"
         with self.metrics_path.open("w", newline="") as handle:
             csv.writer(handle).writerow(METRIC_COLUMNS)
@@ -163,15 +149,11 @@ class RunRecorder:
                     row[f"{task}.{stats.metric[task]}.{key}"] = value
         self.rounds.append(row)
         data = pd.DataFrame(self.rounds).to_csv(index=False).encode()
-        atomic_write_bytes(self.run_dir / "rounds.csv", data)
+        write_bytes(self.run_dir / "rounds.csv", data)
 
     def save_checkpoint(self, server_round: int, state: dict[str, Any]) -> None:
         """Write ``checkpoints/latest.pt`` atomically."""
-        path = self.run_dir / "checkpoints" / "latest.pt"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save({"round": server_round, **state}, tmp)
-        os.replace(tmp, path)
+        torch_save({"round": server_round, **state}, self.run_dir / "checkpoints" / "latest.pt")
 
     def finish(self, final: RoundStats | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` and the plots; return the summary."""
@@ -191,7 +173,7 @@ class RunRecorder:
             "run_dir": str(self.run_dir),
             **(extra or {}),
         }
-        atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         from fedmtl.plots import plot_run
 
         plot_run(self.run_dir)

@@ -14,13 +14,12 @@ from the run seed and the client id (:func:`init_heads`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from fedmtl.atomic import torch_save
 from fedmtl.models import MultiTaskModel
 
 HeadState = dict[str, torch.Tensor]
@@ -60,15 +59,7 @@ class DiskHeadStore:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def save(self, client_id: int, state: HeadState) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".client-{client_id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save({k: v.detach().cpu() for k, v in state.items()}, handle)
-            os.replace(tmp, self.path(client_id))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        torch_save({k: v.detach().cpu() for k, v in state.items()}, self.path(client_id))
 
 
 class ContextHeadStore:
