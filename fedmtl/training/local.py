@@ -59,21 +59,24 @@ def multitask_step(
     """
     z = model.backbone(x)
     z_detached = z.detach().requires_grad_(True)
-    losses = torch.stack(
-        [t.task_kind.loss(model.heads[t.name](z_detached), targets[t.name]) for t in tasks]
-    )
-    z_grads = []
-    for i in range(len(tasks)):
-        # Through the head only: ∂L_t/∂z, and ∇L_t into head t (other heads get zero).
-        z_grads.append(torch.autograd.grad(losses[i], z_detached, retain_graph=True)[0])
-    losses.sum().backward()  # each head: its own plain ∇L_t
-    objectives = Objectives(losses=losses.detach().to(torch.float64))
+    losses, z_grads = [], []
+    for t in tasks:
+        loss = t.task_kind.loss(model.heads[t.name](z_detached), targets[t.name])
+        params = list(model.heads[t.name].parameters())
+        # one pass through head t alone: ∂L_t/∂z and head t's own plain gradient ∇L_t
+        z_grad, *head_grads = torch.autograd.grad(loss, [z_detached, *params])
+        for p, g in zip(params, head_grads, strict=True):
+            p.grad = g if p.grad is None else p.grad + g
+        losses.append(loss.detach())
+        z_grads.append(z_grad)
+    losses = torch.stack(losses)
+    objectives = Objectives(losses=losses.to(torch.float64))
     if weighting.needs_updates:
         objectives.updates = torch.stack([g.flatten() for g in z_grads])
     weights = weighting(objectives)
     combined = sum(w.to(z.dtype) * g for w, g in zip(weights, z_grads, strict=True))
     z.backward(combined)
-    return losses.detach(), weights
+    return losses, weights
 
 
 def train_local(
