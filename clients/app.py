@@ -4,9 +4,11 @@ A client is identified by its node's ``partition-id`` (``--node-config`` in a de
 set by the Simulation Engine in simulation). Messages:
 
 - ``query`` (discovery): replies its partition id and the number of partitions;
-- ``train``: loads the global backbone, restores its own heads (or initialises them from the
-  seed and its id on a first visit), trains locally, saves its heads, and replies the
-  backbone *update* (local − global) and metrics. Heads never leave the client.
+- ``train``: loads the global backbone, restores its own heads and local weighting state
+  (or initialises them from the seed and its id on a first visit), measures its loss before
+  training when the server weighting needs it, trains locally, saves its heads, and replies
+  the backbone *update* (local − global) — or its per-task parts when the server's plan
+  needs them — and metrics. Heads never leave the client.
 - ``evaluate``: the personalized model (global backbone + own heads) on the local test split.
 """
 
@@ -19,7 +21,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmtl.aggregation import make_weighting
+from fedmtl.aggregation import WEIGHTINGS, Weighting, make_weighting
+from fedmtl.aggregation.plans import needs_task_parts
 from fedmtl.config import ExperimentConfig, config_from_flat
 from fedmtl.data import ClientData, load_federation
 from fedmtl.models import MultiTaskModel, build_model
@@ -28,10 +31,12 @@ from fedmtl.personalization import (
     DiskHeadStore,
     HeadStore,
     heads_fingerprint,
+    load_weighting_state,
     restore_heads,
+    save_client_state,
 )
 from fedmtl.tasks import TaskSpec
-from fedmtl.training import evaluate, train_local
+from fedmtl.training import evaluate, measure_losses, train_local
 from fedmtl.training.setup import select_device, seeded_generator
 
 app = ClientApp()
@@ -110,40 +115,90 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
+def server_needs_losses(cfg: ExperimentConfig) -> bool:
+    """Whether a server weighting in use weights by the loss before local training."""
+    names = [cfg.server.weighting]
+    if cfg.server.plan in ("clients-then-tasks", "tasks-then-clients"):
+        names.append(cfg.server.task_weighting)
+    return any(WEIGHTINGS.get(n).needs_losses for n in names)
+
+
+def local_weighting(s: "LocalSetup") -> Weighting:
+    """The client's cross-task weighting, with the state it saved last round."""
+    weighting = make_weighting(s.cfg.client.weighting, **s.cfg.client.params)
+    state = load_weighting_state(s.store, s.client)
+    if state is not None:
+        weighting.load_state_dict(state)
+    return weighting
+
+
+def unflatten_parts(
+    parts: torch.Tensor, model: MultiTaskModel, like: dict[str, torch.Tensor], names: list[str]
+) -> dict[str, ArrayRecord]:
+    """``(T, P)`` per-task parts (backbone parameters, flattened in order) -> one
+    ArrayRecord per task with the keys of the backbone state ``like`` (buffers get zeros)."""
+    offsets, offset = {}, 0
+    for key, p in model.backbone.named_parameters():
+        offsets[key] = (offset, p.numel())
+        offset += p.numel()
+    records = {}
+    for name, flat in zip(names, parts, strict=True):
+        state = {}
+        for key, ref in like.items():
+            if key in offsets:
+                start, n = offsets[key]
+                state[key] = flat[start : start + n].reshape(ref.shape).to(ref.dtype)
+            else:
+                state[key] = torch.zeros_like(ref)
+        records[f"part.{name}"] = ArrayRecord(state)
+    return records
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local multi-task training; reply the backbone update and metrics (no heads)."""
+    """Local multi-task training; reply the backbone update (or its task parts) and metrics."""
     s = local_setup(msg, context)
     model, client, cfg = s.model, s.client, s.cfg
     fingerprint_in = heads_fingerprint(model)
+    weighting = local_weighting(s)
     global_state = {k: v.clone() for k, v in model.backbone_state().items()}
     model.to(s.device)
+    metrics: dict[str, float | int] = {}
+    if server_needs_losses(cfg):
+        before = measure_losses(model, s.data.train, s.tasks, batch_size=cfg.client.batch_size, device=s.device)
+        metrics.update({f"train.{task}.loss-before": loss for task, loss in before.items()})
+    track_parts = needs_task_parts(cfg.server.plan)
     result = train_local(
         model,
         s.data.train,
         s.tasks,
-        make_weighting(cfg.client.weighting),
+        weighting,
         epochs=cfg.client.epochs,
         batch_size=cfg.client.batch_size,
         lr=cfg.client.lr,
         momentum=cfg.client.momentum,
         device=s.device,
         generator=seeded_generator(cfg.run.seed, s.server_round, client),
+        gradients=cfg.client.gradients,
+        track_parts=track_parts,
     )
     model.to("cpu")
-    s.store.save(client, model.heads_state())
-    update = {k: v - global_state[k] for k, v in model.backbone_state().items()}
-    metrics = {
+    save_client_state(s.store, client, model, weighting.state_dict())
+    metrics.update({
         "partition-id": client,
         "num-examples": result.num_examples,
         "heads-fingerprint-in": fingerprint_in,
         "heads-fingerprint-out": heads_fingerprint(model),
-    }
+    })
     for task, loss in result.task_losses.items():
         metrics[f"train.{task}.loss"] = loss
         metrics[f"train.{task}.weight"] = result.task_weights[task]
-    content = RecordDict({"update": ArrayRecord(update), "metrics": MetricRecord(metrics)})
-    return Message(content, reply_to=msg)
+    records: dict[str, ArrayRecord | MetricRecord] = {"metrics": MetricRecord(metrics)}
+    if track_parts:
+        records.update(unflatten_parts(result.parts, model, global_state, [t.name for t in s.tasks]))
+    else:
+        records["update"] = ArrayRecord({k: v - global_state[k] for k, v in model.backbone_state().items()})
+    return Message(RecordDict(records), reply_to=msg)
 
 
 @app.evaluate()

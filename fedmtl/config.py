@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedmtl.registry import did_you_mean
 
@@ -57,6 +57,37 @@ def _weighting_runs_on(value: str, side: Literal["client", "server"]) -> str:
         where = "the server only, not across tasks" if scope == "server" else "clients only, not on the server"
         raise ValueError(f"weighting '{value}' runs on {where}")
     return value
+
+
+ParamValue = bool | int | float | str
+
+
+def _parse_params(value: Any) -> Any:
+    """Accept a table (``[server.params]``) or its JSON text (Flower's flat form)."""
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(
+                "weighting parameters must be a table, e.g. [server.params] alpha = 2, "
+                "or its JSON text, e.g. '{\"alpha\": 2}'"
+            ) from None
+        if not isinstance(value, dict):
+            raise ValueError("weighting parameters must be a table of name = value")
+    return value
+
+
+def _check_params(weighting: str, params: dict[str, Any], key: str) -> None:
+    """Validate ``params`` against the parameters of ``weighting``."""
+    from fedmtl.aggregation import WEIGHTINGS, WeightingParamsError
+    from fedmtl.aggregation.base import validate_params
+
+    try:
+        validate_params(WEIGHTINGS.get(weighting), params)
+    except WeightingParamsError as exc:
+        raise ValueError("\n".join(f"{key}: {line}" for line in str(exc).splitlines())) from None
 
 
 class RunSection(Section):
@@ -124,6 +155,15 @@ class ClientSection(Section):
     lr: float = Field(0.05, gt=0, description="Local SGD learning rate (backbone and heads).")
     momentum: float = Field(0.5, ge=0, lt=1, description="Local SGD momentum.")
     weighting: str = Field("mean", description="Cross-task weighting of every local step.")
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict, description="Parameters of client.weighting ([client.params])."
+    )
+    gradients: Literal["auto", "representation", "backbone"] = Field(
+        "auto",
+        description="Per-task rows of the local weighting: gradients at the shared "
+        "representation (one backbone pass, MGDA-UB) or on all backbone parameters; "
+        "'auto' = representation unless the weighting needs parameter rows.",
+    )
     head_store: Literal["context", "disk"] = Field(
         "disk", description="Where heads persist between rounds: node 'context' or 'disk'."
     )
@@ -139,12 +179,43 @@ class ClientSection(Section):
     def _weighting(cls, v: str) -> str:
         return _weighting_runs_on(v, "client")
 
+    _params = field_validator("params", mode="before")(lambda cls, v: _parse_params(v))
+
+    @model_validator(mode="after")
+    def _weighting_params(self) -> "ClientSection":
+        _check_params(self.weighting, self.params, "params")
+        return self
+
 
 class ServerSection(Section):
     """``[server]``: sampling, aggregation and the server step."""
 
-    weighting: str = Field("fedavg", description="Cross-client weighting of the updates.")
+    plan: Literal["clients", "flat", "clients-then-tasks", "tasks-then-clients"] = Field(
+        "clients",
+        description="Aggregation plan: whole client updates ('clients'), all (client, task) "
+        "rows at once ('flat'), or two levels (see docs/aggregation.md).",
+    )
+    weighting: str = Field(
+        "fedavg", description="Weighting across clients (across all rows for plan 'flat')."
+    )
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict, description="Parameters of server.weighting ([server.params])."
+    )
+    task_weighting: str = Field(
+        "mean", description="Weighting across tasks (two-level plans only)."
+    )
+    task_params: dict[str, ParamValue] = Field(
+        default_factory=dict,
+        description="Parameters of server.task-weighting ([server.task-params]).",
+    )
+    optimizer: Literal["sgd", "momentum", "adam"] = Field(
+        "sgd", description="Server optimizer applied to the combined update."
+    )
     lr: float = Field(1.0, gt=0, description="Server learning rate on the combined update.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum μ ('momentum').")
+    beta1: float = Field(0.9, ge=0, lt=1, description="First-moment factor β₁ ('adam').")
+    beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment factor β₂ ('adam').")
+    adaptivity: float = Field(1e-3, gt=0, description="Adaptivity τ of 'adam'.")
     fraction_train: float = Field(
         1.0, gt=0, le=1, description="Fraction of clients sampled for training each round."
     )
@@ -157,10 +228,18 @@ class ServerSection(Section):
         120.0, gt=0, description="Seconds to wait for data.num-clients SuperNodes to connect."
     )
 
-    @field_validator("weighting")
+    @field_validator("weighting", "task_weighting")
     @classmethod
     def _weighting(cls, v: str) -> str:
         return _weighting_runs_on(v, "server")
+
+    _params = field_validator("params", "task_params", mode="before")(lambda cls, v: _parse_params(v))
+
+    @model_validator(mode="after")
+    def _weighting_params(self) -> "ServerSection":
+        _check_params(self.weighting, self.params, "params")
+        _check_params(self.task_weighting, self.task_params, "task-params")
+        return self
 
 
 class EngineSection(Section):
@@ -199,9 +278,12 @@ class ExperimentConfig(Section):
         return self.model_dump(by_alias=True)
 
     def to_flat(self) -> dict[str, Any]:
-        """``{"data.num-clients": 20, ...}``: Flower's run-config form."""
+        """``{"data.num-clients": 20, ...}``: Flower's run-config form.
+
+        Tables of weighting parameters become JSON text (Flower's values are scalars).
+        """
         return {
-            f"{section}.{key}": value
+            f"{section}.{key}": json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
             for section, values in self.to_nested().items()
             for key, value in values.items()
         }
@@ -242,6 +324,9 @@ def _describe_error(err: dict[str, Any]) -> str:
         )
     value = err.get("input")
     message = err["msg"].removeprefix("Value error, ")
+    if len(loc) == 1 and loc[0] in SECTIONS and isinstance(value, dict):
+        # a check across keys of one section; the message names the key
+        return "\n".join(f"{loc[0]}.{line}" for line in message.splitlines())
     return f"{key} = {value!r}: {message}"
 
 

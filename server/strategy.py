@@ -4,9 +4,9 @@ Each round:
 
 1. ``configure_train`` samples clients with the strategy's own seeded RNG and sends them
    the global backbone and the round's config (the resolved run config travels with it);
-2. ``aggregate_train`` turns every valid reply's backbone update into a row of an
-   :class:`~fedmtl.aggregation.Objectives` batch, asks the configured weighting for
-   weights, and applies ``backbone += server.lr · Σ_i w_i Δ_i``;
+2. ``aggregate_train`` turns every valid reply's backbone update (or its per-task parts)
+   into update rows, combines them with the configured aggregation plan and weightings
+   (:mod:`fedmtl.aggregation.plans`), and moves the backbone with the server optimizer;
 3. ``configure_evaluate`` asks clients to evaluate their personalized model (global
    backbone + own heads) on their local test split; ``aggregate_evaluate`` records the
    per-client, per-task metrics and the across-client statistics.
@@ -25,7 +25,8 @@ from flwr.common import MessageType, log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedmtl.aggregation import Objectives, combine, make_weighting
+from fedmtl.aggregation.plans import WHOLE, Row, make_plan, needs_task_parts
+from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.progress import Progress
 from fedmtl.results import CLIENT_LEVEL, RoundStats, RunRecorder
@@ -96,7 +97,11 @@ class FedMTLStrategy(Strategy):
         self.clients = dict(sorted(clients.items()))
         self.recorder = recorder
         self.progress = progress
-        self.weighting = make_weighting(cfg.server.weighting)
+        self.plan = make_plan(cfg.server, cfg.client.lr)
+        self.optimizer = ServerOptimizer(
+            cfg.server.optimizer, cfg.server.lr, cfg.server.momentum,
+            cfg.server.beta1, cfg.server.beta2, cfg.server.adaptivity,
+        )
         self.rng = np.random.default_rng([cfg.run.seed, 0x5A3])
         self.client_config = cfg.to_flat()
         self.global_state: dict[str, torch.Tensor] = {}
@@ -109,8 +114,12 @@ class FedMTLStrategy(Strategy):
         """Log the strategy's settings."""
         log(INFO, "\t├── clients: %d, train fraction %.2f, evaluate fraction %.2f",
             len(self.clients), self.cfg.server.fraction_train, self.cfg.server.fraction_evaluate)
-        log(INFO, "\t└── server weighting '%s', server lr %g, client weighting '%s'",
-            self.cfg.server.weighting, self.cfg.server.lr, self.cfg.client.weighting)
+        server = self.cfg.server
+        levels = f"'{server.weighting}'"
+        if server.plan in ("clients-then-tasks", "tasks-then-clients"):
+            levels += f" across clients, '{server.task_weighting}' across tasks"
+        log(INFO, "\t└── plan '%s', server weighting %s, optimizer %s (lr %g), client weighting '%s'",
+            server.plan, levels, server.optimizer, server.lr, self.cfg.client.weighting)
 
     def sample(self, fraction: float, minimum: int) -> list[int]:
         """Sample client ids without replacement with the strategy's RNG."""
@@ -172,36 +181,54 @@ class FedMTLStrategy(Strategy):
         self.round_row.update({"replies": len(valid), "failures": failures})
         if not valid:
             return None, None
-        rows, counts, losses, ids, metric_rows = [], [], [], [], []
+        rows, metric_rows, losses, counts = [], [], [], []
+        parts = needs_task_parts(self.cfg.server.plan)
         for reply in valid:
             metrics = reply.content["metrics"]
             client = int(metrics["partition-id"])
-            update = reply.content["update"].to_torch_state_dict()
-            rows.append(flatten_state(update, self.keys))
-            counts.append(float(metrics["num-examples"]))
-            task_losses = parse_metrics(metrics, "train")
-            losses.append(float(np.mean([v["loss"] for v in task_losses.values()])))
-            ids.append(client)
-            for task, values in task_losses.items():
+            count = float(metrics["num-examples"])
+            task_values = parse_metrics(metrics, "train")
+            task_loss = {t: v.get("loss-before", v["loss"]) for t, v in task_values.items()}
+            if parts:
+                for task in sorted(task_values):
+                    part = reply.content[f"part.{task}"].to_torch_state_dict()
+                    rows.append(Row(client, task, flatten_state(part, self.keys), task_loss[task], count))
+            else:
+                update = reply.content["update"].to_torch_state_dict()
+                rows.append(Row(client, WHOLE, flatten_state(update, self.keys),
+                                float(np.mean(list(task_loss.values()))), count))
+            losses.append(float(np.mean([v["loss"] for v in task_values.values()])))
+            counts.append(count)
+            for task, values in task_values.items():
                 metric_rows += [(server_round, client, task, "train", m, v) for m, v in values.items()]
             for key in ("num-examples", "heads-fingerprint-in", "heads-fingerprint-out"):
                 metric_rows.append((server_round, client, CLIENT_LEVEL, "train", key, float(metrics[key])))
-        objectives = Objectives(
-            updates=torch.stack(rows),
-            losses=torch.tensor(losses, dtype=torch.float64),
-            num_examples=torch.tensor(counts, dtype=torch.float64),
-            client_ids=ids,
-        )
-        direction, weights = combine(objectives, self.weighting)
-        for client, w in zip(ids, weights.tolist(), strict=True):
-            metric_rows.append((server_round, client, CLIENT_LEVEL, "train", "aggregation-weight", w))
+        result = self.plan(rows)
+        for (client, task), w in sorted(result.row_weights.items()):
+            level = CLIENT_LEVEL if task == WHOLE else task
+            metric_rows.append((server_round, client, level, "train", "aggregation-weight", w))
         self.recorder.log_metrics(metric_rows)
-
-        new_vector = flatten_state(self.global_state, self.keys) + self.cfg.server.lr * direction
+        self.round_row["fallbacks"] = len(result.fallbacks)
+        for fallback in result.fallbacks:
+            log(WARNING, "round %d: weighting fallback %s", server_round, fallback)
+        if not torch.isfinite(result.direction).all():
+            raise FloatingPointError(
+                f"round {server_round}: the combined update is not finite "
+                f"(plan '{self.cfg.server.plan}', weighting '{self.cfg.server.weighting}')"
+            )
+        step = self.optimizer.step(result.direction.to(torch.float32))
+        new_vector = flatten_state(self.global_state, self.keys) + step
         new_state = unflatten_state(new_vector, self.global_state, self.keys)
-        self.recorder.save_checkpoint(server_round, {"backbone": new_state})
+        self.recorder.save_checkpoint(server_round, {"backbone": new_state, **self.aggregation_state()})
         self.round_row["train_loss"] = float(np.average(losses, weights=counts))
         return ArrayRecord(new_state), MetricRecord({"train-loss": self.round_row["train_loss"]})
+
+    def aggregation_state(self) -> dict[str, object]:
+        """Server optimizer and weighting states (for checkpoints)."""
+        return {
+            "server_optimizer": self.optimizer.state_dict(),
+            "weightings": {level: w.state_dict() for level, w in self.plan.weightings().items()},
+        }
 
     # -- evaluation ---------------------------------------------------------------------
     def is_evaluation_round(self, server_round: int) -> bool:

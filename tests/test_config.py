@@ -99,7 +99,7 @@ def test_cli_config_error_is_one_clean_line_and_exit_code_2(tmp_path):
     assert lines == [
         "error: data.num-clients = 0: Input should be greater than or equal to 1",
         "error: unknown key 'client.epoch' (did you mean 'epochs'?); allowed keys in [client]: "
-        "epochs, batch-size, lr, momentum, weighting, head-store, head-store-dir, device",
+        "epochs, batch-size, lr, momentum, weighting, params, gradients, head-store, head-store-dir, device",
     ]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "run").exists(), "no work may start on a bad config"

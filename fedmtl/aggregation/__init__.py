@@ -6,8 +6,20 @@ counts, ids) and returns a weight vector; the combined update is ``Σ_i w_i u_i`
 weightings run on a client across its tasks and on the server across clients.
 """
 
-from fedmtl.aggregation import basic  # noqa: F401  (registers the weightings)
-from fedmtl.aggregation.base import WEIGHTINGS, Weighting, make_weighting
+from fedmtl.aggregation import (  # noqa: F401  (importing registers the weightings)
+    basic,
+    cross_client,
+    gramian,
+    loss_based,
+    robust,
+)
+from fedmtl.aggregation.base import (
+    WEIGHTINGS,
+    Weighting,
+    WeightingParamsError,
+    describe_params,
+    make_weighting,
+)
 from fedmtl.aggregation.combine import combine
 from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.solvers import SolveInfo, solve_alpha_fair
@@ -17,6 +29,8 @@ __all__ = [
     "Objectives",
     "SolveInfo",
     "Weighting",
+    "WeightingParamsError",
+    "describe_params",
     "combine",
     "make_weighting",
     "solve_alpha_fair",

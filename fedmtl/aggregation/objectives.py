@@ -76,3 +76,22 @@ class Objectives:
             g = self.updates.to(torch.float64)
             self._gramian = g @ g.T
         return self._gramian
+
+    def keys(self) -> list[str]:
+        """A stable key per row for stateful weightings: ``"client/task"``, task or client."""
+        m = len(self)
+        if self.client_ids and self.task_ids:
+            return [f"{c}/{t}" for c, t in zip(self.client_ids, self.task_ids, strict=True)]
+        if self.task_ids:
+            return list(self.task_ids)
+        if self.client_ids:
+            return [str(c) for c in self.client_ids]
+        return [str(i) for i in range(m)]
+
+    def normalised_gramian(self) -> tuple[torch.Tensor, float]:
+        """``(A / s, s)`` with ``s = tr(A) / m`` (``s = 0`` for a zero Gramian)."""
+        a = self.gramian
+        scale = float(torch.trace(a)) / len(a)
+        if not scale > 0 or not torch.isfinite(a).all():
+            return a, 0.0
+        return a / scale, scale

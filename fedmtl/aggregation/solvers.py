@@ -154,14 +154,31 @@ def _newton(a: np.ndarray, alpha: float, start: np.ndarray) -> tuple[np.ndarray,
     return w, MAX_ITERATIONS, relative_residual(a, w, alpha) <= ACCEPTABLE
 
 
-def _max_min_weights(a: np.ndarray) -> tuple[np.ndarray, SolveInfo]:
-    """α = ∞: ``w = λ / (λᵀAλ)`` with λ the min-norm point of the simplex (MGDA).
+def min_norm_weights(a: np.ndarray) -> np.ndarray:
+    """``λ = argmin_{λ ∈ Δ} λᵀ A λ``: the min-norm point of the convex hull (MGDA).
 
-    λ comes from torchjd's Frank–Wolfe ``MGDAWeighting``, accurate to about 1e-5 relative.
+    Solved exactly as a quadratic program (Goldfarb–Idnani dual active set, ``quadprog``)
+    on ``A + 1e-12·tr(A)/m · I``, then clipped and renormalised onto the simplex.
     """
-    from torchjd.aggregation import MGDAWeighting
+    from quadprog import solve_qp
 
-    lam = MGDAWeighting(epsilon=1e-9, max_iters=10_000)(torch.from_numpy(a)).numpy()
+    m = len(a)
+    if m == 1:
+        return np.ones(1)
+    ridge = 1e-12 * max(float(np.trace(a)) / m, 1e-300)
+    constraints = np.hstack([np.ones((m, 1)), np.eye(m)])  # Σλ = 1 (equality), λ ≥ 0
+    bounds = np.concatenate([[1.0], np.zeros(m)])
+    try:
+        lam = solve_qp(a + ridge * np.eye(m), np.zeros(m), constraints, bounds, meq=1)[0]
+    except ValueError:  # numerically not positive definite: fall back to the barycentre
+        return np.full(m, 1.0 / m)
+    lam = np.clip(lam, 0.0, None)
+    return lam / lam.sum()
+
+
+def _max_min_weights(a: np.ndarray) -> tuple[np.ndarray, SolveInfo]:
+    """α = ∞: ``w = λ / (λᵀAλ)`` with λ the min-norm point of the simplex (MGDA)."""
+    lam = min_norm_weights(a)
     norm2 = float(lam @ a @ lam)
     if norm2 <= 1e-12 * max(float(np.trace(a)), 1e-300):
         return np.full(len(a), 1.0 / len(a)), SolveInfo(fallback="pareto-stationary")

@@ -6,7 +6,9 @@ from fedmtl.personalization.head_store import (
     HeadStore,
     heads_fingerprint,
     init_heads,
+    load_weighting_state,
     restore_heads,
+    save_client_state,
 )
 
 __all__ = [
@@ -15,5 +17,7 @@ __all__ = [
     "HeadStore",
     "heads_fingerprint",
     "init_heads",
+    "load_weighting_state",
     "restore_heads",
+    "save_client_state",
 ]

@@ -14,6 +14,7 @@ from the run seed and the client id (:func:`init_heads`).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ from fedmtl.models import MultiTaskModel
 
 HeadState = dict[str, torch.Tensor]
 CONTEXT_KEY = "fedmtl.heads"
+WEIGHTING_KEY = "__weighting_state__"
 
 
 class HeadStore(Protocol):
@@ -113,8 +115,39 @@ def restore_heads(model: MultiTaskModel, store: HeadStore, seed: int, client_id:
     if state is None:
         init_heads(model, seed, client_id)
         return False
+    state.pop(WEIGHTING_KEY, None)
     model.heads.load_state_dict(state)
     return True
+
+
+def pack_state(state: dict[str, Any]) -> torch.Tensor:
+    """A weighting's ``state_dict`` as a uint8 tensor (it travels with the heads)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def unpack_state(packed: torch.Tensor) -> dict[str, Any]:
+    """Inverse of :func:`pack_state`."""
+    return torch.load(io.BytesIO(packed.numpy().tobytes()), weights_only=True)
+
+
+def save_client_state(
+    store: HeadStore, client_id: int, model: MultiTaskModel, weighting_state: dict[str, Any]
+) -> None:
+    """Save the heads and (when not empty) the local weighting's state."""
+    state = dict(model.heads_state())
+    if weighting_state:
+        state[WEIGHTING_KEY] = pack_state(weighting_state)
+    store.save(client_id, state)
+
+
+def load_weighting_state(store: HeadStore, client_id: int) -> dict[str, Any] | None:
+    """The local weighting's state saved with the heads, if any."""
+    state = store.load(client_id)
+    if state is None or WEIGHTING_KEY not in state:
+        return None
+    return unpack_state(state[WEIGHTING_KEY])
 
 
 def heads_fingerprint(model: MultiTaskModel) -> float:

@@ -32,7 +32,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -
     model = build_model(cfg.model, fed.input_shape, fed.tasks)
     device = select_device(cfg.client.device)
     model.to(device)
-    weighting = make_weighting(cfg.client.weighting)
+    weighting = make_weighting(cfg.client.weighting, **cfg.client.params)
     recorder = RunRecorder(run_dir, cfg, fed.tasks)
     progress = Progress(cfg.run.rounds, enabled=not quiet)
     stats: RoundStats | None = None
@@ -41,7 +41,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -
             model, pooled, fed.tasks, weighting,
             epochs=cfg.client.epochs, batch_size=cfg.client.batch_size, lr=cfg.client.lr,
             momentum=cfg.client.momentum, device=device,
-            generator=seeded_generator(cfg.run.seed, epoch),
+            generator=seeded_generator(cfg.run.seed, epoch), gradients=cfg.client.gradients,
         )
         row = {"round": epoch, "train_loss": sum(result.task_losses.values()) / len(result.task_losses)}
         round_stats = None

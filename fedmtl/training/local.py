@@ -1,20 +1,33 @@
 """The local multi-task training loop (shared by clients and the centralized baseline).
 
 Every step computes each task's loss on the batch. Heads receive their own task's plain
-gradient ``∇L_t``; the backbone receives ``Σ_t w_t ∇L_t`` where ``w`` comes from the
-configured cross-task :class:`~fedmtl.aggregation.Weighting` applied to the step's
-:class:`~fedmtl.aggregation.Objectives`.
+gradient ``∇L_t``; the backbone receives ``Σ_t c_t``, the per-task contributions of the
+configured cross-task :class:`~fedmtl.aggregation.Weighting` (``c_t = w_t ∇_θ L_t`` for the
+weighted-sum rules) applied to the step's :class:`~fedmtl.aggregation.Objectives`.
 
-The backbone's part is pushed through the representation ``z``: heads run on a detached
-copy of ``z``, each task's gradient with respect to ``z`` is taken through its head alone,
-and ``z.backward(Σ_t w_t ∂L_t/∂z)`` then sends the combined gradient through the backbone
-once. This equals backpropagating ``Σ_t w_t L_t`` into the backbone exactly (the chain
-rule is linear in the upstream gradient), while each head keeps weight 1.
+Rows of the objectives are, by ``gradients``:
+
+``"representation"``
+    ``∂L_t/∂z`` at the shared representation ``z`` (the MGDA-UB trick of Sener & Koltun,
+    NeurIPS 2018): heads run on a detached copy of ``z``, each task's gradient is taken
+    through its head alone, and ``z.backward(Σ_t w_t ∂L_t/∂z)`` sends the combined gradient
+    through the backbone once. This equals backpropagating ``Σ_t w_t L_t`` exactly (the chain
+    rule is linear in the upstream gradient).
+``"backbone"``
+    ``∇_θ L_t`` on every backbone parameter, all tasks in one batched (vmapped) backward
+    pass; needed by rules on parameter rows (DB-MTL).
+
+**Per-task update parts.** With ``track_parts=True`` the backbone takes SGD steps with one
+momentum buffer ``b_t`` and one accumulator ``a_t`` per task:
+``b_t ← μ b_t + c_t``, ``θ ← θ − η Σ_t b_t``, ``a_t ← a_t − η b_t``. Because the momentum
+recursion is linear, ``Σ_t b_t`` is exactly SGD's buffer and ``Σ_t a_t = θ_end − θ_start``:
+the client's update decomposes into task parts (tests check the identity).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -22,6 +35,20 @@ from fedmtl.aggregation import Objectives, Weighting
 from fedmtl.data.federation import Split
 from fedmtl.models import MultiTaskModel
 from fedmtl.tasks import TaskSpec
+
+Gradients = Literal["auto", "representation", "backbone"]
+
+
+def resolve_gradients(gradients: Gradients, weighting: Weighting) -> Literal["representation", "backbone"]:
+    """``"auto"`` -> ``"backbone"`` if the weighting needs parameter rows, else representation."""
+    if gradients == "auto":
+        return "backbone" if weighting.needs_parameter_rows else "representation"
+    if gradients == "representation" and weighting.needs_parameter_rows:
+        raise ValueError(
+            f"weighting '{weighting.name}' needs backbone-parameter rows; "
+            "set client.gradients = 'backbone' or 'auto'"
+        )
+    return gradients
 
 
 @dataclass
@@ -38,12 +65,42 @@ class TrainResult:
         Mean training loss per task over all steps.
     task_weights : dict[str, float]
         Mean cross-task weight per task over all steps.
+    parts : torch.Tensor or None
+        ``(T, P)`` per-task parts of the backbone update (with ``track_parts``).
     """
 
     num_examples: int
     steps: int
     task_losses: dict[str, float] = field(default_factory=dict)
     task_weights: dict[str, float] = field(default_factory=dict)
+    parts: torch.Tensor | None = None
+
+
+@dataclass
+class StepResult:
+    """What one local step computed.
+
+    Attributes
+    ----------
+    losses : torch.Tensor
+        ``(T,)`` task losses on the batch.
+    weights : torch.Tensor
+        ``(T,)`` effective task weights (``‖c_t‖ / ‖g_t‖`` for rules that are not a
+        weighted sum).
+    contributions : torch.Tensor or None
+        ``(T, P)`` per-task backbone gradient contributions (flattened), when requested or
+        when the rows are backbone gradients; ``None`` otherwise.
+    """
+
+    losses: torch.Tensor
+    weights: torch.Tensor
+    contributions: torch.Tensor | None = None
+
+
+def _per_task_backbone(z: torch.Tensor, upstream: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """``(T, P)``: row t is the backbone gradient of ``z`` pulled back from ``upstream[t]``."""
+    grads = torch.autograd.grad(z, params, grad_outputs=upstream, is_grads_batched=True)
+    return torch.cat([g.reshape(len(upstream), -1) for g in grads], dim=1)
 
 
 def multitask_step(
@@ -52,11 +109,17 @@ def multitask_step(
     targets: dict[str, torch.Tensor],
     tasks: list[TaskSpec],
     weighting: Weighting,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill ``.grad`` of every parameter for one batch; return (losses, weights).
+    *,
+    gradients: Gradients = "auto",
+    track_parts: bool = False,
+) -> StepResult:
+    """Fill ``.grad`` of every parameter for one batch.
 
-    Gradients are *accumulated* into ``.grad``; call ``zero_grad`` before.
+    Gradients are *accumulated* into ``.grad``; call ``zero_grad`` before. The backbone's
+    ``.grad`` is ``Σ_t c_t``; with ``track_parts`` (or backbone rows) the per-task
+    contributions are also returned.
     """
+    mode = resolve_gradients(gradients, weighting)
     z = model.backbone(x)
     z_detached = z.detach().requires_grad_(True)
     losses, z_grads = [], []
@@ -69,14 +132,78 @@ def multitask_step(
             p.grad = g if p.grad is None else p.grad + g
         losses.append(loss.detach())
         z_grads.append(z_grad)
-    losses = torch.stack(losses)
-    objectives = Objectives(losses=losses.to(torch.float64))
+    losses_t = torch.stack(losses)
+    objectives = Objectives(losses=losses_t.to(torch.float64), task_ids=[t.name for t in tasks])
+    backbone = list(model.backbone.parameters())
+    if mode == "backbone":
+        rows = _per_task_backbone(z, torch.stack(z_grads), backbone)
+        objectives.updates = rows
+        if weighting.linear:
+            weights = weighting(objectives)
+            contributions = weights.to(rows.dtype)[:, None] * rows
+        else:
+            contributions = weighting.contributions(objectives)
+            weights = (contributions.norm(dim=1) / rows.norm(dim=1).clamp_min(1e-30)).to(torch.float64)
+        _set_backbone_grad(backbone, contributions.sum(dim=0))
+        return StepResult(losses_t, weights, contributions)
     if weighting.needs_updates:
         objectives.updates = torch.stack([g.flatten() for g in z_grads])
     weights = weighting(objectives)
-    combined = sum(w.to(z.dtype) * g for w, g in zip(weights, z_grads, strict=True))
-    z.backward(combined)
-    return losses, weights
+    scaled = torch.stack([w.to(z.dtype) * g for w, g in zip(weights, z_grads, strict=True)])
+    if track_parts:
+        contributions = _per_task_backbone(z, scaled, backbone)
+        _set_backbone_grad(backbone, contributions.sum(dim=0))
+        return StepResult(losses_t, weights, contributions)
+    z.backward(scaled.sum(dim=0))
+    return StepResult(losses_t, weights)
+
+
+def _set_backbone_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = flat[offset : offset + n].view_as(p)
+        p.grad = g.clone() if p.grad is None else p.grad + g
+        offset += n
+
+
+class TaskPartsSGD:
+    """SGD on the backbone with one momentum buffer and one accumulator per task.
+
+    ``Σ_t`` of the accumulators equals the backbone's total change (module docstring).
+
+    Parameters
+    ----------
+    params : list[torch.Tensor]
+        Backbone parameters (updated in place).
+    num_tasks : int
+        T.
+    lr, momentum : float
+        As ``torch.optim.SGD`` (no dampening, no Nesterov, no weight decay).
+    """
+
+    def __init__(self, params: list[torch.Tensor], num_tasks: int, lr: float, momentum: float) -> None:
+        self.params, self.lr, self.momentum = params, lr, momentum
+        size = sum(p.numel() for p in params)
+        ref = params[0]
+        self.buffers = torch.zeros(num_tasks, size, dtype=ref.dtype, device=ref.device)
+        self.parts = torch.zeros(num_tasks, size, dtype=ref.dtype, device=ref.device)
+
+    @torch.no_grad()
+    def step(self, contributions: torch.Tensor) -> None:
+        """One step with per-task gradient contributions ``(T, P)``."""
+        if self.momentum:
+            self.buffers.mul_(self.momentum).add_(contributions)
+        else:
+            self.buffers.copy_(contributions)
+        delta = self.buffers * (-self.lr)
+        self.parts.add_(delta)
+        total = delta.sum(dim=0)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.add_(total[offset : offset + n].view_as(p))
+            offset += n
 
 
 def train_local(
@@ -91,6 +218,8 @@ def train_local(
     momentum: float,
     device: torch.device,
     generator: torch.Generator,
+    gradients: Gradients = "auto",
+    track_parts: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with SGD for ``epochs`` epochs.
 
@@ -110,9 +239,18 @@ def train_local(
         Where batches are moved.
     generator : torch.Generator
         Seeds the batch order (determinism).
+    gradients : {"auto", "representation", "backbone"}
+        Rows the weighting sees (module docstring).
+    track_parts : bool
+        Keep per-task accumulators; ``TrainResult.parts`` then holds the per-task parts of
+        the backbone update (flattened, ``(T, P)``).
     """
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    backbone = list(model.backbone.parameters())
+    heads = [p for head in model.heads.values() for p in head.parameters()]
+    head_optimizer = torch.optim.SGD(heads, lr=lr, momentum=momentum)
+    parts_sgd = TaskPartsSGD(backbone, len(tasks), lr, momentum) if track_parts else None
+    backbone_optimizer = None if track_parts else torch.optim.SGD(backbone, lr=lr, momentum=momentum)
     loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
     weight_sum = torch.zeros(len(tasks), dtype=torch.float64)
     steps = 0
@@ -120,16 +258,47 @@ def train_local(
         for x, targets in data.batches(batch_size, generator):
             x = x.to(device, non_blocking=True)
             targets = {t: y.to(device, non_blocking=True) for t, y in targets.items()}
-            optimizer.zero_grad(set_to_none=True)
-            losses, weights = multitask_step(model, x, targets, tasks, weighting)
-            optimizer.step()
-            loss_sum += losses.cpu().to(torch.float64)
-            weight_sum += weights.cpu()
+            model.zero_grad(set_to_none=True)
+            step = multitask_step(
+                model, x, targets, tasks, weighting, gradients=gradients, track_parts=track_parts
+            )
+            head_optimizer.step()
+            if parts_sgd is not None:
+                parts_sgd.step(step.contributions)
+            else:
+                backbone_optimizer.step()
+            loss_sum += step.losses.cpu().to(torch.float64)
+            weight_sum += step.weights.cpu()
             steps += 1
+        weighting.end_epoch()
     names = [t.name for t in tasks]
     return TrainResult(
         num_examples=len(data),
         steps=steps,
         task_losses=dict(zip(names, (loss_sum / max(steps, 1)).tolist(), strict=True)),
         task_weights=dict(zip(names, (weight_sum / max(steps, 1)).tolist(), strict=True)),
+        parts=None if parts_sgd is None else parts_sgd.parts.cpu(),
     )
+
+
+@torch.no_grad()
+def measure_losses(
+    model: MultiTaskModel, data: Split, tasks: list[TaskSpec], *, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Mean loss per task of ``model`` on all of ``data`` (no training).
+
+    Clients call it before local training: the loss of the global backbone (with their
+    heads) that q-FFL, AFL, TERM, FedFV and PropFair weight by.
+    """
+    model.eval()
+    totals = torch.zeros(len(tasks), dtype=torch.float64)
+    count = 0
+    for x, targets in data.batches(batch_size, None):
+        x = x.to(device)
+        z = model.backbone(x)
+        for i, t in enumerate(tasks):
+            loss = t.task_kind.loss(model.heads[t.name](z), targets[t.name].to(device))
+            totals[i] += float(loss) * len(x)
+        count += len(x)
+    model.train()
+    return {t.name: float(totals[i] / max(count, 1)) for i, t in enumerate(tasks)}

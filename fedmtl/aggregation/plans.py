@@ -1,0 +1,202 @@
+"""Server aggregation plans: how (client, task) update rows are grouped and weighted.
+
+A round's replies give, per client ``k``, either its whole backbone update ``Δ_k`` or its
+per-task parts ``Δ_{k,t}`` (``Σ_t Δ_{k,t} = Δ_k``). A plan turns them into one combined
+update:
+
+``clients``
+    One row per client (``Δ_k``), the client weighting across them. Clients send no parts.
+``flat``
+    All (client, task) rows at once, one weighting; the result is multiplied by
+    rows / clients so that ``mean`` equals the mean client update.
+``clients-then-tasks``
+    Within each client, the task weighting across its task parts (times its number of
+    tasks, so ``mean`` gives back ``Δ_k``); then the client weighting across clients.
+``tasks-then-clients``
+    Within each task, the client weighting across the clients that hold it; then the task
+    weighting across tasks (times the number of tasks).
+
+Losses of grouped rows are the mean of the task losses (clients-then-tasks) or the
+example-weighted mean of the client losses (tasks-then-clients); example counts add up.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from fedmtl.aggregation.base import Weighting
+from fedmtl.aggregation.objectives import Objectives
+
+PLANS = ("clients", "flat", "clients-then-tasks", "tasks-then-clients")
+WHOLE = "all"
+
+
+@dataclass
+class Row:
+    """One update row: a client's whole update (task ``"all"``) or one task part."""
+
+    client: int
+    task: str
+    update: torch.Tensor
+    loss: float
+    num_examples: float
+
+
+@dataclass
+class PlanResult:
+    """The combined update of a round and how it was formed.
+
+    Attributes
+    ----------
+    direction : torch.Tensor
+        The combined update (before the server optimizer).
+    row_weights : dict[tuple[int, str], float]
+        Effective weight of each input row in ``direction`` (empty when a level is not a
+        weighted sum, e.g. the coordinate-wise median).
+    fallbacks : list[str]
+        Fallbacks the weightings reported (e.g. ``"regularised"``), one per occurrence.
+    """
+
+    direction: torch.Tensor
+    row_weights: dict[tuple[int, str], float] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+
+
+def needs_task_parts(plan: str) -> bool:
+    """Whether clients must send per-task parts of their update for ``plan``."""
+    return plan != "clients"
+
+
+def _objectives(rows: list[Row], client_ids: bool = True, task_ids: bool = True) -> Objectives:
+    return Objectives(
+        updates=torch.stack([r.update for r in rows]),
+        losses=torch.tensor([r.loss for r in rows], dtype=torch.float64),
+        num_examples=torch.tensor([r.num_examples for r in rows], dtype=torch.float64),
+        client_ids=[r.client for r in rows] if client_ids else [],
+        task_ids=[r.task for r in rows] if task_ids else [],
+    )
+
+
+def _run(weighting: Weighting, objectives: Objectives, fallbacks: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    direction, weights = weighting.aggregate(objectives)
+    if weighting.fallback:
+        fallbacks.append(f"{weighting.name}:{weighting.fallback}")
+    return direction, weights
+
+
+class AggregationPlan:
+    """Combine a round's rows according to ``plan`` (see the module docstring).
+
+    Parameters
+    ----------
+    plan : str
+        One of :data:`PLANS`.
+    client_weighting : Weighting
+        Across clients (and across all rows for ``flat``).
+    task_weighting : Weighting
+        Across tasks (two-level plans only).
+    """
+
+    def __init__(self, plan: str, client_weighting: Weighting, task_weighting: Weighting) -> None:
+        if plan not in PLANS:
+            raise ValueError(f"unknown aggregation plan '{plan}'; plans: {', '.join(PLANS)}")
+        self.plan = plan
+        self.client_weighting = client_weighting
+        self.task_weighting = task_weighting
+
+    def weightings(self) -> dict[str, Weighting]:
+        """The weightings in use, by level (for checkpoints)."""
+        if self.plan in ("clients", "flat"):
+            return {"client": self.client_weighting}
+        return {"client": self.client_weighting, "task": self.task_weighting}
+
+    def __call__(self, rows: list[Row]) -> PlanResult:
+        """Combine ``rows`` (whole updates for ``clients``, task parts otherwise)."""
+        if not rows:
+            raise ValueError("no update rows to aggregate")
+        result = getattr(self, "_" + self.plan.replace("-", "_"))(rows)
+        for weighting in self.weightings().values():
+            weighting.end_epoch()
+        return result
+
+    def _clients(self, rows: list[Row]) -> PlanResult:
+        fallbacks: list[str] = []
+        direction, weights = _run(self.client_weighting, _objectives(rows, task_ids=False), fallbacks)
+        row_weights = {}
+        if weights is not None:
+            row_weights = {(r.client, r.task): float(w) for r, w in zip(rows, weights, strict=True)}
+        return PlanResult(direction, row_weights, fallbacks)
+
+    def _flat(self, rows: list[Row]) -> PlanResult:
+        fallbacks: list[str] = []
+        scale = len(rows) / len({r.client for r in rows})
+        direction, weights = _run(self.client_weighting, _objectives(rows), fallbacks)
+        row_weights = {}
+        if weights is not None:
+            row_weights = {(r.client, r.task): scale * float(w) for r, w in zip(rows, weights, strict=True)}
+        return PlanResult(scale * direction, row_weights, fallbacks)
+
+    def _clients_then_tasks(self, rows: list[Row]) -> PlanResult:
+        fallbacks: list[str] = []
+        groups: dict[int, list[Row]] = defaultdict(list)
+        for r in rows:
+            groups[r.client].append(r)
+        merged, inner = [], {}
+        for client, group in sorted(groups.items()):
+            direction, weights = _run(self.task_weighting, _objectives(group), fallbacks)
+            merged.append(Row(client, WHOLE, len(group) * direction,
+                              sum(r.loss for r in group) / len(group), group[0].num_examples))
+            inner[client] = None if weights is None else len(group) * weights
+        direction, outer = _run(self.client_weighting, _objectives(merged, task_ids=False), fallbacks)
+        row_weights = {}
+        if outer is not None and all(w is not None for w in inner.values()):
+            for k, (client, group) in enumerate(sorted(groups.items())):
+                for r, w in zip(group, inner[client], strict=True):
+                    row_weights[(client, r.task)] = float(outer[k] * w)
+        return PlanResult(direction, row_weights, fallbacks)
+
+    def _tasks_then_clients(self, rows: list[Row]) -> PlanResult:
+        fallbacks: list[str] = []
+        groups: dict[str, list[Row]] = defaultdict(list)
+        for r in rows:
+            groups[r.task].append(r)
+        tasks = sorted(groups)
+        merged, inner = [], {}
+        for task in tasks:
+            group = groups[task]
+            direction, weights = _run(self.client_weighting, _objectives(group), fallbacks)
+            counts = torch.tensor([r.num_examples for r in group], dtype=torch.float64)
+            losses = torch.tensor([r.loss for r in group], dtype=torch.float64)
+            loss = float((counts * losses).sum() / counts.sum()) if counts.sum() > 0 else float(losses.mean())
+            merged.append(Row(-1, task, direction, loss, float(counts.sum())))
+            inner[task] = weights
+        direction, outer = _run(self.task_weighting, _objectives(merged, client_ids=False), fallbacks)
+        scale = len(tasks)
+        row_weights = {}
+        if outer is not None and all(w is not None for w in inner.values()):
+            for k, task in enumerate(tasks):
+                for r, w in zip(groups[task], inner[task], strict=True):
+                    row_weights[(r.client, task)] = float(scale * outer[k] * w)
+        return PlanResult(scale * direction, row_weights, fallbacks)
+
+
+def server_weighting(name: str, params: dict, client_lr: float) -> Weighting:
+    """Build a server weighting; q-FFL's ``lipschitz`` defaults to ``1 / client.lr``."""
+    from fedmtl.aggregation.base import make_weighting
+
+    params = dict(params)
+    if name == "qffl" and not params.get("lipschitz"):
+        params["lipschitz"] = 1.0 / client_lr
+    return make_weighting(name, **params)
+
+
+def make_plan(server_cfg, client_lr: float) -> AggregationPlan:
+    """The aggregation plan of a ``[server]`` config section."""
+    return AggregationPlan(
+        server_cfg.plan,
+        server_weighting(server_cfg.weighting, server_cfg.params, client_lr),
+        server_weighting(server_cfg.task_weighting, server_cfg.task_params, client_lr),
+    )
