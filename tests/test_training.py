@@ -133,3 +133,84 @@ def test_engine_resources_reach_the_backend_config():
     backend = backend_config(cfg)
     assert backend["client_resources"] == {"num_cpus": 2, "num_gpus": 0.25}
     assert backend["init_args"]["num_cpus"] == 4
+
+
+def _learning_data(n=96):
+    x, y = _batch(2, n)
+    y["a"] = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    return Split(x, y)
+
+
+def _train(weighting, *, gradients="auto", track_parts=False, momentum=0.5, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=4), (6,), TASKS)
+    start = torch.nn.utils.parameters_to_vector(model.backbone.parameters()).detach().clone()
+    result = train_local(
+        model, _learning_data(), TASKS, weighting, epochs=2, batch_size=16, lr=0.05,
+        momentum=momentum, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1),
+        gradients=gradients, track_parts=track_parts,
+    )
+    end = torch.nn.utils.parameters_to_vector(model.backbone.parameters()).detach()
+    return model, result, start, end
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("gradients", ["representation", "backbone"])
+@pytest.mark.parametrize("name", ["mean", "fairgrad", "db-mtl"])
+def test_task_parts_sum_exactly_to_the_whole_update(name, gradients, momentum):
+    """Per-task SGD accumulators: Σ_t Δ_t = θ_end − θ_start, the same θ_end as plain SGD."""
+    if name == "db-mtl" and gradients == "representation":
+        pytest.skip("db-mtl needs parameter rows")
+    model, result, start, end = _train(make_weighting(name), gradients=gradients, track_parts=True, momentum=momentum)
+    assert result.parts.shape == (3, start.numel())
+    torch.testing.assert_close(result.parts.sum(dim=0), end - start, rtol=0, atol=1e-6)
+    _, plain, _, plain_end = _train(make_weighting(name), gradients=gradients, track_parts=False, momentum=momentum)
+    assert plain.parts is None
+    torch.testing.assert_close(end, plain_end, rtol=1e-5, atol=1e-6)
+    assert all((result.parts[t].abs() > 0).any() for t in range(3))
+
+
+def test_backbone_rows_give_the_same_step_as_representation_rows_for_fixed_weights():
+    torch.manual_seed(0)
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    x, y = _batch()
+    grads = {}
+    for mode in ("representation", "backbone"):
+        model.zero_grad()
+        step = multitask_step(model, x, y, TASKS, FixedWeights([0.2, 1.5, 0.7], True), gradients=mode)
+        grads[mode] = [p.grad.clone() for p in model.parameters()]
+        if mode == "backbone":
+            assert step.contributions.shape[0] == 3
+    for a, b in zip(grads["representation"], grads["backbone"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_weightings_on_parameter_rows_refuse_representation_gradients():
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    x, y = _batch()
+    with pytest.raises(ValueError, match="needs backbone-parameter rows"):
+        multitask_step(model, x, y, TASKS, make_weighting("db-mtl"), gradients="representation")
+
+
+def test_every_client_weighting_trains(tmp_path):
+    from fedmtl.aggregation import WEIGHTINGS
+
+    for name, cls in WEIGHTINGS.items():
+        if cls.scope == "server":
+            continue
+        _, result, start, end = _train(make_weighting(name))
+        assert torch.isfinite(end).all() and not torch.equal(start, end), name
+        assert all(torch.isfinite(torch.tensor(v)) for v in result.task_weights.values()), name
+
+
+def test_measure_losses_is_the_mean_loss_over_the_split():
+    from fedmtl.training import measure_losses
+
+    torch.manual_seed(0)
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    data = _learning_data(50)
+    losses = measure_losses(model, data, TASKS, batch_size=16, device=torch.device("cpu"))
+    with torch.no_grad():
+        out = model(data.x)
+    for t in TASKS:
+        assert losses[t.name] == pytest.approx(float(t.task_kind.loss(out[t.name], data.targets[t.name])), rel=1e-5)

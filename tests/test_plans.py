@@ -1,0 +1,133 @@
+"""Aggregation plans and the server optimizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmtl.aggregation import Objectives, make_weighting
+from fedmtl.aggregation.plans import PLANS, AggregationPlan, Row, make_plan, needs_task_parts
+from fedmtl.aggregation.server_optimizer import ServerOptimizer
+from fedmtl.config import load_config
+
+F64 = torch.float64
+TASKS = ("left", "right")
+
+
+def task_rows(num_clients: int = 3, p: int = 5, seed: int = 0) -> list[Row]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        Row(c, t, torch.randn(p, generator=gen, dtype=F64), float(1 + c + i), float(10 * (c + 1)))
+        for c in range(num_clients)
+        for i, t in enumerate(TASKS)
+    ]
+
+
+def whole_rows(parts: list[Row]) -> list[Row]:
+    clients = sorted({r.client for r in parts})
+    return [
+        Row(c, "all", sum(r.update for r in parts if r.client == c),
+            sum(r.loss for r in parts if r.client == c) / 2, next(r.num_examples for r in parts if r.client == c))
+        for c in clients
+    ]
+
+
+def plan(name: str, client: str = "mean", task: str = "mean") -> AggregationPlan:
+    return AggregationPlan(name, make_weighting(client), make_weighting(task))
+
+
+@pytest.mark.parametrize("name", PLANS)
+def test_every_plan_with_mean_gives_the_mean_client_update(name):
+    parts = task_rows()
+    rows = whole_rows(parts) if name == "clients" else parts
+    expected = torch.stack([r.update for r in whole_rows(parts)]).mean(dim=0)
+    result = plan(name)(rows)
+    torch.testing.assert_close(result.direction, expected)
+
+
+@pytest.mark.parametrize("name", PLANS)
+@pytest.mark.parametrize("client, task", [("fedavg", "mgda"), ("qffl", "fairgrad"), ("afl", "upgrad")])
+def test_row_weights_reproduce_the_direction(name, client, task):
+    parts = task_rows(seed=1)
+    rows = whole_rows(parts) if name == "clients" else parts
+    params = {"lipschitz": 10.0} if client == "qffl" else {}
+    p = AggregationPlan(name, make_weighting(client, **params), make_weighting(task))
+    result = p(rows)
+    rebuilt = sum(result.row_weights[(r.client, r.task)] * r.update for r in rows)
+    torch.testing.assert_close(result.direction, rebuilt)
+
+
+def test_clients_then_tasks_applies_the_task_weighting_inside_each_client():
+    parts = task_rows(num_clients=2, seed=2)
+    result = plan("clients-then-tasks", "mean", "mgda")(parts)
+    expected = []
+    for c in (0, 1):
+        g = torch.stack([r.update for r in parts if r.client == c])
+        w = make_weighting("mgda")(Objectives(updates=g))
+        expected.append(2 * (w @ g))
+    torch.testing.assert_close(result.direction, torch.stack(expected).mean(dim=0))
+
+
+def test_tasks_then_clients_handles_clients_without_a_task():
+    parts = [r for r in task_rows(num_clients=3, seed=3) if not (r.client == 0 and r.task == "right")]
+    result = plan("tasks-then-clients", "fedavg", "mean")(parts)
+    left = [r for r in parts if r.task == "left"]
+    right = [r for r in parts if r.task == "right"]
+
+    def fedavg(rows):
+        n = torch.tensor([r.num_examples for r in rows], dtype=F64)
+        return (n / n.sum()) @ torch.stack([r.update for r in rows])
+
+    torch.testing.assert_close(result.direction, fedavg(left) + fedavg(right))
+
+
+def test_fallbacks_are_reported_by_level():
+    rows = [Row(c, "all", torch.zeros(3, dtype=F64), 1.0, 1.0) for c in range(3)]
+    result = plan("clients", "fairgrad")(rows)
+    assert result.fallbacks == ["fairgrad:zero-gramian"]
+
+
+def test_only_the_clients_plan_does_without_task_parts():
+    assert not needs_task_parts("clients")
+    assert all(needs_task_parts(p) for p in PLANS if p != "clients")
+
+
+def test_make_plan_reads_the_config_and_sets_qffl_lipschitz_from_the_client_lr():
+    cfg = load_config(None, ["server.plan=tasks-then-clients", "server.weighting=qffl",
+                             "server.params={q=2}", "server.task-weighting=fairgrad",
+                             "server.task-params={alpha=3}", "client.lr=0.25"])
+    p = make_plan(cfg.server, cfg.client.lr)
+    assert p.plan == "tasks-then-clients"
+    assert p.client_weighting.params.q == 2 and p.client_weighting.params.lipschitz == 4.0
+    assert p.task_weighting.params.alpha == 3
+
+
+def test_unknown_plan_is_refused():
+    with pytest.raises(ValueError, match="unknown aggregation plan 'flatt'"):
+        AggregationPlan("flatt", make_weighting("mean"), make_weighting("mean"))
+
+
+# -- server optimizer -------------------------------------------------------------------
+def test_server_sgd_momentum_and_adam_steps():
+    d1, d2 = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.5])
+    sgd = ServerOptimizer("sgd", lr=0.5)
+    torch.testing.assert_close(sgd.step(d1), 0.5 * d1)
+    mom = ServerOptimizer("momentum", lr=0.5, momentum=0.9)
+    mom.step(d1)
+    torch.testing.assert_close(mom.step(d2), 0.5 * (0.9 * d1 + d2))
+    adam = ServerOptimizer("adam", lr=0.1, beta1=0.9, beta2=0.99, adaptivity=1e-3)
+    adam.step(d1)
+    m = 0.9 * (0.1 * d1) + 0.1 * d2
+    v = 0.99 * (0.01 * d1**2) + 0.01 * d2**2
+    torch.testing.assert_close(adam.step(d2), 0.1 * m / (v.sqrt() + 1e-3))
+
+
+def test_server_optimizer_state_round_trips():
+    a = ServerOptimizer("adam", lr=0.1)
+    a.step(torch.tensor([1.0, 2.0]))
+    b = ServerOptimizer("adam", lr=0.1)
+    b.load_state_dict(a.state_dict())
+    d = torch.tensor([0.3, -0.1])
+    torch.testing.assert_close(a.step(d), b.step(d))
+    with pytest.raises(ValueError, match="unknown server optimizer"):
+        ServerOptimizer("rmsprop")
