@@ -149,3 +149,45 @@ def test_missing_partition_id_is_a_clear_error(tmp_path):
                           "config": ConfigRecord(cfg.to_flat())})
     with pytest.raises(RuntimeError, match="--node-config 'partition-id=<i> num-partitions=<N>'"):
         app(Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN), context)
+
+
+def test_task_parts_in_the_reply_sum_to_the_whole_update(tmp_path):
+    """plan 'flat' makes the real ClientApp send one part per task; they sum to the update
+    the same client sends under plan 'clients' (same seed, round and heads)."""
+    base = _cfg(tmp_path, "disk")
+    model = _global(base)
+    whole = _send(base.with_values(client={"head-store-dir": str(tmp_path / "a")}), model,
+                  MessageType.TRAIN, 1, _context(2))
+    flat_cfg = base.with_values(client={"head-store-dir": str(tmp_path / "b")}, server={"plan": "flat"})
+    parts = _send(flat_cfg, model, MessageType.TRAIN, 1, _context(2))
+    assert "update" not in parts.content and "part.left" in parts.content and "part.right" in parts.content
+    total = whole.content["update"].to_torch_state_dict()
+    left = parts.content["part.left"].to_torch_state_dict()
+    right = parts.content["part.right"].to_torch_state_dict()
+    for key, value in total.items():
+        torch.testing.assert_close(left[key] + right[key], value, rtol=1e-4, atol=1e-6)
+        assert not torch.equal(left[key], right[key])
+
+
+def test_loss_before_training_is_reported_when_the_server_weighting_needs_it(tmp_path):
+    cfg = _cfg(tmp_path, "disk").with_values(server={"weighting": "qffl"})
+    reply = _send(cfg, _global(cfg), MessageType.TRAIN, 1, _context(0))
+    metrics = reply.content["metrics"]
+    assert metrics["train.left.loss-before"] > 0 and metrics["train.right.loss-before"] > 0
+    plain = _send(_cfg(tmp_path, "disk"), _global(cfg), MessageType.TRAIN, 1, _context(1))
+    assert "train.left.loss-before" not in plain.content["metrics"]
+
+
+def test_local_weighting_state_survives_between_rounds(tmp_path):
+    from clients.app import head_store
+    from fedmtl.personalization import load_weighting_state
+
+    cfg = _cfg(tmp_path, "disk").with_values(client={"weighting": "uncertainty"})
+    model = _global(cfg)
+    context = _context(1)
+    _send(cfg, model, MessageType.TRAIN, 1, context)
+    first = load_weighting_state(head_store(cfg, context), 1)
+    assert set(first["log_vars"]) == {"left", "right"} and any(v != 0 for v in first["log_vars"].values())
+    _send(cfg, model, MessageType.TRAIN, 2, context)
+    second = load_weighting_state(head_store(cfg, context), 1)
+    assert second["log_vars"] != first["log_vars"]

@@ -1,0 +1,74 @@
+"""Every registered weighting runs for a round in the real Ray simulation, set by config.
+
+Ten one-round simulations cover all weightings: each sets a client (local cross-task)
+weighting, a server weighting across clients and, for the two-level plans, a server
+weighting across tasks, so every name appears in a slot where it may run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedmtl.aggregation import WEIGHTINGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (plan, server weighting, server task weighting, client weighting, extra --set values)
+RUNS = [
+    ("clients-then-tasks", "fedavg", "mgda", "uncertainty", []),
+    ("tasks-then-clients", "qffl", "pcgrad", "gradnorm", ["server.params={q=2}"]),
+    ("clients-then-tasks", "afl", "cagrad", "famo", ["server.optimizer=momentum", "server.lr=0.5"]),
+    ("tasks-then-clients", "term", "imtl-g", "rlw", ["server.optimizer=adam", "server.lr=0.01"]),
+    ("clients-then-tasks", "fedmgda+", "aligned-mtl", "dwa", ["server.lr=0.1"]),
+    ("clients-then-tasks", "fedfv", "famo", "db-mtl", ["server.params={alpha=0.25, tau=1}"]),
+    ("tasks-then-clients", "propfair", "nash-mtl", "upgrad", []),
+    ("clients-then-tasks", "krum", "dualproj", "fairgrad", ["client.params={alpha=2}"]),
+    ("flat", "trimmed-mean", "mean", "nash-mtl", []),
+    ("tasks-then-clients", "median", "db-mtl", "mean", []),
+]
+
+
+def covered() -> set[str]:
+    names = set()
+    for plan, server, task, client, _ in RUNS:
+        names |= {server, client} | ({task} if plan in ("clients-then-tasks", "tasks-then-clients") else set())
+    return names
+
+
+def test_the_runs_cover_every_registered_weighting():
+    assert covered() == set(WEIGHTINGS.names())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan, server, task, client, extra", RUNS, ids=[f"{r[3]}+{r[1]}+{r[2]}" for r in RUNS])
+def test_weighting_runs_in_a_simulation(tmp_path, plan, server, task, client, extra):
+    out = tmp_path / "run"
+    sets = [
+        "run.rounds=1", "data.num-clients=4", f"server.plan={plan}", f"server.weighting={server}",
+        f"server.task-weighting={task}", f"client.weighting={client}", *extra,
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmtl", "run", str(ROOT / "configs/smoke.toml"), "--out", str(out),
+         "--quiet", *[a for s in sets for a in ("--set", s)]],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = tomllib.loads((out / "config.toml").read_text())
+    assert (config["server"]["weighting"], config["client"]["weighting"]) == (server, client)
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert rounds.loc[0, "replies"] == 4 and rounds.loc[0, "failures"] == 0
+    assert "fallbacks" in rounds.columns
+    metrics = pd.read_csv(out / "metrics.csv")
+    train = metrics[(metrics.split == "train") & (metrics.metric == "weight")]
+    assert len(train) == 8 and train.value.notna().all()  # 4 clients x 2 tasks, local weights
+    weights = metrics[metrics.metric == "aggregation-weight"]
+    linear_levels = WEIGHTINGS.get(server).linear and (plan in ("clients", "flat") or WEIGHTINGS.get(task).linear)
+    assert len(weights) == (8 if linear_levels and plan != "clients" else 4 if linear_levels else 0)
+    test = metrics[(metrics.split == "test") & (metrics.metric == "accuracy")]
+    assert len(test) == 8 and test.value.between(0, 1).all()
