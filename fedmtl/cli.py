@@ -133,10 +133,17 @@ def list_(
         from fedmtl.registry import did_you_mean
 
         fail(f"unknown kind '{kind}'{did_you_mean(kind, list(registries))}; allowed: {', '.join(registries)}")
+    if kind == "weightings":
+        from fedmtl.aggregation import describe_params
+
+        typer.echo(f"{'name':<14} {'runs on':<8} {'parameters (defaults)':<42} summary")
+        for name, entry in WEIGHTINGS.items():
+            doc = (entry.__doc__ or "").strip().splitlines()[0].replace("``", "")
+            typer.echo(f"{name:<14} {entry.scope:<8} {describe_params(entry):<42} {doc}")
+        return
     for name, entry in registries[kind].items():
         doc = getattr(entry, "description", None) or (entry.__doc__ or "").strip().splitlines()[0]
-        scope = getattr(entry, "scope", None)
-        typer.echo(f"{name:<14} {f'[{scope}] ' if scope else ''}{doc}")
+        typer.echo(f"{name:<14} {doc}")
 
 
 def main() -> None:

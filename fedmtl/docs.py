@@ -1,0 +1,142 @@
+"""Generated parts of the docs: config tables and the weighting reference.
+
+``python -m fedmtl.docs`` rewrites the blocks between ``<!-- BEGIN GENERATED ... -->`` and
+``<!-- END GENERATED ... -->`` in ``docs/config.md`` and ``docs/aggregation.md``; a test
+fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic.fields import FieldInfo
+
+from fedmtl.config import SECTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _type_name(info: FieldInfo) -> str:
+    annotation = info.annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is dict:
+        return "table"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _bounds(info: FieldInfo) -> str:
+    parts = []
+    for item in info.metadata:
+        for attr, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            value = getattr(item, attr, None)
+            if value is not None:
+                parts.append(f"{symbol} {value}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _default(info: FieldInfo) -> str:
+    value = info.get_default(call_default_factory=True)
+    return f"`{json.dumps(value)}`" if not isinstance(value, dict) else "`{}`"
+
+
+def config_tables() -> str:
+    """One Markdown table per config section."""
+    out = []
+    for name, section in SECTIONS.items():
+        doc = (section.__doc__ or "").split(":", 1)[-1].strip()
+        out += [f"## `[{name}]`", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for field, info in section.model_fields.items():
+            key = info.alias or field
+            out.append(f"| `{key}` | {_type_name(info)} | {_default(info)} | {info.description}{_bounds(info)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _clean_doc(cls: type) -> tuple[str, str]:
+    doc = inspect.cleandoc(cls.__doc__ or "").replace("``", "`")
+    first, _, rest = doc.partition("\n\n")
+    return " ".join(first.split()), rest.strip()
+
+
+def _keys(scope: str) -> str:
+    keys = {"client": ["client.weighting"], "server": ["server.weighting", "server.task-weighting"]}
+    if scope == "both":
+        return ", ".join(f"`{k}`" for k in keys["client"] + keys["server"])
+    return ", ".join(f"`{k}`" for k in keys[scope])
+
+
+def weighting_reference() -> str:
+    """A section per registered weighting: summary, where it runs, parameters, details."""
+    from fedmtl.aggregation import WEIGHTINGS
+
+    places = {"client": "clients only", "server": "the server only", "both": "clients and the server"}
+    out = ["| name | runs on | needs | summary |", "|---|---|---|---|"]
+    for name, cls in WEIGHTINGS.items():
+        needs = [n for n, flag in (("rows", cls.needs_updates), ("losses", cls.needs_losses)) if flag]
+        out.append(f"| [`{name}`](#{name.replace('+', '')}) | {cls.scope} | {', '.join(needs) or '-'} | {_clean_doc(cls)[0]} |")
+    out.append("")
+    for name, cls in WEIGHTINGS.items():
+        summary, details = _clean_doc(cls)
+        out += [f"### {name}", "", summary, ""]
+        if details:
+            out += [details, ""]
+        out.append(f"Runs on {places[cls.scope]} ({_keys(cls.scope)} = `\"{name}\"`).")
+        facts = []
+        if cls.needs_losses:
+            facts.append("uses each objective's loss (on the server: measured by clients before local training)")
+        if cls.needs_parameter_rows:
+            facts.append("needs full backbone-parameter rows")
+        if not cls.linear:
+            facts.append("not a weighted sum of rows (no per-row weights are recorded)")
+        if cls.scale_free:
+            facts.append("scale-free: weights rescaled to sum to one")
+        if not cls.nonnegative:
+            facts.append("weights may be negative")
+        scaling = {"invariant": "unchanged when every row is multiplied by s > 0" if cls.linear
+                   else "the combined update is multiplied by s when every row is",
+                   "inverse": "divided by s when every row is multiplied by s",
+                   "none": "no simple law under row scaling"}[cls.scaling]
+        facts.append(f"weights {scaling}" if cls.linear or cls.scaling != "invariant" else scaling)
+        out.append("It " + "; ".join(facts) + ".")
+        params = cls.Params.model_fields
+        if params:
+            out += ["", "| parameter | default | meaning |", "|---|---|---|"]
+            for field, info in params.items():
+                out.append(f"| `{info.alias or field}` | `{info.default!r}` | {info.description}{_bounds(info)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _replace(text: str, marker: str, body: str) -> str:
+    begin, end = f"<!-- BEGIN GENERATED {marker} -->\n", f"<!-- END GENERATED {marker} -->"
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    return text[:start] + body.rstrip() + "\n" + text[stop:]
+
+
+def sync_docs(root: Path = ROOT) -> list[str]:
+    """Rewrite the generated blocks; return the files that changed."""
+    changed = []
+    targets: dict[str, list[tuple[str, Any]]] = {
+        "docs/config.md": [("CONFIG", config_tables)],
+        "docs/aggregation.md": [("WEIGHTINGS", weighting_reference)],
+    }
+    for relative, blocks in targets.items():
+        path = root / relative
+        text = path.read_text()
+        new = text
+        for marker, render in blocks:
+            new = _replace(new, marker, render())
+        if new != text:
+            path.write_text(new)
+            changed.append(relative)
+    return changed
+
+
+if __name__ == "__main__":  # python -m fedmtl.docs
+    changed = sync_docs()
+    print("updated: " + ", ".join(changed) if changed else "docs already in sync")
