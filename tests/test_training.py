@@ -214,3 +214,26 @@ def test_measure_losses_is_the_mean_loss_over_the_split():
         out = model(data.x)
     for t in TASKS:
         assert losses[t.name] == pytest.approx(float(t.task_kind.loss(out[t.name], data.targets[t.name])), rel=1e-5)
+
+
+def test_backbone_rows_have_the_gramian_torchjd_autogram_computes():
+    """Our batched per-task backbone gradients vs torchjd's autogram engine (Gramian only)."""
+    from torchjd.autogram import Engine
+
+    from fedmtl.training.local import _per_task_backbone
+
+    torch.manual_seed(0)
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    x, y = _batch()
+    engine = Engine(model.backbone, batch_dim=None)
+    z = model.backbone(x)
+    losses = torch.stack([t.task_kind.loss(model.heads[t.name](z), y[t.name]) for t in TASKS])
+    theirs = engine.compute_gramian(losses)
+
+    z = model.backbone(x)
+    z_grads = []
+    for t in TASKS:
+        zd = z.detach().requires_grad_(True)
+        z_grads.append(torch.autograd.grad(t.task_kind.loss(model.heads[t.name](zd), y[t.name]), zd)[0])
+    rows = _per_task_backbone(z, torch.stack(z_grads), list(model.backbone.parameters()))
+    torch.testing.assert_close(rows @ rows.T, theirs, rtol=1e-4, atol=1e-6)

@@ -69,6 +69,15 @@ def test_pcgrad_matches_torchjd_for_two_tasks_and_projects_conflicts():
     torch.testing.assert_close(d, torch.tensor([0.5, 1.5], dtype=F64))
 
 
+def test_mean_and_rlw_match_torchjd():
+    g = rows(5)
+    torch.testing.assert_close(make_weighting("mean")(Objectives(updates=g)), tjd.MeanWeighting()(g @ g.T))
+    torch.manual_seed(9)
+    theirs = tjd.RandomWeighting()(g.to(torch.float64))
+    ours = make_weighting("rlw", seed=9)(Objectives(updates=g))
+    torch.testing.assert_close(ours, theirs)
+
+
 def test_pcgrad_order_is_seeded():
     g = rows(5)
     a = make_weighting("pcgrad", seed=3)
