@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ cli = typer.Typer(
 )
 
 SetOption = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a key: --set run.rounds=5 (repeatable)."),
 ]
 
@@ -48,9 +48,9 @@ def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
 
 @cli.command()
 def run(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment TOML file.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
     set_: SetOption = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's logs.")] = False,
 ) -> None:
@@ -77,7 +77,7 @@ def flwr_run(
     config: Annotated[Path, typer.Argument(help="Experiment TOML file (a Flower run config).")],
     app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
     superlink: Annotated[
-        Optional[str], typer.Option(help="SuperLink connection of the Flower config.")
+        str | None, typer.Option(help="SuperLink connection of the Flower config.")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to finish.")] = 3600.0,
 ) -> None:
@@ -95,7 +95,7 @@ def flwr_run(
 
 @cli.command()
 def validate(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment TOML file.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
     set_: SetOption = None,
 ) -> None:
     """Validate a config and print it fully resolved (every default filled in)."""

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedmtl.registry import did_you_mean
 
@@ -182,7 +189,7 @@ class ClientSection(Section):
     _params = field_validator("params", mode="before")(lambda cls, v: _parse_params(v))
 
     @model_validator(mode="after")
-    def _weighting_params(self) -> "ClientSection":
+    def _weighting_params(self) -> ClientSection:
         _check_params(self.weighting, self.params, "params")
         return self
 
@@ -236,7 +243,7 @@ class ServerSection(Section):
     _params = field_validator("params", "task_params", mode="before")(lambda cls, v: _parse_params(v))
 
     @model_validator(mode="after")
-    def _weighting_params(self) -> "ServerSection":
+    def _weighting_params(self) -> ServerSection:
         _check_params(self.weighting, self.params, "params")
         _check_params(self.task_weighting, self.task_params, "task-params")
         return self
@@ -296,7 +303,7 @@ class ExperimentConfig(Section):
         """A stable string of the values (a cache key)."""
         return json.dumps(self.to_flat(), sort_keys=True)
 
-    def with_values(self, **sections: dict[str, Any]) -> "ExperimentConfig":
+    def with_values(self, **sections: dict[str, Any]) -> ExperimentConfig:
         """A copy with some keys of some sections replaced (validated)."""
         nested = self.to_nested()
         for section, values in sections.items():

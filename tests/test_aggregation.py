@@ -7,7 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmtl.aggregation import WEIGHTINGS, Objectives, WeightingParamsError, combine, make_weighting
+from fedmtl.aggregation import (
+    WEIGHTINGS,
+    Objectives,
+    WeightingParamsError,
+    combine,
+    make_weighting,
+)
 
 
 def build(name: str, **params):

@@ -7,7 +7,13 @@ from flwr.app import RecordDict
 
 from fedmtl.config import ModelSection
 from fedmtl.models import build_model
-from fedmtl.personalization import ContextHeadStore, DiskHeadStore, heads_fingerprint, init_heads, restore_heads
+from fedmtl.personalization import (
+    ContextHeadStore,
+    DiskHeadStore,
+    heads_fingerprint,
+    init_heads,
+    restore_heads,
+)
 from fedmtl.tasks import TaskSpec
 
 TASKS = [TaskSpec("left", "multiclass", 10), TaskSpec("right", "multiclass", 10)]

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from fedmtl.aggregation import Objectives, make_weighting
-from fedmtl.aggregation.plans import PLANS, AggregationPlan, Row, make_plan, needs_task_parts
+from fedmtl.aggregation.plans import (
+    PLANS,
+    AggregationPlan,
+    Row,
+    make_plan,
+    needs_task_parts,
+)
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import load_config
 

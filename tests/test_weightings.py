@@ -252,7 +252,7 @@ def test_rlw_is_a_seeded_softmax_of_gaussians():
 
 def test_dwa_is_uniform_for_two_epochs_then_follows_loss_ratios():
     dwa = make_weighting("dwa", temperature=2.0)
-    obj = lambda a, b: Objectives(losses=torch.tensor([a, b], dtype=F64), task_ids=["x", "y"])  # noqa: E731
+    obj = lambda a, b: Objectives(losses=torch.tensor([a, b], dtype=F64), task_ids=["x", "y"])
     for a, b in [(1.0, 1.0), (0.5, 1.0)]:
         torch.testing.assert_close(dwa(obj(a, b)), torch.full((2,), 0.5, dtype=F64))
         dwa.end_epoch()
@@ -262,7 +262,7 @@ def test_dwa_is_uniform_for_two_epochs_then_follows_loss_ratios():
 
 def test_famo_weights_inverse_losses_then_moves_logits_towards_the_slower_task():
     famo = make_weighting("famo")
-    obj = lambda a, b: Objectives(losses=torch.tensor([a, b], dtype=F64), task_ids=["x", "y"])  # noqa: E731
+    obj = lambda a, b: Objectives(losses=torch.tensor([a, b], dtype=F64), task_ids=["x", "y"])
     w = famo(obj(1.0, 2.0))
     torch.testing.assert_close(w, torch.tensor([2 / 3, 1 / 3], dtype=F64))
     famo(obj(0.5, 2.0))  # task x improved, y did not: y's logit must grow

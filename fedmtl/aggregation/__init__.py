@@ -30,8 +30,8 @@ __all__ = [
     "SolveInfo",
     "Weighting",
     "WeightingParamsError",
-    "describe_params",
     "combine",
+    "describe_params",
     "make_weighting",
     "solve_alpha_fair",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -69,6 +70,8 @@ class Weighting:
         same, are divided by ``s``, or follow no simple law (they depend on magnitudes).
     Params : type[pydantic.BaseModel]
         The weighting's parameters (config keys of ``[client.params]`` / ``[server.params]``).
+    state_attributes : tuple[str, ...]
+        Attributes that make up the state of a stateful weighting (:meth:`state_dict`).
     """
 
     name: ClassVar[str] = ""
@@ -82,6 +85,7 @@ class Weighting:
     scale_free: ClassVar[bool] = False
     scaling: ClassVar[Scaling] = "invariant"
     Params: ClassVar[type[BaseModel]] = NoParams
+    state_attributes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any) -> None:
         self.params = validate_params(type(self), params)
@@ -123,11 +127,21 @@ class Weighting:
         """Called by the local loop after every epoch (DWA's loss history uses it)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint (empty for stateless weightings)."""
-        return {}
+        """State to checkpoint: copies of the attributes named in ``state_attributes``."""
+        state = {}
+        for name in self.state_attributes:
+            value = getattr(self, name)
+            state[name] = value.get_state() if isinstance(value, torch.Generator) else copy.deepcopy(value)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
+        for name in self.state_attributes:
+            current = getattr(self, name)
+            if isinstance(current, torch.Generator):
+                current.set_state(state[name])
+            else:
+                setattr(self, name, copy.deepcopy(state[name]))
 
 
 def normalise(weights: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,7 @@ class AFL(Weighting):
     sampled clients' pre-training losses (a client seen for the first time enters with the
     mean of the known λ). λ is the weighting's state.
     """
+    state_attributes = ("lam",)
 
     name = "afl"
     scope = "server"
@@ -96,12 +97,6 @@ class AFL(Weighting):
         self.lam = dict(zip(names, project_simplex(vector).tolist(), strict=True))
         return weights
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"lambda": dict(self.lam)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lam = dict(state["lambda"])
-
 
 @WEIGHTINGS.register("term")
 class TERM(Weighting):
@@ -113,6 +108,7 @@ class TERM(Weighting):
     ``ẑ ← ½ ẑ + ½ mean_k e^(t (F_k − max F))`` across rounds. ``t → 0`` is the mean,
     ``t → ∞`` the worst client, ``t < 0`` down-weights outliers.
     """
+    state_attributes = ("z",)
 
     name = "term"
     scope = "server"
@@ -131,12 +127,6 @@ class TERM(Weighting):
         mean = float(e.mean())
         self.z = mean if self.z is None else 0.5 * self.z + 0.5 * mean
         return e / (len(f) * self.z)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"z": self.z}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.z = state["z"]
 
 
 @WEIGHTINGS.register("fedmgda+")
@@ -195,6 +185,7 @@ class FedFV(Weighting):
     projected off the sum of the stored updates of the last τ rounds that conflict with it,
     and rescaled to the norm of the plain average.
     """
+    state_attributes = ("history",)
 
     name = "fedfv"
     scope = "server"
@@ -251,12 +242,6 @@ class FedFV(Weighting):
 
     def contributions(self, objectives: Objectives) -> torch.Tensor:
         raise TypeError("fedfv's history step is not a per-row sum; it runs on the server only")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = list(state["history"])
 
 
 @WEIGHTINGS.register("propfair")

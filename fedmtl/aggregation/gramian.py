@@ -10,13 +10,13 @@ Gramian ``A / (tr A / m)`` (same weights up to scale, better conditioned).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torchjd.aggregation as tjd
-from torchjd._linalg._dual_cone import QuadprogProjector
 from pydantic import Field
+from torchjd._linalg._dual_cone import QuadprogProjector
 
 from fedmtl.aggregation.base import WEIGHTINGS, NoParams, Weighting
 from fedmtl.aggregation.objectives import Objectives
@@ -65,17 +65,24 @@ class MGDA(GramianWeighting):
         return torch.from_numpy(min_norm_weights(gramian.numpy()))
 
 
-class DualConeParams(NoParams):
-    """Parameters of the dual-cone projections (UPGrad, DualProj)."""
+class DualCone(GramianWeighting):
+    """Base of UPGrad and DualProj: torchjd's dual-cone projections with a chosen ridge."""
 
-    reg_eps: float = Field(
-        1e-4, gt=0,
-        description="Ridge added to the normalised Gramian; g_iᵀd ≥ 0 holds up to about it.",
-    )
+    projection: ClassVar[type] = tjd.UPGradWeighting
+
+    class Params(NoParams):
+        reg_eps: float = Field(
+            1e-4, gt=0,
+            description="Ridge added to the normalised Gramian; g_iᵀd ≥ 0 holds up to about it.",
+        )
+
+    def from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
+        projector = QuadprogProjector(reg_eps=self.params.reg_eps)
+        return self.projection(projector=projector)(gramian)
 
 
 @WEIGHTINGS.register("upgrad")
-class UPGrad(GramianWeighting):
+class UPGrad(DualCone):
     """UPGrad: each ``g_i`` projected onto the dual cone ``{x : G x ≥ 0}``, then summed.
 
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232
@@ -83,16 +90,11 @@ class UPGrad(GramianWeighting):
     """
 
     name = "upgrad"
-
-    Params = DualConeParams
-
-    def from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
-        projector = QuadprogProjector(reg_eps=self.params.reg_eps)
-        return tjd.UPGradWeighting(projector=projector)(gramian)
+    projection = tjd.UPGradWeighting
 
 
 @WEIGHTINGS.register("dualproj")
-class DualProj(GramianWeighting):
+class DualProj(DualCone):
     """DualProj: the mean gradient projected onto the dual cone ``{x : G x ≥ 0}``.
 
     Quinton & Rey, arXiv 2406.16232 (2024), after Lopez-Paz & Ranzato's GEM (NeurIPS 2017).
@@ -100,12 +102,7 @@ class DualProj(GramianWeighting):
     """
 
     name = "dualproj"
-
-    Params = DualConeParams
-
-    def from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
-        projector = QuadprogProjector(reg_eps=self.params.reg_eps)
-        return tjd.DualProjWeighting(projector=projector)(gramian)
+    projection = tjd.DualProjWeighting
 
 
 @WEIGHTINGS.register("pcgrad")
@@ -116,6 +113,7 @@ class PCGrad(GramianWeighting):
     ``PCGradWeighting``, with the random order drawn from this weighting's own seeded
     generator (reproducible runs).
     """
+    state_attributes = ("generator",)
 
     name = "pcgrad"
     deterministic = False
@@ -132,12 +130,6 @@ class PCGrad(GramianWeighting):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return tjd.PCGradWeighting()(gramian)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 @WEIGHTINGS.register("cagrad")
@@ -189,6 +181,7 @@ class AlignedMTL(GramianWeighting):
 
 class AlphaFair(GramianWeighting):
     """Base of FairGrad and Nash-MTL: our Newton solver, warm-started from the last call."""
+    state_attributes = ("last",)
 
     def alpha(self) -> float:
         raise NotImplementedError
@@ -212,12 +205,6 @@ class AlphaFair(GramianWeighting):
         if np.all(np.isfinite(weights)) and np.all(weights > 0):
             self.last.update(zip(keys, weights.tolist(), strict=True))
         return torch.from_numpy(np.asarray(weights, dtype=np.float64))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last": dict(self.last)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last = dict(state["last"])
 
 
 @WEIGHTINGS.register("fairgrad")

@@ -34,6 +34,7 @@ class RLW(Weighting):
     Lin et al., "Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task
     Learning", TMLR 2022. Drawn from the weighting's own seeded generator.
     """
+    state_attributes = ("generator",)
 
     name = "rlw"
     deterministic = False
@@ -49,12 +50,6 @@ class RLW(Weighting):
         eps = torch.randn(len(objectives), generator=self.generator, dtype=torch.float64)
         return torch.softmax(eps, dim=0)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-
 
 @WEIGHTINGS.register("dwa")
 class DWA(Weighting):
@@ -65,6 +60,7 @@ class DWA(Weighting):
     uniform until every row has two epochs of history. The paper's weights sum to T; here
     they sum to one (relative to ``mean``).
     """
+    state_attributes = ("history", "current")
 
     name = "dwa"
     needs_losses = True
@@ -94,13 +90,6 @@ class DWA(Weighting):
             self.history[key] = (self.history.get(key, []) + [max(total / count, EPS)])[-2:]
         self.current = {}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": dict(self.history), "current": dict(self.current)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = dict(state["history"])
-        self.current = dict(state["current"])
-
 
 @WEIGHTINGS.register("famo")
 class FAMO(Weighting):
@@ -112,6 +101,7 @@ class FAMO(Weighting):
     gradient ``J_softmaxᵀ (log L_prev − log L_now)``. The paper measures ``L_now`` on the same
     batch after the step; here it is the next call's loss (no extra forward pass).
     """
+    state_attributes = ("logits", "moments", "previous", "steps")
 
     name = "famo"
     needs_losses = True
@@ -157,16 +147,6 @@ class FAMO(Weighting):
         scaled = z / losses
         return scaled / scaled.sum()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"logits": dict(self.logits), "moments": dict(self.moments),
-                "previous": dict(self.previous), "steps": self.steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.logits = dict(state["logits"])
-        self.moments = dict(state["moments"])
-        self.previous = dict(state["previous"])
-        self.steps = int(state["steps"])
-
 
 @WEIGHTINGS.register("uncertainty")
 class Uncertainty(Weighting):
@@ -176,6 +156,7 @@ class Uncertainty(Weighting):
     2018. The task weight is ``e^(−s_k) / T`` (``s = 0`` gives ``mean``); after each step
     ``s_k`` takes an SGD step on the same objective, ``∂/∂s_k = (1 − e^(−s_k) L_k) / T``.
     """
+    state_attributes = ("log_vars",)
 
     name = "uncertainty"
     scope = "client"
@@ -197,12 +178,6 @@ class Uncertainty(Weighting):
         self.log_vars.update(zip(keys, (s - self.params.lr * grad).tolist(), strict=True))
         return weights
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"log_vars": dict(self.log_vars)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.log_vars = dict(state["log_vars"])
-
 
 @WEIGHTINGS.register("gradnorm")
 class GradNorm(Weighting):
@@ -214,6 +189,7 @@ class GradNorm(Weighting):
     renormalised to sum to T. ``g_i`` is the gradient at the shared representation (the
     output of the last shared layer). Returned as ``w / T`` (relative to ``mean``).
     """
+    state_attributes = ("task_weights", "initial_losses")
 
     name = "gradnorm"
     scope = "client"
@@ -247,13 +223,6 @@ class GradNorm(Weighting):
         self.task_weights.update(zip(keys, new.tolist(), strict=True))
         return w / t
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"task_weights": dict(self.task_weights), "initial_losses": dict(self.initial_losses)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.task_weights = dict(state["task_weights"])
-        self.initial_losses = dict(state["initial_losses"])
-
 
 @WEIGHTINGS.register("db-mtl")
 class DBMTL(Weighting):
@@ -266,6 +235,7 @@ class DBMTL(Weighting):
     ``mean``). The averages are per row key, so on a client it needs full backbone
     gradients, not representation gradients.
     """
+    state_attributes = ("averages", "step")
 
     name = "db-mtl"
     needs_updates = True
@@ -309,10 +279,3 @@ class DBMTL(Weighting):
     def aggregate(self, objectives: Objectives) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.fallback = ""
         return self.contributions(objectives).sum(dim=0), None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"averages": dict(self.averages), "step": self.step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.averages = dict(state["averages"])
-        self.step = int(state["step"])

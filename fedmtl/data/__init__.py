@@ -7,9 +7,10 @@ shape and tasks without building any data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from fedmtl.data import multimnist
 from fedmtl.data.federation import ClientData, Federation, Split
@@ -27,7 +28,7 @@ class DatasetEntry:
 
     input_shape: tuple[int, ...]
     tasks: tuple[TaskSpec, ...]
-    build: Callable[["DataSection", int], Federation]
+    build: Callable[[DataSection, int], Federation]
     description: str
 
 
@@ -48,7 +49,7 @@ def dataset_info(name: str) -> DatasetEntry:
 
 
 @lru_cache(maxsize=4)
-def load_federation(data_cfg: "DataSection", seed: int) -> Federation:
+def load_federation(data_cfg: DataSection, seed: int) -> Federation:
     """The federation of ``data_cfg`` under ``seed``, cached per process."""
     return DATASETS.get(data_cfg.dataset).build(data_cfg, seed)
 

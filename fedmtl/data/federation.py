@@ -41,7 +41,7 @@ class Split:
         return out
 
     @staticmethod
-    def concat(splits: list["Split"]) -> "Split":
+    def concat(splits: list[Split]) -> Split:
         """Pool several splits (same tasks) into one."""
         tasks = splits[0].targets.keys()
         return Split(

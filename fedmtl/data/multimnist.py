@@ -102,7 +102,7 @@ def canvases(pool: np.ndarray, pairs_per_digit: int, rng: np.random.Generator) -
     )
 
 
-def build(cfg: "DataSection", seed: int) -> Federation:
+def build(cfg: DataSection, seed: int) -> Federation:
     """The MultiMNIST federation of ``cfg.num_clients`` clients."""
     _, labels = load_digits()
     parts = PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg)

@@ -21,7 +21,7 @@ Partitioner = Callable[[np.ndarray, int, int, "DataSection"], list[np.ndarray]]
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
 
 
-def _indices_with(partitioner, labels: np.ndarray) -> list[np.ndarray]:  # noqa: ANN001
+def _indices_with(partitioner, labels: np.ndarray) -> list[np.ndarray]:
     from datasets import Dataset
 
     partitioner.dataset = Dataset.from_dict(
@@ -42,7 +42,7 @@ def _check_enough(labels: np.ndarray, num_partitions: int) -> None:
 
 
 @PARTITIONERS.register("iid")
-def iid(labels: np.ndarray, num_partitions: int, seed: int, cfg: "DataSection") -> list[np.ndarray]:
+def iid(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection) -> list[np.ndarray]:
     """Shuffle (seeded), then cut into ``num_partitions`` near-equal parts."""
     from flwr_datasets.partitioner import IidPartitioner
 
@@ -54,7 +54,7 @@ def iid(labels: np.ndarray, num_partitions: int, seed: int, cfg: "DataSection") 
 
 @PARTITIONERS.register("dirichlet")
 def dirichlet(
-    labels: np.ndarray, num_partitions: int, seed: int, cfg: "DataSection"
+    labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection
 ) -> list[np.ndarray]:
     """Label skew: each class is split among clients by proportions ~ Dir(α·1).
 

@@ -52,7 +52,7 @@ class MultiTaskModel(nn.Module):
 
 
 def build_model(
-    model_cfg: "ModelSection", input_shape: Sequence[int], tasks: Sequence[TaskSpec]
+    model_cfg: ModelSection, input_shape: Sequence[int], tasks: Sequence[TaskSpec]
 ) -> MultiTaskModel:
     """Build the configured backbone and one head per task.
 

@@ -20,7 +20,7 @@ from fedmtl.progress import Progress
 from fedmtl.results import RoundStats, RunRecorder
 from fedmtl.training.evaluate import evaluate
 from fedmtl.training.local import train_local
-from fedmtl.training.setup import select_device, seeded_generator
+from fedmtl.training.setup import seeded_generator, select_device
 
 
 def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> Path:
