@@ -23,7 +23,7 @@ from typing import Any
 
 import tomli_w
 
-from fedmtl.config import ExperimentConfig, load_config
+from fedmtl.config import ExperimentConfig, load_config, unflatten
 
 
 def flwr_env() -> dict[str, str]:
@@ -54,8 +54,12 @@ def _flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> dict[st
 
 
 def resolved_run_config(cfg: ExperimentConfig, folder: Path) -> Path:
-    """Write the resolved config (absolute output folder) as a Flower run-config file."""
-    nested = cfg.to_nested()
+    """Write the resolved config (absolute output folder) as a Flower run-config file.
+
+    Parameter tables are written in their flat JSON form, so that every key Flower sees is
+    one declared in pyproject's ``[tool.flwr.app.config]``.
+    """
+    nested = unflatten(cfg.to_flat())
     nested["run"]["output-dir"] = str(Path(cfg.run.output_dir).resolve())
     path = folder / "run-config.toml"
     path.write_text(tomli_w.dumps(nested))

@@ -142,3 +142,18 @@ def test_generated_docs_are_in_sync(tmp_path):
 
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     assert sync_docs(tmp_path) == [], "run: python -m fedmtl.docs"
+
+
+def test_flwr_run_config_has_only_declared_keys_even_with_parameter_tables(tmp_path):
+    """`fedmtl flwr-run` writes weighting parameters as JSON text, not sub-tables that Flower
+    would flatten into keys pyproject does not declare."""
+    from server.flwr_run import resolved_run_config
+
+    cfg = load_config(None, ["server.weighting=qffl", "server.params={q=2}",
+                             "client.weighting=fairgrad", "client.params={alpha=3}"])
+    written = tomllib.loads(resolved_run_config(cfg, tmp_path).read_text())
+    flat = {f"{section}.{key}": value for section, values in written.items() for key, value in values.items()}
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(flat) == set(declared)
+    assert config_from_flat(flat).server.params == {"q": 2}
+    assert config_from_flat(flat).client.params == {"alpha": 3}
