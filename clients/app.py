@@ -93,12 +93,13 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     torch.set_num_threads(cfg.engine.client_num_cpus)
     client = partition_id(context)
     fed = load_federation(cfg.data, cfg.run.seed)
-    model = build_model(cfg.model, fed.input_shape, fed.tasks)
+    tasks = fed.client_tasks(client)
+    model = build_model(cfg.model, fed.input_shape, tasks)
     model.backbone.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     store = head_store(cfg, context)
     restore_heads(model, store, cfg.run.seed, client)
     return LocalSetup(
-        cfg, server_round, client, model, store, fed.client(client), fed.tasks,
+        cfg, server_round, client, model, store, fed.client(client), tasks,
         select_device(cfg.client.device),
     )
 

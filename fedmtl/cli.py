@@ -116,18 +116,18 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
 @cli.command("list")
 def list_(
     kind: Annotated[
-        str, typer.Argument(help="weightings | datasets | backbones | partitioners | tasks")
+        str, typer.Argument(help="weightings | datasets | backbones | partitioners | task-sets | tasks")
     ] = "weightings",
 ) -> None:
     """List registered names of one kind."""
     from fedmtl.aggregation import WEIGHTINGS
-    from fedmtl.data import DATASETS, PARTITIONERS
+    from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS
     from fedmtl.models import BACKBONES
     from fedmtl.tasks import TASK_KINDS
 
     registries = {
         "weightings": WEIGHTINGS, "datasets": DATASETS, "backbones": BACKBONES,
-        "partitioners": PARTITIONERS, "tasks": TASK_KINDS,
+        "partitioners": PARTITIONERS, "task-sets": TASK_SETS, "tasks": TASK_KINDS,
     }
     if kind not in registries:
         from fedmtl.registry import did_you_mean

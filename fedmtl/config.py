@@ -129,6 +129,15 @@ class DataSection(Section):
     test_pairs_per_digit: int = Field(
         2, ge=1, le=50, description="MultiMNIST: test canvases per base digit."
     )
+    task_sets: str = Field(
+        "all",
+        description="Which tasks each client holds labels for: 'all', 'one' (round robin), "
+        "'random' (data.tasks-per-client each) or 'mixed'.",
+    )
+    tasks_per_client: int = Field(1, ge=1, description="Tasks per client for 'random' and 'mixed'.")
+    full_task_fraction: float = Field(
+        0.5, ge=0, le=1, description="'mixed': probability that a client holds every task."
+    )
     num_tasks: int = Field(2, ge=1, le=100, description="Synthetic: number of tasks T.")
     synthetic_alpha: float = Field(
         1.0, ge=0, description="Synthetic: α, spread of the devices' models (std of u_k)."
@@ -150,6 +159,11 @@ class DataSection(Section):
     @classmethod
     def _partitioner(cls, v: str) -> str:
         return _registered(v, "fedmtl.data:PARTITIONERS")
+
+    @field_validator("task_sets")
+    @classmethod
+    def _task_sets(cls, v: str) -> str:
+        return _registered(v, "fedmtl.data:TASK_SETS")
 
 
 class ModelSection(Section):
@@ -299,6 +313,11 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"model.backbone = 'lenet' needs image inputs, but dataset '{self.data.dataset}' "
                 f"has inputs of shape {shape}; use backbone = 'mlp'"
+            )
+        if self.run.mode == "centralized" and self.data.task_sets != "all":
+            raise ValueError(
+                f"run.mode = 'centralized' pools every client's labels and needs "
+                f"data.task-sets = 'all', not {self.data.task_sets!r}"
             )
         return self
 

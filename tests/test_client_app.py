@@ -191,3 +191,18 @@ def test_local_weighting_state_survives_between_rounds(tmp_path):
     _send(cfg, model, MessageType.TRAIN, 2, context)
     second = load_weighting_state(head_store(cfg, context), 1)
     assert second["log_vars"] != first["log_vars"]
+
+
+def test_a_client_without_a_task_has_no_head_part_or_metric_for_it(tmp_path):
+    from clients.app import head_store
+
+    cfg = _cfg(tmp_path, "disk").with_values(data={"task-sets": "one"}, server={"plan": "flat"})
+    model = _global(cfg)
+    context = _context(1)  # client 1 holds 'right' only
+    reply = _send(cfg, model, MessageType.TRAIN, 1, context)
+    assert "part.right" in reply.content and "part.left" not in reply.content
+    assert not any(k.startswith("train.left") for k in reply.content["metrics"].keys())
+    heads = head_store(cfg, context).load(1)
+    assert heads and all(k.startswith("right.") for k in heads)
+    evaluation = _send(cfg, model, MessageType.EVALUATE, 1, context)
+    assert {k.split(".")[1] for k in evaluation.content["metrics"].keys() if k.startswith("test.")} == {"right"}

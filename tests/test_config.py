@@ -130,7 +130,7 @@ def test_cli_lists_registries_and_rejects_unknown_kinds():
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
         "error: unknown kind 'wieghtings' (did you mean 'weightings'?); "
-        "allowed: weightings, datasets, backbones, partitioners, tasks"
+        "allowed: weightings, datasets, backbones, partitioners, task-sets, tasks"
     )
 
 

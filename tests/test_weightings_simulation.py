@@ -1,8 +1,10 @@
-"""Every registered weighting runs for a round in the real Ray simulation, set by config.
+"""Every registered weighting runs for a round in the real Ray simulation, set by config,
+and every aggregation plan runs with missing labels (one task per client, mixed task sets).
 
 Ten one-round simulations cover all weightings: each sets a client (local cross-task)
 weighting, a server weighting across clients and, for the two-level plans, a server
-weighting across tasks, so every name appears in a slot where it may run.
+weighting across tasks, so every name appears in a slot where it may run. Four of them use
+mixed task sets (one per plan), and four more runs give each plan one task per client.
 """
 
 from __future__ import annotations
@@ -16,22 +18,43 @@ import pandas as pd
 import pytest
 
 from fedmtl.aggregation import WEIGHTINGS
+from fedmtl.config import load_config
+from fedmtl.data import load_federation
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # (plan, server weighting, server task weighting, client weighting, extra --set values)
+MIXED = ["data.task-sets=mixed", "run.seed=1"]
 RUNS = [
-    ("clients-then-tasks", "fedavg", "mgda", "uncertainty", []),
-    ("tasks-then-clients", "qffl", "pcgrad", "gradnorm", ["server.params={q=2}"]),
+    ("clients-then-tasks", "fedavg", "mgda", "uncertainty", MIXED),
+    ("tasks-then-clients", "qffl", "pcgrad", "gradnorm", ["server.params={q=2}", *MIXED]),
     ("clients-then-tasks", "afl", "cagrad", "famo", ["server.optimizer=momentum", "server.lr=0.5"]),
     ("tasks-then-clients", "term", "imtl-g", "rlw", ["server.optimizer=adam", "server.lr=0.01"]),
     ("clients-then-tasks", "fedmgda+", "aligned-mtl", "dwa", ["server.lr=0.1"]),
-    ("clients-then-tasks", "fedfv", "famo", "db-mtl", ["server.params={alpha=0.25, tau=1}"]),
+    ("clients", "fedfv", "mean", "db-mtl", ["server.params={alpha=0.25, tau=1}", *MIXED]),
     ("tasks-then-clients", "propfair", "nash-mtl", "upgrad", []),
     ("clients-then-tasks", "krum", "dualproj", "fairgrad", ["client.params={alpha=2}"]),
-    ("flat", "trimmed-mean", "mean", "nash-mtl", []),
+    ("flat", "trimmed-mean", "mean", "nash-mtl", MIXED),
     ("tasks-then-clients", "median", "db-mtl", "mean", []),
+    # one task per client, every plan
+    ("clients", "qffl", "mean", "mean", ["data.task-sets=one"]),
+    ("flat", "fairgrad", "mean", "mgda", ["data.task-sets=one"]),
+    ("clients-then-tasks", "fedavg", "mgda", "mean", ["data.task-sets=one"]),
+    ("tasks-then-clients", "fedavg", "fairgrad", "fairgrad", ["data.task-sets=one"]),
 ]
+
+
+def task_sets(extra: list[str]) -> list[list[str]]:
+    """The task sets of the 4 clients of a run with these overrides."""
+    cfg = load_config(ROOT / "configs/smoke.toml", ["data.num-clients=4", *extra])
+    fed = load_federation(cfg.data, cfg.run.seed)
+    return [fed.client(c).tasks for c in range(4)]
+
+
+def test_mixed_runs_really_mix_task_sets():
+    sets = task_sets(MIXED)
+    assert {len(s) for s in sets} == {1, 2}
+    assert [len(s) for s in task_sets(["data.task-sets=one"])] == [1, 1, 1, 1]
 
 
 def covered() -> set[str]:
@@ -65,10 +88,17 @@ def test_weighting_runs_in_a_simulation(tmp_path, plan, server, task, client, ex
     assert rounds.loc[0, "replies"] == 4 and rounds.loc[0, "failures"] == 0
     assert "fallbacks" in rounds.columns
     metrics = pd.read_csv(out / "metrics.csv")
+    held = sum(len(fed_tasks) for fed_tasks in task_sets(extra))
     train = metrics[(metrics.split == "train") & (metrics.metric == "weight")]
-    assert len(train) == 8 and train.value.notna().all()  # 4 clients x 2 tasks, local weights
+    assert len(train) == held and train.value.notna().all()  # one local weight per held task
     weights = metrics[metrics.metric == "aggregation-weight"]
     linear_levels = WEIGHTINGS.get(server).linear and (plan in ("clients", "flat") or WEIGHTINGS.get(task).linear)
-    assert len(weights) == (8 if linear_levels and plan != "clients" else 4 if linear_levels else 0)
+    assert len(weights) == (held if linear_levels and plan != "clients" else 4 if linear_levels else 0)
     test = metrics[(metrics.split == "test") & (metrics.metric == "accuracy")]
-    assert len(test) == 8 and test.value.between(0, 1).all()
+    assert len(test) == held and test.value.between(0, 1).all()
+    # a client without a task has no weight, loss, part or test metric for it
+    cfg = load_config(out / "config.toml")
+    fed = load_federation(cfg.data, cfg.run.seed)
+    for client in range(4):
+        tasks = set(metrics[(metrics.client == client) & (metrics.task != "all")].task)
+        assert tasks == set(fed.client(client).tasks), client

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from fedmtl.data import multimnist, synthetic
 from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.partitioners import PARTITIONERS
+from fedmtl.data.task_sets import TASK_SETS, assign_tasks
 from fedmtl.registry import Registry
 from fedmtl.tasks import TaskSpec
 
@@ -63,13 +64,21 @@ def dataset_tasks(data_cfg: DataSection) -> list[TaskSpec]:
 
 @lru_cache(maxsize=4)
 def load_federation(data_cfg: DataSection, seed: int) -> Federation:
-    """The federation of ``data_cfg`` under ``seed``, cached per process."""
-    return DATASETS.get(data_cfg.dataset).build(data_cfg, seed)
+    """The federation of ``data_cfg`` under ``seed``, cached per process.
+
+    Clients hold the tasks given by ``data.task-sets`` (:mod:`fedmtl.data.task_sets`).
+    """
+    federation = DATASETS.get(data_cfg.dataset).build(data_cfg, seed)
+    if data_cfg.task_sets != "all":
+        names = [t.name for t in federation.tasks]
+        federation.task_sets = assign_tasks(federation.num_clients, names, seed, data_cfg)
+    return federation
 
 
 __all__ = [
     "DATASETS",
     "PARTITIONERS",
+    "TASK_SETS",
     "ClientData",
     "DatasetEntry",
     "Federation",

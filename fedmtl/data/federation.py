@@ -28,6 +28,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
+    def restrict(self, tasks: list[str]) -> "Split":
+        """The same inputs with the targets of ``tasks`` only."""
+        return Split(self.x, {t: self.targets[t] for t in tasks})
+
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
@@ -58,6 +62,11 @@ class ClientData:
     train: Split
     test: Split
 
+    @property
+    def tasks(self) -> list[str]:
+        """Names of the tasks this client holds labels for."""
+        return list(self.train.targets)
+
 
 @dataclass
 class Federation:
@@ -76,12 +85,15 @@ class Federation:
         Number of clients.
     build_client : Callable[[int], ClientData]
         Builds client ``i``'s data.
+    task_sets : list[list[str]] or None
+        The tasks each client holds (``None``: all); other tasks' labels are dropped.
     """
 
     input_shape: tuple[int, ...]
     tasks: list[TaskSpec]
     num_clients: int
     build_client: Callable[[int], ClientData]
+    task_sets: list[list[str]] | None = None
     _cache: dict[int, ClientData] = field(default_factory=dict, repr=False)
 
     def client(self, client_id: int) -> ClientData:
@@ -89,8 +101,19 @@ class Federation:
         if not 0 <= client_id < self.num_clients:
             raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")
         if client_id not in self._cache:
-            self._cache[client_id] = self.build_client(client_id)
+            data = self.build_client(client_id)
+            if self.task_sets is not None:
+                held = self.task_sets[client_id]
+                data = ClientData(client_id, data.train.restrict(held), data.test.restrict(held))
+            self._cache[client_id] = data
         return self._cache[client_id]
+
+    def client_tasks(self, client_id: int) -> list[TaskSpec]:
+        """The task specs client ``client_id`` holds (in dataset order)."""
+        if self.task_sets is None:
+            return list(self.tasks)
+        held = set(self.task_sets[client_id])
+        return [t for t in self.tasks if t.name in held]
 
     def clients(self) -> list[ClientData]:
         """All clients (builds every one)."""
