@@ -139,6 +139,12 @@ class DataSection(Section):
         0.5, ge=0, le=1, description="'mixed': probability that a client holds every task."
     )
     num_tasks: int = Field(2, ge=1, le=100, description="Synthetic: number of tasks T.")
+    client_key: Literal["year", "year-sex"] = Field(
+        "year", description="Arrests: natural clients by 'year' (6) or 'year-sex' (12)."
+    )
+    include_sensitive: bool = Field(
+        False, description="Arrests: use the sensitive attribute (colour) as an input."
+    )
     synthetic_alpha: float = Field(
         1.0, ge=0, description="Synthetic: α, spread of the devices' models (std of u_k)."
     )
@@ -306,13 +312,19 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _backbone_fits_the_data(self) -> ExperimentConfig:
-        from fedmtl.data import dataset_info
+        from fedmtl.data import dataset_info, dataset_input_shape
 
-        shape = dataset_info(self.data.dataset).input_shape
+        shape = dataset_input_shape(self.data)
         if self.model.backbone == "lenet" and len(shape) != 3:
             raise ValueError(
                 f"model.backbone = 'lenet' needs image inputs, but dataset '{self.data.dataset}' "
                 f"has inputs of shape {shape}; use backbone = 'mlp'"
+            )
+        natural = dataset_info(self.data.dataset).natural_clients
+        if natural is not None and natural(self.data) != self.data.num_clients:
+            raise ValueError(
+                f"dataset '{self.data.dataset}' has {natural(self.data)} natural clients with "
+                f"this config; set data.num-clients = {natural(self.data)}"
             )
         if self.run.mode == "centralized" and self.data.task_sets != "all":
             raise ValueError(

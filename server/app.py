@@ -17,7 +17,7 @@ from flwr.common import MessageType
 from flwr.serverapp import Grid, ServerApp
 
 from fedmtl.config import ExperimentConfig, config_from_flat
-from fedmtl.data import dataset_info, dataset_tasks
+from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.models import build_model
 from fedmtl.progress import Progress
 from fedmtl.results import RunRecorder, create_run_dir
@@ -98,13 +98,12 @@ def run_server(grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, q
     """Run a whole federated experiment on ``grid``; return the run folder."""
     run_dir = run_dir or create_run_dir(cfg)
     cfg = resolve_paths(cfg, run_dir)
-    info = dataset_info(cfg.data.dataset)
     tasks = dataset_tasks(cfg.data)
     recorder = RunRecorder(run_dir, cfg, tasks)
     progress = Progress(cfg.run.rounds, enabled=not quiet)
     clients = discover_clients(grid, cfg)
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model, info.input_shape, tasks)
+    model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
     strategy = FedMTLStrategy(cfg, clients, recorder, progress)
     strategy.start(
         grid,

