@@ -120,6 +120,12 @@ class DataSection(Section):
     dirichlet_alpha: float = Field(
         0.5, gt=0, description="Concentration of Dirichlet label skew (smaller = more skewed)."
     )
+    classes_per_client: int = Field(
+        2, ge=1, description="'pathological' partitioner: classes per client."
+    )
+    power_law_exponent: float = Field(
+        1.0, ge=0, description="'power-law' partitioner: client sizes ∝ rank^(-exponent)."
+    )
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="Fraction of each client's examples held out for testing."
     )

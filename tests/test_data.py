@@ -60,14 +60,19 @@ def test_canvases_labels_follow_the_digits_and_are_normalised():
     np.testing.assert_array_equal(split.targets["left"].numpy(), np.repeat(labels[:50], 2))
 
 
-@pytest.mark.parametrize("name", ["iid", "dirichlet"])
+@pytest.mark.parametrize("name", ["iid", "dirichlet", "pathological", "power-law"])
 @pytest.mark.parametrize("num", [3, 20])
 def test_partitioners_cover_every_example_exactly_once(name, num):
     _, labels = load_digits()
     parts = PARTITIONERS.get(name)(labels, num, 0, DataSection(dirichlet_alpha=0.5))
     assert len(parts) == num
     joined = np.concatenate(parts)
-    assert len(joined) == len(labels) and len(np.unique(joined)) == len(labels)
+    assert len(np.unique(joined)) == len(joined)  # disjoint
+    # every example is assigned (pathological: every example of a class some client holds)
+    held = np.isin(labels, labels[joined]) if name == "pathological" else np.ones(len(labels), bool)
+    assert set(joined.tolist()) == set(np.flatnonzero(held).tolist())
+    if name == "pathological" and num >= 10:
+        assert held.all()
     assert min(len(p) for p in parts) >= 2
 
 
@@ -91,6 +96,28 @@ def _mean_top_label_share(alpha: float) -> float:
 def test_dirichlet_concentration_controls_label_skew():
     skewed, mild = _mean_top_label_share(0.1), _mean_top_label_share(100.0)
     assert skewed > 0.4 > 0.2 > mild  # IID would give about 0.1 + noise
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_pathological_gives_each_client_at_most_k_classes(k):
+    _, labels = load_digits()
+    parts = PARTITIONERS.get("pathological")(labels, 10, 0, DataSection(classes_per_client=k))
+    assert all(len(np.unique(labels[p])) <= k for p in parts)
+    assert sum(len(p) for p in parts) == len(labels)  # 10 clients cover all 10 classes
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0])
+def test_power_law_sizes_follow_zipf(exponent):
+    from fedmtl.data.partitioners import power_law_sizes
+
+    _, labels = load_digits()
+    parts = PARTITIONERS.get("power-law")(labels, 10, 0, DataSection(power_law_exponent=exponent))
+    sizes = np.array(sorted((len(p) for p in parts), reverse=True), dtype=float)
+    assert sizes.sum() == len(labels) and sizes.min() >= 2
+    expected = np.arange(1, 11, dtype=float) ** -exponent
+    expected = 2 + expected / expected.sum() * (len(labels) - 20)
+    assert np.abs(sizes - expected).max() <= 1.0
+    assert power_law_sizes(5000, 10, exponent, 0) == power_law_sizes(5000, 10, exponent, 0)
 
 
 def test_too_many_clients_is_a_clear_error():

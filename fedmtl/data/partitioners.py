@@ -82,3 +82,60 @@ def dirichlet(
             f"{num_partitions} clients {min_size} examples ({exc}); raise data.dirichlet-alpha "
             "or lower data.num-clients"
         ) from None
+
+
+@PARTITIONERS.register("pathological")
+def pathological(
+    labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection
+) -> list[np.ndarray]:
+    """Label skew by class count: each client gets examples of ``data.classes-per-client``
+    classes only (McMahan et al., AISTATS 2017's pathological non-IID split).
+
+    flwr-datasets' ``PathologicalPartitioner``: client i's first class is ``i mod C`` (so every
+    class is used when there are at least C clients), the others are drawn at random (seeded).
+    Examples of classes no client drew are left out.
+    """
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    _check_enough(labels, num_partitions)
+    partitioner = PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_classes_per_partition=cfg.classes_per_client,
+        class_assignment_mode="first-deterministic",
+        shuffle=True,
+        seed=seed,
+    )
+    parts = _indices_with(partitioner, labels)
+    if min(len(p) for p in parts) < 2:
+        raise ValueError(
+            f"pathological partition with {cfg.classes_per_client} classes per client left a "
+            f"client with fewer than 2 examples; lower data.num-clients or raise data.classes-per-client"
+        )
+    return parts
+
+
+def power_law_sizes(total: int, num_partitions: int, exponent: float, seed: int) -> list[int]:
+    """Client sizes ``∝ r^(-exponent)`` for ranks r = 1..N in a seeded order (Zipf's law),
+    at least 2 each, summing to ``total``."""
+    ranks = np.random.default_rng([seed, 0x9A]).permutation(num_partitions) + 1
+    shares = ranks.astype(np.float64) ** -exponent
+    spare = total - 2 * num_partitions
+    sizes = 2 + np.floor(shares / shares.sum() * spare).astype(np.int64)
+    leftover = total - int(sizes.sum())
+    for i in np.argsort(-shares, kind="stable")[:leftover]:
+        sizes[i] += 1
+    return sizes.tolist()
+
+
+@PARTITIONERS.register("power-law")
+def power_law(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection) -> list[np.ndarray]:
+    """Quantity skew: a seeded shuffle cut into sizes ``∝ r^(-a)`` (a = ``data.power-law-exponent``,
+    client ranks r in a seeded order; Zipf's law), via flwr-datasets' ``SizePartitioner``."""
+    from flwr_datasets.partitioner import SizePartitioner
+
+    _check_enough(labels, num_partitions)
+    sizes = power_law_sizes(len(labels), num_partitions, cfg.power_law_exponent, seed)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    parts = _indices_with(SizePartitioner(sizes), labels[order])
+    return [order[p] for p in parts]
