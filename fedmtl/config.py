@@ -144,6 +144,14 @@ class DataSection(Section):
     full_task_fraction: float = Field(
         0.5, ge=0, le=1, description="'mixed': probability that a client holds every task."
     )
+    feature_skew: Literal["none", "rotation", "noise"] = Field(
+        "none", description="Per-client input transformation: 'none', 'rotation' or 'noise'."
+    )
+    feature_skew_strength: float = Field(
+        30.0, ge=0,
+        description="Largest skew (degrees for 'rotation', noise std for 'noise'), reached by "
+        "the last client; client k of N gets k/(N-1) of it.",
+    )
     num_tasks: int = Field(2, ge=1, le=100, description="Synthetic: number of tasks T.")
     client_key: Literal["year", "year-sex"] = Field(
         "year", description="Arrests: natural clients by 'year' (6) or 'year-sex' (12)."
@@ -331,6 +339,11 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"dataset '{self.data.dataset}' has {natural(self.data)} natural clients with "
                 f"this config; set data.num-clients = {natural(self.data)}"
+            )
+        if self.data.feature_skew == "rotation" and len(shape) != 3:
+            raise ValueError(
+                f"data.feature-skew = 'rotation' needs image inputs, but dataset "
+                f"'{self.data.dataset}' has inputs of shape {shape}; use 'noise'"
             )
         if self.run.mode == "centralized" and self.data.task_sets != "all":
             raise ValueError(

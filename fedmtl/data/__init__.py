@@ -7,6 +7,7 @@ shape and tasks without building any data.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from fedmtl.data import arrests, multimnist, synthetic
 from fedmtl.data.federation import ClientData, Federation, Split
+from fedmtl.data.feature_skew import skew_client
 from fedmtl.data.partitioners import PARTITIONERS
 from fedmtl.data.task_sets import TASK_SETS, assign_tasks
 from fedmtl.registry import Registry
@@ -82,12 +84,17 @@ def dataset_tasks(data_cfg: DataSection) -> list[TaskSpec]:
 def load_federation(data_cfg: DataSection, seed: int) -> Federation:
     """The federation of ``data_cfg`` under ``seed``, cached per process.
 
-    Clients hold the tasks given by ``data.task-sets`` (:mod:`fedmtl.data.task_sets`).
+    Clients hold the tasks given by ``data.task-sets`` (:mod:`fedmtl.data.task_sets`) and see
+    their inputs through ``data.feature-skew`` (:mod:`fedmtl.data.feature_skew`).
     """
     federation = DATASETS.get(data_cfg.dataset).build(data_cfg, seed)
     if data_cfg.task_sets != "all":
         names = [t.name for t in federation.tasks]
         federation.task_sets = assign_tasks(federation.num_clients, names, seed, data_cfg)
+    if data_cfg.feature_skew != "none":
+        federation.transform = functools.partial(
+            skew_client, num_clients=federation.num_clients, cfg=data_cfg, seed=seed
+        )
     return federation
 
 

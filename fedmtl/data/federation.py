@@ -92,6 +92,8 @@ class Federation:
         Builds client ``i``'s data.
     task_sets : list[list[str]] or None
         The tasks each client holds (``None``: all); other tasks' labels are dropped.
+    transform : Callable[[ClientData], ClientData] or None
+        Applied to every client's data once (feature skew).
     """
 
     input_shape: tuple[int, ...]
@@ -99,6 +101,7 @@ class Federation:
     num_clients: int
     build_client: Callable[[int], ClientData]
     task_sets: list[list[str]] | None = None
+    transform: Callable[[ClientData], ClientData] | None = None
     _cache: dict[int, ClientData] = field(default_factory=dict, repr=False)
 
     def client(self, client_id: int) -> ClientData:
@@ -110,6 +113,8 @@ class Federation:
             if self.task_sets is not None:
                 held = self.task_sets[client_id]
                 data = ClientData(client_id, data.train.restrict(held), data.test.restrict(held))
+            if self.transform is not None:
+                data = self.transform(data)
             self._cache[client_id] = data
         return self._cache[client_id]
 
