@@ -2,7 +2,8 @@
 
 Commands: ``run`` (a simulation or the centralized baseline), ``flwr-run`` (the same
 through ``flwr run`` with its real final status checked), ``validate`` (print the resolved
-config), ``plot`` (redraw a run's figures), ``list`` (registered names).
+config), ``plot`` (redraw a run's figures), ``list`` (registered names), ``data describe``
+(a federation's per-client table and figure).
 
 Config errors print one line per problem, ``error: <key> = <value>: <what is allowed>``,
 and exit with code 2 before any work starts.
@@ -111,6 +112,47 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
         fail(f"'{run_dir}' is not a run folder (no metrics.csv)")
     for path in plot_run(run_dir):
         typer.echo(path)
+
+
+data_cli = typer.Typer(no_args_is_help=True, help="Inspect the data of a config.")
+cli.add_typer(data_cli, name="data")
+
+
+@data_cli.command("describe")
+def data_describe(
+    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
+    set_: SetOption = None,
+    plot_path: Annotated[
+        Path, typer.Option("--plot", help="Where to write the federation figure (PNG).")
+    ] = Path("federation.png"),
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the per-client table as CSV.")
+    ] = None,
+) -> None:
+    """Per-client table (examples, tasks held, label mix) and a figure of the federation."""
+    cfg = _load(config, set_)
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedmtl.data import load_federation
+    from fedmtl.data.describe import describe_federation, plot_federation
+
+    fed = load_federation(cfg.data, cfg.run.seed)
+    table = describe_federation(fed)
+    view = Table(title=f"{cfg.data.dataset}: {fed.num_clients} clients, partitioner "
+                       f"'{cfg.data.partitioner}', task sets '{cfg.data.task_sets}'")
+    for column in table.columns:
+        view.add_column(column, justify="left" if column == "tasks" else "right")
+    for _, row in table.iterrows():
+        view.add_row(*("-" if isinstance(v, float) and v != v else f"{v:.2f}" if isinstance(v, float) else str(v)
+                       for v in row.tolist()))
+    Console(width=200).print(view)
+    totals = table[["train", "test"]].sum()
+    typer.echo(f"total: {int(totals['train'])} train, {int(totals['test'])} test examples")
+    if csv_path is not None:
+        table.to_csv(csv_path, index=False)
+        typer.echo(f"table: {csv_path}")
+    typer.echo(f"figure: {plot_federation(fed, plot_path)}")
 
 
 @cli.command("list")

@@ -1,0 +1,90 @@
+"""Inspect a federation: a per-client table and a figure (``fedmtl data describe``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedmtl.data.federation import Federation
+
+
+def describe_federation(fed: Federation) -> pd.DataFrame:
+    """One row per client: example counts, tasks held and, per task, its label mix.
+
+    Columns: ``client``, ``train``, ``test``, ``tasks`` (comma-separated), then for every
+    task of the dataset ``<task>.classes`` (distinct training labels; NaN when the client
+    does not hold the task) and ``<task>.top-share`` (share of the most common training
+    label), and for every group attribute ``<group>.share`` (share of group 1 in training).
+    Regression tasks get ``<task>.mean`` instead.
+    """
+    rows = []
+    for client in fed.clients():
+        row: dict[str, object] = {
+            "client": client.client_id,
+            "train": len(client.train),
+            "test": len(client.test),
+            "tasks": ",".join(client.tasks),
+        }
+        for task in fed.tasks:
+            y = client.train.targets.get(task.name)
+            if task.kind == "regression":
+                row[f"{task.name}.mean"] = float(y.float().mean()) if y is not None else np.nan
+                continue
+            if y is None or len(y) == 0:
+                row[f"{task.name}.classes"] = np.nan
+                row[f"{task.name}.top-share"] = np.nan
+                continue
+            counts = np.bincount(y.numpy().astype(np.int64))
+            row[f"{task.name}.classes"] = int((counts > 0).sum())
+            row[f"{task.name}.top-share"] = float(counts.max() / counts.sum())
+        for group, values in client.train.groups.items():
+            row[f"{group}.share"] = float(values.float().mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_federation(fed: Federation, path: str | Path) -> Path:
+    """Examples per client (train/test) and the label mix of each client's first held task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = fed.clients()
+    ids = np.array([c.client_id for c in clients])
+    fig, (sizes, mix) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(ids) + 2), 7), sharex=True)
+    train = np.array([len(c.train) for c in clients])
+    test = np.array([len(c.test) for c in clients])
+    sizes.bar(ids, train, label="train")
+    sizes.bar(ids, test, bottom=train, label="test")
+    sizes.set_ylabel("examples")
+    sizes.set_title(f"{len(ids)} clients: examples per client")
+    sizes.legend()
+    classification = [t for t in fed.tasks if t.kind != "regression"]
+    if classification:
+        classes = max((t.num_classes or 2) for t in classification)
+        shares = np.zeros((len(ids), classes))
+        shown = []
+        for i, c in enumerate(clients):
+            task = next((t for t in classification if t.name in c.tasks), None)
+            shown.append(task.name if task else "-")
+            if task is not None:
+                counts = np.bincount(c.train.targets[task.name].numpy().astype(np.int64), minlength=classes)
+                shares[i, : len(counts)] = counts / max(counts.sum(), 1)
+        bottom = np.zeros(len(ids))
+        cmap = plt.get_cmap("tab10" if classes <= 10 else "tab20")
+        for k in range(classes):
+            mix.bar(ids, shares[:, k], bottom=bottom, color=cmap(k % cmap.N), label=str(k))
+            bottom += shares[:, k]
+        mix.set_ylabel("share of training labels")
+        mix.set_title("label mix of each client's first task (" + ", ".join(sorted(set(shown))) + ")")
+        mix.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
+    mix.set_xlabel("client")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,51 @@
+"""`fedmtl data describe`: the per-client table and the federation figure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedmtl.config import load_config
+from fedmtl.data import load_federation
+from fedmtl.data.describe import describe_federation
+from tests.helpers import is_png
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_table_counts_examples_tasks_and_label_mix():
+    cfg = load_config(None, ["data.num-clients=4", "data.pairs-per-digit=1", "data.task-sets=one"])
+    fed = load_federation(cfg.data, 0)
+    table = describe_federation(fed)
+    assert table.client.tolist() == [0, 1, 2, 3]
+    assert table.tasks.tolist() == ["left", "right", "left", "right"]
+    for _, row in table.iterrows():
+        client = fed.client(int(row.client))
+        assert row.train == len(client.train) and row.test == len(client.test)
+        held = client.tasks[0]
+        other = "right" if held == "left" else "left"
+        counts = np.bincount(client.train.targets[held].numpy())
+        assert row[f"{held}.top-share"] == counts.max() / counts.sum()
+        assert row[f"{held}.classes"] == (counts > 0).sum()
+        assert np.isnan(row[f"{other}.classes"])
+
+
+def test_cli_prints_the_table_and_writes_the_figure_and_csv(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmtl", "data", "describe", str(ROOT / "configs/arrests.toml"),
+         "--plot", str(tmp_path / "fed.png"), "--csv", str(tmp_path / "fed.csv")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "arrests: 6 clients" in proc.stdout and "total: " in proc.stdout
+    assert is_png(tmp_path / "fed.png")
+    table = pd.read_csv(tmp_path / "fed.csv")
+    assert len(table) == 6 and table.train.sum() + table.test.sum() == 5226
+    assert {"released.top-share", "checks.classes", "colour.share"} <= set(table.columns)
+    bad = subprocess.run([sys.executable, "-m", "fedmtl", "data", "describe", "--set", "data.num-clients=0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "data.num-clients = 0" in bad.stderr
