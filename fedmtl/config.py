@@ -153,6 +153,14 @@ class DataSection(Section):
         "the last client; client k of N gets k/(N-1) of it.",
     )
     num_tasks: int = Field(2, ge=1, le=100, description="Synthetic: number of tasks T.")
+    path: str = Field("", description="Folder of a local dataset copy (CelebA).")
+    image_size: int = Field(32, ge=8, le=256, description="CelebA: images resized to this square size.")
+    celeba_min_images: int = Field(
+        5, ge=2, description="CelebA: celebrities with fewer images are not clients."
+    )
+    celeba_attributes: str = Field(
+        "", description="CelebA: comma-separated attribute tasks ('' = all 40)."
+    )
     client_key: Literal["year", "year-sex"] = Field(
         "year", description="Arrests: natural clients by 'year' (6) or 'year-sex' (12)."
     )
@@ -326,9 +334,10 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _backbone_fits_the_data(self) -> ExperimentConfig:
-        from fedmtl.data import dataset_info, dataset_input_shape
+        from fedmtl.data import dataset_info, dataset_input_shape, dataset_tasks
 
         shape = dataset_input_shape(self.data)
+        dataset_tasks(self.data)  # a dataset read from disk checks its folder here
         if self.model.backbone == "lenet" and len(shape) != 3:
             raise ValueError(
                 f"model.backbone = 'lenet' needs image inputs, but dataset '{self.data.dataset}' "

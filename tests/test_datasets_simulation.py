@@ -11,6 +11,7 @@ import pytest
 
 from fedmtl.config import load_config
 from fedmtl.data import dataset_tasks
+from tests.celeba_fixture import make_celeba
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,10 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("config, overrides", [
     ("configs/synthetic.toml", ["data.num-clients=20", "server.fraction-train=0.2"]),
     ("configs/arrests.toml", []),
+    ("configs/celeba.toml", ["data.num-clients=3", "data.image-size=32"]),
 ])
 def test_dataset_config_runs_in_simulation(tmp_path, config, overrides):
     out = tmp_path / "run"
     sets = ["run.rounds=1", *overrides]
+    if "celeba" in config:  # a tiny CelebA copy in the standard layout
+        sets.append(f"data.path={make_celeba(tmp_path / 'celeba')}")
     proc = subprocess.run(
         [sys.executable, "-m", "fedmtl", "run", str(ROOT / config), "--out", str(out), "--quiet",
          *[a for s in sets for a in ("--set", s)]],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from fedmtl.data import arrests, multimnist, synthetic
+from fedmtl.data import arrests, celeba, multimnist, synthetic
 from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.feature_skew import skew_client
 from fedmtl.data.partitioners import PARTITIONERS
@@ -61,6 +61,14 @@ DATASETS.register("arrests")(
         arrests.build,
         "Toronto arrests (carData, in scikit-lego): released + checks, group colour, clients by year",
         natural_clients=lambda cfg: arrests.num_natural_clients(cfg.client_key),
+    )
+)
+DATASETS.register("celeba")(
+    DatasetEntry(
+        celeba.input_shape,
+        celeba.tasks,
+        celeba.build,
+        "CelebA from a local copy (data.path): 40 binary attribute tasks, clients by celebrity",
     )
 )
 
