@@ -152,6 +152,13 @@ class DataSection(Section):
         description="Largest skew (degrees for 'rotation', noise std for 'noise'), reached by "
         "the last client; client k of N gets k/(N-1) of it.",
     )
+    multimnist_canvas: int = Field(36, ge=28, le=84, description="MultiMNIST: canvas side in pixels.")
+    multimnist_shift: int = Field(
+        6, ge=0, le=56, description="MultiMNIST: offset of the right digit (shift + 28 ≤ canvas)."
+    )
+    multimnist_extra_tasks: str = Field(
+        "", description="MultiMNIST: extra tasks, comma-separated: 'sum', 'same', 'larger'."
+    )
     num_tasks: int = Field(2, ge=1, le=100, description="Synthetic: number of tasks T.")
     path: str = Field("", description="Folder of a local dataset copy (CelebA).")
     image_size: int = Field(32, ge=8, le=256, description="CelebA: images resized to this square size.")
@@ -187,6 +194,28 @@ class DataSection(Section):
     @classmethod
     def _partitioner(cls, v: str) -> str:
         return _registered(v, "fedmtl.data:PARTITIONERS")
+
+    @field_validator("multimnist_extra_tasks")
+    @classmethod
+    def _extra_tasks(cls, v: str) -> str:
+        from fedmtl.data.multimnist import EXTRA_TASKS
+
+        for name in (n.strip() for n in v.split(",") if n.strip()):
+            if name not in EXTRA_TASKS:
+                raise ValueError(
+                    f"unknown extra task '{name}'{did_you_mean(name, list(EXTRA_TASKS))}; "
+                    f"allowed: {', '.join(EXTRA_TASKS)}"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _shift_fits(self) -> DataSection:
+        if self.multimnist_shift + 28 > self.multimnist_canvas:
+            raise ValueError(
+                f"multimnist-shift: a shift of {self.multimnist_shift} does not fit a "
+                f"{self.multimnist_canvas}-pixel canvas (shift + 28 ≤ multimnist-canvas)"
+            )
+        return self
 
     @field_validator("task_sets")
     @classmethod

@@ -145,3 +145,24 @@ def test_federation_splits_are_disjoint_in_base_digits_and_deterministic():
     assert len(seen) > 0.9 * len(flat)  # nearly every base digit is used somewhere
     again = load_federation.__wrapped__(cfg, 0)
     assert torch.equal(again.client(2).train.x, fed.client(2).train.x)
+
+
+def test_overlay_with_no_shift_is_the_pixelwise_max_and_bad_shift_is_refused():
+    images, _ = load_digits()
+    out = overlay(images[:3], images[3:6], canvas_size=28, shift=0)
+    np.testing.assert_array_equal(out, np.maximum(images[:3], images[3:6]))
+    with pytest.raises(ValueError, match="does not fit"):
+        overlay(images[:1], images[1:2], canvas_size=30, shift=3)
+
+
+def test_extra_tasks_follow_the_digit_labels():
+    from fedmtl.config import load_config
+    from fedmtl.data import dataset_tasks, load_federation
+
+    cfg = load_config(None, ["data.num-clients=2", "data.pairs-per-digit=1",
+                             "data.multimnist-extra-tasks=sum, same, larger"])
+    assert [t.name for t in dataset_tasks(cfg.data)] == ["left", "right", "sum", "same", "larger"]
+    y = load_federation(cfg.data, 0).client(1).train.targets
+    torch.testing.assert_close(y["sum"], y["left"] + y["right"])
+    torch.testing.assert_close(y["same"], (y["left"] == y["right"]).long())
+    torch.testing.assert_close(y["larger"], (y["left"] > y["right"]).long())

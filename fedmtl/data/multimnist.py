@@ -7,6 +7,12 @@ the right one at [6:34]; where they overlap the pixelwise maximum is kept. The c
 resized to 28x28 (nearest neighbour) and normalised with MNIST's mean 0.1307 and std
 0.3081. Tasks: ``left`` and ``right`` digit (10 classes each).
 
+Options (ours): the canvas size (``data.multimnist-canvas``, 36) and the right digit's
+offset (``data.multimnist-shift``, 6; it must fit: shift + 28 ≤ canvas; smaller shifts give
+more overlap, harder tasks), and extra tasks on the same canvases
+(``data.multimnist-extra-tasks``, comma-separated): ``sum`` (left + right, 19 classes),
+``same`` (binary: left == right) and ``larger`` (binary: left > right).
+
 Federation: the *base digits* are partitioned among clients (IID or label skew on the digit
 label); each client splits its own digits into train and test pools first and only then
 pairs digits within each pool, so no test digit is ever seen in training.
@@ -32,7 +38,22 @@ DIGIT = 28
 SHIFT = 6
 MEAN, STD = 0.1307, 0.3081
 TASKS = [TaskSpec("left", "multiclass", 10), TaskSpec("right", "multiclass", 10)]
+EXTRA_TASKS = {
+    "sum": (TaskSpec("sum", "multiclass", 19), lambda a, b: a + b),
+    "same": (TaskSpec("same", "binary"), lambda a, b: (a == b).astype(np.int64)),
+    "larger": (TaskSpec("larger", "binary"), lambda a, b: (a > b).astype(np.int64)),
+}
 INPUT_SHAPE = (1, DIGIT, DIGIT)
+
+
+def extra_task_names(cfg: DataSection) -> list[str]:
+    """The extra tasks asked for in ``data.multimnist-extra-tasks``."""
+    return [name.strip() for name in cfg.multimnist_extra_tasks.split(",") if name.strip()]
+
+
+def tasks(cfg: DataSection) -> tuple[TaskSpec, ...]:
+    """``left``, ``right`` and the configured extra tasks."""
+    return tuple(TASKS) + tuple(EXTRA_TASKS[name][0] for name in extra_task_names(cfg))
 
 
 @lru_cache(maxsize=1)
@@ -54,23 +75,25 @@ def _nearest_index(src: int, dst: int) -> np.ndarray:
     return np.minimum(((np.arange(dst) + 0.5) * src / dst).astype(np.int64), src - 1)
 
 
-_RESIZE = _nearest_index(CANVAS, DIGIT)
-
-
-def overlay(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def overlay(left: np.ndarray, right: np.ndarray, canvas_size: int = CANVAS, shift: int = SHIFT) -> np.ndarray:
     """Canvases of ``left`` and ``right`` digits, resized to 28x28, as uint8.
 
     Parameters
     ----------
     left, right : np.ndarray
         ``(n, 28, 28)`` uint8 digit images.
+    canvas_size, shift : int
+        Canvas side and the right digit's offset (``shift + 28 ≤ canvas_size``).
     """
+    if shift + DIGIT > canvas_size:
+        raise ValueError(f"a shift of {shift} does not fit a {canvas_size}-pixel canvas")
     n = len(left)
-    canvas = np.zeros((n, CANVAS, CANVAS), dtype=np.uint8)
+    canvas = np.zeros((n, canvas_size, canvas_size), dtype=np.uint8)
     canvas[:, :DIGIT, :DIGIT] = left
-    window = canvas[:, SHIFT : SHIFT + DIGIT, SHIFT : SHIFT + DIGIT]
+    window = canvas[:, shift : shift + DIGIT, shift : shift + DIGIT]
     np.maximum(window, right, out=window)
-    return canvas[:, _RESIZE][:, :, _RESIZE]
+    resize = _nearest_index(canvas_size, DIGIT)
+    return canvas[:, resize][:, :, resize]
 
 
 def make_pairs(
@@ -90,16 +113,23 @@ def make_pairs(
     return pool[lefts_pos], pool[rights_pos]
 
 
-def canvases(pool: np.ndarray, pairs_per_digit: int, rng: np.random.Generator) -> Split:
+def canvases(
+    pool: np.ndarray,
+    pairs_per_digit: int,
+    rng: np.random.Generator,
+    canvas_size: int = CANVAS,
+    shift: int = SHIFT,
+    extra_tasks: tuple[str, ...] = (),
+) -> Split:
     """A normalised MultiMNIST :class:`Split` from a pool of digit indices."""
     images, labels = load_digits()
     left, right = make_pairs(pool, pairs_per_digit, rng)
-    x = overlay(images[left], images[right]).astype(np.float32) / 255.0
+    x = overlay(images[left], images[right], canvas_size, shift).astype(np.float32) / 255.0
     x = (x - MEAN) / STD
-    return Split(
-        torch.from_numpy(x).unsqueeze(1),
-        {"left": torch.from_numpy(labels[left]), "right": torch.from_numpy(labels[right])},
-    )
+    targets = {"left": torch.from_numpy(labels[left]), "right": torch.from_numpy(labels[right])}
+    for name in extra_tasks:
+        targets[name] = torch.from_numpy(EXTRA_TASKS[name][1](labels[left], labels[right]))
+    return Split(torch.from_numpy(x).unsqueeze(1), targets)
 
 
 def build(cfg: DataSection, seed: int) -> Federation:
@@ -111,10 +141,11 @@ def build(cfg: DataSection, seed: int) -> Federation:
         rng = np.random.default_rng([seed, client_id, 7])
         pool = rng.permutation(parts[client_id])
         n_test = min(max(1, round(len(pool) * cfg.test_fraction)), len(pool) - 1)
+        options = (cfg.multimnist_canvas, cfg.multimnist_shift, tuple(extra_task_names(cfg)))
         return ClientData(
             client_id,
-            train=canvases(pool[n_test:], cfg.pairs_per_digit, rng),
-            test=canvases(pool[:n_test], cfg.test_pairs_per_digit, rng),
+            train=canvases(pool[n_test:], cfg.pairs_per_digit, rng, *options),
+            test=canvases(pool[:n_test], cfg.test_pairs_per_digit, rng, *options),
         )
 
-    return Federation(INPUT_SHAPE, list(TASKS), cfg.num_clients, build_client)
+    return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client)
