@@ -126,6 +126,12 @@ class DataSection(Section):
     power_law_exponent: float = Field(
         1.0, ge=0, description="'power-law' partitioner: client sizes ∝ rank^(-exponent)."
     )
+    partition_task: str = Field(
+        "", description="Task whose labels label-skew partitioners split on ('' = the first task)."
+    )
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of each client's examples held out for validation."
+    )
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="Fraction of each client's examples held out for testing."
     )
@@ -207,6 +213,15 @@ class DataSection(Section):
                     f"allowed: {', '.join(EXTRA_TASKS)}"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataSection:
+        if self.test_fraction + self.validation_fraction >= 1:
+            raise ValueError(
+                f"test-fraction + validation-fraction = {self.test_fraction + self.validation_fraction:g} "
+                "leaves no training data (must be < 1)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shift_fits(self) -> DataSection:
@@ -366,17 +381,34 @@ class ExperimentConfig(Section):
         from fedmtl.data import dataset_info, dataset_input_shape, dataset_tasks
 
         shape = dataset_input_shape(self.data)
-        dataset_tasks(self.data)  # a dataset read from disk checks its folder here
         if self.model.backbone == "lenet" and len(shape) != 3:
             raise ValueError(
                 f"model.backbone = 'lenet' needs image inputs, but dataset '{self.data.dataset}' "
                 f"has inputs of shape {shape}; use backbone = 'mlp'"
             )
         natural = dataset_info(self.data.dataset).natural_clients
-        if natural is not None and natural(self.data) != self.data.num_clients:
+        if self.data.partitioner == "natural":
+            if natural is None:
+                raise ValueError(
+                    f"data.partitioner = 'natural': dataset '{self.data.dataset}' has no natural "
+                    "clients; choose another partitioner"
+                )
+            count = natural(self.data)
+            if count is not None and count != self.data.num_clients:
+                raise ValueError(
+                    f"dataset '{self.data.dataset}' has {count} natural clients with this config; "
+                    f"set data.num-clients = {count}"
+                )
+        names = [t.name for t in dataset_tasks(self.data)]
+        if self.data.partition_task and self.data.partition_task not in names:
             raise ValueError(
-                f"dataset '{self.data.dataset}' has {natural(self.data)} natural clients with "
-                f"this config; set data.num-clients = {natural(self.data)}"
+                f"data.partition-task = '{self.data.partition_task}' is not a task of dataset "
+                f"'{self.data.dataset}'{did_you_mean(self.data.partition_task, names)}; tasks: {', '.join(names)}"
+            )
+        if self.data.dataset == "multimnist" and self.data.partition_task not in ("", "left"):
+            raise ValueError(
+                "data.partition-task: MultiMNIST partitions its base digits, whose label is the "
+                "'left' task; use '' or 'left'"
             )
         if self.data.feature_skew == "rotation" and len(shape) != 3:
             raise ValueError(

@@ -12,7 +12,7 @@ from fedmtl.data.arrests import load_table
 
 
 def _cfg(*overrides):
-    return load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.num-clients=6", *overrides])
+    return load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural", "data.num-clients=6", *overrides])
 
 
 def test_the_table_is_the_published_one():
@@ -50,4 +50,34 @@ def test_year_sex_gives_12_clients_and_a_wrong_count_is_a_config_error():
     fed = load_federation(_cfg("data.client-key=year-sex", "data.num-clients=12").data, 0)
     assert fed.num_clients == 12
     with pytest.raises(ConfigError, match="has 6 natural clients with this config; set data.num-clients = 6"):
-        load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.num-clients=5"])
+        load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural", "data.num-clients=5"])
+
+
+def test_any_partitioner_splits_the_pooled_rows_with_label_skew_on_a_chosen_task():
+    base = ["data.dataset=arrests", "model.backbone=mlp", "data.num-clients=10"]
+    iid = load_federation(load_config(None, [*base, "data.partitioner=iid"]).data, 0)
+    skew = load_federation(load_config(None, [*base, "data.partitioner=dirichlet", "data.dirichlet-alpha=0.1",
+                                              "data.partition-task=checks"]).data, 0)
+    for fed in (iid, skew):
+        assert sum(len(c.train) + len(c.test) for c in fed.clients()) == 5226
+
+    def top_share(fed):
+        shares = []
+        for c in fed.clients():
+            counts = np.bincount(torch.cat([c.train.targets["checks"], c.test.targets["checks"]]).numpy())
+            shares.append(counts.max() / counts.sum())
+        return float(np.mean(shares))
+
+    assert top_share(skew) > top_share(iid) + 0.15
+    with pytest.raises(ConfigError, match="partition-task = 'check' is not a task.*did you mean 'checks'"):
+        load_config(None, [*base, "data.partition-task=check"])
+
+
+def test_validation_split_is_held_out_on_request():
+    fed = load_federation(_cfg("data.validation-fraction=0.1").data, 0)
+    for client in fed.clients():
+        n = len(client.train) + len(client.test) + len(client.validation)
+        assert len(client.validation) == round(0.1 * n)
+    assert load_federation(_cfg().data, 0).client(0).validation is None
+    with pytest.raises(ConfigError, match="leaves no training data"):
+        _cfg("data.validation-fraction=0.5", "data.test-fraction=0.5")

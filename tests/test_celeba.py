@@ -12,7 +12,7 @@ from tests.celeba_fixture import ATTRIBUTES, make_celeba
 
 
 def _cfg(path, *overrides):
-    return load_config(None, ["data.dataset=celeba", f"data.path={path}", "data.num-clients=3",
+    return load_config(None, ["data.dataset=celeba", f"data.path={path}", "data.num-clients=3", "data.partitioner=natural",
                               "data.image-size=16", *overrides])
 
 

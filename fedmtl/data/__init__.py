@@ -33,8 +33,9 @@ class DatasetEntry:
     tasks: Callable[[DataSection], tuple[TaskSpec, ...]]
     build: Callable[[DataSection, int], Federation]
     description: str
-    natural_clients: Callable[[DataSection], int] | None = None
-    """Number of natural clients the config gives (``data.num-clients`` must equal it)."""
+    natural_clients: Callable[[DataSection], int | None] | None = None
+    """``None`` for datasets without natural clients; else the number of natural clients the
+    config gives when it is fixed (``data.num-clients`` must equal it), or ``None`` per call."""
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
@@ -52,6 +53,7 @@ DATASETS.register("synthetic")(
         synthetic.tasks,
         synthetic.build,
         "Synthetic(α, β) of Li et al. (FedProx, q-FFL), one device per client, T tasks",
+        natural_clients=lambda cfg: None,
     )
 )
 DATASETS.register("arrests")(
@@ -69,6 +71,7 @@ DATASETS.register("celeba")(
         celeba.tasks,
         celeba.build,
         "CelebA from a local copy (data.path): 40 binary attribute tasks, clients by celebrity",
+        natural_clients=lambda cfg: None,
     )
 )
 

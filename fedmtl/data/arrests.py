@@ -11,8 +11,9 @@ R package carData, ``Arrests``). The CSV ships inside the scikit-lego package
 - **Sensitive attribute**: ``colour`` (Black / White), kept as the group of every example;
   it is an input only with ``data.include-sensitive = true``.
 - **Inputs**: age (standardised), sex, employed, citizen (0/1) [, colour].
-- **Clients** (natural ids, ``data.client-key``): ``year`` (6 clients, one per year) or
-  ``year-sex`` (12 clients). ``data.num-clients`` must equal that number.
+- **Clients**: with ``data.partitioner = "natural"``, by ``data.client-key``: ``year`` (6
+  clients, one per year) or ``year-sex`` (12); ``data.num-clients`` must equal that number.
+  Any other partitioner splits the pooled rows (label skew on ``data.partition-task``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedmtl.data.federation import ClientData, Federation, Split
+from fedmtl.data.federation import Federation, Split, row_federation
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -73,29 +74,34 @@ def num_natural_clients(key: str) -> int:
     return len(client_groups(load_table(), key))
 
 
-def build(cfg: DataSection, seed: int) -> Federation:
-    """One client per value of ``data.client-key``; per-client seeded train/test split."""
-    table = load_table()
-    groups = client_groups(table, cfg.client_key)
-    if cfg.num_clients != len(groups):
-        raise ValueError(
-            f"dataset 'arrests' with data.client-key = '{cfg.client_key}' has {len(groups)} "
-            f"natural clients; set data.num-clients = {len(groups)}"
+class ArrestsRows:
+    """The table as a :class:`~fedmtl.data.federation.RowDataset`."""
+
+    def __init__(self, cfg: DataSection) -> None:
+        table = load_table()
+        self.table, self.key = table, cfg.client_key
+        self.x = torch.from_numpy(features(table, cfg.include_sensitive))
+        self.targets = {
+            "released": (table["released"] == "Yes").to_numpy(np.int64),
+            "checks": table["checks"].to_numpy(np.int64, copy=True),
+        }
+        self.colour = (table["colour"] == "Black").to_numpy(np.int64)
+
+    def natural_groups(self) -> list[np.ndarray]:
+        return client_groups(self.table, self.key)
+
+    def labels(self, task: str) -> np.ndarray:
+        return self.targets[task]
+
+    def split(self, rows: np.ndarray) -> Split:
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        return Split(
+            self.x[index],
+            {name: torch.from_numpy(values[rows]) for name, values in self.targets.items()},
+            groups={"colour": torch.from_numpy(self.colour[rows])},
         )
-    x = torch.from_numpy(features(table, cfg.include_sensitive))
-    released = torch.from_numpy((table["released"] == "Yes").to_numpy(np.int64))
-    checks = torch.from_numpy(table["checks"].to_numpy(np.int64, copy=True))
-    colour = torch.from_numpy((table["colour"] == "Black").to_numpy(np.int64))
 
-    def split(rows: np.ndarray) -> Split:
-        index = torch.from_numpy(rows)
-        return Split(x[index], {"released": released[index], "checks": checks[index]},
-                     groups={"colour": colour[index]})
 
-    def build_client(client_id: int) -> ClientData:
-        rng = np.random.default_rng([seed, client_id, 0xA2])
-        rows = rng.permutation(groups[client_id])
-        n_test = min(max(1, round(len(rows) * cfg.test_fraction)), len(rows) - 1)
-        return ClientData(client_id, train=split(rows[n_test:]), test=split(rows[:n_test]))
-
-    return Federation((input_dim(cfg),), list(TASKS), len(groups), build_client)
+def build(cfg: DataSection, seed: int) -> Federation:
+    """Natural clients (``data.client-key``) or any partitioner on the pooled rows."""
+    return row_federation(ArrestsRows(cfg), (input_dim(cfg),), list(TASKS), cfg, seed, salt=0xA2)

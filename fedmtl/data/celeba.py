@@ -8,9 +8,10 @@ downloaded: ``data.path`` points at a folder in the standard layout::
     list_eval_partition.txt    # "<image> <0|1|2>"
     identity_CelebA.txt        # "<image> <celebrity id>"
 
-Clients are celebrities, as in LEAF (Caldas et al., "LEAF: A Benchmark for Federated
-Settings", 2018): identities with at least ``data.celeba-min-images`` images, in increasing
-id order, the first ``data.num-clients`` of them. Each client's images are split at random
+With ``data.partitioner = "natural"``, clients are celebrities, as in LEAF (Caldas et al.,
+"LEAF: A Benchmark for Federated Settings", 2018): identities with at least
+``data.celeba-min-images`` images, in increasing id order, the first ``data.num-clients`` of
+them. Other partitioners split all images (label skew on ``data.partition-task``). Each client's images are split at random
 into train and test (``data.test-fraction``; LEAF's per-user sample split), so the official
 ``list_eval_partition.txt`` (identity-disjoint) is checked for completeness but not used.
 Tasks: every attribute (or the comma-separated ``data.celeba-attributes``), each binary
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fedmtl.data.federation import ClientData, Federation, Split
+from fedmtl.data.federation import Federation, Split, row_federation
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -144,24 +145,29 @@ def load_images(root: Path, names: list[str], size: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+class CelebARows:
+    """The attribute table as a :class:`~fedmtl.data.federation.RowDataset` (images are read
+    only for the rows a client gets)."""
+
+    def __init__(self, cfg: DataSection) -> None:
+        self.cfg, self.root = cfg, check_layout(cfg.path)
+        self.images, attributes, _ = read_tables(cfg.path)
+        names = attribute_names(cfg.path)
+        self.chosen = selected_attributes(cfg)
+        self.labels_ = (attributes[:, [names.index(a) for a in self.chosen]] > 0).astype(np.int64)
+
+    def natural_groups(self) -> list[np.ndarray]:
+        return celebrity_groups(self.cfg)
+
+    def labels(self, task: str) -> np.ndarray:
+        return self.labels_[:, self.chosen.index(task)]
+
+    def split(self, rows: np.ndarray) -> Split:
+        x = load_images(self.root, [self.images[r] for r in rows], self.cfg.image_size)
+        return Split(x, {a: torch.from_numpy(self.labels_[rows, j].copy()) for j, a in enumerate(self.chosen)})
+
+
 def build(cfg: DataSection, seed: int) -> Federation:
-    """The CelebA federation: one client per celebrity, images loaded per client."""
-    root = check_layout(cfg.path)
-    images, attributes, _ = read_tables(cfg.path)
-    names = attribute_names(cfg.path)
-    chosen = selected_attributes(cfg)
-    columns = [names.index(a) for a in chosen]
-    groups = celebrity_groups(cfg)
-
-    def split(rows: np.ndarray) -> Split:
-        x = load_images(root, [images[r] for r in rows], cfg.image_size)
-        labels = torch.from_numpy((attributes[rows][:, columns] > 0).astype(np.int64))
-        return Split(x, {a: labels[:, j].clone() for j, a in enumerate(chosen)})
-
-    def build_client(client_id: int) -> ClientData:
-        rng = np.random.default_rng([seed, client_id, 0xCE1])
-        rows = rng.permutation(groups[client_id])
-        n_test = min(max(1, round(len(rows) * cfg.test_fraction)), len(rows) - 1)
-        return ClientData(client_id, train=split(rows[n_test:]), test=split(rows[:n_test]))
-
-    return Federation(input_shape(cfg), list(tasks(cfg)), cfg.num_clients, build_client)
+    """Celebrities as clients (``data.partitioner = "natural"``) or any partitioner on all
+    images; images are loaded per client."""
+    return row_federation(CelebARows(cfg), input_shape(cfg), list(tasks(cfg)), cfg, seed, salt=0xCE1)

@@ -63,4 +63,5 @@ def skew_client(data: ClientData, num_clients: int, cfg: DataSection, seed: int)
         data.client_id,
         _apply(data.train, cfg.feature_skew, amount, generator),
         _apply(data.test, cfg.feature_skew, amount, generator),
+        _apply(data.validation, cfg.feature_skew, amount, generator) if data.validation is not None else None,
     )

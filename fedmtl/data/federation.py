@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 from fedmtl.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from fedmtl.config import DataSection
 
 
 @dataclass
@@ -66,6 +71,7 @@ class ClientData:
     client_id: int
     train: Split
     test: Split
+    validation: Split | None = None
 
     @property
     def tasks(self) -> list[str]:
@@ -112,7 +118,10 @@ class Federation:
             data = self.build_client(client_id)
             if self.task_sets is not None:
                 held = self.task_sets[client_id]
-                data = ClientData(client_id, data.train.restrict(held), data.test.restrict(held))
+                data = ClientData(
+                    client_id, data.train.restrict(held), data.test.restrict(held),
+                    data.validation.restrict(held) if data.validation is not None else None,
+                )
             if self.transform is not None:
                 data = self.transform(data)
             self._cache[client_id] = data
@@ -128,3 +137,65 @@ class Federation:
     def clients(self) -> list[ClientData]:
         """All clients (builds every one)."""
         return [self.client(i) for i in range(self.num_clients)]
+
+
+def split_rows(
+    rows: np.ndarray, test_fraction: float, validation_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle ``rows`` and cut them into (train, validation, test); train and test get at
+    least one row each, validation may be empty."""
+    rows = rng.permutation(rows)
+    n = len(rows)
+    n_test = min(max(1, round(n * test_fraction)), n - 1)
+    n_val = min(round(n * validation_fraction), n - n_test - 1)
+    return rows[n_test + n_val :], rows[n_test : n_test + n_val], rows[:n_test]
+
+
+class RowDataset(Protocol):
+    """A dataset of indexable rows with natural clients (synthetic devices, years, celebrities)."""
+
+    def natural_groups(self) -> list[np.ndarray]:
+        """Row indices of every natural client."""
+
+    def labels(self, task: str) -> np.ndarray:
+        """Integer labels of ``task`` for every row (what label-skew partitioners split on)."""
+
+    def split(self, rows: np.ndarray) -> Split:
+        """The inputs, targets and groups of ``rows``."""
+
+
+def row_federation(
+    data: RowDataset,
+    input_shape: tuple[int, ...],
+    tasks: list[TaskSpec],
+    cfg: DataSection,
+    seed: int,
+    salt: int,
+) -> Federation:
+    """Clients from a :class:`RowDataset`: its natural clients (``data.partitioner =
+    'natural'``) or a partition of all its rows by any registered partitioner, on the labels
+    of ``data.partition-task`` (default: the first task). Each client's rows are split by
+    ``data.test-fraction`` and ``data.validation-fraction``, seeded by (seed, client, salt).
+    """
+    from fedmtl.data.partitioners import PARTITIONERS
+
+    if cfg.partitioner == "natural":
+        groups = data.natural_groups()
+        if len(groups) != cfg.num_clients:
+            raise ValueError(
+                f"dataset '{cfg.dataset}' has {len(groups)} natural clients with this config; "
+                f"set data.num-clients = {len(groups)}"
+            )
+    else:
+        task = cfg.partition_task or tasks[0].name
+        groups = PARTITIONERS.get(cfg.partitioner)(data.labels(task), cfg.num_clients, seed, cfg)
+
+    def build_client(client_id: int) -> ClientData:
+        rng = np.random.default_rng([seed, client_id, salt])
+        train, validation, test = split_rows(groups[client_id], cfg.test_fraction, cfg.validation_fraction, rng)
+        return ClientData(
+            client_id, data.split(train), data.split(test),
+            data.split(validation) if len(validation) else None,
+        )
+
+    return Federation(input_shape, list(tasks), cfg.num_clients, build_client)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fedmtl.data.federation import ClientData, Federation, Split
+from fedmtl.data.federation import ClientData, Federation, Split, split_rows
 from fedmtl.data.partitioners import PARTITIONERS
 from fedmtl.tasks import TaskSpec
 
@@ -139,13 +139,13 @@ def build(cfg: DataSection, seed: int) -> Federation:
 
     def build_client(client_id: int) -> ClientData:
         rng = np.random.default_rng([seed, client_id, 7])
-        pool = rng.permutation(parts[client_id])
-        n_test = min(max(1, round(len(pool) * cfg.test_fraction)), len(pool) - 1)
+        train, validation, test = split_rows(parts[client_id], cfg.test_fraction, cfg.validation_fraction, rng)
         options = (cfg.multimnist_canvas, cfg.multimnist_shift, tuple(extra_task_names(cfg)))
         return ClientData(
             client_id,
-            train=canvases(pool[n_test:], cfg.pairs_per_digit, rng, *options),
-            test=canvases(pool[:n_test], cfg.test_pairs_per_digit, rng, *options),
+            train=canvases(train, cfg.pairs_per_digit, rng, *options),
+            test=canvases(test, cfg.test_pairs_per_digit, rng, *options),
+            validation=canvases(validation, cfg.test_pairs_per_digit, rng, *options) if len(validation) else None,
         )
 
     return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client)

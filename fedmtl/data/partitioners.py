@@ -139,3 +139,10 @@ def power_law(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSecti
     order = np.random.default_rng(seed).permutation(len(labels))
     parts = _indices_with(SizePartitioner(sizes), labels[order])
     return [order[p] for p in parts]
+
+
+@PARTITIONERS.register("natural")
+def natural(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection) -> list[np.ndarray]:
+    """The dataset's own clients (synthetic devices, arrest years, celebrities); datasets with
+    natural clients handle this name themselves."""
+    raise ValueError(f"dataset '{cfg.dataset}' has no natural clients; choose another data.partitioner")

@@ -18,8 +18,9 @@ and ``Z_{k,t}`` per task. Every task's parameters are ``N(u_k, 1)`` as in the pa
 is exactly the paper's construction); ρ (``data.synthetic-relatedness``) is the correlation
 between two tasks' parameters: ρ = 1 gives identical tasks, ρ = 0 independent ones.
 
-Each device is one client (natural ids; ``data.num-clients`` devices). Its examples are
-shuffled and split into train and test by ``data.test-fraction`` (the paper: 0.1).
+With ``data.partitioner = "natural"`` each device is one client (``data.num-clients``
+devices); other partitioners re-split the devices' pooled examples. Each client's examples
+are shuffled and split into train and test by ``data.test-fraction`` (the paper: 0.1).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fedmtl.data.federation import ClientData, Federation, Split
+from fedmtl.data.federation import Federation, Split, row_federation
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -77,23 +78,37 @@ def generate_device(
     return x.astype(np.float32), labels
 
 
+class SyntheticRows:
+    """Every device's examples, pooled, as a :class:`~fedmtl.data.federation.RowDataset`."""
+
+    def __init__(self, cfg: DataSection, seed: int) -> None:
+        sizes = client_sizes(cfg.num_clients, seed)
+        xs, ys = [], []
+        for device, n in enumerate(sizes):
+            rng = np.random.default_rng([seed, device, 0x5E])
+            x, y = generate_device(
+                int(n), cfg.synthetic_alpha, cfg.synthetic_beta, cfg.num_tasks, cfg.synthetic_relatedness, rng
+            )
+            xs.append(x)
+            ys.append(y)
+        self.x = torch.from_numpy(np.concatenate(xs))
+        self.y = np.concatenate(ys)
+        self.names = task_names(cfg.num_tasks)
+        bounds = np.cumsum([0, *sizes.tolist()])
+        self.groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
+
+    def natural_groups(self) -> list[np.ndarray]:
+        return self.groups
+
+    def labels(self, task: str) -> np.ndarray:
+        return self.y[:, self.names.index(task)]
+
+    def split(self, rows: np.ndarray) -> Split:
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        return Split(self.x[index], {n: torch.from_numpy(self.y[rows, t].copy()) for t, n in enumerate(self.names)})
+
+
 def build(cfg: DataSection, seed: int) -> Federation:
-    """The Synthetic(α, β) federation: one device per client."""
-    sizes = client_sizes(cfg.num_clients, seed)
-    names = task_names(cfg.num_tasks)
-
-    def split(x: np.ndarray, y: np.ndarray) -> Split:
-        return Split(torch.from_numpy(x), {name: torch.from_numpy(y[:, t].copy()) for t, name in enumerate(names)})
-
-    def build_client(client_id: int) -> ClientData:
-        rng = np.random.default_rng([seed, client_id, 0x5E])
-        x, y = generate_device(
-            int(sizes[client_id]), cfg.synthetic_alpha, cfg.synthetic_beta, cfg.num_tasks,
-            cfg.synthetic_relatedness, rng,
-        )
-        order = rng.permutation(len(x))
-        n_test = min(max(1, round(len(x) * cfg.test_fraction)), len(x) - 1)
-        test, train = order[:n_test], order[n_test:]
-        return ClientData(client_id, train=split(x[train], y[train]), test=split(x[test], y[test]))
-
-    return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client)
+    """One device per client (``data.partitioner = "natural"``), or the pooled examples of
+    ``data.num-clients`` devices re-partitioned by another partitioner."""
+    return row_federation(SyntheticRows(cfg, seed), INPUT_SHAPE, list(tasks(cfg)), cfg, seed, salt=0x5F)
