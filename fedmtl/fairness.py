@@ -1,10 +1,13 @@
 """Fairness summaries of a metric across clients.
 
 ``summarize(values)`` returns the statistics recorded per task and round in ``rounds.csv``:
-mean, example-weighted mean, population std, min (worst client), max, worst-10% mean (mean
-of the ``max(1, ⌊n/10⌋)`` lowest values) and Jain's index ``(Σa)² / (n Σa²)`` (Jain, Chiu &
-Hawe 1984). For metrics where lower is better pass ``higher_is_better=False``: "worst" then
-means highest.
+mean, example-weighted mean, population std and variance, worst and best client, worst-10%
+and worst-20% mean (mean of the ``max(1, ⌊k·n⌋)`` worst values), best-10% mean, the gap
+``|best − worst|``, Jain's index ``(Σa)² / (n Σa²)`` (Jain, Chiu & Hawe 1984), the Gini
+coefficient ``Σ_i Σ_j |a_i − a_j| / (2 n² ā)`` and the entropy of the normalised values
+``p_i = (a_i + 1e-9) / Σ (a + 1e-9)``, ``−Σ p_i log p_i`` (at most ``log n``; FederatedScope's
+definition). For metrics where lower is better pass ``higher_is_better=False``: "worst" then
+means highest (Jain, Gini and entropy do not depend on the direction).
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+
+STATISTICS = ("mean", "wmean", "std", "worst", "best", "worst10", "jain", "var", "worst20",
+              "best10", "gap", "gini", "entropy")
 
 
 def worst_fraction_mean(values: np.ndarray, fraction: float, higher_is_better: bool = True) -> float:
@@ -31,6 +38,22 @@ def jain_index(values: np.ndarray) -> float:
     return float(np.sum(values) ** 2 / denom) if denom > 0 else math.nan
 
 
+def gini_coefficient(values: np.ndarray) -> float:
+    """``Σ_i Σ_j |a_i − a_j| / (2 n² ā)``; 0 when all equal, NaN when the mean is 0."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean()) if len(values) else 0.0
+    if mean == 0:
+        return math.nan
+    return float(np.abs(values[:, None] - values[None, :]).sum() / (2 * len(values) ** 2 * mean))
+
+
+def normalised_entropy(values: np.ndarray) -> float:
+    """Entropy ``−Σ p log p`` of ``p = (a + 1e-9) / Σ (a + 1e-9)`` (``log n`` when all equal)."""
+    values = np.asarray(values, dtype=np.float64) + 1e-9
+    p = values / values.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def summarize(
     values: np.ndarray, weights: np.ndarray | None = None, higher_is_better: bool = True
 ) -> dict[str, float]:
@@ -47,7 +70,7 @@ def summarize(
     """
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
-        return {k: math.nan for k in ("mean", "wmean", "std", "worst", "best", "worst10", "jain")}
+        return {k: math.nan for k in STATISTICS}
     w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
     worst, best = (values.min(), values.max()) if higher_is_better else (values.max(), values.min())
     return {
@@ -58,4 +81,10 @@ def summarize(
         "best": float(best),
         "worst10": worst_fraction_mean(values, 0.1, higher_is_better),
         "jain": jain_index(values),
+        "var": float(values.var()),
+        "worst20": worst_fraction_mean(values, 0.2, higher_is_better),
+        "best10": worst_fraction_mean(values, 0.1, not higher_is_better),
+        "gap": float(abs(best - worst)),
+        "gini": gini_coefficient(values),
+        "entropy": normalised_entropy(values),
     }

@@ -34,3 +34,30 @@ def test_lower_is_better_flips_worst():
     assert s["worst"] == 4.0 and s["best"] == 1.0
     assert worst_fraction_mean(values, 0.1, higher_is_better=False) == 4.0  # 2 worst of 20
     assert worst_fraction_mean(values, 0.2, higher_is_better=True) == pytest.approx(1.0)
+
+
+def test_new_statistics_by_hand():
+    from fedmtl.fairness import STATISTICS
+
+    s = summarize(np.array([0.5, 1.0, 0.75, 0.25]))
+    assert set(s) == set(STATISTICS)
+    assert s["var"] == pytest.approx(0.078125)  # mean of squared deviations from 0.625
+    assert s["gap"] == pytest.approx(0.75)
+    # ordered pairs |a_i - a_j| sum to 5.0; 2 n² ā = 2·16·0.625 = 20
+    assert s["gini"] == pytest.approx(0.25)
+    p = np.array([0.2, 0.4, 0.3, 0.1])
+    assert s["entropy"] == pytest.approx(-(p * np.log(p)).sum(), rel=1e-6)
+    assert s["worst20"] == 0.25 and s["best10"] == 1.0  # floor(0.8) → 1 value each
+    ten = summarize(np.arange(1, 11) / 10)
+    assert ten["worst20"] == pytest.approx(0.15) and ten["best10"] == pytest.approx(1.0)
+
+
+def test_new_statistics_edge_cases():
+    one = summarize(np.array([0.7]))
+    assert one["gini"] == 0 and one["gap"] == 0 and one["entropy"] == pytest.approx(0.0)
+    equal = summarize(np.array([0.3] * 4))
+    assert equal["gini"] == 0 and equal["entropy"] == pytest.approx(np.log(4))
+    zeros = summarize(np.zeros(3))
+    assert math.isnan(zeros["gini"]) and zeros["entropy"] == pytest.approx(np.log(3))
+    lower = summarize(np.array([1.0, 4.0, 2.0, 3.0] * 5), higher_is_better=False)
+    assert lower["best10"] == 1.0 and lower["worst20"] == 4.0
