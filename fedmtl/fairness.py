@@ -88,3 +88,27 @@ def summarize(
         "gini": gini_coefficient(values),
         "entropy": normalised_entropy(values),
     }
+
+
+def delta_m(
+    results: dict[str, float], reference: dict[str, float], higher_is_better: dict[str, bool]
+) -> float:
+    """Δm% against a reference: ``(100/T) Σ_k (−1)^{s_k} (M_k − B_k) / B_k``.
+
+    ``s_k = 1`` when higher is better for metric k, so an improvement lowers Δm (lower is
+    better; Maninis, Radosavovic & Kokkinos, CVPR 2019; the sign convention of FairGrad's
+    code). Keys are metric names (e.g. ``"left.accuracy"``); every key of ``reference`` must
+    be in ``results``.
+    """
+    if not reference:
+        raise ValueError("delta_m needs at least one reference metric")
+    missing = [k for k in reference if k not in results]
+    if missing:
+        raise KeyError(f"results lack reference metric(s): {', '.join(missing)}")
+    total = 0.0
+    for key, base in reference.items():
+        if base == 0:
+            raise ValueError(f"reference value of '{key}' is 0; Δm is undefined")
+        sign = -1.0 if higher_is_better[key] else 1.0
+        total += sign * (results[key] - base) / base
+    return 100.0 * total / len(reference)

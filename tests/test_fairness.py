@@ -61,3 +61,17 @@ def test_new_statistics_edge_cases():
     assert math.isnan(zeros["gini"]) and zeros["entropy"] == pytest.approx(np.log(3))
     lower = summarize(np.array([1.0, 4.0, 2.0, 3.0] * 5), higher_is_better=False)
     assert lower["best10"] == 1.0 and lower["worst20"] == 4.0
+
+
+def test_delta_m_by_hand():
+    from fedmtl.fairness import delta_m
+
+    ref = {"left.accuracy": 0.8, "depth.mse": 2.0}
+    higher = {"left.accuracy": True, "depth.mse": False}
+    # accuracy +10% relative (better, −10), mse +50% relative (worse, +50): (−10 + 50) / 2
+    assert delta_m({"left.accuracy": 0.88, "depth.mse": 3.0}, ref, higher) == pytest.approx(20.0)
+    assert delta_m(ref, ref, higher) == 0.0
+    with pytest.raises(KeyError, match="depth.mse"):
+        delta_m({"left.accuracy": 0.9}, ref, higher)
+    with pytest.raises(ValueError, match="undefined"):
+        delta_m({"a": 1.0}, {"a": 0.0}, {"a": True})
