@@ -46,7 +46,8 @@ RUNS = [
 
 def task_sets(extra: list[str]) -> list[list[str]]:
     """The task sets of the 4 clients of a run with these overrides."""
-    cfg = load_config(ROOT / "configs/smoke.toml", ["data.num-clients=4", *extra])
+    data_keys = [e for e in extra if e.startswith(("data.", "run.seed"))]
+    cfg = load_config(ROOT / "configs/smoke.toml", ["data.num-clients=4", *data_keys])
     fed = load_federation(cfg.data, cfg.run.seed)
     return [fed.client(c).tasks for c in range(4)]
 
