@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,28 +10,36 @@ import pytest
 from fedmtl.config import load_config
 from fedmtl.data import dataset_tasks
 from tests.celeba_fixture import make_celeba
+from tests.simulation_batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "synthetic": ("configs/synthetic.toml", ["data.num-clients=20", "server.fraction-train=0.2"]),
+    "arrests": ("configs/arrests.toml", []),
+    "celeba": ("configs/celeba.toml", ["data.num-clients=3", "data.image-size=32"]),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[Path, list[str], str]]:
+    """Every case for one round, in one process: ``{name: (run folder, overrides, error)}``."""
+    folder = tmp_path_factory.mktemp("datasets")
+    jobs = {}
+    for name, (config, extra) in CASES.items():
+        sets = ["run.rounds=1", *extra]
+        if name == "celeba":  # a tiny CelebA copy in the standard layout
+            sets.append(f"data.path={make_celeba(folder / 'celeba')}")
+        jobs[name] = {"config": str(ROOT / config), "overrides": sets, "out": str(folder / f"run-{name}")}
+    outcomes = run_batch(list(jobs.values()), folder)
+    return {name: (Path(job["out"]), job["overrides"], outcomes[job["out"]]) for name, job in jobs.items()}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, overrides", [
-    ("configs/synthetic.toml", ["data.num-clients=20", "server.fraction-train=0.2"]),
-    ("configs/arrests.toml", []),
-    ("configs/celeba.toml", ["data.num-clients=3", "data.image-size=32"]),
-])
-def test_dataset_config_runs_in_simulation(tmp_path, config, overrides):
-    out = tmp_path / "run"
-    sets = ["run.rounds=1", *overrides]
-    if "celeba" in config:  # a tiny CelebA copy in the standard layout
-        sets.append(f"data.path={make_celeba(tmp_path / 'celeba')}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedmtl", "run", str(ROOT / config), "--out", str(out), "--quiet",
-         *[a for s in sets for a in ("--set", s)]],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    cfg = load_config(ROOT / config, sets)
+@pytest.mark.parametrize("name", list(CASES))
+def test_dataset_config_runs_in_simulation(runs, name):
+    out, sets, error = runs[name]
+    assert error == "", error
+    cfg = load_config(ROOT / CASES[name][0], sets)
     metrics = pd.read_csv(out / "metrics.csv")
     test = metrics[(metrics.split == "test") & (metrics.metric == "accuracy")]
     assert set(test.task) == {t.name for t in dataset_tasks(cfg.data)}

@@ -53,7 +53,7 @@ def test_step_gradients_equal_weighted_backprop(needs_updates):
 
     model.zero_grad()
     step = multitask_step(model, x, y, TASKS, weighting)
-    losses, w = step.losses, step.weights
+    losses = step.losses
     ours = {k: p.grad.clone() for k, p in model.named_parameters()}
 
     # reference: backbone <- Σ w_t ∇L_t ; head t <- ∇L_t

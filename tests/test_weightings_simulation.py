@@ -9,8 +9,6 @@ mixed task sets (one per plan), and four more runs give each plan one task per c
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from fedmtl.aggregation import WEIGHTINGS
 from fedmtl.config import load_config
 from fedmtl.data import load_federation
+from tests.simulation_batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,20 +68,33 @@ def test_the_runs_cover_every_registered_weighting():
     assert covered() == set(WEIGHTINGS.names())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("plan, server, task, client, extra", RUNS, ids=[f"{r[3]}+{r[1]}+{r[2]}" for r in RUNS])
-def test_weighting_runs_in_a_simulation(tmp_path, plan, server, task, client, extra):
-    out = tmp_path / "run"
-    sets = [
+def overrides(plan, server, task, client, extra) -> list[str]:
+    """The ``--set`` values of one run."""
+    return [
         "run.rounds=1", "data.num-clients=4", f"server.plan={plan}", f"server.weighting={server}",
         f"server.task-weighting={task}", f"client.weighting={client}", *extra,
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedmtl", "run", str(ROOT / "configs/smoke.toml"), "--out", str(out),
-         "--quiet", *[a for s in sets for a in ("--set", s)]],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Every run of RUNS, as real Ray simulations, in one process (saves start-up time):
+    the parent folder and each run folder's outcome ("" = finished)."""
+    folder = tmp_path_factory.mktemp("weightings")
+    jobs = [
+        {"config": str(ROOT / "configs/smoke.toml"), "overrides": overrides(*run), "out": str(folder / f"run{i}")}
+        for i, run in enumerate(RUNS)
+    ]
+    return folder, run_batch(jobs, folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(RUNS)), ids=[f"{r[3]}+{r[1]}+{r[2]}" for r in RUNS])
+def test_weighting_runs_in_a_simulation(batch, index):
+    plan, server, task, client, extra = RUNS[index]
+    folder, outcomes = batch
+    out = folder / f"run{index}"
+    assert outcomes[str(out)] == "", outcomes[str(out)]
     config = tomllib.loads((out / "config.toml").read_text())
     assert (config["server"]["weighting"], config["client"]["weighting"]) == (server, client)
     rounds = pd.read_csv(out / "rounds.csv")

@@ -1,0 +1,49 @@
+"""Run several simulations in one process, for tests that need many short ones.
+
+``python -m tests.simulation_batch SPEC.json RESULT.json``: SPEC is a list of
+``{"config": path, "overrides": [...], "out": run folder}``; RESULT maps each ``out`` to ""
+(the run finished) or the error's traceback. Each run is a real Ray simulation exactly as
+``fedmtl run`` starts it; one process saves the interpreter's imports per run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+
+def main(spec_path: str, result_path: str) -> None:
+    """Run every job of ``spec_path``; write the outcomes to ``result_path``."""
+    from fedmtl.config import load_config
+    from fedmtl.results import create_run_dir
+    from server.simulation import simulate
+
+    results = {}
+    for job in json.loads(Path(spec_path).read_text()):
+        try:
+            cfg = load_config(job["config"], job["overrides"])
+            simulate(cfg, create_run_dir(cfg, Path(job["out"])), quiet=True)
+            results[job["out"]] = ""
+        except Exception as exc:  # noqa: BLE001 - reported per job, the batch goes on
+            results[job["out"]] = "".join(traceback.format_exception(exc))[-4000:]
+    Path(result_path).write_text(json.dumps(results))
+
+
+def run_batch(jobs: list[dict], folder: Path, timeout: float = 1800) -> dict[str, str]:
+    """Run ``jobs`` in one subprocess; return ``{out: error or ""}``."""
+    spec, result = folder / "batch.json", folder / "batch-result.json"
+    spec.write_text(json.dumps(jobs))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.simulation_batch", str(spec), str(result)],
+        capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1],
+    )
+    if not result.exists():
+        raise RuntimeError(f"the simulation batch died (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(result.read_text())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
