@@ -1,0 +1,53 @@
+"""Group fairness metrics, checked by hand, and through evaluation on the arrests data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmtl.group_fairness import group_metrics
+
+
+def test_binary_group_metrics_by_hand():
+    #            group 0: 4 examples       group 1: 4 examples
+    pred = torch.tensor([1, 1, 0, 0, 1, 0, 0, 0])
+    true = torch.tensor([1, 0, 0, 1, 1, 1, 0, 0])
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    m = group_metrics(pred, true, {"g": group}, binary=True)
+    assert m["count-g-0"] == 4 and m["count-g-1"] == 4
+    assert m["accuracy-g-0"] == 0.5 and m["accuracy-g-1"] == 0.75
+    assert m["accuracy-gap-g"] == 0.25
+    assert m["positive-rate-g-0"] == 0.5 and m["positive-rate-g-1"] == 0.25
+    assert m["demographic-parity-diff-g"] == 0.25
+    # TPR: g0 1/2, g1 1/2 -> gap 0; FPR: g0 1/2, g1 0/2 -> gap 0.5
+    assert m["tpr-g-0"] == 0.5 and m["tpr-g-1"] == 0.5 and m["fpr-g-0"] == 0.5 and m["fpr-g-1"] == 0.0
+    assert m["equalized-odds-diff-g"] == 0.5
+
+
+def test_undefined_rates_are_left_out_and_multiclass_has_accuracy_only():
+    m = group_metrics(torch.tensor([1, 1, 2]), torch.tensor([1, 1, 0]), {"g": torch.tensor([0, 0, 1])}, binary=False)
+    assert m == {"count-g-0": 2.0, "accuracy-g-0": 1.0, "count-g-1": 1.0, "accuracy-g-1": 0.0, "accuracy-gap-g": 1.0}
+    one = group_metrics(torch.tensor([1, 0]), torch.tensor([1, 1]), {"g": torch.tensor([0, 0])}, binary=True)
+    assert "fpr-g-0" not in one and "accuracy-gap-g" not in one and "equalized-odds-diff-g" not in one
+
+
+def test_evaluation_reports_group_metrics_for_data_with_groups():
+    from fedmtl.config import load_config
+    from fedmtl.data import dataset_input_shape, dataset_tasks, load_federation
+    from fedmtl.models import build_model
+    from fedmtl.training import evaluate
+
+    cfg = load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural",
+                             "data.num-clients=6"])
+    client = load_federation(cfg.data, 0).client(2)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
+    results = evaluate(model, client.test, dataset_tasks(cfg.data))
+    released = results["released"]
+    total = released["count-colour-0"] + released["count-colour-1"]
+    assert total == len(client.test)
+    pooled = (released["accuracy-colour-0"] * released["count-colour-0"]
+              + released["accuracy-colour-1"] * released["count-colour-1"]) / total
+    assert pooled == pytest.approx(released["accuracy"])
+    assert "demographic-parity-diff-colour" in released and "equalized-odds-diff-colour" in released
+    assert "positive-rate-colour-0" not in results["checks"] and "accuracy-gap-colour" in results["checks"]
