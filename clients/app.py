@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedmtl.aggregation import WEIGHTINGS, Weighting, make_weighting
-from fedmtl.aggregation.plans import needs_task_parts
+from fedmtl.aggregation.plans import needs_task_parts, uses_task_weighting
 from fedmtl.config import ExperimentConfig, config_from_flat
 from fedmtl.data import ClientData, load_federation
 from fedmtl.models import MultiTaskModel, build_model
@@ -31,9 +31,9 @@ from fedmtl.personalization import (
     DiskHeadStore,
     HeadStore,
     heads_fingerprint,
-    load_weighting_state,
-    restore_heads,
+    restore_client,
     save_client_state,
+    unpack_state,
 )
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import evaluate, measure_losses, train_local
@@ -85,6 +85,8 @@ class LocalSetup:
     data: ClientData
     tasks: list[TaskSpec]
     device: torch.device
+    weighting_state: torch.Tensor | None
+    """The local weighting's state saved with the heads, packed (``None`` on a first visit)."""
 
 
 def local_setup(msg: Message, context: Context) -> LocalSetup:
@@ -97,10 +99,10 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     model = build_model(cfg.model, fed.input_shape, tasks)
     model.backbone.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     store = head_store(cfg, context)
-    restore_heads(model, store, cfg.run.seed, client)
+    _, weighting_state = restore_client(model, store, cfg.run.seed, client)
     return LocalSetup(
         cfg, server_round, client, model, store, fed.client(client), tasks,
-        select_device(cfg.client.device),
+        select_device(cfg.client.device), weighting_state,
     )
 
 
@@ -119,7 +121,7 @@ def query(msg: Message, context: Context) -> Message:
 def server_needs_losses(cfg: ExperimentConfig) -> bool:
     """Whether a server weighting in use weights by the loss before local training."""
     names = [cfg.server.weighting]
-    if cfg.server.plan in ("clients-then-tasks", "tasks-then-clients"):
+    if uses_task_weighting(cfg.server.plan):
         names.append(cfg.server.task_weighting)
     return any(WEIGHTINGS.get(n).needs_losses for n in names)
 
@@ -127,9 +129,8 @@ def server_needs_losses(cfg: ExperimentConfig) -> bool:
 def local_weighting(s: "LocalSetup") -> Weighting:
     """The client's cross-task weighting, with the state it saved last round."""
     weighting = make_weighting(s.cfg.client.weighting, **s.cfg.client.params)
-    state = load_weighting_state(s.store, s.client)
-    if state is not None:
-        weighting.load_state_dict(state)
+    if s.weighting_state is not None:
+        weighting.load_state_dict(unpack_state(s.weighting_state))
     return weighting
 
 

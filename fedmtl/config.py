@@ -377,7 +377,9 @@ class ExperimentConfig(Section):
     engine: EngineSection = EngineSection()
 
     @model_validator(mode="after")
-    def _backbone_fits_the_data(self) -> ExperimentConfig:
+    def _fits_the_dataset(self) -> ExperimentConfig:
+        """Checks across sections that need the dataset: input shape, natural clients,
+        partition task, feature skew, centralized mode."""
         from fedmtl.data import dataset_info, dataset_input_shape, dataset_tasks
 
         shape = dataset_input_shape(self.data)

@@ -25,7 +25,7 @@ from flwr.common import MessageType, log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedmtl.aggregation.plans import WHOLE, Row, make_plan, needs_task_parts
+from fedmtl.aggregation.plans import WHOLE, Row, make_plan, needs_task_parts, uses_task_weighting
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.progress import Progress
@@ -116,7 +116,7 @@ class FedMTLStrategy(Strategy):
             len(self.clients), self.cfg.server.fraction_train, self.cfg.server.fraction_evaluate)
         server = self.cfg.server
         levels = f"'{server.weighting}'"
-        if server.plan in ("clients-then-tasks", "tasks-then-clients"):
+        if uses_task_weighting(server.plan):
             levels += f" across clients, '{server.task_weighting}' across tasks"
         log(INFO, "\t└── plan '%s', server weighting %s, optimizer %s (lr %g), client weighting '%s'",
             server.plan, levels, server.optimizer, server.lr, self.cfg.client.weighting)

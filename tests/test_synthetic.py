@@ -57,3 +57,12 @@ def test_federation_is_deterministic_and_split_by_test_fraction():
 def test_lenet_on_vector_inputs_is_a_clear_config_error():
     with pytest.raises(ConfigError, match="lenet' needs image inputs.*use backbone = 'mlp'"):
         load_config(None, ["data.dataset=synthetic"])
+
+
+def test_other_partitioners_resplit_the_pooled_devices():
+    iid = load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.num-clients=30",
+                             "data.partitioner=iid"])
+    fed = load_federation(iid.data, 0)
+    assert sum(len(c.train) + len(c.test) for c in fed.clients()) == int(client_sizes(30, 0).sum())
+    sizes = [len(c.train) + len(c.test) for c in fed.clients()]
+    assert max(sizes) - min(sizes) <= 1

@@ -1,4 +1,4 @@
-"""Combining update rows with weights, and the server's update step."""
+"""Combining update rows with a weighting: ``(Σ_i w_i u_i, w)`` for weighted-sum rules."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ def combine(objectives: Objectives, weighting: Weighting) -> tuple[torch.Tensor,
     weighting : Weighting
         Maps the batch to weights.
     """
-    if objectives.updates is None:
-        raise ValueError("combine needs update rows")
-    weights = weighting(objectives)
-    direction = weights.to(objectives.updates.dtype) @ objectives.updates
+    direction, weights = weighting.aggregate(objectives)
+    if weights is None:
+        raise ValueError(f"weighting '{weighting.name}' is not a weighted sum of rows; use aggregate()")
     return direction, weights

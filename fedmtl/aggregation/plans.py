@@ -65,6 +65,11 @@ class PlanResult:
     fallbacks: list[str] = field(default_factory=list)
 
 
+def uses_task_weighting(plan: str) -> bool:
+    """Whether ``plan`` has a task level (and so uses ``server.task-weighting``)."""
+    return plan in ("clients-then-tasks", "tasks-then-clients")
+
+
 def needs_task_parts(plan: str) -> bool:
     """Whether clients must send per-task parts of their update for ``plan``."""
     return plan != "clients"
@@ -109,9 +114,9 @@ class AggregationPlan:
 
     def weightings(self) -> dict[str, Weighting]:
         """The weightings in use, by level (for checkpoints)."""
-        if self.plan in ("clients", "flat"):
-            return {"client": self.client_weighting}
-        return {"client": self.client_weighting, "task": self.task_weighting}
+        if uses_task_weighting(self.plan):
+            return {"client": self.client_weighting, "task": self.task_weighting}
+        return {"client": self.client_weighting}
 
     def __call__(self, rows: list[Row]) -> PlanResult:
         """Combine ``rows`` (whole updates for ``clients``, task parts otherwise)."""

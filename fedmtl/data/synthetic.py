@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fedmtl.data.federation import Federation, Split, row_federation
+from fedmtl.data.federation import ClientData, Federation, Split, row_federation, split_rows
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -78,37 +78,58 @@ def generate_device(
     return x.astype(np.float32), labels
 
 
+SPLIT_SALT = 0x5F
+
+
+def device_examples(cfg: DataSection, seed: int, device: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Device ``device``'s ``n`` examples (seeded by the run seed and the device id)."""
+    rng = np.random.default_rng([seed, device, 0x5E])
+    return generate_device(
+        n, cfg.synthetic_alpha, cfg.synthetic_beta, cfg.num_tasks, cfg.synthetic_relatedness, rng
+    )
+
+
+def _split(x: np.ndarray, y: np.ndarray, rows: np.ndarray, names: list[str]) -> Split:
+    index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    return Split(torch.from_numpy(x)[index], {n: torch.from_numpy(y[rows, t].copy()) for t, n in enumerate(names)})
+
+
 class SyntheticRows:
-    """Every device's examples, pooled, as a :class:`~fedmtl.data.federation.RowDataset`."""
+    """Every device's examples, pooled, as a :class:`~fedmtl.data.federation.RowDataset`
+    (for partitioners other than ``natural``, which re-split the pool)."""
 
     def __init__(self, cfg: DataSection, seed: int) -> None:
-        sizes = client_sizes(cfg.num_clients, seed)
-        xs, ys = [], []
-        for device, n in enumerate(sizes):
-            rng = np.random.default_rng([seed, device, 0x5E])
-            x, y = generate_device(
-                int(n), cfg.synthetic_alpha, cfg.synthetic_beta, cfg.num_tasks, cfg.synthetic_relatedness, rng
-            )
-            xs.append(x)
-            ys.append(y)
-        self.x = torch.from_numpy(np.concatenate(xs))
-        self.y = np.concatenate(ys)
+        examples = [device_examples(cfg, seed, d, int(n)) for d, n in enumerate(client_sizes(cfg.num_clients, seed))]
+        self.x = np.concatenate([x for x, _ in examples])
+        self.y = np.concatenate([y for _, y in examples])
         self.names = task_names(cfg.num_tasks)
-        bounds = np.cumsum([0, *sizes.tolist()])
-        self.groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
 
     def natural_groups(self) -> list[np.ndarray]:
-        return self.groups
+        raise NotImplementedError("natural clients are built per device, lazily (see build)")
 
     def labels(self, task: str) -> np.ndarray:
         return self.y[:, self.names.index(task)]
 
     def split(self, rows: np.ndarray) -> Split:
-        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
-        return Split(self.x[index], {n: torch.from_numpy(self.y[rows, t].copy()) for t, n in enumerate(self.names)})
+        return _split(self.x, self.y, rows, self.names)
 
 
 def build(cfg: DataSection, seed: int) -> Federation:
-    """One device per client (``data.partitioner = "natural"``), or the pooled examples of
-    ``data.num-clients`` devices re-partitioned by another partitioner."""
-    return row_federation(SyntheticRows(cfg, seed), INPUT_SHAPE, list(tasks(cfg)), cfg, seed, salt=0x5F)
+    """One device per client (``data.partitioner = "natural"``), generated on the client's
+    first use, or the pooled examples of ``data.num-clients`` devices re-partitioned by
+    another partitioner."""
+    if cfg.partitioner != "natural":
+        return row_federation(SyntheticRows(cfg, seed), INPUT_SHAPE, list(tasks(cfg)), cfg, seed, salt=SPLIT_SALT)
+    sizes = client_sizes(cfg.num_clients, seed)
+    names = task_names(cfg.num_tasks)
+
+    def build_client(client_id: int) -> ClientData:
+        x, y = device_examples(cfg, seed, client_id, int(sizes[client_id]))
+        rng = np.random.default_rng([seed, client_id, SPLIT_SALT])
+        train, validation, test = split_rows(np.arange(len(x)), cfg.test_fraction, cfg.validation_fraction, rng)
+        return ClientData(
+            client_id, _split(x, y, train, names), _split(x, y, test, names),
+            _split(x, y, validation, names) if len(validation) else None,
+        )
+
+    return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client)

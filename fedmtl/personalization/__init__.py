@@ -7,8 +7,10 @@ from fedmtl.personalization.head_store import (
     heads_fingerprint,
     init_heads,
     load_weighting_state,
+    restore_client,
     restore_heads,
     save_client_state,
+    unpack_state,
 )
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "heads_fingerprint",
     "init_heads",
     "load_weighting_state",
+    "restore_client",
     "restore_heads",
     "save_client_state",
+    "unpack_state",
 ]

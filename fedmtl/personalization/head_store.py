@@ -111,13 +111,22 @@ def restore_heads(model: MultiTaskModel, store: HeadStore, seed: int, client_id:
     bool
         ``True`` when heads were found in the store.
     """
+    found, _ = restore_client(model, store, seed, client_id)
+    return found
+
+
+def restore_client(
+    model: MultiTaskModel, store: HeadStore, seed: int, client_id: int
+) -> tuple[bool, torch.Tensor | None]:
+    """Like :func:`restore_heads`, reading the store once; also return the packed local
+    weighting state saved with the heads (``None`` if there is none; :func:`unpack_state`)."""
     state = store.load(client_id)
     if state is None:
         init_heads(model, seed, client_id)
-        return False
-    state.pop(WEIGHTING_KEY, None)
+        return False, None
+    packed = state.pop(WEIGHTING_KEY, None)
     model.heads.load_state_dict(state)
-    return True
+    return True, packed
 
 
 def pack_state(state: dict[str, Any]) -> torch.Tensor:

@@ -158,13 +158,15 @@ def multitask_step(
     return StepResult(losses_t, weights)
 
 
+def _per_parameter(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of the flat vector ``flat`` shaped like each of ``params`` (in order)."""
+    pieces = torch.split(flat, [p.numel() for p in params])
+    return [piece.view_as(p) for piece, p in zip(pieces, params, strict=True)]
+
+
 def _set_backbone_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
-    offset = 0
-    for p in params:
-        n = p.numel()
-        g = flat[offset : offset + n].view_as(p)
+    for p, g in zip(params, _per_parameter(flat, params), strict=True):
         p.grad = g.clone() if p.grad is None else p.grad + g
-        offset += n
 
 
 class TaskPartsSGD:
@@ -198,12 +200,8 @@ class TaskPartsSGD:
             self.buffers.copy_(contributions)
         delta = self.buffers * (-self.lr)
         self.parts.add_(delta)
-        total = delta.sum(dim=0)
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.add_(total[offset : offset + n].view_as(p))
-            offset += n
+        for p, change in zip(self.params, _per_parameter(delta.sum(dim=0), self.params), strict=True):
+            p.add_(change)
 
 
 def train_local(
