@@ -305,3 +305,20 @@ def test_simplex_projections():
     upper = torch.tensor([0.5, 0.5, 0.5], dtype=F64)
     x = project_simplex_box(torch.tensor([1.0, 0.0, 0.0], dtype=F64), lower, upper)
     torch.testing.assert_close(x, torch.tensor([0.5, 0.25, 0.25], dtype=F64))
+
+
+def test_mgda_weights_on_pareto_stationary_rows_are_the_least_norm_ones():
+    """8 rows in R^6 with 0 in their hull: every λ ≥ 0 with Gᵀλ = 0, Σλ = 1 is optimal; we
+    return the one of least norm, so the weights follow the rows under permutation."""
+    gen = torch.Generator().manual_seed(7919)
+    g = torch.randn(8, 6, generator=gen, dtype=F64)
+    perm = torch.randperm(8, generator=gen)
+    w = make_weighting("mgda")(Objectives(updates=g))
+    assert float((w @ g).norm()) < 1e-9
+    torch.testing.assert_close(make_weighting("mgda")(Objectives(updates=g[perm])), w[perm], rtol=1e-7, atol=1e-10)
+    # all weights positive here, so the least-norm λ on {Gᵀλ = 0, Σλ = 1} is the normalised
+    # projection of the all-ones vector onto null(Gᵀ)
+    assert (w > 1e-6).all()
+    null = torch.linalg.svd(g.T).Vh[6:]  # orthonormal rows spanning {λ : Gᵀλ = 0}
+    projection = null.T @ (null @ torch.ones(8, dtype=F64))
+    torch.testing.assert_close(w, projection / projection.sum(), rtol=1e-6, atol=1e-9)

@@ -56,7 +56,8 @@ class MGDA(GramianWeighting):
     "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018. Solved exactly as
     a quadratic program (quadprog's dual active-set method) rather than by Frank–Wolfe, so
     that ``g_iᵀ d ≥ ‖d‖² ≥ 0`` holds to rounding; agrees with torchjd's ``MGDAWeighting``
-    where that converges.
+    where that converges. On Pareto-stationary rows (0 in the hull) the optimal weights are
+    not unique; the ones of least norm are returned.
     """
 
     name = "mgda"
