@@ -97,9 +97,9 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     fed = load_federation(cfg.data, cfg.run.seed)
     tasks = fed.client_tasks(client)
     model = build_model(cfg.model, fed.input_shape, tasks)
-    model.backbone.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     store = head_store(cfg, context)
     _, weighting_state = restore_client(model, store, cfg.run.seed, client)
+    model.load_federated_state(msg.content["arrays"].to_torch_state_dict())  # global heads win
     return LocalSetup(
         cfg, server_round, client, model, store, fed.client(client), tasks,
         select_device(cfg.client.device), weighting_state,
@@ -163,7 +163,8 @@ def train(msg: Message, context: Context) -> Message:
     model, client, cfg = s.model, s.client, s.cfg
     fingerprint_in = heads_fingerprint(model)
     weighting = local_weighting(s)
-    global_state = {k: v.clone() for k, v in model.backbone_state().items()}
+    global_heads = cfg.model.heads == "global"
+    global_state = {k: v.clone() for k, v in model.federated_state(global_heads).items()}
     model.to(s.device)
     metrics: dict[str, float | int] = {}
     if server_needs_losses(cfg):
@@ -199,7 +200,8 @@ def train(msg: Message, context: Context) -> Message:
     if track_parts:
         records.update(unflatten_parts(result.parts, model, global_state, [t.name for t in s.tasks]))
     else:
-        records["update"] = ArrayRecord({k: v - global_state[k] for k, v in model.backbone_state().items()})
+        records["update"] = ArrayRecord(
+            {k: v - global_state[k] for k, v in model.federated_state(global_heads).items()})
     return Message(RecordDict(records), reply_to=msg)
 
 

@@ -1,6 +1,7 @@
 """The ``fedmtl`` command line.
 
-Commands: ``run`` (a simulation or the centralized baseline), ``flwr-run`` (the same
+Commands: ``run`` (a simulation or the centralized baseline), ``sweep`` (a grid × seeds of
+runs, resumable), ``report`` (tables and figures over runs and sweeps), ``flwr-run`` (a run
 through ``flwr run`` with its real final status checked), ``validate`` (print the resolved
 config), ``plot`` (redraw a run's figures), ``list`` (registered names), ``data describe``
 (a federation's per-client table and figure).
@@ -71,6 +72,64 @@ def run(
         from server.simulation import simulate
 
         simulate(cfg, run_dir, quiet=quiet, verbose=verbose)
+
+
+@cli.command()
+def sweep(
+    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", "-g", help="key=[v1,v2,...]: values to sweep (repeatable; all combinations)."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per combination: run.seed, run.seed+1, ...")] = 1,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep folder (default: <run.output-dir>/sweep-<run.name>).")] = None,
+    set_: SetOption = None,
+    show_rounds: Annotated[bool, typer.Option(help="Print every run's round lines.")] = False,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="Skip combinations whose config is invalid instead of failing.")
+    ] = False,
+) -> None:
+    """Run every combination of --grid values for --seeds seeds; skip runs already finished.
+
+    Example: fedmtl sweep configs/synthetic.toml --grid 'server.weighting=[fedavg,qffl]' --seeds 3
+    """
+    from fedmtl.sweep import parse_grid_option, plan_sweep, run_sweep
+
+    try:
+        parsed = dict(parse_grid_option(g) for g in grid or [])
+        base = load_config(config, set_ or [])
+        folder = out or Path(base.run.output_dir) / f"sweep-{base.run.name}"
+        planned = plan_sweep(config, parsed, seeds, folder, set_, skip_invalid=skip_invalid,
+                             report=typer.echo)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise
+    done = run_sweep(planned, quiet_runs=not show_rounds, report=typer.echo)
+    typer.echo(f"next: fedmtl report {folder}")
+    raise typer.Exit(1 if any(r.status == "failed" for r in done.runs) else 0)
+
+
+@cli.command()
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders, sweep folders, or folders holding them.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: <first path>/report).")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Label (or a unique part of it) of the Δm% reference configuration.")
+    ] = None,
+) -> None:
+    """Markdown table (mean ± std over seeds) and fairness figures over runs and sweeps."""
+    from fedmtl.report import make_report
+
+    folder = out or paths[0] / "report"
+    try:
+        written = make_report(paths, folder, reference)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+        raise
+    typer.echo(written["table"])
+    typer.echo(f"report: {written['report']}")
+    for figure in written["figures"]:
+        typer.echo(f"figure: {figure}")
 
 
 @cli.command("flwr-run")

@@ -244,6 +244,12 @@ class ModelSection(Section):
     backbone: str = Field("lenet", description="Registered backbone name ('lenet', 'mlp').")
     width: int = Field(50, ge=1, description="Representation size of the backbone.")
     head_hidden: int = Field(50, ge=0, description="Hidden width of each head (0 = linear).")
+    heads: Literal["personal", "global"] = Field(
+        "personal",
+        description="'personal': each client keeps its own heads (only the backbone is "
+        "federated); 'global': the heads are federated with the backbone (one global model, "
+        "as in FedAvg and q-FFL).",
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -416,6 +422,16 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"data.feature-skew = 'rotation' needs image inputs, but dataset "
                 f"'{self.data.dataset}' has inputs of shape {shape}; use 'noise'"
+            )
+        if self.model.heads == "global" and self.data.task_sets != "all":
+            raise ValueError(
+                f"model.heads = 'global' needs every client to hold every task "
+                f"(data.task-sets = 'all'), not {self.data.task_sets!r}"
+            )
+        if self.model.heads == "global" and self.server.plan != "clients":
+            raise ValueError(
+                f"model.heads = 'global' federates whole models: it needs server.plan = "
+                f"'clients', not {self.server.plan!r}"
             )
         if self.run.mode == "centralized" and self.data.task_sets != "all":
             raise ValueError(

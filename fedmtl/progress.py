@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from fedmtl.results import RoundStats
+from fedmtl.results import OVERALL, RoundStats
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -49,7 +49,10 @@ class Progress:
         table = Table(title=f"Personalized test metrics across clients (round {stats.round})")
         for column in ("task", "metric", "mean", "weighted mean", "std", "worst", "worst 10%", "best", "Jain"):
             table.add_column(column, justify="right" if column not in ("task", "metric") else "left")
-        for task, v in stats.stats.items():
+        rows = dict(stats.stats)
+        if stats.overall:
+            rows[OVERALL] = stats.overall
+        for task, v in rows.items():
             m = stats.metric[task]
             std = f"{100 * v['std']:.1f} pp" if m == "accuracy" else f"{v['std']:.4g}"
             table.add_row(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import pandas as pd
 from fedmtl.atomic import torch_save, write_bytes
 from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
+from fedmtl.group_fairness import summarize_group_gaps
 from fedmtl.tasks import TaskSpec
 
 METRIC_COLUMNS = ["round", "client", "task", "split", "metric", "value"]
@@ -55,13 +56,41 @@ def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path
     return path.resolve()
 
 
+OVERALL = "overall"
+
+
 @dataclass
 class RoundStats:
-    """Across-client statistics of one round's evaluation, per task."""
+    """Across-client statistics of one round's evaluation.
+
+    Attributes
+    ----------
+    round : int
+        The round evaluated.
+    stats : dict[str, dict[str, float]]
+        Per task, :func:`fedmtl.fairness.summarize` of its primary metric across clients.
+    metric : dict[str, str]
+        Per task, the name of its primary metric.
+    overall : dict[str, float]
+        The same statistics of each client's mean over the tasks it holds (empty when the
+        tasks' primary metrics differ in name or direction); ``metric[OVERALL]`` names it.
+    group : dict[str, dict[str, float]]
+        Per task with group metrics, :func:`fedmtl.group_fairness.summarize_group_gaps`.
+    """
 
     round: int
     stats: dict[str, dict[str, float]]
     metric: dict[str, str]
+    overall: dict[str, float] = field(default_factory=dict)
+    group: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def columns(self) -> dict[str, float]:
+        """The flat ``rounds.csv`` columns: ``<task>.<metric>.<stat>`` and the group gaps."""
+        out = {f"{task}.{self.metric[task]}.{key}": value
+               for task, values in self.stats.items() for key, value in values.items()}
+        out.update({f"{OVERALL}.{self.metric[OVERALL]}.{key}": value for key, value in self.overall.items()})
+        out.update({f"{task}.{key}": value for task, values in self.group.items() for key, value in values.items()})
+        return out
 
 
 class RunRecorder:
@@ -104,8 +133,8 @@ class RunRecorder:
         self, server_round: int, per_client: dict[int, dict[str, dict[str, float]]],
         num_examples: dict[int, int],
     ) -> RoundStats:
-        """Across-client statistics of each task's primary metric."""
-        stats, metric = {}, {}
+        """Across-client statistics of each task's primary metric, overall and of group gaps."""
+        stats, metric, group = {}, {}, {}
         clients = sorted(per_client)
         for task in self.tasks:
             name = task.primary_metric
@@ -115,7 +144,19 @@ class RunRecorder:
             weights = [num_examples.get(c, 1) for c in held]
             stats[task.name] = summarize(values, weights, higher)
             metric[task.name] = name
-        return RoundStats(server_round, stats, metric)
+            gaps = summarize_group_gaps([per_client[c][task.name] for c in held])
+            if gaps:
+                group[task.name] = gaps
+        overall = {}
+        directions = {(t.primary_metric, t.task_kind.metrics[t.primary_metric]) for t in self.tasks}
+        if len(self.tasks) > 1 and len(directions) == 1:
+            (name, higher), = directions
+            held = [c for c in clients if any(t.name in per_client[c] for t in self.tasks)]
+            values = [sum(per_client[c][t][name] for t in per_client[c] if t in metric)
+                      / sum(1 for t in per_client[c] if t in metric) for c in held]
+            overall = summarize(values, [num_examples.get(c, 1) for c in held], higher)
+            metric[OVERALL] = name
+        return RoundStats(server_round, stats, metric, overall, group)
 
     def record_evaluation(
         self, server_round: int, per_client: dict[int, dict[str, dict[str, float]]],
@@ -144,9 +185,7 @@ class RunRecorder:
         """Add one ``rounds.csv`` row (server counts plus per-task statistics)."""
         row = {"round": row["round"], "elapsed_s": round(self.elapsed, 3), **row}
         if stats is not None:
-            for task, values in stats.stats.items():
-                for key, value in values.items():
-                    row[f"{task}.{stats.metric[task]}.{key}"] = value
+            row.update(stats.columns())
         self.rounds.append(row)
         data = pd.DataFrame(self.rounds).to_csv(index=False).encode()
         write_bytes(self.run_dir / "rounds.csv", data)
@@ -170,6 +209,8 @@ class RunRecorder:
             }
             if final
             else {},
+            OVERALL: {"metric": final.metric[OVERALL], **final.overall} if final and final.overall else {},
+            "group": final.group if final else {},
             "run_dir": str(self.run_dir),
             **(extra or {}),
         }

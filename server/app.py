@@ -107,7 +107,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, q
     strategy = FedMTLStrategy(cfg, clients, recorder, progress)
     strategy.start(
         grid,
-        ArrayRecord(model.backbone_state()),
+        ArrayRecord(model.federated_state(cfg.model.heads == "global")),
         num_rounds=cfg.run.rounds,
         timeout=cfg.server.timeout,
     )

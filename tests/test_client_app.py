@@ -205,3 +205,42 @@ def test_a_client_without_a_task_has_no_head_part_or_metric_for_it(tmp_path):
     assert heads and all(k.startswith("right.") for k in heads)
     evaluation = _send(cfg, model, MessageType.EVALUATE, 1, context)
     assert {k.split(".")[1] for k in evaluation.content["metrics"].keys() if k.startswith("test.")} == {"right"}
+
+
+def test_global_heads_travel_with_the_backbone_and_are_used_for_evaluation(tmp_path):
+    from fedmtl.models.multitask import HEADS_PREFIX
+
+    cfg = load_config(None, ["data.num-clients=3", "data.pairs-per-digit=1", "data.test-pairs-per-digit=1",
+                             "client.batch-size=64", "model.heads=global",
+                             f"client.head-store-dir={tmp_path / 'heads'}"])
+    model = _global(cfg)
+    state = model.federated_state(global_heads=True)
+    assert any(k.startswith(HEADS_PREFIX) for k in state) and set(model.backbone_state()) < set(state)
+    context = _context(2)
+
+    def send(kind, arrays):
+        content = RecordDict({"arrays": ArrayRecord(arrays),
+                              "config": ConfigRecord({**cfg.to_flat(), "server-round": 1})})
+        reply = app(Message(content=content, dst_node_id=context.node_id, message_type=kind), context)
+        assert not reply.has_error(), reply.error
+        return reply
+
+    update = send(MessageType.TRAIN, state).content["update"].to_torch_state_dict()
+    assert set(update) == set(state)  # backbone and every head
+    head_keys = [k for k in update if k.startswith(HEADS_PREFIX)]
+    assert any(update[k].abs().sum() > 0 for k in head_keys)
+    # evaluation uses the heads it is sent: scrambling them changes the metrics
+    first = send(MessageType.EVALUATE, state).content["metrics"]
+    scrambled = {k: (torch.randn_like(v) * 5 if k.startswith(HEADS_PREFIX) else v) for k, v in state.items()}
+    second = send(MessageType.EVALUATE, scrambled).content["metrics"]
+    assert first["test.left.loss"] != second["test.left.loss"]
+    assert send(MessageType.EVALUATE, state).content["metrics"]["test.left.loss"] == first["test.left.loss"]
+
+
+def test_global_heads_need_all_tasks_and_the_clients_plan():
+    from fedmtl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.task-sets"):
+        load_config(None, ["model.heads=global", "data.task-sets=one"])
+    with pytest.raises(ConfigError, match="server.plan"):
+        load_config(None, ["model.heads=global", "server.plan=flat"])

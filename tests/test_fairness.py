@@ -75,3 +75,27 @@ def test_delta_m_by_hand():
         delta_m({"left.accuracy": 0.9}, ref, higher)
     with pytest.raises(ValueError, match="undefined"):
         delta_m({"a": 1.0}, {"a": 0.0}, {"a": True})
+
+
+def test_round_statistics_have_an_overall_summary_of_each_clients_task_mean(tmp_path):
+    from fedmtl.config import load_config
+    from fedmtl.data import dataset_tasks
+    from fedmtl.results import OVERALL, RunRecorder
+
+    cfg = load_config(None, [])
+    recorder = RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data))
+    per_client = {0: {"left": {"accuracy": 0.8}, "right": {"accuracy": 0.6}},
+                  1: {"left": {"accuracy": 0.5}},  # holds one task: its mean is that task's
+                  2: {"right": {"accuracy": 0.9}}}
+    stats = recorder.record_evaluation(3, per_client, {0: 10, 1: 10, 2: 20})
+    assert stats.metric[OVERALL] == "accuracy"
+    assert stats.overall["mean"] == pytest.approx((0.7 + 0.5 + 0.9) / 3)
+    assert stats.overall["wmean"] == pytest.approx((7 + 5 + 18) / 40)
+    assert stats.overall["worst"] == 0.5
+    assert stats.stats["left"]["mean"] == pytest.approx(0.65) and stats.stats["right"]["worst"] == 0.6
+    recorder.log_round({"round": 3}, stats)
+    import pandas as pd
+
+    row = pd.read_csv(tmp_path / "rounds.csv").iloc[0]
+    assert row["overall.accuracy.mean"] == pytest.approx(0.7) and row["left.accuracy.worst"] == 0.5
+    assert not stats.group  # the multimnist data has no sensitive attribute

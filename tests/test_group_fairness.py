@@ -51,3 +51,37 @@ def test_evaluation_reports_group_metrics_for_data_with_groups():
     assert pooled == pytest.approx(released["accuracy"])
     assert "demographic-parity-diff-colour" in released and "equalized-odds-diff-colour" in released
     assert "positive-rate-colour-0" not in results["checks"] and "accuracy-gap-colour" in results["checks"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pooled_gaps_equal_the_gaps_of_all_examples_taken_together(seed):
+    from fedmtl.group_fairness import GAPS, pooled_group_gaps
+
+    gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for size in (5, 9, 3, 12):
+        pred, true = torch.randint(0, 2, (size,), generator=gen), torch.randint(0, 2, (size,), generator=gen)
+        parts.append((pred, true, torch.randint(0, 3, (size,), generator=gen)))
+    per_client = [group_metrics(p, t, {"g": g}, binary=True) for p, t, g in parts]
+    together = group_metrics(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                                    {"g": torch.cat([p[2] for p in parts])}, binary=True)
+    pooled = pooled_group_gaps(per_client)
+    expected = {k: v for k, v in together.items() if k.startswith(GAPS)}
+    assert set(pooled) == set(expected)
+    for key, value in expected.items():
+        assert pooled[key] == pytest.approx(value)
+
+
+def test_group_gap_summary_by_hand():
+    from fedmtl.group_fairness import summarize_group_gaps
+
+    clients = [
+        {"count-g-0": 2.0, "accuracy-g-0": 1.0, "count-g-1": 2.0, "accuracy-g-1": 0.5, "accuracy-gap-g": 0.5},
+        {"count-g-0": 6.0, "accuracy-g-0": 0.5, "count-g-1": 2.0, "accuracy-g-1": 0.5, "accuracy-gap-g": 0.0},
+        {"count-g-0": 1.0, "accuracy-g-0": 1.0},  # one group only: no gap
+    ]
+    out = summarize_group_gaps(clients)
+    # pooled: group 0 (2·1 + 6·0.5 + 1·1) / 9 = 6/9; group 1 (1 + 1) / 4 = 0.5
+    assert out == pytest.approx({"accuracy-gap-g.mean": 0.25, "accuracy-gap-g.worst": 0.5,
+                                 "accuracy-gap-g.pooled": 6 / 9 - 0.5})
+    assert summarize_group_gaps([]) == {} and summarize_group_gaps([{"accuracy": 1.0}]) == {}

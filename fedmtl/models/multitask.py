@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from fedmtl.config import ModelSection
 
 
+HEADS_PREFIX = "heads."
+
+
 class MultiTaskModel(nn.Module):
     """A shared backbone and a ``ModuleDict`` of heads keyed by task name.
 
@@ -49,6 +52,23 @@ class MultiTaskModel(nn.Module):
     def heads_state(self) -> dict[str, torch.Tensor]:
         """The personal parameters, keyed ``"<task>.<param>"``."""
         return self.heads.state_dict()
+
+    def federated_state(self, global_heads: bool = False) -> dict[str, torch.Tensor]:
+        """What the server holds: the backbone, plus the heads (``"heads.<task>.<param>"``)
+        when they are global (``model.heads = "global"``)."""
+        state = dict(self.backbone_state())
+        if global_heads:
+            state.update({f"{HEADS_PREFIX}{k}": v for k, v in self.heads_state().items()})
+        return state
+
+    def load_federated_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`federated_state` output: the backbone, and the heads of this model's
+        tasks when ``state`` carries heads (other tasks' heads are ignored)."""
+        self.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEADS_PREFIX)})
+        heads = {k[len(HEADS_PREFIX):]: v for k, v in state.items() if k.startswith(HEADS_PREFIX)}
+        if heads:
+            own = {k: v for k, v in heads.items() if k.split(".", 1)[0] in self.heads}
+            self.heads.load_state_dict(own)
 
 
 def build_model(

@@ -1,0 +1,340 @@
+"""Sweeps: one config, a grid of overrides and several seeds, each run in its own folder.
+
+``fedmtl sweep CONFIG --grid 'server.weighting=[fedavg,qffl]' --seeds 3 --out runs/study``
+runs every combination of the grid values for seeds ``run.seed, run.seed + 1, …`` and writes::
+
+    runs/study/
+      sweep.json                              the grid, the seeds and every run's status
+      server.weighting=fedavg/seed-0/         a run folder (see fedmtl.results)
+      server.weighting=qffl/seed-0/
+      ...
+
+Running the same command again resumes: finished runs (those with a ``summary.json``) are
+skipped, and a folder left by an interrupted run is cleared and run again. Every combination
+is validated before the first run starts, so a bad value fails at once, not hours in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import shutil
+import time
+import tomllib
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedmtl.atomic import write_bytes
+from fedmtl.config import ConfigError, ExperimentConfig, load_config, parse_override
+
+MANIFEST = "sweep.json"
+
+
+def toml_inline(value: Any) -> str:
+    """``value`` as one line of TOML: ``"qffl"``, ``0.5``, ``[1, 2]``, ``{q = 1}``."""
+    if isinstance(value, dict):
+        items = (f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else json.dumps(k)} = {toml_inline(v)}"
+                 for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_inline(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def format_value(value: Any) -> str:
+    """A value for labels: strings bare (``qffl``), anything else as inline TOML (``{q = 1}``)."""
+    return value if isinstance(value, str) else toml_inline(value)
+
+
+def _split_top_level(body: str) -> list[str]:
+    """Split ``a, {x = 1, y = 2}, [1, 2]`` at the commas outside brackets and braces."""
+    items, depth, current = [], 0, ""
+    for char in body:
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        items.append(current.strip())
+    return items
+
+
+def parse_grid_option(text: str) -> tuple[str, list[Any]]:
+    """Parse one ``--grid 'key=[v1, v2, ...]'``.
+
+    Values are TOML (``[0.5, 1]``, ``[{q = 1}, {q = 5}]``); bare words are strings
+    (``[fedavg, qffl]``). A single value without brackets is a one-value grid.
+
+    Raises
+    ------
+    ConfigError
+        When the text is not ``key=[...]`` or the list is empty.
+    """
+    if "=" not in text:
+        raise ConfigError(f"--grid expects key=[v1,v2,...], got '{text}'")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if "." not in key:
+        raise ConfigError(f"--grid key '{key}' must be 'section.key', e.g. 'server.weighting'")
+    if not (raw.startswith("[") and raw.endswith("]")):
+        return key, [parse_override(f"{key}={raw}")[1]]
+    try:
+        values = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        values = [parse_override(f"{key}={item}")[1] for item in _split_top_level(raw[1:-1])]
+    if not values:
+        raise ConfigError(f"--grid {key}: the list of values is empty")
+    return key, values
+
+
+def _slug(text: str) -> str:
+    """A folder name for ``text``: safe characters only, short, unique by a hash if altered."""
+    safe = re.sub(r"[^A-Za-z0-9.=,+_-]+", "_", text).strip("_") or "default"
+    if safe != text or len(safe) > 80:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:6]
+        safe = f"{safe[:72]}-{digest}"
+    return safe
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_compact(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "+".join(_compact(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def folder_name(values: dict[str, Any]) -> str:
+    """The folder of a combination: ``weighting=qffl__params=q=1`` (short keys unless ambiguous)."""
+    if not values:
+        return "default"
+    short = [k.split(".")[-1] for k in values]
+    keys = short if len(set(short)) == len(short) else list(values)
+    return _slug("__".join(f"{k}={_compact(v)}" for k, v in zip(keys, values.values(), strict=True)))
+
+
+@dataclass
+class SweepRun:
+    """One run of a sweep.
+
+    Attributes
+    ----------
+    values : dict[str, Any]
+        The grid's values for this run (``{key: value}``).
+    seed : int
+        ``run.seed`` of the run.
+    folder : str
+        The run folder, relative to the sweep folder.
+    status : str
+        ``pending``, ``done``, ``failed`` or ``skipped`` (finished earlier).
+    duration_s : float or None
+        Seconds the run took (this invocation).
+    error : str
+        The last lines of the error of a failed run.
+    """
+
+    values: dict[str, Any]
+    seed: int
+    folder: str
+    status: str = "pending"
+    duration_s: float | None = None
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        """``key=value key=value`` of the grid values (``default`` for an empty grid)."""
+        return " ".join(f"{k}={format_value(v)}" for k, v in self.values.items()) or "default"
+
+
+@dataclass
+class Sweep:
+    """A planned sweep: the base config, the grid, the seeds and the runs."""
+
+    config: str | None
+    overrides: list[str]
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    out: Path
+    runs: list[SweepRun] = field(default_factory=list)
+
+    def overrides_of(self, run: SweepRun) -> list[str]:
+        """The ``--set`` strings that make ``run``'s config from the base config."""
+        grid = [f"{k}={toml_inline(v)}" for k, v in run.values.items()]
+        return [*self.overrides, *grid, f"run.seed={run.seed}",
+                f"run.name={folder_name(run.values)}-seed-{run.seed}"]
+
+    def config_of(self, run: SweepRun) -> ExperimentConfig:
+        """The validated config of ``run``."""
+        return load_config(self.config, self.overrides_of(run))
+
+    def write_manifest(self) -> None:
+        """Write ``sweep.json`` atomically."""
+        data = {
+            "config": self.config, "overrides": self.overrides, "grid": self.grid,
+            "seeds": self.seeds, "runs": [asdict(r) for r in self.runs],
+        }
+        write_bytes(self.out / MANIFEST, json.dumps(data, indent=2).encode())
+
+
+def plan_sweep(
+    config: str | Path | None, grid: dict[str, list[Any]], seeds: int, out: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+    skip_invalid: bool = False,
+    report: Callable[[str], None] = print,
+) -> Sweep:
+    """Expand the grid × seeds and validate every run's config.
+
+    Parameters
+    ----------
+    config : str or Path, optional
+        The base config file (``None``: the defaults).
+    grid : dict[str, list]
+        Values per key; every combination is run.
+    seeds : int
+        Seeds per combination: ``run.seed``, ``run.seed + 1``, ...
+    out : str or Path
+        The sweep folder.
+    overrides : list[str], optional
+        ``--set`` strings applied to every run.
+    keep : callable, optional
+        Keeps only the combinations (``{key: value}``) for which it returns ``True``.
+    skip_invalid : bool
+        Drop combinations whose config is invalid (each is reported) instead of failing.
+    report : callable
+        Receives the lines about skipped combinations.
+
+    Raises
+    ------
+    ConfigError
+        Naming the run whose values are invalid (before anything runs), unless
+        ``skip_invalid``; or when no combination is left.
+    """
+    if seeds < 1:
+        raise ConfigError(f"--seeds = {seeds}: must be at least 1")
+    overrides = list(overrides or [])
+    base = load_config(config, overrides)
+    sweep = Sweep(str(config) if config is not None else None, overrides, dict(grid),
+                  [base.run.seed + i for i in range(seeds)], Path(out))
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    for values in combos:
+        if keep is not None and not keep(values):
+            continue
+        runs = [SweepRun(values, seed, f"{folder_name(values)}/seed-{seed}") for seed in sweep.seeds]
+        try:
+            for run in runs:
+                sweep.config_of(run)
+        except ConfigError as exc:
+            if not skip_invalid:
+                raise ConfigError(f"sweep run '{runs[0].label}':\n{exc}") from None
+            report(f"skipped invalid combination '{runs[0].label}': {str(exc).splitlines()[0]}")
+            continue
+        sweep.runs += runs
+    if not sweep.runs:
+        raise ConfigError("the sweep has no valid combination to run")
+    return sweep
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run folder is finished when it has its ``summary.json``."""
+    return (run_dir / "summary.json").is_file()
+
+
+def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
+    """Run one config into ``run_dir`` (a Ray simulation, or the centralized baseline)."""
+    from fedmtl.results import create_run_dir
+
+    create_run_dir(cfg, run_dir)
+    if cfg.run.mode == "centralized":
+        from fedmtl.training.centralized import run_centralized
+
+        run_centralized(cfg, run_dir, quiet=quiet)
+    else:
+        from server.simulation import simulate
+
+        simulate(cfg, run_dir, quiet=quiet)
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    quiet_runs: bool = True,
+    report: Callable[[str], None] = print,
+    runner: Callable[[ExperimentConfig, Path, bool], None] = execute_run,
+) -> Sweep:
+    """Run every unfinished run of ``sweep`` in order; a failed run is recorded, not fatal.
+
+    Parameters
+    ----------
+    sweep : Sweep
+        From :func:`plan_sweep`.
+    quiet_runs : bool
+        Hide each run's per-round lines (the sweep prints one line per run).
+    report : callable
+        Receives the progress lines.
+    runner : callable
+        Runs one config into a folder (:func:`execute_run`).
+    """
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    total = len(sweep.runs)
+    todo = [r for r in sweep.runs if not is_finished(sweep.out / r.folder)]
+    for r in sweep.runs:
+        r.status = "pending" if r in todo else "skipped"
+    sweep.write_manifest()
+    report(f"sweep: {total} runs ({len(sweep.runs) // len(sweep.seeds)} configurations × "
+           f"{len(sweep.seeds)} seeds), {total - len(todo)} already finished, {len(todo)} to run "
+           f"→ {sweep.out}")
+    started, durations = time.monotonic(), []
+    for done, run in enumerate(todo, start=1):
+        run_dir = sweep.out / run.folder
+        if run_dir.exists():  # left by an interrupted run: start it again
+            shutil.rmtree(run_dir)
+        report(f"[{done}/{len(todo)}] {run.label} seed {run.seed} ...")
+        t0 = time.monotonic()
+        try:
+            runner(sweep.config_of(run), run_dir, quiet_runs)
+            run.status = "done"
+        except Exception as exc:  # noqa: BLE001 - one failed run must not stop the sweep
+            run.status = "failed"
+            run.error = "".join(traceback.format_exception(exc))[-2000:]
+        run.duration_s = round(time.monotonic() - t0, 2)
+        durations.append(run.duration_s)
+        sweep.write_manifest()
+        eta = (len(todo) - done) * sum(durations) / len(durations)
+        outcome = _outcome(run_dir) if run.status == "done" else f"FAILED: {run.error.strip().splitlines()[-1]}"
+        report(f"[{done}/{len(todo)}] {run.label} seed {run.seed}: {outcome} "
+               f"({run.duration_s:.0f} s; about {eta / 60:.1f} min left)")
+    failed = [r for r in sweep.runs if r.status == "failed"]
+    report(f"sweep finished in {(time.monotonic() - started) / 60:.1f} min: "
+           f"{total - len(failed)}/{total} runs finished" + (f", {len(failed)} failed" if failed else ""))
+    return sweep
+
+
+def _outcome(run_dir: Path) -> str:
+    """``left 90.1% (worst 10% 80.2%)  right …`` from a finished run's summary."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    parts = []
+    for task, stats in summary["final"].items():
+        scale, unit = (100.0, "%") if stats["metric"] == "accuracy" else (1.0, "")
+        parts.append(f"{task} {scale * stats['mean']:.1f}{unit} (worst 10% {scale * stats['worst10']:.1f}{unit})")
+    return "  ".join(parts) or "finished"
+
+
+def load_sweep(folder: str | Path) -> dict[str, Any]:
+    """Read a sweep folder's ``sweep.json``."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"'{folder}' is not a sweep folder (no {MANIFEST})")
+    return json.loads(path.read_text())
