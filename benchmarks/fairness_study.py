@@ -3,6 +3,9 @@
 (i)  q-FFL against FedAvg on Synthetic(1, 1) (``configs/studies/qffl_synthetic.toml``):
      FedAvg (example-weighted), q-FFL with q = 0 (the uniform mean of the local models),
      q = 1 and q = 5; a single global model (``model.heads = "global"``), as in the paper.
+     q-FFL's Lipschitz estimate is L = 1: the paper's L = 1/lr (= 20 here) made the steps
+     about ten times shorter than FedAvg's (23% mean accuracy after 100 rounds, against 54%
+     with L = 1).
 (ii) FairGrad's α ∈ {0, 1, 2, 5} on MultiMNIST with heterogeneous task sets
      (``configs/studies/fairgrad_multimnist.toml``), locally and across tasks on the server.
 
@@ -40,7 +43,7 @@ PARTS = {
         "config": "configs/studies/qffl_synthetic.toml",
         "grid": {
             "server.weighting": ["fedavg", "qffl"],
-            "server.params": [{}, {"q": 0.0}, {"q": 1.0}, {"q": 5.0}],
+            "server.params": [{}] + [{"q": q, "lipschitz": 1.0} for q in (0.0, 1.0, 5.0)],
         },
         # FedAvg takes no parameters: keep (fedavg, {}) and (qffl, {q}) only
         "keep": lambda values: (values["server.weighting"] == "fedavg") == (values["server.params"] == {}),

@@ -137,19 +137,128 @@ def flwr_run(
     config: Annotated[Path, typer.Argument(help="Experiment TOML file (a Flower run config).")],
     app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
     superlink: Annotated[
-        str | None, typer.Option(help="SuperLink connection of the Flower config.")
+        str | None, typer.Option(help="SuperLink connection of the Flower config (default: the local simulation).")
     ] = None,
+    superlink_address: Annotated[
+        str | None, typer.Option(help="host:port of a deployed SuperLink (defines the --superlink connection).")
+    ] = None,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="With --superlink-address: the SuperLink's CA certificate (TLS).")
+    ] = None,
+    insecure: Annotated[bool, typer.Option(help="With --superlink-address: no TLS.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to finish.")] = 3600.0,
 ) -> None:
     """``flwr run APP_DIR [SUPERLINK] --run-config CONFIG``, failing when the run fails.
 
     ``flwr run`` itself exits 0 even when the ServerApp raises; this command waits for the
-    run and exits 1 unless Flower reports it finished successfully.
+    run and exits 1 unless Flower reports it finished successfully. Without --superlink it
+    runs Flower's local simulation; with --superlink-address it submits to a deployed
+    SuperLink (run folders land under run.output-dir on the ServerApp's machine).
     """
     _load(config, None)
+    from server.flwr_run import connection_env, run_and_check
+
+    env = None
+    if superlink_address is not None:
+        try:
+            env = connection_env(superlink or "deployment", superlink_address, root_certificates, insecure)
+        except ValueError as exc:
+            fail(str(exc))
+        superlink = superlink or "deployment"
+    local = superlink is None
+    code = run_and_check(app_dir, config, superlink, timeout, env=env, simulation=local,
+                         absolute_output=local)
+    raise typer.Exit(code)
+
+
+deploy_cli = typer.Typer(no_args_is_help=True, help="Run on a real Flower deployment.")
+cli.add_typer(deploy_cli, name="deploy")
+
+
+@deploy_cli.command("certs")
+def deploy_certs(
+    folder: Annotated[Path, typer.Argument(help="Where to write ca.crt, ca.key, server.pem, server.key.")],
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="Name or IP the SuperLink is reached at (repeatable).")
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+) -> None:
+    """A CA and a SuperLink TLS certificate for the given host names and addresses."""
+    from server.certificates import DEFAULT_HOSTS, make_tls_certificates
+
+    hosts = list(dict.fromkeys(host or DEFAULT_HOSTS))
+    paths = make_tls_certificates(folder, hosts, days)
+    typer.echo(f"CA certificate {paths['ca']} (give it to SuperNodes and the flwr CLI); "
+               f"SuperLink certificate {paths['certificate']} for {', '.join(hosts)}")
+
+
+@deploy_cli.command("keys")
+def deploy_keys(
+    folder: Annotated[Path, typer.Argument(help="Where to write supernode-<i> and supernode-<i>.pub.")],
+    nodes: Annotated[int, typer.Option(help="Number of SuperNodes.")] = 2,
+) -> None:
+    """SuperNode authentication key pairs (register each .pub with `flwr supernode register`)."""
+    from server.certificates import make_node_keys
+
+    if nodes < 1:
+        fail(f"--nodes = {nodes}: must be at least 1")
+    for i in range(nodes):
+        pair = make_node_keys(folder, f"supernode-{i}")
+        typer.echo(f"{pair['private']}  {pair['public']}")
+
+
+@deploy_cli.command("local")
+def deploy_local(
+    config: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    nodes: Annotated[int | None, typer.Option(help="SuperNodes to start (default: data.num-clients).")] = None,
+    tls: Annotated[bool, typer.Option("--tls/--insecure", help="TLS between the components (certificates made here).")] = False,
+    auth: Annotated[bool, typer.Option(help="SuperNode authentication (registered keys only; needs --tls).")] = False,
+    app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to finish.")] = 3600.0,
+) -> None:
+    """A real SuperLink and N SuperNodes on loopback run CONFIG with `flwr run`, then stop.
+
+    Exits 0 only if Flower reports the run finished:completed. Logs, certificates, keys,
+    the SuperLink's state and each node's head store stay in the deployment folder.
+    """
+    import signal
+
+    from server.deploy import DeploymentError, LocalDeployment, deployment_folder, new_run_folders
     from server.flwr_run import run_and_check
 
-    code = run_and_check(app_dir, config, superlink, timeout)
+    cfg = _load(config, None)
+    nodes = nodes or cfg.data.num_clients
+    if nodes < cfg.data.num_clients:
+        fail(f"--nodes = {nodes}: the config has data.num-clients = {cfg.data.num_clients}; "
+             f"start at least that many SuperNodes")
+    if auth and not tls:
+        fail("--auth needs --tls (Flower refuses SuperNode authentication without TLS)")
+    output = Path(cfg.run.output_dir).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    before = set(output.iterdir())
+    folder = deployment_folder(output, cfg.run.name)
+
+    def _interrupt(signum, frame):  # noqa: ANN001 - signal handler signature
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    code = 1
+    try:
+        with LocalDeployment(folder, nodes, tls=tls, auth=auth) as deployment:
+            typer.echo(f"deployment: SuperLink 127.0.0.1:{deployment.port} "
+                       f"({'TLS' if tls else 'insecure'}{', SuperNode auth' if auth else ''}), "
+                       f"{nodes} SuperNodes; logs in {folder / 'logs'}")
+            deployment.start()
+            code = run_and_check(app_dir.resolve(), config.resolve(), "fedmtl-local", timeout,
+                                 env=deployment.env, simulation=False)
+            deployment.check_alive()
+    except KeyboardInterrupt:
+        typer.echo("interrupted: every process of the deployment was stopped", err=True)
+        raise typer.Exit(130) from None
+    except DeploymentError as exc:
+        fail(str(exc), code=1)
+    for run_folder in new_run_folders(output, before | {folder}):
+        typer.echo(f"Results: {run_folder}")
     raise typer.Exit(code)
 
 

@@ -35,6 +35,24 @@ def flwr_env() -> dict[str, str]:
     return env
 
 
+def connection_env(
+    name: str, address: str, root_certificates: Path | None = None, insecure: bool = False,
+    home: Path | None = None,
+) -> dict[str, str]:
+    """:func:`flwr_env` with a private ``FLWR_HOME`` whose ``config.toml`` defines the
+    SuperLink connection ``name`` (``address``, TLS with ``root_certificates`` or insecure)."""
+    if (root_certificates is None) == (not insecure):
+        raise ValueError("give exactly one of the SuperLink's CA certificate (--root-certificates) and --insecure")
+    home = Path(home or tempfile.mkdtemp(prefix="fedmtl-flwr-home-"))
+    home.mkdir(parents=True, exist_ok=True)
+    security = "insecure = true" if insecure else f'root-certificates = "{Path(root_certificates).resolve()}"'
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{security}\n')
+    env = flwr_env()
+    env["FLWR_HOME"] = str(home)
+    return env
+
+
 def _json_from(text: str) -> dict[str, Any]:
     start = text.find("{")
     if start < 0:
@@ -53,14 +71,17 @@ def _flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> dict[st
         ) from None
 
 
-def resolved_run_config(cfg: ExperimentConfig, folder: Path) -> Path:
-    """Write the resolved config (absolute output folder) as a Flower run-config file.
+def resolved_run_config(cfg: ExperimentConfig, folder: Path, absolute_output: bool = True) -> Path:
+    """Write the resolved config as a Flower run-config file.
 
     Parameter tables are written in their flat JSON form, so that every key Flower sees is
-    one declared in pyproject's ``[tool.flwr.app.config]``.
+    one declared in pyproject's ``[tool.flwr.app.config]``. With ``absolute_output`` (a
+    SuperLink on this machine) ``run.output-dir`` is made absolute; for a remote SuperLink it
+    stays relative to the ServerApp's working directory.
     """
     nested = unflatten(cfg.to_flat())
-    nested["run"]["output-dir"] = str(Path(cfg.run.output_dir).resolve())
+    if absolute_output:
+        nested["run"]["output-dir"] = str(Path(cfg.run.output_dir).resolve())
     path = folder / "run-config.toml"
     path.write_text(tomli_w.dumps(nested))
     return path
@@ -81,6 +102,9 @@ def run_and_check(
     superlink: str | None = None,
     timeout: float = 3600.0,
     stream: bool = True,
+    env: dict[str, str] | None = None,
+    simulation: bool = True,
+    absolute_output: bool = True,
 ) -> int:
     """Submit ``config`` with ``flwr run``; return 0 iff the run finished completed.
 
@@ -96,20 +120,27 @@ def run_and_check(
         Seconds to wait for a final status.
     stream : bool
         Stream the run's logs while waiting.
+    env : dict, optional
+        Environment of the ``flwr`` commands (default :func:`flwr_env`).
+    simulation : bool
+        The SuperLink runs simulations: size the federation from the config
+        (``num-supernodes`` and client resources). ``False`` for a deployment.
+    absolute_output : bool
+        Send ``run.output-dir`` as an absolute path (the SuperLink runs on this machine).
     """
     cfg = load_config(config)
-    env = flwr_env()
+    env = env or flwr_env()
     link = [superlink] if superlink else []
-    federation = (
+    federation = [
+        "--federation-config",
         f"num-supernodes={cfg.data.num_clients} "
         f"client-resources-num-cpus={cfg.engine.client_num_cpus} "
-        f"client-resources-num-gpus={cfg.engine.client_num_gpus}"
-    )
+        f"client-resources-num-gpus={cfg.engine.client_num_gpus}",
+    ] if simulation else []
     with tempfile.TemporaryDirectory(prefix="fedmtl-flwr-") as tmp:
-        run_config = resolved_run_config(cfg, Path(tmp))
+        run_config = resolved_run_config(cfg, Path(tmp), absolute_output)
         submitted = _flwr(
-            ["run", str(app_dir), *link, "--run-config", str(run_config),
-             "--federation-config", federation, "--format", "json"],
+            ["run", str(app_dir), *link, "--run-config", str(run_config), *federation, "--format", "json"],
             env,
             timeout=600,
         )

@@ -30,6 +30,7 @@ from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.progress import Progress
 from fedmtl.results import CLIENT_LEVEL, RoundStats, RunRecorder
+from server.discovery import ClientDirectory
 
 
 def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
@@ -89,12 +90,13 @@ class FedMTLStrategy(Strategy):
     def __init__(
         self,
         cfg: ExperimentConfig,
-        clients: dict[int, int],
+        directory: ClientDirectory,
         recorder: RunRecorder,
         progress: Progress,
     ) -> None:
         self.cfg = cfg
-        self.clients = dict(sorted(clients.items()))
+        self.directory = directory
+        self.clients = dict(sorted(directory.clients.items()))
         self.recorder = recorder
         self.progress = progress
         self.plan = make_plan(cfg.server, cfg.client.lr)
@@ -120,6 +122,12 @@ class FedMTLStrategy(Strategy):
             levels += f" across clients, '{server.task_weighting}' across tasks"
         log(INFO, "\t└── plan '%s', server weighting %s, optimizer %s (lr %g), client weighting '%s'",
             server.plan, levels, server.optimizer, server.lr, self.cfg.client.weighting)
+
+    def follow_reconnections(self, grid: Grid) -> None:
+        """Map clients whose SuperNode reconnected (a new node id) to their new node."""
+        for client in self.directory.update(grid, self.cfg.server.connect_timeout, strict=False):
+            log(INFO, "client %d reconnected: now served by node %d", client, self.directory.clients[client])
+        self.clients = dict(sorted(self.directory.clients.items()))
 
     def sample(self, fraction: float, minimum: int) -> list[int]:
         """Sample client ids without replacement with the strategy's RNG."""
@@ -169,6 +177,7 @@ class FedMTLStrategy(Strategy):
         """Sample clients and send them the global backbone and the config."""
         self.global_state = arrays.to_torch_state_dict()
         self.keys = list(self.global_state)
+        self.follow_reconnections(grid)
         sampled = self.sample(self.cfg.server.fraction_train, self.cfg.server.min_train_clients)
         self.round_row = {"round": server_round, "sampled": len(sampled)}
         return self._messages(server_round, arrays, sampled, MessageType.TRAIN)
@@ -241,6 +250,7 @@ class FedMTLStrategy(Strategy):
         """Ask sampled clients to evaluate their personalized model."""
         if not self.is_evaluation_round(server_round):
             return []
+        self.follow_reconnections(grid)
         sampled = self.sample(self.cfg.server.fraction_evaluate, 1)
         return self._messages(server_round, arrays, sampled, MessageType.EVALUATE)
 

@@ -44,3 +44,19 @@ def test_dataset_config_runs_in_simulation(runs, name):
     test = metrics[(metrics.split == "test") & (metrics.metric == "accuracy")]
     assert set(test.task) == {t.name for t in dataset_tasks(cfg.data)}
     assert test.client.nunique() == cfg.data.num_clients
+
+
+@pytest.mark.slow
+def test_group_gaps_are_summarised_across_clients_for_data_with_groups(runs):
+    out, _, error = runs["arrests"]
+    assert error == "", error
+    rounds = pd.read_csv(out / "rounds.csv")
+    last = rounds.dropna(subset=["released.accuracy.mean"]).iloc[-1]
+    metrics = pd.read_csv(out / "metrics.csv")
+    gaps = metrics[(metrics.split == "test") & (metrics.task == "released")
+                   & (metrics.metric == "demographic-parity-diff-colour") & (metrics["round"] == last["round"])]
+    assert last["released.demographic-parity-diff-colour.mean"] == pytest.approx(gaps.value.mean())
+    assert last["released.demographic-parity-diff-colour.worst"] == pytest.approx(gaps.value.max())
+    for column in ("released.equalized-odds-diff-colour.pooled", "checks.accuracy-gap-colour.pooled",
+                   "overall.accuracy.worst10"):
+        assert 0 <= last[column] <= 1, column

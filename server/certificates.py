@@ -1,0 +1,118 @@
+"""TLS certificates for a SuperLink and key pairs for SuperNode authentication.
+
+``make_tls_certificates(folder, hosts)`` writes a self-signed certificate authority
+(``ca.crt``, ``ca.key``) and a SuperLink certificate signed by it (``server.pem``,
+``server.key``) valid for ``hosts`` (DNS names or IP addresses), the three files that
+``flower-superlink --ssl-ca-certfile --ssl-certfile --ssl-keyfile`` takes; SuperNodes and the
+``flwr`` CLI trust ``ca.crt``. ``make_node_keys(folder, name)`` writes the ECDSA (P-384) key
+pair of one SuperNode in OpenSSH form: the private key for
+``flower-supernode --auth-supernode-private-key`` and the public key for
+``flwr supernode register``. Both use the ``cryptography`` package (a Flower dependency), so
+no ``openssl`` binary is needed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1", "superlink")
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedmtl"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _alt_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _write_key(key, path: Path, openssh: bool = False) -> None:
+    fmt = serialization.PrivateFormat.OpenSSH if openssh else serialization.PrivateFormat.PKCS8
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def make_tls_certificates(
+    folder: str | Path, hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS, days: int = 365
+) -> dict[str, Path]:
+    """Write ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key`` into ``folder``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if missing.
+    hosts : sequence of str
+        Names and IP addresses the SuperLink is reached at (its certificate's subject
+        alternative names); the default covers loopback and the compose service name.
+    days : int
+        Validity.
+
+    Returns
+    -------
+    dict[str, Path]
+        ``{"ca": ..., "certificate": ..., "key": ...}``.
+    """
+    if not hosts:
+        raise ValueError("make_tls_certificates needs at least one host name or address")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("fedmtl test CA")).issuer_name(_name("fedmtl test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(hosts[0])).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([_alt_name(h) for h in hosts]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {"ca": folder / "ca.crt", "certificate": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_key(ca_key, folder / "ca.key")
+    paths["certificate"].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, paths["key"])
+    return paths
+
+
+def make_node_keys(folder: str | Path, name: str) -> dict[str, Path]:
+    """Write the SuperNode key pair ``<name>`` (private) and ``<name>.pub`` (OpenSSH ECDSA P-384).
+
+    Returns
+    -------
+    dict[str, Path]
+        ``{"private": ..., "public": ...}``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = folder / name, folder / f"{name}.pub"
+    _write_key(key, private, openssh=True)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    return {"private": private, "public": public}

@@ -1,0 +1,154 @@
+"""A real Flower deployment on loopback: SuperLink + SuperNodes as processes, TLS, node auth.
+
+One ``fedmtl deploy local --nodes 2 --tls --auth`` run of the smoke config; while it runs the
+test kills SuperNode 0 between rounds and starts it again with the same command line (its
+heads must survive in its on-disk store), and starts a SuperNode whose key was never
+registered (the SuperLink must refuse it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from server.certificates import make_node_keys, make_tls_certificates
+from server.deploy import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"deploy exited ({proc.returncode}) before {what}: {out[-3000:]}{err[-3000:]}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _processes(marker: str) -> dict[int, list[str]]:
+    """``{pid: argv}`` of live processes whose command line contains ``marker``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode().split("\0")
+            except OSError:
+                continue
+            if any(marker in a for a in argv):
+                found[int(entry.name)] = [a for a in argv if a]
+    return found
+
+
+def _last_round(run_dir: Path) -> int:
+    rounds = run_dir / "rounds.csv"
+    return int(pd.read_csv(rounds)["round"].max()) if rounds.is_file() else 0
+
+
+def test_certificates_cover_the_hosts_and_keys_are_openssh(tmp_path):
+    from cryptography import x509
+
+    paths = make_tls_certificates(tmp_path / "certs", ["superlink", "10.0.0.7"])
+    cert = x509.load_pem_x509_certificate(paths["certificate"].read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["superlink"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    ca = x509.load_pem_x509_certificate(paths["ca"].read_bytes())
+    cert.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+    keys = make_node_keys(tmp_path / "keys", "node")
+    assert keys["public"].read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert "OPENSSH PRIVATE KEY" in keys["private"].read_text()
+    assert oct(keys["private"].stat().st_mode & 0o777) == "0o600"
+
+
+def test_deploy_refuses_bad_options(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text((ROOT / "configs/smoke.toml").read_text())
+    for args, message in ((["--nodes", "1"], "data.num-clients = 2"), (["--auth"], "--auth needs --tls")):
+        proc = subprocess.run([sys.executable, "-m", "fedmtl", "deploy", "local", str(config), *args],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tls_auth_deployment_survives_a_supernode_restart_and_refuses_strangers(tmp_path, flwr_home):
+    runs = tmp_path / "runs"
+    config = tmp_path / "deploy.toml"
+    config.write_text((ROOT / "configs/smoke.toml").read_text()
+                      .replace("[run]\n", f'[run]\noutput-dir = "{runs}"\nevaluate-every = 2\n')
+                      .replace("rounds = 2", "rounds = 4")
+                      # a reply lost with the killed SuperNode is waited for this long
+                      .replace("[server]\n", "[server]\ntimeout = 30.0\n"))
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "fedmtl", "deploy", "local", str(config), "--nodes", "2", "--tls", "--auth",
+         "--app-dir", str(ROOT)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+    )
+    ours: list[subprocess.Popen] = []
+    try:
+        folder = _wait_for(lambda: next(iter(runs.glob("deploy-*")), None), 120, "the deployment folder", deploy)
+        run_dir = _wait_for(lambda: next(iter(runs.glob("smoke-*")), None), 240, "the run folder", deploy)
+        _wait_for(lambda: _last_round(run_dir) >= 1, 300, "round 1", deploy)
+
+        # kill SuperNode 0 between rounds and start it again with the same command line
+        node = _wait_for(lambda: {p: a for p, a in _processes(str(folder)).items()
+                                  if any(Path(x).name == "flower-supernode" for x in a[:2])
+                                  and "partition-id=0" in " ".join(a)}, 30, "supernode-0's process")
+        pid, argv = next(iter(node.items()))
+        env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
+        killed_after = _last_round(run_dir)
+        os.killpg(pid, signal.SIGKILL)
+        _wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
+                  30, "supernode-0 to die")
+        log = (folder / "logs" / "restarted-supernode-0.log").open("w")
+        ours.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+        # a SuperNode with a key the SuperLink never registered is refused
+        stranger = make_node_keys(tmp_path / "stranger", "stranger")
+        address = argv[argv.index("--superlink") + 1]
+        stranger_log = tmp_path / "stranger.log"
+        refused = subprocess.Popen(
+            ["flower-supernode", "--superlink", address, "--root-certificates", str(folder / "certificates" / "ca.crt"),
+             "--auth-supernode-private-key", str(stranger["private"]), "--node-config", "partition-id=1 num-partitions=2",
+             "--port", str(free_port())],
+            env=env, stdout=stranger_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        ours.append(refused)
+        assert refused.wait(timeout=120) != 0
+        assert "Failed to" in stranger_log.read_text(), stranger_log.read_text()[-2000:]
+
+        out, err = deploy.communicate(timeout=600)
+        assert deploy.returncode == 0, out[-3000:] + err[-3000:]
+        assert "finished:completed" in out and f"Results: {run_dir}" in out
+        assert (run_dir / "summary.json").is_file()
+        assert "TLS, SuperNode auth" in out
+
+        # the restarted SuperNode found its heads: fingerprint in == its previous fingerprint out
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        prints = metrics[(metrics.client == 0) & (metrics.split == "train")
+                         & metrics.metric.str.startswith("heads-fingerprint")]
+        table = prints.pivot(index="round", columns="metric", values="value").sort_index()
+        assert any(r > killed_after for r in table.index), "client 0 never trained after its restart"
+        assert any(r <= killed_after for r in table.index)
+        assert (table["heads-fingerprint-in"].iloc[1:].to_numpy() == table["heads-fingerprint-out"].iloc[:-1].to_numpy()).all()
+    finally:
+        if deploy.poll() is None:
+            os.killpg(deploy.pid, signal.SIGINT)
+            deploy.wait(timeout=60)
+        for proc in ours:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    # everything the deployment started is gone
+    leftover = {p: a for p, a in _processes(str(tmp_path)).items() if "pytest" not in " ".join(a)}
+    assert not leftover, leftover
