@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import MessageType
 
 from fedmtl.aggregation import WEIGHTINGS, Weighting, make_weighting
 from fedmtl.aggregation.plans import needs_task_parts, uses_task_weighting
@@ -98,7 +99,10 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     tasks = fed.client_tasks(client)
     model = build_model(cfg.model, fed.input_shape, tasks)
     store = head_store(cfg, context)
-    _, weighting_state = restore_client(model, store, cfg.run.seed, client)
+    # training in round R starts from the heads of an earlier round (a resumed run may find
+    # this round's heads from before it was killed); evaluation uses this round's
+    until = server_round - 1 if msg.metadata.message_type == MessageType.TRAIN else server_round
+    _, weighting_state = restore_client(model, store, cfg.run.seed, client, until)
     model.load_federated_state(msg.content["arrays"].to_torch_state_dict())  # global heads win
     return LocalSetup(
         cfg, server_round, client, model, store, fed.client(client), tasks,
@@ -186,7 +190,7 @@ def train(msg: Message, context: Context) -> Message:
         track_parts=track_parts,
     )
     model.to("cpu")
-    save_client_state(s.store, client, model, weighting.state_dict())
+    save_client_state(s.store, client, model, weighting.state_dict(), s.server_round, cfg.run.checkpoint_every)
     metrics.update({
         "partition-id": client,
         "num-examples": result.num_examples,

@@ -55,8 +55,14 @@ def run(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's logs.")] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue a killed run from its latest checkpoint (its own config).")
+    ] = None,
 ) -> None:
     """Run an experiment: a Flower simulation on Ray, or the centralized baseline."""
+    if resume is not None:
+        _resume(resume, config, set_, quiet, verbose)
+        return
     cfg = _load(config, set_)
     from fedmtl.results import create_run_dir
 
@@ -72,6 +78,34 @@ def run(
         from server.simulation import simulate
 
         simulate(cfg, run_dir, quiet=quiet, verbose=verbose)
+
+
+def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool) -> None:
+    """``fedmtl run --resume RUN_DIR``: the run's own config, its newest usable checkpoint."""
+    if config is not None or overrides:
+        fail("--resume continues a run with the config in its folder; give no CONFIG or --set")
+    if not (run_dir / "config.toml").is_file():
+        fail(f"'{run_dir}' is not a run folder (no config.toml)")
+    cfg = _load(run_dir / "config.toml", None)
+    if cfg.run.mode == "centralized":
+        fail("--resume continues federated runs; rerun the centralized baseline instead")
+    if cfg.client.head_store != "disk":
+        fail("cannot resume: client.head-store = 'context' kept the heads in memory; use 'disk'")
+    from fedmtl.results import CheckpointError, load_checkpoint
+
+    try:
+        checkpoint, notes = load_checkpoint(run_dir)
+    except CheckpointError as exc:
+        fail(str(exc))
+        raise
+    for note in notes:
+        typer.echo(f"warning: {note}; using the previous one", err=True)
+    if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
+        typer.echo(f"{run_dir} already finished all {cfg.run.rounds} rounds; nothing to resume")
+        return
+    from server.simulation import simulate
+
+    simulate(cfg, run_dir.resolve(), quiet=quiet, verbose=verbose, checkpoint=checkpoint)
 
 
 @cli.command()
@@ -251,7 +285,9 @@ def deploy_local(
             deployment.start()
             code = run_and_check(app_dir.resolve(), config.resolve(), "fedmtl-local", timeout,
                                  env=deployment.env, simulation=False)
-            deployment.check_alive()
+            for name, exit_code in deployment.exited().items():
+                typer.echo(f"warning: {name} stopped during the run (exit code {exit_code}); "
+                           f"see {folder / 'logs' / (name + '.log')}", err=True)
     except KeyboardInterrupt:
         typer.echo("interrupted: every process of the deployment was stopped", err=True)
         raise typer.Exit(130) from None

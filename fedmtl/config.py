@@ -108,6 +108,10 @@ class RunSection(Section):
     seed: int = Field(0, ge=0, description="Seed of data partitions, initialisation and sampling.")
     rounds: int = Field(10, ge=1, description="Server rounds (centralized: training epochs).")
     evaluate_every: int = Field(1, ge=1, description="Evaluate every N rounds (and the last).")
+    checkpoint_every: int = Field(
+        1, ge=1, description="Checkpoint every N rounds (and the last); `fedmtl run --resume` "
+        "continues from the latest.",
+    )
     output_dir: str = Field("runs", min_length=1, description="Parent folder of run folders.")
 
 

@@ -6,7 +6,7 @@ Each run writes one folder::
     metrics.csv     long format: round, client, task, split, metric, value
     rounds.csv      one row per round: server-side counts and across-client statistics
     summary.json    final per-task statistics, duration, paths
-    checkpoints/    the global backbone after the latest round
+    checkpoints/    round-<r>.pt: the server's state after round r (the two latest)
     plots/*.png     figures (see fedmtl.plots)
 
 ``metrics.csv`` rows with ``task == "all"`` are client-level (example counts, the client's
@@ -106,18 +106,38 @@ class RunRecorder:
         The dataset's tasks (their primary metrics are summarised per round).
     """
 
-    def __init__(self, run_dir: Path, cfg: ExperimentConfig, tasks: list[TaskSpec]) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: ExperimentConfig, tasks: list[TaskSpec], resume_round: int | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.cfg = cfg
         self.tasks = tasks
         self.started = time.monotonic()
         self.rounds: list[dict[str, Any]] = []
+        self.metrics_path = self.run_dir / "metrics.csv"
         for sub in ("checkpoints", "plots"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        if resume_round is not None:
+            self._truncate(resume_round)
+            return
         write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
-        self.metrics_path = self.run_dir / "metrics.csv"
         with self.metrics_path.open("w", newline="") as handle:
             csv.writer(handle).writerow(METRIC_COLUMNS)
+
+    def _truncate(self, last_round: int) -> None:
+        """Drop what rounds after ``last_round`` wrote (a resumed run redoes them)."""
+        metrics = pd.read_csv(self.metrics_path, dtype={"task": str, "split": str, "metric": str})
+        kept = metrics[metrics["round"] <= last_round].to_csv(index=False)
+        write_bytes(self.metrics_path, kept.encode())
+        rounds_path = self.run_dir / "rounds.csv"
+        if rounds_path.is_file():
+            rounds = pd.read_csv(rounds_path)
+            rounds = rounds[rounds["round"] <= last_round]
+            self.rounds = [{k: v for k, v in row.items() if not pd.isna(v)} for row in rounds.to_dict("records")]
+            write_bytes(rounds_path, rounds.to_csv(index=False).encode())
+            if self.rounds:
+                self.started -= float(self.rounds[-1]["elapsed_s"])
+        (self.run_dir / "summary.json").unlink(missing_ok=True)
 
     @property
     def elapsed(self) -> float:
@@ -190,9 +210,13 @@ class RunRecorder:
         data = pd.DataFrame(self.rounds).to_csv(index=False).encode()
         write_bytes(self.run_dir / "rounds.csv", data)
 
-    def save_checkpoint(self, server_round: int, state: dict[str, Any]) -> None:
-        """Write ``checkpoints/latest.pt`` atomically."""
-        torch_save({"round": server_round, **state}, self.run_dir / "checkpoints" / "latest.pt")
+    def save_checkpoint(self, server_round: int, state: dict[str, Any], keep: int = 2) -> Path:
+        """Write ``checkpoints/round-<r>.pt`` atomically; delete all but the ``keep`` newest."""
+        path = self.run_dir / "checkpoints" / f"round-{server_round}.pt"
+        torch_save({"round": server_round, **state}, path)
+        for old in checkpoint_files(self.run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
 
     def finish(self, final: RoundStats | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` and the plots; return the summary."""
@@ -219,6 +243,42 @@ class RunRecorder:
 
         plot_run(self.run_dir)
         return summary
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint in a run folder."""
+
+
+def checkpoint_files(run_dir: str | Path) -> list[Path]:
+    """``checkpoints/round-<r>.pt`` files, oldest first."""
+    files = [p for p in (Path(run_dir) / "checkpoints").glob("round-*.pt")
+             if p.stem.removeprefix("round-").isdigit()]
+    return sorted(files, key=lambda p: int(p.stem.removeprefix("round-")))
+
+
+def load_checkpoint(run_dir: str | Path, path: str | Path | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The newest checkpoint that loads (or ``path``), and a note per newer one that did not.
+
+    Raises
+    ------
+    CheckpointError
+        When no checkpoint loads (naming each file and its error).
+    """
+    import torch
+
+    candidates = [Path(path)] if path is not None else list(reversed(checkpoint_files(run_dir)))
+    if not candidates:
+        raise CheckpointError(f"'{run_dir}' has no checkpoint (checkpoints/round-<r>.pt); nothing to resume")
+    notes = []
+    for candidate in candidates:
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "round" not in state or "backbone" not in state:
+                raise ValueError("not a fedmtl checkpoint")
+            return state, notes
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, the next is tried
+            notes.append(f"checkpoint '{candidate}' is unusable ({type(exc).__name__}: {str(exc)[:200]})")
+    raise CheckpointError("\n".join(notes))
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:

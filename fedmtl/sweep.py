@@ -10,7 +10,8 @@ runs every combination of the grid values for seeds ``run.seed, run.seed + 1, â€
       ...
 
 Running the same command again resumes: finished runs (those with a ``summary.json``) are
-skipped, and a folder left by an interrupted run is cleared and run again. Every combination
+skipped, a federated run that was interrupted continues from its latest checkpoint (as
+``fedmtl run --resume``), and any other unfinished folder is cleared and run again. Every combination
 is validated before the first run starts, so a bad value fails at once, not hours in.
 """
 
@@ -252,10 +253,31 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
 
 
-def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
-    """Run one config into ``run_dir`` (a Ray simulation, or the centralized baseline)."""
-    from fedmtl.results import create_run_dir
+def resumable(cfg: ExperimentConfig, run_dir: Path) -> bool:
+    """An interrupted federated run that ``fedmtl run --resume`` can continue."""
+    from fedmtl.results import checkpoint_files
 
+    return (cfg.run.mode == "federated" and cfg.client.head_store == "disk"
+            and (run_dir / "config.toml").is_file() and bool(checkpoint_files(run_dir)))
+
+
+def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
+    """Run one config into ``run_dir`` (a Ray simulation, or the centralized baseline);
+    continue an interrupted federated run from its latest usable checkpoint."""
+    from fedmtl.results import CheckpointError, create_run_dir, load_checkpoint
+
+    if resumable(cfg, run_dir):
+        try:
+            checkpoint, _ = load_checkpoint(run_dir)
+        except CheckpointError:
+            checkpoint = None
+        if checkpoint is not None:
+            from server.simulation import simulate
+
+            simulate(load_config(run_dir / "config.toml"), run_dir, quiet=quiet, checkpoint=checkpoint)
+            return
+    if run_dir.exists():  # left by an interrupted run that cannot be continued
+        shutil.rmtree(run_dir)
     create_run_dir(cfg, run_dir)
     if cfg.run.mode == "centralized":
         from fedmtl.training.centralized import run_centralized
@@ -299,8 +321,6 @@ def run_sweep(
     started, durations = time.monotonic(), []
     for done, run in enumerate(todo, start=1):
         run_dir = sweep.out / run.folder
-        if run_dir.exists():  # left by an interrupted run: start it again
-            shutil.rmtree(run_dir)
         report(f"[{done}/{len(todo)}] {run.label} seed {run.seed} ...")
         t0 = time.monotonic()
         try:

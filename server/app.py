@@ -34,23 +34,35 @@ def resolve_paths(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
     return cfg
 
 
-def run_server(grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False) -> Path:
-    """Run a whole federated experiment on ``grid``; return the run folder."""
+def run_server(
+    grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False,
+    checkpoint: dict | None = None,
+) -> Path:
+    """Run a whole federated experiment on ``grid``; return the run folder.
+
+    With ``checkpoint`` (:func:`fedmtl.results.load_checkpoint` of ``run_dir``) the run
+    continues after the checkpointed round: the run folder's files are cut back to that round
+    and the server's state (model, optimizer, weightings, sampling RNG) is restored.
+    """
     run_dir = run_dir or create_run_dir(cfg)
     cfg = resolve_paths(cfg, run_dir)
     tasks = dataset_tasks(cfg.data)
-    recorder = RunRecorder(run_dir, cfg, tasks)
+    done = int(checkpoint["round"]) if checkpoint else None
+    recorder = RunRecorder(run_dir, cfg, tasks, resume_round=done)
     progress = Progress(cfg.run.rounds, enabled=not quiet)
     directory = discover_clients(grid, cfg)
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
     strategy = FedMTLStrategy(cfg, directory, recorder, progress)
-    strategy.start(
-        grid,
-        ArrayRecord(model.federated_state(cfg.model.heads == "global")),
-        num_rounds=cfg.run.rounds,
-        timeout=cfg.server.timeout,
-    )
+    initial = model.federated_state(cfg.model.heads == "global")
+    if checkpoint:
+        strategy.restore(checkpoint)
+        initial = strategy.current_state
+        if not quiet:
+            progress.console.print(f"Resuming {run_dir} after round {done} of {cfg.run.rounds}")
+    if cfg.run.rounds - (done or 0) > 0:
+        strategy.start(grid, ArrayRecord(initial), num_rounds=cfg.run.rounds - (done or 0),
+                       timeout=cfg.server.timeout)
     progress.final_table(strategy.last_stats)
     recorder.finish(strategy.last_stats)
     if not quiet:
@@ -58,13 +70,16 @@ def run_server(grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, q
     return run_dir
 
 
-def make_server_app(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> ServerApp:
-    """A ServerApp running ``cfg`` into ``run_dir`` (used by ``fedmtl run``)."""
+def make_server_app(
+    cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, checkpoint: dict | None = None
+) -> ServerApp:
+    """A ServerApp running ``cfg`` into ``run_dir`` (used by ``fedmtl run``; ``checkpoint``
+    resumes it, see :func:`run_server`)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, run_dir, quiet=quiet)
+        run_server(grid, cfg, run_dir, quiet=quiet, checkpoint=checkpoint)
 
     return server_app
 

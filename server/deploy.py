@@ -154,11 +154,9 @@ class LocalDeployment:
             self.start_supernode(i)
         return self
 
-    def check_alive(self) -> None:
-        """Raise if a process of the deployment has exited."""
-        for name, proc in self.processes.items():
-            if proc.poll() is not None:
-                raise DeploymentError(f"{name} exited with code {proc.returncode}:\n{self.log_tail(name)}")
+    def exited(self) -> dict[str, int]:
+        """``{name: exit code}`` of the deployment's processes that have stopped."""
+        return {name: proc.returncode for name, proc in self.processes.items() if proc.poll() is not None}
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         """The last lines of a process's log."""

@@ -28,8 +28,12 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     }
 
 
-def simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, verbose: bool = False) -> Path:
-    """Run ``cfg`` through the Ray Simulation Engine with ``data.num-clients`` SuperNodes.
+def simulate(
+    cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, verbose: bool = False,
+    checkpoint: dict | None = None,
+) -> Path:
+    """Run ``cfg`` through the Ray Simulation Engine with ``data.num-clients`` SuperNodes
+    (continuing after ``checkpoint`` when given).
 
     Raises whatever the ServerApp raised (the engine re-raises it).
     """
@@ -46,7 +50,7 @@ def simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, verbose:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         run_simulation(
-            server_app=make_server_app(cfg, run_dir, quiet=quiet),
+            server_app=make_server_app(cfg, run_dir, quiet=quiet, checkpoint=checkpoint),
             client_app=client_app,
             num_supernodes=cfg.data.num_clients,
             backend_config=backend_config(cfg),

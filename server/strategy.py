@@ -14,6 +14,7 @@ Each round:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -110,6 +111,9 @@ class FedMTLStrategy(Strategy):
         self.keys: list[str] = []
         self.round_row: dict[str, float | int] = {}
         self.last_stats: RoundStats | None = None
+        self.round_offset = 0
+        """Rounds done before this process started (a resumed run)."""
+        self.current_state: dict[str, torch.Tensor] = {}
 
     # -- helpers ------------------------------------------------------------------------
     def summary(self) -> None:
@@ -175,6 +179,7 @@ class FedMTLStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample clients and send them the global backbone and the config."""
+        server_round += self.round_offset
         self.global_state = arrays.to_torch_state_dict()
         self.keys = list(self.global_state)
         self.follow_reconnections(grid)
@@ -186,6 +191,7 @@ class FedMTLStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Weight the clients' backbone updates and take the server step."""
+        server_round += self.round_offset
         valid, failures = self._valid(replies, server_round, "training")
         self.round_row.update({"replies": len(valid), "failures": failures})
         if not valid:
@@ -228,7 +234,7 @@ class FedMTLStrategy(Strategy):
         step = self.optimizer.step(result.direction.to(torch.float32))
         new_vector = flatten_state(self.global_state, self.keys) + step
         new_state = unflatten_state(new_vector, self.global_state, self.keys)
-        self.recorder.save_checkpoint(server_round, {"backbone": new_state, **self.aggregation_state()})
+        self.current_state = new_state
         self.round_row["train_loss"] = float(np.average(losses, weights=counts))
         return ArrayRecord(new_state), MetricRecord({"train-loss": self.round_row["train_loss"]})
 
@@ -239,6 +245,33 @@ class FedMTLStrategy(Strategy):
             "weightings": {level: w.state_dict() for level, w in self.plan.weightings().items()},
         }
 
+    # -- checkpoints ----------------------------------------------------------------------
+    def is_checkpoint_round(self, server_round: int) -> bool:
+        """Checkpoint every ``run.checkpoint-every`` rounds and at the last round."""
+        return server_round % self.cfg.run.checkpoint_every == 0 or server_round == self.cfg.run.rounds
+
+    def checkpoint_state(self) -> dict[str, object]:
+        """Everything a resumed run needs besides the clients' heads and the run folder's files:
+        the global model, the server optimizer, the weightings, the sampling RNG, the last
+        evaluation's statistics."""
+        return {
+            "backbone": self.current_state,
+            **self.aggregation_state(),
+            "rng": self.rng.bit_generator.state,
+            "last_stats": dataclasses.asdict(self.last_stats) if self.last_stats else None,
+        }
+
+    def restore(self, checkpoint: dict[str, object]) -> None:
+        """Continue after the checkpointed round (see :meth:`checkpoint_state`)."""
+        self.round_offset = int(checkpoint["round"])
+        self.optimizer.load_state_dict(checkpoint["server_optimizer"])
+        for level, weighting in self.plan.weightings().items():
+            weighting.load_state_dict(checkpoint["weightings"][level])
+        self.rng.bit_generator.state = checkpoint["rng"]
+        self.current_state = dict(checkpoint["backbone"])
+        if checkpoint.get("last_stats"):
+            self.last_stats = RoundStats(**checkpoint["last_stats"])
+
     # -- evaluation ---------------------------------------------------------------------
     def is_evaluation_round(self, server_round: int) -> bool:
         """Evaluate every ``run.evaluate-every`` rounds and at the last round."""
@@ -248,6 +281,8 @@ class FedMTLStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Ask sampled clients to evaluate their personalized model."""
+        server_round += self.round_offset
+        self.current_state = self.current_state or arrays.to_torch_state_dict()
         if not self.is_evaluation_round(server_round):
             return []
         self.follow_reconnections(grid)
@@ -255,7 +290,8 @@ class FedMTLStrategy(Strategy):
         return self._messages(server_round, arrays, sampled, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Record per-client metrics and the round's across-client statistics."""
+        """Record per-client metrics and the round's across-client statistics; checkpoint."""
+        server_round += self.round_offset
         valid, failures = self._valid(replies, server_round, "evaluation")
         stats = None
         if valid:
@@ -272,6 +308,8 @@ class FedMTLStrategy(Strategy):
             self.progress.round(stats, self.recorder.elapsed, int(self.round_row.get("replies", 0)),
                                 int(self.round_row.get("failures", 0)))
         self.recorder.log_round(dict(self.round_row), stats)
+        if self.is_checkpoint_round(server_round):
+            self.recorder.save_checkpoint(server_round, self.checkpoint_state())
         if stats is None:
             return None
         return MetricRecord({f"{t}.{stats.metric[t]}.mean": v["mean"] for t, v in stats.stats.items()})

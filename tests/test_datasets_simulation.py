@@ -14,7 +14,7 @@ from tests.simulation_batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
-    "synthetic": ("configs/synthetic.toml", ["data.num-clients=20", "server.fraction-train=0.2"]),
+    "synthetic": ("configs/synthetic.toml", ["data.num-clients=6", "server.fraction-train=0.5"]),
     "arrests": ("configs/arrests.toml", []),
     "celeba": ("configs/celeba.toml", ["data.num-clients=3", "data.image-size=32"]),
 }

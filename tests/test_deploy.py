@@ -82,16 +82,16 @@ def test_deploy_refuses_bad_options(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_tls_auth_deployment_survives_a_supernode_restart_and_refuses_strangers(tmp_path, flwr_home):
+def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
     runs = tmp_path / "runs"
     config = tmp_path / "deploy.toml"
     config.write_text((ROOT / "configs/smoke.toml").read_text()
-                      .replace("[run]\n", f'[run]\noutput-dir = "{runs}"\nevaluate-every = 2\n')
-                      .replace("rounds = 2", "rounds = 4")
+                      .replace("[run]\n", f'[run]\noutput-dir = "{runs}"\nevaluate-every = 3\n')
+                      .replace("rounds = 2", "rounds = 3")
                       # a reply lost with the killed SuperNode is waited for this long
                       .replace("[server]\n", "[server]\ntimeout = 30.0\n"))
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "fedmtl", "deploy", "local", str(config), "--nodes", "2", "--tls", "--auth",
+        [sys.executable, "-m", "fedmtl", "deploy", "local", str(config), "--nodes", "2", "--tls",
          "--app-dir", str(ROOT)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
     )
@@ -101,37 +101,35 @@ def test_tls_auth_deployment_survives_a_supernode_restart_and_refuses_strangers(
         run_dir = _wait_for(lambda: next(iter(runs.glob("smoke-*")), None), 240, "the run folder", deploy)
         _wait_for(lambda: _last_round(run_dir) >= 1, 300, "round 1", deploy)
 
-        # kill SuperNode 0 between rounds and start it again with the same command line
+        # stop SuperNode 0 between rounds (SIGTERM, as `docker restart` does) and start it again
+        # with the same command line
         node = _wait_for(lambda: {p: a for p, a in _processes(str(folder)).items()
                                   if any(Path(x).name == "flower-supernode" for x in a[:2])
                                   and "partition-id=0" in " ".join(a)}, 30, "supernode-0's process")
         pid, argv = next(iter(node.items()))
         env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
         killed_after = _last_round(run_dir)
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGTERM)
         _wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
-                  30, "supernode-0 to die")
+                  60, "supernode-0 to stop")
         log = (folder / "logs" / "restarted-supernode-0.log").open("w")
-        ours.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-
-        # a SuperNode with a key the SuperLink never registered is refused
-        stranger = make_node_keys(tmp_path / "stranger", "stranger")
-        address = argv[argv.index("--superlink") + 1]
-        stranger_log = tmp_path / "stranger.log"
-        refused = subprocess.Popen(
-            ["flower-supernode", "--superlink", address, "--root-certificates", str(folder / "certificates" / "ca.crt"),
-             "--auth-supernode-private-key", str(stranger["private"]), "--node-config", "partition-id=1 num-partitions=2",
-             "--port", str(free_port())],
-            env=env, stdout=stranger_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        ours.append(refused)
-        assert refused.wait(timeout=120) != 0
-        assert "Failed to" in stranger_log.read_text(), stranger_log.read_text()[-2000:]
+        # the SuperLink refuses the same key (exit 305) until it sees the old node offline: retry
+        deadline = time.monotonic() + 150
+        while True:
+            restarted = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            ours.append(restarted)
+            try:
+                restarted.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                break  # connected and running
+            assert time.monotonic() < deadline, "the restarted SuperNode never got back in"
+            time.sleep(3)
 
         out, err = deploy.communicate(timeout=600)
         assert deploy.returncode == 0, out[-3000:] + err[-3000:]
         assert "finished:completed" in out and f"Results: {run_dir}" in out
         assert (run_dir / "summary.json").is_file()
-        assert "TLS, SuperNode auth" in out
+        assert "(TLS)" in out and "reconnected" in out  # the server followed the new node id
 
         # the restarted SuperNode found its heads: fingerprint in == its previous fingerprint out
         metrics = pd.read_csv(run_dir / "metrics.csv")
@@ -152,3 +150,18 @@ def test_tls_auth_deployment_survives_a_supernode_restart_and_refuses_strangers(
     # everything the deployment started is gone
     leftover = {p: a for p, a in _processes(str(tmp_path)).items() if "pytest" not in " ".join(a)}
     assert not leftover, leftover
+
+
+def test_supernode_authentication_admits_registered_keys_only(tmp_path, flwr_home):
+    from server.deploy import LocalDeployment
+
+    with LocalDeployment(tmp_path / "deploy", nodes=1, tls=True, auth=True) as deployment:
+        deployment.start()  # registers supernode-0's key, then starts it
+        stranger = make_node_keys(tmp_path / "stranger", "stranger")
+        refused = deployment.start_supernode(0, private_key=stranger["private"], name="stranger")
+        assert refused.wait(timeout=120) != 0
+        assert "Failed to" in deployment.log_tail("stranger"), deployment.log_tail("stranger")
+        _wait_for(lambda: "Activated node_id" in (deployment.folder / "logs" / "superlink.log").read_text(),
+                  120, "the registered SuperNode to connect")
+        assert deployment.exited() == {"stranger": refused.returncode}  # supernode-0 stays connected
+    assert not _processes(str(tmp_path / "deploy"))

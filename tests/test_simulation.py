@@ -56,7 +56,7 @@ def test_run_folder_has_the_documented_files(smoke_run):
     out, _, _ = smoke_run
     for name in ("config.toml", "metrics.csv", "rounds.csv", "summary.json"):
         assert (out / name).is_file(), name
-    assert (out / "checkpoints" / "latest.pt").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round-2.pt", "round-3.pt"]
     for name in ("accuracy.png", "final_distribution.png"):
         assert is_png(out / "plots" / name), name
 
@@ -102,7 +102,11 @@ def test_heads_continue_across_rounds_in_the_real_engine(smoke_run):
     assert checked >= 4
     if store == "disk":
         trained = sorted(fp.index.get_level_values("client").unique())
-        assert sorted(p.name for p in (out / "heads").iterdir()) == [f"client-{i}.pt" for i in trained]
+        files = sorted(p.name for p in (out / "heads").iterdir())
+        assert sorted({name.split(".")[0] for name in files}) == sorted(f"client-{i}" for i in trained)
+        last = fp.reset_index().groupby("client")["round"].max()
+        for client, round_ in last.items():  # the newest version is the round it last trained
+            assert f"client-{client}.r{round_}.pt" in files
     else:
         assert not (out / "heads").exists()
 

@@ -91,6 +91,7 @@ def test_sweep_writes_one_finished_run_folder_per_combination_and_seed(sweep_dir
 
 
 def test_a_rerun_skips_finished_runs_and_redoes_an_interrupted_one(sweep_dir):
+    # (centralized runs have no checkpoint: the interrupted one is run again from scratch)
     folder = sweep_dir / "centralized"
     manifest = json.loads((folder / "sweep.json").read_text())
     broken = folder / manifest["runs"][1]["folder"]

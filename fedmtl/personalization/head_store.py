@@ -5,8 +5,11 @@ Heads never leave the client. Two stores keep them across rounds:
 - :class:`ContextHeadStore`: in the node's Flower ``Context.state`` (a ``RecordDict``),
   fine for small heads. (In simulation the context travels with every message to the
   worker that runs the client, so large heads belong on disk.)
-- :class:`DiskHeadStore`: one file per client id under a folder, written atomically; it
-  survives process and node restarts.
+- :class:`DiskHeadStore`: files per client id under a folder, written atomically; it
+  survives process and node restarts. Saved with the round that produced them
+  (``client-<id>.r<round>.pt``), it keeps the versions a resumed run may need: a run resumed
+  from its checkpoint of round C re-runs round C + 1 from the heads of round ≤ C, even for
+  clients that already trained in round C + 1 before the run was killed.
 
 On a client's first visit the store is empty and heads are initialised deterministically
 from the run seed and the client id (:func:`init_heads`).
@@ -31,15 +34,21 @@ WEIGHTING_KEY = "__weighting_state__"
 class HeadStore(Protocol):
     """Load and save the head state of a client."""
 
-    def load(self, client_id: int) -> HeadState | None:
-        """The saved heads, or ``None`` on a first visit."""
+    def load(self, client_id: int, until_round: int | None = None) -> HeadState | None:
+        """The heads saved last (in a round ≤ ``until_round``), or ``None`` on a first visit."""
 
-    def save(self, client_id: int, state: HeadState) -> None:
-        """Persist the heads."""
+    def save(self, client_id: int, state: HeadState, server_round: int | None = None,
+             checkpoint_every: int = 1) -> None:
+        """Persist the heads trained in ``server_round``."""
 
 
 class DiskHeadStore:
-    """One ``client-<id>.pt`` file per client under ``root``.
+    """Head files per client under ``root``: ``client-<id>.r<round>.pt`` (or
+    ``client-<id>.pt`` when saved without a round).
+
+    A save in round R keeps, besides the new file, the newest older version of a round ≤ C,
+    the last checkpoint round before R (``checkpoint_every`` · ⌊(R − 1)/checkpoint_every⌋),
+    and any newer one; older versions are deleted.
 
     Parameters
     ----------
@@ -50,18 +59,39 @@ class DiskHeadStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def path(self, client_id: int) -> Path:
-        """File of client ``client_id``."""
-        return self.root / f"client-{client_id}.pt"
+    def path(self, client_id: int, server_round: int | None = None) -> Path:
+        """File of client ``client_id`` (of the heads trained in ``server_round``)."""
+        suffix = "" if server_round is None else f".r{server_round}"
+        return self.root / f"client-{client_id}{suffix}.pt"
 
-    def load(self, client_id: int) -> HeadState | None:
-        path = self.path(client_id)
+    def versions(self, client_id: int) -> dict[int, Path]:
+        """``{round: file}`` of the client's versioned files."""
+        out = {}
+        for path in self.root.glob(f"client-{client_id}.r*.pt"):
+            tag = path.name[len(f"client-{client_id}.r"):-len(".pt")]
+            if tag.isdigit():
+                out[int(tag)] = path
+        return out
+
+    def load(self, client_id: int, until_round: int | None = None) -> HeadState | None:
+        versions = {r: p for r, p in self.versions(client_id).items()
+                    if until_round is None or r <= until_round}
+        path = versions[max(versions)] if versions else self.path(client_id)
         if not path.exists():
             return None
         return torch.load(path, map_location="cpu", weights_only=True)
 
-    def save(self, client_id: int, state: HeadState) -> None:
-        torch_save({k: v.detach().cpu() for k, v in state.items()}, self.path(client_id))
+    def save(self, client_id: int, state: HeadState, server_round: int | None = None,
+             checkpoint_every: int = 1) -> None:
+        torch_save({k: v.detach().cpu() for k, v in state.items()}, self.path(client_id, server_round))
+        if server_round is None:
+            return
+        checkpoint = checkpoint_every * ((server_round - 1) // checkpoint_every)
+        older = [r for r in self.versions(client_id) if r <= checkpoint]
+        keep = max(older) if older else None
+        for r, path in self.versions(client_id).items():
+            if r <= checkpoint and r != keep:
+                path.unlink(missing_ok=True)
 
 
 class ContextHeadStore:
@@ -80,13 +110,15 @@ class ContextHeadStore:
         """Record name of client ``client_id``'s heads."""
         return f"{CONTEXT_KEY}.{client_id}"
 
-    def load(self, client_id: int) -> HeadState | None:
+    def load(self, client_id: int, until_round: int | None = None) -> HeadState | None:
+        """The latest heads (one version only: a node's context does not outlive its process)."""
         record = self.state.array_records.get(self.key(client_id))
         if record is None:
             return None
         return record.to_torch_state_dict()
 
-    def save(self, client_id: int, state: HeadState) -> None:
+    def save(self, client_id: int, state: HeadState, server_round: int | None = None,
+             checkpoint_every: int = 1) -> None:
         from flwr.app import ArrayRecord
 
         self.state[self.key(client_id)] = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
@@ -116,11 +148,12 @@ def restore_heads(model: MultiTaskModel, store: HeadStore, seed: int, client_id:
 
 
 def restore_client(
-    model: MultiTaskModel, store: HeadStore, seed: int, client_id: int
+    model: MultiTaskModel, store: HeadStore, seed: int, client_id: int, until_round: int | None = None
 ) -> tuple[bool, torch.Tensor | None]:
-    """Like :func:`restore_heads`, reading the store once; also return the packed local
-    weighting state saved with the heads (``None`` if there is none; :func:`unpack_state`)."""
-    state = store.load(client_id)
+    """Like :func:`restore_heads`, reading the store once (the version of a round ≤
+    ``until_round``); also return the packed local weighting state saved with the heads
+    (``None`` if there is none; :func:`unpack_state`)."""
+    state = store.load(client_id, until_round)
     if state is None:
         init_heads(model, seed, client_id)
         return False, None
@@ -142,13 +175,14 @@ def unpack_state(packed: torch.Tensor) -> dict[str, Any]:
 
 
 def save_client_state(
-    store: HeadStore, client_id: int, model: MultiTaskModel, weighting_state: dict[str, Any]
+    store: HeadStore, client_id: int, model: MultiTaskModel, weighting_state: dict[str, Any],
+    server_round: int | None = None, checkpoint_every: int = 1,
 ) -> None:
-    """Save the heads and (when not empty) the local weighting's state."""
+    """Save the heads and (when not empty) the local weighting's state, trained in ``server_round``."""
     state = dict(model.heads_state())
     if weighting_state:
         state[WEIGHTING_KEY] = pack_state(weighting_state)
-    store.save(client_id, state)
+    store.save(client_id, state, server_round, checkpoint_every)
 
 
 def load_weighting_state(store: HeadStore, client_id: int) -> dict[str, Any] | None:

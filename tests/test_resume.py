@@ -1,0 +1,100 @@
+"""Checkpoints, versioned heads and `fedmtl run --resume` after a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fedmtl.personalization import DiskHeadStore
+from fedmtl.results import CheckpointError, checkpoint_files, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ["run.rounds=4", "data.num-clients=3", "server.fraction-train=0.67", "client.weighting=rlw"]
+
+
+def _fedmtl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedmtl", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def _sets() -> list[str]:
+    return [a for s in SETS for a in ("--set", s)]
+
+
+def test_disk_store_keeps_the_version_a_resume_needs(tmp_path):
+    store = DiskHeadStore(tmp_path)
+    for r in (1, 3, 4):
+        store.save(7, {"w": torch.full((2,), float(r))}, server_round=r)
+    # rounds 3 and 4 kept (4 is new, 3 is the newest of a round <= the last checkpoint, 3)
+    assert sorted(store.versions(7)) == [3, 4]
+    assert store.load(7, until_round=3)["w"][0] == 3 and store.load(7)["w"][0] == 4
+    assert store.load(7, until_round=2) is None  # round 1's version is gone: no resume needs it
+    store.save(7, {"w": torch.full((2,), 9.0)}, server_round=9, checkpoint_every=5)
+    # last checkpoint before round 9 is round 5: keep the newest version <= 5 (4) and 9
+    assert sorted(store.versions(7)) == [4, 9]
+    assert store.load(8) is None
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    from fedmtl.config import load_config
+    from fedmtl.data import dataset_tasks
+    from fedmtl.results import RunRecorder
+
+    cfg = load_config(None, [])
+    recorder = RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data))
+    for r in (1, 2, 3):
+        recorder.save_checkpoint(r, {"backbone": {"w": torch.ones(1) * r}})
+    assert [p.name for p in checkpoint_files(tmp_path)] == ["round-2.pt", "round-3.pt"]
+    (tmp_path / "checkpoints" / "round-3.pt").write_bytes(b"not a checkpoint")
+    state, notes = load_checkpoint(tmp_path)
+    assert state["round"] == 2 and len(notes) == 1 and "round-3.pt" in notes[0]
+    (tmp_path / "checkpoints" / "round-2.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="round-2.pt"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
+    config = str(ROOT / "configs/smoke.toml")
+    whole = _fedmtl("run", config, *_sets(), "--out", str(tmp_path / "whole"), "-q", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fedmtl", "run", config, *_sets(), "--out", str(killed), "-q"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (killed.exists() and any(p.name == "round-2.pt" for p in checkpoint_files(killed))):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (killed / "summary.json").exists()
+
+    resumed = _fedmtl("run", "--resume", str(killed), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout
+    a, b = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("whole", "killed"))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    ra, rb = (pd.read_csv(tmp_path / name / "rounds.csv").drop(columns="elapsed_s") for name in ("whole", "killed"))
+    pd.testing.assert_frame_equal(ra, rb, check_exact=True)
+    again = _fedmtl("run", "--resume", str(killed), cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to resume" in again.stdout
+
+
+def test_resume_errors_are_clear(tmp_path):
+    proc = _fedmtl("run", "--resume", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and "not a run folder" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "config.toml").write_text('[run]\nrounds = 2\n')
+    proc = _fedmtl("run", "--resume", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+    proc = _fedmtl("run", str(ROOT / "configs/smoke.toml"), "--resume", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and "give no CONFIG" in proc.stderr
