@@ -359,9 +359,9 @@ def plot_fairness_plane(configurations: list[Configuration], path: Path) -> Path
                 handles.append(handle)
                 labels.append(_wrap(c.label))
         front = pareto_front(points)
-        if front:
-            ax.plot([kept[i][0] for i in front], [kept[i][1] for i in front], "--", color="0.3",
-                    lw=1.2, zorder=0, label="Pareto front")
+        if front:  # dashed line through the front, each front point ringed
+            ax.plot([kept[i][0] for i in front], [kept[i][1] for i in front], "--o", color="0.2",
+                    lw=1.2, ms=14, mfc="none", mew=1.4, zorder=3, label="Pareto front")
             ax.legend(loc="best", fontsize=8)
         better = "higher" if sign > 0 else "lower"
         ax.set_title(f"{'overall (client mean over its tasks)' if task == 'overall' else f'task {task!r}'}"
