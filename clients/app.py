@@ -9,23 +9,28 @@ set by the Simulation Engine in simulation). Messages:
   training when the server weighting needs it, trains locally, saves its heads, and replies
   the backbone *update* (local − global) — or its per-task parts when the server's plan
   needs them — and metrics. Heads never leave the client.
+- ``train`` with ``[faults]``: a client may drop out (an error in place of its reply), reply
+  late (a straggler) or corrupt its update (:mod:`fedmtl.faults`).
 - ``evaluate``: the personalized model (global backbone + own heads) on the local test split.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common import MessageType
+from flwr.common import Error, MessageType
+from flwr.common.constant import ErrorCode
 
 from fedmtl.aggregation import WEIGHTINGS, Weighting, make_weighting
 from fedmtl.aggregation.plans import needs_task_parts, uses_task_weighting
 from fedmtl.config import ExperimentConfig, config_from_flat
 from fedmtl.data import ClientData, load_federation
+from fedmtl.faults import Fault, corrupt, draw_fault
 from fedmtl.models import MultiTaskModel, build_model
 from fedmtl.personalization import (
     ContextHeadStore,
@@ -52,6 +57,7 @@ def read_config(record: ConfigRecord) -> tuple[ExperimentConfig, int]:
     """The run config and the server round carried by a message."""
     values = dict(record.items())
     server_round = int(values.pop("server-round", 0))
+    values.pop("server-attempt", None)
     return _parse_config(tuple(sorted(values.items()))), server_round
 
 
@@ -160,9 +166,29 @@ def unflatten_parts(
     return records
 
 
+def injected_fault(msg: Message, context: Context) -> Fault:
+    """This client's fault in this training attempt (``[faults]``; none by default)."""
+    cfg, server_round = read_config(msg.content["config"])
+    attempt = int(msg.content["config"].get("server-attempt", 0))
+    client = partition_id(context)
+    return draw_fault(cfg.faults, cfg.run.seed, server_round, attempt, client)
+
+
+def with_corruption(records: dict[str, ArrayRecord | MetricRecord], kind: str) -> dict[str, ArrayRecord | MetricRecord]:
+    """``records`` with every update array record corrupted by ``kind`` (``faults.corrupt``)."""
+    if not kind:
+        return records
+    return {name: ArrayRecord(corrupt(r.to_torch_state_dict(), kind)) if isinstance(r, ArrayRecord) else r
+            for name, r in records.items()}
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local multi-task training; reply the backbone update (or its task parts) and metrics."""
+    fault = injected_fault(msg, context)
+    if fault.dropout:  # gone: the server gets an error in place of a reply, as for a lost node
+        reason = f"client {partition_id(context)} dropped out of this round (faults.dropout)"
+        return Message(error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=msg)
     s = local_setup(msg, context)
     model, client, cfg = s.model, s.client, s.cfg
     fingerprint_in = heads_fingerprint(model)
@@ -206,7 +232,9 @@ def train(msg: Message, context: Context) -> Message:
     else:
         records["update"] = ArrayRecord(
             {k: v - global_state[k] for k, v in model.federated_state(global_heads).items()})
-    return Message(RecordDict(records), reply_to=msg)
+    if fault.delay:
+        time.sleep(fault.delay)  # a straggler: its heads are saved, its reply is late
+    return Message(RecordDict(with_corruption(records, fault.corruption)), reply_to=msg)
 
 
 @app.evaluate()

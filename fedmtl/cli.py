@@ -75,9 +75,19 @@ def run(
 
         run_centralized(cfg, run_dir, quiet=quiet)
     else:
-        from server.simulation import simulate
+        _simulate(cfg, run_dir, quiet, verbose)
 
-        simulate(cfg, run_dir, quiet=quiet, verbose=verbose)
+
+def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, checkpoint: dict | None = None) -> None:
+    """A federated run; a run stopped by failing clients ends with the reason and how to resume."""
+    from server.simulation import simulate
+    from server.strategy import ClientsFailed
+
+    try:
+        simulate(cfg, run_dir, quiet=quiet, verbose=verbose, checkpoint=checkpoint)
+    except ClientsFailed as exc:
+        fail(f"{exc}\nthe run stopped; its results and checkpoints are in {run_dir}; once the cause is "
+             f"fixed, continue with: fedmtl run --resume {run_dir}", code=1)
 
 
 def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool) -> None:
@@ -103,9 +113,7 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
         typer.echo(f"{run_dir} already finished all {cfg.run.rounds} rounds; nothing to resume")
         return
-    from server.simulation import simulate
-
-    simulate(cfg, run_dir.resolve(), quiet=quiet, verbose=verbose, checkpoint=checkpoint)
+    _simulate(cfg, run_dir.resolve(), quiet, verbose, checkpoint)
 
 
 @cli.command()

@@ -1,7 +1,7 @@
 """Experiment configuration: one validated schema for ``fedmtl run`` and ``flwr run``.
 
 A config is a TOML file of sections (``[run]``, ``[data]``, ``[model]``, ``[client]``,
-``[server]``, ``[engine]``) whose keys are kebab-case scalars, so that the same file is a
+``[server]``, ``[engine]``, ``[faults]``) whose keys are kebab-case scalars, so that the same file is a
 valid ``flwr run --run-config`` file (Flower flattens it to ``"data.num-clients"`` keys).
 Every key has a default; ``docs/config.md`` lists them.
 
@@ -41,7 +41,8 @@ class Section(BaseModel):
     """Base of config sections: kebab-case keys, unknown keys rejected."""
 
     model_config = ConfigDict(
-        extra="forbid", alias_generator=_kebab, populate_by_name=True, frozen=True
+        extra="forbid", alias_generator=_kebab, populate_by_name=True, frozen=True,
+        allow_inf_nan=False,
     )
 
 
@@ -341,6 +342,24 @@ class ServerSection(Section):
     connect_timeout: float = Field(
         120.0, gt=0, description="Seconds to wait for data.num-clients SuperNodes to connect."
     )
+    min_replies: int = Field(
+        1, ge=1, description="Valid training replies a round needs to move the model; with "
+        "fewer, server.on-too-few decides.",
+    )
+    on_too_few: Literal["skip", "retry"] = Field(
+        "skip", description="A round with fewer than server.min-replies valid replies: 'skip' "
+        "it (the model stays) or 'retry' (ask other clients, up to server.max-retries times, "
+        "then skip).",
+    )
+    max_retries: int = Field(2, ge=0, description="Retries of a round that had too few replies.")
+    max_failed_rounds: int = Field(
+        3, ge=0, description="Stop the run (checkpoint kept) after this many consecutive rounds "
+        "without enough valid replies (0 = never stop).",
+    )
+    norm_screening: float = Field(
+        0.0, ge=0, description="Reject updates whose norm exceeds this many times the round's "
+        "median update norm (0 = off; else > 1).",
+    )
 
     @field_validator("weighting", "task_weighting")
     @classmethod
@@ -354,6 +373,58 @@ class ServerSection(Section):
         _check_params(self.weighting, self.params, "params")
         _check_params(self.task_weighting, self.task_params, "task-params")
         return self
+
+    @field_validator("norm_screening")
+    @classmethod
+    def _screening_factor(cls, v: float) -> float:
+        if 0 < v <= 1:
+            raise ValueError("must be 0 (off) or > 1: a factor of at most 1 would reject about half of every round")
+        return v
+
+
+class FaultsSection(Section):
+    """``[faults]``: failures injected into a simulation, to test what a run survives.
+
+    Every draw is seeded by (run.seed, round, attempt, client): the same config gives the
+    same faults.
+    """
+
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Probability that a sampled client drops out of a training "
+        "round (it replies an error and does not train).",
+    )
+    straggler: float = Field(
+        0.0, ge=0, le=1, description="Probability that a sampled client is a straggler: it "
+        "trains, then waits faults.straggler-delay seconds before replying.",
+    )
+    straggler_delay: float = Field(
+        0.0, ge=0, description="Seconds a straggler waits; beyond server.timeout its reply "
+        "misses the round.",
+    )
+    corrupt: float = Field(
+        0.0, ge=0, le=1, description="Probability that a client's training reply is corrupted "
+        "(its heads train normally).",
+    )
+    corrupt_kinds: str = Field(
+        "nan,inf,huge,shape", description="Comma-separated kinds of corruption, drawn uniformly: "
+        "'nan', 'inf', 'huge' (update × 1e6), 'shape' (a tensor loses an element).",
+    )
+
+    @field_validator("corrupt_kinds")
+    @classmethod
+    def _kinds(cls, v: str) -> str:
+        from fedmtl.faults import CORRUPTIONS
+
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        if not names:
+            raise ValueError(f"name at least one of: {', '.join(CORRUPTIONS)}")
+        for name in names:
+            if name not in CORRUPTIONS:
+                raise ValueError(
+                    f"unknown corruption '{name}'{did_you_mean(name, list(CORRUPTIONS))}; "
+                    f"allowed: {', '.join(CORRUPTIONS)}"
+                )
+        return v
 
 
 class EngineSection(Section):
@@ -373,6 +444,7 @@ SECTIONS: dict[str, type[Section]] = {
     "client": ClientSection,
     "server": ServerSection,
     "engine": EngineSection,
+    "faults": FaultsSection,
 }
 
 
@@ -385,6 +457,7 @@ class ExperimentConfig(Section):
     client: ClientSection = ClientSection()
     server: ServerSection = ServerSection()
     engine: EngineSection = EngineSection()
+    faults: FaultsSection = FaultsSection()
 
     @model_validator(mode="after")
     def _fits_the_dataset(self) -> ExperimentConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
@@ -28,8 +30,9 @@ class Progress:
         self.console = Console(highlight=False, width=None if Console().is_terminal else 120)
         self.enabled = enabled
 
-    def round(self, stats: RoundStats, elapsed: float, replies: int, failures: int) -> None:
-        """One line: round, per task mean and worst client, replies, elapsed time."""
+    def round(self, stats: RoundStats, elapsed: float, counts: dict[str, Any]) -> None:
+        """One line: round, per task mean and worst client, replies (failed, rejected,
+        skipped), elapsed time; ``counts`` is the round's ``rounds.csv`` row."""
         if not self.enabled:
             return
         parts = [f"[bold]round {stats.round:>{len(str(self.total))}}/{self.total}[/bold]"]
@@ -38,7 +41,12 @@ class Progress:
             parts.append(
                 f"{task}: mean {_fmt(metric, values['mean'])} worst {_fmt(metric, values['worst'])}"
             )
-        parts.append(f"replies {replies}" + (f" ([red]{failures} failed[/red])" if failures else ""))
+        notes = [f"{counts[key]} {word}" for key, word in
+                 (("failures", "failed"), ("rejected", "rejected"), ("retries", "retries")) if counts.get(key)]
+        if counts.get("skipped"):
+            notes.append("round skipped")
+        parts.append(f"replies {counts.get('aggregated', 0)}"
+                     + (f" ([red]{', '.join(notes)}[/red])" if notes else ""))
         parts.append(f"{elapsed:6.1f} s")
         self.console.print("  |  ".join(parts))
 

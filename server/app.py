@@ -63,6 +63,7 @@ def run_server(
     if cfg.run.rounds - (done or 0) > 0:
         strategy.start(grid, ArrayRecord(initial), num_rounds=cfg.run.rounds - (done or 0),
                        timeout=cfg.server.timeout)
+    strategy.check_progress()
     progress.final_table(strategy.last_stats)
     recorder.finish(strategy.last_stats)
     if not quiet:

@@ -31,6 +31,7 @@ from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.progress import Progress
 from fedmtl.results import CLIENT_LEVEL, RoundStats, RunRecorder
+from fedmtl.screening import metrics_problem, norm_outliers, update_problem
 from server.discovery import ClientDirectory
 
 
@@ -51,7 +52,7 @@ def unflatten_state(
     return out
 
 
-def parse_metrics(record: MetricRecord, prefix: str) -> dict[str, dict[str, float]]:
+def parse_metrics(record: MetricRecord | dict[str, float], prefix: str) -> dict[str, dict[str, float]]:
     """``{"test.left.accuracy": v}`` -> ``{"left": {"accuracy": v}}`` for one prefix."""
     out: dict[str, dict[str, float]] = {}
     for key, value in record.items():
@@ -70,7 +71,7 @@ def client_error_message(reason: str) -> str:
 
 
 class ClientsFailed(RuntimeError):
-    """Every client of a round failed."""
+    """Too many rounds in a row had too few valid replies (``server.max-failed-rounds``)."""
 
 
 class FedMTLStrategy(Strategy):
@@ -114,6 +115,20 @@ class FedMTLStrategy(Strategy):
         self.round_offset = 0
         """Rounds done before this process started (a resumed run)."""
         self.current_state: dict[str, torch.Tensor] = {}
+        self.sent: list[int] = []
+        self.failures, self.rejected = 0, 0
+        self.failure_reasons: list[str] = []
+        """Errors of the current round's clients (the first few)."""
+        self.failed_streak = 0
+        """Consecutive rounds skipped for too few valid replies."""
+        self.aggregated_rounds = 0
+        """Rounds of this process that moved the model."""
+        self.sent_evaluate: list[int] = []
+        self.train_rounds = 0
+        """Training rounds of this process."""
+        self.first_failure = ""
+        """The first client error of this process."""
+        self.evaluation_reasons: list[str] = []
 
     # -- helpers ------------------------------------------------------------------------
     def summary(self) -> None:
@@ -133,46 +148,97 @@ class FedMTLStrategy(Strategy):
             log(INFO, "client %d reconnected: now served by node %d", client, self.directory.clients[client])
         self.clients = dict(sorted(self.directory.clients.items()))
 
-    def sample(self, fraction: float, minimum: int) -> list[int]:
-        """Sample client ids without replacement with the strategy's RNG."""
-        ids = list(self.clients)
+    def sample(self, fraction: float, minimum: int, pool: list[int] | None = None) -> list[int]:
+        """Sample client ids (from ``pool``, default all) without replacement with the
+        strategy's RNG."""
+        ids = list(self.clients) if pool is None else list(pool)
         k = min(len(ids), max(minimum, math.ceil(fraction * len(ids))))
         if k == len(ids):
             return ids
         return sorted(int(i) for i in self.rng.choice(ids, size=k, replace=False))
 
     def _messages(
-        self, server_round: int, arrays: ArrayRecord, client_ids: list[int], kind: str
+        self, server_round: int, arrays: ArrayRecord, client_ids: list[int], kind: str, attempt: int = 0
     ) -> list[Message]:
-        config = ConfigRecord({**self.client_config, "server-round": server_round})
+        config = ConfigRecord({**self.client_config, "server-round": server_round, "server-attempt": attempt})
         content = RecordDict({"arrays": arrays, "config": config})
         return [
             Message(content=content, message_type=kind, dst_node_id=self.clients[c])
             for c in client_ids
         ]
 
-    def _valid(self, replies: Iterable[Message], server_round: int, stage: str) -> tuple[list[Message], int]:
-        """Split replies into valid ones and a failure count.
-
-        Raises
-        ------
-        ClientsFailed
-            When every client of a non-empty round failed (the run cannot progress).
-        """
-        valid, reasons = [], []
+    def _count_failures(self, replies: list[Message], sent: list[int], server_round: int, stage: str) -> list[Message]:
+        """The replies without errors; errors and missing replies are counted and logged."""
+        ok = []
         for reply in replies:
             if reply.has_error():
-                reasons.append(client_error_message(reply.error.reason))
-                log(WARNING, "round %d %s: a client failed: %s", server_round, stage, reasons[-1])
+                self._note_failure(client_error_message(reply.error.reason))
+                log(WARNING, "round %d %s: a client failed: %s", server_round, stage, self.failure_reasons[-1])
             else:
-                valid.append(reply)
-        if reasons and not valid:
-            raise ClientsFailed(
-                f"round {server_round} {stage}: all {len(reasons)} clients failed; first error: {reasons[0]}"
-            )
-        # replies arrive in any order; aggregate in client order so float sums are reproducible
-        valid.sort(key=lambda reply: int(reply.content["metrics"]["partition-id"]))
-        return valid, len(reasons)
+                ok.append(reply)
+        missing = len(sent) - len(replies)
+        if missing > 0:
+            self._note_failure(f"{missing} client(s) sent no reply within server.timeout = {self.cfg.server.timeout:g} s")
+            log(WARNING, "round %d %s: %s", server_round, stage, self.failure_reasons[-1])
+        self.failures += len(replies) - len(ok) + max(missing, 0)
+        return ok
+
+    def _note_failure(self, reason: str) -> None:
+        if len(self.failure_reasons) < 20:
+            self.failure_reasons.append(reason)
+        self.first_failure = self.first_failure or reason
+
+    def _well_formed(
+        self, replies: list[Message], sent: list[int], server_round: int, formed: dict[int, dict[str, torch.Tensor]],
+        meta: dict[int, dict[str, float]],
+    ) -> None:
+        """Add each usable training reply's update rows to ``formed`` (client -> {task or
+        WHOLE: flat vector}) and its metrics to ``meta``; count and log the rejected ones."""
+        parts = needs_task_parts(self.cfg.server.plan)
+        for reply in self._count_failures(replies, sent, server_round, "training"):
+            problem, client, rows, values = self._read_update(reply, sent, formed, parts)
+            if problem:
+                self.rejected += 1
+                who = f"client {client}" if client is not None else "a client"
+                log(WARNING, "round %d: rejected the update of %s: %s", server_round, who, problem)
+                continue
+            formed[client], meta[client] = rows, values
+        return None
+
+    def _read_update(
+        self, reply: Message, sent: list[int], formed: dict[int, object], parts: bool
+    ) -> tuple[str, int | None, dict[str, torch.Tensor], dict[str, float]]:
+        """``(problem, client, rows, metrics)`` of one reply; ``problem`` is ``""`` when usable."""
+        content = reply.content
+        if "metrics" not in content.metric_records:
+            return "no metrics", None, {}, {}
+        values = {k: float(v) for k, v in content["metrics"].items()}
+        client = int(values.get("partition-id", -1))
+        if client not in sent:
+            return f"partition-id {client} was not asked this round", None, {}, {}
+        if client in formed:
+            return "a second reply from the same client", client, {}, {}
+        problem = metrics_problem(values)
+        if problem:
+            return problem, client, {}, {}
+        keys = [f"part.{t}" for t in sorted(parse_metrics(content["metrics"], "train"))] if parts else ["update"]
+        rows = {}
+        for key in keys:
+            if key not in content.array_records:
+                return f"no '{key}' arrays", client, {}, {}
+            state = content[key].to_torch_state_dict()
+            problem = update_problem(state, self.global_state)
+            if problem:
+                return f"{key}: {problem}", client, {}, {}
+            rows[key.removeprefix("part.") if parts else WHOLE] = flatten_state(state, self.keys)
+        return "", client, rows, values
+
+    def _screen_norms(self, formed: dict[int, dict[str, torch.Tensor]]) -> list[int]:
+        """The clients whose update passes ``server.norm-screening`` (all when it is off)."""
+        clients = sorted(formed)
+        norms = [float(torch.linalg.vector_norm(sum(formed[c].values()))) for c in clients]
+        outlier = norm_outliers(norms, self.cfg.server.norm_screening)
+        return [c for c, out in zip(clients, outlier, strict=True) if not out]
 
     # -- training -----------------------------------------------------------------------
     def configure_train(
@@ -180,44 +246,74 @@ class FedMTLStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients and send them the global backbone and the config."""
         server_round += self.round_offset
+        self.grid, self.arrays = grid, arrays
         self.global_state = arrays.to_torch_state_dict()
         self.keys = list(self.global_state)
         self.follow_reconnections(grid)
-        sampled = self.sample(self.cfg.server.fraction_train, self.cfg.server.min_train_clients)
-        self.round_row = {"round": server_round, "sampled": len(sampled)}
-        return self._messages(server_round, arrays, sampled, MessageType.TRAIN)
+        self.sent = self.sample(self.cfg.server.fraction_train, self.cfg.server.min_train_clients)
+        self.round_row = {"round": server_round, "sampled": len(self.sent)}
+        self.failures, self.rejected, self.failure_reasons = 0, 0, []
+        return self._messages(server_round, arrays, self.sent, MessageType.TRAIN)
+
+    def _gather(self, server_round: int, replies: Iterable[Message]) -> tuple[list[int], dict, dict]:
+        """Screen the round's replies, retrying with other clients while too few are usable
+        (``server.on-too-few = "retry"``); return the accepted clients, their rows and metrics."""
+        server = self.cfg.server
+        formed: dict[int, dict[str, torch.Tensor]] = {}
+        meta: dict[int, dict[str, float]] = {}
+        self._well_formed(list(replies), self.sent, server_round, formed, meta)
+        accepted, attempt = self._screen_norms(formed), 0
+        while len(accepted) < server.min_replies and server.on_too_few == "retry" and attempt < server.max_retries:
+            pool = [c for c in self.clients if c not in formed]
+            if not pool:
+                break
+            attempt += 1
+            sent = self.sample(server.fraction_train, server.min_train_clients, pool)
+            log(INFO, "round %d: %d usable replies < server.min-replies = %d; retry %d with %d other clients",
+                server_round, len(accepted), server.min_replies, attempt, len(sent))
+            self.round_row["sampled"] += len(sent)
+            messages = self._messages(server_round, self.arrays, sent, MessageType.TRAIN, attempt)
+            self._well_formed(list(self.grid.send_and_receive(messages, timeout=server.timeout)),
+                              sent, server_round, formed, meta)
+            accepted = self._screen_norms(formed)
+        screened = len(formed) - len(accepted)
+        if screened:
+            log(WARNING, "round %d: norm screening rejected %d update(s) longer than %g × the median",
+                server_round, screened, server.norm_screening)
+        self.round_row.update({
+            "replies": len(formed) + self.rejected, "failures": self.failures,
+            "rejected": self.rejected + screened, "retries": attempt,
+        })
+        return accepted, formed, meta
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Weight the clients' backbone updates and take the server step."""
+        """Screen the clients' backbone updates, weight them and take the server step."""
         server_round += self.round_offset
-        valid, failures = self._valid(replies, server_round, "training")
-        self.round_row.update({"replies": len(valid), "failures": failures})
-        if not valid:
-            return None, None
+        self.train_rounds += 1
+        accepted, formed, meta = self._gather(server_round, replies)
+        self.round_row["aggregated"] = len(accepted)
+        if len(accepted) < self.cfg.server.min_replies:
+            return self._skip(server_round, len(accepted))
+        self.failed_streak = 0
+        self.aggregated_rounds += 1
+        self.round_row["skipped"] = 0
         rows, metric_rows, losses, counts = [], [], [], []
-        parts = needs_task_parts(self.cfg.server.plan)
-        for reply in valid:
-            metrics = reply.content["metrics"]
-            client = int(metrics["partition-id"])
-            count = float(metrics["num-examples"])
+        for client in accepted:
+            metrics = meta[client]
+            count = metrics["num-examples"]
             task_values = parse_metrics(metrics, "train")
             task_loss = {t: v.get("loss-before", v["loss"]) for t, v in task_values.items()}
-            if parts:
-                for task in sorted(task_values):
-                    part = reply.content[f"part.{task}"].to_torch_state_dict()
-                    rows.append(Row(client, task, flatten_state(part, self.keys), task_loss[task], count))
-            else:
-                update = reply.content["update"].to_torch_state_dict()
-                rows.append(Row(client, WHOLE, flatten_state(update, self.keys),
-                                float(np.mean(list(task_loss.values()))), count))
+            for task, vector in formed[client].items():
+                loss = float(np.mean(list(task_loss.values()))) if task == WHOLE else task_loss[task]
+                rows.append(Row(client, task, vector, loss, count))
             losses.append(float(np.mean([v["loss"] for v in task_values.values()])))
             counts.append(count)
             for task, values in task_values.items():
                 metric_rows += [(server_round, client, task, "train", m, v) for m, v in values.items()]
             for key in ("num-examples", "heads-fingerprint-in", "heads-fingerprint-out"):
-                metric_rows.append((server_round, client, CLIENT_LEVEL, "train", key, float(metrics[key])))
+                metric_rows.append((server_round, client, CLIENT_LEVEL, "train", key, metrics[key]))
         result = self.plan(rows)
         for (client, task), w in sorted(result.row_weights.items()):
             level = CLIENT_LEVEL if task == WHOLE else task
@@ -237,6 +333,34 @@ class FedMTLStrategy(Strategy):
         self.current_state = new_state
         self.round_row["train_loss"] = float(np.average(losses, weights=counts))
         return ArrayRecord(new_state), MetricRecord({"train-loss": self.round_row["train_loss"]})
+
+    def _skip(self, server_round: int, usable: int) -> tuple[None, None]:
+        """Leave the model as it is for a round with too few usable replies, or stop the run
+        after ``server.max-failed-rounds`` such rounds in a row."""
+        self.round_row["skipped"] = 1
+        self.failed_streak += 1
+        server = self.cfg.server
+        why = (f"{usable} usable replies < server.min-replies = {server.min_replies} "
+               f"({self.failures} failed, {self.round_row['rejected']} rejected)")
+        log(WARNING, "round %d skipped: %s; the model is unchanged", server_round, why)
+        if server.max_failed_rounds and self.failed_streak >= server.max_failed_rounds:
+            self.recorder.log_round(dict(self.round_row), None)
+            raise ClientsFailed(
+                f"round {server_round}: {self.failed_streak} rounds in a row without enough valid replies "
+                f"(server.max-failed-rounds = {server.max_failed_rounds}); last round: {why}"
+                + (f"; first error: {self.failure_reasons[0]}" if self.failure_reasons else "")
+            )
+        self.current_state = self.current_state or dict(self.global_state)
+        return None, None
+
+    def check_progress(self) -> None:
+        """Raise :class:`ClientsFailed` when this process ran rounds but none moved the model."""
+        if self.train_rounds and not self.aggregated_rounds:
+            raise ClientsFailed(
+                f"none of the {self.train_rounds} round(s) had server.min-replies = "
+                f"{self.cfg.server.min_replies} valid replies"
+                + (f"; first error: {self.first_failure}" if self.first_failure else "")
+            )
 
     def aggregation_state(self) -> dict[str, object]:
         """Server optimizer and weighting states (for checkpoints)."""
@@ -286,27 +410,30 @@ class FedMTLStrategy(Strategy):
         if not self.is_evaluation_round(server_round):
             return []
         self.follow_reconnections(grid)
-        sampled = self.sample(self.cfg.server.fraction_evaluate, 1)
-        return self._messages(server_round, arrays, sampled, MessageType.EVALUATE)
+        self.sent_evaluate = self.sample(self.cfg.server.fraction_evaluate, 1)
+        return self._messages(server_round, arrays, self.sent_evaluate, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Record per-client metrics and the round's across-client statistics; checkpoint."""
         server_round += self.round_offset
-        valid, failures = self._valid(replies, server_round, "evaluation")
-        stats = None
-        if valid:
-            per_client, counts = {}, {}
-            for reply in valid:
+        replies = list(replies)
+        stats, per_client, counts = None, {}, {}
+        if self.is_evaluation_round(server_round):
+            train_failures, train_reasons = self.failures, self.failure_reasons
+            self.failures, self.failure_reasons = 0, []
+            for reply in self._count_failures(replies, self.sent_evaluate, server_round, "evaluation"):
                 metrics = reply.content["metrics"]
                 client = int(metrics["partition-id"])
                 per_client[client] = parse_metrics(metrics, "test")
                 counts[client] = int(metrics["num-examples"])
+            self.round_row["evaluate_failures"] = self.failures
+            self.evaluation_reasons = self.failure_reasons
+            self.failures, self.failure_reasons = train_failures, train_reasons
+        if per_client:
             stats = self.recorder.record_evaluation(server_round, per_client, counts)
             self.last_stats = stats
-            self.round_row["evaluated"] = len(valid)
-            self.round_row["evaluate_failures"] = failures
-            self.progress.round(stats, self.recorder.elapsed, int(self.round_row.get("replies", 0)),
-                                int(self.round_row.get("failures", 0)))
+            self.round_row["evaluated"] = len(per_client)
+            self.progress.round(stats, self.recorder.elapsed, self.round_row)
         self.recorder.log_round(dict(self.round_row), stats)
         if self.is_checkpoint_round(server_round):
             self.recorder.save_checkpoint(server_round, self.checkpoint_state())

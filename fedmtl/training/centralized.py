@@ -49,7 +49,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -
             per_client = {c.client_id: evaluate(model, c.test, fed.tasks, device=device) for c in clients}
             counts = {c.client_id: len(c.test) for c in clients}
             round_stats = stats = recorder.record_evaluation(epoch, per_client, counts)
-            progress.round(round_stats, recorder.elapsed, replies=len(clients), failures=0)
+            progress.round(round_stats, recorder.elapsed, {"aggregated": len(clients)})
         recorder.log_round(row, round_stats)
     progress.final_table(stats)
     recorder.finish(stats)
