@@ -1,0 +1,324 @@
+"""Simulation speed: fedmtl against the pure-PyTorch floor and a vanilla Flower app.
+
+One fixed workload, measured four ways in one run (MultiMNIST, LeNet-style backbone with two
+heads, 100 clients, 20 sampled per round, 1 local epoch of SGD, 5 rounds):
+
+(a) ``floor``: the same local steps and the example-weighted average in one process, no Flower;
+(b) ``flower``: a minimal vanilla Flower app (``flwr.serverapp.strategy.FedAvg`` over the whole
+    model, a ClientApp that trains it) on the Ray Simulation Engine;
+(c) ``fedmtl``: ``fedmtl`` with FedAvg across clients and the mean across tasks;
+(d) ``fedmtl-fair``: ``fedmtl`` with FairGrad across tasks locally and flat FairGrad across
+    (client, task) rows on the server.
+
+Seconds per round are the mean over the rounds after the first (``(t_R - t_1) / (R - 1)``, where
+``t_r`` is when round r's aggregation finished), so Ray's start-up and the first visit's imports
+and data building are left out, as are evaluations (none run before the last round). Peak RSS is
+the largest sum of the resident memory of this process and all its descendants (the Ray
+processes), sampled every 50 ms.
+
+Usage (from the repository root, inside the venv)::
+
+    python benchmarks/simulation.py            # the full workload
+    python benchmarks/simulation.py --quick    # 3 rounds, fewer canvases: a few minutes
+
+Writes ``benchmarks/results/simulation.md`` and ``benchmarks/results/simulation.json``
+(``--quick`` writes ``simulation-quick.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedmtl.config import ExperimentConfig, load_config  # noqa: E402
+
+BASE = [
+    "run.name=bench", "data.dataset=multimnist", "data.num-clients=100", "data.partitioner=iid",
+    "model.backbone=lenet", "client.epochs=1", "client.batch-size=32", "client.lr=0.05",
+    "client.momentum=0.5", "server.fraction-train=0.2", "server.fraction-evaluate=0.2",
+    "engine.client-num-cpus=1",
+]
+FAIR = ["client.weighting=fairgrad", "server.plan=flat", "server.weighting=fairgrad"]
+
+
+# -- memory ------------------------------------------------------------------------------
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (from /proc)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+            with open(f"/proc/{entry}/statm") as handle:
+                rss[int(entry)] = int(handle.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root]
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+class PeakRSS:
+    """Samples the process tree's resident memory in a thread; ``peak_mb`` after ``stop``."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+def per_round(ends: list[float]) -> float:
+    """Mean seconds per round after the first, from the rounds' end times."""
+    return (ends[-1] - ends[0]) / (len(ends) - 1)
+
+
+# -- (a) the floor ---------------------------------------------------------------------------
+def floor(cfg: ExperimentConfig) -> list[float]:
+    """The same local SGD steps and example-weighted averaging in one process; round end times."""
+    from fedmtl.data import load_federation
+    from fedmtl.models import build_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    fed = load_federation(cfg.data, cfg.run.seed)
+    tasks = fed.client_tasks(0)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model, fed.input_shape, tasks)
+    global_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    heads = {c: {k: v.clone() for k, v in model.heads.state_dict().items()} for c in range(cfg.data.num_clients)}
+    rng = np.random.default_rng(cfg.run.seed)
+    sampled_per_round = math.ceil(cfg.server.fraction_train * cfg.data.num_clients)
+    data = {c: fed.client(c).train for c in range(cfg.data.num_clients)}
+    ends = []
+    for server_round in range(1, cfg.run.rounds + 1):
+        clients = sorted(rng.choice(cfg.data.num_clients, size=sampled_per_round, replace=False))
+        total = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in global_backbone.items()}
+        examples = 0
+        for client in clients:
+            model.backbone.load_state_dict(global_backbone)
+            model.heads.load_state_dict(heads[client])
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.client.lr, momentum=cfg.client.momentum)
+            generator = torch.Generator().manual_seed(int(client) * 1000 + server_round)
+            for x, targets in data[client].batches(cfg.client.batch_size, generator):
+                optimizer.zero_grad(set_to_none=True)
+                outputs = model(x)
+                loss = sum(t.task_kind.loss(outputs[t.name], targets[t.name]) for t in tasks) / len(tasks)
+                loss.backward()
+                optimizer.step()
+            n = len(data[client])
+            for k, v in model.backbone.state_dict().items():
+                total[k] += n * (v - global_backbone[k]).float()
+            heads[client] = {k: v.clone() for k, v in model.heads.state_dict().items()}
+            examples += n
+        global_backbone = {k: global_backbone[k] + (total[k] / examples).to(global_backbone[k].dtype)
+                           for k in global_backbone}
+        ends.append(time.monotonic())
+    return ends
+
+
+# -- (b) vanilla Flower --------------------------------------------------------------------
+def vanilla_flower(cfg: ExperimentConfig) -> list[float]:
+    """A minimal Flower FedAvg app with the same model, data and steps; round end times.
+
+    The ClientApp is defined here, in ``__main__``: Ray ships it to its workers by value.
+    """
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from server.simulation import backend_config
+
+    client_app = ClientApp()
+    data_cfg, seed, model_cfg = cfg.data, cfg.run.seed, cfg.model
+    lr, momentum, batch_size = cfg.client.lr, cfg.client.momentum, cfg.client.batch_size
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        from fedmtl.data import load_federation
+        from fedmtl.models import build_model
+
+        torch.set_num_threads(1)
+        client = int(context.node_config["partition-id"])
+        fed = load_federation(data_cfg, seed)
+        tasks = fed.client_tasks(client)
+        model = build_model(model_cfg, fed.input_shape, tasks)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        generator = torch.Generator().manual_seed(client * 1000 + int(msg.content["config"]["server-round"]))
+        split = fed.client(client).train
+        for x, targets in split.batches(batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            outputs = model(x)
+            loss = sum(t.task_kind.loss(outputs[t.name], targets[t.name]) for t in tasks) / len(tasks)
+            loss.backward()
+            optimizer.step()
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                              "metrics": MetricRecord({"num-examples": len(split)})})
+        return Message(content=content, reply_to=msg)
+
+    ends: list[float] = []
+
+    class TimedFedAvg(FedAvg):
+        def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201 - Flower's signature
+            result = super().aggregate_train(server_round, replies)
+            ends.append(time.monotonic())
+            return result
+
+        def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001, ANN201
+            config["server-round"] = server_round
+            return super().configure_train(server_round, arrays, config, grid)
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedmtl.data import load_federation
+        from fedmtl.models import build_model
+
+        fed = load_federation(data_cfg, seed)
+        torch.manual_seed(seed)
+        model = build_model(model_cfg, fed.input_shape, fed.client_tasks(0))
+        strategy = TimedFedAvg(fraction_train=cfg.server.fraction_train, fraction_evaluate=0.0,
+                               min_available_nodes=cfg.data.num_clients)
+        strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=cfg.run.rounds,
+                       train_config=ConfigRecord())
+
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
+                   backend_config=backend_config(cfg))
+    return ends
+
+
+# -- (c), (d) fedmtl -------------------------------------------------------------------------
+def fedmtl_run(cfg: ExperimentConfig, out: Path) -> list[float]:
+    """A real ``fedmtl run``; round end times from its ``rounds.csv``."""
+    import pandas as pd
+
+    from fedmtl.results import create_run_dir
+    from server.simulation import simulate
+
+    run_dir = create_run_dir(cfg, out)
+    start = time.monotonic()
+    simulate(cfg, run_dir, quiet=True)
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    # elapsed_s counts from the recorder's start; only differences are used
+    return [start + float(e) for e in rounds["elapsed_s"]][: cfg.run.rounds - 1]
+
+
+def measure(name: str, work) -> dict:  # noqa: ANN001 - a callable returning round end times
+    print(f"measuring {name} ...", flush=True)
+    with warnings.catch_warnings(), PeakRSS() as rss:
+        warnings.simplefilter("ignore")
+        t0 = time.monotonic()
+        ends = work()
+        wall = time.monotonic() - t0
+    result = {"s_per_round": per_round(ends), "rounds_timed": len(ends) - 1, "wall_s": wall, "peak_rss_mb": rss.peak_mb}
+    print(f"  {name}: {result['s_per_round']:.3f} s/round, peak RSS {rss.peak_mb:.0f} MB, wall {wall:.1f} s", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds and fewer canvases per digit")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-simulation")
+    parser.add_argument("--only", nargs="*", default=["floor", "flower", "fedmtl", "fedmtl-fair"])
+    args = parser.parse_args()
+    size = ["run.rounds=3", "data.pairs-per-digit=2"] if args.quick else ["run.rounds=5"]
+    # evaluate only after the last round (which is not timed)
+    cfg = load_config(None, [*BASE, *size, "run.evaluate-every=1000"])
+    fair = load_config(None, [*BASE, *size, "run.evaluate-every=1000", *FAIR])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = {
+        "floor": lambda: floor(cfg),
+        "flower": lambda: vanilla_flower(cfg),
+        "fedmtl": lambda: fedmtl_run(cfg, args.out / f"fedmtl-{stamp}"),
+        "fedmtl-fair": lambda: fedmtl_run(fair, args.out / f"fedmtl-fair-{stamp}"),
+    }
+    results = {name: measure(name, work[name]) for name in args.only}
+    write(results, args.quick, cfg)
+
+
+def write(results: dict, quick: bool, cfg: ExperimentConfig) -> None:
+    suffix = "-quick" if quick else ""
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    floor_s = results.get("floor", {}).get("s_per_round")
+    summary = {
+        "floor_s_per_round": floor_s,
+        "flower_s_per_round": results.get("flower", {}).get("s_per_round"),
+        "fedmtl_s_per_round": results.get("fedmtl", {}).get("s_per_round"),
+        "fedmtl_fair_s_per_round": results.get("fedmtl-fair", {}).get("s_per_round"),
+        "peak_rss_mb": results.get("fedmtl", {}).get("peak_rss_mb"),
+        "runs": results,
+        "workload": {"clients": cfg.data.num_clients, "sampled_per_round": math.ceil(cfg.server.fraction_train * cfg.data.num_clients),
+                     "rounds": cfg.run.rounds, "pairs_per_digit": cfg.data.pairs_per_digit, "epochs": cfg.client.epochs,
+                     "batch_size": cfg.client.batch_size},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "date": date.today().isoformat(),
+    }
+    (out / f"simulation{suffix}.json").write_text(json.dumps(summary, indent=2))
+    rows = ["| configuration | s / round | × floor | × vanilla Flower | peak RSS (MB) |", "|---|---|---|---|---|"]
+    flower_s = results.get("flower", {}).get("s_per_round")
+    for name, r in results.items():
+        ratio_floor = f"{r['s_per_round'] / floor_s:.2f}" if floor_s else "–"
+        ratio_flower = f"{r['s_per_round'] / flower_s:.2f}" if flower_s else "–"
+        rows.append(f"| {name} | {r['s_per_round']:.3f} | {ratio_floor} | {ratio_flower} | {r['peak_rss_mb']:.0f} |")
+    page = [
+        f"# Simulation speed{' (quick)' if quick else ''}", "",
+        f"Measured {summary['date']} on {summary['machine']}, no GPU.", "",
+        f"Command: `python benchmarks/simulation.py{' --quick' if quick else ''}` (from the repository root, in the venv).", "",
+        f"Workload: MultiMNIST ({cfg.data.pairs_per_digit} canvases per digit), LeNet backbone with two heads, "
+        f"{cfg.data.num_clients} clients, {summary['workload']['sampled_per_round']} sampled per round, "
+        f"{cfg.client.epochs} local epoch (batch {cfg.client.batch_size}), {cfg.run.rounds} rounds; seconds per round "
+        "after the first (see the script's docstring).", "",
+        *rows, "",
+    ]
+    (out / f"simulation{suffix}.md").write_text("\n".join(page))
+    print(f"wrote {out / f'simulation{suffix}.md'}")
+
+
+if __name__ == "__main__":
+    main()
