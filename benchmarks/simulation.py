@@ -248,16 +248,24 @@ def fedmtl_run(cfg: ExperimentConfig, out: Path) -> list[float]:
     return [start + float(e) for e in rounds["elapsed_s"]][: cfg.run.rounds - 1]
 
 
-def measure(name: str, work) -> dict:  # noqa: ANN001 - a callable returning round end times
+def measure(name: str, work, repeat: int) -> dict:  # noqa: ANN001 - a callable returning round end times
+    """Run ``work`` ``repeat`` times; the median seconds per round and the largest peak RSS."""
+    import logging
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     print(f"measuring {name} ...", flush=True)
-    with warnings.catch_warnings(), PeakRSS() as rss:
-        warnings.simplefilter("ignore")
-        t0 = time.monotonic()
-        ends = work()
-        wall = time.monotonic() - t0
-    result = {"s_per_round": per_round(ends), "rounds_timed": len(ends) - 1, "wall_s": wall, "peak_rss_mb": rss.peak_mb}
-    print(f"  {name}: {result['s_per_round']:.3f} s/round, peak RSS {rss.peak_mb:.0f} MB, wall {wall:.1f} s", flush=True)
-    return result
+    times, peaks, walls = [], [], []
+    for _ in range(repeat):
+        with warnings.catch_warnings(), PeakRSS() as rss:
+            warnings.simplefilter("ignore")
+            t0 = time.monotonic()
+            ends = work()
+            walls.append(time.monotonic() - t0)
+        times.append(per_round(ends))
+        peaks.append(rss.peak_mb)
+        print(f"  {name}: {times[-1]:.3f} s/round, peak RSS {peaks[-1]:.0f} MB, wall {walls[-1]:.1f} s", flush=True)
+    return {"s_per_round": float(np.median(times)), "repeats_s_per_round": times, "rounds_timed": len(ends) - 1,
+            "wall_s": walls, "peak_rss_mb": max(peaks)}
 
 
 def main() -> None:
@@ -265,23 +273,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds and fewer canvases per digit")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-simulation")
     parser.add_argument("--only", nargs="*", default=["floor", "flower", "fedmtl", "fedmtl-fair"])
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per configuration (median)")
     args = parser.parse_args()
     size = ["run.rounds=3", "data.pairs-per-digit=2"] if args.quick else ["run.rounds=5"]
     # evaluate only after the last round (which is not timed)
     cfg = load_config(None, [*BASE, *size, "run.evaluate-every=1000"])
     fair = load_config(None, [*BASE, *size, "run.evaluate-every=1000", *FAIR])
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     work = {
         "floor": lambda: floor(cfg),
         "flower": lambda: vanilla_flower(cfg),
-        "fedmtl": lambda: fedmtl_run(cfg, args.out / f"fedmtl-{stamp}"),
-        "fedmtl-fair": lambda: fedmtl_run(fair, args.out / f"fedmtl-fair-{stamp}"),
+        "fedmtl": lambda: fedmtl_run(cfg, args.out / f"fedmtl-{time.strftime('%Y%m%d-%H%M%S')}"),
+        "fedmtl-fair": lambda: fedmtl_run(fair, args.out / f"fedmtl-fair-{time.strftime('%Y%m%d-%H%M%S')}"),
     }
-    results = {name: measure(name, work[name]) for name in args.only}
-    write(results, args.quick, cfg)
+    results = {name: measure(name, work[name], args.repeat) for name in args.only}
+    write(results, args.quick, cfg, args.repeat)
 
 
-def write(results: dict, quick: bool, cfg: ExperimentConfig) -> None:
+def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> None:
     suffix = "-quick" if quick else ""
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -294,7 +302,7 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig) -> None:
         "peak_rss_mb": results.get("fedmtl", {}).get("peak_rss_mb"),
         "runs": results,
         "workload": {"clients": cfg.data.num_clients, "sampled_per_round": math.ceil(cfg.server.fraction_train * cfg.data.num_clients),
-                     "rounds": cfg.run.rounds, "pairs_per_digit": cfg.data.pairs_per_digit, "epochs": cfg.client.epochs,
+                     "rounds": cfg.run.rounds, "repeats": repeat, "pairs_per_digit": cfg.data.pairs_per_digit, "epochs": cfg.client.epochs,
                      "batch_size": cfg.client.batch_size},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "date": date.today().isoformat(),
@@ -313,7 +321,7 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig) -> None:
         f"Workload: MultiMNIST ({cfg.data.pairs_per_digit} canvases per digit), LeNet backbone with two heads, "
         f"{cfg.data.num_clients} clients, {summary['workload']['sampled_per_round']} sampled per round, "
         f"{cfg.client.epochs} local epoch (batch {cfg.client.batch_size}), {cfg.run.rounds} rounds; seconds per round "
-        "after the first (see the script's docstring).", "",
+        f"after the first, median of {repeat} runs (see the script's docstring).", "",
         *rows, "",
     ]
     (out / f"simulation{suffix}.md").write_text("\n".join(page))

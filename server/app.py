@@ -34,6 +34,21 @@ def resolve_paths(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
     return cfg
 
 
+POLL_INTERVAL = 0.01
+"""Seconds between the simulation grid's checks for replies (Flower's default is 0.1)."""
+
+
+def poll_replies_often(grid: Grid) -> None:
+    """Check for replies every :data:`POLL_INTERVAL` seconds in simulation.
+
+    Flower's in-memory grid sleeps ``pull_interval`` (0.1 s) between checks, so every
+    exchange of a round waits 50 ms on average after its last reply; checking the in-memory
+    state is cheap, so fedmtl checks more often.
+    """
+    if hasattr(grid, "pull_interval"):
+        grid.pull_interval = min(grid.pull_interval, POLL_INTERVAL)
+
+
 def run_server(
     grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False,
     checkpoint: dict | None = None,
@@ -46,6 +61,7 @@ def run_server(
     """
     run_dir = run_dir or create_run_dir(cfg)
     cfg = resolve_paths(cfg, run_dir)
+    poll_replies_often(grid)
     tasks = dataset_tasks(cfg.data)
     done = int(checkpoint["round"]) if checkpoint else None
     recorder = RunRecorder(run_dir, cfg, tasks, resume_round=done)

@@ -98,9 +98,18 @@ class StepResult:
 
 
 def _per_task_backbone(z: torch.Tensor, upstream: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    """``(T, P)``: row t is the backbone gradient of ``z`` pulled back from ``upstream[t]``."""
-    grads = torch.autograd.grad(z, params, grad_outputs=upstream, is_grads_batched=True)
-    return torch.cat([g.reshape(len(upstream), -1) for g in grads], dim=1)
+    """``(T, P)``: row t is the backbone gradient of ``z`` pulled back from ``upstream[t]``.
+
+    One backward pass per task through the retained graph: on the CPU this is faster than one
+    vmapped (``is_grads_batched``) pass at every T we measured (LeNet, T = 2 to 10:
+    ``benchmarks/results/local_step.md``).
+    """
+    rows = []
+    last = len(upstream) - 1
+    for t, grad_z in enumerate(upstream):
+        grads = torch.autograd.grad(z, params, grad_outputs=grad_z, retain_graph=t < last)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
 
 
 def multitask_step(
