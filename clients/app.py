@@ -57,7 +57,8 @@ def read_config(record: ConfigRecord) -> tuple[ExperimentConfig, int]:
     """The run config and the server round carried by a message."""
     values = dict(record.items())
     server_round = int(values.pop("server-round", 0))
-    values.pop("server-attempt", None)
+    for per_message in ("server-attempt", "client-id"):
+        values.pop(per_message, None)
     return _parse_config(tuple(sorted(values.items()))), server_round
 
 
@@ -80,6 +81,13 @@ def head_store(cfg: ExperimentConfig, context: Context) -> HeadStore:
     return DiskHeadStore(str(root))
 
 
+def client_id(msg: Message, context: Context) -> int:
+    """The client this message is for: the ``client-id`` the server names (a simulation's
+    SuperNodes may take turns playing many clients), else this node's partition id."""
+    named = msg.content["config"].get("client-id")
+    return int(named) if named is not None else partition_id(context)
+
+
 @dataclass
 class LocalSetup:
     """Everything a train or evaluate call works with on this node."""
@@ -100,7 +108,7 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     """Config from ``msg``; global backbone from ``msg`` + this client's heads; its data."""
     cfg, server_round = read_config(msg.content["config"])
     torch.set_num_threads(cfg.engine.client_num_cpus)
-    client = partition_id(context)
+    client = client_id(msg, context)
     fed = load_federation(cfg.data, cfg.run.seed)
     tasks = fed.client_tasks(client)
     model = build_model(cfg.model, fed.input_shape, tasks)
@@ -170,7 +178,7 @@ def injected_fault(msg: Message, context: Context) -> Fault:
     """This client's fault in this training attempt (``[faults]``; none by default)."""
     cfg, server_round = read_config(msg.content["config"])
     attempt = int(msg.content["config"].get("server-attempt", 0))
-    client = partition_id(context)
+    client = client_id(msg, context)
     return draw_fault(cfg.faults, cfg.run.seed, server_round, attempt, client)
 
 
@@ -187,7 +195,7 @@ def train(msg: Message, context: Context) -> Message:
     """Local multi-task training; reply the backbone update (or its task parts) and metrics."""
     fault = injected_fault(msg, context)
     if fault.dropout:  # gone: the server gets an error in place of a reply, as for a lost node
-        reason = f"client {partition_id(context)} dropped out of this round (faults.dropout)"
+        reason = f"client {client_id(msg, context)} dropped out of this round (faults.dropout)"
         return Message(error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=msg)
     s = local_setup(msg, context)
     model, client, cfg = s.model, s.client, s.cfg

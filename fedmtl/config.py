@@ -427,6 +427,10 @@ class FaultsSection(Section):
         return v
 
 
+ONE_NODE_PER_CLIENT_UP_TO = 200
+"""Up to this many clients, a simulation gives every client its own virtual SuperNode."""
+
+
 class EngineSection(Section):
     """``[engine]``: resources of the Ray simulation engine (``fedmtl run`` only)."""
 
@@ -435,6 +439,12 @@ class EngineSection(Section):
         0.0, ge=0, le=1, description="GPU fraction per virtual client (0 = CPU only)."
     )
     num_cpus: int = Field(0, ge=0, description="CPUs Ray may use (0 = all of this machine).")
+    supernodes: int = Field(
+        0, ge=0, description="Virtual SuperNodes (0 = one per client up to "
+        f"{ONE_NODE_PER_CLIENT_UP_TO:,} clients, else as many as the most clients asked at once). "
+        "With fewer SuperNodes than clients, each message names the client its SuperNode plays "
+        "(heads must be on disk).",
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -510,6 +520,12 @@ class ExperimentConfig(Section):
                 f"model.heads = 'global' federates whole models: it needs server.plan = "
                 f"'clients', not {self.server.plan!r}"
             )
+        if self.client.head_store == "context" and virtual_supernodes(self) < self.data.num_clients:
+            raise ValueError(
+                f"client.head-store = 'context' keeps heads in a SuperNode's memory, but "
+                f"{virtual_supernodes(self)} virtual SuperNodes play {self.data.num_clients} clients "
+                "(engine.supernodes); use client.head-store = 'disk' or engine.supernodes = data.num-clients"
+            )
         if self.run.mode == "centralized" and self.data.task_sets != "all":
             raise ValueError(
                 f"run.mode = 'centralized' pools every client's labels and needs "
@@ -547,6 +563,26 @@ class ExperimentConfig(Section):
         for section, values in sections.items():
             nested[section].update({_kebab(k): v for k, v in values.items()})
         return build_config(nested)
+
+
+def virtual_supernodes(cfg: ExperimentConfig) -> int:
+    """How many virtual SuperNodes a simulation of ``cfg`` starts (``engine.supernodes``).
+
+    ``0`` means: one per client up to :data:`ONE_NODE_PER_CLIENT_UP_TO` clients; beyond, as
+    many as the most clients the server asks at once (training or evaluation). Flower's
+    in-memory engine scans its stored messages for every SuperNode on every tick, so tens of
+    thousands of SuperNodes cost more than the clients' work (``benchmarks/results/scale.md``).
+    """
+    clients = cfg.data.num_clients
+    if cfg.engine.supernodes:
+        return min(cfg.engine.supernodes, clients)
+    if clients <= ONE_NODE_PER_CLIENT_UP_TO:
+        return clients
+    import math
+
+    asked = max(math.ceil(cfg.server.fraction_train * clients), math.ceil(cfg.server.fraction_evaluate * clients),
+                cfg.server.min_train_clients)
+    return min(asked, clients)
 
 
 # -- building and loading ---------------------------------------------------------------

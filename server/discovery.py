@@ -100,14 +100,23 @@ class ClientDirectory:
         return remapped
 
 
+def shared_supernodes(cfg: ExperimentConfig) -> int:
+    """The number of SuperNodes that take turns playing the clients (``engine.supernodes``
+    resolved by ``fedmtl run`` below ``data.num-clients``), or 0 when every client has its own."""
+    nodes = cfg.engine.supernodes
+    return nodes if 0 < nodes < cfg.data.num_clients else 0
+
+
 def discover_clients(grid: Grid, cfg: ExperimentConfig) -> ClientDirectory:
     """Ask every node for its partition id until clients ``0..N-1`` are all connected.
 
     A node reporting fewer partitions than ``data.num-clients`` (N) fails at once, naming
     the fix; otherwise discovery waits up to ``server.connect-timeout`` seconds. Nodes with
-    larger partition ids (more SuperNodes than clients) stay idle, with a warning.
+    larger partition ids (more SuperNodes than clients) stay idle, with a warning. When
+    SuperNodes take turns playing the clients (:func:`shared_supernodes`), the partitions
+    awaited are the SuperNodes' own ``0..S-1``.
     """
-    expected = cfg.data.num_clients
+    expected = shared_supernodes(cfg) or cfg.data.num_clients
     directory = ClientDirectory(expected)
     deadline = time.monotonic() + cfg.server.connect_timeout
     last_report = 0.0

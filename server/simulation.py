@@ -6,7 +6,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from fedmtl.config import ExperimentConfig
+from fedmtl.config import ExperimentConfig, virtual_supernodes
 
 
 class _DropDeprecation(logging.Filter):
@@ -32,8 +32,9 @@ def simulate(
     cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, verbose: bool = False,
     checkpoint: dict | None = None,
 ) -> Path:
-    """Run ``cfg`` through the Ray Simulation Engine with ``data.num-clients`` SuperNodes
-    (continuing after ``checkpoint`` when given).
+    """Run ``cfg`` through the Ray Simulation Engine (continuing after ``checkpoint`` when
+    given), with :func:`~fedmtl.config.virtual_supernodes` virtual SuperNodes: one per client,
+    or fewer, each playing the client its message names.
 
     Raises whatever the ServerApp raised (the engine re-raises it).
     """
@@ -42,6 +43,8 @@ def simulate(
     from clients.app import app as client_app
     from server.app import make_server_app
 
+    supernodes = virtual_supernodes(cfg)
+    cfg = cfg.with_values(engine={"supernodes": supernodes})  # the run folder records it
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addFilter(_DropDeprecation())
     if not verbose:
@@ -52,7 +55,7 @@ def simulate(
         run_simulation(
             server_app=make_server_app(cfg, run_dir, quiet=quiet, checkpoint=checkpoint),
             client_app=client_app,
-            num_supernodes=cfg.data.num_clients,
+            num_supernodes=supernodes,
             backend_config=backend_config(cfg),
             verbose_logging=verbose,
         )

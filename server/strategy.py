@@ -32,7 +32,7 @@ from fedmtl.config import ExperimentConfig
 from fedmtl.progress import Progress
 from fedmtl.results import CLIENT_LEVEL, RoundStats, RunRecorder
 from fedmtl.screening import metrics_problem, norm_outliers, update_problem
-from server.discovery import ClientDirectory
+from server.discovery import ClientDirectory, shared_supernodes
 
 
 def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
@@ -98,7 +98,11 @@ class FedMTLStrategy(Strategy):
     ) -> None:
         self.cfg = cfg
         self.directory = directory
-        self.clients = dict(sorted(directory.clients.items()))
+        self.shared = shared_supernodes(cfg)
+        """SuperNodes taking turns playing the clients (0: each client has its own)."""
+        self.clients: dict[int, int] = {}
+        """Client id -> its node id (the node of its first turn with shared SuperNodes)."""
+        self._map_clients()
         self.recorder = recorder
         self.progress = progress
         self.plan = make_plan(cfg.server, cfg.client.lr)
@@ -146,7 +150,16 @@ class FedMTLStrategy(Strategy):
         """Map clients whose SuperNode reconnected (a new node id) to their new node."""
         for client in self.directory.update(grid, self.cfg.server.connect_timeout, strict=False):
             log(INFO, "client %d reconnected: now served by node %d", client, self.directory.clients[client])
-        self.clients = dict(sorted(self.directory.clients.items()))
+        self._map_clients()
+
+    def _map_clients(self) -> None:
+        nodes = dict(sorted(self.directory.clients.items()))
+        if self.shared:
+            self.nodes = [nodes[slot] for slot in range(self.shared)]
+            self.clients = {c: self.nodes[c % self.shared] for c in range(self.cfg.data.num_clients)}
+        else:
+            self.nodes = list(nodes.values())
+            self.clients = nodes
 
     def sample(self, fraction: float, minimum: int, pool: list[int] | None = None) -> list[int]:
         """Sample client ids (from ``pool``, default all) without replacement with the
@@ -160,12 +173,14 @@ class FedMTLStrategy(Strategy):
     def _messages(
         self, server_round: int, arrays: ArrayRecord, client_ids: list[int], kind: str, attempt: int = 0
     ) -> list[Message]:
-        config = ConfigRecord({**self.client_config, "server-round": server_round, "server-attempt": attempt})
-        content = RecordDict({"arrays": arrays, "config": config})
-        return [
-            Message(content=content, message_type=kind, dst_node_id=self.clients[c])
-            for c in client_ids
-        ]
+        base = {**self.client_config, "server-round": server_round, "server-attempt": attempt}
+        messages = []
+        for i, client in enumerate(client_ids):
+            # with shared SuperNodes, the i-th message of an exchange goes to the i-th node
+            node = self.nodes[i % self.shared] if self.shared else self.clients[client]
+            content = RecordDict({"arrays": arrays, "config": ConfigRecord({**base, "client-id": client})})
+            messages.append(Message(content=content, message_type=kind, dst_node_id=node))
+        return messages
 
     def _count_failures(self, replies: list[Message], sent: list[int], server_round: int, stage: str) -> list[Message]:
         """The replies without errors; errors and missing replies are counted and logged."""

@@ -166,3 +166,20 @@ def test_extra_tasks_follow_the_digit_labels():
     torch.testing.assert_close(y["sum"], y["left"] + y["right"])
     torch.testing.assert_close(y["same"], (y["left"] == y["right"]).long())
     torch.testing.assert_close(y["larger"], (y["left"] > y["right"]).long())
+
+
+def test_federation_keeps_a_bounded_cache_of_built_clients(monkeypatch):
+    import fedmtl.data.federation as federation
+    from fedmtl.data import synthetic
+
+    monkeypatch.setattr(federation, "CLIENT_CACHE_SIZE", 3)
+    cfg = DataSection(dataset="synthetic", partitioner="natural", num_clients=10)
+    fed = synthetic.build(cfg, seed=0)
+    first = fed.client(0).train.x.clone()
+    for client in (1, 2, 0, 3, 4):  # 0 is used again, so 1 and 2 are the least recent
+        fed.client(client)
+    assert list(fed._cache) == [0, 3, 4]
+    assert torch.equal(fed.client(0).train.x, first)
+    rebuilt = fed.client(1)  # dropped from the cache, rebuilt identically
+    assert torch.equal(rebuilt.train.x, synthetic.build(cfg, seed=0).client(1).train.x)
+    assert len(fed._cache) == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fedmtl.config import ConfigError, load_config
 from fedmtl.results import METRIC_COLUMNS, load_run
 from tests.helpers import is_png
 
@@ -29,15 +30,17 @@ def _run(out: Path, *overrides: str, config: str = "configs/smoke.toml") -> subp
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, str, str]]:
-    """The same 4-client, 3-round simulation with each head store."""
+    """The same 4-client, 3-round simulation with each head store, and with 2 virtual
+    SuperNodes taking turns playing the 4 clients (3 are asked per round)."""
     runs = {}
-    for store in ("disk", "context"):
-        out = tmp_path_factory.mktemp(f"smoke-{store}") / "run"
+    for name, extra in (("disk", []), ("context", []), ("shared", ["engine.supernodes=2"])):
+        store = "disk" if name == "shared" else name
+        out = tmp_path_factory.mktemp(f"smoke-{name}") / "run"
         proc = _run(
             out, f"client.head-store={store}", "data.num-clients=4", "run.rounds=3",
-            "server.fraction-train=0.75",
+            "server.fraction-train=0.75", *extra,
         )
-        runs[store] = (out, store, proc.stdout)
+        runs[name] = (out, store, proc.stdout)
     return runs
 
 
@@ -50,6 +53,20 @@ def test_same_seed_same_metrics_whatever_the_head_store(smoke_runs):
     disk = (smoke_runs["disk"][0] / "metrics.csv").read_text()
     context = (smoke_runs["context"][0] / "metrics.csv").read_text()
     assert disk == context
+
+
+def test_supernodes_taking_turns_give_the_same_run_as_one_per_client(smoke_runs):
+    shared, own = smoke_runs["shared"][0], smoke_runs["disk"][0]
+    assert (shared / "metrics.csv").read_text() == (own / "metrics.csv").read_text()
+    assert "supernodes = 2" in (shared / "config.toml").read_text()
+    assert "supernodes = 4" in (own / "config.toml").read_text()
+    # every client has its own heads, whichever SuperNode played it
+    assert {p.name.split(".")[0] for p in (shared / "heads").glob("*.pt")} == {f"client-{c}" for c in range(4)}
+
+
+def test_shared_supernodes_need_heads_on_disk():
+    with pytest.raises(ConfigError, match="client.head-store = 'context' keeps heads in a SuperNode's memory"):
+        load_config(ROOT / "configs/smoke.toml", ["client.head-store=context", "engine.supernodes=1"])
 
 
 def test_run_folder_has_the_documented_files(smoke_run):

@@ -79,12 +79,19 @@ class ClientData:
         return list(self.train.targets)
 
 
+CLIENT_CACHE_SIZE = 1024
+"""Clients whose data a process keeps built (least recently used ones are dropped)."""
+
+
 @dataclass
 class Federation:
     """The clients of one dataset under one partition.
 
     Clients are built on first access by ``build_client`` and cached, so a process that
-    serves a few clients never materialises the others.
+    serves a few clients never materialises the others. The cache keeps the
+    :data:`CLIENT_CACHE_SIZE` clients used last, so a process that serves many clients over a
+    long run holds a bounded amount of data (a client dropped from it is rebuilt, identically,
+    when it comes back).
 
     Parameters
     ----------
@@ -125,6 +132,10 @@ class Federation:
             if self.transform is not None:
                 data = self.transform(data)
             self._cache[client_id] = data
+            while len(self._cache) > CLIENT_CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+        else:
+            self._cache[client_id] = self._cache.pop(client_id)  # most recently used last
         return self._cache[client_id]
 
     def client_tasks(self, client_id: int) -> list[TaskSpec]:
