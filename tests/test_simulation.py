@@ -60,8 +60,9 @@ def test_supernodes_taking_turns_give_the_same_run_as_one_per_client(smoke_runs)
     assert (shared / "metrics.csv").read_text() == (own / "metrics.csv").read_text()
     assert "supernodes = 2" in (shared / "config.toml").read_text()
     assert "supernodes = 4" in (own / "config.toml").read_text()
-    # every client has its own heads, whichever SuperNode played it
-    assert {p.name.split(".")[0] for p in (shared / "heads").glob("*.pt")} == {f"client-{c}" for c in range(4)}
+    # each client's heads are its own, whichever SuperNode played it
+    shared_heads = sorted(p.name for p in (shared / "heads").glob("*.pt"))
+    assert shared_heads and shared_heads == sorted(p.name for p in (own / "heads").glob("*.pt"))
 
 
 def test_shared_supernodes_need_heads_on_disk():
