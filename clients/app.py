@@ -17,6 +17,7 @@ set by the Simulation Engine in simulation). Messages:
 from __future__ import annotations
 
 import functools
+import socket
 import time
 from dataclasses import dataclass
 
@@ -124,6 +125,19 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     )
 
 
+def placement(device: torch.device) -> ConfigRecord:
+    """Where this reply was computed: the host, the Ray node (in a simulation) and the device."""
+    node = ""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+    except ImportError:  # a SuperNode without Ray
+        pass
+    return ConfigRecord({"host": socket.gethostname(), "node": node, "device": str(device)})
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Discovery: report this node's partition id and the number of partitions."""
@@ -182,7 +196,7 @@ def injected_fault(msg: Message, context: Context) -> Fault:
     return draw_fault(cfg.faults, cfg.run.seed, server_round, attempt, client)
 
 
-def with_corruption(records: dict[str, ArrayRecord | MetricRecord], kind: str) -> dict[str, ArrayRecord | MetricRecord]:
+def with_corruption(records: dict[str, object], kind: str) -> dict[str, object]:
     """``records`` with every update array record corrupted by ``kind`` (``faults.corrupt``)."""
     if not kind:
         return records
@@ -234,7 +248,8 @@ def train(msg: Message, context: Context) -> Message:
     for task, loss in result.task_losses.items():
         metrics[f"train.{task}.loss"] = loss
         metrics[f"train.{task}.weight"] = result.task_weights[task]
-    records: dict[str, ArrayRecord | MetricRecord] = {"metrics": MetricRecord(metrics)}
+    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+        "metrics": MetricRecord(metrics), "placement": placement(s.device)}
     if track_parts:
         records.update(unflatten_parts(result.parts, model, global_state, [t.name for t in s.tasks]))
     else:
@@ -255,4 +270,4 @@ def evaluate_personalized(msg: Message, context: Context) -> Message:
     for task, values in results.items():
         for metric, value in values.items():
             metrics[f"test.{task}.{metric}"] = value
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({"metrics": MetricRecord(metrics), "placement": placement(s.device)}), reply_to=msg)

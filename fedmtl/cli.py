@@ -80,11 +80,17 @@ def run(
 
 def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, checkpoint: dict | None = None) -> None:
     """A federated run; a run stopped by failing clients ends with the reason and how to resume."""
-    from server.simulation import simulate
+    from server.simulation import EngineError, simulate
     from server.strategy import ClientsFailed
 
     try:
         simulate(cfg, run_dir, quiet=quiet, verbose=verbose, checkpoint=checkpoint)
+    except EngineError as exc:
+        if checkpoint is None and run_dir.is_dir() and not any(p.is_file() for p in run_dir.rglob("*")):
+            import shutil
+
+            shutil.rmtree(run_dir)  # nothing ran: leave no empty run folder behind
+        fail(str(exc))
     except ClientsFailed as exc:
         fail(f"{exc}\nthe run stopped; its results and checkpoints are in {run_dir}; once the cause is "
              f"fixed, continue with: fedmtl run --resume {run_dir}", code=1)

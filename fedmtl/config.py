@@ -439,6 +439,10 @@ class EngineSection(Section):
         0.0, ge=0, le=1, description="GPU fraction per virtual client (0 = CPU only)."
     )
     num_cpus: int = Field(0, ge=0, description="CPUs Ray may use (0 = all of this machine).")
+    address: str = Field(
+        "", description="An existing Ray cluster to run on ('host:port' of its head, or 'auto'); "
+        "'' starts a Ray instance on this machine.",
+    )
     supernodes: int = Field(
         0, ge=0, description="Virtual SuperNodes (0 = one per client up to "
         f"{ONE_NODE_PER_CLIENT_UP_TO:,} clients, else as many as the most clients asked at once). "

@@ -43,7 +43,9 @@ from fedmtl.fairness import delta_m
 from fedmtl.sweep import format_value
 from fedmtl.tasks import TASK_KINDS
 
-IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "client.head-store-dir")
+IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "client.head-store-dir", "engine.supernodes")
+"""Config keys that do not make a different configuration (seeds, names, folders, and how many
+virtual SuperNodes played the clients, which does not change a run's results)."""
 TABLE_STATS = (("mean", "mean"), ("worst10", "worst-10%"), ("jain", "Jain"), ("gini", "Gini"))
 
 
@@ -459,6 +461,21 @@ def choose_reference(configurations: list[Configuration], reference: str | None)
     return matches[0]
 
 
+def placement_table(configurations: list[Configuration]) -> str:
+    """A Markdown table of replies per ``host/node/device`` per configuration (``""`` if no run
+    recorded its placement)."""
+    rows = []
+    for configuration in configurations:
+        counts: dict[str, int] = {}
+        for run in configuration.runs:
+            for where, n in run.summary.get("placement", {}).items():
+                counts[where] = counts.get(where, 0) + n
+        rows += [f"| {configuration.label} | `{where}` | {n} |" for where, n in sorted(counts.items())]
+    if not rows:
+        return ""
+    return "\n".join(["| configuration | host / Ray node / device | replies |", "|---|---|---|", *rows])
+
+
 def make_report(paths: list[str | Path], out: str | Path, reference: str | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.csv`` and the figures to ``out``; return what was written.
 
@@ -497,6 +514,11 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
         lines += ["## Group fairness", "",
                   "Gaps between the groups of the sensitive attribute at the final round: over all "
                   "clients' test examples pooled / mean over clients (lower is fairer).", "", groups, ""]
+    placement = placement_table(configurations)
+    if placement:
+        lines += ["## Placement", "",
+                  "Replies (training and evaluation) per host, Ray node and device, summed over each "
+                  "configuration's runs (`placement.csv` in each run folder).", "", placement, ""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     (out / "report.md").write_text("\n".join(lines))
     return {"report": out / "report.md", "csv": out / "report.csv", "figures": figures,

@@ -4,6 +4,7 @@ Each run writes one folder::
 
     config.toml     the fully resolved config
     metrics.csv     long format: round, client, task, split, metric, value
+    placement.csv   where each reply was computed: round, client, stage, host, node, device
     rounds.csv      one row per round: server-side counts and across-client statistics
     summary.json    final per-task statistics, duration, paths
     checkpoints/    round-<r>.pt: the server's state after round r (the two latest)
@@ -32,6 +33,7 @@ from fedmtl.group_fairness import summarize_group_gaps
 from fedmtl.tasks import TaskSpec
 
 METRIC_COLUMNS = ["round", "client", "task", "split", "metric", "value"]
+PLACEMENT_COLUMNS = ["round", "client", "stage", "host", "node", "device"]
 CLIENT_LEVEL = "all"
 
 
@@ -115,6 +117,7 @@ class RunRecorder:
         self.started = time.monotonic()
         self.rounds: list[dict[str, Any]] = []
         self.metrics_path = self.run_dir / "metrics.csv"
+        self.placement_path = self.run_dir / "placement.csv"
         for sub in ("checkpoints", "plots"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         if resume_round is not None:
@@ -123,12 +126,18 @@ class RunRecorder:
         write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
         with self.metrics_path.open("w", newline="") as handle:
             csv.writer(handle).writerow(METRIC_COLUMNS)
+        with self.placement_path.open("w", newline="") as handle:
+            csv.writer(handle).writerow(PLACEMENT_COLUMNS)
 
     def _truncate(self, last_round: int) -> None:
         """Drop what rounds after ``last_round`` wrote (a resumed run redoes them)."""
         metrics = pd.read_csv(self.metrics_path, dtype={"task": str, "split": str, "metric": str})
         kept = metrics[metrics["round"] <= last_round].to_csv(index=False)
         write_bytes(self.metrics_path, kept.encode())
+        if self.placement_path.is_file():
+            placement = pd.read_csv(self.placement_path, dtype=str, keep_default_na=False)
+            placement = placement[placement["round"].astype(int) <= last_round]
+            write_bytes(self.placement_path, placement.to_csv(index=False).encode())
         rounds_path = self.run_dir / "rounds.csv"
         if rounds_path.is_file():
             rounds = pd.read_csv(rounds_path)
@@ -148,6 +157,20 @@ class RunRecorder:
         """Append ``(round, client, task, split, metric, value)`` rows to ``metrics.csv``."""
         with self.metrics_path.open("a", newline="") as handle:
             csv.writer(handle).writerows(rows)
+
+    def log_placement(self, rows: list[tuple[int, int, str, str, str, str]]) -> None:
+        """Append ``(round, client, stage, host, node, device)`` rows to ``placement.csv``."""
+        if rows:
+            with self.placement_path.open("a", newline="") as handle:
+                csv.writer(handle).writerows(rows)
+
+    def placement_summary(self) -> dict[str, int]:
+        """Replies per ``host/node/device`` over the run (``summary.json``'s ``placement``)."""
+        if not self.placement_path.is_file():
+            return {}
+        rows = pd.read_csv(self.placement_path, dtype=str, keep_default_na=False)
+        keys = rows["host"] + "/" + rows["node"].str[:12] + "/" + rows["device"]
+        return {str(k): int(v) for k, v in keys.value_counts().sort_index().items()}
 
     def evaluation_stats(
         self, server_round: int, per_client: dict[int, dict[str, dict[str, float]]],
@@ -235,6 +258,7 @@ class RunRecorder:
             else {},
             OVERALL: {"metric": final.metric[OVERALL], **final.overall} if final and final.overall else {},
             "group": final.group if final else {},
+            "placement": self.placement_summary(),
             "run_dir": str(self.run_dir),
             **(extra or {}),
         }

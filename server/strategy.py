@@ -198,6 +198,16 @@ class FedMTLStrategy(Strategy):
         self.failures += len(replies) - len(ok) + max(missing, 0)
         return ok
 
+    def _log_placement(self, replies: list[Message], server_round: int, stage: str) -> None:
+        """Record where each reply was computed (``placement.csv``)."""
+        rows = []
+        for reply in replies:
+            if "placement" in reply.content.config_records and "metrics" in reply.content.metric_records:
+                where = reply.content["placement"]
+                rows.append((server_round, int(reply.content["metrics"].get("partition-id", -1)), stage,
+                             str(where.get("host", "")), str(where.get("node", "")), str(where.get("device", ""))))
+        self.recorder.log_placement(sorted(rows))
+
     def _note_failure(self, reason: str) -> None:
         if len(self.failure_reasons) < 20:
             self.failure_reasons.append(reason)
@@ -210,7 +220,9 @@ class FedMTLStrategy(Strategy):
         """Add each usable training reply's update rows to ``formed`` (client -> {task or
         WHOLE: flat vector}) and its metrics to ``meta``; count and log the rejected ones."""
         parts = needs_task_parts(self.cfg.server.plan)
-        for reply in self._count_failures(replies, sent, server_round, "training"):
+        ok = self._count_failures(replies, sent, server_round, "training")
+        self._log_placement(ok, server_round, "train")
+        for reply in ok:
             problem, client, rows, values = self._read_update(reply, sent, formed, parts)
             if problem:
                 self.rejected += 1
@@ -436,7 +448,9 @@ class FedMTLStrategy(Strategy):
         if self.is_evaluation_round(server_round):
             train_failures, train_reasons = self.failures, self.failure_reasons
             self.failures, self.failure_reasons = 0, []
-            for reply in self._count_failures(replies, self.sent_evaluate, server_round, "evaluation"):
+            ok = self._count_failures(replies, self.sent_evaluate, server_round, "evaluation")
+            self._log_placement(ok, server_round, "evaluate")
+            for reply in ok:
                 metrics = reply.content["metrics"]
                 client = int(metrics["partition-id"])
                 per_client[client] = parse_metrics(metrics, "test")

@@ -128,9 +128,10 @@ def test_federated_sweep_and_report_over_both_sweeps(sweep_dir):
                     "--reference", "client.lr=0.05", cwd=sweep_dir)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     text = (sweep_dir / "report" / "report.md").read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| client.lr=")]
+    rows = [line for line in text.splitlines() if line.startswith("| client.lr=") and " ± " in line]
     assert [row.split(" | ")[0] for row in rows] == ["| client.lr=0.05", "| client.lr=0.1"]
     assert all(row.count(" ± ") == 9 for row in rows)  # 4 statistics × 2 tasks + Δm%, over 2 seeds
+    assert "## Placement" not in text  # centralized runs have no clients to place
     tidy = pd.read_csv(sweep_dir / "report" / "report.csv")
     ref = tidy[(tidy["configuration"] == "client.lr=0.05") & (tidy["statistic"] == "delta_m")].iloc[0]
     assert abs(ref["mean"]) < 1e-9 and ref["seeds"] == 2  # Δm of the reference against itself
@@ -148,6 +149,12 @@ def test_federated_sweep_and_report_over_both_sweeps(sweep_dir):
     text = (sweep_dir / "report-all" / "report.md").read_text()
     assert "6 runs in 4 configurations" in text
     assert "server.weighting=qffl" in text and "run.mode=centralized" in text
+    # where the federated runs' replies were computed: this machine's CPU
+    placed = text.split("## Placement", 1)[1].split("## Figures", 1)[0]
+    placed_rows = [line.split(" | ") for line in placed.splitlines() if line.startswith("| ") and "`" in line]
+    assert len({r[0] for r in placed_rows}) == 2  # the two federated configurations
+    # 3 clients train and evaluate in the one round of each run
+    assert all(r[1].endswith("/cpu`") and int(r[2].rstrip(" |")) == 6 for r in placed_rows)
     for name in FIGURES:
         assert is_png(sweep_dir / "report-all" / name), name
 
