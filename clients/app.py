@@ -1,7 +1,9 @@
 """The fedmtl ClientApp.
 
 A client is identified by its node's ``partition-id`` (``--node-config`` in a deployment,
-set by the Simulation Engine in simulation). Messages:
+set by the Simulation Engine in simulation), unless the message names one (``client-id``):
+a large simulation's virtual SuperNodes take turns playing many clients. Every reply to
+``train`` and ``evaluate`` carries its placement (host, Ray node, device). Messages:
 
 - ``query`` (discovery): replies its partition id and the number of partitions;
 - ``train``: loads the global backbone, restores its own heads and local weighting state
