@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/quickstart.toml
 ARGS   ?=
+# test files run in parallel, each file in one worker (its module fixtures run once); most of
+# a simulation test's time is Ray start-up and polling, so 2 workers help even on 2 cores
+WORKERS ?= 2
 
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 
@@ -24,7 +27,7 @@ run: $(STAMP)
 	$(BIN)/fedmtl run $(CONFIG) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile $(ARGS)
 
 flwr-run: $(STAMP)
 	$(BIN)/fedmtl flwr-run $(CONFIG)
