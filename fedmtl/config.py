@@ -360,6 +360,11 @@ class ServerSection(Section):
         0.0, ge=0, description="Reject updates whose norm exceeds this many times the round's "
         "median update norm (0 = off; else > 1).",
     )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="Where the server aggregates (stacks the update rows, forms their "
+        "Gramian and combines them): 'cuda' needs a GPU on the server's host, 'auto' uses one "
+        "when present. Weight solvers and the model stay on the CPU.",
+    )
 
     @field_validator("weighting", "task_weighting")
     @classmethod

@@ -59,6 +59,12 @@ def connect(cfg: ExperimentConfig) -> None:
     forever for resources that never come."""
     import ray
 
+    from fedmtl.training.setup import server_device
+
+    try:
+        server_device(cfg.server.device)  # the ServerApp runs in this process
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
     if cfg.engine.address:
         check_reachable(cfg.engine.address)
     if not ray.is_initialized():

@@ -32,6 +32,7 @@ from fedmtl.config import ExperimentConfig
 from fedmtl.progress import Progress
 from fedmtl.results import CLIENT_LEVEL, RoundStats, RunRecorder
 from fedmtl.screening import metrics_problem, norm_outliers, update_problem
+from fedmtl.training.setup import server_device
 from server.discovery import ClientDirectory, shared_supernodes
 
 
@@ -106,6 +107,8 @@ class FedMTLStrategy(Strategy):
         self.recorder = recorder
         self.progress = progress
         self.plan = make_plan(cfg.server, cfg.client.lr)
+        self.device = server_device(cfg.server.device)
+        """Where update rows are stacked and combined (``server.device``)."""
         self.optimizer = ServerOptimizer(
             cfg.server.optimizer, cfg.server.lr, cfg.server.momentum,
             cfg.server.beta1, cfg.server.beta2, cfg.server.adaptivity,
@@ -334,7 +337,7 @@ class FedMTLStrategy(Strategy):
             task_loss = {t: v.get("loss-before", v["loss"]) for t, v in task_values.items()}
             for task, vector in formed[client].items():
                 loss = float(np.mean(list(task_loss.values()))) if task == WHOLE else task_loss[task]
-                rows.append(Row(client, task, vector, loss, count))
+                rows.append(Row(client, task, vector.to(self.device), loss, count))
             losses.append(float(np.mean([v["loss"] for v in task_values.values()])))
             counts.append(count)
             for task, values in task_values.items():
@@ -354,7 +357,7 @@ class FedMTLStrategy(Strategy):
                 f"round {server_round}: the combined update is not finite "
                 f"(plan '{self.cfg.server.plan}', weighting '{self.cfg.server.weighting}')"
             )
-        step = self.optimizer.step(result.direction.to(torch.float32))
+        step = self.optimizer.step(result.direction.to("cpu", torch.float32))
         new_vector = flatten_state(self.global_state, self.keys) + step
         new_state = unflatten_state(new_vector, self.global_state, self.keys)
         self.current_state = new_state

@@ -107,10 +107,14 @@ def test_an_unreachable_address_fails_within_seconds(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+NO_NODE = "no Ray node can host a virtual client"
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+
+
 @pytest.mark.parametrize(("override", "expected"), [
-    ("engine.client-num-cpus=64", "engine.client-num-cpus = 64"),
-    pytest.param("engine.client-num-gpus=0.5", "engine.client-num-gpus = 0.5",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    ("engine.client-num-cpus=64", (NO_NODE, "engine.client-num-cpus = 64")),
+    pytest.param("engine.client-num-gpus=0.5", (NO_NODE, "engine.client-num-gpus = 0.5"), marks=NO_GPU),
+    pytest.param("server.device=cuda", ("server.device = 'cuda'", "no CUDA GPU"), marks=NO_GPU),
 ])
 def test_resources_no_node_can_offer_fail_with_a_clear_message(tmp_path, override, expected):
     proc = subprocess.run(
@@ -119,5 +123,5 @@ def test_resources_no_node_can_offer_fail_with_a_clear_message(tmp_path, overrid
         capture_output=True, text=True, timeout=180, cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "no Ray node can host a virtual client" in proc.stderr and expected in proc.stderr
+    assert all(text in proc.stderr for text in expected), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

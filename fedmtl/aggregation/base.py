@@ -92,9 +92,10 @@ class Weighting:
         self.fallback = ""
 
     def __call__(self, objectives: Objectives) -> torch.Tensor:
-        """Weights for ``objectives`` (float64, shape ``(m,)``), normalised if scale-free."""
+        """Weights for ``objectives`` (float64 on the CPU, shape ``(m,)``), normalised if
+        scale-free."""
         self.fallback = ""
-        weights = self.weights(objectives).to(torch.float64)
+        weights = self.weights(objectives).to("cpu", torch.float64)
         if weights.shape != (len(objectives),):
             raise RuntimeError(
                 f"weighting '{self.name}' returned shape {tuple(weights.shape)} "
@@ -113,7 +114,7 @@ class Weighting:
         if objectives.updates is None:
             raise ValueError(f"weighting '{self.name}' needs update rows to combine")
         weights = self(objectives)
-        direction = weights.to(objectives.updates.dtype) @ objectives.updates
+        direction = weights.to(objectives.updates) @ objectives.updates
         return direction, weights
 
     def contributions(self, objectives: Objectives) -> torch.Tensor:
@@ -121,7 +122,7 @@ class Weighting:
         if objectives.updates is None:
             raise ValueError(f"weighting '{self.name}' needs update rows to combine")
         weights = self(objectives)
-        return weights.to(objectives.updates.dtype)[:, None] * objectives.updates
+        return weights.to(objectives.updates)[:, None] * objectives.updates
 
     def end_epoch(self) -> None:
         """Called by the local loop after every epoch (DWA's loss history uses it)."""

@@ -225,7 +225,7 @@ class FedFV(Weighting):
         self.fallback = ""
         updates = objectives.updates
         weights = self.weights(objectives)
-        direction = weights.to(updates.dtype) @ updates
+        direction = weights.to(updates) @ updates
         conflicting = [h for h in self.history if h.shape == direction.shape and h @ direction < 0]
         if conflicting:
             total = torch.stack(conflicting).sum(dim=0)

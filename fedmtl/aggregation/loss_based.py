@@ -259,7 +259,7 @@ class DBMTL(Weighting):
         if objectives.updates is None:
             raise ValueError("weighting 'db-mtl' needs update rows")
         keys = objectives.keys()
-        losses = _losses(objectives, self.name).to(objectives.updates.dtype)
+        losses = _losses(objectives, self.name).to(objectives.updates)
         self.step += 1
         beta = self.params.beta / self.step**self.params.sigma
         rows = []

@@ -5,11 +5,13 @@ or a task. A batch of ``m`` objectives carries
 
 - ``updates``: an ``(m, p)`` matrix whose rows are the update directions (or ``None`` when a
   weighting only needs losses, as on a client with ``mean``);
-- ``losses``: each objective's loss *before* local training, shape ``(m,)``;
-- ``num_examples``: example counts, shape ``(m,)``;
+- ``losses``: each objective's loss *before* local training, shape ``(m,)``, float64 on the CPU;
+- ``num_examples``: example counts, shape ``(m,)``, float64 on the CPU;
 - ``client_ids`` / ``task_ids``: who each row belongs to.
 
-The Gramian ``G Gᵀ`` is computed lazily, once, in float64.
+The Gramian ``G Gᵀ`` is computed lazily, once, in float64, on the rows' device (a GPU when
+the server aggregates there), and kept on the CPU: it is ``m × m``, and the solvers that read it
+run on the CPU.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ class Objectives:
     _gramian: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        # statistics live on the CPU in float64 whatever the rows' device: the weightings
+        # combine them with their own (CPU) state
+        if self.losses is not None:
+            self.losses = self.losses.detach().to("cpu", torch.float64)
+        if self.num_examples is not None:
+            self.num_examples = self.num_examples.detach().to("cpu", torch.float64)
         sizes = {
             name: len(value)
             for name, value in (
@@ -69,12 +77,12 @@ class Objectives:
 
     @property
     def gramian(self) -> torch.Tensor:
-        """``G Gᵀ`` in float64, computed on first use."""
+        """``G Gᵀ`` in float64 on the CPU, computed on first use (on the rows' device)."""
         if self._gramian is None:
             if self.updates is None:
                 raise ValueError("this weighting needs update rows, but none were given")
             g = self.updates.to(torch.float64)
-            self._gramian = g @ g.T
+            self._gramian = (g @ g.T).cpu()
         return self._gramian
 
     def keys(self) -> list[str]:

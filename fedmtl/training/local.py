@@ -149,7 +149,7 @@ def multitask_step(
         objectives.updates = rows
         if weighting.linear:
             weights = weighting(objectives)
-            contributions = weights.to(rows.dtype)[:, None] * rows
+            contributions = weights.to(rows)[:, None] * rows
         else:
             contributions = weighting.contributions(objectives)
             weights = (contributions.norm(dim=1) / rows.norm(dim=1).clamp_min(1e-30)).to(torch.float64)

@@ -21,6 +21,27 @@ def select_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def server_device(requested: str) -> torch.device:
+    """The device the server aggregates on (``server.device``).
+
+    ``"auto"`` gives CUDA when this process sees a GPU, else the CPU. ``"cuda"`` without a
+    visible GPU is an error: the server's host is the one the user chose.
+
+    Raises
+    ------
+    ValueError
+        For ``"cuda"`` when torch sees no GPU, naming the key.
+    """
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise ValueError(
+            "server.device = 'cuda' but torch sees no CUDA GPU on the server's host; "
+            "use 'auto' (a GPU when present) or 'cpu'"
+        )
+    return torch.device("cpu")
+
+
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (run seed, round, client id, ...)."""
     seed = 0x9E3779B97F4A7C15
