@@ -10,7 +10,8 @@ heads, 100 clients, 20 sampled per round, 1 local epoch of SGD, 5 rounds):
 (d) ``fedmtl-fair``: ``fedmtl`` with FairGrad across tasks locally and flat FairGrad across
     (client, task) rows on the server.
 
-Seconds per round are the mean over the rounds after the first (``(t_R - t_1) / (R - 1)``, where
+The configurations run in turn, ``--repeat`` times (floor, flower, fedmtl, fedmtl-fair, floor,
+...), and each reports its median. Seconds per round are the mean over the rounds after the first (``(t_R - t_1) / (R - 1)``, where
 ``t_r`` is when round r's aggregation finished), so Ray's start-up and the first visit's imports
 and data building are left out, as are evaluations (none run before the last round). Peak RSS is
 the largest sum of the resident memory of this process and all its descendants (the Ray
@@ -248,24 +249,35 @@ def fedmtl_run(cfg: ExperimentConfig, out: Path) -> list[float]:
     return [start + float(e) for e in rounds["elapsed_s"]][: cfg.run.rounds - 1]
 
 
-def measure(name: str, work, repeat: int) -> dict:  # noqa: ANN001 - a callable returning round end times
-    """Run ``work`` ``repeat`` times; the median seconds per round and the largest peak RSS."""
+def measure_once(name: str, work) -> tuple[float, float, float, int]:  # noqa: ANN001 - returns round end times
+    """One run of ``work``: (seconds per round, peak RSS in MB, wall seconds, rounds timed)."""
     import logging
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    print(f"measuring {name} ...", flush=True)
-    times, peaks, walls = [], [], []
-    for _ in range(repeat):
-        with warnings.catch_warnings(), PeakRSS() as rss:
-            warnings.simplefilter("ignore")
-            t0 = time.monotonic()
-            ends = work()
-            walls.append(time.monotonic() - t0)
-        times.append(per_round(ends))
-        peaks.append(rss.peak_mb)
-        print(f"  {name}: {times[-1]:.3f} s/round, peak RSS {peaks[-1]:.0f} MB, wall {walls[-1]:.1f} s", flush=True)
-    return {"s_per_round": float(np.median(times)), "repeats_s_per_round": times, "rounds_timed": len(ends) - 1,
-            "wall_s": walls, "peak_rss_mb": max(peaks)}
+    with warnings.catch_warnings(), PeakRSS() as rss:
+        warnings.simplefilter("ignore")
+        t0 = time.monotonic()
+        ends = work()
+        wall = time.monotonic() - t0
+    seconds = per_round(ends)
+    print(f"  {name}: {seconds:.3f} s/round, peak RSS {rss.peak_mb:.0f} MB, wall {wall:.1f} s", flush=True)
+    return seconds, rss.peak_mb, wall, len(ends) - 1
+
+
+def measure(work: dict, repeat: int) -> dict:
+    """Run every configuration ``repeat`` times, interleaved (floor, flower, fedmtl, fair,
+    floor, ...), so that a slow spell of a shared machine hits all of them alike; the median
+    seconds per round and the largest peak RSS of each."""
+    runs: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name in work}
+    for attempt in range(repeat):
+        print(f"repeat {attempt + 1} of {repeat}", flush=True)
+        for name, job in work.items():
+            runs[name].append(measure_once(name, job))
+    return {
+        name: {"s_per_round": float(np.median([r[0] for r in rs])), "repeats_s_per_round": [r[0] for r in rs],
+               "rounds_timed": rs[0][3], "wall_s": [r[2] for r in rs], "peak_rss_mb": max(r[1] for r in rs)}
+        for name, rs in runs.items()
+    }
 
 
 def main() -> None:
@@ -285,7 +297,7 @@ def main() -> None:
         "fedmtl": lambda: fedmtl_run(cfg, args.out / f"fedmtl-{time.strftime('%Y%m%d-%H%M%S')}"),
         "fedmtl-fair": lambda: fedmtl_run(fair, args.out / f"fedmtl-fair-{time.strftime('%Y%m%d-%H%M%S')}"),
     }
-    results = {name: measure(name, work[name], args.repeat) for name in args.only}
+    results = measure({name: work[name] for name in args.only}, args.repeat)
     write(results, args.quick, cfg, args.repeat)
 
 

@@ -1,7 +1,8 @@
 """The fedmtl ClientApp.
 
 A client is identified by its node's ``partition-id`` (``--node-config`` in a deployment,
-set by the Simulation Engine in simulation), unless the message names one (``client-id``):
+set by the Simulation Engine in simulation), unless the message names one (``client-id`` in
+its ``call`` record, beside the run config in ``config``):
 a large simulation's virtual SuperNodes take turns playing many clients. Every reply to
 ``train`` and ``evaluate`` carries its placement (host, Ray node, device). Messages:
 
@@ -56,13 +57,21 @@ def _parse_config(items: tuple[tuple[str, object], ...]) -> ExperimentConfig:
     return config_from_flat(dict(items))
 
 
-def read_config(record: ConfigRecord) -> tuple[ExperimentConfig, int]:
+PER_MESSAGE = ("server-round", "server-attempt", "client-id")
+"""Values of one message (its ``"call"`` record), as opposed to the run config."""
+
+
+def call_values(msg: Message) -> dict[str, int]:
+    """The per-message values (:data:`PER_MESSAGE`): from the message's ``"call"`` record, or
+    from its ``"config"`` record when a sender puts everything there."""
+    source = msg.content["call"] if "call" in msg.content.config_records else msg.content["config"]
+    return {key: int(source[key]) for key in PER_MESSAGE if key in source}
+
+
+def read_config(msg: Message) -> tuple[ExperimentConfig, int]:
     """The run config and the server round carried by a message."""
-    values = dict(record.items())
-    server_round = int(values.pop("server-round", 0))
-    for per_message in ("server-attempt", "client-id"):
-        values.pop(per_message, None)
-    return _parse_config(tuple(sorted(values.items()))), server_round
+    values = {k: v for k, v in msg.content["config"].items() if k not in PER_MESSAGE}
+    return _parse_config(tuple(sorted(values.items()))), call_values(msg).get("server-round", 0)
 
 
 def partition_id(context: Context) -> int:
@@ -87,8 +96,8 @@ def head_store(cfg: ExperimentConfig, context: Context) -> HeadStore:
 def client_id(msg: Message, context: Context) -> int:
     """The client this message is for: the ``client-id`` the server names (a simulation's
     SuperNodes may take turns playing many clients), else this node's partition id."""
-    named = msg.content["config"].get("client-id")
-    return int(named) if named is not None else partition_id(context)
+    named = call_values(msg).get("client-id")
+    return named if named is not None else partition_id(context)
 
 
 @dataclass
@@ -109,7 +118,7 @@ class LocalSetup:
 
 def local_setup(msg: Message, context: Context) -> LocalSetup:
     """Config from ``msg``; global backbone from ``msg`` + this client's heads; its data."""
-    cfg, server_round = read_config(msg.content["config"])
+    cfg, server_round = read_config(msg)
     torch.set_num_threads(cfg.engine.client_num_cpus)
     client = client_id(msg, context)
     fed = load_federation(cfg.data, cfg.run.seed)
@@ -192,8 +201,8 @@ def unflatten_parts(
 
 def injected_fault(msg: Message, context: Context) -> Fault:
     """This client's fault in this training attempt (``[faults]``; none by default)."""
-    cfg, server_round = read_config(msg.content["config"])
-    attempt = int(msg.content["config"].get("server-attempt", 0))
+    cfg, server_round = read_config(msg)
+    attempt = call_values(msg).get("server-attempt", 0)
     client = client_id(msg, context)
     return draw_fault(cfg.faults, cfg.run.seed, server_round, attempt, client)
 

@@ -22,6 +22,7 @@ from fedmtl.models import build_model
 from fedmtl.progress import Progress
 from fedmtl.results import RunRecorder, create_run_dir
 from server.discovery import discover_clients
+from server.latency import poll_replies_often, signal_pushes
 from server.strategy import FedMTLStrategy
 
 log = logging.getLogger("fedmtl")
@@ -32,21 +33,6 @@ def resolve_paths(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
     if cfg.client.head_store_dir == "":
         cfg = cfg.with_values(client={"head_store_dir": str(run_dir / "heads")})
     return cfg
-
-
-POLL_INTERVAL = 0.01
-"""Seconds between the simulation grid's checks for replies (Flower's default is 0.1)."""
-
-
-def poll_replies_often(grid: Grid) -> None:
-    """Check for replies every :data:`POLL_INTERVAL` seconds in simulation.
-
-    Flower's in-memory grid sleeps ``pull_interval`` (0.1 s) between checks, so every
-    exchange of a round waits 50 ms on average after its last reply; checking the in-memory
-    state is cheap, so fedmtl checks more often.
-    """
-    if hasattr(grid, "pull_interval"):
-        grid.pull_interval = min(grid.pull_interval, POLL_INTERVAL)
 
 
 def run_server(
@@ -62,6 +48,7 @@ def run_server(
     run_dir = run_dir or create_run_dir(cfg)
     cfg = resolve_paths(cfg, run_dir)
     poll_replies_often(grid)
+    signal_pushes(grid)
     tasks = dataset_tasks(cfg.data)
     done = int(checkpoint["round"]) if checkpoint else None
     recorder = RunRecorder(run_dir, cfg, tasks, resume_round=done)

@@ -98,6 +98,7 @@ def simulate(
 
     from clients.app import app as client_app
     from server.app import make_server_app
+    from server.latency import dispatch_on_push
 
     supernodes = virtual_supernodes(cfg)
     cfg = cfg.with_values(engine={"supernodes": supernodes})  # the run folder records it
@@ -109,6 +110,7 @@ def simulate(
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         connect(cfg)
+        dispatch_on_push()
         run_simulation(
             server_app=make_server_app(cfg, run_dir, quiet=quiet, checkpoint=checkpoint),
             client_app=client_app,

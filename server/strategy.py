@@ -115,6 +115,9 @@ class FedMTLStrategy(Strategy):
         )
         self.rng = np.random.default_rng([cfg.run.seed, 0x5A3])
         self.client_config = cfg.to_flat()
+        self.config_record = ConfigRecord(self.client_config)
+        """The run config every message carries (``"config"``); per-message values travel in
+        ``"call"``: server-round, server-attempt and client-id."""
         self.global_state: dict[str, torch.Tensor] = {}
         self.keys: list[str] = []
         self.round_row: dict[str, float | int] = {}
@@ -176,12 +179,14 @@ class FedMTLStrategy(Strategy):
     def _messages(
         self, server_round: int, arrays: ArrayRecord, client_ids: list[int], kind: str, attempt: int = 0
     ) -> list[Message]:
-        base = {**self.client_config, "server-round": server_round, "server-attempt": attempt}
         messages = []
         for i, client in enumerate(client_ids):
             # with shared SuperNodes, the i-th message of an exchange goes to the i-th node
             node = self.nodes[i % self.shared] if self.shared else self.clients[client]
-            content = RecordDict({"arrays": arrays, "config": ConfigRecord({**base, "client-id": client})})
+            call = ConfigRecord({"server-round": server_round, "server-attempt": attempt, "client-id": client})
+            # the run config is one record shared by every message (built once: Flower checks
+            # every value of a new record)
+            content = RecordDict({"arrays": arrays, "config": self.config_record, "call": call})
             messages.append(Message(content=content, message_type=kind, dst_node_id=node))
         return messages
 

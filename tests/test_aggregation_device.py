@@ -53,7 +53,7 @@ class OnAccelerator(torch.Tensor):
     """A CPU tensor with CUDA's device rules (see the module docstring)."""
 
     @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if name == "numpy":

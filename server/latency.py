@@ -1,0 +1,89 @@
+"""Shorter waits in Flower's in-memory Simulation Engine.
+
+A simulated round has two fixed waits besides the clients' work (Flower 1.41):
+
+- the *dispatcher* thread (``vce_api.add_messages_to_queue``) moves newly pushed messages to
+  the actors' queue, then sleeps 0.1 s, so a round's messages wait 50 ms on average before
+  the first client starts;
+- the in-memory grid checks for replies every ``pull_interval`` = 0.1 s, so a round waits
+  50 ms on average after its last reply.
+
+fedmtl wakes the dispatcher as soon as the server pushes messages (:func:`signal_pushes` +
+:func:`dispatch_on_push`) and checks for replies every :data:`POLL_INTERVAL` seconds
+(:func:`poll_replies_often`). The engine, its queues and its actors stay Flower's own; only
+the waits change. With another Flower version whose dispatcher has a different signature,
+:func:`dispatch_on_push` leaves it as it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from typing import Any
+
+log = logging.getLogger("fedmtl")
+
+POLL_INTERVAL = 0.01
+"""Seconds between the simulation grid's checks for replies (Flower's default is 0.1)."""
+
+MESSAGES_PUSHED = threading.Event()
+"""Set when the ServerApp pushes messages; the dispatcher wakes on it."""
+
+_DISPATCHER_ARGS = ["state", "queue", "nodes_mapping", "f_stop"]
+
+
+def poll_replies_often(grid: Any) -> None:
+    """Make an in-memory grid check for replies every :data:`POLL_INTERVAL` seconds."""
+    if hasattr(grid, "pull_interval"):
+        grid.pull_interval = min(grid.pull_interval, POLL_INTERVAL)
+
+
+def signal_pushes(grid: Any) -> None:
+    """Set :data:`MESSAGES_PUSHED` after every ``grid.push_messages`` call (this grid only)."""
+    if getattr(grid, "_fedmtl_signals_pushes", False):
+        return
+    push = grid.push_messages
+
+    def push_and_signal(messages: Any) -> Any:
+        ids = push(messages)
+        MESSAGES_PUSHED.set()
+        return ids
+
+    grid.push_messages = push_and_signal
+    grid._fedmtl_signals_pushes = True
+
+
+class _WakeOnPush:
+    """The dispatcher's stop event, whose ``wait`` also ends when messages are pushed."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def is_set(self) -> bool:
+        return self.stop.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        MESSAGES_PUSHED.wait(timeout)
+        MESSAGES_PUSHED.clear()  # messages pushed before this line are found by the next scan
+        return self.stop.is_set()
+
+
+def dispatch_on_push() -> bool:
+    """Make the Simulation Engine's dispatcher wake when messages are pushed; return whether
+    it was done (``False`` for a Flower whose dispatcher looks different)."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    dispatcher = vce_api.add_messages_to_queue
+    if getattr(dispatcher, "_fedmtl_wakes_on_push", False):
+        return True
+    if list(inspect.signature(dispatcher).parameters) != _DISPATCHER_ARGS:
+        log.debug("Flower's simulation dispatcher has changed; its 0.1 s wait stays")
+        return False
+
+    def wake_on_push(state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.Event) -> None:
+        dispatcher(state, queue, nodes_mapping, _WakeOnPush(f_stop))
+
+    wake_on_push._fedmtl_wakes_on_push = True  # type: ignore[attr-defined]
+    vce_api.add_messages_to_queue = wake_on_push
+    return True

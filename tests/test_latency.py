@@ -1,0 +1,88 @@
+"""The Simulation Engine's waits (server/latency.py): wake the dispatcher on a push."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from flwr.server.superlink.fleet.vce import vce_api
+
+from server.latency import (
+    MESSAGES_PUSHED,
+    POLL_INTERVAL,
+    _WakeOnPush,
+    dispatch_on_push,
+    poll_replies_often,
+    signal_pushes,
+)
+
+
+class Grid:
+    """A grid's two attributes that fedmtl changes."""
+
+    def __init__(self) -> None:
+        self.pull_interval = 0.1
+        self.pushed: list[list[str]] = []
+
+    def push_messages(self, messages):
+        self.pushed.append(list(messages))
+        return [f"id-{m}" for m in messages]
+
+
+def test_signal_pushes_sets_the_event_after_each_push_and_wraps_once():
+    grid = Grid()
+    signal_pushes(grid)
+    signal_pushes(grid)
+    MESSAGES_PUSHED.clear()
+    assert grid.push_messages(["a", "b"]) == ["id-a", "id-b"]
+    assert MESSAGES_PUSHED.is_set() and grid.pushed == [["a", "b"]]  # pushed once, not twice
+    poll_replies_often(grid)
+    assert grid.pull_interval == POLL_INTERVAL
+
+
+def test_the_dispatcher_wait_ends_on_a_push_and_reports_the_stop_event():
+    stop = threading.Event()
+    MESSAGES_PUSHED.clear()
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(_WakeOnPush(stop).wait(None)))
+    waiter.start()
+    MESSAGES_PUSHED.set()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive(), "a push did not end the dispatcher's wait"
+    assert results == [False] and not MESSAGES_PUSHED.is_set()
+    stop.set()
+    assert _WakeOnPush(stop).wait(0) is True and _WakeOnPush(stop).is_set()
+
+
+class State:
+    """The two LinkState calls the dispatcher makes: messages per node, taken once."""
+
+    def __init__(self) -> None:
+        self.inbox: dict[int, list[str]] = {1: [], 2: []}
+        self.lock = threading.Lock()
+
+    def get_message_ins(self, node_id: int, limit: int | None = None) -> list[str]:
+        with self.lock:
+            taken, self.inbox[node_id] = self.inbox[node_id][:limit], self.inbox[node_id][limit:]
+        return taken
+
+
+def test_flowers_dispatcher_is_wrapped_once_and_still_moves_every_message():
+    assert dispatch_on_push() is True and dispatch_on_push() is True
+    dispatcher = vce_api.add_messages_to_queue
+    assert getattr(dispatcher, "_fedmtl_wakes_on_push", False)
+    state, out, stop = State(), queue.Queue(), threading.Event()
+    thread = threading.Thread(target=dispatcher, args=(state, out, {1: 0, 2: 1}, stop))
+    thread.start()
+    try:
+        with state.lock:
+            state.inbox[1] += ["m1"]
+            state.inbox[2] += ["m2"]
+        MESSAGES_PUSHED.set()
+        got = {out.get(timeout=30), out.get(timeout=30)}
+        assert got == {"m1", "m2"}
+    finally:
+        stop.set()
+        MESSAGES_PUSHED.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
