@@ -448,12 +448,32 @@ class EngineSection(Section):
         "", description="An existing Ray cluster to run on ('host:port' of its head, or 'auto'); "
         "'' starts a Ray instance on this machine.",
     )
+    max_concurrent_clients: int = Field(
+        0, ge=0, description="Most virtual clients running at once on the Ray instance fedmtl "
+        "starts (0 = as many as its CPUs and GPUs fit): Ray gets this many × "
+        "engine.client-num-cpus CPUs. On a cluster (engine.address) the nodes' resources decide.",
+    )
     supernodes: int = Field(
         0, ge=0, description="Virtual SuperNodes (0 = one per client up to "
         f"{ONE_NODE_PER_CLIENT_UP_TO:,} clients, else as many as the most clients asked at once). "
         "With fewer SuperNodes than clients, each message names the client its SuperNode plays "
         "(heads must be on disk).",
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_size_ray(self) -> EngineSection:
+        if self.max_concurrent_clients and self.address:
+            raise ValueError(
+                "max-concurrent-clients sizes the Ray instance fedmtl starts; on a cluster "
+                "(engine.address) each node runs ⌊its CPUs / engine.client-num-cpus⌋ clients: start "
+                "nodes with `ray start --num-cpus N` or raise engine.client-num-cpus"
+            )
+        if self.max_concurrent_clients and self.num_cpus:
+            raise ValueError(
+                "max-concurrent-clients and num-cpus both size Ray; set one (Ray gets "
+                "max-concurrent-clients × client-num-cpus CPUs)"
+            )
+        return self
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -26,6 +26,9 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     init_args: dict = {"include_dashboard": False}
     if cfg.engine.address:
         init_args = {"address": cfg.engine.address}
+    elif cfg.engine.max_concurrent_clients:
+        # Flower's actor pool holds as many actors as Ray's CPUs fit
+        init_args["num_cpus"] = cfg.engine.max_concurrent_clients * cfg.engine.client_num_cpus
     elif cfg.engine.num_cpus:
         init_args["num_cpus"] = cfg.engine.num_cpus
     return {

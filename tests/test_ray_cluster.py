@@ -125,3 +125,22 @@ def test_resources_no_node_can_offer_fail_with_a_clear_message(tmp_path, overrid
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert all(text in proc.stderr for text in expected), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_max_concurrent_clients_sizes_the_ray_instance_and_flowers_actor_pool(tmp_path):
+    """Ray gets max-concurrent-clients × client-num-cpus CPUs, so Flower's actor pool (sized
+    by its own ``pool_size_from_resources``) holds exactly that many clients."""
+    script = (
+        "import ray\n"
+        "from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources\n"
+        "from fedmtl.config import load_config\n"
+        "from server.simulation import backend_config, connect\n"
+        "cfg = load_config('configs/smoke.toml', ['engine.max-concurrent-clients=3', 'engine.client-num-cpus=2'])\n"
+        "connect(cfg)\n"
+        "print(int(ray.cluster_resources()['CPU']), pool_size_from_resources(backend_config(cfg)['client_resources']))\n"
+        "ray.shutdown()\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["6", "3"]
