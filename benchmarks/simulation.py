@@ -329,11 +329,12 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
     page = [
         f"# Simulation speed{' (quick)' if quick else ''}", "",
         f"Measured {summary['date']} on {summary['machine']}, no GPU.", "",
-        f"Command: `python benchmarks/simulation.py{' --quick' if quick else ''}` (from the repository root, in the venv).", "",
+        f"Command: `python benchmarks/simulation.py{' --quick' if quick else ''}"
+        f"{f' --repeat {repeat}' if repeat != 3 else ''}` (from the repository root, in the venv).", "",
         f"Workload: MultiMNIST ({cfg.data.pairs_per_digit} canvases per digit), LeNet backbone with two heads, "
         f"{cfg.data.num_clients} clients, {summary['workload']['sampled_per_round']} sampled per round, "
         f"{cfg.client.epochs} local epoch (batch {cfg.client.batch_size}), {cfg.run.rounds} rounds; seconds per round "
-        f"after the first, median of {repeat} runs (see the script's docstring).", "",
+        f"after the first, median of {repeat} runs, the configurations in turn (see the script's docstring).", "",
         *rows, "",
     ]
     (out / f"simulation{suffix}.md").write_text("\n".join(page))

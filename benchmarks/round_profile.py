@@ -1,0 +1,196 @@
+"""Where a simulated round's time goes: a timeline of fedmtl's round on Flower's engine.
+
+The workload of ``benchmarks/simulation.py`` (c), with timestamps taken at each hand-over:
+
+- the server pushes the round's messages (``push``);
+- the engine's dispatcher queues them, a Ray actor starts the call (``call start``);
+- inside the actor, the ClientApp starts and ends (``client start`` / ``client end``);
+- the call returns to the engine (``call end``);
+- the server's ``configure_train`` and ``aggregate_train`` (``server``).
+
+From these it reports, per round after the first (medians): the wait from the push to the
+first client call, the ClientApp's time per message, the Ray call's own overhead (call time
+minus ClientApp time), the server's time, and the share of a core this process (server and
+engine threads) uses. The timestamps come from wrappers around Flower's classes, installed
+only by this script.
+
+Usage (from the repository root, inside the venv)::
+
+    python benchmarks/round_profile.py               # 12 rounds
+    python benchmarks/round_profile.py --rounds 30
+
+Writes ``benchmarks/results/round_profile.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flwr.app import MetricRecord  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+
+import clients.app as fedmtl_client  # noqa: E402
+
+# -- a ClientApp that reports when it ran (imported by the Ray actors) ---------------------
+timed_app = ClientApp()
+
+
+@timed_app.query()
+def _query(msg, context):  # noqa: ANN001, ANN202 - Flower's signature
+    return fedmtl_client.query(msg, context)
+
+
+@timed_app.train()
+def _train(msg, context):  # noqa: ANN001, ANN202
+    start = time.time()
+    reply = fedmtl_client.train(msg, context)
+    reply.content["timing"] = MetricRecord({"start": start, "end": time.time()})
+    return reply
+
+
+@timed_app.evaluate()
+def _evaluate(msg, context):  # noqa: ANN001, ANN202
+    return fedmtl_client.evaluate_personalized(msg, context)
+
+
+# -- wrappers in this process -------------------------------------------------------------
+class Timeline:
+    """Timestamps (``time.time()``) of the events of each round."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pushes: list[float] = []
+        self.calls: list[tuple[float, float, float, float]] = []  # call start, client start, client end, call end
+        self.server: list[tuple[str, float, float]] = []
+        self.cpu: list[tuple[float, float]] = []  # (wall, this process's CPU seconds) after each aggregation
+
+
+def install(timeline: Timeline) -> None:
+    """Wrap the engine's actor call, the grid's push and the strategy's two steps."""
+    import flwr.server.superlink.fleet.vce.backend.raybackend as raybackend
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    import server.strategy as strategy
+
+    process_message = raybackend.RayBackend.process_message
+
+    def timed_process_message(self, message, context):  # noqa: ANN001, ANN202
+        start = time.time()
+        out, ctx = process_message(self, message, context)
+        end = time.time()
+        if out.has_content() and "timing" in out.content.metric_records:
+            t = out.content["timing"]
+            with timeline.lock:
+                timeline.calls.append((start, float(t["start"]), float(t["end"]), end))
+        return out, ctx
+
+    raybackend.RayBackend.process_message = timed_process_message
+    push = InMemoryGrid.push_messages
+
+    def timed_push(self, messages):  # noqa: ANN001, ANN202
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train":
+            timeline.pushes.append(time.time())
+        return push(self, messages)
+
+    InMemoryGrid.push_messages = timed_push
+    for name in ("configure_train", "aggregate_train"):
+        original = getattr(strategy.FedMTLStrategy, name)
+
+        def timed(self, *args, _original=original, _name=name, **kwargs):  # noqa: ANN001, ANN202
+            start = time.time()
+            result = _original(self, *args, **kwargs)
+            timeline.server.append((_name, start, time.time()))
+            if _name == "aggregate_train":
+                timeline.cpu.append((time.time(), sum(os.times()[:2])))
+            return result
+
+        setattr(strategy.FedMTLStrategy, name, timed)
+
+
+def summarise(timeline: Timeline) -> dict[str, float]:
+    """Medians over the rounds after the first (milliseconds), and the CPU share."""
+    pushes = timeline.pushes[1:]
+    first = timeline.pushes[1] if len(timeline.pushes) > 1 else 0.0
+    calls = [c for c in timeline.calls if c[0] >= first]
+    waits = []
+    for i, push in enumerate(pushes):
+        end = pushes[i + 1] if i + 1 < len(pushes) else float("inf")
+        starts = [c[0] for c in calls if push <= c[0] < end]
+        if starts:
+            waits.append(min(starts) - push)
+    server = [e - s for _, s, e in timeline.server if s >= first]
+    rounds = len(pushes)
+    (w0, c0), (w1, c1) = timeline.cpu[1], timeline.cpu[-1]
+    return {
+        "rounds": rounds,
+        "push_to_first_call_ms": 1000 * float(np.median(waits)),
+        "client_ms_per_message": 1000 * float(np.median([c[2] - c[1] for c in calls])),
+        "ray_overhead_ms_per_message": 1000 * float(np.median([(c[3] - c[0]) - (c[2] - c[1]) for c in calls])),
+        "server_ms_per_round": 1000 * float(np.sum(server)) / max(rounds, 1),
+        "main_process_cores": (c1 - c0) / (w1 - w0),
+        "s_per_round": (timeline.cpu[-1][0] - timeline.cpu[0][0]) / (len(timeline.cpu) - 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-round-profile")
+    args = parser.parse_args()
+    import benchmarks.simulation as bench
+    from fedmtl.config import load_config
+    from fedmtl.results import create_run_dir
+    from server.simulation import simulate
+
+    cfg = load_config(None, [*bench.BASE, f"run.rounds={args.rounds}", f"run.evaluate-every={args.rounds}"])
+    timeline = Timeline()
+    install(timeline)
+    fedmtl_client.app = timed_app  # what server.simulation.simulate hands to the engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        simulate(cfg, create_run_dir(cfg, args.out / time.strftime("%Y%m%d-%H%M%S")), quiet=True)
+    figures = summarise(timeline)
+    write(figures, cfg)
+
+
+def write(f: dict[str, float], cfg) -> None:  # noqa: ANN001
+    sampled = int(np.ceil(cfg.server.fraction_train * cfg.data.num_clients))
+    actors = os.cpu_count() or 1
+    per_actor = sampled / actors
+    page = [
+        "# Where a simulated round's time goes", "",
+        f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores, no GPU. Command: "
+        f"`python benchmarks/round_profile.py --rounds {cfg.run.rounds}`.", "",
+        f"Workload (c) of `benchmarks/simulation.py`: {sampled} training messages per round on "
+        f"{actors} Ray actors (one CPU each). Medians over rounds 2–{f['rounds'] + 1}.", "",
+        "| step | time |", "|---|---|",
+        f"| seconds per round | {f['s_per_round']:.3f} s |",
+        f"| push → first client call (the engine's dispatcher) | {f['push_to_first_call_ms']:.1f} ms |",
+        f"| ClientApp, per training message (inside the actor) | {f['client_ms_per_message']:.1f} ms |",
+        f"| Ray call overhead, per message (call − ClientApp) | {f['ray_overhead_ms_per_message']:.1f} ms |",
+        f"| server (configure + aggregate), per round | {f['server_ms_per_round']:.1f} ms |",
+        f"| share of a core used by the server process | {f['main_process_cores']:.2f} |", "",
+        f"A round is about {per_actor:.0f} messages per actor × (ClientApp + Ray overhead) + the "
+        "dispatcher's wait + the server's time; the rest is the wait for the last reply "
+        "(the grid checks every 10 ms) and the uneven end of the two actors' queues.", "",
+    ]
+    out = ROOT / "benchmarks" / "results" / "round_profile.md"
+    out.write_text("\n".join(page))
+    print("\n".join(page))
+
+
+if __name__ == "__main__":
+    main()
