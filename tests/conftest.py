@@ -23,3 +23,22 @@ def flwr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     return home
+
+
+# The longest test files, longest first (`make test` lists the slowest tests). Each file runs
+# in one worker (`--dist loadfile`), and workers take files in collection order: starting
+# the long ones first keeps one of them from running alone at the end.
+LONGEST_FIRST = [
+    "test_weightings_simulation.py", "test_faults.py", "test_deploy.py", "test_resume.py",
+    "test_flwr_run.py", "test_simulation.py", "test_datasets_simulation.py",
+    "test_sweep_report.py", "test_ray_cluster.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Collect the :data:`LONGEST_FIRST` files first (the rest keep their order)."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: tests within a file keep their order
