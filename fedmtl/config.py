@@ -12,6 +12,7 @@ allowed, with a did-you-mean for misspelt keys and names.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -607,8 +608,6 @@ def virtual_supernodes(cfg: ExperimentConfig) -> int:
         return min(cfg.engine.supernodes, clients)
     if clients <= ONE_NODE_PER_CLIENT_UP_TO:
         return clients
-    import math
-
     asked = max(math.ceil(cfg.server.fraction_train * clients), math.ceil(cfg.server.fraction_evaluate * clients),
                 cfg.server.min_train_clients)
     return min(asked, clients)

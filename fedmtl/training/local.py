@@ -142,7 +142,7 @@ def multitask_step(
         losses.append(loss.detach())
         z_grads.append(z_grad)
     losses_t = torch.stack(losses)
-    objectives = Objectives(losses=losses_t.to(torch.float64), task_ids=[t.name for t in tasks])
+    objectives = Objectives(losses=losses_t, task_ids=[t.name for t in tasks])  # float64, CPU
     backbone = list(model.backbone.parameters())
     if mode == "backbone":
         rows = _per_task_backbone(z, torch.stack(z_grads), backbone)

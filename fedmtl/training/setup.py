@@ -32,14 +32,12 @@ def server_device(requested: str) -> torch.device:
     ValueError
         For ``"cuda"`` when torch sees no GPU, naming the key.
     """
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "cuda":
+    if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "server.device = 'cuda' but torch sees no CUDA GPU on the server's host; "
             "use 'auto' (a GPU when present) or 'cpu'"
         )
-    return torch.device("cpu")
+    return select_device(requested)
 
 
 def derived_seed(*parts: int) -> int:
