@@ -28,6 +28,7 @@ run: $(STAMP)
 	$(BIN)/fedmtl run $(CONFIG) $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --durations=15 $(ARGS)
 
 flwr-run: $(STAMP)

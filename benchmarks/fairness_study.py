@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedmtl.report import make_report  # noqa: E402
-from fedmtl.sweep import plan_sweep, run_sweep  # noqa: E402
+from fedmtl.launch.sweep import plan_sweep, run_sweep  # noqa: E402
 
 PARTS = {
     "qffl-synthetic": {

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from flwr.app import MetricRecord  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
-import clients.app as fedmtl_client  # noqa: E402
+import fedmtl.clients.app as fedmtl_client  # noqa: E402
 
 # -- a ClientApp that reports when it ran (imported by the Ray actors) ---------------------
 timed_app = ClientApp()
@@ -82,7 +82,7 @@ def install(timeline: Timeline) -> None:
     import flwr.server.superlink.fleet.vce.backend.raybackend as raybackend
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    import server.strategy as strategy
+    import fedmtl.server.strategy as strategy
 
     process_message = raybackend.RayBackend.process_message
 
@@ -153,12 +153,12 @@ def main() -> None:
     import benchmarks.simulation as bench
     from fedmtl.config import load_config
     from fedmtl.results import create_run_dir
-    from server.simulation import simulate
+    from fedmtl.launch.simulation import simulate
 
     cfg = load_config(None, [*bench.BASE, f"run.rounds={args.rounds}", f"run.evaluate-every={args.rounds}"])
     timeline = Timeline()
     install(timeline)
-    fedmtl_client.app = timed_app  # what server.simulation.simulate hands to the engine
+    fedmtl_client.app = timed_app  # what fedmtl.launch.simulation.simulate hands to the engine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         simulate(cfg, create_run_dir(cfg, args.out / time.strftime("%Y%m%d-%H%M%S")), quiet=True)

@@ -47,7 +47,7 @@ def run_size(clients: int, supernodes: int, out: Path) -> dict:
     import warnings
 
     from fedmtl.results import create_run_dir
-    from server.simulation import simulate
+    from fedmtl.launch.simulation import simulate
 
     fraction = SAMPLED / clients
     cfg = load_config(ROOT / "configs/synthetic.toml", [

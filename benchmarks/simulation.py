@@ -171,7 +171,7 @@ def vanilla_flower(cfg: ExperimentConfig) -> list[float]:
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from server.simulation import backend_config
+    from fedmtl.launch.simulation import backend_config
 
     client_app = ClientApp()
     data_cfg, seed, model_cfg = cfg.data, cfg.run.seed, cfg.model
@@ -239,7 +239,7 @@ def fedmtl_run(cfg: ExperimentConfig, out: Path) -> list[float]:
     import pandas as pd
 
     from fedmtl.results import create_run_dir
-    from server.simulation import simulate
+    from fedmtl.launch.simulation import simulate
 
     run_dir = create_run_dir(cfg, out)
     start = time.monotonic()

@@ -28,7 +28,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedmtl.sweep import plan_sweep, run_sweep  # noqa: E402
+from fedmtl.launch.sweep import plan_sweep, run_sweep  # noqa: E402
 
 CONFIG = ROOT / "configs/studies/soak.toml"
 FAULTS = {"faults.dropout": 0.2, "faults.corrupt": 0.05}

@@ -80,8 +80,8 @@ def run(
 
 def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, checkpoint: dict | None = None) -> None:
     """A federated run; a run stopped by failing clients ends with the reason and how to resume."""
-    from server.simulation import EngineError, simulate
-    from server.strategy import ClientsFailed
+    from fedmtl.launch.simulation import EngineError, simulate
+    from fedmtl.server.strategy import ClientsFailed
 
     try:
         simulate(cfg, run_dir, quiet=quiet, verbose=verbose, checkpoint=checkpoint)
@@ -141,7 +141,7 @@ def sweep(
 
     Example: fedmtl sweep configs/synthetic.toml --grid 'server.weighting=[fedavg,qffl]' --seeds 3
     """
-    from fedmtl.sweep import parse_grid_option, plan_sweep, run_sweep
+    from fedmtl.launch.sweep import parse_grid_option, plan_sweep, run_sweep
 
     try:
         parsed = dict(parse_grid_option(g) for g in grid or [])
@@ -204,7 +204,7 @@ def flwr_run(
     SuperLink (run folders land under run.output-dir on the ServerApp's machine).
     """
     _load(config, None)
-    from server.flwr_run import connection_env, run_and_check
+    from fedmtl.launch.flwr_run import connection_env, run_and_check
 
     env = None
     if superlink_address is not None:
@@ -232,7 +232,7 @@ def deploy_certs(
     days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
 ) -> None:
     """A CA and a SuperLink TLS certificate for the given host names and addresses."""
-    from server.certificates import DEFAULT_HOSTS, make_tls_certificates
+    from fedmtl.launch.certificates import DEFAULT_HOSTS, make_tls_certificates
 
     hosts = list(dict.fromkeys(host or DEFAULT_HOSTS))
     paths = make_tls_certificates(folder, hosts, days)
@@ -246,7 +246,7 @@ def deploy_keys(
     nodes: Annotated[int, typer.Option(help="Number of SuperNodes.")] = 2,
 ) -> None:
     """SuperNode authentication key pairs (register each .pub with `flwr supernode register`)."""
-    from server.certificates import make_node_keys
+    from fedmtl.launch.certificates import make_node_keys
 
     if nodes < 1:
         fail(f"--nodes = {nodes}: must be at least 1")
@@ -271,8 +271,8 @@ def deploy_local(
     """
     import signal
 
-    from server.deploy import DeploymentError, LocalDeployment, deployment_folder, new_run_folders
-    from server.flwr_run import run_and_check
+    from fedmtl.launch.deploy import DeploymentError, LocalDeployment, deployment_folder, new_run_folders
+    from fedmtl.launch.flwr_run import run_and_check
 
     cfg = _load(config, None)
     nodes = nodes or cfg.data.num_clients

@@ -40,7 +40,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from fedmtl.fairness import delta_m
-from fedmtl.sweep import format_value
+from fedmtl.labels import format_value
 from fedmtl.tasks import TASK_KINDS
 
 IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "client.head-store-dir", "engine.supernodes")

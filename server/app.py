@@ -21,9 +21,9 @@ from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.models import build_model
 from fedmtl.progress import Progress
 from fedmtl.results import RunRecorder, create_run_dir
-from server.discovery import discover_clients
-from server.latency import poll_replies_often, signal_pushes
-from server.strategy import FedMTLStrategy
+from fedmtl.server.discovery import discover_clients
+from fedmtl.server.latency import poll_replies_often, signal_pushes
+from fedmtl.server.strategy import FedMTLStrategy
 
 log = logging.getLogger("fedmtl")
 

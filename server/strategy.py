@@ -33,7 +33,7 @@ from fedmtl.progress import Progress
 from fedmtl.results import CLIENT_LEVEL, RoundStats, RunRecorder
 from fedmtl.screening import metrics_problem, norm_outliers, update_problem
 from fedmtl.training.setup import server_device
-from server.discovery import ClientDirectory, shared_supernodes
+from fedmtl.server.discovery import ClientDirectory, shared_supernodes
 
 
 def flatten_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:

@@ -19,7 +19,7 @@ def main(spec_path: str, result_path: str) -> None:
     """Run every job of ``spec_path``; write the outcomes to ``result_path``."""
     from fedmtl.config import load_config
     from fedmtl.results import create_run_dir
-    from server.simulation import simulate
+    from fedmtl.launch.simulation import simulate
 
     results = {}
     for job in json.loads(Path(spec_path).read_text()):

@@ -1,6 +1,6 @@
 """The real ClientApp, called with real Flower Messages and a node Context.
 
-These tests drive ``clients.app.app`` exactly as the SuperNode runtime does
+These tests drive ``fedmtl.clients.app.app`` exactly as the SuperNode runtime does
 (``app(message, context)``) without the engine, to look inside every reply.
 """
 
@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import MessageType
 
-from clients.app import app
+from fedmtl.clients.app import app
 from fedmtl.config import load_config
 from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.models import build_model
@@ -75,7 +75,7 @@ def test_no_head_tensor_in_any_reply(tmp_path, store):
         _send(cfg, model, MessageType.EVALUATE, 1, context),
     ]
     # the client's heads after training, from its own store
-    from clients.app import head_store
+    from fedmtl.clients.app import head_store
 
     heads = head_store(cfg, context).load(1)
     assert heads is not None
@@ -178,7 +178,7 @@ def test_loss_before_training_is_reported_when_the_server_weighting_needs_it(tmp
 
 
 def test_local_weighting_state_survives_between_rounds(tmp_path):
-    from clients.app import head_store
+    from fedmtl.clients.app import head_store
     from fedmtl.personalization import load_weighting_state
 
     cfg = _cfg(tmp_path, "disk").with_values(client={"weighting": "uncertainty"})
@@ -193,7 +193,7 @@ def test_local_weighting_state_survives_between_rounds(tmp_path):
 
 
 def test_a_client_without_a_task_has_no_head_part_or_metric_for_it(tmp_path):
-    from clients.app import head_store
+    from fedmtl.clients.app import head_store
 
     cfg = _cfg(tmp_path, "disk").with_values(data={"task-sets": "one"}, server={"plan": "flat"})
     model = _global(cfg)

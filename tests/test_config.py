@@ -154,7 +154,7 @@ def test_generated_docs_are_in_sync(tmp_path):
 def test_flwr_run_config_has_only_declared_keys_even_with_parameter_tables(tmp_path):
     """`fedmtl flwr-run` writes weighting parameters as JSON text, not sub-tables that Flower
     would flatten into keys pyproject does not declare."""
-    from server.flwr_run import resolved_run_config
+    from fedmtl.launch.flwr_run import resolved_run_config
 
     cfg = load_config(None, ["server.weighting=qffl", "server.params={q=2}",
                              "client.weighting=fairgrad", "client.params={alpha=3}"])

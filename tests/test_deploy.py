@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from server.certificates import make_node_keys, make_tls_certificates
-from server.deploy import free_port
+from fedmtl.launch.certificates import make_node_keys, make_tls_certificates
+from fedmtl.launch.deploy import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -153,7 +153,7 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
 
 
 def test_supernode_authentication_admits_registered_keys_only(tmp_path, flwr_home):
-    from server.deploy import LocalDeployment
+    from fedmtl.launch.deploy import LocalDeployment
 
     with LocalDeployment(tmp_path / "deploy", nodes=1, tls=True, auth=True) as deployment:
         deployment.start()  # registers supernode-0's key, then starts it

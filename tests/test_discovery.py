@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.discovery import ClientDirectory, FederationMismatch
+from fedmtl.server.discovery import ClientDirectory, FederationMismatch
 
 
 def test_a_federation_smaller_than_num_clients_fails_naming_the_fix():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.flwr_run import _json_from, run_status
+from fedmtl.launch.flwr_run import _json_from, run_status
 from tests.helpers import is_png, stop_local_superlink
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import threading
 
 from flwr.server.superlink.fleet.vce import vce_api
 
-from server.latency import (
+from fedmtl.server.latency import (
     MESSAGES_PUSHED,
     POLL_INTERVAL,
     _WakeOnPush,

@@ -13,7 +13,7 @@ import pytest
 
 from fedmtl.config import ConfigError
 from fedmtl.report import pareto_front
-from fedmtl.sweep import folder_name, parse_grid_option, plan_sweep
+from fedmtl.launch.sweep import folder_name, parse_grid_option, plan_sweep
 from tests.helpers import is_png
 
 ROOT = Path(__file__).resolve().parents[1]

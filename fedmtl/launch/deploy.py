@@ -13,7 +13,7 @@
 4. N ``flower-supernode`` processes with ``--node-config "partition-id=i num-partitions=N
    head-store-dir=..."``;
 5. ``flwr run`` of this app with the config; the run's logs are streamed and its real final
-   status is read from ``flwr ls`` (:func:`server.flwr_run.run_and_check`);
+   status is read from ``flwr ls`` (:func:`fedmtl.launch.flwr_run.run_and_check`);
 6. every process it started is stopped, also on Ctrl-C or on failure.
 
 The run folder is written by the ServerApp exactly as in a simulation.
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from server.certificates import make_node_keys, make_tls_certificates
-from server.flwr_run import _flwr, connection_env
+from fedmtl.launch.certificates import make_node_keys, make_tls_certificates
+from fedmtl.launch.flwr_run import _flwr, connection_env
 
 CONNECTION = "fedmtl-local"
 

@@ -33,25 +33,10 @@ from typing import Any
 import tomli_w
 
 from fedmtl.atomic import write_bytes
+from fedmtl.labels import format_value, toml_inline
 from fedmtl.config import ConfigError, ExperimentConfig, load_config, parse_override
 
 MANIFEST = "sweep.json"
-
-
-def toml_inline(value: Any) -> str:
-    """``value`` as one line of TOML: ``"qffl"``, ``0.5``, ``[1, 2]``, ``{q = 1}``."""
-    if isinstance(value, dict):
-        items = (f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else json.dumps(k)} = {toml_inline(v)}"
-                 for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_inline(v) for v in value) + "]"
-    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
-
-
-def format_value(value: Any) -> str:
-    """A value for labels: strings bare (``qffl``), anything else as inline TOML (``{q = 1}``)."""
-    return value if isinstance(value, str) else toml_inline(value)
 
 
 def _split_top_level(body: str) -> list[str]:
@@ -272,7 +257,7 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
         except CheckpointError:
             checkpoint = None
         if checkpoint is not None:
-            from server.simulation import simulate
+            from fedmtl.launch.simulation import simulate
 
             simulate(load_config(run_dir / "config.toml"), run_dir, quiet=quiet, checkpoint=checkpoint)
             return
@@ -284,7 +269,7 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
 
         run_centralized(cfg, run_dir, quiet=quiet)
     else:
-        from server.simulation import simulate
+        from fedmtl.launch.simulation import simulate
 
         simulate(cfg, run_dir, quiet=quiet)
 

@@ -99,9 +99,9 @@ def simulate(
     """
     from flwr.simulation import run_simulation
 
-    from clients.app import app as client_app
-    from server.app import make_server_app
-    from server.latency import dispatch_on_push
+    from fedmtl.clients.app import app as client_app
+    from fedmtl.server.app import make_server_app
+    from fedmtl.server.latency import dispatch_on_push
 
     supernodes = virtual_supernodes(cfg)
     cfg = cfg.with_values(engine={"supernodes": supernodes})  # the run folder records it
