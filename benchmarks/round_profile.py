@@ -38,10 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import fedmtl.clients.app as fedmtl_client  # noqa: E402
 from flwr.app import MetricRecord  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
-
-import fedmtl.clients.app as fedmtl_client  # noqa: E402
 
 # -- a ClientApp that reports when it ran (imported by the Ray actors) ---------------------
 timed_app = ClientApp()
@@ -79,10 +78,9 @@ class Timeline:
 
 def install(timeline: Timeline) -> None:
     """Wrap the engine's actor call, the grid's push and the strategy's two steps."""
+    import fedmtl.server.strategy as strategy
     import flwr.server.superlink.fleet.vce.backend.raybackend as raybackend
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-
-    import fedmtl.server.strategy as strategy
 
     process_message = raybackend.RayBackend.process_message
 
@@ -151,9 +149,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-round-profile")
     args = parser.parse_args()
     import benchmarks.simulation as bench
-    from fedmtl.config import load_config
-    from fedmtl.results import create_run_dir
     from fedmtl.launch.simulation import simulate
+    from fedmtl.results import create_run_dir
+    from fedmtl.validation import load_config
 
     cfg = load_config(None, [*bench.BASE, f"run.rounds={args.rounds}", f"run.evaluate-every={args.rounds}"])
     timeline = Timeline()

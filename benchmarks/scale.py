@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.simulation import PeakRSS  # noqa: E402
-from fedmtl.config import load_config, virtual_supernodes  # noqa: E402
+from fedmtl.config import virtual_supernodes  # noqa: E402
+from fedmtl.validation import load_config  # noqa: E402
 
 SAMPLED = 100
 
@@ -46,8 +47,8 @@ def run_size(clients: int, supernodes: int, out: Path) -> dict:
     import logging
     import warnings
 
-    from fedmtl.results import create_run_dir
     from fedmtl.launch.simulation import simulate
+    from fedmtl.results import create_run_dir
 
     fraction = SAMPLED / clients
     cfg = load_config(ROOT / "configs/synthetic.toml", [

@@ -46,7 +46,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedmtl.config import ExperimentConfig, load_config  # noqa: E402
+from fedmtl.config import ExperimentConfig  # noqa: E402
+from fedmtl.validation import load_config  # noqa: E402
 
 BASE = [
     "run.name=bench", "data.dataset=multimnist", "data.num-clients=100", "data.partitioner=iid",
@@ -238,8 +239,8 @@ def fedmtl_run(cfg: ExperimentConfig, out: Path) -> list[float]:
     """A real ``fedmtl run``; round end times from its ``rounds.csv``."""
     import pandas as pd
 
-    from fedmtl.results import create_run_dir
     from fedmtl.launch.simulation import simulate
+    from fedmtl.results import create_run_dir
 
     run_dir = create_run_dir(cfg, out)
     start = time.monotonic()
@@ -287,7 +288,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["floor", "flower", "fedmtl", "fedmtl-fair"])
     parser.add_argument("--repeat", type=int, default=3, help="measurements per configuration (median)")
     args = parser.parse_args()
-    size = ["run.rounds=3", "data.pairs-per-digit=2"] if args.quick else ["run.rounds=5"]
+    size = ["run.rounds=3", "data.params.pairs-per-digit=2"] if args.quick else ["run.rounds=5"]
     # evaluate only after the last round (which is not timed)
     cfg = load_config(None, [*BASE, *size, "run.evaluate-every=1000"])
     fair = load_config(None, [*BASE, *size, "run.evaluate-every=1000", *FAIR])
@@ -314,7 +315,7 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
         "peak_rss_mb": results.get("fedmtl", {}).get("peak_rss_mb"),
         "runs": results,
         "workload": {"clients": cfg.data.num_clients, "sampled_per_round": math.ceil(cfg.server.fraction_train * cfg.data.num_clients),
-                     "rounds": cfg.run.rounds, "repeats": repeat, "pairs_per_digit": cfg.data.pairs_per_digit, "epochs": cfg.client.epochs,
+                     "rounds": cfg.run.rounds, "repeats": repeat, "pairs_per_digit": cfg.data.params["pairs-per-digit"], "epochs": cfg.client.epochs,
                      "batch_size": cfg.client.batch_size},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "date": date.today().isoformat(),
@@ -331,7 +332,8 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
         f"Measured {summary['date']} on {summary['machine']}, no GPU.", "",
         f"Command: `python benchmarks/simulation.py{' --quick' if quick else ''}"
         f"{f' --repeat {repeat}' if repeat != 3 else ''}` (from the repository root, in the venv).", "",
-        f"Workload: MultiMNIST ({cfg.data.pairs_per_digit} canvases per digit), LeNet backbone with two heads, "
+        f"Workload: MultiMNIST ({cfg.data.params['pairs-per-digit']} canvases per digit), "
+        "LeNet backbone with two heads, "
         f"{cfg.data.num_clients} clients, {summary['workload']['sampled_per_round']} sampled per round, "
         f"{cfg.client.epochs} local epoch (batch {cfg.client.batch_size}), {cfg.run.rounds} rounds; seconds per round "
         f"after the first, median of {repeat} runs, the configurations in turn (see the script's docstring).", "",

@@ -18,7 +18,8 @@ from typing import Annotated
 
 import typer
 
-from fedmtl.config import ConfigError, ExperimentConfig, load_config
+from fedmtl.config import ConfigError, ExperimentConfig
+from fedmtl.validation import load_config
 
 cli = typer.Typer(
     add_completion=False,

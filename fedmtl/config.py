@@ -3,7 +3,15 @@
 A config is a TOML file of sections (``[run]``, ``[data]``, ``[model]``, ``[client]``,
 ``[server]``, ``[engine]``, ``[faults]``) whose keys are kebab-case scalars, so that the same file is a
 valid ``flwr run --run-config`` file (Flower flattens it to ``"data.num-clients"`` keys).
-Every key has a default; ``docs/config.md`` lists them.
+Every key has a default; ``docs/config.md`` lists them. The parameter tables
+(``[data.params]``, ``[client.params]``, ``[server.params]``, ``[server.task-params]``) are
+tables in TOML and JSON text in Flower's flat form.
+
+This module is the schema only: types, ranges, unknown keys. It imports no registry and
+names no dataset or backbone; registered names (``data.dataset``, ``model.backbone``,
+weightings, ...) are plain strings here. :mod:`fedmtl.validation` holds the loaders
+(``load_config``, ``build_config``, ``config_from_flat``) that check them, each dataset's
+``[data.params]`` and the rules across sections, after this schema.
 
 Errors are :class:`ConfigError`: one line naming the key, the bad value and what is
 allowed, with a did-you-mean for misspelt keys and names.
@@ -27,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedmtl import defaults
 from fedmtl.registry import did_you_mean
 
 
@@ -47,31 +56,11 @@ class Section(BaseModel):
     )
 
 
-def _registered(value: str, registry_path: str) -> str:
-    """Check ``value`` against a registry imported lazily from ``module:attr``."""
-    module_name, attr = registry_path.split(":")
-    registry = getattr(__import__(module_name, fromlist=[attr]), attr)
-    if value not in registry:
-        raise ValueError(registry.unknown_message(value))
-    return value
-
-
-def _weighting_runs_on(value: str, side: Literal["client", "server"]) -> str:
-    """Check that weighting ``value`` exists and may run on ``side``."""
-    _registered(value, "fedmtl.aggregation:WEIGHTINGS")
-    from fedmtl.aggregation import WEIGHTINGS
-
-    scope = WEIGHTINGS.get(value).scope
-    if scope not in (side, "both"):
-        where = "the server only, not across tasks" if scope == "server" else "clients only, not on the server"
-        raise ValueError(f"weighting '{value}' runs on {where}")
-    return value
-
-
 ParamValue = bool | int | float | str
 
 
-def _parse_params(value: Any) -> Any:
+def _parse_params(value: Any, what: str = "weighting parameters", table: str = "[server.params] alpha = 2",
+                  example: str = '{"alpha": 2}') -> Any:
     """Accept a table (``[server.params]``) or its JSON text (Flower's flat form)."""
     if isinstance(value, str):
         if not value.strip():
@@ -79,24 +68,10 @@ def _parse_params(value: Any) -> Any:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise ValueError(
-                "weighting parameters must be a table, e.g. [server.params] alpha = 2, "
-                "or its JSON text, e.g. '{\"alpha\": 2}'"
-            ) from None
+            raise ValueError(f"{what} must be a table, e.g. {table}, or its JSON text, e.g. '{example}'") from None
         if not isinstance(value, dict):
-            raise ValueError("weighting parameters must be a table of name = value")
+            raise ValueError(f"{what} must be a table of name = value")
     return value
-
-
-def _check_params(weighting: str, params: dict[str, Any], key: str) -> None:
-    """Validate ``params`` against the parameters of ``weighting``."""
-    from fedmtl.aggregation import WEIGHTINGS, WeightingParamsError
-    from fedmtl.aggregation.base import validate_params
-
-    try:
-        validate_params(WEIGHTINGS.get(weighting), params)
-    except WeightingParamsError as exc:
-        raise ValueError("\n".join(f"{key}: {line}" for line in str(exc).splitlines())) from None
 
 
 class RunSection(Section):
@@ -118,9 +93,13 @@ class RunSection(Section):
 
 
 class DataSection(Section):
-    """``[data]``: dataset, federation and splits."""
+    """``[data]``: dataset, federation and splits.
 
-    dataset: str = Field("multimnist", description="Registered dataset name.")
+    Options of one dataset only live in ``[data.params]``: the dataset declares and checks
+    them.
+    """
+
+    dataset: str = Field(defaults.DATASET, description="Registered dataset name (`fedmtl list datasets`).")
     num_clients: int = Field(20, ge=1, le=100_000, description="Number of clients (partitions).")
     partitioner: str = Field("iid", description="Registered partitioner name.")
     dirichlet_alpha: float = Field(
@@ -141,12 +120,6 @@ class DataSection(Section):
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="Fraction of each client's examples held out for testing."
     )
-    pairs_per_digit: int = Field(
-        4, ge=1, le=50, description="MultiMNIST: training canvases per base digit."
-    )
-    test_pairs_per_digit: int = Field(
-        2, ge=1, le=50, description="MultiMNIST: test canvases per base digit."
-    )
     task_sets: str = Field(
         "all",
         description="Which tasks each client holds labels for: 'all', 'one' (round robin), "
@@ -164,61 +137,16 @@ class DataSection(Section):
         description="Largest skew (degrees for 'rotation', noise std for 'noise'), reached by "
         "the last client; client k of N gets k/(N-1) of it.",
     )
-    multimnist_canvas: int = Field(36, ge=28, le=84, description="MultiMNIST: canvas side in pixels.")
-    multimnist_shift: int = Field(
-        6, ge=0, le=56, description="MultiMNIST: offset of the right digit (shift + 28 ≤ canvas)."
-    )
-    multimnist_extra_tasks: str = Field(
-        "", description="MultiMNIST: extra tasks, comma-separated: 'sum', 'same', 'larger'."
-    )
-    num_tasks: int = Field(2, ge=1, le=100, description="Synthetic: number of tasks T.")
-    path: str = Field("", description="Folder of a local dataset copy (CelebA).")
-    image_size: int = Field(32, ge=8, le=256, description="CelebA: images resized to this square size.")
-    celeba_min_images: int = Field(
-        5, ge=2, description="CelebA: celebrities with fewer images are not clients."
-    )
-    celeba_attributes: str = Field(
-        "", description="CelebA: comma-separated attribute tasks ('' = all 40)."
-    )
-    client_key: Literal["year", "year-sex"] = Field(
-        "year", description="Arrests: natural clients by 'year' (6) or 'year-sex' (12)."
-    )
-    include_sensitive: bool = Field(
-        False, description="Arrests: use the sensitive attribute (colour) as an input."
-    )
-    synthetic_alpha: float = Field(
-        1.0, ge=0, description="Synthetic: α, spread of the devices' models (std of u_k)."
-    )
-    synthetic_beta: float = Field(
-        1.0, ge=0, description="Synthetic: β, spread of the devices' inputs (std of B_k)."
-    )
-    synthetic_relatedness: float = Field(
-        0.5, ge=0, le=1,
-        description="Synthetic: correlation ρ of two tasks' parameters (1 = identical tasks).",
+    path: str = Field("", description="Folder of a local dataset copy (datasets read from disk).")
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict,
+        description="Options of data.dataset ([data.params]; each dataset's are listed below); "
+        "a resolved config lists them all.",
     )
 
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        return _registered(v, "fedmtl.data:DATASETS")
-
-    @field_validator("partitioner")
-    @classmethod
-    def _partitioner(cls, v: str) -> str:
-        return _registered(v, "fedmtl.data:PARTITIONERS")
-
-    @field_validator("multimnist_extra_tasks")
-    @classmethod
-    def _extra_tasks(cls, v: str) -> str:
-        from fedmtl.data.multimnist import EXTRA_TASKS
-
-        for name in (n.strip() for n in v.split(",") if n.strip()):
-            if name not in EXTRA_TASKS:
-                raise ValueError(
-                    f"unknown extra task '{name}'{did_you_mean(name, list(EXTRA_TASKS))}; "
-                    f"allowed: {', '.join(EXTRA_TASKS)}"
-                )
-        return v
+    _params = field_validator("params", mode="before")(
+        lambda cls, v: _parse_params(v, "data.params", "[data.params] name = 1", '{"name": 1}')
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataSection:
@@ -229,25 +157,16 @@ class DataSection(Section):
             )
         return self
 
-    @model_validator(mode="after")
-    def _shift_fits(self) -> DataSection:
-        if self.multimnist_shift + 28 > self.multimnist_canvas:
-            raise ValueError(
-                f"multimnist-shift: a shift of {self.multimnist_shift} does not fit a "
-                f"{self.multimnist_canvas}-pixel canvas (shift + 28 ≤ multimnist-canvas)"
-            )
-        return self
-
-    @field_validator("task_sets")
-    @classmethod
-    def _task_sets(cls, v: str) -> str:
-        return _registered(v, "fedmtl.data:TASK_SETS")
+    def __hash__(self) -> int:
+        """A hash of every value, ``data.params`` included (a dict, unhashable as such), so
+        that equal sections hash alike (``load_federation`` caches on it)."""
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
 class ModelSection(Section):
     """``[model]``: the backbone and the heads."""
 
-    backbone: str = Field("lenet", description="Registered backbone name ('lenet', 'mlp').")
+    backbone: str = Field(defaults.BACKBONE, description="Registered backbone name (`fedmtl list backbones`).")
     width: int = Field(50, ge=1, description="Representation size of the backbone.")
     head_hidden: int = Field(50, ge=0, description="Hidden width of each head (0 = linear).")
     heads: Literal["personal", "global"] = Field(
@@ -256,11 +175,6 @@ class ModelSection(Section):
         "federated); 'global': the heads are federated with the backbone (one global model, "
         "as in FedAvg and q-FFL).",
     )
-
-    @field_validator("backbone")
-    @classmethod
-    def _backbone(cls, v: str) -> str:
-        return _registered(v, "fedmtl.models:BACKBONES")
 
 
 class ClientSection(Section):
@@ -290,17 +204,7 @@ class ClientSection(Section):
         "auto", description="'auto' uses CUDA when the client sees a GPU, else the CPU."
     )
 
-    @field_validator("weighting")
-    @classmethod
-    def _weighting(cls, v: str) -> str:
-        return _weighting_runs_on(v, "client")
-
     _params = field_validator("params", mode="before")(lambda cls, v: _parse_params(v))
-
-    @model_validator(mode="after")
-    def _weighting_params(self) -> ClientSection:
-        _check_params(self.weighting, self.params, "params")
-        return self
 
 
 class ServerSection(Section):
@@ -367,18 +271,7 @@ class ServerSection(Section):
         "when present. Weight solvers and the model stay on the CPU.",
     )
 
-    @field_validator("weighting", "task_weighting")
-    @classmethod
-    def _weighting(cls, v: str) -> str:
-        return _weighting_runs_on(v, "server")
-
     _params = field_validator("params", "task_params", mode="before")(lambda cls, v: _parse_params(v))
-
-    @model_validator(mode="after")
-    def _weighting_params(self) -> ServerSection:
-        _check_params(self.weighting, self.params, "params")
-        _check_params(self.task_weighting, self.task_params, "task-params")
-        return self
 
     @field_validator("norm_screening")
     @classmethod
@@ -415,22 +308,6 @@ class FaultsSection(Section):
         "nan,inf,huge,shape", description="Comma-separated kinds of corruption, drawn uniformly: "
         "'nan', 'inf', 'huge' (update × 1e6), 'shape' (a tensor loses an element).",
     )
-
-    @field_validator("corrupt_kinds")
-    @classmethod
-    def _kinds(cls, v: str) -> str:
-        from fedmtl.faults import CORRUPTIONS
-
-        names = [n.strip() for n in v.split(",") if n.strip()]
-        if not names:
-            raise ValueError(f"name at least one of: {', '.join(CORRUPTIONS)}")
-        for name in names:
-            if name not in CORRUPTIONS:
-                raise ValueError(
-                    f"unknown corruption '{name}'{did_you_mean(name, list(CORRUPTIONS))}; "
-                    f"allowed: {', '.join(CORRUPTIONS)}"
-                )
-        return v
 
 
 ONE_NODE_PER_CLIENT_UP_TO = 200
@@ -499,70 +376,6 @@ class ExperimentConfig(Section):
     engine: EngineSection = EngineSection()
     faults: FaultsSection = FaultsSection()
 
-    @model_validator(mode="after")
-    def _fits_the_dataset(self) -> ExperimentConfig:
-        """Checks across sections that need the dataset: input shape, natural clients,
-        partition task, feature skew, centralized mode."""
-        from fedmtl.data import dataset_info, dataset_input_shape, dataset_tasks
-
-        shape = dataset_input_shape(self.data)
-        if self.model.backbone == "lenet" and len(shape) != 3:
-            raise ValueError(
-                f"model.backbone = 'lenet' needs image inputs, but dataset '{self.data.dataset}' "
-                f"has inputs of shape {shape}; use backbone = 'mlp'"
-            )
-        natural = dataset_info(self.data.dataset).natural_clients
-        if self.data.partitioner == "natural":
-            if natural is None:
-                raise ValueError(
-                    f"data.partitioner = 'natural': dataset '{self.data.dataset}' has no natural "
-                    "clients; choose another partitioner"
-                )
-            count = natural(self.data)
-            if count is not None and count != self.data.num_clients:
-                raise ValueError(
-                    f"dataset '{self.data.dataset}' has {count} natural clients with this config; "
-                    f"set data.num-clients = {count}"
-                )
-        names = [t.name for t in dataset_tasks(self.data)]
-        if self.data.partition_task and self.data.partition_task not in names:
-            raise ValueError(
-                f"data.partition-task = '{self.data.partition_task}' is not a task of dataset "
-                f"'{self.data.dataset}'{did_you_mean(self.data.partition_task, names)}; tasks: {', '.join(names)}"
-            )
-        if self.data.dataset == "multimnist" and self.data.partition_task not in ("", "left"):
-            raise ValueError(
-                "data.partition-task: MultiMNIST partitions its base digits, whose label is the "
-                "'left' task; use '' or 'left'"
-            )
-        if self.data.feature_skew == "rotation" and len(shape) != 3:
-            raise ValueError(
-                f"data.feature-skew = 'rotation' needs image inputs, but dataset "
-                f"'{self.data.dataset}' has inputs of shape {shape}; use 'noise'"
-            )
-        if self.model.heads == "global" and self.data.task_sets != "all":
-            raise ValueError(
-                f"model.heads = 'global' needs every client to hold every task "
-                f"(data.task-sets = 'all'), not {self.data.task_sets!r}"
-            )
-        if self.model.heads == "global" and self.server.plan != "clients":
-            raise ValueError(
-                f"model.heads = 'global' federates whole models: it needs server.plan = "
-                f"'clients', not {self.server.plan!r}"
-            )
-        if self.client.head_store == "context" and virtual_supernodes(self) < self.data.num_clients:
-            raise ValueError(
-                f"client.head-store = 'context' keeps heads in a SuperNode's memory, but "
-                f"{virtual_supernodes(self)} virtual SuperNodes play {self.data.num_clients} clients "
-                "(engine.supernodes); use client.head-store = 'disk' or engine.supernodes = data.num-clients"
-            )
-        if self.run.mode == "centralized" and self.data.task_sets != "all":
-            raise ValueError(
-                f"run.mode = 'centralized' pools every client's labels and needs "
-                f"data.task-sets = 'all', not {self.data.task_sets!r}"
-            )
-        return self
-
     # -- conversions ------------------------------------------------------------------
     def to_nested(self) -> dict[str, dict[str, Any]]:
         """``{"data": {"num-clients": 20, ...}, ...}`` with kebab-case keys."""
@@ -588,11 +401,15 @@ class ExperimentConfig(Section):
         return json.dumps(self.to_flat(), sort_keys=True)
 
     def with_values(self, **sections: dict[str, Any]) -> ExperimentConfig:
-        """A copy with some keys of some sections replaced (validated)."""
+        """A copy with some keys of some sections replaced, checked against the schema.
+
+        Names and checks across sections are not re-run: pass the copy to
+        :func:`fedmtl.validation.check_config` when a replaced key could break them.
+        """
         nested = self.to_nested()
         for section, values in sections.items():
             nested[section].update({_kebab(k): v for k, v in values.items()})
-        return build_config(nested)
+        return parse_schema(nested)
 
 
 def virtual_supernodes(cfg: ExperimentConfig) -> int:
@@ -641,8 +458,11 @@ def _describe_error(err: dict[str, Any]) -> str:
     return f"{key} = {value!r}: {message}"
 
 
-def build_config(values: dict[str, Any]) -> ExperimentConfig:
-    """Validate a nested ``{section: {key: value}}`` dict.
+def parse_schema(values: dict[str, Any]) -> ExperimentConfig:
+    """Check a nested ``{section: {key: value}}`` dict against the schema only.
+
+    Types, ranges and unknown keys are checked; registered names and checks across
+    sections are not (:func:`fedmtl.validation.build_config` runs them all).
 
     Raises
     ------
@@ -671,11 +491,6 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return nested
-
-
-def config_from_flat(flat: dict[str, Any]) -> ExperimentConfig:
-    """Validate a flat Flower run config (``"section.key"`` keys)."""
-    return build_config(unflatten(dict(flat)))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -723,8 +538,34 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a TOML config file (or the defaults) and apply ``--set`` overrides.
+def apply_override(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of the nested ``values`` in place.
+
+    ``data.params.canvas`` sets one entry of a ``[data.params]`` table and keeps the others;
+    ``server.params`` replaces the whole table. A value that is not a table on the way
+    (``run = 3``) is replaced by one.
+    """
+    *path, last = key.split(".")
+    node = values
+    for part in path:
+        child = node.get(part)
+        if isinstance(child, str):  # a table given as JSON text (Flower's flat form)
+            try:
+                child = json.loads(child)
+            except json.JSONDecodeError:
+                pass
+        if not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[last] = value
+
+
+def read_values(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The nested values of a TOML config file (or none) with ``--set`` overrides applied.
+
+    Nothing is validated beyond TOML syntax and the override form: see
+    :func:`fedmtl.validation.load_config`.
 
     Parameters
     ----------
@@ -734,14 +575,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         ``"section.key=value"`` strings applied on top, in order.
     """
     values = read_toml(path) if path is not None else {}
-    flat_over = dict(parse_override(o) for o in overrides or [])
-    for section, content in unflatten(flat_over).items():
-        base = values.setdefault(section, {})
-        if isinstance(base, dict) and isinstance(content, dict):
-            base.update(content)
-        else:
-            values[section] = content
-    return build_config(values)
+    for text in overrides or []:
+        apply_override(values, *parse_override(text))
+    return values
 
 
 if __name__ == "__main__":  # python -m fedmtl.config: refresh pyproject's defaults block

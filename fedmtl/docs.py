@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from fedmtl.config import SECTIONS
@@ -44,16 +45,41 @@ def _default(info: FieldInfo) -> str:
     return f"`{json.dumps(value)}`" if not isinstance(value, dict) else "`{}`"
 
 
+def _key_table(model: type[BaseModel]) -> list[str]:
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for field, info in model.model_fields.items():
+        key = info.alias or field
+        out.append(f"| `{key}` | {_type_name(info)} | {_default(info)} | {info.description}{_bounds(info)} |")
+    return out
+
+
+def dataset_params_tables() -> list[str]:
+    """One Markdown table of ``[data.params]`` options per registered dataset."""
+    from fedmtl.data import DATASETS
+
+    out = [
+        "### `[data.params]` of each dataset", "",
+        "Options of one dataset, in the table `[data.params]` (in Flower's flat run config, its "
+        "JSON text, e.g. `data.params = '{\"pairs-per-digit\": 1}'`; with `--set`, one key: "
+        "`--set data.params.canvas=40`). The dataset checks them; `fedmtl validate` and a run "
+        "folder's `config.toml` list them all, defaults filled in.", "",
+    ]
+    for name, entry in DATASETS.items():
+        out += [f"#### `{name}`", "", *_key_table(entry.params), ""]
+        if entry.moved:
+            moved = ", ".join(f"`data.{old}` → `{new}`" for old, new in entry.moved.items())
+            out += [f"Formerly in `[data]`: {moved}.", ""]
+    return out
+
+
 def config_tables() -> str:
-    """One Markdown table per config section."""
+    """One Markdown table per config section (and per dataset for ``[data.params]``)."""
     out = []
     for name, section in SECTIONS.items():
-        doc = (section.__doc__ or "").split(":", 1)[-1].strip()
-        out += [f"## `[{name}]`", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        for field, info in section.model_fields.items():
-            key = info.alias or field
-            out.append(f"| `{key}` | {_type_name(info)} | {_default(info)} | {info.description}{_bounds(info)} |")
-        out.append("")
+        doc = inspect.cleandoc((section.__doc__ or "").split(":", 1)[-1]).replace("``", "`")
+        out += [f"## `[{name}]`", "", " ".join(doc.split()), "", *_key_table(section), ""]
+        if name == "data":
+            out += dataset_params_tables()
     return "\n".join(out)
 
 

@@ -4,18 +4,22 @@
   clients, the 10th-90th percentile band and the min-max band.
 - ``final_distribution.png``: per task, the distribution of client test metrics at the last
   evaluation round (box plot and every client as a point).
+
+Figures are :class:`matplotlib.figure.Figure` objects saved directly: importing or calling
+this module neither imports ``matplotlib.pyplot`` nor changes matplotlib's backend or rcParams.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import rcsetup
+from matplotlib.figure import Figure
 
 PREFERRED = ("accuracy", "mse", "mae", "loss")
 
@@ -24,6 +28,26 @@ def primary_metric(test: pd.DataFrame, task: str) -> str:
     """The metric shown for ``task``: accuracy if recorded, else MSE, MAE or loss."""
     recorded = set(test.loc[test["task"] == task, "metric"])
     return next(m for m in PREFERRED if m in recorded)
+
+
+@contextlib.contextmanager
+def backend_left_unset() -> Iterator[None]:
+    """Keep matplotlib's backend unchosen while drawing on a :class:`Figure` of our own.
+
+    Some Axes methods (``boxplot``) read every rcParam; reading an unchosen ``backend`` makes
+    matplotlib import pyplot and choose one for the whole process. No backend is needed to
+    draw and save a Figure, so the entry holds ``agg`` meanwhile and is put back on exit.
+    """
+    params = matplotlib.rcParams
+    unset = params._get("backend")  # RcParams._get/_set: the raw access matplotlib documents
+    if unset is not rcsetup._auto_backend_sentinel:
+        yield
+        return
+    params._set("backend", "agg")
+    try:
+        yield
+    finally:
+        params._set("backend", unset)
 
 
 def _label(metric: str) -> tuple[str, float]:
@@ -44,7 +68,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def _curves(test: pd.DataFrame, tasks: list[str], path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    fig = Figure(figsize=(5 * len(tasks), 3.8))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         metric = primary_metric(test, task)
         label, scale = _label(metric)
@@ -65,13 +90,13 @@ def _curves(test: pd.DataFrame, tasks: list[str], path: Path) -> Path:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def _final(test: pd.DataFrame, tasks: list[str], path: Path) -> Path:
     last = test["round"].max()
-    fig, ax = plt.subplots(figsize=(1.8 + 1.8 * len(tasks), 3.8))
+    fig = Figure(figsize=(1.8 + 1.8 * len(tasks), 3.8))
+    ax = fig.subplots()
     data, labels = [], []
     for task in tasks:
         metric = primary_metric(test, task)
@@ -79,7 +104,8 @@ def _final(test: pd.DataFrame, tasks: list[str], path: Path) -> Path:
         rows = test[(test["round"] == last) & (test["task"] == task) & (test["metric"] == metric)]
         data.append(rows["value"].to_numpy() * scale)
         labels.append(f"{task}\n({metric})")
-    ax.boxplot(data, showfliers=False)
+    with backend_left_unset():
+        ax.boxplot(data, showfliers=False)
     rng = np.random.default_rng(0)
     for i, values in enumerate(data, start=1):
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=12, alpha=0.7, color="C1")
@@ -89,5 +115,4 @@ def _final(test: pd.DataFrame, tasks: list[str], path: Path) -> Path:
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -19,6 +19,9 @@ their name and output folder) into one *configuration*, and writes to ``DIR``:
 
 A configuration's label lists the config keys that differ between configurations
 (``server.weighting=qffl server.params={q = 1}``), or the run name when there is only one.
+
+Figures are :class:`matplotlib.figure.Figure` objects saved directly: importing or calling
+this module neither imports ``matplotlib.pyplot`` nor changes matplotlib's backend or rcParams.
 """
 
 from __future__ import annotations
@@ -32,11 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedmtl.fairness import delta_m
@@ -273,7 +274,7 @@ def group_table(configurations: list[Configuration]) -> str:
 
 # -- figures ----------------------------------------------------------------------------
 def _colours(n: int) -> list[Any]:
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -282,11 +283,12 @@ def _wrap(label: str, width: int = 38) -> str:
 
 
 def _panels(n: int, width: float = 5.0, height: float = 4.0):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    fig = Figure(figsize=(width * n, height))
+    axes = fig.subplots(1, n, squeeze=False)
     return fig, list(axes[0])
 
 
-def _save(fig: plt.Figure, path: Path, legend_handles: list, legend_labels: list) -> Path:
+def _save(fig: Figure, path: Path, legend_handles: list, legend_labels: list) -> Path:
     """Save with the configurations' legend below the panels."""
     fig.tight_layout()
     if legend_handles:
@@ -294,7 +296,6 @@ def _save(fig: plt.Figure, path: Path, legend_handles: list, legend_labels: list
                    fontsize=8, ncol=min(3, len(legend_labels)), frameon=False,
                    title="configuration", title_fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -412,7 +413,8 @@ def plot_client_task_heatmap(configurations: list[Configuration], path: Path) ->
     rows = math.ceil(len(shown) / cols)
     clients = max(int(c.runs[0].final["client"].nunique()) for c in shown)
     height = min(3.0 + 0.12 * clients, 12.0)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 + 1.3 * len(tasks) * cols, height * rows), squeeze=False)
+    fig = Figure(figsize=(1.6 + 1.3 * len(tasks) * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     scale = _scale(next(iter(metrics))) if len(metrics) == 1 else 1.0
     image = None
     for k, (ax, c) in enumerate(zip(axes.flat, shown, strict=False)):
@@ -436,7 +438,6 @@ def plot_client_task_heatmap(configurations: list[Configuration], path: Path) ->
         fig.colorbar(image, ax=list(axes.flat), label=label + " (grey: task not held)", shrink=0.8)
     fig.suptitle("Final metric of every client on every task", fontsize=11)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

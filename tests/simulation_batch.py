@@ -17,9 +17,9 @@ from pathlib import Path
 
 def main(spec_path: str, result_path: str) -> None:
     """Run every job of ``spec_path``; write the outcomes to ``result_path``."""
-    from fedmtl.config import load_config
-    from fedmtl.results import create_run_dir
     from fedmtl.launch.simulation import simulate
+    from fedmtl.results import create_run_dir
+    from fedmtl.validation import load_config
 
     results = {}
     for job in json.loads(Path(spec_path).read_text()):

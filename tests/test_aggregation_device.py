@@ -15,8 +15,8 @@ import torch
 
 from fedmtl.aggregation import WEIGHTINGS, Objectives, make_weighting
 from fedmtl.aggregation.plans import PLANS, AggregationPlan, Row
-from fedmtl.config import load_config
 from fedmtl.training.setup import server_device
+from fedmtl.validation import load_config
 
 F64 = torch.float64
 

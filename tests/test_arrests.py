@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config import ConfigError, load_config
+from fedmtl.config import ConfigError
 from fedmtl.data import dataset_input_shape, dataset_tasks, load_federation
 from fedmtl.data.arrests import load_table
+from fedmtl.validation import load_config
 
 
 def _cfg(*overrides):
@@ -40,14 +41,14 @@ def test_clients_are_years_and_cover_every_row_once():
 
 def test_sensitive_attribute_is_an_input_only_when_asked():
     assert dataset_input_shape(_cfg().data) == (4,)
-    cfg = _cfg("data.include-sensitive=true")
+    cfg = _cfg("data.params.include-sensitive=true")
     assert dataset_input_shape(cfg.data) == (5,)
     client = load_federation(cfg.data, 0).client(0)
     np.testing.assert_array_equal(client.train.x[:, 4].numpy(), client.train.groups["colour"].numpy())
 
 
 def test_year_sex_gives_12_clients_and_a_wrong_count_is_a_config_error():
-    fed = load_federation(_cfg("data.client-key=year-sex", "data.num-clients=12").data, 0)
+    fed = load_federation(_cfg("data.params.client-key=year-sex", "data.num-clients=12").data, 0)
     assert fed.num_clients == 12
     with pytest.raises(ConfigError, match="has 6 natural clients with this config; set data.num-clients = 6"):
         load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural", "data.num-clients=5"])

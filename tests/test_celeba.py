@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.config import ConfigError, load_config
+from fedmtl.config import ConfigError
 from fedmtl.data import dataset_input_shape, dataset_tasks, load_federation
 from fedmtl.data.celeba import read_tables
+from fedmtl.validation import load_config
 from tests.celeba_fixture import ATTRIBUTES, make_celeba
 
 
 def _cfg(path, *overrides):
-    return load_config(None, ["data.dataset=celeba", f"data.path={path}", "data.num-clients=3", "data.partitioner=natural",
-                              "data.image-size=16", *overrides])
+    return load_config(None, ["data.dataset=celeba", f"data.path={path}", "data.num-clients=3",
+                              "data.partitioner=natural", "data.params.image-size=16", *overrides])
 
 
 def test_tasks_clients_splits_and_images(tmp_path):
@@ -39,11 +40,11 @@ def test_tasks_clients_splits_and_images(tmp_path):
 
 def test_attribute_subset(tmp_path):
     root = make_celeba(tmp_path / "celeba")
-    cfg = _cfg(root, "data.celeba-attributes=Smiling, Young")
+    cfg = _cfg(root, "data.params.attributes=Smiling, Young")
     assert [t.name for t in dataset_tasks(cfg.data)] == ["Smiling", "Young"]
     assert set(load_federation(cfg.data, 0).client(0).train.targets) == {"Smiling", "Young"}
     with pytest.raises(ConfigError, match="unknown attribute.*Smilling"):
-        _cfg(root, "data.celeba-attributes=Smilling")
+        _cfg(root, "data.params.attributes=Smilling")
 
 
 def test_missing_or_incomplete_folder_is_a_clear_error(tmp_path):
@@ -60,5 +61,5 @@ def test_missing_or_incomplete_folder_is_a_clear_error(tmp_path):
 def test_too_few_celebrities_is_a_clear_error(tmp_path):
     root = make_celeba(tmp_path / "celeba")
     cfg = _cfg(root, "data.num-clients=4")
-    with pytest.raises(ValueError, match="only 3 celebrities have at least data.celeba-min-images = 5"):
+    with pytest.raises(ValueError, match="only 3 celebrities have at least data.params.min-images = 5"):
         load_federation(cfg.data, 0)

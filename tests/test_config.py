@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmtl.config import (
-    ConfigError,
-    ExperimentConfig,
-    build_config,
-    config_from_flat,
-    flower_defaults_block,
-    load_config,
-    parse_override,
-)
+from fedmtl.config import ConfigError, ExperimentConfig, flower_defaults_block, parse_override
+from fedmtl.validation import build_config, config_from_flat, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

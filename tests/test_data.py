@@ -127,7 +127,7 @@ def test_too_many_clients_is_a_clear_error():
 
 
 def test_federation_splits_are_disjoint_in_base_digits_and_deterministic():
-    cfg = DataSection(num_clients=5, partitioner="dirichlet", dirichlet_alpha=1.0, pairs_per_digit=2)
+    cfg = DataSection(num_clients=5, partitioner="dirichlet", dirichlet_alpha=1.0, params={"pairs-per-digit": 2})
     fed = load_federation(cfg, 0)
     images, _ = load_digits()
     flat = images.reshape(len(images), -1)
@@ -156,11 +156,11 @@ def test_overlay_with_no_shift_is_the_pixelwise_max_and_bad_shift_is_refused():
 
 
 def test_extra_tasks_follow_the_digit_labels():
-    from fedmtl.config import load_config
     from fedmtl.data import dataset_tasks, load_federation
+    from fedmtl.validation import load_config
 
-    cfg = load_config(None, ["data.num-clients=2", "data.pairs-per-digit=1",
-                             "data.multimnist-extra-tasks=sum, same, larger"])
+    cfg = load_config(None, ["data.num-clients=2", "data.params.pairs-per-digit=1",
+                             "data.params.extra-tasks=sum, same, larger"])
     assert [t.name for t in dataset_tasks(cfg.data)] == ["left", "right", "sum", "same", "larger"]
     y = load_federation(cfg.data, 0).client(1).train.targets
     torch.testing.assert_close(y["sum"], y["left"] + y["right"])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedmtl.config import load_config
 from fedmtl.data import dataset_tasks
+from fedmtl.validation import load_config
 from tests.celeba_fixture import make_celeba
 from tests.simulation_batch import run_batch
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "synthetic": ("configs/synthetic.toml", ["data.num-clients=6", "server.fraction-train=0.5"]),
     "arrests": ("configs/arrests.toml", []),
-    "celeba": ("configs/celeba.toml", ["data.num-clients=3", "data.image-size=32"]),
+    "celeba": ("configs/celeba.toml", ["data.num-clients=3", "data.params.image-size=32"]),
 }
 
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedmtl.config import load_config
 from fedmtl.data import load_federation
 from fedmtl.data.describe import describe_federation
+from fedmtl.validation import load_config
 from tests.helpers import is_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_table_counts_examples_tasks_and_label_mix():
-    cfg = load_config(None, ["data.num-clients=4", "data.pairs-per-digit=1", "data.task-sets=one"])
+    cfg = load_config(None, ["data.num-clients=4", "data.params.pairs-per-digit=1", "data.task-sets=one"])
     fed = load_federation(cfg.data, 0)
     table = describe_federation(fed)
     assert table.client.tolist() == [0, 1, 2, 3]

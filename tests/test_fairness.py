@@ -78,9 +78,9 @@ def test_delta_m_by_hand():
 
 
 def test_round_statistics_have_an_overall_summary_of_each_clients_task_mean(tmp_path):
-    from fedmtl.config import load_config
     from fedmtl.data import dataset_tasks
     from fedmtl.results import OVERALL, RunRecorder
+    from fedmtl.validation import load_config
 
     cfg = load_config(None, [])
     recorder = RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data))

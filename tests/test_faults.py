@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fedmtl.config import ConfigError, ExperimentConfig, load_config
+from fedmtl.config import ConfigError, ExperimentConfig
 from fedmtl.faults import CORRUPTIONS, HUGE_SCALE, corrupt, draw_fault
 from fedmtl.screening import metrics_problem, norm_outliers, update_problem
+from fedmtl.validation import load_config
 from tests.simulation_batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.config import ConfigError, load_config
+from fedmtl.config import ConfigError
 from fedmtl.data import load_federation
 from fedmtl.data.feature_skew import rotate
+from fedmtl.validation import load_config
 
 
 def _fed(kind: str, strength: float, clients: int = 3):
-    cfg = load_config(None, [f"data.num-clients={clients}", "data.pairs-per-digit=1",
+    cfg = load_config(None, [f"data.num-clients={clients}", "data.params.pairs-per-digit=1",
                              f"data.feature-skew={kind}", f"data.feature-skew-strength={strength}"])
-    plain = load_config(None, [f"data.num-clients={clients}", "data.pairs-per-digit=1"])
+    plain = load_config(None, [f"data.num-clients={clients}", "data.params.pairs-per-digit=1"])
     return load_federation(cfg.data, 0), load_federation(plain.data, 0)
 
 

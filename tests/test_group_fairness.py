@@ -32,10 +32,10 @@ def test_undefined_rates_are_left_out_and_multiclass_has_accuracy_only():
 
 
 def test_evaluation_reports_group_metrics_for_data_with_groups():
-    from fedmtl.config import load_config
     from fedmtl.data import dataset_input_shape, dataset_tasks, load_federation
     from fedmtl.models import build_model
     from fedmtl.training import evaluate
+    from fedmtl.validation import load_config
 
     cfg = load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural",
                              "data.num-clients=6"])

@@ -14,7 +14,7 @@ from fedmtl.aggregation.plans import (
     needs_task_parts,
 )
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
-from fedmtl.config import load_config
+from fedmtl.validation import load_config
 
 F64 = torch.float64
 TASKS = ("left", "right")

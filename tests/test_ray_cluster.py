@@ -133,7 +133,7 @@ def test_max_concurrent_clients_sizes_the_ray_instance_and_flowers_actor_pool(tm
     script = (
         "import ray\n"
         "from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources\n"
-        "from fedmtl.config import load_config\n"
+        "from fedmtl.validation import load_config\n"
         "from fedmtl.launch.simulation import backend_config, connect\n"
         "cfg = load_config('configs/smoke.toml', ['engine.max-concurrent-clients=3', 'engine.client-num-cpus=2'])\n"
         "connect(cfg)\n"

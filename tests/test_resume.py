@@ -44,9 +44,9 @@ def test_disk_store_keeps_the_version_a_resume_needs(tmp_path):
 
 
 def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path):
-    from fedmtl.config import load_config
     from fedmtl.data import dataset_tasks
     from fedmtl.results import RunRecorder
+    from fedmtl.validation import load_config
 
     cfg = load_config(None, [])
     recorder = RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data))

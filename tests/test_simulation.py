@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedmtl.config import ConfigError, load_config
+from fedmtl.config import ConfigError
 from fedmtl.results import METRIC_COLUMNS, load_run
+from fedmtl.validation import load_config
 from tests.helpers import is_png
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from fedmtl.config import ConfigError
-from fedmtl.report import pareto_front
 from fedmtl.launch.sweep import folder_name, parse_grid_option, plan_sweep
+from fedmtl.report import pareto_front
 from tests.helpers import is_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     common = ["--set", "run.rounds=2", "--set", "data.num-clients=4"]
     first = fedmtl("sweep", str(ROOT / "configs/centralized_multimnist.toml"), "--grid", "client.lr=[0.05, 0.1]",
                    "--seeds", "2", "--out", str(out / "centralized"), *common,
-                   "--set", "data.pairs-per-digit=1", cwd=out.parent)
+                   "--set", "data.params.pairs-per-digit=1", cwd=out.parent)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "4 to run" in first.stdout and "4/4 runs finished" in first.stdout
     return out
@@ -99,7 +99,7 @@ def test_a_rerun_skips_finished_runs_and_redoes_an_interrupted_one(sweep_dir):
     untouched = (folder / manifest["runs"][0]["folder"] / "metrics.csv").stat().st_mtime_ns
     again = fedmtl("sweep", str(ROOT / "configs/centralized_multimnist.toml"), "--grid", "client.lr=[0.05, 0.1]",
                    "--seeds", "2", "--out", str(folder), "--set", "run.rounds=2", "--set", "data.num-clients=4",
-                   "--set", "data.pairs-per-digit=1", cwd=sweep_dir)
+                   "--set", "data.params.pairs-per-digit=1", cwd=sweep_dir)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "3 already finished, 1 to run" in again.stdout
     assert (broken / "summary.json").is_file()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmtl.config import ConfigError, load_config
+from fedmtl.config import ConfigError
 from fedmtl.data import dataset_tasks, load_federation
 from fedmtl.data.synthetic import DIMENSION, client_sizes, generate_device
+from fedmtl.validation import load_config
 
 
 def _cfg(*overrides):
@@ -41,7 +42,7 @@ def test_relatedness_one_gives_identical_tasks_and_zero_different_ones():
 
 
 def test_federation_is_deterministic_and_split_by_test_fraction():
-    cfg = _cfg("data.num-tasks=3", "data.test-fraction=0.1")
+    cfg = _cfg("data.params.num-tasks=3", "data.test-fraction=0.1")
     assert [t.name for t in dataset_tasks(cfg.data)] == ["task0", "task1", "task2"]
     fed = load_federation(cfg.data, 0)
     sizes = client_sizes(30, 0)
@@ -50,7 +51,7 @@ def test_federation_is_deterministic_and_split_by_test_fraction():
         assert n == sizes[client.client_id]
         assert len(client.test) == max(1, round(0.1 * n))
         assert set(client.train.targets) == {"task0", "task1", "task2"}
-    again = load_federation(_cfg("data.num-tasks=3", "data.test-fraction=0.1", "run.seed=0").data, 0)
+    again = load_federation(_cfg("data.params.num-tasks=3", "data.test-fraction=0.1", "run.seed=0").data, 0)
     np.testing.assert_array_equal(fed.client(3).train.x.numpy(), again.client(3).train.x.numpy())
 
 

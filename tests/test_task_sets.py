@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmtl.config import ConfigError, load_config
+from fedmtl.config import ConfigError
 from fedmtl.data import load_federation
 from fedmtl.data.task_sets import TASK_SETS, assign_tasks
+from fedmtl.validation import load_config
 
 TASKS = ["a", "b", "c", "d", "e"]
 
@@ -49,7 +50,7 @@ def test_patterns():
 
 
 def test_clients_only_see_labels_and_heads_of_their_tasks():
-    cfg = load_config(None, ["data.num-clients=4", "data.pairs-per-digit=1", "data.task-sets=one"])
+    cfg = load_config(None, ["data.num-clients=4", "data.params.pairs-per-digit=1", "data.task-sets=one"])
     fed = load_federation(cfg.data, cfg.run.seed)
     for client in range(4):
         data = fed.client(client)

@@ -126,8 +126,8 @@ def test_device_choice_falls_back_to_cpu_without_a_gpu(monkeypatch, caplog):
 
 
 def test_engine_resources_reach_the_backend_config():
-    from fedmtl.config import load_config
     from fedmtl.launch.simulation import backend_config
+    from fedmtl.validation import load_config
 
     cfg = load_config(None, ["engine.client-num-cpus=2", "engine.client-num-gpus=0.25", "engine.num-cpus=4"])
     backend = backend_config(cfg)

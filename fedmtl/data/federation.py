@@ -175,6 +175,21 @@ class RowDataset(Protocol):
         """The inputs, targets and groups of ``rows``."""
 
 
+def check_natural_clients(dataset: str, count: int, num_clients: int) -> None:
+    """Check that ``data.num-clients`` equals the ``count`` natural clients of ``dataset``.
+
+    Raises
+    ------
+    ValueError
+        Naming the count and the value ``data.num-clients`` needs.
+    """
+    if count != num_clients:
+        raise ValueError(
+            f"dataset '{dataset}' has {count} natural clients with this config; "
+            f"set data.num-clients = {count}"
+        )
+
+
 def row_federation(
     data: RowDataset,
     input_shape: tuple[int, ...],
@@ -192,11 +207,7 @@ def row_federation(
 
     if cfg.partitioner == "natural":
         groups = data.natural_groups()
-        if len(groups) != cfg.num_clients:
-            raise ValueError(
-                f"dataset '{cfg.dataset}' has {len(groups)} natural clients with this config; "
-                f"set data.num-clients = {len(groups)}"
-            )
+        check_natural_clients(cfg.dataset, len(groups), cfg.num_clients)
     else:
         task = cfg.partition_task or tasks[0].name
         groups = PARTITIONERS.get(cfg.partitioner)(data.labels(task), cfg.num_clients, seed, cfg)

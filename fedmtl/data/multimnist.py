@@ -7,11 +7,12 @@ the right one at [6:34]; where they overlap the pixelwise maximum is kept. The c
 resized to 28x28 (nearest neighbour) and normalised with MNIST's mean 0.1307 and std
 0.3081. Tasks: ``left`` and ``right`` digit (10 classes each).
 
-Options (ours): the canvas size (``data.multimnist-canvas``, 36) and the right digit's
-offset (``data.multimnist-shift``, 6; it must fit: shift + 28 ≤ canvas; smaller shifts give
-more overlap, harder tasks), and extra tasks on the same canvases
-(``data.multimnist-extra-tasks``, comma-separated): ``sum`` (left + right, 19 classes),
-``same`` (binary: left == right) and ``larger`` (binary: left > right).
+Options (ours, in ``[data.params]``, see :class:`Params`): canvases per base digit
+(``pairs-per-digit``, ``test-pairs-per-digit``), the canvas size (``canvas``, 36) and the
+right digit's offset (``shift``, 6; it must fit: shift + 28 ≤ canvas; smaller shifts give
+more overlap, harder tasks), and extra tasks on the same canvases (``extra-tasks``,
+comma-separated): ``sum`` (left + right, 19 classes), ``same`` (binary: left == right) and
+``larger`` (binary: left > right).
 
 Federation: the *base digits* are partitioned among clients (IID or label skew on the digit
 label); each client splits its own digits into train and test pools first and only then
@@ -25,9 +26,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator, model_validator
 
+from fedmtl.config import Section
 from fedmtl.data.federation import ClientData, Federation, Split, split_rows
 from fedmtl.data.partitioners import PARTITIONERS
+from fedmtl.registry import did_you_mean
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -44,11 +48,59 @@ EXTRA_TASKS = {
     "larger": (TaskSpec("larger", "binary"), lambda a, b: (a > b).astype(np.int64)),
 }
 INPUT_SHAPE = (1, DIGIT, DIGIT)
+PARTITION_TASKS = ("left",)
+"""The base digits are partitioned: label-skew partitioners split on the left digit."""
+
+
+class Params(Section):
+    """``[data.params]`` of MultiMNIST."""
+
+    pairs_per_digit: int = Field(4, ge=1, le=50, description="Training canvases per base digit.")
+    test_pairs_per_digit: int = Field(2, ge=1, le=50, description="Test (and validation) canvases per base digit.")
+    canvas: int = Field(CANVAS, ge=DIGIT, le=84, description="Canvas side in pixels.")
+    shift: int = Field(SHIFT, ge=0, le=56, description=f"Offset of the right digit (shift + {DIGIT} ≤ canvas).")
+    extra_tasks: str = Field("", description="Extra tasks, comma-separated: 'sum', 'same', 'larger'.")
+
+    @field_validator("extra_tasks")
+    @classmethod
+    def _extra_tasks(cls, v: str) -> str:
+        for name in _names(v):
+            if name not in EXTRA_TASKS:
+                raise ValueError(
+                    f"unknown extra task '{name}'{did_you_mean(name, list(EXTRA_TASKS))}; "
+                    f"allowed: {', '.join(EXTRA_TASKS)}"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _shift_fits(self) -> Params:
+        if self.shift + DIGIT > self.canvas:
+            raise ValueError(
+                f"shift: a shift of {self.shift} does not fit a {self.canvas}-pixel canvas "
+                f"(shift + {DIGIT} ≤ canvas)"
+            )
+        return self
+
+
+MOVED = {
+    "pairs-per-digit": "pairs-per-digit", "test-pairs-per-digit": "test-pairs-per-digit",
+    "multimnist-canvas": "canvas", "multimnist-shift": "shift", "multimnist-extra-tasks": "extra-tasks",
+}
+"""Keys of ``[data]`` before ``[data.params]`` -> their ``[data.params]`` names."""
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def options(cfg: DataSection) -> Params:
+    """The MultiMNIST options of ``cfg`` (``data.params``, defaults filled in)."""
+    return Params.model_validate(dict(cfg.params))
 
 
 def extra_task_names(cfg: DataSection) -> list[str]:
-    """The extra tasks asked for in ``data.multimnist-extra-tasks``."""
-    return [name.strip() for name in cfg.multimnist_extra_tasks.split(",") if name.strip()]
+    """The extra tasks asked for in ``data.params.extra-tasks``."""
+    return _names(options(cfg).extra_tasks)
 
 
 def tasks(cfg: DataSection) -> tuple[TaskSpec, ...]:
@@ -136,16 +188,18 @@ def build(cfg: DataSection, seed: int) -> Federation:
     """The MultiMNIST federation of ``cfg.num_clients`` clients."""
     _, labels = load_digits()
     parts = PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg)
+    params = options(cfg)
+    drawing = (params.canvas, params.shift, tuple(_names(params.extra_tasks)))
 
     def build_client(client_id: int) -> ClientData:
         rng = np.random.default_rng([seed, client_id, 7])
         train, validation, test = split_rows(parts[client_id], cfg.test_fraction, cfg.validation_fraction, rng)
-        options = (cfg.multimnist_canvas, cfg.multimnist_shift, tuple(extra_task_names(cfg)))
+        test_pairs = params.test_pairs_per_digit
         return ClientData(
             client_id,
-            train=canvases(train, cfg.pairs_per_digit, rng, *options),
-            test=canvases(test, cfg.test_pairs_per_digit, rng, *options),
-            validation=canvases(validation, cfg.test_pairs_per_digit, rng, *options) if len(validation) else None,
+            train=canvases(train, params.pairs_per_digit, rng, *drawing),
+            test=canvases(test, test_pairs, rng, *drawing),
+            validation=canvases(validation, test_pairs, rng, *drawing) if len(validation) else None,
         )
 
     return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client)

@@ -15,12 +15,14 @@ their generator (``data/synthetic_1_1/generate_synthetic.py``), for device k:
 **T tasks (ours).** Task t of device k has its own ``(W_{k,t}, b_{k,t})``, each entry
 ``u_k + √ρ Z_k + √(1−ρ) Z_{k,t}`` with standard normal ``Z_k`` shared by the device's tasks
 and ``Z_{k,t}`` per task. Every task's parameters are ``N(u_k, 1)`` as in the paper (T = 1
-is exactly the paper's construction); ρ (``data.synthetic-relatedness``) is the correlation
+is exactly the paper's construction); ρ (``data.params.relatedness``) is the correlation
 between two tasks' parameters: ρ = 1 gives identical tasks, ρ = 0 independent ones.
 
 With ``data.partitioner = "natural"`` each device is one client (``data.num-clients``
 devices); other partitioners re-split the devices' pooled examples. Each client's examples
 are shuffled and split into train and test by ``data.test-fraction`` (the paper: 0.1).
+Options (``[data.params]``, see :class:`Params`): ``num-tasks``, ``alpha``, ``beta``,
+``relatedness``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from fedmtl.config import Section
 from fedmtl.data.federation import ClientData, Federation, Split, row_federation, split_rows
 from fedmtl.tasks import TaskSpec
 
@@ -41,14 +45,37 @@ CLASSES = 10
 INPUT_SHAPE = (DIMENSION,)
 
 
+class Params(Section):
+    """``[data.params]`` of Synthetic(α, β)."""
+
+    num_tasks: int = Field(2, ge=1, le=100, description="Number of tasks T.")
+    alpha: float = Field(1.0, ge=0, description="α, spread of the devices' models (std of u_k).")
+    beta: float = Field(1.0, ge=0, description="β, spread of the devices' inputs (std of B_k).")
+    relatedness: float = Field(
+        0.5, ge=0, le=1, description="Correlation ρ of two tasks' parameters (1 = identical tasks)."
+    )
+
+
+MOVED = {
+    "num-tasks": "num-tasks", "synthetic-alpha": "alpha", "synthetic-beta": "beta",
+    "synthetic-relatedness": "relatedness",
+}
+"""Keys of ``[data]`` before ``[data.params]`` -> their ``[data.params]`` names."""
+
+
+def options(cfg: DataSection) -> Params:
+    """The Synthetic options of ``cfg`` (``data.params``, defaults filled in)."""
+    return Params.model_validate(dict(cfg.params))
+
+
 def task_names(num_tasks: int) -> list[str]:
     """``["task0", "task1", ...]``."""
     return [f"task{t}" for t in range(num_tasks)]
 
 
 def tasks(cfg: DataSection) -> tuple[TaskSpec, ...]:
-    """The ``data.num-tasks`` tasks, 10 classes each."""
-    return tuple(TaskSpec(name, "multiclass", CLASSES) for name in task_names(cfg.num_tasks))
+    """The ``data.params.num-tasks`` tasks, 10 classes each."""
+    return tuple(TaskSpec(name, "multiclass", CLASSES) for name in task_names(options(cfg).num_tasks))
 
 
 def client_sizes(num_clients: int, seed: int) -> np.ndarray:
@@ -84,9 +111,8 @@ SPLIT_SALT = 0x5F
 def device_examples(cfg: DataSection, seed: int, device: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Device ``device``'s ``n`` examples (seeded by the run seed and the device id)."""
     rng = np.random.default_rng([seed, device, 0x5E])
-    return generate_device(
-        n, cfg.synthetic_alpha, cfg.synthetic_beta, cfg.num_tasks, cfg.synthetic_relatedness, rng
-    )
+    params = options(cfg)
+    return generate_device(n, params.alpha, params.beta, params.num_tasks, params.relatedness, rng)
 
 
 def _split(x: np.ndarray, y: np.ndarray, rows: np.ndarray, names: list[str]) -> Split:
@@ -102,7 +128,7 @@ class SyntheticRows:
         examples = [device_examples(cfg, seed, d, int(n)) for d, n in enumerate(client_sizes(cfg.num_clients, seed))]
         self.x = np.concatenate([x for x, _ in examples])
         self.y = np.concatenate([y for _, y in examples])
-        self.names = task_names(cfg.num_tasks)
+        self.names = task_names(options(cfg).num_tasks)
 
     def natural_groups(self) -> list[np.ndarray]:
         raise NotImplementedError("natural clients are built per device, lazily (see build)")
@@ -121,7 +147,7 @@ def build(cfg: DataSection, seed: int) -> Federation:
     if cfg.partitioner != "natural":
         return row_federation(SyntheticRows(cfg, seed), INPUT_SHAPE, list(tasks(cfg)), cfg, seed, salt=SPLIT_SALT)
     sizes = client_sizes(cfg.num_clients, seed)
-    names = task_names(cfg.num_tasks)
+    names = task_names(options(cfg).num_tasks)
 
     def build_client(client_id: int) -> ClientData:
         x, y = device_examples(cfg, seed, client_id, int(sizes[client_id]))

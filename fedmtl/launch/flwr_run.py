@@ -23,7 +23,8 @@ from typing import Any
 
 import tomli_w
 
-from fedmtl.config import ExperimentConfig, load_config, unflatten
+from fedmtl.config import ExperimentConfig, unflatten
+from fedmtl.validation import load_config
 
 
 def flwr_env() -> dict[str, str]:

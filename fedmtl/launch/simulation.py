@@ -1,20 +1,120 @@
-"""``fedmtl run``'s launcher: the ServerApp and ClientApp on Flower's Ray Simulation Engine."""
+"""``fedmtl run``'s launcher: the ServerApp and ClientApp on Flower's Ray Simulation Engine.
+
+:func:`simulate` leaves the process as it found it: the ``flwr``, ``fedmtl`` and root
+loggers (levels, handlers, filters), the environment variables, torch's thread count and
+global random generator (the ServerApp seeds it), the SIGTERM handler (``ray.init`` sets one),
+the warnings filters and Flower's message dispatcher are restored when it returns or raises,
+so a sweep can call it many times. (What Flower and Ray do once when they are first imported
+is theirs.)
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from fedmtl.config import ExperimentConfig, virtual_supernodes
+
+PRESERVED_LOGGERS = ("flwr", "fedmtl", "")
+"""The loggers :func:`simulate` restores (``""``: the root logger)."""
+_HANDLER_ATTRIBUTES = ("level", "formatter", "timestamps", "colored", "json")
+"""What a handler's state is (the last three are Flower's ``ConsoleHandler``'s, which
+``run_simulation(verbose_logging=True)`` changes)."""
 
 
 class _DropDeprecation(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "deprecated" not in record.getMessage().lower()
+
+
+@contextlib.contextmanager
+def preserved_logging(names: tuple[str, ...] = PRESERVED_LOGGERS) -> Iterator[None]:
+    """Restore the loggers ``names`` (level, propagate, disabled, handlers and filters, and
+    each handler's level, formatter and filters) on exit."""
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        handlers = [(h, {a: getattr(h, a) for a in _HANDLER_ATTRIBUTES if hasattr(h, a)}, list(h.filters))
+                    for h in logger.handlers]
+        saved.append((logger, logger.level, logger.propagate, logger.disabled, handlers, list(logger.filters)))
+    try:
+        yield
+    finally:
+        for logger, level, propagate, disabled, handlers, filters in saved:
+            logger.setLevel(level)
+            logger.propagate, logger.disabled = propagate, disabled
+            logger.filters[:] = filters
+            logger.handlers[:] = [h for h, _, _ in handlers]
+            for handler, attributes, handler_filters in handlers:
+                for attribute, value in attributes.items():
+                    setattr(handler, attribute, value)
+                handler.filters[:] = handler_filters
+
+
+@contextlib.contextmanager
+def preserved_environ() -> Iterator[None]:
+    """Restore ``os.environ`` (and so the process environment) on exit."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k not in saved]:
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def preserved_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count on exit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def preserved_sigterm() -> Iterator[None]:
+    """Restore the SIGTERM handler on exit (``ray.init`` installs one that outlives
+    ``ray.shutdown``); signal handlers belong to the main thread, elsewhere nothing is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None and signal.getsignal(signal.SIGTERM) is not handler:
+            signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def quiet_flower(verbose: bool) -> Iterator[None]:
+    """Flower's ``flwr`` logger without its deprecation notices and, unless ``verbose``, at
+    WARNING; its filters and level are restored on exit."""
+    logger = logging.getLogger("flwr")
+    level, drop = logger.level, _DropDeprecation()
+    logger.addFilter(drop)
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+        logger.setLevel(level)
 
 
 class EngineError(RuntimeError):
@@ -71,9 +171,9 @@ def connect(cfg: ExperimentConfig) -> None:
     if cfg.engine.address:
         check_reachable(cfg.engine.address)
     if not ray.is_initialized():
-        # as Flower's Ray backend does: the actors import this process's modules
+        # the actors import this process's modules: they get its sys.path through the job's
+        # runtime environment (this process's os.environ is left alone)
         pythonpath = os.pathsep.join(sys.path)
-        os.environ["PYTHONPATH"] = pythonpath
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **backend_config(cfg)["init_args"])
     need_cpu, need_gpu = cfg.engine.client_num_cpus, cfg.engine.client_num_gpus
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
@@ -95,8 +195,13 @@ def simulate(
     given), with :func:`~fedmtl.config.virtual_supernodes` virtual SuperNodes: one per client,
     or fewer, each playing the client its message names.
 
+    Leaves logging, the environment, torch's threads and random generator, the SIGTERM
+    handler and the warnings filters as they were (see the module's docstring).
+
     Raises whatever the ServerApp raised (the engine re-raises it).
     """
+    import torch
+    from flwr.server.superlink.fleet.vce import vce_api
     from flwr.simulation import run_simulation
 
     from fedmtl.clients.app import app as client_app
@@ -105,14 +210,19 @@ def simulate(
 
     supernodes = virtual_supernodes(cfg)
     cfg = cfg.with_values(engine={"supernodes": supernodes})  # the run folder records it
-    flwr_logger = logging.getLogger("flwr")
-    flwr_logger.addFilter(_DropDeprecation())
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(preserved_environ())
+        stack.enter_context(preserved_torch_threads())
+        stack.enter_context(torch.random.fork_rng(devices=[]))  # torch's CPU generator
+        stack.enter_context(preserved_sigterm())
+        stack.enter_context(preserved_logging())
+        stack.enter_context(quiet_flower(verbose))
+        stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         connect(cfg)
+        # dispatch_on_push swaps Flower's dispatcher for one that wakes on push: put it back after
+        stack.callback(setattr, vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
         dispatch_on_push()
         run_simulation(
             server_app=make_server_app(cfg, run_dir, quiet=quiet, checkpoint=checkpoint),

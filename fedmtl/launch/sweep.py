@@ -33,8 +33,9 @@ from typing import Any
 import tomli_w
 
 from fedmtl.atomic import write_bytes
+from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
-from fedmtl.config import ConfigError, ExperimentConfig, load_config, parse_override
+from fedmtl.validation import load_config
 
 MANIFEST = "sweep.json"
 

@@ -26,6 +26,9 @@ class LeNetBackbone(nn.Module):
         Size of the representation.
     """
 
+    input_rank: int | None = 3
+    """Rank of the inputs it takes, ``(channels, height, width)`` (checked by the config)."""
+
     def __init__(self, input_shape: tuple[int, ...], out_dim: int = 50) -> None:
         super().__init__()
         if len(input_shape) != 3:
@@ -57,6 +60,9 @@ class MLPBackbone(nn.Module):
     depth : int
         Number of hidden layers.
     """
+
+    input_rank: int | None = None
+    """Any input rank (inputs are flattened)."""
 
     def __init__(self, input_shape: tuple[int, ...], out_dim: int = 50, depth: int = 2) -> None:
         super().__init__()

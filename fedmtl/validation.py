@@ -1,0 +1,375 @@
+"""Loading configs, with every check: the schema, then the registries, then the rules across sections.
+
+:mod:`fedmtl.config` is the schema alone (types, ranges, unknown keys) and knows no
+registry. This module sits above it and above the registries, and is where a config is
+checked in full, in three steps:
+
+1. **Schema** (:func:`fedmtl.config.parse_schema`), after turning keys that moved into
+   ``[data.params]`` into a one-line error naming their new place.
+2. **Names and parameters**: dataset, partitioner, task sets, backbone, weightings (and
+   where they may run) with their parameters, kinds of corruption; the dataset's own
+   ``[data.params]``, checked by its ``Params`` model and filled in with its defaults, so a
+   resolved config records exactly what ran.
+3. **Across sections**: input shape vs backbone, natural clients, partition task, feature
+   skew, global heads, where heads live vs virtual SuperNodes, centralized mode.
+
+Everybody loads configs through :func:`load_config`, :func:`build_config` or
+:func:`config_from_flat`; :func:`check_config` re-checks a config changed in code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import ValidationError
+
+from fedmtl.aggregation import WEIGHTINGS, WeightingParamsError
+from fedmtl.aggregation.base import validate_params
+from fedmtl.config import ConfigError, ExperimentConfig, parse_schema, read_values, unflatten, virtual_supernodes
+from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_input_shape, dataset_tasks
+from fedmtl.data.federation import check_natural_clients
+from fedmtl.faults import CORRUPTIONS
+from fedmtl.models import BACKBONES
+from fedmtl.registry import Registry, did_you_mean
+
+IMAGE_RANK = 3
+"""Rank of image inputs, ``(channels, height, width)``."""
+
+
+# -- loaders ------------------------------------------------------------------------------
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a TOML config file (or the defaults), apply ``--set`` overrides, check it all.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A TOML file; ``None`` starts from the defaults.
+    overrides : list[str], optional
+        ``"section.key=value"`` strings applied on top, in order (``data.params.canvas=40``
+        sets one entry of a parameter table).
+
+    Returns
+    -------
+    ExperimentConfig
+        The resolved config: ``data.params`` lists every option of the dataset.
+
+    Raises
+    ------
+    ConfigError
+        One line per bad key or value, naming it and what is allowed.
+    """
+    return build_config(read_values(path, overrides))
+
+
+def config_from_flat(flat: dict[str, Any]) -> ExperimentConfig:
+    """Check a flat Flower run config (``"section.key"`` keys, tables as JSON text) in full."""
+    return build_config(unflatten(dict(flat)))
+
+
+def build_config(values: dict[str, Any]) -> ExperimentConfig:
+    """Check a nested ``{section: {key: value}}`` dict in full and resolve it.
+
+    Raises
+    ------
+    ConfigError
+        For a key that moved (naming its new place), then for the schema, then for names,
+        parameters and the rules across sections.
+    """
+    moved = moved_key_errors(values)
+    if moved:
+        raise ConfigError("\n".join(moved))
+    try:
+        cfg = parse_schema(values)
+    except ConfigError as exc:  # report the unknown names too, in the same pass
+        raise ConfigError("\n".join([str(exc), *raw_name_errors(values)])) from None
+    return check_config(cfg)
+
+
+def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Run the checks beyond the schema on ``cfg``; return it with ``data.params`` resolved.
+
+    Raises
+    ------
+    ConfigError
+        Every unknown name and bad parameter (one per line), or the first broken rule
+        across sections.
+    """
+    errors = name_errors(cfg)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    cfg = resolve_data_params(cfg)
+    for check in CROSS_CHECKS:
+        try:
+            check(cfg)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return cfg
+
+
+# -- keys that moved ----------------------------------------------------------------------
+def _toml_value(value: Any) -> str:
+    try:
+        return tomli_w.dumps({"v": value})[4:].strip()
+    except TypeError:
+        return repr(value)
+
+
+def moved_key_errors(values: dict[str, Any]) -> list[str]:
+    """One line per ``[data]`` key that moved into ``[data.params]``, naming its new place."""
+    data = values.get("data")
+    if not isinstance(data, dict):
+        return []
+    lines = []
+    for old, value in data.items():
+        for dataset, entry in DATASETS.items():
+            if old in entry.moved:
+                new = entry.moved[old]
+                lines.append(
+                    f"data.{old} moved: write it as data.params.{new} ([data.params] {new} = "
+                    f"{_toml_value(value)}), an option of dataset '{dataset}'"
+                )
+                break
+    return lines
+
+
+# -- names and parameters -----------------------------------------------------------------
+def _named(key: str, value: Any, message: str) -> str:
+    return f"{key} = {value!r}: {message}"
+
+
+def _registered(key: str, value: str, registry: Registry[Any]) -> list[str]:
+    return [] if value in registry else [_named(key, value, registry.unknown_message(value))]
+
+
+REGISTERED: tuple[tuple[str, str, Registry[Any]], ...] = (
+    ("data", "dataset", DATASETS),
+    ("data", "partitioner", PARTITIONERS),
+    ("data", "task-sets", TASK_SETS),
+    ("model", "backbone", BACKBONES),
+)
+"""Keys that name an entry of a registry."""
+
+WEIGHTING_KEYS = (("client", "weighting", "params"), ("server", "weighting", "params"),
+                  ("server", "task-weighting", "task-params"))
+"""Keys that name a weighting, with the key of its parameters."""
+
+
+def weighting_name_errors(side: str, key: str, name: str) -> list[str]:
+    """Errors of weighting ``name`` set at ``side.key``: unknown, or not allowed on ``side``."""
+    if name not in WEIGHTINGS:
+        return [_named(f"{side}.{key}", name, WEIGHTINGS.unknown_message(name))]
+    scope = WEIGHTINGS.get(name).scope
+    if scope not in (side, "both"):
+        where = "the server only, not across tasks" if scope == "server" else "clients only, not on the server"
+        return [_named(f"{side}.{key}", name, f"weighting '{name}' runs on {where}")]
+    return []
+
+
+def weighting_params_errors(side: str, name: str, params: dict[str, Any], params_key: str) -> list[str]:
+    """Errors of the parameters ``side.params_key`` of the known weighting ``name``."""
+    try:
+        validate_params(WEIGHTINGS.get(name), params)
+    except WeightingParamsError as exc:
+        return [f"{side}.{params_key}: {line}" for line in str(exc).splitlines()]
+    return []
+
+
+def corruption_errors(kinds: str) -> list[str]:
+    """Errors of ``faults.corrupt-kinds``: empty, or naming an unknown kind."""
+    names = [n.strip() for n in kinds.split(",") if n.strip()]
+    if not names:
+        return [_named("faults.corrupt-kinds", kinds, f"name at least one of: {', '.join(CORRUPTIONS)}")]
+    return [
+        _named("faults.corrupt-kinds", kinds,
+               f"unknown corruption '{name}'{did_you_mean(name, list(CORRUPTIONS))}; "
+               f"allowed: {', '.join(CORRUPTIONS)}")
+        for name in names if name not in CORRUPTIONS
+    ]
+
+
+def _text(values: dict[str, Any], section: str, key: str) -> str | None:
+    content = values.get(section)
+    value = content.get(key) if isinstance(content, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def raw_name_errors(values: dict[str, Any]) -> list[str]:
+    """Errors of the names in nested ``values`` (schema-checked or not): unknown registered
+    names, weightings where they may not run, unknown kinds of corruption. Keys that are
+    missing or not strings are left to the schema."""
+    errors = []
+    for section, key, registry in REGISTERED:
+        if (name := _text(values, section, key)) is not None:
+            errors += _registered(f"{section}.{key}", name, registry)
+    for side, key, _ in WEIGHTING_KEYS:
+        if (name := _text(values, side, key)) is not None:
+            errors += weighting_name_errors(side, key, name)
+    if (kinds := _text(values, "faults", "corrupt-kinds")) is not None:
+        errors += corruption_errors(kinds)
+    return errors
+
+
+def name_errors(cfg: ExperimentConfig) -> list[str]:
+    """Every registered name of ``cfg`` that is unknown or misplaced, and bad weighting parameters."""
+    nested = cfg.to_nested()
+    errors = raw_name_errors(nested)
+    for side, key, params_key in WEIGHTING_KEYS:
+        name = nested[side][key]
+        if not weighting_name_errors(side, key, name):
+            errors += weighting_params_errors(side, name, nested[side][params_key], params_key)
+    return errors
+
+
+def _param_error(err: dict[str, Any], dataset: str, allowed: list[str]) -> str:
+    loc = [str(part) for part in err["loc"]]
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return (
+            f"data.params.{loc[-1]}: unknown option of dataset '{dataset}'{did_you_mean(loc[-1], allowed)}; "
+            f"allowed: {', '.join(allowed) or 'none'}"
+        )
+    if not loc:  # a check across options; the message names the option
+        return f"data.params.{message}"
+    return _named(f"data.params.{'.'.join(loc)}", err.get("input"), message)
+
+
+def resolve_data_params(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``data.params`` checked by its dataset and every default filled in.
+
+    Raises
+    ------
+    ConfigError
+        One line per bad option, naming ``data.params.<key>``.
+    """
+    dataset = cfg.data.dataset
+    model = DATASETS.get(dataset).params
+    try:
+        params = model.model_validate(dict(cfg.data.params))
+    except ValidationError as exc:
+        allowed = [info.alias or name for name, info in model.model_fields.items()]
+        raise ConfigError("\n".join(_param_error(e, dataset, allowed) for e in exc.errors())) from None
+    data = cfg.data.model_copy(update={"params": params.model_dump(by_alias=True)})
+    return cfg.model_copy(update={"data": data})
+
+
+# -- rules across sections ----------------------------------------------------------------
+def _inputs(rank: int) -> str:
+    return "image inputs" if rank == IMAGE_RANK else f"inputs of rank {rank}"
+
+
+def check_backbone_input(cfg: ExperimentConfig) -> None:
+    """The backbone takes the dataset's inputs (its ``input_rank``)."""
+    shape = dataset_input_shape(cfg.data)
+    rank = getattr(BACKBONES.get(cfg.model.backbone), "input_rank", None)
+    if rank is None or rank == len(shape):
+        return
+    fitting = [f"'{name}'" for name, backbone in BACKBONES.items()
+               if getattr(backbone, "input_rank", None) in (None, len(shape))]
+    raise ValueError(
+        f"model.backbone = '{cfg.model.backbone}' needs {_inputs(rank)}, but dataset '{cfg.data.dataset}' "
+        f"has inputs of shape {shape}; use backbone = {' or '.join(fitting)}"
+    )
+
+
+def check_natural_partition(cfg: ExperimentConfig) -> None:
+    """``data.partitioner = 'natural'`` needs a dataset with natural clients, as many as
+    ``data.num-clients`` when their number is fixed."""
+    if cfg.data.partitioner != "natural":
+        return
+    natural = DATASETS.get(cfg.data.dataset).natural_clients
+    if natural is None:
+        raise ValueError(
+            f"data.partitioner = 'natural': dataset '{cfg.data.dataset}' has no natural "
+            "clients; choose another partitioner"
+        )
+    count = natural(cfg.data)
+    if count is not None:
+        check_natural_clients(cfg.data.dataset, count, cfg.data.num_clients)
+
+
+def check_partition_task(cfg: ExperimentConfig) -> None:
+    """``data.partition-task`` is a task of the dataset, one it can partition on."""
+    task = cfg.data.partition_task
+    if not task:
+        return
+    names = [t.name for t in dataset_tasks(cfg.data)]
+    if task not in names:
+        raise ValueError(
+            f"data.partition-task = '{task}' is not a task of dataset "
+            f"'{cfg.data.dataset}'{did_you_mean(task, names)}; tasks: {', '.join(names)}"
+        )
+    entry = DATASETS.get(cfg.data.dataset)
+    if entry.partition_tasks is not None and task not in entry.partition_tasks:
+        allowed = " or ".join(f"'{t}'" for t in entry.partition_tasks)
+        raise ValueError(f"data.partition-task: {entry.partition_reason}; use '' or {allowed}")
+
+
+def check_feature_skew(cfg: ExperimentConfig) -> None:
+    """Rotation needs image inputs."""
+    if cfg.data.feature_skew != "rotation":
+        return
+    shape = dataset_input_shape(cfg.data)
+    if len(shape) != IMAGE_RANK:
+        raise ValueError(
+            f"data.feature-skew = 'rotation' needs image inputs, but dataset "
+            f"'{cfg.data.dataset}' has inputs of shape {shape}; use 'noise'"
+        )
+
+
+def check_global_heads(cfg: ExperimentConfig) -> None:
+    """Global heads need every client to hold every task, and the 'clients' plan."""
+    if cfg.model.heads != "global":
+        return
+    if cfg.data.task_sets != "all":
+        raise ValueError(
+            f"model.heads = 'global' needs every client to hold every task "
+            f"(data.task-sets = 'all'), not {cfg.data.task_sets!r}"
+        )
+    if cfg.server.plan != "clients":
+        raise ValueError(
+            f"model.heads = 'global' federates whole models: it needs server.plan = "
+            f"'clients', not {cfg.server.plan!r}"
+        )
+
+
+def check_head_store(cfg: ExperimentConfig) -> None:
+    """Heads in a SuperNode's memory need one SuperNode per client."""
+    nodes = virtual_supernodes(cfg)
+    if cfg.client.head_store == "context" and nodes < cfg.data.num_clients:
+        raise ValueError(
+            f"client.head-store = 'context' keeps heads in a SuperNode's memory, but "
+            f"{nodes} virtual SuperNodes play {cfg.data.num_clients} clients "
+            "(engine.supernodes); use client.head-store = 'disk' or engine.supernodes = data.num-clients"
+        )
+
+
+def check_centralized(cfg: ExperimentConfig) -> None:
+    """The centralized baseline pools every client's labels: all tasks everywhere."""
+    if cfg.run.mode == "centralized" and cfg.data.task_sets != "all":
+        raise ValueError(
+            f"run.mode = 'centralized' pools every client's labels and needs "
+            f"data.task-sets = 'all', not {cfg.data.task_sets!r}"
+        )
+
+
+def check_dataset_reads(cfg: ExperimentConfig) -> None:
+    """The dataset can say its input shape and tasks (a local copy is complete, its
+    options name what it has)."""
+    dataset_input_shape(cfg.data)
+    dataset_tasks(cfg.data)
+
+
+CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
+    check_dataset_reads,
+    check_backbone_input,
+    check_natural_partition,
+    check_partition_task,
+    check_feature_skew,
+    check_global_heads,
+    check_head_store,
+    check_centralized,
+)
+"""The rules across sections, in the order they run; each raises ``ValueError``."""
