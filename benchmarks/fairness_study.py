@@ -34,8 +34,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedmtl.report import make_report  # noqa: E402
 from fedmtl.launch.sweep import plan_sweep, run_sweep  # noqa: E402
+from fedmtl.report import make_report  # noqa: E402
 
 PARTS = {
     "qffl-synthetic": {

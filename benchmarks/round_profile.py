@@ -38,9 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import fedmtl.clients.app as fedmtl_client  # noqa: E402
 from flwr.app import MetricRecord  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
+
+import fedmtl.clients.app as fedmtl_client  # noqa: E402
 
 # -- a ClientApp that reports when it ran (imported by the Ray actors) ---------------------
 timed_app = ClientApp()
@@ -78,9 +79,10 @@ class Timeline:
 
 def install(timeline: Timeline) -> None:
     """Wrap the engine's actor call, the grid's push and the strategy's two steps."""
-    import fedmtl.server.strategy as strategy
     import flwr.server.superlink.fleet.vce.backend.raybackend as raybackend
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    import fedmtl.server.strategy as strategy
 
     process_message = raybackend.RayBackend.process_message
 

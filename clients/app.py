@@ -1,17 +1,19 @@
 """The fedmtl ClientApp.
 
-A client is identified by its node's ``partition-id`` (``--node-config`` in a deployment,
-set by the Simulation Engine in simulation), unless the message names one (``client-id`` in
-its ``call`` record, beside the run config in ``config``):
-a large simulation's virtual SuperNodes take turns playing many clients. Every reply to
-``train`` and ``evaluate`` carries its placement (host, Ray node, device). Messages:
+The messages and their replies are those of :mod:`fedmtl.protocol`. A client is identified
+by its node's ``partition-id`` (``--node-config`` in a deployment, set by the Simulation
+Engine in simulation), unless the message names one (``client-id`` in its ``call`` record,
+beside the run config in ``config``): a large simulation's virtual SuperNodes take turns
+playing many clients. Every reply to ``train`` and ``evaluate`` carries its placement
+(host, Ray node, device). What a reply carries is decided by the message alone, never by
+the server's settings in the run config. Messages:
 
 - ``query`` (discovery): replies its partition id and the number of partitions;
 - ``train``: loads the global backbone, restores its own heads and local weighting state
   (or initialises them from the seed and its id on a first visit), measures its loss before
-  training when the server weighting needs it, trains locally, saves its heads, and replies
-  the backbone *update* (local − global) — or its per-task parts when the server's plan
-  needs them — and metrics. Heads never leave the client.
+  training when the call asks for it (``needs-losses-before``), trains locally, saves its
+  heads, and replies the backbone *update* (local − global) — or its per-task parts, flat,
+  when the call asks for them (``task-parts``) — and metrics. Heads never leave the client.
 - ``train`` with ``[faults]``: a client may drop out (an error in place of its reply), reply
   late (a straggler) or corrupt its update (:mod:`fedmtl.faults`).
 - ``evaluate``: the personalized model (global backbone + own heads) on the local test split.
@@ -30,14 +32,15 @@ from flwr.clientapp import ClientApp
 from flwr.common import Error, MessageType
 from flwr.common.constant import ErrorCode
 
-from fedmtl.aggregation import WEIGHTINGS, Weighting, make_weighting
-from fedmtl.aggregation.plans import needs_task_parts, uses_task_weighting
-from fedmtl.config import ExperimentConfig, config_from_flat
+from fedmtl import protocol as wire
+from fedmtl.aggregation import Weighting, make_weighting
+from fedmtl.clients.context_store import ContextHeadStore
+from fedmtl.clients.parts import flat_parts
+from fedmtl.config import ExperimentConfig
 from fedmtl.data import ClientData, load_federation
 from fedmtl.faults import Fault, corrupt, draw_fault
 from fedmtl.models import MultiTaskModel, build_model
 from fedmtl.personalization import (
-    ContextHeadStore,
     DiskHeadStore,
     HeadStore,
     heads_fingerprint,
@@ -45,9 +48,11 @@ from fedmtl.personalization import (
     save_client_state,
     unpack_state,
 )
+from fedmtl.seeds import Stream, torch_generator
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import evaluate, measure_losses, train_local
-from fedmtl.training.setup import select_device, seeded_generator
+from fedmtl.training.setup import select_device
+from fedmtl.validation import config_from_flat
 
 app = ClientApp()
 
@@ -57,27 +62,34 @@ def _parse_config(items: tuple[tuple[str, object], ...]) -> ExperimentConfig:
     return config_from_flat(dict(items))
 
 
-PER_MESSAGE = ("server-round", "server-attempt", "client-id")
-"""Values of one message (its ``"call"`` record), as opposed to the run config."""
-
-
-def call_values(msg: Message) -> dict[str, int]:
-    """The per-message values (:data:`PER_MESSAGE`): from the message's ``"call"`` record, or
-    from its ``"config"`` record when a sender puts everything there."""
-    source = msg.content["call"] if "call" in msg.content.config_records else msg.content["config"]
-    return {key: int(source[key]) for key in PER_MESSAGE if key in source}
+def read_call(msg: Message) -> wire.TrainCall:
+    """The message's per-message values (:class:`fedmtl.protocol.TrainCall`): from its
+    ``"call"`` record, or from its ``"config"`` record when a sender puts everything there."""
+    content = msg.content
+    source = content[wire.CALL] if wire.CALL in content.config_records else content[wire.CONFIG]
+    return wire.read_call({key: source[key] for key in wire.PER_MESSAGE if key in source})
 
 
 def read_config(msg: Message) -> tuple[ExperimentConfig, int]:
     """The run config and the server round carried by a message."""
-    values = {k: v for k, v in msg.content["config"].items() if k not in PER_MESSAGE}
-    return _parse_config(tuple(sorted(values.items()))), call_values(msg).get("server-round", 0)
+    values = {k: v for k, v in msg.content[wire.CONFIG].items() if k not in wire.PER_MESSAGE}
+    return _parse_config(tuple(sorted(values.items()))), read_call(msg).server_round
+
+
+def use_threads(count: int) -> None:
+    """Give torch ``count`` intra-op threads in this process (``engine.client-num-cpus``).
+
+    The setting is process-wide: it is changed only when it differs, so after a process's
+    first message every message finds and leaves it as it is.
+    """
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 def partition_id(context: Context) -> int:
     """This node's client id (``partition-id`` of its node config)."""
     try:
-        return int(context.node_config["partition-id"])
+        return int(context.node_config[wire.PARTITION_ID])
     except KeyError:
         raise RuntimeError(
             "this SuperNode has no 'partition-id' in its node config; start it with "
@@ -96,7 +108,7 @@ def head_store(cfg: ExperimentConfig, context: Context) -> HeadStore:
 def client_id(msg: Message, context: Context) -> int:
     """The client this message is for: the ``client-id`` the server names (a simulation's
     SuperNodes may take turns playing many clients), else this node's partition id."""
-    named = call_values(msg).get("client-id")
+    named = read_call(msg).client
     return named if named is not None else partition_id(context)
 
 
@@ -119,7 +131,7 @@ class LocalSetup:
 def local_setup(msg: Message, context: Context) -> LocalSetup:
     """Config from ``msg``; global backbone from ``msg`` + this client's heads; its data."""
     cfg, server_round = read_config(msg)
-    torch.set_num_threads(cfg.engine.client_num_cpus)
+    use_threads(cfg.engine.client_num_cpus)
     client = client_id(msg, context)
     fed = load_federation(cfg.data, cfg.run.seed)
     tasks = fed.client_tasks(client)
@@ -129,7 +141,7 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     # this round's heads from before it was killed); evaluation uses this round's
     until = server_round - 1 if msg.metadata.message_type == MessageType.TRAIN else server_round
     _, weighting_state = restore_client(model, store, cfg.run.seed, client, until)
-    model.load_federated_state(msg.content["arrays"].to_torch_state_dict())  # global heads win
+    model.load_federated_state(msg.content[wire.ARRAYS].to_torch_state_dict())  # global heads win
     return LocalSetup(
         cfg, server_round, client, model, store, fed.client(client), tasks,
         select_device(cfg.client.device), weighting_state,
@@ -154,22 +166,14 @@ def query(msg: Message, context: Context) -> Message:
     """Discovery: report this node's partition id and the number of partitions."""
     info = MetricRecord(
         {
-            "partition-id": partition_id(context),
-            "num-partitions": int(context.node_config.get("num-partitions", -1)),
+            wire.PARTITION_ID: partition_id(context),
+            wire.NUM_PARTITIONS: int(context.node_config.get(wire.NUM_PARTITIONS, -1)),
         }
     )
-    return Message(RecordDict({"info": info}), reply_to=msg)
+    return Message(RecordDict({wire.INFO: info}), reply_to=msg)
 
 
-def server_needs_losses(cfg: ExperimentConfig) -> bool:
-    """Whether a server weighting in use weights by the loss before local training."""
-    names = [cfg.server.weighting]
-    if uses_task_weighting(cfg.server.plan):
-        names.append(cfg.server.task_weighting)
-    return any(WEIGHTINGS.get(n).needs_losses for n in names)
-
-
-def local_weighting(s: "LocalSetup") -> Weighting:
+def local_weighting(s: LocalSetup) -> Weighting:
     """The client's cross-task weighting, with the state it saved last round."""
     weighting = make_weighting(s.cfg.client.weighting, **s.cfg.client.params)
     if s.weighting_state is not None:
@@ -177,32 +181,10 @@ def local_weighting(s: "LocalSetup") -> Weighting:
     return weighting
 
 
-def unflatten_parts(
-    parts: torch.Tensor, model: MultiTaskModel, like: dict[str, torch.Tensor], names: list[str]
-) -> dict[str, ArrayRecord]:
-    """``(T, P)`` per-task parts (backbone parameters, flattened in order) -> one
-    ArrayRecord per task with the keys of the backbone state ``like`` (buffers get zeros)."""
-    offsets, offset = {}, 0
-    for key, p in model.backbone.named_parameters():
-        offsets[key] = (offset, p.numel())
-        offset += p.numel()
-    records = {}
-    for name, flat in zip(names, parts, strict=True):
-        state = {}
-        for key, ref in like.items():
-            if key in offsets:
-                start, n = offsets[key]
-                state[key] = flat[start : start + n].reshape(ref.shape).to(ref.dtype)
-            else:
-                state[key] = torch.zeros_like(ref)
-        records[f"part.{name}"] = ArrayRecord(state)
-    return records
-
-
 def injected_fault(msg: Message, context: Context) -> Fault:
     """This client's fault in this training attempt (``[faults]``; none by default)."""
     cfg, server_round = read_config(msg)
-    attempt = call_values(msg).get("server-attempt", 0)
+    attempt = read_call(msg).attempt
     client = client_id(msg, context)
     return draw_fault(cfg.faults, cfg.run.seed, server_round, attempt, client)
 
@@ -222,6 +204,7 @@ def train(msg: Message, context: Context) -> Message:
     if fault.dropout:  # gone: the server gets an error in place of a reply, as for a lost node
         reason = f"client {client_id(msg, context)} dropped out of this round (faults.dropout)"
         return Message(error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=msg)
+    call = read_call(msg)
     s = local_setup(msg, context)
     model, client, cfg = s.model, s.client, s.cfg
     fingerprint_in = heads_fingerprint(model)
@@ -230,10 +213,10 @@ def train(msg: Message, context: Context) -> Message:
     global_state = {k: v.clone() for k, v in model.federated_state(global_heads).items()}
     model.to(s.device)
     metrics: dict[str, float | int] = {}
-    if server_needs_losses(cfg):
+    if call.needs_losses_before:
         before = measure_losses(model, s.data.train, s.tasks, batch_size=cfg.client.batch_size, device=s.device)
-        metrics.update({f"train.{task}.loss-before": loss for task, loss in before.items()})
-    track_parts = needs_task_parts(cfg.server.plan)
+        metrics.update({wire.metric_key(wire.TRAIN, task, wire.LOSS_BEFORE): loss for task, loss in before.items()})
+    track_parts = call.task_parts
     result = train_local(
         model,
         s.data.train,
@@ -244,27 +227,27 @@ def train(msg: Message, context: Context) -> Message:
         lr=cfg.client.lr,
         momentum=cfg.client.momentum,
         device=s.device,
-        generator=seeded_generator(cfg.run.seed, s.server_round, client),
+        generator=torch_generator(Stream.BATCHES, cfg.run.seed, s.server_round, client),
         gradients=cfg.client.gradients,
         track_parts=track_parts,
     )
     model.to("cpu")
     save_client_state(s.store, client, model, weighting.state_dict(), s.server_round, cfg.run.checkpoint_every)
     metrics.update({
-        "partition-id": client,
-        "num-examples": result.num_examples,
-        "heads-fingerprint-in": fingerprint_in,
-        "heads-fingerprint-out": heads_fingerprint(model),
+        wire.PARTITION_ID: client,
+        wire.NUM_EXAMPLES: result.num_examples,
+        wire.HEADS_IN: fingerprint_in,
+        wire.HEADS_OUT: heads_fingerprint(model),
     })
     for task, loss in result.task_losses.items():
-        metrics[f"train.{task}.loss"] = loss
-        metrics[f"train.{task}.weight"] = result.task_weights[task]
+        metrics[wire.metric_key(wire.TRAIN, task, wire.LOSS)] = loss
+        metrics[wire.metric_key(wire.TRAIN, task, wire.WEIGHT)] = result.task_weights[task]
     records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
-        "metrics": MetricRecord(metrics), "placement": placement(s.device)}
+        wire.METRICS: MetricRecord(metrics), wire.PLACEMENT: placement(s.device)}
     if track_parts:
-        records.update(unflatten_parts(result.parts, model, global_state, [t.name for t in s.tasks]))
+        records[wire.PARTS] = ArrayRecord(flat_parts(result.parts, model, global_state, [t.name for t in s.tasks]))
     else:
-        records["update"] = ArrayRecord(
+        records[wire.UPDATE] = ArrayRecord(
             {k: v - global_state[k] for k, v in model.federated_state(global_heads).items()})
     if fault.delay:
         time.sleep(fault.delay)  # a straggler: its heads are saved, its reply is late
@@ -277,8 +260,7 @@ def evaluate_personalized(msg: Message, context: Context) -> Message:
     s = local_setup(msg, context)
     test = s.data.test
     results = evaluate(s.model.to(s.device), test, s.tasks, device=s.device)
-    metrics: dict[str, float | int] = {"partition-id": s.client, "num-examples": len(test)}
-    for task, values in results.items():
-        for metric, value in values.items():
-            metrics[f"test.{task}.{metric}"] = value
-    return Message(RecordDict({"metrics": MetricRecord(metrics), "placement": placement(s.device)}), reply_to=msg)
+    metrics: dict[str, float | int] = {wire.PARTITION_ID: s.client, wire.NUM_EXAMPLES: len(test)}
+    metrics.update(wire.task_metrics(wire.TEST, results))
+    return Message(RecordDict({wire.METRICS: MetricRecord(metrics), wire.PLACEMENT: placement(s.device)}),
+                   reply_to=msg)

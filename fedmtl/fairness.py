@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 
-
 STATISTICS = ("mean", "wmean", "std", "worst", "best", "worst10", "jain", "var", "worst20",
               "best10", "gap", "gini", "entropy")
 

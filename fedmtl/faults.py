@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from fedmtl import seeds
 from fedmtl.config import FaultsSection
 
 HUGE_SCALE = 1e6
@@ -86,7 +86,7 @@ def draw_fault(faults: FaultsSection, seed: int, server_round: int, attempt: int
     """
     if faults.dropout == 0 and faults.straggler == 0 and faults.corrupt == 0:
         return Fault()
-    rng = np.random.default_rng([seed, server_round, attempt, client, 0xFA17])
+    rng = seeds.rng(seed, server_round, attempt, client, seeds.Stream.FAULTS)
     u_drop, u_straggle, u_corrupt = rng.random(3)
     if u_drop < faults.dropout:
         return Fault(dropout=True)

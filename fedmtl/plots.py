@@ -21,6 +21,8 @@ import pandas as pd
 from matplotlib import rcsetup
 from matplotlib.figure import Figure
 
+from fedmtl import seeds
+
 PREFERRED = ("accuracy", "mse", "mae", "loss")
 
 
@@ -106,7 +108,7 @@ def _final(test: pd.DataFrame, tasks: list[str], path: Path) -> Path:
         labels.append(f"{task}\n({metric})")
     with backend_left_unset():
         ax.boxplot(data, showfliers=False)
-    rng = np.random.default_rng(0)
+    rng = seeds.rng(0)
     for i, values in enumerate(data, start=1):
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=12, alpha=0.7, color="C1")
     ax.set_xticks(range(1, len(labels) + 1), labels)

@@ -8,22 +8,21 @@ same server with :func:`make_server_app` around an already validated config and 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common import MessageType
+from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmtl.config import ExperimentConfig, config_from_flat
+from fedmtl.config import ExperimentConfig
 from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.models import build_model
 from fedmtl.progress import Progress
 from fedmtl.results import RunRecorder, create_run_dir
+from fedmtl.seeds import Stream, seeded_torch_init
 from fedmtl.server.discovery import discover_clients
 from fedmtl.server.latency import poll_replies_often, signal_pushes
 from fedmtl.server.strategy import FedMTLStrategy
+from fedmtl.validation import config_from_flat
 
 log = logging.getLogger("fedmtl")
 
@@ -54,18 +53,16 @@ def run_server(
     recorder = RunRecorder(run_dir, cfg, tasks, resume_round=done)
     progress = Progress(cfg.run.rounds, enabled=not quiet)
     directory = discover_clients(grid, cfg)
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
+    with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
+        model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
     strategy = FedMTLStrategy(cfg, directory, recorder, progress)
     initial = model.federated_state(cfg.model.heads == "global")
     if checkpoint:
         strategy.restore(checkpoint)
-        initial = strategy.current_state
+        initial = strategy.state
         if not quiet:
             progress.console.print(f"Resuming {run_dir} after round {done} of {cfg.run.rounds}")
-    if cfg.run.rounds - (done or 0) > 0:
-        strategy.start(grid, ArrayRecord(initial), num_rounds=cfg.run.rounds - (done or 0),
-                       timeout=cfg.server.timeout)
+    strategy.start(grid, ArrayRecord(initial))
     strategy.check_progress()
     progress.final_table(strategy.last_stats)
     recorder.finish(strategy.last_stats)

@@ -1,7 +1,7 @@
 """Which SuperNode serves which client: discovery at start-up and after reconnections.
 
 Every SuperNode answers a QUERY message with its ``partition-id`` (the client it serves) and
-``num-partitions``. :func:`discover_clients` waits until clients ``0..N-1`` are connected;
+``num-partitions`` (:mod:`fedmtl.protocol`). :func:`discover_clients` waits until clients ``0..N-1`` are connected;
 :class:`ClientDirectory` then follows SuperNodes that reconnect during a run (a restarted
 SuperNode gets a new node id): before every round it queries nodes it has not seen and maps
 their client to the newest node.
@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common import MessageType
 from flwr.serverapp import Grid
 
+from fedmtl import protocol as wire
 from fedmtl.config import ExperimentConfig
 
 log = logging.getLogger("fedmtl")
@@ -36,7 +37,7 @@ def query_nodes(
         ``{node id: info}`` of the nodes that answered and ``{node id: error}`` of those
         that failed.
     """
-    content = RecordDict({"config": ConfigRecord({"kind": "discover"})})
+    content = RecordDict({wire.CONFIG: ConfigRecord({wire.KIND: wire.DISCOVER})})
     messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
     infos, errors = {}, {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -44,8 +45,8 @@ def query_nodes(
         if reply.has_error():
             errors[node] = reply.error.reason
             continue
-        info = reply.content["info"]
-        infos[node] = (int(info["partition-id"]), int(info["num-partitions"]))
+        info = reply.content[wire.INFO]
+        infos[node] = (int(info[wire.PARTITION_ID]), int(info[wire.NUM_PARTITIONS]))
     return infos, errors
 
 

@@ -12,10 +12,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import MessageType
 
+from fedmtl import protocol as wire
 from fedmtl.clients.app import app
-from fedmtl.config import load_config
 from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.models import build_model
+from fedmtl.validation import load_config
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +32,7 @@ def _cfg(tmp_path, store):
     return load_config(
         None,
         [
-            "data.num-clients=3", "data.pairs-per-digit=1", "data.test-pairs-per-digit=1",
+            "data.num-clients=3", "data.params.pairs-per-digit=1", "data.params.test-pairs-per-digit=1",
             "client.batch-size=64", f"client.head-store={store}",
             f"client.head-store-dir={tmp_path / 'heads'}",
         ],
@@ -43,13 +44,17 @@ def _global(cfg):
     return build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
 
 
-def _send(cfg, model, kind, server_round, context):
+def _send(cfg, model, kind, server_round, context, **needs):
+    """Send ``kind`` with the run config; ``needs`` are the train call's flags
+    (``needs_losses_before``, ``task_parts``), in a ``"call"`` record as the server sends them."""
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.backbone_state()),
             "config": ConfigRecord({**cfg.to_flat(), "server-round": server_round}),
         }
     )
+    if needs:
+        content["call"] = ConfigRecord(wire.TrainCall(server_round, **needs).values())
     msg = Message(content=content, dst_node_id=context.node_id, message_type=kind)
     reply = app(msg, context)
     assert not reply.has_error(), reply.error
@@ -151,30 +156,84 @@ def test_missing_partition_id_is_a_clear_error(tmp_path):
 
 
 def test_task_parts_in_the_reply_sum_to_the_whole_update(tmp_path):
-    """plan 'flat' makes the real ClientApp send one part per task; they sum to the update
-    the same client sends under plan 'clients' (same seed, round and heads)."""
+    """A call asking for task parts makes the real ClientApp send one flat part per task, laid
+    out as the server flattens the backbone state; they sum to the update the same client
+    sends when the call does not ask for parts (same seed, round and heads)."""
+    from fedmtl.server.vectors import flatten_state
+
     base = _cfg(tmp_path, "disk")
     model = _global(base)
     whole = _send(base.with_values(client={"head-store-dir": str(tmp_path / "a")}), model,
                   MessageType.TRAIN, 1, _context(2))
-    flat_cfg = base.with_values(client={"head-store-dir": str(tmp_path / "b")}, server={"plan": "flat"})
-    parts = _send(flat_cfg, model, MessageType.TRAIN, 1, _context(2))
-    assert "update" not in parts.content and "part.left" in parts.content and "part.right" in parts.content
+    parts = _send(base.with_values(client={"head-store-dir": str(tmp_path / "b")}), model,
+                  MessageType.TRAIN, 1, _context(2), task_parts=True)
+    assert "update" not in parts.content and set(parts.content.array_records) == {"parts"}
+    flat = parts.content["parts"].to_torch_state_dict()
+    assert list(flat) == ["left", "right"]
     total = whole.content["update"].to_torch_state_dict()
-    left = parts.content["part.left"].to_torch_state_dict()
-    right = parts.content["part.right"].to_torch_state_dict()
-    for key, value in total.items():
-        torch.testing.assert_close(left[key] + right[key], value, rtol=1e-4, atol=1e-6)
-        assert not torch.equal(left[key], right[key])
+    keys = list(model.backbone_state())
+    assert list(total) == keys
+    vector = flatten_state(total, keys)
+    assert flat["left"].dtype == flat["right"].dtype == torch.float32
+    assert flat["left"].shape == flat["right"].shape == vector.shape
+    torch.testing.assert_close(flat["left"] + flat["right"], vector, rtol=1e-4, atol=1e-6)
+    offset = 0
+    for key in keys:  # every tensor of the state has its slice, and the parts differ in each
+        n = total[key].numel()
+        assert not torch.equal(flat["left"][offset : offset + n], flat["right"][offset : offset + n])
+        offset += n
 
 
-def test_loss_before_training_is_reported_when_the_server_weighting_needs_it(tmp_path):
-    cfg = _cfg(tmp_path, "disk").with_values(server={"weighting": "qffl"})
-    reply = _send(cfg, _global(cfg), MessageType.TRAIN, 1, _context(0))
+def test_a_backbone_buffer_travels_as_zeros_in_the_flat_parts(tmp_path):
+    from fedmtl.clients.parts import flat_parts
+
+    model = _global(_cfg(tmp_path, "disk"))
+    params = dict(model.backbone.named_parameters())
+    like = {}
+    for key, p in params.items():  # a buffer after the first parameter, as a BatchNorm has
+        like[key] = p.detach()
+        if len(like) == 1:
+            like["running_mean"] = torch.ones(2)
+    size = sum(p.numel() for p in params.values())
+    parts = torch.arange(2 * size, dtype=torch.float32).reshape(2, size)
+    flat = flat_parts(parts, model, like, ["left", "right"])
+    first = next(iter(params.values())).numel()
+    assert flat["left"].shape == (size + 2,) and flat["left"].dtype == torch.float32
+    assert torch.equal(flat["left"][:first], parts[0, :first])
+    assert torch.equal(flat["left"][first : first + 2], torch.zeros(2))
+    assert torch.equal(flat["right"][first + 2 :], parts[1, first:])
+
+
+def test_loss_before_training_is_reported_when_the_call_asks_for_it(tmp_path):
+    cfg = _cfg(tmp_path, "disk")
+    reply = _send(cfg, _global(cfg), MessageType.TRAIN, 1, _context(0), needs_losses_before=True)
     metrics = reply.content["metrics"]
     assert metrics["train.left.loss-before"] > 0 and metrics["train.right.loss-before"] > 0
     plain = _send(_cfg(tmp_path, "disk"), _global(cfg), MessageType.TRAIN, 1, _context(1))
     assert "train.left.loss-before" not in plain.content["metrics"]
+
+
+def test_the_client_obeys_the_call_not_the_server_settings_in_the_run_config(tmp_path):
+    """A run config naming a loss-based weighting and a task plan changes nothing: only the
+    call's flags decide what the reply carries."""
+    cfg = _cfg(tmp_path, "disk").with_values(server={"weighting": "qffl", "plan": "flat"})
+    reply = _send(cfg, _global(cfg), MessageType.TRAIN, 1, _context(0))
+    assert set(reply.content.array_records) == {"update"}
+    assert "train.left.loss-before" not in reply.content["metrics"]
+    asked = _send(cfg, _global(cfg), MessageType.TRAIN, 2, _context(0), needs_losses_before=True, task_parts=True)
+    assert set(asked.content.array_records) == {"parts"} and "train.left.loss-before" in asked.content["metrics"]
+
+
+def test_a_message_leaves_the_thread_setting_as_it_found_it_after_the_first(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, "disk")
+    model = _global(cfg)
+    _send(cfg, model, MessageType.EVALUATE, 1, _context(0))
+    assert torch.get_num_threads() == cfg.engine.client_num_cpus
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    _send(cfg, model, MessageType.TRAIN, 1, _context(0))
+    _send(cfg, model, MessageType.EVALUATE, 1, _context(0))
+    assert calls == []
 
 
 def test_local_weighting_state_survives_between_rounds(tmp_path):
@@ -198,8 +257,8 @@ def test_a_client_without_a_task_has_no_head_part_or_metric_for_it(tmp_path):
     cfg = _cfg(tmp_path, "disk").with_values(data={"task-sets": "one"}, server={"plan": "flat"})
     model = _global(cfg)
     context = _context(1)  # client 1 holds 'right' only
-    reply = _send(cfg, model, MessageType.TRAIN, 1, context)
-    assert "part.right" in reply.content and "part.left" not in reply.content
+    reply = _send(cfg, model, MessageType.TRAIN, 1, context, task_parts=True)
+    assert list(reply.content["parts"].keys()) == ["right"]
     assert not any(k.startswith("train.left") for k in reply.content["metrics"].keys())
     heads = head_store(cfg, context).load(1)
     assert heads and all(k.startswith("right.") for k in heads)
@@ -210,8 +269,8 @@ def test_a_client_without_a_task_has_no_head_part_or_metric_for_it(tmp_path):
 def test_global_heads_travel_with_the_backbone_and_are_used_for_evaluation(tmp_path):
     from fedmtl.models.multitask import HEADS_PREFIX
 
-    cfg = load_config(None, ["data.num-clients=3", "data.pairs-per-digit=1", "data.test-pairs-per-digit=1",
-                             "client.batch-size=64", "model.heads=global",
+    cfg = load_config(None, ["data.num-clients=3", "data.params.pairs-per-digit=1",
+                             "data.params.test-pairs-per-digit=1", "client.batch-size=64", "model.heads=global",
                              f"client.head-store-dir={tmp_path / 'heads'}"])
     model = _global(cfg)
     state = model.federated_state(global_heads=True)

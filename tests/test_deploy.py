@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 
 from fedmtl.launch.certificates import make_node_keys, make_tls_certificates
-from fedmtl.launch.deploy import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

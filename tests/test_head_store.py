@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from flwr.app import RecordDict
 
+from fedmtl.clients.context_store import ContextHeadStore
 from fedmtl.config import ModelSection
 from fedmtl.models import build_model
 from fedmtl.personalization import (
-    ContextHeadStore,
     DiskHeadStore,
     heads_fingerprint,
     init_heads,

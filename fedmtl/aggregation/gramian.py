@@ -129,7 +129,7 @@ class PCGrad(GramianWeighting):
     def from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(seed)  # a weighting's own generator: its seed parameter
             return tjd.PCGradWeighting()(gramian)
 
 

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from fedmtl.config import Section
 from fedmtl.data.federation import Federation, Split, row_federation
+from fedmtl.seeds import Stream
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -124,4 +125,4 @@ class ArrestsRows:
 
 def build(cfg: DataSection, seed: int) -> Federation:
     """Natural clients (``data.params.client-key``) or any partitioner on the pooled rows."""
-    return row_federation(ArrestsRows(cfg), (input_dim(cfg),), list(TASKS), cfg, seed, salt=0xA2)
+    return row_federation(ArrestsRows(cfg), (input_dim(cfg),), list(TASKS), cfg, seed, salt=Stream.ARRESTS_SPLIT)

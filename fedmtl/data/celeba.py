@@ -31,6 +31,7 @@ from pydantic import Field
 
 from fedmtl.config import Section
 from fedmtl.data.federation import Federation, Split, row_federation
+from fedmtl.seeds import Stream
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -192,4 +193,4 @@ class CelebARows:
 def build(cfg: DataSection, seed: int) -> Federation:
     """Celebrities as clients (``data.partitioner = "natural"``) or any partitioner on all
     images; images are loaded per client."""
-    return row_federation(CelebARows(cfg), input_shape(cfg), list(tasks(cfg)), cfg, seed, salt=0xCE1)
+    return row_federation(CelebARows(cfg), input_shape(cfg), list(tasks(cfg)), cfg, seed, salt=Stream.CELEBA_SPLIT)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmtl.data.federation import ClientData, Split
+from fedmtl.seeds import Stream, torch_generator
 
 if TYPE_CHECKING:
     from fedmtl.config import DataSection
@@ -58,7 +59,7 @@ def skew_client(data: ClientData, num_clients: int, cfg: DataSection, seed: int)
     if cfg.feature_skew == "none":
         return data
     amount = cfg.feature_skew_strength * level(data.client_id, num_clients)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + data.client_id * 31 + 17)
+    generator = torch_generator(Stream.FEATURE_SKEW, seed, data.client_id)
     return ClientData(
         data.client_id,
         _apply(data.train, cfg.feature_skew, amount, generator),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from fedmtl.seeds import rng as rng_of
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def restrict(self, tasks: list[str]) -> "Split":
+    def restrict(self, tasks: list[str]) -> Split:
         """The same inputs with the targets of ``tasks`` only."""
         return Split(self.x, {t: self.targets[t] for t in tasks}, self.groups)
 
@@ -213,7 +214,7 @@ def row_federation(
         groups = PARTITIONERS.get(cfg.partitioner)(data.labels(task), cfg.num_clients, seed, cfg)
 
     def build_client(client_id: int) -> ClientData:
-        rng = np.random.default_rng([seed, client_id, salt])
+        rng = rng_of(seed, client_id, salt)
         train, validation, test = split_rows(groups[client_id], cfg.test_fraction, cfg.validation_fraction, rng)
         return ClientData(
             client_id, data.split(train), data.split(test),

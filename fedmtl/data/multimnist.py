@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from fedmtl import seeds
 from fedmtl.config import Section
 from fedmtl.data.federation import ClientData, Federation, Split, split_rows
 from fedmtl.data.partitioners import PARTITIONERS
@@ -192,7 +193,7 @@ def build(cfg: DataSection, seed: int) -> Federation:
     drawing = (params.canvas, params.shift, tuple(_names(params.extra_tasks)))
 
     def build_client(client_id: int) -> ClientData:
-        rng = np.random.default_rng([seed, client_id, 7])
+        rng = seeds.rng(seed, client_id, seeds.Stream.MULTIMNIST_CLIENT)
         train, validation, test = split_rows(parts[client_id], cfg.test_fraction, cfg.validation_fraction, rng)
         test_pairs = params.test_pairs_per_digit
         return ClientData(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedmtl.registry import Registry
+from fedmtl.seeds import Stream, rng
 
 if TYPE_CHECKING:
     from fedmtl.config import DataSection
@@ -47,7 +48,7 @@ def iid(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection) ->
     from flwr_datasets.partitioner import IidPartitioner
 
     _check_enough(labels, num_partitions)
-    order = np.random.default_rng(seed).permutation(len(labels))
+    order = rng(seed).permutation(len(labels))
     parts = _indices_with(IidPartitioner(num_partitions), labels[order])
     return [order[p] for p in parts]
 
@@ -118,7 +119,7 @@ def pathological(
 def power_law_sizes(total: int, num_partitions: int, exponent: float, seed: int) -> list[int]:
     """Client sizes ``∝ r^(-exponent)`` for ranks r = 1..N in a seeded order (Zipf's law),
     at least 2 each, summing to ``total``."""
-    ranks = np.random.default_rng([seed, 0x9A]).permutation(num_partitions) + 1
+    ranks = rng(seed, Stream.POWER_LAW).permutation(num_partitions) + 1
     shares = ranks.astype(np.float64) ** -exponent
     spare = total - 2 * num_partitions
     sizes = 2 + np.floor(shares / shares.sum() * spare).astype(np.int64)
@@ -136,7 +137,7 @@ def power_law(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSecti
 
     _check_enough(labels, num_partitions)
     sizes = power_law_sizes(len(labels), num_partitions, cfg.power_law_exponent, seed)
-    order = np.random.default_rng(seed).permutation(len(labels))
+    order = rng(seed).permutation(len(labels))
     parts = _indices_with(SizePartitioner(sizes), labels[order])
     return [order[p] for p in parts]
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from fedmtl import seeds
 from fedmtl.config import Section
 from fedmtl.data.federation import ClientData, Federation, Split, row_federation, split_rows
 from fedmtl.tasks import TaskSpec
@@ -80,7 +81,7 @@ def tasks(cfg: DataSection) -> tuple[TaskSpec, ...]:
 
 def client_sizes(num_clients: int, seed: int) -> np.ndarray:
     """``n_k = ⌊LogNormal(4, 2)⌋ + 50`` for every device (seeded)."""
-    rng = np.random.default_rng([seed, 0x51])
+    rng = seeds.rng(seed, seeds.Stream.SYNTHETIC_MODELS)
     return rng.lognormal(4, 2, num_clients).astype(np.int64) + 50
 
 
@@ -105,12 +106,12 @@ def generate_device(
     return x.astype(np.float32), labels
 
 
-SPLIT_SALT = 0x5F
+SPLIT_SALT = seeds.Stream.SYNTHETIC_SPLIT
 
 
 def device_examples(cfg: DataSection, seed: int, device: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Device ``device``'s ``n`` examples (seeded by the run seed and the device id)."""
-    rng = np.random.default_rng([seed, device, 0x5E])
+    rng = seeds.rng(seed, device, seeds.Stream.SYNTHETIC_DEVICE)
     params = options(cfg)
     return generate_device(n, params.alpha, params.beta, params.num_tasks, params.relatedness, rng)
 
@@ -151,7 +152,7 @@ def build(cfg: DataSection, seed: int) -> Federation:
 
     def build_client(client_id: int) -> ClientData:
         x, y = device_examples(cfg, seed, client_id, int(sizes[client_id]))
-        rng = np.random.default_rng([seed, client_id, SPLIT_SALT])
+        rng = seeds.rng(seed, client_id, SPLIT_SALT)
         train, validation, test = split_rows(np.arange(len(x)), cfg.test_fraction, cfg.validation_fraction, rng)
         return ClientData(
             client_id, _split(x, y, train, names), _split(x, y, test, names),

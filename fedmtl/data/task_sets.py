@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedmtl.registry import Registry
+from fedmtl.seeds import Stream, rng
 
 if TYPE_CHECKING:
     from fedmtl.config import DataSection
@@ -32,7 +33,7 @@ TASK_SETS: Registry[TaskSetAssigner] = Registry("task-set assignment")
 
 
 def _rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 0x7A5C])
+    return rng(seed, Stream.TASK_SETS)
 
 
 def _random_k(rng: np.random.Generator, tasks: list[str], k: int) -> list[str]:

@@ -67,7 +67,7 @@ def make_tls_certificates(
         raise ValueError("make_tls_certificates needs at least one host name or address")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca = (
         x509.CertificateBuilder()

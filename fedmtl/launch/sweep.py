@@ -30,8 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from fedmtl.atomic import write_bytes
 from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline

@@ -1,7 +1,10 @@
-"""Personalisation: where each client's heads live (the backbone is federated)."""
+"""Personalisation: where each client's heads live (the backbone is federated).
+
+The store in a Flower node's ``Context.state`` belongs to the ClientApp
+(:mod:`fedmtl.clients.context_store`): the core knows nothing of Flower.
+"""
 
 from fedmtl.personalization.head_store import (
-    ContextHeadStore,
     DiskHeadStore,
     HeadStore,
     heads_fingerprint,
@@ -14,7 +17,6 @@ from fedmtl.personalization.head_store import (
 )
 
 __all__ = [
-    "ContextHeadStore",
     "DiskHeadStore",
     "HeadStore",
     "heads_fingerprint",

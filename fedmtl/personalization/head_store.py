@@ -1,10 +1,9 @@
 """Where a client's personal heads live between rounds.
 
-Heads never leave the client. Two stores keep them across rounds:
+Heads never leave the client. Any :class:`HeadStore` keeps them across rounds; the core
+has the one that knows nothing of Flower (the ClientApp adds one in the node's Flower
+``Context.state``, :mod:`fedmtl.clients.context_store`):
 
-- :class:`ContextHeadStore`: in the node's Flower ``Context.state`` (a ``RecordDict``),
-  fine for small heads. (In simulation the context travels with every message to the
-  worker that runs the client, so large heads belong on disk.)
 - :class:`DiskHeadStore`: files per client id under a folder, written atomically; it
   survives process and node restarts. Saved with the round that produced them
   (``client-<id>.r<round>.pt``), it keeps the versions a resumed run may need: a run resumed
@@ -25,9 +24,9 @@ import torch
 
 from fedmtl.atomic import torch_save
 from fedmtl.models import MultiTaskModel
+from fedmtl.seeds import Stream, seeded_torch_init
 
 HeadState = dict[str, torch.Tensor]
-CONTEXT_KEY = "fedmtl.heads"
 WEIGHTING_KEY = "__weighting_state__"
 
 
@@ -94,41 +93,9 @@ class DiskHeadStore:
                 path.unlink(missing_ok=True)
 
 
-class ContextHeadStore:
-    """Heads kept in a Flower node ``Context.state`` under ``"fedmtl.heads.<client id>"``.
-
-    Parameters
-    ----------
-    state : flwr.app.RecordDict
-        The node context's ``state``.
-    """
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
-
-    def key(self, client_id: int) -> str:
-        """Record name of client ``client_id``'s heads."""
-        return f"{CONTEXT_KEY}.{client_id}"
-
-    def load(self, client_id: int, until_round: int | None = None) -> HeadState | None:
-        """The latest heads (one version only: a node's context does not outlive its process)."""
-        record = self.state.array_records.get(self.key(client_id))
-        if record is None:
-            return None
-        return record.to_torch_state_dict()
-
-    def save(self, client_id: int, state: HeadState, server_round: int | None = None,
-             checkpoint_every: int = 1) -> None:
-        from flwr.app import ArrayRecord
-
-        self.state[self.key(client_id)] = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
-
-
 def init_heads(model: MultiTaskModel, seed: int, client_id: int) -> None:
     """Re-initialise ``model``'s heads from ``(seed, client_id)`` alone (deterministic)."""
-    generator_seed = (seed * 1_000_003 + client_id * 7_919 + 12_345) % (2**63)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(generator_seed)
+    with seeded_torch_init(Stream.HEAD_INIT, seed, client_id):
         for head in model.heads.values():
             for module in head.modules():
                 if hasattr(module, "reset_parameters"):

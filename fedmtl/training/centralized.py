@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from fedmtl.aggregation import make_weighting
 from fedmtl.config import ExperimentConfig
 from fedmtl.data import Split, load_federation
 from fedmtl.models import build_model
 from fedmtl.progress import Progress
 from fedmtl.results import RoundStats, RunRecorder
+from fedmtl.seeds import Stream, seeded_torch_init, torch_generator
 from fedmtl.training.evaluate import evaluate
 from fedmtl.training.local import train_local
-from fedmtl.training.setup import seeded_generator, select_device
+from fedmtl.training.setup import select_device
 
 
 def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> Path:
@@ -28,8 +27,8 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -
     fed = load_federation(cfg.data, cfg.run.seed)
     clients = fed.clients()
     pooled = Split.concat([c.train for c in clients])
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model, fed.input_shape, fed.tasks)
+    with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
+        model = build_model(cfg.model, fed.input_shape, fed.tasks)
     device = select_device(cfg.client.device)
     model.to(device)
     weighting = make_weighting(cfg.client.weighting, **cfg.client.params)
@@ -41,7 +40,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -
             model, pooled, fed.tasks, weighting,
             epochs=cfg.client.epochs, batch_size=cfg.client.batch_size, lr=cfg.client.lr,
             momentum=cfg.client.momentum, device=device,
-            generator=seeded_generator(cfg.run.seed, epoch), gradients=cfg.client.gradients,
+            generator=torch_generator(Stream.BATCHES, cfg.run.seed, epoch), gradients=cfg.client.gradients,
         )
         row = {"round": epoch, "train_loss": sum(result.task_losses.values()) / len(result.task_losses)}
         round_stats = None

@@ -1,4 +1,4 @@
-"""Small helpers shared by clients and the centralized baseline: device and seeds."""
+"""Small helpers shared by clients, the server and the centralized baseline: devices."""
 
 from __future__ import annotations
 
@@ -38,16 +38,3 @@ def server_device(requested: str) -> torch.device:
             "use 'auto' (a GPU when present) or 'cpu'"
         )
     return select_device(requested)
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (run seed, round, client id, ...)."""
-    seed = 0x9E3779B97F4A7C15
-    for part in parts:
-        seed = (seed ^ (int(part) + 0x9E3779B97F4A7C15 + (seed << 6) + (seed >> 2))) % (2**63)
-    return seed
-
-
-def seeded_generator(*parts: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded by :func:`derived_seed`."""
-    return torch.Generator().manual_seed(derived_seed(*parts))

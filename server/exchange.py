@@ -1,0 +1,100 @@
+"""One exchange with the clients: the messages of an attempt, and what its replies say.
+
+The strategy sends the messages built here through the grid and hands the replies back;
+these functions read them (:mod:`fedmtl.server.replies`) and log what went wrong, in the
+order the server reports it: client errors, missing replies, then rejected replies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from logging import WARNING
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common import log
+
+from fedmtl import protocol as wire
+from fedmtl.server.replies import (
+    Accepted,
+    Evaluated,
+    Failed,
+    Rejected,
+    addressee,
+    addressees,
+    placement_row,
+    read_evaluate_reply,
+    read_train_reply,
+)
+from fedmtl.server.roster import Roster
+
+
+def build_messages(
+    arrays: ArrayRecord, config: ConfigRecord, roster: Roster, clients: list[int], kind: str, call: wire.Call
+) -> list[Message]:
+    """One message per client: the global model, the run config and the call's values.
+
+    The run config is one record shared by every message (Flower checks every value of a
+    new record); the per-message values travel in ``"call"``.
+    """
+    return [Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config,
+                                wire.CALL: ConfigRecord(dataclasses.replace(call, client=c).values())}),
+                    dst_node_id=roster.node(i, c), message_type=kind)
+            for i, c in enumerate(clients)]
+
+
+def read_train_replies(
+    messages: list[Message], replies: list[Message], like: dict[str, torch.Tensor], parts: bool, seen: set[int]
+) -> list[Accepted | Rejected | Failed]:
+    """Read an attempt's training replies in order (``seen``: clients already accepted this
+    round; a second reply of a client is rejected)."""
+    sent, seen, outcomes = addressees(messages), set(seen), []
+    for reply in replies:
+        outcome = read_train_reply(reply, addressee(reply, sent), like, parts, seen)
+        if isinstance(outcome, Accepted):
+            seen.add(outcome.client)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def read_evaluate_replies(messages: list[Message], replies: list[Message]) -> list[Evaluated | Rejected | Failed]:
+    """Read an exchange's evaluation replies in order."""
+    sent = addressees(messages)
+    return [read_evaluate_reply(reply, addressee(reply, sent)) for reply in replies]
+
+
+def unanswered(messages: list[Message], replies: list[Message]) -> int:
+    """How many of ``messages`` got no reply (within the grid's timeout)."""
+    answered = {reply.metadata.reply_to_message_id for reply in replies}
+    return sum(m.metadata.message_id not in answered for m in messages)
+
+
+def log_failures(server_round: int, stage: str, outcomes: list, missing: int, timeout: float) -> list[str]:
+    """Log the client errors among ``outcomes`` and the ``missing`` replies; return one
+    reason per error and one for the missing replies (when any)."""
+    reasons = [o.reason for o in outcomes if isinstance(o, Failed)]
+    for reason in reasons:
+        log(WARNING, "round %d %s: a client failed: %s", server_round, stage, reason)
+    if missing > 0:
+        reasons.append(f"{missing} client(s) sent no reply within server.timeout = {timeout:g} s")
+        log(WARNING, "round %d %s: %s", server_round, stage, reasons[-1])
+    return reasons
+
+
+def log_rejections(server_round: int, stage: str, outcomes: list) -> int:
+    """Log the rejected replies among ``outcomes``; return how many."""
+    rejected = [o for o in outcomes if isinstance(o, Rejected)]
+    for o in rejected:
+        who = f"client {o.client}" if o.client is not None else "a client"
+        if stage == "training":
+            log(WARNING, "round %d: rejected the update of %s: %s", server_round, who, o.problem)
+        else:
+            log(WARNING, "round %d %s: rejected the reply of %s: %s", server_round, stage, who, o.problem)
+    return len(rejected)
+
+
+def placement_rows(server_round: int, stage: str, messages: list[Message], replies: list[Message]) -> list[tuple]:
+    """The ``placement.csv`` rows of an exchange's replies, sorted."""
+    sent = addressees(messages)
+    rows = [placement_row(r, addressee(r, sent), server_round, stage) for r in replies if not r.has_error()]
+    return sorted(row for row in rows if row is not None)

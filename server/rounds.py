@@ -1,0 +1,139 @@
+"""The typed state of one server round, its ``rounds.csv`` row, and the rules on rounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from logging import INFO
+from typing import Any
+
+from flwr.common import log
+
+from fedmtl.aggregation.plans import uses_task_weighting
+from fedmtl.config import ExperimentConfig, RunSection, ServerSection
+from fedmtl.server.replies import Accepted
+
+
+class ClientsFailed(RuntimeError):
+    """The clients failed the run: too many rounds in a row had too few valid replies
+    (``server.max-failed-rounds``), or no round had enough."""
+
+    @classmethod
+    def in_a_row(cls, server_round: int, streak: int, limit: int, why: str, reasons: list[str]) -> ClientsFailed:
+        """``streak`` skipped rounds in a row reached ``server.max-failed-rounds``."""
+        return cls(f"round {server_round}: {streak} rounds in a row without enough valid replies "
+                   f"(server.max-failed-rounds = {limit}); last round: {why}"
+                   + (f"; first error: {reasons[0]}" if reasons else ""))
+
+    @classmethod
+    def none_aggregated(cls, tally: RunTally, min_replies: int) -> ClientsFailed:
+        """None of this process's rounds had ``server.min-replies`` valid replies."""
+        return cls(f"none of the {tally.train_rounds} round(s) had server.min-replies = {min_replies} valid replies"
+                   + (f"; first error: {tally.first_error}" if tally.first_error else ""))
+
+
+MAX_REASONS = 20
+"""Client errors kept per round (the first ones)."""
+
+
+@dataclass
+class Collected:
+    """The training replies of one round so far, over all its attempts."""
+
+    formed: dict[int, Accepted] = field(default_factory=dict)
+    """Well-formed replies by client (before norm screening)."""
+    sampled: int = 0
+    failures: int = 0
+    rejected: int = 0
+    """Replies rejected when read (norm screening is counted apart)."""
+    retries: int = 0
+    reasons: list[str] = field(default_factory=list)
+    """The round's client errors (the first :data:`MAX_REASONS`)."""
+
+    def note_failure(self, reason: str) -> None:
+        """Count one failed client and keep its reason."""
+        if len(self.reasons) < MAX_REASONS:
+            self.reasons.append(reason)
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """The training half of a ``rounds.csv`` row."""
+
+    sampled: int
+    replies: int
+    failures: int
+    rejected: int
+    retries: int
+    aggregated: int
+    skipped: int
+    fallbacks: int | None = None
+    """Weighting fallbacks (``None`` for a skipped round)."""
+    train_loss: float | None = None
+    """Example-weighted mean training loss (``None`` for a skipped round)."""
+
+
+@dataclass(frozen=True)
+class EvaluateRecord:
+    """The evaluation half of a ``rounds.csv`` row."""
+
+    failures: int
+    evaluated: int
+
+
+def round_row(server_round: int, train: TrainRecord, evaluation: EvaluateRecord | None) -> dict[str, Any]:
+    """The ``rounds.csv`` counts of a round, in column order; values a round does not have
+    (a skipped round's loss, a round without evaluation) are left out."""
+    row: dict[str, Any] = {"round": server_round}
+    row.update({k: v for k, v in vars(train).items() if v is not None})
+    if evaluation is not None:
+        row["evaluate_failures"] = evaluation.failures
+        if evaluation.evaluated:
+            row["evaluated"] = evaluation.evaluated
+    return row
+
+
+@dataclass
+class RunTally:
+    """What this process's rounds add up to (for the end-of-run check)."""
+
+    train_rounds: int = 0
+    aggregated_rounds: int = 0
+    failed_streak: int = 0
+    """Consecutive rounds skipped for too few valid replies."""
+    first_error: str = ""
+    """The first client error of this process (training or evaluation)."""
+
+    def note_error(self, reason: str) -> None:
+        """Remember ``reason`` if it is the first error."""
+        self.first_error = self.first_error or reason
+
+
+def is_evaluation_round(run: RunSection, server_round: int) -> bool:
+    """Evaluate every ``run.evaluate-every`` rounds and at the last round."""
+    return server_round % run.evaluate_every == 0 or server_round == run.rounds
+
+
+def is_checkpoint_round(run: RunSection, server_round: int) -> bool:
+    """Checkpoint every ``run.checkpoint-every`` rounds and at the last round."""
+    return server_round % run.checkpoint_every == 0 or server_round == run.rounds
+
+
+def retry_pool(server: ServerSection, collected: Collected, usable: int, clients: list[int]) -> list[int]:
+    """The clients a retry may ask: those without a well-formed reply this round, when
+    ``usable`` replies are too few, ``server.on-too-few = "retry"`` and retries are left
+    (else none)."""
+    if usable >= server.min_replies or server.on_too_few != "retry" or collected.retries >= server.max_retries:
+        return []
+    return [c for c in clients if c not in collected.formed]
+
+
+def log_settings(cfg: ExperimentConfig, num_clients: int) -> None:
+    """Log the server's settings at the start of a run."""
+    server = cfg.server
+    log(INFO, "\t├── clients: %d, train fraction %.2f, evaluate fraction %.2f",
+        num_clients, server.fraction_train, server.fraction_evaluate)
+    levels = f"'{server.weighting}'"
+    if uses_task_weighting(server.plan):
+        levels += f" across clients, '{server.task_weighting}' across tasks"
+    log(INFO, "\t└── plan '%s', server weighting %s, optimizer %s (lr %g), client weighting '%s'",
+        server.plan, levels, server.optimizer, server.lr, cfg.client.weighting)

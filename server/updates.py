@@ -1,0 +1,65 @@
+"""From accepted training replies to the aggregation plan's rows and ``metrics.csv`` rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedmtl import protocol as wire
+from fedmtl.aggregation.plans import WHOLE, PlanResult, Row
+from fedmtl.results import CLIENT_LEVEL
+from fedmtl.screening import norm_outliers
+from fedmtl.server.replies import Accepted
+
+MetricRow = tuple[int, int, str, str, str, float]
+"""``(round, client, task, split, metric, value)``."""
+
+
+def plan_rows(reply: Accepted, device: torch.device) -> list[Row]:
+    """The update rows of one reply, each with the loss its weighting sees: the task's loss
+    before local training when reported, else after (the mean over tasks for a whole update)."""
+    per_task = wire.parse_metric_keys(reply.metrics, wire.TRAIN)
+    task_loss = {t: v.get(wire.LOSS_BEFORE, v[wire.LOSS]) for t, v in per_task.items()}
+    count = reply.metrics[wire.NUM_EXAMPLES]
+    rows = []
+    for task, vector in reply.rows.items():
+        loss = float(np.mean(list(task_loss.values()))) if task == WHOLE else task_loss[task]
+        rows.append(Row(reply.client, task, vector.to(device), loss, count))
+    return rows
+
+
+def reply_loss(reply: Accepted) -> float:
+    """The client's mean training loss over its tasks."""
+    per_task = wire.parse_metric_keys(reply.metrics, wire.TRAIN)
+    return float(np.mean([v[wire.LOSS] for v in per_task.values()]))
+
+
+def train_metric_rows(server_round: int, reply: Accepted) -> list[MetricRow]:
+    """The ``metrics.csv`` rows of one accepted training reply."""
+    rows: list[MetricRow] = []
+    for task, values in wire.parse_metric_keys(reply.metrics, wire.TRAIN).items():
+        rows += [(server_round, reply.client, task, "train", m, v) for m, v in values.items()]
+    for key in (wire.NUM_EXAMPLES, wire.HEADS_IN, wire.HEADS_OUT):
+        rows.append((server_round, reply.client, CLIENT_LEVEL, "train", key, reply.metrics[key]))
+    return rows
+
+
+def weight_rows(server_round: int, result: PlanResult) -> list[MetricRow]:
+    """The ``aggregation-weight`` rows of the plan's result."""
+    return [(server_round, client, CLIENT_LEVEL if task == WHOLE else task, "train", "aggregation-weight", w)
+            for (client, task), w in sorted(result.row_weights.items())]
+
+
+def train_loss(replies: list[Accepted]) -> float:
+    """The example-weighted mean of the clients' training losses."""
+    losses = [reply_loss(r) for r in replies]
+    return float(np.average(losses, weights=[r.metrics[wire.NUM_EXAMPLES] for r in replies]))
+
+
+def screen_norms(formed: dict[int, Accepted], factor: float) -> list[int]:
+    """The clients whose update (the sum of its rows) passes the norm screen
+    (:func:`fedmtl.screening.norm_outliers` with ``server.norm-screening``), sorted."""
+    clients = sorted(formed)
+    norms = [float(torch.linalg.vector_norm(sum(formed[c].rows.values()))) for c in clients]
+    outlier = norm_outliers(norms, factor)
+    return [c for c, out in zip(clients, outlier, strict=True) if not out]

@@ -1,0 +1,158 @@
+"""The server's round loop (retry, skip, stop, evaluation) over a tiny fake grid (no Ray).
+
+``FakeGrid`` offers the two grid methods the strategy calls, ``get_node_ids`` and
+``send_and_receive``; it gives each message an id, as a real grid does, and answers it with
+a scripted client. The real engine path is covered by the simulation tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pandas as pd
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import Error, MessageType
+
+from fedmtl import protocol as wire
+from fedmtl.data import dataset_tasks
+from fedmtl.progress import Progress
+from fedmtl.results import RunRecorder
+from fedmtl.server.discovery import ClientDirectory
+from fedmtl.server.strategy import ClientsFailed, FedMTLStrategy
+from fedmtl.validation import load_config
+
+STATE = {"w": torch.zeros(3), "b": torch.zeros(2)}
+Script = Callable[[Message, wire.TrainCall], Message | list[Message] | None]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+
+
+class FakeGrid:
+    """Answers each message with ``script(message, call)``: a reply, several, or none."""
+
+    def __init__(self, num_clients: int, script: Script) -> None:
+        self.nodes = [100 + c for c in range(num_clients)]
+        self.script = script
+        self.ids = itertools.count()
+        self.sent: list[tuple[str, int, int]] = []
+        """``(message type, attempt, client)`` of every message sent."""
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"
+            call = wire.read_call(dict(msg.content[wire.CALL].items()))
+            self.sent.append((msg.metadata.message_type, call.attempt, call.client))
+            out = self.script(msg, call)
+            replies += out if isinstance(out, list) else [] if out is None else [out]
+        return replies
+
+
+def good(msg: Message, call: wire.TrainCall, client: int | None = None) -> Message:
+    """A well-formed reply of the client the message is for (or the one named)."""
+    who = call.client if client is None else client
+    if msg.metadata.message_type == MessageType.EVALUATE:
+        metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 5, "test.left.accuracy": 0.5,
+                   "test.right.accuracy": 0.25}
+        return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 10, wire.HEADS_IN: 0.1, wire.HEADS_OUT: 0.2,
+               "train.left.loss": 1.0, "train.right.loss": 2.0}
+    update = ArrayRecord({k: torch.full_like(v, 0.1 * (who + 1)) for k, v in STATE.items()})
+    return Message(RecordDict({wire.METRICS: MetricRecord(metrics), wire.UPDATE: update,
+                               wire.PLACEMENT: ConfigRecord({"host": "h", "node": "", "device": "cpu"})}),
+                   reply_to=msg)
+
+
+def failed(msg: Message, call: wire.TrainCall) -> Message:
+    return Message(error=Error(code=1, reason=f"client {call.client} is down"), reply_to=msg)
+
+
+def run(tmp_path, script: Script, *sets: str) -> tuple[FedMTLStrategy, FakeGrid, pd.DataFrame]:
+    cfg = load_config(None, ["data.num-clients=4", "run.rounds=2", "server.fraction-train=1",
+                             "server.fraction-evaluate=1", "server.min-replies=3", *sets])
+    directory = ClientDirectory(cfg.data.num_clients)
+    directory.infos = {100 + c: (c, cfg.data.num_clients) for c in range(cfg.data.num_clients)}
+    directory.clients = {c: 100 + c for c in range(cfg.data.num_clients)}
+    grid = FakeGrid(cfg.data.num_clients, script)
+    strategy = FedMTLStrategy(cfg, directory, RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data)),
+                              Progress(cfg.run.rounds, enabled=False))
+    try:
+        strategy.start(grid, ArrayRecord(STATE))  # type: ignore[arg-type]
+    finally:
+        rounds = pd.read_csv(tmp_path / "rounds.csv") if (tmp_path / "rounds.csv").is_file() else None
+    return strategy, grid, rounds
+
+
+def test_rounds_with_good_replies_move_the_model_and_are_recorded(tmp_path):
+    strategy, grid, rounds = run(tmp_path, good)
+    assert list(rounds["aggregated"]) == [4, 4] and list(rounds["skipped"]) == [0, 0]
+    assert list(rounds["evaluated"]) == [4, 4] and list(rounds.columns[:3]) == ["round", "elapsed_s", "sampled"]
+    assert not torch.equal(strategy.state["w"], STATE["w"])
+    assert [s for s in grid.sent if s[0] == MessageType.TRAIN] == [("train", 0, c) for c in range(4)] * 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["round-1.pt", "round-2.pt"]
+    strategy.check_progress()
+
+
+def test_too_few_replies_are_retried_with_the_other_clients(tmp_path):
+    def script(msg, call):  # clients 0 and 1 fail their first attempt
+        return failed(msg, call) if call.attempt == 0 and call.client in (0, 1) else good(msg, call)
+
+    _, grid, rounds = run(tmp_path, script, "server.on-too-few=retry", "server.max-retries=2")
+    first = rounds.iloc[0]
+    assert (first.sampled, first.replies, first.failures, first.retries, first.aggregated, first.skipped) == (
+        6, 4, 2, 1, 4, 0)
+    retried = [s for s in grid.sent if s[0] == MessageType.TRAIN and s[1] == 1]
+    assert retried[:2] == [("train", 1, 0), ("train", 1, 1)]
+
+
+def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(tmp_path):
+    def script(msg, call):
+        return failed(msg, call) if call.client in (0, 1) and msg.metadata.message_type == "train" else good(msg, call)
+
+    strategy, _, rounds = run(tmp_path, script, "server.on-too-few=skip", "server.max-failed-rounds=0")
+    assert list(rounds["skipped"]) == [1, 1] and list(rounds["failures"]) == [2, 2]
+    assert "train_loss" not in rounds.columns
+    assert torch.equal(strategy.state["w"], STATE["w"])
+    with pytest.raises(ClientsFailed, match=r"none of the 2 round\(s\) had server.min-replies = 3 valid replies; "
+                                            r"first error: client 0 is down"):
+        strategy.check_progress()
+
+
+def test_too_many_failed_rounds_in_a_row_stop_the_run(tmp_path):
+    with pytest.raises(ClientsFailed) as info:
+        run(tmp_path, failed, "server.max-failed-rounds=2", "run.rounds=3")
+    assert "round 2: 2 rounds in a row without enough valid replies (server.max-failed-rounds = 2)" in str(info.value)
+    assert "first error: client 0 is down" in str(info.value)
+    rounds = pd.read_csv(tmp_path / "rounds.csv")
+    assert list(rounds["skipped"]) == [1, 1] and list(rounds["failures"]) == [4, 4]
+
+
+def test_lying_duplicate_and_missing_replies_are_counted(tmp_path):
+    def script(msg, call):
+        if msg.metadata.message_type != "train":
+            return good(msg, call)
+        if call.client == 0:
+            return good(msg, call, client=3)  # claims to be another client
+        if call.client == 1:
+            return [good(msg, call), good(msg, call)]  # answers twice
+        if call.client == 2:
+            return None  # never answers
+        return good(msg, call)
+
+    _, _, rounds = run(tmp_path, script, "server.min-replies=1", "run.rounds=1")
+    row = rounds.iloc[0]
+    assert (row.sampled, row.replies, row.failures, row.rejected, row.aggregated) == (4, 4, 1, 2, 2)
+    weights = pd.read_csv(tmp_path / "metrics.csv", dtype={"task": str})
+    assert sorted(set(weights[weights.metric == "aggregation-weight"].client)) == [1, 3]
