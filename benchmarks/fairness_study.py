@@ -104,6 +104,8 @@ def main() -> None:
         written = run_part(name, args.seeds, args.out)
         minutes = (time.monotonic() - t0) / 60
         part = PARTS[name]
+        report = args.out / name / "report"
+        figures = report.relative_to(ROOT) if (args.out / name).is_relative_to(ROOT) else report
         sections += [
             f"## {part['title']}", "",
             f"Config `{part['config']}`, grid `{json.dumps(part['grid'])}` (combinations kept as "
@@ -112,7 +114,7 @@ def main() -> None:
             written["table"], "",
             "Changes of the seed means against the reference (accuracy in percentage points):", "",
             *changes(written["csv"], part["reference"]), "",
-            f"Figures: `{(args.out / name / 'report').relative_to(ROOT) if (args.out / name).is_relative_to(ROOT) else args.out / name / 'report'}/`"
+            f"Figures: `{figures}/`"
             " (client CDF, fairness–accuracy plane, round curves, client × task heatmap).", "",
         ]
     total = (time.monotonic() - started) / 60

@@ -105,7 +105,8 @@ def main() -> None:
     page = [
         f"# Local cross-task cost{' (quick)' if args.quick else ''}", "",
         f"Measured {data['date']} on {data['machine']}, no GPU.", "",
-        f"Command: `python benchmarks/local_step.py{' --quick' if args.quick else ''}` (from the repository root, in the venv).", "",
+        f"Command: `python benchmarks/local_step.py{' --quick' if args.quick else ''}` "
+        "(from the repository root, in the venv).", "",
         "Median time of one local step (LeNet backbone, 36 × 36 inputs, batch 32, T ten-class heads; "
         f"median of {steps} steps after 3 warm-up steps) and its ratio to `mean`. Gramian-based rules use "
         "representation gradients (one backbone pass); the last two rows need T backbone passes.", "",

@@ -91,16 +91,21 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
-    (out / "scale.json").write_text(json.dumps({"runs": results, "machine": machine, "date": date.today().isoformat()}, indent=2))
-    lines = ["| registered clients | virtual SuperNodes | sampled / round | start-up (s) | s / round | peak RSS (MB) | head files | heads on disk (MB) |",
+    (out / "scale.json").write_text(
+        json.dumps({"runs": results, "machine": machine, "date": date.today().isoformat()}, indent=2)
+    )
+    lines = ["| registered clients | virtual SuperNodes | sampled / round | start-up (s) | s / round | peak RSS (MB) "
+             "| head files | heads on disk (MB) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['clients']:,} | {r['supernodes']:,} | {r['sampled_per_round']} | {r['startup_s']:.1f} | {r['s_per_round']:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['head_files']} | {r['heads_on_disk_mb']:.1f} |")
+        lines.append(f"| {r['clients']:,} | {r['supernodes']:,} | {r['sampled_per_round']} | {r['startup_s']:.1f} "
+                     f"| {r['s_per_round']:.2f} | {r['peak_rss_mb']:.0f} | {r['head_files']} "
+                     f"| {r['heads_on_disk_mb']:.1f} |")
     page = [
         "# Scale: registered clients", "",
         f"Measured {date.today().isoformat()} on {machine}.", "",
-        f"Command: `python benchmarks/scale.py{'' if runs == [(1000, 0), (10000, 0), (1000, 1000)] else ' (with options)'}` "
+        "Command: `python benchmarks/scale.py"
+        f"{'' if runs == [(1000, 0), (10000, 0), (1000, 1000)] else ' (with options)'}` "
         "(from the repository root, in the venv).", "",
         "Synthetic(1, 1), one device per client, MLP backbone with two heads, 100 clients sampled for "
         "training and 100 for evaluation per round, 3 rounds, heads in the on-disk store. Start-up is "

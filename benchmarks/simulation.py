@@ -11,11 +11,11 @@ heads, 100 clients, 20 sampled per round, 1 local epoch of SGD, 5 rounds):
     (client, task) rows on the server.
 
 The configurations run in turn, ``--repeat`` times (floor, flower, fedmtl, fedmtl-fair, floor,
-...), and each reports its median. Seconds per round are the mean over the rounds after the first (``(t_R - t_1) / (R - 1)``, where
-``t_r`` is when round r's aggregation finished), so Ray's start-up and the first visit's imports
-and data building are left out, as are evaluations (none run before the last round). Peak RSS is
-the largest sum of the resident memory of this process and all its descendants (the Ray
-processes), sampled every 50 ms.
+...), and each reports its median. Seconds per round are the mean over the rounds after the
+first (``(t_R - t_1) / (R - 1)``, where ``t_r`` is when round r's aggregation finished), so
+Ray's start-up and the first visit's imports and data building are left out, as are evaluations
+(none run before the last round). Peak RSS is the largest sum of the resident memory of this
+process and all its descendants (the Ray processes), sampled every 50 ms.
 
 Usage (from the repository root, inside the venv)::
 
@@ -314,8 +314,10 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
         "fedmtl_fair_s_per_round": results.get("fedmtl-fair", {}).get("s_per_round"),
         "peak_rss_mb": results.get("fedmtl", {}).get("peak_rss_mb"),
         "runs": results,
-        "workload": {"clients": cfg.data.num_clients, "sampled_per_round": math.ceil(cfg.server.fraction_train * cfg.data.num_clients),
-                     "rounds": cfg.run.rounds, "repeats": repeat, "pairs_per_digit": cfg.data.params["pairs-per-digit"], "epochs": cfg.client.epochs,
+        "workload": {"clients": cfg.data.num_clients,
+                     "sampled_per_round": math.ceil(cfg.server.fraction_train * cfg.data.num_clients),
+                     "rounds": cfg.run.rounds, "repeats": repeat,
+                     "pairs_per_digit": cfg.data.params["pairs-per-digit"], "epochs": cfg.client.epochs,
                      "batch_size": cfg.client.batch_size},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "date": date.today().isoformat(),

@@ -100,14 +100,15 @@ def run(sizes: list[int], alphas: list[float], families: list[str]) -> list[dict
             a_t, g_t = torch.from_numpy(a), torch.from_numpy(g)
             for alpha in alphas:
                 repeats = 20 if m <= 40 else (5 if m <= 100 else 2)
-                t_ours, (w_ours, info) = timed(lambda: solve_alpha_fair(a, alpha), repeats)
+                t_ours, (w_ours, info) = timed(lambda a=a, alpha=alpha: solve_alpha_fair(a, alpha), repeats)
                 row = {
                     "family": family, "m": m, "alpha": alpha,
                     "ours_ms": 1e3 * t_ours, "ours_residual": scale_free_residual(a, w_ours, alpha),
                     "ours_iterations": info.iterations, "ours_fallback": info.fallback or "-",
                 }
                 if (family, alpha, "fairgrad") not in slow:
-                    t_tjd, w_tjd = timed(lambda: FairGradWeighting(alpha)(a_t).numpy(), max(1, repeats // 5))
+                    t_tjd, w_tjd = timed(lambda alpha=alpha, a_t=a_t: FairGradWeighting(alpha)(a_t).numpy(),
+                                         max(1, repeats // 5))
                     row["torchjd_fairgrad_ms"] = 1e3 * t_tjd
                     row["torchjd_fairgrad_residual"] = scale_free_residual(a, w_tjd, alpha)
                     row["speedup_vs_fairgrad"] = row["torchjd_fairgrad_ms"] / row["ours_ms"]
@@ -115,7 +116,7 @@ def run(sizes: list[int], alphas: list[float], families: list[str]) -> list[dict
                         slow.add((family, alpha, "fairgrad"))
                 if alpha == 1.0 and have_nash and m <= 100 and (family, alpha, "nash") not in slow:
                     weighting = NashMTL(n_tasks=m).weighting
-                    t_nash, w_nash = timed(lambda: weighting(g_t).double().numpy(), 1)
+                    t_nash, w_nash = timed(lambda weighting=weighting, g_t=g_t: weighting(g_t).double().numpy(), 1)
                     row["torchjd_nashmtl_ms"] = 1e3 * t_nash
                     row["torchjd_nashmtl_residual"] = scale_free_residual(a, w_nash, 1.0)
                     if t_nash > SLOW_S:

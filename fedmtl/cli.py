@@ -131,7 +131,9 @@ def sweep(
         typer.Option("--grid", "-g", help="key=[v1,v2,...]: values to sweep (repeatable; all combinations)."),
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per combination: run.seed, run.seed+1, ...")] = 1,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep folder (default: <run.output-dir>/sweep-<run.name>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep folder (default: <run.output-dir>/sweep-<run.name>).")
+    ] = None,
     set_: SetOption = None,
     show_rounds: Annotated[bool, typer.Option(help="Print every run's round lines.")] = False,
     skip_invalid: Annotated[
@@ -161,7 +163,9 @@ def sweep(
 @cli.command()
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Run folders, sweep folders, or folders holding them.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: <first path>/report).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report folder (default: <first path>/report).")
+    ] = None,
     reference: Annotated[
         str | None, typer.Option(help="Label (or a unique part of it) of the Δm% reference configuration.")
     ] = None,
@@ -260,7 +264,9 @@ def deploy_keys(
 def deploy_local(
     config: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
     nodes: Annotated[int | None, typer.Option(help="SuperNodes to start (default: data.num-clients).")] = None,
-    tls: Annotated[bool, typer.Option("--tls/--insecure", help="TLS between the components (certificates made here).")] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls/--insecure", help="TLS between the components (certificates made here).")
+    ] = False,
     auth: Annotated[bool, typer.Option(help="SuperNode authentication (registered keys only; needs --tls).")] = False,
     app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to finish.")] = 3600.0,

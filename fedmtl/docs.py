@@ -104,7 +104,8 @@ def weighting_reference() -> str:
     out = ["| name | runs on | needs | summary |", "|---|---|---|---|"]
     for name, cls in WEIGHTINGS.items():
         needs = [n for n, flag in (("rows", cls.needs_updates), ("losses", cls.needs_losses)) if flag]
-        out.append(f"| [`{name}`](#{name.replace('+', '')}) | {cls.scope} | {', '.join(needs) or '-'} | {_clean_doc(cls)[0]} |")
+        out.append(f"| [`{name}`](#{name.replace('+', '')}) | {cls.scope} | {', '.join(needs) or '-'} "
+                   f"| {_clean_doc(cls)[0]} |")
     out.append("")
     for name, cls in WEIGHTINGS.items():
         summary, details = _clean_doc(cls)

@@ -91,10 +91,17 @@ def pooled_group_gaps(clients: list[dict[str, float]]) -> dict[str, float]:
                          if key.startswith(f"count-{g}-")}, key=int)
         rates: dict[str, list[float]] = {"accuracy": [], "positive-rate": [], "tpr": [], "fpr": []}
         for v in values:
-            count = lambda m, v=v: m.get(f"count-{g}-{v}", 0.0)  # noqa: E731
-            positives = lambda m, v=v: m.get(f"positives-{g}-{v}", 0.0)  # noqa: E731
+            def count(m, g=g, v=v):
+                return m.get(f"count-{g}-{v}", 0.0)
+
+            def positives(m, g=g, v=v):
+                return m.get(f"positives-{g}-{v}", 0.0)
+
+            def negatives(m, count=count, positives=positives):
+                return count(m) - positives(m)
+
             for rate, weight in (("accuracy", count), ("positive-rate", count), ("tpr", positives),
-                                 ("fpr", lambda m, v=v: count(m, v) - positives(m, v))):
+                                 ("fpr", negatives)):
                 pooled = _pooled_rate(clients, f"{rate}-{g}-{v}", weight)
                 if pooled is not None:
                     rates[rate].append(pooled)

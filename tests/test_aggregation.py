@@ -150,7 +150,7 @@ def test_stateful_weightings_resume_exactly_from_their_state_dict():
                    torch.tensor([5.0, 6.0, 7.0, 8.0], dtype=torch.float64))
         for _ in range(4)
     ]
-    for name, cls in WEIGHTINGS.items():
+    for name, _cls in WEIGHTINGS.items():
         original = build(name)
         for obj in batches[:2]:
             original.aggregate(obj)

@@ -13,7 +13,8 @@ from fedmtl.validation import load_config
 
 
 def _cfg(*overrides):
-    return load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural", "data.num-clients=6", *overrides])
+    return load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural",
+                              "data.num-clients=6", *overrides])
 
 
 def test_the_table_is_the_published_one():
@@ -51,7 +52,8 @@ def test_year_sex_gives_12_clients_and_a_wrong_count_is_a_config_error():
     fed = load_federation(_cfg("data.params.client-key=year-sex", "data.num-clients=12").data, 0)
     assert fed.num_clients == 12
     with pytest.raises(ConfigError, match="has 6 natural clients with this config; set data.num-clients = 6"):
-        load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural", "data.num-clients=5"])
+        load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural",
+                           "data.num-clients=5"])
 
 
 def test_any_partitioner_splits_the_pooled_rows_with_label_skew_on_a_chosen_task():

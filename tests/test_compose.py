@@ -45,7 +45,9 @@ def test_compose_file_is_valid_and_tls_is_on_by_default():
     assert _flag(services["serverapp"]["command"], "--runtime-api-address") == "superlink:8000"
     for i in range(8):
         node = services[f"supernode-{i}"]
-        assert _flag(node["command"], "--node-config") == f'partition-id={i} num-partitions=4 head-store-dir="/app/heads"'
+        assert _flag(node["command"], "--node-config") == (
+            f'partition-id={i} num-partitions=4 head-store-dir="/app/heads"'
+        )
         assert _flag(node["command"], "--root-certificates") == "certificates/ca.crt"
         heads = [v for v in _volumes(node) if v["target"] == "/app/heads"]
         assert heads and heads[0]["source"] == f"heads-{i}"

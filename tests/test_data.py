@@ -82,7 +82,7 @@ def test_iid_sizes_are_balanced_and_seeded():
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
     again = PARTITIONERS.get("iid")(labels, 7, 3, DataSection())
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
     other = PARTITIONERS.get("iid")(labels, 7, 4, DataSection())
     assert not np.array_equal(parts[0], other[0])
 

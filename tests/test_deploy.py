@@ -106,7 +106,8 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
                                   if any(Path(x).name == "flower-supernode" for x in a[:2])
                                   and "partition-id=0" in " ".join(a)}, 30, "supernode-0's process")
         pid, argv = next(iter(node.items()))
-        env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
+        env = dict(kv.split("=", 1)
+                   for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
         killed_after = _last_round(run_dir)
         os.killpg(pid, signal.SIGTERM)
         _wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
@@ -137,7 +138,8 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
         table = prints.pivot(index="round", columns="metric", values="value").sort_index()
         assert any(r > killed_after for r in table.index), "client 0 never trained after its restart"
         assert any(r <= killed_after for r in table.index)
-        assert (table["heads-fingerprint-in"].iloc[1:].to_numpy() == table["heads-fingerprint-out"].iloc[:-1].to_numpy()).all()
+        assert (table["heads-fingerprint-in"].iloc[1:].to_numpy()
+                == table["heads-fingerprint-out"].iloc[:-1].to_numpy()).all()
     finally:
         if deploy.poll() is None:
             os.killpg(deploy.pid, signal.SIGINT)

@@ -50,8 +50,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float = 90) -> None:
     """Wait until the cluster at ``address`` reports ``count`` alive nodes."""
-    probe = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
+    probe = (f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
@@ -137,10 +137,12 @@ def test_max_concurrent_clients_sizes_the_ray_instance_and_flowers_actor_pool(tm
         "from fedmtl.launch.simulation import backend_config, connect\n"
         "cfg = load_config('configs/smoke.toml', ['engine.max-concurrent-clients=3', 'engine.client-num-cpus=2'])\n"
         "connect(cfg)\n"
-        "print(int(ray.cluster_resources()['CPU']), pool_size_from_resources(backend_config(cfg)['client_resources']))\n"
+        "print(int(ray.cluster_resources()['CPU']), "
+        "pool_size_from_resources(backend_config(cfg)['client_resources']))\n"
         "ray.shutdown()\n"
     )
     env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-2:] == ["6", "3"]

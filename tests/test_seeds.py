@@ -67,7 +67,9 @@ def test_new_torch_streams_come_from_the_seed_sequence():
     assert torch.equal(torch.randperm(20, generator=a), torch.randperm(20, generator=b))
 
 
-@pytest.mark.parametrize("pattern", [r"default_rng\(", r"SeedSequence\(", r"\.manual_seed\((?!self\.params\.seed|torch_seed\()"])
+@pytest.mark.parametrize(
+    "pattern", [r"default_rng\(", r"SeedSequence\(", r"\.manual_seed\((?!self\.params\.seed|torch_seed\()"]
+)
 def test_seeds_are_derived_only_in_fedmtl_seeds(pattern):
     """No module outside fedmtl/seeds.py derives a seed (a weighting's own ``seed`` parameter
     seeds its generator directly: that is a user's value, not a derivation)."""

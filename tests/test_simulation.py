@@ -114,7 +114,7 @@ def test_heads_continue_across_rounds_in_the_real_engine(smoke_run):
     checked = 0
     for _, rows in fp.groupby(level="client"):
         rows = rows.droplevel("client").sort_index()
-        for (_, prev), (_, cur) in zip(rows.iloc[:-1].iterrows(), rows.iloc[1:].iterrows()):
+        for (_, prev), (_, cur) in zip(rows.iloc[:-1].iterrows(), rows.iloc[1:].iterrows(), strict=True):
             assert cur["heads-fingerprint-in"] == prev["heads-fingerprint-out"]
             checked += 1
         assert (rows["heads-fingerprint-in"] != rows["heads-fingerprint-out"]).all()

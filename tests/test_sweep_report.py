@@ -168,7 +168,8 @@ def test_report_errors_are_clear(tmp_path):
 
 def test_keep_and_skip_invalid_drop_combinations(tmp_path):
     grid = {"server.weighting": ["fedavg", "qffl"], "server.params": [{}, {"q": 1.0}]}
-    kept = plan_sweep(None, grid, 1, tmp_path, keep=lambda v: (v["server.weighting"] == "fedavg") == (not v["server.params"]))
+    kept = plan_sweep(None, grid, 1, tmp_path,
+                      keep=lambda v: (v["server.weighting"] == "fedavg") == (not v["server.params"]))
     assert [r.label for r in kept.runs] == ["server.weighting=fedavg server.params={}",
                                             "server.weighting=qffl server.params={q = 1.0}"]
     lines = []

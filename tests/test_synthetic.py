@@ -12,7 +12,8 @@ from fedmtl.validation import load_config
 
 
 def _cfg(*overrides):
-    return load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.partitioner=natural", "data.num-clients=30", *overrides])
+    return load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.partitioner=natural",
+                              "data.num-clients=30", *overrides])
 
 
 def test_sizes_follow_the_lognormal_law_plus_50():

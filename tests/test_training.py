@@ -61,14 +61,15 @@ def test_step_gradients_equal_weighted_backprop(needs_updates):
     out = model(x)
     ref_losses = [t.task_kind.loss(out[t.name], y[t.name]) for t in TASKS]
     backbone = list(model.backbone.parameters())
-    ref_backbone = torch.autograd.grad(sum(wt * l for wt, l in zip(weights, ref_losses)), backbone, retain_graph=True)
-    for p, g in zip(backbone, ref_backbone):
+    ref_backbone = torch.autograd.grad(sum(wt * loss_t for wt, loss_t in zip(weights, ref_losses, strict=True)),
+                                       backbone, retain_graph=True)
+    for p, g in zip(backbone, ref_backbone, strict=True):
         name = next(k for k, q in model.named_parameters() if q is p)
         torch.testing.assert_close(ours[name], g, rtol=1e-5, atol=1e-6)
-    for t, loss in zip(TASKS, ref_losses):
+    for t, loss in zip(TASKS, ref_losses, strict=True):
         params = list(model.heads[t.name].parameters())
         grads = torch.autograd.grad(loss, params, retain_graph=True)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             name = next(k for k, q in model.named_parameters() if q is p)
             torch.testing.assert_close(ours[name], g, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses, torch.stack(ref_losses).detach())

@@ -171,7 +171,9 @@ def test_qffl_reproduces_the_q_fedavg_update(q):
 
 def test_qffl_gives_more_weight_to_higher_loss_clients():
     g = torch.eye(3, dtype=F64) * 0.01
-    w = make_weighting("qffl", q=2.0, lipschitz=10.0)(Objectives(updates=g, losses=torch.tensor([0.5, 1.0, 2.0], dtype=F64)))
+    w = make_weighting("qffl", q=2.0, lipschitz=10.0)(
+        Objectives(updates=g, losses=torch.tensor([0.5, 1.0, 2.0], dtype=F64))
+    )
     assert w[0] < w[1] < w[2]
     torch.testing.assert_close(w[2] / w[1], torch.tensor(4.0, dtype=F64))  # (F_2/F_1)^q
 
@@ -252,7 +254,10 @@ def test_rlw_is_a_seeded_softmax_of_gaussians():
 
 def test_dwa_is_uniform_for_two_epochs_then_follows_loss_ratios():
     dwa = make_weighting("dwa", temperature=2.0)
-    obj = lambda a, b: Objectives(losses=torch.tensor([a, b], dtype=F64), task_ids=["x", "y"])
+
+    def obj(a, b):
+        return Objectives(losses=torch.tensor([a, b], dtype=F64), task_ids=["x", "y"])
+
     for a, b in [(1.0, 1.0), (0.5, 1.0)]:
         torch.testing.assert_close(dwa(obj(a, b)), torch.full((2,), 0.5, dtype=F64))
         dwa.end_epoch()
@@ -262,7 +267,10 @@ def test_dwa_is_uniform_for_two_epochs_then_follows_loss_ratios():
 
 def test_famo_weights_inverse_losses_then_moves_logits_towards_the_slower_task():
     famo = make_weighting("famo")
-    obj = lambda a, b: Objectives(losses=torch.tensor([a, b], dtype=F64), task_ids=["x", "y"])
+
+    def obj(a, b):
+        return Objectives(losses=torch.tensor([a, b], dtype=F64), task_ids=["x", "y"])
+
     w = famo(obj(1.0, 2.0))
     torch.testing.assert_close(w, torch.tensor([2 / 3, 1 / 3], dtype=F64))
     famo(obj(0.5, 2.0))  # task x improved, y did not: y's logit must grow
@@ -300,7 +308,8 @@ def test_db_mtl_balances_log_loss_gradient_norms():
 def test_simplex_projections():
     torch.testing.assert_close(project_simplex(torch.tensor([0.3, 0.2, 0.25], dtype=F64)),
                                torch.tensor([0.3833333333, 0.2833333333, 0.3333333333], dtype=F64))
-    torch.testing.assert_close(project_simplex(torch.tensor([5.0, -1.0], dtype=F64)), torch.tensor([1.0, 0.0], dtype=F64))
+    torch.testing.assert_close(project_simplex(torch.tensor([5.0, -1.0], dtype=F64)),
+                               torch.tensor([1.0, 0.0], dtype=F64))
     lower = torch.tensor([0.2, 0.2, 0.2], dtype=F64)
     upper = torch.tensor([0.5, 0.5, 0.5], dtype=F64)
     x = project_simplex_box(torch.tensor([1.0, 0.0, 0.0], dtype=F64), lower, upper)

@@ -85,7 +85,9 @@ def _objectives(rows: list[Row], client_ids: bool = True, task_ids: bool = True)
     )
 
 
-def _run(weighting: Weighting, objectives: Objectives, fallbacks: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _run(
+    weighting: Weighting, objectives: Objectives, fallbacks: list[str]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     direction, weights = weighting.aggregate(objectives)
     if weighting.fallback:
         fallbacks.append(f"{weighting.name}:{weighting.fallback}")

@@ -13,10 +13,10 @@ from fedmtl.aggregation.objectives import Objectives
 class Krum(Weighting):
     """(Multi-)Krum: average the updates closest to their ``m − f − 2`` nearest neighbours.
 
-    Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient
-    Descent", NeurIPS 2017. Distances come from the Gramian (the same rule as torchjd's
-    ``KrumWeighting``, with ties broken by row key, not row position). With fewer than ``f + 3`` rows Krum is undefined: the plain mean is used and the
-    fallback ``"too-few-rows"`` is recorded.
+    Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent",
+    NeurIPS 2017. Distances come from the Gramian (the same rule as torchjd's ``KrumWeighting``,
+    with ties broken by row key, not row position). With fewer than ``f + 3`` rows Krum is
+    undefined: the plain mean is used and the fallback ``"too-few-rows"`` is recorded.
     """
 
     name = "krum"

@@ -11,12 +11,13 @@ downloaded: ``data.path`` points at a folder in the standard layout::
 With ``data.partitioner = "natural"``, clients are celebrities, as in LEAF (Caldas et al.,
 "LEAF: A Benchmark for Federated Settings", 2018): identities with at least
 ``data.params.min-images`` images, in increasing id order, the first ``data.num-clients`` of
-them. Other partitioners split all images (label skew on ``data.partition-task``). Each client's images are split at random
-into train and test (``data.test-fraction``; LEAF's per-user sample split), so the official
-``list_eval_partition.txt`` (identity-disjoint) is checked for completeness but not used.
-Tasks: every attribute (or the comma-separated ``data.params.attributes``), each binary
-(label 1 where the file says 1). Images are loaded per client, on first use, as RGB resized to
-``data.params.image-size`` pixels square and scaled to [-1, 1]. Options: :class:`Params`.
+them. Other partitioners split all images (label skew on ``data.partition-task``). Each client's
+images are split at random into train and test (``data.test-fraction``; LEAF's per-user sample
+split), so the official ``list_eval_partition.txt`` (identity-disjoint) is checked for
+completeness but not used. Tasks: every attribute (or the comma-separated
+``data.params.attributes``), each binary (label 1 where the file says 1). Images are loaded per
+client, on first use, as RGB resized to ``data.params.image-size`` pixels square and scaled to
+[-1, 1]. Options: :class:`Params`.
 """
 
 from __future__ import annotations

@@ -80,7 +80,9 @@ class LocalDeployment:
         if self.nodes < 1:
             raise ValueError(f"--nodes = {self.nodes}: a deployment needs at least one SuperNode")
         if self.auth and not self.tls:
-            raise ValueError("SuperNode authentication needs TLS (Flower refuses --enable-supernode-auth with --insecure)")
+            raise ValueError(
+                "SuperNode authentication needs TLS (Flower refuses --enable-supernode-auth with --insecure)"
+            )
         self.folder = Path(self.folder).resolve()
         (self.folder / "logs").mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
@@ -133,7 +135,9 @@ class LocalDeployment:
             if not result.get("success"):
                 raise DeploymentError(f"registering supernode-{i} failed: {result}")
 
-    def start_supernode(self, partition: int, private_key: Path | None = None, name: str | None = None) -> subprocess.Popen:
+    def start_supernode(
+        self, partition: int, private_key: Path | None = None, name: str | None = None
+    ) -> subprocess.Popen:
         """Start SuperNode ``partition`` (its head store in ``folder/node-<i>/heads``)."""
         heads = self.folder / f"node-{partition}" / "heads"
         heads.mkdir(parents=True, exist_ok=True)
