@@ -1,9 +1,11 @@
 """A real Flower deployment on loopback: SuperLink + SuperNodes as processes, TLS, node auth.
 
-One ``fedmtl deploy local --nodes 2 --tls --auth`` run of the smoke config; while it runs the
+One ``fedmtl deploy local --nodes 2 --no-auth`` run of the smoke config; while it runs the
 test kills SuperNode 0 between rounds and starts it again with the same command line (its
 heads must survive in its on-disk store), and starts a SuperNode whose key was never
-registered (the SuperLink must refuse it).
+registered (the SuperLink must refuse it). One ``fedmtl deploy local --nodes 2`` (TLS and
+auth, the defaults) run in which a stranger holding only ``ca.crt`` registers a key of its
+own and starts a SuperNode claiming client 0 (fedmtl must never give it client 0's work).
 """
 
 from __future__ import annotations
@@ -72,10 +74,31 @@ def test_certificates_cover_the_hosts_and_keys_are_openssh(tmp_path):
     assert oct(keys["private"].stat().st_mode & 0o777) == "0o600"
 
 
+def test_key_files_are_created_with_their_final_mode_and_owner(tmp_path):
+    from fedmtl.launch.certificates import make_secret
+
+    # a loose umask must not leak into private files, which are never chmod-ed after writing
+    old = os.umask(0)
+    try:
+        owner = (49999, 49999) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        paths = make_tls_certificates(tmp_path / "certs", owner=owner)
+        keys = make_node_keys(tmp_path / "keys", "supernode-0", owner=owner)
+        secret = make_secret(tmp_path / "secrets" / "superexec.secret", owner=owner)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*paths.values(), tmp_path / "certs" / "ca.key",
+                                                      *keys.values(), secret]}
+    assert modes == {"ca.crt": 0o644, "server.pem": 0o644, "server.key": 0o600, "ca.key": 0o600,
+                     "supernode-0": 0o600, "supernode-0.pub": 0o644, "superexec.secret": 0o600}
+    for path in [*paths.values(), *keys.values(), secret, secret.parent]:
+        assert (path.stat().st_uid, path.stat().st_gid) == owner, path
+    assert len(secret.read_bytes()) == 64 and secret.read_bytes() != make_secret(tmp_path / "other").read_bytes()
+
+
 def test_deploy_refuses_bad_options(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text((ROOT / "configs/smoke.toml").read_text())
-    for args, message in ((["--nodes", "1"], "data.num-clients = 2"), (["--auth"], "--auth needs --tls")):
+    for args, message in ((["--nodes", "1"], "data.num-clients = 2"), (["--insecure", "--auth"], "--auth needs --tls")):
         proc = subprocess.run([sys.executable, "-m", "fedmtl", "deploy", "local", str(config), *args],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -88,9 +111,9 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
                       .replace("[run]\n", f'[run]\noutput-dir = "{runs}"\nevaluate-every = 3\n')
                       .replace("rounds = 2", "rounds = 3")
                       # a reply lost with the killed SuperNode is waited for this long
-                      .replace("[server]\n", "[server]\ntimeout = 30.0\n"))
+                      .replace("[server]\n", "[server]\ntimeout = 120.0\n"))
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "fedmtl", "deploy", "local", str(config), "--nodes", "2", "--tls",
+        [sys.executable, "-m", "fedmtl", "deploy", "local", str(config), "--nodes", "2", "--tls", "--no-auth",
          "--app-dir", str(ROOT)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
     )
@@ -130,6 +153,7 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
         assert "finished:completed" in out and f"Results: {run_dir}" in out
         assert (run_dir / "summary.json").is_file()
         assert "(TLS)" in out and "reconnected" in out  # the server followed the new node id
+        assert "warning: --no-auth: any process" in err  # opting out of auth is said on the terminal
 
         # the restarted SuperNode found its heads: fingerprint in == its previous fingerprint out
         metrics = pd.read_csv(run_dir / "metrics.csv")
@@ -166,3 +190,110 @@ def test_supernode_authentication_admits_registered_keys_only(tmp_path, flwr_hom
                   120, "the registered SuperNode to connect")
         assert deployment.exited() == {"stranger": refused.returncode}  # supernode-0 stays connected
     assert not _processes(str(tmp_path / "deploy"))
+
+
+def test_admission_admits_the_registered_node_ids_only(tmp_path, monkeypatch):
+    from fedmtl.server.admission import ADMITTED_NODES_ENV, Admission, AdmissionError, write_admitted_nodes
+    from fedmtl.server.discovery import ClientDirectory
+
+    path = write_admitted_nodes(tmp_path / "admitted-nodes", [11, 13])
+    assert path.stat().st_mode & 0o777 == 0o644
+    admission = Admission.from_environment({ADMITTED_NODES_ENV: str(path)})
+    assert admission.screen([13, 12, 11, 12]) == [13, 11] and admission.refused == {12}
+    assert Admission.from_environment({}).screen([12, 99]) == [12, 99]  # no list: every node
+    monkeypatch.setenv(ADMITTED_NODES_ENV, str(path))
+    assert ClientDirectory(2).admission.admitted == {11, 13}  # the server's discovery uses it
+    for text, message in (("11\nnode-7\n", "line 2: 'node-7' is not a node id"), ("# none\n", "no node id")):
+        path.write_text(text)
+        with pytest.raises(AdmissionError, match=message):
+            Admission.from_environment({ADMITTED_NODES_ENV: str(path)})
+    with pytest.raises(AdmissionError, match="missing-file': cannot read"):
+        Admission.from_environment({ADMITTED_NODES_ENV: str(tmp_path / "missing-file")})
+
+
+def _heads_chain(run_dir: Path, client: int) -> pd.DataFrame:
+    """``round x (heads-fingerprint-in, heads-fingerprint-out)`` of one client's train replies."""
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    prints = metrics[(metrics.client == client) & (metrics.split == "train")
+                     & metrics.metric.str.startswith("heads-fingerprint")]
+    return prints.pivot(index="round", columns="metric", values="value").sort_index()
+
+
+def test_a_stranger_with_the_ca_certificate_cannot_take_over_a_client(tmp_path, flwr_home):
+    from fedmtl.launch.flwr_run import _flwr, connection_env
+
+    runs = tmp_path / "runs"
+    config = tmp_path / "deploy.toml"
+    config.write_text((ROOT / "configs/smoke.toml").read_text()
+                      .replace("[run]\n", f'[run]\noutput-dir = "{runs}"\nevaluate-every = 1\n')
+                      .replace("rounds = 2", "rounds = 8"))
+    output = (tmp_path / "deploy.out").open("w")
+    deploy = subprocess.Popen(  # TLS and SuperNode authentication are the defaults
+        [sys.executable, "-m", "fedmtl", "deploy", "local", str(config), "--nodes", "2", "--app-dir", str(ROOT)],
+        stdout=output, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+    )
+    stranger_dir = tmp_path / "stranger"
+    stranger_node: subprocess.Popen | None = None
+    try:
+        folder = _wait_for(lambda: next(iter(runs.glob("deploy-*")), None), 120, "the deployment folder", deploy)
+        run_dir = _wait_for(lambda: next(iter(runs.glob("smoke-*")), None), 240, "the run folder", deploy)
+        _wait_for(lambda: _last_round(run_dir) >= 1, 300, "round 1", deploy)
+
+        # the stranger: only the CA certificate (public), the SuperLink's address and a key of its own
+        link = next(a for a in _processes(str(folder)).values()
+                    if any(Path(x).name == "flower-superlink" for x in a[:2]))
+        port = link[link.index("--port") + 1]
+        stranger_dir.mkdir()
+        ca = stranger_dir / "ca.crt"
+        ca.write_bytes((folder / "certificates" / "ca.crt").read_bytes())
+        own = make_node_keys(stranger_dir, "own-key")
+        env = connection_env("target", f"127.0.0.1:{port}", ca, home=stranger_dir / "flwr-home")
+        try:
+            registered = _flwr(["supernode", "register", str(own["public"]), "target", "--format", "json"], env)
+        except RuntimeError as refused:  # what Flower would do with a Control API credential
+            registered = {"success": False, "refused": str(refused)}
+        if registered.get("success"):
+            # Flower 1.41's Control API asks for no credential: the key is registered, the
+            # SuperLink admits its SuperNode, and only fedmtl's admission stands in the way
+            heads = stranger_dir / "heads"
+            heads.mkdir()
+            log = (stranger_dir / "supernode.log").open("w")
+            stranger_node = subprocess.Popen(
+                ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(ca),
+                 "--auth-supernode-private-key", str(own["private"]), "--isolation", "subprocess",
+                 "--node-config", f'partition-id=0 num-partitions=2 head-store-dir="{heads}"',
+                 "--host", "127.0.0.1", "--port", str(_free_port())],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            refusal = f"node {registered['node-id']} is not one of the 2 SuperNodes this deployment registered"
+            _wait_for(lambda: refusal in (tmp_path / "deploy.out").read_text(), 600,
+                      "the server to refuse the stranger's node", deploy)
+
+        deploy.wait(timeout=900)
+        out, err = (tmp_path / "deploy.out").read_text(), deploy.stderr.read()
+        assert deploy.returncode == 0, out[-3000:] + err[-3000:]
+        assert "finished:completed" in out and "(TLS, SuperNode auth)" in out and "warning:" not in err
+        assert "reconnected" not in out  # client 0 stayed on its own node
+        if stranger_node is not None:
+            assert stranger_node.poll() is None, "the stranger's SuperNode was not admitted by the SuperLink"
+            assert not any((stranger_dir / "heads").iterdir()), "the stranger's node served a client"
+
+        # client 0 trained in every round on its own heads: fingerprint in == previous round's out
+        table = _heads_chain(run_dir, 0)
+        assert list(table.index) == list(range(1, 9))
+        assert (table["heads-fingerprint-in"].iloc[1:].to_numpy()
+                == table["heads-fingerprint-out"].iloc[:-1].to_numpy()).all()
+    finally:
+        if deploy.poll() is None:
+            os.killpg(deploy.pid, signal.SIGINT)
+            deploy.wait(timeout=60)
+        if stranger_node is not None and stranger_node.poll() is None:
+            os.killpg(stranger_node.pid, signal.SIGKILL)
+            stranger_node.wait(timeout=30)
+    leftover = {p: a for p, a in _processes(str(tmp_path)).items() if "pytest" not in " ".join(a)}
+    assert not leftover, leftover
+
+
+def _free_port() -> int:
+    from fedmtl.launch.deploy import free_port
+
+    return free_port()

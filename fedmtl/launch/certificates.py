@@ -8,13 +8,21 @@
 pair of one SuperNode in OpenSSH form: the private key for
 ``flower-supernode --auth-supernode-private-key`` and the public key for
 ``flwr supernode register``. Both use the ``cryptography`` package (a Flower dependency), so
-no ``openssl`` binary is needed.
+no ``openssl`` binary is needed. ``make_secret(path)`` writes the shared secret of
+``--superexec-auth-secret-file``.
+
+Every file is created with its final permissions (private keys and secrets ``0600``,
+certificates and public keys ``0644``), never loosened afterwards, and, with ``owner``
+(``(uid, gid)``, e.g. ``(49999, 49999)``, the ``app`` user of Flower's Docker images), owned by
+that user before anything is written into it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -37,14 +45,42 @@ def _alt_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def _write_key(key, path: Path, openssh: bool = False) -> None:
+Owner = tuple[int, int] | None
+"""``(uid, gid)`` to own the files written, or None (the current user)."""
+
+
+def write_file(path: Path, data: bytes, mode: int, owner: Owner = None) -> Path:
+    """Write ``data`` to ``path``, created with ``mode`` (and ``owner``) before any byte is written.
+
+    An existing file is truncated and given ``mode`` first; symbolic links are not followed.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return path
+
+
+def _folder(folder: str | Path, owner: Owner) -> Path:
+    folder = Path(folder)
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(folder, *owner)
+    return folder
+
+
+def _write_key(key, path: Path, openssh: bool = False, owner: Owner = None) -> None:
     fmt = serialization.PrivateFormat.OpenSSH if openssh else serialization.PrivateFormat.PKCS8
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()))
-    path.chmod(0o600)
+    write_file(path, key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()), 0o600, owner)
 
 
 def make_tls_certificates(
-    folder: str | Path, hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS, days: int = 365
+    folder: str | Path, hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS, days: int = 365,
+    owner: Owner = None,
 ) -> dict[str, Path]:
     """Write ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key`` into ``folder``.
 
@@ -57,6 +93,8 @@ def make_tls_certificates(
         alternative names); the default covers loopback and the compose service name.
     days : int
         Validity.
+    owner : (int, int), optional
+        ``(uid, gid)`` owning the folder and files (default: the current user).
 
     Returns
     -------
@@ -65,8 +103,7 @@ def make_tls_certificates(
     """
     if not hosts:
         raise ValueError("make_tls_certificates needs at least one host name or address")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _folder(folder, owner)
     now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca = (
@@ -93,26 +130,49 @@ def make_tls_certificates(
         .sign(ca_key, hashes.SHA256())
     )
     paths = {"ca": folder / "ca.crt", "certificate": folder / "server.pem", "key": folder / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    _write_key(ca_key, folder / "ca.key")
-    paths["certificate"].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    _write_key(key, paths["key"])
+    write_file(paths["ca"], ca.public_bytes(serialization.Encoding.PEM), 0o644, owner)
+    _write_key(ca_key, folder / "ca.key", owner=owner)
+    write_file(paths["certificate"], certificate.public_bytes(serialization.Encoding.PEM), 0o644, owner)
+    _write_key(key, paths["key"], owner=owner)
     return paths
 
 
-def make_node_keys(folder: str | Path, name: str) -> dict[str, Path]:
+def make_node_keys(folder: str | Path, name: str, owner: Owner = None) -> dict[str, Path]:
     """Write the SuperNode key pair ``<name>`` (private) and ``<name>.pub`` (OpenSSH ECDSA P-384).
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if missing.
+    name : str
+        File name of the private key.
+    owner : (int, int), optional
+        ``(uid, gid)`` owning the folder and files (default: the current user).
 
     Returns
     -------
     dict[str, Path]
         ``{"private": ..., "public": ...}``.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _folder(folder, owner)
     key = ec.generate_private_key(ec.SECP384R1())
     private, public = folder / name, folder / f"{name}.pub"
-    _write_key(key, private, openssh=True)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    _write_key(key, private, openssh=True, owner=owner)
+    write_file(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n", 0o644, owner)
     return {"private": private, "public": public}
+
+
+def make_secret(path: str | Path, owner: Owner = None) -> Path:
+    """Write 32 random bytes, hex-encoded, to ``path`` (``0600``): a SuperExec auth secret.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (its folder is created if missing).
+    owner : (int, int), optional
+        ``(uid, gid)`` owning the folder and file (default: the current user).
+    """
+    path = Path(path)
+    _folder(path.parent, owner)
+    return write_file(path, secrets.token_hex(32).encode(), 0o600, owner)

@@ -1,6 +1,7 @@
 """A real Flower deployment on this machine: one SuperLink, N SuperNodes, ``flwr run``.
 
-``fedmtl deploy local --nodes N [--tls] [--auth] CONFIG`` uses :class:`LocalDeployment`:
+``fedmtl deploy local --nodes N CONFIG`` (TLS and SuperNode authentication by default;
+``--insecure``, ``--no-auth`` opt out) uses :class:`LocalDeployment`:
 
 1. a deployment folder (``<run.output-dir>/deploy-<run.name>-<time>/``, kept afterwards)
    with ``logs/`` (one log per process), ``certificates/`` (``--tls``), ``keys/``
@@ -9,7 +10,10 @@
 2. ``flower-superlink`` on a free loopback port (TLS with a CA made here, or
    ``--insecure``; ``--enable-supernode-auth`` with ``--auth``);
 3. with ``--auth``, every SuperNode's public key registered with
-   ``flwr supernode register``;
+   ``flwr supernode register``, and the node ids it returns written to
+   ``admitted-nodes`` (:mod:`fedmtl.server.admission`): the ServerApp gives work to those
+   nodes only, whoever else registers a key through the Control API (which Flower 1.41
+   leaves without a credential);
 4. N ``flower-supernode`` processes with ``--node-config "partition-id=i num-partitions=N
    head-store-dir=..."``;
 5. ``flwr run`` of this app with the config; the run's logs are streamed and its real final
@@ -32,6 +36,7 @@ from pathlib import Path
 
 from fedmtl.launch.certificates import make_node_keys, make_tls_certificates
 from fedmtl.launch.flwr_run import _flwr, connection_env
+from fedmtl.server.admission import ADMITTED_NODES_ENV, write_admitted_nodes
 
 CONNECTION = "fedmtl-local"
 
@@ -45,6 +50,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    """The pids of a process's children, grandchildren, ... (Linux ``/proc``; [] elsewhere)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(c) for c in children.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _listening(port: int) -> bool:
@@ -64,14 +91,15 @@ class LocalDeployment:
         Number of SuperNodes (partition ids ``0..nodes-1``).
     tls : bool
         TLS between every component (certificates made in ``folder/certificates``).
-    auth : bool
-        SuperNode authentication: only registered public keys may connect.
+    auth : bool, optional
+        SuperNode authentication: only registered public keys may connect, and the
+        ServerApp gives work only to the nodes registered here (default: as ``tls``).
     """
 
     folder: Path
     nodes: int
     tls: bool = True
-    auth: bool = False
+    auth: bool | None = None
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -79,6 +107,7 @@ class LocalDeployment:
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError(f"--nodes = {self.nodes}: a deployment needs at least one SuperNode")
+        self.auth = self.tls if self.auth is None else self.auth
         if self.auth and not self.tls:
             raise ValueError(
                 "SuperNode authentication needs TLS (Flower refuses --enable-supernode-auth with --insecure)"
@@ -93,6 +122,10 @@ class LocalDeployment:
         self.env["PYTHONUNBUFFERED"] = "1"
         self.keys = {i: make_node_keys(self.folder / "keys", f"supernode-{i}") for i in range(self.nodes)} \
             if self.auth else {}
+        self.node_ids: dict[int, int] = {}
+        """Partition -> the node id its registered key got (``--auth``)."""
+        if self.auth:  # the ServerApp (a child of the SuperLink) reads it once runs start
+            self.env[ADMITTED_NODES_ENV] = str(self.folder / "admitted-nodes")
 
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -128,12 +161,20 @@ class LocalDeployment:
                 raise DeploymentError(f"flower-superlink did not listen on port {self.port} within {timeout:.0f} s")
             time.sleep(0.2)
 
+    def register(self, public_key: Path) -> dict:
+        """``flwr supernode register PUBLIC_KEY`` with this deployment's connection (its JSON answer)."""
+        return _flwr(["supernode", "register", str(public_key), CONNECTION, "--format", "json"], self.env)
+
     def register_nodes(self) -> None:
-        """``flwr supernode register`` every SuperNode's public key (``--auth``)."""
+        """Register every SuperNode's public key (``--auth``); write their node ids to
+        ``admitted-nodes``, the only nodes the ServerApp will give work to."""
         for i, pair in self.keys.items():
-            result = _flwr(["supernode", "register", str(pair["public"]), CONNECTION, "--format", "json"], self.env)
-            if not result.get("success"):
+            result = self.register(pair["public"])
+            if not result.get("success") or not str(result.get("node-id", "")).isdigit():
                 raise DeploymentError(f"registering supernode-{i} failed: {result}")
+            self.node_ids[i] = int(result["node-id"])
+        if self.auth:
+            write_admitted_nodes(self.env[ADMITTED_NODES_ENV], self.node_ids.values())
 
     def start_supernode(
         self, partition: int, private_key: Path | None = None, name: str | None = None
@@ -168,10 +209,12 @@ class LocalDeployment:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        """Stop one process and its children (its process group)."""
+        """Stop one process, its process group, and its descendants that left the group
+        (Flower's SuperExec starts in a session of its own)."""
         proc = self.processes.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
+        descendants = {pid: _cmdline(pid) for pid in _descendants(proc.pid)}
         try:
             os.killpg(proc.pid, sig)
             proc.wait(timeout=timeout)
@@ -180,6 +223,20 @@ class LocalDeployment:
             proc.wait(timeout=timeout)
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + timeout
+        for sig_left in (signal.SIGTERM, signal.SIGKILL):
+            left = [pid for pid, argv in descendants.items() if argv and _cmdline(pid) == argv]
+            for pid in left:
+                try:
+                    os.kill(pid, sig_left)
+                except ProcessLookupError:
+                    pass
+            while left and time.monotonic() < deadline:
+                time.sleep(0.1)
+                left = [pid for pid in left if _cmdline(pid) == descendants[pid]]
+            if not left:
+                return
+            deadline = time.monotonic() + timeout
 
     def stop(self) -> None:
         """Stop every SuperNode, then the SuperLink."""
