@@ -1,9 +1,14 @@
 """Screening of client updates before aggregation.
 
-Two checks, both applied by the server to every training reply:
+Checks applied by the server to every reply (all Flower-free; :mod:`fedmtl.server.replies`
+applies them to Flower messages):
 
 - :func:`update_problem`: is the update well formed? Every key of the global model, each with
-  its shape, and only finite values. A malformed update is rejected whatever the weighting.
+  its shape, and only values finite in float32 (the server combines updates in float32). A
+  malformed update is rejected whatever the weighting.
+- :func:`number_values`, :func:`train_metrics_problem`, :func:`evaluate_metrics_problem`: are
+  the reply's metrics numbers, with the required keys, of the client's own tasks
+  (:class:`ClientLimits`, :class:`KnownClients`), in their valid ranges?
 - :func:`norm_outliers`: which updates are far longer than the round's typical one? An update
   whose Euclidean norm exceeds ``factor`` times the median norm of the round is rejected
   (``server.norm-screening``); the median is robust to a minority of outliers. This is the norm
@@ -14,9 +19,26 @@ Two checks, both applied by the server to every training reply:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from fedmtl.protocol import (
+    EVALUATE_REPLY_KEYS,
+    LOSS,
+    NUM_EXAMPLES,
+    TEST,
+    TRAIN,
+    TRAIN_REPLY_KEYS,
+    metric_key,
+    parse_metric_keys,
+)
+
+if TYPE_CHECKING:
+    from fedmtl.config import DataSection
 
 
 def update_problem(update: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> str:
@@ -39,7 +61,10 @@ def update_problem(update: dict[str, torch.Tensor], like: dict[str, torch.Tensor
         value = update[key]
         if tuple(value.shape) != tuple(ref.shape):
             return f"'{key}' has shape {tuple(value.shape)}, expected {tuple(ref.shape)}"
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if value.is_complex() or value.dtype == torch.bool:
+            return f"'{key}' has dtype {value.dtype}, not a real number type"
+        # finiteness as the server combines updates: in float32 (a finite float64 1e300 is not)
+        if not bool(torch.isfinite(value.to(torch.float32)).all()):
             return f"'{key}' has non-finite values (NaN or Inf)"
     return ""
 
@@ -76,3 +101,237 @@ def norm_outliers(norms: list[float], factor: float, minimum: int = 3) -> list[b
         return [False] * len(norms)
     bound = factor * float(np.median(norms))
     return [n > bound for n in norms]
+
+
+# -- self-reported quantities --------------------------------------------------------------
+MAX_LOSS = 1e4
+"""The largest loss a reply may report (training losses, evaluation losses, MSE and MAE): far
+above any loss of a model that still learns (cross-entropy starts near ln C), far below the
+values that let one client dominate a loss-based weighting by lying."""
+MAX_PLACEMENT = 256
+"""The longest placement string (host, node, device) kept in ``placement.csv``."""
+RATE_METRICS = ("accuracy", "positive-rate-", "tpr-", "fpr-", "demographic-parity-diff-", "equalized-odds-diff-")
+"""Evaluation metrics that are fractions, in [0, 1] (a name equal to one, or starting with
+one ending in '-'; ``accuracy`` also covers ``accuracy-<group>-<v>`` and ``accuracy-gap-<group>``)."""
+COUNT_METRICS = ("count-", "positives-")
+"""Evaluation metrics that count test examples, in [0, num-examples]."""
+LOSS_METRICS = ("loss", "loss-before", "mse", "mae")
+"""Metrics that are losses, in [0, :data:`MAX_LOSS`]."""
+TRAIN_TASK_METRICS = ("loss", "loss-before", "weight")
+"""The per-task metrics of a training reply (``train.<task>.<metric>``)."""
+LARGEST_INT = 2**63
+"""Integers a reply may carry are below this in magnitude (Flower's wire form: sint64)."""
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What the server knows of one client, to bound what it reports.
+
+    Attributes
+    ----------
+    tasks : frozenset[str]
+        The tasks the client holds: a reply may report (and send parts of) these only.
+    max_train : int
+        The most training examples it may report (0 = no bound).
+    max_test : int
+        The most test examples it may report (0 = no bound).
+    """
+
+    tasks: frozenset[str]
+    max_train: int = 0
+    max_test: int = 0
+
+
+class KnownClients:
+    """Every client's :class:`ClientLimits`, from the same config the clients build their data from.
+
+    With ``max_examples = 0`` the server builds the federation as the clients do
+    (:func:`fedmtl.data.load_federation` is deterministic) and bounds each client's counts by
+    its own train and test splits; the first reply of a client builds its data once and only
+    the counts are kept (about 30 ms a client for Synthetic on a loaded 2-core CPU). With
+    ``max_examples > 0`` (a deployment whose server does not hold the data) no data is built:
+    counts are bounded by ``max_examples``; the task sets come from ``data.task-sets``, which
+    needs no data.
+
+    Parameters
+    ----------
+    data : DataSection
+        ``[data]`` of the run.
+    seed : int
+        ``run.seed``.
+    max_examples : int
+        ``server.max-examples``.
+    """
+
+    def __init__(self, data: DataSection, seed: int, max_examples: int) -> None:
+        self.data, self.seed, self.max_examples = data, seed, max_examples
+        self._known: dict[int, ClientLimits] = {}
+        self._task_sets: list[list[str]] | None = None
+        if max_examples == 0:  # fail at start-up, not at the first reply, when the data is not here
+            from fedmtl.data import load_federation
+
+            try:
+                load_federation(data, seed)
+            except (OSError, ValueError, RuntimeError) as error:
+                raise RuntimeError(
+                    f"server.max-examples = 0 bounds each client's num-examples by its data, but the "
+                    f"server cannot build data.dataset = '{data.dataset}' here ({error}); set "
+                    f"server.max-examples to the most examples a client may hold") from error
+
+    def __call__(self, client: int) -> ClientLimits:
+        """The limits of ``client`` (computed on first use, then kept)."""
+        if client not in self._known:
+            self._known[client] = self._limits(client)
+        return self._known[client]
+
+    def _limits(self, client: int) -> ClientLimits:
+        from fedmtl.data import load_federation
+
+        if self.max_examples == 0:
+            federation = load_federation(self.data, self.seed)
+            # the split sizes only: task sets and feature skew keep every row, and the data
+            # is dropped at once (not kept in the federation's cache of built clients)
+            data = federation.build_client(client)
+            tasks = frozenset(t.name for t in federation.client_tasks(client))
+            return ClientLimits(tasks, len(data.train), len(data.test))
+        return ClientLimits(frozenset(self._client_task_sets()[client]), self.max_examples, self.max_examples)
+
+    def _client_task_sets(self) -> list[list[str]]:
+        from fedmtl.data import dataset_tasks
+        from fedmtl.data.task_sets import assign_tasks
+
+        if self._task_sets is None:
+            names = [t.name for t in dataset_tasks(self.data)]
+            self._task_sets = assign_tasks(self.data.num_clients, names, self.seed, self.data)
+        return self._task_sets
+
+
+def _short(name: object) -> str:
+    """A name a client sent, cut to 64 characters for messages and logs."""
+    return str(name)[:64]
+
+
+def as_integer(value: object) -> int | None:
+    """``value`` as an ``int`` when it is an integral number below :data:`LARGEST_INT` in
+    magnitude (an ``int``, or a finite ``float`` without fraction; not a ``bool``), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    number = int(value)
+    return number if abs(number) < LARGEST_INT else None
+
+
+def number_values(record: Mapping[str, object]) -> dict[str, float] | str:
+    """A metric record's values as floats, or why it cannot be read: every value must be a
+    number (``int`` or ``float``, not a list or a ``bool``), finite, and an ``int`` below
+    :data:`LARGEST_INT` in magnitude."""
+    values = {}
+    for key, value in record.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"metric '{_short(key)}' is a {type(value).__name__}, not a number"
+        if isinstance(value, int) and abs(value) >= LARGEST_INT:
+            return f"metric '{_short(key)}' is {value}, out of range"
+        if not math.isfinite(value):
+            return f"metric '{_short(key)}' is {value}"
+        values[key] = float(value)
+    return values
+
+
+def count_problem(values: Mapping[str, float], most: int) -> str:
+    """Why ``num-examples`` is unusable (``""`` if it is usable): absent, not a whole number,
+    below 1, or above ``most`` (the client's known data size or ``server.max-examples``; 0 = no bound)."""
+    count = values.get(NUM_EXAMPLES)
+    if count is None:
+        return f"no {NUM_EXAMPLES}"
+    if as_integer(count) is None or count < 1:
+        return f"{NUM_EXAMPLES} is {count}"
+    if most and count > most:
+        return f"{NUM_EXAMPLES} is {count:g}, more than the {most} examples the client holds"
+    return ""
+
+
+def _task_keys_problem(values: Mapping[str, float], stage: str, plain: tuple[str, ...],
+                       limits: ClientLimits | None) -> str:
+    """Every key is a plain key of ``plain`` or ``<stage>.<task>.<metric>`` of a task the client holds."""
+    for key in values:
+        parts = key.split(".")
+        if key in plain:
+            continue
+        if len(parts) != 3 or parts[0] != stage or not parts[1] or not parts[2]:
+            return f"unexpected metric '{_short(key)}'"
+        if limits is not None and parts[1] not in limits.tasks:
+            return f"metric '{_short(key)}' of task '{_short(parts[1])}', which the client does not hold"
+    if not parse_metric_keys(values, stage):
+        return f"no {stage} metrics"
+    return ""
+
+
+def _range_problem(key: str, value: float, low: float, high: float) -> str:
+    return f"metric '{_short(key)}' is {value:g}, outside [{low:g}, {high:g}]" if not low <= value <= high else ""
+
+
+def train_metrics_problem(values: Mapping[str, float], limits: ClientLimits | None) -> str:
+    """Why a training reply's metrics (numbers, :func:`number_values`) cannot be used (``""`` if they can).
+
+    Required: the plain keys of :data:`fedmtl.protocol.TRAIN_REPLY_KEYS`, a whole
+    ``num-examples`` in [1, ``limits.max_train``], and for every task reported (the client's
+    own only) its ``loss``; per-task metrics are :data:`TRAIN_TASK_METRICS`, losses in
+    [0, :data:`MAX_LOSS`].
+    """
+    missing = [k for k in TRAIN_REPLY_KEYS if k not in values]
+    if missing:
+        return f"no {missing[0]}"
+    problem = count_problem(values, limits.max_train if limits else 0)
+    problem = problem or _task_keys_problem(values, TRAIN, TRAIN_REPLY_KEYS, limits)
+    if problem:
+        return problem
+    for task, metrics in parse_metric_keys(values, TRAIN).items():
+        if LOSS not in metrics:
+            return f"no {metric_key(TRAIN, task, LOSS)}"
+        for name, value in metrics.items():
+            if name not in TRAIN_TASK_METRICS:
+                return f"unexpected metric '{_short(metric_key(TRAIN, task, name))}'"
+            if name in LOSS_METRICS and (problem := _range_problem(metric_key(TRAIN, task, name), value, 0, MAX_LOSS)):
+                return problem
+    return ""
+
+
+def evaluation_range(name: str, count: float) -> tuple[float, float] | None:
+    """The valid range of evaluation metric ``name`` on ``count`` test examples: fractions in
+    [0, 1], counts in [0, count], losses in [0, :data:`MAX_LOSS`]; ``None`` for a name that no
+    task kind reports (:mod:`fedmtl.tasks`, :mod:`fedmtl.group_fairness`)."""
+    if any(name == r or (r.endswith("-") and name.startswith(r)) or name.startswith(r + "-") for r in RATE_METRICS):
+        return 0.0, 1.0
+    if name.startswith(COUNT_METRICS):
+        return 0.0, count
+    if name in LOSS_METRICS:
+        return 0.0, MAX_LOSS
+    return None
+
+
+def evaluate_metrics_problem(values: Mapping[str, float], limits: ClientLimits | None) -> str:
+    """Why an evaluation reply's metrics (numbers) cannot be used (``""`` if they can): a whole
+    ``num-examples`` in [1, ``limits.max_test``], ``test.<task>.<metric>`` keys of the client's
+    own tasks only, each metric in its range (:func:`evaluation_range`)."""
+    problem = count_problem(values, limits.max_test if limits else 0)
+    problem = problem or _task_keys_problem(values, TEST, EVALUATE_REPLY_KEYS, limits)
+    if problem:
+        return problem
+    count = values[NUM_EXAMPLES]
+    for task, metrics in parse_metric_keys(values, TEST).items():
+        for name, value in metrics.items():
+            valid = evaluation_range(name, count)
+            if valid is None:
+                return f"unexpected metric '{_short(metric_key(TEST, task, name))}'"
+            if problem := _range_problem(metric_key(TEST, task, name), value, *valid):
+                return problem
+    return ""
+
+
+def placement_text(value: object) -> str:
+    """A placement value as kept in ``placement.csv``: a string, printable, at most
+    :data:`MAX_PLACEMENT` characters (anything else: ``""``)."""
+    if not isinstance(value, str):
+        return ""
+    return "".join(c if c.isprintable() else "?" for c in value[:MAX_PLACEMENT])

@@ -18,6 +18,8 @@ from flwr.serverapp import Grid
 
 from fedmtl import protocol as wire
 from fedmtl.config import ExperimentConfig
+from fedmtl.screening import as_integer
+from fedmtl.server.admission import Admission
 
 log = logging.getLogger("fedmtl")
 
@@ -26,28 +28,58 @@ class FederationMismatch(RuntimeError):
     """The connected SuperNodes do not match ``data.num-clients``."""
 
 
+def read_info(reply: Message, node: int) -> tuple[int, int] | str:
+    """``(partition id, num partitions)`` of a query reply to the message sent to ``node``, or
+    why it cannot be used (total: raises nothing). The reply must come from ``node`` and carry
+    an ``info`` metric record whose two values are whole numbers (not bools), the partition id
+    at least 0 and below num-partitions."""
+    source = reply.metadata.src_node_id
+    if source != node:
+        return f"its reply came from node {source}"
+    if wire.INFO not in reply.content.metric_records:
+        return f"its reply has no '{wire.INFO}' record"
+    info = reply.content[wire.INFO]
+    values = [as_integer(info.get(key)) for key in wire.INFO_KEYS]
+    for key, value in zip(wire.INFO_KEYS, values, strict=True):
+        if value is None:
+            return f"its {key} is {str(info.get(key))[:40]!s}, not a whole number"
+    partition, partitions = values
+    if partition < 0 or (partitions >= 0 and partition >= partitions):
+        return f"its partition-id {partition} is outside [0, num-partitions = {partitions})"
+    return partition, partitions
+
+
 def query_nodes(
     grid: Grid, node_ids: list[int], timeout: float
-) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
+) -> tuple[dict[int, tuple[int, int]], dict[int, str], dict[int, str]]:
     """Ask nodes for ``(partition id, num partitions)``.
 
     Returns
     -------
     tuple
-        ``{node id: info}`` of the nodes that answered and ``{node id: error}`` of those
-        that failed.
+        ``{node id: info}`` of the nodes that answered, ``{node id: error}`` of those that
+        failed, and ``{node id: problem}`` of those whose reply cannot be used
+        (:func:`read_info`; a reply to no message asked is ignored with a warning).
     """
     content = RecordDict({wire.CONFIG: ConfigRecord({wire.KIND: wire.DISCOVER})})
     messages = [Message(content=content, message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
-    infos, errors = {}, {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            errors[node] = reply.error.reason
-            continue
-        info = reply.content[wire.INFO]
-        infos[node] = (int(info[wire.PARTITION_ID]), int(info[wire.NUM_PARTITIONS]))
-    return infos, errors
+    infos, errors, problems = {}, {}, {}
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    for reply in replies:
+        node = asked.get(reply.metadata.reply_to_message_id)
+        if node is None:
+            log.warning("ignored a discovery reply from node %s to no message asked", reply.metadata.src_node_id)
+        elif reply.has_error():
+            errors[node] = str(reply.error.reason)[:500]
+        elif node in infos or node in problems:
+            problems[node] = "it replied twice"
+        else:
+            read = read_info(reply, node)
+            (problems if isinstance(read, str) else infos)[node] = read
+    for node in problems:
+        infos.pop(node, None)
+    return infos, errors, problems
 
 
 class ClientDirectory:
@@ -63,16 +95,32 @@ class ClientDirectory:
         self.expected = expected
         self.infos: dict[int, tuple[int, int]] = {}
         self.clients: dict[int, int] = {}
+        self.ignored: set[int] = set()
+        """Nodes whose discovery reply could not be used, during a run (never asked again)."""
+        self.admission = Admission.from_environment()
+        """Only the nodes the deployment registered, when it says which (:mod:`fedmtl.server.admission`)."""
+
+    def mismatch(self, partitions: int) -> str:
+        """Why a node's ``num-partitions`` does not fit ``expected`` (``""`` if it does)."""
+        if partitions >= self.expected:
+            return ""
+        return (f"the federation has num-partitions = {partitions} but data.num-clients = "
+                f"{self.expected}; give it at least {self.expected} SuperNodes (for `flwr run`: "
+                f"--federation-config 'num-supernodes={self.expected}', or use `fedmtl flwr-run`)")
 
     def check(self, node: int) -> None:
         """Fail when a node's federation is smaller than ``expected``."""
-        partitions = self.infos[node][1]
-        if partitions < self.expected:
-            raise FederationMismatch(
-                f"the federation has num-partitions = {partitions} but data.num-clients = "
-                f"{self.expected}; give it at least {self.expected} SuperNodes (for `flwr run`: "
-                f"--federation-config 'num-supernodes={self.expected}', or use `fedmtl flwr-run`)"
-            )
+        problem = self.mismatch(self.infos[node][1])
+        if problem:
+            raise FederationMismatch(problem)
+
+    def ignore(self, node: int, problem: str, strict: bool) -> None:
+        """Refuse ``node`` for good: at start-up (``strict``) raise :class:`FederationMismatch`
+        naming it; during a run log a warning and never ask it again."""
+        if strict:
+            raise FederationMismatch(f"node {node} failed client discovery: {problem}")
+        log.warning("node %d ignored: %s", node, problem)
+        self.ignored.add(node)
 
     def update(self, grid: Grid, timeout: float, strict: bool = True) -> list[int]:
         """Query nodes not seen before; map their clients to them. Return the clients remapped.
@@ -80,19 +128,28 @@ class ClientDirectory:
         Parameters
         ----------
         strict : bool
-            Raise when a new node fails the query (at start-up); otherwise it is asked
-            again next time.
+            Raise when a new node fails the query or replies what cannot be used (at
+            start-up: one line naming the node); otherwise a failed node is asked again next
+            time, and a node whose reply cannot be used (:func:`read_info`, a federation
+            smaller than ``expected``) is ignored for good, with a warning.
         """
-        new = [n for n in grid.get_node_ids() if n not in self.infos]
+        new = self.admission.screen(n for n in grid.get_node_ids() if n not in self.infos and n not in self.ignored)
         if not new:
             return []
-        infos, errors = query_nodes(grid, new, timeout)
+        infos, errors, problems = query_nodes(grid, new, timeout)
         if errors and strict:
-            raise FederationMismatch(f"a node failed client discovery: {next(iter(errors.values()))}")
+            node, error = next(iter(errors.items()))
+            raise FederationMismatch(f"node {node} failed client discovery: {error}")
+        for node, problem in problems.items():
+            self.ignore(node, problem, strict)
         remapped = []
         for node in sorted(infos):  # node ids grow with time: the newest node wins
+            if problem := self.mismatch(infos[node][1]):
+                if strict:
+                    raise FederationMismatch(problem)
+                self.ignore(node, problem, strict)
+                continue
             self.infos[node] = infos[node]
-            self.check(node)
             partition = infos[node][0]
             if partition < self.expected:
                 if partition in self.clients and self.clients[partition] != node:

@@ -19,9 +19,11 @@ from fedmtl.server.replies import (
     Accepted,
     Evaluated,
     Failed,
+    Limits,
     Rejected,
     addressee,
     addressees,
+    destinations,
     placement_row,
     read_evaluate_reply,
     read_train_reply,
@@ -44,23 +46,36 @@ def build_messages(
 
 
 def read_train_replies(
-    messages: list[Message], replies: list[Message], like: dict[str, torch.Tensor], parts: bool, seen: set[int]
+    messages: list[Message], replies: list[Message], like: dict[str, torch.Tensor], parts: bool, seen: set[int],
+    limits: Limits | None = None,
 ) -> list[Accepted | Rejected | Failed]:
     """Read an attempt's training replies in order (``seen``: clients already accepted this
-    round; a second reply of a client is rejected)."""
-    sent, seen, outcomes = addressees(messages), set(seen), []
+    round; a second reply of a client is rejected; ``limits``: each client's limits). A reply
+    counts as the client its message was sent to, and must come from the node it went to."""
+    sent, nodes, seen, outcomes = addressees(messages), destinations(messages), set(seen), []
     for reply in replies:
-        outcome = read_train_reply(reply, addressee(reply, sent), like, parts, seen)
+        node = nodes.get(reply.metadata.reply_to_message_id)
+        outcome = read_train_reply(reply, addressee(reply, sent), like, parts, seen, limits, node)
         if isinstance(outcome, Accepted):
             seen.add(outcome.client)
         outcomes.append(outcome)
     return outcomes
 
 
-def read_evaluate_replies(messages: list[Message], replies: list[Message]) -> list[Evaluated | Rejected | Failed]:
-    """Read an exchange's evaluation replies in order."""
-    sent = addressees(messages)
-    return [read_evaluate_reply(reply, addressee(reply, sent)) for reply in replies]
+def read_evaluate_replies(messages: list[Message], replies: list[Message],
+                          limits: Limits | None = None) -> list[Evaluated | Rejected | Failed]:
+    """Read an exchange's evaluation replies in order (as :func:`read_train_replies`; a
+    second reply of a client is rejected)."""
+    sent, nodes, seen, outcomes = addressees(messages), destinations(messages), set(), []
+    for reply in replies:
+        client = addressee(reply, sent)
+        outcome = read_evaluate_reply(reply, client, limits, nodes.get(reply.metadata.reply_to_message_id))
+        if isinstance(outcome, Evaluated) and outcome.client in seen:
+            outcome = Rejected(outcome.client, "a second reply from the same client")
+        if isinstance(outcome, Evaluated):
+            seen.add(outcome.client)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def unanswered(messages: list[Message], replies: list[Message]) -> int:

@@ -2,22 +2,38 @@
 
 A reply counts as the client its message was sent to: :func:`addressees` maps the ids of
 the messages sent to their clients, and each reply is matched through its
-``reply_to_message_id``; a reply whose claimed ``partition-id`` disagrees is rejected. Each
+``reply_to_message_id``; a reply that comes from another node than the message went to
+(:func:`destinations`), or whose claimed ``partition-id`` disagrees, is rejected. Each
 reader returns one outcome: :class:`Accepted` (or :class:`Evaluated`), :class:`Rejected`
 (a reply that cannot be used) or :class:`Failed` (an error in place of a reply).
+
+Reading is total: whatever a reply holds, a reader returns an outcome and raises nothing.
+Metrics must be numbers (:func:`fedmtl.screening.number_values`) with the required keys and
+in their ranges, of the client's own tasks (:class:`fedmtl.screening.ClientLimits`); arrays
+are checked (serialization, dtype, shape, byte size) before they are decoded
+(:func:`read_arrays`), and updates must be finite in float32.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import math
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from flwr.app import Message
+from flwr.app import Array, ArrayRecord, Message
 
 from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import WHOLE
-from fedmtl.screening import metrics_problem, update_problem
+from fedmtl.screening import (
+    ClientLimits,
+    evaluate_metrics_problem,
+    number_values,
+    placement_text,
+    train_metrics_problem,
+    update_problem,
+)
 from fedmtl.server.vectors import flatten_state
 
 
@@ -65,12 +81,23 @@ class Failed:
     reason: str
 
 
-def client_error_message(reason: str) -> str:
+Limits = Callable[[int], ClientLimits]
+"""The limits of a client (:class:`fedmtl.screening.KnownClients`)."""
+ARRAY_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
+"""The dtypes an update array may have."""
+MAX_REASON = 500
+"""The most characters of a client's error message kept (logged and in the run's errors)."""
+MAX_NPY_HEADER = 65_536 + 10
+"""The most bytes of an array's data beyond its values (NumPy's ``.npy`` header, version 1)."""
+
+
+def client_error_message(reason: object) -> str:
     """The client's own exception message out of the engine's wrapped error text."""
+    reason = str(reason)
     marker = "Message: "
     if marker in reason:
         reason = reason[reason.rindex(marker) + len(marker) :]
-    return reason.strip().removesuffix("'>").strip()
+    return reason.strip().removesuffix("'>").strip()[:MAX_REASON]
 
 
 def addressees(messages: Iterable[Message]) -> dict[str, int]:
@@ -78,20 +105,78 @@ def addressees(messages: Iterable[Message]) -> dict[str, int]:
     return {m.metadata.message_id: int(m.content[wire.CALL][wire.CLIENT_ID]) for m in messages}
 
 
+def destinations(messages: Iterable[Message]) -> dict[str, int]:
+    """``{message id: node id}``: the node each sent message went to."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+
+
 def addressee(reply: Message, sent: dict[str, int]) -> int | None:
     """The client whose message ``reply`` answers (``None``: no message of ``sent``)."""
     return sent.get(reply.metadata.reply_to_message_id)
 
 
-def _check_sender(reply: Message, client: int | None) -> Failed | Rejected | dict[str, float]:
-    """The reply's metrics, once it is known to answer ``client``; else why not."""
+def array_problem(key: str, array: object, shape: tuple[int, ...]) -> str:
+    """Why ``array`` is not a well-formed array of ``shape`` (``""`` if it is), read from its
+    metadata and byte size alone, before any decoding."""
+    if not isinstance(array, Array):
+        return f"'{key}' is not an array"
+    if array.stype != "numpy.ndarray" or array.dtype not in ARRAY_DTYPES:
+        return f"'{key}' has serialization '{str(array.stype)[:32]}' and dtype '{str(array.dtype)[:32]}'"
+    declared = tuple(array.shape)
+    if declared != tuple(shape):
+        return f"'{key}' has shape {declared}, expected {tuple(shape)}"
+    needed = math.prod(shape) * np.dtype(array.dtype).itemsize
+    if not isinstance(array.data, bytes) or not needed < len(array.data) <= needed + MAX_NPY_HEADER:
+        size = len(array.data) if isinstance(array.data, bytes) else None
+        return f"'{key}' has {size} bytes of data, not the {needed} its shape and dtype need (and a header)"
+    return ""
+
+
+def read_array(key: str, array: Array, shape: tuple[int, ...]) -> torch.Tensor | str:
+    """Decode one array once :func:`array_problem` passed; its decoded shape and dtype must
+    be the declared ones."""
+    try:
+        value = array.numpy()
+    except (ValueError, TypeError, EOFError, OSError) as error:
+        return f"'{key}' cannot be decoded: {str(error)[:120]}"
+    if value.shape != tuple(shape) or str(value.dtype) != array.dtype:
+        return f"'{key}' decodes to shape {value.shape} and dtype {value.dtype}, not those declared"
+    return torch.from_numpy(value.copy())
+
+
+def read_arrays(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor] | str:
+    """The tensors of ``record``, keyed and shaped as ``shapes``, or why not: keys are
+    checked first, then each array's metadata and size (:func:`array_problem`), then it is decoded."""
+    missing = [k for k in shapes if k not in record]
+    if missing:
+        return f"missing {len(missing)} tensor(s), e.g. '{missing[0]}'"
+    extra = [k for k in record if k not in shapes]
+    if extra:
+        return f"unexpected tensor '{str(extra[0])[:64]}'"
+    out = {}
+    for key, shape in shapes.items():
+        problem = array_problem(key, record[key], shape)
+        value = problem or read_array(key, record[key], shape)
+        if isinstance(value, str):
+            return value
+        out[key] = value
+    return out
+
+
+def _check_sender(reply: Message, client: int | None, node: int | None) -> Failed | Rejected | dict[str, float]:
+    """The reply's metrics, once it is known to answer ``client`` from ``node``; else why not."""
     if reply.has_error():
         return Failed(client, client_error_message(reply.error.reason))
     if client is None:
         return Rejected(None, "a reply to no message of this round")
+    source = reply.metadata.src_node_id
+    if node is not None and source != node:
+        return Rejected(client, f"a reply from node {source} to the message sent to node {node}")
     if wire.METRICS not in reply.content.metric_records:
         return Rejected(client, "no metrics")
-    values = {k: float(v) for k, v in reply.content[wire.METRICS].items()}
+    values = number_values(reply.content[wire.METRICS])
+    if isinstance(values, str):
+        return Rejected(client, values)
     claimed = values.get(wire.PARTITION_ID)
     if claimed != client:
         return Rejected(client, f"partition-id {claimed} in the reply to client {client}")
@@ -101,24 +186,26 @@ def _check_sender(reply: Message, client: int | None) -> Failed | Rejected | dic
 def _read_update(reply: Message, like: dict[str, torch.Tensor]) -> str | dict[str, torch.Tensor]:
     if wire.UPDATE not in reply.content.array_records:
         return f"no '{wire.UPDATE}' arrays"
-    state = reply.content[wire.UPDATE].to_torch_state_dict()
-    problem = update_problem(state, like)
+    state = read_arrays(reply.content[wire.UPDATE], {k: tuple(v.shape) for k, v in like.items()})
+    problem = state if isinstance(state, str) else update_problem(state, like)
     return f"{wire.UPDATE}: {problem}" if problem else {WHOLE: flatten_state(state, list(like))}
 
 
 def _read_parts(reply: Message, like: dict[str, torch.Tensor], tasks: list[str]) -> str | dict[str, torch.Tensor]:
     if wire.PARTS not in reply.content.array_records:
         return f"no '{wire.PARTS}' arrays"
-    parts = reply.content[wire.PARTS].to_torch_state_dict()
     size = sum(v.numel() for v in like.values())
-    problem = update_problem(parts, {t: torch.empty(size, device="meta") for t in tasks})
+    parts = read_arrays(reply.content[wire.PARTS], {t: (size,) for t in tasks})
+    problem = parts if isinstance(parts, str) else update_problem(
+        parts, {t: torch.empty(size, device="meta") for t in tasks})
     return f"{wire.PARTS}: {problem}" if problem else {t: parts[t].to(torch.float32) for t in tasks}
 
 
 def read_train_reply(
-    reply: Message, client: int | None, like: dict[str, torch.Tensor], parts: bool, seen: Collection[int] = ()
+    reply: Message, client: int | None, like: dict[str, torch.Tensor], parts: bool, seen: Collection[int] = (),
+    limits: Limits | None = None, node: int | None = None,
 ) -> Accepted | Rejected | Failed:
-    """Read one training reply.
+    """Read one training reply (total: any reply gives an outcome).
 
     Parameters
     ----------
@@ -132,14 +219,18 @@ def read_train_reply(
         The message asked for task parts (one per task the reply has training metrics of).
     seen : collection of int
         Clients whose reply this round was already read.
+    limits : callable, optional
+        The client's limits (its tasks, its data size); ``None``: not bounded.
+    node : int, optional
+        The node the message went to; the reply must come from it (``None``: not checked).
     """
-    checked = _check_sender(reply, client)
+    checked = _check_sender(reply, client, node)
     if not isinstance(checked, dict):
         return checked
     assert client is not None
     if client in seen:
         return Rejected(client, "a second reply from the same client")
-    problem = metrics_problem(checked)
+    problem = train_metrics_problem(checked, limits(client) if limits else None)
     if problem:
         return Rejected(client, problem)
     tasks = sorted(wire.parse_metric_keys(checked, wire.TRAIN))
@@ -147,22 +238,26 @@ def read_train_reply(
     return Rejected(client, rows) if isinstance(rows, str) else Accepted(client, rows, checked)
 
 
-def read_evaluate_reply(reply: Message, client: int | None) -> Evaluated | Rejected | Failed:
-    """Read one evaluation reply (``client``: the client its message was sent to)."""
-    checked = _check_sender(reply, client)
+def read_evaluate_reply(
+    reply: Message, client: int | None, limits: Limits | None = None, node: int | None = None
+) -> Evaluated | Rejected | Failed:
+    """Read one evaluation reply (total; ``client``: the client its message was sent to,
+    ``limits`` and ``node`` as in :func:`read_train_reply`)."""
+    checked = _check_sender(reply, client, node)
     if not isinstance(checked, dict):
         return checked
     assert client is not None
-    count = checked.get(wire.NUM_EXAMPLES)
-    if count is None:
-        return Rejected(client, f"no {wire.NUM_EXAMPLES}")
-    return Evaluated(client, wire.parse_metric_keys(checked, wire.TEST), int(count))
+    problem = evaluate_metrics_problem(checked, limits(client) if limits else None)
+    if problem:
+        return Rejected(client, problem)
+    return Evaluated(client, wire.parse_metric_keys(checked, wire.TEST), int(checked[wire.NUM_EXAMPLES]))
 
 
 def placement_row(reply: Message, client: int | None, server_round: int, stage: str) -> tuple | None:
-    """The ``placement.csv`` row of a reply (``None`` for one without placement or metrics)."""
+    """The ``placement.csv`` row of a reply (``None`` for one without placement or metrics);
+    each value a printable string of at most :data:`fedmtl.screening.MAX_PLACEMENT` characters."""
     content = reply.content
     if client is None or wire.PLACEMENT not in content.config_records or wire.METRICS not in content.metric_records:
         return None
     where = content[wire.PLACEMENT]
-    return (server_round, client, stage, *(str(where.get(key, "")) for key in wire.PLACEMENT_KEYS))
+    return (server_round, client, stage, *(placement_text(where.get(key, "")) for key in wire.PLACEMENT_KEYS))

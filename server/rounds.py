@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.common import log
@@ -125,6 +125,15 @@ def retry_pool(server: ServerSection, collected: Collected, usable: int, clients
     if usable >= server.min_replies or server.on_too_few != "retry" or collected.retries >= server.max_retries:
         return []
     return [c for c in clients if c not in collected.formed]
+
+
+def count_screened(server_round: int, formed: int, accepted: int, factor: float) -> int:
+    """How many of the ``formed`` well-formed updates norm screening rejected (logged)."""
+    screened = formed - accepted
+    if screened:
+        log(WARNING, "round %d: norm screening rejected %d update(s) longer than %g × the median",
+            server_round, screened, factor)
+    return screened
 
 
 def log_settings(cfg: ExperimentConfig, num_clients: int) -> None:

@@ -30,6 +30,7 @@ from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.progress import Progress
 from fedmtl.results import RoundStats, RunRecorder
+from fedmtl.screening import KnownClients
 from fedmtl.server.discovery import ClientDirectory
 from fedmtl.server.exchange import (
     build_messages,
@@ -48,13 +49,14 @@ from fedmtl.server.rounds import (
     EvaluateRecord,
     RunTally,
     TrainRecord,
+    count_screened,
     is_checkpoint_round,
     is_evaluation_round,
     log_settings,
     retry_pool,
     round_row,
 )
-from fedmtl.server.updates import plan_rows, screen_norms, train_loss, train_metric_rows, weight_rows
+from fedmtl.server.updates import plan_rows, screen_norms, stepped, train_loss, train_metric_rows, weight_rows
 from fedmtl.server.vectors import flatten_state, unflatten_state
 from fedmtl.training.setup import server_device
 
@@ -96,6 +98,7 @@ class FedMTLStrategy:
         self.first_round = 1
         self.last_stats: RoundStats | None = None
         self.tally = RunTally()
+        self.known = KnownClients(cfg.data, cfg.run.seed, server.max_examples)  # bounds what replies report
 
     # -- the round loop -------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
@@ -131,16 +134,15 @@ class FedMTLStrategy:
                 server_round, len(accepted), server.min_replies, collected.retries, len(clients))
             self.exchange(grid, server_round, clients, collected)
             accepted = screen_norms(collected.formed, server.norm_screening)
-        screened = len(collected.formed) - len(accepted)
-        if screened:
-            log(WARNING, "round %d: norm screening rejected %d update(s) longer than %g × the median",
-                server_round, screened, server.norm_screening)
+        screened = count_screened(server_round, len(collected.formed), len(accepted), server.norm_screening)
         record = TrainRecord(collected.sampled, len(collected.formed) + collected.rejected, collected.failures,
                              collected.rejected + screened, collected.retries, len(accepted), skipped=0)
         if len(accepted) < server.min_replies:
             return self.skip(server_round, dataclasses.replace(record, skipped=1), collected.reasons)
-        fallbacks, loss = self.aggregate_train(server_round, [collected.formed[c] for c in accepted])
-        return dataclasses.replace(record, fallbacks=fallbacks, train_loss=loss)
+        aggregated = self.aggregate_train(server_round, [collected.formed[c] for c in accepted])
+        if isinstance(aggregated, str):  # a combined update that is not finite: skip the round
+            return self.skip(server_round, dataclasses.replace(record, skipped=1), [aggregated], why=aggregated)
+        return dataclasses.replace(record, fallbacks=aggregated[0], train_loss=aggregated[1])
 
     def configure_train(self, server_round: int, clients: list[int], attempt: int) -> list[Message]:
         """The training messages of one attempt: the global model and what to reply."""
@@ -151,7 +153,8 @@ class FedMTLStrategy:
         """Send one training attempt and read its replies into ``collected``."""
         messages = self.configure_train(server_round, clients, collected.retries)
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.server.timeout))
-        outcomes = read_train_replies(messages, replies, self.state, self.needs.task_parts, set(collected.formed))
+        outcomes = read_train_replies(messages, replies, self.state, self.needs.task_parts, set(collected.formed),
+                                      self.known)
         collected.sampled += len(clients)
         missing = unanswered(messages, replies)
         collected.failures += self.count_failures(server_round, "training", outcomes, missing, collected)
@@ -168,31 +171,30 @@ class FedMTLStrategy:
                 collected.note_failure(reason)
         return sum(isinstance(o, Failed) for o in outcomes) + max(missing, 0)
 
-    def aggregate_train(self, server_round: int, accepted: list[Accepted]) -> tuple[int, float]:
-        """Weight the accepted updates, take the server step; return the fallbacks and the loss."""
-        self.tally.failed_streak = 0
-        self.tally.aggregated_rounds += 1
+    def aggregate_train(self, server_round: int, accepted: list[Accepted]) -> tuple[int, float] | str:
+        """Weight the accepted updates, take the server step; return the fallbacks and the loss,
+        or why the round must be skipped (a combined update or a new model that is not finite)."""
         rows = [row for reply in accepted for row in plan_rows(reply, self.device)]
         result = self.plan(rows)
-        metric_rows = [row for reply in accepted for row in train_metric_rows(server_round, reply)]
-        self.recorder.log_metrics(metric_rows + weight_rows(server_round, result))
         for fallback in result.fallbacks:
             log(WARNING, "round %d: weighting fallback %s", server_round, fallback)
-        if not torch.isfinite(result.direction).all():
-            raise FloatingPointError(f"round {server_round}: the combined update is not finite "
-                                     f"(plan '{self.cfg.server.plan}', weighting '{self.cfg.server.weighting}')")
-        step = self.optimizer.step(result.direction.to("cpu", torch.float32))
         keys = list(self.state)
-        self.state = unflatten_state(flatten_state(self.state, keys) + step, self.state, keys)
+        new = stepped(flatten_state(self.state, keys), result.direction, self.optimizer)
+        if isinstance(new, str):
+            return f"{new} (plan '{self.cfg.server.plan}', weighting '{self.cfg.server.weighting}')"
+        metric_rows = [row for reply in accepted for row in train_metric_rows(server_round, reply)]
+        self.recorder.log_metrics(metric_rows + weight_rows(server_round, result))
+        self.tally.failed_streak, self.tally.aggregated_rounds = 0, self.tally.aggregated_rounds + 1
+        self.state = unflatten_state(new, self.state, keys)
         self.arrays = ArrayRecord(self.state)
         return len(result.fallbacks), train_loss(accepted)
 
-    def skip(self, server_round: int, record: TrainRecord, reasons: list[str]) -> TrainRecord:
+    def skip(self, server_round: int, record: TrainRecord, reasons: list[str], why: str = "") -> TrainRecord:
         """Leave the model as it is, or stop the run after ``server.max-failed-rounds`` skips in a row."""
         server = self.cfg.server
         self.tally.failed_streak += 1
-        why = (f"{record.aggregated} usable replies < server.min-replies = {server.min_replies} "
-               f"({record.failures} failed, {record.rejected} rejected)")
+        why = why or (f"{record.aggregated} usable replies < server.min-replies = {server.min_replies} "
+                      f"({record.failures} failed, {record.rejected} rejected)")
         log(WARNING, "round %d skipped: %s; the model is unchanged", server_round, why)
         if server.max_failed_rounds and self.tally.failed_streak >= server.max_failed_rounds:
             self.recorder.log_round(round_row(server_round, record, None), None)
@@ -206,7 +208,7 @@ class FedMTLStrategy:
         messages = build_messages(self.arrays, self.config_record, self.roster, clients, MessageType.EVALUATE,
                                   wire.Call(server_round))
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.server.timeout))
-        outcomes = read_evaluate_replies(messages, replies)
+        outcomes = read_evaluate_replies(messages, replies, self.known)
         failures = self.count_failures(server_round, "evaluation", outcomes, unanswered(messages, replies))
         self.recorder.log_placement(placement_rows(server_round, "evaluate", messages, replies))
         failures += log_rejections(server_round, "evaluation", outcomes)

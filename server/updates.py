@@ -7,6 +7,7 @@ import torch
 
 from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import WHOLE, PlanResult, Row
+from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.results import CLIENT_LEVEL
 from fedmtl.screening import norm_outliers
 from fedmtl.server.replies import Accepted
@@ -63,3 +64,13 @@ def screen_norms(formed: dict[int, Accepted], factor: float) -> list[int]:
     norms = [float(torch.linalg.vector_norm(sum(formed[c].rows.values()))) for c in clients]
     outlier = norm_outliers(norms, factor)
     return [c for c, out in zip(clients, outlier, strict=True) if not out]
+
+
+def stepped(flat: torch.Tensor, direction: torch.Tensor, optimizer: ServerOptimizer) -> torch.Tensor | str:
+    """The flat federated state after the server step along the combined ``direction``, or
+    why not: the direction or the new state is not finite (the round is then skipped; the
+    optimizer takes no step on a direction that is not finite)."""
+    if not bool(torch.isfinite(direction).all()):
+        return "the combined update is not finite"
+    new = flat + optimizer.step(direction.to("cpu", torch.float32))
+    return new if bool(torch.isfinite(new).all()) else "the model after the server step is not finite"

@@ -1,9 +1,15 @@
-"""Client discovery: the advice for a too-small federation, and following reconnected nodes."""
+"""Client discovery: the advice for a too-small federation, following reconnected nodes, and
+replies that cannot be used (a clear error at start-up, ignored with a warning during a run)."""
 
 from __future__ import annotations
 
-import pytest
+import itertools
+import logging
 
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedmtl import protocol as wire
 from fedmtl.server.discovery import ClientDirectory, FederationMismatch
 
 
@@ -14,3 +20,90 @@ def test_a_federation_smaller_than_num_clients_fails_naming_the_fix():
         directory.check(11)
     directory.infos[12] = (1, 3)
     directory.check(12)  # big enough: no error
+
+
+# -- hostile discovery replies ----------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+
+
+def info(partition, partitions=3) -> RecordDict:
+    record = MetricRecord()
+    record.__dict__["_data"].update({wire.PARTITION_ID: partition, wire.NUM_PARTITIONS: partitions})
+    return RecordDict({wire.INFO: record})
+
+
+class QueryGrid:
+    """Nodes 10, 11, 12 answer discovery queries as ``answers[node]`` says (a ``RecordDict``,
+    or a ``(node, RecordDict)`` pair for a reply sent from another node)."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers
+        self.ids = itertools.count()
+        self.asked: list[int] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.answers)
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"q{next(self.ids)}"
+            node = msg.metadata.dst_node_id
+            self.asked.append(node)
+            answer = self.answers[node]
+            source, content = answer if isinstance(answer, tuple) else (node, answer)
+            reply = Message(content, reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = source
+            replies.append(reply)
+        return replies
+
+
+BAD = [
+    (info(float("nan")), "its partition-id is nan, not a whole number"),
+    (info(float("inf")), "its partition-id is inf, not a whole number"),
+    (info(1.7), "its partition-id is 1.7, not a whole number"),
+    (info(-1), "its partition-id -1 is outside [0, num-partitions = 3)"),
+    (info(True), "its partition-id is True, not a whole number"),
+    (info(5), "its partition-id 5 is outside [0, num-partitions = 3)"),
+    (info(1, float("nan")), "its num-partitions is nan, not a whole number"),
+    (RecordDict({}), "its reply has no 'info' record"),
+    (RecordDict({wire.INFO: ConfigRecord({wire.PARTITION_ID: "1", wire.NUM_PARTITIONS: "3"})}),
+     "its reply has no 'info' record"),
+    ((99, info(1)), "its reply came from node 99"),
+]
+
+
+@pytest.mark.parametrize(("answer", "problem"), BAD)
+def test_a_bad_node_at_start_up_fails_in_one_line_naming_it(answer, problem):
+    grid = QueryGrid({10: info(0), 11: answer, 12: info(2)})
+    with pytest.raises(FederationMismatch) as raised:
+        ClientDirectory(expected=3).update(grid, 1.0)
+    assert str(raised.value) == f"node 11 failed client discovery: {problem}"
+
+
+@pytest.mark.parametrize(("answer", "problem"), BAD)
+def test_a_bad_node_during_a_run_is_ignored_with_a_warning(answer, problem, caplog):
+    directory = ClientDirectory(expected=3)
+    directory.update(QueryGrid({10: info(0), 12: info(2)}), 1.0)  # at start-up: 2 good nodes
+    grid = QueryGrid({10: info(0), 12: info(2), 11: answer, 13: info(1)})
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        assert directory.update(grid, 1.0, strict=False) == []
+    assert directory.clients == {0: 10, 1: 13, 2: 12}
+    assert f"node 11 ignored: {problem}" in caplog.text
+    directory.update(grid, 1.0, strict=False)
+    assert grid.asked == [11, 13]  # the bad node is not asked again
+
+
+def test_a_too_small_federation_during_a_run_is_ignored_not_raised(caplog):
+    directory = ClientDirectory(expected=3)
+    directory.update(QueryGrid({10: info(0), 11: info(1), 12: info(2)}), 1.0)
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        directory.update(QueryGrid({10: info(0), 11: info(1), 12: info(2), 14: info(1, 2)}), 1.0, strict=False)
+    assert directory.clients == {0: 10, 1: 11, 2: 12}
+    assert "node 14 ignored: the federation has num-partitions = 2" in caplog.text

@@ -156,3 +156,71 @@ def test_lying_duplicate_and_missing_replies_are_counted(tmp_path):
     assert (row.sampled, row.replies, row.failures, row.rejected, row.aggregated) == (4, 4, 1, 2, 2)
     weights = pd.read_csv(tmp_path / "metrics.csv", dtype={"task": str})
     assert sorted(set(weights[weights.metric == "aggregation-weight"].client)) == [1, 3]
+
+
+# -- hostile replies: counted, never a crash ----------------------------------------------
+def hostile(msg: Message, call: wire.TrainCall) -> Message:
+    """Clients 0-2 send crafted replies (a float64 update Inf in float32, a list-valued metric,
+    an array shorter than its shape); client 3 is honest."""
+    reply = good(msg, call)
+    if msg.metadata.message_type != MessageType.TRAIN or call.client == 3:
+        return reply
+    if call.client == 0:
+        reply.content[wire.UPDATE] = ArrayRecord({k: torch.full(v.shape, 1e300, dtype=torch.float64)
+                                                  for k, v in STATE.items()})
+    elif call.client == 1:
+        reply.content[wire.METRICS].__dict__["_data"]["train.left.loss"] = [1.0, 2.0]
+    else:
+        array = reply.content[wire.UPDATE]["w"]
+        reply.content[wire.UPDATE]["w"] = type(array)(dtype=array.dtype, shape=array.shape, stype=array.stype,
+                                                      data=array.data[:-4])
+    return reply
+
+
+def test_crafted_training_replies_are_rejected_and_counted(tmp_path):
+    strategy, _, rounds = run(tmp_path, hostile, "server.min-replies=1")
+    assert list(rounds["rejected"]) == [3, 3] and list(rounds["aggregated"]) == [1, 1]
+    assert bool(torch.isfinite(strategy.state["w"]).all())
+    weights = pd.read_csv(tmp_path / "metrics.csv", dtype={"task": str})
+    assert set(weights[weights.metric == "aggregation-weight"].client) == {3}
+
+
+def test_a_lying_example_count_does_not_buy_the_fedavg_weight(tmp_path):
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 0:
+            reply.content[wire.METRICS][wire.NUM_EXAMPLES] = 1e30
+        return reply
+
+    _, _, rounds = run(tmp_path, script, "server.min-replies=1", "run.rounds=1")
+    assert rounds.iloc[0].rejected == 1 and rounds.iloc[0].aggregated == 3
+
+
+def test_crafted_evaluation_replies_are_counted_and_the_statistics_stay_finite(tmp_path):
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.EVALUATE and call.client in (0, 1, 2):
+            key, value = {0: ("test.left.accuracy", float("nan")), 1: (wire.NUM_EXAMPLES, float("nan")),
+                          2: ("test.left.accuracy", 1e9)}[call.client]
+            reply.content[wire.METRICS][key] = value
+        return reply
+
+    _, _, rounds = run(tmp_path, script, "run.rounds=1")
+    row = rounds.iloc[0]
+    assert (row.evaluate_failures, row.evaluated) == (3, 1)
+    summary = pd.read_csv(tmp_path / "metrics.csv", dtype={"task": str})
+    assert summary[summary.split == "test"].value.map(lambda v: v == v and abs(v) < 1e6).all()
+
+
+def test_a_round_whose_new_model_is_not_finite_is_skipped_not_crashed(tmp_path):
+    def script(msg, call):  # well-formed, finite in float32, but the server step overflows
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN:
+            reply.content[wire.UPDATE] = ArrayRecord({k: torch.full_like(v, 3e38) for k, v in STATE.items()})
+        return reply
+
+    strategy, _, rounds = run(tmp_path, script, "server.lr=10", "server.max-failed-rounds=0")
+    assert list(rounds["skipped"]) == [1, 1] and "train_loss" not in rounds.columns
+    assert torch.equal(strategy.state["w"], STATE["w"])
+    with pytest.raises(ClientsFailed, match="none of the 2 round"):
+        strategy.check_progress()
