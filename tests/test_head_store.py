@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from flwr.app import RecordDict
 
@@ -61,3 +62,77 @@ def test_context_store_round_trip():
     state = RecordDict()
     _round_trip(ContextHeadStore(state))
     assert list(state.array_records) == ["fedmtl.heads.3"]
+
+
+# -- run identity, unreadable files, pruning back to the oldest kept checkpoint ----------------
+def test_disk_store_keeps_heads_back_to_the_oldest_kept_checkpoint(tmp_path):
+    """Killed in round 3 after a save, with checkpoint round-2 unreadable, a resume falls back
+    to round 1: the round-1 heads must still be there."""
+    store = DiskHeadStore(tmp_path)
+    for r in (1, 2, 3):
+        store.save(0, {"w": torch.full((1,), float(r))}, server_round=r)
+    assert sorted(store.versions(0)) == [1, 2, 3]
+    assert store.load(0, until_round=1)["w"][0] == 1
+    store.save(0, {"w": torch.full((1,), 4.0)}, server_round=4)  # checkpoints 2 and 3 kept: round 1 no longer needed
+    assert sorted(store.versions(0)) == [2, 3, 4]
+    # a client that skipped rounds: the newest version up to the oldest kept checkpoint stays
+    store.save(1, {"w": torch.zeros(1)}, server_round=1)
+    store.save(1, {"w": torch.ones(1)}, server_round=7)
+    assert sorted(store.versions(1)) == [1, 7] and store.load(1, until_round=5)["w"][0] == 0
+    # checkpoint-every = 5, round 12: checkpoints 5 and 10 kept; the newest version <= 5 stays
+    for r in (3, 4, 6, 12):
+        store.save(2, {"w": torch.full((1,), float(r))}, server_round=r, checkpoint_every=5)
+    assert sorted(store.versions(2)) == [4, 6, 12]
+
+
+def test_recorder_keeps_as_many_checkpoints_as_the_head_store_serves(tmp_path):
+    from fedmtl.data import dataset_tasks
+    from fedmtl.personalization import CHECKPOINTS_KEPT
+    from fedmtl.results import RunRecorder, checkpoint_files
+    from fedmtl.validation import load_config
+
+    cfg = load_config(None, [])
+    recorder = RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data))
+    for r in range(1, 6):
+        recorder.save_checkpoint(r, {"backbone": {}})
+    assert len(checkpoint_files(tmp_path)) == CHECKPOINTS_KEPT
+
+
+def test_disk_store_refuses_heads_of_another_run(tmp_path):
+    from fedmtl.personalization import HeadStoreError, RunIdentity
+
+    mine = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg"))
+    mine.save(3, {"w": torch.ones(2)}, server_round=1)
+    assert torch.equal(mine.load(3)["w"], torch.ones(2))
+    other = DiskHeadStore(tmp_path, RunIdentity("run-b", "cfg"))
+    with pytest.raises(HeadStoreError) as exc:
+        other.load(3)
+    message = str(exc.value)
+    assert "\n" not in message and "client-3.r1.pt" in message and "run-a" in message
+    assert other.load(4) is None  # a first visit is still a first visit
+
+
+def test_an_unreadable_head_file_raises_one_line_naming_it(tmp_path):
+    from fedmtl.personalization import HeadStoreError
+
+    store = DiskHeadStore(tmp_path)
+    store.save(2, {"w": torch.ones(2)}, server_round=1)
+    (tmp_path / "client-2.r1.pt").write_bytes(b"\x00garbage\nmore garbage")
+    with pytest.raises(HeadStoreError) as exc:
+        store.load(2)
+    assert "\n" not in str(exc.value) and str(tmp_path / "client-2.r1.pt") in str(exc.value)
+
+
+def test_check_heads_names_missing_foreign_and_unreadable_heads(tmp_path):
+    from fedmtl.personalization import RunIdentity, check_heads
+
+    mine = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg"))
+    mine.save(0, {"w": torch.ones(1)}, server_round=2)  # fine
+    mine.save(1, {"w": torch.ones(1)}, server_round=1)  # trained in round 2, only round 1 left
+    DiskHeadStore(tmp_path, RunIdentity("run-b", "cfg")).save(2, {"w": torch.ones(1)}, server_round=2)
+    mine.save(3, {"w": torch.ones(1)}, server_round=1)
+    (tmp_path / "client-3.r1.pt").write_bytes(b"")
+    DiskHeadStore(tmp_path, RunIdentity("run-a", "other")).save(4, {"w": torch.ones(1)}, server_round=1)
+    mine.save(5, {"w": torch.ones(1)}, server_round=3)  # after the checkpoint: not read by the resume
+    found = {p.client: p.kind for p in check_heads(mine, {0: 2, 1: 2, 2: 2, 6: 1}, until_round=2)}
+    assert found == {1: "missing", 2: "other-run", 3: "unreadable", 4: "other-config", 6: "missing"}

@@ -33,13 +33,18 @@ def test_disk_store_keeps_the_version_a_resume_needs(tmp_path):
     store = DiskHeadStore(tmp_path)
     for r in (1, 3, 4):
         store.save(7, {"w": torch.full((2,), float(r))}, server_round=r)
-    # rounds 3 and 4 kept (4 is new, 3 is the newest of a round <= the last checkpoint, 3)
-    assert sorted(store.versions(7)) == [3, 4]
+    # in round 4 the checkpoints of rounds 2 and 3 are kept: a resume may need the newest
+    # version <= 2 (round 1's), so every version stays
+    assert sorted(store.versions(7)) == [1, 3, 4]
     assert store.load(7, until_round=3)["w"][0] == 3 and store.load(7)["w"][0] == 4
-    assert store.load(7, until_round=2) is None  # round 1's version is gone: no resume needs it
-    store.save(7, {"w": torch.full((2,), 9.0)}, server_round=9, checkpoint_every=5)
-    # last checkpoint before round 9 is round 5: keep the newest version <= 5 (4) and 9
-    assert sorted(store.versions(7)) == [4, 9]
+    assert store.load(7, until_round=2)["w"][0] == 1
+    store.save(7, {"w": torch.full((2,), 6.0)}, server_round=6)
+    # checkpoints 4 and 5 kept: the newest version <= 4 (4) and newer ones stay, 1 and 3 go
+    assert sorted(store.versions(7)) == [4, 6]
+    assert store.load(7, until_round=3) is None  # no resume needs a version older than round 4's
+    store.save(7, {"w": torch.full((2,), 9.0)}, server_round=14, checkpoint_every=5)
+    # checkpoints 5 and 10 kept before round 14: keep the newest version <= 5 (4) and newer ones
+    assert sorted(store.versions(7)) == [4, 6, 14]
     assert store.load(8) is None
 
 

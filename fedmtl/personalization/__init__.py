@@ -5,8 +5,13 @@ The store in a Flower node's ``Context.state`` belongs to the ClientApp
 """
 
 from fedmtl.personalization.head_store import (
+    CHECKPOINTS_KEPT,
     DiskHeadStore,
+    HeadsProblem,
     HeadStore,
+    HeadStoreError,
+    RunIdentity,
+    check_heads,
     heads_fingerprint,
     init_heads,
     load_weighting_state,
@@ -17,8 +22,13 @@ from fedmtl.personalization.head_store import (
 )
 
 __all__ = [
+    "CHECKPOINTS_KEPT",
     "DiskHeadStore",
     "HeadStore",
+    "HeadStoreError",
+    "HeadsProblem",
+    "RunIdentity",
+    "check_heads",
     "heads_fingerprint",
     "init_heads",
     "load_weighting_state",

@@ -8,7 +8,10 @@ has the one that knows nothing of Flower (the ClientApp adds one in the node's F
   survives process and node restarts. Saved with the round that produced them
   (``client-<id>.r<round>.pt``), it keeps the versions a resumed run may need: a run resumed
   from its checkpoint of round C re-runs round C + 1 from the heads of round ≤ C, even for
-  clients that already trained in round C + 1 before the run was killed.
+  clients that already trained in round C + 1 before the run was killed, and C may be the
+  older of the two checkpoints kept (the newer one unreadable). Each file carries the run's
+  identity (:class:`RunIdentity`): a store given one refuses heads of another run, and an
+  unreadable file raises :class:`HeadStoreError` naming it.
 
 On a client's first visit the store is empty and heads are initialised deterministically
 from the run seed and the client id (:func:`init_heads`).
@@ -17,6 +20,8 @@ from the run seed and the client id (:func:`init_heads`).
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +33,29 @@ from fedmtl.seeds import Stream, seeded_torch_init
 
 HeadState = dict[str, torch.Tensor]
 WEIGHTING_KEY = "__weighting_state__"
+CHECKPOINTS_KEPT = 2
+"""How many of the newest checkpoints a run keeps (``RunRecorder.save_checkpoint``): a resume
+may fall back to the oldest of them, so the store keeps the heads it needs."""
+
+
+class HeadStoreError(RuntimeError):
+    """A head file cannot be used (unreadable, or of another run); the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who wrote a head file: the run's id and the fingerprint of its config.
+
+    Attributes
+    ----------
+    run_id : str
+        The run's random id (``run-id`` in its run folder; ``""``: unknown, nothing is checked).
+    config : str
+        The fingerprint of the run's config (:func:`fedmtl.results.config_fingerprint`).
+    """
+
+    run_id: str = ""
+    config: str = ""
 
 
 class HeadStore(Protocol):
@@ -45,18 +73,25 @@ class DiskHeadStore:
     """Head files per client under ``root``: ``client-<id>.r<round>.pt`` (or
     ``client-<id>.pt`` when saved without a round).
 
-    A save in round R keeps, besides the new file, the newest older version of a round ≤ C,
-    the last checkpoint round before R (``checkpoint_every`` · ⌊(R − 1)/checkpoint_every⌋),
-    and any newer one; older versions are deleted.
+    Each file holds the heads and the :class:`RunIdentity` of the run that wrote them. A save
+    in round R keeps, besides the new file, every version newer than the oldest checkpoint a
+    resume may fall back to (the :data:`CHECKPOINTS_KEPT` newest checkpoint rounds before R are
+    multiples of ``checkpoint_every``; the oldest is
+    ``checkpoint_every`` · (⌊(R − 1)/checkpoint_every⌋ − :data:`CHECKPOINTS_KEPT` + 1)) and the
+    newest version of a round up to it; older versions are deleted.
 
     Parameters
     ----------
     root : str or Path
         Folder of the store (created on first save).
+    identity : RunIdentity, optional
+        The run using the store: written into every file, and a file of another run is
+        refused on load (:class:`HeadStoreError`). Without one nothing is checked.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, identity: RunIdentity | None = None) -> None:
         self.root = Path(root)
+        self.identity = identity or RunIdentity()
 
     def path(self, client_id: int, server_round: int | None = None) -> Path:
         """File of client ``client_id`` (of the heads trained in ``server_round``)."""
@@ -72,25 +107,153 @@ class DiskHeadStore:
                 out[int(tag)] = path
         return out
 
-    def load(self, client_id: int, until_round: int | None = None) -> HeadState | None:
+    def clients(self) -> list[int]:
+        """The clients with a versioned file in the store, sorted."""
+        found = set()
+        for path in self.root.glob("client-*.r*.pt"):
+            tag = path.name.removeprefix("client-").split(".", 1)[0]
+            if tag.isdigit():
+                found.add(int(tag))
+        return sorted(found)
+
+    def latest(self, client_id: int, until_round: int | None = None) -> tuple[int | None, Path]:
+        """The round and file of the client's newest version of a round ≤ ``until_round``
+        (``(None, unversioned file)`` when there is none; that file may not exist)."""
         versions = {r: p for r, p in self.versions(client_id).items()
                     if until_round is None or r <= until_round}
-        path = versions[max(versions)] if versions else self.path(client_id)
+        if not versions:
+            return None, self.path(client_id)
+        newest = max(versions)
+        return newest, versions[newest]
+
+    def read(self, path: Path) -> tuple[HeadState, RunIdentity | None]:
+        """The heads in ``path`` and the identity written with them (``None`` for a file
+        written without one).
+
+        Raises
+        ------
+        HeadStoreError
+            When the file cannot be read as heads (one line naming it).
+        """
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by name
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+            raise HeadStoreError(f"head file '{path}' is unreadable ({detail})") from None
+        if isinstance(data, dict) and isinstance(data.get("heads"), dict) and isinstance(data.get("run-id"), str):
+            return data["heads"], RunIdentity(data["run-id"], str(data.get("config-fingerprint", "")))
+        if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+            return data, None
+        raise HeadStoreError(f"head file '{path}' is unreadable (not a fedmtl head file)")
+
+    def load(self, client_id: int, until_round: int | None = None) -> HeadState | None:
+        """The heads saved last (in a round ≤ ``until_round``), or ``None`` on a first visit.
+
+        Raises
+        ------
+        HeadStoreError
+            When that file is unreadable, or was written by another run than this store's.
+        """
+        _, path = self.latest(client_id, until_round)
         if not path.exists():
             return None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state, written_by = self.read(path)
+        mine = self.identity.run_id
+        if mine and written_by is not None and written_by.run_id != mine:
+            raise HeadStoreError(f"head file '{path}' belongs to run {written_by.run_id}, not to this run "
+                                 f"({mine}); give each run its own client.head-store-dir")
+        return state
 
     def save(self, client_id: int, state: HeadState, server_round: int | None = None,
              checkpoint_every: int = 1) -> None:
-        torch_save({k: v.detach().cpu() for k, v in state.items()}, self.path(client_id, server_round))
+        """Persist the heads trained in ``server_round`` with the store's identity; prune old versions."""
+        heads = {k: v.detach().cpu() for k, v in state.items()}
+        data = {"heads": heads, "run-id": self.identity.run_id, "config-fingerprint": self.identity.config}
+        torch_save(data, self.path(client_id, server_round))
         if server_round is None:
             return
-        checkpoint = checkpoint_every * ((server_round - 1) // checkpoint_every)
-        older = [r for r in self.versions(client_id) if r <= checkpoint]
+        oldest = oldest_resumable_checkpoint(server_round, checkpoint_every)
+        older = [r for r in self.versions(client_id) if r <= oldest]
         keep = max(older) if older else None
         for r, path in self.versions(client_id).items():
-            if r <= checkpoint and r != keep:
+            if r <= oldest and r != keep:
                 path.unlink(missing_ok=True)
+
+
+def oldest_resumable_checkpoint(server_round: int, checkpoint_every: int = 1) -> int:
+    """The oldest checkpoint round a resume may fall back to while round ``server_round`` runs:
+    the oldest of the :data:`CHECKPOINTS_KEPT` newest multiples of ``checkpoint_every`` below it
+    (≤ 0 when there is none)."""
+    newest = checkpoint_every * ((server_round - 1) // checkpoint_every)
+    return newest - checkpoint_every * (CHECKPOINTS_KEPT - 1)
+
+
+@dataclass(frozen=True)
+class HeadsProblem:
+    """Why a client's heads cannot serve a resume (:func:`check_heads`).
+
+    Attributes
+    ----------
+    client : int
+        The client.
+    kind : str
+        ``"missing"`` (no version as new as the round it last trained in), ``"unreadable"``,
+        ``"other-run"`` (written by another run), ``"other-config"`` (written under another
+        config) or ``"no-identity"`` (written without a run identity).
+    message : str
+        One line naming the client, the file or the folder.
+    """
+
+    client: int
+    kind: str
+    message: str
+
+
+def check_heads(store: DiskHeadStore, trained: Mapping[int, int], until_round: int) -> list[HeadsProblem]:
+    """What keeps ``store`` from serving a run resumed after round ``until_round``.
+
+    Parameters
+    ----------
+    store : DiskHeadStore
+        The run's store, with the run's identity.
+    trained : mapping of int to int
+        Per client, the last round ≤ ``until_round`` whose heads it saved (its training reply
+        was aggregated); a client not in it may start from fresh heads.
+    until_round : int
+        The checkpoint round the run resumes after.
+
+    Returns
+    -------
+    list of HeadsProblem
+        One per client whose newest version of a round ≤ ``until_round`` is missing, too old,
+        unreadable or not of this run and config.
+    """
+    problems = []
+    for client in sorted(set(trained) | set(store.clients())):
+        found, path = store.latest(client, until_round)
+        need = trained.get(client)
+        if need and (found is None or found < need):
+            have = "none" if found is None else f"only round {found}'s"
+            problems.append(HeadsProblem(client, "missing", f"client {client} trained in round {need} but "
+                                         f"'{store.root}' has {have} (client-{client}.r<round>.pt)"))
+            continue
+        if found is None:
+            continue
+        try:
+            _, written_by = store.read(path)
+        except HeadStoreError as exc:
+            problems.append(HeadsProblem(client, "unreadable", str(exc)))
+            continue
+        mine = store.identity
+        if written_by is None:
+            problems.append(HeadsProblem(client, "no-identity", f"head file '{path}' has no run identity"))
+        elif mine.run_id and written_by.run_id != mine.run_id:
+            problems.append(HeadsProblem(client, "other-run",
+                                         f"head file '{path}' belongs to run {written_by.run_id}, not {mine.run_id}"))
+        elif mine.config and written_by.config != mine.config:
+            problems.append(HeadsProblem(client, "other-config",
+                                         f"head file '{path}' was written under another config"))
+    return problems
 
 
 def init_heads(model: MultiTaskModel, seed: int, client_id: int) -> None:
