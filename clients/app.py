@@ -43,11 +43,14 @@ from fedmtl.models import MultiTaskModel, build_model
 from fedmtl.personalization import (
     DiskHeadStore,
     HeadStore,
+    HeadStoreError,
+    RunIdentity,
     heads_fingerprint,
     restore_client,
     save_client_state,
     unpack_state,
 )
+from fedmtl.results import config_fingerprint
 from fedmtl.seeds import Stream, torch_generator
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import evaluate, measure_losses, train_local
@@ -72,7 +75,7 @@ def read_call(msg: Message) -> wire.TrainCall:
 
 def read_config(msg: Message) -> tuple[ExperimentConfig, int]:
     """The run config and the server round carried by a message."""
-    values = {k: v for k, v in msg.content[wire.CONFIG].items() if k not in wire.PER_MESSAGE}
+    values = {k: v for k, v in msg.content[wire.CONFIG].items() if k not in wire.PER_MESSAGE + wire.PER_RUN}
     return _parse_config(tuple(sorted(values.items()))), read_call(msg).server_round
 
 
@@ -97,12 +100,25 @@ def partition_id(context: Context) -> int:
         ) from None
 
 
-def head_store(cfg: ExperimentConfig, context: Context) -> HeadStore:
-    """The configured head store of this node."""
+def run_identity(msg: Message, cfg: ExperimentConfig) -> RunIdentity:
+    """The run this message belongs to (:data:`fedmtl.protocol.RUN_ID`, ``""`` when the server
+    sends none) and the fingerprint of its config: written into the heads, checked on load."""
+    return RunIdentity(str(msg.content[wire.CONFIG].get(wire.RUN_ID, "")), config_fingerprint(cfg))
+
+
+def head_store(cfg: ExperimentConfig, context: Context, identity: RunIdentity | None = None) -> HeadStore:
+    """The configured head store of this node (a disk store refuses heads of a run other than ``identity``'s)."""
     if cfg.client.head_store == "context":
         return ContextHeadStore(context.state)
     root = context.node_config.get("head-store-dir") or cfg.client.head_store_dir
-    return DiskHeadStore(str(root))
+    return DiskHeadStore(str(root), identity)
+
+
+def head_store_failure(msg: Message, context: Context, exc: HeadStoreError) -> Message:
+    """The error reply of a client whose heads cannot be used: one line naming the file
+    (the server logs and counts it like any client error; no traceback)."""
+    reason = f"client {client_id(msg, context)}: {exc}"
+    return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 def client_id(msg: Message, context: Context) -> int:
@@ -136,7 +152,7 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     fed = load_federation(cfg.data, cfg.run.seed)
     tasks = fed.client_tasks(client)
     model = build_model(cfg.model, fed.input_shape, tasks)
-    store = head_store(cfg, context)
+    store = head_store(cfg, context, run_identity(msg, cfg))
     # training in round R starts from the heads of an earlier round (a resumed run may find
     # this round's heads from before it was killed); evaluation uses this round's
     until = server_round - 1 if msg.metadata.message_type == MessageType.TRAIN else server_round
@@ -205,7 +221,10 @@ def train(msg: Message, context: Context) -> Message:
         reason = f"client {client_id(msg, context)} dropped out of this round (faults.dropout)"
         return Message(error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=msg)
     call = read_call(msg)
-    s = local_setup(msg, context)
+    try:
+        s = local_setup(msg, context)
+    except HeadStoreError as exc:
+        return head_store_failure(msg, context, exc)
     model, client, cfg = s.model, s.client, s.cfg
     fingerprint_in = heads_fingerprint(model)
     weighting = local_weighting(s)
@@ -257,7 +276,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_personalized(msg: Message, context: Context) -> Message:
     """Evaluate global backbone + own heads on the local test split."""
-    s = local_setup(msg, context)
+    try:
+        s = local_setup(msg, context)
+    except HeadStoreError as exc:
+        return head_store_failure(msg, context, exc)
     test = s.data.test
     results = evaluate(s.model.to(s.device), test, s.tasks, device=s.device)
     metrics: dict[str, float | int] = {wire.PARTITION_ID: s.client, wire.NUM_EXAMPLES: len(test)}

@@ -13,13 +13,16 @@ and exit with code 2 before any work starts.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from fedmtl.config import ConfigError, ExperimentConfig
 from fedmtl.validation import load_config
+
+T = TypeVar("T")
 
 cli = typer.Typer(
     add_completion=False,
@@ -59,24 +62,56 @@ def run(
     resume: Annotated[
         Path | None, typer.Option(help="Continue a killed run from its latest checkpoint (its own config).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --resume: resume even when the run's identity, config or "
+                           "heads differ from its checkpoint's (says what it overrides).")
+    ] = False,
 ) -> None:
     """Run an experiment: a Flower simulation on Ray, or the centralized baseline."""
     if resume is not None:
-        _resume(resume, config, set_, quiet, verbose)
+        _resume(resume, config, set_, quiet, verbose, force)
         return
+    if force:
+        fail("--force goes with --resume RUN_DIR")
     cfg = _load(config, set_)
     from fedmtl.results import create_run_dir
 
     try:
-        run_dir = create_run_dir(cfg, out)
-    except FileExistsError as exc:
+        run_dir = _guarded(None, lambda: create_run_dir(cfg, out))
+    except (FileExistsError, ValueError) as exc:
         fail(str(exc))
     if cfg.run.mode == "centralized":
         from fedmtl.training.centralized import run_centralized
 
-        run_centralized(cfg, run_dir, quiet=quiet)
+        _guarded(run_dir, lambda: run_centralized(cfg, run_dir, quiet=quiet))
     else:
-        _simulate(cfg, run_dir, quiet, verbose)
+        _guarded(run_dir, lambda: _simulate(cfg, run_dir, quiet, verbose))
+
+
+def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None = None) -> T:
+    """Run ``action`` (within ``run_dir``): SIGINT or SIGTERM stop it with the resume command and
+    exit code 130 or 143 (:mod:`fedmtl.launch.interrupt`); an ``OSError`` (read-only folder, full
+    disk; one with an ``errno``) ends in one line naming the path, and the resume command when a
+    checkpoint exists (or ``resume``, when given)."""
+    from fedmtl.launch.interrupt import Stopped, finish_interrupted, last_round, stop_on_signals
+
+    try:
+        with stop_on_signals():
+            return action()
+    except Stopped as stopped:
+        finish_interrupted(stopped, run_dir, resume)
+    except OSError as exc:
+        if exc.errno is None:  # raised by our code with its own message (FileExistsError, ...)
+            raise
+        what = f"cannot write {exc.filename}" if exc.filename is not None else "cannot write" + (
+            f" in {run_dir}" if run_dir is not None else "")
+        line = f"{what}: {exc.strerror or exc}"
+        if resume is not None:
+            line += f"; continue with: {resume}"
+        elif run_dir is not None and last_round(run_dir) is not None:
+            line += f"; continue with: fedmtl run --resume {run_dir}"
+        fail(line, code=1)
+    raise AssertionError("unreachable")
 
 
 def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, checkpoint: dict | None = None) -> None:
@@ -87,7 +122,10 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
     try:
         simulate(cfg, run_dir, quiet=quiet, verbose=verbose, checkpoint=checkpoint)
     except EngineError as exc:
-        if checkpoint is None and run_dir.is_dir() and not any(p.is_file() for p in run_dir.rglob("*")):
+        from fedmtl.results import RUN_MARKER
+
+        if checkpoint is None and run_dir.is_dir() and not any(
+                p.is_file() and p.name != RUN_MARKER for p in run_dir.rglob("*")):
             import shutil
 
             shutil.rmtree(run_dir)  # nothing ran: leave no empty run folder behind
@@ -97,8 +135,10 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
              f"fixed, continue with: fedmtl run --resume {run_dir}", code=1)
 
 
-def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool) -> None:
-    """``fedmtl run --resume RUN_DIR``: the run's own config, its newest usable checkpoint."""
+def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool,
+            force: bool = False) -> None:
+    """``fedmtl run --resume RUN_DIR``: the run's own config, its newest usable checkpoint, its
+    identity and heads checked (:func:`_check_resume`)."""
     if config is not None or overrides:
         fail("--resume continues a run with the config in its folder; give no CONFIG or --set")
     if not (run_dir / "config.toml").is_file():
@@ -120,7 +160,25 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
         typer.echo(f"{run_dir} already finished all {cfg.run.rounds} rounds; nothing to resume")
         return
-    _simulate(cfg, run_dir.resolve(), quiet, verbose, checkpoint)
+    _check_resume(run_dir, cfg, checkpoint, force)
+    _guarded(run_dir.resolve(), lambda: _simulate(cfg, run_dir.resolve(), quiet, verbose, checkpoint))
+
+
+def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force: bool) -> None:
+    """Refuse, in one line, a resume that would not be exact (:func:`fedmtl.results.resume_problems`);
+    with ``force``, say what is overridden and go on (problems ``--force`` cannot override still refuse)."""
+    from fedmtl.results import read_run_id, resume_problems, write_run_id
+
+    problems = resume_problems(run_dir, cfg, checkpoint)
+    refused = [p for p in problems if not (force and p.forced)]
+    if refused:
+        hint = "; --force resumes anyway" if all(p.forced for p in refused) else ""
+        fail(f"cannot resume '{run_dir}': " + "; ".join(p.message for p in refused) + hint)
+    for problem in problems:
+        typer.echo(f"warning: --force: {problem.message}: {problem.forced}", err=True)
+    if not read_run_id(run_dir):
+        written_by = checkpoint.get("run-id")
+        write_run_id(run_dir, written_by if isinstance(written_by, str) else None)
 
 
 @cli.command()
@@ -155,7 +213,10 @@ def sweep(
     except ConfigError as exc:
         fail(str(exc))
         raise
-    done = run_sweep(planned, quiet_runs=not show_rounds, report=typer.echo)
+    import shlex
+
+    again = "the same command: " + shlex.join(["fedmtl", *sys.argv[1:]])
+    done = _guarded(planned.out, lambda: run_sweep(planned, quiet_runs=not show_rounds, report=typer.echo), again)
     typer.echo(f"next: fedmtl report {folder}")
     raise typer.Exit(1 if any(r.status == "failed" for r in done.runs) else 0)
 
@@ -175,10 +236,12 @@ def report(
 
     folder = out or paths[0] / "report"
     try:
-        written = make_report(paths, folder, reference)
+        written = _guarded(None, lambda: make_report(paths, folder, reference))
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
         raise
+    if written["replaced"]:
+        typer.echo(f"note: replaced the earlier report in {folder}", err=True)
     typer.echo(written["table"])
     typer.echo(f"report: {written['report']}")
     for figure in written["figures"]:
@@ -235,29 +298,87 @@ def deploy_certs(
         list[str] | None, typer.Option("--host", help="Name or IP the SuperLink is reached at (repeatable).")
     ] = None,
     days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+    owner: Annotated[
+        str | None, typer.Option(help="UID:GID owning the files (49999:49999 for Flower's images).")
+    ] = None,
+    superexec_secret: Annotated[
+        Path | None, typer.Option(help="Also write a SuperExec auth secret (--superexec-auth-secret-file) here.")
+    ] = None,
 ) -> None:
     """A CA and a SuperLink TLS certificate for the given host names and addresses."""
-    from fedmtl.launch.certificates import DEFAULT_HOSTS, make_tls_certificates
+    from fedmtl.launch.certificates import DEFAULT_HOSTS, make_secret, make_tls_certificates
 
     hosts = list(dict.fromkeys(host or DEFAULT_HOSTS))
-    paths = make_tls_certificates(folder, hosts, days)
+    ids = _owner(owner)
+    paths = make_tls_certificates(folder, hosts, days, owner=ids)
     typer.echo(f"CA certificate {paths['ca']} (give it to SuperNodes and the flwr CLI); "
                f"SuperLink certificate {paths['certificate']} for {', '.join(hosts)}")
+    if superexec_secret is not None:
+        typer.echo(f"SuperExec auth secret {make_secret(superexec_secret, owner=ids)} "
+                   f"(give it to the SuperLink and the SuperExec only)")
+
+
+def _owner(owner: str | None) -> tuple[int, int] | None:
+    """``--owner UID:GID`` as ``(uid, gid)``."""
+    if owner is None:
+        return None
+    uid, _, gid = owner.partition(":")
+    if not (uid.isdigit() and gid.isdigit()):
+        fail(f"--owner = '{owner}': expected UID:GID, e.g. 49999:49999")
+    return int(uid), int(gid)
 
 
 @deploy_cli.command("keys")
 def deploy_keys(
     folder: Annotated[Path, typer.Argument(help="Where to write supernode-<i> and supernode-<i>.pub.")],
     nodes: Annotated[int, typer.Option(help="Number of SuperNodes.")] = 2,
+    owner: Annotated[
+        str | None, typer.Option(help="UID:GID owning the files (49999:49999 for Flower's images).")
+    ] = None,
 ) -> None:
     """SuperNode authentication key pairs (register each .pub with `flwr supernode register`)."""
     from fedmtl.launch.certificates import make_node_keys
 
     if nodes < 1:
         fail(f"--nodes = {nodes}: must be at least 1")
+    ids = _owner(owner)
     for i in range(nodes):
-        pair = make_node_keys(folder, f"supernode-{i}")
+        pair = make_node_keys(folder, f"supernode-{i}", owner=ids)
         typer.echo(f"{pair['private']}  {pair['public']}")
+
+
+@deploy_cli.command("register")
+def deploy_register(
+    folder: Annotated[Path, typer.Argument(help="The folder of supernode-<i>.pub (from `fedmtl deploy keys`).")],
+    superlink_address: Annotated[str, typer.Option(help="host:port of the SuperLink's Control API.")],
+    root_certificates: Annotated[Path, typer.Option(help="The SuperLink's CA certificate.")],
+    nodes: Annotated[int, typer.Option(help="Register supernode-0 .. supernode-<N-1>.")] = 2,
+    admitted_nodes: Annotated[
+        Path | None, typer.Option(help="Write the node ids here: the ServerApp's FEDMTL_ADMITTED_NODES_FILE.")
+    ] = None,
+) -> None:
+    """`flwr supernode register` each SuperNode key; write the node ids the ServerApp may use."""
+    from fedmtl.launch.flwr_run import _flwr, connection_env
+    from fedmtl.server.admission import write_admitted_nodes
+
+    if nodes < 1:
+        fail(f"--nodes = {nodes}: must be at least 1")
+    env = connection_env("deployment", superlink_address, root_certificates)
+    ids = []
+    for i in range(nodes):
+        public = folder / f"supernode-{i}.pub"
+        if not public.is_file():
+            fail(f"'{public}': no such public key (make them with `fedmtl deploy keys`)")
+        try:
+            result = _flwr(["supernode", "register", str(public), "deployment", "--format", "json"], env)
+        except RuntimeError as exc:
+            fail(str(exc).splitlines()[0], code=1)
+        if not result.get("success") or not str(result.get("node-id", "")).isdigit():
+            fail(f"registering '{public}' failed: {result}", code=1)
+        ids.append(int(result["node-id"]))
+        typer.echo(f"{public}: node {ids[-1]}")
+    if admitted_nodes is not None:
+        typer.echo(f"admitted nodes: {write_admitted_nodes(admitted_nodes, ids)}")
 
 
 @deploy_cli.command("local")
@@ -266,15 +387,20 @@ def deploy_local(
     nodes: Annotated[int | None, typer.Option(help="SuperNodes to start (default: data.num-clients).")] = None,
     tls: Annotated[
         bool, typer.Option("--tls/--insecure", help="TLS between the components (certificates made here).")
-    ] = False,
-    auth: Annotated[bool, typer.Option(help="SuperNode authentication (registered keys only; needs --tls).")] = False,
+    ] = True,
+    auth: Annotated[
+        bool | None,
+        typer.Option("--auth/--no-auth", help="SuperNode authentication: registered keys only, and work only "
+                     "for the nodes registered here (needs --tls; default: on with --tls)."),
+    ] = None,
     app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to finish.")] = 3600.0,
 ) -> None:
     """A real SuperLink and N SuperNodes on loopback run CONFIG with `flwr run`, then stop.
 
-    Exits 0 only if Flower reports the run finished:completed. Logs, certificates, keys,
-    the SuperLink's state and each node's head store stay in the deployment folder.
+    TLS and SuperNode authentication unless --insecure / --no-auth (with a warning). Exits 0
+    only if Flower reports the run finished:completed. Logs, certificates, keys, the
+    SuperLink's state and each node's head store stay in the deployment folder.
     """
     import signal
 
@@ -288,6 +414,13 @@ def deploy_local(
              f"start at least that many SuperNodes")
     if auth and not tls:
         fail("--auth needs --tls (Flower refuses SuperNode authentication without TLS)")
+    auth = tls if auth is None else auth
+    if not tls:
+        typer.echo("warning: --insecure: no TLS; any process that reaches the SuperLink's port can read and "
+                   "change the run's messages, and there is no SuperNode authentication", err=True)
+    elif not auth:
+        typer.echo("warning: --no-auth: any process that reaches the SuperLink's port can start a SuperNode "
+                   "and serve any client of the run", err=True)
     output = Path(cfg.run.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
     before = set(output.iterdir())
@@ -335,7 +468,7 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
 
     if not (run_dir / "metrics.csv").is_file():
         fail(f"'{run_dir}' is not a run folder (no metrics.csv)")
-    for path in plot_run(run_dir):
+    for path in _guarded(None, lambda: plot_run(run_dir)):
         typer.echo(path)
 
 

@@ -74,15 +74,29 @@ def _parse_params(value: Any, what: str = "weighting parameters", table: str = "
     return value
 
 
+MAX_NAME_LENGTH = 100
+"""The longest ``run.name``: the run folder adds a timestamp and stays under the usual 255-byte
+limit of a file name."""
+MAX_CLIENTS = 100_000
+"""The most clients (``data.num-clients``)."""
+MAX_SEED = (2**63 - 1 - 17 - 31 * (MAX_CLIENTS - 1)) // 1_000_003
+"""The largest ``run.seed``: every torch stream's seed stays below 2**63 (the feature-skew mix
+``seed * 1_000_003 + client * 31 + 17`` of :mod:`fedmtl.seeds` is the largest)."""
+
+
 class RunSection(Section):
     """``[run]``: what to run and where results go."""
 
-    name: str = Field("fedmtl", min_length=1, description="Run name; prefix of the run folder.")
+    name: str = Field(
+        "fedmtl", min_length=1, max_length=MAX_NAME_LENGTH,
+        description="Run name; prefix of the run folder: one folder name of at most 100 characters "
+        "(no '/', '\\' or control characters; not '.' or '..').",
+    )
     mode: Literal["federated", "centralized"] = Field(
         "federated",
         description="'federated' (Flower simulation) or 'centralized' (pooled-data baseline).",
     )
-    seed: int = Field(0, ge=0, description="Seed of data partitions, initialisation and sampling.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of data partitions, initialisation and sampling.")
     rounds: int = Field(10, ge=1, description="Server rounds (centralized: training epochs).")
     evaluate_every: int = Field(1, ge=1, description="Evaluate every N rounds (and the last).")
     checkpoint_every: int = Field(
@@ -90,6 +104,13 @@ class RunSection(Section):
         "continues from the latest.",
     )
     output_dir: str = Field("runs", min_length=1, description="Parent folder of run folders.")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, v: str) -> str:
+        if v in (".", "..") or any(c in v for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("must be one folder name: no '/', '\\', control characters, and not '.' or '..'")
+        return v
 
 
 class DataSection(Section):
@@ -100,7 +121,7 @@ class DataSection(Section):
     """
 
     dataset: str = Field(defaults.DATASET, description="Registered dataset name (`fedmtl list datasets`).")
-    num_clients: int = Field(20, ge=1, le=100_000, description="Number of clients (partitions).")
+    num_clients: int = Field(20, ge=1, le=MAX_CLIENTS, description="Number of clients (partitions).")
     partitioner: str = Field("iid", description="Registered partitioner name.")
     dirichlet_alpha: float = Field(
         0.5, gt=0, description="Concentration of Dirichlet label skew (smaller = more skewed)."
@@ -198,7 +219,8 @@ class ClientSection(Section):
         "disk", description="Where heads persist between rounds: node 'context' or 'disk'."
     )
     head_store_dir: str = Field(
-        "", description="Folder of the disk head store ('' = <run folder>/heads)."
+        "", description="Folder of the disk head store; a relative one is inside the run folder "
+        "('' = 'heads', as config.toml records it)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses CUDA when the client sees a GPU, else the CPU."
@@ -263,7 +285,13 @@ class ServerSection(Section):
     )
     norm_screening: float = Field(
         0.0, ge=0, description="Reject updates whose norm exceeds this many times the round's "
-        "median update norm (0 = off; else > 1).",
+        "median update norm (0 = off; else > 1; needs at least 3 well-formed updates in the round).",
+    )
+    max_examples: int = Field(
+        0, ge=0, le=2**62, description="The most examples a client's reply may report (training "
+        "and test). 0 = each client's own data size: the server builds the federation from [data] "
+        "as the clients do (a simulation, or a deployment whose server holds the data); set a cap "
+        "when the server does not hold the data.",
     )
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="Where the server aggregates (stacks the update rows, forms their "

@@ -8,9 +8,9 @@ records are Flower's ``RecordDict`` entries, named below). Three kinds of messag
     ``{"partition-id", "num-partitions"}`` (:data:`INFO_KEYS`).
 ``train``
     carries ``"arrays"`` (the global federated state, in state-dict order), ``"config"``
-    (the run config, flat) and ``"call"`` (:class:`TrainCall`: round, attempt, the client
-    to play, and what the server needs back). The reply carries ``"metrics"``
-    (:data:`TRAIN_REPLY_KEYS` and ``train.<task>.<loss|loss-before|weight>``),
+    (the run config, flat, and the run's identity :data:`RUN_ID`) and ``"call"``
+    (:class:`TrainCall`: round, attempt, the client to play, and what the server needs back).
+    The reply carries ``"metrics"`` (:data:`TRAIN_REPLY_KEYS` and ``train.<task>.<loss|loss-before|weight>``),
     ``"placement"`` (:data:`PLACEMENT_KEYS`) and either ``"update"`` (local − global, keyed
     like ``"arrays"``) or, when the call asks for task parts, ``"parts"``: one flat float32
     vector per task, laid out as the server flattens ``"arrays"`` (:func:`flat_layout`).
@@ -54,6 +54,13 @@ NEEDS_LOSSES_BEFORE = "needs-losses-before"
 TASK_PARTS = "task-parts"
 PER_MESSAGE = (SERVER_ROUND, SERVER_ATTEMPT, CLIENT_ID, NEEDS_LOSSES_BEFORE, TASK_PARTS)
 """Keys of the ``"call"`` record (a sender may also put them in ``"config"``)."""
+
+# -- per-run values (in the "config" record, beside the run config) -----------------------
+RUN_ID = "run-id"
+"""The run's identity (its run folder's ``run-id``): a client writes it into its head files
+and refuses heads written by another run (absent: nothing is checked)."""
+PER_RUN = (RUN_ID,)
+"""Keys of the ``"config"`` record that are not run-config keys."""
 
 # -- query -------------------------------------------------------------------------------
 KIND = "kind"

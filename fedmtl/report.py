@@ -477,6 +477,24 @@ def placement_table(configurations: list[Configuration]) -> str:
     return "\n".join(["| configuration | host / Ray node / device | replies |", "|---|---|---|", *rows])
 
 
+REPORT_FILES = ("report.md", "report.csv")
+"""The report's files besides the figures."""
+
+
+def check_report_targets(out: Path) -> None:
+    """Refuse to write a report through a symbolic link: ``out`` or any file it would write.
+
+    Raises
+    ------
+    ValueError
+        Naming the link.
+    """
+    for path in [out, *(out / name for name in (*REPORT_FILES, *FIGURES))]:
+        if path.is_symlink():
+            raise ValueError(f"'{path}' is a symbolic link; fedmtl report never writes through one: "
+                             "remove it or choose another --out")
+
+
 def make_report(paths: list[str | Path], out: str | Path, reference: str | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.csv`` and the figures to ``out``; return what was written.
 
@@ -489,9 +507,23 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     reference : str, optional
         The label (or a unique part of it) of the Δm% reference configuration; default the
         first configuration found.
+
+    Returns
+    -------
+    dict
+        ``report``, ``csv``, ``figures`` (paths), ``table`` (markdown), ``configurations``
+        (labels) and ``replaced`` (whether a ``report.md`` was there before).
+
+    Raises
+    ------
+    ValueError
+        When ``out`` or a file of the report is a symbolic link (nothing is written), or the
+        runs cannot be reported.
     """
     runs = [read_run(p) for p in find_run_dirs(paths)]
     out = Path(out)
+    check_report_targets(out)
+    replaced = (out / "report.md").is_file()
     out.mkdir(parents=True, exist_ok=True)
     configurations = group_configurations(runs)
     ref = choose_reference(configurations, reference)
@@ -523,4 +555,4 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     (out / "report.md").write_text("\n".join(lines))
     return {"report": out / "report.md", "csv": out / "report.csv", "figures": figures,
-            "table": table, "configurations": [c.label for c in configurations]}
+            "table": table, "configurations": [c.label for c in configurations], "replaced": replaced}

@@ -2,12 +2,15 @@
 
 Each run writes one folder::
 
-    config.toml     the fully resolved config
+    config.toml     the fully resolved config (client.head-store-dir relative to the run folder)
+    run-id          the run's random identity, written once (checkpoints and head files carry it)
     metrics.csv     long format: round, client, task, split, metric, value
     placement.csv   where each reply was computed: round, client, stage, host, node, device
     rounds.csv      one row per round: server-side counts and across-client statistics
     summary.json    final per-task statistics, duration, paths
-    checkpoints/    round-<r>.pt: the server's state after round r (the two latest)
+    checkpoints/    round-<r>.pt: the server's state after round r (the two latest), with the
+                    run's identity and config (a resume refuses a different one)
+    heads/          client-<id>.r<round>.pt: each client's heads (disk head store, by default)
     plots/*.png     figures (see fedmtl.plots)
 
 ``metrics.csv`` rows with ``task == "all"`` are client-level (example counts, the client's
@@ -17,8 +20,10 @@ aggregation weight, head fingerprints). pandas reads everything (``load_run``).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,11 +42,23 @@ PLACEMENT_COLUMNS = ["round", "client", "stage", "host", "node", "device"]
 CLIENT_LEVEL = "all"
 
 
+RUN_MARKER = ".fedmtl-run"
+"""The empty file :func:`create_run_dir` puts in every run folder it creates: ``fedmtl sweep``
+deletes an unfinished folder only when it carries it."""
+
+
 def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
-    """Create a new, empty run folder.
+    """Create a new, empty run folder (holding only :data:`RUN_MARKER`).
 
     ``out`` is used as given (it must be absent or empty); otherwise the folder is
     ``<run.output-dir>/<run.name>-<timestamp>``.
+
+    Raises
+    ------
+    FileExistsError
+        When ``out`` exists and is not empty.
+    ValueError
+        When the folder made of ``run.name`` would not lie directly in ``run.output-dir``.
     """
     if out is not None:
         path = Path(out)
@@ -54,7 +71,11 @@ def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path
         while path.exists():
             suffix += 1
             path = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}-{suffix}"
+        if path.resolve().parent != Path(cfg.run.output_dir).resolve():
+            raise ValueError(f"run.name = {cfg.run.name!r} would put the run folder outside "
+                             f"run.output-dir = {cfg.run.output_dir!r}")
     path.mkdir(parents=True, exist_ok=True)
+    (path / RUN_MARKER).touch()
     return path.resolve()
 
 
@@ -121,8 +142,11 @@ class RunRecorder:
         for sub in ("checkpoints", "plots"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         if resume_round is not None:
+            self.run_id = read_run_id(self.run_dir) or write_run_id(self.run_dir)
             self._truncate(resume_round)
             return
+        self.run_id = write_run_id(self.run_dir)
+        """The run's identity (``run-id``), carried by its checkpoints and head files."""
         write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
         with self.metrics_path.open("w", newline="") as handle:
             csv.writer(handle).writerow(METRIC_COLUMNS)
@@ -233,10 +257,15 @@ class RunRecorder:
         data = pd.DataFrame(self.rounds).to_csv(index=False).encode()
         write_bytes(self.run_dir / "rounds.csv", data)
 
-    def save_checkpoint(self, server_round: int, state: dict[str, Any], keep: int = 2) -> Path:
-        """Write ``checkpoints/round-<r>.pt`` atomically; delete all but the ``keep`` newest."""
+    def save_checkpoint(self, server_round: int, state: dict[str, Any], keep: int | None = None) -> Path:
+        """Write ``checkpoints/round-<r>.pt`` atomically, with the run's identity and config
+        (:func:`checkpoint_identity`); delete all but the ``keep`` newest
+        (default :data:`fedmtl.personalization.CHECKPOINTS_KEPT`: the head store keeps what they need)."""
+        from fedmtl.personalization import CHECKPOINTS_KEPT
+
+        keep = CHECKPOINTS_KEPT if keep is None else keep
         path = self.run_dir / "checkpoints" / f"round-{server_round}.pt"
-        torch_save({"round": server_round, **state}, path)
+        torch_save({"round": server_round, **state, **checkpoint_identity(self.run_id, self.cfg)}, path)
         for old in checkpoint_files(self.run_dir)[:-keep]:
             old.unlink(missing_ok=True)
         return path
@@ -313,3 +342,155 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "rounds": pd.read_csv(run_dir / "rounds.csv"),
         "summary": json.loads((run_dir / "summary.json").read_text()),
     }
+
+
+# -- run identity and resume checks --------------------------------------------------------
+RUN_ID_FILE = "run-id"
+RESUME_FREE_KEYS = frozenset({
+    "run.name", "run.output-dir", "client.head-store-dir",
+    "engine.address", "engine.num-cpus", "engine.max-concurrent-clients", "engine.supernodes",
+})
+"""Config keys a resumed run may change: paths, names and where Ray runs, never the results."""
+
+
+def write_run_id(run_dir: str | Path, run_id: str | None = None) -> str:
+    """Write ``run_id`` (default: a new random one) to the run folder's ``run-id``; return it."""
+    run_id = run_id or uuid.uuid4().hex
+    write_bytes(Path(run_dir) / RUN_ID_FILE, f"{run_id}\n".encode())
+    return run_id
+
+
+def read_run_id(run_dir: str | Path) -> str:
+    """The run folder's ``run-id`` (``""`` when it has none)."""
+    path = Path(run_dir) / RUN_ID_FILE
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def resume_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The flat config a resume must find unchanged (all keys but :data:`RESUME_FREE_KEYS`)."""
+    return {k: v for k, v in sorted(cfg.to_flat().items()) if k not in RESUME_FREE_KEYS}
+
+
+def config_fingerprint(cfg: ExperimentConfig) -> str:
+    """A short hash of :func:`resume_config`: equal for configs a run may resume with."""
+    text = json.dumps(resume_config(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checkpoint_identity(run_id: str, cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a checkpoint carries besides the server's state: ``run-id``,
+    ``config-fingerprint`` and ``config`` (:func:`resume_config`)."""
+    return {"run-id": run_id, "config-fingerprint": config_fingerprint(cfg), "config": resume_config(cfg)}
+
+
+def recorded_head_store_dir(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` as ``config.toml`` records it: the default head store folder is ``"heads"``,
+    relative to the run folder, so a copied or moved run folder uses its own heads."""
+    if cfg.client.head_store_dir == "":
+        return cfg.with_values(client={"head_store_dir": "heads"})
+    return cfg
+
+
+def head_store_root(cfg: ExperimentConfig, run_dir: str | Path) -> Path:
+    """The disk head store's folder: ``client.head-store-dir``, a relative one (and the
+    default ``""`` = ``heads``) inside the run folder."""
+    root = Path(cfg.client.head_store_dir or "heads").expanduser()
+    return root if root.is_absolute() else Path(run_dir).resolve() / root
+
+
+def trained_rounds(run_dir: str | Path, until_round: int) -> dict[int, int]:
+    """Per client, the last round ≤ ``until_round`` whose training reply was aggregated
+    (from ``metrics.csv``): its heads of that round, or of a later one, are on its store."""
+    from fedmtl.protocol import HEADS_OUT
+
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return {}
+    metrics = pd.read_csv(path, dtype={"task": str, "split": str, "metric": str})
+    rows = metrics[(metrics["split"] == "train") & (metrics["metric"] == HEADS_OUT)
+                   & (metrics["round"] <= until_round)]
+    return {int(c): int(r) for c, r in rows.groupby("client")["round"].max().items()}
+
+
+@dataclass(frozen=True)
+class ResumeProblem:
+    """Why a run folder cannot be resumed exactly.
+
+    Attributes
+    ----------
+    message : str
+        What differs, naming the key, file or folder.
+    forced : str
+        What ``--force`` does about it (``""``: ``--force`` cannot override it).
+    """
+
+    message: str
+    forced: str = ""
+
+
+def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict[str, Any]) -> list[ResumeProblem]:
+    """What keeps ``checkpoint`` from resuming ``run_dir`` with ``cfg`` (its ``config.toml``)
+    exactly: the run identity, the config, and (disk head store) the heads it needs.
+
+    The checkpoint must carry the run folder's ``run-id`` and a config equal to ``cfg`` but
+    for :data:`RESUME_FREE_KEYS`. Every client whose training was aggregated in a round ≤
+    the checkpoint's round (:func:`trained_rounds`) must have heads of that round or later
+    (and ≤ the checkpoint's), and every head file the resume would read must be readable and
+    of this run and config (:func:`fedmtl.personalization.check_heads`).
+    """
+    run_dir = Path(run_dir)
+    done = int(checkpoint["round"])
+    name = f"checkpoint round-{done}.pt"
+    problems = []
+    run_id = read_run_id(run_dir)
+    if not run_id:
+        problems.append(ResumeProblem(f"'{run_dir}' has no {RUN_ID_FILE} file",
+                                      "the run takes the checkpoint's identity"))
+    written_by = checkpoint.get("run-id")
+    if not isinstance(written_by, str) or "config" not in checkpoint:
+        problems.append(ResumeProblem(f"{name} has no run identity (written by an older fedmtl)",
+                                      "it is taken as this run's, with config.toml as it is now"))
+    else:
+        if run_id and written_by != run_id:
+            problems.append(ResumeProblem(f"{name} belongs to run {written_by}, not to this folder's {run_id}",
+                                          "it is taken as this run's"))
+        changed = config_changes(dict(checkpoint["config"]), resume_config(cfg))
+        if changed:
+            problems.append(ResumeProblem(f"config.toml differs from the run's: {', '.join(changed)}",
+                                          "the run continues with config.toml as it is now"))
+    if cfg.client.head_store == "disk":
+        problems += head_problems(run_dir, cfg, done, run_id or (written_by if isinstance(written_by, str) else ""))
+    return problems
+
+
+def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"<key> = <now> (was <before>)"`` for every key whose value differs."""
+    out = []
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            old = repr(before[key]) if key in before else "unset"
+            new = repr(now[key]) if key in now else "unset"
+            out.append(f"{key} = {new} (was {old})")
+    return out
+
+
+def head_problems(run_dir: Path, cfg: ExperimentConfig, done: int, run_id: str) -> list[ResumeProblem]:
+    """The heads a resume after round ``done`` needs, checked on disk (one problem per
+    kind: the clients are listed in it)."""
+    from fedmtl.personalization import DiskHeadStore, RunIdentity, check_heads
+
+    store = DiskHeadStore(head_store_root(cfg, run_dir), RunIdentity(run_id, config_fingerprint(cfg)))
+    found = check_heads(store, trained_rounds(run_dir, done), done)
+    forced = {"missing": "these clients start again from fresh heads",
+              "other-config": "these heads are used as they are",
+              "no-identity": "these heads are used as they are",
+              "unreadable": "", "other-run": ""}
+    problems = []
+    for kind, then in forced.items():
+        messages = [p.message for p in found if p.kind == kind]
+        if messages:
+            shown = "; ".join(messages[:3]) + (f"; and {len(messages) - 3} more" if len(messages) > 3 else "")
+            if not then:
+                shown += " (move the file away: that client then needs --force to start from fresh heads)"
+            problems.append(ResumeProblem(shown, then))
+    return problems

@@ -19,6 +19,8 @@ Everybody loads configs through :func:`load_config`, :func:`build_config` or
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from fedmtl.config import ConfigError, ExperimentConfig, parse_schema, read_valu
 from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_input_shape, dataset_tasks
 from fedmtl.data.federation import check_natural_clients
 from fedmtl.faults import CORRUPTIONS
-from fedmtl.models import BACKBONES
+from fedmtl.models import BACKBONES, build_model
 from fedmtl.registry import Registry, did_you_mean
 
 IMAGE_RANK = 3
@@ -355,6 +357,87 @@ def check_centralized(cfg: ExperimentConfig) -> None:
         )
 
 
+def most_replies_per_round(cfg: ExperimentConfig) -> int:
+    """The most valid training replies one round can gather: the clients sampled (at least
+    ``server.min-train-clients``, at most ``data.num-clients``), plus, with
+    ``server.on-too-few = "retry"``, those each retry samples among the clients not yet heard."""
+    server, clients = cfg.server, cfg.data.num_clients
+
+    def sampled(pool: int) -> int:
+        return min(pool, max(server.min_train_clients, math.ceil(server.fraction_train * pool)))
+
+    total = sampled(clients)
+    if server.on_too_few == "retry":
+        for _ in range(server.max_retries):
+            if total >= clients:
+                break
+            total += sampled(clients - total)
+    return total
+
+
+def check_min_replies(cfg: ExperimentConfig) -> None:
+    """``server.min-replies`` can be met: no more than the clients a round can hear from."""
+    most = most_replies_per_round(cfg)
+    if cfg.server.min_replies > most:
+        raise ValueError(
+            f"server.min-replies = {cfg.server.min_replies} can never be met: a round samples at most {most} "
+            f"client(s) (server.fraction-train = {cfg.server.fraction_train:g} of data.num-clients = "
+            f"{cfg.data.num_clients}, at least server.min-train-clients = {cfg.server.min_train_clients}, "
+            f"server.on-too-few = {cfg.server.on_too_few!r}); lower server.min-replies or sample more clients"
+        )
+
+
+MEMORY_FACTOR = 4
+"""Copies of the parameters a run holds at least (model, gradients, optimizer state, the
+server's update) for :func:`check_model_memory`."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new process (psutil, else ``/proc/meminfo``, else
+    ``os.sysconf``); ``None`` when none can say."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def model_bytes(cfg: ExperimentConfig) -> int:
+    """Bytes of the model's parameters, counted on torch's meta device (nothing allocated)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def check_model_memory(cfg: ExperimentConfig) -> None:
+    """The model fits in memory: its parameters × :data:`MEMORY_FACTOR` at most the memory
+    available now."""
+    available = available_memory()
+    if available is None:
+        return
+    need = model_bytes(cfg) * MEMORY_FACTOR
+    if need > available:
+        raise ValueError(
+            f"model.backbone = {cfg.model.backbone!r} with model.width = {cfg.model.width} and "
+            f"model.head-hidden = {cfg.model.head_hidden} needs about {need / 2**30:.3g} GiB "
+            f"({MEMORY_FACTOR} × its parameters) but {available / 2**30:.3g} GiB of memory are available; "
+            "lower model.width or model.head-hidden"
+        )
+
+
 def check_dataset_reads(cfg: ExperimentConfig) -> None:
     """The dataset can say its input shape and tasks (a local copy is complete, its
     options name what it has)."""
@@ -371,5 +454,7 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_global_heads,
     check_head_store,
     check_centralized,
+    check_min_replies,
+    check_model_memory,
 )
 """The rules across sections, in the order they run; each raises ``ValueError``."""

@@ -13,11 +13,12 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedmtl import protocol as wire
 from fedmtl.config import ExperimentConfig
 from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.models import build_model
 from fedmtl.progress import Progress
-from fedmtl.results import RunRecorder, create_run_dir
+from fedmtl.results import RunRecorder, create_run_dir, head_store_root, recorded_head_store_dir
 from fedmtl.seeds import Stream, seeded_torch_init
 from fedmtl.server.discovery import discover_clients
 from fedmtl.server.latency import poll_replies_often, signal_pushes
@@ -28,10 +29,9 @@ log = logging.getLogger("fedmtl")
 
 
 def resolve_paths(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
-    """Fill in defaults that depend on the run folder (the disk head store)."""
-    if cfg.client.head_store_dir == "":
-        cfg = cfg.with_values(client={"head_store_dir": str(run_dir / "heads")})
-    return cfg
+    """The paths clients use: a relative ``client.head-store-dir`` (the default ``""`` =
+    ``heads``) inside the run folder (:func:`fedmtl.results.head_store_root`)."""
+    return cfg.with_values(client={"head_store_dir": str(head_store_root(cfg, run_dir))})
 
 
 def run_server(
@@ -45,17 +45,19 @@ def run_server(
     and the server's state (model, optimizer, weightings, sampling RNG) is restored.
     """
     run_dir = run_dir or create_run_dir(cfg)
-    cfg = resolve_paths(cfg, run_dir)
+    recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
+    cfg = resolve_paths(recorded, run_dir)
     poll_replies_often(grid)
     signal_pushes(grid)
     tasks = dataset_tasks(cfg.data)
     done = int(checkpoint["round"]) if checkpoint else None
-    recorder = RunRecorder(run_dir, cfg, tasks, resume_round=done)
+    recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done)
     progress = Progress(cfg.run.rounds, enabled=not quiet)
     directory = discover_clients(grid, cfg)
     with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
         model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
     strategy = FedMTLStrategy(cfg, directory, recorder, progress)
+    strategy.config_record[wire.RUN_ID] = recorder.run_id  # clients write it into their heads, refuse others'
     initial = model.federated_state(cfg.model.heads == "global")
     if checkpoint:
         strategy.restore(checkpoint)

@@ -247,10 +247,7 @@ def test_federation_figure_leaves_matplotlib_alone(tmp_path):
     # is no pyplot figure and that the backend and rcParams stay as they were
     out = _result(_python(f"""
         import json, sys
-        try:
-            from fedmtl.validation import load_config
-        except ImportError:
-            from fedmtl.validation import load_config
+        from fedmtl.validation import load_config
         from fedmtl.data import load_federation
         from fedmtl.data.describe import plot_federation
         from tests.test_global_state import differences, snapshot
@@ -275,15 +272,14 @@ def test_federation_figure_leaves_matplotlib_alone(tmp_path):
 def test_simulate_twice_leaves_logging_environment_and_threads_alone(tmp_path):
     out = _result(_python(f"""
         import json, sys
-        import flwr.simulation, matplotlib, ray, torch  # what they do on import is theirs
+        # what they do on import is theirs (flwr_datasets imports pyplot; the server builds the
+        # federation's data with it to bound what clients report)
+        import flwr.simulation, flwr_datasets.partitioner, matplotlib, ray, torch
         from flwr.server.superlink.fleet.vce import vce_api
         import fedmtl.clients.app, fedmtl.server.app, fedmtl.server.latency
         from fedmtl.launch.simulation import PRESERVED_LOGGERS, simulate
         from fedmtl.results import create_run_dir
-        try:
-            from fedmtl.validation import load_config
-        except ImportError:
-            from fedmtl.validation import load_config
+        from fedmtl.validation import load_config
         from tests.test_global_state import differences, snapshot
 
         cfg = load_config({str(ROOT / "configs/smoke.toml")!r}, ["run.rounds=1", "engine.num-cpus=2"])

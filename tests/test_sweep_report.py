@@ -177,3 +177,19 @@ def test_keep_and_skip_invalid_drop_combinations(tmp_path):
     assert len(skipped.runs) == 3 and len(lines) == 1 and "fedavg server.params={q = 1.0}" in lines[0]
     with pytest.raises(ConfigError, match="no valid combination"):
         plan_sweep(None, {"server.params": [{"q": 1.0}]}, 1, tmp_path, skip_invalid=True, report=lines.append)
+
+
+def test_report_never_writes_through_a_link_and_says_when_it_replaces_one(sweep_dir, tmp_path):
+    out, target = tmp_path / "rep", tmp_path / "target.md"
+    out.mkdir()
+    target.write_text("precious")
+    (out / "report.md").symlink_to(target)
+    refused = fedmtl("report", str(sweep_dir / "centralized"), "--out", str(out), cwd=tmp_path)
+    assert refused.returncode == 2 and "report.md' is a symbolic link" in refused.stderr, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr
+    assert target.read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["report.md"]
+    (out / "report.md").unlink()
+    first = fedmtl("report", str(sweep_dir / "centralized"), "--out", str(out), cwd=tmp_path)
+    assert first.returncode == 0 and "replaced" not in first.stderr, first.stderr[-3000:]
+    again = fedmtl("report", str(sweep_dir / "centralized"), "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and f"note: replaced the earlier report in {out}" in again.stderr

@@ -196,7 +196,9 @@ def simulate(
     or fewer, each playing the client its message names.
 
     Leaves logging, the environment, torch's threads and random generator, the SIGTERM
-    handler and the warnings filters as they were (see the module's docstring).
+    handler and the warnings filters as they were (see the module's docstring). A SIGTERM
+    handler the caller installed (a Python function) stays in force during the run instead
+    of the one ``ray.init`` installs.
 
     Raises whatever the ServerApp raised (the engine re-raises it).
     """
@@ -220,7 +222,11 @@ def simulate(
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        in_main = threading.current_thread() is threading.main_thread()
+        caller_sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
         connect(cfg)
+        if callable(caller_sigterm):  # the caller's own handler (fedmtl run's stop) beats ray.init's
+            signal.signal(signal.SIGTERM, caller_sigterm)
         # dispatch_on_push swaps Flower's dispatcher for one that wakes on push: put it back after
         stack.callback(setattr, vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
         dispatch_on_push()

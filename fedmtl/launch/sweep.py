@@ -11,8 +11,10 @@ runs every combination of the grid values for seeds ``run.seed, run.seed + 1, â€
 
 Running the same command again resumes: finished runs (those with a ``summary.json``) are
 skipped, a federated run that was interrupted continues from its latest checkpoint (as
-``fedmtl run --resume``), and any other unfinished folder is cleared and run again. Every combination
-is validated before the first run starts, so a bad value fails at once, not hours in.
+``fedmtl run --resume``), and any other unfinished folder is cleared and run again, but only one
+that fedmtl created (it holds ``.fedmtl-run``, :data:`fedmtl.results.RUN_MARKER`); a sweep never
+deletes or writes through a symbolic link. Every combination is validated before the first run
+starts, so a bad value fails at once, not hours in.
 """
 
 from __future__ import annotations
@@ -245,9 +247,51 @@ def resumable(cfg: ExperimentConfig, run_dir: Path) -> bool:
             and (run_dir / "config.toml").is_file() and bool(checkpoint_files(run_dir)))
 
 
+class UnsafeFolderError(RuntimeError):
+    """A run's folder is a symbolic link, or an unfinished folder fedmtl did not create."""
+
+
+def check_no_links(root: Path, run_dir: Path) -> None:
+    """Fail when ``run_dir`` or a folder between it and ``root`` is a symbolic link.
+
+    Raises
+    ------
+    UnsafeFolderError
+        Naming the link.
+    """
+    path = run_dir
+    while path != root and path != path.parent:
+        if path.is_symlink():
+            raise UnsafeFolderError(f"'{path}' is a symbolic link; a sweep never writes or deletes through one; "
+                                    "remove the link")
+        path = path.parent
+
+
+def clear_unfinished(run_dir: Path) -> None:
+    """Delete an unfinished run folder, only if fedmtl created it (it holds ``RUN_MARKER``).
+
+    Raises
+    ------
+    UnsafeFolderError
+        When ``run_dir`` is a link or lacks the marker (nothing is deleted).
+    """
+    from fedmtl.results import RUN_MARKER
+
+    if run_dir.is_symlink():
+        raise UnsafeFolderError(f"'{run_dir}' is a symbolic link; a sweep never deletes through one; remove the link")
+    if not run_dir.exists():
+        return
+    marker = run_dir / RUN_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        raise UnsafeFolderError(f"'{run_dir}' holds an unfinished run that fedmtl did not create (no {RUN_MARKER}); "
+                                "nothing was deleted: move it away or delete it yourself")
+    shutil.rmtree(run_dir)
+
+
 def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
     """Run one config into ``run_dir`` (a Ray simulation, or the centralized baseline);
-    continue an interrupted federated run from its latest usable checkpoint."""
+    continue an interrupted federated run from its latest usable checkpoint; clear any other
+    unfinished folder first (:func:`clear_unfinished`)."""
     from fedmtl.results import CheckpointError, create_run_dir, load_checkpoint
 
     if resumable(cfg, run_dir):
@@ -260,8 +304,7 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
 
             simulate(load_config(run_dir / "config.toml"), run_dir, quiet=quiet, checkpoint=checkpoint)
             return
-    if run_dir.exists():  # left by an interrupted run that cannot be continued
-        shutil.rmtree(run_dir)
+    clear_unfinished(run_dir)  # left by an interrupted run that cannot be continued
     create_run_dir(cfg, run_dir)
     if cfg.run.mode == "centralized":
         from fedmtl.training.centralized import run_centralized
@@ -308,6 +351,7 @@ def run_sweep(
         report(f"[{done}/{len(todo)}] {run.label} seed {run.seed} ...")
         t0 = time.monotonic()
         try:
+            check_no_links(sweep.out, run_dir)
             runner(sweep.config_of(run), run_dir, quiet_runs)
             run.status = "done"
         except Exception as exc:  # noqa: BLE001 - one failed run must not stop the sweep

@@ -1,0 +1,164 @@
+"""Stopping ``fedmtl run`` and ``fedmtl sweep`` on Ctrl-C (SIGINT) or SIGTERM.
+
+Within :func:`stop_on_signals` either signal raises :class:`Stopped` in the main thread
+(which Flower's simulation leaves waiting on its worker threads, so it wakes at once).
+:func:`finish_interrupted` then shuts Ray down, stops every process this one started
+(Ray's GCS server, raylet, workers, dashboard and runtime-env agents), prints which round the
+run stopped after and the command that continues it, and ends the process with exit code
+130 (SIGINT) or 143 (SIGTERM) without waiting for the ServerApp's thread, which Flower
+started and which would otherwise wait out ``server.timeout``.
+
+Every file of a completed round is already on disk: ``rounds.csv``, ``summary.json`` and the
+checkpoints are written atomically (:mod:`fedmtl.atomic`), and a resumed run cuts
+``metrics.csv`` back to its checkpoint's round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+"""Exit code per signal: 128 + the signal's number, as a shell reports a process it killed."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM silence the ``flwr`` logger and raise
+    :class:`Stopped` in the main thread; the previous handlers are restored on exit. Outside
+    the main thread nothing is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        # from now on Flower's workers would log every in-flight message's lost actor
+        logging.getLogger("flwr").disabled = True
+        raise Stopped(signum)
+
+    saved = {s: signal.getsignal(s) for s in EXIT_CODES}
+    for s in saved:
+        signal.signal(s, _raise)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """``(parent pid, start time)`` of a process from ``/proc/<pid>/stat``, ``None`` if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ..., starttime
+    return int(fields[1]), int(fields[19])
+
+
+def descendants(pid: int | None = None) -> dict[int, int]:
+    """Every living descendant of ``pid`` (default this process): ``{pid: start time}``."""
+    root = os.getpid() if pid is None else pid
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            stats[int(entry.name)] = stat
+    found: dict[int, int] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, start) in stats.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def _alive(processes: dict[int, int]) -> dict[int, int]:
+    """Those of ``processes`` still running (same pid, same start time, not a zombie)."""
+    alive = {}
+    for pid, start in processes.items():
+        stat = _stat(pid)
+        if stat is None or stat[1] != start:
+            continue
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive[pid] = start
+    return alive
+
+
+def stop_processes(processes: dict[int, int], grace: float = 3.0) -> None:
+    """SIGTERM ``processes`` (``{pid: start time}``), then SIGKILL those alive after ``grace`` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        left = _alive(processes)
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while _alive(left) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def shutdown_engine() -> None:
+    """Shut Ray down (when this process started or joined it) and stop every process this
+    one started that is still running afterwards."""
+    started = descendants()  # before Ray's raylet goes: its agents would lose their parent
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        with contextlib.suppress(Exception):
+            if ray.is_initialized():
+                ray.shutdown()
+    stop_processes({**started, **descendants()})
+
+
+def last_round(run_dir: Path) -> int | None:
+    """The round of a run folder's newest checkpoint (what ``--resume`` continues after)."""
+    from fedmtl.results import checkpoint_files
+
+    files = checkpoint_files(run_dir) if run_dir.is_dir() else []
+    return int(files[-1].stem.removeprefix("round-")) if files else None
+
+
+def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
+    """``interrupted after round R; continue with: ...`` for a run folder (or ``resume``,
+    the command that continues, e.g. a sweep's)."""
+    if resume is not None:
+        return f"interrupted; continue with: {resume}"
+    if run_dir is None:
+        return "interrupted before the run started"
+    done = last_round(run_dir)
+    if done is None:
+        return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
+    return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
+
+
+def finish_interrupted(stopped: Stopped, run_dir: Path | None, resume: str | None = None) -> NoReturn:
+    """Stop Ray and this process's children, print :func:`interrupted_message` to stderr and
+    end the process with :data:`EXIT_CODES` of the signal (further signals are ignored)."""
+    for s in EXIT_CODES:
+        signal.signal(s, signal.SIG_IGN)
+    logging.getLogger("flwr").disabled = True  # again: leaving simulate restored it
+    shutdown_engine()
+    print(interrupted_message(run_dir, resume), file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_CODES.get(stopped.signum, 130))

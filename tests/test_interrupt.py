@@ -1,0 +1,126 @@
+"""Ctrl-C (SIGINT) and SIGTERM stop ``fedmtl run`` and ``fedmtl sweep`` at once, keep the
+completed rounds, say how to continue, and leave no Ray or Flower process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_WITHIN_S = 10.0
+
+
+def _stat(pid: int) -> tuple[int, int, str] | None:
+    """(parent pid, session id, state) of a process, ``None`` when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[4]), fields[0]
+
+
+def family(root: int) -> set[int]:
+    """Living processes below ``root`` or in its session (Ray's and Flower's, for a command
+    started as a session leader)."""
+    stats = {int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit() and (s := _stat(int(p.name)))}
+    found = {pid for pid, (_, sid, _) in stats.items() if sid == root and pid != root}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _, _) in stats.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                frontier.append(pid)
+    return found
+
+
+def running(pids: set[int]) -> dict[int, str]:
+    """Those of ``pids`` still running (zombies left to a non-reaping init do not count)."""
+    left = {}
+    for pid in pids:
+        stat = _stat(pid)
+        if stat is not None and stat[2] != "Z":
+            left[pid] = _cmdline(pid)
+    return left
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return ""
+
+
+def interrupt_when(
+    args: list[str], ready: Path, sig: int, cwd: Path
+) -> tuple[subprocess.Popen, str, float, dict[int, str]]:
+    """Start ``fedmtl ARGS`` in its own session, send ``sig`` once ``ready`` (a rounds.csv) has
+    a round; return the process, its stderr, the seconds it took to exit, and every process
+    it started (pid: command line, recorded while it ran)."""
+    env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    proc = subprocess.Popen([sys.executable, "-m", "fedmtl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=env, start_new_session=True)
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline:
+            seen.update({p: c for p in family(proc.pid) if (c := _cmdline(p))})  # the latest: after exec
+            if ready.is_file() and len(pd.read_csv(ready)) >= 1:
+                break
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.3)
+        else:
+            pytest.fail("no round finished in 900 s")
+        seen.update({p: c for p in family(proc.pid) if (c := _cmdline(p))})
+        os.kill(proc.pid, sig)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    time.sleep(1.0)  # let the kernel finish tearing the killed ones down
+    return proc, err, took, seen
+
+
+def test_ctrl_c_stops_a_run_keeps_its_rounds_and_leaves_no_process(tmp_path):
+    out = tmp_path / "run"
+    proc, err, took, seen = interrupt_when(
+        ["run", str(ROOT / "configs/smoke.toml"), "--out", str(out), "-q", "--set", "run.rounds=50"],
+        out / "rounds.csv", signal.SIGINT, tmp_path)
+    assert proc.returncode == 130, err[-3000:]
+    assert took < STOP_WITHIN_S, took
+    assert f"continue with: fedmtl run --resume {out}" in err and "Traceback" not in err, err[-3000:]
+    assert "interrupted after round" in err
+    assert any("raylet" in cmd for cmd in seen.values()), "no Ray process was seen while it ran"
+    assert running(set(seen)) == {}, running(set(seen))
+    # every completed round's files: its rounds.csv row, its checkpoint, its metrics
+    rounds = pd.read_csv(out / "rounds.csv")
+    done = int(err.split("interrupted after round ", 1)[1].split(";", 1)[0])
+    assert done >= 1 and list(rounds["round"])[:done] == list(range(1, done + 1))
+    assert (out / "checkpoints" / f"round-{done}.pt").is_file()
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(range(1, done + 1)) <= set(metrics["round"])
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_and_names_the_command_that_continues(tmp_path):
+    out = tmp_path / "study"
+    proc, err, took, seen = interrupt_when(
+        ["sweep", str(ROOT / "configs/smoke.toml"), "--out", str(out), "--set", "run.rounds=50"],
+        out / "default" / "seed-0" / "rounds.csv", signal.SIGTERM, tmp_path)
+    assert proc.returncode == 143, err[-3000:]
+    assert took < STOP_WITHIN_S, took
+    assert "continue with: the same command: fedmtl sweep" in err and "Traceback" not in err, err[-3000:]
+    assert any("raylet" in cmd for cmd in seen.values()) and running(set(seen)) == {}, running(set(seen))
+    assert (out / "default" / "seed-0" / "checkpoints").is_dir()
+    assert any((out / "default" / "seed-0" / "checkpoints").glob("round-*.pt"))
