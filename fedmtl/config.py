@@ -284,7 +284,7 @@ class ServerSection(Section):
         "without enough valid replies (0 = never stop).",
     )
     norm_screening: float = Field(
-        0.0, ge=0, description="Reject updates whose norm exceeds this many times the round's "
+        10.0, ge=0, description="Reject updates whose norm exceeds this many times the round's "
         "median update norm (0 = off; else > 1; needs at least 3 well-formed updates in the round).",
     )
     max_examples: int = Field(
