@@ -19,7 +19,7 @@ applies them to Flower messages):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,19 @@ if TYPE_CHECKING:
     from fedmtl.config import DataSection
 
 
+def keys_problem(have: Iterable[str], expected: Iterable[str]) -> str:
+    """Why the tensor names ``have`` differ from ``expected`` (``""`` when they are the same):
+    the first missing name, else the first unexpected one (cut to 64 characters)."""
+    have, expected = list(have), list(expected)
+    missing = [k for k in expected if k not in have]
+    if missing:
+        return f"missing {len(missing)} tensor(s), e.g. '{missing[0]}'"
+    extra = [k for k in have if k not in expected]
+    if extra:
+        return f"unexpected tensor '{str(extra[0])[:64]}'"
+    return ""
+
+
 def update_problem(update: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> str:
     """Why ``update`` cannot be aggregated into a model shaped like ``like`` (``""`` if it can).
 
@@ -51,12 +64,9 @@ def update_problem(update: dict[str, torch.Tensor], like: dict[str, torch.Tensor
     like : dict[str, torch.Tensor]
         The global model's state.
     """
-    missing = [k for k in like if k not in update]
-    if missing:
-        return f"missing {len(missing)} tensor(s), e.g. '{missing[0]}'"
-    extra = [k for k in update if k not in like]
-    if extra:
-        return f"unexpected tensor '{extra[0]}'"
+    problem = keys_problem(update, like)
+    if problem:
+        return problem
     for key, ref in like.items():
         value = update[key]
         if tuple(value.shape) != tuple(ref.shape):

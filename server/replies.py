@@ -29,6 +29,7 @@ from fedmtl.aggregation.plans import WHOLE
 from fedmtl.screening import (
     ClientLimits,
     evaluate_metrics_problem,
+    keys_problem,
     number_values,
     placement_text,
     train_metrics_problem,
@@ -147,12 +148,9 @@ def read_array(key: str, array: Array, shape: tuple[int, ...]) -> torch.Tensor |
 def read_arrays(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor] | str:
     """The tensors of ``record``, keyed and shaped as ``shapes``, or why not: keys are
     checked first, then each array's metadata and size (:func:`array_problem`), then it is decoded."""
-    missing = [k for k in shapes if k not in record]
-    if missing:
-        return f"missing {len(missing)} tensor(s), e.g. '{missing[0]}'"
-    extra = [k for k in record if k not in shapes]
-    if extra:
-        return f"unexpected tensor '{str(extra[0])[:64]}'"
+    problem = keys_problem(record, shapes)
+    if problem:
+        return problem
     out = {}
     for key, shape in shapes.items():
         problem = array_problem(key, record[key], shape)

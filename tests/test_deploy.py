@@ -156,10 +156,7 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
         assert "warning: --no-auth: any process" in err  # opting out of auth is said on the terminal
 
         # the restarted SuperNode found its heads: fingerprint in == its previous fingerprint out
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        prints = metrics[(metrics.client == 0) & (metrics.split == "train")
-                         & metrics.metric.str.startswith("heads-fingerprint")]
-        table = prints.pivot(index="round", columns="metric", values="value").sort_index()
+        table = _heads_chain(run_dir, 0)
         assert any(r > killed_after for r in table.index), "client 0 never trained after its restart"
         assert any(r <= killed_after for r in table.index)
         assert (table["heads-fingerprint-in"].iloc[1:].to_numpy()
