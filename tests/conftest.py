@@ -29,7 +29,7 @@ def flwr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # in one worker (`--dist loadfile`), and workers take files in collection order: starting
 # the long ones first keeps one of them from running alone at the end.
 LONGEST_FIRST = [
-    "test_weightings_simulation.py", "test_faults.py", "test_deploy.py", "test_resume.py",
+    "test_deploy_stranger.py", "test_weightings_simulation.py", "test_faults.py", "test_deploy.py", "test_resume.py",
     "test_flwr_run.py", "test_simulation.py", "test_datasets_simulation.py",
     "test_sweep_report.py", "test_ray_cluster.py",
 ]

@@ -3,9 +3,8 @@
 One ``fedmtl deploy local --nodes 2 --no-auth`` run of the smoke config; while it runs the
 test kills SuperNode 0 between rounds and starts it again with the same command line (its
 heads must survive in its on-disk store), and starts a SuperNode whose key was never
-registered (the SuperLink must refuse it). One ``fedmtl deploy local --nodes 2`` (TLS and
-auth, the defaults) run in which a stranger holding only ``ca.crt`` registers a key of its
-own and starts a SuperNode claiming client 0 (fedmtl must never give it client 0's work).
+registered (the SuperLink must refuse it). The stranger holding only ``ca.crt`` is in
+tests/test_deploy_stranger.py.
 """
 
 from __future__ import annotations
@@ -17,45 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from fedmtl.launch.certificates import make_node_keys, make_tls_certificates
+from tests.deploy_support import heads_chain, last_round, processes, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"deploy exited ({proc.returncode}) before {what}: {out[-3000:]}{err[-3000:]}")
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _processes(marker: str) -> dict[int, list[str]]:
-    """``{pid: argv}`` of live processes whose command line contains ``marker``."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().decode().split("\0")
-            except OSError:
-                continue
-            if any(marker in a for a in argv):
-                found[int(entry.name)] = [a for a in argv if a]
-    return found
-
-
-def _last_round(run_dir: Path) -> int:
-    rounds = run_dir / "rounds.csv"
-    return int(pd.read_csv(rounds)["round"].max()) if rounds.is_file() else 0
 
 
 def test_certificates_cover_the_hosts_and_keys_are_openssh(tmp_path):
@@ -119,21 +86,21 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
     )
     ours: list[subprocess.Popen] = []
     try:
-        folder = _wait_for(lambda: next(iter(runs.glob("deploy-*")), None), 120, "the deployment folder", deploy)
-        run_dir = _wait_for(lambda: next(iter(runs.glob("smoke-*")), None), 240, "the run folder", deploy)
-        _wait_for(lambda: _last_round(run_dir) >= 1, 300, "round 1", deploy)
+        folder = wait_for(lambda: next(iter(runs.glob("deploy-*")), None), 120, "the deployment folder", deploy)
+        run_dir = wait_for(lambda: next(iter(runs.glob("smoke-*")), None), 240, "the run folder", deploy)
+        wait_for(lambda: last_round(run_dir) >= 1, 300, "round 1", deploy)
 
         # stop SuperNode 0 between rounds (SIGTERM, as `docker restart` does) and start it again
         # with the same command line
-        node = _wait_for(lambda: {p: a for p, a in _processes(str(folder)).items()
+        node = wait_for(lambda: {p: a for p, a in processes(str(folder)).items()
                                   if any(Path(x).name == "flower-supernode" for x in a[:2])
                                   and "partition-id=0" in " ".join(a)}, 30, "supernode-0's process")
         pid, argv = next(iter(node.items()))
         env = dict(kv.split("=", 1)
                    for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
-        killed_after = _last_round(run_dir)
+        killed_after = last_round(run_dir)
         os.killpg(pid, signal.SIGTERM)
-        _wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
+        wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
                   60, "supernode-0 to stop")
         log = (folder / "logs" / "restarted-supernode-0.log").open("w")
         # the SuperLink refuses the same key (exit 305) until it sees the old node offline: retry
@@ -156,7 +123,7 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
         assert "warning: --no-auth: any process" in err  # opting out of auth is said on the terminal
 
         # the restarted SuperNode found its heads: fingerprint in == its previous fingerprint out
-        table = _heads_chain(run_dir, 0)
+        table = heads_chain(run_dir, 0)
         assert any(r > killed_after for r in table.index), "client 0 never trained after its restart"
         assert any(r <= killed_after for r in table.index)
         assert (table["heads-fingerprint-in"].iloc[1:].to_numpy()
@@ -170,7 +137,7 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
     # everything the deployment started is gone
-    leftover = {p: a for p, a in _processes(str(tmp_path)).items() if "pytest" not in " ".join(a)}
+    leftover = {p: a for p, a in processes(str(tmp_path)).items() if "pytest" not in " ".join(a)}
     assert not leftover, leftover
 
 
@@ -183,10 +150,10 @@ def test_supernode_authentication_admits_registered_keys_only(tmp_path, flwr_hom
         refused = deployment.start_supernode(0, private_key=stranger["private"], name="stranger")
         assert refused.wait(timeout=120) != 0
         assert "Failed to" in deployment.log_tail("stranger"), deployment.log_tail("stranger")
-        _wait_for(lambda: "Activated node_id" in (deployment.folder / "logs" / "superlink.log").read_text(),
+        wait_for(lambda: "Activated node_id" in (deployment.folder / "logs" / "superlink.log").read_text(),
                   120, "the registered SuperNode to connect")
         assert deployment.exited() == {"stranger": refused.returncode}  # supernode-0 stays connected
-    assert not _processes(str(tmp_path / "deploy"))
+    assert not processes(str(tmp_path / "deploy"))
 
 
 def test_admission_admits_the_registered_node_ids_only(tmp_path, monkeypatch):
@@ -206,91 +173,3 @@ def test_admission_admits_the_registered_node_ids_only(tmp_path, monkeypatch):
             Admission.from_environment({ADMITTED_NODES_ENV: str(path)})
     with pytest.raises(AdmissionError, match="missing-file': cannot read"):
         Admission.from_environment({ADMITTED_NODES_ENV: str(tmp_path / "missing-file")})
-
-
-def _heads_chain(run_dir: Path, client: int) -> pd.DataFrame:
-    """``round x (heads-fingerprint-in, heads-fingerprint-out)`` of one client's train replies."""
-    metrics = pd.read_csv(run_dir / "metrics.csv")
-    prints = metrics[(metrics.client == client) & (metrics.split == "train")
-                     & metrics.metric.str.startswith("heads-fingerprint")]
-    return prints.pivot(index="round", columns="metric", values="value").sort_index()
-
-
-def test_a_stranger_with_the_ca_certificate_cannot_take_over_a_client(tmp_path, flwr_home):
-    from fedmtl.launch.flwr_run import _flwr, connection_env
-
-    runs = tmp_path / "runs"
-    config = tmp_path / "deploy.toml"
-    config.write_text((ROOT / "configs/smoke.toml").read_text()
-                      .replace("[run]\n", f'[run]\noutput-dir = "{runs}"\nevaluate-every = 1\n')
-                      .replace("rounds = 2", "rounds = 8"))
-    output = (tmp_path / "deploy.out").open("w")
-    deploy = subprocess.Popen(  # TLS and SuperNode authentication are the defaults
-        [sys.executable, "-m", "fedmtl", "deploy", "local", str(config), "--nodes", "2", "--app-dir", str(ROOT)],
-        stdout=output, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
-    )
-    stranger_dir = tmp_path / "stranger"
-    stranger_node: subprocess.Popen | None = None
-    try:
-        folder = _wait_for(lambda: next(iter(runs.glob("deploy-*")), None), 120, "the deployment folder", deploy)
-        run_dir = _wait_for(lambda: next(iter(runs.glob("smoke-*")), None), 240, "the run folder", deploy)
-        _wait_for(lambda: _last_round(run_dir) >= 1, 300, "round 1", deploy)
-
-        # the stranger: only the CA certificate (public), the SuperLink's address and a key of its own
-        link = next(a for a in _processes(str(folder)).values()
-                    if any(Path(x).name == "flower-superlink" for x in a[:2]))
-        port = link[link.index("--port") + 1]
-        stranger_dir.mkdir()
-        ca = stranger_dir / "ca.crt"
-        ca.write_bytes((folder / "certificates" / "ca.crt").read_bytes())
-        own = make_node_keys(stranger_dir, "own-key")
-        env = connection_env("target", f"127.0.0.1:{port}", ca, home=stranger_dir / "flwr-home")
-        try:
-            registered = _flwr(["supernode", "register", str(own["public"]), "target", "--format", "json"], env)
-        except RuntimeError as refused:  # what Flower would do with a Control API credential
-            registered = {"success": False, "refused": str(refused)}
-        if registered.get("success"):
-            # Flower 1.41's Control API asks for no credential: the key is registered, the
-            # SuperLink admits its SuperNode, and only fedmtl's admission stands in the way
-            heads = stranger_dir / "heads"
-            heads.mkdir()
-            log = (stranger_dir / "supernode.log").open("w")
-            stranger_node = subprocess.Popen(
-                ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(ca),
-                 "--auth-supernode-private-key", str(own["private"]), "--isolation", "subprocess",
-                 "--node-config", f'partition-id=0 num-partitions=2 head-store-dir="{heads}"',
-                 "--host", "127.0.0.1", "--port", str(_free_port())],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            refusal = f"node {registered['node-id']} is not one of the 2 SuperNodes this deployment registered"
-            _wait_for(lambda: refusal in (tmp_path / "deploy.out").read_text(), 600,
-                      "the server to refuse the stranger's node", deploy)
-
-        deploy.wait(timeout=900)
-        out, err = (tmp_path / "deploy.out").read_text(), deploy.stderr.read()
-        assert deploy.returncode == 0, out[-3000:] + err[-3000:]
-        assert "finished:completed" in out and "(TLS, SuperNode auth)" in out and "warning:" not in err
-        assert "reconnected" not in out  # client 0 stayed on its own node
-        if stranger_node is not None:
-            assert stranger_node.poll() is None, "the stranger's SuperNode was not admitted by the SuperLink"
-            assert not any((stranger_dir / "heads").iterdir()), "the stranger's node served a client"
-
-        # client 0 trained in every round on its own heads: fingerprint in == previous round's out
-        table = _heads_chain(run_dir, 0)
-        assert list(table.index) == list(range(1, 9))
-        assert (table["heads-fingerprint-in"].iloc[1:].to_numpy()
-                == table["heads-fingerprint-out"].iloc[:-1].to_numpy()).all()
-    finally:
-        if deploy.poll() is None:
-            os.killpg(deploy.pid, signal.SIGINT)
-            deploy.wait(timeout=60)
-        if stranger_node is not None and stranger_node.poll() is None:
-            os.killpg(stranger_node.pid, signal.SIGKILL)
-            stranger_node.wait(timeout=30)
-    leftover = {p: a for p, a in _processes(str(tmp_path)).items() if "pytest" not in " ".join(a)}
-    assert not leftover, leftover
-
-
-def _free_port() -> int:
-    from fedmtl.launch.deploy import free_port
-
-    return free_port()
