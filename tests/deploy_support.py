@@ -53,3 +53,9 @@ def free_port_number() -> int:
     from fedmtl.launch.deploy import free_port
 
     return free_port()
+
+
+def assert_heads_chain_unbroken(table: pd.DataFrame) -> None:
+    """Each round's heads-fingerprint-in equals the previous round's out (a :func:`heads_chain`)."""
+    assert (table["heads-fingerprint-in"].iloc[1:].to_numpy()
+            == table["heads-fingerprint-out"].iloc[:-1].to_numpy()).all()

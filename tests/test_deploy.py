@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fedmtl.launch.certificates import make_node_keys, make_tls_certificates
-from tests.deploy_support import heads_chain, last_round, processes, wait_for
+from tests.deploy_support import assert_heads_chain_unbroken, heads_chain, last_round, processes, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -126,8 +126,7 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
         table = heads_chain(run_dir, 0)
         assert any(r > killed_after for r in table.index), "client 0 never trained after its restart"
         assert any(r <= killed_after for r in table.index)
-        assert (table["heads-fingerprint-in"].iloc[1:].to_numpy()
-                == table["heads-fingerprint-out"].iloc[:-1].to_numpy()).all()
+        assert_heads_chain_unbroken(table)
     finally:
         if deploy.poll() is None:
             os.killpg(deploy.pid, signal.SIGINT)

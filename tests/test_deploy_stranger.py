@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from fedmtl.launch.certificates import make_node_keys
-from tests.deploy_support import free_port_number, heads_chain, last_round, processes, wait_for
+from tests.deploy_support import (
+    assert_heads_chain_unbroken,
+    free_port_number,
+    heads_chain,
+    last_round,
+    processes,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,8 +92,7 @@ def test_a_stranger_with_the_ca_certificate_cannot_take_over_a_client(tmp_path, 
         # client 0 trained in every round on its own heads: fingerprint in == previous round's out
         table = heads_chain(run_dir, 0)
         assert list(table.index) == list(range(1, 9))
-        assert (table["heads-fingerprint-in"].iloc[1:].to_numpy()
-                == table["heads-fingerprint-out"].iloc[:-1].to_numpy()).all()
+        assert_heads_chain_unbroken(table)
     finally:
         if deploy.poll() is None:
             os.killpg(deploy.pid, signal.SIGINT)
