@@ -97,14 +97,15 @@ def _keys(scope: str) -> str:
 
 
 def weighting_reference() -> str:
-    """A section per registered weighting: summary, where it runs, parameters, details."""
+    """A section per registered rule: summary, kind, where it runs, parameters, details."""
     from fedmtl.aggregation import WEIGHTINGS
+    from fedmtl.aggregation.properties import guaranteed
 
     places = {"client": "clients only", "server": "the server only", "both": "clients and the server"}
-    out = ["| name | runs on | needs | summary |", "|---|---|---|---|"]
+    out = ["| name | kind | runs on | reads | summary |", "|---|---|---|---|---|"]
     for name, cls in WEIGHTINGS.items():
-        needs = [n for n, flag in (("rows", cls.needs_updates), ("losses", cls.needs_losses)) if flag]
-        out.append(f"| [`{name}`](#{name.replace('+', '')}) | {cls.scope} | {', '.join(needs) or '-'} "
+        reads = [n for n, flag in (("rows", cls.needs_updates), ("losses", cls.needs_losses)) if flag]
+        out.append(f"| [`{name}`](#{name.replace('+', '')}) | {cls.kind} | {cls.scope} | {', '.join(reads) or '-'} "
                    f"| {_clean_doc(cls)[0]} |")
     out.append("")
     for name, cls in WEIGHTINGS.items():
@@ -112,30 +113,34 @@ def weighting_reference() -> str:
         out += [f"### {name}", "", summary, ""]
         if details:
             out += [details, ""]
-        out.append(f"Runs on {places[cls.scope]} ({_keys(cls.scope)} = `\"{name}\"`).")
-        facts = []
+        facts = [f"A {cls.kind}; runs on {places[cls.scope]} ({_keys(cls.scope)} = `\"{name}\"`)."]
         if cls.needs_losses:
-            facts.append("uses each objective's loss (on the server: measured by clients before local training)")
-        if cls.needs_parameter_rows:
-            facts.append("needs full backbone-parameter rows")
-        if not cls.linear:
-            facts.append("not a weighted sum of rows (no per-row weights are recorded)")
-        if cls.scale_free:
-            facts.append("scale-free: weights rescaled to sum to one")
-        if not cls.nonnegative:
-            facts.append("weights may be negative")
-        scaling = {"invariant": "unchanged when every row is multiplied by s > 0" if cls.linear
-                   else "the combined update is multiplied by s when every row is",
-                   "inverse": "divided by s when every row is multiplied by s",
-                   "none": "no simple law under row scaling"}[cls.scaling]
-        facts.append(f"weights {scaling}" if cls.linear or cls.scaling != "invariant" else scaling)
-        out.append("It " + "; ".join(facts) + ".")
+            facts.append("Reads each objective's loss (on the server: measured by clients before local training).")
+        if cls.kind == "aggregator":
+            facts.append("Not a weighted sum of rows: no per-row weights are recorded; on a client it needs "
+                         "backbone-parameter rows" + (" and gives per-task parts." if getattr(cls, "per_row", False)
+                                                      else ", and cannot split an update into task parts."))
+        if not cls.deterministic:
+            facts.append("Randomised: draws from its own seeded generator (parameter `seed`).")
+        facts.append("Guarantees: " + ", ".join(guaranteed(cls)) + ".")
+        out += [f"- {fact}" for fact in facts]
         params = cls.Params.model_fields
         if params:
             out += ["", "| parameter | default | meaning |", "|---|---|---|"]
             for field, info in params.items():
                 out.append(f"| `{info.alias or field}` | `{info.default!r}` | {info.description}{_bounds(info)} |")
         out.append("")
+    return "\n".join(out)
+
+
+def property_reference() -> str:
+    """The properties, their definitions, and the rule × property table with opt-outs."""
+    from fedmtl.aggregation import WEIGHTINGS
+    from fedmtl.aggregation.properties import PROPERTIES, property_table
+
+    out = ["| property | definition |", "|---|---|"]
+    out += [f"| {name} | {text} |" for name, text in PROPERTIES.items()]
+    out += ["", *property_table(dict(WEIGHTINGS.items()))]
     return "\n".join(out)
 
 
@@ -150,7 +155,7 @@ def sync_docs(root: Path = ROOT) -> list[str]:
     changed = []
     targets: dict[str, list[tuple[str, Any]]] = {
         "docs/config.md": [("CONFIG", config_tables)],
-        "docs/aggregation.md": [("WEIGHTINGS", weighting_reference)],
+        "docs/aggregation.md": [("WEIGHTINGS", weighting_reference), ("PROPERTIES", property_reference)],
     }
     for relative, blocks in targets.items():
         path = root / relative

@@ -28,8 +28,8 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
-from fedmtl.aggregation import WEIGHTINGS, WeightingParamsError
-from fedmtl.aggregation.base import validate_params
+from fedmtl.aggregation import WEIGHTINGS, Aggregator, WeightingParamsError, validate_params
+from fedmtl.aggregation.plans import needs_task_parts
 from fedmtl.config import ConfigError, ExperimentConfig, parse_schema, read_values, unflatten, virtual_supernodes
 from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_input_shape, dataset_tasks
 from fedmtl.data.federation import check_natural_clients
@@ -337,6 +337,24 @@ def check_global_heads(cfg: ExperimentConfig) -> None:
         )
 
 
+def check_client_rule(cfg: ExperimentConfig) -> None:
+    """An aggregator on a client needs backbone rows, and row parts when the server splits
+    updates into task parts."""
+    rule = WEIGHTINGS.get(cfg.client.weighting)
+    if not issubclass(rule, Aggregator):
+        return
+    if cfg.client.gradients == "representation":
+        raise ValueError(
+            f"client.weighting = '{rule.name}' is an aggregator (not a weighted sum of the task gradients): "
+            f"it needs client.gradients = 'backbone' or 'auto', not 'representation'"
+        )
+    if needs_task_parts(cfg.server.plan) and not rule.per_row:
+        raise ValueError(
+            f"client.weighting = '{rule.name}' gives no per-task parts of its direction, but server.plan = "
+            f"'{cfg.server.plan}' needs them; use server.plan = 'clients' or a weighting on the client"
+        )
+
+
 def check_head_store(cfg: ExperimentConfig) -> None:
     """Heads in a SuperNode's memory need one SuperNode per client."""
     nodes = virtual_supernodes(cfg)
@@ -452,6 +470,7 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_partition_task,
     check_feature_skew,
     check_global_heads,
+    check_client_rule,
     check_head_store,
     check_centralized,
     check_min_replies,

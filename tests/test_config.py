@@ -119,10 +119,20 @@ def test_cli_lists_registries_and_rejects_unknown_kinds():
     ok = subprocess.run([sys.executable, "-m", "fedmtl", "list", "weightings"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0
-    lines = {line.split()[0]: line.split() for line in ok.stdout.splitlines()[1:]}
-    assert len(lines) >= 25
-    assert lines["fedavg"][1] == "server" and lines["mean"][1] == "both" and lines["gradnorm"][1] == "client"
-    assert lines["fairgrad"][2:4] == ["alpha=1.0,", "warm-start=True"]
+    blocks = {}
+    for line in ok.stdout.splitlines()[1:]:
+        if not line.startswith(" "):
+            name = line.split()[0]
+            blocks[name] = [line]
+        else:
+            blocks[name].append(line.strip())
+    assert len(blocks) >= 25 and ok.stdout.startswith(f"{len(blocks)} rules")
+    assert "(weighting; runs on the server;" in blocks["fedavg"][0]
+    assert "runs on clients and the server" in blocks["mean"][0]
+    assert "runs on clients (across tasks)" in blocks["gradnorm"][0]
+    assert "(aggregator;" in blocks["median"][0]
+    assert blocks["fairgrad"][2] == "parameters: alpha=1.0, warm-start=True"
+    assert blocks["upgrad"][3].startswith("guarantees: ") and "non-conflicting" in blocks["upgrad"][3]
     data = subprocess.run([sys.executable, "-m", "fedmtl", "list", "datasets"],
                           capture_output=True, text=True, timeout=120)
     datasets = {line.split()[0]: line for line in data.stdout.splitlines()}

@@ -104,7 +104,7 @@ def test_make_plan_reads_the_config_and_sets_qffl_lipschitz_from_the_client_lr()
                              "server.task-params={alpha=3}", "client.lr=0.25"])
     p = make_plan(cfg.server, cfg.client.lr)
     assert p.plan == "tasks-then-clients"
-    assert p.client_weighting.params.q == 2 and p.client_weighting.params.lipschitz == 4.0
+    assert p.client_weighting.params.q == 2 and p.client_weighting.lipschitz() == 4.0
     assert p.task_weighting.params.alpha == 3
 
 

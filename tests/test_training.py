@@ -28,7 +28,7 @@ class FixedWeights(Weighting):
         self.seen: list[Objectives] = []
         self.needs_updates = needs_updates
 
-    def weights(self, objectives):
+    def compute(self, objectives):
         self.seen.append(objectives)
         return self.w
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedmtl.aggregation.base import Weighting
 from fedmtl.aggregation.objectives import Objectives
+from fedmtl.aggregation.registry import make_rule
+from fedmtl.aggregation.rule import Rule, RuleContext
 
 PLANS = ("clients", "flat", "clients-then-tasks", "tasks-then-clients")
 WHOLE = "all"
@@ -85,13 +86,11 @@ def _objectives(rows: list[Row], client_ids: bool = True, task_ids: bool = True)
     )
 
 
-def _run(
-    weighting: Weighting, objectives: Objectives, fallbacks: list[str]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    direction, weights = weighting.aggregate(objectives)
-    if weighting.fallback:
-        fallbacks.append(f"{weighting.name}:{weighting.fallback}")
-    return direction, weights
+def _run(rule: Rule, objectives: Objectives, fallbacks: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    result = rule.combine(objectives)
+    if result.info.fallback:
+        fallbacks.append(f"{rule.name}:{result.info.fallback}")
+    return result.direction, result.weights
 
 
 class AggregationPlan:
@@ -101,20 +100,20 @@ class AggregationPlan:
     ----------
     plan : str
         One of :data:`PLANS`.
-    client_weighting : Weighting
+    client_weighting : Rule
         Across clients (and across all rows for ``flat``).
-    task_weighting : Weighting
+    task_weighting : Rule
         Across tasks (two-level plans only).
     """
 
-    def __init__(self, plan: str, client_weighting: Weighting, task_weighting: Weighting) -> None:
+    def __init__(self, plan: str, client_weighting: Rule, task_weighting: Rule) -> None:
         if plan not in PLANS:
             raise ValueError(f"unknown aggregation plan '{plan}'; plans: {', '.join(PLANS)}")
         self.plan = plan
         self.client_weighting = client_weighting
         self.task_weighting = task_weighting
 
-    def weightings(self) -> dict[str, Weighting]:
+    def weightings(self) -> dict[str, Rule]:
         """The weightings in use, by level (for checkpoints)."""
         if uses_task_weighting(self.plan):
             return {"client": self.client_weighting, "task": self.task_weighting}
@@ -190,14 +189,10 @@ class AggregationPlan:
         return PlanResult(scale * direction, row_weights, fallbacks)
 
 
-def server_weighting(name: str, params: dict, client_lr: float) -> Weighting:
-    """Build a server weighting; q-FFL's ``lipschitz`` defaults to ``1 / client.lr``."""
-    from fedmtl.aggregation.base import make_weighting
-
-    params = dict(params)
-    if name == "qffl" and not params.get("lipschitz"):
-        params["lipschitz"] = 1.0 / client_lr
-    return make_weighting(name, **params)
+def server_weighting(name: str, params: dict, client_lr: float) -> Rule:
+    """Build a server rule; it learns the clients' learning rate from its context (q-FFL's
+    ``L = 1/η``)."""
+    return make_rule(name, RuleContext(client_lr=client_lr), **params)
 
 
 def make_plan(server_cfg, client_lr: float) -> AggregationPlan:

@@ -2,8 +2,9 @@
 
 Every step computes each task's loss on the batch. Heads receive their own task's plain
 gradient ``∇L_t``; the backbone receives ``Σ_t c_t``, the per-task contributions of the
-configured cross-task :class:`~fedmtl.aggregation.Weighting` (``c_t = w_t ∇_θ L_t`` for the
-weighted-sum rules) applied to the step's :class:`~fedmtl.aggregation.Objectives`.
+configured cross-task rule (``c_t = w_t ∇_θ L_t`` for a :class:`~fedmtl.aggregation.Weighting`,
+the aggregator's own row parts for an :class:`~fedmtl.aggregation.Aggregator`) applied to the
+step's :class:`~fedmtl.aggregation.Objectives`.
 
 Rows of the objectives are, by ``gradients``:
 
@@ -15,7 +16,8 @@ Rows of the objectives are, by ``gradients``:
     rule is linear in the upstream gradient).
 ``"backbone"``
     ``∇_θ L_t`` on every backbone parameter, all tasks in one batched (vmapped) backward
-    pass; needed by rules on parameter rows (DB-MTL).
+    pass; needed by aggregators (DB-MTL, GradDrop, ...), whose direction is not a weighted sum
+    that could be applied at the representation.
 
 **Per-task update parts.** With ``track_parts=True`` the backbone takes SGD steps with one
 momentum buffer ``b_t`` and one accumulator ``a_t`` per task:
@@ -31,7 +33,7 @@ from typing import Literal
 
 import torch
 
-from fedmtl.aggregation import Objectives, Weighting
+from fedmtl.aggregation import Aggregator, Objectives, Rule, Weighting
 from fedmtl.data.federation import Split
 from fedmtl.models import MultiTaskModel
 from fedmtl.tasks import TaskSpec
@@ -39,13 +41,13 @@ from fedmtl.tasks import TaskSpec
 Gradients = Literal["auto", "representation", "backbone"]
 
 
-def resolve_gradients(gradients: Gradients, weighting: Weighting) -> Literal["representation", "backbone"]:
-    """``"auto"`` -> ``"backbone"`` if the weighting needs parameter rows, else representation."""
+def resolve_gradients(gradients: Gradients, weighting: Rule) -> Literal["representation", "backbone"]:
+    """``"auto"`` -> ``"backbone"`` for an aggregator (it needs parameter rows), else representation."""
     if gradients == "auto":
-        return "backbone" if weighting.needs_parameter_rows else "representation"
-    if gradients == "representation" and weighting.needs_parameter_rows:
+        return "backbone" if weighting.needs_parameter_rows() else "representation"
+    if gradients == "representation" and weighting.needs_parameter_rows():
         raise ValueError(
-            f"weighting '{weighting.name}' needs backbone-parameter rows; "
+            f"rule '{weighting.name}' is an aggregator and needs backbone-parameter rows; "
             "set client.gradients = 'backbone' or 'auto'"
         )
     return gradients
@@ -85,8 +87,8 @@ class StepResult:
     losses : torch.Tensor
         ``(T,)`` task losses on the batch.
     weights : torch.Tensor
-        ``(T,)`` effective task weights (``‖c_t‖ / ‖g_t‖`` for rules that are not a
-        weighted sum).
+        ``(T,)`` task weights; for an aggregator the effective weights ``‖c_t‖ / ‖g_t‖`` of
+        its row parts, or ``g_tᵀd / ‖g_t‖²`` (d's component along ``g_t``) when it has none.
     contributions : torch.Tensor or None
         ``(T, P)`` per-task backbone gradient contributions (flattened), when requested or
         when the rows are backbone gradients; ``None`` otherwise.
@@ -117,7 +119,7 @@ def multitask_step(
     x: torch.Tensor,
     targets: dict[str, torch.Tensor],
     tasks: list[TaskSpec],
-    weighting: Weighting,
+    weighting: Rule,
     *,
     gradients: Gradients = "auto",
     track_parts: bool = False,
@@ -147,14 +149,12 @@ def multitask_step(
     if mode == "backbone":
         rows = _per_task_backbone(z, torch.stack(z_grads), backbone)
         objectives.updates = rows
-        if weighting.linear:
+        if isinstance(weighting, Weighting):
             weights = weighting(objectives)
             contributions = weights.to(rows)[:, None] * rows
-        else:
-            contributions = weighting.contributions(objectives)
-            weights = (contributions.norm(dim=1) / rows.norm(dim=1).clamp_min(1e-30)).to(torch.float64)
-        _set_backbone_grad(backbone, contributions.sum(dim=0))
-        return StepResult(losses_t, weights, contributions)
+            _set_backbone_grad(backbone, contributions.sum(dim=0))
+            return StepResult(losses_t, weights, contributions)
+        return _aggregator_step(weighting, objectives, rows, backbone, losses_t, track_parts)
     if weighting.needs_updates:
         objectives.updates = torch.stack([g.flatten() for g in z_grads])
     weights = weighting(objectives)
@@ -165,6 +165,26 @@ def multitask_step(
         return StepResult(losses_t, weights, contributions)
     z.backward(scaled.sum(dim=0))
     return StepResult(losses_t, weights)
+
+
+def _aggregator_step(
+    aggregator: Aggregator,
+    objectives: Objectives,
+    rows: torch.Tensor,
+    backbone: list[torch.Tensor],
+    losses: torch.Tensor,
+    track_parts: bool,
+) -> StepResult:
+    """The backbone gradient of an aggregator's direction, with its row parts when it has them."""
+    result = aggregator.aggregate(objectives)
+    if result.parts is None and track_parts:
+        raise ValueError(f"aggregator '{aggregator.name}' has no per-task parts; it cannot split a client's update")
+    _set_backbone_grad(backbone, result.direction)
+    if result.parts is not None:
+        weights = result.parts.norm(dim=1) / rows.norm(dim=1).clamp_min(1e-30)
+    else:
+        weights = (rows @ result.direction) / (rows * rows).sum(dim=1).clamp_min(1e-30)
+    return StepResult(losses, weights.to(torch.float64), result.parts)
 
 
 def _per_parameter(flat: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -217,7 +237,7 @@ def train_local(
     model: MultiTaskModel,
     data: Split,
     tasks: list[TaskSpec],
-    weighting: Weighting,
+    weighting: Rule,
     *,
     epochs: int,
     batch_size: int,
@@ -238,8 +258,8 @@ def train_local(
         Local training data.
     tasks : list[TaskSpec]
         The tasks trained (the client's heads).
-    weighting : Weighting
-        Cross-task weighting of the backbone gradient at every step.
+    weighting : Rule
+        Cross-task rule (weighting or aggregator) of the backbone gradient at every step.
     epochs, batch_size, lr, momentum
         SGD settings.
     device : torch.device

@@ -23,42 +23,23 @@ weights of ``A`` follow exactly from those of ``Ā``: ``w(sĀ) = s^(-α/(α+1)) 
 A positive solution exists iff no nonnegative, nonzero ``v`` has ``Gᵀv = 0`` (0 is not in the
 convex hull of the g_i, e.g. no two opposite directions). When it does not, or Newton does
 not converge, we solve ``(Ā + εI) w = w^(-1/α)`` instead, which always has a solution, and
-say so in :class:`SolveInfo` (``fallback``); callers log and count it.
+say so in :class:`~fedmtl.aggregation.info.SolveInfo` (``fallback``); callers log and count it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from fedmtl.aggregation.info import SolveInfo
+from fedmtl.aggregation.solvers.min_norm import is_pareto_stationary, min_norm_weights
 
 EPSILON = 1e-6
 TOLERANCE = 1e-13
 ACCEPTABLE = 1e-8
 MAX_ITERATIONS = 50
-
-
-@dataclass
-class SolveInfo:
-    """How a solve went.
-
-    Attributes
-    ----------
-    iterations : int
-        Newton iterations taken (0 for closed forms).
-    residual : float
-        ``max_i |(A w)_i − w_i^(-1/α)| / w_i^(-1/α)`` on the caller's Gramian (0 for
-        closed forms).
-    fallback : str
-        ``""`` when the exact condition was solved; otherwise why not (``"regularised"``,
-        ``"zero-gramian"``, ``"pareto-stationary"``).
-    """
-
-    iterations: int = 0
-    residual: float = 0.0
-    fallback: str = ""
 
 
 def _as_numpy(gramian: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -152,51 +133,6 @@ def _newton(a: np.ndarray, alpha: float, start: np.ndarray) -> tuple[np.ndarray,
         if not np.isfinite(w).all() or w.min() <= 0:
             return w, iteration, False
     return w, MAX_ITERATIONS, relative_residual(a, w, alpha) <= ACCEPTABLE
-
-
-def is_pareto_stationary(a: np.ndarray, lam: np.ndarray) -> bool:
-    """Whether ``Σ λ_i g_i`` is zero up to round-off (0 is in the convex hull of the g_i)."""
-    return float(lam @ a @ lam) <= 1e-12 * max(float(np.trace(a)), 1e-300)
-
-
-def _simplex_qp(hessian: np.ndarray, extra_equalities: np.ndarray | None = None) -> np.ndarray:
-    """``argmin_{λ ∈ Δ} λᵀ H λ`` (with ``Eᵀλ = 0`` for the columns E of
-    ``extra_equalities``), by quadprog's Goldfarb–Idnani dual active-set method."""
-    from quadprog import solve_qp
-
-    m = len(hessian)
-    equalities = np.ones((m, 1)) if extra_equalities is None else np.hstack([np.ones((m, 1)), extra_equalities])
-    constraints = np.hstack([equalities, np.eye(m)])  # Σλ = 1 and Eᵀλ = 0 (equalities), λ ≥ 0
-    bounds = np.concatenate([[1.0], np.zeros(constraints.shape[1] - 1)])
-    lam = solve_qp(hessian, np.zeros(m), constraints, bounds, meq=equalities.shape[1])[0]
-    lam = np.clip(lam, 0.0, None)
-    return lam / lam.sum()
-
-
-def min_norm_weights(a: np.ndarray) -> np.ndarray:
-    """``λ = argmin_{λ ∈ Δ} λᵀ A λ``: the min-norm point of the convex hull (MGDA).
-
-    Solved exactly as a quadratic program on ``A + 1e-12·tr(A)/m · I``. When 0 is in the
-    hull (Pareto-stationary rows) every λ with ``Gᵀλ = 0`` is optimal; we return the one
-    of least ``‖λ‖`` among them (a second, well-conditioned QP with ``Aλ = 0`` on the range
-    of A), so the weights do not depend on the order of the rows.
-    """
-    m = len(a)
-    if m == 1:
-        return np.ones(1)
-    ridge = 1e-12 * max(float(np.trace(a)) / m, 1e-300)
-    try:
-        lam = _simplex_qp(a + ridge * np.eye(m))
-    except ValueError:  # numerically not positive definite: fall back to the barycentre
-        return np.full(m, 1.0 / m)
-    if not is_pareto_stationary(a, lam):
-        return lam
-    values, vectors = np.linalg.eigh(a)
-    range_basis = vectors[:, values > 1e-9 * max(float(values.max()), 1e-300)]
-    try:
-        return _simplex_qp(np.eye(m), range_basis)
-    except ValueError:  # the equalities are inconsistent after round-off: keep the first λ
-        return lam
 
 
 def _max_min_weights(a: np.ndarray) -> tuple[np.ndarray, SolveInfo]:

@@ -1,0 +1,10 @@
+"""Aggregators, one per file: objectives in, a direction out (rules that are not a weighted sum).
+
+Importing this package imports every module in it, which registers each rule.
+"""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

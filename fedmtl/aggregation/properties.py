@@ -1,0 +1,89 @@
+"""The properties an aggregation rule may guarantee, and who guarantees what.
+
+Every rule has the :data:`UNIVERSAL` properties unless :data:`OPT_OUTS` lists it with a
+reason; a rule also has the properties its paper claims (its ``claims``). The property suite
+(``tests/test_aggregation_properties.py``) checks every rule × property pair it guarantees as
+its own test case, on matrices that are random, rank-deficient, ill-conditioned (condition
+≥ 1e12), Pareto-stationary, near-parallel, and scaled from 1e-12 to 1e12.
+``docs/aggregation.md`` shows the table (:func:`property_table`).
+
+Definitions follow torchjd's (Quinton & Rey, arXiv 2406.16232, section 2), with ``d`` the
+rule's direction for rows ``G``:
+"""
+
+from __future__ import annotations
+
+from fedmtl.aggregation.rule import Rule, Weighting
+
+PROPERTIES: dict[str, str] = {
+    "well-formed": "returns a finite direction of the rows' width (a weighting: m finite weights) and never "
+    "raises on finite input",
+    "permutation-invariant": "permuting the rows (with their losses, counts and ids) leaves d unchanged",
+    "homogeneous": "multiplying every row by s > 0 multiplies d by s (from s = 1e-12 to 1e12)",
+    "nonnegative-weights": "a weighting's weights are never negative",
+    "non-conflicting": "g_iᵀd ≥ 0 for every row i: no objective is worsened to first order",
+    "linear-under-scaling": "d(diag(αc₁ + βc₂) G) = α d(diag(c₁) G) + β d(diag(c₂) G) for c₁, c₂ ≥ 0, α, β ≥ 0",
+    "strongly-stationary": "d = 0 only where some w > 0 has Σ w_i g_i = 0",
+}
+"""Every property by name, with its definition."""
+
+UNIVERSAL: tuple[str, ...] = ("well-formed", "permutation-invariant", "homogeneous", "nonnegative-weights")
+"""Properties every rule has unless it opts out (``nonnegative-weights``: weightings only)."""
+
+OPT_OUTS: dict[tuple[str, str], str] = {
+    # -- randomised rules ----------------------------------------------------------------
+    ("rlw", "permutation-invariant"): "random weights: a new draw at every call",
+    ("pcgrad", "permutation-invariant"): "the projection order is random (Yu et al. 2020)",
+    # -- rules whose weights depend on the rows' magnitudes ------------------------------
+    ("qffl", "homogeneous"): "h_k adds q F_k^(q-1) L² ‖u_k‖² to L F_k^q: the step is not linear in the rows",
+    ("fedmgda+", "homogeneous"): "updates are normalised to unit length: d does not grow with the rows",
+    ("gradnorm", "homogeneous"): "the weights take a gradient step on |w_i‖g_i‖ − target|, which depends on ‖g_i‖",
+    # -- weightings with signed weights --------------------------------------------------
+    ("imtl-g", "nonnegative-weights"): "equal projections on unit rows need negative weights when rows conflict",
+    ("aligned-mtl", "nonnegative-weights"): "the aligned basis V Λ^(-1/2) Vᵀ 1 has negative entries",
+    # -- findings of the independent check (CAGrad, Aligned-MTL, FairGrad, FedFV, TERM, ...) --
+    # -- existing rules, found by the property suite -------------------------------------
+    # -- rules from torchjd 0.18 ---------------------------------------------------------
+    # -- rules from the multi-task literature --------------------------------------------
+    # -- federated and robust rules ------------------------------------------------------
+}
+"""``(rule, property) -> reason`` for every universal property a rule does not have."""
+
+
+def applies(cls: type[Rule], prop: str) -> bool:
+    """Whether a property is meaningful for ``cls`` (weights exist only for weightings)."""
+    return prop != "nonnegative-weights" or issubclass(cls, Weighting)
+
+
+def guaranteed(cls: type[Rule]) -> tuple[str, ...]:
+    """The properties ``cls`` guarantees: universal ones minus opt-outs, plus its claims."""
+    universal = [p for p in UNIVERSAL if applies(cls, p) and (cls.name, p) not in OPT_OUTS]
+    return tuple(universal + [p for p in cls.claims if p not in universal])
+
+
+def unknown_claims(cls: type[Rule]) -> list[str]:
+    """Claims of ``cls`` that are not in :data:`PROPERTIES` (a typo would go unchecked)."""
+    return [p for p in cls.claims if p not in PROPERTIES]
+
+
+def property_table(rules: dict[str, type[Rule]]) -> list[str]:
+    """Markdown lines: one row per rule, one column per property (✓ guaranteed, — not
+    applicable, a footnote number for an opt-out), then the opt-outs with their reasons."""
+    names = list(PROPERTIES)
+    lines = ["| rule | kind | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    notes: list[str] = []
+    for name, cls in rules.items():
+        have = guaranteed(cls)
+        cells = []
+        for prop in names:
+            if prop in have:
+                cells.append("✓")
+            elif (name, prop) in OPT_OUTS:
+                notes.append(f"{len(notes) + 1}. `{name}`, {prop}: {OPT_OUTS[(name, prop)]}.")
+                cells.append(f"✗ ({len(notes)})")
+            elif not applies(cls, prop):
+                cells.append("—")
+            else:
+                cells.append("")
+        lines.append(f"| `{name}` | {cls.kind} | " + " | ".join(cells) + " |")
+    return lines + ["", "Opt-outs:", "", *notes]

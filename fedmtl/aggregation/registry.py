@@ -1,0 +1,73 @@
+"""The registry of aggregation rules: every rule is registered once, under its config name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fedmtl.aggregation.properties import guaranteed
+from fedmtl.aggregation.rule import Rule, RuleContext
+from fedmtl.registry import Registry
+
+R = TypeVar("R", bound=type[Rule])
+
+RULES: Registry[type[Rule]] = Registry("weighting")
+"""Every rule, weighting or aggregator, by config name (``server.weighting = "..."``)."""
+
+WEIGHTINGS = RULES
+"""The historical name of :data:`RULES` (it held weightings only)."""
+
+
+def register(name: str) -> Callable[[R], R]:
+    """Class decorator: register a rule under ``name`` (its only spelling) and set its ``name``."""
+
+    def decorator(cls: R) -> R:
+        cls.name = name
+        RULES.register(name)(cls)
+        return cls
+
+    return decorator
+
+
+def make_rule(name: str, context: RuleContext | None = None, **params: Any) -> Rule:
+    """Instantiate the rule registered as ``name`` with its parameters.
+
+    Parameters
+    ----------
+    name : str
+        A registered rule name (``fedmtl list weightings``).
+    context : RuleContext, optional
+        What the run tells its rules (the clients' learning rate).
+    **params
+        The rule's parameters (dash or underscore spelling).
+    """
+    return RULES.get(name)(context, **params)
+
+
+def make_weighting(name: str, context: RuleContext | None = None, **params: Any) -> Rule:
+    """:func:`make_rule` under its historical name (it may return an aggregator too)."""
+    return make_rule(name, context, **params)
+
+
+def describe_params(cls: type[Rule]) -> str:
+    """``"alpha=1.0, warm-start=True"``: the parameters and their defaults."""
+    fields = cls.Params.model_fields
+    return ", ".join(f"{f.alias or k}={f.default!r}" for k, f in fields.items()) or "-"
+
+
+def summary(cls: type[Rule]) -> str:
+    """The first line of the rule's docstring, without reST markup."""
+    return (cls.__doc__ or "").strip().splitlines()[0].replace("``", "")
+
+
+def describe_rule(cls: type[Rule]) -> list[str]:
+    """Lines describing a rule for ``fedmtl list weightings``: name, kind, where it runs,
+    what it reads, its parameters and the properties it guarantees."""
+    where = {"client": "clients (across tasks)", "server": "the server", "both": "clients and the server"}[cls.scope]
+    reads = [n for n, flag in (("update rows", cls.needs_updates), ("losses", cls.needs_losses)) if flag]
+    return [
+        f"{cls.name}  ({cls.kind}; runs on {where}; reads {', '.join(reads) or 'counts only'})",
+        f"    {summary(cls)}",
+        f"    parameters: {describe_params(cls)}",
+        f"    guarantees: {', '.join(guaranteed(cls))}",
+    ]

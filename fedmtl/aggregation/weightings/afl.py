@@ -1,0 +1,53 @@
+"""``afl``: agnostic federated learning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from fedmtl.aggregation.losses import losses_of
+from fedmtl.aggregation.objectives import Objectives
+from fedmtl.aggregation.registry import register
+from fedmtl.aggregation.rule import NoParams, RuleContext, Weighting
+from fedmtl.aggregation.solvers.simplex import project_simplex
+
+
+@register("afl")
+class AFL(Weighting):
+    """Agnostic federated learning: ``min_w max_{λ∈Δ} Σ_k λ_k F_k``.
+
+    Mohri, Sivek & Suresh, "Agnostic Federated Learning", ICML 2019. The sampled clients'
+    updates get weights ``λ_k / Σ_{j∈S} λ_j``; then ``λ ← Proj_Δ(λ + γ_λ F)`` with the
+    sampled clients' pre-training losses (a client seen for the first time enters with the
+    mean of the known λ). λ is the weighting's state.
+    """
+    state_attributes = ("lam",)
+
+    scope = "server"
+    needs_losses = True
+
+    class Params(NoParams):
+        lr_lambda: float = Field(0.1, gt=0, description="Step size γ_λ of the λ ascent.")
+
+    def __init__(self, context: RuleContext | None = None, **params: Any) -> None:
+        super().__init__(context, **params)
+        self.lam: dict[str, float] = {}
+
+    def compute(self, objectives: Objectives) -> torch.Tensor:
+        keys = objectives.keys()
+        losses = losses_of(objectives, self.name)
+        fill = sum(self.lam.values()) / len(self.lam) if self.lam else 1.0
+        for key in keys:
+            self.lam.setdefault(key, fill)
+        present = torch.tensor([self.lam[k] for k in keys], dtype=torch.float64)
+        weights = present / present.sum()
+        names = list(self.lam)
+        vector = torch.tensor([self.lam[k] for k in names], dtype=torch.float64)
+        vector = vector / vector.sum()
+        index = {k: i for i, k in enumerate(names)}
+        for key, loss in zip(keys, losses.tolist(), strict=True):
+            vector[index[key]] += self.params.lr_lambda * loss
+        self.lam = dict(zip(names, project_simplex(vector).tolist(), strict=True))
+        return weights
