@@ -338,16 +338,19 @@ def check_global_heads(cfg: ExperimentConfig) -> None:
 
 
 def check_client_rule(cfg: ExperimentConfig) -> None:
-    """An aggregator on a client needs backbone rows, and row parts when the server splits
-    updates into task parts."""
+    """A rule that needs parameter rows (every aggregator) cannot run on representation
+    gradients, and an aggregator on a client needs row parts when the server splits updates into
+    task parts."""
     rule = WEIGHTINGS.get(cfg.client.weighting)
+    if cfg.client.gradients == "representation" and rule.needs_parameter_rows():
+        what = "an aggregator (not a weighted sum of the task gradients)" if issubclass(rule, Aggregator) else (
+            "a weighting with per-parameter state")
+        raise ValueError(
+            f"client.weighting = '{rule.name}' is {what}: it needs backbone-parameter rows, "
+            f"client.gradients = 'backbone' or 'auto', not 'representation'"
+        )
     if not issubclass(rule, Aggregator):
         return
-    if cfg.client.gradients == "representation":
-        raise ValueError(
-            f"client.weighting = '{rule.name}' is an aggregator (not a weighted sum of the task gradients): "
-            f"it needs client.gradients = 'backbone' or 'auto', not 'representation'"
-        )
     if needs_task_parts(cfg.server.plan) and not rule.per_row:
         raise ValueError(
             f"client.weighting = '{rule.name}' gives no per-task parts of its direction, but server.plan = "

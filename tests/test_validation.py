@@ -208,3 +208,13 @@ def test_the_backbone_says_which_inputs_it_needs():
     assert BACKBONES.get("lenet").input_rank == 3 and BACKBONES.get("mlp").input_rank is None
     with pytest.raises(ConfigError, match="model.backbone = 'lenet' needs image inputs.*use backbone = 'mlp'"):
         load_config(None, ["data.dataset=arrests", "data.partitioner=natural", "data.num-clients=6"])
+
+
+@pytest.mark.parametrize("rule", ["db-mtl", "excess-mtl"])
+def test_a_rule_on_parameter_rows_refuses_representation_gradients_naming_both_keys(rule):
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs/smoke.toml", [f"client.weighting={rule}", "client.gradients=representation"])
+    message = str(info.value)
+    assert f"client.weighting = '{rule}'" in message and "client.gradients" in message
+    assert len(message.splitlines()) == 1
+    load_config(ROOT / "configs/smoke.toml", [f"client.weighting={rule}", "client.gradients=auto"])

@@ -1,7 +1,7 @@
-"""Every registered weighting runs for a round in the real Ray simulation, set by config,
+"""Every registered rule runs for a round in the real Ray simulation, set by config,
 and every aggregation plan runs with missing labels (one task per client, mixed task sets).
 
-Ten one-round simulations cover all weightings: each sets a client (local cross-task)
+Eighteen one-round simulations cover all rules: each sets a client (local cross-task)
 weighting, a server weighting across clients and, for the two-level plans, a server
 weighting across tasks, so every name appears in a slot where it may run. Four of them use
 mixed task sets (one per plan), two give the two-level plans one task per client, and two
@@ -39,6 +39,13 @@ RUNS = [
     # one task per client for the other two plans (above: clients-then-tasks, tasks-then-clients)
     ("clients", "qffl", "mean", "mean", ["data.task-sets=one"]),
     ("flat", "fairgrad", "mean", "mgda", ["data.task-sets=one"]),
+    # the rules added with the two kinds of rule (weightings and aggregators)
+    ("tasks-then-clients", "rfa", "fsmgda", "excess-mtl", []),
+    ("tasks-then-clients", "centered-clipping", "fedgradnorm", "gradvac", MIXED),
+    ("clients-then-tasks", "bulyan", "pcd", "config", []),
+    ("clients-then-tasks", "geometric-mean", "cr-mogm", "graddrop", ["data.task-sets=one"]),
+    ("flat", "stch", "mean", "imtl-l", MIXED),
+    ("clients", "slaw", "mean", "go4align", []),
 ]
 
 
@@ -104,7 +111,8 @@ def test_weighting_runs_in_a_simulation(batch, index):
     train = metrics[(metrics.split == "train") & (metrics.metric == "weight")]
     assert len(train) == held and train.value.notna().all()  # one local weight per held task
     weights = metrics[metrics.metric == "aggregation-weight"]
-    linear_levels = WEIGHTINGS.get(server).linear and (plan in ("clients", "flat") or WEIGHTINGS.get(task).linear)
+    linear_levels = WEIGHTINGS.get(server).kind == "weighting" and (
+        plan in ("clients", "flat") or WEIGHTINGS.get(task).kind == "weighting")
     assert len(weights) == (held if linear_levels and plan != "clients" else 4 if linear_levels else 0)
     test = metrics[(metrics.split == "test") & (metrics.metric == "accuracy")]
     assert len(test) == held and test.value.between(0, 1).all()

@@ -44,8 +44,21 @@ OPT_OUTS: dict[tuple[str, str], str] = {
     # -- findings of the independent check (CAGrad, Aligned-MTL, FairGrad, FedFV, TERM, ...) --
     # -- existing rules, found by the property suite -------------------------------------
     # -- rules from torchjd 0.18 ---------------------------------------------------------
+    ("gradvac", "permutation-invariant"): "the order in which each row visits the others is random (Wang et al. "
+    "2021), drawn by row position",
+    ("gradvac", "homogeneous"): "the correction is singular at cos(g_i', g_j) = −1: on exactly opposite rows it "
+    "cancels g_i' down to ε and rounding, so later calls differ between scales (up to 7e-6 S seen)",
+    ("pcd", "permutation-invariant"): "the first row (or the row of task `primary`) is the primary objective: "
+    "reordering the rows changes which objective has priority",
+    ("pcd", "homogeneous"): "ε = 1e-8 is added to the moving average of ‖g_i‖² in the rows' own units: rows with "
+    "‖g_i‖² ≲ 1e-8 are no longer normalised",
+    ("excess-mtl", "homogeneous"): "the official code's √(S + 1e-7) is absolute: for entries ≲ 3e-4 the excess "
+    "risks, and their ratios to the baseline, change with the rows' scale",
     # -- rules from the multi-task literature --------------------------------------------
     # -- federated and robust rules ------------------------------------------------------
+    ("rfa", "homogeneous"): "the smoothing ν is an absolute distance: rows much shorter than ν get the weighted mean",
+    ("centered-clipping", "homogeneous"): "the clipping radius τ is absolute: scaled rows are clipped differently",
+    ("fedgradnorm", "homogeneous"): "the weights step by α‖g_i‖: from the second call they depend on the rows' scale",
 }
 """``(rule, property) -> reason`` for every universal property a rule does not have."""
 

@@ -47,7 +47,7 @@ def resolve_gradients(gradients: Gradients, weighting: Rule) -> Literal["represe
         return "backbone" if weighting.needs_parameter_rows() else "representation"
     if gradients == "representation" and weighting.needs_parameter_rows():
         raise ValueError(
-            f"rule '{weighting.name}' is an aggregator and needs backbone-parameter rows; "
+            f"rule '{weighting.name}' needs backbone-parameter rows; "
             "set client.gradients = 'backbone' or 'auto'"
         )
     return gradients
