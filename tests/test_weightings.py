@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchjd.aggregation as tjd
@@ -26,22 +27,73 @@ def direction_of(weights: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 # -- torchjd cross-checks ---------------------------------------------------------------
 @pytest.mark.parametrize(
-    "name, reference",
+    "name, params, reference",
     [
-        ("upgrad", tjd.UPGradWeighting),
-        ("dualproj", tjd.DualProjWeighting),
-        ("imtl-g", tjd.IMTLGWeighting),
-        ("aligned-mtl", tjd.AlignedMTLWeighting),
-        ("cagrad", lambda: tjd.CAGradWeighting(c=0.4)),
+        ("upgrad", {}, tjd.UPGradWeighting),
+        ("dualproj", {}, tjd.DualProjWeighting),
+        ("imtl-g", {}, tjd.IMTLGWeighting),
+        ("aligned-mtl", {}, tjd.AlignedMTLWeighting),
+        ("cagrad", {"rescale": 0}, lambda: tjd.CAGradWeighting(c=0.4)),
     ],
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_same_weights_as_torchjd(name, reference, seed):
+def test_same_weights_as_torchjd(name, params, reference, seed):
     """Same weights, scale included (fedmtl keeps torchjd's scale for these rules)."""
     g = rows(4, seed=seed)
-    ours = make_weighting(name)(Objectives(updates=g))
+    ours = make_weighting(name, **params)(Objectives(updates=g))
     theirs = reference()(g @ g.T)
     torch.testing.assert_close(ours, theirs.to(ours), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.4, 0.5, 2.0])
+def test_cagrad_rescale_follows_the_official_code(c):
+    """Cranial-XIX/CAGrad ``cagrad(grads, alpha, rescale=1)``: g / (1 + c²) by default (and in
+    the NYUv2 / Cityscapes trainers), g for rescale 0, g / (1 + c) for 2 (``toy.py``)."""
+    g = rows(4, seed=3)
+    theirs = tjd.CAGradWeighting(c=c)(g @ g.T).to(F64)
+    for rescale, divisor in [(None, 1 + c**2), (0, 1.0), (1, 1 + c**2), (2, 1 + c)]:
+        params = {"c": c} if rescale is None else {"c": c, "rescale": rescale}
+        ours = make_weighting("cagrad", **params)(Objectives(updates=g))
+        torch.testing.assert_close(ours, theirs / divisor, rtol=1e-4, atol=1e-6)
+    if c == 0:  # gradient descent on the mean, whatever the rescale
+        mean = torch.full((4,), 0.25, dtype=F64)
+        torch.testing.assert_close(make_weighting("cagrad", c=0.0)(Objectives(updates=g)), mean)
+
+
+# -- findings of the independent check (issue 18): the weights keep torchjd's scale ---------
+@pytest.mark.parametrize("c", [1.0, 2.0])
+@pytest.mark.parametrize("rescale", [0, 1, 2])
+def test_cagrad_with_c_at_least_one_stops_on_pareto_stationary_rows(c, rescale):
+    """c ≥ 1 on rows with 0 in their hull: torchjd's direction is 0 (no row is worsened). The
+    old sum-to-one rescale turned its zero weights into the mean: g·d = (−0.5, 1)."""
+    g = torch.tensor([[1.0, 0.0], [-2.0, 0.0]], dtype=F64)
+    result = make_weighting("cagrad", c=c, rescale=rescale).weigh(Objectives(updates=g))
+    torch.testing.assert_close(result.weights, tjd.CAGradWeighting(c=c)(g @ g.T).to(F64))
+    d = result.weights @ g
+    assert float(d.norm()) == 0.0
+    assert (g @ d >= 0).all()
+
+
+def test_imtl_g_keeps_zero_weights_where_they_cannot_be_normalised():
+    """Rows e, e, −√2e: torchjd's v = A⁺‖g‖ sums to 0, its weights are 0 and so is d (the only
+    direction in the rows' span with equal projections on the unit rows). The old rescale
+    returned the mean (0.195, 0), which worsens the third row."""
+    g = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-math.sqrt(2.0), 0.0]], dtype=F64)
+    w = make_weighting("imtl-g")(Objectives(updates=g))
+    torch.testing.assert_close(w, tjd.IMTLGWeighting()(g @ g.T).to(F64))
+    assert float((w @ g).norm()) == 0.0
+
+
+def test_aligned_mtl_step_stays_small_on_nearly_opposite_rows():
+    """J = [[1, 0], [−0.999, 0]]: torchjd's |d| = 5e-4 (scaled by the smallest singular value).
+    Rescaling its weights to sum to one divided by 5e-4 − 5e-4 ≈ 1e-6: weights (1000, −999),
+    |d| = 1998."""
+    g = torch.tensor([[1.0, 0.0], [-0.999, 0.0]], dtype=F64)
+    w = make_weighting("aligned-mtl")(Objectives(updates=g))
+    theirs = tjd.AlignedMTLWeighting()(g @ g.T).to(F64)
+    torch.testing.assert_close(w, theirs)
+    assert float((w @ g).norm()) == pytest.approx(float((theirs @ g).norm()), rel=1e-9)
+    assert float((w @ g).norm()) < 1e-3
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -102,21 +154,50 @@ def test_nash_mtl_solves_its_condition_and_matches_fairgrad_alpha_1():
     torch.testing.assert_close(a @ raw, 1.0 / raw, rtol=1e-7, atol=1e-9)
 
 
-def test_nash_mtl_agrees_with_torchjd_when_cvxpy_is_installed():
+def _nash_residual(a: torch.Tensor, w: torch.Tensor) -> float:
+    """max_i |(A s w)_i (s w)_i − 1| at the best scale s (s² = mean(1 / (w ⊙ A w)))."""
+    w = w.to(F64)
+    s = math.sqrt(float((1.0 / (w * (a @ w))).mean()))
+    return float(((a @ (s * w)) * (s * w) - 1).abs().max())
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_nash_mtl_agrees_with_torchjd_when_cvxpy_is_installed(seed):
+    """torchjd's NashMTL weighting is a matrix weighting: it is given the rows G (it forms
+    G Gᵀ itself); given the Gramian it would solve the condition for A² instead."""
     pytest.importorskip("cvxpy")
-    g = rows(3, seed=5)
-    ours = make_weighting("nash-mtl")(Objectives(updates=g))
+    pytest.importorskip("ecos")
+    g = rows(3, seed=seed) + 1.5 * rows(1, seed=seed + 100)  # correlated rows: a solution exists
     a = g @ g.T
-    theirs = tjd.NashMTL(n_tasks=3, optim_niter=200).weighting(a)
+    ours = make_weighting("nash-mtl")(Objectives(updates=g))
+    weighting = tjd.NashMTL(n_tasks=3, max_norm=0.0, optim_niter=200).weighting
+    theirs = weighting(g).to(F64)
+    assert _nash_residual(a, theirs) < 1e-2  # torchjd really solved A w = 1/w (stops at ‖·‖ < 1e-3)
+    assert _nash_residual(a, ours) <= 1e-10
+    assert _nash_residual(a, ours) <= _nash_residual(a, theirs)
+    torch.testing.assert_close(ours, theirs / theirs.sum(), rtol=1e-2, atol=1e-3)
+    cosine = float(direction_of(ours, g) @ direction_of(theirs, g))
+    assert cosine > 0.9999
 
-    def residual(w):  # best scale s of w for (A s w) = 1 / (s w): s² = mean(1 / (w ⊙ A w))
-        w = w.to(F64)
-        s = math.sqrt(float((1.0 / (w * (a @ w))).mean()))
-        return float(((a @ (s * w)) * (s * w) - 1).abs().max())
 
-    assert residual(ours) <= residual(theirs) + 1e-12
-    cosine = float(direction_of(ours, g) @ direction_of(theirs.to(F64), g))
-    assert cosine > 0.99
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_nash_mtl_matches_an_independent_solution_of_its_condition(seed):
+    """Navon et al. 2022: the Nash bargaining weights solve (G Gᵀ w)_i = 1 / w_i. Solved here by
+    MINPACK's hybrid method (scipy.optimize.root) on w = e^x, not by our Newton solver, and in
+    closed form for orthogonal rows (w_i = 1/‖g_i‖)."""
+    from scipy.optimize import root
+
+    g = rows(4, p=9, seed=seed) + 1.0 * rows(1, p=9, seed=seed + 50)
+    a = (g @ g.T).numpy()
+    solution = root(lambda x: a @ np.exp(x) - np.exp(-x), np.zeros(4), method="hybr", tol=1e-14)
+    assert solution.success
+    expected = torch.from_numpy(np.exp(solution.x))
+    ours = make_weighting("nash-mtl")(Objectives(updates=g))
+    torch.testing.assert_close(ours, expected / expected.sum(), rtol=1e-9, atol=1e-12)
+    orthogonal = torch.diag(torch.tensor([1.0, 2.0, 0.5], dtype=F64)) @ torch.eye(3, 5, dtype=F64)
+    inverse_norms = torch.tensor([1.0, 0.5, 2.0], dtype=F64)
+    torch.testing.assert_close(make_weighting("nash-mtl")(Objectives(updates=orthogonal)),
+                               inverse_norms / inverse_norms.sum())
 
 
 def test_krum_matches_torchjd_without_ties():
@@ -192,18 +273,63 @@ def test_afl_weights_then_ascends_lambda_on_the_simplex():
     assert float(w.sum()) == pytest.approx(1.0) and w[0] < w[1]
 
 
-def test_term_tilts_towards_high_losses_and_keeps_a_running_normaliser():
-    term = make_weighting("term", tilt=2.0)
+def _official_term(w0: torch.Tensor, rounds: list[tuple[torch.Tensor, torch.Tensor]], t: float) -> list[torch.Tensor]:
+    """litian96/TERM fair_flearn/flearn/trainers/tilting.py, ``Server.train`` written out: the
+    models after each round, from (losses, local solutions) per round."""
+    model, estimates, models = w0.clone(), 0.0, []
+    for losses, solns in rounds:
+        m = len(losses)
+        max_l = float(losses.max())
+        new_ = float(torch.exp(t * (losses - max_l)).mean())
+        estimates = estimates * 0.5 + new_ * 0.5
+        weights = torch.exp(t * (losses - max_l)) / (estimates * m)
+        csolns = [model - weights[k] * (model - solns[k]) for k in range(m)]  # updates = before − soln
+        model = sum(csolns) / m  # BaseFedarated.aggregate: a plain average
+        models.append(model)
+    return models
+
+
+@pytest.mark.parametrize("tilt", [1.0, 0.1, -2.0])
+@pytest.mark.parametrize("m", [3, 5])
+def test_term_reproduces_the_official_update_over_three_rounds(tilt, m):
+    """The default follows the authors' code: ẑ starts at 0 and the scaled models are averaged
+    (a factor 1/m); before, fedmtl's steps were 2.5x larger in round 1 for m = 5, rising to m x."""
+    gen = torch.Generator().manual_seed(m)
+    w0 = torch.randn(4, generator=gen, dtype=F64)
+    term = make_weighting("term", tilt=tilt)
+    rounds, model = [], w0.clone()
+    ours = []
+    for _ in range(3):
+        losses = torch.rand(m, generator=gen, dtype=F64) * 3
+        updates = 0.1 * torch.randn(m, 4, generator=gen, dtype=F64)
+        rounds.append((losses, model + updates))
+        model = model + term.combine(Objectives(updates=updates, losses=losses)).direction
+        ours.append(model)  # the next round's local solutions start from it (and from the official model)
+    theirs = _official_term(w0, rounds, tilt)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_term_by_hand_and_the_mean_variant():
     f = torch.tensor([0.0, 1.0], dtype=F64)
     e = torch.exp(2.0 * (f - 1.0))
-    w1 = term(Objectives(losses=f))
-    torch.testing.assert_close(w1, e / (2 * e.mean()))
     f2 = torch.tensor([0.0, 0.5], dtype=F64)
     e2 = torch.exp(2.0 * (f2 - 0.5))
+    official = make_weighting("term", tilt=2.0)
+    z = 0.5 * float(e.mean())  # ẑ = ½·0 + ½ mean e
+    torch.testing.assert_close(official(Objectives(losses=f)), e / (4 * z))
+    z = 0.5 * z + 0.5 * float(e2.mean())
+    torch.testing.assert_close(official(Objectives(losses=f2)), e2 / (4 * z))
+    # variant "mean": ẑ starts at the first mean, weights e / (m ẑ); t = 0 is the mean
+    mean = make_weighting("term", tilt=2.0, variant="mean")
+    torch.testing.assert_close(mean(Objectives(losses=f)), e / (2 * e.mean()))
     z = 0.5 * float(e.mean()) + 0.5 * float(e2.mean())
-    torch.testing.assert_close(term(Objectives(losses=f2)), e2 / (2 * z))
-    zero = make_weighting("term", tilt=0.0)
+    torch.testing.assert_close(mean(Objectives(losses=f2)), e2 / (2 * z))
+    zero = make_weighting("term", tilt=0.0, variant="mean")
     torch.testing.assert_close(zero(Objectives(losses=f)), torch.full((2,), 0.5, dtype=F64))
+    zero = make_weighting("term", tilt=0.0)  # official: 2/m in round 1, then → 1/m
+    torch.testing.assert_close(zero(Objectives(losses=f)), torch.full((2,), 0.5, dtype=F64))
+    torch.testing.assert_close(zero(Objectives(losses=f)), torch.full((2,), 1 / 3, dtype=F64))
 
 
 def test_fedmgda_plus_epsilon_bounds_the_deviation_from_fedavg():
@@ -228,22 +354,170 @@ def test_fedfv_projects_low_loss_conflicts_and_keeps_the_mean_norm():
     losses = torch.tensor([0.2, 0.9], dtype=F64)  # client 1 has the higher loss
     fedfv = make_weighting("fedfv", alpha=0.5, tau=0)
     d = fedfv.aggregate(Objectives(updates=g, losses=losses)).direction
-    # client 1 (α m = 1 highest loss) is exempt; client 0 is projected off client 1:
+    # client 1 (2 − ⌈1·0.5⌉ = 1 highest loss) is exempt; client 0 is projected off client 1:
     # g0' = g0 − (g0·g1/|g1|²) g1 = (0.5, 0.5); mean = ((0.5 − 1)/2, (0.5 + 1)/2)
     expected = torch.tensor([-0.25, 0.75], dtype=F64)
     expected = expected / expected.norm() * g.mean(dim=0).norm()
     torch.testing.assert_close(d, expected)
-    # with history: next round's direction is projected off last round's conflicting updates
-    fedfv = make_weighting("fedfv", alpha=0.0, tau=1)
-    fedfv.combine(Objectives(updates=torch.tensor([[0.0, -1.0], [0.0, -1.0]], dtype=F64), losses=losses))
-    d = fedfv.aggregate(Objectives(updates=torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=F64), losses=losses)).direction
-    assert abs(float(d[1])) < 1e-12 and float(d[0]) > 0
+
+
+def _official_fedfv(rounds, alpha: float, tau: int) -> list[torch.Tensor]:
+    """WwZzz/easyFL algorithm/fedfv.py, ``Server.iterate`` written out (rounds t = 0, 1, …);
+    returns each round's step −gt (fedmtl's direction; the code's model update is −gt)."""
+    history: dict[int, torch.Tensor] = {}
+    last_round: dict[int, int] = {}
+    steps = []
+    for t, (ids, updates, losses) in enumerate(rounds):
+        grads = [-u for u in updates]  # grads = model − w
+        for cid, gi in zip(ids, grads, strict=True):
+            history[cid] = gi
+            last_round[cid] = t
+        order_grads = [gi.clone() for gi in grads]
+        order = [x[1] for x in sorted(zip(losses.tolist(), range(len(grads)), strict=True), key=lambda x: x[0])]
+        keep_original = order[math.ceil((len(order) - 1) * (1 - alpha)):] if alpha > 0 else []
+        for i in range(len(order_grads)):
+            if i in keep_original:
+                continue
+            for j in order:
+                if j == i:
+                    continue
+                dot = grads[j] @ order_grads[i]
+                if dot < 0:
+                    order_grads[i] = order_grads[i] - grads[j] * dot / grads[j].norm() ** 2
+        gt = sum(order_grads) / len(order_grads)
+        if t >= tau:
+            for k in range(tau - 1, -1, -1):
+                gcs = [history[c] for c in history if last_round[c] == t - k and gt @ history[c] < 0]
+                if gcs:
+                    g_con = sum(gcs)
+                    dot = gt @ g_con
+                    if dot < 0:
+                        gt = gt - g_con * dot / g_con.norm() ** 2
+        gnorm = (sum(grads) / len(grads)).norm()
+        steps.append(-(gt / gt.norm() * gnorm))
+    return steps
+
+
+@pytest.mark.parametrize("m", [4, 5])
+@pytest.mark.parametrize("alpha, tau", [(0.1, 1), (0.1, 2), (0.0, 1), (0.5, 3)])
+def test_fedfv_follows_the_official_code_round_by_round(m, alpha, tau):
+    """Clients sampled from 7 over 5 rounds. easyFL exempts m − ⌈(m−1)(1−α)⌉ clients (1 for
+    m = 4, 5 at α = 0.1, where fedmtl exempted ⌊αm⌋ = 0) and projects off each client's latest
+    update, this round's included, from round τ on (fedmtl used the previous round's)."""
+    gen = torch.Generator().manual_seed(100 * m + int(10 * alpha) + tau)
+    rounds = []
+    for _ in range(5):
+        ids = torch.randperm(7, generator=gen)[:m].tolist()
+        updates = torch.randn(m, 6, generator=gen, dtype=F64)
+        updates[0] = -0.8 * updates[1] + 0.3 * torch.randn(6, generator=gen, dtype=F64)  # a conflict
+        rounds.append((ids, updates, torch.rand(m, generator=gen, dtype=F64)))
+    fedfv = make_weighting("fedfv", alpha=alpha, tau=tau)
+    for (ids, updates, losses), expected in zip(rounds, _official_fedfv(rounds, alpha, tau), strict=True):
+        d = fedfv.aggregate(Objectives(updates=updates, losses=losses, client_ids=ids)).direction
+        torch.testing.assert_close(d, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_fedfv_exempts_as_many_clients_as_the_official_code():
+    from fedmtl.aggregation.aggregators.fedfv import exempt_count
+
+    def official(m, alpha):  # len(order[math.ceil((len(order) - 1) * (1 - alpha)):]) if alpha > 0
+        return len(list(range(m))[math.ceil((m - 1) * (1 - alpha)):]) if alpha > 0 else 0
+
+    assert [exempt_count(m, 0.1) for m in (4, 5, 10, 11, 20)] == [1, 1, 1, 2, 2]  # ⌊αm⌋: 0, 0, 1, 1, 2
+    for m in range(1, 30):
+        for alpha in (0.0, 0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5, 0.9, 1.0):
+            assert exempt_count(m, alpha) == official(m, alpha), (m, alpha)
+
+
+def test_fedfv_gives_zero_on_rows_that_project_each_other_away():
+    """± parallel rows, nobody exempt (α = 0): every projected row is 0 up to rounding. Before,
+    the ~1e-17 remainder was rescaled to the mean's norm: a full step in an arbitrary
+    direction, different for every order of the rows."""
+    u = torch.tensor([0.3, -1.2, 0.7, 2.0], dtype=F64)
+    g = torch.stack([u, -2 * u, 0.5 * u, -1.5 * u])
+    losses = torch.tensor([0.4, 0.1, 0.9, 0.6], dtype=F64)
+    directions = []
+    for perm in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        rule = make_weighting("fedfv", alpha=0.0, tau=1)
+        result = rule.aggregate(Objectives(updates=g[perm], losses=losses[perm], client_ids=perm))
+        assert result.info.fallback == "zero-direction"
+        directions.append(result.direction)
+    for d in directions:
+        torch.testing.assert_close(d, torch.zeros(4, dtype=F64), atol=0.0, rtol=0.0)
+    # float32 rows: the rounding level is float32's
+    result = make_weighting("fedfv", alpha=0.0).aggregate(Objectives(updates=g.float(), losses=losses))
+    assert result.info.fallback == "zero-direction" and float(result.direction.abs().max()) == 0.0
+    # a genuine direction is kept: one row not parallel
+    g2 = g.clone()
+    g2[2] = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64)
+    result = make_weighting("fedfv", alpha=0.0).aggregate(Objectives(updates=g2, losses=losses))
+    assert result.info.fallback == "" and float(result.direction.norm()) > 0.1
 
 
 def test_propfair_weights_by_inverse_gap_to_the_baseline():
-    w = make_weighting("propfair", baseline=3.0)(Objectives(losses=torch.tensor([1.0, 2.0, 2.95], dtype=F64)))
+    losses = torch.tensor([1.0, 2.0, 2.95], dtype=F64)  # M − F = 2, 1, 0.05
+    w = make_weighting("propfair", baseline=3.0)(Objectives(losses=losses))
+    # huawei-noah/Federated-Learning FairFL PropFair.log_loss: base − loss < ε → loss / base
+    raw = torch.tensor([1 / 2.0, 1 / 1.0, 1 / 3.0], dtype=F64)
+    torch.testing.assert_close(w, raw / raw.sum())
+    # huber=True: loss / ε, weight 1/ε = 5 (fedmtl's weight before it followed the code)
+    w = make_weighting("propfair", baseline=3.0, huber=True)(Objectives(losses=losses))
     raw = torch.tensor([1 / 2.0, 1 / 1.0, 1 / 0.2], dtype=F64)
     torch.testing.assert_close(w, raw / raw.sum())
+
+
+def test_propfair_weights_are_the_gradients_of_the_papers_code_surrogate():
+    """The weight of client k is d(surrogate)/dF_k of FairFL's ``log_loss``: −log(1 − F/M) where
+    M − F ≥ ε, else F/M (or F/ε with huber), differentiated by autograd."""
+    baseline, epsilon = 2.0, 0.2
+    for huber in (False, True):
+        losses = torch.tensor([0.3, 1.0, 1.75, 1.85, 2.4], dtype=F64, requires_grad=True)
+        surrogate = []
+        for loss in losses:
+            if baseline - loss < epsilon:
+                surrogate.append(loss / epsilon if huber else loss / baseline)
+            else:
+                surrogate.append(-torch.log(1 - loss / baseline))
+        (grad,) = torch.autograd.grad(sum(surrogate), losses)
+        w = make_weighting("propfair", baseline=baseline, huber=huber)(Objectives(losses=losses.detach()))
+        torch.testing.assert_close(w, grad / grad.sum())
+
+
+def test_fedmgda_plus_reports_whether_its_iterations_converged():
+    g = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [-0.5, 0.1, 1.0], [0.2, -1.0, 0.3]], dtype=F64)
+    n = torch.tensor([1.0, 2.0, 1.0, 3.0], dtype=F64)
+    converged = make_weighting("fedmgda+", epsilon=0.5).weigh(Objectives(updates=g, num_examples=n))
+    assert converged.info.fallback == "" and converged.info.residual < 1e-12
+    assert 1 <= converged.info.iterations < 500
+    short = make_weighting("fedmgda+", epsilon=0.5, iterations=2).weigh(Objectives(updates=g, num_examples=n))
+    assert short.info.fallback == "not-converged" and short.info.iterations == 2
+    assert short.info.residual > 1e-12
+    assert float((short.weights - converged.weights).abs().max()) > 1e-6
+
+
+def test_afl_documents_which_model_it_evaluates():
+    """The paper outputs the running mean of the iterates; a rule cannot, and the docstring says
+    plainly that fedmtl evaluates the last iterate."""
+    doc = " ".join(type(make_weighting("afl")).__doc__.split())
+    assert "running mean" in doc and "evaluates the last iterate" in doc
+
+
+def test_famo_steps_its_logits_as_torch_adam_with_weight_decay():
+    """FAMO's code: ``torch.optim.Adam([w], lr=w_lr, weight_decay=gamma)`` on the logits with the
+    gradient J_softmaxᵀ(log L_prev − log L_now): the decay is added to the gradient."""
+    famo = make_weighting("famo", lr=0.025, weight_decay=0.3)
+    logits = torch.zeros(3, dtype=F64, requires_grad=True)
+    adam = torch.optim.Adam([logits], lr=0.025, weight_decay=0.3)
+    sequence = [[1.0, 2.0, 0.5], [0.7, 2.1, 0.4], [0.6, 1.5, 0.45], [0.5, 1.4, 0.5]]
+    keys = ["x", "y", "z"]
+    famo(Objectives(losses=torch.tensor(sequence[0], dtype=F64), task_ids=keys))
+    for previous, now in zip(sequence, sequence[1:], strict=False):
+        famo(Objectives(losses=torch.tensor(now, dtype=F64), task_ids=keys))
+        delta = torch.tensor(previous, dtype=F64).log() - torch.tensor(now, dtype=F64).log()
+        adam.zero_grad()
+        (logits.grad,) = torch.autograd.grad(torch.softmax(logits, 0), logits, grad_outputs=delta)
+        adam.step()
+        torch.testing.assert_close(torch.tensor([famo.logits[k] for k in keys], dtype=F64), logits.detach())
 
 
 # -- loss-based rules, by hand ----------------------------------------------------------

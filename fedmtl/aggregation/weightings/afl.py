@@ -18,10 +18,22 @@ from fedmtl.aggregation.solvers.simplex import project_simplex
 class AFL(Weighting):
     """Agnostic federated learning: ``min_w max_{λ∈Δ} Σ_k λ_k F_k``.
 
-    Mohri, Sivek & Suresh, "Agnostic Federated Learning", ICML 2019. The sampled clients'
-    updates get weights ``λ_k / Σ_{j∈S} λ_j``; then ``λ ← Proj_Δ(λ + γ_λ F)`` with the
-    sampled clients' pre-training losses (a client seen for the first time enters with the
-    mean of the known λ). λ is the weighting's state.
+    Mohri, Sivek & Suresh, "Agnostic Federated Learning", ICML 2019 (arXiv 1902.00146). The
+    sampled clients' updates get weights ``λ_k / Σ_{j∈S} λ_j``; then
+    ``λ ← Proj_Δ(λ + γ_λ F)`` with the sampled clients' pre-training losses (a client seen
+    for the first time enters with the mean of the known λ). λ is the weighting's state. The
+    order (weights from λ before its ascent step) is that of litian96/fair_flearn
+    ``flearn/trainers/afl.py``, γ_λ = 0.1 that of huawei-noah/Federated-Learning
+    ``FairFL/algs/run.py`` (whose ``AFL.aggregate`` ascends λ first, then weighs).
+
+    Which model is the output: the paper's algorithm (stochastic mirror descent for the
+    minimax problem) returns the running mean of the iterates ``w̄_T = (1/T) Σ_t w_t``, and
+    fair_flearn's ``afl.py`` evaluates exactly that (``resulting_model = (resulting_model * i
+    + latest_model) / (i + 1)``) while training continues from the last iterate. A rule only
+    forms each round's update, so this one cannot average models: **fedmtl trains and
+    evaluates the last iterate** ``w_T``, as FairFL's ``AFL`` (huawei-noah/Federated-Learning
+    ``FairFL/algs/algorithms.py``, which keeps no average) does. Results are therefore those
+    of the last iterate, not of the averaged model the paper's guarantee is about.
     """
     state_attributes = ("lam",)
 

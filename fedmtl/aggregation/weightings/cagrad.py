@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torchjd.aggregation as tjd
 from pydantic import Field
 
@@ -11,18 +12,42 @@ from fedmtl.aggregation.gramian import TorchjdWeighting
 from fedmtl.aggregation.registry import register
 from fedmtl.aggregation.rule import NoParams
 
+RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
+"""The official code's ``rescale`` argument: the divisor of ``g₀ + λ g_w`` for 0, 1, 2."""
+
 
 @register("cagrad")
 class CAGrad(TorchjdWeighting):
     """CAGrad: the mean gradient corrected towards the worst task within a ball of radius c.
 
-    Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021.
-    torchjd's ``CAGradWeighting`` (``d = g₀ + (c‖g₀‖/‖g_w‖) g_w``); ``c = 0`` is gradient
-    descent on the mean. With ``c ≥ 1`` on Pareto-stationary rows the direction is 0.
+    Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Learning",
+    NeurIPS 2021 (arXiv 2110.14048). With ``g₀`` the mean row and ``w ∈ Δ`` minimising
+    ``g_wᵀg₀ + c‖g₀‖‖g_w‖``, the direction is ``d = (g₀ + (c‖g₀‖/‖g_w‖) g_w) / r``.
+    ``g₀ + …`` is torchjd 0.18's ``CAGradWeighting`` (its weights are
+    ``1/m + (c‖g₀‖/‖g_w‖) w``; zero weights where ``‖g_w‖`` is below its ``norm_eps``, i.e.
+    on Pareto-stationary rows with ``c ≥ 1``, where the direction is 0 and no row conflicts).
+
+    The divisor ``r`` follows the authors' code (Cranial-XIX/CAGrad): ``cagrad(grads,
+    alpha=0.5, rescale=1)`` in ``nyuv2/utils.py`` and ``cityscapes/utils.py`` returns
+    ``g / (1 + c²)`` for ``rescale=1`` (the default there and the value its trainers pass),
+    ``g`` for 0 and ``g / (1 + c)`` for 2; ``mtrl/mtrl_files/cagrad.py`` divides by
+    ``1 + c²`` and ``toy.py`` by ``1 + c``. The default here is the code's default, 1. That
+    code then multiplies by the number of tasks "to match the sum loss"; fedmtl's weights are
+    relative to the mean, so that factor is left out. ``rescale = 0`` gives torchjd's weights
+    exactly. ``c = 0`` is gradient descent on the mean for every ``rescale``. The authors' code
+    uses c = 0.4 (NYUv2, Cityscapes) and 0.5 (the toy); 0.4 here.
     """
 
     class Params(NoParams):
         c: float = Field(0.4, ge=0, description="Radius of the conflict-averse ball.")
+        rescale: int = Field(
+            1, ge=0, le=2,
+            description="Divide the direction by 1 (0), 1 + c² (1, the authors' default) or 1 + c (2), "
+            "as the official code's rescale argument.",
+        )
 
     def torchjd_weighting(self) -> Any:
         return tjd.CAGradWeighting(c=self.params.c)
+
+    def from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
+        return super().from_gramian(gramian) / RESCALE[self.params.rescale](self.params.c)

@@ -56,11 +56,14 @@ class FairGrad(AlphaFair):
     Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024. α = 0: mean;
     α = 1: Nash-MTL; α = 2: minimum potential delay; α = inf: max-min (MGDA-like). Solved by
     our damped Newton method on the strictly convex dual (warm-started from the previous
-    call), with a reported fallback when no positive solution exists. FairGrad's own code
-    rescales by T and clips the shared gradient to norm 1; here the weights sum to one.
+    call) to float64's rounding level; ``SolveInfo.fallback`` is ``"regularised"`` when no
+    positive solution exists (0 in the rows' hull), ``"inexact"`` when one exists but was not
+    reached, and ``"pareto-stationary"`` for α = inf on such rows (direction 0).
+    FairGrad's own code rescales by T and clips the shared gradient to norm 1; here the
+    weights sum to one.
     """
 
-    claims = ("non-conflicting",)
+    claims = ("non-conflicting",)  # for α > 0: α = 0 is the mean, which may conflict
 
     class Params(NoParams):
         alpha: float = Field(1.0, ge=0, description="Fairness exponent α (inf = max-min).")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from fedmtl.aggregation.info import SolveInfo
 from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.registry import register
-from fedmtl.aggregation.rule import NoParams, Weighting
+from fedmtl.aggregation.rule import NoParams, Weighting, Weights
 from fedmtl.aggregation.solvers.simplex import project_simplex_box
+
+TOLERANCE = 1e-12
+"""Converged when an iteration moves no λ_k by more than this."""
 
 
 @register("fedmgda+")
@@ -18,8 +22,12 @@ class FedMGDAPlus(Weighting):
     Hu, Shaloudegi, Zhang & Yu, "FedMGDA+: Federated Learning meets Multi-objective
     Optimization", IEEE TNSE 2022. ``ĝ_k = u_k / ‖u_k‖``;
     ``λ = argmin ‖Σ λ_k ĝ_k‖²`` over the simplex with ``|λ_k − n_k/n| ≤ ε`` (projected
-    gradient with an exact simplex-box projection); the step is ``Σ λ_k ĝ_k``, i.e.
-    ``w_k = λ_k / ‖u_k‖`` (the server learning rate is the step length).
+    gradient with an exact simplex-box projection, step ``1/λ_max`` of the cosine matrix);
+    the step is ``Σ λ_k ĝ_k``, i.e. ``w_k = λ_k / ‖u_k‖`` (the server learning rate is the
+    step length). The solve stops when an iteration moves no ``λ_k`` by more than 1e-12;
+    when ``iterations`` run out first, the last λ is used and ``SolveInfo`` says so
+    (``fallback = "not-converged"``, the iterations, and ``residual`` = the last move
+    ``max_k |λ_k⁺ − λ_k|``, the projected-gradient fixed-point residual times the step).
     """
 
     scope = "server"
@@ -29,7 +37,7 @@ class FedMGDAPlus(Weighting):
         epsilon: float = Field(0.1, ge=0, le=1, description="Max deviation ε from n_k/n.")
         iterations: int = Field(500, ge=1, description="Projected-gradient iterations.")
 
-    def compute(self, objectives: Objectives) -> torch.Tensor:
+    def compute(self, objectives: Objectives) -> Weights:
         m = len(objectives)
         a = objectives.gramian
         norms = torch.diagonal(a).clamp_min(0).sqrt()
@@ -45,10 +53,12 @@ class FedMGDAPlus(Weighting):
         upper = (prior + self.params.epsilon).clamp_max(1)
         lam = project_simplex_box(prior, lower, upper)
         step = 1.0 / max(float(torch.linalg.eigvalsh(cosine).max()), 1e-12)
-        for _ in range(self.params.iterations):
+        move = 0.0
+        for iteration in range(1, self.params.iterations + 1):
             new = project_simplex_box(lam - step * (cosine @ lam), lower, upper)
-            if float((new - lam).abs().max()) < 1e-12:
-                lam = new
-                break
+            move = float((new - lam).abs().max())
             lam = new
-        return lam * inv
+            if move < TOLERANCE:
+                return Weights(lam * inv, SolveInfo(iterations=iteration, residual=move))
+        info = SolveInfo(iterations=self.params.iterations, residual=move, fallback="not-converged")
+        return Weights(lam * inv, info)

@@ -14,8 +14,12 @@ from fedmtl.aggregation.registry import register
 class IMTLG(TorchjdWeighting):
     """IMTL-G: the direction with equal projections on every unit gradient ``g_i/‖g_i‖``.
 
-    Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021. torchjd's
-    ``IMTLGWeighting`` (zero weights where the weights would sum to about 0).
+    Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021. torchjd 0.18's
+    ``IMTLGWeighting``: ``v = A⁺ (‖g_i‖)_i``, ``w = v / Σv``, and zero weights where
+    ``|Σv| < 1e-12``, where the weights cannot be normalised (e.g. rows ``e, e, −√2 e``: the
+    only direction in their span with equal projections on the unit rows is 0). The
+    direction is then 0, and stays 0 (the weights keep torchjd's scale; they are not
+    rescaled to sum to one, which turned this case into the mean before).
     """
 
     nonnegative = False
