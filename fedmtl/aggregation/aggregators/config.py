@@ -51,7 +51,7 @@ class ConFIG(Aggregator):
         m = len(g)
         norms = g.norm(dim=1, keepdim=True)
         units = torch.where(norms > 0, g / torch.where(norms > 0, norms, 1.0), 0.0)
-        x = torch.linalg.pinv(units) @ torch.ones(m, dtype=torch.float64, device=g.device)
+        x = torch.linalg.pinv(units) @ torch.ones(m, dtype=torch.float64).to(g)
         length = x.norm()
         if not float((units @ x).norm()) > VANISHING * math.sqrt(m) or not length > 0:
             why = "no-common-direction" if bool((norms > 0).any()) else ""  # zero rows: 0 is exact

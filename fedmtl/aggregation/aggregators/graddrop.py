@@ -56,7 +56,7 @@ class GradDrop(Aggregator):
         m = len(rows)
         total, absolute = rows.sum(dim=0), rows.abs().sum(dim=0)
         purity = 0.5 * (1.0 + torch.where(absolute > 0, total / torch.where(absolute > 0, absolute, 1.0), 0.0))
-        draws = torch.rand(rows.shape[1], generator=self.generator, dtype=rows.dtype).to(rows.device)
+        draws = torch.rand(rows.shape[1], generator=self.generator, dtype=rows.dtype).to(rows)
         keep = ((purity > draws) & (rows > 0)) | ((purity < draws) & (rows < 0))
         leak = self.params.leak
         return Aggregate.from_parts((leak + (1.0 - leak) * keep.to(rows.dtype)) * rows / m)

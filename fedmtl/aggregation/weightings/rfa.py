@@ -49,9 +49,9 @@ class RFA(Weighting):
         m = len(rows)
         counts = objectives.num_examples
         if counts is not None and float(counts.sum()) > 0:
-            alpha = (counts / counts.sum()).to(rows.device)
+            alpha = (counts / counts.sum()).to(rows)
         else:
-            alpha = torch.full((m,), 1.0 / m, dtype=torch.float64, device=rows.device)
+            alpha = torch.full((m,), 1.0 / m, dtype=torch.float64).to(rows)
         weights = alpha
         objective = float(alpha @ (rows - alpha @ rows).norm(dim=1))
         done, residual, converged = 0, 0.0, objective == 0.0  # 0: every row is the median
