@@ -9,14 +9,20 @@ playing many clients. Every reply to ``train`` and ``evaluate`` carries its plac
 the server's settings in the run config. Messages:
 
 - ``query`` (discovery): replies its partition id and the number of partitions;
-- ``train``: loads the global backbone, restores its own heads and local weighting state
-  (or initialises them from the seed and its id on a first visit), measures its loss before
-  training when the call asks for it (``needs-losses-before``), trains locally, saves its
-  heads, and replies the backbone *update* (local − global) — or its per-task parts, flat,
-  when the call asks for them (``task-parts``) — and metrics. Heads never leave the client.
+- ``train``: loads the global backbone, restores its own heads, local weighting state and
+  personalization state (or initialises them from the seed and its id on a first visit),
+  refuses to go on when they are not the heads the call names (:func:`heads_refusal`),
+  measures its loss before training when the call asks for it (``needs-losses-before``),
+  trains locally as the personalization method says (``personalization.method``,
+  :mod:`fedmtl.training.methods`), saves its heads and the method's state, and replies
+  the backbone *update* (local − global) — or its per-task parts, flat, when the call asks for
+  them (``task-parts``) — and metrics. Heads and personal state never leave the client.
 - ``train`` with ``[faults]``: a client may drop out (an error in place of its reply), reply
   late (a straggler) or corrupt its update (:mod:`fedmtl.faults`).
-- ``evaluate``: the personalized model (global backbone + own heads) on the local test split.
+- ``evaluate``: the method's views on the local test split: the model it personalises
+  (global backbone + own heads for FedPer) under ``test`` and, for a method with a global and
+  a personal model, the global one under ``test-global`` (refused, as training, when the heads
+  are not those the call names).
 """
 
 from __future__ import annotations
@@ -51,9 +57,9 @@ from fedmtl.personalization import (
     unpack_state,
 )
 from fedmtl.results import config_fingerprint
-from fedmtl.seeds import Stream, torch_generator
 from fedmtl.tasks import TaskSpec
-from fedmtl.training import evaluate, measure_losses, train_local
+from fedmtl.training import measure_losses
+from fedmtl.training.methods import ClientRun, Method, make_method
 from fedmtl.training.setup import select_device
 from fedmtl.validation import config_from_flat
 
@@ -142,6 +148,12 @@ class LocalSetup:
     device: torch.device
     weighting_state: torch.Tensor | None
     """The local weighting's state saved with the heads, packed (``None`` on a first visit)."""
+    found_heads: bool
+    """Heads were found in the store (``False``: initialised, a first visit)."""
+    method: Method
+    """The personalization method (``personalization.method``)."""
+    personal: dict[str, torch.Tensor]
+    """The method's own state saved with the heads (empty on a first visit)."""
 
 
 def local_setup(msg: Message, context: Context) -> LocalSetup:
@@ -156,12 +168,50 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     # training in round R starts from the heads of an earlier round (a resumed run may find
     # this round's heads from before it was killed); evaluation uses this round's
     until = server_round - 1 if msg.metadata.message_type == MessageType.TRAIN else server_round
-    _, weighting_state = restore_client(model, store, cfg.run.seed, client, until)
+    personal: dict[str, torch.Tensor] = {}
+    found, weighting_state = restore_client(model, store, cfg.run.seed, client, until, personal)
+    method = make_method(cfg.personalization.method, cfg.personalization.params)
+    if not found:
+        method.first_visit(model, cfg, client)
     model.load_federated_state(msg.content[wire.ARRAYS].to_torch_state_dict())  # global heads win
     return LocalSetup(
         cfg, server_round, client, model, store, fed.client(client), tasks,
-        select_device(cfg.client.device), weighting_state,
+        select_device(cfg.client.device), weighting_state, found, method, personal,
     )
+
+
+def client_run(s: LocalSetup) -> ClientRun:
+    """What the personalization method works with in this call (:class:`fedmtl.training.methods.ClientRun`)."""
+    return ClientRun(s.cfg, s.client, s.server_round, s.model, s.data, s.tasks, s.device, s.personal,
+                     functools.partial(local_weighting, s))
+
+
+def heads_refusal(call: wire.Call, s: LocalSetup) -> str:
+    """Why the client must not train or evaluate from the heads it restored (``""``: it may).
+
+    The server names the heads the client's last training left (:attr:`fedmtl.protocol.Call.heads_in`)
+    or says that it has not trained in this run (``fresh_heads``); heads deleted or replaced
+    since would otherwise be re-initialised, or used, without anyone noticing.
+    """
+    where = f"'{s.store.root}'" if isinstance(s.store, DiskHeadStore) else "its node's context"
+    if call.fresh_heads and s.found_heads:
+        return f"client {s.client} has not trained in this run, yet {where} holds heads of it"
+    if call.heads_in is None:
+        return ""
+    if not s.found_heads:
+        return (f"client {s.client}'s heads are missing from {where} (its last training left heads-fingerprint "
+                f"{call.heads_in!r}); they were deleted since")
+    found = heads_fingerprint(s.model)
+    if found != call.heads_in:
+        return (f"client {s.client}'s heads in {where} have heads-fingerprint {found!r}, not the "
+                f"{call.heads_in!r} its last training left; they were replaced since")
+    return ""
+
+
+def refusal(msg: Message, reason: str) -> Message:
+    """The reply of a client that refuses the call (:data:`fedmtl.protocol.REFUSAL`); the server
+    counts it as a rejected reply and logs ``reason``."""
+    return Message(RecordDict({wire.REFUSAL: ConfigRecord({wire.REFUSAL_REASON: reason})}), reply_to=msg)
 
 
 def placement(device: torch.device) -> ConfigRecord:
@@ -225,6 +275,9 @@ def train(msg: Message, context: Context) -> Message:
         s = local_setup(msg, context)
     except HeadStoreError as exc:
         return head_store_failure(msg, context, exc)
+    refused = heads_refusal(call, s)
+    if refused:  # it neither trains nor saves: its store keeps what was found
+        return refusal(msg, refused)
     model, client, cfg = s.model, s.client, s.cfg
     fingerprint_in = heads_fingerprint(model)
     weighting = local_weighting(s)
@@ -236,22 +289,11 @@ def train(msg: Message, context: Context) -> Message:
         before = measure_losses(model, s.data.train, s.tasks, batch_size=cfg.client.batch_size, device=s.device)
         metrics.update({wire.metric_key(wire.TRAIN, task, wire.LOSS_BEFORE): loss for task, loss in before.items()})
     track_parts = call.task_parts
-    result = train_local(
-        model,
-        s.data.train,
-        s.tasks,
-        weighting,
-        epochs=cfg.client.epochs,
-        batch_size=cfg.client.batch_size,
-        lr=cfg.client.lr,
-        momentum=cfg.client.momentum,
-        device=s.device,
-        generator=torch_generator(Stream.BATCHES, cfg.run.seed, s.server_round, client),
-        gradients=cfg.client.gradients,
-        track_parts=track_parts,
-    )
+    run = client_run(s)
+    result = s.method.train(run, weighting, track_parts=track_parts)
     model.to("cpu")
-    save_client_state(s.store, client, model, weighting.state_dict(), s.server_round, cfg.run.checkpoint_every)
+    save_client_state(s.store, client, model, weighting.state_dict(), s.server_round, cfg.run.checkpoint_every,
+                      run.personal)
     metrics.update({
         wire.PARTITION_ID: client,
         wire.NUM_EXAMPLES: result.num_examples,
@@ -275,14 +317,18 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_personalized(msg: Message, context: Context) -> Message:
-    """Evaluate global backbone + own heads on the local test split."""
+    """Evaluate the method's views (global backbone + own heads for FedPer) on the local test split."""
     try:
         s = local_setup(msg, context)
     except HeadStoreError as exc:
         return head_store_failure(msg, context, exc)
+    refused = heads_refusal(read_call(msg), s)
+    if refused:
+        return refusal(msg, refused)
     test = s.data.test
-    results = evaluate(s.model.to(s.device), test, s.tasks, device=s.device)
+    s.model.to(s.device)
     metrics: dict[str, float | int] = {wire.PARTITION_ID: s.client, wire.NUM_EXAMPLES: len(test)}
-    metrics.update(wire.task_metrics(wire.TEST, results))
+    for stage, results in s.method.evaluate(client_run(s)).items():
+        metrics.update(wire.task_metrics(stage, results))
     return Message(RecordDict({wire.METRICS: MetricRecord(metrics), wire.PLACEMENT: placement(s.device)}),
                    reply_to=msg)

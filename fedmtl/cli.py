@@ -167,7 +167,7 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
 def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force: bool) -> None:
     """Refuse, in one line, a resume that would not be exact (:func:`fedmtl.results.resume_problems`);
     with ``force``, say what is overridden and go on (problems ``--force`` cannot override still refuse)."""
-    from fedmtl.results import read_run_id, resume_problems, write_run_id
+    from fedmtl.results import forget_heads, read_run_id, resume_problems, write_run_id
 
     problems = resume_problems(run_dir, cfg, checkpoint)
     refused = [p for p in problems if not (force and p.forced)]
@@ -176,6 +176,7 @@ def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force:
         fail(f"cannot resume '{run_dir}': " + "; ".join(p.message for p in refused) + hint)
     for problem in problems:
         typer.echo(f"warning: --force: {problem.message}: {problem.forced}", err=True)
+    forget_heads(checkpoint, [c for p in problems for c in p.clients])  # the server then checks them no more
     if not read_run_id(run_dir):
         written_by = checkpoint.get("run-id")
         write_run_id(run_dir, written_by if isinstance(written_by, str) else None)
@@ -534,12 +535,11 @@ def list_(
 
         fail(f"unknown kind '{kind}'{did_you_mean(kind, list(registries))}; allowed: {', '.join(registries)}")
     if kind == "weightings":
-        from fedmtl.aggregation import describe_params
+        from fedmtl.aggregation.registry import describe_rule
 
-        typer.echo(f"{'name':<14} {'runs on':<8} {'parameters (defaults)':<42} summary")
-        for name, entry in WEIGHTINGS.items():
-            doc = (entry.__doc__ or "").strip().splitlines()[0].replace("``", "")
-            typer.echo(f"{name:<14} {entry.scope:<8} {describe_params(entry):<42} {doc}")
+        typer.echo(f"{len(WEIGHTINGS)} rules (weightings: update = Σ w_i u_i; aggregators: any other direction)")
+        for _, entry in WEIGHTINGS.items():
+            typer.echo("\n".join(describe_rule(entry)))
         return
     for name, entry in registries[kind].items():
         doc = getattr(entry, "description", None) or (entry.__doc__ or "").strip().splitlines()[0]

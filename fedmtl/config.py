@@ -1,11 +1,12 @@
 """Experiment configuration: one validated schema for ``fedmtl run`` and ``flwr run``.
 
 A config is a TOML file of sections (``[run]``, ``[data]``, ``[model]``, ``[client]``,
-``[server]``, ``[engine]``, ``[faults]``) whose keys are kebab-case scalars, so that the same file is a
-valid ``flwr run --run-config`` file (Flower flattens it to ``"data.num-clients"`` keys).
-Every key has a default; ``docs/config.md`` lists them. The parameter tables
-(``[data.params]``, ``[client.params]``, ``[server.params]``, ``[server.task-params]``) are
-tables in TOML and JSON text in Flower's flat form.
+``[server]``, ``[engine]``, ``[faults]``, ``[personalization]``) whose keys are kebab-case
+scalars, so that the same file is a valid ``flwr run --run-config`` file (Flower flattens it
+to ``"data.num-clients"`` keys). Every key has a default; ``docs/config.md`` lists them. The
+parameter tables (``[data.params]``, ``[client.params]``, ``[server.params]``,
+``[server.task-params]``, ``[personalization.params]``) are tables in TOML and JSON text in
+Flower's flat form.
 
 This module is the schema only: types, ranges, unknown keys. It imports no registry and
 names no dataset or backbone; registered names (``data.dataset``, ``model.backbone``,
@@ -194,7 +195,7 @@ class ModelSection(Section):
         "personal",
         description="'personal': each client keeps its own heads (only the backbone is "
         "federated); 'global': the heads are federated with the backbone (one global model, "
-        "as in FedAvg and q-FFL).",
+        "as in FedAvg and q-FFL). Unset, it follows personalization.method (which may allow one only).",
     )
 
 
@@ -338,6 +339,31 @@ class FaultsSection(Section):
     )
 
 
+class PersonalizationSection(Section):
+    """``[personalization]``: what each client keeps personal and how it trains it.
+
+    The method is a registered name (``fedmtl.training.methods``); its own options live
+    in ``[personalization.params]``, checked by the method. ``model.heads`` says whether the heads
+    travel with the backbone, and each method allows one or both: a config that sets only
+    ``personalization.method`` gets the heads the method allows first, one that sets only
+    ``model.heads = "global"`` gets ``method = "none"``, and two values that disagree are an error.
+    """
+
+    method: str = Field(
+        "fedper", description="Personalization method: 'fedper' (personal heads), 'none' (one global "
+        "model), 'fedprox', 'fedrep', 'fedbabu', 'finetune', 'ditto', 'local' (see the methods below).",
+    )
+    params: dict[str, ParamValue | list[float]] = Field(
+        default_factory=dict, description="Options of personalization.method ([personalization.params]; "
+        "each method's are listed below).",
+    )
+
+    _params = field_validator("params", mode="before")(
+        lambda cls, v: _parse_params(v, "personalization.params", "[personalization.params] mu = 0.01",
+                                     '{"mu": 0.01}')
+    )
+
+
 ONE_NODE_PER_CLIENT_UP_TO = 200
 """Up to this many clients, a simulation gives every client its own virtual SuperNode."""
 
@@ -390,6 +416,7 @@ SECTIONS: dict[str, type[Section]] = {
     "server": ServerSection,
     "engine": EngineSection,
     "faults": FaultsSection,
+    "personalization": PersonalizationSection,
 }
 
 
@@ -403,6 +430,7 @@ class ExperimentConfig(Section):
     server: ServerSection = ServerSection()
     engine: EngineSection = EngineSection()
     faults: FaultsSection = FaultsSection()
+    personalization: PersonalizationSection = PersonalizationSection()
 
     # -- conversions ------------------------------------------------------------------
     def to_nested(self) -> dict[str, dict[str, Any]]:

@@ -72,14 +72,42 @@ def dataset_params_tables() -> list[str]:
     return out
 
 
+def method_tables() -> list[str]:
+    """The personalization methods: one table of all, then each one's description and options."""
+    from fedmtl.training.methods import METHODS
+
+    out = [
+        "### Personalization methods", "",
+        "| method | trains | keeps personal | views | `model.heads` | costs | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, cls in METHODS.items():
+        views = ", ".join(f"`{v}`" for v in cls.views)
+        heads = " or ".join(f"`{h}`" for h in cls.heads)
+        out.append(f"| [`{name}`](#{name}) | {cls.trains} | {cls.keeps} | {views} | {heads} | {cls.costs} "
+                   f"| {cls.paper} |")
+    out.append("")
+    for name, cls in METHODS.items():
+        summary, details = _clean_doc(cls)
+        out += [f"#### `{name}`", "", summary, ""]
+        if details:
+            out += [" ".join(paragraph.split()) + "\n" for paragraph in details.split("\n\n")]
+        if cls.Params.model_fields:
+            out += ["Options (`[personalization.params]`):", "", *_key_table(cls.Params), ""]
+    return out
+
+
 def config_tables() -> str:
-    """One Markdown table per config section (and per dataset for ``[data.params]``)."""
+    """One Markdown table per config section (and per dataset for ``[data.params]``, per
+    personalization method for ``[personalization.params]``)."""
     out = []
     for name, section in SECTIONS.items():
         doc = inspect.cleandoc((section.__doc__ or "").split(":", 1)[-1]).replace("``", "`")
         out += [f"## `[{name}]`", "", " ".join(doc.split()), "", *_key_table(section), ""]
         if name == "data":
             out += dataset_params_tables()
+        if name == "personalization":
+            out += method_tables()
     return "\n".join(out)
 
 

@@ -9,15 +9,21 @@ records are Flower's ``RecordDict`` entries, named below). Three kinds of messag
 ``train``
     carries ``"arrays"`` (the global federated state, in state-dict order), ``"config"``
     (the run config, flat, and the run's identity :data:`RUN_ID`) and ``"call"``
-    (:class:`TrainCall`: round, attempt, the client to play, and what the server needs back).
-    The reply carries ``"metrics"`` (:data:`TRAIN_REPLY_KEYS` and ``train.<task>.<loss|loss-before|weight>``),
-    ``"placement"`` (:data:`PLACEMENT_KEYS`) and either ``"update"`` (local − global, keyed
-    like ``"arrays"``) or, when the call asks for task parts, ``"parts"``: one flat float32
-    vector per task, laid out as the server flattens ``"arrays"`` (:func:`flat_layout`).
+    (:class:`TrainCall`: round, attempt, the client to play, the heads it must start from, and
+    what the server needs back). The reply carries ``"metrics"`` (:data:`TRAIN_REPLY_KEYS`
+    and ``train.<task>.<loss|loss-before|weight>``), ``"placement"`` (:data:`PLACEMENT_KEYS`)
+    and either ``"update"`` (local − global, keyed like ``"arrays"``) or, when the call asks
+    for task parts, ``"parts"``: one flat float32 vector per task, laid out as the server
+    flattens ``"arrays"`` (:func:`flat_layout`).
 ``evaluate``
     carries ``"arrays"``, ``"config"`` and ``"call"`` (:class:`Call`); the reply carries
-    ``"metrics"`` (``partition-id``, ``num-examples`` and ``test.<task>.<metric>``) and
-    ``"placement"``.
+    ``"metrics"`` (``partition-id``, ``num-examples``, ``test.<task>.<metric>`` and, for a
+    method with a global and a personal model, the global model's ``test-global.<task>.<metric>``:
+    :data:`TEST_GLOBAL`) and ``"placement"``.
+
+A client whose heads are not those the call names (:attr:`Call.heads_in`,
+:attr:`Call.fresh_heads`) does not train or evaluate: its reply carries only ``"refusal"``
+(:data:`REFUSAL`), which the server counts as a rejected reply.
 
 Metric keys follow the grammar ``<stage>.<task>.<metric>`` (:func:`metric_key`,
 :func:`parse_metric_keys`); the other metric keys have no dots.
@@ -45,6 +51,10 @@ PLACEMENT = "placement"
 """Reply: where it was computed (:data:`PLACEMENT_KEYS`)."""
 INFO = "info"
 """Query reply: the node's partition (:data:`INFO_KEYS`)."""
+REFUSAL = "refusal"
+"""Train or evaluate reply of a client that refuses the call (its heads are not those the
+call names): ``{"reason": <one line>}`` (:data:`REFUSAL_REASON`), and nothing else."""
+REFUSAL_REASON = "reason"
 
 # -- per-message values (the "call" record) ----------------------------------------------
 SERVER_ROUND = "server-round"
@@ -52,7 +62,11 @@ SERVER_ATTEMPT = "server-attempt"
 CLIENT_ID = "client-id"
 NEEDS_LOSSES_BEFORE = "needs-losses-before"
 TASK_PARTS = "task-parts"
-PER_MESSAGE = (SERVER_ROUND, SERVER_ATTEMPT, CLIENT_ID, NEEDS_LOSSES_BEFORE, TASK_PARTS)
+EXPECTED_HEADS = "expected-heads-in"
+"""The ``heads-fingerprint`` the client's heads must have before it trains or evaluates."""
+FRESH_HEADS = "expected-fresh-heads"
+"""1: the client has not trained in this run, so it must have no saved heads."""
+PER_MESSAGE = (SERVER_ROUND, SERVER_ATTEMPT, CLIENT_ID, NEEDS_LOSSES_BEFORE, TASK_PARTS, EXPECTED_HEADS, FRESH_HEADS)
 """Keys of the ``"call"`` record (a sender may also put them in ``"config"``)."""
 
 # -- per-run values (in the "config" record, beside the run config) -----------------------
@@ -82,7 +96,10 @@ PLACEMENT_KEYS = ("host", "node", "device")
 TRAIN = "train"
 """Stage of the training metrics: ``train.<task>.<metric>``."""
 TEST = "test"
-"""Stage of the evaluation metrics: ``test.<task>.<metric>``."""
+"""Stage of the evaluation metrics: ``test.<task>.<metric>`` (the model the method personalises)."""
+TEST_GLOBAL = "test-global"
+"""Stage of the global model's evaluation metrics, ``test-global.<task>.<metric>``, sent beside
+:data:`TEST` by methods with a global and a personal model (the global view; optional)."""
 LOSS = "loss"
 LOSS_BEFORE = "loss-before"
 WEIGHT = "weight"
@@ -100,16 +117,29 @@ class Call:
         The training attempt of the round (0, then 1, 2, ... for retries).
     client : int or None
         The client to play (``None``: the node's own partition).
+    heads_in : float or None
+        The :data:`HEADS_IN` fingerprint the client's saved heads must have: the
+        :data:`HEADS_OUT` of its last training the server knows of (``None``: not checked).
+    fresh_heads : bool
+        The client has not trained in this run: it must have no saved heads.
     """
 
     server_round: int = 0
     attempt: int = 0
     client: int | None = None
+    heads_in: float | None = None
+    fresh_heads: bool = False
 
-    def values(self) -> dict[str, int]:
-        """The ``"call"`` record's values."""
-        out = {SERVER_ROUND: self.server_round, SERVER_ATTEMPT: self.attempt}
-        return out if self.client is None else {**out, CLIENT_ID: self.client}
+    def values(self) -> dict[str, int | float]:
+        """The ``"call"`` record's values (the heads' keys only when they are set)."""
+        out: dict[str, int | float] = {SERVER_ROUND: self.server_round, SERVER_ATTEMPT: self.attempt}
+        if self.client is not None:
+            out[CLIENT_ID] = self.client
+        if self.heads_in is not None:
+            out[EXPECTED_HEADS] = self.heads_in
+        if self.fresh_heads:
+            out[FRESH_HEADS] = 1
+        return out
 
 
 @dataclass(frozen=True)
@@ -129,7 +159,7 @@ class TrainCall(Call):
     needs_losses_before: bool = False
     task_parts: bool = False
 
-    def values(self) -> dict[str, int]:
+    def values(self) -> dict[str, int | float]:
         """The ``"call"`` record's values (the flags as 0 or 1)."""
         return {**super().values(), NEEDS_LOSSES_BEFORE: int(self.needs_losses_before),
                 TASK_PARTS: int(self.task_parts)}
@@ -138,11 +168,13 @@ class TrainCall(Call):
 def read_call(values: Mapping[str, object]) -> TrainCall:
     """The :class:`TrainCall` of a ``"call"`` record's values (absent keys: defaults; an
     evaluate call reads as a train call with both flags off)."""
-    client = values.get(CLIENT_ID)
+    client, heads_in = values.get(CLIENT_ID), values.get(EXPECTED_HEADS)
     return TrainCall(
         server_round=int(values.get(SERVER_ROUND, 0)),  # type: ignore[call-overload]
         attempt=int(values.get(SERVER_ATTEMPT, 0)),  # type: ignore[call-overload]
         client=None if client is None else int(client),  # type: ignore[call-overload]
+        heads_in=None if heads_in is None else float(heads_in),  # type: ignore[arg-type]
+        fresh_heads=bool(values.get(FRESH_HEADS, 0)),
         needs_losses_before=bool(values.get(NEEDS_LOSSES_BEFORE, 0)),
         task_parts=bool(values.get(TASK_PARTS, 0)),
     )

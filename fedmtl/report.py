@@ -17,6 +17,12 @@ their name and output folder) into one *configuration*, and writes to ``DIR``:
 - ``client_task_heatmap.png``: per configuration (first seed), every client's final metric on
   every task (grey: the client does not hold the task).
 
+For a method with a global and a personal model (the runs' ``summary.json`` has ``global``),
+the report adds a table of the global model's statistics, and the CDF, plane and round curves
+show it beside the personal model's (dashed lines, hollow markers). When runs recorded their
+clients' participation (``participation.csv``), a participation table says how many evaluated
+clients never trained and how many of each task's worst-10% clients never trained.
+
 A configuration's label lists the config keys that differ between configurations
 (``server.weighting=qffl server.params={q = 1}``), or the run name when there is only one.
 
@@ -38,10 +44,13 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from fedmtl.fairness import delta_m
+from fedmtl.fairness import delta_m, worst_fraction_mean
 from fedmtl.labels import format_value
+from fedmtl.protocol import TEST, TEST_GLOBAL
+from fedmtl.results import GLOBAL, read_participation
 from fedmtl.tasks import TASK_KINDS
 
 IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "client.head-store-dir", "engine.supernodes")
@@ -67,6 +76,17 @@ class RunResult:
     summary: dict[str, Any]
     final: pd.DataFrame  # client, task, value (primary metric at the last evaluated round)
     curves: pd.DataFrame  # round, client, task, value (primary metric every evaluated round)
+    global_final: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """As ``final``, of the global model (split ``test-global``; empty: the run has no global view)."""
+    global_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """As ``curves``, of the global model."""
+    participation: pd.DataFrame | None = None
+    """The run's ``participation.csv`` (``None``: not recorded)."""
+
+    @property
+    def has_global(self) -> bool:
+        """The run measured a global model beside the personal one."""
+        return bool(self.summary.get(GLOBAL, {}).get("final"))
 
     @property
     def seed(self) -> int:
@@ -130,12 +150,17 @@ def read_run(path: Path) -> RunResult:
     config = _flatten(tomllib.loads((path / "config.toml").read_text()))
     metrics = pd.read_csv(path / "metrics.csv")
     primary = {t: s["metric"] for t, s in summary["final"].items()}
-    rows = metrics[(metrics["split"] == "test") & metrics["task"].isin(list(primary))]
-    rows = rows[rows["metric"] == rows["task"].map(primary)]
-    curves = rows[["round", "client", "task", "value"]].reset_index(drop=True)
+
+    def primary_rows(split: str) -> pd.DataFrame:
+        rows = metrics[(metrics["split"] == split) & metrics["task"].isin(list(primary))]
+        rows = rows[rows["metric"] == rows["task"].map(primary)]
+        return rows[["round", "client", "task", "value"]].reset_index(drop=True)
+
+    curves, global_curves = primary_rows(TEST), primary_rows(TEST_GLOBAL)
     last = summary.get("final_round") or (int(curves["round"].max()) if len(curves) else 0)
     final = curves[curves["round"] == last][["client", "task", "value"]].reset_index(drop=True)
-    return RunResult(path, config, summary, final, curves)
+    global_final = global_curves[global_curves["round"] == last][["client", "task", "value"]].reset_index(drop=True)
+    return RunResult(path, config, summary, final, curves, global_final, global_curves, read_participation(path))
 
 
 def group_configurations(runs: list[RunResult]) -> list[Configuration]:
@@ -185,16 +210,65 @@ def _task_order(configurations: list[Configuration]) -> dict[str, str]:
     return tasks
 
 
-def _run_values(run: RunResult, tasks: dict[str, str]) -> dict[str, float]:
-    """The table's statistics of one run: ``{"<task>.<stat>": value}`` (metric scaled)."""
+GLOBAL_STAT = "global_"
+"""Prefix of the global model's statistics in ``report.csv`` (``global_<task>.<stat>``)."""
+
+
+def _run_values(run: RunResult, tasks: dict[str, str], views: bool = False,
+                participation: bool = False) -> dict[str, float]:
+    """The table's statistics of one run: ``{"<task>.<stat>": value}`` (metric scaled); with
+    ``views`` also the global model's (``global_<task>.<stat>``, NaN for a run without); with
+    ``participation`` also :func:`participation_values`."""
     out = {}
+    final = run.summary["final"]
+    for prefix, stats_of in (("", final), (GLOBAL_STAT, run.summary.get(GLOBAL, {}).get("final", {}))):
+        if prefix and not views:
+            continue
+        for task, metric in tasks.items():
+            stats = stats_of.get(task)
+            for stat, _ in TABLE_STATS:
+                value = stats.get(stat) if stats else None
+                if value is not None and stat in ("mean", "worst10"):
+                    value *= _scale(metric)
+                out[f"{prefix}{task}.{stat}"] = math.nan if value is None else float(value)
+    if participation:
+        out.update(participation_values(run, tasks))
+    return out
+
+
+def worst_clients(final: pd.DataFrame, task: str, metric: str, fraction: float = 0.1) -> list[int]:
+    """The ``max(1, ⌊fraction·n⌋)`` worst clients of ``task`` in ``final`` (the clients counted
+    in the worst-10% statistic; ties broken by client id)."""
+    rows = final[final["task"] == task].sort_values(["value", "client"], ascending=[higher_is_better(metric), True])
+    if rows.empty:
+        return []
+    return [int(c) for c in rows["client"].head(max(1, math.floor(fraction * len(rows))))]
+
+
+def participation_values(run: RunResult, tasks: dict[str, str]) -> dict[str, float]:
+    """A run's participation statistics (NaN without ``participation.csv``): ``never_trained``
+    (clients evaluated at the final round whose training never was accepted),
+    ``rounds_trained.min/median/max`` (over all clients), and per task
+    ``<task>.worst10_never_trained`` (of its worst-10% clients at the final round, how many
+    never trained) and ``<task>.trained_worst10`` (the worst-10% mean over the clients that
+    trained, metric scaled)."""
+    keys = ["never_trained", "rounds_trained.min", "rounds_trained.median", "rounds_trained.max"]
+    keys += [f"{t}.{k}" for t in tasks for k in ("worst10_never_trained", "trained_worst10")]
+    table = run.participation
+    if table is None:
+        return dict.fromkeys(keys, math.nan)
+    rounds = dict(zip(table["client"].astype(int), table["rounds_trained"].astype(int), strict=True))
+    never = {c for c, n in rounds.items() if n == 0}
+    trained = table["rounds_trained"].astype(float)
+    out = {"never_trained": float(len(set(run.final["client"].astype(int)) & never)),
+           "rounds_trained.min": trained.min(), "rounds_trained.median": trained.median(),
+           "rounds_trained.max": trained.max()}
     for task, metric in tasks.items():
-        stats = run.summary["final"].get(task)
-        for stat, _ in TABLE_STATS:
-            value = stats.get(stat) if stats else None
-            if value is not None and stat in ("mean", "worst10"):
-                value *= _scale(metric)
-            out[f"{task}.{stat}"] = math.nan if value is None else float(value)
+        worst = worst_clients(run.final, task, metric)
+        rows = run.final[(run.final["task"] == task) & ~run.final["client"].isin(list(never))]
+        out[f"{task}.worst10_never_trained"] = float(sum(c in never for c in worst)) if worst else math.nan
+        out[f"{task}.trained_worst10"] = worst_fraction_mean(
+            rows["value"].to_numpy(), 0.1, higher_is_better(metric)) * _scale(metric)
     return out
 
 
@@ -213,10 +287,12 @@ def summarize_configurations(
     base = {t: float(np.mean([r.summary["final"][t]["mean"] for r in reference.runs
                               if t in r.summary["final"]])) for t in tasks}
     base = {t: v for t, v in base.items() if not math.isnan(v) and v != 0}
+    views = any(r.has_global for c in configurations for r in c.runs)
+    participation = any(r.participation is not None for c in configurations for r in c.runs)
     rows = []
     for c in configurations:
-        per_run = [_run_values(r, tasks) | {"delta_m": _delta_m(r, base, tasks) if base else math.nan}
-                   for r in c.runs]
+        per_run = [_run_values(r, tasks, views, participation)
+                   | {"delta_m": _delta_m(r, base, tasks) if base else math.nan} for r in c.runs]
         for key in per_run[0]:
             mean, std = _mean_std([v[key] for v in per_run])
             rows.append({"configuration": c.label, "statistic": key, "mean": mean, "std": std,
@@ -242,6 +318,63 @@ def markdown_table(configurations: list[Configuration], tidy: pd.DataFrame) -> s
                 digits = 1 if stat in ("mean", "worst10") else 3
                 cells.append(_fmt(rows.at[f"{task}.{stat}", "mean"], rows.at[f"{task}.{stat}", "std"], n, digits))
         cells.append(_fmt(rows.at["delta_m", "mean"], rows.at["delta_m", "std"], n, 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def global_table(configurations: list[Configuration], tidy: pd.DataFrame) -> str:
+    """The global model's statistics, beside the personal ones of the main table, for methods
+    with a global and a personal model (``""`` when no run has a global view)."""
+    if not any(r.has_global for c in configurations for r in c.runs):
+        return ""
+    tasks = _task_order(configurations)
+    header = ["configuration", "seeds"]
+    for task, metric in tasks.items():
+        unit = " (%)" if metric == "accuracy" else ""
+        header += [f"{task} {metric}{unit} personal / global", f"{task} worst-10%{unit} personal / global",
+                   f"{task} Jain global", f"{task} Gini global"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in configurations:
+        rows = tidy[tidy["configuration"] == c.label].set_index("statistic")
+        n = len(c.runs)
+
+        def cell(key: str, digits: int, rows: pd.DataFrame = rows, n: int = n) -> str:
+            return _fmt(rows.at[key, "mean"], rows.at[key, "std"], n, digits)
+
+        cells = [c.label.replace("|", "\\|"), str(n)]
+        for task in tasks:
+            for stat in ("mean", "worst10"):
+                cells.append(f"{cell(f'{task}.{stat}', 1)} / {cell(f'{GLOBAL_STAT}{task}.{stat}', 1)}")
+            cells += [cell(f"{GLOBAL_STAT}{task}.jain", 3), cell(f"{GLOBAL_STAT}{task}.gini", 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def participation_table(configurations: list[Configuration], tidy: pd.DataFrame) -> str:
+    """Who trained: per configuration, the evaluated clients that never trained, rounds trained
+    per client, and per task how many of the worst-10% clients never trained and the worst-10%
+    mean over trained clients only (``""`` when no run recorded participation)."""
+    if not any(r.participation is not None for c in configurations for r in c.runs):
+        return ""
+    tasks = _task_order(configurations)
+    header = ["configuration", "seeds", "evaluated clients never trained", "rounds trained min / median / max"]
+    for task, metric in tasks.items():
+        unit = " (%)" if metric == "accuracy" else ""
+        header += [f"{task} worst-10% clients never trained", f"{task} worst-10%{unit} of trained clients"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in configurations:
+        rows = tidy[tidy["configuration"] == c.label].set_index("statistic")
+        n = len(c.runs)
+
+        def cell(key: str, digits: int, rows: pd.DataFrame = rows, n: int = n) -> str:
+            return _fmt(rows.at[key, "mean"], rows.at[key, "std"], n, digits)
+
+        cells = [c.label.replace("|", "\\|"), str(n), cell("never_trained", 1),
+                 " / ".join(cell(f"rounds_trained.{k}", 1) for k in ("min", "median", "max"))]
+        for task in tasks:
+            worst = [len(worst_clients(r.final, task, tasks[task])) for r in c.runs]
+            cells += [f"{cell(f'{task}.worst10_never_trained', 1)} of {max(worst)}",
+                      cell(f"{task}.trained_worst10", 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -307,14 +440,18 @@ def plot_client_cdf(configurations: list[Configuration], path: Path) -> Path:
     for colour, c in zip(_colours(len(configurations)), configurations, strict=True):
         for i, run in enumerate(c.runs):
             for ax, (task, metric) in zip(axes, tasks.items(), strict=True):
-                values = np.sort(run.final.loc[run.final["task"] == task, "value"].to_numpy()) * _scale(metric)
-                if len(values) == 0:
-                    continue
-                line, = ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
-                                color=colour, alpha=0.9 if i == 0 else 0.45, lw=1.6 if i == 0 else 1.0)
-                if i == 0 and ax is axes[0]:
-                    handles.append(line)
-                    labels.append(_wrap(c.label))
+                for final, style in ((run.final, "-"), (run.global_final, "--")):
+                    if final.empty:
+                        continue
+                    values = np.sort(final.loc[final["task"] == task, "value"].to_numpy()) * _scale(metric)
+                    if len(values) == 0:
+                        continue
+                    line, = ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", ls=style,
+                                    color=colour, alpha=0.9 if i == 0 else 0.45, lw=1.6 if i == 0 else 1.0)
+                    if i == 0 and ax is axes[0] and style == "-":
+                        handles.append(line)
+                        labels.append(_wrap(c.label))
+    _view_legend(configurations, axes[0])
     for ax, (task, metric) in zip(axes, tasks.items(), strict=True):
         ax.set_title(f"task '{task}': clients' final test {metric}")
         ax.set_xlabel(f"client test {_unit(metric)}")
@@ -322,6 +459,25 @@ def plot_client_cdf(configurations: list[Configuration], path: Path) -> Path:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     return _save(fig, path, handles, labels)
+
+
+def _view_handles(configurations: list[Configuration], marker: bool = False) -> tuple[list[Any], list[str]]:
+    """Legend entries telling the personal and the global model's lines (or filled and hollow
+    markers) apart; none when no run has a global view."""
+    if not any(r.has_global for c in configurations for r in c.runs):
+        return [], []
+    if marker:
+        handles = [Line2D([], [], color="0.3", ls="none", marker="o", mfc=fill) for fill in ("0.3", "none")]
+    else:
+        handles = [Line2D([], [], color="0.3", ls=style) for style in ("-", "--")]
+    return handles, ["personal model", "global model"]
+
+
+def _view_legend(configurations: list[Configuration], ax: Any) -> None:
+    """:func:`_view_handles` as a small legend of ``ax`` (lines)."""
+    handles, labels = _view_handles(configurations)
+    if handles:
+        ax.legend(handles, labels, loc="upper left", fontsize=8)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -358,14 +514,24 @@ def plot_fairness_plane(configurations: list[Configuration], path: Path) -> Path
             handle = ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=colours[k], ms=7, capsize=3)
             points.append((sign * x, sign * y))
             kept.append((x, y))
+            views = [(r.summary[GLOBAL].get("overall") if task == "overall" else r.summary[GLOBAL]["final"].get(task))
+                     for r in c.runs if r.has_global]
+            views = [v for v in views if v]
+            if views:  # the global model: hollow, joined to the personal model's point
+                gx = _mean_std([v["mean"] * _scale(metric) for v in views])
+                gy = _mean_std([v["worst10"] * _scale(metric) for v in views])
+                ax.errorbar(gx[0], gy[0], xerr=gx[1], yerr=gy[1], fmt="o", color=colours[k], mfc="none",
+                            ms=7, capsize=3)
+                ax.plot([gx[0], x], [gy[0], y], color=colours[k], lw=0.8, ls=":")
             if ax is axes[0]:
                 handles.append(handle)
                 labels.append(_wrap(c.label))
         front = pareto_front(points)
         if front:  # dashed line through the front, each front point ringed
-            ax.plot([kept[i][0] for i in front], [kept[i][1] for i in front], "--o", color="0.2",
-                    lw=1.2, ms=14, mfc="none", mew=1.4, zorder=3, label="Pareto front")
-            ax.legend(loc="best", fontsize=8)
+            line, = ax.plot([kept[i][0] for i in front], [kept[i][1] for i in front], "--o", color="0.2",
+                            lw=1.2, ms=14, mfc="none", mew=1.4, zorder=3, label="Pareto front")
+            views, names = _view_handles(configurations, marker=True) if ax is axes[0] else ([], [])
+            ax.legend([line, *views], ["Pareto front", *names], loc="best", fontsize=8)
         better = "higher" if sign > 0 else "lower"
         ax.set_title(f"{'overall (client mean over its tasks)' if task == 'overall' else f'task {task!r}'}"
                      f"\nfairness vs accuracy ({better} is better)")
@@ -392,9 +558,16 @@ def plot_round_curves(configurations: list[Configuration], path: Path) -> Path:
             ax.fill_between(mean.index, band.quantile(0.1) * scale, band.quantile(0.9) * scale,
                             color=colour, alpha=0.18, lw=0)
             line, = ax.plot(mean.index, mean.to_numpy(), color=colour, marker="o", ms=3)
+            views = [r.global_curves.assign(seed=r.seed) for r in c.runs if not r.global_curves.empty]
+            view = pd.concat(views) if views else pd.DataFrame(columns=["task"])
+            view = view[view["task"] == task]
+            if not view.empty:  # the global model's mean, dashed
+                view_mean = view.groupby(["round", "seed"])["value"].mean().groupby("round").mean() * scale
+                ax.plot(view_mean.index, view_mean.to_numpy(), color=colour, marker="s", ms=3, ls="--")
             if ax is axes[0]:
                 handles.append(line)
                 labels.append(_wrap(c.label))
+    _view_legend(configurations, axes[0])
     for ax, (task, metric) in zip(axes, tasks.items(), strict=True):
         ax.set_title(f"task '{task}': mean over clients\n(band: 10th-90th percentile of clients)")
         ax.set_xlabel("server round")
@@ -531,6 +704,8 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     tidy.to_csv(out / "report.csv", index=False)
     figures = [fn(configurations, out / name) for name, fn in FIGURES.items()]
     table = markdown_table(configurations, tidy)
+    views = global_table(configurations, tidy)
+    participation = participation_table(configurations, tidy)
     groups = group_table(configurations)
     lines = [
         "# fedmtl report", "",
@@ -543,6 +718,21 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
         "(sign-adjusted per metric; lower is better).", "",
         table, "",
     ]
+    if views:
+        lines += ["## Global model", "",
+                  "For methods with a global and a personal model (Ditto, fine-tuning, FedBABU, FedRep), "
+                  "the main table is the personal model's (split `test`); here each statistic of the "
+                  "personal model beside the global model's (split `test-global`), at the final round. "
+                  "The figures draw the global model dashed (CDF, round curves) or hollow (plane).",
+                  "", views, ""]
+    if participation:
+        lines += ["## Participation", "",
+                  "Clients trained in a round when the server accepted their training reply "
+                  "(`participation.csv` in each run folder). A client that never trained is evaluated "
+                  "with personal state it never trained (for FedPer: untrained heads on the global "
+                  "backbone), so it may be among the worst for that reason alone. Per task: how many of "
+                  "the final round's worst-10% clients never trained, of how many, and the worst-10% "
+                  "mean over the clients that trained only.", "", participation, ""]
     if groups:
         lines += ["## Group fairness", "",
                   "Gaps between the groups of the sensitive attribute at the final round: over all "

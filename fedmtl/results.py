@@ -6,15 +6,19 @@ Each run writes one folder::
     run-id          the run's random identity, written once (checkpoints and head files carry it)
     metrics.csv     long format: round, client, task, split, metric, value
     placement.csv   where each reply was computed: round, client, stage, host, node, device
-    rounds.csv      one row per round: server-side counts and across-client statistics
-    summary.json    final per-task statistics, duration, paths
+    rounds.csv      one row per round: server-side counts and across-client statistics (and,
+                    for a method with a global and a personal model, the global view's: global_*)
+    participation.csv  per client of the federation: rounds_trained, last_round, rounds_aggregated
+    summary.json    final per-task statistics, participation, duration, paths
     checkpoints/    round-<r>.pt: the server's state after round r (the two latest), with the
                     run's identity and config (a resume refuses a different one)
     heads/          client-<id>.r<round>.pt: each client's heads (disk head store, by default)
     plots/*.png     figures (see fedmtl.plots)
 
 ``metrics.csv`` rows with ``task == "all"`` are client-level (example counts, the client's
-aggregation weight, head fingerprints). pandas reads everything (``load_run``).
+aggregation weight, head fingerprints). Split ``test`` holds the evaluated model the method
+personalises; split ``test-global`` the global model's metrics of methods that have both
+(:data:`GLOBAL_SPLIT`). pandas reads everything (``load_run``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,11 +40,19 @@ from fedmtl.atomic import torch_save, write_bytes
 from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
 from fedmtl.group_fairness import summarize_group_gaps
+from fedmtl.protocol import TEST_GLOBAL
 from fedmtl.tasks import TaskSpec
 
 METRIC_COLUMNS = ["round", "client", "task", "split", "metric", "value"]
 PLACEMENT_COLUMNS = ["round", "client", "stage", "host", "node", "device"]
+PARTICIPATION_COLUMNS = ["client", "rounds_trained", "last_round", "rounds_aggregated"]
 CLIENT_LEVEL = "all"
+GLOBAL_SPLIT = TEST_GLOBAL
+"""``metrics.csv`` split of the global model's test metrics (:data:`fedmtl.protocol.TEST_GLOBAL`)."""
+GLOBAL_PREFIX = "global_"
+"""Prefix of the global view's ``rounds.csv`` columns (``global_<task>.<metric>.<stat>``)."""
+GLOBAL = "global"
+"""``summary.json`` key of the global view's final statistics (``final``, ``overall``, ``group``)."""
 
 
 RUN_MARKER = ".fedmtl-run"
@@ -99,6 +112,9 @@ class RoundStats:
         tasks' primary metrics differ in name or direction); ``metric[OVERALL]`` names it.
     group : dict[str, dict[str, float]]
         Per task with group metrics, :func:`fedmtl.group_fairness.summarize_group_gaps`.
+    global_view : RoundStats or None
+        The same statistics of the global model (split ``test-global``), for a method with a
+        global and a personal model; ``None`` when no client reported a global view.
     """
 
     round: int
@@ -106,14 +122,33 @@ class RoundStats:
     metric: dict[str, str]
     overall: dict[str, float] = field(default_factory=dict)
     group: dict[str, dict[str, float]] = field(default_factory=dict)
+    global_view: RoundStats | None = None
 
     def columns(self) -> dict[str, float]:
-        """The flat ``rounds.csv`` columns: ``<task>.<metric>.<stat>`` and the group gaps."""
+        """The flat ``rounds.csv`` columns: ``<task>.<metric>.<stat>`` and the group gaps, then
+        the global view's, each prefixed with :data:`GLOBAL_PREFIX`."""
         out = {f"{task}.{self.metric[task]}.{key}": value
                for task, values in self.stats.items() for key, value in values.items()}
         out.update({f"{OVERALL}.{self.metric[OVERALL]}.{key}": value for key, value in self.overall.items()})
         out.update({f"{task}.{key}": value for task, values in self.group.items() for key, value in values.items()})
+        if self.global_view is not None:
+            out.update({GLOBAL_PREFIX + key: value for key, value in self.global_view.columns().items()})
         return out
+
+    def final_summary(self) -> dict[str, Any]:
+        """``summary.json``'s ``final``, ``overall`` and ``group`` of these statistics."""
+        return {
+            "final": {task: {"metric": self.metric[task], **values} for task, values in self.stats.items()},
+            OVERALL: {"metric": self.metric[OVERALL], **self.overall} if self.overall else {},
+            "group": self.group,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RoundStats:
+        """The inverse of :func:`dataclasses.asdict` (a checkpoint's ``last_stats``)."""
+        values = dict(values)
+        view = values.pop("global_view", None)
+        return cls(**values, global_view=None if view is None else cls.from_dict(view))
 
 
 class RunRecorder:
@@ -137,6 +172,10 @@ class RunRecorder:
         self.tasks = tasks
         self.started = time.monotonic()
         self.rounds: list[dict[str, Any]] = []
+        self.last_evaluated: tuple[int, list[int]] | None = None
+        """The round last evaluated in this process and its evaluated clients."""
+        self.participation: pd.DataFrame | None = None
+        """The ``participation.csv`` table once :meth:`record_participation` wrote it."""
         self.metrics_path = self.run_dir / "metrics.csv"
         self.placement_path = self.run_dir / "placement.csv"
         for sub in ("checkpoints", "plots"):
@@ -171,6 +210,7 @@ class RunRecorder:
             if self.rounds:
                 self.started -= float(self.rounds[-1]["elapsed_s"])
         (self.run_dir / "summary.json").unlink(missing_ok=True)
+        (self.run_dir / PARTICIPATION_FILE).unlink(missing_ok=True)  # rewritten from the checkpoint's record
 
     @property
     def elapsed(self) -> float:
@@ -227,7 +267,7 @@ class RunRecorder:
 
     def record_evaluation(
         self, server_round: int, per_client: dict[int, dict[str, dict[str, float]]],
-        num_examples: dict[int, int],
+        num_examples: dict[int, int], global_per_client: dict[int, dict[str, dict[str, float]]] | None = None,
     ) -> RoundStats:
         """Log every client's test metrics to ``metrics.csv``; return the round's statistics.
 
@@ -236,17 +276,37 @@ class RunRecorder:
         server_round : int
             The round evaluated.
         per_client : dict[int, dict[str, dict[str, float]]]
-            ``{client: {task: {metric: value}}}``.
+            ``{client: {task: {metric: value}}}`` of the model the method personalises (split ``test``).
         num_examples : dict[int, int]
             Test examples per client.
+        global_per_client : dict, optional
+            The same of the global model (split ``test-global``) for the clients that sent it;
+            its statistics are the returned :attr:`RoundStats.global_view`.
         """
+        views = {c: v for c, v in (global_per_client or {}).items() if v}
         rows: list[tuple[int, int, str, str, str, float]] = []
         for client in sorted(per_client):
             rows.append((server_round, client, CLIENT_LEVEL, "test", "num-examples", num_examples[client]))
             for task, values in per_client[client].items():
                 rows += [(server_round, client, task, "test", m, v) for m, v in values.items()]
+            for task, values in views.get(client, {}).items():
+                rows += [(server_round, client, task, GLOBAL_SPLIT, m, v) for m, v in values.items()]
         self.log_metrics(rows)
-        return self.evaluation_stats(server_round, per_client, num_examples)
+        self.last_evaluated = (server_round, sorted(per_client))
+        stats = self.evaluation_stats(server_round, per_client, num_examples)
+        if views:
+            stats.global_view = self.evaluation_stats(server_round, views, num_examples)
+        return stats
+
+    def record_participation(self, rows: Iterable[tuple[int, int, int | None, int]]) -> Path:
+        """Write ``participation.csv`` (:data:`PARTICIPATION_COLUMNS`, one row per client of
+        the federation; ``last_round`` empty for a client that never trained) and keep its
+        summary for ``summary.json`` (:func:`participation_summary`)."""
+        table = pd.DataFrame(list(rows), columns=PARTICIPATION_COLUMNS).astype({"last_round": "Int64"})
+        path = self.run_dir / PARTICIPATION_FILE
+        write_bytes(path, table.to_csv(index=False).encode())
+        self.participation = table
+        return path
 
     def log_round(self, row: dict[str, Any], stats: RoundStats | None) -> None:
         """Add one ``rounds.csv`` row (server counts plus per-task statistics)."""
@@ -270,6 +330,14 @@ class RunRecorder:
             old.unlink(missing_ok=True)
         return path
 
+    def final_evaluated(self, final: RoundStats) -> list[int]:
+        """The clients evaluated in ``final``'s round (from memory, else from ``metrics.csv``)."""
+        if self.last_evaluated is not None and self.last_evaluated[0] == final.round:
+            return self.last_evaluated[1]
+        metrics = pd.read_csv(self.metrics_path, dtype={"task": str, "split": str, "metric": str})
+        rows = metrics[(metrics["round"] == final.round) & (metrics["split"] == "test")]
+        return sorted(int(c) for c in rows["client"].unique())
+
     def finish(self, final: RoundStats | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` and the plots; return the summary."""
         summary: dict[str, Any] = {
@@ -280,22 +348,62 @@ class RunRecorder:
             "rounds": self.cfg.run.rounds,
             "duration_s": round(self.elapsed, 3),
             "final_round": final.round if final else None,
-            "final": {
-                task: {"metric": final.metric[task], **values} for task, values in final.stats.items()
-            }
-            if final
-            else {},
-            OVERALL: {"metric": final.metric[OVERALL], **final.overall} if final and final.overall else {},
-            "group": final.group if final else {},
-            "placement": self.placement_summary(),
-            "run_dir": str(self.run_dir),
-            **(extra or {}),
+            **(final.final_summary() if final else {"final": {}, OVERALL: {}, "group": {}}),
         }
+        if final is not None and final.global_view is not None:
+            summary[GLOBAL] = final.global_view.final_summary()
+        if self.participation is not None:
+            evaluated = self.final_evaluated(final) if final is not None else None
+            summary["participation"] = participation_summary(self.participation, evaluated)
+        summary.update({"placement": self.placement_summary(), "run_dir": str(self.run_dir), **(extra or {})})
         write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         from fedmtl.plots import plot_run
 
         plot_run(self.run_dir)
         return summary
+
+
+PARTICIPATION_FILE = "participation.csv"
+LISTED_CLIENTS = 100
+"""The most client ids ``summary.json``'s participation lists (``participation.csv`` has all)."""
+
+
+def participation_summary(table: pd.DataFrame, evaluated: Iterable[int] | None = None) -> dict[str, Any]:
+    """``summary.json``'s ``participation`` of a ``participation.csv`` table.
+
+    ``clients``, ``trained`` and ``never_trained`` (how many clients of the federation had a
+    training reply accepted in at least one round, or in none), ``rounds_trained`` (``min``,
+    ``median``, ``mean``, ``max`` over all clients), ``never_aggregated`` (clients whose update
+    never entered the model); with the final round's ``evaluated`` clients: ``evaluated``,
+    ``evaluated_never_trained`` and ``evaluated_never_trained_clients`` (the first
+    :data:`LISTED_CLIENTS` ids): whose evaluated model never trained in this run.
+    """
+    trained = table["rounds_trained"].astype(int)
+    out: dict[str, Any] = {
+        "clients": len(table),
+        "trained": int((trained > 0).sum()),
+        "never_trained": int((trained == 0).sum()),
+        "never_aggregated": int((table["rounds_aggregated"].astype(int) == 0).sum()),
+        "rounds_trained": {"min": int(trained.min()), "median": float(trained.median()),
+                           "mean": round(float(trained.mean()), 4), "max": int(trained.max())}
+        if len(table) else {},
+    }
+    if evaluated is not None:
+        evaluated = sorted(set(evaluated))
+        rounds = dict(zip(table["client"].astype(int), trained, strict=True))
+        never = [c for c in evaluated if rounds.get(c, 0) == 0]
+        out.update({"evaluated": len(evaluated), "evaluated_never_trained": len(never),
+                    "evaluated_never_trained_clients": never[:LISTED_CLIENTS]})
+    return out
+
+
+def read_participation(run_dir: str | Path) -> pd.DataFrame | None:
+    """A run folder's ``participation.csv`` (``None`` when it has none: a centralized run, or
+    one written before participation was recorded)."""
+    path = Path(run_dir) / PARTICIPATION_FILE
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, dtype={"last_round": "Int64"})
 
 
 class CheckpointError(RuntimeError):
@@ -335,12 +443,14 @@ def load_checkpoint(run_dir: str | Path, path: str | Path | None = None) -> tupl
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """Read a run folder: ``metrics`` and ``rounds`` DataFrames, ``summary`` dict."""
+    """Read a run folder: ``metrics`` and ``rounds`` DataFrames, ``summary`` dict and the
+    ``participation`` DataFrame (``None`` without ``participation.csv``)."""
     run_dir = Path(run_dir)
     return {
         "metrics": pd.read_csv(run_dir / "metrics.csv"),
         "rounds": pd.read_csv(run_dir / "rounds.csv"),
         "summary": json.loads((run_dir / "summary.json").read_text()),
+        "participation": read_participation(run_dir),
     }
 
 
@@ -412,6 +522,19 @@ def trained_rounds(run_dir: str | Path, until_round: int) -> dict[int, int]:
     return {int(c): int(r) for c, r in rows.groupby("client")["round"].max().items()}
 
 
+def aggregated_training(run_dir: str | Path) -> dict[int, list[int]]:
+    """Per client, the rounds whose ``metrics.csv`` has its aggregated training (its
+    ``heads-fingerprint-out`` row), sorted."""
+    from fedmtl.protocol import HEADS_OUT
+
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return {}
+    metrics = pd.read_csv(path, dtype={"task": str, "split": str, "metric": str})
+    rows = metrics[(metrics["split"] == "train") & (metrics["metric"] == HEADS_OUT)]
+    return {int(c): sorted(int(r) for r in set(rounds)) for c, rounds in rows.groupby("client")["round"]}
+
+
 @dataclass(frozen=True)
 class ResumeProblem:
     """Why a run folder cannot be resumed exactly.
@@ -422,10 +545,14 @@ class ResumeProblem:
         What differs, naming the key, file or folder.
     forced : str
         What ``--force`` does about it (``""``: ``--force`` cannot override it).
+    clients : tuple of int
+        The clients whose heads ``--force`` lets start from other heads than their last
+        training left (the server then forgets those heads: :func:`forget_heads`).
     """
 
     message: str
     forced: str = ""
+    clients: tuple[int, ...] = ()
 
 
 def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict[str, Any]) -> list[ResumeProblem]:
@@ -434,9 +561,10 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
 
     The checkpoint must carry the run folder's ``run-id`` and a config equal to ``cfg`` but
     for :data:`RESUME_FREE_KEYS`. Every client whose training was aggregated in a round ≤
-    the checkpoint's round (:func:`trained_rounds`) must have heads of that round or later
-    (and ≤ the checkpoint's), and every head file the resume would read must be readable and
-    of this run and config (:func:`fedmtl.personalization.check_heads`).
+    the checkpoint's round (:func:`trained_rounds`), or whose saved heads the checkpoint's
+    server knows (:func:`ledger_rounds`), must have heads of that round or later (and ≤ the
+    checkpoint's), and every head file the resume would read must be readable and of this run
+    and config (:func:`fedmtl.personalization.check_heads`).
     """
     run_dir = Path(run_dir)
     done = int(checkpoint["round"])
@@ -459,7 +587,8 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
             problems.append(ResumeProblem(f"config.toml differs from the run's: {', '.join(changed)}",
                                           "the run continues with config.toml as it is now"))
     if cfg.client.head_store == "disk":
-        problems += head_problems(run_dir, cfg, done, run_id or (written_by if isinstance(written_by, str) else ""))
+        problems += head_problems(run_dir, cfg, done, run_id or (written_by if isinstance(written_by, str) else ""),
+                                  ledger_rounds(checkpoint))
     return problems
 
 
@@ -474,14 +603,37 @@ def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
-def head_problems(run_dir: Path, cfg: ExperimentConfig, done: int, run_id: str) -> list[ResumeProblem]:
+def ledger_rounds(checkpoint: dict[str, Any]) -> dict[int, int]:
+    """Per client, the round of the heads the checkpoint's server expects it to start from
+    (its ``heads`` entry, ``{client: (round, heads-fingerprint-out) or None}``; an older
+    checkpoint has none)."""
+    heads = checkpoint.get("heads")
+    if not isinstance(heads, dict):
+        return {}
+    return {int(c): int(h[0]) for c, h in heads.items() if isinstance(h, tuple | list) and len(h) == 2}
+
+
+def forget_heads(checkpoint: dict[str, Any], clients: Iterable[int]) -> None:
+    """Let ``clients`` start the resumed run from whatever heads they have (``--force``): the
+    checkpoint's server no longer names their heads (it learns them from their next reply)."""
+    heads = checkpoint.get("heads")
+    if isinstance(heads, dict):
+        heads.update({c: None for c in clients})
+
+
+def head_problems(run_dir: Path, cfg: ExperimentConfig, done: int, run_id: str,
+                  known: Mapping[int, int] | None = None) -> list[ResumeProblem]:
     """The heads a resume after round ``done`` needs, checked on disk (one problem per
-    kind: the clients are listed in it)."""
+    kind: the clients are listed in it); ``known``: per client, the round of heads the
+    checkpoint's server knows it saved (:func:`ledger_rounds`), besides those of ``metrics.csv``."""
     from fedmtl.personalization import DiskHeadStore, RunIdentity, check_heads
 
     store = DiskHeadStore(head_store_root(cfg, run_dir), RunIdentity(run_id, config_fingerprint(cfg)))
-    found = check_heads(store, trained_rounds(run_dir, done), done)
-    forced = {"missing": "these clients start again from fresh heads",
+    trained = trained_rounds(run_dir, done)
+    for client, server_round in (known or {}).items():
+        trained[client] = max(trained.get(client, 0), server_round)
+    found = check_heads(store, trained, done)
+    forced = {"missing": "these clients start again from the older or fresh heads they find",
               "other-config": "these heads are used as they are",
               "no-identity": "these heads are used as they are",
               "unreadable": "", "other-run": ""}
@@ -492,5 +644,6 @@ def head_problems(run_dir: Path, cfg: ExperimentConfig, done: int, run_id: str) 
             shown = "; ".join(messages[:3]) + (f"; and {len(messages) - 3} more" if len(messages) > 3 else "")
             if not then:
                 shown += " (move the file away: that client then needs --force to start from fresh heads)"
-            problems.append(ResumeProblem(shown, then))
+            clients = tuple(p.client for p in found if p.kind == kind) if kind == "missing" else ()
+            problems.append(ResumeProblem(shown, then, clients))
     return problems

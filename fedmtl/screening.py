@@ -31,6 +31,7 @@ from fedmtl.protocol import (
     LOSS,
     NUM_EXAMPLES,
     TEST,
+    TEST_GLOBAL,
     TRAIN,
     TRAIN_REPLY_KEYS,
     metric_key,
@@ -262,13 +263,14 @@ def count_problem(values: Mapping[str, float], most: int) -> str:
 
 
 def _task_keys_problem(values: Mapping[str, float], stage: str, plain: tuple[str, ...],
-                       limits: ClientLimits | None) -> str:
-    """Every key is a plain key of ``plain`` or ``<stage>.<task>.<metric>`` of a task the client holds."""
+                       limits: ClientLimits | None, optional: tuple[str, ...] = ()) -> str:
+    """Every key is a plain key of ``plain`` or ``<stage>.<task>.<metric>`` of a task the client
+    holds (or of a stage of ``optional``, which may be absent)."""
     for key in values:
         parts = key.split(".")
         if key in plain:
             continue
-        if len(parts) != 3 or parts[0] != stage or not parts[1] or not parts[2]:
+        if len(parts) != 3 or parts[0] not in (stage, *optional) or not parts[1] or not parts[2]:
             return f"unexpected metric '{_short(key)}'"
         if limits is not None and parts[1] not in limits.tasks:
             return f"metric '{_short(key)}' of task '{_short(parts[1])}', which the client does not hold"
@@ -322,20 +324,22 @@ def evaluation_range(name: str, count: float) -> tuple[float, float] | None:
 
 def evaluate_metrics_problem(values: Mapping[str, float], limits: ClientLimits | None) -> str:
     """Why an evaluation reply's metrics (numbers) cannot be used (``""`` if they can): a whole
-    ``num-examples`` in [1, ``limits.max_test``], ``test.<task>.<metric>`` keys of the client's
-    own tasks only, each metric in its range (:func:`evaluation_range`)."""
+    ``num-examples`` in [1, ``limits.max_test``], ``test.<task>.<metric>`` keys (and, optionally,
+    the global view's ``test-global.<task>.<metric>``) of the client's own tasks only, each
+    metric in its range (:func:`evaluation_range`)."""
     problem = count_problem(values, limits.max_test if limits else 0)
-    problem = problem or _task_keys_problem(values, TEST, EVALUATE_REPLY_KEYS, limits)
+    problem = problem or _task_keys_problem(values, TEST, EVALUATE_REPLY_KEYS, limits, (TEST_GLOBAL,))
     if problem:
         return problem
     count = values[NUM_EXAMPLES]
-    for task, metrics in parse_metric_keys(values, TEST).items():
-        for name, value in metrics.items():
-            valid = evaluation_range(name, count)
-            if valid is None:
-                return f"unexpected metric '{_short(metric_key(TEST, task, name))}'"
-            if problem := _range_problem(metric_key(TEST, task, name), value, *valid):
-                return problem
+    for stage in (TEST, TEST_GLOBAL):
+        for task, metrics in parse_metric_keys(values, stage).items():
+            for name, value in metrics.items():
+                valid = evaluation_range(name, count)
+                if valid is None:
+                    return f"unexpected metric '{_short(metric_key(stage, task, name))}'"
+                if problem := _range_problem(metric_key(stage, task, name), value, *valid):
+                    return problem
     return ""
 
 

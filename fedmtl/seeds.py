@@ -54,6 +54,9 @@ class Stream(IntEnum):
     """Torch: a client's personal heads on its first visit."""
     FEATURE_SKEW = 0xF5E
     """Torch: a client's input noise (``data.feature-skew = "noise"``)."""
+    FINETUNE = 0xF17E
+    """Torch: the order of a client's mini-batches when it fine-tunes a copy before evaluating
+    (``personalization.method = "finetune"`` or ``"fedbabu"``)."""
 
 
 def seed_sequence(*keys: int) -> np.random.SeedSequence:

@@ -5,13 +5,17 @@ registry. This module sits above it and above the registries, and is where a con
 checked in full, in three steps:
 
 1. **Schema** (:func:`fedmtl.config.parse_schema`), after turning keys that moved into
-   ``[data.params]`` into a one-line error naming their new place.
+   ``[data.params]`` into a one-line error naming their new place, and filling in
+   ``model.heads`` or ``personalization.method`` when a config sets only the other
+   (:func:`heads_from_method`).
 2. **Names and parameters**: dataset, partitioner, task sets, backbone, weightings (and
    where they may run) with their parameters, kinds of corruption; the dataset's own
    ``[data.params]``, checked by its ``Params`` model and filled in with its defaults, so a
-   resolved config records exactly what ran.
+   resolved config records exactly what ran; likewise the personalization method's
+   ``[personalization.params]``.
 3. **Across sections**: input shape vs backbone, natural clients, partition task, feature
-   skew, global heads, where heads live vs virtual SuperNodes, centralized mode.
+   skew, global heads, where heads live vs virtual SuperNodes, centralized mode, the
+   personalization method vs the heads and its own checks.
 
 Everybody loads configs through :func:`load_config`, :func:`build_config` or
 :func:`config_from_flat`; :func:`check_config` re-checks a config changed in code.
@@ -36,6 +40,7 @@ from fedmtl.data.federation import check_natural_clients
 from fedmtl.faults import CORRUPTIONS
 from fedmtl.models import BACKBONES, build_model
 from fedmtl.registry import Registry, did_you_mean
+from fedmtl.training.methods import GLOBAL, METHODS, PERSONAL, MethodParamsError
 
 IMAGE_RANK = 3
 """Rank of image inputs, ``(channels, height, width)``."""
@@ -83,6 +88,7 @@ def build_config(values: dict[str, Any]) -> ExperimentConfig:
     moved = moved_key_errors(values)
     if moved:
         raise ConfigError("\n".join(moved))
+    values = heads_from_method(values)
     try:
         cfg = parse_schema(values)
     except ConfigError as exc:  # report the unknown names too, in the same pass
@@ -102,7 +108,7 @@ def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
     errors = name_errors(cfg)
     if errors:
         raise ConfigError("\n".join(errors))
-    cfg = resolve_data_params(cfg)
+    cfg = resolve_method_params(resolve_data_params(cfg))
     for check in CROSS_CHECKS:
         try:
             check(cfg)
@@ -137,6 +143,25 @@ def moved_key_errors(values: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- model.heads and personalization.method ---------------------------------------------
+def heads_from_method(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the one of ``model.heads`` and ``personalization.method`` it leaves unset
+    filled in from the other: a method alone gets the heads it allows first (``"none"``,
+    ``"fedprox"``, ``"finetune"``, ``"ditto"``: global; the others: personal), and
+    ``model.heads = "global"`` alone means ``personalization.method = "none"`` (as before the
+    section existed). With both set, :func:`check_personalization` checks that they agree.
+    """
+    model, section = values.get("model", {}), values.get("personalization", {})
+    if not isinstance(model, dict) or not isinstance(section, dict):
+        return values  # the schema names the bad section
+    method = section.get("method")
+    if "heads" not in model and isinstance(method, str) and method in METHODS:
+        return {**values, "model": {**model, "heads": METHODS.get(method).heads[0]}}
+    if "method" not in section and model.get("heads") == GLOBAL:
+        return {**values, "personalization": {**section, "method": "none"}}
+    return values
+
+
 # -- names and parameters -----------------------------------------------------------------
 def _named(key: str, value: Any, message: str) -> str:
     return f"{key} = {value!r}: {message}"
@@ -151,6 +176,7 @@ REGISTERED: tuple[tuple[str, str, Registry[Any]], ...] = (
     ("data", "partitioner", PARTITIONERS),
     ("data", "task-sets", TASK_SETS),
     ("model", "backbone", BACKBONES),
+    ("personalization", "method", METHODS),
 )
 """Keys that name an entry of a registry."""
 
@@ -222,6 +248,12 @@ def name_errors(cfg: ExperimentConfig) -> list[str]:
         name = nested[side][key]
         if not weighting_name_errors(side, key, name):
             errors += weighting_params_errors(side, name, nested[side][params_key], params_key)
+    method = cfg.personalization.method
+    if method in METHODS:
+        try:
+            METHODS.get(method).parse_params(dict(cfg.personalization.params))
+        except MethodParamsError as exc:
+            errors += [f"personalization.params: {line}" for line in str(exc).splitlines()]
     return errors
 
 
@@ -255,6 +287,14 @@ def resolve_data_params(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("\n".join(_param_error(e, dataset, allowed) for e in exc.errors())) from None
     data = cfg.data.model_copy(update={"params": params.model_dump(by_alias=True)})
     return cfg.model_copy(update={"data": data})
+
+
+def resolve_method_params(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``personalization.params`` checked by its method and every default filled in
+    (the method's name and options are known: :func:`name_errors` ran)."""
+    params = METHODS.get(cfg.personalization.method).parse_params(dict(cfg.personalization.params))
+    section = cfg.personalization.model_copy(update={"params": params.model_dump(by_alias=True)})
+    return cfg.model_copy(update={"personalization": section})
 
 
 # -- rules across sections ----------------------------------------------------------------
@@ -323,18 +363,39 @@ def check_feature_skew(cfg: ExperimentConfig) -> None:
 
 def check_global_heads(cfg: ExperimentConfig) -> None:
     """Global heads need every client to hold every task, and the 'clients' plan."""
-    if cfg.model.heads != "global":
+    if cfg.model.heads != GLOBAL:
         return
+    method = cfg.personalization.method
+    heads = "model.heads = 'global'" + (f" (personalization.method = '{method}')" if method != "none" else "")
     if cfg.data.task_sets != "all":
+        hint = "; or model.heads = 'personal'" if PERSONAL in METHODS.get(method).heads else ""
         raise ValueError(
-            f"model.heads = 'global' needs every client to hold every task "
-            f"(data.task-sets = 'all'), not {cfg.data.task_sets!r}"
+            f"{heads} needs every client to hold every task "
+            f"(data.task-sets = 'all'), not {cfg.data.task_sets!r}{hint}"
         )
     if cfg.server.plan != "clients":
         raise ValueError(
-            f"model.heads = 'global' federates whole models: it needs server.plan = "
+            f"{heads} federates whole models: it needs server.plan = "
             f"'clients', not {cfg.server.plan!r}"
         )
+
+
+def check_personalization(cfg: ExperimentConfig) -> None:
+    """The method allows ``model.heads``, has a meaning in the run's mode, and passes its own checks."""
+    name, heads = cfg.personalization.method, cfg.model.heads
+    method = METHODS.get(name)
+    if heads not in method.heads:
+        what = "federates the heads with the backbone" if method.heads == (GLOBAL,) else "keeps the heads personal"
+        raise ValueError(
+            f"personalization.method = '{name}' {what}: it needs model.heads = '{method.heads[0]}', not "
+            f"'{heads}' (leave model.heads unset to follow the method)"
+        )
+    if cfg.run.mode == "centralized" and name not in ("fedper", "none"):
+        raise ValueError(
+            f"run.mode = 'centralized' trains one pooled model: personalization.method = '{name}' has no meaning "
+            "there; use run.mode = 'federated'"
+        )
+    method.check(cfg, method.parse_params(dict(cfg.personalization.params)))
 
 
 def check_client_rule(cfg: ExperimentConfig) -> None:
@@ -472,6 +533,7 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_natural_partition,
     check_partition_task,
     check_feature_skew,
+    check_personalization,
     check_global_heads,
     check_client_rule,
     check_head_store,

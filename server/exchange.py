@@ -8,6 +8,7 @@ order the server reports it: client errors, missing replies, then rejected repli
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from logging import WARNING
 
 import torch
@@ -32,17 +33,20 @@ from fedmtl.server.roster import Roster
 
 
 def build_messages(
-    arrays: ArrayRecord, config: ConfigRecord, roster: Roster, clients: list[int], kind: str, call: wire.Call
+    arrays: ArrayRecord, config: ConfigRecord, roster: Roster, clients: list[int], kind: str, call: wire.Call,
+    heads: Callable[[int], dict[str, float | bool]] | None = None,
 ) -> list[Message]:
-    """One message per client: the global model, the run config and the call's values.
+    """One message per client: the global model, the run config and the call's values (with
+    ``heads``: the call fields naming the heads each client must start from,
+    :meth:`fedmtl.server.heads.HeadsLedger.expected`).
 
     The run config is one record shared by every message (Flower checks every value of a
     new record); the per-message values travel in ``"call"``.
     """
-    return [Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config,
-                                wire.CALL: ConfigRecord(dataclasses.replace(call, client=c).values())}),
+    calls = [dataclasses.replace(call, client=c, **(heads(c) if heads else {})) for c in clients]
+    return [Message(RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config, wire.CALL: ConfigRecord(one.values())}),
                     dst_node_id=roster.node(i, c), message_type=kind)
-            for i, c in enumerate(clients)]
+            for i, (c, one) in enumerate(zip(clients, calls, strict=True))]
 
 
 def read_train_replies(

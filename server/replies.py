@@ -5,7 +5,8 @@ the messages sent to their clients, and each reply is matched through its
 ``reply_to_message_id``; a reply that comes from another node than the message went to
 (:func:`destinations`), or whose claimed ``partition-id`` disagrees, is rejected. Each
 reader returns one outcome: :class:`Accepted` (or :class:`Evaluated`), :class:`Rejected`
-(a reply that cannot be used) or :class:`Failed` (an error in place of a reply).
+(a reply that cannot be used; :class:`Refused` when the client refused the call because its
+heads are not those the server named) or :class:`Failed` (an error in place of a reply).
 
 Reading is total: whatever a reply holds, a reader returns an outcome and raises nothing.
 Metrics must be numbers (:func:`fedmtl.screening.number_values`) with the required keys and
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import WHOLE
@@ -59,19 +60,36 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Evaluated:
-    """A usable evaluation reply: ``{task: {metric: value}}`` and the test examples."""
+    """A usable evaluation reply: ``{task: {metric: value}}`` and the test examples.
+
+    ``per_task`` holds the ``test`` metrics (the model the method personalises);
+    ``global_per_task`` the global model's ``test-global`` metrics (empty: the method has one
+    model, or the client sent no global view).
+    """
 
     client: int
     per_task: dict[str, dict[str, float]]
     num_examples: int
+    global_per_task: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Rejected:
-    """A reply that cannot be used, and why (``client`` is ``None`` when unknown)."""
+    """A reply that cannot be used, and why (``client`` is ``None`` when unknown).
+
+    ``heads_out`` is the reply's ``heads-fingerprint-out`` when its metrics were usable and
+    only its update was not: the client saved those heads (``None``: unknown; not compared).
+    """
 
     client: int | None
     problem: str
+    heads_out: float | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Refused(Rejected):
+    """A client that refused the call (:data:`fedmtl.protocol.REFUSAL`): its heads are not
+    those the server named, and it neither trained nor saved heads. Counted as rejected."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,14 @@ def client_error_message(reason: object) -> str:
     if marker in reason:
         reason = reason[reason.rindex(marker) + len(marker) :]
     return reason.strip().removesuffix("'>").strip()[:MAX_REASON]
+
+
+def refusal_problem(record: object) -> str:
+    """``refused: <the client's reason>`` of a :data:`fedmtl.protocol.REFUSAL` record, the
+    reason kept to one printable line of at most :data:`MAX_REASON` characters."""
+    reason = record.get(wire.REFUSAL_REASON) if isinstance(record, ConfigRecord) else None
+    text = " ".join(reason.split())[:MAX_REASON] if isinstance(reason, str) else ""
+    return "refused: " + ("".join(c if c.isprintable() else "?" for c in text) or "no reason given")
 
 
 def addressees(messages: Iterable[Message]) -> dict[str, int]:
@@ -170,6 +196,8 @@ def _check_sender(reply: Message, client: int | None, node: int | None) -> Faile
     source = reply.metadata.src_node_id
     if node is not None and source != node:
         return Rejected(client, f"a reply from node {source} to the message sent to node {node}")
+    if wire.REFUSAL in reply.content.config_records:
+        return Refused(client, refusal_problem(reply.content[wire.REFUSAL]))
     if wire.METRICS not in reply.content.metric_records:
         return Rejected(client, "no metrics")
     values = number_values(reply.content[wire.METRICS])
@@ -233,7 +261,9 @@ def read_train_reply(
         return Rejected(client, problem)
     tasks = sorted(wire.parse_metric_keys(checked, wire.TRAIN))
     rows = _read_parts(reply, like, tasks) if parts else _read_update(reply, like)
-    return Rejected(client, rows) if isinstance(rows, str) else Accepted(client, rows, checked)
+    if isinstance(rows, str):
+        return Rejected(client, rows, heads_out=checked[wire.HEADS_OUT])
+    return Accepted(client, rows, checked)
 
 
 def read_evaluate_reply(
@@ -248,7 +278,8 @@ def read_evaluate_reply(
     problem = evaluate_metrics_problem(checked, limits(client) if limits else None)
     if problem:
         return Rejected(client, problem)
-    return Evaluated(client, wire.parse_metric_keys(checked, wire.TEST), int(checked[wire.NUM_EXAMPLES]))
+    return Evaluated(client, wire.parse_metric_keys(checked, wire.TEST), int(checked[wire.NUM_EXAMPLES]),
+                     wire.parse_metric_keys(checked, wire.TEST_GLOBAL))
 
 
 def placement_row(reply: Message, client: int | None, server_round: int, stage: str) -> tuple | None:

@@ -1,7 +1,9 @@
-"""The typed state of one server round, its ``rounds.csv`` row, and the rules on rounds."""
+"""The typed state of one server round, its ``rounds.csv`` row, the clients' participation,
+and the rules on rounds."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -90,6 +92,59 @@ def round_row(server_round: int, train: TrainRecord, evaluation: EvaluateRecord 
         if evaluation.evaluated:
             row["evaluated"] = evaluation.evaluated
     return row
+
+
+@dataclass
+class Participation:
+    """Per client, the rounds it trained in: the server accepted its training reply (well
+    formed, of the client's own tasks; the client trained and saved its personal state), and
+    the rounds its update was aggregated (it also passed the norm screen, and the round was not
+    skipped). Written to ``participation.csv`` (:meth:`rows`) and part of the server's checkpoint
+    (:meth:`state_dict`), so a resumed run's record equals an uninterrupted run's.
+    """
+
+    trained: dict[int, int] = field(default_factory=dict)
+    """Client -> rounds with an accepted training reply (absent: none)."""
+    last_round: dict[int, int] = field(default_factory=dict)
+    """Client -> the last of those rounds."""
+    aggregated: dict[int, int] = field(default_factory=dict)
+    """Client -> rounds its update entered the model."""
+
+    def note_trained(self, server_round: int, clients: Iterable[int]) -> None:
+        """``clients`` had a training reply accepted in ``server_round`` (each counted once a round)."""
+        for client in set(clients):
+            if self.last_round.get(client) != server_round:
+                self.trained[client] = self.trained.get(client, 0) + 1
+                self.last_round[client] = server_round
+
+    def note_aggregated(self, clients: Iterable[int]) -> None:
+        """The updates of ``clients`` entered the model this round."""
+        for client in set(clients):
+            self.aggregated[client] = self.aggregated.get(client, 0) + 1
+
+    def rows(self, clients: Iterable[int]) -> list[tuple[int, int, int | None, int]]:
+        """``(client, rounds_trained, last_round, rounds_aggregated)`` of each of ``clients``
+        (every client of the federation; ``last_round`` is ``None`` for one that never trained)."""
+        return [(c, self.trained.get(c, 0), self.last_round.get(c), self.aggregated.get(c, 0)) for c in clients]
+
+    def state_dict(self) -> dict[str, dict[int, int]]:
+        """For the checkpoint."""
+        return {"trained": dict(self.trained), "last_round": dict(self.last_round),
+                "aggregated": dict(self.aggregated)}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[int, int]] | None,
+                        aggregated_rounds: Mapping[int, list[int]] | None = None) -> None:
+        """Restore :meth:`state_dict`; for a checkpoint written before participation was
+        recorded (``state`` ``None``), rebuild it from ``aggregated_rounds`` (per client, the
+        rounds ``metrics.csv`` has its aggregated training of): exact but for the rounds in which
+        a client trained and its update was not aggregated."""
+        if state is None:
+            rounds = {int(c): sorted(set(r)) for c, r in (aggregated_rounds or {}).items() if r}
+            state = {"trained": {c: len(r) for c, r in rounds.items()},
+                     "last_round": {c: r[-1] for c, r in rounds.items()},
+                     "aggregated": {c: len(r) for c, r in rounds.items()}}
+        self.trained, self.last_round, self.aggregated = (
+            {int(c): int(n) for c, n in state.get(key, {}).items()} for key in ("trained", "last_round", "aggregated"))
 
 
 @dataclass

@@ -10,8 +10,13 @@ after its checkpoint's round), each top to bottom:
    clients, up to ``server.max-retries`` times;
 3. **aggregate** the accepted updates with the plan and weightings and take the server step,
    or **skip** the round (stop after ``server.max-failed-rounds`` skips in a row);
-4. **evaluate** the personalized models every ``run.evaluate-every`` rounds and at the last;
+4. **evaluate** the personalized models (and, for methods that have one, the global model)
+   every ``run.evaluate-every`` rounds and at the last;
 5. **record** the ``rounds.csv`` row and **checkpoint** every ``run.checkpoint-every`` rounds.
+
+Each client's participation (rounds trained, last round, rounds aggregated) is kept through
+the run (:class:`fedmtl.server.rounds.Participation`) and written to ``participation.csv``
+when the last round ends.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from fedmtl.aggregation.plans import make_plan, needs_task_parts
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.progress import Progress
-from fedmtl.results import RoundStats, RunRecorder
+from fedmtl.results import RoundStats, RunRecorder, aggregated_training
 from fedmtl.screening import KnownClients
 from fedmtl.server.discovery import ClientDirectory
 from fedmtl.server.exchange import (
@@ -41,12 +46,14 @@ from fedmtl.server.exchange import (
     read_train_replies,
     unanswered,
 )
+from fedmtl.server.heads import HeadsLedger
 from fedmtl.server.replies import Accepted, Evaluated, Failed
 from fedmtl.server.roster import Roster
 from fedmtl.server.rounds import (
     ClientsFailed,
     Collected,
     EvaluateRecord,
+    Participation,
     RunTally,
     TrainRecord,
     count_screened,
@@ -98,7 +105,11 @@ class FedMTLStrategy:
         self.first_round = 1
         self.last_stats: RoundStats | None = None
         self.tally = RunTally()
+        self.participation = Participation()
+        """Per client, the rounds it trained in (``participation.csv``; in the checkpoint)."""
         self.known = KnownClients(cfg.data, cfg.run.seed, server.max_examples)  # bounds what replies report
+        self.heads = HeadsLedger(cfg.model.heads != "global", cfg.client.head_store == "disk")
+        """The heads each client must start from (named in every call; a client with others refuses)."""
 
     # -- the round loop -------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
@@ -118,6 +129,7 @@ class FedMTLStrategy:
             self.recorder.log_round(row, stats)
             if is_checkpoint_round(self.cfg.run, server_round):
                 self.recorder.save_checkpoint(server_round, self.checkpoint_state())
+        self.recorder.record_participation(self.participation.rows(range(self.cfg.data.num_clients)))
 
     def train_round(self, grid: Grid, server_round: int) -> TrainRecord:
         """Ask clients, retry while too few replies are usable, then aggregate or skip."""
@@ -134,6 +146,8 @@ class FedMTLStrategy:
                 server_round, len(accepted), server.min_replies, collected.retries, len(clients))
             self.exchange(grid, server_round, clients, collected)
             accepted = screen_norms(collected.formed, server.norm_screening)
+        self.heads.commit()
+        self.participation.note_trained(server_round, collected.formed)
         screened = count_screened(server_round, len(collected.formed), len(accepted), server.norm_screening)
         record = TrainRecord(collected.sampled, len(collected.formed) + collected.rejected, collected.failures,
                              collected.rejected + screened, collected.retries, len(accepted), skipped=0)
@@ -142,12 +156,14 @@ class FedMTLStrategy:
         aggregated = self.aggregate_train(server_round, [collected.formed[c] for c in accepted])
         if isinstance(aggregated, str):  # a combined update that is not finite: skip the round
             return self.skip(server_round, dataclasses.replace(record, skipped=1), [aggregated], why=aggregated)
+        self.participation.note_aggregated(accepted)
         return dataclasses.replace(record, fallbacks=aggregated[0], train_loss=aggregated[1])
 
     def configure_train(self, server_round: int, clients: list[int], attempt: int) -> list[Message]:
         """The training messages of one attempt: the global model and what to reply."""
         call = dataclasses.replace(self.needs, server_round=server_round, attempt=attempt)
-        return build_messages(self.arrays, self.config_record, self.roster, clients, MessageType.TRAIN, call)
+        return build_messages(self.arrays, self.config_record, self.roster, clients, MessageType.TRAIN, call,
+                              lambda c: self.heads.expected(c, training=True))
 
     def exchange(self, grid: Grid, server_round: int, clients: list[int], collected: Collected) -> None:
         """Send one training attempt and read its replies into ``collected``."""
@@ -156,6 +172,7 @@ class FedMTLStrategy:
         outcomes = read_train_replies(messages, replies, self.state, self.needs.task_parts, set(collected.formed),
                                       self.known)
         collected.sampled += len(clients)
+        self.heads.observe(server_round, clients, outcomes)
         missing = unanswered(messages, replies)
         collected.failures += self.count_failures(server_round, "training", outcomes, missing, collected)
         self.recorder.log_placement(placement_rows(server_round, "train", messages, replies))
@@ -202,11 +219,12 @@ class FedMTLStrategy:
         return record
 
     def evaluate_round(self, grid: Grid, server_round: int) -> tuple[EvaluateRecord, RoundStats | None]:
-        """Ask sampled clients to evaluate their personalized model; record their metrics."""
+        """Ask sampled clients to evaluate their personalized model (and the global one, for a
+        method that has both); record their metrics."""
         self.roster.follow_reconnections(grid)
         clients = self.roster.sample(self.cfg.server.fraction_evaluate, 1)
         messages = build_messages(self.arrays, self.config_record, self.roster, clients, MessageType.EVALUATE,
-                                  wire.Call(server_round))
+                                  wire.Call(server_round), lambda c: self.heads.expected(c, training=False))
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.server.timeout))
         outcomes = read_evaluate_replies(messages, replies, self.known)
         failures = self.count_failures(server_round, "evaluation", outcomes, unanswered(messages, replies))
@@ -217,7 +235,8 @@ class FedMTLStrategy:
             return EvaluateRecord(failures, 0), None
         self.last_stats = self.recorder.record_evaluation(
             server_round, {c: o.per_task for c, o in evaluated.items()},
-            {c: o.num_examples for c, o in evaluated.items()})
+            {c: o.num_examples for c, o in evaluated.items()},
+            {c: o.global_per_task for c, o in evaluated.items() if o.global_per_task})
         return EvaluateRecord(failures, len(evaluated)), self.last_stats
 
     def check_progress(self) -> None:
@@ -228,13 +247,17 @@ class FedMTLStrategy:
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, object]:
         """What a resumed run needs besides the heads and the run folder: the global model, the
-        server optimizer, the weightings, the sampling RNG, the last evaluation's statistics."""
+        server optimizer, the weightings, the sampling RNG, the last evaluation's statistics, the
+        heads each client must start from (:meth:`fedmtl.server.heads.HeadsLedger.state_dict`),
+        and the clients' participation (:meth:`fedmtl.server.rounds.Participation.state_dict`)."""
         return {
             "backbone": self.state,
             "server_optimizer": self.optimizer.state_dict(),
             "weightings": {level: w.state_dict() for level, w in self.plan.weightings().items()},
             "rng": self.roster.rng.bit_generator.state,
             "last_stats": dataclasses.asdict(self.last_stats) if self.last_stats else None,
+            "heads": self.heads.state_dict(),
+            "participation": self.participation.state_dict(),
         }
 
     def restore(self, checkpoint: dict) -> None:
@@ -245,5 +268,9 @@ class FedMTLStrategy:
             weighting.load_state_dict(checkpoint["weightings"][level])
         self.roster.rng.bit_generator.state = checkpoint["rng"]
         self.state = dict(checkpoint["backbone"])
+        self.heads.load_state_dict(checkpoint.get("heads"))
+        recorded = checkpoint.get("participation")
+        self.participation.load_state_dict(
+            recorded, None if recorded is not None else aggregated_training(self.recorder.run_dir))
         if checkpoint.get("last_stats"):
-            self.last_stats = RoundStats(**checkpoint["last_stats"])
+            self.last_stats = RoundStats.from_dict(checkpoint["last_stats"])

@@ -17,6 +17,7 @@ from fedmtl.screening import MAX_LOSS, MAX_PLACEMENT, ClientLimits, KnownClients
 from fedmtl.server.replies import (
     Accepted,
     Evaluated,
+    Refused,
     Rejected,
     placement_row,
     read_evaluate_reply,
@@ -233,6 +234,27 @@ def test_a_reply_from_another_node_than_the_message_went_to_is_rejected():
     evaluation.metadata.__dict__["_src_node_id"] = 999
     assert read_evaluate_reply(evaluation, 2, limits, node=102) == Rejected(
         2, "a reply from node 999 to the message sent to node 102")
+
+
+def test_a_refusal_is_a_rejection_with_the_clients_reason_on_one_bounded_line():
+    reason = "client 2's heads are missing from '/h' (its last training left heads-fingerprint 0.7)"
+    refused = reply_to(sent(), None, {wire.REFUSAL: ConfigRecord({wire.REFUSAL_REASON: reason})})
+    outcome = read_train_reply(refused, 2, LIKE, False, limits=limits, node=102)
+    assert outcome == Refused(2, f"refused: {reason}") and isinstance(outcome, Rejected)
+    evaluation = reply_to(sent(kind=MessageType.EVALUATE), None, {wire.REFUSAL: ConfigRecord({"other": 1})})
+    assert read_evaluate_reply(evaluation, 2, limits, node=102) == Refused(2, "refused: no reason given")
+    long = reply_to(sent(), None, {wire.REFUSAL: ConfigRecord({wire.REFUSAL_REASON: "a\nb\x00" + "x" * 10_000})})
+    problem = read_train_reply(long, 2, LIKE, False, limits=limits, node=102).problem
+    assert problem.startswith("refused: a b?x") and len(problem) <= len("refused: ") + 500
+    # only the node the message went to may refuse for its client
+    long.metadata.__dict__["_src_node_id"] = 999
+    assert type(read_train_reply(long, 2, LIKE, False, limits=limits, node=102)) is Rejected
+
+
+def test_a_rejected_update_keeps_the_heads_the_client_saved():
+    outcome = read(train_metrics(), {wire.UPDATE: update(math.nan)})
+    assert isinstance(outcome, Rejected) and outcome.heads_out == 0.7
+    assert read(train_metrics(**{"train.left.loss": math.inf})).heads_out is None
 
 
 def test_placement_strings_are_bounded():

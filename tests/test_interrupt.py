@@ -112,6 +112,40 @@ def test_ctrl_c_stops_a_run_keeps_its_rounds_and_leaves_no_process(tmp_path):
     assert not (out / "summary.json").exists()
 
 
+ORPHANED_ON_THE_WAY_OUT = """
+import os, signal, subprocess, sys, time
+from fedmtl.launch.interrupt import Stopped, finish_interrupted, stop_on_signals
+
+sleeper = "import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', 'import time; " \\
+          "time.sleep(120)']); print(child.pid, flush=True); time.sleep(120)"
+parent = subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+print(parent.stdout.readline().strip(), flush=True)
+try:
+    with stop_on_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+except Stopped as stopped:
+    parent.kill()  # as Flower's own ray.shutdown kills the raylet: its child runs on, orphaned
+    parent.wait()
+    finish_interrupted(stopped, None)
+"""
+
+
+def test_a_process_orphaned_on_the_way_out_is_stopped_too(tmp_path):
+    """Flower shuts Ray down while the interrupt unwinds, before fedmtl stops what is left: a
+    Ray worker orphaned by its raylet then is no longer a descendant, yet it was started by
+    the run and must be stopped (it could run on for a second or more, busy in a task)."""
+    proc = subprocess.run([sys.executable, "-c", ORPHANED_ON_THE_WAY_OUT], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    orphan = int(proc.stdout.split()[0])
+    try:
+        assert proc.returncode == 130 and "interrupted before the run started" in proc.stderr, proc.stderr
+        assert running({orphan}) == {}, "the orphaned grandchild was left running"
+    finally:
+        if running({orphan}):
+            os.kill(orphan, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_sweep_and_names_the_command_that_continues(tmp_path):
     out = tmp_path / "study"

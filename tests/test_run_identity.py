@@ -1,18 +1,23 @@
-"""Resume is exact or refuses: run identity, config fingerprint, the heads a resume needs.
+"""Resume is exact or refuses: run identity, config fingerprint, the heads a resume needs;
+and heads lost during a run are refused, never silently re-initialised.
 
-One real run (module fixture) gives a run folder; each test resumes a copy of it, changed the
-way a user or an attacker could change it. Refusals happen before Ray starts; one forced
-resume runs.
+One real run (module fixture) gives a run folder; each test resumes a copy of it (with
+``fedmtl run --resume`` or through a sweep), changed the way a user or an attacker could
+change it. Refusals happen before Ray starts; one forced resume and one sweep resume run.
+The heads tests drive the real strategy and the real ClientApp in-process (no Ray).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -23,6 +28,7 @@ from fedmtl.personalization import DiskHeadStore, RunIdentity
 from fedmtl.results import (
     checkpoint_files,
     config_fingerprint,
+    forget_heads,
     head_store_root,
     load_checkpoint,
     read_run_id,
@@ -176,3 +182,197 @@ def test_a_client_replies_one_line_naming_a_bad_head_file(tmp_path, task_identit
         reply = app(_message(cfg, kind, 2, "run-a"), context)
         assert reply.has_error() and "\n" not in reply.error.reason
         assert reply.error.reason.startswith(f"client 1: head file '{saved}' is unreadable")
+
+
+# -- heads deleted or replaced during a run: refused and counted, never re-initialised -----
+class InProcessClients:
+    """A grid whose clients are the real ClientApp called in-process (a node and a Context per
+    client, as in the tests above); ``before(kind, server_round, grid)`` runs before each
+    exchange is answered."""
+
+    def __init__(self, num_clients: int, before) -> None:
+        self.contexts = {100 + c: Context(run_id=1, node_id=100 + c, state=RecordDict(), run_config={},
+                                          node_config={"partition-id": c, "num-partitions": num_clients})
+                         for c in range(num_clients)}
+        self.before = before
+        self.ids = itertools.count()
+        self.calls: list[tuple[str, wire.TrainCall]] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        from fedmtl.clients.app import app
+
+        calls = [wire.read_call(dict(m.content[wire.CALL].items())) for m in messages]
+        self.calls += [(m.metadata.message_type, c) for m, c in zip(messages, calls, strict=True)]
+        self.before(messages[0].metadata.message_type, calls[0].server_round, self)
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"
+        return [app(msg, self.contexts[msg.metadata.dst_node_id]) for msg in messages]
+
+
+class FlowerLog(logging.Handler):
+    """The messages the server logs (Flower's logger)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def run_in_process(tmp_path: Path, before, *sets: str):
+    """Three clients, three rounds, every client trains and evaluates every round, through the
+    real strategy and the real ClientApp: the strategy, the grid, rounds.csv and the log."""
+    from fedmtl.data import dataset_input_shape, dataset_tasks
+    from fedmtl.models import build_model
+    from fedmtl.progress import Progress
+    from fedmtl.results import RunRecorder
+    from fedmtl.seeds import Stream, seeded_torch_init
+    from fedmtl.server.discovery import ClientDirectory
+    from fedmtl.server.strategy import FedMTLStrategy
+
+    cfg = load_config(None, ["data.num-clients=3", "data.params.pairs-per-digit=1",
+                             "data.params.test-pairs-per-digit=1", "run.rounds=3", "server.fraction-train=1",
+                             "server.fraction-evaluate=1", "server.min-replies=1",
+                             f"client.head-store-dir={tmp_path / 'heads'}", *sets])
+    directory = ClientDirectory(3)
+    directory.infos = {100 + c: (c, 3) for c in range(3)}
+    directory.clients = {c: 100 + c for c in range(3)}
+    tasks = dataset_tasks(cfg.data)
+    (tmp_path / "run").mkdir()
+    recorder = RunRecorder(tmp_path / "run", cfg, tasks)
+    strategy = FedMTLStrategy(cfg, directory, recorder, Progress(cfg.run.rounds, enabled=False))
+    strategy.config_record[wire.RUN_ID] = recorder.run_id
+    with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
+        model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
+    grid, log = InProcessClients(3, before), FlowerLog()
+    logging.getLogger("flwr").addHandler(log)
+    try:
+        strategy.start(grid, ArrayRecord(model.federated_state(cfg.model.heads == "global")))  # type: ignore[arg-type]
+    finally:
+        logging.getLogger("flwr").removeHandler(log)
+    return strategy, grid, pd.read_csv(tmp_path / "run" / "rounds.csv"), log.lines
+
+
+def lose_heads_of_client_1(how: str, folder: Path):
+    """Before round 2's training: delete client 1's heads (from ``folder`` or its node's
+    context), or replace them by client 0's."""
+    def before(kind: str, server_round: int, grid: InProcessClients) -> None:
+        if kind != MessageType.TRAIN or server_round != 2:
+            return
+        if how == "deleted from the context":
+            del grid.contexts[101].state["fedmtl.heads.1"]
+        elif how == "deleted":
+            for path in folder.glob("client-1.*"):
+                path.unlink()
+        else:
+            shutil.copyfile(folder / "client-0.r1.pt", folder / "client-1.r1.pt")
+    return before
+
+
+@pytest.mark.parametrize(("how", "store", "reason"), [
+    ("deleted", "disk", "refused: client 1's heads are missing from '{heads}' (its last training left"),
+    ("replaced", "disk", "refused: client 1's heads in '{heads}' have heads-fingerprint"),
+    ("deleted from the context", "context", "refused: client 1's heads are missing from its node's context"),
+])
+def test_heads_lost_between_rounds_are_refused_and_counted_not_reinitialised(tmp_path, task_identity, how, store,
+                                                                             reason):
+    _, grid, rounds, log = run_in_process(tmp_path, lose_heads_of_client_1(how, tmp_path / "heads"),
+                                          f"client.head-store={store}")
+    # client 1 refuses every call after the loss: counted as rejected (training) and as an
+    # evaluation failure, and its update is never aggregated again
+    assert list(rounds["rejected"]) == [0, 1, 1] and list(rounds["aggregated"]) == [3, 2, 2]
+    assert list(rounds["evaluate_failures"]) == [0, 1, 1] and list(rounds["evaluated"]) == [3, 2, 2]
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv", dtype={"task": str})
+    assert set(metrics[(metrics.client == 1) & (metrics.split == "train")]["round"]) == {1}
+    if store == "disk":
+        assert not list((tmp_path / "heads").glob("client-1.r[23].pt"))  # it never trained from other heads
+    # logged once per refusal, with the client's reason
+    expected = reason.format(heads=tmp_path / "heads")
+    for server_round in (2, 3):
+        lines = [line for line in log if line.startswith(f"round {server_round}") and "client 1" in line]
+        assert len(lines) == 2 and all(expected in line for line in lines), lines
+    # what the server names: fresh heads in round 1, then each client's last heads-fingerprint-out
+    heads_out = metrics[metrics.metric == wire.HEADS_OUT].set_index(["round", "client"])["value"]
+    train = [(c.server_round, c.client, c.fresh_heads, c.heads_in) for kind, c in grid.calls if kind == "train"]
+    assert train[:3] == [(1, c, True, None) for c in range(3)]
+    assert train[3:] == [(r, c, False, heads_out[(r - 1 if c != 1 else 1, c)]) for r in (2, 3) for c in range(3)]
+
+
+def test_the_servers_record_of_the_heads_is_checkpointed_and_restored(tmp_path, task_identity):
+    from fedmtl.server.strategy import FedMTLStrategy
+
+    strategy, _, _, _ = run_in_process(tmp_path, lose_heads_of_client_1("deleted", tmp_path / "heads"))
+    checkpoint, _ = load_checkpoint(tmp_path / "run")  # as a resume reads it (weights_only)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv", dtype={"task": str})
+    heads_out = metrics[metrics.metric == wire.HEADS_OUT].set_index(["round", "client"])["value"]
+    assert checkpoint["heads"] == {0: (3, heads_out[(3, 0)]), 1: (1, heads_out[(1, 1)]), 2: (3, heads_out[(3, 2)])}
+    resumed = FedMTLStrategy(strategy.cfg, strategy.roster.directory, strategy.recorder, strategy.progress)
+    resumed.restore(checkpoint)
+    assert [resumed.heads.expected(c, training=True) for c in range(3)] == [
+        {"heads_in": heads_out[(3, 0)]}, {"heads_in": heads_out[(1, 1)]}, {"heads_in": heads_out[(3, 2)]}]
+    # `--force` over missing heads: those clients are no longer checked (until their next reply)
+    forget_heads(checkpoint, [1])
+    resumed.restore(checkpoint)
+    assert [resumed.heads.expected(c, training=True) for c in range(3)] == [
+        {"heads_in": heads_out[(3, 0)]}, {}, {"heads_in": heads_out[(3, 2)]}]
+    # a checkpoint written before the server kept this record: nothing is checked until each
+    # client's next reply, rather than refusing every client
+    resumed.restore({k: v for k, v in checkpoint.items() if k != "heads"})
+    assert [resumed.heads.expected(c, training=True) for c in range(3)] == [{}, {}, {}]
+
+
+def test_global_heads_are_not_checked(tmp_path, task_identity):
+    _, grid, rounds, _ = run_in_process(tmp_path, lose_heads_of_client_1("deleted", tmp_path / "heads"),
+                                        "model.heads=global")
+    assert list(rounds["rejected"]) == [0, 0, 0] and list(rounds["evaluate_failures"]) == [0, 0, 0]
+    assert all(c.heads_in is None and not c.fresh_heads for _, c in grid.calls)
+
+
+# -- a sweep continues an interrupted run only as `fedmtl run --resume` would ----------------
+def _sweep_with(base_run: Path, tmp_path: Path, *sets: str):
+    """A sweep (smoke config, no grid, one seed) whose one run folder is a killed copy of
+    ``base_run``; ``sets`` are the sweep's own overrides besides the base run's."""
+    from fedmtl.launch.sweep import plan_sweep
+
+    planned = plan_sweep(ROOT / "configs/smoke.toml", {}, 1, tmp_path / "study", [*SETS, *sets])
+    run = _killed_copy(base_run, tmp_path / "study" / planned.runs[0].folder)
+    return planned, run
+
+
+@pytest.mark.parametrize(("change", "sets", "said"), [
+    ("heads deleted", [], "trained in round 1 but '{run}/heads' has none"),
+    ("config edited", [], "config.toml differs from the run's: run.seed = 1 (was 0)"),
+    ("sweep changed", ["run.rounds=3"], "config.toml differs from the sweep's: run.rounds = 3 (was 2)"),
+])
+def test_a_sweep_refuses_to_resume_a_run_that_would_not_be_exact(base_run, tmp_path, change, sets, said):
+    from fedmtl.launch.sweep import run_sweep
+
+    planned, run = _sweep_with(base_run, tmp_path, *sets)
+    if change == "heads deleted":
+        shutil.rmtree(run / "heads")
+    elif change == "config edited":
+        (run / "config.toml").write_text((run / "config.toml").read_text().replace("seed = 0\n", "seed = 1\n", 1))
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    lines: list[str] = []
+    done = run_sweep(planned, report=lines.append)
+    assert done.runs[0].status == "failed" and not (run / "summary.json").exists()
+    error = done.runs[0].error.strip().splitlines()[-1]
+    assert error.startswith(f"fedmtl.launch.sweep.ResumeRefused: cannot resume '{run}': ")
+    assert said.format(run=run.resolve()) in error, error
+    assert any(f"FAILED: {error} (" in line for line in lines), lines
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing ran, nothing was written
+
+
+def test_a_sweep_resumes_an_exact_interrupted_run(base_run, tmp_path):
+    from fedmtl.launch.sweep import run_sweep
+
+    planned, run = _sweep_with(base_run, tmp_path)
+    done = run_sweep(planned, report=lambda line: None)
+    assert done.runs[0].status == "done", done.runs[0].error
+    pd.testing.assert_frame_equal(pd.read_csv(run / "metrics.csv"), pd.read_csv(base_run / "metrics.csv"))
+    resumed, original = pd.read_csv(run / "rounds.csv"), pd.read_csv(base_run / "rounds.csv")
+    pd.testing.assert_frame_equal(resumed.drop(columns="elapsed_s"), original.drop(columns="elapsed_s"))

@@ -1,9 +1,11 @@
 """Stopping ``fedmtl run`` and ``fedmtl sweep`` on Ctrl-C (SIGINT) or SIGTERM.
 
 Within :func:`stop_on_signals` either signal raises :class:`Stopped` in the main thread
-(which Flower's simulation leaves waiting on its worker threads, so it wakes at once).
-:func:`finish_interrupted` then shuts Ray down, stops every process this one started
-(Ray's GCS server, raylet, workers, dashboard and runtime-env agents), prints which round the
+(which Flower's simulation leaves waiting on its worker threads, so it wakes at once), with
+the processes this one had started when the signal came. :func:`finish_interrupted` then
+shuts Ray down, stops every process this one started (Ray's GCS server, raylet, workers,
+dashboard and runtime-env agents; also those that Flower's own shutdown of Ray, on the way
+out of the simulation, left orphaned and still running), prints which round the
 run stopped after and the command that continues it, and ends the process with exit code
 130 (SIGINT) or 143 (SIGTERM) without waiting for the ServerApp's thread, which Flower
 started and which would otherwise wait out ``server.timeout``.
@@ -31,11 +33,13 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; ``signum`` says which."""
+    """SIGINT or SIGTERM arrived; ``signum`` says which, and ``processes`` (``{pid: start
+    time}``) are this process's descendants at that moment."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, processes: dict[int, int] | None = None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.processes = dict(processes or {})
 
 
 @contextlib.contextmanager
@@ -50,7 +54,9 @@ def stop_on_signals() -> Iterator[None]:
     def _raise(signum: int, frame: object) -> None:
         # from now on Flower's workers would log every in-flight message's lost actor
         logging.getLogger("flwr").disabled = True
-        raise Stopped(signum)
+        # now, before unwinding: Flower's way out shuts Ray down, and Ray's workers, orphaned
+        # by their raylet, may run on for a second or more, no longer our descendants
+        raise Stopped(signum, living_descendants())
 
     saved = {s: signal.getsignal(s) for s in EXIT_CODES}
     for s in saved:
@@ -91,6 +97,14 @@ def descendants(pid: int | None = None) -> dict[int, int]:
     return found
 
 
+def living_descendants() -> dict[int, int]:
+    """:func:`descendants`, or ``{}`` where ``/proc`` cannot be read."""
+    try:
+        return descendants()
+    except OSError:
+        return {}
+
+
 def _alive(processes: dict[int, int]) -> dict[int, int]:
     """Those of ``processes`` still running (same pid, same start time, not a zombie)."""
     alive = {}
@@ -119,10 +133,13 @@ def stop_processes(processes: dict[int, int], grace: float = 3.0) -> None:
             time.sleep(0.05)
 
 
-def shutdown_engine() -> None:
+def shutdown_engine(started_before: dict[int, int] | None = None) -> None:
     """Shut Ray down (when this process started or joined it) and stop every process this
-    one started that is still running afterwards."""
-    started = descendants()  # before Ray's raylet goes: its agents would lose their parent
+    one started that is still running afterwards: its descendants now and after the
+    shutdown, and ``started_before`` (``{pid: start time}``, e.g. :attr:`Stopped.processes`:
+    a process that has lost its parent since is no descendant any more)."""
+    # before Ray's raylet goes: its agents and workers would lose their parent
+    started = {**(started_before or {}), **descendants()}
     ray = sys.modules.get("ray")
     if ray is not None:
         with contextlib.suppress(Exception):
@@ -158,7 +175,7 @@ def finish_interrupted(stopped: Stopped, run_dir: Path | None, resume: str | Non
     for s in EXIT_CODES:
         signal.signal(s, signal.SIG_IGN)
     logging.getLogger("flwr").disabled = True  # again: leaving simulate restored it
-    shutdown_engine()
+    shutdown_engine(stopped.processes)
     print(interrupted_message(run_dir, resume), file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(EXIT_CODES.get(stopped.signum, 130))

@@ -11,7 +11,9 @@ runs every combination of the grid values for seeds ``run.seed, run.seed + 1, â€
 
 Running the same command again resumes: finished runs (those with a ``summary.json``) are
 skipped, a federated run that was interrupted continues from its latest checkpoint (as
-``fedmtl run --resume``), and any other unfinished folder is cleared and run again, but only one
+``fedmtl run --resume``, with the same checks: a resume that would not be exact, or whose
+``config.toml`` is no longer the sweep's config of that run, is refused and the run recorded as
+failed, :func:`check_resume`), and any other unfinished folder is cleared and run again, but only one
 that fedmtl created (it holds ``.fedmtl-run``, :data:`fedmtl.results.RUN_MARKER`); a sweep never
 deletes or writes through a symbolic link. Every combination is validated before the first run
 starts, so a bad value fails at once, not hours in.
@@ -251,6 +253,39 @@ class UnsafeFolderError(RuntimeError):
     """A run's folder is a symbolic link, or an unfinished folder fedmtl did not create."""
 
 
+class ResumeRefused(RuntimeError):
+    """An interrupted run of the sweep cannot be continued exactly (one line naming its folder and what differs)."""
+
+
+def check_resume(cfg: ExperimentConfig, run_dir: Path, checkpoint: dict[str, Any]) -> ExperimentConfig:
+    """The config an interrupted run continues with (its ``config.toml``), once the resume is
+    known to be exact: :func:`fedmtl.results.resume_problems` finds nothing (as for
+    ``fedmtl run --resume``) and ``config.toml`` equals ``cfg``, the sweep's config of the run,
+    but for :data:`fedmtl.results.RESUME_FREE_KEYS`.
+
+    Raises
+    ------
+    ResumeRefused
+        Naming the folder, what differs, and how to go on.
+    """
+    from fedmtl.results import config_changes, resume_config, resume_problems
+
+    recorded = load_config(run_dir / "config.toml")
+    problems = resume_problems(run_dir, recorded, checkpoint)
+    changed = config_changes(resume_config(recorded), resume_config(cfg))
+    if not problems and not changed:
+        return recorded
+    messages = [p.message for p in problems]
+    if changed:
+        messages.append(f"config.toml differs from the sweep's: {', '.join(changed)}")
+        hint = f"; delete '{run_dir}' to run it again with the sweep's config"
+    elif all(p.forced for p in problems):
+        hint = f"; to continue it anyway: fedmtl run --resume {run_dir} --force, then this sweep again"
+    else:
+        hint = ""
+    raise ResumeRefused(f"cannot resume '{run_dir}': " + "; ".join(messages) + hint)
+
+
 def check_no_links(root: Path, run_dir: Path) -> None:
     """Fail when ``run_dir`` or a folder between it and ``root`` is a symbolic link.
 
@@ -290,8 +325,9 @@ def clear_unfinished(run_dir: Path) -> None:
 
 def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
     """Run one config into ``run_dir`` (a Ray simulation, or the centralized baseline);
-    continue an interrupted federated run from its latest usable checkpoint; clear any other
-    unfinished folder first (:func:`clear_unfinished`)."""
+    continue an interrupted federated run from its latest usable checkpoint when the resume is
+    exact (:func:`check_resume`, else :class:`ResumeRefused`); clear any other unfinished
+    folder first (:func:`clear_unfinished`)."""
     from fedmtl.results import CheckpointError, create_run_dir, load_checkpoint
 
     if resumable(cfg, run_dir):
@@ -302,7 +338,7 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
         if checkpoint is not None:
             from fedmtl.launch.simulation import simulate
 
-            simulate(load_config(run_dir / "config.toml"), run_dir, quiet=quiet, checkpoint=checkpoint)
+            simulate(check_resume(cfg, run_dir, checkpoint), run_dir, quiet=quiet, checkpoint=checkpoint)
             return
     clear_unfinished(run_dir)  # left by an interrupted run that cannot be continued
     create_run_dir(cfg, run_dir)

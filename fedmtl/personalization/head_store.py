@@ -33,6 +33,9 @@ from fedmtl.seeds import Stream, seeded_torch_init
 
 HeadState = dict[str, torch.Tensor]
 WEIGHTING_KEY = "__weighting_state__"
+PERSONAL_PREFIX = "__personal__."
+"""Prefix of the keys of a personalization method's own state, saved with the heads
+(:mod:`fedmtl.training.methods`: Ditto's personal model, ...)."""
 CHECKPOINTS_KEPT = 2
 """How many of the newest checkpoints a run keeps (``RunRecorder.save_checkpoint``): a resume
 may fall back to the oldest of them, so the store keeps the heads it needs."""
@@ -278,16 +281,23 @@ def restore_heads(model: MultiTaskModel, store: HeadStore, seed: int, client_id:
 
 
 def restore_client(
-    model: MultiTaskModel, store: HeadStore, seed: int, client_id: int, until_round: int | None = None
+    model: MultiTaskModel, store: HeadStore, seed: int, client_id: int, until_round: int | None = None,
+    personal: dict[str, torch.Tensor] | None = None,
 ) -> tuple[bool, torch.Tensor | None]:
     """Like :func:`restore_heads`, reading the store once (the version of a round ≤
     ``until_round``); also return the packed local weighting state saved with the heads
-    (``None`` if there is none; :func:`unpack_state`)."""
+    (``None`` if there is none; :func:`unpack_state`). The personalization method's state
+    saved with them (:data:`PERSONAL_PREFIX`) goes into ``personal`` when given (its keys
+    without the prefix)."""
     state = store.load(client_id, until_round)
     if state is None:
         init_heads(model, seed, client_id)
         return False, None
     packed = state.pop(WEIGHTING_KEY, None)
+    for key in [k for k in state if k.startswith(PERSONAL_PREFIX)]:
+        value = state.pop(key)
+        if personal is not None:
+            personal[key[len(PERSONAL_PREFIX):]] = value
     model.heads.load_state_dict(state)
     return True, packed
 
@@ -306,12 +316,15 @@ def unpack_state(packed: torch.Tensor) -> dict[str, Any]:
 
 def save_client_state(
     store: HeadStore, client_id: int, model: MultiTaskModel, weighting_state: dict[str, Any],
-    server_round: int | None = None, checkpoint_every: int = 1,
+    server_round: int | None = None, checkpoint_every: int = 1, personal: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
-    """Save the heads and (when not empty) the local weighting's state, trained in ``server_round``."""
+    """Save the heads and (when not empty) the local weighting's state, trained in ``server_round``,
+    with the personalization method's own state ``personal`` (keys prefixed :data:`PERSONAL_PREFIX`)."""
     state = dict(model.heads_state())
     if weighting_state:
         state[WEIGHTING_KEY] = pack_state(weighting_state)
+    for key, value in (personal or {}).items():
+        state[PERSONAL_PREFIX + key] = value
     store.save(client_id, state, server_round, checkpoint_every)
 
 

@@ -24,10 +24,18 @@ momentum buffer ``b_t`` and one accumulator ``a_t`` per task:
 ``b_t ← μ b_t + c_t``, ``θ ← θ − η Σ_t b_t``, ``a_t ← a_t − η b_t``. Because the momentum
 recursion is linear, ``Σ_t b_t`` is exactly SGD's buffer and ``Σ_t a_t = θ_end − θ_start``:
 the client's update decomposes into task parts (tests check the identity).
+
+**Hooks of the personalization methods** (:mod:`fedmtl.training.methods`), off by
+default (the loop is then exactly the one above): ``freeze`` keeps the backbone or the heads
+as they are (their optimizer takes no step), and ``proximal`` adds the gradient
+``s (θ − a)`` of ``s/2 ‖θ − a‖²`` to chosen parameters θ at every step (FedProx, Ditto). With
+task parts, the backbone's share of it is split equally among the tasks' contributions, so
+``Σ_t a_t = θ_end − θ_start`` still holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +47,8 @@ from fedmtl.models import MultiTaskModel
 from fedmtl.tasks import TaskSpec
 
 Gradients = Literal["auto", "representation", "backbone"]
+Group = Literal["backbone", "heads"]
+"""A parameter group :func:`train_local` can freeze."""
 
 
 def resolve_gradients(gradients: Gradients, weighting: Rule) -> Literal["representation", "backbone"]:
@@ -198,6 +208,54 @@ def _set_backbone_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
         p.grad = g.clone() if p.grad is None else p.grad + g
 
 
+@dataclass
+class Proximal:
+    """The term ``strength/2 ‖θ − anchor‖²`` on chosen parameters: each step adds its gradient
+    ``strength (θ − anchor)`` to theirs (:func:`train_local`).
+
+    Attributes
+    ----------
+    strength : float
+        μ of FedProx, λ of Ditto (≥ 0; 0 adds exact zeros).
+    pairs : list of (torch.Tensor, torch.Tensor)
+        ``(parameter, anchor)``: the anchor a detached tensor of the parameter's shape, on its device.
+    """
+
+    strength: float
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def towards(cls, strength: float, params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor]) -> Proximal:
+        """The term on ``params`` towards ``anchors`` (in the same order; copied to each parameter's device)."""
+        pairs = [(p, a.detach().to(device=p.device, dtype=p.dtype).clone())
+                 for p, a in zip(params, anchors, strict=True)]
+        return cls(float(strength), pairs)
+
+    @torch.no_grad()
+    def gradients(self) -> dict[int, torch.Tensor]:
+        """``{id(parameter): strength (θ − anchor)}`` now."""
+        return {id(p): (p - a) * self.strength for p, a in self.pairs}
+
+
+@torch.no_grad()
+def _add_proximal(
+    proximal: Proximal, backbone: list[torch.Tensor], heads: list[torch.Tensor], step: StepResult, parts: bool
+) -> None:
+    """Add ``proximal``'s gradient: to ``.grad``, or for the backbone with task parts to each
+    task's contribution (an equal share)."""
+    grads = proximal.gradients()
+    direct = heads if parts else backbone + heads
+    for p in direct:
+        g = grads.get(id(p))
+        if g is not None:
+            p.grad = g.clone() if p.grad is None else p.grad.add_(g)
+    if parts and any(id(p) in grads for p in backbone):
+        flat = torch.cat([grads[id(p)].reshape(-1) if id(p) in grads else torch.zeros(p.numel(), device=p.device,
+                                                                                       dtype=p.dtype)
+                          for p in backbone])
+        step.contributions = step.contributions + flat.to(step.contributions) / len(step.contributions)
+
+
 class TaskPartsSGD:
     """SGD on the backbone with one momentum buffer and one accumulator per task.
 
@@ -247,6 +305,8 @@ def train_local(
     generator: torch.Generator,
     gradients: Gradients = "auto",
     track_parts: bool = False,
+    freeze: Collection[Group] = (),
+    proximal: Proximal | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with SGD for ``epochs`` epochs.
 
@@ -271,7 +331,15 @@ def train_local(
     track_parts : bool
         Keep per-task accumulators; ``TrainResult.parts`` then holds the per-task parts of
         the backbone update (flattened, ``(T, P)``).
+    freeze : collection of {"backbone", "heads"}
+        Groups that do not move (no optimizer step; their gradients are still computed, so
+        the cross-task rule sees the same rows). A frozen backbone has zero task parts.
+    proximal : Proximal, optional
+        A proximal term added to the gradients of its parameters at every step (module docstring).
     """
+    unknown = set(freeze) - {"backbone", "heads"}
+    if unknown:
+        raise ValueError(f"freeze names {sorted(unknown)}; the groups are 'backbone' and 'heads'")
     model.train()
     backbone = list(model.backbone.parameters())
     heads = [p for head in model.heads.values() for p in head.parameters()]
@@ -289,11 +357,15 @@ def train_local(
             step = multitask_step(
                 model, x, targets, tasks, weighting, gradients=gradients, track_parts=track_parts
             )
-            head_optimizer.step()
-            if parts_sgd is not None:
-                parts_sgd.step(step.contributions)
-            else:
-                backbone_optimizer.step()
+            if proximal is not None:
+                _add_proximal(proximal, backbone, heads, step, parts_sgd is not None)
+            if "heads" not in freeze:
+                head_optimizer.step()
+            if "backbone" not in freeze:
+                if parts_sgd is not None:
+                    parts_sgd.step(step.contributions)
+                else:
+                    backbone_optimizer.step()
             loss_sum += step.losses.cpu().to(torch.float64)
             weight_sum += step.weights.cpu()
             steps += 1
