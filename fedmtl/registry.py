@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -81,3 +81,45 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def option_errors(model: type[Any], values: dict[str, Any], owner: str, noun: str = "parameter",
+                  qualify: bool = True) -> tuple[Any, list[str]]:
+    """Check ``values`` against the pydantic ``model`` of a registered thing's options.
+
+    Parameters
+    ----------
+    model : type[pydantic.BaseModel]
+        The options model (``extra="forbid"``).
+    values : dict
+        The options as given.
+    owner : str
+        How messages name the thing, e.g. ``"weighting 'fairgrad'"``.
+    noun : str
+        What an option is called in messages (``"parameter"``, ``"option"``).
+    qualify : bool
+        Whether a bad value's line starts with ``owner``.
+
+    Returns
+    -------
+    tuple
+        ``(instance, [])`` when valid, else ``(None, lines)``: one line per bad option, naming it,
+        its value and what is allowed (an unknown name gets the closest known one).
+    """
+    from pydantic import ValidationError
+
+    allowed = [f.alias or n for n, f in model.model_fields.items()]
+    try:
+        return model(**values), []
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{owner} has no {noun} '{key}'{did_you_mean(key, allowed)}; "
+                             f"its {noun}s: {', '.join(allowed) or 'none'}")
+                continue
+            message = err["msg"].removeprefix("Value error, ")
+            line = f"{key} = {err.get('input')!r}: {message}" if key else message
+            lines.append(f"{owner}: {line}" if qualify else line)
+        return None, lines

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from fedmtl.aggregation.info import SolveInfo
 from fedmtl.aggregation.objectives import Objectives
-from fedmtl.registry import did_you_mean
+from fedmtl.registry import option_errors
 
 Scope = Literal["client", "server", "both"]
 Kind = Literal["weighting", "aggregator"]
@@ -285,18 +285,7 @@ def validate_params(cls: type[Rule], params: dict[str, Any]) -> BaseModel:
     WeightingParamsError
         One line per bad parameter, naming it, its value and what is allowed.
     """
-    allowed = [f.alias or n for n, f in cls.Params.model_fields.items()]
-    try:
-        return cls.Params(**params)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                hint = did_you_mean(key, allowed)
-                options = ", ".join(allowed) if allowed else "none"
-                lines.append(f"{cls.kind} '{cls.name}' has no parameter '{key}'{hint}; its parameters: {options}")
-            else:
-                message = err["msg"].removeprefix("Value error, ")
-                lines.append(f"{cls.kind} '{cls.name}': {key} = {err.get('input')!r}: {message}")
-        raise WeightingParamsError("\n".join(lines)) from None
+    instance, lines = option_errors(cls.Params, params, f"{cls.kind} '{cls.name}'")
+    if lines:
+        raise WeightingParamsError("\n".join(lines))
+    return instance

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from pydantic import Field
-
-from fedmtl.aggregation.losses import EPS, losses_of
-from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.registry import register
-from fedmtl.aggregation.rule import NoParams, RuleContext, Weighting
+from fedmtl.aggregation.weightings.gradnorm import GradNorm
 
 
 @register("fedgradnorm")
-class FedGradNorm(Weighting):
+class FedGradNorm(GradNorm):
     """FedGradNorm: GradNorm's task weights learned on the server from the tasks' shared-network update norms.
 
     Mortaheb, Vahapoglu & Ulukus, "FedGradNorm: Personalized Federated Gradient-Normalized
@@ -44,34 +37,8 @@ class FedGradNorm(Weighting):
     The update is GradNorm's as FedGradNorm applies it on the server (``REFERENCES.md``,
     sections 2 and 7); the paper's client protocol (weighted local loss, last-layer norm)
     is as we recall it, and ``γ = 1.5``, ``α = 0.025`` are GradNorm's usual values
-    (LibMTL), not values checked in the FedGradNorm paper.
+    (LibMTL), not values checked in the FedGradNorm paper. The step is ``gradnorm``'s
+    (this class only moves it to the server).
     """
 
     scope = "server"
-    needs_updates = True
-    needs_losses = True
-    state_attributes = ("task_weights", "initial_losses")
-
-    class Params(NoParams):
-        asymmetry: float = Field(1.5, ge=0, description="Restoring-force strength γ (UNVERIFIED default).")
-        lr: float = Field(0.025, gt=0, description="Learning rate α of the task weights (UNVERIFIED default).")
-
-    def __init__(self, context: RuleContext | None = None, **params: Any) -> None:
-        super().__init__(context, **params)
-        self.task_weights: dict[str, float] = {}
-        self.initial_losses: dict[str, float] = {}
-
-    def compute(self, objectives: Objectives) -> torch.Tensor:
-        keys = objectives.keys()
-        t = len(keys)
-        losses = losses_of(objectives, self.name, EPS)
-        for key, loss in zip(keys, losses.tolist(), strict=True):
-            self.initial_losses.setdefault(key, loss)
-            self.task_weights.setdefault(key, 1.0)
-        p = torch.tensor([self.task_weights[k] for k in keys], dtype=torch.float64)
-        norms = torch.diagonal(objectives.gramian).clamp_min(0).sqrt()
-        ratios = losses / torch.tensor([self.initial_losses[k] for k in keys], dtype=torch.float64)
-        target = (p * norms).mean() * (ratios / ratios.mean()) ** self.params.asymmetry
-        stepped = (p - self.params.lr * torch.sign(p * norms - target) * norms).clamp_min(1e-6)
-        self.task_weights.update(zip(keys, (stepped * t / stepped.sum()).tolist(), strict=True))
-        return p / t

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from fedmtl.aggregation import Rule
 from fedmtl.config import DataSection, ExperimentConfig, ModelSection
@@ -37,7 +37,7 @@ from fedmtl.data import ClientData, dataset_input_shape, dataset_tasks
 from fedmtl.models import MultiTaskModel, build_model
 from fedmtl.personalization.head_store import init_heads
 from fedmtl.protocol import TEST, TEST_GLOBAL
-from fedmtl.registry import Registry, did_you_mean
+from fedmtl.registry import Registry, option_errors
 from fedmtl.seeds import Stream, seeded_torch_init, torch_generator
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import TrainResult, evaluate, train_local
@@ -175,20 +175,10 @@ class Method:
         MethodParamsError
             One line per bad option, naming it, its value and what is allowed.
         """
-        allowed = [f.alias or n for n, f in cls.Params.model_fields.items()]
-        try:
-            return cls.Params(**params)
-        except ValidationError as exc:
-            lines = []
-            for err in exc.errors():
-                key = ".".join(str(p) for p in err["loc"])
-                if err["type"] == "extra_forbidden":
-                    lines.append(f"method '{cls.name}' has no option '{key}'{did_you_mean(key, allowed)}; "
-                                 f"its options: {', '.join(allowed) or 'none'}")
-                else:
-                    message = err["msg"].removeprefix("Value error, ")
-                    lines.append(f"{key} = {err.get('input')!r}: {message}" if key else message)
-            raise MethodParamsError("\n".join(lines)) from None
+        instance, lines = option_errors(cls.Params, params, f"method '{cls.name}'", noun="option", qualify=False)
+        if lines:
+            raise MethodParamsError("\n".join(lines))
+        return instance
 
     @classmethod
     def check(cls, cfg: ExperimentConfig, params: Any) -> None:
