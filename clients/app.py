@@ -328,7 +328,11 @@ def evaluate_personalized(msg: Message, context: Context) -> Message:
     test = s.data.test
     s.model.to(s.device)
     metrics: dict[str, float | int] = {wire.PARTITION_ID: s.client, wire.NUM_EXAMPLES: len(test)}
-    for stage, results in s.method.evaluate(client_run(s)).items():
+    views = s.method.evaluate(client_run(s))
+    if set(views) != set(s.method.views):  # the server accepts the views the method declares, no others
+        raise RuntimeError(f"personalization.method = '{s.cfg.personalization.method}' evaluated the views "
+                           f"{sorted(views)}, not those it declares: {list(s.method.views)}")
+    for stage, results in views.items():
         metrics.update(wire.task_metrics(stage, results))
     return Message(RecordDict({wire.METRICS: MetricRecord(metrics), wire.PLACEMENT: placement(s.device)}),
                    reply_to=msg)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import click
 import typer
 
 from fedmtl.config import ConfigError, ExperimentConfig
@@ -198,8 +199,13 @@ def sweep(
     skip_invalid: Annotated[
         bool, typer.Option(help="Skip combinations whose config is invalid instead of failing.")
     ] = False,
+    rerun_changed: Annotated[
+        bool, typer.Option(help="Run again the finished runs whose config differs from the sweep's (their "
+                                "folders are replaced); without it the sweep refuses them, naming the keys.")
+    ] = False,
 ) -> None:
-    """Run every combination of --grid values for --seeds seeds; skip runs already finished.
+    """Run every combination of --grid values for --seeds seeds; skip runs already finished
+    with the same config.
 
     Example: fedmtl sweep configs/synthetic.toml --grid 'server.weighting=[fedavg,qffl]' --seeds 3
     """
@@ -210,16 +216,32 @@ def sweep(
         base = load_config(config, set_ or [])
         folder = out or Path(base.run.output_dir) / f"sweep-{base.run.name}"
         planned = plan_sweep(config, parsed, seeds, folder, set_, skip_invalid=skip_invalid,
-                             report=typer.echo)
+                             report=typer.echo, rerun_changed=rerun_changed)
     except ConfigError as exc:
         fail(str(exc))
         raise
     import shlex
 
     again = "the same command: " + shlex.join(["fedmtl", *sys.argv[1:]])
-    done = _guarded(planned.out, lambda: run_sweep(planned, quiet_runs=not show_rounds, report=typer.echo), again)
+    try:
+        done = _guarded(planned.out, lambda: run_sweep(planned, quiet_runs=not show_rounds, report=typer.echo),
+                        again)
+    except ConfigError as exc:  # a run finished with another config since the plan
+        fail(str(exc))
+        raise
     typer.echo(f"next: fedmtl report {folder}")
     raise typer.Exit(1 if any(r.status == "failed" for r in done.runs) else 0)
+
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+"""``fedmtl.plots.FORMATS``, spelt out so that the command line starts without matplotlib."""
+FormatOption = Annotated[
+    str, typer.Option("--format", click_type=click.Choice(FIGURE_FORMATS), help="Format of the figures.")
+]
+DpiOption = Annotated[int, typer.Option("--dpi", min=1, help="Dots per inch of PNG figures.")]
+HighlightOption = Annotated[
+    int | None, typer.Option("--highlight-client", help="Mark this client id in every figure that shows clients.")
+]
 
 
 @cli.command()
@@ -229,15 +251,19 @@ def report(
         Path | None, typer.Option("--out", "-o", help="Report folder (default: <first path>/report).")
     ] = None,
     reference: Annotated[
-        str | None, typer.Option(help="Label (or a unique part of it) of the Δm% reference configuration.")
+        str | None, typer.Option(help="Label (or a unique part of it) of the reference configuration (Δm% and "
+                                 "differences); default: the first given (a sweep's first grid value).")
     ] = None,
+    fmt: FormatOption = "png",
+    dpi: DpiOption = 150,
+    highlight: HighlightOption = None,
 ) -> None:
-    """Markdown table (mean ± std over seeds) and fairness figures over runs and sweeps."""
+    """Tables (means with 95% intervals, paired differences against a reference) and figures over runs and sweeps."""
     from fedmtl.report import make_report
 
     folder = out or paths[0] / "report"
     try:
-        written = _guarded(None, lambda: make_report(paths, folder, reference))
+        written = _guarded(None, lambda: make_report(paths, folder, reference, fmt=fmt, dpi=dpi, highlight=highlight))
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
         raise
@@ -245,6 +271,7 @@ def report(
         typer.echo(f"note: replaced the earlier report in {folder}", err=True)
     typer.echo(written["table"])
     typer.echo(f"report: {written['report']}")
+    typer.echo(f"interactive report: {written['html']}")
     for figure in written["figures"]:
         typer.echo(f"figure: {figure}")
 
@@ -463,13 +490,23 @@ def validate(
 
 
 @cli.command()
-def plot(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
-    """Redraw the figures of a run folder."""
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    fmt: FormatOption = "png",
+    dpi: DpiOption = 150,
+    highlight: HighlightOption = None,
+) -> None:
+    """Redraw the figures of a run folder (into its plots/ folder)."""
     from fedmtl.plots import plot_run
 
     if not (run_dir / "metrics.csv").is_file():
         fail(f"'{run_dir}' is not a run folder (no metrics.csv)")
-    for path in _guarded(None, lambda: plot_run(run_dir)):
+    try:
+        paths = _guarded(None, lambda: plot_run(run_dir, fmt, dpi, highlight))
+    except ValueError as exc:
+        fail(str(exc))
+        raise
+    for path in paths:
         typer.echo(path)
 
 
@@ -517,7 +554,8 @@ def data_describe(
 @cli.command("list")
 def list_(
     kind: Annotated[
-        str, typer.Argument(help="weightings | datasets | backbones | partitioners | task-sets | tasks")
+        str, typer.Argument(help="weightings | datasets | backbones | partitioners | task-sets | tasks | methods "
+                                 "(alias: personalization)")
     ] = "weightings",
 ) -> None:
     """List registered names of one kind."""
@@ -525,11 +563,13 @@ def list_(
     from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS
     from fedmtl.models import BACKBONES
     from fedmtl.tasks import TASK_KINDS
+    from fedmtl.training.methods import METHODS
 
     registries = {
         "weightings": WEIGHTINGS, "datasets": DATASETS, "backbones": BACKBONES,
-        "partitioners": PARTITIONERS, "task-sets": TASK_SETS, "tasks": TASK_KINDS,
+        "partitioners": PARTITIONERS, "task-sets": TASK_SETS, "tasks": TASK_KINDS, "methods": METHODS,
     }
+    kind = "methods" if kind == "personalization" else kind
     if kind not in registries:
         from fedmtl.registry import did_you_mean
 
@@ -540,6 +580,18 @@ def list_(
         typer.echo(f"{len(WEIGHTINGS)} rules (weightings: update = Σ w_i u_i; aggregators: any other direction)")
         for _, entry in WEIGHTINGS.items():
             typer.echo("\n".join(describe_rule(entry)))
+        return
+    if kind == "methods":
+        typer.echo(f"{len(METHODS)} personalization methods (personalization.method; options in "
+                   "[personalization.params])")
+        for name, method in METHODS.items():
+            options = ", ".join(f"{f.alias or k}={f.get_default(call_default_factory=True)!r}"
+                                for k, f in method.Params.model_fields.items()) or "-"
+            heads = " or ".join(f"{h} (default)" if i == 0 and len(method.heads) > 1 else h
+                                for i, h in enumerate(method.heads))
+            typer.echo(f"{name}  (views: {', '.join(method.views)}; model.heads: {heads})\n"
+                       f"    trains: {method.trains}\n    keeps: {method.keeps}\n"
+                       f"    options: {options}\n    paper: {method.paper}")
         return
     for name, entry in registries[kind].items():
         doc = getattr(entry, "description", None) or (entry.__doc__ or "").strip().splitlines()[0]

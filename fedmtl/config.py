@@ -262,6 +262,13 @@ class ServerSection(Section):
     fraction_train: float = Field(
         1.0, gt=0, le=1, description="Fraction of clients sampled for training each round."
     )
+    sampling: Literal["uniform", "proportional"] = Field(
+        "uniform", description="How the training clients of a round are drawn, without replacement: "
+        "'uniform', or 'proportional' to each client's number of training examples n_k (q-FFL's "
+        "sampling, Li et al. 2020; then average with a uniform server.weighting such as 'mean' or "
+        "'qffl', not 'fedavg', which would count n_k twice). 'proportional' needs the server to know "
+        "every n_k: server.max-examples = 0. Evaluation clients are always drawn uniformly.",
+    )
     fraction_evaluate: float = Field(
         1.0, gt=0, le=1, description="Fraction of clients that evaluate each evaluation round."
     )
@@ -309,6 +316,16 @@ class ServerSection(Section):
             raise ValueError("must be 0 (off) or > 1: a factor of at most 1 would reject about half of every round")
         return v
 
+    @model_validator(mode="after")
+    def _sizes_for_proportional_sampling(self) -> ServerSection:
+        if self.sampling == "proportional" and self.max_examples:
+            raise ValueError(
+                f"sampling = 'proportional' draws clients by their number of training examples, which a "
+                f"server with max-examples = {self.max_examples} does not know (it does not build the "
+                "data); use sampling = 'uniform', or max-examples = 0 where the server holds the data"
+            )
+        return self
+
 
 class FaultsSection(Section):
     """``[faults]``: failures injected into a simulation, to test what a run survives.
@@ -351,7 +368,7 @@ class PersonalizationSection(Section):
 
     method: str = Field(
         "fedper", description="Personalization method: 'fedper' (personal heads), 'none' (one global "
-        "model), 'fedprox', 'fedrep', 'fedbabu', 'finetune', 'ditto', 'local' (see the methods below).",
+        "model), 'fedprox', 'fedrep', 'fedbabu', 'finetune', 'ditto', 'apfl', 'local' (see the methods below).",
     )
     params: dict[str, ParamValue | list[float]] = Field(
         default_factory=dict, description="Options of personalization.method ([personalization.params]; "
@@ -563,10 +580,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+FOLLOWING_KEYS = ("model.heads", "personalization.method")
+"""Flat keys whose Flower default is ``""`` (unset): a run config that sets one of them only
+(``flwr run --run-config``) gets the other from it, as a config file does
+(:func:`fedmtl.validation.heads_from_method`); both unset are ``"personal"`` and ``"fedper"``."""
+
+
 def flower_defaults_block() -> str:
-    """The body of pyproject's ``[tool.flwr.app.config]``: every key and its default."""
+    """The body of pyproject's ``[tool.flwr.app.config]``: every key and its default
+    (``""`` for :data:`FOLLOWING_KEYS`)."""
     lines = []
     for key, value in ExperimentConfig().to_flat().items():
+        value = "" if key in FOLLOWING_KEYS else value
         lines.append(f"{key} = {tomli_w.dumps({'v': value})[4:].strip()}")
     return "\n".join(lines) + "\n"
 

@@ -45,6 +45,9 @@ class Progress:
                  (("failures", "failed"), ("rejected", "rejected"), ("retries", "retries")) if counts.get(key)]
         if counts.get("skipped"):
             notes.append("round skipped")
+
+        if stats.never_trained:
+            parts.append(f"{stats.never_trained} evaluated never trained")
         parts.append(f"replies {counts.get('aggregated', 0)}"
                      + (f" ([red]{', '.join(notes)}[/red])" if notes else ""))
         parts.append(f"{elapsed:6.1f} s")
@@ -68,3 +71,21 @@ class Progress:
                 _fmt(m, v["worst10"]), _fmt(m, v["best"]), f"{v['jain']:.4f}",
             )
         self.console.print(table)
+        if stats.never_trained:
+            self.console.print(self.never_trained_line(stats))
+
+    @staticmethod
+    def never_trained_line(stats: RoundStats) -> str:
+        """How many evaluated clients never trained, and each task's mean and worst client over
+        the clients that did."""
+        never = stats.never_trained or 0
+        evaluated = stats.evaluated if stats.evaluated is not None else never
+        len_trained = evaluated - never
+        line = f"{never} of {evaluated} evaluated clients never trained"
+        if stats.trained_view is None:
+            return line + " (none trained)"
+        view = stats.trained_view
+        parts = [f"{task} mean {_fmt(view.metric[task], v['mean'])} worst {_fmt(view.metric[task], v['worst'])}"
+                 for task, v in view.stats.items()]
+        return line + f"; over the {len_trained} that trained: " + ", ".join(parts)
+

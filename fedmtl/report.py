@@ -4,18 +4,22 @@
 run folder under its arguments, groups runs whose configs differ only in ``run.seed`` (or
 their name and output folder) into one *configuration*, and writes to ``DIR``:
 
-- ``report.md``: per configuration, mean ± std over seeds of each task's mean client metric,
-  worst-10% mean, Jain's index and Gini coefficient, and Δm% against the reference
-  configuration (Maninis et al. 2019; lower is better); a group-fairness table when the data
-  has sensitive attributes; links to the figures;
+- ``report.md``: per configuration, each task's (and overall: each client's mean over its
+  tasks) mean client metric, worst-10% mean, Jain's index and Gini coefficient, each with a 95%
+  interval (over seeds: Student t; with one seed: a bootstrap over clients), and Δm% against the
+  reference configuration (Maninis et al. 2019; lower is better) with a paired interval; the
+  differences against the reference (paired by seed, or by client with one seed); a
+  group-fairness table when the data has sensitive attributes, saying where a model predicts one
+  class for a whole task or group; links to the figures;
 - ``report.csv``: the same numbers, one row per configuration and statistic (tidy form);
-- ``client_cdf.png``: per task, the empirical CDF of the clients' final metric, one line per run;
-- ``fairness_accuracy.png``: per task (and overall), mean vs worst-10% client metric per
-  configuration with seed error bars and the Pareto front;
-- ``round_curves.png``: per task, the mean client metric per round with the 10th–90th
-  percentile band across clients (pooled over seeds);
-- ``client_task_heatmap.png``: per configuration (first seed), every client's final metric on
-  every task (grey: the client does not hold the task).
+
+The reference is the configuration named with ``--reference``, else the first in command-line
+order (inside a sweep folder, the order of its ``sweep.json``: the grid's order).
+- the figures of :func:`fedmtl.plots.report_figures` (``client_cdf``, ``fairness_accuracy``,
+  ``round_curves``, ``client_task_heatmap``, ``fairness_rounds`` and, when recorded,
+  ``group_fairness``), as PNG, PDF or SVG;
+- ``report.html``: the tables, the figures (interactive) and a per-client view in one
+  self-contained file (:mod:`fedmtl.html_report`).
 
 For a method with a global and a personal model (the runs' ``summary.json`` has ``global``),
 the report adds a table of the global model's statistics, and the CDF, plane and round curves
@@ -34,23 +38,36 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
-from fedmtl.fairness import delta_m, worst_fraction_mean
+from fedmtl.fairness import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_interval,
+    delta_m,
+    row_statistics,
+    t_interval,
+    worst_fraction_mean,
+)
+from fedmtl.group_fairness import OneClass, one_class_predictions, resampled_group_gaps
+from fedmtl.html_report import HTML_FILE, write_html_report
 from fedmtl.labels import format_value
+from fedmtl.plots import (
+    DEFAULT_DPI,
+    REPORT_FIGURES,
+    check_format,
+    pareto_front,  # noqa: F401 (part of this module's interface)
+    report_figure_files,
+    report_figures,
+)
 from fedmtl.protocol import TEST, TEST_GLOBAL
-from fedmtl.results import GLOBAL, read_participation
+from fedmtl.results import GLOBAL, OVERALL, read_participation
 from fedmtl.tasks import TASK_KINDS
 
 IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "client.head-store-dir", "engine.supernodes")
@@ -82,6 +99,9 @@ class RunResult:
     """As ``curves``, of the global model."""
     participation: pd.DataFrame | None = None
     """The run's ``participation.csv`` (``None``: not recorded)."""
+    final_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """client, task, metric, value: every metric of split ``test`` at the final round (the group
+    metrics of :mod:`fedmtl.group_fairness` among them)."""
 
     @property
     def has_global(self) -> bool:
@@ -123,8 +143,33 @@ def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+SWEEP_MANIFEST = "sweep.json"
+"""A sweep folder's manifest (``fedmtl.launch.sweep``): its runs in grid × seed order."""
+
+
+def _runs_in_order(folder: Path) -> list[Path]:
+    """The finished runs at or under ``folder``: a sweep's in the order of its ``sweep.json``
+    (the grid's order, then the seeds), then any others, sub-folder by sub-folder in name order;
+    symbolic links are not followed."""
+    if (folder / "summary.json").is_file():
+        return [folder]
+    found: list[Path] = []
+    try:
+        listed = json.loads((folder / SWEEP_MANIFEST).read_text())["runs"]
+        found = [folder / r["folder"] for r in listed if (folder / r["folder"] / "summary.json").is_file()]
+    except (OSError, ValueError, KeyError, TypeError):
+        found = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
+        found += [r for r in _runs_in_order(child) if r not in found]
+    return found
+
+
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Every finished run folder (one with ``summary.json``) at or under ``paths``, in order.
+
+    The order is the command line's: the paths in the order given and, inside a sweep folder,
+    the order of its ``sweep.json`` (grid order, then seeds), never alphabetical; so the first
+    configuration, the report's default reference, is the first one the user named.
 
     Raises
     ------
@@ -136,8 +181,7 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"'{path}' does not exist")
-        runs = [path] if (path / "summary.json").is_file() else sorted(
-            p.parent for p in path.rglob("summary.json"))
+        runs = _runs_in_order(path)
         if not runs:
             raise FileNotFoundError(f"'{path}' holds no finished run (no summary.json under it)")
         found += [r for r in runs if r not in found]
@@ -148,7 +192,7 @@ def read_run(path: Path) -> RunResult:
     """Read one run folder's config, summary and per-client primary metrics."""
     summary = json.loads((path / "summary.json").read_text())
     config = _flatten(tomllib.loads((path / "config.toml").read_text()))
-    metrics = pd.read_csv(path / "metrics.csv")
+    metrics = pd.read_csv(path / "metrics.csv", dtype={"task": str, "metric": str})
     primary = {t: s["metric"] for t, s in summary["final"].items()}
 
     def primary_rows(split: str) -> pd.DataFrame:
@@ -160,7 +204,10 @@ def read_run(path: Path) -> RunResult:
     last = summary.get("final_round") or (int(curves["round"].max()) if len(curves) else 0)
     final = curves[curves["round"] == last][["client", "task", "value"]].reset_index(drop=True)
     global_final = global_curves[global_curves["round"] == last][["client", "task", "value"]].reset_index(drop=True)
-    return RunResult(path, config, summary, final, curves, global_final, global_curves, read_participation(path))
+    final_metrics = metrics[(metrics["split"] == TEST) & (metrics["round"] == last)]
+    final_metrics = final_metrics[["client", "task", "metric", "value"]].reset_index(drop=True)
+    return RunResult(path, config, summary, final, curves, global_final, global_curves, read_participation(path),
+                     final_metrics)
 
 
 def group_configurations(runs: list[RunResult]) -> list[Configuration]:
@@ -185,23 +232,6 @@ def _scale(metric: str) -> float:
     return 100.0 if metric == "accuracy" else 1.0
 
 
-def _unit(metric: str) -> str:
-    return f"{metric} (%)" if metric == "accuracy" else metric
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    array = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if len(array) == 0:
-        return math.nan, math.nan
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
-
-
-def _fmt(mean: float, std: float, n: int, digits: int) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
-
-
 def _task_order(configurations: list[Configuration]) -> dict[str, str]:
     tasks: dict[str, str] = {}
     for c in configurations:
@@ -215,17 +245,19 @@ GLOBAL_STAT = "global_"
 
 
 def _run_values(run: RunResult, tasks: dict[str, str], views: bool = False,
-                participation: bool = False) -> dict[str, float]:
+                participation: bool = False, overall: str | None = None) -> dict[str, float]:
     """The table's statistics of one run: ``{"<task>.<stat>": value}`` (metric scaled); with
-    ``views`` also the global model's (``global_<task>.<stat>``, NaN for a run without); with
-    ``participation`` also :func:`participation_values`."""
+    ``overall`` (its metric) also ``overall.<stat>``; with ``views`` also the global model's
+    (``global_<task>.<stat>``, NaN for a run without); with ``participation`` also
+    :func:`participation_values`."""
     out = {}
-    final = run.summary["final"]
-    for prefix, stats_of in (("", final), (GLOBAL_STAT, run.summary.get(GLOBAL, {}).get("final", {}))):
+    sections = (("", run.summary), (GLOBAL_STAT, run.summary.get(GLOBAL, {})))
+    for prefix, summary in sections:
         if prefix and not views:
             continue
-        for task, metric in tasks.items():
-            stats = stats_of.get(task)
+        panels = dict(tasks) | ({OVERALL: overall} if overall else {})
+        for task, metric in panels.items():
+            stats = summary.get(OVERALL) if task == OVERALL else summary.get("final", {}).get(task)
             for stat, _ in TABLE_STATS:
                 value = stats.get(stat) if stats else None
                 if value is not None and stat in ("mean", "worst10"):
@@ -272,52 +304,308 @@ def participation_values(run: RunResult, tasks: dict[str, str]) -> dict[str, flo
     return out
 
 
-def _delta_m(run: RunResult, reference: dict[str, float], tasks: dict[str, str]) -> float:
-    results = {t: run.summary["final"][t]["mean"] for t in reference if t in run.summary["final"]}
-    if set(results) != set(reference):
+# -- estimates: means with intervals, differences with paired intervals ---------------------
+DELTA = ".delta"
+"""Suffix of a difference against the reference in ``report.csv`` (``<task>.<stat>.delta``)."""
+DELTA_STATS = ("mean", "worst10")
+"""The statistics whose difference against the reference the report gives."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its 95% interval.
+
+    Attributes
+    ----------
+    mean : float
+        The estimate (NaN: none).
+    low, high : float
+        The interval (NaN: none, e.g. one value and nothing to resample).
+    std : float
+        The sample standard deviation of the values over seeds (NaN with one).
+    n : int
+        Seeds, or clients for a bootstrap.
+    method : str
+        How the interval was computed (``"t, 3 seeds"``, ``"bootstrap, 10 clients"``, ``"paired
+        t, 3 seeds"``, ``"paired bootstrap, 10 clients"``), or why there is none.
+    """
+
+    mean: float
+    low: float = math.nan
+    high: float = math.nan
+    std: float = math.nan
+    n: int = 0
+    method: str = ""
+
+    def cell(self, digits: int) -> str:
+        """``mean [low, high]``; the mean alone without an interval; ``–`` without a mean."""
+        if math.isnan(self.mean):
+            return "–"
+        if math.isnan(self.low) or math.isnan(self.high):
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def seed_estimate(values: list[float], paired: bool = False) -> Estimate:
+    """The mean of one statistic over seeds with its Student-t interval (n − 1 degrees of freedom;
+    none with one seed)."""
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    mean, low, high = t_interval(finite)
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    method = f"{'paired ' if paired else ''}t, {len(finite)} seeds" if len(finite) > 1 else ""
+    return Estimate(mean, low, high, std, len(finite), method)
+
+
+def _panel_stats(values: np.ndarray, metric: str, name: str) -> dict[str, np.ndarray]:
+    """``<name>.<stat>`` of each row of ``values`` (NaN: no value), as the run's summary computes
+    them (:func:`fedmtl.fairness.row_statistics`), the metric scaled."""
+    stats = row_statistics(values, higher_is_better(metric))
+    return {f"{name}.{stat}": stats[stat] * (_scale(metric) if stat in ("mean", "worst10") else 1.0)
+            for stat, _ in TABLE_STATS}
+
+
+def client_matrix(final: pd.DataFrame, tasks: list[str], clients: list[int]) -> np.ndarray:
+    """``final`` (client, task, value) as a clients × tasks array (NaN: the client does not hold the task)."""
+    if final.empty:
+        return np.full((len(clients), len(tasks)), math.nan)
+    table = final.pivot_table(index="client", columns="task", values="value", aggfunc="first")
+    return table.reindex(index=clients, columns=tasks).to_numpy(dtype=np.float64)
+
+
+def matrix_stats(matrix: np.ndarray, tasks: dict[str, str], overall: str | None, prefix: str = "",
+                 rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The table's statistics of the clients of ``matrix`` (:func:`client_matrix`) per task and,
+    with ``overall`` (its metric), of each client's mean over the tasks it holds; one value per
+    row of ``rows`` (each a resample of the clients' row indices; default: every client once)."""
+    rows = np.arange(len(matrix))[None, :] if rows is None else np.atleast_2d(rows)
+    out: dict[str, np.ndarray] = {}
+    for k, (task, metric) in enumerate(tasks.items()):
+        out.update(_panel_stats(matrix[:, k][rows], metric, f"{prefix}{task}"))
+    if overall:
+        held = ~np.all(np.isnan(matrix), axis=1)
+        means = np.full(len(matrix), math.nan)
+        means[held] = np.nanmean(matrix[held], axis=1)
+        out.update(_panel_stats(means[rows], overall, f"{prefix}{OVERALL}"))
+    return out
+
+
+def _clients(*finals: pd.DataFrame) -> list[int]:
+    """The clients in every one of ``finals`` (sorted)."""
+    sets = [set(f["client"].astype(int)) for f in finals if not f.empty]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def bootstrap_run(run: RunResult, tasks: dict[str, str], overall: str | None, views: bool) -> dict[str, Estimate]:
+    """The table's statistics of one run with percentile-bootstrap intervals over its clients
+    (:func:`fedmtl.fairness.bootstrap_interval`; a resample draws clients, each with all its tasks)."""
+    out = {key: Estimate(value, n=1) for key, value in _run_values(run, tasks, views, False, overall).items()}
+    for prefix, final in (("", run.final), (GLOBAL_STAT, run.global_final)):
+        if prefix and not (views and run.has_global):
+            continue
+        clients = _clients(final)
+        matrix = client_matrix(final, list(tasks), clients)
+        keys = list(matrix_stats(matrix, tasks, overall, prefix))
+        low, high = bootstrap_interval(
+            lambda rows, m=matrix, p=prefix: np.stack(list(matrix_stats(m, tasks, overall, p, rows).values()), 1),
+            len(clients), batched=True)
+        for k, key in enumerate(keys):
+            if key in out and not math.isnan(low[k]):
+                out[key] = Estimate(out[key].mean, float(low[k]), float(high[k]), math.nan, len(clients),
+                                    f"bootstrap, {len(clients)} clients")
+    return out
+
+
+def _delta_m_of(results: dict[str, float], reference: dict[str, float], tasks: dict[str, str]) -> float:
+    """Δm% of the tasks' means ``results`` against ``reference`` (tasks whose reference mean is
+    0 or missing left out; NaN when a reference task has no result)."""
+    base = {t: v for t, v in reference.items() if t in tasks and not math.isnan(v) and v != 0}
+    if not base or any(t not in results or math.isnan(results[t]) for t in base):
         return math.nan
-    return delta_m(results, reference, {t: higher_is_better(tasks[t]) for t in reference})
+    return delta_m(results, base, {t: higher_is_better(tasks[t]) for t in base})
+
+
+def _delta_keys(tasks: dict[str, str], overall: str | None) -> list[str]:
+    panels = [*tasks, *([OVERALL] if overall else [])]
+    return [f"{t}.{stat}" for t in panels for stat in DELTA_STATS]
+
+
+def _seed_deltas(run: RunResult, ref: RunResult, tasks: dict[str, str], overall: str | None) -> dict[str, float]:
+    """One seed's differences (this run − the reference's run) and its Δm%."""
+    a, b = _run_values(run, tasks, overall=overall), _run_values(ref, tasks, overall=overall)
+    out = {key + DELTA: a[key] - b[key] for key in _delta_keys(tasks, overall)}
+    means = {t: a[f"{t}.mean"] for t in tasks}
+    out["delta_m"] = _delta_m_of(means, {t: b[f"{t}.mean"] for t in tasks}, tasks)
+    return out
+
+
+def _bootstrap_deltas(run: RunResult, ref: RunResult, tasks: dict[str, str], overall: str | None
+                      ) -> dict[str, Estimate]:
+    """Differences of one run against the reference's run of the same seed, with a paired
+    bootstrap over the clients both evaluated (the same resampled clients for both)."""
+    clients = _clients(run.final, ref.final)
+    mine, theirs = (client_matrix(r.final, list(tasks), clients) for r in (run, ref))
+    keys = _delta_keys(tasks, overall)
+    whole = matrix_stats(theirs, tasks, overall)
+    base = [t for t in tasks if np.isfinite(whole[f"{t}.mean"][0]) and whole[f"{t}.mean"][0] != 0]
+
+    def deltas(rows: np.ndarray) -> np.ndarray:
+        a, b = matrix_stats(mine, tasks, overall, rows=rows), matrix_stats(theirs, tasks, overall, rows=rows)
+        columns = [a[k] - b[k] for k in keys]
+        with np.errstate(invalid="ignore", divide="ignore"):  # Δm% (fedmtl.fairness.delta_m) of each resample
+            ratios = [(-1.0 if higher_is_better(tasks[t]) else 1.0) * (a[f"{t}.mean"] - b[f"{t}.mean"])
+                      / np.where(b[f"{t}.mean"] == 0, math.nan, b[f"{t}.mean"]) for t in base]
+            columns.append(100.0 * np.mean(ratios, axis=0) if base else np.full(len(rows), math.nan))
+        return np.stack(columns, axis=1)
+
+    point = deltas(np.arange(len(clients))[None, :])[0]
+    low, high = bootstrap_interval(deltas, len(clients), batched=True)
+    method = f"paired bootstrap, {len(clients)} clients (seed {run.seed})"
+    return {key: Estimate(float(point[k]), float(low[k]), float(high[k]), math.nan, len(clients),
+                          method if not math.isnan(low[k]) else "")
+            for k, key in enumerate([k + DELTA for k in keys] + ["delta_m"])}
+
+
+def compare(configuration: Configuration, reference: Configuration, tasks: dict[str, str],
+            overall: str | None) -> dict[str, Estimate]:
+    """Differences of ``configuration`` against ``reference`` with paired 95% intervals.
+
+    - Both have two or more seeds in common: the differences of their runs of the same seed
+      (a run's statistic − the reference run's; Δm% of a run against the reference run of its
+      seed), their mean and Student-t interval over those seeds.
+    - One seed in common: the two runs of that seed, paired by client: a percentile bootstrap
+      over the clients both evaluated, the same resampled clients for both.
+    - No seed in common: the difference of the means over seeds (Δm% against the reference's
+      mean), no interval.
+
+    Returns ``{"<task>.<stat>.delta": …, "overall.<stat>.delta": …, "delta_m": …}``; all NaN
+    for the reference itself.
+    """
+    keys = [k + DELTA for k in _delta_keys(tasks, overall)] + ["delta_m"]
+    if configuration is reference:
+        return {key: Estimate(math.nan, method="reference") for key in keys}
+    by_seed = {r.seed: r for r in reference.runs}
+    common = [r for r in configuration.runs if r.seed in by_seed]
+    if len(common) >= 2:
+        per_seed = [_seed_deltas(r, by_seed[r.seed], tasks, overall) for r in common]
+        return {key: seed_estimate([d[key] for d in per_seed], paired=True) for key in keys}
+    if len(common) == 1:
+        return _bootstrap_deltas(common[0], by_seed[common[0].seed], tasks, overall)
+    mine = [_run_values(r, tasks, overall=overall) for r in configuration.runs]
+    theirs = [_run_values(r, tasks, overall=overall) for r in reference.runs]
+
+    def mean(rows: list[dict[str, float]], key: str) -> float:
+        return float(np.nanmean([r[key] for r in rows])) if any(not math.isnan(r[key]) for r in rows) else math.nan
+
+    out = {key + DELTA: Estimate(mean(mine, key) - mean(theirs, key), method="unpaired: no common seed")
+           for key in _delta_keys(tasks, overall)}
+    base = {t: mean(theirs, f"{t}.mean") for t in tasks}
+    out["delta_m"] = Estimate(mean([{"v": _delta_m_of({t: r[f"{t}.mean"] for t in tasks}, base, tasks)}
+                                    for r in mine], "v"), method="unpaired: no common seed")
+    return out
+
+
+def overall_metric(configurations: list[Configuration]) -> str | None:
+    """The metric of the overall panel when every run has one (the same), else ``None``."""
+    metrics = {(r.summary.get(OVERALL) or {}).get("metric") for c in configurations for r in c.runs}
+    return next(iter(metrics)) if len(metrics) == 1 and None not in metrics else None
+
+
+def estimate_configuration(configuration: Configuration, tasks: dict[str, str], overall: str | None,
+                           views: bool, participation: bool) -> dict[str, Estimate]:
+    """Every statistic of a configuration with its interval: over seeds with two or more (Student
+    t), else over the clients of its one run (bootstrap; participation counts get none)."""
+    per_run = [_run_values(r, tasks, views, participation, overall) for r in configuration.runs]
+    if len(per_run) >= 2:
+        return {key: seed_estimate([v[key] for v in per_run]) for key in per_run[0]}
+    boot = bootstrap_run(configuration.runs[0], tasks, overall, views)
+    return {key: boot.get(key, Estimate(value, n=1)) for key, value in per_run[0].items()}
+
+
+TIDY_COLUMNS = ["configuration", "statistic", "mean", "low", "high", "std", "n", "interval", "seeds"]
+"""``report.csv``'s columns."""
 
 
 def summarize_configurations(
     configurations: list[Configuration], reference: Configuration
 ) -> pd.DataFrame:
-    """One row per configuration, per run statistic: mean, std and number of seeds (tidy)."""
+    """One row per configuration and statistic (tidy): the mean, its 95% interval (``low``,
+    ``high``), the sample std over seeds, ``n`` (seeds or clients), how the interval was
+    computed, and the configuration's number of seeds; differences against ``reference``
+    (``<panel>.<stat>.delta``, ``delta_m``) with paired intervals (:func:`compare`)."""
     tasks = _task_order(configurations)
-    base = {t: float(np.mean([r.summary["final"][t]["mean"] for r in reference.runs
-                              if t in r.summary["final"]])) for t in tasks}
-    base = {t: v for t, v in base.items() if not math.isnan(v) and v != 0}
+    overall = overall_metric(configurations)
     views = any(r.has_global for c in configurations for r in c.runs)
     participation = any(r.participation is not None for c in configurations for r in c.runs)
     rows = []
     for c in configurations:
-        per_run = [_run_values(r, tasks, views, participation)
-                   | {"delta_m": _delta_m(r, base, tasks) if base else math.nan} for r in c.runs]
-        for key in per_run[0]:
-            mean, std = _mean_std([v[key] for v in per_run])
-            rows.append({"configuration": c.label, "statistic": key, "mean": mean, "std": std,
-                         "seeds": len(c.runs)})
-    return pd.DataFrame(rows)
+        estimates = estimate_configuration(c, tasks, overall, views, participation)
+        estimates |= compare(c, reference, tasks, overall)
+        for key, e in estimates.items():
+            rows.append({"configuration": c.label, "statistic": key, "mean": e.mean, "low": e.low,
+                         "high": e.high, "std": e.std, "n": e.n, "interval": e.method, "seeds": len(c.runs)})
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+
+
+def _estimates(tidy: pd.DataFrame, label: str) -> dict[str, Estimate]:
+    rows = tidy[tidy["configuration"] == label]
+    return {r.statistic: Estimate(r.mean, r.low, r.high, r.std, int(r.n), "" if pd.isna(r.interval) else r.interval)
+            for r in rows.itertuples()}
+
+
+def _interval_note(estimates: dict[str, Estimate], key: str) -> str:
+    method = estimates[key].method if key in estimates else ""
+    return method or "none (one value)"
 
 
 def markdown_table(configurations: list[Configuration], tidy: pd.DataFrame) -> str:
-    """The report's main table (mean ± std over seeds)."""
+    """The report's main table: each statistic's mean [95% interval]; Δm% against the reference
+    with its paired interval (a dash for the reference)."""
     tasks = _task_order(configurations)
-    header = ["configuration", "seeds"]
+    overall = any(s.startswith(f"{OVERALL}.") for s in tidy["statistic"])
+    header = ["configuration", "seeds", "interval"]
     for task, metric in tasks.items():
         unit = " (%)" if metric == "accuracy" else ""
         header += [f"{task} {metric}{unit}", f"{task} worst-10%{unit}", f"{task} Jain", f"{task} Gini"]
+    if overall:
+        metric = next(iter(tasks.values()))
+        unit = " (%)" if metric == "accuracy" else ""
+        header += [f"overall {metric}{unit}", f"overall worst-10%{unit}"]
     header.append("Δm% (↓)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    first = next(iter(tasks))
     for c in configurations:
-        rows = tidy[tidy["configuration"] == c.label].set_index("statistic")
-        n = len(c.runs)
-        cells = [c.label.replace("|", "\\|"), str(n)]
+        e = _estimates(tidy, c.label)
+        cells = [c.label.replace("|", "\\|"), str(len(c.runs)), _interval_note(e, f"{first}.mean")]
         for task in tasks:
             for stat, _ in TABLE_STATS:
-                digits = 1 if stat in ("mean", "worst10") else 3
-                cells.append(_fmt(rows.at[f"{task}.{stat}", "mean"], rows.at[f"{task}.{stat}", "std"], n, digits))
-        cells.append(_fmt(rows.at["delta_m", "mean"], rows.at["delta_m", "std"], n, 2))
+                cells.append(e[f"{task}.{stat}"].cell(1 if stat in ("mean", "worst10") else 3))
+        if overall:
+            cells += [e[f"{OVERALL}.mean"].cell(1), e[f"{OVERALL}.worst10"].cell(1)]
+        cells.append("– (reference)" if e["delta_m"].method == "reference" else e["delta_m"].cell(2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def delta_table(configurations: list[Configuration], tidy: pd.DataFrame, reference: Configuration) -> str:
+    """Each configuration's differences against the reference (mean and worst-10% per task and
+    overall, Δm%) with paired 95% intervals and how they were paired (``""`` with one configuration)."""
+    others = [c for c in configurations if c is not reference]
+    if not others:
+        return ""
+    tasks = _task_order(configurations)
+    panels = [*tasks, *([OVERALL] if any(s.startswith(f"{OVERALL}.") for s in tidy["statistic"]) else [])]
+    header = ["configuration", "paired by"]
+    for panel in panels:
+        unit = " (points)" if tasks.get(panel, next(iter(tasks.values()))) == "accuracy" else ""
+        header += [f"{panel} Δ mean{unit}", f"{panel} Δ worst-10%{unit}"]
+    header.append("Δm% (↓)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in others:
+        e = _estimates(tidy, c.label)
+        cells = [c.label.replace("|", "\\|"), e["delta_m"].method or _interval_note(e, f"{panels[0]}.mean.delta")]
+        for panel in panels:
+            cells += [e[f"{panel}.{stat}{DELTA}"].cell(2) for stat in DELTA_STATS]
+        cells.append(e["delta_m"].cell(2))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -335,17 +623,12 @@ def global_table(configurations: list[Configuration], tidy: pd.DataFrame) -> str
                    f"{task} Jain global", f"{task} Gini global"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in configurations:
-        rows = tidy[tidy["configuration"] == c.label].set_index("statistic")
-        n = len(c.runs)
-
-        def cell(key: str, digits: int, rows: pd.DataFrame = rows, n: int = n) -> str:
-            return _fmt(rows.at[key, "mean"], rows.at[key, "std"], n, digits)
-
-        cells = [c.label.replace("|", "\\|"), str(n)]
+        e = _estimates(tidy, c.label)
+        cells = [c.label.replace("|", "\\|"), str(len(c.runs))]
         for task in tasks:
             for stat in ("mean", "worst10"):
-                cells.append(f"{cell(f'{task}.{stat}', 1)} / {cell(f'{GLOBAL_STAT}{task}.{stat}', 1)}")
-            cells += [cell(f"{GLOBAL_STAT}{task}.jain", 3), cell(f"{GLOBAL_STAT}{task}.gini", 3)]
+                cells.append(f"{e[f'{task}.{stat}'].cell(1)} / {e[f'{GLOBAL_STAT}{task}.{stat}'].cell(1)}")
+            cells += [e[f"{GLOBAL_STAT}{task}.jain"].cell(3), e[f"{GLOBAL_STAT}{task}.gini"].cell(3)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -363,267 +646,91 @@ def participation_table(configurations: list[Configuration], tidy: pd.DataFrame)
         header += [f"{task} worst-10% clients never trained", f"{task} worst-10%{unit} of trained clients"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in configurations:
-        rows = tidy[tidy["configuration"] == c.label].set_index("statistic")
-        n = len(c.runs)
-
-        def cell(key: str, digits: int, rows: pd.DataFrame = rows, n: int = n) -> str:
-            return _fmt(rows.at[key, "mean"], rows.at[key, "std"], n, digits)
-
-        cells = [c.label.replace("|", "\\|"), str(n), cell("never_trained", 1),
-                 " / ".join(cell(f"rounds_trained.{k}", 1) for k in ("min", "median", "max"))]
+        e = _estimates(tidy, c.label)
+        cells = [c.label.replace("|", "\\|"), str(len(c.runs)), e["never_trained"].cell(1),
+                 " / ".join(e[f"rounds_trained.{k}"].cell(1) for k in ("min", "median", "max"))]
         for task in tasks:
             worst = [len(worst_clients(r.final, task, tasks[task])) for r in c.runs]
-            cells += [f"{cell(f'{task}.worst10_never_trained', 1)} of {max(worst)}",
-                      cell(f"{task}.trained_worst10", 1)]
+            cells += [f"{e[f'{task}.worst10_never_trained'].cell(1)} of {max(worst)}",
+                      e[f"{task}.trained_worst10"].cell(1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _client_group_metrics(run: RunResult, task: str) -> list[dict[str, float]]:
+    """Each client's metrics of ``task`` at the final round (split ``test``), in client order."""
+    rows = run.final_metrics[run.final_metrics["task"] == task] if not run.final_metrics.empty else run.final_metrics
+    return [dict(zip(g["metric"], g["value"].astype(float), strict=True)) for _, g in rows.groupby("client")]
+
+
+def group_estimates(configuration: Configuration, task: str, keys: list[str]) -> dict[str, Estimate]:
+    """The group gaps ``keys`` (``<gap>-<g>.pooled`` / ``.mean``) of one task with their
+    intervals: over seeds (t) with two or more, else a bootstrap over the run's clients."""
+    values = [[r.summary.get("group", {}).get(task, {}).get(k, math.nan) for k in keys] for r in configuration.runs]
+    if len(values) >= 2:
+        return {k: seed_estimate([v[i] for v in values]) for i, k in enumerate(keys)}
+    clients = _client_group_metrics(configuration.runs[0], task)
+
+    def gaps(rows: np.ndarray) -> np.ndarray:
+        drawn = resampled_group_gaps(clients, rows)
+        return np.stack([drawn.get(k, np.full(len(rows), math.nan)) for k in keys], axis=1)
+
+    low, high = bootstrap_interval(gaps, len(clients), batched=True) if clients else ([math.nan] * len(keys),) * 2
+    return {k: Estimate(values[0][i], low[i], high[i], math.nan, len(clients),
+                        f"bootstrap, {len(clients)} clients" if not math.isnan(low[i]) else "")
+            for i, k in enumerate(keys)}
+
+
+def one_class_note(configuration: Configuration, task: str) -> str:
+    """Whether the configuration's models predict one class for the whole task or a whole group
+    (:func:`fedmtl.group_fairness.one_class_predictions`, summed over its runs); ``""`` if not."""
+    found = OneClass()
+    for run in configuration.runs:
+        found = found + one_class_predictions(_client_group_metrics(run, task))
+    return found.describe()
 
 
 def group_table(configurations: list[Configuration]) -> str:
-    """Group-fairness gaps (pooled over clients, and the mean client's) when recorded."""
-    names: list[tuple[str, str]] = []
+    """Group-fairness gaps (pooled over clients / the mean client's) with their intervals, per
+    configuration and task, and a note where the models predict one class for a whole task or
+    group (a gap of such a model says nothing about fairness)."""
+    gaps: list[str] = []
+    tasks: list[str] = []
     for c in configurations:
         for run in c.runs:
-            for task, gaps in run.summary.get("group", {}).items():
-                for key in gaps:
-                    gap = key.rsplit(".", 1)[0]
-                    if (task, gap) not in names:
-                        names.append((task, gap))
-    if not names:
+            for task, values in run.summary.get("group", {}).items():
+                tasks += [task] if task not in tasks else []
+                for gap in (key.rsplit(".", 1)[0] for key in values):
+                    gaps += [gap] if gap not in gaps else []
+    if not gaps:
         return ""
-    header = ["configuration"] + [f"{t} {g} pooled / client mean" for t, g in names]
+    header = ["configuration", "task", *[f"{g} pooled / client mean" for g in gaps], "predictions"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in configurations:
-        cells = [c.label.replace("|", "\\|")]
-        for task, gap in names:
-            pooled = _mean_std([r.summary.get("group", {}).get(task, {}).get(f"{gap}.pooled", math.nan)
-                                for r in c.runs])
-            client = _mean_std([r.summary.get("group", {}).get(task, {}).get(f"{gap}.mean", math.nan)
-                                for r in c.runs])
-            cells.append(f"{_fmt(*pooled, len(c.runs), 3)} / {_fmt(*client, len(c.runs), 3)}")
-        lines.append("| " + " | ".join(cells) + " |")
+        for task in tasks:
+            keys = [f"{g}.{kind}" for g in gaps for kind in ("pooled", "mean")]
+            e = group_estimates(c, task, keys)
+            cells = [c.label.replace("|", "\\|"), task]
+            cells += [f"{e[f'{g}.pooled'].cell(3)} / {e[f'{g}.mean'].cell(3)}" for g in gaps]
+            cells.append(one_class_note(c, task) or "–")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-# -- figures ----------------------------------------------------------------------------
-def _colours(n: int) -> list[Any]:
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _wrap(label: str, width: int = 38) -> str:
-    return "\n".join(textwrap.wrap(label, width)) or label
-
-
-def _panels(n: int, width: float = 5.0, height: float = 4.0):
-    fig = Figure(figsize=(width * n, height))
-    axes = fig.subplots(1, n, squeeze=False)
-    return fig, list(axes[0])
-
-
-def _save(fig: Figure, path: Path, legend_handles: list, legend_labels: list) -> Path:
-    """Save with the configurations' legend below the panels."""
-    fig.tight_layout()
-    if legend_handles:
-        fig.legend(legend_handles, legend_labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   fontsize=8, ncol=min(3, len(legend_labels)), frameon=False,
-                   title="configuration", title_fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
-def plot_client_cdf(configurations: list[Configuration], path: Path) -> Path:
-    """Per task, the empirical CDF of client final metrics, one line per run."""
-    tasks = _task_order(configurations)
-    fig, axes = _panels(len(tasks))
-    handles, labels = [], []
-    for colour, c in zip(_colours(len(configurations)), configurations, strict=True):
-        for i, run in enumerate(c.runs):
-            for ax, (task, metric) in zip(axes, tasks.items(), strict=True):
-                for final, style in ((run.final, "-"), (run.global_final, "--")):
-                    if final.empty:
-                        continue
-                    values = np.sort(final.loc[final["task"] == task, "value"].to_numpy()) * _scale(metric)
-                    if len(values) == 0:
-                        continue
-                    line, = ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", ls=style,
-                                    color=colour, alpha=0.9 if i == 0 else 0.45, lw=1.6 if i == 0 else 1.0)
-                    if i == 0 and ax is axes[0] and style == "-":
-                        handles.append(line)
-                        labels.append(_wrap(c.label))
-    _view_legend(configurations, axes[0])
-    for ax, (task, metric) in zip(axes, tasks.items(), strict=True):
-        ax.set_title(f"task '{task}': clients' final test {metric}")
-        ax.set_xlabel(f"client test {_unit(metric)}")
-        ax.set_ylabel("fraction of clients at or below")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    return _save(fig, path, handles, labels)
-
-
-def _view_handles(configurations: list[Configuration], marker: bool = False) -> tuple[list[Any], list[str]]:
-    """Legend entries telling the personal and the global model's lines (or filled and hollow
-    markers) apart; none when no run has a global view."""
-    if not any(r.has_global for c in configurations for r in c.runs):
-        return [], []
-    if marker:
-        handles = [Line2D([], [], color="0.3", ls="none", marker="o", mfc=fill) for fill in ("0.3", "none")]
-    else:
-        handles = [Line2D([], [], color="0.3", ls=style) for style in ("-", "--")]
-    return handles, ["personal model", "global model"]
-
-
-def _view_legend(configurations: list[Configuration], ax: Any) -> None:
-    """:func:`_view_handles` as a small legend of ``ax`` (lines)."""
-    handles, labels = _view_handles(configurations)
-    if handles:
-        ax.legend(handles, labels, loc="upper left", fontsize=8)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both coordinates (both maximised)."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        if any(ox >= x and oy >= y and (ox > x or oy > y) for j, (ox, oy) in enumerate(points) if j != i):
-            continue
-        front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
-def plot_fairness_plane(configurations: list[Configuration], path: Path) -> Path:
-    """Per task and overall: mean vs worst-10% client metric per configuration, Pareto front."""
-    panels = dict(_task_order(configurations))
-    overall = [c for c in configurations if all(r.summary.get("overall") for r in c.runs)]
-    if overall and len(overall) == len(configurations):
-        panels["overall"] = configurations[0].runs[0].summary["overall"]["metric"]
-    fig, axes = _panels(len(panels))
-    handles, labels = [], []
-    colours = _colours(len(configurations))
-    for ax, (task, metric) in zip(axes, panels.items(), strict=True):
-        sign = 1.0 if higher_is_better(metric) else -1.0
-        points, kept = [], []
-        for k, c in enumerate(configurations):
-            stats = [r.summary["overall"] if task == "overall" else r.summary["final"].get(task)
-                     for r in c.runs]
-            stats = [s for s in stats if s]
-            if not stats:
-                continue
-            xs = [s["mean"] * _scale(metric) for s in stats]
-            ys = [s["worst10"] * _scale(metric) for s in stats]
-            (x, xe), (y, ye) = _mean_std(xs), _mean_std(ys)
-            handle = ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=colours[k], ms=7, capsize=3)
-            points.append((sign * x, sign * y))
-            kept.append((x, y))
-            views = [(r.summary[GLOBAL].get("overall") if task == "overall" else r.summary[GLOBAL]["final"].get(task))
-                     for r in c.runs if r.has_global]
-            views = [v for v in views if v]
-            if views:  # the global model: hollow, joined to the personal model's point
-                gx = _mean_std([v["mean"] * _scale(metric) for v in views])
-                gy = _mean_std([v["worst10"] * _scale(metric) for v in views])
-                ax.errorbar(gx[0], gy[0], xerr=gx[1], yerr=gy[1], fmt="o", color=colours[k], mfc="none",
-                            ms=7, capsize=3)
-                ax.plot([gx[0], x], [gy[0], y], color=colours[k], lw=0.8, ls=":")
-            if ax is axes[0]:
-                handles.append(handle)
-                labels.append(_wrap(c.label))
-        front = pareto_front(points)
-        if front:  # dashed line through the front, each front point ringed
-            line, = ax.plot([kept[i][0] for i in front], [kept[i][1] for i in front], "--o", color="0.2",
-                            lw=1.2, ms=14, mfc="none", mew=1.4, zorder=3, label="Pareto front")
-            views, names = _view_handles(configurations, marker=True) if ax is axes[0] else ([], [])
-            ax.legend([line, *views], ["Pareto front", *names], loc="best", fontsize=8)
-        better = "higher" if sign > 0 else "lower"
-        ax.set_title(f"{'overall (client mean over its tasks)' if task == 'overall' else f'task {task!r}'}"
-                     f"\nfairness vs accuracy ({better} is better)")
-        ax.set_xlabel(f"mean client test {_unit(metric)}")
-        ax.set_ylabel(f"worst-10% clients' mean test {_unit(metric)}")
-        ax.grid(alpha=0.3)
-    return _save(fig, path, handles, labels)
-
-
-def plot_round_curves(configurations: list[Configuration], path: Path) -> Path:
-    """Per task: mean client metric per round and the 10th-90th percentile band across clients."""
-    tasks = _task_order(configurations)
-    fig, axes = _panels(len(tasks))
-    handles, labels = [], []
-    for colour, c in zip(_colours(len(configurations)), configurations, strict=True):
-        curves = pd.concat([r.curves.assign(seed=r.seed) for r in c.runs])
-        for ax, (task, metric) in zip(axes, tasks.items(), strict=True):
-            rows = curves[curves["task"] == task]
-            if rows.empty:
-                continue
-            scale = _scale(metric)
-            mean = rows.groupby(["round", "seed"])["value"].mean().groupby("round").mean() * scale
-            band = rows.groupby("round")["value"]
-            ax.fill_between(mean.index, band.quantile(0.1) * scale, band.quantile(0.9) * scale,
-                            color=colour, alpha=0.18, lw=0)
-            line, = ax.plot(mean.index, mean.to_numpy(), color=colour, marker="o", ms=3)
-            views = [r.global_curves.assign(seed=r.seed) for r in c.runs if not r.global_curves.empty]
-            view = pd.concat(views) if views else pd.DataFrame(columns=["task"])
-            view = view[view["task"] == task]
-            if not view.empty:  # the global model's mean, dashed
-                view_mean = view.groupby(["round", "seed"])["value"].mean().groupby("round").mean() * scale
-                ax.plot(view_mean.index, view_mean.to_numpy(), color=colour, marker="s", ms=3, ls="--")
-            if ax is axes[0]:
-                handles.append(line)
-                labels.append(_wrap(c.label))
-    _view_legend(configurations, axes[0])
-    for ax, (task, metric) in zip(axes, tasks.items(), strict=True):
-        ax.set_title(f"task '{task}': mean over clients\n(band: 10th-90th percentile of clients)")
-        ax.set_xlabel("server round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(f"client test {_unit(metric)}")
-        ax.grid(alpha=0.3)
-    return _save(fig, path, handles, labels)
-
-
-def plot_client_task_heatmap(configurations: list[Configuration], path: Path) -> Path:
-    """Per configuration (its first seed): clients × tasks final metric."""
-    tasks = _task_order(configurations)
-    metrics = set(tasks.values())
-    shown = configurations[:12]
-    cols = min(4, len(shown))
-    rows = math.ceil(len(shown) / cols)
-    clients = max(int(c.runs[0].final["client"].nunique()) for c in shown)
-    height = min(3.0 + 0.12 * clients, 12.0)
-    fig = Figure(figsize=(1.6 + 1.3 * len(tasks) * cols, height * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    scale = _scale(next(iter(metrics))) if len(metrics) == 1 else 1.0
-    image = None
-    for k, (ax, c) in enumerate(zip(axes.flat, shown, strict=False)):
-        table = c.runs[0].final.pivot_table(index="client", columns="task", values="value")
-        table = table.reindex(columns=list(tasks)) * scale
-        image = ax.imshow(np.ma.masked_invalid(table.to_numpy()), aspect="auto", cmap="viridis",
-                          interpolation="nearest",
-                          vmin=0 if metrics == {"accuracy"} else None, vmax=100 if metrics == {"accuracy"} else None)
-        image.cmap.set_bad("0.8")
-        ax.set_xticks(range(len(tasks)), list(tasks), rotation=30 if len(tasks) > 3 else 0)
-        ax.set_xlabel("task")
-        if k % cols == 0:
-            ax.set_ylabel("client id")
-        step = max(1, len(table.index) // 15)
-        ax.set_yticks(range(0, len(table.index), step), [str(i) for i in table.index[::step]])
-        ax.set_title(_wrap(f"{c.label} (seed {c.runs[0].seed})", 34), fontsize=9)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.axis("off")
-    if image is not None:
-        label = f"client test {_unit(next(iter(metrics)))}" if len(metrics) == 1 else "client test metric"
-        fig.colorbar(image, ax=list(axes.flat), label=label + " (grey: task not held)", shrink=0.8)
-    fig.suptitle("Final metric of every client on every task", fontsize=11)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
-FIGURES = {
-    "client_cdf.png": plot_client_cdf,
-    "fairness_accuracy.png": plot_fairness_plane,
-    "round_curves.png": plot_round_curves,
-    "client_task_heatmap.png": plot_client_task_heatmap,
-}
+FIGURES = {f"{name}.png": fn for name, fn in REPORT_FIGURES.items()}
+"""The figures every report has, as PNG (drawn by :mod:`fedmtl.plots`; ``make_report``'s
+``fmt`` chooses another format)."""
 
 
 def choose_reference(configurations: list[Configuration], reference: str | None) -> Configuration:
-    """The configuration whose label equals (or alone contains) ``reference``; else the first."""
+    """The configuration whose label equals (or alone contains) ``reference``; else the first
+    (in command-line and sweep order, :func:`find_run_dirs`).
+
+    Raises
+    ------
+    ValueError
+        When ``reference`` matches no configuration or several, listing the labels.
+    """
     if reference is None:
         return configurations[0]
     exact = [c for c in configurations if c.label == reference]
@@ -635,9 +742,17 @@ def choose_reference(configurations: list[Configuration], reference: str | None)
     return matches[0]
 
 
+def placement_hosts(configurations: list[Configuration]) -> list[str]:
+    """The hosts that computed replies in any run (``summary.json``'s ``placement``: ``host/node/device``)."""
+    return sorted({where.split("/", 1)[0] for c in configurations for r in c.runs
+                   for where in r.summary.get("placement", {})})
+
+
 def placement_table(configurations: list[Configuration]) -> str:
-    """A Markdown table of replies per ``host/node/device`` per configuration (``""`` if no run
-    recorded its placement)."""
+    """A Markdown table of replies per ``host/node/device`` per configuration (``""`` unless
+    replies were computed on more than one host: on one machine Ray's node ids say nothing)."""
+    if len(placement_hosts(configurations)) < 2:
+        return ""
     rows = []
     for configuration in configurations:
         counts: dict[str, int] = {}
@@ -662,14 +777,15 @@ def check_report_targets(out: Path) -> None:
     ValueError
         Naming the link.
     """
-    for path in [out, *(out / name for name in (*REPORT_FILES, *FIGURES))]:
+    for path in [out, *(out / name for name in (*REPORT_FILES, HTML_FILE, *report_figure_files()))]:
         if path.is_symlink():
             raise ValueError(f"'{path}' is a symbolic link; fedmtl report never writes through one: "
                              "remove it or choose another --out")
 
 
-def make_report(paths: list[str | Path], out: str | Path, reference: str | None = None) -> dict[str, Any]:
-    """Write ``report.md``, ``report.csv`` and the figures to ``out``; return what was written.
+def make_report(paths: list[str | Path], out: str | Path, reference: str | None = None, fmt: str = "png",
+                dpi: int = DEFAULT_DPI, highlight: int | None = None) -> dict[str, Any]:
+    """Write ``report.md``, ``report.csv``, ``report.html`` and the figures to ``out``; return what was written.
 
     Parameters
     ----------
@@ -678,13 +794,19 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     out : str or Path
         The report folder (created).
     reference : str, optional
-        The label (or a unique part of it) of the Δm% reference configuration; default the
-        first configuration found.
+        The label (or a unique part of it) of the reference configuration (Δm% and the
+        differences); default the first configuration in ``paths`` order (a sweep's in grid order).
+    fmt : str
+        The figures' format: ``png``, ``pdf`` or ``svg``.
+    dpi : int
+        Dots per inch of PNG figures.
+    highlight : int, optional
+        A client id to mark in the figures (and to show first in ``report.html``).
 
     Returns
     -------
     dict
-        ``report``, ``csv``, ``figures`` (paths), ``table`` (markdown), ``configurations``
+        ``report``, ``csv``, ``html``, ``figures`` (paths), ``table`` (markdown), ``configurations``
         (labels) and ``replaced`` (whether a ``report.md`` was there before).
 
     Raises
@@ -693,6 +815,7 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
         When ``out`` or a file of the report is a symbolic link (nothing is written), or the
         runs cannot be reported.
     """
+    check_format(fmt, dpi)
     runs = [read_run(p) for p in find_run_dirs(paths)]
     out = Path(out)
     check_report_targets(out)
@@ -702,22 +825,39 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     ref = choose_reference(configurations, reference)
     tidy = summarize_configurations(configurations, ref)
     tidy.to_csv(out / "report.csv", index=False)
-    figures = [fn(configurations, out / name) for name, fn in FIGURES.items()]
+    figures = report_figures(configurations, out, fmt, dpi, highlight)
     table = markdown_table(configurations, tidy)
+    deltas = delta_table(configurations, tidy, ref)
     views = global_table(configurations, tidy)
     participation = participation_table(configurations, tidy)
     groups = group_table(configurations)
+    how = "named with --reference" if reference is not None else "the first configuration given"
     lines = [
         "# fedmtl report", "",
         f"{len(runs)} runs in {len(configurations)} configurations, from "
-        + ", ".join(f"`{p}`" for p in paths) + ".",
-        "Values are the final evaluation round's statistics across clients, mean ± sample std "
-        "over seeds. Accuracy in %. Worst-10%: mean of the worst 10% of clients. Jain's index "
-        "(1 = all clients equal) and Gini coefficient (0 = all equal) of the client metric. "
+        + ", ".join(f"`{p}`" for p in paths) + f". Reference: `{ref.label}` ({how}).", "",
+        "Values are the final evaluation round's statistics across clients. Each cell is a mean "
+        "and its 95% interval [low, high]: with two or more seeds, the mean over seeds and the "
+        "Student-t interval (n − 1 degrees of freedom); with one seed, the run's value and a "
+        f"percentile bootstrap over its clients ({BOOTSTRAP_RESAMPLES} resamples of the clients, "
+        f"each with all its tasks; seed {BOOTSTRAP_SEED}); the `interval` column says which. "
+        "Accuracy in %. Worst-10%: mean of the worst 10% of clients. Jain's index (1 = all clients "
+        "equal) and Gini coefficient (0 = all equal) of the client metric. Overall: the same of "
+        "each client's mean over the tasks it holds. "
         f"Δm%: mean relative change of the tasks' mean client metric against `{ref.label}` "
-        "(sign-adjusted per metric; lower is better).", "",
+        "(sign-adjusted per metric; lower is better), with a paired interval (see below); the "
+        "reference itself has none (–).", "",
         table, "",
     ]
+    if deltas:
+        lines += ["## Against the reference", "",
+                  f"Each configuration minus `{ref.label}`, with a paired 95% interval. Paired by seed "
+                  "(`paired t`): the runs of the seeds both have, the difference of each pair, its mean "
+                  "and Student-t interval. With one seed in common (`paired bootstrap`): the two runs of "
+                  "that seed resampled by client together (the same clients for both). Without a common "
+                  "seed the difference of the means is given without an interval. An interval that "
+                  "excludes 0 is a difference these seeds or clients resolve; one that includes 0 is not.",
+                  "", deltas, ""]
     if views:
         lines += ["## Global model", "",
                   "For methods with a global and a personal model (Ditto, fine-tuning, FedBABU, FedRep), "
@@ -736,13 +876,18 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     if groups:
         lines += ["## Group fairness", "",
                   "Gaps between the groups of the sensitive attribute at the final round: over all "
-                  "clients' test examples pooled / mean over clients (lower is fairer).", "", groups, ""]
+                  "clients' test examples pooled / mean over clients (lower is fairer), each with its "
+                  "95% interval as above. `predictions` says when a model predicts one class for every "
+                  "example of the task or of a group (`degenerate`): its gaps are then 0 or near it "
+                  "because it does not discriminate at all, not because it is fair.", "", groups, ""]
     placement = placement_table(configurations)
     if placement:
         lines += ["## Placement", "",
                   "Replies (training and evaluation) per host, Ray node and device, summed over each "
-                  "configuration's runs (`placement.csv` in each run folder).", "", placement, ""]
+                  "configuration's runs (`placement.csv` in each run folder); shown when more than one "
+                  "host computed.", "", placement, ""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     (out / "report.md").write_text("\n".join(lines))
-    return {"report": out / "report.md", "csv": out / "report.csv", "figures": figures,
+    html = write_html_report(out / HTML_FILE, configurations, "\n".join(lines), highlight)
+    return {"report": out / "report.md", "csv": out / "report.csv", "html": html, "figures": figures,
             "table": table, "configurations": [c.label for c in configurations], "replaced": replaced}

@@ -2,14 +2,16 @@
 
 Each run writes one folder::
 
-    config.toml     the fully resolved config (client.head-store-dir relative to the run folder)
+    config.toml     the fully resolved config: every default, the rules' and the method's
+                    parameters included (client.head-store-dir relative to the run folder)
     run-id          the run's random identity, written once (checkpoints and head files carry it)
     metrics.csv     long format: round, client, task, split, metric, value
     placement.csv   where each reply was computed: round, client, stage, host, node, device
     rounds.csv      one row per round: server-side counts and across-client statistics (and,
                     for a method with a global and a personal model, the global view's: global_*)
     participation.csv  per client of the federation: rounds_trained, last_round, rounds_aggregated
-    summary.json    final per-task statistics, participation, duration, paths
+    summary.json    final per-task statistics, participation, duration, paths, the config's
+                    fingerprint and provenance (versions, git commit, host, times: fedmtl.provenance)
     checkpoints/    round-<r>.pt: the server's state after round r (the two latest), with the
                     run's identity and config (a resume refuses a different one)
     heads/          client-<id>.r<round>.pt: each client's heads (disk head store, by default)
@@ -41,6 +43,7 @@ from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
 from fedmtl.group_fairness import summarize_group_gaps
 from fedmtl.protocol import TEST_GLOBAL
+from fedmtl.provenance import collect_provenance, finish_provenance
 from fedmtl.tasks import TaskSpec
 
 METRIC_COLUMNS = ["round", "client", "task", "split", "metric", "value"]
@@ -53,6 +56,20 @@ GLOBAL_PREFIX = "global_"
 """Prefix of the global view's ``rounds.csv`` columns (``global_<task>.<metric>.<stat>``)."""
 GLOBAL = "global"
 """``summary.json`` key of the global view's final statistics (``final``, ``overall``, ``group``)."""
+TRAINED_PREFIX = "trained_"
+"""Prefix of the ``rounds.csv`` columns of the statistics over the evaluated clients that trained
+at least once (``trained_<task>.<metric>.<stat>``, :data:`TRAINED_STATS` only)."""
+TRAINED = "trained_only"
+"""``summary.json`` key of the final statistics over the evaluated clients that trained."""
+TRAINED_STATS = ("mean", "worst", "worst10", "jain", "gap")
+"""The statistics repeated over trained clients only in ``rounds.csv``."""
+ROUNDS_TRAINED = "rounds-trained"
+"""``metrics.csv`` client-level metric: the rounds whose training reply the server accepted from the
+client, up to and including the evaluated round."""
+LAST_TRAINED = "last-trained-round"
+"""``metrics.csv`` client-level metric: the last of those rounds (0: the client never trained)."""
+NEVER_TRAINED = "evaluated_never_trained"
+"""``rounds.csv`` column: evaluated clients whose model never trained in this run."""
 
 
 RUN_MARKER = ".fedmtl-run"
@@ -115,6 +132,13 @@ class RoundStats:
     global_view : RoundStats or None
         The same statistics of the global model (split ``test-global``), for a method with a
         global and a personal model; ``None`` when no client reported a global view.
+    evaluated : int or None
+        How many clients were evaluated (``None``: not recorded).
+    never_trained : int or None
+        How many evaluated clients never trained in this run (``None``: not known).
+    trained_view : RoundStats or None
+        The statistics over the evaluated clients that trained at least once (``None``: not
+        known, or no evaluated client trained).
     """
 
     round: int
@@ -123,6 +147,9 @@ class RoundStats:
     overall: dict[str, float] = field(default_factory=dict)
     group: dict[str, dict[str, float]] = field(default_factory=dict)
     global_view: RoundStats | None = None
+    evaluated: int | None = None
+    never_trained: int | None = None
+    trained_view: RoundStats | None = None
 
     def columns(self) -> dict[str, float]:
         """The flat ``rounds.csv`` columns: ``<task>.<metric>.<stat>`` and the group gaps, then
@@ -133,6 +160,11 @@ class RoundStats:
         out.update({f"{task}.{key}": value for task, values in self.group.items() for key, value in values.items()})
         if self.global_view is not None:
             out.update({GLOBAL_PREFIX + key: value for key, value in self.global_view.columns().items()})
+        if self.never_trained is not None:
+            out[NEVER_TRAINED] = self.never_trained
+        if self.trained_view is not None:
+            out.update({TRAINED_PREFIX + key: value for key, value in self.trained_view.columns().items()
+                        if key.rsplit(".", 1)[-1] in TRAINED_STATS and key.count(".") == 2})
         return out
 
     def final_summary(self) -> dict[str, Any]:
@@ -147,8 +179,9 @@ class RoundStats:
     def from_dict(cls, values: Mapping[str, Any]) -> RoundStats:
         """The inverse of :func:`dataclasses.asdict` (a checkpoint's ``last_stats``)."""
         values = dict(values)
-        view = values.pop("global_view", None)
-        return cls(**values, global_view=None if view is None else cls.from_dict(view))
+        view, trained = values.pop("global_view", None), values.pop("trained_view", None)
+        return cls(**values, global_view=None if view is None else cls.from_dict(view),
+                   trained_view=None if trained is None else cls.from_dict(trained))
 
 
 class RunRecorder:
@@ -171,6 +204,8 @@ class RunRecorder:
         self.cfg = cfg
         self.tasks = tasks
         self.started = time.monotonic()
+        self.provenance = {**collect_provenance(), "resumed_after_round": resume_round}
+        """``summary.json``'s ``provenance``, collected once as the run (or its resume) starts."""
         self.rounds: list[dict[str, Any]] = []
         self.last_evaluated: tuple[int, list[int]] | None = None
         """The round last evaluated in this process and its evaluated clients."""
@@ -268,6 +303,7 @@ class RunRecorder:
     def record_evaluation(
         self, server_round: int, per_client: dict[int, dict[str, dict[str, float]]],
         num_examples: dict[int, int], global_per_client: dict[int, dict[str, dict[str, float]]] | None = None,
+        participation: Mapping[int, tuple[int, int | None]] | None = None,
     ) -> RoundStats:
         """Log every client's test metrics to ``metrics.csv``; return the round's statistics.
 
@@ -282,11 +318,20 @@ class RunRecorder:
         global_per_client : dict, optional
             The same of the global model (split ``test-global``) for the clients that sent it;
             its statistics are the returned :attr:`RoundStats.global_view`.
+        participation : Mapping, optional
+            ``{client: (rounds trained, last round trained or None)}`` up to this round: logged
+            as :data:`ROUNDS_TRAINED` and :data:`LAST_TRAINED` (0 = never) client-level rows,
+            counted in :attr:`RoundStats.never_trained`, and the statistics over the clients that
+            trained are :attr:`RoundStats.trained_view`.
         """
         views = {c: v for c, v in (global_per_client or {}).items() if v}
         rows: list[tuple[int, int, str, str, str, float]] = []
         for client in sorted(per_client):
             rows.append((server_round, client, CLIENT_LEVEL, "test", "num-examples", num_examples[client]))
+            if participation is not None:
+                trained, last = participation.get(client, (0, None))
+                rows += [(server_round, client, CLIENT_LEVEL, "test", ROUNDS_TRAINED, trained),
+                         (server_round, client, CLIENT_LEVEL, "test", LAST_TRAINED, last or 0)]
             for task, values in per_client[client].items():
                 rows += [(server_round, client, task, "test", m, v) for m, v in values.items()]
             for task, values in views.get(client, {}).items():
@@ -296,6 +341,12 @@ class RunRecorder:
         stats = self.evaluation_stats(server_round, per_client, num_examples)
         if views:
             stats.global_view = self.evaluation_stats(server_round, views, num_examples)
+        stats.evaluated = len(per_client)
+        if participation is not None:
+            trained = {c: v for c, v in per_client.items() if participation.get(c, (0, None))[0] > 0}
+            stats.never_trained = len(per_client) - len(trained)
+            if trained:
+                stats.trained_view = self.evaluation_stats(server_round, trained, num_examples)
         return stats
 
     def record_participation(self, rows: Iterable[tuple[int, int, int | None, int]]) -> Path:
@@ -352,10 +403,15 @@ class RunRecorder:
         }
         if final is not None and final.global_view is not None:
             summary[GLOBAL] = final.global_view.final_summary()
+        if final is not None and final.trained_view is not None:
+            summary[TRAINED] = {"evaluated_never_trained": final.never_trained,
+                                **final.trained_view.final_summary()}
         if self.participation is not None:
             evaluated = self.final_evaluated(final) if final is not None else None
             summary["participation"] = participation_summary(self.participation, evaluated)
-        summary.update({"placement": self.placement_summary(), "run_dir": str(self.run_dir), **(extra or {})})
+        summary.update({"placement": self.placement_summary(), "run_dir": str(self.run_dir),
+                        "config_fingerprint": config_fingerprint(self.cfg),
+                        "provenance": finish_provenance(self.provenance), **(extra or {})})
         write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         from fedmtl.plots import plot_run
 

@@ -19,7 +19,7 @@ applies them to Flower messages):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -121,9 +121,11 @@ above any loss of a model that still learns (cross-entropy starts near ln C), fa
 values that let one client dominate a loss-based weighting by lying."""
 MAX_PLACEMENT = 256
 """The longest placement string (host, node, device) kept in ``placement.csv``."""
-RATE_METRICS = ("accuracy", "positive-rate-", "tpr-", "fpr-", "demographic-parity-diff-", "equalized-odds-diff-")
+RATE_METRICS = ("accuracy", "positive-rate-", "tpr-", "fpr-", "demographic-parity-diff-", "equalized-odds-diff-",
+                "top-class-rate")
 """Evaluation metrics that are fractions, in [0, 1] (a name equal to one, or starting with
-one ending in '-'; ``accuracy`` also covers ``accuracy-<group>-<v>`` and ``accuracy-gap-<group>``)."""
+one ending in '-'; ``accuracy`` also covers ``accuracy-<group>-<v>`` and ``accuracy-gap-<group>``,
+``top-class-rate`` also ``top-class-rate-<group>-<v>``)."""
 COUNT_METRICS = ("count-", "positives-")
 """Evaluation metrics that count test examples, in [0, num-examples]."""
 LOSS_METRICS = ("loss", "loss-before", "mse", "mae")
@@ -322,13 +324,31 @@ def evaluation_range(name: str, count: float) -> tuple[float, float] | None:
     return None
 
 
-def evaluate_metrics_problem(values: Mapping[str, float], limits: ClientLimits | None) -> str:
+def _view_problem(values: Mapping[str, float], views: Collection[str]) -> str:
+    """A metric of a known view (:data:`fedmtl.protocol.TEST_GLOBAL`) outside ``views``."""
+    for key in values:
+        view = key.split(".", 1)[0]
+        if view == TEST_GLOBAL and view not in views and "." in key:
+            return (f"metric '{_short(key)}' of the '{view}' view, which the run's personalization method "
+                    f"does not have (its views: {', '.join(views)})")
+    return ""
+
+
+def evaluate_metrics_problem(values: Mapping[str, float], limits: ClientLimits | None,
+                             views: Collection[str] = (TEST, TEST_GLOBAL)) -> str:
     """Why an evaluation reply's metrics (numbers) cannot be used (``""`` if they can): a whole
     ``num-examples`` in [1, ``limits.max_test``], ``test.<task>.<metric>`` keys (and, optionally,
-    the global view's ``test-global.<task>.<metric>``) of the client's own tasks only, each
-    metric in its range (:func:`evaluation_range`)."""
+    those of the run's other views: the global view's ``test-global.<task>.<metric>``) of the
+    client's own tasks only, each metric in its range (:func:`evaluation_range`).
+
+    ``views`` are the views the run's personalization method reports
+    (:attr:`fedmtl.training.methods.Method.views`; default: both, not bounded): a metric of a
+    view the method does not have (``test-global`` from a one-model method) is a problem.
+    """
     problem = count_problem(values, limits.max_test if limits else 0)
-    problem = problem or _task_keys_problem(values, TEST, EVALUATE_REPLY_KEYS, limits, (TEST_GLOBAL,))
+    problem = problem or _view_problem(values, views)
+    problem = problem or _task_keys_problem(values, TEST, EVALUATE_REPLY_KEYS, limits,
+                                            tuple(v for v in views if v != TEST))
     if problem:
         return problem
     count = values[NUM_EXAMPLES]

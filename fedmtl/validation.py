@@ -34,7 +34,15 @@ from pydantic import ValidationError
 
 from fedmtl.aggregation import WEIGHTINGS, Aggregator, WeightingParamsError, validate_params
 from fedmtl.aggregation.plans import needs_task_parts
-from fedmtl.config import ConfigError, ExperimentConfig, parse_schema, read_values, unflatten, virtual_supernodes
+from fedmtl.config import (
+    FOLLOWING_KEYS,
+    ConfigError,
+    ExperimentConfig,
+    parse_schema,
+    read_values,
+    unflatten,
+    virtual_supernodes,
+)
 from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_input_shape, dataset_tasks
 from fedmtl.data.federation import check_natural_clients
 from fedmtl.faults import CORRUPTIONS
@@ -72,8 +80,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_flat(flat: dict[str, Any]) -> ExperimentConfig:
-    """Check a flat Flower run config (``"section.key"`` keys, tables as JSON text) in full."""
-    return build_config(unflatten(dict(flat)))
+    """Check a flat Flower run config (``"section.key"`` keys, tables as JSON text) in full.
+
+    ``model.heads`` and ``personalization.method`` left ``""`` (their defaults in pyproject,
+    :data:`fedmtl.config.FOLLOWING_KEYS`) are unset: the one a run sets decides the other, as
+    in a config file.
+    """
+    return build_config(unflatten({k: v for k, v in flat.items() if not (k in FOLLOWING_KEYS and v == "")}))
 
 
 def build_config(values: dict[str, Any]) -> ExperimentConfig:
@@ -97,7 +110,8 @@ def build_config(values: dict[str, Any]) -> ExperimentConfig:
 
 
 def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Run the checks beyond the schema on ``cfg``; return it with ``data.params`` resolved.
+    """Run the checks beyond the schema on ``cfg``; return it with ``data.params``,
+    ``personalization.params`` and the rules' parameters resolved (every default filled in).
 
     Raises
     ------
@@ -108,7 +122,7 @@ def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
     errors = name_errors(cfg)
     if errors:
         raise ConfigError("\n".join(errors))
-    cfg = resolve_method_params(resolve_data_params(cfg))
+    cfg = resolve_rule_params(resolve_method_params(resolve_data_params(cfg)))
     for check in CROSS_CHECKS:
         try:
             check(cfg)
@@ -297,6 +311,44 @@ def resolve_method_params(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.model_copy(update={"personalization": section})
 
 
+def _recordable(value: Any) -> bool:
+    """Whether a config's parameter table can hold ``value`` (a finite number, a bool or a string;
+    not ``None``, a table or a list)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, bool | int | str)
+
+
+def rule_params_with_defaults(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of the known rule ``name`` (valid) with every parameter, in the rule's order,
+    under its config name (``warm-start``, also when given as ``warm_start``): a value given as
+    given, one left unset with its default. A default the table cannot hold (``None``: "unset",
+    a table) stays out, so the rule reads it as before."""
+    instance = validate_params(WEIGHTINGS.get(name), params)
+    out: dict[str, Any] = {}
+    for field_name, info in type(instance).model_fields.items():
+        key = info.alias or field_name
+        given = [k for k in (key, field_name) if k in params]
+        if given:
+            out[key] = params[given[0]]
+        elif _recordable(value := getattr(instance, field_name)):
+            out[key] = value
+    return out
+
+
+def resolve_rule_params(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``client.params``, ``server.params`` and ``server.task-params`` listing every
+    parameter of their rule (:func:`rule_params_with_defaults`), so ``config.toml`` records the
+    values that ran (the names and parameters are valid: :func:`name_errors` ran)."""
+    client = cfg.client.model_copy(update={"params": rule_params_with_defaults(cfg.client.weighting,
+                                                                               dict(cfg.client.params))})
+    server = cfg.server.model_copy(update={
+        "params": rule_params_with_defaults(cfg.server.weighting, dict(cfg.server.params)),
+        "task_params": rule_params_with_defaults(cfg.server.task_weighting, dict(cfg.server.task_params)),
+    })
+    return cfg.model_copy(update={"client": client, "server": server})
+
+
 # -- rules across sections ----------------------------------------------------------------
 def _inputs(rank: int) -> str:
     return "image inputs" if rank == IMAGE_RANK else f"inputs of rank {rank}"
@@ -377,6 +429,22 @@ def check_global_heads(cfg: ExperimentConfig) -> None:
         raise ValueError(
             f"{heads} federates whole models: it needs server.plan = "
             f"'clients', not {cfg.server.plan!r}"
+        )
+
+
+def check_something_federated(cfg: ExperimentConfig) -> None:
+    """A federated run federates some parameters: a backbone without any (``"identity"``) needs
+    global heads."""
+    if cfg.run.mode != "federated" or cfg.model.heads == GLOBAL:
+        return
+    import torch
+
+    with torch.device("meta"):
+        backbone = BACKBONES.get(cfg.model.backbone)(tuple(dataset_input_shape(cfg.data)), out_dim=cfg.model.width)
+    if not any(True for _ in backbone.parameters()):
+        raise ValueError(
+            f"model.backbone = '{cfg.model.backbone}' has no parameters: with model.heads = "
+            f"'{cfg.model.heads}' nothing would be federated; use model.heads = 'global'"
         )
 
 
@@ -535,6 +603,7 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_feature_skew,
     check_personalization,
     check_global_heads,
+    check_something_federated,
     check_client_rule,
     check_head_store,
     check_centralized,

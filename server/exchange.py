@@ -8,7 +8,7 @@ order the server reports it: client errors, missing replies, then rejected repli
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from logging import WARNING
 
 import torch
@@ -66,14 +66,17 @@ def read_train_replies(
     return outcomes
 
 
-def read_evaluate_replies(messages: list[Message], replies: list[Message],
-                          limits: Limits | None = None) -> list[Evaluated | Rejected | Failed]:
+def read_evaluate_replies(
+    messages: list[Message], replies: list[Message], limits: Limits | None = None,
+    views: Collection[str] = (wire.TEST, wire.TEST_GLOBAL),
+) -> list[Evaluated | Rejected | Failed]:
     """Read an exchange's evaluation replies in order (as :func:`read_train_replies`; a
-    second reply of a client is rejected)."""
+    second reply of a client is rejected; ``views``: the views the run's method reports)."""
     sent, nodes, seen, outcomes = addressees(messages), destinations(messages), set(), []
     for reply in replies:
         client = addressee(reply, sent)
-        outcome = read_evaluate_reply(reply, client, limits, nodes.get(reply.metadata.reply_to_message_id))
+        node = nodes.get(reply.metadata.reply_to_message_id)
+        outcome = read_evaluate_reply(reply, client, limits, node, views)
         if isinstance(outcome, Evaluated) and outcome.client in seen:
             outcome = Rejected(outcome.client, "a second reply from the same client")
         if isinstance(outcome, Evaluated):

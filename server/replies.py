@@ -267,15 +267,18 @@ def read_train_reply(
 
 
 def read_evaluate_reply(
-    reply: Message, client: int | None, limits: Limits | None = None, node: int | None = None
+    reply: Message, client: int | None, limits: Limits | None = None, node: int | None = None,
+    views: Collection[str] = (wire.TEST, wire.TEST_GLOBAL),
 ) -> Evaluated | Rejected | Failed:
     """Read one evaluation reply (total; ``client``: the client its message was sent to,
-    ``limits`` and ``node`` as in :func:`read_train_reply`)."""
+    ``limits`` and ``node`` as in :func:`read_train_reply`; ``views``: the views the run's
+    personalization method reports, :attr:`fedmtl.training.methods.Method.views`: a reply with
+    metrics of another view, e.g. ``test-global`` from a one-model method, is rejected)."""
     checked = _check_sender(reply, client, node)
     if not isinstance(checked, dict):
         return checked
     assert client is not None
-    problem = evaluate_metrics_problem(checked, limits(client) if limits else None)
+    problem = evaluate_metrics_problem(checked, limits(client) if limits else None, views)
     if problem:
         return Rejected(client, problem)
     return Evaluated(client, wire.parse_metric_keys(checked, wire.TEST), int(checked[wire.NUM_EXAMPLES]),

@@ -48,7 +48,7 @@ from fedmtl.server.exchange import (
 )
 from fedmtl.server.heads import HeadsLedger
 from fedmtl.server.replies import Accepted, Evaluated, Failed
-from fedmtl.server.roster import Roster
+from fedmtl.server.roster import Roster, training_sizes
 from fedmtl.server.rounds import (
     ClientsFailed,
     Collected,
@@ -65,6 +65,7 @@ from fedmtl.server.rounds import (
 )
 from fedmtl.server.updates import plan_rows, screen_norms, stepped, train_loss, train_metric_rows, weight_rows
 from fedmtl.server.vectors import flatten_state, unflatten_state
+from fedmtl.training.methods import METHODS
 from fedmtl.training.setup import server_device
 
 
@@ -86,7 +87,8 @@ class FedMTLStrategy:
     def __init__(self, cfg: ExperimentConfig, directory: ClientDirectory, recorder: RunRecorder,
                  progress: Progress) -> None:
         self.cfg, self.recorder, self.progress = cfg, recorder, progress
-        self.roster = Roster(cfg, directory)
+        self.known = KnownClients(cfg.data, cfg.run.seed, cfg.server.max_examples)  # bounds what replies report
+        self.roster = Roster(cfg, directory, training_sizes(self.known))
         self.plan = make_plan(cfg.server, cfg.client.lr)
         self.device = server_device(cfg.server.device)
         """Where update rows are stacked and combined (``server.device``)."""
@@ -107,7 +109,8 @@ class FedMTLStrategy:
         self.tally = RunTally()
         self.participation = Participation()
         """Per client, the rounds it trained in (``participation.csv``; in the checkpoint)."""
-        self.known = KnownClients(cfg.data, cfg.run.seed, server.max_examples)  # bounds what replies report
+        self.views = METHODS.get(cfg.personalization.method).views
+        """The views evaluation replies may report: the method's (a one-model method's ``test-global`` is rejected)."""
         self.heads = HeadsLedger(cfg.model.heads != "global", cfg.client.head_store == "disk")
         """The heads each client must start from (named in every call; a client with others refuses)."""
 
@@ -136,12 +139,12 @@ class FedMTLStrategy:
         server, collected = self.cfg.server, Collected()
         self.tally.train_rounds += 1
         self.roster.follow_reconnections(grid)
-        self.exchange(grid, server_round, self.roster.sample(server.fraction_train, server.min_train_clients),
+        self.exchange(grid, server_round, self.roster.sample_train(server.fraction_train, server.min_train_clients),
                       collected)
         accepted = screen_norms(collected.formed, server.norm_screening)
         while pool := retry_pool(server, collected, len(accepted), list(self.roster.clients)):
             collected.retries += 1
-            clients = self.roster.sample(server.fraction_train, server.min_train_clients, pool)
+            clients = self.roster.sample_train(server.fraction_train, server.min_train_clients, pool)
             log(INFO, "round %d: %d usable replies < server.min-replies = %d; retry %d with %d other clients",
                 server_round, len(accepted), server.min_replies, collected.retries, len(clients))
             self.exchange(grid, server_round, clients, collected)
@@ -226,7 +229,7 @@ class FedMTLStrategy:
         messages = build_messages(self.arrays, self.config_record, self.roster, clients, MessageType.EVALUATE,
                                   wire.Call(server_round), lambda c: self.heads.expected(c, training=False))
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.server.timeout))
-        outcomes = read_evaluate_replies(messages, replies, self.known)
+        outcomes = read_evaluate_replies(messages, replies, self.known, self.views)
         failures = self.count_failures(server_round, "evaluation", outcomes, unanswered(messages, replies))
         self.recorder.log_placement(placement_rows(server_round, "evaluate", messages, replies))
         failures += log_rejections(server_round, "evaluation", outcomes)
@@ -236,7 +239,8 @@ class FedMTLStrategy:
         self.last_stats = self.recorder.record_evaluation(
             server_round, {c: o.per_task for c, o in evaluated.items()},
             {c: o.num_examples for c, o in evaluated.items()},
-            {c: o.global_per_task for c, o in evaluated.items() if o.global_per_task})
+            {c: o.global_per_task for c, o in evaluated.items() if o.global_per_task},
+            {c: (self.participation.trained.get(c, 0), self.participation.last_round.get(c)) for c in evaluated})
         return EvaluateRecord(failures, len(evaluated)), self.last_stats
 
     def check_progress(self) -> None:

@@ -3,7 +3,8 @@
 ``python -m tests.simulation_batch SPEC.json RESULT.json``: SPEC is a list of
 ``{"config": path, "overrides": [...], "out": run folder}``; RESULT maps each ``out`` to ""
 (the run finished) or the error's traceback. Each run is a real Ray simulation exactly as
-``fedmtl run`` starts it; one process saves the interpreter's imports per run.
+``fedmtl run`` starts it; one process saves the interpreter's imports per run, and the runs
+share one Ray instance (:func:`fedmtl.launch.simulation.shared_engine`, as a sweep's do).
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ from pathlib import Path
 
 def main(spec_path: str, result_path: str) -> None:
     """Run every job of ``spec_path``; write the outcomes to ``result_path``."""
-    from fedmtl.launch.simulation import simulate
+    from fedmtl.launch.simulation import shared_engine, simulate
     from fedmtl.results import create_run_dir
     from fedmtl.validation import load_config
 
     results = {}
-    for job in json.loads(Path(spec_path).read_text()):
-        try:
-            cfg = load_config(job["config"], job["overrides"])
-            simulate(cfg, create_run_dir(cfg, Path(job["out"])), quiet=True)
-            results[job["out"]] = ""
-        except Exception as exc:  # noqa: BLE001 - reported per job, the batch goes on
-            results[job["out"]] = "".join(traceback.format_exception(exc))[-4000:]
+    with shared_engine():
+        for job in json.loads(Path(spec_path).read_text()):
+            try:
+                cfg = load_config(job["config"], job["overrides"])
+                simulate(cfg, create_run_dir(cfg, Path(job["out"])), quiet=True)
+                results[job["out"]] = ""
+            except Exception as exc:  # noqa: BLE001 - reported per job, the batch goes on
+                results[job["out"]] = "".join(traceback.format_exception(exc))[-4000:]
     Path(result_path).write_text(json.dumps(results))
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fedmtl.launch.flwr_run import _json_from, run_status
@@ -79,16 +80,21 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         assert "finished:failed" in proc.stderr
         assert "raise data.dirichlet-alpha or lower data.num-clients" in proc.stderr
 
-        # 3. the documented command succeeds on a good config, results at run.output-dir
+        # 3. the documented command succeeds on a good config, results at run.output-dir; with
+        #    Ditto (a personal model per client in its store), both views are measured
         good = tmp_path / "good.toml"
         good.write_text((ROOT / "configs/smoke.toml").read_text().replace(
-            '[run]\n', f'[run]\noutput-dir = "{tmp_path / "good-runs"}"\n'))
+            '[run]\n', f'[run]\noutput-dir = "{tmp_path / "good-runs"}"\n') + '\n[personalization]\nmethod = "ditto"\n')
         proc = subprocess.run(
             [sys.executable, "-m", "fedmtl", "flwr-run", str(good), "--app-dir", str(ROOT)],
             capture_output=True, text=True, timeout=600, cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "finished:completed" in proc.stdout
-        assert len(list((tmp_path / "good-runs").glob("smoke-*/summary.json"))) == 1
+        summaries = list((tmp_path / "good-runs").glob("smoke-*/summary.json"))
+        assert len(summaries) == 1
+        metrics = pd.read_csv(summaries[0].parent / "metrics.csv")
+        assert {"test", "test-global"} <= set(metrics.split)
+        assert set(metrics[metrics.split == "test-global"].client) == {0, 1}
     finally:
         stop_local_superlink(flwr_home)

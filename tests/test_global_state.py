@@ -237,7 +237,7 @@ def test_figures_are_valid_pngs_drawn_without_pyplot_or_a_backend_switch(tmp_pat
     assert out["differences"] == [], "drawing the figures changed:\n" + "\n".join(out["differences"])
     from tests.helpers import is_png
 
-    assert len(out["figures"]) == 6
+    assert len(out["figures"]) == 8  # the run's 3 (no rounds.csv here) and the report's 5
     for path in out["figures"]:
         assert is_png(Path(path)), path
 

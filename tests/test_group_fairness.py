@@ -26,7 +26,8 @@ def test_binary_group_metrics_by_hand():
 
 def test_undefined_rates_are_left_out_and_multiclass_has_accuracy_only():
     m = group_metrics(torch.tensor([1, 1, 2]), torch.tensor([1, 1, 0]), {"g": torch.tensor([0, 0, 1])}, binary=False)
-    assert m == {"count-g-0": 2.0, "accuracy-g-0": 1.0, "count-g-1": 1.0, "accuracy-g-1": 0.0, "accuracy-gap-g": 1.0}
+    assert m == {"count-g-0": 2.0, "accuracy-g-0": 1.0, "count-g-1": 1.0, "accuracy-g-1": 0.0, "accuracy-gap-g": 1.0,
+                 "top-class-rate": 2 / 3, "top-class-rate-g-0": 1.0, "top-class-rate-g-1": 1.0}
     one = group_metrics(torch.tensor([1, 0]), torch.tensor([1, 1]), {"g": torch.tensor([0, 0])}, binary=True)
     assert "fpr-g-0" not in one and "accuracy-gap-g" not in one and "equalized-odds-diff-g" not in one
 
@@ -44,13 +45,14 @@ def test_evaluation_reports_group_metrics_for_data_with_groups():
     model = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
     results = evaluate(model, client.test, dataset_tasks(cfg.data))
     released = results["released"]
-    total = released["count-colour-0"] + released["count-colour-1"]
+    total = released["count-colour-White"] + released["count-colour-Black"]  # groups by their names
     assert total == len(client.test)
-    pooled = (released["accuracy-colour-0"] * released["count-colour-0"]
-              + released["accuracy-colour-1"] * released["count-colour-1"]) / total
+    pooled = (released["accuracy-colour-White"] * released["count-colour-White"]
+              + released["accuracy-colour-Black"] * released["count-colour-Black"]) / total
     assert pooled == pytest.approx(released["accuracy"])
     assert "demographic-parity-diff-colour" in released and "equalized-odds-diff-colour" in released
-    assert "positive-rate-colour-0" not in results["checks"] and "accuracy-gap-colour" in results["checks"]
+    assert "positive-rate-colour-White" not in results["checks"] and "accuracy-gap-colour" in results["checks"]
+    assert 0 < results["checks"]["top-class-rate-colour-Black"] <= 1
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -562,9 +562,22 @@ def test_a_ditto_run_resumed_after_its_last_checkpoint_gives_the_same_metrics(tm
     shutil.copytree(tmp_path / "whole", cut)
     (cut / "checkpoints" / "round-4.pt").unlink()
     (cut / "summary.json").unlink()
+    # what a run killed after round 4's training leaves: round-4 heads and personal models on the store
+    from fedmtl.personalization import DiskHeadStore
+
+    store = DiskHeadStore(cut / "heads")
+    latest = [c for c in range(3) if max(store.versions(c), default=0) == 4]
+    assert latest and all(any(k.startswith(PERSONAL_PREFIX + MODEL_PREFIX) for k in store.load(c)) for c in latest)
     resumed = subprocess.run([sys.executable, "-m", "fedmtl", "run", "--resume", str(cut)], capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0 and "Resuming" in resumed.stdout, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     a, b = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("whole", "cut"))
     assert {"test", "test-global"} <= set(a["split"])
+    assert set(a[(a["split"] == "test-global") & (a["round"] == 4)]["client"]) == {0, 1, 2}
     pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # both views' statistics and who trained, too
+    ra, rb = (pd.read_csv(tmp_path / name / "rounds.csv").drop(columns="elapsed_s") for name in ("whole", "cut"))
+    assert any(c.startswith("global_") for c in ra.columns)
+    pd.testing.assert_frame_equal(ra, rb, check_exact=True)
+    pa, pb = (pd.read_csv(tmp_path / name / "participation.csv") for name in ("whole", "cut"))
+    pd.testing.assert_frame_equal(pa, pb, check_exact=True)

@@ -206,7 +206,8 @@ def test_data_sections_with_params_hash_alike_and_cache_one_federation():
 
 def test_the_backbone_says_which_inputs_it_needs():
     assert BACKBONES.get("lenet").input_rank == 3 and BACKBONES.get("mlp").input_rank is None
-    with pytest.raises(ConfigError, match="model.backbone = 'lenet' needs image inputs.*use backbone = 'mlp'"):
+    with pytest.raises(ConfigError,
+                       match="model.backbone = 'lenet' needs image inputs.*use backbone = 'identity' or 'mlp'"):
         load_config(None, ["data.dataset=arrests", "data.partitioner=natural", "data.num-clients=6"])
 
 

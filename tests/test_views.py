@@ -117,7 +117,7 @@ def strategy_for(folder: Path, *sets: str, resume_round: int | None = None) -> F
 
 
 def test_the_global_views_statistics_are_recorded_beside_the_personal_ones(tmp_path):
-    strategy = strategy_for(tmp_path)
+    strategy = strategy_for(tmp_path, "personalization.method=fedbabu")  # a method with a global view
     strategy.start(FakeGrid(4, with_global_view), ArrayRecord(STATE))  # type: ignore[arg-type]
     metrics = pd.read_csv(tmp_path / "metrics.csv", dtype={"task": str})
     view = metrics[metrics.split == "test-global"]
@@ -196,6 +196,44 @@ def test_participation_counts_the_rounds_each_clients_training_was_accepted(tmp_
     assert summary["clients"] == 6 and summary["never_trained"] == len(never) >= 2
     assert summary["evaluated"] == 6 and summary["evaluated_never_trained_clients"] == never
     assert summary["rounds_trained"]["min"] == 0
+
+
+def test_each_evaluation_records_participation_and_the_statistics_over_trained_clients(tmp_path, capsys):
+    strategy = strategy_for(tmp_path, "run.rounds=5", "server.fraction-train=0.5", "data.num-clients=6")
+    strategy.progress.enabled = True
+    strategy.start(FakeGrid(6, participation_script), ArrayRecord(STATE))  # type: ignore[arg-type]
+    metrics = pd.read_csv(tmp_path / "metrics.csv", dtype={"task": str})
+    trained = metrics[(metrics.split == "train") & (metrics.metric == wire.HEADS_OUT)]
+    rounds = pd.read_csv(tmp_path / "rounds.csv")
+    for server_round in range(1, 6):
+        # metrics.csv: per evaluated client, its rounds trained and last round trained so far
+        rows = metrics[(metrics["round"] == server_round) & (metrics.task == "all") & (metrics.split == "test")]
+        logged = rows.pivot(index="client", columns="metric", values="value")
+        upto = trained[trained["round"] <= server_round].groupby("client")["round"]
+        expected_rounds = upto.size().reindex(logged.index, fill_value=0)
+        expected_last = upto.max().reindex(logged.index, fill_value=0)
+        assert logged["rounds-trained"].tolist() == expected_rounds.tolist()
+        assert logged["last-trained-round"].tolist() == expected_last.tolist()
+        # rounds.csv: how many evaluated clients never trained, and the statistics over the others
+        row = rounds[rounds["round"] == server_round].iloc[0]
+        never = int((expected_rounds == 0).sum())
+        assert row["evaluated_never_trained"] == never
+        test = metrics[(metrics["round"] == server_round) & (metrics.split == "test") & (metrics.task == "left")
+                       & (metrics.metric == "accuracy")].set_index("client")["value"]
+        kept = test[expected_rounds.reindex(test.index) > 0]
+        if len(kept):
+            assert row["trained_left.accuracy.mean"] == pytest.approx(kept.mean())
+            assert row["trained_left.accuracy.worst"] == pytest.approx(kept.min())
+    assert (rounds["evaluated_never_trained"] > 0).any()  # clients 1 and 2 never train
+    summary = strategy.recorder.finish(strategy.last_stats)
+    assert summary["trained_only"]["evaluated_never_trained"] == strategy.last_stats.never_trained >= 2
+    assert summary["trained_only"]["final"]["left"]["metric"] == "accuracy"
+    checkpoint, _ = load_checkpoint(tmp_path)
+    assert RoundStats.from_dict(checkpoint["last_stats"]) == strategy.last_stats
+    strategy.progress.final_table(strategy.last_stats)
+    out = capsys.readouterr().out
+    assert f"{strategy.last_stats.never_trained} of 6 evaluated clients never trained" in out
+    assert "evaluated never trained" in out  # on the round lines too
 
 
 def test_norm_screened_clients_trained_but_were_not_aggregated(tmp_path):
@@ -281,26 +319,28 @@ def test_the_report_shows_both_views_and_marks_the_never_trained_worst_clients(t
         synthetic_run(tmp_path / "runs" / "fedper" / f"seed-{seed}", seed, views=False)
     written = make_report([tmp_path / "runs"], tmp_path / "report")
     text = written["report"].read_text()
+    # labels name every differing key (the weighting, and its parameters as config.toml resolves them)
+    rlw_label, mean_label = (next(c for c in written["configurations"] if f"weighting={w}" in c)
+                             for w in ("rlw", "mean"))
     views = text.split("## Global model", 1)[1].split("##", 1)[0]
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in views.splitlines()
-            if line.startswith("| client.weighting=")}
-    assert set(rows) == {"client.weighting=rlw", "client.weighting=mean"}
+            if line.startswith("| client.")}
+    assert set(rows) == {rlw_label, mean_label}
     # personal / global mean of task left, over 2 seeds: the global view is 20 points lower
-    personal, global_ = rows["client.weighting=rlw"][2].split(" / ")
-    assert float(personal.split(" ± ")[0]) - float(global_.split(" ± ")[0]) == pytest.approx(20.0, abs=0.06)
-    assert rows["client.weighting=mean"][2].endswith("/ –")  # a one-model run has no global view
+    personal, global_ = rows[rlw_label][2].split(" / ")
+    assert float(personal.split(" [")[0]) - float(global_.split(" [")[0]) == pytest.approx(20.0, abs=0.06)
+    assert rows[mean_label][2].endswith("/ –")  # a one-model run has no global view
     who = text.split("## Participation", 1)[1].split("##", 1)[0]
-    line = next(row for row in who.splitlines() if row.startswith("| client.weighting=rlw"))
+    line = next(row for row in who.splitlines() if row.startswith(f"| {rlw_label} |"))
     cells = line.split(" | ")
-    assert cells[2] == "2.0 ± 0.0"  # evaluated clients never trained
-    assert cells[4] == "1.0 ± 0.0 of 1"  # task left: its worst-10% client never trained
+    assert cells[2] == "2.0 [2.0, 2.0]"  # evaluated clients never trained (mean [95% interval] over seeds)
+    assert cells[4] == "1.0 [1.0, 1.0] of 1"  # task left: its worst-10% client never trained
     tidy = pd.read_csv(tmp_path / "report" / "report.csv")
-    rlw = tidy[tidy.configuration == "client.weighting=rlw"].set_index("statistic")["mean"]
+    rlw = tidy[tidy.configuration == rlw_label].set_index("statistic")["mean"]
     assert rlw["global_left.mean"] == pytest.approx(rlw["left.mean"] - 20.0)
     assert rlw["left.worst10_never_trained"] == 1.0
     assert rlw["left.trained_worst10"] > rlw["left.worst10"]  # the worst were the untrained
-    assert math.isnan(tidy.set_index(["configuration", "statistic"]).loc[("client.weighting=mean",
-                                                                           "global_left.mean"), "mean"])
+    assert math.isnan(tidy.set_index(["configuration", "statistic"]).loc[(mean_label, "global_left.mean"), "mean"])
     for name in FIGURES:
         assert is_png(tmp_path / "report" / name), name
 

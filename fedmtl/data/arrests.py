@@ -8,8 +8,9 @@ R package carData, ``Arrests``). The CSV ships inside the scikit-lego package
 
 - **Tasks**: ``released`` (binary: released with a summons) and ``checks`` (7 classes: on how
   many police databases, 0–6, the arrestee's name appeared).
-- **Sensitive attribute**: ``colour`` (Black / White), kept as the group of every example;
-  it is an input only with ``data.params.include-sensitive = true``.
+- **Sensitive attribute**: ``colour`` (Black / White), kept as the group of every example
+  (its metrics name the groups ``colour-Black`` and ``colour-White``); it is an input only with
+  ``data.params.include-sensitive = true``.
 - **Inputs**: age (standardised), sex, employed, citizen (0/1) [, colour].
 - **Clients**: with ``data.partitioner = "natural"``, by ``data.params.client-key``: ``year`` (6
   clients, one per year) or ``year-sex`` (12); ``data.num-clients`` must equal that number.
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 TASKS = (TaskSpec("released", "binary"), TaskSpec("checks", "multiclass", 7))
 BINARY = ("sex", "employed", "citizen")
 CLIENT_KEYS = {"year": ["year"], "year-sex": ["year", "sex"]}
+COLOUR = ("White", "Black")
+"""The ``colour`` groups' names, by code (``colour == "Black"`` is 1, as in the inputs)."""
 
 
 class Params(Section):
@@ -106,7 +109,7 @@ class ArrestsRows:
             "released": (table["released"] == "Yes").to_numpy(np.int64),
             "checks": table["checks"].to_numpy(np.int64, copy=True),
         }
-        self.colour = (table["colour"] == "Black").to_numpy(np.int64)
+        self.colour = (table["colour"] == COLOUR[1]).to_numpy(np.int64)
 
     def natural_groups(self) -> list[np.ndarray]:
         return client_groups(self.table, self.key)
@@ -120,6 +123,7 @@ class ArrestsRows:
             self.x[index],
             {name: torch.from_numpy(values[rows]) for name, values in self.targets.items()},
             groups={"colour": torch.from_numpy(self.colour[rows])},
+            group_names={"colour": COLOUR},
         )
 
 

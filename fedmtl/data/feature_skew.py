@@ -51,7 +51,7 @@ def _apply(split: Split, kind: str, amount: float, generator: torch.Generator) -
         x = rotate(split.x, amount)
     else:
         x = split.x + amount * torch.randn(split.x.shape, generator=generator, dtype=split.x.dtype)
-    return Split(x, split.targets, split.groups)
+    return Split(x, split.targets, split.groups, split.group_names)
 
 
 def skew_client(data: ClientData, num_clients: int, cfg: DataSection, seed: int) -> ClientData:

@@ -28,18 +28,22 @@ class Split:
         Task name -> targets of shape ``(n,)``.
     groups : dict[str, torch.Tensor]
         Sensitive/group attribute name -> integer group of every example (may be empty).
+    group_names : dict[str, tuple[str, ...]]
+        Attribute name -> the names of its values (group ``i`` is ``group_names[g][i]``), used
+        in the group metrics' names; an attribute without names is shown by its integer codes.
     """
 
     x: torch.Tensor
     targets: dict[str, torch.Tensor]
     groups: dict[str, torch.Tensor] = field(default_factory=dict)
+    group_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def restrict(self, tasks: list[str]) -> Split:
         """The same inputs with the targets of ``tasks`` only."""
-        return Split(self.x, {t: self.targets[t] for t in tasks}, self.groups)
+        return Split(self.x, {t: self.targets[t] for t in tasks}, self.groups, self.group_names)
 
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None
@@ -62,6 +66,7 @@ class Split:
             torch.cat([s.x for s in splits]),
             {t: torch.cat([s.targets[t] for s in splits]) for t in tasks},
             {g: torch.cat([s.groups[g] for s in splits]) for g in groups},
+            splits[0].group_names,
         )
 
 

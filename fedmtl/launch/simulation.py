@@ -6,6 +6,14 @@ global random generator (the ServerApp seeds it), the SIGTERM handler (``ray.ini
 the warnings filters and Flower's message dispatcher are restored when it returns or raises,
 so a sweep can call it many times. (What Flower and Ray do once when they are first imported
 is theirs.)
+
+Each run alone starts Ray and, on its way out, Flower's Ray backend (``RayBackend.terminate``,
+called by ``vce_api.run_api``) stops the run's actors and shuts Ray down. Within
+:func:`shared_engine` consecutive runs share one Ray instance instead: the first run starts
+it, each run's actors are killed when the run ends (Ray stays up) and the next run starts
+once they are gone (their CPUs and GPUs free, their processes ended); a run whose engine
+settings differ from the instance's restarts it, and a run interrupted mid-round shuts it
+down as Flower does; the block shuts Ray down on exit.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ import signal
 import socket
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedmtl.config import ExperimentConfig, virtual_supernodes
 
@@ -156,10 +167,124 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def connect(cfg: ExperimentConfig) -> None:
+RELEASE_TIMEOUT_S = 30.0
+"""Seconds the previous run's actors may take to end in a shared Ray instance before it is
+restarted instead."""
+
+
+@dataclass
+class _SharedEngine:
+    """The Ray instance the runs of a :func:`shared_engine` block share: the settings it was
+    started with (``None``: not started by the block) and what it had free when it started."""
+
+    settings: tuple | None = None
+    free: dict[str, float] = field(default_factory=dict)
+
+
+_SHARED: _SharedEngine | None = None
+"""The enclosing :func:`shared_engine` block's engine; ``None`` outside one."""
+
+
+@contextlib.contextmanager
+def shared_engine() -> Iterator[None]:
+    """Within the block, consecutive :func:`simulate` calls share one Ray instance: it starts
+    with the first run and is shut down when the block ends (also on an error or an
+    interrupt). Each run still gets its own actors (killed when it ends, gone before the next
+    run starts) and the same results as a run alone. A run whose engine settings
+    (:func:`engine_settings`) differ from the instance's restarts it. Nothing starts until a
+    run needs Ray; an inner block is part of the outer one."""
+    global _SHARED
+    if _SHARED is not None:
+        yield
+        return
+    _SHARED = shared = _SharedEngine()
+    try:
+        yield
+        ray = sys.modules.get("ray")
+        if shared.settings is not None and ray is not None and ray.is_initialized():
+            _released(ray, shared.free, RELEASE_TIMEOUT_S)  # the last run's actors end, as a run alone's
+    finally:  # on an error or an interrupt too, without waiting
+        _SHARED, ray = None, sys.modules.get("ray")
+        if shared.settings is not None and ray is not None and ray.is_initialized():
+            ray.shutdown()
+
+
+def engine_settings(cfg: ExperimentConfig) -> tuple:
+    """What a Ray instance is started with for ``cfg``: ``ray.init``'s arguments, the actors'
+    ``PYTHONPATH`` (this process's ``sys.path``) and the environment the actors inherit.
+    (Importing Ray adds to ``sys.path`` and the environment: :func:`simulate` imports it first.)"""
+    return (
+        tuple(sorted(backend_config(cfg)["init_args"].items())),
+        os.pathsep.join(sys.path),
+        tuple(sorted(os.environ.items())),
+    )
+
+
+def _free_resources(ray: Any) -> dict[str, float]:
+    """The CPUs and GPUs Ray has free now."""
+    free = ray.available_resources()
+    return {k: float(free.get(k, 0.0)) for k in ("CPU", "GPU")}
+
+
+def _actor_processes() -> set[int]:
+    """This process's descendants that are Flower's client actors (processes Ray names
+    ``ray::ClientAppActor``; zombies left out); none where ``/proc`` cannot be read."""
+    from fedmtl.launch.interrupt import descendants
+
+    try:
+        pids = descendants()
+    except OSError:
+        return set()
+    actors = set()
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if command.startswith(b"ray::ClientAppActor") and state != "Z":
+            actors.add(pid)
+    return actors
+
+
+def _released(ray: Any, free: dict[str, float], timeout: float) -> bool:
+    """Wait until the previous run's actors are gone: Ray has at least ``free`` CPUs and GPUs
+    free again and none of their processes is left among this process's descendants
+    (:func:`_actor_processes`); ``False`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(_free_resources(ray)[k] < v - 1e-6 for k, v in free.items()) or _actor_processes():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _reuse_shared(ray: Any, settings: tuple) -> None:
+    """In a :func:`shared_engine` block: keep the block's Ray instance when ``settings`` are
+    the instance's and the previous run's actors are gone, else shut it down (the caller
+    starts a new one). Ray that the block did not start is left alone."""
+    shared = _SHARED
+    if shared is None or shared.settings is None or not ray.is_initialized():
+        return
+    if shared.settings != settings or not _released(ray, shared.free, RELEASE_TIMEOUT_S):
+        ray.shutdown()
+
+
+def _start_ray(ray: Any, cfg: ExperimentConfig, settings: tuple) -> None:
+    """``ray.init`` for ``cfg``; in a :func:`shared_engine` block, record the instance and its
+    ``settings``."""
+    # the actors import this process's modules: they get its sys.path through the job's
+    # runtime environment (this process's os.environ is left alone)
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}, **backend_config(cfg)["init_args"])
+    if _SHARED is not None:
+        _SHARED.settings, _SHARED.free = settings, _free_resources(ray)
+
+
+def connect(cfg: ExperimentConfig, settings: tuple | None = None) -> None:
     """Start or join Ray, then check that at least one node can host a virtual client
     (``engine.client-num-cpus`` CPUs and ``engine.client-num-gpus`` GPUs), instead of waiting
-    forever for resources that never come."""
+    forever for resources that never come. In a :func:`shared_engine` block, keep the block's
+    instance when ``settings`` (default :func:`engine_settings` now) are those it started with."""
     import ray
 
     from fedmtl.training.setup import server_device
@@ -170,11 +295,10 @@ def connect(cfg: ExperimentConfig) -> None:
         raise EngineError(str(exc)) from None
     if cfg.engine.address:
         check_reachable(cfg.engine.address)
+    settings = engine_settings(cfg) if settings is None else settings
+    _reuse_shared(ray, settings)
     if not ray.is_initialized():
-        # the actors import this process's modules: they get its sys.path through the job's
-        # runtime environment (this process's os.environ is left alone)
-        pythonpath = os.pathsep.join(sys.path)
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **backend_config(cfg)["init_args"])
+        _start_ray(ray, cfg, settings)
     need_cpu, need_gpu = cfg.engine.client_num_cpus, cfg.engine.client_num_gpus
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
     fits = [n for n in nodes if n.get("CPU", 0) >= need_cpu and (need_gpu == 0 or n.get("GPU", 0) >= need_gpu)]
@@ -185,6 +309,34 @@ def connect(cfg: ExperimentConfig) -> None:
             f"no Ray node can host a virtual client: engine.client-num-cpus = {need_cpu} and "
             f"engine.client-num-gpus = {need_gpu:g} per client, but the nodes offer {offered}"
         )
+
+
+def _keep_ray_up(stack: contextlib.ExitStack) -> None:
+    """For the rest of ``stack``: Flower's Ray backend, on its way out of a run whose actors are
+    all idle (a run that ended), kills them and leaves Ray up for the next run of a
+    :func:`shared_engine` block. With an actor still busy (a run interrupted mid-round, whose
+    worker threads still wait on it) it shuts Ray down as Flower does; the next run starts
+    Ray again."""
+    import ray
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    flower_backend = raybackend.RayBackend
+
+    class SharedRayBackend(flower_backend):  # type: ignore[misc, valid-type]
+        def terminate(self) -> None:
+            """Kill this run's actors (no ``ray.shutdown``) when none is busy, else Flower's."""
+            pool = self.pool
+            if pool is None:
+                return
+            if getattr(pool, "_future_to_actor", None) != {}:  # busy actors (or another Flower)
+                super().terminate()
+                return
+            for actor in pool.pool:
+                with contextlib.suppress(Exception):  # already dead
+                    ray.kill(actor, no_restart=True)
+
+    stack.callback(setattr, raybackend, "RayBackend", flower_backend)
+    raybackend.RayBackend = SharedRayBackend
 
 
 def simulate(
@@ -200,8 +352,12 @@ def simulate(
     handler the caller installed (a Python function) stays in force during the run instead
     of the one ``ray.init`` installs.
 
+    Within :func:`shared_engine`, the run uses (or starts) the block's Ray instance and
+    leaves it up, with the run's actors killed.
+
     Raises whatever the ServerApp raised (the engine re-raises it).
     """
+    import ray  # noqa: F401 - before engine_settings: importing Ray extends sys.path and the environment
     import torch
     from flwr.server.superlink.fleet.vce import vce_api
     from flwr.simulation import run_simulation
@@ -212,6 +368,7 @@ def simulate(
 
     supernodes = virtual_supernodes(cfg)
     cfg = cfg.with_values(engine={"supernodes": supernodes})  # the run folder records it
+    settings = engine_settings(cfg)  # the caller's sys.path and environment, as the next run will see them
     with contextlib.ExitStack() as stack:
         stack.enter_context(preserved_environ())
         stack.enter_context(preserved_torch_threads())
@@ -224,7 +381,9 @@ def simulate(
         warnings.simplefilter("ignore", FutureWarning)
         in_main = threading.current_thread() is threading.main_thread()
         caller_sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
-        connect(cfg)
+        connect(cfg, settings)
+        if _SHARED is not None and _SHARED.settings is not None:
+            _keep_ray_up(stack)
         if callable(caller_sigterm):  # the caller's own handler (fedmtl run's stop) beats ray.init's
             signal.signal(signal.SIGTERM, caller_sigterm)
         # dispatch_on_push swaps Flower's dispatcher for one that wakes on push: put it back after

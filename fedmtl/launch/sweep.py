@@ -9,14 +9,23 @@ runs every combination of the grid values for seeds ``run.seed, run.seed + 1, �
       server.weighting=qffl/seed-0/
       ...
 
-Running the same command again resumes: finished runs (those with a ``summary.json``) are
-skipped, a federated run that was interrupted continues from its latest checkpoint (as
-``fedmtl run --resume``, with the same checks: a resume that would not be exact, or whose
-``config.toml`` is no longer the sweep's config of that run, is refused and the run recorded as
-failed, :func:`check_resume`), and any other unfinished folder is cleared and run again, but only one
-that fedmtl created (it holds ``.fedmtl-run``, :data:`fedmtl.results.RUN_MARKER`); a sweep never
-deletes or writes through a symbolic link. Every combination is validated before the first run
-starts, so a bad value fails at once, not hours in.
+Running the same command again resumes: finished runs (those with a ``summary.json``) whose
+config is the one the sweep now asks for are skipped, a federated run that was interrupted
+continues from its latest checkpoint (as ``fedmtl run --resume``, with the same checks: a resume
+that would not be exact, or whose ``config.toml`` is no longer the sweep's config of that run, is
+refused and the run recorded as failed, :func:`check_resume`), and any other unfinished folder is
+cleared and run again, but only one that fedmtl created (it holds ``.fedmtl-run``,
+:data:`fedmtl.results.RUN_MARKER`); a sweep never deletes or writes through a symbolic link.
+Every combination is validated before the first run starts, so a bad value fails at once, not
+hours in.
+
+A finished run is reused only when its config is the sweep's config of that run (its
+``summary.json``'s ``config_fingerprint``, else its ``config.toml``, compared on every key but
+:data:`fedmtl.results.RESUME_FREE_KEYS`: names, folders and where Ray runs). When one differs
+(``--set run.rounds=3`` on a sweep run with 2 rounds), the sweep refuses before running
+anything, one line per such run naming the keys that differ (``run.rounds: 2 → 3``,
+:class:`ChangedRunsError`); ``--rerun-changed`` (``rerun_changed=True``) runs them again, each
+folder deleted first under the same rule as an unfinished one (only a folder fedmtl created).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from typing import Any
 from fedmtl.atomic import write_bytes
 from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
+from fedmtl.launch.simulation import shared_engine
 from fedmtl.validation import load_config
 
 MANIFEST = "sweep.json"
@@ -126,11 +136,14 @@ class SweepRun:
     folder : str
         The run folder, relative to the sweep folder.
     status : str
-        ``pending``, ``done``, ``failed`` or ``skipped`` (finished earlier).
+        ``pending``, ``done``, ``failed`` or ``skipped`` (finished earlier, with the same config).
     duration_s : float or None
         Seconds the run took (this invocation).
     error : str
         The last lines of the error of a failed run.
+    changed : list[str]
+        For a run found finished with another config: ``"key: old → new"`` per key that differs
+        (:func:`finished_changes`); it is run again only with ``rerun_changed``.
     """
 
     values: dict[str, Any]
@@ -139,6 +152,7 @@ class SweepRun:
     status: str = "pending"
     duration_s: float | None = None
     error: str = ""
+    changed: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -148,7 +162,8 @@ class SweepRun:
 
 @dataclass
 class Sweep:
-    """A planned sweep: the base config, the grid, the seeds and the runs."""
+    """A planned sweep: the base config, the grid, the seeds and the runs; ``rerun_changed``:
+    run again the runs found finished with another config (else the sweep refuses them)."""
 
     config: str | None
     overrides: list[str]
@@ -156,6 +171,7 @@ class Sweep:
     seeds: list[int]
     out: Path
     runs: list[SweepRun] = field(default_factory=list)
+    rerun_changed: bool = False
 
     def overrides_of(self, run: SweepRun) -> list[str]:
         """The ``--set`` strings that make ``run``'s config from the base config."""
@@ -183,8 +199,10 @@ def plan_sweep(
     keep: Callable[[dict[str, Any]], bool] | None = None,
     skip_invalid: bool = False,
     report: Callable[[str], None] = print,
+    rerun_changed: bool = False,
 ) -> Sweep:
-    """Expand the grid × seeds and validate every run's config.
+    """Expand the grid × seeds, validate every run's config and check the finished runs'
+    configs (:func:`check_changed`).
 
     Parameters
     ----------
@@ -204,19 +222,24 @@ def plan_sweep(
         Drop combinations whose config is invalid (each is reported) instead of failing.
     report : callable
         Receives the lines about skipped combinations.
+    rerun_changed : bool
+        Run again the runs found finished with another config than the sweep's (their folders
+        replaced); else such a run fails the plan.
 
     Raises
     ------
     ConfigError
         Naming the run whose values are invalid (before anything runs), unless
         ``skip_invalid``; or when no combination is left.
+    ChangedRunsError
+        Without ``rerun_changed``, when a finished run's config differs (one line per run).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds = {seeds}: must be at least 1")
     overrides = list(overrides or [])
     base = load_config(config, overrides)
     sweep = Sweep(str(config) if config is not None else None, overrides, dict(grid),
-                  [base.run.seed + i for i in range(seeds)], Path(out))
+                  [base.run.seed + i for i in range(seeds)], Path(out), rerun_changed=rerun_changed)
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     for values in combos:
         if keep is not None and not keep(values):
@@ -233,12 +256,103 @@ def plan_sweep(
         sweep.runs += runs
     if not sweep.runs:
         raise ConfigError("the sweep has no valid combination to run")
+    check_changed(sweep, rerun_changed)
     return sweep
 
 
 def is_finished(run_dir: Path) -> bool:
     """A run folder is finished when it has its ``summary.json``."""
     return (run_dir / "summary.json").is_file()
+
+
+class ChangedRunsError(ConfigError):
+    """Finished runs of a sweep ran another config than the sweep's now (one line per run)."""
+
+
+SHOWN_CHANGES = 6
+"""The most differing keys one line of :class:`ChangedRunsError` names."""
+_UNSET = object()
+
+
+def comparable_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The values of ``cfg`` that make its results: ``{"section.key": value}`` with each parameter
+    table spread into its entries (``server.params.q``), without
+    :data:`fedmtl.results.RESUME_FREE_KEYS` (names, folders, where Ray runs)."""
+    from fedmtl.results import RESUME_FREE_KEYS
+
+    out: dict[str, Any] = {}
+    for section, values in cfg.to_nested().items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if name in RESUME_FREE_KEYS:
+                continue
+            if isinstance(value, dict):
+                out.update({f"{name}.{k}": v for k, v in value.items()})
+            else:
+                out[name] = value
+    return out
+
+
+def describe_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"key: old → new"`` for every key whose value differs (``unset`` for a key one side lacks)."""
+    def shown(values: dict[str, Any], key: str) -> str:
+        return format_value(values[key]) if key in values else "unset"
+
+    return [f"{key}: {shown(before, key)} → {shown(now, key)}"
+            for key in sorted(set(before) | set(now)) if before.get(key, _UNSET) != now.get(key, _UNSET)]
+
+
+def finished_changes(cfg: ExperimentConfig, run_dir: Path) -> list[str]:
+    """How the config a finished run ran with differs from ``cfg`` (:func:`describe_changes` of
+    :func:`comparable_config`); ``[]`` when it does not.
+
+    The run's ``summary.json`` records the fingerprint of its config
+    (:func:`fedmtl.results.config_fingerprint`): equal to ``cfg``'s, nothing differs. Otherwise
+    (or for a run written before fingerprints) its ``config.toml`` is compared; one that is
+    missing or no longer loads counts as a difference.
+    """
+    from fedmtl.results import config_fingerprint
+
+    try:
+        recorded = json.loads((run_dir / "summary.json").read_text()).get("config_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is not None and recorded == config_fingerprint(cfg):
+        return []
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return ["config.toml: missing (the config it ran is unknown)"]
+    try:
+        ran = load_config(path)
+    except (ConfigError, OSError) as exc:
+        return [f"config.toml: no longer loads ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"]
+    return describe_changes(comparable_config(ran), comparable_config(cfg))
+
+
+def check_changed(sweep: Sweep, rerun_changed: bool = False) -> list[SweepRun]:
+    """Find the runs of ``sweep`` found finished with another config than the sweep's (their
+    :attr:`SweepRun.changed` is set, every other run's emptied); return them.
+
+    Raises
+    ------
+    ChangedRunsError
+        Without ``rerun_changed``, when there is one: one line per run, its folder and the keys
+        that differ, and how to go on. Nothing was run or written.
+    """
+    for run in sweep.runs:
+        run_dir = sweep.out / run.folder
+        run.changed = finished_changes(sweep.config_of(run), run_dir) if is_finished(run_dir) else []
+    changed = [r for r in sweep.runs if r.changed]
+    if changed and not rerun_changed:
+        lines = [f"  {r.folder}: " + ", ".join(r.changed[:SHOWN_CHANGES])
+                 + (f", and {len(r.changed) - SHOWN_CHANGES} more" if len(r.changed) > SHOWN_CHANGES else "")
+                 for r in changed]
+        raise ChangedRunsError(
+            f"{len(changed)} finished run(s) in '{sweep.out}' ran another config than this sweep's; nothing was "
+            "run; to run them again with the sweep's config (their folders are replaced): --rerun-changed; "
+            "to keep them: another --out:\n"
+            + "\n".join(lines))
+    return changed
 
 
 def resumable(cfg: ExperimentConfig, run_dir: Path) -> bool:
@@ -302,8 +416,9 @@ def check_no_links(root: Path, run_dir: Path) -> None:
         path = path.parent
 
 
-def clear_unfinished(run_dir: Path) -> None:
-    """Delete an unfinished run folder, only if fedmtl created it (it holds ``RUN_MARKER``).
+def clear_unfinished(run_dir: Path, what: str = "an unfinished run") -> None:
+    """Delete an unfinished run folder (or ``what`` it holds: a finished run of a changed config),
+    only if fedmtl created it (it holds ``RUN_MARKER``).
 
     Raises
     ------
@@ -318,7 +433,7 @@ def clear_unfinished(run_dir: Path) -> None:
         return
     marker = run_dir / RUN_MARKER
     if marker.is_symlink() or not marker.is_file():
-        raise UnsafeFolderError(f"'{run_dir}' holds an unfinished run that fedmtl did not create (no {RUN_MARKER}); "
+        raise UnsafeFolderError(f"'{run_dir}' holds {what} that fedmtl did not create (no {RUN_MARKER}); "
                                 "nothing was deleted: move it away or delete it yourself")
     shutil.rmtree(run_dir)
 
@@ -352,14 +467,17 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
         simulate(cfg, run_dir, quiet=quiet)
 
 
+@shared_engine()  # the runs share one Ray instance
 def run_sweep(
     sweep: Sweep,
     *,
     quiet_runs: bool = True,
     report: Callable[[str], None] = print,
     runner: Callable[[ExperimentConfig, Path, bool], None] = execute_run,
+    rerun_changed: bool | None = None,
 ) -> Sweep:
-    """Run every unfinished run of ``sweep`` in order; a failed run is recorded, not fatal.
+    """Run every unfinished run of ``sweep`` in order; a failed run is recorded, not fatal. The
+    federated runs share one Ray instance (:func:`fedmtl.launch.simulation.shared_engine`).
 
     Parameters
     ----------
@@ -371,23 +489,36 @@ def run_sweep(
         Receives the progress lines.
     runner : callable
         Runs one config into a folder (:func:`execute_run`).
+    rerun_changed : bool, optional
+        Run again the runs found finished with another config than the sweep's, each folder
+        deleted first (:func:`clear_unfinished`); default: ``sweep.rerun_changed``.
+
+    Raises
+    ------
+    ChangedRunsError
+        Without ``rerun_changed``, when a finished run's config differs (:func:`check_changed`);
+        raised before anything is run or written.
     """
+    changed = check_changed(sweep, sweep.rerun_changed if rerun_changed is None else rerun_changed)
     sweep.out.mkdir(parents=True, exist_ok=True)
     total = len(sweep.runs)
-    todo = [r for r in sweep.runs if not is_finished(sweep.out / r.folder)]
+    todo = [r for r in sweep.runs if r.changed or not is_finished(sweep.out / r.folder)]
     for r in sweep.runs:
         r.status = "pending" if r in todo else "skipped"
     sweep.write_manifest()
     report(f"sweep: {total} runs ({len(sweep.runs) // len(sweep.seeds)} configurations × "
-           f"{len(sweep.seeds)} seeds), {total - len(todo)} already finished, {len(todo)} to run "
-           f"→ {sweep.out}")
+           f"{len(sweep.seeds)} seeds), {total - len(todo)} already finished, {len(changed)} changed, "
+           f"{len(todo)} to run → {sweep.out}")
     started, durations = time.monotonic(), []
     for done, run in enumerate(todo, start=1):
         run_dir = sweep.out / run.folder
-        report(f"[{done}/{len(todo)}] {run.label} seed {run.seed} ...")
+        again = f" (changed: {', '.join(run.changed[:SHOWN_CHANGES])})" if run.changed else ""
+        report(f"[{done}/{len(todo)}] {run.label} seed {run.seed}{again} ...")
         t0 = time.monotonic()
         try:
             check_no_links(sweep.out, run_dir)
+            if run.changed:
+                clear_unfinished(run_dir, "a finished run of another config")
             runner(sweep.config_of(run), run_dir, quiet_runs)
             run.status = "done"
         except Exception as exc:  # noqa: BLE001 - one failed run must not stop the sweep

@@ -76,3 +76,33 @@ class MLPBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+@BACKBONES.register("identity")
+class IdentityBackbone(nn.Module):
+    """No hidden layer: the representation is the flattened input, and it has no parameters.
+
+    With ``model.head-hidden = 0`` each task head is one linear layer on the input, so each
+    task is multinomial logistic regression (a linear map and a softmax in the loss), the model
+    of q-FFL's Synthetic experiments (Li et al., ICLR 2020). ``model.width`` is ignored: the
+    representation size is the input's number of features. Nothing is federated but the heads:
+    use it with ``model.heads = "global"``.
+
+    Parameters
+    ----------
+    input_shape : tuple[int, ...]
+        Any shape; inputs are flattened.
+    out_dim : int
+        Ignored (the representation size is ``prod(input_shape)``); accepted as every backbone's.
+    """
+
+    input_rank: int | None = None
+    """Any input rank (inputs are flattened)."""
+
+    def __init__(self, input_shape: tuple[int, ...], out_dim: int = 0) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.out_dim = math.prod(input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flatten(x)

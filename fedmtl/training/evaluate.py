@@ -22,7 +22,8 @@ def evaluate(
     """Return ``{task: {metric: value}}`` averaged over the examples of ``data``.
 
     When ``data`` carries group attributes (``data.groups``), classification tasks also get
-    the per-group metrics and gaps of :func:`fedmtl.group_fairness.group_metrics`.
+    the per-group metrics and gaps of :func:`fedmtl.group_fairness.group_metrics` (group values
+    named by ``data.group_names``).
 
     Parameters
     ----------
@@ -55,6 +56,7 @@ def evaluate(
     results = {task: {m: v / n for m, v in metrics.items()} for task, metrics in sums.items()}
     for t in grouped:
         results[t.name].update(group_metrics(
-            torch.cat(predictions[t.name]), data.targets[t.name].long(), data.groups, t.kind == "binary"
+            torch.cat(predictions[t.name]), data.targets[t.name].long(), data.groups, t.kind == "binary",
+            data.group_names,
         ))
     return results

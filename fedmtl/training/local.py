@@ -156,6 +156,8 @@ def multitask_step(
     losses_t = torch.stack(losses)
     objectives = Objectives(losses=losses_t, task_ids=[t.name for t in tasks])  # float64, CPU
     backbone = list(model.backbone.parameters())
+    if not backbone:  # a backbone without parameters (model.backbone = "identity"): only the heads learn
+        return _heads_only_step(weighting, objectives, z_grads, losses_t, track_parts)
     if mode == "backbone":
         rows = _per_task_backbone(z, torch.stack(z_grads), backbone)
         objectives.updates = rows
@@ -175,6 +177,19 @@ def multitask_step(
         return StepResult(losses_t, weights, contributions)
     z.backward(scaled.sum(dim=0))
     return StepResult(losses_t, weights)
+
+
+def _heads_only_step(
+    weighting: Rule, objectives: Objectives, z_grads: list[torch.Tensor], losses: torch.Tensor, track_parts: bool
+) -> StepResult:
+    """The step of a backbone without parameters: the heads have their gradients, the rule
+    only gives the task weights it reports (from representation rows); task parts are empty."""
+    if not isinstance(weighting, Weighting):
+        raise ValueError(f"rule '{weighting.name}' combines backbone gradients, but the backbone has no parameters")
+    if weighting.needs_updates:
+        objectives.updates = torch.stack([g.flatten() for g in z_grads])
+    weights = weighting(objectives)
+    return StepResult(losses, weights, losses.new_zeros(len(losses), 0, dtype=torch.float32) if track_parts else None)
 
 
 def _aggregator_step(
@@ -274,9 +289,9 @@ class TaskPartsSGD:
     def __init__(self, params: list[torch.Tensor], num_tasks: int, lr: float, momentum: float) -> None:
         self.params, self.lr, self.momentum = params, lr, momentum
         size = sum(p.numel() for p in params)
-        ref = params[0]
-        self.buffers = torch.zeros(num_tasks, size, dtype=ref.dtype, device=ref.device)
-        self.parts = torch.zeros(num_tasks, size, dtype=ref.dtype, device=ref.device)
+        dtype, device = (params[0].dtype, params[0].device) if params else (torch.float32, None)
+        self.buffers = torch.zeros(num_tasks, size, dtype=dtype, device=device)
+        self.parts = torch.zeros(num_tasks, size, dtype=dtype, device=device)
 
     @torch.no_grad()
     def step(self, contributions: torch.Tensor) -> None:
@@ -345,7 +360,7 @@ def train_local(
     heads = [p for head in model.heads.values() for p in head.parameters()]
     head_optimizer = torch.optim.SGD(heads, lr=lr, momentum=momentum)
     parts_sgd = TaskPartsSGD(backbone, len(tasks), lr, momentum) if track_parts else None
-    backbone_optimizer = None if track_parts else torch.optim.SGD(backbone, lr=lr, momentum=momentum)
+    backbone_optimizer = None if track_parts or not backbone else torch.optim.SGD(backbone, lr=lr, momentum=momentum)
     loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
     weight_sum = torch.zeros(len(tasks), dtype=torch.float64)
     steps = 0
@@ -364,7 +379,7 @@ def train_local(
             if "backbone" not in freeze:
                 if parts_sgd is not None:
                     parts_sgd.step(step.contributions)
-                else:
+                elif backbone_optimizer is not None:
                     backbone_optimizer.step()
             loss_sum += step.losses.cpu().to(torch.float64)
             weight_sum += step.weights.cpu()

@@ -5,7 +5,7 @@ what it works with on a client (:class:`ClientRun`); importing this package regi
 method in :data:`METHODS`.
 """
 
-from fedmtl.training.methods import ditto, fedbabu, fedper, fedprox, fedrep, finetune, local, none
+from fedmtl.training.methods import apfl, ditto, fedbabu, fedper, fedprox, fedrep, finetune, local, none
 from fedmtl.training.methods.base import (
     GLOBAL,
     METHODS,
@@ -27,6 +27,7 @@ __all__ = [
     "Method",
     "MethodParamsError",
     "NoParams",
+    "apfl",
     "ditto",
     "fedbabu",
     "fedper",

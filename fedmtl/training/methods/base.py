@@ -149,7 +149,9 @@ class Method:
     heads : tuple of str
         The values of ``model.heads`` it allows; the first is the default.
     views : tuple of str
-        The stages its evaluation reports (``"test"``, and ``"test-global"`` with a global view).
+        The stages its evaluation reports (``"test"``, and ``"test-global"`` with a global view):
+        the one source of truth for both apps (the client replies exactly these, the server
+        rejects an evaluation reply with metrics of any other view).
     trains, keeps, costs, paper : str
         One line each for the methods table (docs/config.md, README).
     """

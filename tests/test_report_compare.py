@@ -1,0 +1,300 @@
+"""The report compares honestly: the reference, intervals, paired differences, the overall
+column and placement, on small run folders written here by the recorder (no simulation)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedmtl import report
+from fedmtl.data import dataset_tasks
+from fedmtl.fairness import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_interval,
+    row_statistics,
+    summarize,
+    t_interval,
+    t_quantile,
+)
+from fedmtl.report import (
+    choose_reference,
+    find_run_dirs,
+    group_configurations,
+    make_report,
+    read_run,
+    summarize_configurations,
+)
+from fedmtl.results import RunRecorder
+from fedmtl.validation import load_config
+
+T975 = {1: 12.706204736174694, 2: 4.302652729749462, 3: 3.1824463052837078, 4: 2.7764451051977934,
+        9: 2.262157162798205, 29: 2.045229642132703}
+"""t_{0.975, df} (from scipy.stats.t.ppf), for when scipy is not installed."""
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t from scipy when installed, else from the table above."""
+    try:
+        from scipy import stats
+    except ImportError:
+        return T975[df]
+    return float(stats.t.ppf(0.975, df))
+
+
+# -- the numbers -------------------------------------------------------------------------------
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 29])
+def test_t_quantile_matches_the_published_value(df):
+    assert t_quantile(0.975, df) == pytest.approx(T975[df], rel=1e-12)
+    assert t_quantile(0.025, df) == pytest.approx(-T975[df], rel=1e-12)
+
+
+def test_t_quantile_matches_scipy_everywhere():
+    stats = pytest.importorskip("scipy.stats")
+    for df in [*range(1, 40), 57, 120, 1000]:
+        for p in (0.6, 0.9, 0.95, 0.975, 0.995, 0.9995, 0.01):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-10), (p, df)
+
+
+def test_t_interval_by_hand():
+    values = [71.0, 74.0, 72.5]
+    mean, low, high = t_interval(values)
+    half = t975(2) * np.std(values, ddof=1) / math.sqrt(3)
+    assert mean == pytest.approx(72.5) and (low, high) == pytest.approx((72.5 - half, 72.5 + half))
+    assert t_interval([3.0])[0] == 3.0 and math.isnan(t_interval([3.0])[1])  # one value: no interval
+
+
+def test_bootstrap_interval_is_the_percentile_interval_of_seeded_resamples():
+    values = np.array([0.3, 0.9, 0.5, 0.45, 0.8, 0.1, 0.65])
+    rows = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))
+    expected = np.quantile(values[rows].mean(axis=1), [0.025, 0.975])
+    low, high = bootstrap_interval(lambda idx: values[idx].mean(), len(values))
+    assert (low[0], high[0]) == pytest.approx(tuple(expected), abs=1e-12)
+    batched = bootstrap_interval(lambda idx: values[idx].mean(axis=1), len(values), batched=True)
+    assert (batched[0][0], batched[1][0]) == (low[0], high[0])  # the same resamples either way
+    assert all(math.isnan(x[0]) for x in bootstrap_interval(lambda idx: values[idx].mean(), 1))
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_row_statistics_equal_the_summary_of_each_row(higher):
+    rng = np.random.default_rng(3)
+    values = rng.random((40, 13))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    stats = row_statistics(values, higher)
+    for b, row in enumerate(values):
+        expected = summarize(row[~np.isnan(row)], higher_is_better=higher)
+        for name in ("mean", "worst10", "jain", "gini"):
+            assert stats[name][b] == pytest.approx(expected[name], rel=1e-12, nan_ok=True), name
+
+
+# -- run folders ------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="module")
+def no_figures():
+    """The tables are the point here: no run figures, no report figures (tested elsewhere)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("fedmtl.plots.plot_run", lambda run_dir: [])
+        patch.setattr(report, "report_figures", lambda *args, **kwargs: [], raising=False)
+        yield
+
+
+def fake_run(folder: Path, seed: int, weighting: str, accuracy: dict[int, dict[str, float]],
+             hosts: tuple[str, ...] = ()) -> Path:
+    """A finished run folder with these final accuracies per client and task (one evaluated round),
+    its replies computed on ``hosts`` (one placement row per client, round robin)."""
+    cfg = load_config(None, [f"run.seed={seed}", f"client.weighting={weighting}", f"data.num-clients={len(accuracy)}"])
+    recorder = RunRecorder(folder, cfg, dataset_tasks(cfg.data))
+    per_client = {c: {t: {"accuracy": v, "loss": 1.0} for t, v in tasks.items()} for c, tasks in accuracy.items()}
+    final = recorder.record_evaluation(1, per_client, dict.fromkeys(accuracy, 20))
+    recorder.log_round({"round": 1}, final)
+    if hosts:
+        recorder.log_placement([(1, c, "train", hosts[c % len(hosts)], f"node{c}", "cpu") for c in accuracy])
+    recorder.finish(final)
+    return folder
+
+
+CLIENTS = 6
+
+
+def accuracies(seed: int, shift: float, rng: np.random.Generator) -> dict[int, dict[str, float]]:
+    """Client accuracies: a large seed effect shared by all configurations, a configuration shift
+    and a little noise; client 5 does not hold task 'right'."""
+    out = {}
+    for c in range(CLIENTS):
+        base = 0.5 + 0.06 * c + 0.08 * seed + shift
+        out[c] = {"left": base + 0.002 * rng.standard_normal(), "right": base - 0.05 + 0.002 * rng.standard_normal()}
+    del out[CLIENTS - 1]["right"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A sweep folder whose sweep.json lists 'mean' before 'fairgrad' (alphabetically after),
+    3 seeds each; 'fairgrad' is 3 points better on every client and seed."""
+    folder = tmp_path_factory.mktemp("compare") / "study"
+    rng = np.random.default_rng(0)
+    listed = []
+    for weighting, shift in (("mean", 0.0), ("fairgrad", 0.03)):
+        for seed in (0, 1, 2):
+            name = f"weighting={weighting}/seed-{seed}"
+            fake_run(folder / name, seed, weighting, accuracies(seed, shift, rng))
+            listed.append({"values": {"client.weighting": weighting}, "seed": seed, "folder": name, "status": "done"})
+    (folder / "sweep.json").write_text(json.dumps({"grid": {"client.weighting": ["mean", "fairgrad"]},
+                                                   "seeds": [0, 1, 2], "runs": listed}))
+    return folder
+
+
+def configurations(*paths: Path):
+    return group_configurations([read_run(p) for p in find_run_dirs(list(paths))])
+
+
+def tidy_of(*paths: Path, reference: str | None = None) -> pd.DataFrame:
+    found = configurations(*paths)
+    return summarize_configurations(found, choose_reference(found, reference)).set_index(["configuration", "statistic"])
+
+
+def label(tidy: pd.DataFrame, part: str) -> str:
+    return next(c for c in tidy.index.get_level_values(0).unique() if part in c)
+
+
+def summaries(folder: Path, pattern: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{pattern}/summary.json"))]
+
+
+def test_runs_come_in_sweep_order_and_the_first_is_the_reference(sweep, tmp_path):
+    found = configurations(sweep)
+    assert "weighting=mean" in found[0].label and "weighting=fairgrad" in found[1].label
+    assert choose_reference(found, None) is found[0]
+    assert choose_reference(found, "fairgrad") is found[1]
+    with pytest.raises(ValueError, match="matches 0 configurations; give one of"):
+        choose_reference(found, "qffl")
+    # command-line order: the paths in the order given
+    swapped = configurations(sweep / "weighting=fairgrad", sweep / "weighting=mean")
+    assert "weighting=fairgrad" in swapped[0].label
+    # a folder without sweep.json: its sub-folders by name
+    plain = tmp_path / "plain"
+    for name, weighting in (("b-first", "mean"), ("a-second", "fairgrad")):
+        fake_run(plain / name, 0, weighting, accuracies(0, 0.0, np.random.default_rng(1)))
+    assert "fairgrad" in configurations(plain)[0].label  # a-second sorts first
+
+
+def test_every_mean_has_a_t_interval_over_seeds(sweep):
+    tidy = tidy_of(sweep)
+    mean = label(tidy, "weighting=mean")
+    values = [100 * s["final"]["left"]["mean"] for s in summaries(sweep, "weighting=mean/seed-*")]
+    row = tidy.loc[(mean, "left.mean")]
+    half = t975(2) * np.std(values, ddof=1) / math.sqrt(3)
+    assert row["mean"] == pytest.approx(np.mean(values))
+    assert (row["low"], row["high"]) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    assert row["std"] == pytest.approx(np.std(values, ddof=1)) and row["interval"] == "t, 3 seeds"
+    overall = [100 * s["overall"]["mean"] for s in summaries(sweep, "weighting=mean/seed-*")]
+    assert tidy.loc[(mean, "overall.mean"), "mean"] == pytest.approx(np.mean(overall))
+    jain = [s["final"]["right"]["jain"] for s in summaries(sweep, "weighting=mean/seed-*")]
+    assert tidy.loc[(mean, "right.jain"), "high"] == pytest.approx(
+        np.mean(jain) + t975(2) * np.std(jain, ddof=1) / math.sqrt(3))
+
+
+def test_differences_are_paired_by_seed(sweep):
+    tidy = tidy_of(sweep)
+    mean, fair = label(tidy, "weighting=mean"), label(tidy, "weighting=fairgrad")
+    a = [s["final"] for s in summaries(sweep, "weighting=fairgrad/seed-*")]
+    b = [s["final"] for s in summaries(sweep, "weighting=mean/seed-*")]
+    diffs = [100 * (x["left"]["worst10"] - y["left"]["worst10"]) for x, y in zip(a, b, strict=True)]
+    row = tidy.loc[(fair, "left.worst10.delta")]
+    half = t975(2) * np.std(diffs, ddof=1) / math.sqrt(3)
+    assert row["mean"] == pytest.approx(np.mean(diffs))
+    assert (row["low"], row["high"]) == pytest.approx((np.mean(diffs) - half, np.mean(diffs) + half))
+    assert row["interval"] == "paired t, 3 seeds"
+    # the seed effect cancels: the paired interval is far narrower than the seeds' spread
+    assert row["high"] - row["low"] < 0.3 * (tidy.loc[(fair, "left.worst10"), "high"]
+                                             - tidy.loc[(fair, "left.worst10"), "low"])
+    assert row["low"] > 0  # 3 points better, resolved
+    # Δm% of each seed against the reference's run of that seed (higher is better: sign flipped)
+    dm = [-50 * sum((x[t]["mean"] - y[t]["mean"]) / y[t]["mean"] for t in ("left", "right"))
+          for x, y in zip(a, b, strict=True)]
+    assert tidy.loc[(fair, "delta_m"), "mean"] == pytest.approx(np.mean(dm))
+    assert tidy.loc[(fair, "delta_m"), "high"] == pytest.approx(
+        np.mean(dm) + t975(2) * np.std(dm, ddof=1) / math.sqrt(3))
+    # the reference has no difference with itself
+    assert tidy.loc[(mean, "delta_m")].isna()["mean"] and tidy.loc[(mean, "delta_m"), "interval"] == "reference"
+
+
+def test_one_seed_gets_a_bootstrap_over_clients_and_a_paired_bootstrap(tmp_path):
+    rng = np.random.default_rng(5)
+    fake_run(tmp_path / "mean", 7, "mean", accuracies(0, 0.0, rng))
+    fake_run(tmp_path / "fairgrad", 7, "fairgrad", accuracies(0, 0.02, rng))
+    tidy = tidy_of(tmp_path / "mean", tmp_path / "fairgrad")
+    fair = label(tidy, "fairgrad")
+    finals = {name: read_run(tmp_path / name).final for name in ("mean", "fairgrad")}
+    left = {name: f[f.task == "left"].sort_values("client")["value"].to_numpy() * 100 for name, f in finals.items()}
+    rows = np.random.default_rng(BOOTSTRAP_SEED).integers(0, CLIENTS, size=(BOOTSTRAP_RESAMPLES, CLIENTS))
+    expected = np.quantile(left["fairgrad"][rows].mean(axis=1), [0.025, 0.975])
+    row = tidy.loc[(fair, "left.mean")]
+    assert row["mean"] == pytest.approx(left["fairgrad"].mean())
+    assert (row["low"], row["high"]) == pytest.approx(tuple(expected))
+    assert row["interval"] == f"bootstrap, {CLIENTS} clients"
+    paired = np.quantile((left["fairgrad"] - left["mean"])[rows].mean(axis=1), [0.025, 0.975])
+    delta = tidy.loc[(fair, "left.mean.delta")]
+    assert delta["mean"] == pytest.approx((left["fairgrad"] - left["mean"]).mean())
+    assert (delta["low"], delta["high"]) == pytest.approx(tuple(paired))
+    assert delta["interval"] == f"paired bootstrap, {CLIENTS} clients (seed 7)"
+    # the overall panel: each client's mean over the tasks it holds (client 5 holds 'left' only)
+    overall = read_run(tmp_path / "fairgrad").final.groupby("client")["value"].mean().to_numpy() * 100
+    expected = np.quantile(overall[rows].mean(axis=1), [0.025, 0.975])
+    assert tuple(tidy.loc[(fair, "overall.mean"), ["low", "high"]]) == pytest.approx(tuple(expected))
+
+
+def test_runs_without_a_common_seed_are_compared_unpaired_without_an_interval(tmp_path):
+    rng = np.random.default_rng(2)
+    fake_run(tmp_path / "mean", 0, "mean", accuracies(0, 0.0, rng))
+    fake_run(tmp_path / "fairgrad", 1, "fairgrad", accuracies(1, 0.0, rng))
+    tidy = tidy_of(tmp_path / "mean", tmp_path / "fairgrad")
+    row = tidy.loc[(label(tidy, "fairgrad"), "left.mean.delta")]
+    assert row["interval"] == "unpaired: no common seed" and math.isnan(row["low"]) and not math.isnan(row["mean"])
+
+
+def test_the_report_names_its_reference_and_shows_no_delta_for_it(sweep, tmp_path):
+    written = make_report([sweep], tmp_path / "report")
+    text = written["report"].read_text()
+    assert "Reference: `" in text and "weighting=mean" in text.split("Reference: `", 1)[1].split("`", 1)[0]
+    main = text.split("## Against the reference", 1)[0]
+    rows = [line for line in main.splitlines() if line.startswith("| ") and "weighting=" in line]
+    assert "weighting=mean" in rows[0] and "weighting=fairgrad" in rows[1]
+    assert rows[0].endswith("| – (reference) |")  # no Δ for the reference
+    assert "t, 3 seeds" in rows[0] and " [" in rows[1].rsplit(" | ", 1)[1]  # Δm% with its interval
+    assert "overall accuracy (%)" in main
+    header = next(line for line in main.splitlines() if line.startswith("| configuration"))
+    assert header.count("|") - 1 == 3 + 4 * 2 + 2 + 1  # label, seeds, interval; 2 tasks; overall; Δm%
+    against = text.split("## Against the reference", 1)[1].split("##", 1)[0]
+    assert "paired t, 3 seeds" in against and "weighting=mean |" not in against
+    assert "## Placement" not in text  # no run recorded where it was computed
+    tidy = pd.read_csv(tmp_path / "report" / "report.csv")
+    assert {"mean", "low", "high", "std", "n", "interval", "seeds"} <= set(tidy.columns)
+    named = make_report([sweep], tmp_path / "named", reference="fairgrad")["report"].read_text()
+    assert "(named with --reference)" in named
+    row = next(line for line in named.splitlines() if line.startswith("| ") and "weighting=fairgrad" in line)
+    assert row.endswith("| – (reference) |")
+
+
+def test_placement_is_shown_only_when_more_than_one_host_computed(tmp_path):
+    rng = np.random.default_rng(4)
+    fake_run(tmp_path / "one" / "a", 0, "mean", accuracies(0, 0.0, rng), hosts=("here",))
+    fake_run(tmp_path / "two" / "a", 0, "mean", accuracies(0, 0.0, rng), hosts=("here", "there"))
+    alone = make_report([tmp_path / "one"], tmp_path / "r1")["report"].read_text()
+    assert "## Placement" not in alone
+    both = make_report([tmp_path / "two"], tmp_path / "r2")["report"].read_text()
+    placed = both.split("## Placement", 1)[1].split("##", 1)[0]
+    assert "`here/node0/cpu`" in placed and "`there/node1/cpu`" in placed
+
+
+def test_the_cli_takes_the_reference_and_refuses_an_unknown_one(sweep, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+
+    refused = CliRunner().invoke(cli, ["report", str(sweep), "--out", str(tmp_path / "r"), "--reference", "qffl"])
+    assert refused.exit_code == 2 and "--reference 'qffl' matches 0 configurations" in refused.output

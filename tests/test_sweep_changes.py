@@ -1,0 +1,190 @@
+"""A sweep never reuses a finished run whose config differs from the one it now asks for.
+
+The runs are written by an injected runner (``run_sweep(..., runner=...)``) that records a run
+folder the way a real run does (``create_run_dir`` and ``RunRecorder``: ``config.toml`` and a
+``summary.json`` with the config's fingerprint) without training, so no Ray starts. One CLI
+call checks the refusal end to end; it too stops before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedmtl.data import dataset_tasks
+from fedmtl.launch.sweep import (
+    MANIFEST,
+    ChangedRunsError,
+    describe_changes,
+    finished_changes,
+    plan_sweep,
+    run_sweep,
+)
+from fedmtl.results import RUN_MARKER, RunRecorder, config_fingerprint, create_run_dir, recorded_head_store_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs/smoke.toml"
+GRID = {"client.lr": [0.05, 0.1]}
+
+
+class Recorder:
+    """A runner that writes a finished run folder without training, and lists what it ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[Path] = []
+
+    def __call__(self, cfg, run_dir: Path, quiet: bool) -> None:
+        self.ran.append(run_dir)
+        create_run_dir(cfg, run_dir)
+        RunRecorder(run_dir, recorded_head_store_dir(cfg), dataset_tasks(cfg.data)).finish(None)
+
+
+def _sweep(out: Path, *sets: str, grid: dict | None = None, rerun_changed: bool = False, runner=None):
+    """Plan and run a sweep of the smoke config; return (sweep, runner, report lines)."""
+    runner = runner or Recorder()
+    lines: list[str] = []
+    planned = plan_sweep(CONFIG, GRID if grid is None else grid, 1, out, list(sets), rerun_changed=rerun_changed)
+    return run_sweep(planned, report=lines.append, runner=runner), runner, lines
+
+
+def _state(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_each_run_records_the_fingerprint_of_its_config(tmp_path):
+    done, runner, _ = _sweep(tmp_path / "sw", "run.rounds=1")
+    assert [r.status for r in done.runs] == ["done", "done"] and len(runner.ran) == 2
+    for run in done.runs:
+        summary = json.loads((tmp_path / "sw" / run.folder / "summary.json").read_text())
+        assert summary["config_fingerprint"] == config_fingerprint(done.config_of(run))
+
+
+def test_a_changed_config_is_refused_before_anything_runs_naming_the_keys(tmp_path):
+    out = tmp_path / "sw"
+    _sweep(out, "run.rounds=1")
+    before = _state(out)
+    with pytest.raises(ChangedRunsError) as refused:
+        _sweep(out, "run.rounds=2")
+    lines = str(refused.value).splitlines()
+    assert "2 finished run(s)" in lines[0] and "--rerun-changed" in lines[0]
+    assert lines[1:] == ["  lr=0.05/seed-0: run.rounds: 1 → 2", "  lr=0.1/seed-0: run.rounds: 1 → 2"]
+    assert _state(out) == before  # nothing ran, not even sweep.json was written
+
+
+def test_run_sweep_checks_again_and_its_argument_wins(tmp_path):
+    out = tmp_path / "sw"
+    _sweep(out, "run.rounds=1")
+    planned = plan_sweep(CONFIG, GRID, 1, out, ["run.rounds=2"], rerun_changed=True)
+    runner, before = Recorder(), _state(out)
+    with pytest.raises(ChangedRunsError, match="run.rounds: 1 → 2"):
+        run_sweep(planned, report=lambda line: None, runner=runner, rerun_changed=False)
+    assert runner.ran == [] and _state(out) == before
+
+
+def test_rerun_changed_runs_only_the_changed_runs_and_replaces_their_folders(tmp_path):
+    out = tmp_path / "sw"
+    _sweep(out, "run.rounds=1", grid={"client.lr": [0.05]})  # lr=0.05: 1 round
+    _sweep(out, "run.rounds=2", grid={"client.lr": [0.1]})  # lr=0.1: 2 rounds
+    old = out / "lr=0.05/seed-0"
+    (old / "stale.txt").write_text("from the 1-round run")
+    kept = _state(out / "lr=0.1/seed-0")
+    done, runner, lines = _sweep(out, "run.rounds=2", rerun_changed=True)
+    assert runner.ran == [old]
+    assert not (old / "stale.txt").exists()
+    assert json.loads((old / "summary.json").read_text())["config_fingerprint"] == config_fingerprint(
+        done.config_of(done.runs[0]))
+    assert _state(out / "lr=0.1/seed-0") == kept
+    assert "1 already finished, 1 changed, 1 to run" in lines[0]
+    assert any("lr=0.05 seed 0 (changed: run.rounds: 1 → 2) ..." in line for line in lines)
+    runs = json.loads((out / MANIFEST).read_text())["runs"]
+    assert [(r["status"], r["changed"]) for r in runs] == [("done", ["run.rounds: 1 → 2"]), ("skipped", [])]
+    again, runner, lines = _sweep(out, "run.rounds=2")  # now everything is the sweep's
+    assert runner.ran == [] and "2 already finished, 0 changed, 0 to run" in lines[0]
+
+
+@pytest.mark.parametrize("sets", [
+    ["run.output-dir=elsewhere", "client.head-store-dir=store", "engine.num-cpus=2", "run.name=renamed"],
+    ["engine.max-concurrent-clients=1", "engine.supernodes=1", "engine.address="],
+])
+def test_names_folders_and_where_ray_runs_are_not_differences(tmp_path, sets):
+    out = tmp_path / "sw"
+    _sweep(out, "run.rounds=1")
+    _, runner, lines = _sweep(out, "run.rounds=1", *sets)
+    assert runner.ran == [] and "2 already finished, 0 changed, 0 to run" in lines[0]
+
+
+def test_a_run_without_a_fingerprint_is_compared_by_its_config_toml(tmp_path):
+    out = tmp_path / "sw"
+    done, _, _ = _sweep(out, "server.weighting=qffl", grid={})
+    summary_path = out / done.runs[0].folder / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["config_fingerprint"]  # as a run written before fingerprints
+    summary_path.write_text(json.dumps(summary))
+    _, runner, lines = _sweep(out, "server.weighting=qffl", grid={})
+    assert runner.ran == [] and "0 changed" in lines[0]
+    with pytest.raises(ChangedRunsError) as refused:
+        _sweep(out, "server.weighting=qffl", "server.params.q=5", grid={})
+    assert str(refused.value).splitlines()[1] == "  default/seed-0: server.params.q: 1.0 → 5"
+
+
+def test_a_finished_run_whose_config_is_unknown_counts_as_changed(tmp_path):
+    out = tmp_path / "sw"
+    done, _, _ = _sweep(out, "run.rounds=1", grid={})
+    run_dir, cfg = out / done.runs[0].folder, done.config_of(done.runs[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config_fingerprint"] = "0" * 16
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert finished_changes(cfg, run_dir) == []  # config.toml decides: the same config
+    (run_dir / "config.toml").write_text("[run]\nrounds = 0\n")
+    assert finished_changes(cfg, run_dir)[0].startswith("config.toml: no longer loads (run.rounds = 0")
+    (run_dir / "config.toml").unlink()
+    assert finished_changes(cfg, run_dir) == ["config.toml: missing (the config it ran is unknown)"]
+
+
+def test_a_changed_folder_fedmtl_did_not_create_is_not_deleted(tmp_path):
+    out = tmp_path / "sw"
+    done, _, _ = _sweep(out, "run.rounds=1", grid={})
+    run_dir = out / done.runs[0].folder
+    (run_dir / RUN_MARKER).unlink()
+    done, runner, lines = _sweep(out, "run.rounds=2", grid={}, rerun_changed=True)
+    assert runner.ran == [] and (run_dir / "summary.json").is_file()
+    assert done.runs[0].status == "failed"
+    assert "holds a finished run of another config that fedmtl did not create" in done.runs[0].error
+    assert any("nothing was deleted" in line for line in lines)
+
+
+def test_unfinished_runs_are_not_changed_runs(tmp_path):
+    out = tmp_path / "sw"
+    done, _, _ = _sweep(out, "run.rounds=1", grid={})
+    run_dir = out / done.runs[0].folder
+    (run_dir / "summary.json").unlink()  # interrupted: the runner decides (resume or clear), as before
+    calls: list[Path] = []
+
+    def resume(cfg, folder: Path, quiet: bool) -> None:
+        calls.append(folder)
+        (folder / "summary.json").write_text('{"final": {}}')
+
+    _, _, lines = _sweep(out, "run.rounds=2", grid={}, runner=resume)
+    assert calls == [run_dir] and "0 already finished, 0 changed, 1 to run" in lines[0]
+
+
+def test_describe_changes_names_added_and_removed_keys():
+    assert describe_changes({"a.x": 1, "a.y": "mean", "a.z": True}, {"a.x": 2, "a.y": "mean", "a.w": 0.5}) == [
+        "a.w: unset → 0.5", "a.x: 1 → 2", "a.z: true → unset"]
+
+
+def test_the_cli_refuses_a_changed_sweep_in_one_line_per_run(tmp_path):
+    out = tmp_path / "sw"
+    _sweep(out, "run.rounds=1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmtl", "sweep", str(CONFIG), "--grid", "client.lr=[0.05,0.1]", "--set",
+         "run.rounds=2", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 3 and "--rerun-changed" in lines[0]
+    assert lines[1:] == ["error:   lr=0.05/seed-0: run.rounds: 1 → 2", "error:   lr=0.1/seed-0: run.rounds: 1 → 2"]
+    assert proc.stdout == ""
