@@ -13,7 +13,9 @@ ServerApp's own clock (``summary.json``'s ``duration_s``: from the ServerApp's s
 last round) and its steady seconds per round (``(t_R - t_1) / (R - 1)`` from ``rounds.csv``).
 Two overheads per run, beyond the runs' own rounds:
 
-- *outside the ServerApp*: wall - ServerApp clock (Ray's start-up and shutdown, Flower's set-up);
+- *outside the ServerApp*: wall - ServerApp clock (Ray's start-up and shutdown, Flower's set-up
+  and the run's figures, drawn after ``summary.json``); also shown less the figures' time
+  (``plot_run`` timed again on three of the finished run folders, median);
 - *beyond steady rounds*: wall - R x steady seconds per round (also the first round's actor
   start-up, imports and data building in the actors).
 
@@ -80,6 +82,14 @@ def worker(mode: str, runs: int, rounds: int, out: Path) -> dict:
             walls.append(time.monotonic() - start)
     total = time.monotonic() - t0
     time.sleep(2.0)  # let killed processes go
+    ray_left = _ray_processes()
+    from fedmtl.plots import plot_run
+
+    figures = []
+    for run in sweep.runs[:3]:
+        start = time.monotonic()
+        plot_run(out / run.folder)
+        figures.append(time.monotonic() - start)
     rows = []
     for run, wall in zip(sweep.runs, walls, strict=True):
         folder = out / run.folder
@@ -88,7 +98,8 @@ def worker(mode: str, runs: int, rounds: int, out: Path) -> dict:
         steady = (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1) if len(elapsed) > 1 else elapsed[0]
         rows.append({"seed": run.seed, "wall_s": wall, "server_s": summary["duration_s"], "steady_round_s": steady,
                      "rounds": len(elapsed), "metrics": (folder / "metrics.csv").read_text()})
-    return {"mode": mode, "sweep_s": total, "runs": rows, "ray_left": _ray_processes()}
+    return {"mode": mode, "sweep_s": total, "runs": rows, "ray_left": ray_left,
+            "figures_s": statistics.median(figures)}
 
 
 def _run_worker(mode: str, runs: int, rounds: int, out: Path) -> dict:
@@ -114,6 +125,9 @@ def _summary(data: dict) -> dict:
         "steady": statistics.median(r["steady_round_s"] for r in runs),
         "outside": statistics.mean(outside),
         "outside_later": statistics.mean(outside[1:]) if len(outside) > 1 else outside[0],
+        "figures": data["figures_s"],
+        "engine": statistics.mean(outside) - data["figures_s"],
+        "engine_later": (statistics.mean(outside[1:]) if len(outside) > 1 else outside[0]) - data["figures_s"],
         "beyond": statistics.mean(beyond),
         "beyond_later": statistics.mean(beyond[1:]) if len(beyond) > 1 else beyond[0],
     }
@@ -145,6 +159,9 @@ def write_report(results: dict[str, dict], runs: int, rounds: int) -> str:
         ("steady seconds per round (median)", "steady"),
         ("**outside the ServerApp** (wall - ServerApp clock)", "outside"),
         ("outside the ServerApp, later runs", "outside_later"),
+        ("the run's figures (part of the above)", "figures"),
+        ("**outside the ServerApp, less the figures**", "engine"),
+        ("outside the ServerApp, less the figures, later runs", "engine_later"),
         ("**beyond steady rounds** (wall - rounds x steady round)", "beyond"),
         ("beyond steady rounds, later runs", "beyond_later"),
     ]
