@@ -14,8 +14,8 @@ last round) and its steady seconds per round (``(t_R - t_1) / (R - 1)`` from ``r
 Two overheads per run, beyond the runs' own rounds:
 
 - *outside the ServerApp*: wall - ServerApp clock (Ray's start-up and shutdown, Flower's set-up
-  and the run's figures, drawn after ``summary.json``); also shown less the figures' time
-  (``plot_run`` timed again on three of the finished run folders, median);
+  and the run's figures, drawn after ``summary.json`` is written); also shown less the
+  figures' time (from ``summary.json``'s modification time to the newest figure's);
 - *beyond steady rounds*: wall - R x steady seconds per round (also the first round's actor
   start-up, imports and data building in the actors).
 
@@ -83,23 +83,17 @@ def worker(mode: str, runs: int, rounds: int, out: Path) -> dict:
     total = time.monotonic() - t0
     time.sleep(2.0)  # let killed processes go
     ray_left = _ray_processes()
-    from fedmtl.plots import plot_run
-
-    figures = []
-    for run in sweep.runs[:3]:
-        start = time.monotonic()
-        plot_run(out / run.folder)
-        figures.append(time.monotonic() - start)
     rows = []
     for run, wall in zip(sweep.runs, walls, strict=True):
         folder = out / run.folder
         summary = json.loads((folder / "summary.json").read_text())
         elapsed = [float(line.split(",")[1]) for line in (folder / "rounds.csv").read_text().splitlines()[1:]]
         steady = (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1) if len(elapsed) > 1 else elapsed[0]
+        figures = max((f.stat().st_mtime for f in (folder / "plots").rglob("*") if f.is_file()), default=None)
         rows.append({"seed": run.seed, "wall_s": wall, "server_s": summary["duration_s"], "steady_round_s": steady,
-                     "rounds": len(elapsed), "metrics": (folder / "metrics.csv").read_text()})
-    return {"mode": mode, "sweep_s": total, "runs": rows, "ray_left": ray_left,
-            "figures_s": statistics.median(figures)}
+                     "rounds": len(elapsed), "metrics": (folder / "metrics.csv").read_text(),
+                     "figures_s": figures - (folder / "summary.json").stat().st_mtime if figures else 0.0})
+    return {"mode": mode, "sweep_s": total, "runs": rows, "ray_left": ray_left}
 
 
 def _run_worker(mode: str, runs: int, rounds: int, out: Path) -> dict:
@@ -116,6 +110,7 @@ def _run_worker(mode: str, runs: int, rounds: int, out: Path) -> dict:
 def _summary(data: dict) -> dict:
     runs = data["runs"]
     outside = [r["wall_s"] - r["server_s"] for r in runs]
+    engine = [o - r["figures_s"] for o, r in zip(outside, runs, strict=True)]
     beyond = [r["wall_s"] - r["rounds"] * r["steady_round_s"] for r in runs]
     return {
         "process": data["process_s"] / len(runs),
@@ -125,9 +120,9 @@ def _summary(data: dict) -> dict:
         "steady": statistics.median(r["steady_round_s"] for r in runs),
         "outside": statistics.mean(outside),
         "outside_later": statistics.mean(outside[1:]) if len(outside) > 1 else outside[0],
-        "figures": data["figures_s"],
-        "engine": statistics.mean(outside) - data["figures_s"],
-        "engine_later": (statistics.mean(outside[1:]) if len(outside) > 1 else outside[0]) - data["figures_s"],
+        "figures": statistics.mean(r["figures_s"] for r in runs),
+        "engine": statistics.mean(engine),
+        "engine_later": statistics.mean(engine[1:]) if len(engine) > 1 else engine[0],
         "beyond": statistics.mean(beyond),
         "beyond_later": statistics.mean(beyond[1:]) if len(beyond) > 1 else beyond[0],
     }

@@ -13,17 +13,20 @@ Two losses of ``x = (x1, x2)``, with ``L = 5e-6``::
     f1 = c1 f1a + c2 f1b,       f2 = c1 f2a + c2 f2b
 
 At every step the 2 × 2 Jacobian (one row per loss) is taken with autograd, handed to a fedmtl
-rule as the update rows of an :class:`~fedmtl.aggregation.Objectives` batch (with the two
-losses), and the rule's direction is set as ``x.grad`` of an Adam optimiser, as in the
-authors' code. Pareto set and test of "reached the front": :func:`pareto_set`,
-:func:`front_distance`.
+rule (:func:`~fedmtl.aggregation.make_rule`) as the update rows of an
+:class:`~fedmtl.aggregation.Objectives` batch (with the two losses), and the rule's direction is
+set as the gradient of x for an Adam step, as in the authors' code. Pareto set and the test of
+"reached the front": :func:`pareto_set`, :func:`front_distance`.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/toy.py                         # the papers' setting: lr 1e-3, 100,000 steps
-    .venv/bin/python benchmarks/toy.py --lr 1e-2 --steps 10000  # the same horizon (steps x lr), 10x cheaper
+    # all rules, lr 1e-2 and 10,000 steps (the papers' horizon steps x lr; about 13 CPU minutes)
+    .venv/bin/python benchmarks/toy.py --lr 1e-2 --steps 10000 --jobs 2
+    # the papers' setting, lr 1e-3 and 100,000 steps (CAGrad's cvxpy solve alone: about 50 CPU minutes)
+    .venv/bin/python benchmarks/toy.py --rules mean mgda pcgrad cagrad --record-every 100 --name toy-paper-lr
 
-It writes ``benchmarks/results/toy.png`` and the generated part of ``benchmarks/results/toy.md``.
+Each writes ``benchmarks/results/<name>.png`` (``--name``, default ``toy``) and its table into
+``benchmarks/results/toy.md``, between markers that name it (the rest of the file is kept).
 """
 
 from __future__ import annotations

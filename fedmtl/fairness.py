@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedmtl.seeds import rng
+
 STATISTICS = ("mean", "wmean", "std", "worst", "best", "worst10", "jain", "var", "worst20",
               "best10", "gap", "gini", "entropy")
 
@@ -239,7 +241,7 @@ def bootstrap_interval(
     tuple of np.ndarray
         ``(low, high)``, each of the statistic's shape.
     """
-    indices = np.random.default_rng(seed).integers(0, max(n, 1), size=(resamples, n))
+    indices = rng(seed).integers(0, max(n, 1), size=(resamples, n))
     if batched:
         draws = np.asarray(statistic(indices), dtype=np.float64).reshape(resamples, -1)
     else:

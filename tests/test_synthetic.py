@@ -57,7 +57,7 @@ def test_federation_is_deterministic_and_split_by_test_fraction():
 
 
 def test_lenet_on_vector_inputs_is_a_clear_config_error():
-    with pytest.raises(ConfigError, match="lenet' needs image inputs.*use backbone = 'mlp'"):
+    with pytest.raises(ConfigError, match="lenet' needs image inputs.*use backbone = 'identity' or 'mlp'"):
         load_config(None, ["data.dataset=synthetic"])
 
 
