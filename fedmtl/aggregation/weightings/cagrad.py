@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchjd.aggregation as tjd
 from pydantic import Field
 
 from fedmtl.aggregation.gramian import TorchjdWeighting
@@ -47,6 +46,8 @@ class CAGrad(TorchjdWeighting):
         )
 
     def torchjd_weighting(self) -> Any:
+        import torchjd.aggregation as tjd  # imported on use: torchjd (and cvxpy) cost ~1 s per process
+
         return tjd.CAGradWeighting(c=self.params.c)
 
     def from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:

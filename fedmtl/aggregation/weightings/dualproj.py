@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torchjd.aggregation as tjd
-from torchjd._linalg._dual_cone import QuadprogProjector
-
 from fedmtl.aggregation.gramian import TorchjdWeighting
 from fedmtl.aggregation.registry import register
 from fedmtl.aggregation.weightings.upgrad import DualConeParams
@@ -24,4 +21,7 @@ class DualProj(TorchjdWeighting):
     Params = DualConeParams
 
     def torchjd_weighting(self) -> Any:
+        import torchjd.aggregation as tjd  # imported on use: torchjd (and cvxpy) cost ~1 s per process
+        from torchjd._linalg._dual_cone import QuadprogProjector
+
         return tjd.DualProjWeighting(projector=QuadprogProjector(reg_eps=self.params.reg_eps))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torchjd.aggregation as tjd
-
 from fedmtl.aggregation.gramian import TorchjdWeighting
 from fedmtl.aggregation.registry import register
 
@@ -25,4 +23,6 @@ class IMTLG(TorchjdWeighting):
     nonnegative = False
 
     def torchjd_weighting(self) -> Any:
+        import torchjd.aggregation as tjd  # imported on use: torchjd (and cvxpy) cost ~1 s per process
+
         return tjd.IMTLGWeighting()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchjd.aggregation as tjd
 from pydantic import Field
 
 from fedmtl.aggregation.gramian import GramianWeighting
@@ -34,6 +33,8 @@ class PCGrad(GramianWeighting):
         self.generator = torch.Generator().manual_seed(self.params.seed)
 
     def from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
+        import torchjd.aggregation as tjd  # imported on use: torchjd (and cvxpy) cost ~1 s per process
+
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # a weighting's own generator: its seed parameter

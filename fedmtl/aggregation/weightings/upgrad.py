@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torchjd.aggregation as tjd
 from pydantic import Field
-from torchjd._linalg._dual_cone import QuadprogProjector
 
 from fedmtl.aggregation.gramian import TorchjdWeighting
 from fedmtl.aggregation.registry import register
@@ -34,4 +32,7 @@ class UPGrad(TorchjdWeighting):
     Params = DualConeParams
 
     def torchjd_weighting(self) -> Any:
+        import torchjd.aggregation as tjd  # imported on use: torchjd (and cvxpy) cost ~1 s per process
+        from torchjd._linalg._dual_cone import QuadprogProjector
+
         return tjd.UPGradWeighting(projector=QuadprogProjector(reg_eps=self.params.reg_eps))
