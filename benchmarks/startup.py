@@ -1,0 +1,251 @@
+"""Time to first round: ``fedmtl run configs/smoke.toml`` against a vanilla Flower app.
+
+Each measurement is a fresh interpreter (as a user's command is), timed from just before the
+process is spawned to the end of round 1 (its aggregation), with the phases in between:
+
+- ``fedmtl``: what ``fedmtl run configs/smoke.toml`` runs (``fedmtl.cli.main``), with clocks
+  around Ray's start (:func:`fedmtl.launch.simulation.connect`), the discovery of the clients
+  (:func:`fedmtl.server.discovery.discover_clients`: the ClientApp actors start and import
+  here) and each round's record (``RunRecorder.log_round``);
+- ``flower``: a minimal Flower app on the same Ray Simulation Engine, the same 2 clients, data
+  and model: ``flwr.serverapp.strategy.FedAvg`` over the whole model and a ClientApp that
+  trains it one epoch (the app of ``benchmarks/simulation.py``), via ``run_simulation``;
+- ``fedmtl --help`` and ``fedmtl --version`` (median of ``--repeat`` × 2 calls), next to
+  ``python -c pass``.
+
+The configurations alternate (fedmtl, flower, fedmtl, ...) ``--repeat`` times; the tables give
+medians. The load average of the machine is written with the figures: on a shared machine the
+phases stretch.
+
+Usage (from the repository root, inside the venv)::
+
+    python benchmarks/startup.py              # 3 repeats
+    python benchmarks/startup.py --repeat 5
+
+Writes ``benchmarks/results/startup.md`` and ``startup.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.toml"
+PHASES = {
+    "fedmtl": ["imports", "ray started", "clients discovered", "round 1 done"],
+    "flower": ["imports", "ServerApp started", "round 1 done"],
+}
+
+
+# -- the measured processes ------------------------------------------------------------------
+def _stamp(stamps: dict[str, float], name: str) -> None:
+    stamps.setdefault(name, time.time())
+
+
+def child_fedmtl(out: Path, stamps: dict[str, float]) -> None:
+    """``fedmtl run configs/smoke.toml -q`` in this process, stamping its phases."""
+    from fedmtl import cli
+    from fedmtl.launch import simulation
+    from fedmtl.results import RunRecorder
+    from fedmtl.server import app as server_app
+
+    _stamp(stamps, "imports")
+    connect, discover, log_round = simulation.connect, server_app.discover_clients, RunRecorder.log_round
+
+    def timed_connect(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a pass-through
+        result = connect(*args, **kwargs)
+        _stamp(stamps, "ray started")
+        return result
+
+    def timed_discover(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = discover(*args, **kwargs)
+        _stamp(stamps, "clients discovered")
+        return result
+
+    def timed_log_round(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        result = log_round(self, *args, **kwargs)
+        _stamp(stamps, "round 1 done")
+        return result
+
+    simulation.connect, server_app.discover_clients = timed_connect, timed_discover
+    RunRecorder.log_round = timed_log_round
+    sys.argv = ["fedmtl", "run", str(SMOKE), "-q", "--set", f"run.output-dir={out}"]
+    try:
+        cli.main()
+    except SystemExit as exc:
+        if exc.code:
+            raise
+
+
+def child_flower(out: Path, stamps: dict[str, float]) -> None:
+    """A vanilla Flower app with the smoke run's clients, data and model, stamping its phases."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from fedmtl.launch.simulation import backend_config
+    from fedmtl.validation import load_config
+
+    _stamp(stamps, "imports")
+    cfg = load_config(SMOKE)
+    data_cfg, seed, model_cfg = cfg.data, cfg.run.seed, cfg.model
+    lr, batch_size = cfg.client.lr, cfg.client.batch_size
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        from fedmtl.data import load_federation
+        from fedmtl.models import build_model
+
+        torch.set_num_threads(1)
+        client = int(context.node_config["partition-id"])
+        fed = load_federation(data_cfg, seed)
+        tasks = fed.client_tasks(client)
+        model = build_model(model_cfg, fed.input_shape, tasks)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        split = fed.client(client).train
+        for x, targets in split.batches(batch_size, torch.Generator().manual_seed(client)):
+            optimizer.zero_grad(set_to_none=True)
+            outputs = model(x)
+            sum(t.task_kind.loss(outputs[t.name], targets[t.name]) for t in tasks).backward()
+            optimizer.step()
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                              "metrics": MetricRecord({"num-examples": len(split)})})
+        return Message(content=content, reply_to=msg)
+
+    class TimedFedAvg(FedAvg):
+        def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201 - Flower's signature
+            result = super().aggregate_train(server_round, replies)
+            _stamp(stamps, "round 1 done")
+            return result
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedmtl.data import load_federation
+        from fedmtl.models import build_model
+
+        _stamp(stamps, "ServerApp started")
+        fed = load_federation(data_cfg, seed)
+        model = build_model(model_cfg, fed.input_shape, fed.client_tasks(0))
+        strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=cfg.data.num_clients)
+        strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=cfg.run.rounds, train_config=ConfigRecord())
+
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
+                   backend_config=backend_config(cfg))
+
+
+def child(kind: str, out: Path, result: Path) -> None:
+    """Run one measured process's work; write its phase stamps (wall clock) to ``result``."""
+    stamps: dict[str, float] = {}
+    try:
+        (child_fedmtl if kind == "fedmtl" else child_flower)(out, stamps)
+    finally:
+        stamps["exit"] = time.time()
+        result.write_text(json.dumps(stamps))
+
+
+# -- the driver --------------------------------------------------------------------------------
+def measure_run(kind: str, folder: Path) -> dict[str, float]:
+    """One fresh process of ``kind``: seconds from spawn to each phase, and to its exit."""
+    result = folder / f"{kind}-{time.monotonic_ns()}.json"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    started = time.time()
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--child-out", str(folder), "--child-result",
+                           str(result)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode or not result.exists():
+        raise RuntimeError(f"{kind} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    stamps = json.loads(result.read_text())
+    return {name: stamps[name] - started for name in [*PHASES[kind], "exit"] if name in stamps}
+
+
+def measure_command(args: list[str], repeat: int) -> float | None:
+    """Median wall seconds of ``args`` over ``repeat`` calls (``None`` if it fails)."""
+    times = []
+    for _ in range(repeat):
+        started = time.monotonic()
+        if subprocess.run(args, cwd=ROOT, capture_output=True, timeout=120).returncode:
+            return None
+        times.append(time.monotonic() - started)
+    return statistics.median(times)
+
+
+def write(results: dict, commands: dict[str, float], repeat: int, load: tuple[float, ...]) -> None:
+    """``benchmarks/results/startup.md`` and ``.json``."""
+    out = ROOT / "benchmarks" / "results"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    medians = {kind: {p: statistics.median(r[p] for r in runs) for p in runs[0]} for kind, runs in results.items()}
+    (out / "startup.json").write_text(json.dumps(
+        {"date": date.today().isoformat(), "machine": machine, "repeat": repeat, "load_average_end": load,
+         "runs": results, "medians": medians, "commands": commands}, indent=2))
+    lines = [
+        "# Time to first round (`benchmarks/startup.py`)", "",
+        f"{date.today().isoformat()}, {machine}; load average at the end {load[0]:.1f} "
+        "(the machine is shared with other work: phases stretch with the load).", "",
+        f"Command: `python benchmarks/startup.py --repeat {repeat}`. Each figure is the median of {repeat} fresh "
+        "processes, in seconds from the spawn of the process (configs/smoke.toml: 2 clients, MultiMNIST, LeNet "
+        "with two heads).", "",
+        "| phase (s from process start) | fedmtl run | vanilla Flower app |", "|---|---:|---:|",
+    ]
+    rows = ["imports", "ray started", "ServerApp started", "clients discovered", "round 1 done", "exit"]
+    for phase in rows:
+        cells = [f"{medians[k][phase]:.2f}" if phase in medians.get(k, {}) else "–" for k in ("fedmtl", "flower")]
+        lines.append(f"| {phase} | {cells[0]} | {cells[1]} |")
+    target = medians.get("fedmtl", {}).get("round 1 done")
+    lines += ["", "| command | median wall (s) |", "|---|---:|"]
+    lines += [f"| `{name}` | {seconds:.2f} |" if seconds is not None else f"| `{name}` | fails |"
+              for name, seconds in commands.items()]
+    help_s = commands.get("fedmtl --help")
+    lines += ["", "Targets (issue #22 item 1): time to first round ≤ 5 s: "
+              + (f"**{'met' if target <= 5 else 'not met'}** ({target:.1f} s)" if target else "not measured")
+              + "; `fedmtl --help` ≤ 1 s: "
+              + (f"**{'met' if help_s <= 1 else 'not met'}** ({help_s:.2f} s)." if help_s else "not measured."), ""]
+    (out / "startup.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="*", default=["fedmtl", "flower"], choices=["fedmtl", "flower"])
+    parser.add_argument("--child", choices=["fedmtl", "flower"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        sys.path.insert(0, str(ROOT))
+        child(args.child, args.child_out, args.child_result)
+        return
+    fedmtl = str(Path(sys.executable).with_name("fedmtl"))
+    commands = {
+        "python -c pass": measure_command([sys.executable, "-c", "pass"], 2 * args.repeat),
+        "fedmtl --help": measure_command([fedmtl, "--help"], 2 * args.repeat),
+        "fedmtl --version": measure_command([fedmtl, "--version"], 2 * args.repeat),
+    }
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in args.only}
+    with tempfile.TemporaryDirectory(prefix="fedmtl-startup-") as tmp:
+        for i in range(args.repeat):
+            for kind in args.only:
+                results[kind].append(measure_run(kind, Path(tmp)))
+                phases = {k: round(v, 2) for k, v in results[kind][-1].items()}
+                print(f"[{i + 1}/{args.repeat}] {kind}: {json.dumps(phases)}", flush=True)
+    write(results, commands, args.repeat, os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
