@@ -118,8 +118,10 @@ def per_round(ends: list[float]) -> float:
 
 
 # -- (a) the floor ---------------------------------------------------------------------------
-def floor(cfg: ExperimentConfig) -> list[float]:
-    """The same local SGD steps and example-weighted averaging in one process; round end times."""
+def floor(cfg: ExperimentConfig, device: str = "cpu") -> list[float]:
+    """The same local SGD steps and example-weighted averaging in one process; round end times.
+
+    ``device`` holds the model and each mini-batch (``benchmarks/gpu.py`` runs it on CUDA)."""
     from fedmtl.data import load_federation
     from fedmtl.models import build_model
 
@@ -127,7 +129,7 @@ def floor(cfg: ExperimentConfig) -> list[float]:
     fed = load_federation(cfg.data, cfg.run.seed)
     tasks = fed.client_tasks(0)
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model, fed.input_shape, tasks)
+    model = build_model(cfg.model, fed.input_shape, tasks).to(device)
     global_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     heads = {c: {k: v.clone() for k, v in model.heads.state_dict().items()} for c in range(cfg.data.num_clients)}
     rng = np.random.default_rng(cfg.run.seed)
@@ -144,6 +146,7 @@ def floor(cfg: ExperimentConfig) -> list[float]:
             optimizer = torch.optim.SGD(model.parameters(), lr=cfg.client.lr, momentum=cfg.client.momentum)
             generator = torch.Generator().manual_seed(int(client) * 1000 + server_round)
             for x, targets in data[client].batches(cfg.client.batch_size, generator):
+                x, targets = x.to(device), {k: v.to(device) for k, v in targets.items()}
                 optimizer.zero_grad(set_to_none=True)
                 outputs = model(x)
                 loss = sum(t.task_kind.loss(outputs[t.name], targets[t.name]) for t in tasks) / len(tasks)
@@ -156,6 +159,8 @@ def floor(cfg: ExperimentConfig) -> list[float]:
             examples += n
         global_backbone = {k: global_backbone[k] + (total[k] / examples).to(global_backbone[k].dtype)
                            for k in global_backbone}
+        if device != "cpu":
+            torch.cuda.synchronize()
         ends.append(time.monotonic())
     return ends
 

@@ -1,0 +1,194 @@
+"""GPUs: seconds per round with clients on a GPU (1, 1/2, 1/4 of it each) and a fair server rule
+on CUDA, against the CPU.
+
+The workload is ``benchmarks/simulation.py``'s (MultiMNIST, LeNet with two heads, 100 clients,
+20 sampled per round, 1 local epoch of SGD; ``--quick``: 3 rounds and 2 canvases per digit, else
+5 rounds). Two engines:
+
+- ``--engine ray`` (needs flwr and ray): real ``fedmtl run``\\ s on the Ray Simulation Engine:
+
+  ========================  ===================================================================
+  ``cpu``                   clients on the CPU (``engine.client-num-cpus = 1``)
+  ``gpu-1``                 ``client.device = "cuda"``, ``engine.client-num-gpus = 1``
+  ``gpu-0.5``               the same with 0.5 of the GPU per client (2 clients share it)
+  ``gpu-0.25``              0.25 (4 clients share it)
+  ``fair-server-cpu``       flat FairGrad over (client, task) rows on the server, on the CPU
+  ``fair-server-cuda``      the same rule with ``server.device = "cuda"``
+  ========================  ===================================================================
+
+- ``--engine none`` (needs only torch and fedmtl's core, for a machine without Flower or Ray):
+  ``floor-cpu`` / ``floor-cuda``, the same local steps and averaging in one process
+  (``benchmarks/simulation.py``'s floor) on each device, and ``fairgrad-cpu`` /
+  ``fairgrad-cuda``, the server's FairGrad (α = 2) over rows the size of the workload's
+  (20 clients × 2 tasks, the backbone's parameters), timed per call.
+
+Configurations that need CUDA are skipped, and said so, where ``torch.cuda.is_available()`` is
+false: on a CPU-only machine the script measures its CPU rows (``tests/test_gpu_benchmark.py``
+runs that path). Configurations alternate ``--repeat`` times; the table gives medians.
+
+Usage (from the repository root, inside the venv)::
+
+    python benchmarks/gpu.py                      # ray engine if installed, else none
+    python benchmarks/gpu.py --engine none --quick
+    python benchmarks/gpu.py --dry-run            # check every configuration, run nothing
+
+Writes ``benchmarks/results/gpu.md`` and ``gpu.json`` (``--out`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.simulation import BASE, FAIR, floor, per_round  # noqa: E402
+from fedmtl.config import ExperimentConfig  # noqa: E402
+from fedmtl.validation import load_config  # noqa: E402
+
+CPU_CLIENTS = ["client.device=cpu", "engine.client-num-gpus=0"]
+RAY_CASES: dict[str, list[str]] = {
+    "cpu": CPU_CLIENTS,
+    "gpu-1": ["client.device=cuda", "engine.client-num-gpus=1"],
+    "gpu-0.5": ["client.device=cuda", "engine.client-num-gpus=0.5"],
+    "gpu-0.25": ["client.device=cuda", "engine.client-num-gpus=0.25"],
+    "fair-server-cpu": [*CPU_CLIENTS, *FAIR, "server.device=cpu"],
+    "fair-server-cuda": [*CPU_CLIENTS, *FAIR, "server.device=cuda"],
+}
+NONE_CASES = ("floor-cpu", "floor-cuda", "fairgrad-cpu", "fairgrad-cuda")
+
+
+def needs_cuda(name: str) -> bool:
+    """Whether configuration ``name`` runs anything on CUDA."""
+    return "gpu-" in name or name.endswith("cuda")
+
+
+def workload(quick: bool, extra: list[str] | None = None) -> ExperimentConfig:
+    """The simulation benchmark's workload, evaluated only after its last round, plus ``extra``."""
+    size = ["run.rounds=3", "data.params.pairs-per-digit=2"] if quick else ["run.rounds=5"]
+    return load_config(None, [*BASE, *size, "run.evaluate-every=1000", *(extra or [])])
+
+
+def ray_round(cfg: ExperimentConfig, out: Path) -> float:
+    """Seconds per round (after the first) of one real ``fedmtl run``."""
+    from benchmarks.simulation import fedmtl_run
+
+    return per_round(fedmtl_run(cfg, out / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+
+def fairgrad_call(cfg: ExperimentConfig, device: str, calls: int = 20) -> float:
+    """Median seconds of one server FairGrad (α = 2) call on rows the size of the workload's."""
+    from fedmtl.aggregation import Objectives, make_rule
+    from fedmtl.data import dataset_input_shape, dataset_tasks
+    from fedmtl.models import build_model
+
+    model = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
+    params = sum(p.numel() for p in model.backbone.parameters())
+    rows = round(cfg.server.fraction_train * cfg.data.num_clients) * len(dataset_tasks(cfg.data))
+    generator = torch.Generator().manual_seed(0)
+    updates = torch.randn(rows, params, generator=generator).to(device)
+    losses = torch.rand(rows, generator=generator) + 0.5
+    rule = make_rule("fairgrad", alpha=2.0)
+    times = []
+    for _ in range(calls):
+        started = time.monotonic()
+        rule.combine(Objectives(updates=updates, losses=losses))
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(time.monotonic() - started)
+    return statistics.median(times[1:])
+
+
+def none_case(name: str, cfg: ExperimentConfig) -> float:
+    """Seconds (per round, or per call for the rule) of an engine-free configuration."""
+    device = "cuda" if name.endswith("cuda") else "cpu"
+    if name.startswith("floor"):
+        return per_round(floor(cfg, device))
+    return fairgrad_call(cfg, device)
+
+
+def plan(engine: str, quick: bool) -> dict[str, ExperimentConfig]:
+    """Every configuration of ``engine``, validated (a bad one fails here, before any run)."""
+    if engine == "ray":
+        return {name: workload(quick, [f"run.name=gpu-{name}", *extra]) for name, extra in RAY_CASES.items()}
+    return {name: workload(quick, ["run.name=gpu-none"]) for name in NONE_CASES}
+
+
+def measure(configs: dict[str, ExperimentConfig], engine: str, repeat: int, out: Path) -> dict:
+    """Median seconds of each runnable configuration, interleaved; the skipped ones and why."""
+    cuda = torch.cuda.is_available()
+    seconds: dict[str, list[float]] = {name: [] for name in configs if cuda or not needs_cuda(name)}
+    skipped = {name: "no CUDA device (torch.cuda.is_available() is false)" for name in configs if name not in seconds}
+    for attempt in range(repeat):
+        for name in seconds:
+            cfg = configs[name]
+            value = ray_round(cfg, out) if engine == "ray" else none_case(name, cfg)
+            seconds[name].append(value)
+            print(f"[{attempt + 1}/{repeat}] {name}: {value:.4f} s", flush=True)
+    return {"seconds": {n: statistics.median(v) for n, v in seconds.items()}, "repeats": seconds, "skipped": skipped}
+
+
+def write(result: dict, engine: str, quick: bool, repeat: int, folder: Path) -> Path:
+    """``gpu.md`` and ``gpu.json`` in ``folder``; returns the page."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, GPU: {gpu}, torch {torch.__version__}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gpu.json").write_text(json.dumps(
+        {"date": date.today().isoformat(), "machine": machine, "engine": engine, "quick": quick, "repeat": repeat,
+         **result}, indent=2))
+    unit = "s / round" if engine == "ray" else "s / round (floor) or s / call (fairgrad)"
+    base = {"ray": {"cpu": "cpu", "gpu": "cpu", "fair": "fair-server-cpu"},
+            "none": {"floor": "floor-cpu", "fairgrad": "fairgrad-cpu"}}
+    lines = [
+        "# GPUs (`benchmarks/gpu.py`)", "",
+        f"{date.today().isoformat()}, {machine}.", "",
+        f"Command: `python benchmarks/gpu.py --engine {engine}{' --quick' if quick else ''} --repeat {repeat}`; "
+        "the workload of `benchmarks/simulation.py`, medians of the repeats (see the script's docstring).", "",
+        f"| configuration | {unit} | × its CPU row |", "|---|---:|---:|",
+    ]
+    seconds = result["seconds"]
+    for name in [*seconds, *result["skipped"]]:
+        if name not in seconds:
+            lines.append(f"| {name} | not run: {result['skipped'][name]} | – |")
+            continue
+        family = next((b for prefix, b in base[engine].items() if name.startswith(prefix)), None)
+        ratio = f"{seconds[name] / seconds[family]:.2f}" if family in seconds else "–"
+        lines.append(f"| {name} | {seconds[name]:.4f} | {ratio} |")
+    page = folder / "gpu.md"
+    page.write_text("\n".join([*lines, ""]))
+    print("\n".join(lines))
+    return page
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    have_ray = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("flwr") is not None
+    parser.add_argument("--engine", choices=["ray", "none"], default="ray" if have_ray else "none")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, fewer canvases per digit")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dry-run", action="store_true", help="validate every configuration and stop")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for gpu.md/.json")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-gpu", help="run folders (ray engine)")
+    args = parser.parse_args()
+    configs = plan(args.engine, args.quick)
+    if args.dry_run:
+        for name, cfg in configs.items():
+            print(f"{name}: client.device={cfg.client.device} engine.client-num-gpus={cfg.engine.client_num_gpus} "
+                  f"server.device={cfg.server.device} server.weighting={cfg.server.weighting}")
+        return
+    write(measure(configs, args.engine, args.repeat, args.runs), args.engine, args.quick, args.repeat, args.out)
+
+
+if __name__ == "__main__":
+    main()
