@@ -23,7 +23,8 @@ from fedmtl.seeds import Stream, seeded_torch_init
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import evaluate
 from fedmtl.training.methods import ClientRun, make_method
-from fedmtl.training.methods.apfl import ALPHA_KEY, MODEL_PREFIX, mixed_model, mixture
+from fedmtl.training.methods.apfl import ALPHA_KEY, mixed_model, mixture
+from fedmtl.training.methods.base import MODEL_PREFIX
 from fedmtl.validation import config_from_flat, load_config
 
 BASE = ["data.num-clients=3", "data.params.pairs-per-digit=1", "data.params.test-pairs-per-digit=1",

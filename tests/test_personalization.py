@@ -23,8 +23,8 @@ from fedmtl.tasks import TaskSpec
 from fedmtl.training import evaluate, train_local
 from fedmtl.training.local import Proximal
 from fedmtl.training.methods import METHODS, ClientRun, initial_heads, initial_state, make_method
-from fedmtl.training.methods.base import initial_model
-from fedmtl.training.methods.ditto import LAMBDA_KEY, MODEL_PREFIX
+from fedmtl.training.methods.base import MODEL_PREFIX, initial_model
+from fedmtl.training.methods.ditto import LAMBDA_KEY
 from fedmtl.validation import config_from_flat, load_config
 
 BASE = ["data.num-clients=3", "data.params.pairs-per-digit=1", "data.params.test-pairs-per-digit=1",

@@ -23,12 +23,11 @@ from fedmtl.training.methods.base import (
     Method,
     Metrics,
     NoParams,
-    initial_model,
+    personal_model,
+    personal_state,
     register,
 )
 
-MODEL_PREFIX = "model."
-"""Keys of the personal model v's state in the client's personal state (``run.personal``)."""
 ALPHA_KEY = "alpha"
 """The client's mixing weight α after its last training (float64 scalar)."""
 
@@ -98,15 +97,6 @@ class APFL(Method):
                 "personalization.params.adaptive-alpha = false keeps α fixed; set adaptive-alpha = true or "
                 "drop alpha-lr")
 
-    def personal_model(self, run: ClientRun) -> MultiTaskModel:
-        """The client's v: from its store, else the model it held at round 0."""
-        state = {k[len(MODEL_PREFIX):]: v for k, v in run.personal.items() if k.startswith(MODEL_PREFIX)}
-        if not state:
-            return initial_model(run)
-        model = copy.deepcopy(run.model)
-        model.load_state_dict(state)
-        return model
-
     def alpha(self, run: ClientRun) -> float:
         """The client's α: its learnt one (``adaptive-alpha``, once trained), else ``alpha``."""
         if self.params.adaptive_alpha and ALPHA_KEY in run.personal:
@@ -114,17 +104,17 @@ class APFL(Method):
         return float(self.params.alpha)
 
     def train(self, run: ClientRun, weighting: Rule, *, track_parts: bool = False) -> TrainResult:
-        personal = self.personal_model(run)
+        personal = personal_model(run)
         alpha_lr = (self.params.alpha_lr or run.cfg.client.lr) if self.params.adaptive_alpha else None
         step = PersonalStep(run, personal, run.model, self.alpha(run), alpha_lr)
         beside = dataclasses.replace(run, data=dataclasses.replace(run.data, train=Interleaved(run.data.train, step)))
         result = beside.train(run.model, weighting, track_parts=track_parts)
-        run.personal = {MODEL_PREFIX + k: v.detach().cpu().clone() for k, v in personal.state_dict().items()}
+        run.personal = personal_state(personal)
         run.personal[ALPHA_KEY] = torch.tensor(step.alpha, dtype=torch.float64)
         return result
 
     def evaluate(self, run: ClientRun) -> dict[str, Metrics]:
-        mixed = mixed_model(self.personal_model(run).to(run.device), run.model, self.alpha(run))
+        mixed = mixed_model(personal_model(run).to(run.device), run.model, self.alpha(run))
         return {TEST: run.evaluate(mixed), TEST_GLOBAL: run.evaluate(run.model)}
 
 

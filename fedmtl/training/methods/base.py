@@ -247,6 +247,26 @@ def initial_model(run: ClientRun) -> MultiTaskModel:
     return model.to(run.device)
 
 
+MODEL_PREFIX = "model."
+"""Keys of a personal whole model's state in the client's personal state (``run.personal``)."""
+
+
+def personal_model(run: ClientRun) -> MultiTaskModel:
+    """The client's personal whole model (Ditto's and APFL's v): from its store, else the model it
+    held at round 0 (:func:`initial_model`)."""
+    state = {k[len(MODEL_PREFIX):]: v for k, v in run.personal.items() if k.startswith(MODEL_PREFIX)}
+    if not state:
+        return initial_model(run)
+    model = copy.deepcopy(run.model)
+    model.load_state_dict(state)
+    return model
+
+
+def personal_state(model: MultiTaskModel) -> dict[str, torch.Tensor]:
+    """``model``'s state as personal state entries (CPU copies under :data:`MODEL_PREFIX`)."""
+    return {MODEL_PREFIX + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def finetuned(run: ClientRun, epochs: int, part: str) -> MultiTaskModel:
     """A copy of ``run.model`` fine-tuned for ``epochs`` epochs on the client's training split
     (``part``: ``"heads"`` with the backbone frozen, or ``"full"``), with a new instance of its

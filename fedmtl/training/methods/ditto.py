@@ -21,13 +21,12 @@ from fedmtl.training.methods.base import (
     Metrics,
     NoParams,
     global_view,
-    initial_model,
+    personal_model,
+    personal_state,
     register,
     stable_step_problem,
 )
 
-MODEL_PREFIX = "model."
-"""Keys of the personal model's state in the client's personal state (``run.personal``)."""
 LAMBDA_KEY = "lambda"
 """The λ the personal model was last trained with (float64 scalar; the chosen one with a grid)."""
 MIN_VALIDATION = 4
@@ -94,18 +93,9 @@ class Ditto(Method):
             raise ValueError("personalization.params.lambda-grid chooses λ by validation loss, but "
                              "data.validation-fraction = 0 holds out no validation data; set it > 0 (e.g. 0.1)")
 
-    def personal_model(self, run: ClientRun) -> MultiTaskModel:
-        """The client's v: from its store, else the model it held at round 0."""
-        state = {k[len(MODEL_PREFIX):]: v for k, v in run.personal.items() if k.startswith(MODEL_PREFIX)}
-        if not state:
-            return initial_model(run)
-        model = copy.deepcopy(run.model)
-        model.load_state_dict(state)
-        return model
-
     def train(self, run: ClientRun, weighting: Rule, *, track_parts: bool = False) -> TrainResult:
         anchor = [p.detach().clone() for p in run.model.parameters()]  # w, as received
-        personal = self.personal_model(run)
+        personal = personal_model(run)
         result = run.train(run.model, weighting, track_parts=track_parts)
         grid, validation = self.params.lambda_grid, run.data.validation
         if grid and validation is not None and len(validation) >= MIN_VALIDATION:
@@ -116,7 +106,7 @@ class Ditto(Method):
         else:
             lam = self.params.lam
             self._train_personal(run, personal, anchor, lam)
-        run.personal = {MODEL_PREFIX + k: v.detach().cpu().clone() for k, v in personal.state_dict().items()}
+        run.personal = personal_state(personal)
         run.personal[LAMBDA_KEY] = torch.tensor(float(lam), dtype=torch.float64)
         return result
 
@@ -133,6 +123,6 @@ class Ditto(Method):
         return sum(losses.values()) / len(losses)
 
     def evaluate(self, run: ClientRun) -> dict[str, Metrics]:
-        return global_view(run, self.personal_model(run))
+        return global_view(run, personal_model(run))
 
 
