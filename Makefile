@@ -8,7 +8,7 @@ CONFIG ?= configs/quickstart.toml
 ARGS   ?=
 # test files run in parallel, each file in one worker (its module fixtures run once); most of
 # a simulation test's time is Ray start-up and polling, so 2 workers help even on 2 cores;
-# the 15 slowest tests are listed at the end (the suite should stay near 10 minutes)
+# the 15 slowest tests are listed at the end (target: 15 minutes on 2 cores; measured: docs/testing.md)
 WORKERS ?= 2
 
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1

@@ -8,6 +8,12 @@ config), ``plot`` (redraw a run's figures), ``list`` (registered names), ``data 
 
 Config errors print one line per problem, ``error: <key> = <value>: <what is allowed>``,
 and exit with code 2 before any work starts.
+
+Importing this module imports neither the config schema nor torch, Flower, Ray, pandas or
+matplotlib (``fedmtl --help`` starts in well under a second): each command imports what it
+uses (``tests/test_cli_conventions.py`` checks it). A CONFIG argument is a file, or the name
+of a shipped config (``quickstart``, ``studies/qffl_paper``: :mod:`fedmtl.shipped`). Help
+texts are printed as written (:class:`LiteralHelp`), so bracketed examples stay.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import click
 import typer
 
-from fedmtl.config import ConfigError, ExperimentConfig
-from fedmtl.validation import load_config
+if TYPE_CHECKING:
+    from fedmtl.config import ExperimentConfig
 
 T = TypeVar("T")
 
@@ -32,10 +38,39 @@ cli = typer.Typer(
     help="fedmtl: federated multi-task learning simulator with fair aggregation.",
 )
 
+EXTRA_ARGS = {"allow_extra_args": True}
+"""Context settings of the commands with ``--set``: extra arguments reach the command, which
+reports ``--set run.rounds 3`` (two arguments) by name (:func:`_check_sets`)."""
+
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a key: --set run.rounds=5 (repeatable)."),
+    typer.Option("--set", "-s", help="Override a key: --set run.rounds=5 (one argument; repeatable)."),
 ]
+ConfigArgument = Annotated[
+    Path | None, typer.Argument(help="Experiment TOML file, or a shipped config's name (fedmtl list configs).")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"fedmtl {version('fedmtl')}")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            from fedmtl import __version__
+
+            typer.echo(f"fedmtl {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -46,6 +81,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
+    from fedmtl.config import ConfigError
+    from fedmtl.validation import load_config
+
     try:
         return load_config(config, overrides or [])
     except ConfigError as exc:
@@ -53,22 +91,53 @@ def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
         raise  # unreachable
 
 
-@cli.command()
+def _check_sets(ctx: typer.Context, sets: list[str] | None, config: Path | None = None) -> None:
+    """Fail on a ``--set`` item without ``=``, naming it and the fix (``--set run.rounds 3``,
+    two arguments, makes ``3`` an extra argument, or the CONFIG when none is given); fail on
+    any other extra argument as click would."""
+    extra = list(ctx.args)
+    for item in sets or []:
+        if "=" not in item:
+            from fedmtl.shipped import resolve_config
+
+            value = extra[0] if extra else (
+                str(config) if config is not None and not resolve_config(config).exists() else "VALUE")
+            example = " (e.g. --set run.rounds=3)" if value == "VALUE" else ""
+            fail(f"--set '{item}' has no '=': key and value are one argument: --set {item.strip()}={value}{example}")
+    if extra:
+        fail(f"unexpected extra argument{'s' if len(extra) > 1 else ''}: {' '.join(extra)}")
+
+
+def _shipped(config: Path) -> Path:
+    """``config``, or the shipped config it names (:func:`fedmtl.shipped.resolve_config`)."""
+    from fedmtl.shipped import resolve_config
+
+    return resolve_config(config)
+
+
+@cli.command(context_settings=EXTRA_ARGS)
 def run(
-    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
+    ctx: typer.Context,
+    config: ConfigArgument = None,
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's logs.")] = False,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue a killed run from its latest checkpoint (its own config).")
+        Path | None, typer.Option(help="Continue a killed run from its latest checkpoint (its own config); "
+                                  "with --set run.rounds=N, extend a run (finished or not) to N rounds.")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="With --resume: resume even when the run's identity, config or "
                            "heads differ from its checkpoint's (says what it overrides).")
     ] = False,
 ) -> None:
-    """Run an experiment: a Flower simulation on Ray, or the centralized baseline."""
+    """Run an experiment: a Flower simulation on Ray, or the centralized baseline.
+
+    Examples: fedmtl run quickstart --set run.rounds=3;
+    fedmtl run --resume runs/smoke-<time> --set run.rounds=10 (10 rounds in all)
+    """
+    _check_sets(ctx, set_, config)
     if resume is not None:
         _resume(resume, config, set_, quiet, verbose, force)
         return
@@ -123,13 +192,10 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
     try:
         simulate(cfg, run_dir, quiet=quiet, verbose=verbose, checkpoint=checkpoint)
     except EngineError as exc:
-        from fedmtl.results import RUN_MARKER
+        from fedmtl.results import remove_unused_run_dir
 
-        if checkpoint is None and run_dir.is_dir() and not any(
-                p.is_file() and p.name != RUN_MARKER for p in run_dir.rglob("*")):
-            import shutil
-
-            shutil.rmtree(run_dir)  # nothing ran: leave no empty run folder behind
+        if checkpoint is None:
+            remove_unused_run_dir(run_dir)  # nothing ran: leave no empty run folder behind
         fail(str(exc))
     except ClientsFailed as exc:
         fail(f"{exc}\nthe run stopped; its results and checkpoints are in {run_dir}; once the cause is "
@@ -139,12 +205,24 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
 def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool,
             force: bool = False) -> None:
     """``fedmtl run --resume RUN_DIR``: the run's own config, its newest usable checkpoint, its
-    identity and heads checked (:func:`_check_resume`)."""
-    if config is not None or overrides:
-        fail("--resume continues a run with the config in its folder; give no CONFIG or --set")
+    identity and heads checked (:func:`_check_resume`). ``--set run.rounds=N`` (the only
+    ``--set`` it takes) extends the run to N rounds, finished or not; fewer rounds than the
+    run's are refused. The run folder's ``config.toml`` then records N rounds."""
+    if config is not None:
+        fail("--resume continues a run with the config in its folder; give no CONFIG "
+             "(--set run.rounds=N extends the run to N rounds)")
+    for item in overrides or []:
+        if item.split("=", 1)[0].strip() != "run.rounds":
+            fail(f"--resume takes no --set but run.rounds=N (extend the run to N rounds); got --set {item}")
     if not (run_dir / "config.toml").is_file():
         fail(f"'{run_dir}' is not a run folder (no config.toml)")
     cfg = _load(run_dir / "config.toml", None)
+    before = cfg.run.rounds
+    if overrides:
+        cfg = _load(run_dir / "config.toml", overrides)
+        if cfg.run.rounds < before:
+            fail(f"run.rounds = {cfg.run.rounds}: the run has {before} rounds; --resume can extend a run, "
+                 f"not shorten it")
     if cfg.run.mode == "centralized":
         fail("--resume continues federated runs; rerun the centralized baseline instead")
     if cfg.client.head_store != "disk":
@@ -162,7 +240,22 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
         typer.echo(f"{run_dir} already finished all {cfg.run.rounds} rounds; nothing to resume")
         return
     _check_resume(run_dir, cfg, checkpoint, force)
+    if cfg.run.rounds != before:
+        _extend(run_dir, cfg, before)
     _guarded(run_dir.resolve(), lambda: _simulate(cfg, run_dir.resolve(), quiet, verbose, checkpoint))
+
+
+def _extend(run_dir: Path, cfg: ExperimentConfig, before: int) -> None:
+    """Record the extended config in ``config.toml`` (a later ``--resume`` continues it) and say
+    when the result may differ from a run of ``cfg.run.rounds`` rounds from the start: round
+    ``before`` was evaluated as the last round, and sampling its evaluation clients drew from
+    the server's sampling stream."""
+    from fedmtl.atomic import write_bytes
+
+    write_bytes(run_dir / "config.toml", cfg.to_toml().encode())
+    if before % cfg.run.evaluate_every and cfg.server.fraction_evaluate < 1:
+        typer.echo(f"note: round {before} was evaluated as the run's last; the clients sampled after it may "
+                   f"differ from those of a run of {cfg.run.rounds} rounds from the start", err=True)
 
 
 def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force: bool) -> None:
@@ -183,12 +276,14 @@ def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force:
         write_run_id(run_dir, written_by if isinstance(written_by, str) else None)
 
 
-@cli.command()
+@cli.command(context_settings=EXTRA_ARGS)
 def sweep(
-    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
+    ctx: typer.Context,
+    config: ConfigArgument = None,
     grid: Annotated[
         list[str] | None,
-        typer.Option("--grid", "-g", help="key=[v1,v2,...]: values to sweep (repeatable; all combinations)."),
+        typer.Option("--grid", "-g", help="key=v1,v2,... or key=[v1,v2,...]: values to sweep (repeatable; all "
+                     "combinations). Commas inside [...], {...} or quotes do not split."),
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per combination: run.seed, run.seed+1, ...")] = 1,
     out: Annotated[
@@ -207,10 +302,15 @@ def sweep(
     """Run every combination of --grid values for --seeds seeds; skip runs already finished
     with the same config.
 
-    Example: fedmtl sweep configs/synthetic.toml --grid 'server.weighting=[fedavg,qffl]' --seeds 3
+    Examples: fedmtl sweep synthetic --grid server.weighting=fedavg,qffl --seeds 3;
+    fedmtl sweep synthetic --grid 'server.weighting=[fedavg,qffl]' --grid 'server.params={q = 1},{q = 5}'
     """
+    _check_sets(ctx, set_, config)
+    from fedmtl.config import ConfigError
     from fedmtl.launch.sweep import parse_grid_option, plan_sweep, run_sweep
+    from fedmtl.validation import load_config
 
+    config = _shipped(config) if config is not None else None
     try:
         parsed = dict(parse_grid_option(g) for g in grid or [])
         base = load_config(config, set_ or [])
@@ -299,6 +399,7 @@ def flwr_run(
     runs Flower's local simulation; with --superlink-address it submits to a deployed
     SuperLink (run folders land under run.output-dir on the ServerApp's machine).
     """
+    config = _shipped(config)
     _load(config, None)
     from fedmtl.launch.flwr_run import connection_env, run_and_check
 
@@ -435,6 +536,7 @@ def deploy_local(
     from fedmtl.launch.deploy import DeploymentError, LocalDeployment, deployment_folder, new_run_folders
     from fedmtl.launch.flwr_run import run_and_check
 
+    config = _shipped(config)
     cfg = _load(config, None)
     nodes = nodes or cfg.data.num_clients
     if nodes < cfg.data.num_clients:
@@ -480,12 +582,14 @@ def deploy_local(
     raise typer.Exit(code)
 
 
-@cli.command()
+@cli.command(context_settings=EXTRA_ARGS)
 def validate(
-    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
+    ctx: typer.Context,
+    config: ConfigArgument = None,
     set_: SetOption = None,
 ) -> None:
     """Validate a config and print it fully resolved (every default filled in)."""
+    _check_sets(ctx, set_, config)
     typer.echo(_load(config, set_).to_toml(), nl=False)
 
 
@@ -514,9 +618,10 @@ data_cli = typer.Typer(no_args_is_help=True, help="Inspect the data of a config.
 cli.add_typer(data_cli, name="data")
 
 
-@data_cli.command("describe")
+@data_cli.command("describe", context_settings=EXTRA_ARGS)
 def data_describe(
-    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
+    ctx: typer.Context,
+    config: ConfigArgument = None,
     set_: SetOption = None,
     plot_path: Annotated[
         Path, typer.Option("--plot", help="Where to write the federation figure (PNG).")
@@ -526,6 +631,7 @@ def data_describe(
     ] = None,
 ) -> None:
     """Per-client table (examples, tasks held, label mix) and a figure of the federation."""
+    _check_sets(ctx, set_, config)
     cfg = _load(config, set_)
     from rich.console import Console
     from rich.table import Table
@@ -555,16 +661,30 @@ def data_describe(
 def list_(
     kind: Annotated[
         str, typer.Argument(help="weightings | datasets | backbones | partitioners | task-sets | tasks | methods "
-                                 "(alias: personalization)")
+                                 "(alias: personalization) | configs (the shipped configs)")
     ] = "weightings",
 ) -> None:
-    """List registered names of one kind."""
+    """List registered names of one kind, or the shipped configs (usable by name: fedmtl run quickstart)."""
+    if kind == "configs":
+        from fedmtl.shipped import describe_config, shipped_configs
+
+        shipped = shipped_configs()
+        typer.echo(f"{len(shipped)} shipped configs (fedmtl run NAME, from any folder; a file of that name wins)")
+        width = max((len(name) for name in shipped), default=0)
+        for name, path in shipped.items():
+            typer.echo(f"{name:<{width}}  {describe_config(path)}")
+        return
     from fedmtl.aggregation import WEIGHTINGS
     from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS
     from fedmtl.models import BACKBONES
+    from fedmtl.plugins import PluginError, load_entry_points
     from fedmtl.tasks import TASK_KINDS
     from fedmtl.training.methods import METHODS
 
+    try:
+        load_entry_points()  # installed plugin packages (entry points of group fedmtl.plugins) list theirs too
+    except PluginError as exc:
+        fail(str(exc))
     registries = {
         "weightings": WEIGHTINGS, "datasets": DATASETS, "backbones": BACKBONES,
         "partitioners": PARTITIONERS, "task-sets": TASK_SETS, "tasks": TASK_KINDS, "methods": METHODS,
@@ -573,7 +693,8 @@ def list_(
     if kind not in registries:
         from fedmtl.registry import did_you_mean
 
-        fail(f"unknown kind '{kind}'{did_you_mean(kind, list(registries))}; allowed: {', '.join(registries)}")
+        kinds = [*registries, "configs"]
+        fail(f"unknown kind '{kind}'{did_you_mean(kind, kinds)}; allowed: {', '.join(kinds)}")
     if kind == "weightings":
         from fedmtl.aggregation.registry import describe_rule
 
@@ -593,17 +714,79 @@ def list_(
                        f"    trains: {method.trains}\n    keeps: {method.keeps}\n"
                        f"    options: {options}\n    paper: {method.paper}")
         return
+    from fedmtl.docs import summary
+
     for name, entry in registries[kind].items():
-        doc = getattr(entry, "description", None) or (entry.__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:<14} {doc}")
+        typer.echo(f"{name:<14} {summary(entry, code='')}")
+
+
+class LiteralHelp(typer.core.TyperCommand):
+    """A command whose help texts print as written: typer renders them as Rich markup, which
+    drops bracketed text such as ``[fedavg,qffl]`` of ``--grid 'server.weighting=[fedavg,qffl]'``.
+    Its arguments' help is set again from :attr:`arguments` (click 8.5 resets the help typer
+    gives an argument)."""
+
+    arguments: dict[str, str] = {}
+    """The help of each argument, by parameter name."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.help = _literal(self.help)
+        if self.short_help is None and self.help:  # the command list shows the first paragraph on one line
+            self.short_help = " ".join(self.help.split("\n\n")[0].split())
+        for param in self.params:
+            if getattr(param, "help", None) is None and param.name in self.arguments:
+                param.help = self.arguments[param.name]  # type: ignore[attr-defined]
+            if isinstance(getattr(param, "help", None), str):
+                param.help = _literal(param.help)  # type: ignore[attr-defined]
+
+
+def _argument_help(function: Callable[..., object]) -> dict[str, str]:
+    """The ``typer.Argument(help=...)`` of each parameter of a command function."""
+    import typing
+
+    from typer.models import ArgumentInfo
+
+    try:
+        hints = typing.get_type_hints(function, include_extras=True)
+    except NameError:  # an annotation only a type checker resolves: typer's own help stands
+        return {}
+    out = {}
+    for name, hint in hints.items():
+        info = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, ArgumentInfo)), None)
+        if info is not None and info.help:
+            out[name] = info.help
+    return out
+
+
+def _literal(text: str | None) -> str | None:
+    """``text`` with every ``[`` escaped for Rich markup (printed as ``[``)."""
+    return None if text is None else text.replace("[", "\\[")
+
+
+def _literal_help(app: typer.Typer) -> None:
+    """Make every command of ``app`` and of its sub-apps a :class:`LiteralHelp`."""
+    for command in app.registered_commands:
+        if command.cls in (None, typer.core.TyperCommand) and command.callback is not None:  # typer's default
+            command.cls = type("LiteralHelp", (LiteralHelp,), {"arguments": _argument_help(command.callback)})
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _literal_help(group.typer_instance)
+
+
+_literal_help(cli)
 
 
 def main() -> None:
     """Console entry point."""
     try:
         cli()
-    except ConfigError as exc:  # raised after start-up (e.g. by the ServerApp)
-        for line in str(exc).splitlines():
+    except Exception as exc:
+        from fedmtl.config import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            raise
+        for line in str(exc).splitlines():  # raised after start-up (e.g. by the ServerApp)
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
 

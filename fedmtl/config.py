@@ -38,6 +38,7 @@ from pydantic import (
 
 from fedmtl import defaults
 from fedmtl.registry import did_you_mean
+from fedmtl.shipped import missing_config, resolve_config
 
 
 class ConfigError(ValueError):
@@ -105,6 +106,43 @@ class RunSection(Section):
         "continues from the latest.",
     )
     output_dir: str = Field("runs", min_length=1, description="Parent folder of run folders.")
+    parquet: bool | Literal["auto"] = Field(
+        "auto", description="Write metrics, rounds and participation as Parquet next to their CSV files when the "
+        "run finishes: 'auto' when pyarrow is installed, true (pyarrow required) or false (docs/results.md).",
+    )
+    trackers: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers that also log the run, into local files of the run folder: "
+        "'tensorboard', 'mlflow' (each an extra: pip install 'fedmtl[tensorboard]'; docs/results.md).",
+    )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Modules (on sys.path) or .py files (relative to the config file) imported in every process "
+        "before the config is checked: they register weightings, datasets, backbones, ... (docs/extending.md).",
+    )
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugins_list(cls, v: Any) -> Any:
+        """Accept the list or its JSON text (Flower's flat form)."""
+        if isinstance(v, str):
+            try:
+                return json.loads(v) if v.strip() else []
+            except json.JSONDecodeError:
+                raise ValueError('must be a list of module names or .py files, e.g. ["my_rules", "my_data.py"], '
+                                 "or its JSON text") from None
+        return v
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers_list(cls, v: Any) -> Any:
+        """Accept the list, its JSON text (Flower's flat form) or comma-separated names."""
+        if isinstance(v, str):
+            try:
+                return json.loads(v) if v.strip().startswith("[") else [n.strip() for n in v.split(",") if n.strip()]
+            except json.JSONDecodeError:
+                raise ValueError('must be a list of tracker names, e.g. ["tensorboard", "mlflow"]') from None
+        return v
 
     @field_validator("name")
     @classmethod
@@ -457,10 +495,11 @@ class ExperimentConfig(Section):
     def to_flat(self) -> dict[str, Any]:
         """``{"data.num-clients": 20, ...}``: Flower's run-config form.
 
-        Tables of weighting parameters become JSON text (Flower's values are scalars).
+        Tables of weighting parameters and lists (``run.plugins``) become JSON text (Flower's
+        values are scalars).
         """
         return {
-            f"{section}.{key}": json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+            f"{section}.{key}": json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
             for section, values in self.to_nested().items()
             for key, value in values.items()
         }
@@ -569,7 +608,8 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse one ``--set key=value`` (value in TOML syntax; bare words are strings)."""
     if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got '{text}'")
+        key = text.strip() or "run.rounds"
+        raise ConfigError(f"--set expects key=value, got '{text}': write --set {key}=VALUE (e.g. --set run.rounds=3)")
     key, raw = (part.strip() for part in text.split("=", 1))
     if "." not in key:
         raise ConfigError(f"--set key '{key}' must be 'section.key', e.g. 'run.rounds'")
@@ -611,7 +651,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file, turning I/O and syntax errors into :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+        raise ConfigError(missing_config(path))
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -651,11 +691,13 @@ def read_values(path: str | Path | None = None, overrides: list[str] | None = No
     Parameters
     ----------
     path : str or Path, optional
-        A TOML file; ``None`` starts from the defaults.
+        A TOML file, or the name of a shipped config (``quickstart``, ``studies/qffl_paper``)
+        when no such file exists (:func:`fedmtl.shipped.resolve_config`); ``None`` starts
+        from the defaults.
     overrides : list[str], optional
         ``"section.key=value"`` strings applied on top, in order.
     """
-    values = read_toml(path) if path is not None else {}
+    values = read_toml(resolve_config(path)) if path is not None else {}
     for text in overrides or []:
         apply_override(values, *parse_override(text))
     return values

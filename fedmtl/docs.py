@@ -1,14 +1,16 @@
 """Generated parts of the docs: config tables and the weighting reference.
 
 ``python -m fedmtl.docs`` rewrites the blocks between ``<!-- BEGIN GENERATED ... -->`` and
-``<!-- END GENERATED ... -->`` in ``docs/config.md`` and ``docs/aggregation.md``; a test
-fails when they are stale.
+``<!-- END GENERATED ... -->`` in ``README.md``, ``docs/config.md`` and ``docs/aggregation.md``
+(config tables, registered names, the rules, the personalization table, a sample config error);
+``tests/test_docs_lists.py`` fails when they are stale.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _type_name(info: FieldInfo) -> str:
-    annotation = info.annotation
-    if typing.get_origin(annotation) is typing.Literal:
+    return _annotation_name(info.annotation)
+
+
+def _annotation_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
-    if typing.get_origin(annotation) is dict:
+    if origin in (typing.Union, types.UnionType):  # e.g. bool | Literal["auto"]
+        return " \\| ".join(_annotation_name(a) for a in typing.get_args(annotation))
+    if origin is dict:
         return "table"
     return getattr(annotation, "__name__", str(annotation))
 
@@ -172,6 +180,97 @@ def property_reference() -> str:
     return "\n".join(out)
 
 
+def summary(entry: Any, code: str = "`") -> str:
+    """One registered entry's summary: its ``description``, else the first paragraph of its
+    docstring on one line (what ``fedmtl list`` and the generated name lists print), with
+    literals (````x````) marked by ``code`` (``""`` for the terminal)."""
+    description = getattr(entry, "description", None)
+    text = str(description) if description else inspect.cleandoc(entry.__doc__ or "").split("\n\n")[0]
+    return " ".join(text.split()).replace("``", code)
+
+
+def registries() -> dict[str, Any]:
+    """The registries whose names the docs list, by the word ``fedmtl list`` takes."""
+    from fedmtl.aggregation import WEIGHTINGS
+    from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS
+    from fedmtl.models import BACKBONES
+    from fedmtl.tasks import TASK_KINDS
+    from fedmtl.training.methods import METHODS
+
+    return {"datasets": DATASETS, "partitioners": PARTITIONERS, "task-sets": TASK_SETS, "backbones": BACKBONES,
+            "tasks": TASK_KINDS, "methods": METHODS, "weightings": WEIGHTINGS}
+
+
+def rule_counts() -> tuple[int, int, int]:
+    """(rules, weightings, aggregators) registered."""
+    from fedmtl.aggregation import WEIGHTINGS
+
+    kinds = [cls.kind for _, cls in WEIGHTINGS.items()]
+    return len(kinds), kinds.count("weighting"), kinds.count("aggregator")
+
+
+def registered_names() -> str:
+    """Every registry's names with their one-line summaries (docs/config.md); the rules by name only."""
+    titles = {"datasets": "datasets (`data.dataset`)", "partitioners": "partitioners (`data.partitioner`)",
+              "task-sets": "task sets (`data.task-sets`)", "backbones": "backbones (`model.backbone`)",
+              "tasks": "task kinds", "methods": "personalization methods (`personalization.method`)"}
+    out = []
+    for kind, registry in registries().items():
+        if kind == "weightings":
+            total, weightings, aggregators = rule_counts()
+            names = ", ".join(f"[`{n}`](aggregation.md#{n.replace('+', '')})" for n, _ in registry.items())
+            out += [f"- **rules** (`client.weighting`, `server.weighting`, `server.task-weighting`): {total} "
+                    f"({weightings} weightings, {aggregators} aggregators): {names}.", ""]
+            continue
+        out += [f"- **{titles[kind]}**:"]
+        out += [f"  - `{name}`: {summary(entry)}" for name, entry in registry.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def readme_names() -> str:
+    """The README's one paragraph of what is registered."""
+    reg = registries()
+    total, weightings, aggregators = rule_counts()
+
+    def names(kind: str) -> str:
+        return ", ".join(f"`{n}`" for n, _ in reg[kind].items())
+
+    return (f"Registered now: {total} aggregation rules ({weightings} weightings, {aggregators} aggregators; "
+            f"[docs/aggregation.md](docs/aggregation.md)); datasets {names('datasets')}; partitioners "
+            f"{names('partitioners')}; task sets {names('task-sets')}; backbones {names('backbones')}; "
+            f"personalization methods {names('methods')}. `fedmtl list KIND` prints each with its summary.")
+
+
+def readme_methods_table() -> str:
+    """The README's personalization table, from each method's declared ``trains``, ``keeps``,
+    ``views``, ``costs`` and ``paper``."""
+    from fedmtl.training.methods import METHODS
+
+    out = ["| method | what it trains | what it keeps personal | views | what it costs | paper |",
+           "|---|---|---|---|---|---|"]
+    for name, cls in METHODS.items():
+        views = ", ".join(f"`{v}`" for v in cls.views)
+        out.append(f"| `{name}` | {cls.trains} | {cls.keeps} | {views} | {cls.costs} | {cls.paper} |")
+    return "\n".join(out)
+
+
+def config_error_example() -> str:
+    """The errors of a config with a misspelt key and a misspelt partitioner, as ``fedmtl run`` prints them."""
+    from fedmtl.config import ConfigError
+    from fedmtl.validation import load_config
+
+    args = ["client.epoch=2", "data.partitioner=dirichlett"]
+    try:
+        load_config(ROOT / "configs/quickstart.toml", args)
+    except ConfigError as exc:
+        errors = [f"error: {line}" for line in str(exc).splitlines()]
+    else:  # pragma: no cover - the example must fail
+        raise AssertionError("the config error example was accepted")
+    command = "$ fedmtl run configs/quickstart.toml " + " ".join(f"--set {a}" for a in args)
+    return "\n".join(["```", command, *errors, "```"])
+
+
 def _replace(text: str, marker: str, body: str) -> str:
     begin, end = f"<!-- BEGIN GENERATED {marker} -->\n", f"<!-- END GENERATED {marker} -->"
     start, stop = text.index(begin) + len(begin), text.index(end)
@@ -182,8 +281,10 @@ def sync_docs(root: Path = ROOT) -> list[str]:
     """Rewrite the generated blocks; return the files that changed."""
     changed = []
     targets: dict[str, list[tuple[str, Any]]] = {
-        "docs/config.md": [("CONFIG", config_tables)],
+        "docs/config.md": [("CONFIG ERROR", config_error_example), ("CONFIG", config_tables),
+                           ("NAMES", registered_names)],
         "docs/aggregation.md": [("WEIGHTINGS", weighting_reference), ("PROPERTIES", property_reference)],
+        "README.md": [("NAMES", readme_names), ("METHODS", readme_methods_table)],
     }
     for relative, blocks in targets.items():
         path = root / relative

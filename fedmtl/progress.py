@@ -23,12 +23,20 @@ class Progress:
         Number of rounds, for ``round r/R``.
     enabled : bool
         ``False`` silences it (tests).
+    title : str
+        What the final table measures (its title, before the round).
+    replies : bool
+        Whether each round line counts the server's accepted replies (``False`` for the
+        centralized baseline, which has no clients replying).
     """
 
-    def __init__(self, total_rounds: int, enabled: bool = True) -> None:
+    def __init__(self, total_rounds: int, enabled: bool = True, *,
+                 title: str = "Personalized test metrics across clients", replies: bool = True) -> None:
         self.total = total_rounds
         self.console = Console(highlight=False, width=None if Console().is_terminal else 120)
         self.enabled = enabled
+        self.title = title
+        self.replies = replies
 
     def round(self, stats: RoundStats, elapsed: float, counts: dict[str, Any]) -> None:
         """One line: round, per task mean and worst client, replies (failed, rejected,
@@ -48,8 +56,9 @@ class Progress:
 
         if stats.never_trained:
             parts.append(f"{stats.never_trained} evaluated never trained")
-        parts.append(f"replies {counts.get('aggregated', 0)}"
-                     + (f" ([red]{', '.join(notes)}[/red])" if notes else ""))
+        if self.replies:
+            parts.append(f"replies {counts.get('aggregated', 0)}"
+                         + (f" ([red]{', '.join(notes)}[/red])" if notes else ""))
         parts.append(f"{elapsed:6.1f} s")
         self.console.print("  |  ".join(parts))
 
@@ -57,7 +66,7 @@ class Progress:
         """Per-task statistics across clients at the last evaluation round."""
         if not self.enabled or stats is None:
             return
-        table = Table(title=f"Personalized test metrics across clients (round {stats.round})")
+        table = Table(title=f"{self.title} (round {stats.round})")
         for column in ("task", "metric", "mean", "weighted mean", "std", "worst", "worst 10%", "best", "Jain"):
             table.add_column(column, justify="right" if column not in ("task", "metric") else "left")
         rows = dict(stats.stats)

@@ -58,6 +58,7 @@ from fedmtl.fairness import (
 from fedmtl.group_fairness import OneClass, one_class_predictions, resampled_group_gaps
 from fedmtl.html_report import HTML_FILE, write_html_report
 from fedmtl.labels import format_value
+from fedmtl.parquet import read_table
 from fedmtl.plots import (
     DEFAULT_DPI,
     REPORT_FIGURES,
@@ -70,9 +71,11 @@ from fedmtl.protocol import TEST, TEST_GLOBAL
 from fedmtl.results import GLOBAL, OVERALL, read_participation
 from fedmtl.tasks import TASK_KINDS
 
-IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "client.head-store-dir", "engine.supernodes")
-"""Config keys that do not make a different configuration (seeds, names, folders, and how many
-virtual SuperNodes played the clients, which does not change a run's results)."""
+IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "run.parquet", "run.trackers", "run.plugins",
+                "client.head-store-dir", "engine.supernodes")
+"""Config keys that do not make a different configuration (seeds, names, folders, which copies of
+the results a run wrote, and how many virtual SuperNodes played the clients, which does not change
+a run's results; where the plugin files lie is recorded in each run's config)."""
 TABLE_STATS = (("mean", "mean"), ("worst10", "worst-10%"), ("jain", "Jain"), ("gini", "Gini"))
 
 
@@ -192,7 +195,7 @@ def read_run(path: Path) -> RunResult:
     """Read one run folder's config, summary and per-client primary metrics."""
     summary = json.loads((path / "summary.json").read_text())
     config = _flatten(tomllib.loads((path / "config.toml").read_text()))
-    metrics = pd.read_csv(path / "metrics.csv", dtype={"task": str, "metric": str})
+    metrics = read_table(path, "metrics")  # metrics.parquet when current
     primary = {t: s["metric"] for t, s in summary["final"].items()}
 
     def primary_rows(split: str) -> pd.DataFrame:

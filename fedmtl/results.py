@@ -10,17 +10,21 @@ Each run writes one folder::
     rounds.csv      one row per round: server-side counts and across-client statistics (and,
                     for a method with a global and a personal model, the global view's: global_*)
     participation.csv  per client of the federation: rounds_trained, last_round, rounds_aggregated
+    *.parquet       metrics, rounds and participation as Parquet, written when the run finishes
+                    (``run.parquet``; the CSV files stay the source of truth: fedmtl.parquet)
     summary.json    final per-task statistics, participation, duration, paths, the config's
                     fingerprint and provenance (versions, git commit, host, times: fedmtl.provenance)
     checkpoints/    round-<r>.pt: the server's state after round r (the two latest), with the
                     run's identity and config (a resume refuses a different one)
     heads/          client-<id>.r<round>.pt: each client's heads (disk head store, by default)
     plots/*.png     figures (see fedmtl.plots)
+    tensorboard/, mlflow.db, mlflow-artifacts/   the trackers' files (``run.trackers``: fedmtl.trackers)
 
 ``metrics.csv`` rows with ``task == "all"`` are client-level (example counts, the client's
 aggregation weight, head fingerprints). Split ``test`` holds the evaluated model the method
 personalises; split ``test-global`` the global model's metrics of methods that have both
-(:data:`GLOBAL_SPLIT`). pandas reads everything (``load_run``).
+(:data:`GLOBAL_SPLIT`). pandas reads everything (``load_run``: the Parquet copies when they
+are current, else the CSV files; the same DataFrames either way).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,9 +47,11 @@ from fedmtl.atomic import torch_save, write_bytes
 from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
 from fedmtl.group_fairness import summarize_group_gaps
+from fedmtl.parquet import read_table, remove_parquet, wants_parquet, write_parquet
 from fedmtl.protocol import TEST_GLOBAL
 from fedmtl.provenance import collect_provenance, finish_provenance
 from fedmtl.tasks import TaskSpec
+from fedmtl.trackers import Trackers
 
 METRIC_COLUMNS = ["round", "client", "task", "split", "metric", "value"]
 PLACEMENT_COLUMNS = ["round", "client", "stage", "host", "node", "device"]
@@ -107,6 +114,16 @@ def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path
     path.mkdir(parents=True, exist_ok=True)
     (path / RUN_MARKER).touch()
     return path.resolve()
+
+
+def remove_unused_run_dir(run_dir: str | Path) -> bool:
+    """Delete a run folder that holds no file but :data:`RUN_MARKER` (a run that never
+    started, e.g. Ray could not host it); return whether it was deleted."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(p.is_file() and p.name != RUN_MARKER for p in run_dir.rglob("*")):
+        return False
+    shutil.rmtree(run_dir)
+    return True
 
 
 OVERALL = "overall"
@@ -218,14 +235,16 @@ class RunRecorder:
         if resume_round is not None:
             self.run_id = read_run_id(self.run_dir) or write_run_id(self.run_dir)
             self._truncate(resume_round)
-            return
-        self.run_id = write_run_id(self.run_dir)
-        """The run's identity (``run-id``), carried by its checkpoints and head files."""
-        write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
-        with self.metrics_path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(METRIC_COLUMNS)
-        with self.placement_path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(PLACEMENT_COLUMNS)
+        else:
+            self.run_id = write_run_id(self.run_dir)
+            """The run's identity (``run-id``), carried by its checkpoints and head files."""
+            write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
+            with self.metrics_path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(METRIC_COLUMNS)
+            with self.placement_path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(PLACEMENT_COLUMNS)
+        self.trackers = Trackers(self.run_dir, cfg, self.run_id, self.rounds, resume=resume_round is not None)
+        """The run's experiment trackers (``run.trackers``): each ``rounds.csv`` row and the summary."""
 
     def _truncate(self, last_round: int) -> None:
         """Drop what rounds after ``last_round`` wrote (a resumed run redoes them)."""
@@ -246,6 +265,7 @@ class RunRecorder:
                 self.started -= float(self.rounds[-1]["elapsed_s"])
         (self.run_dir / "summary.json").unlink(missing_ok=True)
         (self.run_dir / PARTICIPATION_FILE).unlink(missing_ok=True)  # rewritten from the checkpoint's record
+        remove_parquet(self.run_dir)  # rewritten when the resumed run finishes
 
     @property
     def elapsed(self) -> float:
@@ -367,6 +387,7 @@ class RunRecorder:
         self.rounds.append(row)
         data = pd.DataFrame(self.rounds).to_csv(index=False).encode()
         write_bytes(self.run_dir / "rounds.csv", data)
+        self.trackers.log_round(row)
 
     def save_checkpoint(self, server_round: int, state: dict[str, Any], keep: int | None = None) -> Path:
         """Write ``checkpoints/round-<r>.pt`` atomically, with the run's identity and config
@@ -390,7 +411,8 @@ class RunRecorder:
         return sorted(int(c) for c in rows["client"].unique())
 
     def finish(self, final: RoundStats | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write ``summary.json`` and the plots; return the summary."""
+        """Write ``summary.json``, the plots and the Parquet copies (``run.parquet``), hand the
+        summary to the trackers; return the summary."""
         summary: dict[str, Any] = {
             "name": self.cfg.run.name,
             "mode": self.cfg.run.mode,
@@ -416,6 +438,9 @@ class RunRecorder:
         from fedmtl.plots import plot_run
 
         plot_run(self.run_dir)
+        if wants_parquet(self.cfg.run.parquet):
+            write_parquet(self.run_dir)
+        self.trackers.finish(summary)
         return summary
 
 
@@ -459,7 +484,7 @@ def read_participation(run_dir: str | Path) -> pd.DataFrame | None:
     path = Path(run_dir) / PARTICIPATION_FILE
     if not path.is_file():
         return None
-    return pd.read_csv(path, dtype={"last_round": "Int64"})
+    return read_table(run_dir, "participation")
 
 
 class CheckpointError(RuntimeError):
@@ -500,11 +525,13 @@ def load_checkpoint(run_dir: str | Path, path: str | Path | None = None) -> tupl
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Read a run folder: ``metrics`` and ``rounds`` DataFrames, ``summary`` dict and the
-    ``participation`` DataFrame (``None`` without ``participation.csv``)."""
+    ``participation`` DataFrame (``None`` without ``participation.csv``); the tables come from
+    their Parquet copies when current (:func:`fedmtl.parquet.read_table`), with the dtypes
+    :mod:`fedmtl.parquet` documents."""
     run_dir = Path(run_dir)
     return {
-        "metrics": pd.read_csv(run_dir / "metrics.csv"),
-        "rounds": pd.read_csv(run_dir / "rounds.csv"),
+        "metrics": read_table(run_dir, "metrics"),
+        "rounds": read_table(run_dir, "rounds"),
         "summary": json.loads((run_dir / "summary.json").read_text()),
         "participation": read_participation(run_dir),
     }
@@ -513,10 +540,11 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 # -- run identity and resume checks --------------------------------------------------------
 RUN_ID_FILE = "run-id"
 RESUME_FREE_KEYS = frozenset({
-    "run.name", "run.output-dir", "client.head-store-dir",
+    "run.name", "run.output-dir", "run.plugins", "run.parquet", "run.trackers", "client.head-store-dir",
     "engine.address", "engine.num-cpus", "engine.max-concurrent-clients", "engine.supernodes",
 })
-"""Config keys a resumed run may change: paths, names and where Ray runs, never the results."""
+"""Config keys a resumed run may change: paths, names, where Ray runs and which copies of the results
+it writes (Parquet, trackers), never the results."""
 
 
 def write_run_id(run_dir: str | Path, run_id: str | None = None) -> str:
@@ -539,8 +567,40 @@ def resume_config(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def config_fingerprint(cfg: ExperimentConfig) -> str:
     """A short hash of :func:`resume_config`: equal for configs a run may resume with."""
-    text = json.dumps(resume_config(cfg), sort_keys=True)
+    return _fingerprint(resume_config(cfg))
+
+
+def _fingerprint(flat: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(flat), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+ROUNDS_KEY = "run.rounds"
+"""The one key a resume may change beyond :data:`RESUME_FREE_KEYS`, to a larger value: the
+run is extended (``fedmtl run --resume RUN --set run.rounds=N``)."""
+
+
+def extended_to(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """``before`` (a checkpoint's flat config) with ``now``'s ``run.rounds`` when ``now`` has
+    more rounds: a run may be extended, not shortened."""
+    old, new = before.get(ROUNDS_KEY), now.get(ROUNDS_KEY)
+    if isinstance(old, int) and isinstance(new, int) and new > old:
+        return {**before, ROUNDS_KEY: new}
+    return dict(before)
+
+
+def shorter_runs(cfg: ExperimentConfig) -> Callable[[str], bool]:
+    """Whether a config fingerprint is that of ``cfg`` with fewer rounds (heads written
+    before the run was extended)."""
+    flat = resume_config(cfg)
+    known: set[str] = set()
+
+    def test(fingerprint: str) -> bool:
+        if not known:
+            known.update(_fingerprint({**flat, ROUNDS_KEY: r}) for r in range(1, cfg.run.rounds))
+        return fingerprint in known
+
+    return test
 
 
 def checkpoint_identity(run_id: str, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -616,11 +676,12 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
     exactly: the run identity, the config, and (disk head store) the heads it needs.
 
     The checkpoint must carry the run folder's ``run-id`` and a config equal to ``cfg`` but
-    for :data:`RESUME_FREE_KEYS`. Every client whose training was aggregated in a round ≤
-    the checkpoint's round (:func:`trained_rounds`), or whose saved heads the checkpoint's
-    server knows (:func:`ledger_rounds`), must have heads of that round or later (and ≤ the
-    checkpoint's), and every head file the resume would read must be readable and of this run
-    and config (:func:`fedmtl.personalization.check_heads`).
+    for :data:`RESUME_FREE_KEYS` and a larger ``run.rounds`` (an extended run,
+    :func:`extended_to`; heads written under fewer rounds are this config's). Every client
+    whose training was aggregated in a round ≤ the checkpoint's round (:func:`trained_rounds`),
+    or whose saved heads the checkpoint's server knows (:func:`ledger_rounds`), must have heads
+    of that round or later (and ≤ the checkpoint's), and every head file the resume would read
+    must be readable and of this run and config (:func:`fedmtl.personalization.check_heads`).
     """
     run_dir = Path(run_dir)
     done = int(checkpoint["round"])
@@ -638,7 +699,8 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
         if run_id and written_by != run_id:
             problems.append(ResumeProblem(f"{name} belongs to run {written_by}, not to this folder's {run_id}",
                                           "it is taken as this run's"))
-        changed = config_changes(dict(checkpoint["config"]), resume_config(cfg))
+        now = resume_config(cfg)
+        changed = config_changes(extended_to(dict(checkpoint["config"]), now), now)
         if changed:
             problems.append(ResumeProblem(f"config.toml differs from the run's: {', '.join(changed)}",
                                           "the run continues with config.toml as it is now"))
@@ -688,7 +750,7 @@ def head_problems(run_dir: Path, cfg: ExperimentConfig, done: int, run_id: str,
     trained = trained_rounds(run_dir, done)
     for client, server_round in (known or {}).items():
         trained[client] = max(trained.get(client, 0), server_round)
-    found = check_heads(store, trained, done)
+    found = check_heads(store, trained, done, also=shorter_runs(cfg))
     forced = {"missing": "these clients start again from the older or fresh heads they find",
               "other-config": "these heads are used as they are",
               "no-identity": "these heads are used as they are",

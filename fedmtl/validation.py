@@ -47,7 +47,11 @@ from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_input_shape, 
 from fedmtl.data.federation import check_natural_clients
 from fedmtl.faults import CORRUPTIONS
 from fedmtl.models import BACKBONES, build_model
+from fedmtl.parquet import parquet_error
+from fedmtl.plugins import load_plugins, plugin_entries, resolve_plugin_files
 from fedmtl.registry import Registry, did_you_mean
+from fedmtl.shipped import resolve_config
+from fedmtl.trackers import tracker_errors
 from fedmtl.training.methods import GLOBAL, METHODS, PERSONAL, MethodParamsError
 
 IMAGE_RANK = 3
@@ -61,7 +65,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Parameters
     ----------
     path : str or Path, optional
-        A TOML file; ``None`` starts from the defaults.
+        A TOML file; ``None`` starts from the defaults. Relative ``.py`` files of
+        ``run.plugins`` are resolved against its folder (else the working directory).
     overrides : list[str], optional
         ``"section.key=value"`` strings applied on top, in order (``data.params.canvas=40``
         sets one entry of a parameter table).
@@ -76,7 +81,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     ConfigError
         One line per bad key or value, naming it and what is allowed.
     """
-    return build_config(read_values(path, overrides))
+    path = resolve_config(path) if path is not None else None  # a shipped config by name (fedmtl.shipped)
+    folder = Path(path).parent if path is not None and Path(path).is_file() else None
+    return build_config(resolve_plugin_files(read_values(path, overrides), folder))
 
 
 def config_from_flat(flat: dict[str, Any]) -> ExperimentConfig:
@@ -95,9 +102,11 @@ def build_config(values: dict[str, Any]) -> ExperimentConfig:
     Raises
     ------
     ConfigError
-        For a key that moved (naming its new place), then for the schema, then for names,
-        parameters and the rules across sections.
+        For a plugin that does not import (:class:`fedmtl.plugins.PluginError`), a key that
+        moved (naming its new place), then for the schema, then for names, parameters and the
+        rules across sections.
     """
+    load_plugins(plugin_entries(values))  # before any registered name is checked
     moved = moved_key_errors(values)
     if moved:
         raise ConfigError("\n".join(moved))
@@ -268,6 +277,9 @@ def name_errors(cfg: ExperimentConfig) -> list[str]:
             METHODS.get(method).parse_params(dict(cfg.personalization.params))
         except MethodParamsError as exc:
             errors += [f"personalization.params: {line}" for line in str(exc).splitlines()]
+    errors += tracker_errors(cfg.run.trackers)
+    if (error := parquet_error(cfg.run.parquet)) is not None:
+        errors.append(error)
     return errors
 
 

@@ -1,10 +1,12 @@
 """Run several simulations in one process, for tests that need many short ones.
 
 ``python -m tests.simulation_batch SPEC.json RESULT.json``: SPEC is a list of
-``{"config": path, "overrides": [...], "out": run folder}``; RESULT maps each ``out`` to ""
-(the run finished) or the error's traceback. Each run is a real Ray simulation exactly as
-``fedmtl run`` starts it; one process saves the interpreter's imports per run, and the runs
-share one Ray instance (:func:`fedmtl.launch.simulation.shared_engine`, as a sweep's do).
+``{"config": path, "overrides": [...], "out": run folder}`` or of ``{"argv": [...], "out": key}``
+(a ``fedmtl`` command line, e.g. ``run --resume``, run in this process); RESULT maps each
+``out`` to "" (the run finished) or the error's traceback (a command's exit code and output).
+Each run is a real Ray simulation exactly as ``fedmtl run`` starts it; one process saves the
+interpreter's imports per run, and the runs share one Ray instance
+(:func:`fedmtl.launch.simulation.shared_engine`, as a sweep's do).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ def main(spec_path: str, result_path: str) -> None:
     results = {}
     with shared_engine():
         for job in json.loads(Path(spec_path).read_text()):
+            if "argv" in job:
+                results[job["out"]] = command(job["argv"])
+                continue
             try:
                 cfg = load_config(job["config"], job["overrides"])
                 simulate(cfg, create_run_dir(cfg, Path(job["out"])), quiet=True)
@@ -32,6 +37,22 @@ def main(spec_path: str, result_path: str) -> None:
             except Exception as exc:  # noqa: BLE001 - reported per job, the batch goes on
                 results[job["out"]] = "".join(traceback.format_exception(exc))[-4000:]
     Path(result_path).write_text(json.dumps(results))
+
+
+def command(argv: list[str]) -> str:
+    """Run ``fedmtl ARGV`` in this process: "" when it exits 0, else its exit code and output."""
+    import contextlib
+    import io
+
+    from fedmtl.cli import cli
+
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            code = cli(argv, prog_name="fedmtl", standalone_mode=False)
+    except Exception as exc:  # noqa: BLE001 - reported per job, the batch goes on
+        return "".join(traceback.format_exception(exc))[-4000:] + output.getvalue()[-2000:]
+    return "" if not code else f"exit code {code}: {output.getvalue()[-4000:]}"
 
 
 def run_batch(jobs: list[dict], folder: Path, timeout: float = 1800) -> dict[str, str]:

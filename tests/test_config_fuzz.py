@@ -125,7 +125,7 @@ def bad_case(rng: random.Random) -> tuple[dict, list[str], str]:
         ("run.rounds=abc", "run.rounds"), ("nosection=1", "--set key 'nosection'"),
         ("data.num-clients=[1, 2]", "data.num-clients"), ("runs.rounds=3", "unknown section '[runs]'"),
         ("server.fraction-train=0", "server.fraction-train"), ("faults.dropout=1.5", "faults.dropout"),
-        ("data.dataset=mnist", "data.dataset"), ("rounds", "--set expects key=value"),
+        ("data.dataset=mnist", "data.dataset"), ("rounds", "--set 'rounds' has no '='"),
     ])
     return values, [override[0]], override[1]
 

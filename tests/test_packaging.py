@@ -67,3 +67,45 @@ def test_a_users_own_clients_package_is_not_shadowed(installed, tmp_path):
     who, kind, where = result.stdout.splitlines()
     assert (who, kind) == ("the user", "ClientApp")
     assert where.startswith(str(installed / "fedmtl" / "clients"))
+
+
+def test_the_wheel_ships_the_configs_and_py_typed(installed):
+    """configs/*.toml and configs/studies/*.toml install as fedmtl.configs; py.typed marks the types."""
+    assert (installed / "fedmtl" / "py.typed").is_file()
+    for folder in ("", "studies"):
+        shipped = {p.name for p in (installed / "fedmtl" / "configs" / folder).glob("*.toml")}
+        assert shipped == {p.name for p in (ROOT / "configs" / folder).glob("*.toml")}, folder
+        assert shipped
+
+
+def test_shipped_configs_are_read_by_name_from_any_folder(installed, tmp_path):
+    """In a folder without configs, ``quickstart`` and ``studies/qffl_paper`` name the installed files;
+    an unknown name lists the shipped ones."""
+    code = ("from fedmtl.config import ConfigError, read_values\n"
+            "from fedmtl.shipped import resolve_config\n"
+            "print(resolve_config('quickstart')); print(resolve_config('studies/qffl_paper'))\n"
+            "print(read_values('quickstart')['run']['name'])\n"
+            "try:\n    read_values('nosuch')\nexcept ConfigError as exc:\n    print(exc)\n")
+    result = run_python(code, tmp_path, installed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    quickstart, study, name, error = result.stdout.splitlines()
+    assert quickstart == str(installed / "fedmtl" / "configs" / "quickstart.toml")
+    assert study == str(installed / "fedmtl" / "configs" / "studies" / "qffl_paper.toml")
+    assert name == "quickstart"
+    assert "'nosuch' does not exist" in error and "quickstart" in error and "studies/qffl_paper" in error
+
+
+def test_the_metadata_states_dependency_ranges_not_pins():
+    """pyproject's dependencies are ranges (the Makefile and Dockerfiles pin the CPU torch wheel
+    they install first); the package version is fedmtl.__version__."""
+    import re
+    import tomllib
+
+    import fedmtl
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        assert "==" not in requirement and ">=" in requirement, requirement
+    torch = next(r for r in project["dependencies"] if re.match(r"torch\W", r))
+    assert "<" in torch.replace("<=", "")
+    assert project["version"] == fedmtl.__version__

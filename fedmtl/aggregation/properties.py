@@ -32,7 +32,7 @@ UNIVERSAL: tuple[str, ...] = ("well-formed", "permutation-invariant", "homogeneo
 
 OPT_OUTS: dict[tuple[str, str], str] = {
     # -- randomised rules ----------------------------------------------------------------
-    ("rlw", "permutation-invariant"): "random weights: a new draw at every call",
+    ("rlw", "permutation-invariant"): "its weights are random: a new draw at every call",
     ("pcgrad", "permutation-invariant"): "the projection order is random (Yu et al. 2020)",
     # -- rules whose weights depend on the rows' magnitudes ------------------------------
     ("qffl", "homogeneous"): "h_k adds q F_k^(q-1) L² ‖u_k‖² to L F_k^q: the step is not linear in the rows",
@@ -92,11 +92,11 @@ def property_table(rules: dict[str, type[Rule]]) -> list[str]:
             if prop in have:
                 cells.append("✓")
             elif (name, prop) in OPT_OUTS:
-                notes.append(f"{len(notes) + 1}. `{name}`, {prop}: {OPT_OUTS[(name, prop)]}.")
+                notes.append(f"{len(notes) + 1}. `{name}`: not {prop}, because {OPT_OUTS[(name, prop)]}.")
                 cells.append(f"✗ ({len(notes)})")
             elif not applies(cls, prop):
                 cells.append("—")
             else:
                 cells.append("")
         lines.append(f"| `{name}` | {cls.kind} | " + " | ".join(cells) + " |")
-    return lines + ["", "Opt-outs:", "", *notes]
+    return lines + ["", "Opt-outs (✗: a property the rule does not have, and why):", "", *notes]

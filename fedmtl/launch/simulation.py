@@ -128,6 +128,40 @@ def quiet_flower(verbose: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
+CALLER_LOGGERS = (*PRESERVED_LOGGERS, "ray", "ray.rllib")
+"""The loggers :func:`preserved_caller` restores: :data:`PRESERVED_LOGGERS` and those Ray
+configures when it is first imported."""
+
+
+def _at_least_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def preserved_caller(quiet_engine: bool = False) -> Iterator[None]:
+    """For a library call that may import and start Ray and Flower (:mod:`fedmtl.api`): restore
+    on exit the environment variables (those Ray and Flower set when first imported too), the
+    loggers :data:`CALLER_LOGGERS`, the log-record factory (Ray installs one) and the working
+    directory. With ``quiet_engine``, Ray's and Flower's loggers show warnings and errors only
+    meanwhile (no "Started a local Ray instance"; Ray is imported first for that)."""
+    cwd, factory = os.getcwd(), logging.getLogRecordFactory()
+    with preserved_environ(), preserved_logging(CALLER_LOGGERS):
+        if quiet_engine:
+            import ray  # noqa: F401 - its first import configures the "ray" logger: quieten it after that
+
+            for name in ("ray", "flwr"):
+                logger = logging.getLogger(name)
+                logger.setLevel(logging.WARNING)
+                for handler in logger.handlers:  # ray.init sets the level back to INFO: filter its handlers too
+                    handler.addFilter(_at_least_warning)
+        try:
+            yield
+        finally:
+            logging.setLogRecordFactory(factory)
+            if os.getcwd() != cwd:
+                os.chdir(cwd)
+
+
 class EngineError(RuntimeError):
     """The Ray cluster cannot be reached or can never host one virtual client."""
 

@@ -1,6 +1,7 @@
 """Sweeps: one config, a grid of overrides and several seeds, each run in its own folder.
 
 ``fedmtl sweep CONFIG --grid 'server.weighting=[fedavg,qffl]' --seeds 3 --out runs/study``
+(or Hydra's form, ``--grid server.weighting=fedavg,qffl``: :func:`parse_grid_option`)
 runs every combination of the grid values for seeds ``run.seed, run.seed + 1, …`` and writes::
 
     runs/study/
@@ -53,48 +54,64 @@ MANIFEST = "sweep.json"
 
 
 def _split_top_level(body: str) -> list[str]:
-    """Split ``a, {x = 1, y = 2}, [1, 2]`` at the commas outside brackets and braces."""
-    items, depth, current = [], 0, ""
+    """Split ``a, {x = 1, y = 2}, [1, 2], "c,d"`` at the commas outside brackets, braces and quotes."""
+    items, depth, quote, current = [], 0, "", ""
     for char in body:
-        if char in "[{":
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
             depth += 1
         elif char in "]}":
             depth -= 1
-        if char == "," and depth == 0:
+        if char == "," and depth == 0 and not quote:
             items.append(current.strip())
             current = ""
         else:
             current += char
-    if current.strip():
-        items.append(current.strip())
+    items.append(current.strip())
     return items
 
 
 def parse_grid_option(text: str) -> tuple[str, list[Any]]:
-    """Parse one ``--grid 'key=[v1, v2, ...]'``.
+    """Parse one ``--grid``: ``key=v1,v2,...`` (as Hydra's) or ``key=[v1, v2, ...]``.
 
-    Values are TOML (``[0.5, 1]``, ``[{q = 1}, {q = 5}]``); bare words are strings
-    (``[fedavg, qffl]``). A single value without brackets is a one-value grid.
+    Values are TOML (``0.5,1``, ``{q = 1},{q = 5}``, ``[{q = 1}, {q = 5}]``); bare words are
+    strings (``fedavg,qffl``). Commas inside brackets, braces or quotes do not split
+    (``'faults.corrupt-kinds="nan,inf",huge'`` is two values). A single value is a one-value
+    grid.
 
     Raises
     ------
     ConfigError
-        When the text is not ``key=[...]`` or the list is empty.
+        When the text is not ``key=values``, or a value or the list is empty.
     """
     if "=" not in text:
-        raise ConfigError(f"--grid expects key=[v1,v2,...], got '{text}'")
+        raise ConfigError(f"--grid expects key=v1,v2,... or key=[v1,v2,...], got '{text}'")
     key, raw = (part.strip() for part in text.split("=", 1))
     if "." not in key:
         raise ConfigError(f"--grid key '{key}' must be 'section.key', e.g. 'server.weighting'")
-    if not (raw.startswith("[") and raw.endswith("]")):
-        return key, [parse_override(f"{key}={raw}")[1]]
-    try:
-        values = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        values = [parse_override(f"{key}={item}")[1] for item in _split_top_level(raw[1:-1])]
+    items = _split_top_level(raw)
+    if len(items) == 1 and raw.startswith("[") and raw.endswith("]"):  # the list form
+        try:
+            values = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            items = _split_top_level(raw[1:-1])
+            items = items[:-1] if len(items) > 1 and items[-1] == "" else items  # TOML allows [a, b,]
+            values = [] if items == [""] else _grid_values(key, text, items)
+    else:
+        values = _grid_values(key, text, items)
     if not values:
         raise ConfigError(f"--grid {key}: the list of values is empty")
     return key, values
+
+
+def _grid_values(key: str, text: str, items: list[str]) -> list[Any]:
+    """Each item as a ``--set`` value (TOML; a bare word is a string)."""
+    if "" in items and len(items) > 1:
+        raise ConfigError(f"--grid '{text}': an empty value; separate values with one comma (key=v1,v2)")
+    return [parse_override(f"{key}={item}")[1] for item in items]
 
 
 def _slug(text: str) -> str:

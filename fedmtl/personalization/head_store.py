@@ -20,7 +20,7 @@ from the run seed and the client id (:func:`init_heads`).
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -212,7 +212,8 @@ class HeadsProblem:
     message: str
 
 
-def check_heads(store: DiskHeadStore, trained: Mapping[int, int], until_round: int) -> list[HeadsProblem]:
+def check_heads(store: DiskHeadStore, trained: Mapping[int, int], until_round: int,
+                also: Callable[[str], bool] | None = None) -> list[HeadsProblem]:
     """What keeps ``store`` from serving a run resumed after round ``until_round``.
 
     Parameters
@@ -224,6 +225,9 @@ def check_heads(store: DiskHeadStore, trained: Mapping[int, int], until_round: i
         was aggregated); a client not in it may start from fresh heads.
     until_round : int
         The checkpoint round the run resumes after.
+    also : callable, optional
+        Whether another config fingerprint counts as the store's (the run's config with fewer
+        rounds, before it was extended: :func:`fedmtl.results.shorter_runs`).
 
     Returns
     -------
@@ -253,7 +257,7 @@ def check_heads(store: DiskHeadStore, trained: Mapping[int, int], until_round: i
         elif mine.run_id and written_by.run_id != mine.run_id:
             problems.append(HeadsProblem(client, "other-run",
                                          f"head file '{path}' belongs to run {written_by.run_id}, not {mine.run_id}"))
-        elif mine.config and written_by.config != mine.config:
+        elif mine.config and written_by.config != mine.config and not (also and also(written_by.config)):
             problems.append(HeadsProblem(client, "other-config",
                                          f"head file '{path}' was written under another config"))
     return problems

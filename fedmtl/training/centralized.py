@@ -33,7 +33,8 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -
     model.to(device)
     weighting = make_weighting(cfg.client.weighting, **cfg.client.params)
     recorder = RunRecorder(run_dir, cfg, fed.tasks)
-    progress = Progress(cfg.run.rounds, enabled=not quiet)
+    progress = Progress(cfg.run.rounds, enabled=not quiet, replies=False,
+                        title="Pooled-data model: test metrics on each client's test split")
     stats: RoundStats | None = None
     for epoch in range(1, cfg.run.rounds + 1):
         result = train_local(
@@ -48,7 +49,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -
             per_client = {c.client_id: evaluate(model, c.test, fed.tasks, device=device) for c in clients}
             counts = {c.client_id: len(c.test) for c in clients}
             round_stats = stats = recorder.record_evaluation(epoch, per_client, counts)
-            progress.round(round_stats, recorder.elapsed, {"aggregated": len(clients)})
+            progress.round(round_stats, recorder.elapsed, {})
         recorder.log_round(row, round_stats)
     progress.final_table(stats)
     recorder.finish(stats)

@@ -1,0 +1,339 @@
+"""fedmtl from Python: run an experiment or a sweep and read the results as pandas objects.
+
+>>> import fedmtl
+>>> result = fedmtl.run("configs/smoke.toml", overrides=["run.rounds=1"], out="/tmp/smoke")
+>>> result.summary["final"]                      # doctest: +SKIP
+>>> frame = fedmtl.load_runs(["/tmp/smoke", "/tmp/other"])  # doctest: +SKIP
+
+A config is a TOML file (or a shipped config's name), a nested ``{section: {key: value}}``
+dict, or an :class:`~fedmtl.config.ExperimentConfig`; ``overrides`` are the command line's
+``--set`` strings. Every call leaves the caller's process as it found it: environment
+variables (what importing Ray and Flower set included), the ``flwr``, ``ray``, ``fedmtl`` and
+root loggers, the log-record factory and the working directory
+(:func:`fedmtl.launch.simulation.preserved_caller`), so a notebook can run many experiments
+one after the other. ``docs/python.md`` is the guide.
+
+This module is part of the composition root (it launches simulations); ``import fedmtl``
+does not import it until one of its names is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmtl.config import ConfigError, ExperimentConfig, apply_override, parse_override
+from fedmtl.plugins import load_plugins, resolve_plugin_files
+from fedmtl.validation import build_config, check_config, load_config
+
+ConfigLike = str | Path | Mapping[str, Any] | ExperimentConfig
+"""What :func:`run` and :func:`sweep` accept as a config."""
+
+__all__ = ["RunResult", "SweepResult", "load_runs", "make_config", "resume", "run", "sweep"]
+
+
+# -- results ------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """A run folder and what it holds, read on first use.
+
+    Attributes
+    ----------
+    folder : Path
+        The run folder (absolute).
+    """
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder).resolve()
+
+    @functools.cached_property
+    def config(self) -> ExperimentConfig:
+        """The resolved config the run recorded (``config.toml``)."""
+        return load_config(self.folder / "config.toml")
+
+    @functools.cached_property
+    def _tables(self) -> dict[str, Any]:
+        from fedmtl.results import load_run
+
+        return load_run(self.folder)
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """``metrics.csv``: one row per round, client, task, split and metric (a tidy frame)."""
+        return self._tables["metrics"]
+
+    @property
+    def rounds(self) -> pd.DataFrame:
+        """``rounds.csv``: one row per round (cross-client statistics, aggregation, timings)."""
+        return self._tables["rounds"]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``: the final statistics per task, provenance, timings."""
+        return self._tables["summary"]
+
+    @property
+    def participation(self) -> pd.DataFrame | None:
+        """``participation.csv`` (``None`` when the run did not record it)."""
+        return self._tables["participation"]
+
+
+@dataclass
+class SweepResult:
+    """A sweep folder and its runs.
+
+    Attributes
+    ----------
+    folder : Path
+        The sweep folder (``sweep.json`` and one folder per run).
+    plan : fedmtl.launch.sweep.Sweep
+        The grid, the seeds and every run with its status (``done``, ``skipped``: finished
+        earlier with the same config, ``failed`` with its ``error``).
+    """
+
+    folder: Path
+    plan: Any
+
+    @property
+    def runs(self) -> list[RunResult]:
+        """The finished runs, in grid × seed order."""
+        return [RunResult(self.folder / r.folder) for r in self.plan.runs if r.status in ("done", "skipped")]
+
+    @property
+    def failed(self) -> list[Any]:
+        """The runs that failed (:class:`fedmtl.launch.sweep.SweepRun`, with ``error``)."""
+        return [r for r in self.plan.runs if r.status == "failed"]
+
+    @functools.cached_property
+    def metrics(self) -> pd.DataFrame:
+        """Every finished run's metrics in one frame (:func:`load_runs`)."""
+        return load_runs(self.folder)
+
+
+# -- configs ------------------------------------------------------------------------------------
+def _with_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    values = copy.deepcopy(values)
+    for text in overrides:
+        apply_override(values, *parse_override(text))
+    return values
+
+
+def make_config(config: ConfigLike | None = None, overrides: Iterable[str] | None = None) -> ExperimentConfig:
+    """The validated config of ``config`` with ``overrides`` applied.
+
+    Parameters
+    ----------
+    config : str, Path, dict or ExperimentConfig, optional
+        A TOML file or a shipped config's name (as ``fedmtl run`` takes), nested values
+        ``{"run": {"rounds": 2}, ...}``, or a config object; ``None``: the defaults.
+    overrides : iterable of str, optional
+        ``"section.key=value"`` strings (``--set``), applied in order.
+
+    Raises
+    ------
+    ConfigError
+        One line per bad key or value (a plugin that does not import included).
+    """
+    overrides = list(overrides or [])
+    if config is None or isinstance(config, str | Path):
+        return load_config(config, overrides)
+    if isinstance(config, ExperimentConfig):
+        if not overrides:
+            load_plugins(config.run.plugins)
+            return check_config(config)
+        config = config.to_nested()
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"config: expected a file, a dict or an ExperimentConfig, got {type(config).__name__}")
+    # a dict's relative plugin files are relative to the working directory
+    return build_config(resolve_plugin_files(_with_overrides(dict(config), overrides), None))
+
+
+# -- running ------------------------------------------------------------------------------------
+def _execute(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool,
+             checkpoint: dict[str, Any] | None = None) -> None:
+    if cfg.run.mode == "centralized":
+        from fedmtl.training.centralized import run_centralized
+
+        run_centralized(cfg, run_dir, quiet=quiet)
+    else:
+        from fedmtl.launch.simulation import simulate
+
+        simulate(cfg, run_dir, quiet=quiet, verbose=verbose, checkpoint=checkpoint)
+
+
+def run(config: ConfigLike | None = None, overrides: Iterable[str] | None = None, out: str | Path | None = None,
+        quiet: bool = True, verbose: bool = False) -> RunResult:
+    """Run one experiment (a Ray simulation, or the centralized baseline) and return its results.
+
+    Parameters
+    ----------
+    config : str, Path, dict or ExperimentConfig, optional
+        See :func:`make_config`.
+    overrides : iterable of str, optional
+        ``--set`` strings, e.g. ``["run.rounds=3", "server.weighting=qffl"]``.
+    out : str or Path, optional
+        The run folder to create (absent or empty); default
+        ``<run.output-dir>/<run.name>-<timestamp>``.
+    quiet : bool
+        No progress lines and no Ray or Flower log lines (warnings and errors still show).
+    verbose : bool
+        Show Flower's INFO logs.
+
+    Returns
+    -------
+    RunResult
+        The run folder, its config, metrics, rounds, summary and participation.
+
+    Raises
+    ------
+    ConfigError
+        An invalid config, before anything runs.
+    FileExistsError
+        ``out`` exists and is not empty.
+    fedmtl.launch.simulation.EngineError
+        Ray cannot host the run (the empty run folder is removed).
+    Exception
+        Whatever stopped the run (``fedmtl.server.strategy.ClientsFailed`` when too many
+        clients failed; the run folder then holds the results so far and checkpoints).
+    """
+    from fedmtl.launch.simulation import EngineError, preserved_caller
+    from fedmtl.results import create_run_dir, remove_unused_run_dir
+
+    cfg = make_config(config, overrides)
+    run_dir = create_run_dir(cfg, out)
+    with preserved_caller(quiet_engine=quiet and not verbose and cfg.run.mode == "federated"):
+        try:
+            _execute(cfg, run_dir, quiet, verbose)
+        except EngineError:
+            remove_unused_run_dir(run_dir)
+            raise
+    return RunResult(run_dir)
+
+
+def resume(folder: str | Path, quiet: bool = True, verbose: bool = False) -> RunResult:
+    """Continue an interrupted federated run from its newest usable checkpoint, with the config
+    it recorded, when the resume is exact (as ``fedmtl run --resume`` without ``--force``); a
+    finished run is returned as it is.
+
+    Raises
+    ------
+    fedmtl.results.CheckpointError
+        No usable checkpoint.
+    fedmtl.launch.sweep.ResumeRefused
+        The run's identity, config or heads do not match its checkpoint (one line saying what).
+    """
+    from fedmtl.launch.simulation import preserved_caller
+    from fedmtl.launch.sweep import check_resume
+    from fedmtl.results import load_checkpoint
+
+    run_dir = Path(folder).resolve()
+    cfg = load_config(run_dir / "config.toml")
+    checkpoint, _ = load_checkpoint(run_dir)
+    if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
+        return RunResult(run_dir)
+    cfg = check_resume(cfg, run_dir, checkpoint)
+    with preserved_caller(quiet_engine=quiet and not verbose):
+        _execute(cfg, run_dir, quiet, verbose, checkpoint)
+    return RunResult(run_dir)
+
+
+def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | None = None, seeds: int = 1,
+          out: str | Path | None = None, overrides: Iterable[str] | None = None, quiet: bool = True,
+          skip_invalid: bool = False, rerun_changed: bool = False) -> SweepResult:
+    """Run every combination of ``grid`` for ``seeds`` seeds (``fedmtl sweep``): finished runs
+    with the same config are skipped, a failed run is recorded and the others go on.
+
+    Parameters
+    ----------
+    config : str, Path, dict or ExperimentConfig, optional
+        The base config (:func:`make_config`). A dict or a config object is written to
+        ``<out>/base-config.toml``, which the sweep then reads.
+    grid : mapping of str to list, optional
+        Values per key, e.g. ``{"server.weighting": ["fedavg", "qffl"]}``.
+    seeds : int
+        Seeds per combination: ``run.seed``, ``run.seed + 1``, ...
+    out : str or Path, optional
+        The sweep folder; default ``<run.output-dir>/sweep-<run.name>``.
+    overrides : iterable of str, optional
+        ``--set`` strings applied to every run.
+    quiet : bool
+        No progress lines (the sweep's and the runs').
+    skip_invalid, rerun_changed : bool
+        As ``fedmtl sweep --skip-invalid`` and ``--rerun-changed``.
+
+    Returns
+    -------
+    SweepResult
+        The sweep folder, its plan with every run's status, its finished runs and their metrics.
+    """
+    from fedmtl.launch.simulation import preserved_caller
+    from fedmtl.launch.sweep import plan_sweep, run_sweep
+
+    overrides = list(overrides or [])
+    base = make_config(config, overrides)
+    folder = Path(out) if out is not None else Path(base.run.output_dir) / f"sweep-{base.run.name}"
+    path: str | Path | None = config if config is None or isinstance(config, str | Path) else None
+    if path is None and config is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        path, overrides = folder / "base-config.toml", []
+        path.write_text(base.to_toml())
+    report = (lambda line: None) if quiet else print
+    grid = {key: list(values) for key, values in (grid or {}).items()}
+    planned = plan_sweep(path, grid, seeds, folder, overrides, skip_invalid=skip_invalid, report=report,
+                         rerun_changed=rerun_changed)
+    with preserved_caller(quiet_engine=quiet):
+        done = run_sweep(planned, quiet_runs=quiet, report=report)
+    return SweepResult(folder.resolve(), done)
+
+
+# -- reading many runs ----------------------------------------------------------------------------
+def _flat(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"params": {"seed": 1}}}`` -> ``{"data.params.seed": 1}``; lists become tuples."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """Every finished run at or under ``paths`` (run folders, sweep folders, or folders holding
+    them, as ``fedmtl report`` takes) in one tidy frame.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of every run's ``metrics.csv`` (``round``, ``client``, ``task``, ``split``,
+        ``metric``, ``value``), a ``run`` column (the run folder) and one column per config key
+        of the run's ``config.toml`` (``run.seed``, ``server.weighting``,
+        ``data.params.pairs-per-digit``, ...; a key a run does not have is missing there).
+        Runs are in the order ``fedmtl report`` uses (the paths' order; a sweep's grid order).
+
+    Raises
+    ------
+    FileNotFoundError
+        A path that does not exist or holds no finished run.
+    """
+    from fedmtl.report import find_run_dirs
+    from fedmtl.results import load_run
+
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    frames = []
+    for folder in find_run_dirs(list(paths)):
+        metrics = load_run(folder)["metrics"]
+        config = _flat(tomllib.loads((folder / "config.toml").read_text()))
+        metrics.insert(0, "run", str(folder))
+        frames.append(metrics.assign(**{key: [value] * len(metrics) for key, value in config.items()}))
+    return pd.concat(frames, ignore_index=True)

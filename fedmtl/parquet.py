@@ -1,0 +1,132 @@
+"""Parquet copies of a run folder's tables: ``metrics.parquet``, ``rounds.parquet``, ``participation.parquet``.
+
+The CSV files stay the source of truth: they are appended round by round (a killed run keeps
+its rows) and a resume truncates them. When a run finishes, each CSV table is read once
+(:func:`read_csv_table`) and written next to it as Parquet, atomically, with the CSV's size in
+the file's metadata. A reader (:func:`read_table`, used by :func:`fedmtl.results.load_run` and
+:mod:`fedmtl.report`) takes the Parquet copy only when that size still matches the CSV's, so
+both give the same DataFrame: the same columns, dtypes and values, bit for bit.
+
+Column types (pandas dtypes):
+
+- ``metrics``: ``round``, ``client`` int64; ``task``, ``split``, ``metric`` strings; ``value`` float64.
+- ``rounds``: ``round`` int64; every other column as pandas reads the CSV (int64 where every
+  row holds a whole number, float64 otherwise: statistics, and counts missing in some rounds).
+- ``participation``: ``client``, ``rounds_trained``, ``rounds_aggregated`` int64, ``last_round``
+  Int64 (missing for a client that never trained).
+
+``run.parquet`` chooses: ``"auto"`` (the default) writes them when pyarrow is installed (it is,
+with flwr-datasets), ``true`` requires pyarrow, ``false`` writes none.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmtl.atomic import write_bytes
+
+TABLES = ("metrics", "rounds", "participation")
+"""The tables copied to Parquet (``<name>.csv`` -> ``<name>.parquet``)."""
+SOURCE_BYTES = b"fedmtl.csv-bytes"
+"""Parquet metadata key: the size of the CSV file the copy was made from."""
+_CSV_OPTIONS: dict[str, dict[str, Any]] = {
+    "metrics": {"dtype": {"round": "int64", "client": "int64", "task": str, "split": str, "metric": str,
+                          "value": "float64"}},
+    "rounds": {"dtype": {"round": "int64"}},
+    "participation": {"dtype": {"client": "int64", "rounds_trained": "int64", "last_round": "Int64",
+                                "rounds_aggregated": "int64"}},
+}
+
+
+def parquet_available() -> bool:
+    """Whether pyarrow can be imported (without importing it)."""
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def wants_parquet(setting: bool | str) -> bool:
+    """Whether ``run.parquet = setting`` writes Parquet copies here (``"auto"``: when pyarrow is installed)."""
+    return parquet_available() if setting == "auto" else bool(setting)
+
+
+def parquet_error(setting: bool | str) -> str | None:
+    """The one-line config error of ``run.parquet = true`` without pyarrow (``None``: fine)."""
+    if setting is True and not parquet_available():
+        return ("run.parquet = true: writing Parquet needs pyarrow, which is not installed: "
+                "pip install pyarrow, or set run.parquet = \"auto\" or false")
+    return None
+
+
+def csv_path(run_dir: str | Path, name: str) -> Path:
+    """``<run_dir>/<name>.csv``."""
+    return Path(run_dir) / f"{name}.csv"
+
+
+def parquet_path(run_dir: str | Path, name: str) -> Path:
+    """``<run_dir>/<name>.parquet``."""
+    return Path(run_dir) / f"{name}.parquet"
+
+
+def read_csv_table(path: str | Path, name: str) -> pd.DataFrame:
+    """Read table ``name`` (one of :data:`TABLES`) from its CSV file with its documented dtypes
+    (pandas parses each float exactly as written: the value the run computed)."""
+    if name not in _CSV_OPTIONS:
+        raise ValueError(f"unknown table '{name}'; tables: {', '.join(TABLES)}")
+    return pd.read_csv(path, **_CSV_OPTIONS[name])
+
+
+def write_parquet(run_dir: str | Path) -> list[Path]:
+    """Write ``<table>.parquet`` next to each ``<table>.csv`` of ``run_dir`` (atomically); return
+    the files written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    written = []
+    for name in TABLES:
+        source = csv_path(run_dir, name)
+        if not source.is_file():
+            parquet_path(run_dir, name).unlink(missing_ok=True)
+            continue
+        size = source.stat().st_size
+        table = pa.Table.from_pandas(read_csv_table(source, name), preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_BYTES: str(size).encode()})
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        target = parquet_path(run_dir, name)
+        write_bytes(target, buffer.getvalue())
+        written.append(target)
+    return written
+
+
+def remove_parquet(run_dir: str | Path) -> None:
+    """Delete the Parquet copies (a resumed run rewrites its CSV files)."""
+    for name in TABLES:
+        parquet_path(run_dir, name).unlink(missing_ok=True)
+
+
+def fresh_parquet(run_dir: str | Path, name: str) -> Path | None:
+    """``<name>.parquet`` when it exists, pyarrow can read it and it was made from the CSV file as
+    it is now (same size); else ``None``."""
+    path, source = parquet_path(run_dir, name), csv_path(run_dir, name)
+    if not path.is_file() or not source.is_file() or not parquet_available():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:  # noqa: BLE001 - an unreadable copy is ignored: the CSV is the source of truth
+        return None
+    return path if metadata.get(SOURCE_BYTES) == str(source.stat().st_size).encode() else None
+
+
+def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:
+    """Table ``name`` of a run folder: its Parquet copy when fresh (:func:`fresh_parquet`),
+    else its CSV file (:func:`read_csv_table`); the same DataFrame either way."""
+    path = fresh_parquet(run_dir, name)
+    if path is not None:
+        return pd.read_parquet(path)
+    return read_csv_table(csv_path(run_dir, name), name)

@@ -1,0 +1,156 @@
+"""Plugins: the user's modules that register weightings, aggregators, datasets, backbones,
+partitioners or personalization methods, imported in every process that builds a config.
+
+A config names its plugins in ``run.plugins``: module names (importable from ``sys.path``,
+e.g. an installed package) or ``.py`` files. Files are resolved to absolute paths when the
+config is loaded (relative to the config file's folder, :func:`resolve_plugin_files`) and
+imported by path (:func:`import_plugin`), so a Ray worker, a ``flwr run`` ServerApp or
+ClientApp and a ``deploy local`` SuperNode import them without any ``PYTHONPATH`` change.
+Installed packages may instead declare Python entry points of the group
+:data:`ENTRY_POINT_GROUP`; each is loaded once per process (:func:`load_entry_points`).
+
+:func:`fedmtl.validation.build_config` calls :func:`load_plugins` before it checks any
+registered name, so every loader (``load_config``, ``config_from_flat``, ``build_config``)
+sees the plugins' registrations. ``docs/extending.md`` walks through writing one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fedmtl.config import ConfigError
+
+KEY = "run.plugins"
+"""The config key listing the plugins."""
+ENTRY_POINT_GROUP = "fedmtl.plugins"
+"""The entry-point group whose entries are loaded in every process that builds a config."""
+
+_entry_points_loaded = False
+"""Whether :func:`load_entry_points` ran in this process."""
+
+
+class PluginError(ConfigError):
+    """A plugin that cannot be imported (the message names the key, the plugin and the error)."""
+
+
+def is_file(entry: str) -> bool:
+    """Whether a ``run.plugins`` entry names a ``.py`` file (else a module)."""
+    return entry.endswith(".py") or "/" in entry or "\\" in entry
+
+
+def plugin_entries(values: dict[str, Any]) -> list[str]:
+    """The ``run.plugins`` entries of nested config values (a list, or its JSON text as in
+    Flower's flat form); ``[]`` when unset or malformed (the schema then reports it)."""
+    run = values.get("run")
+    entries = run.get("plugins", []) if isinstance(run, dict) else []
+    if isinstance(entries, str):
+        try:
+            entries = json.loads(entries) if entries.strip() else []
+        except json.JSONDecodeError:
+            return []
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        return []
+    return entries
+
+
+def resolve_plugin_files(values: dict[str, Any], folder: str | Path | None) -> dict[str, Any]:
+    """``values`` with every relative ``.py`` entry of ``run.plugins`` made absolute, relative
+    to ``folder`` (the config file's folder; ``None``: the working directory). Module names
+    and absolute paths are kept; other values are left for the schema to check."""
+    entries = plugin_entries(values)
+    if not any(is_file(e) and not Path(e).is_absolute() for e in entries):
+        return values
+    base = Path(folder) if folder is not None else Path.cwd()
+    resolved = [str((base / e).resolve()) if is_file(e) and not Path(e).is_absolute() else e for e in entries]
+    return {**values, "run": {**values["run"], "plugins": resolved}}
+
+
+def _module_name(path: Path) -> str:
+    """The ``sys.modules`` name a plugin file is imported under: its stem and a hash of its path,
+    so that two files of the same name do not clash and a second import is a no-op."""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+    return f"fedmtl_plugin_{stem}_{digest}"
+
+
+def _import_file(path: Path) -> ModuleType:
+    name = _module_name(path)
+    if name in sys.modules:
+        return sys.modules[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"no file '{path}'")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"'{path}' cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up while it runs
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def import_plugin(entry: str) -> ModuleType:
+    """Import one ``run.plugins`` entry: a ``.py`` file by path (absolute, or relative to the
+    working directory), else a module by name. Importing it again is a no-op.
+
+    Raises
+    ------
+    PluginError
+        One line naming ``run.plugins``, the entry and the exception it raised.
+    """
+    try:
+        if is_file(entry):
+            return _import_file(Path(entry).resolve())
+        return importlib.import_module(entry)
+    except Exception as exc:  # noqa: BLE001 - any failure of user code becomes one config error
+        what = "file" if is_file(entry) else "module"
+        raise PluginError(f"{KEY}: cannot import {what} {entry!r}: {_one_line(exc)}") from exc
+
+
+def load_entry_points() -> list[str]:
+    """Load every entry point of the group :data:`ENTRY_POINT_GROUP` (once per process); return
+    the names of those loaded now.
+
+    Raises
+    ------
+    PluginError
+        Naming the entry point, its package and the exception it raised.
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return []
+    loaded = []
+    for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as exc:  # noqa: BLE001
+            package = f" of package '{point.dist.name}'" if getattr(point, "dist", None) is not None else ""
+            raise PluginError(f"entry point '{point.name} = {point.value}'{package} (group {ENTRY_POINT_GROUP}): "
+                              f"cannot import it: {_one_line(exc)}") from exc
+        loaded.append(point.name)
+    _entry_points_loaded = True  # only when all loaded: a failure is reported again next time
+    return loaded
+
+
+def load_plugins(entries: list[str]) -> None:
+    """Load the installed entry points (:func:`load_entry_points`), then import every
+    ``run.plugins`` entry (:func:`import_plugin`), in order."""
+    load_entry_points()
+    for entry in entries:
+        import_plugin(entry)

@@ -1,0 +1,100 @@
+"""``fedmtl run --resume RUN --set run.rounds=N`` extends a run to N rounds.
+
+A finished run keeps a checkpoint of its last round (every run checkpoints its last round:
+:func:`fedmtl.server.rounds.is_checkpoint_round`), so extending it is a resume after that
+round with more rounds. The smoke config evaluates every round (``run.evaluate-every = 1``,
+``server.fraction-evaluate = 1``), so the 2-round run evaluated round 2 exactly as the
+3-round run does and drew nothing more from the server's sampling stream: the extended run's
+``metrics.csv`` and ``rounds.csv`` (but for the times) equal those of a 3-round run from the
+start, every value compared exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedmtl.cli import cli
+from fedmtl.personalization import DiskHeadStore, RunIdentity, check_heads
+from fedmtl.results import config_fingerprint, extended_to, resume_problems, shorter_runs
+from fedmtl.validation import load_config
+from tests.simulation_batch import run_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.toml")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-round smoke run, and a 2-round one extended to 3 rounds (one Ray instance)."""
+    folder = tmp_path_factory.mktemp("extend")
+    jobs = [
+        {"config": SMOKE, "overrides": ["run.rounds=3"], "out": str(folder / "whole")},
+        {"config": SMOKE, "overrides": [], "out": str(folder / "extended")},
+        {"argv": ["run", "--resume", str(folder / "extended"), "--set", "run.rounds=3", "-q"], "out": "extend"},
+    ]
+    results = run_batch(jobs, folder)
+    assert all(error == "" for error in results.values()), results
+    return folder
+
+
+@pytest.mark.slow
+def test_an_extended_run_equals_a_run_of_that_many_rounds(runs):
+    whole, extended = runs / "whole", runs / "extended"
+    a, b = (pd.read_csv(path / "metrics.csv") for path in (whole, extended))
+    assert sorted(b["round"].unique()) == [1, 2, 3]
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    ra, rb = (pd.read_csv(path / "rounds.csv").drop(columns="elapsed_s") for path in (whole, extended))
+    pd.testing.assert_frame_equal(ra, rb, check_exact=True)
+    sa, sb = (json.loads((path / "summary.json").read_text()) for path in (whole, extended))
+    assert sb["rounds"] == sb["final_round"] == 3
+    assert sb["final"] == sa["final"] and sb["config_fingerprint"] == sa["config_fingerprint"]
+    assert sb["provenance"]["resumed_after_round"] == 2
+    assert (extended / "config.toml").read_text() == (whole / "config.toml").read_text()
+
+
+@pytest.mark.slow
+def test_an_extension_refuses_fewer_rounds_and_other_keys(runs):
+    extended = str(runs / "extended")
+    result = CliRunner().invoke(cli, ["run", "--resume", extended, "--set", "run.rounds=2"])
+    assert result.exit_code == 2 and "can extend a run, not shorten it" in result.output
+    result = CliRunner().invoke(cli, ["run", "--resume", extended, "--set", "client.lr=0.1"])
+    assert result.exit_code == 2 and "--resume takes no --set but run.rounds=N" in result.output
+    result = CliRunner().invoke(cli, ["run", "--resume", extended, "--set", "run.rounds=3"])
+    assert result.exit_code == 0 and "already finished all 3 rounds" in result.output
+
+
+def test_a_checkpoint_of_fewer_rounds_resumes_a_longer_config_only():
+    before = {"run.rounds": 2, "client.lr": 0.05}
+    assert extended_to(before, {"run.rounds": 5, "client.lr": 0.05}) == {"run.rounds": 5, "client.lr": 0.05}
+    assert extended_to(before, {"run.rounds": 1, "client.lr": 0.05}) == before
+    assert extended_to(before, {"run.rounds": 5, "client.lr": 0.1})["client.lr"] == 0.05
+
+
+def test_heads_written_before_an_extension_are_the_extended_runs(tmp_path):
+    """A run stopped during its extension resumes: the heads of its first rounds were written
+    under the config with fewer rounds."""
+    short, long = load_config(SMOKE), load_config(SMOKE, ["run.rounds=5"])
+    DiskHeadStore(tmp_path, RunIdentity("r", config_fingerprint(short))).save(0, {"w": torch.ones(1)}, 2)
+    store = DiskHeadStore(tmp_path, RunIdentity("r", config_fingerprint(long)))
+    assert [p.kind for p in check_heads(store, {0: 2}, 3)] == ["other-config"]
+    assert check_heads(store, {0: 2}, 3, also=shorter_runs(long)) == []
+    other = load_config(SMOKE, ["run.rounds=5", "client.lr=0.1"])
+    assert not shorter_runs(other)(config_fingerprint(short))
+
+
+def test_resume_problems_allow_more_rounds_than_the_checkpoints(tmp_path):
+    from fedmtl.results import checkpoint_identity, write_run_id
+
+    short, long = load_config(SMOKE), load_config(SMOKE, ["run.rounds=4"])
+    run_id = write_run_id(tmp_path)
+    checkpoint = {"round": 2, **checkpoint_identity(run_id, short)}
+    assert resume_problems(tmp_path, long, checkpoint) == []
+    shorter = load_config(SMOKE, ["run.rounds=1"])
+    assert [p.message for p in resume_problems(tmp_path, shorter, checkpoint)] == [
+        "config.toml differs from the run's: run.rounds = 1 (was 2)"]

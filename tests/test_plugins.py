@@ -1,0 +1,145 @@
+"""Plugins (``run.plugins`` and the ``fedmtl.plugins`` entry points): imported before a config
+is checked, by every loader, by path for files; one clear line when one does not import. The
+run through the Ray engine is in tests/test_python_api.py."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+
+import pytest
+
+from fedmtl import plugins
+from fedmtl.config import ConfigError
+from fedmtl.plugins import PluginError
+from fedmtl.validation import build_config, config_from_flat, load_config
+from tests.plugin_support import restored_registries, write_study
+
+registries = pytest.fixture(restored_registries, name="registries")
+
+WEIGHTING = '''
+import torch
+from fedmtl.aggregation import Weighting, register
+
+
+@register("{name}")
+class Mine(Weighting):
+    """Uniform weights, registered by a plugin."""
+
+    def compute(self, objectives):
+        return torch.full((len(objectives),), 1.0 / len(objectives), dtype=torch.float64)
+'''
+
+
+def test_a_plugin_file_is_resolved_from_the_config_folder_and_reaches_every_loader(tmp_path, registries,
+                                                                                  monkeypatch):
+    config = write_study(tmp_path / "study")
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    cfg = load_config(config)
+    plugin = str(tmp_path / "study" / "plugins" / "my_plugin.py")
+    assert cfg.run.plugins == [plugin] and cfg.server.weighting == "first-task-heavy"
+    assert cfg.data.params == {"examples": 40}
+    flat = cfg.to_flat()
+    assert flat["run.plugins"] == json.dumps([plugin])  # Flower's values are scalars
+    assert config_from_flat(flat) == cfg  # a Ray worker's or flwr run's app rebuilds it
+    assert load_config(config) == cfg  # importing again is a no-op (no "registered twice")
+
+
+def test_the_weighting_is_unknown_without_its_plugin(tmp_path, registries):
+    with pytest.raises(ConfigError, match="unknown weighting 'first-task-heavy'"):
+        build_config({"server": {"weighting": "first-task-heavy"}})
+
+
+def test_a_module_plugin_is_imported_by_name(tmp_path, registries, monkeypatch):
+    (tmp_path / "my_rules.py").write_text(WEIGHTING.format(name="module-rule"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = build_config({"run": {"plugins": ["my_rules"]}, "server": {"weighting": "module-rule"}})
+    assert cfg.server.weighting == "module-rule"
+    monkeypatch.delitem(__import__("sys").modules, "my_rules")
+
+
+@pytest.mark.parametrize(("entry", "body", "message"), [
+    ("no_such_plugin_module", None,
+     "run.plugins: cannot import module 'no_such_plugin_module': ModuleNotFoundError: No module named "
+     "'no_such_plugin_module'"),
+    ("broken.py", "import torch\nraise RuntimeError('the plugin is broken')\n",
+     "run.plugins: cannot import file '{folder}/broken.py': RuntimeError: the plugin is broken"),
+    ("missing.py", None, "run.plugins: cannot import file '{folder}/missing.py': FileNotFoundError: no file "
+                         "'{folder}/missing.py'"),
+    ("syntax.py", "def (:\n", "run.plugins: cannot import file '{folder}/syntax.py': SyntaxError: invalid syntax"),
+])
+def test_a_plugin_that_does_not_import_is_one_line(tmp_path, registries, entry, body, message):
+    if body is not None:
+        (tmp_path / entry).write_text(body)
+    (tmp_path / "exp.toml").write_text(f'[run]\nplugins = ["{entry}"]\n')
+    with pytest.raises(PluginError) as caught:
+        load_config(tmp_path / "exp.toml")
+    text = str(caught.value)
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith(message.format(folder=tmp_path)), text
+
+
+def test_plugins_must_be_a_list_of_names():
+    with pytest.raises(ConfigError, match=r"run.plugins = 3: Input should be a valid list"):
+        build_config({"run": {"plugins": 3}})
+    with pytest.raises(ConfigError, match=r"run.plugins = 'my_rules\]': must be a list of module names"):
+        build_config({"run": {"plugins": "my_rules]"}})
+
+
+def test_a_resume_may_find_its_plugins_elsewhere():
+    from fedmtl.results import RESUME_FREE_KEYS
+
+    assert "run.plugins" in RESUME_FREE_KEYS
+
+
+def _entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    point = importlib.metadata.EntryPoint(name="extra", value=value, group=plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points",
+                        lambda group=None: [point] if group == plugins.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(plugins, "_entry_points_loaded", False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_installed_entry_points_are_loaded_once_before_a_config_is_checked(tmp_path, registries, monkeypatch):
+    (tmp_path / "test_ep_plugin.py").write_text(WEIGHTING.format(name="entry-point-rule"))
+    _entry_points(tmp_path, monkeypatch, "test_ep_plugin")
+    cfg = build_config({"server": {"weighting": "entry-point-rule"}})
+    assert cfg.server.weighting == "entry-point-rule"
+    assert plugins.load_entry_points() == []  # once per process
+
+
+def test_an_entry_point_that_does_not_import_is_one_line(tmp_path, registries, monkeypatch):
+    _entry_points(tmp_path, monkeypatch, "test_ep_plugin_missing")
+    with pytest.raises(PluginError) as caught:
+        build_config({})
+    assert str(caught.value) == (
+        "entry point 'extra = test_ep_plugin_missing' (group fedmtl.plugins): cannot import it: "
+        "ModuleNotFoundError: No module named 'test_ep_plugin_missing'")
+    with pytest.raises(PluginError):  # reported again, not forgotten
+        build_config({})
+
+
+def test_a_fresh_process_gets_the_plugins_from_the_run_config_flwr_run_sends(tmp_path, registries):
+    """``flwr run`` (and ``fedmtl deploy local``) send the resolved config as a run-config file; its
+    ServerApp and ClientApps, in processes that never imported the plugin, rebuild the config
+    from it (``config_from_flat``) and so import the plugin by its recorded absolute path."""
+    import subprocess
+    import sys
+    import tomllib
+
+    from fedmtl.launch.flwr_run import resolved_run_config
+
+    cfg = load_config(write_study(tmp_path / "study"))
+    path = resolved_run_config(cfg, tmp_path)
+    flat = {f"{section}.{key}": value for section, table in tomllib.loads(path.read_text()).items()
+            for key, value in table.items()}
+    assert flat["run.plugins"] == json.dumps(cfg.run.plugins)  # a string, as pyproject declares it
+    code = ("import json, sys; from fedmtl.validation import config_from_flat; "
+            "cfg = config_from_flat(json.loads(sys.stdin.read())); "
+            "print(cfg.server.weighting, cfg.client.weighting, cfg.data.dataset)")
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(flat), capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={**__import__("os").environ,
+                                                          "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["first-task-heavy", "first-task-heavy", "blobs"]

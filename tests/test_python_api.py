@@ -1,0 +1,154 @@
+"""The Python API (``fedmtl.run``, ``fedmtl.sweep``, ``fedmtl.load_runs``; docs/python.md) and
+plugins (``run.plugins``; docs/extending.md).
+
+One test starts Ray: a custom weighting and a custom dataset, from a plugin file, run through the
+real engine by ``fedmtl.run`` in a fresh interpreter, then a second experiment in the same
+process; the caller's environment, loggers, working directory and stdout are checked. The rest
+runs the centralized baseline in-process (no Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedmtl.config import ExperimentConfig
+from tests.plugin_support import restored_registries, write_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+registries = pytest.fixture(restored_registries, name="registries")
+
+
+# -- through the Ray engine, in a fresh interpreter ----------------------------------------------
+@pytest.mark.slow
+def test_api_runs_a_plugin_weighting_and_dataset_on_ray_and_leaves_the_caller_alone(tmp_path):
+    config = write_study(tmp_path / "study")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    code = textwrap.dedent(f"""
+        import json, logging, os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import fedmtl
+        from tests.test_global_state import differences, snapshot
+
+        os.chdir({str(elsewhere)!r})  # the plugin file is found relative to the config file
+        os.environ["PYTHONPATH"] = "/caller/own/path"
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        factory = logging.getLogRecordFactory()
+
+        def state():  # the loggers a run configures (third-party ones that libraries add on import are theirs)
+            s = snapshot(loggers=("", "flwr", "ray", "ray.rllib", "fedmtl"))
+            return {{k: v for k, v in s.items() if k in ("environ", "cwd", "logging", "logging.disable")}}
+
+        before = state()
+        first = fedmtl.run({str(config)!r}, out={str(tmp_path / "first")!r})
+        between = state()
+        second = fedmtl.run(first.config.to_nested(), ["run.mode=centralized", "run.rounds=1"],
+                            out={str(tmp_path / "second")!r})
+        after = state()
+        frame = fedmtl.load_runs([first.folder, second.folder])
+        finished = fedmtl.resume(first.folder)  # finished: returned as it is, nothing runs
+        print(json.dumps({{
+            "first": differences(before, between), "second": differences(before, after),
+            "factory": logging.getLogRecordFactory() is factory,
+            "weighting": first.config.server.weighting, "dataset": first.config.data.dataset,
+            "plugins": first.config.run.plugins,
+            "metrics": sorted(set(first.metrics["task"])), "metric_rows": len(first.metrics),
+            "rounds": first.rounds["round"].tolist(), "final": sorted(first.summary["final"]),
+            "participation": None if first.participation is None else len(first.participation),
+            "second_mode": second.config.run.mode, "resumed": finished.folder == first.folder,
+            "frame_runs": frame["run"].unique().tolist(), "frame_rows": len(frame),
+            "frame_modes": sorted(set(frame["run.mode"])), "frame_weighting": sorted(set(frame["server.weighting"])),
+        }}))
+    """)
+    env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, "quiet runs printed on stdout:\n" + proc.stdout[-3000:]  # only the JSON line
+    out = json.loads(lines[0])
+    assert out["first"] == [], "the first run changed:\n" + "\n".join(out["first"])
+    assert out["second"] == [], "two runs changed:\n" + "\n".join(out["second"])
+    assert out["factory"]
+    assert "Started a local Ray instance" not in proc.stderr, proc.stderr[-3000:]
+    assert (out["weighting"], out["dataset"]) == ("first-task-heavy", "blobs")
+    assert out["plugins"] == [str(tmp_path / "study" / "plugins" / "my_plugin.py")]
+    assert {"above", "right"} <= set(out["metrics"]) and out["metric_rows"] > 0
+    assert out["rounds"] == [1, 2] and out["final"] == ["above", "right"]
+    assert out["participation"] == 2
+    assert out["second_mode"] == "centralized" and out["resumed"]
+    assert out["frame_runs"] == [str(tmp_path / "first"), str(tmp_path / "second")]
+    assert out["frame_modes"] == ["centralized", "federated"] and out["frame_weighting"] == ["first-task-heavy"]
+
+
+# -- in-process: configs, the centralized baseline, sweeps, load_runs ----------------------------
+def test_make_config_takes_a_file_a_dict_or_a_config_with_overrides(tmp_path):
+    from fedmtl.api import make_config
+
+    smoke = ROOT / "configs" / "smoke.toml"
+    from_file = make_config(smoke, ["run.rounds=3"])
+    assert from_file.run.rounds == 3 and from_file.data.num_clients == 2
+    from_dict = make_config(from_file.to_nested(), ["server.weighting=qffl"])
+    assert from_dict.server.weighting == "qffl" and from_dict.run.rounds == 3
+    assert make_config(from_file) == from_file
+    assert make_config(from_file, ["run.seed=4"]).run.seed == 4
+    from fedmtl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="run.rounds"):
+        make_config({"run": {"rounds": 0}})
+    with pytest.raises(ConfigError, match="expected a file, a dict or an ExperimentConfig"):
+        make_config(3)  # type: ignore[arg-type]
+
+
+def test_sweep_and_load_runs_of_the_centralized_baseline(tmp_path, registries):
+    import fedmtl
+
+    config = write_study(tmp_path / "study")
+    done = fedmtl.sweep(config, grid={"client.weighting": ["first-task-heavy", "mean"]}, seeds=1,
+                        overrides=["run.mode=centralized", "run.rounds=1"], out=tmp_path / "sweep")
+    assert [r.status for r in done.plan.runs] == ["done", "done"] and not done.failed
+    assert [r.config.client.weighting for r in done.runs] == ["first-task-heavy", "mean"]
+    frame = done.metrics
+    assert list(frame.columns[:7]) == ["run", "round", "client", "task", "split", "metric", "value"]
+    assert sorted(set(frame["client.weighting"])) == ["first-task-heavy", "mean"]
+    assert frame["run"].nunique() == 2 and (frame["data.params.examples"] == 40).all()
+    again = fedmtl.sweep(config, grid={"client.weighting": ["first-task-heavy", "mean"]}, seeds=1,
+                         overrides=["run.mode=centralized", "run.rounds=1"], out=tmp_path / "sweep")
+    assert [r.status for r in again.plan.runs] == ["skipped", "skipped"]
+    assert len(fedmtl.load_runs(tmp_path / "sweep")) == len(frame)
+
+    # a config object (not a file) is written next to the runs for the sweep to read
+    cfg = fedmtl.make_config(config, ["run.mode=centralized", "run.rounds=1"])
+    from_object = fedmtl.sweep(cfg, seeds=2, out=tmp_path / "objects")
+    assert (tmp_path / "objects" / "base-config.toml").is_file()
+    assert [r.config.run.seed for r in from_object.runs] == [0, 1]
+
+
+def test_run_returns_lazily_read_results(tmp_path, registries):
+    import fedmtl
+
+    config = write_study(tmp_path / "study")
+    result = fedmtl.run(config, ["run.mode=centralized", "run.rounds=1"], out=tmp_path / "run")
+    assert result.folder == (tmp_path / "run").resolve()
+    assert "_tables" not in vars(result)  # nothing read yet
+    assert isinstance(result.config, ExperimentConfig) and result.config.data.dataset == "blobs"
+    assert set(result.metrics["task"]) >= {"above", "right"}
+    assert result.rounds["round"].tolist() == [1]
+    assert set(result.summary["final"]) == {"above", "right"}
+    with pytest.raises(FileExistsError, match="not empty"):
+        fedmtl.run(config, ["run.mode=centralized"], out=tmp_path / "run")
+
+
+def test_import_fedmtl_stays_light():
+    code = ("import sys, fedmtl; heavy = [m for m in ('torch', 'flwr', 'ray', 'pandas', 'fedmtl.api') "
+            "if m in sys.modules]; assert not heavy, heavy; assert callable(fedmtl.run); "
+            "assert 'run' in dir(fedmtl)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
