@@ -56,7 +56,6 @@ from fedmtl.personalization import (
     save_client_state,
     unpack_state,
 )
-from fedmtl.results import config_fingerprint
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import measure_losses
 from fedmtl.training.methods import ClientRun, Method, make_method
@@ -109,6 +108,8 @@ def partition_id(context: Context) -> int:
 def run_identity(msg: Message, cfg: ExperimentConfig) -> RunIdentity:
     """The run this message belongs to (:data:`fedmtl.protocol.RUN_ID`, ``""`` when the server
     sends none) and the fingerprint of its config: written into the heads, checked on load."""
+    from fedmtl.results import config_fingerprint  # imported on use: fedmtl.results brings pandas (0.3 s per actor)
+
     return RunIdentity(str(msg.content[wire.CONFIG].get(wire.RUN_ID, "")), config_fingerprint(cfg))
 
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 import importlib.util
 import io
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from fedmtl.atomic import write_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLES = ("metrics", "rounds", "participation")
 """The tables copied to Parquet (``<name>.csv`` -> ``<name>.parquet``)."""
@@ -74,6 +75,8 @@ def parquet_path(run_dir: str | Path, name: str) -> Path:
 def read_csv_table(path: str | Path, name: str) -> pd.DataFrame:
     """Read table ``name`` (one of :data:`TABLES`) from its CSV file with its documented dtypes
     (pandas parses each float exactly as written: the value the run computed)."""
+    import pandas as pd  # imported on use: every process that checks a config imports this module
+
     if name not in _CSV_OPTIONS:
         raise ValueError(f"unknown table '{name}'; tables: {', '.join(TABLES)}")
     return pd.read_csv(path, **_CSV_OPTIONS[name])
@@ -126,6 +129,8 @@ def fresh_parquet(run_dir: str | Path, name: str) -> Path | None:
 def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:
     """Table ``name`` of a run folder: its Parquet copy when fresh (:func:`fresh_parquet`),
     else its CSV file (:func:`read_csv_table`); the same DataFrame either way."""
+    import pandas as pd  # imported on use: every process that checks a config imports this module
+
     path = fresh_parquet(run_dir, name)
     if path is not None:
         return pd.read_parquet(path)
