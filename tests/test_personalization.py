@@ -320,6 +320,20 @@ def test_finetuning_happens_on_a_copy():
             assert torch.equal(v, start[k]), (method, k)
 
 
+@pytest.mark.parametrize("method", ["finetune", "fedbabu"])
+def test_finetune_lr_is_the_fine_tuning_s_learning_rate_and_0_is_client_lr(method):
+    """``finetune-lr = x`` fine-tunes exactly as ``client.lr = x`` would; 0 keeps ``client.lr``."""
+    options = [f"personalization.method={method}", "personalization.params.finetune-epochs=1"]
+    own = _client_run([*options, "personalization.params.finetune-lr=0.003"])
+    as_client = _client_run([*options, "client.lr=0.003"])
+    default = _client_run([*options, "personalization.params.finetune-lr=0"])
+    views = {name: make_method(method, run.cfg.personalization.params).evaluate(run)
+             for name, run in [("own", own), ("client", as_client), ("default", default)]}
+    assert views["own"][wire.TEST] == views["client"][wire.TEST]
+    assert views["own"][wire.TEST] != views["default"][wire.TEST]
+    assert views["default"][wire.TEST] == make_method(method, {"finetune-epochs": 1}).evaluate(default)[wire.TEST]
+
+
 def test_fedbabu_heads_are_the_shared_initial_heads_and_never_train():
     run = _client_run(["personalization.method=fedbabu"])
     method = make_method("fedbabu", run.cfg.personalization.params)

@@ -23,6 +23,7 @@ parameters), which ``model.heads`` it allows (the first is the one a config that
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -267,11 +268,14 @@ def personal_state(model: MultiTaskModel) -> dict[str, torch.Tensor]:
     return {MODEL_PREFIX + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def finetuned(run: ClientRun, epochs: int, part: str) -> MultiTaskModel:
+def finetuned(run: ClientRun, epochs: int, part: str, lr: float = 0.0) -> MultiTaskModel:
     """A copy of ``run.model`` fine-tuned for ``epochs`` epochs on the client's training split
     (``part``: ``"heads"`` with the backbone frozen, or ``"full"``), with a new instance of its
-    weighting and its own batch order (``Stream.FINETUNE``). ``run.model`` is not changed."""
+    weighting, its own batch order (``Stream.FINETUNE``) and learning rate ``lr`` (0: the
+    client's ``client.lr``). ``run.model`` is not changed."""
     tuned = copy.deepcopy(run.model)
+    if lr:
+        run = dataclasses.replace(run, cfg=run.cfg.with_values(client={"lr": lr}))
     if epochs:
         freeze: tuple[Group, ...] = ("backbone",) if part == "heads" else ()
         run.train(tuned, run.new_weighting(), epochs=epochs, generator=run.generator(Stream.FINETUNE), freeze=freeze)

@@ -36,6 +36,13 @@ class FedBABU(Method):
     fine-tuned copy under ``test`` and the global model (global backbone + the initial heads)
     under ``test-global``; the copy is discarded. ``finetune-part = "heads"`` fine-tunes the
     heads with the backbone frozen; ``"full"`` the whole copy (the paper studies both).
+
+    ``finetune-lr`` (0: ``client.lr``) sets the fine-tuning's learning rate. A backbone trained
+    against fixed random heads, without normalisation, can grow large features: on MultiMNIST
+    with LeNet after 25 rounds their mean norm was about 340, and one epoch of head fine-tuning
+    at ``client.lr = 0.05`` moved the heads' weights from 0.14 to 20–33 and collapsed every
+    prediction to one class (``benchmarks/results/personalization.md``); a smaller
+    ``finetune-lr`` avoids that.
     """
 
     name = "fedbabu"
@@ -50,6 +57,7 @@ class FedBABU(Method):
         finetune_epochs: int = Field(5, ge=0, description="Epochs of fine-tuning before each evaluation (0: none).")
         finetune_part: Literal["heads", "full"] = Field(
             "heads", description="What fine-tuning trains: 'heads' (backbone frozen) or 'full' (the whole copy).")
+        finetune_lr: float = Field(0.0, ge=0, description="Learning rate of the fine-tuning (0 = client.lr).")
 
     def first_visit(self, model: MultiTaskModel, cfg: ExperimentConfig, client: int) -> None:
         model.heads.load_state_dict(initial_heads(cfg, list(model.heads)))
@@ -58,4 +66,5 @@ class FedBABU(Method):
         return run.train(run.model, weighting, track_parts=track_parts, freeze=("heads",))
 
     def evaluate(self, run: ClientRun) -> dict[str, Metrics]:
-        return global_view(run, finetuned(run, self.params.finetune_epochs, self.params.finetune_part))
+        return global_view(run, finetuned(run, self.params.finetune_epochs, self.params.finetune_part,
+                                         self.params.finetune_lr))

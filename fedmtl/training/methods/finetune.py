@@ -45,6 +45,8 @@ class FineTune(Method):
         finetune_epochs: int = Field(1, ge=0, description="Epochs of fine-tuning before each evaluation (0: none).")
         finetune_part: Literal["full", "heads"] = Field(
             "full", description="What fine-tuning trains: 'full' (the whole copy) or 'heads' (backbone frozen).")
+        finetune_lr: float = Field(0.0, ge=0, description="Learning rate of the fine-tuning (0 = client.lr).")
 
     def evaluate(self, run: ClientRun) -> dict[str, Metrics]:
-        return global_view(run, finetuned(run, self.params.finetune_epochs, self.params.finetune_part))
+        return global_view(run, finetuned(run, self.params.finetune_epochs, self.params.finetune_part,
+                                         self.params.finetune_lr))
