@@ -1,23 +1,32 @@
-"""Every registered rule runs for a round in the real Ray simulation, set by config,
-and every aggregation plan runs with missing labels (one task per client, mixed task sets).
+"""Every registered rule runs for a round through the real apps, set by config, and every
+aggregation plan runs with missing labels (one task per client, mixed task sets).
 
-Eighteen one-round simulations cover all rules: each sets a client (local cross-task)
+Eighteen one-round federations cover all rules: each sets a client (local cross-task)
 weighting, a server weighting across clients and, for the two-level plans, a server
 weighting across tasks, so every name appears in a slot where it may run. Four of them use
 mixed task sets (one per plan), two give the two-level plans one task per client, and two
 more runs do so for the other plans.
+
+The four mixed-task-set runs, one per plan, are real Ray simulations (:data:`ON_RAY`); the
+others run the real ServerApp round loop against the real ClientApp in this process
+(``federate`` of ``tests/test_personalization_composition.py``): a rule's code is the same
+either way (server rules run in the driver, client rules in the ClientApp), and the engine
+itself is what the Ray runs check, at a quarter of the cost.
 """
 
 from __future__ import annotations
 
 import tomllib
+import traceback
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from fedmtl.aggregation import WEIGHTINGS
 from fedmtl.data import load_federation
+from fedmtl.results import create_run_dir
 from fedmtl.validation import load_config
 from tests.simulation_batch import run_batch
 
@@ -82,20 +91,51 @@ def overrides(plan, server, task, client, extra) -> list[str]:
     ]
 
 
+ON_RAY = tuple(sorted({run[0]: i for i, run in reversed(list(enumerate(RUNS))) if "data.task-sets=mixed" in run[4]}
+                      .values()))
+"""The runs that are real Ray simulations: the first mixed-task-set run of each plan."""
+
+
+def test_the_ray_runs_cover_every_plan_with_mixed_task_sets():
+    assert sorted(RUNS[i][0] for i in ON_RAY) == sorted({run[0] for run in RUNS})
+
+
+def run_in_process(cfg_path: Path, sets: list[str], out: Path) -> str:
+    """One federation in this process (the real round loop and ClientApp); "" or the error."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from tests.test_personalization_composition import federate
+
+    threads = torch.get_num_threads()
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 100
+    try:
+        cfg = load_config(cfg_path, sets)
+        federate(create_run_dir(cfg, out), cfg)
+        return ""
+    except Exception as exc:  # noqa: BLE001 - reported by the run's test
+        return "".join(traceback.format_exception(exc))[-4000:]
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """Every run of RUNS, as real Ray simulations, in one process (saves start-up time):
-    the parent folder and each run folder's outcome ("" = finished)."""
+    """Every run of RUNS: those of :data:`ON_RAY` as real Ray simulations in one process (saves
+    start-up time), the others in this process; the parent folder and each run folder's outcome
+    ("" = finished)."""
     folder = tmp_path_factory.mktemp("weightings")
-    jobs = [
-        {"config": str(ROOT / "configs/smoke.toml"), "overrides": overrides(*run), "out": str(folder / f"run{i}")}
-        for i, run in enumerate(RUNS)
-    ]
-    return folder, run_batch(jobs, folder)
+    smoke = ROOT / "configs/smoke.toml"
+    jobs = [{"config": str(smoke), "overrides": overrides(*RUNS[i]), "out": str(folder / f"run{i}")} for i in ON_RAY]
+    outcomes = run_batch(jobs, folder)
+    for i, run in enumerate(RUNS):
+        if i not in ON_RAY:
+            outcomes[str(folder / f"run{i}")] = run_in_process(smoke, overrides(*run), folder / f"run{i}")
+    return folder, outcomes
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(RUNS)), ids=[f"{r[3]}+{r[1]}+{r[2]}" for r in RUNS])
+@pytest.mark.parametrize("index", range(len(RUNS)),
+                         ids=[f"{r[3]}+{r[1]}+{r[2]}{'-ray' if i in ON_RAY else ''}" for i, r in enumerate(RUNS)])
 def test_weighting_runs_in_a_simulation(batch, index):
     plan, server, task, client, extra = RUNS[index]
     folder, outcomes = batch
