@@ -7,8 +7,10 @@ client. IID and Dirichlet label skew use flwr-datasets' partitioners on an in-me
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +22,34 @@ if TYPE_CHECKING:
 
 Partitioner = Callable[[np.ndarray, int, int, "DataSection"], list[np.ndarray]]
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
+
+
+def _light_flwr_datasets() -> None:
+    """Make ``import flwr_datasets.partitioner`` skip the package's ``__init__`` until it is needed.
+
+    ``flwr_datasets/__init__.py`` imports its visualization (seaborn, matplotlib) and metrics
+    (1.5–4 s in every process that builds a federation: each Ray actor, each SuperNode); the
+    partitioners need neither. The package module is created from its spec without running its
+    ``__init__``; the first access to a name only ``__init__`` defines (``FederatedDataset``,
+    ``visualization``, ...) runs it then, so other users of flwr-datasets see the whole package.
+    """
+    if "flwr_datasets" in sys.modules:
+        return
+    spec = importlib.util.find_spec("flwr_datasets")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return  # not installed: the real import below raises the usual error
+    package = importlib.util.module_from_spec(spec)
+    state = {"complete": False}
+
+    def complete(name: str) -> Any:
+        if state["complete"] or name.startswith("__"):
+            raise AttributeError(f"module 'flwr_datasets' has no attribute '{name}'")
+        state["complete"] = True
+        spec.loader.exec_module(package)  # the package's own __init__, in its namespace
+        return getattr(package, name)
+
+    package.__getattr__ = complete  # type: ignore[method-assign]
+    sys.modules["flwr_datasets"] = package
 
 
 def _indices_with(partitioner, labels: np.ndarray) -> list[np.ndarray]:
@@ -45,6 +75,7 @@ def _check_enough(labels: np.ndarray, num_partitions: int) -> None:
 @PARTITIONERS.register("iid")
 def iid(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection) -> list[np.ndarray]:
     """Shuffle (seeded), then cut into ``num_partitions`` near-equal parts."""
+    _light_flwr_datasets()
     from flwr_datasets.partitioner import IidPartitioner
 
     _check_enough(labels, num_partitions)
@@ -62,6 +93,7 @@ def dirichlet(
     ``data.dirichlet-alpha`` is α: small values give clients few classes; large values
     approach IID (Hsu, Qi & Brown, 2019, arXiv 1909.06335).
     """
+    _light_flwr_datasets()
     from flwr_datasets.partitioner import DirichletPartitioner
 
     _check_enough(labels, num_partitions)
@@ -96,6 +128,7 @@ def pathological(
     class is used when there are at least C clients), the others are drawn at random (seeded).
     Examples of classes no client drew are left out.
     """
+    _light_flwr_datasets()
     from flwr_datasets.partitioner import PathologicalPartitioner
 
     _check_enough(labels, num_partitions)
@@ -133,6 +166,7 @@ def power_law_sizes(total: int, num_partitions: int, exponent: float, seed: int)
 def power_law(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection) -> list[np.ndarray]:
     """Quantity skew: a seeded shuffle cut into sizes ``∝ r^(-a)`` (a = ``data.power-law-exponent``,
     client ranks r in a seeded order; Zipf's law), via flwr-datasets' ``SizePartitioner``."""
+    _light_flwr_datasets()
     from flwr_datasets.partitioner import SizePartitioner
 
     _check_enough(labels, num_partitions)
