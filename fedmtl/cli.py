@@ -150,12 +150,25 @@ def run(
         run_dir = _guarded(None, lambda: create_run_dir(cfg, out))
     except (FileExistsError, ValueError) as exc:
         fail(str(exc))
+    if not quiet:
+        _header(cfg, run_dir, _shipped(config) if config is not None else None)
     if cfg.run.mode == "centralized":
         from fedmtl.training.centralized import run_centralized
 
         _guarded(run_dir, lambda: run_centralized(cfg, run_dir, quiet=quiet))
     else:
         _guarded(run_dir, lambda: _simulate(cfg, run_dir, quiet, verbose))
+
+
+def _header(cfg: ExperimentConfig, run_dir: Path, config: Path | None) -> None:
+    """The run's header (:func:`fedmtl.progress.header_lines`) and, for a federated run, a
+    line saying the engine is starting (it takes seconds)."""
+    from fedmtl.progress import Progress, header_lines
+
+    lines = header_lines(cfg, run_dir, config)
+    if cfg.run.mode != "centralized":
+        lines.append("starting Ray and the clients ... (-v shows Ray's and Flower's logs)")
+    Progress(cfg.run.rounds).header(lines)
 
 
 def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None = None) -> T:
@@ -242,6 +255,8 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     _check_resume(run_dir, cfg, checkpoint, force)
     if cfg.run.rounds != before:
         _extend(run_dir, cfg, before)
+    if not quiet:
+        _header(cfg, run_dir, run_dir / "config.toml")
     _guarded(run_dir.resolve(), lambda: _simulate(cfg, run_dir.resolve(), quiet, verbose, checkpoint))
 
 
@@ -322,13 +337,18 @@ def sweep(
         raise
     import shlex
 
+    from fedmtl.progress import SweepDisplay
+
     again = "the same command: " + shlex.join(["fedmtl", *sys.argv[1:]])
+    display = SweepDisplay(bar=not show_rounds)  # a run's own bar and the sweep's would overwrite each other
     try:
-        done = _guarded(planned.out, lambda: run_sweep(planned, quiet_runs=not show_rounds, report=typer.echo),
-                        again)
+        done = _guarded(planned.out, lambda: run_sweep(planned, quiet_runs=not show_rounds, report=display.report,
+                                                       progress=display.progress), again)
     except ConfigError as exc:  # a run finished with another config since the plan
         fail(str(exc))
         raise
+    finally:
+        display.close()
     typer.echo(f"next: fedmtl report {folder}")
     raise typer.Exit(1 if any(r.status == "failed" for r in done.runs) else 0)
 
@@ -396,7 +416,8 @@ def flwr_run(
 
     ``flwr run`` itself exits 0 even when the ServerApp raises; this command waits for the
     run and exits 1 unless Flower reports it finished successfully. Without --superlink it
-    runs Flower's local simulation; with --superlink-address it submits to a deployed
+    runs Flower's local simulation, and stops the local SuperLink `flwr run` started when it
+    returns (one that already ran stays); with --superlink-address it submits to a deployed
     SuperLink (run folders land under run.output-dir on the ServerApp's machine).
     """
     config = _shipped(config)
@@ -411,8 +432,19 @@ def flwr_run(
             fail(str(exc))
         superlink = superlink or "deployment"
     local = superlink is None
-    code = run_and_check(app_dir, config, superlink, timeout, env=env, simulation=local,
-                         absolute_output=local)
+    import signal
+
+    def _interrupt(signum, frame):  # noqa: ANN001 - signal handler signature
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # the local SuperLink is stopped on SIGTERM too
+    try:
+        code = run_and_check(app_dir, config, superlink, timeout, env=env, simulation=local,
+                             absolute_output=local)
+    except KeyboardInterrupt:
+        typer.echo("interrupted" + (": the local SuperLink this command started was stopped" if local else ""),
+                   err=True)
+        raise typer.Exit(130) from None
     raise typer.Exit(code)
 
 

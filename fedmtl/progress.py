@@ -1,13 +1,154 @@
-"""Live terminal display: one line per evaluated round and a final per-task table."""
+"""Live terminal display: the run's header, a progress bar over rounds with its ETA, one line
+per evaluated round (printed above the bar), each distinct client error once, and a final
+per-task table.
+
+On a terminal the bar is a :mod:`rich.progress` bar, redrawn every round; when the output is
+not a terminal (redirected to a file, piped) there is no bar and no colour codes: every round
+prints one plain line instead, with the ETA. ``NO_COLOR`` (any value) turns colours off on a
+terminal too (Rich reads it).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import math
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedmtl.results import OVERALL, RoundStats
+
+if TYPE_CHECKING:
+    from fedmtl.config import ExperimentConfig
+
+CLIENT_ERRORS = "client-errors.log"
+"""The file of a run folder holding every client error: each failed reply (round, stage,
+client, the client's message) and, for a run of ``fedmtl run``, the engine's traceback of it."""
+
+
+def make_console(file: Any = None) -> Console:
+    """The display's console: ``file`` (default stdout); no colour codes and 120 columns when it
+    is not a terminal; no colours when ``NO_COLOR`` is set."""
+    console = Console(highlight=False, file=file)
+    if not console.is_terminal:
+        console = Console(highlight=False, file=file, width=120, no_color=True)
+    return console
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``1 h 02 min``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def sweep_eta(done: int, total: int, durations: list[float]) -> str:
+    """The ETA of a sweep with ``done`` of ``total`` runs done, from the finished runs' mean
+    duration: ``ETA after the first run`` while none has finished, ``""`` when none is left."""
+    if done >= total:
+        return ""
+    if not durations:
+        return "ETA after the first run"
+    return f"about {format_duration((total - done) * sum(durations) / len(durations))} left"
+
+
+def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None) -> list[str]:
+    """What a run is and where it goes: its config file (or ``defaults``), its run folder, the
+    engine (local Ray or a cluster's address, CPUs, CPUs and GPUs per client), the clients
+    (registered, sampled per round), the rounds, the aggregation rule and the personalization."""
+    server, engine = cfg.server, cfg.engine
+    lines = [f"config    {config if config is not None else 'defaults (no config file)'}",
+             f"run       {run_dir}"]
+    if cfg.run.mode == "centralized":
+        lines.append(f"mode      centralized baseline: {cfg.data.num_clients} clients' training data pooled, "
+                     f"{cfg.run.rounds} rounds of {cfg.client.epochs} epoch(s)")
+        return lines
+    if engine.address:
+        where = f"Ray cluster at {engine.address}"
+    else:
+        cpus = (engine.max_concurrent_clients * engine.client_num_cpus if engine.max_concurrent_clients
+                else engine.num_cpus)
+        where = f"local Ray, {cpus} CPUs" if cpus else "local Ray, all CPUs"
+    per_client = f"{engine.client_num_cpus} CPU" + (f", {engine.client_num_gpus:g} GPU" if engine.client_num_gpus
+                                                   else "")
+    n = cfg.data.num_clients
+    sampled = min(n, max(server.min_train_clients, math.ceil(server.fraction_train * n)))  # as the server samples
+    evaluate = "" if cfg.run.evaluate_every == 1 else f", evaluated every {cfg.run.evaluate_every}"
+    rule = server.weighting if server.plan == "clients" else f"{server.plan}: {server.weighting} / " \
+        f"{server.task_weighting}"
+    lines += [f"engine    {where}; {per_client} per client",
+              f"clients   {n} registered, {sampled} sampled per round ({server.sampling})",
+              f"rounds    {cfg.run.rounds}{evaluate}; rule {rule}; personalization {cfg.personalization.method}"]
+    return lines
+
+
+class ClientErrors:
+    """A run's client errors: every one appended to ``path``; on the console, each distinct
+    error (:meth:`kind`) once, the first round it appears in, with how many clients had it
+    then; the later ones counted (:meth:`summary`).
+
+    Parameters
+    ----------
+    path : Path
+        The log file (:data:`CLIENT_ERRORS` of the run folder).
+    show : callable
+        Prints one console line.
+    """
+
+    def __init__(self, path: Path, show: Callable[[str], None]) -> None:
+        self.path = path
+        self.show = show
+        self.counts: dict[str, int] = {}
+        """How many times each distinct error (:meth:`kind`) happened, in order of first appearance."""
+        self.examples: dict[str, str] = {}
+        """The first message of each distinct error."""
+
+    @staticmethod
+    def kind(reason: str) -> str:
+        """What makes errors the same: their message with every number as ``#`` (``client 3
+        dropped out`` and ``client 7 dropped out`` are one error)."""
+        return re.sub(r"\d+", "#", " ".join(reason.split()))
+
+    def report(self, server_round: int, stage: str, errors: list[tuple[int | None, str]]) -> None:
+        """Record one exchange's errors, ``(client or None, message)`` each."""
+        if not errors:
+            return
+        with contextlib.suppress(OSError), self.path.open("a", encoding="utf-8") as log:
+            for client, reason in errors:
+                who = f"client {client}" if client is not None else "a client"
+                log.write(f"round {server_round} {stage}: {who}: {reason}\n")
+        grouped: dict[str, tuple[str, list[int | None]]] = {}
+        for client, reason in errors:
+            grouped.setdefault(self.kind(reason), (reason, []))[1].append(client)
+        for kind, (reason, clients) in grouped.items():
+            first = kind not in self.counts
+            self.counts[kind] = self.counts.get(kind, 0) + len(clients)
+            if first:
+                self.examples[kind] = reason
+                ids = sorted(c for c in clients if c is not None)
+                who = (f"{len(clients)} clients failed" if len(clients) > 1 else "a client failed") + (
+                    f" ({', '.join(map(str, ids))})" if ids else "")
+                text = " ".join(reason.split()) or "no message"
+                self.show(f"round {server_round} {stage}: {who}: {text} (all client errors: {self.path})")
+
+    def summary(self) -> str | None:
+        """One line on the run's client errors (``None`` when there were none)."""
+        if not self.counts:
+            return None
+        total, distinct = sum(self.counts.values()), len(self.counts)
+        repeats = "; ".join(f"{n}× {' '.join(self.examples[k].split())[:80]}" for k, n in self.counts.items())
+        return (f"client errors: {total} in all, {distinct} distinct ({repeats}); details and tracebacks: "
+                f"{self.path}")
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -15,7 +156,7 @@ def _fmt(metric: str, value: float) -> str:
 
 
 class Progress:
-    """Prints round lines and the final table.
+    """Prints the header, the progress bar and round lines, client errors and the final table.
 
     Parameters
     ----------
@@ -28,15 +169,92 @@ class Progress:
     replies : bool
         Whether each round line counts the server's accepted replies (``False`` for the
         centralized baseline, which has no clients replying).
+    console : rich.console.Console, optional
+        Where to print (default :func:`make_console`: stdout).
     """
 
     def __init__(self, total_rounds: int, enabled: bool = True, *,
-                 title: str = "Personalized test metrics across clients", replies: bool = True) -> None:
+                 title: str = "Personalized test metrics across clients", replies: bool = True,
+                 console: Console | None = None) -> None:
         self.total = total_rounds
-        self.console = Console(highlight=False, width=None if Console().is_terminal else 120)
+        self.console = console if console is not None else make_console()
         self.enabled = enabled
         self.title = title
         self.replies = replies
+        self._bar: Any = None
+        self._task: Any = None
+        self._began: tuple[float, int] | None = None
+        """When the rounds began in this process (monotonic time) and the rounds done before."""
+
+    def header(self, lines: list[str]) -> None:
+        """The run's header (:func:`header_lines`), one line each."""
+        if not self.enabled:
+            return
+        for line in lines:
+            self.console.print(Text(line), soft_wrap=True)
+
+    def notice(self, line: str) -> None:
+        """One line above the bar (printed as written); on stderr when the display is off."""
+        if self.enabled:
+            self.console.print(Text(line), soft_wrap=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def eta(self, done: int) -> float | None:
+        """Seconds left once ``done`` rounds are done, from this process's mean round time
+        (``None`` before the first round)."""
+        if self._began is None or done <= self._began[1]:
+            return None
+        started, before = self._began
+        return (time.monotonic() - started) / (done - before) * (self.total - done)
+
+    @contextlib.contextmanager
+    def rounds(self, done: int = 0) -> Iterator[None]:
+        """The block that runs the rounds after ``done``: a progress bar over them on a terminal
+        (removed when the block ends); call :meth:`advance` after each round."""
+        self._began = (time.monotonic(), done)
+        if not (self.enabled and self.console.is_terminal):
+            yield
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
+        self._task = self._bar.add_task("rounds", total=self.total, completed=done)
+        try:
+            with self._bar:
+                yield
+        finally:
+            self._bar = self._task = None
+
+    def advance(self, server_round: int, elapsed: float, counts: dict[str, Any], evaluated: bool) -> None:
+        """Round ``server_round`` is done: move the bar; without a bar, a round that printed no
+        evaluation line prints a short one (replies, elapsed time, ETA)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=server_round)
+            return
+        if evaluated:
+            return
+        parts = [f"round {server_round:>{len(str(self.total))}}/{self.total}"]
+        if self.replies:
+            parts.append(f"replies {counts.get('aggregated', 0)}" + (
+                f" ({', '.join(self._notes(counts))})" if self._notes(counts) else ""))
+        parts.append(f"{elapsed:6.1f} s")
+        eta = self.eta(server_round)
+        if eta is not None and server_round < self.total:
+            parts.append(f"ETA {format_duration(eta)}")
+        self.console.print(Text("  |  ".join(parts)), soft_wrap=True)
+
+    @staticmethod
+    def _notes(counts: dict[str, Any]) -> list[str]:
+        notes = [f"{counts[key]} {word}" for key, word in
+                 (("failures", "failed"), ("rejected", "rejected"), ("retries", "retries")) if counts.get(key)]
+        if counts.get("skipped"):
+            notes.append("round skipped")
+        return notes
 
     def round(self, stats: RoundStats, elapsed: float, counts: dict[str, Any]) -> None:
         """One line: round, per task mean and worst client, replies (failed, rejected,
@@ -49,18 +267,17 @@ class Progress:
             parts.append(
                 f"{task}: mean {_fmt(metric, values['mean'])} worst {_fmt(metric, values['worst'])}"
             )
-        notes = [f"{counts[key]} {word}" for key, word in
-                 (("failures", "failed"), ("rejected", "rejected"), ("retries", "retries")) if counts.get(key)]
-        if counts.get("skipped"):
-            notes.append("round skipped")
-
+        notes = self._notes(counts)
         if stats.never_trained:
             parts.append(f"{stats.never_trained} evaluated never trained")
         if self.replies:
             parts.append(f"replies {counts.get('aggregated', 0)}"
                          + (f" ([red]{', '.join(notes)}[/red])" if notes else ""))
         parts.append(f"{elapsed:6.1f} s")
-        self.console.print("  |  ".join(parts))
+        eta = self.eta(stats.round) if self._bar is None else None
+        if eta is not None and stats.round < self.total:
+            parts.append(f"ETA {format_duration(eta)}")
+        self.console.print("  |  ".join(parts), soft_wrap=True)
 
     def final_table(self, stats: RoundStats | None) -> None:
         """Per-task statistics across clients at the last evaluation round."""
@@ -81,7 +298,7 @@ class Progress:
             )
         self.console.print(table)
         if stats.never_trained:
-            self.console.print(self.never_trained_line(stats))
+            self.console.print(self.never_trained_line(stats), soft_wrap=True)
 
     @staticmethod
     def never_trained_line(stats: RoundStats) -> str:
@@ -98,3 +315,47 @@ class Progress:
                  for task, v in view.stats.items()]
         return line + f"; over the {len_trained} that trained: " + ", ".join(parts)
 
+
+
+class SweepDisplay:
+    """``fedmtl sweep``'s display: its lines and, on a terminal, a bar over the runs with the ETA
+    of :func:`fedmtl.progress.sweep_eta` (removed by :meth:`close`). Pass :meth:`report` and
+    :meth:`progress` to :func:`fedmtl.launch.sweep.run_sweep`.
+
+    Parameters
+    ----------
+    bar : bool
+        Draw the bar (on a terminal only); ``False`` when each run draws its own.
+    console : rich.console.Console, optional
+        Where to print (default :func:`make_console`: stdout).
+    """
+
+    def __init__(self, bar: bool = True, console: Console | None = None) -> None:
+        self.console = console if console is not None else make_console()
+        self.draw = bar and self.console.is_terminal
+        self._bar: Any = None
+        self._task: Any = None
+
+    def report(self, line: str) -> None:
+        """One line (above the bar)."""
+        self.console.print(Text(line), soft_wrap=True)
+
+    def progress(self, done: int, total: int, eta: str) -> None:
+        """``done`` of ``total`` runs done; ``eta`` as :func:`sweep_eta` says it."""
+        if not self.draw:
+            return
+        if self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(TextColumn("runs"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[eta]}"), console=self.console, transient=True)
+            self._task = self._bar.add_task("runs", total=total, eta=eta)
+            self._bar.start()
+        self._bar.update(self._task, completed=done, eta=eta)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -68,6 +68,8 @@ def run_server(
     strategy.check_progress()
     progress.final_table(strategy.last_stats)
     recorder.finish(strategy.last_stats)
+    if (errors := strategy.errors.summary()) is not None:
+        progress.notice(errors)
     if not quiet:
         progress.console.print(f"Results: {run_dir}")
     return run_dir

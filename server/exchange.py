@@ -91,16 +91,15 @@ def unanswered(messages: list[Message], replies: list[Message]) -> int:
     return sum(m.metadata.message_id not in answered for m in messages)
 
 
-def log_failures(server_round: int, stage: str, outcomes: list, missing: int, timeout: float) -> list[str]:
-    """Log the client errors among ``outcomes`` and the ``missing`` replies; return one
-    reason per error and one for the missing replies (when any)."""
-    reasons = [o.reason for o in outcomes if isinstance(o, Failed)]
-    for reason in reasons:
-        log(WARNING, "round %d %s: a client failed: %s", server_round, stage, reason)
+def client_failures(outcomes: list, missing: int, timeout: float) -> list[tuple[int | None, str]]:
+    """The client errors among ``outcomes``, ``(client, message)`` each, and one entry
+    ``(None, reason)`` for the ``missing`` replies (when any). The strategy reports them through
+    :class:`fedmtl.progress.ClientErrors`: each distinct error once on the console, every one in
+    the run's ``client-errors.log``."""
+    failures: list[tuple[int | None, str]] = [(o.client, o.reason) for o in outcomes if isinstance(o, Failed)]
     if missing > 0:
-        reasons.append(f"{missing} client(s) sent no reply within server.timeout = {timeout:g} s")
-        log(WARNING, "round %d %s: %s", server_round, stage, reasons[-1])
-    return reasons
+        failures.append((None, f"{missing} client(s) sent no reply within server.timeout = {timeout:g} s"))
+    return failures
 
 
 def log_rejections(server_round: int, stage: str, outcomes: list) -> int:

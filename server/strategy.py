@@ -33,13 +33,13 @@ from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import make_plan, needs_task_parts
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
-from fedmtl.progress import Progress
+from fedmtl.progress import CLIENT_ERRORS, ClientErrors, Progress
 from fedmtl.results import RoundStats, RunRecorder, aggregated_training
 from fedmtl.screening import KnownClients
 from fedmtl.server.discovery import ClientDirectory
 from fedmtl.server.exchange import (
     build_messages,
-    log_failures,
+    client_failures,
     log_rejections,
     placement_rows,
     read_evaluate_replies,
@@ -113,6 +113,8 @@ class FedMTLStrategy:
         """The views evaluation replies may report: the method's (a one-model method's ``test-global`` is rejected)."""
         self.heads = HeadsLedger(cfg.model.heads != "global", cfg.client.head_store == "disk")
         """The heads each client must start from (named in every call; a client with others refuses)."""
+        self.errors = ClientErrors(recorder.run_dir / CLIENT_ERRORS, progress.notice)
+        """The run's client errors: each distinct one once on the console, all in ``client-errors.log``."""
 
     # -- the round loop -------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord) -> None:
@@ -120,19 +122,25 @@ class FedMTLStrategy:
         log(INFO, "Starting %s, rounds %d to %d:", type(self).__name__, self.first_round, self.cfg.run.rounds)
         log_settings(self.cfg, len(self.roster.clients))
         self.arrays, self.state = initial_arrays, initial_arrays.to_torch_state_dict()
-        for server_round in range(self.first_round, self.cfg.run.rounds + 1):
-            log(INFO, "[ROUND %s/%s]", server_round, self.cfg.run.rounds)
-            train = self.train_round(grid, server_round)
-            evaluation, stats = None, None
-            if is_evaluation_round(self.cfg.run, server_round):
-                evaluation, stats = self.evaluate_round(grid, server_round)
-            row = round_row(server_round, train, evaluation)
-            if stats is not None:
-                self.progress.round(stats, self.recorder.elapsed, row)
-            self.recorder.log_round(row, stats)
-            if is_checkpoint_round(self.cfg.run, server_round):
-                self.recorder.save_checkpoint(server_round, self.checkpoint_state())
+        with self.progress.rounds(self.first_round - 1):
+            for server_round in range(self.first_round, self.cfg.run.rounds + 1):
+                self.run_round(grid, server_round)
         self.recorder.record_participation(self.participation.rows(range(self.cfg.data.num_clients)))
+
+    def run_round(self, grid: Grid, server_round: int) -> None:
+        """Train (and evaluate, when due) one round; record it, show it, checkpoint it."""
+        log(INFO, "[ROUND %s/%s]", server_round, self.cfg.run.rounds)
+        train = self.train_round(grid, server_round)
+        evaluation, stats = None, None
+        if is_evaluation_round(self.cfg.run, server_round):
+            evaluation, stats = self.evaluate_round(grid, server_round)
+        row = round_row(server_round, train, evaluation)
+        if stats is not None:
+            self.progress.round(stats, self.recorder.elapsed, row)
+        self.recorder.log_round(row, stats)
+        self.progress.advance(server_round, self.recorder.elapsed, row, evaluated=stats is not None)
+        if is_checkpoint_round(self.cfg.run, server_round):
+            self.recorder.save_checkpoint(server_round, self.checkpoint_state())
 
     def train_round(self, grid: Grid, server_round: int) -> TrainRecord:
         """Ask clients, retry while too few replies are usable, then aggregate or skip."""
@@ -184,8 +192,10 @@ class FedMTLStrategy:
 
     def count_failures(self, server_round: int, stage: str, outcomes: list, missing: int,
                        collected: Collected | None = None) -> int:
-        """Log and count the errors among ``outcomes`` and the ``missing`` replies."""
-        for reason in log_failures(server_round, stage, outcomes, missing, self.cfg.server.timeout):
+        """Report (:attr:`errors`) and count the errors among ``outcomes`` and the ``missing`` replies."""
+        failures = client_failures(outcomes, missing, self.cfg.server.timeout)
+        self.errors.report(server_round, stage, failures)
+        for _, reason in failures:
             self.tally.note_error(reason)
             if collected is not None:
                 collected.note_failure(reason)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedmtl.launch.flwr_run import _json_from, run_status
+from fedmtl.launch.flwr_run import _json_from, local_superlinks, run_status
 from tests.helpers import is_png, stop_local_superlink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,8 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         assert summary["final_round"] == 2 and set(summary["final"]) == {"left", "right"}
         assert is_png(run_dir / "plots" / "accuracy.png")
         shutil.rmtree(run_dir)
+        assert local_superlinks(flwr_home)  # `flwr run` leaves its local SuperLink running ...
+        stop_local_superlink(flwr_home)  # ... so that `fedmtl flwr-run` below starts its own
 
         # 2. a ServerApp that fails: `flwr run` itself would exit 0 (the Flower trap), but the
         #    documented command fails, with the reason
@@ -79,6 +81,7 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         assert proc.returncode == 1
         assert "finished:failed" in proc.stderr
         assert "raise data.dirichlet-alpha or lower data.num-clients" in proc.stderr
+        assert not local_superlinks(flwr_home)  # the local SuperLink it started is stopped, even on failure
 
         # 3. the documented command succeeds on a good config, results at run.output-dir; with
         #    Ditto (a personal model per client in its store), both views are measured
@@ -96,5 +99,6 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         metrics = pd.read_csv(summaries[0].parent / "metrics.csv")
         assert {"test", "test-global"} <= set(metrics.split)
         assert set(metrics[metrics.split == "test-global"].client) == {0, 1}
+        assert not local_superlinks(flwr_home)  # no process left behind
     finally:
         stop_local_superlink(flwr_home)

@@ -158,3 +158,37 @@ def test_sigterm_stops_a_sweep_and_names_the_command_that_continues(tmp_path):
     assert any("raylet" in cmd for cmd in seen.values()) and running(set(seen)) == {}, running(set(seen))
     assert (out / "default" / "seed-0" / "checkpoints").is_dir()
     assert any((out / "default" / "seed-0" / "checkpoints").glob("round-*.pt"))
+
+
+def test_flwr_run_stops_the_local_superlink_it_started_even_when_interrupted(tmp_path):
+    """`fedmtl flwr-run`'s guard (no Flower here: a stand-in named flower-superlink, detached
+    in its own session as `flwr run` starts the real one): stopped when the block ends with an
+    interrupt; one that ran before the block is left alone."""
+    from fedmtl.launch.flwr_run import local_superlinks, own_local_superlink
+
+    home = tmp_path / "flwr-home"
+    (home / "local-superlink").mkdir(parents=True)
+    stand_in = tmp_path / "flower-superlink"
+    stand_in.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
+    stand_in.chmod(0o755)
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([str(stand_in), "--log-file", str(home / "local-superlink" / "superlink.log")],
+                                start_new_session=True)
+
+    earlier = start()
+    try:
+        deadline = time.monotonic() + 10
+        while earlier.pid not in local_superlinks(home) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = None
+        with pytest.raises(KeyboardInterrupt), own_local_superlink({"FLWR_HOME": str(home)}):
+            started = start()
+            while started.pid not in local_superlinks(home):
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+        assert started is not None and started.wait(timeout=10) is not None
+        assert local_superlinks(home) == {earlier.pid}
+    finally:
+        earlier.kill()
+        earlier.wait()

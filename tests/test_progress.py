@@ -4,6 +4,7 @@ model on each client's test split, with no replies (it has none). In-process, no
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fedmtl.results import create_run_dir
@@ -37,3 +38,149 @@ def test_a_federated_round_line_counts_replies_and_the_table_is_the_personalized
     out = capsys.readouterr().out
     assert "replies 4 (1 failed)" in out
     assert "Personalized test metrics across clients (round 2)" in out
+
+
+# -- the terminal of a run: header, bar or plain lines, client errors (#21) -----------------
+
+ANSI = "\x1b["
+
+
+def _plain_console():
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), force_terminal=False, width=120)
+
+
+def _stats(server_round: int):
+    from fedmtl.results import RoundStats
+
+    return RoundStats(round=server_round, stats={"left": {"mean": 0.5, "wmean": 0.5, "std": 0.1, "worst": 0.4,
+                                                          "worst10": 0.4, "best": 0.6, "jain": 0.96}},
+                      metric={"left": "accuracy"})
+
+
+def test_without_a_terminal_the_header_and_every_round_are_plain_lines_with_an_eta(tmp_path):
+    from fedmtl.progress import Progress, header_lines
+
+    cfg = load_config(ROOT / "configs/smoke.toml", ["run.rounds=3", "run.evaluate-every=2"])
+    console = _plain_console()
+    progress = Progress(3, console=console)
+    progress.header(header_lines(cfg, tmp_path / "run", ROOT / "configs/smoke.toml"))
+    with progress.rounds():
+        for r in (1, 2, 3):
+            if r != 1:
+                progress.round(_stats(r), float(r), {"aggregated": 2, "failures": 1 if r == 3 else 0})
+            progress.advance(r, float(r), {"aggregated": 2}, evaluated=r != 1)
+    progress.final_table(_stats(3))
+    out = console.file.getvalue()
+    assert ANSI not in out
+    lines = out.splitlines()
+    assert lines[0] == f"config    {ROOT / 'configs/smoke.toml'}" and lines[1] == f"run       {tmp_path / 'run'}"
+    assert lines[2] == "engine    local Ray, all CPUs; 1 CPU per client"
+    assert lines[3] == "clients   2 registered, 2 sampled per round (uniform)"
+    assert lines[4] == "rounds    3, evaluated every 2; rule fedavg; personalization fedper"
+    assert lines[5].startswith("round 1/3  |  replies 2  |     1.0 s  |  ETA ")  # a round without evaluation
+    assert lines[6].startswith("round 2/3  |  left: mean  50.0% worst  40.0%  |  replies 2  |     2.0 s  |  ETA ")
+    assert lines[7].startswith("round 3/3  |  left") and "(1 failed)" in lines[7] and "ETA" not in lines[7]
+    assert len([line for line in lines if line.startswith("round ")]) == 3
+
+
+def test_on_a_terminal_a_bar_counts_the_rounds_and_no_color_drops_colours(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from fedmtl.progress import Progress, make_console
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    progress = Progress(2, console=console)
+    with progress.rounds():
+        progress.advance(1, 1.0, {}, evaluated=False)
+        progress.round(_stats(2), 2.0, {"aggregated": 2})
+        progress.advance(2, 2.0, {}, evaluated=True)
+    out = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", console.file.getvalue())
+    assert "left: mean  50.0%" in out and "ETA" in out and "2/2" in out  # the evaluation line and the bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    coloured = make_console(Terminal())
+    coloured.print("[red]failed[/red]")
+    assert "failed" in coloured.file.getvalue() and "\x1b[31m" not in coloured.file.getvalue()
+
+
+def test_a_failing_client_is_reported_once_per_distinct_error_and_every_error_logged(tmp_path):
+    """Two clients fail the same way and one differently, in both rounds: the console gets one
+    line per distinct error (with how many clients), the log file every error."""
+    from flwr.app import ArrayRecord, Message
+    from flwr.common import Error
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmtl.data import dataset_tasks
+    from fedmtl.progress import CLIENT_ERRORS, ClientErrors, Progress
+    from fedmtl.results import RunRecorder
+    from fedmtl.server.discovery import ClientDirectory
+    from fedmtl.server.strategy import FedMTLStrategy
+    from tests.test_round_loop import STATE, FakeGrid, good
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+    def script(msg, call):
+        if msg.metadata.message_type != "train" or call.client == 3:
+            return good(msg, call)
+        reason = "ValueError: out of memory" if call.client in (0, 1) else "KeyError: 'left'"
+        return Message(error=Error(code=1, reason=f"<class 'ClientAppException'>:<'Message: {reason}'>"),
+                       reply_to=msg)
+
+    cfg = load_config(None, ["data.num-clients=4", "run.rounds=2", "server.fraction-train=1",
+                             "server.fraction-evaluate=1", "server.min-replies=1"])
+    directory = ClientDirectory(cfg.data.num_clients)
+    directory.infos = {100 + c: (c, cfg.data.num_clients) for c in range(cfg.data.num_clients)}
+    directory.clients = {c: 100 + c for c in range(cfg.data.num_clients)}
+    console = _plain_console()
+    strategy = FedMTLStrategy(cfg, directory, RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data)),
+                              Progress(cfg.run.rounds, console=console))
+    strategy.start(FakeGrid(cfg.data.num_clients, script), ArrayRecord(STATE))  # type: ignore[arg-type]
+    shown = [line for line in console.file.getvalue().splitlines() if "failed" in line and "round" in line
+             and "|" not in line]
+    log = tmp_path / CLIENT_ERRORS
+    assert shown == [
+        f"round 1 training: 2 clients failed (0, 1): ValueError: out of memory (all client errors: {log})",
+        f"round 1 training: a client failed (2): KeyError: 'left' (all client errors: {log})",
+    ]
+    assert log.read_text().splitlines() == [
+        f"round {r} training: client {c}: {reason}" for r in (1, 2)
+        for c, reason in ((0, "ValueError: out of memory"), (1, "ValueError: out of memory"), (2, "KeyError: 'left'"))]
+    assert ClientErrors.kind("client 3 dropped out") == ClientErrors.kind("client 12 dropped  out")
+    assert strategy.errors.summary() == (
+        f"client errors: 6 in all, 2 distinct (4× ValueError: out of memory; 2× KeyError: 'left'); "
+        f"details and tracebacks: {log}")
+
+
+def test_the_engine_tracebacks_of_failed_clients_go_to_the_log_not_the_console(tmp_path, capsys):
+    import logging
+
+    from fedmtl.launch.simulation import quiet_flower
+
+    flwr = logging.getLogger("flwr")
+    record = logging.LogRecord("flwr", logging.ERROR, "/site-packages/flwr/vce/vce_api.py", 1,
+                               "Traceback (most recent call last):\n  ValueError: boom", None, None)
+    with quiet_flower(False, tmp_path / "client-errors.log"):
+        flwr.handle(record)
+    assert "boom" not in capsys.readouterr().err
+    assert (tmp_path / "client-errors.log").read_text() == (
+        "engine (vce_api): Traceback (most recent call last):\n  ValueError: boom\n")
+
+
+def test_the_sweep_eta_waits_for_a_finished_run_and_counts_the_runs_left():
+    from fedmtl.progress import sweep_eta
+
+    assert sweep_eta(0, 4, []) == "ETA after the first run"
+    assert sweep_eta(1, 4, [40.0]) == "about 2 min 0 s left"
+    assert sweep_eta(3, 4, [1.0, 2.0, 3.0]) == "about 2 s left"
+    assert sweep_eta(4, 4, [1.0] * 4) == ""

@@ -30,7 +30,7 @@ def _run(out: Path, *overrides: str, config: str = "configs/smoke.toml") -> subp
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, str, str]]:
+def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, str, str, str]]:
     """The same 4-client, 3-round simulation with each head store, and with 2 virtual
     SuperNodes taking turns playing the 4 clients (3 are asked per round)."""
     runs = {}
@@ -41,12 +41,12 @@ def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, str, str]]:
             out, f"client.head-store={store}", "data.num-clients=4", "run.rounds=3",
             "server.fraction-train=0.75", *extra,
         )
-        runs[name] = (out, store, proc.stdout)
+        runs[name] = (out, store, proc.stdout, proc.stderr)
     return runs
 
 
 @pytest.fixture(params=["disk", "context"])
-def smoke_run(request, smoke_runs) -> tuple[Path, str, str]:
+def smoke_run(request, smoke_runs) -> tuple[Path, str, str, str]:
     return smoke_runs[request.param]
 
 
@@ -72,7 +72,7 @@ def test_shared_supernodes_need_heads_on_disk():
 
 
 def test_run_folder_has_the_documented_files(smoke_run):
-    out, _, _ = smoke_run
+    out, _, _, _ = smoke_run
     for name in ("config.toml", "metrics.csv", "rounds.csv", "summary.json"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round-2.pt", "round-3.pt"]
@@ -81,7 +81,7 @@ def test_run_folder_has_the_documented_files(smoke_run):
 
 
 def test_results_read_with_pandas(smoke_run):
-    out, store, _ = smoke_run
+    out, store, _, _ = smoke_run
     run = load_run(out)
     metrics, rounds, summary = run["metrics"], run["rounds"], run["summary"]
     assert list(metrics.columns) == METRIC_COLUMNS
@@ -106,7 +106,7 @@ def test_results_read_with_pandas(smoke_run):
 
 
 def test_heads_continue_across_rounds_in_the_real_engine(smoke_run):
-    out, store, _ = smoke_run
+    out, store, _, _ = smoke_run
     m = pd.read_csv(out / "metrics.csv")
     fp = m[m.metric.str.startswith("heads-fingerprint")].pivot_table(
         index=["client", "round"], columns="metric", values="value"
@@ -131,10 +131,20 @@ def test_heads_continue_across_rounds_in_the_real_engine(smoke_run):
 
 
 def test_progress_display_and_final_table(smoke_run):
-    _, _, stdout = smoke_run
+    """Output redirected (not a terminal): the header, plain round lines, the table, no colour
+    codes, and nothing of Ray's or Flower's (without -v), nothing after the results line."""
+    out, _, stdout, stderr = smoke_run
     assert "round 1/3" in stdout and "round 3/3" in stdout
     assert "left: mean" in stdout and "worst" in stdout
     assert "Personalized test metrics across clients (round 3)" in stdout
+    lines = stdout.splitlines()
+    assert lines[:3] == [f"config    {ROOT / 'configs/smoke.toml'}", f"run       {out}",
+                         "engine    local Ray, all CPUs; 1 CPU per client"]
+    assert lines[3] == "clients   4 registered, 3 sampled per round (uniform)"
+    assert lines[-1] == f"Results: {out}"
+    assert "\x1b[" not in stdout + stderr
+    for engine_line in ("Started a local Ray instance", "ClientAppActor", "INFO :", "WARNING :"):
+        assert engine_line not in stdout + stderr, stderr[-3000:]
 
 
 def test_centralized_baseline_writes_the_same_format(tmp_path):

@@ -12,12 +12,15 @@ resources come from the config's ``[data]`` and ``[engine]`` sections.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,72 @@ def resolved_run_config(cfg: ExperimentConfig, folder: Path, absolute_output: bo
     return path
 
 
+def _cmdlines() -> dict[int, list[str]]:
+    """Every process's command line (``{}`` where ``/proc`` cannot be read)."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    out[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    return out
+
+
+def local_superlinks(home: Path) -> set[int]:
+    """The ``flower-superlink`` processes ``flwr run`` started for the Flower home ``home``
+    (their log file is in ``home/local-superlink``)."""
+    marker = str(home / "local-superlink")
+    return {pid for pid, argv in _cmdlines().items()
+            if any(Path(a).name == "flower-superlink" for a in argv[:2]) and any(marker in a for a in argv)}
+
+
+def stop_processes(links: set[int], grace: float = 5.0) -> None:
+    """Stop each SuperLink of ``links`` with its process group and those of the processes it
+    started (``--parent-pid``): SIGTERM, then SIGKILL after ``grace`` seconds. This process's
+    own group is never signalled."""
+    if not links:
+        return
+    groups = set()
+    for pid, argv in _cmdlines().items():
+        text = " ".join(argv)
+        if pid in links or any(f"--parent-pid {link}" in text for link in links):
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(pid))
+    groups.discard(os.getpgrp())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(group, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and local_alive(links):
+            time.sleep(0.1)
+        if not local_alive(links):
+            return
+
+
+def local_alive(pids: set[int]) -> bool:
+    """Whether any of ``pids`` still runs (a zombie does not)."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def own_local_superlink(env: dict[str, str]) -> Iterator[None]:
+    """The block may start Flower's local SuperLink (``flwr run`` starts one, detached, when
+    none runs): stop the SuperLinks of ``env``'s Flower home that were not running before,
+    when the block ends (also on an error or an interrupt). One that already ran is left alone."""
+    home = Path(env.get("FLWR_HOME") or Path(env.get("HOME") or Path.home()) / ".flwr")
+    before = local_superlinks(home)
+    try:
+        yield
+    finally:
+        stop_processes(local_superlinks(home) - before)
+
+
 def run_status(run_id: str, superlink: list[str], env: dict[str, str]) -> dict[str, Any]:
     """The run's entry of ``flwr ls --run-id ID --format json``."""
     listing = _flwr(["ls", *superlink, "--run-id", run_id, "--format", "json"], env)
@@ -128,9 +197,24 @@ def run_and_check(
         (``num-supernodes`` and client resources). ``False`` for a deployment.
     absolute_output : bool
         Send ``run.output-dir`` as an absolute path (the SuperLink runs on this machine).
+
+    For the local simulation (no ``superlink``), the local SuperLink ``flwr run`` starts is
+    stopped when this returns, also on an error or an interrupt (:func:`own_local_superlink`);
+    one that ran before is left running.
     """
     cfg = load_config(config)
     env = env or flwr_env()
+    if simulation and superlink is None:  # Flower's local SuperLink, started by `flwr run` if none runs
+        with own_local_superlink(env):
+            return _run_and_check(app_dir, config, cfg, superlink, timeout, stream, env, simulation, absolute_output)
+    return _run_and_check(app_dir, config, cfg, superlink, timeout, stream, env, simulation, absolute_output)
+
+
+def _run_and_check(
+    app_dir: Path, config: Path, cfg: ExperimentConfig, superlink: str | None, timeout: float, stream: bool,
+    env: dict[str, str], simulation: bool, absolute_output: bool,
+) -> int:
+    """:func:`run_and_check` once the config is loaded."""
     link = [superlink] if superlink else []
     federation = [
         "--federation-config",

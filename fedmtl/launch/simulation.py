@@ -112,20 +112,59 @@ def preserved_sigterm() -> Iterator[None]:
             signal.signal(signal.SIGTERM, handler)
 
 
+ENGINE_ERROR_MODULES = ("vce_api", "raybackend", "ray_actor")
+"""Flower's modules whose ERROR records are a client's failure seen by the engine (the
+exception and its traceback, for each failed message)."""
+
+
+class _EngineErrors(logging.Filter):
+    """Appends the engine's record of each client failure (:data:`ENGINE_ERROR_MODULES`) to
+    ``path`` and keeps it off the console unless ``verbose`` (the strategy shows each distinct
+    error once, :class:`fedmtl.progress.ClientErrors`)."""
+
+    def __init__(self, path: Path | None, verbose: bool) -> None:
+        super().__init__()
+        self.path, self.verbose, self.lock = path, verbose, threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or record.module not in ENGINE_ERROR_MODULES:
+            return True
+        if self.path is not None:
+            with self.lock, contextlib.suppress(OSError), self.path.open("a", encoding="utf-8") as log:
+                log.write(f"engine ({record.module}): {record.getMessage().rstrip()}\n")
+        return self.verbose
+
+
+def _colour(stream: object) -> bool:
+    """Whether a log handler's ``stream`` may get colour codes: a terminal, and no ``NO_COLOR``."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
+
+
 @contextlib.contextmanager
-def quiet_flower(verbose: bool) -> Iterator[None]:
+def quiet_flower(verbose: bool, errors: Path | None = None) -> Iterator[None]:
     """Flower's ``flwr`` logger without its deprecation notices and, unless ``verbose``, at
-    WARNING; its filters and level are restored on exit."""
+    WARNING; no colour codes from its console handlers unless they write to a terminal; the
+    engine's client-failure records appended to ``errors`` (the run's ``client-errors.log``)
+    and, unless ``verbose``, kept off the console. Its filters, level and handlers' colours are
+    restored on exit."""
     logger = logging.getLogger("flwr")
-    level, drop = logger.level, _DropDeprecation()
+    level, drop, engine = logger.level, _DropDeprecation(), _EngineErrors(errors, verbose)
+    colours = {h: h.colored for h in logger.handlers if hasattr(h, "colored")}
     logger.addFilter(drop)
+    logger.addFilter(engine)
+    for handler in colours:
+        handler.colored = colours[handler] and _colour(getattr(handler, "stream", None))  # type: ignore[attr-defined]
     if not verbose:
         logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
         logger.removeFilter(drop)
+        logger.removeFilter(engine)
         logger.setLevel(level)
+        for handler, colored in colours.items():
+            handler.colored = colored  # type: ignore[attr-defined]
 
 
 CALLER_LOGGERS = (*PRESERVED_LOGGERS, "ray", "ray.rllib")
@@ -243,12 +282,20 @@ def shared_engine() -> Iterator[None]:
             ray.shutdown()
 
 
-def engine_settings(cfg: ExperimentConfig) -> tuple:
-    """What a Ray instance is started with for ``cfg``: ``ray.init``'s arguments, the actors'
-    ``PYTHONPATH`` (this process's ``sys.path``) and the environment the actors inherit.
-    (Importing Ray adds to ``sys.path`` and the environment: :func:`simulate` imports it first.)"""
+def ray_logging(verbose: bool) -> dict[str, Any]:
+    """``ray.init``'s logging arguments: unless ``verbose``, Ray's driver logs at WARNING (no
+    "Started a local Ray instance") and nothing of the actors' output forwarded to this
+    process (no "Manually terminating ClientAppActor" warnings after the results)."""
+    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+
+
+def engine_settings(cfg: ExperimentConfig, verbose: bool = False) -> tuple:
+    """What a Ray instance is started with for ``cfg``: ``ray.init``'s arguments (with
+    :func:`ray_logging`), the actors' ``PYTHONPATH`` (this process's ``sys.path``) and the
+    environment the actors inherit. (Importing Ray adds to ``sys.path`` and the environment:
+    :func:`simulate` imports it first.)"""
     return (
-        tuple(sorted(backend_config(cfg)["init_args"].items())),
+        tuple(sorted({**backend_config(cfg)["init_args"], **ray_logging(verbose)}.items())),
         os.pathsep.join(sys.path),
         tuple(sorted(os.environ.items())),
     )
@@ -304,21 +351,23 @@ def _reuse_shared(ray: Any, settings: tuple) -> None:
         ray.shutdown()
 
 
-def _start_ray(ray: Any, cfg: ExperimentConfig, settings: tuple) -> None:
-    """``ray.init`` for ``cfg``; in a :func:`shared_engine` block, record the instance and its
-    ``settings``."""
+def _start_ray(ray: Any, cfg: ExperimentConfig, settings: tuple, verbose: bool = False) -> None:
+    """``ray.init`` for ``cfg`` (quiet unless ``verbose``: :func:`ray_logging`); in a
+    :func:`shared_engine` block, record the instance and its ``settings``."""
     # the actors import this process's modules: they get its sys.path through the job's
     # runtime environment (this process's os.environ is left alone)
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}, **backend_config(cfg)["init_args"])
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}, **backend_config(cfg)["init_args"],
+             **ray_logging(verbose))
     if _SHARED is not None:
         _SHARED.settings, _SHARED.free = settings, _free_resources(ray)
 
 
-def connect(cfg: ExperimentConfig, settings: tuple | None = None) -> None:
+def connect(cfg: ExperimentConfig, settings: tuple | None = None, verbose: bool = False) -> None:
     """Start or join Ray, then check that at least one node can host a virtual client
     (``engine.client-num-cpus`` CPUs and ``engine.client-num-gpus`` GPUs), instead of waiting
     forever for resources that never come. In a :func:`shared_engine` block, keep the block's
-    instance when ``settings`` (default :func:`engine_settings` now) are those it started with."""
+    instance when ``settings`` (default :func:`engine_settings` now) are those it started with.
+    Ray is quiet unless ``verbose`` (:func:`ray_logging`)."""
     import ray
 
     from fedmtl.training.setup import server_device
@@ -329,10 +378,10 @@ def connect(cfg: ExperimentConfig, settings: tuple | None = None) -> None:
         raise EngineError(str(exc)) from None
     if cfg.engine.address:
         check_reachable(cfg.engine.address)
-    settings = engine_settings(cfg) if settings is None else settings
+    settings = engine_settings(cfg, verbose) if settings is None else settings
     _reuse_shared(ray, settings)
     if not ray.is_initialized():
-        _start_ray(ray, cfg, settings)
+        _start_ray(ray, cfg, settings, verbose)
     need_cpu, need_gpu = cfg.engine.client_num_cpus, cfg.engine.client_num_gpus
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
     fits = [n for n in nodes if n.get("CPU", 0) >= need_cpu and (need_gpu == 0 or n.get("GPU", 0) >= need_gpu)]
@@ -397,25 +446,26 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedmtl.clients.app import app as client_app
+    from fedmtl.progress import CLIENT_ERRORS
     from fedmtl.server.app import make_server_app
     from fedmtl.server.latency import dispatch_on_push
 
     supernodes = virtual_supernodes(cfg)
     cfg = cfg.with_values(engine={"supernodes": supernodes})  # the run folder records it
-    settings = engine_settings(cfg)  # the caller's sys.path and environment, as the next run will see them
+    settings = engine_settings(cfg, verbose)  # the caller's sys.path and environment, as the next run will see them
     with contextlib.ExitStack() as stack:
         stack.enter_context(preserved_environ())
         stack.enter_context(preserved_torch_threads())
         stack.enter_context(torch.random.fork_rng(devices=[]))  # torch's CPU generator
         stack.enter_context(preserved_sigterm())
         stack.enter_context(preserved_logging())
-        stack.enter_context(quiet_flower(verbose))
+        stack.enter_context(quiet_flower(verbose, Path(run_dir) / CLIENT_ERRORS))
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         in_main = threading.current_thread() is threading.main_thread()
         caller_sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
-        connect(cfg, settings)
+        connect(cfg, settings, verbose)
         if _SHARED is not None and _SHARED.settings is not None:
             _keep_ray_up(stack)
         if callable(caller_sigterm):  # the caller's own handler (fedmtl run's stop) beats ray.init's

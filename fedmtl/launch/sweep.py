@@ -48,6 +48,7 @@ from fedmtl.atomic import write_bytes
 from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
 from fedmtl.launch.simulation import shared_engine
+from fedmtl.progress import format_duration, sweep_eta
 from fedmtl.validation import load_config
 
 MANIFEST = "sweep.json"
@@ -492,6 +493,7 @@ def run_sweep(
     report: Callable[[str], None] = print,
     runner: Callable[[ExperimentConfig, Path, bool], None] = execute_run,
     rerun_changed: bool | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Sweep:
     """Run every unfinished run of ``sweep`` in order; a failed run is recorded, not fatal. The
     federated runs share one Ray instance (:func:`fedmtl.launch.simulation.shared_engine`).
@@ -509,6 +511,9 @@ def run_sweep(
     rerun_changed : bool, optional
         Run again the runs found finished with another config than the sweep's, each folder
         deleted first (:func:`clear_unfinished`); default: ``sweep.rerun_changed``.
+    progress : callable, optional
+        Called with ``(runs done, runs to do, ETA text)`` before the first run and after each
+        (:func:`fedmtl.progress.sweep_eta`; ``fedmtl sweep`` draws a bar with it on a terminal).
 
     Raises
     ------
@@ -527,10 +532,13 @@ def run_sweep(
            f"{len(sweep.seeds)} seeds), {total - len(todo)} already finished, {len(changed)} changed, "
            f"{len(todo)} to run → {sweep.out}")
     started, durations = time.monotonic(), []
+    if progress is not None:
+        progress(0, len(todo), sweep_eta(0, len(todo), durations))
     for done, run in enumerate(todo, start=1):
         run_dir = sweep.out / run.folder
         again = f" (changed: {', '.join(run.changed[:SHOWN_CHANGES])})" if run.changed else ""
-        report(f"[{done}/{len(todo)}] {run.label} seed {run.seed}{again} ...")
+        eta = sweep_eta(done - 1, len(todo), durations)
+        report(f"[{done}/{len(todo)}] {run.label} seed {run.seed}{again} ... ({eta})")
         t0 = time.monotonic()
         try:
             check_no_links(sweep.out, run_dir)
@@ -544,10 +552,12 @@ def run_sweep(
         run.duration_s = round(time.monotonic() - t0, 2)
         durations.append(run.duration_s)
         sweep.write_manifest()
-        eta = (len(todo) - done) * sum(durations) / len(durations)
+        eta = sweep_eta(done, len(todo), durations)
         outcome = _outcome(run_dir) if run.status == "done" else f"FAILED: {run.error.strip().splitlines()[-1]}"
         report(f"[{done}/{len(todo)}] {run.label} seed {run.seed}: {outcome} "
-               f"({run.duration_s:.0f} s; about {eta / 60:.1f} min left)")
+               f"({format_duration(run.duration_s)}" + (f"; {eta})" if eta else ")"))
+        if progress is not None:
+            progress(done, len(todo), eta)
     failed = [r for r in sweep.runs if r.status == "failed"]
     report(f"sweep finished in {(time.monotonic() - started) / 60:.1f} min: "
            f"{total - len(failed)}/{total} runs finished" + (f", {len(failed)} failed" if failed else ""))

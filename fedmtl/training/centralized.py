@@ -36,21 +36,23 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -
     progress = Progress(cfg.run.rounds, enabled=not quiet, replies=False,
                         title="Pooled-data model: test metrics on each client's test split")
     stats: RoundStats | None = None
-    for epoch in range(1, cfg.run.rounds + 1):
-        result = train_local(
-            model, pooled, fed.tasks, weighting,
-            epochs=cfg.client.epochs, batch_size=cfg.client.batch_size, lr=cfg.client.lr,
-            momentum=cfg.client.momentum, device=device,
-            generator=torch_generator(Stream.BATCHES, cfg.run.seed, epoch), gradients=cfg.client.gradients,
-        )
-        row = {"round": epoch, "train_loss": sum(result.task_losses.values()) / len(result.task_losses)}
-        round_stats = None
-        if epoch % cfg.run.evaluate_every == 0 or epoch == cfg.run.rounds:
-            per_client = {c.client_id: evaluate(model, c.test, fed.tasks, device=device) for c in clients}
-            counts = {c.client_id: len(c.test) for c in clients}
-            round_stats = stats = recorder.record_evaluation(epoch, per_client, counts)
-            progress.round(round_stats, recorder.elapsed, {})
-        recorder.log_round(row, round_stats)
+    with progress.rounds():
+        for epoch in range(1, cfg.run.rounds + 1):
+            result = train_local(
+                model, pooled, fed.tasks, weighting,
+                epochs=cfg.client.epochs, batch_size=cfg.client.batch_size, lr=cfg.client.lr,
+                momentum=cfg.client.momentum, device=device,
+                generator=torch_generator(Stream.BATCHES, cfg.run.seed, epoch), gradients=cfg.client.gradients,
+            )
+            row = {"round": epoch, "train_loss": sum(result.task_losses.values()) / len(result.task_losses)}
+            round_stats = None
+            if epoch % cfg.run.evaluate_every == 0 or epoch == cfg.run.rounds:
+                per_client = {c.client_id: evaluate(model, c.test, fed.tasks, device=device) for c in clients}
+                counts = {c.client_id: len(c.test) for c in clients}
+                round_stats = stats = recorder.record_evaluation(epoch, per_client, counts)
+                progress.round(round_stats, recorder.elapsed, {})
+            recorder.log_round(row, round_stats)
+            progress.advance(epoch, recorder.elapsed, {}, evaluated=round_stats is not None)
     progress.final_table(stats)
     recorder.finish(stats)
     if not quiet:
