@@ -106,6 +106,42 @@ def test_rerun_changed_runs_only_the_changed_runs_and_replaces_their_folders(tmp
     assert runner.ran == [] and "2 already finished, 0 changed, 0 to run" in lines[0]
 
 
+class Failing(Recorder):
+    """A runner whose run starts writing its folder, then fails (or is interrupted)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def __call__(self, cfg, run_dir: Path, quiet: bool) -> None:
+        self.ran.append(run_dir)
+        create_run_dir(cfg, run_dir)
+        (run_dir / "metrics.csv").write_text("half a run")
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the engine died"), KeyboardInterrupt()])
+def test_a_changed_run_whose_rerun_fails_keeps_its_finished_folder(tmp_path, error):
+    out = tmp_path / "sw"
+    _sweep(out, "run.rounds=1", grid={"client.lr": [0.05]})
+    old = out / "lr=0.05/seed-0"
+    before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    if isinstance(error, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            _sweep(out, "run.rounds=2", grid={"client.lr": [0.05]}, rerun_changed=True, runner=Failing(error))
+    else:
+        done, runner, _ = _sweep(out, "run.rounds=2", grid={"client.lr": [0.05]}, rerun_changed=True,
+                                 runner=Failing(error))
+        assert runner.ran == [old] and done.runs[0].status == "failed"
+    assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert not old.with_name(old.name + ".replaced").exists()
+    # a successful rerun replaces it and leaves no set-aside copy
+    done, _, _ = _sweep(out, "run.rounds=2", grid={"client.lr": [0.05]}, rerun_changed=True)
+    assert json.loads((old / "summary.json").read_text())["config_fingerprint"] == config_fingerprint(
+        done.config_of(done.runs[0]))
+    assert not old.with_name(old.name + ".replaced").exists()
+
+
 @pytest.mark.parametrize("sets", [
     ["run.output-dir=elsewhere", "client.head-store-dir=store", "engine.num-cpus=2", "run.name=renamed"],
     ["engine.max-concurrent-clients=1", "engine.supernodes=1", "engine.address="],

@@ -434,26 +434,56 @@ def check_no_links(root: Path, run_dir: Path) -> None:
         path = path.parent
 
 
+def _check_owned(run_dir: Path, what: str) -> None:
+    """Raise :class:`UnsafeFolderError` unless ``run_dir`` is a real folder fedmtl created."""
+    from fedmtl.results import RUN_MARKER
+
+    if run_dir.is_symlink():
+        raise UnsafeFolderError(f"'{run_dir}' is a symbolic link; a sweep never deletes through one; remove the link")
+    marker = run_dir / RUN_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        raise UnsafeFolderError(f"'{run_dir}' holds {what} that fedmtl did not create (no {RUN_MARKER}); "
+                                "nothing was deleted: move it away or delete it yourself")
+
+
 def clear_unfinished(run_dir: Path, what: str = "an unfinished run") -> None:
-    """Delete an unfinished run folder (or ``what`` it holds: a finished run of a changed config),
-    only if fedmtl created it (it holds ``RUN_MARKER``).
+    """Delete an unfinished run folder (or ``what`` it holds), only if fedmtl created it (it
+    holds ``RUN_MARKER``).
 
     Raises
     ------
     UnsafeFolderError
         When ``run_dir`` is a link or lacks the marker (nothing is deleted).
     """
-    from fedmtl.results import RUN_MARKER
-
-    if run_dir.is_symlink():
-        raise UnsafeFolderError(f"'{run_dir}' is a symbolic link; a sweep never deletes through one; remove the link")
-    if not run_dir.exists():
+    if not run_dir.exists() and not run_dir.is_symlink():
         return
-    marker = run_dir / RUN_MARKER
-    if marker.is_symlink() or not marker.is_file():
-        raise UnsafeFolderError(f"'{run_dir}' holds {what} that fedmtl did not create (no {RUN_MARKER}); "
-                                "nothing was deleted: move it away or delete it yourself")
+    _check_owned(run_dir, what)
     shutil.rmtree(run_dir)
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a finished run of a changed config out of the way of its rerun (to
+    ``<folder>.replaced``); :func:`put_back` restores it if the rerun does not finish.
+
+    Raises
+    ------
+    UnsafeFolderError
+        When ``run_dir`` is a link or lacks the marker, or an earlier set-aside copy is still
+        there (nothing is moved).
+    """
+    _check_owned(run_dir, "a finished run of another config")
+    aside = run_dir.with_name(run_dir.name + ".replaced")
+    if aside.exists() or aside.is_symlink():
+        raise UnsafeFolderError(f"'{aside}' is still there from an earlier rerun of '{run_dir}'; nothing was moved: "
+                                "keep one of the two folders and delete the other")
+    run_dir.rename(aside)
+    return aside
+
+
+def put_back(aside: Path, run_dir: Path) -> None:
+    """Restore a run set aside by :func:`set_aside`, deleting what its rerun left in ``run_dir``."""
+    clear_unfinished(run_dir, "the unfinished rerun")
+    aside.rename(run_dir)
 
 
 def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
@@ -510,7 +540,7 @@ def run_sweep(
         Runs one config into a folder (:func:`execute_run`).
     rerun_changed : bool, optional
         Run again the runs found finished with another config than the sweep's, each folder
-        deleted first (:func:`clear_unfinished`); default: ``sweep.rerun_changed``.
+        set aside first and put back if their rerun fails (:func:`set_aside`); default: ``sweep.rerun_changed``.
     progress : callable, optional
         Called with ``(runs done, runs to do, ETA text)`` before the first run and after each
         (:func:`fedmtl.progress.sweep_eta`; ``fedmtl sweep`` draws a bar with it on a terminal).
@@ -540,13 +570,20 @@ def run_sweep(
         eta = sweep_eta(done - 1, len(todo), durations)
         report(f"[{done}/{len(todo)}] {run.label} seed {run.seed}{again} ... ({eta})")
         t0 = time.monotonic()
+        aside: Path | None = None
         try:
             check_no_links(sweep.out, run_dir)
-            if run.changed:
-                clear_unfinished(run_dir, "a finished run of another config")
+            if run.changed:  # kept until the rerun finishes, put back if it does not
+                aside = set_aside(run_dir)
             runner(sweep.config_of(run), run_dir, quiet_runs)
             run.status = "done"
-        except Exception as exc:  # noqa: BLE001 - one failed run must not stop the sweep
+            if aside is not None:
+                shutil.rmtree(aside)
+        except BaseException as exc:
+            if aside is not None and aside.exists():
+                put_back(aside, run_dir)
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C, SIGTERM: stop the sweep, the earlier run is back in its folder
             run.status = "failed"
             run.error = "".join(traceback.format_exception(exc))[-2000:]
         run.duration_s = round(time.monotonic() - t0, 2)
