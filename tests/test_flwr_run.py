@@ -14,6 +14,7 @@ import pytest
 
 from fedmtl.launch.flwr_run import _json_from, local_superlinks, run_status
 from tests.helpers import is_png, stop_local_superlink
+from tests.plugin_support import PLUGIN
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -84,10 +85,15 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         assert not local_superlinks(flwr_home)  # the local SuperLink it started is stopped, even on failure
 
         # 3. the documented command succeeds on a good config, results at run.output-dir; with
-        #    Ditto (a personal model per client in its store), both views are measured
+        #    Ditto (a personal model per client in its store), both views are measured; a
+        #    plugin's weighting (run.plugins) runs in the clients Flower's runtime starts
+        plugin = tmp_path / "plugins" / "my_plugin.py"
+        plugin.parent.mkdir()
+        plugin.write_text(PLUGIN)
         good = tmp_path / "good.toml"
         good.write_text((ROOT / "configs/smoke.toml").read_text().replace(
-            '[run]\n', f'[run]\noutput-dir = "{tmp_path / "good-runs"}"\n') + '\n[personalization]\nmethod = "ditto"\n')
+            '[run]\n', f'[run]\noutput-dir = "{tmp_path / "good-runs"}"\nplugins = ["{plugin}"]\n').replace(
+            '[client]\n', '[client]\nweighting = "first-task-heavy"\n') + '\n[personalization]\nmethod = "ditto"\n')
         proc = subprocess.run(
             [sys.executable, "-m", "fedmtl", "flwr-run", str(good), "--app-dir", str(ROOT)],
             capture_output=True, text=True, timeout=600, cwd=tmp_path,
@@ -99,6 +105,10 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         metrics = pd.read_csv(summaries[0].parent / "metrics.csv")
         assert {"test", "test-global"} <= set(metrics.split)
         assert set(metrics[metrics.split == "test-global"].client) == {0, 1}
+        weights = metrics[(metrics.split == "train") & (metrics.metric == "weight")]
+        assert set(weights.client) == {0, 1}
+        assert set(weights[weights.task == "left"].value.round(6)) == {round(2 / 3, 6)}
+        assert set(weights[weights.task == "right"].value.round(6)) == {round(1 / 3, 6)}
         assert not local_superlinks(flwr_home)  # no process left behind
     finally:
         stop_local_superlink(flwr_home)

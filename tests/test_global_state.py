@@ -243,10 +243,11 @@ def test_figures_are_valid_pngs_drawn_without_pyplot_or_a_backend_switch(tmp_pat
 
 
 def test_federation_figure_leaves_matplotlib_alone(tmp_path):
-    # loading a federation imports flwr_datasets, which imports pyplot: check that the figure
-    # is no pyplot figure and that the backend and rcParams stay as they were
+    # a caller with pyplot imported (as a notebook has): check that the figure is no pyplot
+    # figure and that the backend and rcParams stay as they were
     out = _result(_python(f"""
         import json, sys
+        import matplotlib.pyplot
         from fedmtl.validation import load_config
         from fedmtl.data import load_federation
         from fedmtl.data.describe import plot_federation
