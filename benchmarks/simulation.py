@@ -37,8 +37,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,18 +168,18 @@ def floor(cfg: ExperimentConfig, device: str = "cpu") -> list[float]:
 
 
 # -- (b) vanilla Flower --------------------------------------------------------------------
-def vanilla_flower(cfg: ExperimentConfig) -> list[float]:
-    """A minimal Flower FedAvg app with the same model, data and steps; round end times.
+def vanilla_apps(cfg: ExperimentConfig, round_done: Callable[[], None],
+                 started: Callable[[], None] | None = None) -> tuple[Any, Any]:
+    """A minimal Flower FedAvg app with the same model, data and steps: ``(server_app,
+    client_app)``; ``round_done()`` is called after each round's aggregation, ``started()`` when
+    the ServerApp starts.
 
-    The ClientApp is defined here, in ``__main__``: Ray ships it to its workers by value.
+    The apps are closures: Ray ships the ClientApp to its workers by value.
     """
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
-
-    from fedmtl.launch.simulation import backend_config
 
     client_app = ClientApp()
     data_cfg, seed, model_cfg = cfg.data, cfg.run.seed, cfg.model
@@ -207,12 +209,10 @@ def vanilla_flower(cfg: ExperimentConfig) -> list[float]:
                               "metrics": MetricRecord({"num-examples": len(split)})})
         return Message(content=content, reply_to=msg)
 
-    ends: list[float] = []
-
     class TimedFedAvg(FedAvg):
         def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201 - Flower's signature
             result = super().aggregate_train(server_round, replies)
-            ends.append(time.monotonic())
+            round_done()
             return result
 
         def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001, ANN201
@@ -226,6 +226,8 @@ def vanilla_flower(cfg: ExperimentConfig) -> list[float]:
         from fedmtl.data import load_federation
         from fedmtl.models import build_model
 
+        if started is not None:
+            started()
         fed = load_federation(data_cfg, seed)
         torch.manual_seed(seed)
         model = build_model(model_cfg, fed.input_shape, fed.client_tasks(0))
@@ -234,6 +236,17 @@ def vanilla_flower(cfg: ExperimentConfig) -> list[float]:
         strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=cfg.run.rounds,
                        train_config=ConfigRecord())
 
+    return server_app, client_app
+
+
+def vanilla_flower(cfg: ExperimentConfig) -> list[float]:
+    """(b): the vanilla Flower app (:func:`vanilla_apps`) on the Ray Simulation Engine; round end times."""
+    from flwr.simulation import run_simulation
+
+    from fedmtl.launch.simulation import backend_config
+
+    ends: list[float] = []
+    server_app, client_app = vanilla_apps(cfg, lambda: ends.append(time.monotonic()))
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
                    backend_config=backend_config(cfg))
     return ends

@@ -9,7 +9,7 @@ process is spawned to the end of round 1 (its aggregation), with the phases in b
   here) and each round's record (``RunRecorder.log_round``);
 - ``flower``: a minimal Flower app on the same Ray Simulation Engine, the same 2 clients, data
   and model: ``flwr.serverapp.strategy.FedAvg`` over the whole model and a ClientApp that
-  trains it one epoch (the app of ``benchmarks/simulation.py``), via ``run_simulation``;
+  trains it one epoch (``benchmarks.simulation.vanilla_apps``), via ``run_simulation``;
 - ``fedmtl --help`` and ``fedmtl --version`` (median of ``--repeat`` × 2 calls), next to
   ``python -c pass``.
 
@@ -88,64 +88,18 @@ def child_fedmtl(out: Path, stamps: dict[str, float]) -> None:
 
 
 def child_flower(out: Path, stamps: dict[str, float]) -> None:
-    """A vanilla Flower app with the smoke run's clients, data and model, stamping its phases."""
-    import torch
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
+    """The vanilla Flower app of ``benchmarks/simulation.py`` with the smoke run's clients, data
+    and model, stamping its phases."""
     from flwr.simulation import run_simulation
 
+    from benchmarks.simulation import vanilla_apps
     from fedmtl.launch.simulation import backend_config
     from fedmtl.validation import load_config
 
     _stamp(stamps, "imports")
     cfg = load_config(SMOKE)
-    data_cfg, seed, model_cfg = cfg.data, cfg.run.seed, cfg.model
-    lr, batch_size = cfg.client.lr, cfg.client.batch_size
-    client_app = ClientApp()
-
-    @client_app.train()
-    def train(msg: Message, context: Context) -> Message:
-        from fedmtl.data import load_federation
-        from fedmtl.models import build_model
-
-        torch.set_num_threads(1)
-        client = int(context.node_config["partition-id"])
-        fed = load_federation(data_cfg, seed)
-        tasks = fed.client_tasks(client)
-        model = build_model(model_cfg, fed.input_shape, tasks)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        split = fed.client(client).train
-        for x, targets in split.batches(batch_size, torch.Generator().manual_seed(client)):
-            optimizer.zero_grad(set_to_none=True)
-            outputs = model(x)
-            sum(t.task_kind.loss(outputs[t.name], targets[t.name]) for t in tasks).backward()
-            optimizer.step()
-        content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                              "metrics": MetricRecord({"num-examples": len(split)})})
-        return Message(content=content, reply_to=msg)
-
-    class TimedFedAvg(FedAvg):
-        def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201 - Flower's signature
-            result = super().aggregate_train(server_round, replies)
-            _stamp(stamps, "round 1 done")
-            return result
-
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        from fedmtl.data import load_federation
-        from fedmtl.models import build_model
-
-        _stamp(stamps, "ServerApp started")
-        fed = load_federation(data_cfg, seed)
-        model = build_model(model_cfg, fed.input_shape, fed.client_tasks(0))
-        strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=cfg.data.num_clients)
-        strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=cfg.run.rounds, train_config=ConfigRecord())
-
+    server_app, client_app = vanilla_apps(cfg, lambda: _stamp(stamps, "round 1 done"),
+                                          lambda: _stamp(stamps, "ServerApp started"))
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
                    backend_config=backend_config(cfg))
 
