@@ -172,6 +172,56 @@ def cost_table(records: pd.DataFrame) -> list[str]:
     return lines
 
 
+def method_costs(name: str, rounds: int, repeats: int = 3, clients: int = 4) -> pd.DataFrame:
+    """Seconds of one client's training call and one evaluation call of each method, measured
+    in this process (the ClientApp's work without the engine), the methods interleaved
+    ``repeats`` times (after one warm-up pass) on the first ``clients`` clients so that a busy
+    spell hits all alike; the median per method. Server-side work (q-FFL's step) is not in it."""
+    import torch
+
+    from fedmtl.aggregation import make_weighting
+    from fedmtl.data import load_federation
+    from fedmtl.models import build_model
+    from fedmtl.personalization.head_store import init_heads
+    from fedmtl.training.methods.base import ClientRun, make_method
+    from fedmtl.validation import load_config
+
+    part, rows = PARTS[name], []
+    torch.set_num_threads(1)  # as a client with engine.client-num-cpus = 1
+    for repeat in range(repeats + 1):  # the first pass warms up (imports, first calls) and is not kept
+        for label, overrides in methods_of(part).items():
+            cfg = load_config(ROOT / part["config"], [*part_overrides(part, rounds), *overrides])
+            fed = load_federation(cfg.data, cfg.run.seed)
+            method = make_method(cfg.personalization.method, cfg.personalization.params)
+            for client in range(clients):
+                tasks = fed.client_tasks(client)
+                model = build_model(cfg.model, fed.input_shape, tasks)
+                if cfg.model.heads == "personal":
+                    init_heads(model, cfg.run.seed, client)
+                method.first_visit(model, cfg, client)
+                run = ClientRun(cfg, client, 2, model, fed.client(client), tasks, torch.device("cpu"), {},
+                                lambda cfg=cfg: make_weighting(cfg.client.weighting, **cfg.client.params))
+                started = time.perf_counter()
+                method.train(run, run.new_weighting())
+                trained = time.perf_counter()
+                method.evaluate(run)
+                if repeat:
+                    rows.append({"method": label, "train_s": trained - started,
+                                 "evaluate_s": time.perf_counter() - trained})
+    return pd.DataFrame(rows).groupby("method", sort=False).median()
+
+
+def cost_lines(costs: pd.DataFrame) -> list[str]:
+    """The in-process cost table, relative to FedPer."""
+    ref = costs.loc["fedper"] if "fedper" in costs.index else None
+    lines = ["| method | training call (s) | × FedPer | evaluation call (s) | × FedPer |", "|---|---|---|---|---|"]
+    for method, row in costs.iterrows():
+        train = f"{row.train_s / ref.train_s:.2f}" if ref is not None else "–"
+        evaluate = f"{row.evaluate_s / ref.evaluate_s:.2f}" if ref is not None else "–"
+        lines.append(f"| `{method}` | {row.train_s:.3f} | {train} | {row.evaluate_s:.3f} | {evaluate} |")
+    return lines
+
+
 def verdict(records: pd.DataFrame) -> list[str]:
     """Ditto's claim checked on the task-averaged mean and worst-10% of the personal view."""
     def averaged(method: str, statistic: str) -> float:
@@ -234,8 +284,14 @@ def main() -> None:
             *table(records, "personal"), "",
             "**Global model** (split `test-global`, methods with two views):", "",
             *table(records, "global"), "",
-            "**Time per training round** (median over rounds 2..R-1 and seeds; the last round "
-            "also evaluates and is left out):", "",
+            "**Cost per client**, measured in one process with the methods interleaved (median of "
+            "3 repeats × 4 clients; a training call and an evaluation call, one CPU thread; the "
+            "server's work, e.g. q-FFL's step, is not in it):", "",
+            *cost_lines(method_costs(name, rounds)), "",
+            "Time per training round in the runs above (median over rounds 2..R-1 and seeds; the last "
+            "round also evaluates and is left out). The runs ran at different times on a shared "
+            "machine whose load went from about 2 to 17, so these differences are mostly the load's; "
+            "the table before is the comparison:", "",
             *cost_table(records), "",
             "Clients never trained at the end (most over seeds): "
             + ", ".join(f"`{m}` {int(v) if not pd.isna(v) else '–'}" for m, v in never.items()), "",
