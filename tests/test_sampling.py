@@ -124,12 +124,20 @@ def test_proportional_sampling_needs_the_sizes_the_server_knows_only_when_it_bui
     assert [sizes(c) for c in range(4)] == [len(federation.build_client(c).train) for c in range(4)]
 
 
-def test_a_resumed_server_samples_what_the_uninterrupted_one_would():
+def test_a_resumed_server_samples_what_the_uninterrupted_one_would(tmp_path):
+    from fedmtl.data import dataset_tasks
+    from fedmtl.progress import Progress
+    from fedmtl.results import RunRecorder
     from fedmtl.server.strategy import FedMTLStrategy
+
+    def server(folder: str) -> FedMTLStrategy:
+        (tmp_path / folder).mkdir()
+        recorder = RunRecorder(tmp_path / folder, cfg, dataset_tasks(cfg.data))
+        return FedMTLStrategy(cfg, _directory(8), recorder, Progress(cfg.run.rounds, enabled=False))
 
     cfg = _config(8, "server.sampling=proportional", "server.fraction-train=0.25", "server.weighting=mean",
                   "model.heads=global", "run.seed=5")
-    first = FedMTLStrategy(cfg, _directory(8), None, None)
+    first = server("first")
     before = [first.roster.sample_train(0.25, 1) for _ in range(3)]
     checkpoint = first.checkpoint_state() | {"round": 3}
     buffer = io.BytesIO()
@@ -137,10 +145,10 @@ def test_a_resumed_server_samples_what_the_uninterrupted_one_would():
     buffer.seek(0)
     checkpoint = torch.load(buffer, weights_only=True)
     after = [first.roster.sample_train(0.25, 1) for _ in range(20)]
-    resumed = FedMTLStrategy(cfg, _directory(8), None, None)
+    resumed = server("resumed")
     resumed.restore(checkpoint)
     assert resumed.first_round == 4
     assert [resumed.roster.sample_train(0.25, 1) for _ in range(20)] == after
     # and a fresh server starts from the beginning of the stream
-    fresh = FedMTLStrategy(cfg, _directory(8), None, None)
+    fresh = server("fresh")
     assert [fresh.roster.sample_train(0.25, 1) for _ in range(3)] == before
