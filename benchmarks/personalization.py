@@ -17,6 +17,7 @@ Usage (from the repository root, inside the venv)::
 
     python benchmarks/personalization.py                 # both parts, 3 seeds
     python benchmarks/personalization.py --parts synthetic --seeds 1 --rounds 5
+    python benchmarks/personalization.py --no-run       # the page from the runs that finished
 
 The runs resume: finished runs are skipped. ``benchmarks/results/personalization.md`` gets,
 per part, the mean, worst-10% and Jain index of each task's accuracy over clients (mean ± std
@@ -97,18 +98,24 @@ def part_overrides(part: dict, rounds: int) -> list[str]:
             "run.checkpoint-every=5"]
 
 
-def run_part(name: str, seeds: int, rounds: int, out: Path) -> list[dict]:
-    """Run every method of one part (resuming); return one record per run."""
+def run_part(name: str, seeds: int, rounds: int, out: Path, run: bool = True) -> tuple[list[dict], list[str]]:
+    """Run every method of one part (resuming; ``run=False`` only reads what finished); return
+    one record per finished run and the labels of the runs that have not finished."""
     part = PARTS[name]
-    records = []
+    records, missing = [], []
     for label, overrides in methods_of(part).items():
         folder = out / name / label
         sweep = plan_sweep(ROOT / part["config"], {}, seeds, folder,
                            [*part_overrides(part, rounds), *overrides])
-        run_sweep(sweep)
-        for run in sweep.runs:
-            records.append(read_record(name, label, run.seed, folder / run.folder))
-    return records
+        if run:
+            run_sweep(sweep)
+        for one in sweep.runs:
+            run_dir = folder / one.folder
+            if (run_dir / "summary.json").is_file():
+                records.append(read_record(name, label, one.seed, run_dir) | {"run_dir": str(run_dir)})
+            else:
+                missing.append(f"`{label}` seed {one.seed}")
+    return records, missing
 
 
 def round_seconds(rounds_csv: Path) -> float:
@@ -255,6 +262,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default: each part's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "personalization")
     parser.add_argument("--parts", nargs="*", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--no-run", action="store_true",
+                        help="run nothing: write the page from the runs that finished (and name the others)")
     parser.add_argument("--page", type=Path,
                         default=ROOT / "benchmarks" / "results" / "personalization.md")
     args = parser.parse_args()
@@ -268,9 +277,10 @@ def main() -> None:
         part = PARTS[name]
         rounds = args.rounds or part["rounds"]
         t0 = time.monotonic()
-        records = pd.DataFrame(run_part(name, args.seeds, rounds, args.out))
+        found, missing = run_part(name, args.seeds, rounds, args.out, run=not args.no_run)
+        records = pd.DataFrame(found)
         records.to_csv(args.out / name / "records.csv", index=False)
-        report = make_report([args.out / name], args.out / name / "report")
+        report = make_report(list(records["run_dir"]), args.out / name / "report")
         minutes = (time.monotonic() - t0) / 60
         figures = copy_figures(Path(report["report"]).parent, args.page.parent / f"personalization-{name}")
         figures = figures.relative_to(ROOT) if figures.is_relative_to(ROOT) else figures
@@ -279,6 +289,8 @@ def main() -> None:
             f"## {part['title']}", "",
             f"Config `{part['config']}` with `{' '.join(part_overrides(part, rounds))}`; "
             f"{args.seeds} seeds, {rounds} rounds; {minutes:.1f} min (resumed runs count as 0).", "",
+            *([f"**Not finished, so not in the tables** ({len(missing)} runs): {', '.join(missing)}.", ""]
+              if missing else []),
             "**Personal model** (split `test`: the model each client keeps; for one-model "
             "methods their only model). Accuracy in %, mean ± std over seeds:", "",
             *table(records, "personal"), "",
