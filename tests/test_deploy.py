@@ -78,7 +78,9 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
                       .replace("[run]\n", f'[run]\noutput-dir = "{runs}"\nevaluate-every = 3\n')
                       .replace("rounds = 2", "rounds = 3")
                       # a reply lost with the killed SuperNode is waited for this long
-                      .replace("[server]\n", "[server]\ntimeout = 120.0\n"))
+                      .replace("[server]\n", "[server]\ntimeout = 120.0\n")
+                      # a personalization method beyond FedPer's (its heads live in the same store)
+                      + '\n[personalization]\nmethod = "fedrep"\n')
     deploy = subprocess.Popen(
         [sys.executable, "-m", "fedmtl", "deploy", "local", str(config), "--nodes", "2", "--tls", "--no-auth",
          "--app-dir", str(ROOT)],
@@ -119,6 +121,7 @@ def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
         assert deploy.returncode == 0, out[-3000:] + err[-3000:]
         assert "finished:completed" in out and f"Results: {run_dir}" in out
         assert (run_dir / "summary.json").is_file()
+        assert 'method = "fedrep"' in (run_dir / "config.toml").read_text()
         assert "(TLS)" in out and "reconnected" in out  # the server followed the new node id
         assert "warning: --no-auth: any process" in err  # opting out of auth is said on the terminal
 
