@@ -167,7 +167,10 @@ def _header(cfg: ExperimentConfig, run_dir: Path, config: Path | None) -> None:
 
     lines = header_lines(cfg, run_dir, config)
     if cfg.run.mode != "centralized":
-        lines.append("starting Ray and the clients ... (-v shows Ray's and Flower's logs)")
+        if cfg.engine.backend == "inprocess":
+            lines.append("starting the clients ... (-v shows Flower's logs)")
+        else:
+            lines.append("starting Ray and the clients ... (-v shows Ray's and Flower's logs)")
     Progress(cfg.run.rounds).header(lines)
 
 

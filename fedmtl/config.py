@@ -424,8 +424,13 @@ ONE_NODE_PER_CLIENT_UP_TO = 200
 
 
 class EngineSection(Section):
-    """``[engine]``: resources of the Ray simulation engine (``fedmtl run`` only)."""
+    """``[engine]``: the simulation engine's backend and resources (``fedmtl run`` only)."""
 
+    backend: Literal["ray", "inprocess"] = Field(
+        "ray", description="Where the Simulation Engine runs the ClientApps: 'ray' (Ray actors, "
+        "clients in parallel, clusters) or 'inprocess' (in the fedmtl process, one at a time: "
+        "no Ray start-up, for small runs, sweeps and debugging).",
+    )
     client_num_cpus: int = Field(1, ge=1, description="Whole CPUs per virtual client.")
     client_num_gpus: float = Field(
         0.0, ge=0, le=1, description="GPU fraction per virtual client (0 = CPU only)."
@@ -449,6 +454,11 @@ class EngineSection(Section):
 
     @model_validator(mode="after")
     def _one_way_to_size_ray(self) -> EngineSection:
+        if self.backend == "inprocess" and self.address:
+            raise ValueError(
+                "engine.backend = 'inprocess' runs the clients in this process; engine.address "
+                "names a Ray cluster: use engine.backend = 'ray' there, or leave address empty"
+            )
         if self.max_concurrent_clients and self.address:
             raise ValueError(
                 "max-concurrent-clients sizes the Ray instance fedmtl starts; on a cluster "

@@ -64,7 +64,7 @@ def sweep_eta(done: int, total: int, durations: list[float]) -> str:
 
 def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None) -> list[str]:
     """What a run is and where it goes: its config file (or ``defaults``), its run folder, the
-    engine (local Ray or a cluster's address, CPUs, CPUs and GPUs per client), the clients
+    engine (in this process, local Ray or a cluster's address, CPUs, CPUs and GPUs per client), the clients
     (registered, sampled per round), the rounds, the aggregation rule and the personalization."""
     server, engine = cfg.server, cfg.engine
     lines = [f"config    {config if config is not None else 'defaults (no config file)'}",
@@ -73,7 +73,9 @@ def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None
         lines.append(f"mode      centralized baseline: {cfg.data.num_clients} clients' training data pooled, "
                      f"{cfg.run.rounds} rounds of {cfg.client.epochs} epoch(s)")
         return lines
-    if engine.address:
+    if engine.backend == "inprocess":
+        where = "in this process (clients one at a time)"
+    elif engine.address:
         where = f"Ray cluster at {engine.address}"
     else:
         cpus = (engine.max_concurrent_clients * engine.client_num_cpus if engine.max_concurrent_clients

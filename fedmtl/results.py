@@ -541,7 +541,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 RUN_ID_FILE = "run-id"
 RESUME_FREE_KEYS = frozenset({
     "run.name", "run.output-dir", "run.plugins", "run.parquet", "run.trackers", "client.head-store-dir",
-    "engine.address", "engine.num-cpus", "engine.max-concurrent-clients", "engine.supernodes",
+    "engine.backend", "engine.address", "engine.num-cpus", "engine.max-concurrent-clients", "engine.supernodes",
 })
 """Config keys a resumed run may change: paths, names, where Ray runs and which copies of the results
 it writes (Parquet, trackers), never the results."""

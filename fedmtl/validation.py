@@ -510,6 +510,17 @@ def check_head_store(cfg: ExperimentConfig) -> None:
         )
 
 
+def check_in_process_stragglers(cfg: ExperimentConfig) -> None:
+    """In-process clients run one at a time: a straggler's wait would hold up every client
+    after it, which is not the straggler a study means."""
+    if cfg.engine.backend == "inprocess" and cfg.faults.straggler > 0:
+        raise ValueError(
+            f"faults.straggler = {cfg.faults.straggler:g} needs clients that run side by side, but "
+            "engine.backend = 'inprocess' runs them one at a time (a straggler's wait would hold up "
+            "the others); use engine.backend = 'ray'"
+        )
+
+
 def check_centralized(cfg: ExperimentConfig) -> None:
     """The centralized baseline pools every client's labels: all tasks everywhere."""
     if cfg.run.mode == "centralized" and cfg.data.task_sets != "all":
@@ -618,6 +629,7 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_something_federated,
     check_client_rule,
     check_head_store,
+    check_in_process_stragglers,
     check_centralized,
     check_min_replies,
     check_model_memory,

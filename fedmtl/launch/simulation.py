@@ -362,6 +362,17 @@ def _start_ray(ray: Any, cfg: ExperimentConfig, settings: tuple, verbose: bool =
         _SHARED.settings, _SHARED.free = settings, _free_resources(ray)
 
 
+def check_server_device(cfg: ExperimentConfig) -> None:
+    """Fail (:class:`EngineError`) when ``server.device`` cannot be had in this process, where
+    the ServerApp runs."""
+    from fedmtl.training.setup import server_device
+
+    try:
+        server_device(cfg.server.device)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+
+
 def connect(cfg: ExperimentConfig, settings: tuple | None = None, verbose: bool = False) -> None:
     """Start or join Ray, then check that at least one node can host a virtual client
     (``engine.client-num-cpus`` CPUs and ``engine.client-num-gpus`` GPUs), instead of waiting
@@ -370,12 +381,7 @@ def connect(cfg: ExperimentConfig, settings: tuple | None = None, verbose: bool 
     Ray is quiet unless ``verbose`` (:func:`ray_logging`)."""
     import ray
 
-    from fedmtl.training.setup import server_device
-
-    try:
-        server_device(cfg.server.device)  # the ServerApp runs in this process
-    except ValueError as exc:
-        raise EngineError(str(exc)) from None
+    check_server_device(cfg)
     if cfg.engine.address:
         check_reachable(cfg.engine.address)
     settings = engine_settings(cfg, verbose) if settings is None else settings
@@ -426,8 +432,9 @@ def simulate(
     cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, verbose: bool = False,
     checkpoint: dict | None = None,
 ) -> Path:
-    """Run ``cfg`` through the Ray Simulation Engine (continuing after ``checkpoint`` when
-    given), with :func:`~fedmtl.config.virtual_supernodes` virtual SuperNodes: one per client,
+    """Run ``cfg`` through Flower's Simulation Engine, on Ray or in this process
+    (``engine.backend``, :mod:`fedmtl.launch.inprocess`), continuing after ``checkpoint`` when
+    given, with :func:`~fedmtl.config.virtual_supernodes` virtual SuperNodes: one per client,
     or fewer, each playing the client its message names.
 
     Leaves logging, the environment, torch's threads and random generator, the SIGTERM
@@ -446,6 +453,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedmtl.clients.app import app as client_app
+    from fedmtl.launch.inprocess import use_in_process_backend
     from fedmtl.progress import CLIENT_ERRORS
     from fedmtl.server.app import make_server_app
     from fedmtl.server.latency import dispatch_on_push
@@ -465,9 +473,13 @@ def simulate(
         warnings.simplefilter("ignore", FutureWarning)
         in_main = threading.current_thread() is threading.main_thread()
         caller_sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
-        connect(cfg, settings, verbose)
-        if _SHARED is not None and _SHARED.settings is not None:
-            _keep_ray_up(stack)
+        if cfg.engine.backend == "inprocess":
+            check_server_device(cfg)
+            stack.enter_context(use_in_process_backend())
+        else:
+            connect(cfg, settings, verbose)
+            if _SHARED is not None and _SHARED.settings is not None:
+                _keep_ray_up(stack)
         if callable(caller_sigterm):  # the caller's own handler (fedmtl run's stop) beats ray.init's
             signal.signal(signal.SIGTERM, caller_sigterm)
         # dispatch_on_push swaps Flower's dispatcher for one that wakes on push: put it back after

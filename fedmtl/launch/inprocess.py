@@ -1,0 +1,93 @@
+"""The in-process backend of Flower's Simulation Engine (``engine.backend = "inprocess"``).
+
+Flower's Simulation Engine (``flwr.simulation.run_simulation``) is a SuperLink's state, a
+ServerApp thread and a pool of workers that take each message from the state, hand it with
+its node's Context to a *backend* and store the reply. Flower ships one backend, Ray's: each
+message travels (serialised) to a Ray actor process, which runs the ClientApp. This module's
+:class:`InProcessBackend` runs the same ClientApp on the same message and Context in this
+process instead, one message at a time. Everything else is Flower's own: the ServerApp, the
+Grid, the LinkState, the engine's queues and workers, the Message API and the error replies.
+
+What it saves is Ray's start-up (a raylet, a GCS and one worker process per client actor,
+seconds to tens of seconds and most of the memory on a small machine) and the serialisation
+of each message and Context to and from the actors. What it gives up is parallel clients:
+one ClientApp runs at a time (torch still uses every intra-op thread it is given,
+``engine.client-num-cpus``). It suits small and medium runs, sweeps of them and
+debugging (a breakpoint in a ClientApp stops in this process); Ray suits many clients in
+parallel and clusters.
+
+Flower 1.41's engine constructs its backend by name from
+``flwr.server.superlink.fleet.vce.backend.raybackend.RayBackend`` whatever backend name it is
+given; :func:`use_in_process_backend` puts this backend there for the duration of a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+from flwr.app.message import Context, Message
+from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
+from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
+
+
+class InProcessBackend(Backend):
+    """A Simulation Engine backend that runs each ClientApp call in this process, one at a time.
+
+    Parameters
+    ----------
+    backend_config : BackendConfig
+        The engine's backend config; nothing in it applies (no Ray to start, no actors to size).
+    """
+
+    def __init__(self, backend_config: BackendConfig) -> None:
+        super().__init__(backend_config)
+        self.app_fn: Callable[[], ClientApp] | None = None
+        self.lock = threading.Lock()
+
+    def build(self, app_fn: Callable[[], ClientApp]) -> None:
+        """Keep the function that loads the ClientApp."""
+        self.app_fn = app_fn
+
+    @property
+    def num_workers(self) -> int:
+        """One: messages are processed one after another."""
+        return 1
+
+    def is_worker_idle(self) -> bool:
+        """Whether no ClientApp call is running."""
+        return not self.lock.locked()
+
+    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        """Run the ClientApp on ``message`` with its node's ``context``; return the reply and the
+        context. A ClientApp that raises is reported as Flower's Ray backend reports it: a
+        :class:`~flwr.clientapp.utils.ClientAppException` with the error's text, which the
+        engine turns into an error reply."""
+        if self.app_fn is None:
+            raise ValueError("InProcessBackend.build() was not called: no ClientApp to run")
+        with self.lock:
+            try:
+                reply = self.app_fn()(message=message, context=context)
+            except LoadClientAppError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every ClientApp failure becomes an error reply
+                raise ClientAppException(str(exc)) from exc
+        return reply, context
+
+    def terminate(self) -> None:
+        """Nothing to stop."""
+
+
+@contextlib.contextmanager
+def use_in_process_backend() -> Iterator[None]:
+    """Within the block, Flower's Simulation Engine runs ClientApps with
+    :class:`InProcessBackend` instead of Ray's backend."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    flower_backend = raybackend.RayBackend
+    raybackend.RayBackend = InProcessBackend  # type: ignore[misc, assignment]
+    try:
+        yield
+    finally:
+        raybackend.RayBackend = flower_backend  # type: ignore[misc]
