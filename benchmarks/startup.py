@@ -10,6 +10,8 @@ process is spawned to the end of round 1 (its aggregation), with the phases in b
 - ``flower``: a minimal Flower app on the same Ray Simulation Engine, the same 2 clients, data
   and model: ``flwr.serverapp.strategy.FedAvg`` over the whole model and a ClientApp that
   trains it one epoch (``benchmarks.simulation.vanilla_apps``), via ``run_simulation``;
+- ``fedmtl-inprocess`` and ``flower-inprocess``: the same two with the ClientApps in the
+  process, on the Simulation Engine's in-process backend (``engine.backend = "inprocess"``);
 - ``fedmtl --help`` and ``fedmtl --version`` (median of ``--repeat`` × 2 calls), next to
   ``python -c pass``.
 
@@ -43,8 +45,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
 PHASES = {
     "fedmtl": ["imports", "ray started", "clients discovered", "round 1 done"],
+    "fedmtl-inprocess": ["imports", "clients discovered", "round 1 done"],
     "flower": ["imports", "ServerApp started", "round 1 done"],
+    "flower-inprocess": ["imports", "ServerApp started", "round 1 done"],
 }
+"""The measured processes and their phases. ``-inprocess``: the same on the Simulation Engine's
+in-process backend (``engine.backend = "inprocess"``, :mod:`fedmtl.launch.inprocess`) instead
+of Ray's."""
+COLUMNS = {"fedmtl": "fedmtl run (Ray)", "fedmtl-inprocess": "fedmtl run (in-process)",
+           "flower": "vanilla Flower (Ray)", "flower-inprocess": "vanilla Flower (in-process backend)"}
 
 
 # -- the measured processes ------------------------------------------------------------------
@@ -52,8 +61,9 @@ def _stamp(stamps: dict[str, float], name: str) -> None:
     stamps.setdefault(name, time.time())
 
 
-def child_fedmtl(out: Path, stamps: dict[str, float]) -> None:
-    """``fedmtl run configs/smoke.toml -q`` in this process, stamping its phases."""
+def child_fedmtl(out: Path, stamps: dict[str, float], in_process: bool = False) -> None:
+    """``fedmtl run configs/smoke.toml -q`` in this process (``in_process``: with
+    ``--set engine.backend=inprocess``), stamping its phases."""
     from fedmtl import cli
     from fedmtl.launch import simulation
     from fedmtl.results import RunRecorder
@@ -80,6 +90,8 @@ def child_fedmtl(out: Path, stamps: dict[str, float]) -> None:
     simulation.connect, server_app.discover_clients = timed_connect, timed_discover
     RunRecorder.log_round = timed_log_round
     sys.argv = ["fedmtl", "run", str(SMOKE), "-q", "--set", f"run.output-dir={out}"]
+    if in_process:
+        sys.argv += ["--set", "engine.backend=inprocess"]
     try:
         cli.main()
     except SystemExit as exc:
@@ -87,10 +99,14 @@ def child_fedmtl(out: Path, stamps: dict[str, float]) -> None:
             raise
 
 
-def child_flower(out: Path, stamps: dict[str, float]) -> None:
+def child_flower(out: Path, stamps: dict[str, float], in_process: bool = False) -> None:
     """The vanilla Flower app of ``benchmarks/simulation.py`` with the smoke run's clients, data
-    and model, stamping its phases."""
+    and model (``in_process``: on the in-process backend), stamping its phases."""
+    import contextlib
+
     from flwr.simulation import run_simulation
+
+    from fedmtl.launch.inprocess import use_in_process_backend
 
     from benchmarks.simulation import vanilla_apps
     from fedmtl.launch.simulation import backend_config
@@ -100,15 +116,17 @@ def child_flower(out: Path, stamps: dict[str, float]) -> None:
     cfg = load_config(SMOKE)
     server_app, client_app = vanilla_apps(cfg, lambda: _stamp(stamps, "round 1 done"),
                                           lambda: _stamp(stamps, "ServerApp started"))
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
-                   backend_config=backend_config(cfg))
+    with use_in_process_backend() if in_process else contextlib.nullcontext():
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
+                       backend_config=backend_config(cfg))
 
 
 def child(kind: str, out: Path, result: Path) -> None:
     """Run one measured process's work; write its phase stamps (wall clock) to ``result``."""
     stamps: dict[str, float] = {}
     try:
-        (child_fedmtl if kind == "fedmtl" else child_flower)(out, stamps)
+        work = child_fedmtl if kind.startswith("fedmtl") else child_flower
+        work(out, stamps, in_process=kind.endswith("-inprocess"))
     finally:
         stamps["exit"] = time.time()
         result.write_text(json.dumps(stamps))
@@ -154,19 +172,24 @@ def write(results: dict, commands: dict[str, float], repeat: int, load: tuple[fl
         f"Command: `python benchmarks/startup.py --repeat {repeat}`. Each figure is the median of {repeat} fresh "
         "processes, in seconds from the spawn of the process (configs/smoke.toml: 2 clients, MultiMNIST, LeNet "
         "with two heads).", "",
-        "| phase (s from process start) | fedmtl run | vanilla Flower app |", "|---|---:|---:|",
     ]
+    kinds = [k for k in COLUMNS if k in medians]
+    lines += ["| phase (s from process start) | " + " | ".join(COLUMNS[k] for k in kinds) + " |",
+              "|---|" + "---:|" * len(kinds)]
     rows = ["imports", "ray started", "ServerApp started", "clients discovered", "round 1 done", "exit"]
     for phase in rows:
-        cells = [f"{medians[k][phase]:.2f}" if phase in medians.get(k, {}) else "–" for k in ("fedmtl", "flower")]
-        lines.append(f"| {phase} | {cells[0]} | {cells[1]} |")
-    target = medians.get("fedmtl", {}).get("round 1 done")
+        cells = [f"{medians[k][phase]:.2f}" if phase in medians[k] else "–" for k in kinds]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    ray_first = medians.get("fedmtl", {}).get("round 1 done")
+    target = medians.get("fedmtl-inprocess", {}).get("round 1 done")
     lines += ["", "| command | median wall (s) |", "|---|---:|"]
     lines += [f"| `{name}` | {seconds:.2f} |" if seconds is not None else f"| `{name}` | fails |"
               for name, seconds in commands.items()]
     help_s = commands.get("fedmtl --help")
     lines += ["", "Targets (issue #22 item 1): time to first round ≤ 5 s: "
-              + (f"**{'met' if target <= 5 else 'not met'}** ({target:.1f} s)" if target else "not measured")
+              + (f"**{'met' if target <= 5 else 'not met'}** ({target:.1f} s) with `engine.backend = "
+                 f"\"inprocess\"`" if target else "not measured")
+              + (f"; on Ray (the default) {ray_first:.1f} s, not met" if ray_first else "")
               + "; `fedmtl --help` ≤ 1 s: "
               + (f"**{'met' if help_s <= 1 else 'not met'}** ({help_s:.2f} s)." if help_s else "not measured."), ""]
     (out / "startup.md").write_text("\n".join(lines))
@@ -176,8 +199,8 @@ def write(results: dict, commands: dict[str, float], repeat: int, load: tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", nargs="*", default=["fedmtl", "flower"], choices=["fedmtl", "flower"])
-    parser.add_argument("--child", choices=["fedmtl", "flower"], help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="*", default=list(PHASES), choices=list(PHASES))
+    parser.add_argument("--child", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -47,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "sweep_engine.md"
-MODES = ("separate", "shared")
+MODES = ("separate", "shared", "inprocess")
 
 
 def _ray_processes() -> list[str]:
@@ -70,9 +70,10 @@ def worker(mode: str, runs: int, rounds: int, out: Path) -> dict:
     from fedmtl.launch.sweep import execute_run, plan_sweep, run_sweep
 
     t0 = time.monotonic()
-    sweep = plan_sweep(ROOT / "configs/smoke.toml", {}, runs, out, [f"run.rounds={rounds}"], report=lambda _: None)
+    overrides = [f"run.rounds={rounds}"] + (["engine.backend=inprocess"] if mode == "inprocess" else [])
+    sweep = plan_sweep(ROOT / "configs/smoke.toml", {}, runs, out, overrides, report=lambda _: None)
     walls: list[float] = []
-    if mode == "shared":
+    if mode in ("shared", "inprocess"):
         run_sweep(sweep, report=lambda _: None)
         walls = [r.duration_s for r in sweep.runs]
     else:
@@ -130,8 +131,8 @@ def _summary(data: dict) -> dict:
 
 def write_report(results: dict[str, dict], runs: int, rounds: int) -> str:
     s = {m: _summary(results[m]) for m in MODES}
-    same = all(a["metrics"] == b["metrics"] for a, b in zip(results["separate"]["runs"], results["shared"]["runs"],
-                                                             strict=True))
+    same = all(a["metrics"] == b["metrics"] == c["metrics"] for a, b, c in zip(
+        results["separate"]["runs"], results["shared"]["runs"], results["inprocess"]["runs"], strict=True))
     lines = [
         "# Sweeps pay start-up once (`benchmarks/sweep_engine.py`)",
         "",
@@ -139,12 +140,13 @@ def write_report(results: dict[str, dict], runs: int, rounds: int) -> str:
         "load average at the end of each sweep below), Python {}.".format(platform.python_version()),
         f"A sweep of {runs} runs of `configs/smoke.toml` ({rounds} rounds, 2 clients, seeds 0..{runs - 1}), "
         "each way in a fresh interpreter: `separate` = each run starts and stops Ray (sweeps before the shared "
-        "engine), `shared` = `run_sweep` (one Ray instance for the sweep).",
+        "engine), `shared` = `run_sweep` (one Ray instance for the sweep), `inprocess` = `run_sweep` with "
+        "`engine.backend = \"inprocess\"` (no Ray: the ClientApps run in the sweep's process).",
         "",
         "Seconds per run (means over the runs; `later` = without the sweep's first run):",
         "",
-        "| | separate | shared |",
-        "|---|---:|---:|",
+        "| | separate | shared | inprocess |",
+        "|---|---:|---:|---:|",
     ]
     rows = [
         ("sweep process / runs (imports included)", "process"),
@@ -161,17 +163,22 @@ def write_report(results: dict[str, dict], runs: int, rounds: int) -> str:
         ("beyond steady rounds, later runs", "beyond_later"),
     ]
     for label, key in rows:
-        lines.append(f"| {label} | {s['separate'][key]:.2f} | {s['shared'][key]:.2f} |")
+        lines.append(f"| {label} | " + " | ".join(f"{s[m][key]:.2f}" for m in MODES) + " |")
+    beyond = s["inprocess"]["beyond"] - s["inprocess"]["figures"]
     lines += [
-        f"| load average at the end | {results['separate']['load']:.1f} | {results['shared']['load']:.1f} |",
+        "| load average at the end | " + " | ".join(f"{results[m]['load']:.1f}" for m in MODES) + " |",
+        "",
+        f"Target (issue #22 item 2): ≤ 2 s per run beyond the runs' own rounds. In-process: "
+        f"{s['inprocess']['beyond']:.2f} s with each run's figures ({s['inprocess']['figures']:.2f} s of it), "
+        f"{beyond:.2f} s without: **{'met' if s['inprocess']['beyond'] <= 2 else 'not met'}** with the figures"
+        f"{', met without them' if beyond <= 2 and s['inprocess']['beyond'] > 2 else ''}. Shared Ray: "
+        f"{s['shared']['beyond']:.2f} s.",
         "",
         f"Metrics identical run by run (same seed, `metrics.csv` byte for byte): **{'yes' if same else 'NO'}**.",
-        f"Ray processes left after the sweep: separate {len(results['separate']['ray_left'])}, "
-        f"shared {len(results['shared']['ray_left'])}.",
+        "Ray processes left after the sweep: " + ", ".join(f"{m} {len(results[m]['ray_left'])}" for m in MODES) + ".",
         "",
-        "Wall per run, run by run (s): separate "
-        + ", ".join(f"{r['wall_s']:.1f}" for r in results["separate"]["runs"])
-        + "; shared " + ", ".join(f"{r['wall_s']:.1f}" for r in results["shared"]["runs"]) + ".",
+        "Wall per run, run by run (s): " + "; ".join(
+            f"{m} " + ", ".join(f"{r['wall_s']:.1f}" for r in results[m]["runs"]) for m in MODES) + ".",
         "",
     ]
     return "\n".join(lines)
@@ -182,12 +189,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--probe", choices=MODES, help="time one mode's sweep only and print it (no page)")
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         sys.path.insert(0, str(ROOT))
         args.result.write_text(json.dumps(worker(args.worker, args.runs, args.rounds, args.out)))
+        return
+    if args.probe:
+        with tempfile.TemporaryDirectory(prefix="sweep-engine-") as tmp:
+            data = _run_worker(args.probe, args.runs, args.rounds, Path(tmp))
+        print(json.dumps({k: round(v, 2) for k, v in _summary(data).items()}, indent=1))
         return
     with tempfile.TemporaryDirectory(prefix="sweep-engine-") as tmp:
         results = {mode: _run_worker(mode, args.runs, args.rounds, Path(tmp)) for mode in MODES}
