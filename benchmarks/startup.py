@@ -106,9 +106,8 @@ def child_flower(out: Path, stamps: dict[str, float], in_process: bool = False) 
 
     from flwr.simulation import run_simulation
 
-    from fedmtl.launch.inprocess import use_in_process_backend
-
     from benchmarks.simulation import vanilla_apps
+    from fedmtl.launch.inprocess import use_in_process_backend
     from fedmtl.launch.simulation import backend_config
     from fedmtl.validation import load_config
 
