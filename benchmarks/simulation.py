@@ -8,14 +8,19 @@ heads, 100 clients, 20 sampled per round, 1 local epoch of SGD, 5 rounds):
     model, a ClientApp that trains it) on the Ray Simulation Engine;
 (c) ``fedmtl``: ``fedmtl`` with FedAvg across clients and the mean across tasks;
 (d) ``fedmtl-fair``: ``fedmtl`` with FairGrad across tasks locally and flat FairGrad across
-    (client, task) rows on the server.
+    (client, task) rows on the server;
+(e) ``flower-inprocess``, ``fedmtl-inprocess``, ``fedmtl-fair-inprocess``: (b), (c) and (d) on the
+    Simulation Engine's in-process backend (``engine.backend = "inprocess"``: the ClientApps run
+    in this process, one at a time, as the floor's clients do; no Ray).
 
 The configurations run in turn, ``--repeat`` times (floor, flower, fedmtl, fedmtl-fair, floor,
 ...), and each reports its median. Seconds per round are the mean over the rounds after the
 first (``(t_R - t_1) / (R - 1)``, where ``t_r`` is when round r's aggregation finished), so
 Ray's start-up and the first visit's imports and data building are left out, as are evaluations
-(none run before the last round). Peak RSS is the largest sum of the resident memory of this
-process and all its descendants (the Ray processes), sampled every 50 ms.
+(none run before the last round). Each measurement runs in a fresh interpreter (``--child``), as
+a user's command does; its peak RSS is the largest sum of the resident memory of that process
+and all its descendants (the Ray processes), sampled every 50 ms, so every configuration's
+figure includes the interpreter, torch and the data.
 
 Usage (from the repository root, inside the venv)::
 
@@ -58,6 +63,9 @@ BASE = [
     "engine.client-num-cpus=1",
 ]
 FAIR = ["client.weighting=fairgrad", "server.plan=flat", "server.weighting=fairgrad"]
+CONFIGURATIONS = ("floor", "flower", "fedmtl", "fedmtl-fair", "flower-inprocess", "fedmtl-inprocess",
+                  "fedmtl-fair-inprocess")
+"""The measured configurations (the module's docstring), in the order they run."""
 
 
 # -- memory ------------------------------------------------------------------------------
@@ -239,16 +247,21 @@ def vanilla_apps(cfg: ExperimentConfig, round_done: Callable[[], None],
     return server_app, client_app
 
 
-def vanilla_flower(cfg: ExperimentConfig) -> list[float]:
-    """(b): the vanilla Flower app (:func:`vanilla_apps`) on the Ray Simulation Engine; round end times."""
+def vanilla_flower(cfg: ExperimentConfig, in_process: bool = False) -> list[float]:
+    """(b): the vanilla Flower app (:func:`vanilla_apps`) on the Ray Simulation Engine (``in_process``:
+    on its in-process backend); round end times."""
+    import contextlib
+
     from flwr.simulation import run_simulation
 
+    from fedmtl.launch.inprocess import use_in_process_backend
     from fedmtl.launch.simulation import backend_config
 
     ends: list[float] = []
     server_app, client_app = vanilla_apps(cfg, lambda: ends.append(time.monotonic()))
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
-                   backend_config=backend_config(cfg))
+    with use_in_process_backend() if in_process else contextlib.nullcontext():
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
+                       backend_config=backend_config(cfg))
     return ends
 
 
@@ -286,12 +299,13 @@ def measure_once(name: str, work) -> tuple[float, float, float, int]:  # noqa: A
 def measure(work: dict, repeat: int) -> dict:
     """Run every configuration ``repeat`` times, interleaved (floor, flower, fedmtl, fair,
     floor, ...), so that a slow spell of a shared machine hits all of them alike; the median
-    seconds per round and the largest peak RSS of each."""
+    seconds per round and the largest peak RSS of each. ``work`` maps each name to a job that
+    returns :func:`measure_once`'s tuple."""
     runs: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name in work}
     for attempt in range(repeat):
         print(f"repeat {attempt + 1} of {repeat}", flush=True)
         for name, job in work.items():
-            runs[name].append(measure_once(name, job))
+            runs[name].append(job())
     return {
         name: {"s_per_round": float(np.median([r[0] for r in rs])), "repeats_s_per_round": [r[0] for r in rs],
                "rounds_timed": rs[0][3], "wall_s": [r[2] for r in rs], "peak_rss_mb": max(r[1] for r in rs)}
@@ -303,21 +317,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds and fewer canvases per digit")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-simulation")
-    parser.add_argument("--only", nargs="*", default=["floor", "flower", "fedmtl", "fedmtl-fair"])
+    parser.add_argument("--only", nargs="*", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     parser.add_argument("--repeat", type=int, default=3, help="measurements per configuration (median)")
+    parser.add_argument("--child", choices=list(CONFIGURATIONS), help=argparse.SUPPRESS)
+    parser.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = ["run.rounds=3", "data.params.pairs-per-digit=2"] if args.quick else ["run.rounds=5"]
     # evaluate only after the last round (which is not timed)
     cfg = load_config(None, [*BASE, *size, "run.evaluate-every=1000"])
     fair = load_config(None, [*BASE, *size, "run.evaluate-every=1000", *FAIR])
+    here, fair_here = (c.with_values(engine={"backend": "inprocess"}) for c in (cfg, fair))
+
+    def folder(name: str) -> Path:
+        return args.out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
     work = {
         "floor": lambda: floor(cfg),
         "flower": lambda: vanilla_flower(cfg),
-        "fedmtl": lambda: fedmtl_run(cfg, args.out / f"fedmtl-{time.strftime('%Y%m%d-%H%M%S')}"),
-        "fedmtl-fair": lambda: fedmtl_run(fair, args.out / f"fedmtl-fair-{time.strftime('%Y%m%d-%H%M%S')}"),
+        "fedmtl": lambda: fedmtl_run(cfg, folder("fedmtl")),
+        "fedmtl-fair": lambda: fedmtl_run(fair, folder("fedmtl-fair")),
+        "flower-inprocess": lambda: vanilla_flower(cfg, in_process=True),
+        "fedmtl-inprocess": lambda: fedmtl_run(here, folder("fedmtl-inprocess")),
+        "fedmtl-fair-inprocess": lambda: fedmtl_run(fair_here, folder("fedmtl-fair-inprocess")),
     }
-    results = measure({name: work[name] for name in args.only}, args.repeat)
+    if args.child:
+        args.child_result.write_text(json.dumps(measure_once(args.child, work[args.child])))
+        return
+    results = measure({name: in_fresh_process(name, args) for name in args.only}, args.repeat)
     write(results, args.quick, cfg, args.repeat)
+
+
+def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[float, float, float, int]]:
+    """A job that measures configuration ``name`` in a fresh interpreter (this script with
+    ``--child``) and returns what :func:`measure_once` measured there."""
+    import subprocess
+    import tempfile
+
+    def job() -> tuple[float, float, float, int]:
+        with tempfile.TemporaryDirectory(prefix="bench-simulation-") as tmp:
+            result = Path(tmp) / "result.json"
+            command = [sys.executable, __file__, "--child", name, "--child-result", str(result), "--out", str(args.out)]
+            subprocess.run(command + (["--quick"] if args.quick else []), check=True, cwd=ROOT)
+            return tuple(json.loads(result.read_text()))  # type: ignore[return-value]
+
+    return job
 
 
 def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> None:

@@ -248,9 +248,7 @@ class RunRecorder:
 
     def _truncate(self, last_round: int) -> None:
         """Drop what rounds after ``last_round`` wrote (a resumed run redoes them)."""
-        metrics = pd.read_csv(self.metrics_path, dtype={"task": str, "split": str, "metric": str})
-        kept = metrics[metrics["round"] <= last_round].to_csv(index=False)
-        write_bytes(self.metrics_path, kept.encode())
+        write_bytes(self.metrics_path, rows_up_to(self.metrics_path.read_bytes(), last_round))
         if self.placement_path.is_file():
             placement = pd.read_csv(self.placement_path, dtype=str, keep_default_na=False)
             placement = placement[placement["round"].astype(int) <= last_round]
@@ -545,6 +543,15 @@ RESUME_FREE_KEYS = frozenset({
 })
 """Config keys a resumed run may change: paths, names, where Ray runs and which copies of the results
 it writes (Parquet, trackers), never the results."""
+
+
+def rows_up_to(table: bytes, last_round: int) -> bytes:
+    """The header and the rows of round ≤ ``last_round`` of a CSV table whose first column is
+    the round, byte for byte as they were written (a resumed run's ``metrics.csv`` then equals
+    an uninterrupted run's)."""
+    lines = table.splitlines(keepends=True)
+    kept = [line for line in lines[1:] if line.strip() and int(line.split(b",", 1)[0]) <= last_round]
+    return b"".join(lines[:1] + kept)
 
 
 def write_run_id(run_dir: str | Path, run_id: str | None = None) -> str:
