@@ -78,13 +78,21 @@ class Timeline:
 
 
 def install(timeline: Timeline) -> None:
-    """Wrap the engine's actor call, the grid's push and the strategy's two steps."""
+    """Wrap the engine's backend call (Ray's and the in-process one), the grid's push and the
+    strategy's two steps."""
     import flwr.server.superlink.fleet.vce.backend.raybackend as raybackend
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
     import fedmtl.server.strategy as strategy
+    from fedmtl.launch.inprocess import InProcessBackend
 
-    process_message = raybackend.RayBackend.process_message
+    for backend in (raybackend.RayBackend, InProcessBackend):
+        _time_calls(backend, timeline)
+    _time_rest(timeline, InMemoryGrid, strategy)
+
+
+def _time_calls(backend: type, timeline: Timeline) -> None:
+    process_message = backend.process_message
 
     def timed_process_message(self, message, context):  # noqa: ANN001, ANN202
         start = time.time()
@@ -96,7 +104,10 @@ def install(timeline: Timeline) -> None:
                 timeline.calls.append((start, float(t["start"]), float(t["end"]), end))
         return out, ctx
 
-    raybackend.RayBackend.process_message = timed_process_message
+    backend.process_message = timed_process_message
+
+
+def _time_rest(timeline: Timeline, InMemoryGrid: type, strategy) -> None:  # noqa: ANN001, N803
     push = InMemoryGrid.push_messages
 
     def timed_push(self, messages):  # noqa: ANN001, ANN202
@@ -148,6 +159,7 @@ def summarise(timeline: Timeline) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--backends", nargs="+", default=["ray", "inprocess"], choices=["ray", "inprocess"])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-round-profile")
     args = parser.parse_args()
     import benchmarks.simulation as bench
@@ -155,37 +167,50 @@ def main() -> None:
     from fedmtl.results import create_run_dir
     from fedmtl.validation import load_config
 
-    cfg = load_config(None, [*bench.BASE, f"run.rounds={args.rounds}", f"run.evaluate-every={args.rounds}"])
     timeline = Timeline()
     install(timeline)
     fedmtl_client.app = timed_app  # what fedmtl.launch.simulation.simulate hands to the engine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        simulate(cfg, create_run_dir(cfg, args.out / time.strftime("%Y%m%d-%H%M%S")), quiet=True)
-    figures = summarise(timeline)
+    figures = {}
+    for backend in args.backends:
+        cfg = load_config(None, [*bench.BASE, f"run.rounds={args.rounds}", f"run.evaluate-every={args.rounds}",
+                                 f"engine.backend={backend}"])
+        timeline.__init__()  # a fresh timeline for this backend (the wrappers keep the object)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            simulate(cfg, create_run_dir(cfg, args.out / f"{backend}-{time.strftime('%Y%m%d-%H%M%S')}"), quiet=True)
+        figures[backend] = summarise(timeline)
     write(figures, cfg)
 
 
-def write(f: dict[str, float], cfg) -> None:  # noqa: ANN001
+def write(figures: dict[str, dict[str, float]], cfg) -> None:  # noqa: ANN001
     sampled = int(np.ceil(cfg.server.fraction_train * cfg.data.num_clients))
     actors = os.cpu_count() or 1
     per_actor = sampled / actors
+    names = {"ray": f"Ray ({actors} actors, one CPU each)", "inprocess": "in-process (one client at a time)"}
+    f = next(iter(figures.values()))
+
+    def row(label: str, key: str, unit: str, digits: int) -> str:
+        return f"| {label} | " + " | ".join(f"{v[key]:.{digits}f} {unit}" for v in figures.values()) + " |"
+
     page = [
         "# Where a simulated round's time goes", "",
-        f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores, no GPU. Command: "
+        f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores, no GPU (load average "
+        f"{os.getloadavg()[0]:.1f} at the end). Command: "
         f"`python benchmarks/round_profile.py --rounds {cfg.run.rounds}`.", "",
-        f"Workload (c) of `benchmarks/simulation.py`: {sampled} training messages per round on "
-        f"{actors} Ray actors (one CPU each). Medians over rounds 2–{f['rounds'] + 1}.", "",
-        "| step | time |", "|---|---|",
-        f"| seconds per round | {f['s_per_round']:.3f} s |",
-        f"| push → first client call (the engine's dispatcher) | {f['push_to_first_call_ms']:.1f} ms |",
-        f"| ClientApp, per training message (inside the actor) | {f['client_ms_per_message']:.1f} ms |",
-        f"| Ray call overhead, per message (call − ClientApp) | {f['ray_overhead_ms_per_message']:.1f} ms |",
-        f"| server (configure + aggregate), per round | {f['server_ms_per_round']:.1f} ms |",
-        f"| share of a core used by the server process | {f['main_process_cores']:.2f} |", "",
-        f"A round is about {per_actor:.0f} messages per actor × (ClientApp + Ray overhead) + the "
+        f"Workload (c) of `benchmarks/simulation.py`: {sampled} training messages per round, on each backend "
+        f"of the Simulation Engine in turn. Medians over rounds 2–{f['rounds'] + 1}.", "",
+        "| step | " + " | ".join(names[b] for b in figures) + " |", "|---|" + "---|" * len(figures),
+        row("seconds per round", "s_per_round", "s", 3),
+        row("push → first client call (the engine's dispatcher)", "push_to_first_call_ms", "ms", 1),
+        row("ClientApp, per training message", "client_ms_per_message", "ms", 1),
+        row("backend call overhead, per message (call − ClientApp)", "ray_overhead_ms_per_message", "ms", 1),
+        row("server (configure + aggregate), per round", "server_ms_per_round", "ms", 1),
+        row("share of a core used by the server process", "main_process_cores", "", 2), "",
+        f"On Ray a round is about {per_actor:.0f} messages per actor × (ClientApp + Ray overhead) + the "
         "dispatcher's wait + the server's time; the rest is the wait for the last reply "
-        "(the grid checks every 10 ms) and the uneven end of the two actors' queues.", "",
+        "(the grid checks every 10 ms) and the uneven end of the two actors' queues. In-process a round is "
+        f"{sampled} × (ClientApp + call overhead) one after another + the dispatcher's wait + the server's "
+        "time (the server process's share of a core then includes the clients).", "",
     ]
     out = ROOT / "benchmarks" / "results" / "round_profile.md"
     out.write_text("\n".join(page))
