@@ -363,6 +363,31 @@ def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[
     return job
 
 
+def spread_warning(results: dict) -> list[str]:
+    """A warning when a configuration's repeats differ by more than 2× (a busy machine): its
+    seconds per round, and the ratios, then say more about the load than about the code."""
+    spread = {name: max(r["repeats_s_per_round"]) / min(r["repeats_s_per_round"]) for name, r in results.items()}
+    if max(spread.values()) <= 2:
+        return []
+    worst = max(spread, key=spread.get)
+    return [f"**The seconds per round above are not comparable**: the repeats of `{worst}` differ by "
+            f"{spread[worst]:.1f}× (the machine's load changed under them); only the peak RSS is.", ""]
+
+
+def memory_lines(results: dict) -> list[str]:
+    """Issue #22 item 3: fedmtl's peak RSS against the floor's, on each backend."""
+    floor_mb = results.get("floor", {}).get("peak_rss_mb")
+    if not floor_mb:
+        return []
+    lines = []
+    for name in ("fedmtl", "fedmtl-inprocess"):
+        if name in results:
+            ratio = results[name]["peak_rss_mb"] / floor_mb
+            lines.append(f"- `{name}`: peak RSS {results[name]['peak_rss_mb']:.0f} MB = {ratio:.2f}× the floor's "
+                         f"({floor_mb:.0f} MB): target ≤ 1.5× **{'met' if ratio <= 1.5 else 'not met'}**.")
+    return ["Memory (each configuration in a fresh process; the largest peak over the repeats):", "", *lines, ""]
+
+
 def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> None:
     suffix = "-quick" if quick else ""
     out = ROOT / "benchmarks" / "results"
@@ -382,6 +407,7 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
                      "batch_size": cfg.client.batch_size},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "date": date.today().isoformat(),
+        "load_average": os.getloadavg()[0],
     }
     (out / f"simulation{suffix}.json").write_text(json.dumps(summary, indent=2))
     rows = ["| configuration | s / round | × floor | × vanilla Flower | peak RSS (MB) |", "|---|---|---|---|---|"]
@@ -392,7 +418,8 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
         rows.append(f"| {name} | {r['s_per_round']:.3f} | {ratio_floor} | {ratio_flower} | {r['peak_rss_mb']:.0f} |")
     page = [
         f"# Simulation speed{' (quick)' if quick else ''}", "",
-        f"Measured {summary['date']} on {summary['machine']}, no GPU.", "",
+        f"Measured {summary['date']} on {summary['machine']}, no GPU; load average {summary['load_average']:.1f} "
+        "at the end (the machine is shared: seconds per round stretch with its load, peak RSS does not).", "",
         f"Command: `python benchmarks/simulation.py{' --quick' if quick else ''}"
         f"{f' --repeat {repeat}' if repeat != 3 else ''}` (from the repository root, in the venv).", "",
         f"Workload: MultiMNIST ({cfg.data.params['pairs-per-digit']} canvases per digit), "
@@ -401,6 +428,8 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
         f"{cfg.client.epochs} local epoch (batch {cfg.client.batch_size}), {cfg.run.rounds} rounds; seconds per round "
         f"after the first, median of {repeat} runs, the configurations in turn (see the script's docstring).", "",
         *rows, "",
+        *spread_warning(results),
+        *memory_lines(results),
     ]
     (out / f"simulation{suffix}.md").write_text("\n".join(page))
     print(f"wrote {out / f'simulation{suffix}.md'}")
