@@ -248,7 +248,7 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False) -> Run
 
 def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | None = None, seeds: int = 1,
           out: str | Path | None = None, overrides: Iterable[str] | None = None, quiet: bool = True,
-          skip_invalid: bool = False, rerun_changed: bool = False) -> SweepResult:
+          skip_invalid: bool = False, rerun_changed: bool = False, jobs: int = 1) -> SweepResult:
     """Run every combination of ``grid`` for ``seeds`` seeds (``fedmtl sweep``): finished runs
     with the same config are skipped, a failed run is recorded and the others go on.
 
@@ -269,6 +269,9 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
         No progress lines (the sweep's and the runs').
     skip_invalid, rerun_changed : bool
         As ``fedmtl sweep --skip-invalid`` and ``--rerun-changed``.
+    jobs : int
+        Runs at once, each in its own worker process, as ``fedmtl sweep --jobs``: every federated
+        run must have ``engine.backend = "inprocess"``; the results are those of ``jobs = 1``.
 
     Returns
     -------
@@ -291,7 +294,7 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
     planned = plan_sweep(path, grid, seeds, folder, overrides, skip_invalid=skip_invalid, report=report,
                          rerun_changed=rerun_changed)
     with preserved_caller(quiet_engine=quiet):
-        done = run_sweep(planned, quiet_runs=quiet, report=report)
+        done = run_sweep(planned, quiet_runs=quiet, report=report, jobs=jobs)
     return SweepResult(folder.resolve(), done)
 
 

@@ -316,6 +316,10 @@ def sweep(
         bool, typer.Option(help="Run again the finished runs whose config differs from the sweep's (their "
                                 "folders are replaced); without it the sweep refuses them, naming the keys.")
     ] = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Runs at once, each in its own worker process (in-process runs "
+                          "only: engine.backend = \"inprocess\"); same results as --jobs 1.")
+    ] = 1,
 ) -> None:
     """Run every combination of --grid values for --seeds seeds; skip runs already finished
     with the same config.
@@ -324,6 +328,8 @@ def sweep(
     fedmtl sweep synthetic --grid 'server.weighting=[fedavg,qffl]' --grid 'server.params={q = 1},{q = 5}'
     """
     _check_sets(ctx, set_, config)
+    if jobs < 1:
+        fail(f"--jobs {jobs}: must be at least 1 (runs at once)")
     from fedmtl.config import ConfigError
     from fedmtl.launch.sweep import parse_grid_option, plan_sweep, run_sweep
     from fedmtl.validation import load_config
@@ -346,8 +352,8 @@ def sweep(
     display = SweepDisplay(bar=not show_rounds)  # a run's own bar and the sweep's would overwrite each other
     try:
         done = _guarded(planned.out, lambda: run_sweep(planned, quiet_runs=not show_rounds, report=display.report,
-                                                       progress=display.progress), again)
-    except ConfigError as exc:  # a run finished with another config since the plan
+                                                       progress=display.progress, jobs=jobs), again)
+    except ConfigError as exc:  # a run finished with another config since the plan, a Ray run with --jobs
         fail(str(exc))
         raise
     finally:

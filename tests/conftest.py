@@ -31,7 +31,7 @@ def flwr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 LONGEST_FIRST = [
     "test_deploy_stranger.py", "test_weightings_simulation.py", "test_faults.py", "test_deploy.py", "test_resume.py",
     "test_flwr_run.py", "test_simulation.py", "test_datasets_simulation.py",
-    "test_sweep_report.py", "test_ray_cluster.py", "test_extend_run.py", "test_python_api.py",
+    "test_sweep_report.py", "test_ray_cluster.py", "test_extend_run.py", "test_python_api.py", "test_sweep_jobs.py",
 ]
 
 

@@ -27,6 +27,11 @@ A finished run is reused only when its config is the sweep's config of that run 
 anything, one line per such run naming the keys that differ (``run.rounds: 2 → 3``,
 :class:`ChangedRunsError`); ``--rerun-changed`` (``rerun_changed=True``) runs them again, each
 folder deleted first under the same rule as an unfinished one (only a folder fedmtl created).
+
+``--jobs N`` (``run_sweep(..., jobs=N)``) runs up to N runs at once, each in a worker process
+(:mod:`fedmtl.launch.sweep_jobs`), for sweeps of in-process runs (``engine.backend =
+"inprocess"``, :func:`check_jobs`); this process alone prints, writes ``sweep.json`` and moves
+run folders, and the results are those of one job.
 """
 
 from __future__ import annotations
@@ -524,6 +529,7 @@ def run_sweep(
     runner: Callable[[ExperimentConfig, Path, bool], None] = execute_run,
     rerun_changed: bool | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    jobs: int = 1,
 ) -> Sweep:
     """Run every unfinished run of ``sweep`` in order; a failed run is recorded, not fatal. The
     federated runs share one Ray instance (:func:`fedmtl.launch.simulation.shared_engine`).
@@ -537,20 +543,29 @@ def run_sweep(
     report : callable
         Receives the progress lines.
     runner : callable
-        Runs one config into a folder (:func:`execute_run`).
+        Runs one config into a folder (:func:`execute_run`); with ``jobs > 1``, a function the
+        workers can import by name.
     rerun_changed : bool, optional
         Run again the runs found finished with another config than the sweep's, each folder
         set aside first and put back if their rerun fails (:func:`set_aside`); default: ``sweep.rerun_changed``.
     progress : callable, optional
         Called with ``(runs done, runs to do, ETA text)`` before the first run and after each
         (:func:`fedmtl.progress.sweep_eta`; ``fedmtl sweep`` draws a bar with it on a terminal).
+    jobs : int
+        Runs at once, each in its own worker process (:mod:`fedmtl.launch.sweep_jobs`); above 1,
+        every federated run must run in-process (``engine.backend = "inprocess"``,
+        :func:`check_jobs`). The results are those of ``jobs = 1``.
 
     Raises
     ------
     ChangedRunsError
         Without ``rerun_changed``, when a finished run's config differs (:func:`check_changed`);
         raised before anything is run or written.
+    ConfigError
+        When ``jobs`` is below 1, or above 1 with a run on Ray (:func:`check_jobs`); raised
+        before anything is run or written.
     """
+    check_jobs(sweep, jobs)
     changed = check_changed(sweep, sweep.rerun_changed if rerun_changed is None else rerun_changed)
     sweep.out.mkdir(parents=True, exist_ok=True)
     total = len(sweep.runs)
@@ -560,21 +575,82 @@ def run_sweep(
     sweep.write_manifest()
     report(f"sweep: {total} runs ({len(sweep.runs) // len(sweep.seeds)} configurations × "
            f"{len(sweep.seeds)} seeds), {total - len(todo)} already finished, {len(changed)} changed, "
-           f"{len(todo)} to run → {sweep.out}")
-    started, durations = time.monotonic(), []
+           f"{len(todo)} to run → {sweep.out}" + (f", {jobs} at a time" if jobs > 1 else ""))
+    started = time.monotonic()
     if progress is not None:
-        progress(0, len(todo), sweep_eta(0, len(todo), durations))
+        progress(0, len(todo), sweep_eta(0, len(todo), []))
+    if jobs > 1:
+        _run_jobs(sweep, todo, jobs, quiet_runs, report, runner, progress)
+    else:
+        _run_each(sweep, todo, quiet_runs, report, runner, progress)
+    failed = [r for r in sweep.runs if r.status == "failed"]
+    report(f"sweep finished in {(time.monotonic() - started) / 60:.1f} min: "
+           f"{total - len(failed)}/{total} runs finished" + (f", {len(failed)} failed" if failed else ""))
+    return sweep
+
+
+def check_jobs(sweep: Sweep, jobs: int) -> None:
+    """Refuse ``jobs`` below 1, or above 1 when a federated run of ``sweep`` runs on Ray (Ray's
+    clients already use every CPU; the workers of :mod:`fedmtl.launch.sweep_jobs` run the runs
+    in-process, one core each).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the option or the key, and the fix.
+    """
+    if jobs < 1:
+        raise ConfigError(f"--jobs = {jobs}: must be at least 1")
+    if jobs == 1:
+        return
+    for run in sweep.runs:
+        cfg = sweep.config_of(run)
+        if cfg.run.mode == "federated" and cfg.engine.backend != "inprocess":
+            raise ConfigError(
+                f"--jobs {jobs} runs in-process runs only, but run '{run.folder}' has engine.backend = "
+                f"'{cfg.engine.backend}' (Ray's clients already use every CPU); add --set engine.backend=inprocess, "
+                "or use --jobs 1")
+
+
+def _start_line(run: SweepRun, number: int, count: int, eta: str) -> str:
+    """``[2/8] lr=0.1 seed 0 ... (about 1 min left)``."""
+    again = f" (changed: {', '.join(run.changed[:SHOWN_CHANGES])})" if run.changed else ""
+    return f"[{number}/{count}] {run.label} seed {run.seed}{again} ... ({eta})"
+
+
+def _prepare(sweep: Sweep, run: SweepRun) -> Path | None:
+    """Check the run's folder (:func:`check_no_links`); set a changed run's finished folder aside
+    (kept until the rerun finishes, put back if it does not); return where, if it was."""
+    run_dir = sweep.out / run.folder
+    check_no_links(sweep.out, run_dir)
+    return set_aside(run_dir) if run.changed else None
+
+
+def _finished(sweep: Sweep, run: SweepRun, number: int, count: int, done: int, eta: str,
+              report: Callable[[str], None], progress: Callable[[int, int, str], None] | None) -> None:
+    """Record a run's end in ``sweep.json``, report its line (``number`` of ``count``) and call
+    ``progress`` (``done`` runs of ``count`` ended)."""
+    sweep.write_manifest()
+    outcome = (_outcome(sweep.out / run.folder) if run.status == "done"
+               else f"FAILED: {run.error.strip().splitlines()[-1]}")
+    report(f"[{number}/{count}] {run.label} seed {run.seed}: {outcome} "
+           f"({format_duration(run.duration_s)}" + (f"; {eta})" if eta else ")"))
+    if progress is not None:
+        progress(done, count, eta)
+
+
+def _run_each(sweep: Sweep, todo: list[SweepRun], quiet_runs: bool, report: Callable[[str], None],
+              runner: Callable[[ExperimentConfig, Path, bool], None],
+              progress: Callable[[int, int, str], None] | None) -> None:
+    """Run ``todo`` one after the other in this process (:func:`run_sweep` with one job)."""
+    durations: list[float] = []
     for done, run in enumerate(todo, start=1):
         run_dir = sweep.out / run.folder
-        again = f" (changed: {', '.join(run.changed[:SHOWN_CHANGES])})" if run.changed else ""
-        eta = sweep_eta(done - 1, len(todo), durations)
-        report(f"[{done}/{len(todo)}] {run.label} seed {run.seed}{again} ... ({eta})")
+        report(_start_line(run, done, len(todo), sweep_eta(done - 1, len(todo), durations)))
         t0 = time.monotonic()
         aside: Path | None = None
         try:
-            check_no_links(sweep.out, run_dir)
-            if run.changed:  # kept until the rerun finishes, put back if it does not
-                aside = set_aside(run_dir)
+            aside = _prepare(sweep, run)
             runner(sweep.config_of(run), run_dir, quiet_runs)
             run.status = "done"
             if aside is not None:
@@ -588,17 +664,67 @@ def run_sweep(
             run.error = "".join(traceback.format_exception(exc))[-2000:]
         run.duration_s = round(time.monotonic() - t0, 2)
         durations.append(run.duration_s)
-        sweep.write_manifest()
-        eta = sweep_eta(done, len(todo), durations)
-        outcome = _outcome(run_dir) if run.status == "done" else f"FAILED: {run.error.strip().splitlines()[-1]}"
-        report(f"[{done}/{len(todo)}] {run.label} seed {run.seed}: {outcome} "
-               f"({format_duration(run.duration_s)}" + (f"; {eta})" if eta else ")"))
-        if progress is not None:
-            progress(done, len(todo), eta)
-    failed = [r for r in sweep.runs if r.status == "failed"]
-    report(f"sweep finished in {(time.monotonic() - started) / 60:.1f} min: "
-           f"{total - len(failed)}/{total} runs finished" + (f", {len(failed)} failed" if failed else ""))
-    return sweep
+        _finished(sweep, run, done, len(todo), done, sweep_eta(done, len(todo), durations), report, progress)
+
+
+def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, report: Callable[[str], None],
+              runner: Callable[[ExperimentConfig, Path, bool], None],
+              progress: Callable[[int, int, str], None] | None) -> None:
+    """Run ``todo`` ``jobs`` at a time in worker processes (:class:`fedmtl.launch.sweep_jobs.WorkerPool`).
+
+    This process alone prints, writes ``sweep.json`` and sets changed runs aside and back, as
+    :func:`run_sweep` does with one job. The ETA counts ``jobs`` runs at once. On Ctrl-C or
+    SIGTERM the workers are stopped first, then the changed runs in flight are put back; the
+    interrupted runs continue from their checkpoints at the next invocation.
+    """
+    from fedmtl.launch.sweep_jobs import Job, WorkerPool
+
+    if not todo:
+        return
+    count, durations = len(todo), []
+    waiting = list(enumerate(todo, start=1))
+    running: dict[int, tuple[SweepRun, Path | None]] = {}  # key: the run's number
+
+    def eta(done: int) -> str:  # the runs go `jobs` at a time
+        return sweep_eta(done, count, [d / min(jobs, count) for d in durations])
+
+    def end(number: int, run: SweepRun, error: str, aside: Path | None) -> None:
+        run_dir = sweep.out / run.folder
+        if not error:
+            run.status = "done"
+            if aside is not None:
+                shutil.rmtree(aside)
+        else:
+            if aside is not None and aside.exists():
+                put_back(aside, run_dir)
+            run.status, run.error = "failed", error
+        durations.append(run.duration_s)
+        _finished(sweep, run, number, count, len(durations), eta(len(durations)), report, progress)
+
+    with WorkerPool(min(jobs, count), runner, quiet_runs) as pool:
+        try:
+            while waiting or running:
+                while waiting and pool.idle:
+                    number, run = waiting.pop(0)
+                    report(_start_line(run, number, count, eta(len(durations))))
+                    try:
+                        aside = _prepare(sweep, run)
+                    except Exception as exc:
+                        run.duration_s = 0.0
+                        end(number, run, "".join(traceback.format_exception(exc))[-2000:], None)
+                        continue
+                    running[number] = (run, aside)
+                    pool.submit(Job(number, sweep.config, sweep.overrides_of(run), str(sweep.out / run.folder)))
+                for outcome in pool.wait() if running else []:
+                    run, aside = running.pop(outcome.key)
+                    run.duration_s = outcome.duration_s
+                    end(outcome.key, run, outcome.error, aside)
+        except BaseException:
+            pool.stop()  # before any folder is moved back: no worker writes in it any more
+            for run, aside in running.values():
+                if aside is not None and aside.exists():
+                    put_back(aside, sweep.out / run.folder)
+            raise
 
 
 def _outcome(run_dir: Path) -> str:

@@ -1,0 +1,181 @@
+"""``fedmtl sweep --jobs N``: N runs at once, each in a worker process, with the results of ``--jobs 1``.
+
+One module fixture runs the same 4-run sweep of the smoke config in-process twice: with one
+job in this process, and with ``--jobs 2`` through the command line; the other tests use
+runners injected through ``run_sweep(..., runner=...)`` (module-level functions, which the
+workers import by name) that write a finished run folder without training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from fedmtl.config import ConfigError
+from fedmtl.data import dataset_tasks
+from fedmtl.launch.sweep import MANIFEST, check_jobs, plan_sweep, run_sweep
+from fedmtl.results import RunRecorder, create_run_dir, recorded_head_store_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs/smoke.toml"
+GRID = {"client.lr": [0.05, 0.1]}
+SETS = ["run.rounds=1", "engine.backend=inprocess"]
+
+
+def _env(home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "HOME": str(home), "FLWR_HOME": str(home / ".flwr"), "COLUMNS": "200",
+            "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """The 4-run sweep (2 learning rates × 2 seeds, 1 round, in-process) with one job (here)
+    and with ``--jobs 2`` (the command line): ``(folder of jobs 1, folder of jobs 2, the CLI's process)``."""
+    root = tmp_path_factory.mktemp("jobs")
+    one = root / "one"
+    run_sweep(plan_sweep(CONFIG, GRID, 2, one, SETS), report=lambda line: None)
+    two = root / "two"
+    sets = [arg for s in SETS for arg in ("--set", s)]
+    proc = subprocess.run([sys.executable, "-m", "fedmtl", "sweep", str(CONFIG), "--grid", "client.lr=0.05,0.1",
+                           "--seeds", "2", *sets, "--out", str(two), "--jobs", "2"],
+                          capture_output=True, text=True, timeout=600, cwd=root, env=_env(root / "home"))
+    return one, two, proc
+
+
+def _spans(folder: Path) -> list[tuple[datetime, datetime]]:
+    """Each run's (started, finished) from its summary.json's provenance."""
+    spans = []
+    for run in json.loads((folder / MANIFEST).read_text())["runs"]:
+        provenance = json.loads((folder / run["folder"] / "summary.json").read_text())["provenance"]
+        spans.append((datetime.fromisoformat(provenance["started"]), datetime.fromisoformat(provenance["finished"])))
+    return spans
+
+
+def _overlap(spans: list[tuple[datetime, datetime]]) -> bool:
+    """Two runs ran at the same time (to the second the provenance records)."""
+    return any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])
+
+
+@pytest.mark.slow
+def test_jobs_2_gives_the_metrics_of_jobs_1_byte_for_byte(sweeps):
+    one, two, proc = sweeps
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = json.loads((two / MANIFEST).read_text())["runs"]
+    assert len(runs) == 4 and [r["status"] for r in runs] == ["done"] * 4
+    for run in runs:
+        assert (two / run["folder"] / "metrics.csv").read_bytes() == (one / run["folder"] / "metrics.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_jobs_2_runs_two_runs_at_once(sweeps):
+    one, two, _ = sweeps
+    assert _overlap(_spans(two))
+    assert not _overlap(_spans(one))  # the check can fail: one job runs them one after the other
+
+
+@pytest.mark.slow
+def test_the_cli_prints_every_run_once_started_and_once_finished(sweeps):
+    _, _, proc = sweeps
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith(", 2 at a time"), proc.stdout
+    for number in range(1, 5):
+        assert sum(line.startswith(f"[{number}/4] ") and line.count(" ... (") == 1 for line in lines) == 1, proc.stdout
+        assert sum(line.startswith(f"[{number}/4] ") and "% (worst 10%" in line for line in lines) == 1, proc.stdout
+    assert any("4/4 runs finished" in line for line in lines), proc.stdout
+
+
+def test_jobs_above_1_refuse_a_ray_run_before_anything_is_written(tmp_path):
+    planned = plan_sweep(CONFIG, GRID, 1, tmp_path / "sw", ["run.rounds=1"])  # engine.backend = "ray"
+    with pytest.raises(ConfigError) as refused:
+        run_sweep(planned, report=lambda line: None, jobs=2)
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1
+    assert "engine.backend = 'ray'" in message and "--set engine.backend=inprocess" in message
+    assert "--jobs 1" in message
+    assert not (tmp_path / "sw").exists()
+    with pytest.raises(ConfigError, match="--jobs = 0"):
+        run_sweep(planned, report=lambda line: None, jobs=0)
+    check_jobs(plan_sweep(CONFIG, GRID, 1, tmp_path / "c", ["run.mode=centralized"]), 2)  # no engine: accepted
+
+
+def test_the_cli_names_a_jobs_below_1(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fedmtl", "sweep", str(CONFIG), "--jobs", "0", "--out",
+                           str(tmp_path / "sw")], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=_env(tmp_path / "home"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --jobs 0: must be at least 1 (runs at once)"]
+    assert not (tmp_path / "sw").exists()
+
+
+def _finish(cfg, run_dir: Path) -> None:
+    """Write a finished run folder without training."""
+    create_run_dir(cfg, run_dir)
+    RunRecorder(run_dir, recorded_head_store_dir(cfg), dataset_tasks(cfg.data)).finish(None)
+
+
+def killed_for_seeds_0_and_1(cfg, run_dir: Path, quiet: bool) -> None:
+    """A runner whose worker is killed (SIGKILL) in the runs of seeds 0 and 1."""
+    if cfg.run.seed in (0, 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+    _finish(cfg, run_dir)
+
+
+def test_a_worker_that_dies_fails_only_its_run_and_is_replaced(tmp_path):
+    lines: list[str] = []
+    planned = plan_sweep(CONFIG, {}, 4, tmp_path / "sw", SETS)
+    done = run_sweep(planned, report=lines.append, runner=killed_for_seeds_0_and_1, jobs=2)
+    # both first workers died: seeds 2 and 3 ran on their replacements
+    assert [r.status for r in done.runs] == ["failed", "failed", "done", "done"]
+    for run in done.runs[:2]:
+        assert "worker process running this run died (killed by SIGKILL)" in run.error
+    manifest = json.loads((tmp_path / "sw" / MANIFEST).read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["failed", "failed", "done", "done"]
+    assert sum("FAILED: the worker process running this run died" in line for line in lines) == 2
+    assert lines[-1].endswith("2/4 runs finished, 2 failed")
+
+
+def waits_until_stopped(cfg, run_dir: Path, quiet: bool) -> None:
+    """A runner that writes its pid next to the run folder and sleeps."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    (run_dir.parent / f"{run_dir.name}.pid").write_text(str(os.getpid()))
+    time.sleep(300)
+
+
+def finishes(cfg, run_dir: Path, quiet: bool) -> None:
+    _finish(cfg, run_dir)
+
+
+def test_an_interrupt_stops_the_workers_and_puts_changed_runs_back(tmp_path):
+    """Ctrl-C during the reruns of two changed runs: the workers are stopped, each finished run
+    is back in its folder, and the runs are left pending."""
+    out = tmp_path / "sw"
+    run_sweep(plan_sweep(CONFIG, {}, 2, out, SETS), report=lambda line: None, runner=finishes)
+    before = {seed: (out / "default" / f"seed-{seed}" / "summary.json").read_bytes() for seed in (0, 1)}
+    planned = plan_sweep(CONFIG, {}, 2, out, [*SETS, "run.rounds=2"], rerun_changed=True)
+    pids = [out / "default" / f"seed-{seed}.pid" for seed in (0, 1)]
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 240
+        while not all(p.is_file() and p.read_text() for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(planned, report=lambda line: None, runner=waits_until_stopped, jobs=2)
+    for pid in (int(p.read_text()) for p in pids):
+        assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
+    assert [r["status"] for r in json.loads((out / MANIFEST).read_text())["runs"]] == ["pending", "pending"]
+    for seed, summary in before.items():
+        assert (out / "default" / f"seed-{seed}" / "summary.json").read_bytes() == summary
+        assert not (out / "default" / f"seed-{seed}.replaced").exists()
