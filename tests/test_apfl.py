@@ -1,7 +1,9 @@
 """APFL (``personalization.method = "apfl"``) pinned to its definition (Deng, Kamani & Mahdavi
 2020): the mixture v̄ = α v + (1 − α) w, v's gradient α ∇f(v̄), α's update
 α ← clip(α − η ⟨v − w, ∇f(v̄)⟩, 0, 1) — in the core on a tiny model, and through the real
-ClientApp called with Flower Messages."""
+ClientApp called with Flower Messages. The simulation uses the in-process engine
+(``engine.backend = "inprocess"``: Flower's Simulation Engine without Ray's start-up): the
+method, not the engine, is the subject."""
 
 from __future__ import annotations
 
@@ -312,7 +314,8 @@ def test_apfl_runs_in_the_simulation_and_reports_both_views(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = str(tmp_path / "apfl")
     jobs = [{"config": str(root / "configs/smoke.toml"), "out": out,
-             "overrides": ["personalization.method=apfl", "personalization.params.adaptive-alpha=true"]}]
+             "overrides": ["personalization.method=apfl", "personalization.params.adaptive-alpha=true",
+                           "engine.backend=inprocess"]}]
     assert run_batch(jobs, tmp_path) == {out: ""}
     metrics = pd.read_csv(tmp_path / "apfl" / "metrics.csv")
     assert {"test", "test-global"} <= set(metrics["split"])

@@ -1,4 +1,8 @@
-"""Each dataset's shipped config runs in the real Ray simulation (one short round)."""
+"""Each dataset's shipped config runs in the real simulation (one short round).
+
+The runs use the in-process engine (``engine.backend = "inprocess"``: Flower's Simulation
+Engine and ClientApp, without Ray's start-up): the datasets, not the engine, are the subject
+(tests/test_simulation.py and tests/test_inprocess_engine.py cover the engines)."""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, list[str], str]]:
     folder = tmp_path_factory.mktemp("datasets")
     jobs = {}
     for name, (config, extra) in CASES.items():
-        sets = ["run.rounds=1", *extra]
+        sets = ["run.rounds=1", "engine.backend=inprocess", *extra]
         if name == "celeba":  # a tiny CelebA copy in the standard layout
             sets.append(f"data.path={make_celeba(folder / 'celeba')}")
         jobs[name] = {"config": str(ROOT / config), "overrides": sets, "out": str(folder / f"run-{name}")}

@@ -6,7 +6,9 @@ round with more rounds. The smoke config evaluates every round (``run.evaluate-e
 ``server.fraction-evaluate = 1``), so the 2-round run evaluated round 2 exactly as the
 3-round run does and drew nothing more from the server's sampling stream: the extended run's
 ``metrics.csv`` and ``rounds.csv`` (but for the times) equal those of a 3-round run from the
-start, every value compared exactly.
+start, every value compared exactly. The runs use the in-process engine
+(``engine.backend = "inprocess"``, recorded in each run's ``config.toml``, so the extension
+runs in-process too): resuming, not the engine, is the subject.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from tests.simulation_batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.toml")
+IN_PROCESS = "engine.backend=inprocess"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-round smoke run, and a 2-round one extended to 3 rounds (one Ray instance)."""
+    """A 3-round smoke run, and a 2-round one extended to 3 rounds (in-process, in one process)."""
     folder = tmp_path_factory.mktemp("extend")
     jobs = [
-        {"config": SMOKE, "overrides": ["run.rounds=3"], "out": str(folder / "whole")},
-        {"config": SMOKE, "overrides": [], "out": str(folder / "extended")},
+        {"config": SMOKE, "overrides": ["run.rounds=3", IN_PROCESS], "out": str(folder / "whole")},
+        {"config": SMOKE, "overrides": [IN_PROCESS], "out": str(folder / "extended")},
         {"argv": ["run", "--resume", str(folder / "extended"), "--set", "run.rounds=3", "-q"], "out": "extend"},
     ]
     results = run_batch(jobs, folder)

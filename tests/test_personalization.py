@@ -1,6 +1,8 @@
 """Personalization methods (``[personalization]``): the config, the training hooks, and each
 method pinned to its definition — in the core (:class:`ClientRun`) and through the real
-ClientApp called with Flower Messages."""
+ClientApp called with Flower Messages. The simulations use the in-process engine
+(``engine.backend = "inprocess"``: Flower's Simulation Engine without Ray's start-up): the
+methods, not the engine, are the subject."""
 
 from __future__ import annotations
 
@@ -547,8 +549,8 @@ def test_methods_run_in_the_simulation_and_report_both_views(tmp_path):
     from tests.simulation_batch import run_batch
 
     root = Path(__file__).resolve().parents[1]
-    jobs = [{"config": str(root / "configs/smoke.toml"), "overrides": [f"personalization.method={m}"],
-             "out": str(tmp_path / m)} for m in ("ditto", "fedbabu")]
+    jobs = [{"config": str(root / "configs/smoke.toml"), "out": str(tmp_path / m),
+             "overrides": [f"personalization.method={m}", "engine.backend=inprocess"]} for m in ("ditto", "fedbabu")]
     results = run_batch(jobs, tmp_path)
     assert results == {job["out"]: "" for job in jobs}, results
     for method in ("ditto", "fedbabu"):
@@ -567,7 +569,7 @@ def test_a_ditto_run_resumed_after_its_last_checkpoint_gives_the_same_metrics(tm
 
     root = Path(__file__).resolve().parents[1]
     sets = ["run.rounds=4", "data.num-clients=3", "server.fraction-train=0.67", "client.weighting=rlw",
-            "personalization.method=ditto", "model.heads=personal"]
+            "personalization.method=ditto", "model.heads=personal", "engine.backend=inprocess"]
     args = [a for s in sets for a in ("--set", s)]
     whole = subprocess.run([sys.executable, "-m", "fedmtl", "run", str(root / "configs/smoke.toml"), *args,
                             "--out", str(tmp_path / "whole"), "-q"], capture_output=True, text=True, timeout=600)

@@ -3,8 +3,10 @@ and heads lost during a run are refused, never silently re-initialised.
 
 One real run (module fixture) gives a run folder; each test resumes a copy of it (with
 ``fedmtl run --resume`` or through a sweep), changed the way a user or an attacker could
-change it. Refusals happen before Ray starts; one forced resume and one sweep resume run.
-The heads tests drive the real strategy and the real ClientApp in-process (no Ray).
+change it. Refusals happen before the engine starts; one forced resume and one sweep resume
+run. The runs use the in-process engine (``engine.backend = "inprocess"``, recorded in the run's
+``config.toml``, so the resumes run in-process too): a run's identity, not the engine, is the
+subject. The heads tests drive the real strategy and the real ClientApp in-process (no Ray).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from fedmtl.results import (
 from fedmtl.validation import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = ["run.rounds=2", "data.num-clients=3"]
+SETS = ["run.rounds=2", "data.num-clients=3", "engine.backend=inprocess"]
 
 
 def _fedmtl(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -1,4 +1,7 @@
-"""Sweeps (grid × seeds, resumable) and reports (table and figures) over real runs."""
+"""Sweeps (grid × seeds, resumable) and reports (table and figures) over real runs.
+
+The federated sweep runs in-process (``engine.backend = "inprocess"``: Flower's Simulation
+Engine without Ray's start-up): sweeps and reports, not the engine, are the subject."""
 
 from __future__ import annotations
 
@@ -119,7 +122,7 @@ def test_a_bad_grid_value_fails_before_any_run(tmp_path):
 def test_federated_sweep_and_report_over_both_sweeps(sweep_dir):
     sim = fedmtl("sweep", str(ROOT / "configs/smoke.toml"), "--grid", "server.weighting=[fedavg, qffl]",
                  "--out", str(sweep_dir / "federated"), "--set", "run.rounds=1", "--set", "data.num-clients=3",
-                 cwd=sweep_dir)
+                 "--set", "engine.backend=inprocess", cwd=sweep_dir)
     assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]
     for name in ("weighting=fedavg", "weighting=qffl"):
         assert (sweep_dir / "federated" / name / "seed-0" / "summary.json").is_file()

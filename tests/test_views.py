@@ -1,7 +1,8 @@
 """Both views measured (the personal model under ``test``, the global model under ``test-global``)
 and each client's participation recorded: replies, the round loop, checkpoint/resume, the run
 folder and ``fedmtl report``; one short real simulation checks ``participation.csv`` against the
-training the run logged."""
+training the run logged (in-process, ``engine.backend = "inprocess"``: the records, not the
+engine, are the subject)."""
 
 from __future__ import annotations
 
@@ -355,7 +356,7 @@ def test_a_simulation_records_who_trained(tmp_path):
 
     out = tmp_path / "run"
     sets = ["data.num-clients=6", "server.fraction-train=0.3", "run.rounds=2", "server.min-replies=1",
-            "data.partitioner=iid"]
+            "data.partitioner=iid", "engine.backend=inprocess"]
     outcome = run_batch([{"config": str(ROOT / "configs/smoke.toml"), "overrides": sets, "out": str(out)}], tmp_path)
     assert outcome == {str(out): ""}, outcome
     run = load_run(out)
