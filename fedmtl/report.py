@@ -72,10 +72,11 @@ from fedmtl.results import GLOBAL, OVERALL, read_participation
 from fedmtl.tasks import TASK_KINDS
 
 IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "run.parquet", "run.trackers", "run.plugins",
-                "client.head-store-dir", "engine.supernodes")
+                "client.head-store-dir", "engine.supernodes", "engine.backend")
 """Config keys that do not make a different configuration (seeds, names, folders, which copies of
-the results a run wrote, and how many virtual SuperNodes played the clients, which does not change
-a run's results; where the plugin files lie is recorded in each run's config)."""
+the results a run wrote, and how many virtual SuperNodes played the clients or which backend ran
+them, neither of which changes a run's results; where the plugin files lie is recorded in each
+run's config)."""
 TABLE_STATS = (("mean", "mean"), ("worst10", "worst-10%"), ("jain", "Jain"), ("gini", "Gini"))
 
 

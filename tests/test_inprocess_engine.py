@@ -229,3 +229,18 @@ def test_an_interrupted_in_process_run_resumes_to_the_same_bytes(tmp_path):
                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert (stopped / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
+
+
+def test_a_report_groups_runs_on_either_backend_as_one_configuration(tmp_path):
+    """The backend changes no result, so it labels no configuration."""
+    import pandas as pd
+
+    from fedmtl.report import RunResult, group_configurations
+
+    def run(seed: int, backend: str, rule: str) -> RunResult:
+        config = {"run.seed": seed, "engine.backend": backend, "server.weighting": rule}
+        return RunResult(tmp_path / f"{rule}-{seed}", config, {}, pd.DataFrame(), pd.DataFrame())
+
+    groups = group_configurations([run(0, "ray", "fedavg"), run(1, "inprocess", "fedavg"), run(0, "ray", "qffl")])
+    assert [len(g.runs) for g in groups] == [2, 1]
+    assert [g.label for g in groups] == ["server.weighting=fedavg", "server.weighting=qffl"]
