@@ -171,8 +171,13 @@ def test_an_interrupt_stops_the_workers_and_puts_changed_runs_back(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(planned, report=lambda line: None, runner=waits_until_stopped, jobs=2)
+    # a test worker (pytest-xdist) may ignore SIGINT: Ctrl-C's Python default for this test
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(planned, report=lambda line: None, runner=waits_until_stopped, jobs=2)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     for pid in (int(p.read_text()) for p in pids):
         assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
     assert [r["status"] for r in json.loads((out / MANIFEST).read_text())["runs"]] == ["pending", "pending"]

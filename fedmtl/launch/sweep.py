@@ -729,7 +729,10 @@ def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, r
 
 def _outcome(run_dir: Path) -> str:
     """``left 90.1% (worst 10% 80.2%)  right …`` from a finished run's summary."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return "finished (no readable summary.json)"
     parts = []
     for task, stats in summary["final"].items():
         scale, unit = (100.0, "%") if stats["metric"] == "accuracy" else (1.0, "")
