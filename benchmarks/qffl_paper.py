@@ -245,44 +245,6 @@ def write_page(page: Path, args: argparse.Namespace, rows: dict[float, list[dict
     page.write_text("\n".join(lines) + f"\n{MARKER}{findings}")
 
 
-CLAIMS = ".claims"
-"""The sweep folder's subfolder where workers claim runs (one empty file per claimed run)."""
-
-
-def run_claimed(sweep) -> None:
-    """A worker: take the sweep's runs one at a time, seed by seed (seed 0's largest device makes
-    its runs the longest: they start first), each claimed by creating a file no other worker
-    created (``O_EXCL``); run each claimed run as a one-run sweep."""
-    import copy
-
-    claims = sweep.out / CLAIMS
-    claims.mkdir(parents=True, exist_ok=True)
-    for index, run in sorted(enumerate(sweep.runs), key=lambda item: (item[1].seed, item[0])):
-        try:
-            os.close(os.open(claims / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            continue
-        one = copy.copy(sweep)
-        one.runs = [run]
-        run_sweep(one)
-
-
-def run_in_workers(jobs: int, out: Path) -> None:
-    """Run the sweep's runs in ``jobs`` processes at once (this script with ``--worker``, each
-    taking the next unclaimed run: :func:`run_claimed`); each run keeps its own folder, so the
-    runs are those of one sweep (afterwards this process finds them finished and writes the
-    sweep's manifest)."""
-    import shutil
-    import subprocess
-
-    shutil.rmtree(out / CLAIMS, ignore_errors=True)
-    workers = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker", str(i)], cwd=ROOT)
-               for i in range(jobs)]
-    failed = [w.args[-1] for w in workers if w.wait() != 0]
-    if failed:
-        raise SystemExit(f"worker(s) {', '.join(failed)} failed; finished runs are kept: run the script again")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds per run (the paper: 20,000)")
@@ -297,22 +259,14 @@ def main() -> None:
                         help="a config override for every run (repeatable), e.g. server.connect-timeout=1800")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once, each in its own process (the runs are in-process: one core each)")
-    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     every = args.evaluate_every or max(1, args.rounds // 4)
     overrides = [f"run.rounds={args.rounds}", f"run.evaluate-every={every}", f"run.checkpoint-every={every}",
                  *args.sets]
     grid = {"server.params": [{"q": q, "lipschitz": 0.0} for q in args.qs]}
     started = time.monotonic()
-    sweep = plan_sweep(ROOT / CONFIG, grid, args.seeds, args.out, overrides, rerun_changed=args.rerun_changed,
-                       report=(lambda _: None) if args.worker else print)
-    if args.worker:
-        run_claimed(sweep)
-        return
-    if args.jobs > 1:
-        run_in_workers(args.jobs, args.out)
-        sweep = plan_sweep(ROOT / CONFIG, grid, args.seeds, args.out, overrides, report=lambda _: None)
-    run_sweep(sweep)
+    sweep = plan_sweep(ROOT / CONFIG, grid, args.seeds, args.out, overrides, rerun_changed=args.rerun_changed)
+    run_sweep(sweep, jobs=args.jobs)
     minutes = (time.monotonic() - started) / 60
     rows = collect(sweep)
     write_page(args.page, args, rows, minutes)
