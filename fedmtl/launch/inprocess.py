@@ -62,7 +62,7 @@ class InProcessBackend(Backend):
     def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
         """Run the ClientApp on ``message`` with its node's ``context``; return the reply and the
         context. A ClientApp that raises is reported as Flower's Ray backend reports it: a
-        :class:`~flwr.clientapp.utils.ClientAppException` with the error's text, which the
+        :class:`~flwr.clientapp.client_app.ClientAppException` with the error's text, which the
         engine turns into an error reply."""
         if self.app_fn is None:
             raise ValueError("InProcessBackend.build() was not called: no ClientApp to run")
@@ -80,14 +80,20 @@ class InProcessBackend(Backend):
 
 
 @contextlib.contextmanager
-def use_in_process_backend() -> Iterator[None]:
-    """Within the block, Flower's Simulation Engine runs ClientApps with
-    :class:`InProcessBackend` instead of Ray's backend."""
+def engine_backend(backend: type[Backend]) -> Iterator[None]:
+    """Within the block, Flower's Simulation Engine constructs ``backend`` where it constructs
+    Ray's (the name ``raybackend.RayBackend``, which Flower 1.41 reads at each run's start)."""
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
     flower_backend = raybackend.RayBackend
-    raybackend.RayBackend = InProcessBackend  # type: ignore[misc, assignment]
+    raybackend.RayBackend = backend  # type: ignore[misc, assignment]
     try:
         yield
     finally:
         raybackend.RayBackend = flower_backend  # type: ignore[misc]
+
+
+def use_in_process_backend() -> contextlib.AbstractContextManager[None]:
+    """Within the block, Flower's Simulation Engine runs ClientApps with
+    :class:`InProcessBackend` instead of Ray's backend."""
+    return engine_backend(InProcessBackend)

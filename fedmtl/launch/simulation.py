@@ -409,6 +409,8 @@ def _keep_ray_up(stack: contextlib.ExitStack) -> None:
     import ray
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
+    from fedmtl.launch.inprocess import engine_backend
+
     flower_backend = raybackend.RayBackend
 
     class SharedRayBackend(flower_backend):  # type: ignore[misc, valid-type]
@@ -424,8 +426,7 @@ def _keep_ray_up(stack: contextlib.ExitStack) -> None:
                 with contextlib.suppress(Exception):  # already dead
                     ray.kill(actor, no_restart=True)
 
-    stack.callback(setattr, raybackend, "RayBackend", flower_backend)
-    raybackend.RayBackend = SharedRayBackend
+    stack.enter_context(engine_backend(SharedRayBackend))
 
 
 def simulate(
