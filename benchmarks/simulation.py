@@ -11,7 +11,8 @@ heads, 100 clients, 20 sampled per round, 1 local epoch of SGD, 5 rounds):
     (client, task) rows on the server;
 (e) ``flower-inprocess``, ``fedmtl-inprocess``, ``fedmtl-fair-inprocess``: (b), (c) and (d) on the
     Simulation Engine's in-process backend (``engine.backend = "inprocess"``: the ClientApps run
-    in this process, one at a time, as the floor's clients do; no Ray).
+    in this process, one at a time, as the floor's clients do, each with one intra-op thread per
+    core as the floor has (``engine.client-num-cpus`` = the machine's cores); no Ray).
 
 The configurations run in turn, ``--repeat`` times (floor, flower, fedmtl, fedmtl-fair, floor,
 ...), and each reports its median. Seconds per round are the mean over the rounds after the
@@ -177,10 +178,10 @@ def floor(cfg: ExperimentConfig, device: str = "cpu") -> list[float]:
 
 # -- (b) vanilla Flower --------------------------------------------------------------------
 def vanilla_apps(cfg: ExperimentConfig, round_done: Callable[[], None],
-                 started: Callable[[], None] | None = None) -> tuple[Any, Any]:
+                 started: Callable[[], None] | None = None, threads: int = 1) -> tuple[Any, Any]:
     """A minimal Flower FedAvg app with the same model, data and steps: ``(server_app,
     client_app)``; ``round_done()`` is called after each round's aggregation, ``started()`` when
-    the ServerApp starts.
+    the ServerApp starts; each ClientApp call gives torch ``threads`` intra-op threads.
 
     The apps are closures: Ray ships the ClientApp to its workers by value.
     """
@@ -198,7 +199,7 @@ def vanilla_apps(cfg: ExperimentConfig, round_done: Callable[[], None],
         from fedmtl.data import load_federation
         from fedmtl.models import build_model
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         client = int(context.node_config["partition-id"])
         fed = load_federation(data_cfg, seed)
         tasks = fed.client_tasks(client)
@@ -258,7 +259,8 @@ def vanilla_flower(cfg: ExperimentConfig, in_process: bool = False) -> list[floa
     from fedmtl.launch.simulation import backend_config
 
     ends: list[float] = []
-    server_app, client_app = vanilla_apps(cfg, lambda: ends.append(time.monotonic()))
+    threads = (os.cpu_count() or 1) if in_process else 1  # one client at a time in-process: every core
+    server_app, client_app = vanilla_apps(cfg, lambda: ends.append(time.monotonic()), threads=threads)
     with use_in_process_backend() if in_process else contextlib.nullcontext():
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
                        backend_config=backend_config(cfg))
@@ -326,7 +328,9 @@ def main() -> None:
     # evaluate only after the last round (which is not timed)
     cfg = load_config(None, [*BASE, *size, "run.evaluate-every=1000"])
     fair = load_config(None, [*BASE, *size, "run.evaluate-every=1000", *FAIR])
-    here, fair_here = (c.with_values(engine={"backend": "inprocess"}) for c in (cfg, fair))
+    # one client at a time in-process: it gets every core, as the floor's one process does
+    cores = os.cpu_count() or 1
+    here, fair_here = (c.with_values(engine={"backend": "inprocess", "client_num_cpus": cores}) for c in (cfg, fair))
 
     def folder(name: str) -> Path:
         return args.out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

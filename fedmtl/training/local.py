@@ -45,6 +45,7 @@ from fedmtl.aggregation import Aggregator, Objectives, Rule, Weighting
 from fedmtl.data.federation import Split
 from fedmtl.models import MultiTaskModel
 from fedmtl.tasks import TaskSpec
+from fedmtl.training.sgd import SGD
 
 Gradients = Literal["auto", "representation", "backbone"]
 Group = Literal["backbone", "heads"]
@@ -283,7 +284,7 @@ class TaskPartsSGD:
     num_tasks : int
         T.
     lr, momentum : float
-        As ``torch.optim.SGD`` (no dampening, no Nesterov, no weight decay).
+        As :class:`~fedmtl.training.sgd.SGD` (``torch.optim.SGD`` without dampening, Nesterov or weight decay).
     """
 
     def __init__(self, params: list[torch.Tensor], num_tasks: int, lr: float, momentum: float) -> None:
@@ -358,9 +359,9 @@ def train_local(
     model.train()
     backbone = list(model.backbone.parameters())
     heads = [p for head in model.heads.values() for p in head.parameters()]
-    head_optimizer = torch.optim.SGD(heads, lr=lr, momentum=momentum)
+    head_optimizer = SGD(heads, lr=lr, momentum=momentum)
     parts_sgd = TaskPartsSGD(backbone, len(tasks), lr, momentum) if track_parts else None
-    backbone_optimizer = None if track_parts or not backbone else torch.optim.SGD(backbone, lr=lr, momentum=momentum)
+    backbone_optimizer = None if track_parts or not backbone else SGD(backbone, lr=lr, momentum=momentum)
     loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
     weight_sum = torch.zeros(len(tasks), dtype=torch.float64)
     steps = 0

@@ -16,6 +16,7 @@ from fedmtl.models import MultiTaskModel
 from fedmtl.protocol import TEST, TEST_GLOBAL
 from fedmtl.training import TrainResult
 from fedmtl.training.local import multitask_step
+from fedmtl.training.sgd import SGD
 from fedmtl.training.methods.base import (
     GLOBAL,
     PERSONAL,
@@ -142,7 +143,7 @@ class PersonalStep:
         v.train()
         heads = [p for head in v.heads.values() for p in head.parameters()]  # as train_local's optimizers
         groups = [heads, list(v.backbone.parameters())]  # (a backbone may have no parameters)
-        self.optimizers = [torch.optim.SGD(group, lr=c.lr, momentum=c.momentum) for group in groups if group]
+        self.optimizers = [SGD(group, lr=c.lr, momentum=c.momentum) for group in groups if group]
         self.triples = list(zip(v.parameters(), w.parameters(), self.mixed.parameters(), strict=True))
 
     def __call__(self, batch: Batch) -> None:

@@ -1,0 +1,70 @@
+"""fedmtl's SGD equals torch.optim.SGD bit for bit, and a fresh process training with it
+never imports torch._dynamo (the reason it exists)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fedmtl.training.sgd import SGD
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(3 * 6 * 6, 4))
+
+
+def _train(model: torch.nn.Module, optimizer, steps: int, skip: torch.Tensor | None = None) -> None:  # noqa: ANN001
+    generator = torch.Generator().manual_seed(7)
+    for step in range(steps):
+        x = torch.randn(5, 1, 8, 8, generator=generator)
+        y = torch.randint(0, 4, (5,), generator=generator)
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if skip is not None and step % 2 == 1:
+            skip.grad = None  # a parameter without a gradient this step takes no step
+        optimizer.step()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("lr", [0.05, 1e-3])
+def test_sgd_equals_torch_sgd_bit_for_bit(lr: float, momentum: float) -> None:
+    ours, theirs = _model(0), _model(0)
+    _train(ours, SGD(ours.parameters(), lr=lr, momentum=momentum), 12, skip=ours[0].bias)
+    _train(theirs, torch.optim.SGD(theirs.parameters(), lr=lr, momentum=momentum), 12, skip=theirs[0].bias)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
+    start = _model(0)
+    assert not torch.equal(ours[3].weight, start[3].weight)  # it did move
+
+
+def test_sgd_refuses_a_negative_setting() -> None:
+    with pytest.raises(ValueError, match="lr=-0.1"):
+        SGD([torch.zeros(2, requires_grad=True)], lr=-0.1)
+    with pytest.raises(ValueError, match="momentum=-1"):
+        SGD([torch.zeros(2, requires_grad=True)], lr=0.1, momentum=-1)
+
+
+def test_local_training_does_not_import_dynamo() -> None:
+    code = (
+        "import sys, torch\n"
+        "from fedmtl.config import ExperimentConfig\n"
+        "from fedmtl.validation import load_config\n"
+        "from fedmtl.data import load_federation\n"
+        "from fedmtl.models import build_model\n"
+        "from fedmtl.aggregation import make_rule\n"
+        "from fedmtl.training import train_local\n"
+        "cfg = load_config(None, ['data.num-clients=2', 'data.params.pairs-per-digit=1'])\n"
+        "fed = load_federation(cfg.data, 0)\n"
+        "tasks = fed.client_tasks(0)\n"
+        "model = build_model(cfg.model, fed.input_shape, tasks)\n"
+        "train_local(model, fed.client(0).train, tasks, make_rule('mean'), epochs=1, batch_size=16,\n"
+        "            lr=0.05, momentum=0.5, device=torch.device('cpu'), generator=torch.Generator().manual_seed(0))\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
