@@ -1,10 +1,7 @@
-"""fedmtl's SGD equals torch.optim.SGD bit for bit, and a fresh process training with it
-never imports torch._dynamo (the reason it exists)."""
+"""fedmtl's SGD equals torch.optim.SGD bit for bit (``tests/test_training_imports.py``
+checks why it exists: training never imports torch._dynamo)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -47,24 +44,3 @@ def test_sgd_refuses_a_negative_setting() -> None:
         SGD([torch.zeros(2, requires_grad=True)], lr=-0.1)
     with pytest.raises(ValueError, match="momentum=-1"):
         SGD([torch.zeros(2, requires_grad=True)], lr=0.1, momentum=-1)
-
-
-def test_local_training_does_not_import_dynamo() -> None:
-    code = (
-        "import sys, torch\n"
-        "from fedmtl.config import ExperimentConfig\n"
-        "from fedmtl.validation import load_config\n"
-        "from fedmtl.data import load_federation\n"
-        "from fedmtl.models import build_model\n"
-        "from fedmtl.aggregation import make_rule\n"
-        "from fedmtl.training import train_local\n"
-        "cfg = load_config(None, ['data.num-clients=2', 'data.params.pairs-per-digit=1'])\n"
-        "fed = load_federation(cfg.data, 0)\n"
-        "tasks = fed.client_tasks(0)\n"
-        "model = build_model(cfg.model, fed.input_shape, tasks)\n"
-        "train_local(model, fed.client(0).train, tasks, make_rule('mean'), epochs=1, batch_size=16,\n"
-        "            lr=0.05, momentum=0.5, device=torch.device('cpu'), generator=torch.Generator().manual_seed(0))\n"
-        "print('torch._dynamo' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -120,9 +120,20 @@ def _per_task_backbone(z: torch.Tensor, upstream: torch.Tensor, params: list[tor
     rows = []
     last = len(upstream) - 1
     for t, grad_z in enumerate(upstream):
-        grads = torch.autograd.grad(z, params, grad_outputs=grad_z, retain_graph=t < last)
+        grads = torch.autograd.grad(_pairing(z, grad_z), params, retain_graph=t < last)
         rows.append(torch.cat([g.reshape(-1) for g in grads]))
     return torch.stack(rows)
+
+
+def _pairing(z: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+    """The scalar ``⟨z, upstream⟩``: its backward pass reaches ``z`` with exactly ``upstream``
+    (``1 · u = u`` in floating point), so it is ``z.backward(upstream)`` bit for bit.
+
+    Why not ``z.backward(upstream)``: PyTorch checks an explicit upstream gradient with
+    ``torch.fx.experimental.symbolic_shapes``, whose import (sympy) costs about 0.5 s in every
+    fresh process, at its first training step; a scalar's backward pass needs no such check.
+    """
+    return (z * upstream.detach()).sum()
 
 
 def multitask_step(
@@ -176,7 +187,7 @@ def multitask_step(
         contributions = _per_task_backbone(z, scaled, backbone)
         _set_backbone_grad(backbone, contributions.sum(dim=0))
         return StepResult(losses_t, weights, contributions)
-    z.backward(scaled.sum(dim=0))
+    _pairing(z, scaled.sum(dim=0)).backward()
     return StepResult(losses_t, weights)
 
 
