@@ -44,6 +44,7 @@ from typing import Any
 import pandas as pd
 
 from fedmtl.atomic import torch_save, write_bytes
+from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
 from fedmtl.group_fairness import summarize_group_gaps
@@ -212,12 +213,19 @@ class RunRecorder:
         The resolved config, written to ``config.toml``.
     tasks : list[TaskSpec]
         The dataset's tasks (their primary metrics are summarised per round).
+    resume_round : int, optional
+        The checkpointed round a resumed run continues after (the files are cut back to it).
+    background : BackgroundWork, optional
+        Draw the figures in its thread; its owner joins it (:mod:`fedmtl.background`).
     """
 
     def __init__(
-        self, run_dir: Path, cfg: ExperimentConfig, tasks: list[TaskSpec], resume_round: int | None = None
+        self, run_dir: Path, cfg: ExperimentConfig, tasks: list[TaskSpec], resume_round: int | None = None,
+        background: BackgroundWork | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.background = background
+        """Where :meth:`finish` draws the figures (``None``: in the calling thread, before it returns)."""
         self.cfg = cfg
         self.tasks = tasks
         self.started = time.monotonic()
@@ -408,9 +416,15 @@ class RunRecorder:
         rows = metrics[(metrics["round"] == final.round) & (metrics["split"] == "test")]
         return sorted(int(c) for c in rows["client"].unique())
 
+    def draw_figures(self) -> None:
+        """Draw the run's figures into ``plots/`` (:func:`fedmtl.plots.plot_run`)."""
+        from fedmtl.plots import plot_run
+
+        plot_run(self.run_dir)
+
     def finish(self, final: RoundStats | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write ``summary.json``, the plots and the Parquet copies (``run.parquet``), hand the
-        summary to the trackers; return the summary."""
+        """Write ``summary.json``, the plots (in :attr:`background` when set) and the Parquet
+        copies (``run.parquet``), hand the summary to the trackers; return the summary."""
         summary: dict[str, Any] = {
             "name": self.cfg.run.name,
             "mode": self.cfg.run.mode,
@@ -433,9 +447,10 @@ class RunRecorder:
                         "config_fingerprint": config_fingerprint(self.cfg),
                         "provenance": finish_provenance(self.provenance), **(extra or {})})
         write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
-        from fedmtl.plots import plot_run
-
-        plot_run(self.run_dir)
+        if self.background is None:
+            self.draw_figures()
+        else:
+            self.background.start("fedmtl-figures", self.draw_figures)
         if wants_parquet(self.cfg.run.parquet):
             write_parquet(self.run_dir)
         self.trackers.finish(summary)

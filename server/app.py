@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmtl import protocol as wire
+from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig
 from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.models import build_model
@@ -36,13 +37,14 @@ def resolve_paths(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
 
 def run_server(
     grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False,
-    checkpoint: dict | None = None,
+    checkpoint: dict | None = None, background: BackgroundWork | None = None,
 ) -> Path:
     """Run a whole federated experiment on ``grid``; return the run folder.
 
     With ``checkpoint`` (:func:`fedmtl.results.load_checkpoint` of ``run_dir``) the run
     continues after the checkpointed round: the run folder's files are cut back to that round
-    and the server's state (model, optimizer, weightings, sampling RNG) is restored.
+    and the server's state (model, optimizer, weightings, sampling RNG) is restored. With
+    ``background`` the run's figures are drawn in its thread (the caller joins it).
     """
     run_dir = run_dir or create_run_dir(cfg)
     recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
@@ -51,7 +53,7 @@ def run_server(
     signal_pushes(grid)
     tasks = dataset_tasks(cfg.data)
     done = int(checkpoint["round"]) if checkpoint else None
-    recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done)
+    recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done, background=background)
     progress = Progress(cfg.run.rounds, enabled=not quiet)
     directory = discover_clients(grid, cfg)
     with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
@@ -76,15 +78,16 @@ def run_server(
 
 
 def make_server_app(
-    cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, checkpoint: dict | None = None
+    cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, checkpoint: dict | None = None,
+    background: BackgroundWork | None = None,
 ) -> ServerApp:
     """A ServerApp running ``cfg`` into ``run_dir`` (used by ``fedmtl run``; ``checkpoint``
-    resumes it, see :func:`run_server`)."""
+    resumes it, ``background`` draws its figures, see :func:`run_server`)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg, run_dir, quiet=quiet, checkpoint=checkpoint)
+        run_server(grid, cfg, run_dir, quiet=quiet, checkpoint=checkpoint, background=background)
 
     return server_app
 

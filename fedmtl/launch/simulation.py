@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig, virtual_supernodes
 
 PRESERVED_LOGGERS = ("flwr", "fedmtl", "")
@@ -446,7 +447,10 @@ def simulate(
     Within :func:`shared_engine`, the run uses (or starts) the block's Ray instance and
     leaves it up, with the run's actors killed.
 
-    Raises whatever the ServerApp raised (the engine re-raises it).
+    The run's figures are drawn in a thread while the engine stops (:mod:`fedmtl.background`);
+    it returns when they are written.
+
+    Raises whatever the ServerApp raised (the engine re-raises it), or drawing the figures raised.
     """
     import ray  # noqa: F401 - before engine_settings: importing Ray extends sys.path and the environment
     import torch
@@ -486,11 +490,17 @@ def simulate(
         # dispatch_on_push swaps Flower's dispatcher for one that wakes on push: put it back after
         stack.callback(setattr, vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
         dispatch_on_push()
-        run_simulation(
-            server_app=make_server_app(cfg, run_dir, quiet=quiet, checkpoint=checkpoint),
-            client_app=client_app,
-            num_supernodes=supernodes,
-            backend_config=backend_config(cfg),
-            verbose_logging=verbose,
-        )
+        # the figures are drawn while the engine stops (fedmtl.background), joined below
+        background = BackgroundWork()
+        try:
+            run_simulation(
+                server_app=make_server_app(cfg, run_dir, quiet=quiet, checkpoint=checkpoint, background=background),
+                client_app=client_app,
+                num_supernodes=supernodes,
+                backend_config=backend_config(cfg),
+                verbose_logging=verbose,
+            )
+        finally:
+            background.wait()
+        background.join()
     return run_dir

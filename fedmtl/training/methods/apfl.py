@@ -16,7 +16,6 @@ from fedmtl.models import MultiTaskModel
 from fedmtl.protocol import TEST, TEST_GLOBAL
 from fedmtl.training import TrainResult
 from fedmtl.training.local import multitask_step
-from fedmtl.training.sgd import SGD
 from fedmtl.training.methods.base import (
     GLOBAL,
     PERSONAL,
@@ -28,6 +27,7 @@ from fedmtl.training.methods.base import (
     personal_state,
     register,
 )
+from fedmtl.training.sgd import SGD
 
 ALPHA_KEY = "alpha"
 """The client's mixing weight α after its last training (float64 scalar)."""
