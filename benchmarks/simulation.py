@@ -392,6 +392,28 @@ def memory_lines(results: dict) -> list[str]:
     return ["Memory (each configuration in a fresh process; the largest peak over the repeats):", "", *lines, ""]
 
 
+def speed_lines(results: dict) -> list[str]:
+    """Issue #22 item 4 on each backend: fedmtl ≤ 1.2× the floor, the fair variant ≤ 1.3× fedmtl,
+    with the range of the repeats behind each median."""
+    lines = []
+    floor = results.get("floor")
+    for suffix, backend in (("", "Ray"), ("-inprocess", "in-process")):
+        plain, fair = results.get(f"fedmtl{suffix}"), results.get(f"fedmtl-fair{suffix}")
+        if floor and plain:
+            ratio = plain["s_per_round"] / floor["s_per_round"]
+            lines.append(f"- {backend}: `fedmtl{suffix}` / floor = {plain['s_per_round']:.3f} / "
+                         f"{floor['s_per_round']:.3f} = {ratio:.2f}: target ≤ 1.2 **{'met' if ratio <= 1.2 else 'not met'}**.")
+        if plain and fair:
+            ratio = fair["s_per_round"] / plain["s_per_round"]
+            lines.append(f"- {backend}: `fedmtl-fair{suffix}` / `fedmtl{suffix}` = {fair['s_per_round']:.3f} / "
+                         f"{plain['s_per_round']:.3f} = {ratio:.2f}: target ≤ 1.3 **{'met' if ratio <= 1.3 else 'not met'}**.")
+    if not lines:
+        return []
+    ranges = ", ".join(f"`{name}` {min(r['repeats_s_per_round']):.3f}–{max(r['repeats_s_per_round']):.3f}"
+                       for name, r in results.items())
+    return ["Seconds per round (medians):", "", *lines, "", f"Range of the repeats (s per round): {ranges}.", ""]
+
+
 def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> None:
     suffix = "-quick" if quick else ""
     out = ROOT / "benchmarks" / "results"
@@ -433,6 +455,7 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
         f"after the first, median of {repeat} runs, the configurations in turn (see the script's docstring).", "",
         *rows, "",
         *spread_warning(results),
+        *speed_lines(results),
         *memory_lines(results),
     ]
     (out / f"simulation{suffix}.md").write_text("\n".join(page))
