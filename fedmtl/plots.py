@@ -141,11 +141,13 @@ def check_format(fmt: str, dpi: int = DEFAULT_DPI) -> None:
 
 def save_figure(fig: Figure, path: Path, dpi: int = DEFAULT_DPI) -> Path:
     """Write ``fig`` to ``path`` in the format its suffix names (tight bounding box; vector
-    formats without a creation date)."""
+    formats without a creation date; PNG with zlib's fastest compression)."""
     fmt = path.suffix.lstrip(".")
     check_format(fmt, dpi)
     metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt, {})
-    fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
+    # zlib's fastest level: about 10% off a run's figures for PNGs about 18% larger
+    extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
+    fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata, **extra)
     return path
 
 
