@@ -186,7 +186,8 @@ def write(figures: dict[str, dict[str, float]], cfg) -> None:  # noqa: ANN001
     sampled = int(np.ceil(cfg.server.fraction_train * cfg.data.num_clients))
     actors = os.cpu_count() or 1
     per_actor = sampled / actors
-    names = {"ray": f"Ray ({actors} actors, one CPU each)", "inprocess": "in-process (one client at a time, one thread)"}
+    names = {"ray": f"Ray ({actors} actors, one CPU each)",
+             "inprocess": "in-process (one client at a time, one thread)"}
     f = next(iter(figures.values()))
 
     def row(label: str, key: str, unit: str, digits: int) -> str:

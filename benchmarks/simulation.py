@@ -401,12 +401,14 @@ def speed_lines(results: dict) -> list[str]:
         plain, fair = results.get(f"fedmtl{suffix}"), results.get(f"fedmtl-fair{suffix}")
         if floor and plain:
             ratio = plain["s_per_round"] / floor["s_per_round"]
+            verdict = "met" if ratio <= 1.2 else "not met"
             lines.append(f"- {backend}: `fedmtl{suffix}` / floor = {plain['s_per_round']:.3f} / "
-                         f"{floor['s_per_round']:.3f} = {ratio:.2f}: target ≤ 1.2 **{'met' if ratio <= 1.2 else 'not met'}**.")
+                         f"{floor['s_per_round']:.3f} = {ratio:.2f}: target ≤ 1.2 **{verdict}**.")
         if plain and fair:
             ratio = fair["s_per_round"] / plain["s_per_round"]
+            verdict = "met" if ratio <= 1.3 else "not met"
             lines.append(f"- {backend}: `fedmtl-fair{suffix}` / `fedmtl{suffix}` = {fair['s_per_round']:.3f} / "
-                         f"{plain['s_per_round']:.3f} = {ratio:.2f}: target ≤ 1.3 **{'met' if ratio <= 1.3 else 'not met'}**.")
+                         f"{plain['s_per_round']:.3f} = {ratio:.2f}: target ≤ 1.3 **{verdict}**.")
     if not lines:
         return []
     ranges = ", ".join(f"`{name}` {min(r['repeats_s_per_round']):.3f}–{max(r['repeats_s_per_round']):.3f}"
