@@ -45,10 +45,15 @@ class BackgroundWork:
         for thread in threads:
             thread.join()
 
+    def take_errors(self) -> list[BaseException]:
+        """The errors the threads raised so far; they are then forgotten."""
+        with self._lock:
+            errors, self._errors = self._errors, []
+        return errors
+
     def join(self) -> None:
         """:meth:`wait`, then raise the first error a thread raised."""
         self.wait()
-        with self._lock:
-            errors, self._errors = self._errors, []
+        errors = self.take_errors()
         if errors:
             raise errors[0]

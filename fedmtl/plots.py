@@ -48,6 +48,7 @@ this module neither imports ``matplotlib.pyplot`` nor changes matplotlib's backe
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import re
 import textwrap
@@ -68,6 +69,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from fedmtl import seeds
+from fedmtl.atomic import write_bytes
 from fedmtl.fairness import summarize
 from fedmtl.protocol import TEST_GLOBAL as GLOBAL_SPLIT
 
@@ -141,13 +143,15 @@ def check_format(fmt: str, dpi: int = DEFAULT_DPI) -> None:
 
 def save_figure(fig: Figure, path: Path, dpi: int = DEFAULT_DPI) -> Path:
     """Write ``fig`` to ``path`` in the format its suffix names (tight bounding box; vector
-    formats without a creation date; PNG with zlib's fastest compression)."""
+    formats without a creation date; PNG with zlib's fastest compression), atomically."""
     fmt = path.suffix.lstrip(".")
     check_format(fmt, dpi)
     metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt, {})
     # zlib's fastest level: about 10% off a run's figures for PNGs about 18% larger
     extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
-    fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata, **extra)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata, **extra)
+    write_bytes(path, buffer.getvalue())  # whole or not at all: a killed run leaves no half figure
     return path
 
 

@@ -82,3 +82,37 @@ def test_an_error_drawing_the_figures_is_the_runs_error(tmp_path, monkeypatch) -
     with pytest.raises(OSError, match="No space left on device"):
         _simulate(tmp_path / "run")
     assert (tmp_path / "run" / "summary.json").is_file()  # the results were written before
+
+
+def test_take_errors_hands_them_over_once() -> None:
+    work = BackgroundWork()
+    work.start("broken", lambda: 1 / 0)
+    work.wait()
+    errors = work.take_errors()
+    assert [type(e) for e in errors] == [ZeroDivisionError]
+    assert work.take_errors() == []
+    work.join()  # nothing left to raise
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
+    """save_figure renders first and writes atomically: a failed render leaves no file, and an
+    older figure of the same name stays as it was."""
+    from matplotlib.figure import Figure
+
+    import fedmtl.plots as plots
+
+    path = tmp_path / "accuracy.png"
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    plots.save_figure(fig, path)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def broken_savefig(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fig, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="No space left"):
+        plots.save_figure(fig, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png"]  # no temporary left

@@ -44,3 +44,63 @@ def test_sgd_refuses_a_negative_setting() -> None:
         SGD([torch.zeros(2, requires_grad=True)], lr=-0.1)
     with pytest.raises(ValueError, match="momentum=-1"):
         SGD([torch.zeros(2, requires_grad=True)], lr=0.1, momentum=-1)
+
+
+def test_sgd_equals_torchs_foreach_path_in_float32_and_float64() -> None:
+    """On CUDA torch takes its ``foreach`` path; on the CPU it gives the same numbers as ours."""
+    for dtype in (torch.float32, torch.float64):
+        ours, theirs = _model(3).to(dtype), _model(3).to(dtype)
+        generator = torch.Generator().manual_seed(1)
+        optimizers = (SGD(ours.parameters(), lr=0.05, momentum=0.9),
+                      torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9, foreach=True))
+        for _ in range(6):
+            x = torch.randn(4, 1, 8, 8, generator=generator, dtype=dtype)
+            for model, optimizer in zip((ours, theirs), optimizers, strict=True):
+                model.zero_grad(set_to_none=True)
+                model(x).square().mean().backward()
+                optimizer.step()
+        for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+            assert torch.equal(a, b), dtype
+
+
+def test_a_parameter_whose_first_gradient_comes_late_starts_its_buffer_then() -> None:
+    ours, theirs = _model(4), _model(4)
+    late_ours, late_theirs = ours[3].bias, theirs[3].bias
+    steps = []
+    for model, optimizer, late in ((ours, SGD(ours.parameters(), lr=0.1, momentum=0.5), late_ours),
+                                   (theirs, torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.5), late_theirs)):
+        generator = torch.Generator().manual_seed(2)
+        for step in range(5):
+            x = torch.randn(3, 1, 8, 8, generator=generator)
+            model.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            if step < 3:
+                late.grad = None
+            optimizer.step()
+        steps.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*steps, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sgd_refuses_a_computed_tensor_or_a_parameter_twice() -> None:
+    leaf = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="leaf"):
+        SGD([leaf * 2], lr=0.1)
+    with pytest.raises(ValueError, match="twice"):
+        SGD([leaf, leaf], lr=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sgd_equals_torch_sgd_on_cuda() -> None:
+    ours, theirs = _model(5).cuda(), _model(5).cuda()
+    generator = torch.Generator().manual_seed(3)
+    optimizers = (SGD(ours.parameters(), lr=0.05, momentum=0.5), torch.optim.SGD(theirs.parameters(), lr=0.05,
+                                                                                 momentum=0.5))
+    for _ in range(6):
+        x = torch.randn(4, 1, 8, 8, generator=generator).cuda()
+        for model, optimizer in zip((ours, theirs), optimizers, strict=True):
+            model.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -65,3 +65,9 @@ def test_per_task_rows_equal_autograd_with_grad_outputs_bit_for_bit() -> None:
     for t in range(3):
         grads = torch.autograd.grad(net(x), params, grad_outputs=upstream[t])
         assert torch.equal(rows[t], torch.cat([g.reshape(-1) for g in grads]))
+
+
+def test_the_pairing_refuses_an_upstream_of_another_shape() -> None:
+    z = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        _pairing(z, torch.randn(3))

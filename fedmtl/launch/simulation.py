@@ -35,6 +35,8 @@ from typing import Any
 from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig, virtual_supernodes
 
+log = logging.getLogger("fedmtl")
+
 PRESERVED_LOGGERS = ("flwr", "fedmtl", "")
 """The loggers :func:`simulate` restores (``""``: the root logger)."""
 _HANDLER_ATTRIBUTES = ("level", "formatter", "timestamps", "colored", "json")
@@ -500,7 +502,10 @@ def simulate(
                 backend_config=backend_config(cfg),
                 verbose_logging=verbose,
             )
-        finally:
-            background.wait()
+        except BaseException:
+            background.wait()  # the run's own error wins; one from the figures is logged
+            for error in background.take_errors():
+                log.warning("drawing the run's figures failed as well: %s", error)
+            raise
         background.join()
     return run_dir

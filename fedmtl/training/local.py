@@ -130,9 +130,11 @@ def _pairing(z: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
     (``1 · u = u`` in floating point), so it is ``z.backward(upstream)`` bit for bit.
 
     Why not ``z.backward(upstream)``: PyTorch checks an explicit upstream gradient with
-    ``torch.fx.experimental.symbolic_shapes``, whose import (sympy) costs about 0.5 s in every
+    ``torch.fx.experimental.symbolic_shapes``, whose import (with sympy) costs about 0.4 s in every
     fresh process, at its first training step; a scalar's backward pass needs no such check.
     """
+    if upstream.shape != z.shape:
+        raise ValueError(f"upstream gradient of shape {tuple(upstream.shape)} for z of shape {tuple(z.shape)}")
     return (z * upstream.detach()).sum()
 
 

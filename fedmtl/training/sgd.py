@@ -1,8 +1,10 @@
 """Plain SGD with heavy-ball momentum: the local optimizer of every client.
 
 The step is ``torch.optim.SGD``'s (PyTorch's ``_single_tensor_sgd`` with no weight decay, no
-dampening, no Nesterov) written out, with the same tensor operations in the same order, so the
-parameters it produces are equal bit for bit (``tests/test_sgd.py`` compares them):
+dampening, no Nesterov) written out, with the same tensor operations in the same order, so on
+the CPU (where PyTorch takes that path) the parameters it produces are equal bit for bit
+(``tests/test_sgd.py`` compares them, also with the ``foreach`` path PyTorch takes on CUDA, which
+gives the same float32 and float64 numbers on the CPU):
 
 - ``b ← g`` at a parameter's first step, ``b ← μ b + g`` after it (``μ > 0``);
 - ``θ ← θ − η b`` (``θ ← θ − η g`` when ``μ = 0``);
@@ -36,6 +38,10 @@ class SGD:
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0) -> None:
         self.params = list(params)
+        if any(not param.is_leaf for param in self.params):
+            raise ValueError("SGD can only update leaf tensors (parameters), not a computed tensor")
+        if len({id(param) for param in self.params}) != len(self.params):
+            raise ValueError("SGD was given a parameter twice (torch.optim.SGD warns that this will be an error)")
         if lr < 0 or momentum < 0:
             raise ValueError(f"SGD needs lr >= 0 and momentum >= 0, got lr={lr}, momentum={momentum}")
         self.lr, self.momentum = float(lr), float(momentum)
