@@ -396,19 +396,15 @@ def speed_lines(results: dict) -> list[str]:
     """Issue #22 item 4 on each backend: fedmtl ≤ 1.2× the floor, the fair variant ≤ 1.3× fedmtl,
     with the range of the repeats behind each median."""
     lines = []
-    floor = results.get("floor")
     for suffix, backend in (("", "Ray"), ("-inprocess", "in-process")):
-        plain, fair = results.get(f"fedmtl{suffix}"), results.get(f"fedmtl-fair{suffix}")
-        if floor and plain:
-            ratio = plain["s_per_round"] / floor["s_per_round"]
-            verdict = "met" if ratio <= 1.2 else "not met"
-            lines.append(f"- {backend}: `fedmtl{suffix}` / floor = {plain['s_per_round']:.3f} / "
-                         f"{floor['s_per_round']:.3f} = {ratio:.2f}: target ≤ 1.2 **{verdict}**.")
-        if plain and fair:
-            ratio = fair["s_per_round"] / plain["s_per_round"]
-            verdict = "met" if ratio <= 1.3 else "not met"
-            lines.append(f"- {backend}: `fedmtl-fair{suffix}` / `fedmtl{suffix}` = {fair['s_per_round']:.3f} / "
-                         f"{plain['s_per_round']:.3f} = {ratio:.2f}: target ≤ 1.3 **{verdict}**.")
+        pairs = ((f"fedmtl{suffix}", "floor", 1.2), (f"fedmtl-fair{suffix}", f"fedmtl{suffix}", 1.3))
+        for name, against, target in pairs:
+            if name in results and against in results:
+                a, b = results[name]["s_per_round"], results[against]["s_per_round"]
+                shown = "floor" if against == "floor" else f"`{against}`"
+                verdict = "met" if a / b <= target else "not met"
+                lines.append(f"- {backend}: `{name}` / {shown} = {a:.3f} / {b:.3f} = {a / b:.2f}: "
+                             f"target ≤ {target} **{verdict}**.")
     if not lines:
         return []
     ranges = ", ".join(f"`{name}` {min(r['repeats_s_per_round']):.3f}–{max(r['repeats_s_per_round']):.3f}"
