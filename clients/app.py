@@ -56,6 +56,7 @@ from fedmtl.personalization import (
     save_client_state,
     unpack_state,
 )
+from fedmtl.seeds import TORCH_RNG_LOCK
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import measure_losses
 from fedmtl.training.methods import ClientRun, Method, make_method
@@ -164,7 +165,8 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     client = client_id(msg, context)
     fed = load_federation(cfg.data, cfg.run.seed)
     tasks = fed.client_tasks(client)
-    model = build_model(cfg.model, fed.input_shape, tasks)
+    with TORCH_RNG_LOCK:  # its initial draws (overwritten below) must not fall between another thread's
+        model = build_model(cfg.model, fed.input_shape, tasks)
     store = head_store(cfg, context, run_identity(msg, cfg))
     # training in round R starts from the heads of an earlier round (a resumed run may find
     # this round's heads from before it was killed); evaluation uses this round's

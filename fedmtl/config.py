@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -423,13 +424,21 @@ ONE_NODE_PER_CLIENT_UP_TO = 200
 """Up to this many clients, a simulation gives every client its own virtual SuperNode."""
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS)
+        return os.cpu_count() or 1
+
+
 class EngineSection(Section):
     """``[engine]``: the simulation engine's backend and resources (``fedmtl run`` only)."""
 
     backend: Literal["ray", "inprocess"] = Field(
         "ray", description="Where the Simulation Engine runs the ClientApps: 'ray' (Ray actors, "
-        "clients in parallel, clusters) or 'inprocess' (in the fedmtl process, one at a time: "
-        "no Ray start-up, for small runs, sweeps and debugging).",
+        "clients in parallel, clusters) or 'inprocess' (in the fedmtl process's threads, as many "
+        "clients at once as Ray would run: no Ray start-up, for small and medium runs, sweeps and debugging).",
     )
     client_num_cpus: int = Field(1, ge=1, description="Whole CPUs per virtual client.")
     client_num_gpus: float = Field(
@@ -451,6 +460,21 @@ class EngineSection(Section):
         "With fewer SuperNodes than clients, each message names the client its SuperNode plays "
         "(heads must be on disk).",
     )
+
+    def cpus(self) -> int:
+        """The CPUs the clients get: ``max-concurrent-clients`` × ``client-num-cpus``, else
+        ``num-cpus`` (0 = all of this machine's)."""
+        return self.max_concurrent_clients * self.client_num_cpus if self.max_concurrent_clients else self.num_cpus
+
+    def clients_at_once(self, gpus: int = 0) -> int:
+        """How many clients run at once on this machine, as Ray sizes Flower's actor pool:
+        ⌊CPUs / client-num-cpus⌋ (:meth:`cpus`, else those this process may use), and with a GPU
+        fraction per client at most ⌊``gpus`` / client-num-gpus⌋; at least 1. The in-process
+        backend runs this many ClientApp calls in its threads."""
+        count = (self.cpus() or available_cpus()) // self.client_num_cpus
+        if self.client_num_gpus > 0:
+            count = min(count, int(gpus / self.client_num_gpus + 1e-9))
+        return max(1, count)
 
     @model_validator(mode="after")
     def _one_way_to_size_ray(self) -> EngineSection:

@@ -15,6 +15,7 @@ stream gets its seed from the ``SeedSequence`` of its keys.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
@@ -93,6 +94,13 @@ LEGACY_TORCH_MIX: dict[Stream, Callable[..., int]] = {
 """Torch streams that predate this module, with the integer mix they have always used."""
 
 
+TORCH_RNG_LOCK = threading.RLock()
+"""Held by every fedmtl block that seeds, draws from or restores torch's global CPU generator
+(:func:`seeded_torch_init`, building a model, a weighting that seeds it), so that ClientApps
+running in threads of one process (``engine.backend = "inprocess"`` with several workers) never
+interleave their draws: each block draws exactly what it draws when it runs alone."""
+
+
 def torch_seed(stream: Stream, *keys: int) -> int:
     """A 63-bit torch seed for ``stream`` keyed by ``keys`` (the run seed first).
 
@@ -119,6 +127,6 @@ def seeded_torch_init(stream: Stream, *keys: int) -> Iterator[None]:
     inside this block it draws from ``stream`` and the caller's generator state is left as
     it was.
     """
-    with torch.random.fork_rng(devices=[]):
+    with TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(torch_seed(stream, *keys))
         yield

@@ -511,13 +511,13 @@ def check_head_store(cfg: ExperimentConfig) -> None:
 
 
 def check_in_process_stragglers(cfg: ExperimentConfig) -> None:
-    """In-process clients run one at a time: a straggler's wait would hold up every client
-    after it, which is not the straggler a study means."""
+    """In-process clients share this process's few worker threads: a straggler's wait would
+    hold up the clients queued behind it, which is not the straggler a study means."""
     if cfg.engine.backend == "inprocess" and cfg.faults.straggler > 0:
         raise ValueError(
             f"faults.straggler = {cfg.faults.straggler:g} needs clients that run side by side, but "
-            "engine.backend = 'inprocess' runs them one at a time (a straggler's wait would hold up "
-            "the others); use engine.backend = 'ray'"
+            "engine.backend = 'inprocess' runs them on a few threads of one process (a straggler's "
+            "wait would hold up the clients queued behind it); use engine.backend = 'ray'"
         )
 
 

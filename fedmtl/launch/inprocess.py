@@ -5,16 +5,27 @@ ServerApp thread and a pool of workers that take each message from the state, ha
 its node's Context to a *backend* and store the reply. Flower ships one backend, Ray's: each
 message travels (serialised) to a Ray actor process, which runs the ClientApp. This module's
 :class:`InProcessBackend` runs the same ClientApp on the same message and Context in this
-process instead, one message at a time. Everything else is Flower's own: the ServerApp, the
-Grid, the LinkState, the engine's queues and workers, the Message API and the error replies.
+process instead, in the engine's worker threads: as many messages at once as Ray would run
+actors (:meth:`fedmtl.config.EngineSection.clients_at_once`: the CPUs, or
+``engine.max-concurrent-clients`` × ``engine.client-num-cpus`` of them, divided by
+``engine.client-num-cpus``). Everything else is Flower's own: the ServerApp, the Grid, the
+LinkState, the engine's queues and workers, the Message API and the error replies.
+
+Clients running side by side give the numbers they give alone, bit for bit: each call works on
+its own model, data, heads and generators; torch's global CPU generator, which building a
+model and a few rules draw from, is held by one thread at a time
+(:data:`fedmtl.seeds.TORCH_RNG_LOCK`); and the server orders replies by client before it
+aggregates. Torch's intra-op threads are a process-wide setting, ``engine.client-num-cpus``
+for every call, so ⌊CPUs / client-num-cpus⌋ calls fill the machine as Ray's actors do.
 
 What it saves is Ray's start-up (a raylet, a GCS and one worker process per client actor,
 seconds to tens of seconds and most of the memory on a small machine) and the serialisation
-of each message and Context to and from the actors. What it gives up is parallel clients:
-one ClientApp runs at a time (torch still uses every intra-op thread it is given,
-``engine.client-num-cpus``). It suits small and medium runs, sweeps of them and
-debugging (a breakpoint in a ClientApp stops in this process); Ray suits many clients in
-parallel and clusters.
+of each message and Context to and from the actors. What it gives up is processes: the
+ClientApps share this interpreter (and its lock on Python code; torch's work runs outside it)
+and nothing isolates one from another's crash. It suits small and medium runs, sweeps of them
+and debugging (a breakpoint in a ClientApp stops in this process; set
+``engine.max-concurrent-clients = 1`` to have one call at a time); Ray suits clusters and
+clients that must not share a process.
 
 Flower 1.41's engine constructs its backend by name from
 ``flwr.server.superlink.fleet.vce.backend.raybackend.RayBackend`` whatever backend name it is
@@ -31,20 +42,30 @@ from flwr.app.message import Context, Message
 from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 
+WORKERS = "inprocess_workers"
+"""The backend config's key for the number of ClientApp calls run at once (with ``_``: Flower
+turns a backend config key's ``-`` into ``_``)
+(:meth:`fedmtl.config.EngineSection.clients_at_once`, set by
+:func:`fedmtl.launch.simulation.backend_config`; 1 when absent)."""
+
 
 class InProcessBackend(Backend):
-    """A Simulation Engine backend that runs each ClientApp call in this process, one at a time.
+    """A Simulation Engine backend that runs ClientApp calls in this process, in the engine's
+    worker threads, up to :data:`WORKERS` of the backend config at once.
 
     Parameters
     ----------
     backend_config : BackendConfig
-        The engine's backend config; nothing in it applies (no Ray to start, no actors to size).
+        The engine's backend config: :data:`WORKERS` (1 when absent) is how many calls run at once.
     """
 
     def __init__(self, backend_config: BackendConfig) -> None:
         super().__init__(backend_config)
         self.app_fn: Callable[[], ClientApp] | None = None
-        self.lock = threading.Lock()
+        self.workers = max(1, int(backend_config.get(WORKERS, 1)))
+        self.slots = threading.BoundedSemaphore(self.workers)
+        self.busy = 0
+        self.count_lock = threading.Lock()
 
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
         """Keep the function that loads the ClientApp."""
@@ -52,12 +73,13 @@ class InProcessBackend(Backend):
 
     @property
     def num_workers(self) -> int:
-        """One: messages are processed one after another."""
-        return 1
+        """The engine starts this many worker threads (:data:`WORKERS`)."""
+        return self.workers
 
     def is_worker_idle(self) -> bool:
-        """Whether no ClientApp call is running."""
-        return not self.lock.locked()
+        """Whether fewer than :attr:`num_workers` ClientApp calls are running."""
+        with self.count_lock:
+            return self.busy < self.workers
 
     def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
         """Run the ClientApp on ``message`` with its node's ``context``; return the reply and the
@@ -66,13 +88,18 @@ class InProcessBackend(Backend):
         engine turns into an error reply."""
         if self.app_fn is None:
             raise ValueError("InProcessBackend.build() was not called: no ClientApp to run")
-        with self.lock:
+        with self.slots:
+            with self.count_lock:
+                self.busy += 1
             try:
                 reply = self.app_fn()(message=message, context=context)
             except LoadClientAppError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every ClientApp failure becomes an error reply
                 raise ClientAppException(str(exc)) from exc
+            finally:
+                with self.count_lock:
+                    self.busy -= 1
         return reply, context
 
     def terminate(self) -> None:

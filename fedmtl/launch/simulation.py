@@ -213,18 +213,26 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     init_args: dict = {"include_dashboard": False}
     if cfg.engine.address:
         init_args = {"address": cfg.engine.address}
-    elif cfg.engine.max_concurrent_clients:
-        # Flower's actor pool holds as many actors as Ray's CPUs fit
-        init_args["num_cpus"] = cfg.engine.max_concurrent_clients * cfg.engine.client_num_cpus
-    elif cfg.engine.num_cpus:
-        init_args["num_cpus"] = cfg.engine.num_cpus
-    return {
+    elif cfg.engine.cpus():  # Flower's actor pool holds as many actors as Ray's CPUs fit
+        init_args["num_cpus"] = cfg.engine.cpus()
+    config = {
         "client_resources": {
             "num_cpus": cfg.engine.client_num_cpus,
             "num_gpus": cfg.engine.client_num_gpus,
         },
         "init_args": init_args,
     }
+    if cfg.engine.backend == "inprocess":
+        from fedmtl.launch.inprocess import WORKERS
+
+        config[WORKERS] = cfg.engine.clients_at_once(_cuda_devices() if cfg.engine.client_num_gpus else 0)
+    return config
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def check_reachable(address: str, timeout: float = 3.0) -> None:

@@ -10,6 +10,7 @@ from pydantic import Field
 from fedmtl.aggregation.gramian import GramianWeighting
 from fedmtl.aggregation.registry import register
 from fedmtl.aggregation.rule import NoParams, RuleContext
+from fedmtl.seeds import TORCH_RNG_LOCK
 
 
 @register("pcgrad")
@@ -36,6 +37,6 @@ class PCGrad(GramianWeighting):
         import torchjd.aggregation as tjd  # imported on use: torchjd (and cvxpy) cost ~1 s per process
 
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        with torch.random.fork_rng(devices=[]):
+        with TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):  # no other thread's draws in between
             torch.manual_seed(seed)  # a weighting's own generator: its seed parameter
             return tjd.PCGradWeighting()(gramian) / len(gramian)
