@@ -187,7 +187,7 @@ def write(figures: dict[str, dict[str, float]], cfg) -> None:  # noqa: ANN001
     actors = os.cpu_count() or 1
     per_actor = sampled / actors
     names = {"ray": f"Ray ({actors} actors, one CPU each)",
-             "inprocess": "in-process (one client at a time, one thread)"}
+             "inprocess": f"in-process ({actors} worker threads, one client and one torch thread each)"}
     f = next(iter(figures.values()))
 
     def row(label: str, key: str, unit: str, digits: int) -> str:
@@ -209,9 +209,9 @@ def write(figures: dict[str, dict[str, float]], cfg) -> None:  # noqa: ANN001
         row("share of a core used by the server process", "main_process_cores", "", 2), "",
         f"On Ray a round is about {per_actor:.0f} messages per actor × (ClientApp + Ray overhead) + the "
         "dispatcher's wait + the server's time; the rest is the wait for the last reply "
-        "(the grid checks every 10 ms) and the uneven end of the two actors' queues. In-process a round is "
-        f"{sampled} × (ClientApp + call overhead) one after another + the dispatcher's wait + the server's "
-        "time (the server process's share of a core then includes the clients).", "",
+        "(the grid checks every 10 ms) and the uneven end of the two actors' queues. In-process the same holds "
+        f"with {actors} worker threads in place of the actors and no serialisation (the server process's share "
+        "of a core then includes the clients, and the clients' Python code shares one interpreter lock).", "",
     ]
     out = ROOT / "benchmarks" / "results" / "round_profile.md"
     out.write_text("\n".join(page))

@@ -11,8 +11,8 @@ heads, 100 clients, 20 sampled per round, 1 local epoch of SGD, 5 rounds):
     (client, task) rows on the server;
 (e) ``flower-inprocess``, ``fedmtl-inprocess``, ``fedmtl-fair-inprocess``: (b), (c) and (d) on the
     Simulation Engine's in-process backend (``engine.backend = "inprocess"``: the ClientApps run
-    in this process, one at a time, as the floor's clients do, each with one intra-op thread per
-    core as the floor has (``engine.client-num-cpus`` = the machine's cores); no Ray).
+    in this process's threads, as many at once as Ray runs actors (one per core), each with one
+    intra-op thread (``engine.client-num-cpus = 1``, the default); no Ray).
 
 The configurations run in turn, ``--repeat`` times (floor, flower, fedmtl, fedmtl-fair, floor,
 ...), and each reports its median. Seconds per round are the mean over the rounds after the
@@ -259,8 +259,9 @@ def vanilla_flower(cfg: ExperimentConfig, in_process: bool = False) -> list[floa
     from fedmtl.launch.simulation import backend_config
 
     ends: list[float] = []
-    threads = (os.cpu_count() or 1) if in_process else 1  # one client at a time in-process: every core
-    server_app, client_app = vanilla_apps(cfg, lambda: ends.append(time.monotonic()), threads=threads)
+    server_app, client_app = vanilla_apps(cfg, lambda: ends.append(time.monotonic()), threads=1)
+    if in_process:  # one client per core at once, one thread each, as fedmtl's in-process runs
+        cfg = cfg.with_values(engine={"backend": "inprocess"})
     with use_in_process_backend() if in_process else contextlib.nullcontext():
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
                        backend_config=backend_config(cfg))
@@ -328,9 +329,8 @@ def main() -> None:
     # evaluate only after the last round (which is not timed)
     cfg = load_config(None, [*BASE, *size, "run.evaluate-every=1000"])
     fair = load_config(None, [*BASE, *size, "run.evaluate-every=1000", *FAIR])
-    # one client at a time in-process: it gets every core, as the floor's one process does
-    cores = os.cpu_count() or 1
-    here, fair_here = (c.with_values(engine={"backend": "inprocess", "client_num_cpus": cores}) for c in (cfg, fair))
+    # in-process: one client per core at once, one thread each (the defaults), as on Ray
+    here, fair_here = (c.with_values(engine={"backend": "inprocess"}) for c in (cfg, fair))
 
     def folder(name: str) -> Path:
         return args.out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

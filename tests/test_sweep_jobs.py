@@ -22,7 +22,7 @@ import pytest
 
 from fedmtl.config import ConfigError
 from fedmtl.data import dataset_tasks
-from fedmtl.launch.sweep import MANIFEST, check_jobs, plan_sweep, run_sweep
+from fedmtl.launch.sweep import MANIFEST, check_jobs, plan_sweep, run_sweep, share_cores
 from fedmtl.results import RunRecorder, create_run_dir, recorded_head_store_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +92,41 @@ def test_the_cli_prints_every_run_once_started_and_once_finished(sweeps):
         assert sum(line.startswith(f"[{number}/4] ") and line.count(" ... (") == 1 for line in lines) == 1, proc.stdout
         assert sum(line.startswith(f"[{number}/4] ") and "% (worst 10%" in line for line in lines) == 1, proc.stdout
     assert any("4/4 runs finished" in line for line in lines), proc.stdout
+
+
+@pytest.mark.slow
+def test_each_run_of_jobs_2_records_its_share_of_the_cores_and_is_reused_as_finished(sweeps, tmp_path):
+    from fedmtl.config import available_cpus
+
+    one, two, _ = sweeps
+    share = max(1, available_cpus() // 2)
+    for run in json.loads((two / MANIFEST).read_text())["runs"]:
+        recorded = (two / run["folder"] / "config.toml").read_text()
+        assert f"max-concurrent-clients = {share}" in recorded, recorded
+        assert "max-concurrent-clients = 0" in (one / run["folder"] / "config.toml").read_text()
+    # the share is where the clients ran, not what they computed: the same sweep finds every run done
+    again = run_sweep(plan_sweep(CONFIG, GRID, 2, two, SETS), report=lambda line: None, jobs=2)
+    assert [r.status for r in again.runs] == ["skipped"] * 4
+
+
+@pytest.mark.parametrize(("sets", "jobs", "expected"), [
+    ([], 1, []),
+    ([], 2, ["engine.max-concurrent-clients=4"]),
+    ([], 3, ["engine.max-concurrent-clients=2"]),
+    ([], 16, ["engine.max-concurrent-clients=1"]),
+    (["engine.max-concurrent-clients=3"], 2, []),  # the config sizes the engine itself
+    (["engine.num-cpus=2"], 2, []),
+    (["engine.client-num-cpus=2"], 2, ["engine.max-concurrent-clients=2"]),  # 8 CPUs / 2 per client / 2 jobs
+    (["engine.client-num-gpus=0.5"], 2, []),
+    (["run.mode=centralized", "data.task-sets=all"], 2, []),
+])
+def test_share_cores_divides_the_clients_at_once_among_the_jobs(monkeypatch, sets, jobs, expected):
+    import fedmtl.config
+
+    monkeypatch.setattr(fedmtl.config, "available_cpus", lambda: 8)
+    from fedmtl.validation import load_config
+
+    assert share_cores(load_config(CONFIG, ["engine.backend=inprocess", *sets]), jobs) == expected
 
 
 def test_jobs_above_1_refuse_a_ray_run_before_anything_is_written(tmp_path):

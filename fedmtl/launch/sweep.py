@@ -592,7 +592,7 @@ def run_sweep(
 def check_jobs(sweep: Sweep, jobs: int) -> None:
     """Refuse ``jobs`` below 1, or above 1 when a federated run of ``sweep`` runs on Ray (Ray's
     clients already use every CPU; the workers of :mod:`fedmtl.launch.sweep_jobs` run the runs
-    in-process, one core each).
+    in-process, each with its share of the cores: :func:`share_cores`).
 
     Raises
     ------
@@ -610,6 +610,19 @@ def check_jobs(sweep: Sweep, jobs: int) -> None:
                 f"--jobs {jobs} runs in-process runs only, but run '{run.folder}' has engine.backend = "
                 f"'{cfg.engine.backend}' (Ray's clients already use every CPU); add --set engine.backend=inprocess, "
                 "or use --jobs 1")
+
+
+def share_cores(cfg: ExperimentConfig, jobs: int) -> list[str]:
+    """The override that gives an in-process run its share of the CPUs when ``jobs`` runs go at
+    once: ``engine.max-concurrent-clients`` = ⌊its clients at once / jobs⌋ (at least 1), unless
+    the config sizes the engine itself (``max-concurrent-clients`` or ``num-cpus``) or its clients
+    use GPUs. Not a result-changing key (:data:`fedmtl.results.RESUME_FREE_KEYS`): the run's
+    numbers are the same."""
+    engine = cfg.engine
+    if (jobs <= 1 or cfg.run.mode != "federated" or engine.max_concurrent_clients or engine.num_cpus
+            or engine.client_num_gpus):  # a GPU run keeps the count its GPUs allow
+        return []
+    return [f"engine.max-concurrent-clients={max(1, engine.clients_at_once() // jobs)}"]
 
 
 def _start_line(run: SweepRun, number: int, count: int, eta: str) -> str:
@@ -714,7 +727,8 @@ def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, r
                         end(number, run, "".join(traceback.format_exception(exc))[-2000:], None)
                         continue
                     running[number] = (run, aside)
-                    pool.submit(Job(number, sweep.config, sweep.overrides_of(run), str(sweep.out / run.folder)))
+                    overrides = [*sweep.overrides_of(run), *share_cores(sweep.config_of(run), jobs)]
+                    pool.submit(Job(number, sweep.config, overrides, str(sweep.out / run.folder)))
                 for outcome in pool.wait() if running else []:
                     run, aside = running.pop(outcome.key)
                     run.duration_s = outcome.duration_s
