@@ -9,6 +9,7 @@ shape and tasks without building any data. Each dataset declares the options of 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -113,7 +114,24 @@ def dataset_tasks(data_cfg: DataSection) -> list[TaskSpec]:
     return list(DATASETS.get(data_cfg.dataset).tasks(data_cfg))
 
 
-@lru_cache(maxsize=4)
+def _built_once(function: Callable[[DataSection, int], Federation]) -> Callable[[DataSection, int], Federation]:
+    """``function`` cached (the last 4 keys), with one thread building at a time: ClientApp calls
+    in threads of one process (the in-process backend) start at once and would each build (and
+    hold) their own copy of the dataset."""
+    cached = lru_cache(maxsize=4)(function)
+    lock = threading.RLock()
+
+    @functools.wraps(function)
+    def once(data_cfg: DataSection, seed: int) -> Federation:
+        with lock:
+            return cached(data_cfg, seed)
+
+    once.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    once.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return once
+
+
+@_built_once
 def load_federation(data_cfg: DataSection, seed: int) -> Federation:
     """The federation of ``data_cfg`` under ``seed``, cached per process.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -122,27 +123,38 @@ class Federation:
     task_sets: list[list[str]] | None = None
     transform: Callable[[ClientData], ClientData] | None = None
     _cache: dict[int, ClientData] = field(default_factory=dict, repr=False)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Guards ``_cache``: ClientApp calls in threads of one process (the in-process backend)
+    ask for different clients at once; a client is built outside it."""
 
     def client(self, client_id: int) -> ClientData:
-        """Client ``client_id``'s data (built once, then cached)."""
+        """Client ``client_id``'s data (built once, then cached; safe from several threads)."""
         if not 0 <= client_id < self.num_clients:
             raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")
-        if client_id not in self._cache:
-            data = self.build_client(client_id)
-            if self.task_sets is not None:
-                held = self.task_sets[client_id]
-                data = ClientData(
-                    client_id, data.train.restrict(held), data.test.restrict(held),
-                    data.validation.restrict(held) if data.validation is not None else None,
-                )
-            if self.transform is not None:
-                data = self.transform(data)
+        with self._cache_lock:
+            data = self._cache.pop(client_id, None)
+            if data is not None:
+                self._cache[client_id] = data  # most recently used last
+                return data
+        data = self._build(client_id)
+        with self._cache_lock:
             self._cache[client_id] = data
             while len(self._cache) > CLIENT_CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
-        else:
-            self._cache[client_id] = self._cache.pop(client_id)  # most recently used last
-        return self._cache[client_id]
+        return data
+
+    def _build(self, client_id: int) -> ClientData:
+        """Client ``client_id``'s data, its tasks restricted and its inputs transformed."""
+        data = self.build_client(client_id)
+        if self.task_sets is not None:
+            held = self.task_sets[client_id]
+            data = ClientData(
+                client_id, data.train.restrict(held), data.test.restrict(held),
+                data.validation.restrict(held) if data.validation is not None else None,
+            )
+        if self.transform is not None:
+            data = self.transform(data)
+        return data
 
     def client_tasks(self, client_id: int) -> list[TaskSpec]:
         """The task specs client ``client_id`` holds (in dataset order)."""
