@@ -183,6 +183,15 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     )
 
 
+def move(model: MultiTaskModel, device: torch.device) -> None:
+    """Move ``model`` to ``device``; nothing to do for a model built on the CPU that stays there
+    (``Module.to`` would still visit every module and tensor, for every message)."""
+    if device.type != "cpu":
+        model.to(device)
+    elif any(p.device.type != "cpu" for p in model.parameters()):
+        model.to(device)
+
+
 def client_run(s: LocalSetup) -> ClientRun:
     """What the personalization method works with in this call (:class:`fedmtl.training.methods.ClientRun`)."""
     return ClientRun(s.cfg, s.client, s.server_round, s.model, s.data, s.tasks, s.device, s.personal,
@@ -286,7 +295,7 @@ def train(msg: Message, context: Context) -> Message:
     weighting = local_weighting(s)
     global_heads = cfg.model.heads == "global"
     global_state = {k: v.clone() for k, v in model.federated_state(global_heads).items()}
-    model.to(s.device)
+    move(model, s.device)
     metrics: dict[str, float | int] = {}
     if call.needs_losses_before:
         before = measure_losses(model, s.data.train, s.tasks, batch_size=cfg.client.batch_size, device=s.device)
@@ -294,7 +303,7 @@ def train(msg: Message, context: Context) -> Message:
     track_parts = call.task_parts
     run = client_run(s)
     result = s.method.train(run, weighting, track_parts=track_parts)
-    model.to("cpu")
+    move(model, torch.device("cpu"))
     save_client_state(s.store, client, model, weighting.state_dict(), s.server_round, cfg.run.checkpoint_every,
                       run.personal)
     metrics.update({
@@ -329,7 +338,7 @@ def evaluate_personalized(msg: Message, context: Context) -> Message:
     if refused:
         return refusal(msg, refused)
     test = s.data.test
-    s.model.to(s.device)
+    move(s.model, s.device)
     metrics: dict[str, float | int] = {wire.PARTITION_ID: s.client, wire.NUM_EXAMPLES: len(test)}
     views = s.method.evaluate(client_run(s))
     if set(views) != set(s.method.views):  # the server accepts the views the method declares, no others
