@@ -444,14 +444,15 @@ class EngineSection(Section):
     client_num_gpus: float = Field(
         0.0, ge=0, le=1, description="GPU fraction per virtual client (0 = CPU only)."
     )
-    num_cpus: int = Field(0, ge=0, description="CPUs Ray may use (0 = all of this machine).")
+    num_cpus: int = Field(0, ge=0, description="CPUs Ray may use (0 = all of this machine); in-process, "
+                          "the CPUs the clients share.")
     address: str = Field(
         "", description="An existing Ray cluster to run on ('host:port' of its head, or 'auto'); "
         "'' starts a Ray instance on this machine.",
     )
     max_concurrent_clients: int = Field(
         0, ge=0, description="Most virtual clients running at once on the Ray instance fedmtl "
-        "starts (0 = as many as its CPUs and GPUs fit): Ray gets this many × "
+        "starts, or in-process (0 = as many as the CPUs and GPUs fit): Ray gets this many × "
         "engine.client-num-cpus CPUs. On a cluster (engine.address) the nodes' resources decide.",
     )
     supernodes: int = Field(
