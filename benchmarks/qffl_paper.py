@@ -28,9 +28,9 @@ the largest client, which runs on one core while the other 9 share the second: �
 plus ≈ 0.3 s of Flower/Ray messaging, ≈ 4.3 s → 1,800 s / 4.3 s ≈ 420 rounds, rounded down
 to 400 (seed 1: ≈ 0.4 s a round, seed 2: ≈ 1.6 s, so their runs take less). On that loaded
 machine a 20-round Ray run of seed 0 took 17 s a round. The runs now use the in-process
-backend (``configs/studies/qffl_paper.toml``: no Ray, one core per run), measured at 3.6 to
-5.4 s a round for seed 0 with two runs at once (``--jobs 2``) on the 2-core machine shared
-with other work: 400 rounds are 24 to 36 minutes. The paper ran 20,000 rounds.
+backend (``configs/studies/qffl_paper.toml``: no Ray), measured at 3.6 to 5.4 s a round for
+seed 0 with two runs at once (``--jobs 2``, one core per run, as each run still gets with two
+jobs) on the 2-core machine shared with other work: 400 rounds are 24 to 36 minutes. The paper ran 20,000 rounds.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def write_page(page: Path, args: argparse.Namespace, rows: dict[float, list[dict
         f"Measured {date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores, no GPU "
         f"(load average {load:.1f} at the end); the runs took {run_minutes:.1f} min in all (their wall times), "
         f"this invocation {minutes:.1f} min (finished runs are reused). The runs ran in-process "
-        f"(`engine.backend = \"inprocess\"`, one core each){f', {args.jobs} at a time' if args.jobs > 1 else ''}.",
+        f"(`engine.backend = \"inprocess\"`, the cores shared among the runs at once){f', {args.jobs} at a time' if args.jobs > 1 else ''}.",
         "",
         f"Command: `{command}` (from the repository root, in the venv). Config `{CONFIG}`, "
         f"grid `server.params.q` ∈ {{{', '.join(f'{q:g}' for q in args.qs)}}} with `lipschitz = 0` (L = 1/lr).", "",
@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (repeatable), e.g. server.connect-timeout=1800")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once, each in its own process (the runs are in-process: one core each)")
+                        help="runs at once, each in its own process (the runs are in-process, each with its share of the cores)")
     args = parser.parse_args()
     every = args.evaluate_every or max(1, args.rounds // 4)
     overrides = [f"run.rounds={args.rounds}", f"run.evaluate-every={every}", f"run.checkpoint-every={every}",

@@ -184,7 +184,9 @@ def main() -> None:
 
 def write(figures: dict[str, dict[str, float]], cfg) -> None:  # noqa: ANN001
     sampled = int(np.ceil(cfg.server.fraction_train * cfg.data.num_clients))
-    actors = os.cpu_count() or 1
+    from fedmtl.config import available_cpus
+
+    actors = available_cpus()
     per_actor = sampled / actors
     names = {"ray": f"Ray ({actors} actors, one CPU each)",
              "inprocess": f"in-process ({actors} worker threads, one client and one torch thread each)"}

@@ -112,7 +112,8 @@ def child_flower(out: Path, stamps: dict[str, float], in_process: bool = False) 
     from fedmtl.validation import load_config
 
     _stamp(stamps, "imports")
-    cfg = load_config(SMOKE)
+    # in-process: as many clients at once as fedmtl's in-process runs (engine.backend sizes the backend)
+    cfg = load_config(SMOKE, ["engine.backend=inprocess"] if in_process else [])
     server_app, client_app = vanilla_apps(cfg, lambda: _stamp(stamps, "round 1 done"),
                                           lambda: _stamp(stamps, "ServerApp started"))
     with use_in_process_backend() if in_process else contextlib.nullcontext():

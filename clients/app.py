@@ -184,8 +184,16 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
 
 
 def move(model: MultiTaskModel, device: torch.device) -> None:
-    """Move ``model`` to ``device``; nothing to do for a model built on the CPU that stays there
-    (``Module.to`` would still visit every module and tensor, for every message)."""
+    """Move ``model`` to ``device`` in place.
+
+    Parameters
+    ----------
+    model : MultiTaskModel
+        The client's model.
+    device : torch.device
+        Where it goes. Nothing is done for a model on the CPU that stays there
+        (``Module.to`` would still visit every module and tensor, for every message).
+    """
     if device.type != "cpu":
         model.to(device)
     elif any(p.device.type != "cpu" for p in model.parameters()):

@@ -425,11 +425,24 @@ ONE_NODE_PER_CLIENT_UP_TO = 200
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    """The CPUs this process may run on (its affinity mask where the system has one).
+
+    Returns
+    -------
+    int
+        At least 1. A container's CPU quota is not read (Ray reads it: set ``engine.num-cpus``
+        in a container with a quota).
+    """
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity masks (macOS)
         return os.cpu_count() or 1
+
+
+def engine_thread_cap() -> int:
+    """How many messages Flower's Simulation Engine can hand to its backend at once: its
+    workers run in a ``ThreadPoolExecutor`` of Python's default size, ``min(32, CPUs + 4)``."""
+    return min(32, (os.cpu_count() or 1) + 4)
 
 
 class EngineSection(Section):
@@ -468,14 +481,25 @@ class EngineSection(Section):
         return self.max_concurrent_clients * self.client_num_cpus if self.max_concurrent_clients else self.num_cpus
 
     def clients_at_once(self, gpus: int = 0) -> int:
-        """How many clients run at once on this machine, as Ray sizes Flower's actor pool:
-        ⌊CPUs / client-num-cpus⌋ (:meth:`cpus`, else those this process may use), and with a GPU
-        fraction per client at most ⌊``gpus`` / client-num-gpus⌋; at least 1. The in-process
-        backend runs this many ClientApp calls in its threads."""
+        """How many clients run at once on this machine, as Ray sizes Flower's actor pool.
+
+        Parameters
+        ----------
+        gpus : int
+            The GPUs the clients can use (only read with ``client-num-gpus > 0``).
+
+        Returns
+        -------
+        int
+            ⌊CPUs / client-num-cpus⌋ (:meth:`cpus`, else :func:`available_cpus`), with a GPU
+            fraction per client at most ⌊``gpus`` / client-num-gpus⌋, and no more than Flower's
+            engine hands out at once (:func:`engine_thread_cap`); at least 1. The in-process
+            backend runs this many ClientApp calls in its threads.
+        """
         count = (self.cpus() or available_cpus()) // self.client_num_cpus
         if self.client_num_gpus > 0:
             count = min(count, int(gpus / self.client_num_gpus + 1e-9))
-        return max(1, count)
+        return max(1, min(count, engine_thread_cap()))
 
     @model_validator(mode="after")
     def _one_way_to_size_ray(self) -> EngineSection:
@@ -492,7 +516,7 @@ class EngineSection(Section):
             )
         if self.max_concurrent_clients and self.num_cpus:
             raise ValueError(
-                "max-concurrent-clients and num-cpus both size Ray; set one (Ray gets "
+                "max-concurrent-clients and num-cpus both size the engine; set one (it gets "
                 "max-concurrent-clients × client-num-cpus CPUs)"
             )
         return self

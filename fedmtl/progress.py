@@ -62,12 +62,6 @@ def sweep_eta(done: int, total: int, durations: list[float]) -> str:
     return f"about {format_duration((total - done) * sum(durations) / len(durations))} left"
 
 
-def _cuda_devices() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None) -> list[str]:
     """What a run is and where it goes: its config file (or ``defaults``), its run folder, the
     engine (in this process, local Ray or a cluster's address, CPUs, CPUs and GPUs per client), the clients
@@ -80,7 +74,9 @@ def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None
                      f"{cfg.run.rounds} rounds of {cfg.client.epochs} epoch(s)")
         return lines
     if engine.backend == "inprocess":
-        at_once = engine.clients_at_once(_cuda_devices() if engine.client_num_gpus else 0)
+        from fedmtl.training.setup import in_process_gpus  # imported on use: torch
+
+        at_once = engine.clients_at_once(in_process_gpus() if engine.client_num_gpus else 0)
         where = f"in this process, {at_once} client{'s' if at_once > 1 else ''} at a time"
     elif engine.address:
         where = f"Ray cluster at {engine.address}"

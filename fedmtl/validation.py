@@ -511,13 +511,15 @@ def check_head_store(cfg: ExperimentConfig) -> None:
 
 
 def check_in_process_stragglers(cfg: ExperimentConfig) -> None:
-    """In-process clients share this process's few worker threads: a straggler's wait would
-    hold up the clients queued behind it, which is not the straggler a study means."""
-    if cfg.engine.backend == "inprocess" and cfg.faults.straggler > 0:
+    """In-process clients running one at a time (``engine.max-concurrent-clients = 1``, or one
+    CPU): a straggler's wait would hold up every client after it, which is not the straggler a
+    study means. With several at once a straggler holds one worker thread, as it holds one
+    Ray actor."""
+    if cfg.engine.backend == "inprocess" and cfg.faults.straggler > 0 and cfg.engine.clients_at_once(1) == 1:
         raise ValueError(
             f"faults.straggler = {cfg.faults.straggler:g} needs clients that run side by side, but "
-            "engine.backend = 'inprocess' runs them on a few threads of one process (a straggler's "
-            "wait would hold up the clients queued behind it); use engine.backend = 'ray'"
+            "this in-process engine runs one at a time (a straggler's wait would hold up every client "
+            "after it); raise engine.max-concurrent-clients or use engine.backend = 'ray'"
         )
 
 

@@ -122,7 +122,7 @@ def _call_from_threads(backend: InProcessBackend, count: int, identity: tuple) -
 
     replies: list[Message] = []
 
-    def call() -> None:  # Flower sets the task identity in each of its worker threads
+    def call() -> None:  # the task identity a Message needs (process-wide, as Flower's runtime sets it)
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
         replies.append(backend.process_message(_message(), _context())[0])
 
@@ -182,19 +182,43 @@ def test_the_backend_is_busy_while_all_its_workers_are(task_identity):
     ({"num_cpus": 1, "client_num_cpus": 4}, 0, 1),  # at least one
     ({"max_concurrent_clients": 3, "client_num_cpus": 2}, 0, 3),
     ({"num_cpus": 8, "client_num_gpus": 0.5}, 1, 2),  # ⌊1 GPU / 0.5⌋
-    ({"num_cpus": 8, "client_num_gpus": 0.25}, 2, 8),
+    ({"num_cpus": 4, "client_num_gpus": 0.25}, 2, 4),  # ⌊2 GPUs / 0.25⌋ = 8 > 4 CPUs
     ({"num_cpus": 8, "client_num_gpus": 0.3}, 1, 3),
-    ({"num_cpus": 8, "client_num_gpus": 1.0}, 0, 1),  # no GPU: still one (the device check refuses the run)
+    ({"num_cpus": 8, "client_num_gpus": 1.0}, 0, 1),  # no GPU: still one (check_in_process_gpus refuses the run)
+    ({"num_cpus": 1000}, 0, None),  # no more than Flower's engine hands out at once
 ])
 def test_clients_at_once_follow_rays_rule(engine, gpus, expected):
-    assert EngineSection(**engine).clients_at_once(gpus) == expected
+    from fedmtl.config import engine_thread_cap
+
+    assert EngineSection(**engine).clients_at_once(gpus) == (engine_thread_cap() if expected is None else expected)
 
 
-def test_clients_at_once_default_to_the_cpus_this_process_may_use():
-    from fedmtl.config import available_cpus
+def test_clients_at_once_default_to_the_cpus_this_process_may_use(monkeypatch):
+    import fedmtl.config
 
-    assert EngineSection().clients_at_once() == available_cpus()
-    assert EngineSection(client_num_cpus=available_cpus() + 1).clients_at_once() == 1
+    monkeypatch.setattr(fedmtl.config, "available_cpus", lambda: 3)
+    assert EngineSection().clients_at_once() == 3
+    assert EngineSection(client_num_cpus=2).clients_at_once() == 1
+    assert EngineSection(client_num_cpus=4).clients_at_once() == 1
+
+
+def test_engine_thread_cap_is_the_size_of_flowers_worker_pool():
+    """Flower 1.41's engine runs its workers in ``ThreadPoolExecutor()``: Python's default size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedmtl.config import engine_thread_cap
+
+    with ThreadPoolExecutor() as pool:
+        assert engine_thread_cap() == pool._max_workers
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_in_process_clients_asking_for_a_gpu_where_there_is_none_are_refused():
+    from fedmtl.launch.simulation import EngineError, check_in_process_gpus
+
+    with pytest.raises(EngineError, match=r"engine.client-num-gpus = 0.5 per client, but this process sees no"):
+        check_in_process_gpus(load_config(SMOKE, ["engine.backend=inprocess", "engine.client-num-gpus=0.5"]))
+    check_in_process_gpus(load_config(SMOKE, ["engine.backend=inprocess"]))  # no GPU asked: fine
 
 
 def test_only_an_in_process_run_names_its_worker_count():
@@ -235,12 +259,19 @@ def test_flowers_backend_is_swapped_only_within_the_block():
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["engine.backend=threads"], "engine.backend"),
     (["engine.backend=inprocess", "engine.address=10.0.0.1:6379"], "engine.address names a Ray cluster"),
-    (["engine.backend=inprocess", "faults.straggler=0.5", "faults.straggler-delay=3"],
+    (["engine.backend=inprocess", "engine.max-concurrent-clients=1", "faults.straggler=0.5",
+      "faults.straggler-delay=3"],
      "faults.straggler = 0.5 needs clients that run side by side"),
 ])
 def test_in_process_settings_that_cannot_work_are_refused(overrides, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(SMOKE, overrides)
+
+
+def test_stragglers_are_allowed_in_process_when_clients_run_side_by_side():
+    cfg = load_config(SMOKE, ["engine.backend=inprocess", "engine.max-concurrent-clients=2", "faults.straggler=0.5",
+                              "faults.straggler-delay=3"])
+    assert cfg.faults.straggler == 0.5 and cfg.engine.clients_at_once() == 2
 
 
 def test_the_backend_is_not_part_of_a_runs_identity():

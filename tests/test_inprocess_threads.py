@@ -133,3 +133,49 @@ def test_clients_side_by_side_from_cold_caches_give_the_numbers_of_one_at_a_time
         assert a.keys() == b.keys(), name
         for key, value in a.items():  # heads, the packed weighting state and Ditto's personal model
             assert torch.equal(value, b[key]), (name, key)
+
+
+def test_a_seeded_block_draws_the_same_while_another_thread_draws_under_the_lock(fast_switching):
+    """``seeded_torch_init`` holds :data:`fedmtl.seeds.TORCH_RNG_LOCK`: a thread drawing from
+    torch's global generator under the lock (building a model, in a ClientApp call) never lands
+    between the seeding and the draws of another thread's seeded block."""
+    from fedmtl.seeds import TORCH_RNG_LOCK, Stream, seeded_torch_init
+
+    with seeded_torch_init(Stream.HEAD_INIT, 3, 5):
+        expected = torch.rand(64)
+    stop, wrong = threading.Event(), []
+
+    def other() -> None:
+        while not stop.is_set():
+            with TORCH_RNG_LOCK:
+                torch.rand(64)
+
+    def seeded() -> None:
+        for _ in range(100):
+            with seeded_torch_init(Stream.HEAD_INIT, 3, 5):
+                got = []
+                for _ in range(8):  # several draws, and a pause between them for the other thread
+                    got.append(torch.rand(8))
+                    time.sleep(0.0001)
+            if not torch.equal(torch.cat(got), expected):
+                wrong.append(1)
+
+    threads = [threading.Thread(target=other), threading.Thread(target=seeded)]
+    for t in threads:
+        t.start()
+    threads[1].join(timeout=60)
+    stop.set()
+    threads[0].join(timeout=60)
+    assert not wrong, f"{len(wrong)} of 100 seeded blocks drew other numbers"
+
+
+def test_a_federation_pickles_and_copies_without_its_lock():
+    import copy
+    import pickle
+
+    fed = Federation((1,), [], 4, _tiny_client)
+    fed.client(1)
+    for twin in (copy.deepcopy(fed), pickle.loads(pickle.dumps(fed))):
+        assert twin.num_clients == 4 and list(twin._cache) == [1]
+        assert twin._cache_lock is not fed._cache_lock
+        assert twin.client(2).client_id == 2  # a working lock

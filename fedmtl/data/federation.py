@@ -123,9 +123,19 @@ class Federation:
     task_sets: list[list[str]] | None = None
     transform: Callable[[ClientData], ClientData] | None = None
     _cache: dict[int, ClientData] = field(default_factory=dict, repr=False)
-    _cache_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     """Guards ``_cache``: ClientApp calls in threads of one process (the in-process backend)
     ask for different clients at once; a client is built outside it."""
+
+    def __getstate__(self) -> dict:
+        """Pickled and copied without its lock (a copy gets a fresh one)."""
+        state = dict(self.__dict__)
+        state.pop("_cache_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache_lock = threading.Lock()
 
     def client(self, client_id: int) -> ClientData:
         """Client ``client_id``'s data (built once, then cached; safe from several threads)."""

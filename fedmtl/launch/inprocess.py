@@ -6,9 +6,11 @@ its node's Context to a *backend* and store the reply. Flower ships one backend,
 message travels (serialised) to a Ray actor process, which runs the ClientApp. This module's
 :class:`InProcessBackend` runs the same ClientApp on the same message and Context in this
 process instead, in the engine's worker threads: as many messages at once as Ray would run
-actors (:meth:`fedmtl.config.EngineSection.clients_at_once`: the CPUs, or
-``engine.max-concurrent-clients`` × ``engine.client-num-cpus`` of them, divided by
-``engine.client-num-cpus``). Everything else is Flower's own: the ServerApp, the Grid, the
+actors (:meth:`fedmtl.config.EngineSection.clients_at_once`: ``engine.num-cpus``, or
+``engine.max-concurrent-clients`` × ``engine.client-num-cpus``, else the CPUs this process may
+use, divided by ``engine.client-num-cpus``; with ``engine.client-num-gpus`` no more than one GPU
+fits, as every client here uses the current CUDA device; and no more than the engine's thread
+pool hands out). Everything else is Flower's own: the ServerApp, the Grid, the
 LinkState, the engine's queues and workers, the Message API and the error replies.
 
 Clients running side by side give the numbers they give alone, bit for bit: each call works on
@@ -77,7 +79,9 @@ class InProcessBackend(Backend):
         return self.workers
 
     def is_worker_idle(self) -> bool:
-        """Whether fewer than :attr:`num_workers` ClientApp calls are running."""
+        """Whether fewer than :attr:`num_workers` ClientApp calls are running (Flower 1.41's engine
+        starts exactly :attr:`num_workers` threads and does not ask; the slots are a safeguard
+        for a caller that calls from more threads)."""
         with self.count_lock:
             return self.busy < self.workers
 

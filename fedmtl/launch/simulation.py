@@ -224,15 +224,10 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     }
     if cfg.engine.backend == "inprocess":
         from fedmtl.launch.inprocess import WORKERS
+        from fedmtl.training.setup import in_process_gpus
 
-        config[WORKERS] = cfg.engine.clients_at_once(_cuda_devices() if cfg.engine.client_num_gpus else 0)
+        config[WORKERS] = cfg.engine.clients_at_once(in_process_gpus() if cfg.engine.client_num_gpus else 0)
     return config
-
-
-def _cuda_devices() -> int:
-    import torch
-
-    return torch.cuda.device_count()
 
 
 def check_reachable(address: str, timeout: float = 3.0) -> None:
@@ -373,6 +368,19 @@ def _start_ray(ray: Any, cfg: ExperimentConfig, settings: tuple, verbose: bool =
         _SHARED.settings, _SHARED.free = settings, _free_resources(ray)
 
 
+def check_in_process_gpus(cfg: ExperimentConfig) -> None:
+    """Fail (:class:`EngineError`) when in-process clients ask for a GPU fraction
+    (``engine.client-num-gpus``) and this process sees no GPU, as :func:`connect` fails when no
+    Ray node offers one."""
+    from fedmtl.training.setup import in_process_gpus
+
+    if cfg.engine.client_num_gpus > 0 and in_process_gpus() == 0:
+        raise EngineError(
+            f"engine.client-num-gpus = {cfg.engine.client_num_gpus:g} per client, but this process sees no "
+            "CUDA GPU for its in-process clients; set engine.client-num-gpus = 0 or run where torch sees a GPU"
+        )
+
+
 def check_server_device(cfg: ExperimentConfig) -> None:
     """Fail (:class:`EngineError`) when ``server.device`` cannot be had in this process, where
     the ServerApp runs."""
@@ -490,6 +498,7 @@ def simulate(
         caller_sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
         if cfg.engine.backend == "inprocess":
             check_server_device(cfg)
+            check_in_process_gpus(cfg)
             stack.enter_context(use_in_process_backend())
         else:
             connect(cfg, settings, verbose)

@@ -613,11 +613,23 @@ def check_jobs(sweep: Sweep, jobs: int) -> None:
 
 
 def share_cores(cfg: ExperimentConfig, jobs: int) -> list[str]:
-    """The override that gives an in-process run its share of the CPUs when ``jobs`` runs go at
-    once: ``engine.max-concurrent-clients`` = ⌊its clients at once / jobs⌋ (at least 1), unless
-    the config sizes the engine itself (``max-concurrent-clients`` or ``num-cpus``) or its clients
-    use GPUs. Not a result-changing key (:data:`fedmtl.results.RESUME_FREE_KEYS`): the run's
-    numbers are the same."""
+    """The override that gives an in-process run its share of the CPUs when ``jobs`` runs go at once.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The run's config.
+    jobs : int
+        Runs at once (``--jobs``).
+
+    Returns
+    -------
+    list of str
+        ``["engine.max-concurrent-clients=K"]`` with K = ⌊its clients at once / jobs⌋ (at least
+        1); empty with one job, for a centralized run, or when the config sizes the engine itself
+        (``max-concurrent-clients`` or ``num-cpus``) or its clients use GPUs. Not a
+        result-changing key (:data:`fedmtl.results.RESUME_FREE_KEYS`): the run's numbers are the same.
+    """
     engine = cfg.engine
     if (jobs <= 1 or cfg.run.mode != "federated" or engine.max_concurrent_clients or engine.num_cpus
             or engine.client_num_gpus):  # a GPU run keeps the count its GPUs allow
@@ -721,13 +733,13 @@ def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, r
                     number, run = waiting.pop(0)
                     report(_start_line(run, number, count, eta(len(durations))))
                     try:
+                        overrides = [*sweep.overrides_of(run), *share_cores(sweep.config_of(run), jobs)]
                         aside = _prepare(sweep, run)
                     except Exception as exc:
                         run.duration_s = 0.0
                         end(number, run, "".join(traceback.format_exception(exc))[-2000:], None)
                         continue
                     running[number] = (run, aside)
-                    overrides = [*sweep.overrides_of(run), *share_cores(sweep.config_of(run), jobs)]
                     pool.submit(Job(number, sweep.config, overrides, str(sweep.out / run.folder)))
                 for outcome in pool.wait() if running else []:
                     run, aside = running.pop(outcome.key)
