@@ -205,7 +205,7 @@ def write_page(page: Path, args: argparse.Namespace, rows: dict[float, list[dict
         f"Measured {date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores, no GPU "
         f"(load average {load:.1f} at the end); the runs took {run_minutes:.1f} min in all (their wall times), "
         f"this invocation {minutes:.1f} min (finished runs are reused). The runs ran in-process "
-        f"(`engine.backend = \"inprocess\"`, the cores shared among the runs at once){f', {args.jobs} at a time' if args.jobs > 1 else ''}.",
+        f"(`engine.backend = \"inprocess\"`, the cores shared){f', {args.jobs} at a time' if args.jobs > 1 else ''}.",
         "",
         f"Command: `{command}` (from the repository root, in the venv). Config `{CONFIG}`, "
         f"grid `server.params.q` ∈ {{{', '.join(f'{q:g}' for q in args.qs)}}} with `lipschitz = 0` (L = 1/lr).", "",
@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (repeatable), e.g. server.connect-timeout=1800")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once, each in its own process (the runs are in-process, each with its share of the cores)")
+                        help="runs at once, each in its own process (in-process runs, sharing the cores)")
     args = parser.parse_args()
     every = args.evaluate_every or max(1, args.rounds // 4)
     overrides = [f"run.rounds={args.rounds}", f"run.evaluate-every={every}", f"run.checkpoint-every={every}",

@@ -124,6 +124,7 @@ def test_share_cores_divides_the_clients_at_once_among_the_jobs(monkeypatch, set
     import fedmtl.config
 
     monkeypatch.setattr(fedmtl.config, "available_cpus", lambda: 8)
+    monkeypatch.setattr(fedmtl.config, "engine_thread_cap", lambda: 32)  # any machine's engine pool
     from fedmtl.validation import load_config
 
     assert share_cores(load_config(CONFIG, ["engine.backend=inprocess", *sets]), jobs) == expected

@@ -223,8 +223,8 @@ def backend_config(cfg: ExperimentConfig) -> dict:
         "init_args": init_args,
     }
     if cfg.engine.backend == "inprocess":
+        from fedmtl.gpus import in_process_gpus
         from fedmtl.launch.inprocess import WORKERS
-        from fedmtl.training.setup import in_process_gpus
 
         config[WORKERS] = cfg.engine.clients_at_once(in_process_gpus() if cfg.engine.client_num_gpus else 0)
     return config
@@ -372,7 +372,7 @@ def check_in_process_gpus(cfg: ExperimentConfig) -> None:
     """Fail (:class:`EngineError`) when in-process clients ask for a GPU fraction
     (``engine.client-num-gpus``) and this process sees no GPU, as :func:`connect` fails when no
     Ray node offers one."""
-    from fedmtl.training.setup import in_process_gpus
+    from fedmtl.gpus import in_process_gpus
 
     if cfg.engine.client_num_gpus > 0 and in_process_gpus() == 0:
         raise EngineError(

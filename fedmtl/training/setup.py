@@ -9,18 +9,6 @@ import torch
 log = logging.getLogger("fedmtl")
 
 
-def cuda_device_count() -> int:
-    """The CUDA GPUs this process sees (0 without CUDA)."""
-    return torch.cuda.device_count()
-
-
-def in_process_gpus() -> int:
-    """The GPUs clients running in this process can use: 1 when torch sees any, else 0. Every
-    client here picks ``"cuda"`` (:func:`select_device`), the current device, so clients in
-    threads of one process share one GPU however many the machine has."""
-    return min(cuda_device_count(), 1)
-
-
 def select_device(requested: str) -> torch.device:
     """``"auto"``/``"cuda"`` give CUDA when this process sees a GPU, else the CPU.
 
