@@ -1,10 +1,12 @@
 """Plain SGD with heavy-ball momentum: the local optimizer of every client.
 
-The step is ``torch.optim.SGD``'s (PyTorch's ``_single_tensor_sgd`` with no weight decay, no
-dampening, no Nesterov) written out, with the same tensor operations in the same order, so on
-the CPU (where PyTorch takes that path) the parameters it produces are equal bit for bit
-(``tests/test_sgd.py`` compares them, also with the ``foreach`` path PyTorch takes on CUDA, which
-gives the same float32 and float64 numbers on the CPU):
+The step is ``torch.optim.SGD``'s with no weight decay, no dampening and no Nesterov, written out
+with the same tensor operations, batched over the parameters as PyTorch's ``foreach`` path
+(``_multi_tensor_sgd``, the one it takes on CUDA) batches them. On the CPU its numbers equal
+those of ``torch.optim.SGD``'s default (single-tensor) path and of its ``foreach`` path bit for
+bit (``tests/test_sgd.py`` compares them in float32 and float64). Batched, a step makes 3 calls
+into torch instead of 3 per parameter: less Python, which in-process clients in threads of one
+process take turns on.
 
 - ``b ← g`` at a parameter's first step, ``b ← μ b + g`` after it (``μ > 0``);
 - ``θ ← θ − η b`` (``θ ← θ − η g`` when ``μ = 0``);
@@ -50,16 +52,19 @@ class SGD:
     @torch.no_grad()
     def step(self) -> None:
         """Move every parameter that has a gradient by one step."""
-        for i, param in enumerate(self.params):
-            grad = param.grad
-            if grad is None:
-                continue
-            if self.momentum != 0:
-                buffer = self.buffers[i]
-                if buffer is None:
-                    buffer = grad.detach().clone()
-                    self.buffers[i] = buffer
-                else:
-                    buffer.mul_(self.momentum).add_(grad, alpha=1.0)
-                grad = buffer
-            param.add_(grad, alpha=-self.lr)
+        stepping = [i for i, param in enumerate(self.params) if param.grad is not None]
+        if not stepping:
+            return
+        params = [self.params[i] for i in stepping]
+        directions = [param.grad for param in params]
+        if self.momentum != 0:
+            kept = [i for i in stepping if self.buffers[i] is not None]
+            if kept:  # b ← μ b + g
+                buffers = [self.buffers[i] for i in kept]
+                torch._foreach_mul_(buffers, self.momentum)
+                torch._foreach_add_(buffers, [self.params[i].grad for i in kept], alpha=1.0)
+            for i in stepping:
+                if self.buffers[i] is None:  # b ← g at a parameter's first step
+                    self.buffers[i] = self.params[i].grad.detach().clone()
+            directions = [self.buffers[i] for i in stepping]
+        torch._foreach_add_(params, directions, alpha=-self.lr)
