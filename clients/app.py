@@ -194,9 +194,7 @@ def move(model: MultiTaskModel, device: torch.device) -> None:
         Where it goes. Nothing is done for a model on the CPU that stays there
         (``Module.to`` would still visit every module and tensor, for every message).
     """
-    if device.type != "cpu":
-        model.to(device)
-    elif any(p.device.type != "cpu" for p in model.parameters()):
+    if device.type != "cpu" or any(p.device.type != "cpu" for p in model.parameters()):
         model.to(device)
 
 

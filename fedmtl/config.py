@@ -480,13 +480,14 @@ class EngineSection(Section):
         ``num-cpus`` (0 = all of this machine's)."""
         return self.max_concurrent_clients * self.client_num_cpus if self.max_concurrent_clients else self.num_cpus
 
-    def clients_at_once(self, gpus: int = 0) -> int:
+    def clients_at_once(self, gpus: int | None = None) -> int:
         """How many clients run at once on this machine, as Ray sizes Flower's actor pool.
 
         Parameters
         ----------
-        gpus : int
-            The GPUs the clients can use (only read with ``client-num-gpus > 0``).
+        gpus : int, optional
+            The GPUs the clients can use (only read with ``client-num-gpus > 0``); by default
+            those in-process clients can use (:func:`fedmtl.gpus.in_process_gpus`).
 
         Returns
         -------
@@ -498,6 +499,10 @@ class EngineSection(Section):
         """
         count = (self.cpus() or available_cpus()) // self.client_num_cpus
         if self.client_num_gpus > 0:
+            if gpus is None:
+                from fedmtl.gpus import in_process_gpus  # imported on use: torch
+
+                gpus = in_process_gpus()
             count = min(count, int(gpus / self.client_num_gpus + 1e-9))
         return max(1, min(count, engine_thread_cap()))
 

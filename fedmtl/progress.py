@@ -74,9 +74,7 @@ def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None
                      f"{cfg.run.rounds} rounds of {cfg.client.epochs} epoch(s)")
         return lines
     if engine.backend == "inprocess":
-        from fedmtl.gpus import in_process_gpus
-
-        at_once = engine.clients_at_once(in_process_gpus() if engine.client_num_gpus else 0)
+        at_once = engine.clients_at_once()
         where = f"in this process, {at_once} client{'s' if at_once > 1 else ''} at a time"
     elif engine.address:
         where = f"Ray cluster at {engine.address}"

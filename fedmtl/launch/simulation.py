@@ -223,10 +223,9 @@ def backend_config(cfg: ExperimentConfig) -> dict:
         "init_args": init_args,
     }
     if cfg.engine.backend == "inprocess":
-        from fedmtl.gpus import in_process_gpus
         from fedmtl.launch.inprocess import WORKERS
 
-        config[WORKERS] = cfg.engine.clients_at_once(in_process_gpus() if cfg.engine.client_num_gpus else 0)
+        config[WORKERS] = cfg.engine.clients_at_once()
     return config
 
 
