@@ -89,7 +89,8 @@ class InProcessBackend(Backend):
         """Run the ClientApp on ``message`` with its node's ``context``; return the reply and the
         context. A ClientApp that raises is reported as Flower's Ray backend reports it: a
         :class:`~flwr.clientapp.client_app.ClientAppException` with the error's text, which the
-        engine turns into an error reply."""
+        engine turns into an error reply; so is one that raises ``SystemExit`` or
+        ``KeyboardInterrupt`` (on Ray its actor dies and the engine replies an error)."""
         if self.app_fn is None:
             raise ValueError("InProcessBackend.build() was not called: no ClientApp to run")
         with self.slots:
@@ -101,6 +102,10 @@ class InProcessBackend(Backend):
                 raise
             except Exception as exc:  # noqa: BLE001 - every ClientApp failure becomes an error reply
                 raise ClientAppException(str(exc)) from exc
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt from client code: let through, it
+                # would end the engine's worker thread (Flower's worker catches Exception only), its
+                # message never answered and one worker fewer for the rest of the run
+                raise ClientAppException(f"the ClientApp raised {exc!r}") from exc
             finally:
                 with self.count_lock:
                     self.busy -= 1

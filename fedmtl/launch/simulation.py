@@ -87,16 +87,29 @@ def preserved_environ() -> Iterator[None]:
                 os.environ[key] = value
 
 
-@contextlib.contextmanager
-def preserved_torch_threads() -> Iterator[None]:
-    """Restore torch's intra-op thread count on exit."""
+def _new_thread_torch_threads() -> int:
+    """The intra-op thread count a thread started now gets from torch (with OpenMP, each thread
+    has its own; a new one starts from the count last set in any thread)."""
     import torch
 
-    threads = torch.get_num_threads()
+    found: list[int] = []
+    thread = threading.Thread(target=lambda: found.append(torch.get_num_threads()), name="fedmtl-torch-threads")
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+@contextlib.contextmanager
+def preserved_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count on exit: this thread's, and the one threads started
+    afterwards get (in-process clients set theirs in the engine's worker threads, which changes it)."""
+    import torch
+
+    threads, new_threads = torch.get_num_threads(), _new_thread_torch_threads()
     try:
         yield
     finally:
-        if torch.get_num_threads() != threads:
+        if torch.get_num_threads() != threads or _new_thread_torch_threads() != new_threads:
             torch.set_num_threads(threads)
 
 

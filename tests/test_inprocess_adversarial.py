@@ -1,0 +1,118 @@
+"""What the in-process backend (``engine.backend = "inprocess"``) must not get wrong where Ray's
+processes isolate the clients: a ClientApp that ends its thread, and torch's thread count that
+clients set in the engine's worker threads."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmtl.launch.inprocess import InProcessBackend
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.toml"
+
+
+@pytest.fixture
+def task_identity():
+    """The process's task identity, as Flower's runtime sets it before a ClientApp runs
+    (a Message needs it); put back after."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def _exiting_app() -> ClientApp:
+    """A ClientApp whose call with ``x = 1`` calls ``sys.exit`` (client code, or a library it
+    calls, ending "the program"); other calls reply."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        if msg.content["config"]["x"] == 1:
+            sys.exit(3)
+        return Message(RecordDict({"config": ConfigRecord({"y": 1})}), reply_to=msg)
+
+    return app
+
+
+def test_a_clientapp_that_calls_sys_exit_gets_an_error_reply_and_its_worker_serves_the_next(task_identity):
+    """On Ray a ClientApp that exits kills its actor and the engine replies an error at once. In
+    process, ``SystemExit`` passed through the backend and ended Flower's worker thread (it
+    catches ``Exception``): the message got no reply (the server waited out ``server.timeout``,
+    an hour by default, and reported no reply), and the run had one worker fewer from then on
+    (with one worker, no client ever replied again). Here Flower's own worker loop serves two
+    messages with the backend: the first exits, the second must still be answered."""
+    from flwr.common.constant import ErrorCode
+    from flwr.compat.client.run_info_store import DeprecatedRunInfoStore
+    from flwr.server.superlink.fleet.vce.metrics import VceMetrics
+    from flwr.server.superlink.fleet.vce.vce_api import worker
+
+    backend = InProcessBackend({})
+    app = _exiting_app()
+    backend.build(lambda: app)
+    store = DeprecatedRunInfoStore(node_id=7, node_config={"partition-id": 0})
+    store.register_context(run_id=1)
+    ins: Queue[Message] = Queue()
+    outs: Queue[Message] = Queue()
+    stop = threading.Event()
+    for x in (1, 2):
+        ins.put(Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=7, message_type="train"))
+    thread = threading.Thread(target=worker, args=(ins, outs, {7: store}, backend, stop, VceMetrics()), daemon=True)
+    thread.start()
+    try:
+        replies = [outs.get(timeout=10) for _ in range(2)]
+    except Empty:
+        pytest.fail(f"a message got no reply; the engine's worker thread is alive: {thread.is_alive()}")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    failed, answered = replies
+    assert failed.has_error() and failed.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert "SystemExit(3)" in failed.error.reason
+    assert not answered.has_error() and answered.content["config"]["y"] == 1
+    assert backend.is_worker_idle()
+
+
+def _threads_a_new_thread_gets() -> int:
+    found: list[int] = []
+    thread = threading.Thread(target=lambda: found.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+@pytest.fixture
+def three_torch_threads():
+    """Torch's intra-op threads at 3 (not ``engine.client-num-cpus``), put back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_an_in_process_run_leaves_the_thread_count_new_threads_get_as_it_found_it(
+        tmp_path, flwr_home, three_torch_threads):
+    """In-process clients set torch's thread count (``engine.client-num-cpus``) in the engine's
+    worker threads. With OpenMP each thread has its own count, but every thread started later
+    takes the count last set in any thread: after a run, the caller's new threads (and the next
+    run's ServerApp thread in a sweep, whose aggregation then used other threads than in a run
+    alone) had 1 thread, while the caller's own thread still said 3, so the run's restore of the
+    caller's count changed nothing."""
+    import fedmtl
+
+    assert _threads_a_new_thread_gets() == 3
+    fedmtl.run(SMOKE, overrides=["run.rounds=1", "engine.backend=inprocess", "engine.max-concurrent-clients=2",
+                                 "engine.client-num-cpus=1"], out=tmp_path / "run")
+    assert torch.get_num_threads() == 3
+    assert _threads_a_new_thread_gets() == 3
