@@ -14,10 +14,13 @@ minus ClientApp time), the server's time, and the share of a core this process (
 engine threads) uses. The timestamps come from wrappers around Flower's classes, installed
 only by this script.
 
+With ``--variants fedmtl fair`` it also profiles workload (d), the fair variant (local FairGrad,
+flat server FairGrad: each client returns per-task parts of its update), beside (c).
+
 Usage (from the repository root, inside the venv)::
 
-    python benchmarks/round_profile.py               # 12 rounds
-    python benchmarks/round_profile.py --rounds 30
+    python benchmarks/round_profile.py               # 12 rounds, (c) on both backends
+    python benchmarks/round_profile.py --rounds 30 --variants fedmtl fair
 
 Writes ``benchmarks/results/round_profile.md``.
 """
@@ -156,10 +159,16 @@ def summarise(timeline: Timeline) -> dict[str, float]:
     }
 
 
+VARIANTS = {"fedmtl": "(c) fedmtl", "fair": "(d) fair"}
+"""The workloads of ``benchmarks/simulation.py`` this script can profile, and their column labels."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--backends", nargs="+", default=["ray", "inprocess"], choices=["ray", "inprocess"])
+    parser.add_argument("--variants", nargs="+", default=["fedmtl"], choices=list(VARIANTS),
+                        help="workloads of benchmarks/simulation.py: fedmtl (c), fair (d)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-round-profile")
     args = parser.parse_args()
     import benchmarks.simulation as bench
@@ -171,18 +180,21 @@ def main() -> None:
     install(timeline)
     fedmtl_client.app = timed_app  # what fedmtl.launch.simulation.simulate hands to the engine
     figures = {}
-    for backend in args.backends:
-        cfg = load_config(None, [*bench.BASE, f"run.rounds={args.rounds}", f"run.evaluate-every={args.rounds}",
-                                 f"engine.backend={backend}"])
-        timeline.__init__()  # a fresh timeline for this backend (the wrappers keep the object)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            simulate(cfg, create_run_dir(cfg, args.out / f"{backend}-{time.strftime('%Y%m%d-%H%M%S')}"), quiet=True)
-        figures[backend] = summarise(timeline)
-    write(figures, cfg)
+    for variant in args.variants:
+        extra = bench.FAIR if variant == "fair" else []
+        for backend in args.backends:
+            cfg = load_config(None, [*bench.BASE, *extra, f"run.rounds={args.rounds}",
+                                     f"run.evaluate-every={args.rounds}", f"engine.backend={backend}"])
+            timeline.__init__()  # a fresh timeline for this run (the wrappers keep the object)
+            folder = args.out / f"{variant}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                simulate(cfg, create_run_dir(cfg, folder), quiet=True)
+            figures[(variant, backend)] = summarise(timeline)
+    write(figures, cfg, args.variants)
 
 
-def write(figures: dict[str, dict[str, float]], cfg) -> None:  # noqa: ANN001
+def write(figures: dict[tuple[str, str], dict[str, float]], cfg, variants: list[str]) -> None:  # noqa: ANN001
     sampled = int(np.ceil(cfg.server.fraction_train * cfg.data.num_clients))
     from fedmtl.config import available_cpus
 
@@ -190,6 +202,8 @@ def write(figures: dict[str, dict[str, float]], cfg) -> None:  # noqa: ANN001
     per_actor = sampled / actors
     names = {"ray": f"Ray ({actors} actors, one CPU each)",
              "inprocess": f"in-process ({actors} worker threads, one client and one torch thread each)"}
+    label = (lambda v, b: names[b]) if len(variants) == 1 else (lambda v, b: f"{VARIANTS[v]}, {names[b]}")
+    flags = "" if variants == ["fedmtl"] else " --variants " + " ".join(variants)
     f = next(iter(figures.values()))
 
     def row(label: str, key: str, unit: str, digits: int) -> str:
@@ -199,10 +213,11 @@ def write(figures: dict[str, dict[str, float]], cfg) -> None:  # noqa: ANN001
         "# Where a simulated round's time goes", "",
         f"Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores, no GPU (load average "
         f"{os.getloadavg()[0]:.1f} at the end). Command: "
-        f"`python benchmarks/round_profile.py --rounds {cfg.run.rounds}`.", "",
-        f"Workload (c) of `benchmarks/simulation.py`: {sampled} training messages per round, on each backend "
+        f"`python benchmarks/round_profile.py --rounds {cfg.run.rounds}{flags}`.", "",
+        f"Workload{'s' if len(variants) > 1 else ''} {' and '.join(VARIANTS[v].split()[0] for v in variants)} of "
+        f"`benchmarks/simulation.py`: {sampled} training messages per round, on each backend "
         f"of the Simulation Engine in turn. Medians over rounds 2–{f['rounds'] + 1}.", "",
-        "| step | " + " | ".join(names[b] for b in figures) + " |", "|---|" + "---|" * len(figures),
+        "| step | " + " | ".join(label(v, b) for v, b in figures) + " |", "|---|" + "---|" * len(figures),
         row("seconds per round", "s_per_round", "s", 3),
         row("push → first client call (the engine's dispatcher)", "push_to_first_call_ms", "ms", 1),
         row("ClientApp, per training message", "client_ms_per_message", "ms", 1),
