@@ -230,6 +230,13 @@ def write(figures: dict[tuple[str, str], dict[str, float]], cfg, variants: list[
         f"with {actors} worker threads in place of the actors and no serialisation (the server process's share "
         "of a core then includes the clients, and the clients' Python code shares one interpreter lock).", "",
     ]
+    if "fair" in variants:
+        page += [
+            "(d)'s clients make one more backbone backward pass per local step for the exact per-task parts of "
+            "their updates (`benchmarks/task_parts.py`), their replies carry one part per task (twice the "
+            "floats of (c)'s, hence the larger backend overhead on Ray), and its server solves FairGrad over "
+            f"{sampled} × T (client, task) rows.", "",
+        ]
     out = ROOT / "benchmarks" / "results" / "round_profile.md"
     out.write_text("\n".join(page))
     print("\n".join(page))
