@@ -26,7 +26,7 @@ backward pass per local step: fedmtl's seconds per round + local steps per actor
 
 Usage (from the repository root, inside the venv)::
 
-    python benchmarks/task_parts.py            # 200 timed repetitions each
+    python benchmarks/task_parts.py            # 500 timed repetitions each, in turn
     python benchmarks/task_parts.py --quick    # 20
 
 Writes ``benchmarks/results/task_parts.md`` and ``.json`` (``task_parts-quick.*`` with ``--quick``).
@@ -60,16 +60,17 @@ TASKS = 2
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
-    """Median milliseconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 5) -> dict[str, float]:
+    """Median milliseconds of each of ``fns`` over ``repeats`` rounds in which each runs once, in
+    turn (a slow spell of the machine hits them alike), after ``warmup`` such rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
 def backward_passes(repeats: int) -> dict[str, float]:
@@ -102,13 +103,13 @@ def backward_passes(repeats: int) -> dict[str, float]:
             torchjd.autojac.jac(z, params, jac_outputs=upstream, parallel_chunk_size=chunk)
         return run
 
-    return {
-        "forward + one pass (T = 1)": median_ms(one_pass, repeats),
-        "forward + one pass per task (fedmtl)": median_ms(pass_per_task, repeats),
-        "forward + one vmapped pass": median_ms(vmapped, repeats),
-        "forward + torchjd jac, all rows at once": median_ms(torchjd_jac(None), repeats),
-        "forward + torchjd jac, one row at a time": median_ms(torchjd_jac(1), repeats),
-    }
+    return interleaved_ms({
+        "forward + one pass (T = 1)": one_pass,
+        "forward + one pass per task (fedmtl)": pass_per_task,
+        "forward + one vmapped pass": vmapped,
+        "forward + torchjd jac, all rows at once": torchjd_jac(None),
+        "forward + torchjd jac, one row at a time": torchjd_jac(1),
+    }, repeats)
 
 
 def conv_kernels(repeats: int) -> dict[str, dict[str, float]]:
@@ -122,13 +123,13 @@ def conv_kernels(repeats: int) -> dict[str, dict[str, float]]:
                                                 ("conv2: input and weight gradients", conv2, [True, True, True])):
         weight = torch.randn(weight_shape)
         side = example.shape[-1] - 4
-        row = {}
+        calls = {}
         for label, batch in (("B", BATCH), ("T·B", TASKS * BATCH)):
             inputs = example.expand(batch, *example.shape).contiguous()
             grad = torch.randn(batch, weight_shape[0], side, side)
-            row[label] = median_ms(lambda g=grad, i=inputs, w=weight, m=mask: backward(
-                g, i, w, [w.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, m), repeats)
-        out[name] = row
+            calls[label] = lambda g=grad, i=inputs, w=weight, m=mask: backward(
+                g, i, w, [w.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, m)
+        out[name] = interleaved_ms(calls, repeats)
     return out
 
 
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    repeats = 20 if args.quick else 200
+    repeats = 20 if args.quick else 500
     steps_ms = {
         "mean": 1000 * time_steps("mean", TASKS, repeats),
         "mean + task parts": 1000 * time_steps("mean", TASKS, repeats, parts=True),
@@ -200,7 +201,7 @@ def render(data: dict, quick: bool) -> str:
         f"Command: `python benchmarks/task_parts.py{' --quick' if quick else ''}` (from the repository root, "
         "in the venv).", "",
         f"Model and batch of `benchmarks/simulation.py`: LeNet over 36 × 36 inputs, batch {BATCH}, T = {TASKS} "
-        f"ten-class heads; medians of {data['repeats']} repetitions.", "",
+        f"ten-class heads; medians of {data['repeats']} repetitions (in (b) and (c) the ways run in turn).", "",
         "## (a) Local steps, as clients run them", "",
         "| step | ms | × `mean` |", "|---|---|---|",
         *[f"| {name} | {ms:.2f} | {ms / steps['mean']:.2f} |" for name, ms in steps.items()], "",
