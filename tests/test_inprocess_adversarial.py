@@ -20,18 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
 
 
-@pytest.fixture
-def task_identity():
-    """The process's task identity, as Flower's runtime sets it before a ClientApp runs
-    (a Message needs it); put back after."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-
-
 def _exiting_app() -> ClientApp:
     """A ClientApp whose call with ``x = 1`` calls ``sys.exit`` (client code, or a library it
     calls, ending "the program"); other calls reply."""
