@@ -204,6 +204,9 @@ def write(figures: dict[tuple[str, str], dict[str, float]], cfg, variants: list[
              "inprocess": f"in-process ({actors} worker threads, one client and one torch thread each)"}
     label = (lambda v, b: names[b]) if len(variants) == 1 else (lambda v, b: f"{VARIANTS[v]}, {names[b]}")
     flags = "" if variants == ["fedmtl"] else " --variants " + " ".join(variants)
+    backends = list(dict.fromkeys(b for _, b in figures))
+    if backends != ["ray", "inprocess"]:  # not the default: the command names them
+        flags = " --backends " + " ".join(backends) + flags
     f = next(iter(figures.values()))
 
     def row(label: str, key: str, unit: str, digits: int) -> str:

@@ -2,11 +2,13 @@
 the shared engine (``fedmtl.launch.simulation.shared_engine``), side by side in one run.
 
 The same sweep (``configs/smoke.toml``, ``--rounds`` rounds, seeds 0 .. ``--runs`` - 1) runs
-twice, each time in a fresh interpreter, planned by ``plan_sweep``:
+three times, each time in a fresh interpreter, planned by ``plan_sweep``:
 
 - ``separate``: every run through ``execute_run`` on its own, as sweeps ran before the shared
   engine (each run starts Ray; Flower's backend shuts it down at the end of the run);
-- ``shared``: ``run_sweep`` itself (all runs share one Ray instance).
+- ``shared``: ``run_sweep`` itself (all runs share one Ray instance);
+- ``inprocess``: ``run_sweep`` with ``engine.backend = "inprocess"`` (no Ray; ``--ray-runs``
+  sets the runs of the two Ray sweeps).
 
 For each run: its wall time (the ``execute_run`` call, as the sweep's ``duration_s``), the
 ServerApp's own clock (``summary.json``'s ``duration_s``: from the ServerApp's start to its
@@ -21,7 +23,7 @@ Two overheads per run, beyond the runs' own rounds:
 - *beyond steady rounds*: wall - R x steady seconds per round (also the first round's actor
   start-up, imports and data building in the actors).
 
-The sweep's wall time also counts the interpreter's imports; both sweeps' metrics must be
+The sweep's wall time also counts the interpreter's imports; the three sweeps' metrics must be
 identical run by run (same seeds). Also recorded: the Ray processes (raylets, actors) left
 after each sweep.
 

@@ -122,7 +122,7 @@ def run(
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and Flower's logs.")] = False,
     resume: Annotated[
         Path | None, typer.Option(help="Continue a killed run from its latest checkpoint (its own config); "
                                   "with --set run.rounds=N, extend a run (finished or not) to N rounds.")
@@ -132,7 +132,7 @@ def run(
                            "heads differ from its checkpoint's (says what it overrides).")
     ] = False,
 ) -> None:
-    """Run an experiment: a Flower simulation on Ray, or the centralized baseline.
+    """Run an experiment: a Flower simulation (on Ray or in-process), or the centralized baseline.
 
     Examples: fedmtl run quickstart --set run.rounds=3;
     fedmtl run --resume runs/smoke-<time> --set run.rounds=10 (10 rounds in all)

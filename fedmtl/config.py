@@ -510,7 +510,7 @@ class EngineSection(Section):
     def _one_way_to_size_ray(self) -> EngineSection:
         if self.backend == "inprocess" and self.address:
             raise ValueError(
-                "engine.backend = 'inprocess' runs the clients in this process; engine.address "
+                "backend = 'inprocess' runs the clients in this process; engine.address "
                 "names a Ray cluster: use engine.backend = 'ray' there, or leave address empty"
             )
         if self.max_concurrent_clients and self.address:

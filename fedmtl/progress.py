@@ -81,8 +81,9 @@ def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None
     else:
         cpus = engine.cpus()
         where = f"local Ray, {cpus} CPUs" if cpus else "local Ray, all CPUs"
-    per_client = f"{engine.client_num_cpus} CPU" + (f", {engine.client_num_gpus:g} GPU" if engine.client_num_gpus
-                                                   else "")
+    cpu_word = "CPU" if engine.client_num_cpus == 1 else "CPUs"
+    per_client = f"{engine.client_num_cpus} {cpu_word}" + (f", {engine.client_num_gpus:g} GPU" if engine.client_num_gpus
+                                                          else "")
     n = cfg.data.num_clients
     sampled = min(n, max(server.min_train_clients, math.ceil(server.fraction_train * n)))  # as the server samples
     evaluate = "" if cfg.run.evaluate_every == 1 else f", evaluated every {cfg.run.evaluate_every}"
