@@ -10,7 +10,8 @@ The workload of ``benchmarks/simulation.py`` (c), with timestamps taken at each 
 
 From these it reports, per round after the first (medians): the wait from the push to the
 first client call, the ClientApp's time per message, the Ray call's own overhead (call time
-minus ClientApp time), the server's time, and the share of a core this process (server and
+minus ClientApp time), the wait from the round's last reply to the start of its aggregation,
+the server's time, and the share of a core this process (server and
 engine threads) uses. The timestamps come from wrappers around Flower's classes, installed
 only by this script.
 
@@ -147,6 +148,14 @@ def summarise(timeline: Timeline) -> dict[str, float]:
             waits.append(min(starts) - push)
     server = [e - s for _, s, e in timeline.server if s >= first]
     rounds = len(pushes)
+    aggregations = [s for name, s, _ in timeline.server if name == "aggregate_train" and s >= first]
+    tails = []
+    for i, push in enumerate(pushes):
+        end = pushes[i + 1] if i + 1 < len(pushes) else float("inf")
+        ends = [c[3] for c in calls if push <= c[0] < end]
+        starts = [s for s in aggregations if push <= s < end]
+        if ends and starts:
+            tails.append(starts[0] - max(ends))
     (w0, c0), (w1, c1) = timeline.cpu[1], timeline.cpu[-1]
     return {
         "rounds": rounds,
@@ -154,6 +163,7 @@ def summarise(timeline: Timeline) -> dict[str, float]:
         "client_ms_per_message": 1000 * float(np.median([c[2] - c[1] for c in calls])),
         "ray_overhead_ms_per_message": 1000 * float(np.median([(c[3] - c[0]) - (c[2] - c[1]) for c in calls])),
         "server_ms_per_round": 1000 * float(np.sum(server)) / max(rounds, 1),
+        "last_reply_to_aggregation_ms": 1000 * float(np.median(tails)),
         "main_process_cores": (c1 - c0) / (w1 - w0),
         "s_per_round": (timeline.cpu[-1][0] - timeline.cpu[0][0]) / (len(timeline.cpu) - 1),
     }
@@ -225,11 +235,15 @@ def write(figures: dict[tuple[str, str], dict[str, float]], cfg, variants: list[
         row("push → first client call (the engine's dispatcher)", "push_to_first_call_ms", "ms", 1),
         row("ClientApp, per training message", "client_ms_per_message", "ms", 1),
         row("backend call overhead, per message (call − ClientApp)", "ray_overhead_ms_per_message", "ms", 1),
+        row("last reply → aggregation start (the grid's poll, reading the replies not yet read)",
+            "last_reply_to_aggregation_ms", "ms", 1),
         row("server (configure + aggregate), per round", "server_ms_per_round", "ms", 1),
         row("share of a core used by the server process", "main_process_cores", "", 2), "",
         f"On Ray a round is about {per_actor:.0f} messages per actor × (ClientApp + Ray overhead) + the "
-        "dispatcher's wait + the server's time; the rest is the wait for the last reply "
-        "(the grid checks every 10 ms) and the uneven end of the two actors' queues. In-process the same holds "
+        "dispatcher's wait + the wait from the last reply to the aggregation (the grid checks every 10 ms; "
+        "the server reads each reply as it is pulled, while other clients still train) + the server's time; "
+        "the rest is the uneven end of the two actors' queues and the time between rounds (results, checkpoint). "
+        "In-process the same holds "
         f"with {actors} worker threads in place of the actors and no serialisation (the server process's share "
         "of a core then includes the clients, and the clients' Python code shares one interpreter lock).", "",
     ]

@@ -160,8 +160,9 @@ class KnownClients:
 
     With ``max_examples = 0`` the server builds the federation as the clients do
     (:func:`fedmtl.data.load_federation` is deterministic) and bounds each client's counts by
-    its own train and test splits; the first reply of a client builds its data once and only
-    the counts are kept (about 30 ms a client for Synthetic on a loaded 2-core CPU). With
+    its own train and test splits (:meth:`fedmtl.data.Federation.sizes`: the shipped datasets
+    count them without building the data; a dataset without ``split_sizes`` builds a client
+    once, on its first reply, and keeps only the counts). With
     ``max_examples > 0`` (a deployment whose server does not hold the data) no data is built:
     counts are bounded by ``max_examples``; the task sets come from ``data.task-sets``, which
     needs no data.
@@ -202,11 +203,9 @@ class KnownClients:
 
         if self.max_examples == 0:
             federation = load_federation(self.data, self.seed)
-            # the split sizes only: task sets and feature skew keep every row, and the data
-            # is dropped at once (not kept in the federation's cache of built clients)
-            data = federation.build_client(client)
+            train, test = federation.sizes(client)  # counted without building the data where it can
             tasks = frozenset(t.name for t in federation.client_tasks(client))
-            return ClientLimits(tasks, len(data.train), len(data.test))
+            return ClientLimits(tasks, train, test)
         return ClientLimits(frozenset(self._client_task_sets()[client]), self.max_examples, self.max_examples)
 
     def _client_task_sets(self) -> list[list[str]]:

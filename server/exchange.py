@@ -8,12 +8,15 @@ order the server reports it: client errors, missing replies, then rejected repli
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Collection
 from logging import WARNING
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
+from flwr.serverapp import Grid
 
 from fedmtl import protocol as wire
 from fedmtl.server.replies import (
@@ -64,6 +67,38 @@ def read_train_replies(
             seen.add(outcome.client)
         outcomes.append(outcome)
     return outcomes
+
+
+def send_and_read(
+    grid: Grid, messages: list[Message], timeout: float, read: Callable[[list[Message]], list[Any]],
+) -> tuple[list[Message], list[Any]]:
+    """Send ``messages`` and ``read`` their replies as they arrive; return the replies and
+    what ``read`` made of them, both in the order they came.
+
+    The same as ``grid.send_and_receive(messages, timeout=timeout)`` followed by one call of
+    ``read`` on all the replies, when reading a batch depends only on the batches before it:
+    on a grid that polls often (the Simulation Engine's, which has a ``pull_interval``), the
+    server decodes and checks the first replies while the last clients still train, so a round
+    no longer waits for every reply to be read after the last one comes. Other grids (a
+    deployed SuperLink's, which Flower polls every 3 s) go through ``send_and_receive``.
+    """
+    interval = getattr(grid, "pull_interval", None)
+    if not isinstance(interval, int | float):
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        return replies, read(replies)
+    waiting = set(grid.push_messages(messages))
+    end = time.time() + timeout
+    replies: list[Message] = []
+    outcomes: list[Any] = []
+    while time.time() < end:  # Flower's loop (InMemoryGrid.send_and_receive), reading each batch
+        batch = list(grid.pull_messages(waiting))
+        waiting.difference_update(reply.metadata.reply_to_message_id for reply in batch)
+        replies += batch
+        outcomes += read(batch) if batch else []
+        if not waiting:
+            break
+        time.sleep(interval)
+    return replies, outcomes
 
 
 def read_evaluate_replies(

@@ -44,6 +44,7 @@ from fedmtl.server.exchange import (
     placement_rows,
     read_evaluate_replies,
     read_train_replies,
+    send_and_read,
     unanswered,
 )
 from fedmtl.server.heads import HeadsLedger
@@ -179,9 +180,14 @@ class FedMTLStrategy:
     def exchange(self, grid: Grid, server_round: int, clients: list[int], collected: Collected) -> None:
         """Send one training attempt and read its replies into ``collected``."""
         messages = self.configure_train(server_round, clients, collected.retries)
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.server.timeout))
-        outcomes = read_train_replies(messages, replies, self.state, self.needs.task_parts, set(collected.formed),
-                                      self.known)
+        seen = set(collected.formed)  # clients accepted so far this round: a second reply is rejected
+
+        def read(batch: list[Message]) -> list:
+            outcomes = read_train_replies(messages, batch, self.state, self.needs.task_parts, seen, self.known)
+            seen.update(o.client for o in outcomes if isinstance(o, Accepted))
+            return outcomes
+
+        replies, outcomes = send_and_read(grid, messages, self.cfg.server.timeout, read)
         collected.sampled += len(clients)
         self.heads.observe(server_round, clients, outcomes)
         missing = unanswered(messages, replies)

@@ -60,6 +60,51 @@ class FakeGrid:
         return replies
 
 
+class TrickleGrid(FakeGrid):
+    """The same scripted clients on a grid that polls, as the Simulation Engine's does (it has
+    a ``pull_interval``): the server pushes, then pulls the replies to one message at a time and
+    reads each batch as it comes (``fedmtl.server.exchange.send_and_read``)."""
+
+    pull_interval = 0.0
+
+    def __init__(self, num_clients: int, script: Script) -> None:
+        super().__init__(num_clients, script)
+        self.waiting: list[Message] = []
+
+    def push_messages(self, messages) -> list[str]:
+        messages = list(messages)
+        self.waiting += FakeGrid.send_and_receive(self, messages)
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        """The replies to one of ``message_ids`` (every reply to it, as a grid's state gives them)."""
+        wanted = set(message_ids)
+        first = next((r.metadata.reply_to_message_id for r in self.waiting
+                      if r.metadata.reply_to_message_id in wanted), None)
+        batch = [r for r in self.waiting if r.metadata.reply_to_message_id == first]
+        self.waiting = [r for r in self.waiting if r.metadata.reply_to_message_id != first]
+        return batch
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        if messages and messages[0].metadata.message_type == MessageType.TRAIN:
+            raise AssertionError("training replies are read as they come")
+        return FakeGrid.send_and_receive(self, messages, timeout=timeout)
+
+
+GRIDS = {"all-at-once": FakeGrid, "as-they-come": TrickleGrid}
+
+
+@pytest.fixture(autouse=True, params=list(GRIDS))
+def grid_kind(request, monkeypatch):
+    """Every test of the round loop runs on both kinds of grid: the outcomes must not differ."""
+    monkeypatch.setattr(f"{__name__}.GRID", GRIDS[request.param])
+    return request.param
+
+
+GRID: type[FakeGrid] = FakeGrid
+"""The grid :func:`run` builds (set by :func:`grid_kind`)."""
+
+
 def good(msg: Message, call: wire.TrainCall, client: int | None = None) -> Message:
     """A well-formed reply of the client the message is for (or the one named)."""
     who = call.client if client is None else client
@@ -81,11 +126,12 @@ def failed(msg: Message, call: wire.TrainCall) -> Message:
 
 def run(tmp_path, script: Script, *sets: str) -> tuple[FedMTLStrategy, FakeGrid, pd.DataFrame]:
     cfg = load_config(None, ["data.num-clients=4", "run.rounds=2", "server.fraction-train=1",
-                             "server.fraction-evaluate=1", "server.min-replies=3", *sets])
+                             "server.fraction-evaluate=1", "server.min-replies=3",
+                             "server.timeout=0.3", *sets])  # how long a polling grid waits for a silent client
     directory = ClientDirectory(cfg.data.num_clients)
     directory.infos = {100 + c: (c, cfg.data.num_clients) for c in range(cfg.data.num_clients)}
     directory.clients = {c: 100 + c for c in range(cfg.data.num_clients)}
-    grid = FakeGrid(cfg.data.num_clients, script)
+    grid = GRID(cfg.data.num_clients, script)
     strategy = FedMTLStrategy(cfg, directory, RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data)),
                               Progress(cfg.run.rounds, enabled=False))
     try:

@@ -114,6 +114,10 @@ class Federation:
         The tasks each client holds (``None``: all); other tasks' labels are dropped.
     transform : Callable[[ClientData], ClientData] or None
         Applied to every client's data once (feature skew).
+    split_sizes : Callable[[int], tuple[int, int]] or None
+        Client ``i``'s ``(train, test)`` example counts without building its data (``None``:
+        :meth:`sizes` builds the client to count them). What a server needs to bound the
+        counts clients report (:class:`fedmtl.screening.KnownClients`).
     """
 
     input_shape: tuple[int, ...]
@@ -122,6 +126,7 @@ class Federation:
     build_client: Callable[[int], ClientData]
     task_sets: list[list[str]] | None = None
     transform: Callable[[ClientData], ClientData] | None = None
+    split_sizes: Callable[[int], tuple[int, int]] | None = None
     _cache: dict[int, ClientData] = field(default_factory=dict, repr=False)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     """Guards ``_cache``: ClientApp calls in threads of one process (the in-process backend)
@@ -166,6 +171,23 @@ class Federation:
             data = self.transform(data)
         return data
 
+    def sizes(self, client_id: int) -> tuple[int, int]:
+        """Client ``client_id``'s ``(train, test)`` example counts.
+
+        From its cached data, else from :attr:`split_sizes` (no data built), else from its data
+        built once and dropped (not cached). Task sets and feature skew keep every row, so the
+        counts are those of :meth:`client`.
+        """
+        if not 0 <= client_id < self.num_clients:
+            raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")
+        with self._cache_lock:
+            data = self._cache.get(client_id)
+        if data is None and self.split_sizes is not None:
+            return self.split_sizes(client_id)
+        if data is None:
+            data = self.build_client(client_id)
+        return len(data.train), len(data.test)
+
     def client_tasks(self, client_id: int) -> list[TaskSpec]:
         """The task specs client ``client_id`` holds (in dataset order)."""
         if self.task_sets is None:
@@ -184,10 +206,26 @@ def split_rows(
     """Shuffle ``rows`` and cut them into (train, validation, test); train and test get at
     least one row each, validation may be empty."""
     rows = rng.permutation(rows)
-    n = len(rows)
+    _, n_val, n_test = split_counts(len(rows), test_fraction, validation_fraction)
+    return rows[n_test + n_val :], rows[n_test : n_test + n_val], rows[:n_test]
+
+
+def split_counts(n: int, test_fraction: float, validation_fraction: float) -> tuple[int, int, int]:
+    """How many of ``n`` rows :func:`split_rows` puts in (train, validation, test)."""
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     n_val = min(round(n * validation_fraction), n - n_test - 1)
-    return rows[n_test + n_val :], rows[n_test : n_test + n_val], rows[:n_test]
+    return n - n_test - n_val, n_val, n_test
+
+
+def split_sizes_of(row_counts: Callable[[int], int], cfg: DataSection) -> Callable[[int], tuple[int, int]]:
+    """A :attr:`Federation.split_sizes` for clients whose rows :func:`split_rows` splits one
+    to one into examples: ``row_counts(i)`` is client ``i``'s number of rows."""
+
+    def sizes(client_id: int) -> tuple[int, int]:
+        train, _, test = split_counts(row_counts(client_id), cfg.test_fraction, cfg.validation_fraction)
+        return train, test
+
+    return sizes
 
 
 class RowDataset(Protocol):
@@ -248,4 +286,5 @@ def row_federation(
             data.split(validation) if len(validation) else None,
         )
 
-    return Federation(input_shape, list(tasks), cfg.num_clients, build_client)
+    return Federation(input_shape, list(tasks), cfg.num_clients, build_client,
+                      split_sizes=split_sizes_of(lambda c: len(groups[c]), cfg))

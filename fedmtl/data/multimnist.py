@@ -30,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from fedmtl import seeds
 from fedmtl.config import Section
-from fedmtl.data.federation import ClientData, Federation, Split, split_rows
+from fedmtl.data.federation import ClientData, Federation, Split, split_counts, split_rows
 from fedmtl.data.partitioners import PARTITIONERS
 from fedmtl.registry import did_you_mean
 from fedmtl.tasks import TaskSpec
@@ -203,4 +203,8 @@ def build(cfg: DataSection, seed: int) -> Federation:
             validation=canvases(validation, test_pairs, rng, *drawing) if len(validation) else None,
         )
 
-    return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client)
+    def split_sizes(client_id: int) -> tuple[int, int]:  # make_pairs: pairs-per-digit canvases per digit
+        train, _, test = split_counts(len(parts[client_id]), cfg.test_fraction, cfg.validation_fraction)
+        return train * params.pairs_per_digit, test * params.test_pairs_per_digit
+
+    return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client, split_sizes=split_sizes)

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from fedmtl import seeds
 from fedmtl.config import Section
-from fedmtl.data.federation import ClientData, Federation, Split, row_federation, split_rows
+from fedmtl.data.federation import ClientData, Federation, Split, row_federation, split_rows, split_sizes_of
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -159,4 +159,5 @@ def build(cfg: DataSection, seed: int) -> Federation:
             _split(x, y, validation, names) if len(validation) else None,
         )
 
-    return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client)
+    return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client,
+                      split_sizes=split_sizes_of(lambda c: int(sizes[c]), cfg))
