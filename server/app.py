@@ -22,7 +22,7 @@ from fedmtl.progress import Progress
 from fedmtl.results import RunRecorder, create_run_dir, head_store_root, recorded_head_store_dir
 from fedmtl.seeds import Stream, seeded_torch_init
 from fedmtl.server.discovery import discover_clients
-from fedmtl.server.latency import poll_replies_often, signal_pushes
+from fedmtl.server.latency import poll_replies_often, signal_pushes, signal_replies
 from fedmtl.server.strategy import FedMTLStrategy
 from fedmtl.validation import config_from_flat
 
@@ -51,6 +51,7 @@ def run_server(
     cfg = resolve_paths(recorded, run_dir)
     poll_replies_often(grid)
     signal_pushes(grid)
+    signal_replies(grid)
     tasks = dataset_tasks(cfg.data)
     done = int(checkpoint["round"]) if checkpoint else None
     recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done, background=background)

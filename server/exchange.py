@@ -19,6 +19,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from fedmtl import protocol as wire
+from fedmtl.server.latency import REPLIES_STORED, REPLY_FALLBACK
 from fedmtl.server.replies import (
     Accepted,
     Evaluated,
@@ -52,52 +53,69 @@ def build_messages(
             for i, (c, one) in enumerate(zip(clients, calls, strict=True))]
 
 
-def read_train_replies(
-    messages: list[Message], replies: list[Message], like: dict[str, torch.Tensor], parts: bool, seen: set[int],
+def train_reply_reader(
+    messages: list[Message], like: dict[str, torch.Tensor], parts: bool, seen: Collection[int],
     limits: Limits | None = None,
-) -> list[Accepted | Rejected | Failed]:
-    """Read an attempt's training replies in order (``seen``: clients already accepted this
-    round; a second reply of a client is rejected; ``limits``: each client's limits). A reply
-    counts as the client its message was sent to, and must come from the node it went to."""
-    sent, nodes, seen, outcomes = addressees(messages), destinations(messages), set(seen), []
-    for reply in replies:
-        node = nodes.get(reply.metadata.reply_to_message_id)
-        outcome = read_train_reply(reply, addressee(reply, sent), like, parts, seen, limits, node)
-        if isinstance(outcome, Accepted):
-            seen.add(outcome.client)
-        outcomes.append(outcome)
-    return outcomes
+) -> Callable[[list[Message]], list[Accepted | Rejected | Failed]]:
+    """A reader of an attempt's training replies, called on each batch as it comes; it reads
+    them in order (``seen``: clients already accepted this round; a second reply of a client,
+    in this batch or an earlier one, is rejected; ``limits``: each client's limits). A reply
+    counts as the client its message was sent to, and must come from the node it went to.
+    ``messages`` must have been sent (their ids are set)."""
+    sent, nodes, accepted = addressees(messages), destinations(messages), set(seen)
+
+    def read(replies: list[Message]) -> list[Accepted | Rejected | Failed]:
+        outcomes = []
+        for reply in replies:
+            node = nodes.get(reply.metadata.reply_to_message_id)
+            outcome = read_train_reply(reply, addressee(reply, sent), like, parts, accepted, limits, node)
+            if isinstance(outcome, Accepted):
+                accepted.add(outcome.client)
+            outcomes.append(outcome)
+        return outcomes
+
+    return read
 
 
 def send_and_read(
-    grid: Grid, messages: list[Message], timeout: float, read: Callable[[list[Message]], list[Any]],
+    grid: Grid, messages: list[Message], timeout: float, reader: Callable[[], Callable[[list[Message]], list[Any]]],
 ) -> tuple[list[Message], list[Any]]:
-    """Send ``messages`` and ``read`` their replies as they arrive; return the replies and
-    what ``read`` made of them, both in the order they came.
+    """Send ``messages`` and read their replies as they arrive; return the replies and what was
+    read from them, both in the order they came. ``reader()`` is called once the messages are
+    sent (their ids set) and gives the function that reads each batch
+    (:func:`train_reply_reader`).
 
-    The same as ``grid.send_and_receive(messages, timeout=timeout)`` followed by one call of
-    ``read`` on all the replies, when reading a batch depends only on the batches before it:
-    on a grid that polls often (the Simulation Engine's, which has a ``pull_interval``), the
-    server decodes and checks the first replies while the last clients still train, so a round
-    no longer waits for every reply to be read after the last one comes. Other grids (a
-    deployed SuperLink's, which Flower polls every 3 s) go through ``send_and_receive``.
+    The same as ``grid.send_and_receive(messages, timeout=timeout)`` followed by one read of
+    all the replies, when reading a batch depends only on the batches before it. On a grid
+    that polls often (the Simulation Engine's, which has a ``pull_interval``) the server reads
+    the first replies while the last clients still train; where the engine signals each stored
+    reply (:func:`fedmtl.server.latency.signal_replies`) it wakes on that signal, else it checks
+    every ``pull_interval`` seconds. Other grids (a deployed SuperLink's, which Flower polls
+    every 3 s) go through ``send_and_receive``.
     """
     interval = getattr(grid, "pull_interval", None)
     if not isinstance(interval, int | float):
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        return replies, read(replies)
+        return replies, reader()(replies)
+    stored = getattr(grid, REPLIES_STORED, None)  # set by the engine on each reply (signal_replies)
     waiting = set(grid.push_messages(messages))
+    read = reader()
     end = time.time() + timeout
     replies: list[Message] = []
     outcomes: list[Any] = []
     while time.time() < end:  # Flower's loop (InMemoryGrid.send_and_receive), reading each batch
+        if stored is not None:
+            stored.clear()  # a reply stored from here on is pulled now or wakes the wait below
         batch = list(grid.pull_messages(waiting))
         waiting.difference_update(reply.metadata.reply_to_message_id for reply in batch)
         replies += batch
         outcomes += read(batch) if batch else []
         if not waiting:
             break
-        time.sleep(interval)
+        if stored is not None:
+            stored.wait(max(0.0, min(REPLY_FALLBACK, end - time.time())))
+        else:
+            time.sleep(interval)
     return replies, outcomes
 
 
@@ -105,7 +123,7 @@ def read_evaluate_replies(
     messages: list[Message], replies: list[Message], limits: Limits | None = None,
     views: Collection[str] = (wire.TEST, wire.TEST_GLOBAL),
 ) -> list[Evaluated | Rejected | Failed]:
-    """Read an exchange's evaluation replies in order (as :func:`read_train_replies`; a
+    """Read an exchange's evaluation replies in order (as :func:`train_reply_reader`; a
     second reply of a client is rejected; ``views``: the views the run's method reports)."""
     sent, nodes, seen, outcomes = addressees(messages), destinations(messages), set(), []
     for reply in replies:

@@ -1,18 +1,22 @@
-"""Shorter waits in Flower's in-memory Simulation Engine.
+"""Shorter waits, and less polling, in Flower's in-memory Simulation Engine.
 
-A simulated round has two fixed waits besides the clients' work (Flower 1.41):
+A simulated round has two fixed waits besides the clients' work (Flower 1.41), and both are
+polls that also cost CPU the clients could use:
 
 - the *dispatcher* thread (``vce_api.add_messages_to_queue``) moves newly pushed messages to
   the actors' queue, then sleeps 0.1 s, so a round's messages wait 50 ms on average before
-  the first client starts;
+  the first client starts; each of its scans asks the LinkState for every node's messages;
 - the in-memory grid checks for replies every ``pull_interval`` = 0.1 s, so a round waits
   50 ms on average after its last reply.
 
 fedmtl wakes the dispatcher as soon as the server pushes messages (:func:`signal_pushes` +
-:func:`dispatch_on_push`) and checks for replies every :data:`POLL_INTERVAL` seconds
-(:func:`poll_replies_often`). The engine, its queues and its actors stay Flower's own; only
-the waits change. With another Flower version whose dispatcher has a different signature,
-:func:`dispatch_on_push` leaves it as it is.
+:func:`dispatch_on_push`) and otherwise lets it scan once a second (:data:`RESCAN_INTERVAL`);
+it wakes the server as soon as the engine stores a reply (:func:`signal_replies`, read by
+:func:`fedmtl.server.exchange.send_and_read`), and the grid checks for replies every
+:data:`POLL_INTERVAL` seconds where nothing wakes it (:func:`poll_replies_often`). The
+engine, its queues and its actors stay Flower's own; only the waits change. With another
+Flower version whose dispatcher has a different signature, :func:`dispatch_on_push` leaves it
+as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +30,16 @@ log = logging.getLogger("fedmtl")
 
 POLL_INTERVAL = 0.01
 """Seconds between the simulation grid's checks for replies (Flower's default is 0.1)."""
+
+RESCAN_INTERVAL = 1.0
+"""Seconds between the dispatcher's scans when no push wakes it (Flower's: 0.1). Its workers
+already take up to a second to see the end of a run (their queue's timeout)."""
+
+REPLY_FALLBACK = 0.1
+"""Seconds the server waits for a reply signal (:func:`signal_replies`) before it checks anyway."""
+
+REPLIES_STORED = "_fedmtl_replies_stored"
+"""The grid attribute holding the :class:`threading.Event` set when a reply is stored."""
 
 MESSAGES_PUSHED = threading.Event()
 """Set when the ServerApp pushes messages; the dispatcher wakes on it."""
@@ -54,6 +68,25 @@ def signal_pushes(grid: Any) -> None:
     grid._fedmtl_signals_pushes = True
 
 
+def signal_replies(grid: Any) -> None:
+    """Give an in-memory grid a :class:`threading.Event` (attribute :data:`REPLIES_STORED`)
+    set whenever the engine stores a reply in the grid's LinkState (the engine and the grid
+    share that state); grids without a ``state`` are left as they are."""
+    state = getattr(grid, "state", None)
+    if state is None or not hasattr(state, "store_message_res") or hasattr(grid, REPLIES_STORED):
+        return
+    stored = threading.Event()
+    store = state.store_message_res
+
+    def store_and_signal(message: Any) -> Any:
+        out = store(message)
+        stored.set()
+        return out
+
+    state.store_message_res = store_and_signal
+    setattr(grid, REPLIES_STORED, stored)
+
+
 class _WakeOnPush:
     """The dispatcher's stop event, whose ``wait`` also ends when messages are pushed."""
 
@@ -64,7 +97,7 @@ class _WakeOnPush:
         return self.stop.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        MESSAGES_PUSHED.wait(timeout)
+        MESSAGES_PUSHED.wait(max(timeout or 0.0, RESCAN_INTERVAL))
         MESSAGES_PUSHED.clear()  # messages pushed before this line are found by the next scan
         return self.stop.is_set()
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import WHOLE
@@ -127,6 +127,12 @@ def refusal_problem(record: object) -> str:
     return "refused: " + ("".join(c if c.isprintable() else "?" for c in text) or "no reason given")
 
 
+def has_record(content: RecordDict, key: str, kind: type) -> bool:
+    """Whether ``content`` holds a record of ``kind`` under ``key`` (what ``key in
+    content.metric_records`` and its kin say, without building those views each time)."""
+    return isinstance(content.get(key), kind)
+
+
 def addressees(messages: Iterable[Message]) -> dict[str, int]:
     """``{message id: client}`` of messages the grid has sent (their ids are set on sending)."""
     return {m.metadata.message_id: int(m.content[wire.CALL][wire.CLIENT_ID]) for m in messages}
@@ -196,9 +202,9 @@ def _check_sender(reply: Message, client: int | None, node: int | None) -> Faile
     source = reply.metadata.src_node_id
     if node is not None and source != node:
         return Rejected(client, f"a reply from node {source} to the message sent to node {node}")
-    if wire.REFUSAL in reply.content.config_records:
+    if has_record(reply.content, wire.REFUSAL, ConfigRecord):
         return Refused(client, refusal_problem(reply.content[wire.REFUSAL]))
-    if wire.METRICS not in reply.content.metric_records:
+    if not has_record(reply.content, wire.METRICS, MetricRecord):
         return Rejected(client, "no metrics")
     values = number_values(reply.content[wire.METRICS])
     if isinstance(values, str):
@@ -210,7 +216,7 @@ def _check_sender(reply: Message, client: int | None, node: int | None) -> Faile
 
 
 def _read_update(reply: Message, like: dict[str, torch.Tensor]) -> str | dict[str, torch.Tensor]:
-    if wire.UPDATE not in reply.content.array_records:
+    if not has_record(reply.content, wire.UPDATE, ArrayRecord):
         return f"no '{wire.UPDATE}' arrays"
     state = read_arrays(reply.content[wire.UPDATE], {k: tuple(v.shape) for k, v in like.items()})
     problem = state if isinstance(state, str) else update_problem(state, like)
@@ -218,7 +224,7 @@ def _read_update(reply: Message, like: dict[str, torch.Tensor]) -> str | dict[st
 
 
 def _read_parts(reply: Message, like: dict[str, torch.Tensor], tasks: list[str]) -> str | dict[str, torch.Tensor]:
-    if wire.PARTS not in reply.content.array_records:
+    if not has_record(reply.content, wire.PARTS, ArrayRecord):
         return f"no '{wire.PARTS}' arrays"
     size = sum(v.numel() for v in like.values())
     parts = read_arrays(reply.content[wire.PARTS], {t: (size,) for t in tasks})
@@ -289,7 +295,8 @@ def placement_row(reply: Message, client: int | None, server_round: int, stage: 
     """The ``placement.csv`` row of a reply (``None`` for one without placement or metrics);
     each value a printable string of at most :data:`fedmtl.screening.MAX_PLACEMENT` characters."""
     content = reply.content
-    if client is None or wire.PLACEMENT not in content.config_records or wire.METRICS not in content.metric_records:
+    if client is None or not has_record(content, wire.PLACEMENT, ConfigRecord) or not has_record(
+            content, wire.METRICS, MetricRecord):
         return None
     where = content[wire.PLACEMENT]
     return (server_round, client, stage, *(placement_text(where.get(key, "")) for key in wire.PLACEMENT_KEYS))

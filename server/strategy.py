@@ -43,8 +43,8 @@ from fedmtl.server.exchange import (
     log_rejections,
     placement_rows,
     read_evaluate_replies,
-    read_train_replies,
     send_and_read,
+    train_reply_reader,
     unanswered,
 )
 from fedmtl.server.heads import HeadsLedger
@@ -180,14 +180,8 @@ class FedMTLStrategy:
     def exchange(self, grid: Grid, server_round: int, clients: list[int], collected: Collected) -> None:
         """Send one training attempt and read its replies into ``collected``."""
         messages = self.configure_train(server_round, clients, collected.retries)
-        seen = set(collected.formed)  # clients accepted so far this round: a second reply is rejected
-
-        def read(batch: list[Message]) -> list:
-            outcomes = read_train_replies(messages, batch, self.state, self.needs.task_parts, seen, self.known)
-            seen.update(o.client for o in outcomes if isinstance(o, Accepted))
-            return outcomes
-
-        replies, outcomes = send_and_read(grid, messages, self.cfg.server.timeout, read)
+        replies, outcomes = send_and_read(grid, messages, self.cfg.server.timeout, lambda: train_reply_reader(
+            messages, self.state, self.needs.task_parts, set(collected.formed), self.known))
         collected.sampled += len(clients)
         self.heads.observe(server_round, clients, outcomes)
         missing = unanswered(messages, replies)

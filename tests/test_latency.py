@@ -1,19 +1,23 @@
-"""The Simulation Engine's waits (server/latency.py): wake the dispatcher on a push."""
+"""The Simulation Engine's waits (server/latency.py): wake the dispatcher on a push, the server on a reply."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from flwr.server.superlink.fleet.vce import vce_api
 
 from fedmtl.server.latency import (
     MESSAGES_PUSHED,
     POLL_INTERVAL,
+    REPLIES_STORED,
+    RESCAN_INTERVAL,
     _WakeOnPush,
     dispatch_on_push,
     poll_replies_often,
     signal_pushes,
+    signal_replies,
 )
 
 
@@ -86,3 +90,37 @@ def test_flowers_dispatcher_is_wrapped_once_and_still_moves_every_message():
         MESSAGES_PUSHED.set()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+class ReplyState:
+    """The LinkState call the engine makes for each reply."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    def store_message_res(self, message: str) -> str:
+        self.stored.append(message)
+        return f"id-{message}"
+
+
+def test_signal_replies_sets_the_grids_event_on_each_stored_reply_and_wraps_once():
+    grid = Grid()
+    grid.state = ReplyState()
+    signal_replies(grid)
+    event = getattr(grid, REPLIES_STORED)
+    signal_replies(grid)
+    assert getattr(grid, REPLIES_STORED) is event  # wrapped once
+    assert not event.is_set()
+    assert grid.state.store_message_res("r1") == "id-r1"
+    assert event.is_set() and grid.state.stored == ["r1"]  # stored once, then signalled
+    bare = Grid()  # a grid without a LinkState (a deployed one) is left as it is
+    signal_replies(bare)
+    assert not hasattr(bare, REPLIES_STORED)
+
+
+def test_without_a_push_the_dispatcher_scans_only_every_rescan_interval():
+    stop = threading.Event()
+    MESSAGES_PUSHED.clear()
+    start = time.monotonic()
+    assert _WakeOnPush(stop).wait(0.1) is False  # Flower asks for 0.1 s
+    assert time.monotonic() - start >= RESCAN_INTERVAL * 0.99

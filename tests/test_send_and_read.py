@@ -80,7 +80,13 @@ def test_each_reply_is_read_as_soon_as_it_is_pulled():
         batches.append((grid.pulls, [_index(r) for r in batch]))
         return [_index(r) * 10 for r in batch]
 
-    replies, outcomes = send_and_read(grid, _messages(4), 5.0, read)
+    messages = _messages(4)
+
+    def reader():  # noqa: ANN202
+        assert all(m.metadata.message_id for m in messages), "the reader is built once the messages are sent"
+        return read
+
+    replies, outcomes = send_and_read(grid, messages, 5.0, reader)
     assert batches == [(1, [0]), (2, [1]), (3, [2]), (4, [3])]  # read after each pull, not once at the end
     assert [_index(r) for r in replies] == [0, 1, 2, 3] and outcomes == [0, 10, 20, 30]
 
@@ -89,9 +95,9 @@ def test_the_same_replies_and_outcomes_as_reading_them_all_at_once():
     def read(batch: list[Message]) -> list[tuple[int, str]]:
         return [(_index(r), r.metadata.reply_to_message_id) for r in batch]
 
-    trickled = send_and_read(TrickleGrid(), _messages(5), 5.0, read)
+    trickled = send_and_read(TrickleGrid(), _messages(5), 5.0, lambda: read)
     reads = []
-    at_once = send_and_read(AllAtOnceGrid(), _messages(5), 5.0, lambda b: reads.append(len(b)) or read(b))
+    at_once = send_and_read(AllAtOnceGrid(), _messages(5), 5.0, lambda: lambda b: reads.append(len(b)) or read(b))
     assert reads == [5]  # one read of every reply
     assert [_index(r) for r in trickled[0]] == [_index(r) for r in at_once[0]] and trickled[1] == at_once[1]
 
@@ -99,12 +105,41 @@ def test_the_same_replies_and_outcomes_as_reading_them_all_at_once():
 def test_missing_replies_end_at_the_timeout_with_the_others_read():
     grid = TrickleGrid(silent={1})
     start = time.monotonic()
-    replies, outcomes = send_and_read(grid, _messages(3), 0.2, lambda b: [_index(r) for r in b])
+    replies, outcomes = send_and_read(grid, _messages(3), 0.2, lambda: lambda b: [_index(r) for r in b])
     assert time.monotonic() - start >= 0.2
     assert outcomes == [0, 2] and len(replies) == 2
 
 
 def test_no_messages_return_at_once():
     grid = TrickleGrid()
-    assert send_and_read(grid, [], 60.0, lambda b: [len(b)]) == ([], [])
+    assert send_and_read(grid, [], 60.0, lambda: lambda b: [len(b)]) == ([], [])
     assert grid.pulls == 1
+
+
+def test_a_stored_reply_wakes_the_server_at_once(monkeypatch):
+    """With the engine's reply signal (``signal_replies``) the server does not wait out its
+    fallback poll: here the fallback is a minute, and the reply comes after the first pull."""
+    import threading
+
+    import fedmtl.server.exchange as exchange
+    from fedmtl.server.latency import REPLIES_STORED
+
+    monkeypatch.setattr(exchange, "REPLY_FALLBACK", 60.0)
+    grid = TrickleGrid(silent={0})
+    stored = threading.Event()
+    setattr(grid, REPLIES_STORED, stored)
+    messages = _messages(1)
+
+    def answer_later() -> None:
+        while grid.pulls == 0:
+            time.sleep(0.01)
+        grid.queue.append(Message(RecordDict({"y": MetricRecord({"i": 0})}), reply_to=messages[0]))
+        stored.set()
+
+    helper = threading.Thread(target=answer_later)
+    helper.start()
+    start = time.monotonic()
+    replies, outcomes = send_and_read(grid, messages, 120.0, lambda: lambda b: [_index(r) for r in b])
+    helper.join()
+    assert outcomes == [0] and grid.pulls == 2
+    assert time.monotonic() - start < 30.0  # woken by the signal, not by the one-minute fallback
