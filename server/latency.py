@@ -10,7 +10,8 @@ polls that also cost CPU the clients could use:
   50 ms on average after its last reply.
 
 fedmtl wakes the dispatcher as soon as the server pushes messages (:func:`signal_pushes` +
-:func:`dispatch_on_push`) and otherwise lets it scan once a second (:data:`RESCAN_INTERVAL`);
+:func:`dispatch_on_push`); after a scan that found nothing it scans again on the next push or
+after a second (:data:`RESCAN_INTERVAL`), after one that moved messages after Flower's 0.1 s;
 it wakes the server as soon as the engine stores a reply (:func:`signal_replies`, read by
 :func:`fedmtl.server.exchange.send_and_read`), and the grid checks for replies every
 :data:`POLL_INTERVAL` seconds where nothing wakes it (:func:`poll_replies_often`). The
@@ -87,17 +88,39 @@ def signal_replies(grid: Any) -> None:
     setattr(grid, REPLIES_STORED, stored)
 
 
-class _WakeOnPush:
-    """The dispatcher's stop event, whose ``wait`` also ends when messages are pushed."""
+class _CountingQueue:
+    """The dispatcher's queue, counting the messages put in it."""
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.puts = 0
+
+    def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+        self.puts += 1
+        self.queue.put(item, *args, **kwargs)
+
+
+class _WakeOnPush:
+    """The dispatcher's stop event, whose ``wait`` also ends when messages are pushed.
+
+    A scan moves at most one message per node, so after a scan that moved messages the next
+    one comes after Flower's own wait (a node's next message: SuperNodes shared by several
+    clients get several per exchange); after a scan that moved none, the dispatcher waits for
+    a push, or :data:`RESCAN_INTERVAL` seconds.
+    """
+
+    def __init__(self, stop: threading.Event, queue: _CountingQueue | None = None) -> None:
         self.stop = stop
+        self.queue = queue
+        self._seen = 0
 
     def is_set(self) -> bool:
         return self.stop.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        MESSAGES_PUSHED.wait(max(timeout or 0.0, RESCAN_INTERVAL))
+        moved = self.queue is None or self.queue.puts != self._seen
+        self._seen = self.queue.puts if self.queue is not None else 0
+        MESSAGES_PUSHED.wait(timeout if moved else max(timeout or 0.0, RESCAN_INTERVAL))
         MESSAGES_PUSHED.clear()  # messages pushed before this line are found by the next scan
         return self.stop.is_set()
 
@@ -115,7 +138,8 @@ def dispatch_on_push() -> bool:
         return False
 
     def wake_on_push(state: Any, queue: Any, nodes_mapping: Any, f_stop: threading.Event) -> None:
-        dispatcher(state, queue, nodes_mapping, _WakeOnPush(f_stop))
+        counting = _CountingQueue(queue)
+        dispatcher(state, counting, nodes_mapping, _WakeOnPush(f_stop, counting))
 
     wake_on_push._fedmtl_wakes_on_push = True  # type: ignore[attr-defined]
     vce_api.add_messages_to_queue = wake_on_push

@@ -13,6 +13,7 @@ from fedmtl.server.latency import (
     POLL_INTERVAL,
     REPLIES_STORED,
     RESCAN_INTERVAL,
+    _CountingQueue,
     _WakeOnPush,
     dispatch_on_push,
     poll_replies_often,
@@ -118,9 +119,32 @@ def test_signal_replies_sets_the_grids_event_on_each_stored_reply_and_wraps_once
     assert not hasattr(bare, REPLIES_STORED)
 
 
-def test_without_a_push_the_dispatcher_scans_only_every_rescan_interval():
-    stop = threading.Event()
+def test_after_a_scan_that_moved_nothing_the_dispatcher_waits_the_rescan_interval():
+    stop, moved = threading.Event(), _CountingQueue(queue.Queue())
+    wake = _WakeOnPush(stop, moved)
     MESSAGES_PUSHED.clear()
     start = time.monotonic()
-    assert _WakeOnPush(stop).wait(0.1) is False  # Flower asks for 0.1 s
+    assert wake.wait(0.1) is False  # Flower asks for 0.1 s; nothing was moved
     assert time.monotonic() - start >= RESCAN_INTERVAL * 0.99
+
+
+def test_a_nodes_second_message_is_moved_without_a_new_push(monkeypatch):
+    """A scan moves one message per node: SuperNodes shared by several clients get several per
+    exchange, and the next scan must come soon, not after the idle rescan interval."""
+    import fedmtl.server.latency as latency
+
+    monkeypatch.setattr(latency, "RESCAN_INTERVAL", 600.0)
+    assert dispatch_on_push() is True
+    state, out, stop = State(), queue.Queue(), threading.Event()
+    thread = threading.Thread(target=vce_api.add_messages_to_queue, args=(state, out, {1: 0, 2: 1}, stop))
+    thread.start()
+    try:
+        with state.lock:
+            state.inbox[1] += ["m1", "m1-second"]
+        MESSAGES_PUSHED.set()
+        assert [out.get(timeout=60), out.get(timeout=60)] == ["m1", "m1-second"]
+    finally:
+        stop.set()
+        MESSAGES_PUSHED.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
