@@ -54,18 +54,23 @@ def poll_replies_often(grid: Any) -> None:
         grid.pull_interval = min(grid.pull_interval, POLL_INTERVAL)
 
 
+def _set_after_calls(owner: Any, method: str, event: threading.Event) -> None:
+    """Wrap ``owner.method`` (on this object only) so that every call sets ``event`` once it returns."""
+    call = getattr(owner, method)
+
+    def call_and_set(*args: Any, **kwargs: Any) -> Any:
+        out = call(*args, **kwargs)
+        event.set()
+        return out
+
+    setattr(owner, method, call_and_set)
+
+
 def signal_pushes(grid: Any) -> None:
     """Set :data:`MESSAGES_PUSHED` after every ``grid.push_messages`` call (this grid only)."""
     if getattr(grid, "_fedmtl_signals_pushes", False):
         return
-    push = grid.push_messages
-
-    def push_and_signal(messages: Any) -> Any:
-        ids = push(messages)
-        MESSAGES_PUSHED.set()
-        return ids
-
-    grid.push_messages = push_and_signal
+    _set_after_calls(grid, "push_messages", MESSAGES_PUSHED)
     grid._fedmtl_signals_pushes = True
 
 
@@ -77,14 +82,7 @@ def signal_replies(grid: Any) -> None:
     if state is None or not hasattr(state, "store_message_res") or hasattr(grid, REPLIES_STORED):
         return
     stored = threading.Event()
-    store = state.store_message_res
-
-    def store_and_signal(message: Any) -> Any:
-        out = store(message)
-        stored.set()
-        return out
-
-    state.store_message_res = store_and_signal
+    _set_after_calls(state, "store_message_res", stored)
     setattr(grid, REPLIES_STORED, stored)
 
 
