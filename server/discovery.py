@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import MessageType
 from flwr.serverapp import Grid
 
@@ -20,6 +20,7 @@ from fedmtl import protocol as wire
 from fedmtl.config import ExperimentConfig
 from fedmtl.screening import as_integer
 from fedmtl.server.admission import Admission
+from fedmtl.server.replies import has_record
 
 log = logging.getLogger("fedmtl")
 
@@ -36,7 +37,7 @@ def read_info(reply: Message, node: int) -> tuple[int, int] | str:
     source = reply.metadata.src_node_id
     if source != node:
         return f"its reply came from node {source}"
-    if wire.INFO not in reply.content.metric_records:
+    if not has_record(reply.content, wire.INFO, MetricRecord):
         return f"its reply has no '{wire.INFO}' record"
     info = reply.content[wire.INFO]
     values = [as_integer(info.get(key)) for key in wire.INFO_KEYS]

@@ -107,17 +107,17 @@ class _WakeOnPush:
     a push, or :data:`RESCAN_INTERVAL` seconds.
     """
 
-    def __init__(self, stop: threading.Event, queue: _CountingQueue | None = None) -> None:
+    def __init__(self, stop: threading.Event, queue: _CountingQueue) -> None:
         self.stop = stop
         self.queue = queue
         self._seen = 0
+        """``queue.puts`` at the previous wait: more since then means the scan moved messages."""
 
     def is_set(self) -> bool:
         return self.stop.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        moved = self.queue is None or self.queue.puts != self._seen
-        self._seen = self.queue.puts if self.queue is not None else 0
+        moved, self._seen = self.queue.puts != self._seen, self.queue.puts
         MESSAGES_PUSHED.wait(timeout if moved else max(timeout or 0.0, RESCAN_INTERVAL))
         MESSAGES_PUSHED.clear()  # messages pushed before this line are found by the next scan
         return self.stop.is_set()

@@ -45,18 +45,25 @@ def test_signal_pushes_sets_the_event_after_each_push_and_wraps_once():
     assert grid.pull_interval == POLL_INTERVAL
 
 
+def _moved_one() -> _CountingQueue:
+    """A dispatcher queue whose last scan moved a message (so a wait takes Flower's timeout)."""
+    moved = _CountingQueue(queue.Queue())
+    moved.put("m")
+    return moved
+
+
 def test_the_dispatcher_wait_ends_on_a_push_and_reports_the_stop_event():
     stop = threading.Event()
     MESSAGES_PUSHED.clear()
     results: list[bool] = []
-    waiter = threading.Thread(target=lambda: results.append(_WakeOnPush(stop).wait(None)))
+    waiter = threading.Thread(target=lambda: results.append(_WakeOnPush(stop, _moved_one()).wait(None)))
     waiter.start()
     MESSAGES_PUSHED.set()
     waiter.join(timeout=30)
     assert not waiter.is_alive(), "a push did not end the dispatcher's wait"
     assert results == [False] and not MESSAGES_PUSHED.is_set()
     stop.set()
-    assert _WakeOnPush(stop).wait(0) is True and _WakeOnPush(stop).is_set()
+    assert _WakeOnPush(stop, _moved_one()).wait(0) is True and _WakeOnPush(stop, _moved_one()).is_set()
 
 
 class State:

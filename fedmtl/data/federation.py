@@ -144,8 +144,7 @@ class Federation:
 
     def client(self, client_id: int) -> ClientData:
         """Client ``client_id``'s data (built once, then cached; safe from several threads)."""
-        if not 0 <= client_id < self.num_clients:
-            raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")
+        self._check_id(client_id)
         with self._cache_lock:
             data = self._cache.pop(client_id, None)
             if data is not None:
@@ -157,6 +156,10 @@ class Federation:
             while len(self._cache) > CLIENT_CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
         return data
+
+    def _check_id(self, client_id: int) -> None:
+        if not 0 <= client_id < self.num_clients:
+            raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")
 
     def _build(self, client_id: int) -> ClientData:
         """Client ``client_id``'s data, its tasks restricted and its inputs transformed."""
@@ -178,8 +181,7 @@ class Federation:
         built once and dropped (not cached). Task sets and feature skew keep every row, so the
         counts are those of :meth:`client`.
         """
-        if not 0 <= client_id < self.num_clients:
-            raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")
+        self._check_id(client_id)
         with self._cache_lock:
             data = self._cache.get(client_id)
         if data is None and self.split_sizes is not None:
