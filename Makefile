@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/quickstart.toml
 ARGS   ?=
-# test files run in parallel, each file in one worker (its module fixtures run once); most of
+# test files run in parallel, each file in one worker (its module fixtures run once), longest
+# first (tests/conftest.py: LONGEST_FIRST, kept in that order by --no-loadscope-reorder); most of
 # a simulation test's time is Ray start-up and polling, so 2 workers help even on 2 cores;
 # the 15 slowest tests are listed at the end (target: 15 minutes on 2 cores; measured: docs/testing.md)
 WORKERS ?= 2
@@ -29,7 +30,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --durations=15 $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(ARGS)
 
 flwr-run: $(STAMP)
 	$(BIN)/fedmtl flwr-run $(CONFIG)

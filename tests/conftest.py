@@ -26,12 +26,17 @@ def flwr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # The longest test files, longest first (`make test` lists the slowest tests). Each file runs
-# in one worker (`--dist loadfile`), and workers take files in collection order: starting
-# the long ones first keeps one of them from running alone at the end.
+# in one worker (`--dist loadfile`), and with `--no-loadscope-reorder` workers take files in
+# collection order (xdist otherwise starts the files with the most tests first, which left the
+# two longest single tests to run alone at the end): starting the long ones first keeps one of
+# them from running alone at the end. Re-measure with `--durations=0` when the suite changes.
 LONGEST_FIRST = [
-    "test_deploy_stranger.py", "test_weightings_simulation.py", "test_faults.py", "test_deploy.py", "test_resume.py",
-    "test_flwr_run.py", "test_simulation.py", "test_datasets_simulation.py",
-    "test_sweep_report.py", "test_ray_cluster.py", "test_extend_run.py", "test_python_api.py", "test_sweep_jobs.py",
+    "test_deploy_stranger.py", "test_deploy.py", "test_faults.py", "test_flwr_run.py", "test_simulation.py",
+    "test_ray_cluster.py", "test_weightings_simulation.py", "test_resume.py", "test_sweep_report.py",
+    "test_personalization.py", "test_global_state.py", "test_inprocess_engine.py", "test_interrupt.py",
+    "test_run_identity.py", "test_datasets_simulation.py", "test_shared_engine.py",
+    "test_personalization_composition.py", "test_python_api.py", "test_plots_format.py", "test_sweep_jobs.py",
+    "test_views.py",
 ]
 
 
