@@ -3,16 +3,18 @@
 The workload of ``benchmarks/simulation.py`` (c), with timestamps taken at each hand-over:
 
 - the server pushes the round's messages (``push``);
-- the engine's dispatcher queues them, a Ray actor starts the call (``call start``);
-- inside the actor, the ClientApp starts and ends (``client start`` / ``client end``);
+- the engine's dispatcher queues them, an engine worker starts the call (``call start``; on Ray
+  each actor takes two calls at once, ``fedmtl.launch.ray_pipeline``);
+- inside the actor (or worker thread), the ClientApp starts and ends (``client start`` /
+  ``client end``), and says which worker ran it;
 - the call returns to the engine (``call end``);
 - the server's ``configure_train`` and ``aggregate_train`` (``server``).
 
 From these it reports, per round after the first (medians): the wait from the push to the
-first client call, the ClientApp's time per message, the Ray call's own overhead (call time
-minus ClientApp time), the wait from the round's last reply to the start of its aggregation,
-the server's time, and the share of a core this process (server and
-engine threads) uses. The timestamps come from wrappers around Flower's classes, installed
+first client call, the ClientApp's time per message, a worker's wait between two clients
+(from one ClientApp's end to the next one's start on the same actor or thread), the wait from
+the round's last reply to the start of its aggregation, the server's time, and the share of a
+core this process (server and engine threads) uses. The timestamps come from wrappers around Flower's classes, installed
 only by this script.
 
 With ``--variants fedmtl fair`` it also profiles workload (d), the fair variant (local FairGrad,
@@ -60,8 +62,13 @@ def _query(msg, context):  # noqa: ANN001, ANN202 - Flower's signature
 def _train(msg, context):  # noqa: ANN001, ANN202
     start = time.time()
     reply = fedmtl_client.train(msg, context)
-    reply.content["timing"] = MetricRecord({"start": start, "end": time.time()})
+    reply.content["timing"] = MetricRecord({"start": start, "end": time.time(), "worker": worker_key()})
     return reply
+
+
+def worker_key() -> int:
+    """Which worker ran a client: a Ray actor (its process) or an in-process worker thread."""
+    return (os.getpid() << 20) ^ threading.get_ident() % (1 << 40)
 
 
 @timed_app.evaluate()
@@ -76,7 +83,8 @@ class Timeline:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pushes: list[float] = []
-        self.calls: list[tuple[float, float, float, float]] = []  # call start, client start, client end, call end
+        # call start, client start, client end, call end, worker
+        self.calls: list[tuple[float, float, float, float, int]] = []
         self.server: list[tuple[str, float, float]] = []
         self.cpu: list[tuple[float, float]] = []  # (wall, this process's CPU seconds) after each aggregation
 
@@ -105,7 +113,7 @@ def _time_calls(backend: type, timeline: Timeline) -> None:
         if out.has_content() and "timing" in out.content.metric_records:
             t = out.content["timing"]
             with timeline.lock:
-                timeline.calls.append((start, float(t["start"]), float(t["end"]), end))
+                timeline.calls.append((start, float(t["start"]), float(t["end"]), end, int(t["worker"])))
         return out, ctx
 
     backend.process_message = timed_process_message
@@ -158,15 +166,32 @@ def summarise(timeline: Timeline) -> dict[str, float]:
             tails.append(starts[0] - max(ends))
     (w0, c0), (w1, c1) = timeline.cpu[1], timeline.cpu[-1]
     return {
+        "idle_between_clients_ms": 1000 * _idle_between_clients(pushes, calls),
         "rounds": rounds,
         "push_to_first_call_ms": 1000 * float(np.median(waits)),
         "client_ms_per_message": 1000 * float(np.median([c[2] - c[1] for c in calls])),
-        "ray_overhead_ms_per_message": 1000 * float(np.median([(c[3] - c[0]) - (c[2] - c[1]) for c in calls])),
         "server_ms_per_round": 1000 * float(np.sum(server)) / max(rounds, 1),
         "last_reply_to_aggregation_ms": 1000 * float(np.median(tails)),
         "main_process_cores": (c1 - c0) / (w1 - w0),
         "s_per_round": (timeline.cpu[-1][0] - timeline.cpu[0][0]) / (len(timeline.cpu) - 1),
     }
+
+
+def _idle_between_clients(pushes: list[float], calls: list[tuple]) -> float:
+    """Median over rounds and workers of a worker's mean wait from one ClientApp's end to its
+    next ClientApp's start within a round (seconds; NaN when no worker ran two clients)."""
+    idle = []
+    for i, push in enumerate(pushes):
+        end = pushes[i + 1] if i + 1 < len(pushes) else float("inf")
+        runs: dict[int, list[tuple[float, float]]] = {}
+        for c in calls:
+            if push <= c[0] < end:
+                runs.setdefault(c[4], []).append((c[1], c[2]))
+        for spans in runs.values():
+            spans.sort()
+            if len(spans) > 1:
+                idle.append(float(np.mean([b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)])))
+    return float(np.median(idle)) if idle else float("nan")
 
 
 VARIANTS = {"fedmtl": "(c) fedmtl", "fair": "(d) fair"}
@@ -234,12 +259,14 @@ def write(figures: dict[tuple[str, str], dict[str, float]], cfg, variants: list[
         row("seconds per round", "s_per_round", "s", 3),
         row("push → first client call (the engine's dispatcher)", "push_to_first_call_ms", "ms", 1),
         row("ClientApp, per training message", "client_ms_per_message", "ms", 1),
-        row("backend call overhead, per message (call − ClientApp)", "ray_overhead_ms_per_message", "ms", 1),
+        row("a worker's wait between two clients (one ClientApp's end → its next one's start)",
+            "idle_between_clients_ms", "ms", 1),
         row("last reply → aggregation start (the grid's poll, reading the replies not yet read)",
             "last_reply_to_aggregation_ms", "ms", 1),
         row("server (configure + aggregate), per round", "server_ms_per_round", "ms", 1),
         row("share of a core used by the server process", "main_process_cores", "", 2), "",
-        f"On Ray a round is about {per_actor:.0f} messages per actor × (ClientApp + Ray overhead) + the "
+        f"On Ray a round is about {per_actor:.0f} messages per actor × (ClientApp + the wait between two "
+        "clients: the next call already waits in the actor, which takes two at once) + the "
         "dispatcher's wait + the wait from the last reply to the aggregation (the grid checks every 10 ms; "
         "the server reads each reply as it is pulled, while other clients still train) + the server's time; "
         "the rest is the uneven end of the two actors' queues and the time between rounds (results, checkpoint). "
@@ -251,7 +278,7 @@ def write(figures: dict[tuple[str, str], dict[str, float]], cfg, variants: list[
         page += [
             "(d)'s clients make one more backbone backward pass per local step for the exact per-task parts of "
             "their updates (`benchmarks/task_parts.py`), their replies carry one part per task (twice the "
-            "floats of (c)'s, hence the larger backend overhead on Ray), and its server solves FairGrad over "
+            "floats of (c)'s), and its server solves FairGrad over "
             f"{sampled} × T (client, task) rows.", "",
         ]
     out = ROOT / "benchmarks" / "results" / "round_profile.md"

@@ -13,7 +13,8 @@ called by ``vce_api.run_api``) stops the run's actors and shuts Ray down. Within
 it, each run's actors are killed when the run ends (Ray stays up) and the next run starts
 once they are gone (their CPUs and GPUs free, their processes ended); a run whose engine
 settings differ from the instance's restarts it, and a run interrupted mid-round shuts it
-down as Flower does; the block shuts Ray down on exit.
+down as Flower does; the block shuts Ray down on exit. Each actor takes two calls at once
+(:mod:`fedmtl.launch.ray_pipeline`), so it never waits for the engine between clients.
 """
 
 from __future__ import annotations
@@ -431,20 +432,15 @@ def connect(cfg: ExperimentConfig, settings: tuple | None = None, verbose: bool 
         )
 
 
-def _keep_ray_up(stack: contextlib.ExitStack) -> None:
-    """For the rest of ``stack``: Flower's Ray backend, on its way out of a run whose actors are
+def _keep_ray_up(base: type) -> type:
+    """A subclass of the Ray backend ``base`` that, on its way out of a run whose actors are
     all idle (a run that ended), kills them and leaves Ray up for the next run of a
     :func:`shared_engine` block. With an actor still busy (a run interrupted mid-round, whose
     worker threads still wait on it) it shuts Ray down as Flower does; the next run starts
     Ray again."""
     import ray
-    from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    from fedmtl.launch.inprocess import engine_backend
-
-    flower_backend = raybackend.RayBackend
-
-    class SharedRayBackend(flower_backend):  # type: ignore[misc, valid-type]
+    class SharedRayBackend(base):  # type: ignore[misc, valid-type]
         def terminate(self) -> None:
             """Kill this run's actors (no ``ray.shutdown``) when none is busy, else Flower's."""
             pool = self.pool
@@ -453,11 +449,23 @@ def _keep_ray_up(stack: contextlib.ExitStack) -> None:
             if getattr(pool, "_future_to_actor", None) != {}:  # busy actors (or another Flower)
                 super().terminate()
                 return
-            for actor in pool.pool:
+            for actor in dict.fromkeys(pool.pool):  # each actor once (the pool lists it per call slot)
                 with contextlib.suppress(Exception):  # already dead
                     ray.kill(actor, no_restart=True)
 
-    stack.enter_context(engine_backend(SharedRayBackend))
+    return SharedRayBackend
+
+
+def _ray_backend() -> type:
+    """The Ray backend a run uses: Flower's, with two calls in flight per actor
+    (:mod:`fedmtl.launch.ray_pipeline`), which leaves Ray up after the run within a
+    :func:`shared_engine` block."""
+    from fedmtl.launch.ray_pipeline import pipelined_ray_backend
+
+    backend = pipelined_ray_backend()
+    if _SHARED is not None and _SHARED.settings is not None:
+        backend = _keep_ray_up(backend)
+    return backend
 
 
 def simulate(
@@ -488,7 +496,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedmtl.clients.app import app as client_app
-    from fedmtl.launch.inprocess import use_in_process_backend
+    from fedmtl.launch.inprocess import engine_backend, use_in_process_backend
     from fedmtl.progress import CLIENT_ERRORS
     from fedmtl.server.app import make_server_app
     from fedmtl.server.latency import dispatch_on_push
@@ -514,8 +522,7 @@ def simulate(
             stack.enter_context(use_in_process_backend())
         else:
             connect(cfg, settings, verbose)
-            if _SHARED is not None and _SHARED.settings is not None:
-                _keep_ray_up(stack)
+            stack.enter_context(engine_backend(_ray_backend()))
         if callable(caller_sigterm):  # the caller's own handler (fedmtl run's stop) beats ray.init's
             signal.signal(signal.SIGTERM, caller_sigterm)
         # dispatch_on_push swaps Flower's dispatcher for one that wakes on push: put it back after

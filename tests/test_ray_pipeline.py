@@ -1,0 +1,88 @@
+"""Two ClientApp calls in flight per Ray actor (``fedmtl.launch.ray_pipeline``), on real Ray.
+
+One actor and the engine's two worker threads: both calls reach the actor before the first
+one ends, the actor runs them one after the other (never two clients at once), and each
+reply answers its own message. Ray runs bit for bit as in-process ones do (with the pipeline)
+in tests/test_inprocess_engine.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmtl.launch.ray_pipeline import CALLS_PER_ACTOR, pipelined_ray_backend
+from fedmtl.launch.simulation import backend_config, connect
+from fedmtl.validation import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def _slow_app() -> ClientApp:
+    """A ClientApp that holds its actor for half a second and says when and where it ran."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        import os
+
+        start = time.time()
+        time.sleep(0.5)
+        record = ConfigRecord({"x": msg.content["config"]["x"], "start": start, "end": time.time(),
+                               "pid": os.getpid()})
+        return Message(RecordDict({"ran": record}), reply_to=msg)
+
+    return app
+
+
+def test_an_actor_holds_the_next_call_and_runs_its_calls_one_at_a_time(task_identity):
+    import ray
+
+    cfg = load_config(ROOT / "configs/smoke.toml", ["engine.max-concurrent-clients=1"])
+    connect(cfg)
+    backend = pipelined_ray_backend()(backend_config(cfg))
+    try:
+        app = _slow_app()
+        backend.build(lambda: app)
+        assert backend.pool.num_actors == 1
+        assert backend.num_workers == CALLS_PER_ACTOR == 2
+        assert len(backend.pool.pool) == 2 and len(set(backend.pool.pool)) == 1
+
+        submitted: list[float] = []
+        submit = backend.pool.submit
+
+        def timed_submit(*args):  # noqa: ANN002, ANN202
+            submitted.append(time.time())
+            return submit(*args)
+
+        backend.pool.submit = timed_submit
+        replies: dict[int, Message] = {}
+
+        def call(x: int) -> None:
+            msg = Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=x, message_type="train")
+            context = Context(run_id=1, node_id=x, node_config={"partition-id": x}, state=RecordDict(), run_config={})
+            replies[x], _ = backend.process_message(msg, context)
+
+        threads = [threading.Thread(target=call, args=(x,)) for x in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert sorted(replies) == [1, 2]
+        ran = sorted((r.content["ran"] for r in replies.values()), key=lambda c: c["start"])
+        assert [int(replies[x].content["ran"]["x"]) for x in (1, 2)] == [1, 2]  # each reply answers its message
+        assert ran[0]["pid"] == ran[1]["pid"]  # the one actor ran both
+        assert ran[1]["start"] >= ran[0]["end"]  # one at a time
+        assert max(submitted) < ran[0]["end"]  # the second call was in the actor before the first ended
+        assert backend.is_worker_idle() and len(backend.pool.pool) == 2  # both slots back
+    finally:
+        backend.terminate()
+        ray.shutdown()
+    assert len(backend.pool.pool) == 1  # terminate asked the one actor to exit, once
