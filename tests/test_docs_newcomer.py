@@ -54,7 +54,7 @@ def test_round_profile_records_the_backends_it_ran(tmp_path, monkeypatch):
     monkeypatch.setattr(round_profile, "ROOT", tmp_path)
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     figures = {"s_per_round": 0.3, "push_to_first_call_ms": 5.0, "client_ms_per_message": 30.0,
-               "ray_overhead_ms_per_message": 0.0, "server_ms_per_round": 2.0, "main_process_cores": 1.5, "rounds": 3,
+               "idle_between_clients_ms": 0.0, "server_ms_per_round": 2.0, "main_process_cores": 1.5, "rounds": 3,
                "last_reply_to_aggregation_ms": 7.0}
     cfg = fedmtl.make_config("configs/smoke.toml", ["run.rounds=4"])
     page = tmp_path / "benchmarks" / "results" / "round_profile.md"
