@@ -13,7 +13,9 @@ soon as the current one ends; no more clients run at once than before, on the sa
 with the same resources. Which actor runs which message does not change what a ClientApp
 computes (``tests/test_inprocess_engine.py`` compares Ray runs with in-process ones bit for
 bit), and the round's end is as uneven as before: when the engine's queue runs dry, each
-actor has its current call and one waiting, as it had its last call before.
+actor has its current call and one waiting, as it had its last call before. Flower runs its
+worker threads in a thread pool of at most min(32, CPUs + 4) threads, so with more actors than
+that (a cluster) the engine keeps as many calls in flight as before, one per actor.
 
 Measured side by side (``benchmarks/round_profile.py``, simulation.py's workload (c), 30
 rounds, 4 runs each way): 0.466 s a round with one call per actor against 0.440 s with two.
