@@ -14,8 +14,8 @@ From these it reports, per round after the first (medians): the wait from the pu
 first client call, the ClientApp's time per message, a worker's wait between two clients
 (from one ClientApp's end to the next one's start on the same actor or thread), the wait from
 the round's last reply to the start of its aggregation, the server's time, and the share of a
-core this process (server and engine threads) uses. The timestamps come from wrappers around Flower's classes, installed
-only by this script.
+core this process (server and engine threads) uses. The timestamps come from wrappers around
+Flower's classes, installed only by this script.
 
 With ``--variants fedmtl fair`` it also profiles workload (d), the fair variant (local FairGrad,
 flat server FairGrad: each client returns per-task parts of its update), beside (c).
@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Hashable
 from datetime import date
 from pathlib import Path
 
@@ -62,13 +63,9 @@ def _query(msg, context):  # noqa: ANN001, ANN202 - Flower's signature
 def _train(msg, context):  # noqa: ANN001, ANN202
     start = time.time()
     reply = fedmtl_client.train(msg, context)
-    reply.content["timing"] = MetricRecord({"start": start, "end": time.time(), "worker": worker_key()})
+    reply.content["timing"] = MetricRecord({"start": start, "end": time.time(), "pid": os.getpid(),
+                                            "thread": threading.get_ident()})
     return reply
-
-
-def worker_key() -> int:
-    """Which worker ran a client: a Ray actor (its process) or an in-process worker thread."""
-    return (os.getpid() << 20) ^ threading.get_ident() % (1 << 40)
 
 
 @timed_app.evaluate()
@@ -83,8 +80,9 @@ class Timeline:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pushes: list[float] = []
-        # call start, client start, client end, call end, worker
-        self.calls: list[tuple[float, float, float, float, int]] = []
+        # call start, client start, client end, call end, worker (the ClientApp's process and thread:
+        # a Ray actor, or an in-process worker thread)
+        self.calls: list[tuple[float, float, float, float, Hashable]] = []
         self.server: list[tuple[str, float, float]] = []
         self.cpu: list[tuple[float, float]] = []  # (wall, this process's CPU seconds) after each aggregation
 
@@ -112,8 +110,9 @@ def _time_calls(backend: type, timeline: Timeline) -> None:
         end = time.time()
         if out.has_content() and "timing" in out.content.metric_records:
             t = out.content["timing"]
+            worker = (int(t["pid"]), int(t["thread"]))
             with timeline.lock:
-                timeline.calls.append((start, float(t["start"]), float(t["end"]), end, int(t["worker"])))
+                timeline.calls.append((start, float(t["start"]), float(t["end"]), end, worker))
         return out, ctx
 
     backend.process_message = timed_process_message
@@ -183,7 +182,7 @@ def _idle_between_clients(pushes: list[float], calls: list[tuple]) -> float:
     idle = []
     for i, push in enumerate(pushes):
         end = pushes[i + 1] if i + 1 < len(pushes) else float("inf")
-        runs: dict[int, list[tuple[float, float]]] = {}
+        runs: dict[Hashable, list[tuple[float, float]]] = {}
         for c in calls:
             if push <= c[0] < end:
                 runs.setdefault(c[4], []).append((c[1], c[2]))
