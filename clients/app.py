@@ -204,12 +204,13 @@ def client_run(s: LocalSetup) -> ClientRun:
                      functools.partial(local_weighting, s))
 
 
-def heads_refusal(call: wire.Call, s: LocalSetup) -> str:
+def heads_refusal(call: wire.Call, s: LocalSetup, fingerprint: float | None = None) -> str:
     """Why the client must not train or evaluate from the heads it restored (``""``: it may).
 
     The server names the heads the client's last training left (:attr:`fedmtl.protocol.Call.heads_in`)
     or says that it has not trained in this run (``fresh_heads``); heads deleted or replaced
-    since would otherwise be re-initialised, or used, without anyone noticing.
+    since would otherwise be re-initialised, or used, without anyone noticing. ``fingerprint``
+    is the restored heads' :func:`heads_fingerprint` when the caller has it (computed here otherwise).
     """
     where = f"'{s.store.root}'" if isinstance(s.store, DiskHeadStore) else "its node's context"
     if call.fresh_heads and s.found_heads:
@@ -219,7 +220,7 @@ def heads_refusal(call: wire.Call, s: LocalSetup) -> str:
     if not s.found_heads:
         return (f"client {s.client}'s heads are missing from {where} (its last training left heads-fingerprint "
                 f"{call.heads_in!r}); they were deleted since")
-    found = heads_fingerprint(s.model)
+    found = heads_fingerprint(s.model) if fingerprint is None else fingerprint
     if found != call.heads_in:
         return (f"client {s.client}'s heads in {where} have heads-fingerprint {found!r}, not the "
                 f"{call.heads_in!r} its last training left; they were replaced since")
@@ -293,11 +294,11 @@ def train(msg: Message, context: Context) -> Message:
         s = local_setup(msg, context)
     except HeadStoreError as exc:
         return head_store_failure(msg, context, exc)
-    refused = heads_refusal(call, s)
-    if refused:  # it neither trains nor saves: its store keeps what was found
-        return refusal(msg, refused)
     model, client, cfg = s.model, s.client, s.cfg
     fingerprint_in = heads_fingerprint(model)
+    refused = heads_refusal(call, s, fingerprint_in)
+    if refused:  # it neither trains nor saves: its store keeps what was found
+        return refusal(msg, refused)
     weighting = local_weighting(s)
     global_heads = cfg.model.heads == "global"
     global_state = {k: v.clone() for k, v in model.federated_state(global_heads).items()}

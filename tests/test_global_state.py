@@ -65,6 +65,7 @@ def snapshot(loggers: tuple[str, ...] | None = None) -> dict[str, Any]:
     state["sys.meta_path"] = [repr(type(f)) if not isinstance(f, type) else repr(f) for f in sys.meta_path]
     state["sys.path_hooks"] = [repr(h) for h in sys.path_hooks]
     state["sys.excepthook"] = repr(sys.excepthook)
+    state["sys.switchinterval"] = sys.getswitchinterval()
     state["threading.excepthook"] = repr(threading.excepthook)
     state["signals"] = {s.name: repr(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM)}
     state["socket.timeout"] = socket.getdefaulttimeout()
@@ -270,7 +271,7 @@ def test_federation_figure_leaves_matplotlib_alone(tmp_path):
 
 # -- 3. simulate, twice ------------------------------------------------------------------------
 @pytest.mark.slow
-def test_simulate_twice_leaves_logging_environment_and_threads_alone(tmp_path):
+def test_simulate_on_ray_then_in_process_leaves_logging_environment_and_threads_alone(tmp_path):
     out = _result(_python(f"""
         import json, sys
         # what they do on import is theirs (flwr_datasets imports pyplot; the server builds the
@@ -294,7 +295,8 @@ def test_simulate_twice_leaves_logging_environment_and_threads_alone(tmp_path):
         before = state()
         simulate(cfg, create_run_dir(cfg, {str(tmp_path / "first")!r}), quiet=True)
         between = state()
-        simulate(cfg, create_run_dir(cfg, {str(tmp_path / "second")!r}), quiet=True)
+        here = cfg.with_values(engine={{"backend": "inprocess"}})  # sets its own switch interval, then puts it back
+        simulate(here, create_run_dir(here, {str(tmp_path / "second")!r}), quiet=True)
         after = state()
         print(json.dumps({{"first": differences(before, between), "second": differences(before, after)}}))
     """, timeout=600))

@@ -38,6 +38,31 @@ def test_init_is_deterministic_per_seed_and_client_and_leaves_global_rng_alone()
     assert heads_fingerprint(a) != heads_fingerprint(d)
 
 
+def _fingerprint_by_definition(model) -> float:
+    """The fingerprint as first written (and as the reference runs' metrics.csv hold it): a
+    float64 tensor accumulator, each parameter cast to float64, a fresh ramp each time."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i, p in enumerate(model.heads.parameters()):
+        flat = p.detach().to(torch.float64).flatten()
+        ramp = torch.linspace(1.0, 2.0, len(flat), dtype=torch.float64)
+        total += (i + 1) * (flat * ramp).sum()
+    return float(total)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hidden", [0, 7])
+def test_fingerprint_equals_its_definition_bit_for_bit(dtype, hidden):
+    tasks = [TaskSpec("a", "multiclass", 10), TaskSpec("b", "binary", 1), TaskSpec("c", "multiclass", 3)]
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = build_model(ModelSection(backbone="mlp", width=50, head_hidden=hidden), (4,), tasks).to(dtype)
+        with torch.no_grad():
+            for p in model.heads.parameters():
+                p.mul_(torch.exp(torch.randn(()) * 5))  # magnitudes far apart: rounding shows
+        assert heads_fingerprint(model) == _fingerprint_by_definition(model)
+        assert heads_fingerprint(model) == heads_fingerprint(model)  # the cached ramps are not changed
+
+
 def _round_trip(store):
     model = _model()
     assert restore_heads(model, store, seed=0, client_id=3) is False  # first visit

@@ -179,3 +179,17 @@ def test_a_federation_pickles_and_copies_without_its_lock():
         assert twin.num_clients == 4 and list(twin._cache) == [1]
         assert twin._cache_lock is not fed._cache_lock
         assert twin.client(2).client_id == 2  # a working lock
+
+
+def test_switch_interval_holds_within_its_block_and_is_put_back_after_an_error():
+    from fedmtl.launch.inprocess import SWITCH_INTERVAL_S, switch_interval
+
+    before = sys.getswitchinterval()
+    assert before != SWITCH_INTERVAL_S  # Python's default (0.005), or the caller's
+    with switch_interval():
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError, match="boom"), switch_interval(0.002):
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+        raise RuntimeError("boom")
+    assert sys.getswitchinterval() == before

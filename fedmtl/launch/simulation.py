@@ -496,7 +496,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedmtl.clients.app import app as client_app
-    from fedmtl.launch.inprocess import engine_backend, use_in_process_backend
+    from fedmtl.launch.inprocess import engine_backend, switch_interval, use_in_process_backend
     from fedmtl.progress import CLIENT_ERRORS
     from fedmtl.server.app import make_server_app
     from fedmtl.server.latency import dispatch_on_push
@@ -520,6 +520,7 @@ def simulate(
             check_server_device(cfg)
             check_in_process_gpus(cfg)
             stack.enter_context(use_in_process_backend())
+            stack.enter_context(switch_interval())  # the clients share this interpreter's lock
         else:
             connect(cfg, settings, verbose)
             stack.enter_context(engine_backend(_ray_backend()))
