@@ -25,6 +25,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -44,9 +45,10 @@ GRAMIAN = ["mgda", "upgrad", "dualproj", "pcgrad", "cagrad", "imtl-g", "aligned-
 BATCH, SHAPE = 32, (1, 36, 36)
 
 
-def time_steps(weighting_name: str, num_tasks: int, steps: int, *, parts: bool = False,
-               gradients: str = "auto") -> float:
-    """Median seconds of one local step (gradients, weighting, SGD) over ``steps`` steps."""
+def local_step(weighting_name: str, num_tasks: int, *, parts: bool = False,
+               gradients: str = "auto") -> Callable[[], None]:
+    """One client's local step (gradients, weighting, SGD) on a fresh model, as a function
+    that takes one step each call (on the same random batch)."""
     torch.manual_seed(0)
     tasks = [TaskSpec(f"t{i}", "multiclass", 10) for i in range(num_tasks)]
     model = build_model(ModelSection(), SHAPE, tasks)
@@ -58,9 +60,8 @@ def time_steps(weighting_name: str, num_tasks: int, steps: int, *, parts: bool =
     backbone_sgd = None if parts else torch.optim.SGD(backbone, lr=0.01, momentum=0.5)
     x = torch.randn(BATCH, *SHAPE)
     targets = {t.name: torch.randint(0, 10, (BATCH,)) for t in tasks}
-    times = []
-    for i in range(steps + 3):  # three warm-up steps
-        start = time.perf_counter()
+
+    def step() -> None:
         model.zero_grad(set_to_none=True)
         result = multitask_step(model, x, targets, tasks, weighting, gradients=gradients, track_parts=parts)
         head_sgd.step()
@@ -68,6 +69,18 @@ def time_steps(weighting_name: str, num_tasks: int, steps: int, *, parts: bool =
             parts_sgd.step(result.contributions)
         else:
             backbone_sgd.step()
+
+    return step
+
+
+def time_steps(weighting_name: str, num_tasks: int, steps: int, *, parts: bool = False,
+               gradients: str = "auto") -> float:
+    """Median seconds of one local step (gradients, weighting, SGD) over ``steps`` steps."""
+    step = local_step(weighting_name, num_tasks, parts=parts, gradients=gradients)
+    times = []
+    for i in range(steps + 3):  # three warm-up steps
+        start = time.perf_counter()
+        step()
         if i >= 3:
             times.append(time.perf_counter() - start)
     return float(np.median(times))

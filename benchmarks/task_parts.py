@@ -54,7 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.local_step import BATCH, SHAPE, time_steps  # noqa: E402
+from benchmarks.local_step import BATCH, SHAPE, local_step  # noqa: E402
 from fedmtl.config import ModelSection  # noqa: E402
 from fedmtl.models import build_model  # noqa: E402
 from fedmtl.tasks import TaskSpec  # noqa: E402
@@ -175,11 +175,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     repeats = 20 if args.quick else 500
-    steps_ms = {
-        "mean": 1000 * time_steps("mean", TASKS, repeats),
-        "mean + task parts": 1000 * time_steps("mean", TASKS, repeats, parts=True),
-        "fairgrad + task parts": 1000 * time_steps("fairgrad", TASKS, repeats, parts=True),
-    }
+    steps_ms = interleaved_ms({
+        "mean": local_step("mean", TASKS),
+        "mean + task parts": local_step("mean", TASKS, parts=True),
+        "fairgrad + task parts": local_step("fairgrad", TASKS, parts=True),
+    }, repeats)
     passes = backward_passes(repeats)
     kernels = conv_kernels(repeats)
     limits = bound(steps_ms, passes)
@@ -205,7 +205,7 @@ def render(data: dict, quick: bool) -> str:
         f"Command: `python benchmarks/task_parts.py{' --quick' if quick else ''}` (from the repository root, "
         "in the venv).", "",
         f"Model and batch of `benchmarks/simulation.py`: LeNet over 36 × 36 inputs, batch {BATCH}, T = {TASKS} "
-        f"ten-class heads; medians of {data['repeats']} repetitions (in (b) and (c) the ways run in turn).", "",
+        f"ten-class heads; medians of {data['repeats']} repetitions (in (a), (b) and (c) the ways run in turn).", "",
         "## (a) Local steps, as clients run them", "",
         "| step | ms | × `mean` |", "|---|---|---|",
         *[f"| {name} | {ms:.2f} | {ms / steps['mean']:.2f} |" for name, ms in steps.items()], "",
