@@ -1,7 +1,7 @@
 """Simulation speed: fedmtl against the pure-PyTorch floor and a vanilla Flower app.
 
 One fixed workload, measured four ways in one run (MultiMNIST, LeNet-style backbone with two
-heads, 100 clients, 20 sampled per round, 1 local epoch of SGD, 5 rounds):
+heads, 100 clients, 20 sampled per round, 1 local epoch of SGD, 10 rounds):
 
 (a) ``floor``: the same local steps and the example-weighted average in one process, no Flower;
 (b) ``flower``: a minimal vanilla Flower app (``flwr.serverapp.strategy.FedAvg`` over the whole
@@ -18,10 +18,13 @@ The configurations run in turn, ``--repeat`` times (floor, flower, fedmtl, fedmt
 ...), and each reports its median. Seconds per round are the mean over the rounds after the
 first (``(t_R - t_1) / (R - 1)``, where ``t_r`` is when round r's aggregation finished), so
 Ray's start-up and the first visit's imports and data building are left out, as are evaluations
-(none run before the last round). Each measurement runs in a fresh interpreter (``--child``), as
-a user's command does; its peak RSS is the largest sum of the resident memory of that process
-and all its descendants (the Ray processes), sampled every 50 ms, so every configuration's
-figure includes the interpreter, torch and the data.
+(fedmtl evaluates after the last round only, which is not timed: R is one round fewer there).
+Ten rounds give 8 or 9 timed rounds per run: a shared machine's slow spells average out better
+than over the 3 or 4 of the 5 rounds measured before 2026-12-01's evening. Each measurement
+runs in a fresh interpreter (``--child``), as a user's command does; its peak RSS is the
+largest sum of the resident memory of that process and all its descendants (the Ray
+processes), sampled every 50 ms, so every configuration's figure includes the interpreter,
+torch and the data.
 
 Usage (from the repository root, inside the venv)::
 
@@ -325,7 +328,7 @@ def main() -> None:
     parser.add_argument("--child", choices=list(CONFIGURATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    size = ["run.rounds=3", "data.params.pairs-per-digit=2"] if args.quick else ["run.rounds=5"]
+    size = ["run.rounds=3", "data.params.pairs-per-digit=2"] if args.quick else ["run.rounds=10"]
     # evaluate only after the last round (which is not timed)
     cfg = load_config(None, [*BASE, *size, "run.evaluate-every=1000"])
     fair = load_config(None, [*BASE, *size, "run.evaluate-every=1000", *FAIR])
