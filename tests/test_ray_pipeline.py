@@ -86,3 +86,25 @@ def test_an_actor_holds_the_next_call_and_runs_its_calls_one_at_a_time(task_iden
         backend.terminate()
         ray.shutdown()
     assert len(backend.pool.pool) == 1  # terminate asked the one actor to exit, once
+
+
+@pytest.mark.parametrize(("overrides", "calls"), [
+    ([], CALLS_PER_ACTOR),
+    (["server.timeout=3600"], CALLS_PER_ACTOR),  # the default, set explicitly
+    (["faults.straggler=0.4", "faults.straggler-delay=75"], 1),
+    (["server.timeout=45"], 1),
+])
+def test_runs_where_a_reply_could_miss_its_deadline_keep_one_call_per_actor(overrides, calls):
+    """A call waiting in an actor behind a straggler would wait out the straggler's delay while
+    another actor may sit idle; where that can make it miss the round's deadline, each message
+    goes to the first actor free, as with Flower's own backend."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    from fedmtl.launch.ray_pipeline import calls_per_actor
+    from fedmtl.launch.simulation import _ray_backend
+
+    cfg = load_config(ROOT / "configs" / "smoke.toml", overrides)
+    assert calls_per_actor(cfg) == calls
+    backend = _ray_backend(cfg)
+    assert issubclass(backend, RayBackend)
+    assert (backend is not RayBackend) == (calls > 1)

@@ -12,10 +12,18 @@ time, in the order they were submitted, so the next call waits inside the actor 
 soon as the current one ends; no more clients run at once than before, on the same actors
 with the same resources. Which actor runs which message does not change what a ClientApp
 computes (``tests/test_inprocess_engine.py`` compares Ray runs with in-process ones bit for
-bit), and the round's end is as uneven as before: when the engine's queue runs dry, each
-actor has its current call and one waiting, as it had its last call before. Flower runs its
-worker threads in a thread pool of at most min(32, CPUs + 4) threads, so with more actors than
-that (a cluster) the engine keeps as many calls in flight as before, one per actor.
+bit). Flower runs its worker threads in a thread pool of at most min(32, CPUs + 4) threads, so
+with more actors than that (a cluster) the engine keeps as many calls in flight as before, one
+per actor.
+
+What it gives up: a message waiting in an actor is bound to it. Behind a slow call (a
+straggler) it waits for that call to end, while another actor may sit idle; Flower's own
+backend would have handed it to the first actor free. Replies are ordered by client before
+the server aggregates, so this changes only when a reply arrives, never what the run
+computes, unless a reply can miss the round's deadline. :func:`calls_per_actor` therefore
+keeps Flower's one call per actor for runs that inject stragglers (``faults.straggler``) or
+set ``server.timeout`` below its default (an hour): there a client must miss a round only for
+its own delay (``tests/test_faults.py``: exactly the drawn straggler misses its round).
 
 Measured side by side (``benchmarks/round_profile.py``, simulation.py's workload (c), 30
 rounds, 4 runs each way): 0.466 s a round with one call per actor against 0.440 s with two.
@@ -23,10 +31,24 @@ rounds, 4 runs each way): 0.466 s a round with one call per actor against 0.440 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedmtl.config import ExperimentConfig
 
 CALLS_PER_ACTOR = 2
 """ClientApp calls in flight per Ray actor (Flower's backend: 1)."""
+
+
+def calls_per_actor(cfg: ExperimentConfig) -> int:
+    """ClientApp calls in flight per Ray actor for ``cfg``: :data:`CALLS_PER_ACTOR`, or 1 (Flower's
+    own scheduling, every message to the first actor free) when a reply can miss the round's
+    deadline by waiting behind another client's call: the run injects stragglers
+    (``faults.straggler > 0``) or sets ``server.timeout`` below its default."""
+    default_timeout = type(cfg.server).model_fields["timeout"].default
+    if cfg.faults.straggler > 0 or cfg.server.timeout < default_timeout:
+        return 1
+    return CALLS_PER_ACTOR
 
 
 def pipelined_ray_backend(base: type | None = None) -> type:

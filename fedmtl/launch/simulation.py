@@ -456,13 +456,15 @@ def _keep_ray_up(base: type) -> type:
     return SharedRayBackend
 
 
-def _ray_backend() -> type:
-    """The Ray backend a run uses: Flower's, with two calls in flight per actor
-    (:mod:`fedmtl.launch.ray_pipeline`), which leaves Ray up after the run within a
-    :func:`shared_engine` block."""
-    from fedmtl.launch.ray_pipeline import pipelined_ray_backend
+def _ray_backend(cfg: ExperimentConfig) -> type:
+    """The Ray backend a run of ``cfg`` uses: Flower's, with two calls in flight per actor unless
+    a reply could then miss the round's deadline (:func:`fedmtl.launch.ray_pipeline.calls_per_actor`),
+    which leaves Ray up after the run within a :func:`shared_engine` block."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
-    backend = pipelined_ray_backend()
+    from fedmtl.launch.ray_pipeline import calls_per_actor, pipelined_ray_backend
+
+    backend = pipelined_ray_backend() if calls_per_actor(cfg) > 1 else RayBackend
     if _SHARED is not None and _SHARED.settings is not None:
         backend = _keep_ray_up(backend)
     return backend
@@ -523,7 +525,7 @@ def simulate(
             stack.enter_context(switch_interval())  # the clients share this interpreter's lock
         else:
             connect(cfg, settings, verbose)
-            stack.enter_context(engine_backend(_ray_backend()))
+            stack.enter_context(engine_backend(_ray_backend(cfg)))
         if callable(caller_sigterm):  # the caller's own handler (fedmtl run's stop) beats ray.init's
             signal.signal(signal.SIGTERM, caller_sigterm)
         # dispatch_on_push swaps Flower's dispatcher for one that wakes on push: put it back after
