@@ -144,8 +144,8 @@ hands the lock over for a short torch operation often finds another thread runni
 code when it wants the lock back, and waits until that thread next lets go: at the latest
 after the switch interval. With 1 ms, the waits that interleave every client's Python work
 (setting up the model, reading and writing head files, the step's bookkeeping) shrink;
-measured on 2 cores, ``benchmarks/simulation.py``'s workload in-process: 4–6% shorter rounds
-(``benchmarks/README.md``)."""
+measured on 2 cores, ``benchmarks/simulation.py``'s workload in-process: rounds about 4%
+shorter, a gain as large as that hour's noise (``benchmarks/README.md``)."""
 
 
 @contextlib.contextmanager
