@@ -85,6 +85,8 @@ MAX_CLIENTS = 100_000
 MAX_SEED = (2**63 - 1 - 17 - 31 * (MAX_CLIENTS - 1)) // 1_000_003
 """The largest ``run.seed``: every torch stream's seed stays below 2**63 (the feature-skew mix
 ``seed * 1_000_003 + client * 31 + 17`` of :mod:`fedmtl.seeds` is the largest)."""
+ROUND_TIMEOUT_S = 3600.0
+"""The default ``server.timeout``: seconds a round waits for its replies."""
 
 
 class RunSection(Section):
@@ -312,7 +314,7 @@ class ServerSection(Section):
         1.0, gt=0, le=1, description="Fraction of clients that evaluate each evaluation round."
     )
     min_train_clients: int = Field(1, ge=1, description="Minimum clients sampled per round.")
-    timeout: float = Field(3600.0, gt=0, description="Seconds to wait for replies per round.")
+    timeout: float = Field(ROUND_TIMEOUT_S, gt=0, description="Seconds to wait for replies per round.")
     connect_timeout: float = Field(
         120.0, gt=0, description="Seconds to wait for data.num-clients SuperNodes to connect."
     )

@@ -31,10 +31,9 @@ rounds, 4 runs each way): 0.466 s a round with one call per actor against 0.440 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from fedmtl.config import ExperimentConfig
+from fedmtl.config import ROUND_TIMEOUT_S, ExperimentConfig
 
 CALLS_PER_ACTOR = 2
 """ClientApp calls in flight per Ray actor (Flower's backend: 1)."""
@@ -45,8 +44,7 @@ def calls_per_actor(cfg: ExperimentConfig) -> int:
     own scheduling, every message to the first actor free) when a reply can miss the round's
     deadline by waiting behind another client's call: the run injects stragglers
     (``faults.straggler > 0``) or sets ``server.timeout`` below its default."""
-    default_timeout = type(cfg.server).model_fields["timeout"].default
-    if cfg.faults.straggler > 0 or cfg.server.timeout < default_timeout:
+    if cfg.faults.straggler > 0 or cfg.server.timeout < ROUND_TIMEOUT_S:
         return 1
     return CALLS_PER_ACTOR
 
