@@ -354,7 +354,7 @@ def heads_fingerprint(model: MultiTaskModel) -> float:
 
     ``Σ_i (i + 1) Σ_j p_ij r_ij`` over the heads' parameters ``p_i`` in order, each flattened,
     with ``r_i`` the ramp ``linspace(1, 2, len(p_i))``, all in float64. A client computes it
-    twice a call, so each parameter costs few operations (fewer hand-overs of Python's
+    twice per training call, so each parameter costs few operations (fewer hand-overs of Python's
     interpreter lock between clients running in threads of one process).
     """
     total = 0.0
