@@ -279,9 +279,16 @@ def _extend(run_dir: Path, cfg: ExperimentConfig, before: int) -> None:
 def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force: bool) -> None:
     """Refuse, in one line, a resume that would not be exact (:func:`fedmtl.results.resume_problems`);
     with ``force``, say what is overridden and go on (problems ``--force`` cannot override still refuse)."""
+    import sys
+
+    from fedmtl.progress import make_console
     from fedmtl.results import forget_heads, read_run_id, resume_problems, write_run_id
 
-    problems = resume_problems(run_dir, cfg, checkpoint)
+    # reading every client's heads takes a while in a large federation (about 44 s for 100,000
+    # clients' files: benchmarks/head_store.py); a terminal shows that it is under way
+    with make_console(sys.stderr).status(f"checking checkpoint round {checkpoint.get('round')} and the "
+                                         "clients' heads before resuming ..."):
+        problems = resume_problems(run_dir, cfg, checkpoint)
     refused = [p for p in problems if not (force and p.forced)]
     if refused:
         hint = "; --force resumes anyway" if all(p.forced for p in refused) else ""

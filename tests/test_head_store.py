@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from flwr.app import RecordDict
@@ -80,7 +82,8 @@ def _round_trip(store):
 def test_disk_store_round_trip_and_atomic_files(tmp_path):
     store = DiskHeadStore(tmp_path / "heads")
     _round_trip(store)
-    assert sorted(p.name for p in (tmp_path / "heads").iterdir()) == ["client-3.pt"]
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "heads").rglob("*")) == [
+        Path("heads/clients-0-99"), Path("heads/clients-0-99/client-3.pt")]
 
 
 def test_context_store_round_trip():
@@ -142,10 +145,10 @@ def test_an_unreadable_head_file_raises_one_line_naming_it(tmp_path):
 
     store = DiskHeadStore(tmp_path)
     store.save(2, {"w": torch.ones(2)}, server_round=1)
-    (tmp_path / "client-2.r1.pt").write_bytes(b"\x00garbage\nmore garbage")
+    store.path(2, 1).write_bytes(b"\x00garbage\nmore garbage")
     with pytest.raises(HeadStoreError) as exc:
         store.load(2)
-    assert "\n" not in str(exc.value) and str(tmp_path / "client-2.r1.pt") in str(exc.value)
+    assert "\n" not in str(exc.value) and str(tmp_path / "clients-0-99" / "client-2.r1.pt") in str(exc.value)
 
 
 def test_check_heads_names_missing_foreign_and_unreadable_heads(tmp_path):
@@ -156,8 +159,76 @@ def test_check_heads_names_missing_foreign_and_unreadable_heads(tmp_path):
     mine.save(1, {"w": torch.ones(1)}, server_round=1)  # trained in round 2, only round 1 left
     DiskHeadStore(tmp_path, RunIdentity("run-b", "cfg")).save(2, {"w": torch.ones(1)}, server_round=2)
     mine.save(3, {"w": torch.ones(1)}, server_round=1)
-    (tmp_path / "client-3.r1.pt").write_bytes(b"")
+    mine.path(3, 1).write_bytes(b"")
     DiskHeadStore(tmp_path, RunIdentity("run-a", "other")).save(4, {"w": torch.ones(1)}, server_round=1)
     mine.save(5, {"w": torch.ones(1)}, server_round=3)  # after the checkpoint: not read by the resume
     found = {p.client: p.kind for p in check_heads(mine, {0: 2, 1: 2, 2: 2, 6: 1}, until_round=2)}
     assert found == {1: "missing", 2: "other-run", 3: "unreadable", 4: "other-config", 6: "missing"}
+
+
+# -- one folder per 100 clients; stores written before the folders ------------------------------
+def test_each_client_s_files_live_in_the_folder_of_its_hundred(tmp_path):
+    store = DiskHeadStore(tmp_path)
+    for client in (0, 99, 100, 12_345):
+        store.save(client, {"w": torch.full((1,), float(client))}, server_round=1)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.pt")) == [
+        "clients-0-99/client-0.r1.pt", "clients-0-99/client-99.r1.pt", "clients-100-199/client-100.r1.pt",
+        "clients-12300-12399/client-12345.r1.pt"]
+    assert store.clients() == [0, 99, 100, 12_345] and store.load(12_345)["w"][0] == 12_345
+    assert sorted(store.index()) == [0, 99, 100, 12_345] and list(store.index()[99]) == [1]
+
+
+def _listed_folders(monkeypatch) -> list[str]:
+    """The folders ``os.scandir`` lists from now on (names relative to nothing: full paths)."""
+    import os
+
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def recording(path):  # noqa: ANN001, ANN202 - os.scandir's signature
+        listed.append(str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", recording)
+    return listed
+
+
+def test_a_save_lists_its_client_s_folder_only_and_a_resume_check_each_folder_once(tmp_path, monkeypatch):
+    from fedmtl.personalization import RunIdentity, check_heads
+
+    store = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg"))
+    for client in range(350):
+        store.save(client, {"w": torch.ones(1)}, server_round=1)
+    listed = _listed_folders(monkeypatch)
+    store.save(123, {"w": torch.ones(1)}, server_round=2)
+    assert listed == [str(tmp_path / "clients-100-199")]
+    listed.clear()
+    assert check_heads(store, {c: 1 for c in range(350)}, until_round=2) == []
+    folders = [str(tmp_path / f"clients-{lo}-{lo + 99}") for lo in (0, 100, 200, 300)]
+    # the root: once for files of a store without folders, once for the folders
+    assert sorted(listed) == sorted([str(tmp_path), str(tmp_path), *folders])
+
+
+def _flat_file(root: Path, name: str, value: float, run_id: str = "run-a") -> None:
+    """A head file where a store written before the folders put it (directly under ``root``)."""
+    from fedmtl.atomic import torch_save
+
+    torch_save({"heads": {"w": torch.full((1,), value)}, "run-id": run_id, "config-fingerprint": "cfg"}, root / name)
+
+
+def test_a_store_written_before_the_folders_is_read_and_moved_into_them(tmp_path):
+    from fedmtl.personalization import RunIdentity, check_heads
+
+    for name, value in (("client-7.r1.pt", 1.0), ("client-7.r2.pt", 2.0), ("client-8.r1.pt", 8.0),
+                        ("client-9.pt", 9.0)):
+        _flat_file(tmp_path, name, value)
+    (tmp_path / "notes.txt").write_text("kept")
+    store = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg"))
+    assert sorted(store.versions(7)) == [1, 2] and store.load(7)["w"][0] == 2.0
+    assert store.load(7, until_round=1)["w"][0] == 1.0
+    assert store.load(9)["w"][0] == 9.0  # saved without a round
+    assert not (tmp_path / "client-7.r1.pt").exists() and (tmp_path / "client-8.r1.pt").exists()
+    # a resume check moves every client's files first: client 8 is found, not "missing"
+    assert check_heads(store, {7: 2, 8: 1}, until_round=2) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clients-0-99", "notes.txt"]
+    assert store.load(8)["w"][0] == 8.0

@@ -78,7 +78,7 @@ def test_a_run_carries_its_identity_in_checkpoints_and_heads(base_run):
     assert len(run_id) == 32 and checkpoint["run-id"] == run_id
     assert checkpoint["config-fingerprint"] == config_fingerprint(cfg) and checkpoint["config"]["run.seed"] == 0
     store = DiskHeadStore(base_run / "heads")
-    files = sorted((base_run / "heads").glob("client-*.r*.pt"))
+    files = sorted((base_run / "heads").rglob("client-*.r*.pt"))
     assert files and all(store.read(f)[1] == RunIdentity(run_id, config_fingerprint(cfg)) for f in files)
 
 
@@ -110,9 +110,37 @@ def test_resume_refuses_missing_heads(base_run, tmp_path):
     assert "trained in round 1" in line and "has none" in line and str(run / "heads") in line
 
 
+def test_a_terminal_sees_the_resume_check_under_way(base_run, tmp_path):
+    """Reading every client's heads takes tens of seconds in a large federation: on a terminal
+    the check says so while it runs (off a terminal it prints nothing: the tests above)."""
+    import os
+    import pty
+
+    run = _killed_copy(base_run, tmp_path / "run")
+    shutil.rmtree(run / "heads")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "fedmtl", "run", "--resume", str(run), "-q"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=follower, env={**os.environ, "TERM": "xterm"})
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the process closed its side
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=900) == 2
+    text = seen.decode(errors="replace")
+    assert "checking checkpoint round 1 and the clients' heads before resuming" in text, text[-2000:]
+    assert "trained in round 1 but" in text
+
+
 def test_resume_refuses_heads_of_another_run_even_with_force(base_run, tmp_path):
     run = _killed_copy(base_run, tmp_path / "run")
-    victim = sorted((run / "heads").glob("client-*.r1.pt"))[0]
+    victim = sorted((run / "heads").rglob("client-*.r1.pt"))[0]
     client = int(victim.name.split(".")[0].removeprefix("client-"))
     heads, _ = DiskHeadStore(run / "heads").read(victim)
     DiskHeadStore(run / "heads", RunIdentity("someone-else", "x")).save(client, heads, server_round=1)
@@ -123,14 +151,14 @@ def test_resume_refuses_heads_of_another_run_even_with_force(base_run, tmp_path)
 
 def test_resume_names_a_corrupted_head_file_in_one_line(base_run, tmp_path):
     run = _killed_copy(base_run, tmp_path / "run")
-    victim = sorted((run / "heads").glob("client-*.r1.pt"))[0]
+    victim = sorted((run / "heads").rglob("client-*.r1.pt"))[0]
     victim.write_bytes(b"\x00not heads\n")
     line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
     assert str(victim) in line and "unreadable" in line
 
 
 def test_force_resumes_a_copy_says_what_it_overrides_and_leaves_the_original_alone(base_run, tmp_path):
-    before = {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").rglob("*.pt")}
     run = _killed_copy(base_run, tmp_path / "run")
     (run / "config.toml").write_text((run / "config.toml").read_text().replace("seed = 0\n", "seed = 1\n", 1))
     proc = _fedmtl("run", "--resume", str(run), "--force", "-q", cwd=tmp_path)
@@ -140,8 +168,8 @@ def test_force_resumes_a_copy_says_what_it_overrides_and_leaves_the_original_alo
     assert (run / "summary.json").is_file() and [p.name for p in checkpoint_files(run)][-1] == "round-2.pt"
     checkpoint, _ = load_checkpoint(run)
     assert checkpoint["config"]["run.seed"] == 1 and checkpoint["run-id"] == read_run_id(base_run)
-    assert {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").iterdir()} == before
-    assert any(p.stat().st_mtime_ns > max(before.values()) for p in (run / "heads").glob("client-*.r2.pt"))
+    assert {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").rglob("*.pt")} == before
+    assert any(p.stat().st_mtime_ns > max(before.values()) for p in (run / "heads").rglob("client-*.r2.pt"))
 
 
 # -- the ClientApp, called in-process with hand-built messages (as in tests/test_client_app.py) --
@@ -174,7 +202,7 @@ def test_a_client_replies_one_line_naming_a_bad_head_file(tmp_path, task_identit
     context = Context(run_id=1, node_id=101, node_config={"partition-id": 1, "num-partitions": 3},
                       state=RecordDict(), run_config={})
     assert not app(_message(cfg, MessageType.TRAIN, 1, "run-a"), context).has_error()
-    saved = tmp_path / "client-1.r1.pt"
+    saved = DiskHeadStore(tmp_path).path(1, 1)
     assert DiskHeadStore(tmp_path).read(saved)[1].run_id == "run-a"
     reply = app(_message(cfg, MessageType.TRAIN, 2, "run-b"), context)  # another run sharing the folder
     assert reply.has_error() and "\n" not in reply.error.reason
@@ -268,10 +296,11 @@ def lose_heads_of_client_1(how: str, folder: Path):
         if how == "deleted from the context":
             del grid.contexts[101].state["fedmtl.heads.1"]
         elif how == "deleted":
-            for path in folder.glob("client-1.*"):
+            for path in folder.rglob("client-1.*"):
                 path.unlink()
         else:
-            shutil.copyfile(folder / "client-0.r1.pt", folder / "client-1.r1.pt")
+            store = DiskHeadStore(folder)
+            shutil.copyfile(store.path(0, 1), store.path(1, 1))
     return before
 
 
@@ -291,7 +320,7 @@ def test_heads_lost_between_rounds_are_refused_and_counted_not_reinitialised(tmp
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv", dtype={"task": str})
     assert set(metrics[(metrics.client == 1) & (metrics.split == "train")]["round"]) == {1}
     if store == "disk":
-        assert not list((tmp_path / "heads").glob("client-1.r[23].pt"))  # it never trained from other heads
+        assert not list((tmp_path / "heads").rglob("client-1.r[23].pt"))  # it never trained from other heads
     # logged once per refusal, with the client's reason
     expected = reason.format(heads=tmp_path / "heads")
     for server_round in (2, 3):
@@ -346,7 +375,7 @@ def _sweep_with(base_run: Path, tmp_path: Path, *sets: str):
 
 
 @pytest.mark.parametrize(("change", "sets", "said"), [
-    ("heads deleted", [], "trained in round 1 but '{run}/heads' has none"),
+    ("heads deleted", [], "trained in round 1 but '{run}/heads/clients-0-99' has none"),
     ("config edited", [], "config.toml differs from the run's: run.seed = 1 (was 0)"),
     ("sweep changed", ["run.rounds=3"], "config.toml differs from the sweep's: run.rounds = 3 (was 2)"),
 ])

@@ -6,12 +6,12 @@ has the one that knows nothing of Flower (the ClientApp adds one in the node's F
 
 - :class:`DiskHeadStore`: files per client id under a folder, written atomically; it
   survives process and node restarts. Saved with the round that produced them
-  (``client-<id>.r<round>.pt``), it keeps the versions a resumed run may need: a run resumed
-  from its checkpoint of round C re-runs round C + 1 from the heads of round ≤ C, even for
-  clients that already trained in round C + 1 before the run was killed, and C may be the
-  older of the two checkpoints kept (the newer one unreadable). Each file carries the run's
-  identity (:class:`RunIdentity`): a store given one refuses heads of another run, and an
-  unreadable file raises :class:`HeadStoreError` naming it.
+  (``clients-<lo>-<hi>/client-<id>.r<round>.pt``, 100 clients per folder), it keeps the
+  versions a resumed run may need: a run resumed from its checkpoint of round C re-runs round
+  C + 1 from the heads of round ≤ C, even for clients that already trained in round C + 1
+  before the run was killed, and C may be the older of the two checkpoints kept (the newer one
+  unreadable). Each file carries the run's identity (:class:`RunIdentity`): a store given one
+  refuses heads of another run, and an unreadable file raises :class:`HeadStoreError` naming it.
 
 On a client's first visit the store is empty and heads are initialised deterministically
 from the run seed and the client id (:func:`init_heads`).
@@ -74,9 +74,18 @@ class HeadStore(Protocol):
         """Persist the heads trained in ``server_round``."""
 
 
+SHARD_SIZE = 100
+"""Clients per folder of a :class:`DiskHeadStore`: client ``c``'s files live in
+``clients-<lo>-<hi>/`` with ``lo = SHARD_SIZE · ⌊c / SHARD_SIZE⌋`` and ``hi = lo + SHARD_SIZE - 1``.
+
+A save lists its client's folder to prune old versions: with every client's files in one
+folder that listing grew with the federation (a store of 100,000 clients read 100,000
+names at every save); a folder of 100 clients holds at most a few hundred files."""
+
+
 class DiskHeadStore:
-    """Head files per client under ``root``: ``client-<id>.r<round>.pt`` (or
-    ``client-<id>.pt`` when saved without a round).
+    """Head files per client under ``root``: ``clients-<lo>-<hi>/client-<id>.r<round>.pt`` (or
+    ``client-<id>.pt`` when saved without a round), :data:`SHARD_SIZE` clients per folder.
 
     Each file holds the heads and the :class:`RunIdentity` of the run that wrote them. A save
     in round R keeps, besides the new file, every version newer than the oldest checkpoint a
@@ -84,6 +93,10 @@ class DiskHeadStore:
     multiples of ``checkpoint_every``; the oldest is
     ``checkpoint_every`` · (⌊(R − 1)/checkpoint_every⌋ − :data:`CHECKPOINTS_KEPT` + 1)) and the
     newest version of a round up to it; older versions are deleted.
+
+    A store written before the folders (every file directly under ``root``) is read too: a
+    client's files found there are moved into its folder the first time the client finds none
+    in it (:meth:`adopt_flat_files` moves them all at once).
 
     Parameters
     ----------
@@ -98,44 +111,63 @@ class DiskHeadStore:
         self.root = Path(root)
         self.identity = identity or RunIdentity()
 
+    def folder(self, client_id: int) -> Path:
+        """The folder of client ``client_id``'s files (:data:`SHARD_SIZE` clients per folder)."""
+        low = client_id // SHARD_SIZE * SHARD_SIZE
+        return self.root / f"clients-{low}-{low + SHARD_SIZE - 1}"
+
     def path(self, client_id: int, server_round: int | None = None) -> Path:
         """File of client ``client_id`` (of the heads trained in ``server_round``)."""
         suffix = "" if server_round is None else f".r{server_round}"
-        return self.root / f"client-{client_id}{suffix}.pt"
+        return self.folder(client_id) / f"client-{client_id}{suffix}.pt"
 
     def versions(self, client_id: int) -> dict[int, Path]:
         """``{round: file}`` of the client's versioned files (``client-<id>.r<round>.pt``)."""
-        prefix = f"client-{client_id}.r"
-        out = {}
-        try:
-            with os.scandir(self.root) as entries:  # plain prefix tests: a glob matches a pattern per file
-                names = [e.name for e in entries if e.name.startswith(prefix) and e.name.endswith(".pt")]
-        except (FileNotFoundError, NotADirectoryError):  # nothing saved yet
-            return out
-        for name in names:
-            tag = name[len(prefix):-len(".pt")]
-            if tag.isdigit():
-                out[int(tag)] = self.root / name
+        folder = self.folder(client_id)
+        found = _client_versions(_names(folder), client_id)
+        if not found and self.adopt_flat_files(client_id):
+            found = _client_versions(_names(folder), client_id)
+        return {r: folder / name for r, name in found.items()}
+
+    def index(self) -> dict[int, dict[int, Path]]:
+        """``{client: {round: file}}`` of every versioned file in the store, one listing per
+        folder (files directly under ``root``, of a store written before the folders, are
+        not included: :meth:`adopt_flat_files` moves them first)."""
+        out: dict[int, dict[int, Path]] = {}
+        for name in _names(self.root):
+            if not name.startswith("clients-"):
+                continue
+            folder = self.root / name
+            for file in _names(folder):
+                parsed = _parse_name(file)
+                if parsed is not None and parsed[1] is not None:
+                    out.setdefault(parsed[0], {})[parsed[1]] = folder / file
         return out
 
     def clients(self) -> list[int]:
         """The clients with a versioned file in the store, sorted."""
-        found = set()
-        for path in self.root.glob("client-*.r*.pt"):
-            tag = path.name.removeprefix("client-").split(".", 1)[0]
-            if tag.isdigit():
-                found.add(int(tag))
-        return sorted(found)
+        return sorted(self.index())
+
+    def adopt_flat_files(self, client_id: int | None = None) -> int:
+        """Move head files written directly under ``root`` (before the store had folders) into
+        their clients' folders: those of ``client_id``, or of every client; how many moved.
+
+        A move is a rename within the store (atomic); a name that is not a head file's stays."""
+        moved = 0
+        for name in _names(self.root):
+            parsed = _parse_name(name)
+            if parsed is None or (client_id is not None and parsed[0] != client_id):
+                continue
+            target = self.path(parsed[0], parsed[1])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.root / name, target)
+            moved += 1
+        return moved
 
     def latest(self, client_id: int, until_round: int | None = None) -> tuple[int | None, Path]:
         """The round and file of the client's newest version of a round ≤ ``until_round``
         (``(None, unversioned file)`` when there is none; that file may not exist)."""
-        versions = {r: p for r, p in self.versions(client_id).items()
-                    if until_round is None or r <= until_round}
-        if not versions:
-            return None, self.path(client_id)
-        newest = max(versions)
-        return newest, versions[newest]
+        return _newest(self.versions(client_id), until_round) or (None, self.path(client_id))
 
     def read(self, path: Path) -> tuple[HeadState, RunIdentity | None]:
         """The heads in ``path`` and the identity written with them (``None`` for a file
@@ -192,6 +224,52 @@ class DiskHeadStore:
                 versions[r].unlink(missing_ok=True)
 
 
+def _names(folder: Path) -> list[str]:
+    """The names in ``folder`` (none when it does not exist yet)."""
+    try:
+        with os.scandir(folder) as entries:
+            return [e.name for e in entries]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _parse_name(name: str) -> tuple[int, int | None] | None:
+    """``(client, round)`` of a head file's name (``client-<id>.r<round>.pt``; round ``None``
+    for ``client-<id>.pt``), or ``None`` for any other name."""
+    if not (name.startswith("client-") and name.endswith(".pt")):
+        return None
+    client, _, tag = name[len("client-"):-len(".pt")].partition(".")
+    if not client.isdigit():
+        return None
+    if not tag:
+        return int(client), None
+    if tag.startswith("r") and tag[1:].isdigit():
+        return int(client), int(tag[1:])
+    return None
+
+
+def _client_versions(names: list[str], client_id: int) -> dict[int, str]:
+    """``{round: name}`` of client ``client_id``'s versioned files among ``names``."""
+    prefix = f"client-{client_id}.r"
+    out = {}
+    for name in names:  # plain prefix tests: a glob matches a pattern per file
+        if name.startswith(prefix) and name.endswith(".pt"):
+            tag = name[len(prefix):-len(".pt")]
+            if tag.isdigit():
+                out[int(tag)] = name
+    return out
+
+
+def _newest(versions: Mapping[int, Path], until_round: int | None) -> tuple[int, Path] | None:
+    """The newest ``(round, file)`` of ``versions`` with round ≤ ``until_round`` (any round when
+    ``None``), or ``None``."""
+    rounds = [r for r in versions if until_round is None or r <= until_round]
+    if not rounds:
+        return None
+    newest = max(rounds)
+    return newest, versions[newest]
+
+
 def oldest_resumable_checkpoint(server_round: int, checkpoint_every: int = 1) -> int:
     """The oldest checkpoint round a resume may fall back to while round ``server_round`` runs:
     the oldest of the :data:`CHECKPOINTS_KEPT` newest multiples of ``checkpoint_every`` below it
@@ -245,13 +323,15 @@ def check_heads(store: DiskHeadStore, trained: Mapping[int, int], until_round: i
         unreadable or not of this run and config.
     """
     problems = []
-    for client in sorted(set(trained) | set(store.clients())):
-        found, path = store.latest(client, until_round)
+    store.adopt_flat_files()
+    index = store.index()  # one listing per folder, not one per client
+    for client in sorted(set(trained) | set(index)):
+        found, path = _newest(index.get(client, {}), until_round) or (None, store.path(client))
         need = trained.get(client)
         if need and (found is None or found < need):
             have = "none" if found is None else f"only round {found}'s"
             problems.append(HeadsProblem(client, "missing", f"client {client} trained in round {need} but "
-                                         f"'{store.root}' has {have} (client-{client}.r<round>.pt)"))
+                                         f"'{store.folder(client)}' has {have} (client-{client}.r<round>.pt)"))
             continue
         if found is None:
             continue
