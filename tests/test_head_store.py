@@ -176,6 +176,9 @@ def test_each_client_s_files_live_in_the_folder_of_its_hundred(tmp_path):
         "clients-12300-12399/client-12345.r1.pt"]
     assert store.clients() == [0, 99, 100, 12_345] and store.load(12_345)["w"][0] == 12_345
     assert sorted(store.index()) == [0, 99, 100, 12_345] and list(store.index()[99]) == [1]
+    # a file put in another client's folder is not the client's: it never looks there
+    store.path(100, 1).rename(tmp_path / "clients-0-99" / "client-100.r1.pt")
+    assert sorted(store.index()) == [0, 99, 12_345] and store.load(100) is None
 
 
 def _listed_folders(monkeypatch) -> list[str]:

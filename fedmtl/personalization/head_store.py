@@ -139,8 +139,8 @@ class DiskHeadStore:
                 continue
             folder = self.root / name
             for file in _names(folder):
-                parsed = _parse_name(file)
-                if parsed is not None and parsed[1] is not None:
+                parsed = _parse_name(file)  # a file in another client's folder is not where the client looks
+                if parsed is not None and parsed[1] is not None and self.folder(parsed[0]) == folder:
                     out.setdefault(parsed[0], {})[parsed[1]] = folder / file
         return out
 
