@@ -43,8 +43,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedmtl.atomic import torch_save  # noqa: E402
-from fedmtl.personalization import DiskHeadStore, RunIdentity, check_heads  # noqa: E402
+from fedmtl.atomic import write_bytes  # noqa: E402
+from fedmtl.personalization import DiskHeadStore, RunIdentity, check_heads, head_file  # noqa: E402
 
 SAMPLED = 300
 IDENTITY = RunIdentity("bench-run", "bench-config")
@@ -76,10 +76,10 @@ def measure(clients: int, heads: dict[str, torch.Tensor], work: Path, check: boo
     """The figures of one store of ``clients`` clients' round-1 files."""
     root = Path(tempfile.mkdtemp(prefix=f"heads-{clients}-", dir=work))
     store = DiskHeadStore(root, IDENTITY)
-    data = {"heads": heads, "run-id": IDENTITY.run_id, "config-fingerprint": IDENTITY.config}
+    data = head_file.encode(heads, IDENTITY.run_id, IDENTITY.config)
     started = time.perf_counter()
     for client in range(clients):
-        torch_save(data, store.path(client, 1))
+        write_bytes(store.path(client, 1), data)
     fill = time.perf_counter() - started
     sampled = np.random.default_rng(0).choice(clients, size=min(SAMPLED, clients), replace=False).tolist()
     started = time.perf_counter()

@@ -284,7 +284,7 @@ def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force:
     from fedmtl.progress import make_console
     from fedmtl.results import forget_heads, read_run_id, resume_problems, write_run_id
 
-    # reading every client's heads takes a while in a large federation (about 44 s for 100,000
+    # reading every client's heads takes a while in a large federation (about 12 s for 100,000
     # clients' files: benchmarks/head_store.py); a terminal shows that it is under way
     with make_console(sys.stderr).status(f"checking checkpoint round {checkpoint.get('round')} and the "
                                          "clients' heads before resuming ..."):

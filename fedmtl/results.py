@@ -16,8 +16,8 @@ Each run writes one folder::
                     fingerprint and provenance (versions, git commit, host, times: fedmtl.provenance)
     checkpoints/    round-<r>.pt: the server's state after round r (the two latest), with the
                     run's identity and config (a resume refuses a different one)
-    heads/          clients-<lo>-<hi>/client-<id>.r<round>.pt: each client's heads (disk head store,
-                    by default; 100 clients per folder)
+    heads/          clients-<lo>-<hi>/client-<id>.r<round>.safetensors: each client's heads (disk
+                    head store, by default; 100 clients per folder)
     plots/*.png     figures (see fedmtl.plots)
     tensorboard/, mlflow.db, mlflow-artifacts/   the trackers' files (``run.trackers``: fedmtl.trackers)
 

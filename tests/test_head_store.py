@@ -83,7 +83,7 @@ def test_disk_store_round_trip_and_atomic_files(tmp_path):
     store = DiskHeadStore(tmp_path / "heads")
     _round_trip(store)
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "heads").rglob("*")) == [
-        Path("heads/clients-0-99"), Path("heads/clients-0-99/client-3.pt")]
+        Path("heads/clients-0-99"), Path("heads/clients-0-99/client-3.safetensors")]
 
 
 def test_context_store_round_trip():
@@ -136,7 +136,7 @@ def test_disk_store_refuses_heads_of_another_run(tmp_path):
     with pytest.raises(HeadStoreError) as exc:
         other.load(3)
     message = str(exc.value)
-    assert "\n" not in message and "client-3.r1.pt" in message and "run-a" in message
+    assert "\n" not in message and "client-3.r1.safetensors" in message and "run-a" in message
     assert other.load(4) is None  # a first visit is still a first visit
 
 
@@ -148,7 +148,7 @@ def test_an_unreadable_head_file_raises_one_line_naming_it(tmp_path):
     store.path(2, 1).write_bytes(b"\x00garbage\nmore garbage")
     with pytest.raises(HeadStoreError) as exc:
         store.load(2)
-    assert "\n" not in str(exc.value) and str(tmp_path / "clients-0-99" / "client-2.r1.pt") in str(exc.value)
+    assert "\n" not in str(exc.value) and str(tmp_path / "clients-0-99" / "client-2.r1.safetensors") in str(exc.value)
 
 
 def test_check_heads_names_missing_foreign_and_unreadable_heads(tmp_path):
@@ -171,13 +171,13 @@ def test_each_client_s_files_live_in_the_folder_of_its_hundred(tmp_path):
     store = DiskHeadStore(tmp_path)
     for client in (0, 99, 100, 12_345):
         store.save(client, {"w": torch.full((1,), float(client))}, server_round=1)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.pt")) == [
-        "clients-0-99/client-0.r1.pt", "clients-0-99/client-99.r1.pt", "clients-100-199/client-100.r1.pt",
-        "clients-12300-12399/client-12345.r1.pt"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.safetensors")) == [
+        "clients-0-99/client-0.r1.safetensors", "clients-0-99/client-99.r1.safetensors",
+        "clients-100-199/client-100.r1.safetensors", "clients-12300-12399/client-12345.r1.safetensors"]
     assert store.clients() == [0, 99, 100, 12_345] and store.load(12_345)["w"][0] == 12_345
     assert sorted(store.index()) == [0, 99, 100, 12_345] and list(store.index()[99]) == [1]
     # a file put in another client's folder is not the client's: it never looks there
-    store.path(100, 1).rename(tmp_path / "clients-0-99" / "client-100.r1.pt")
+    store.path(100, 1).rename(tmp_path / "clients-0-99" / store.path(100, 1).name)
     assert sorted(store.index()) == [0, 99, 12_345] and store.load(100) is None
 
 
@@ -235,3 +235,56 @@ def test_a_store_written_before_the_folders_is_read_and_moved_into_them(tmp_path
     assert check_heads(store, {7: 2, 8: 1}, until_round=2) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clients-0-99", "notes.txt"]
     assert store.load(8)["w"][0] == 8.0
+
+
+# -- the file format: safetensors with the run's identity; pickles of before still read ---------
+def test_a_head_file_is_safetensors_with_the_identity_and_round_trips_bit_for_bit(tmp_path):
+    from safetensors import safe_open
+
+    from fedmtl.personalization import RunIdentity
+    from fedmtl.personalization.head_store import pack_state, unpack_state
+
+    shared = torch.randn(3, 4)
+    state = {"a.weight": torch.randn(3, 4), "a.bias": torch.randn(3, dtype=torch.float64),
+             "counts": torch.arange(5), "mask": torch.tensor([True, False]), "empty": torch.zeros(0, 2),
+             "view": shared[:, 1], "same": shared, "again": shared,
+             "__weighting_state__": pack_state({"step": 3, "ema": torch.tensor([0.5, 1e-30])})}
+    store = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg-1"))
+    store.save(7, state, server_round=2)
+    path = store.path(7, 2)
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata() == {"fedmtl": "heads", "run-id": "run-a", "config-fingerprint": "cfg-1"}
+    heads, written_by = store.read(path)
+    assert written_by == RunIdentity("run-a", "cfg-1") and set(heads) == set(state)
+    for key, value in state.items():
+        assert heads[key].dtype == value.dtype and torch.equal(heads[key], value), key
+    assert unpack_state(heads["__weighting_state__"])["step"] == 3
+
+
+def test_a_safetensors_file_of_something_else_is_not_taken_for_heads(tmp_path):
+    from safetensors.torch import save_file
+
+    from fedmtl.personalization import HeadStoreError
+
+    store = DiskHeadStore(tmp_path)
+    store.path(4, 1).parent.mkdir(parents=True)
+    save_file({"w": torch.ones(2)}, str(store.path(4, 1)))
+    with pytest.raises(HeadStoreError, match="is unreadable \\(not a fedmtl head file\\)"):
+        store.load(4)
+
+
+def test_head_files_of_before_are_read_and_pruned_like_the_new_ones(tmp_path):
+    from fedmtl.personalization import RunIdentity
+
+    store = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg"))
+    folder = store.folder(5)
+    folder.mkdir(parents=True)
+    for server_round in (1, 2):
+        _flat_file(folder, f"client-5.r{server_round}.pt", float(server_round))
+    assert store.load(5)["w"][0] == 2.0 and store.load(5, until_round=1)["w"][0] == 1.0
+    store.save(5, {"w": torch.full((1,), 3.0)}, server_round=3)
+    store.save(5, {"w": torch.full((1,), 4.0)}, server_round=4)  # checkpoints 2 and 3 kept: round 1 goes
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "client-5.r2.pt", "client-5.r3.safetensors", "client-5.r4.safetensors"]
+    _flat_file(folder, "client-5.r4.pt", -1.0)  # a round in both formats: the new file is the one written last
+    assert store.load(5)["w"][0] == 4.0

@@ -292,11 +292,13 @@ def test_an_in_process_run_equals_the_ray_run_bit_for_bit(tmp_path):
     assert (here / "metrics.csv").read_text() == (ray_run / "metrics.csv").read_text()
     rounds = [pd.read_csv(r / "rounds.csv").drop(columns=["elapsed_s"]) for r in (ray_run, here)]
     pd.testing.assert_frame_equal(*rounds)
-    heads = sorted(p.relative_to(ray_run) for p in (ray_run / "heads").rglob("*.pt"))
-    assert heads == sorted(p.relative_to(here) for p in (here / "heads").rglob("*.pt")) and heads
+    heads = sorted(p.relative_to(ray_run) for p in (ray_run / "heads").rglob("*.safetensors"))
+    assert heads == sorted(p.relative_to(here) for p in (here / "heads").rglob("*.safetensors")) and heads
+    from safetensors.torch import load_file
+
     for name in heads:
-        a, b = (torch.load(r / name, weights_only=True) for r in (ray_run, here))
-        assert a.keys() == b.keys()
+        a, b = (load_file(r / name) for r in (ray_run, here))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     checkpoints = [torch.load(r / "checkpoints" / "round-3.pt", weights_only=True) for r in (ray_run, here)]
     for key, value in checkpoints[0]["backbone"].items():
         assert torch.equal(value, checkpoints[1]["backbone"][key]), key

@@ -78,7 +78,7 @@ def test_a_run_carries_its_identity_in_checkpoints_and_heads(base_run):
     assert len(run_id) == 32 and checkpoint["run-id"] == run_id
     assert checkpoint["config-fingerprint"] == config_fingerprint(cfg) and checkpoint["config"]["run.seed"] == 0
     store = DiskHeadStore(base_run / "heads")
-    files = sorted((base_run / "heads").rglob("client-*.r*.pt"))
+    files = sorted((base_run / "heads").rglob("client-*.r*.safetensors"))
     assert files and all(store.read(f)[1] == RunIdentity(run_id, config_fingerprint(cfg)) for f in files)
 
 
@@ -140,7 +140,7 @@ def test_a_terminal_sees_the_resume_check_under_way(base_run, tmp_path):
 
 def test_resume_refuses_heads_of_another_run_even_with_force(base_run, tmp_path):
     run = _killed_copy(base_run, tmp_path / "run")
-    victim = sorted((run / "heads").rglob("client-*.r1.pt"))[0]
+    victim = sorted((run / "heads").rglob("client-*.r1.safetensors"))[0]
     client = int(victim.name.split(".")[0].removeprefix("client-"))
     heads, _ = DiskHeadStore(run / "heads").read(victim)
     DiskHeadStore(run / "heads", RunIdentity("someone-else", "x")).save(client, heads, server_round=1)
@@ -151,14 +151,34 @@ def test_resume_refuses_heads_of_another_run_even_with_force(base_run, tmp_path)
 
 def test_resume_names_a_corrupted_head_file_in_one_line(base_run, tmp_path):
     run = _killed_copy(base_run, tmp_path / "run")
-    victim = sorted((run / "heads").rglob("client-*.r1.pt"))[0]
+    victim = sorted((run / "heads").rglob("client-*.r1.safetensors"))[0]
     victim.write_bytes(b"\x00not heads\n")
     line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
     assert str(victim) in line and "unreadable" in line
 
 
+def test_a_run_killed_under_the_head_files_of_before_resumes_to_the_same_numbers(base_run, tmp_path):
+    """A run whose heads were written before 2026-12-01 (``torch.save`` pickles, all directly
+    under ``heads/``) resumes with today's store: the files are found, moved into their folders
+    and read, and the run ends with the metrics of the run never killed."""
+    run = _killed_copy(base_run, tmp_path / "run")
+    store = DiskHeadStore(run / "heads")
+    for path in sorted((run / "heads").rglob("*.safetensors")):
+        heads, identity = store.read(path)
+        legacy = {"heads": heads, "run-id": identity.run_id, "config-fingerprint": identity.config}
+        torch.save(legacy, run / "heads" / path.with_suffix(".pt").name)
+        path.unlink()
+    for folder in (run / "heads").glob("clients-*"):
+        folder.rmdir()
+    assert sorted(p.name for p in (run / "heads").iterdir()) and not list((run / "heads").rglob("*.safetensors"))
+    proc = _fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "metrics.csv").read_text() == (base_run / "metrics.csv").read_text()
+    assert not list((run / "heads").glob("*.pt"))  # all moved into the folders
+
+
 def test_force_resumes_a_copy_says_what_it_overrides_and_leaves_the_original_alone(base_run, tmp_path):
-    before = {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").rglob("*.pt")}
+    before = {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").rglob("*.safetensors")}
     run = _killed_copy(base_run, tmp_path / "run")
     (run / "config.toml").write_text((run / "config.toml").read_text().replace("seed = 0\n", "seed = 1\n", 1))
     proc = _fedmtl("run", "--resume", str(run), "--force", "-q", cwd=tmp_path)
@@ -168,8 +188,8 @@ def test_force_resumes_a_copy_says_what_it_overrides_and_leaves_the_original_alo
     assert (run / "summary.json").is_file() and [p.name for p in checkpoint_files(run)][-1] == "round-2.pt"
     checkpoint, _ = load_checkpoint(run)
     assert checkpoint["config"]["run.seed"] == 1 and checkpoint["run-id"] == read_run_id(base_run)
-    assert {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").rglob("*.pt")} == before
-    assert any(p.stat().st_mtime_ns > max(before.values()) for p in (run / "heads").rglob("client-*.r2.pt"))
+    assert {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").rglob("*.safetensors")} == before
+    assert any(p.stat().st_mtime_ns > max(before.values()) for p in (run / "heads").rglob("client-*.r2.safetensors"))
 
 
 # -- the ClientApp, called in-process with hand-built messages (as in tests/test_client_app.py) --
@@ -320,7 +340,7 @@ def test_heads_lost_between_rounds_are_refused_and_counted_not_reinitialised(tmp
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv", dtype={"task": str})
     assert set(metrics[(metrics.client == 1) & (metrics.split == "train")]["round"]) == {1}
     if store == "disk":
-        assert not list((tmp_path / "heads").rglob("client-1.r[23].pt"))  # it never trained from other heads
+        assert not list((tmp_path / "heads").rglob("client-1.r[23].safetensors"))  # it never trained from other heads
     # logged once per refusal, with the client's reason
     expected = reason.format(heads=tmp_path / "heads")
     for server_round in (2, 3):

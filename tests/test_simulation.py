@@ -62,8 +62,8 @@ def test_supernodes_taking_turns_give_the_same_run_as_one_per_client(smoke_runs)
     assert "supernodes = 2" in (shared / "config.toml").read_text()
     assert "supernodes = 4" in (own / "config.toml").read_text()
     # each client's heads are its own, whichever SuperNode played it
-    shared_heads = sorted(p.relative_to(shared) for p in (shared / "heads").rglob("*.pt"))
-    assert shared_heads and shared_heads == sorted(p.relative_to(own) for p in (own / "heads").rglob("*.pt"))
+    shared_heads = sorted(p.relative_to(shared) for p in (shared / "heads").rglob("*.safetensors"))
+    assert shared_heads and shared_heads == sorted(p.relative_to(own) for p in (own / "heads").rglob("*.safetensors"))
 
 
 def test_shared_supernodes_need_heads_on_disk():
@@ -121,11 +121,11 @@ def test_heads_continue_across_rounds_in_the_real_engine(smoke_run):
     assert checked >= 4
     if store == "disk":
         trained = sorted(fp.index.get_level_values("client").unique())
-        files = sorted(p.name for p in (out / "heads").rglob("*.pt"))
+        files = sorted(p.name for p in (out / "heads").rglob("*.safetensors"))
         assert sorted({name.split(".")[0] for name in files}) == sorted(f"client-{i}" for i in trained)
         last = fp.reset_index().groupby("client")["round"].max()
         for client, round_ in last.items():  # the newest version is the round it last trained
-            assert f"client-{client}.r{round_}.pt" in files
+            assert f"client-{client}.r{round_}.safetensors" in files
     else:
         assert not (out / "heads").exists()
 

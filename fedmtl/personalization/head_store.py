@@ -6,7 +6,7 @@ has the one that knows nothing of Flower (the ClientApp adds one in the node's F
 
 - :class:`DiskHeadStore`: files per client id under a folder, written atomically; it
   survives process and node restarts. Saved with the round that produced them
-  (``clients-<lo>-<hi>/client-<id>.r<round>.pt``, 100 clients per folder), it keeps the
+  (``clients-<lo>-<hi>/client-<id>.r<round>.safetensors``, 100 clients per folder), it keeps the
   versions a resumed run may need: a run resumed from its checkpoint of round C re-runs round
   C + 1 from the heads of round ≤ C, even for clients that already trained in round C + 1
   before the run was killed, and C may be the older of the two checkpoints kept (the newer one
@@ -29,8 +29,9 @@ from typing import Any, Protocol
 
 import torch
 
-from fedmtl.atomic import torch_save
+from fedmtl.atomic import write_bytes
 from fedmtl.models import MultiTaskModel
+from fedmtl.personalization import head_file
 from fedmtl.seeds import Stream, seeded_torch_init
 
 HeadState = dict[str, torch.Tensor]
@@ -84,8 +85,9 @@ names at every save); a folder of 100 clients holds at most a few hundred files.
 
 
 class DiskHeadStore:
-    """Head files per client under ``root``: ``clients-<lo>-<hi>/client-<id>.r<round>.pt`` (or
-    ``client-<id>.pt`` when saved without a round), :data:`SHARD_SIZE` clients per folder.
+    """Head files per client under ``root``: ``clients-<lo>-<hi>/client-<id>.r<round>.safetensors``
+    (or ``client-<id>.safetensors`` when saved without a round), :data:`SHARD_SIZE` clients per
+    folder; the file format is :mod:`fedmtl.personalization.head_file`'s.
 
     Each file holds the heads and the :class:`RunIdentity` of the run that wrote them. A save
     in round R keeps, besides the new file, every version newer than the oldest checkpoint a
@@ -118,11 +120,11 @@ class DiskHeadStore:
 
     def path(self, client_id: int, server_round: int | None = None) -> Path:
         """File of client ``client_id`` (of the heads trained in ``server_round``)."""
-        suffix = "" if server_round is None else f".r{server_round}"
-        return self.folder(client_id) / f"client-{client_id}{suffix}.pt"
+        tag = "" if server_round is None else f".r{server_round}"
+        return self.folder(client_id) / f"client-{client_id}{tag}{head_file.SUFFIX}"
 
     def versions(self, client_id: int) -> dict[int, Path]:
-        """``{round: file}`` of the client's versioned files (``client-<id>.r<round>.pt``)."""
+        """``{round: file}`` of the client's versioned files (``client-<id>.r<round>.safetensors``)."""
         folder = self.folder(client_id)
         found = _client_versions(_names(folder), client_id)
         if not found and self.adopt_flat_files(client_id):
@@ -158,7 +160,7 @@ class DiskHeadStore:
             parsed = _parse_name(name)
             if parsed is None or (client_id is not None and parsed[0] != client_id):
                 continue
-            target = self.path(parsed[0], parsed[1])
+            target = self.folder(parsed[0]) / name  # the same name: its suffix says its format
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.root / name, target)
             moved += 1
@@ -167,7 +169,14 @@ class DiskHeadStore:
     def latest(self, client_id: int, until_round: int | None = None) -> tuple[int | None, Path]:
         """The round and file of the client's newest version of a round ≤ ``until_round``
         (``(None, unversioned file)`` when there is none; that file may not exist)."""
-        return _newest(self.versions(client_id), until_round) or (None, self.path(client_id))
+        return _newest(self.versions(client_id), until_round) or (None, self.unversioned(client_id))
+
+    def unversioned(self, client_id: int) -> Path:
+        """The client's file saved without a round: in the current format, else one written
+        before 2026-12-01 (``.pt``) when only that exists."""
+        path = self.path(client_id)
+        legacy = path.with_suffix(head_file.LEGACY_SUFFIX)
+        return legacy if not path.exists() and legacy.exists() else path
 
     def read(self, path: Path) -> tuple[HeadState, RunIdentity | None]:
         """The heads in ``path`` and the identity written with them (``None`` for a file
@@ -179,15 +188,10 @@ class DiskHeadStore:
             When the file cannot be read as heads (one line naming it).
         """
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported by name
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
-            raise HeadStoreError(f"head file '{path}' is unreadable ({detail})") from None
-        if isinstance(data, dict) and isinstance(data.get("heads"), dict) and isinstance(data.get("run-id"), str):
-            return data["heads"], RunIdentity(data["run-id"], str(data.get("config-fingerprint", "")))
-        if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
-            return data, None
-        raise HeadStoreError(f"head file '{path}' is unreadable (not a fedmtl head file)")
+            found = head_file.decode(path)
+        except ValueError as exc:
+            raise HeadStoreError(f"head file '{path}' is unreadable ({exc})") from None
+        return found.heads, None if found.run_id is None else RunIdentity(found.run_id, found.config)
 
     def load(self, client_id: int, until_round: int | None = None) -> HeadState | None:
         """The heads saved last (in a round ≤ ``until_round``), or ``None`` on a first visit.
@@ -210,9 +214,8 @@ class DiskHeadStore:
     def save(self, client_id: int, state: HeadState, server_round: int | None = None,
              checkpoint_every: int = 1) -> None:
         """Persist the heads trained in ``server_round`` with the store's identity; prune old versions."""
-        heads = {k: v.detach().cpu() for k, v in state.items()}
-        data = {"heads": heads, "run-id": self.identity.run_id, "config-fingerprint": self.identity.config}
-        torch_save(data, self.path(client_id, server_round))
+        write_bytes(self.path(client_id, server_round),
+                    head_file.encode(state, self.identity.run_id, self.identity.config))
         if server_round is None:
             return
         oldest = oldest_resumable_checkpoint(server_round, checkpoint_every)
@@ -233,12 +236,22 @@ def _names(folder: Path) -> list[str]:
         return []
 
 
+def _strip_suffix(name: str) -> str | None:
+    """``name`` without a head file's suffix (either format), or ``None`` when it has neither."""
+    for suffix in (head_file.SUFFIX, head_file.LEGACY_SUFFIX):
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return None
+
+
 def _parse_name(name: str) -> tuple[int, int | None] | None:
-    """``(client, round)`` of a head file's name (``client-<id>.r<round>.pt``; round ``None``
-    for ``client-<id>.pt``), or ``None`` for any other name."""
-    if not (name.startswith("client-") and name.endswith(".pt")):
+    """``(client, round)`` of a head file's name (``client-<id>.r<round>.safetensors``, or
+    ``.pt`` before 2026-12-01; round ``None`` for ``client-<id>.safetensors``), or ``None``
+    for any other name."""
+    stem = _strip_suffix(name)
+    if stem is None or not stem.startswith("client-"):
         return None
-    client, _, tag = name[len("client-"):-len(".pt")].partition(".")
+    client, _, tag = stem[len("client-"):].partition(".")
     if not client.isdigit():
         return None
     if not tag:
@@ -249,14 +262,15 @@ def _parse_name(name: str) -> tuple[int, int | None] | None:
 
 
 def _client_versions(names: list[str], client_id: int) -> dict[int, str]:
-    """``{round: name}`` of client ``client_id``'s versioned files among ``names``."""
+    """``{round: name}`` of client ``client_id``'s versioned files among ``names`` (of a round
+    with files in both formats, the safetensors one: written later)."""
     prefix = f"client-{client_id}.r"
-    out = {}
+    out: dict[int, str] = {}
     for name in names:  # plain prefix tests: a glob matches a pattern per file
-        if name.startswith(prefix) and name.endswith(".pt"):
-            tag = name[len(prefix):-len(".pt")]
-            if tag.isdigit():
-                out[int(tag)] = name
+        stem = _strip_suffix(name) if name.startswith(prefix) else None
+        tag = stem[len(prefix):] if stem is not None else ""
+        if tag.isdigit() and (int(tag) not in out or name.endswith(head_file.SUFFIX)):
+            out[int(tag)] = name
     return out
 
 
@@ -331,7 +345,8 @@ def check_heads(store: DiskHeadStore, trained: Mapping[int, int], until_round: i
         if need and (found is None or found < need):
             have = "none" if found is None else f"only round {found}'s"
             problems.append(HeadsProblem(client, "missing", f"client {client} trained in round {need} but "
-                                         f"'{store.folder(client)}' has {have} (client-{client}.r<round>.pt)"))
+                                         f"'{store.folder(client)}' has {have} "
+                                         f"(client-{client}.r<round>{head_file.SUFFIX})"))
             continue
         if found is None:
             continue
