@@ -18,6 +18,7 @@ texts are printed as written (:class:`LiteralHelp`), so bracketed examples stay.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -255,7 +256,7 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
         typer.echo(f"{run_dir} already finished all {cfg.run.rounds} rounds; nothing to resume")
         return
-    _check_resume(run_dir, cfg, checkpoint, force)
+    _check_resume(run_dir, cfg, checkpoint, force, quiet)
     if cfg.run.rounds != before:
         _extend(run_dir, cfg, before)
     if not quiet:
@@ -276,18 +277,18 @@ def _extend(run_dir: Path, cfg: ExperimentConfig, before: int) -> None:
                    f"differ from those of a run of {cfg.run.rounds} rounds from the start", err=True)
 
 
-def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force: bool) -> None:
+def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force: bool, quiet: bool = False) -> None:
     """Refuse, in one line, a resume that would not be exact (:func:`fedmtl.results.resume_problems`);
-    with ``force``, say what is overridden and go on (problems ``--force`` cannot override still refuse)."""
-    import sys
-
+    with ``force``, say what is overridden and go on (problems ``--force`` cannot override still refuse);
+    unless ``quiet``, a terminal shows the check under way."""
     from fedmtl.progress import make_console
     from fedmtl.results import forget_heads, read_run_id, resume_problems, write_run_id
 
     # reading every client's heads takes a while in a large federation (about 12 s for 100,000
     # clients' files: benchmarks/head_store.py); a terminal shows that it is under way
-    with make_console(sys.stderr).status(f"checking checkpoint round {checkpoint.get('round')} and the "
-                                         "clients' heads before resuming ..."):
+    console = make_console(sys.stderr)
+    checking = f"checking checkpoint round {checkpoint.get('round')} and the clients' heads before resuming ..."
+    with contextlib.nullcontext() if quiet else console.status(checking):
         problems = resume_problems(run_dir, cfg, checkpoint)
     refused = [p for p in problems if not (force and p.forced)]
     if refused:

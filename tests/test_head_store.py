@@ -288,3 +288,83 @@ def test_head_files_of_before_are_read_and_pruned_like_the_new_ones(tmp_path):
         "client-5.r2.pt", "client-5.r3.safetensors", "client-5.r4.safetensors"]
     _flat_file(folder, "client-5.r4.pt", -1.0)  # a round in both formats: the new file is the one written last
     assert store.load(5)["w"][0] == 4.0
+
+
+# -- what a hostile or damaged store holds --------------------------------------------------------
+def test_a_round_in_both_formats_is_the_same_file_for_the_resume_check_and_the_client(tmp_path):
+    """A run killed mid-round under the store of before, then resumed, re-runs that round: the
+    round's heads exist in both formats, and both readers must take the new one."""
+    from fedmtl.personalization import RunIdentity, check_heads
+
+    mine = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg"))
+    for client in range(40):  # enough names that the listing's order varies
+        mine.save(client, {"w": torch.full((1,), 1.0)}, server_round=3)
+        _flat_file(mine.folder(client), f"client-{client}.r3.pt", -1.0, run_id="run-old")
+    assert check_heads(mine, {c: 3 for c in range(40)}, until_round=3) == []
+    assert all(mine.load(c)["w"][0] == 1.0 for c in range(40))
+    assert {c: v[3].suffix for c, v in mine.index().items()} == {c: ".safetensors" for c in range(40)}
+
+
+@pytest.mark.parametrize("name", [
+    "client-007.r1.safetensors", "client-1.r01.safetensors", "client-1.r\u00b2.pt", "client-\u0661.r1.safetensors",
+    "client-1.r1.safetensors.tmp", ".client-1.r1.pt.x.tmp", "client-+1.r1.pt", "client-1.r-1.pt", "client-1.r1.PT"])
+def test_names_the_store_never_writes_are_not_head_files(tmp_path, name):
+    from fedmtl.personalization import RunIdentity, check_heads
+
+    store = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg"))
+    for folder in (tmp_path, store.folder(1)):
+        folder.mkdir(exist_ok=True)
+        _flat_file(folder, name, 5.0)
+    assert store.index() == {} and store.versions(1) == {} and store.versions(7) == {}
+    assert check_heads(store, {}, until_round=1) == [] and store.load(1) is None
+
+
+def test_a_file_where_the_client_s_folder_belongs_gives_one_line(tmp_path):
+    from fedmtl.personalization import HeadStoreError, check_heads
+
+    store = DiskHeadStore(tmp_path)
+    store.folder(3).write_text("not a folder")
+    assert store.load(3) is None and check_heads(store, {}, until_round=1) == []
+    with pytest.raises(HeadStoreError) as exc:
+        store.save(3, {"w": torch.ones(1)}, server_round=1)
+    assert "\n" not in str(exc.value) and f"head file '{store.path(3, 1)}' cannot be written" in str(exc.value)
+
+
+def test_tensors_the_format_cannot_hold_are_named_in_one_line(tmp_path):
+    from fedmtl.personalization import HeadStoreError
+
+    store = DiskHeadStore(tmp_path)
+    for key, value, said in [("z", torch.ones(2, dtype=torch.complex64), "'z' has dtype torch.complex64"),
+                             ("s", torch.eye(2).to_sparse(), "'s' is a torch.sparse_coo tensor"),
+                             ("__metadata__", torch.ones(1), "'__metadata__' is the name the format gives")]:
+        with pytest.raises(HeadStoreError) as exc:
+            store.save(2, {"w": torch.ones(1), key: value}, server_round=1)
+        assert "\n" not in str(exc.value) and said in str(exc.value) and "client 2's heads" in str(exc.value)
+    assert store.versions(2) == {}  # nothing half-written
+
+
+def test_moving_files_of_before_skips_what_another_process_moved_and_takes_the_newest_first(tmp_path, monkeypatch):
+    import os
+
+    from fedmtl.personalization import RunIdentity
+
+    for server_round in (1, 2, 3):
+        _flat_file(tmp_path, f"client-4.r{server_round}.pt", float(server_round))
+    store = DiskHeadStore(tmp_path, RunIdentity("run-a", "cfg"))
+    replace, calls = os.replace, []
+
+    def cut_short(src, dst):  # noqa: ANN001, ANN202 - os.replace's signature
+        calls.append(Path(src).name)
+        if len(calls) == 2:  # another process took this one
+            Path(src).unlink()
+            raise FileNotFoundError(src)
+        if len(calls) == 3:  # killed before the last move
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        store.adopt_flat_files(4)
+    assert calls == ["client-4.r3.pt", "client-4.r2.pt", "client-4.r1.pt"]
+    monkeypatch.setattr(os, "replace", replace)
+    assert store.load(4)["w"][0] == 3.0  # the newest heads moved first

@@ -110,17 +110,14 @@ def test_resume_refuses_missing_heads(base_run, tmp_path):
     assert "trained in round 1" in line and "has none" in line and str(run / "heads") in line
 
 
-def test_a_terminal_sees_the_resume_check_under_way(base_run, tmp_path):
-    """Reading every client's heads takes tens of seconds in a large federation: on a terminal
-    the check says so while it runs (off a terminal it prints nothing: the tests above)."""
+def _on_a_terminal(*args: str, cwd: Path) -> tuple[int, str]:
+    """``fedmtl *args`` with its stderr on a pseudo-terminal: its exit code and what it wrote there."""
     import os
     import pty
 
-    run = _killed_copy(base_run, tmp_path / "run")
-    shutil.rmtree(run / "heads")
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "fedmtl", "run", "--resume", str(run), "-q"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=follower, env={**os.environ, "TERM": "xterm"})
+    proc = subprocess.Popen([sys.executable, "-m", "fedmtl", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=follower, env={**os.environ, "TERM": "xterm"})
     os.close(follower)
     seen = b""
     while True:
@@ -132,10 +129,19 @@ def test_a_terminal_sees_the_resume_check_under_way(base_run, tmp_path):
             break
         seen += chunk
     os.close(leader)
-    assert proc.wait(timeout=900) == 2
-    text = seen.decode(errors="replace")
-    assert "checking checkpoint round 1 and the clients' heads before resuming" in text, text[-2000:]
-    assert "trained in round 1 but" in text
+    return proc.wait(timeout=900), seen.decode(errors="replace")
+
+
+def test_a_terminal_sees_the_resume_check_under_way_unless_quiet(base_run, tmp_path):
+    """Reading every client's heads takes seconds in a large federation: on a terminal the
+    check says so while it runs (off a terminal, or with --quiet, it prints nothing)."""
+    run = _killed_copy(base_run, tmp_path / "run")
+    shutil.rmtree(run / "heads")
+    checking = "checking checkpoint round 1 and the clients' heads before resuming"
+    code, text = _on_a_terminal("run", "--resume", str(run), cwd=tmp_path)
+    assert code == 2 and checking in text and "trained in round 1 but" in text, text[-2000:]
+    code, text = _on_a_terminal("run", "--resume", str(run), "-q", cwd=tmp_path)
+    assert code == 2 and checking not in text and "trained in round 1 but" in text, text[-2000:]
 
 
 def test_resume_refuses_heads_of_another_run_even_with_force(base_run, tmp_path):

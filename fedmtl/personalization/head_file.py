@@ -51,17 +51,41 @@ class HeadFile(NamedTuple):
 
 
 def encode(heads: dict[str, torch.Tensor], run_id: str, config: str) -> bytes:
-    """The bytes of a head file holding ``heads`` (moved to the CPU) and the run's identity."""
+    """The bytes of a head file holding ``heads`` (moved to the CPU) and the run's identity.
+
+    Raises
+    ------
+    ValueError
+        When a tensor cannot be stored in the format (complex, sparse or quantized; one line
+        naming its key).
+    """
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, value in heads.items():
+        problem = _unstorable(key, value)
+        if problem:
+            raise ValueError(f"'{key}' {problem}")
         value = value.detach().cpu().contiguous()
         pointer = value.untyped_storage().data_ptr() if value.numel() else 0
         if pointer and pointer in seen:  # the format stores each tensor's bytes once: no shared storage
             value = value.clone()
         seen.add(pointer)
         tensors[key] = value
-    return safetensors_bytes(tensors, metadata={KIND: KIND_VALUE, RUN_ID: run_id, CONFIG: config})
+    try:
+        return safetensors_bytes(tensors, metadata={KIND: KIND_VALUE, RUN_ID: run_id, CONFIG: config})
+    except Exception as exc:  # noqa: BLE001 - a dtype the format lacks, ...: one line
+        raise ValueError(" ".join(f"{type(exc).__name__}: {exc}".split())[:160]) from None
+
+
+def _unstorable(key: str, value: torch.Tensor) -> str:
+    """Why the format cannot store ``value`` under ``key`` (``""`` when it can)."""
+    if key == "__metadata__":
+        return "is the name the format gives its metadata"
+    if value.layout != torch.strided or value.is_quantized:
+        return f"is a {value.layout} tensor{' (quantized)' if value.is_quantized else ''}: only dense ones are stored"
+    if value.is_complex():
+        return f"has dtype {value.dtype}: the format has no complex numbers"
+    return ""
 
 
 def decode(path: Path) -> HeadFile:
@@ -75,6 +99,8 @@ def decode(path: Path) -> HeadFile:
     if path.suffix == LEGACY_SUFFIX:
         return _decode_legacy(path)
     try:
+        with open(path, "rb"):  # the real error of a file that cannot be opened (the reader says "not found")
+            pass
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             heads = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict

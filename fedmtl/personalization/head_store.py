@@ -22,7 +22,8 @@ from __future__ import annotations
 import functools
 import io
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -124,26 +125,39 @@ class DiskHeadStore:
         return self.folder(client_id) / f"client-{client_id}{tag}{head_file.SUFFIX}"
 
     def versions(self, client_id: int) -> dict[int, Path]:
-        """``{round: file}`` of the client's versioned files (``client-<id>.r<round>.safetensors``)."""
+        """``{round: file}`` of the client's versioned files (``client-<id>.r<round>.safetensors``;
+        of a round with a file in both formats, the safetensors one).
+
+        Raises
+        ------
+        HeadStoreError
+            When the client's folder cannot be listed (one line naming it).
+        """
         folder = self.folder(client_id)
-        found = _client_versions(_names(folder), client_id)
-        if not found and self.adopt_flat_files(client_id):
-            found = _client_versions(_names(folder), client_id)
-        return {r: folder / name for r, name in found.items()}
+        prefix = f"client-{client_id}."
+        names = [n for n in _names(folder) if n.startswith(prefix)]  # a prefix test before parsing
+        if not names and self.adopt_flat_files(client_id):
+            names = [n for n in _names(folder) if n.startswith(prefix)]
+        return _group(folder, names).get(client_id, {})
 
     def index(self) -> dict[int, dict[int, Path]]:
-        """``{client: {round: file}}`` of every versioned file in the store, one listing per
-        folder (files directly under ``root``, of a store written before the folders, are
-        not included: :meth:`adopt_flat_files` moves them first)."""
+        """``{client: {round: file}}`` of every versioned file in the store, as
+        :meth:`versions` finds them, one listing per folder (files directly under ``root``, of
+        a store written before the folders, are not included: :meth:`adopt_flat_files` moves
+        them first).
+
+        Raises
+        ------
+        HeadStoreError
+            When a folder cannot be listed (one line naming it).
+        """
         out: dict[int, dict[int, Path]] = {}
         for name in _names(self.root):
-            if not name.startswith("clients-"):
-                continue
-            folder = self.root / name
-            for file in _names(folder):
-                parsed = _parse_name(file)  # a file in another client's folder is not where the client looks
-                if parsed is not None and parsed[1] is not None and self.folder(parsed[0]) == folder:
-                    out.setdefault(parsed[0], {})[parsed[1]] = folder / file
+            if name.startswith("clients-"):
+                folder = self.root / name
+                found = _group(folder, _names(folder))
+                # a file in another client's folder is not where that client looks
+                out.update({c: v for c, v in found.items() if self.folder(c) == folder})
         return out
 
     def clients(self) -> list[int]:
@@ -154,15 +168,29 @@ class DiskHeadStore:
         """Move head files written directly under ``root`` (before the store had folders) into
         their clients' folders: those of ``client_id``, or of every client; how many moved.
 
-        A move is a rename within the store (atomic); a name that is not a head file's stays."""
+        A move is a rename within the store (atomic), the newest round first: a move cut short
+        leaves the client its newest heads. A name that is not a head file's stays; a file another
+        process moved first is skipped.
+
+        Raises
+        ------
+        HeadStoreError
+            When a file cannot be moved (one line naming it).
+        """
+        found = [(parsed, name) for name in _names(self.root) if (parsed := _parse_name(name)) is not None
+                 and (client_id is None or parsed[0] == client_id)]
+        newest_first = sorted(found, key=lambda f: -1 if f[0][1] is None else f[0][1], reverse=True)
         moved = 0
-        for name in _names(self.root):
-            parsed = _parse_name(name)
-            if parsed is None or (client_id is not None and parsed[0] != client_id):
+        for (client, _), name in newest_first:
+            target = self.folder(client) / name  # the same name: its suffix says its format
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.root / name, target)
+            except FileNotFoundError:  # moved by another process meanwhile
                 continue
-            target = self.folder(parsed[0]) / name  # the same name: its suffix says its format
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.root / name, target)
+            except OSError as exc:
+                raise HeadStoreError(f"head file '{self.root / name}' cannot be moved to '{target.parent}' "
+                                     f"({exc.strerror or exc})") from None
             moved += 1
         return moved
 
@@ -213,65 +241,85 @@ class DiskHeadStore:
 
     def save(self, client_id: int, state: HeadState, server_round: int | None = None,
              checkpoint_every: int = 1) -> None:
-        """Persist the heads trained in ``server_round`` with the store's identity; prune old versions."""
-        write_bytes(self.path(client_id, server_round),
-                    head_file.encode(state, self.identity.run_id, self.identity.config))
+        """Persist the heads trained in ``server_round`` with the store's identity; prune old versions.
+
+        Raises
+        ------
+        HeadStoreError
+            When a tensor cannot be stored, or the file cannot be written (one line naming it).
+        """
+        path = self.path(client_id, server_round)
+        try:
+            data = head_file.encode(state, self.identity.run_id, self.identity.config)
+        except ValueError as exc:
+            raise HeadStoreError(f"client {client_id}'s heads cannot be saved to '{path}': {exc}") from None
+        try:
+            write_bytes(path, data)
+        except OSError as exc:
+            raise HeadStoreError(f"head file '{path}' cannot be written ({exc.strerror or exc})") from None
         if server_round is None:
             return
         oldest = oldest_resumable_checkpoint(server_round, checkpoint_every)
-        versions = self.versions(client_id)
-        older = [r for r in versions if r <= oldest]
+        prefix = f"client-{client_id}."
+        files = _group_all(path.parent, [n for n in _names(path.parent) if n.startswith(prefix)]).get(client_id, {})
+        older = [r for r in files if r <= oldest]
         keep = max(older) if older else None
-        for r in older:
-            if r != keep:
-                versions[r].unlink(missing_ok=True)
+        for r in older:  # of the round kept, its copy in the format of before goes
+            for old in files[r] if r != keep else files[r][1:]:
+                try:
+                    old.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise HeadStoreError(f"head file '{old}' cannot be deleted ({exc.strerror or exc})") from None
 
 
 def _names(folder: Path) -> list[str]:
-    """The names in ``folder`` (none when it does not exist yet)."""
+    """The names in ``folder`` (none when it does not exist yet).
+
+    Raises
+    ------
+    HeadStoreError
+        When it exists but cannot be listed (one line naming it).
+    """
     try:
         with os.scandir(folder) as entries:
             return [e.name for e in entries]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:
+        raise HeadStoreError(f"head store folder '{folder}' cannot be listed ({exc.strerror or exc})") from None
 
 
-def _strip_suffix(name: str) -> str | None:
-    """``name`` without a head file's suffix (either format), or ``None`` when it has neither."""
-    for suffix in (head_file.SUFFIX, head_file.LEGACY_SUFFIX):
-        if name.endswith(suffix):
-            return name[:-len(suffix)]
-    return None
+HEAD_FILE_NAME = re.compile(r"client-(0|[1-9][0-9]*)(?:\.r(0|[1-9][0-9]*))?(\.safetensors|\.pt)")
+"""A head file's name: ``client-<id>[.r<round>]<suffix>``, ids and rounds in ASCII digits without
+leading zeros (the only spelling the store writes), suffix ``.safetensors`` or, before
+2026-12-01, ``.pt``."""
 
 
 def _parse_name(name: str) -> tuple[int, int | None] | None:
-    """``(client, round)`` of a head file's name (``client-<id>.r<round>.safetensors``, or
-    ``.pt`` before 2026-12-01; round ``None`` for ``client-<id>.safetensors``), or ``None``
-    for any other name."""
-    stem = _strip_suffix(name)
-    if stem is None or not stem.startswith("client-"):
+    """``(client, round)`` of a head file's name (:data:`HEAD_FILE_NAME`; round ``None`` for a
+    file saved without one), or ``None`` for any other name."""
+    match = HEAD_FILE_NAME.fullmatch(name)
+    if match is None:
         return None
-    client, _, tag = stem[len("client-"):].partition(".")
-    if not client.isdigit():
-        return None
-    if not tag:
-        return int(client), None
-    if tag.startswith("r") and tag[1:].isdigit():
-        return int(client), int(tag[1:])
-    return None
+    return int(match[1]), None if match[2] is None else int(match[2])
 
 
-def _client_versions(names: list[str], client_id: int) -> dict[int, str]:
-    """``{round: name}`` of client ``client_id``'s versioned files among ``names`` (of a round
-    with files in both formats, the safetensors one: written later)."""
-    prefix = f"client-{client_id}.r"
-    out: dict[int, str] = {}
-    for name in names:  # plain prefix tests: a glob matches a pattern per file
-        stem = _strip_suffix(name) if name.startswith(prefix) else None
-        tag = stem[len(prefix):] if stem is not None else ""
-        if tag.isdigit() and (int(tag) not in out or name.endswith(head_file.SUFFIX)):
-            out[int(tag)] = name
+def _group_all(folder: Path, names: Iterable[str]) -> dict[int, dict[int, list[Path]]]:
+    """``{client: {round: files}}`` of the versioned head files among ``names`` in ``folder``;
+    of a round with a file in both formats, the safetensors one (written later) first."""
+    out: dict[int, dict[int, list[Path]]] = {}
+    for name in names:
+        parsed = _parse_name(name)
+        if parsed is None or parsed[1] is None:
+            continue
+        files = out.setdefault(parsed[0], {}).setdefault(parsed[1], [])
+        files.insert(0 if name.endswith(head_file.SUFFIX) else len(files), folder / name)
     return out
+
+
+def _group(folder: Path, names: Iterable[str]) -> dict[int, dict[int, Path]]:
+    """``{client: {round: file}}``: :func:`_group_all`'s first file of each round."""
+    return {c: {r: files[0] for r, files in rounds.items()} for c, rounds in _group_all(folder, names).items()}
 
 
 def _newest(versions: Mapping[int, Path], until_round: int | None) -> tuple[int, Path] | None:
