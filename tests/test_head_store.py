@@ -208,8 +208,8 @@ def test_a_save_lists_its_client_s_folder_only_and_a_resume_check_each_folder_on
     listed.clear()
     assert check_heads(store, {c: 1 for c in range(350)}, until_round=2) == []
     folders = [str(tmp_path / f"clients-{lo}-{lo + 99}") for lo in (0, 100, 200, 300)]
-    # the root: once for files of a store without folders, once for the folders
-    assert sorted(listed) == sorted([str(tmp_path), str(tmp_path), *folders])
+    # the root once: its folders, and the files of a store without folders
+    assert sorted(listed) == sorted([str(tmp_path), *folders])
 
 
 def _flat_file(root: Path, name: str, value: float, run_id: str = "run-a") -> None:
@@ -231,10 +231,12 @@ def test_a_store_written_before_the_folders_is_read_and_moved_into_them(tmp_path
     assert store.load(7, until_round=1)["w"][0] == 1.0
     assert store.load(9)["w"][0] == 9.0  # saved without a round
     assert not (tmp_path / "client-7.r1.pt").exists() and (tmp_path / "client-8.r1.pt").exists()
-    # a resume check moves every client's files first: client 8 is found, not "missing"
+    # a resume check reads client 8's file where it is (found, not "missing"), and moves nothing
     assert check_heads(store, {7: 2, 8: 1}, until_round=2) == []
+    assert check_heads(store, {8: 2}, until_round=2)[0].kind == "missing"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["client-8.r1.pt", "clients-0-99", "notes.txt"]
+    assert store.load(8)["w"][0] == 8.0  # the client moves it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clients-0-99", "notes.txt"]
-    assert store.load(8)["w"][0] == 8.0
 
 
 # -- the file format: safetensors with the run's identity; pickles of before still read ---------

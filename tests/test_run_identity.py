@@ -166,7 +166,8 @@ def test_resume_names_a_corrupted_head_file_in_one_line(base_run, tmp_path):
 def test_a_run_killed_under_the_head_files_of_before_resumes_to_the_same_numbers(base_run, tmp_path):
     """A run whose heads were written before 2026-12-01 (``torch.save`` pickles, all directly
     under ``heads/``) resumes with today's store: the files are found, moved into their folders
-    and read, and the run ends with the metrics of the run never killed."""
+    and read, and the run ends with the metrics of the run never killed; a refused resume
+    moves nothing."""
     run = _killed_copy(base_run, tmp_path / "run")
     store = DiskHeadStore(run / "heads")
     for path in sorted((run / "heads").rglob("*.safetensors")):
@@ -177,6 +178,14 @@ def test_a_run_killed_under_the_head_files_of_before_resumes_to_the_same_numbers
     for folder in (run / "heads").glob("clients-*"):
         folder.rmdir()
     assert sorted(p.name for p in (run / "heads").iterdir()) and not list((run / "heads").rglob("*.safetensors"))
+    # a refused resume moves nothing
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace("seed = 0\n", "seed = 1\n", 1))
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert "run.seed = 1 (was 0)" in _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
+    (run / "config.toml").write_text(text)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != "config.toml"} == {
+        p: t for p, t in before.items() if p.name != "config.toml"}
     proc = _fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "metrics.csv").read_text() == (base_run / "metrics.csv").read_text()

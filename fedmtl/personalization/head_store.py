@@ -135,16 +135,16 @@ class DiskHeadStore:
         """
         folder = self.folder(client_id)
         prefix = f"client-{client_id}."
-        names = [n for n in _names(folder) if n.startswith(prefix)]  # a prefix test before parsing
-        if not names and self.adopt_flat_files(client_id):
-            names = [n for n in _names(folder) if n.startswith(prefix)]
-        return _group(folder, names).get(client_id, {})
+        found = _group(folder, [n for n in _names(folder) if n.startswith(prefix)]).get(client_id, {})
+        if not found and self.adopt_flat_files(client_id):  # a store of before: its files move in
+            found = _group(folder, [n for n in _names(folder) if n.startswith(prefix)]).get(client_id, {})
+        return found
 
     def index(self) -> dict[int, dict[int, Path]]:
-        """``{client: {round: file}}`` of every versioned file in the store, as
-        :meth:`versions` finds them, one listing per folder (files directly under ``root``, of
-        a store written before the folders, are not included: :meth:`adopt_flat_files` moves
-        them first).
+        """``{client: {round: file}}`` of every versioned file in the store, as :meth:`versions`
+        finds them (a client with none in its folder: its files directly under ``root``, of a
+        store written before the folders, where they are), one listing per folder; nothing
+        is moved.
 
         Raises
         ------
@@ -152,12 +152,15 @@ class DiskHeadStore:
             When a folder cannot be listed (one line naming it).
         """
         out: dict[int, dict[int, Path]] = {}
-        for name in _names(self.root):
+        names = _names(self.root)
+        for name in names:
             if name.startswith("clients-"):
                 folder = self.root / name
                 found = _group(folder, _names(folder))
                 # a file in another client's folder is not where that client looks
                 out.update({c: v for c, v in found.items() if self.folder(c) == folder})
+        for client, rounds in _group(self.root, names).items():
+            out.setdefault(client, rounds)
         return out
 
     def clients(self) -> list[int]:
@@ -385,8 +388,7 @@ def check_heads(store: DiskHeadStore, trained: Mapping[int, int], until_round: i
         unreadable or not of this run and config.
     """
     problems = []
-    store.adopt_flat_files()
-    index = store.index()  # one listing per folder, not one per client
+    index = store.index()  # one listing per folder, not one per client; nothing moves
     for client in sorted(set(trained) | set(index)):
         found, path = _newest(index.get(client, {}), until_round) or (None, store.path(client))
         need = trained.get(client)
