@@ -74,7 +74,7 @@ def encode(heads: dict[str, torch.Tensor], run_id: str, config: str) -> bytes:
     try:
         return safetensors_bytes(tensors, metadata={KIND: KIND_VALUE, RUN_ID: run_id, CONFIG: config})
     except Exception as exc:  # noqa: BLE001 - a dtype the format lacks, ...: one line
-        raise ValueError(" ".join(f"{type(exc).__name__}: {exc}".split())[:160]) from None
+        raise ValueError(_described(exc)) from None
 
 
 def _unstorable(key: str, value: torch.Tensor) -> str:
@@ -99,16 +99,29 @@ def decode(path: Path) -> HeadFile:
     if path.suffix == LEGACY_SUFFIX:
         return _decode_legacy(path)
     try:
-        with open(path, "rb"):  # the real error of a file that cannot be opened (the reader says "not found")
-            pass
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             heads = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except Exception as exc:  # noqa: BLE001 - any unreadable file is described in one line
-        raise ValueError(" ".join(f"{type(exc).__name__}: {exc}".split())[:160]) from None
+        raise ValueError(_described(_open_error(path) or exc)) from None
     if metadata.get(KIND) != KIND_VALUE:
         raise ValueError("not a fedmtl head file")
     return HeadFile(heads, metadata.get(RUN_ID), metadata.get(CONFIG, ""))
+
+
+def _open_error(path: Path) -> OSError | None:
+    """The operating system's error opening ``path``, if any (the safetensors reader reports a
+    file it may not open as "not found")."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return exc
+
+
+def _described(exc: BaseException) -> str:
+    """``exc`` as one line of at most 160 characters: its type and its text."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
 
 
 def _decode_legacy(path: Path) -> HeadFile:
@@ -116,7 +129,7 @@ def _decode_legacy(path: Path) -> HeadFile:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is described in one line
-        raise ValueError(" ".join(f"{type(exc).__name__}: {exc}".split())[:160]) from None
+        raise ValueError(_described(exc)) from None
     if isinstance(data, dict) and isinstance(data.get("heads"), dict) and isinstance(data.get(RUN_ID), str):
         return HeadFile(data["heads"], data[RUN_ID], str(data.get(CONFIG, "")))
     if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):

@@ -133,12 +133,16 @@ class DiskHeadStore:
         HeadStoreError
             When the client's folder cannot be listed (one line naming it).
         """
+        files = self._files(client_id)
+        if not files and self.adopt_flat_files(client_id):  # a store of before: its files move in
+            files = self._files(client_id)
+        return {r: paths[0] for r, paths in files.items()}
+
+    def _files(self, client_id: int) -> dict[int, list[Path]]:
+        """``{round: files}`` of the client's versioned files in its folder (:func:`_group_all`)."""
         folder = self.folder(client_id)
-        prefix = f"client-{client_id}."
-        found = _group(folder, [n for n in _names(folder) if n.startswith(prefix)]).get(client_id, {})
-        if not found and self.adopt_flat_files(client_id):  # a store of before: its files move in
-            found = _group(folder, [n for n in _names(folder) if n.startswith(prefix)]).get(client_id, {})
-        return found
+        prefix = f"client-{client_id}."  # a prefix test before parsing
+        return _group_all(folder, [n for n in _names(folder) if n.startswith(prefix)]).get(client_id, {})
 
     def index(self) -> dict[int, dict[int, Path]]:
         """``{client: {round: file}}`` of every versioned file in the store, as :meth:`versions`
@@ -263,8 +267,7 @@ class DiskHeadStore:
         if server_round is None:
             return
         oldest = oldest_resumable_checkpoint(server_round, checkpoint_every)
-        prefix = f"client-{client_id}."
-        files = _group_all(path.parent, [n for n in _names(path.parent) if n.startswith(prefix)]).get(client_id, {})
+        files = self._files(client_id)
         older = [r for r in files if r <= oldest]
         keep = max(older) if older else None
         for r in older:  # of the round kept, its copy in the format of before goes
