@@ -29,8 +29,9 @@ STATISTICS = ("mean", "wmean", "std", "worst", "best", "worst10", "jain", "var",
 
 
 def worst_fraction_mean(values: np.ndarray, fraction: float, higher_is_better: bool = True) -> float:
-    """Mean of the ``max(1, ⌊fraction·n⌋)`` worst values."""
-    if len(values) == 0:
+    """Mean of the ``max(1, ⌊fraction·n⌋)`` worst values (NaN when a value is NaN, as the mean
+    and the worst value are: a NaN is neither worst nor best)."""
+    if len(values) == 0 or bool(np.isnan(values).any()):
         return math.nan
     k = max(1, math.floor(fraction * len(values)))
     ordered = np.sort(values)
@@ -38,25 +39,42 @@ def worst_fraction_mean(values: np.ndarray, fraction: float, higher_is_better: b
     return float(worst.mean())
 
 
+def _negative(values: np.ndarray) -> bool:
+    """Whether a value is below 0: Jain's index, the Gini coefficient and the entropy share
+    out a non-negative quantity (an accuracy, a loss), and are NaN otherwise."""
+    return bool((values < 0).any())
+
+
 def jain_index(values: np.ndarray) -> float:
-    """Jain's fairness index ``(Σa)² / (n Σa²)`` in ``[1/n, 1]``; 1 when all equal (NaN if all 0)."""
+    """Jain's fairness index ``(Σa)² / (n Σa²)`` in ``[1/n, 1]``; 1 when all equal (NaN if all 0
+    or one is negative). Computed on ``a / max a``, the same index, so that squares of very
+    small or very large values neither underflow nor overflow."""
     values = np.asarray(values, dtype=np.float64)
-    denom = len(values) * float(np.sum(values**2))
-    return float(np.sum(values) ** 2 / denom) if denom > 0 else math.nan
+    if len(values) == 0 or _negative(values):
+        return math.nan
+    largest = float(values.max())
+    if not largest > 0 or not math.isfinite(largest):
+        return math.nan
+    scaled = values / largest
+    return float(np.sum(scaled) ** 2 / (len(scaled) * float(np.sum(scaled**2))))
 
 
 def gini_coefficient(values: np.ndarray) -> float:
-    """``Σ_i Σ_j |a_i − a_j| / (2 n² ā)``; 0 when all equal, NaN when the mean is 0."""
+    """``Σ_i Σ_j |a_i − a_j| / (2 n² ā)``; 0 when all equal, NaN when the mean is 0 or a value is negative."""
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean()) if len(values) else 0.0
-    if mean == 0:
+    if mean == 0 or _negative(values):
         return math.nan
     return float(np.abs(values[:, None] - values[None, :]).sum() / (2 * len(values) ** 2 * mean))
 
 
 def normalised_entropy(values: np.ndarray) -> float:
-    """Entropy ``−Σ p log p`` of ``p = (a + 1e-9) / Σ (a + 1e-9)`` (``log n`` when all equal)."""
-    values = np.asarray(values, dtype=np.float64) + 1e-9
+    """Entropy ``−Σ p log p`` of ``p = (a + 1e-9) / Σ (a + 1e-9)`` (``log n`` when all equal;
+    NaN when a value is negative)."""
+    values = np.asarray(values, dtype=np.float64)
+    if _negative(values):
+        return math.nan
+    values = values + 1e-9
     p = values / values.sum()
     return float(-(p * np.log(p)).sum())
 
@@ -211,14 +229,17 @@ def row_statistics(values: np.ndarray, higher_is_better: bool = True) -> dict[st
         k = np.maximum(1, np.floor(0.1 * count)).astype(int)
         worst = np.take_along_axis(np.cumsum(filled, axis=1), (k - 1)[:, None], axis=1)[:, 0] / k
         worst = np.where(count > 0, worst, math.nan)
-        squares = (filled**2).sum(axis=1)
-        jain = np.where((count > 0) & (squares > 0), total**2 / (count * squares), math.nan)
+        shares = (count > 0) & ~np.any(filled < 0, axis=1)  # Jain and Gini share out non-negative values
+        largest = filled.max(axis=1)
+        scaled = filled / np.where(largest > 0, largest, 1.0)[:, None]  # as jain_index: no under- or overflow
+        jain = np.where(shares & (largest > 0) & np.isfinite(largest),
+                        scaled.sum(axis=1) ** 2 / (count * (scaled**2).sum(axis=1)), math.nan)
         # Σ_i Σ_j |a_i − a_j| = 2 Σ_i (2i − n − 1) a_(i) over the values in ascending order
         ascending = np.sort(values, axis=1)
         rank = np.arange(1, values.shape[1] + 1)[None, :]
         weights = np.where(rank <= count[:, None], 2 * rank - count[:, None] - 1, 0)
         pairs = 2.0 * (weights * np.where(np.isnan(ascending), 0.0, ascending)).sum(axis=1)
-        gini = np.where((count > 0) & (mean != 0), pairs / (2.0 * count**2 * mean), math.nan)
+        gini = np.where(shares & (mean != 0), pairs / (2.0 * count**2 * mean), math.nan)
     return {"mean": mean, "worst10": worst, "jain": jain, "gini": gini}
 
 

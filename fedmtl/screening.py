@@ -26,14 +26,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedmtl.metric_sets import MAX_METRICS, MAX_NAME, metric_set_problem
 from fedmtl.protocol import (
     EVALUATE_REPLY_KEYS,
+    HEADS_IN,
     LOSS,
+    LOSS_BEFORE,
     NUM_EXAMPLES,
     TEST,
     TEST_GLOBAL,
     TRAIN,
     TRAIN_REPLY_KEYS,
+    TrainCall,
     metric_key,
     parse_metric_keys,
 )
@@ -106,12 +110,13 @@ def norm_outliers(norms: list[float], factor: float, minimum: int = 3) -> list[b
     Returns
     -------
     list[bool]
-        ``True`` where the update is an outlier.
+        ``True`` where the update is an outlier. With a median of 0 (most replies moved
+        nothing) no length is typical, and nothing is flagged.
     """
-    if factor == 0 or len(norms) < minimum:
+    median = float(np.median(norms)) if norms else 0.0
+    if factor == 0 or len(norms) < minimum or median == 0:
         return [False] * len(norms)
-    bound = factor * float(np.median(norms))
-    return [n > bound for n in norms]
+    return [n > factor * median for n in norms]
 
 
 # -- self-reported quantities --------------------------------------------------------------
@@ -153,6 +158,13 @@ class ClientLimits:
     tasks: frozenset[str]
     max_train: int = 0
     max_test: int = 0
+    kinds: tuple[tuple[str, str], ...] = ()
+    """``(task, kind)`` of each task (:mod:`fedmtl.tasks`); empty: the kinds are not known,
+    and the evaluation metrics are checked by their names alone."""
+
+    def kind(self, task: str) -> str | None:
+        """The kind of ``task`` (``None``: not known)."""
+        return dict(self.kinds).get(task)
 
 
 class KnownClients:
@@ -204,9 +216,17 @@ class KnownClients:
         if self.max_examples == 0:
             federation = load_federation(self.data, self.seed)
             train, test = federation.sizes(client)  # counted without building the data where it can
-            tasks = frozenset(t.name for t in federation.client_tasks(client))
-            return ClientLimits(tasks, train, test)
-        return ClientLimits(frozenset(self._client_task_sets()[client]), self.max_examples, self.max_examples)
+            specs = federation.client_tasks(client)
+            return ClientLimits(frozenset(t.name for t in specs), train, test, tuple((t.name, t.kind) for t in specs))
+        names = self._client_task_sets()[client]
+        kinds = {t.name: t.kind for t in self._dataset_tasks()}
+        return ClientLimits(frozenset(names), self.max_examples, self.max_examples,
+                            tuple((name, kinds[name]) for name in names if name in kinds))
+
+    def _dataset_tasks(self) -> list:
+        from fedmtl.data import dataset_tasks
+
+        return list(dataset_tasks(self.data))
 
     def _client_task_sets(self) -> list[list[str]]:
         from fedmtl.data import dataset_tasks
@@ -218,9 +238,18 @@ class KnownClients:
         return self._task_sets
 
 
+def one_line(text: object, limit: int) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: runs of white space
+    (line breaks included) become one space, other characters that do not print (terminal
+    escapes) become ``?``. Text a client sent goes into logs and messages only this way, so
+    that it cannot forge a line of its own."""
+    flat = " ".join(str(text).split())[:limit]
+    return "".join(c if c.isprintable() else "?" for c in flat)
+
+
 def _short(name: object) -> str:
-    """A name a client sent, cut to 64 characters for messages and logs."""
-    return str(name)[:64]
+    """A name a client sent, as one printable line of at most 64 characters (:func:`one_line`)."""
+    return one_line(name, 64)
 
 
 def as_integer(value: object) -> int | None:
@@ -237,9 +266,14 @@ def as_integer(value: object) -> int | None:
 def number_values(record: Mapping[str, object]) -> dict[str, float] | str:
     """A metric record's values as floats, or why it cannot be read: every value must be a
     number (``int`` or ``float``, not a list or a ``bool``), finite, and an ``int`` below
-    :data:`LARGEST_INT` in magnitude."""
+    :data:`LARGEST_INT` in magnitude; at most :data:`fedmtl.metric_sets.MAX_METRICS` of them, each
+    name a string of at most :data:`fedmtl.metric_sets.MAX_NAME` characters."""
+    if len(record) > MAX_METRICS:
+        return f"{len(record)} metrics, more than the {MAX_METRICS} a reply may carry"
     values = {}
     for key, value in record.items():
+        if not isinstance(key, str) or len(key) > MAX_NAME:
+            return f"metric name '{_short(key)}...' is longer than {MAX_NAME} characters"
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"metric '{_short(key)}' is a {type(value).__name__}, not a number"
         if isinstance(value, int) and abs(value) >= LARGEST_INT:
@@ -284,13 +318,41 @@ def _range_problem(key: str, value: float, low: float, high: float) -> str:
     return f"metric '{_short(key)}' is {value:g}, outside [{low:g}, {high:g}]" if not low <= value <= high else ""
 
 
-def train_metrics_problem(values: Mapping[str, float], limits: ClientLimits | None) -> str:
+def _all_tasks_problem(reported: Collection[str], limits: ClientLimits | None, what: str) -> str:
+    """A client's reply must report every task it holds (an honest one always does: a client
+    that left out a task would hide it from aggregation and from the fairness statistics)."""
+    if limits is None:
+        return ""
+    missing = sorted(limits.tasks - set(reported))
+    return f"no {what} metrics of task '{_short(missing[0])}', which the client holds" if missing else ""
+
+
+def _call_problem(values: Mapping[str, float], call: TrainCall | None) -> str:
+    """What the reply says that contradicts the call it answers: the heads it started from
+    (``heads-fingerprint-in``) are not those the call named, or its losses before training are
+    missing where the call asked for them, or there where it did not."""
+    if call is None:
+        return ""
+    if call.heads_in is not None and values[HEADS_IN] != call.heads_in:
+        return f"{HEADS_IN} {values[HEADS_IN]!r}, not the {call.heads_in!r} the call named"
+    for task, metrics in parse_metric_keys(values, TRAIN).items():
+        if call.needs_losses_before and LOSS_BEFORE not in metrics:
+            return f"no {metric_key(TRAIN, task, LOSS_BEFORE)}, which the call asked for"
+        if not call.needs_losses_before and LOSS_BEFORE in metrics:
+            return f"{metric_key(TRAIN, task, LOSS_BEFORE)}, which the call did not ask for"
+    return ""
+
+
+def train_metrics_problem(values: Mapping[str, float], limits: ClientLimits | None,
+                          call: TrainCall | None = None) -> str:
     """Why a training reply's metrics (numbers, :func:`number_values`) cannot be used (``""`` if they can).
 
     Required: the plain keys of :data:`fedmtl.protocol.TRAIN_REPLY_KEYS`, a whole
-    ``num-examples`` in [1, ``limits.max_train``], and for every task reported (the client's
-    own only) its ``loss``; per-task metrics are :data:`TRAIN_TASK_METRICS`, losses in
-    [0, :data:`MAX_LOSS`].
+    ``num-examples`` in [1, ``limits.max_train``], and for every task the client holds (and
+    only those) its ``loss``; per-task metrics are :data:`TRAIN_TASK_METRICS`, losses in
+    [0, :data:`MAX_LOSS`]. Given the ``call`` the reply answers, the reply must agree with it
+    (:func:`_call_problem`): its ``heads-fingerprint-in`` is the one the call named, and it
+    reports ``loss-before`` exactly when the call asked for it.
     """
     missing = [k for k in TRAIN_REPLY_KEYS if k not in values]
     if missing:
@@ -307,7 +369,7 @@ def train_metrics_problem(values: Mapping[str, float], limits: ClientLimits | No
                 return f"unexpected metric '{_short(metric_key(TRAIN, task, name))}'"
             if name in LOSS_METRICS and (problem := _range_problem(metric_key(TRAIN, task, name), value, 0, MAX_LOSS)):
                 return problem
-    return ""
+    return _all_tasks_problem(parse_metric_keys(values, TRAIN), limits, TRAIN) or _call_problem(values, call)
 
 
 def evaluation_range(name: str, count: float) -> tuple[float, float] | None:
@@ -350,16 +412,30 @@ def evaluate_metrics_problem(values: Mapping[str, float], limits: ClientLimits |
                                             tuple(v for v in views if v != TEST))
     if problem:
         return problem
-    count = values[NUM_EXAMPLES]
     for stage in (TEST, TEST_GLOBAL):
-        for task, metrics in parse_metric_keys(values, stage).items():
-            for name, value in metrics.items():
-                valid = evaluation_range(name, count)
-                if valid is None:
-                    return f"unexpected metric '{_short(metric_key(stage, task, name))}'"
-                if problem := _range_problem(metric_key(stage, task, name), value, *valid):
-                    return problem
+        per_task = parse_metric_keys(values, stage)
+        if (stage == TEST or per_task) and (problem := _view_problem_of(stage, per_task, limits, values[NUM_EXAMPLES])):
+            return problem
     return ""
+
+
+def _view_problem_of(stage: str, per_task: Mapping[str, Mapping[str, float]], limits: ClientLimits | None,
+                     count: float) -> str:
+    """Why the metrics of one view (``{task: {metric: value}}``) cannot be used: a metric no
+    task kind reports or one out of its range, a set of a task's metrics its kind could not
+    have produced (:func:`fedmtl.metric_sets.metric_set_problem`, when the kinds are known), or
+    a task of the client's missing."""
+    for task, metrics in per_task.items():
+        for name, value in metrics.items():
+            valid = evaluation_range(name, count)
+            if valid is None:
+                return f"unexpected metric '{_short(metric_key(stage, task, name))}'"
+            if problem := _range_problem(metric_key(stage, task, name), value, *valid):
+                return problem
+        kind = limits.kind(task) if limits else None
+        if kind is not None and (problem := metric_set_problem(metrics, kind, count)):
+            return f"{stage}.{_short(task)}: {one_line(problem, 300)}"
+    return _all_tasks_problem(per_task, limits, stage)
 
 
 def placement_text(value: object) -> str:

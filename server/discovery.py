@@ -143,8 +143,11 @@ class ClientDirectory:
             raise FederationMismatch(f"node {node} failed client discovery: {error}")
         for node, problem in problems.items():
             self.ignore(node, problem, strict)
+        for node, problem in duplicate_claims(infos).items():
+            self.ignore(node, problem, strict)
+            del infos[node]
         remapped = []
-        for node in sorted(infos):  # node ids grow with time: the newest node wins
+        for node in sorted(infos):  # a new node claiming a mapped client is that client reconnected
             if problem := self.mismatch(infos[node][1]):
                 if strict:
                     raise FederationMismatch(problem)
@@ -157,6 +160,17 @@ class ClientDirectory:
                     remapped.append(partition)
                 self.clients[partition] = node
         return remapped
+
+
+def duplicate_claims(infos: dict[int, tuple[int, int]]) -> dict[int, str]:
+    """``{node: problem}`` of the nodes that claim the same partition id as another node of
+    ``infos`` (one query's answers): which of them serves the client cannot be told, so none
+    is used (Flower's node ids are random: no order says which came last)."""
+    claims: dict[int, list[int]] = {}
+    for node, (partition, _) in sorted(infos.items()):
+        claims.setdefault(partition, []).append(node)
+    return {node: f"nodes {', '.join(map(str, nodes))} all claim partition-id {partition}"
+            for partition, nodes in claims.items() if len(nodes) > 1 for node in nodes}
 
 
 def shared_supernodes(cfg: ExperimentConfig) -> int:

@@ -60,15 +60,18 @@ def train_reply_reader(
     """A reader of an attempt's training replies, called on each batch as it comes; it reads
     them in order (``seen``: clients already accepted this round; a second reply of a client,
     in this batch or an earlier one, is rejected; ``limits``: each client's limits). A reply
-    counts as the client its message was sent to, and must come from the node it went to.
+    counts as the client its message was sent to, must come from the node it went to, and must
+    agree with the call the message made (the heads named, the losses asked for).
     ``messages`` must have been sent (their ids are set)."""
     sent, nodes, accepted = addressees(messages), destinations(messages), set(seen)
+    calls = {m.metadata.message_id: wire.read_call(m.content[wire.CALL]) for m in messages}
 
     def read(replies: list[Message]) -> list[Accepted | Rejected | Failed]:
         outcomes = []
         for reply in replies:
             node = nodes.get(reply.metadata.reply_to_message_id)
-            outcome = read_train_reply(reply, addressee(reply, sent), like, parts, accepted, limits, node)
+            call = calls.get(reply.metadata.reply_to_message_id)
+            outcome = read_train_reply(reply, addressee(reply, sent), like, parts, accepted, limits, node, call)
             if isinstance(outcome, Accepted):
                 accepted.add(outcome.client)
             outcomes.append(outcome)
@@ -169,6 +172,7 @@ def log_rejections(server_round: int, stage: str, outcomes: list) -> int:
 
 def placement_rows(server_round: int, stage: str, messages: list[Message], replies: list[Message]) -> list[tuple]:
     """The ``placement.csv`` rows of an exchange's replies, sorted."""
-    sent = addressees(messages)
-    rows = [placement_row(r, addressee(r, sent), server_round, stage) for r in replies if not r.has_error()]
+    sent, nodes = addressees(messages), destinations(messages)
+    rows = [placement_row(r, addressee(r, sent), server_round, stage, nodes.get(r.metadata.reply_to_message_id))
+            for r in replies if not r.has_error()]
     return sorted(row for row in rows if row is not None)

@@ -32,6 +32,7 @@ from fedmtl.screening import (
     evaluate_metrics_problem,
     keys_problem,
     number_values,
+    one_line,
     placement_text,
     train_metrics_problem,
     update_problem,
@@ -111,20 +112,21 @@ MAX_NPY_HEADER = 65_536 + 10
 
 
 def client_error_message(reason: object) -> str:
-    """The client's own exception message out of the engine's wrapped error text."""
+    """The client's own exception message out of the engine's wrapped error text, as one
+    printable line of at most :data:`MAX_REASON` characters (:func:`fedmtl.screening.one_line`:
+    a client cannot write a line of its own into the logs)."""
     reason = str(reason)
     marker = "Message: "
     if marker in reason:
         reason = reason[reason.rindex(marker) + len(marker) :]
-    return reason.strip().removesuffix("'>").strip()[:MAX_REASON]
+    return one_line(reason.strip().removesuffix("'>").strip(), MAX_REASON)
 
 
 def refusal_problem(record: object) -> str:
     """``refused: <the client's reason>`` of a :data:`fedmtl.protocol.REFUSAL` record, the
     reason kept to one printable line of at most :data:`MAX_REASON` characters."""
     reason = record.get(wire.REFUSAL_REASON) if isinstance(record, ConfigRecord) else None
-    text = " ".join(reason.split())[:MAX_REASON] if isinstance(reason, str) else ""
-    return "refused: " + ("".join(c if c.isprintable() else "?" for c in text) or "no reason given")
+    return "refused: " + ((one_line(reason, MAX_REASON) if isinstance(reason, str) else "") or "no reason given")
 
 
 def has_record(content: RecordDict, key: str, kind: type) -> bool:
@@ -193,15 +195,20 @@ def read_arrays(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> dict
     return out
 
 
+def from_addressee(reply: Message, node: int | None) -> bool:
+    """Whether ``reply`` comes from ``node``, the node its message went to (``None``: not checked)."""
+    return node is None or reply.metadata.src_node_id == node
+
+
 def _check_sender(reply: Message, client: int | None, node: int | None) -> Failed | Rejected | dict[str, float]:
-    """The reply's metrics, once it is known to answer ``client`` from ``node``; else why not."""
-    if reply.has_error():
-        return Failed(client, client_error_message(reply.error.reason))
+    """The reply's metrics, once it is known to answer ``client`` from ``node``; else why not
+    (an error in place of a reply counts only from that node, too)."""
     if client is None:
         return Rejected(None, "a reply to no message of this round")
-    source = reply.metadata.src_node_id
-    if node is not None and source != node:
-        return Rejected(client, f"a reply from node {source} to the message sent to node {node}")
+    if not from_addressee(reply, node):
+        return Rejected(client, f"a reply from node {reply.metadata.src_node_id} to the message sent to node {node}")
+    if reply.has_error():
+        return Failed(client, client_error_message(reply.error.reason))
     if has_record(reply.content, wire.REFUSAL, ConfigRecord):
         return Refused(client, refusal_problem(reply.content[wire.REFUSAL]))
     if not has_record(reply.content, wire.METRICS, MetricRecord):
@@ -235,7 +242,7 @@ def _read_parts(reply: Message, like: dict[str, torch.Tensor], tasks: list[str])
 
 def read_train_reply(
     reply: Message, client: int | None, like: dict[str, torch.Tensor], parts: bool, seen: Collection[int] = (),
-    limits: Limits | None = None, node: int | None = None,
+    limits: Limits | None = None, node: int | None = None, call: wire.TrainCall | None = None,
 ) -> Accepted | Rejected | Failed:
     """Read one training reply (total: any reply gives an outcome).
 
@@ -255,6 +262,9 @@ def read_train_reply(
         The client's limits (its tasks, its data size); ``None``: not bounded.
     node : int, optional
         The node the message went to; the reply must come from it (``None``: not checked).
+    call : fedmtl.protocol.TrainCall, optional
+        The call the message made; the reply must agree with it
+        (:func:`fedmtl.screening.train_metrics_problem`; ``None``: not checked).
     """
     checked = _check_sender(reply, client, node)
     if not isinstance(checked, dict):
@@ -262,7 +272,7 @@ def read_train_reply(
     assert client is not None
     if client in seen:
         return Rejected(client, "a second reply from the same client")
-    problem = train_metrics_problem(checked, limits(client) if limits else None)
+    problem = train_metrics_problem(checked, limits(client) if limits else None, call)
     if problem:
         return Rejected(client, problem)
     tasks = sorted(wire.parse_metric_keys(checked, wire.TRAIN))
@@ -291,11 +301,14 @@ def read_evaluate_reply(
                      wire.parse_metric_keys(checked, wire.TEST_GLOBAL))
 
 
-def placement_row(reply: Message, client: int | None, server_round: int, stage: str) -> tuple | None:
-    """The ``placement.csv`` row of a reply (``None`` for one without placement or metrics);
-    each value a printable string of at most :data:`fedmtl.screening.MAX_PLACEMENT` characters."""
+def placement_row(reply: Message, client: int | None, server_round: int, stage: str,
+                  node: int | None = None) -> tuple | None:
+    """The ``placement.csv`` row of a reply (``None`` for one without placement or metrics, or
+    from another node than ``node``, the one its message went to); each value a printable
+    string of at most :data:`fedmtl.screening.MAX_PLACEMENT` characters."""
     content = reply.content
-    if client is None or not has_record(content, wire.PLACEMENT, ConfigRecord) or not has_record(
+    usable = client is not None and from_addressee(reply, node)
+    if not usable or not has_record(content, wire.PLACEMENT, ConfigRecord) or not has_record(
             content, wire.METRICS, MetricRecord):
         return None
     where = content[wire.PLACEMENT]

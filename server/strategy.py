@@ -21,6 +21,7 @@ when the last round ends.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from logging import INFO, WARNING
 
@@ -203,7 +204,9 @@ class FedMTLStrategy:
 
     def aggregate_train(self, server_round: int, accepted: list[Accepted]) -> tuple[int, float] | str:
         """Weight the accepted updates, take the server step; return the fallbacks and the loss,
-        or why the round must be skipped (a combined update or a new model that is not finite)."""
+        or why the round must be skipped (a combined update or a new model that is not finite).
+        A skipped round leaves the server's weightings and optimizer as they were before it."""
+        before = self.server_state()
         rows = [row for reply in accepted for row in plan_rows(reply, self.device)]
         result = self.plan(rows)
         for fallback in result.fallbacks:
@@ -211,6 +214,7 @@ class FedMTLStrategy:
         keys = list(self.state)
         new = stepped(flatten_state(self.state, keys), result.direction, self.optimizer)
         if isinstance(new, str):
+            self.load_server_state(before)
             return f"{new} (plan '{self.cfg.server.plan}', weighting '{self.cfg.server.weighting}')"
         metric_rows = [row for reply in accepted for row in train_metric_rows(server_round, reply)]
         self.recorder.log_metrics(metric_rows + weight_rows(server_round, result))
@@ -218,6 +222,18 @@ class FedMTLStrategy:
         self.state = unflatten_state(new, self.state, keys)
         self.arrays = ArrayRecord(self.state)
         return len(result.fallbacks), train_loss(accepted)
+
+    def server_state(self) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+        """Copies of the server optimizer's and the weightings' states (what aggregating changes)."""
+        return (copy.deepcopy(self.optimizer.state_dict()),
+                {level: w.state_dict() for level, w in self.plan.weightings().items()})
+
+    def load_server_state(self, state: tuple[dict[str, object], dict[str, dict[str, object]]]) -> None:
+        """Restore :meth:`server_state` output."""
+        optimizer, weightings = state
+        self.optimizer.load_state_dict(optimizer)
+        for level, weighting in self.plan.weightings().items():
+            weighting.load_state_dict(weightings[level])
 
     def skip(self, server_round: int, record: TrainRecord, reasons: list[str], why: str = "") -> TrainRecord:
         """Leave the model as it is, or stop the run after ``server.max-failed-rounds`` skips in a row."""

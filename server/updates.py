@@ -68,9 +68,12 @@ def screen_norms(formed: dict[int, Accepted], factor: float) -> list[int]:
 
 def stepped(flat: torch.Tensor, direction: torch.Tensor, optimizer: ServerOptimizer) -> torch.Tensor | str:
     """The flat federated state after the server step along the combined ``direction``, or
-    why not: the direction or the new state is not finite (the round is then skipped; the
-    optimizer takes no step on a direction that is not finite)."""
+    why not: the direction, the optimizer's state after the step or the new state is not
+    finite (the round is then skipped, and the caller restores the optimizer's state; it
+    takes no step on a direction that is not finite)."""
     if not bool(torch.isfinite(direction).all()):
         return "the combined update is not finite"
     new = flat + optimizer.step(direction.to("cpu", torch.float32))
+    if not optimizer.finite():
+        return f"the server optimizer's state is not finite after the step (server.optimizer = '{optimizer.kind}')"
     return new if bool(torch.isfinite(new).all()) else "the model after the server step is not finite"

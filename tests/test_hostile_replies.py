@@ -279,6 +279,7 @@ def test_known_clients_bound_by_each_clients_own_data_and_tasks():
         got = known(client)
         assert got.tasks == {t.name for t in fed.client_tasks(client)} and len(got.tasks) == 1
         assert (got.max_train, got.max_test) == (len(fed.client(client).train), len(fed.client(client).test))
-    # a cap instead: no data needed, the same task sets
+        assert got.kinds == tuple((t.name, t.kind) for t in fed.client_tasks(client))
+    # a cap instead: no data needed, the same task sets and kinds
     capped = KnownClients(cfg.data, cfg.run.seed, 500)
-    assert [capped(c) for c in range(6)] == [ClientLimits(known(c).tasks, 500, 500) for c in range(6)]
+    assert [capped(c) for c in range(6)] == [ClientLimits(known(c).tasks, 500, 500, known(c).kinds) for c in range(6)]

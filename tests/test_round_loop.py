@@ -106,13 +106,15 @@ GRID: type[FakeGrid] = FakeGrid
 
 
 def good(msg: Message, call: wire.TrainCall, client: int | None = None) -> Message:
-    """A well-formed reply of the client the message is for (or the one named)."""
+    """A well-formed reply of the client the message is for (or the one named): every metric of
+    both its tasks, from the heads the call named (``heads-fingerprint-in``)."""
     who = call.client if client is None else client
     if msg.metadata.message_type == MessageType.EVALUATE:
-        metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 5, "test.left.accuracy": 0.5,
-                   "test.right.accuracy": 0.25}
+        metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 5, "test.left.accuracy": 0.5, "test.left.loss": 1.5,
+                   "test.right.accuracy": 0.25, "test.right.loss": 2.5}
         return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
-    metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 10, wire.HEADS_IN: 0.1, wire.HEADS_OUT: 0.2,
+    heads_in = 0.1 if call.heads_in is None else call.heads_in
+    metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 10, wire.HEADS_IN: heads_in, wire.HEADS_OUT: 0.2,
                "train.left.loss": 1.0, "train.right.loss": 2.0}
     update = ArrayRecord({k: torch.full_like(v, 0.1 * (who + 1)) for k, v in STATE.items()})
     return Message(RecordDict({wire.METRICS: MetricRecord(metrics), wire.UPDATE: update,

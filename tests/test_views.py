@@ -104,6 +104,8 @@ def with_global_view(msg: Message, call: wire.TrainCall) -> Message:
     if msg.metadata.message_type == MessageType.EVALUATE:
         reply.content[wire.METRICS]["test-global.left.accuracy"] = 0.1 * (call.client + 1)
         reply.content[wire.METRICS]["test-global.right.accuracy"] = 0.75
+        reply.content[wire.METRICS]["test-global.left.loss"] = 1.0
+        reply.content[wire.METRICS]["test-global.right.loss"] = 1.0
     return reply
 
 
@@ -122,11 +124,11 @@ def test_the_global_views_statistics_are_recorded_beside_the_personal_ones(tmp_p
     strategy.start(FakeGrid(4, with_global_view), ArrayRecord(STATE))  # type: ignore[arg-type]
     metrics = pd.read_csv(tmp_path / "metrics.csv", dtype={"task": str})
     view = metrics[metrics.split == "test-global"]
-    assert len(view) == 2 * 4 * 2  # rounds × clients × tasks
-    left = view[(view["round"] == 2) & (view.task == "left")].sort_values("client")
+    assert len(view) == 2 * 4 * 2 * 2  # rounds × clients × tasks × (accuracy, loss)
+    left = view[(view["round"] == 2) & (view.task == "left") & (view.metric == "accuracy")].sort_values("client")
     assert list(left.value) == pytest.approx([0.1, 0.2, 0.3, 0.4])
     test = metrics[metrics.split == "test"]
-    assert set(test[test.task != "all"].value) == {0.5, 0.25}  # the personal model's, unchanged
+    assert set(test[(test.task != "all") & (test.metric == "accuracy")].value) == {0.5, 0.25}  # the personal model's
 
     rounds = pd.read_csv(tmp_path / "rounds.csv")
     personal = [c for c in rounds.columns if c.startswith(("left.", "right.", "overall."))]

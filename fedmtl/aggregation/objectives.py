@@ -69,6 +69,17 @@ class Objectives:
         if len(set(sizes.values())) != 1:
             raise ValueError(f"Objectives fields disagree on the number of rows: {sizes}")
 
+    def nonfinite(self) -> str:
+        """Which of the losses, example counts and update rows hold a NaN or an infinity
+        (``""``: none). Rules refuse such objectives: a NaN would otherwise turn into NaN
+        weights, or be dropped by a robust rule, without a word."""
+        for name, value in (("losses", self.losses), ("num_examples", self.num_examples),
+                            ("updates", self.updates)):
+            if value is not None and not bool(torch.isfinite(value).all()):
+                rows = sorted({int(i) for i in torch.nonzero(~torch.isfinite(value.reshape(len(value), -1)))[:, 0]})
+                return f"the objectives' {name} are not finite (NaN or Inf) in row(s) {rows[:8]}"
+        return ""
+
     def __len__(self) -> int:
         for value in (self.updates, self.losses, self.num_examples):
             if value is not None:

@@ -220,7 +220,14 @@ class Weighting(Rule):
 
     def weigh(self, objectives: Objectives) -> Weights:
         """Weights for ``objectives`` (float64 on the CPU, shape ``(m,)``) and how the call
-        went."""
+        went.
+
+        Raises
+        ------
+        ValueError
+            When the objectives hold a NaN or an infinity (:meth:`Objectives.nonfinite`).
+        """
+        refuse_nonfinite(self, objectives)
         result = self.compute(objectives)
         if not isinstance(result, Weights):
             result = Weights(result)
@@ -261,8 +268,15 @@ class Aggregator(Rule):
         raise NotImplementedError
 
     def aggregate(self, objectives: Objectives) -> Aggregate:
-        """The direction for ``objectives`` and how the call went."""
+        """The direction for ``objectives`` and how the call went.
+
+        Raises
+        ------
+        ValueError
+            When the objectives hold a NaN or an infinity (:meth:`Objectives.nonfinite`).
+        """
         self._rows(objectives)
+        refuse_nonfinite(self, objectives)
         result = self.compute(objectives)
         if self.per_row and result.parts is None:
             raise RuntimeError(f"aggregator '{self.name}' declares per_row but returned no parts")
@@ -275,6 +289,15 @@ class Aggregator(Rule):
     def combine(self, objectives: Objectives) -> Combined:
         result = self.aggregate(objectives)
         return Combined(result.direction, None, result.info, result.parts)
+
+
+def refuse_nonfinite(rule: Rule, objectives: Objectives) -> None:
+    """Raise a one-line ``ValueError`` naming ``rule`` when ``objectives`` hold a NaN or an
+    infinity: a diverged local training, or rows no screening caught."""
+    problem = objectives.nonfinite()
+    if problem:
+        raise ValueError(f"{rule.kind} '{rule.name}': {problem}; the training diverged (lower the learning rate) "
+                         f"or the rows are corrupt")
 
 
 def validate_params(cls: type[Rule], params: dict[str, Any]) -> BaseModel:

@@ -66,6 +66,11 @@ class ServerOptimizer:
         self.second = self.beta2 * self.second + (1 - self.beta2) * direction.square()
         return self.lr * self.first / (self.second.sqrt() + self.adaptivity)
 
+    def finite(self) -> bool:
+        """Whether the moment buffers are finite (a finite update too large for float32 can make
+        Adam's second moment infinite, and it would stay so)."""
+        return all(bool(torch.isfinite(b).all()) for b in (self.first, self.second) if b is not None)
+
     def state_dict(self) -> dict[str, Any]:
         """Moment buffers (for checkpoints)."""
         return {"first": self.first, "second": self.second}

@@ -8,8 +8,9 @@ import torch
 from pydantic import Field
 
 from fedmtl.aggregation.gramian import TorchjdWeighting
+from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.registry import register
-from fedmtl.aggregation.rule import NoParams
+from fedmtl.aggregation.rule import NoParams, Weights
 
 RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c**2, 2: lambda c: 1.0 + c}
 """The official code's ``rescale`` argument: the divisor of ``g₀ + λ g_w`` for 0, 1, 2."""
@@ -23,8 +24,15 @@ class CAGrad(TorchjdWeighting):
     NeurIPS 2021 (arXiv 2110.14048). With ``g₀`` the mean row and ``w ∈ Δ`` minimising
     ``g_wᵀg₀ + c‖g₀‖‖g_w‖``, the direction is ``d = (g₀ + (c‖g₀‖/‖g_w‖) g_w) / r``.
     ``g₀ + …`` is torchjd 0.18's ``CAGradWeighting`` (its weights are
-    ``1/m + (c‖g₀‖/‖g_w‖) w``; zero weights where ``‖g_w‖`` is below its ``norm_eps``, i.e.
-    on Pareto-stationary rows with ``c ≥ 1``, where the direction is 0 and no row conflicts).
+    ``1/m + (c‖g₀‖/‖g_w‖) w``). Where ``‖g_w‖`` is below torchjd's ``norm_eps`` (1e-4 of the
+    trace-normalised scale) torchjd gives zero weights, a zero direction; that happens
+    whenever 0 is in (or next to) the rows' hull (a zero row, or rows g and −g), for every c.
+    For c ≥ 1 that is right: d = 0 lies in the ball ``‖d − g₀‖ ≤ c‖g₀‖`` and no direction does
+    better than ``min_i g_iᵀd = 0`` (the rows are Pareto-stationary; tests check that the rule
+    then stops). For c < 1, d = 0 lies outside the ball: the direction is then ``g₀ / r``, the
+    authors' code's, whose correction ``c‖g₀‖ g_w / (‖g_w‖ + 1e-8)`` vanishes with ``g_w``.
+    One row ``g`` gives ``(1 + c) g / r``, as the formula does (``g₀ = g_w = g``), and as m
+    copies of the row do.
 
     The divisor ``r`` follows the authors' code (Cranial-XIX/CAGrad): ``cagrad(grads,
     alpha=0.5, rescale=1)`` in ``nyuv2/utils.py`` and ``cityscapes/utils.py`` returns
@@ -50,5 +58,17 @@ class CAGrad(TorchjdWeighting):
 
         return tjd.CAGradWeighting(c=self.params.c)
 
+    def divisor(self) -> float:
+        """``r`` of the class docstring (``rescale``)."""
+        return RESCALE[self.params.rescale](self.params.c)
+
+    def compute(self, objectives: Objectives) -> Weights:
+        if len(objectives) == 1:
+            return Weights(torch.full((1,), (1.0 + self.params.c) / self.divisor(), dtype=torch.float64))
+        return super().compute(objectives)
+
     def from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
-        return super().from_gramian(gramian) / RESCALE[self.params.rescale](self.params.c)
+        weights = super().from_gramian(gramian)
+        if self.params.c < 1 and not bool(weights.any()):  # torchjd's ‖g_w‖ < norm_eps: 0 is outside the ball
+            weights = torch.full_like(weights, 1.0 / len(weights))
+        return weights / self.divisor()

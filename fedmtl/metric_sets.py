@@ -1,0 +1,95 @@
+"""Which evaluation metrics a task of each kind reports, and whether one reply's metrics of a
+task are a set that kind could have produced.
+
+A client's evaluation of one task reports the metrics of its kind
+(:attr:`fedmtl.tasks.TaskKind.metrics`: ``accuracy`` and ``loss`` of a classification task,
+``mse``, ``mae`` and ``loss`` of a regression task), all of them, and, for a classification
+task on data with group attributes, the group metrics of :func:`fedmtl.group_fairness.group_metrics`:
+
+- ``top-class-rate``;
+- per value ``v`` of an attribute ``g``: ``count-<g>-<v>``, ``accuracy-<g>-<v>``,
+  ``top-class-rate-<g>-<v>`` and, for a binary task, ``positive-rate-<g>-<v>``,
+  ``positives-<g>-<v>``, ``tpr-<g>-<v>`` and ``fpr-<g>-<v>``;
+- per attribute: ``accuracy-gap-<g>`` and, for a binary task, ``demographic-parity-diff-<g>``
+  and ``equalized-odds-diff-<g>``.
+
+:func:`metric_set_problem` checks what ranges alone cannot: the kind's metrics are all there
+(the server's statistics read them), no metric of another kind is, every per-value metric has
+its ``count-<g>-<v>``, every gap an attribute with counts, ``positives`` ≤ ``count`` for each
+value, and each attribute's counts, whole numbers of at least 1, add up to the test examples
+the reply reports (every example has a value of every attribute).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fedmtl.tasks import TASK_KINDS
+
+PER_VALUE = ("count", "accuracy", "top-class-rate", "positive-rate", "positives", "tpr", "fpr")
+"""Prefixes of the per-value group metrics (``<prefix>-<attribute>-<value>``)."""
+BINARY_ONLY = ("positive-rate", "positives", "tpr", "fpr", "demographic-parity-diff", "equalized-odds-diff")
+"""Group metrics only a binary task reports."""
+GAPS = ("accuracy-gap", "demographic-parity-diff", "equalized-odds-diff")
+"""Prefixes of the per-attribute gaps (``<prefix>-<attribute>``)."""
+MAX_NAME = 200
+"""The longest metric name a reply may carry (``<view>.<task>.<metric>``)."""
+MAX_METRICS = 4096
+"""The most metrics one reply may carry."""
+
+
+def _attribute_counts(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``{attribute: {value: count}}`` of the ``count-<g>-<v>`` metrics (the value is the
+    part after the last ``-``, as :mod:`fedmtl.group_fairness` reads it)."""
+    counts: dict[str, dict[str, float]] = {}
+    for name, value in metrics.items():
+        if name.startswith("count-") and "-" in name[len("count-"):]:
+            attribute, member = name[len("count-"):].rsplit("-", 1)
+            counts.setdefault(attribute, {})[member] = value
+    return counts
+
+
+def _group_name_problem(name: str, counts: Mapping[str, Mapping[str, float]], binary: bool) -> str:
+    """Why group metric ``name`` does not belong to this task's metrics (``""``: it does)."""
+    if name == "top-class-rate":
+        return "" if counts else "a group metric without group counts"
+    for gap in GAPS:
+        if name.startswith(gap + "-") and name[len(gap) + 1:] in counts:
+            return "" if binary or gap not in BINARY_ONLY else "a metric of binary tasks only"
+    for prefix in PER_VALUE:
+        rest = name[len(prefix) + 1:] if name.startswith(prefix + "-") else ""
+        if "-" in rest:
+            attribute, member = rest.rsplit("-", 1)
+            if member in counts.get(attribute, {}):
+                return "" if binary or prefix not in BINARY_ONLY else "a metric of binary tasks only"
+    return "not a metric of this task's kind"
+
+
+def metric_set_problem(metrics: Mapping[str, float], kind: str, examples: float) -> str:
+    """Why ``metrics``, one task's evaluation metrics (``{name: value}``, each already in its
+    range), cannot come from a task of ``kind`` evaluated on ``examples`` test examples
+    (``""``: they can). See the module docstring."""
+    expected = TASK_KINDS.get(kind).metrics
+    missing = [name for name in expected if name not in metrics]
+    if missing:
+        return f"no '{missing[0]}', which a {kind} task reports"
+    counts = _attribute_counts(metrics)
+    binary = kind == "binary"
+    for name in metrics:
+        if name in expected:
+            continue
+        problem = "not a metric of this task's kind" if kind == "regression" else _group_name_problem(
+            name, counts, binary)
+        if problem:
+            return f"'{name[:64]}': {problem}"
+    for attribute, values in counts.items():
+        if any(not float(v).is_integer() or v < 1 for v in values.values()):
+            return f"a count of attribute '{attribute[:64]}' is not a whole number of at least 1"
+        if sum(values.values()) != examples:
+            return (f"the counts of attribute '{attribute[:64]}' add up to {sum(values.values()):g}, not the "
+                    f"{examples:g} test examples reported")
+        for member, count in values.items():
+            positives = metrics.get(f"positives-{attribute}-{member}")
+            if positives is not None and positives > count:
+                return f"positives-{attribute[:64]}-{member[:32]} is {positives:g}, more than its count {count:g}"
+    return ""

@@ -1,0 +1,312 @@
+"""Replies of clients that lie or leave things out: each is refused in one line, and nothing
+the server keeps (the model, its optimizer and weightings, the logs, the placement rows)
+takes anything from it. The real strategy runs over a scripted grid (``tests/test_round_loop``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pandas as pd
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import Error, MessageType
+
+from fedmtl import protocol as wire
+from fedmtl.screening import ClientLimits, evaluate_metrics_problem, norm_outliers, one_line
+from fedmtl.server.discovery import ClientDirectory, FederationMismatch
+from fedmtl.server.replies import Failed, Rejected, placement_row, read_train_reply
+from tests.test_round_loop import STATE, failed, good, run
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages built outside a Flower run need a task identity (as in ``tests/test_round_loop``)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+
+def rejected_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+
+
+def raw_metrics(values: dict[str, object]) -> MetricRecord:
+    """A metric record holding ``values`` as they are (what a client's wire bytes can hold)."""
+    record = MetricRecord()
+    record.__dict__["_data"].update(values)
+    return record
+
+
+# -- evaluation replies ---------------------------------------------------------------------
+def test_an_evaluation_without_its_tasks_main_metric_is_refused_and_the_run_goes_on(tmp_path, caplog):
+    """It used to pass the range checks and crash the server's statistics (KeyError 'accuracy')."""
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.EVALUATE and call.client == 0:
+            metrics = reply.content[wire.METRICS]
+            reply.content[wire.METRICS] = MetricRecord({k: v for k, v in metrics.items() if k != "test.left.accuracy"})
+        if msg.metadata.message_type == MessageType.EVALUATE and call.client == 1:
+            reply.content[wire.METRICS]["test.right.mse"] = 0.5  # a regression metric on a classification task
+        return reply
+
+    _, _, rounds = run(tmp_path, script)
+    assert list(rounds["evaluated"]) == [2, 2] and list(rounds["evaluate_failures"]) == [2, 2]
+    lines = rejected_lines(caplog)
+    assert any("client 0: test.left: no 'accuracy', which a multiclass task reports" in line for line in lines)
+    assert any("client 1: test.right: 'mse': not a metric of this task's kind" in line for line in lines)
+
+
+def test_a_reply_that_leaves_out_one_of_its_tasks_is_refused_in_training_and_evaluation(tmp_path, caplog):
+    def script(msg, call):
+        reply = good(msg, call)
+        if call.client == 0:
+            metrics = reply.content[wire.METRICS]
+            reply.content[wire.METRICS] = MetricRecord({k: v for k, v in metrics.items() if ".right." not in k})
+        return reply
+
+    _, _, rounds = run(tmp_path, script)
+    assert list(rounds["aggregated"]) == [3, 3] and list(rounds["evaluated"]) == [3, 3]
+    lines = rejected_lines(caplog)
+    assert any("client 0: no train metrics of task 'right', which the client holds" in line for line in lines)
+    assert any("client 0: no test metrics of task 'right', which the client holds" in line for line in lines)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert 0 not in set(metrics.client)
+
+
+BINARY = ClientLimits(frozenset({"t"}), 0, 0, (("t", "binary"),))
+GROUPED = {"test.t.accuracy": 0.5, "test.t.loss": 0.7, "test.t.top-class-rate": 0.6,
+           "test.t.count-sex-f": 6.0, "test.t.count-sex-m": 4.0, "test.t.accuracy-sex-f": 0.5,
+           "test.t.accuracy-sex-m": 0.5, "test.t.positives-sex-f": 2.0, "test.t.positives-sex-m": 1.0,
+           "test.t.accuracy-gap-sex": 0.0}
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({}, ""),
+    ({"test.t.positives-sex-m": 5.0}, "positives-sex-m is 5, more than its count 4"),
+    ({"test.t.count-sex-m": 3.0}, "the counts of attribute 'sex' add up to 9, not the 10 test examples"),
+    ({"test.t.count-sex-m": 3.5, "test.t.count-sex-f": 6.5}, "a count of attribute 'sex' is not a whole number"),
+    ({"test.t.accuracy-race-x": 0.5}, "'accuracy-race-x': not a metric of this task's kind"),
+    ({"test.t.accuracy-gap-age": 0.5}, "'accuracy-gap-age': not a metric of this task's kind"),
+    ({"test.t.loss": None}, "no 'loss', which a binary task reports"),
+])
+def test_group_metrics_must_be_a_set_the_task_could_have_produced(change, problem):
+    values = {wire.PARTITION_ID: 0, wire.NUM_EXAMPLES: 10, **GROUPED, **change}
+    values = {k: v for k, v in values.items() if v is not None}
+    found = evaluate_metrics_problem(values, BINARY)
+    assert (problem in found and found) if problem else found == ""
+
+
+def test_binary_group_metrics_are_refused_on_a_multiclass_task():
+    limits = ClientLimits(frozenset({"t"}), 0, 0, (("t", "multiclass"),))
+    values = {wire.PARTITION_ID: 0, wire.NUM_EXAMPLES: 10, **GROUPED}
+    assert "'positives-sex-f': a metric of binary tasks only" in evaluate_metrics_problem(values, limits)
+
+
+def test_made_up_metric_names_cannot_flood_the_results(tmp_path):
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.EVALUATE and call.client == 0:
+            reply.content[wire.METRICS][f"test.left.accuracy-gap-{'y' * 300}"] = 0.5
+        if msg.metadata.message_type == MessageType.EVALUATE and call.client == 1:
+            for i in range(5000):
+                reply.content[wire.METRICS][f"test.left.accuracy-gap-a{i}"] = 0.5
+        return reply
+
+    _, _, rounds = run(tmp_path, script)
+    assert list(rounds["evaluated"]) == [2, 2]
+    assert not [c for c in rounds.columns if "accuracy-gap" in c or len(c) > 64]
+
+
+# -- training replies ---------------------------------------------------------------------
+def test_a_reply_that_did_not_start_from_the_heads_the_call_named_is_refused(tmp_path, caplog):
+    calls = []
+
+    def script(msg, call):
+        calls.append(call)
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 0 and call.heads_in is not None:
+            reply.content[wire.METRICS][wire.HEADS_IN] = 999.0  # heads replaced since, and it says so
+        return reply
+
+    _, _, rounds = run(tmp_path, script)
+    assert any(c.heads_in == 0.2 for c in calls if c.client == 0)  # round 2 names round 1's heads-out
+    assert list(rounds["aggregated"]) == [4, 3] and list(rounds["rejected"]) == [0, 1]
+    assert any("heads-fingerprint-in 999.0, not the 0.2 the call named" in line for line in rejected_lines(caplog))
+    train = pd.read_csv(tmp_path / "metrics.csv").query("split == 'train' and metric == 'heads-fingerprint-in'")
+    assert 999.0 not in set(train.value)
+
+
+def with_losses_before(msg, call):
+    reply = good(msg, call)
+    if msg.metadata.message_type == MessageType.TRAIN and call.needs_losses_before:
+        for task in ("left", "right"):
+            reply.content[wire.METRICS][wire.metric_key(wire.TRAIN, task, wire.LOSS_BEFORE)] = 1.5
+    return reply
+
+
+def test_losses_before_training_are_required_when_asked_and_refused_when_not(tmp_path, caplog):
+    def leaves_them_out(msg, call):
+        reply = with_losses_before(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 0:
+            del reply.content[wire.METRICS]["train.right.loss-before"]
+        return reply
+
+    _, _, rounds = run(tmp_path / "qffl", leaves_them_out, "server.weighting=qffl")
+    assert list(rounds["aggregated"]) == [3, 3]
+    assert any("client 0: no train.right.loss-before, which the call asked for" in line
+               for line in rejected_lines(caplog))
+
+    def sends_them_unasked(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 1:
+            reply.content[wire.METRICS]["train.left.loss-before"] = 0.01
+        return reply
+
+    _, _, rounds = run(tmp_path / "fedavg", sends_them_unasked)
+    assert list(rounds["aggregated"]) == [3, 3]
+    assert any("client 1: train.left.loss-before, which the call did not ask for" in line
+               for line in rejected_lines(caplog))
+
+
+def test_an_honest_reply_with_the_losses_asked_for_is_accepted(tmp_path):
+    _, _, rounds = run(tmp_path, with_losses_before, "server.weighting=qffl")
+    assert list(rounds["aggregated"]) == [4, 4] and list(rounds["rejected"]) == [0, 0]
+
+
+# -- what a client's text can do to the logs ---------------------------------------------------
+def test_a_client_cannot_write_lines_of_its_own_into_the_logs(tmp_path, caplog):
+    forged = "round 1 training: client 0: poisoned data detected (ValueError)"
+
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 3:
+            return Message(error=Error(code=1, reason="boom\n" + forged), reply_to=msg)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 2:
+            reply.content[wire.METRICS].__dict__["_data"]["x\nWARNING: client 1 \x1b[31mforged"] = 1.0
+        return reply
+
+    run(tmp_path, script, "run.rounds=1", "server.min-replies=2")
+    log_lines = (tmp_path / "client-errors.log").read_text().splitlines()
+    assert log_lines == [f"round 1 training: client 3: boom {forged}"]
+    (warning,) = [line for line in rejected_lines(caplog) if "client 2" in line]
+    assert "\n" not in warning and "\x1b" not in warning and "x WARNING: client 1 ?[31mforged" in warning
+
+
+def test_one_line_keeps_text_printable_and_short():
+    assert one_line("a\n b\r\n\tc\x1b[0m", 100) == "a b c?[0m"
+    assert one_line("x" * 50, 10) == "x" * 10
+
+
+# -- the server's state across a skipped round -------------------------------------------------
+def hostile_first_round(value: float):
+    def script(msg, call):
+        reply = with_losses_before(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 0 and call.server_round == 1:
+            reply.content[wire.UPDATE] = ArrayRecord({k: torch.full_like(v, value) for k, v in STATE.items()})
+        return reply
+    return script
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_a_skipped_round_leaves_the_server_optimizer_as_it_was(tmp_path, optimizer):
+    """Before, momentum kept the skipped round's infinite direction: every later round was skipped too."""
+    _, _, rounds = run(tmp_path, hostile_first_round(3e38), "data.num-clients=2", "server.min-replies=1",
+                       "run.rounds=4", "server.lr=10", f"server.optimizer={optimizer}", "server.max-failed-rounds=0",
+                       "run.evaluate-every=100")
+    assert list(rounds["skipped"]) == [1, 0, 0, 0]
+
+
+def test_an_update_too_large_for_adams_moments_skips_the_round_and_leaves_them_finite(tmp_path):
+    """1e20 is finite in float32, its square is not: Adam's second moment would stay infinite."""
+    strategy, _, rounds = run(tmp_path, hostile_first_round(1e20), "data.num-clients=2", "server.min-replies=1",
+                              "run.rounds=4", "server.optimizer=adam", "run.evaluate-every=100")
+    assert list(rounds["skipped"]) == [1, 0, 0, 0]
+    assert bool(torch.isfinite(strategy.optimizer.second).all()) and strategy.optimizer.finite()
+    assert all(bool((v != 0).all()) for v in strategy.state.values())  # the honest rounds moved the model
+
+
+def test_a_skipped_round_leaves_the_server_weighting_as_it_was(tmp_path):
+    """AFL's λ moved in a round whose combined update was then found not finite, and skipped."""
+    def weighting_state(strategy):
+        return str({level: w.state_dict() for level, w in strategy.plan.weightings().items()})
+
+    common = ("data.num-clients=2", "run.rounds=1", "server.weighting=afl", "server.lr=10", "run.evaluate-every=100",
+              "server.max-failed-rounds=0")
+    hostile, _, rounds = run(tmp_path / "hostile", hostile_first_round(3e38), *common, "server.min-replies=1")
+    honest, _, _ = run(tmp_path / "honest", with_losses_before, *common, "server.min-replies=1")
+    never, _, _ = run(tmp_path / "never", failed, *common, "server.min-replies=1")  # skipped before aggregating
+    assert list(rounds["skipped"]) == [1]
+    assert weighting_state(honest) != weighting_state(never)  # aggregating moves AFL's state
+    assert weighting_state(hostile) == weighting_state(never)
+
+
+# -- who a reply is from ----------------------------------------------------------------------
+def test_an_error_from_another_node_is_not_counted_as_the_addressees_and_its_placement_is_not_kept():
+    message = Message(RecordDict({wire.CALL: ConfigRecord({wire.CLIENT_ID: 2})}), dst_node_id=102,
+                      message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = "m1"
+    error = Message(error=Error(code=1, reason="down"), reply_to=message)
+    error.metadata.__dict__["_src_node_id"] = 999
+    outcome = read_train_reply(error, 2, dict(STATE), False, node=102)
+    assert isinstance(outcome, Rejected) and not isinstance(outcome, Failed)
+    assert "a reply from node 999 to the message sent to node 102" in outcome.problem
+    reply = Message(RecordDict({wire.METRICS: MetricRecord({wire.PARTITION_ID: 2}),
+                                wire.PLACEMENT: ConfigRecord({"host": "impostor", "node": "", "device": "cpu"})}),
+                    reply_to=message)
+    reply.metadata.__dict__["_src_node_id"] = 999
+    assert placement_row(reply, 2, 1, "train", node=102) is None
+    reply.metadata.__dict__["_src_node_id"] = 102
+    assert placement_row(reply, 2, 1, "train", node=102) == (1, 2, "train", "impostor", "", "cpu")
+
+
+class QueryGrid:
+    """Answers every discovery query with the partition id each node claims."""
+
+    def __init__(self, claims: dict[int, int]) -> None:
+        self.claims, self.ids = claims, itertools.count()
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.claims)
+
+    def send_and_receive(self, messages, timeout=None):  # noqa: ANN001, ANN201 - Flower's signature
+        replies = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = f"q{next(self.ids)}"
+            info = MetricRecord({wire.PARTITION_ID: self.claims[m.metadata.dst_node_id], wire.NUM_PARTITIONS: 2})
+            reply = Message(RecordDict({wire.INFO: info}), reply_to=m)
+            reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+            replies.append(reply)
+        return replies
+
+
+def test_two_nodes_claiming_one_client_fail_start_up_and_are_both_ignored_during_a_run(caplog):
+    with pytest.raises(FederationMismatch, match="nodes 17, 9000000000 all claim partition-id 0"):
+        ClientDirectory(2).update(QueryGrid({9_000_000_000: 0, 17: 0, 42: 1}), 1.0, strict=True)
+    directory = ClientDirectory(2)
+    directory.update(QueryGrid({42: 1, 5: 0}), 1.0)
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        directory.update(QueryGrid({42: 1, 5: 0, 9_000_000_000: 0, 17: 0}), 1.0, strict=False)
+    assert directory.clients == {0: 5, 1: 42} and directory.ignored == {17, 9_000_000_000}
+    assert "all claim partition-id 0" in caplog.text
+    assert directory.update(QueryGrid({42: 1, 5: 0, 77: 0}), 1.0, strict=False) == [0]  # one new node: reconnected
+    assert directory.clients == {0: 77, 1: 42}
+
+
+def test_the_norm_screen_flags_nothing_when_most_replies_moved_nothing():
+    assert norm_outliers([0.0, 0.0, 0.3], 10) == [False, False, False]
+    assert norm_outliers([1.0, 1.0, 30.0], 10) == [False, False, True]
+
+
+def test_raw_metric_records_with_odd_keys_are_one_line_problems():
+    message = Message(RecordDict({wire.CALL: ConfigRecord({wire.CLIENT_ID: 1})}), dst_node_id=101,
+                      message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = "m2"
+    reply = Message(RecordDict({wire.METRICS: raw_metrics({wire.PARTITION_ID: 1, "a" * 500: 1.0})}),
+                    reply_to=message)
+    reply.metadata.__dict__["_src_node_id"] = 101
+    outcome = read_train_reply(reply, 1, dict(STATE), False, node=101)
+    assert isinstance(outcome, Rejected) and "longer than 200 characters" in outcome.problem
+    assert len(outcome.problem) < 200

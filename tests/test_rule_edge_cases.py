@@ -1,0 +1,92 @@
+"""Edge cases of the rules and the fairness statistics that an independent check turned up:
+non-finite objectives are refused by every rule, CAGrad's direction near a zero row and with
+one row, a Gramian that overflows, and Jain's index, the Gini coefficient and the worst 10 %
+on NaN, negative, tiny and huge values."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import fedmtl.aggregation  # noqa: F401  (registers every rule)
+from fedmtl.aggregation.objectives import Objectives
+from fedmtl.aggregation.registry import RULES, make_rule
+from fedmtl.fairness import gini_coefficient, jain_index, normalised_entropy, row_statistics, summarize
+
+
+def objectives(rows: torch.Tensor, losses: torch.Tensor | None = None) -> Objectives:
+    m = len(rows)
+    return Objectives(updates=rows, losses=torch.ones(m) if losses is None else losses,
+                      num_examples=torch.full((m,), 10.0), client_ids=list(range(m)))
+
+
+@pytest.mark.parametrize("name", RULES.names())
+@pytest.mark.parametrize("where", ["updates", "losses"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_every_rule_refuses_objectives_that_are_not_finite_naming_itself(name, where, bad):
+    rows = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    losses = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    (rows if where == "updates" else losses)[1] = bad
+    expected = rf"'{re.escape(name)}': the objectives' {where} are not finite .* row\(s\) \[1\]"
+    with pytest.raises(ValueError, match=expected):
+        make_rule(name).combine(objectives(rows, losses))
+
+
+def test_cagrad_below_c_1_keeps_the_mean_where_torchjd_gives_zero():
+    """A zero row puts 0 in the rows' hull: torchjd's weights are all 0, but d = 0 lies outside
+    the ball ‖d − g₀‖ ≤ c‖g₀‖ for c < 1; the authors' code then returns g₀ / (1 + c²)."""
+    g1, g2 = torch.tensor([1.0, 0.2, 0.0, 0.0]), torch.tensor([0.1, 1.0, 0.1, 0.0])
+    rule = make_rule("cagrad", c=0.4)
+    for size in (0.0, 1e-8, 1e-5):
+        rows = torch.stack([g1, g2, size * torch.tensor([0.0, 0.0, 0.0, 1.0])]).double()
+        combined = rule.combine(objectives(rows))
+        expected = rows.mean(dim=0) / (1 + 0.4**2)
+        assert torch.allclose(combined.direction[:3], expected[:3], atol=1e-12)
+    stopping = make_rule("cagrad", c=1.0).combine(objectives(torch.stack([g1, -g1]).double()))
+    assert torch.equal(stopping.direction, torch.zeros(4, dtype=torch.float64))  # c ≥ 1: 0 is in the ball
+
+
+@pytest.mark.parametrize(("c", "rescale"), [(0.4, 1), (0.5, 2), (0.3, 0)])
+def test_cagrad_gives_one_row_what_it_gives_copies_of_it(c, rescale):
+    row = torch.tensor([[0.3, -1.2, 2.0]], dtype=torch.float64)
+    rule = make_rule("cagrad", c=c, rescale=rescale)
+    one = rule.combine(objectives(row)).direction
+    two = rule.combine(objectives(torch.cat([row, row]))).direction
+    divisor = {0: 1.0, 1: 1 + c**2, 2: 1 + c}[rescale]
+    assert torch.allclose(one, two, rtol=1e-9) and torch.allclose(one, (1 + c) * row[0] / divisor, rtol=1e-12)
+
+
+def test_a_gramian_that_overflows_is_reported_as_such_not_as_zero():
+    rows = torch.tensor([[1e200, 0.0], [0.0, 1e200]], dtype=torch.float64)
+    result = make_rule("mgda").combine(objectives(rows))
+    assert result.info.fallback == "gramian-overflow"
+    small = make_rule("mgda").combine(objectives(torch.zeros(2, 2, dtype=torch.float64)))
+    assert small.info.fallback == "zero-gramian"
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-150, 1.0, 1e150, 1e300])
+def test_jains_index_of_equal_values_is_one_at_every_scale(scale):
+    values = np.full(7, scale)
+    assert jain_index(values) == pytest.approx(1.0)
+    assert row_statistics(values[None, :])["jain"][0] == pytest.approx(1.0)
+    uneven = np.array([1.0, 2.0, 4.0]) * scale
+    assert jain_index(uneven) == pytest.approx(49 / (3 * 21))
+
+
+def test_shares_of_negative_values_are_not_defined():
+    values = np.array([-1.0, 1.0, 2.0])
+    assert math.isnan(jain_index(values)) and math.isnan(gini_coefficient(values))
+    assert math.isnan(normalised_entropy(values))
+    stats = row_statistics(values[None, :])
+    assert math.isnan(stats["jain"][0]) and math.isnan(stats["gini"][0])
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_a_nan_value_makes_the_worst_and_best_shares_nan_in_both_directions(higher):
+    values = np.array([0.1, 0.5, math.nan, 0.9] + [0.7] * 8)
+    stats = summarize(values, higher_is_better=higher)
+    assert all(math.isnan(stats[k]) for k in ("mean", "worst", "worst10", "worst20", "best10", "jain"))
