@@ -33,6 +33,13 @@ def rejected_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
 
 
+def drop_metrics(reply: Message, unwanted) -> Message:  # noqa: ANN001 - a predicate on metric names
+    """``reply`` without the metrics whose name ``unwanted`` holds true of."""
+    metrics = reply.content[wire.METRICS]
+    reply.content[wire.METRICS] = MetricRecord({k: v for k, v in metrics.items() if not unwanted(k)})
+    return reply
+
+
 def raw_metrics(values: dict[str, object]) -> MetricRecord:
     """A metric record holding ``values`` as they are (what a client's wire bytes can hold)."""
     record = MetricRecord()
@@ -46,8 +53,7 @@ def test_an_evaluation_without_its_tasks_main_metric_is_refused_and_the_run_goes
     def script(msg, call):
         reply = good(msg, call)
         if msg.metadata.message_type == MessageType.EVALUATE and call.client == 0:
-            metrics = reply.content[wire.METRICS]
-            reply.content[wire.METRICS] = MetricRecord({k: v for k, v in metrics.items() if k != "test.left.accuracy"})
+            drop_metrics(reply, lambda name: name == "test.left.accuracy")
         if msg.metadata.message_type == MessageType.EVALUATE and call.client == 1:
             reply.content[wire.METRICS]["test.right.mse"] = 0.5  # a regression metric on a classification task
         return reply
@@ -62,10 +68,7 @@ def test_an_evaluation_without_its_tasks_main_metric_is_refused_and_the_run_goes
 def test_a_reply_that_leaves_out_one_of_its_tasks_is_refused_in_training_and_evaluation(tmp_path, caplog):
     def script(msg, call):
         reply = good(msg, call)
-        if call.client == 0:
-            metrics = reply.content[wire.METRICS]
-            reply.content[wire.METRICS] = MetricRecord({k: v for k, v in metrics.items() if ".right." not in k})
-        return reply
+        return drop_metrics(reply, lambda name: ".right." in name) if call.client == 0 else reply
 
     _, _, rounds = run(tmp_path, script)
     assert list(rounds["aggregated"]) == [3, 3] and list(rounds["evaluated"]) == [3, 3]
