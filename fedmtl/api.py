@@ -203,7 +203,8 @@ def run(config: ConfigLike | None = None, overrides: Iterable[str] | None = None
         Ray cannot host the run (the empty run folder is removed).
     Exception
         Whatever stopped the run (``fedmtl.server.strategy.ClientsFailed`` when too many
-        clients failed; the run folder then holds the results so far and checkpoints).
+        clients failed, ``fedmtl.server.strategy.RuleFailed`` when a server rule raised; the run
+        folder then holds the results so far and checkpoints).
     """
     from fedmtl.launch.simulation import EngineError, preserved_caller
     from fedmtl.results import create_run_dir, remove_unused_run_dir
@@ -318,7 +319,8 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     -------
     pandas.DataFrame
         The rows of every run's ``metrics.csv`` (``round``, ``client``, ``task``, ``split``,
-        ``metric``, ``value``), a ``run`` column (the run folder) and one column per config key
+        ``metric``, ``value``), a ``run`` column (the run folder's absolute path, as
+        :attr:`RunResult.folder`) and one column per config key
         of the run's ``config.toml`` (``run.seed``, ``server.weighting``,
         ``data.params.pairs-per-digit``, ...; a key a run does not have is missing there).
         Runs are in the order ``fedmtl report`` uses (the paths' order; a sweep's grid order).
@@ -337,6 +339,6 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     for folder in find_run_dirs(list(paths)):
         metrics = load_run(folder)["metrics"]
         config = _flat(tomllib.loads((folder / "config.toml").read_text()))
-        metrics.insert(0, "run", str(folder))
+        metrics.insert(0, "run", str(Path(folder).resolve()))
         frames.append(metrics.assign(**{key: [value] * len(metrics) for key, value in config.items()}))
     return pd.concat(frames, ignore_index=True)

@@ -204,6 +204,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
 def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, checkpoint: dict | None = None) -> None:
     """A federated run; a run stopped by failing clients ends with the reason and how to resume."""
     from fedmtl.launch.simulation import EngineError, simulate
+    from fedmtl.server.rounds import RuleFailed
     from fedmtl.server.strategy import ClientsFailed
 
     try:
@@ -214,9 +215,20 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
         if checkpoint is None:
             remove_unused_run_dir(run_dir)  # nothing ran: leave no empty run folder behind
         fail(str(exc))
-    except ClientsFailed as exc:
-        fail(f"{exc}\nthe run stopped; its results and checkpoints are in {run_dir}; once the cause is "
-             f"fixed, continue with: fedmtl run --resume {run_dir}", code=1)
+    except (ClientsFailed, RuleFailed) as exc:
+        fail(f"{exc}\n{failed_run_advice(run_dir, cfg.run.rounds)}", code=1)
+
+
+def failed_run_advice(run_dir: Path, rounds: int) -> str:
+    """What to do about a run its clients failed: resume it, or, when it has no round left
+    (its last checkpoint is of round ``rounds``), start it again or add rounds."""
+    from fedmtl.launch.interrupt import last_round
+
+    where = f"the run stopped; its results and checkpoints are in {run_dir}; once the cause is fixed"
+    if last_round(run_dir) != rounds:
+        return f"{where}, continue with: fedmtl run --resume {run_dir}"
+    return (f"{where}, start it again (a resume has no round left to run), or add rounds: "
+            f"fedmtl run --resume {run_dir} --set run.rounds={rounds + 1}")
 
 
 def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool,

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from fedmtl.config import ConfigError
+from fedmtl.registry import undone_on_error
 
 KEY = "run.plugins"
 """The config key listing the plugins."""
@@ -115,9 +116,10 @@ def import_plugin(entry: str) -> ModuleType:
         One line naming ``run.plugins``, the entry and the exception it raised.
     """
     try:
-        if is_file(entry):
-            return _import_file(Path(entry).resolve())
-        return importlib.import_module(entry)
+        with undone_on_error():  # a failed plugin leaves no name registered: fixed, it imports again
+            if is_file(entry):
+                return _import_file(Path(entry).resolve())
+            return importlib.import_module(entry)
     except Exception as exc:  # noqa: BLE001 - any failure of user code becomes one config error
         what = "file" if is_file(entry) else "module"
         raise PluginError(f"{KEY}: cannot import {what} {entry!r}: {_one_line(exc)}") from exc

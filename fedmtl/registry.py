@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+_REGISTRIES: list[Registry[Any]] = []
+"""Every registry made, in order (for :func:`undone_on_error`)."""
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
@@ -34,6 +38,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        _REGISTRIES.append(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``."""
@@ -123,3 +128,20 @@ def option_errors(model: type[Any], values: dict[str, Any], owner: str, noun: st
             line = f"{key} = {err.get('input')!r}: {message}" if key else message
             lines.append(f"{owner}: {line}" if qualify else line)
         return None, lines
+
+
+@contextlib.contextmanager
+def undone_on_error() -> Iterator[None]:
+    """Undo every registration made inside the block when it raises.
+
+    A plugin that registers a name and then fails can be fixed and imported again in the same
+    process (a notebook): its names are not left behind, half registered.
+    """
+    before = [(registry, set(registry._entries)) for registry in _REGISTRIES]
+    try:
+        yield
+    except BaseException:
+        for registry, names in before:
+            for name in set(registry._entries) - names:
+                del registry._entries[name]
+        raise

@@ -66,7 +66,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     ----------
     path : str or Path, optional
         A TOML file; ``None`` starts from the defaults. Relative ``.py`` files of
-        ``run.plugins`` are resolved against its folder (else the working directory).
+        ``run.plugins`` are resolved against its folder when the file sets them, against the
+        working directory when ``overrides`` do (or without a file).
     overrides : list[str], optional
         ``"section.key=value"`` strings applied on top, in order (``data.params.canvas=40``
         sets one entry of a parameter table).
@@ -83,7 +84,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     path = resolve_config(path) if path is not None else None  # a shipped config by name (fedmtl.shipped)
     folder = Path(path).parent if path is not None and Path(path).is_file() else None
-    return build_config(resolve_plugin_files(read_values(path, overrides), folder))
+    values = read_values(path, overrides)
+    if overrides and plugin_entries(values) != plugin_entries(read_values(path)):
+        folder = None  # run.plugins set by --set: relative to the working directory, where it was typed
+    return build_config(resolve_plugin_files(values, folder))
 
 
 def config_from_flat(flat: dict[str, Any]) -> ExperimentConfig:

@@ -32,6 +32,17 @@ class ClientsFailed(RuntimeError):
         return cls(f"none of the {tally.train_rounds} round(s) had server.min-replies = {min_replies} valid replies"
                    + (f"; first error: {tally.first_error}" if tally.first_error else ""))
 
+    @classmethod
+    def none_left(cls, rounds: int) -> ClientsFailed:
+        """A resumed run with no round left, none of whose ``rounds`` moved the model."""
+        return cls(f"all {rounds} rounds of this run are done and none of them moved the model; "
+                   f"a resume has no round left to run")
+
+
+class RuleFailed(RuntimeError):
+    """A server rule raised while it combined a round's updates (a plugin's rule, or a bug):
+    the run stops there, its checkpoints kept, with one line naming the rule and the error."""
+
 
 MAX_REASONS = 20
 """Client errors kept per round (the first ones)."""

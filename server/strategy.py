@@ -36,7 +36,7 @@ from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.progress import CLIENT_ERRORS, ClientErrors, Progress
 from fedmtl.results import RoundStats, RunRecorder, aggregated_training
-from fedmtl.screening import KnownClients
+from fedmtl.screening import KnownClients, one_line
 from fedmtl.server.discovery import ClientDirectory
 from fedmtl.server.exchange import (
     build_messages,
@@ -56,6 +56,7 @@ from fedmtl.server.rounds import (
     Collected,
     EvaluateRecord,
     Participation,
+    RuleFailed,
     RunTally,
     TrainRecord,
     count_screened,
@@ -208,7 +209,12 @@ class FedMTLStrategy:
         A skipped round leaves the server's weightings and optimizer as they were before it."""
         before = self.server_state()
         rows = [row for reply in accepted for row in plan_rows(reply, self.device)]
-        result = self.plan(rows)
+        try:
+            result = self.plan(rows)
+        except Exception as exc:  # noqa: BLE001 - a rule's own failure (a plugin's): one line, the run stops
+            server = self.cfg.server
+            raise RuleFailed(f"round {server_round}: plan '{server.plan}' with weighting '{server.weighting}' "
+                             f"failed: {type(exc).__name__}: {one_line(exc, 300)}") from exc
         for fallback in result.fallbacks:
             log(WARNING, "round %d: weighting fallback %s", server_round, fallback)
         keys = list(self.state)
@@ -270,9 +276,13 @@ class FedMTLStrategy:
         return EvaluateRecord(failures, len(evaluated)), self.last_stats
 
     def check_progress(self) -> None:
-        """Raise :class:`ClientsFailed` when this process ran rounds but none moved the model."""
+        """Raise :class:`ClientsFailed` when this process ran rounds but none moved the model,
+        or when it resumed a run that has no round left and none of whose rounds moved it (it
+        would otherwise end as a finished run, its failure forgotten)."""
         if self.tally.train_rounds and not self.tally.aggregated_rounds:
             raise ClientsFailed.none_aggregated(self.tally, self.cfg.server.min_replies)
+        if not self.tally.train_rounds and not any(self.participation.aggregated.values()):
+            raise ClientsFailed.none_left(self.cfg.run.rounds)
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, object]:

@@ -143,3 +143,28 @@ def test_a_fresh_process_gets_the_plugins_from_the_run_config_flwr_run_sends(tmp
                                                           "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["first-task-heavy", "first-task-heavy", "blobs"]
+
+
+def test_a_plugin_file_set_with_set_is_relative_to_the_working_directory(tmp_path, registries, monkeypatch):
+    """The config file's folder resolves the files the file lists; --set was typed in the working
+    directory, and its files are relative to it."""
+    config = write_study(tmp_path / "study")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "rules.py").write_text(WEIGHTING.format(name="set-rule"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(config, ['run.plugins=["elsewhere/rules.py", "study/plugins/my_plugin.py"]',
+                               "server.weighting=set-rule"])
+    assert cfg.run.plugins == [str(tmp_path / "elsewhere" / "rules.py"),
+                               str(tmp_path / "study" / "plugins" / "my_plugin.py")]
+    assert load_config(config, ["run.rounds=2"]).run.plugins == [str(tmp_path / "study" / "plugins" / "my_plugin.py")]
+
+
+def test_a_plugin_that_registered_a_name_and_then_failed_imports_once_fixed(tmp_path, registries):
+    """Its names are not left behind: in a notebook, fixing the file and loading again works."""
+    plugin = tmp_path / "half.py"
+    plugin.write_text(WEIGHTING.format(name="half-rule") + "\nraise NameError('oops')\n")
+    (tmp_path / "exp.toml").write_text('[run]\nplugins = ["half.py"]\n[server]\nweighting = "half-rule"\n')
+    with pytest.raises(PluginError, match="NameError: oops"):
+        load_config(tmp_path / "exp.toml")
+    plugin.write_text(WEIGHTING.format(name="half-rule"))
+    assert load_config(tmp_path / "exp.toml").server.weighting == "half-rule"

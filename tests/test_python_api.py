@@ -108,7 +108,7 @@ def test_make_config_takes_a_file_a_dict_or_a_config_with_overrides(tmp_path):
         make_config(3)  # type: ignore[arg-type]
 
 
-def test_sweep_and_load_runs_of_the_centralized_baseline(tmp_path, registries):
+def test_sweep_and_load_runs_of_the_centralized_baseline(tmp_path, registries, monkeypatch):
     import fedmtl
 
     config = write_study(tmp_path / "study")
@@ -124,6 +124,9 @@ def test_sweep_and_load_runs_of_the_centralized_baseline(tmp_path, registries):
                          overrides=["run.mode=centralized", "run.rounds=1"], out=tmp_path / "sweep")
     assert [r.status for r in again.plan.runs] == ["skipped", "skipped"]
     assert len(fedmtl.load_runs(tmp_path / "sweep")) == len(frame)
+    monkeypatch.chdir(tmp_path)  # a relative path gives the same run column as RunResult.folder
+    relative = fedmtl.load_runs("sweep")
+    assert set(relative["run"]) == {str(r.folder) for r in done.runs} == set(frame["run"])
 
     # a config object (not a file) is written next to the runs for the sweep to read
     cfg = fedmtl.make_config(config, ["run.mode=centralized", "run.rounds=1"])

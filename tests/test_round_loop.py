@@ -178,6 +178,43 @@ def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(tmp_path):
         strategy.check_progress()
 
 
+def test_a_resume_with_no_round_left_of_a_run_that_never_moved_the_model_fails_again(tmp_path, monkeypatch):
+    """Before, it ended as a finished run (summary.json, trained 0), its failure forgotten."""
+    from fedmtl.cli import failed_run_advice
+    from fedmtl.server.rounds import RunTally
+
+    strategy, _, _ = run(tmp_path, failed, "server.max-failed-rounds=0")
+    strategy.tally = RunTally()  # a resumed process: no round left to run
+    with pytest.raises(ClientsFailed, match="all 2 rounds of this run are done and none of them moved the model"):
+        strategy.check_progress()
+    strategy.participation.note_aggregated([1])  # one round did move it: a finished run
+    strategy.check_progress()
+    monkeypatch.setattr("fedmtl.launch.interrupt.last_round", lambda run_dir: 2)
+    assert failed_run_advice(tmp_path, 2).endswith(f"start it again (a resume has no round left to run), or add "
+                                                   f"rounds: fedmtl run --resume {tmp_path} --set run.rounds=3")
+    assert failed_run_advice(tmp_path, 5).endswith(f"continue with: fedmtl run --resume {tmp_path}")
+
+
+def test_a_server_rule_that_raises_stops_the_run_in_one_line(tmp_path):
+    from fedmtl.aggregation import Weighting, register
+    from fedmtl.aggregation.registry import RULES
+    from fedmtl.server.strategy import RuleFailed
+
+    @register("raises-on-the-server")
+    class Raises(Weighting):
+        def compute(self, objectives):  # noqa: ANN001, ANN202
+            return [0.5] * len(objectives)  # a list, not a tensor
+
+    try:
+        with pytest.raises(RuleFailed) as info:
+            run(tmp_path, good, "server.weighting=raises-on-the-server")
+    finally:
+        del RULES._entries["raises-on-the-server"]
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and text.startswith("round 1: plan 'clients' with weighting")
+    assert "TypeError: weighting 'raises-on-the-server' returned weights of type list, not a torch.Tensor" in text
+
+
 def test_too_many_failed_rounds_in_a_row_stop_the_run(tmp_path):
     with pytest.raises(ClientsFailed) as info:
         run(tmp_path, failed, "server.max-failed-rounds=2", "run.rounds=3")

@@ -231,6 +231,9 @@ class Weighting(Rule):
         result = self.compute(objectives)
         if not isinstance(result, Weights):
             result = Weights(result)
+        if not isinstance(result.weights, torch.Tensor):
+            raise TypeError(f"weighting '{self.name}' returned weights of type {type(result.weights).__name__}, "
+                            f"not a torch.Tensor")
         weights = result.weights.to("cpu", torch.float64)
         if weights.shape != (len(objectives),):
             raise RuntimeError(
