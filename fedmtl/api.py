@@ -120,6 +120,53 @@ class SweepResult:
 
 
 # -- configs ------------------------------------------------------------------------------------
+def override_list(overrides: Iterable[str] | None) -> list[str]:
+    """``overrides`` as a list of ``"section.key=value"`` strings.
+
+    Raises
+    ------
+    ConfigError
+        For a single string (it would be read one character at a time) or an entry that is
+        not a string, saying what to pass instead.
+    """
+    if overrides is None:
+        return []
+    if isinstance(overrides, str | bytes):
+        raise ConfigError(f"overrides: expected a list of 'section.key=value' strings, got the string "
+                          f"{overrides[:60]!r}; write [{overrides[:60]!r}]")
+    try:
+        items = list(overrides)
+    except TypeError:
+        raise ConfigError(f"overrides: expected a list of 'section.key=value' strings, got a "
+                          f"{type(overrides).__name__}") from None
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"overrides: every entry is a 'section.key=value' string; got {item!r} "
+                              f"({type(item).__name__})")
+    return items
+
+
+def grid_lists(grid: Mapping[str, Iterable[Any]] | None) -> dict[str, list[Any]]:
+    """A sweep's ``grid`` as ``{key: [values]}``.
+
+    Raises
+    ------
+    ConfigError
+        When it is not a mapping of keys to lists of values, saying what to pass instead.
+    """
+    if grid is None:
+        return {}
+    if not isinstance(grid, Mapping):
+        raise ConfigError(f"grid: expected a dict of 'section.key' to a list of values, got a {type(grid).__name__}")
+    out = {}
+    for key, values in grid.items():
+        if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+            raise ConfigError(f"grid: {key!r} maps to {values!r}, not a list of values; "
+                              f"write {{{key!r}: [{values!r}]}}")
+        out[str(key)] = list(values)
+    return out
+
+
 def _with_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     values = copy.deepcopy(values)
     for text in overrides:
@@ -143,7 +190,7 @@ def make_config(config: ConfigLike | None = None, overrides: Iterable[str] | Non
     ConfigError
         One line per bad key or value (a plugin that does not import included).
     """
-    overrides = list(overrides or [])
+    overrides = override_list(overrides)
     if config is None or isinstance(config, str | Path):
         return load_config(config, overrides)
     if isinstance(config, ExperimentConfig):
@@ -230,8 +277,11 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False) -> Run
     fedmtl.results.CheckpointError
         No usable checkpoint.
     fedmtl.launch.sweep.ResumeRefused
-        The run's identity, config or heads do not match its checkpoint (one line saying what).
+        The run's identity, config, tables or heads do not match its checkpoint (one line saying what).
+    fedmtl.folder_lock.RunFolderBusy
+        Another process writes the run folder.
     """
+    from fedmtl.folder_lock import holding
     from fedmtl.launch.simulation import preserved_caller
     from fedmtl.launch.sweep import check_resume
     from fedmtl.results import load_checkpoint
@@ -241,6 +291,8 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False) -> Run
     checkpoint, _ = load_checkpoint(run_dir)
     if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
         return RunResult(run_dir)
+    with holding(run_dir):  # fail at once when another process writes it (its server holds the lock)
+        pass
     cfg = check_resume(cfg, run_dir, checkpoint)
     with preserved_caller(quiet_engine=quiet and not verbose):
         _execute(cfg, run_dir, quiet, verbose, checkpoint)
@@ -282,7 +334,7 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
     from fedmtl.launch.simulation import preserved_caller
     from fedmtl.launch.sweep import plan_sweep, run_sweep
 
-    overrides = list(overrides or [])
+    overrides = override_list(overrides)
     base = make_config(config, overrides)
     folder = Path(out) if out is not None else Path(base.run.output_dir) / f"sweep-{base.run.name}"
     path: str | Path | None = config if config is None or isinstance(config, str | Path) else None
@@ -291,7 +343,7 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
         path, overrides = folder / "base-config.toml", []
         path.write_text(base.to_toml())
     report = (lambda line: None) if quiet else print
-    grid = {key: list(values) for key, values in (grid or {}).items()}
+    grid = grid_lists(grid)
     planned = plan_sweep(path, grid, seeds, folder, overrides, skip_invalid=skip_invalid, report=report,
                          rerun_changed=rerun_changed)
     with preserved_caller(quiet_engine=quiet):
@@ -335,6 +387,9 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 
     if isinstance(paths, str | Path):
         paths = [paths]
+    paths = list(paths) if isinstance(paths, Iterable) else []
+    if not paths or not all(isinstance(p, str | Path) for p in paths):
+        raise FileNotFoundError(f"load_runs: expected a run folder or a list of them, got {paths!r}")
     frames = []
     for folder in find_run_dirs(list(paths)):
         metrics = load_run(folder)["metrics"]

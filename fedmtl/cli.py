@@ -179,7 +179,8 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
     """Run ``action`` (within ``run_dir``): SIGINT or SIGTERM stop it with the resume command and
     exit code 130 or 143 (:mod:`fedmtl.launch.interrupt`); an ``OSError`` (read-only folder, full
     disk; one with an ``errno``) ends in one line naming the path, and the resume command when a
-    checkpoint exists (or ``resume``, when given)."""
+    checkpoint exists (or ``resume``, when given), ``fedmtl plot`` when the run had finished
+    (its figures failed), and no folder left when the run wrote nothing yet."""
     from fedmtl.launch.interrupt import Stopped, finish_interrupted, last_round, stop_on_signals
 
     try:
@@ -195,14 +196,22 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
         line = f"{what}: {exc.strerror or exc}"
         if resume is not None:
             line += f"; continue with: {resume}"
+        elif run_dir is not None and (run_dir / "summary.json").is_file():
+            line += f"; the run finished: draw its figures again with: fedmtl plot {run_dir}"
         elif run_dir is not None and last_round(run_dir) is not None:
             line += f"; continue with: fedmtl run --resume {run_dir}"
+        elif run_dir is not None:
+            from fedmtl.results import remove_unused_run_dir
+
+            with contextlib.suppress(OSError):  # a run that wrote nothing leaves no folder to refuse its --out
+                remove_unused_run_dir(run_dir)
         fail(line, code=1)
     raise AssertionError("unreachable")
 
 
 def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, checkpoint: dict | None = None) -> None:
     """A federated run; a run stopped by failing clients ends with the reason and how to resume."""
+    from fedmtl.folder_lock import RunFolderBusy
     from fedmtl.launch.simulation import EngineError, simulate
     from fedmtl.server.rounds import RuleFailed
     from fedmtl.server.strategy import ClientsFailed
@@ -217,6 +226,20 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
         fail(str(exc))
     except (ClientsFailed, RuleFailed) as exc:
         fail(f"{exc}\n{failed_run_advice(run_dir, cfg.run.rounds)}", code=1)
+    except RunFolderBusy as exc:
+        fail(str(exc), code=1)
+
+
+def _refuse_if_busy(run_dir: Path) -> None:
+    """Fail at once when another process writes ``run_dir`` (its server checks again, holding
+    the lock for the whole run: :mod:`fedmtl.folder_lock`)."""
+    from fedmtl.folder_lock import RunFolderBusy, holding
+
+    try:
+        with holding(run_dir):
+            pass
+    except RunFolderBusy as exc:
+        fail(str(exc), code=1)
 
 
 def failed_run_advice(run_dir: Path, rounds: int) -> str:
@@ -268,6 +291,7 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
         typer.echo(f"{run_dir} already finished all {cfg.run.rounds} rounds; nothing to resume")
         return
+    _refuse_if_busy(run_dir)
     _check_resume(run_dir, cfg, checkpoint, force, quiet)
     if cfg.run.rounds != before:
         _extend(run_dir, cfg, before)

@@ -230,8 +230,8 @@ class ModelSection(Section):
     """``[model]``: the backbone and the heads."""
 
     backbone: str = Field(defaults.BACKBONE, description="Registered backbone name (`fedmtl list backbones`).")
-    width: int = Field(50, ge=1, description="Representation size of the backbone.")
-    head_hidden: int = Field(50, ge=0, description="Hidden width of each head (0 = linear).")
+    width: int = Field(50, ge=1, le=2**24, description="Representation size of the backbone.")
+    head_hidden: int = Field(50, ge=0, le=2**24, description="Hidden width of each head (0 = linear).")
     heads: Literal["personal", "global"] = Field(
         "personal",
         description="'personal': each client keeps its own heads (only the backbone is "
@@ -719,8 +719,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(missing_config(path))
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark some editors write is no error
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 

@@ -52,10 +52,12 @@ from fedmtl.group_fairness import summarize_group_gaps
 from fedmtl.parquet import read_table, remove_parquet, wants_parquet, write_parquet
 from fedmtl.protocol import TEST_GLOBAL
 from fedmtl.provenance import collect_provenance, finish_provenance
+from fedmtl.run_tables import METRIC_COLUMNS as TABLE_METRIC_COLUMNS
+from fedmtl.run_tables import table_problems
 from fedmtl.tasks import TaskSpec
 from fedmtl.trackers import Trackers
 
-METRIC_COLUMNS = ["round", "client", "task", "split", "metric", "value"]
+METRIC_COLUMNS = list(TABLE_METRIC_COLUMNS)
 PLACEMENT_COLUMNS = ["round", "client", "stage", "host", "node", "device"]
 PARTICIPATION_COLUMNS = ["client", "rounds_trained", "last_round", "rounds_aggregated"]
 CLIENT_LEVEL = "all"
@@ -705,11 +707,19 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
     or whose saved heads the checkpoint's server knows (:func:`ledger_rounds`), must have heads
     of that round or later (and ≤ the checkpoint's), and every head file the resume would read
     must be readable and of this run and config (:func:`fedmtl.personalization.check_heads`).
+    First of all, the run's tables must hold every row of those rounds
+    (:func:`fedmtl.run_tables.table_problems`).
     """
     run_dir = Path(run_dir)
     done = int(checkpoint["round"])
+    tables = table_problems(run_dir, done)
+    if tables:  # rows of rounds the checkpoint holds are lost: no resume can be exact, --force or not
+        return [ResumeProblem(f"{problem}; the rounds up to {done} cannot be continued exactly") for problem in tables]
     name = f"checkpoint round-{done}.pt"
     problems = []
+    if done > cfg.run.rounds:
+        problems.append(ResumeProblem(f"{name} is of round {done}, beyond run.rounds = {cfg.run.rounds} of "
+                                      "config.toml; a run cannot be shortened"))
     run_id = read_run_id(run_dir)
     if not run_id:
         problems.append(ResumeProblem(f"'{run_dir}' has no {RUN_ID_FILE} file",

@@ -57,18 +57,24 @@ def config_name(path: str | Path) -> str | None:
 
 
 def resolve_config(path: str | Path) -> Path:
-    """``path`` itself when it exists (or is absolute), else the shipped config it names,
-    else ``path`` unchanged (reading it then fails with :func:`missing_config`)."""
+    """``path`` itself when it is a file (or is absolute), else the shipped config it names (a
+    folder ``smoke`` in the working directory does not hide the shipped ``smoke``), else
+    ``path`` unchanged (reading it then fails with :func:`missing_config`)."""
     path = Path(path)
-    if path.exists():
+    if path.is_file() or path.is_absolute():
         return path
     name = config_name(path)
     return shipped_configs().get(name, path) if name else path
 
 
 def missing_config(path: str | Path) -> str:
-    """The one-line error for a config path that neither exists nor names a shipped config."""
-    line = f"config file '{path}' does not exist"
+    """The one-line error for a config path that is not a file and names no shipped config."""
+    if Path(path).is_dir():
+        line = f"config file '{path}' is a folder, not a TOML file"
+    elif Path(path).exists():
+        line = f"config file '{path}' is not a regular file"
+    else:
+        line = f"config file '{path}' does not exist"
     if config_name(path) is None:
         return line
     names = list(shipped_configs())

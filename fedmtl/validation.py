@@ -596,8 +596,14 @@ def model_bytes(cfg: ExperimentConfig) -> int:
     """Bytes of the model's parameters, counted on torch's meta device (nothing allocated)."""
     import torch
 
-    with torch.device("meta"):
-        model = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
+    except (RuntimeError, OverflowError) as exc:  # sizes beyond what torch can count
+        why = " ".join(str(exc).split())[:160]
+        raise ValueError(f"model.backbone = {cfg.model.backbone!r} with model.width = {cfg.model.width} and "
+                         f"model.head-hidden = {cfg.model.head_hidden} cannot be built: {why}"
+                         "; lower model.width or model.head-hidden") from None
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 

@@ -17,6 +17,7 @@ from fedmtl import protocol as wire
 from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig
 from fedmtl.data import dataset_input_shape, dataset_tasks
+from fedmtl.folder_lock import holding
 from fedmtl.models import build_model
 from fedmtl.progress import Progress
 from fedmtl.results import RunRecorder, create_run_dir, head_store_root, recorded_head_store_dir
@@ -47,34 +48,35 @@ def run_server(
     ``background`` the run's figures are drawn in its thread (the caller joins it).
     """
     run_dir = run_dir or create_run_dir(cfg)
-    recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
-    cfg = resolve_paths(recorded, run_dir)
-    poll_replies_often(grid)
-    signal_pushes(grid)
-    signal_replies(grid)
-    tasks = dataset_tasks(cfg.data)
-    done = int(checkpoint["round"]) if checkpoint else None
-    recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done, background=background)
-    progress = Progress(cfg.run.rounds, enabled=not quiet)
-    directory = discover_clients(grid, cfg)
-    with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
-        model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
-    strategy = FedMTLStrategy(cfg, directory, recorder, progress)
-    strategy.config_record[wire.RUN_ID] = recorder.run_id  # clients write it into their heads, refuse others'
-    initial = model.federated_state(cfg.model.heads == "global")
-    if checkpoint:
-        strategy.restore(checkpoint)
-        initial = strategy.state
+    with holding(run_dir):  # one process at a time writes a run folder (fedmtl.folder_lock)
+        recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
+        cfg = resolve_paths(recorded, run_dir)
+        poll_replies_often(grid)
+        signal_pushes(grid)
+        signal_replies(grid)
+        tasks = dataset_tasks(cfg.data)
+        done = int(checkpoint["round"]) if checkpoint else None
+        recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done, background=background)
+        progress = Progress(cfg.run.rounds, enabled=not quiet)
+        directory = discover_clients(grid, cfg)
+        with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
+            model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
+        strategy = FedMTLStrategy(cfg, directory, recorder, progress)
+        strategy.config_record[wire.RUN_ID] = recorder.run_id  # clients write it into their heads, refuse others'
+        initial = model.federated_state(cfg.model.heads == "global")
+        if checkpoint:
+            strategy.restore(checkpoint)
+            initial = strategy.state
+            if not quiet:
+                progress.console.print(f"Resuming {run_dir} after round {done} of {cfg.run.rounds}")
+        strategy.start(grid, ArrayRecord(initial))
+        strategy.check_progress()
+        progress.final_table(strategy.last_stats)
+        recorder.finish(strategy.last_stats)
+        if (errors := strategy.errors.summary()) is not None:
+            progress.notice(errors)
         if not quiet:
-            progress.console.print(f"Resuming {run_dir} after round {done} of {cfg.run.rounds}")
-    strategy.start(grid, ArrayRecord(initial))
-    strategy.check_progress()
-    progress.final_table(strategy.last_stats)
-    recorder.finish(strategy.last_stats)
-    if (errors := strategy.errors.summary()) is not None:
-        progress.notice(errors)
-    if not quiet:
-        progress.console.print(f"Results: {run_dir}")
+            progress.console.print(f"Results: {run_dir}")
     return run_dir
 
 

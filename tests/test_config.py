@@ -162,3 +162,33 @@ def test_flwr_run_config_has_only_declared_keys_even_with_parameter_tables(tmp_p
     assert set(flat) == declared_keys
     assert config_from_flat(flat).server.params == {"q": 2, "lipschitz": 0.0}  # defaults filled in
     assert config_from_flat(flat).client.params == {"alpha": 3, "warm-start": True}
+
+
+# -- files and values that used to end in a traceback ------------------------------------------
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[run]\nname = "caf\xe9"\n')
+    expected = r"latin1.toml: not UTF-8 text \(byte 0xe9 at position 17\); save it as UTF-8"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+def test_a_byte_order_mark_is_no_error(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[run]\nrounds = 2\n")
+    assert load_config(path).run.rounds == 2
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()
+    assert load_config("smoke").run.name == load_config(ROOT / "configs" / "smoke.toml").run.name
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError, match="config file 'mine' is a folder, not a TOML file"):
+        load_config("mine")
+
+
+@pytest.mark.parametrize("key", ["model.width", "model.head-hidden"])
+def test_model_sizes_beyond_what_can_be_built_name_the_key(key):
+    with pytest.raises(ConfigError, match=rf"{key} = 9223372036854775807: Input should be less than or equal to"):
+        load_config(None, [f"{key}={2**63 - 1}"])

@@ -3,6 +3,7 @@ never through a link, values that cannot run fail in validation, and OSErrors en
 
 from __future__ import annotations
 
+import errno
 import resource
 import signal
 import subprocess
@@ -164,3 +165,29 @@ def test_a_full_disk_mid_run_is_one_line(tmp_path):
                   "--set", "run.rounds=1", "--set", "data.num-clients=4", "--set", "data.params.pairs-per-digit=1",
                   cwd=tmp_path, preexec_fn=_full_disk)
     one_error(proc, 1, "cannot write", str(tmp_path / "r"), "File too large")
+
+
+def _disk_full(path: Path):
+    def action():
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return action
+
+
+def test_a_full_disk_says_what_to_do_at_each_stage_of_a_run(tmp_path, capsys):
+    import typer
+
+    from fedmtl.cli import _guarded
+
+    started = tmp_path / "started"  # nothing written yet: no folder is left to refuse the same --out
+    (started / "checkpoints").mkdir(parents=True)
+    (started / ".fedmtl-run").touch()
+    with pytest.raises(typer.Exit):
+        _guarded(started, _disk_full(started / "config.toml"))
+    assert not started.exists()
+    finished = tmp_path / "finished"  # only the figures were left
+    (finished / "plots").mkdir(parents=True)
+    (finished / "summary.json").write_text("{}")
+    with pytest.raises(typer.Exit):
+        _guarded(finished, _disk_full(finished / "plots" / "a.png"))
+    assert f"the run finished: draw its figures again with: fedmtl plot {finished}" in capsys.readouterr().err
+    assert (finished / "summary.json").is_file()

@@ -155,3 +155,27 @@ def test_import_fedmtl_stays_light():
             "if m in sys.modules]; assert not heavy, heavy; assert callable(fedmtl.run); "
             "assert 'run' in dir(fedmtl)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda f: f.make_config("smoke", "run.rounds=3"),
+     "overrides: expected a list of 'section.key=value' strings, got the string 'run.rounds=3'; "
+     "write ['run.rounds=3']"),
+    (lambda f: f.make_config("smoke", [3]), "overrides: every entry is a 'section.key=value' string; got 3 (int)"),
+    (lambda f: f.sweep("smoke", grid={"client.lr": 0.1}), "grid: 'client.lr' maps to 0.1, not a list of values"),
+    (lambda f: f.sweep("smoke", grid=[1]), "grid: expected a dict of 'section.key' to a list of values, got a list"),
+])
+def test_arguments_of_the_wrong_type_are_one_line_config_errors(call, message):
+    import fedmtl
+    from fedmtl.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        call(fedmtl)
+    assert str(caught.value).startswith(message)
+
+
+def test_load_runs_of_nothing_says_what_it_expects():
+    import fedmtl
+
+    with pytest.raises(FileNotFoundError, match=r"load_runs: expected a run folder or a list of them, got \[\]"):
+        fedmtl.load_runs([])

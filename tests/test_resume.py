@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,17 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_pa
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (killed / "summary.json").exists()
+
+    # a copy whose metrics.csv lost the rows of a checkpointed round is refused, and left as it is
+    broken = tmp_path / "broken"
+    shutil.copytree(killed, broken)
+    kept = b"".join(line for line in (killed / "metrics.csv").read_bytes().splitlines(keepends=True)
+                    if not line.startswith(b"2,"))
+    (broken / "metrics.csv").write_bytes(kept)
+    refused = _fedmtl("run", "--resume", str(broken), cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "metrics.csv has no training rows of round 2" in refused.stderr
+    assert (broken / "metrics.csv").read_bytes() == kept
 
     resumed = _fedmtl("run", "--resume", str(killed), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

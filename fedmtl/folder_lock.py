@@ -1,0 +1,46 @@
+"""One fedmtl process at a time in a run folder: an exclusive lock on its marker file.
+
+Two processes writing one run folder (a resume started twice, a run and its resume) would
+overwrite each other's rows, heads and checkpoints. A process that writes a run folder holds
+an advisory lock (``flock``) on the folder's :data:`fedmtl.results.RUN_MARKER` for as long as
+it writes; a second one is refused at once, in one line, before it writes anything. The
+operating system drops the lock when the process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+MARKER = ".fedmtl-run"
+"""The file locked (:data:`fedmtl.results.RUN_MARKER`, which every run folder holds)."""
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is writing the run folder."""
+
+
+@contextlib.contextmanager
+def holding(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run folder's lock for the block.
+
+    Raises
+    ------
+    RunFolderBusy
+        When another process holds it (one line naming the folder).
+    """
+    path = Path(run_dir) / MARKER
+    descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise RunFolderBusy(f"'{run_dir}' is in use by another fedmtl process (a run or a resume of it); "
+                            "wait for it to end, or stop it") from None
+    try:
+        yield
+    finally:
+        os.close(descriptor)  # closing the file releases the lock

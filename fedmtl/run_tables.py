@@ -1,0 +1,91 @@
+"""A run folder's tables as a resume finds them: whole, and in agreement with the checkpoint.
+
+A resume keeps the rows of rounds up to its checkpoint's round and appends the rounds it runs
+(:meth:`fedmtl.results.RunRecorder._truncate`). It can only be exact when those rows are all
+there: :func:`table_problems` says what is not, in one line per table, before anything is
+written. It finds
+
+- a table that is missing (``metrics.csv`` or, after round 1, ``rounds.csv``) or that does not
+  parse (a line with more or fewer fields than the header, bytes that are not text);
+- a last line cut short (a write that a crash or a full disk stopped) of a round the
+  checkpoint holds (a cut line of a later round is dropped with that round);
+- ``rounds.csv`` without exactly one row for each round up to the checkpoint's;
+- a round that ``rounds.csv`` says aggregated updates or evaluated clients, whose training or
+  test rows ``metrics.csv`` lacks.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+METRIC_COLUMNS = ("round", "client", "task", "split", "metric", "value")
+"""The columns of ``metrics.csv``."""
+
+
+def _cut_line_round(data: bytes) -> int | None:
+    """The round of ``data``'s last line when it lacks its line end (``None``: the line is
+    whole); ``-1`` when its round cannot be read."""
+    if not data or data.endswith(b"\n"):
+        return None
+    last = data.rsplit(b"\n", 1)[-1]
+    try:
+        return int(last.split(b",", 1)[0])
+    except ValueError:
+        return -1
+
+
+def _read(path: Path, done: int) -> tuple[pd.DataFrame | None, str]:
+    """The table at ``path`` without a cut last line of a round after ``done``, or why it
+    cannot be used."""
+    if not path.is_file():
+        return None, f"{path.name} is missing"
+    data = path.read_bytes()
+    cut = _cut_line_round(data)
+    if cut is not None and not cut > done:
+        where = f"of round {cut}" if cut >= 0 else "whose round cannot be read"
+        return None, f"{path.name}: its last line ({where}) is cut short: a write was stopped part-way"
+    if cut is not None:
+        data = data.rsplit(b"\n", 1)[0] + b"\n"
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype={"task": str, "split": str, "metric": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"{path.name} does not parse: {' '.join(str(exc).split())[:160]}"
+    if "round" not in table.columns or not pd.api.types.is_integer_dtype(table["round"]):
+        return None, f"{path.name} has no whole-number 'round' column"
+    return table[table["round"] <= done], ""
+
+
+def table_problems(run_dir: str | Path, done: int) -> list[str]:
+    """Why the tables of ``run_dir`` cannot be resumed after round ``done`` exactly (see the
+    module docstring; ``[]``: they can)."""
+    run_dir = Path(run_dir)
+    metrics, problem = _read(run_dir / "metrics.csv", done)
+    problems = [problem] if problem else []
+    if metrics is not None and (missing := [c for c in METRIC_COLUMNS if c not in metrics.columns]):
+        problems.append(f"metrics.csv has no column '{missing[0]}'")
+        metrics = None
+    if done < 1:
+        return problems
+    rounds, problem = _read(run_dir / "rounds.csv", done)
+    if problem:
+        return [*problems, problem]
+    assert rounds is not None
+    listed = sorted(int(r) for r in rounds["round"])
+    if listed != list(range(1, done + 1)):
+        absent = sorted(set(range(1, done + 1)) - set(listed))
+        what = f"has no row of round {absent[0]}" if absent else "has a round twice"
+        return [*problems, f"rounds.csv {what} (the checkpoint is of round {done})"]
+    if metrics is None:
+        return problems
+    for column, split, what in (("aggregated", "train", "training"), ("evaluated", "test", "test")):
+        if column not in rounds.columns:
+            continue
+        expected = {int(r) for r, n in zip(rounds["round"], rounds[column], strict=True) if n > 0}
+        found = {int(r) for r in metrics.loc[metrics["split"] == split, "round"]}
+        if lost := sorted(expected - found):
+            problems.append(f"metrics.csv has no {what} rows of round {lost[0]}, which rounds.csv says "
+                            f"{column} clients")
+    return problems

@@ -1,0 +1,66 @@
+"""A resume finds the run's tables whole and in agreement with its checkpoint, or refuses in
+one line before writing anything (``fedmtl/run_tables.py``); one process at a time writes a
+run folder (``fedmtl/folder_lock.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedmtl.folder_lock import RunFolderBusy, holding
+from fedmtl.run_tables import table_problems
+
+HEADER = "round,client,task,split,metric,value\n"
+ROUNDS = "round,elapsed_s,sampled,aggregated,evaluated\n1,0.1,2,2,2\n2,0.2,2,2,0\n3,0.3,2,0,2\n"
+
+
+def metric_rows(*rounds: int) -> str:
+    out = []
+    for r in rounds:
+        out.append(f"{r},0,left,train,loss,0.5\n")
+        out.append(f"{r},0,left,test,accuracy,0.7\n")
+    return "".join(out)
+
+
+def folder(tmp_path, metrics: str, rounds: str = ROUNDS):
+    (tmp_path / "metrics.csv").write_text(metrics)
+    (tmp_path / "rounds.csv").write_text(rounds)
+    return tmp_path
+
+
+def test_whole_tables_agree_with_the_checkpoint(tmp_path):
+    assert table_problems(folder(tmp_path, HEADER + metric_rows(1, 2, 3)), 3) == []
+    # rows of rounds after the checkpoint, a cut line of one included, are dropped by the resume
+    later = HEADER + metric_rows(1, 2, 3, 4) + "5,0,le"
+    assert table_problems(folder(tmp_path, later, ROUNDS + "4,0.4,2,2,2\n"), 3) == []
+
+
+@pytest.mark.parametrize(("metrics", "rounds", "problem"), [
+    (HEADER + metric_rows(1, 2) + "3,0,left,tr", ROUNDS,
+     "metrics.csv: its last line (of round 3) is cut short: a write was stopped part-way"),
+    (HEADER + metric_rows(1, 3), ROUNDS, "metrics.csv has no training rows of round 2, which rounds.csv says "
+                                         "aggregated clients"),
+    (HEADER + metric_rows(1, 2, 3) + "1,2,3,4,5,6,7,8\n", ROUNDS, "metrics.csv does not parse"),
+    (HEADER + metric_rows(1, 2, 3), ROUNDS.replace("2,0.2,2,2,0\n", ""), "rounds.csv has no row of round 2"),
+    (HEADER + metric_rows(1, 2, 3), ROUNDS + "1,0.1,2,2,2\n", "rounds.csv has a round twice"),
+    ("round,client,task\n1,0,left\n", ROUNDS, "metrics.csv has no column 'split'"),
+])
+def test_lost_or_broken_rows_of_checkpointed_rounds_are_named(tmp_path, metrics, rounds, problem):
+    found = table_problems(folder(tmp_path, metrics, rounds), 3)
+    assert found and found[0].startswith(problem), found
+
+
+def test_missing_tables_are_named(tmp_path):
+    (tmp_path / "rounds.csv").write_text(ROUNDS)
+    assert table_problems(tmp_path, 3) == ["metrics.csv is missing"]
+    (tmp_path / "metrics.csv").write_text(HEADER + metric_rows(1, 2, 3))
+    (tmp_path / "rounds.csv").unlink()
+    assert table_problems(tmp_path, 3) == ["rounds.csv is missing"]
+
+
+def test_a_second_process_cannot_write_a_run_folder_another_one_writes(tmp_path):
+    with holding(tmp_path):
+        with pytest.raises(RunFolderBusy, match=f"'{tmp_path}' is in use by another fedmtl process"):
+            with holding(tmp_path):  # a second open file: as another process would
+                pass
+    with holding(tmp_path):  # released when the first ended
+        pass
