@@ -53,9 +53,9 @@ def _read(path: Path, done: int) -> tuple[pd.DataFrame | None, str]:
         table = pd.read_csv(io.BytesIO(data), dtype={"task": str, "split": str, "metric": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         return None, f"{path.name} does not parse: {' '.join(str(exc).split())[:160]}"
-    if "round" not in table.columns or not pd.api.types.is_integer_dtype(table["round"]):
+    if "round" not in table.columns or (len(table) and not pd.api.types.is_integer_dtype(table["round"])):
         return None, f"{path.name} has no whole-number 'round' column"
-    return table[table["round"] <= done], ""
+    return (table[table["round"] <= done] if len(table) else table), ""
 
 
 def table_problems(run_dir: str | Path, done: int) -> list[str]:

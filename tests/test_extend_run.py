@@ -96,8 +96,13 @@ def test_resume_problems_allow_more_rounds_than_the_checkpoints(tmp_path):
 
     short, long = load_config(SMOKE), load_config(SMOKE, ["run.rounds=4"])
     run_id = write_run_id(tmp_path)
+    (tmp_path / "metrics.csv").write_text("round,client,task,split,metric,value\n")  # two skipped rounds
+    (tmp_path / "rounds.csv").write_text("round,aggregated,evaluated\n1,0,0\n2,0,0\n")
     checkpoint = {"round": 2, **checkpoint_identity(run_id, short)}
     assert resume_problems(tmp_path, long, checkpoint) == []
     shorter = load_config(SMOKE, ["run.rounds=1"])
-    assert [p.message for p in resume_problems(tmp_path, shorter, checkpoint)] == [
+    problems = resume_problems(tmp_path, shorter, checkpoint)
+    assert [p.message for p in problems] == [
+        "checkpoint round-2.pt is of round 2, beyond run.rounds = 1 of config.toml; a run cannot be shortened",
         "config.toml differs from the run's: run.rounds = 1 (was 2)"]
+    assert not problems[0].forced  # --force cannot resume a run past its own end

@@ -101,9 +101,9 @@ def test_a_model_too_large_for_memory_fails_in_validation(tmp_path):
     real = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
     assert model_bytes(cfg) == sum(p.numel() * p.element_size() for p in real.parameters())
     assert torch.get_default_device() == torch.device("cpu")  # the meta device was left
-    proc = fedmtl("run", str(ROOT / "configs/smoke.toml"), "--set", "model.width=100000000", "--out",
-                  str(tmp_path / "r"), cwd=tmp_path)
-    one_error(proc, 2, "model.width = 100000000", "model.head-hidden", "GiB")
+    proc = fedmtl("run", str(ROOT / "configs/smoke.toml"), "--set", "model.width=16000000", "--out",
+                  str(tmp_path / "r"), cwd=tmp_path)  # within model.width's bound (2**24), beyond memory
+    one_error(proc, 2, "model.width = 16000000", "model.head-hidden", "GiB")
     assert not (tmp_path / "r").exists()
 
 

@@ -49,6 +49,11 @@ def test_lost_or_broken_rows_of_checkpointed_rounds_are_named(tmp_path, metrics,
     assert found and found[0].startswith(problem), found
 
 
+def test_a_run_whose_rounds_were_all_skipped_has_an_empty_metrics_table(tmp_path):
+    skipped = "round,elapsed_s,sampled,aggregated,evaluated\n1,0.1,2,0,0\n2,0.2,2,0,0\n"
+    assert table_problems(folder(tmp_path, HEADER, skipped), 2) == []
+
+
 def test_missing_tables_are_named(tmp_path):
     (tmp_path / "rounds.csv").write_text(ROUNDS)
     assert table_problems(tmp_path, 3) == ["metrics.csv is missing"]
