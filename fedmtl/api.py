@@ -281,7 +281,7 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False) -> Run
     fedmtl.folder_lock.RunFolderBusy
         Another process writes the run folder.
     """
-    from fedmtl.folder_lock import holding
+    from fedmtl.folder_lock import refuse_if_busy
     from fedmtl.launch.simulation import preserved_caller
     from fedmtl.launch.sweep import check_resume
     from fedmtl.results import load_checkpoint
@@ -291,8 +291,7 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False) -> Run
     checkpoint, _ = load_checkpoint(run_dir)
     if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
         return RunResult(run_dir)
-    with holding(run_dir):  # fail at once when another process writes it (its server holds the lock)
-        pass
+    refuse_if_busy(run_dir)
     cfg = check_resume(cfg, run_dir, checkpoint)
     with preserved_caller(quiet_engine=quiet and not verbose):
         _execute(cfg, run_dir, quiet, verbose, checkpoint)

@@ -231,13 +231,11 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
 
 
 def _refuse_if_busy(run_dir: Path) -> None:
-    """Fail at once when another process writes ``run_dir`` (its server checks again, holding
-    the lock for the whole run: :mod:`fedmtl.folder_lock`)."""
-    from fedmtl.folder_lock import RunFolderBusy, holding
+    """Fail at once when another process writes ``run_dir`` (:func:`fedmtl.folder_lock.refuse_if_busy`)."""
+    from fedmtl.folder_lock import RunFolderBusy, refuse_if_busy
 
     try:
-        with holding(run_dir):
-            pass
+        refuse_if_busy(run_dir)
     except RunFolderBusy as exc:
         fail(str(exc), code=1)
 

@@ -44,3 +44,10 @@ def holding(run_dir: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # closing the file releases the lock
+
+
+def refuse_if_busy(run_dir: str | Path) -> None:
+    """Raise :class:`RunFolderBusy` at once when another process holds the run folder's lock
+    (before a resume's checks; its server then holds the lock for the whole run)."""
+    with holding(run_dir):
+        pass

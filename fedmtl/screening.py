@@ -218,15 +218,12 @@ class KnownClients:
             train, test = federation.sizes(client)  # counted without building the data where it can
             specs = federation.client_tasks(client)
             return ClientLimits(frozenset(t.name for t in specs), train, test, tuple((t.name, t.kind) for t in specs))
-        names = self._client_task_sets()[client]
-        kinds = {t.name: t.kind for t in self._dataset_tasks()}
-        return ClientLimits(frozenset(names), self.max_examples, self.max_examples,
-                            tuple((name, kinds[name]) for name in names if name in kinds))
-
-    def _dataset_tasks(self) -> list:
         from fedmtl.data import dataset_tasks
 
-        return list(dataset_tasks(self.data))
+        names = self._client_task_sets()[client]
+        kinds = {t.name: t.kind for t in dataset_tasks(self.data)}
+        return ClientLimits(frozenset(names), self.max_examples, self.max_examples,
+                            tuple((name, kinds[name]) for name in names if name in kinds))
 
     def _client_task_sets(self) -> list[list[str]]:
         from fedmtl.data import dataset_tasks

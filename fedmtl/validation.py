@@ -38,6 +38,8 @@ from fedmtl.config import (
     FOLLOWING_KEYS,
     ConfigError,
     ExperimentConfig,
+    apply_override,
+    parse_override,
     parse_schema,
     read_values,
     unflatten,
@@ -84,8 +86,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     path = resolve_config(path) if path is not None else None  # a shipped config by name (fedmtl.shipped)
     folder = Path(path).parent if path is not None and Path(path).is_file() else None
-    values = read_values(path, overrides)
-    if overrides and plugin_entries(values) != plugin_entries(read_values(path)):
+    values = read_values(path)
+    from_file = plugin_entries(values)
+    for text in overrides or []:
+        apply_override(values, *parse_override(text))
+    if plugin_entries(values) != from_file:
         folder = None  # run.plugins set by --set: relative to the working directory, where it was typed
     return build_config(resolve_plugin_files(values, folder))
 
