@@ -9,7 +9,12 @@ ARGS   ?=
 # test files run in parallel, each file in one worker (its module fixtures run once), longest
 # first (tests/conftest.py: LONGEST_FIRST, kept in that order by --no-loadscope-reorder); most of
 # a simulation test's time is Ray start-up and polling, so 2 workers help even on 2 cores;
-# the 15 slowest tests are listed at the end (target: 15 minutes on 2 cores; measured: docs/testing.md)
+# the 15 slowest tests are listed at the end (target: 15 minutes on 2 cores; measured: docs/testing.md).
+# Each test process gets one intra-op thread (OMP_NUM_THREADS=1; tests that want more set them):
+# two workers, each with the default of one thread per core, plus the Ray actors and subprocesses
+# they start, oversubscribed the cores, and OpenMP's spinning threads made CPU-bound tests up to
+# 4x slower (2026-12-02, one evening: 29 min of CPU and 22.6 min of tests before this and the
+# flwr-run status polling change, 21 min of CPU and 16.9 min after both)
 WORKERS ?= 2
 
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
@@ -30,7 +35,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(ARGS)
 
 flwr-run: $(STAMP)
 	$(BIN)/fedmtl flwr-run $(CONFIG)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from fedmtl.launch.flwr_run import _json_from, local_superlinks, run_status
+from fedmtl.launch.flwr_run import _json_from, local_superlinks, wait_for_run
 from tests.helpers import is_png, stop_local_superlink
 from tests.plugin_support import PLUGIN
 
@@ -21,13 +21,69 @@ pytestmark = pytest.mark.slow
 
 
 def _wait(run_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = run_status(run_id, [], dict(__import__("os").environ))
-        if status["status"].startswith("finished"):
-            return status
-        time.sleep(2)
-    raise AssertionError(f"run {run_id} did not finish")
+    status = wait_for_run(run_id, [], dict(os.environ), timeout)
+    assert status is not None, f"run {run_id} did not finish"
+    return status
+
+
+class _Clock:
+    """A clock for ``fedmtl.launch.flwr_run`` that moves only when it sleeps: the polling
+    schedule is checked exactly, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now = round(self.now + seconds, 9)  # no drift from adding 0.2 a hundred times
+
+
+class _Stream:
+    """A ``flwr log --stream`` process that ends at ``ends`` on ``clock``."""
+
+    def __init__(self, clock: _Clock, ends: float) -> None:
+        self.clock, self.ends = clock, ends
+
+    def poll(self) -> int | None:
+        return 0 if self.clock.now >= self.ends else None
+
+
+def test_a_streamed_run_is_checked_when_its_log_stream_ends(monkeypatch):
+    """``flwr ls`` costs a process start: while ``flwr log --stream`` runs it is read rarely,
+    and at once when the stream ends (the run ended)."""
+    from fedmtl.launch import flwr_run
+
+    clock, calls = _Clock(), []
+    monkeypatch.setattr(flwr_run, "time", clock)
+    monkeypatch.setattr(flwr_run, "run_status", lambda *a: calls.append(clock.now) or {
+        "status": "finished:completed" if len(calls) > 1 else "running"})
+    stream = _Stream(clock, ends=1.5)
+    assert flwr_run.wait_for_run("7", [], {}, timeout=60, logs=stream) == {"status": "finished:completed"}
+    assert calls == [0.0, 1.6]  # the stream's end is seen at the next of its 0.2 s checks
+
+
+def test_a_long_stream_is_checked_every_streamed_poll_and_the_timeout_holds(monkeypatch):
+    from fedmtl.launch import flwr_run
+
+    clock, calls = _Clock(), []
+    monkeypatch.setattr(flwr_run, "time", clock)
+    monkeypatch.setattr(flwr_run, "run_status", lambda *a: calls.append(clock.now) or {"status": "running"})
+    assert flwr_run.wait_for_run("7", [], {}, timeout=50, logs=_Stream(clock, ends=1e9)) is None
+    assert [round(c, 6) for c in calls] == [0.0, 20.0, 40.0, 50.0]
+
+
+def test_without_a_stream_the_status_polls_slow_down_and_the_timeout_holds(monkeypatch):
+    from fedmtl.launch import flwr_run
+
+    clock, calls = _Clock(), []
+    monkeypatch.setattr(flwr_run, "time", clock)
+    monkeypatch.setattr(flwr_run, "run_status", lambda *a: calls.append(clock.now) or {"status": "running"})
+    assert flwr_run.wait_for_run("7", [], {}, timeout=40) is None
+    gaps = [round(b - a, 6) for a, b in zip(calls, calls[1:], strict=False)]
+    # 2 s, then 1.5 times longer each time up to 10 s (each rounded up to the 0.2 s checks), until the deadline
+    assert gaps[:4] == [2.0, 3.0, 4.6, 6.8] and set(gaps[5:-1]) == {10.0} and calls[-1] == pytest.approx(40.0)
 
 
 def _port_in_use(port: int) -> bool:

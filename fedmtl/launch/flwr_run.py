@@ -166,6 +166,43 @@ def run_status(run_id: str, superlink: list[str], env: dict[str, str]) -> dict[s
     return runs[0]
 
 
+STATUS_POLL_S = (2.0, 10.0)
+"""Seconds between two ``flwr ls`` while no log stream runs: the first wait, then 1.5 times
+longer each time up to the second figure. Each ``flwr ls`` is a new process that costs about
+1.3 s of CPU (the ``flwr`` command's imports), so a fixed 2 s poll kept a third of a core busy."""
+STREAMED_POLL_S = 20.0
+"""Seconds between two ``flwr ls`` while ``flwr log --stream`` runs: it exits when the run ends,
+and its exit is checked every 0.2 s; ``flwr ls`` only catches a run that ends without it."""
+
+
+def wait_for_run(
+    run_id: str, link: list[str], env: dict[str, str], timeout: float, logs: subprocess.Popen | None = None
+) -> dict[str, Any] | None:
+    """Wait until run ``run_id`` is finished; return its ``flwr ls`` entry, or ``None`` after
+    ``timeout`` seconds.
+
+    While ``logs`` (a ``flwr log RUN --stream`` process) runs, the status is read when it exits
+    and every :data:`STREAMED_POLL_S` seconds; otherwise after :data:`STATUS_POLL_S`'s
+    growing waits.
+    """
+    deadline = time.monotonic() + timeout
+    wait = STATUS_POLL_S[0]
+    while True:
+        status = run_status(run_id, link, env)
+        if str(status["status"]).startswith("finished"):
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        streaming = logs is not None and logs.poll() is None
+        if streaming:
+            pause = STREAMED_POLL_S
+        else:
+            pause, wait = wait, min(wait * 1.5, STATUS_POLL_S[1])
+        until = min(time.monotonic() + pause, deadline)
+        while time.monotonic() < until and not (streaming and logs.poll() is not None):
+            time.sleep(0.2)
+
+
 def run_and_check(
     app_dir: Path,
     config: Path,
@@ -235,16 +272,11 @@ def _run_and_check(
     run_id = str(submitted["run-id"])
     print(f"Flower run {run_id} submitted; waiting for it to finish", flush=True)
     logs = subprocess.Popen(["flwr", "log", run_id, *link, "--stream"], env=env) if stream else None
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            status = run_status(run_id, link, env)
-            if str(status["status"]).startswith("finished"):
-                break
-            if time.monotonic() > deadline:
-                print(f"error: run {run_id} not finished after {timeout:.0f} s", file=sys.stderr)
-                return 1
-            time.sleep(2.0)
+        status = wait_for_run(run_id, link, env, timeout, logs)
+        if status is None:
+            print(f"error: run {run_id} not finished after {timeout:.0f} s", file=sys.stderr)
+            return 1
     finally:
         if logs is not None:
             time.sleep(1.0)
