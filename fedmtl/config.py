@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import tomli_w
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -40,6 +39,7 @@ from pydantic import (
 from fedmtl import defaults
 from fedmtl.registry import did_you_mean
 from fedmtl.shipped import missing_config, resolve_config
+from fedmtl.strict_scalars import StrictScalars
 
 
 class ConfigError(ValueError):
@@ -50,8 +50,9 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
-class Section(BaseModel):
-    """Base of config sections: kebab-case keys, unknown keys rejected."""
+class Section(StrictScalars):
+    """Base of config sections: kebab-case keys, unknown keys rejected, and no lax coercion of
+    booleans and numbers (:class:`fedmtl.strict_scalars.StrictScalars`)."""
 
     model_config = ConfigDict(
         extra="forbid", alias_generator=_kebab, populate_by_name=True, frozen=True,

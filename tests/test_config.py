@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 
@@ -192,3 +193,52 @@ def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeyp
 def test_model_sizes_beyond_what_can_be_built_name_the_key(key):
     with pytest.raises(ConfigError, match=rf"{key} = 9223372036854775807: Input should be less than or equal to"):
         load_config(None, [f"{key}={2**63 - 1}"])
+
+
+def _scalar_keys() -> list[tuple[str, Any]]:
+    """Every ``section.key`` whose value is a boolean or a number, with its annotation."""
+    from fedmtl.config import SECTIONS
+    from fedmtl.strict_scalars import _members
+
+    return [(f"{name}.{field.alias or key}", field.annotation)
+            for name, section in SECTIONS.items() for key, field in section.model_fields.items()
+            if {bool, int, float} & set(_members(field.annotation))]
+
+
+def test_every_boolean_and_number_key_is_checked_without_lax_coercion():
+    """Pydantic's lax mode turned ``rounds = true`` into 1 and ``lr = "0.5"`` into 0.5."""
+    keys = _scalar_keys()
+    assert len(keys) > 30
+    for key, annotation in keys:
+        members = set(get_args(annotation) or (annotation,))
+        wrong = [1] if members & {int, float} == set() else [True, "3"]
+        for value in wrong:
+            with pytest.raises(ConfigError) as info:
+                load_config(None, [f"{key}={value!r}" if isinstance(value, str) else f"{key}={str(value).lower()}"])
+            line = str(info.value)
+            assert line.startswith(f"{key} = ") and "expected " in line and "\n" not in line, (key, value, line)
+
+
+def test_lax_values_are_named_and_good_ones_pass():
+    with pytest.raises(ConfigError, match=r"^run.rounds = True: expected an integer, got a boolean$"):
+        load_config(None, ["run.rounds=true"])
+    with pytest.raises(ConfigError, match=r"client.lr = '0.5': expected a number, got the text '0.5' \(write it"):
+        load_config(None, ['client.lr="0.5"'])
+    with pytest.raises(ConfigError, match=r"run.parquet = 'yes': expected true or false or 'auto', got the text"):
+        load_config(None, ['run.parquet="yes"'])
+    cfg = load_config(None, ["client.lr=1", 'run.parquet="auto"', "server.fraction-train=1"])
+    assert cfg.client.lr == 1.0 and isinstance(cfg.client.lr, float) and cfg.run.parquet == "auto"
+
+
+def test_rule_parameters_and_method_options_take_booleans_and_numbers_as_written():
+    from fedmtl.aggregation import WEIGHTINGS
+    from fedmtl.strict_scalars import StrictScalars
+    from fedmtl.training.methods import METHODS
+
+    assert all(issubclass(entry.Params, StrictScalars) for _, entry in WEIGHTINGS.items())
+    assert all(issubclass(method.Params, StrictScalars) for _, method in METHODS.items())
+    with pytest.raises(ConfigError, match=r"server.params: weighting 'qffl': q = True: expected a number, got a"):
+        load_config(None, ["server.weighting=qffl", "server.params={q = true}"])
+    with pytest.raises(ConfigError, match=r"lambda = '0.5': expected a number, got the text '0.5' \(write it"):
+        load_config(None, ["personalization.method=ditto", 'personalization.params={lambda = "0.5"}'])
+    assert load_config(None, ["server.weighting=qffl", "server.params={q = 2}"]).server.params["q"] == 2

@@ -32,12 +32,13 @@ from pydantic import BaseModel, ConfigDict
 from fedmtl.aggregation.info import SolveInfo
 from fedmtl.aggregation.objectives import Objectives
 from fedmtl.registry import option_errors
+from fedmtl.strict_scalars import StrictScalars
 
 Scope = Literal["client", "server", "both"]
 Kind = Literal["weighting", "aggregator"]
 
 
-class NoParams(BaseModel):
+class NoParams(StrictScalars):
     """A rule without parameters (and the base of every rule's ``Params``)."""
 
     model_config = ConfigDict(

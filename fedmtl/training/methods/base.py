@@ -40,6 +40,7 @@ from fedmtl.personalization.head_store import init_heads
 from fedmtl.protocol import TEST, TEST_GLOBAL
 from fedmtl.registry import Registry, option_errors
 from fedmtl.seeds import Stream, seeded_torch_init, torch_generator
+from fedmtl.strict_scalars import StrictScalars
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import TrainResult, evaluate, train_local
 from fedmtl.training.local import Group, Proximal
@@ -50,7 +51,7 @@ GLOBAL, PERSONAL = "global", "personal"
 """The values of ``model.heads``."""
 
 
-class NoParams(BaseModel):
+class NoParams(StrictScalars):
     """A method without options (and the base of every method's ``Params``)."""
 
     model_config = ConfigDict(
