@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import tomllib
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,13 +268,26 @@ def run(config: ConfigLike | None = None, overrides: Iterable[str] | None = None
     return RunResult(run_dir)
 
 
-def resume(folder: str | Path, quiet: bool = True, verbose: bool = False) -> RunResult:
+def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rounds: int | None = None) -> RunResult:
     """Continue an interrupted federated run from its newest usable checkpoint, with the config
     it recorded, when the resume is exact (as ``fedmtl run --resume`` without ``--force``); a
     finished run is returned as it is.
 
+    Parameters
+    ----------
+    folder : str or Path
+        The run folder.
+    quiet, verbose : bool
+        As for :func:`run`.
+    rounds : int, optional
+        Extend the run, finished or not, to this many rounds (as ``fedmtl run --resume RUN --set
+        run.rounds=N``); its ``config.toml`` then records them. When the result may differ from
+        a run of that many rounds from the start, a ``UserWarning`` says why.
+
     Raises
     ------
+    ValueError
+        ``rounds`` is fewer than the run's.
     fedmtl.results.CheckpointError
         No usable checkpoint.
     fedmtl.launch.sweep.ResumeRefused
@@ -284,15 +298,20 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False) -> Run
     from fedmtl.folder_lock import refuse_if_busy
     from fedmtl.launch.simulation import preserved_caller
     from fedmtl.launch.sweep import check_resume
-    from fedmtl.results import load_checkpoint
+    from fedmtl.results import check_extension, extend_run, load_checkpoint
 
     run_dir = Path(folder).resolve()
     cfg = load_config(run_dir / "config.toml")
+    rounds = cfg.run.rounds if rounds is None else rounds
+    check_extension(cfg.run.rounds, rounds)
     checkpoint, _ = load_checkpoint(run_dir)
-    if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
+    if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
         return RunResult(run_dir)
     refuse_if_busy(run_dir)
     cfg = check_resume(cfg, run_dir, checkpoint)
+    cfg, note = extend_run(run_dir, cfg, rounds)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
     with preserved_caller(quiet_engine=quiet and not verbose):
         _execute(cfg, run_dir, quiet, verbose, checkpoint)
     return RunResult(run_dir)

@@ -268,11 +268,13 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
         fail(f"'{run_dir}' is not a run folder (no config.toml)")
     cfg = _load(run_dir / "config.toml", None)
     before = cfg.run.rounds
-    if overrides:
-        cfg = _load(run_dir / "config.toml", overrides)
-        if cfg.run.rounds < before:
-            fail(f"run.rounds = {cfg.run.rounds}: the run has {before} rounds; --resume can extend a run, "
-                 f"not shorten it")
+    rounds = _load(run_dir / "config.toml", overrides).run.rounds if overrides else before
+    from fedmtl.results import check_extension, extend_run
+
+    try:
+        check_extension(before, rounds)
+    except ValueError as exc:
+        fail(str(exc))
     if cfg.run.mode == "centralized":
         fail("--resume continues federated runs; rerun the centralized baseline instead")
     if cfg.client.head_store != "disk":
@@ -286,29 +288,17 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
         raise
     for note in notes:
         typer.echo(f"warning: {note}; using the previous one", err=True)
-    if int(checkpoint["round"]) >= cfg.run.rounds and (run_dir / "summary.json").is_file():
-        typer.echo(f"{run_dir} already finished all {cfg.run.rounds} rounds; nothing to resume")
+    if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
+        typer.echo(f"{run_dir} already finished all {rounds} rounds; nothing to resume")
         return
     _refuse_if_busy(run_dir)
     _check_resume(run_dir, cfg, checkpoint, force, quiet)
-    if cfg.run.rounds != before:
-        _extend(run_dir, cfg, before)
+    cfg, extended = extend_run(run_dir, cfg, rounds)  # records N rounds in config.toml when extended
+    if extended:
+        typer.echo(f"note: {extended}", err=True)
     if not quiet:
         _header(cfg, run_dir, run_dir / "config.toml")
     _guarded(run_dir.resolve(), lambda: _simulate(cfg, run_dir.resolve(), quiet, verbose, checkpoint))
-
-
-def _extend(run_dir: Path, cfg: ExperimentConfig, before: int) -> None:
-    """Record the extended config in ``config.toml`` (a later ``--resume`` continues it) and say
-    when the result may differ from a run of ``cfg.run.rounds`` rounds from the start: round
-    ``before`` was evaluated as the last round, and sampling its evaluation clients drew from
-    the server's sampling stream."""
-    from fedmtl.atomic import write_bytes
-
-    write_bytes(run_dir / "config.toml", cfg.to_toml().encode())
-    if before % cfg.run.evaluate_every and cfg.server.fraction_evaluate < 1:
-        typer.echo(f"note: round {before} was evaluated as the run's last; the clients sampled after it may "
-                   f"differ from those of a run of {cfg.run.rounds} rounds from the start", err=True)
 
 
 def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force: bool, quiet: bool = False) -> None:
@@ -409,7 +399,8 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 FormatOption = Annotated[
     str, typer.Option("--format", click_type=click.Choice(FIGURE_FORMATS), help="Format of the figures.")
 ]
-DpiOption = Annotated[int, typer.Option("--dpi", min=1, help="Dots per inch of PNG figures.")]
+DpiOption = Annotated[int, typer.Option("--dpi", min=1, max=1200, help="Dots per inch of PNG figures "
+                                        "(at most 1,200: fedmtl.plots.MAX_DPI).")]
 HighlightOption = Annotated[
     int | None, typer.Option("--highlight-client", help="Mark this client id in every figure that shows clients.")
 ]
@@ -746,6 +737,10 @@ def list_(
         str, typer.Argument(help="weightings | datasets | backbones | partitioners | task-sets | tasks | methods "
                                  "(alias: personalization) | configs (the shipped configs)")
     ] = "weightings",
+    plugin: Annotated[
+        list[str] | None, typer.Option("--plugin", help="A plugin to load first, as a run.plugins entry: a .py file "
+                                       "(relative to this folder) or a module name; repeatable.")
+    ] = None,
 ) -> None:
     """List registered names of one kind, or the shipped configs (usable by name: fedmtl run quickstart)."""
     if kind == "configs":
@@ -760,12 +755,12 @@ def list_(
     from fedmtl.aggregation import WEIGHTINGS
     from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS
     from fedmtl.models import BACKBONES
-    from fedmtl.plugins import PluginError, load_entry_points
+    from fedmtl.plugins import PluginError, load_plugins
     from fedmtl.tasks import TASK_KINDS
     from fedmtl.training.methods import METHODS
 
-    try:
-        load_entry_points()  # installed plugin packages (entry points of group fedmtl.plugins) list theirs too
+    try:  # installed plugin packages (entry points of group fedmtl.plugins) and --plugin list theirs too
+        load_plugins(plugin or [])
     except PluginError as exc:
         fail(str(exc))
     registries = {

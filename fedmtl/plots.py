@@ -78,6 +78,9 @@ FORMATS = ("png", "pdf", "svg")
 """The formats a figure can be written in."""
 DEFAULT_DPI = 150
 """Dots per inch of a PNG figure unless told otherwise."""
+MAX_DPI = 1200
+"""The most dots per inch a PNG figure may have: a 10 × 6 inch figure at 1,200 dpi is 86
+million pixels (about 350 MB while drawn); 100,000 dpi asked for terabytes."""
 VALUES_UP_TO = 30
 """The client × task heatmap writes each cell's value when it shows at most this many clients."""
 GLOBAL_PREFIX = "global_"
@@ -128,7 +131,7 @@ def backend_left_unset() -> Iterator[None]:
 
 # -- shared helpers ----------------------------------------------------------------------
 def check_format(fmt: str, dpi: int = DEFAULT_DPI) -> None:
-    """Refuse a format not in :data:`FORMATS` or a non-positive ``dpi``.
+    """Refuse a format not in :data:`FORMATS` or a ``dpi`` outside 1..:data:`MAX_DPI`.
 
     Raises
     ------
@@ -137,8 +140,8 @@ def check_format(fmt: str, dpi: int = DEFAULT_DPI) -> None:
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}")
-    if not isinstance(dpi, int) or dpi < 1:
-        raise ValueError(f"--dpi {dpi} must be a positive whole number")
+    if not isinstance(dpi, int) or isinstance(dpi, bool) or not 1 <= dpi <= MAX_DPI:
+        raise ValueError(f"--dpi {dpi} must be a whole number from 1 to {MAX_DPI}")
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = DEFAULT_DPI) -> Path:

@@ -178,13 +178,16 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     Raises
     ------
     FileNotFoundError
-        Naming a path that does not exist or holds no finished run.
+        Naming a path that does not exist, is a file, or holds no finished run.
     """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"'{path}' does not exist")
+        if not path.is_dir():
+            raise FileNotFoundError(f"'{path}' is a file, not a folder: give run folders, sweep folders "
+                                    "or folders holding them")
         runs = _runs_in_order(path)
         if not runs:
             raise FileNotFoundError(f"'{path}' holds no finished run (no summary.json under it)")

@@ -614,6 +614,51 @@ def extended_to(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, 
     return dict(before)
 
 
+def check_extension(before: int, rounds: Any) -> None:
+    """Refuse to take a run of ``before`` rounds to ``rounds``: fewer rounds, or not a whole number.
+
+    Raises
+    ------
+    ValueError
+        Naming ``rounds`` and the run's rounds.
+    """
+    if not isinstance(rounds, int) or isinstance(rounds, bool):
+        raise ValueError(f"run.rounds = {rounds!r}: expected an integer")
+    if rounds < before:
+        raise ValueError(f"run.rounds = {rounds}: the run has {before} rounds; a resume can extend a run, "
+                         "not shorten it")
+
+
+def extend_run(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> tuple[ExperimentConfig, str | None]:
+    """Extend the run in ``run_dir``, whose config is ``cfg``, to ``rounds`` rounds: its
+    ``config.toml`` then records them (a later resume continues to them).
+
+    Returns
+    -------
+    tuple
+        The extended config, and a note when the result may differ from a run of ``rounds``
+        rounds from the start (round ``cfg.run.rounds`` was evaluated as the last round, and
+        sampling its evaluation clients drew from the server's sampling stream), else ``None``.
+
+    Raises
+    ------
+    ValueError
+        ``rounds`` is fewer than the run's (a run is extended, never shortened), or not a
+        whole number.
+    """
+    before = cfg.run.rounds
+    check_extension(before, rounds)
+    if rounds == before:
+        return cfg, None
+    cfg = cfg.with_values(run={"rounds": rounds})
+    write_bytes(run_dir / "config.toml", cfg.to_toml().encode())
+    note = None
+    if before % cfg.run.evaluate_every and cfg.server.fraction_evaluate < 1:
+        note = (f"round {before} was evaluated as the run's last; the clients sampled after it may "
+                f"differ from those of a run of {rounds} rounds from the start")
+    return cfg, note
+
+
 def shorter_runs(cfg: ExperimentConfig) -> Callable[[str], bool]:
     """Whether a config fingerprint is that of ``cfg`` with fewer rounds (heads written
     before the run was extended)."""

@@ -1,8 +1,9 @@
 """Run several simulations in one process, for tests that need many short ones.
 
 ``python -m tests.simulation_batch SPEC.json RESULT.json``: SPEC is a list of
-``{"config": path, "overrides": [...], "out": run folder}`` or of ``{"argv": [...], "out": key}``
-(a ``fedmtl`` command line, e.g. ``run --resume``, run in this process); RESULT maps each
+``{"config": path, "overrides": [...], "out": run folder}``, of ``{"argv": [...], "out": key}``
+(a ``fedmtl`` command line, e.g. ``run --resume``, run in this process) or of
+``{"resume": run folder, "rounds": N, "out": key}`` (:func:`fedmtl.resume`); RESULT maps each
 ``out`` to "" (the run finished) or the error's traceback (a command's exit code and output).
 Each run is a real Ray simulation exactly as ``fedmtl run`` starts it; one process saves the
 interpreter's imports per run, and the runs share one Ray instance
@@ -30,6 +31,9 @@ def main(spec_path: str, result_path: str) -> None:
             if "argv" in job:
                 results[job["out"]] = command(job["argv"])
                 continue
+            if "resume" in job:
+                results[job["out"]] = api_resume(job["resume"], job.get("rounds"))
+                continue
             try:
                 cfg = load_config(job["config"], job["overrides"])
                 simulate(cfg, create_run_dir(cfg, Path(job["out"])), quiet=True)
@@ -37,6 +41,17 @@ def main(spec_path: str, result_path: str) -> None:
             except Exception as exc:  # noqa: BLE001 - reported per job, the batch goes on
                 results[job["out"]] = "".join(traceback.format_exception(exc))[-4000:]
     Path(result_path).write_text(json.dumps(results))
+
+
+def api_resume(folder: str, rounds: int | None) -> str:
+    """``fedmtl.resume(folder, rounds=rounds)`` in this process: "" when it returns, else the error."""
+    import fedmtl
+
+    try:
+        fedmtl.resume(folder, rounds=rounds)
+    except Exception as exc:  # noqa: BLE001 - reported per job, the batch goes on
+        return "".join(traceback.format_exception(exc))[-4000:]
+    return ""
 
 
 def command(argv: list[str]) -> str:

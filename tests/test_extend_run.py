@@ -34,12 +34,15 @@ IN_PROCESS = "engine.backend=inprocess"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-round smoke run, and a 2-round one extended to 3 rounds (in-process, in one process)."""
+    """A 3-round smoke run, and two 2-round ones extended to 3 rounds, by the command line and by
+    :func:`fedmtl.resume` (in-process, in one process)."""
     folder = tmp_path_factory.mktemp("extend")
     jobs = [
         {"config": SMOKE, "overrides": ["run.rounds=3", IN_PROCESS], "out": str(folder / "whole")},
         {"config": SMOKE, "overrides": [IN_PROCESS], "out": str(folder / "extended")},
         {"argv": ["run", "--resume", str(folder / "extended"), "--set", "run.rounds=3", "-q"], "out": "extend"},
+        {"config": SMOKE, "overrides": [IN_PROCESS], "out": str(folder / "api")},
+        {"resume": str(folder / "api"), "rounds": 3, "out": "api-extend"},
     ]
     results = run_batch(jobs, folder)
     assert all(error == "" for error in results.values()), results
@@ -59,6 +62,22 @@ def test_an_extended_run_equals_a_run_of_that_many_rounds(runs):
     assert sb["final"] == sa["final"] and sb["config_fingerprint"] == sa["config_fingerprint"]
     assert sb["provenance"]["resumed_after_round"] == 2
     assert (extended / "config.toml").read_text() == (whole / "config.toml").read_text()
+
+
+@pytest.mark.slow
+def test_the_python_api_extends_a_run_as_the_command_line_does(runs):
+    import fedmtl
+
+    whole, api = runs / "whole", runs / "api"
+    pd.testing.assert_frame_equal(pd.read_csv(whole / "metrics.csv"), pd.read_csv(api / "metrics.csv"),
+                                  check_exact=True)
+    assert (api / "config.toml").read_text() == (whole / "config.toml").read_text()
+    assert json.loads((api / "summary.json").read_text())["provenance"]["resumed_after_round"] == 2
+    with pytest.raises(ValueError, match="run.rounds = 2: the run has 3 rounds; a resume can extend a run, not"):
+        fedmtl.resume(api, rounds=2)
+    with pytest.raises(ValueError, match="run.rounds = '4': expected an integer"):
+        fedmtl.resume(api, rounds="4")
+    assert fedmtl.resume(api, rounds=3).folder == api  # finished: returned as it is, nothing runs
 
 
 @pytest.mark.slow

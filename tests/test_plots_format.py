@@ -226,6 +226,8 @@ def test_figures_are_written_as_png_pdf_or_svg(runs, tmp_path):
         plots.plot_run(run, "jpg")
     with pytest.raises(ValueError, match="--dpi 0"):
         plots.report_figures(configurations(runs), tmp_path, "png", 0)
+    with pytest.raises(ValueError, match="--dpi 100000 must be a whole number from 1 to 1200"):
+        plots.plot_run(run, "png", dpi=100_000)  # was a MemoryError from the drawing library
 
 
 # -- one client -----------------------------------------------------------------------------
@@ -274,6 +276,8 @@ def test_the_plot_and_report_commands_take_format_dpi_and_highlight(runs, tmp_pa
     assert (run / "plots" / "clients.svg").is_file() and "clients.svg" in done.output
     bad = runner.invoke(cli, ["plot", str(run), "--format", "jpg"])
     assert bad.exit_code == 2 and "jpg" in bad.output
+    bad = runner.invoke(cli, ["plot", str(run), "--dpi", str(plots.MAX_DPI + 1)])
+    assert bad.exit_code == 2 and f"1<=x<={plots.MAX_DPI}" in bad.output
     bad = runner.invoke(cli, ["plot", str(run), "--highlight-client", "77"])
     assert bad.exit_code == 2 and "no evaluated client 77" in bad.output
     out = tmp_path / "report"

@@ -168,3 +168,19 @@ def test_a_plugin_that_registered_a_name_and_then_failed_imports_once_fixed(tmp_
         load_config(tmp_path / "exp.toml")
     plugin.write_text(WEIGHTING.format(name="half-rule"))
     assert load_config(tmp_path / "exp.toml").server.weighting == "half-rule"
+
+
+def test_fedmtl_list_shows_a_plugin_s_names_with_plugin(tmp_path, registries, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+
+    (tmp_path / "listed.py").write_text(WEIGHTING.format(name="listed-rule"))
+    monkeypatch.chdir(tmp_path)
+    before = CliRunner().invoke(cli, ["list", "weightings"])
+    assert before.exit_code == 0 and "listed-rule" not in before.output
+    shown = CliRunner().invoke(cli, ["list", "weightings", "--plugin", "listed.py"])
+    assert shown.exit_code == 0, shown.output
+    assert "listed-rule" in shown.output and "Uniform weights, registered by a plugin." in shown.output
+    broken = CliRunner().invoke(cli, ["list", "--plugin", "missing.py"])
+    assert broken.exit_code == 2 and "run.plugins: cannot import file 'missing.py'" in broken.output

@@ -127,6 +127,20 @@ def test_resources_no_node_can_offer_fail_with_a_clear_message(tmp_path, overrid
     assert "Traceback" not in proc.stderr
 
 
+def test_a_client_larger_than_the_instance_to_start_fails_before_ray_starts():
+    import ray
+
+    from fedmtl.launch.simulation import EngineError, connect
+    from fedmtl.validation import load_config
+
+    cfg = load_config(ROOT / "configs/smoke.toml", ["engine.num-cpus=1", "engine.client-num-cpus=2"])
+    assert not ray.is_initialized()
+    with pytest.raises(EngineError, match=r"engine.client-num-cpus = 2 per client, but the Ray instance started "
+                                          r"here has 1 CPUs \(engine.num-cpus"):
+        connect(cfg)
+    assert not ray.is_initialized()
+
+
 def test_max_concurrent_clients_sizes_the_ray_instance_and_flowers_actor_pool(tmp_path):
     """Ray gets max-concurrent-clients × client-num-cpus CPUs, so Flower's actor pool (sized
     by its own ``pool_size_from_resources``) holds exactly that many clients."""

@@ -16,7 +16,7 @@ import pytest
 
 from fedmtl.config import ConfigError
 from fedmtl.launch.sweep import folder_name, parse_grid_option, plan_sweep
-from fedmtl.report import pareto_front
+from fedmtl.report import find_run_dirs, pareto_front
 from tests.helpers import is_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +170,9 @@ def test_report_errors_are_clear(tmp_path):
     assert proc.returncode == 2 and "holds no finished run" in proc.stderr and "Traceback" not in proc.stderr
     proc = fedmtl("report", str(tmp_path / "missing"), cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+    (tmp_path / "metrics.csv").write_text("round\n")  # a run's file given for its folder: was "cannot write"
+    with pytest.raises(FileNotFoundError, match="metrics.csv' is a file, not a folder: give run folders"):
+        find_run_dirs([tmp_path / "metrics.csv"])
 
 
 def test_keep_and_skip_invalid_drop_combinations(tmp_path):

@@ -408,8 +408,10 @@ def check_server_device(cfg: ExperimentConfig) -> None:
 def connect(cfg: ExperimentConfig, settings: tuple | None = None, verbose: bool = False) -> None:
     """Start or join Ray, then check that at least one node can host a virtual client
     (``engine.client-num-cpus`` CPUs and ``engine.client-num-gpus`` GPUs), instead of waiting
-    forever for resources that never come. In a :func:`shared_engine` block, keep the block's
-    instance when ``settings`` (default :func:`engine_settings` now) are those it started with.
+    forever for resources that never come (for an instance started here, the CPUs are checked
+    before it starts: it has ``engine.num-cpus`` or at most this machine's). In a
+    :func:`shared_engine` block, keep the block's instance when ``settings`` (default
+    :func:`engine_settings` now) are those it started with.
     Ray is quiet unless ``verbose`` (:func:`ray_logging`)."""
     import ray
 
@@ -418,9 +420,16 @@ def connect(cfg: ExperimentConfig, settings: tuple | None = None, verbose: bool 
         check_reachable(cfg.engine.address)
     settings = engine_settings(cfg, verbose) if settings is None else settings
     _reuse_shared(ray, settings)
-    if not ray.is_initialized():
-        _start_ray(ray, cfg, settings, verbose)
     need_cpu, need_gpu = cfg.engine.client_num_cpus, cfg.engine.client_num_gpus
+    if not ray.is_initialized():
+        most = cfg.engine.cpus() or os.cpu_count() or 1  # ray.init's num_cpus, else at most this machine's
+        if not cfg.engine.address and need_cpu > most:  # known before Ray starts (about 10 s)
+            raise EngineError(
+                f"no Ray node can host a virtual client: engine.client-num-cpus = {need_cpu} per client, but the "
+                f"Ray instance started here has {most} CPUs"
+                + (" (engine.num-cpus / engine.max-concurrent-clients)" if cfg.engine.cpus() else "")
+            )
+        _start_ray(ray, cfg, settings, verbose)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
     fits = [n for n in nodes if n.get("CPU", 0) >= need_cpu and (need_gpu == 0 or n.get("GPU", 0) >= need_gpu)]
     if not fits:
