@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedmtl.metric_sets import attribute_values
+
 
 def _gap(values: list[float]) -> float | None:
     return max(values) - min(values) if len(values) >= 2 else None
@@ -130,11 +132,6 @@ def _pooled_rate(clients: list[dict[str, float]], rate: str, weight) -> float | 
     return sum(r * w for r, w in pairs) / total if total > 0 else None
 
 
-def _value_order(value: str) -> tuple[int, int | str]:
-    """Integer codes in numeric order, then names alphabetically."""
-    return (0, int(value)) if value.isdigit() else (1, value)
-
-
 def pooled_group_gaps(clients: list[dict[str, float]]) -> dict[str, float]:
     """Gaps of the rates pooled over clients (one task's metrics from each client).
 
@@ -143,11 +140,7 @@ def pooled_group_gaps(clients: list[dict[str, float]]) -> dict[str, float]:
     taken together.
     """
     out: dict[str, float] = {}
-    attributes = sorted({key[len("count-"):].rsplit("-", 1)[0] for m in clients for key in m
-                         if key.startswith("count-")})
-    for g in attributes:
-        values = sorted({key.rsplit("-", 1)[1] for m in clients for key in m
-                         if key.startswith(f"count-{g}-")}, key=_value_order)
+    for g, values in attribute_values(clients).items():
         rates: dict[str, list[float]] = {"accuracy": [], "positive-rate": [], "tpr": [], "fpr": []}
         for v in values:
             def count(m, g=g, v=v):
@@ -210,11 +203,7 @@ def resampled_group_gaps(clients: list[dict[str, float]], rows: np.ndarray) -> d
         with np.errstate(invalid="ignore", divide="ignore"):
             out[f"{name}.mean"] = np.where(defined.any(axis=1), np.where(defined, values, 0.0).sum(axis=1)
                                            / defined.sum(axis=1), math.nan)
-    attributes = sorted({key[len("count-"):].rsplit("-", 1)[0] for m in clients for key in m
-                         if key.startswith("count-")})
-    for g in attributes:
-        values = sorted({key.rsplit("-", 1)[1] for m in clients for key in m if key.startswith(f"count-{g}-")},
-                        key=_value_order)
+    for g, values in attribute_values(clients).items():
         pooled: dict[str, np.ndarray] = {}
         for rate in ("accuracy", "positive-rate", "tpr", "fpr"):
             per_value = []

@@ -22,7 +22,7 @@ the reply reports (every example has a value of every attribute).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from fedmtl.tasks import TASK_KINDS
 
@@ -38,15 +38,31 @@ MAX_METRICS = 4096
 """The most metrics one reply may carry."""
 
 
-def _attribute_counts(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """``{attribute: {value: count}}`` of the ``count-<g>-<v>`` metrics (the value is the
-    part after the last ``-``, as :mod:`fedmtl.group_fairness` reads it)."""
+def attribute_counts(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``{attribute: {value: count}}`` of one task's ``count-<g>-<v>`` metrics (the value is the
+    part after the last ``-``: an attribute's name may contain ``-``, a value may not)."""
     counts: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
         if name.startswith("count-") and "-" in name[len("count-"):]:
             attribute, member = name[len("count-"):].rsplit("-", 1)
             counts.setdefault(attribute, {})[member] = value
     return counts
+
+
+def attribute_values(clients: Sequence[Mapping[str, float]]) -> dict[str, list[str]]:
+    """``{attribute: values}`` of the ``count-<g>-<v>`` metrics of any of ``clients`` (one
+    task's metrics from each), attributes sorted by name, values integer codes in numeric order,
+    then names alphabetically."""
+    values: dict[str, set[str]] = {}
+    for metrics in clients:
+        for attribute, members in attribute_counts(metrics).items():
+            values.setdefault(attribute, set()).update(members)
+    return {g: sorted(values[g], key=_value_order) for g in sorted(values)}
+
+
+def _value_order(value: str) -> tuple[int, int | str]:
+    """Integer codes in numeric order, then names alphabetically."""
+    return (0, int(value)) if value.isdigit() else (1, value)
 
 
 def _group_name_problem(name: str, counts: Mapping[str, Mapping[str, float]], binary: bool) -> str:
@@ -73,7 +89,7 @@ def metric_set_problem(metrics: Mapping[str, float], kind: str, examples: float)
     missing = [name for name in expected if name not in metrics]
     if missing:
         return f"no '{missing[0]}', which a {kind} task reports"
-    counts = _attribute_counts(metrics)
+    counts = attribute_counts(metrics)
     binary = kind == "binary"
     for name in metrics:
         if name in expected:

@@ -87,3 +87,26 @@ def test_group_gap_summary_by_hand():
     assert out == pytest.approx({"accuracy-gap-g.mean": 0.25, "accuracy-gap-g.worst": 0.5,
                                  "accuracy-gap-g.pooled": 6 / 9 - 0.5})
     assert summarize_group_gaps([]) == {} and summarize_group_gaps([{"accuracy": 1.0}]) == {}
+
+
+def test_an_attribute_whose_name_extends_another_keeps_its_own_groups():
+    """``count-a-b-1`` is group 1 of attribute ``a-b``, not a group ``1`` of attribute ``a``:
+    the pooled and resampled gaps of ``a`` equal those computed without ``a-b``."""
+    import numpy as np
+
+    from fedmtl.group_fairness import pooled_group_gaps, resampled_group_gaps
+
+    gen = torch.Generator().manual_seed(3)
+    both, alone = [], []
+    for size in (8, 11, 6):
+        pred, true = torch.randint(0, 2, (size,), generator=gen), torch.randint(0, 2, (size,), generator=gen)
+        a, ab = torch.randint(0, 2, (size,), generator=gen), torch.randint(2, 5, (size,), generator=gen)
+        both.append(group_metrics(pred, true, {"a": a, "a-b": ab}, binary=True))
+        alone.append(group_metrics(pred, true, {"a": a}, binary=True))
+    assert any(key.startswith("count-a-b-") for key in both[0])
+    pooled_both, pooled_alone = pooled_group_gaps(both), pooled_group_gaps(alone)
+    assert {k: v for k, v in pooled_both.items() if not k.endswith("-a-b")} == pytest.approx(pooled_alone)
+    rows = np.array([[0, 1, 2], [2, 2, 0]])
+    resampled_both, resampled_alone = resampled_group_gaps(both, rows), resampled_group_gaps(alone, rows)
+    for key, value in resampled_alone.items():
+        np.testing.assert_allclose(resampled_both[key], value)
