@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from fedmtl.config import ConfigError
+from fedmtl.one_line import described
 from fedmtl.registry import undone_on_error
 
 KEY = "run.plugins"
@@ -101,11 +102,6 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def import_plugin(entry: str) -> ModuleType:
     """Import one ``run.plugins`` entry: a ``.py`` file by path (absolute, or relative to the
     working directory), else a module by name. Importing it again is a no-op.
@@ -122,7 +118,7 @@ def import_plugin(entry: str) -> ModuleType:
             return importlib.import_module(entry)
     except Exception as exc:  # noqa: BLE001 - any failure of user code becomes one config error
         what = "file" if is_file(entry) else "module"
-        raise PluginError(f"{KEY}: cannot import {what} {entry!r}: {_one_line(exc)}") from exc
+        raise PluginError(f"{KEY}: cannot import {what} {entry!r}: {described(exc, limit=None)}") from exc
 
 
 def load_entry_points() -> list[str]:
@@ -144,7 +140,7 @@ def load_entry_points() -> list[str]:
         except Exception as exc:  # noqa: BLE001
             package = f" of package '{point.dist.name}'" if getattr(point, "dist", None) is not None else ""
             raise PluginError(f"entry point '{point.name} = {point.value}'{package} (group {ENTRY_POINT_GROUP}): "
-                              f"cannot import it: {_one_line(exc)}") from exc
+                              f"cannot import it: {described(exc, limit=None)}") from exc
         loaded.append(point.name)
     _entry_points_loaded = True  # only when all loaded: a failure is reported again next time
     return loaded

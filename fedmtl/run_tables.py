@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedmtl.one_line import one_line
+
 METRIC_COLUMNS = ("round", "client", "task", "split", "metric", "value")
 """The columns of ``metrics.csv``."""
 
@@ -52,7 +54,7 @@ def _read(path: Path, done: int) -> tuple[pd.DataFrame | None, str]:
     try:
         table = pd.read_csv(io.BytesIO(data), dtype={"task": str, "split": str, "metric": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        return None, f"{path.name} does not parse: {' '.join(str(exc).split())[:160]}"
+        return None, f"{path.name} does not parse: {one_line(exc)}"
     if "round" not in table.columns or (len(table) and not pd.api.types.is_integer_dtype(table["round"])):
         return None, f"{path.name} has no whole-number 'round' column"
     return (table[table["round"] <= done] if len(table) else table), ""

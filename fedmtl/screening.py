@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fedmtl.metric_sets import MAX_METRICS, MAX_NAME, metric_set_problem
+from fedmtl.one_line import one_line
 from fedmtl.protocol import (
     EVALUATE_REPLY_KEYS,
     HEADS_IN,
@@ -233,15 +234,6 @@ class KnownClients:
             names = [t.name for t in dataset_tasks(self.data)]
             self._task_sets = assign_tasks(self.data.num_clients, names, self.seed, self.data)
         return self._task_sets
-
-
-def one_line(text: object, limit: int) -> str:
-    """``text`` as one printable line of at most ``limit`` characters: runs of white space
-    (line breaks included) become one space, other characters that do not print (terminal
-    escapes) become ``?``. Text a client sent goes into logs and messages only this way, so
-    that it cannot forge a line of its own."""
-    flat = " ".join(str(text).split())[:limit]
-    return "".join(c if c.isprintable() else "?" for c in flat)
 
 
 def _short(name: object) -> str:

@@ -49,6 +49,7 @@ from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_input_shape, 
 from fedmtl.data.federation import check_natural_clients
 from fedmtl.faults import CORRUPTIONS
 from fedmtl.models import BACKBONES, build_model
+from fedmtl.one_line import one_line
 from fedmtl.parquet import parquet_error
 from fedmtl.plugins import load_plugins, plugin_entries, resolve_plugin_files
 from fedmtl.registry import Registry, did_you_mean
@@ -605,7 +606,7 @@ def model_bytes(cfg: ExperimentConfig) -> int:
         with torch.device("meta"):
             model = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
     except (RuntimeError, OverflowError) as exc:  # sizes beyond what torch can count
-        why = " ".join(str(exc).split())[:160]
+        why = one_line(exc)
         raise ValueError(f"model.backbone = {cfg.model.backbone!r} with model.width = {cfg.model.width} and "
                          f"model.head-hidden = {cfg.model.head_hidden} cannot be built: {why}"
                          "; lower model.width or model.head-hidden") from None

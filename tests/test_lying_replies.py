@@ -15,7 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common import Error, MessageType
 
 from fedmtl import protocol as wire
-from fedmtl.screening import ClientLimits, evaluate_metrics_problem, norm_outliers, one_line
+from fedmtl.one_line import described, one_line
+from fedmtl.screening import ClientLimits, evaluate_metrics_problem, norm_outliers
 from fedmtl.server.discovery import ClientDirectory, FederationMismatch
 from fedmtl.server.replies import Failed, Rejected, placement_row, read_train_reply
 from tests.test_round_loop import STATE, failed, good, run
@@ -201,6 +202,13 @@ def test_a_client_cannot_write_lines_of_its_own_into_the_logs(tmp_path, caplog):
 def test_one_line_keeps_text_printable_and_short():
     assert one_line("a\n b\r\n\tc\x1b[0m", 100) == "a b c?[0m"
     assert one_line("x" * 50, 10) == "x" * 10
+    assert one_line("x" * 500) == "x" * 160 and one_line("x" * 500, None) == "x" * 500
+
+
+def test_an_exception_is_described_in_one_line_by_its_type_and_text():
+    assert described(ValueError("bad\n  value\x07")) == "ValueError: bad value?"
+    assert described(KeyError()) == "KeyError"
+    assert described(OSError("y" * 300)) == "OSError: " + "y" * 151
 
 
 # -- the server's state across a skipped round -------------------------------------------------

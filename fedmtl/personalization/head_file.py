@@ -23,6 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from fedmtl.one_line import described
+
 SUFFIX = ".safetensors"
 """A head file's suffix."""
 LEGACY_SUFFIX = ".pt"
@@ -74,7 +76,7 @@ def encode(heads: dict[str, torch.Tensor], run_id: str, config: str) -> bytes:
     try:
         return safetensors_bytes(tensors, metadata={KIND: KIND_VALUE, RUN_ID: run_id, CONFIG: config})
     except Exception as exc:  # noqa: BLE001 - a dtype the format lacks, ...: one line
-        raise ValueError(_described(exc)) from None
+        raise ValueError(described(exc)) from None
 
 
 def _unstorable(key: str, value: torch.Tensor) -> str:
@@ -103,7 +105,7 @@ def decode(path: Path) -> HeadFile:
             metadata = handle.metadata() or {}
             heads = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except Exception as exc:  # noqa: BLE001 - any unreadable file is described in one line
-        raise ValueError(_described(_open_error(path) or exc)) from None
+        raise ValueError(described(_open_error(path) or exc)) from None
     if metadata.get(KIND) != KIND_VALUE:
         raise ValueError("not a fedmtl head file")
     return HeadFile(heads, metadata.get(RUN_ID), metadata.get(CONFIG, ""))
@@ -119,17 +121,12 @@ def _open_error(path: Path) -> OSError | None:
         return exc
 
 
-def _described(exc: BaseException) -> str:
-    """``exc`` as one line of at most 160 characters: its type and its text."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
-
-
 def _decode_legacy(path: Path) -> HeadFile:
     """A ``torch.save`` head file of fedmtl before 2026-12-01."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is described in one line
-        raise ValueError(_described(exc)) from None
+        raise ValueError(described(exc)) from None
     if isinstance(data, dict) and isinstance(data.get("heads"), dict) and isinstance(data.get(RUN_ID), str):
         return HeadFile(data["heads"], data[RUN_ID], str(data.get(CONFIG, "")))
     if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):

@@ -1,0 +1,29 @@
+"""One line of text for a message: errors and names from files, plugins or clients.
+
+Every message fedmtl prints is one line; text it did not write itself (an exception's text, a
+name a client sent) goes into a message only through :func:`one_line` or :func:`described`, so
+that it cannot break the line or forge a line of its own.
+"""
+
+from __future__ import annotations
+
+LIMIT = 160
+"""The most characters of foreign text one message quotes, unless a caller says otherwise."""
+
+
+def one_line(text: object, limit: int | None = LIMIT) -> str:
+    """``text`` as one printable line of at most ``limit`` characters (``None``: no limit).
+
+    Runs of white space (line breaks included) become one space; other characters that do not
+    print (terminal escapes) become ``?``.
+    """
+    flat = " ".join(str(text).split())
+    if limit is not None:
+        flat = flat[:limit]
+    return "".join(c if c.isprintable() else "?" for c in flat)
+
+
+def described(exc: BaseException, limit: int | None = LIMIT) -> str:
+    """``exc`` as one line: ``"<type>: <text>"``, or its type's name when it has no text."""
+    text = " ".join(str(exc).split())
+    return one_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, limit)
