@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from fedmtl.one_line import one_line
 from fedmtl.tasks import TASK_KINDS
 
 PER_VALUE = ("count", "accuracy", "top-class-rate", "positive-rate", "positives", "tpr", "fpr")
@@ -97,15 +98,16 @@ def metric_set_problem(metrics: Mapping[str, float], kind: str, examples: float)
         problem = "not a metric of this task's kind" if kind == "regression" else _group_name_problem(
             name, counts, binary)
         if problem:
-            return f"'{name[:64]}': {problem}"
+            return f"'{one_line(name, 64)}': {problem}"
     for attribute, values in counts.items():
         if any(not float(v).is_integer() or v < 1 for v in values.values()):
-            return f"a count of attribute '{attribute[:64]}' is not a whole number of at least 1"
+            return f"a count of attribute '{one_line(attribute, 64)}' is not a whole number of at least 1"
         if sum(values.values()) != examples:
-            return (f"the counts of attribute '{attribute[:64]}' add up to {sum(values.values()):g}, not the "
+            return (f"the counts of attribute '{one_line(attribute, 64)}' add up to {sum(values.values()):g}, not the "
                     f"{examples:g} test examples reported")
         for member, count in values.items():
             positives = metrics.get(f"positives-{attribute}-{member}")
             if positives is not None and positives > count:
-                return f"positives-{attribute[:64]}-{member[:32]} is {positives:g}, more than its count {count:g}"
+                return (f"positives-{one_line(attribute, 64)}-{one_line(member, 32)} is {positives:g}, "
+                        f"more than its count {count:g}")
     return ""

@@ -56,7 +56,7 @@ def keys_problem(have: Iterable[str], expected: Iterable[str]) -> str:
         return f"missing {len(missing)} tensor(s), e.g. '{missing[0]}'"
     extra = [k for k in have if k not in expected]
     if extra:
-        return f"unexpected tensor '{str(extra[0])[:64]}'"
+        return f"unexpected tensor '{_short(extra[0])}'"
     return ""
 
 

@@ -28,6 +28,7 @@ from fedmtl.server.replies import (
     Rejected,
     addressee,
     addressees,
+    answered,
     destinations,
     placement_row,
     read_evaluate_reply,
@@ -58,12 +59,12 @@ def train_reply_reader(
     limits: Limits | None = None,
 ) -> Callable[[list[Message]], list[Accepted | Rejected | Failed]]:
     """A reader of an attempt's training replies, called on each batch as it comes; it reads
-    them in order (``seen``: clients already accepted this round; a second reply of a client,
+    them in order (``seen``: clients already accepted this round; a second answer of a client,
     in this batch or an earlier one, is rejected; ``limits``: each client's limits). A reply
     counts as the client its message was sent to, must come from the node it went to, and must
     agree with the call the message made (the heads named, the losses asked for).
     ``messages`` must have been sent (their ids are set)."""
-    sent, nodes, accepted = addressees(messages), destinations(messages), set(seen)
+    sent, nodes, done = addressees(messages), destinations(messages), set(seen)
     calls = {m.metadata.message_id: wire.read_call(m.content[wire.CALL]) for m in messages}
 
     def read(replies: list[Message]) -> list[Accepted | Rejected | Failed]:
@@ -71,9 +72,9 @@ def train_reply_reader(
         for reply in replies:
             node = nodes.get(reply.metadata.reply_to_message_id)
             call = calls.get(reply.metadata.reply_to_message_id)
-            outcome = read_train_reply(reply, addressee(reply, sent), like, parts, accepted, limits, node, call)
-            if isinstance(outcome, Accepted):
-                accepted.add(outcome.client)
+            outcome = read_train_reply(reply, addressee(reply, sent), like, parts, done, limits, node, call)
+            if (client := answered(outcome, reply, node)) is not None:
+                done.add(client)
             outcomes.append(outcome)
         return outcomes
 
@@ -128,15 +129,12 @@ def read_evaluate_replies(
 ) -> list[Evaluated | Rejected | Failed]:
     """Read an exchange's evaluation replies in order (as :func:`train_reply_reader`; a
     second reply of a client is rejected; ``views``: the views the run's method reports)."""
-    sent, nodes, seen, outcomes = addressees(messages), destinations(messages), set(), []
+    sent, nodes, done, outcomes = addressees(messages), destinations(messages), set(), []
     for reply in replies:
-        client = addressee(reply, sent)
         node = nodes.get(reply.metadata.reply_to_message_id)
-        outcome = read_evaluate_reply(reply, client, limits, node, views)
-        if isinstance(outcome, Evaluated) and outcome.client in seen:
-            outcome = Rejected(outcome.client, "a second reply from the same client")
-        if isinstance(outcome, Evaluated):
-            seen.add(outcome.client)
+        outcome = read_evaluate_reply(reply, addressee(reply, sent), limits, node, views, done)
+        if (client := answered(outcome, reply, node)) is not None:
+            done.add(client)
         outcomes.append(outcome)
     return outcomes
 
@@ -170,9 +168,16 @@ def log_rejections(server_round: int, stage: str, outcomes: list) -> int:
     return len(rejected)
 
 
-def placement_rows(server_round: int, stage: str, messages: list[Message], replies: list[Message]) -> list[tuple]:
-    """The ``placement.csv`` rows of an exchange's replies, sorted."""
+def placement_rows(
+    server_round: int, stage: str, messages: list[Message], replies: list[Message], outcomes: list,
+) -> list[tuple]:
+    """The ``placement.csv`` rows of an exchange's replies, sorted: one per client's first
+    answer that is a reply (``outcomes``: what was read from each of ``replies``, in order; a
+    second reply of a client, read as :data:`fedmtl.server.replies.SECOND_REPLY`, places nothing)."""
     sent, nodes = addressees(messages), destinations(messages)
-    rows = [placement_row(r, addressee(r, sent), server_round, stage, nodes.get(r.metadata.reply_to_message_id))
-            for r in replies if not r.has_error()]
+    rows = []
+    for reply, outcome in zip(replies, outcomes, strict=True):
+        node = nodes.get(reply.metadata.reply_to_message_id)
+        if not reply.has_error() and answered(outcome, reply, node) is not None:
+            rows.append(placement_row(reply, addressee(reply, sent), server_round, stage, node))
     return sorted(row for row in rows if row is not None)

@@ -17,22 +17,24 @@ are checked (serialization, dtype, shape, byte size) before they are decoded
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.lib.format as npy_format
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import WHOLE
+from fedmtl.one_line import described, one_line
 from fedmtl.screening import (
     ClientLimits,
     evaluate_metrics_problem,
     keys_problem,
     number_values,
-    one_line,
     placement_text,
     train_metrics_problem,
     update_problem,
@@ -86,6 +88,10 @@ class Rejected:
     problem: str
     heads_out: float | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        # the problem quotes what the client sent: one printable line, whatever it quoted
+        object.__setattr__(self, "problem", one_line(self.problem, MAX_REASON))
+
 
 @dataclass(frozen=True)
 class Refused(Rejected):
@@ -107,13 +113,15 @@ ARRAY_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int6
 """The dtypes an update array may have."""
 MAX_REASON = 500
 """The most characters of a client's error message kept (logged and in the run's errors)."""
+SECOND_REPLY = "a second reply from the same client"
+"""The problem of a reply from a client that already answered this round."""
 MAX_NPY_HEADER = 65_536 + 10
 """The most bytes of an array's data beyond its values (NumPy's ``.npy`` header, version 1)."""
 
 
 def client_error_message(reason: object) -> str:
     """The client's own exception message out of the engine's wrapped error text, as one
-    printable line of at most :data:`MAX_REASON` characters (:func:`fedmtl.screening.one_line`:
+    printable line of at most :data:`MAX_REASON` characters (:func:`fedmtl.one_line.one_line`:
     a client cannot write a line of its own into the logs)."""
     reason = str(reason)
     marker = "Message: "
@@ -156,7 +164,7 @@ def array_problem(key: str, array: object, shape: tuple[int, ...]) -> str:
     if not isinstance(array, Array):
         return f"'{key}' is not an array"
     if array.stype != "numpy.ndarray" or array.dtype not in ARRAY_DTYPES:
-        return f"'{key}' has serialization '{str(array.stype)[:32]}' and dtype '{str(array.dtype)[:32]}'"
+        return f"'{key}' has serialization '{one_line(array.stype, 32)}' and dtype '{one_line(array.dtype, 32)}'"
     declared = tuple(array.shape)
     if declared != tuple(shape):
         return f"'{key}' has shape {declared}, expected {tuple(shape)}"
@@ -167,16 +175,35 @@ def array_problem(key: str, array: object, shape: tuple[int, ...]) -> str:
     return ""
 
 
+def npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """The shape, Fortran order, dtype and data offset an ``.npy`` header declares, read
+    without decoding the data; raises on anything that is not a version 1 or 2 header."""
+    stream = io.BytesIO(data)
+    version = npy_format.read_magic(stream)
+    readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"npy format version {version}")
+    shape, fortran_order, dtype = readers[version](stream)
+    return tuple(shape), bool(fortran_order), dtype, stream.tell()
+
+
 def read_array(key: str, array: Array, shape: tuple[int, ...]) -> torch.Tensor | str:
-    """Decode one array once :func:`array_problem` passed; its decoded shape and dtype must
-    be the declared ones."""
+    """Decode one array once :func:`array_problem` passed. Its ``.npy`` header is read first
+    (:func:`npy_header`): the shape and dtype it declares must be the array's, and the data
+    after it exactly their size, so that nothing a client sends is decoded beyond them (an
+    archive, a header claiming a larger shape); any error decoding it is a problem, not a raise."""
     try:
-        value = array.numpy()
-    except (ValueError, TypeError, EOFError, OSError) as error:
-        return f"'{key}' cannot be decoded: {str(error)[:120]}"
-    if value.shape != tuple(shape) or str(value.dtype) != array.dtype:
-        return f"'{key}' decodes to shape {value.shape} and dtype {value.dtype}, not those declared"
-    return torch.from_numpy(value.copy())
+        header_shape, fortran_order, dtype, offset = npy_header(array.data)
+    except Exception as error:  # noqa: BLE001 - whatever the bytes hold, the reply is rejected
+        return f"'{key}' cannot be decoded: {described(error, 120)}"
+    if header_shape != tuple(shape) or str(dtype) != array.dtype:
+        return (f"'{key}' decodes to shape {one_line(header_shape, 64)} and dtype {one_line(dtype, 32)}, "
+                f"not those declared")
+    count = math.prod(shape)
+    if len(array.data) - offset != count * dtype.itemsize:
+        return f"'{key}' has {len(array.data) - offset} bytes after its header, not {count * dtype.itemsize}"
+    value = np.frombuffer(array.data, dtype=dtype, count=count, offset=offset)
+    return torch.from_numpy(value.reshape(shape, order="F" if fortran_order else "C").copy())
 
 
 def read_arrays(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor] | str:
@@ -195,18 +222,34 @@ def read_arrays(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> dict
     return out
 
 
+def answered(outcome: object, reply: Message, node: int | None) -> int | None:
+    """The client ``outcome`` is the first answer of (its reply or error came from the node
+    its message went to); ``None`` when it answers no client, or is a second answer."""
+    client = getattr(outcome, "client", None)
+    if client is None or not from_addressee(reply, node):
+        return None
+    if isinstance(outcome, Rejected) and outcome.problem == SECOND_REPLY:
+        return None
+    return client
+
+
 def from_addressee(reply: Message, node: int | None) -> bool:
     """Whether ``reply`` comes from ``node``, the node its message went to (``None``: not checked)."""
     return node is None or reply.metadata.src_node_id == node
 
 
-def _check_sender(reply: Message, client: int | None, node: int | None) -> Failed | Rejected | dict[str, float]:
-    """The reply's metrics, once it is known to answer ``client`` from ``node``; else why not
-    (an error in place of a reply counts only from that node, too)."""
+def _check_sender(
+    reply: Message, client: int | None, node: int | None, seen: Collection[int] = (),
+) -> Failed | Rejected | dict[str, float]:
+    """The reply's metrics, once it is known to answer ``client`` from ``node`` for the first
+    time (``seen``: the clients already answered); else why not. An error in place of a reply
+    counts only from that node, and only as the client's first answer, too."""
     if client is None:
         return Rejected(None, "a reply to no message of this round")
     if not from_addressee(reply, node):
         return Rejected(client, f"a reply from node {reply.metadata.src_node_id} to the message sent to node {node}")
+    if client in seen:
+        return Rejected(client, SECOND_REPLY)
     if reply.has_error():
         return Failed(client, client_error_message(reply.error.reason))
     if has_record(reply.content, wire.REFUSAL, ConfigRecord):
@@ -257,7 +300,9 @@ def read_train_reply(
     parts : bool
         The message asked for task parts (one per task the reply has training metrics of).
     seen : collection of int
-        Clients whose reply this round was already read.
+        Clients already answered this round (a reply, or an error in place of one, from the
+        node their message went to): any later reply of theirs is rejected, and counts nothing
+        else.
     limits : callable, optional
         The client's limits (its tasks, its data size); ``None``: not bounded.
     node : int, optional
@@ -266,12 +311,10 @@ def read_train_reply(
         The call the message made; the reply must agree with it
         (:func:`fedmtl.screening.train_metrics_problem`; ``None``: not checked).
     """
-    checked = _check_sender(reply, client, node)
+    checked = _check_sender(reply, client, node, seen)
     if not isinstance(checked, dict):
         return checked
     assert client is not None
-    if client in seen:
-        return Rejected(client, "a second reply from the same client")
     problem = train_metrics_problem(checked, limits(client) if limits else None, call)
     if problem:
         return Rejected(client, problem)
@@ -284,13 +327,13 @@ def read_train_reply(
 
 def read_evaluate_reply(
     reply: Message, client: int | None, limits: Limits | None = None, node: int | None = None,
-    views: Collection[str] = (wire.TEST, wire.TEST_GLOBAL),
+    views: Collection[str] = (wire.TEST, wire.TEST_GLOBAL), seen: Collection[int] = (),
 ) -> Evaluated | Rejected | Failed:
     """Read one evaluation reply (total; ``client``: the client its message was sent to,
-    ``limits`` and ``node`` as in :func:`read_train_reply`; ``views``: the views the run's
-    personalization method reports, :attr:`fedmtl.training.methods.Method.views`: a reply with
-    metrics of another view, e.g. ``test-global`` from a one-model method, is rejected)."""
-    checked = _check_sender(reply, client, node)
+    ``limits``, ``node`` and ``seen`` as in :func:`read_train_reply`; ``views``: the views the
+    run's personalization method reports, :attr:`fedmtl.training.methods.Method.views`: a reply
+    with metrics of another view, e.g. ``test-global`` from a one-model method, is rejected)."""
+    checked = _check_sender(reply, client, node, seen)
     if not isinstance(checked, dict):
         return checked
     assert client is not None

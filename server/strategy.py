@@ -188,7 +188,7 @@ class FedMTLStrategy:
         self.heads.observe(server_round, clients, outcomes)
         missing = unanswered(messages, replies)
         collected.failures += self.count_failures(server_round, "training", outcomes, missing, collected)
-        self.recorder.log_placement(placement_rows(server_round, "train", messages, replies))
+        self.recorder.log_placement(placement_rows(server_round, "train", messages, replies, outcomes))
         collected.rejected += log_rejections(server_round, "training", outcomes)
         collected.formed.update({o.client: o for o in outcomes if isinstance(o, Accepted)})
 
@@ -263,7 +263,7 @@ class FedMTLStrategy:
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.server.timeout))
         outcomes = read_evaluate_replies(messages, replies, self.known, self.views)
         failures = self.count_failures(server_round, "evaluation", outcomes, unanswered(messages, replies))
-        self.recorder.log_placement(placement_rows(server_round, "evaluate", messages, replies))
+        self.recorder.log_placement(placement_rows(server_round, "evaluate", messages, replies, outcomes))
         failures += log_rejections(server_round, "evaluation", outcomes)
         evaluated = {o.client: o for o in outcomes if isinstance(o, Evaluated)}
         if not evaluated:

@@ -130,7 +130,56 @@ def test_array_bytes_shorter_than_their_declared_shape_are_rejected():
     good = record["a.weight"]  # float32 (2, 3): 24 bytes of values after a 128-byte header
     record["a.weight"] = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=good.data[:-8])
     outcome = read(train_metrics(), {wire.UPDATE: record})
-    assert isinstance(outcome, Rejected) and outcome.problem.startswith("update: 'a.weight' cannot be decoded: ")
+    assert outcome == Rejected(2, "update: 'a.weight' has 16 bytes after its header, not 24")
+
+
+def _npy_header(fields: bytes) -> bytes:
+    """A version 1.0 ``.npy`` header around ``fields`` (padded to 64 bytes, as numpy writes it)."""
+    fields += b" " * (63 - (10 + len(fields)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(fields).to_bytes(2, "little") + fields
+
+
+def _npz() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((2, 3), np.float32))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        # an archive of arrays, not one array: np.load would return an NpzFile
+        (_npz(), "'a.weight' cannot be decoded: ValueError: the magic string is not correct"),
+        (b"PK\x03\x04" + b"\x00" * 100, "'a.weight' cannot be decoded: ValueError: the magic string is not correct"),
+        # a header claiming 2**40 floats (4 TiB) before 24 bytes of data: never allocated
+        (_npy_header(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }") + b"\x00" * 24,
+         "'a.weight' decodes to shape (1099511627776,) and dtype float32, not those declared"),
+        # a header that is not a Python literal (numpy's reader raises a tokenizer error)
+        (_npy_header(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)") + b"\x00" * 24,
+         "'a.weight' cannot be decoded: TokenError: "),
+        (_npy_header(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }") + b"\x00" * 32,
+         "'a.weight' has 32 bytes after its header, not 24"),
+        (b"\x93NUMPY\x09\x00" + b"\x00" * 100, "'a.weight' cannot be decoded: "),
+    ],
+)
+def test_array_bytes_that_are_not_one_npy_array_of_the_declared_shape_are_rejected(data, problem):
+    record = update()
+    record["a.weight"] = Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=data)
+    outcome = read(train_metrics(), {wire.UPDATE: record})
+    assert isinstance(outcome, Rejected) and outcome.problem.startswith(f"update: {problem}"), outcome
+    assert "\n" not in outcome.problem and len(outcome.problem) < 300
+
+
+def test_a_fortran_ordered_array_decodes_to_its_values():
+    values = np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3) / 100)
+    record = update()
+    record["a.weight"] = Array(values)
+    outcome = read(train_metrics(), {wire.UPDATE: record})
+    assert isinstance(outcome, Accepted), outcome
+    whole = next(iter(outcome.rows.values()))  # a.weight's values, row by row, then a.bias's
+    assert torch.equal(whole[:6], torch.from_numpy(np.ascontiguousarray(values)).flatten())
 
 
 @pytest.mark.parametrize(
@@ -283,3 +332,12 @@ def test_known_clients_bound_by_each_clients_own_data_and_tasks():
     # a cap instead: no data needed, the same task sets and kinds
     capped = KnownClients(cfg.data, cfg.run.seed, 500)
     assert [capped(c) for c in range(6)] == [ClientLimits(known(c).tasks, 500, 500, known(c).kinds) for c in range(6)]
+
+
+def test_text_a_client_sent_reaches_a_problem_as_one_printable_line():
+    record = update()
+    record["x\nWARNING :      round 1: \x1b[31mclient 0 sent poisoned data"] = Array(np.zeros(2, np.float32))
+    outcome = read(train_metrics(), {wire.UPDATE: record})
+    assert isinstance(outcome, Rejected) and outcome.problem.startswith("update: unexpected tensor 'x WARNING")
+    assert outcome.problem.isprintable()
+    assert Rejected(2, "a\nb\x1b" + "c" * 1000).problem == "a b?" + "c" * 496

@@ -243,6 +243,42 @@ def test_lying_duplicate_and_missing_replies_are_counted(tmp_path):
     assert sorted(set(weights[weights.metric == "aggregation-weight"].client)) == [1, 3]
 
 
+@pytest.mark.parametrize("error_first", [False, True])
+def test_only_a_clients_first_answer_counts_an_error_after_a_reply_or_before_it(tmp_path, error_first):
+    """Client 1 answers each message twice, with a reply and an error: the first answer is
+    its answer (aggregated and evaluated, or failed), the second is rejected, and neither
+    counts it twice."""
+    def script(msg, call):
+        if call.client != 1:
+            return good(msg, call)
+        answers = [good(msg, call), failed(msg, call)]
+        return answers[::-1] if error_first else answers
+
+    _, _, rounds = run(tmp_path, script, "server.min-replies=1", "run.rounds=1")
+    row = rounds.iloc[0]
+    counts = (row.sampled, row.failures, row.rejected, row.aggregated, row.evaluated)
+    assert counts == ((4, 1, 1, 3, 3) if error_first else (4, 0, 1, 4, 4))
+    errors = tmp_path / "client-errors.log"
+    assert errors.is_file() == error_first  # a client that answered is not also "down"
+    participation = pd.read_csv(tmp_path / "participation.csv").set_index("client")
+    assert participation.loc[1, "rounds_trained"] == (0 if error_first else 1)
+
+
+def test_a_second_reply_places_nothing(tmp_path):
+    def script(msg, call):
+        if call.client != 1:
+            return good(msg, call)
+        second = good(msg, call)
+        second.content[wire.PLACEMENT] = ConfigRecord({"host": "forged-host", "node": "x", "device": "cuda:7"})
+        return [good(msg, call), second]
+
+    run(tmp_path, script, "server.min-replies=1", "run.rounds=1")
+    placement = pd.read_csv(tmp_path / "placement.csv")
+    mine = placement[placement.client == 1]
+    assert list(mine.stage) == ["train"]  # the first reply's placement, once
+    assert "forged-host" not in set(placement.host)
+
+
 # -- hostile replies: counted, never a crash ----------------------------------------------
 def hostile(msg: Message, call: wire.TrainCall) -> Message:
     """Clients 0-2 send crafted replies (a float64 update Inf in float32, a list-valued metric,
