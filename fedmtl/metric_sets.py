@@ -17,12 +17,15 @@ task on data with group attributes, the group metrics of :func:`fedmtl.group_fai
 (the server's statistics read them), no metric of another kind is, every per-value metric has
 its ``count-<g>-<v>``, every gap an attribute with counts, ``positives`` ≤ ``count`` for each
 value, and each attribute's counts, whole numbers of at least 1, add up to the test examples
-the reply reports (every example has a value of every attribute).
+the reply reports (every example has a value of every attribute). Where the dataset declares
+its group attributes (:attr:`fedmtl.data.DatasetEntry.groups`), the attributes and values
+counted must be among them: a client cannot invent groups (each would add columns to
+``rounds.csv``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from fedmtl.one_line import one_line
 from fedmtl.tasks import TASK_KINDS
@@ -66,6 +69,18 @@ def _value_order(value: str) -> tuple[int, int | str]:
     return (0, int(value)) if value.isdigit() else (1, value)
 
 
+def _unknown_group(counts: Mapping[str, Mapping[str, float]], groups: Mapping[str, Collection[str]]) -> str:
+    """Why ``counts`` name a group the dataset does not have (``""``: they do not)."""
+    for attribute, members in counts.items():
+        if attribute not in groups:
+            return f"group attribute '{one_line(attribute, 64)}', which the dataset does not have"
+        for member in members:
+            if member not in groups[attribute]:
+                return (f"value '{one_line(member, 32)}' of group attribute '{one_line(attribute, 64)}', "
+                        f"which the dataset does not have")
+    return ""
+
+
 def _group_name_problem(name: str, counts: Mapping[str, Mapping[str, float]], binary: bool) -> str:
     """Why group metric ``name`` does not belong to this task's metrics (``""``: it does)."""
     if name == "top-class-rate":
@@ -82,15 +97,21 @@ def _group_name_problem(name: str, counts: Mapping[str, Mapping[str, float]], bi
     return "not a metric of this task's kind"
 
 
-def metric_set_problem(metrics: Mapping[str, float], kind: str, examples: float) -> str:
+def metric_set_problem(
+    metrics: Mapping[str, float], kind: str, examples: float, groups: Mapping[str, Collection[str]] | None = None,
+) -> str:
     """Why ``metrics``, one task's evaluation metrics (``{name: value}``, each already in its
     range), cannot come from a task of ``kind`` evaluated on ``examples`` test examples
-    (``""``: they can). See the module docstring."""
+    (``""``: they can). ``groups``: the dataset's group attributes and their values
+    (``None``: not known); counts of any other attribute or value are a problem. See the
+    module docstring."""
     expected = TASK_KINDS.get(kind).metrics
     missing = [name for name in expected if name not in metrics]
     if missing:
         return f"no '{missing[0]}', which a {kind} task reports"
     counts = attribute_counts(metrics)
+    if groups is not None and (problem := _unknown_group(counts, groups)):
+        return problem
     binary = kind == "binary"
     for name in metrics:
         if name in expected:

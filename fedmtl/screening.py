@@ -123,8 +123,10 @@ def norm_outliers(norms: list[float], factor: float, minimum: int = 3) -> list[b
 # -- self-reported quantities --------------------------------------------------------------
 MAX_LOSS = 1e4
 """The largest loss a reply may report (training losses, evaluation losses, MSE and MAE): far
-above any loss of a model that still learns (cross-entropy starts near ln C), far below the
-values that let one client dominate a loss-based weighting by lying."""
+above any loss of a model that still learns (cross-entropy starts near ln C). It keeps a loss
+of 1e30 out, but it cannot stop a lie: the server cannot check a loss, and a client reporting
+1e4 against the others' ~2 still takes almost all of the weight of q-FFL (q = 1: 0.9996) and
+TERM (1.0); AFL and PropFair give it about a quarter or less (docs/reliability.md)."""
 MAX_PLACEMENT = 256
 """The longest placement string (host, node, device) kept in ``placement.csv``."""
 RATE_METRICS = ("accuracy", "positive-rate-", "tpr-", "fpr-", "demographic-parity-diff-", "equalized-odds-diff-",
@@ -163,9 +165,17 @@ class ClientLimits:
     """``(task, kind)`` of each task (:mod:`fedmtl.tasks`); empty: the kinds are not known,
     and the evaluation metrics are checked by their names alone."""
 
+    groups: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    """``(attribute, values)`` of each group attribute the dataset's evaluation reports
+    (:func:`fedmtl.data.dataset_groups`); ``None``: not known, any consistent groups pass."""
+
     def kind(self, task: str) -> str | None:
         """The kind of ``task`` (``None``: not known)."""
         return dict(self.kinds).get(task)
+
+    def group_values(self) -> dict[str, tuple[str, ...]] | None:
+        """``{attribute: values}`` of :attr:`groups` (``None``: not known)."""
+        return None if self.groups is None else dict(self.groups)
 
 
 class KnownClients:
@@ -218,13 +228,20 @@ class KnownClients:
             federation = load_federation(self.data, self.seed)
             train, test = federation.sizes(client)  # counted without building the data where it can
             specs = federation.client_tasks(client)
-            return ClientLimits(frozenset(t.name for t in specs), train, test, tuple((t.name, t.kind) for t in specs))
+            return ClientLimits(frozenset(t.name for t in specs), train, test, tuple((t.name, t.kind) for t in specs),
+                                self._groups())
         from fedmtl.data import dataset_tasks
 
         names = self._client_task_sets()[client]
         kinds = {t.name: t.kind for t in dataset_tasks(self.data)}
         return ClientLimits(frozenset(names), self.max_examples, self.max_examples,
-                            tuple((name, kinds[name]) for name in names if name in kinds))
+                            tuple((name, kinds[name]) for name in names if name in kinds), self._groups())
+
+    def _groups(self) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+        from fedmtl.data import dataset_groups
+
+        groups = dataset_groups(self.data)
+        return None if groups is None else tuple(sorted(groups.items()))
 
     def _client_task_sets(self) -> list[list[str]]:
         from fedmtl.data import dataset_tasks
@@ -422,7 +439,8 @@ def _view_problem_of(stage: str, per_task: Mapping[str, Mapping[str, float]], li
             if problem := _range_problem(metric_key(stage, task, name), value, *valid):
                 return problem
         kind = limits.kind(task) if limits else None
-        if kind is not None and (problem := metric_set_problem(metrics, kind, count)):
+        groups = limits.group_values() if limits else None
+        if kind is not None and (problem := metric_set_problem(metrics, kind, count, groups)):
             return f"{stage}.{_short(task)}: {one_line(problem, 300)}"
     return _all_tasks_problem(per_task, limits, stage)
 

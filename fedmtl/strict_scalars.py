@@ -18,6 +18,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationInfo, field_validator
 
 _SCALARS = {bool: "true or false", int: "an integer", float: "a number"}
+WIRE_INT = 2**63
+"""Integers of config keys are below this in magnitude: every Flower message carries the run
+config, whose integers are 64-bit (sint64), so a larger one would fail the run's first message."""
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
@@ -54,6 +57,7 @@ def scalar_type_problem(annotation: Any, value: Any) -> str | None:
     Pydantic's lax mode would turn ``true`` into 1, ``1`` into ``True`` and ``"0.5"`` into
     0.5; a config that writes them means something else, so they are refused. An integer is a
     number (``lr = 1``), and text is fine where the key also takes it (``parquet = "auto"``).
+    An integer key's value must be below :data:`WIRE_INT` in magnitude.
     """
     try:
         wanted = _wanted(annotation)
@@ -65,7 +69,14 @@ def scalar_type_problem(annotation: Any, value: Any) -> str | None:
     if isinstance(value, bool):
         return None if bool in scalars else f"expected {wanted.text}, got a boolean"
     if isinstance(value, int | float):
-        return f"expected {wanted.text}, got a number" if scalars == (bool,) else None
+        if scalars == (bool,):
+            return f"expected {wanted.text}, got a number"
+        if isinstance(value, int) and abs(value) >= WIRE_INT:
+            if float in scalars:
+                return (f"an integer of magnitude 2**63 or more, which a Flower message cannot carry; write it as "
+                        f"a float ({float(value):.6g})")
+            return "expected an integer of magnitude below 2**63 (a Flower message carries 64-bit integers)"
+        return None
     if isinstance(value, str) and not wanted.takes_any_text and value not in wanted.literals:
         hint = " (write it without quotes)" if _looks_scalar(value) else ""
         return f"expected {wanted.text}, got the text {value!r}{hint}"

@@ -242,3 +242,25 @@ def test_rule_parameters_and_method_options_take_booleans_and_numbers_as_written
     with pytest.raises(ConfigError, match=r"lambda = '0.5': expected a number, got the text '0.5' \(write it"):
         load_config(None, ["personalization.method=ditto", 'personalization.params={lambda = "0.5"}'])
     assert load_config(None, ["server.weighting=qffl", "server.params={q = 2}"]).server.params["q"] == 2
+
+
+def test_integers_a_flower_message_cannot_carry_are_refused_at_validation():
+    """The run config travels in every message as 64-bit integers: 2**63 used to pass validation
+    and fail the run's first message on the wire."""
+    from flwr.app import ConfigRecord
+    from flwr.common.serde import config_record_to_proto
+
+    int_keys = [key for key, annotation in _scalar_keys() if int in set(get_args(annotation) or (annotation,))]
+    assert len(int_keys) > 10
+    for key in int_keys:
+        for value in (2**63, -(2**63), 10**30):
+            with pytest.raises(ConfigError) as info:
+                load_config(None, [f"{key}={value}"])
+            assert str(info.value) == (f"{key} = {value}: expected an integer of magnitude below 2**63 "
+                                       "(a Flower message carries 64-bit integers)"), key
+    cfg = load_config(None, [f"server.max-retries={2**63 - 1}"])  # the largest that passes goes on the wire
+    assert config_record_to_proto(ConfigRecord(cfg.to_flat()))
+    with pytest.raises(ConfigError, match=r"q = 10000000000000000000000: an integer of magnitude 2\*\*63 or more, "
+                       r"which a Flower message cannot carry; write it as a float \(1e\+22\)"):
+        load_config(None, ["server.weighting=qffl", f"server.params={{q = {10**22}}}"])
+    assert load_config(None, ["server.weighting=qffl", "server.params={q = 1e22}"]).server.params["q"] == 1e22

@@ -331,7 +331,43 @@ def test_known_clients_bound_by_each_clients_own_data_and_tasks():
         assert got.kinds == tuple((t.name, t.kind) for t in fed.client_tasks(client))
     # a cap instead: no data needed, the same task sets and kinds
     capped = KnownClients(cfg.data, cfg.run.seed, 500)
-    assert [capped(c) for c in range(6)] == [ClientLimits(known(c).tasks, 500, 500, known(c).kinds) for c in range(6)]
+    assert [capped(c) for c in range(6)] == [ClientLimits(known(c).tasks, 500, 500, known(c).kinds, ())
+                                             for c in range(6)]
+    assert known(0).groups == ()  # MultiMNIST has no group attributes
+
+
+def test_known_clients_know_the_datasets_group_attributes():
+    from fedmtl.data import DATASETS, dataset_groups
+
+    cfg = load_config(None, ["data.dataset=arrests", "model.backbone=mlp", "data.partitioner=natural",
+                             "data.num-clients=6"])
+    assert KnownClients(cfg.data, cfg.run.seed, 0)(1).groups == (("colour", ("White", "Black")),)
+    assert KnownClients(cfg.data, cfg.run.seed, 500)(1).groups == (("colour", ("White", "Black")),)
+    # the group names the clients' evaluation reports are those the dataset declares
+    client = load_federation(cfg.data, cfg.run.seed).client(1)
+    declared = dataset_groups(cfg.data)
+    assert {g: tuple(client.test.group_names[g]) for g in client.test.groups} == declared
+    assert all(DATASETS.get(name).groups is not None for name in DATASETS.names())  # each shipped one declares
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [({"count-fake-0": 12.0, "count-fake-1": 8.0, "accuracy-fake-0": 0.5, "accuracy-fake-1": 0.5,
+       "accuracy-gap-fake": 0.0}, "group attribute 'fake', which the dataset does not have"),
+     ({"count-colour-White": 12.0, "count-colour-Purple": 8.0, "accuracy-colour-White": 0.5,
+       "accuracy-colour-Purple": 0.5}, "value 'Purple' of group attribute 'colour', which the dataset does not have")],
+)
+def test_groups_the_dataset_does_not_have_are_rejected(extra, problem):
+    kinds, declared_groups = (("left", "binary"), ("right", "binary")), (("colour", ("White", "Black")),)
+    groups = ClientLimits(HELD.tasks, 50, 20, kinds, declared_groups)
+    metrics = test_metrics(**{f"test.left.{k}": v for k, v in extra.items()}, **{"test.right.loss": 1.0})
+    outcome = read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), metrics), 2, lambda c: groups, 102)
+    assert outcome == Rejected(2, f"test.left: {problem}")
+    declared = {"count-colour-White": 12.0, "count-colour-Black": 8.0, "accuracy-colour-White": 0.5,
+                "accuracy-colour-Black": 0.5, "top-class-rate": 0.5}
+    metrics = test_metrics(**{f"test.left.{k}": v for k, v in declared.items()}, **{"test.right.loss": 1.0})
+    assert isinstance(read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), metrics), 2, lambda c: groups, 102),
+                      Evaluated)
 
 
 def test_text_a_client_sent_reaches_a_problem_as_one_printable_line():

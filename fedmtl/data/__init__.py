@@ -49,6 +49,11 @@ class DatasetEntry:
     """The tasks whose labels partitioners may split on (``None``: any task)."""
     partition_reason: str = ""
     """Why only :attr:`partition_tasks` (the ``data.partition-task`` error says it)."""
+    groups: Callable[[DataSection], dict[str, tuple[str, ...]]] | None = None
+    """The group attributes its evaluation reports (:mod:`fedmtl.group_fairness`), each with
+    the names of its values as metric names carry them (``count-<g>-<v>``), given the config;
+    the server rejects a reply with any other attribute or value. ``None``: not declared (a
+    plugin's dataset), and a reply's groups are checked for consistency only."""
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
@@ -62,6 +67,7 @@ DATASETS.register("multimnist")(
         multimnist.MOVED,
         partition_tasks=multimnist.PARTITION_TASKS,
         partition_reason="MultiMNIST partitions its base digits, whose label is the 'left' task",
+        groups=lambda cfg: {},
     )
 )
 DATASETS.register("synthetic")(
@@ -73,6 +79,7 @@ DATASETS.register("synthetic")(
         synthetic.Params,
         synthetic.MOVED,
         natural_clients=lambda cfg: None,
+        groups=lambda cfg: {},
     )
 )
 DATASETS.register("arrests")(
@@ -84,6 +91,7 @@ DATASETS.register("arrests")(
         arrests.Params,
         arrests.MOVED,
         natural_clients=lambda cfg: arrests.num_natural_clients(arrests.options(cfg).client_key),
+        groups=lambda cfg: {"colour": arrests.COLOUR},
     )
 )
 DATASETS.register("celeba")(
@@ -95,6 +103,7 @@ DATASETS.register("celeba")(
         celeba.Params,
         celeba.MOVED,
         natural_clients=lambda cfg: None,
+        groups=lambda cfg: {},
     )
 )
 
@@ -112,6 +121,13 @@ def dataset_input_shape(data_cfg: DataSection) -> tuple[int, ...]:
 def dataset_tasks(data_cfg: DataSection) -> list[TaskSpec]:
     """The tasks of ``data_cfg``'s dataset (without building any data)."""
     return list(DATASETS.get(data_cfg.dataset).tasks(data_cfg))
+
+
+def dataset_groups(data_cfg: DataSection) -> dict[str, tuple[str, ...]] | None:
+    """The group attributes of ``data_cfg``'s dataset and their value names
+    (:attr:`DatasetEntry.groups`; ``None``: not declared), without building any data."""
+    groups = DATASETS.get(data_cfg.dataset).groups
+    return None if groups is None else {g: tuple(values) for g, values in groups(data_cfg).items()}
 
 
 def _built_once(function: Callable[[DataSection, int], Federation]) -> Callable[[DataSection, int], Federation]:
@@ -157,6 +173,7 @@ __all__ = [
     "DatasetEntry",
     "Federation",
     "Split",
+    "dataset_groups",
     "dataset_info",
     "dataset_input_shape",
     "dataset_tasks",
