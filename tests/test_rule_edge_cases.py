@@ -36,16 +36,26 @@ def test_every_rule_refuses_objectives_that_are_not_finite_naming_itself(name, w
         make_rule(name).combine(objectives(rows, losses))
 
 
-def test_cagrad_below_c_1_keeps_the_mean_where_torchjd_gives_zero():
-    """A zero row puts 0 in the rows' hull: torchjd's weights are all 0, but d = 0 lies outside
-    the ball ‖d − g₀‖ ≤ c‖g₀‖ for c < 1; the authors' code then returns g₀ / (1 + c²)."""
+def test_cagrad_below_c_1_keeps_the_mean_where_the_worst_direction_is_zero():
+    """A zero row puts 0 in the rows' hull and g_w = 0 (torchjd's weights are then all 0, or huge
+    on the zero row), but d = 0 lies outside the ball ‖d − g₀‖ ≤ c‖g₀‖ for c < 1; the authors'
+    code then returns g₀ / (1 + c²). A short row that is not zero is not: g_w is that row, and
+    the full correction c‖g₀‖ g_w/‖g_w‖ points along it (torchjd's norm_eps of 1e-4 dropped it
+    and returned the mean for a row 1e-5 of the others)."""
     g1, g2 = torch.tensor([1.0, 0.2, 0.0, 0.0]), torch.tensor([0.1, 1.0, 0.1, 0.0])
     rule = make_rule("cagrad", c=0.4)
-    for size in (0.0, 1e-8, 1e-5):
+    for size in (0.0, 1e-9):  # zero, or below the solver's resolution
         rows = torch.stack([g1, g2, size * torch.tensor([0.0, 0.0, 0.0, 1.0])]).double()
         combined = rule.combine(objectives(rows))
         expected = rows.mean(dim=0) / (1 + 0.4**2)
         assert torch.allclose(combined.direction[:3], expected[:3], atol=1e-12)
+    for size in (1e-4, 1e-5, 1e-6):
+        rows = torch.stack([g1, g2, size * torch.tensor([0.0, 0.0, 0.0, 1.0])]).double()
+        combined = rule.combine(objectives(rows))
+        g0 = rows.mean(dim=0)
+        expected = (g0 + 0.4 * g0.norm() * torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)) / (1 + 0.4**2)
+        assert torch.allclose(combined.direction, expected, rtol=1e-5, atol=1e-6), size
+        assert (rows @ combined.direction > 0).all()  # no row conflicts, the short one included
     stopping = make_rule("cagrad", c=1.0).combine(objectives(torch.stack([g1, -g1]).double()))
     assert torch.equal(stopping.direction, torch.zeros(4, dtype=torch.float64))  # c ≥ 1: 0 is in the ball
 
