@@ -71,6 +71,28 @@ def test_bulyan_agrees_with_flower(m, f, seed):
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(("m", "f", "k", "seed"), [(6, 1, 1, 0), (9, 2, 1, 1), (9, 2, 3, 2), (12, 3, 4, 3)])
+def test_krum_agrees_with_flower(m, f, k, seed):
+    """Krum and Multi-Krum score squared distances (Blanchard et al. 2017), as Flower does."""
+    from flwr.server.strategy.aggregate import aggregate_krum
+
+    g = rows(m, p=8, seed=seed)
+    g[0] += 50.0  # an outlier
+    results = [([r.numpy().copy()], 1) for r in g]
+    expected = aggregate_krum(results, num_malicious=f, to_keep=k if k > 1 else 0)[0]
+    ours = make_rule("krum", byzantine=f, selected=k)(batch(g)) @ g
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_krum_scores_squared_distances_unless_told_otherwise():
+    """Rows (0, 0), (±1, 0), (2.7, 0), (2.8, 0), f = 1: the sums of the 2 nearest squared
+    distances are 2, 3.89, 5, 2.9, 3.25 (row 0 wins); of plain distances 2, 2.7, 3, 1.8, 1.9
+    (row 3 wins)."""
+    g = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [2.7, 0.0], [2.8, 0.0]], dtype=torch.float64)
+    assert int(torch.argmax(make_rule("krum", byzantine=1)(batch(g)))) == 0
+    assert int(torch.argmax(make_rule("krum", byzantine=1, distance="euclidean")(batch(g)))) == 3
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_bulyan_selection_is_recursive_krum_as_torchjd_and_fedmtl_krum_compute_it(seed):
     from torchjd.aggregation import KrumWeighting
@@ -81,13 +103,14 @@ def test_bulyan_selection_is_recursive_krum_as_torchjd_and_fedmtl_krum_compute_i
     chosen = make_rule("bulyan", byzantine=f, distance="euclidean").selection(obj)
     assert len(chosen) == m - 2 * f
     first = int(torch.argmax(KrumWeighting(n_byzantine=f)(obj.gramian)))
-    assert chosen[0] == first == int(torch.argmax(make_rule("krum", byzantine=f)(obj)))
+    euclidean = make_rule("krum", byzantine=f, distance="euclidean")
+    assert chosen[0] == first == int(torch.argmax(euclidean(obj)))
     remaining = list(range(m))
     for pick in chosen:
         if len(remaining) < f + 3:  # Krum itself is undefined; Bulyan keeps one neighbour
             break
         sub = Objectives(updates=g[remaining], client_ids=remaining)
-        assert remaining[int(torch.argmax(make_rule("krum", byzantine=f)(sub)))] == pick
+        assert remaining[int(torch.argmax(euclidean(sub)))] == pick
         remaining.remove(pick)
 
 

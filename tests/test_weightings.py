@@ -200,11 +200,12 @@ def test_nash_mtl_matches_an_independent_solution_of_its_condition(seed):
                                inverse_norms / inverse_norms.sum())
 
 
-def test_krum_matches_torchjd_without_ties():
+def test_krum_with_euclidean_distances_matches_torchjd_without_ties():
     g = rows(6, seed=7)
     g[5] += 10.0  # an outlier
     for f, k in [(1, 1), (2, 2), (1, 3)]:
-        ours = make_weighting("krum", byzantine=f, selected=k)(Objectives(updates=g, client_ids=list(range(6))))
+        ours = make_weighting("krum", byzantine=f, selected=k, distance="euclidean")(
+            Objectives(updates=g, client_ids=list(range(6))))
         theirs = tjd.KrumWeighting(n_byzantine=f, n_selected=k)(g @ g.T)
         torch.testing.assert_close(ours, theirs)
         assert ours[5] == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 
@@ -12,6 +10,7 @@ from fedmtl.aggregation.info import SolveInfo
 from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.registry import register
 from fedmtl.aggregation.rule import Aggregate, Aggregator, NoParams
+from fedmtl.aggregation.weightings.krum import DISTANCE_HELP, Distance, best_scored, krum_scores, pairwise_distances
 
 
 @register("bulyan")
@@ -32,10 +31,10 @@ class Bulyan(Aggregator):
        windows are equally close (exact ties), their means are averaged, so the result does
        not depend on the order of the rows.
 
-    Krum's score sums *squared* distances, as in Blanchard et al. (NeurIPS 2017) and in the
+    Krum's score sums *squared* distances, as in Blanchard et al. (NeurIPS 2017), in the
     authors' kernel (LPD-EPFL/AggregaThor ``native/op_bulyan/cpu.cpp``,
-    ``reduce_sum_squared_difference``); ``distance = "euclidean"`` sums plain distances,
-    as torchjd's ``KrumWeighting`` and fedmtl's ``krum`` do. The recursion (θ = m − 2f, a
+    ``reduce_sum_squared_difference``) and in fedmtl's ``krum``; ``distance = "euclidean"``
+    sums plain distances, as torchjd's ``KrumWeighting`` does. The recursion (θ = m − 2f, a
     fresh Krum on the remaining rows with at least one neighbour) follows the paper and
     Flower's ``aggregate_bulyan`` (flwr 1.41, ``flwr/server/strategy/aggregate.py``); the
     authors' later AggregaThor kernel instead selects ``m − 2f − 2`` rows by Multi-Krum with
@@ -56,27 +55,19 @@ class Bulyan(Aggregator):
 
     class Params(NoParams):
         byzantine: int = Field(1, ge=0, description="Number f of Byzantine clients tolerated (needs m ≥ 4f + 3 rows).")
-        distance: Literal["squared", "euclidean"] = Field(
-            "squared",
-            description="Krum score: sum of squared distances (the paper's) or of distances (torchjd's, fedmtl krum).",
-        )
+        distance: Distance = Field("squared", description=DISTANCE_HELP)
 
     def selection(self, objectives: Objectives) -> list[int]:
         """The θ = m − 2f rows picked by the recursive Krum step, in the order they were
         picked (requires ``m ≥ 4f + 3``)."""
         m, f = len(objectives), self.params.byzantine
         a, _ = objectives.normalised_gramian()
-        norms = torch.diagonal(a)
-        squared = (norms[:, None] + norms[None, :] - 2 * a).clamp_min(0)
-        distances = squared if self.params.distance == "squared" else squared.sqrt()
+        distances = pairwise_distances(a, self.params.distance)
         keys = objectives.keys()
         remaining, chosen = list(range(m)), []
         while len(chosen) < m - 2 * f:
-            neighbours = max(1, len(remaining) - f - 2)
-            sub = distances[remaining][:, remaining]
-            nearest = torch.sort(sub, dim=1).values[:, 1 : neighbours + 1]  # skip the row itself
-            scores = nearest.sum(dim=1).tolist()
-            best = min(range(len(remaining)), key=lambda i: (round(scores[i], 12), keys[remaining[i]]))
+            scores = krum_scores(distances[remaining][:, remaining], max(1, len(remaining) - f - 2))
+            best = best_scored(scores, [keys[i] for i in remaining])[0]
             chosen.append(remaining.pop(best))
         return chosen
 
