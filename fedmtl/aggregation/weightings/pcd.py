@@ -27,13 +27,19 @@ def solve_pcd(gramian: np.ndarray, tau: float) -> tuple[np.ndarray, SolveInfo]:
     quadratic program of the rank's size, solved exactly by quadprog's Goldfarb–Idnani dual
     active-set method; ``μ`` are its Lagrange multipliers (stationarity: ``d − g_1 = Σ μ_j g_j``).
     Zero rows' constraints (``0 ≥ 0``) are left out. Infeasible constraints (e.g. two opposite
-    secondary rows) give ``[1, 0, …, 0]`` and the fallback ``"infeasible"``.
+    secondary rows) give ``[1, 0, …, 0]`` and the fallback ``"infeasible"``. The weights do not
+    depend on the rows' scale (rows ``t g_i`` give ``t d`` and the same ``μ``), so the problem
+    is solved on the Gramian divided by its largest diagonal entry: quadprog's tolerances are
+    absolute, and took the constraints of rows of 1e-12 (entries ~1e-16) as met.
     """
     from quadprog import solve_qp
 
     m = len(gramian)
     weights = np.zeros(m)
     weights[0] = 1.0
+    largest = float(np.max(np.diagonal(gramian))) if m else 0.0
+    if largest > 0:
+        gramian = gramian / largest
     values, vectors = np.linalg.eigh((gramian + gramian.T) / 2)
     keep = values > 1e-13 * max(float(values.max()), 0.0)
     if m == 1 or not keep.any():
