@@ -135,8 +135,9 @@ def run(
 ) -> None:
     """Run an experiment: a Flower simulation (on Ray or in-process), or the centralized baseline.
 
-    Examples: fedmtl run quickstart --set run.rounds=3;
-    fedmtl run --resume runs/smoke-<time> --set run.rounds=10 (10 rounds in all)
+    Examples:
+      fedmtl run quickstart --set run.rounds=3
+      fedmtl run --resume runs/smoke-<time> --set run.rounds=10   (10 rounds in all)
     """
     _check_sets(ctx, set_, config)
     if resume is not None:
@@ -356,8 +357,9 @@ def sweep(
     """Run every combination of --grid values for --seeds seeds; skip runs already finished
     with the same config.
 
-    Examples: fedmtl sweep synthetic --grid server.weighting=fedavg,qffl --seeds 3;
-    fedmtl sweep synthetic --grid 'server.weighting=[fedavg,qffl]' --grid 'server.params={q = 1},{q = 5}'
+    Examples:
+      fedmtl sweep synthetic --grid server.weighting=fedavg,qffl --seeds 3
+      fedmtl sweep synthetic --grid 'server.weighting=[fedavg,qffl]' --grid 'server.params={q = 1},{q = 5}'
     """
     _check_sets(ctx, set_, config)
     if jobs < 1:
@@ -713,6 +715,8 @@ def data_describe(
     from fedmtl.data import load_federation
     from fedmtl.data.describe import describe_federation, plot_federation
 
+    plot_path = _file_option("--plot", plot_path, ".png")
+    csv_path = None if csv_path is None else _file_option("--csv", csv_path, ".csv")
     fed = load_federation(cfg.data, cfg.run.seed)
     table = describe_federation(fed)
     view = Table(title=f"{cfg.data.dataset}: {fed.num_clients} clients, partitioner "
@@ -725,10 +729,22 @@ def data_describe(
     Console(width=200).print(view)
     totals = table[["train", "test"]].sum()
     typer.echo(f"total: {int(totals['train'])} train, {int(totals['test'])} test examples")
-    if csv_path is not None:
-        table.to_csv(csv_path, index=False)
-        typer.echo(f"table: {csv_path}")
-    typer.echo(f"figure: {plot_federation(fed, plot_path)}")
+    try:
+        if csv_path is not None:
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(csv_path, index=False)
+            typer.echo(f"table: {csv_path}")
+        typer.echo(f"figure: {plot_federation(fed, plot_path)}")
+    except OSError as exc:
+        fail(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}")
+
+
+def _file_option(option: str, path: Path, suffix: str) -> Path:
+    """The file an output option names: a folder is refused in one line; a name without a
+    suffix gets ``suffix`` (what the writer would add unasked)."""
+    if path.is_dir():
+        fail(f"{option} {path}: a folder; give a file name, e.g. {path / ('federation' + suffix)}")
+    return path if path.suffix else path.with_suffix(suffix)
 
 
 @cli.command("list")
@@ -809,7 +825,7 @@ class LiteralHelp(typer.core.TyperCommand):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.help = _literal(self.help)
+        self.help = _literal(_reflowed(self.help))
         if self.short_help is None and self.help:  # the command list shows the first paragraph on one line
             self.short_help = " ".join(self.help.split("\n\n")[0].split())
         for param in self.params:
@@ -835,6 +851,20 @@ def _argument_help(function: Callable[..., object]) -> dict[str, str]:
         if info is not None and info.help:
             out[name] = info.help
     return out
+
+
+def _reflowed(text: str | None) -> str | None:
+    """A docstring as help: each paragraph's lines joined into one (Rich keeps a docstring's line
+    breaks, and wraps them again at the terminal's width: ragged lines), except paragraphs of
+    indented or bulleted lines; ``code`` spans in single backticks."""
+    if text is None:
+        return None
+    paragraphs = []
+    for paragraph in text.replace("``", "`").split("\n\n"):
+        lines = paragraph.strip("\n").splitlines()
+        as_written = any(line.startswith((" ", "-", "*")) for line in lines[1:])
+        paragraphs.append(paragraph.strip("\n") if as_written else " ".join(" ".join(lines).split()))
+    return "\n\n".join(paragraphs)
 
 
 def _literal(text: str | None) -> str | None:

@@ -128,25 +128,12 @@ class RunSection(Section):
     @field_validator("plugins", mode="before")
     @classmethod
     def _plugins_list(cls, v: Any) -> Any:
-        """Accept the list or its JSON text (Flower's flat form)."""
-        if isinstance(v, str):
-            try:
-                return json.loads(v) if v.strip() else []
-            except json.JSONDecodeError:
-                raise ValueError('must be a list of module names or .py files, e.g. ["my_rules", "my_data.py"], '
-                                 "or its JSON text") from None
-        return v
+        return names_list(v, '["my_rules", "my_data.py"]')
 
     @field_validator("trackers", mode="before")
     @classmethod
     def _trackers_list(cls, v: Any) -> Any:
-        """Accept the list, its JSON text (Flower's flat form) or comma-separated names."""
-        if isinstance(v, str):
-            try:
-                return json.loads(v) if v.strip().startswith("[") else [n.strip() for n in v.split(",") if n.strip()]
-            except json.JSONDecodeError:
-                raise ValueError('must be a list of tracker names, e.g. ["tensorboard", "mlflow"]') from None
-        return v
+        return names_list(v, '["tensorboard", "mlflow"]')
 
     @field_validator("name")
     @classmethod
@@ -154,6 +141,22 @@ class RunSection(Section):
         if v in (".", "..") or any(c in v for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in v):
             raise ValueError("must be one folder name: no '/', '\\', control characters, and not '.' or '..'")
         return v
+
+
+def names_list(value: Any, example: str) -> Any:
+    """A list of names as a config key takes it: the list, its JSON text (Flower's flat form) or
+    comma-separated names (``--set run.trackers=tensorboard,mlflow``); other values pass to
+    the field's own check."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text.startswith("["):
+        return [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"must be a list of quoted names, e.g. {example}, or names separated by commas "
+                         f"(in --set: 'key={example}' or key=a,b)") from None
 
 
 class DataSection(Section):

@@ -20,13 +20,12 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fedmtl.config import ConfigError
+from fedmtl.config import ConfigError, names_list
 from fedmtl.one_line import described
 from fedmtl.registry import undone_on_error
 
@@ -49,14 +48,15 @@ def is_file(entry: str) -> bool:
 
 
 def plugin_entries(values: dict[str, Any]) -> list[str]:
-    """The ``run.plugins`` entries of nested config values (a list, or its JSON text as in
-    Flower's flat form); ``[]`` when unset or malformed (the schema then reports it)."""
+    """The ``run.plugins`` entries of nested config values (a list, its JSON text as in
+    Flower's flat form, or comma-separated names: :func:`fedmtl.config.names_list`, as the schema
+    reads them); ``[]`` when unset or malformed (the schema then reports it)."""
     run = values.get("run")
     entries = run.get("plugins", []) if isinstance(run, dict) else []
     if isinstance(entries, str):
         try:
-            entries = json.loads(entries) if entries.strip() else []
-        except json.JSONDecodeError:
+            entries = names_list(entries, "")
+        except ValueError:
             return []
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         return []

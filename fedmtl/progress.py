@@ -11,6 +11,7 @@ terminal too (Rich reads it).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import sys
@@ -87,12 +88,23 @@ def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None
     n = cfg.data.num_clients
     sampled = min(n, max(server.min_train_clients, math.ceil(server.fraction_train * n)))  # as the server samples
     evaluate = "" if cfg.run.evaluate_every == 1 else f", evaluated every {cfg.run.evaluate_every}"
-    rule = server.weighting if server.plan == "clients" else f"{server.plan}: {server.weighting} / " \
-        f"{server.task_weighting}"
+    rule = _named(server.weighting, server.params)
+    if server.plan != "clients":
+        rule = f"{server.plan}: {rule} / {_named(server.task_weighting, server.task_params)}"
     lines += [f"engine    {where}; {per_client} per client",
               f"clients   {n} registered, {sampled} sampled per round ({server.sampling})",
-              f"rounds    {cfg.run.rounds}{evaluate}; rule {rule}; personalization {cfg.personalization.method}"]
+              f"rounds    {cfg.run.rounds}{evaluate}; rule {rule}; client tasks "
+              f"{_named(cfg.client.weighting, cfg.client.params)}; personalization "
+              f"{_named(cfg.personalization.method, cfg.personalization.params)}"]
     return lines
+
+
+def _named(name: str, params: dict | None) -> str:
+    """A rule or method with the parameters the config sets: ``fairgrad (alpha=2)``."""
+    if not params:
+        return name
+    shown = (f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in params.items())
+    return f"{name} (" + ", ".join(shown) + ")"
 
 
 class ClientErrors:

@@ -133,6 +133,7 @@ def test_a_set_without_equals_names_it_and_the_fix(tmp_path):
     ('faults.corrupt-kinds="nan,inf",huge', ["nan,inf", "huge"]),
     ("faults.corrupt-kinds='nan,inf'", ["nan,inf"]),
     ("model.heads=[[1, 2], [3]]", [[1, 2], [3]]),
+    ('run.name="a[b",c', ["a[b", "c"]),  # a bracket inside quotes is text
 ])
 def test_grid_values_split_as_hydra_and_as_a_list(text, values):
     assert parse_grid_option(text)[1] == values
@@ -143,7 +144,37 @@ def test_grid_values_split_as_hydra_and_as_a_list(text, values):
     ("server.weighting=fedavg,,qffl", "an empty value"),
     ("server.weighting=[]", "the list of values is empty"),
     ("weighting=fedavg,qffl", "must be 'section.key'"),
+    ("server.weighting=[fedavg, qffl", "a '\\[' is not closed"),
+    ("server.params={q = 1,{q = 5}", "a '\\{' is not closed"),
 ])
 def test_bad_grids_are_named(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_grid_option(text)
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_commands_help_is_reflowed_prose_without_rst_markup():
+    """Rich printed a docstring's line breaks and then wrapped the lines again at the
+    terminal's width (ragged lines), and ``code`` spans as double backticks."""
+    import typer
+
+    commands = list(_commands(typer.main.get_command(cli)))
+    assert len(commands) > 10
+    for name, command in commands:
+        assert "``" not in (command.help or "") and "``" not in (command.short_help or ""), name
+        for paragraph in (command.help or "").split("\n\n"):
+            lines = paragraph.splitlines()
+            assert len(lines) == 1 or lines[0].endswith(":"), (name, paragraph)  # an example list
+    runner = CliRunner()
+    narrow = runner.invoke(cli, ["flwr-run", "--help"], env={"COLUMNS": "80"}).output
+    assert "waits for the run and exits 1" in " ".join(narrow.split())
+    assert "for the\n" not in narrow  # no line broken where the docstring broke it

@@ -49,3 +49,18 @@ def test_cli_prints_the_table_and_writes_the_figure_and_csv(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fedmtl", "data", "describe", "--set", "data.num-clients=0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "data.num-clients = 0" in bad.stderr
+
+
+def test_output_paths_are_files_in_folders_made_for_them_or_one_line_errors(tmp_path):
+    def describe(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedmtl", "data", "describe", "smoke", *args],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    made = describe("--csv", "new/table.csv", "--plot", "new/figure")  # no suffix: .png, as written
+    assert made.returncode == 0, made.stderr
+    assert "figure: new/figure.png" in made.stdout and is_png(tmp_path / "new" / "figure.png")
+    assert len(pd.read_csv(tmp_path / "new" / "table.csv")) == 2
+    for option in ("--csv", "--plot"):
+        folder = describe(option, "new")
+        assert folder.returncode == 2 and "Traceback" not in folder.stderr
+        assert folder.stderr.strip().splitlines()[-1].startswith(f"error: {option} new: a folder; give a file name")

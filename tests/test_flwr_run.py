@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -86,6 +87,20 @@ def test_without_a_stream_the_status_polls_slow_down_and_the_timeout_holds(monke
     assert gaps[:4] == [2.0, 3.0, 4.6, 6.8] and set(gaps[5:-1]) == {10.0} and calls[-1] == pytest.approx(40.0)
 
 
+def test_streamed_logs_lose_their_colour_codes_off_a_terminal(capsys):
+    from fedmtl.launch.flwr_run import stream_logs
+
+    line = "\\x1b[92mINFO \\x1b[0m:      round 1"
+    logs = stream_logs([sys.executable, "-c", f"print('{line}')"], dict(os.environ))
+    assert logs.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    out = ""
+    while "round 1" not in out and time.monotonic() < deadline:
+        time.sleep(0.05)
+        out += capsys.readouterr().out
+    assert out == "INFO :      round 1\n"
+
+
 def _port_in_use(port: int) -> bool:
     import socket
 
@@ -156,6 +171,7 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "finished:completed" in proc.stdout
+        assert "\x1b[" not in proc.stdout and "INFO" in proc.stdout  # the streamed log, without colour codes
         summaries = list((tmp_path / "good-runs").glob("smoke-*/summary.json"))
         assert len(summaries) == 1
         metrics = pd.read_csv(summaries[0].parent / "metrics.csv")

@@ -83,8 +83,21 @@ def test_a_plugin_that_does_not_import_is_one_line(tmp_path, registries, entry, 
 def test_plugins_must_be_a_list_of_names():
     with pytest.raises(ConfigError, match=r"run.plugins = 3: Input should be a valid list"):
         build_config({"run": {"plugins": 3}})
-    with pytest.raises(ConfigError, match=r"run.plugins = 'my_rules\]': must be a list of module names"):
-        build_config({"run": {"plugins": "my_rules]"}})
+    with pytest.raises(ConfigError, match=r"run.plugins = '\[my_rules\]': must be a list of quoted names, e.g. "):
+        build_config({"run": {"plugins": "[my_rules]"}})  # --set run.plugins=[my_rules]: not TOML, so text
+    with pytest.raises(ConfigError, match=r"run.trackers = '\[wandb\]': must be a list of quoted names, e.g. "):
+        build_config({"run": {"trackers": "[wandb]"}})
+
+
+def test_plugins_and_trackers_take_names_separated_by_commas_alike():
+    from fedmtl.config import names_list
+    from fedmtl.plugins import plugin_entries
+
+    both = ["tensorboard", "mlflow"]
+    assert names_list("tensorboard, mlflow", "") == both == names_list('["tensorboard", "mlflow"]', "")
+    # loaded as the schema reads it
+    assert plugin_entries({"run": {"plugins": "a_module,b.py"}}) == ["a_module", "b.py"]
+    assert build_config({"run": {"trackers": "tensorboard"}}).run.trackers == ["tensorboard"]
 
 
 def test_a_resume_may_find_its_plugins_elsewhere():

@@ -80,7 +80,7 @@ def test_without_a_terminal_the_header_and_every_round_are_plain_lines_with_an_e
     assert lines[0] == f"config    {ROOT / 'configs/smoke.toml'}" and lines[1] == f"run       {tmp_path / 'run'}"
     assert lines[2] == "engine    local Ray, all CPUs; 1 CPU per client"
     assert lines[3] == "clients   2 registered, 2 sampled per round (uniform)"
-    assert lines[4] == "rounds    3, evaluated every 2; rule fedavg; personalization fedper"
+    assert lines[4] == "rounds    3, evaluated every 2; rule fedavg; client tasks mean; personalization fedper"
     assert lines[5].startswith("round 1/3  |  replies 2  |     1.0 s  |  ETA ")  # a round without evaluation
     assert lines[6].startswith("round 2/3  |  left: mean  50.0% worst  40.0%  |  replies 2  |     2.0 s  |  ETA ")
     assert lines[7].startswith("round 3/3  |  left") and "(1 failed)" in lines[7] and "ETA" not in lines[7]
@@ -184,3 +184,13 @@ def test_the_sweep_eta_waits_for_a_finished_run_and_counts_the_runs_left():
     assert sweep_eta(1, 4, [40.0]) == "about 2 min 0 s left"
     assert sweep_eta(3, 4, [1.0, 2.0, 3.0]) == "about 2 s left"
     assert sweep_eta(4, 4, [1.0] * 4) == ""
+
+
+def test_the_header_names_every_rule_with_the_parameters_the_config_sets():
+    from fedmtl.progress import header_lines
+
+    cfg = load_config(ROOT / "configs/smoke.toml", ["client.weighting=fairgrad", "client.params={alpha=2}",
+                                                   "server.plan=tasks-then-clients", "server.task-weighting=mgda"])
+    line = header_lines(cfg, Path("run"), None)[-1]
+    assert line == ("rounds    2; rule tasks-then-clients: fedavg / mgda; client tasks fairgrad (alpha=2, "
+                    "warm-start=true); personalization fedper")

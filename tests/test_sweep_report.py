@@ -56,8 +56,9 @@ def test_plan_expands_grid_times_seeds_and_validates_every_run(tmp_path):
     assert len({r.folder for r in sweep.runs}) == 12
     cfg = sweep.config_of(sweep.runs[-1])
     assert (cfg.client.lr, cfg.run.rounds, cfg.run.seed) == (0.05, 2, 9)
-    with pytest.raises(ConfigError, match=r"sweep run 'server.weighting=fedavg server.params=\{q = 1\}'"):
+    with pytest.raises(ConfigError, match=r"sweep run 'server.weighting=fedavg server.params=\{q = 1\}': ") as info:
         plan_sweep(None, {"server.weighting": ["fedavg"], "server.params": [{"q": 1}]}, 1, tmp_path)
+    assert "\n" not in str(info.value)  # one line: the run, then why
     with pytest.raises(ConfigError, match="client.lr"):
         plan_sweep(None, {"client.lr": [-1.0]}, 1, tmp_path)
 

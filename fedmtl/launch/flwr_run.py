@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,6 +172,26 @@ STATUS_POLL_S = (2.0, 10.0)
 """Seconds between two ``flwr ls`` while no log stream runs: the first wait, then 1.5 times
 longer each time up to the second figure. Each ``flwr ls`` is a new process that costs about
 1.3 s of CPU (the ``flwr`` command's imports), so a fixed 2 s poll kept a third of a core busy."""
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""A terminal escape (Flower's log lines colour their level)."""
+
+
+def stream_logs(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start ``flwr log --stream``: its lines go to this process's stdout, without colour codes
+    when stdout is not a terminal (a file or a pipe: the SuperLink's log lines carry them)."""
+    if sys.stdout.isatty():
+        return subprocess.Popen(argv, env=env)
+    logs = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, errors="replace")
+    threading.Thread(target=_copy_plain, args=(logs.stdout,), daemon=True).start()
+    return logs
+
+
+def _copy_plain(lines: Any) -> None:
+    for line in lines:
+        sys.stdout.write(ANSI.sub("", line))
+        sys.stdout.flush()
+
+
 STREAMED_POLL_S = 20.0
 """Seconds between two ``flwr ls`` while ``flwr log --stream`` runs: it exits when the run ends,
 and its exit is checked every 0.2 s; ``flwr ls`` only catches a run that ends without it."""
@@ -271,7 +293,7 @@ def _run_and_check(
         return 1
     run_id = str(submitted["run-id"])
     print(f"Flower run {run_id} submitted; waiting for it to finish", flush=True)
-    logs = subprocess.Popen(["flwr", "log", run_id, *link, "--stream"], env=env) if stream else None
+    logs = stream_logs(["flwr", "log", run_id, *link, "--stream"], env) if stream else None
     try:
         status = wait_for_run(run_id, link, env, timeout, logs)
         if status is None:

@@ -98,6 +98,10 @@ def parse_grid_option(text: str) -> tuple[str, list[Any]]:
     key, raw = (part.strip() for part in text.split("=", 1))
     if "." not in key:
         raise ConfigError(f"--grid key '{key}' must be 'section.key', e.g. 'server.weighting'")
+    unquoted = re.sub(r'"[^"]*"|\'[^\']*\'', "", raw)
+    for opening, closing in ("[]", "{}"):
+        if unquoted.count(opening) > unquoted.count(closing):
+            raise ConfigError(f"--grid '{text}': a '{opening}' is not closed (key=[v1, v2] or key=v1,v2)")
     items = _split_top_level(raw)
     if len(items) == 1 and raw.startswith("[") and raw.endswith("]"):  # the list form
         try:
@@ -273,7 +277,7 @@ def plan_sweep(
                 sweep.config_of(run)
         except ConfigError as exc:
             if not skip_invalid:
-                raise ConfigError(f"sweep run '{runs[0].label}':\n{exc}") from None
+                raise ConfigError(f"sweep run '{runs[0].label}': " + "; ".join(str(exc).splitlines())) from None
             report(f"skipped invalid combination '{runs[0].label}': {str(exc).splitlines()[0]}")
             continue
         sweep.runs += runs
