@@ -59,6 +59,9 @@ from fedmtl.trackers import Trackers
 
 METRIC_COLUMNS = list(TABLE_METRIC_COLUMNS)
 PLACEMENT_COLUMNS = ["round", "client", "stage", "host", "node", "device"]
+METRIC_ROWS = "metrics-rows"
+"""A checkpoint's count of the ``metrics.csv`` rows written up to its round: a resume finds
+rows lost from a table cut at a line end (:func:`fedmtl.run_tables.table_problems`)."""
 PARTICIPATION_COLUMNS = ["client", "rounds_trained", "last_round", "rounds_aggregated"]
 CLIENT_LEVEL = "all"
 GLOBAL_SPLIT = TEST_GLOBAL
@@ -241,6 +244,8 @@ class RunRecorder:
         """The ``participation.csv`` table once :meth:`record_participation` wrote it."""
         self.metrics_path = self.run_dir / "metrics.csv"
         self.placement_path = self.run_dir / "placement.csv"
+        self.metric_rows = 0
+        """Rows of ``metrics.csv`` so far (a checkpoint records it: :data:`METRIC_ROWS`)."""
         for sub in ("checkpoints", "plots"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         if resume_round is not None:
@@ -259,7 +264,9 @@ class RunRecorder:
 
     def _truncate(self, last_round: int) -> None:
         """Drop what rounds after ``last_round`` wrote (a resumed run redoes them)."""
-        write_bytes(self.metrics_path, rows_up_to(self.metrics_path.read_bytes(), last_round))
+        kept = rows_up_to(self.metrics_path.read_bytes(), last_round)
+        write_bytes(self.metrics_path, kept)
+        self.metric_rows = max(len(kept.splitlines()) - 1, 0)
         if self.placement_path.is_file():
             placement = pd.read_csv(self.placement_path, dtype=str, keep_default_na=False)
             placement = placement[placement["round"].astype(int) <= last_round]
@@ -285,6 +292,7 @@ class RunRecorder:
         """Append ``(round, client, task, split, metric, value)`` rows to ``metrics.csv``."""
         with self.metrics_path.open("a", newline="") as handle:
             csv.writer(handle).writerows(rows)
+        self.metric_rows += len(rows)
 
     def log_placement(self, rows: list[tuple[int, int, str, str, str, str]]) -> None:
         """Append ``(round, client, stage, host, node, device)`` rows to ``placement.csv``."""
@@ -406,7 +414,8 @@ class RunRecorder:
 
         keep = CHECKPOINTS_KEPT if keep is None else keep
         path = self.run_dir / "checkpoints" / f"round-{server_round}.pt"
-        torch_save({"round": server_round, **state, **checkpoint_identity(self.run_id, self.cfg)}, path)
+        torch_save({"round": server_round, **state, **checkpoint_identity(self.run_id, self.cfg),
+                    METRIC_ROWS: self.metric_rows}, path)
         for old in checkpoint_files(self.run_dir)[:-keep]:
             old.unlink(missing_ok=True)
         return path
@@ -757,7 +766,7 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
     """
     run_dir = Path(run_dir)
     done = int(checkpoint["round"])
-    tables = table_problems(run_dir, done)
+    tables = table_problems(run_dir, done, checkpoint.get(METRIC_ROWS))
     if tables:  # rows of rounds the checkpoint holds are lost: no resume can be exact, --force or not
         return [ResumeProblem(f"{problem}; the rounds up to {done} cannot be continued exactly") for problem in tables]
     name = f"checkpoint round-{done}.pt"

@@ -11,7 +11,10 @@ written. It finds
   checkpoint holds (a cut line of a later round is dropped with that round);
 - ``rounds.csv`` without exactly one row for each round up to the checkpoint's;
 - a round that ``rounds.csv`` says aggregated updates or evaluated clients, whose training or
-  test rows ``metrics.csv`` lacks.
+  test rows ``metrics.csv`` lacks;
+- ``metrics.csv`` with more or fewer rows of those rounds than the checkpoint counted when it
+  was written (``metrics-rows``): a table cut at a line end, or edited, loses no line
+  half-way.
 """
 
 from __future__ import annotations
@@ -60,9 +63,10 @@ def _read(path: Path, done: int) -> tuple[pd.DataFrame | None, str]:
     return (table[table["round"] <= done] if len(table) else table), ""
 
 
-def table_problems(run_dir: str | Path, done: int) -> list[str]:
+def table_problems(run_dir: str | Path, done: int, metric_rows: int | None = None) -> list[str]:
     """Why the tables of ``run_dir`` cannot be resumed after round ``done`` exactly (see the
-    module docstring; ``[]``: they can)."""
+    module docstring; ``[]``: they can). ``metric_rows``: the rows of ``metrics.csv`` up to
+    round ``done`` that the checkpoint counted (``None``: a checkpoint of an older fedmtl)."""
     run_dir = Path(run_dir)
     metrics, problem = _read(run_dir / "metrics.csv", done)
     problems = [problem] if problem else []
@@ -90,4 +94,13 @@ def table_problems(run_dir: str | Path, done: int) -> list[str]:
         if lost := sorted(expected - found):
             problems.append(f"metrics.csv has no {what} rows of round {lost[0]}, which rounds.csv says "
                             f"{column} clients")
-    return problems
+    return problems or _count_problem(metrics, done, metric_rows)
+
+
+def _count_problem(metrics: pd.DataFrame, done: int, metric_rows: int | None) -> list[str]:
+    """Rows of rounds up to ``done`` lost or added since the checkpoint counted them."""
+    if not isinstance(metric_rows, int) or len(metrics) == metric_rows:
+        return []
+    how = "lost" if len(metrics) < metric_rows else "added"
+    return [f"metrics.csv has {len(metrics)} rows of rounds 1-{done}, where the checkpoint of round {done} "
+            f"counted {metric_rows}: rows were {how}"]

@@ -96,6 +96,16 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_pa
     assert "metrics.csv has no training rows of round 2" in refused.stderr
     assert (broken / "metrics.csv").read_bytes() == kept
 
+    # ... and so is one cut at a line end, inside round 2 (every round still has rows)
+    lines = (killed / "metrics.csv").read_bytes().splitlines(keepends=True)
+    last_of_round_2 = max(i for i, line in enumerate(lines) if line.startswith(b"2,"))
+    cut_copy = tmp_path / "cut"
+    shutil.copytree(killed, cut_copy)
+    (cut_copy / "metrics.csv").write_bytes(b"".join(lines[:last_of_round_2 - 2]))
+    refused = _fedmtl("run", "--resume", str(cut_copy), cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "rows were lost" in refused.stderr and "where the checkpoint of round 2 counted" in refused.stderr
+
     resumed = _fedmtl("run", "--resume", str(killed), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Resuming" in resumed.stdout

@@ -49,6 +49,19 @@ def test_lost_or_broken_rows_of_checkpointed_rounds_are_named(tmp_path, metrics,
     assert found and found[0].startswith(problem), found
 
 
+def test_rows_lost_at_a_line_end_are_found_by_the_checkpoints_count(tmp_path):
+    """A table cut at a line end has no half line, and every round still has rows: only the
+    count the checkpoint recorded (metrics-rows) tells that rows of round 3 are gone."""
+    whole = HEADER + metric_rows(1, 2, 3) + "3,1,left,test,accuracy,0.6\n"
+    assert table_problems(folder(tmp_path, whole), 3, metric_rows=7) == []
+    cut = whole.rsplit("3,1,left", 1)[0]  # the last client's rows gone, at a line end
+    assert table_problems(folder(tmp_path, cut), 3) == []  # without the count: nothing to see
+    assert table_problems(folder(tmp_path, cut), 3, metric_rows=7) == [
+        "metrics.csv has 6 rows of rounds 1-3, where the checkpoint of round 3 counted 7: rows were lost"]
+    added = whole + "2,5,left,test,accuracy,0.9\n"
+    assert table_problems(folder(tmp_path, added), 3, metric_rows=7)[0].endswith("counted 7: rows were added")
+
+
 def test_a_run_whose_rounds_were_all_skipped_has_an_empty_metrics_table(tmp_path):
     skipped = "round,elapsed_s,sampled,aggregated,evaluated\n1,0.1,2,0,0\n2,0.2,2,0,0\n"
     assert table_problems(folder(tmp_path, HEADER, skipped), 2) == []
