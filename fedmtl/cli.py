@@ -862,7 +862,7 @@ def _reflowed(text: str | None) -> str | None:
     paragraphs = []
     for paragraph in text.replace("``", "`").split("\n\n"):
         lines = paragraph.strip("\n").splitlines()
-        as_written = any(line.startswith((" ", "-", "*")) for line in lines[1:])
+        as_written = any(line.startswith((" ", "- ", "* ")) for line in lines[1:])  # indented, or bullets
         paragraphs.append(paragraph.strip("\n") if as_written else " ".join(" ".join(lines).split()))
     return "\n\n".join(paragraphs)
 
