@@ -25,5 +25,5 @@ def one_line(text: object, limit: int | None = LIMIT) -> str:
 
 def described(exc: BaseException, limit: int | None = LIMIT) -> str:
     """``exc`` as one line: ``"<type>: <text>"``, or its type's name when it has no text."""
-    text = " ".join(str(exc).split())
-    return one_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, limit)
+    text = str(exc)
+    return one_line(f"{type(exc).__name__}: {text}" if text.strip() else type(exc).__name__, limit)

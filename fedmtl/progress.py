@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from fedmtl.one_line import one_line
 from fedmtl.results import OVERALL, RoundStats
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class ClientErrors:
         if not self.counts:
             return None
         total, distinct = sum(self.counts.values()), len(self.counts)
-        repeats = "; ".join(f"{n}× {' '.join(self.examples[k].split())[:80]}" for k, n in self.counts.items())
+        repeats = "; ".join(f"{n}× {one_line(self.examples[k], 80)}" for k, n in self.counts.items())
         return (f"client errors: {total} in all, {distinct} distinct ({repeats}); details and tracebacks: "
                 f"{self.path}")
 

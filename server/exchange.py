@@ -173,7 +173,7 @@ def placement_rows(
 ) -> list[tuple]:
     """The ``placement.csv`` rows of an exchange's replies, sorted: one per client's first
     answer that is a reply (``outcomes``: what was read from each of ``replies``, in order; a
-    second reply of a client, read as :data:`fedmtl.server.replies.SECOND_REPLY`, places nothing)."""
+    second reply of a client, read as a :class:`fedmtl.server.replies.SecondReply`, places nothing)."""
     sent, nodes = addressees(messages), destinations(messages)
     rows = []
     for reply, outcome in zip(replies, outcomes, strict=True):

@@ -94,6 +94,14 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class SecondReply(Rejected):
+    """A reply, or an error, from a client that already answered this round: it counts nothing
+    but a rejection (no failure, no placement, no update)."""
+
+    problem: str = "a second reply from the same client"
+
+
+@dataclass(frozen=True)
 class Refused(Rejected):
     """A client that refused the call (:data:`fedmtl.protocol.REFUSAL`): its heads are not
     those the server named, and it neither trained nor saved heads. Counted as rejected."""
@@ -113,8 +121,6 @@ ARRAY_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int6
 """The dtypes an update array may have."""
 MAX_REASON = 500
 """The most characters of a client's error message kept (logged and in the run's errors)."""
-SECOND_REPLY = "a second reply from the same client"
-"""The problem of a reply from a client that already answered this round."""
 MAX_NPY_HEADER = 65_536 + 10
 """The most bytes of an array's data beyond its values (NumPy's ``.npy`` header, version 1)."""
 
@@ -228,9 +234,7 @@ def answered(outcome: object, reply: Message, node: int | None) -> int | None:
     client = getattr(outcome, "client", None)
     if client is None or not from_addressee(reply, node):
         return None
-    if isinstance(outcome, Rejected) and outcome.problem == SECOND_REPLY:
-        return None
-    return client
+    return None if isinstance(outcome, SecondReply) else client
 
 
 def from_addressee(reply: Message, node: int | None) -> bool:
@@ -249,7 +253,7 @@ def _check_sender(
     if not from_addressee(reply, node):
         return Rejected(client, f"a reply from node {reply.metadata.src_node_id} to the message sent to node {node}")
     if client in seen:
-        return Rejected(client, SECOND_REPLY)
+        return SecondReply(client)
     if reply.has_error():
         return Failed(client, client_error_message(reply.error.reason))
     if has_record(reply.content, wire.REFUSAL, ConfigRecord):

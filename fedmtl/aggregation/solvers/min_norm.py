@@ -23,13 +23,18 @@ def is_pareto_stationary(a: np.ndarray, lam: np.ndarray) -> bool:
     largest row: a row 1e6 times the others, which ``λ`` leaves out, does not make the others'
     min-norm point look like 0.
     """
-    scale = float(lam @ np.sqrt(np.clip(np.diag(a), 0.0, None)))
+    scale = float(lam @ _row_lengths(a))
     return float(lam @ a @ lam) <= STATIONARY * scale**2
+
+
+def _row_lengths(a: np.ndarray) -> np.ndarray:
+    """``‖g_i‖`` of each row, from the Gramian's diagonal."""
+    return np.sqrt(np.clip(np.diag(a), 0.0, None))
 
 
 def _row_scales(a: np.ndarray) -> np.ndarray:
     """``1 / ‖g_i‖`` of each row (1 for a zero row)."""
-    norms = np.sqrt(np.clip(np.diag(a), 0.0, None))
+    norms = _row_lengths(a)
     return np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 1.0)
 
 

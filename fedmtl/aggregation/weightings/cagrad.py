@@ -97,5 +97,5 @@ def worst_direction_vanishes(gramian: torch.Tensor, correction: torch.Tensor) ->
         return True  # ‖g_w‖ = 0 exactly: torchjd divided by it
     w = correction / correction.sum()
     lengths = gramian.diagonal().clamp_min(0).sqrt()
-    size = float(w @ gramian @ w) ** 0.5 if float(w @ gramian @ w) > 0 else 0.0
+    size = max(float(w @ gramian @ w), 0.0) ** 0.5
     return size <= ZERO_WORST * float(w @ lengths) or size <= RESOLUTION * float(lengths.max())
