@@ -268,10 +268,11 @@ def run(config: ConfigLike | None = None, overrides: Iterable[str] | None = None
     return RunResult(run_dir)
 
 
-def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rounds: int | None = None) -> RunResult:
+def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rounds: int | None = None,
+           force: bool = False) -> RunResult:
     """Continue an interrupted federated run from its newest usable checkpoint, with the config
-    it recorded, when the resume is exact (as ``fedmtl run --resume`` without ``--force``); a
-    finished run is returned as it is.
+    it recorded, when the resume is exact (as ``fedmtl run --resume``); a finished run is
+    returned as it is.
 
     Parameters
     ----------
@@ -283,6 +284,9 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
         Extend the run, finished or not, to this many rounds (as ``fedmtl run --resume RUN --set
         run.rounds=N``); its ``config.toml`` then records them. When the result may differ from
         a run of that many rounds from the start, a ``UserWarning`` says why.
+    force : bool
+        Resume despite what ``--force`` overrides (as ``fedmtl run --resume RUN --force``): a
+        ``UserWarning`` names each such problem and what is done about it.
 
     Raises
     ------
@@ -290,30 +294,28 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
         ``rounds`` is fewer than the run's.
     fedmtl.results.CheckpointError
         No usable checkpoint.
-    fedmtl.launch.sweep.ResumeRefused
-        The run's identity, config, tables or heads do not match its checkpoint (one line saying what).
+    fedmtl.launch.resume.ResumeRefused
+        The folder is not a run folder; the run is centralized or kept its heads in memory
+        (``client.head-store = "context"``); or its identity, config, tables or heads do not
+        match its checkpoint (one line saying what).
     fedmtl.folder_lock.RunFolderBusy
         Another process writes the run folder.
     """
-    from fedmtl.folder_lock import refuse_if_busy
+    from fedmtl.launch.resume import plan_resume
     from fedmtl.launch.simulation import preserved_caller
-    from fedmtl.launch.sweep import check_resume
-    from fedmtl.results import check_extension, extend_run, load_checkpoint
 
     run_dir = Path(folder).resolve()
-    cfg = load_config(run_dir / "config.toml")
-    rounds = cfg.run.rounds if rounds is None else rounds
-    check_extension(cfg.run.rounds, rounds)
-    checkpoint, _ = load_checkpoint(run_dir)
-    if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
+    plan = plan_resume(run_dir, rounds, force=force, force_hint="force=True resumes anyway")
+    if plan.finished:
         return RunResult(run_dir)
-    refuse_if_busy(run_dir)
-    cfg = check_resume(cfg, run_dir, checkpoint)
-    cfg, note = extend_run(run_dir, cfg, rounds)
-    if note:
-        warnings.warn(note, UserWarning, stacklevel=2)
+    for note in plan.skipped:
+        warnings.warn(f"{note}; using the previous one", UserWarning, stacklevel=2)
+    for problem in plan.forced:
+        warnings.warn(f"force: {problem.message}: {problem.forced}", UserWarning, stacklevel=2)
+    if plan.extended:
+        warnings.warn(plan.extended, UserWarning, stacklevel=2)
     with preserved_caller(quiet_engine=quiet and not verbose):
-        _execute(cfg, run_dir, quiet, verbose, checkpoint)
+        _execute(plan.cfg, run_dir, quiet, verbose, plan.checkpoint)
     return RunResult(run_dir)
 
 

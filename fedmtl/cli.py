@@ -231,16 +231,6 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
         fail(str(exc), code=1)
 
 
-def _refuse_if_busy(run_dir: Path) -> None:
-    """Fail at once when another process writes ``run_dir`` (:func:`fedmtl.folder_lock.refuse_if_busy`)."""
-    from fedmtl.folder_lock import RunFolderBusy, refuse_if_busy
-
-    try:
-        refuse_if_busy(run_dir)
-    except RunFolderBusy as exc:
-        fail(str(exc), code=1)
-
-
 def failed_run_advice(run_dir: Path, rounds: int) -> str:
     """What to do about a run its clients failed: resume it, or, when it has no round left
     (its last checkpoint is of round ``rounds``), start it again or add rounds."""
@@ -256,9 +246,9 @@ def failed_run_advice(run_dir: Path, rounds: int) -> str:
 def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool,
             force: bool = False) -> None:
     """``fedmtl run --resume RUN_DIR``: the run's own config, its newest usable checkpoint, its
-    identity and heads checked (:func:`_check_resume`). ``--set run.rounds=N`` (the only
-    ``--set`` it takes) extends the run to N rounds, finished or not; fewer rounds than the
-    run's are refused. The run folder's ``config.toml`` then records N rounds."""
+    identity and heads checked (:func:`fedmtl.launch.resume.plan_resume`). ``--set run.rounds=N``
+    (the only ``--set`` it takes) extends the run to N rounds, finished or not; fewer rounds than
+    the run's are refused. The run folder's ``config.toml`` then records N rounds."""
     if config is not None:
         fail("--resume continues a run with the config in its folder; give no CONFIG "
              "(--set run.rounds=N extends the run to N rounds)")
@@ -267,64 +257,36 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
             fail(f"--resume takes no --set but run.rounds=N (extend the run to N rounds); got --set {item}")
     if not (run_dir / "config.toml").is_file():
         fail(f"'{run_dir}' is not a run folder (no config.toml)")
-    cfg = _load(run_dir / "config.toml", None)
-    before = cfg.run.rounds
-    rounds = _load(run_dir / "config.toml", overrides).run.rounds if overrides else before
-    from fedmtl.results import check_extension, extend_run
-
-    try:
-        check_extension(before, rounds)
-    except ValueError as exc:
-        fail(str(exc))
-    if cfg.run.mode == "centralized":
-        fail("--resume continues federated runs; rerun the centralized baseline instead")
-    if cfg.client.head_store != "disk":
-        fail("cannot resume: client.head-store = 'context' kept the heads in memory; use 'disk'")
-    from fedmtl.results import CheckpointError, load_checkpoint
-
-    try:
-        checkpoint, notes = load_checkpoint(run_dir)
-    except CheckpointError as exc:
-        fail(str(exc))
-        raise
-    for note in notes:
-        typer.echo(f"warning: {note}; using the previous one", err=True)
-    if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
-        typer.echo(f"{run_dir} already finished all {rounds} rounds; nothing to resume")
-        return
-    _refuse_if_busy(run_dir)
-    _check_resume(run_dir, cfg, checkpoint, force, quiet)
-    cfg, extended = extend_run(run_dir, cfg, rounds)  # records N rounds in config.toml when extended
-    if extended:
-        typer.echo(f"note: {extended}", err=True)
-    if not quiet:
-        _header(cfg, run_dir, run_dir / "config.toml")
-    _guarded(run_dir.resolve(), lambda: _simulate(cfg, run_dir.resolve(), quiet, verbose, checkpoint))
-
-
-def _check_resume(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict, force: bool, quiet: bool = False) -> None:
-    """Refuse, in one line, a resume that would not be exact (:func:`fedmtl.results.resume_problems`);
-    with ``force``, say what is overridden and go on (problems ``--force`` cannot override still refuse);
-    unless ``quiet``, a terminal shows the check under way."""
+    rounds = _load(run_dir / "config.toml", overrides).run.rounds if overrides else None
+    from fedmtl.folder_lock import RunFolderBusy
+    from fedmtl.launch.resume import ResumeRefused, plan_resume
     from fedmtl.progress import make_console
-    from fedmtl.results import forget_heads, read_run_id, resume_problems, write_run_id
+    from fedmtl.results import CheckpointError
 
     # reading every client's heads takes a while in a large federation (about 12 s for 100,000
     # clients' files: benchmarks/head_store.py); a terminal shows that it is under way
-    console = make_console(sys.stderr)
-    checking = f"checking checkpoint round {checkpoint.get('round')} and the clients' heads before resuming ..."
-    with contextlib.nullcontext() if quiet else console.status(checking):
-        problems = resume_problems(run_dir, cfg, checkpoint)
-    refused = [p for p in problems if not (force and p.forced)]
-    if refused:
-        hint = "; --force resumes anyway" if all(p.forced for p in refused) else ""
-        fail(f"cannot resume '{run_dir}': " + "; ".join(p.message for p in refused) + hint)
-    for problem in problems:
+    checking = None if quiet else make_console(sys.stderr).status
+    try:
+        plan = plan_resume(run_dir, rounds, force=force, checking=checking)
+    except RunFolderBusy as exc:
+        fail(str(exc), code=1)
+        raise
+    except (ResumeRefused, CheckpointError, ValueError) as exc:
+        fail(str(exc))
+        raise
+    for note in plan.skipped:
+        typer.echo(f"warning: {note}; using the previous one", err=True)
+    if plan.finished:
+        typer.echo(f"{run_dir} already finished all {plan.cfg.run.rounds if rounds is None else rounds} rounds; "
+                   "nothing to resume")
+        return
+    for problem in plan.forced:
         typer.echo(f"warning: --force: {problem.message}: {problem.forced}", err=True)
-    forget_heads(checkpoint, [c for p in problems for c in p.clients])  # the server then checks them no more
-    if not read_run_id(run_dir):
-        written_by = checkpoint.get("run-id")
-        write_run_id(run_dir, written_by if isinstance(written_by, str) else None)
+    if plan.extended:
+        typer.echo(f"note: {plan.extended}", err=True)
+    if not quiet:
+        _header(plan.cfg, run_dir, run_dir / "config.toml")
+    _guarded(run_dir.resolve(), lambda: _simulate(plan.cfg, run_dir.resolve(), quiet, verbose, plan.checkpoint))
 
 
 @cli.command(context_settings=EXTRA_ARGS)

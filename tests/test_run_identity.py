@@ -12,10 +12,13 @@ subject. The heads tests drive the real strategy and the real ClientApp in-proce
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -205,6 +208,62 @@ def test_force_resumes_a_copy_says_what_it_overrides_and_leaves_the_original_alo
     assert checkpoint["config"]["run.seed"] == 1 and checkpoint["run-id"] == read_run_id(base_run)
     assert {p.name: p.stat().st_mtime_ns for p in (base_run / "heads").rglob("*.safetensors")} == before
     assert any(p.stat().st_mtime_ns > max(before.values()) for p in (run / "heads").rglob("client-*.r2.safetensors"))
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (('head-store = "disk"', 'head-store = "context"'),
+     "client.head-store = 'context' kept the clients' heads in memory, and they are lost; use 'disk'"),
+    (('mode = "federated"', 'mode = "centralized"'), "a centralized run has no checkpoints to continue from"),
+])
+def test_runs_whose_state_is_not_on_disk_are_refused_by_the_command_line_and_the_api(base_run, tmp_path, edit,
+                                                                                       said):
+    import fedmtl
+    from fedmtl.launch.resume import ResumeRefused
+
+    run = _killed_copy(base_run, tmp_path / "run")
+    text = (run / "config.toml").read_text()
+    assert edit[0] in text
+    (run / "config.toml").write_text(text.replace(edit[0], edit[1], 1))  # only config.toml is read to refuse
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
+    assert line.startswith(f"error: cannot resume '{run}': {said}"), line
+    with pytest.raises(ResumeRefused, match=re.escape(said)):
+        fedmtl.resume(run)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_the_python_api_refuses_and_forces_as_the_command_line_does(base_run, tmp_path):
+    run = _killed_copy(base_run, tmp_path / "run")
+    (run / "config.toml").write_text((run / "config.toml").read_text().replace("seed = 0\n", "seed = 1\n", 1))
+    code = textwrap.dedent(f"""
+        import json, warnings
+        import fedmtl
+        from fedmtl.launch.resume import ResumeRefused
+
+        try:
+            fedmtl.resume({str(run)!r})
+            refused = ""
+        except ResumeRefused as exc:
+            refused = str(exc)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fedmtl.resume({str(run)!r}, force=True)
+        print(json.dumps({{"refused": refused, "warned": [str(w.message) for w in seen
+                                                         if w.category is UserWarning]}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    refused, warned = said["refused"], said["warned"]
+    assert refused.startswith(f"cannot resume '{run}': config.toml differs from the run's: run.seed = 1 (was 0); ")
+    assert refused.endswith("; force=True resumes anyway") and "\n" not in refused
+    assert warned[0] == ("force: config.toml differs from the run's: run.seed = 1 (was 0): the run continues "
+                         "with config.toml as it is now")
+    assert len(warned) == 2 and warned[1].count("was written under another config") == 3, warned
+    assert warned[1].endswith(": these heads are used as they are")
+    assert (run / "summary.json").is_file() and [p.name for p in checkpoint_files(run)][-1] == "round-2.pt"
+    checkpoint, _ = load_checkpoint(run)
+    assert checkpoint["config"]["run.seed"] == 1 and checkpoint["run-id"] == read_run_id(base_run)
 
 
 # -- the ClientApp, called in-process with hand-built messages (as in tests/test_client_app.py) --
@@ -427,7 +486,7 @@ def test_a_sweep_refuses_to_resume_a_run_that_would_not_be_exact(base_run, tmp_p
     done = run_sweep(planned, report=lines.append)
     assert done.runs[0].status == "failed" and not (run / "summary.json").exists()
     error = done.runs[0].error.strip().splitlines()[-1]
-    assert error.startswith(f"fedmtl.launch.sweep.ResumeRefused: cannot resume '{run}': ")
+    assert error.startswith(f"fedmtl.launch.resume.ResumeRefused: cannot resume '{run}': ")
     assert said.format(run=run.resolve()) in error, error
     assert any(f"FAILED: {error} (" in line for line in lines), lines
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing ran, nothing was written

@@ -52,6 +52,7 @@ from typing import Any
 from fedmtl.atomic import write_bytes
 from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
+from fedmtl.launch.resume import ResumeRefused
 from fedmtl.launch.simulation import shared_engine
 from fedmtl.progress import format_duration, sweep_eta
 from fedmtl.validation import load_config
@@ -384,18 +385,14 @@ def check_changed(sweep: Sweep, rerun_changed: bool = False) -> list[SweepRun]:
 
 def resumable(cfg: ExperimentConfig, run_dir: Path) -> bool:
     """An interrupted federated run that ``fedmtl run --resume`` can continue."""
+    from fedmtl.launch.resume import unresumable
     from fedmtl.results import checkpoint_files
 
-    return (cfg.run.mode == "federated" and cfg.client.head_store == "disk"
-            and (run_dir / "config.toml").is_file() and bool(checkpoint_files(run_dir)))
+    return unresumable(cfg) is None and (run_dir / "config.toml").is_file() and bool(checkpoint_files(run_dir))
 
 
 class UnsafeFolderError(RuntimeError):
     """A run's folder is a symbolic link, or an unfinished folder fedmtl did not create."""
-
-
-class ResumeRefused(RuntimeError):
-    """An interrupted run of the sweep cannot be continued exactly (one line naming its folder and what differs)."""
 
 
 def check_resume(cfg: ExperimentConfig, run_dir: Path, checkpoint: dict[str, Any]) -> ExperimentConfig:

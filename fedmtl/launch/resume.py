@@ -1,0 +1,146 @@
+"""Resuming a run folder: the one sequence of checks behind ``fedmtl run --resume`` and
+:func:`fedmtl.resume`.
+
+:func:`plan_resume` reads the run's ``config.toml`` and newest usable checkpoint and either
+returns what the resumed run starts from (:class:`Resumption`) or raises, in one line, why it
+cannot continue exactly: the run is centralized or kept its heads in memory, it has no usable
+checkpoint, another process writes it, or its identity, config, tables or heads do not match
+the checkpoint (:func:`fedmtl.results.resume_problems`; ``force`` overrides the problems that
+allow it). A resume may extend the run to more rounds, never fewer. The caller decides how to
+speak (the command line prints notes, the Python API warns) and then runs the simulation.
+
+A sweep continues its interrupted runs with its own check (:func:`fedmtl.launch.sweep.check_resume`:
+the same problems, and the folder's config must still be the sweep's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+Checking = Callable[[str], AbstractContextManager[Any]]
+"""Given a description, a context manager shown while a slow check runs."""
+
+if TYPE_CHECKING:  # importing the results module (pandas) waits for a resume
+    from fedmtl.config import ExperimentConfig
+    from fedmtl.results import ResumeProblem
+
+
+class ResumeRefused(RuntimeError):
+    """A run cannot be continued exactly (one line naming its folder and what differs)."""
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """What a resumed run starts from.
+
+    Attributes
+    ----------
+    cfg : ExperimentConfig
+        The run's config, extended to the rounds asked for.
+    checkpoint : dict
+        The checkpoint the server continues from (the heads ``force`` let go are forgotten).
+    finished : bool
+        The run already finished every round asked for: nothing is to run.
+    skipped : list of str
+        One note per newer checkpoint that could not be read (the one before it is used).
+    forced : list of ResumeProblem
+        The problems ``force`` overrode.
+    extended : str or None
+        A note when the extended run may differ from a run of that many rounds from the start.
+    """
+
+    cfg: ExperimentConfig
+    checkpoint: dict[str, Any]
+    finished: bool = False
+    skipped: list[str] = field(default_factory=list)
+    forced: list[ResumeProblem] = field(default_factory=list)
+    extended: str | None = None
+
+
+def unresumable(cfg: ExperimentConfig) -> str | None:
+    """Why a run of ``cfg`` can never be resumed (``None`` when it can)."""
+    if cfg.run.mode == "centralized":
+        return "a centralized run has no checkpoints to continue from; run the baseline again"
+    if cfg.client.head_store != "disk":
+        return "client.head-store = 'context' kept the clients' heads in memory, and they are lost; use 'disk'"
+    return None
+
+
+def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool = False,
+                force_hint: str = "--force resumes anyway",
+                checking: Checking | None = None) -> Resumption:
+    """Check that the run in ``run_dir`` can continue exactly, to ``rounds`` rounds (default:
+    its own), and return what it continues from.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run folder (it holds ``config.toml`` and ``checkpoints/``).
+    rounds : int, optional
+        Extend the run to this many rounds; its ``config.toml`` then records them.
+    force : bool
+        Resume despite the problems :func:`fedmtl.results.resume_problems` lets ``--force``
+        override (the run takes the checkpoint's identity, or the heads it lacks start anew).
+    force_hint : str
+        Added to a refusal that ``force`` would override: how the caller forces.
+    checking : callable, optional
+        Given a description, a context manager shown while the heads are checked (a large
+        federation's take seconds).
+
+    Raises
+    ------
+    ResumeRefused
+        The folder is not a run folder, the run cannot be resumed, or not exactly.
+    ValueError
+        ``rounds`` is fewer than the run's, or not a whole number.
+    fedmtl.results.CheckpointError
+        No checkpoint loads.
+    fedmtl.folder_lock.RunFolderBusy
+        Another process writes the run folder.
+    """
+    from fedmtl.folder_lock import refuse_if_busy
+    from fedmtl.results import check_extension, extend_run, load_checkpoint
+    from fedmtl.validation import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ResumeRefused(f"'{run_dir}' is not a run folder (no config.toml)")
+    cfg = load_config(run_dir / "config.toml")
+    rounds = cfg.run.rounds if rounds is None else rounds
+    check_extension(cfg.run.rounds, rounds)
+    why = unresumable(cfg)
+    if why:
+        raise ResumeRefused(f"cannot resume '{run_dir}': {why}")
+    checkpoint, skipped = load_checkpoint(run_dir)
+    if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
+        return Resumption(cfg, checkpoint, finished=True, skipped=skipped)
+    refuse_if_busy(run_dir)
+    forced = _settle_problems(run_dir, cfg, checkpoint, force, force_hint, checking)
+    cfg, extended = extend_run(run_dir, cfg, rounds)  # config.toml records the rounds when extended
+    return Resumption(cfg, checkpoint, skipped=skipped, forced=forced, extended=extended)
+
+
+def _settle_problems(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict[str, Any], force: bool,
+                     force_hint: str, checking: Checking | None) -> list[ResumeProblem]:
+    """Refuse a resume that would not be exact; with ``force``, let go of what the forced
+    problems name (their clients' heads; a missing run identity is taken from the checkpoint)
+    and return those problems."""
+    from fedmtl.results import forget_heads, read_run_id, resume_problems, write_run_id
+
+    shown = checking or (lambda _: contextlib.nullcontext())
+    with shown(f"checking checkpoint round {checkpoint.get('round')} and the clients' heads before resuming ..."):
+        problems = resume_problems(run_dir, cfg, checkpoint)
+    refused = [p for p in problems if not (force and p.forced)]
+    if refused:
+        hint = f"; {force_hint}" if all(p.forced for p in refused) else ""
+        raise ResumeRefused(f"cannot resume '{run_dir}': " + "; ".join(p.message for p in refused) + hint)
+    forget_heads(checkpoint, [c for p in problems for c in p.clients])  # the server then checks them no more
+    if problems and not read_run_id(run_dir):
+        written_by = checkpoint.get("run-id")
+        write_run_id(run_dir, written_by if isinstance(written_by, str) else None)
+    return problems
