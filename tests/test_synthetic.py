@@ -50,10 +50,39 @@ def test_federation_is_deterministic_and_split_by_test_fraction():
     for client in fed.clients()[:5]:
         n = len(client.train) + len(client.test)
         assert n == sizes[client.client_id]
-        assert len(client.test) == max(1, round(0.1 * n))
+        assert len(client.train) == int(0.9 * n)  # FedProx's generator: train_len = int(0.9 * num_samples)
         assert set(client.train.targets) == {"task0", "task1", "task2"}
     again = load_federation(_cfg("data.params.num-tasks=3", "data.test-fraction=0.1", "run.seed=0").data, 0)
     np.testing.assert_array_equal(fed.client(3).train.x.numpy(), again.client(3).train.x.numpy())
+
+
+def test_devices_split_as_the_generators_split_them_into_train_validation_and_test():
+    from fedmtl.data.federation import floor_split_counts
+
+    sizes = client_sizes(100, 0)
+    fed = load_federation(_cfg("data.num-clients=100", "data.test-fraction=0.1").data, 0)
+    trains = [fed.split_sizes(c)[0] for c in range(100)]
+    assert trains == [int(0.9 * n) for n in sizes]  # 38 of these 100 differ from n - round(0.1 n)
+    assert sum(int(0.9 * n) != n - round(0.1 * n) for n in sizes) > 0
+    # q-FFL's split (fair_flearn's client.py): int(0.8 n) train, up to int(0.9 n) validation, the rest test
+    fed = load_federation(_cfg("data.test-fraction=0.1", "data.validation-fraction=0.1").data, 0)
+    for client in fed.clients()[:10]:
+        n = int(client_sizes(30, 0)[client.client_id])
+        assert (len(client.train), len(client.validation), len(client.test)) == (
+            int(0.8 * n), int(0.9 * n) - int(0.8 * n), n - int(0.9 * n))
+        assert fed.split_sizes(client.client_id) == (len(client.train), len(client.test))
+    # train and test keep a row each, whatever the fractions
+    assert floor_split_counts(2, 0.999, 0.0) == (1, 0, 1) and floor_split_counts(2, 1e-17, 0.0) == (1, 0, 1)
+    assert floor_split_counts(10, 0.5, 0.49) == (1, 4, 5)
+
+
+def test_alpha_changes_no_label_as_in_the_published_generator():
+    """u_k shifts every class score of an input alike (REFERENCES §4): the argmax stays."""
+    xs, ys = zip(*(generate_device(500, alpha, 1.0, 2, 0.5, np.random.default_rng(7)) for alpha in (0.0, 5.0)))
+    np.testing.assert_array_equal(xs[0], xs[1])
+    np.testing.assert_array_equal(ys[0], ys[1])
+    _, other_beta = generate_device(500, 1.0, 5.0, 2, 0.5, np.random.default_rng(7))
+    assert (other_beta != ys[0]).any()
 
 
 def test_lenet_on_vector_inputs_is_a_clear_config_error():

@@ -202,29 +202,49 @@ class Federation:
         return [self.client(i) for i in range(self.num_clients)]
 
 
-def split_rows(
-    rows: np.ndarray, test_fraction: float, validation_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shuffle ``rows`` and cut them into (train, validation, test); train and test get at
-    least one row each, validation may be empty."""
-    rows = rng.permutation(rows)
-    _, n_val, n_test = split_counts(len(rows), test_fraction, validation_fraction)
-    return rows[n_test + n_val :], rows[n_test : n_test + n_val], rows[:n_test]
+SplitCounts = Callable[[int, float, float], tuple[int, int, int]]
+"""Given ``n`` rows, the test and the validation fraction: how many rows (train, validation,
+test) get."""
 
 
 def split_counts(n: int, test_fraction: float, validation_fraction: float) -> tuple[int, int, int]:
-    """How many of ``n`` rows :func:`split_rows` puts in (train, validation, test)."""
+    """How many of ``n`` rows (train, validation, test) get: test and validation
+    ``round(n · fraction)``; train and test at least one row each."""
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     n_val = min(round(n * validation_fraction), n - n_test - 1)
     return n - n_test - n_val, n_val, n_test
 
 
-def split_sizes_of(row_counts: Callable[[int], int], cfg: DataSection) -> Callable[[int], tuple[int, int]]:
+def floor_split_counts(n: int, test_fraction: float, validation_fraction: float) -> tuple[int, int, int]:
+    """The split of the Synthetic generators (REFERENCES §4): the first ⌊(1 − t − v)·n⌋
+    shuffled rows train, those up to ⌊(1 − t)·n⌋ validate and the rest test (FedProx's
+    ``int(0.9 * n)`` train rows at t = 0.1, v = 0; q-FFL's ``int(0.8 * n)`` and
+    ``int(0.9 * n)`` at t = v = 0.1); train and test keep at least one row each."""
+    n_test = min(max(1, n - int((1 - test_fraction) * n)), n - 1)
+    n_train = min(max(1, int((1 - test_fraction - validation_fraction) * n)), n - n_test)
+    return n_train, n - n_test - n_train, n_test
+
+
+def split_rows(
+    rows: np.ndarray, test_fraction: float, validation_fraction: float, rng: np.random.Generator,
+    counts: SplitCounts = split_counts,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle ``rows`` and cut them into (train, validation, test), as many rows each as
+    ``counts`` says (default :func:`split_counts`): train and test get at least one row each,
+    validation may be empty."""
+    rows = rng.permutation(rows)
+    _, n_val, n_test = counts(len(rows), test_fraction, validation_fraction)
+    return rows[n_test + n_val :], rows[n_test : n_test + n_val], rows[:n_test]
+
+
+def split_sizes_of(row_counts: Callable[[int], int], cfg: DataSection,
+                   counts: SplitCounts = split_counts) -> Callable[[int], tuple[int, int]]:
     """A :attr:`Federation.split_sizes` for clients whose rows :func:`split_rows` splits one
-    to one into examples: ``row_counts(i)`` is client ``i``'s number of rows."""
+    to one into examples: ``row_counts(i)`` is client ``i``'s number of rows, ``counts`` the
+    split's rule."""
 
     def sizes(client_id: int) -> tuple[int, int]:
-        train, _, test = split_counts(row_counts(client_id), cfg.test_fraction, cfg.validation_fraction)
+        train, _, test = counts(row_counts(client_id), cfg.test_fraction, cfg.validation_fraction)
         return train, test
 
     return sizes

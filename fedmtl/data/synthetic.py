@@ -18,9 +18,18 @@ and ``Z_{k,t}`` per task. Every task's parameters are ``N(u_k, 1)`` as in the pa
 is exactly the paper's construction); ρ (``data.params.relatedness``) is the correlation
 between two tasks' parameters: ρ = 1 gives identical tasks, ρ = 0 independent ones.
 
+**α changes no label.** ``u_k`` is added to every entry of ``W_k`` and ``b_k``, so it adds
+``u_k (Σ_j x_j + 1)`` to all ten class scores alike and the argmax never moves: the labels
+(and the inputs) are the same for every α, in the published generator too. Devices differ
+through β (their inputs' means) and the per-entry noise of their ``W_k``, ``b_k``.
+
 With ``data.partitioner = "natural"`` each device is one client (``data.num-clients``
-devices); other partitioners re-split the devices' pooled examples. Each client's examples
-are shuffled and split into train and test by ``data.test-fraction`` (the paper: 0.1).
+devices), its examples shuffled and split as the generators split them
+(:func:`fedmtl.data.federation.floor_split_counts`): the first ``⌊(1 − t)·n_k⌋`` train
+(FedProx's ``int(0.9 * n)`` at ``data.test-fraction`` t = 0.1), the rest test; with a
+``data.validation-fraction`` v, the first ``⌊(1 − t − v)·n_k⌋`` train and those up to
+``⌊(1 − t)·n_k⌋`` validate (q-FFL's 80/10/10). Other partitioners re-split the devices'
+pooled examples.
 Options (``[data.params]``, see :class:`Params`): ``num-tasks``, ``alpha``, ``beta``,
 ``relatedness``.
 """
@@ -35,7 +44,15 @@ from pydantic import Field
 
 from fedmtl import seeds
 from fedmtl.config import Section
-from fedmtl.data.federation import ClientData, Federation, Split, row_federation, split_rows, split_sizes_of
+from fedmtl.data.federation import (
+    ClientData,
+    Federation,
+    Split,
+    floor_split_counts,
+    row_federation,
+    split_rows,
+    split_sizes_of,
+)
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -50,7 +67,8 @@ class Params(Section):
     """``[data.params]`` of Synthetic(α, β)."""
 
     num_tasks: int = Field(2, ge=1, le=100, description="Number of tasks T.")
-    alpha: float = Field(1.0, ge=0, description="α, spread of the devices' models (std of u_k).")
+    alpha: float = Field(1.0, ge=0, description="α, spread of the devices' models (std of u_k); it shifts "
+                         "every class score alike, so it changes no label (as in the published generator).")
     beta: float = Field(1.0, ge=0, description="β, spread of the devices' inputs (std of B_k).")
     relatedness: float = Field(
         0.5, ge=0, le=1, description="Correlation ρ of two tasks' parameters (1 = identical tasks)."
@@ -153,11 +171,12 @@ def build(cfg: DataSection, seed: int) -> Federation:
     def build_client(client_id: int) -> ClientData:
         x, y = device_examples(cfg, seed, client_id, int(sizes[client_id]))
         rng = seeds.rng(seed, client_id, SPLIT_SALT)
-        train, validation, test = split_rows(np.arange(len(x)), cfg.test_fraction, cfg.validation_fraction, rng)
+        train, validation, test = split_rows(np.arange(len(x)), cfg.test_fraction, cfg.validation_fraction, rng,
+                                             counts=floor_split_counts)
         return ClientData(
             client_id, _split(x, y, train, names), _split(x, y, test, names),
             _split(x, y, validation, names) if len(validation) else None,
         )
 
     return Federation(INPUT_SHAPE, list(tasks(cfg)), cfg.num_clients, build_client,
-                      split_sizes=split_sizes_of(lambda c: int(sizes[c]), cfg))
+                      split_sizes=split_sizes_of(lambda c: int(sizes[c]), cfg, floor_split_counts))
