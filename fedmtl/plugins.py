@@ -27,7 +27,7 @@ from typing import Any
 
 from fedmtl.config import ConfigError, names_list
 from fedmtl.one_line import described
-from fedmtl.registry import undone_on_error
+from fedmtl.registry import Registry, registered_in, undone_on_error
 
 KEY = "run.plugins"
 """The config key listing the plugins."""
@@ -75,36 +75,70 @@ def resolve_plugin_files(values: dict[str, Any], folder: str | Path | None) -> d
     return {**values, "run": {**values["run"], "plugins": resolved}}
 
 
+_imported: dict[str, tuple[str, list[tuple[Registry[Any], str]]]] = {}
+"""Per plugin file's module name: the digest of the text it was imported from, and the names it
+registered (dropped when the file is imported again after an edit)."""
+
+
 def _module_name(path: Path) -> str:
     """The ``sys.modules`` name a plugin file is imported under: its stem and a hash of its path,
-    so that two files of the same name do not clash and a second import is a no-op."""
+    so that two files of the same name do not clash."""
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
     return f"fedmtl_plugin_{stem}_{digest}"
 
 
+def file_digest(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a plugin file's bytes (what a run records)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def _import_file(path: Path) -> ModuleType:
-    name = _module_name(path)
-    if name in sys.modules:
-        return sys.modules[name]
+    """Import a plugin file, once per version of its text: unchanged, a second import is a
+    no-op; edited since (a notebook), its old module and the names it registered are dropped and
+    the new text is imported, so the next run uses what the file says now."""
     if not path.is_file():
         raise FileNotFoundError(f"no file '{path}'")
+    name, digest = _module_name(path), file_digest(path)
+    if name in sys.modules:
+        known = _imported.get(name)
+        if known is None or known[0] == digest:
+            return sys.modules[name]
+        for registry, registered in _imported.pop(name)[1]:
+            registry.forget(registered)
+        del sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"'{path}' cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up while it runs
     try:
-        spec.loader.exec_module(module)
+        with registered_in() as made:
+            spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
+    _imported[name] = (digest, made)
     return module
+
+
+def plugin_digests(entries: list[str]) -> dict[str, str]:
+    """``{entry: digest}`` of the ``run.plugins`` entries that are files: the digest of the text
+    this process imported (:func:`file_digest`; of the file now when not imported here, and
+    ``"missing"`` without a file). Modules are not listed (their packages' versions name them)."""
+    out = {}
+    for entry in entries:
+        if is_file(entry):
+            path = Path(entry).resolve()
+            known = _imported.get(_module_name(path))
+            out[entry] = known[0] if known else file_digest(path) if path.is_file() else "missing"
+    return out
 
 
 def import_plugin(entry: str) -> ModuleType:
     """Import one ``run.plugins`` entry: a ``.py`` file by path (absolute, or relative to the
-    working directory), else a module by name. Importing it again is a no-op.
+    working directory), else a module by name. Importing it again is a no-op, but for a file
+    edited since: its new text replaces the old (:func:`_import_file`).
 
     Raises
     ------

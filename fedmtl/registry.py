@@ -72,6 +72,11 @@ class Registry(Generic[T]):
             f"allowed: {allowed}"
         )
 
+    def forget(self, name: str) -> None:
+        """Drop the entry called ``name`` (a plugin file imported again after an edit
+        registers its new version: :mod:`fedmtl.plugins`); no entry is no error."""
+        self._entries.pop(name, None)
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)
@@ -145,3 +150,13 @@ def undone_on_error() -> Iterator[None]:
             for name in set(registry._entries) - names:
                 del registry._entries[name]
         raise
+
+
+@contextlib.contextmanager
+def registered_in() -> Iterator[list[tuple[Registry[Any], str]]]:
+    """Collect the ``(registry, name)`` pairs registered inside the block (in the yielded
+    list, filled when the block ends without an error)."""
+    before = [(registry, set(registry._entries)) for registry in _REGISTRIES]
+    made: list[tuple[Registry[Any], str]] = []
+    yield made
+    made.extend((registry, name) for registry, names in before for name in set(registry._entries) - names)

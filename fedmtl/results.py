@@ -50,6 +50,7 @@ from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
 from fedmtl.group_fairness import summarize_group_gaps
 from fedmtl.parquet import read_table, remove_parquet, wants_parquet, write_parquet
+from fedmtl.plugins import plugin_digests
 from fedmtl.protocol import TEST_GLOBAL
 from fedmtl.provenance import collect_provenance, finish_provenance
 from fedmtl.run_tables import METRIC_COLUMNS as TABLE_METRIC_COLUMNS
@@ -235,7 +236,8 @@ class RunRecorder:
         self.cfg = cfg
         self.tasks = tasks
         self.started = time.monotonic()
-        self.provenance = {**collect_provenance(), "resumed_after_round": resume_round}
+        self.provenance = {**collect_provenance(), "plugins": plugin_digests(list(cfg.run.plugins)),
+                           "resumed_after_round": resume_round}
         """``summary.json``'s ``provenance``, collected once as the run (or its resume) starts."""
         self.rounds: list[dict[str, Any]] = []
         self.last_evaluated: tuple[int, list[int]] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,32 @@ def test_a_plugin_that_registered_a_name_and_then_failed_imports_once_fixed(tmp_
         load_config(tmp_path / "exp.toml")
     plugin.write_text(WEIGHTING.format(name="half-rule"))
     assert load_config(tmp_path / "exp.toml").server.weighting == "half-rule"
+
+
+def test_an_edited_plugin_file_is_imported_again_and_a_run_records_what_it_imported(tmp_path, registries):
+    """In a notebook, the next config built after an edit uses the file's new text (its old
+    names are dropped); an unchanged file is not imported again."""
+    from fedmtl.aggregation import WEIGHTINGS
+
+    plugin = tmp_path / "edited.py"
+    plugin.write_text(WEIGHTING.format(name="old-rule") + "\nFIRST = 0.9\n")
+    (tmp_path / "exp.toml").write_text('[run]\nplugins = ["edited.py"]\n')
+    load_config(tmp_path / "exp.toml")
+    module = sys.modules[plugins._module_name(plugin.resolve())]
+    first = plugins.plugin_digests([str(plugin)])
+    assert module.FIRST == 0.9 and "old-rule" in WEIGHTINGS
+    assert first == {str(plugin): plugins.file_digest(plugin)}
+    load_config(tmp_path / "exp.toml")
+    assert sys.modules[plugins._module_name(plugin.resolve())] is module  # unchanged: not imported again
+
+    plugin.write_text(WEIGHTING.format(name="new-rule") + "\nFIRST = 0.6\n")
+    assert plugins.plugin_digests([str(plugin)]) == first  # what this process imported, until it imports again
+    cfg = load_config(tmp_path / "exp.toml", ["server.weighting=new-rule"])
+    assert cfg.server.weighting == "new-rule" and "old-rule" not in WEIGHTINGS
+    assert sys.modules[plugins._module_name(plugin.resolve())].FIRST == 0.6
+    assert plugins.plugin_digests([str(plugin)]) == {str(plugin): plugins.file_digest(plugin)} != first
+    with pytest.raises(ConfigError, match="unknown weighting 'old-rule'"):
+        load_config(tmp_path / "exp.toml", ["server.weighting=old-rule"])
 
 
 def test_fedmtl_list_shows_a_plugin_s_names_with_plugin(tmp_path, registries, monkeypatch):
