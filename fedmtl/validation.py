@@ -49,7 +49,7 @@ from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_input_shape, 
 from fedmtl.data.federation import check_natural_clients
 from fedmtl.faults import CORRUPTIONS
 from fedmtl.models import BACKBONES, build_model
-from fedmtl.one_line import one_line
+from fedmtl.one_line import described, one_line
 from fedmtl.parquet import parquet_error
 from fedmtl.plugins import load_plugins, plugin_entries, resolve_plugin_files
 from fedmtl.registry import Registry, did_you_mean
@@ -454,16 +454,47 @@ def check_global_heads(cfg: ExperimentConfig) -> None:
         )
 
 
+def meta_backbone(cfg: ExperimentConfig) -> Any:
+    """The backbone as fedmtl builds it, ``cls(input_shape, out_dim=model.width)``, on torch's
+    meta device (nothing is allocated); ``None`` when its sizes are beyond what torch can
+    count (:func:`check_model_memory` then says so).
+
+    Raises
+    ------
+    ValueError
+        The class cannot be built so (a plugin's backbone, docs/extending.md), naming the error.
+    """
+    import torch
+
+    name, shape, width = cfg.model.backbone, tuple(dataset_input_shape(cfg.data)), cfg.model.width
+    try:
+        with torch.device("meta"):
+            return BACKBONES.get(name)(shape, out_dim=width)
+    except (RuntimeError, OverflowError):
+        return None
+    except Exception as exc:  # noqa: BLE001 - a plugin's class failing in any way is one line
+        raise ValueError(f"model.backbone = {name!r} cannot be built as {name}(input_shape={shape}, "
+                         f"out_dim={width}): {described(exc)} (docs/extending.md: backbones)") from None
+
+
+def check_backbone_builds(cfg: ExperimentConfig) -> None:
+    """The backbone builds (:func:`meta_backbone`) and says the size of the representation it
+    returns in a positive integer attribute ``out_dim``."""
+    backbone = meta_backbone(cfg)
+    out = getattr(backbone, "out_dim", None) if backbone is not None else 1
+    if not isinstance(out, int) or isinstance(out, bool) or out < 1:
+        raise ValueError(f"model.backbone = {cfg.model.backbone!r} has out_dim = {out!r}; a backbone says the size "
+                         "of the representation it returns in a positive integer attribute out_dim "
+                         "(docs/extending.md: backbones)")
+
+
 def check_something_federated(cfg: ExperimentConfig) -> None:
     """A federated run federates some parameters: a backbone without any (``"identity"``) needs
     global heads."""
     if cfg.run.mode != "federated" or cfg.model.heads == GLOBAL:
         return
-    import torch
-
-    with torch.device("meta"):
-        backbone = BACKBONES.get(cfg.model.backbone)(tuple(dataset_input_shape(cfg.data)), out_dim=cfg.model.width)
-    if not any(True for _ in backbone.parameters()):
+    backbone = meta_backbone(cfg)
+    if backbone is not None and not any(True for _ in backbone.parameters()):
         raise ValueError(
             f"model.backbone = '{cfg.model.backbone}' has no parameters: with model.heads = "
             f"'{cfg.model.heads}' nothing would be federated; use model.heads = 'global'"
@@ -631,14 +662,26 @@ def check_model_memory(cfg: ExperimentConfig) -> None:
 
 def check_dataset_reads(cfg: ExperimentConfig) -> None:
     """The dataset can say its input shape and tasks (a local copy is complete, its
-    options name what it has)."""
+    options name what it has), and each task's kind declares the metrics it measures."""
+    from fedmtl.tasks import TASK_KINDS
+
     dataset_input_shape(cfg.data)
-    dataset_tasks(cfg.data)
+    for task in dataset_tasks(cfg.data):
+        if task.kind not in TASK_KINDS:
+            raise ValueError(f"data.dataset = {cfg.data.dataset!r}: task '{task.name}': "
+                             + TASK_KINDS.unknown_message(task.kind))
+        metrics = getattr(TASK_KINDS.get(task.kind), "metrics", None)
+        if not isinstance(metrics, dict) or not metrics or not all(
+                isinstance(k, str) and isinstance(v, bool) for k, v in metrics.items()):
+            raise ValueError(f"data.dataset = {cfg.data.dataset!r}: task '{task.name}' is of kind '{task.kind}', "
+                             f"whose metrics = {metrics!r} is not a non-empty {{name: higher_is_better}} dict "
+                             "naming what its metric_sums returns (docs/extending.md)")
 
 
 CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_dataset_reads,
     check_backbone_input,
+    check_backbone_builds,
     check_natural_partition,
     check_partition_task,
     check_feature_skew,

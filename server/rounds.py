@@ -33,6 +33,13 @@ class ClientsFailed(RuntimeError):
                    + (f"; first error: {tally.first_error}" if tally.first_error else ""))
 
     @classmethod
+    def none_evaluated(cls, tally: RunTally) -> ClientsFailed:
+        """The run ends without one accepted evaluation reply: it has no results."""
+        problem = tally.first_rejection or tally.first_error
+        return cls(f"no evaluation reply was accepted in any of the run's {tally.evaluate_rounds} evaluation "
+                   "round(s) here, so the run has no results" + (f"; first problem: {problem}" if problem else ""))
+
+    @classmethod
     def none_left(cls, rounds: int) -> ClientsFailed:
         """A resumed run with no round left, none of whose ``rounds`` moved the model."""
         return cls(f"all {rounds} rounds of this run are done and none of them moved the model; "
@@ -168,10 +175,18 @@ class RunTally:
     """Consecutive rounds skipped for too few valid replies."""
     first_error: str = ""
     """The first client error of this process (training or evaluation)."""
+    evaluate_rounds: int = 0
+    """Evaluation rounds this process ran."""
+    first_rejection: str = ""
+    """The first evaluation reply this process rejected, and why."""
 
     def note_error(self, reason: str) -> None:
         """Remember ``reason`` if it is the first error."""
         self.first_error = self.first_error or reason
+
+    def note_rejection(self, reason: str) -> None:
+        """Remember ``reason`` if it is the first rejected evaluation reply."""
+        self.first_rejection = self.first_rejection or reason
 
 
 def is_evaluation_round(run: RunSection, server_round: int) -> bool:

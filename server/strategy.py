@@ -49,7 +49,7 @@ from fedmtl.server.exchange import (
     unanswered,
 )
 from fedmtl.server.heads import HeadsLedger
-from fedmtl.server.replies import Accepted, Evaluated, Failed
+from fedmtl.server.replies import Accepted, Evaluated, Failed, Rejected
 from fedmtl.server.roster import Roster, training_sizes
 from fedmtl.server.rounds import (
     ClientsFailed,
@@ -265,6 +265,10 @@ class FedMTLStrategy:
         failures = self.count_failures(server_round, "evaluation", outcomes, unanswered(messages, replies))
         self.recorder.log_placement(placement_rows(server_round, "evaluate", messages, replies, outcomes))
         failures += log_rejections(server_round, "evaluation", outcomes)
+        self.tally.evaluate_rounds += 1
+        for o in outcomes:
+            if isinstance(o, Rejected):
+                self.tally.note_rejection(f"client {o.client}: {o.problem}" if o.client is not None else o.problem)
         evaluated = {o.client: o for o in outcomes if isinstance(o, Evaluated)}
         if not evaluated:
             return EvaluateRecord(failures, 0), None
@@ -277,12 +281,16 @@ class FedMTLStrategy:
 
     def check_progress(self) -> None:
         """Raise :class:`ClientsFailed` when this process ran rounds but none moved the model,
-        or when it resumed a run that has no round left and none of whose rounds moved it (it
-        would otherwise end as a finished run, its failure forgotten)."""
+        when it resumed a run that has no round left and none of whose rounds moved it (it
+        would otherwise end as a finished run, its failure forgotten), or when the run has no
+        accepted evaluation at all (it would end with no results: every evaluation reply
+        rejected, e.g. by a task kind or method that reports what it does not declare)."""
         if self.tally.train_rounds and not self.tally.aggregated_rounds:
             raise ClientsFailed.none_aggregated(self.tally, self.cfg.server.min_replies)
         if not self.tally.train_rounds and not any(self.participation.aggregated.values()):
             raise ClientsFailed.none_left(self.cfg.run.rounds)
+        if self.last_stats is None:
+            raise ClientsFailed.none_evaluated(self.tally)
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, object]:

@@ -210,6 +210,44 @@ def test_an_edited_plugin_file_is_imported_again_and_a_run_records_what_it_impor
         load_config(tmp_path / "exp.toml", ["server.weighting=old-rule"])
 
 
+BACKBONE = '''
+from torch import nn
+from fedmtl.models import BACKBONES
+
+
+@BACKBONES.register("{name}")
+class Mine(nn.Module):
+    """A linear backbone of one's own."""
+
+    input_rank = 1
+
+    def __init__(self, input_shape, {signature}):
+        super().__init__()
+        self.layer = nn.Linear(input_shape[0], 4)
+        {attribute}
+
+    def forward(self, x):
+        return self.layer(x)
+'''
+
+
+@pytest.mark.parametrize(("signature", "attribute", "said"), [
+    ("out_dim", "", "model.backbone = 'mine-bb' has out_dim = None; a backbone says the size of the representation "
+                    "it returns in a positive integer attribute out_dim (docs/extending.md: backbones)"),
+    ("out_dim", "self.out_dim = 4.0", "model.backbone = 'mine-bb' has out_dim = 4.0; a backbone says"),
+    ("width", "self.out_dim = 4", "model.backbone = 'mine-bb' cannot be built as mine-bb(input_shape=(60,), "
+                                  "out_dim=64): TypeError: Mine.__init__() got an unexpected keyword argument "
+                                  "'out_dim' (docs/extending.md: backbones)"),
+])
+def test_a_plugin_backbone_that_does_not_build_as_documented_is_one_config_error(tmp_path, registries, signature,
+                                                                                  attribute, said):
+    (tmp_path / "bb.py").write_text(BACKBONE.format(name="mine-bb", signature=signature, attribute=attribute))
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f"run.plugins={tmp_path / 'bb.py'}", "model.backbone=mine-bb", "data.dataset=synthetic",
+                           "model.width=64"])
+    assert said in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
 def test_fedmtl_list_shows_a_plugin_s_names_with_plugin(tmp_path, registries, monkeypatch):
     from typer.testing import CliRunner
 

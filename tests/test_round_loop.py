@@ -187,7 +187,13 @@ def test_a_resume_with_no_round_left_of_a_run_that_never_moved_the_model_fails_a
     strategy.tally = RunTally()  # a resumed process: no round left to run
     with pytest.raises(ClientsFailed, match="all 2 rounds of this run are done and none of them moved the model"):
         strategy.check_progress()
-    strategy.participation.note_aggregated([1])  # one round did move it: a finished run
+    strategy.participation.note_aggregated([1])  # one round did move it ...
+    with pytest.raises(ClientsFailed, match="no evaluation reply was accepted in any of the run's 0 evaluation "
+                                            "round"):
+        strategy.check_progress()  # ... but no evaluation was ever accepted: the run has no results
+    from fedmtl.results import RoundStats
+
+    strategy.last_stats = RoundStats(2, {"left": {"mean": 0.5}}, {"left": "accuracy"})  # it has: a finished run
     strategy.check_progress()
     monkeypatch.setattr("fedmtl.launch.interrupt.last_round", lambda run_dir: 2)
     assert failed_run_advice(tmp_path, 2).endswith(f"start it again (a resume has no round left to run), or add "
