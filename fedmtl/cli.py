@@ -212,6 +212,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
 
 def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, checkpoint: dict | None = None) -> None:
     """A federated run; a run stopped by failing clients ends with the reason and how to resume."""
+    from fedmtl.data.checks import DataError
     from fedmtl.folder_lock import RunFolderBusy
     from fedmtl.launch.simulation import EngineError, simulate
     from fedmtl.server.rounds import RuleFailed
@@ -228,6 +229,12 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
     except (ClientsFailed, RuleFailed) as exc:
         fail(f"{exc}\n{failed_run_advice(run_dir, cfg.run.rounds)}", code=1)
     except RunFolderBusy as exc:
+        fail(str(exc), code=1)
+    except DataError as exc:  # the dataset's data does not fit what it declares (a plugin's)
+        from fedmtl.results import remove_unused_run_dir
+
+        if checkpoint is None:
+            remove_unused_run_dir(run_dir)
         fail(str(exc), code=1)
 
 

@@ -206,9 +206,12 @@ class KnownClients:
         self._task_sets: list[list[str]] | None = None
         if max_examples == 0:  # fail at start-up, not at the first reply, when the data is not here
             from fedmtl.data import load_federation
+            from fedmtl.data.checks import DataError
 
             try:
                 load_federation(data, seed)
+            except DataError:
+                raise  # the dataset's own mistake, named as it is
             except (OSError, ValueError, RuntimeError) as error:
                 raise RuntimeError(
                     f"server.max-examples = 0 bounds each client's num-examples by its data, but the "

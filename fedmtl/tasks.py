@@ -41,8 +41,22 @@ class TaskKind:
         """Per-batch *sums* of every metric (divided by the example count later)."""
         raise NotImplementedError
 
+    def target_problem(self, target: torch.Tensor, num_classes: int) -> str | None:
+        """What is wrong with a split's targets of a task of this kind (``None``: nothing; a
+        kind that does not say accepts any)."""
+        return None
+
 
 TASK_KINDS: Registry[type[TaskKind]] = Registry("task kind")
+
+
+def class_problem(target: torch.Tensor, num_classes: int) -> str | None:
+    """Class labels must be integers in ``[0, num_classes)``."""
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        return f"class labels must be integers, not {target.dtype}"
+    if len(target) and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        return f"class labels span {int(target.min())}..{int(target.max())}, outside 0..{num_classes - 1}"
+    return None
 
 
 @TASK_KINDS.register("multiclass")
@@ -64,6 +78,9 @@ class MultiClass(TaskKind):
             "accuracy": (output.argmax(dim=1) == target).sum().item(),
             "loss": F.cross_entropy(output, target, reduction="sum").item(),
         }
+
+    def target_problem(self, target: torch.Tensor, num_classes: int) -> str | None:
+        return class_problem(target, num_classes)
 
 
 @TASK_KINDS.register("binary")
@@ -87,6 +104,11 @@ class Binary(TaskKind):
             "loss": F.binary_cross_entropy_with_logits(logit, target, reduction="sum").item(),
         }
 
+    def target_problem(self, target: torch.Tensor, num_classes: int) -> str | None:
+        if target.dtype.is_complex or not bool(((target == 0) | (target == 1)).all()):
+            return "binary labels must be 0 or 1"
+        return None
+
 
 @TASK_KINDS.register("regression")
 class Regression(TaskKind):
@@ -105,6 +127,13 @@ class Regression(TaskKind):
         err = output.squeeze(1) - target.float()
         sq = (err**2).sum().item()
         return {"mse": sq, "mae": err.abs().sum().item(), "loss": sq}
+
+    def target_problem(self, target: torch.Tensor, num_classes: int) -> str | None:
+        if target.dtype.is_complex or target.dtype == torch.bool:
+            return f"regression targets must be real numbers, not {target.dtype}"
+        if not bool(torch.isfinite(target.float()).all()):
+            return "regression targets must be finite"
+        return None
 
 
 @dataclass(frozen=True)

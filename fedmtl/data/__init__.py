@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from fedmtl.data import arrests, celeba, multimnist, synthetic
+from fedmtl.data.checks import check_federation
 from fedmtl.data.feature_skew import skew_client
 from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.partitioners import PARTITIONERS
@@ -155,6 +156,9 @@ def load_federation(data_cfg: DataSection, seed: int) -> Federation:
     their inputs through ``data.feature-skew`` (:mod:`fedmtl.data.feature_skew`).
     """
     federation = DATASETS.get(data_cfg.dataset).build(data_cfg, seed)
+    check_federation(data_cfg.dataset, dataset_tasks(data_cfg), dataset_input_shape(data_cfg), federation.tasks,
+                     federation.input_shape)
+    federation.name = data_cfg.dataset
     if data_cfg.task_sets != "all":
         names = [t.name for t in federation.tasks]
         federation.task_sets = assign_tasks(federation.num_clients, names, seed, data_cfg)

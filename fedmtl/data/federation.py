@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from fedmtl.data.checks import check_client_data
 from fedmtl.seeds import rng as rng_of
 from fedmtl.tasks import TaskSpec
 
@@ -127,6 +128,8 @@ class Federation:
     task_sets: list[list[str]] | None = None
     transform: Callable[[ClientData], ClientData] | None = None
     split_sizes: Callable[[int], tuple[int, int]] | None = None
+    name: str = ""
+    """The dataset's registered name (in the messages of :mod:`fedmtl.data.checks`)."""
     _cache: dict[int, ClientData] = field(default_factory=dict, repr=False)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     """Guards ``_cache``: ClientApp calls in threads of one process (the in-process backend)
@@ -161,9 +164,19 @@ class Federation:
         if not 0 <= client_id < self.num_clients:
             raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")
 
+    def _built(self, client_id: int) -> ClientData:
+        """Client ``client_id``'s data as the dataset builds it, checked against the declared
+        tasks and input shape (:func:`fedmtl.data.checks.check_client_data`)."""
+        data = self.build_client(client_id)
+        splits = {"train": data.train, "test": data.test}
+        if data.validation is not None:
+            splits["validation"] = data.validation
+        check_client_data(self.name or "?", client_id, splits, self.tasks, self.input_shape)
+        return data
+
     def _build(self, client_id: int) -> ClientData:
         """Client ``client_id``'s data, its tasks restricted and its inputs transformed."""
-        data = self.build_client(client_id)
+        data = self._built(client_id)
         if self.task_sets is not None:
             held = self.task_sets[client_id]
             data = ClientData(
@@ -187,7 +200,7 @@ class Federation:
         if data is None and self.split_sizes is not None:
             return self.split_sizes(client_id)
         if data is None:
-            data = self.build_client(client_id)
+            data = self._built(client_id)
         return len(data.train), len(data.test)
 
     def client_tasks(self, client_id: int) -> list[TaskSpec]:

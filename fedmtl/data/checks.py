@@ -1,0 +1,101 @@
+"""What a dataset's builder returns is checked against what the dataset declares.
+
+A dataset (a plugin's, docs/extending.md) declares its input shape and tasks
+(:class:`fedmtl.data.DatasetEntry`); its :class:`~fedmtl.data.federation.Federation` must
+have them, and every client's data must fit them: float32 inputs of that shape with finite
+values, the same tasks' targets in every split, one target per example, and targets its task's
+kind accepts (:meth:`fedmtl.tasks.TaskKind.target_problem`: class labels in range); every
+split holds every declared task (``data.task-sets`` then gives a client fewer). Anything
+else is a :class:`DataError` naming the dataset, the client, the split and the task, before
+training or evaluation could turn it into a shape error deep in PyTorch or a silent NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from fedmtl.tasks import TASK_KINDS, TaskSpec
+
+if TYPE_CHECKING:
+    from fedmtl.data.federation import Split
+
+
+class DataError(ValueError):
+    """A dataset's data does not fit what it declares (one line naming where)."""
+
+
+def check_federation(name: str, tasks: Sequence[TaskSpec], input_shape: Sequence[int], built_tasks: Sequence[TaskSpec],
+                     built_shape: Sequence[int]) -> None:
+    """The federation the dataset built has the tasks and input shape it declares.
+
+    Raises
+    ------
+    DataError
+        Naming the dataset and what differs.
+    """
+    if tuple(built_shape) != tuple(input_shape):
+        raise DataError(f"data.dataset = {name!r} declares inputs of shape {tuple(input_shape)} but built a "
+                        f"federation of shape {tuple(built_shape)}")
+    if list(built_tasks) != list(tasks):
+        raise DataError(f"data.dataset = {name!r} declares the tasks {_specs(tasks)} but built a federation of "
+                        f"{_specs(built_tasks)}")
+
+
+def _specs(tasks: Sequence[TaskSpec]) -> str:
+    return ", ".join(f"{t.name} ({t.kind}, {t.num_classes} classes)" for t in tasks) or "none"
+
+
+def check_client_data(name: str, client_id: int, splits: Mapping[str, Split], tasks: Sequence[TaskSpec],
+                      input_shape: Sequence[int]) -> None:
+    """Client ``client_id``'s splits (``{"train": Split, "test": Split, ...}``) fit the
+    dataset's declared ``tasks`` and ``input_shape``.
+
+    Raises
+    ------
+    DataError
+        ``data.dataset = '<name>', client <id>, split '<split>': <what>``.
+    """
+    specs = {t.name: t for t in tasks}
+    first = None
+    for split_name, split in splits.items():
+        where = f"data.dataset = {name!r}, client {client_id}, split '{split_name}'"
+        problem = _split_problem(split, specs, tuple(input_shape))
+        if problem:
+            raise DataError(f"{where}: {problem}")
+        held = sorted(split.targets)
+        if first is None:
+            first = (split_name, held)
+        elif held != first[1]:
+            raise DataError(f"{where}: has targets of {', '.join(held) or 'no task'} but split '{first[0]}' "
+                            f"of {', '.join(first[1]) or 'no task'}; every split holds the same tasks")
+
+
+def _split_problem(split: Split, specs: dict[str, TaskSpec], shape: tuple[int, ...]) -> str | None:
+    x = getattr(split, "x", None)
+    targets = getattr(split, "targets", None)
+    if not isinstance(x, torch.Tensor) or not isinstance(targets, dict):
+        return "not a fedmtl.data.Split (inputs x as a tensor, targets as a dict of tensors)"
+    if x.dtype != torch.float32:
+        return f"inputs are {x.dtype}; give torch.float32"
+    if tuple(x.shape[1:]) != shape:
+        return f"inputs of shape {tuple(x.shape[1:])}, but the dataset declares {shape}"
+    if not bool(torch.isfinite(x).all()):
+        return f"{int((~torch.isfinite(x)).sum())} input value(s) are not finite (NaN or infinite)"
+    missing = [task for task in specs if task not in targets]
+    if missing:
+        return (f"no targets of task {', '.join(repr(t) for t in missing)} (each split holds every declared task: "
+                f"{', '.join(specs)}; data.task-sets gives clients fewer)")
+    for task, target in targets.items():
+        if task not in specs:
+            return f"targets of task {task!r}, which the dataset does not declare (its tasks: {', '.join(specs)})"
+        if not isinstance(target, torch.Tensor) or target.dim() != 1 or len(target) != len(x):
+            got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+            return f"task '{task}': targets of shape {got}, expected ({len(x)},): one per example"
+        spec = specs[task]
+        problem = TASK_KINDS.get(spec.kind)().target_problem(target, spec.num_classes)
+        if problem:
+            return f"task '{task}' ({spec.kind}, {spec.num_classes} classes): {problem}"
+    return None

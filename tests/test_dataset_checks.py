@@ -1,0 +1,78 @@
+"""A dataset's data is checked against what it declares (fedmtl.data.checks): a plugin's mistake
+is one line naming the dataset, the client, the split and the task, never a shape error deep in
+PyTorch or a silent NaN. Every built-in dataset passes (tests/test_data.py and the simulation
+tests build them through the same checks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmtl.data import ClientData, Federation, Split
+from fedmtl.data.checks import DataError, check_federation
+from fedmtl.tasks import TaskSpec
+
+TASKS = [TaskSpec("above", "multiclass", 3), TaskSpec("flag", "binary", 2), TaskSpec("size", "regression")]
+
+
+def _split(n: int = 6, **change) -> Split:
+    x = torch.randn(n, 4)
+    targets = {"above": torch.arange(n) % 3, "flag": (torch.arange(n) % 2).float(), "size": torch.randn(n)}
+    targets.update({k: v for k, v in change.items() if k in targets or k == "extra"})
+    targets = {k: v for k, v in targets.items() if v is not None}
+    return Split(change.get("x", x), targets)
+
+
+def _federation(test: Split, train: Split | None = None) -> Federation:
+    return Federation((4,), TASKS, 2, lambda c: ClientData(c, train or _split(), test), name="mine")
+
+
+def test_data_that_fits_its_declaration_passes():
+    fed = _federation(_split(3))
+    assert len(fed.client(1).test) == 3 and fed.sizes(0) == (6, 3)
+
+
+@pytest.mark.parametrize(("test", "said"), [
+    (_split(above=None), "no targets of task 'above' (each split holds every declared task: above, flag, size; "
+                         "data.task-sets gives clients fewer)"),
+    (_split(extra=torch.zeros(6)), "targets of task 'extra', which the dataset does not declare (its tasks: above, "
+                                   "flag, size)"),
+    (_split(above=torch.tensor([0, 1, 2, 3, 0, 1])), "task 'above' (multiclass, 3 classes): class labels span 0..3, "
+                                                     "outside 0..2"),
+    (_split(above=torch.tensor([0, -1, 2, 1, 0, 1])), "class labels span -1..2, outside 0..2"),
+    (_split(above=torch.zeros(6)), "task 'above' (multiclass, 3 classes): class labels must be integers, not "
+                                   "torch.float32"),
+    (_split(flag=torch.full((6,), 2)), "task 'flag' (binary, 2 classes): binary labels must be 0 or 1"),
+    (_split(size=torch.tensor([0.0, float("nan"), 1, 2, 3, 4])), "task 'size' (regression, 0 classes): regression "
+                                                                  "targets must be finite"),
+    (_split(above=torch.zeros(5, dtype=torch.int64)), "task 'above': targets of shape (5,), expected (6,): one per "
+                                                      "example"),
+    (_split(above=torch.zeros(6, 1, dtype=torch.int64)), "task 'above': targets of shape (6, 1), expected (6,)"),
+    (_split(x=torch.randn(6, 4, dtype=torch.float64)), "inputs are torch.float64; give torch.float32"),
+    (_split(x=torch.randn(6, 5)), "inputs of shape (5,), but the dataset declares (4,)"),
+    (_split(x=torch.tensor([[float("nan")] * 4] * 6)), "24 input value(s) are not finite (NaN or infinite)"),
+])
+def test_a_client_whose_data_does_not_fit_is_one_line_naming_where(test, said):
+    fed = _federation(test)
+    for build in (lambda: fed.client(1), lambda: fed.sizes(1)):
+        with pytest.raises(DataError) as error:
+            build()
+        message = str(error.value)
+        assert message.startswith("data.dataset = 'mine', client 1, split 'test': ") and said in message, message
+        assert "\n" not in message
+
+
+def test_every_split_holds_the_same_tasks():
+    fed = Federation((4,), TASKS[:1], 1, lambda c: ClientData(c, Split(torch.randn(4, 4), {"above": torch.zeros(
+        4, dtype=torch.int64)}), Split(torch.randn(2, 4), {})), name="mine")
+    with pytest.raises(DataError, match="split 'test': no targets of task 'above'"):
+        fed.client(0)
+
+
+def test_a_federation_with_other_tasks_or_inputs_than_declared_is_refused():
+    check_federation("mine", TASKS, (4,), list(TASKS), (4,))
+    with pytest.raises(DataError, match=r"declares inputs of shape \(4,\) but built a federation of shape \(5,\)"):
+        check_federation("mine", TASKS, (4,), list(TASKS), (5,))
+    with pytest.raises(DataError, match=r"declares the tasks above \(multiclass, 3 classes\), flag .* but built a "
+                                        r"federation of above \(multiclass, 5 classes\)"):
+        check_federation("mine", TASKS, (4,), [TaskSpec("above", "multiclass", 5)], (4,))
