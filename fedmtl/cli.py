@@ -409,9 +409,11 @@ def report(
         typer.echo(f"figure: {figure}")
 
 
-@cli.command("flwr-run")
+@cli.command("flwr-run", context_settings=EXTRA_ARGS)
 def flwr_run(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Experiment TOML file (a Flower run config).")],
+    set_: SetOption = None,
     app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
     superlink: Annotated[
         str | None, typer.Option(help="SuperLink connection of the Flower config (default: the local simulation).")
@@ -433,8 +435,9 @@ def flwr_run(
     returns (one that already ran stays); with --superlink-address it submits to a deployed
     SuperLink (run folders land under run.output-dir on the ServerApp's machine).
     """
+    _check_sets(ctx, set_, config)
     config = _shipped(config)
-    _load(config, None)
+    _load(config, set_)
     from fedmtl.launch.flwr_run import connection_env, run_and_check
 
     env = None
@@ -451,13 +454,17 @@ def flwr_run(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _interrupt)  # the local SuperLink is stopped on SIGTERM too
+    from fedmtl.launch.flwr_run import SuperLinkLost
+
     try:
         code = run_and_check(app_dir, config, superlink, timeout, env=env, simulation=local,
-                             absolute_output=local)
+                             absolute_output=local, overrides=set_)
     except KeyboardInterrupt:
         typer.echo("interrupted" + (": the local SuperLink this command started was stopped" if local else ""),
                    err=True)
         raise typer.Exit(130) from None
+    except SuperLinkLost as exc:
+        fail(f"{exc}; the rounds the run finished are in its folder under run.output-dir", code=1)
     raise typer.Exit(code)
 
 
@@ -478,10 +485,19 @@ def deploy_certs(
     superexec_secret: Annotated[
         Path | None, typer.Option(help="Also write a SuperExec auth secret (--superexec-auth-secret-file) here.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace a CA the folder already holds (every host holding the old ca.crt is "
+                                "then refused until it gets the new one).")
+    ] = False,
 ) -> None:
     """A CA and a SuperLink TLS certificate for the given host names and addresses."""
     from fedmtl.launch.certificates import DEFAULT_HOSTS, make_secret, make_tls_certificates
 
+    if days < 1:
+        fail(f"--days {days}: a certificate must be valid for at least 1 day")
+    if (folder / "ca.crt").exists() and not force:
+        fail(f"'{folder / 'ca.crt'}' exists: a new CA would lock out every SuperNode and flwr CLI holding it; "
+             "--force replaces it (then give them the new ca.crt)")
     hosts = list(dict.fromkeys(host or DEFAULT_HOSTS))
     ids = _owner(owner)
     paths = make_tls_certificates(folder, hosts, days, owner=ids)
@@ -579,7 +595,7 @@ def deploy_local(
     import signal
 
     from fedmtl.launch.deploy import DeploymentError, LocalDeployment, deployment_folder, new_run_folders
-    from fedmtl.launch.flwr_run import run_and_check
+    from fedmtl.launch.flwr_run import SuperLinkLost, run_and_check
 
     config = _shipped(config)
     cfg = _load(config, None)
@@ -612,15 +628,17 @@ def deploy_local(
                        f"({'TLS' if tls else 'insecure'}{', SuperNode auth' if auth else ''}), "
                        f"{nodes} SuperNodes; logs in {folder / 'logs'}")
             deployment.start()
-            code = run_and_check(app_dir.resolve(), config.resolve(), "fedmtl-local", timeout,
-                                 env=deployment.env, simulation=False)
-            for name, exit_code in deployment.exited().items():
-                typer.echo(f"warning: {name} stopped during the run (exit code {exit_code}); "
-                           f"see {folder / 'logs' / (name + '.log')}", err=True)
+            try:
+                code = run_and_check(app_dir.resolve(), config.resolve(), "fedmtl-local", timeout,
+                                     env=deployment.env, simulation=False)
+            finally:
+                for name, exit_code in deployment.exited().items():
+                    typer.echo(f"warning: {name} stopped during the run (exit code {exit_code}); "
+                               f"see {folder / 'logs' / (name + '.log')}", err=True)
     except KeyboardInterrupt:
         typer.echo("interrupted: every process of the deployment was stopped", err=True)
         raise typer.Exit(130) from None
-    except DeploymentError as exc:
+    except (DeploymentError, SuperLinkLost) as exc:
         fail(str(exc), code=1)
     for run_folder in new_run_folders(output, before | {folder}):
         typer.echo(f"Results: {run_folder}")

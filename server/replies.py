@@ -26,6 +26,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import WHOLE
@@ -251,6 +252,10 @@ def _check_sender(
     if client is None:
         return Rejected(None, "a reply to no message of this round")
     if not from_addressee(reply, node):
+        if reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID and client not in seen:
+            # the SuperLink answers for a node it lost (Flower's "node unavailable"): the client failed
+            return Failed(client, f"its node {node} is unavailable (the SuperLink answered: "
+                                  f"{client_error_message(reply.error.reason)})")
         return Rejected(client, f"a reply from node {reply.metadata.src_node_id} to the message sent to node {node}")
     if client in seen:
         return SecondReply(client)

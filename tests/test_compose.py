@@ -57,6 +57,21 @@ def test_compose_file_is_valid_and_tls_is_on_by_default():
     assert "n4" in profiles["supernode-3"] and "n4" not in profiles["supernode-4"]
 
 
+@pytest.mark.parametrize("nodes", ["2", "4"])
+def test_the_submitted_experiment_has_as_many_clients_as_supernodes(nodes):
+    """The `submit` service sets data.num-clients to NUM_SUPERNODES: the documented steps (4
+    SuperNodes, configs/quickstart.toml of 20 clients) and the defaults (2) both run."""
+    from fedmtl.validation import load_config
+
+    env = {"NUM_SUPERNODES": nodes} if nodes != "2" else {}
+    entrypoint = _config("docker-compose.yml", **env)["services"]["submit"]["entrypoint"]
+    config = entrypoint[entrypoint.index("flwr-run") + 1]
+    sets = [entrypoint[i + 1] for i, item in enumerate(entrypoint) if item == "--set"]
+    assert sets == [f"data.num-clients={nodes}"]
+    clients = load_config(ROOT / config).data.num_clients
+    assert load_config(ROOT / config, sets).data.num_clients == int(nodes) != clients
+
+
 def test_auth_overlay_registers_keys_and_keeps_tls():
     services = _config("docker-compose.yml", "docker-compose.auth.yml")["services"]
     assert "--enable-supernode-auth" in services["superlink"]["command"]

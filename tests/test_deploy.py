@@ -62,6 +62,41 @@ def test_key_files_are_created_with_their_final_mode_and_owner(tmp_path):
     assert len(secret.read_bytes()) == 64 and secret.read_bytes() != make_secret(tmp_path / "other").read_bytes()
 
 
+def test_certs_refuse_a_validity_below_a_day_and_keep_an_existing_ca_unless_forced(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+
+    runner, folder = CliRunner(), tmp_path / "certs"
+    for days in ("0", "-1"):
+        result = runner.invoke(cli, ["deploy", "certs", str(folder), "--days", days])
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [
+            f"error: --days {days}: a certificate must be valid for at least 1 day"], result.output
+        assert not folder.exists()
+    assert runner.invoke(cli, ["deploy", "certs", str(folder), "--days", "1"]).exit_code == 0
+    ca = (folder / "ca.crt").read_bytes()
+    result = runner.invoke(cli, ["deploy", "certs", str(folder)])
+    assert result.exit_code == 2 and (folder / "ca.crt").read_bytes() == ca
+    assert result.output.strip().splitlines() == [
+        f"error: '{folder / 'ca.crt'}' exists: a new CA would lock out every SuperNode and flwr CLI holding it; "
+        "--force replaces it (then give them the new ca.crt)"]
+    assert runner.invoke(cli, ["deploy", "certs", str(folder), "--force"]).exit_code == 0
+    assert (folder / "ca.crt").read_bytes() != ca
+
+
+def test_a_deployment_stops_its_superlink_before_its_supernodes(tmp_path, monkeypatch):
+    """With the SuperNodes stopped first, the ServerApp (run by the SuperLink) went on against
+    dead nodes and recorded rounds, and a checkpoint, that trained nothing."""
+    from fedmtl.launch.deploy import LocalDeployment
+
+    deployment = LocalDeployment(tmp_path / "d", 2)
+    deployment.processes = {"supernode-0": None, "superlink": None, "supernode-1": None}
+    stopped: list[str] = []
+    monkeypatch.setattr(deployment, "stop_process", lambda name: stopped.append(name) or deployment.processes.pop(name))
+    deployment.stop()
+    assert stopped == ["superlink", "supernode-0", "supernode-1"] and not deployment.processes
+
+
 def test_deploy_refuses_bad_options(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text((ROOT / "configs/smoke.toml").read_text())

@@ -87,6 +87,58 @@ def test_without_a_stream_the_status_polls_slow_down_and_the_timeout_holds(monke
     assert gaps[:4] == [2.0, 3.0, 4.6, 6.8] and set(gaps[5:-1]) == {10.0} and calls[-1] == pytest.approx(40.0)
 
 
+@pytest.mark.parametrize(("answer", "said"), [
+    ({"success": False, "error-message": "Connection to the SuperLink is unavailable.\nCheck your network."},
+     "the SuperLink no longer lists run 7 (it stopped, or cannot be reached): Connection to the SuperLink is "
+     "unavailable. Check your network."),
+    (RuntimeError("`flwr ls` failed (exit 1): boom\nagain"), "the SuperLink stopped answering about run 7: "
+                                                            "`flwr ls` failed (exit 1): boom again"),
+])
+def test_a_lost_superlink_is_one_line_from_both_commands(monkeypatch, tmp_path, answer, said):
+    """The SuperLink stopped or is unreachable mid-run: `fedmtl flwr-run` ends in one line (exit
+    1), not a traceback (`fedmtl deploy local` catches the same error)."""
+    from typer.testing import CliRunner
+
+    from fedmtl import cli as fedmtl_cli
+    from fedmtl.launch import flwr_run
+    from fedmtl.launch.flwr_run import SuperLinkLost, run_status
+
+    def flwr(args, env, timeout=120):  # noqa: ANN001, ANN202 - stands in for the `flwr` command
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(flwr_run, "_flwr", flwr)
+    with pytest.raises(SuperLinkLost) as error:
+        run_status("7", [], {})
+    assert str(error.value).startswith(said) and "\n" not in str(error.value)
+
+    def lost(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise SuperLinkLost(said)
+
+    monkeypatch.setattr(flwr_run, "run_and_check", lost)
+    result = CliRunner().invoke(fedmtl_cli.cli, ["flwr-run", str(ROOT / "configs/smoke.toml"), "--superlink-address",
+                                                 "127.0.0.1:1", "--insecure"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines() == [f"error: {said}; the rounds the run finished are in its folder "
+                                                  "under run.output-dir"]
+
+
+def test_flwr_run_takes_set_as_fedmtl_run_does(monkeypatch):
+    from typer.testing import CliRunner
+
+    from fedmtl import cli as fedmtl_cli
+    from fedmtl.launch import flwr_run
+
+    seen = {}
+    monkeypatch.setattr(flwr_run, "run_and_check", lambda *args, **kwargs: seen.update(kwargs) or 0)
+    runner, smoke = CliRunner(), str(ROOT / "configs/smoke.toml")
+    result = runner.invoke(fedmtl_cli.cli, ["flwr-run", smoke, "--set", "data.num-clients=4"])
+    assert result.exit_code == 0 and seen["overrides"] == ["data.num-clients=4"], result.output
+    bad = runner.invoke(fedmtl_cli.cli, ["flwr-run", smoke, "--set", "data.num-clients=zero"])
+    assert bad.exit_code == 2 and "data.num-clients" in bad.output and "Traceback" not in bad.output
+
+
 def test_streamed_logs_lose_their_colour_codes_off_a_terminal(capsys):
     from fedmtl.launch.flwr_run import stream_logs
 

@@ -273,6 +273,27 @@ def test_an_error_from_another_node_is_not_counted_as_the_addressees_and_its_pla
     assert placement_row(reply, 2, 1, "train", node=102) == (1, 2, "train", "impostor", "", "cpu")
 
 
+def test_the_superlinks_error_for_a_lost_node_is_the_addressees_failure():
+    """Flower's SuperLink answers a message to a node it lost with an error of its own (source
+    node 1): the client failed (counted in failures), it is no stranger's reply; a reply with
+    content from the SuperLink's id, or a second answer, is still refused."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    message = Message(RecordDict({wire.CALL: ConfigRecord({wire.CLIENT_ID: 2})}), dst_node_id=102,
+                      message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = "m1"
+    error = Message(error=Error(code=1, reason="node unavailable"), reply_to=message)
+    error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    outcome = read_train_reply(error, 2, dict(STATE), False, node=102)
+    assert isinstance(outcome, Failed) and outcome.client == 2
+    assert outcome.reason.startswith("its node 102 is unavailable (the SuperLink answered: ")
+    assert "node unavailable" in outcome.reason
+    assert isinstance(read_train_reply(error, 2, dict(STATE), False, seen={2}, node=102), Rejected)
+    content = Message(RecordDict({wire.METRICS: MetricRecord({wire.PARTITION_ID: 2})}), reply_to=message)
+    content.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    assert isinstance(read_train_reply(content, 2, dict(STATE), False, node=102), Rejected)
+
+
 class QueryGrid:
     """Answers every discovery query with the partition id each node claims."""
 

@@ -239,10 +239,12 @@ class LocalDeployment:
             deadline = time.monotonic() + timeout
 
     def stop(self) -> None:
-        """Stop every SuperNode, then the SuperLink."""
-        for name in [n for n in self.processes if n != "superlink"]:
-            self.stop_process(name)
+        """Stop the SuperLink (and the ServerApp it runs) first, then every SuperNode: with the
+        nodes stopped first, the ServerApp went on for a moment against dead nodes and recorded
+        rounds (and a checkpoint) that trained nothing."""
         self.stop_process("superlink")
+        for name in list(self.processes):
+            self.stop_process(name)
 
     def __enter__(self) -> LocalDeployment:
         return self

@@ -29,6 +29,7 @@ from typing import Any
 import tomli_w
 
 from fedmtl.config import ExperimentConfig, unflatten
+from fedmtl.one_line import one_line
 from fedmtl.validation import load_config
 
 
@@ -159,12 +160,27 @@ def own_local_superlink(env: dict[str, str]) -> Iterator[None]:
         stop_processes(local_superlinks(home) - before)
 
 
+class SuperLinkLost(RuntimeError):
+    """The SuperLink stopped answering about a run it ran (it stopped, or cannot be reached):
+    one line saying so and what Flower said."""
+
+
 def run_status(run_id: str, superlink: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """The run's entry of ``flwr ls --run-id ID --format json``."""
-    listing = _flwr(["ls", *superlink, "--run-id", run_id, "--format", "json"], env)
+    """The run's entry of ``flwr ls --run-id ID --format json``.
+
+    Raises
+    ------
+    SuperLinkLost
+        ``flwr ls`` fails, or does not list the run.
+    """
+    try:
+        listing = _flwr(["ls", *superlink, "--run-id", run_id, "--format", "json"], env)
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        raise SuperLinkLost(f"the SuperLink stopped answering about run {run_id}: {one_line(exc)}") from None
     runs = listing.get("runs", [])
     if not runs:
-        raise RuntimeError(f"Flower does not list run {run_id}: {listing}")
+        said = one_line(str(listing.get("error-message") or listing))
+        raise SuperLinkLost(f"the SuperLink no longer lists run {run_id} (it stopped, or cannot be reached): {said}")
     return runs[0]
 
 
@@ -234,6 +250,7 @@ def run_and_check(
     env: dict[str, str] | None = None,
     simulation: bool = True,
     absolute_output: bool = True,
+    overrides: list[str] | None = None,
 ) -> int:
     """Submit ``config`` with ``flwr run``; return 0 iff the run finished completed.
 
@@ -256,12 +273,14 @@ def run_and_check(
         (``num-supernodes`` and client resources). ``False`` for a deployment.
     absolute_output : bool
         Send ``run.output-dir`` as an absolute path (the SuperLink runs on this machine).
+    overrides : list of str, optional
+        ``--set`` strings applied to ``config`` (the run config sent is the resolved result).
 
     For the local simulation (no ``superlink``), the local SuperLink ``flwr run`` starts is
     stopped when this returns, also on an error or an interrupt (:func:`own_local_superlink`);
     one that ran before is left running.
     """
-    cfg = load_config(config)
+    cfg = load_config(config, overrides or [])
     env = env or flwr_env()
     if simulation and superlink is None:  # Flower's local SuperLink, started by `flwr run` if none runs
         with own_local_superlink(env):
