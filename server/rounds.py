@@ -29,7 +29,8 @@ class ClientsFailed(RuntimeError):
     @classmethod
     def none_aggregated(cls, tally: RunTally, min_replies: int) -> ClientsFailed:
         """None of this process's rounds had ``server.min-replies`` valid replies."""
-        return cls(f"none of the {tally.train_rounds} round(s) had server.min-replies = {min_replies} valid replies"
+        return cls(f"none of the {tally.train_rounds} round(s) moved the model (each needs server.min-replies = "
+                   f"{min_replies} valid replies and a finite update); last round: {tally.last_skip or 'skipped'}"
                    + (f"; first error: {tally.first_error}" if tally.first_error else ""))
 
     @classmethod
@@ -175,6 +176,8 @@ class RunTally:
     """Consecutive rounds skipped for too few valid replies."""
     first_error: str = ""
     """The first client error of this process (training or evaluation)."""
+    last_skip: str = ""
+    """Why the last skipped round was skipped."""
     evaluate_rounds: int = 0
     """Evaluation rounds this process ran."""
     first_rejection: str = ""

@@ -248,6 +248,7 @@ class FedMTLStrategy:
         why = why or (f"{record.aggregated} usable replies < server.min-replies = {server.min_replies} "
                       f"({record.failures} failed, {record.rejected} rejected)")
         log(WARNING, "round %d skipped: %s; the model is unchanged", server_round, why)
+        self.tally.last_skip = why
         if server.max_failed_rounds and self.tally.failed_streak >= server.max_failed_rounds:
             self.recorder.log_round(round_row(server_round, record, None), None)
             raise ClientsFailed.in_a_row(server_round, self.tally.failed_streak, server.max_failed_rounds, why, reasons)

@@ -173,8 +173,10 @@ def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(tmp_path):
     assert list(rounds["skipped"]) == [1, 1] and list(rounds["failures"]) == [2, 2]
     assert "train_loss" not in rounds.columns
     assert torch.equal(strategy.state["w"], STATE["w"])
-    with pytest.raises(ClientsFailed, match=r"none of the 2 round\(s\) had server.min-replies = 3 valid replies; "
-                                            r"first error: client 0 is down"):
+    with pytest.raises(ClientsFailed, match=r"none of the 2 round\(s\) moved the model \(each needs "
+                                            r"server.min-replies = 3 valid replies and a finite update\); last "
+                                            r"round: 2 usable replies < server.min-replies = 3 \(2 failed, 0 "
+                                            r"rejected\); first error: client 0 is down"):
         strategy.check_progress()
 
 

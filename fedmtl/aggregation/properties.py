@@ -68,9 +68,26 @@ def applies(cls: type[Rule], prop: str) -> bool:
     return prop != "nonnegative-weights" or issubclass(cls, Weighting)
 
 
+CHECKED_AT_RUNTIME: tuple[str, ...] = ("well-formed", "nonnegative-weights")
+"""What every call of a rule checks (:meth:`fedmtl.aggregation.rule.Weighting.weigh`): finite
+weights of the right shape, none negative unless the rule says ``nonnegative = False``."""
+
+
+def built_in(cls: type[Rule]) -> bool:
+    """Whether ``cls`` is one of fedmtl's rules (the property suite checks those)."""
+    return cls.__module__.startswith("fedmtl.")
+
+
 def guaranteed(cls: type[Rule]) -> tuple[str, ...]:
-    """The properties ``cls`` guarantees: universal ones minus opt-outs, plus its claims."""
-    universal = [p for p in UNIVERSAL if applies(cls, p) and (cls.name, p) not in OPT_OUTS]
+    """The properties ``cls`` guarantees: universal ones minus opt-outs, plus its claims. A
+    plugin's rule, which the property suite never ran, is credited with its claims and with
+    what every call checks (:data:`CHECKED_AT_RUNTIME`; nonnegative weights only when its
+    ``nonnegative`` says so)."""
+    if built_in(cls):
+        universal = [p for p in UNIVERSAL if applies(cls, p) and (cls.name, p) not in OPT_OUTS]
+    else:
+        universal = [p for p in CHECKED_AT_RUNTIME if applies(cls, p)
+                     and (p != "nonnegative-weights" or getattr(cls, "nonnegative", False))]
     return tuple(universal + [p for p in cls.claims if p not in universal])
 
 

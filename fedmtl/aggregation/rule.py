@@ -201,6 +201,10 @@ class Rule:
         return objectives.updates
 
 
+NEGATIVE_RTOL = 1e-12
+"""A weight below ``-NEGATIVE_RTOL · max |w|`` is negative (rounding of an exact 0 is not)."""
+
+
 class Weighting(Rule):
     """Objectives in, weights out; the combined update is ``Σ_i w_i u_i``.
 
@@ -240,6 +244,13 @@ class Weighting(Rule):
             raise RuntimeError(
                 f"weighting '{self.name}' returned shape {tuple(weights.shape)} for {len(objectives)} objectives"
             )
+        if not bool(torch.isfinite(weights).all()):
+            raise RuntimeError(f"weighting '{self.name}' returned weights that are not finite: "
+                               f"{[round(w, 6) for w in weights.tolist()][:8]}")
+        if self.nonnegative and len(weights) and float(weights.min()) < -NEGATIVE_RTOL * float(weights.abs().max()):
+            raise RuntimeError(f"weighting '{self.name}' returned the negative weight {float(weights.min()):.6g} but "
+                               "declares nonnegative weights (a rule whose weights may be negative sets "
+                               "nonnegative = False)")
         return Weights(weights, result.info)
 
     def __call__(self, objectives: Objectives) -> torch.Tensor:
