@@ -57,3 +57,19 @@ def test_a_plugin_rule_is_credited_with_what_is_checked_or_claimed_only():
     assert guaranteed(claimed) == ("well-formed", "nonnegative-weights", "permutation-invariant")
     # fedmtl's own rules keep the universal properties the property suite checks
     assert set(UNIVERSAL) <= set(guaranteed(RULES.get("mean")))
+
+
+def test_an_aggregator_direction_of_another_width_is_refused_naming_the_rule():
+    from fedmtl.aggregation.rule import Aggregate, Aggregator
+
+    class Short(Aggregator):
+        """One entry short."""
+
+        name = "short"
+
+        def compute(self, objectives: Objectives) -> Aggregate:
+            return Aggregate(objectives.updates.mean(0)[:-1])
+
+    with pytest.raises(RuntimeError, match=r"^aggregator 'short' returned a direction of shape \(4,\) for rows of "
+                                           r"width 5$"):
+        Short().aggregate(_objectives())

@@ -139,6 +139,23 @@ def test_a_failing_tracker_is_switched_off_and_the_run_goes_on(tmp_path, caplog)
     assert caplog.text.count("disk full") == 1 and len(pd.read_csv(tmp_path / "rounds.csv")) == 2
 
 
+def test_a_tracker_that_does_not_start_is_switched_off_and_the_run_goes_on(tmp_path, caplog, monkeypatch):
+    """docs/results.md: a failing tracker is switched off; that holds at its start too (it used to
+    end the run with a traceback, leaving a folder without a checkpoint)."""
+
+    def refuses(self, run_dir, cfg, run_id, resume):  # noqa: ANN001, ANN202
+        raise PermissionError("cannot create the tracking store")
+
+    monkeypatch.setattr(TrackerSpec, "start", refuses)
+    cfg = load_config(None, ["data.num-clients=3", "run.rounds=2", "run.trackers=tensorboard"])
+    recorder = RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data))
+    assert recorder.trackers.active == {}
+    recorder.finish(log_rounds(recorder, range(1, 3)))
+    assert ("tracker 'tensorboard' did not start and is switched off: PermissionError: cannot create the tracking "
+            "store") in caplog.text
+    assert len(pd.read_csv(tmp_path / "rounds.csv")) == 2 and (tmp_path / "summary.json").is_file()
+
+
 def test_the_registry_names_both_trackers():
     assert TRACKERS.names() == ["mlflow", "tensorboard"]
     assert Trackers(Path("."), load_config(None, [])).active == {}

@@ -290,9 +290,14 @@ class Aggregator(Rule):
         ValueError
             When the objectives hold a NaN or an infinity (:meth:`Objectives.nonfinite`).
         """
-        self._rows(objectives)
+        rows = self._rows(objectives)
         refuse_nonfinite(self, objectives)
         result = self.compute(objectives)
+        direction = getattr(result, "direction", None)
+        if not isinstance(direction, torch.Tensor) or tuple(direction.shape) != (rows.shape[1],):
+            got = tuple(direction.shape) if isinstance(direction, torch.Tensor) else type(direction).__name__
+            raise RuntimeError(f"aggregator '{self.name}' returned a direction of shape {got} for rows of width "
+                               f"{rows.shape[1]}")
         if self.per_row and result.parts is None:
             raise RuntimeError(f"aggregator '{self.name}' declares per_row but returned no parts")
         return result

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedmtl.config import ExperimentConfig
+from fedmtl.one_line import described
 from fedmtl.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,10 @@ class Trackers:
                  earlier: Iterable[Mapping[str, Any]] = (), resume: bool = False) -> None:
         self.active: dict[str, Tracker] = {}
         for name in tracker_names(cfg.run.trackers):
-            self.active[name] = TRACKERS.get(name).start(Path(run_dir), cfg, run_id, resume)
+            try:
+                self.active[name] = TRACKERS.get(name).start(Path(run_dir), cfg, run_id, resume)
+            except Exception as exc:  # noqa: BLE001 - a tracker never stops the run, not even at its start
+                logger.warning("tracker '%s' did not start and is switched off: %s", name, described(exc))
         for row in earlier:
             self.log_round(row)
 
@@ -155,7 +159,7 @@ class Trackers:
             try:
                 call(tracker)
             except Exception as exc:  # noqa: BLE001 - a tracker never stops the run
-                logger.warning("tracker '%s' failed and is switched off: %s: %s", name, type(exc).__name__, exc)
+                logger.warning("tracker '%s' failed and is switched off: %s", name, described(exc))
                 self.active.pop(name, None)
 
     def log_round(self, row: Mapping[str, Any]) -> None:
