@@ -5,11 +5,12 @@ tests build them through the same checks)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from fedmtl.data import ClientData, Federation, Split
-from fedmtl.data.checks import DataError, check_federation
+from fedmtl.data.checks import DataError, check_federation, checked_partition
 from fedmtl.tasks import TaskSpec
 
 TASKS = [TaskSpec("above", "multiclass", 3), TaskSpec("flag", "binary", 2), TaskSpec("size", "regression")]
@@ -76,3 +77,24 @@ def test_a_federation_with_other_tasks_or_inputs_than_declared_is_refused():
     with pytest.raises(DataError, match=r"declares the tasks above \(multiclass, 3 classes\), flag .* but built a "
                                         r"federation of above \(multiclass, 5 classes\)"):
         check_federation("mine", TASKS, (4,), [TaskSpec("above", "multiclass", 5)], (4,))
+
+
+@pytest.mark.parametrize(("parts", "said"), [
+    ([np.arange(3)], "data.partitioner = 'mine' returned 1 parts for data.num-clients = 2; a partitioner returns one "
+                     "array of row indices per client"),
+    (np.arange(6).reshape(2, 3), "data.partitioner = 'mine' returned a ndarray for data.num-clients = 2"),
+    ([np.arange(3), np.array([3, 9])], "data.partitioner = 'mine': client 1's part holds row 9, outside the "
+                                       "dataset's 6 rows"),
+    ([np.arange(3), np.array([-1, 4])], "client 1's part holds row -1"),
+    ([np.arange(3), np.array([3.0, 4.0])], "client 1's part is not a 1-D array of row indices (shape (2,), dtype "
+                                           "float64)"),
+])
+def test_a_partition_that_is_not_one_index_array_per_client_is_one_line(parts, said):
+    with pytest.raises(DataError) as error:
+        checked_partition("mine", parts, 2, 6)
+    assert said in str(error.value), str(error.value)
+
+
+def test_a_partition_of_index_arrays_passes_as_int64():
+    parts = checked_partition("mine", [[0, 1, 2], np.array([3, 4, 5], dtype=np.int32)], 2, 6)
+    assert [p.dtype for p in parts] == [np.int64, np.int64] and parts[1].tolist() == [3, 4, 5]

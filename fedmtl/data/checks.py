@@ -13,8 +13,9 @@ training or evaluation could turn it into a shape error deep in PyTorch or a sil
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from fedmtl.tasks import TASK_KINDS, TaskSpec
@@ -99,3 +100,31 @@ def _split_problem(split: Split, specs: dict[str, TaskSpec], shape: tuple[int, .
         if problem:
             return f"task '{task}' ({spec.kind}, {spec.num_classes} classes): {problem}"
     return None
+
+
+def checked_partition(name: str, parts: Any, num_clients: int, num_rows: int) -> list[np.ndarray]:
+    """What partitioner ``name`` returned, as one integer index array per client, once it is
+    known to be that: ``num_clients`` arrays of whole numbers in ``[0, num_rows)``.
+
+    Raises
+    ------
+    DataError
+        ``data.partitioner = '<name>': <what>``.
+    """
+    where = f"data.partitioner = {name!r}"
+    if not isinstance(parts, list | tuple) or len(parts) != num_clients:
+        got = f"{len(parts)} parts" if isinstance(parts, list | tuple) else f"a {type(parts).__name__}"
+        raise DataError(f"{where} returned {got} for data.num-clients = {num_clients}; a partitioner returns one "
+                        "array of row indices per client")
+    out = []
+    for client, part in enumerate(parts):
+        rows = np.asarray(part)
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise DataError(f"{where}: client {client}'s part is not a 1-D array of row indices "
+                            f"(shape {rows.shape}, dtype {rows.dtype})")
+        bad = rows[(rows < 0) | (rows >= num_rows)] if rows.size else rows
+        if bad.size:
+            raise DataError(f"{where}: client {client}'s part holds row {int(bad[0])}, outside the dataset's "
+                            f"{num_rows} rows")
+        out.append(rows.astype(np.int64, copy=False))
+    return out

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from fedmtl.data.checks import check_client_data
+from fedmtl.data.checks import check_client_data, checked_partition
 from fedmtl.seeds import rng as rng_of
 from fedmtl.tasks import TaskSpec
 
@@ -311,7 +311,9 @@ def row_federation(
         check_natural_clients(cfg.dataset, len(groups), cfg.num_clients)
     else:
         task = cfg.partition_task or tasks[0].name
-        groups = PARTITIONERS.get(cfg.partitioner)(data.labels(task), cfg.num_clients, seed, cfg)
+        labels = data.labels(task)
+        parts = PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg)
+        groups = checked_partition(cfg.partitioner, parts, cfg.num_clients, len(labels))
 
     def build_client(client_id: int) -> ClientData:
         rng = rng_of(seed, client_id, salt)

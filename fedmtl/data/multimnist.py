@@ -30,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from fedmtl import seeds
 from fedmtl.config import Section
+from fedmtl.data.checks import checked_partition
 from fedmtl.data.federation import ClientData, Federation, Split, split_counts, split_rows
 from fedmtl.data.partitioners import PARTITIONERS
 from fedmtl.registry import did_you_mean
@@ -188,7 +189,8 @@ def canvases(
 def build(cfg: DataSection, seed: int) -> Federation:
     """The MultiMNIST federation of ``cfg.num_clients`` clients."""
     _, labels = load_digits()
-    parts = PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg)
+    parts = checked_partition(cfg.partitioner, PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg),
+                              cfg.num_clients, len(labels))
     params = options(cfg)
     drawing = (params.canvas, params.shift, tuple(_names(params.extra_tasks)))
 
