@@ -69,6 +69,10 @@ def test_a_module_plugin_is_imported_by_name(tmp_path, registries, monkeypatch):
     ("missing.py", None, "run.plugins: cannot import file '{folder}/missing.py': FileNotFoundError: no file "
                          "'{folder}/missing.py'"),
     ("syntax.py", "def (:\n", "run.plugins: cannot import file '{folder}/syntax.py': SyntaxError: invalid syntax"),
+    ("nameless.py", "from fedmtl.training.methods import Method\nfrom fedmtl.training.methods.base import register\n"
+                    "@register\nclass Mine(Method):\n    pass\n",
+     "run.plugins: cannot import file '{folder}/nameless.py': ValueError: personalization method Mine sets no class "
+     "attribute name = \"...\" of its own; a config names a method by it"),
 ])
 def test_a_plugin_that_does_not_import_is_one_line(tmp_path, registries, entry, body, message):
     if body is not None:

@@ -193,6 +193,24 @@ def test_weightings_on_parameter_rows_refuse_representation_gradients():
         multitask_step(model, x, y, TASKS, make_weighting("db-mtl"), gradients="representation")
 
 
+@pytest.mark.parametrize("gradients", ["representation", "backbone"])
+def test_a_client_rule_that_raises_is_named_with_its_error_type(gradients):
+    """A client's error reaches the server as its text alone: the text names the rule and the
+    exception's type (it was only 'bug in my rule')."""
+    from fedmtl.training.local import RuleRaised
+
+    class Buggy(FixedWeights):
+        name = "buggy"
+
+        def compute(self, objectives):  # noqa: ANN001, ANN202
+            raise ZeroDivisionError("bug in my rule")
+
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    x, y = _batch()
+    with pytest.raises(RuleRaised, match=r"^client.weighting 'buggy' failed: ZeroDivisionError: bug in my rule$"):
+        multitask_step(model, x, y, TASKS, Buggy([1.0, 1.0, 1.0], True), gradients=gradients)
+
+
 def test_every_client_weighting_trains(tmp_path):
     from fedmtl.aggregation import WEIGHTINGS
 

@@ -35,17 +35,20 @@ task parts, the backbone's share of it is split equally among the tasks' contrib
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
 from fedmtl.aggregation import Aggregator, Objectives, Rule, Weighting
 from fedmtl.data.federation import Split
 from fedmtl.models import MultiTaskModel
+from fedmtl.one_line import described
 from fedmtl.tasks import TaskSpec
 from fedmtl.training.sgd import SGD
+
+T = TypeVar("T")
 
 Gradients = Literal["auto", "representation", "backbone"]
 Group = Literal["backbone", "heads"]
@@ -176,14 +179,14 @@ def multitask_step(
         rows = _per_task_backbone(z, torch.stack(z_grads), backbone)
         objectives.updates = rows
         if isinstance(weighting, Weighting):
-            weights = weighting(objectives)
+            weights = _called(weighting, weighting, objectives)
             contributions = weights.to(rows)[:, None] * rows
             _set_backbone_grad(backbone, contributions.sum(dim=0))
             return StepResult(losses_t, weights, contributions)
         return _aggregator_step(weighting, objectives, rows, backbone, losses_t, track_parts)
     if weighting.needs_updates:
         objectives.updates = torch.stack([g.flatten() for g in z_grads])
-    weights = weighting(objectives)
+    weights = _called(weighting, weighting, objectives)
     scaled = torch.stack([w.to(z.dtype) * g for w, g in zip(weights, z_grads, strict=True)])
     if track_parts:
         contributions = _per_task_backbone(z, scaled, backbone)
@@ -191,6 +194,19 @@ def multitask_step(
         return StepResult(losses_t, weights, contributions)
     _pairing(z, scaled.sum(dim=0)).backward()
     return StepResult(losses_t, weights)
+
+
+class RuleRaised(RuntimeError):
+    """The client's cross-task rule raised: one line naming the rule and its error (a client's
+    error reaches the server as its text only, without the exception's type)."""
+
+
+def _called(rule: Rule, call: Callable[[Objectives], T], objectives: Objectives) -> T:
+    """``call(objectives)``, an error of the rule's own named with the rule."""
+    try:
+        return call(objectives)
+    except Exception as exc:
+        raise RuleRaised(f"client.weighting '{rule.name}' failed: {described(exc)}") from exc
 
 
 def _heads_only_step(
@@ -202,7 +218,7 @@ def _heads_only_step(
         raise ValueError(f"rule '{weighting.name}' combines backbone gradients, but the backbone has no parameters")
     if weighting.needs_updates:
         objectives.updates = torch.stack([g.flatten() for g in z_grads])
-    weights = weighting(objectives)
+    weights = _called(weighting, weighting, objectives)
     return StepResult(losses, weights, losses.new_zeros(len(losses), 0, dtype=torch.float32) if track_parts else None)
 
 
@@ -215,7 +231,7 @@ def _aggregator_step(
     track_parts: bool,
 ) -> StepResult:
     """The backbone gradient of an aggregator's direction, with its row parts when it has them."""
-    result = aggregator.aggregate(objectives)
+    result = _called(aggregator, aggregator.aggregate, objectives)
     if result.parts is None and track_parts:
         raise ValueError(f"aggregator '{aggregator.name}' has no per-task parts; it cannot split a client's update")
     _set_backbone_grad(backbone, result.direction)

@@ -206,8 +206,18 @@ METHODS: Registry[type[Method]] = Registry("personalization method")
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Register ``cls`` under ``cls.name``."""
-    return METHODS.register(cls.name)(cls)
+    """Register ``cls`` under ``cls.name``.
+
+    Raises
+    ------
+    ValueError
+        ``cls`` sets no ``name`` of its own (a config could not name it).
+    """
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"personalization method {cls.__name__} sets no class attribute name = \"...\" of its "
+                         "own; a config names a method by it")
+    return METHODS.register(name)(cls)
 
 
 def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
