@@ -56,6 +56,7 @@ from fedmtl.personalization import (
     save_client_state,
     unpack_state,
 )
+from fedmtl.plugins import forget_on_edit
 from fedmtl.seeds import TORCH_RNG_LOCK
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import measure_losses
@@ -69,6 +70,9 @@ app = ClientApp()
 @functools.lru_cache(maxsize=8)
 def _parse_config(items: tuple[tuple[str, object], ...]) -> ExperimentConfig:
     return config_from_flat(dict(items))
+
+
+forget_on_edit(_parse_config.cache_clear)  # a config naming an edited plugin is parsed (and the plugin imported) anew
 
 
 def read_call(msg: Message) -> wire.TrainCall:

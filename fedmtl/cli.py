@@ -182,6 +182,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
     disk; one with an ``errno``) ends in one line naming the path, and the resume command when a
     checkpoint exists (or ``resume``, when given), ``fedmtl plot`` when the run had finished
     (its figures failed), and no folder left when the run wrote nothing yet."""
+    from fedmtl.data.checks import DataError
     from fedmtl.launch.interrupt import Stopped, finish_interrupted, last_round, stop_on_signals
 
     try:
@@ -189,6 +190,13 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
             return action()
     except Stopped as stopped:
         finish_interrupted(stopped, run_dir, resume)
+    except DataError as exc:  # a dataset's data does not fit what it declares (a plugin's)
+        if run_dir is not None:
+            from fedmtl.results import remove_unused_run_dir
+
+            with contextlib.suppress(OSError):
+                remove_unused_run_dir(run_dir)
+        fail(str(exc), code=1)
     except OSError as exc:
         if exc.errno is None:  # raised by our code with its own message (FileExistsError, ...)
             raise
@@ -212,7 +220,6 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
 
 def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, checkpoint: dict | None = None) -> None:
     """A federated run; a run stopped by failing clients ends with the reason and how to resume."""
-    from fedmtl.data.checks import DataError
     from fedmtl.folder_lock import RunFolderBusy
     from fedmtl.launch.simulation import EngineError, simulate
     from fedmtl.server.rounds import RuleFailed
@@ -229,12 +236,6 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
     except (ClientsFailed, RuleFailed) as exc:
         fail(f"{exc}\n{failed_run_advice(run_dir, cfg.run.rounds)}", code=1)
     except RunFolderBusy as exc:
-        fail(str(exc), code=1)
-    except DataError as exc:  # the dataset's data does not fit what it declares (a plugin's)
-        from fedmtl.results import remove_unused_run_dir
-
-        if checkpoint is None:
-            remove_unused_run_dir(run_dir)
         fail(str(exc), code=1)
 
 
@@ -878,12 +879,13 @@ def main() -> None:
         cli()
     except Exception as exc:
         from fedmtl.config import ConfigError
+        from fedmtl.data.checks import DataError
 
-        if not isinstance(exc, ConfigError):
+        if not isinstance(exc, ConfigError | DataError):
             raise
         for line in str(exc).splitlines():  # raised after start-up (e.g. by the ServerApp)
             print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
 
 
 if __name__ == "__main__":

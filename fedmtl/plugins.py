@@ -21,6 +21,8 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -78,6 +80,18 @@ def resolve_plugin_files(values: dict[str, Any], folder: str | Path | None) -> d
 _imported: dict[str, tuple[str, list[tuple[Registry[Any], str]]]] = {}
 """Per plugin file's module name: the digest of the text it was imported from, and the names it
 registered (dropped when the file is imported again after an edit)."""
+_import_lock = threading.RLock()
+"""One import at a time (the in-process engine's client threads build their configs at once)."""
+_on_edit: list[Callable[[], None]] = []
+"""What to forget when an edited plugin file is imported again (:func:`forget_on_edit`)."""
+
+
+def forget_on_edit(clear: Callable[[], None]) -> Callable[[], None]:
+    """Call ``clear`` whenever an edited plugin file is imported again: a cache of things a
+    plugin may have built (a federation, a model's initial state, a parsed config) clears
+    itself so that the next run uses the new text. Returns ``clear``."""
+    _on_edit.append(clear)
+    return clear
 
 
 def _module_name(path: Path) -> str:
@@ -99,27 +113,48 @@ def _import_file(path: Path) -> ModuleType:
     the new text is imported, so the next run uses what the file says now."""
     if not path.is_file():
         raise FileNotFoundError(f"no file '{path}'")
-    name, digest = _module_name(path), file_digest(path)
-    if name in sys.modules:
-        known = _imported.get(name)
-        if known is None or known[0] == digest:
-            return sys.modules[name]
-        for registry, registered in _imported.pop(name)[1]:
-            registry.forget(registered)
-        del sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"'{path}' cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look the module up while it runs
-    try:
-        with registered_in() as made:
-            spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    _imported[name] = (digest, made)
-    return module
+    with _import_lock:
+        name, digest = _module_name(path), file_digest(path)
+        before: list[tuple[Registry[Any], str, Any]] = []
+        if name in sys.modules:
+            known = _imported.get(name)
+            if known is None or known[0] == digest:
+                return sys.modules[name]
+            for registry, registered in _imported.pop(name)[1]:
+                if registered in registry:
+                    before.append((registry, registered, registry.get(registered)))
+                    registry.forget(registered)
+            del sys.modules[name]
+            for clear in _on_edit:
+                clear()
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"'{path}' cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look the module up while it runs
+        try:
+            with registered_in() as made:
+                spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        # names that a module the file imports registered (not the file's own) are not registered
+        # again by the new text (that module is imported already): they stay
+        for registry, registered, entry in before:
+            if registered not in registry and not _defined_in(entry, name):
+                registry.register(registered)(entry)
+                made.append((registry, registered))
+        _imported[name] = (digest, made)
+        return module
+
+
+def _defined_in(entry: object, module: str) -> bool:
+    """Whether a registry ``entry`` comes from ``module``: a class or function defined there,
+    or an object (a ``DatasetEntry``) holding a function defined there."""
+    if getattr(entry, "__module__", None) == module and (callable(entry) or isinstance(entry, type)):
+        return True
+    fields = vars(entry).values() if hasattr(entry, "__dict__") else ()
+    return any(callable(v) and getattr(v, "__module__", None) == module for v in fields)
 
 
 def plugin_digests(entries: list[str]) -> dict[str, str]:

@@ -456,8 +456,9 @@ def check_global_heads(cfg: ExperimentConfig) -> None:
 
 def meta_backbone(cfg: ExperimentConfig) -> Any:
     """The backbone as fedmtl builds it, ``cls(input_shape, out_dim=model.width)``, on torch's
-    meta device (nothing is allocated); ``None`` when its sizes are beyond what torch can
-    count (:func:`check_model_memory` then says so).
+    meta device (nothing is allocated), or on the CPU when it cannot be built on the meta
+    device (a plugin's class using NumPy on its tensors); ``None`` when its sizes are beyond
+    what torch can count (:func:`check_model_memory` then says so).
 
     Raises
     ------
@@ -467,11 +468,16 @@ def meta_backbone(cfg: ExperimentConfig) -> Any:
     import torch
 
     name, shape, width = cfg.model.backbone, tuple(dataset_input_shape(cfg.data)), cfg.model.width
+    cls = BACKBONES.get(name)
     try:
         with torch.device("meta"):
-            return BACKBONES.get(name)(shape, out_dim=width)
+            return cls(shape, out_dim=width)
     except (RuntimeError, OverflowError):
         return None
+    except Exception:  # noqa: BLE001 - e.g. NumPy on a meta tensor: the CPU tells
+        pass
+    try:
+        return cls(shape, out_dim=width)  # on the CPU: a plugin's class that needs real tensors to build
     except Exception as exc:  # noqa: BLE001 - a plugin's class failing in any way is one line
         raise ValueError(f"model.backbone = {name!r} cannot be built as {name}(input_shape={shape}, "
                          f"out_dim={width}): {described(exc)} (docs/extending.md: backbones)") from None
@@ -629,8 +635,9 @@ def available_memory() -> int | None:
         return None
 
 
-def model_bytes(cfg: ExperimentConfig) -> int:
-    """Bytes of the model's parameters, counted on torch's meta device (nothing allocated)."""
+def model_bytes(cfg: ExperimentConfig) -> int | None:
+    """Bytes of the model's parameters, counted on torch's meta device (nothing allocated);
+    ``None`` for a plugin's backbone that builds only on the CPU (:func:`meta_backbone`)."""
     import torch
 
     try:
@@ -641,16 +648,18 @@ def model_bytes(cfg: ExperimentConfig) -> int:
         raise ValueError(f"model.backbone = {cfg.model.backbone!r} with model.width = {cfg.model.width} and "
                          f"model.head-hidden = {cfg.model.head_hidden} cannot be built: {why}"
                          "; lower model.width or model.head-hidden") from None
+    except Exception:  # noqa: BLE001 - check_backbone_builds has built it on the CPU
+        return None
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def check_model_memory(cfg: ExperimentConfig) -> None:
     """The model fits in memory: its parameters × :data:`MEMORY_FACTOR` at most the memory
     available now."""
-    available = available_memory()
-    if available is None:
+    available, counted = available_memory(), model_bytes(cfg)
+    if available is None or counted is None:
         return
-    need = model_bytes(cfg) * MEMORY_FACTOR
+    need = counted * MEMORY_FACTOR
     if need > available:
         raise ValueError(
             f"model.backbone = {cfg.model.backbone!r} with model.width = {cfg.model.width} and "

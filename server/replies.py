@@ -253,9 +253,9 @@ def _check_sender(
         return Rejected(None, "a reply to no message of this round")
     if not from_addressee(reply, node):
         if reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID and client not in seen:
-            # the SuperLink answers for a node it lost (Flower's "node unavailable"): the client failed
-            return Failed(client, f"its node {node} is unavailable (the SuperLink answered: "
-                                  f"{client_error_message(reply.error.reason)})")
+            # the SuperLink answers for a node it lost, or for a message that expired: the client failed
+            return Failed(client, f"the SuperLink answered for its node {node}: "
+                                  f"{client_error_message(reply.error.reason)}")
         return Rejected(client, f"a reply from node {reply.metadata.src_node_id} to the message sent to node {node}")
     if client in seen:
         return SecondReply(client)

@@ -52,6 +52,7 @@ def test_data_that_fits_its_declaration_passes():
     (_split(x=torch.randn(6, 4, dtype=torch.float64)), "inputs are torch.float64; give torch.float32"),
     (_split(x=torch.randn(6, 5)), "inputs of shape (5,), but the dataset declares (4,)"),
     (_split(x=torch.tensor([[float("nan")] * 4] * 6)), "24 input value(s) are not finite (NaN or infinite)"),
+    (_split(0), "no examples (a client trains and is tested on at least one each)"),
 ])
 def test_a_client_whose_data_does_not_fit_is_one_line_naming_where(test, said):
     fed = _federation(test)
@@ -88,6 +89,9 @@ def test_a_federation_with_other_tasks_or_inputs_than_declared_is_refused():
     ([np.arange(3), np.array([-1, 4])], "client 1's part holds row -1"),
     ([np.arange(3), np.array([3.0, 4.0])], "client 1's part is not a 1-D array of row indices (shape (2,), dtype "
                                            "float64)"),
+    ([np.arange(5), np.array([5])], "client 1's part has 1 row(s); a client needs at least 2 (one to train on, one "
+                                    "to test on)"),
+    ([np.arange(6), []], "client 1's part has 0 row(s)"),
 ])
 def test_a_partition_that_is_not_one_index_array_per_client_is_one_line(parts, said):
     with pytest.raises(DataError) as error:

@@ -286,7 +286,7 @@ def test_the_superlinks_error_for_a_lost_node_is_the_addressees_failure():
     error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
     outcome = read_train_reply(error, 2, dict(STATE), False, node=102)
     assert isinstance(outcome, Failed) and outcome.client == 2
-    assert outcome.reason.startswith("its node 102 is unavailable (the SuperLink answered: ")
+    assert outcome.reason.startswith("the SuperLink answered for its node 102: ")
     assert "node unavailable" in outcome.reason
     assert isinstance(read_train_reply(error, 2, dict(STATE), False, seen={2}, node=102), Rejected)
     content = Message(RecordDict({wire.METRICS: MetricRecord({wire.PARTITION_ID: 2})}), reply_to=message)

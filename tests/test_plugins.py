@@ -214,6 +214,30 @@ def test_an_edited_plugin_file_is_imported_again_and_a_run_records_what_it_impor
         load_config(tmp_path / "exp.toml", ["server.weighting=old-rule"])
 
 
+def test_an_edit_keeps_names_a_module_the_plugin_imports_registered_and_forgets_what_was_built(tmp_path,
+                                                                                                registries,
+                                                                                                monkeypatch):
+    from fedmtl.aggregation import WEIGHTINGS
+    from fedmtl.data import load_federation
+    from tests.plugin_support import PLUGIN
+
+    helpers = tmp_path / "helpers"
+    helpers.mkdir()
+    (helpers / "helper_rules_for_edit.py").write_text(WEIGHTING.format(name="helper-mean"))
+    monkeypatch.syspath_prepend(str(helpers))
+    plugin = tmp_path / "uses_helper.py"
+    plugin.write_text("import helper_rules_for_edit  # noqa: F401\n" + PLUGIN)
+    sets = [f"run.plugins={plugin}", "client.weighting=helper-mean", "data.dataset=blobs", "model.backbone=mlp"]
+    cfg = load_config(None, sets)
+    federation = load_federation(cfg.data, 0)
+    assert load_federation(cfg.data, 0) is federation  # built once per process ...
+    plugin.write_text(plugin.read_text() + "\n# edited\n")
+    cfg = load_config(None, sets)  # the helper module is not run again: its name stays registered
+    assert "helper-mean" in WEIGHTINGS and cfg.client.weighting == "helper-mean"
+    assert load_federation(cfg.data, 0) is not federation  # ... until the plugin that built it changes
+    sys.modules.pop("helper_rules_for_edit", None)
+
+
 BACKBONE = '''
 from torch import nn
 from fedmtl.models import BACKBONES
@@ -250,6 +274,14 @@ def test_a_plugin_backbone_that_does_not_build_as_documented_is_one_config_error
         load_config(None, [f"run.plugins={tmp_path / 'bb.py'}", "model.backbone=mine-bb", "data.dataset=synthetic",
                            "model.width=64"])
     assert said in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_a_plugin_backbone_that_needs_real_tensors_to_build_is_accepted(tmp_path, registries):
+    """NumPy cannot read a meta tensor: such a class is built on the CPU to be checked."""
+    (tmp_path / "np_bb.py").write_text(BACKBONE.format(
+        name="np-bb", signature="out_dim", attribute="self.out_dim = int(self.layer.weight.detach().numpy().shape[0])"))
+    cfg = load_config(None, [f"run.plugins={tmp_path / 'np_bb.py'}", "model.backbone=np-bb", "data.dataset=synthetic"])
+    assert cfg.model.backbone == "np-bb"
 
 
 def test_fedmtl_list_shows_a_plugin_s_names_with_plugin(tmp_path, registries, monkeypatch):

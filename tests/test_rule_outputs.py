@@ -73,3 +73,5 @@ def test_an_aggregator_direction_of_another_width_is_refused_naming_the_rule():
     with pytest.raises(RuntimeError, match=r"^aggregator 'short' returned a direction of shape \(4,\) for rows of "
                                            r"width 5$"):
         Short().aggregate(_objectives())
+    Short.__module__ = "my_plugin"
+    assert guaranteed(Short) == ()  # its values are not checked: no "well-formed" credited

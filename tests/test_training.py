@@ -211,6 +211,15 @@ def test_a_client_rule_that_raises_is_named_with_its_error_type(gradients):
         multitask_step(model, x, y, TASKS, Buggy([1.0, 1.0, 1.0], True), gradients=gradients)
 
 
+def test_a_diverged_training_is_not_blamed_on_the_client_rule():
+    from fedmtl.aggregation.rule import NonFiniteObjectives
+
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    x, y = _batch()
+    with pytest.raises(NonFiniteObjectives, match="the training diverged"):
+        multitask_step(model, torch.full_like(x, float("nan")), y, TASKS, make_weighting("mgda"))
+
+
 def test_every_client_weighting_trains(tmp_path):
     from fedmtl.aggregation import WEIGHTINGS
 

@@ -69,8 +69,9 @@ def applies(cls: type[Rule], prop: str) -> bool:
 
 
 CHECKED_AT_RUNTIME: tuple[str, ...] = ("well-formed", "nonnegative-weights")
-"""What every call of a rule checks (:meth:`fedmtl.aggregation.rule.Weighting.weigh`): finite
-weights of the right shape, none negative unless the rule says ``nonnegative = False``."""
+"""What every call of a weighting checks (:meth:`fedmtl.aggregation.rule.Weighting.weigh`):
+finite weights of the right shape, none negative unless the rule says ``nonnegative = False``
+(an aggregator's direction is checked for its shape, not its values)."""
 
 
 def built_in(cls: type[Rule]) -> bool:
@@ -85,9 +86,10 @@ def guaranteed(cls: type[Rule]) -> tuple[str, ...]:
     ``nonnegative`` says so)."""
     if built_in(cls):
         universal = [p for p in UNIVERSAL if applies(cls, p) and (cls.name, p) not in OPT_OUTS]
-    else:
-        universal = [p for p in CHECKED_AT_RUNTIME if applies(cls, p)
-                     and (p != "nonnegative-weights" or getattr(cls, "nonnegative", False))]
+    elif issubclass(cls, Weighting):
+        universal = [p for p in CHECKED_AT_RUNTIME if p != "nonnegative-weights" or getattr(cls, "nonnegative", False)]
+    else:  # an aggregator's direction is checked for its shape only
+        universal = []
     return tuple(universal + [p for p in cls.claims if p not in universal])
 
 

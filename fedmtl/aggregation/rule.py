@@ -311,13 +311,17 @@ class Aggregator(Rule):
         return Combined(result.direction, None, result.info, result.parts)
 
 
+class NonFiniteObjectives(ValueError):
+    """The objectives given to a rule hold a NaN or an infinity (the rule is not at fault)."""
+
+
 def refuse_nonfinite(rule: Rule, objectives: Objectives) -> None:
-    """Raise a one-line ``ValueError`` naming ``rule`` when ``objectives`` hold a NaN or an
-    infinity: a diverged local training, or rows no screening caught."""
+    """Raise a one-line :class:`NonFiniteObjectives` naming ``rule`` when ``objectives`` hold a
+    NaN or an infinity: a diverged local training, or rows no screening caught."""
     problem = objectives.nonfinite()
     if problem:
-        raise ValueError(f"{rule.kind} '{rule.name}': {problem}; the training diverged (lower the learning rate) "
-                         f"or the rows are corrupt")
+        raise NonFiniteObjectives(f"{rule.kind} '{rule.name}': {problem}; the training diverged (lower the "
+                                  "learning rate) or the rows are corrupt")
 
 
 def validate_params(cls: type[Rule], params: dict[str, Any]) -> BaseModel:

@@ -23,6 +23,7 @@ from fedmtl.data.feature_skew import skew_client
 from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.partitioners import PARTITIONERS
 from fedmtl.data.task_sets import TASK_SETS, assign_tasks
+from fedmtl.plugins import forget_on_edit
 from fedmtl.registry import Registry
 from fedmtl.tasks import TaskSpec
 
@@ -167,6 +168,9 @@ def load_federation(data_cfg: DataSection, seed: int) -> Federation:
             skew_client, num_clients=federation.num_clients, cfg=data_cfg, seed=seed
         )
     return federation
+
+
+forget_on_edit(load_federation.cache_clear)  # type: ignore[attr-defined]  # an edited plugin dataset builds anew
 
 
 __all__ = [

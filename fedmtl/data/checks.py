@@ -13,15 +13,12 @@ training or evaluation could turn it into a shape error deep in PyTorch or a sil
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedmtl.tasks import TASK_KINDS, TaskSpec
-
-if TYPE_CHECKING:
-    from fedmtl.data.federation import Split
 
 
 class DataError(ValueError):
@@ -49,9 +46,10 @@ def _specs(tasks: Sequence[TaskSpec]) -> str:
     return ", ".join(f"{t.name} ({t.kind}, {t.num_classes} classes)" for t in tasks) or "none"
 
 
-def check_client_data(name: str, client_id: int, splits: Mapping[str, Split], tasks: Sequence[TaskSpec],
+def check_client_data(name: str, client_id: int, splits: Mapping[str, Any], tasks: Sequence[TaskSpec],
                       input_shape: Sequence[int]) -> None:
-    """Client ``client_id``'s splits (``{"train": Split, "test": Split, ...}``) fit the
+    """Client ``client_id``'s splits (``{"train": Split, "test": Split, ...}``; this module
+    comes before :mod:`fedmtl.data.federation`, which calls it, so it names no ``Split``) fit the
     dataset's declared ``tasks`` and ``input_shape``.
 
     Raises
@@ -64,6 +62,8 @@ def check_client_data(name: str, client_id: int, splits: Mapping[str, Split], ta
     for split_name, split in splits.items():
         where = f"data.dataset = {name!r}, client {client_id}, split '{split_name}'"
         problem = _split_problem(split, specs, tuple(input_shape))
+        if problem is None and split_name in ("train", "test") and len(split) == 0:
+            problem = "no examples (a client trains and is tested on at least one each)"
         if problem:
             raise DataError(f"{where}: {problem}")
         held = sorted(split.targets)
@@ -74,7 +74,7 @@ def check_client_data(name: str, client_id: int, splits: Mapping[str, Split], ta
                             f"of {', '.join(first[1]) or 'no task'}; every split holds the same tasks")
 
 
-def _split_problem(split: Split, specs: dict[str, TaskSpec], shape: tuple[int, ...]) -> str | None:
+def _split_problem(split: Any, specs: dict[str, TaskSpec], shape: tuple[int, ...]) -> str | None:
     x = getattr(split, "x", None)
     targets = getattr(split, "targets", None)
     if not isinstance(x, torch.Tensor) or not isinstance(targets, dict):
@@ -126,5 +126,8 @@ def checked_partition(name: str, parts: Any, num_clients: int, num_rows: int) ->
         if bad.size:
             raise DataError(f"{where}: client {client}'s part holds row {int(bad[0])}, outside the dataset's "
                             f"{num_rows} rows")
+        if rows.size < 2:
+            raise DataError(f"{where}: client {client}'s part has {rows.size} row(s); a client needs at least 2 "
+                            "(one to train on, one to test on)")
         out.append(rows.astype(np.int64, copy=False))
     return out

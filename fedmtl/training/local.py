@@ -42,6 +42,7 @@ from typing import Literal, TypeVar
 import torch
 
 from fedmtl.aggregation import Aggregator, Objectives, Rule, Weighting
+from fedmtl.aggregation.rule import NonFiniteObjectives
 from fedmtl.data.federation import Split
 from fedmtl.models import MultiTaskModel
 from fedmtl.one_line import described
@@ -205,6 +206,8 @@ def _called(rule: Rule, call: Callable[[Objectives], T], objectives: Objectives)
     """``call(objectives)``, an error of the rule's own named with the rule."""
     try:
         return call(objectives)
+    except NonFiniteObjectives:
+        raise  # the training diverged: not the rule's fault, and its message says so
     except Exception as exc:
         raise RuleRaised(f"client.weighting '{rule.name}' failed: {described(exc)}") from exc
 

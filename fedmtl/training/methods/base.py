@@ -37,6 +37,7 @@ from fedmtl.config import DataSection, ExperimentConfig, ModelSection
 from fedmtl.data import ClientData, dataset_input_shape, dataset_tasks
 from fedmtl.models import MultiTaskModel, build_model
 from fedmtl.personalization.head_store import init_heads
+from fedmtl.plugins import forget_on_edit
 from fedmtl.protocol import TEST, TEST_GLOBAL
 from fedmtl.registry import Registry, option_errors
 from fedmtl.seeds import Stream, seeded_torch_init, torch_generator
@@ -232,6 +233,9 @@ def _initial_state(model_cfg: ModelSection, data_cfg: DataSection, seed: int) ->
     with seeded_torch_init(Stream.MODEL_INIT, seed):
         model = build_model(model_cfg, dataset_input_shape(data_cfg), dataset_tasks(data_cfg))
     return model.federated_state(global_heads=True)
+
+
+forget_on_edit(_initial_state.cache_clear)  # an edited plugin backbone initialises anew
 
 
 def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
