@@ -439,7 +439,7 @@ def flwr_run(
     _check_sets(ctx, set_, config)
     config = _shipped(config)
     _load(config, set_)
-    from fedmtl.launch.flwr_run import connection_env, run_and_check
+    from fedmtl.launch.flwr_run import SuperLinkLost, connection_env, run_and_check
 
     env = None
     if superlink_address is not None:
@@ -455,8 +455,6 @@ def flwr_run(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _interrupt)  # the local SuperLink is stopped on SIGTERM too
-    from fedmtl.launch.flwr_run import SuperLinkLost
-
     try:
         code = run_and_check(app_dir, config, superlink, timeout, env=env, simulation=local,
                              absolute_output=local, overrides=set_)

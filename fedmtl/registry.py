@@ -142,13 +142,12 @@ def undone_on_error() -> Iterator[None]:
     A plugin that registers a name and then fails can be fixed and imported again in the same
     process (a notebook): its names are not left behind, half registered.
     """
-    before = [(registry, set(registry._entries)) for registry in _REGISTRIES]
+    before = _snapshot()
     try:
         yield
     except BaseException:
-        for registry, names in before:
-            for name in set(registry._entries) - names:
-                del registry._entries[name]
+        for registry, name in _added_since(before):
+            registry.forget(name)
         raise
 
 
@@ -156,7 +155,17 @@ def undone_on_error() -> Iterator[None]:
 def registered_in() -> Iterator[list[tuple[Registry[Any], str]]]:
     """Collect the ``(registry, name)`` pairs registered inside the block (in the yielded
     list, filled when the block ends without an error)."""
-    before = [(registry, set(registry._entries)) for registry in _REGISTRIES]
+    before = _snapshot()
     made: list[tuple[Registry[Any], str]] = []
     yield made
-    made.extend((registry, name) for registry, names in before for name in set(registry._entries) - names)
+    made.extend(_added_since(before))
+
+
+def _snapshot() -> list[tuple[Registry[Any], set[str]]]:
+    """Every registry with the names it holds now."""
+    return [(registry, set(registry._entries)) for registry in _REGISTRIES]
+
+
+def _added_since(snapshot: list[tuple[Registry[Any], set[str]]]) -> list[tuple[Registry[Any], str]]:
+    """The ``(registry, name)`` pairs registered since ``snapshot`` (:func:`_snapshot`)."""
+    return [(registry, name) for registry, names in snapshot for name in set(registry._entries) - names]

@@ -3,9 +3,9 @@
 A dataset (a plugin's, docs/extending.md) declares its input shape and tasks
 (:class:`fedmtl.data.DatasetEntry`); its :class:`~fedmtl.data.federation.Federation` must
 have them, and every client's data must fit them: float32 inputs of that shape with finite
-values, the same tasks' targets in every split, one target per example, and targets its task's
-kind accepts (:meth:`fedmtl.tasks.TaskKind.target_problem`: class labels in range); every
-split holds every declared task (``data.task-sets`` then gives a client fewer). Anything
+values, targets of every declared task and no other in every split (``data.task-sets`` then
+gives a client fewer), one target per example, and targets its task's kind accepts
+(:meth:`fedmtl.tasks.TaskKind.target_problem`: class labels in range). Anything
 else is a :class:`DataError` naming the dataset, the client, the split and the task, before
 training or evaluation could turn it into a shape error deep in PyTorch or a silent NaN.
 """
@@ -58,20 +58,12 @@ def check_client_data(name: str, client_id: int, splits: Mapping[str, Any], task
         ``data.dataset = '<name>', client <id>, split '<split>': <what>``.
     """
     specs = {t.name: t for t in tasks}
-    first = None
     for split_name, split in splits.items():
-        where = f"data.dataset = {name!r}, client {client_id}, split '{split_name}'"
         problem = _split_problem(split, specs, tuple(input_shape))
         if problem is None and split_name in ("train", "test") and len(split) == 0:
             problem = "no examples (a client trains and is tested on at least one each)"
         if problem:
-            raise DataError(f"{where}: {problem}")
-        held = sorted(split.targets)
-        if first is None:
-            first = (split_name, held)
-        elif held != first[1]:
-            raise DataError(f"{where}: has targets of {', '.join(held) or 'no task'} but split '{first[0]}' "
-                            f"of {', '.join(first[1]) or 'no task'}; every split holds the same tasks")
+            raise DataError(f"data.dataset = {name!r}, client {client_id}, split '{split_name}': {problem}")
 
 
 def _split_problem(split: Any, specs: dict[str, TaskSpec], shape: tuple[int, ...]) -> str | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from fedmtl.data.checks import check_client_data, checked_partition
+from fedmtl.data.checks import check_client_data
 from fedmtl.seeds import rng as rng_of
 from fedmtl.tasks import TaskSpec
 
@@ -304,16 +304,14 @@ def row_federation(
     of ``data.partition-task`` (default: the first task). Each client's rows are split by
     ``data.test-fraction`` and ``data.validation-fraction``, seeded by (seed, client, salt).
     """
-    from fedmtl.data.partitioners import PARTITIONERS
+    from fedmtl.data.partitioners import partition
 
     if cfg.partitioner == "natural":
         groups = data.natural_groups()
         check_natural_clients(cfg.dataset, len(groups), cfg.num_clients)
     else:
         task = cfg.partition_task or tasks[0].name
-        labels = data.labels(task)
-        parts = PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg)
-        groups = checked_partition(cfg.partitioner, parts, cfg.num_clients, len(labels))
+        groups = partition(data.labels(task), cfg, seed)
 
     def build_client(client_id: int) -> ClientData:
         rng = rng_of(seed, client_id, salt)

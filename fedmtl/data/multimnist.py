@@ -30,9 +30,8 @@ from pydantic import Field, field_validator, model_validator
 
 from fedmtl import seeds
 from fedmtl.config import Section
-from fedmtl.data.checks import checked_partition
 from fedmtl.data.federation import ClientData, Federation, Split, split_counts, split_rows
-from fedmtl.data.partitioners import PARTITIONERS
+from fedmtl.data.partitioners import partition
 from fedmtl.registry import did_you_mean
 from fedmtl.tasks import TaskSpec
 
@@ -189,8 +188,7 @@ def canvases(
 def build(cfg: DataSection, seed: int) -> Federation:
     """The MultiMNIST federation of ``cfg.num_clients`` clients."""
     _, labels = load_digits()
-    parts = checked_partition(cfg.partitioner, PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg),
-                              cfg.num_clients, len(labels))
+    parts = partition(labels, cfg, seed)
     params = options(cfg)
     drawing = (params.canvas, params.shift, tuple(_names(params.extra_tasks)))
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedmtl.data.checks import checked_partition
 from fedmtl.registry import Registry
 from fedmtl.seeds import Stream, rng
 
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
 
 Partitioner = Callable[[np.ndarray, int, int, "DataSection"], list[np.ndarray]]
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
+
+
+def partition(labels: np.ndarray, cfg: DataSection, seed: int) -> list[np.ndarray]:
+    """Each client's row indices by ``data.partitioner``, checked
+    (:func:`fedmtl.data.checks.checked_partition`: one array of rows per client)."""
+    parts = PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg)
+    return checked_partition(cfg.partitioner, parts, cfg.num_clients, len(labels))
 
 
 def _light_flwr_datasets() -> None:
