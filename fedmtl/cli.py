@@ -438,7 +438,7 @@ def flwr_run(
     """
     _check_sets(ctx, set_, config)
     config = _shipped(config)
-    _load(config, set_)
+    cfg = _load(config, set_)
     from fedmtl.launch.flwr_run import SuperLinkLost, connection_env, run_and_check
 
     env = None
@@ -455,15 +455,18 @@ def flwr_run(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _interrupt)  # the local SuperLink is stopped on SIGTERM too
+    submitted: list[str] = []
     try:
         code = run_and_check(app_dir, config, superlink, timeout, env=env, simulation=local,
-                             absolute_output=local, overrides=set_)
+                             absolute_output=local, overrides=set_, on_submitted=submitted.append)
     except KeyboardInterrupt:
         typer.echo("interrupted" + (": the local SuperLink this command started was stopped" if local else ""),
                    err=True)
         raise typer.Exit(130) from None
     except SuperLinkLost as exc:
         fail(f"{exc}; the rounds the run finished are in its folder under run.output-dir", code=1)
+    if local:  # a deployed ServerApp writes on its own machine
+        _print_results(Path(cfg.run.output_dir).resolve(), submitted)
     raise typer.Exit(code)
 
 
@@ -593,7 +596,7 @@ def deploy_local(
     """
     import signal
 
-    from fedmtl.launch.deploy import DeploymentError, LocalDeployment, deployment_folder, new_run_folders
+    from fedmtl.launch.deploy import DeploymentError, LocalDeployment, deployment_folder
     from fedmtl.launch.flwr_run import SuperLinkLost, run_and_check
 
     config = _shipped(config)
@@ -613,8 +616,8 @@ def deploy_local(
                    "and serve any client of the run", err=True)
     output = Path(cfg.run.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    before = set(output.iterdir())
     folder = deployment_folder(output, cfg.run.name)
+    submitted: list[str] = []
 
     def _interrupt(signum, frame):  # noqa: ANN001 - signal handler signature
         raise KeyboardInterrupt
@@ -629,7 +632,7 @@ def deploy_local(
             deployment.start()
             try:
                 code = run_and_check(app_dir.resolve(), config.resolve(), "fedmtl-local", timeout,
-                                     env=deployment.env, simulation=False)
+                                     env=deployment.env, simulation=False, on_submitted=submitted.append)
             finally:
                 for name, exit_code in deployment.exited().items():
                     typer.echo(f"warning: {name} stopped during the run (exit code {exit_code}); "
@@ -639,9 +642,17 @@ def deploy_local(
         raise typer.Exit(130) from None
     except (DeploymentError, SuperLinkLost) as exc:
         fail(str(exc), code=1)
-    for run_folder in new_run_folders(output, before | {folder}):
-        typer.echo(f"Results: {run_folder}")
+    _print_results(output, submitted)
     raise typer.Exit(code)
+
+
+def _print_results(output: Path, flower_run_ids: list[str]) -> None:
+    """Print ``Results: FOLDER`` for the run folders in ``output`` of the submitted Flower runs."""
+    from fedmtl.results import folders_of_flower_run
+
+    for run_id in flower_run_ids:
+        for run_folder in folders_of_flower_run(output, run_id):
+            typer.echo(f"Results: {run_folder}")
 
 
 @cli.command(context_settings=EXTRA_ARGS)

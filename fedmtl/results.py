@@ -590,6 +590,24 @@ def write_run_id(run_dir: str | Path, run_id: str | None = None) -> str:
     return run_id
 
 
+FLOWER_RUN_FILE = "flower-run-id"
+
+
+def write_flower_run_id(run_dir: str | Path, flower_run_id: int | str) -> None:
+    """Write the id Flower gave the run (``flwr ls``) to the run folder's ``flower-run-id``,
+    which tells the folders of concurrent ``flwr run`` submissions apart."""
+    write_bytes(Path(run_dir) / FLOWER_RUN_FILE, f"{flower_run_id}\n".encode())
+
+
+def folders_of_flower_run(output_dir: str | Path, flower_run_id: int | str) -> list[Path]:
+    """The run folders in ``output_dir`` that the Flower run ``flower_run_id`` wrote."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    return sorted(p for p in output_dir.iterdir() if (p / FLOWER_RUN_FILE).is_file()
+                  and (p / FLOWER_RUN_FILE).read_text().strip() == str(flower_run_id))
+
+
 def read_run_id(run_dir: str | Path) -> str:
     """The run folder's ``run-id`` (``""`` when it has none)."""
     path = Path(run_dir) / RUN_ID_FILE

@@ -20,7 +20,13 @@ from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.folder_lock import holding
 from fedmtl.models import build_model
 from fedmtl.progress import Progress
-from fedmtl.results import RunRecorder, create_run_dir, head_store_root, recorded_head_store_dir
+from fedmtl.results import (
+    RunRecorder,
+    create_run_dir,
+    head_store_root,
+    recorded_head_store_dir,
+    write_flower_run_id,
+)
 from fedmtl.seeds import Stream, seeded_torch_init
 from fedmtl.server.discovery import discover_clients
 from fedmtl.server.latency import poll_replies_often, signal_pushes, signal_replies
@@ -38,19 +44,22 @@ def resolve_paths(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
 
 def run_server(
     grid: Grid, cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False,
-    checkpoint: dict | None = None, background: BackgroundWork | None = None,
+    checkpoint: dict | None = None, background: BackgroundWork | None = None, flower_run_id: int | None = None,
 ) -> Path:
     """Run a whole federated experiment on ``grid``; return the run folder.
 
     With ``checkpoint`` (:func:`fedmtl.results.load_checkpoint` of ``run_dir``) the run
     continues after the checkpointed round: the run folder's files are cut back to that round
     and the server's state (model, optimizer, weightings, sampling RNG) is restored. With
-    ``background`` the run's figures are drawn in its thread (the caller joins it).
+    ``background`` the run's figures are drawn in its thread (the caller joins it). With
+    ``flower_run_id`` (a ``flwr run`` submission) the folder records Flower's id of the run.
     """
     run_dir = run_dir or create_run_dir(cfg)
     with holding(run_dir):  # one process at a time writes a run folder (fedmtl.folder_lock)
         recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
         cfg = resolve_paths(recorded, run_dir)
+        if flower_run_id is not None:
+            write_flower_run_id(run_dir, flower_run_id)
         poll_replies_often(grid)
         signal_pushes(grid)
         signal_replies(grid)
@@ -101,4 +110,4 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run``: the experiment comes from the run config."""
-    run_server(grid, config_from_flat(context.run_config))
+    run_server(grid, config_from_flat(context.run_config), flower_run_id=context.run_id)

@@ -134,7 +134,8 @@ class ClientDirectory:
             time, and a node whose reply cannot be used (:func:`read_info`, a federation
             smaller than ``expected``) is ignored for good, with a warning.
         """
-        new = self.admission.screen(n for n in grid.get_node_ids() if n not in self.infos and n not in self.ignored)
+        listed = set(grid.get_node_ids())
+        new = self.admission.screen(n for n in sorted(listed) if n not in self.infos and n not in self.ignored)
         if not new:
             return []
         infos, errors, problems = query_nodes(grid, new, timeout)
@@ -158,8 +159,19 @@ class ClientDirectory:
             if partition < self.expected:
                 if partition in self.clients and self.clients[partition] != node:
                     remapped.append(partition)
+                    warn_if_taken_over(partition, self.clients[partition], node, listed)
                 self.clients[partition] = node
         return remapped
+
+
+def warn_if_taken_over(client: int, old: int, new: int, listed: set[int]) -> None:
+    """Warn when node ``new`` takes ``client`` over while the SuperLink still lists ``old``,
+    the node that served it: a SuperNode restarted before its old id timed out, or a second
+    SuperNode started with the same ``partition-id`` (which the server cannot tell apart; the
+    newer claim wins, as a reconnection does)."""
+    if old in listed:
+        log.warning("client %d is served by node %d from now on; node %d, which served it, is still connected "
+                    "(a restarted SuperNode, or a second one started with partition-id %d)", client, new, old, client)
 
 
 def duplicate_claims(infos: dict[int, tuple[int, int]]) -> dict[int, str]:

@@ -139,6 +139,32 @@ def test_flwr_run_takes_set_as_fedmtl_run_does(monkeypatch):
     assert bad.exit_code == 2 and "data.num-clients" in bad.output and "Traceback" not in bad.output
 
 
+def test_flwr_run_names_the_run_folder_its_own_flower_run_wrote(monkeypatch, tmp_path):
+    """Another submission writing into the same output folder at the same time is not named."""
+    from typer.testing import CliRunner
+
+    from fedmtl import cli as fedmtl_cli
+    from fedmtl.launch import flwr_run
+    from fedmtl.results import write_flower_run_id
+
+    output = tmp_path / "runs"
+    for name, flower_run_id in (("ours", 123), ("theirs", 456), ("plain", None)):
+        (output / name).mkdir(parents=True)
+        (output / name / "config.toml").write_text("")
+        if flower_run_id is not None:
+            write_flower_run_id(output / name, flower_run_id)
+
+    def submitted(*args, on_submitted, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        on_submitted("123")
+        return 0
+
+    monkeypatch.setattr(flwr_run, "run_and_check", submitted)
+    result = CliRunner().invoke(fedmtl_cli.cli, ["flwr-run", str(ROOT / "configs/smoke.toml"),
+                                                 "--set", f"run.output-dir={output}"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines() == [f"Results: {output / 'ours'}"]
+
+
 def test_streamed_logs_lose_their_colour_codes_off_a_terminal(capsys):
     from fedmtl.launch.flwr_run import stream_logs
 
@@ -226,6 +252,9 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         assert "\x1b[" not in proc.stdout and "INFO" in proc.stdout  # the streamed log, without colour codes
         summaries = list((tmp_path / "good-runs").glob("smoke-*/summary.json"))
         assert len(summaries) == 1
+        flower_run_id = (summaries[0].parent / "flower-run-id").read_text().strip()
+        assert f"Flower run {flower_run_id} submitted" in proc.stdout
+        assert proc.stdout.strip().splitlines()[-1] == f"Results: {summaries[0].parent}"
         metrics = pd.read_csv(summaries[0].parent / "metrics.csv")
         assert {"test", "test-global"} <= set(metrics.split)
         assert set(metrics[metrics.split == "test-global"].client) == {0, 1}

@@ -323,8 +323,19 @@ def test_two_nodes_claiming_one_client_fail_start_up_and_are_both_ignored_during
         directory.update(QueryGrid({42: 1, 5: 0, 9_000_000_000: 0, 17: 0}), 1.0, strict=False)
     assert directory.clients == {0: 5, 1: 42} and directory.ignored == {17, 9_000_000_000}
     assert "all claim partition-id 0" in caplog.text
-    assert directory.update(QueryGrid({42: 1, 5: 0, 77: 0}), 1.0, strict=False) == [0]  # one new node: reconnected
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        assert directory.update(QueryGrid({42: 1, 77: 0}), 1.0, strict=False) == [0]  # node 5 gone: reconnected
+    assert directory.clients == {0: 77, 1: 42} and not caplog.text
+
+
+def test_a_node_taking_over_a_client_whose_node_is_still_connected_is_a_warning(caplog):
+    directory = ClientDirectory(2)
+    directory.update(QueryGrid({42: 1, 5: 0}), 1.0)
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        assert directory.update(QueryGrid({42: 1, 5: 0, 77: 0}), 1.0, strict=False) == [0]
     assert directory.clients == {0: 77, 1: 42}
+    assert ("client 0 is served by node 77 from now on; node 5, which served it, is still connected" in caplog.text)
 
 
 def test_the_norm_screen_flags_nothing_when_most_replies_moved_nothing():

@@ -262,8 +262,3 @@ def deployment_folder(output_dir: str | Path, name: str) -> Path:
         suffix += 1
         folder = Path(output_dir) / f"deploy-{name}-{stamp}-{suffix}"
     return folder
-
-
-def new_run_folders(output_dir: Path, before: set[Path]) -> list[Path]:
-    """Run folders created in ``output_dir`` since ``before`` (a listing)."""
-    return sorted(p for p in Path(output_dir).iterdir() if p not in before and (p / "config.toml").is_file())

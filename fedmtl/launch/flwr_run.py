@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,7 @@ def run_and_check(
     simulation: bool = True,
     absolute_output: bool = True,
     overrides: list[str] | None = None,
+    on_submitted: Callable[[str], None] | None = None,
 ) -> int:
     """Submit ``config`` with ``flwr run``; return 0 iff the run finished completed.
 
@@ -275,6 +276,9 @@ def run_and_check(
         Send ``run.output-dir`` as an absolute path (the SuperLink runs on this machine).
     overrides : list of str, optional
         ``--set`` strings applied to ``config`` (the run config sent is the resolved result).
+    on_submitted : callable, optional
+        Called with Flower's run id once the run is submitted (its run folder records it:
+        :func:`fedmtl.results.folders_of_flower_run`).
 
     For the local simulation (no ``superlink``), the local SuperLink ``flwr run`` starts is
     stopped when this returns, also on an error or an interrupt (:func:`own_local_superlink`);
@@ -284,13 +288,15 @@ def run_and_check(
     env = env or flwr_env()
     if simulation and superlink is None:  # Flower's local SuperLink, started by `flwr run` if none runs
         with own_local_superlink(env):
-            return _run_and_check(app_dir, config, cfg, superlink, timeout, stream, env, simulation, absolute_output)
-    return _run_and_check(app_dir, config, cfg, superlink, timeout, stream, env, simulation, absolute_output)
+            return _run_and_check(app_dir, config, cfg, superlink, timeout, stream, env, simulation, absolute_output,
+                                  on_submitted)
+    return _run_and_check(app_dir, config, cfg, superlink, timeout, stream, env, simulation, absolute_output,
+                          on_submitted)
 
 
 def _run_and_check(
     app_dir: Path, config: Path, cfg: ExperimentConfig, superlink: str | None, timeout: float, stream: bool,
-    env: dict[str, str], simulation: bool, absolute_output: bool,
+    env: dict[str, str], simulation: bool, absolute_output: bool, on_submitted: Callable[[str], None] | None,
 ) -> int:
     """:func:`run_and_check` once the config is loaded."""
     link = [superlink] if superlink else []
@@ -312,6 +318,8 @@ def _run_and_check(
         return 1
     run_id = str(submitted["run-id"])
     print(f"Flower run {run_id} submitted; waiting for it to finish", flush=True)
+    if on_submitted is not None:
+        on_submitted(run_id)
     logs = stream_logs(["flwr", "log", run_id, *link, "--stream"], env) if stream else None
     try:
         status = wait_for_run(run_id, link, env, timeout, logs)
