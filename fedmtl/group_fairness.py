@@ -66,6 +66,12 @@ def _top_class_rate(predictions: torch.Tensor) -> float:
     return float(torch.unique(predictions, return_counts=True)[1].max()) / len(predictions)
 
 
+def _rate(hits: torch.Tensor) -> float:
+    """The share of true values in the boolean ``hits``, as an exact ratio of integers (a
+    float32 mean is off by up to 1e-8)."""
+    return int(hits.sum()) / hits.numel()
+
+
 def group_metrics(
     predictions: torch.Tensor, targets: torch.Tensor, groups: dict[str, torch.Tensor], binary: bool,
     names: Mapping[str, Sequence[str]] | None = None,
@@ -85,7 +91,7 @@ def group_metrics(
         metric names; the integer code where absent.
     """
     out: dict[str, float] = {}
-    correct = (predictions == targets).float()
+    correct = predictions == targets
     if groups and len(predictions):
         out["top-class-rate"] = _top_class_rate(predictions)
     for name, membership in groups.items():
@@ -95,20 +101,20 @@ def group_metrics(
             value = value_name(code, (names or {}).get(name))
             count = int(mask.sum())
             out[f"count-{name}-{value}"] = float(count)
-            accuracy = float(correct[mask].mean())
+            accuracy = _rate(correct[mask])
             out[f"accuracy-{name}-{value}"] = accuracy
             out[f"top-class-rate-{name}-{value}"] = _top_class_rate(predictions[mask])
             accuracies.append(accuracy)
             if not binary:
                 continue
-            rate = float((predictions[mask] == 1).float().mean())
+            rate = _rate(predictions[mask] == 1)
             out[f"positive-rate-{name}-{value}"] = rate
             out[f"positives-{name}-{value}"] = float((targets[mask] == 1).sum())
             positive_rates.append(rate)
             for label, key, store in ((1, "tpr", tprs), (0, "fpr", fprs)):
                 subset = mask & (targets == label)
                 if subset.any():
-                    value_rate = float((predictions[subset] == 1).float().mean())
+                    value_rate = _rate(predictions[subset] == 1)
                     out[f"{key}-{name}-{value}"] = value_rate
                     store.append(value_rate)
         gaps = {

@@ -559,8 +559,10 @@ def _estimates(tidy: pd.DataFrame, label: str) -> dict[str, Estimate]:
             for r in rows.itertuples()}
 
 
-def _interval_note(estimates: dict[str, Estimate], key: str) -> str:
-    method = estimates[key].method if key in estimates else ""
+def _interval_note(estimates: dict[str, Estimate], keys: list[str]) -> str:
+    """How the intervals of a row were made: the method of the first of ``keys`` (one per task,
+    in the table's order) that the row has (a configuration may lack the report's first task)."""
+    method = next((estimates[k].method for k in keys if k in estimates and estimates[k].method), "")
     return method or "none (one value)"
 
 
@@ -579,10 +581,10 @@ def markdown_table(configurations: list[Configuration], tidy: pd.DataFrame) -> s
         header += [f"overall {metric}{unit}", f"overall worst-10%{unit}"]
     header.append("Δm% (↓)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    first = next(iter(tasks))
+    means = [f"{task}.mean" for task in tasks]
     for c in configurations:
         e = _estimates(tidy, c.label)
-        cells = [c.label.replace("|", "\\|"), str(len(c.runs)), _interval_note(e, f"{first}.mean")]
+        cells = [c.label.replace("|", "\\|"), str(len(c.runs)), _interval_note(e, means)]
         for task in tasks:
             for stat, _ in TABLE_STATS:
                 cells.append(e[f"{task}.{stat}"].cell(1 if stat in ("mean", "worst10") else 3))
@@ -609,7 +611,8 @@ def delta_table(configurations: list[Configuration], tidy: pd.DataFrame, referen
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in others:
         e = _estimates(tidy, c.label)
-        cells = [c.label.replace("|", "\\|"), e["delta_m"].method or _interval_note(e, f"{panels[0]}.mean.delta")]
+        method = e["delta_m"].method or _interval_note(e, [f"{panel}.mean{DELTA}" for panel in panels])
+        cells = [c.label.replace("|", "\\|"), method]
         for panel in panels:
             cells += [e[f"{panel}.{stat}{DELTA}"].cell(2) for stat in DELTA_STATS]
         cells.append(e["delta_m"].cell(2))

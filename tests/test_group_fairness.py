@@ -24,6 +24,14 @@ def test_binary_group_metrics_by_hand():
     assert m["equalized-odds-diff-g"] == 0.5
 
 
+def test_group_rates_are_exact_ratios_of_counts():
+    # 17 of 72 right: a float32 mean gives 0.2361111044..., the exact ratio 0.2361111111...
+    true = torch.zeros(72, dtype=torch.long)
+    pred = torch.cat([torch.zeros(17, dtype=torch.long), torch.ones(55, dtype=torch.long)])
+    m = group_metrics(pred, true, {"g": torch.zeros(72, dtype=torch.long)}, binary=True)
+    assert m["accuracy-g-0"] == 17 / 72 and m["positive-rate-g-0"] == 55 / 72 and m["fpr-g-0"] == 55 / 72
+
+
 def test_undefined_rates_are_left_out_and_multiclass_has_accuracy_only():
     m = group_metrics(torch.tensor([1, 1, 2]), torch.tensor([1, 1, 0]), {"g": torch.tensor([0, 0, 1])}, binary=False)
     assert m == {"count-g-0": 2.0, "accuracy-g-0": 1.0, "count-g-1": 1.0, "accuracy-g-1": 0.0, "accuracy-gap-g": 1.0,

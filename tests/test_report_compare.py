@@ -33,6 +33,7 @@ from fedmtl.report import (
 from fedmtl.results import RunRecorder
 from fedmtl.validation import load_config
 
+ROOT = Path(__file__).resolve().parents[1]
 T975 = {1: 12.706204736174694, 2: 4.302652729749462, 3: 3.1824463052837078, 4: 2.7764451051977934,
         9: 2.262157162798205, 29: 2.045229642132703}
 """t_{0.975, df} (from scipy.stats.t.ppf), for when scipy is not installed."""
@@ -246,6 +247,24 @@ def test_one_seed_gets_a_bootstrap_over_clients_and_a_paired_bootstrap(tmp_path)
     overall = read_run(tmp_path / "fairgrad").final.groupby("client")["value"].mean().to_numpy() * 100
     expected = np.quantile(overall[rows].mean(axis=1), [0.025, 0.975])
     assert tuple(tidy.loc[(fair, "overall.mean"), ["low", "high"]]) == pytest.approx(tuple(expected))
+
+
+def test_each_row_names_the_interval_of_its_own_tasks(tmp_path):
+    """A configuration without the report's first task still has intervals, and says which."""
+    rng = np.random.default_rng(3)
+    fake_run(tmp_path / "digits", 0, "mean", accuracies(0, 0.0, rng))
+    cfg = load_config(ROOT / "configs/arrests.toml", [])
+    recorder = RunRecorder(tmp_path / "arrests", cfg, dataset_tasks(cfg.data))
+    per_client = {c: {"released": {"accuracy": 0.6 + 0.01 * c, "loss": 1.0},
+                      "checks": {"accuracy": 0.3 + 0.02 * c, "loss": 1.0}} for c in range(CLIENTS)}
+    final = recorder.record_evaluation(1, per_client, dict.fromkeys(per_client, 20))
+    recorder.log_round({"round": 1}, final)
+    recorder.finish(final)
+    found = configurations(tmp_path / "digits", tmp_path / "arrests")
+    tidy = summarize_configurations(found, choose_reference(found, None))
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[2]
+            for line in report.markdown_table(found, tidy).splitlines()[2:]}
+    assert set(rows.values()) == {f"bootstrap, {CLIENTS} clients"}, rows
 
 
 def test_runs_without_a_common_seed_are_compared_unpaired_without_an_interval(tmp_path):
