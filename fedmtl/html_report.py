@@ -40,6 +40,8 @@ from fedmtl.plots import (
     fairness_by_round,
     group_gaps_by_round,
     higher_is_better,
+    plane_panels,
+    plane_statistics,
     report_clients,
     scale_of,
     task_metrics,
@@ -193,12 +195,14 @@ def round_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Fig
 
 
 def plane_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Figure:
-    """Per task: mean vs worst-10% client metric per configuration (std over seeds as error bars)."""
-    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=[f"task '{t}'" for t in tasks])
+    """Per task and overall (:func:`fedmtl.plots.plane_panels`): mean vs worst-10% client metric
+    per configuration (std over seeds as error bars; the global model's hollow)."""
+    panels = plane_panels(configurations)
+    titles = ["overall (client mean over its tasks)" if p == OVERALL else f"task '{p}'" for p in panels]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles)
     for k, c in enumerate(configurations):
-        for col, (task, metric) in enumerate(tasks.items(), start=1):
-            stats = [r.summary["final"].get(task) for r in c.runs]
-            stats = [s for s in stats if s]
+        for col, (panel, metric) in enumerate(panels.items(), start=1):
+            stats = [s for s in (plane_statistics(r, panel) for r in c.runs) if s]
             if not stats:
                 continue
             scale = scale_of(metric)
@@ -211,8 +215,7 @@ def plane_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Fig
                 error_y={"type": "data", "array": [ys.std(ddof=1) if len(ys) > 1 else 0]},
                 hovertemplate=f"{html.escape(c.label)}<br>{len(stats)} seed(s)<br>mean %{{x:.3f}}"
                               "<br>worst-10% %{y:.3f}<extra></extra>"), row=1, col=col)
-            views = [r.summary["global"]["final"].get(task) for r in c.runs if r.has_global]
-            views = [v for v in views if v]
+            views = [v for v in (plane_statistics(r, panel, "global") for r in c.runs) if v]
             if views:  # the global model: hollow
                 fig.add_trace(go.Scatter(
                     x=[sum(v["mean"] for v in views) / len(views) * scale],
@@ -389,6 +392,14 @@ def _number(value: float, metric: str) -> float | None:
     return None if math.isnan(value) else value * scale_of(metric)
 
 
+def _examples(record: dict[str, Any]) -> str:
+    """``"TRAIN train / TEST test"``: a client's train examples are known from its training
+    replies, so a client that never trained has none (``–``)."""
+    train, test = record["train_examples"], record["test_examples"]
+    return (f"{'–' if train is None else int(train)} train / {'–' if test is None else int(test)} test"
+            + (" (never trained)" if train is None and record["rounds_trained"] == 0 else ""))
+
+
 def _notes(records: dict[int, list[dict[str, Any]]]) -> dict[int, str]:
     """One hover line per client: rounds trained and examples per run."""
     out = {}
@@ -397,8 +408,7 @@ def _notes(records: dict[int, list[dict[str, Any]]]) -> dict[int, str]:
         for r in runs[:4]:
             trained = "participation not recorded" if r["rounds_trained"] is None else (
                 f"trained {r['rounds_trained']} rounds" + (f" (last {r['last_round']})" if r["last_round"] else ""))
-            examples = "/".join("?" if r[k] is None else str(int(r[k])) for k in ("train_examples", "test_examples"))
-            parts.append(f"seed {r['seed']}: {trained}, {examples} train/test examples")
+            parts.append(f"seed {r['seed']}: {trained}, {_examples(r)} examples")
         out[client] = "<br>".join(dict.fromkeys(parts))
     return out
 
@@ -436,7 +446,8 @@ SCRIPT = """
     let rows = "";
     for (const r of runs) {
       const held = Object.keys(r.tasks).join(", ");
-      const cells = [r.configuration, r.seed, held, fmt(r.train_examples) + " / " + fmt(r.test_examples),
+      const train = r.train_examples === null && r.rounds_trained === 0 ? "– (never trained)" : fmt(r.train_examples);
+      const cells = [r.configuration, r.seed, held, train + " / " + fmt(r.test_examples),
         r.rounds_trained === null ? "not recorded" : r.rounds_trained,
         r.last_round === null ? (r.rounds_trained === 0 ? "never" : "–") : r.last_round]
         .concat(data.tasks.map((t) => (t in r.tasks ? fmt(r.tasks[t]) : "–")

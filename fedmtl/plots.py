@@ -609,13 +609,30 @@ def plot_client_cdf(configurations: Sequence[Any], path: Path, dpi: int = DEFAUL
     return _save_with_legend(fig, path, dpi, handles, labels)
 
 
+def plane_panels(configurations: Sequence[Any]) -> dict[str, str]:
+    """The fairness plane's panels, name -> metric: every task, and :data:`OVERALL` when every
+    run has an overall statistic."""
+    panels = dict(task_metrics(configurations))
+    if configurations and all(r.summary.get(OVERALL) for c in configurations for r in c.runs):
+        panels[OVERALL] = configurations[0].runs[0].summary[OVERALL]["metric"]
+    return panels
+
+
+def plane_statistics(run: Any, panel: str, view: str = "final") -> dict[str, Any] | None:
+    """A run's final statistics of ``panel`` (a task or :data:`OVERALL`), of its personal model
+    (``view = "final"``) or its global model (``"global"``; ``None`` when it has none)."""
+    if view == "global":
+        if not run.has_global:
+            return None
+        own = run.summary["global"]
+        return own.get(OVERALL) if panel == OVERALL else own["final"].get(panel)
+    return run.summary.get(OVERALL) if panel == OVERALL else run.summary["final"].get(panel)
+
+
 def plot_fairness_plane(configurations: Sequence[Any], path: Path, dpi: int = DEFAULT_DPI,
                         highlight: int | None = None) -> Path:
     """Per task and overall: mean vs worst-10% client metric per configuration, Pareto front."""
-    panels = dict(task_metrics(configurations))
-    overall = [c for c in configurations if all(r.summary.get(OVERALL) for r in c.runs)]
-    if overall and len(overall) == len(configurations):
-        panels[OVERALL] = configurations[0].runs[0].summary[OVERALL]["metric"]
+    panels = plane_panels(configurations)
     fig, axes = _panels(len(panels), sharey=_shared_metric(list(panels.values())))
     handles, labels = [], []
     colours = _colours(len(configurations))
@@ -623,8 +640,7 @@ def plot_fairness_plane(configurations: Sequence[Any], path: Path, dpi: int = DE
         sign = 1.0 if higher_is_better(metric) else -1.0
         points, kept = [], []
         for k, c in enumerate(configurations):
-            stats = [r.summary[OVERALL] if task == OVERALL else r.summary["final"].get(task) for r in c.runs]
-            stats = [s for s in stats if s]
+            stats = [s for s in (plane_statistics(r, task) for r in c.runs) if s]
             if not stats:
                 continue
             xs = [s["mean"] * scale_of(metric) for s in stats]
@@ -633,9 +649,7 @@ def plot_fairness_plane(configurations: Sequence[Any], path: Path, dpi: int = DE
             handle = ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=colours[k], ms=7, capsize=3)
             points.append((sign * x, sign * y))
             kept.append((x, y))
-            views = [(r.summary["global"].get(OVERALL) if task == OVERALL else r.summary["global"]["final"].get(task))
-                     for r in c.runs if r.has_global]
-            views = [v for v in views if v]
+            views = [v for v in (plane_statistics(r, task, "global") for r in c.runs) if v]
             if views:  # the global model: hollow, joined to the personal model's point
                 gx = _mean_std([v["mean"] * scale_of(metric) for v in views])
                 gy = _mean_std([v["worst10"] * scale_of(metric) for v in views])

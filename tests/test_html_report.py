@@ -59,6 +59,33 @@ def test_the_report_writes_one_self_contained_html_file(report):
     assert mean["global"]["left"] == pytest.approx(mean["tasks"]["left"] - 20)
 
 
+def test_a_client_that_never_trained_shows_no_train_examples_and_says_why(tmp_path):
+    from fedmtl.html_report import _notes, client_records, task_metrics
+    from tests.test_plots_format import configurations
+
+    found = configurations(fabricated_runs(tmp_path / "runs"))
+    notes = _notes(client_records(found, task_metrics(found)))
+    assert "– train / 20 test (never trained)" in notes[0] and "?" not in notes[0]
+    assert "trained 4 rounds" in notes[4] and "(never trained)" not in notes[4]
+
+
+def test_the_fairness_plane_has_the_overall_panel_the_png_has(tmp_path):
+    from fedmtl.html_report import plane_figure, task_metrics
+    from fedmtl.plots import OVERALL
+    from tests.test_plots_format import configurations
+
+    found = configurations(fabricated_runs(tmp_path / "runs"))
+    assert all(r.summary.get(OVERALL) for c in found for r in c.runs)
+    fig = plane_figure(found, task_metrics(found))
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["task 'left'", "task 'right'", "overall (client mean over its tasks)"]
+    personal = [t for t in fig.data if t.xaxis == "x3" and "global" not in t.name]
+    assert len(personal) == len(found)
+    for trace, c in zip(personal, found, strict=True):
+        means = [r.summary[OVERALL]["mean"] * 100 for r in c.runs]
+        assert trace.x[0] == pytest.approx(sum(means) / len(means))
+
+
 def test_markdown_tables_headings_and_code_become_html():
     out = markdown_to_html("# fedmtl report\n\nSee `a|b` & **c**.\n\n## Global model\n\n"
                            "| configuration | x |\n|---|---|\n| a=\\|1\\| | <2> |\n\n## Figures\n\n![f](f.png)\n")
