@@ -64,8 +64,9 @@ ParamValue = bool | int | float | str
 
 
 def _parse_params(value: Any, what: str = "weighting parameters", table: str = "[server.params] alpha = 2",
-                  example: str = '{"alpha": 2}') -> Any:
-    """Accept a table (``[server.params]``) or its JSON text (Flower's flat form)."""
+                  example: str = '{"alpha": 2}', lists: bool = False) -> Any:
+    """Accept a table (``[server.params]``) or its JSON text (Flower's flat form), whose values
+    are each a finite number, a boolean or text (or, with ``lists``, a list of finite numbers)."""
     if isinstance(value, str):
         if not value.strip():
             return {}
@@ -75,7 +76,25 @@ def _parse_params(value: Any, what: str = "weighting parameters", table: str = "
             raise ValueError(f"{what} must be a table, e.g. {table}, or its JSON text, e.g. '{example}'") from None
         if not isinstance(value, dict):
             raise ValueError(f"{what} must be a table of name = value")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not _param_value_ok(item, lists):
+                kinds = "a finite number, true/false, text or a list of finite numbers" if lists else (
+                    "a finite number, true/false or text")
+                raise ValueError(f"its {name!r} = {item!r} is not {kinds}")
     return value
+
+
+def _param_value_ok(value: Any, lists: bool) -> bool:
+    """A parameter value a rule or method can take: bool, int, finite float, str (a list of
+    finite numbers where ``lists``)."""
+    if isinstance(value, bool | int | str):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if lists and isinstance(value, list):
+        return all(not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) for v in value)
+    return False
 
 
 MAX_NAME_LENGTH = 100
@@ -422,7 +441,7 @@ class PersonalizationSection(Section):
 
     _params = field_validator("params", mode="before")(
         lambda cls, v: _parse_params(v, "personalization.params", "[personalization.params] mu = 0.01",
-                                     '{"mu": 0.01}')
+                                     '{"mu": 0.01}', lists=True)
     )
 
 

@@ -185,9 +185,16 @@ def import_plugin(entry: str) -> ModuleType:
             if is_file(entry):
                 return _import_file(Path(entry).resolve())
             return importlib.import_module(entry)
-    except Exception as exc:  # noqa: BLE001 - any failure of user code becomes one config error
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of user code becomes one config error
         what = "file" if is_file(entry) else "module"
-        raise PluginError(f"{KEY}: cannot import {what} {entry!r}: {described(exc, limit=None)}") from exc
+        raise PluginError(f"{KEY}: cannot import {what} {entry!r}: {_failure(exc)}") from exc
+
+
+def _failure(exc: BaseException) -> str:
+    """What a plugin's import did wrong, in words (a ``sys.exit`` is no success, whatever its code)."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while being imported"
+    return described(exc, limit=None)
 
 
 def load_entry_points() -> list[str]:
@@ -206,10 +213,10 @@ def load_entry_points() -> list[str]:
     for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             point.load()
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             package = f" of package '{point.dist.name}'" if getattr(point, "dist", None) is not None else ""
             raise PluginError(f"entry point '{point.name} = {point.value}'{package} (group {ENTRY_POINT_GROUP}): "
-                              f"cannot import it: {described(exc, limit=None)}") from exc
+                              f"cannot import it: {_failure(exc)}") from exc
         loaded.append(point.name)
     _entry_points_loaded = True  # only when all loaded: a failure is reported again next time
     return loaded

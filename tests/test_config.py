@@ -244,6 +244,24 @@ def test_rule_parameters_and_method_options_take_booleans_and_numbers_as_written
     assert load_config(None, ["server.weighting=qffl", "server.params={q = 2}"]).server.params["q"] == 2
 
 
+@pytest.mark.parametrize(("override", "line"), [
+    ("client.params={alpha = nan}", "client.params = {'alpha': nan}: its 'alpha' = nan is not a finite number, "
+                                    "true/false or text"),
+    ("data.params.canvas=1e400", "data.params = {'canvas': inf}: its 'canvas' = inf is not a finite number, "
+                                 "true/false or text"),
+    ("server.task-params={q = [1, 2]}", "server.task-params = {'q': [1, 2]}: its 'q' = [1, 2] is not a finite "
+                                        "number, true/false or text"),
+    ("server.params={deep = {x = 1}}", "server.params = {'deep': {'x': 1}}: its 'deep' = {'x': 1} is not a finite "
+                                       "number, true/false or text"),
+    ("personalization.params={mu = [0.1, -inf]}", "personalization.params = {'mu': [0.1, -inf]}: its 'mu' = "
+     "[0.1, -inf] is not a finite number, true/false, text or a list of finite numbers"),
+])
+def test_a_parameter_that_is_not_a_finite_scalar_is_one_line(override, line):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == line
+
+
 def test_integers_a_flower_message_cannot_carry_are_refused_at_validation():
     """The run config travels in every message as 64-bit integers: 2**63 used to pass validation
     and fail the run's first message on the wire."""

@@ -69,6 +69,8 @@ def test_a_module_plugin_is_imported_by_name(tmp_path, registries, monkeypatch):
     ("missing.py", None, "run.plugins: cannot import file '{folder}/missing.py': FileNotFoundError: no file "
                          "'{folder}/missing.py'"),
     ("syntax.py", "def (:\n", "run.plugins: cannot import file '{folder}/syntax.py': SyntaxError: invalid syntax"),
+    ("exits.py", "import sys\nsys.exit(0)\n",
+     "run.plugins: cannot import file '{folder}/exits.py': it called sys.exit(0) while being imported"),
     ("nameless.py", "from fedmtl.training.methods import Method\nfrom fedmtl.training.methods.base import register\n"
                     "@register\nclass Mine(Method):\n    pass\n",
      "run.plugins: cannot import file '{folder}/nameless.py': ValueError: personalization method Mine sets no class "
