@@ -19,6 +19,7 @@ does not import it until one of its names is used.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import tomllib
@@ -358,17 +359,39 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
     base = make_config(config, overrides)
     folder = Path(out) if out is not None else Path(base.run.output_dir) / f"sweep-{base.run.name}"
     path: str | Path | None = config if config is None or isinstance(config, str | Path) else None
+    base_file: Path | None = None  # a refused plan takes back the base config it wrote ...
+    made: list[Path] = []  # ... the folders made for it ...
+    before: bytes | None = None  # ... and the base config it replaced
     if path is None and config is not None:
+        made = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
-        path, overrides = folder / "base-config.toml", []
+        base_file = path = folder / "base-config.toml"
+        overrides = []
+        before = path.read_bytes() if path.is_file() else None
         path.write_text(base.to_toml())
     report = (lambda line: None) if quiet else print
-    grid = grid_lists(grid)
-    planned = plan_sweep(path, grid, seeds, folder, overrides, skip_invalid=skip_invalid, report=report,
-                         rerun_changed=rerun_changed)
+    try:
+        planned = plan_sweep(path, grid_lists(grid), seeds, folder, overrides, skip_invalid=skip_invalid,
+                             report=report, rerun_changed=rerun_changed)
+    except BaseException:
+        if base_file is not None:
+            _take_back(base_file, before, made)
+        raise
     with preserved_caller(quiet_engine=quiet):
         done = run_sweep(planned, quiet_runs=quiet, report=report, jobs=jobs)
     return SweepResult(folder.resolve(), done)
+
+
+def _take_back(path: Path, before: bytes | None, made: list[Path]) -> None:
+    """Put ``path`` back as it was (``before``; ``None``: absent) and remove the empty folders
+    in ``made`` (innermost first)."""
+    with contextlib.suppress(OSError):
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+        for folder in made:
+            folder.rmdir()
 
 
 # -- reading many runs ----------------------------------------------------------------------------

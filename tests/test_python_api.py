@@ -133,6 +133,16 @@ def test_sweep_and_load_runs_of_the_centralized_baseline(tmp_path, registries, m
     from_object = fedmtl.sweep(cfg, seeds=2, out=tmp_path / "objects")
     assert (tmp_path / "objects" / "base-config.toml").is_file()
     assert [r.config.run.seed for r in from_object.runs] == [0, 1]
+    # a refused plan takes back the base config it wrote, and the folders made for it
+    from fedmtl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="run.roundz"):
+        fedmtl.sweep(cfg, grid={"run.roundz": [1]}, out=tmp_path / "new" / "refused")
+    assert not (tmp_path / "new").exists()
+    kept = (tmp_path / "objects" / "base-config.toml").read_bytes()
+    with pytest.raises(ConfigError, match="--seeds = 0"):
+        fedmtl.sweep(fedmtl.make_config(config, ["run.rounds=7"]), seeds=0, out=tmp_path / "objects")
+    assert (tmp_path / "objects" / "base-config.toml").read_bytes() == kept
 
 
 def test_run_returns_lazily_read_results(tmp_path, registries):

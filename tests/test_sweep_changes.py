@@ -224,3 +224,17 @@ def test_the_cli_refuses_a_changed_sweep_in_one_line_per_run(tmp_path):
     assert len(lines) == 3 and "--rerun-changed" in lines[0]
     assert lines[1:] == ["error:   lr=0.05/seed-0: run.rounds: 1 → 2", "error:   lr=0.1/seed-0: run.rounds: 1 → 2"]
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("seeds", "message"), [
+    (0, "--seeds = 0: must be between 1 and 100,000 (seeds per combination)"),
+    (10**11, "--seeds = 100000000000: must be between 1 and 100,000 (seeds per combination)"),
+    (2.5, "--seeds = 2.5: must be a whole number of seeds"),
+    (True, "--seeds = True: must be a whole number of seeds"),
+])
+def test_a_number_of_seeds_out_of_bounds_is_refused_before_any_seed_is_listed(tmp_path, seeds, message):
+    from fedmtl.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(CONFIG, GRID, seeds, tmp_path / "out")
+    assert str(info.value) == message and not (tmp_path / "out").exists()

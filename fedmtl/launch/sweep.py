@@ -57,6 +57,9 @@ from fedmtl.launch.simulation import shared_engine
 from fedmtl.progress import format_duration, sweep_eta
 from fedmtl.validation import load_config
 
+MAX_SEEDS = 100_000
+"""The most seeds per combination of a sweep (each is a run folder)."""
+
 MANIFEST = "sweep.json"
 
 
@@ -262,8 +265,10 @@ def plan_sweep(
     ChangedRunsError
         Without ``rerun_changed``, when a finished run's config differs (one line per run).
     """
-    if seeds < 1:
-        raise ConfigError(f"--seeds = {seeds}: must be at least 1")
+    if isinstance(seeds, bool) or not isinstance(seeds, int):
+        raise ConfigError(f"--seeds = {seeds!r}: must be a whole number of seeds")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds = {seeds}: must be between 1 and {MAX_SEEDS:,} (seeds per combination)")
     overrides = list(overrides or [])
     base = load_config(config, overrides)
     sweep = Sweep(str(config) if config is not None else None, overrides, dict(grid),
