@@ -107,6 +107,9 @@ MAX_SEED = (2**63 - 1 - 17 - 31 * (MAX_CLIENTS - 1)) // 1_000_003
 ``seed * 1_000_003 + client * 31 + 17`` of :mod:`fedmtl.seeds` is the largest)."""
 ROUND_TIMEOUT_S = 3600.0
 """The default ``server.timeout``: seconds a round waits for its replies."""
+MAX_WAIT_S = 7 * 86400.0
+"""The longest wait a config may set (``server.timeout``, ``server.connect-timeout``,
+``faults.straggler-delay``): one week (``time.sleep`` refuses waits beyond about 9.2e9 s)."""
 
 
 class RunSection(Section):
@@ -337,9 +340,11 @@ class ServerSection(Section):
         1.0, gt=0, le=1, description="Fraction of clients that evaluate each evaluation round."
     )
     min_train_clients: int = Field(1, ge=1, description="Minimum clients sampled per round.")
-    timeout: float = Field(ROUND_TIMEOUT_S, gt=0, description="Seconds to wait for replies per round.")
+    timeout: float = Field(ROUND_TIMEOUT_S, gt=0, le=MAX_WAIT_S,
+                           description="Seconds to wait for replies per round (at most a week).")
     connect_timeout: float = Field(
-        120.0, gt=0, description="Seconds to wait for data.num-clients SuperNodes to connect."
+        120.0, gt=0, le=MAX_WAIT_S, description="Seconds to wait for data.num-clients SuperNodes to connect "
+        "(at most a week)."
     )
     min_replies: int = Field(
         1, ge=1, description="Valid training replies a round needs to move the model; with "
@@ -407,8 +412,8 @@ class FaultsSection(Section):
         "trains, then waits faults.straggler-delay seconds before replying.",
     )
     straggler_delay: float = Field(
-        0.0, ge=0, description="Seconds a straggler waits; beyond server.timeout its reply "
-        "misses the round.",
+        0.0, ge=0, le=MAX_WAIT_S, description="Seconds a straggler waits (at most a week); beyond "
+        "server.timeout its reply misses the round.",
     )
     corrupt: float = Field(
         0.0, ge=0, le=1, description="Probability that a client's training reply is corrupted "

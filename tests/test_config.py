@@ -282,3 +282,12 @@ def test_integers_a_flower_message_cannot_carry_are_refused_at_validation():
                        r"which a Flower message cannot carry; write it as a float \(1e\+22\)"):
         load_config(None, ["server.weighting=qffl", f"server.params={{q = {10**22}}}"])
     assert load_config(None, ["server.weighting=qffl", "server.params={q = 1e22}"]).server.params["q"] == 1e22
+
+
+@pytest.mark.parametrize("key", ["server.timeout", "server.connect-timeout", "faults.straggler-delay"])
+def test_waits_are_at_most_a_week(key):
+    """A straggler told to wait 1e10 s failed every client at time.sleep (a time_t overflow)."""
+    assert load_config(None, [f"{key}=604800"])
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{key}=1e10"])
+    assert str(info.value) == f"{key} = 10000000000.0: Input should be less than or equal to 604800"
