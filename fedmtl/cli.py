@@ -19,6 +19,7 @@ texts are printed as written (:class:`LiteralHelp`), so bracketed examples stay.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -437,6 +438,7 @@ def flwr_run(
     SuperLink (run folders land under run.output-dir on the ServerApp's machine).
     """
     _check_sets(ctx, set_, config)
+    _check_timeout(timeout)
     config = _shipped(config)
     cfg = _load(config, set_)
     from fedmtl.launch.flwr_run import SuperLinkLost, connection_env, run_and_check
@@ -599,6 +601,9 @@ def deploy_local(
     from fedmtl.launch.deploy import DeploymentError, LocalDeployment, deployment_folder
     from fedmtl.launch.flwr_run import SuperLinkLost, run_and_check
 
+    _check_timeout(timeout)
+    if nodes is not None and nodes < 1:
+        fail(f"--nodes = {nodes}: start at least 1 SuperNode (default: data.num-clients)")
     config = _shipped(config)
     cfg = _load(config, None)
     nodes = nodes or cfg.data.num_clients
@@ -644,6 +649,12 @@ def deploy_local(
         fail(str(exc), code=1)
     _print_results(output, submitted)
     raise typer.Exit(code)
+
+
+def _check_timeout(timeout: float) -> None:
+    """Refuse a ``--timeout`` that is not a finite number of seconds above 0."""
+    if not (math.isfinite(timeout) and timeout > 0):
+        fail(f"--timeout = {timeout}: give the seconds to wait for the run, a number above 0")
 
 
 def _print_results(output: Path, flower_run_ids: list[str]) -> None:

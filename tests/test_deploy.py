@@ -100,10 +100,20 @@ def test_a_deployment_stops_its_superlink_before_its_supernodes(tmp_path, monkey
 def test_deploy_refuses_bad_options(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text((ROOT / "configs/smoke.toml").read_text())
-    for args, message in ((["--nodes", "1"], "data.num-clients = 2"), (["--insecure", "--auth"], "--auth needs --tls")):
-        proc = subprocess.run([sys.executable, "-m", "fedmtl", "deploy", "local", str(config), *args],
+    refusals = [
+        (["deploy", "local", "--nodes", "1"], "data.num-clients = 2"),
+        (["deploy", "local", "--insecure", "--auth"], "--auth needs --tls"),
+        (["deploy", "local", "--nodes", "0"], "--nodes = 0: start at least 1 SuperNode"),
+        (["deploy", "local", "--timeout", "0"], "--timeout = 0.0: give the seconds to wait for the run"),
+        (["flwr-run", "--timeout", "-5"], "--timeout = -5.0: give the seconds to wait for the run"),
+        (["flwr-run", "--timeout", "nan"], "--timeout = nan: give the seconds to wait for the run"),
+    ]
+    for args, message in refusals:
+        words = 2 if args[0] == "deploy" else 1  # the command, then the config, then the options
+        proc = subprocess.run([sys.executable, "-m", "fedmtl", *args[:words], str(config), *args[words:]],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, args
+    assert not (tmp_path / "runs").exists()  # refused before anything was submitted or started
 
 
 def test_tls_deployment_survives_a_supernode_restart(tmp_path, flwr_home):
