@@ -495,21 +495,36 @@ def deploy_certs(
     ] = False,
 ) -> None:
     """A CA and a SuperLink TLS certificate for the given host names and addresses."""
-    from fedmtl.launch.certificates import DEFAULT_HOSTS, make_secret, make_tls_certificates
+    from fedmtl.launch.certificates import DEFAULT_HOSTS, MAX_DAYS, host_problem, make_secret, make_tls_certificates
+    from fedmtl.one_line import one_line
 
     if days < 1:
         fail(f"--days {days}: a certificate must be valid for at least 1 day")
+    if days > MAX_DAYS:
+        fail(f"--days {days}: a certificate is valid for at most {MAX_DAYS} days here")
+    hosts = list(dict.fromkeys(host or DEFAULT_HOSTS))
+    if problems := [f"--host {h!r}: {p}" for h in hosts if (p := host_problem(h))]:
+        fail(problems[0])
+    _output_folder(folder)
     if (folder / "ca.crt").exists() and not force:
         fail(f"'{folder / 'ca.crt'}' exists: a new CA would lock out every SuperNode and flwr CLI holding it; "
              "--force replaces it (then give them the new ca.crt)")
-    hosts = list(dict.fromkeys(host or DEFAULT_HOSTS))
     ids = _owner(owner)
-    paths = make_tls_certificates(folder, hosts, days, owner=ids)
+    try:
+        paths = make_tls_certificates(folder, hosts, days, owner=ids)
+        secret = None if superexec_secret is None else make_secret(superexec_secret, owner=ids)
+    except OSError as exc:
+        fail(f"cannot write the certificates: {one_line(exc)}", code=1)
     typer.echo(f"CA certificate {paths['ca']} (give it to SuperNodes and the flwr CLI); "
                f"SuperLink certificate {paths['certificate']} for {', '.join(hosts)}")
-    if superexec_secret is not None:
-        typer.echo(f"SuperExec auth secret {make_secret(superexec_secret, owner=ids)} "
-                   f"(give it to the SuperLink and the SuperExec only)")
+    if secret is not None:
+        typer.echo(f"SuperExec auth secret {secret} (give it to the SuperLink and the SuperExec only)")
+
+
+def _output_folder(folder: Path) -> None:
+    """Refuse ``folder`` when something other than a folder is there."""
+    if folder.exists() and not folder.is_dir():
+        fail(f"'{folder}' is not a folder; give a folder to write into (it is made if missing)")
 
 
 def _owner(owner: str | None) -> tuple[int, int] | None:
@@ -532,12 +547,17 @@ def deploy_keys(
 ) -> None:
     """SuperNode authentication key pairs (register each .pub with `flwr supernode register`)."""
     from fedmtl.launch.certificates import make_node_keys
+    from fedmtl.one_line import one_line
 
     if nodes < 1:
         fail(f"--nodes = {nodes}: must be at least 1")
+    _output_folder(folder)
     ids = _owner(owner)
     for i in range(nodes):
-        pair = make_node_keys(folder, f"supernode-{i}", owner=ids)
+        try:
+            pair = make_node_keys(folder, f"supernode-{i}", owner=ids)
+        except OSError as exc:
+            fail(f"cannot write the keys: {one_line(exc)}", code=1)
         typer.echo(f"{pair['private']}  {pair['public']}")
 
 

@@ -84,6 +84,35 @@ def test_certs_refuse_a_validity_below_a_day_and_keep_an_existing_ca_unless_forc
     assert (folder / "ca.crt").read_bytes() != ca
 
 
+def test_certs_and_keys_refuse_bad_options_in_one_line_and_write_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+
+    runner, folder, afile = CliRunner(), tmp_path / "certs", tmp_path / "a-file"
+    afile.write_text("")
+    refusals = [
+        (["certs", str(folder), "--days", "3000000"], "--days 3000000: a certificate is valid for at most 36500 days"),
+        (["certs", str(folder), "--host", ""], "--host '': a host name cannot be empty"),
+        (["certs", str(folder), "--host", "a\nb"], "--host 'a\\nb': host name 'a\\nb' holds spaces or control"),
+        (["certs", str(afile)], f"'{afile}' is not a folder; give a folder to write into"),
+        (["keys", str(afile)], f"'{afile}' is not a folder; give a folder to write into"),
+    ]
+    for args, message in refusals:
+        result = runner.invoke(cli, ["deploy", *args])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
+    assert not folder.exists() and afile.read_text() == ""
+    # a long host name is the certificate's name all the same (an X.509 common name holds 64 characters)
+    long = "n" * 70 + ".example.org"
+    assert runner.invoke(cli, ["deploy", "certs", str(folder), "--host", long]).exit_code == 0
+    from cryptography import x509
+
+    names = x509.load_pem_x509_certificate((folder / "server.pem").read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert names == [long]
+
+
 def test_a_deployment_stops_its_superlink_before_its_supernodes(tmp_path, monkeypatch):
     """With the SuperNodes stopped first, the ServerApp (run by the SuperLink) went on against
     dead nodes and recorded rounds, and a checkpoint, that trained nothing."""

@@ -31,6 +31,25 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1", "superlink")
+MAX_DAYS = 36_500
+"""The longest validity of a certificate, in days (100 years)."""
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` cannot name the SuperLink in its certificate (``None`` when it can): an IP
+    address, or a DNS name of 1 to 253 characters without spaces or control characters."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if not host:
+        return "a host name cannot be empty"
+    if len(host) > 253:
+        return f"a host name has at most 253 characters, not {len(host)}"
+    if any(c.isspace() or not c.isprintable() for c in host):
+        return f"host name {host!r} holds spaces or control characters"
+    return None
 
 
 def _name(common_name: str) -> x509.Name:
@@ -103,6 +122,10 @@ def make_tls_certificates(
     """
     if not hosts:
         raise ValueError("make_tls_certificates needs at least one host name or address")
+    if problems := [p for p in map(host_problem, hosts) if p]:
+        raise ValueError(problems[0])
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"a certificate is valid for 1 to {MAX_DAYS} days, not {days}")
     folder = _folder(folder, owner)
     now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -121,7 +144,7 @@ def make_tls_certificates(
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0])).issuer_name(ca.subject)
+        .subject_name(_name(hosts[0][:64])).issuer_name(ca.subject)  # a common name has at most 64 characters
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([_alt_name(h) for h in hosts]), critical=False)
