@@ -126,6 +126,32 @@ def test_a_deployment_stops_its_superlink_before_its_supernodes(tmp_path, monkey
     assert stopped == ["superlink", "supernode-0", "supernode-1"] and not deployment.processes
 
 
+def test_a_signal_during_the_stop_waits_until_every_process_is_stopped(tmp_path, monkeypatch):
+    """A SIGTERM that came while the deployment stopped cut the stop short: a SuperNode and its
+    SuperExec ran on, orphaned."""
+    from fedmtl.launch.deploy import LocalDeployment
+
+    deployment = LocalDeployment(tmp_path / "d", 2)
+    deployment.processes = {"superlink": None, "supernode-0": None, "supernode-1": None}
+    stopped: list[str] = []
+
+    def stop_process(name: str) -> None:
+        if name == "superlink":
+            os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` or `docker stop` sends it
+            time.sleep(0.2)
+        stopped.append(name)
+        deployment.processes.pop(name)
+
+    monkeypatch.setattr(deployment, "stop_process", stop_process)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            deployment.stop()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped == ["superlink", "supernode-0", "supernode-1"] and not deployment.processes
+
+
 def test_deploy_refuses_bad_options(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text((ROOT / "configs/smoke.toml").read_text())

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from fedmtl.launch.certificates import make_node_keys, make_tls_certificates
 from fedmtl.launch.flwr_run import _flwr, connection_env
+from fedmtl.launch.interrupt import signals_deferred
 from fedmtl.server.admission import ADMITTED_NODES_ENV, write_admitted_nodes
 
 CONNECTION = "fedmtl-local"
@@ -241,10 +242,12 @@ class LocalDeployment:
     def stop(self) -> None:
         """Stop the SuperLink (and the ServerApp it runs) first, then every SuperNode: with the
         nodes stopped first, the ServerApp went on for a moment against dead nodes and recorded
-        rounds (and a checkpoint) that trained nothing."""
-        self.stop_process("superlink")
-        for name in list(self.processes):
-            self.stop_process(name)
+        rounds (and a checkpoint) that trained nothing. A signal that comes meanwhile waits
+        until every process is stopped (:func:`fedmtl.launch.interrupt.signals_deferred`)."""
+        with signals_deferred():
+            self.stop_process("superlink")
+            for name in list(self.processes):
+                self.stop_process(name)
 
     def __enter__(self) -> LocalDeployment:
         return self

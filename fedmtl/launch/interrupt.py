@@ -69,6 +69,28 @@ def stop_on_signals() -> Iterator[None]:
                 signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within the block (a shutdown), SIGINT and SIGTERM are noted, not acted on: a second
+    Ctrl-C cannot cut a shutdown short and leave processes running. One that came raises
+    :class:`KeyboardInterrupt` when the block ends. Outside the main thread nothing is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    saved = {s: signal.getsignal(s) for s in EXIT_CODES}
+    for s in saved:
+        signal.signal(s, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:
+                signal.signal(s, handler)
+    if came:
+        raise KeyboardInterrupt(signal.Signals(came[0]).name)
+
+
 def _stat(pid: int) -> tuple[int, int] | None:
     """``(parent pid, start time)`` of a process from ``/proc/<pid>/stat``, ``None`` if gone."""
     try:
