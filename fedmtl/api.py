@@ -273,7 +273,8 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
            force: bool = False) -> RunResult:
     """Continue an interrupted federated run from its newest usable checkpoint, with the config
     it recorded, when the resume is exact (as ``fedmtl run --resume``); a finished run is
-    returned as it is.
+    returned as it is. A run stopped before its first checkpoint starts again from round 1 in
+    its folder (a ``UserWarning`` says so).
 
     Parameters
     ----------
@@ -294,7 +295,7 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
     ValueError
         ``rounds`` is fewer than the run's.
     fedmtl.results.CheckpointError
-        No usable checkpoint.
+        The run has checkpoints, and none loads.
     fedmtl.launch.resume.ResumeRefused
         The folder is not a run folder; the run is centralized or kept its heads in memory
         (``client.head-store = "context"``); or its identity, config, tables or heads do not
@@ -315,6 +316,11 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
         warnings.warn(f"force: {problem.message}: {problem.forced}", UserWarning, stacklevel=2)
     if plan.extended:
         warnings.warn(plan.extended, UserWarning, stacklevel=2)
+    if plan.restart:
+        from fedmtl.results import reset_run_dir
+
+        warnings.warn(plan.restart, UserWarning, stacklevel=2)
+        reset_run_dir(run_dir)
     with preserved_caller(quiet_engine=quiet and not verbose):
         _execute(plan.cfg, run_dir, quiet, verbose, plan.checkpoint)
     return RunResult(run_dir)

@@ -215,6 +215,8 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
 
             with contextlib.suppress(OSError):  # a run that wrote nothing leaves no folder to refuse its --out
                 remove_unused_run_dir(run_dir)
+            if (run_dir / "config.toml").is_file():  # no checkpoint yet: a resume starts it again from round 1
+                line += f"; once there is room, start it again with: fedmtl run --resume {run_dir}"
         fail(line, code=1)
     raise AssertionError("unreachable")
 
@@ -283,6 +285,11 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     except (ResumeRefused, CheckpointError, ValueError) as exc:
         fail(str(exc))
         raise
+    except OSError as exc:  # extending the run rewrites its config.toml (atomically: the old one stays)
+        if exc.errno is None:
+            raise
+        fail(f"cannot write {exc.filename or run_dir}: {exc.strerror or exc}; the run folder is unchanged", code=1)
+        raise
     for note in plan.skipped:
         typer.echo(f"warning: {note}; using the previous one", err=True)
     if plan.finished:
@@ -293,6 +300,11 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
         typer.echo(f"warning: --force: {problem.message}: {problem.forced}", err=True)
     if plan.extended:
         typer.echo(f"note: {plan.extended}", err=True)
+    if plan.restart:
+        from fedmtl.results import reset_run_dir
+
+        typer.echo(f"note: {plan.restart}", err=True)
+        _guarded(run_dir.resolve(), lambda: reset_run_dir(run_dir))
     if not quiet:
         _header(plan.cfg, run_dir, run_dir / "config.toml")
     _guarded(run_dir.resolve(), lambda: _simulate(plan.cfg, run_dir.resolve(), quiet, verbose, plan.checkpoint))

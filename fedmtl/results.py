@@ -134,6 +134,25 @@ def remove_unused_run_dir(run_dir: str | Path) -> bool:
     return True
 
 
+def reset_run_dir(run_dir: str | Path) -> list[str]:
+    """Take a run folder back to what a new run starts from: delete everything in it but its
+    ``config.toml`` and :data:`RUN_MARKER` (which :mod:`fedmtl.folder_lock` locks), for a run
+    that starts again from round 1, having no checkpoint; return the names deleted. Links are
+    removed, never followed."""
+    run_dir = Path(run_dir)
+    kept = {"config.toml", RUN_MARKER}
+    deleted = []
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name in kept:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        deleted.append(entry.name)
+    return deleted
+
+
 OVERALL = "overall"
 
 

@@ -191,3 +191,25 @@ def test_a_full_disk_says_what_to_do_at_each_stage_of_a_run(tmp_path, capsys):
         _guarded(finished, _disk_full(finished / "plots" / "a.png"))
     assert f"the run finished: draw its figures again with: fedmtl plot {finished}" in capsys.readouterr().err
     assert (finished / "summary.json").is_file()
+
+
+def test_a_full_disk_while_a_resume_extends_the_run_is_one_line(tmp_path, monkeypatch):
+    """Extending a run rewrites its config.toml before anything runs: a full or read-only disk
+    there was a 45-line traceback."""
+    from typer.testing import CliRunner
+
+    from fedmtl import cli
+    from fedmtl.launch import resume
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text((ROOT / "configs/smoke.toml").read_text())
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / ".config.toml.tmp"))
+
+    monkeypatch.setattr(resume, "plan_resume", full)
+    result = CliRunner().invoke(cli.cli, ["run", "--resume", str(run_dir), "--set", "run.rounds=5", "-q"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: cannot write {run_dir / '.config.toml.tmp'}: No space left on device; the run folder is unchanged"]

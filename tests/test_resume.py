@@ -120,8 +120,44 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_pa
 def test_resume_errors_are_clear(tmp_path):
     proc = _fedmtl("run", "--resume", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "not a run folder" in proc.stderr and "Traceback" not in proc.stderr
-    (tmp_path / "config.toml").write_text('[run]\nrounds = 2\n')
+    heads = tmp_path.parent / "elsewhere"
+    (tmp_path / "config.toml").write_text(f'[run]\nrounds = 2\n[client]\nhead-store-dir = "{heads}"\n')
     proc = _fedmtl("run", "--resume", str(tmp_path), cwd=tmp_path)
-    assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "has no checkpoint, and its heads are kept outside it" in proc.stderr
     proc = _fedmtl("run", str(ROOT / "configs/smoke.toml"), "--resume", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "give no CONFIG" in proc.stderr
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_its_folder(tmp_path):
+    """Killed during its start-up or first round (its folder holds its config, a run-id and
+    what round 1 began to write), a run used to be neither resumable ("nothing to resume") nor
+    re-runnable into the same --out; a resume now starts it again from round 1, to the same bytes."""
+    sets = [a for s in ("run.rounds=2", "engine.backend=inprocess") for a in ("--set", s)]
+    whole = tmp_path / "whole"
+    done = _fedmtl("run", str(ROOT / "configs/smoke.toml"), *sets, "--out", str(whole), "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stopped, by_api = (_stopped_in_round_1(whole, tmp_path / name) for name in ("stopped", "by-api"))
+    proc = _fedmtl("run", "--resume", str(stopped), "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"note: '{stopped}' has no checkpoint: the run starts again from round 1 in it" in proc.stderr
+    assert (stopped / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
+    assert (stopped / "rounds.csv").is_file() and (stopped / "summary.json").is_file()
+    assert (stopped / "run-id").read_text() != (whole / "run-id").read_text()  # a new run, in the same folder
+    import fedmtl
+
+    with pytest.warns(UserWarning, match="has no checkpoint: the run starts again from round 1"):
+        fedmtl.resume(by_api)
+    assert (by_api / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
+
+
+def _stopped_in_round_1(whole: Path, folder: Path) -> Path:
+    """A copy of the finished run ``whole`` as a kill in round 1 leaves it: no checkpoint, no
+    round recorded, half of round 1's metrics written."""
+    shutil.copytree(whole, folder)
+    for name in ("checkpoints", "plots"):
+        shutil.rmtree(folder / name)
+    for name in ("summary.json", "rounds.csv", "participation.csv"):
+        (folder / name).unlink(missing_ok=True)
+    metrics = (folder / "metrics.csv").read_text().splitlines(keepends=True)
+    (folder / "metrics.csv").write_text("".join(metrics[:len(metrics) // 3]))
+    return folder

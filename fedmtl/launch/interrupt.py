@@ -187,7 +187,8 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
         return "interrupted before the run started"
     done = last_round(run_dir)
     if done is None:
-        return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
+        return (f"interrupted before the first checkpoint; start it again from round 1 with: "
+                f"fedmtl run --resume {run_dir}")
     return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
 
 

@@ -42,8 +42,9 @@ class Resumption:
     ----------
     cfg : ExperimentConfig
         The run's config, extended to the rounds asked for.
-    checkpoint : dict
-        The checkpoint the server continues from (the heads ``force`` let go are forgotten).
+    checkpoint : dict or None
+        The checkpoint the server continues from (the heads ``force`` let go are forgotten);
+        ``None``: the run has no checkpoint and starts again from round 1 (:attr:`restart`).
     finished : bool
         The run already finished every round asked for: nothing is to run.
     skipped : list of str
@@ -52,14 +53,18 @@ class Resumption:
         The problems ``force`` overrode.
     extended : str or None
         A note when the extended run may differ from a run of that many rounds from the start.
+    restart : str or None
+        The run stopped before its first checkpoint: what starting it again from round 1, in
+        its folder, deletes (the caller calls :func:`fedmtl.results.reset_run_dir` first).
     """
 
     cfg: ExperimentConfig
-    checkpoint: dict[str, Any]
+    checkpoint: dict[str, Any] | None
     finished: bool = False
     skipped: list[str] = field(default_factory=list)
     forced: list[ResumeProblem] = field(default_factory=list)
     extended: str | None = None
+    restart: str | None = None
 
 
 def unresumable(cfg: ExperimentConfig) -> str | None:
@@ -104,7 +109,7 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
         Another process writes the run folder.
     """
     from fedmtl.folder_lock import refuse_if_busy
-    from fedmtl.results import check_extension, extend_run, load_checkpoint
+    from fedmtl.results import check_extension, checkpoint_files, extend_run, load_checkpoint
     from fedmtl.validation import load_config
 
     run_dir = Path(run_dir)
@@ -116,6 +121,8 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
     why = unresumable(cfg)
     if why:
         raise ResumeRefused(f"cannot resume '{run_dir}': {why}")
+    if not checkpoint_files(run_dir):
+        return _plan_restart(run_dir, cfg, rounds)
     checkpoint, skipped = load_checkpoint(run_dir)
     if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
         return Resumption(cfg, checkpoint, finished=True, skipped=skipped)
@@ -123,6 +130,30 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
     forced = _settle_problems(run_dir, cfg, checkpoint, force, force_hint, checking)
     cfg, extended = extend_run(run_dir, cfg, rounds)  # config.toml records the rounds when extended
     return Resumption(cfg, checkpoint, skipped=skipped, forced=forced, extended=extended)
+
+
+def _plan_restart(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> Resumption:
+    """A run folder without a checkpoint (stopped during its start-up or first round, or before
+    its first checkpoint): the run starts again from round 1 with its own config, in its folder,
+    which then holds only that config (what it recorded is computed again, the same, as the
+    seeds are). Refused when its heads live outside the folder (they are not the run's to delete)."""
+    from fedmtl.folder_lock import refuse_if_busy
+    from fedmtl.results import RUN_MARKER, head_store_root
+
+    if (run_dir / "summary.json").is_file():  # finished, though without a checkpoint: never deleted
+        if rounds == cfg.run.rounds:
+            return Resumption(cfg, None, finished=True)
+        raise ResumeRefused(f"'{run_dir}' finished without a checkpoint to continue from: run its config.toml "
+                            f"again with run.rounds={rounds}")
+    refuse_if_busy(run_dir)
+    heads = head_store_root(cfg, run_dir)
+    if not heads.is_relative_to(run_dir.resolve()):
+        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and its heads are kept outside it ({heads}): "
+                            "run its config.toml again in a new folder")
+    recorded = sorted(p.name for p in run_dir.iterdir() if p.name not in ("config.toml", RUN_MARKER))
+    note = f"'{run_dir}' has no checkpoint: the run starts again from round 1 in it" + (
+        f" ({', '.join(recorded)} are written anew)" if recorded else "")
+    return Resumption(cfg.with_values(run={"rounds": rounds}), None, restart=note)
 
 
 def _settle_problems(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict[str, Any], force: bool,
