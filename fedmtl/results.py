@@ -42,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fedmtl.atomic import torch_save, write_bytes
@@ -132,6 +133,32 @@ def remove_unused_run_dir(run_dir: str | Path) -> bool:
         return False
     shutil.rmtree(run_dir)
     return True
+
+
+def rounds_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``rounds.csv`` of these rows: a column of whole numbers (counts) stays one where some
+    rows lack it (a round that stopped early), written ``6``, not ``6.0``."""
+    table = pd.DataFrame(rows)
+    counts = [c for c in table.columns if _whole_numbers([r[c] for r in rows if r.get(c) is not None])]
+    return table.astype(dict.fromkeys(counts, "Int64"))
+
+
+def _cell(text: str) -> int | float | str:
+    """A ``rounds.csv`` cell as it was logged: ``6`` an int, ``6.0`` or ``0.25`` a float, else text."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _whole_numbers(values: list[Any]) -> bool:
+    """Whether ``values`` (not empty) are all integers (booleans are not)."""
+    return bool(values) and all(isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+                                for v in values)
 
 
 def reset_run_dir(run_dir: str | Path) -> list[str]:
@@ -294,10 +321,10 @@ class RunRecorder:
             write_bytes(self.placement_path, placement.to_csv(index=False).encode())
         rounds_path = self.run_dir / "rounds.csv"
         if rounds_path.is_file():
-            rounds = pd.read_csv(rounds_path)
-            rounds = rounds[rounds["round"] <= last_round]
-            self.rounds = [{k: v for k, v in row.items() if not pd.isna(v)} for row in rounds.to_dict("records")]
-            write_bytes(rounds_path, rounds.to_csv(index=False).encode())
+            rounds = pd.read_csv(rounds_path, dtype=str, keep_default_na=False)
+            rows = [{k: _cell(v) for k, v in row.items() if v != ""} for row in rounds.to_dict("records")]
+            self.rounds = [row for row in rows if row["round"] <= last_round]
+            write_bytes(rounds_path, rounds_table(self.rounds).to_csv(index=False).encode())
             if self.rounds:
                 self.started -= float(self.rounds[-1]["elapsed_s"])
         (self.run_dir / "summary.json").unlink(missing_ok=True)
@@ -423,8 +450,7 @@ class RunRecorder:
         if stats is not None:
             row.update(stats.columns())
         self.rounds.append(row)
-        data = pd.DataFrame(self.rounds).to_csv(index=False).encode()
-        write_bytes(self.run_dir / "rounds.csv", data)
+        write_bytes(self.run_dir / "rounds.csv", rounds_table(self.rounds).to_csv(index=False).encode())
         self.trackers.log_round(row)
 
     def save_checkpoint(self, server_round: int, state: dict[str, Any], keep: int | None = None) -> Path:

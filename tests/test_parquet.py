@@ -58,6 +58,9 @@ def test_the_parquet_copies_equal_the_csv_tables_with_the_documented_dtypes(tmp_
     rounds = tables["rounds"]
     assert str(rounds["round"].dtype) == "int64" and rounds["train_loss"].tolist() == [1 / 1.3, 1 / 2.3, 1 / 3.3]
     assert rounds["left.accuracy.mean"].isna().tolist() == [False, True, False]
+    # a count that round 2 lacks is still written as a whole number (it read '3.0')
+    text = pd.read_csv(run / "rounds.csv", dtype=str, keep_default_na=False)
+    assert text["evaluated_never_trained"].tolist() == ["2", "", "1"] and text["aggregated"].tolist() == ["2"] * 3
     participation = tables["participation"]
     assert str(participation["last_round"].dtype) == "Int64" and participation["last_round"].isna().tolist() == [
         False, True, False]
@@ -87,3 +90,16 @@ def test_run_parquet_false_writes_none_and_true_needs_pyarrow(tmp_path, monkeypa
     assert load_config(None, []).run.parquet == "auto"
     with pytest.raises(ConfigError, match="run.parquet"):
         load_config(None, ["run.parquet=sometimes"])
+
+
+def test_a_resume_rewrites_rounds_csv_byte_for_byte(tmp_path):
+    """A resume reads rounds.csv back and writes it again: counts stay whole numbers, floats
+    stay the floats, missing cells stay missing (round 2 was not evaluated)."""
+    run = finished_run(tmp_path / "run")
+    before = (run / "rounds.csv").read_bytes()
+    cfg = load_config(run / "config.toml")
+    recorder = RunRecorder(run, cfg, dataset_tasks(cfg.data), resume_round=3)
+    assert (run / "rounds.csv").read_bytes() == before
+    assert recorder.rounds[0]["evaluated_never_trained"] == 2 and isinstance(recorder.rounds[0]["train_loss"], float)
+    RunRecorder(run, cfg, dataset_tasks(cfg.data), resume_round=1)
+    assert (run / "rounds.csv").read_bytes() == b"".join(before.splitlines(keepends=True)[:2])
