@@ -9,6 +9,7 @@ options refuse them, with one line saying what the key expects and what it got.
 from __future__ import annotations
 
 import functools
+import math
 import tomllib
 import types
 import typing
@@ -71,6 +72,8 @@ def scalar_type_problem(annotation: Any, value: Any) -> str | None:
     if isinstance(value, int | float):
         if scalars == (bool,):
             return f"expected {wanted.text}, got a number"
+        if isinstance(value, float) and float not in scalars and math.isfinite(value) and abs(value) >= WIRE_INT:
+            return "expected an integer of magnitude below 2**63 (a Flower message carries 64-bit integers)"
         if isinstance(value, int) and abs(value) >= WIRE_INT:
             if float in scalars:
                 return (f"an integer of magnitude 2**63 or more, which a Flower message cannot carry; write it as "

@@ -276,6 +276,10 @@ def test_integers_a_flower_message_cannot_carry_are_refused_at_validation():
                 load_config(None, [f"{key}={value}"])
             assert str(info.value) == (f"{key} = {value}: expected an integer of magnitude below 2**63 "
                                        "(a Flower message carries 64-bit integers)"), key
+        with pytest.raises(ConfigError) as info:  # a float that big was pydantic's 'exceeded maximum size'
+            load_config(None, [f"{key}=1e20"])
+        assert str(info.value) == (f"{key} = 1e+20: expected an integer of magnitude below 2**63 "
+                                   "(a Flower message carries 64-bit integers)"), key
     cfg = load_config(None, [f"server.max-retries={2**63 - 1}"])  # the largest that passes goes on the wire
     assert config_record_to_proto(ConfigRecord(cfg.to_flat()))
     with pytest.raises(ConfigError, match=r"q = 10000000000000000000000: an integer of magnitude 2\*\*63 or more, "
