@@ -99,6 +99,9 @@ def _check_sets(ctx: typer.Context, sets: list[str] | None, config: Path | None 
     any other extra argument as click would."""
     extra = list(ctx.args)
     for item in sets or []:
+        if "=" not in item and len(item.split()) == 2:  # --set 'run.rounds 3'
+            key, value = item.split()
+            fail(f"--set '{item}' has no '=': write --set {key}={value}")
         if "=" not in item:
             from fedmtl.shipped import resolve_config
 
