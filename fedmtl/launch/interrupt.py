@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,13 +43,28 @@ class Stopped(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
+def _handling_signals(handler: Callable[[int, object], None]) -> Iterator[bool]:
+    """Within the block, ``handler`` handles SIGINT and SIGTERM (the previous handlers come back
+    on exit); yields whether it does: outside the main thread nothing is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    saved = {s: signal.getsignal(s) for s in EXIT_CODES}
+    for s in saved:
+        signal.signal(s, handler)
+    try:
+        yield True
+    finally:
+        for s, previous in saved.items():
+            if previous is not None:
+                signal.signal(s, previous)
+
+
+@contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM silence the ``flwr`` logger and raise
     :class:`Stopped` in the main thread; the previous handlers are restored on exit. Outside
     the main thread nothing is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def _raise(signum: int, frame: object) -> None:
         # from now on Flower's workers would log every in-flight message's lost actor
@@ -58,15 +73,8 @@ def stop_on_signals() -> Iterator[None]:
         # by their raylet, may run on for a second or more, no longer our descendants
         raise Stopped(signum, living_descendants())
 
-    saved = {s: signal.getsignal(s) for s in EXIT_CODES}
-    for s in saved:
-        signal.signal(s, _raise)
-    try:
+    with _handling_signals(_raise):
         yield
-    finally:
-        for s, handler in saved.items():
-            if handler is not None:
-                signal.signal(s, handler)
 
 
 @contextlib.contextmanager
@@ -74,19 +82,9 @@ def signals_deferred() -> Iterator[None]:
     """Within the block (a shutdown), SIGINT and SIGTERM are noted, not acted on: a second
     Ctrl-C cannot cut a shutdown short and leave processes running. One that came raises
     :class:`KeyboardInterrupt` when the block ends. Outside the main thread nothing is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     came: list[int] = []
-    saved = {s: signal.getsignal(s) for s in EXIT_CODES}
-    for s in saved:
-        signal.signal(s, lambda signum, frame: came.append(signum))
-    try:
+    with _handling_signals(lambda signum, frame: came.append(signum)):
         yield
-    finally:
-        for s, handler in saved.items():
-            if handler is not None:
-                signal.signal(s, handler)
     if came:
         raise KeyboardInterrupt(signal.Signals(came[0]).name)
 
