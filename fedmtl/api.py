@@ -317,10 +317,10 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
     if plan.extended:
         warnings.warn(plan.extended, UserWarning, stacklevel=2)
     if plan.restart:
-        from fedmtl.results import reset_run_dir
+        from fedmtl.launch.resume import clear_for_restart
 
         warnings.warn(plan.restart, UserWarning, stacklevel=2)
-        reset_run_dir(run_dir)
+        clear_for_restart(run_dir, plan.cfg)
     with preserved_caller(quiet_engine=quiet and not verbose):
         _execute(plan.cfg, run_dir, quiet, verbose, plan.checkpoint)
     return RunResult(run_dir)

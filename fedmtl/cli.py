@@ -218,8 +218,10 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
 
             with contextlib.suppress(OSError):  # a run that wrote nothing leaves no folder to refuse its --out
                 remove_unused_run_dir(run_dir)
-            if (run_dir / "config.toml").is_file():  # no checkpoint yet: a resume starts it again from round 1
-                line += f"; once there is room, start it again with: fedmtl run --resume {run_dir}"
+            from fedmtl.launch.resume import restart_command
+
+            if again := restart_command(run_dir):  # no checkpoint yet: a resume starts it again from round 1
+                line += f"; once there is room, start it again with: {again}"
         fail(line, code=1)
     raise AssertionError("unreachable")
 
@@ -304,10 +306,10 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     if plan.extended:
         typer.echo(f"note: {plan.extended}", err=True)
     if plan.restart:
-        from fedmtl.results import reset_run_dir
+        from fedmtl.launch.resume import clear_for_restart
 
         typer.echo(f"note: {plan.restart}", err=True)
-        _guarded(run_dir.resolve(), lambda: reset_run_dir(run_dir))
+        _guarded(run_dir.resolve(), lambda: clear_for_restart(run_dir, plan.cfg))
     if not quiet:
         _header(plan.cfg, run_dir, run_dir / "config.toml")
     _guarded(run_dir.resolve(), lambda: _simulate(plan.cfg, run_dir.resolve(), quiet, verbose, plan.checkpoint))

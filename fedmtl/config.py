@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tomllib
 from pathlib import Path
@@ -77,6 +78,7 @@ def _parse_params(value: Any, what: str = "weighting parameters", table: str = "
         if not isinstance(value, dict):
             raise ValueError(f"{what} must be a table of name = value")
     if isinstance(value, dict):
+        value = {name: _native(item) for name, item in value.items()}
         for name, item in value.items():
             if not _param_value_ok(item, lists):
                 kinds = "a finite number, true/false, text or a list of finite numbers" if lists else (
@@ -86,15 +88,28 @@ def _parse_params(value: Any, what: str = "weighting parameters", table: str = "
 
 
 def _param_value_ok(value: Any, lists: bool) -> bool:
-    """A parameter value a rule or method can take: bool, int, finite float, str (a list of
-    finite numbers where ``lists``)."""
-    if isinstance(value, bool | int | str):
+    """A parameter value a rule or method can take: a boolean, an integer, a finite real
+    number (NumPy's too), text (a list of finite numbers where ``lists``)."""
+    if isinstance(value, str) or _is_number(value):
         return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if lists and isinstance(value, list):
-        return all(not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) for v in value)
-    return False
+    return lists and isinstance(value, list) and all(_is_number(v) and not isinstance(v, bool) for v in value)
+
+
+def _native(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (``np.int64(3)`` -> ``3``; items of a list
+    too); else ``value``."""
+    if isinstance(value, list):
+        return [_native(v) for v in value]
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+        return value.item()
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    """A boolean, an integer or a finite real number (Python's or NumPy's)."""
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 MAX_NAME_LENGTH = 100
@@ -107,9 +122,10 @@ MAX_SEED = (2**63 - 1 - 17 - 31 * (MAX_CLIENTS - 1)) // 1_000_003
 ``seed * 1_000_003 + client * 31 + 17`` of :mod:`fedmtl.seeds` is the largest)."""
 ROUND_TIMEOUT_S = 3600.0
 """The default ``server.timeout``: seconds a round waits for its replies."""
-MAX_WAIT_S = 7 * 86400.0
+MAX_WAIT_S = 1e9
 """The longest wait a config may set (``server.timeout``, ``server.connect-timeout``,
-``faults.straggler-delay``): one week (``time.sleep`` refuses waits beyond about 9.2e9 s)."""
+``faults.straggler-delay``), in seconds (about 31 years: "no limit"; ``time.sleep`` refuses
+waits beyond about 9.2e9 s)."""
 
 
 class RunSection(Section):
@@ -341,10 +357,10 @@ class ServerSection(Section):
     )
     min_train_clients: int = Field(1, ge=1, description="Minimum clients sampled per round.")
     timeout: float = Field(ROUND_TIMEOUT_S, gt=0, le=MAX_WAIT_S,
-                           description="Seconds to wait for replies per round (at most a week).")
+                           description="Seconds to wait for replies per round (at most 1e9).")
     connect_timeout: float = Field(
         120.0, gt=0, le=MAX_WAIT_S, description="Seconds to wait for data.num-clients SuperNodes to connect "
-        "(at most a week)."
+        "(at most 1e9)."
     )
     min_replies: int = Field(
         1, ge=1, description="Valid training replies a round needs to move the model; with "
@@ -412,7 +428,7 @@ class FaultsSection(Section):
         "trains, then waits faults.straggler-delay seconds before replying.",
     )
     straggler_delay: float = Field(
-        0.0, ge=0, le=MAX_WAIT_S, description="Seconds a straggler waits (at most a week); beyond "
+        0.0, ge=0, le=MAX_WAIT_S, description="Seconds a straggler waits (at most 1e9); beyond "
         "server.timeout its reply misses the round.",
     )
     corrupt: float = Field(

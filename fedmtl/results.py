@@ -161,22 +161,40 @@ def _whole_numbers(values: list[Any]) -> bool:
                                 for v in values)
 
 
-def reset_run_dir(run_dir: str | Path) -> list[str]:
-    """Take a run folder back to what a new run starts from: delete everything in it but its
-    ``config.toml`` and :data:`RUN_MARKER` (which :mod:`fedmtl.folder_lock` locks), for a run
-    that starts again from round 1, having no checkpoint; return the names deleted. Links are
-    removed, never followed."""
+RUN_FILES = ("run-id", "flower-run-id", "metrics.csv", "rounds.csv", "placement.csv", "participation.csv",
+             "summary.json", "client-errors.log", "metrics.parquet", "rounds.parquet", "participation.parquet",
+             "mlflow.db", "checkpoints", "plots", "heads", "tensorboard", "mlflow-artifacts")
+"""What a run writes into its folder besides ``config.toml`` (``heads``: the default head store)."""
+
+
+def reset_run_dir(run_dir: str | Path, head_store: str | Path | None = None) -> list[str]:
+    """Take a run folder back to what a new run starts from, for a run that starts again from
+    round 1 (it has no checkpoint): delete what a run writes (:data:`RUN_FILES`, and the head
+    store ``head_store`` when it lies in the folder), keep ``config.toml``, :data:`RUN_MARKER`
+    and every other file (a user's notes); return the names deleted. Links are removed, never
+    followed.
+
+    Raises
+    ------
+    ValueError
+        ``run_dir`` is a link, or not a folder fedmtl made (no :data:`RUN_MARKER`).
+    """
     run_dir = Path(run_dir)
-    kept = {"config.toml", RUN_MARKER}
+    if run_dir.is_symlink() or not (run_dir / RUN_MARKER).is_file():
+        raise ValueError(f"'{run_dir}' is not a run folder fedmtl made (no {RUN_MARKER}); nothing was deleted")
+    names = set(RUN_FILES)
+    if head_store is not None and Path(head_store).resolve().parent == run_dir.resolve():
+        names.add(Path(head_store).name)
     deleted = []
-    for entry in sorted(run_dir.iterdir()):
-        if entry.name in kept:
-            continue
+    for name in sorted(names):
+        entry = run_dir / name
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-        else:
+        elif entry.is_symlink() or entry.exists():
             entry.unlink()
-        deleted.append(entry.name)
+        else:
+            continue
+        deleted.append(name)
     return deleted
 
 
@@ -649,7 +667,7 @@ def folders_of_flower_run(output_dir: str | Path, flower_run_id: int | str) -> l
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    return sorted(p for p in output_dir.iterdir() if (p / FLOWER_RUN_FILE).is_file()
+    return sorted(p for p in output_dir.iterdir() if (p / FLOWER_RUN_FILE).is_file() and (p / "config.toml").is_file()
                   and (p / FLOWER_RUN_FILE).read_text().strip() == str(flower_run_id))
 
 

@@ -58,14 +58,14 @@ def run_server(
     with holding(run_dir):  # one process at a time writes a run folder (fedmtl.folder_lock)
         recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
         cfg = resolve_paths(recorded, run_dir)
-        if flower_run_id is not None:
-            write_flower_run_id(run_dir, flower_run_id)
         poll_replies_often(grid)
         signal_pushes(grid)
         signal_replies(grid)
         tasks = dataset_tasks(cfg.data)
         done = int(checkpoint["round"]) if checkpoint else None
         recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done, background=background)
+        if flower_run_id is not None:  # with config.toml written: the folder is a run's
+            write_flower_run_id(run_dir, flower_run_id)
         progress = Progress(cfg.run.rounds, enabled=not quiet)
         directory = discover_clients(grid, cfg)
         with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):

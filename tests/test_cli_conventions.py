@@ -114,7 +114,8 @@ def test_a_set_without_equals_names_it_and_the_fix(tmp_path):
     code, out = invoke("run", smoke, "--set", "run.rounds")
     assert code == 2 and "--set run.rounds=VALUE" in out
     code, out = invoke("validate", smoke, "--set", "run.rounds 3")  # one quoted argument with a space
-    assert code == 2 and out.strip().splitlines() == ["error: --set 'run.rounds 3' has no '=': write --set run.rounds=3"]
+    assert code == 2
+    assert out.strip().splitlines() == ["error: --set 'run.rounds 3' has no '=': write --set run.rounds=3"]
     with pytest.raises(ConfigError, match=r"--set expects key=value, got 'rounds': write --set rounds=VALUE"):
         from fedmtl.config import parse_override
 

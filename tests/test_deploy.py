@@ -95,6 +95,8 @@ def test_certs_and_keys_refuse_bad_options_in_one_line_and_write_nothing(tmp_pat
         (["certs", str(folder), "--days", "3000000"], "--days 3000000: a certificate is valid for at most 36500 days"),
         (["certs", str(folder), "--host", ""], "--host '': a host name cannot be empty"),
         (["certs", str(folder), "--host", "a\nb"], "--host 'a\\nb': host name 'a\\nb' holds spaces or control"),
+        (["certs", str(folder), "--host", "bücher.de"], "--host 'bücher.de': host name 'bücher.de' is not ASCII: "
+                                                        "give its IDNA form (xn--bcher-kva.de)"),
         (["certs", str(afile)], f"'{afile}' is not a folder; give a folder to write into"),
         (["keys", str(afile)], f"'{afile}' is not a folder; give a folder to write into"),
     ]
@@ -150,6 +152,21 @@ def test_a_signal_during_the_stop_waits_until_every_process_is_stopped(tmp_path,
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert stopped == ["superlink", "supernode-0", "supernode-1"] and not deployment.processes
+
+
+def test_an_ignored_signal_during_the_stop_stays_ignored():
+    """A deployment started as a background job ignores SIGINT: one during its stop must not
+    turn into an interrupt (exit 130 in place of the run's own exit code)."""
+    from fedmtl.launch.interrupt import signals_deferred
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_deploy_refuses_bad_options(tmp_path):

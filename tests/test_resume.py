@@ -121,6 +121,7 @@ def test_resume_errors_are_clear(tmp_path):
     proc = _fedmtl("run", "--resume", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "not a run folder" in proc.stderr and "Traceback" not in proc.stderr
     heads = tmp_path.parent / "elsewhere"
+    (tmp_path / ".fedmtl-run").touch()
     (tmp_path / "config.toml").write_text(f'[run]\nrounds = 2\n[client]\nhead-store-dir = "{heads}"\n')
     proc = _fedmtl("run", "--resume", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "has no checkpoint, and its heads are kept outside it" in proc.stderr
@@ -137,12 +138,15 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_its_folder(tm
     done = _fedmtl("run", str(ROOT / "configs/smoke.toml"), *sets, "--out", str(whole), "-q", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     stopped, by_api = (_stopped_in_round_1(whole, tmp_path / name) for name in ("stopped", "by-api"))
+    (stopped / "notes.md").write_text("mine")  # not the run's: kept
     proc = _fedmtl("run", "--resume", str(stopped), "-q", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"note: '{stopped}' has no checkpoint: the run starts again from round 1 in it" in proc.stderr
     assert (stopped / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
     assert (stopped / "rounds.csv").is_file() and (stopped / "summary.json").is_file()
     assert (stopped / "run-id").read_text() != (whole / "run-id").read_text()  # a new run, in the same folder
+    assert (stopped / "notes.md").read_text() == "mine"
+    assert "(deleting its heads, metrics.csv, placement.csv, run-id first)" in proc.stderr
     import fedmtl
 
     with pytest.warns(UserWarning, match="has no checkpoint: the run starts again from round 1"):
@@ -156,8 +160,42 @@ def _stopped_in_round_1(whole: Path, folder: Path) -> Path:
     shutil.copytree(whole, folder)
     for name in ("checkpoints", "plots"):
         shutil.rmtree(folder / name)
-    for name in ("summary.json", "rounds.csv", "participation.csv"):
+    for name in ("summary.json", "rounds.csv", "participation.csv", *(p.name for p in folder.glob("*.parquet"))):
         (folder / name).unlink(missing_ok=True)
     metrics = (folder / "metrics.csv").read_text().splitlines(keepends=True)
     (folder / "metrics.csv").write_text("".join(metrics[:len(metrics) // 3]))
     return folder
+
+
+def test_a_folder_fedmtl_did_not_make_is_never_cleared_for_a_restart(tmp_path):
+    """A project folder with a config.toml is not a run folder: nothing in it is deleted."""
+    import fedmtl
+    from fedmtl.launch.resume import ResumeRefused
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "precious.csv").write_text("1,2\n")
+    (project / "metrics.csv").write_text("mine\n")
+    (project / "config.toml").write_text((ROOT / "configs/smoke.toml").read_text())
+    proc = _fedmtl("run", "--resume", str(project), cwd=tmp_path)
+    assert proc.returncode == 2 and "is not a run folder fedmtl made (no .fedmtl-run)" in proc.stderr
+    with pytest.raises(ResumeRefused, match="is not a run folder fedmtl made"):
+        fedmtl.resume(project)
+    assert sorted(p.name for p in project.rglob("*")) == ["config.toml", "data", "metrics.csv", "precious.csv"]
+
+
+def test_the_advice_after_an_early_stop_names_a_resume_only_where_one_works(tmp_path):
+    from fedmtl.launch.interrupt import interrupted_message
+
+    starting = tmp_path / "starting"  # stopped while the engine started: no config.toml yet
+    starting.mkdir()
+    (starting / ".fedmtl-run").touch()
+    assert interrupted_message(starting) == f"interrupted before the first checkpoint; nothing to resume in {starting}"
+    federated, centralized = tmp_path / "federated", tmp_path / "centralized"
+    for folder, mode in ((federated, "federated"), (centralized, "centralized")):
+        shutil.copytree(starting, folder)
+        (folder / "config.toml").write_text(f'[run]\nmode = "{mode}"\n')
+    assert interrupted_message(federated) == ("interrupted before the first checkpoint; start it again from round 1 "
+                                              f"with: fedmtl run --resume {federated}")
+    assert interrupted_message(centralized) == (
+        f"interrupted before the first checkpoint; nothing to resume in {centralized}")

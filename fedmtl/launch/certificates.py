@@ -49,6 +49,12 @@ def host_problem(host: str) -> str | None:
         return f"a host name has at most 253 characters, not {len(host)}"
     if any(c.isspace() or not c.isprintable() for c in host):
         return f"host name {host!r} holds spaces or control characters"
+    if not host.isascii():
+        try:
+            ascii_form = f" ({host.encode('idna').decode()})"
+        except UnicodeError:
+            ascii_form = ""
+        return f"host name {host!r} is not ASCII: give its IDNA form{ascii_form}, as DNS does"
     return None
 
 

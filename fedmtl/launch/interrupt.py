@@ -55,9 +55,8 @@ def _handling_signals(handler: Callable[[int, object], None]) -> Iterator[bool]:
     try:
         yield True
     finally:
-        for s, previous in saved.items():
-            if previous is not None:
-                signal.signal(s, previous)
+        for s, previous in saved.items():  # None: a handler not set from Python, put back as the default
+            signal.signal(s, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
@@ -83,7 +82,8 @@ def signals_deferred() -> Iterator[None]:
     Ctrl-C cannot cut a shutdown short and leave processes running. One that came raises
     :class:`KeyboardInterrupt` when the block ends. Outside the main thread nothing is done."""
     came: list[int] = []
-    with _handling_signals(lambda signum, frame: came.append(signum)):
+    ignored = {s for s in EXIT_CODES if signal.getsignal(s) == signal.SIG_IGN}  # a background job's SIGINT
+    with _handling_signals(lambda signum, frame: None if signum in ignored else came.append(signum)):
         yield
     if came:
         raise KeyboardInterrupt(signal.Signals(came[0]).name)
@@ -185,8 +185,12 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
         return "interrupted before the run started"
     done = last_round(run_dir)
     if done is None:
-        return (f"interrupted before the first checkpoint; start it again from round 1 with: "
-                f"fedmtl run --resume {run_dir}")
+        from fedmtl.launch.resume import restart_command
+
+        again = restart_command(run_dir)
+        if again is None:
+            return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
+        return f"interrupted before the first checkpoint; start it again from round 1 with: {again}"
     return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
 
 

@@ -135,25 +135,54 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
 def _plan_restart(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> Resumption:
     """A run folder without a checkpoint (stopped during its start-up or first round, or before
     its first checkpoint): the run starts again from round 1 with its own config, in its folder,
-    which then holds only that config (what it recorded is computed again, the same, as the
-    seeds are). Refused when its heads live outside the folder (they are not the run's to delete)."""
+    whose files of the run are deleted first (:func:`fedmtl.results.reset_run_dir`; the new run
+    computes them again, the same, as the seeds are). Refused for a folder fedmtl did not make,
+    and when the run's heads live outside its folder (they are not the folder's to delete)."""
     from fedmtl.folder_lock import refuse_if_busy
-    from fedmtl.results import RUN_MARKER, head_store_root
+    from fedmtl.results import RUN_FILES, RUN_MARKER, head_store_root
 
     if (run_dir / "summary.json").is_file():  # finished, though without a checkpoint: never deleted
         if rounds == cfg.run.rounds:
             return Resumption(cfg, None, finished=True)
         raise ResumeRefused(f"'{run_dir}' finished without a checkpoint to continue from: run its config.toml "
                             f"again with run.rounds={rounds}")
-    refuse_if_busy(run_dir)
-    heads = head_store_root(cfg, run_dir)
+    if run_dir.is_symlink() or not (run_dir / RUN_MARKER).is_file():  # before the lock, which makes the marker
+        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and is not a run folder fedmtl made (no {RUN_MARKER}): "
+                            "nothing to resume")
+    heads = head_store_root(cfg, run_dir).resolve()
     if not heads.is_relative_to(run_dir.resolve()):
         raise ResumeRefused(f"'{run_dir}' has no checkpoint, and its heads are kept outside it ({heads}): "
                             "run its config.toml again in a new folder")
-    recorded = sorted(p.name for p in run_dir.iterdir() if p.name not in ("config.toml", RUN_MARKER))
+    refuse_if_busy(run_dir)
+    written = sorted(n for n in {*RUN_FILES, heads.name} if (run_dir / n).exists() or (run_dir / n).is_symlink())
     note = f"'{run_dir}' has no checkpoint: the run starts again from round 1 in it" + (
-        f" ({', '.join(recorded)} are written anew)" if recorded else "")
+        f" (deleting its {', '.join(written)} first)" if written else "")
     return Resumption(cfg.with_values(run={"rounds": rounds}), None, restart=note)
+
+
+def clear_for_restart(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
+    """Delete what the run of ``cfg`` wrote in ``run_dir`` (:func:`fedmtl.results.reset_run_dir`,
+    its head store included), holding the folder's lock; return the names deleted."""
+    from fedmtl.folder_lock import holding
+    from fedmtl.results import head_store_root, reset_run_dir
+
+    with holding(run_dir):
+        return reset_run_dir(run_dir, head_store_root(cfg, run_dir))
+
+
+def restart_command(run_dir: Path) -> str | None:
+    """``fedmtl run --resume RUN_DIR`` when that starts a run stopped before its first checkpoint
+    again (its folder holds its config, the run can be resumed); ``None`` otherwise."""
+    from fedmtl.results import RUN_MARKER
+    from fedmtl.validation import load_config
+
+    if not ((run_dir / "config.toml").is_file() and (run_dir / RUN_MARKER).is_file()):
+        return None
+    try:
+        cfg = load_config(run_dir / "config.toml")
+    except Exception:  # noqa: BLE001 - an unreadable config is no advice to give
+        return None
+    return None if unresumable(cfg) else f"fedmtl run --resume {run_dir}"
 
 
 def _settle_problems(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict[str, Any], force: bool,

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import numbers
 import re
 import shutil
 import time
@@ -265,8 +266,9 @@ def plan_sweep(
     ChangedRunsError
         Without ``rerun_changed``, when a finished run's config differs (one line per run).
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int):
+    if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral):
         raise ConfigError(f"--seeds = {seeds!r}: must be a whole number of seeds")
+    seeds = int(seeds)
     if not 1 <= seeds <= MAX_SEEDS:
         raise ConfigError(f"--seeds = {seeds}: must be between 1 and {MAX_SEEDS:,} (seeds per combination)")
     overrides = list(overrides or [])
