@@ -199,3 +199,9 @@ def test_the_advice_after_an_early_stop_names_a_resume_only_where_one_works(tmp_
                                               f"with: fedmtl run --resume {federated}")
     assert interrupted_message(centralized) == (
         f"interrupted before the first checkpoint; nothing to resume in {centralized}")
+    (federated / "flower-run-id").write_text("42\n")  # submitted with flwr run: its clients may be elsewhere
+    assert interrupted_message(federated).endswith(f"; nothing to resume in {federated}")
+    from fedmtl.launch.resume import ResumeRefused, plan_resume
+
+    with pytest.raises(ResumeRefused, match=r"was submitted with flwr run \(Flower run 42\): submit its config.toml"):
+        plan_resume(federated)

@@ -139,7 +139,7 @@ def _plan_restart(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> Resumpti
     computes them again, the same, as the seeds are). Refused for a folder fedmtl did not make,
     and when the run's heads live outside its folder (they are not the folder's to delete)."""
     from fedmtl.folder_lock import refuse_if_busy
-    from fedmtl.results import RUN_FILES, RUN_MARKER, head_store_root
+    from fedmtl.results import FLOWER_RUN_FILE, RUN_FILES, RUN_MARKER, head_store_root
 
     if (run_dir / "summary.json").is_file():  # finished, though without a checkpoint: never deleted
         if rounds == cfg.run.rounds:
@@ -149,6 +149,9 @@ def _plan_restart(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> Resumpti
     if run_dir.is_symlink() or not (run_dir / RUN_MARKER).is_file():  # before the lock, which makes the marker
         raise ResumeRefused(f"'{run_dir}' has no checkpoint, and is not a run folder fedmtl made (no {RUN_MARKER}): "
                             "nothing to resume")
+    if (run_dir / FLOWER_RUN_FILE).is_file():  # a deployment's clients and heads are on other hosts
+        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and was submitted with flwr run (Flower run "
+                            f"{(run_dir / FLOWER_RUN_FILE).read_text().strip()}): submit its config.toml again")
     heads = head_store_root(cfg, run_dir).resolve()
     if not heads.is_relative_to(run_dir.resolve()):
         raise ResumeRefused(f"'{run_dir}' has no checkpoint, and its heads are kept outside it ({heads}): "
@@ -173,10 +176,11 @@ def clear_for_restart(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
 def restart_command(run_dir: Path) -> str | None:
     """``fedmtl run --resume RUN_DIR`` when that starts a run stopped before its first checkpoint
     again (its folder holds its config, the run can be resumed); ``None`` otherwise."""
-    from fedmtl.results import RUN_MARKER
+    from fedmtl.results import FLOWER_RUN_FILE, RUN_MARKER
     from fedmtl.validation import load_config
 
-    if not ((run_dir / "config.toml").is_file() and (run_dir / RUN_MARKER).is_file()):
+    if not ((run_dir / "config.toml").is_file() and (run_dir / RUN_MARKER).is_file()) or (
+            run_dir / FLOWER_RUN_FILE).is_file():
         return None
     try:
         cfg = load_config(run_dir / "config.toml")
