@@ -169,7 +169,7 @@ def test_an_ignored_signal_during_the_stop_stays_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
-def test_deploy_refuses_bad_options(tmp_path):
+def test_deploy_refuses_bad_options(tmp_path, monkeypatch):
     config = tmp_path / "c.toml"
     config.write_text((ROOT / "configs/smoke.toml").read_text())
     refusals = [
@@ -180,11 +180,17 @@ def test_deploy_refuses_bad_options(tmp_path):
         (["flwr-run", "--timeout", "-5"], "--timeout = -5.0: give the seconds to wait for the run"),
         (["flwr-run", "--timeout", "nan"], "--timeout = nan: give the seconds to wait for the run"),
     ]
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)  # the config's run.output-dir ("runs") is relative
     for args, message in refusals:
         words = 2 if args[0] == "deploy" else 1  # the command, then the config, then the options
-        proc = subprocess.run([sys.executable, "-m", "fedmtl", *args[:words], str(config), *args[words:]],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, args
+        result = runner.invoke(cli, [*args[:words], str(config), *args[words:]])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, result.output)
     assert not (tmp_path / "runs").exists()  # refused before anything was submitted or started
 
 
