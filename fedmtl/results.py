@@ -183,8 +183,10 @@ def reset_run_dir(run_dir: str | Path, head_store: str | Path | None = None) -> 
     if run_dir.is_symlink() or not (run_dir / RUN_MARKER).is_file():
         raise ValueError(f"'{run_dir}' is not a run folder fedmtl made (no {RUN_MARKER}); nothing was deleted")
     names = set(RUN_FILES)
-    if head_store is not None and Path(head_store).resolve().parent == run_dir.resolve():
-        names.add(Path(head_store).name)
+    if head_store is not None:  # the head store, where it lies inside the folder (at any depth)
+        heads = Path(head_store).resolve()
+        if heads != run_dir.resolve() and heads.is_relative_to(run_dir.resolve()):
+            names.add(str(heads.relative_to(run_dir.resolve())))
     deleted = []
     for name in sorted(names):
         entry = run_dir / name

@@ -124,7 +124,7 @@ def test_resume_errors_are_clear(tmp_path):
     (tmp_path / ".fedmtl-run").touch()
     (tmp_path / "config.toml").write_text(f'[run]\nrounds = 2\n[client]\nhead-store-dir = "{heads}"\n')
     proc = _fedmtl("run", "--resume", str(tmp_path), cwd=tmp_path)
-    assert proc.returncode == 2 and "has no checkpoint, and its heads are kept outside it" in proc.stderr
+    assert proc.returncode == 2 and "its heads are not kept in a folder of their own inside it" in proc.stderr
     proc = _fedmtl("run", str(ROOT / "configs/smoke.toml"), "--resume", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "give no CONFIG" in proc.stderr
 
@@ -205,3 +205,24 @@ def test_the_advice_after_an_early_stop_names_a_resume_only_where_one_works(tmp_
 
     with pytest.raises(ResumeRefused, match=r"was submitted with flwr run \(Flower run 42\): submit its config.toml"):
         plan_resume(federated)
+
+
+def test_reset_deletes_the_runs_files_and_its_head_store_at_any_depth_and_keeps_the_rest(tmp_path):
+    from fedmtl.results import reset_run_dir
+
+    run = tmp_path / "run"
+    for path in ("sub/heads/clients-0-99/client-0.r1.safetensors", "sub/notes.md", "checkpoints/x", "notes.md"):
+        (run / path).parent.mkdir(parents=True, exist_ok=True)
+        (run / path).write_text("")
+    for name in (".fedmtl-run", "config.toml", "metrics.csv", "run-id"):
+        (run / name).write_text("")
+    (run / "plots").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep.png").write_text("")
+    deleted = reset_run_dir(run, run / "sub" / "heads")
+    assert deleted == ["checkpoints", "metrics.csv", "plots", "run-id", "sub/heads"]
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
+        ".fedmtl-run", "config.toml", "notes.md", "sub", "sub/notes.md"]
+    assert (tmp_path / "elsewhere" / "keep.png").is_file()  # a link is removed, never followed
+    with pytest.raises(ValueError, match="is not a run folder fedmtl made"):
+        reset_run_dir(tmp_path / "elsewhere")

@@ -153,11 +153,12 @@ def _plan_restart(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> Resumpti
         raise ResumeRefused(f"'{run_dir}' has no checkpoint, and was submitted with flwr run (Flower run "
                             f"{(run_dir / FLOWER_RUN_FILE).read_text().strip()}): submit its config.toml again")
     heads = head_store_root(cfg, run_dir).resolve()
-    if not heads.is_relative_to(run_dir.resolve()):
-        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and its heads are kept outside it ({heads}): "
-                            "run its config.toml again in a new folder")
+    if heads == run_dir.resolve() or not heads.is_relative_to(run_dir.resolve()):
+        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and its heads are not kept in a folder of their own "
+                            f"inside it ({heads}): run its config.toml again in a new folder")
     refuse_if_busy(run_dir)
-    written = sorted(n for n in {*RUN_FILES, heads.name} if (run_dir / n).exists() or (run_dir / n).is_symlink())
+    names = {*RUN_FILES, str(heads.relative_to(run_dir.resolve()))}
+    written = sorted(n for n in names if (run_dir / n).exists() or (run_dir / n).is_symlink())
     note = f"'{run_dir}' has no checkpoint: the run starts again from round 1 in it" + (
         f" (deleting its {', '.join(written)} first)" if written else "")
     return Resumption(cfg.with_values(run={"rounds": rounds}), None, restart=note)
