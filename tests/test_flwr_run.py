@@ -208,8 +208,12 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         status = _wait(submitted["run-id"])
         assert status["status"] == "finished:completed", status
         created = set((ROOT / "runs").glob("smoke-*")) - before
-        assert len(created) == 1
-        run_dir = created.pop()
+        # the folder of this submission, by the Flower run id it records (under load, another
+        # submission to the machine's one local SuperLink port can land in ./runs too)
+        ours = [d for d in created if (d / "flower-run-id").is_file()
+                and (d / "flower-run-id").read_text().strip() == str(submitted["run-id"])]
+        assert len(ours) == 1, (created, submitted["run-id"])
+        run_dir = ours[0]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["final_round"] == 2 and set(summary["final"]) == {"left", "right"}
         assert is_png(run_dir / "plots" / "accuracy.png")
