@@ -309,6 +309,12 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
     run_dir = Path(folder).resolve()
     plan = plan_resume(run_dir, rounds, force=force, force_hint="force=True resumes anyway")
     if plan.finished:
+        if plan.unfinished:  # stopped while it wrote its last files, after its summary
+            from fedmtl.results import write_unfinished_outputs
+
+            warnings.warn(f"{run_dir} was stopped before writing {', '.join(plan.unfinished)}; writing them now",
+                          UserWarning, stacklevel=2)
+            write_unfinished_outputs(run_dir, plan.cfg)
         return RunResult(run_dir)
     for note in plan.skipped:
         warnings.warn(f"{note}; using the previous one", UserWarning, stacklevel=2)

@@ -271,9 +271,10 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     for item in overrides or []:
         if item.split("=", 1)[0].strip() != "run.rounds":
             fail(f"--resume takes no --set but run.rounds=N (extend the run to N rounds); got --set {item}")
-    if not (run_dir / "config.toml").is_file():
+    if not (run_dir / ".fedmtl-run").is_file() and not (run_dir / "config.toml").is_file():
         fail(f"'{run_dir}' is not a run folder (no config.toml)")
-    rounds = _load(run_dir / "config.toml", overrides).run.rounds if overrides else None
+    rounds = _load(run_dir / "config.toml", overrides).run.rounds if overrides and (
+        run_dir / "config.toml").is_file() else None
     from fedmtl.folder_lock import RunFolderBusy
     from fedmtl.launch.resume import ResumeRefused, plan_resume
     from fedmtl.progress import make_console
@@ -300,6 +301,11 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     if plan.finished:
         typer.echo(f"{run_dir} already finished all {plan.cfg.run.rounds if rounds is None else rounds} rounds; "
                    "nothing to resume")
+        if plan.unfinished:  # stopped while it wrote its last files, after its summary
+            from fedmtl.results import write_unfinished_outputs
+
+            typer.echo(f"note: it was stopped before writing {', '.join(plan.unfinished)}; writing them now", err=True)
+            _guarded(run_dir.resolve(), lambda: write_unfinished_outputs(run_dir, plan.cfg))
         return
     for problem in plan.forced:
         typer.echo(f"warning: --force: {problem.message}: {problem.forced}", err=True)

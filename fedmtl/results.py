@@ -108,7 +108,8 @@ def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path
     """
     if out is not None:
         path = Path(out)
-        if path.exists() and any(path.iterdir()):
+        # a folder holding only the marker is a run's that was stopped before it wrote anything: reused
+        if path.exists() and any(p.name != RUN_MARKER for p in path.iterdir()):
             raise FileExistsError(f"run folder '{path}' exists and is not empty; choose another --out")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -165,6 +166,33 @@ RUN_FILES = ("run-id", "flower-run-id", "metrics.csv", "rounds.csv", "placement.
              "summary.json", "client-errors.log", "metrics.parquet", "rounds.parquet", "participation.parquet",
              "mlflow.db", "checkpoints", "plots", "heads", "tensorboard", "mlflow-artifacts")
 """What a run writes into its folder besides ``config.toml`` (``heads``: the default head store)."""
+
+
+FINISHED_FIGURES = ("accuracy.png", "final_distribution.png", "clients.png", "fairness_rounds.png")
+"""The figures every finished run's ``plots/`` holds (:func:`fedmtl.plots.plot_run`)."""
+
+
+def unfinished_outputs(run_dir: str | Path, cfg: ExperimentConfig) -> list[str]:
+    """What a finished run (it has ``summary.json``) lacks of its last outputs, written after
+    the summary: figures of :data:`FINISHED_FIGURES`, and the Parquet copies when ``run.parquet``
+    wants them (a run stopped while it wrote them)."""
+    from fedmtl.parquet import TABLES, wants_parquet
+
+    run_dir = Path(run_dir)
+    names = [f"plots/{name}" for name in FINISHED_FIGURES]
+    if wants_parquet(cfg.run.parquet):
+        names += [f"{table}.parquet" for table in TABLES if (run_dir / f"{table}.csv").is_file()]
+    return [name for name in names if not (run_dir / name).is_file()]
+
+
+def write_unfinished_outputs(run_dir: str | Path, cfg: ExperimentConfig) -> None:
+    """Draw the run's figures and write its Parquet copies again (:func:`unfinished_outputs`)."""
+    from fedmtl.parquet import wants_parquet, write_parquet
+    from fedmtl.plots import plot_run
+
+    plot_run(run_dir)
+    if wants_parquet(cfg.run.parquet):
+        write_parquet(run_dir)
 
 
 def reset_run_dir(run_dir: str | Path, head_store: str | Path | None = None) -> list[str]:

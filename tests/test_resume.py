@@ -153,6 +153,31 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_its_folder(tm
         fedmtl.resume(by_api)
     assert (by_api / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
 
+    # stopped while it wrote its last files (after summary.json): the resume writes them again
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    (cut / "plots" / "clients.png").unlink()
+    (cut / "rounds.parquet").unlink()
+    proc = _fedmtl("run", "--resume", str(cut), "-q", cwd=tmp_path)
+    assert proc.returncode == 0 and "already finished all 2 rounds" in proc.stdout, proc.stderr[-3000:]
+    assert "note: it was stopped before writing plots/clients.png, rounds.parquet; writing them now" in proc.stderr
+    assert (cut / "plots" / "clients.png").is_file() and (cut / "rounds.parquet").is_file()
+    assert (cut / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
+
+    # stopped during its start-up, before it recorded anything: the folder holds only its marker
+    marker_only = tmp_path / "marker-only"
+    marker_only.mkdir()
+    (marker_only / ".fedmtl-run").touch()
+    proc = _fedmtl("run", "--resume", str(marker_only), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: '{marker_only}' holds no config.toml: its run stopped during its start-up, before recording "
+        f"anything; run the config again (--out {marker_only} reuses the folder)")
+    from fedmtl.launch.interrupt import interrupted_message
+    from fedmtl.results import create_run_dir
+
+    assert interrupted_message(marker_only).startswith("interrupted before the run started; nothing was recorded")
+    assert create_run_dir(None, marker_only) == marker_only.resolve()  # --out takes the folder again
+
 
 def _stopped_in_round_1(whole: Path, folder: Path) -> Path:
     """A copy of the finished run ``whole`` as a kill in round 1 leaves it: no checkpoint, no

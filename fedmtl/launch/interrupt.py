@@ -184,6 +184,8 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
     if run_dir is None:
         return "interrupted before the run started"
     done = last_round(run_dir)
+    if done is None and _nothing_recorded(run_dir):
+        return f"interrupted before the run started; nothing was recorded (run again: --out {run_dir} reuses it)"
     if done is None:
         from fedmtl.launch.resume import restart_command
 
@@ -192,6 +194,13 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
             return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
         return f"interrupted before the first checkpoint; start it again from round 1 with: {again}"
     return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
+
+
+def _nothing_recorded(run_dir: Path) -> bool:
+    """The run folder holds nothing but its marker (the run stopped during its start-up)."""
+    from fedmtl.results import RUN_MARKER
+
+    return run_dir.is_dir() and all(p.name == RUN_MARKER for p in run_dir.iterdir())
 
 
 def finish_interrupted(stopped: Stopped, run_dir: Path | None, resume: str | None = None) -> NoReturn:

@@ -53,6 +53,10 @@ class Resumption:
         The problems ``force`` overrode.
     extended : str or None
         A note when the extended run may differ from a run of that many rounds from the start.
+    unfinished : list of str
+        A finished run's outputs written after its summary that are missing (it was stopped
+        while it wrote them: :func:`fedmtl.results.unfinished_outputs`); the caller writes them
+        again (:func:`fedmtl.results.write_unfinished_outputs`).
     restart : str or None
         The run stopped before its first checkpoint: what starting it again from round 1, in
         its folder, deletes (the caller calls :func:`fedmtl.results.reset_run_dir` first).
@@ -65,6 +69,7 @@ class Resumption:
     forced: list[ResumeProblem] = field(default_factory=list)
     extended: str | None = None
     restart: str | None = None
+    unfinished: list[str] = field(default_factory=list)
 
 
 def unresumable(cfg: ExperimentConfig) -> str | None:
@@ -109,11 +114,16 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
         Another process writes the run folder.
     """
     from fedmtl.folder_lock import refuse_if_busy
-    from fedmtl.results import check_extension, checkpoint_files, extend_run, load_checkpoint
+    from fedmtl.results import check_extension, checkpoint_files, extend_run, load_checkpoint, unfinished_outputs
     from fedmtl.validation import load_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
+        from fedmtl.results import RUN_MARKER
+
+        if (run_dir / RUN_MARKER).is_file():
+            raise ResumeRefused(f"'{run_dir}' holds no config.toml: its run stopped during its start-up, before "
+                                f"recording anything; run the config again (--out {run_dir} reuses the folder)")
         raise ResumeRefused(f"'{run_dir}' is not a run folder (no config.toml)")
     cfg = load_config(run_dir / "config.toml")
     rounds = cfg.run.rounds if rounds is None else rounds
@@ -125,7 +135,7 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
         return _plan_restart(run_dir, cfg, rounds)
     checkpoint, skipped = load_checkpoint(run_dir)
     if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
-        return Resumption(cfg, checkpoint, finished=True, skipped=skipped)
+        return Resumption(cfg, checkpoint, finished=True, skipped=skipped, unfinished=unfinished_outputs(run_dir, cfg))
     refuse_if_busy(run_dir)
     forced = _settle_problems(run_dir, cfg, checkpoint, force, force_hint, checking)
     cfg, extended = extend_run(run_dir, cfg, rounds)  # config.toml records the rounds when extended
