@@ -215,7 +215,8 @@ def test_the_advice_after_an_early_stop_names_a_resume_only_where_one_works(tmp_
     starting = tmp_path / "starting"  # stopped while the engine started: no config.toml yet
     starting.mkdir()
     (starting / ".fedmtl-run").touch()
-    assert interrupted_message(starting) == f"interrupted before the first checkpoint; nothing to resume in {starting}"
+    assert interrupted_message(starting) == (f"interrupted before the run started; nothing was recorded (run again: "
+                                             f"--out {starting} reuses it)")
     federated, centralized = tmp_path / "federated", tmp_path / "centralized"
     for folder, mode in ((federated, "federated"), (centralized, "centralized")):
         shutil.copytree(starting, folder)
