@@ -271,8 +271,7 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     for item in overrides or []:
         if item.split("=", 1)[0].strip() != "run.rounds":
             fail(f"--resume takes no --set but run.rounds=N (extend the run to N rounds); got --set {item}")
-    if not (run_dir / ".fedmtl-run").is_file() and not (run_dir / "config.toml").is_file():
-        fail(f"'{run_dir}' is not a run folder (no config.toml)")
+    # a folder without config.toml is refused by plan_resume, in one line that says why
     rounds = _load(run_dir / "config.toml", overrides).run.rounds if overrides and (
         run_dir / "config.toml").is_file() else None
     from fedmtl.folder_lock import RunFolderBusy

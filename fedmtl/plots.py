@@ -269,8 +269,10 @@ def _title(task: str) -> str:
 
 
 # -- a run folder ------------------------------------------------------------------------
-RUN_FIGURES = ("accuracy", "final_distribution", "clients", "fairness_rounds", "group_fairness")
-"""The names of a run folder's figures (``plots/<name>.<format>``)."""
+EVERY_RUN_FIGURES = ("accuracy", "final_distribution", "clients", "fairness_rounds")
+"""The figures of every run folder with evaluations (``plots/<name>.<format>``)."""
+RUN_FIGURES = (*EVERY_RUN_FIGURES, "group_fairness")
+"""The names of a run folder's figures (``plots/<name>.<format>``; ``group_fairness`` with groups)."""
 
 
 def plot_run(run_dir: str | Path, fmt: str = "png", dpi: int = DEFAULT_DPI,

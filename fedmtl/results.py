@@ -109,7 +109,7 @@ def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path
     if out is not None:
         path = Path(out)
         # a folder holding only the marker is a run's that was stopped before it wrote anything: reused
-        if path.exists() and any(p.name != RUN_MARKER for p in path.iterdir()):
+        if path.exists() and not nothing_recorded(path):
             raise FileExistsError(f"run folder '{path}' exists and is not empty; choose another --out")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -168,18 +168,15 @@ RUN_FILES = ("run-id", "flower-run-id", "metrics.csv", "rounds.csv", "placement.
 """What a run writes into its folder besides ``config.toml`` (``heads``: the default head store)."""
 
 
-FINISHED_FIGURES = ("accuracy.png", "final_distribution.png", "clients.png", "fairness_rounds.png")
-"""The figures every finished run's ``plots/`` holds (:func:`fedmtl.plots.plot_run`)."""
-
-
 def unfinished_outputs(run_dir: str | Path, cfg: ExperimentConfig) -> list[str]:
     """What a finished run (it has ``summary.json``) lacks of its last outputs, written after
-    the summary: figures of :data:`FINISHED_FIGURES`, and the Parquet copies when ``run.parquet``
-    wants them (a run stopped while it wrote them)."""
+    the summary: the figures of :data:`fedmtl.plots.EVERY_RUN_FIGURES`, and the Parquet copies
+    when ``run.parquet`` wants them (a run stopped while it wrote them)."""
     from fedmtl.parquet import TABLES, wants_parquet
+    from fedmtl.plots import EVERY_RUN_FIGURES
 
     run_dir = Path(run_dir)
-    names = [f"plots/{name}" for name in FINISHED_FIGURES]
+    names = [f"plots/{name}.png" for name in EVERY_RUN_FIGURES]
     if wants_parquet(cfg.run.parquet):
         names += [f"{table}.parquet" for table in TABLES if (run_dir / f"{table}.csv").is_file()]
     return [name for name in names if not (run_dir / name).is_file()]
@@ -193,6 +190,23 @@ def write_unfinished_outputs(run_dir: str | Path, cfg: ExperimentConfig) -> None
     plot_run(run_dir)
     if wants_parquet(cfg.run.parquet):
         write_parquet(run_dir)
+
+
+def written_by_run(run_dir: str | Path, head_store: str | Path | None = None) -> list[str]:
+    """The names in ``run_dir`` of what a run writes there (:data:`RUN_FILES`, and the head
+    store ``head_store`` where it lies inside the folder, at any depth) that are present."""
+    run_dir = Path(run_dir)
+    names = set(RUN_FILES)
+    if head_store is not None:
+        heads = Path(head_store).resolve()
+        if heads != run_dir.resolve() and heads.is_relative_to(run_dir.resolve()):
+            names.add(str(heads.relative_to(run_dir.resolve())))
+    return sorted(n for n in names if (run_dir / n).exists() or (run_dir / n).is_symlink())
+
+
+def nothing_recorded(folder: str | Path) -> bool:
+    """``folder`` holds nothing but :data:`RUN_MARKER` (a run stopped in its start-up), or nothing."""
+    return all(p.name == RUN_MARKER for p in Path(folder).iterdir())
 
 
 def reset_run_dir(run_dir: str | Path, head_store: str | Path | None = None) -> list[str]:
@@ -210,21 +224,13 @@ def reset_run_dir(run_dir: str | Path, head_store: str | Path | None = None) -> 
     run_dir = Path(run_dir)
     if run_dir.is_symlink() or not (run_dir / RUN_MARKER).is_file():
         raise ValueError(f"'{run_dir}' is not a run folder fedmtl made (no {RUN_MARKER}); nothing was deleted")
-    names = set(RUN_FILES)
-    if head_store is not None:  # the head store, where it lies inside the folder (at any depth)
-        heads = Path(head_store).resolve()
-        if heads != run_dir.resolve() and heads.is_relative_to(run_dir.resolve()):
-            names.add(str(heads.relative_to(run_dir.resolve())))
-    deleted = []
-    for name in sorted(names):
+    deleted = written_by_run(run_dir, head_store)
+    for name in deleted:
         entry = run_dir / name
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-        elif entry.is_symlink() or entry.exists():
-            entry.unlink()
         else:
-            continue
-        deleted.append(name)
+            entry.unlink()
     return deleted
 
 

@@ -43,17 +43,17 @@ class Stopped(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _handling_signals(handler: Callable[[int, object], None]) -> Iterator[bool]:
+def _handling_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
     """Within the block, ``handler`` handles SIGINT and SIGTERM (the previous handlers come back
-    on exit); yields whether it does: outside the main thread nothing is done."""
+    on exit); outside the main thread nothing is done."""
     if threading.current_thread() is not threading.main_thread():
-        yield False
+        yield
         return
     saved = {s: signal.getsignal(s) for s in EXIT_CODES}
     for s in saved:
         signal.signal(s, handler)
     try:
-        yield True
+        yield
     finally:
         for s, previous in saved.items():  # None: a handler not set from Python, put back as the default
             signal.signal(s, signal.SIG_DFL if previous is None else previous)
@@ -183,8 +183,10 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
         return f"interrupted; continue with: {resume}"
     if run_dir is None:
         return "interrupted before the run started"
+    from fedmtl.results import nothing_recorded
+
     done = last_round(run_dir)
-    if done is None and _nothing_recorded(run_dir):
+    if done is None and run_dir.is_dir() and nothing_recorded(run_dir):
         return f"interrupted before the run started; nothing was recorded (run again: --out {run_dir} reuses it)"
     if done is None:
         from fedmtl.launch.resume import restart_command
@@ -194,13 +196,6 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
             return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
         return f"interrupted before the first checkpoint; start it again from round 1 with: {again}"
     return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
-
-
-def _nothing_recorded(run_dir: Path) -> bool:
-    """The run folder holds nothing but its marker (the run stopped during its start-up)."""
-    from fedmtl.results import RUN_MARKER
-
-    return run_dir.is_dir() and all(p.name == RUN_MARKER for p in run_dir.iterdir())
 
 
 def finish_interrupted(stopped: Stopped, run_dir: Path | None, resume: str | None = None) -> NoReturn:

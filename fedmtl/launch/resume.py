@@ -149,7 +149,7 @@ def _plan_restart(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> Resumpti
     computes them again, the same, as the seeds are). Refused for a folder fedmtl did not make,
     and when the run's heads live outside its folder (they are not the folder's to delete)."""
     from fedmtl.folder_lock import refuse_if_busy
-    from fedmtl.results import FLOWER_RUN_FILE, RUN_FILES, RUN_MARKER, head_store_root
+    from fedmtl.results import FLOWER_RUN_FILE, RUN_MARKER, head_store_root, written_by_run
 
     if (run_dir / "summary.json").is_file():  # finished, though without a checkpoint: never deleted
         if rounds == cfg.run.rounds:
@@ -167,8 +167,7 @@ def _plan_restart(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> Resumpti
         raise ResumeRefused(f"'{run_dir}' has no checkpoint, and its heads are not kept in a folder of their own "
                             f"inside it ({heads}): run its config.toml again in a new folder")
     refuse_if_busy(run_dir)
-    names = {*RUN_FILES, str(heads.relative_to(run_dir.resolve()))}
-    written = sorted(n for n in names if (run_dir / n).exists() or (run_dir / n).is_symlink())
+    written = written_by_run(run_dir, heads)
     note = f"'{run_dir}' has no checkpoint: the run starts again from round 1 in it" + (
         f" (deleting its {', '.join(written)} first)" if written else "")
     return Resumption(cfg.with_values(run={"rounds": rounds}), None, restart=note)
