@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/quickstart.toml
 ARGS   ?=
+# where pip takes torch from: empty = the configured index (PyPI, or this machine's pip.conf);
+# e.g. https://download.pytorch.org/whl/cpu where PyPI's torch would be a CUDA build
+TORCH_INDEX ?=
 # test files run in parallel, each file in one worker (its module fixtures run once), longest
 # first (tests/conftest.py: LONGEST_FIRST, kept in that order by --no-loadscope-reorder); most of
 # a simulation test's time is Ray start-up and polling, so 2 workers help even on 2 cores;
@@ -24,7 +27,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

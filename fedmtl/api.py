@@ -250,11 +250,16 @@ def run(config: ConfigLike | None = None, overrides: Iterable[str] | None = None
         ``out`` exists and is not empty.
     fedmtl.launch.simulation.EngineError
         Ray cannot host the run (the empty run folder is removed).
+    fedmtl.data.checks.DataError
+        The data cannot be built as configured (no partition fits the config, or a dataset's
+        data does not fit what it declares), before the engine starts (the empty run folder
+        is removed).
     Exception
         Whatever stopped the run (``fedmtl.server.strategy.ClientsFailed`` when too many
         clients failed, ``fedmtl.server.strategy.RuleFailed`` when a server rule raised; the run
         folder then holds the results so far and checkpoints).
     """
+    from fedmtl.data.checks import DataError
     from fedmtl.launch.simulation import EngineError, preserved_caller
     from fedmtl.results import create_run_dir, remove_unused_run_dir
 
@@ -263,7 +268,7 @@ def run(config: ConfigLike | None = None, overrides: Iterable[str] | None = None
     with preserved_caller(quiet_engine=quiet and not verbose and cfg.run.mode == "federated"):
         try:
             _execute(cfg, run_dir, quiet, verbose)
-        except EngineError:
+        except (EngineError, DataError):
             remove_unused_run_dir(run_dir)
             raise
     return RunResult(run_dir)

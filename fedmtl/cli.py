@@ -490,7 +490,7 @@ def flwr_run(
     except SuperLinkLost as exc:
         fail(f"{exc}; the rounds the run finished are in its folder under run.output-dir", code=1)
     if local:  # a deployed ServerApp writes on its own machine
-        _print_results(Path(cfg.run.output_dir).resolve(), submitted)
+        _print_results(Path(cfg.run.output_dir).resolve(), submitted, code)
     raise typer.Exit(code)
 
 
@@ -689,7 +689,7 @@ def deploy_local(
         raise typer.Exit(130) from None
     except (DeploymentError, SuperLinkLost) as exc:
         fail(str(exc), code=1)
-    _print_results(output, submitted)
+    _print_results(output, submitted, code)
     raise typer.Exit(code)
 
 
@@ -699,13 +699,16 @@ def _check_timeout(timeout: float) -> None:
         fail(f"--timeout = {timeout}: give the seconds to wait for the run, a number above 0")
 
 
-def _print_results(output: Path, flower_run_ids: list[str]) -> None:
-    """Print ``Results: FOLDER`` for the run folders in ``output`` of the submitted Flower runs."""
+def _print_results(output: Path, flower_run_ids: list[str], code: int) -> None:
+    """Print the run folders in ``output`` of the submitted Flower runs: ``Results: FOLDER``
+    after a run that finished (``code`` 0), ``Folder of the failed run: FOLDER`` otherwise
+    (it holds what the run recorded before it failed)."""
     from fedmtl.results import folders_of_flower_run
 
+    label = "Results" if code == 0 else "Folder of the failed run"
     for run_id in flower_run_ids:
         for run_folder in folders_of_flower_run(output, run_id):
-            typer.echo(f"Results: {run_folder}")
+            typer.echo(f"{label}: {run_folder}")
 
 
 @cli.command(context_settings=EXTRA_ARGS)

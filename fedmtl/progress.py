@@ -167,6 +167,14 @@ class ClientErrors:
                 f"{self.path}")
 
 
+def _usable(counts: dict[str, Any]) -> int:
+    """The round's usable training replies: those that passed every check (``replies - rejected``
+    of its ``rounds.csv`` row); all of them were aggregated unless the round was skipped."""
+    if "replies" not in counts:
+        return int(counts.get("aggregated", 0))
+    return int(counts["replies"]) - int(counts.get("rejected", 0))
+
+
 def _fmt(metric: str, value: float) -> str:
     return f"{100 * value:5.1f}%" if metric == "accuracy" else f"{value:.4g}"
 
@@ -256,7 +264,7 @@ class Progress:
             return
         parts = [f"round {server_round:>{len(str(self.total))}}/{self.total}"]
         if self.replies:
-            parts.append(f"replies {counts.get('aggregated', 0)}" + (
+            parts.append(f"replies {_usable(counts)}" + (
                 f" ({', '.join(self._notes(counts))})" if self._notes(counts) else ""))
         parts.append(f"{elapsed:6.1f} s")
         eta = self.eta(server_round)
@@ -287,7 +295,7 @@ class Progress:
         if stats.never_trained:
             parts.append(f"{stats.never_trained} evaluated never trained")
         if self.replies:
-            parts.append(f"replies {counts.get('aggregated', 0)}"
+            parts.append(f"replies {_usable(counts)}"
                          + (f" ([red]{', '.join(notes)}[/red])" if notes else ""))
         parts.append(f"{elapsed:6.1f} s")
         eta = self.eta(stats.round) if self._bar is None else None

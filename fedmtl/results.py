@@ -764,9 +764,11 @@ def extend_run(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> tuple[Exper
     Returns
     -------
     tuple
-        The extended config, and a note when the result may differ from a run of ``rounds``
-        rounds from the start (round ``cfg.run.rounds`` was evaluated as the last round, and
-        sampling its evaluation clients drew from the server's sampling stream), else ``None``.
+        The extended config, and a note when the result differs from a run of ``rounds``
+        rounds from the start: round ``cfg.run.rounds`` was evaluated as the last round off the
+        ``run.evaluate-every`` schedule (its evaluation rows stay; with
+        ``server.fraction-evaluate < 1`` sampling its clients also drew from the server's
+        sampling stream), else ``None``.
 
     Raises
     ------
@@ -780,10 +782,12 @@ def extend_run(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> tuple[Exper
         return cfg, None
     cfg = cfg.with_values(run={"rounds": rounds})
     write_bytes(run_dir / "config.toml", cfg.to_toml().encode())
-    note = None
-    if before % cfg.run.evaluate_every and cfg.server.fraction_evaluate < 1:
-        note = (f"round {before} was evaluated as the run's last; the clients sampled after it may "
-                f"differ from those of a run of {rounds} rounds from the start")
+    if not before % cfg.run.evaluate_every:
+        return cfg, None  # round `before` is evaluated by a run of `rounds` rounds as well
+    note = (f"round {before} was evaluated as the run's last (run.evaluate-every = {cfg.run.evaluate_every}); "
+            f"its evaluation stays in the results, where a run of {rounds} rounds from the start has none")
+    if cfg.server.fraction_evaluate < 1:
+        note += ", and the clients sampled after it may differ from that run's"
     return cfg, note
 
 

@@ -178,6 +178,37 @@ class ClientLimits:
         return None if self.groups is None else dict(self.groups)
 
 
+def check_data_here(data: DataSection, seed: int, max_examples: int) -> None:
+    """Build the federation here when the server bounds replies by it (``max_examples = 0``).
+
+    :func:`fedmtl.data.load_federation` is cached per process, so the server's later use costs
+    nothing; called before any client is asked, a config no partition fits stops the run at
+    once.
+
+    Raises
+    ------
+    DataError
+        The dataset's own mistake or a partition the config cannot have, named as it is.
+    RuntimeError
+        The data cannot be built here (a local path missing on the server's machine), naming
+        ``server.max-examples`` as the way out.
+    """
+    if max_examples != 0:
+        return
+    from fedmtl.data import load_federation
+    from fedmtl.data.checks import DataError
+
+    try:
+        load_federation(data, seed)
+    except DataError:
+        raise
+    except (OSError, ValueError, RuntimeError) as error:
+        raise RuntimeError(
+            f"server.max-examples = 0 bounds each client's num-examples by its data, but the "
+            f"server cannot build data.dataset = '{data.dataset}' here ({error}); set "
+            f"server.max-examples to the most examples a client may hold") from error
+
+
 class KnownClients:
     """Every client's :class:`ClientLimits`, from the same config the clients build their data from.
 
@@ -204,19 +235,7 @@ class KnownClients:
         self.data, self.seed, self.max_examples = data, seed, max_examples
         self._known: dict[int, ClientLimits] = {}
         self._task_sets: list[list[str]] | None = None
-        if max_examples == 0:  # fail at start-up, not at the first reply, when the data is not here
-            from fedmtl.data import load_federation
-            from fedmtl.data.checks import DataError
-
-            try:
-                load_federation(data, seed)
-            except DataError:
-                raise  # the dataset's own mistake, named as it is
-            except (OSError, ValueError, RuntimeError) as error:
-                raise RuntimeError(
-                    f"server.max-examples = 0 bounds each client's num-examples by its data, but the "
-                    f"server cannot build data.dataset = '{data.dataset}' here ({error}); set "
-                    f"server.max-examples to the most examples a client may hold") from error
+        check_data_here(data, seed, max_examples)  # fail at start-up, not at the first reply
 
     def __call__(self, client: int) -> ClientLimits:
         """The limits of ``client`` (computed on first use, then kept)."""

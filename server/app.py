@@ -27,6 +27,7 @@ from fedmtl.results import (
     recorded_head_store_dir,
     write_flower_run_id,
 )
+from fedmtl.screening import check_data_here
 from fedmtl.seeds import Stream, seeded_torch_init
 from fedmtl.server.discovery import discover_clients
 from fedmtl.server.latency import poll_replies_often, signal_pushes, signal_replies
@@ -54,6 +55,7 @@ def run_server(
     ``background`` the run's figures are drawn in its thread (the caller joins it). With
     ``flower_run_id`` (a ``flwr run`` submission) the folder records Flower's id of the run.
     """
+    check_data_here(cfg.data, cfg.run.seed, cfg.server.max_examples)  # before any folder or client
     run_dir = run_dir or create_run_dir(cfg)
     with holding(run_dir):  # one process at a time writes a run folder (fedmtl.folder_lock)
         recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder

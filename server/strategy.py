@@ -166,10 +166,10 @@ class FedMTLStrategy:
         record = TrainRecord(collected.sampled, len(collected.formed) + collected.rejected, collected.failures,
                              collected.rejected + screened, collected.retries, len(accepted), skipped=0)
         if len(accepted) < server.min_replies:
-            return self.skip(server_round, dataclasses.replace(record, skipped=1), collected.reasons)
+            return self.skip(server_round, record, collected.reasons)
         aggregated = self.aggregate_train(server_round, [collected.formed[c] for c in accepted])
         if isinstance(aggregated, str):  # a combined update that is not finite: skip the round
-            return self.skip(server_round, dataclasses.replace(record, skipped=1), [aggregated], why=aggregated)
+            return self.skip(server_round, record, [aggregated], why=aggregated)
         self.participation.note_aggregated(accepted)
         return dataclasses.replace(record, fallbacks=aggregated[0], train_loss=aggregated[1])
 
@@ -242,11 +242,14 @@ class FedMTLStrategy:
             weighting.load_state_dict(weightings[level])
 
     def skip(self, server_round: int, record: TrainRecord, reasons: list[str], why: str = "") -> TrainRecord:
-        """Leave the model as it is, or stop the run after ``server.max-failed-rounds`` skips in a row."""
+        """Leave the model as it is, or stop the run after ``server.max-failed-rounds`` skips in a
+        row; the round's record says ``skipped = 1`` and ``aggregated = 0`` (no update reached the
+        model; its usable replies are ``replies - rejected``)."""
         server = self.cfg.server
         self.tally.failed_streak += 1
         why = why or (f"{record.aggregated} usable replies < server.min-replies = {server.min_replies} "
                       f"({record.failures} failed, {record.rejected} rejected)")
+        record = dataclasses.replace(record, aggregated=0, skipped=1)
         log(WARNING, "round %d skipped: %s; the model is unchanged", server_round, why)
         self.tally.last_skip = why
         if server.max_failed_rounds and self.tally.failed_streak >= server.max_failed_rounds:

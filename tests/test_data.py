@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from fedmtl.config import DataSection
 from fedmtl.data import load_federation
+from fedmtl.data.checks import DataError
 from fedmtl.data.multimnist import (
     MEAN,
     STD,
@@ -122,8 +125,17 @@ def test_power_law_sizes_follow_zipf(exponent):
 
 def test_too_many_clients_is_a_clear_error():
     _, labels = load_digits()
-    with pytest.raises(ValueError, match="lower data.num-clients"):
+    with pytest.raises(DataError, match="lower data.num-clients"):
         PARTITIONERS.get("iid")(labels, 3000, 0, DataSection())
+
+
+def test_a_dirichlet_partition_that_never_fits_is_one_data_error_without_warnings():
+    """flwr-datasets warns at each of its redraws; fedmtl says once what to change."""
+    _, labels = load_digits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with pytest.raises(DataError, match="raise data.dirichlet-alpha or lower data.num-clients"):
+            PARTITIONERS.get("dirichlet")(labels, 100, 0, DataSection(partitioner="dirichlet", dirichlet_alpha=0.001))
 
 
 def test_federation_splits_are_disjoint_in_base_digits_and_deterministic():

@@ -125,3 +125,22 @@ def test_resume_problems_allow_more_rounds_than_the_checkpoints(tmp_path):
         "checkpoint round-2.pt is of round 2, beyond run.rounds = 1 of config.toml; a run cannot be shortened",
         "config.toml differs from the run's: run.rounds = 1 (was 2)"]
     assert not problems[0].forced  # --force cannot resume a run past its own end
+
+
+@pytest.mark.parametrize(("sets", "rounds", "said"), [
+    (["run.evaluate-every=1", "server.fraction-evaluate=0.5"], 5, None),  # every round evaluated either way
+    (["run.evaluate-every=2"], 6, None),  # round 4 is on the schedule of a 6-round run too
+    (["run.evaluate-every=2"], 5, "round 3 was evaluated as the run's last (run.evaluate-every = 2); its evaluation "
+                                  "stays in the results, where a run of 5 rounds from the start has none"),
+    (["run.evaluate-every=2", "server.fraction-evaluate=0.5"], 5, "where a run of 5 rounds from the start has none, "
+                                                                   "and the clients sampled after it may differ"),
+])
+def test_an_extension_says_when_it_differs_from_a_run_of_that_many_rounds(tmp_path, sets, rounds, said):
+    from fedmtl.results import extend_run
+
+    before = 4 if "run.evaluate-every=2" in sets and said is None else 3
+    cfg = load_config(SMOKE, [*sets, f"run.rounds={before}"])
+    (tmp_path / "config.toml").write_text(cfg.to_toml())
+    extended, note = extend_run(tmp_path, cfg, rounds)
+    assert extended.run.rounds == rounds and load_config(tmp_path / "config.toml").run.rounds == rounds
+    assert note is None if said is None else said in note, note

@@ -154,15 +154,22 @@ def test_flwr_run_names_the_run_folder_its_own_flower_run_wrote(monkeypatch, tmp
         if flower_run_id is not None:
             write_flower_run_id(output / name, flower_run_id)
 
+    outcome = {"code": 0}
+
     def submitted(*args, on_submitted, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         on_submitted("123")
-        return 0
+        return outcome["code"]
 
     monkeypatch.setattr(flwr_run, "run_and_check", submitted)
-    result = CliRunner().invoke(fedmtl_cli.cli, ["flwr-run", str(ROOT / "configs/smoke.toml"),
-                                                 "--set", f"run.output-dir={output}"])
+    args = ["flwr-run", str(ROOT / "configs/smoke.toml"), "--set", f"run.output-dir={output}"]
+    result = CliRunner().invoke(fedmtl_cli.cli, args)
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines() == [f"Results: {output / 'ours'}"]
+    # a run that failed is not announced as results: its folder holds what it recorded before
+    outcome["code"] = 1
+    result = CliRunner().invoke(fedmtl_cli.cli, args)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [f"Folder of the failed run: {output / 'ours'}"]
 
 
 def test_streamed_logs_lose_their_colour_codes_off_a_terminal(capsys):
@@ -235,6 +242,9 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         assert proc.returncode == 1
         assert "finished:failed" in proc.stderr
         assert "raise data.dirichlet-alpha or lower data.num-clients" in proc.stderr
+        assert "server.max-examples" not in proc.stderr  # the data's own problem, not the server's
+        # refused before the ServerApp made a run folder: none is left, none is announced
+        assert not (tmp_path / "bad-runs").exists() and "Results:" not in proc.stdout
         assert not local_superlinks(flwr_home)  # the local SuperLink it started is stopped, even on failure
 
         # 3. the documented command succeeds on a good config, results at run.output-dir; with

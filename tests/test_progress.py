@@ -38,6 +38,9 @@ def test_a_federated_round_line_counts_replies_and_the_table_is_the_personalized
     out = capsys.readouterr().out
     assert "replies 4 (1 failed)" in out
     assert "Personalized test metrics across clients (round 2)" in out
+    # a skipped round aggregated nothing (rounds.csv: aggregated 0); the line counts its usable replies
+    progress.round(stats, 1.0, {"replies": 3, "rejected": 1, "failures": 2, "aggregated": 0, "skipped": 1})
+    assert "replies 2 (2 failed, 1 rejected, round skipped)" in capsys.readouterr().out
 
 
 # -- the terminal of a run: header, bar or plain lines, client errors (#21) -----------------

@@ -171,6 +171,8 @@ def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(tmp_path):
 
     strategy, _, rounds = run(tmp_path, script, "server.on-too-few=skip", "server.max-failed-rounds=0")
     assert list(rounds["skipped"]) == [1, 1] and list(rounds["failures"]) == [2, 2]
+    # the usable replies of a skipped round are counted (replies - rejected), none aggregated
+    assert list(rounds["replies"] - rounds["rejected"]) == [2, 2] and list(rounds["aggregated"]) == [0, 0]
     assert "train_loss" not in rounds.columns
     assert torch.equal(strategy.state["w"], STATE["w"])
     with pytest.raises(ClientsFailed, match=r"none of the 2 round\(s\) moved the model \(each needs "

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fedmtl.config import ConfigError
-from fedmtl.results import METRIC_COLUMNS, load_run
+from fedmtl.results import METRIC_COLUMNS, create_run_dir, load_run
 from fedmtl.validation import load_config
 from tests.helpers import is_png
 
@@ -169,3 +169,32 @@ def test_existing_nonempty_out_folder_is_refused(tmp_path):
     )
     assert proc.returncode == 2 and "exists and is not empty" in proc.stderr
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_the_centralized_baseline_trains_with_client_num_cpus_threads_whatever_the_callers(tmp_path, monkeypatch):
+    """Its numbers do not depend on the machine's core count (or OMP_NUM_THREADS): it trains
+    with engine.client-num-cpus torch threads, as a client does, and puts the caller's back."""
+    import torch
+
+    from fedmtl.training import centralized
+
+    seen: list[int] = []
+    train_local = centralized.train_local
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(torch.get_num_threads())
+        return train_local(*args, **kwargs)
+
+    monkeypatch.setattr(centralized, "train_local", counting)
+    cfg = load_config(ROOT / "configs/smoke.toml", ["run.mode=centralized", "run.rounds=1"])
+    caller = torch.get_num_threads()
+    try:
+        for threads, name in ((1, "one"), (3, "three")):
+            torch.set_num_threads(threads)
+            centralized.run_centralized(cfg, create_run_dir(cfg, tmp_path / name), quiet=True)
+            assert torch.get_num_threads() == threads  # the caller's count, put back
+    finally:
+        torch.set_num_threads(caller)
+    assert seen == [1, 1]  # engine.client-num-cpus = 1
+    one, three = ((tmp_path / name / "metrics.csv").read_bytes() for name in ("one", "three"))
+    assert one == three

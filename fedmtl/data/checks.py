@@ -22,7 +22,8 @@ from fedmtl.tasks import TASK_KINDS, TaskSpec
 
 
 class DataError(ValueError):
-    """A dataset's data does not fit what it declares (one line naming where)."""
+    """A dataset's data does not fit what it declares, or no partition fits the config (one
+    line naming where, or the keys to change)."""
 
 
 def check_federation(name: str, tasks: Sequence[TaskSpec], input_shape: Sequence[int], built_tasks: Sequence[TaskSpec],

@@ -2,19 +2,22 @@
 
 Each partitioner maps ``(labels, num_partitions, seed, data_cfg)`` to one index array per
 client. IID and Dirichlet label skew use flwr-datasets' partitioners on an in-memory
-``datasets.Dataset``.
+``datasets.Dataset``. A config no partition can satisfy (more clients than examples allow, a
+Dirichlet α too small for every client to get its examples) is a
+:class:`~fedmtl.data.checks.DataError` naming the keys to change.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedmtl.data.checks import checked_partition
+from fedmtl.data.checks import DataError, checked_partition
 from fedmtl.registry import Registry
 from fedmtl.seeds import Stream, rng
 
@@ -66,15 +69,17 @@ def _indices_with(partitioner, labels: np.ndarray) -> list[np.ndarray]:
     partitioner.dataset = Dataset.from_dict(
         {"label": labels.astype(np.int64), "index": np.arange(len(labels))}
     )
-    return [
-        np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
-        for i in range(partitioner.num_partitions)
-    ]
+    with warnings.catch_warnings():  # one warning per Dirichlet redraw; a partition that never fits is a DataError
+        warnings.filterwarnings("ignore", message="The specified min_partition_size", category=UserWarning)
+        return [
+            np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
+            for i in range(partitioner.num_partitions)
+        ]
 
 
 def _check_enough(labels: np.ndarray, num_partitions: int) -> None:
     if len(labels) < 2 * num_partitions:
-        raise ValueError(
+        raise DataError(
             f"{len(labels)} examples cannot give {num_partitions} clients at least 2 each "
             "(one to train, one to test); lower data.num-clients"
         )
@@ -118,7 +123,7 @@ def dirichlet(
     try:
         return _indices_with(partitioner, labels)
     except ValueError as exc:
-        raise ValueError(
+        raise DataError(
             f"Dirichlet partition with alpha={cfg.dirichlet_alpha} could not give every one of "
             f"{num_partitions} clients {min_size} examples ({exc}); raise data.dirichlet-alpha "
             "or lower data.num-clients"
@@ -150,7 +155,7 @@ def pathological(
     )
     parts = _indices_with(partitioner, labels)
     if min(len(p) for p in parts) < 2:
-        raise ValueError(
+        raise DataError(
             f"pathological partition with {cfg.classes_per_client} classes per client left a "
             f"client with fewer than 2 examples; lower data.num-clients or raise data.classes-per-client"
         )
@@ -188,4 +193,4 @@ def power_law(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSecti
 def natural(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection) -> list[np.ndarray]:
     """The dataset's own clients (synthetic devices, arrest years, celebrities); datasets with
     natural clients handle this name themselves."""
-    raise ValueError(f"dataset '{cfg.dataset}' has no natural clients; choose another data.partitioner")
+    raise DataError(f"dataset '{cfg.dataset}' has no natural clients; choose another data.partitioner")

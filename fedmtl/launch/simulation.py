@@ -509,9 +509,11 @@ def simulate(
     from fedmtl.clients.app import app as client_app
     from fedmtl.launch.inprocess import engine_backend, switch_interval, use_in_process_backend
     from fedmtl.progress import CLIENT_ERRORS
+    from fedmtl.screening import check_data_here
     from fedmtl.server.app import make_server_app
     from fedmtl.server.latency import dispatch_on_push
 
+    check_data_here(cfg.data, cfg.run.seed, cfg.server.max_examples)  # a config no partition fits: before the engine
     supernodes = virtual_supernodes(cfg)
     cfg = cfg.with_values(engine={"supernodes": supernodes})  # the run folder records it
     settings = engine_settings(cfg, verbose)  # the caller's sys.path and environment, as the next run will see them

@@ -4,11 +4,19 @@ All clients' training splits are pooled and one multi-task model (shared heads) 
 with the configured cross-task weighting; each "round" is ``client.epochs`` epochs. Every
 evaluation round the model is scored on *each client's* test split, so its results have the
 same format as a federated run and the across-client statistics compare directly.
+
+It trains with ``engine.client-num-cpus`` torch threads (default 1), as one simulated client
+does, so its numbers do not depend on the machine's core count (a matrix product summed by
+more threads rounds differently); the caller's thread count is put back after.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 from fedmtl.aggregation import make_weighting
 from fedmtl.config import ExperimentConfig
@@ -22,8 +30,25 @@ from fedmtl.training.local import train_local
 from fedmtl.training.setup import select_device
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads; the caller's count is put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> Path:
-    """Train on the pooled data and write a run folder; return it."""
+    """Train on the pooled data and write a run folder; return it (with
+    ``engine.client-num-cpus`` torch threads, :func:`torch_threads`)."""
+    with torch_threads(cfg.engine.client_num_cpus):
+        return _train_pooled(cfg, run_dir, quiet)
+
+
+def _train_pooled(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> Path:
     fed = load_federation(cfg.data, cfg.run.seed)
     clients = fed.clients()
     pooled = Split.concat([c.train for c in clients])

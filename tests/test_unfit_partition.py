@@ -1,0 +1,52 @@
+"""A config no partition fits (more clients than the examples allow, a Dirichlet α too small for
+every client to get its examples) is one line naming the keys to change, said before the engine
+starts, with no run folder left: from ``fedmtl run``, the Python API and a ``flwr run``
+ServerApp alike (tests/test_flwr_run.py submits one through Flower)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fedmtl
+from fedmtl.data.checks import DataError
+from fedmtl.validation import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs/smoke.toml"
+NO_DIRICHLET_FIT = ["data.partitioner=dirichlet", "data.num-clients=20", "data.dirichlet-alpha=0.001"]
+SAID = "could not give every one of 20 clients 10 examples"
+
+
+def test_the_command_line_says_it_in_one_line_before_ray_starts_and_leaves_no_folder(tmp_path):
+    out = tmp_path / "run"
+    sets = [a for s in NO_DIRICHLET_FIT for a in ("--set", s)]  # the default engine: Ray
+    proc = subprocess.run([sys.executable, "-m", "fedmtl", "run", str(SMOKE), *sets, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: Dirichlet partition with alpha=0.001 could not give every one of 20 clients 10 examples (The max "
+        "number of attempts (10) was reached. Please update the values of alpha and try again.); raise "
+        "data.dirichlet-alpha or lower data.num-clients"], proc.stderr[-3000:]
+    assert not out.exists()
+    assert "Round" not in proc.stdout  # no round ran: the data is checked before the engine
+
+
+@pytest.mark.parametrize("sets", [NO_DIRICHLET_FIT, ["data.num-clients=5000"]])
+def test_the_python_api_raises_the_data_error_and_leaves_no_folder(tmp_path, sets):
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="lower data.num-clients"):
+        fedmtl.run(SMOKE, [*sets, "engine.backend=inprocess"], out=out)
+    assert not out.exists()
+
+
+def test_a_flwr_run_serverapp_refuses_before_it_makes_a_folder_or_asks_a_client(tmp_path):
+    from fedmtl.server.app import run_server
+
+    cfg = load_config(SMOKE, [*NO_DIRICHLET_FIT, f"run.output-dir={tmp_path / 'runs'}"])
+    with pytest.raises(DataError, match=SAID):
+        run_server(None, cfg)  # type: ignore[arg-type]  # no grid: it is never reached
+    assert not (tmp_path / "runs").exists()
