@@ -499,7 +499,8 @@ class EngineSection(Section):
         "clients in parallel, clusters) or 'inprocess' (in the fedmtl process's threads, as many "
         "clients at once as Ray would run: no Ray start-up, for small and medium runs, sweeps and debugging).",
     )
-    client_num_cpus: int = Field(1, ge=1, description="Whole CPUs per virtual client.")
+    client_num_cpus: int = Field(1, ge=1, description="Whole CPUs per virtual client: its torch threads (the "
+                                 "centralized baseline trains with as many).")
     client_num_gpus: float = Field(
         0.0, ge=0, le=1, description="GPU fraction per virtual client (0 = CPU only)."
     )
