@@ -701,11 +701,11 @@ def _check_timeout(timeout: float) -> None:
 
 def _print_results(output: Path, flower_run_ids: list[str], code: int) -> None:
     """Print the run folders in ``output`` of the submitted Flower runs: ``Results: FOLDER``
-    after a run that finished (``code`` 0), ``Folder of the failed run: FOLDER`` otherwise
-    (it holds what the run recorded before it failed)."""
+    after a run that finished (``code`` 0), ``Folder of the unfinished run: FOLDER`` otherwise
+    (it failed, or is still running past ``--timeout``: it holds what the run recorded so far)."""
     from fedmtl.results import folders_of_flower_run
 
-    label = "Results" if code == 0 else "Folder of the failed run"
+    label = "Results" if code == 0 else "Folder of the unfinished run"
     for run_id in flower_run_ids:
         for run_folder in folders_of_flower_run(output, run_id):
             typer.echo(f"{label}: {run_folder}")

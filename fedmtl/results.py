@@ -757,9 +757,11 @@ def check_extension(before: int, rounds: Any) -> None:
                          "not shorten it")
 
 
-def extend_run(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> tuple[ExperimentConfig, str | None]:
+def extend_run(run_dir: Path, cfg: ExperimentConfig, rounds: int,
+               done: int | None = None) -> tuple[ExperimentConfig, str | None]:
     """Extend the run in ``run_dir``, whose config is ``cfg``, to ``rounds`` rounds: its
-    ``config.toml`` then records them (a later resume continues to them).
+    ``config.toml`` then records them (a later resume continues to them). ``done`` is the
+    round of the checkpoint it resumes from (``None``: its last round, a finished run).
 
     Returns
     -------
@@ -782,8 +784,8 @@ def extend_run(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> tuple[Exper
         return cfg, None
     cfg = cfg.with_values(run={"rounds": rounds})
     write_bytes(run_dir / "config.toml", cfg.to_toml().encode())
-    if not before % cfg.run.evaluate_every:
-        return cfg, None  # round `before` is evaluated by a run of `rounds` rounds as well
+    if not before % cfg.run.evaluate_every or (done is not None and done < before):
+        return cfg, None  # round `before` is evaluated by a run of `rounds` rounds as well, or never ran
     note = (f"round {before} was evaluated as the run's last (run.evaluate-every = {cfg.run.evaluate_every}); "
             f"its evaluation stays in the results, where a run of {rounds} rounds from the start has none")
     if cfg.server.fraction_evaluate < 1:

@@ -128,6 +128,7 @@ def test_resume_problems_allow_more_rounds_than_the_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize(("sets", "rounds", "said"), [
+    (["run.evaluate-every=2", "done=2"], 5, None),  # stopped before round 3: it never ran, nothing stays
     (["run.evaluate-every=1", "server.fraction-evaluate=0.5"], 5, None),  # every round evaluated either way
     (["run.evaluate-every=2"], 6, None),  # round 4 is on the schedule of a 6-round run too
     (["run.evaluate-every=2"], 5, "round 3 was evaluated as the run's last (run.evaluate-every = 2); its evaluation "
@@ -138,9 +139,11 @@ def test_resume_problems_allow_more_rounds_than_the_checkpoints(tmp_path):
 def test_an_extension_says_when_it_differs_from_a_run_of_that_many_rounds(tmp_path, sets, rounds, said):
     from fedmtl.results import extend_run
 
-    before = 4 if "run.evaluate-every=2" in sets and said is None else 3
+    done = 2 if "done=2" in sets else None  # the round of the checkpoint it resumes from
+    sets = [s for s in sets if s != "done=2"]
+    before = 4 if "run.evaluate-every=2" in sets and said is None and done is None else 3
     cfg = load_config(SMOKE, [*sets, f"run.rounds={before}"])
     (tmp_path / "config.toml").write_text(cfg.to_toml())
-    extended, note = extend_run(tmp_path, cfg, rounds)
+    extended, note = extend_run(tmp_path, cfg, rounds, done)
     assert extended.run.rounds == rounds and load_config(tmp_path / "config.toml").run.rounds == rounds
     assert note is None if said is None else said in note, note

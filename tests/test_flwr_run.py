@@ -165,11 +165,12 @@ def test_flwr_run_names_the_run_folder_its_own_flower_run_wrote(monkeypatch, tmp
     result = CliRunner().invoke(fedmtl_cli.cli, args)
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines() == [f"Results: {output / 'ours'}"]
-    # a run that failed is not announced as results: its folder holds what it recorded before
+    # a run that failed (or ran past --timeout) is not announced as results: its folder holds
+    # what it recorded so far
     outcome["code"] = 1
     result = CliRunner().invoke(fedmtl_cli.cli, args)
     assert result.exit_code == 1, result.output
-    assert result.output.strip().splitlines() == [f"Folder of the failed run: {output / 'ours'}"]
+    assert result.output.strip().splitlines() == [f"Folder of the unfinished run: {output / 'ours'}"]
 
 
 def test_streamed_logs_lose_their_colour_codes_off_a_terminal(capsys):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from fedmtl.data.checks import check_client_data
+from fedmtl.data.checks import DataError, check_client_data
 from fedmtl.seeds import rng as rng_of
 from fedmtl.tasks import TaskSpec
 
@@ -281,11 +281,11 @@ def check_natural_clients(dataset: str, count: int, num_clients: int) -> None:
 
     Raises
     ------
-    ValueError
+    DataError
         Naming the count and the value ``data.num-clients`` needs.
     """
     if count != num_clients:
-        raise ValueError(
+        raise DataError(
             f"dataset '{dataset}' has {count} natural clients with this config; "
             f"set data.num-clients = {count}"
         )

@@ -153,7 +153,13 @@ def pathological(
         shuffle=True,
         seed=seed,
     )
-    parts = _indices_with(partitioner, labels)
+    try:
+        parts = _indices_with(partitioner, labels)
+    except ValueError as exc:
+        raise DataError(
+            f"pathological partition with {cfg.classes_per_client} classes per client cannot be made for "
+            f"{num_partitions} clients ({exc}); lower data.classes-per-client or data.num-clients"
+        ) from None
     if min(len(p) for p in parts) < 2:
         raise DataError(
             f"pathological partition with {cfg.classes_per_client} classes per client left a "

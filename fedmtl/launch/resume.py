@@ -138,7 +138,7 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
         return Resumption(cfg, checkpoint, finished=True, skipped=skipped, unfinished=unfinished_outputs(run_dir, cfg))
     refuse_if_busy(run_dir)
     forced = _settle_problems(run_dir, cfg, checkpoint, force, force_hint, checking)
-    cfg, extended = extend_run(run_dir, cfg, rounds)  # config.toml records the rounds when extended
+    cfg, extended = extend_run(run_dir, cfg, rounds, int(checkpoint["round"]))  # config.toml records them
     return Resumption(cfg, checkpoint, skipped=skipped, forced=forced, extended=extended)
 
 

@@ -479,6 +479,32 @@ def _ray_backend(cfg: ExperimentConfig) -> type:
     return backend
 
 
+def check_local_data(cfg: ExperimentConfig) -> None:
+    """Build the run's federation in this process before the engine starts, so that a config no
+    partition fits (or data that does not fit its dataset) stops the run in one line, before
+    Ray or a client starts. The clients of a local simulation build their data on this machine
+    (the server too, with ``server.max-examples = 0``; :func:`fedmtl.data.load_federation` is
+    cached, so it is built once); on a Ray cluster (``engine.address``) whose server does not
+    hold the data (``server.max-examples > 0``) nothing is built here.
+
+    Raises
+    ------
+    DataError
+        Naming the problem (one the data's own code raised otherwise, with its text).
+    """
+    if cfg.engine.address and cfg.server.max_examples:
+        return
+    from fedmtl.data import load_federation
+    from fedmtl.data.checks import DataError
+
+    try:
+        load_federation(cfg.data, cfg.run.seed)
+    except DataError:
+        raise
+    except (OSError, ValueError, RuntimeError) as error:
+        raise DataError(f"data.dataset = '{cfg.data.dataset}' cannot be built: {error}") from error
+
+
 def simulate(
     cfg: ExperimentConfig, run_dir: Path, quiet: bool = False, verbose: bool = False,
     checkpoint: dict | None = None,
@@ -509,11 +535,10 @@ def simulate(
     from fedmtl.clients.app import app as client_app
     from fedmtl.launch.inprocess import engine_backend, switch_interval, use_in_process_backend
     from fedmtl.progress import CLIENT_ERRORS
-    from fedmtl.screening import check_data_here
     from fedmtl.server.app import make_server_app
     from fedmtl.server.latency import dispatch_on_push
 
-    check_data_here(cfg.data, cfg.run.seed, cfg.server.max_examples)  # a config no partition fits: before the engine
+    check_local_data(cfg)  # a config no partition fits: said before the engine starts
     supernodes = virtual_supernodes(cfg)
     cfg = cfg.with_values(engine={"supernodes": supernodes})  # the run folder records it
     settings = engine_settings(cfg, verbose)  # the caller's sys.path and environment, as the next run will see them
