@@ -86,10 +86,13 @@ def table_problems(run_dir: str | Path, done: int, metric_rows: int | None = Non
         return [*problems, f"rounds.csv {what} (the checkpoint is of round {done})"]
     if metrics is None:
         return problems
+    # a skipped round aggregated nothing (an older fedmtl wrote its usable replies as `aggregated`)
+    skipped = rounds["skipped"].fillna(0) > 0 if "skipped" in rounds.columns else pd.Series(False, index=rounds.index)
     for column, split, what in (("aggregated", "train", "training"), ("evaluated", "test", "test")):
         if column not in rounds.columns:
             continue
-        expected = {int(r) for r, n in zip(rounds["round"], rounds[column], strict=True) if n > 0}
+        counted = rounds[column].where(~skipped, 0) if column == "aggregated" else rounds[column]
+        expected = {int(r) for r, n in zip(rounds["round"], counted, strict=True) if n > 0}
         found = {int(r) for r in metrics.loc[metrics["split"] == split, "round"]}
         if lost := sorted(expected - found):
             problems.append(f"metrics.csv has no {what} rows of round {lost[0]}, which rounds.csv says "

@@ -65,6 +65,11 @@ def test_rows_lost_at_a_line_end_are_found_by_the_checkpoints_count(tmp_path):
 def test_a_run_whose_rounds_were_all_skipped_has_an_empty_metrics_table(tmp_path):
     skipped = "round,elapsed_s,sampled,aggregated,evaluated\n1,0.1,2,0,0\n2,0.2,2,0,0\n"
     assert table_problems(folder(tmp_path, HEADER, skipped), 2) == []
+    # an older fedmtl wrote a skipped round's usable replies as `aggregated`: no training rows either
+    older = "round,elapsed_s,sampled,aggregated,skipped,evaluated\n1,0.1,2,1,1,0\n2,0.2,2,1,1,0\n"
+    assert table_problems(folder(tmp_path, HEADER, older), 2) == []
+    unskipped = older.replace(",1,1,0\n", ",1,0,0\n")
+    assert table_problems(folder(tmp_path, HEADER, unskipped), 2)[0].startswith("metrics.csv has no training rows")
 
 
 def test_missing_tables_are_named(tmp_path):
