@@ -204,7 +204,8 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
     except OSError as exc:
         if exc.errno is None:  # raised by our code with its own message (FileExistsError, ...)
             raise
-        what = f"cannot write {exc.filename}" if exc.filename is not None else "cannot write" + (
+        path = exc.filename2 if exc.filename2 is not None else exc.filename  # os.replace(temporary, path)
+        what = f"cannot write {path}" if path is not None else "cannot write" + (
             f" in {run_dir}" if run_dir is not None else "")
         line = f"{what}: {exc.strerror or exc}"
         if resume is not None:
@@ -212,16 +213,21 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
         elif run_dir is not None and (run_dir / "summary.json").is_file():
             line += f"; the run finished: draw its figures again with: fedmtl plot {run_dir}"
         elif run_dir is not None and last_round(run_dir) is not None:
-            line += f"; continue with: fedmtl run --resume {run_dir}"
+            from fedmtl.launch.resume import not_resumable
+
+            if (why := not_resumable(run_dir)) is None:
+                line += f"; continue with: fedmtl run --resume {run_dir}"
+            else:
+                line += f"; its results so far are in {run_dir}; a resume cannot continue it ({why})"
         elif run_dir is not None:
             from fedmtl.results import remove_unused_run_dir
 
             with contextlib.suppress(OSError):  # a run that wrote nothing leaves no folder to refuse its --out
                 remove_unused_run_dir(run_dir)
-            from fedmtl.launch.resume import restart_command
+            from fedmtl.launch.resume import not_resumable
 
-            if again := restart_command(run_dir):  # no checkpoint yet: a resume starts it again from round 1
-                line += f"; once there is room, start it again with: {again}"
+            if run_dir.is_dir() and not_resumable(run_dir) is None:  # no checkpoint yet: it starts again from round 1
+                line += f"; once the cause is fixed, start it again with: fedmtl run --resume {run_dir}"
         fail(line, code=1)
     raise AssertionError("unreachable")
 
@@ -251,8 +257,11 @@ def failed_run_advice(run_dir: Path, rounds: int) -> str:
     """What to do about a run its clients failed: resume it, or, when it has no round left
     (its last checkpoint is of round ``rounds``), start it again or add rounds."""
     from fedmtl.launch.interrupt import last_round
+    from fedmtl.launch.resume import not_resumable
 
     where = f"the run stopped; its results and checkpoints are in {run_dir}; once the cause is fixed"
+    if (why := not_resumable(run_dir)) is not None:
+        return f"{where}, run its config again (a resume cannot continue it: {why})"
     if last_round(run_dir) != rounds:
         return f"{where}, continue with: fedmtl run --resume {run_dir}"
     return (f"{where}, start it again (a resume has no round left to run), or add rounds: "
@@ -385,7 +394,8 @@ def sweep(
         raise
     finally:
         display.close()
-    typer.echo(f"next: fedmtl report {folder}")
+    if any(r.status in ("done", "skipped") for r in done.runs):  # report reads finished runs only
+        typer.echo(f"next: fedmtl report {folder}")
     raise typer.Exit(1 if any(r.status == "failed" for r in done.runs) else 0)
 
 

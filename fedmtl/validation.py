@@ -376,14 +376,25 @@ def _inputs(rank: int) -> str:
     return "image inputs" if rank == IMAGE_RANK else f"inputs of rank {rank}"
 
 
+def _federates(cfg: ExperimentConfig, backbone: str) -> bool:
+    """Whether ``cfg`` with ``backbone`` passes :func:`check_something_federated` (a suggested
+    backbone must not lead to the next refusal)."""
+    try:
+        check_something_federated(cfg.with_values(model={"backbone": backbone}))
+    except ValueError:
+        return False
+    return True
+
+
 def check_backbone_input(cfg: ExperimentConfig) -> None:
     """The backbone takes the dataset's inputs (its ``input_rank``)."""
     shape = dataset_input_shape(cfg.data)
     rank = getattr(BACKBONES.get(cfg.model.backbone), "input_rank", None)
     if rank is None or rank == len(shape):
         return
-    fitting = [f"'{name}'" for name, backbone in BACKBONES.items()
+    fitting = [name for name, backbone in BACKBONES.items()
                if getattr(backbone, "input_rank", None) in (None, len(shape))]
+    fitting = [f"'{name}'" for name in ([n for n in fitting if _federates(cfg, n)] or fitting)]
     raise ValueError(
         f"model.backbone = '{cfg.model.backbone}' needs {_inputs(rank)}, but dataset '{cfg.data.dataset}' "
         f"has inputs of shape {shape}; use backbone = {' or '.join(fitting)}"

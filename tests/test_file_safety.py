@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,21 @@ def test_a_full_disk_says_what_to_do_at_each_stage_of_a_run(tmp_path, capsys):
         _guarded(finished, _disk_full(finished / "plots" / "a.png"))
     assert f"the run finished: draw its figures again with: fedmtl plot {finished}" in capsys.readouterr().err
     assert (finished / "summary.json").is_file()
+    # a table moved into place over a folder: the line names the table, not the temporary file
+    stopped = tmp_path / "stopped"
+    shutil.copytree(finished, stopped)
+    (stopped / "summary.json").unlink()
+    (stopped / "config.toml").write_text("")
+    (stopped / "checkpoints").mkdir()
+    (stopped / "checkpoints" / "round-2.pt").write_bytes(b"")
+
+    def replaced() -> None:
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(stopped / ".rounds.csv.x1.tmp"), None,
+                                str(stopped / "rounds.csv"))
+
+    with pytest.raises(typer.Exit):
+        _guarded(stopped, replaced)
+    assert f"cannot write {stopped / 'rounds.csv'}: Is a directory" in capsys.readouterr().err
 
 
 def test_a_full_disk_while_a_resume_extends_the_run_is_one_line(tmp_path, monkeypatch):

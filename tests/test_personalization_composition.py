@@ -304,3 +304,13 @@ def test_ditto_finishes_with_both_views_when_clients_drop_out_and_corrupt_update
     # the client that dropped out, and the one whose update was rejected, trained in one round
     table = run["participation"].set_index("client")
     assert table.rounds_trained.tolist() == [1, 2, 1] and table.rounds_aggregated.tolist() == [1, 2, 1]
+
+
+def test_the_advice_for_a_diverging_proximal_step_names_the_way_each_key_must_move():
+    """lr × strength < 2 (1 + momentum): lowering client.momentum would make it worse."""
+    from fedmtl.config import ConfigError
+
+    sets = ["personalization.method=ditto", "personalization.params={lambda=50}", "client.lr=0.05"]
+    with pytest.raises(ConfigError, match=r"lower client.lr or the strength, or raise client.momentum"):
+        load_config(ROOT / "configs/smoke.toml", [*sets, "client.momentum=0"])
+    load_config(ROOT / "configs/smoke.toml", [*sets, "client.momentum=0.5"])  # raising it is enough here

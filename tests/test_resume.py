@@ -227,9 +227,31 @@ def test_the_advice_after_an_early_stop_names_a_resume_only_where_one_works(tmp_
     assert interrupted_message(federated) == ("interrupted before the first checkpoint; start it again from round 1 "
                                               f"with: fedmtl run --resume {federated}")
     assert interrupted_message(centralized) == (
-        f"interrupted before the first checkpoint; nothing to resume in {centralized}")
+        f"interrupted before the first checkpoint; nothing to resume in {centralized} (a centralized run has no "
+        "checkpoints to continue from; run the baseline again)")
+    outside = tmp_path / "outside"  # heads kept outside the folder: a restart would not clear them
+    shutil.copytree(federated, outside)
+    (outside / "config.toml").write_text(f'[client]\nhead-store-dir = "{tmp_path / "heads"}"\n')
+    assert interrupted_message(outside) == (
+        f"interrupted before the first checkpoint; nothing to resume in {outside} (it has no checkpoint and its "
+        f"heads are not kept in a folder of their own inside it ({tmp_path / 'heads'}))")
+    # heads kept in the clients' contexts are lost with the process: checkpoints or not, no resume
+    in_memory = tmp_path / "in-memory"
+    shutil.copytree(federated, in_memory)
+    (in_memory / "config.toml").write_text('[client]\nhead-store = "context"\n')
+    (in_memory / "checkpoints").mkdir()
+    (in_memory / "checkpoints" / "round-4.pt").write_bytes(b"")
+    assert interrupted_message(in_memory) == (
+        f"interrupted after round 4; its results so far are in {in_memory}; a resume cannot continue it "
+        "(client.head-store = 'context' kept the clients' heads in memory, and they are lost; use 'disk')")
+    from fedmtl.cli import failed_run_advice
+
+    assert "--resume" not in failed_run_advice(in_memory, 6) and "run its config again" in failed_run_advice(
+        in_memory, 6)
     (federated / "flower-run-id").write_text("42\n")  # submitted with flwr run: its clients may be elsewhere
-    assert interrupted_message(federated).endswith(f"; nothing to resume in {federated}")
+    assert interrupted_message(federated).endswith(
+        f"; nothing to resume in {federated} (it has no checkpoint and was submitted with flwr run: submit its "
+        "config.toml again)")
     from fedmtl.launch.resume import ResumeRefused, plan_resume
 
     with pytest.raises(ResumeRefused, match=r"was submitted with flwr run \(Flower run 42\): submit its config.toml"):

@@ -142,6 +142,11 @@ def test_jobs_above_1_refuse_a_ray_run_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="--jobs = 0"):
         run_sweep(planned, report=lambda line: None, jobs=0)
     check_jobs(plan_sweep(CONFIG, GRID, 1, tmp_path / "c", ["run.mode=centralized"]), 2)  # no engine: accepted
+    # the backend in the grid beats --set: the advice is to drop it from the grid
+    gridded = plan_sweep(CONFIG, {"engine.backend": ["ray", "inprocess"]}, 1, tmp_path / "g",
+                         ["run.rounds=1", "engine.backend=inprocess"])
+    with pytest.raises(ConfigError, match=r"; drop engine.backend from --grid, or use --jobs 1$"):
+        check_jobs(gridded, 2)
 
 
 def test_the_cli_names_a_jobs_below_1(tmp_path):

@@ -87,7 +87,7 @@ def test_alpha_changes_no_label_as_in_the_published_generator():
 
 
 def test_lenet_on_vector_inputs_is_a_clear_config_error():
-    with pytest.raises(ConfigError, match="lenet' needs image inputs.*use backbone = 'identity' or 'mlp'"):
+    with pytest.raises(ConfigError, match="lenet' needs image inputs.*use backbone = 'mlp'$"):
         load_config(None, ["data.dataset=synthetic"])
 
 

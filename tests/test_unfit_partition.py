@@ -58,3 +58,16 @@ def test_a_flwr_run_serverapp_refuses_before_it_makes_a_folder_or_asks_a_client(
     with pytest.raises(DataError, match=SAID):
         run_server(None, cfg)  # type: ignore[arg-type]  # no grid: it is never reached
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_whose_runs_all_hit_it_fails_them_and_points_to_no_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+
+    result = CliRunner().invoke(cli, ["sweep", str(SMOKE), "--grid", "data.dirichlet-alpha=0.001", "--set",
+                                      "data.partitioner=dirichlet", "--set", "data.num-clients=20", "--set",
+                                      "engine.backend=inprocess", "--out", str(tmp_path / "sweep")])
+    assert result.exit_code == 1, result.output
+    assert "0/1 runs finished, 1 failed" in result.output and SAID in result.output
+    assert "next: fedmtl report" not in result.output  # a report of no finished run is refused

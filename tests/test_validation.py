@@ -206,9 +206,16 @@ def test_data_sections_with_params_hash_alike_and_cache_one_federation():
 
 def test_the_backbone_says_which_inputs_it_needs():
     assert BACKBONES.get("lenet").input_rank == 3 and BACKBONES.get("mlp").input_rank is None
+    arrests = ["data.dataset=arrests", "data.partitioner=natural", "data.num-clients=6"]
+    # personal heads: 'identity' has no parameters to federate (the next refusal), so it is not offered
+    with pytest.raises(ConfigError, match="model.backbone = 'lenet' needs image inputs.*use backbone = 'mlp'$"):
+        load_config(None, arrests)
     with pytest.raises(ConfigError,
                        match="model.backbone = 'lenet' needs image inputs.*use backbone = 'identity' or 'mlp'"):
-        load_config(None, ["data.dataset=arrests", "data.partitioner=natural", "data.num-clients=6"])
+        load_config(None, [*arrests, "model.heads=global"])
+    for backbone in ("identity", "mlp"):  # each suggestion is a valid config
+        load_config(None, [*arrests, "model.heads=global", f"model.backbone={backbone}"])
+    load_config(None, [*arrests, "model.backbone=mlp"])
 
 
 @pytest.mark.parametrize("rule", ["db-mtl", "excess-mtl"])

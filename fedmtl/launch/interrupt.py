@@ -188,13 +188,17 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
     done = last_round(run_dir)
     if done is None and run_dir.is_dir() and nothing_recorded(run_dir):
         return f"interrupted before the run started; nothing was recorded (run again: --out {run_dir} reuses it)"
-    if done is None:
-        from fedmtl.launch.resume import restart_command
+    from fedmtl.launch.resume import not_resumable
 
-        again = restart_command(run_dir)
-        if again is None:
-            return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
-        return f"interrupted before the first checkpoint; start it again from round 1 with: {again}"
+    why = not_resumable(run_dir)
+    if done is None:
+        if why is not None:
+            return f"interrupted before the first checkpoint; nothing to resume in {run_dir} ({why})"
+        return ("interrupted before the first checkpoint; start it again from round 1 with: "
+                f"fedmtl run --resume {run_dir}")
+    if why is not None:
+        return (f"interrupted after round {done}; its results so far are in {run_dir}; "
+                f"a resume cannot continue it ({why})")
     return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
 
 

@@ -183,20 +183,32 @@ def clear_for_restart(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
         return reset_run_dir(run_dir, head_store_root(cfg, run_dir))
 
 
-def restart_command(run_dir: Path) -> str | None:
-    """``fedmtl run --resume RUN_DIR`` when that starts a run stopped before its first checkpoint
-    again (its folder holds its config, the run can be resumed); ``None`` otherwise."""
-    from fedmtl.results import FLOWER_RUN_FILE, RUN_MARKER
+def not_resumable(run_dir: Path) -> str | None:
+    """Why ``fedmtl run --resume RUN_DIR`` refuses the folder whatever is fixed (the rules of
+    :func:`plan_resume` that need no lock or checkpoint check), ``None`` when it can continue
+    the run, or start it again when it has no checkpoint. Advice printed after a stop names the
+    resume only when this is ``None``."""
+    from fedmtl.results import FLOWER_RUN_FILE, RUN_MARKER, checkpoint_files, head_store_root
     from fedmtl.validation import load_config
 
-    if not ((run_dir / "config.toml").is_file() and (run_dir / RUN_MARKER).is_file()) or (
-            run_dir / FLOWER_RUN_FILE).is_file():
-        return None
+    if not (run_dir / "config.toml").is_file():
+        return "it holds no config.toml"
     try:
         cfg = load_config(run_dir / "config.toml")
-    except Exception:  # noqa: BLE001 - an unreadable config is no advice to give
+    except Exception as error:  # noqa: BLE001 - any unreadable config refuses the resume
+        return f"its config.toml does not load ({type(error).__name__})"
+    if why := unresumable(cfg):
+        return why
+    if checkpoint_files(run_dir):
         return None
-    return None if unresumable(cfg) else f"fedmtl run --resume {run_dir}"
+    if not (run_dir / RUN_MARKER).is_file():
+        return "it has no checkpoint and is not a run folder fedmtl made"
+    if (run_dir / FLOWER_RUN_FILE).is_file():
+        return "it has no checkpoint and was submitted with flwr run: submit its config.toml again"
+    heads = head_store_root(cfg, run_dir).resolve()
+    if heads == run_dir.resolve() or not heads.is_relative_to(run_dir.resolve()):
+        return f"it has no checkpoint and its heads are not kept in a folder of their own inside it ({heads})"
+    return None
 
 
 def _settle_problems(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict[str, Any], force: bool,

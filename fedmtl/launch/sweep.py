@@ -614,10 +614,11 @@ def check_jobs(sweep: Sweep, jobs: int) -> None:
     for run in sweep.runs:
         cfg = sweep.config_of(run)
         if cfg.run.mode == "federated" and cfg.engine.backend != "inprocess":
+            fix = ("drop engine.backend from --grid" if "engine.backend" in sweep.grid
+                   else "add --set engine.backend=inprocess")
             raise ConfigError(
                 f"--jobs {jobs} runs in-process runs only, but run '{run.folder}' has engine.backend = "
-                f"'{cfg.engine.backend}' (Ray's clients already use every CPU); add --set engine.backend=inprocess, "
-                "or use --jobs 1")
+                f"'{cfg.engine.backend}' (Ray's clients already use every CPU); {fix}, or use --jobs 1")
 
 
 def share_cores(cfg: ExperimentConfig, jobs: int) -> list[str]:

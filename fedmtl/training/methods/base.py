@@ -325,5 +325,6 @@ def stable_step_problem(key: str, strength: float, cfg: ExperimentConfig) -> str
     if cfg.client.lr * strength >= limit:
         return (f"{key} = {strength:g} with client.lr = {cfg.client.lr:g} and client.momentum = "
                 f"{cfg.client.momentum:g}: local SGD diverges on the proximal term (lr × strength = "
-                f"{cfg.client.lr * strength:g} must be < 2 (1 + momentum) = {limit:g}); lower one of them")
+                f"{cfg.client.lr * strength:g} must be < 2 (1 + momentum) = {limit:g}); lower client.lr or the "
+                f"strength, or raise client.momentum")
     return ""
