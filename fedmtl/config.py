@@ -678,6 +678,9 @@ def _describe_error(err: dict[str, Any]) -> str:
     if len(loc) == 1 and loc[0] in SECTIONS and isinstance(value, dict):
         # a check across keys of one section; the message names the key
         return "\n".join(f"{loc[0]}.{line}" for line in message.splitlines())
+    if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+        # --set k=nan, k=123: TOML read a number; the text is a string in quotes
+        message += f" (for the text, quote it: {key} = \"{value}\", or --set '{key}=\"{value}\"')"
     return f"{key} = {value!r}: {message}"
 
 

@@ -306,3 +306,14 @@ def test_waits_are_at_most_1e9_seconds(key):
     with pytest.raises(ConfigError) as info:
         load_config(None, [f"{key}=1e10"])
     assert str(info.value) == f"{key} = 10000000000.0: Input should be less than or equal to 1000000000"
+
+
+@pytest.mark.parametrize(("override", "key", "text"), [("faults.corrupt-kinds=nan", "faults.corrupt-kinds", "nan"),
+                                                       ("run.name=123", "run.name", "123")])
+def test_a_number_where_text_belongs_says_how_to_quote_it(override, key, text):
+    with pytest.raises(ConfigError) as refused:
+        load_config(ROOT / "configs/smoke.toml", [override])
+    assert str(refused.value).endswith(f"Input should be a valid string (for the text, quote it: {key} = \"{text}\", "
+                                       f"or --set '{key}=\"{text}\"')")
+    assert len(str(refused.value).splitlines()) == 1
+    load_config(ROOT / "configs/smoke.toml", [f'{key}="{text}"'])  # the advice, followed
