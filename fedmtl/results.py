@@ -369,10 +369,8 @@ class RunRecorder:
         kept = rows_up_to(self.metrics_path.read_bytes(), last_round)
         write_bytes(self.metrics_path, kept)
         self.metric_rows = max(len(kept.splitlines()) - 1, 0)
-        if self.placement_path.is_file():
-            placement = pd.read_csv(self.placement_path, dtype=str, keep_default_na=False)
-            placement = placement[placement["round"].astype(int) <= last_round]
-            write_bytes(self.placement_path, placement.to_csv(index=False).encode())
+        if self.placement_path.is_file():  # cut as metrics.csv is: its rows stay byte for byte (csv's line ends)
+            write_bytes(self.placement_path, rows_up_to(self.placement_path.read_bytes(), last_round))
         rounds_path = self.run_dir / "rounds.csv"
         if rounds_path.is_file():
             rounds = pd.read_csv(rounds_path, dtype=str, keep_default_na=False)

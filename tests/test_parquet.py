@@ -103,3 +103,20 @@ def test_a_resume_rewrites_rounds_csv_byte_for_byte(tmp_path):
     assert recorder.rounds[0]["evaluated_never_trained"] == 2 and isinstance(recorder.rounds[0]["train_loss"], float)
     RunRecorder(run, cfg, dataset_tasks(cfg.data), resume_round=1)
     assert (run / "rounds.csv").read_bytes() == b"".join(before.splitlines(keepends=True)[:2])
+
+
+def test_a_resume_cuts_placement_csv_keeping_its_rows_byte_for_byte(tmp_path):
+    """The rows of rounds up to the checkpoint stay as written (csv's line ends), so the rows the
+    resumed run appends match them: the file equals an uninterrupted run's."""
+    cfg = load_config(None, ["run.rounds=3"])
+    whole = RunRecorder(tmp_path / "whole", cfg, dataset_tasks(cfg.data))
+    rows = {r: [(r, c, stage, "host", "", "cpu") for c in (0, 1) for stage in ("train", "evaluate")] for r in (1, 2, 3)}
+    for r in (1, 2, 3):
+        whole.log_placement(rows[r])
+    cut = RunRecorder(tmp_path / "cut", cfg, dataset_tasks(cfg.data))
+    for r in (1, 2, 3):
+        cut.log_placement(rows[r])
+    resumed = RunRecorder(tmp_path / "cut", cfg, dataset_tasks(cfg.data), resume_round=1)
+    for r in (2, 3):
+        resumed.log_placement(rows[r])
+    assert (tmp_path / "cut" / "placement.csv").read_bytes() == (tmp_path / "whole" / "placement.csv").read_bytes()
