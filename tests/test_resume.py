@@ -233,8 +233,9 @@ def test_the_advice_after_an_early_stop_names_a_resume_only_where_one_works(tmp_
     shutil.copytree(federated, outside)
     (outside / "config.toml").write_text(f'[client]\nhead-store-dir = "{tmp_path / "heads"}"\n')
     assert interrupted_message(outside) == (
-        f"interrupted before the first checkpoint; nothing to resume in {outside} (it has no checkpoint and its "
-        f"heads are not kept in a folder of their own inside it ({tmp_path / 'heads'}))")
+        f"interrupted before the first checkpoint; nothing to resume in {outside} (it has no checkpoint, and its "
+        f"heads are not kept in a folder of their own inside it ({tmp_path / 'heads'}): run its config.toml again "
+        "in a new folder)")
     # heads kept in the clients' contexts are lost with the process: checkpoints or not, no resume
     in_memory = tmp_path / "in-memory"
     shutil.copytree(federated, in_memory)
@@ -250,8 +251,8 @@ def test_the_advice_after_an_early_stop_names_a_resume_only_where_one_works(tmp_
         in_memory, 6)
     (federated / "flower-run-id").write_text("42\n")  # submitted with flwr run: its clients may be elsewhere
     assert interrupted_message(federated).endswith(
-        f"; nothing to resume in {federated} (it has no checkpoint and was submitted with flwr run: submit its "
-        "config.toml again)")
+        f"; nothing to resume in {federated} (it has no checkpoint, and was submitted with flwr run (Flower run 42): "
+        "submit its config.toml again)")
     from fedmtl.launch.resume import ResumeRefused, plan_resume
 
     with pytest.raises(ResumeRefused, match=r"was submitted with flwr run \(Flower run 42\): submit its config.toml"):

@@ -149,28 +149,38 @@ def _plan_restart(run_dir: Path, cfg: ExperimentConfig, rounds: int) -> Resumpti
     computes them again, the same, as the seeds are). Refused for a folder fedmtl did not make,
     and when the run's heads live outside its folder (they are not the folder's to delete)."""
     from fedmtl.folder_lock import refuse_if_busy
-    from fedmtl.results import FLOWER_RUN_FILE, RUN_MARKER, head_store_root, written_by_run
+    from fedmtl.results import head_store_root, written_by_run
 
     if (run_dir / "summary.json").is_file():  # finished, though without a checkpoint: never deleted
         if rounds == cfg.run.rounds:
             return Resumption(cfg, None, finished=True)
         raise ResumeRefused(f"'{run_dir}' finished without a checkpoint to continue from: run its config.toml "
                             f"again with run.rounds={rounds}")
-    if run_dir.is_symlink() or not (run_dir / RUN_MARKER).is_file():  # before the lock, which makes the marker
-        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and is not a run folder fedmtl made (no {RUN_MARKER}): "
-                            "nothing to resume")
-    if (run_dir / FLOWER_RUN_FILE).is_file():  # a deployment's clients and heads are on other hosts
-        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and was submitted with flwr run (Flower run "
-                            f"{(run_dir / FLOWER_RUN_FILE).read_text().strip()}): submit its config.toml again")
-    heads = head_store_root(cfg, run_dir).resolve()
-    if heads == run_dir.resolve() or not heads.is_relative_to(run_dir.resolve()):
-        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and its heads are not kept in a folder of their own "
-                            f"inside it ({heads}): run its config.toml again in a new folder")
+    if why := _restart_refusal(run_dir, cfg):  # before the lock, which makes the marker
+        raise ResumeRefused(f"'{run_dir}' has no checkpoint, and {why}")
     refuse_if_busy(run_dir)
-    written = written_by_run(run_dir, heads)
+    written = written_by_run(run_dir, head_store_root(cfg, run_dir).resolve())
     note = f"'{run_dir}' has no checkpoint: the run starts again from round 1 in it" + (
         f" (deleting its {', '.join(written)} first)" if written else "")
     return Resumption(cfg.with_values(run={"rounds": rounds}), None, restart=note)
+
+
+def _restart_refusal(run_dir: Path, cfg: ExperimentConfig) -> str | None:
+    """Why a folder without a checkpoint is not started again from round 1 (``None``: it is):
+    fedmtl did not make it, a ``flwr run`` submission made it (a deployment's clients and heads
+    are on other hosts), or its heads live outside it (they are not the folder's to delete)."""
+    from fedmtl.results import FLOWER_RUN_FILE, RUN_MARKER, head_store_root
+
+    if run_dir.is_symlink() or not (run_dir / RUN_MARKER).is_file():
+        return f"is not a run folder fedmtl made (no {RUN_MARKER}): nothing to resume"
+    if (run_dir / FLOWER_RUN_FILE).is_file():
+        return (f"was submitted with flwr run (Flower run {(run_dir / FLOWER_RUN_FILE).read_text().strip()}): "
+                "submit its config.toml again")
+    heads = head_store_root(cfg, run_dir).resolve()
+    if heads == run_dir.resolve() or not heads.is_relative_to(run_dir.resolve()):
+        return (f"its heads are not kept in a folder of their own inside it ({heads}): run its config.toml again "
+                "in a new folder")
+    return None
 
 
 def clear_for_restart(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
@@ -188,7 +198,7 @@ def not_resumable(run_dir: Path) -> str | None:
     :func:`plan_resume` that need no lock or checkpoint check), ``None`` when it can continue
     the run, or start it again when it has no checkpoint. Advice printed after a stop names the
     resume only when this is ``None``."""
-    from fedmtl.results import FLOWER_RUN_FILE, RUN_MARKER, checkpoint_files, head_store_root
+    from fedmtl.results import checkpoint_files
     from fedmtl.validation import load_config
 
     if not (run_dir / "config.toml").is_file():
@@ -199,16 +209,9 @@ def not_resumable(run_dir: Path) -> str | None:
         return f"its config.toml does not load ({type(error).__name__})"
     if why := unresumable(cfg):
         return why
-    if checkpoint_files(run_dir):
+    if checkpoint_files(run_dir) or (why := _restart_refusal(run_dir, cfg)) is None:
         return None
-    if not (run_dir / RUN_MARKER).is_file():
-        return "it has no checkpoint and is not a run folder fedmtl made"
-    if (run_dir / FLOWER_RUN_FILE).is_file():
-        return "it has no checkpoint and was submitted with flwr run: submit its config.toml again"
-    heads = head_store_root(cfg, run_dir).resolve()
-    if heads == run_dir.resolve() or not heads.is_relative_to(run_dir.resolve()):
-        return f"it has no checkpoint and its heads are not kept in a folder of their own inside it ({heads})"
-    return None
+    return f"it has no checkpoint, and {why}"
 
 
 def _settle_problems(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict[str, Any], force: bool,
