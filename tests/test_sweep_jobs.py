@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import pytest
 from fedmtl.config import ConfigError
 from fedmtl.data import dataset_tasks
 from fedmtl.launch.sweep import MANIFEST, check_jobs, plan_sweep, run_sweep, share_cores
-from fedmtl.results import RunRecorder, create_run_dir, recorded_head_store_dir
+from fedmtl.results import RUN_ID_FILE, RUN_MARKER, RunRecorder, create_run_dir, recorded_head_store_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/smoke.toml"
@@ -52,18 +51,27 @@ def sweeps(tmp_path_factory):
     return one, two, proc
 
 
-def _spans(folder: Path) -> list[tuple[datetime, datetime]]:
-    """Each run's (started, finished) from its summary.json's provenance."""
+def _spans(folder: Path) -> list[tuple[int, int]]:
+    """Each run's working time in nanoseconds, from its files' modification times: from its
+    ``run-id`` (the first file a run writes; the provenance's ``started`` is to the second only,
+    and a one-round run here lasts under a second) to the last file it wrote (its plots)."""
     spans = []
     for run in json.loads((folder / MANIFEST).read_text())["runs"]:
-        provenance = json.loads((folder / run["folder"] / "summary.json").read_text())["provenance"]
-        spans.append((datetime.fromisoformat(provenance["started"]), datetime.fromisoformat(provenance["finished"])))
+        run_dir = folder / run["folder"]
+        written = [p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != RUN_MARKER]
+        spans.append(((run_dir / RUN_ID_FILE).stat().st_mtime_ns, max(written)))
     return spans
 
 
-def _overlap(spans: list[tuple[datetime, datetime]]) -> bool:
-    """Two runs ran at the same time (to the second the provenance records)."""
+def _overlap(spans: list[tuple[int, int]]) -> bool:
+    """Two runs worked at the same time."""
     return any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])
+
+
+def test_overlap_compares_spans_finer_than_a_second():
+    second = 1_000_000_000
+    assert _overlap([(10 * second + 100, 10 * second + 600), (10 * second + 200, 10 * second + 700)])
+    assert not _overlap([(10 * second, 10 * second + 500), (10 * second + 500, 10 * second + 900)])
 
 
 @pytest.mark.slow
