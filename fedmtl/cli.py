@@ -156,14 +156,23 @@ def run(
         run_dir = _guarded(None, lambda: create_run_dir(cfg, out))
     except (FileExistsError, ValueError) as exc:
         fail(str(exc))
+    _guarded(run_dir, lambda: _header_and_run(cfg, run_dir, config, quiet, verbose))
+
+
+def _header_and_run(cfg: ExperimentConfig, run_dir: Path, config: Path | None, quiet: bool, verbose: bool,
+                    checkpoint: dict | None = None, shipped: bool = True) -> None:
+    """The run's header (unless ``quiet``), then the run: the centralized baseline, or a
+    federated simulation (from ``checkpoint`` when resumed). ``config`` is the file the header
+    names (a shipped config's name is resolved when ``shipped``). Called within
+    :func:`_guarded`, so a signal while the header prints is handled as during the run."""
     if not quiet:
-        _header(cfg, run_dir, _shipped(config) if config is not None else None)
+        _header(cfg, run_dir, _shipped(config) if shipped and config is not None else config)
     if cfg.run.mode == "centralized":
         from fedmtl.training.centralized import run_centralized
 
-        _guarded(run_dir, lambda: run_centralized(cfg, run_dir, quiet=quiet))
+        run_centralized(cfg, run_dir, quiet=quiet)
     else:
-        _guarded(run_dir, lambda: _simulate(cfg, run_dir, quiet, verbose))
+        _simulate(cfg, run_dir, quiet, verbose, checkpoint)
 
 
 def _header(cfg: ExperimentConfig, run_dir: Path, config: Path | None) -> None:
@@ -324,9 +333,8 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
 
         typer.echo(f"note: {plan.restart}", err=True)
         _guarded(run_dir.resolve(), lambda: clear_for_restart(run_dir, plan.cfg))
-    if not quiet:
-        _header(plan.cfg, run_dir, run_dir / "config.toml")
-    _guarded(run_dir.resolve(), lambda: _simulate(plan.cfg, run_dir.resolve(), quiet, verbose, plan.checkpoint))
+    _guarded(run_dir.resolve(), lambda: _header_and_run(plan.cfg, run_dir.resolve(), run_dir / "config.toml",
+                                                       quiet, verbose, plan.checkpoint, shipped=False))
 
 
 @cli.command(context_settings=EXTRA_ARGS)

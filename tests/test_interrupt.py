@@ -192,3 +192,33 @@ def test_flwr_run_stops_the_local_superlink_it_started_even_when_interrupted(tmp
     finally:
         earlier.kill()
         earlier.wait()
+
+
+SIGNAL_DURING_HEADER = """
+import os, signal, sys
+import fedmtl.cli as cli
+
+def header(*args, **kwargs):  # the signal comes while the header prints: after the folder exists
+    os.kill(os.getpid(), signal.SIGTERM)
+
+cli._header = header
+sys.argv = ["fedmtl", "run", sys.argv[1], "--set", "run.rounds=1", "--set", "engine.backend=inprocess",
+            "--out", sys.argv[2]]
+cli.main()
+"""
+
+
+def test_a_sigterm_while_the_header_prints_is_handled_and_the_folder_reused(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HOME": str(tmp_path), "FLWR_HOME": str(tmp_path / ".flwr")}
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_DURING_HEADER, str(ROOT / "configs/smoke.toml"), str(out)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    # handled: the interrupt's own line and exit code, not the default action (killed by signal 15)
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"interrupted before the run started; nothing was recorded (run again: --out {out} reuses it)"), proc.stderr
+    again = subprocess.run([sys.executable, "-m", "fedmtl", "run", str(ROOT / "configs/smoke.toml"), "-q",
+                            "--set", "run.rounds=1", "--set", "engine.backend=inprocess", "--out", str(out)],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "summary.json").is_file()
