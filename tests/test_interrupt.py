@@ -222,3 +222,22 @@ def test_a_sigterm_while_the_header_prints_is_handled_and_the_folder_reused(tmp_
                            capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "summary.json").is_file()
+
+
+def test_an_interrupt_after_the_run_finished_says_so_and_names_a_missing_figure(tmp_path, monkeypatch):
+    import fedmtl
+    from fedmtl.launch.interrupt import interrupted_message
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run_dir = tmp_path / "run"
+    fedmtl.run(ROOT / "configs/smoke.toml", ["run.rounds=1", "engine.backend=inprocess"], out=run_dir)
+    assert interrupted_message(run_dir) == f"interrupted after the run finished; its results are complete in {run_dir}"
+    (run_dir / "plots" / "accuracy.png").unlink()  # stopped while it drew its figures
+    message = interrupted_message(run_dir)
+    assert message == ("interrupted after the run finished, while it wrote its last files (plots/accuracy.png); "
+                       f"write them with: fedmtl run --resume {run_dir}")
+    # the command it names writes the missing figure
+    resumed = subprocess.run([sys.executable, "-m", "fedmtl", "run", "--resume", str(run_dir)], capture_output=True,
+                             text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run_dir / "plots" / "accuracy.png").is_file()

@@ -185,6 +185,8 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
         return "interrupted before the run started"
     from fedmtl.results import nothing_recorded
 
+    if (run_dir / "summary.json").is_file():  # written once, when the run has finished its rounds
+        return _finished_message(run_dir)
     done = last_round(run_dir)
     if done is None and run_dir.is_dir() and nothing_recorded(run_dir):
         return f"interrupted before the run started; nothing was recorded (run again: --out {run_dir} reuses it)"
@@ -200,6 +202,23 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
         return (f"interrupted after round {done}; its results so far are in {run_dir}; "
                 f"a resume cannot continue it ({why})")
     return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
+
+
+def _finished_message(run_dir: Path) -> str:
+    """What an interrupt after the run's last round says: its results are complete, or which
+    of its last files it had not written yet and the command that writes them."""
+    from fedmtl.results import unfinished_outputs
+    from fedmtl.validation import load_config
+
+    try:
+        missing = unfinished_outputs(run_dir, load_config(run_dir / "config.toml"))
+    except Exception:  # noqa: BLE001 - the message must come whatever the folder holds
+        missing = None
+    if missing == []:
+        return f"interrupted after the run finished; its results are complete in {run_dir}"
+    what = f" ({', '.join(missing)})" if missing else ""
+    return (f"interrupted after the run finished, while it wrote its last files{what}; "
+            f"write them with: fedmtl run --resume {run_dir}")
 
 
 def finish_interrupted(stopped: Stopped, run_dir: Path | None, resume: str | None = None) -> NoReturn:
