@@ -10,6 +10,11 @@ from __future__ import annotations
 LIMIT = 160
 """The most characters of foreign text one message quotes, unless a caller says otherwise."""
 
+RULE_ERROR_LIMIT = 300
+"""The most characters of a cross-task or server rule's error quoted, on a client as on the
+server: the checks of a rule's result (:mod:`fedmtl.aggregation.rule`) say in full what to
+change, and a plugin's own text stays one line."""
+
 
 def one_line(text: object, limit: int | None = LIMIT) -> str:
     """``text`` as one printable line of at most ``limit`` characters (``None``: no limit).

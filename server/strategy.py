@@ -34,6 +34,7 @@ from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import make_plan, needs_task_parts
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
+from fedmtl.one_line import RULE_ERROR_LIMIT
 from fedmtl.progress import CLIENT_ERRORS, ClientErrors, Progress
 from fedmtl.results import RoundStats, RunRecorder, aggregated_training
 from fedmtl.screening import KnownClients, one_line
@@ -214,7 +215,7 @@ class FedMTLStrategy:
         except Exception as exc:  # noqa: BLE001 - a rule's own failure (a plugin's): one line, the run stops
             server = self.cfg.server
             raise RuleFailed(f"round {server_round}: plan '{server.plan}' with weighting '{server.weighting}' "
-                             f"failed: {type(exc).__name__}: {one_line(exc, 300)}") from exc
+                             f"failed: {type(exc).__name__}: {one_line(exc, RULE_ERROR_LIMIT)}") from exc
         for fallback in result.fallbacks:
             log(WARNING, "round %d: weighting fallback %s", server_round, fallback)
         keys = list(self.state)

@@ -211,6 +211,22 @@ def test_a_client_rule_that_raises_is_named_with_its_error_type(gradients):
         multitask_step(model, x, y, TASKS, Buggy([1.0, 1.0, 1.0], True), gradients=gradients)
 
 
+def test_a_client_rule_with_negative_weights_is_told_in_full_how_to_declare_them():
+    """The check of a rule's result says what to change; the client's line keeps all of it (it was
+    cut at 160 characters, before 'nonnegative = False)')."""
+    from fedmtl.training.local import RuleRaised
+
+    class Negative(FixedWeights):
+        name = "a-rule-with-a-long-name-that-returns-negative-weights"
+
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    x, y = _batch()
+    with pytest.raises(RuleRaised) as info:
+        multitask_step(model, x, y, TASKS, Negative([2.0, -0.5, -0.5], True), gradients="representation")
+    assert str(info.value).endswith("(a rule whose weights may be negative sets nonnegative = False)"), str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
 def test_a_diverged_training_is_not_blamed_on_the_client_rule():
     from fedmtl.aggregation.rule import NonFiniteObjectives
 

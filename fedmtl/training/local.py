@@ -45,7 +45,7 @@ from fedmtl.aggregation import Aggregator, Objectives, Rule, Weighting
 from fedmtl.aggregation.rule import NonFiniteObjectives
 from fedmtl.data.federation import Split
 from fedmtl.models import MultiTaskModel
-from fedmtl.one_line import described
+from fedmtl.one_line import RULE_ERROR_LIMIT, described
 from fedmtl.tasks import TaskSpec
 from fedmtl.training.sgd import SGD
 
@@ -209,7 +209,7 @@ def _called(rule: Rule, call: Callable[[Objectives], T], objectives: Objectives)
     except NonFiniteObjectives:
         raise  # the training diverged: not the rule's fault, and its message says so
     except Exception as exc:
-        raise RuleRaised(f"client.weighting '{rule.name}' failed: {described(exc)}") from exc
+        raise RuleRaised(f"client.weighting '{rule.name}' failed: {described(exc, RULE_ERROR_LIMIT)}") from exc
 
 
 def _heads_only_step(
