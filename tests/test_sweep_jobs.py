@@ -193,6 +193,33 @@ def test_a_worker_that_dies_fails_only_its_run_and_is_replaced(tmp_path):
     assert lines[-1].endswith("2/4 runs finished, 2 failed")
 
 
+def fails_deep_for_seed_0(cfg, run_dir: Path, quiet: bool) -> None:
+    """A runner whose run of seed 0 fails deep in a call chain, with a two-line message."""
+    def deeper(depth: int) -> None:
+        if depth == 0:
+            raise ValueError("the data of client 3 does not fit\nits declaration")
+        deeper(depth - 1)
+
+    if cfg.run.seed == 0:
+        deeper(60)  # a traceback longer than the 2,000 characters kept
+    _finish(cfg, run_dir)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_run_records_its_error_in_one_line_and_its_traceback_apart(tmp_path, jobs):
+    lines: list[str] = []
+    planned = plan_sweep(CONFIG, {}, 2, tmp_path / "sw", SETS)
+    done = run_sweep(planned, report=lines.append, runner=fails_deep_for_seed_0, jobs=jobs)
+    failed = done.runs[0]
+    assert [r.status for r in done.runs] == ["failed", "done"]
+    assert failed.error == "ValueError: the data of client 3 does not fit its declaration"
+    assert failed.traceback.rstrip().endswith("ValueError: the data of client 3 does not fit\nits declaration")
+    assert "in deeper" in failed.traceback and len(failed.traceback) <= 2000
+    manifest = json.loads((tmp_path / "sw" / MANIFEST).read_text())["runs"][0]
+    assert (manifest["error"], manifest["traceback"]) == (failed.error, failed.traceback)
+    assert sum(f"FAILED: {failed.error} (" in line for line in lines) == 1, lines
+
+
 def waits_until_stopped(cfg, run_dir: Path, quiet: bool) -> None:
     """A runner that writes its pid next to the run folder and sleeps."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -172,7 +172,9 @@ class SweepRun:
     duration_s : float or None
         Seconds the run took (this invocation).
     error : str
-        The last lines of the error of a failed run.
+        A failed run's error in one line (``DataError: ...``; :func:`failure`).
+    traceback : str
+        The end of a failed run's traceback (its last 2,000 characters), for a bug report.
     changed : list[str]
         For a run found finished with another config: ``"key: old → new"`` per key that differs
         (:func:`finished_changes`); it is run again only with ``rerun_changed``.
@@ -185,6 +187,7 @@ class SweepRun:
     duration_s: float | None = None
     error: str = ""
     changed: list[str] = field(default_factory=list)
+    traceback: str = ""
 
     @property
     def label(self) -> str:
@@ -646,6 +649,14 @@ def share_cores(cfg: ExperimentConfig, jobs: int) -> list[str]:
     return [f"engine.max-concurrent-clients={max(1, engine.clients_at_once() // jobs)}"]
 
 
+def failure(exc: BaseException) -> tuple[str, str]:
+    """A failed run's ``(error, traceback)``: its error in one line, ``"<type>: <text>"`` (at
+    most 1,000 characters), and the last 2,000 characters of its traceback."""
+    from fedmtl.one_line import described
+
+    return described(exc, 1000), "".join(traceback.format_exception(exc))[-2000:]
+
+
 def _start_line(run: SweepRun, number: int, count: int, eta: str) -> str:
     """``[2/8] lr=0.1 seed 0 ... (about 1 min left)``."""
     again = f" (changed: {', '.join(run.changed[:SHOWN_CHANGES])})" if run.changed else ""
@@ -666,7 +677,7 @@ def _finished(sweep: Sweep, run: SweepRun, number: int, count: int, done: int, e
     ``progress`` (``done`` runs of ``count`` ended)."""
     sweep.write_manifest()
     outcome = (_outcome(sweep.out / run.folder) if run.status == "done"
-               else f"FAILED: {run.error.strip().splitlines()[-1]}")
+               else f"FAILED: {run.error}")
     report(f"[{number}/{count}] {run.label} seed {run.seed}: {outcome} "
            f"({format_duration(run.duration_s)}" + (f"; {eta})" if eta else ")"))
     if progress is not None:
@@ -695,7 +706,7 @@ def _run_each(sweep: Sweep, todo: list[SweepRun], quiet_runs: bool, report: Call
             if not isinstance(exc, Exception):
                 raise  # Ctrl-C, SIGTERM: stop the sweep, the earlier run is back in its folder
             run.status = "failed"
-            run.error = "".join(traceback.format_exception(exc))[-2000:]
+            run.error, run.traceback = failure(exc)
         run.duration_s = round(time.monotonic() - t0, 2)
         durations.append(run.duration_s)
         _finished(sweep, run, done, len(todo), done, sweep_eta(done, len(todo), durations), report, progress)
@@ -722,7 +733,7 @@ def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, r
     def eta(done: int) -> str:  # the runs go `jobs` at a time
         return sweep_eta(done, count, [d / min(jobs, count) for d in durations])
 
-    def end(number: int, run: SweepRun, error: str, aside: Path | None) -> None:
+    def end(number: int, run: SweepRun, error: str, aside: Path | None, trace: str = "") -> None:
         run_dir = sweep.out / run.folder
         if not error:
             run.status = "done"
@@ -731,7 +742,7 @@ def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, r
         else:
             if aside is not None and aside.exists():
                 put_back(aside, run_dir)
-            run.status, run.error = "failed", error
+            run.status, run.error, run.traceback = "failed", error, trace
         durations.append(run.duration_s)
         _finished(sweep, run, number, count, len(durations), eta(len(durations)), report, progress)
 
@@ -746,14 +757,15 @@ def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, r
                         aside = _prepare(sweep, run)
                     except Exception as exc:
                         run.duration_s = 0.0
-                        end(number, run, "".join(traceback.format_exception(exc))[-2000:], None)
+                        error, trace = failure(exc)
+                        end(number, run, error, None, trace)
                         continue
                     running[number] = (run, aside)
                     pool.submit(Job(number, sweep.config, overrides, str(sweep.out / run.folder)))
                 for outcome in pool.wait() if running else []:
                     run, aside = running.pop(outcome.key)
                     run.duration_s = outcome.duration_s
-                    end(outcome.key, run, outcome.error, aside)
+                    end(outcome.key, run, outcome.error, aside, outcome.traceback)
         except BaseException:
             pool.stop()  # before any folder is moved back: no worker writes in it any more
             for run, aside in running.values():

@@ -21,7 +21,6 @@ import contextlib
 import multiprocessing
 import signal
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -46,13 +45,15 @@ class Job:
 
 @dataclass
 class Outcome:
-    """How a job ended: ``error`` is ``""`` when the run finished, else the end of its traceback
-    or why its worker died; ``duration_s`` as the worker measured it (since it was handed over
-    when the worker died)."""
+    """How a job ended: ``error`` is ``""`` when the run finished, else its error in one line
+    (:func:`fedmtl.launch.sweep.failure`) or why its worker died, and ``traceback`` the end of
+    its traceback; ``duration_s`` as the worker measured it (since it was handed over when the
+    worker died)."""
 
     key: int
     error: str
     duration_s: float
+    traceback: str = ""
 
 
 def _work(conn: Connection, runner: Runner, quiet: bool) -> None:
@@ -67,12 +68,14 @@ def _work(conn: Connection, runner: Runner, quiet: bool) -> None:
             return
         if job is None:
             return
-        started, error = time.monotonic(), ""
+        started, error, trace = time.monotonic(), "", ""
         try:
             runner(load_config(job.config, job.overrides), Path(job.run_dir), quiet)
         except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, as in a sweep of one job
-            error = "".join(traceback.format_exception(exc))[-2000:]
-        conn.send(Outcome(job.key, error, round(time.monotonic() - started, 2)))
+            from fedmtl.launch.sweep import failure
+
+            error, trace = failure(exc)
+        conn.send(Outcome(job.key, error, round(time.monotonic() - started, 2), trace))
 
 
 def death_message(exitcode: int | None) -> str:
