@@ -5,6 +5,7 @@ ServerApp alike (tests/test_flwr_run.py submits one through Flower)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,53 @@ def test_a_sweep_whose_runs_all_hit_it_fails_them_and_points_to_no_report(tmp_pa
     assert result.exit_code == 1, result.output
     assert "0/1 runs finished, 1 failed" in result.output and SAID in result.output
     assert "next: fedmtl report" not in result.output  # a report of no finished run is refused
+
+
+BAD_CLIENT_PLUGIN = '''
+import torch
+
+from fedmtl.data import DATASETS, ClientData, DatasetEntry, Federation, Split
+from fedmtl.config import Section
+from fedmtl.tasks import TaskSpec
+
+TASKS = (TaskSpec("above", "multiclass", 2), TaskSpec("right", "multiclass", 2))
+
+
+def build(cfg, seed):
+    def split(x, client_id):  # client 1's labels of 'above' are 5 and 6: outside its 2 classes
+        return Split(x, {"above": (x[:, 1] > 0).long() + (5 if client_id == 1 else 0), "right": (x[:, 0] > 0).long()})
+
+    def build_client(client_id):
+        x = torch.randn(40, 8, generator=torch.Generator().manual_seed(client_id))
+        return ClientData(client_id, train=split(x[10:], client_id), test=split(x[:10], client_id))
+
+    return Federation((8,), list(TASKS), cfg.num_clients, build_client)
+
+
+DATASETS.register("one-bad-client")(DatasetEntry(
+    input_shape=lambda cfg: (8,), tasks=lambda cfg: TASKS, build=build,
+    description="client 1's labels are out of range", params=Section, moved={},
+))
+'''
+BAD_CLIENT_SAID = ("data.dataset = 'one-bad-client', client 1, split 'train': task 'above' (multiclass, 2 classes): "
+                   "class labels span 5..6, outside 0..1")
+
+
+@pytest.mark.parametrize("backend", ["inprocess", "ray"])
+def test_a_plugin_dataset_with_one_bad_client_stops_the_run_before_it_starts(tmp_path, backend):
+    """One client's data that breaks its dataset's declaration stops the run in one line (it failed
+    only that client, and the run finished with the others' numbers, exit code 0)."""
+    (tmp_path / "bad_data.py").write_text(BAD_CLIENT_PLUGIN)
+    out = tmp_path / "run"
+    sets = ['run.plugins=["bad_data.py"]', "data.dataset=one-bad-client", "data.num-clients=3", "model.backbone=mlp",
+            "run.rounds=1", f"engine.backend={backend}"]
+    proc = subprocess.run([sys.executable, "-m", "fedmtl", "run", *[a for s in sets for a in ("--set", s)], "-q",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"error: {BAD_CLIENT_SAID}"], proc.stderr[-3000:]
+    assert not out.exists()
+    if backend == "inprocess":  # the Python API too
+        with pytest.raises(DataError, match=r"class labels span 5\.\.6"):
+            fedmtl.run(None, [s.replace("bad_data.py", str(tmp_path / "bad_data.py")) for s in sets], out=out)
+        assert not out.exists()

@@ -487,6 +487,10 @@ def check_local_data(cfg: ExperimentConfig) -> None:
     cached, so it is built once); on a Ray cluster (``engine.address``) whose server does not
     hold the data (``server.max-examples > 0``) nothing is built here.
 
+    A plugin's dataset (not :func:`shipped_dataset`) has every client's data built and checked
+    against its declared tasks and input shape here (:func:`fedmtl.data.checks.check_client_data`),
+    so that one client's bad labels stop the run before it starts, not only that client.
+
     Raises
     ------
     DataError
@@ -498,11 +502,23 @@ def check_local_data(cfg: ExperimentConfig) -> None:
     from fedmtl.data.checks import DataError
 
     try:
-        load_federation(cfg.data, cfg.run.seed)
+        federation = load_federation(cfg.data, cfg.run.seed)
+        if not shipped_dataset(cfg.data.dataset):  # a plugin's: every client's data checked here
+            for client_id in range(federation.num_clients):
+                federation.client(client_id)
     except DataError:
         raise
     except (OSError, ValueError, RuntimeError) as error:
         raise DataError(f"data.dataset = '{cfg.data.dataset}' cannot be built: {error}") from error
+
+
+def shipped_dataset(name: str) -> bool:
+    """Dataset ``name`` is one of fedmtl's own (its builder is in the ``fedmtl`` package): its
+    clients' data is checked by the test suite, so a local simulation does not build every
+    client before the engine starts (a plugin's is: :func:`check_local_data`)."""
+    from fedmtl.data import DATASETS
+
+    return getattr(DATASETS.get(name).build, "__module__", "").startswith("fedmtl.")
 
 
 def simulate(
