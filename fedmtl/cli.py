@@ -584,6 +584,10 @@ def deploy_keys(
     owner: Annotated[
         str | None, typer.Option(help="UID:GID owning the files (49999:49999 for Flower's images).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace key pairs the folder already holds (a SuperNode whose old key was "
+                                "registered is then refused until the new .pub is registered).")
+    ] = False,
 ) -> None:
     """SuperNode authentication key pairs (register each .pub with `flwr supernode register`)."""
     from fedmtl.launch.certificates import make_node_keys
@@ -592,6 +596,12 @@ def deploy_keys(
     if nodes < 1:
         fail(f"--nodes = {nodes}: must be at least 1")
     _output_folder(folder)
+    held = [path for i in range(nodes) for path in (folder / f"supernode-{i}", folder / f"supernode-{i}.pub")
+            if path.exists() or path.is_symlink()]
+    if held and not force:
+        fail(f"'{held[0]}' exists{f' (and {len(held) - 1} more)' if len(held) > 1 else ''}: a new key pair would "
+             "lock out the SuperNode whose key is registered; --force replaces them (then register the new "
+             ".pub files: fedmtl deploy register)")
     ids = _owner(owner)
     for i in range(nodes):
         try:

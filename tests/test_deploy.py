@@ -84,6 +84,28 @@ def test_certs_refuse_a_validity_below_a_day_and_keep_an_existing_ca_unless_forc
     assert (folder / "ca.crt").read_bytes() != ca
 
 
+def test_keys_keep_existing_key_pairs_unless_forced(tmp_path):
+    """A new key pair for a SuperNode whose old key is registered locks it out (Flower refuses it,
+    exit code 305): keys already there are kept unless --force, as certs keeps a CA."""
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+
+    runner, folder = CliRunner(), tmp_path / "keys"
+    assert runner.invoke(cli, ["deploy", "keys", str(folder), "--nodes", "2"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for nodes in ("2", "3"):  # a third node's keys are new, but the first two's would be replaced
+        result = runner.invoke(cli, ["deploy", "keys", str(folder), "--nodes", nodes])
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [
+            f"error: '{folder / 'supernode-0'}' exists (and 3 more): a new key pair would lock out the SuperNode "
+            "whose key is registered; --force replaces them (then register the new .pub files: fedmtl deploy "
+            "register)"], result.output
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert runner.invoke(cli, ["deploy", "keys", str(folder), "--nodes", "2", "--force"]).exit_code == 0
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert after.keys() == before.keys() and all(after[name] != before[name] for name in before)
+
+
 def test_certs_and_keys_refuse_bad_options_in_one_line_and_write_nothing(tmp_path):
     from typer.testing import CliRunner
 
