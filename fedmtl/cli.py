@@ -504,8 +504,12 @@ def flwr_run(
     except KeyboardInterrupt:
         typer.echo("interrupted" + (": the local SuperLink this command started was stopped" if local else ""),
                    err=True)
+        if local:
+            _print_results(Path(cfg.run.output_dir).resolve(), submitted, 130)
         raise typer.Exit(130) from None
     except SuperLinkLost as exc:
+        if local:
+            _print_results(Path(cfg.run.output_dir).resolve(), submitted, 1)
         fail(f"{exc}; the rounds the run finished are in its folder under run.output-dir", code=1)
     if local:  # a deployed ServerApp writes on its own machine
         _print_results(Path(cfg.run.output_dir).resolve(), submitted, code)
@@ -714,8 +718,10 @@ def deploy_local(
                                f"see {folder / 'logs' / (name + '.log')}", err=True)
     except KeyboardInterrupt:
         typer.echo("interrupted: every process of the deployment was stopped", err=True)
+        _print_results(output, submitted, 130)
         raise typer.Exit(130) from None
     except (DeploymentError, SuperLinkLost) as exc:
+        _print_results(output, submitted, 1)
         fail(str(exc), code=1)
     _print_results(output, submitted, code)
     raise typer.Exit(code)

@@ -124,6 +124,83 @@ def test_a_lost_superlink_is_one_line_from_both_commands(monkeypatch, tmp_path, 
                                                   "under run.output-dir"]
 
 
+@pytest.mark.parametrize("stop", ["lost", "interrupted"])
+def test_a_local_flwr_run_that_stops_early_names_the_folder_of_its_unfinished_run(monkeypatch, tmp_path, stop):
+    """The SuperLink lost or Ctrl-C mid-run: the folder the submitted run wrote is named, as after
+    a failed run (it was printed only when the run ended by itself)."""
+    from typer.testing import CliRunner
+
+    from fedmtl import cli as fedmtl_cli
+    from fedmtl.launch import flwr_run
+    from fedmtl.launch.flwr_run import SuperLinkLost
+
+    output = tmp_path / "runs"
+    folder = output / "smoke-20261202-120000"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text("")
+    (folder / "flower-run-id").write_text("7\n")
+
+    def submitted_then_stopped(*args, on_submitted, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        on_submitted("7")
+        raise SuperLinkLost("the SuperLink stopped answering about run 7: gone") if stop == "lost" \
+            else KeyboardInterrupt
+
+    monkeypatch.setattr(flwr_run, "run_and_check", submitted_then_stopped)
+    result = CliRunner().invoke(fedmtl_cli.cli, ["flwr-run", str(ROOT / "configs/smoke.toml"),
+                                                 "--set", f"run.output-dir={output}"])
+    assert result.exit_code == (1 if stop == "lost" else 130), result.output
+    assert f"Folder of the unfinished run: {folder}" in result.output.splitlines(), result.output
+    assert "Results:" not in result.output
+
+
+@pytest.mark.parametrize("stop", ["lost", "interrupted"])
+def test_a_local_deployment_that_stops_early_names_the_folder_of_its_unfinished_run(monkeypatch, tmp_path, stop):
+    """`fedmtl deploy local`, the same (its SuperLink and SuperNodes stand-ins here: the real ones
+    are in tests/test_deploy.py)."""
+    from typer.testing import CliRunner
+
+    from fedmtl import cli as fedmtl_cli
+    from fedmtl.launch import deploy, flwr_run
+    from fedmtl.launch.flwr_run import SuperLinkLost
+
+    output = tmp_path / "runs"
+    folder = output / "smoke-20261202-120000"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text("")
+    (folder / "flower-run-id").write_text("7\n")
+    config = tmp_path / "smoke.toml"
+    config.write_text((ROOT / "configs/smoke.toml").read_text().replace("[run]", f'[run]\noutput-dir = "{output}"', 1))
+
+    class StandIn:
+        port, env = 1, {}
+
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            pass
+
+        def __enter__(self):  # noqa: ANN204
+            return self
+
+        def __exit__(self, *exc):  # noqa: ANN002, ANN204
+            return False
+
+        def start(self):  # noqa: ANN201
+            pass
+
+        def exited(self):  # noqa: ANN201
+            return {}
+
+    def submitted_then_stopped(*args, on_submitted, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        on_submitted("7")
+        raise SuperLinkLost("the SuperLink stopped answering about run 7: gone") if stop == "lost" \
+            else KeyboardInterrupt
+
+    monkeypatch.setattr(deploy, "LocalDeployment", StandIn)
+    monkeypatch.setattr(flwr_run, "run_and_check", submitted_then_stopped)
+    result = CliRunner().invoke(fedmtl_cli.cli, ["deploy", "local", str(config), "--nodes", "2"])
+    assert result.exit_code == (1 if stop == "lost" else 130), result.output
+    assert f"Folder of the unfinished run: {folder}" in result.output.splitlines(), result.output
+
+
 def test_flwr_run_takes_set_as_fedmtl_run_does(monkeypatch):
     from typer.testing import CliRunner
 

@@ -160,6 +160,11 @@ def own_local_superlink(env: dict[str, str]) -> Iterator[None]:
         stop_processes(local_superlinks(home) - before)
 
 
+FLOWER_TEXT = 400
+"""The most characters of Flower's own text a message quotes (its connection errors run to about
+200: 160 cut them mid-word)."""
+
+
 class SuperLinkLost(RuntimeError):
     """The SuperLink stopped answering about a run it ran (it stopped, or cannot be reached):
     one line saying so and what Flower said."""
@@ -176,10 +181,11 @@ def run_status(run_id: str, superlink: list[str], env: dict[str, str]) -> dict[s
     try:
         listing = _flwr(["ls", *superlink, "--run-id", run_id, "--format", "json"], env)
     except (RuntimeError, subprocess.SubprocessError) as exc:
-        raise SuperLinkLost(f"the SuperLink stopped answering about run {run_id}: {one_line(exc)}") from None
+        said = one_line(exc, FLOWER_TEXT)
+        raise SuperLinkLost(f"the SuperLink stopped answering about run {run_id}: {said}") from None
     runs = listing.get("runs", [])
     if not runs:
-        said = one_line(str(listing.get("error-message") or listing))
+        said = one_line(str(listing.get("error-message") or listing), FLOWER_TEXT)
         raise SuperLinkLost(f"the SuperLink no longer lists run {run_id} (it stopped, or cannot be reached): {said}")
     return runs[0]
 
