@@ -105,9 +105,11 @@ class ClientDirectory:
         """Why a node's ``num-partitions`` does not fit ``expected`` (``""`` if it does)."""
         if partitions >= self.expected:
             return ""
-        return (f"the federation has num-partitions = {partitions} but data.num-clients = "
-                f"{self.expected}; give it at least {self.expected} SuperNodes (for `flwr run`: "
-                f"--federation-config 'num-supernodes={self.expected}', or use `fedmtl flwr-run`)")
+        n = self.expected
+        return (f"the federation has num-partitions = {partitions} but data.num-clients = {n}; lower "
+                f"data.num-clients to {partitions}, or give it {n} clients (a simulation through `flwr run`: "
+                f"--federation-config 'num-supernodes={n}', or use `fedmtl flwr-run`; a deployment: {n} "
+                f"SuperNodes, each with --node-config 'partition-id=<0..{n - 1}> num-partitions={n}')")
 
     def check(self, node: int) -> None:
         """Fail when a node's federation is smaller than ``expected``."""

@@ -16,8 +16,13 @@ from fedmtl.server.discovery import ClientDirectory, FederationMismatch
 def test_a_federation_smaller_than_num_clients_fails_naming_the_fix():
     directory = ClientDirectory(expected=3)
     directory.infos[11] = (0, 2)  # node 11 serves client 0 of a 2-partition federation
-    with pytest.raises(FederationMismatch, match=r"--federation-config 'num-supernodes=3'"):
+    with pytest.raises(FederationMismatch) as info:
         directory.check(11)
+    said = str(info.value)
+    # the way out of a simulation through `flwr run`, of a deployment, and of the config
+    assert "--federation-config 'num-supernodes=3'" in said and "lower data.num-clients to 2" in said
+    assert "a deployment: 3 SuperNodes, each with --node-config 'partition-id=<0..2> num-partitions=3'" in said
+    assert "\n" not in said
     directory.infos[12] = (1, 3)
     directory.check(12)  # big enough: no error
 
