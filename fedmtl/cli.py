@@ -290,10 +290,16 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
         if item.split("=", 1)[0].strip() != "run.rounds":
             fail(f"--resume takes no --set but run.rounds=N (extend the run to N rounds); got --set {item}")
     # a folder without config.toml is refused by plan_resume, in one line that says why
-    rounds = _load(run_dir / "config.toml", overrides).run.rounds if overrides and (
-        run_dir / "config.toml").is_file() else None
+    from fedmtl.config import ConfigError
     from fedmtl.folder_lock import RunFolderBusy
-    from fedmtl.launch.resume import ResumeRefused, plan_resume
+    from fedmtl.launch.resume import ResumeRefused, load_run_config, plan_resume
+
+    try:
+        rounds = load_run_config(run_dir, overrides).run.rounds if overrides and (
+            run_dir / "config.toml").is_file() else None
+    except ConfigError as exc:
+        fail(str(exc))
+        raise
     from fedmtl.progress import make_console
     from fedmtl.results import CheckpointError
 

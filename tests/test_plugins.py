@@ -18,6 +18,7 @@ from fedmtl.validation import build_config, config_from_flat, load_config
 from tests.plugin_support import restored_registries, write_study
 
 registries = pytest.fixture(restored_registries, name="registries")
+ROOT = Path(__file__).resolve().parents[1]
 
 WEIGHTING = '''
 import torch
@@ -107,10 +108,40 @@ def test_plugins_and_trackers_take_names_separated_by_commas_alike():
     assert build_config({"run": {"trackers": "tensorboard"}}).run.trackers == ["tensorboard"]
 
 
-def test_a_resume_may_find_its_plugins_elsewhere():
+def test_a_resume_may_find_its_plugins_elsewhere(tmp_path):
+    """A plugin file moved after the run: the resume says where the run names its plugins and
+    how to point them to the new place; edited there, the run continues."""
+    import os
+    import subprocess
+
     from fedmtl.results import RESUME_FREE_KEYS
 
     assert "run.plugins" in RESUME_FREE_KEYS
+    old, new = tmp_path / "old" / "rule.py", tmp_path / "new" / "rule.py"
+    old.parent.mkdir()
+    old.write_text(WEIGHTING.format(name="moved-rule"))
+    run_dir, env = tmp_path / "run", {**os.environ, "HOME": str(tmp_path)}
+
+    def fedmtl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedmtl", *args], capture_output=True, text=True, timeout=300,
+                              env=env, cwd=tmp_path)
+
+    first = fedmtl("run", str(ROOT / "configs/smoke.toml"), "-q", "--out", str(run_dir), "--set", "run.rounds=1",
+                   "--set", "engine.backend=inprocess", "--set", f'run.plugins=["{old}"]',
+                   "--set", "client.weighting=moved-rule")
+    assert first.returncode == 0, first.stderr
+    new.parent.mkdir()
+    old.rename(new)
+    refused = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=2")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert refused.stderr.strip().endswith(
+        f"the run's plugins are named in {run_dir / 'config.toml'}: put the plugin back, or set run.plugins there "
+        "to where it is now (it must register the same names)"), refused.stderr
+    config = run_dir / "config.toml"
+    config.write_text(config.read_text().replace(str(old), str(new)))
+    resumed = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=2", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 2
 
 
 def _entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:

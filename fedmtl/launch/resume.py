@@ -81,6 +81,29 @@ def unresumable(cfg: ExperimentConfig) -> str | None:
     return None
 
 
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """A run folder's ``config.toml`` (with ``overrides``), its plugins imported.
+
+    Raises
+    ------
+    fedmtl.plugins.PluginError
+        A plugin ``run.plugins`` names cannot be imported: the line says where the run's
+        plugins are named and how to point them to where the plugin is now (``run.plugins`` may
+        change between a run and its resume; the names it registers may not).
+    fedmtl.config.ConfigError
+        Any other problem of the config.
+    """
+    from fedmtl.plugins import PluginError
+    from fedmtl.validation import load_config
+
+    path = Path(run_dir) / "config.toml"
+    try:
+        return load_config(path, overrides or [])
+    except PluginError as exc:
+        raise PluginError(f"{exc}; the run's plugins are named in {path}: put the plugin back, or set run.plugins "
+                          "there to where it is now (it must register the same names)") from exc
+
+
 def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool = False,
                 force_hint: str = "--force resumes anyway",
                 checking: Checking | None = None) -> Resumption:
@@ -115,7 +138,6 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
     """
     from fedmtl.folder_lock import refuse_if_busy
     from fedmtl.results import check_extension, checkpoint_files, extend_run, load_checkpoint, unfinished_outputs
-    from fedmtl.validation import load_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
@@ -125,7 +147,7 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
             raise ResumeRefused(f"'{run_dir}' holds no config.toml: its run stopped during its start-up, before "
                                 f"recording anything; run the config again (--out {run_dir} reuses the folder)")
         raise ResumeRefused(f"'{run_dir}' is not a run folder (no config.toml)")
-    cfg = load_config(run_dir / "config.toml")
+    cfg = load_run_config(run_dir)
     rounds = cfg.run.rounds if rounds is None else rounds
     check_extension(cfg.run.rounds, rounds)
     why = unresumable(cfg)
