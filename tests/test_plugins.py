@@ -144,6 +144,31 @@ def test_a_resume_may_find_its_plugins_elsewhere(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 2
 
 
+CLAIMING = WEIGHTING.replace('    """Uniform weights, registered by a plugin."""',
+                             '    """Uniform weights, registered by a plugin."""\n\n    claims = {claims}')
+
+
+@pytest.mark.parametrize(("claims", "said"), [
+    ('("permutation-invariant", "no-such-property")',
+     "rule 'claiming' claims unknown property 'no-such-property'; the known ones: well-formed, "),
+    ('"permutation-invariant"', "rule 'claiming' has claims = 'permutation-invariant': give a tuple of property "
+                                "names, e.g. claims = ('permutation-invariant',)"),
+])
+def test_a_rule_claiming_an_unknown_property_is_refused_in_one_line(tmp_path, registries, claims, said):
+    """A misspelt claim was listed by `fedmtl list weightings` as a guarantee nothing checks."""
+    from fedmtl.aggregation import RULES
+
+    plugin = tmp_path / "claiming.py"
+    plugin.write_text(CLAIMING.format(name="claiming", claims=claims))
+    with pytest.raises(PluginError) as caught:
+        plugins.import_plugin(str(plugin))
+    assert len(str(caught.value).splitlines()) == 1 and said in str(caught.value), str(caught.value)
+    assert "claiming" not in RULES.names()
+    plugin.write_text(CLAIMING.format(name="claiming", claims='("permutation-invariant",)'))
+    plugins.import_plugin(str(plugin))  # fixed, it registers
+    assert "permutation-invariant" in RULES.get("claiming").claims
+
+
 def _entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     point = importlib.metadata.EntryPoint(name="extra", value=value, group=plugins.ENTRY_POINT_GROUP)
     monkeypatch.setattr(plugins.importlib.metadata, "entry_points",

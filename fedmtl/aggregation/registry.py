@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fedmtl.aggregation.properties import guaranteed
+from fedmtl.aggregation.properties import PROPERTIES, guaranteed, unknown_claims
 from fedmtl.aggregation.rule import Rule, RuleContext
 from fedmtl.registry import Registry
 
@@ -19,9 +19,33 @@ WEIGHTINGS = RULES
 
 
 def register(name: str) -> Callable[[R], R]:
-    """Class decorator: register a rule under ``name`` (its only spelling) and set its ``name``."""
+    """Class decorator: register a rule under ``name`` (its only spelling) and set its ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The rule's config name (``client.weighting``, ``server.weighting``).
+
+    Returns
+    -------
+    Callable
+        The decorator, which returns the class unchanged but for its ``name``.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is taken, or the rule claims a property fedmtl does not know
+        (:data:`fedmtl.aggregation.properties.PROPERTIES`: a misspelt claim would be listed as a
+        guarantee that nothing checks).
+    """
 
     def decorator(cls: R) -> R:
+        if isinstance(cls.claims, str):
+            raise ValueError(f"rule '{name}' has claims = {cls.claims!r}: give a tuple of property names, e.g. "
+                             f"claims = ({cls.claims!r},)")
+        if unknown := unknown_claims(cls):
+            raise ValueError(f"rule '{name}' claims unknown propert{'ies' if len(unknown) > 1 else 'y'} "
+                             f"{', '.join(map(repr, unknown))}; the known ones: {', '.join(PROPERTIES)}")
         cls.name = name
         RULES.register(name)(cls)
         return cls
