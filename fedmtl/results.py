@@ -110,7 +110,8 @@ def create_run_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path
         path = Path(out)
         # a folder holding only the marker is a run's that was stopped before it wrote anything: reused
         if path.exists() and not nothing_recorded(path):
-            raise FileExistsError(f"run folder '{path}' exists and is not empty; choose another --out")
+            raise FileExistsError(f"run folder '{path}' exists and is not empty; choose another "
+                                  "(--out; from Python: out=)")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}"

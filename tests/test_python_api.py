@@ -156,7 +156,7 @@ def test_run_returns_lazily_read_results(tmp_path, registries):
     assert set(result.metrics["task"]) >= {"above", "right"}
     assert result.rounds["round"].tolist() == [1]
     assert set(result.summary["final"]) == {"above", "right"}
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match=r"not empty; choose another \(--out; from Python: out=\)"):
         fedmtl.run(config, ["run.mode=centralized"], out=tmp_path / "run")
 
 
