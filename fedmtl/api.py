@@ -427,6 +427,11 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """Every finished run at or under ``paths`` (run folders, sweep folders, or folders holding
     them, as ``fedmtl report`` takes) in one tidy frame.
 
+    Parameters
+    ----------
+    paths : str, Path or iterable of them
+        Run folders, sweep folders, or folders holding them.
+
     Returns
     -------
     pandas.DataFrame

@@ -34,7 +34,37 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DatasetEntry:
     """A registered dataset: input shape and tasks (given the config), builder, description,
-    and the options it reads from ``[data.params]``."""
+    and the options it reads from ``[data.params]``.
+
+    Attributes
+    ----------
+    input_shape : Callable[[DataSection], tuple[int, ...]]
+        One example's input shape, given the ``[data]`` section.
+    tasks : Callable[[DataSection], tuple[TaskSpec, ...]]
+        The tasks every client's data has targets for, given the ``[data]`` section.
+    build : Callable[[DataSection, int], Federation]
+        The federation for the ``[data]`` section and the run's seed.
+    description : str
+        One line for ``fedmtl list datasets``.
+    params : type[BaseModel]
+        The options of ``[data.params]``: kebab-case keys, defaults and bounds.
+    moved : dict[str, str]
+        Keys that were in ``[data]`` before ``[data.params]`` -> their ``[data.params]``
+        names (``{}`` for a new dataset).
+    natural_clients : Callable[[DataSection], int | None] or None, optional
+        ``None`` for datasets without natural clients; else the number of natural clients
+        the config gives when it is fixed (``data.num-clients`` must equal it), or ``None``
+        per call.
+    partition_tasks : tuple[str, ...] or None, optional
+        The tasks whose labels partitioners may split on (``None``: any task).
+    partition_reason : str, optional
+        Why only ``partition_tasks`` (the ``data.partition-task`` error says it).
+    groups : Callable[[DataSection], dict[str, tuple[str, ...]]] or None, optional
+        The group attributes its evaluation reports (:mod:`fedmtl.group_fairness`), each with
+        the names of its values as metric names carry them (``count-<g>-<v>``), given the
+        config; the server rejects a reply with any other attribute or value. ``None``: not
+        declared (a plugin's dataset), and a reply's groups are checked for consistency only.
+    """
 
     input_shape: Callable[[DataSection], tuple[int, ...]]
     tasks: Callable[[DataSection], tuple[TaskSpec, ...]]

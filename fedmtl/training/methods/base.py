@@ -143,8 +143,10 @@ class ClientRun:
 class Method:
     """A personalization method (the base: one model, trained as :func:`fedmtl.training.train_local` does).
 
-    Class attributes
-    ----------------
+    A subclass sets the class attributes below.
+
+    Attributes
+    ----------
     name : str
         The registered name (``personalization.method``).
     Params : type[pydantic.BaseModel]
