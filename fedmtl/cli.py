@@ -160,13 +160,16 @@ def run(
 
 
 def _header_and_run(cfg: ExperimentConfig, run_dir: Path, config: Path | None, quiet: bool, verbose: bool,
-                    checkpoint: dict | None = None, shipped: bool = True) -> None:
+                    checkpoint: dict | None = None, shown_dir: Path | None = None) -> None:
     """The run's header (unless ``quiet``), then the run: the centralized baseline, or a
-    federated simulation (from ``checkpoint`` when resumed). ``config`` is the file the header
-    names (a shipped config's name is resolved when ``shipped``). Called within
-    :func:`_guarded`, so a signal while the header prints is handled as during the run."""
+    federated simulation (from ``checkpoint`` when resumed). The header names ``config`` (a
+    shipped config's name resolved; a resumed run's ``config.toml`` as it is) and ``shown_dir``
+    (a resume's folder as typed), else ``run_dir``. Called within :func:`_guarded`, so a signal
+    while the header prints is handled as during the run."""
     if not quiet:
-        _header(cfg, run_dir, _shipped(config) if shipped and config is not None else config)
+        resumed = shown_dir is not None
+        _header(cfg, shown_dir if resumed else run_dir,
+                config if resumed or config is None else _shipped(config))
     if cfg.run.mode == "centralized":
         from fedmtl.training.centralized import run_centralized
 
@@ -340,7 +343,7 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
         typer.echo(f"note: {plan.restart}", err=True)
         _guarded(run_dir.resolve(), lambda: clear_for_restart(run_dir, plan.cfg))
     _guarded(run_dir.resolve(), lambda: _header_and_run(plan.cfg, run_dir.resolve(), run_dir / "config.toml",
-                                                       quiet, verbose, plan.checkpoint, shipped=False))
+                                                       quiet, verbose, plan.checkpoint, shown_dir=run_dir))
 
 
 @cli.command(context_settings=EXTRA_ARGS)

@@ -44,6 +44,10 @@ class PluginError(ConfigError):
     """A plugin that cannot be imported (the message names the key, the plugin and the error)."""
 
 
+class PluginNotFound(PluginError):
+    """A plugin that is not there: no such file, or no such module."""
+
+
 def is_file(entry: str) -> bool:
     """Whether a ``run.plugins`` entry names a ``.py`` file (else a module)."""
     return entry.endswith(".py") or "/" in entry or "\\" in entry
@@ -187,7 +191,10 @@ def import_plugin(entry: str) -> ModuleType:
             return importlib.import_module(entry)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of user code becomes one config error
         what = "file" if is_file(entry) else "module"
-        raise PluginError(f"{KEY}: cannot import {what} {entry!r}: {_failure(exc)}") from exc
+        missing = (isinstance(exc, FileNotFoundError) and not Path(entry).is_file()) if is_file(entry) else (
+            isinstance(exc, ModuleNotFoundError) and exc.name == entry)
+        raise (PluginNotFound if missing else PluginError)(
+            f"{KEY}: cannot import {what} {entry!r}: {_failure(exc)}") from exc
 
 
 def _failure(exc: BaseException) -> str:

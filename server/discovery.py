@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from fedmtl import protocol as wire
 from fedmtl.config import ExperimentConfig
+from fedmtl.data import DATASETS
 from fedmtl.screening import as_integer
 from fedmtl.server.admission import Admission
 from fedmtl.server.replies import has_record
@@ -90,10 +91,14 @@ class ClientDirectory:
     ----------
     expected : int
         ``data.num-clients``.
+    can_lower : bool, optional
+        The advice for a federation smaller than ``expected`` may be to lower
+        ``data.num-clients`` (not for a dataset of natural clients, whose count is the data's).
     """
 
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int, can_lower: bool = True) -> None:
         self.expected = expected
+        self.can_lower = can_lower
         self.infos: dict[int, tuple[int, int]] = {}
         self.clients: dict[int, int] = {}
         self.ignored: set[int] = set()
@@ -106,8 +111,9 @@ class ClientDirectory:
         if partitions >= self.expected:
             return ""
         n = self.expected
-        return (f"the federation has num-partitions = {partitions} but data.num-clients = {n}; lower "
-                f"data.num-clients to {partitions}, or give it {n} clients (a simulation through `flwr run`: "
+        lower = f"lower data.num-clients to {partitions}, or " if self.can_lower else ""
+        return (f"the federation has num-partitions = {partitions} but data.num-clients = {n}; {lower}"
+                f"give it {n} clients (a simulation through `flwr run`: "
                 f"--federation-config 'num-supernodes={n}', or use `fedmtl flwr-run`; a deployment: {n} "
                 f"SuperNodes, each with --node-config 'partition-id=<0..{n - 1}> num-partitions={n}')")
 
@@ -203,8 +209,10 @@ def discover_clients(grid: Grid, cfg: ExperimentConfig) -> ClientDirectory:
     SuperNodes take turns playing the clients (:func:`shared_supernodes`), the partitions
     awaited are the SuperNodes' own ``0..S-1``.
     """
-    expected = shared_supernodes(cfg) or cfg.data.num_clients
-    directory = ClientDirectory(expected)
+    shared = shared_supernodes(cfg)
+    expected = shared or cfg.data.num_clients
+    natural = DATASETS.get(cfg.data.dataset).natural_clients is not None  # their count is the data's
+    directory = ClientDirectory(expected, can_lower=not shared and not natural)
     deadline = time.monotonic() + cfg.server.connect_timeout
     last_report = 0.0
     while True:

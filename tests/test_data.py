@@ -195,3 +195,24 @@ def test_federation_keeps_a_bounded_cache_of_built_clients(monkeypatch):
     rebuilt = fed.client(1)  # dropped from the cache, rebuilt identically
     assert torch.equal(rebuilt.train.x, synthetic.build(cfg, seed=0).client(1).train.x)
     assert len(fed._cache) == 3
+
+
+def test_check_client_checks_a_client_without_keeping_its_data():
+    import torch
+
+    from fedmtl.data import ClientData, Federation, Split
+    from fedmtl.data.checks import DataError
+    from fedmtl.tasks import TaskSpec
+
+    tasks = [TaskSpec("t", "multiclass", 2)]
+
+    def build_client(client_id):
+        x = torch.zeros(4, 3)
+        labels = torch.full((4,), 7 if client_id == 1 else 1)  # client 1's labels are out of range
+        return ClientData(client_id, train=Split(x, {"t": labels}), test=Split(x, {"t": labels}))
+
+    fed = Federation((3,), tasks, 2, build_client, name="toy")
+    fed.check_client(0)
+    assert fed._cache == {}  # built, checked and dropped
+    with pytest.raises(DataError, match=r"^data.dataset = 'toy', client 1, split 'train': task 't'"):
+        fed.check_client(1)

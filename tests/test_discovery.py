@@ -25,6 +25,12 @@ def test_a_federation_smaller_than_num_clients_fails_naming_the_fix():
     assert "\n" not in said
     directory.infos[12] = (1, 3)
     directory.check(12)  # big enough: no error
+    # a dataset of natural clients has the count its data gives: not advised to lower it
+    natural = ClientDirectory(expected=6, can_lower=False)
+    natural.infos[11] = (0, 2)
+    with pytest.raises(FederationMismatch) as info:
+        natural.check(11)
+    assert "lower data.num-clients" not in str(info.value) and "give it 6 clients" in str(info.value)
 
 
 # -- hostile discovery replies ----------------------------------------------------------------

@@ -241,3 +241,23 @@ def test_an_interrupt_after_the_run_finished_says_so_and_names_a_missing_figure(
                              text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
     assert resumed.returncode == 0, resumed.stderr
     assert (run_dir / "plots" / "accuracy.png").is_file()
+    # a resume that extends it has rewritten config.toml before its old summary goes: not finished
+    from fedmtl.results import extend_run
+    from fedmtl.validation import load_config
+
+    extend_run(run_dir, load_config(run_dir / "config.toml"), 2, 1)
+    assert interrupted_message(run_dir) == f"interrupted after round 1; continue with: fedmtl run --resume {run_dir}"
+
+
+def test_an_interrupt_after_a_centralized_run_finished_names_fedmtl_plot_not_a_resume(tmp_path, monkeypatch):
+    import fedmtl
+    from fedmtl.launch.interrupt import interrupted_message
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run_dir = tmp_path / "run"
+    fedmtl.run(ROOT / "configs/smoke.toml", ["run.mode=centralized", "run.rounds=1"], out=run_dir)
+    assert interrupted_message(run_dir) == f"interrupted after the run finished; its results are complete in {run_dir}"
+    (run_dir / "plots" / "accuracy.png").unlink()
+    assert interrupted_message(run_dir) == (  # a centralized run cannot be resumed: its figures are drawn again
+        "interrupted after the run finished, while it wrote its last files (plots/accuracy.png); its tables are "
+        f"complete; draw its figures with: fedmtl plot {run_dir}")

@@ -142,6 +142,12 @@ def test_a_resume_may_find_its_plugins_elsewhere(tmp_path):
     resumed = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=2", "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 2
+    # a plugin that is there but fails says its own error, without the advice to point elsewhere
+    new.write_text("import a_module_that_is_not_installed\n")
+    failing = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=3")
+    assert failing.returncode == 2 and failing.stderr.strip().splitlines() == [
+        f"error: run.plugins: cannot import file '{new}': ModuleNotFoundError: No module named "
+        "'a_module_that_is_not_installed'"], failing.stderr
 
 
 CLAIMING = WEIGHTING.replace('    """Uniform weights, registered by a plugin."""',

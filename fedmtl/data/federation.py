@@ -160,6 +160,18 @@ class Federation:
                 self._cache.pop(next(iter(self._cache)))
         return data
 
+    def check_client(self, client_id: int) -> None:
+        """Build client ``client_id``'s data and check it against the declared tasks and input
+        shape, without keeping it (:func:`fedmtl.data.checks.check_client_data`).
+
+        Raises
+        ------
+        DataError
+            Naming the dataset, the client, the split and the task.
+        """
+        self._check_id(client_id)
+        self._built(client_id)
+
     def _check_id(self, client_id: int) -> None:
         if not 0 <= client_id < self.num_clients:
             raise IndexError(f"client id {client_id} outside [0, {self.num_clients})")

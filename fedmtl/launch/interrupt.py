@@ -185,7 +185,7 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
         return "interrupted before the run started"
     from fedmtl.results import nothing_recorded
 
-    if (run_dir / "summary.json").is_file():  # written once, when the run has finished its rounds
+    if finished(run_dir):
         return _finished_message(run_dir)
     done = last_round(run_dir)
     if done is None and run_dir.is_dir() and nothing_recorded(run_dir):
@@ -204,9 +204,26 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
     return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
 
 
+def finished(run_dir: Path) -> bool:
+    """The run in ``run_dir`` has finished the rounds its ``config.toml`` asks for: its
+    ``summary.json`` is written and counts as many rounds (a resume that extends a finished run
+    rewrites ``config.toml`` with more rounds before its old summary is removed)."""
+    import json
+    import tomllib
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rounds = tomllib.loads((run_dir / "config.toml").read_text())["run"]["rounds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(summary, dict) and summary.get("rounds") == rounds
+
+
 def _finished_message(run_dir: Path) -> str:
     """What an interrupt after the run's last round says: its results are complete, or which
-    of its last files it had not written yet and the command that writes them."""
+    of its last files it had not written yet and the command that writes them (the resume
+    where one works, else ``fedmtl plot`` for the figures)."""
+    from fedmtl.launch.resume import not_resumable
     from fedmtl.results import unfinished_outputs
     from fedmtl.validation import load_config
 
@@ -216,9 +233,11 @@ def _finished_message(run_dir: Path) -> str:
         missing = None
     if missing == []:
         return f"interrupted after the run finished; its results are complete in {run_dir}"
-    what = f" ({', '.join(missing)})" if missing else ""
-    return (f"interrupted after the run finished, while it wrote its last files{what}; "
-            f"write them with: fedmtl run --resume {run_dir}")
+    files = f" ({', '.join(missing)})" if missing else ""
+    what = f"interrupted after the run finished, while it wrote its last files{files}"
+    if not_resumable(run_dir) is None:
+        return f"{what}; write them with: fedmtl run --resume {run_dir}"
+    return f"{what}; its tables are complete; draw its figures with: fedmtl plot {run_dir}"
 
 
 def finish_interrupted(stopped: Stopped, run_dir: Path | None, resume: str | None = None) -> NoReturn:

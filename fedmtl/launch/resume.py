@@ -87,19 +87,19 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     Raises
     ------
     fedmtl.plugins.PluginError
-        A plugin ``run.plugins`` names cannot be imported: the line says where the run's
-        plugins are named and how to point them to where the plugin is now (``run.plugins`` may
-        change between a run and its resume; the names it registers may not).
+        A plugin ``run.plugins`` names cannot be imported; when it is not found, the line says
+        where the run's plugins are named and how to point them to where the plugin is now
+        (``run.plugins`` may change between a run and its resume; the names it registers may not).
     fedmtl.config.ConfigError
         Any other problem of the config.
     """
-    from fedmtl.plugins import PluginError
+    from fedmtl.plugins import PluginError, PluginNotFound
     from fedmtl.validation import load_config
 
     path = Path(run_dir) / "config.toml"
     try:
         return load_config(path, overrides or [])
-    except PluginError as exc:
+    except PluginNotFound as exc:  # one that is there but fails says what to fix in its own error
         raise PluginError(f"{exc}; the run's plugins are named in {path}: put the plugin back, or set run.plugins "
                           "there to where it is now (it must register the same names)") from exc
 

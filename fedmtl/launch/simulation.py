@@ -505,7 +505,7 @@ def check_local_data(cfg: ExperimentConfig) -> None:
         federation = load_federation(cfg.data, cfg.run.seed)
         if not shipped_dataset(cfg.data.dataset):  # a plugin's: every client's data checked here
             for client_id in range(federation.num_clients):
-                federation.client(client_id)
+                federation.check_client(client_id)  # not cached: on Ray this process never trains
     except DataError:
         raise
     except (OSError, ValueError, RuntimeError) as error:
