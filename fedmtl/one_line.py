@@ -32,3 +32,11 @@ def described(exc: BaseException, limit: int | None = LIMIT) -> str:
     """``exc`` as one line: ``"<type>: <text>"``, or its type's name when it has no text."""
     text = str(exc)
     return one_line(f"{type(exc).__name__}: {text}" if text.strip() else type(exc).__name__, limit)
+
+
+def error_and_traceback(exc: BaseException, limit: int = 1000, keep: int = 2000) -> tuple[str, str]:
+    """A failure's ``(error, traceback)``: :func:`described` (at most ``limit`` characters), and
+    the last ``keep`` characters of its traceback (what a sweep records of a failed run)."""
+    import traceback
+
+    return described(exc, limit), "".join(traceback.format_exception(exc))[-keep:]

@@ -485,8 +485,8 @@ def test_a_sweep_refuses_to_resume_a_run_that_would_not_be_exact(base_run, tmp_p
     lines: list[str] = []
     done = run_sweep(planned, report=lines.append)
     assert done.runs[0].status == "failed" and not (run / "summary.json").exists()
-    error = done.runs[0].error.strip().splitlines()[-1]
-    assert error.startswith(f"fedmtl.launch.resume.ResumeRefused: cannot resume '{run}': ")
+    error = done.runs[0].error
+    assert error.startswith(f"ResumeRefused: cannot resume '{run}': ") and "\n" not in error, error
     assert said.format(run=run.resolve()) in error, error
     assert any(f"FAILED: {error} (" in line for line in lines), lines
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing ran, nothing was written

@@ -44,7 +44,6 @@ import re
 import shutil
 import time
 import tomllib
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
 from fedmtl.launch.resume import ResumeRefused
 from fedmtl.launch.simulation import shared_engine
+from fedmtl.one_line import error_and_traceback
 from fedmtl.progress import format_duration, sweep_eta
 from fedmtl.validation import load_config
 
@@ -649,14 +649,6 @@ def share_cores(cfg: ExperimentConfig, jobs: int) -> list[str]:
     return [f"engine.max-concurrent-clients={max(1, engine.clients_at_once() // jobs)}"]
 
 
-def failure(exc: BaseException) -> tuple[str, str]:
-    """A failed run's ``(error, traceback)``: its error in one line, ``"<type>: <text>"`` (at
-    most 1,000 characters), and the last 2,000 characters of its traceback."""
-    from fedmtl.one_line import described
-
-    return described(exc, 1000), "".join(traceback.format_exception(exc))[-2000:]
-
-
 def _start_line(run: SweepRun, number: int, count: int, eta: str) -> str:
     """``[2/8] lr=0.1 seed 0 ... (about 1 min left)``."""
     again = f" (changed: {', '.join(run.changed[:SHOWN_CHANGES])})" if run.changed else ""
@@ -706,7 +698,7 @@ def _run_each(sweep: Sweep, todo: list[SweepRun], quiet_runs: bool, report: Call
             if not isinstance(exc, Exception):
                 raise  # Ctrl-C, SIGTERM: stop the sweep, the earlier run is back in its folder
             run.status = "failed"
-            run.error, run.traceback = failure(exc)
+            run.error, run.traceback = error_and_traceback(exc)
         run.duration_s = round(time.monotonic() - t0, 2)
         durations.append(run.duration_s)
         _finished(sweep, run, done, len(todo), done, sweep_eta(done, len(todo), durations), report, progress)
@@ -757,7 +749,7 @@ def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, r
                         aside = _prepare(sweep, run)
                     except Exception as exc:
                         run.duration_s = 0.0
-                        error, trace = failure(exc)
+                        error, trace = error_and_traceback(exc)
                         end(number, run, error, None, trace)
                         continue
                     running[number] = (run, aside)

@@ -27,6 +27,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from fedmtl.one_line import error_and_traceback
+
 Runner = Callable[[Any, Path, bool], None]
 """``runner(config, run folder, quiet)``: :func:`fedmtl.launch.sweep.execute_run`, or any
 function a worker can import by name (it is pickled by reference)."""
@@ -46,7 +48,7 @@ class Job:
 @dataclass
 class Outcome:
     """How a job ended: ``error`` is ``""`` when the run finished, else its error in one line
-    (:func:`fedmtl.launch.sweep.failure`) or why its worker died, and ``traceback`` the end of
+    (:func:`fedmtl.one_line.error_and_traceback`) or why its worker died, and ``traceback`` the end of
     its traceback; ``duration_s`` as the worker measured it (since it was handed over when the
     worker died)."""
 
@@ -72,9 +74,7 @@ def _work(conn: Connection, runner: Runner, quiet: bool) -> None:
         try:
             runner(load_config(job.config, job.overrides), Path(job.run_dir), quiet)
         except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, as in a sweep of one job
-            from fedmtl.launch.sweep import failure
-
-            error, trace = failure(exc)
+            error, trace = error_and_traceback(exc)
         conn.send(Outcome(job.key, error, round(time.monotonic() - started, 2), trace))
 
 
