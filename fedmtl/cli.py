@@ -156,20 +156,18 @@ def run(
         run_dir = _guarded(None, lambda: create_run_dir(cfg, out))
     except (FileExistsError, ValueError) as exc:
         fail(str(exc))
-    _guarded(run_dir, lambda: _header_and_run(cfg, run_dir, config, quiet, verbose))
+    _guarded(run_dir, lambda: _header_and_run(cfg, run_dir, quiet, verbose, run_dir,
+                                              _shipped(config) if config is not None else None))
 
 
-def _header_and_run(cfg: ExperimentConfig, run_dir: Path, config: Path | None, quiet: bool, verbose: bool,
-                    checkpoint: dict | None = None, shown_dir: Path | None = None) -> None:
-    """The run's header (unless ``quiet``), then the run: the centralized baseline, or a
-    federated simulation (from ``checkpoint`` when resumed). The header names ``config`` (a
-    shipped config's name resolved; a resumed run's ``config.toml`` as it is) and ``shown_dir``
-    (a resume's folder as typed), else ``run_dir``. Called within :func:`_guarded`, so a signal
-    while the header prints is handled as during the run."""
+def _header_and_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, shown_dir: Path,
+                    shown_config: Path | None, checkpoint: dict | None = None) -> None:
+    """The run's header naming ``shown_dir`` and ``shown_config`` (unless ``quiet``), then the
+    run: the centralized baseline, or a federated simulation (from ``checkpoint`` when resumed).
+    Called within :func:`_guarded`, so a signal while the header prints is handled as during the
+    run."""
     if not quiet:
-        resumed = shown_dir is not None
-        _header(cfg, shown_dir if resumed else run_dir,
-                config if resumed or config is None else _shipped(config))
+        _header(cfg, shown_dir, shown_config)
     if cfg.run.mode == "centralized":
         from fedmtl.training.centralized import run_centralized
 
@@ -199,7 +197,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
     checkpoint exists (or ``resume``, when given), ``fedmtl plot`` when the run had finished
     (its figures failed), and no folder left when the run wrote nothing yet."""
     from fedmtl.data.checks import DataError
-    from fedmtl.launch.interrupt import Stopped, finish_interrupted, last_round, stop_on_signals
+    from fedmtl.launch.interrupt import Stopped, finish_interrupted, finished, last_round, stop_on_signals
 
     try:
         with stop_on_signals():
@@ -222,7 +220,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
         line = f"{what}: {exc.strerror or exc}"
         if resume is not None:
             line += f"; continue with: {resume}"
-        elif run_dir is not None and (run_dir / "summary.json").is_file():
+        elif run_dir is not None and finished(run_dir):
             line += f"; the run finished: draw its figures again with: fedmtl plot {run_dir}"
         elif run_dir is not None and last_round(run_dir) is not None:
             from fedmtl.launch.resume import not_resumable
@@ -342,8 +340,8 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
 
         typer.echo(f"note: {plan.restart}", err=True)
         _guarded(run_dir.resolve(), lambda: clear_for_restart(run_dir, plan.cfg))
-    _guarded(run_dir.resolve(), lambda: _header_and_run(plan.cfg, run_dir.resolve(), run_dir / "config.toml",
-                                                       quiet, verbose, plan.checkpoint, shown_dir=run_dir))
+    _guarded(run_dir.resolve(), lambda: _header_and_run(plan.cfg, run_dir.resolve(), quiet, verbose, run_dir,
+                                                       run_dir / "config.toml", plan.checkpoint))
 
 
 @cli.command(context_settings=EXTRA_ARGS)
@@ -507,21 +505,23 @@ def flwr_run(
 
     signal.signal(signal.SIGTERM, _interrupt)  # the local SuperLink is stopped on SIGTERM too
     submitted: list[str] = []
+
+    def folders(code: int) -> None:  # a deployed ServerApp writes on its own machine: nothing to name
+        if local:
+            _print_results(Path(cfg.run.output_dir).resolve(), submitted, code)
+
     try:
         code = run_and_check(app_dir, config, superlink, timeout, env=env, simulation=local,
                              absolute_output=local, overrides=set_, on_submitted=submitted.append)
     except KeyboardInterrupt:
         typer.echo("interrupted" + (": the local SuperLink this command started was stopped" if local else ""),
                    err=True)
-        if local:
-            _print_results(Path(cfg.run.output_dir).resolve(), submitted, 130)
+        folders(130)
         raise typer.Exit(130) from None
     except SuperLinkLost as exc:
-        if local:
-            _print_results(Path(cfg.run.output_dir).resolve(), submitted, 1)
+        folders(1)
         fail(f"{exc}; the rounds the run finished are in its folder under run.output-dir", code=1)
-    if local:  # a deployed ServerApp writes on its own machine
-        _print_results(Path(cfg.run.output_dir).resolve(), submitted, code)
+    folders(code)
     raise typer.Exit(code)
 
 

@@ -187,11 +187,19 @@ def test_a_full_disk_says_what_to_do_at_each_stage_of_a_run(tmp_path, capsys):
     assert not started.exists()
     finished = tmp_path / "finished"  # only the figures were left
     (finished / "plots").mkdir(parents=True)
-    (finished / "summary.json").write_text("{}")
+    (finished / "summary.json").write_text('{"rounds": 2}')
+    (finished / "config.toml").write_text("[run]\nrounds = 2\n")
     with pytest.raises(typer.Exit):
         _guarded(finished, _disk_full(finished / "plots" / "a.png"))
     assert f"the run finished: draw its figures again with: fedmtl plot {finished}" in capsys.readouterr().err
     assert (finished / "summary.json").is_file()
+    # a resume extending it to 3 rounds rewrote config.toml before its old summary goes: not finished
+    extended = tmp_path / "extended"
+    shutil.copytree(finished, extended)
+    (extended / "config.toml").write_text("[run]\nrounds = 3\n")
+    with pytest.raises(typer.Exit):
+        _guarded(extended, _disk_full(extended / "rounds.csv"))
+    assert "the run finished" not in capsys.readouterr().err
     # a table moved into place over a folder: the line names the table, not the temporary file
     stopped = tmp_path / "stopped"
     shutil.copytree(finished, stopped)
