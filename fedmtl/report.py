@@ -69,6 +69,7 @@ from fedmtl.plots import (
 )
 from fedmtl.protocol import TEST, TEST_GLOBAL
 from fedmtl.results import GLOBAL, OVERALL, read_participation
+from fedmtl.stop_record import read_stop
 from fedmtl.tasks import TASK_KINDS
 
 IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "run.parquet", "run.trackers", "run.plugins",
@@ -190,7 +191,9 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
                                     "or folders holding them")
         runs = _runs_in_order(path)
         if not runs:
-            raise FileNotFoundError(f"'{path}' holds no finished run (no summary.json under it)")
+            stopped = read_stop(path)  # a run folder that says why its run stopped (fedmtl.stop_record)
+            raise FileNotFoundError(f"'{path}' holds no finished run (no summary.json under it)"
+                                    + (f"; its run stopped: {stopped}" if stopped else ""))
         found += [r for r in runs if r not in found]
     return found
 

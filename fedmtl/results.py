@@ -56,6 +56,7 @@ from fedmtl.protocol import TEST_GLOBAL
 from fedmtl.provenance import collect_provenance, finish_provenance
 from fedmtl.run_tables import METRIC_COLUMNS as TABLE_METRIC_COLUMNS
 from fedmtl.run_tables import table_problems
+from fedmtl.stop_record import STOPPED_FILE
 from fedmtl.tasks import TaskSpec
 from fedmtl.trackers import Trackers
 
@@ -164,8 +165,8 @@ def _whole_numbers(values: list[Any]) -> bool:
 
 
 RUN_FILES = ("run-id", "flower-run-id", "metrics.csv", "rounds.csv", "placement.csv", "participation.csv",
-             "summary.json", "client-errors.log", "metrics.parquet", "rounds.parquet", "participation.parquet",
-             "mlflow.db", "checkpoints", "plots", "heads", "tensorboard", "mlflow-artifacts")
+             "summary.json", "client-errors.log", STOPPED_FILE, "metrics.parquet", "rounds.parquet",
+             "participation.parquet", "mlflow.db", "checkpoints", "plots", "heads", "tensorboard", "mlflow-artifacts")
 """What a run writes into its folder besides ``config.toml`` (``heads``: the default head store)."""
 
 
@@ -621,6 +622,13 @@ def checkpoint_files(run_dir: str | Path) -> list[Path]:
     files = [p for p in (Path(run_dir) / "checkpoints").glob("round-*.pt")
              if p.stem.removeprefix("round-").isdigit()]
     return sorted(files, key=lambda p: int(p.stem.removeprefix("round-")))
+
+
+def newest_checkpoint_round(run_dir: str | Path) -> int | None:
+    """The round of a run folder's newest checkpoint (what ``--resume`` continues after), or
+    ``None`` without one."""
+    files = checkpoint_files(run_dir) if Path(run_dir).is_dir() else []
+    return int(files[-1].stem.removeprefix("round-")) if files else None
 
 
 def load_checkpoint(run_dir: str | Path, path: str | Path | None = None) -> tuple[dict[str, Any], list[str]]:

@@ -19,11 +19,13 @@ from fedmtl.config import ExperimentConfig
 from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.folder_lock import holding
 from fedmtl.models import build_model
+from fedmtl.one_line import described
 from fedmtl.progress import Progress
 from fedmtl.results import (
     RunRecorder,
     create_run_dir,
     head_store_root,
+    newest_checkpoint_round,
     recorded_head_store_dir,
     write_flower_run_id,
 )
@@ -32,6 +34,7 @@ from fedmtl.seeds import Stream, seeded_torch_init
 from fedmtl.server.discovery import discover_clients
 from fedmtl.server.latency import poll_replies_often, signal_pushes, signal_replies
 from fedmtl.server.strategy import FedMTLStrategy
+from fedmtl.stop_record import clear_stop, record_stop
 from fedmtl.validation import config_from_flat
 
 log = logging.getLogger("fedmtl")
@@ -58,37 +61,50 @@ def run_server(
     check_data_here(cfg.data, cfg.run.seed, cfg.server.max_examples)  # before any folder or client
     run_dir = run_dir or create_run_dir(cfg)
     with holding(run_dir):  # one process at a time writes a run folder (fedmtl.folder_lock)
-        recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
-        cfg = resolve_paths(recorded, run_dir)
-        poll_replies_often(grid)
-        signal_pushes(grid)
-        signal_replies(grid)
-        tasks = dataset_tasks(cfg.data)
-        done = int(checkpoint["round"]) if checkpoint else None
-        recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done, background=background)
-        if flower_run_id is not None:  # with config.toml written: the folder is a run's
-            write_flower_run_id(run_dir, flower_run_id)
-        progress = Progress(cfg.run.rounds, enabled=not quiet)
-        directory = discover_clients(grid, cfg)
-        with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
-            model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
-        strategy = FedMTLStrategy(cfg, directory, recorder, progress)
-        strategy.config_record[wire.RUN_ID] = recorder.run_id  # clients write it into their heads, refuse others'
-        initial = model.federated_state(cfg.model.heads == "global")
-        if checkpoint:
-            strategy.restore(checkpoint)
-            initial = strategy.state
-            if not quiet:
-                progress.console.print(f"Resuming {run_dir} after round {done} of {cfg.run.rounds}")
-        strategy.start(grid, ArrayRecord(initial))
-        strategy.check_progress()
-        progress.final_table(strategy.last_stats)
-        recorder.finish(strategy.last_stats)
-        if (errors := strategy.errors.summary()) is not None:
-            progress.notice(errors)
-        if not quiet:
-            progress.console.print(f"Results: {run_dir}")
+        clear_stop(run_dir)  # a resume: the run goes on
+        try:
+            _run(grid, cfg, run_dir, quiet, checkpoint, background, flower_run_id)
+        except Exception as exc:  # the folder says why its run stopped (fedmtl.stop_record)
+            record_stop(run_dir, described(exc, None), newest_checkpoint_round(run_dir), exc)
+            raise
     return run_dir
+
+
+def _run(
+    grid: Grid, cfg: ExperimentConfig, run_dir: Path, quiet: bool, checkpoint: dict | None,
+    background: BackgroundWork | None, flower_run_id: int | None,
+) -> None:
+    """:func:`run_server`'s experiment, in its run folder (held)."""
+    recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
+    cfg = resolve_paths(recorded, run_dir)
+    poll_replies_often(grid)
+    signal_pushes(grid)
+    signal_replies(grid)
+    tasks = dataset_tasks(cfg.data)
+    done = int(checkpoint["round"]) if checkpoint else None
+    recorder = RunRecorder(run_dir, recorded, tasks, resume_round=done, background=background)
+    if flower_run_id is not None:  # with config.toml written: the folder is a run's
+        write_flower_run_id(run_dir, flower_run_id)
+    progress = Progress(cfg.run.rounds, enabled=not quiet)
+    directory = discover_clients(grid, cfg)
+    with seeded_torch_init(Stream.MODEL_INIT, cfg.run.seed):
+        model = build_model(cfg.model, dataset_input_shape(cfg.data), tasks)
+    strategy = FedMTLStrategy(cfg, directory, recorder, progress)
+    strategy.config_record[wire.RUN_ID] = recorder.run_id  # clients write it into their heads, refuse others'
+    initial = model.federated_state(cfg.model.heads == "global")
+    if checkpoint:
+        strategy.restore(checkpoint)
+        initial = strategy.state
+        if not quiet:
+            progress.console.print(f"Resuming {run_dir} after round {done} of {cfg.run.rounds}")
+    strategy.start(grid, ArrayRecord(initial))
+    strategy.check_progress()
+    progress.final_table(strategy.last_stats)
+    recorder.finish(strategy.last_stats)
+    if (errors := strategy.errors.summary()) is not None:
+        progress.notice(errors)
+    if not quiet:
+        progress.console.print(f"Results: {run_dir}")
 
 
 def make_server_app(

@@ -309,3 +309,9 @@ def test_too_many_failed_rounds_in_a_row_stop_the_run_with_a_clear_error(batch):
     rounds = pd.read_csv(folder / "give-up" / "rounds.csv")
     assert list(rounds["skipped"]) == [1, 1]
     assert (folder / "give-up" / "checkpoints" / "round-1.pt").is_file()
+    # the folder says why its run stopped, for whoever opens it later (fedmtl.stop_record)
+    stopped = (folder / "give-up" / "stopped.txt").read_text().splitlines()
+    assert stopped[0].startswith("ClientsFailed: ") and "server.max-failed-rounds = 2" in stopped[0], stopped
+    newest = max(int(p.stem.removeprefix("round-")) for p in (folder / "give-up" / "checkpoints").glob("round-*.pt"))
+    assert f"newest checkpoint: round {newest}" in stopped and "Traceback (most recent call last):" in stopped
+    assert not (folder / "skip" / "stopped.txt").exists() and not (folder / "give-up" / "summary.json").exists()

@@ -110,6 +110,8 @@ def test_ctrl_c_stops_a_run_keeps_its_rounds_and_leaves_no_process(tmp_path):
     metrics = pd.read_csv(out / "metrics.csv")
     assert set(range(1, done + 1)) <= set(metrics["round"])
     assert not (out / "summary.json").exists()
+    stopped = (out / "stopped.txt").read_text().splitlines()  # the folder says why it stopped
+    assert stopped[0] == "interrupted by SIGINT" and f"newest checkpoint: round {done}" in stopped, stopped
 
 
 ORPHANED_ON_THE_WAY_OUT = """

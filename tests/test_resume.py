@@ -87,6 +87,7 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_pa
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (killed / "summary.json").exists()
+    assert not (killed / "stopped.txt").exists()  # a SIGKILL leaves no word: neither summary nor stopped.txt
 
     # a copy whose metrics.csv lost the rows of a checkpointed round is refused, and left as it is
     broken = tmp_path / "broken"
@@ -109,9 +110,11 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_pa
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "rows were lost" in refused.stderr and "where the checkpoint of round 2 counted" in refused.stderr
 
+    (killed / "stopped.txt").write_text("interrupted by SIGINT\n")  # as an interrupt leaves it
     resumed = _fedmtl("run", "--resume", str(killed), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Resuming" in resumed.stdout
+    assert not (killed / "stopped.txt").exists()  # the run went on: the folder no longer says it stopped
     a, b = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("whole", "killed"))
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     ra, rb = (pd.read_csv(tmp_path / name / "rounds.csv").drop(columns="elapsed_s") for name in ("whole", "killed"))

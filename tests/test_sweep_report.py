@@ -174,6 +174,9 @@ def test_report_errors_are_clear(tmp_path):
     (tmp_path / "metrics.csv").write_text("round\n")  # a run's file given for its folder: was "cannot write"
     with pytest.raises(FileNotFoundError, match="metrics.csv' is a file, not a folder: give run folders"):
         find_run_dirs([tmp_path / "metrics.csv"])
+    (tmp_path / "stopped.txt").write_text("ClientsFailed: round 2: no client replied\nstopped at: ...\n")
+    with pytest.raises(FileNotFoundError, match=r"no summary.json under it\); its run stopped: ClientsFailed: round 2"):
+        find_run_dirs([tmp_path])
 
 
 def test_keep_and_skip_invalid_drop_combinations(tmp_path):

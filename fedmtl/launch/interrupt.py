@@ -170,10 +170,9 @@ def shutdown_engine(started_before: dict[int, int] | None = None) -> None:
 
 def last_round(run_dir: Path) -> int | None:
     """The round of a run folder's newest checkpoint (what ``--resume`` continues after)."""
-    from fedmtl.results import checkpoint_files
+    from fedmtl.results import newest_checkpoint_round
 
-    files = checkpoint_files(run_dir) if run_dir.is_dir() else []
-    return int(files[-1].stem.removeprefix("round-")) if files else None
+    return newest_checkpoint_round(run_dir)
 
 
 def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
@@ -240,13 +239,28 @@ def _finished_message(run_dir: Path) -> str:
     return f"{what}; its tables are complete; draw its figures with: fedmtl plot {run_dir}"
 
 
+def _stopped_midway(run_dir: Path) -> bool:
+    """``run_dir`` is a run's folder that recorded something and has rounds left to run."""
+    from fedmtl.results import nothing_recorded
+
+    return ((run_dir / "config.toml").is_file() and not nothing_recorded(run_dir)
+            and not finished(run_dir))
+
+
 def finish_interrupted(stopped: Stopped, run_dir: Path | None, resume: str | None = None) -> NoReturn:
     """Stop Ray and this process's children, print :func:`interrupted_message` to stderr and
     end the process with :data:`EXIT_CODES` of the signal (further signals are ignored)."""
     for s in EXIT_CODES:
         signal.signal(s, signal.SIG_IGN)
     logging.getLogger("flwr").disabled = True  # again: leaving simulate restored it
+    from fedmtl import stop_record
+
+    stop_record.close()  # the run stopped for the signal, not for what its ServerApp raises now
     shutdown_engine(stopped.processes)
-    print(interrupted_message(run_dir, resume), file=sys.stderr, flush=True)
+    message = interrupted_message(run_dir, resume)
+    if resume is None and run_dir is not None and _stopped_midway(run_dir):
+        stop_record.record_stop(run_dir, f"interrupted by {signal.Signals(stopped.signum).name}",
+                                last_round(run_dir), last=True)
+    print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(EXIT_CODES.get(stopped.signum, 130))
