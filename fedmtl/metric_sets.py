@@ -20,7 +20,16 @@ value, and each attribute's counts, whole numbers of at least 1, add up to the t
 the reply reports (every example has a value of every attribute). Where the dataset declares
 its group attributes (:attr:`fedmtl.data.DatasetEntry.groups`), the attributes and values
 counted must be among them: a client cannot invent groups (each would add columns to
-``rounds.csv``).
+``rounds.csv``), and every declared attribute must be counted: a client cannot leave itself
+out of the group statistics.
+
+For fedmtl's own classification kinds (:data:`COUNTED_KINDS`), whose rates are exact ratios of
+whole counts, the metrics must also come from one set of predictions: ``accuracy`` × the test
+examples is a whole number; each counted value reports all its rates (``tpr`` only with
+positives, ``fpr`` only with negatives), each a whole number of examples out of its count; the
+values' correct answers add up to the task's; and each gap is its values' largest rate minus
+the smallest (equalized odds: the larger of the TPR and FPR gaps). A client can still lie
+consistently (claim other predictions), but not report gaps its own rates contradict.
 """
 
 from __future__ import annotations
@@ -131,4 +140,85 @@ def metric_set_problem(
             if positives is not None and positives > count:
                 return (f"positives-{one_line(attribute, 64)}-{one_line(member, 32)} is {positives:g}, "
                         f"more than its count {count:g}")
+    if kind not in COUNTED_KINDS:
+        return ""
+    if not _whole(metrics["accuracy"] * examples):
+        return (f"accuracy {metrics['accuracy']:.12g} is not a whole number of correct answers out of the "
+                f"{examples:g} test examples reported")
+    if groups and (absent := sorted(set(groups) - set(counts))):
+        return f"no group metrics of attribute '{one_line(absent[0], 64)}', which the dataset's examples all have"
+    if counts and "top-class-rate" not in metrics:
+        return "no 'top-class-rate', which a task with group counts reports"
+    for attribute, values in counts.items():
+        if problem := _attribute_problem(metrics, attribute, values, binary, examples):
+            return problem
     return ""
+
+
+COUNTED_KINDS = ("multiclass", "binary")
+"""fedmtl's own kinds whose accuracy and group rates are exact ratios of whole counts
+(:mod:`fedmtl.tasks`, :func:`fedmtl.group_fairness.group_metrics`): their group metrics are
+checked against one another (a plugin's kind is checked by its names and ranges alone)."""
+WHOLE = 1e-6
+"""How far (relative, at least 1e-6 absolute) a rate × its count may be from a whole number:
+every rate a client reports is an exact ratio of counts (:func:`fedmtl.group_fairness._rate`)."""
+
+
+def _whole(value: float) -> bool:
+    return abs(value - round(value)) <= WHOLE * max(1.0, abs(value))
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9
+
+
+def _attribute_problem(metrics: Mapping[str, float], attribute: str, values: Mapping[str, float],
+                       binary: bool, examples: float) -> str:
+    """Why one attribute's group metrics cannot come from one set of predictions (``""``: they
+    can): each value's rates are present and are ratios of whole counts, the values' correct
+    answers add up to the task's, and each gap is the largest rate minus the smallest."""
+    name = one_line(attribute, 64)
+    rates: dict[str, list[float]] = {"accuracy": [], "positive-rate": [], "tpr": [], "fpr": []}
+    correct = 0.0
+    for member, count in values.items():
+        positives = metrics.get(f"positives-{attribute}-{member}")
+        wanted = {"accuracy": count, "top-class-rate": count}
+        if binary:
+            if positives is None or not _whole(positives):
+                return f"positives-{name}-{one_line(member, 32)} is missing or not a whole number"
+            wanted.update({"positive-rate": count, "tpr": positives, "fpr": count - positives})
+        for prefix, base in wanted.items():
+            key = f"{prefix}-{attribute}-{member}"
+            if prefix in ("tpr", "fpr") and base == 0:  # no example of that label: no rate
+                if key in metrics:
+                    return f"'{prefix}-{name}-{one_line(member, 32)}' of a value without examples of its label"
+                continue
+            if key not in metrics:
+                return f"no '{prefix}-{name}-{one_line(member, 32)}', which a value with examples reports"
+            if not _whole(metrics[key] * base):
+                return (f"{prefix}-{name}-{one_line(member, 32)} {metrics[key]:.12g} is not a whole number of "
+                        f"examples out of {base:g}")
+            if prefix in rates:
+                rates[prefix].append(metrics[key])
+        correct += metrics[f"accuracy-{attribute}-{member}"] * count
+    if abs(correct - metrics["accuracy"] * examples) > WHOLE * max(1.0, examples):
+        return (f"the values of attribute '{name}' answer {correct:.6g} examples correctly, but the task's accuracy "
+                f"{metrics['accuracy']:.12g} answers {metrics['accuracy'] * examples:.6g} of {examples:g}")
+    gaps = {"accuracy-gap": _spread(rates["accuracy"])}
+    if binary:
+        odds = [g for g in (_spread(rates["tpr"]), _spread(rates["fpr"])) if g is not None]
+        gaps.update({"demographic-parity-diff": _spread(rates["positive-rate"]),
+                     "equalized-odds-diff": max(odds) if odds else None})
+    for gap, expected in gaps.items():
+        key = f"{gap}-{attribute}"
+        if expected is None and key in metrics:
+            return f"'{gap}-{name}' where fewer than two values have the rates it compares"
+        if expected is not None and (key not in metrics or not _close(metrics[key], expected)):
+            told = f"{metrics[key]:.12g}" if key in metrics else "missing"
+            return f"{gap}-{name} is {told}, not {expected:.12g}, the largest of its values' rates minus the smallest"
+    return ""
+
+
+def _spread(rates: list[float]) -> float | None:
+    """The largest rate minus the smallest (``None`` for fewer than two)."""
+    return max(rates) - min(rates) if len(rates) >= 2 else None

@@ -169,6 +169,10 @@ class ClientLimits:
     """``(attribute, values)`` of each group attribute the dataset's evaluation reports
     (:func:`fedmtl.data.dataset_groups`); ``None``: not known, any consistent groups pass."""
 
+    exact: bool = False
+    """``max_train`` and ``max_test`` are the client's own split sizes (the server built the
+    federation: ``server.max-examples = 0``), not a cap: an evaluation reports ``max_test``."""
+
     def kind(self, task: str) -> str | None:
         """The kind of ``task`` (``None``: not known)."""
         return dict(self.kinds).get(task)
@@ -251,7 +255,7 @@ class KnownClients:
             train, test = federation.sizes(client)  # counted without building the data where it can
             specs = federation.client_tasks(client)
             return ClientLimits(frozenset(t.name for t in specs), train, test, tuple((t.name, t.kind) for t in specs),
-                                self._groups())
+                                self._groups(), exact=True)
         from fedmtl.data import dataset_tasks
 
         names = self._client_task_sets()[client]
@@ -424,17 +428,27 @@ def _view_problem(values: Mapping[str, float], views: Collection[str]) -> str:
 
 
 def evaluate_metrics_problem(values: Mapping[str, float], limits: ClientLimits | None,
-                             views: Collection[str] = (TEST, TEST_GLOBAL)) -> str:
+                             views: Collection[str] | None = None) -> str:
     """Why an evaluation reply's metrics (numbers) cannot be used (``""`` if they can): a whole
     ``num-examples`` in [1, ``limits.max_test``], ``test.<task>.<metric>`` keys (and, optionally,
     those of the run's other views: the global view's ``test-global.<task>.<metric>``) of the
     client's own tasks only, each metric in its range (:func:`evaluation_range`).
 
     ``views`` are the views the run's personalization method reports
-    (:attr:`fedmtl.training.methods.Method.views`; default: both, not bounded): a metric of a
-    view the method does not have (``test-global`` from a one-model method) is a problem.
+    (:attr:`fedmtl.training.methods.Method.views`; ``None``: not known, ``test`` required and
+    ``test-global`` allowed): a metric of a view the method does not have (``test-global`` from
+    a one-model method) is a problem, and so is a reply without one of the method's views (an
+    honest client reports every one: one left out would hide the client from that view's
+    statistics). Where the server knows the client's test split exactly
+    (:attr:`ClientLimits.exact`), ``num-examples`` must be its size: a client evaluates on all
+    of it.
     """
+    bounded = views is not None
+    views = tuple(views) if views is not None else (TEST, TEST_GLOBAL)
     problem = count_problem(values, limits.max_test if limits else 0)
+    if not problem and limits is not None and limits.exact and values[NUM_EXAMPLES] != limits.max_test:
+        problem = (f"{NUM_EXAMPLES} is {values[NUM_EXAMPLES]:g}, not the {limits.max_test} test examples the client "
+                   "holds (a client evaluates on all of them)")
     problem = problem or _view_problem(values, views)
     problem = problem or _task_keys_problem(values, TEST, EVALUATE_REPLY_KEYS, limits,
                                             tuple(v for v in views if v != TEST))
@@ -442,6 +456,8 @@ def evaluate_metrics_problem(values: Mapping[str, float], limits: ClientLimits |
         return problem
     for stage in (TEST, TEST_GLOBAL):
         per_task = parse_metric_keys(values, stage)
+        if bounded and stage in views and not per_task:
+            return f"no '{stage}' metrics, which the run's personalization method reports"
         if (stage == TEST or per_task) and (problem := _view_problem_of(stage, per_task, limits, values[NUM_EXAMPLES])):
             return problem
     return ""

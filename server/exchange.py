@@ -125,7 +125,7 @@ def send_and_read(
 
 def read_evaluate_replies(
     messages: list[Message], replies: list[Message], limits: Limits | None = None,
-    views: Collection[str] = (wire.TEST, wire.TEST_GLOBAL),
+    views: Collection[str] | None = None,
 ) -> list[Evaluated | Rejected | Failed]:
     """Read an exchange's evaluation replies in order (as :func:`train_reply_reader`; a
     second reply of a client is rejected; ``views``: the views the run's method reports)."""

@@ -336,12 +336,13 @@ def read_train_reply(
 
 def read_evaluate_reply(
     reply: Message, client: int | None, limits: Limits | None = None, node: int | None = None,
-    views: Collection[str] = (wire.TEST, wire.TEST_GLOBAL), seen: Collection[int] = (),
+    views: Collection[str] | None = None, seen: Collection[int] = (),
 ) -> Evaluated | Rejected | Failed:
     """Read one evaluation reply (total; ``client``: the client its message was sent to,
     ``limits``, ``node`` and ``seen`` as in :func:`read_train_reply`; ``views``: the views the
     run's personalization method reports, :attr:`fedmtl.training.methods.Method.views`: a reply
-    with metrics of another view, e.g. ``test-global`` from a one-model method, is rejected)."""
+    with metrics of another view, e.g. ``test-global`` from a one-model method, or without one
+    of them, is rejected; ``None``: not known)."""
     checked = _check_sender(reply, client, node, seen)
     if not isinstance(checked, dict):
         return checked

@@ -211,13 +211,15 @@ def retry_pool(server: ServerSection, collected: Collected, usable: int, clients
     return [c for c in clients if c not in collected.formed]
 
 
-def count_screened(server_round: int, formed: int, accepted: int, factor: float) -> int:
-    """How many of the ``formed`` well-formed updates norm screening rejected (logged)."""
-    screened = formed - accepted
+def count_screened(server_round: int, formed: list[int], accepted: list[int], factor: float) -> int:
+    """How many of the clients with ``formed`` (well-formed) updates norm screening rejected,
+    logged with their ids (the clients not in ``accepted``)."""
+    screened = sorted(set(formed) - set(accepted))
     if screened:
-        log(WARNING, "round %d: norm screening rejected %d update(s) longer than %g × the median",
-            server_round, screened, factor)
-    return screened
+        log(WARNING, "round %d: norm screening rejected the update of client(s) %s: longer than %g × the median "
+            "(its whole update or a task's part, server.norm-screening)",
+            server_round, ", ".join(map(str, screened)), factor)
+    return len(screened)
 
 
 def log_settings(cfg: ExperimentConfig, num_clients: int) -> None:

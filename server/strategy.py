@@ -163,7 +163,7 @@ class FedMTLStrategy:
             accepted = screen_norms(collected.formed, server.norm_screening)
         self.heads.commit()
         self.participation.note_trained(server_round, collected.formed)
-        screened = count_screened(server_round, len(collected.formed), len(accepted), server.norm_screening)
+        screened = count_screened(server_round, list(collected.formed), accepted, server.norm_screening)
         record = TrainRecord(collected.sampled, len(collected.formed) + collected.rejected, collected.failures,
                              collected.rejected + screened, collected.retries, len(accepted), skipped=0)
         if len(accepted) < server.min_replies:

@@ -58,12 +58,23 @@ def train_loss(replies: list[Accepted]) -> float:
 
 
 def screen_norms(formed: dict[int, Accepted], factor: float) -> list[int]:
-    """The clients whose update (the sum of its rows) passes the norm screen
-    (:func:`fedmtl.screening.norm_outliers` with ``server.norm-screening``), sorted."""
+    """The clients whose update passes the norm screen (:func:`fedmtl.screening.norm_outliers`
+    with ``server.norm-screening``), sorted.
+
+    The screen compares each client's whole update (the sum of its rows) with the others', and,
+    when replies carry one part per task, each task's part with the other clients' parts of that
+    task: two parts that cancel in the sum (+v and −v) would otherwise pass, and a plan that
+    weights the parts unequally would step along one of them."""
     clients = sorted(formed)
-    norms = [float(torch.linalg.vector_norm(sum(formed[c].rows.values()))) for c in clients]
-    outlier = norm_outliers(norms, factor)
-    return [c for c, out in zip(clients, outlier, strict=True) if not out]
+    out = dict.fromkeys(clients, False)
+    kinds = {task for c in clients for task in formed[c].rows}
+    for rows in ([(c, sum(formed[c].rows.values())) for c in clients],
+                 *([(c, formed[c].rows[task]) for c in clients if task in formed[c].rows]
+                   for task in sorted(kinds) if len(kinds) > 1)):
+        norms = [float(torch.linalg.vector_norm(vector)) for _, vector in rows]
+        for (client, _), flagged in zip(rows, norm_outliers(norms, factor), strict=True):
+            out[client] = out[client] or flagged
+    return [c for c in clients if not out[c]]
 
 
 def stepped(flat: torch.Tensor, direction: torch.Tensor, optimizer: ServerOptimizer) -> torch.Tensor | str:

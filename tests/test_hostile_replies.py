@@ -363,10 +363,18 @@ def test_groups_the_dataset_does_not_have_are_rejected(extra, problem):
     metrics = test_metrics(**{f"test.left.{k}": v for k, v in extra.items()}, **{"test.right.loss": 1.0})
     outcome = read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), metrics), 2, lambda c: groups, 102)
     assert outcome == Rejected(2, f"test.left: {problem}")
-    declared = {"count-colour-White": 12.0, "count-colour-Black": 8.0, "accuracy-colour-White": 0.5,
-                "accuracy-colour-Black": 0.5, "top-class-rate": 0.5}
-    metrics = test_metrics(**{f"test.left.{k}": v for k, v in declared.items()}, **{"test.right.loss": 1.0})
-    assert isinstance(read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), metrics), 2, lambda c: groups, 102),
+    # what an honest client reports: each task's group metrics of its predictions (fedmtl.training.evaluate)
+    from fedmtl.group_fairness import group_metrics
+
+    colour = {"colour": torch.tensor([0] * 12 + [1] * 8)}
+    targets = torch.tensor([1, 0] * 10)
+    honest = {wire.PARTITION_ID: 2, wire.NUM_EXAMPLES: 20}
+    for task, correct in (("left", 10), ("right", 5)):
+        predictions = torch.where(torch.arange(20) < correct, targets, 1 - targets)
+        found = {"accuracy": correct / 20, "loss": 1.0,
+                 **group_metrics(predictions, targets, colour, True, {"colour": ["White", "Black"]})}
+        honest.update({f"test.{task}.{k}": v for k, v in found.items()})
+    assert isinstance(read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), honest), 2, lambda c: groups, 102),
                       Evaluated)
 
 

@@ -72,6 +72,33 @@ def test_a_clientapp_that_calls_sys_exit_gets_an_error_reply_and_its_worker_serv
     assert backend.is_worker_idle()
 
 
+def test_a_clientapp_changing_the_records_it_received_does_not_change_another_clients(task_identity):
+    """The server sends every client the same ArrayRecord and ConfigRecord objects; on Ray each
+    actor gets a copy (serialised), in process each call must get its own: here the first call
+    replaces its arrays' entry and its config's value, and the second still sees the server's."""
+    from flwr.app import Array, ArrayRecord
+
+    seen: list[tuple[float, int]] = []
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        seen.append((float(msg.content["arrays"]["w"].numpy().sum()), int(msg.content["config"]["x"])))
+        msg.content["arrays"]["w"] = Array(torch.full((3,), 99.0).numpy())
+        msg.content["config"]["x"] = 99
+        return Message(RecordDict({"config": ConfigRecord({"y": 1})}), reply_to=msg)
+
+    backend = InProcessBackend({})
+    backend.build(lambda: app)
+    shared = RecordDict({"arrays": ArrayRecord({"w": Array(torch.ones(3).numpy())}), "config": ConfigRecord({"x": 1})})
+    for node in (7, 8):
+        message = Message(shared, dst_node_id=node, message_type="train")
+        backend.process_message(message, Context(run_id=1, node_id=node, node_config={}, state=RecordDict(),
+                                                 run_config={}))
+    assert seen == [(3.0, 1), (3.0, 1)]
+    assert float(shared["arrays"]["w"].numpy().sum()) == 3.0 and shared["config"]["x"] == 1
+
+
 def _threads_a_new_thread_gets() -> int:
     found: list[int] = []
     thread = threading.Thread(target=lambda: found.append(torch.get_num_threads()))

@@ -81,10 +81,21 @@ def test_a_reply_that_leaves_out_one_of_its_tasks_is_refused_in_training_and_eva
 
 
 BINARY = ClientLimits(frozenset({"t"}), 0, 0, (("t", "binary"),))
-GROUPED = {"test.t.accuracy": 0.5, "test.t.loss": 0.7, "test.t.top-class-rate": 0.6,
-           "test.t.count-sex-f": 6.0, "test.t.count-sex-m": 4.0, "test.t.accuracy-sex-f": 0.5,
-           "test.t.accuracy-sex-m": 0.5, "test.t.positives-sex-f": 2.0, "test.t.positives-sex-m": 1.0,
-           "test.t.accuracy-gap-sex": 0.0}
+
+
+def honest_group_metrics(predictions: list[int], targets: list[int], sex: list[int]) -> dict[str, float]:
+    """What an honest client reports of binary task ``t`` (``fedmtl.training.evaluate``)."""
+    from fedmtl.group_fairness import group_metrics
+
+    p, y = torch.tensor(predictions), torch.tensor(targets)
+    metrics = {"accuracy": int((p == y).sum()) / len(p), "loss": 0.7,
+               **group_metrics(p, y, {"sex": torch.tensor(sex)}, True, {"sex": ["f", "m"]})}
+    return {f"test.t.{name}": value for name, value in metrics.items()}
+
+
+# 6 f (2 positives), 4 m (1 positive): accuracies 4/6 and 3/4, TPRs 1/2 and 1, FPRs 1/4 and 1/3
+GROUPED = honest_group_metrics([1, 0, 1, 0, 0, 0, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0, 1, 0, 0, 0],
+                               [0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
 
 
 @pytest.mark.parametrize(("change", "problem"), [
@@ -103,10 +114,51 @@ def test_group_metrics_must_be_a_set_the_task_could_have_produced(change, proble
     assert (problem in found and found) if problem else found == ""
 
 
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"test.t.accuracy": 0.123456789}, "accuracy 0.123456789 is not a whole number of correct answers out of the 10"),
+    ({"test.t.accuracy": 0.6}, "attribute 'sex' answer 7 examples correctly, but the task's accuracy 0.6"),
+    ({"test.t.accuracy-gap-sex": 1.0}, "accuracy-gap-sex is 1, not 0.0833333333333, the largest of its values' rates"),
+    ({"test.t.demographic-parity-diff-sex": 1.0}, "demographic-parity-diff-sex is 1, not 0.166666666667"),
+    ({"test.t.equalized-odds-diff-sex": 1.0}, "equalized-odds-diff-sex is 1, not 0.5"),
+    ({"test.t.equalized-odds-diff-sex": None}, "equalized-odds-diff-sex is missing, not 0.5"),
+    ({"test.t.positives-sex-f": 2.5}, "positives-sex-f is missing or not a whole number"),
+    ({"test.t.accuracy-sex-f": 0.55}, "accuracy-sex-f 0.55 is not a whole number of examples out of 6"),
+    ({"test.t.tpr-sex-m": None}, "no 'tpr-sex-m', which a value with examples reports"),
+    ({"test.t.fpr-sex-m": 0.1}, "fpr-sex-m 0.1 is not a whole number of examples out of 3"),
+    ({"test.t.top-class-rate": None}, "no 'top-class-rate', which a task with group counts reports"),
+    ({"test.t.positive-rate-sex-m": None}, "no 'positive-rate-sex-m'"),
+])
+def test_group_metrics_must_come_from_one_set_of_predictions(change, problem):
+    """Each rate a client reports is a ratio of whole counts and each gap the spread of its
+    values' rates: gaps, accuracies or counts that its own rates contradict are refused."""
+    values = {wire.PARTITION_ID: 0, wire.NUM_EXAMPLES: 10, **GROUPED, **change}
+    values = {k: v for k, v in values.items() if v is not None}
+    found = evaluate_metrics_problem(values, BINARY)
+    assert problem in found, found
+
+
+def test_a_client_cannot_leave_itself_out_of_the_group_statistics_or_a_view():
+    declared = ClientLimits(frozenset({"t"}), 0, 10, (("t", "binary"),), (("sex", ("f", "m")),), exact=True)
+    honest = {wire.PARTITION_ID: 0, wire.NUM_EXAMPLES: 10, **GROUPED}
+    assert evaluate_metrics_problem(honest, declared, ("test",)) == ""
+    plain = {k: v for k, v in honest.items() if k.split(".")[-1] in ("accuracy", "loss") or "." not in k}
+    assert evaluate_metrics_problem(plain, declared, ("test",)) == (
+        "test.t: no group metrics of attribute 'sex', which the dataset's examples all have")
+    # the server built the client's data: it evaluates on all of its 10 test examples
+    assert evaluate_metrics_problem({**honest, wire.NUM_EXAMPLES: 1}, declared, ("test",)) == (
+        "num-examples is 1, not the 10 test examples the client holds (a client evaluates on all of them)")
+    # a method with two views: a reply without the global model's metrics hides the client from them
+    assert evaluate_metrics_problem(honest, declared, ("test", "test-global")) == (
+        "no 'test-global' metrics, which the run's personalization method reports")
+    both = {**honest, **{k.replace("test.", "test-global.", 1): v for k, v in GROUPED.items()}}
+    assert evaluate_metrics_problem(both, declared, ("test", "test-global")) == ""
+    assert evaluate_metrics_problem(honest, declared) == ""  # the views not known: test-global may be absent
+
+
 def test_binary_group_metrics_are_refused_on_a_multiclass_task():
     limits = ClientLimits(frozenset({"t"}), 0, 0, (("t", "multiclass"),))
     values = {wire.PARTITION_ID: 0, wire.NUM_EXAMPLES: 10, **GROUPED}
-    assert "'positives-sex-f': a metric of binary tasks only" in evaluate_metrics_problem(values, limits)
+    assert "-sex-f': a metric of binary tasks only" in evaluate_metrics_problem(values, limits)
 
 
 def test_made_up_metric_names_cannot_flood_the_results(tmp_path):
@@ -353,3 +405,42 @@ def test_raw_metric_records_with_odd_keys_are_one_line_problems():
     outcome = read_train_reply(reply, 1, dict(STATE), False, node=101)
     assert isinstance(outcome, Rejected) and "longer than 200 characters" in outcome.problem
     assert len(outcome.problem) < 200
+
+
+def test_task_parts_that_cancel_in_the_sum_are_screened_by_each_part():
+    """A client whose task parts are +1e6·v and −1e6·v sends an update of ordinary length (their
+    sum) that a plan weighting the parts unequally turns into a step of 1e5: each task's part
+    is screened against the other clients' parts of that task, and the client is refused."""
+    from fedmtl.server.replies import Accepted
+    from fedmtl.server.updates import screen_norms
+
+    gen = torch.Generator().manual_seed(0)
+    honest = {c: Accepted(c, {"left": 0.01 * torch.randn(50, generator=gen),
+                              "right": 0.01 * torch.randn(50, generator=gen)}, {}) for c in range(5)}
+    v = torch.randn(50, generator=gen)
+    lying = dict(honest)
+    lying[1] = Accepted(1, {"left": honest[1].rows["left"] + 1e6 * v, "right": honest[1].rows["right"] - 1e6 * v}, {})
+    sums = [float(torch.linalg.vector_norm(sum(r.rows.values()))) for r in lying.values()]
+    assert max(sums) < 10 * sorted(sums)[2]  # the sum alone passes the screen
+    assert screen_norms(lying, 10.0) == [0, 2, 3, 4]
+    assert screen_norms(honest, 10.0) == [0, 1, 2, 3, 4] and screen_norms(lying, 0.0) == [0, 1, 2, 3, 4]
+    # a task held by fewer than 3 clients is not screened by its part (its median says little) ...
+    few = {c: Accepted(c, {"left": honest[c].rows["left"], **({"right": 1e6 * v} if c == 1 else {})}, {})
+           for c in range(5)}
+    assert screen_norms(few, 10.0) == [0, 2, 3, 4]  # ... but the client's whole update still is
+    from fedmtl.aggregation.plans import WHOLE
+
+    whole = {c: Accepted(c, {WHOLE: 0.01 * torch.randn(50, generator=gen)}, {}) for c in range(4)}
+    whole[3] = Accepted(3, {WHOLE: 1e3 * v}, {})
+    assert screen_norms(whole, 10.0) == [0, 1, 2]
+
+
+def test_the_norm_screen_names_the_clients_it_rejects(caplog):
+    from fedmtl.server.rounds import count_screened
+
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        assert count_screened(3, [0, 1, 2, 7, 9], [0, 2, 9], 10.0) == 2
+        assert count_screened(4, [0, 1, 2], [0, 1, 2], 10.0) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "round 3: norm screening rejected the update of client(s) 1, 7: longer than 10 × the median "
+        "(its whole update or a task's part, server.norm-screening)"]

@@ -105,13 +105,26 @@ GRID: type[FakeGrid] = FakeGrid
 """The grid :func:`run` builds (set by :func:`grid_kind`)."""
 
 
+def client_test_examples(msg: Message, client: int) -> int:
+    """The client's test examples under the run config the message carries: the server knows
+    them (``server.max-examples = 0``) and an honest evaluation reports all of them."""
+    from fedmtl.data import load_federation
+    from fedmtl.validation import config_from_flat
+
+    cfg = config_from_flat(dict(msg.content[wire.CONFIG]))
+    return load_federation(cfg.data, cfg.run.seed).sizes(client)[1]
+
+
 def good(msg: Message, call: wire.TrainCall, client: int | None = None) -> Message:
     """A well-formed reply of the client the message is for (or the one named): every metric of
-    both its tasks, from the heads the call named (``heads-fingerprint-in``)."""
+    both its tasks, from the heads the call named (``heads-fingerprint-in``); its evaluation
+    counts all its test examples, and its accuracies are whole numbers of them (0.5 and 0.25
+    with 4 clients: 500 test examples each)."""
     who = call.client if client is None else client
     if msg.metadata.message_type == MessageType.EVALUATE:
-        metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 5, "test.left.accuracy": 0.5, "test.left.loss": 1.5,
-                   "test.right.accuracy": 0.25, "test.right.loss": 2.5}
+        n = client_test_examples(msg, who)
+        metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: n, "test.left.accuracy": round(n / 2) / n,
+                   "test.left.loss": 1.5, "test.right.accuracy": round(n / 4) / n, "test.right.loss": 2.5}
         return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
     heads_in = 0.1 if call.heads_in is None else call.heads_in
     metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 10, wire.HEADS_IN: heads_in, wire.HEADS_OUT: 0.2,

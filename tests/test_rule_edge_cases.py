@@ -100,3 +100,24 @@ def test_a_nan_value_makes_the_worst_and_best_shares_nan_in_both_directions(high
     values = np.array([0.1, 0.5, math.nan, 0.9] + [0.7] * 8)
     stats = summarize(values, higher_is_better=higher)
     assert all(math.isnan(stats[k]) for k in ("mean", "worst", "worst10", "worst20", "best10", "jain"))
+
+
+def test_krum_picks_the_lowest_score_when_a_huge_row_shrinks_every_other():
+    """One row of norm 1e9 scales the normalised Gramian so that every other score falls below
+    1e-12: ties must be judged relative to each score, or the smallest key (here an outlier 100σ
+    from the honest rows) wins (Blanchard et al. 2017: the argmin of the score)."""
+    gen = torch.Generator().manual_seed(0)
+    mu = 5 * torch.randn(20, generator=gen, dtype=torch.float64) / math.sqrt(20)
+    honest = mu + torch.randn(5, 20, generator=gen, dtype=torch.float64)
+    outlier = mu + 100 * torch.randn(20, generator=gen, dtype=torch.float64) / math.sqrt(20)
+    rows = torch.cat([outlier[None], honest, 1e9 * torch.randn(1, 20, generator=gen, dtype=torch.float64)])
+    squared = torch.cdist(rows, rows) ** 2
+    expected = int(torch.sort(squared, 1).values[:, 1:len(rows) - 2 - 2 + 1].sum(1).argmin())
+    assert expected in range(1, 6)
+    weights = make_rule("krum", byzantine=2)(Objectives(updates=rows))
+    assert int(weights.argmax()) == expected and float(weights.sum()) == 1.0
+    # five equal rows and one 1e-6 off: the equal rows score 0, the other does not
+    near = torch.ones(6, 4, dtype=torch.float64)
+    near[0, 0] += 1e-6
+    assert int(make_rule("krum", byzantine=1)(Objectives(updates=near)).argmax()) == 1
+    assert int(make_rule("krum", byzantine=1)(Objectives(updates=1e3 * near)).argmax()) == 1

@@ -220,3 +220,23 @@ def test_inexact_is_reported_when_newton_cannot_reach_an_existing_solution(monke
     regularised, _, _ = alpha_fair._newton(ridge, 2.0, alpha_fair._initial(ridge, 2.0))
     best = min(relative_residual(a / scale, newton, 2.0), relative_residual(a / scale, regularised, 2.0))
     assert info.residual == pytest.approx(best, rel=1e-9) and info.residual > 1e-8
+
+
+@pytest.mark.parametrize("rule", ["fairgrad-1", "fairgrad-2", "fairgrad-inf", "nash-mtl"])
+def test_a_zero_row_is_labelled_as_having_no_positive_solution(rule):
+    """A task at zero loss gives a zero row: 0 is then in the hull and no positive α-fair
+    solution exists (REFERENCES §1): "regularised" (finite α, Nash-MTL), "pareto-stationary"
+    (α = ∞), not "inexact" (a solution exists but was not reached), nor success at α = ∞."""
+    from fedmtl.aggregation import Objectives, make_rule
+
+    gen = torch.Generator().manual_seed(11)
+    g = torch.randn(2, 7, generator=gen, dtype=torch.float64)
+    expected = "pareto-stationary" if rule == "fairgrad-inf" else "regularised"
+    made = (make_rule("nash-mtl") if rule == "nash-mtl"
+            else make_rule("fairgrad", alpha=math.inf if rule.endswith("inf") else float(rule[-1])))
+    for rows in (torch.stack([g[0], torch.zeros(7, dtype=torch.float64), g[1]]),
+                 torch.stack([g[0], torch.zeros(7, dtype=torch.float64)])):
+        assert made.weigh(Objectives(updates=rows)).info.fallback == expected
+    # a short row that is not zero keeps 0 out of the hull: solved as usual
+    short = torch.stack([g[0], 1e-9 * g[1], torch.randn(7, generator=gen, dtype=torch.float64)])
+    assert made.weigh(Objectives(updates=short)).info.fallback == ""

@@ -333,6 +333,27 @@ def test_term_by_hand_and_the_mean_variant():
     torch.testing.assert_close(zero(Objectives(losses=f)), torch.full((2,), 1 / 3, dtype=F64))
 
 
+@pytest.mark.parametrize("variant", ["official", "mean"])
+def test_term_with_a_negative_tilt_over_spread_losses_gives_the_finite_weights(variant):
+    """t = −2 over losses 400, 1, 0.5: e^(t (F − max F)) overflows (e^1598), though the weights,
+    ratios of e, are finite: round 1 gives c · softmax(t F) (c = 2/m official, 1 mean)."""
+    f = torch.tensor([400.0, 1.0, 0.5], dtype=F64)
+    term = make_weighting("term", tilt=-2.0, variant=variant)
+    weights = term(Objectives(losses=f))
+    scale = 2 / 3 if variant == "official" else 1.0
+    torch.testing.assert_close(weights, scale * torch.softmax(-2.0 * f, 0), rtol=1e-12, atol=0)
+    assert bool(torch.isfinite(term(Objectives(losses=f + 3.0))).all())  # and the next round's
+    # the state survives a checkpoint; one of an older fedmtl (ẑ itself, "z") still loads
+    again = make_weighting("term", tilt=2.0, variant=variant)
+    again.load_state_dict({"z": 0.25})
+    older = make_weighting("term", tilt=2.0, variant=variant)
+    older.load_state_dict(again.state_dict())
+    g = torch.tensor([0.0, 1.0], dtype=F64)
+    e = torch.exp(2.0 * (g - 1.0))
+    z = 0.5 * 0.25 + 0.5 * float(e.mean())
+    torch.testing.assert_close(older(Objectives(losses=g)), e / ((4 if variant == "official" else 2) * z))
+
+
 def test_fedmgda_plus_epsilon_bounds_the_deviation_from_fedavg():
     g = torch.tensor([[1.0, 0.0], [0.0, 4.0], [-1.0, 0.2]], dtype=F64)
     n = torch.tensor([1.0, 1.0, 2.0], dtype=F64)

@@ -14,8 +14,10 @@ pool hands out). Everything else is Flower's own: the ServerApp, the Grid, the
 LinkState, the engine's queues and workers, the Message API and the error replies.
 
 Clients running side by side give the numbers they give alone, bit for bit: each call works on
-its own model, data, heads and generators; torch's global CPU generator, which building a
-model and a few rules draw from, is held by one thread at a time
+its own copy of its message (the server sends every client the same records; one ClientApp
+changing them must not change another's), its own model, data, heads and generators;
+torch's global CPU generator, which building a model and a few rules draw from, is held by
+one thread at a time
 (:data:`fedmtl.seeds.TORCH_RNG_LOCK`); and the server orders replies by client before it
 aggregates. Torch's intra-op threads are a process-wide setting, ``engine.client-num-cpus``
 for every call, so ⌊CPUs / client-num-cpus⌋ calls fill the machine as Ray's actors do.
@@ -37,6 +39,7 @@ given; :func:`use_in_process_backend` puts this backend there for the duration o
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -97,8 +100,11 @@ class InProcessBackend(Backend):
         with self.slots:
             with self.count_lock:
                 self.busy += 1
-            try:
-                reply = self.app_fn()(message=message, context=context)
+            try:  # its own copy of the message: the server sends every client the same records
+                # (one ArrayRecord, one ConfigRecord); Ray's actors each get a copy through
+                # serialisation, and a ClientApp changing what it received must not change the
+                # others' (the arrays' bytes are immutable and shared: the copy costs ~0.2 ms)
+                reply = self.app_fn()(message=copy.deepcopy(message), context=context)
             except LoadClientAppError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every ClientApp failure becomes an error reply

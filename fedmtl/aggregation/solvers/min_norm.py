@@ -22,8 +22,15 @@ def is_pareto_stationary(a: np.ndarray, lam: np.ndarray) -> bool:
     Relative to the rows ``λ`` combines, ``‖d‖² ≤ STATIONARY · (Σ λ_i ‖g_i‖)²``, not to the
     largest row: a row 1e6 times the others, which ``λ`` leaves out, does not make the others'
     min-norm point look like 0.
+
+    A zero row (a task at zero loss: a saturated softmax gives exactly 0) is 0 in the hull
+    itself; λ sits on it only up to the solver's last bits, and the ε it leaves on the other
+    rows makes ``d`` long against the rows λ combines, so a zero row is tested for directly.
     """
-    scale = float(lam @ _row_lengths(a))
+    lengths = _row_lengths(a)
+    if len(lengths) and float(lengths.min()) == 0.0:
+        return True
+    scale = float(lam @ lengths)
     return float(lam @ a @ lam) <= STATIONARY * scale**2
 
 

@@ -29,8 +29,14 @@ def krum_scores(distances: torch.Tensor, neighbours: int) -> list[float]:
 
 
 def best_scored(scores: list[float], keys: list[str], count: int = 1) -> list[int]:
-    """The ``count`` rows of lowest score, ties (to 12 decimals) broken by row key, not position."""
-    return sorted(range(len(scores)), key=lambda i: (round(scores[i], 12), keys[i]))[:count]
+    """The ``count`` rows of lowest score, ties broken by row key, not position.
+
+    Scores equal to 12 significant digits tie (the same rows in another order may differ in
+    the last bits of their distances). The rounding is relative to each score, not to a fixed
+    number of decimals: one huge row scales every other score down (the Gramian is normalised
+    by its mean diagonal), and an absolute rounding made them all tie, so the smallest key won,
+    an outlier among them."""
+    return sorted(range(len(scores)), key=lambda i: (float(f"{scores[i]:.12g}"), keys[i]))[:count]
 
 
 @register("krum")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -40,9 +41,14 @@ class TERM(Weighting):
     server learning rate tuned for ``mean`` carries over. The official variant's steps are
     1/m of that in steady state (2/m in round 1), which a server learning rate of m undoes
     only after the normaliser has settled.
+
+    Both are computed in logs (``log e_k`` and ``log ẑ``): ``e_k`` itself overflows once
+    ``|t| (max F − F_k) > 709``, as with a negative tilt over spread losses (t = −2 over losses
+    400, 1 and 0.5), where the weights, ratios of ``e``, are finite; the authors' code gives
+    ``nan`` there.
     """
 
-    state_attributes = ("z",)
+    state_attributes = ("log_z",)
 
     scope = "server"
     needs_losses = True
@@ -57,15 +63,35 @@ class TERM(Weighting):
 
     def __init__(self, context: RuleContext | None = None, **params: Any) -> None:
         super().__init__(context, **params)
-        self.z: float | None = None
+        self.log_z: float | None = None
+        """``log ẑ``, the running normaliser in logs (``None`` before the first round)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; a checkpoint of an older fedmtl holds ``ẑ``
+        itself (``z``)."""
+        if "log_z" not in state and "z" in state:
+            z = state["z"]
+            state = {"log_z": None if z is None else (math.log(z) if z > 0 else -math.inf)}
+        super().load_state_dict(state)
 
     def compute(self, objectives: Objectives) -> torch.Tensor:
-        f = losses_of(objectives, self.name)
-        e = torch.exp(self.params.tilt * (f - f.max()))
-        mean = float(e.mean())
+        """The weights ``e_k / (m² ẑ)`` (``"official"``) or ``e_k / (m ẑ)`` (``"mean"``),
+        computed in logs: ``e_k`` overflows where ``|t| (max F − F_k) > 709`` (a negative tilt
+        over spread losses), though the weights, ratios of ``e``, are finite."""
+        f = losses_of(objectives, self.name).to(torch.float64)
         m = len(f)
-        if self.params.variant == "official":
-            self.z = 0.5 * (self.z or 0.0) + 0.5 * mean
-            return e / (m * m * self.z)
-        self.z = mean if self.z is None else 0.5 * self.z + 0.5 * mean
-        return e / (m * self.z)
+        log_e = self.params.tilt * (f - f.max())  # the authors' shift: e_k = e^(t (F_k − max F))
+        log_mean = float(torch.logsumexp(log_e, 0)) - math.log(m)
+        if self.params.variant == "official":  # ẑ ← ½ ẑ + ½ mean e, from ẑ = 0
+            self.log_z = _half_sum(self.log_z, log_mean)
+            return torch.exp(log_e - self.log_z - 2 * math.log(m))
+        self.log_z = log_mean if self.log_z is None else _half_sum(self.log_z, log_mean)
+        return torch.exp(log_e - self.log_z - math.log(m))
+
+
+def _half_sum(log_a: float | None, log_b: float) -> float:
+    """``log(½ a + ½ b)`` from ``log a`` (``None``: a = 0) and ``log b``."""
+    if log_a is None:
+        return math.log(0.5) + log_b
+    return float(torch.logaddexp(torch.tensor(log_a, dtype=torch.float64), torch.tensor(log_b, dtype=torch.float64))) \
+        + math.log(0.5)
