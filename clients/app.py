@@ -51,7 +51,7 @@ from fedmtl.personalization import (
     HeadStore,
     HeadStoreError,
     RunIdentity,
-    heads_fingerprint,
+    kept_fingerprint,
     restore_client,
     save_client_state,
     unpack_state,
@@ -208,14 +208,20 @@ def client_run(s: LocalSetup) -> ClientRun:
                      functools.partial(local_weighting, s))
 
 
+def kept(s: LocalSetup, personal: dict[str, torch.Tensor]) -> float:
+    """The fingerprint of what the client keeps between rounds: its personal heads (not global
+    ones, which the server sends) and its method's state ``personal`` (:func:`kept_fingerprint`)."""
+    return kept_fingerprint(s.model, personal, s.cfg.model.heads != "global")
+
+
 def heads_refusal(call: wire.Call, s: LocalSetup, fingerprint: float | None = None) -> str:
     """Why the client must not train or evaluate from the heads it restored (``""``: it may).
 
     The server names the heads the client's last training left (:attr:`fedmtl.protocol.Call.heads_in`)
     or says that it has not trained in this run (``fresh_heads``); heads deleted or replaced
     since would otherwise be re-initialised, or used, without anyone noticing. ``fingerprint``
-    is the restored heads' :func:`heads_fingerprint` when the caller has it (computed here otherwise).
-    """
+    is the restored heads' and state's :func:`kept_fingerprint` when the caller has it (computed
+    here otherwise)."""
     where = f"'{s.store.root}'" if isinstance(s.store, DiskHeadStore) else "its node's context"
     if call.fresh_heads and s.found_heads:
         return f"client {s.client} has not trained in this run, yet {where} holds heads of it"
@@ -224,7 +230,7 @@ def heads_refusal(call: wire.Call, s: LocalSetup, fingerprint: float | None = No
     if not s.found_heads:
         return (f"client {s.client}'s heads are missing from {where} (its last training left heads-fingerprint "
                 f"{call.heads_in!r}); they were deleted since")
-    found = heads_fingerprint(s.model) if fingerprint is None else fingerprint
+    found = kept(s, s.personal) if fingerprint is None else fingerprint
     if found != call.heads_in:
         return (f"client {s.client}'s heads in {where} have heads-fingerprint {found!r}, not the "
                 f"{call.heads_in!r} its last training left; they were replaced since")
@@ -299,7 +305,7 @@ def train(msg: Message, context: Context) -> Message:
     except HeadStoreError as exc:
         return head_store_failure(msg, context, exc)
     model, client, cfg = s.model, s.client, s.cfg
-    fingerprint_in = heads_fingerprint(model)
+    fingerprint_in = kept(s, s.personal)
     refused = heads_refusal(call, s, fingerprint_in)
     if refused:  # it neither trains nor saves: its store keeps what was found
         return refusal(msg, refused)
@@ -321,7 +327,7 @@ def train(msg: Message, context: Context) -> Message:
         wire.PARTITION_ID: client,
         wire.NUM_EXAMPLES: result.num_examples,
         wire.HEADS_IN: fingerprint_in,
-        wire.HEADS_OUT: heads_fingerprint(model),
+        wire.HEADS_OUT: kept(s, run.personal),
     })
     for task, loss in result.task_losses.items():
         metrics[wire.metric_key(wire.TRAIN, task, wire.LOSS)] = loss

@@ -46,8 +46,9 @@ class HeadsLedger:
     Parameters
     ----------
     personal : bool
-        The clients keep personal heads (``model.heads`` is not ``"global"``); without them
-        nothing is checked.
+        The clients keep something between rounds: personal heads (``model.heads`` is not
+        ``"global"``), or their method's own state (``Method.keeps_state``: Ditto's and APFL's
+        personal model); without either nothing is checked.
     retry_from_earlier_rounds : bool
         A client asked again within a round starts from the heads of earlier rounds (the disk
         head store: training in round R reads the newest version of a round ≤ R − 1); else

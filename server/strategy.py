@@ -115,7 +115,8 @@ class FedMTLStrategy:
         """Per client, the rounds it trained in (``participation.csv``; in the checkpoint)."""
         self.views = METHODS.get(cfg.personalization.method).views
         """The views evaluation replies may report: the method's (a one-model method's ``test-global`` is rejected)."""
-        self.heads = HeadsLedger(cfg.model.heads != "global", cfg.client.head_store == "disk")
+        kept = cfg.model.heads != "global" or METHODS.get(cfg.personalization.method).keeps_state
+        self.heads = HeadsLedger(kept, cfg.client.head_store == "disk")
         """The heads each client must start from (named in every call; a client with others refuses)."""
         self.errors = ClientErrors(recorder.run_dir / CLIENT_ERRORS, progress.notice)
         """The run's client errors: each distinct one once on the console, all in ``client-errors.log``."""

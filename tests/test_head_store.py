@@ -370,3 +370,16 @@ def test_moving_files_of_before_skips_what_another_process_moved_and_takes_the_n
     assert calls == ["client-4.r3.pt", "client-4.r2.pt", "client-4.r1.pt"]
     monkeypatch.setattr(os, "replace", replace)
     assert store.load(4)["w"][0] == 3.0  # the newest heads moved first
+
+
+def test_what_a_client_keeps_is_fingerprinted_heads_and_method_state_alike():
+    from fedmtl.personalization import kept_fingerprint, state_fingerprint
+
+    a = {"model.w": torch.ones(3), "lambda": torch.tensor(0.1, dtype=torch.float64)}
+    assert state_fingerprint(a) == state_fingerprint(dict(reversed(a.items())))  # key order, not insertion
+    assert state_fingerprint(a) != state_fingerprint({**a, "lambda": torch.tensor(0.2, dtype=torch.float64)})
+    assert state_fingerprint(a) != state_fingerprint({"model.w": torch.ones(3)}) and state_fingerprint({}) == 0.0
+    assert state_fingerprint({"n": torch.tensor([3], dtype=torch.int64)}) == 3.0  # integer buffers too
+    model = build_model(ModelSection(), (1, 36, 36), TASKS)
+    assert kept_fingerprint(model, a, personal_heads=True) == heads_fingerprint(model) + state_fingerprint(a)
+    assert kept_fingerprint(model, a, personal_heads=False) == state_fingerprint(a)  # global heads come from the server

@@ -14,10 +14,12 @@ from fedmtl.personalization.head_store import (
     check_heads,
     heads_fingerprint,
     init_heads,
+    kept_fingerprint,
     load_weighting_state,
     restore_client,
     restore_heads,
     save_client_state,
+    state_fingerprint,
     unpack_state,
 )
 
@@ -30,10 +32,12 @@ __all__ = [
     "RunIdentity",
     "check_heads",
     "heads_fingerprint",
+    "kept_fingerprint",
     "init_heads",
     "load_weighting_state",
     "restore_client",
     "restore_heads",
     "save_client_state",
+    "state_fingerprint",
     "unpack_state",
 ]

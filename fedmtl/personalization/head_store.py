@@ -514,6 +514,25 @@ def heads_fingerprint(model: MultiTaskModel) -> float:
     return total
 
 
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> float:
+    """A float64 checksum of a personalization method's own state (Ditto's and APFL's personal
+    model, their λ or α, the local method's backbone): ``Σ_i (i + 1) Σ_j s_ij r_ij`` over the
+    tensors in key order, as :func:`heads_fingerprint` (0 for no state)."""
+    total = 0.0
+    with torch.no_grad():
+        for i, key in enumerate(sorted(state)):
+            flat = state[key].reshape(-1).to(torch.float64)
+            total += (i + 1) * float(torch.mul(flat, _ramp(flat.numel(), flat.device)).sum())
+    return total
+
+
+def kept_fingerprint(model: MultiTaskModel, state: Mapping[str, torch.Tensor], personal_heads: bool) -> float:
+    """The checksum of what a client keeps between rounds (``heads-fingerprint-in`` and
+    ``-out``): its heads' (:func:`heads_fingerprint`) when they are personal (with global heads
+    they come from the server each round) plus its method's own state's (:func:`state_fingerprint`)."""
+    return (heads_fingerprint(model) if personal_heads else 0.0) + state_fingerprint(state)
+
+
 @functools.lru_cache(maxsize=256)
 def _ramp(length: int, device: torch.device) -> torch.Tensor:
     """``linspace(1, 2, length)`` in float64 on ``device`` (read only: shared by every call)."""

@@ -75,6 +75,7 @@ class APFL(Method):
 
     name = "apfl"
     heads = (GLOBAL, PERSONAL)
+    keeps_state = True
     views = (TEST, TEST_GLOBAL)
     trains = "the global model w, and a personal model v through the mixture v̄ = α v + (1 − α) w"
     keeps = "a whole personal model (backbone and heads) and its α"

@@ -159,6 +159,10 @@ class Method:
         rejects an evaluation reply with metrics of any other view).
     trains, keeps, costs, paper : str
         One line each for the methods table (docs/config.md, README).
+    keeps_state : bool
+        It keeps state of its own between rounds (``run.personal``: Ditto's and APFL's personal
+        model, the local method's backbone): the server checks it as it checks personal heads
+        (:class:`fedmtl.server.heads.HeadsLedger`), whatever ``model.heads``.
     """
 
     name: ClassVar[str] = ""
@@ -169,6 +173,7 @@ class Method:
     keeps: ClassVar[str] = ""
     costs: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    keeps_state: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel | None = None) -> None:
         self.params: Any = params if params is not None else self.Params()

@@ -62,6 +62,7 @@ class Ditto(Method):
 
     name = "ditto"
     heads = (GLOBAL, PERSONAL)
+    keeps_state = True
     views = (TEST, TEST_GLOBAL)
     trains = "the global model, and a personal copy pulled towards it (λ/2‖v − w‖²)"
     keeps = "a whole personal model (backbone and heads)"

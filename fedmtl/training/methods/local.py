@@ -32,6 +32,7 @@ class Local(Method):
 
     name = "local"
     heads = (PERSONAL,)
+    keeps_state = True
     trains = "its own whole model, alone"
     keeps = "the whole model"
     costs = "as FedPer (its update is zeros)"
