@@ -308,10 +308,21 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
     fedmtl.folder_lock.RunFolderBusy
         Another process writes the run folder.
     """
+    from fedmtl.folder_lock import MARKER, holding
+
+    run_dir = Path(folder).resolve()
+    # the folder is held from the checks to the run's end: no other process writes it between
+    if (run_dir / MARKER).is_file():
+        with holding(run_dir):
+            return _plan_and_resume(run_dir, rounds, force, quiet, verbose)
+    return _plan_and_resume(run_dir, rounds, force, quiet, verbose)
+
+
+def _plan_and_resume(run_dir: Path, rounds: int | None, force: bool, quiet: bool, verbose: bool) -> RunResult:
+    """:func:`resume`'s checks (:func:`fedmtl.launch.resume.plan_resume`) and run."""
     from fedmtl.launch.resume import plan_resume
     from fedmtl.launch.simulation import preserved_caller
 
-    run_dir = Path(folder).resolve()
     plan = plan_resume(run_dir, rounds, force=force, force_hint="force=True resumes anyway")
     if plan.finished:
         if plan.unfinished:  # stopped while it wrote its last files, after its summary

@@ -293,7 +293,7 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     # a folder without config.toml is refused by plan_resume, in one line that says why
     from fedmtl.config import ConfigError
     from fedmtl.folder_lock import RunFolderBusy
-    from fedmtl.launch.resume import ResumeRefused, load_run_config, plan_resume
+    from fedmtl.launch.resume import load_run_config
 
     try:
         rounds = load_run_config(run_dir, overrides).run.rounds if overrides and (
@@ -302,11 +302,28 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
         fail(str(exc))
         raise
     from fedmtl.progress import make_console
-    from fedmtl.results import CheckpointError
 
     # reading every client's heads takes a while in a large federation (about 12 s for 100,000
     # clients' files: benchmarks/head_store.py); a terminal shows that it is under way
     checking = None if quiet else make_console(sys.stderr).status
+    from fedmtl.folder_lock import MARKER, holding
+
+    # the folder is held from the checks to the run's end: no other process writes it between
+    lock = holding(run_dir) if (run_dir / MARKER).is_file() and not run_dir.is_symlink() else contextlib.nullcontext()
+    try:
+        with lock:
+            _plan_and_resume(run_dir, rounds, force, checking, quiet, verbose)
+    except RunFolderBusy as exc:
+        fail(str(exc), code=1)
+
+
+def _plan_and_resume(run_dir: Path, rounds: int | None, force: bool, checking: Callable | None, quiet: bool,
+                     verbose: bool) -> None:
+    """:func:`_resume`'s checks (:func:`fedmtl.launch.resume.plan_resume`) and run."""
+    from fedmtl.folder_lock import RunFolderBusy
+    from fedmtl.launch.resume import ResumeRefused, plan_resume
+    from fedmtl.results import CheckpointError
+
     try:
         plan = plan_resume(run_dir, rounds, force=force, checking=checking)
     except RunFolderBusy as exc:
@@ -796,8 +813,9 @@ def data_describe(
     config: ConfigArgument = None,
     set_: SetOption = None,
     plot_path: Annotated[
-        Path, typer.Option("--plot", help="Where to write the federation figure (PNG).")
-    ] = Path("federation.png"),
+        Path | None, typer.Option("--plot", help="Where to write the federation figure (PNG; default: "
+                                  "<run.output-dir>/federation.png).")
+    ] = None,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Also write the per-client table as CSV.")
     ] = None,
@@ -811,7 +829,9 @@ def data_describe(
     from fedmtl.data import load_federation
     from fedmtl.data.describe import describe_federation, plot_federation
 
-    plot_path = _file_option("--plot", plot_path, ".png")
+    # by default among the runs (run.output-dir): a figure left in a checkout would mark every
+    # later run's provenance git_dirty
+    plot_path = _file_option("--plot", plot_path or Path(cfg.run.output_dir) / "federation.png", ".png")
     csv_path = None if csv_path is None else _file_option("--csv", csv_path, ".csv")
     fed = load_federation(cfg.data, cfg.run.seed)
     table = describe_federation(fed)

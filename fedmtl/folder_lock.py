@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,15 +24,34 @@ class RunFolderBusy(RuntimeError):
     """Another process is writing the run folder."""
 
 
+_held: dict[str, int] = {}
+"""The run folders this process holds (real path → nesting depth): holding one again is free."""
+_held_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def holding(run_dir: str | Path) -> Iterator[None]:
-    """Hold the run folder's lock for the block.
+    """Hold the run folder's lock for the block; within a block holding it already (in any
+    thread of this process) the block simply runs: a resume holds its folder from its checks
+    to its run's end, and the run's server, which holds its folder too, runs inside.
 
     Raises
     ------
     RunFolderBusy
         When another process holds it (one line naming the folder).
     """
+    key = os.path.realpath(run_dir)
+    with _held_lock:
+        nested = key in _held
+        if nested:
+            _held[key] += 1
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_lock:
+                _held[key] -= 1
+        return
     path = Path(run_dir) / MARKER
     descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
@@ -40,14 +60,18 @@ def holding(run_dir: str | Path) -> Iterator[None]:
         os.close(descriptor)
         raise RunFolderBusy(f"'{run_dir}' is in use by another fedmtl process (a run or a resume of it); "
                             "wait for it to end, or stop it") from None
+    with _held_lock:
+        _held[key] = 1
     try:
         yield
     finally:
+        with _held_lock:
+            del _held[key]
         os.close(descriptor)  # closing the file releases the lock
 
 
 def refuse_if_busy(run_dir: str | Path) -> None:
     """Raise :class:`RunFolderBusy` at once when another process holds the run folder's lock
-    (before a resume's checks; its server then holds the lock for the whole run)."""
+    (a resume's checks, by a caller that does not hold the folder)."""
     with holding(run_dir):
         pass

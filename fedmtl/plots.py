@@ -153,7 +153,10 @@ def save_figure(fig: Figure, path: Path, dpi: int = DEFAULT_DPI) -> Path:
     # zlib's fastest level: about 10% off a run's figures for PNGs about 18% larger
     extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata, **extra)
+    # SVG element ids are hashes salted at random unless svg.hashsalt is set: the same figure
+    # would differ byte for byte from one drawing to the next
+    with matplotlib.rc_context({"svg.hashsalt": "fedmtl"}):
+        fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata, **extra)
     write_bytes(path, buffer.getvalue())  # whole or not at all: a killed run leaves no half figure
     return path
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedmtl.atomic import torch_save, write_bytes
+from fedmtl.atomic import naming, torch_save, write_bytes
 from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
@@ -392,14 +392,14 @@ class RunRecorder:
 
     def log_metrics(self, rows: list[tuple[int, int, str, str, str, float]]) -> None:
         """Append ``(round, client, task, split, metric, value)`` rows to ``metrics.csv``."""
-        with self.metrics_path.open("a", newline="") as handle:
+        with naming(self.metrics_path), self.metrics_path.open("a", newline="") as handle:
             csv.writer(handle).writerows(rows)
         self.metric_rows += len(rows)
 
     def log_placement(self, rows: list[tuple[int, int, str, str, str, str]]) -> None:
         """Append ``(round, client, stage, host, node, device)`` rows to ``placement.csv``."""
         if rows:
-            with self.placement_path.open("a", newline="") as handle:
+            with naming(self.placement_path), self.placement_path.open("a", newline="") as handle:
                 csv.writer(handle).writerows(rows)
 
     def placement_summary(self) -> dict[str, int]:

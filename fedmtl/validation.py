@@ -434,6 +434,42 @@ def check_partition_task(cfg: ExperimentConfig) -> None:
         raise ValueError(f"data.partition-task: {entry.partition_reason}; use '' or {allowed}")
 
 
+def check_task_counts(cfg: ExperimentConfig) -> None:
+    """Counts that must fit the dataset's tasks: ``data.tasks-per-client`` (task sets 'random'
+    and 'mixed') at most its tasks, and ``data.classes-per-client`` (the 'pathological'
+    partitioner) at most the classes of the task it partitions on."""
+    tasks = dataset_tasks(cfg.data)
+    if cfg.data.task_sets in ("random", "mixed") and cfg.data.tasks_per_client > len(tasks):
+        raise ValueError(
+            f"data.tasks-per-client = {cfg.data.tasks_per_client}: dataset '{cfg.data.dataset}' has "
+            f"{len(tasks)} task(s) ({', '.join(t.name for t in tasks)}); at most {len(tasks)}")
+    if cfg.data.partitioner != "pathological":
+        return
+    task = next((t for t in tasks if t.name == (cfg.data.partition_task or tasks[0].name)), None)
+    if task is None or task.kind == "regression":
+        return
+    classes = 2 if task.kind == "binary" else task.num_classes
+    if cfg.data.classes_per_client > classes:
+        raise ValueError(
+            f"data.classes-per-client = {cfg.data.classes_per_client}: the pathological partition is by task "
+            f"'{task.name}', which has {classes} classes; at most {classes}")
+
+
+def check_task_weighting_used(cfg: ExperimentConfig) -> None:
+    """A ``server.task-weighting`` other than the default is refused under a plan without a task
+    level: the run would combine without it, and its header and results would not say so."""
+    from fedmtl.aggregation.plans import uses_task_weighting
+
+    server = cfg.server
+    if cfg.run.mode == "centralized":  # no server rule runs
+        return
+    if server.task_weighting != "mean" and not uses_task_weighting(server.plan):
+        raise ValueError(
+            f"server.task-weighting = '{server.task_weighting}' is used by the two-level plans only "
+            f"('clients-then-tasks', 'tasks-then-clients'); server.plan = '{server.plan}' would ignore it: "
+            "choose a two-level plan, or leave server.task-weighting unset")
+
+
 def check_feature_skew(cfg: ExperimentConfig) -> None:
     """Rotation needs image inputs."""
     if cfg.data.feature_skew != "rotation":
@@ -704,8 +740,10 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_backbone_builds,
     check_natural_partition,
     check_partition_task,
+    check_task_counts,
     check_feature_skew,
     check_personalization,
+    check_task_weighting_used,
     check_global_heads,
     check_something_federated,
     check_client_rule,

@@ -317,3 +317,32 @@ def test_a_number_where_text_belongs_says_how_to_quote_it(override, key, text):
                                        f"or --set '{key}=\"{text}\"')")
     assert len(str(refused.value).splitlines()) == 1
     load_config(ROOT / "configs/smoke.toml", [f'{key}="{text}"'])  # the advice, followed
+
+
+@pytest.mark.parametrize(("sets", "expected"), [
+    (["server.task-weighting=fairgrad", "server.task-params={alpha = 2}"],
+     "server.task-weighting = 'fairgrad' is used by the two-level plans only ('clients-then-tasks', "
+     "'tasks-then-clients'); server.plan = 'clients' would ignore it"),
+    (["server.plan=flat", "server.weighting=fairgrad", "server.task-weighting=upgrad"],
+     "server.plan = 'flat' would ignore it"),
+    (["data.task-sets=random", "data.tasks-per-client=5"],
+     "data.tasks-per-client = 5: dataset 'multimnist' has 2 task(s) (left, right); at most 2"),
+    (["data.task-sets=mixed", "data.tasks-per-client=3"], "data.tasks-per-client = 3"),
+    (["data.partitioner=pathological", "data.classes-per-client=50"],
+     "data.classes-per-client = 50: the pathological partition is by task 'left', which has 10 classes; at most 10"),
+])
+def test_options_the_run_would_ignore_or_could_not_honour_fail_validation(sets, expected):
+    """Each validated before (a task rule the plan ignores ran silently without it; more tasks
+    per client than the dataset has gave each client all of them; a pathological partition of
+    more classes than the task's failed only once the run built its data)."""
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, sets)
+    assert expected in str(raised.value) and "\n" not in str(raised.value), str(raised.value)
+
+
+def test_the_options_those_checks_accept():
+    for sets in (["server.plan=tasks-then-clients", "server.task-weighting=fairgrad"],
+                 ["data.task-sets=random", "data.tasks-per-client=2"],
+                 ["data.partitioner=pathological", "data.classes-per-client=10"],
+                 ["data.task-sets=one", "data.tasks-per-client=5"]):  # 'one' does not read it
+        load_config(None, sets)

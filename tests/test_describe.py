@@ -56,6 +56,10 @@ def test_output_paths_are_files_in_folders_made_for_them_or_one_line_errors(tmp_
         return subprocess.run([sys.executable, "-m", "fedmtl", "data", "describe", "smoke", *args],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
+    default = describe()  # among the runs (run.output-dir), not in the folder it is called from
+    assert default.returncode == 0, default.stderr
+    assert "figure: runs/federation.png" in default.stdout and is_png(tmp_path / "runs" / "federation.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     made = describe("--csv", "new/table.csv", "--plot", "new/figure")  # no suffix: .png, as written
     assert made.returncode == 0, made.stderr
     assert "figure: new/figure.png" in made.stdout and is_png(tmp_path / "new" / "figure.png")

@@ -217,6 +217,9 @@ def test_figures_are_written_as_png_pdf_or_svg(runs, tmp_path):
     first = (plots_dir / "clients.pdf").read_bytes()
     plots.plot_run(run, "pdf")
     assert (plots_dir / "clients.pdf").read_bytes() == first  # no creation date: the same file again
+    first_svg = (plots_dir / "accuracy.svg").read_bytes()
+    plots.plot_run(run, "svg")  # element ids from a fixed salt, not a random one: the same file again
+    assert (plots_dir / "accuracy.svg").read_bytes() == first_svg
     small = _png_width(plots.plot_run(run, "png", dpi=75)[0])
     large = _png_width(plots.plot_run(run, "png", dpi=150)[0])
     assert large == pytest.approx(2 * small, rel=0.03)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmtl.folder_lock import RunFolderBusy, holding
+from fedmtl.folder_lock import holding
 from fedmtl.run_tables import table_problems
 
 HEADER = "round,client,task,split,metric,value\n"
@@ -80,10 +80,62 @@ def test_missing_tables_are_named(tmp_path):
     assert table_problems(tmp_path, 3) == ["rounds.csv is missing"]
 
 
+TRY_TO_HOLD = """
+import sys
+from fedmtl.folder_lock import RunFolderBusy, holding
+try:
+    with holding(sys.argv[1]):
+        print("held")
+except RunFolderBusy as exc:
+    print(exc)
+"""
+
+
+def _other_process_holds(folder) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", TRY_TO_HOLD, str(folder)], capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+
+
 def test_a_second_process_cannot_write_a_run_folder_another_one_writes(tmp_path):
     with holding(tmp_path):
-        with pytest.raises(RunFolderBusy, match=f"'{tmp_path}' is in use by another fedmtl process"):
-            with holding(tmp_path):  # a second open file: as another process would
-                pass
-    with holding(tmp_path):  # released when the first ended
+        assert _other_process_holds(tmp_path) == (f"'{tmp_path}' is in use by another fedmtl process (a run or a "
+                                                  "resume of it); wait for it to end, or stop it")
+        # this process holds it already: a resume's run, inside its checks' hold, goes on
+        with holding(tmp_path / "." ), holding(str(tmp_path)):
+            assert _other_process_holds(tmp_path).startswith(f"'{tmp_path}' is in use")
+        assert _other_process_holds(tmp_path).startswith(f"'{tmp_path}' is in use")  # the outer hold remains
+    assert _other_process_holds(tmp_path) == "held"  # released when the first ended
+    with holding(tmp_path):
         pass
+
+
+def test_a_resume_holds_its_folder_from_its_checks_to_its_runs_end(tmp_path, monkeypatch):
+    """Checked, then released, then taken again by the run: a process between the two (a sweep's
+    worker orphaned by a kill -9, finishing the run) changed the folder the checks had passed,
+    and the resume redid rounds from an old checkpoint over newer heads. The checks now run
+    within the hold the run keeps."""
+    import fedmtl
+    from fedmtl import folder_lock
+    from fedmtl.launch import resume as resume_module
+
+    seen = []
+
+    def plan(run_dir, *args, **kwargs):
+        seen.append(dict(folder_lock._held))
+        raise resume_module.ResumeRefused("stop here")
+
+    (tmp_path / folder_lock.MARKER).touch()
+    (tmp_path / "config.toml").write_text("")
+    monkeypatch.setattr(resume_module, "plan_resume", plan)
+    with pytest.raises(resume_module.ResumeRefused):
+        fedmtl.resume(tmp_path)
+    assert seen == [{str(tmp_path.resolve()): 1}] and folder_lock._held == {}
+    from fedmtl.cli import _resume  # fedmtl run --resume
+
+    with pytest.raises((SystemExit, Exception)) as stopped:
+        _resume(tmp_path, None, None, quiet=True, verbose=False)
+    assert "Exit" in type(stopped.value).__name__ or isinstance(stopped.value, SystemExit)
+    assert seen[1:] == [{str(tmp_path.resolve()): 1}] and folder_lock._held == {}

@@ -8,6 +8,7 @@ workers import by name) that write a finished run folder without training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -260,3 +261,55 @@ def test_an_interrupt_stops_the_workers_and_puts_changed_runs_back(tmp_path):
     for seed, summary in before.items():
         assert (out / "default" / f"seed-{seed}" / "summary.json").read_bytes() == summary
         assert not (out / "default" / f"seed-{seed}.replaced").exists()
+
+
+def writes_its_pid_and_sleeps(cfg, run_dir: Path, quiet: bool) -> None:
+    """A runner that writes its worker's pid into the run folder, then runs on for 2 minutes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / f"pid-{cfg.run.seed}").write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+SWEEP_TO_KILL = """
+import sys
+from pathlib import Path
+from fedmtl.launch.sweep import plan_sweep, run_sweep
+from tests.test_sweep_jobs import CONFIG, SETS, writes_its_pid_and_sleeps
+
+planned = plan_sweep(CONFIG, {}, 2, Path(sys.argv[1]), SETS)
+run_sweep(planned, report=lambda line: None, runner=writes_its_pid_and_sleeps, jobs=2)
+"""
+
+
+def test_the_workers_of_a_sweep_killed_outright_end_with_it(tmp_path):
+    """A sweep killed with SIGKILL cannot stop its workers: they ran their runs on, orphaned, and
+    the same sweep command run again resumed those runs while they still wrote them. The kernel
+    now ends them with the sweep (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    sweep = subprocess.Popen([sys.executable, "-c", SWEEP_TO_KILL, str(tmp_path / "sw")], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(pids := sorted(tmp_path.rglob("pid-*"))) < 2:
+            assert sweep.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        workers = [int(p.read_text()) for p in pids]
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while alive := [pid for pid in workers if _running(pid)]:
+            assert time.monotonic() < deadline, f"workers {alive} outlived the sweep"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """``pid`` is a process that has not ended (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -474,6 +474,9 @@ def clear_unfinished(run_dir: Path, what: str = "an unfinished run") -> None:
     if not run_dir.exists() and not run_dir.is_symlink():
         return
     _check_owned(run_dir, what)
+    from fedmtl.folder_lock import refuse_if_busy
+
+    refuse_if_busy(run_dir)  # a process still writing it (a worker orphaned by a killed sweep)
     shutil.rmtree(run_dir)
 
 
@@ -510,15 +513,18 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
     from fedmtl.results import CheckpointError, create_run_dir, load_checkpoint
 
     if resumable(cfg, run_dir):
-        try:
-            checkpoint, _ = load_checkpoint(run_dir)
-        except CheckpointError:
-            checkpoint = None
-        if checkpoint is not None:
-            from fedmtl.launch.simulation import simulate
+        from fedmtl.folder_lock import holding
 
-            simulate(check_resume(cfg, run_dir, checkpoint), run_dir, quiet=quiet, checkpoint=checkpoint)
-            return
+        with holding(run_dir):  # from the checks to the run's end: no other process writes it between
+            try:
+                checkpoint, _ = load_checkpoint(run_dir)
+            except CheckpointError:
+                checkpoint = None
+            if checkpoint is not None:
+                from fedmtl.launch.simulation import simulate
+
+                simulate(check_resume(cfg, run_dir, checkpoint), run_dir, quiet=quiet, checkpoint=checkpoint)
+                return
     clear_unfinished(run_dir)  # left by an interrupted run that cannot be continued
     create_run_dir(cfg, run_dir)
     if cfg.run.mode == "centralized":

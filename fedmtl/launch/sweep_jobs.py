@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,8 +60,30 @@ class Outcome:
     traceback: str = ""
 
 
+def _die_with_the_sweep() -> None:
+    """Have the kernel kill this worker when the sweep's process ends (Linux: ``prctl``'s
+    ``PR_SET_PDEATHSIG``). A sweep killed outright (``kill -9``) cannot stop its workers, and
+    they ran their runs on, orphaned, into folders that the same sweep command, run again,
+    resumes: two processes on one run. Elsewhere a worker still notices the sweep's end between
+    runs (its pipe closes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = multiprocessing.parent_process()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent.pid:  # the sweep ended before the call
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
+"""``prctl``'s option: the signal this process gets when its parent ends (linux/prctl.h)."""
+
+
 def _work(conn: Connection, runner: Runner, quiet: bool) -> None:
     """A worker's loop: run each job received until ``None`` or the sweep's end of the pipe closes."""
+    _die_with_the_sweep()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep stops its workers
     from fedmtl.validation import load_config
 
