@@ -149,6 +149,9 @@ def metric_set_problem(
         return f"no group metrics of attribute '{one_line(absent[0], 64)}', which the dataset's examples all have"
     if counts and "top-class-rate" not in metrics:
         return "no 'top-class-rate', which a task with group counts reports"
+    if counts and not _top_share(metrics["top-class-rate"], examples):
+        return (f"top-class-rate {metrics['top-class-rate']:.12g} is not the share of a most frequent prediction "
+                f"among {examples:g} examples")
     for attribute, values in counts.items():
         if problem := _attribute_problem(metrics, attribute, values, binary, examples):
             return problem
@@ -166,6 +169,12 @@ every rate a client reports is an exact ratio of counts (:func:`fedmtl.group_fai
 
 def _whole(value: float) -> bool:
     return abs(value - round(value)) <= WHOLE * max(1.0, abs(value))
+
+
+def _top_share(rate: float, count: float) -> bool:
+    """``rate`` can be the share of the most frequent prediction among ``count`` examples: a
+    whole number of them, at least one (every example has a prediction)."""
+    return _whole(rate * count) and rate * count >= 1 - WHOLE
 
 
 def _close(a: float, b: float) -> bool:
@@ -195,7 +204,7 @@ def _attribute_problem(metrics: Mapping[str, float], attribute: str, values: Map
                 continue
             if key not in metrics:
                 return f"no '{prefix}-{name}-{one_line(member, 32)}', which a value with examples reports"
-            if not _whole(metrics[key] * base):
+            if not _whole(metrics[key] * base) or (prefix == "top-class-rate" and not _top_share(metrics[key], base)):
                 return (f"{prefix}-{name}-{one_line(member, 32)} {metrics[key]:.12g} is not a whole number of "
                         f"examples out of {base:g}")
             if prefix in rates:

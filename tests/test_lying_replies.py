@@ -127,6 +127,8 @@ def test_group_metrics_must_be_a_set_the_task_could_have_produced(change, proble
     ({"test.t.fpr-sex-m": 0.1}, "fpr-sex-m 0.1 is not a whole number of examples out of 3"),
     ({"test.t.top-class-rate": None}, "no 'top-class-rate', which a task with group counts reports"),
     ({"test.t.positive-rate-sex-m": None}, "no 'positive-rate-sex-m'"),
+    ({"test.t.top-class-rate": 0.0}, "top-class-rate 0 is not the share of a most frequent prediction among 10"),
+    ({"test.t.top-class-rate-sex-f": 0.0}, "top-class-rate-sex-f 0 is not a whole number of examples out of 6"),
 ])
 def test_group_metrics_must_come_from_one_set_of_predictions(change, problem):
     """Each rate a client reports is a ratio of whole counts and each gap the spread of its
