@@ -24,34 +24,38 @@ class RunFolderBusy(RuntimeError):
     """Another process is writing the run folder."""
 
 
-_held: dict[str, int] = {}
-"""The run folders this process holds (real path → nesting depth): holding one again is free."""
+_held: dict[str, list[int]] = {}
+"""The run folders this process holds: real path → [holders, the locked file's descriptor]."""
 _held_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def holding(run_dir: str | Path) -> Iterator[None]:
-    """Hold the run folder's lock for the block; within a block holding it already (in any
-    thread of this process) the block simply runs: a resume holds its folder from its checks
-    to its run's end, and the run's server, which holds its folder too, runs inside.
+def holding(run_dir: str | Path, join: bool = False) -> Iterator[None]:
+    """Hold the run folder's lock for the block.
+
+    With ``join``, a folder this process holds already is joined instead: a resume holds its
+    folder from its checks to its run's end, and the run's server (in another thread) joins
+    that hold. The lock goes when the last holder leaves, whichever leaves last. Without
+    ``join`` a folder held anywhere, in this process too, is refused: two runs of one folder in
+    threads of one process would overwrite each other as two processes would.
 
     Raises
     ------
     RunFolderBusy
-        When another process holds it (one line naming the folder).
+        When another process holds it, or this one without ``join`` (one line naming the folder).
     """
     key = os.path.realpath(run_dir)
-    with _held_lock:
-        nested = key in _held
-        if nested:
-            _held[key] += 1
-    if nested:
-        try:
-            yield
-        finally:
-            with _held_lock:
-                _held[key] -= 1
-        return
+    if join:
+        with _held_lock:
+            entry = _held.get(key)
+            if entry is not None:
+                entry[0] += 1
+        if entry is not None:
+            try:
+                yield
+            finally:
+                _leave(key)
+            return
     path = Path(run_dir) / MARKER
     descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
@@ -61,17 +65,26 @@ def holding(run_dir: str | Path) -> Iterator[None]:
         raise RunFolderBusy(f"'{run_dir}' is in use by another fedmtl process (a run or a resume of it); "
                             "wait for it to end, or stop it") from None
     with _held_lock:
-        _held[key] = 1
+        _held[key] = [1, descriptor]
     try:
         yield
     finally:
-        with _held_lock:
-            del _held[key]
-        os.close(descriptor)  # closing the file releases the lock
+        _leave(key)
+
+
+def _leave(key: str) -> None:
+    """One holder of ``key`` leaves; the last one releases the lock (closing the file does)."""
+    with _held_lock:
+        entry = _held[key]
+        entry[0] -= 1
+        if entry[0]:
+            return
+        del _held[key]
+    os.close(entry[1])
 
 
 def refuse_if_busy(run_dir: str | Path) -> None:
     """Raise :class:`RunFolderBusy` at once when another process holds the run folder's lock
-    (a resume's checks, by a caller that does not hold the folder)."""
-    with holding(run_dir):
+    (a resume's checks; free when this process holds it)."""
+    with holding(run_dir, join=True):
         pass

@@ -93,7 +93,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         apply_override(values, *parse_override(text))
     if plugin_entries(values) != from_file:
         folder = None  # run.plugins set by --set: relative to the working directory, where it was typed
-    return build_config(resolve_plugin_files(values, folder))
+    return build_config(resolve_plugin_files(values, folder), recorded=path is not None and recorded_config(path))
+
+
+def recorded_config(path: str | Path) -> bool:
+    """``path`` is a run folder's own ``config.toml`` (beside the folder's marker): the config a
+    run recorded, which the checks added since (:data:`NEW_RUN_CHECKS`) do not refuse."""
+    from fedmtl.folder_lock import MARKER
+
+    path = Path(path)
+    return path.name == "config.toml" and (path.parent / MARKER).is_file()
 
 
 def config_from_flat(flat: dict[str, Any]) -> ExperimentConfig:
@@ -106,8 +115,9 @@ def config_from_flat(flat: dict[str, Any]) -> ExperimentConfig:
     return build_config(unflatten({k: v for k, v in flat.items() if not (k in FOLLOWING_KEYS and v == "")}))
 
 
-def build_config(values: dict[str, Any]) -> ExperimentConfig:
-    """Check a nested ``{section: {key: value}}`` dict in full and resolve it.
+def build_config(values: dict[str, Any], recorded: bool = False) -> ExperimentConfig:
+    """Check a nested ``{section: {key: value}}`` dict in full and resolve it (``recorded``: a
+    config a run recorded, see :func:`check_config`).
 
     Raises
     ------
@@ -125,12 +135,14 @@ def build_config(values: dict[str, Any]) -> ExperimentConfig:
         cfg = parse_schema(values)
     except ConfigError as exc:  # report the unknown names too, in the same pass
         raise ConfigError("\n".join([str(exc), *raw_name_errors(values)])) from None
-    return check_config(cfg)
+    return check_config(cfg, recorded)
 
 
-def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
+def check_config(cfg: ExperimentConfig, recorded: bool = False) -> ExperimentConfig:
     """Run the checks beyond the schema on ``cfg``; return it with ``data.params``,
     ``personalization.params`` and the rules' parameters resolved (every default filled in).
+    A config a run recorded (``recorded``: its folder's ``config.toml``) skips
+    :data:`NEW_RUN_CHECKS`, added since runs were recorded: their folders still load and resume.
 
     Raises
     ------
@@ -142,7 +154,7 @@ def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if errors:
         raise ConfigError("\n".join(errors))
     cfg = resolve_rule_params(resolve_method_params(resolve_data_params(cfg)))
-    for check in CROSS_CHECKS:
+    for check in CROSS_CHECKS + (() if recorded else NEW_RUN_CHECKS):
         try:
             check(cfg)
         except ValueError as exc:
@@ -740,10 +752,8 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_backbone_builds,
     check_natural_partition,
     check_partition_task,
-    check_task_counts,
     check_feature_skew,
     check_personalization,
-    check_task_weighting_used,
     check_global_heads,
     check_something_federated,
     check_client_rule,
@@ -754,3 +764,8 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_model_memory,
 )
 """The rules across sections, in the order they run; each raises ``ValueError``."""
+
+NEW_RUN_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (check_task_counts, check_task_weighting_used)
+"""Rules added on 2026-12-02 that a recorded run may break (it ran ignoring the option): a new
+run's config must pass them, a run folder's ``config.toml`` need not (it still loads, resumes
+and reports)."""

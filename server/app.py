@@ -60,7 +60,8 @@ def run_server(
     """
     check_data_here(cfg.data, cfg.run.seed, cfg.server.max_examples)  # before any folder or client
     run_dir = run_dir or create_run_dir(cfg)
-    with holding(run_dir):  # one process at a time writes a run folder (fedmtl.folder_lock)
+    # one process at a time writes a run folder (fedmtl.folder_lock); a resume holds it already
+    with holding(run_dir, join=True):
         clear_stop(run_dir)  # a resume: the run goes on
         try:
             _run(grid, cfg, run_dir, quiet, checkpoint, background, flower_run_id)

@@ -49,7 +49,7 @@ from fedmtl.server.exchange import (
     train_reply_reader,
     unanswered,
 )
-from fedmtl.server.heads import HeadsLedger
+from fedmtl.server.heads import KEPT_FINGERPRINTS, HeadsLedger
 from fedmtl.server.replies import Accepted, Evaluated, Failed, Rejected
 from fedmtl.server.roster import Roster, training_sizes
 from fedmtl.server.rounds import (
@@ -115,8 +115,9 @@ class FedMTLStrategy:
         """Per client, the rounds it trained in (``participation.csv``; in the checkpoint)."""
         self.views = METHODS.get(cfg.personalization.method).views
         """The views evaluation replies may report: the method's (a one-model method's ``test-global`` is rejected)."""
-        kept = cfg.model.heads != "global" or METHODS.get(cfg.personalization.method).keeps_state
-        self.heads = HeadsLedger(kept, cfg.client.head_store == "disk")
+        self.keeps_state = METHODS.get(cfg.personalization.method).keeps_state
+        """The personalization method keeps state of its own between rounds (checked with the heads)."""
+        self.heads = HeadsLedger(cfg.model.heads != "global" or self.keeps_state, cfg.client.head_store == "disk")
         """The heads each client must start from (named in every call; a client with others refuses)."""
         self.errors = ClientErrors(recorder.run_dir / CLIENT_ERRORS, progress.notice)
         """The run's client errors: each distinct one once on the console, all in ``client-errors.log``."""
@@ -311,6 +312,7 @@ class FedMTLStrategy:
             "rng": self.roster.rng.bit_generator.state,
             "last_stats": dataclasses.asdict(self.last_stats) if self.last_stats else None,
             "heads": self.heads.state_dict(),
+            "heads-fingerprints": KEPT_FINGERPRINTS,
             "participation": self.participation.state_dict(),
         }
 
@@ -322,7 +324,12 @@ class FedMTLStrategy:
             weighting.load_state_dict(checkpoint["weightings"][level])
         self.roster.rng.bit_generator.state = checkpoint["rng"]
         self.state = dict(checkpoint["backbone"])
-        self.heads.load_state_dict(checkpoint.get("heads"))
+        heads = checkpoint.get("heads")
+        if heads is not None and self.keeps_state and checkpoint.get("heads-fingerprints") != KEPT_FINGERPRINTS:
+            # an older fedmtl's fingerprints are of the heads alone, not of the method's state too:
+            # not comparable; each client is checked again from its next readable training reply
+            heads = dict.fromkeys(heads)
+        self.heads.load_state_dict(heads)
         recorded = checkpoint.get("participation")
         self.participation.load_state_dict(
             recorded, None if recorded is not None else aggregated_training(self.recorder.run_dir))

@@ -61,20 +61,27 @@ def screen_norms(formed: dict[int, Accepted], factor: float) -> list[int]:
     """The clients whose update passes the norm screen (:func:`fedmtl.screening.norm_outliers`
     with ``server.norm-screening``), sorted.
 
-    The screen compares each client's whole update (the sum of its rows) with the others', and,
-    when replies carry one part per task, each task's part with the other clients' parts of that
-    task: two parts that cancel in the sum (+v and −v) would otherwise pass, and a plan that
-    weights the parts unequally would step along one of them."""
+    The screen compares each client's whole update (the sum of its rows) with the others', and
+    the root-mean-square length of its rows times √k for its k rows (``√(k Σ ‖row‖²)``; the
+    update's length for a whole update): two parts that cancel in the sum (+v and −v) would
+    otherwise pass, and a plan that weights the parts unequally would step along one of them.
+    A client's part of a task is about that task's gradient over the k tasks it holds, so
+    ``√(k Σ ‖row‖²)`` is about the root-mean-square length of its tasks' gradients whatever k:
+    a client holding 1 of 20 tasks is not screened out for sending one part 20 times a full
+    client's."""
     clients = sorted(formed)
     out = dict.fromkeys(clients, False)
-    kinds = {task for c in clients for task in formed[c].rows}
-    for rows in ([(c, sum(formed[c].rows.values())) for c in clients],
-                 *([(c, formed[c].rows[task]) for c in clients if task in formed[c].rows]
-                   for task in sorted(kinds) if len(kinds) > 1)):
-        norms = [float(torch.linalg.vector_norm(vector)) for _, vector in rows]
-        for (client, _), flagged in zip(rows, norm_outliers(norms, factor), strict=True):
+    for lengths in ([float(torch.linalg.vector_norm(sum(formed[c].rows.values()))) for c in clients],
+                    [_rows_length(formed[c]) for c in clients]):
+        for client, flagged in zip(clients, norm_outliers(lengths, factor), strict=True):
             out[client] = out[client] or flagged
     return [c for c in clients if not out[c]]
+
+
+def _rows_length(reply: Accepted) -> float:
+    """``√(k Σ ‖row‖²)`` over a reply's k rows."""
+    lengths = torch.stack([torch.linalg.vector_norm(r.double()) for r in reply.rows.values()])
+    return float(torch.sqrt(len(lengths) * (lengths**2).sum()))
 
 
 def stepped(flat: torch.Tensor, direction: torch.Tensor, optimizer: ServerOptimizer) -> torch.Tensor | str:

@@ -346,3 +346,21 @@ def test_the_options_those_checks_accept():
                  ["data.partitioner=pathological", "data.classes-per-client=10"],
                  ["data.task-sets=one", "data.tasks-per-client=5"]):  # 'one' does not read it
         load_config(None, sets)
+
+
+def test_a_run_folders_recorded_config_is_not_refused_by_checks_added_since(tmp_path):
+    """A run recorded before these checks (a task rule its plan ignored) still loads, resumes and
+    reports: its folder's config.toml skips them; the same file copied elsewhere does not."""
+    from fedmtl.folder_lock import MARKER
+
+    sets = ["server.task-weighting=fairgrad", "data.task-sets=random", "data.tasks-per-client=5"]
+    cfg = ExperimentConfig.model_validate({"server": {"task-weighting": "fairgrad"},
+                                           "data": {"task-sets": "random", "tasks-per-client": 5}})
+    (tmp_path / "config.toml").write_text(cfg.to_toml())
+    with pytest.raises(ConfigError, match="data.tasks-per-client = 5"):
+        load_config(tmp_path / "config.toml")  # not a run folder
+    (tmp_path / MARKER).touch()
+    recorded = load_config(tmp_path / "config.toml")
+    assert recorded.server.task_weighting == "fairgrad" and recorded.data.tasks_per_client == 5
+    with pytest.raises(ConfigError, match="server.task-weighting = 'fairgrad'"):
+        load_config(None, sets[:1])

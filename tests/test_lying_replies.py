@@ -409,10 +409,10 @@ def test_raw_metric_records_with_odd_keys_are_one_line_problems():
     assert len(outcome.problem) < 200
 
 
-def test_task_parts_that_cancel_in_the_sum_are_screened_by_each_part():
+def test_task_parts_that_cancel_in_the_sum_are_screened_by_their_length_together():
     """A client whose task parts are +1e6·v and −1e6·v sends an update of ordinary length (their
-    sum) that a plan weighting the parts unequally turns into a step of 1e5: each task's part
-    is screened against the other clients' parts of that task, and the client is refused."""
+    sum) that a plan weighting the parts unequally turns into a step of 1e5: the length of its
+    parts together is screened too, and the client is refused."""
     from fedmtl.server.replies import Accepted
     from fedmtl.server.updates import screen_norms
 
@@ -426,15 +426,27 @@ def test_task_parts_that_cancel_in_the_sum_are_screened_by_each_part():
     assert max(sums) < 10 * sorted(sums)[2]  # the sum alone passes the screen
     assert screen_norms(lying, 10.0) == [0, 2, 3, 4]
     assert screen_norms(honest, 10.0) == [0, 1, 2, 3, 4] and screen_norms(lying, 0.0) == [0, 1, 2, 3, 4]
-    # a task held by fewer than 3 clients is not screened by its part (its median says little) ...
-    few = {c: Accepted(c, {"left": honest[c].rows["left"], **({"right": 1e6 * v} if c == 1 else {})}, {})
-           for c in range(5)}
-    assert screen_norms(few, 10.0) == [0, 2, 3, 4]  # ... but the client's whole update still is
     from fedmtl.aggregation.plans import WHOLE
 
     whole = {c: Accepted(c, {WHOLE: 0.01 * torch.randn(50, generator=gen)}, {}) for c in range(4)}
     whole[3] = Accepted(3, {WHOLE: 1e3 * v}, {})
     assert screen_norms(whole, 10.0) == [0, 1, 2]
+
+
+def test_clients_holding_fewer_tasks_are_not_screened_for_their_larger_parts():
+    """With 20 tasks, a client holding one sends that task's whole share (its part is about 20
+    times a full client's part of the task); screened task by task against the full clients'
+    parts, every one-task client was rejected every round. Its rows together are as long as a
+    full client's update or longer by at most √(T/k)."""
+    from fedmtl.server.replies import Accepted
+    from fedmtl.server.updates import screen_norms
+
+    gen = torch.Generator().manual_seed(1)
+    tasks = [f"t{i}" for i in range(20)]
+    gradient = {c: {t: torch.randn(200, generator=gen) for t in tasks} for c in range(12)}
+    held = {c: tasks if c % 3 else [tasks[c % 20]] for c in range(12)}  # clients 0, 3, 6, 9 hold one task
+    formed = {c: Accepted(c, {t: gradient[c][t] / len(held[c]) for t in held[c]}, {}) for c in range(12)}
+    assert screen_norms(formed, 10.0) == list(range(12))
 
 
 def test_the_norm_screen_names_the_clients_it_rejects(caplog):
@@ -445,4 +457,4 @@ def test_the_norm_screen_names_the_clients_it_rejects(caplog):
         assert count_screened(4, [0, 1, 2], [0, 1, 2], 10.0) == 0
     assert [r.getMessage() for r in caplog.records] == [
         "round 3: norm screening rejected the update of client(s) 1, 7: longer than 10 × the median "
-        "(its whole update or a task's part, server.norm-screening)"]
+        "(its update, or its task parts together; server.norm-screening)"]

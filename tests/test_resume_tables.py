@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmtl.folder_lock import holding
+from fedmtl.folder_lock import RunFolderBusy, holding
 from fedmtl.run_tables import table_problems
 
 HEADER = "round,client,task,split,metric,value\n"
@@ -103,13 +103,39 @@ def test_a_second_process_cannot_write_a_run_folder_another_one_writes(tmp_path)
     with holding(tmp_path):
         assert _other_process_holds(tmp_path) == (f"'{tmp_path}' is in use by another fedmtl process (a run or a "
                                                   "resume of it); wait for it to end, or stop it")
-        # this process holds it already: a resume's run, inside its checks' hold, goes on
-        with holding(tmp_path / "." ), holding(str(tmp_path)):
+        # a resume's run (its server, in another thread) joins the hold of the resume's checks
+        with holding(tmp_path / ".", join=True), holding(str(tmp_path), join=True):
             assert _other_process_holds(tmp_path).startswith(f"'{tmp_path}' is in use")
         assert _other_process_holds(tmp_path).startswith(f"'{tmp_path}' is in use")  # the outer hold remains
+        # ... but a second run of the folder in this process, not joining, is refused
+        with pytest.raises(RunFolderBusy, match="is in use by another fedmtl process"):
+            with holding(tmp_path):
+                pass
     assert _other_process_holds(tmp_path) == "held"  # released when the first ended
     with holding(tmp_path):
         pass
+
+
+def test_the_lock_goes_with_its_last_holder_whichever_leaves_last(tmp_path):
+    """Flower does not join the ServerApp's thread when the main thread leaves on an error: the
+    folder stays held until the server's thread leaves too."""
+    import threading
+
+    entered, leave = threading.Event(), threading.Event()
+
+    def server() -> None:
+        with holding(tmp_path, join=True):
+            entered.set()
+            leave.wait(30)
+
+    with holding(tmp_path):
+        thread = threading.Thread(target=server)
+        thread.start()
+        assert entered.wait(30)
+    assert _other_process_holds(tmp_path).startswith(f"'{tmp_path}' is in use")  # the server is still in
+    leave.set()
+    thread.join(30)
+    assert _other_process_holds(tmp_path) == "held"
 
 
 def test_a_resume_holds_its_folder_from_its_checks_to_its_runs_end(tmp_path, monkeypatch):
@@ -124,7 +150,7 @@ def test_a_resume_holds_its_folder_from_its_checks_to_its_runs_end(tmp_path, mon
     seen = []
 
     def plan(run_dir, *args, **kwargs):
-        seen.append(dict(folder_lock._held))
+        seen.append({k: list(v) for k, v in folder_lock._held.items()})
         raise resume_module.ResumeRefused("stop here")
 
     (tmp_path / folder_lock.MARKER).touch()
@@ -132,10 +158,12 @@ def test_a_resume_holds_its_folder_from_its_checks_to_its_runs_end(tmp_path, mon
     monkeypatch.setattr(resume_module, "plan_resume", plan)
     with pytest.raises(resume_module.ResumeRefused):
         fedmtl.resume(tmp_path)
-    assert seen == [{str(tmp_path.resolve()): 1}] and folder_lock._held == {}
+    assert [{k: v[0] for k, v in held.items()} for held in seen] == [{str(tmp_path.resolve()): 1}]
+    assert folder_lock._held == {}
     from fedmtl.cli import _resume  # fedmtl run --resume
 
     with pytest.raises((SystemExit, Exception)) as stopped:
         _resume(tmp_path, None, None, quiet=True, verbose=False)
     assert "Exit" in type(stopped.value).__name__ or isinstance(stopped.value, SystemExit)
-    assert seen[1:] == [{str(tmp_path.resolve()): 1}] and folder_lock._held == {}
+    assert [{k: v[0] for k, v in held.items()} for held in seen[1:]] == [{str(tmp_path.resolve()): 1}]
+    assert folder_lock._held == {}

@@ -211,7 +211,7 @@ def clear_for_restart(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
     from fedmtl.folder_lock import holding
     from fedmtl.results import head_store_root, reset_run_dir
 
-    with holding(run_dir):
+    with holding(run_dir, join=True):  # within the resume's hold
         return reset_run_dir(run_dir, head_store_root(cfg, run_dir))
 
 
