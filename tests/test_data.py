@@ -109,6 +109,15 @@ def test_pathological_gives_each_client_at_most_k_classes(k):
     assert sum(len(p) for p in parts) == len(labels)  # 10 clients cover all 10 classes
 
 
+def test_a_pathological_partition_flwr_datasets_refuses_is_a_data_error():
+    """More classes per client than the labels have: validation refuses it for fedmtl's own
+    datasets (tests/test_config.py); a plugin's data meets flwr-datasets' refusal, named as fedmtl's."""
+    _, labels = load_digits()
+    with pytest.raises(DataError, match="pathological partition with 11 classes per client cannot be made for 2 "
+                                        "clients .*; lower data.classes-per-client or data.num-clients"):
+        PARTITIONERS.get("pathological")(labels, 2, 0, DataSection(classes_per_client=11))
+
+
 @pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0])
 def test_power_law_sizes_follow_zipf(exponent):
     from fedmtl.data.partitioners import power_law_sizes

@@ -7,6 +7,7 @@ a scripted client. The real engine path is covered by the simulation tests.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -108,11 +109,18 @@ GRID: type[FakeGrid] = FakeGrid
 def client_test_examples(msg: Message, client: int) -> int:
     """The client's test examples under the run config the message carries: the server knows
     them (``server.max-examples = 0``) and an honest evaluation reports all of them."""
+    return _test_sizes(tuple(sorted(msg.content[wire.CONFIG].items())))[client]
+
+
+@functools.lru_cache(maxsize=16)
+def _test_sizes(config: tuple) -> dict[int, int]:
+    """Every client's test examples under a flat run config (checked once per config)."""
     from fedmtl.data import load_federation
     from fedmtl.validation import config_from_flat
 
-    cfg = config_from_flat(dict(msg.content[wire.CONFIG]))
-    return load_federation(cfg.data, cfg.run.seed).sizes(client)[1]
+    cfg = config_from_flat(dict(config))
+    federation = load_federation(cfg.data, cfg.run.seed)
+    return {c: federation.sizes(c)[1] for c in range(cfg.data.num_clients)}
 
 
 def good(msg: Message, call: wire.TrainCall, client: int | None = None) -> Message:

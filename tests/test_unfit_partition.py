@@ -39,9 +39,6 @@ def test_the_command_line_says_it_in_one_line_before_ray_starts_and_leaves_no_fo
 @pytest.mark.parametrize(("sets", "said"), [
     (NO_DIRICHLET_FIT, SAID),
     (["data.num-clients=5000"], "5000 examples cannot give 5000 clients at least 2 each"),
-    # flwr-datasets' own refusal, named as fedmtl's
-    (["data.partitioner=pathological", "data.classes-per-client=11"],
-     "pathological partition with 11 classes per client cannot be made for 2 clients"),
     # a server that bounds replies by a cap builds no data, but a local simulation's clients do
     ([*NO_DIRICHLET_FIT, "server.max-examples=100000"], SAID),
 ])
