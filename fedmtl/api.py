@@ -308,14 +308,11 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
     fedmtl.folder_lock.RunFolderBusy
         Another process writes the run folder.
     """
-    from fedmtl.folder_lock import MARKER, holding
+    from fedmtl.folder_lock import holding_run
 
     run_dir = Path(folder).resolve()
-    # the folder is held from the checks to the run's end: no other process writes it between
-    if (run_dir / MARKER).is_file():
-        with holding(run_dir):
-            return _plan_and_resume(run_dir, rounds, force, quiet, verbose)
-    return _plan_and_resume(run_dir, rounds, force, quiet, verbose)
+    with holding_run(run_dir):  # from the checks to the run's end: no other process writes it between
+        return _plan_and_resume(run_dir, rounds, force, quiet, verbose)
 
 
 def _plan_and_resume(run_dir: Path, rounds: int | None, force: bool, quiet: bool, verbose: bool) -> RunResult:

@@ -197,7 +197,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
     checkpoint exists (or ``resume``, when given), ``fedmtl plot`` when the run had finished
     (its figures failed), and no folder left when the run wrote nothing yet."""
     from fedmtl.data.checks import DataError
-    from fedmtl.launch.interrupt import Stopped, finish_interrupted, finished, last_round, stop_on_signals
+    from fedmtl.launch.interrupt import Stopped, finish_interrupted, finished, stop_on_signals
 
     try:
         with stop_on_signals():
@@ -214,6 +214,8 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
     except OSError as exc:
         if exc.errno is None:  # raised by our code with its own message (FileExistsError, ...)
             raise
+        from fedmtl.results import newest_checkpoint_round
+
         path = exc.filename2 if exc.filename2 is not None else exc.filename  # os.replace(temporary, path)
         what = f"cannot write {path}" if path is not None else "cannot write" + (
             f" in {run_dir}" if run_dir is not None else "")
@@ -222,7 +224,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
             line += f"; continue with: {resume}"
         elif run_dir is not None and finished(run_dir):
             line += f"; the run finished: draw its figures again with: fedmtl plot {run_dir}"
-        elif run_dir is not None and last_round(run_dir) is not None:
+        elif run_dir is not None and newest_checkpoint_round(run_dir) is not None:
             from fedmtl.launch.resume import not_resumable
 
             if (why := not_resumable(run_dir)) is None:
@@ -266,13 +268,13 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
 def failed_run_advice(run_dir: Path, rounds: int) -> str:
     """What to do about a run its clients failed: resume it, or, when it has no round left
     (its last checkpoint is of round ``rounds``), start it again or add rounds."""
-    from fedmtl.launch.interrupt import last_round
     from fedmtl.launch.resume import not_resumable
+    from fedmtl.results import newest_checkpoint_round
 
     where = f"the run stopped; its results and checkpoints are in {run_dir}; once the cause is fixed"
     if (why := not_resumable(run_dir)) is not None:
         return f"{where}, run its config again (a resume cannot continue it: {why})"
-    if last_round(run_dir) != rounds:
+    if newest_checkpoint_round(run_dir) != rounds:
         return f"{where}, continue with: fedmtl run --resume {run_dir}"
     return (f"{where}, start it again (a resume has no round left to run), or add rounds: "
             f"fedmtl run --resume {run_dir} --set run.rounds={rounds + 1}")
@@ -306,12 +308,10 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     # reading every client's heads takes a while in a large federation (about 12 s for 100,000
     # clients' files: benchmarks/head_store.py); a terminal shows that it is under way
     checking = None if quiet else make_console(sys.stderr).status
-    from fedmtl.folder_lock import MARKER, holding
+    from fedmtl.folder_lock import holding_run
 
-    # the folder is held from the checks to the run's end: no other process writes it between
-    lock = holding(run_dir) if (run_dir / MARKER).is_file() and not run_dir.is_symlink() else contextlib.nullcontext()
-    try:
-        with lock:
+    try:  # the folder is held from the checks to the run's end: no other process writes it between
+        with holding_run(run_dir):
             _plan_and_resume(run_dir, rounds, force, checking, quiet, verbose)
     except RunFolderBusy as exc:
         fail(str(exc), code=1)

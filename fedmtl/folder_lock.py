@@ -83,6 +83,16 @@ def _leave(key: str) -> None:
     os.close(entry[1])
 
 
+def holding_run(run_dir: str | Path) -> contextlib.AbstractContextManager[None]:
+    """:func:`holding` of ``run_dir`` when it is a run folder (it holds :data:`MARKER` and is no
+    link), else nothing: a resume holds its folder from its checks to its run's end, and its
+    checks say what is wrong with a folder that is no run's."""
+    run_dir = Path(run_dir)
+    if (run_dir / MARKER).is_file() and not run_dir.is_symlink():
+        return holding(run_dir)
+    return contextlib.nullcontext()
+
+
 def refuse_if_busy(run_dir: str | Path) -> None:
     """Raise :class:`RunFolderBusy` at once when another process holds the run folder's lock
     (a resume's checks; free when this process holds it)."""

@@ -70,17 +70,19 @@ def screen_norms(formed: dict[int, Accepted], factor: float) -> list[int]:
     a client holding 1 of 20 tasks is not screened out for sending one part 20 times a full
     client's."""
     clients = sorted(formed)
+    screens = [[float(torch.linalg.vector_norm(sum(formed[c].rows.values()))) for c in clients]]
+    if any(len(formed[c].rows) > 1 for c in clients):  # for whole updates it is the same length
+        screens.append([_rows_length(formed[c]) for c in clients])
     out = dict.fromkeys(clients, False)
-    for lengths in ([float(torch.linalg.vector_norm(sum(formed[c].rows.values()))) for c in clients],
-                    [_rows_length(formed[c]) for c in clients]):
+    for lengths in screens:
         for client, flagged in zip(clients, norm_outliers(lengths, factor), strict=True):
             out[client] = out[client] or flagged
     return [c for c in clients if not out[c]]
 
 
 def _rows_length(reply: Accepted) -> float:
-    """``√(k Σ ‖row‖²)`` over a reply's k rows."""
-    lengths = torch.stack([torch.linalg.vector_norm(r.double()) for r in reply.rows.values()])
+    """``√(k Σ ‖row‖²)`` over a reply's k rows (in float64)."""
+    lengths = torch.stack([torch.linalg.vector_norm(r, dtype=torch.float64) for r in reply.rows.values()])
     return float(torch.sqrt(len(lengths) * (lengths**2).sum()))
 
 

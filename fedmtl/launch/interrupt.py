@@ -168,13 +168,6 @@ def shutdown_engine(started_before: dict[int, int] | None = None) -> None:
     stop_processes({**started, **descendants()})
 
 
-def last_round(run_dir: Path) -> int | None:
-    """The round of a run folder's newest checkpoint (what ``--resume`` continues after)."""
-    from fedmtl.results import newest_checkpoint_round
-
-    return newest_checkpoint_round(run_dir)
-
-
 def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
     """``interrupted after round R; continue with: ...`` for a run folder (or ``resume``,
     the command that continues, e.g. a sweep's)."""
@@ -186,7 +179,9 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
 
     if finished(run_dir):
         return _finished_message(run_dir)
-    done = last_round(run_dir)
+    from fedmtl.results import newest_checkpoint_round
+
+    done = newest_checkpoint_round(run_dir)
     if done is None and run_dir.is_dir() and nothing_recorded(run_dir):
         return f"interrupted before the run started; nothing was recorded (run again: --out {run_dir} reuses it)"
     from fedmtl.launch.resume import not_resumable
@@ -254,13 +249,14 @@ def finish_interrupted(stopped: Stopped, run_dir: Path | None, resume: str | Non
         signal.signal(s, signal.SIG_IGN)
     logging.getLogger("flwr").disabled = True  # again: leaving simulate restored it
     from fedmtl import stop_record
+    from fedmtl.results import newest_checkpoint_round
 
     stop_record.close()  # the run stopped for the signal, not for what its ServerApp raises now
     shutdown_engine(stopped.processes)
     message = interrupted_message(run_dir, resume)
     if resume is None and run_dir is not None and _stopped_midway(run_dir):
         stop_record.record_stop(run_dir, f"interrupted by {signal.Signals(stopped.signum).name}",
-                                last_round(run_dir), last=True)
+                                newest_checkpoint_round(run_dir), last=True)
     print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(EXIT_CODES.get(stopped.signum, 130))

@@ -498,30 +498,28 @@ def load_weighting_state(store: HeadStore, client_id: int) -> dict[str, Any] | N
 
 
 def heads_fingerprint(model: MultiTaskModel) -> float:
-    """A float64 checksum of the heads' parameters (for continuity checks in logs/tests).
-
-    ``Σ_i (i + 1) Σ_j p_ij r_ij`` over the heads' parameters ``p_i`` in order, each flattened,
-    with ``r_i`` the ramp ``linspace(1, 2, len(p_i))``, all in float64. A client computes it
-    twice per training call, so each parameter costs few operations (fewer hand-overs of Python's
-    interpreter lock between clients running in threads of one process).
-    """
-    total = 0.0
-    with torch.no_grad():
-        for i, p in enumerate(model.heads.parameters()):
-            flat = p.reshape(-1)
-            # float32 · float64 multiplies in float64, as p.to(float64) · ramp does
-            total += (i + 1) * float(torch.mul(flat, _ramp(flat.numel(), flat.device)).sum())
-    return total
+    """A float64 checksum of the heads' parameters (for continuity checks in logs/tests):
+    :func:`_checksum` of the heads' parameters in order. A client computes it twice per
+    training call, so each parameter costs few operations (fewer hand-overs of Python's
+    interpreter lock between clients running in threads of one process)."""
+    return _checksum(model.heads.parameters())
 
 
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> float:
     """A float64 checksum of a personalization method's own state (Ditto's and APFL's personal
-    model, their λ or α, the local method's backbone): ``Σ_i (i + 1) Σ_j s_ij r_ij`` over the
-    tensors in key order, as :func:`heads_fingerprint` (0 for no state)."""
+    model, their λ or α, the local method's backbone): :func:`_checksum` of its tensors in key
+    order (0 for no state)."""
+    return _checksum(state[key] for key in sorted(state))
+
+
+def _checksum(tensors: Iterable[torch.Tensor]) -> float:
+    """``Σ_i (i + 1) Σ_j p_ij r_ij`` over the tensors ``p_i`` in order, each flattened, with
+    ``r_i`` the ramp ``linspace(1, 2, len(p_i))``, all in float64 (a float32 or integer tensor
+    times the float64 ramp multiplies in float64, as its float64 copy would)."""
     total = 0.0
     with torch.no_grad():
-        for i, key in enumerate(sorted(state)):
-            flat = state[key].reshape(-1).to(torch.float64)
+        for i, p in enumerate(tensors):
+            flat = p.reshape(-1)
             total += (i + 1) * float(torch.mul(flat, _ramp(flat.numel(), flat.device)).sum())
     return total
 
