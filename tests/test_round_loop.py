@@ -220,7 +220,7 @@ def test_a_resume_with_no_round_left_of_a_run_that_never_moved_the_model_fails_a
 
     strategy.last_stats = RoundStats(2, {"left": {"mean": 0.5}}, {"left": "accuracy"})  # it has: a finished run
     strategy.check_progress()
-    monkeypatch.setattr("fedmtl.launch.interrupt.last_round", lambda run_dir: 2)
+    monkeypatch.setattr("fedmtl.results.newest_checkpoint_round", lambda run_dir: 2)
     assert failed_run_advice(tmp_path, 2).endswith(f"start it again (a resume has no round left to run), or add "
                                                    f"rounds: fedmtl run --resume {tmp_path} --set run.rounds=3")
     assert failed_run_advice(tmp_path, 5).endswith(f"continue with: fedmtl run --resume {tmp_path}")
