@@ -755,6 +755,14 @@ def choose_reference(configurations: list[Configuration], reference: str | None)
     return matches[0]
 
 
+def two_view_methods() -> str:
+    """The registered personalization methods with a global view (split ``test-global``), named
+    as configs name them (``personalization.method``)."""
+    from fedmtl.training.methods import METHODS
+
+    return ", ".join(f"`{name}`" for name in sorted(METHODS.names()) if TEST_GLOBAL in METHODS.get(name).views)
+
+
 def placement_hosts(configurations: list[Configuration]) -> list[str]:
     """The hosts that computed replies in any run (``summary.json``'s ``placement``: ``host/node/device``)."""
     return sorted({where.split("/", 1)[0] for c in configurations for r in c.runs
@@ -873,7 +881,7 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
                   "", deltas, ""]
     if views:
         lines += ["## Global model", "",
-                  "For methods with a global and a personal model (Ditto, fine-tuning, FedBABU, FedRep), "
+                  f"For methods with a global and a personal model ({two_view_methods()}), "
                   "the main table is the personal model's (split `test`); here each statistic of the "
                   "personal model beside the global model's (split `test-global`), at the final round. "
                   "The figures draw the global model dashed (CDF, round curves) or hollow (plane).",

@@ -165,6 +165,10 @@ class FedMTLStrategy:
             accepted = screen_norms(collected.formed, server.norm_screening)
         self.heads.commit()
         self.participation.note_trained(server_round, collected.formed)
+        # every accepted reply's rows, screened or not, aggregated or not: participation.csv counts
+        # these rounds as trained, and the heads' in/out chain runs through them
+        self.recorder.log_metrics([row for c in sorted(collected.formed)
+                                   for row in train_metric_rows(server_round, collected.formed[c])])
         screened = count_screened(server_round, list(collected.formed), accepted, server.norm_screening)
         record = TrainRecord(collected.sampled, len(collected.formed) + collected.rejected, collected.failures,
                              collected.rejected + screened, collected.retries, len(accepted), skipped=0)
@@ -225,8 +229,7 @@ class FedMTLStrategy:
         if isinstance(new, str):
             self.load_server_state(before)
             return f"{new} (plan '{self.cfg.server.plan}', weighting '{self.cfg.server.weighting}')"
-        metric_rows = [row for reply in accepted for row in train_metric_rows(server_round, reply)]
-        self.recorder.log_metrics(metric_rows + weight_rows(server_round, result))
+        self.recorder.log_metrics(weight_rows(server_round, result))
         self.tally.failed_streak, self.tally.aggregated_rounds = 0, self.tally.aggregated_rounds + 1
         self.state = unflatten_state(new, self.state, keys)
         self.arrays = ArrayRecord(self.state)

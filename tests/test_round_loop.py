@@ -376,3 +376,38 @@ def test_a_round_whose_new_model_is_not_finite_is_skipped_not_crashed(tmp_path):
     assert torch.equal(strategy.state["w"], STATE["w"])
     with pytest.raises(ClientsFailed, match="none of the 2 round"):
         strategy.check_progress()
+
+
+def test_every_accepted_training_reply_has_its_rows_screened_or_skipped(tmp_path):
+    """participation.csv counts a round as trained when the reply was accepted, so metrics.csv
+    has that reply's training rows (its loss, examples and heads chain) even when its update
+    never entered the model: screened out by its length, or in a skipped round. Only the
+    aggregation-weight rows are of aggregated updates."""
+    def script(msg, call):  # client 3's update is 1,000 times the others': screened every round
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 3:
+            update = ArrayRecord({k: torch.full_like(v, 100.0) for k, v in STATE.items()})
+            reply.content[wire.UPDATE] = update
+        return reply
+
+    run(tmp_path, script, "server.norm-screening=10")
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    train = metrics[metrics.split == "train"]
+    participation = pd.read_csv(tmp_path / "participation.csv").set_index("client")
+    for client in range(4):
+        rounds = sorted(set(train[(train.client == client) & (train.metric == wire.HEADS_OUT)]["round"]))
+        assert len(rounds) == participation.loc[client, "rounds_trained"] == 2, client
+    weighted = set(train[train.metric == "aggregation-weight"].client)
+    assert weighted == {0, 1, 2} and participation.loc[3, "rounds_aggregated"] == 0
+
+    def skipped(msg, call):  # two of four fail: every round is skipped, the two replies still count
+        if msg.metadata.message_type == MessageType.TRAIN and call.client in (0, 1):
+            return failed(msg, call)
+        return good(msg, call)
+
+    out = tmp_path / "skipped"
+    out.mkdir()
+    run(out, skipped, "server.on-too-few=skip", "server.max-failed-rounds=0")
+    train = pd.read_csv(out / "metrics.csv").query("split == 'train'")
+    assert sorted(set(train[train.metric == wire.HEADS_OUT].client)) == [2, 3]
+    assert "aggregation-weight" not in set(train.metric)

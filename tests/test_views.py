@@ -6,6 +6,8 @@ engine, are the subject)."""
 
 from __future__ import annotations
 
+import re
+
 import copy
 import dataclasses
 import json
@@ -326,6 +328,12 @@ def test_the_report_shows_both_views_and_marks_the_never_trained_worst_clients(t
     rlw_label, mean_label = (next(c for c in written["configurations"] if f"weighting={w}" in c)
                              for w in ("rlw", "mean"))
     views = text.split("## Global model", 1)[1].split("##", 1)[0]
+    from fedmtl.protocol import TEST_GLOBAL
+    from fedmtl.training.methods import METHODS
+
+    named = re.findall(r"`([a-z-]+)`", views.split(")", 1)[0])  # the methods the section says have two views
+    assert named == sorted(n for n in METHODS.names() if TEST_GLOBAL in METHODS.get(n).views)
+    assert "fedrep" not in named and {"apfl", "ditto"} <= set(named)
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in views.splitlines()
             if line.startswith("| client.")}
     assert set(rows) == {rlw_label, mean_label}
