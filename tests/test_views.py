@@ -6,12 +6,11 @@ engine, are the subject)."""
 
 from __future__ import annotations
 
-import re
-
 import copy
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
