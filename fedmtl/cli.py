@@ -468,6 +468,8 @@ def report(
         raise
     if written["replaced"]:
         typer.echo(f"note: replaced the earlier report in {folder}", err=True)
+    for line in written["repeats"]:
+        typer.echo(f"note: {line.replace('`', '')}", err=True)
     typer.echo(written["table"])
     typer.echo(f"report: {written['report']}")
     typer.echo(f"interactive report: {written['html']}")

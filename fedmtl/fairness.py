@@ -244,7 +244,7 @@ def row_statistics(values: np.ndarray, higher_is_better: bool = True) -> dict[st
 
 
 def bootstrap_interval(
-    statistic: Callable[[np.ndarray], np.ndarray], n: int, *, resamples: int = BOOTSTRAP_RESAMPLES,
+    statistic: Callable[..., np.ndarray], n: int | tuple[int, ...], *, resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED, level: float = CONFIDENCE, batched: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of a (vector) statistic of ``n`` units (Efron & Tibshirani
@@ -257,19 +257,27 @@ def bootstrap_interval(
     way. The interval of each component is the ``(1 ∓ level)/2`` quantiles of its finite
     resampled values; NaN when fewer than half the resamples are finite (or ``n < 2``).
 
+    With ``n`` a tuple of sizes, every group of units is resampled apart (an *unpaired*
+    bootstrap of, e.g., two runs that evaluated different clients): ``statistic`` gets one
+    array of indices per group, each drawn from its own ``0 … n_g−1`` (the first group's draws
+    are those an int ``n`` gives).
+
     Returns
     -------
     tuple of np.ndarray
         ``(low, high)``, each of the statistic's shape.
     """
-    indices = rng(seed).integers(0, max(n, 1), size=(resamples, n))
+    sizes = (n,) if isinstance(n, int | np.integer) else tuple(int(g) for g in n)
+    generator = rng(seed)
+    groups = [generator.integers(0, max(size, 1), size=(resamples, size)) for size in sizes]
     if batched:
-        draws = np.asarray(statistic(indices), dtype=np.float64).reshape(resamples, -1)
+        draws = np.asarray(statistic(*groups), dtype=np.float64).reshape(resamples, -1)
     else:
-        draws = np.stack([np.atleast_1d(np.asarray(statistic(row), dtype=np.float64)) for row in indices])
+        draws = np.stack([np.atleast_1d(np.asarray(statistic(*(g[r] for g in groups)), dtype=np.float64))
+                          for r in range(resamples)])
     shape = draws.shape[1:]
     low, high = np.full(shape, math.nan), np.full(shape, math.nan)
-    if n < 2:
+    if min(sizes) < 2:
         return low, high
     tail = (1.0 - level) / 2.0
     for i in np.ndindex(shape):

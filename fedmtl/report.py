@@ -135,6 +135,9 @@ class Configuration:
 
     label: str
     runs: list[RunResult] = field(default_factory=list)
+    repeats: list[tuple[RunResult, RunResult]] = field(default_factory=list)
+    """``(kept, left out)``: a run of the same configuration and seed as a kept one, left out of
+    the statistics (a seed counts once)."""
 
 
 def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -224,7 +227,12 @@ def group_configurations(runs: list[RunResult]) -> list[Configuration]:
     """Group runs by configuration and label each one by the keys that differ."""
     groups: dict[str, Configuration] = {}
     for run in runs:
-        groups.setdefault(run.identity(), Configuration("")).runs.append(run)
+        group = groups.setdefault(run.identity(), Configuration(""))
+        kept = next((r for r in group.runs if r.seed == run.seed), None)
+        if kept is None:
+            group.runs.append(run)
+        else:  # the same configuration and seed again (a run made twice): its seed counts once
+            group.repeats.append((kept, run))
     configurations = list(groups.values())
     keys = sorted({k for c in configurations for k in c.runs[0].config} - set(IGNORED_KEYS))
     varying = [k for k in keys
@@ -450,16 +458,22 @@ def _seed_deltas(run: RunResult, ref: RunResult, tasks: dict[str, str], overall:
 
 def _bootstrap_deltas(run: RunResult, ref: RunResult, tasks: dict[str, str], overall: str | None
                       ) -> dict[str, Estimate]:
-    """Differences of one run against the reference's run of the same seed, with a paired
-    bootstrap over the clients both evaluated (the same resampled clients for both)."""
-    clients = _clients(run.final, ref.final)
-    mine, theirs = (client_matrix(r.final, list(tasks), clients) for r in (run, ref))
+    """Differences of one run against the reference's run of the same seed: each run's statistics
+    over all its evaluated clients (the main table's), with a percentile bootstrap over clients.
+
+    When both evaluated the same clients the bootstrap is paired (the same resampled clients for
+    both); otherwise (a different ``server.fraction-evaluate``, failed evaluations) each run's
+    clients are resampled apart."""
+    mine_clients, ref_clients = _clients(run.final), _clients(ref.final)
+    mine = client_matrix(run.final, list(tasks), mine_clients)
+    theirs = client_matrix(ref.final, list(tasks), ref_clients)
     keys = _delta_keys(tasks, overall)
     whole = matrix_stats(theirs, tasks, overall)
     base = [t for t in tasks if np.isfinite(whole[f"{t}.mean"][0]) and whole[f"{t}.mean"][0] != 0]
 
-    def deltas(rows: np.ndarray) -> np.ndarray:
-        a, b = matrix_stats(mine, tasks, overall, rows=rows), matrix_stats(theirs, tasks, overall, rows=rows)
+    def deltas(rows: np.ndarray, ref_rows: np.ndarray | None = None) -> np.ndarray:
+        ref_rows = rows if ref_rows is None else ref_rows
+        a, b = matrix_stats(mine, tasks, overall, rows=rows), matrix_stats(theirs, tasks, overall, rows=ref_rows)
         columns = [a[k] - b[k] for k in keys]
         with np.errstate(invalid="ignore", divide="ignore"):  # Δm% (fedmtl.fairness.delta_m) of each resample
             ratios = [(-1.0 if higher_is_better(tasks[t]) else 1.0) * (a[f"{t}.mean"] - b[f"{t}.mean"])
@@ -467,10 +481,16 @@ def _bootstrap_deltas(run: RunResult, ref: RunResult, tasks: dict[str, str], ove
             columns.append(100.0 * np.mean(ratios, axis=0) if base else np.full(len(rows), math.nan))
         return np.stack(columns, axis=1)
 
-    point = deltas(np.arange(len(clients))[None, :])[0]
-    low, high = bootstrap_interval(deltas, len(clients), batched=True)
-    method = f"paired bootstrap, {len(clients)} clients (seed {run.seed})"
-    return {key: Estimate(float(point[k]), float(low[k]), float(high[k]), math.nan, len(clients),
+    point = deltas(np.arange(len(mine_clients))[None, :], np.arange(len(ref_clients))[None, :])[0]
+    if mine_clients == ref_clients:
+        low, high = bootstrap_interval(deltas, len(mine_clients), batched=True)
+        method = f"paired bootstrap, {len(mine_clients)} clients (seed {run.seed})"
+    else:
+        low, high = bootstrap_interval(deltas, (len(mine_clients), len(ref_clients)), batched=True)
+        method = (f"bootstrap, each run's clients apart ({len(mine_clients)} and {len(ref_clients)} "
+                  f"evaluated; seed {run.seed})")
+    n = min(len(mine_clients), len(ref_clients))
+    return {key: Estimate(float(point[k]), float(low[k]), float(high[k]), math.nan, n,
                           method if not math.isnan(low[k]) else "")
             for k, key in enumerate([k + DELTA for k in keys] + ["delta_m"])}
 
@@ -482,8 +502,9 @@ def compare(configuration: Configuration, reference: Configuration, tasks: dict[
     - Both have two or more seeds in common: the differences of their runs of the same seed
       (a run's statistic − the reference run's; Δm% of a run against the reference run of its
       seed), their mean and Student-t interval over those seeds.
-    - One seed in common: the two runs of that seed, paired by client: a percentile bootstrap
-      over the clients both evaluated, the same resampled clients for both.
+    - One seed in common: the two runs of that seed (each over all the clients it evaluated, as
+      in the main table), with a percentile bootstrap over clients: paired (the same resampled
+      clients for both) when both evaluated the same clients, else each run's clients apart.
     - No seed in common: the difference of the means over seeds (Δm% against the reference's
       mean), no interval.
 
@@ -755,6 +776,29 @@ def choose_reference(configurations: list[Configuration], reference: str | None)
     return matches[0]
 
 
+def repeated_runs(configurations: list[Configuration]) -> list[str]:
+    """One line per run left out as a repeat of a kept run of the same configuration and seed,
+    saying whether its final per-client results equal the kept run's (a run that did not
+    reproduce is named as such)."""
+    lines = []
+    for c in configurations:
+        for kept, repeat in c.repeats:
+            same = _same_results(kept, repeat)
+            lines.append(f"`{repeat.path}` repeats `{kept.path}` (configuration `{c.label}`, seed {kept.seed}): "
+                         "left out; " + ("its final results are the same" if same else
+                                         "its final per-client results DIFFER: the run did not reproduce"))
+    return lines
+
+
+def _same_results(a: RunResult, b: RunResult) -> bool:
+    """Whether two runs' final per-client metrics are equal (both views)."""
+    def rows(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame if frame.empty else frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+    return all(rows(x).equals(rows(y)) for x, y in ((a.final_metrics, b.final_metrics),
+                                                     (a.global_final, b.global_final)))
+
+
 def two_view_methods() -> str:
     """The registered personalization methods with a global view (split ``test-global``), named
     as configs name them (``personalization.method``)."""
@@ -828,7 +872,8 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     -------
     dict
         ``report``, ``csv``, ``html``, ``figures`` (paths), ``table`` (markdown), ``configurations``
-        (labels) and ``replaced`` (whether a ``report.md`` was there before).
+        (labels), ``replaced`` (whether a ``report.md`` was there before) and ``repeats`` (one
+        line per run left out as a repeat of a configuration and seed: :func:`repeated_runs`).
 
     Raises
     ------
@@ -843,6 +888,7 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     replaced = (out / "report.md").is_file()
     out.mkdir(parents=True, exist_ok=True)
     configurations = group_configurations(runs)
+    repeats = repeated_runs(configurations)
     ref = choose_reference(configurations, reference)
     tidy = summarize_configurations(configurations, ref)
     tidy.to_csv(out / "report.csv", index=False)
@@ -855,8 +901,10 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     how = "named with --reference" if reference is not None else "the first configuration given"
     lines = [
         "# fedmtl report", "",
-        f"{len(runs)} runs in {len(configurations)} configurations, from "
-        + ", ".join(f"`{p}`" for p in paths) + f". Reference: `{ref.label}` ({how}).", "",
+        f"{len(runs) - len(repeats)} runs in {len(configurations)} configurations, from "
+        + ", ".join(f"`{p}`" for p in paths) + f". Reference: `{ref.label}` ({how})."
+        + (f" {len(repeats)} repeated runs (a configuration and seed already counted) are left out: "
+           "see Repeated runs." if repeats else ""), "",
         "Values are the final evaluation round's statistics across clients. Each cell is a mean "
         "and its 95% interval [low, high]: with two or more seeds, the mean over seeds and the "
         "Student-t interval (n − 1 degrees of freedom); with one seed, the run's value and a "
@@ -875,7 +923,8 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
                   f"Each configuration minus `{ref.label}`, with a paired 95% interval. Paired by seed "
                   "(`paired t`): the runs of the seeds both have, the difference of each pair, its mean "
                   "and Student-t interval. With one seed in common (`paired bootstrap`): the two runs of "
-                  "that seed resampled by client together (the same clients for both). Without a common "
+                  "that seed resampled by client together (the same clients for both; when the two "
+                  "evaluated different clients, each run's clients are resampled apart). Without a common "
                   "seed the difference of the means is given without an interval. An interval that "
                   "excludes 0 is a difference these seeds or clients resolve; one that includes 0 is not.",
                   "", deltas, ""]
@@ -907,8 +956,13 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
                   "Replies (training and evaluation) per host, Ray node and device, summed over each "
                   "configuration's runs (`placement.csv` in each run folder); shown when more than one "
                   "host computed.", "", placement, ""]
+    if repeats:
+        lines += ["## Repeated runs", "",
+                  "Runs of a configuration and seed already counted (the first found is kept: a seed "
+                  "counts once in the intervals).", ""] + [f"- {line}" for line in repeats] + [""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     (out / "report.md").write_text("\n".join(lines))
     html = write_html_report(out / HTML_FILE, configurations, "\n".join(lines), highlight)
     return {"report": out / "report.md", "csv": out / "report.csv", "html": html, "figures": figures,
-            "table": table, "configurations": [c.label for c in configurations], "replaced": replaced}
+            "table": table, "configurations": [c.label for c in configurations], "replaced": replaced,
+            "repeats": repeats}

@@ -317,3 +317,56 @@ def test_the_cli_takes_the_reference_and_refuses_an_unknown_one(sweep, tmp_path)
 
     refused = CliRunner().invoke(cli, ["report", str(sweep), "--out", str(tmp_path / "r"), "--reference", "qffl"])
     assert refused.exit_code == 2 and "--reference 'qffl' matches 0 configurations" in refused.output
+
+
+def test_one_seed_with_different_evaluated_clients_compares_the_runs_own_statistics(tmp_path):
+    """Two runs of one seed that evaluated different clients: the difference is that of the
+    main table's values (each run over all its clients), never one of a subset whose sign can
+    differ; the interval resamples each run's clients apart."""
+    rng = np.random.default_rng(8)
+    mine = accuracies(0, 0.02, rng)
+    del mine[0], mine[1]  # evaluated 4 of the 6 clients: its two weakest left out
+    fake_run(tmp_path / "mean", 7, "mean", accuracies(0, 0.0, rng))
+    fake_run(tmp_path / "fairgrad", 7, "fairgrad", mine)
+    tidy = tidy_of(tmp_path / "mean", tmp_path / "fairgrad")
+    fair, ref = label(tidy, "fairgrad"), label(tidy, "mean")
+    left = {name: read_run(tmp_path / name).final.query("task == 'left'").sort_values("client")["value"].to_numpy()
+            * 100 for name in ("mean", "fairgrad")}
+    delta = tidy.loc[(fair, "left.mean.delta")]
+    table = tidy.loc[(fair, "left.mean"), "mean"] - tidy.loc[(ref, "left.mean"), "mean"]
+    assert delta["mean"] == pytest.approx(table) == pytest.approx(left["fairgrad"].mean() - left["mean"].mean())
+    generator = np.random.default_rng(BOOTSTRAP_SEED)
+    rows_a = generator.integers(0, 4, size=(BOOTSTRAP_RESAMPLES, 4))
+    rows_b = generator.integers(0, CLIENTS, size=(BOOTSTRAP_RESAMPLES, CLIENTS))
+    expected = np.quantile(left["fairgrad"][rows_a].mean(axis=1) - left["mean"][rows_b].mean(axis=1), [0.025, 0.975])
+    assert (delta["low"], delta["high"]) == pytest.approx(tuple(expected))
+    assert delta["interval"] == "bootstrap, each run's clients apart (4 and 6 evaluated; seed 7)"
+    means = {name: {t: tidy.loc[(label(tidy, name), f"{t}.mean"), "mean"] for t in ("left", "right")}
+             for name in ("mean", "fairgrad")}
+    expected_dm = -100 * np.mean([(means["fairgrad"][t] - means["mean"][t]) / means["mean"][t] for t in means["mean"]])
+    assert tidy.loc[(fair, "delta_m"), "mean"] == pytest.approx(expected_dm)
+
+
+def test_a_run_repeated_with_the_same_seed_counts_once_and_is_named(tmp_path):
+    rng = np.random.default_rng(9)
+    fake_run(tmp_path / "runs" / "mean", 0, "mean", accuracies(0, 0.0, rng))
+    twice = accuracies(0, 0.02, rng)
+    fake_run(tmp_path / "runs" / "fairgrad-a", 0, "fairgrad", twice)
+    fake_run(tmp_path / "runs" / "fairgrad-b", 0, "fairgrad", twice)  # `make run` made twice: one seed
+    tidy = tidy_of(tmp_path / "runs", reference="mean")
+    fair = label(tidy, "fairgrad")
+    assert tidy.loc[(fair, "left.mean"), "interval"] == f"bootstrap, {CLIENTS} clients"
+    assert tidy.loc[(fair, "left.mean"), "seeds"] == 1
+    assert tidy.loc[(fair, "left.mean.delta"), "interval"] == f"paired bootstrap, {CLIENTS} clients (seed 0)"
+    assert tidy.loc[(fair, "left.mean.delta"), "low"] < tidy.loc[(fair, "left.mean.delta"), "high"]
+    written = make_report([tmp_path / "runs"], tmp_path / "report", reference="mean")
+    assert len(written["repeats"]) == 1 and "its final results are the same" in written["repeats"][0]
+    assert "fairgrad-b" in written["repeats"][0] and "fairgrad-a" in written["repeats"][0]
+    text = written["report"].read_text()
+    assert "2 runs in 2 configurations" in text and "## Repeated runs" in text
+    # a repeat whose results differ did not reproduce: said so
+    other = dict(twice)
+    other[0] = {t: v - 0.1 for t, v in other[0].items()}
+    fake_run(tmp_path / "runs" / "fairgrad-c", 0, "fairgrad", other)
+    written = make_report([tmp_path / "runs"], tmp_path / "report", reference="mean")
+    assert any("DIFFER: the run did not reproduce" in line and "fairgrad-c" in line for line in written["repeats"])
