@@ -378,7 +378,9 @@ class ServerSection(Section):
     )
     norm_screening: float = Field(
         10.0, ge=0, description="Reject updates whose norm exceeds this many times the round's "
-        "median update norm (0 = off; else > 1; needs at least 3 well-formed updates in the round).",
+        "median update norm (0 = off; else > 1; needs at least 3 well-formed updates in the round); "
+        "where the server knows the clients' training splits (max-examples = 0), times a client's local "
+        "steps over the median client's when it takes more.",
     )
     max_examples: int = Field(
         0, ge=0, le=2**62, description="The most examples a client's reply may report (training "

@@ -11,7 +11,9 @@ applies them to Flower messages):
   (:class:`ClientLimits`, :class:`KnownClients`), in their valid ranges?
 - :func:`norm_outliers`: which updates are far longer than the round's typical one? An update
   whose Euclidean norm exceeds ``factor`` times the median norm of the round is rejected
-  (``server.norm-screening``); the median is robust to a minority of outliers. This is the norm
+  (``server.norm-screening``); the median is robust to a minority of outliers. Where the
+  server knows each client's training split, the bound grows with a client's local steps
+  beyond the median client's (:func:`work_allowances`). This is the norm
   bound used against model-replacement updates (Sun et al., 2019, "Can you really backdoor
   federated learning?", arXiv:1911.07963), made relative to the round's median.
 """
@@ -96,8 +98,9 @@ def metrics_problem(values: dict[str, float]) -> str:
     return ""
 
 
-def norm_outliers(norms: list[float], factor: float, minimum: int = 3) -> list[bool]:
-    """Flag the norms above ``factor`` × their median.
+def norm_outliers(norms: list[float], factor: float, minimum: int = 3,
+                  allowances: list[float] | None = None) -> list[bool]:
+    """Flag the norms above ``factor`` × their median (× each one's allowance).
 
     Parameters
     ----------
@@ -107,6 +110,9 @@ def norm_outliers(norms: list[float], factor: float, minimum: int = 3) -> list[b
         The bound relative to the median (> 1); ``0`` turns screening off.
     minimum : int
         With fewer norms than this the median says little and nothing is flagged.
+    allowances : list[float], optional
+        One multiplier (≥ 1) of the bound per reply: :func:`work_allowances` for clients that
+        take more local steps than the median client (default: 1 for all).
 
     Returns
     -------
@@ -117,7 +123,25 @@ def norm_outliers(norms: list[float], factor: float, minimum: int = 3) -> list[b
     median = float(np.median(norms)) if norms else 0.0
     if factor == 0 or len(norms) < minimum or median == 0:
         return [False] * len(norms)
-    return [n > factor * median for n in norms]
+    allowances = [1.0] * len(norms) if allowances is None else allowances
+    return [n > factor * median * a for n, a in zip(norms, allowances, strict=True)]
+
+
+def work_allowances(steps: list[int]) -> list[float]:
+    """Each client's allowance for its local work: ``max(1, s_k / median(s))`` for its ``s_k``
+    local steps (the bound grows with them, never below the median client's).
+
+    With SGD, ``‖θ_end − θ_start‖ ≤ η Σ_s ‖g_s‖``: an update's length grows at most in proportion
+    to the steps taken (for gradients of a similar size), so a client holding 260 times the
+    median client's examples (a power-law federation, e.g. Synthetic(1, 1)) may honestly send
+    an update ten times the median length; measured on ``configs/synthetic.toml`` with q-FFL,
+    such clients were screened out every time they were drawn. The steps must be ones the
+    server knows (its own count of each client's training split), not ones a client reports:
+    a client that claims more data would otherwise buy a larger bound."""
+    median = float(np.median(steps)) if steps else 0.0
+    if median <= 0:
+        return [1.0] * len(steps)
+    return [max(1.0, s / median) for s in steps]
 
 
 # -- self-reported quantities --------------------------------------------------------------

@@ -217,7 +217,8 @@ def count_screened(server_round: int, formed: list[int], accepted: list[int], fa
     screened = sorted(set(formed) - set(accepted))
     if screened:
         log(WARNING, "round %d: norm screening rejected the update of client(s) %s: longer than %g × the median "
-            "(its update, or its task parts together; server.norm-screening)",
+            "(its update, or its task parts together; times its local steps over the median client's where "
+            "it takes more; server.norm-screening)",
             server_round, ", ".join(map(str, screened)), factor)
     return len(screened)
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+from collections.abc import Iterable
 from logging import INFO, WARNING
 
 import torch
@@ -155,14 +157,14 @@ class FedMTLStrategy:
         self.roster.follow_reconnections(grid)
         self.exchange(grid, server_round, self.roster.sample_train(server.fraction_train, server.min_train_clients),
                       collected)
-        accepted = screen_norms(collected.formed, server.norm_screening)
+        accepted = screen_norms(collected.formed, server.norm_screening, self.local_steps(collected.formed))
         while pool := retry_pool(server, collected, len(accepted), list(self.roster.clients)):
             collected.retries += 1
             clients = self.roster.sample_train(server.fraction_train, server.min_train_clients, pool)
             log(INFO, "round %d: %d usable replies < server.min-replies = %d; retry %d with %d other clients",
                 server_round, len(accepted), server.min_replies, collected.retries, len(clients))
             self.exchange(grid, server_round, clients, collected)
-            accepted = screen_norms(collected.formed, server.norm_screening)
+            accepted = screen_norms(collected.formed, server.norm_screening, self.local_steps(collected.formed))
         self.heads.commit()
         self.participation.note_trained(server_round, collected.formed)
         # every accepted reply's rows, screened or not, aggregated or not: participation.csv counts
@@ -179,6 +181,15 @@ class FedMTLStrategy:
             return self.skip(server_round, record, [aggregated], why=aggregated)
         self.participation.note_aggregated(accepted)
         return dataclasses.replace(record, fallbacks=aggregated[0], train_loss=aggregated[1])
+
+    def local_steps(self, clients: Iterable[int]) -> dict[int, int] | None:
+        """Each client's local steps per epoch, ``⌈n_k / client.batch-size⌉`` for its training
+        split of ``n_k`` examples, where this server knows the splits (``server.max-examples =
+        0``); ``None`` where it does not (a client's own count is not trusted for the bound)."""
+        if self.cfg.server.max_examples:
+            return None
+        batch = self.cfg.client.batch_size
+        return {c: max(1, math.ceil(self.known(c).max_train / batch)) for c in clients}
 
     def configure_train(self, server_round: int, clients: list[int], attempt: int) -> list[Message]:
         """The training messages of one attempt: the global model and what to reply."""

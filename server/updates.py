@@ -9,7 +9,7 @@ from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import WHOLE, PlanResult, Row
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.results import CLIENT_LEVEL
-from fedmtl.screening import norm_outliers
+from fedmtl.screening import norm_outliers, work_allowances
 from fedmtl.server.replies import Accepted
 
 MetricRow = tuple[int, int, str, str, str, float]
@@ -57,9 +57,11 @@ def train_loss(replies: list[Accepted]) -> float:
     return float(np.average(losses, weights=[r.metrics[wire.NUM_EXAMPLES] for r in replies]))
 
 
-def screen_norms(formed: dict[int, Accepted], factor: float) -> list[int]:
+def screen_norms(formed: dict[int, Accepted], factor: float, steps: dict[int, int] | None = None) -> list[int]:
     """The clients whose update passes the norm screen (:func:`fedmtl.screening.norm_outliers`
-    with ``server.norm-screening``), sorted.
+    with ``server.norm-screening``), sorted. With ``steps`` (each client's local steps, as the
+    server counts them from its training split) a client with more steps than the median
+    client gets a proportionally larger bound (:func:`fedmtl.screening.work_allowances`).
 
     The screen compares each client's whole update (the sum of its rows) with the others', and
     the root-mean-square length of its rows times √k for its k rows (``√(k Σ ‖row‖²)``; the
@@ -73,9 +75,10 @@ def screen_norms(formed: dict[int, Accepted], factor: float) -> list[int]:
     screens = [[float(torch.linalg.vector_norm(sum(formed[c].rows.values()))) for c in clients]]
     if any(len(formed[c].rows) > 1 for c in clients):  # for whole updates it is the same length
         screens.append([_rows_length(formed[c]) for c in clients])
+    allowances = work_allowances([steps[c] for c in clients]) if steps is not None else None
     out = dict.fromkeys(clients, False)
     for lengths in screens:
-        for client, flagged in zip(clients, norm_outliers(lengths, factor), strict=True):
+        for client, flagged in zip(clients, norm_outliers(lengths, factor, allowances=allowances), strict=True):
             out[client] = out[client] or flagged
     return [c for c in clients if not out[c]]
 

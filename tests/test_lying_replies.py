@@ -457,4 +457,5 @@ def test_the_norm_screen_names_the_clients_it_rejects(caplog):
         assert count_screened(4, [0, 1, 2], [0, 1, 2], 10.0) == 0
     assert [r.getMessage() for r in caplog.records] == [
         "round 3: norm screening rejected the update of client(s) 1, 7: longer than 10 × the median "
-        "(its update, or its task parts together; server.norm-screening)"]
+        "(its update, or its task parts together; times its local steps over the median client's where it takes "
+        "more; server.norm-screening)"]

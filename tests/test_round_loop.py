@@ -411,3 +411,37 @@ def test_every_accepted_training_reply_has_its_rows_screened_or_skipped(tmp_path
     train = pd.read_csv(out / "metrics.csv").query("split == 'train'")
     assert sorted(set(train[train.metric == wire.HEADS_OUT].client)) == [2, 3]
     assert "aggregation-weight" not in set(train.metric)
+
+
+@pytest.mark.parametrize("times, max_examples, screened", [
+    (20, 0, False),  # client 3 takes 2.4× the median client's steps: its bound is 24× the median length
+    (30, 0, True),  # ... and no more
+    (20, 100_000, True),  # a server that does not know the splits allows no client more than 10×
+])
+def test_the_norm_screen_allows_a_client_with_more_local_steps_a_longer_update(tmp_path, times, max_examples,
+                                                                                 screened):
+    """Power-law splits (3840, 2560, 1924 and 7676 training examples: 120, 80, 61 and 240 steps of
+    32): an honest client with more data moves further; the server counts the steps from the
+    splits it knows, never from what a client reports."""
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN:
+            scale = 0.1 * (times if call.client == 3 else 1)
+            reply.content[wire.UPDATE] = ArrayRecord({k: torch.full_like(v, scale) for k, v in STATE.items()})
+        return reply
+
+    run(tmp_path, script, "data.partitioner=power-law", "server.norm-screening=10",
+        f"server.max-examples={max_examples}")
+    participation = pd.read_csv(tmp_path / "participation.csv").set_index("client")
+    assert participation.loc[3, "rounds_trained"] == 2
+    assert participation.loc[3, "rounds_aggregated"] == (0 if screened else 2)
+    assert list(participation.loc[[0, 1, 2], "rounds_aggregated"]) == [2, 2, 2]
+
+
+def test_work_allowances_grow_with_steps_beyond_the_median_only():
+    from fedmtl.screening import norm_outliers, work_allowances
+
+    assert work_allowances([120, 80, 61, 240]) == pytest.approx([1.2, 1.0, 1.0, 2.4])
+    assert work_allowances([5, 5, 5]) == [1.0, 1.0, 1.0] and work_allowances([]) == []
+    assert norm_outliers([1, 1, 1, 20], 10, allowances=[1, 1, 1, 2.4]) == [False] * 4
+    assert norm_outliers([1, 1, 1, 20], 10) == [False, False, False, True]
