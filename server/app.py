@@ -104,7 +104,7 @@ def _run(
     recorder.finish(strategy.last_stats)
     if (errors := strategy.errors.summary()) is not None:
         progress.notice(errors)
-    if not quiet:
+    if not quiet and background is None:  # else the caller names the folder once its figures are drawn
         progress.console.print(f"Results: {run_dir}")
 
 

@@ -119,3 +119,23 @@ def test_a_plugin_dataset_with_one_bad_client_stops_the_run_before_it_starts(tmp
         with pytest.raises(DataError, match=r"class labels span 5\.\.6"):
             fedmtl.run(None, [s.replace("bad_data.py", str(tmp_path / "bad_data.py")) for s in sets], out=out)
         assert not out.exists()
+
+
+def test_a_plugin_dataset_whose_own_code_fails_is_one_line_saying_where(tmp_path):
+    """A bug in a plugin's dataset code (here a NameError in client 2's data) stops the run before it
+    starts in one line naming the exception and the plugin's file and line, with no folder left."""
+    plugin = BAD_CLIENT_PLUGIN.replace("+ (5 if client_id == 1 else 0)", "+ (undefined_name if client_id == 2 else 0)")
+    (tmp_path / "buggy_data.py").write_text(plugin)
+    out = tmp_path / "run"
+    sets = ['run.plugins=["buggy_data.py"]', "data.dataset=one-bad-client", "data.num-clients=3",
+            "model.backbone=mlp", "run.rounds=1", "engine.backend=inprocess"]
+    proc = subprocess.run([sys.executable, "-m", "fedmtl", "run", *[a for s in sets for a in ("--set", s)], "-q",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: data.dataset = 'one-bad-client' cannot be built: NameError: name 'undefined_name' is not defined ("
+    ), proc.stderr[-3000:]
+    assert "buggy_data.py, line " in lines[0] and lines[0].endswith(", in split)")
+    assert not out.exists()

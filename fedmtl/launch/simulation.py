@@ -35,6 +35,7 @@ from typing import Any
 
 from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig, virtual_supernodes
+from fedmtl.one_line import described
 
 log = logging.getLogger("fedmtl")
 
@@ -510,6 +511,22 @@ def check_local_data(cfg: ExperimentConfig) -> None:
         raise
     except (OSError, ValueError, RuntimeError) as error:
         raise DataError(f"data.dataset = '{cfg.data.dataset}' cannot be built: {error}") from error
+    except Exception as error:  # a plugin's own bug (NameError, KeyError, ...): one line saying where
+        if shipped_dataset(cfg.data.dataset):
+            raise  # fedmtl's own: its traceback is the report
+        raise DataError(f"data.dataset = '{cfg.data.dataset}' cannot be built: {described(error)} "
+                        f"({raised_at(error)})") from error
+
+
+def raised_at(error: BaseException) -> str:
+    """Where ``error`` was raised: ``"<file>, line <n>, in <function>"`` of its innermost frame."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "no traceback"
+    last = frames[-1]
+    return f"{last.filename}, line {last.lineno}, in {last.name}"
 
 
 def shipped_dataset(name: str) -> bool:
@@ -599,4 +616,8 @@ def simulate(
                 log.warning("drawing the run's figures failed as well: %s", error)
             raise
         background.join()
+    if not quiet:  # after the figures: the folder is whole when it is named
+        from fedmtl.progress import make_console
+
+        make_console().print(f"Results: {run_dir}")
     return run_dir
