@@ -480,7 +480,8 @@ def report(
 @cli.command("flwr-run", context_settings=EXTRA_ARGS)
 def flwr_run(
     ctx: typer.Context,
-    config: Annotated[Path, typer.Argument(help="Experiment TOML file (a Flower run config).")],
+    config: Annotated[Path, typer.Argument(help="Experiment TOML file (a Flower run config), or a shipped "
+                                            "config's name (fedmtl list configs).")],
     set_: SetOption = None,
     app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
     superlink: Annotated[
@@ -505,6 +506,7 @@ def flwr_run(
     """
     _check_sets(ctx, set_, config)
     _check_timeout(timeout)
+    _check_app_dir(app_dir)
     config = _shipped(config)
     cfg = _load(config, set_)
     from fedmtl.launch.flwr_run import SuperLinkLost, connection_env, run_and_check
@@ -759,6 +761,21 @@ def _check_timeout(timeout: float) -> None:
     """Refuse a ``--timeout`` that is not a finite number of seconds above 0."""
     if not (math.isfinite(timeout) and timeout > 0):
         fail(f"--timeout = {timeout}: give the seconds to wait for the run, a number above 0")
+
+
+def _check_app_dir(app_dir: Path) -> None:
+    """Fail in one line unless ``app_dir`` is a Flower app folder: a ``pyproject.toml`` with a
+    ``[tool.flwr.app]`` table (fedmtl's repository root is one)."""
+    import tomllib
+
+    project = app_dir / "pyproject.toml"
+    try:
+        app = tomllib.loads(project.read_text()).get("tool", {}).get("flwr", {}).get("app")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        app = None
+    if not isinstance(app, dict):
+        fail(f"--app-dir '{app_dir}' is not a Flower app folder ({project} has no [tool.flwr.app]): run "
+             "from the fedmtl repository or pass --app-dir <your fedmtl checkout>")
 
 
 def _print_results(output: Path, flower_run_ids: list[str], code: int) -> None:

@@ -307,7 +307,8 @@ class ClientSection(Section):
         "('' = 'heads', as config.toml records it)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="'auto' uses CUDA when the client sees a GPU, else the CPU."
+        "auto", description="'auto' uses CUDA when the client sees a GPU, else the CPU; 'cuda' "
+        "without a visible GPU falls back to the CPU, with a warning (once per process)."
     )
 
     _params = field_validator("params", mode="before")(lambda cls, v: _parse_params(v))
@@ -390,8 +391,9 @@ class ServerSection(Section):
     )
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="Where the server aggregates (stacks the update rows, forms their "
-        "Gramian and combines them): 'cuda' needs a GPU on the server's host, 'auto' uses one "
-        "when present. Weight solvers and the model stay on the CPU.",
+        "Gramian and combines them): 'cuda' needs a GPU on the server's host (checked when the run "
+        "starts there, not by fedmtl validate), 'auto' uses one when present. Weight solvers and the "
+        "model stay on the CPU.",
     )
 
     _params = field_validator("params", "task_params", mode="before")(lambda cls, v: _parse_params(v))

@@ -40,3 +40,9 @@ def error_and_traceback(exc: BaseException, limit: int = 1000, keep: int = 2000)
     import traceback
 
     return described(exc, limit), "".join(traceback.format_exception(exc))[-keep:]
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``n`` and the noun agreeing with it: ``counted(1, "seed")`` is ``"1 seed"``,
+    ``counted(2, "reply", "replies")`` is ``"2 replies"`` (default plural: ``singular + "s"``)."""
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"

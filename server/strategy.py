@@ -36,7 +36,7 @@ from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import make_plan, needs_task_parts
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
-from fedmtl.one_line import RULE_ERROR_LIMIT
+from fedmtl.one_line import RULE_ERROR_LIMIT, counted
 from fedmtl.progress import CLIENT_ERRORS, ClientErrors, Progress
 from fedmtl.results import RoundStats, RunRecorder, aggregated_training
 from fedmtl.screening import KnownClients, one_line
@@ -161,8 +161,9 @@ class FedMTLStrategy:
         while pool := retry_pool(server, collected, len(accepted), list(self.roster.clients)):
             collected.retries += 1
             clients = self.roster.sample_train(server.fraction_train, server.min_train_clients, pool)
-            log(INFO, "round %d: %d usable replies < server.min-replies = %d; retry %d with %d other clients",
-                server_round, len(accepted), server.min_replies, collected.retries, len(clients))
+            log(INFO, "round %d: %s < server.min-replies = %d; retry %d with %s",
+                server_round, counted(len(accepted), "usable reply", "usable replies"), server.min_replies,
+                collected.retries, counted(len(clients), "other client"))
             self.exchange(grid, server_round, clients, collected)
             accepted = screen_norms(collected.formed, server.norm_screening, self.local_steps(collected.formed))
         self.heads.commit()
@@ -264,7 +265,8 @@ class FedMTLStrategy:
         model; its usable replies are ``replies - rejected``)."""
         server = self.cfg.server
         self.tally.failed_streak += 1
-        why = why or (f"{record.aggregated} usable replies < server.min-replies = {server.min_replies} "
+        why = why or (f"{counted(record.aggregated, 'usable reply', 'usable replies')} < server.min-replies = "
+                      f"{server.min_replies} "
                       f"({record.failures} failed, {record.rejected} rejected)")
         record = dataclasses.replace(record, aggregated=0, skipped=1)
         log(WARNING, "round %d skipped: %s; the model is unchanged", server_round, why)

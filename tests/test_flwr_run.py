@@ -357,3 +357,19 @@ def test_flwr_run_and_its_checked_wrapper(flwr_home, tmp_path):
         assert not local_superlinks(flwr_home)  # no process left behind
     finally:
         stop_local_superlink(flwr_home)
+
+
+def test_flwr_run_from_a_folder_that_is_no_flower_app_is_one_line(tmp_path):
+    """Outside the repository `flwr run` fails with a raw dict of its own; fedmtl says what to do
+    before starting anything."""
+    from typer.testing import CliRunner
+
+    from fedmtl import cli as fedmtl_cli
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'other'\n")
+    for app_dir in (tmp_path, tmp_path / "missing"):
+        result = CliRunner().invoke(fedmtl_cli.cli, ["flwr-run", "smoke", "--app-dir", str(app_dir)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [
+            f"error: --app-dir '{app_dir}' is not a Flower app folder ({app_dir / 'pyproject.toml'} has no "
+            "[tool.flwr.app]): run from the fedmtl repository or pass --app-dir <your fedmtl checkout>"]

@@ -445,3 +445,22 @@ def test_work_allowances_grow_with_steps_beyond_the_median_only():
     assert work_allowances([5, 5, 5]) == [1.0, 1.0, 1.0] and work_allowances([]) == []
     assert norm_outliers([1, 1, 1, 20], 10, allowances=[1, 1, 1, 2.4]) == [False] * 4
     assert norm_outliers([1, 1, 1, 20], 10) == [False, False, False, True]
+
+
+def test_counts_agree_with_their_nouns():
+    from fedmtl.one_line import counted
+
+    assert counted(1, "seed") == "1 seed" and counted(0, "seed") == "0 seeds" and counted(2, "seed") == "2 seeds"
+    assert counted(1, "usable reply", "usable replies") == "1 usable reply"
+    assert counted(3, "usable reply", "usable replies") == "3 usable replies"
+
+
+def test_a_skipped_round_with_one_usable_reply_says_reply(tmp_path, caplog):
+    def script(msg, call):  # three of four fail: one usable reply
+        if msg.metadata.message_type == MessageType.TRAIN and call.client != 3:
+            return failed(msg, call)
+        return good(msg, call)
+
+    with caplog.at_level("WARNING"):
+        run(tmp_path, script, "server.on-too-few=skip", "server.max-failed-rounds=0")
+    assert "round 1 skipped: 1 usable reply < server.min-replies = 3 (3 failed, 0 rejected)" in caplog.text

@@ -54,7 +54,7 @@ from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
 from fedmtl.launch.resume import ResumeRefused
 from fedmtl.launch.simulation import shared_engine
-from fedmtl.one_line import error_and_traceback
+from fedmtl.one_line import counted, error_and_traceback
 from fedmtl.progress import format_duration, sweep_eta
 from fedmtl.validation import load_config
 
@@ -590,8 +590,8 @@ def run_sweep(
     for r in sweep.runs:
         r.status = "pending" if r in todo else "skipped"
     sweep.write_manifest()
-    report(f"sweep: {total} runs ({len(sweep.runs) // len(sweep.seeds)} configurations × "
-           f"{len(sweep.seeds)} seeds), {total - len(todo)} already finished, {len(changed)} changed, "
+    report(f"sweep: {counted(total, 'run')} ({counted(len(sweep.runs) // len(sweep.seeds), 'configuration')} × "
+           f"{counted(len(sweep.seeds), 'seed')}), {total - len(todo)} already finished, {len(changed)} changed, "
            f"{len(todo)} to run → {sweep.out}" + (f", {jobs} at a time" if jobs > 1 else ""))
     started = time.monotonic()
     if progress is not None:

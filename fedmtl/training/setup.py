@@ -12,13 +12,24 @@ log = logging.getLogger("fedmtl")
 def select_device(requested: str) -> torch.device:
     """``"auto"``/``"cuda"`` give CUDA when this process sees a GPU, else the CPU.
 
-    Asking for ``"cuda"`` without a visible GPU falls back to the CPU with a warning.
+    Asking for ``"cuda"`` without a visible GPU falls back to the CPU with a warning, the first
+    time in this process.
     """
     if requested in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
-    if requested == "cuda":
-        log.warning("client.device = 'cuda' but no GPU is visible here; using the CPU")
+    if requested == "cuda" and not _warned:
+        _warn_once()
     return torch.device("cpu")
+
+
+_warned = False
+"""Whether this process has said that ``"cuda"`` fell back to the CPU (said once, not per client)."""
+
+
+def _warn_once() -> None:
+    global _warned
+    _warned = True
+    log.warning("client.device = 'cuda' but no GPU is visible here; using the CPU (said once per process)")
 
 
 def server_device(requested: str) -> torch.device:
