@@ -321,8 +321,24 @@ class Progress:
                 _fmt(m, v["worst10"]), _fmt(m, v["best"]), f"{v['jain']:.4f}",
             )
         self.console.print(table)
+        if stats.global_view is not None:
+            self.console.print(self.global_view_line(stats.global_view), soft_wrap=True)
         if stats.never_trained:
             self.console.print(self.never_trained_line(stats), soft_wrap=True)
+
+    @staticmethod
+    def global_view_line(view: RoundStats) -> str:
+        """The global model's mean and worst client per task (split ``test-global``), for a method
+        with a global and a personal model (the table above is the personal model's)."""
+        panels = dict(view.stats)
+        if view.overall:
+            panels[OVERALL] = view.overall
+        def shown(task: str, stat: str) -> str:
+            return _fmt(view.metric[task], panels[task][stat]).strip()
+
+        parts = [f"{task} mean {shown(task, 'mean')} worst {shown(task, 'worst')} worst 10% {shown(task, 'worst10')}"
+                 for task in panels]
+        return "global model (the same clients' test data, test-global): " + ", ".join(parts)
 
     @staticmethod
     def never_trained_line(stats: RoundStats) -> str:

@@ -43,6 +43,23 @@ def test_a_federated_round_line_counts_replies_and_the_table_is_the_personalized
     assert "replies 2 (2 failed, 1 rejected, round skipped)" in capsys.readouterr().out
 
 
+def test_a_method_with_a_global_model_shows_its_numbers_under_the_table(capsys):
+    from fedmtl.progress import Progress
+    from fedmtl.results import RoundStats
+
+    def stats(mean: float, worst: float, view: RoundStats | None = None) -> RoundStats:
+        return RoundStats(round=2, stats={"left": {"mean": mean, "wmean": mean, "std": 0.1, "worst": worst,
+                                                   "worst10": worst, "best": 0.9, "jain": 0.96}},
+                          metric={"left": "accuracy"}, global_view=view)
+
+    Progress(3).final_table(stats(0.8, 0.6, view=stats(0.55, 0.25)))
+    out = capsys.readouterr().out
+    assert "global model (the same clients' test data, test-global): left mean 55.0% worst 25.0% worst 10% 25.0%" \
+        in out
+    Progress(3).final_table(stats(0.8, 0.6))
+    assert "global model" not in capsys.readouterr().out
+
+
 # -- the terminal of a run: header, bar or plain lines, client errors (#21) -----------------
 
 ANSI = "\x1b["
