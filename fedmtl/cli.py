@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import click
 import typer
 
+from fedmtl.one_line import shell_path
+
 if TYPE_CHECKING:
     from fedmtl.config import ExperimentConfig
 
@@ -223,12 +225,12 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
         if resume is not None:
             line += f"; continue with: {resume}"
         elif run_dir is not None and finished(run_dir):
-            line += f"; the run finished: draw its figures again with: fedmtl plot {run_dir}"
+            line += f"; the run finished: draw its figures again with: fedmtl plot {shell_path(run_dir)}"
         elif run_dir is not None and newest_checkpoint_round(run_dir) is not None:
             from fedmtl.launch.resume import not_resumable
 
             if (why := not_resumable(run_dir)) is None:
-                line += f"; continue with: fedmtl run --resume {run_dir}"
+                line += f"; continue with: fedmtl run --resume {shell_path(run_dir)}"
             else:
                 line += f"; its results so far are in {run_dir}; a resume cannot continue it ({why})"
         elif run_dir is not None:
@@ -239,7 +241,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
             from fedmtl.launch.resume import not_resumable
 
             if run_dir.is_dir() and not_resumable(run_dir) is None:  # no checkpoint yet: it starts again from round 1
-                line += f"; once the cause is fixed, start it again with: fedmtl run --resume {run_dir}"
+                line += f"; once the cause is fixed, start it again with: fedmtl run --resume {shell_path(run_dir)}"
         fail(line, code=1)
     raise AssertionError("unreachable")
 
@@ -275,9 +277,9 @@ def failed_run_advice(run_dir: Path, rounds: int) -> str:
     if (why := not_resumable(run_dir)) is not None:
         return f"{where}, run its config again (a resume cannot continue it: {why})"
     if newest_checkpoint_round(run_dir) != rounds:
-        return f"{where}, continue with: fedmtl run --resume {run_dir}"
+        return f"{where}, continue with: fedmtl run --resume {shell_path(run_dir)}"
     return (f"{where}, start it again (a resume has no round left to run), or add rounds: "
-            f"fedmtl run --resume {run_dir} --set run.rounds={rounds + 1}")
+            f"fedmtl run --resume {shell_path(run_dir)} --set run.rounds={rounds + 1}")
 
 
 def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool,
@@ -427,7 +429,7 @@ def sweep(
     finally:
         display.close()
     if any(r.status in ("done", "skipped") for r in done.runs):  # report reads finished runs only
-        typer.echo(f"next: fedmtl report {folder}")
+        typer.echo(f"next: fedmtl report {shell_path(folder)}")
     raise typer.Exit(1 if any(r.status == "failed" for r in done.runs) else 0)
 
 

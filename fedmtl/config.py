@@ -282,12 +282,18 @@ class ModelSection(Section):
     )
 
 
+MAX_LR = 1e6
+"""The largest learning rate a config may set (``client.lr``, ``server.lr``): far above any that
+trains, and far below float32's largest number (about 3.4e38), past which torch cannot hold
+the rate at all and every client would fail with an overflow that names no key."""
+
+
 class ClientSection(Section):
     """``[client]``: local training and where heads live."""
 
     epochs: int = Field(1, ge=1, description="Local epochs per round.")
     batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
-    lr: float = Field(0.05, gt=0, description="Local SGD learning rate (backbone and heads).")
+    lr: float = Field(0.05, gt=0, le=MAX_LR, description="Local SGD learning rate (backbone and heads).")
     momentum: float = Field(0.5, ge=0, lt=1, description="Local SGD momentum.")
     weighting: str = Field("mean", description="Cross-task weighting of every local step.")
     params: dict[str, ParamValue] = Field(
@@ -338,7 +344,7 @@ class ServerSection(Section):
     optimizer: Literal["sgd", "momentum", "adam"] = Field(
         "sgd", description="Server optimizer applied to the combined update."
     )
-    lr: float = Field(1.0, gt=0, description="Server learning rate on the combined update.")
+    lr: float = Field(1.0, gt=0, le=MAX_LR, description="Server learning rate on the combined update.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum μ ('momentum').")
     beta1: float = Field(0.9, ge=0, lt=1, description="First-moment factor β₁ ('adam').")
     beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment factor β₂ ('adam').")

@@ -46,3 +46,11 @@ def counted(n: int, singular: str, plural: str | None = None) -> str:
     """``n`` and the noun agreeing with it: ``counted(1, "seed")`` is ``"1 seed"``,
     ``counted(2, "reply", "replies")`` is ``"2 replies"`` (default plural: ``singular + "s"``)."""
     return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def shell_path(path: object) -> str:
+    """``path`` as one word of a shell command a user can paste (quoted when it has spaces or
+    other characters the shell would split or expand)."""
+    import shlex
+
+    return shlex.quote(str(path))

@@ -308,7 +308,10 @@ class FedMTLStrategy:
         would otherwise end as a finished run, its failure forgotten), or when the run has no
         accepted evaluation at all (it would end with no results: every evaluation reply
         rejected, e.g. by a task kind or method that reports what it does not declare)."""
-        if self.tally.train_rounds and not self.tally.aggregated_rounds:
+        # the whole run's rounds count: a resume whose rounds were all skipped after earlier
+        # rounds moved the model ends as the uninterrupted run does (participation is checkpointed)
+        if self.tally.train_rounds and not self.tally.aggregated_rounds and not any(
+                self.participation.aggregated.values()):
             raise ClientsFailed.none_aggregated(self.tally, self.cfg.server.min_replies)
         if not self.tally.train_rounds and not any(self.participation.aggregated.values()):
             raise ClientsFailed.none_left(self.cfg.run.rounds)
@@ -320,7 +323,8 @@ class FedMTLStrategy:
         """What a resumed run needs besides the heads and the run folder: the global model, the
         server optimizer, the weightings, the sampling RNG, the last evaluation's statistics, the
         heads each client must start from (:meth:`fedmtl.server.heads.HeadsLedger.state_dict`),
-        and the clients' participation (:meth:`fedmtl.server.rounds.Participation.state_dict`)."""
+        the clients' participation (:meth:`fedmtl.server.rounds.Participation.state_dict`) and
+        the rounds skipped in a row up to now (``server.max-failed-rounds``)."""
         return {
             "backbone": self.state,
             "server_optimizer": self.optimizer.state_dict(),
@@ -330,6 +334,7 @@ class FedMTLStrategy:
             "heads": self.heads.state_dict(),
             "heads-fingerprints": KEPT_FINGERPRINTS,
             "participation": self.participation.state_dict(),
+            "failed-streak": self.tally.failed_streak,
         }
 
     def restore(self, checkpoint: dict) -> None:
@@ -346,6 +351,9 @@ class FedMTLStrategy:
             # not comparable; each client is checked again from its next readable training reply
             heads = dict.fromkeys(heads)
         self.heads.load_state_dict(heads)
+        # rounds skipped in a row up to the checkpoint (server.max-failed-rounds counts on from
+        # them, as in the uninterrupted run); a checkpoint written before it was kept: 0
+        self.tally.failed_streak = int(checkpoint.get("failed-streak", 0))
         recorded = checkpoint.get("participation")
         self.participation.load_state_dict(
             recorded, None if recorded is not None else aggregated_training(self.recorder.run_dir))

@@ -61,6 +61,9 @@ def test_override_parses_toml_values_and_bare_strings():
         ({"data": {"num-client": 3}}, "unknown key 'data.num-client' (did you mean 'num-clients'?)"),
         ({"dta": {}}, "unknown section '[dta]' (did you mean 'data'?)"),
         ({"client": {"lr": -1}}, "client.lr = -1: Input should be greater than 0"),
+        # beyond float32, torch cannot hold the rate: every client failed with an overflow naming no key
+        ({"client": {"lr": 1e39}}, "client.lr = 1e+39: Input should be less than or equal to 1000000"),
+        ({"server": {"lr": 1e308}}, "server.lr = 1e+308: Input should be less than or equal to 1000000"),
         ({"server": {"fraction-train": 1.5}}, "server.fraction-train = 1.5"),
         ({"data": {"num-clients": "ten"}}, "data.num-clients = 'ten'"),
         ({"data": {"dataset": "multimnst"}}, "unknown dataset 'multimnst' (did you mean 'multimnist'?)"),

@@ -464,3 +464,65 @@ def test_a_skipped_round_with_one_usable_reply_says_reply(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         run(tmp_path, script, "server.on-too-few=skip", "server.max-failed-rounds=0")
     assert "round 1 skipped: 1 usable reply < server.min-replies = 3 (3 failed, 0 rejected)" in caplog.text
+
+
+def _resumed(tmp_path, script, *sets: str, after: int) -> FedMTLStrategy:
+    """A run of ``script`` into ``tmp_path / 'whole'`` already happened; a fresh server resumes
+    it from its checkpoint of round ``after`` into ``tmp_path / 'resumed'`` and runs the rest."""
+    from fedmtl.results import load_checkpoint
+
+    cfg = load_config(None, ["data.num-clients=4", "run.rounds=2", "server.fraction-train=1",
+                             "server.fraction-evaluate=1", "server.min-replies=3", "server.timeout=0.3", *sets])
+    checkpoint, _ = load_checkpoint(tmp_path / "whole", tmp_path / "whole" / "checkpoints" / f"round-{after}.pt")
+    directory = ClientDirectory(cfg.data.num_clients)
+    directory.infos = {100 + c: (c, cfg.data.num_clients) for c in range(cfg.data.num_clients)}
+    directory.clients = {c: 100 + c for c in range(cfg.data.num_clients)}
+    strategy = FedMTLStrategy(cfg, directory, RunRecorder(tmp_path / "resumed", cfg, dataset_tasks(cfg.data)),
+                              Progress(cfg.run.rounds, enabled=False))
+    strategy.restore(checkpoint)
+    strategy.start(GRID(cfg.data.num_clients, script), ArrayRecord(strategy.state))  # type: ignore[arg-type]
+    return strategy
+
+
+def _late_failures(msg, call):  # every training reply of rounds 3 and 4 fails: both rounds are skipped
+    if msg.metadata.message_type == MessageType.TRAIN and call.server_round >= 3:
+        return failed(msg, call)
+    return good(msg, call)
+
+
+def test_a_resume_counts_the_rounds_skipped_in_a_row_before_it(tmp_path):
+    """server.max-failed-rounds = 2 stops the run at round 4 (rounds 3 and 4 skipped); resumed
+    after round 3, it stops there too: the checkpoint keeps the count."""
+    sets = ("run.rounds=4", "server.on-too-few=skip", "server.max-failed-rounds=2")
+    (tmp_path / "whole").mkdir()
+    with pytest.raises(ClientsFailed, match="round 4: 2 rounds in a row"):
+        run(tmp_path / "whole", _late_failures, *sets)
+    with pytest.raises(ClientsFailed, match="round 4: 2 rounds in a row"):
+        _resumed(tmp_path, _late_failures, *sets, after=3)
+
+
+def test_a_resume_whose_rounds_are_all_skipped_ends_as_the_uninterrupted_run(tmp_path):
+    """Rounds 1 and 2 moved the model, 3 and 4 were skipped: the run finishes (exit 0). Resumed
+    after round 3, its one round is skipped, and it still finishes: the whole run moved the model."""
+    sets = ("run.rounds=4", "server.on-too-few=skip", "server.max-failed-rounds=0")
+    (tmp_path / "whole").mkdir()
+    whole, _, _ = run(tmp_path / "whole", _late_failures, *sets)
+    whole.check_progress()
+    resumed = _resumed(tmp_path, _late_failures, *sets, after=3)
+    assert resumed.tally.train_rounds == 1 and resumed.tally.aggregated_rounds == 0
+    resumed.check_progress()
+    assert torch.equal(resumed.state["w"], whole.state["w"])
+
+
+def test_a_printed_resume_command_quotes_a_folder_with_spaces(tmp_path, monkeypatch):
+    from fedmtl.cli import failed_run_advice
+
+    folder = tmp_path / "runs" / "ü x"
+    folder.mkdir(parents=True)
+    run(folder, good)
+    monkeypatch.setattr("fedmtl.results.newest_checkpoint_round", lambda run_dir: 1)
+    assert failed_run_advice(folder, 5).endswith(f"continue with: fedmtl run --resume '{folder}'")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    run(plain, good)
+    assert failed_run_advice(plain, 5).endswith(f"continue with: fedmtl run --resume {plain}")

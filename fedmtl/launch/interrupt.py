@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from fedmtl.one_line import shell_path
+
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 """Exit code per signal: 128 + the signal's number, as a shell reports a process it killed."""
 
@@ -191,11 +193,11 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
         if why is not None:
             return f"interrupted before the first checkpoint; nothing to resume in {run_dir} ({why})"
         return ("interrupted before the first checkpoint; start it again from round 1 with: "
-                f"fedmtl run --resume {run_dir}")
+                f"fedmtl run --resume {shell_path(run_dir)}")
     if why is not None:
         return (f"interrupted after round {done}; its results so far are in {run_dir}; "
                 f"a resume cannot continue it ({why})")
-    return f"interrupted after round {done}; continue with: fedmtl run --resume {run_dir}"
+    return f"interrupted after round {done}; continue with: fedmtl run --resume {shell_path(run_dir)}"
 
 
 def finished(run_dir: Path) -> bool:
@@ -230,8 +232,8 @@ def _finished_message(run_dir: Path) -> str:
     files = f" ({', '.join(missing)})" if missing else ""
     what = f"interrupted after the run finished, while it wrote its last files{files}"
     if not_resumable(run_dir) is None:
-        return f"{what}; write them with: fedmtl run --resume {run_dir}"
-    return f"{what}; its tables are complete; draw its figures with: fedmtl plot {run_dir}"
+        return f"{what}; write them with: fedmtl run --resume {shell_path(run_dir)}"
+    return f"{what}; its tables are complete; draw its figures with: fedmtl plot {shell_path(run_dir)}"
 
 
 def _stopped_midway(run_dir: Path) -> bool:

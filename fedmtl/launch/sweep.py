@@ -54,7 +54,7 @@ from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
 from fedmtl.launch.resume import ResumeRefused
 from fedmtl.launch.simulation import shared_engine
-from fedmtl.one_line import counted, error_and_traceback
+from fedmtl.one_line import counted, error_and_traceback, shell_path
 from fedmtl.progress import format_duration, sweep_eta
 from fedmtl.validation import load_config
 
@@ -428,7 +428,7 @@ def check_resume(cfg: ExperimentConfig, run_dir: Path, checkpoint: dict[str, Any
         messages.append(f"config.toml differs from the sweep's: {', '.join(changed)}")
         hint = f"; delete '{run_dir}' to run it again with the sweep's config"
     elif all(p.forced for p in problems):
-        hint = f"; to continue it anyway: fedmtl run --resume {run_dir} --force, then this sweep again"
+        hint = f"; to continue it anyway: fedmtl run --resume {shell_path(run_dir)} --force, then this sweep again"
     else:
         hint = ""
     raise ResumeRefused(f"cannot resume '{run_dir}': " + "; ".join(messages) + hint)
