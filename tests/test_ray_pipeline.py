@@ -107,4 +107,52 @@ def test_runs_where_a_reply_could_miss_its_deadline_keep_one_call_per_actor(over
     assert calls_per_actor(cfg) == calls
     backend = _ray_backend(cfg)
     assert issubclass(backend, RayBackend)
-    assert (backend is not RayBackend) == (calls > 1)
+    names = [c.__name__ for c in backend.__mro__]
+    assert ("PipelinedRayBackend" in names) == (calls > 1)
+    assert "ReplacingRayBackend" in names  # a dead actor is replaced either way
+
+
+def _dying_app() -> ClientApp:
+    """A ClientApp whose call for x = 1 kills its actor's process; other calls answer."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        import os
+
+        if int(msg.content["config"]["x"]) == 1:
+            os._exit(1)
+        return Message(RecordDict({"ran": ConfigRecord({"pid": os.getpid()})}), reply_to=msg)
+
+    return app
+
+
+def test_a_dead_actor_is_replaced_and_only_its_own_call_fails(task_identity):
+    """Flower's backend put a dead actor back into its pool: every later call on it failed, so
+    its clients failed every round. Here the call it was running fails, and the next one runs
+    on a new actor (listed as many times as the dead one was)."""
+    import ray
+
+    from fedmtl.launch.ray_pipeline import replacing_dead_actors
+
+    cfg = load_config(ROOT / "configs/smoke.toml", ["engine.max-concurrent-clients=1"])
+    connect(cfg)
+    backend = replacing_dead_actors(pipelined_ray_backend())(backend_config(cfg))
+    try:
+        app = _dying_app()
+        backend.build(lambda: app)
+        dead = backend.pool.pool[0]
+
+        def call(x: int) -> Message:
+            msg = Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=x, message_type="train")
+            context = Context(run_id=1, node_id=x, node_config={"partition-id": x}, state=RecordDict(), run_config={})
+            return backend.process_message(msg, context)[0]
+
+        with pytest.raises(ray.exceptions.RayActorError):
+            call(1)
+        assert len(backend.pool.pool) == 2 and dead not in backend.pool.pool
+        assert len(set(backend.pool.pool)) == 1  # one new actor, in both slots
+        assert call(2).content["ran"]["pid"] > 0 and call(3).content["ran"]["pid"] > 0
+    finally:
+        backend.terminate()
+        ray.shutdown()

@@ -75,3 +75,58 @@ def pipelined_ray_backend(base: type | None = None) -> type:
             super().terminate()
 
     return PipelinedRayBackend
+
+
+def replacing_dead_actors(base: type) -> type:
+    """A subclass of the Ray backend ``base`` that replaces a client actor that died.
+
+    Flower's backend (1.41) puts the actor of a call that failed back into its pool whatever
+    the failure, a dead actor too (its process killed, out of memory): every later call handed
+    to it fails at once, so the clients it draws fail every round for the rest of the run.
+    Here a call that fails because its actor died (``ray.exceptions.RayActorError`` naming an
+    actor that will not restart) fails as before, and every entry of that actor in the pool
+    is replaced by one new actor with the same resources (:meth:`_replace`); the calls still
+    in flight on the dead actor fail and find it replaced too.
+    """
+    import logging
+    import threading
+
+    import ray
+
+    log = logging.getLogger("fedmtl")
+
+    class ReplacingRayBackend(base):  # type: ignore[misc, valid-type]
+        _lock = threading.Lock()
+
+        def process_message(self, message: Any, context: Any) -> Any:
+            """Flower's; on a dead actor, replace it (:meth:`_replace`) and fail this call."""
+            try:
+                return super().process_message(message, context)
+            except ray.exceptions.RayActorError as error:
+                if error.actor_id:  # None: the actor may restart
+                    self._replace(error.actor_id)
+                raise
+
+        def _replace(self, dead: str) -> None:
+            """Swap every pool entry of the actor ``dead`` (its hex id) for its replacement
+            (started on its first failure), in place: other threads pop from the same list."""
+            with self._lock:
+                replacements = self.__dict__.setdefault("_replacements", {})
+                if dead not in replacements:
+                    replacements[dead] = self.pool.create_actor_fn()
+                    log.warning("a client actor died (Ray actor %s); its calls go to a new actor from now on",
+                                dead[:12])
+                pool = self.pool.pool
+                for i in range(len(pool) - 1, -1, -1):
+                    try:
+                        if _actor_hex(pool[i]) in replacements:
+                            pool[i] = replacements[_actor_hex(pool[i])]
+                    except IndexError:  # popped meanwhile by a worker thread
+                        continue
+
+    return ReplacingRayBackend
+
+
+def _actor_hex(actor: Any) -> str:
+    """A Ray actor handle's id in hex (what ``RayActorError.actor_id`` holds)."""
+    return actor._ray_actor_id.hex()

@@ -472,9 +472,9 @@ def _ray_backend(cfg: ExperimentConfig) -> type:
     which leaves Ray up after the run within a :func:`shared_engine` block."""
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
-    from fedmtl.launch.ray_pipeline import calls_per_actor, pipelined_ray_backend
+    from fedmtl.launch.ray_pipeline import calls_per_actor, pipelined_ray_backend, replacing_dead_actors
 
-    backend = pipelined_ray_backend() if calls_per_actor(cfg) > 1 else RayBackend
+    backend = replacing_dead_actors(pipelined_ray_backend() if calls_per_actor(cfg) > 1 else RayBackend)
     if _SHARED is not None and _SHARED.settings is not None:
         backend = _keep_ray_up(backend)
     return backend
