@@ -416,6 +416,7 @@ def sweep(
         raise
     import shlex
 
+    from fedmtl.folder_lock import RunFolderBusy
     from fedmtl.progress import SweepDisplay
 
     again = "the same command: " + shlex.join(["fedmtl", *sys.argv[1:]])
@@ -425,6 +426,9 @@ def sweep(
                                                        progress=display.progress, jobs=jobs), again)
     except ConfigError as exc:  # a run finished with another config since the plan, a Ray run with --jobs
         fail(str(exc))
+        raise
+    except RunFolderBusy as exc:  # another sweep into the same folder
+        fail(str(exc), code=1)
         raise
     finally:
         display.close()

@@ -18,6 +18,9 @@ from pathlib import Path
 
 MARKER = ".fedmtl-run"
 """The file locked (:data:`fedmtl.results.RUN_MARKER`, which every run folder holds)."""
+SWEEP_MARKER = ".fedmtl-sweep"
+"""The file a sweep locks in its folder (:func:`holding_sweep`): one sweep at a time writes its
+``sweep.json`` and starts, clears or moves its run folders."""
 
 
 class RunFolderBusy(RuntimeError):
@@ -30,7 +33,8 @@ _held_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def holding(run_dir: str | Path, join: bool = False) -> Iterator[None]:
+def holding(run_dir: str | Path, join: bool = False, marker: str = MARKER,
+            user: str = "a run or a resume of it") -> Iterator[None]:
     """Hold the run folder's lock for the block.
 
     With ``join``, a folder this process holds already is joined instead: a resume holds its
@@ -39,12 +43,14 @@ def holding(run_dir: str | Path, join: bool = False) -> Iterator[None]:
     ``join`` a folder held anywhere, in this process too, is refused: two runs of one folder in
     threads of one process would overwrite each other as two processes would.
 
+    ``marker`` is the file locked in the folder, ``user`` who holds it (in the error).
+
     Raises
     ------
     RunFolderBusy
         When another process holds it, or this one without ``join`` (one line naming the folder).
     """
-    key = os.path.realpath(run_dir)
+    key = os.path.join(os.path.realpath(run_dir), marker)
     if join:
         with _held_lock:
             entry = _held.get(key)
@@ -56,13 +62,13 @@ def holding(run_dir: str | Path, join: bool = False) -> Iterator[None]:
             finally:
                 _leave(key)
             return
-    path = Path(run_dir) / MARKER
+    path = Path(run_dir) / marker
     descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(descriptor)
-        raise RunFolderBusy(f"'{run_dir}' is in use by another fedmtl process (a run or a resume of it); "
+        raise RunFolderBusy(f"'{run_dir}' is in use by another fedmtl process ({user}); "
                             "wait for it to end, or stop it") from None
     with _held_lock:
         _held[key] = [1, descriptor]
@@ -81,6 +87,13 @@ def _leave(key: str) -> None:
             return
         del _held[key]
     os.close(entry[1])
+
+
+def holding_sweep(folder: str | Path) -> contextlib.AbstractContextManager[None]:
+    """Hold a sweep folder (:data:`SWEEP_MARKER`) for the block: a second sweep into it is
+    refused at once (:class:`RunFolderBusy`), before it writes ``sweep.json`` or touches a run
+    folder (two sweeps at once left a ``sweep.json`` saying a run failed that had finished)."""
+    return holding(folder, marker=SWEEP_MARKER, user="a sweep into it")
 
 
 def holding_run(run_dir: str | Path) -> contextlib.AbstractContextManager[None]:

@@ -238,3 +238,26 @@ def test_a_number_of_seeds_out_of_bounds_is_refused_before_any_seed_is_listed(tm
     with pytest.raises(ConfigError) as info:
         plan_sweep(CONFIG, GRID, seeds, tmp_path / "out")
     assert str(info.value) == message and not (tmp_path / "out").exists()
+
+
+def test_a_second_sweep_into_a_folder_in_use_is_refused_before_it_writes(tmp_path):
+    """Two sweeps at once into one folder overwrote each other's sweep.json (one said a run had
+    failed that had finished) and could clear a run the other was starting: the second is refused
+    in one line, having written nothing; once the first ends, the folder is free."""
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+    from fedmtl.folder_lock import RunFolderBusy, holding_sweep
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    with holding_sweep(out):  # the first sweep, still running
+        with pytest.raises(RunFolderBusy, match="in use by another fedmtl process \\(a sweep into it\\)"):
+            _sweep(out, "run.rounds=1")
+        assert not (out / MANIFEST).exists()
+        result = CliRunner().invoke(cli, ["sweep", str(CONFIG), "--grid", "client.lr=0.05,0.1", "--out", str(out)])
+        assert result.exit_code == 1 and not (out / MANIFEST).exists()
+        assert result.output.strip().splitlines()[-1] == (
+            f"error: '{out}' is in use by another fedmtl process (a sweep into it); wait for it to end, or stop it")
+    done, runner, _ = _sweep(out, "run.rounds=1")
+    assert [r.status for r in done.runs] == ["done", "done"]

@@ -581,10 +581,22 @@ def run_sweep(
     ConfigError
         When ``jobs`` is below 1, or above 1 with a run on Ray (:func:`check_jobs`); raised
         before anything is run or written.
+    RunFolderBusy
+        When another sweep is running into the same folder (:func:`fedmtl.folder_lock.holding_sweep`).
     """
     check_jobs(sweep, jobs)
     changed = check_changed(sweep, sweep.rerun_changed if rerun_changed is None else rerun_changed)
     sweep.out.mkdir(parents=True, exist_ok=True)
+    from fedmtl.folder_lock import holding_sweep
+
+    with holding_sweep(sweep.out):  # one sweep at a time in a folder
+        return _run_sweep(sweep, jobs, quiet_runs, report, runner, progress, changed)
+
+
+def _run_sweep(sweep: Sweep, jobs: int, quiet_runs: bool, report: Callable[[str], None],
+               runner: Callable[[ExperimentConfig, Path, bool], None],
+               progress: Callable[[int, int, str], None] | None, changed: list) -> Sweep:
+    """:func:`run_sweep` once its checks passed and it holds its folder."""
     total = len(sweep.runs)
     todo = [r for r in sweep.runs if r.changed or not is_finished(sweep.out / r.folder)]
     for r in sweep.runs:
