@@ -58,6 +58,7 @@ from fedmtl.fairness import (
 from fedmtl.group_fairness import OneClass, one_class_predictions, resampled_group_gaps
 from fedmtl.html_report import HTML_FILE, write_html_report
 from fedmtl.labels import format_value
+from fedmtl.one_line import one_line
 from fedmtl.parquet import read_table
 from fedmtl.plots import (
     DEFAULT_DPI,
@@ -202,9 +203,25 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
 
 
 def read_run(path: Path) -> RunResult:
-    """Read one run folder's config, summary and per-client primary metrics."""
-    summary = json.loads((path / "summary.json").read_text())
-    config = _flatten(tomllib.loads((path / "config.toml").read_text()))
+    """Read one run folder's config, summary and per-client primary metrics.
+
+    Raises
+    ------
+    ValueError
+        Naming the file when ``summary.json`` or ``config.toml`` cannot be read or parsed.
+    """
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+        if not isinstance(summary, dict) or not isinstance(summary.get("final"), dict):
+            raise ValueError("it holds no run summary")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"'{path / 'summary.json'}' cannot be read ({one_line(error, 200)}): give the "
+                         "report the other runs' folders, or run this one again") from None
+    try:
+        config = _flatten(tomllib.loads((path / "config.toml").read_text()))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"'{path / 'config.toml'}' cannot be read ({one_line(error, 200)}): give the "
+                         "report the other runs' folders, or run this one again") from None
     metrics = read_table(path, "metrics")  # metrics.parquet when current
     primary = {t: s["metric"] for t, s in summary["final"].items()}
 

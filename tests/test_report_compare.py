@@ -370,3 +370,20 @@ def test_a_run_repeated_with_the_same_seed_counts_once_and_is_named(tmp_path):
     fake_run(tmp_path / "runs" / "fairgrad-c", 0, "fairgrad", other)
     written = make_report([tmp_path / "runs"], tmp_path / "report", reference="mean")
     assert any("DIFFER: the run did not reproduce" in line and "fairgrad-c" in line for line in written["repeats"])
+
+
+@pytest.mark.parametrize("damage", ["", "{not json", "[1, 2]"])
+def test_a_damaged_summary_is_named_in_one_line(tmp_path, damage):
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+
+    rng = np.random.default_rng(4)
+    fake_run(tmp_path / "runs" / "good", 0, "mean", accuracies(0, 0.0, rng))
+    bad = fake_run(tmp_path / "runs" / "bad", 0, "fairgrad", accuracies(0, 0.0, rng))
+    (bad / "summary.json").write_text(damage)
+    with pytest.raises(ValueError, match=f"'{bad / 'summary.json'}' cannot be read"):
+        make_report([tmp_path / "runs"], tmp_path / "report")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: '{bad / 'summary.json'}' cannot be read (")
