@@ -321,6 +321,8 @@ class Progress:
                 _fmt(m, v["worst10"]), _fmt(m, v["best"]), f"{v['jain']:.4f}",
             )
         self.console.print(table)
+        for task, note in stats.predictions.items():  # its accuracy and gaps say nothing of fairness
+            self.console.print(f"note: {task}: {note}", soft_wrap=True)
         if stats.global_view is not None:
             self.console.print(self.global_view_line(stats.global_view), soft_wrap=True)
         if stats.never_trained:

@@ -49,7 +49,7 @@ from fedmtl.atomic import naming, torch_save, write_bytes
 from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
-from fedmtl.group_fairness import summarize_group_gaps
+from fedmtl.group_fairness import one_class_predictions, summarize_group_gaps
 from fedmtl.parquet import read_table, remove_parquet, wants_parquet, write_parquet
 from fedmtl.plugins import plugin_digests
 from fedmtl.protocol import TEST_GLOBAL
@@ -266,6 +266,10 @@ class RoundStats:
     trained_view : RoundStats or None
         The statistics over the evaluated clients that trained at least once (``None``: not
         known, or no evaluated client trained).
+    predictions : dict[str, str]
+        Per task whose client models predict one class for the whole task or a group of the
+        sensitive attribute, :meth:`fedmtl.group_fairness.OneClass.describe` (its accuracy and
+        gaps then say nothing of fairness); tasks without such models are absent.
     """
 
     round: int
@@ -277,6 +281,7 @@ class RoundStats:
     evaluated: int | None = None
     never_trained: int | None = None
     trained_view: RoundStats | None = None
+    predictions: dict[str, str] = field(default_factory=dict)
 
     def columns(self) -> dict[str, float]:
         """The flat ``rounds.csv`` columns: ``<task>.<metric>.<stat>`` and the group gaps, then
@@ -300,6 +305,7 @@ class RoundStats:
             "final": {task: {"metric": self.metric[task], **values} for task, values in self.stats.items()},
             OVERALL: {"metric": self.metric[OVERALL], **self.overall} if self.overall else {},
             "group": self.group,
+            **({"predictions": self.predictions} if self.predictions else {}),
         }
 
     @classmethod
@@ -415,7 +421,7 @@ class RunRecorder:
         num_examples: dict[int, int],
     ) -> RoundStats:
         """Across-client statistics of each task's primary metric, overall and of group gaps."""
-        stats, metric, group = {}, {}, {}
+        stats, metric, group, predictions = {}, {}, {}, {}
         clients = sorted(per_client)
         for task in self.tasks:
             name = task.primary_metric
@@ -428,6 +434,8 @@ class RunRecorder:
             gaps = summarize_group_gaps([per_client[c][task.name] for c in held])
             if gaps:
                 group[task.name] = gaps
+                if note := one_class_predictions([per_client[c][task.name] for c in held]).describe():
+                    predictions[task.name] = note
         overall = {}
         directions = {(t.primary_metric, t.task_kind.metrics[t.primary_metric]) for t in self.tasks}
         if len(self.tasks) > 1 and len(directions) == 1:
@@ -437,7 +445,7 @@ class RunRecorder:
                       / sum(1 for t in per_client[c] if t in metric) for c in held]
             overall = summarize(values, [num_examples.get(c, 1) for c in held], higher)
             metric[OVERALL] = name
-        return RoundStats(server_round, stats, metric, overall, group)
+        return RoundStats(server_round, stats, metric, overall, group, predictions=predictions)
 
     def record_evaluation(
         self, server_round: int, per_client: dict[int, dict[str, dict[str, float]]],

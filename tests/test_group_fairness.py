@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from fedmtl.group_fairness import group_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_binary_group_metrics_by_hand():
@@ -118,3 +122,42 @@ def test_an_attribute_whose_name_extends_another_keeps_its_own_groups():
     resampled_both, resampled_alone = resampled_group_gaps(both, rows), resampled_group_gaps(alone, rows)
     for key, value in resampled_alone.items():
         np.testing.assert_allclose(resampled_both[key], value)
+
+
+def test_a_model_predicting_one_class_for_everyone_is_named_on_the_terminal_and_in_the_summary(tmp_path, capsys):
+    """Its 80% accuracy is the share of the majority label and its gaps are 0: the run says so
+    where the number is shown, not only in a report."""
+    import json
+
+    from fedmtl.data import dataset_tasks
+    from fedmtl.progress import Progress
+    from fedmtl.results import RunRecorder
+    from fedmtl.validation import load_config
+
+    cfg = load_config(ROOT / "configs/arrests.toml", [])
+    recorder = RunRecorder(tmp_path, cfg, dataset_tasks(cfg.data))
+    rng = torch.Generator().manual_seed(0)
+
+    def client(constant: bool) -> dict[str, dict[str, float]]:
+        targets = (torch.rand(40, generator=rng) < 0.8).long()
+        colour = torch.arange(40) % 2
+        released = torch.ones(40, dtype=torch.long) if constant else targets.clone()
+        if not constant:
+            released[:5] = 1 - released[:5]
+        out = {}
+        for task, predicted in (("released", released), ("checks", targets)):
+            metrics = group_metrics(predicted, targets, {"colour": colour}, binary=True,
+                                    names={"colour": ["Black", "White"]})
+            out[task] = {"accuracy": float((predicted == targets).float().mean()), "loss": 1.0, **metrics}
+        return out
+
+    per_client = {c: client(constant=True) for c in range(3)}
+    stats = recorder.record_evaluation(1, per_client, dict.fromkeys(per_client, 40))
+    assert stats.predictions == {"released": "degenerate: predicts one class (positive) for every example"}
+    Progress(1).final_table(stats)
+    assert "note: released: degenerate: predicts one class (positive) for every example" in capsys.readouterr().out
+    recorder.finish(stats)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["predictions"] == stats.predictions
+    honest = recorder.record_evaluation(2, {c: client(constant=False) for c in range(3)}, dict.fromkeys(range(3), 40))
+    assert honest.predictions == {}
