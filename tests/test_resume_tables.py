@@ -158,12 +158,13 @@ def test_a_resume_holds_its_folder_from_its_checks_to_its_runs_end(tmp_path, mon
     monkeypatch.setattr(resume_module, "plan_resume", plan)
     with pytest.raises(resume_module.ResumeRefused):
         fedmtl.resume(tmp_path)
-    assert [{k: v[0] for k, v in held.items()} for held in seen] == [{str(tmp_path.resolve()): 1}]
+    assert [{k: v[0] for k, v in held.items()} for held in seen] == [{str(tmp_path.resolve() / folder_lock.MARKER): 1}]
     assert folder_lock._held == {}
     from fedmtl.cli import _resume  # fedmtl run --resume
 
     with pytest.raises((SystemExit, Exception)) as stopped:
         _resume(tmp_path, None, None, quiet=True, verbose=False)
     assert "Exit" in type(stopped.value).__name__ or isinstance(stopped.value, SystemExit)
-    assert [{k: v[0] for k, v in held.items()} for held in seen[1:]] == [{str(tmp_path.resolve()): 1}]
+    held_marker = str(tmp_path.resolve() / folder_lock.MARKER)
+    assert [{k: v[0] for k, v in held.items()} for held in seen[1:]] == [{held_marker: 1}]
     assert folder_lock._held == {}

@@ -83,15 +83,20 @@ def replacing_dead_actors(base: type) -> type:
     Flower's backend (1.41) puts the actor of a call that failed back into its pool whatever
     the failure, a dead actor too (its process killed, out of memory): every later call handed
     to it fails at once, so the clients it draws fail every round for the rest of the run.
-    Here a call that fails because its actor died (``ray.exceptions.RayActorError`` naming an
-    actor that will not restart) fails as before, and every entry of that actor in the pool
-    is replaced by one new actor with the same resources (:meth:`_replace`); the calls still
-    in flight on the dead actor fail and find it replaced too.
+    Here a call whose actor died (``ray.exceptions.ActorDiedError``) fails as before, and its
+    actor goes back into the pool as one new actor with the same resources (started once per
+    dead actor, :meth:`_replacement`); a call that takes a dead actor's other entry from the
+    pool (it lists each actor once per call slot) runs on the replacement instead. The pool is
+    changed only by single pops and appends, as Flower's own code changes it from the engine's
+    worker threads. A replacement that does not start within :data:`REPLACEMENT_START_S` (no
+    node has the resources: a cluster that lost the node) is given up, and the dead actor goes
+    back as before: its calls fail at once rather than wait for a round's timeout.
     """
     import logging
     import threading
 
     import ray
+    from flwr.common.constant import PARTITION_ID_KEY
 
     log = logging.getLogger("fedmtl")
 
@@ -99,34 +104,62 @@ def replacing_dead_actors(base: type) -> type:
         _lock = threading.Lock()
 
         def process_message(self, message: Any, context: Any) -> Any:
-            """Flower's; on a dead actor, replace it (:meth:`_replace`) and fail this call."""
+            """Run the ClientApp on an actor of the pool (Flower's steps), replacing a dead one."""
+            if self.pool is None or self.app_fn is None:
+                return super().process_message(message, context)  # Flower's errors for an unbuilt backend
+            pool = self.pool
+            actor = self._alive(pool.pool.pop())
+            future = actor.run.remote(self.app_fn, message, str(context.node_config[PARTITION_ID_KEY]), context)
+            pool._future_to_actor[future] = actor  # a call in flight (what a shared engine's end checks)
             try:
-                return super().process_message(message, context)
-            except ray.exceptions.RayActorError as error:
-                if error.actor_id:  # None: the actor may restart
-                    self._replace(error.actor_id)
+                _, reply, updated = ray.get(future)
+            except ray.exceptions.ActorDiedError:
+                pool.pool.append(self._replacement(actor))
                 raise
+            except BaseException:
+                pool.pool.append(actor)
+                raise
+            finally:
+                pool._future_to_actor.pop(future, None)
+            pool.pool.append(actor)
+            return reply, updated
 
-        def _replace(self, dead: str) -> None:
-            """Swap every pool entry of the actor ``dead`` (its hex id) for its replacement
-            (started on its first failure), in place: other threads pop from the same list."""
+        def _alive(self, actor: Any) -> Any:
+            """``actor``, or its newest replacement when it died (a replacement may die too)."""
+            replacements = self.__dict__.get("_replacements", {})
+            seen = set()
+            while (key := _actor_hex(actor)) in replacements and key not in seen:
+                seen.add(key)
+                actor = replacements[key]
+            return actor
+
+        def _replacement(self, dead: Any) -> Any:
+            """The new actor standing for ``dead`` (started on its first failure), or ``dead``
+            itself when no new actor starts in time."""
+            key = _actor_hex(dead)
             with self._lock:
                 replacements = self.__dict__.setdefault("_replacements", {})
-                if dead not in replacements:
-                    replacements[dead] = self.pool.create_actor_fn()
-                    log.warning("a client actor died (Ray actor %s); its calls go to a new actor from now on",
-                                dead[:12])
-                pool = self.pool.pool
-                for i in range(len(pool) - 1, -1, -1):
-                    try:
-                        if _actor_hex(pool[i]) in replacements:
-                            pool[i] = replacements[_actor_hex(pool[i])]
-                    except IndexError:  # popped meanwhile by a worker thread
-                        continue
+                if key in replacements:
+                    return replacements[key]
+                new = self.pool.create_actor_fn()
+                ready, _ = ray.wait([new.__ray_ready__.remote()], timeout=REPLACEMENT_START_S)
+                if not ready:
+                    ray.kill(new, no_restart=True)
+                    log.warning("a client actor died (Ray actor %s) and no new one started within %g s; "
+                                "its calls fail from now on", key[:12], REPLACEMENT_START_S)
+                    replacements[key] = dead
+                    return dead
+                replacements[key] = new
+                log.warning("a client actor died (Ray actor %s); its calls go to a new actor from now on", key[:12])
+                return new
 
     return ReplacingRayBackend
 
 
+REPLACEMENT_START_S = 60.0
+"""How long a new actor replacing a dead one may take to start (a local one: a few seconds)."""
+
+
 def _actor_hex(actor: Any) -> str:
-    """A Ray actor handle's id in hex (what ``RayActorError.actor_id`` holds)."""
+    """A Ray actor handle's id in hex."""
     return actor._ray_actor_id.hex()
