@@ -58,7 +58,7 @@ from fedmtl.fairness import (
 from fedmtl.group_fairness import OneClass, one_class_predictions, resampled_group_gaps
 from fedmtl.html_report import HTML_FILE, write_html_report
 from fedmtl.labels import format_value
-from fedmtl.one_line import one_line
+from fedmtl.one_line import counted, one_line
 from fedmtl.parquet import read_table
 from fedmtl.plots import (
     DEFAULT_DPI,
@@ -920,7 +920,7 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
         "# fedmtl report", "",
         f"{len(runs) - len(repeats)} runs in {len(configurations)} configurations, from "
         + ", ".join(f"`{p}`" for p in paths) + f". Reference: `{ref.label}` ({how})."
-        + (f" {len(repeats)} repeated runs (a configuration and seed already counted) are left out: "
+        + (f" {counted(len(repeats), 'repeated run')} (a configuration and seed already counted) left out: "
            "see Repeated runs." if repeats else ""), "",
         "Values are the final evaluation round's statistics across clients. Each cell is a mean "
         "and its 95% interval [low, high]: with two or more seeds, the mean over seeds and the "

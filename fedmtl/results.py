@@ -858,8 +858,10 @@ def trained_rounds(run_dir: str | Path, until_round: int) -> dict[int, int]:
 
 
 def aggregated_training(run_dir: str | Path) -> dict[int, list[int]]:
-    """Per client, the rounds whose ``metrics.csv`` has its aggregated training (its
-    ``heads-fingerprint-out`` row), sorted."""
+    """Per client, the rounds whose ``metrics.csv`` has its training (its ``heads-fingerprint-out``
+    row), sorted: every accepted training reply since 2026-12-03, aggregated or not; only the
+    aggregated ones in a ``metrics.csv`` written before (what an older checkpoint, without
+    participation, rebuilds its participation from)."""
     from fedmtl.protocol import HEADS_OUT
 
     path = Path(run_dir) / "metrics.csv"

@@ -31,7 +31,7 @@ def test_table_counts_examples_tasks_and_label_mix():
         counts = np.bincount(client.train.targets[held].numpy())
         assert row[f"{held}.top-share"] == counts.max() / counts.sum()
         assert row[f"{held}.classes"] == (counts > 0).sum()
-        assert np.isnan(row[f"{other}.classes"])
+        assert pd.isna(row[f"{other}.classes"])  # whole numbers, blank where the task is not held
 
 
 def test_cli_prints_the_table_and_writes_the_figure_and_csv(tmp_path):
@@ -68,3 +68,15 @@ def test_output_paths_are_files_in_folders_made_for_them_or_one_line_errors(tmp_
         folder = describe(option, "new")
         assert folder.returncode == 2 and "Traceback" not in folder.stderr
         assert folder.stderr.strip().splitlines()[-1].startswith(f"error: {option} new: a folder; give a file name")
+
+
+def test_class_counts_are_whole_numbers_with_blanks_for_tasks_not_held():
+    from fedmtl.data import load_federation
+    from fedmtl.data.describe import describe_federation
+    from fedmtl.validation import load_config
+
+    cfg = load_config(None, ["data.num-clients=6", "data.task-sets=mixed"])
+    table = describe_federation(load_federation(cfg.data, cfg.run.seed))
+    for column in [c for c in table.columns if c.endswith(".classes")]:
+        assert str(table[column].dtype) == "Int64"
+    assert "10.00" not in table.to_string() and ".0," not in table.to_csv()

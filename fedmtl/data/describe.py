@@ -42,7 +42,10 @@ def describe_federation(fed: Federation) -> pd.DataFrame:
         for group, values in client.train.groups.items():
             row[f"{group}.share"] = float(values.float().mean())
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for column in [c for c in table.columns if c.endswith(".classes")]:  # counts, blank where not held
+        table[column] = table[column].astype("Int64")
+    return table
 
 
 def plot_federation(fed: Federation, path: str | Path) -> Path:

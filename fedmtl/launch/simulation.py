@@ -525,7 +525,10 @@ def raised_at(error: BaseException) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     if not frames:
         return "no traceback"
-    last = frames[-1]
+    # the innermost frame of the user's code: not of an installed library (numpy, pandas) or Python's own
+    libraries = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    own = [f for f in frames if not os.path.realpath(f.filename).startswith(libraries)]
+    last = (own or frames)[-1]
     return f"{last.filename}, line {last.lineno}, in {last.name}"
 
 

@@ -585,11 +585,11 @@ def run_sweep(
         When another sweep is running into the same folder (:func:`fedmtl.folder_lock.holding_sweep`).
     """
     check_jobs(sweep, jobs)
-    changed = check_changed(sweep, sweep.rerun_changed if rerun_changed is None else rerun_changed)
     sweep.out.mkdir(parents=True, exist_ok=True)
     from fedmtl.folder_lock import holding_sweep
 
-    with holding_sweep(sweep.out):  # one sweep at a time in a folder
+    with holding_sweep(sweep.out):  # one sweep at a time in a folder, checked while held
+        changed = check_changed(sweep, sweep.rerun_changed if rerun_changed is None else rerun_changed)
         return _run_sweep(sweep, jobs, quiet_runs, report, runner, progress, changed)
 
 
