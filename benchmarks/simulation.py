@@ -23,8 +23,9 @@ Ten rounds give 8 or 9 timed rounds per run: a shared machine's slow spells aver
 than over the 3 or 4 of the 5 rounds measured before 2026-12-01's evening. Each measurement
 runs in a fresh interpreter (``--child``), as a user's command does; its peak RSS is the
 largest sum of the resident memory of that process and all its descendants (the Ray
-processes), sampled every 50 ms, so every configuration's figure includes the interpreter,
-torch and the data.
+processes), sampled every 50 ms from the parent process (a sampler inside the measured process
+would take the interpreter's lock from its in-process clients), so every configuration's figure
+includes the interpreter, torch and the data.
 
 Usage (from the repository root, inside the venv)::
 
@@ -101,16 +102,22 @@ def _tree_rss_bytes(root: int) -> int:
 
 
 class PeakRSS:
-    """Samples the process tree's resident memory in a thread; ``peak_mb`` after ``stop``."""
+    """Samples the resident memory of the process tree under ``root`` (this process when not
+    given) in a thread; ``peak_mb`` after the block.
 
-    def __init__(self, interval: float = 0.05) -> None:
+    The sampler reads /proc for every process, which is Python work under the interpreter's
+    lock: measuring another process (``root``) keeps that work out of the measured one, whose
+    in-process clients would otherwise wait for the lock while it samples."""
+
+    def __init__(self, interval: float = 0.05, root: int | None = None) -> None:
         self.interval, self.peak = interval, 0
+        self.root = os.getpid() if root is None else root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+            self.peak = max(self.peak, _tree_rss_bytes(self.root))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRSS:
@@ -287,26 +294,25 @@ def fedmtl_run(cfg: ExperimentConfig, out: Path) -> list[float]:
     return [start + float(e) for e in rounds["elapsed_s"]][: cfg.run.rounds - 1]
 
 
-def measure_once(name: str, work) -> tuple[float, float, float, int]:  # noqa: ANN001 - returns round end times
-    """One run of ``work``: (seconds per round, peak RSS in MB, wall seconds, rounds timed)."""
+def measure_once(name: str, work) -> tuple[float, float, int]:  # noqa: ANN001 - returns round end times
+    """One run of ``work`` in this process: (seconds per round, wall seconds, rounds timed).
+    Its peak RSS is sampled from the parent process (:func:`in_fresh_process`)."""
     import logging
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    with warnings.catch_warnings(), PeakRSS() as rss:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.monotonic()
         ends = work()
         wall = time.monotonic() - t0
-    seconds = per_round(ends)
-    print(f"  {name}: {seconds:.3f} s/round, peak RSS {rss.peak_mb:.0f} MB, wall {wall:.1f} s", flush=True)
-    return seconds, rss.peak_mb, wall, len(ends) - 1
+    return per_round(ends), wall, len(ends) - 1
 
 
 def measure(work: dict, repeat: int) -> dict:
     """Run every configuration ``repeat`` times, interleaved (floor, flower, fedmtl, fair,
     floor, ...), so that a slow spell of a shared machine hits all of them alike; the median
     seconds per round and the largest peak RSS of each. ``work`` maps each name to a job that
-    returns :func:`measure_once`'s tuple."""
+    returns (seconds per round, peak RSS in MB, wall seconds, rounds timed)."""
     runs: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name in work}
     for attempt in range(repeat):
         print(f"repeat {attempt + 1} of {repeat}", flush=True)
@@ -356,7 +362,8 @@ def main() -> None:
 
 def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[float, float, float, int]]:
     """A job that measures configuration ``name`` in a fresh interpreter (this script with
-    ``--child``) and returns what :func:`measure_once` measured there."""
+    ``--child``): what :func:`measure_once` measured there, with the peak RSS of its process
+    tree sampled from this process."""
     import subprocess
     import tempfile
 
@@ -364,8 +371,14 @@ def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[
         with tempfile.TemporaryDirectory(prefix="bench-simulation-") as tmp:
             result = Path(tmp) / "result.json"
             command = [sys.executable, __file__, "--child", name, "--child-result", str(result), "--out", str(args.out)]
-            subprocess.run(command + (["--quick"] if args.quick else []), check=True, cwd=ROOT)
-            return tuple(json.loads(result.read_text()))  # type: ignore[return-value]
+            child = subprocess.Popen(command + (["--quick"] if args.quick else []), cwd=ROOT)
+            with PeakRSS(root=child.pid) as rss:  # sampled from here: no sampler in the measured process
+                code = child.wait()
+            if code != 0:
+                raise subprocess.CalledProcessError(code, command)
+            seconds, wall, rounds = json.loads(result.read_text())
+            print(f"  {name}: {seconds:.3f} s/round, peak RSS {rss.peak_mb:.0f} MB, wall {wall:.1f} s", flush=True)
+            return seconds, rss.peak_mb, wall, rounds
 
     return job
 
