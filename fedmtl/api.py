@@ -301,7 +301,7 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
         ``rounds`` is fewer than the run's.
     fedmtl.results.CheckpointError
         The run has checkpoints, and none loads.
-    fedmtl.launch.resume.ResumeRefused
+    fedmtl.resumption.ResumeRefused
         The folder is not a run folder; the run is centralized or kept its heads in memory
         (``client.head-store = "context"``); or its identity, config, tables or heads do not
         match its checkpoint (one line saying what).
@@ -316,9 +316,9 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
 
 
 def _plan_and_resume(run_dir: Path, rounds: int | None, force: bool, quiet: bool, verbose: bool) -> RunResult:
-    """:func:`resume`'s checks (:func:`fedmtl.launch.resume.plan_resume`) and run."""
-    from fedmtl.launch.resume import plan_resume
+    """:func:`resume`'s checks (:func:`fedmtl.resumption.plan_resume`) and run."""
     from fedmtl.launch.simulation import preserved_caller
+    from fedmtl.resumption import plan_resume
 
     plan = plan_resume(run_dir, rounds, force=force, force_hint="force=True resumes anyway")
     if plan.finished:
@@ -336,7 +336,7 @@ def _plan_and_resume(run_dir: Path, rounds: int | None, force: bool, quiet: bool
     if plan.extended:
         warnings.warn(plan.extended, UserWarning, stacklevel=2)
     if plan.restart:
-        from fedmtl.launch.resume import clear_for_restart
+        from fedmtl.resumption import clear_for_restart
 
         warnings.warn(plan.restart, UserWarning, stacklevel=2)
         clear_for_restart(run_dir, plan.cfg)

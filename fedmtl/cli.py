@@ -227,7 +227,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
         elif run_dir is not None and finished(run_dir):
             line += f"; the run finished: draw its figures again with: fedmtl plot {shell_path(run_dir)}"
         elif run_dir is not None and newest_checkpoint_round(run_dir) is not None:
-            from fedmtl.launch.resume import not_resumable
+            from fedmtl.resumption import not_resumable
 
             if (why := not_resumable(run_dir)) is None:
                 line += f"; continue with: fedmtl run --resume {shell_path(run_dir)}"
@@ -238,7 +238,7 @@ def _guarded(run_dir: Path | None, action: Callable[[], T], resume: str | None =
 
             with contextlib.suppress(OSError):  # a run that wrote nothing leaves no folder to refuse its --out
                 remove_unused_run_dir(run_dir)
-            from fedmtl.launch.resume import not_resumable
+            from fedmtl.resumption import not_resumable
 
             if run_dir.is_dir() and not_resumable(run_dir) is None:  # no checkpoint yet: it starts again from round 1
                 line += f"; once the cause is fixed, start it again with: fedmtl run --resume {shell_path(run_dir)}"
@@ -270,8 +270,8 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool, 
 def failed_run_advice(run_dir: Path, rounds: int) -> str:
     """What to do about a run its clients failed: resume it, or, when it has no round left
     (its last checkpoint is of round ``rounds``), start it again or add rounds."""
-    from fedmtl.launch.resume import not_resumable
     from fedmtl.results import newest_checkpoint_round
+    from fedmtl.resumption import not_resumable
 
     where = f"the run stopped; its results and checkpoints are in {run_dir}; once the cause is fixed"
     if (why := not_resumable(run_dir)) is not None:
@@ -285,7 +285,7 @@ def failed_run_advice(run_dir: Path, rounds: int) -> str:
 def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, quiet: bool, verbose: bool,
             force: bool = False) -> None:
     """``fedmtl run --resume RUN_DIR``: the run's own config, its newest usable checkpoint, its
-    identity and heads checked (:func:`fedmtl.launch.resume.plan_resume`). ``--set run.rounds=N``
+    identity and heads checked (:func:`fedmtl.resumption.plan_resume`). ``--set run.rounds=N``
     (the only ``--set`` it takes) extends the run to N rounds, finished or not; fewer rounds than
     the run's are refused. The run folder's ``config.toml`` then records N rounds."""
     if config is not None:
@@ -297,7 +297,7 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
     # a folder without config.toml is refused by plan_resume, in one line that says why
     from fedmtl.config import ConfigError
     from fedmtl.folder_lock import RunFolderBusy
-    from fedmtl.launch.resume import load_run_config
+    from fedmtl.resumption import load_run_config
 
     try:
         rounds = load_run_config(run_dir, overrides).run.rounds if overrides and (
@@ -321,10 +321,10 @@ def _resume(run_dir: Path, config: Path | None, overrides: list[str] | None, qui
 
 def _plan_and_resume(run_dir: Path, rounds: int | None, force: bool, checking: Callable | None, quiet: bool,
                      verbose: bool) -> None:
-    """:func:`_resume`'s checks (:func:`fedmtl.launch.resume.plan_resume`) and run."""
+    """:func:`_resume`'s checks (:func:`fedmtl.resumption.plan_resume`) and run."""
     from fedmtl.folder_lock import RunFolderBusy
-    from fedmtl.launch.resume import ResumeRefused, plan_resume
     from fedmtl.results import CheckpointError
+    from fedmtl.resumption import ResumeRefused, plan_resume
 
     try:
         plan = plan_resume(run_dir, rounds, force=force, checking=checking)
@@ -355,7 +355,7 @@ def _plan_and_resume(run_dir: Path, rounds: int | None, force: bool, checking: C
     if plan.extended:
         typer.echo(f"note: {plan.extended}", err=True)
     if plan.restart:
-        from fedmtl.launch.resume import clear_for_restart
+        from fedmtl.resumption import clear_for_restart
 
         typer.echo(f"note: {plan.restart}", err=True)
         _guarded(run_dir.resolve(), lambda: clear_for_restart(run_dir, plan.cfg))
@@ -486,9 +486,13 @@ def report(
 @cli.command("flwr-run", context_settings=EXTRA_ARGS)
 def flwr_run(
     ctx: typer.Context,
-    config: Annotated[Path, typer.Argument(help="Experiment TOML file (a Flower run config), or a shipped "
-                                            "config's name (fedmtl list configs).")],
+    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file (a Flower run config), or a shipped "
+                                                   "config's name (fedmtl list configs).")] = None,
     set_: SetOption = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run folder (on the ServerApp's machine) after its newest "
+                                       "checkpoint, in place of CONFIG.")
+    ] = None,
     app_dir: Annotated[Path, typer.Option(help="The Flower app folder.")] = Path("."),
     superlink: Annotated[
         str | None, typer.Option(help="SuperLink connection of the Flower config (default: the local simulation).")
@@ -508,13 +512,18 @@ def flwr_run(
     run and exits 1 unless Flower reports it finished successfully. Without --superlink it
     runs Flower's local simulation, and stops the local SuperLink `flwr run` started when it
     returns (one that already ran stays); with --superlink-address it submits to a deployed
-    SuperLink (run folders land under run.output-dir on the ServerApp's machine).
+    SuperLink (run folders land under run.output-dir on the ServerApp's machine). With --resume
+    RUN_DIR the ServerApp continues that run after its newest checkpoint, with the folder's own
+    config.toml; on a deployment the clients check their own heads.
     """
     _check_sets(ctx, set_, config)
     _check_timeout(timeout)
     _check_app_dir(app_dir)
-    config = _shipped(config)
-    cfg = _load(config, set_)
+    if (config is None) == (resume is None):
+        fail("give either CONFIG (a new run) or --resume RUN_DIR (continue a run), not both" if config
+             else "give CONFIG (a new run) or --resume RUN_DIR (continue a run)")
+    if resume is not None and set_:
+        fail("--set does not go with --resume: a resumed run keeps the config.toml of its folder")
     from fedmtl.launch.flwr_run import SuperLinkLost, connection_env, run_and_check
 
     env = None
@@ -525,6 +534,12 @@ def flwr_run(
             fail(str(exc))
         superlink = superlink or "deployment"
     local = superlink is None
+    extra: dict[str, object] = {}
+    if resume is not None:
+        config, extra = _flwr_resume(resume, local)
+    else:
+        config = _shipped(config)
+    cfg = _load(config, set_)
     import signal
 
     def _interrupt(signum, frame):  # noqa: ANN001 - signal handler signature
@@ -534,12 +549,13 @@ def flwr_run(
     submitted: list[str] = []
 
     def folders(code: int) -> None:  # a deployed ServerApp writes on its own machine: nothing to name
-        if local:
-            _print_results(Path(cfg.run.output_dir).resolve(), submitted, code)
+        if local:  # a resumed run's folder records the submission that continued it
+            output = resume.resolve().parent if resume is not None else Path(cfg.run.output_dir).resolve()
+            _print_results(output, submitted, code, resumable=True)
 
     try:
         code = run_and_check(app_dir, config, superlink, timeout, env=env, simulation=local,
-                             absolute_output=local, overrides=set_, on_submitted=submitted.append)
+                             absolute_output=local, overrides=set_, on_submitted=submitted.append, extra=extra)
     except KeyboardInterrupt:
         typer.echo("interrupted" + (": the local SuperLink this command started was stopped" if local else ""),
                    err=True)
@@ -550,6 +566,37 @@ def flwr_run(
         fail(f"{exc}; the rounds the run finished are in its folder under run.output-dir", code=1)
     folders(code)
     raise typer.Exit(code)
+
+
+def _flwr_resume(run_dir: Path, local: bool) -> tuple[Path | None, dict[str, object]]:
+    """What ``flwr-run --resume RUN_DIR`` submits: the folder's ``config.toml`` (when the folder
+    is on this machine; a deployed ServerApp reads its own) and the run-config keys that make the
+    ServerApp resume (:data:`fedmtl.config.SUBMISSION_DEFAULTS`). A folder on this machine is
+    checked here first, as the ServerApp will check it, so that a refusal is one line before
+    anything is submitted; a run that already finished exits 0."""
+    from fedmtl.config import RESUME_HEADS_ON_NODES, RESUME_RUN_DIR
+    from fedmtl.folder_lock import RunFolderBusy
+    from fedmtl.results import CheckpointError
+    from fedmtl.resumption import ResumeRefused, plan_resume
+
+    extra: dict[str, object] = {RESUME_RUN_DIR: str(run_dir.resolve() if local else run_dir),
+                                RESUME_HEADS_ON_NODES: not local}
+    if not run_dir.exists():
+        if local:
+            fail(f"'{run_dir}' does not exist: nothing to resume")
+        return None, extra  # on the ServerApp's machine only: it checks it there
+    try:
+        plan = plan_resume(run_dir, heads_on_nodes=not local)
+    except (ResumeRefused, CheckpointError, RunFolderBusy) as exc:
+        fail(str(exc))
+        raise  # unreachable
+    if plan.finished:
+        typer.echo(f"'{run_dir}' already finished its {plan.cfg.run.rounds} rounds: nothing to resume")
+        raise typer.Exit(0)
+    if plan.checkpoint is None:
+        fail(f"cannot resume '{run_dir}': it has no checkpoint to continue from; submit its config.toml again")
+    extra[RESUME_RUN_DIR] = str(run_dir.resolve())
+    return run_dir / "config.toml", extra
 
 
 deploy_cli = typer.Typer(no_args_is_help=True, help="Run on a real Flower deployment.")
@@ -784,16 +831,23 @@ def _check_app_dir(app_dir: Path) -> None:
              "from the fedmtl repository or pass --app-dir <your fedmtl checkout>")
 
 
-def _print_results(output: Path, flower_run_ids: list[str], code: int) -> None:
+def _print_results(output: Path, flower_run_ids: list[str], code: int, resumable: bool = False) -> None:
     """Print the run folders in ``output`` of the submitted Flower runs: ``Results: FOLDER``
     after a run that finished (``code`` 0), ``Folder of the unfinished run: FOLDER`` otherwise
-    (it failed, or is still running past ``--timeout``: it holds what the run recorded so far)."""
-    from fedmtl.results import folders_of_flower_run
+    (it failed, or is still running past ``--timeout``: it holds what the run recorded so far),
+    with the command that continues it when ``resumable`` (``fedmtl flwr-run --resume``; the
+    folder has a checkpoint) once the run has stopped."""
+    from fedmtl.one_line import shell_path
+    from fedmtl.results import folders_of_flower_run, newest_checkpoint_round
 
     label = "Results" if code == 0 else "Folder of the unfinished run"
     for run_id in flower_run_ids:
         for run_folder in folders_of_flower_run(output, run_id):
             typer.echo(f"{label}: {run_folder}")
+            done = newest_checkpoint_round(run_folder) if code != 0 and resumable else None
+            if done is not None:
+                typer.echo(f"once it has stopped, continue it after round {done} with: "
+                           f"fedmtl flwr-run --resume {shell_path(run_folder)}")
 
 
 @cli.command(context_settings=EXTRA_ARGS)

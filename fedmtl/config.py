@@ -750,11 +750,21 @@ FOLLOWING_KEYS = ("model.heads", "personalization.method")
 (:func:`fedmtl.validation.heads_from_method`); both unset are ``"personal"`` and ``"fedper"``."""
 
 
+RESUME_RUN_DIR, RESUME_HEADS_ON_NODES = "resume.run-dir", "resume.heads-on-nodes"
+SUBMISSION_DEFAULTS: dict[str, Any] = {RESUME_RUN_DIR: "", RESUME_HEADS_ON_NODES: False}
+"""The keys of a ``flwr run`` submission's run config that are not the experiment's, with their
+defaults: ``resume.run-dir``, a run folder on the ServerApp's machine to continue after its
+newest checkpoint (``fedmtl flwr-run --resume``; the folder's own ``config.toml`` is then the
+experiment, whatever the other keys say), and ``resume.heads-on-nodes``, whether its clients
+keep their heads on their own hosts (a deployment's SuperNodes; they are then not checked in
+the folder). The ServerApp removes them before it reads the config."""
+
+
 def flower_defaults_block() -> str:
     """The body of pyproject's ``[tool.flwr.app.config]``: every key and its default
-    (``""`` for :data:`FOLLOWING_KEYS`)."""
+    (``""`` for :data:`FOLLOWING_KEYS`), then :data:`SUBMISSION_DEFAULTS`."""
     lines = []
-    for key, value in ExperimentConfig().to_flat().items():
+    for key, value in {**ExperimentConfig().to_flat(), **SUBMISSION_DEFAULTS}.items():
         value = "" if key in FOLLOWING_KEYS else value
         lines.append(f"{key} = {tomli_w.dumps({'v': value})[4:].strip()}")
     return "\n".join(lines) + "\n"

@@ -824,8 +824,24 @@ def shorter_runs(cfg: ExperimentConfig) -> Callable[[str], bool]:
 
 def checkpoint_identity(run_id: str, cfg: ExperimentConfig) -> dict[str, Any]:
     """What a checkpoint carries besides the server's state: ``run-id``,
-    ``config-fingerprint`` and ``config`` (:func:`resume_config`)."""
-    return {"run-id": run_id, "config-fingerprint": config_fingerprint(cfg), "config": resume_config(cfg)}
+    ``config-fingerprint``, ``config`` (:func:`resume_config`) and ``plugins`` (the digest of
+    each plugin file's text the run imported: :func:`fedmtl.plugins.plugin_digests`)."""
+    return {"run-id": run_id, "config-fingerprint": config_fingerprint(cfg), "config": resume_config(cfg),
+            "plugins": plugin_digests(list(cfg.run.plugins))}
+
+
+def plugin_changes(recorded: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """How the plugin files' texts differ from those a run recorded (``{entry: digest}`` of
+    :func:`fedmtl.plugins.plugin_digests`): ``"<entry>: <digest> (was <digest>)"`` per entry
+    whose text changed, else (the entries moved: ``run.plugins`` may change) the two sets of
+    digests when they differ; ``[]`` when the same texts are imported."""
+    if sorted(recorded.values()) == sorted(now.values()):
+        return []
+    same_entries = [e for e in now if e in recorded]
+    changed = [f"{e}: {now[e]} (was {recorded[e]})" for e in same_entries if now[e] != recorded[e]]
+    if changed and len(same_entries) == len(now) == len(recorded):
+        return changed
+    return [f"plugin files {sorted(now.values())} (were {sorted(recorded.values())})"]
 
 
 def recorded_head_store_dir(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -892,9 +908,11 @@ class ResumeProblem:
     clients: tuple[int, ...] = ()
 
 
-def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict[str, Any]) -> list[ResumeProblem]:
+def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict[str, Any],
+                    heads: bool = True) -> list[ResumeProblem]:
     """What keeps ``checkpoint`` from resuming ``run_dir`` with ``cfg`` (its ``config.toml``)
-    exactly: the run identity, the config, and (disk head store) the heads it needs.
+    exactly: the run identity, the config, and (disk head store, unless ``heads`` is false:
+    they are on the clients' own hosts) the heads it needs.
 
     The checkpoint must carry the run folder's ``run-id`` and a config equal to ``cfg`` but
     for :data:`RESUME_FREE_KEYS` and a larger ``run.rounds`` (an extended run,
@@ -933,7 +951,14 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
         if changed:
             problems.append(ResumeProblem(f"config.toml differs from the run's: {', '.join(changed)}",
                                           "the run continues with config.toml as it is now"))
-    if cfg.client.head_store == "disk":
+    recorded_plugins = checkpoint.get("plugins")  # an older checkpoint has none
+    if isinstance(recorded_plugins, dict):
+        edited = plugin_changes(recorded_plugins, plugin_digests(list(cfg.run.plugins)))
+        if edited:
+            problems.append(ResumeProblem(f"a plugin file's text changed since {name} was written: "
+                                          f"{'; '.join(edited)}",
+                                          "the rounds after it run the plugins as they are now"))
+    if heads and cfg.client.head_store == "disk":
         problems += head_problems(run_dir, cfg, done, run_id or (written_by if isinstance(written_by, str) else ""),
                                   ledger_rounds(checkpoint))
     return problems

@@ -15,12 +15,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmtl import protocol as wire
 from fedmtl.background import BackgroundWork
-from fedmtl.config import ExperimentConfig
+from fedmtl.config import RESUME_HEADS_ON_NODES, RESUME_RUN_DIR, ExperimentConfig
 from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.folder_lock import holding
 from fedmtl.models import build_model
 from fedmtl.one_line import described
-from fedmtl.progress import Progress
+from fedmtl.progress import Progress, make_console
 from fedmtl.results import (
     RunRecorder,
     create_run_dir,
@@ -123,10 +123,55 @@ def make_server_app(
     return server_app
 
 
+def resume_submitted(
+    grid: Grid, run_dir: Path, heads_on_nodes: bool, flower_run_id: int | None = None, quiet: bool = False,
+) -> Path:
+    """Continue the run in ``run_dir`` (on this machine) after its newest checkpoint, with its
+    own ``config.toml``: a ``flwr run`` submission that resumes (``fedmtl flwr-run --resume``).
+
+    The same checks as ``fedmtl run --resume`` (:func:`fedmtl.resumption.plan_resume`), but for
+    the clients' heads when they live on the clients' hosts (``heads_on_nodes``): each client
+    checks its own against what its last training left. A run that already finished is left
+    as it is.
+
+    Raises
+    ------
+    fedmtl.resumption.ResumeRefused
+        The run cannot be continued exactly, or has no checkpoint (one line naming the folder).
+    """
+    from fedmtl.resumption import ResumeRefused, plan_resume
+
+    plan = plan_resume(run_dir, heads_on_nodes=heads_on_nodes)
+    if plan.finished:
+        if not quiet:
+            make_console().print(
+                f"'{run_dir}' already finished its {plan.cfg.run.rounds} rounds: nothing to resume")
+        return run_dir
+    if plan.checkpoint is None:
+        raise ResumeRefused(f"cannot resume '{run_dir}': it has no checkpoint to continue from; submit its "
+                            "config.toml again")
+    return run_server(grid, plan.cfg, run_dir, quiet=quiet, checkpoint=plan.checkpoint, flower_run_id=flower_run_id)
+
+
+def submission(run_config: dict) -> tuple[dict, Path | None, bool]:
+    """A ``flwr run`` submission's run config split into the experiment's keys, the run folder
+    to resume (``resume.run-dir``; ``None``: a new run) and whether its clients keep their heads
+    on their own hosts (:data:`fedmtl.config.SUBMISSION_DEFAULTS`)."""
+    values = dict(run_config)
+    resume = str(values.pop(RESUME_RUN_DIR, "") or "")
+    heads_on_nodes = bool(values.pop(RESUME_HEADS_ON_NODES, False))
+    return values, Path(resume) if resume else None, heads_on_nodes
+
+
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point of ``flwr run``: the experiment comes from the run config."""
-    run_server(grid, config_from_flat(context.run_config), flower_run_id=context.run_id)
+    """Entry point of ``flwr run``: the experiment comes from the run config, or from the run
+    folder it names to resume (``resume.run-dir``)."""
+    values, resume, heads_on_nodes = submission(context.run_config)
+    if resume is not None:
+        resume_submitted(grid, resume, heads_on_nodes, flower_run_id=context.run_id)
+        return
+    run_server(grid, config_from_flat(values), flower_run_id=context.run_id)

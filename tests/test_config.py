@@ -10,7 +10,14 @@ from typing import Any, get_args
 
 import pytest
 
-from fedmtl.config import FOLLOWING_KEYS, ConfigError, ExperimentConfig, flower_defaults_block, parse_override
+from fedmtl.config import (
+    FOLLOWING_KEYS,
+    SUBMISSION_DEFAULTS,
+    ConfigError,
+    ExperimentConfig,
+    flower_defaults_block,
+    parse_override,
+)
 from fedmtl.validation import build_config, config_from_flat, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +29,7 @@ def test_pyproject_run_config_lists_every_key_with_its_default():
 
     flower_defaults = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
     expected = {k: "" if k in FOLLOWING_KEYS else v for k, v in ExperimentConfig().to_flat().items()}
+    expected.update(SUBMISSION_DEFAULTS)  # a submission's keys besides the experiment's (a resume)
     assert flower_defaults == expected, (
         "pyproject.toml's [tool.flwr.app.config] is stale; run `python -m fedmtl.config`:\n"
         + flower_defaults_block()
@@ -163,7 +171,8 @@ def test_flwr_run_config_has_only_declared_keys_even_with_parameter_tables(tmp_p
     flat = {f"{section}.{key}": value for section, values in written.items() for key, value in values.items()}
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     declared_keys = {f"{section}.{key}" for section, values in declared.items() for key in values}
-    assert set(flat) == declared_keys
+    assert set(flat) == declared_keys - set(SUBMISSION_DEFAULTS)  # a new run's: Flower adds the rest's defaults
+    assert set(SUBMISSION_DEFAULTS) <= declared_keys
     assert config_from_flat(flat).server.params == {"q": 2, "lipschitz": 0.0}  # defaults filled in
     assert config_from_flat(flat).client.params == {"alpha": 3, "warm-start": True}
 

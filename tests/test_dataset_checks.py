@@ -87,8 +87,12 @@ def test_a_federation_with_other_tasks_or_inputs_than_declared_is_refused():
     ([np.arange(3), np.array([3, 9])], "data.partitioner = 'mine': client 1's part holds row 9, outside the "
                                        "dataset's 6 rows"),
     ([np.arange(3), np.array([-1, 4])], "client 1's part holds row -1"),
-    ([np.arange(3), np.array([3.0, 4.0])], "client 1's part is not a 1-D array of row indices (shape (2,), dtype "
-                                           "float64)"),
+    ([np.arange(3), np.array([3.0, 4.0])], "client 1's part is not a 1-D array of integer row indices (shape (2,), "
+                                           "dtype float64)"),
+    # a row in two parts, or twice in one, is one client's training data and another's (or its own) test data
+    ([np.arange(4), np.array([3, 4, 5])], "row 3 is in the parts of clients 0, 1; each row belongs to one client"),
+    ([np.arange(3), np.array([3, 4, 4, 5])], "client 1's part holds row 4 2 times; each row belongs to one client "
+                                             "once"),
     ([np.arange(5), np.array([5])], "client 1's part has 1 row(s); a client needs at least 2 (one to train on, one "
                                     "to test on)"),
     ([np.arange(6), []], "client 1's part has 0 row(s)"),

@@ -223,7 +223,7 @@ def test_a_full_disk_while_a_resume_extends_the_run_is_one_line(tmp_path, monkey
     from typer.testing import CliRunner
 
     from fedmtl import cli
-    from fedmtl.launch import resume
+    from fedmtl import resumption as resume
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

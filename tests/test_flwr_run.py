@@ -151,6 +151,14 @@ def test_a_local_flwr_run_that_stops_early_names_the_folder_of_its_unfinished_ru
     assert result.exit_code == (1 if stop == "lost" else 130), result.output
     assert f"Folder of the unfinished run: {folder}" in result.output.splitlines(), result.output
     assert "Results:" not in result.output
+    assert "--resume" not in result.output  # no checkpoint: nothing to continue
+
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "round-3.pt").write_bytes(b"")
+    result = CliRunner().invoke(fedmtl_cli.cli, ["flwr-run", str(ROOT / "configs/smoke.toml"),
+                                                 "--set", f"run.output-dir={output}"])
+    assert (f"once it has stopped, continue it after round 3 with: fedmtl flwr-run --resume {folder}"
+            in result.output.splitlines()), result.output
 
 
 @pytest.mark.parametrize("stop", ["lost", "interrupted"])

@@ -150,6 +150,36 @@ def test_a_resume_may_find_its_plugins_elsewhere(tmp_path):
         "'a_module_that_is_not_installed'"], failing.stderr
 
 
+def test_a_resume_after_the_plugin_file_was_edited_is_refused_unless_forced(tmp_path):
+    """The rounds before the checkpoint ran the plugin's old text: continuing with the new one
+    would mix two rules in one run. The checkpoint records each plugin file's digest."""
+    import os
+    import subprocess
+
+    plugin = tmp_path / "rule.py"
+    plugin.write_text(WEIGHTING.format(name="edited-rule"))
+    run_dir, env = tmp_path / "run", {**os.environ, "HOME": str(tmp_path)}
+
+    def fedmtl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedmtl", *args], capture_output=True, text=True, timeout=300,
+                              env=env, cwd=tmp_path)
+
+    first = fedmtl("run", str(ROOT / "configs/smoke.toml"), "-q", "--out", str(run_dir), "--set", "run.rounds=1",
+                   "--set", "engine.backend=inprocess", "--set", f'run.plugins=["{plugin}"]',
+                   "--set", "client.weighting=edited-rule")
+    assert first.returncode == 0, first.stderr
+    before = plugins.file_digest(plugin)
+    plugin.write_text(WEIGHTING.format(name="edited-rule").replace("1.0 / len(objectives)", "0.5"))
+    refused = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=2")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert (f"a plugin file's text changed since checkpoint round-1.pt was written: {plugin}: "
+            f"{plugins.file_digest(plugin)} (was {before})") in refused.stderr, refused.stderr
+    assert "--force resumes anyway" in refused.stderr
+    forced = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=2", "--force", "-q")
+    assert forced.returncode == 0, forced.stderr
+    assert "the rounds after it run the plugins as they are now" in forced.stdout + forced.stderr
+
+
 CLAIMING = WEIGHTING.replace('    """Uniform weights, registered by a plugin."""',
                              '    """Uniform weights, registered by a plugin."""\n\n    claims = {claims}')
 

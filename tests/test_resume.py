@@ -201,7 +201,7 @@ def _stopped_in_round_1(whole: Path, folder: Path) -> Path:
 def test_a_folder_fedmtl_did_not_make_is_never_cleared_for_a_restart(tmp_path):
     """A project folder with a config.toml is not a run folder: nothing in it is deleted."""
     import fedmtl
-    from fedmtl.launch.resume import ResumeRefused
+    from fedmtl.resumption import ResumeRefused
 
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
@@ -256,7 +256,7 @@ def test_the_advice_after_an_early_stop_names_a_resume_only_where_one_works(tmp_
     assert interrupted_message(federated).endswith(
         f"; nothing to resume in {federated} (it has no checkpoint, and was submitted with flwr run (Flower run 42): "
         "submit its config.toml again)")
-    from fedmtl.launch.resume import ResumeRefused, plan_resume
+    from fedmtl.resumption import ResumeRefused, plan_resume
 
     with pytest.raises(ResumeRefused, match=r"was submitted with flwr run \(Flower run 42\): submit its config.toml"):
         plan_resume(federated)

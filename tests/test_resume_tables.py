@@ -145,7 +145,7 @@ def test_a_resume_holds_its_folder_from_its_checks_to_its_runs_end(tmp_path, mon
     within the hold the run keeps."""
     import fedmtl
     from fedmtl import folder_lock
-    from fedmtl.launch import resume as resume_module
+    from fedmtl import resumption as resume_module
 
     seen = []
 

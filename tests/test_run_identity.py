@@ -218,7 +218,7 @@ def test_force_resumes_a_copy_says_what_it_overrides_and_leaves_the_original_alo
 def test_runs_whose_state_is_not_on_disk_are_refused_by_the_command_line_and_the_api(base_run, tmp_path, edit,
                                                                                        said):
     import fedmtl
-    from fedmtl.launch.resume import ResumeRefused
+    from fedmtl.resumption import ResumeRefused
 
     run = _killed_copy(base_run, tmp_path / "run")
     text = (run / "config.toml").read_text()
@@ -238,7 +238,7 @@ def test_the_python_api_refuses_and_forces_as_the_command_line_does(base_run, tm
     code = textwrap.dedent(f"""
         import json, warnings
         import fedmtl
-        from fedmtl.launch.resume import ResumeRefused
+        from fedmtl.resumption import ResumeRefused
 
         try:
             fedmtl.resume({str(run)!r})

@@ -25,6 +25,7 @@ from fedmtl.launch.sweep import (
     run_sweep,
 )
 from fedmtl.results import RUN_MARKER, RunRecorder, config_fingerprint, create_run_dir, recorded_head_store_dir
+from tests.plugin_support import restored_registries
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/smoke.toml"
@@ -261,3 +262,27 @@ def test_a_second_sweep_into_a_folder_in_use_is_refused_before_it_writes(tmp_pat
             f"error: '{out}' is in use by another fedmtl process (a sweep into it); wait for it to end, or stop it")
     done, runner, _ = _sweep(out, "run.rounds=1")
     assert [r.status for r in done.runs] == ["done", "done"]
+
+
+registries = pytest.fixture(restored_registries, name="registries")
+
+
+def test_a_finished_run_of_a_plugin_file_edited_since_is_a_change(tmp_path, registries):
+    """The config is the same, but the rule's file says something else now: its finished runs
+    computed other numbers, so the sweep refuses them as changed (and reruns them when asked)."""
+    plugin = tmp_path / "rule.py"
+    rule = ("import torch\nfrom fedmtl.aggregation import Weighting, register\n\n\n@register('edited-rule')\n"
+            "class Edited(Weighting):\n    def compute(self, objectives):\n"
+            "        return torch.full((len(objectives),), {w}, dtype=torch.float64)\n")
+    plugin.write_text(rule.format(w="0.5"))
+    out, sets = tmp_path / "sw", ("run.rounds=1", f'run.plugins=["{plugin}"]', "client.weighting=edited-rule")
+    _sweep(out, *sets, grid={"client.lr": [0.05]})
+    again, runner, _ = _sweep(out, *sets, grid={"client.lr": [0.05]})
+    assert runner.ran == [] and again.runs[0].status == "skipped"  # unchanged: reused
+    plugin.write_text(rule.format(w="0.25"))
+    with pytest.raises(ChangedRunsError) as refused:
+        _sweep(out, *sets, grid={"client.lr": [0.05]})
+    line = str(refused.value).splitlines()[1]
+    assert line.startswith(f"  lr=0.05/seed-0: {plugin}: ") and "the plugin's text changed since the run" in line
+    _, runner, _ = _sweep(out, *sets, grid={"client.lr": [0.05]}, rerun_changed=True)
+    assert runner.ran == [out / "lr=0.05/seed-0"]

@@ -97,7 +97,9 @@ def _split_problem(split: Any, specs: dict[str, TaskSpec], shape: tuple[int, ...
 
 def checked_partition(name: str, parts: Any, num_clients: int, num_rows: int) -> list[np.ndarray]:
     """What partitioner ``name`` returned, as one integer index array per client, once it is
-    known to be that: ``num_clients`` arrays of whole numbers in ``[0, num_rows)``.
+    known to be that: ``num_clients`` arrays of integers in ``[0, num_rows)``, each row in at
+    most one part, once (a row in two parts, or twice in one, would be split into one client's
+    training data and another's, or its own, test data).
 
     Raises
     ------
@@ -113,7 +115,7 @@ def checked_partition(name: str, parts: Any, num_clients: int, num_rows: int) ->
     for client, part in enumerate(parts):
         rows = np.asarray(part)
         if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
-            raise DataError(f"{where}: client {client}'s part is not a 1-D array of row indices "
+            raise DataError(f"{where}: client {client}'s part is not a 1-D array of integer row indices "
                             f"(shape {rows.shape}, dtype {rows.dtype})")
         bad = rows[(rows < 0) | (rows >= num_rows)] if rows.size else rows
         if bad.size:
@@ -123,4 +125,21 @@ def checked_partition(name: str, parts: Any, num_clients: int, num_rows: int) ->
             raise DataError(f"{where}: client {client}'s part has {rows.size} row(s); a client needs at least 2 "
                             "(one to train on, one to test on)")
         out.append(rows.astype(np.int64, copy=False))
+    _check_disjoint(where, out, num_rows)
     return out
+
+
+def _check_disjoint(where: str, parts: list[np.ndarray], num_rows: int) -> None:
+    """Refuse parts that hold a row twice: in one part, or in two clients' parts."""
+    owners = np.concatenate([np.full(len(rows), client) for client, rows in enumerate(parts)])
+    rows = np.concatenate(parts)
+    counts = np.bincount(rows, minlength=num_rows)
+    if not (counts > 1).any():
+        return
+    row = int(np.flatnonzero(counts > 1)[0])
+    holders = sorted(int(c) for c in owners[rows == row])
+    if len(set(holders)) == 1:
+        raise DataError(f"{where}: client {holders[0]}'s part holds row {row} {len(holders)} times; each row "
+                        "belongs to one client once (its train and test splits would share it)")
+    raise DataError(f"{where}: row {row} is in the parts of clients {', '.join(map(str, sorted(set(holders))))}; "
+                    "each row belongs to one client (one's test data would be another's training data)")

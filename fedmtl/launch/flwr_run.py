@@ -78,15 +78,17 @@ def _flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> dict[st
         ) from None
 
 
-def resolved_run_config(cfg: ExperimentConfig, folder: Path, absolute_output: bool = True) -> Path:
+def resolved_run_config(cfg: ExperimentConfig, folder: Path, absolute_output: bool = True,
+                        extra: dict[str, Any] | None = None) -> Path:
     """Write the resolved config as a Flower run-config file.
 
     Parameter tables are written in their flat JSON form, so that every key Flower sees is
     one declared in pyproject's ``[tool.flwr.app.config]``. With ``absolute_output`` (a
     SuperLink on this machine) ``run.output-dir`` is made absolute; for a remote SuperLink it
-    stays relative to the ServerApp's working directory.
+    stays relative to the ServerApp's working directory. ``extra``: flat keys of the submission
+    besides the experiment's (:data:`fedmtl.config.SUBMISSION_DEFAULTS`).
     """
-    nested = unflatten(cfg.to_flat())
+    nested = unflatten({**cfg.to_flat(), **(extra or {})})
     if absolute_output:
         nested["run"]["output-dir"] = str(Path(cfg.run.output_dir).resolve())
     path = folder / "run-config.toml"
@@ -249,7 +251,7 @@ def wait_for_run(
 
 def run_and_check(
     app_dir: Path,
-    config: Path,
+    config: Path | None,
     superlink: str | None = None,
     timeout: float = 3600.0,
     stream: bool = True,
@@ -258,6 +260,7 @@ def run_and_check(
     absolute_output: bool = True,
     overrides: list[str] | None = None,
     on_submitted: Callable[[str], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> int:
     """Submit ``config`` with ``flwr run``; return 0 iff the run finished completed.
 
@@ -265,8 +268,9 @@ def run_and_check(
     ----------
     app_dir : Path
         The Flower app (this repository).
-    config : Path
-        Experiment TOML file.
+    config : Path or None
+        Experiment TOML file (``None``: the defaults, for a resume whose ServerApp reads its
+        run folder's).
     superlink : str, optional
         SuperLink connection name of the Flower config (default: Flower's default).
     timeout : float
@@ -285,6 +289,9 @@ def run_and_check(
     on_submitted : callable, optional
         Called with Flower's run id once the run is submitted (its run folder records it:
         :func:`fedmtl.results.folders_of_flower_run`).
+    extra : dict, optional
+        Run-config keys of the submission besides the experiment's (a resume's:
+        :data:`fedmtl.config.SUBMISSION_DEFAULTS`).
 
     For the local simulation (no ``superlink``), the local SuperLink ``flwr run`` starts is
     stopped when this returns, also on an error or an interrupt (:func:`own_local_superlink`);
@@ -295,14 +302,15 @@ def run_and_check(
     if simulation and superlink is None:  # Flower's local SuperLink, started by `flwr run` if none runs
         with own_local_superlink(env):
             return _run_and_check(app_dir, config, cfg, superlink, timeout, stream, env, simulation, absolute_output,
-                                  on_submitted)
+                                  on_submitted, extra)
     return _run_and_check(app_dir, config, cfg, superlink, timeout, stream, env, simulation, absolute_output,
-                          on_submitted)
+                          on_submitted, extra)
 
 
 def _run_and_check(
     app_dir: Path, config: Path, cfg: ExperimentConfig, superlink: str | None, timeout: float, stream: bool,
     env: dict[str, str], simulation: bool, absolute_output: bool, on_submitted: Callable[[str], None] | None,
+    extra: dict[str, Any] | None = None,
 ) -> int:
     """:func:`run_and_check` once the config is loaded."""
     link = [superlink] if superlink else []
@@ -313,7 +321,7 @@ def _run_and_check(
         f"client-resources-num-gpus={cfg.engine.client_num_gpus}",
     ] if simulation else []
     with tempfile.TemporaryDirectory(prefix="fedmtl-flwr-") as tmp:
-        run_config = resolved_run_config(cfg, Path(tmp), absolute_output)
+        run_config = resolved_run_config(cfg, Path(tmp), absolute_output, extra)
         submitted = _flwr(
             ["run", str(app_dir), *link, "--run-config", str(run_config), *federation, "--format", "json"],
             env,

@@ -186,7 +186,7 @@ def interrupted_message(run_dir: Path | None, resume: str | None = None) -> str:
     done = newest_checkpoint_round(run_dir)
     if done is None and run_dir.is_dir() and nothing_recorded(run_dir):
         return f"interrupted before the run started; nothing was recorded (run again: --out {run_dir} reuses it)"
-    from fedmtl.launch.resume import not_resumable
+    from fedmtl.resumption import not_resumable
 
     why = not_resumable(run_dir)
     if done is None:
@@ -219,8 +219,8 @@ def _finished_message(run_dir: Path) -> str:
     """What an interrupt after the run's last round says: its results are complete, or which
     of its last files it had not written yet and the command that writes them (the resume
     where one works, else ``fedmtl plot`` for the figures)."""
-    from fedmtl.launch.resume import not_resumable
     from fedmtl.results import unfinished_outputs
+    from fedmtl.resumption import not_resumable
     from fedmtl.validation import load_config
 
     try:

@@ -52,10 +52,10 @@ from typing import Any
 from fedmtl.atomic import write_bytes
 from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
-from fedmtl.launch.resume import ResumeRefused
 from fedmtl.launch.simulation import shared_engine
 from fedmtl.one_line import counted, error_and_traceback, shell_path
 from fedmtl.progress import format_duration, sweep_eta
+from fedmtl.resumption import ResumeRefused
 from fedmtl.validation import load_config
 
 MAX_SEEDS = 100_000
@@ -345,18 +345,26 @@ def finished_changes(cfg: ExperimentConfig, run_dir: Path) -> list[str]:
     :func:`comparable_config`); ``[]`` when it does not.
 
     The run's ``summary.json`` records the fingerprint of its config
-    (:func:`fedmtl.results.config_fingerprint`): equal to ``cfg``'s, nothing differs. Otherwise
-    (or for a run written before fingerprints) its ``config.toml`` is compared; one that is
-    missing or no longer loads counts as a difference.
+    (:func:`fedmtl.results.config_fingerprint`): equal to ``cfg``'s, nothing differs but, maybe,
+    the text of a plugin file (``provenance.plugins``, :func:`fedmtl.results.plugin_changes`:
+    a rule edited since computes other numbers). Otherwise (or for a run written before
+    fingerprints) its ``config.toml`` is compared; one that is missing or no longer loads counts
+    as a difference.
     """
-    from fedmtl.results import config_fingerprint
+    from fedmtl.plugins import plugin_digests
+    from fedmtl.results import config_fingerprint, plugin_changes
 
     try:
-        recorded = json.loads((run_dir / "summary.json").read_text()).get("config_fingerprint")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        recorded = summary.get("config_fingerprint")
+        ran_plugins = summary.get("provenance", {}).get("plugins")
     except (OSError, ValueError, AttributeError):
-        recorded = None
+        recorded, ran_plugins = None, None
     if recorded is not None and recorded == config_fingerprint(cfg):
-        return []
+        if not isinstance(ran_plugins, dict):
+            return []
+        return [f"{change} (the plugin's text changed since the run)"
+                for change in plugin_changes(ran_plugins, plugin_digests(list(cfg.run.plugins)))]
     path = run_dir / "config.toml"
     if not path.is_file():
         return ["config.toml: missing (the config it ran is unknown)"]
@@ -395,8 +403,8 @@ def check_changed(sweep: Sweep, rerun_changed: bool = False) -> list[SweepRun]:
 
 def resumable(cfg: ExperimentConfig, run_dir: Path) -> bool:
     """An interrupted federated run that ``fedmtl run --resume`` can continue."""
-    from fedmtl.launch.resume import unresumable
     from fedmtl.results import checkpoint_files
+    from fedmtl.resumption import unresumable
 
     return unresumable(cfg) is None and (run_dir / "config.toml").is_file() and bool(checkpoint_files(run_dir))
 

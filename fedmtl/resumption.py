@@ -1,5 +1,6 @@
-"""Resuming a run folder: the one sequence of checks behind ``fedmtl run --resume`` and
-:func:`fedmtl.resume`.
+"""Resuming a run folder: the one sequence of checks behind ``fedmtl run --resume``,
+:func:`fedmtl.resume` and a ``flwr run`` submission that resumes (``fedmtl flwr-run --resume``,
+whose ServerApp plans the resume where the run folder is).
 
 :func:`plan_resume` reads the run's ``config.toml`` and newest usable checkpoint and either
 returns what the resumed run starts from (:class:`Resumption`) or raises, in one line, why it
@@ -106,7 +107,7 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
 
 def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool = False,
                 force_hint: str = "--force resumes anyway",
-                checking: Checking | None = None) -> Resumption:
+                checking: Checking | None = None, heads_on_nodes: bool = False) -> Resumption:
     """Check that the run in ``run_dir`` can continue exactly, to ``rounds`` rounds (default:
     its own), and return what it continues from.
 
@@ -124,6 +125,12 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
     checking : callable, optional
         Given a description, a context manager shown while the heads are checked (a large
         federation's take seconds).
+    heads_on_nodes : bool
+        The clients keep their heads on their own hosts (a deployment's SuperNodes, each with
+        its ``head-store-dir``), not in the run folder: they are not checked here. Each client
+        checks its own when it is called: the server names the heads its last training left
+        (the checkpoint's ledger), and a client whose heads are missing or replaced refuses
+        in one line (:func:`fedmtl.clients.app.heads_refusal`), an error the run reports.
 
     Raises
     ------
@@ -159,7 +166,7 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
     if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
         return Resumption(cfg, checkpoint, finished=True, skipped=skipped, unfinished=unfinished_outputs(run_dir, cfg))
     refuse_if_busy(run_dir)
-    forced = _settle_problems(run_dir, cfg, checkpoint, force, force_hint, checking)
+    forced = _settle_problems(run_dir, cfg, checkpoint, force, force_hint, checking, heads_on_nodes)
     cfg, extended = extend_run(run_dir, cfg, rounds, int(checkpoint["round"]))  # config.toml records them
     return Resumption(cfg, checkpoint, skipped=skipped, forced=forced, extended=extended)
 
@@ -237,7 +244,7 @@ def not_resumable(run_dir: Path) -> str | None:
 
 
 def _settle_problems(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict[str, Any], force: bool,
-                     force_hint: str, checking: Checking | None) -> list[ResumeProblem]:
+                     force_hint: str, checking: Checking | None, heads_on_nodes: bool = False) -> list[ResumeProblem]:
     """Refuse a resume that would not be exact; with ``force``, let go of what the forced
     problems name (their clients' heads; a missing run identity is taken from the checkpoint)
     and return those problems."""
@@ -245,7 +252,7 @@ def _settle_problems(run_dir: Path, cfg: ExperimentConfig, checkpoint: dict[str,
 
     shown = checking or (lambda _: contextlib.nullcontext())
     with shown(f"checking checkpoint round {checkpoint.get('round')} and the clients' heads before resuming ..."):
-        problems = resume_problems(run_dir, cfg, checkpoint)
+        problems = resume_problems(run_dir, cfg, checkpoint, heads=not heads_on_nodes)
     refused = [p for p in problems if not (force and p.forced)]
     if refused:
         hint = f"; {force_hint}" if all(p.forced for p in refused) else ""
