@@ -40,6 +40,7 @@ from fedmtl.protocol import (
     TEST_GLOBAL,
     TRAIN,
     TRAIN_REPLY_KEYS,
+    WEIGHT,
     TrainCall,
     metric_key,
     parse_metric_keys,
@@ -162,6 +163,12 @@ COUNT_METRICS = ("count-", "positives-")
 """Evaluation metrics that count test examples, in [0, num-examples]."""
 LOSS_METRICS = ("loss", "loss-before", "mse", "mae")
 """Metrics that are losses, in [0, :data:`MAX_LOSS`]."""
+MAX_TASK_WEIGHT = 1e6
+"""The largest magnitude of a training reply's ``train.<task>.weight`` (the mean weight the
+client's cross-task rule gave the task): a normalised rule's weights are at most 1, an
+aggregator's effective weights (``‖c_t‖ / ‖g_t‖``, or ``d``'s component along ``g_t``, which
+may be negative) are of the order of the direction's scale. The weight is recorded, not used:
+the bound keeps a 1e308 out of ``metrics.csv``."""
 TRAIN_TASK_METRICS = ("loss", "loss-before", "weight")
 """The per-task metrics of a training reply (``train.<task>.<metric>``)."""
 LARGEST_INT = 2**63
@@ -383,13 +390,20 @@ def _all_tasks_problem(reported: Collection[str], limits: ClientLimits | None, w
     return f"no {what} metrics of task '{_short(missing[0])}', which the client holds" if missing else ""
 
 
+def contradicts_heads(values: Mapping[str, float], call: TrainCall | None) -> bool:
+    """The reply's ``heads-fingerprint-in`` is not the one the call named: it did not start from
+    the heads the server knows the client has (an honest client refuses such a call instead;
+    this is a reply of another call replayed, or a client that trained from other heads)."""
+    return call is not None and call.heads_in is not None and HEADS_IN in values and values[HEADS_IN] != call.heads_in
+
+
 def _call_problem(values: Mapping[str, float], call: TrainCall | None) -> str:
     """What the reply says that contradicts the call it answers: the heads it started from
     (``heads-fingerprint-in``) are not those the call named, or its losses before training are
     missing where the call asked for them, or there where it did not."""
     if call is None:
         return ""
-    if call.heads_in is not None and values[HEADS_IN] != call.heads_in:
+    if contradicts_heads(values, call):
         return f"{HEADS_IN} {values[HEADS_IN]!r}, not the {call.heads_in!r} the call named"
     for task, metrics in parse_metric_keys(values, TRAIN).items():
         if call.needs_losses_before and LOSS_BEFORE not in metrics:
@@ -404,16 +418,21 @@ def train_metrics_problem(values: Mapping[str, float], limits: ClientLimits | No
     """Why a training reply's metrics (numbers, :func:`number_values`) cannot be used (``""`` if they can).
 
     Required: the plain keys of :data:`fedmtl.protocol.TRAIN_REPLY_KEYS`, a whole
-    ``num-examples`` in [1, ``limits.max_train``], and for every task the client holds (and
-    only those) its ``loss``; per-task metrics are :data:`TRAIN_TASK_METRICS`, losses in
-    [0, :data:`MAX_LOSS`]. Given the ``call`` the reply answers, the reply must agree with it
-    (:func:`_call_problem`): its ``heads-fingerprint-in`` is the one the call named, and it
+    ``num-examples`` in [1, ``limits.max_train``] (equal to it where the server knows the
+    client's split exactly, :attr:`ClientLimits.exact`: a client trains on all of it), and for
+    every task the client holds (and only those) its ``loss``; per-task metrics are
+    :data:`TRAIN_TASK_METRICS`, losses in [0, :data:`MAX_LOSS`], weights in
+    [−:data:`MAX_TASK_WEIGHT`, :data:`MAX_TASK_WEIGHT`]. Given the ``call`` the reply answers,
+    the reply must agree with it (:func:`_call_problem`): its ``heads-fingerprint-in`` is the one the call named, and it
     reports ``loss-before`` exactly when the call asked for it.
     """
     missing = [k for k in TRAIN_REPLY_KEYS if k not in values]
     if missing:
         return f"no {missing[0]}"
     problem = count_problem(values, limits.max_train if limits else 0)
+    if not problem and limits is not None and limits.exact and values[NUM_EXAMPLES] != limits.max_train:
+        problem = (f"{NUM_EXAMPLES} is {values[NUM_EXAMPLES]:g}, not the {limits.max_train} training examples the "
+                   "client holds")
     problem = problem or _task_keys_problem(values, TRAIN, TRAIN_REPLY_KEYS, limits)
     if problem:
         return problem
@@ -424,6 +443,9 @@ def train_metrics_problem(values: Mapping[str, float], limits: ClientLimits | No
             if name not in TRAIN_TASK_METRICS:
                 return f"unexpected metric '{_short(metric_key(TRAIN, task, name))}'"
             if name in LOSS_METRICS and (problem := _range_problem(metric_key(TRAIN, task, name), value, 0, MAX_LOSS)):
+                return problem
+            if name == WEIGHT and (problem := _range_problem(metric_key(TRAIN, task, name), value, -MAX_TASK_WEIGHT,
+                                                             MAX_TASK_WEIGHT)):
                 return problem
     return _all_tasks_problem(parse_metric_keys(values, TRAIN), limits, TRAIN) or _call_problem(values, call)
 

@@ -137,10 +137,14 @@ class ClientDirectory:
         Parameters
         ----------
         strict : bool
-            Raise when a new node fails the query or replies what cannot be used (at
-            start-up: one line naming the node); otherwise a failed node is asked again next
-            time, and a node whose reply cannot be used (:func:`read_info`, a federation
-            smaller than ``expected``) is ignored for good, with a warning.
+            Raise when a new node fails the query or replies what cannot be used, or claims
+            a client another listed node already serves (at start-up: one line naming the
+            nodes); otherwise a failed node is asked again next time, a node whose reply cannot
+            be used (:func:`read_info`, a federation smaller than ``expected``) is ignored for
+            good, with a warning, and a node claiming a served client takes it over (a
+            reconnection: :func:`warn_if_taken_over`). Either way a node that does not answer
+            within ``timeout`` is ignored for good, with a warning (asked again, it would hold
+            up every later query by ``timeout``).
         """
         listed = set(grid.get_node_ids())
         new = self.admission.screen(n for n in sorted(listed) if n not in self.infos and n not in self.ignored)
@@ -150,6 +154,11 @@ class ClientDirectory:
         if errors and strict:
             node, error = next(iter(errors.items()))
             raise FederationMismatch(f"node {node} failed client discovery: {error}")
+        for node in new:  # asked again, a node that never answers would hold up every later query
+            if node not in infos and node not in errors and node not in problems:
+                log.warning("node %d ignored: it did not answer client discovery within %.0f s (a SuperNode "
+                            "restarted later gets a new node id and is asked again)", node, timeout)
+                self.ignored.add(node)
         for node, problem in problems.items():
             self.ignore(node, problem, strict)
         for node, problem in duplicate_claims(infos).items():
@@ -162,12 +171,18 @@ class ClientDirectory:
                     raise FederationMismatch(problem)
                 self.ignore(node, problem, strict)
                 continue
-            self.infos[node] = infos[node]
             partition = infos[node][0]
+            served_by = self.clients.get(partition) if partition < self.expected else None
+            if strict and served_by is not None and served_by != node and served_by in listed:
+                raise FederationMismatch(
+                    f"nodes {served_by} and {node} both claim partition-id {partition} (the second connected later); "
+                    "give each SuperNode its own partition-id (a SuperNode restarted during start-up: submit the "
+                    "run again once the SuperLink has dropped its old node id)")
+            self.infos[node] = infos[node]
             if partition < self.expected:
-                if partition in self.clients and self.clients[partition] != node:
+                if served_by is not None and served_by != node:
                     remapped.append(partition)
-                    warn_if_taken_over(partition, self.clients[partition], node, listed)
+                    warn_if_taken_over(partition, served_by, node, listed)
                 self.clients[partition] = node
         return remapped
 
@@ -229,7 +244,8 @@ def discover_clients(grid: Grid, cfg: ExperimentConfig) -> ClientDirectory:
             log.info("waiting for SuperNodes: %d of %d clients connected", len(directory.clients), expected)
             last_report = time.monotonic()
         time.sleep(0.5)
-    idle = len(directory.infos) - expected
-    if idle > 0:
-        log.warning("%d SuperNodes have partition ids >= data.num-clients = %d and stay idle", idle, expected)
+    idle = sorted(node for node, (partition, _) in directory.infos.items() if partition >= expected)
+    if idle:
+        log.warning("%d SuperNode(s) (node %s) have partition ids >= data.num-clients = %d and stay idle", len(idle),
+                    ", ".join(map(str, idle[:10])), expected)
     return directory

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fedmtl import protocol as wire
-from fedmtl.server.replies import Accepted, Failed, Refused, Rejected
+from fedmtl.server.replies import Accepted, Contradicted, Failed, Refused, Rejected
 
 
 @dataclass(frozen=True)
@@ -125,14 +125,15 @@ class HeadsLedger:
 
 
 def attempt_heads(server_round: int, outcomes: list[Accepted | Rejected | Failed]) -> Heads | None:
-    """What one attempt's outcomes for a client say of its heads (``None``: unchanged, it
-    refused the call and did not train)."""
+    """What one attempt's outcomes for a client say of its heads (``None``: unchanged: it
+    refused the call and did not train, or its reply did not start from the heads named:
+    :class:`fedmtl.server.replies.Contradicted`)."""
     if not outcomes:
         return UNKNOWN
     for outcome in outcomes:
         if isinstance(outcome, Accepted):
             return Trained(server_round, outcome.metrics[wire.HEADS_OUT])
-    if all(isinstance(o, Refused) for o in outcomes):
-        return None
+    if all(isinstance(o, Refused | Contradicted) for o in outcomes):
+        return None  # it did not train from the heads the server knows of: those are still its
     saved = [o.heads_out for o in outcomes if isinstance(o, Rejected) and o.heads_out is not None]
     return Trained(server_round, saved[0]) if len(saved) == len(outcomes) else UNKNOWN

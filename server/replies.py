@@ -33,6 +33,7 @@ from fedmtl.aggregation.plans import WHOLE
 from fedmtl.one_line import described, one_line
 from fedmtl.screening import (
     ClientLimits,
+    contradicts_heads,
     evaluate_metrics_problem,
     keys_problem,
     number_values,
@@ -106,6 +107,15 @@ class SecondReply(Rejected):
 class Refused(Rejected):
     """A client that refused the call (:data:`fedmtl.protocol.REFUSAL`): its heads are not
     those the server named, and it neither trained nor saved heads. Counted as rejected."""
+
+
+@dataclass(frozen=True)
+class Contradicted(Rejected):
+    """A training reply whose ``heads-fingerprint-in`` is not the one its call named (a reply
+    of another call replayed, or a client that trained from other heads than the server knows
+    it has): rejected, and it says nothing of the client's heads: the server keeps naming
+    those it knew (:func:`fedmtl.server.heads.attempt_heads`), so a stale reply sent again is
+    rejected every time, not every other time."""
 
 
 @dataclass(frozen=True)
@@ -326,7 +336,7 @@ def read_train_reply(
     assert client is not None
     problem = train_metrics_problem(checked, limits(client) if limits else None, call)
     if problem:
-        return Rejected(client, problem)
+        return Contradicted(client, problem) if contradicts_heads(checked, call) else Rejected(client, problem)
     tasks = sorted(wire.parse_metric_keys(checked, wire.TRAIN))
     rows = _read_parts(reply, like, tasks) if parts else _read_update(reply, like)
     if isinstance(rows, str):

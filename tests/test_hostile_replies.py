@@ -13,7 +13,15 @@ from flwr.common import MessageType
 
 from fedmtl import protocol as wire
 from fedmtl.data import load_federation
-from fedmtl.screening import MAX_LOSS, MAX_PLACEMENT, ClientLimits, KnownClients, as_integer, number_values
+from fedmtl.screening import (
+    MAX_LOSS,
+    MAX_PLACEMENT,
+    MAX_TASK_WEIGHT,
+    ClientLimits,
+    KnownClients,
+    as_integer,
+    number_values,
+)
 from fedmtl.server.replies import (
     Accepted,
     Evaluated,
@@ -234,6 +242,28 @@ def test_losses_outside_their_range_are_rejected(loss):
     assert outcome == Rejected(2, f"metric 'train.right.loss' is {loss:g}, outside [0, {MAX_LOSS:g}]")
     before = read(train_metrics(**{"train.right.loss-before": loss}))
     assert before == Rejected(2, f"metric 'train.right.loss-before' is {loss:g}, outside [0, {MAX_LOSS:g}]")
+
+
+@pytest.mark.parametrize("weight", [-1e308, 1e308, 2 * MAX_TASK_WEIGHT, -2 * MAX_TASK_WEIGHT])
+def test_task_weights_outside_their_range_are_rejected(weight):
+    """``train.<task>.weight`` is recorded as the client sends it: a 1e308 is kept out."""
+    outcome = read(train_metrics(**{"train.left.weight": weight}))
+    assert outcome == Rejected(2, f"metric 'train.left.weight' is {weight:g}, outside [{-MAX_TASK_WEIGHT:g}, "
+                                  f"{MAX_TASK_WEIGHT:g}]")
+    for honest in (-0.3, 0.0, 0.5, 3.0):  # an aggregator's component along a row may be negative
+        assert isinstance(read(train_metrics(**{"train.left.weight": honest})), Accepted)
+
+
+def test_a_training_count_must_be_the_split_the_server_knows_exactly():
+    exact = ClientLimits(frozenset({"left", "right"}), max_train=50, max_test=20, exact=True)
+    reply = reply_to(sent(), train_metrics(**{wire.NUM_EXAMPLES: 1}), {wire.UPDATE: update()})
+    assert read_train_reply(reply, 2, LIKE, False, limits=lambda c: exact, node=102) == Rejected(
+        2, "num-examples is 1, not the 50 training examples the client holds")
+    honest = reply_to(sent(), train_metrics(**{wire.NUM_EXAMPLES: 50}), {wire.UPDATE: update()})
+    assert isinstance(read_train_reply(honest, 2, LIKE, False, limits=lambda c: exact, node=102), Accepted)
+    capped = ClientLimits(frozenset({"left", "right"}), max_train=50)  # a cap, not the split: fewer pass
+    fewer = reply_to(sent(), train_metrics(**{wire.NUM_EXAMPLES: 1}), {wire.UPDATE: update()})
+    assert isinstance(read_train_reply(fewer, 2, LIKE, False, limits=lambda c: capped, node=102), Accepted)
 
 
 def test_a_task_part_of_a_task_the_client_does_not_hold_is_rejected():

@@ -197,6 +197,35 @@ def test_a_reply_that_did_not_start_from_the_heads_the_call_named_is_refused(tmp
     assert 999.0 not in set(train.value)
 
 
+def test_a_stale_reply_sent_again_is_rejected_every_round(tmp_path, caplog):
+    """Client 0 answers every call with its round-1 reply. Its heads-fingerprint-in contradicts
+    what round 2's call named: rejected, and the server keeps naming the heads it knew, so the
+    same stale reply is rejected in round 3 too (it was accepted there before: the rejection
+    made the server forget the heads and check nothing in the next call)."""
+    first: dict[str, Message] = {}
+    calls = []
+
+    def script(msg, call):
+        calls.append(call)
+        reply = good(msg, call)
+        if msg.metadata.message_type != MessageType.TRAIN or call.client != 0:
+            return reply
+        if "reply" not in first:
+            first["reply"] = reply
+            return reply
+        stale = first["reply"]
+        return Message(RecordDict({name: record for name, record in stale.content.items()}), reply_to=msg)
+
+    _, _, rounds = run(tmp_path, script, "run.rounds=3")
+    assert list(rounds["aggregated"]) == [4, 3, 3] and list(rounds["rejected"]) == [0, 1, 1]
+    named = {(c.server_round, c.heads_in) for c in calls if c.client == 0 and c.server_round > 1}
+    assert named == {(2, 0.2), (3, 0.2)}  # round 1's heads, named again in round 3 (not unchecked)
+    train = pd.read_csv(tmp_path / "metrics.csv").query("split == 'train' and client == 0")
+    assert sorted(train["round"].unique()) == [1]  # nothing of the stale replies is recorded
+    participation = pd.read_csv(tmp_path / "participation.csv").set_index("client")
+    assert participation.loc[0, "rounds_trained"] == 1
+
+
 def with_losses_before(msg, call):
     reply = good(msg, call)
     if msg.metadata.message_type == MessageType.TRAIN and call.needs_losses_before:
@@ -349,10 +378,12 @@ def test_the_superlinks_error_for_a_lost_node_is_the_addressees_failure():
 
 
 class QueryGrid:
-    """Answers every discovery query with the partition id each node claims."""
+    """Answers every discovery query with the partition id each node claims (``None``: the
+    node never answers; the queries each node got are counted)."""
 
-    def __init__(self, claims: dict[int, int]) -> None:
+    def __init__(self, claims: dict[int, int | None]) -> None:
         self.claims, self.ids = claims, itertools.count()
+        self.asked: dict[int, int] = {}
 
     def get_node_ids(self) -> list[int]:
         return list(self.claims)
@@ -361,6 +392,9 @@ class QueryGrid:
         replies = []
         for m in messages:
             m.metadata.__dict__["_message_id"] = f"q{next(self.ids)}"
+            self.asked[m.metadata.dst_node_id] = self.asked.get(m.metadata.dst_node_id, 0) + 1
+            if self.claims[m.metadata.dst_node_id] is None:
+                continue
             info = MetricRecord({wire.PARTITION_ID: self.claims[m.metadata.dst_node_id], wire.NUM_PARTITIONS: 2})
             reply = Message(RecordDict({wire.INFO: info}), reply_to=m)
             reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
@@ -381,6 +415,31 @@ def test_two_nodes_claiming_one_client_fail_start_up_and_are_both_ignored_during
     with caplog.at_level(logging.WARNING, logger="fedmtl"):
         assert directory.update(QueryGrid({42: 1, 77: 0}), 1.0, strict=False) == [0]  # node 5 gone: reconnected
     assert directory.clients == {0: 77, 1: 42} and not caplog.text
+
+
+def test_a_node_that_never_answers_discovery_is_asked_once_and_named(caplog):
+    """A silent node held up every later query (each round's, twice) by the whole timeout."""
+    grid = QueryGrid({42: 1, 5: 0, 66: None})
+    directory = ClientDirectory(2)
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        directory.update(grid, 1.0)  # start-up: the clients it needs are there
+        for _ in range(3):
+            directory.update(grid, 1.0, strict=False)  # the rounds' checks for reconnected nodes
+    assert directory.clients == {0: 5, 1: 42} and directory.ignored == {66} and grid.asked[66] == 1
+    assert "node 66 ignored: it did not answer client discovery within 1 s" in caplog.text
+
+
+def test_a_second_node_claiming_a_client_during_start_up_fails_it_naming_both():
+    """Duplicate partition ids are refused at start-up whatever the order the nodes connect in
+    (a claim arriving in a later query was taken for a reconnection)."""
+    directory = ClientDirectory(2)
+    directory.update(QueryGrid({5: 0}), 1.0)  # node 5 connects first; the others later
+    with pytest.raises(FederationMismatch, match="nodes 5 and 77 both claim partition-id 0 .the second connected"):
+        directory.update(QueryGrid({5: 0, 77: 0, 42: 1}), 1.0)
+    restarted = ClientDirectory(2)  # node 5 gone from the SuperLink's list: 77 is it, restarted
+    restarted.update(QueryGrid({5: 0}), 1.0)
+    restarted.update(QueryGrid({77: 0, 42: 1}), 1.0)
+    assert restarted.clients == {0: 77, 1: 42}
 
 
 def test_a_node_taking_over_a_client_whose_node_is_still_connected_is_a_warning(caplog):

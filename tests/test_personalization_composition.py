@@ -216,10 +216,13 @@ def test_flowers_flat_run_config_resolves_heads_and_method_as_a_config_file_does
 
     from flwr.common.config import flatten_dict
 
+    from fedmtl.server.app import submission
     from fedmtl.validation import config_from_flat
 
     defaults = flatten_dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    flat = config_from_flat({**defaults, **sets})
+    experiment, resume, _ = submission({**defaults, **sets})  # as the ServerApp reads it
+    assert resume is None
+    flat = config_from_flat(experiment)
     nested = load_config(None, [f"{k}={v}" for k, v in sets.items()])
     assert (flat.personalization.method, flat.model.heads) == (nested.personalization.method, nested.model.heads)
     assert config_from_flat(flat.to_flat()) == flat  # what the server sends the clients reads back the same

@@ -137,3 +137,34 @@ def test_server_optimizer_state_round_trips():
     torch.testing.assert_close(a.step(d), b.step(d))
     with pytest.raises(ValueError, match="unknown server optimizer"):
         ServerOptimizer("rmsprop")
+
+
+class _ReadsLosses:
+    """A weighting that reads the losses, declared (``needs_losses``) or not."""
+
+    @staticmethod
+    def make(declared: bool):  # noqa: ANN205
+        from fedmtl.aggregation import Weighting
+
+        class SoftmaxOfLosses(Weighting):
+            name = "softmax-of-losses"
+            needs_losses = declared
+
+            def compute(self, objectives: Objectives) -> torch.Tensor:
+                return torch.softmax(objectives.losses, dim=0)
+
+        return SoftmaxOfLosses()
+
+
+@pytest.mark.parametrize("name", PLANS)
+def test_a_server_rule_gets_the_losses_only_when_it_declares_it_reads_them(name):
+    """The server's losses without ``needs_losses`` are the clients' training losses, not the
+    global model's before local training that a rule's losses stand for: a rule reading them
+    without declaring it fails, saying why, rather than use the wrong ones."""
+    parts = task_rows()
+    rows = whole_rows(parts) if name == "clients" else parts
+    declared = AggregationPlan(name, _ReadsLosses.make(True), _ReadsLosses.make(True))(rows)
+    assert torch.isfinite(declared.direction).all()
+    with pytest.raises((AttributeError, TypeError), match="rule 'softmax-of-losses' got no losses: it does not "
+                                                          "declare needs_losses = True"):
+        AggregationPlan(name, _ReadsLosses.make(False), _ReadsLosses.make(False))(rows)

@@ -109,18 +109,24 @@ GRID: type[FakeGrid] = FakeGrid
 def client_test_examples(msg: Message, client: int) -> int:
     """The client's test examples under the run config the message carries: the server knows
     them (``server.max-examples = 0``) and an honest evaluation reports all of them."""
-    return _test_sizes(tuple(sorted(msg.content[wire.CONFIG].items())))[client]
+    return _split_sizes(tuple(sorted(msg.content[wire.CONFIG].items())))[client][1]
+
+
+def client_train_examples(msg: Message, client: int) -> int:
+    """The client's training examples under the run config the message carries (an honest
+    training reply reports all of them, as the server knows)."""
+    return _split_sizes(tuple(sorted(msg.content[wire.CONFIG].items())))[client][0]
 
 
 @functools.lru_cache(maxsize=16)
-def _test_sizes(config: tuple) -> dict[int, int]:
-    """Every client's test examples under a flat run config (checked once per config)."""
+def _split_sizes(config: tuple) -> dict[int, tuple[int, int]]:
+    """Every client's (training, test) examples under a flat run config (checked once per config)."""
     from fedmtl.data import load_federation
     from fedmtl.validation import config_from_flat
 
     cfg = config_from_flat(dict(config))
     federation = load_federation(cfg.data, cfg.run.seed)
-    return {c: federation.sizes(c)[1] for c in range(cfg.data.num_clients)}
+    return {c: tuple(federation.sizes(c)[:2]) for c in range(cfg.data.num_clients)}
 
 
 def good(msg: Message, call: wire.TrainCall, client: int | None = None) -> Message:
@@ -135,7 +141,8 @@ def good(msg: Message, call: wire.TrainCall, client: int | None = None) -> Messa
                    "test.left.loss": 1.5, "test.right.accuracy": round(n / 4) / n, "test.right.loss": 2.5}
         return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
     heads_in = 0.1 if call.heads_in is None else call.heads_in
-    metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: 10, wire.HEADS_IN: heads_in, wire.HEADS_OUT: 0.2,
+    metrics = {wire.PARTITION_ID: who, wire.NUM_EXAMPLES: client_train_examples(msg, who), wire.HEADS_IN: heads_in,
+               wire.HEADS_OUT: 0.2,
                "train.left.loss": 1.0, "train.right.loss": 2.0}
     update = ArrayRecord({k: torch.full_like(v, 0.1 * (who + 1)) for k, v in STATE.items()})
     return Message(RecordDict({wire.METRICS: MetricRecord(metrics), wire.UPDATE: update,

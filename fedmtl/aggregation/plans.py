@@ -87,7 +87,19 @@ def _objectives(rows: list[Row], client_ids: bool = True, task_ids: bool = True)
 
 
 def _run(rule: Rule, objectives: Objectives, fallbacks: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    result = rule.combine(objectives)
+    """``rule`` on ``objectives``; a rule that does not declare ``needs_losses`` gets no losses
+    (``objectives.losses`` is ``None``): the losses the server has then are the clients' training
+    losses, not the global model's before local training that the rule's losses stand for (the
+    clients measure those only for a rule that declares it reads them)."""
+    if not rule.needs_losses:
+        objectives.losses = None
+    try:
+        result = rule.combine(objectives)
+    except (AttributeError, TypeError) as exc:
+        if rule.needs_losses or "NoneType" not in str(exc):
+            raise
+        raise type(exc)(f"{exc} (rule '{rule.name}' got no losses: it does not declare needs_losses = True, which "
+                        "makes the clients measure the global model's losses before local training)") from exc
     if result.info.fallback:
         fallbacks.append(f"{rule.name}:{result.info.fallback}")
     return result.direction, result.weights
