@@ -45,7 +45,11 @@ class Registry(Generic[T]):
 
         def decorator(obj: T) -> T:
             if name in self._entries:
-                raise ValueError(f"{self.kind} '{name}' is registered twice")
+                first = self._entries[name]
+                where = getattr(first, "__module__", None) or type(first).__module__
+                owner = "fedmtl's own" if where.startswith("fedmtl.") else f"registered by {where}"
+                raise ValueError(f"{self.kind} '{name}' is registered twice (the first is {owner}); "
+                                 "give yours another name")
             self._entries[name] = obj
             return obj
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ from fedmtl.plots import (
 )
 from fedmtl.protocol import TEST, TEST_GLOBAL
 from fedmtl.results import GLOBAL, OVERALL, read_participation
+from fedmtl.screening import evaluation_range
 from fedmtl.stop_record import read_stop
 from fedmtl.tasks import TASK_KINDS
 
@@ -558,13 +559,40 @@ def overall_metric(configurations: list[Configuration]) -> str | None:
     return next(iter(metrics)) if len(metrics) == 1 and None not in metrics else None
 
 
+def statistic_range(key: str, tasks: dict[str, str], overall: str | None) -> tuple[float, float] | None:
+    """The values statistic ``key`` (``[global_]<task>.<stat>``, as :func:`_run_values` names them)
+    can take: Jain's index and the Gini coefficient in [0, 1], a mean or worst-10% in the range
+    of its metric (:func:`fedmtl.screening.evaluation_range`, scaled as the table shows it: an
+    accuracy in [0, 100] %); ``None`` for any other statistic."""
+    name, _, stat = key.rpartition(".")
+    if stat in ("jain", "gini"):
+        return 0.0, 1.0
+    if stat not in ("mean", "worst10"):
+        return None
+    name = name.removeprefix(GLOBAL_STAT)
+    metric = overall if name == OVERALL else tasks.get(name)
+    bounds = evaluation_range(metric, 1.0) if metric else None
+    return None if bounds is None else (bounds[0] * _scale(metric), bounds[1] * _scale(metric))
+
+
+def within_range(estimate: Estimate, bounds: tuple[float, float] | None) -> Estimate:
+    """``estimate`` with its interval cut to ``bounds`` where it reaches beyond (a t interval of
+    few seeds can: accuracy 75.2 [14.9, 135.6] %), its method saying so."""
+    if bounds is None or math.isnan(estimate.low) or (bounds[0] <= estimate.low and estimate.high <= bounds[1]):
+        return estimate
+    return replace(estimate, low=max(estimate.low, bounds[0]), high=min(estimate.high, bounds[1]),
+                   method=f"{estimate.method}, cut to [{bounds[0]:g}, {bounds[1]:g}]")
+
+
 def estimate_configuration(configuration: Configuration, tasks: dict[str, str], overall: str | None,
                            views: bool, participation: bool) -> dict[str, Estimate]:
     """Every statistic of a configuration with its interval: over seeds with two or more (Student
-    t), else over the clients of its one run (bootstrap; participation counts get none)."""
+    t, cut to the statistic's range: :func:`within_range`), else over the clients of its one run
+    (bootstrap; participation counts get none)."""
     per_run = [_run_values(r, tasks, views, participation, overall) for r in configuration.runs]
     if len(per_run) >= 2:
-        return {key: seed_estimate([v[key] for v in per_run]) for key in per_run[0]}
+        return {key: within_range(seed_estimate([v[key] for v in per_run]), statistic_range(key, tasks, overall))
+                for key in per_run[0]}
     boot = bootstrap_run(configuration.runs[0], tasks, overall, views)
     return {key: boot.get(key, Estimate(value, n=1)) for key, value in per_run[0].items()}
 

@@ -48,6 +48,22 @@ def test_a_plugin_file_is_resolved_from_the_config_folder_and_reaches_every_load
     assert load_config(config) == cfg  # importing again is a no-op (no "registered twice")
 
 
+def test_a_partitioner_that_a_plugin_dataset_does_not_apply_is_refused(tmp_path, registries):
+    """The blobs dataset builds its clients itself: a run set to 'dirichlet' gave the same clients
+    as 'iid', labelled 'dirichlet' in its config.toml and in every report."""
+    from fedmtl.data import load_federation
+    from fedmtl.data.checks import DataError
+
+    config = write_study(tmp_path / "study")
+    assert load_federation(load_config(config).data, 0).num_clients == 2  # 'iid', the default: built
+    cfg = load_config(config, ["data.partitioner=dirichlet"])
+    with pytest.raises(DataError, match="dataset 'blobs' builds its clients without a partitioner .* "
+                                        "data.partitioner = 'dirichlet' would not be applied"):
+        load_federation(cfg.data, 0)
+    shipped = load_config(None, ["data.partitioner=dirichlet", "data.num-clients=4"])
+    assert load_federation(shipped.data, 0).num_clients == 4  # a built-in dataset applies it
+
+
 def test_the_weighting_is_unknown_without_its_plugin(tmp_path, registries):
     with pytest.raises(ConfigError, match="unknown weighting 'first-task-heavy'"):
         build_config({"server": {"weighting": "first-task-heavy"}})

@@ -199,6 +199,24 @@ def test_every_mean_has_a_t_interval_over_seeds(sweep):
         np.mean(jain) + t975(2) * np.std(jain, ddof=1) / math.sqrt(3))
 
 
+def test_an_interval_of_few_seeds_is_cut_to_what_the_statistic_can_be(tmp_path):
+    """Two seeds far apart: the t interval of the mean accuracy (t975 with 1 degree of freedom
+    is 12.7) reached beyond 100 % and below 0, Jain's index beyond 1."""
+    for seed, level in ((0, 0.35), (1, 0.95)):
+        fake_run(tmp_path / f"seed-{seed}", seed, "mean", {c: {"left": level, "right": 0.2 + 0.6 * seed * (c % 2)}
+                                                           for c in range(4)})
+    tidy = tidy_of(tmp_path)
+    row = tidy.loc[("fedmtl", "left.mean")]
+    raw_half = t975(1) * np.std([35.0, 95.0], ddof=1) / math.sqrt(2)
+    assert row["mean"] == pytest.approx(65.0) and 65.0 + raw_half > 100 and 65.0 - raw_half < 0
+    assert (row["low"], row["high"]) == (0.0, 100.0) and row["interval"] == "t, 2 seeds, cut to [0, 100]"
+    jain = tidy.loc[("fedmtl", "right.jain")]
+    assert 0 <= jain["low"] <= jain["high"] <= 1
+    assert report.statistic_range("global_left.worst10", {"left": "accuracy"}, None) == (0.0, 100.0)
+    assert report.statistic_range("left.mean", {"left": "mse"}, None)[0] == 0.0
+    assert report.statistic_range("delta_m", {"left": "accuracy"}, None) is None
+
+
 def test_differences_are_paired_by_seed(sweep):
     tidy = tidy_of(sweep)
     mean, fair = label(tidy, "weighting=mean"), label(tidy, "weighting=fairgrad")

@@ -75,3 +75,27 @@ def test_an_aggregator_direction_of_another_width_is_refused_naming_the_rule():
         Short().aggregate(_objectives())
     Short.__module__ = "my_plugin"
     assert guaranteed(Short) == ()  # its values are not checked: no "well-formed" credited
+
+    class Bare(Aggregator):
+        """The direction alone, not in an Aggregate (said "a direction of shape NoneType")."""
+
+        name = "bare"
+
+        def compute(self, objectives: Objectives) -> torch.Tensor:
+            return objectives.updates.mean(0)
+
+    with pytest.raises(RuntimeError, match=r"^aggregator 'bare' returned a Tensor from compute\(\); an aggregator "
+                                           r"returns fedmtl.aggregation.Aggregate\(direction, ...\)$"):
+        Bare().aggregate(_objectives())
+
+
+def test_a_name_registered_twice_says_whose_the_first_is():
+    from fedmtl.registry import Registry
+
+    registry: Registry[object] = Registry("weighting")
+    registry.register("mine")(type("Mine", (), {"__module__": "my_plugin"}))
+    with pytest.raises(ValueError, match=r"^weighting 'mine' is registered twice \(the first is registered by "
+                                         r"my_plugin\); give yours another name$"):
+        registry.register("mine")(object())
+    with pytest.raises(ValueError, match=r"weighting 'mean' is registered twice \(the first is fedmtl's own\)"):
+        RULES.register("mean")(object())

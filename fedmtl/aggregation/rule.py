@@ -293,6 +293,9 @@ class Aggregator(Rule):
         rows = self._rows(objectives)
         refuse_nonfinite(self, objectives)
         result = self.compute(objectives)
+        if not isinstance(result, Aggregate):
+            raise RuntimeError(f"aggregator '{self.name}' returned a {type(result).__name__} from compute(); an "
+                               "aggregator returns fedmtl.aggregation.Aggregate(direction, ...)")
         direction = getattr(result, "direction", None)
         if not isinstance(direction, torch.Tensor) or tuple(direction.shape) != (rows.shape[1],):
             got = tuple(direction.shape) if isinstance(direction, torch.Tensor) else type(direction).__name__

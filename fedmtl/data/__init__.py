@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from fedmtl.data import arrests, celeba, multimnist, synthetic
-from fedmtl.data.checks import check_federation
+from fedmtl.data.checks import DataError, check_federation
 from fedmtl.data.feature_skew import skew_client
 from fedmtl.data.federation import ClientData, Federation, Split
-from fedmtl.data.partitioners import PARTITIONERS
+from fedmtl.data.partitioners import PARTITIONERS, partitions_applied
 from fedmtl.data.task_sets import TASK_SETS, assign_tasks
 from fedmtl.plugins import forget_on_edit
 from fedmtl.registry import Registry
@@ -179,6 +179,12 @@ def _built_once(function: Callable[[DataSection, int], Federation]) -> Callable[
     return once
 
 
+UNCHECKED_PARTITIONERS = ("iid", "natural")
+"""Partitioners a dataset's own clients may stand for: ``iid`` (the default, which a dataset
+whose build splits its data itself cannot refuse) and ``natural`` (checked against the
+dataset's ``natural_clients``). Any other ``data.partitioner`` must be applied by the build."""
+
+
 @_built_once
 def load_federation(data_cfg: DataSection, seed: int) -> Federation:
     """The federation of ``data_cfg`` under ``seed``, cached per process.
@@ -186,7 +192,14 @@ def load_federation(data_cfg: DataSection, seed: int) -> Federation:
     Clients hold the tasks given by ``data.task-sets`` (:mod:`fedmtl.data.task_sets`) and see
     their inputs through ``data.feature-skew`` (:mod:`fedmtl.data.feature_skew`).
     """
+    before = partitions_applied()
     federation = DATASETS.get(data_cfg.dataset).build(data_cfg, seed)
+    if data_cfg.partitioner not in UNCHECKED_PARTITIONERS and partitions_applied() == before:
+        raise DataError(
+            f"dataset '{data_cfg.dataset}' builds its clients without a partitioner (its build calls neither "
+            f"fedmtl.data.federation.row_federation nor fedmtl.data.partitioners.partition): data.partitioner = "
+            f"'{data_cfg.partitioner}' would not be applied; leave data.partitioner at 'iid', or build a row dataset "
+            "through row_federation (docs/extending.md)")
     check_federation(data_cfg.dataset, dataset_tasks(data_cfg), dataset_input_shape(data_cfg), federation.tasks,
                      federation.input_shape)
     federation.name = data_cfg.dataset

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,9 +29,21 @@ Partitioner = Callable[[np.ndarray, int, int, "DataSection"], list[np.ndarray]]
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
 
 
+_applied = threading.local()
+"""How many partitions this thread has computed (:func:`partitions_applied`)."""
+
+
+def partitions_applied() -> int:
+    """How many times :func:`partition` ran in this thread: a dataset's build that did not call
+    it (directly or through :func:`fedmtl.data.federation.row_federation`) applied no
+    ``data.partitioner`` (:func:`fedmtl.data.load_federation` checks)."""
+    return getattr(_applied, "count", 0)
+
+
 def partition(labels: np.ndarray, cfg: DataSection, seed: int) -> list[np.ndarray]:
     """Each client's row indices by ``data.partitioner``, checked
     (:func:`fedmtl.data.checks.checked_partition`: one array of rows per client)."""
+    _applied.count = partitions_applied() + 1
     parts = PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg)
     return checked_partition(cfg.partitioner, parts, cfg.num_clients, len(labels))
 
