@@ -577,7 +577,7 @@ def _flwr_resume(run_dir: Path, local: bool) -> tuple[Path | None, dict[str, obj
     from fedmtl.config import RESUME_HEADS_ON_NODES, RESUME_RUN_DIR
     from fedmtl.folder_lock import RunFolderBusy
     from fedmtl.results import CheckpointError
-    from fedmtl.resumption import ResumeRefused, plan_resume
+    from fedmtl.resumption import ResumeRefused, plan_resume, submitted_force_hint
 
     extra: dict[str, object] = {RESUME_RUN_DIR: str(run_dir.resolve() if local else run_dir),
                                 RESUME_HEADS_ON_NODES: not local}
@@ -586,7 +586,7 @@ def _flwr_resume(run_dir: Path, local: bool) -> tuple[Path | None, dict[str, obj
             fail(f"'{run_dir}' does not exist: nothing to resume")
         return None, extra  # on the ServerApp's machine only: it checks it there
     try:
-        plan = plan_resume(run_dir, heads_on_nodes=not local)
+        plan = plan_resume(run_dir, heads_on_nodes=not local, force_hint=submitted_force_hint(run_dir, not local))
     except (ResumeRefused, CheckpointError, RunFolderBusy) as exc:
         fail(str(exc))
         raise  # unreachable
@@ -595,8 +595,7 @@ def _flwr_resume(run_dir: Path, local: bool) -> tuple[Path | None, dict[str, obj
         raise typer.Exit(0)
     if plan.checkpoint is None:
         fail(f"cannot resume '{run_dir}': it has no checkpoint to continue from; submit its config.toml again")
-    extra[RESUME_RUN_DIR] = str(run_dir.resolve())
-    return run_dir / "config.toml", extra
+    return run_dir / "config.toml", extra  # a deployment's folder as typed: the ServerApp's machine resolves it
 
 
 deploy_cli = typer.Typer(no_args_is_help=True, help="Run on a real Flower deployment.")

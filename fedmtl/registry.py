@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -38,19 +39,25 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
+        """Per name, the module that registered it (named when a second one registers it)."""
         _REGISTRIES.append(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``."""
 
+        caller = sys._getframe(1).f_globals.get("__name__", "")  # the module registering the name
+
         def decorator(obj: T) -> T:
             if name in self._entries:
-                first = self._entries[name]
-                where = getattr(first, "__module__", None) or type(first).__module__
-                owner = "fedmtl's own" if where.startswith("fedmtl.") else f"registered by {where}"
+                where = self._origins.get(name, "")
+                own = (where == "fedmtl" or where.startswith("fedmtl.")) and where != "fedmtl.plugins"
+                owner = "fedmtl's own" if own else (
+                    f"registered by {where}" if where else "registered elsewhere")
                 raise ValueError(f"{self.kind} '{name}' is registered twice (the first is {owner}); "
                                  "give yours another name")
             self._entries[name] = obj
+            self._origins[name] = caller
             return obj
 
         return decorator
@@ -80,6 +87,7 @@ class Registry(Generic[T]):
         """Drop the entry called ``name`` (a plugin file imported again after an edit
         registers its new version: :mod:`fedmtl.plugins`); no entry is no error."""
         self._entries.pop(name, None)
+        self._origins.pop(name, None)
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

@@ -105,6 +105,17 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
                           "there to where it is now (it must register the same names)") from exc
 
 
+def submitted_force_hint(run_dir: str | Path, heads_on_nodes: bool) -> str:
+    """What to do about a refusal ``--force`` would override, for a resume submitted with
+    ``flwr run`` (``fedmtl flwr-run --resume``), which cannot force."""
+    if heads_on_nodes:
+        return ("a submitted resume cannot be forced: put back what differs, or submit the run's config.toml again "
+                "as a new run")
+    return (f"fedmtl run --resume {run_dir} --force continues it as a local simulation (a deployment whose clients "
+            "keep their heads on their hosts: resume.heads-on-nodes = true, as fedmtl flwr-run --resume sets it "
+            "with --superlink-address)")
+
+
 def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool = False,
                 force_hint: str = "--force resumes anyway",
                 checking: Checking | None = None, heads_on_nodes: bool = False) -> Resumption:

@@ -163,12 +163,14 @@ COUNT_METRICS = ("count-", "positives-")
 """Evaluation metrics that count test examples, in [0, num-examples]."""
 LOSS_METRICS = ("loss", "loss-before", "mse", "mae")
 """Metrics that are losses, in [0, :data:`MAX_LOSS`]."""
-MAX_TASK_WEIGHT = 1e6
+MAX_TASK_WEIGHT = 1e12
 """The largest magnitude of a training reply's ``train.<task>.weight`` (the mean weight the
-client's cross-task rule gave the task): a normalised rule's weights are at most 1, an
-aggregator's effective weights (``‖c_t‖ / ‖g_t‖``, or ``d``'s component along ``g_t``, which
-may be negative) are of the order of the direction's scale. The weight is recorded, not used:
-the bound keeps a 1e308 out of ``metrics.csv``."""
+client's cross-task rule gave the task): a normalised rule's weights are at most 1, but
+uncertainty weighting's and IMTL-L's learned weights reach about ``1 / (T · L)``, with losses
+``L`` floored at 1e-8 (5e7 for two tasks on a task learnt to a loss of 1e-8); an aggregator's
+effective weights (``‖c_t‖ / ‖g_t‖``, or ``d``'s component along ``g_t``, which may be
+negative) are of the order of the direction's scale. The weight is recorded, not used: the
+bound, far above any of these, keeps a 1e308 out of ``metrics.csv``."""
 TRAIN_TASK_METRICS = ("loss", "loss-before", "weight")
 """The per-task metrics of a training reply (``train.<task>.<metric>``)."""
 LARGEST_INT = 2**63

@@ -139,9 +139,9 @@ def resume_submitted(
     fedmtl.resumption.ResumeRefused
         The run cannot be continued exactly, or has no checkpoint (one line naming the folder).
     """
-    from fedmtl.resumption import ResumeRefused, plan_resume
+    from fedmtl.resumption import ResumeRefused, plan_resume, submitted_force_hint
 
-    plan = plan_resume(run_dir, heads_on_nodes=heads_on_nodes)
+    plan = plan_resume(run_dir, heads_on_nodes=heads_on_nodes, force_hint=submitted_force_hint(run_dir, heads_on_nodes))
     if plan.finished:
         if not quiet:
             make_console().print(

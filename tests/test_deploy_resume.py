@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +37,7 @@ def _fedmtl(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
 
 @pytest.mark.slow
 def test_a_stopped_deployment_run_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, flwr_home):
+    from fedmtl.folder_lock import RunFolderBusy, refuse_if_busy
     from fedmtl.launch.deploy import CONNECTION, LocalDeployment
     from fedmtl.validation import load_config
 
@@ -56,8 +56,16 @@ def test_a_stopped_deployment_run_resumes_to_the_rows_of_an_uninterrupted_run(tm
         assert "successfully stopped" in stopped.stdout, stopped.stdout + stopped.stderr
         status = wait_for_run(run_id, [CONNECTION], deployment.env, 120)
         assert status is not None and status["status"] == "finished:stopped", status
-        time.sleep(2)  # the ServerApp process is gone: its folder is free
         assert not (run_dir / "summary.json").is_file()
+
+        def free() -> bool:  # the stopped ServerApp process ends (and lets go of its folder) a little later
+            try:
+                refuse_if_busy(run_dir)
+            except RunFolderBusy:
+                return False
+            return True
+
+        wait_for(free, 120, "the stopped ServerApp to let go of its run folder")
 
         resumed = _fedmtl("flwr-run", "--resume", str(run_dir), "--superlink-address", f"127.0.0.1:{deployment.port}",
                           "--insecure", "--app-dir", str(ROOT), env=deployment.env, cwd=tmp_path)

@@ -92,10 +92,10 @@ def test_an_aggregator_direction_of_another_width_is_refused_naming_the_rule():
 def test_a_name_registered_twice_says_whose_the_first_is():
     from fedmtl.registry import Registry
 
-    registry: Registry[object] = Registry("weighting")
-    registry.register("mine")(type("Mine", (), {"__module__": "my_plugin"}))
-    with pytest.raises(ValueError, match=r"^weighting 'mine' is registered twice \(the first is registered by "
-                                         r"my_plugin\); give yours another name$"):
+    registry: Registry[object] = Registry("dataset")
+    registry.register("mine")(object())  # an instance (a DatasetEntry) has fedmtl's class, not its registrar
+    with pytest.raises(ValueError, match=rf"^dataset 'mine' is registered twice \(the first is registered by "
+                                         rf"{__name__}\); give yours another name$"):
         registry.register("mine")(object())
     with pytest.raises(ValueError, match=r"weighting 'mean' is registered twice \(the first is fedmtl's own\)"):
         RULES.register("mean")(object())

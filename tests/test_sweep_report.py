@@ -136,7 +136,9 @@ def test_federated_sweep_and_report_over_both_sweeps(sweep_dir):
     rows = [line for line in main.splitlines() if line.startswith("| client.lr=") and " [" in line]
     assert [row.split(" | ")[0] for row in rows] == ["| client.lr=0.05", "| client.lr=0.1"]
     # every statistic a mean [95% interval] over the 2 seeds; Δm% with a paired interval, none for the reference
-    assert all(" | 2 | t, 2 seeds | " in row for row in rows) and rows[0].endswith("| – (reference) |")
+    # (an interval reaching beyond what the statistic can be is cut, and says so)
+    assert all(" | 2 | t, 2 seeds | " in row or " | 2 | t, 2 seeds, cut to [" in row for row in rows)
+    assert rows[0].endswith("| – (reference) |")
     assert rows[1].count(" [") == rows[0].count(" [") + 1 >= 9
     assert "## Placement" not in text  # centralized runs have no clients to place
     tidy = pd.read_csv(sweep_dir / "report" / "report.csv")
