@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,18 +126,13 @@ def test_plugins_and_trackers_take_names_separated_by_commas_alike():
     assert build_config({"run": {"trackers": "tensorboard"}}).run.trackers == ["tensorboard"]
 
 
-def test_a_resume_may_find_its_plugins_elsewhere(tmp_path):
-    """A plugin file moved after the run: the resume says where the run names its plugins and
-    how to point them to the new place; edited there, the run continues."""
+def one_round_with_plugin(tmp_path: Path, plugin: Path, rule: str) -> tuple[Path, Callable[..., Any]]:
+    """A 1-round in-process smoke run in ``tmp_path / "run"`` with ``plugin``'s weighting ``rule``
+    on the clients (by the command line, in a fresh process); return the folder and a function
+    running ``fedmtl ARGS...`` there."""
     import os
     import subprocess
 
-    from fedmtl.results import RESUME_FREE_KEYS
-
-    assert "run.plugins" in RESUME_FREE_KEYS
-    old, new = tmp_path / "old" / "rule.py", tmp_path / "new" / "rule.py"
-    old.parent.mkdir()
-    old.write_text(WEIGHTING.format(name="moved-rule"))
     run_dir, env = tmp_path / "run", {**os.environ, "HOME": str(tmp_path)}
 
     def fedmtl(*args: str) -> subprocess.CompletedProcess:
@@ -143,9 +140,23 @@ def test_a_resume_may_find_its_plugins_elsewhere(tmp_path):
                               env=env, cwd=tmp_path)
 
     first = fedmtl("run", str(ROOT / "configs/smoke.toml"), "-q", "--out", str(run_dir), "--set", "run.rounds=1",
-                   "--set", "engine.backend=inprocess", "--set", f'run.plugins=["{old}"]',
-                   "--set", "client.weighting=moved-rule")
+                   "--set", "engine.backend=inprocess", "--set", f'run.plugins=["{plugin}"]',
+                   "--set", f"client.weighting={rule}")
     assert first.returncode == 0, first.stderr
+    return run_dir, fedmtl
+
+
+def test_a_resume_may_find_its_plugins_elsewhere(tmp_path):
+    """A plugin file moved after the run: the resume says where the run names its plugins and
+    how to point them to the new place; edited there, the run continues."""
+
+    from fedmtl.results import RESUME_FREE_KEYS
+
+    assert "run.plugins" in RESUME_FREE_KEYS
+    old, new = tmp_path / "old" / "rule.py", tmp_path / "new" / "rule.py"
+    old.parent.mkdir()
+    old.write_text(WEIGHTING.format(name="moved-rule"))
+    run_dir, fedmtl = one_round_with_plugin(tmp_path, old, "moved-rule")
     new.parent.mkdir()
     old.rename(new)
     refused = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=2")
@@ -169,21 +180,10 @@ def test_a_resume_may_find_its_plugins_elsewhere(tmp_path):
 def test_a_resume_after_the_plugin_file_was_edited_is_refused_unless_forced(tmp_path):
     """The rounds before the checkpoint ran the plugin's old text: continuing with the new one
     would mix two rules in one run. The checkpoint records each plugin file's digest."""
-    import os
-    import subprocess
 
     plugin = tmp_path / "rule.py"
     plugin.write_text(WEIGHTING.format(name="edited-rule"))
-    run_dir, env = tmp_path / "run", {**os.environ, "HOME": str(tmp_path)}
-
-    def fedmtl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fedmtl", *args], capture_output=True, text=True, timeout=300,
-                              env=env, cwd=tmp_path)
-
-    first = fedmtl("run", str(ROOT / "configs/smoke.toml"), "-q", "--out", str(run_dir), "--set", "run.rounds=1",
-                   "--set", "engine.backend=inprocess", "--set", f'run.plugins=["{plugin}"]',
-                   "--set", "client.weighting=edited-rule")
-    assert first.returncode == 0, first.stderr
+    run_dir, fedmtl = one_round_with_plugin(tmp_path, plugin, "edited-rule")
     before = plugins.file_digest(plugin)
     plugin.write_text(WEIGHTING.format(name="edited-rule").replace("1.0 / len(objectives)", "0.5"))
     refused = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=2")
