@@ -134,3 +134,24 @@ def test_a_resume_that_skips_the_heads_in_the_folder_still_checks_everything_els
     assert "client.lr = 0.5" in results.resume_problems(tmp_path, edited, checkpoint, heads=False)[0].message
     monkeypatch.setattr(results, "table_problems", lambda *args: ["metrics.csv lacks round 1"])
     assert "metrics.csv lacks round 1" in results.resume_problems(tmp_path, cfg, checkpoint, heads=False)[0].message
+
+
+def test_the_server_leaves_a_finished_run_alone_and_refuses_a_folder_without_a_checkpoint(tmp_path, capsys):
+    """What the ServerApp does with ``resume.run-dir`` before it touches the grid (the grid is
+    never used: ``None``)."""
+    from fedmtl.resumption import ResumeRefused
+    from fedmtl.server.app import resume_submitted
+
+    done = _fedmtl("run", str(_config(tmp_path, tmp_path / "runs", rounds=1)), "--set", "engine.backend=inprocess",
+                   "--out", str(tmp_path / "done"), "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert resume_submitted(None, tmp_path / "done", heads_on_nodes=True) == tmp_path / "done"
+    assert "already finished its 1 rounds: nothing to resume" in capsys.readouterr().out
+
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.toml").write_text((tmp_path / "done" / "config.toml").read_text())
+    (started / ".fedmtl-run").write_text("")
+    (started / "flower-run-id").write_text("7\n")
+    with pytest.raises(ResumeRefused, match="was submitted with flwr run .Flower run 7.: submit its config.toml again"):
+        resume_submitted(None, started, heads_on_nodes=True)
