@@ -31,10 +31,10 @@ def flwr_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # two longest single tests to run alone at the end): starting the long ones first keeps one of
 # them from running alone at the end. Re-measure with `--durations=0` when the suite changes.
 LONGEST_FIRST = [
-    "test_flwr_run.py", "test_deploy.py", "test_deploy_resume.py", "test_sweep_report.py", "test_personalization.py",
-    "test_faults.py", "test_simulation.py", "test_weightings_simulation.py", "test_resume.py", "test_ray_cluster.py",
-    "test_deploy_stranger.py", "test_inprocess_engine.py", "test_run_identity.py", "test_global_state.py",
-    "test_interrupt.py", "test_views.py", "test_sweep_jobs.py", "test_datasets_simulation.py",
+    "test_flwr_run.py", "test_deploy.py", "test_sweep_report.py", "test_personalization.py", "test_faults.py",
+    "test_deploy_resume.py", "test_simulation.py", "test_weightings_simulation.py", "test_resume.py",
+    "test_ray_cluster.py", "test_deploy_stranger.py", "test_inprocess_engine.py", "test_run_identity.py",
+    "test_global_state.py", "test_interrupt.py", "test_views.py", "test_sweep_jobs.py", "test_datasets_simulation.py",
     "test_shared_engine.py", "test_python_api.py", "test_personalization_composition.py", "test_plots_format.py",
 ]
 

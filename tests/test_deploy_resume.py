@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedmtl.launch.flwr_run import _flwr, resolved_run_config, wait_for_run
+from fedmtl.results import FLOWER_RUN_FILE, RUN_MARKER
 from tests.deploy_support import processes, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,7 @@ def test_a_stopped_deployment_run_resumes_to_the_rows_of_an_uninterrupted_run(tm
         again = _fedmtl("flwr-run", "--resume", str(run_dir), "--superlink-address", f"127.0.0.1:{deployment.port}",
                         "--insecure", "--app-dir", str(ROOT), env=deployment.env, cwd=tmp_path)
         assert again.returncode == 0 and "already finished its 2 rounds: nothing to resume" in again.stdout
+    assert_the_server_leaves_a_finished_run_alone_and_refuses_a_folder_without_a_checkpoint(run_dir, tmp_path)
 
     simulated = _fedmtl("run", str(config), "--set", "engine.backend=inprocess", "--out", str(tmp_path / "sim"),
                         "-q", cwd=tmp_path)
@@ -136,22 +138,20 @@ def test_a_resume_that_skips_the_heads_in_the_folder_still_checks_everything_els
     assert "metrics.csv lacks round 1" in results.resume_problems(tmp_path, cfg, checkpoint, heads=False)[0].message
 
 
-def test_the_server_leaves_a_finished_run_alone_and_refuses_a_folder_without_a_checkpoint(tmp_path, capsys):
-    """What the ServerApp does with ``resume.run-dir`` before it touches the grid (the grid is
-    never used: ``None``)."""
+
+def assert_the_server_leaves_a_finished_run_alone_and_refuses_a_folder_without_a_checkpoint(run_dir: Path,
+                                                                                           tmp_path: Path) -> None:
+    """What the ServerApp itself does with ``resume.run-dir`` before it touches the grid (a
+    submission the command line would not make: the grid is never used, ``None``)."""
     from fedmtl.resumption import ResumeRefused
     from fedmtl.server.app import resume_submitted
 
-    done = _fedmtl("run", str(_config(tmp_path, tmp_path / "runs", rounds=1)), "--set", "engine.backend=inprocess",
-                   "--out", str(tmp_path / "done"), "-q", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert resume_submitted(None, tmp_path / "done", heads_on_nodes=True) == tmp_path / "done"
-    assert "already finished its 1 rounds: nothing to resume" in capsys.readouterr().out
-
-    started = tmp_path / "started"
+    assert resume_submitted(None, run_dir, heads_on_nodes=True, quiet=True) == run_dir  # finished: left alone
+    assert not (run_dir / "stopped.txt").exists()
+    started = tmp_path / "started"  # a submitted run stopped before its first checkpoint
     started.mkdir()
-    (started / "config.toml").write_text((tmp_path / "done" / "config.toml").read_text())
-    (started / ".fedmtl-run").write_text("")
-    (started / "flower-run-id").write_text("7\n")
+    (started / "config.toml").write_text((run_dir / "config.toml").read_text())
+    (started / RUN_MARKER).write_text("")
+    (started / FLOWER_RUN_FILE).write_text("7\n")
     with pytest.raises(ResumeRefused, match="was submitted with flwr run .Flower run 7.: submit its config.toml again"):
         resume_submitted(None, started, heads_on_nodes=True)
