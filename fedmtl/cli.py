@@ -586,15 +586,14 @@ def _flwr_resume(run_dir: Path, local: bool) -> tuple[Path | None, dict[str, obj
             fail(f"'{run_dir}' does not exist: nothing to resume")
         return None, extra  # on the ServerApp's machine only: it checks it there
     try:
-        plan = plan_resume(run_dir, heads_on_nodes=not local, force_hint=submitted_force_hint(run_dir, not local))
+        plan = plan_resume(run_dir, heads_on_nodes=not local, force_hint=submitted_force_hint(run_dir, not local),
+                           restart=False)
     except (ResumeRefused, CheckpointError, RunFolderBusy) as exc:
         fail(str(exc))
         raise  # unreachable
     if plan.finished:
         typer.echo(f"'{run_dir}' already finished its {plan.cfg.run.rounds} rounds: nothing to resume")
         raise typer.Exit(0)
-    if plan.checkpoint is None:
-        fail(f"cannot resume '{run_dir}': it has no checkpoint to continue from; submit its config.toml again")
     return run_dir / "config.toml", extra  # a deployment's folder as typed: the ServerApp's machine resolves it
 
 

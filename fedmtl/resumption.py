@@ -118,7 +118,7 @@ def submitted_force_hint(run_dir: str | Path, heads_on_nodes: bool) -> str:
 
 def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool = False,
                 force_hint: str = "--force resumes anyway",
-                checking: Checking | None = None, heads_on_nodes: bool = False) -> Resumption:
+                checking: Checking | None = None, heads_on_nodes: bool = False, restart: bool = True) -> Resumption:
     """Check that the run in ``run_dir`` can continue exactly, to ``rounds`` rounds (default:
     its own), and return what it continues from.
 
@@ -142,6 +142,10 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
         checks its own when it is called: the server names the heads its last training left
         (the checkpoint's ledger), and a client whose heads are missing or replaced refuses
         in one line (:func:`fedmtl.clients.app.heads_refusal`), an error the run reports.
+    restart : bool
+        A run without a checkpoint may start again from round 1 in its folder
+        (:attr:`Resumption.restart`); ``False`` refuses it (a ``flwr run`` submission that
+        resumes continues from a checkpoint only).
 
     Raises
     ------
@@ -172,7 +176,11 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
     if why:
         raise ResumeRefused(f"cannot resume '{run_dir}': {why}")
     if not checkpoint_files(run_dir):
-        return _plan_restart(run_dir, cfg, rounds)
+        plan = _plan_restart(run_dir, cfg, rounds)
+        if plan.restart is not None and not restart:
+            raise ResumeRefused(f"cannot resume '{run_dir}': it has no checkpoint to continue from; submit its "
+                                "config.toml again")
+        return plan
     checkpoint, skipped = load_checkpoint(run_dir)
     if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
         return Resumption(cfg, checkpoint, finished=True, skipped=skipped, unfinished=unfinished_outputs(run_dir, cfg))

@@ -139,17 +139,15 @@ def resume_submitted(
     fedmtl.resumption.ResumeRefused
         The run cannot be continued exactly, or has no checkpoint (one line naming the folder).
     """
-    from fedmtl.resumption import ResumeRefused, plan_resume, submitted_force_hint
+    from fedmtl.resumption import plan_resume, submitted_force_hint
 
-    plan = plan_resume(run_dir, heads_on_nodes=heads_on_nodes, force_hint=submitted_force_hint(run_dir, heads_on_nodes))
+    plan = plan_resume(run_dir, heads_on_nodes=heads_on_nodes, force_hint=submitted_force_hint(run_dir, heads_on_nodes),
+                       restart=False)
     if plan.finished:
         if not quiet:
             make_console().print(
                 f"'{run_dir}' already finished its {plan.cfg.run.rounds} rounds: nothing to resume")
         return run_dir
-    if plan.checkpoint is None:
-        raise ResumeRefused(f"cannot resume '{run_dir}': it has no checkpoint to continue from; submit its "
-                            "config.toml again")
     return run_server(grid, plan.cfg, run_dir, quiet=quiet, checkpoint=plan.checkpoint, flower_run_id=flower_run_id)
 
 

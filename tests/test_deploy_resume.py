@@ -155,3 +155,21 @@ def assert_the_server_leaves_a_finished_run_alone_and_refuses_a_folder_without_a
     (started / FLOWER_RUN_FILE).write_text("7\n")
     with pytest.raises(ResumeRefused, match="was submitted with flwr run .Flower run 7.: submit its config.toml again"):
         resume_submitted(None, started, heads_on_nodes=True)
+
+
+def test_a_submitted_resume_of_a_folder_without_a_checkpoint_is_refused_not_restarted(tmp_path):
+    """``fedmtl run --resume`` starts such a folder again from round 1; a submitted resume
+    (``restart=False``, the ServerApp's and ``flwr-run --resume``'s) refuses it and deletes nothing."""
+    from fedmtl.resumption import ResumeRefused, plan_resume
+    from fedmtl.server.app import resume_submitted
+
+    folder = tmp_path / "run"
+    (folder / "heads").mkdir(parents=True)
+    (folder / "config.toml").write_text((ROOT / "configs/smoke.toml").read_text())
+    (folder / RUN_MARKER).write_text("")
+    (folder / "metrics.csv").write_text("round,client,task,split,metric,value\n")
+    assert plan_resume(folder).restart is not None  # fedmtl run --resume would start it again
+    for refuse in (lambda: plan_resume(folder, restart=False), lambda: resume_submitted(None, folder, True)):
+        with pytest.raises(ResumeRefused, match="it has no checkpoint to continue from; submit its config.toml again"):
+            refuse()
+    assert (folder / "metrics.csv").is_file()

@@ -131,11 +131,11 @@ def checked_partition(name: str, parts: Any, num_clients: int, num_rows: int) ->
 
 def _check_disjoint(where: str, parts: list[np.ndarray], num_rows: int) -> None:
     """Refuse parts that hold a row twice: in one part, or in two clients' parts."""
-    owners = np.concatenate([np.full(len(rows), client) for client, rows in enumerate(parts)])
     rows = np.concatenate(parts)
     counts = np.bincount(rows, minlength=num_rows)
     if not (counts > 1).any():
         return
+    owners = np.concatenate([np.full(len(part), client) for client, part in enumerate(parts)])
     row = int(np.flatnonzero(counts > 1)[0])
     holders = sorted(int(c) for c in owners[rows == row])
     if len(set(holders)) == 1:
