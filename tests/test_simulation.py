@@ -32,9 +32,13 @@ def _run(out: Path, *overrides: str, config: str = "configs/smoke.toml") -> subp
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, str, str, str]]:
     """The same 4-client, 3-round simulation with each head store, and with 2 virtual
-    SuperNodes taking turns playing the 4 clients (3 are asked per round)."""
+    SuperNodes taking turns playing the 4 clients (3 are asked per round). The first is on
+    Ray; the others on the in-process backend, which gives a Ray run's bytes
+    (tests/test_inprocess_engine.py) and saves two Ray start-ups: their comparisons with the
+    first check the head store, or the SuperNodes' turns, and the backend at once."""
     runs = {}
-    for name, extra in (("disk", []), ("context", []), ("shared", ["engine.supernodes=2"])):
+    in_process = "engine.backend=inprocess"
+    for name, extra in (("disk", []), ("context", [in_process]), ("shared", ["engine.supernodes=2", in_process])):
         store = "disk" if name == "shared" else name
         out = tmp_path_factory.mktemp(f"smoke-{name}") / "run"
         proc = _run(
@@ -133,13 +137,16 @@ def test_heads_continue_across_rounds_in_the_real_engine(smoke_run):
 def test_progress_display_and_final_table(smoke_run):
     """Output redirected (not a terminal): the header, plain round lines, the table, no colour
     codes, and nothing of Ray's or Flower's (without -v), nothing after the results line."""
-    out, _, stdout, stderr = smoke_run
+    out, store, stdout, stderr = smoke_run
     assert "round 1/3" in stdout and "round 3/3" in stdout
     assert "left: mean" in stdout and "worst" in stdout
     assert "Personalized test metrics across clients (round 3)" in stdout
     lines = stdout.splitlines()
-    assert lines[:3] == [f"config    {ROOT / 'configs/smoke.toml'}", f"run       {out}",
-                         "engine    local Ray, all CPUs; 1 CPU per client"]
+    assert lines[:2] == [f"config    {ROOT / 'configs/smoke.toml'}", f"run       {out}"]
+    if store == "disk":  # the Ray run
+        assert lines[2] == "engine    local Ray, all CPUs; 1 CPU per client"
+    else:  # as many clients at a time as this machine has cores
+        assert lines[2].startswith("engine    in this process, ") and lines[2].endswith("; 1 CPU per client")
     assert lines[3] == "clients   4 registered, 3 sampled per round (uniform)"
     assert lines[-1] == f"Results: {out}"
     assert "\x1b[" not in stdout + stderr
