@@ -1,13 +1,13 @@
 """``engine.backend = "inprocess"``: Flower's Simulation Engine with the ClientApps in this process.
 
 The backend alone (its replies, errors and the swap of Flower's backend), the config rules,
-and real runs through ``run_simulation``: the same results as on Ray, bit for bit, with no
-Ray started.
+and real runs through ``run_simulation`` with no Ray started. That an in-process run gives
+the Ray run's results bit for bit is checked beside tests/test_simulation.py's Ray run (its
+``test_an_in_process_run_equals_the_ray_run_bit_for_bit``).
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import threading
@@ -283,29 +283,6 @@ def _run(out: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_an_in_process_run_equals_the_ray_run_bit_for_bit(tmp_path):
-    ray_run, here = tmp_path / "ray", tmp_path / "inprocess"
-    _run(ray_run, *RUN)
-    proc = _run(here, *RUN, "engine.backend=inprocess")
-    assert re.search(r"in this process, \d+ clients? at a time", proc.stdout)
-    assert "starting Ray" not in proc.stdout
-    assert (here / "metrics.csv").read_text() == (ray_run / "metrics.csv").read_text()
-    rounds = [pd.read_csv(r / "rounds.csv").drop(columns=["elapsed_s"]) for r in (ray_run, here)]
-    pd.testing.assert_frame_equal(*rounds)
-    heads = sorted(p.relative_to(ray_run) for p in (ray_run / "heads").rglob("*.safetensors"))
-    assert heads == sorted(p.relative_to(here) for p in (here / "heads").rglob("*.safetensors")) and heads
-    from safetensors.torch import load_file
-
-    for name in heads:
-        a, b = (load_file(r / name) for r in (ray_run, here))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    checkpoints = [torch.load(r / "checkpoints" / "round-3.pt", weights_only=True) for r in (ray_run, here)]
-    for key, value in checkpoints[0]["backbone"].items():
-        assert torch.equal(value, checkpoints[1]["backbone"][key]), key
-    assert 'backend = "inprocess"' in (here / "config.toml").read_text()
-
-
-@pytest.mark.slow
 def test_a_library_run_in_process_starts_no_ray_and_records_client_failures(tmp_path):
     import fedmtl
 
@@ -370,7 +347,6 @@ def test_an_interrupted_in_process_run_resumes_to_the_same_bytes(tmp_path):
 
 def test_a_report_groups_runs_on_either_backend_as_one_configuration(tmp_path):
     """The backend changes no result, so it labels no configuration."""
-    import pandas as pd
 
     from fedmtl.report import RunResult, group_configurations
 

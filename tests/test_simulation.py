@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -33,13 +34,15 @@ def _run(out: Path, *overrides: str, config: str = "configs/smoke.toml") -> subp
 def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, str, str, str]]:
     """The same 4-client, 3-round simulation with each head store, and with 2 virtual
     SuperNodes taking turns playing the 4 clients (3 are asked per round). The first is on
-    Ray; the others on the in-process backend, which gives a Ray run's bytes
-    (tests/test_inprocess_engine.py) and saves two Ray start-ups: their comparisons with the
-    first check the head store, or the SuperNodes' turns, and the backend at once."""
+    Ray; the others on the in-process backend: ``inprocess`` must give the Ray run's bytes
+    (:func:`test_an_in_process_run_equals_the_ray_run_bit_for_bit`), so the others'
+    comparisons with the Ray run check the head store, or the SuperNodes' turns, with one Ray
+    start-up in all."""
     runs = {}
     in_process = "engine.backend=inprocess"
-    for name, extra in (("disk", []), ("context", [in_process]), ("shared", ["engine.supernodes=2", in_process])):
-        store = "disk" if name == "shared" else name
+    for name, extra in (("disk", []), ("inprocess", [in_process]), ("context", [in_process]),
+                        ("shared", ["engine.supernodes=2", in_process])):
+        store = "context" if name == "context" else "disk"
         out = tmp_path_factory.mktemp(f"smoke-{name}") / "run"
         proc = _run(
             out, f"client.head-store={store}", "data.num-clients=4", "run.rounds=3",
@@ -68,6 +71,30 @@ def test_supernodes_taking_turns_give_the_same_run_as_one_per_client(smoke_runs)
     # each client's heads are its own, whichever SuperNode played it
     shared_heads = sorted(p.relative_to(shared) for p in (shared / "heads").rglob("*.safetensors"))
     assert shared_heads and shared_heads == sorted(p.relative_to(own) for p in (own / "heads").rglob("*.safetensors"))
+
+
+def test_an_in_process_run_equals_the_ray_run_bit_for_bit(smoke_runs):
+    """``engine.backend = "inprocess"`` (tests/test_inprocess_engine.py): the Ray run's
+    metrics, rounds, head files and checkpoints, bit for bit, with no Ray started."""
+    import torch
+    from safetensors.torch import load_file
+
+    ray_run, here = smoke_runs["disk"][0], smoke_runs["inprocess"][0]
+    stdout = smoke_runs["inprocess"][2]
+    assert re.search(r"in this process, \d+ clients? at a time", stdout)
+    assert "starting Ray" not in stdout
+    assert (here / "metrics.csv").read_text() == (ray_run / "metrics.csv").read_text()
+    rounds = [pd.read_csv(r / "rounds.csv").drop(columns=["elapsed_s"]) for r in (ray_run, here)]
+    pd.testing.assert_frame_equal(*rounds)
+    heads = sorted(p.relative_to(ray_run) for p in (ray_run / "heads").rglob("*.safetensors"))
+    assert heads == sorted(p.relative_to(here) for p in (here / "heads").rglob("*.safetensors")) and heads
+    for name in heads:
+        a, b = (load_file(r / name) for r in (ray_run, here))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    checkpoints = [torch.load(r / "checkpoints" / "round-3.pt", weights_only=True) for r in (ray_run, here)]
+    for key, value in checkpoints[0]["backbone"].items():
+        assert torch.equal(value, checkpoints[1]["backbone"][key]), key
+    assert 'backend = "inprocess"' in (here / "config.toml").read_text()
 
 
 def test_shared_supernodes_need_heads_on_disk():
