@@ -3,7 +3,7 @@
 One actor and the engine's two worker threads: both calls reach the actor before the first
 one ends, the actor runs them one after the other (never two clients at once), and each
 reply answers its own message. Ray runs bit for bit as in-process ones do (with the pipeline)
-in tests/test_inprocess_engine.py.
+in tests/test_simulation.py.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path):
 def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
     config = str(ROOT / "configs/smoke.toml")
     # the uninterrupted reference runs in-process (the same numbers as on Ray, bit for bit:
-    # tests/test_inprocess_engine.py), without a second Ray start-up; the killed run is on Ray
+    # tests/test_simulation.py), without a second Ray start-up; the killed run is on Ray
     whole = _fedmtl("run", config, *_sets(), "--set", "engine.backend=inprocess", "--out", str(tmp_path / "whole"),
                     "-q", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]

@@ -11,7 +11,7 @@ machine), while the actor receives it (about 1 ms) and while the reply travels b
 time, in the order they were submitted, so the next call waits inside the actor and starts as
 soon as the current one ends; no more clients run at once than before, on the same actors
 with the same resources. Which actor runs which message does not change what a ClientApp
-computes (``tests/test_inprocess_engine.py`` compares Ray runs with in-process ones bit for
+computes (``tests/test_simulation.py`` compares a Ray run with an in-process one bit for
 bit). Flower runs its worker threads in a thread pool of at most min(32, CPUs + 4) threads, so
 with more actors than that (a cluster) the engine keeps as many calls in flight as before, one
 per actor.
