@@ -379,7 +379,8 @@ class Estimate:
             return "–"
         if math.isnan(self.low) or math.isnan(self.high):
             return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        mark = CUT_MARK if ", cut to " in self.method else ""
+        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]{mark}"
 
 
 def seed_estimate(values: list[float], paired: bool = False) -> Estimate:
@@ -559,15 +560,23 @@ def overall_metric(configurations: list[Configuration]) -> str | None:
     return next(iter(metrics)) if len(metrics) == 1 and None not in metrics else None
 
 
+COUNT_STATS = ("never_trained", "rounds_trained.min", "rounds_trained.median", "rounds_trained.max",
+               "worst10_never_trained")
+"""Participation statistics that count clients or rounds (:func:`participation_values`): never negative."""
+
+
 def statistic_range(key: str, tasks: dict[str, str], overall: str | None) -> tuple[float, float] | None:
-    """The values statistic ``key`` (``[global_]<task>.<stat>``, as :func:`_run_values` names them)
-    can take: Jain's index and the Gini coefficient in [0, 1], a mean or worst-10% in the range
-    of its metric (:func:`fedmtl.screening.evaluation_range`, scaled as the table shows it: an
-    accuracy in [0, 100] %); ``None`` for any other statistic."""
+    """The values statistic ``key`` (``[global_]<task>.<stat>``, as :func:`_run_values` and
+    :func:`participation_values` name them) can take: Jain's index and the Gini coefficient in
+    [0, 1]; a mean, worst-10% or trained clients' worst-10% in the range of its metric
+    (:func:`fedmtl.screening.evaluation_range`, scaled as the table shows it: an accuracy in
+    [0, 100] %); a count of clients or rounds at least 0; ``None`` for any other statistic."""
+    if key in COUNT_STATS or key.endswith(".worst10_never_trained"):
+        return 0.0, math.inf
     name, _, stat = key.rpartition(".")
     if stat in ("jain", "gini"):
         return 0.0, 1.0
-    if stat not in ("mean", "worst10"):
+    if stat not in ("mean", "worst10", "trained_worst10"):
         return None
     name = name.removeprefix(GLOBAL_STAT)
     metric = overall if name == OVERALL else tasks.get(name)
@@ -575,13 +584,22 @@ def statistic_range(key: str, tasks: dict[str, str], overall: str | None) -> tup
     return None if bounds is None else (bounds[0] * _scale(metric), bounds[1] * _scale(metric))
 
 
+GAP_RANGE = (0.0, 1.0)
+"""What a group gap can be (:mod:`fedmtl.group_fairness`: the largest minus the smallest of a
+rate, or of an accuracy, over the groups)."""
+
+CUT_MARK = "†"
+"""Marks a cell whose interval was cut to the statistic's range (:func:`within_range`)."""
+
+
 def within_range(estimate: Estimate, bounds: tuple[float, float] | None) -> Estimate:
     """``estimate`` with its interval cut to ``bounds`` where it reaches beyond (a t interval of
     few seeds can: accuracy 75.2 [14.9, 135.6] %), its method saying so."""
     if bounds is None or math.isnan(estimate.low) or (bounds[0] <= estimate.low and estimate.high <= bounds[1]):
         return estimate
+    shown = f"[{bounds[0]:g}, {bounds[1]:g}]" if math.isfinite(bounds[1]) else f"≥ {bounds[0]:g}"
     return replace(estimate, low=max(estimate.low, bounds[0]), high=min(estimate.high, bounds[1]),
-                   method=f"{estimate.method}, cut to [{bounds[0]:g}, {bounds[1]:g}]")
+                   method=f"{estimate.method}, cut to {shown}")
 
 
 def estimate_configuration(configuration: Configuration, tasks: dict[str, str], overall: str | None,
@@ -747,7 +765,7 @@ def group_estimates(configuration: Configuration, task: str, keys: list[str]) ->
     intervals: over seeds (t) with two or more, else a bootstrap over the run's clients."""
     values = [[r.summary.get("group", {}).get(task, {}).get(k, math.nan) for k in keys] for r in configuration.runs]
     if len(values) >= 2:
-        return {k: seed_estimate([v[i] for v in values]) for i, k in enumerate(keys)}
+        return {k: within_range(seed_estimate([v[i] for v in values]), GAP_RANGE) for i, k in enumerate(keys)}
     clients = _client_group_metrics(configuration.runs[0], task)
 
     def gaps(rows: np.ndarray) -> np.ndarray:
@@ -955,6 +973,9 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
         "Student-t interval (n − 1 degrees of freedom); with one seed, the run's value and a "
         f"percentile bootstrap over its clients ({BOOTSTRAP_RESAMPLES} resamples of the clients, "
         f"each with all its tasks; seed {BOOTSTRAP_SEED}); the `interval` column says which. "
+        f"{CUT_MARK}: a t interval that reached beyond what the statistic can be (an accuracy "
+        "below 0% or above 100%, a count below 0), cut to that range (`report.csv` says so in its "
+        "`interval` column). "
         "Accuracy in %. Worst-10%: mean of the worst 10% of clients. Jain's index (1 = all clients "
         "equal) and Gini coefficient (0 = all equal) of the client metric. Overall: the same of "
         "each client's mean over the tasks it holds. "

@@ -217,6 +217,32 @@ def test_an_interval_of_few_seeds_is_cut_to_what_the_statistic_can_be(tmp_path):
     assert report.statistic_range("delta_m", {"left": "accuracy"}, None) is None
 
 
+def test_every_bounded_statistic_of_the_report_is_cut_and_marked(tmp_path):
+    """The trained clients' worst-10%, the participation counts and the group gaps are cut as
+    the table's statistics are (they once were not: a worst-10% accuracy of 17.2 [-13.3, 47.7]),
+    and a cut cell of report.md carries the mark the report explains."""
+    accuracy = {"left": "accuracy"}
+    assert report.statistic_range("left.trained_worst10", accuracy, None) == (0.0, 100.0)
+    for key in ("never_trained", "rounds_trained.min", "rounds_trained.median", "rounds_trained.max",
+                "left.worst10_never_trained"):
+        assert report.statistic_range(key, accuracy, None) == (0.0, math.inf), key
+    wide = report.seed_estimate([30.0, 2.0])  # t975 with 1 degree of freedom: far below 0
+    assert wide.low < 0
+    for key, low, high, said in (("left.trained_worst10", 0.0, min(wide.high, 100.0), "cut to [0, 100]"),
+                                 ("never_trained", 0.0, wide.high, "cut to ≥ 0")):
+        cut = report.within_range(wide, report.statistic_range(key, accuracy, None))
+        assert (cut.low, cut.high, cut.mean) == (low, high, wide.mean) and cut.method == f"t, 2 seeds, {said}", key
+        assert cut.cell(1).endswith(f"]{report.CUT_MARK}")
+    assert not wide.cell(1).endswith(report.CUT_MARK)  # an interval left as it is carries no mark
+    # group gaps over seeds: a max − min over groups lies in [0, 1]
+    runs = [report.RunResult(tmp_path / f"seed-{i}", {}, {"group": {"left": {"accuracy-gap-colour.pooled": gap}}},
+                             pd.DataFrame(), pd.DataFrame()) for i, gap in enumerate((0.3, 0.01))]
+    gaps = report.group_estimates(report.Configuration("c", runs), "left", ["accuracy-gap-colour.pooled"])
+    gap = gaps["accuracy-gap-colour.pooled"]
+    assert gap.low == 0.0 and gap.high <= 1.0 and gap.method == "t, 2 seeds, cut to [0, 1]"
+    assert report.seed_estimate([0.3, 0.01]).low < 0  # it was cut
+
+
 def test_differences_are_paired_by_seed(sweep):
     tidy = tidy_of(sweep)
     mean, fair = label(tidy, "weighting=mean"), label(tidy, "weighting=fairgrad")
