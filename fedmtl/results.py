@@ -55,13 +55,12 @@ from fedmtl.plugins import plugin_digests
 from fedmtl.protocol import TEST_GLOBAL
 from fedmtl.provenance import collect_provenance, finish_provenance
 from fedmtl.run_tables import METRIC_COLUMNS as TABLE_METRIC_COLUMNS
-from fedmtl.run_tables import table_problems
+from fedmtl.run_tables import PLACEMENT_COLUMNS, table_problems
 from fedmtl.stop_record import STOPPED_FILE
 from fedmtl.tasks import TaskSpec
 from fedmtl.trackers import Trackers
 
 METRIC_COLUMNS = list(TABLE_METRIC_COLUMNS)
-PLACEMENT_COLUMNS = ["round", "client", "stage", "host", "node", "device"]
 METRIC_ROWS = "metrics-rows"
 """A checkpoint's count of the ``metrics.csv`` rows written up to its round: a resume finds
 rows lost from a table cut at a line end (:func:`fedmtl.run_tables.table_problems`)."""
@@ -379,6 +378,9 @@ class RunRecorder:
         self.metric_rows = max(len(kept.splitlines()) - 1, 0)
         if self.placement_path.is_file():  # cut as metrics.csv is: its rows stay byte for byte (csv's line ends)
             write_bytes(self.placement_path, rows_up_to(self.placement_path.read_bytes(), last_round))
+        else:  # a folder of an older fedmtl, or the file was deleted: it lists the resumed rounds
+            with self.placement_path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(PLACEMENT_COLUMNS)
         rounds_path = self.run_dir / "rounds.csv"
         if rounds_path.is_file():
             rounds = pd.read_csv(rounds_path, dtype=str, keep_default_na=False)
@@ -693,6 +695,8 @@ def rows_up_to(table: bytes, last_round: int) -> bytes:
     the round, byte for byte as they were written (a resumed run's ``metrics.csv`` then equals
     an uninterrupted run's)."""
     lines = table.splitlines(keepends=True)
+    if len(lines) > 1 and not lines[-1].endswith(b"\n"):  # cut short: a row of a round the resume redoes
+        lines = lines[:-1]
     kept = [line for line in lines[1:] if line.strip() and int(line.split(b",", 1)[0]) <= last_round]
     return b"".join(lines[:1] + kept)
 

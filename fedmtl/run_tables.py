@@ -8,7 +8,12 @@ written. It finds
 - a table that is missing (``metrics.csv`` or, after round 1, ``rounds.csv``) or that does not
   parse (a line with more or fewer fields than the header, bytes that are not text);
 - a last line cut short (a write that a crash or a full disk stopped) of a round the
-  checkpoint holds (a cut line of a later round is dropped with that round);
+  checkpoint holds (a cut line of a later round is dropped with that round, and so is one cut
+  inside its round number, ``1`` of ``12,...``: the row counts below tell whether a row of
+  the checkpoint's rounds was lost);
+- a header other than the one fedmtl writes (``metrics.csv``, ``placement.csv``: the resumed
+  rounds' rows would land in the wrong columns), ``rounds.csv`` without ``round`` or
+  ``elapsed_s``, and a ``placement.csv`` row whose round is not a whole number;
 - ``rounds.csv`` without exactly one row for each round up to the checkpoint's;
 - a round that ``rounds.csv`` says aggregated updates or evaluated clients, whose training or
   test rows ``metrics.csv`` lacks;
@@ -29,13 +34,27 @@ from fedmtl.one_line import one_line
 METRIC_COLUMNS = ("round", "client", "task", "split", "metric", "value")
 """The columns of ``metrics.csv``."""
 
+PLACEMENT_COLUMNS = ["round", "client", "stage", "host", "node", "device"]
+"""The columns of ``placement.csv``."""
+
+HEADERS = {"metrics.csv": list(METRIC_COLUMNS), "placement.csv": PLACEMENT_COLUMNS}
+"""The tables a resume appends rows to as they are written (no header read): their exact header."""
+
+
+CUT_IN_ROUND = 2**62
+""":func:`_cut_line_round` of a line cut inside its round number: a round after any checkpoint's
+as far as the line can say (the counts of the rows that stay say whether one was lost)."""
+
 
 def _cut_line_round(data: bytes) -> int | None:
     """The round of ``data``'s last line when it lacks its line end (``None``: the line is
-    whole); ``-1`` when its round cannot be read."""
+    whole); :data:`CUT_IN_ROUND` when the cut falls inside the round number (no field ends on
+    the line: ``1`` may be the start of ``12``); ``-1`` when its round cannot be read."""
     if not data or data.endswith(b"\n"):
         return None
     last = data.rsplit(b"\n", 1)[-1]
+    if b"," not in last:
+        return CUT_IN_ROUND
     try:
         return int(last.split(b",", 1)[0])
     except ValueError:
@@ -60,6 +79,9 @@ def _read(path: Path, done: int) -> tuple[pd.DataFrame | None, str]:
         return None, f"{path.name} does not parse: {one_line(exc)}"
     if "round" not in table.columns or (len(table) and not pd.api.types.is_integer_dtype(table["round"])):
         return None, f"{path.name} has no whole-number 'round' column"
+    if (header := HEADERS.get(path.name)) is not None and list(table.columns) != header:
+        return None, (f"{path.name}'s header is {','.join(map(str, table.columns))}, not the "
+                      f"{','.join(header)} fedmtl writes: the resumed rounds' rows would not fit it")
     return (table[table["round"] <= done] if len(table) else table), ""
 
 
@@ -70,15 +92,16 @@ def table_problems(run_dir: str | Path, done: int, metric_rows: int | None = Non
     run_dir = Path(run_dir)
     metrics, problem = _read(run_dir / "metrics.csv", done)
     problems = [problem] if problem else []
-    if metrics is not None and (missing := [c for c in METRIC_COLUMNS if c not in metrics.columns]):
-        problems.append(f"metrics.csv has no column '{missing[0]}'")
-        metrics = None
+    if (run_dir / "placement.csv").is_file() and (problem := _read(run_dir / "placement.csv", done)[1]):
+        problems.append(problem)
     if done < 1:
         return problems
     rounds, problem = _read(run_dir / "rounds.csv", done)
     if problem:
         return [*problems, problem]
     assert rounds is not None
+    if "elapsed_s" not in rounds.columns:
+        return [*problems, "rounds.csv has no column 'elapsed_s'"]
     listed = sorted(int(r) for r in rounds["round"])
     if listed != list(range(1, done + 1)):
         absent = sorted(set(range(1, done + 1)) - set(listed))

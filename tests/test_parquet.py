@@ -120,3 +120,17 @@ def test_a_resume_cuts_placement_csv_keeping_its_rows_byte_for_byte(tmp_path):
     for r in (2, 3):
         resumed.log_placement(rows[r])
     assert (tmp_path / "cut" / "placement.csv").read_bytes() == (tmp_path / "whole" / "placement.csv").read_bytes()
+
+
+def test_a_resume_of_a_folder_without_placement_csv_lists_the_resumed_rounds(tmp_path):
+    """A folder of a fedmtl before placement.csv (or one whose file was deleted): the resumed
+    rounds' placement goes under a header (it stopped the run at its end with a KeyError)."""
+    cfg = load_config(None, ["run.rounds=3"])
+    first = RunRecorder(tmp_path / "run", cfg, dataset_tasks(cfg.data))
+    first.log_placement([(1, 0, "train", "host", "", "cpu")])
+    (tmp_path / "run" / "placement.csv").unlink()
+    resumed = RunRecorder(tmp_path / "run", cfg, dataset_tasks(cfg.data), resume_round=1)
+    resumed.log_placement([(2, 0, "train", "host", "", "cpu")])
+    assert resumed.placement_summary() == {"host//cpu": 1}
+    assert (tmp_path / "run" / "placement.csv").read_text().splitlines() == [
+        "round,client,stage,host,node,device", "2,0,train,host,,cpu"]

@@ -42,7 +42,7 @@ def test_whole_tables_agree_with_the_checkpoint(tmp_path):
     (HEADER + metric_rows(1, 2, 3) + "1,2,3,4,5,6,7,8\n", ROUNDS, "metrics.csv does not parse"),
     (HEADER + metric_rows(1, 2, 3), ROUNDS.replace("2,0.2,2,2,0\n", ""), "rounds.csv has no row of round 2"),
     (HEADER + metric_rows(1, 2, 3), ROUNDS + "1,0.1,2,2,2\n", "rounds.csv has a round twice"),
-    ("round,client,task\n1,0,left\n", ROUNDS, "metrics.csv has no column 'split'"),
+    ("round,client,task\n1,0,left\n", ROUNDS, "metrics.csv's header is round,client,task, not the "),
 ])
 def test_lost_or_broken_rows_of_checkpointed_rounds_are_named(tmp_path, metrics, rounds, problem):
     found = table_problems(folder(tmp_path, metrics, rounds), 3)
@@ -60,6 +60,48 @@ def test_rows_lost_at_a_line_end_are_found_by_the_checkpoints_count(tmp_path):
         "metrics.csv has 6 rows of rounds 1-3, where the checkpoint of round 3 counted 7: rows were lost"]
     added = whole + "2,5,left,test,accuracy,0.9\n"
     assert table_problems(folder(tmp_path, added), 3, metric_rows=7)[0].endswith("counted 7: rows were added")
+
+
+def test_a_line_cut_inside_its_round_number_is_dropped_and_the_counts_decide(tmp_path):
+    """``1`` may be the start of ``12,...``: the line says no round, so it is dropped as a later
+    round's, and the checkpoint's count says whether a row of its rounds went with it."""
+    whole = HEADER + metric_rows(1, 2, 3)
+    assert table_problems(folder(tmp_path, whole + "1"), 3, metric_rows=6) == []
+    two = whole + "3,1,left,test,accuracy,0.6\n"
+    assert table_problems(folder(tmp_path, two[:-len("3,1,left,test,accuracy,0.6\n")] + "3"), 3,
+                          metric_rows=7) == [
+        "metrics.csv has 6 rows of rounds 1-3, where the checkpoint of round 3 counted 7: rows were lost"]
+    assert table_problems(folder(tmp_path, whole, ROUNDS + "4"), 3) == []  # rounds.csv alike
+
+
+@pytest.mark.parametrize(("table", "text", "problem"), [
+    ("metrics.csv", "round,client,split,task,metric,value\n" + metric_rows(1, 2, 3),
+     "metrics.csv's header is round,client,split,task,metric,value, not the round,client,task,split,metric,value"),
+    ("metrics.csv", "round,client,task,split,metric,value,note\n", "metrics.csv's header is"),
+    ("placement.csv", "round,client,stage,host,node\n1,0,train,h,n\n", "placement.csv's header is"),
+    ("placement.csv", "round,client,stage,host,node,device\nx,0,train,h,n,cpu\n",
+     "placement.csv has no whole-number 'round' column"),
+    ("placement.csv", "round,client,stage,host,node,device\n3,0,tra", "placement.csv: its last line (of round 3)"),
+    ("rounds.csv", ROUNDS.replace("elapsed_s,", "").replace(",0.1,", ",").replace(",0.2,", ",").replace(",0.3,", ","),
+     "rounds.csv has no column 'elapsed_s'"),
+])
+def test_tables_a_resume_would_append_to_wrongly_are_named(tmp_path, table, text, problem):
+    """A resume appends rows as fedmtl writes them: a table with other columns would get rows
+    that do not fit it (task and split swapped, a field short), placement.csv garbage would
+    stop the run at its end, rounds.csv without elapsed_s before its first round."""
+    run = folder(tmp_path, HEADER + metric_rows(1, 2, 3))
+    (run / table).write_text(text)
+    found = table_problems(run, 3)
+    assert found and found[0].startswith(problem), found
+
+
+def test_rows_up_to_drops_a_cut_last_line_whatever_it_starts_with():
+    from fedmtl.results import rows_up_to
+
+    table = b"round,x\n1,a\n11,b\n"
+    assert rows_up_to(table + b"1", 11) == table  # the start of "12,c": not round 1
+    assert rows_up_to(table + b"12,c", 11) == table
+    assert rows_up_to(table, 1) == b"round,x\n1,a\n"
 
 
 def test_a_run_whose_rounds_were_all_skipped_has_an_empty_metrics_table(tmp_path):
