@@ -498,6 +498,8 @@ def _sweep_with(base_run: Path, tmp_path: Path, *sets: str):
     ("heads deleted", [], "trained in round 1 but '{run}/heads/clients-0-99' has none"),
     ("config edited", [], "config.toml differs from the run's: run.seed = 1 (was 0)"),
     ("sweep changed", ["run.rounds=3"], "config.toml differs from the sweep's: run.rounds = 3 (was 2)"),
+    # it once deleted the folder, its rounds and the user's notes, and ran it again
+    ("checkpoints unreadable", [], "no checkpoint of it loads (checkpoint '{run}/checkpoints/round-1.pt' is unusable"),
 ])
 def test_a_sweep_refuses_to_resume_a_run_that_would_not_be_exact(base_run, tmp_path, change, sets, said):
     from fedmtl.launch.sweep import run_sweep
@@ -507,6 +509,9 @@ def test_a_sweep_refuses_to_resume_a_run_that_would_not_be_exact(base_run, tmp_p
         shutil.rmtree(run / "heads")
     elif change == "config edited":
         (run / "config.toml").write_text((run / "config.toml").read_text().replace("seed = 0\n", "seed = 1\n", 1))
+    elif change == "checkpoints unreadable":
+        (run / "checkpoints" / "round-1.pt").write_bytes(b"not a checkpoint")
+        (run / "NOTES.txt").write_text("mine")
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     lines: list[str] = []
     done = run_sweep(planned, report=lines.append)

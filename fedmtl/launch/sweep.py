@@ -53,7 +53,7 @@ from fedmtl.atomic import write_bytes
 from fedmtl.config import ConfigError, ExperimentConfig, parse_override
 from fedmtl.labels import format_value, toml_inline
 from fedmtl.launch.simulation import shared_engine
-from fedmtl.one_line import counted, error_and_traceback, shell_path
+from fedmtl.one_line import counted, error_and_traceback, one_line, shell_path
 from fedmtl.progress import format_duration, sweep_eta
 from fedmtl.resumption import ResumeRefused
 from fedmtl.validation import load_config
@@ -526,13 +526,13 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
         with holding(run_dir):  # from the checks to the run's end: no other process writes it between
             try:
                 checkpoint, _ = load_checkpoint(run_dir)
-            except CheckpointError:
-                checkpoint = None
-            if checkpoint is not None:
-                from fedmtl.launch.simulation import simulate
+            except CheckpointError as exc:  # its checkpoints are there but none loads: its rounds are kept
+                raise ResumeRefused(f"cannot resume '{run_dir}': no checkpoint of it loads "
+                                    f"({one_line(exc)}); delete '{run_dir}' to run it again from round 1") from None
+            from fedmtl.launch.simulation import simulate
 
-                simulate(check_resume(cfg, run_dir, checkpoint), run_dir, quiet=quiet, checkpoint=checkpoint)
-                return
+            simulate(check_resume(cfg, run_dir, checkpoint), run_dir, quiet=quiet, checkpoint=checkpoint)
+            return
     clear_unfinished(run_dir)  # left by an interrupted run that cannot be continued
     create_run_dir(cfg, run_dir)
     if cfg.run.mode == "centralized":
