@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmtl import protocol as wire
 from fedmtl.background import BackgroundWork
-from fedmtl.config import RESUME_HEADS_ON_NODES, RESUME_RUN_DIR, ExperimentConfig
+from fedmtl.config import RESUME_HEADS_ON_NODES, RESUME_RUN_DIR, ConfigError, ExperimentConfig
 from fedmtl.data import dataset_input_shape, dataset_tasks
 from fedmtl.folder_lock import holding
 from fedmtl.models import build_model
@@ -157,8 +157,24 @@ def submission(run_config: dict) -> tuple[dict, Path | None, bool]:
     on their own hosts (:data:`fedmtl.config.SUBMISSION_DEFAULTS`)."""
     values = dict(run_config)
     resume = str(values.pop(RESUME_RUN_DIR, "") or "")
-    heads_on_nodes = bool(values.pop(RESUME_HEADS_ON_NODES, False))
+    heads_on_nodes = _flag(values.pop(RESUME_HEADS_ON_NODES, False), RESUME_HEADS_ON_NODES)
     return values, Path(resume) if resume else None, heads_on_nodes
+
+
+def _flag(value: object, key: str) -> bool:
+    """A run-config switch: a boolean, or ``true`` / ``false`` as text (``flwr run --run-config
+    'key="false"'`` passes a string: ``bool("false")`` would be ``True``).
+
+    Raises
+    ------
+    ConfigError
+        For anything else, naming ``key`` and the value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{key} = {value!r}: must be true or false")
 
 
 app = ServerApp()

@@ -9,6 +9,7 @@ reproduces byte for byte.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,7 @@ def test_flwr_run_resume_refusals_are_one_line_and_submit_nothing(tmp_path, flwr
 
 
 def test_a_submission_s_resume_keys_are_not_the_experiment_s():
-    from fedmtl.config import RESUME_HEADS_ON_NODES, RESUME_RUN_DIR, SUBMISSION_DEFAULTS
+    from fedmtl.config import RESUME_HEADS_ON_NODES, RESUME_RUN_DIR, SUBMISSION_DEFAULTS, ConfigError
     from fedmtl.server.app import submission
     from fedmtl.validation import config_from_flat, load_config
 
@@ -117,6 +118,13 @@ def test_a_submission_s_resume_keys_are_not_the_experiment_s():
     assert config_from_flat(values).run.rounds == 3  # the keys are gone: the config reads
     values, resume, heads_on_nodes = submission({**flat, RESUME_RUN_DIR: "/srv/runs/a", RESUME_HEADS_ON_NODES: True})
     assert resume == Path("/srv/runs/a") and heads_on_nodes is True and RESUME_RUN_DIR not in values
+    # `flwr run --run-config 'resume.heads-on-nodes="false"'` passes text: "false" is no (bool("false") is True)
+    for text, meant in (("false", False), ("False", False), ("true", True), (" TRUE ", True)):
+        assert submission({**flat, RESUME_HEADS_ON_NODES: text})[2] is meant, text
+    for bad in ("no", "", 1, 0.0):
+        said = f"^resume.heads-on-nodes = {re.escape(repr(bad))}: must be true or false$"
+        with pytest.raises(ConfigError, match=said):
+            submission({**flat, RESUME_HEADS_ON_NODES: bad})
 
 
 def test_a_resume_that_skips_the_heads_in_the_folder_still_checks_everything_else(tmp_path, monkeypatch):
