@@ -147,6 +147,8 @@ def run(
     """
     _check_sets(ctx, set_, config)
     if resume is not None:
+        if out is not None:
+            fail("--resume continues a run in its own folder; give no --out (copy the folder to resume a copy)")
         _resume(resume, config, set_, quiet, verbose, force)
         return
     if force:

@@ -116,6 +116,15 @@ def submitted_force_hint(run_dir: str | Path, heads_on_nodes: bool) -> str:
             "with --superlink-address)")
 
 
+def _recorded_files(run_dir: Path) -> list[str]:
+    """What a run recorded in ``run_dir`` after its ``config.toml`` (written before them): its
+    tables, summary and checkpoints; nothing when it stopped during its start-up."""
+    from fedmtl.results import checkpoint_files
+
+    found = [name for name in ("metrics.csv", "rounds.csv", "summary.json") if (run_dir / name).is_file()]
+    return found + (["checkpoints"] if checkpoint_files(run_dir) else [])
+
+
 def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool = False,
                 force_hint: str = "--force resumes anyway",
                 checking: Checking | None = None, heads_on_nodes: bool = False, restart: bool = True) -> Resumption:
@@ -165,6 +174,9 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
     if not (run_dir / "config.toml").is_file():
         from fedmtl.results import RUN_MARKER
 
+        if (run_dir / RUN_MARKER).is_file() and (recorded := _recorded_files(run_dir)):
+            raise ResumeRefused(f"'{run_dir}' has lost its config.toml but holds its run's {', '.join(recorded)}: "
+                                "put the config.toml back (the run's own) to resume it")
         if (run_dir / RUN_MARKER).is_file():
             raise ResumeRefused(f"'{run_dir}' holds no config.toml: its run stopped during its start-up, before "
                                 f"recording anything; run the config again (--out {run_dir} reuses the folder)")

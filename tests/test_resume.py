@@ -133,6 +133,10 @@ def test_resume_errors_are_clear(tmp_path):
     assert proc.returncode == 2 and "its heads are not kept in a folder of their own inside it" in proc.stderr
     proc = _fedmtl("run", str(ROOT / "configs/smoke.toml"), "--resume", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "give no CONFIG" in proc.stderr
+    proc = _fedmtl("run", "--resume", str(tmp_path), "--out", str(tmp_path / "copy"), cwd=tmp_path)  # was ignored
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: --resume continues a run in its own folder; give no --out (copy the folder to resume a copy)")
+    assert not (tmp_path / "copy").exists()
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_its_folder(tmp_path):
@@ -182,6 +186,14 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_its_folder(tm
     from fedmtl.results import create_run_dir
 
     assert interrupted_message(marker_only).startswith("interrupted before the run started; nothing was recorded")
+    # a folder that recorded rounds and then lost its config.toml is not told to start again
+    lost = tmp_path / "lost-config"
+    shutil.copytree(whole, lost)
+    (lost / "config.toml").unlink()
+    proc = _fedmtl("run", "--resume", str(lost), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: '{lost}' has lost its config.toml but holds its run's metrics.csv, rounds.csv, summary.json, "
+        "checkpoints: put the config.toml back (the run's own) to resume it")
     assert create_run_dir(None, marker_only) == marker_only.resolve()  # --out takes the folder again
 
 
