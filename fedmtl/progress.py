@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from fedmtl.atomic import write_bytes
 from fedmtl.one_line import one_line
 from fedmtl.results import OVERALL, RoundStats
 
@@ -157,6 +158,22 @@ class ClientErrors:
                 text = " ".join(reason.split()) or "no message"
                 self.show(f"round {server_round} {stage}: {who}: {text} (all client errors: {self.path})")
 
+    def resume_after(self, done: int) -> None:
+        """A resumed run redoes the rounds after ``done``: cut the log after round ``done``'s
+        last entry (the engine's lines before a round's entries are that round's) and count the
+        errors it keeps, so that the run's summary counts each error once."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return
+        kept, entries = _entries_up_to(text, done)
+        with contextlib.suppress(OSError):
+            write_bytes(self.path, kept.encode("utf-8"))
+        for reason in entries:
+            kind = self.kind(reason)
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.examples.setdefault(kind, reason)
+
     def summary(self) -> str | None:
         """One line on the run's client errors (``None`` when there were none)."""
         if not self.counts:
@@ -165,6 +182,26 @@ class ClientErrors:
         repeats = "; ".join(f"{n}× {one_line(self.examples[k], 80)}" for k, n in self.counts.items())
         return (f"client errors: {total} in all, {distinct} distinct ({repeats}); details and tracebacks: "
                 f"{self.path}")
+
+
+_ENTRY = re.compile(r"^(?:round (\d+) [^:\n]+: (?:client \d+|a client): |engine \()", re.MULTILINE)
+
+
+def _entries_up_to(text: str, done: int) -> tuple[str, list[str]]:
+    """``client-errors.log``'s text up to the end of the last entry of a round ≤ ``done``, and
+    the reasons of the round entries kept (an entry runs from its ``round R stage: client C:``
+    or ``engine (`` line to the next; an engine entry belongs to the round entry after it)."""
+    starts = list(_ENTRY.finditer(text))
+    end, reasons = 0, []
+    for i, start in enumerate(starts):
+        if start.group(1) is None:
+            continue
+        if int(start.group(1)) > done:
+            break
+        stop = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        end = stop
+        reasons.append(text[start.end():stop].rstrip("\n"))
+    return text[:end], reasons
 
 
 def _usable(counts: dict[str, Any]) -> int:

@@ -340,6 +340,7 @@ class FedMTLStrategy:
     def restore(self, checkpoint: dict) -> None:
         """Continue after the checkpointed round (see :meth:`checkpoint_state`)."""
         self.first_round = int(checkpoint["round"]) + 1
+        self.errors.resume_after(int(checkpoint["round"]))  # the rounds after it are redone: their errors too
         self.optimizer.load_state_dict(checkpoint["server_optimizer"])
         for level, weighting in self.plan.weightings().items():
             weighting.load_state_dict(checkpoint["weightings"][level])

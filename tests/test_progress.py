@@ -214,3 +214,29 @@ def test_the_header_names_every_rule_with_the_parameters_the_config_sets():
     line = header_lines(cfg, Path("run"), None)[-1]
     assert line == ("rounds    2; rule tasks-then-clients: fedavg / mgda; client tasks fairgrad (alpha=2, "
                     "warm-start=true); personalization fedper")
+
+
+def test_a_resume_cuts_the_client_error_log_after_its_checkpoint_and_counts_what_it_keeps(tmp_path):
+    """The rounds after the checkpoint are redone: their errors were logged twice and the
+    closing line counted only the resumed part (found by an adversarial pass)."""
+    from fedmtl.progress import ClientErrors
+
+    path = tmp_path / "client-errors.log"
+    first = ClientErrors(path, lambda line: None)
+    first.report(1, "training", [(1, "client 1 dropped out of this round (faults.dropout)")])
+    path.write_text(path.read_text() + "engine (ray_backend): a traceback\n  of two lines\n")
+    first.report(2, "training", [(0, "update not finite\nsecond line"), (None, "lost")])
+    kept = path.read_text()
+    path.write_text(kept + "engine (ray_backend): round 3's engine line\n")
+    first.report(3, "training", [(2, "client 2 dropped out of this round (faults.dropout)")])
+    resumed = ClientErrors(path, lambda line: None)
+    resumed.resume_after(2)
+    assert path.read_text() == kept
+    assert resumed.counts == {"client # dropped out of this round (faults.dropout)": 1,
+                              "update not finite second line": 1, "lost": 1}
+    resumed.report(3, "training", [(2, "client 2 dropped out of this round (faults.dropout)")])
+    assert resumed.summary().startswith("client errors: 4 in all, 3 distinct (2× client 1 dropped out")
+    ClientErrors(path, lambda line: None).resume_after(0)
+    assert path.read_text() == ""
+    ClientErrors(tmp_path / "none.log", lambda line: None).resume_after(3)  # no log: nothing to cut
+    assert not (tmp_path / "none.log").exists()

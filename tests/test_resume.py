@@ -293,3 +293,24 @@ def test_reset_deletes_the_runs_files_and_its_head_store_at_any_depth_and_keeps_
     assert (tmp_path / "elsewhere" / "keep.png").is_file()  # a link is removed, never followed
     with pytest.raises(ValueError, match="is not a run folder fedmtl made"):
         reset_run_dir(tmp_path / "elsewhere")
+
+
+def test_a_resumed_run_logs_each_client_error_once(tmp_path):
+    """The rounds a resume redoes log their errors again: the log is cut back to the checkpoint
+    first, so it ends as an uninterrupted run's, and the closing count is the run's."""
+    import fedmtl
+
+    faults = ["data.num-clients=4", "run.rounds=4", "faults.dropout=0.5", "run.seed=3", "server.min-replies=1",
+              "server.on-too-few=skip", "engine.backend=inprocess"]
+    whole = fedmtl.run(ROOT / "configs/smoke.toml", overrides=faults, out=tmp_path / "whole").folder
+    log = (whole / "client-errors.log").read_text()
+    assert "round 4 training: client" in log  # the redone round had errors to log twice
+    killed = tmp_path / "killed"
+    shutil.copytree(whole, killed)
+    (killed / "summary.json").unlink()
+    (killed / "checkpoints" / "round-4.pt").unlink()
+    proc = _fedmtl("run", "--resume", str(killed), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (killed / "client-errors.log").read_text() == log
+    errors = log.count(" dropped out of this round")
+    assert f"client errors: {errors} in all" in proc.stdout + proc.stderr
