@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 import time
 import uuid
@@ -776,6 +777,31 @@ def check_extension(before: int, rounds: Any) -> None:
                          "not shorten it")
 
 
+def _with_rounds(path: Path, rounds: int, cfg: ExperimentConfig) -> str:
+    """The text of the run's ``config.toml`` with ``run.rounds = rounds``, every other line as it
+    was (relative plugin paths stay relative: the folder moves with its plugins); ``cfg``'s
+    TOML when the file does not say its rounds on a line of its own."""
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        before = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return cfg.to_toml()
+    lines, table = text.splitlines(keepends=True), ""
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and not stripped.startswith("[["):
+            table = stripped.strip("[]").strip()
+        elif table == "run" and re.fullmatch(r"rounds\s*=\s*\d+", stripped):
+            lines[i] = f"rounds = {rounds}\n"
+            edited = "".join(lines)
+            if tomllib.loads(edited) == {**before, "run": {**before.get("run", {}), "rounds": rounds}}:
+                return edited
+            break
+    return cfg.to_toml()
+
+
 def extend_run(run_dir: Path, cfg: ExperimentConfig, rounds: int,
                done: int | None = None) -> tuple[ExperimentConfig, str | None]:
     """Extend the run in ``run_dir``, whose config is ``cfg``, to ``rounds`` rounds: its
@@ -802,7 +828,7 @@ def extend_run(run_dir: Path, cfg: ExperimentConfig, rounds: int,
     if rounds == before:
         return cfg, None
     cfg = cfg.with_values(run={"rounds": rounds})
-    write_bytes(run_dir / "config.toml", cfg.to_toml().encode())
+    write_bytes(run_dir / "config.toml", _with_rounds(run_dir / "config.toml", rounds, cfg).encode())
     if not before % cfg.run.evaluate_every or (done is not None and done < before):
         return cfg, None  # round `before` is evaluated by a run of `rounds` rounds as well, or never ran
     note = (f"round {before} was evaluated as the run's last (run.evaluate-every = {cfg.run.evaluate_every}); "

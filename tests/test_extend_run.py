@@ -116,7 +116,7 @@ def test_resume_problems_allow_more_rounds_than_the_checkpoints(tmp_path):
     short, long = load_config(SMOKE), load_config(SMOKE, ["run.rounds=4"])
     run_id = write_run_id(tmp_path)
     (tmp_path / "metrics.csv").write_text("round,client,task,split,metric,value\n")  # two skipped rounds
-    (tmp_path / "rounds.csv").write_text("round,aggregated,evaluated\n1,0,0\n2,0,0\n")
+    (tmp_path / "rounds.csv").write_text("round,elapsed_s,aggregated,evaluated\n1,0.1,0,0\n2,0.2,0,0\n")
     checkpoint = {"round": 2, **checkpoint_identity(run_id, short)}
     assert resume_problems(tmp_path, long, checkpoint) == []
     shorter = load_config(SMOKE, ["run.rounds=1"])
@@ -147,3 +147,22 @@ def test_an_extension_says_when_it_differs_from_a_run_of_that_many_rounds(tmp_pa
     extended, note = extend_run(tmp_path, cfg, rounds, done)
     assert extended.run.rounds == rounds and load_config(tmp_path / "config.toml").run.rounds == rounds
     assert note is None if said is None else said in note, note
+
+
+def test_an_extension_changes_only_the_rounds_line_of_config_toml(tmp_path):
+    """The rest of config.toml stays as it was written: a plugin named by a relative path (the
+    folder moves with it) stayed relative, comments and order too (it was rewritten whole,
+    every path made absolute)."""
+    from fedmtl.results import extend_run
+
+    cfg = load_config(None, ["run.rounds=3"])
+    text = cfg.to_toml().replace("[run]\n", "[run]\n# mine\n", 1)
+    text = text.replace("plugins = []", 'plugins = ["../plug/rule.py"]')
+    assert 'plugins = ["../plug/rule.py"]' in text
+    (tmp_path / "config.toml").write_text(text)
+    extended, _ = extend_run(tmp_path, cfg, 5)
+    assert extended.run.rounds == 5
+    assert (tmp_path / "config.toml").read_text() == text.replace("\nrounds = 3\n", "\nrounds = 5\n", 1)
+    (tmp_path / "config.toml").write_text("[run]\nrounds = [3]\n")  # no line of its own: written whole
+    extend_run(tmp_path, cfg, 6)
+    assert load_config(tmp_path / "config.toml").run.rounds == 6
