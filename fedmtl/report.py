@@ -203,6 +203,53 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+SUMMARY_CHECKED_STATS = ("mean", "worst10", "jain", "gini")
+"""The statistics of ``summary.json``'s ``final`` the report shows: each must be what the
+final round's per-client rows of ``metrics.csv`` give (:func:`_check_final_against_rows`)."""
+
+
+def _summary_error(path: Path, what: str) -> ValueError:
+    return ValueError(f"'{path / 'summary.json'}' {what}: give the report the other runs' folders, or run this "
+                      "one again")
+
+
+def _check_final_section(path: Path, final: dict) -> None:
+    """``summary.json``'s ``final``: a table per task naming its metric, statistics as numbers."""
+    for task, stats in final.items():
+        if not isinstance(stats, dict) or not isinstance(stats.get("metric"), str):
+            raise _summary_error(path, f"has no metric name for task '{task}' under final")
+        for stat in SUMMARY_CHECKED_STATS:
+            value = stats.get(stat)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise _summary_error(path, f"has final.{task}.{stat} = {value!r}, not a number")
+
+
+def _check_final_against_rows(path: Path, final: dict, rows: pd.DataFrame) -> None:
+    """Every per-client value of the final round within its metric's range, and every statistic
+    of ``summary.json``'s ``final`` the one those values give (the report's table reads the
+    summary, its per-client columns ``metrics.csv``: the two must agree)."""
+    for task, stats in final.items():
+        values = rows.loc[rows["task"] == task, "value"].to_numpy(dtype=np.float64)
+        if not len(values):
+            continue
+        bounds = evaluation_range(stats["metric"], math.inf)
+        if bounds is not None and not ((values >= bounds[0]) & (values <= bounds[1])).all():
+            bad = values[~((values >= bounds[0]) & (values <= bounds[1]))][0]
+            raise ValueError(f"'{path / 'metrics.csv'}' has a final-round {task} {stats['metric']} of {bad:g}, "
+                             f"outside [{bounds[0]:g}, {bounds[1]:g}]: give the report the other runs' folders, "
+                             "or run this one again")
+        recomputed = row_statistics(values[None, :], higher_is_better(stats["metric"]))
+        for stat in SUMMARY_CHECKED_STATS:
+            if stats.get(stat) is None:
+                continue
+            found, expected = float(stats[stat]), float(recomputed[stat][0])
+            same = (math.isnan(found) and math.isnan(expected)) or math.isclose(found, expected, rel_tol=1e-9,
+                                                                                 abs_tol=1e-12)
+            if not same:
+                raise _summary_error(path, f"has final.{task}.{stat} = {found!r}, where the final round's "
+                                           f"rows of metrics.csv give {expected!r}")
+
+
 def read_run(path: Path) -> RunResult:
     """Read one run folder's config, summary and per-client primary metrics.
 
@@ -223,7 +270,12 @@ def read_run(path: Path) -> RunResult:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"'{path / 'config.toml'}' cannot be read ({one_line(error, 200)}): give the "
                          "report the other runs' folders, or run this one again") from None
-    metrics = read_table(path, "metrics")  # metrics.parquet when current
+    _check_final_section(path, summary["final"])
+    try:
+        metrics = read_table(path, "metrics")  # metrics.parquet when current
+    except (OSError, ValueError, TypeError, OverflowError) as error:
+        raise ValueError(f"'{path / 'metrics.csv'}' cannot be read ({one_line(error, 200)}): give the "
+                         "report the other runs' folders, or run this one again") from None
     primary = {t: s["metric"] for t, s in summary["final"].items()}
 
     def primary_rows(split: str) -> pd.DataFrame:
@@ -237,6 +289,7 @@ def read_run(path: Path) -> RunResult:
     global_final = global_curves[global_curves["round"] == last][["client", "task", "value"]].reset_index(drop=True)
     final_metrics = metrics[(metrics["split"] == TEST) & (metrics["round"] == last)]
     final_metrics = final_metrics[["client", "task", "metric", "value"]].reset_index(drop=True)
+    _check_final_against_rows(path, summary["final"], final)
     return RunResult(path, config, summary, final, curves, global_final, global_curves, read_participation(path),
                      final_metrics)
 

@@ -431,3 +431,44 @@ def test_a_damaged_summary_is_named_in_one_line(tmp_path, damage):
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "runs")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert result.output.startswith(f"error: '{bad / 'summary.json'}' cannot be read (")
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    (lambda s: s["final"]["left"].update(mean=5.0), "has final.left.mean = 5.0, where the final round's rows"),
+    (lambda s: s["final"]["left"].update(jain=True), "has final.left.jain = True, not a number"),
+    (lambda s: s["final"]["left"].update(gini="0.1"), "has final.left.gini = '0.1', not a number"),
+    (lambda s: s["final"]["left"].update(mean=float("nan")), "has final.left.mean = nan, where"),
+    (lambda s: s["final"].update(left=3), "has no metric name for task 'left' under final"),
+    (lambda s: s["final"]["left"].pop("metric"), "has no metric name for task 'left' under final"),
+])
+def test_a_summary_that_is_not_its_runs_rows_is_refused_naming_the_file(tmp_path, damage, said):
+    """The table reads summary.json, the per-client columns metrics.csv: a summary edited or
+    damaged (accuracy 500 %, Jain true, a seed silently dropped as NaN) was printed as a result,
+    or raised a TypeError."""
+    run = fake_run(tmp_path / "run", 0, "mean", {c: {"left": 0.5 + 0.1 * c, "right": 0.4} for c in range(3)})
+    report.read_run(run)  # as written: it reads
+    summary = json.loads((run / "summary.json").read_text())
+    damage(summary)
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError) as refused:
+        report.read_run(run)
+    text = str(refused.value)
+    assert text.startswith(f"'{run / 'summary.json'}' {said}") and "\n" not in text, text
+
+
+@pytest.mark.parametrize(("value", "said"), [("-0.5", "of -0.5, outside [0, 1]"), ("5.0", "of 5, outside [0, 1]"),
+                                             ("99999999999999999999999", "cannot be read")])
+def test_impossible_client_values_are_refused_naming_metrics_csv(tmp_path, value, said):
+    run = fake_run(tmp_path / "run", 0, "mean", {c: {"left": 0.5 + 0.1 * c, "right": 0.4} for c in range(3)})
+    metrics = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    index = next(i for i, line in enumerate(metrics) if line.startswith("1,0,left,test,accuracy,"))
+    if said == "cannot be read":  # a client id too large for any integer column
+        metrics[index] = metrics[index].replace("1,0,", f"1,{value},", 1)
+    else:
+        metrics[index] = f"1,0,left,test,accuracy,{value}\n"
+    (run / "metrics.csv").write_text("".join(metrics))
+    for parquet in run.glob("*.parquet"):
+        parquet.unlink()
+    with pytest.raises(ValueError) as refused:
+        report.read_run(run)
+    assert str(refused.value).startswith(f"'{run / 'metrics.csv'}' ") and said in str(refused.value), refused.value
