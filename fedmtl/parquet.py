@@ -21,6 +21,7 @@ with flwr-datasets), ``true`` requires pyarrow, ``false`` writes none.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 from pathlib import Path
@@ -35,6 +36,18 @@ TABLES = ("metrics", "rounds", "participation")
 """The tables copied to Parquet (``<name>.csv`` -> ``<name>.parquet``)."""
 SOURCE_BYTES = b"fedmtl.csv-bytes"
 """Parquet metadata key: the size of the CSV file the copy was made from."""
+SOURCE_DIGEST = b"fedmtl.csv-blake2b"
+"""Parquet metadata key: the BLAKE2b digest of the CSV file the copy was made from (an edit that
+keeps the file's size, a digit for a digit, makes the copy stale too)."""
+
+
+def _digest(path: Path) -> bytes:
+    """The BLAKE2b digest of the file at ``path``, in hex."""
+    digest = hashlib.blake2b()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest().encode()
 _CSV_OPTIONS: dict[str, dict[str, Any]] = {
     "metrics": {"dtype": {"round": "int64", "client": "int64", "task": str, "split": str, "metric": str,
                           "value": "float64"}},
@@ -96,7 +109,8 @@ def write_parquet(run_dir: str | Path) -> list[Path]:
             continue
         size = source.stat().st_size
         table = pa.Table.from_pandas(read_csv_table(source, name), preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_BYTES: str(size).encode()})
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_BYTES: str(size).encode(),
+                                               SOURCE_DIGEST: _digest(source)})
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         target = parquet_path(run_dir, name)
@@ -113,7 +127,7 @@ def remove_parquet(run_dir: str | Path) -> None:
 
 def fresh_parquet(run_dir: str | Path, name: str) -> Path | None:
     """``<name>.parquet`` when it exists, pyarrow can read it and it was made from the CSV file as
-    it is now (same size); else ``None``."""
+    it is now (same size and digest); else ``None``."""
     path, source = parquet_path(run_dir, name), csv_path(run_dir, name)
     if not path.is_file() or not source.is_file() or not parquet_available():
         return None
@@ -123,7 +137,9 @@ def fresh_parquet(run_dir: str | Path, name: str) -> Path | None:
         metadata = pq.read_schema(path).metadata or {}
     except Exception:  # noqa: BLE001 - an unreadable copy is ignored: the CSV is the source of truth
         return None
-    return path if metadata.get(SOURCE_BYTES) == str(source.stat().st_size).encode() else None
+    if metadata.get(SOURCE_BYTES) != str(source.stat().st_size).encode():
+        return None
+    return path if metadata.get(SOURCE_DIGEST) == _digest(source) else None
 
 
 def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:

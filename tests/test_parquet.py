@@ -73,6 +73,13 @@ def test_a_stale_copy_is_not_read_and_a_resume_removes_the_copies(tmp_path):
         handle.write("4,0,left,test,accuracy,0.5\n")
     assert parquet.fresh_parquet(run, "metrics") is None
     assert load_run(run)["metrics"]["round"].max() == 4  # from the CSV file
+    # an edit that keeps the file's size (a digit for a digit) makes the copy stale too
+    same_size = finished_run(tmp_path / "same-size")
+    text = (same_size / "rounds.csv").read_text()
+    assert parquet.fresh_parquet(same_size, "rounds") is not None and ",2," in text
+    (same_size / "rounds.csv").write_text(text.replace(",2,", ",7,", 1))
+    assert parquet.fresh_parquet(same_size, "rounds") is None
+    assert 7 in parquet.read_table(same_size, "rounds")["aggregated"].tolist()
     cfg = load_config(run / "config.toml")
     RunRecorder(run, cfg, dataset_tasks(cfg.data), resume_round=1)
     assert not any(run.glob("*.parquet"))
