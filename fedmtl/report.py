@@ -294,6 +294,24 @@ def read_run(path: Path) -> RunResult:
                      final_metrics)
 
 
+def check_one_dataset(runs: list[RunResult]) -> None:
+    """Refuse runs of different datasets in one report: their clients and tasks are not the
+    same, so pairing them by client (the paired intervals, Δm%) would compare unrelated numbers.
+
+    Raises
+    ------
+    ValueError
+        Naming a run of each dataset.
+    """
+    first: dict[str, Path] = {}
+    for run in runs:
+        first.setdefault(str(run.config.get("data.dataset", "")), run.path)
+    if len(first) > 1:
+        named = "; ".join(f"{dataset or '(none)'} in '{path}'" for dataset, path in first.items())
+        raise ValueError(f"the runs are of {len(first)} datasets ({named}): a report compares runs of one "
+                         "dataset; give it the folders of one")
+
+
 def group_configurations(runs: list[RunResult]) -> list[Configuration]:
     """Group runs by configuration and label each one by the keys that differ."""
     groups: dict[str, Configuration] = {}
@@ -999,6 +1017,7 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     """
     check_format(fmt, dpi)
     runs = [read_run(p) for p in find_run_dirs(paths)]
+    check_one_dataset(runs)
     out = Path(out)
     check_report_targets(out)
     replaced = (out / "report.md").is_file()

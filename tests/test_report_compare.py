@@ -472,3 +472,17 @@ def test_impossible_client_values_are_refused_naming_metrics_csv(tmp_path, value
     with pytest.raises(ValueError) as refused:
         report.read_run(run)
     assert str(refused.value).startswith(f"'{run / 'metrics.csv'}' ") and said in str(refused.value), refused.value
+
+
+def test_runs_of_two_datasets_are_not_compared(tmp_path):
+    """A MultiMNIST run and a Synthetic run were paired by client id (a 'paired bootstrap' Δ of
+    unrelated clients)."""
+    one = fake_run(tmp_path / "a", 0, "mean", {c: {"left": 0.5, "right": 0.4} for c in range(2)})
+    other = fake_run(tmp_path / "b", 1, "mean", {c: {"left": 0.6, "right": 0.4} for c in range(2)})
+    config = other / "config.toml"
+    config.write_text(config.read_text().replace('dataset = "multimnist"', 'dataset = "synthetic"', 1))
+    said = (r"^the runs are of 2 datasets \(multimnist in '.*/a'; synthetic in '.*/b'\): a report compares "
+            r"runs of one dataset; give it the folders of one$")
+    with pytest.raises(ValueError, match=said):
+        report.check_one_dataset([report.read_run(one), report.read_run(other)])
+    report.check_one_dataset([report.read_run(one)])
