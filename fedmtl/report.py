@@ -966,20 +966,31 @@ def placement_table(configurations: list[Configuration]) -> str:
 
 REPORT_FILES = ("report.md", "report.csv")
 """The report's files besides the figures."""
+REPORT_MARKER = ".fedmtl-report"
+"""Written into a report folder before anything else: the files of the report's names there are
+an earlier report's (also one stopped part-way), which a new report replaces."""
 
 
 def check_report_targets(out: Path) -> None:
-    """Refuse to write a report through a symbolic link: ``out`` or any file it would write.
+    """Refuse to write a report through a symbolic link (``out`` or any file it would write), or
+    over files of its names in a folder that holds no earlier report (no :data:`REPORT_MARKER`,
+    no ``report.md``).
 
     Raises
     ------
     ValueError
-        Naming the link.
+        Naming the link, or the files.
     """
-    for path in [out, *(out / name for name in (*REPORT_FILES, HTML_FILE, *report_figure_files()))]:
+    names = (*REPORT_FILES, HTML_FILE, *report_figure_files())
+    for path in [out, *(out / name for name in names)]:
         if path.is_symlink():
             raise ValueError(f"'{path}' is a symbolic link; fedmtl report never writes through one: "
                              "remove it or choose another --out")
+    earlier = (out / REPORT_MARKER).is_file() or (out / "report.md").is_file()
+    if not earlier and (taken := [name for name in names if (out / name).exists()]):  # someone else's files: kept
+        raise ValueError(f"'{out}' holds {', '.join(taken[:3])}{' and more' if len(taken) > 3 else ''} but no "
+                         "report.md: files not of an earlier report, which a report would replace; choose another "
+                         "--out")
 
 
 def make_report(paths: list[str | Path], out: str | Path, reference: str | None = None, fmt: str = "png",
@@ -1022,6 +1033,7 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     check_report_targets(out)
     replaced = (out / "report.md").is_file()
     out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT_MARKER).touch()
     configurations = group_configurations(runs)
     repeats = repeated_runs(configurations)
     ref = choose_reference(configurations, reference)

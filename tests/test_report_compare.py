@@ -486,3 +486,20 @@ def test_runs_of_two_datasets_are_not_compared(tmp_path):
     with pytest.raises(ValueError, match=said):
         report.check_one_dataset([report.read_run(one), report.read_run(other)])
     report.check_one_dataset([report.read_run(one)])
+
+
+def test_a_report_keeps_files_of_its_names_that_no_report_wrote(tmp_path):
+    """--out naming a folder of the user's holding a report.csv: it was replaced without a word."""
+    run = fake_run(tmp_path / "run", 0, "mean", {c: {"left": 0.5 + 0.1 * c, "right": 0.4} for c in range(2)})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.csv").write_text("mine\n")
+    with pytest.raises(ValueError, match=r"holds report.csv but no report.md: files not of an earlier report"):
+        report.make_report([run], mine)
+    assert (mine / "report.csv").read_text() == "mine\n" and sorted(p.name for p in mine.iterdir()) == ["report.csv"]
+    # a report stopped part-way (its marker, report.csv, no report.md) is replaced by the next one
+    ours = tmp_path / "ours"
+    report.make_report([run], ours)
+    (ours / "report.md").unlink()
+    report.make_report([run], ours)
+    assert (ours / "report.md").is_file()
