@@ -208,20 +208,20 @@ SUMMARY_CHECKED_STATS = ("mean", "worst10", "jain", "gini")
 final round's per-client rows of ``metrics.csv`` give (:func:`_check_final_against_rows`)."""
 
 
-def _summary_error(path: Path, what: str) -> ValueError:
-    return ValueError(f"'{path / 'summary.json'}' {what}: give the report the other runs' folders, or run this "
-                      "one again")
+def _unusable(file: Path, what: str) -> ValueError:
+    """The one-line error of a run folder's ``file`` the report cannot use, saying ``what`` is wrong."""
+    return ValueError(f"'{file}' {what}: give the report the other runs' folders, or run this one again")
 
 
 def _check_final_section(path: Path, final: dict) -> None:
     """``summary.json``'s ``final``: a table per task naming its metric, statistics as numbers."""
     for task, stats in final.items():
         if not isinstance(stats, dict) or not isinstance(stats.get("metric"), str):
-            raise _summary_error(path, f"has no metric name for task '{task}' under final")
+            raise _unusable(path / "summary.json", f"has no metric name for task '{task}' under final")
         for stat in SUMMARY_CHECKED_STATS:
             value = stats.get(stat)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise _summary_error(path, f"has final.{task}.{stat} = {value!r}, not a number")
+                raise _unusable(path / "summary.json", f"has final.{task}.{stat} = {value!r}, not a number")
 
 
 def _check_final_against_rows(path: Path, final: dict, rows: pd.DataFrame) -> None:
@@ -233,11 +233,10 @@ def _check_final_against_rows(path: Path, final: dict, rows: pd.DataFrame) -> No
         if not len(values):
             continue
         bounds = evaluation_range(stats["metric"], math.inf)
-        if bounds is not None and not ((values >= bounds[0]) & (values <= bounds[1])).all():
-            bad = values[~((values >= bounds[0]) & (values <= bounds[1]))][0]
-            raise ValueError(f"'{path / 'metrics.csv'}' has a final-round {task} {stats['metric']} of {bad:g}, "
-                             f"outside [{bounds[0]:g}, {bounds[1]:g}]: give the report the other runs' folders, "
-                             "or run this one again")
+        outside = values[(values < bounds[0]) | (values > bounds[1]) | np.isnan(values)] if bounds else values[:0]
+        if len(outside):
+            raise _unusable(path / "metrics.csv", f"has a final-round {task} {stats['metric']} of {outside[0]:g}, "
+                                                  f"outside [{bounds[0]:g}, {bounds[1]:g}]")
         recomputed = row_statistics(values[None, :], higher_is_better(stats["metric"]))
         for stat in SUMMARY_CHECKED_STATS:
             if stats.get(stat) is None:
@@ -246,8 +245,8 @@ def _check_final_against_rows(path: Path, final: dict, rows: pd.DataFrame) -> No
             same = (math.isnan(found) and math.isnan(expected)) or math.isclose(found, expected, rel_tol=1e-9,
                                                                                  abs_tol=1e-12)
             if not same:
-                raise _summary_error(path, f"has final.{task}.{stat} = {found!r}, where the final round's "
-                                           f"rows of metrics.csv give {expected!r}")
+                raise _unusable(path / "summary.json", f"has final.{task}.{stat} = {found!r}, where the final "
+                                                       f"round's rows of metrics.csv give {expected!r}")
 
 
 def read_run(path: Path) -> RunResult:
@@ -263,19 +262,16 @@ def read_run(path: Path) -> RunResult:
         if not isinstance(summary, dict) or not isinstance(summary.get("final"), dict):
             raise ValueError("it holds no run summary")
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"'{path / 'summary.json'}' cannot be read ({one_line(error, 200)}): give the "
-                         "report the other runs' folders, or run this one again") from None
+        raise _unusable(path / "summary.json", f"cannot be read ({one_line(error, 200)})") from None
     try:
         config = _flatten(tomllib.loads((path / "config.toml").read_text()))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ValueError(f"'{path / 'config.toml'}' cannot be read ({one_line(error, 200)}): give the "
-                         "report the other runs' folders, or run this one again") from None
+        raise _unusable(path / "config.toml", f"cannot be read ({one_line(error, 200)})") from None
     _check_final_section(path, summary["final"])
     try:
         metrics = read_table(path, "metrics")  # metrics.parquet when current
     except (OSError, ValueError, TypeError, OverflowError) as error:
-        raise ValueError(f"'{path / 'metrics.csv'}' cannot be read ({one_line(error, 200)}): give the "
-                         "report the other runs' folders, or run this one again") from None
+        raise _unusable(path / "metrics.csv", f"cannot be read ({one_line(error, 200)})") from None
     primary = {t: s["metric"] for t, s in summary["final"].items()}
 
     def primary_rows(split: str) -> pd.DataFrame:
@@ -450,7 +446,7 @@ class Estimate:
             return "–"
         if math.isnan(self.low) or math.isnan(self.high):
             return f"{self.mean:.{digits}f}"
-        mark = CUT_MARK if ", cut to " in self.method else ""
+        mark = CUT_MARK if CUT_NOTE in self.method else ""
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]{mark}"
 
 
@@ -661,6 +657,8 @@ rate, or of an accuracy, over the groups)."""
 
 CUT_MARK = "†"
 """Marks a cell whose interval was cut to the statistic's range (:func:`within_range`)."""
+CUT_NOTE = ", cut to "
+"""What :func:`within_range` adds to a cut interval's method (``t, 2 seeds, cut to [0, 100]``)."""
 
 
 def within_range(estimate: Estimate, bounds: tuple[float, float] | None) -> Estimate:
@@ -670,7 +668,7 @@ def within_range(estimate: Estimate, bounds: tuple[float, float] | None) -> Esti
         return estimate
     shown = f"[{bounds[0]:g}, {bounds[1]:g}]" if math.isfinite(bounds[1]) else f"≥ {bounds[0]:g}"
     return replace(estimate, low=max(estimate.low, bounds[0]), high=min(estimate.high, bounds[1]),
-                   method=f"{estimate.method}, cut to {shown}")
+                   method=f"{estimate.method}{CUT_NOTE}{shown}")
 
 
 def estimate_configuration(configuration: Configuration, tasks: dict[str, str], overall: str | None,

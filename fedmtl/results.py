@@ -36,6 +36,7 @@ import json
 import re
 import shutil
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -781,8 +782,6 @@ def _with_rounds(path: Path, rounds: int, cfg: ExperimentConfig) -> str:
     """The text of the run's ``config.toml`` with ``run.rounds = rounds``, every other line as it
     was (relative plugin paths stay relative: the folder moves with its plugins); ``cfg``'s
     TOML when the file does not say its rounds on a line of its own."""
-    import tomllib
-
     try:
         text = path.read_text(encoding="utf-8")
         before = tomllib.loads(text)
