@@ -454,8 +454,11 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     ------
     FileNotFoundError
         A path that does not exist or holds no finished run.
+    ValueError
+        A run folder ``fedmtl report`` refuses (:func:`fedmtl.report.read_run`), naming its file:
+        one whose files do not parse or disagree with each other.
     """
-    from fedmtl.report import find_run_dirs
+    from fedmtl.report import find_run_dirs, read_run
     from fedmtl.results import load_run
 
     if isinstance(paths, str | Path):
@@ -465,6 +468,7 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         raise FileNotFoundError(f"load_runs: expected a run folder or a list of them, got {paths!r}")
     frames = []
     for folder in find_run_dirs(list(paths)):
+        read_run(folder)  # refuses, naming the file, what the report refuses
         metrics = load_run(folder)["metrics"]
         config = _flat(tomllib.loads((folder / "config.toml").read_text()))
         metrics.insert(0, "run", str(Path(folder).resolve()))

@@ -224,19 +224,32 @@ def _check_final_section(path: Path, final: dict) -> None:
                 raise _unusable(path / "summary.json", f"has final.{task}.{stat} = {value!r}, not a number")
 
 
+def _check_rows_in_range(path: Path, final: dict, rows: pd.DataFrame) -> None:
+    """Every per-client value of a task's primary metric in ``rows`` (round, client, task, value:
+    every evaluated round, as the report's curves and figures use them) within its metric's
+    range: the server screens out evaluation replies outside it, so a run never records one."""
+    for task, stats in final.items():
+        mine = rows[rows["task"] == task]
+        values = mine["value"].to_numpy(dtype=np.float64)
+        bounds = evaluation_range(stats["metric"], math.inf)
+        if not len(values) or bounds is None:
+            continue
+        outside = (values < bounds[0]) | (values > bounds[1]) | np.isnan(values)
+        if outside.any():
+            at = int(np.argmax(outside))
+            raise _unusable(path / "metrics.csv", f"has a round-{int(mine['round'].iloc[at])} {task} "
+                                                  f"{stats['metric']} of {values[at]:g}, "
+                                                  f"outside [{bounds[0]:g}, {bounds[1]:g}]")
+
+
 def _check_final_against_rows(path: Path, final: dict, rows: pd.DataFrame) -> None:
-    """Every per-client value of the final round within its metric's range, and every statistic
-    of ``summary.json``'s ``final`` the one those values give (the report's table reads the
-    summary, its per-client columns ``metrics.csv``: the two must agree)."""
+    """Every statistic of ``summary.json``'s ``final`` the one the final round's per-client
+    values give (the report's table reads the summary, its per-client columns ``metrics.csv``:
+    the two must agree)."""
     for task, stats in final.items():
         values = rows.loc[rows["task"] == task, "value"].to_numpy(dtype=np.float64)
         if not len(values):
             continue
-        bounds = evaluation_range(stats["metric"], math.inf)
-        outside = values[(values < bounds[0]) | (values > bounds[1]) | np.isnan(values)] if bounds else values[:0]
-        if len(outside):
-            raise _unusable(path / "metrics.csv", f"has a final-round {task} {stats['metric']} of {outside[0]:g}, "
-                                                  f"outside [{bounds[0]:g}, {bounds[1]:g}]")
         recomputed = row_statistics(values[None, :], higher_is_better(stats["metric"]))
         for stat in SUMMARY_CHECKED_STATS:
             if stats.get(stat) is None:
@@ -255,7 +268,9 @@ def read_run(path: Path) -> RunResult:
     Raises
     ------
     ValueError
-        Naming the file when ``summary.json`` or ``config.toml`` cannot be read or parsed.
+        Naming the file when ``summary.json``, ``config.toml`` or ``metrics.csv`` cannot be read
+        or parsed, or disagree with each other (:func:`_check_final_against_rows`), or ``run.seed``
+        is not a whole number.
     """
     try:
         summary = json.loads((path / "summary.json").read_text())
@@ -267,6 +282,9 @@ def read_run(path: Path) -> RunResult:
         config = _flatten(tomllib.loads((path / "config.toml").read_text()))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise _unusable(path / "config.toml", f"cannot be read ({one_line(error, 200)})") from None
+    seed = config.get("run.seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise _unusable(path / "config.toml", f"has run.seed = {seed!r}, not a whole number")
     _check_final_section(path, summary["final"])
     try:
         metrics = read_table(path, "metrics")  # metrics.parquet when current
@@ -285,6 +303,8 @@ def read_run(path: Path) -> RunResult:
     global_final = global_curves[global_curves["round"] == last][["client", "task", "value"]].reset_index(drop=True)
     final_metrics = metrics[(metrics["split"] == TEST) & (metrics["round"] == last)]
     final_metrics = final_metrics[["client", "task", "metric", "value"]].reset_index(drop=True)
+    _check_rows_in_range(path, summary["final"], curves)
+    _check_rows_in_range(path, summary["final"], global_curves)
     _check_final_against_rows(path, summary["final"], final)
     return RunResult(path, config, summary, final, curves, global_final, global_curves, read_participation(path),
                      final_metrics)

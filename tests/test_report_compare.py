@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -503,3 +504,46 @@ def test_a_report_keeps_files_of_its_names_that_no_report_wrote(tmp_path):
     (ours / "report.md").unlink()
     report.make_report([run], ours)
     assert (ours / "report.md").is_file()
+
+
+@pytest.mark.parametrize("seed", ['"zero"', "true", "1.5"])
+def test_a_seed_that_is_not_a_whole_number_is_refused_by_the_report_and_load_runs(tmp_path, seed):
+    """``int("zero")`` in the report's grouping was a ValueError naming no file, and
+    ``fedmtl.load_runs`` handed the string on as the run's seed."""
+    import fedmtl
+
+    run = fake_run(tmp_path / "run", 0, "mean", {c: {"left": 0.5 + 0.1 * c, "right": 0.4} for c in range(3)})
+    assert len(fedmtl.load_runs(run))  # as written: it reads
+    config = (run / "config.toml").read_text()
+    assert "\nseed = 0\n" in config
+    (run / "config.toml").write_text(config.replace("\nseed = 0\n", f"\nseed = {seed}\n"))
+    said = f"'{run / 'config.toml'}' has run.seed = {tomllib.loads(f'x = {seed}')['x']!r}, not a whole number"
+    for read in (report.read_run, fedmtl.load_runs):
+        with pytest.raises(ValueError) as refused:
+            read(run)
+        assert str(refused.value).startswith(said) and "\n" not in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize(("value", "said"), [("inf", "of inf"), ("-0.25", "of -0.25"), ("nan", "of nan")])
+def test_an_impossible_value_in_an_earlier_round_is_refused_naming_its_round(tmp_path, value, said):
+    """Only the final round's values were checked: a round-1 accuracy of inf went into the
+    report's curves and figures without a word."""
+    cfg = load_config(None, ["data.num-clients=3"])
+    run = tmp_path / "run"
+    recorder = RunRecorder(run, cfg, dataset_tasks(cfg.data))
+    per_client = {c: {t: {"accuracy": 0.5 + 0.1 * c, "loss": 1.0} for t in ("left", "right")} for c in range(3)}
+    for r in (1, 2):
+        final = recorder.record_evaluation(r, per_client, dict.fromkeys(range(3), 20))
+        recorder.log_round({"round": r}, final)
+    recorder.finish(final)
+    report.read_run(run)  # as written: it reads
+    metrics = (run / "metrics.csv").read_text().replace("1,2,right,test,accuracy,0.7\n",
+                                                         f"1,2,right,test,accuracy,{value}\n")
+    assert metrics != (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(metrics)
+    for parquet in run.glob("*.parquet"):
+        parquet.unlink()
+    with pytest.raises(ValueError) as refused:
+        report.read_run(run)
+    assert str(refused.value).startswith(f"'{run / 'metrics.csv'}' has a round-1 right accuracy {said}, "
+                                         "outside [0, 1]: "), refused.value

@@ -19,6 +19,7 @@ from fedmtl.data import dataset_tasks
 from fedmtl.launch.sweep import (
     MANIFEST,
     ChangedRunsError,
+    DamagedRunsError,
     describe_changes,
     finished_changes,
     plan_sweep,
@@ -286,3 +287,37 @@ def test_a_finished_run_of_a_plugin_file_edited_since_is_a_change(tmp_path, regi
     assert line.startswith(f"  lr=0.05/seed-0: {plugin}: ") and "the plugin's text changed since the run" in line
     _, runner, _ = _sweep(out, *sets, grid={"client.lr": [0.05]}, rerun_changed=True)
     assert runner.ran == [out / "lr=0.05/seed-0"]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("{}", "has no final table of per-task statistics"),
+    ('{"final": {"left": 0.5}}', "has no final table of per-task statistics"),
+    ("[]", "holds list, not a table"),
+    ('{"final": ', "cannot be read (Expecting value: line 1 column 11 (char 10))"),
+])
+def test_a_finished_run_with_a_damaged_summary_is_refused_and_kept(tmp_path, text, problem):
+    out = tmp_path / "sw"
+    _sweep(out, "run.rounds=1")
+    damaged = out / "lr=0.05/seed-0/summary.json"
+    damaged.write_text(text)
+    before = _state(out)
+    with pytest.raises(DamagedRunsError) as caught:
+        _sweep(out, "run.rounds=1")
+    lines = str(caught.value).splitlines()
+    assert "put the file back, or delete the run's folder to run it again" in lines[0]
+    assert lines[1:] == [f"  lr=0.05/seed-0/summary.json: {problem}"]
+    assert damaged.read_text() == text
+    assert {p: t for p, t in _state(out).items() if p.name != ".lock"} == {
+        p: t for p, t in before.items() if p.name != ".lock"}
+
+
+def test_the_cli_refuses_a_sweep_with_a_damaged_summary_without_a_traceback(tmp_path):
+    out = tmp_path / "sw"
+    _sweep(out, "run.rounds=1")
+    (out / "lr=0.1/seed-0/summary.json").write_text("{}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmtl", "sweep", str(CONFIG), "--grid", "client.lr=[0.05,0.1]", "--set",
+         "run.rounds=1", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[1:] == [
+        "error:   lr=0.1/seed-0/summary.json: has no final table of per-task statistics"]

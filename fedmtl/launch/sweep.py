@@ -303,6 +303,45 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
 
 
+class DamagedRunsError(ConfigError):
+    """Finished runs of a sweep whose ``summary.json`` is not a run's summary (one line per run)."""
+
+
+def summary_problem(run_dir: Path) -> str | None:
+    """Why a finished run's ``summary.json`` is not a run's summary (it does not parse, is not a
+    table, or has no ``final`` table of per-task tables), or ``None`` when it is one."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"cannot be read ({one_line(exc, 120)})"
+    if not isinstance(summary, dict):
+        return f"holds {type(summary).__name__}, not a table"
+    final = summary.get("final")
+    if not isinstance(final, dict) or not all(isinstance(stats, dict) for stats in final.values()):
+        return "has no final table of per-task statistics"
+    return None
+
+
+def check_summaries(sweep: Sweep) -> None:
+    """Refuse a sweep with a finished run whose ``summary.json`` is damaged (:func:`summary_problem`):
+    the run would count as finished while ``fedmtl report`` refuses it.
+
+    Raises
+    ------
+    DamagedRunsError
+        One line per run, its file and what is wrong, and how to go on. Nothing was run, written
+        or deleted.
+    """
+    damaged = [(run.folder, problem) for run in sweep.runs
+               if is_finished(sweep.out / run.folder)
+               and (problem := summary_problem(sweep.out / run.folder)) is not None]
+    if damaged:
+        raise DamagedRunsError(
+            f"{len(damaged)} finished run(s) in '{sweep.out}' have a damaged summary.json; nothing was run; "
+            "put the file back, or delete the run's folder to run it again:\n"
+            + "\n".join(f"  {folder}/summary.json: {problem}" for folder, problem in damaged))
+
+
 class ChangedRunsError(ConfigError):
     """Finished runs of a sweep ran another config than the sweep's now (one line per run)."""
 
@@ -597,6 +636,7 @@ def run_sweep(
     from fedmtl.folder_lock import holding_sweep
 
     with holding_sweep(sweep.out):  # one sweep at a time in a folder, checked while held
+        check_summaries(sweep)
         changed = check_changed(sweep, sweep.rerun_changed if rerun_changed is None else rerun_changed)
         return _run_sweep(sweep, jobs, quiet_runs, report, runner, progress, changed)
 
