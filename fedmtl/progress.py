@@ -110,9 +110,10 @@ def _named(name: str, params: dict | None) -> str:
 
 
 class ClientErrors:
-    """A run's client errors: every one appended to ``path``; on the console, each distinct
-    error (:meth:`kind`) once, the first round it appears in, with how many clients had it
-    then; the later ones counted (:meth:`summary`).
+    """A run's client errors: every one appended to ``path`` as it is reported; on the console,
+    once a round's stage is over (:meth:`flush`: all its attempts, retries included), each
+    distinct error (:meth:`kind`) new to the run once, with how many clients had it in that
+    stage; the later ones counted (:meth:`summary`).
 
     Parameters
     ----------
@@ -129,6 +130,10 @@ class ClientErrors:
         """How many times each distinct error (:meth:`kind`) happened, in order of first appearance."""
         self.examples: dict[str, str] = {}
         """The first message of each distinct error."""
+        self.shown: set[str] = set()
+        """The distinct errors already on the console (or in the log a resumed run keeps)."""
+        self.pending: dict[tuple[int, str], list[tuple[int | None, str]]] = {}
+        """The errors of each ``(round, stage)`` reported since the last :meth:`flush`."""
 
     @staticmethod
     def kind(reason: str) -> str:
@@ -137,21 +142,32 @@ class ClientErrors:
         return re.sub(r"\d+", "#", " ".join(reason.split()))
 
     def report(self, server_round: int, stage: str, errors: list[tuple[int | None, str]]) -> None:
-        """Record one exchange's errors, ``(client or None, message)`` each."""
+        """Record one exchange's errors, ``(client or None, message)`` each: in the log now, on
+        the console at the next :meth:`flush`."""
         if not errors:
             return
         with contextlib.suppress(OSError), self.path.open("a", encoding="utf-8") as log:
             for client, reason in errors:
                 who = f"client {client}" if client is not None else "a client"
                 log.write(f"round {server_round} {stage}: {who}: {reason}\n")
-        grouped: dict[str, tuple[str, list[int | None]]] = {}
-        for client, reason in errors:
-            grouped.setdefault(self.kind(reason), (reason, []))[1].append(client)
-        for kind, (reason, clients) in grouped.items():
-            first = kind not in self.counts
-            self.counts[kind] = self.counts.get(kind, 0) + len(clients)
-            if first:
-                self.examples[kind] = reason
+        for _, reason in errors:
+            kind = self.kind(reason)
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.examples.setdefault(kind, reason)
+        self.pending.setdefault((server_round, stage), []).extend(errors)
+
+    def flush(self) -> None:
+        """Show the errors reported since the last call: per round and stage, each distinct
+        error not shown before, once, with the clients that had it there."""
+        pending, self.pending = self.pending, {}
+        for (server_round, stage), errors in pending.items():
+            grouped: dict[str, tuple[str, list[int | None]]] = {}
+            for client, reason in errors:
+                grouped.setdefault(self.kind(reason), (reason, []))[1].append(client)
+            for kind, (reason, clients) in grouped.items():
+                if kind in self.shown:
+                    continue
+                self.shown.add(kind)
                 ids = sorted(c for c in clients if c is not None)
                 who = (f"{len(clients)} clients failed" if len(clients) > 1 else "a client failed") + (
                     f" ({', '.join(map(str, ids))})" if ids else "")
@@ -173,6 +189,7 @@ class ClientErrors:
             kind = self.kind(reason)
             self.counts[kind] = self.counts.get(kind, 0) + 1
             self.examples.setdefault(kind, reason)
+            self.shown.add(kind)
 
     def summary(self) -> str | None:
         """One line on the run's client errors (``None`` when there were none)."""

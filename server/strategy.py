@@ -166,6 +166,7 @@ class FedMTLStrategy:
                 collected.retries, counted(len(clients), "other client"))
             self.exchange(grid, server_round, clients, collected)
             accepted = screen_norms(collected.formed, server.norm_screening, self.local_steps(collected.formed))
+        self.errors.flush()  # the stage's errors, every attempt's, on the console
         self.heads.commit()
         self.participation.note_trained(server_round, collected.formed)
         # every accepted reply's rows, screened or not, aggregated or not: participation.csv counts
@@ -286,6 +287,7 @@ class FedMTLStrategy:
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.server.timeout))
         outcomes = read_evaluate_replies(messages, replies, self.known, self.views)
         failures = self.count_failures(server_round, "evaluation", outcomes, unanswered(messages, replies))
+        self.errors.flush()
         self.recorder.log_placement(placement_rows(server_round, "evaluate", messages, replies, outcomes))
         failures += log_rejections(server_round, "evaluation", outcomes)
         self.tally.evaluate_rounds += 1

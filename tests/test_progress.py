@@ -240,3 +240,26 @@ def test_a_resume_cuts_the_client_error_log_after_its_checkpoint_and_counts_what
     assert path.read_text() == ""
     ClientErrors(tmp_path / "none.log", lambda line: None).resume_after(3)  # no log: nothing to cut
     assert not (tmp_path / "none.log").exists()
+
+
+def test_a_rounds_console_line_counts_the_clients_of_every_attempt(tmp_path):
+    """With ``server.on-too-few = retry`` the line was printed after the first attempt: it said
+    2 clients failed where the round's record (and the log) counted 3 (found by an audit)."""
+    from fedmtl.progress import ClientErrors
+
+    shown: list[str] = []
+    errors = ClientErrors(tmp_path / "client-errors.log", shown.append)
+    dropped = "client {} dropped out of this round (faults.dropout)"
+    errors.report(1, "training", [(0, dropped.format(0)), (4, dropped.format(4))])
+    errors.report(1, "training", [(6, dropped.format(6))])  # the retry
+    assert shown == []  # the stage is not over
+    errors.flush()
+    log = tmp_path / "client-errors.log"
+    assert shown == [f"round 1 training: 3 clients failed (0, 4, 6): client 0 dropped out of this round "
+                     f"(faults.dropout) (all client errors: {log})"]
+    errors.report(1, "evaluation", [(2, "KeyError: 'left'"), (5, dropped.format(5))])
+    errors.report(2, "training", [(1, dropped.format(1))])
+    errors.flush()
+    assert shown[1:] == [f"round 1 evaluation: a client failed (2): KeyError: 'left' (all client errors: {log})"]
+    assert len(log.read_text().splitlines()) == 6
+    assert errors.summary().startswith("client errors: 6 in all, 2 distinct (5× client 0 dropped out")
