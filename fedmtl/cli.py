@@ -907,6 +907,7 @@ def data_describe(
 
     from fedmtl.data import load_federation
     from fedmtl.data.describe import describe_federation, plot_federation
+    from fedmtl.progress import natural_width
 
     # by default among the runs (run.output-dir): a figure left in a checkout would mark every
     # later run's provenance git_dirty
@@ -915,13 +916,15 @@ def data_describe(
     fed = load_federation(cfg.data, cfg.run.seed)
     table = describe_federation(fed)
     view = Table(title=f"{cfg.data.dataset}: {fed.num_clients} clients, partitioner "
-                       f"'{cfg.data.partitioner}', task sets '{cfg.data.task_sets}'")
+                       f"'{cfg.data.partitioner}', task sets '{cfg.data.task_sets}' (label and group columns: "
+                       "training split)")
     for column in table.columns:
         view.add_column(column, justify="left" if column == "tasks" else "right")
     for _, row in table.iterrows():
         view.add_row(*("-" if isinstance(v, float) and v != v else f"{v:.2f}" if isinstance(v, float) else str(v)
                        for v in row.tolist()))
-    Console(width=200).print(view)
+    measure = Console(width=200)
+    Console(width=max(200, natural_width(measure, view)[1])).print(view)  # a cell is never cut
     totals = table[["train", "test"]].sum()
     typer.echo(f"total: {int(totals['train'])} train, {int(totals['test'])} test examples")
     try:

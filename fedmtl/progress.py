@@ -45,6 +45,36 @@ def make_console(file: Any = None) -> Console:
     return console
 
 
+def natural_width(console: Console, table: Table) -> tuple[int, int]:
+    """The fewest columns ``table`` takes without cutting a word of a cell, and the most it
+    takes with no line of a cell wrapped, whatever ``console``'s width."""
+    from rich.measure import Measurement
+
+    measured = Measurement.get(console, console.options.update(max_width=1_000_000), table)
+    return measured.minimum, measured.maximum
+
+
+def print_table(console: Console, title: str, columns: tuple[str, ...], rows: list[list[str]],
+                left: tuple[str, ...] = ()) -> None:
+    """Print ``rows`` under ``columns`` as a table when it fits ``console``'s width without
+    cutting a cell; otherwise (a narrow terminal, where the table would show ``0.…`` for a
+    number) as one line per row, ``first second: column value, ...``, wrapped by the terminal.
+    Columns in ``left`` are left-aligned, the others right-aligned."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right")
+    for row in rows:
+        table.add_row(*row)
+    if natural_width(console, table)[0] <= console.width:
+        console.print(table)
+        return
+    console.print(title, soft_wrap=True)
+    keys = len(left) or 1
+    for row in rows:
+        named = ", ".join(f"{column} {value.strip()}" for column, value in zip(columns[keys:], row[keys:], strict=True))
+        console.print(f"{' '.join(row[:keys])}: {named}", soft_wrap=True)
+
+
 def format_duration(seconds: float) -> str:
     """``42 s``, ``3 min 5 s``, ``1 h 02 min``."""
     seconds = max(0, round(seconds))
@@ -361,20 +391,18 @@ class Progress:
         """Per-task statistics across clients at the last evaluation round."""
         if not self.enabled or stats is None:
             return
-        table = Table(title=f"{self.title} (round {stats.round})")
-        for column in ("task", "metric", "mean", "weighted mean", "std", "worst", "worst 10%", "best", "Jain"):
-            table.add_column(column, justify="right" if column not in ("task", "metric") else "left")
+        title = f"{self.title} (round {stats.round})"
+        columns = ("task", "metric", "mean", "weighted mean", "std", "worst", "worst 10%", "best", "Jain")
         rows = dict(stats.stats)
         if stats.overall:
             rows[OVERALL] = stats.overall
+        cells = []
         for task, v in rows.items():
             m = stats.metric[task]
             std = f"{100 * v['std']:.1f} pp" if m == "accuracy" else f"{v['std']:.4g}"
-            table.add_row(
-                task, m, _fmt(m, v["mean"]), _fmt(m, v["wmean"]), std, _fmt(m, v["worst"]),
-                _fmt(m, v["worst10"]), _fmt(m, v["best"]), f"{v['jain']:.4f}",
-            )
-        self.console.print(table)
+            cells.append([task, m, _fmt(m, v["mean"]), _fmt(m, v["wmean"]), std, _fmt(m, v["worst"]),
+                          _fmt(m, v["worst10"]), _fmt(m, v["best"]), f"{v['jain']:.4f}"])
+        print_table(self.console, title, columns, cells, left=("task", "metric"))
         for task, note in stats.predictions.items():  # its accuracy and gaps say nothing of fairness
             self.console.print(f"note: {task}: {note}", soft_wrap=True)
         if stats.global_view is not None:

@@ -45,7 +45,9 @@ def test_cli_prints_the_table_and_writes_the_figure_and_csv(tmp_path):
     assert is_png(tmp_path / "fed.png")
     table = pd.read_csv(tmp_path / "fed.csv")
     assert len(table) == 6 and table.train.sum() + table.test.sum() == 5226
-    assert {"released.top-share", "checks.classes", "colour.share"} <= set(table.columns)
+    # the group column names the group it measures (group 1 of 'colour' is Black: fedmtl.data.arrests)
+    assert {"released.top-share", "checks.classes", "colour.share-Black"} <= set(table.columns)
+    assert "(label and group columns: training split)" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "fedmtl", "data", "describe", "--set", "data.num-clients=0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "data.num-clients = 0" in bad.stderr

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from fedmtl.results import create_run_dir
 from fedmtl.validation import load_config
 
@@ -263,3 +265,30 @@ def test_a_rounds_console_line_counts_the_clients_of_every_attempt(tmp_path):
     assert shown[1:] == [f"round 1 evaluation: a client failed (2): KeyError: 'left' (all client errors: {log})"]
     assert len(log.read_text().splitlines()) == 6
     assert errors.summary().startswith("client errors: 6 in all, 2 distinct (5× client 0 dropped out")
+
+
+@pytest.mark.parametrize("width", [40, 80, 120])
+def test_the_final_table_never_cuts_a_number_on_a_narrow_terminal(width):
+    """On an 80-column terminal the table showed ``0.…`` for a worst-10% and ``0.85…`` for a
+    Jain index (found by an audit): a table that does not fit is printed as one line per task."""
+    import io
+
+    from rich.console import Console
+
+    from fedmtl.progress import Progress
+    from fedmtl.results import RoundStats
+
+    stats = RoundStats(round=2, stats={"accuracy-task": {"mean": 0.487, "wmean": 0.4891, "std": 0.101, "worst": 0.0,
+                                                         "worst10": 0.0, "best": 0.991, "jain": 0.857312}},
+                       metric={"accuracy-task": "accuracy"})
+    console = Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None)
+    Progress(2, console=console).final_table(stats)
+    out = console.file.getvalue()
+    assert "…" not in out
+    if width == 120:
+        assert "│ 0.8573 │" in out and "48.9% │" in out
+    else:
+        assert out.splitlines() == [
+            "Personalized test metrics across clients (round 2)",
+            "accuracy-task accuracy: mean 48.7%, weighted mean 48.9%, std 10.1 pp, worst 0.0%, worst 10% 0.0%, "
+            "best 99.1%, Jain 0.8573"]

@@ -10,14 +10,22 @@ import pandas as pd
 from fedmtl.data.federation import Federation
 
 
+def group_one(group_names: dict[str, tuple[str, ...]], group: str) -> str:
+    """The name of value 1 of group attribute ``group`` (``"1"`` when the dataset names none)."""
+    names = group_names.get(group, ())
+    return str(names[1]) if len(names) > 1 else "1"
+
+
 def describe_federation(fed: Federation) -> pd.DataFrame:
     """One row per client: example counts, tasks held and, per task, its label mix.
 
     Columns: ``client``, ``train``, ``test``, ``tasks`` (comma-separated), then for every
     task of the dataset ``<task>.classes`` (distinct training labels; NaN when the client
     does not hold the task) and ``<task>.top-share`` (share of the most common training
-    label), and for every group attribute ``<group>.share`` (share of group 1 in training).
-    Regression tasks get ``<task>.mean`` instead.
+    label), and for every group attribute ``<group>.share-<name>`` (the share of the training
+    examples in group 1, named by the dataset: ``colour.share-Black``; ``<group>.share-1``
+    when the dataset names no groups). Regression tasks get ``<task>.mean`` instead. Every
+    label and group column counts the training split.
     """
     rows = []
     for client in fed.clients():
@@ -40,7 +48,7 @@ def describe_federation(fed: Federation) -> pd.DataFrame:
             row[f"{task.name}.classes"] = int((counts > 0).sum())
             row[f"{task.name}.top-share"] = float(counts.max() / counts.sum())
         for group, values in client.train.groups.items():
-            row[f"{group}.share"] = float(values.float().mean())
+            row[f"{group}.share-{group_one(client.train.group_names, group)}"] = float(values.float().mean())
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in [c for c in table.columns if c.endswith(".classes")]:  # counts, blank where not held
