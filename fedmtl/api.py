@@ -32,8 +32,8 @@ from typing import Any
 import pandas as pd
 
 from fedmtl.config import ConfigError, ExperimentConfig, apply_override, parse_override
-from fedmtl.plugins import load_plugins, resolve_plugin_files
-from fedmtl.validation import build_config, check_config, load_config
+from fedmtl.plugins import resolve_plugin_files
+from fedmtl.validation import build_config, load_config
 
 ConfigLike = str | Path | Mapping[str, Any] | ExperimentConfig
 """What :func:`run` and :func:`sweep` accept as a config."""
@@ -195,10 +195,7 @@ def make_config(config: ConfigLike | None = None, overrides: Iterable[str] | Non
     overrides = override_list(overrides)
     if config is None or isinstance(config, str | Path):
         return load_config(config, overrides)
-    if isinstance(config, ExperimentConfig):
-        if not overrides:
-            load_plugins(config.run.plugins)
-            return check_config(config)
+    if isinstance(config, ExperimentConfig):  # checked in full again: model_copy(update=...) checks nothing
         config = config.to_nested()
     if not isinstance(config, Mapping):
         raise ConfigError(f"config: expected a file, a dict or an ExperimentConfig, got {type(config).__name__}")
@@ -207,6 +204,21 @@ def make_config(config: ConfigLike | None = None, overrides: Iterable[str] | Non
 
 
 # -- running ------------------------------------------------------------------------------------
+def _folder(name: str, value: object) -> Path | None:
+    """``value`` as a folder path (``None`` stays ``None``).
+
+    Raises
+    ------
+    TypeError
+        Naming the argument, when ``value`` is not a ``str`` or ``Path``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str | Path):
+        raise TypeError(f"{name}: expected a folder path (str or Path), got {type(value).__name__} {value!r}")
+    return Path(value)
+
+
 def _execute(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool,
              checkpoint: dict[str, Any] | None = None) -> None:
     if cfg.run.mode == "centralized":
@@ -264,7 +276,7 @@ def run(config: ConfigLike | None = None, overrides: Iterable[str] | None = None
     from fedmtl.results import create_run_dir, remove_unused_run_dir
 
     cfg = make_config(config, overrides)
-    run_dir = create_run_dir(cfg, out)
+    run_dir = create_run_dir(cfg, _folder("out", out))
     with preserved_caller(quiet_engine=quiet and not verbose and cfg.run.mode == "federated"):
         try:
             _execute(cfg, run_dir, quiet, verbose)
@@ -378,11 +390,12 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
         The sweep folder, its plan with every run's status, its finished runs and their metrics.
     """
     from fedmtl.launch.simulation import preserved_caller
-    from fedmtl.launch.sweep import plan_sweep, run_sweep
+    from fedmtl.launch.sweep import check_sweep_folder, plan_sweep, run_sweep
 
     overrides = override_list(overrides)
     base = make_config(config, overrides)
-    folder = Path(out) if out is not None else Path(base.run.output_dir) / f"sweep-{base.run.name}"
+    folder = _folder("out", out) or Path(base.run.output_dir) / f"sweep-{base.run.name}"
+    check_sweep_folder(folder)
     path: str | Path | None = config if config is None or isinstance(config, str | Path) else None
     base_file: Path | None = None  # a refused plan takes back the base config it wrote ...
     made: list[Path] = []  # ... the folders made for it ...
@@ -397,7 +410,7 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
     report = (lambda line: None) if quiet else print
     try:
         planned = plan_sweep(path, grid_lists(grid), seeds, folder, overrides, skip_invalid=skip_invalid,
-                             report=report, rerun_changed=rerun_changed)
+                             report=_skipped_warning if quiet else print, rerun_changed=rerun_changed)
     except BaseException:
         if base_file is not None:
             _take_back(base_file, before, made)
@@ -405,6 +418,11 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
     with preserved_caller(quiet_engine=quiet):
         done = run_sweep(planned, quiet_runs=quiet, report=report, jobs=jobs)
     return SweepResult(folder.resolve(), done)
+
+
+def _skipped_warning(line: str) -> None:
+    """A quiet sweep's line on an invalid combination it skipped, as a warning (never lost)."""
+    warnings.warn(line, UserWarning, stacklevel=3)
 
 
 def _take_back(path: Path, before: bytes | None, made: list[Path]) -> None:
@@ -461,11 +479,12 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     from fedmtl.report import find_run_dirs, read_run
     from fedmtl.results import load_run
 
+    given = paths
     if isinstance(paths, str | Path):
         paths = [paths]
     paths = list(paths) if isinstance(paths, Iterable) else []
     if not paths or not all(isinstance(p, str | Path) for p in paths):
-        raise FileNotFoundError(f"load_runs: expected a run folder or a list of them, got {paths!r}")
+        raise FileNotFoundError(f"load_runs: expected a run folder or a list of them, got {given!r}")
     frames = []
     for folder in find_run_dirs(list(paths)):
         read_run(folder)  # refuses, naming the file, what the report refuses

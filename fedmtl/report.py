@@ -199,7 +199,8 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
             stopped = read_stop(path)  # a run folder that says why its run stopped (fedmtl.stop_record)
             raise FileNotFoundError(f"'{path}' holds no finished run (no summary.json under it)"
                                     + (f"; its run stopped: {stopped}" if stopped else ""))
-        found += [r for r in runs if r not in found]
+        seen = {r.resolve() for r in found}  # one run given twice, or under two spellings, counts once
+        found += [r for r in runs if r.resolve() not in seen]
     return found
 
 

@@ -189,3 +189,45 @@ def test_load_runs_of_nothing_says_what_it_expects():
 
     with pytest.raises(FileNotFoundError, match=r"load_runs: expected a run folder or a list of them, got \[\]"):
         fedmtl.load_runs([])
+
+
+def test_a_config_object_edited_around_its_checks_is_checked_again_before_anything_is_made(tmp_path):
+    """``model_copy(update=...)`` checks nothing: make_config returned rounds = -5, and run
+    refused it only after making its folder (found by a newcomer pass)."""
+    import fedmtl
+    from fedmtl.config import ConfigError
+
+    cfg = fedmtl.make_config("smoke")
+    bad = cfg.model_copy(update={"run": cfg.run.model_copy(update={"rounds": -5})})
+    for call in (lambda: fedmtl.make_config(bad), lambda: fedmtl.run(bad, out=tmp_path / "run")):
+        with pytest.raises(ConfigError, match="run.rounds = -5: Input should be greater than or equal to 1"):
+            call()
+    assert not (tmp_path / "run").exists()
+    assert fedmtl.make_config(cfg) == cfg
+
+
+@pytest.mark.parametrize("call", [lambda f: f.run("smoke", out=5), lambda f: f.sweep("smoke", out=5)])
+def test_an_out_that_is_not_a_path_is_named(call):
+    import fedmtl
+
+    with pytest.raises(TypeError, match=r"^out: expected a folder path \(str or Path\), got int 5$"):
+        call(fedmtl)
+
+
+def test_load_runs_of_a_number_shows_it():
+    import fedmtl
+
+    with pytest.raises(FileNotFoundError, match=r"load_runs: expected a run folder or a list of them, got 3$"):
+        fedmtl.load_runs(3)
+
+
+def test_a_quiet_sweep_warns_of_each_invalid_combination_it_skips(tmp_path, capsys):
+    """With the default quiet=True the skipped combination left no trace at all (found by a
+    newcomer pass). The valid one runs: the centralized baseline, one epoch."""
+    import fedmtl
+
+    with pytest.warns(UserWarning, match=r"skipped invalid combination 'client.lr=-1': client.lr = -1"):
+        done = fedmtl.sweep("smoke", grid={"client.lr": [0.05, -1]}, out=tmp_path / "sw", skip_invalid=True,
+                            overrides=["run.mode=centralized", "run.rounds=1"])
+    assert [r.values for r in done.plan.runs] == [{"client.lr": 0.05}]
+    assert capsys.readouterr().out == ""

@@ -547,3 +547,15 @@ def test_an_impossible_value_in_an_earlier_round_is_refused_naming_its_round(tmp
         report.read_run(run)
     assert str(refused.value).startswith(f"'{run / 'metrics.csv'}' has a round-1 right accuracy {said}, "
                                          "outside [0, 1]: "), refused.value
+
+
+def test_a_run_given_under_two_spellings_counts_once(tmp_path, monkeypatch):
+    """``load_runs(["runs/x", "/abs/runs/x"])`` returned every row twice (found by a newcomer
+    pass); the report paired the run with itself."""
+    import fedmtl
+
+    run = fake_run(tmp_path / "runs" / "x", 0, "mean", {c: {"left": 0.5 + 0.1 * c, "right": 0.4} for c in range(3)})
+    monkeypatch.chdir(tmp_path)
+    once = fedmtl.load_runs(run)
+    assert report.find_run_dirs(["runs/x", run, "runs/../runs/x", "runs"]) == [Path("runs/x")]
+    assert len(fedmtl.load_runs(["runs/x", str(run)])) == len(once)

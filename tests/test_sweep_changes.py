@@ -9,12 +9,14 @@ call checks the refusal end to end; it too stops before anything runs.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fedmtl.config import ConfigError
 from fedmtl.data import dataset_tasks
 from fedmtl.launch.sweep import (
     MANIFEST,
@@ -26,6 +28,7 @@ from fedmtl.launch.sweep import (
     run_sweep,
 )
 from fedmtl.results import RUN_MARKER, RunRecorder, config_fingerprint, create_run_dir, recorded_head_store_dir
+from fedmtl.validation import load_config
 from tests.plugin_support import restored_registries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,3 +324,36 @@ def test_the_cli_refuses_a_sweep_with_a_damaged_summary_without_a_traceback(tmp_
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[1:] == [
         "error:   lr=0.1/seed-0/summary.json: has no final table of per-task statistics"]
+
+
+@pytest.mark.parametrize(("grid", "said"), [
+    ({"run.seed": [1, 2]}, "--grid run.seed: a sweep sets run.seed for every run itself, so the grid's values "
+                           "would be ignored; the seeds are --seeds"),
+    ({"run.name": ["a", "b"]}, "--grid run.name: a sweep sets run.name for every run itself"),
+    ({"client.lr": [0.05, 0.05]}, "sweep run 'client.lr=0.05': its folder 'lr=0.05' is another combination's"),
+])
+def test_a_grid_the_sweep_would_not_run_as_written_is_refused_before_anything_runs(tmp_path, grid, said):
+    """A grid over run.seed ran seed 0 twice, in folders named seed=1 and seed=2 (found by a
+    newcomer pass); a value listed twice ran one folder twice."""
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        plan_sweep(CONFIG, grid, 1, tmp_path / "sw", ["run.rounds=1"])
+    assert not (tmp_path / "sw").exists()
+
+
+def test_a_sweep_into_a_run_folder_or_a_file_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    Recorder()(load_config(CONFIG, ["run.rounds=1"]), run_dir, True)  # a finished run's folder
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(ConfigError, match=re.escape(f"--out '{run_dir}' is a run's folder")):
+        plan_sweep(CONFIG, GRID, 1, run_dir, ["run.rounds=1"])
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file: give the sweep a folder"):
+        plan_sweep(CONFIG, GRID, 1, tmp_path / "file", ["run.rounds=1"])
+
+
+@pytest.mark.parametrize("jobs", ["2", 1.5, True])
+def test_jobs_that_is_not_a_whole_number_is_one_line(tmp_path, jobs):
+    planned = plan_sweep(CONFIG, GRID, 1, tmp_path / "sw", ["run.rounds=1"])
+    with pytest.raises(ConfigError, match=re.escape(f"--jobs = {jobs!r}: must be a whole number of runs at once")):
+        run_sweep(planned, jobs=jobs, runner=Recorder())

@@ -227,6 +227,42 @@ class Sweep:
         write_bytes(self.out / MANIFEST, json.dumps(data, indent=2).encode())
 
 
+GRID_SET_KEYS = {"run.seed": "the seeds are --seeds (seeds=): run.seed, run.seed + 1, ... of the base config",
+                 "run.name": "the sweep names each run after its folder"}
+"""Config keys a sweep sets for every run itself, so a grid over them would be ignored."""
+
+
+def check_grid_keys(grid: dict[str, list[Any]]) -> None:
+    """Refuse a grid over a key the sweep sets itself (:data:`GRID_SET_KEYS`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and what to do instead.
+    """
+    for key in grid:
+        if key in GRID_SET_KEYS:
+            raise ConfigError(f"--grid {key}: a sweep sets {key} for every run itself, so the grid's values would "
+                              f"be ignored; {GRID_SET_KEYS[key]}")
+
+
+def check_sweep_folder(out: Path) -> None:
+    """Refuse a sweep folder that is a file or a run's folder (a sweep's runs would be written
+    inside a run, where neither ``fedmtl report`` nor ``fedmtl.load_runs`` looks for them).
+
+    Raises
+    ------
+    ConfigError
+        Naming the folder.
+    """
+    from fedmtl.results import RUN_MARKER
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file: give the sweep a folder")
+    if (out / RUN_MARKER).exists() or (out / "summary.json").exists():
+        raise ConfigError(f"--out '{out}' is a run's folder: give the sweep a folder of its own")
+
+
 def plan_sweep(
     config: str | Path | None, grid: dict[str, list[Any]], seeds: int, out: str | Path,
     overrides: list[str] | None = None,
@@ -274,6 +310,8 @@ def plan_sweep(
     seeds = int(seeds)
     if not 1 <= seeds <= MAX_SEEDS:
         raise ConfigError(f"--seeds = {seeds}: must be between 1 and {MAX_SEEDS:,} (seeds per combination)")
+    check_grid_keys(grid)
+    check_sweep_folder(Path(out))
     overrides = list(overrides or [])
     base = load_config(config, overrides)
     sweep = Sweep(str(config) if config is not None else None, overrides, dict(grid),
@@ -283,6 +321,9 @@ def plan_sweep(
         if keep is not None and not keep(values):
             continue
         runs = [SweepRun(values, seed, f"{folder_name(values)}/seed-{seed}") for seed in sweep.seeds]
+        if any(r.folder == runs[0].folder for r in sweep.runs):
+            raise ConfigError(f"sweep run '{runs[0].label}': its folder '{folder_name(values)}' is another "
+                              "combination's (a value listed twice in --grid?): list each value once")
         try:
             for run in runs:
                 sweep.config_of(run)
@@ -676,6 +717,8 @@ def check_jobs(sweep: Sweep, jobs: int) -> None:
     ConfigError
         One line naming the option or the key, and the fix.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral):
+        raise ConfigError(f"--jobs = {jobs!r}: must be a whole number of runs at once")
     if jobs < 1:
         raise ConfigError(f"--jobs = {jobs}: must be at least 1")
     if jobs == 1:
