@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -728,13 +729,42 @@ def check_model_memory(cfg: ExperimentConfig) -> None:
         )
 
 
+TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""What a task name is made of: it names its head, its targets and the columns of the results
+(``<task>.<metric>.<statistic>``), so no dot, space or comma."""
+
+
+def check_task_names(dataset: str, names: list[object]) -> None:
+    """A dataset's task names: each a :data:`TASK_NAME`, none twice, none
+    :data:`fedmtl.results.OVERALL` (the results' name for the statistics across tasks).
+
+    Raises
+    ------
+    ValueError
+        Naming the dataset and the task.
+    """
+    from fedmtl.results import OVERALL
+
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+            raise ValueError(f"data.dataset = {dataset!r}: task name {name!r} must be letters, digits, '_' or '-' "
+                             "(it names the task's columns in the results)")
+        if name == OVERALL:
+            raise ValueError(f"data.dataset = {dataset!r}: a task may not be named '{OVERALL}': the results use that "
+                             "name for the statistics across tasks")
+        if name in names[:i]:
+            raise ValueError(f"data.dataset = {dataset!r}: two tasks are named {name!r}: each task needs its own name")
+
+
 def check_dataset_reads(cfg: ExperimentConfig) -> None:
     """The dataset can say its input shape and tasks (a local copy is complete, its
     options name what it has), and each task's kind declares the metrics it measures."""
     from fedmtl.tasks import TASK_KINDS
 
     dataset_input_shape(cfg.data)
-    for task in dataset_tasks(cfg.data):
+    tasks = dataset_tasks(cfg.data)
+    check_task_names(cfg.data.dataset, [task.name for task in tasks])
+    for task in tasks:
         if task.kind not in TASK_KINDS:
             raise ValueError(f"data.dataset = {cfg.data.dataset!r}: task '{task.name}': "
                              + TASK_KINDS.unknown_message(task.kind))

@@ -408,3 +408,26 @@ def test_fedmtl_list_shows_a_plugin_s_names_with_plugin(tmp_path, registries, mo
     assert "listed-rule" in shown.output and "Uniform weights, registered by a plugin." in shown.output
     broken = CliRunner().invoke(cli, ["list", "--plugin", "missing.py"])
     assert broken.exit_code == 2 and "run.plugins: cannot import file 'missing.py'" in broken.output
+
+
+@pytest.mark.parametrize(("names", "said"), [
+    (("overall", "right"), "a task may not be named 'overall': the results use that name for the statistics "
+                             "across tasks"),
+    (("right", "right"), "two tasks are named 'right': each task needs its own name"),
+    (("a.b", "right"), "task name 'a.b' must be letters, digits, '_' or '-'"),
+])
+def test_a_dataset_whose_task_names_would_mix_up_the_results_is_refused(tmp_path, registries, names, said):
+    """A task named 'overall' shared the results' columns with the statistics across tasks, and
+    two tasks of one name lost one objective's rows, both without a word (found by a newcomer pass)."""
+    from fedmtl.config import ConfigError
+
+    config = write_study(tmp_path / "study")
+    plugin = tmp_path / "study" / "plugins" / "my_plugin.py"
+    text = plugin.read_text()
+    old = 'TASKS = (TaskSpec("above", "multiclass", 2), TaskSpec("right", "multiclass", 2))'
+    assert old in text
+    plugin.write_text(text.replace(old, f'TASKS = (TaskSpec("{names[0]}", "multiclass", 2), '
+                                        f'TaskSpec("{names[1]}", "multiclass", 2))'))
+    with pytest.raises(ConfigError) as refused:
+        load_config(config)
+    assert str(refused.value).startswith(f"data.dataset = 'blobs': {said}"), refused.value
