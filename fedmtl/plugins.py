@@ -29,7 +29,7 @@ from typing import Any
 
 from fedmtl.config import ConfigError, names_list
 from fedmtl.one_line import described
-from fedmtl.registry import Registry, registered_in, undone_on_error
+from fedmtl.registry import PLUGIN_MODULE_PREFIX, Registry, registered_in, undone_on_error
 
 KEY = "run.plugins"
 """The config key listing the plugins."""
@@ -103,7 +103,7 @@ def _module_name(path: Path) -> str:
     so that two files of the same name do not clash."""
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
-    return f"fedmtl_plugin_{stem}_{digest}"
+    return f"{PLUGIN_MODULE_PREFIX}{stem}_{digest}"
 
 
 def file_digest(path: str | Path) -> str:

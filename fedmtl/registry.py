@@ -27,6 +27,27 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+PLUGIN_MODULE_PREFIX = "fedmtl_plugin_"
+"""The start of the ``sys.modules`` name a plugin file is imported under (:mod:`fedmtl.plugins`)."""
+
+REGISTERING_HELPERS = frozenset({"fedmtl.registry", "fedmtl.aggregation.registry", "fedmtl.training.methods.base"})
+"""Modules whose functions register on their caller's behalf (``fedmtl.aggregation.register``)."""
+
+
+def _registering_module() -> str:
+    """The module whose code registers a name: the first caller outside :data:`REGISTERING_HELPERS`,
+    a plugin file by its path (its module's name is fedmtl's internal one)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "") in REGISTERING_HELPERS:
+        frame = frame.f_back
+    if frame is None:
+        return ""
+    name = str(frame.f_globals.get("__name__", ""))
+    if name.startswith(PLUGIN_MODULE_PREFIX) and frame.f_globals.get("__file__"):
+        return f"plugin file {frame.f_globals['__file__']}"
+    return name
+
+
 class Registry(Generic[T]):
     """Map names to objects (classes or factories) of one kind.
 
@@ -46,12 +67,12 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``."""
 
-        caller = sys._getframe(1).f_globals.get("__name__", "")  # the module registering the name
+        caller = _registering_module()
 
         def decorator(obj: T) -> T:
             if name in self._entries:
                 where = self._origins.get(name, "")
-                own = (where == "fedmtl" or where.startswith("fedmtl.")) and where != "fedmtl.plugins"
+                own = where == "fedmtl" or where.startswith("fedmtl.")
                 owner = "fedmtl's own" if own else (
                     f"registered by {where}" if where else "registered elsewhere")
                 raise ValueError(f"{self.kind} '{name}' is registered twice (the first is {owner}); "

@@ -431,3 +431,17 @@ def test_a_dataset_whose_task_names_would_mix_up_the_results_is_refused(tmp_path
     with pytest.raises(ConfigError) as refused:
         load_config(config)
     assert str(refused.value).startswith(f"data.dataset = 'blobs': {said}"), refused.value
+
+
+def test_two_plugin_files_of_one_rule_name_name_the_first_file(tmp_path, registries):
+    """The clash was blamed on fedmtl ("the first is fedmtl's own"): ``register`` registers on
+    its caller's behalf (found by a newcomer pass)."""
+    from fedmtl.config import ConfigError
+
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    for path in (first, second):
+        path.write_text(WEIGHTING.format(name="clash-rule"))
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [f"run.plugins=[{str(first)!r}, {str(second)!r}]"])
+    assert (f"weighting 'clash-rule' is registered twice (the first is registered by plugin file {first}); "
+            "give yours another name") in str(refused.value), refused.value
