@@ -5,6 +5,8 @@ fedmtl's own rules."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -99,3 +101,104 @@ def test_a_name_registered_twice_says_whose_the_first_is():
         registry.register("mine")(object())
     with pytest.raises(ValueError, match=r"weighting 'mean' is registered twice \(the first is fedmtl's own\)"):
         RULES.register("mean")(object())
+
+
+def _zero_updates(objectives: Objectives) -> None:
+    objectives.updates.zero_()
+
+
+def _zero_a_view(objectives: Objectives) -> None:
+    objectives.updates[0] *= 0
+
+
+def _scale_losses(objectives: Objectives) -> None:
+    objectives.losses.mul_(2)
+
+
+def _replace_updates(objectives: Objectives) -> None:
+    objectives.updates = torch.zeros_like(objectives.updates)
+
+
+def _reorder_ids(objectives: Objectives) -> None:
+    objectives.client_ids.reverse()
+
+
+def _edit_gramian(objectives: Objectives) -> None:
+    objectives.gramian.zero_()
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (_zero_updates, "changed the objectives' updates in place"),
+    (_zero_a_view, "changed the objectives' updates in place"),
+    (_scale_losses, "changed the objectives' losses in place"),
+    (_replace_updates, "replaced the objectives' updates"),
+    (_reorder_ids, "changed the objectives' client_ids in place"),
+    (_edit_gramian, "changed the objectives' gramian in place"),
+])
+@pytest.mark.parametrize("kind", ["weighting", "aggregator"])
+def test_a_rule_that_changes_its_objectives_is_refused_naming_it(edit, said, kind):
+    """A plugin rule that zeroed ``objectives.updates`` in place and returned equal weights left
+    the model unmoved while metrics.csv recorded weights of 0.25 (found by a newcomer pass)."""
+    from fedmtl.aggregation.rule import Aggregate, Aggregator
+
+    class Editing(Weighting):
+        """Edits its inputs, then weighs equally."""
+
+        name = "editing"
+
+        def compute(self, objectives):
+            edit(objectives)
+            return torch.full((len(objectives),), 1.0 / len(objectives), dtype=torch.float64)
+
+    class EditingAggregator(Aggregator):
+        """Edits its inputs, then averages."""
+
+        name = "editing"
+
+        def compute(self, objectives):
+            edit(objectives)
+            return Aggregate(objectives.updates.mean(0))
+
+    objectives = _objectives()
+    objectives.client_ids = [4, 5, 6]
+    if edit is _edit_gramian:
+        assert objectives.gramian is not None  # computed before the rule: the rows' own Gramian
+    rule = Editing() if kind == "weighting" else EditingAggregator()
+    with pytest.raises(RuntimeError, match=rf"^{kind} 'editing' {said}; a rule must leave its objectives as they "
+                                           r"are \(clone a tensor before changing it\)$"):
+        rule.combine(objectives)
+
+
+def test_a_rule_that_only_reads_its_objectives_and_computes_the_gramian_passes():
+    objectives = _objectives()
+    before = objectives.updates.clone()
+    for name in ("mean", "mgda", "fairgrad", "pcgrad", "median", "krum"):
+        RULES.get(name)().combine(objectives)
+    assert torch.equal(objectives.updates, before)
+
+
+@pytest.mark.parametrize(("result", "said"), [
+    (lambda rows: (torch.full((rows.shape[1],), float("nan")), None),
+     "returned a direction that is not finite (NaN or Inf) for finite rows"),
+    (lambda rows: (torch.full((rows.shape[1],), float("inf")), None),
+     "returned a direction that is not finite (NaN or Inf) for finite rows"),
+    (lambda rows: (rows.mean(0), rows[:2]),
+     "returned parts of shape (2, 5) for rows of shape (3, 5) (one part per row)"),
+])
+def test_an_aggregator_with_an_impossible_result_is_refused_naming_it(result, said):
+    """A NaN direction skipped every round on the server (and on a client was blamed on the
+    training: 'the objectives' losses are not finite'); parts of the wrong shape failed in
+    torch, naming no rule (found by a newcomer pass)."""
+    from fedmtl.aggregation.rule import Aggregate, Aggregator
+
+    class Impossible(Aggregator):
+        """Returns what the test gives."""
+
+        name = "impossible"
+
+        def compute(self, objectives):
+            direction, parts = result(objectives.updates)
+            return Aggregate(direction, parts=parts)
+
+    with pytest.raises(RuntimeError, match=rf"^aggregator 'impossible' {re.escape(said)}$"):
+        Impossible().combine(_objectives())

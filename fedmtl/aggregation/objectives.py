@@ -82,6 +82,29 @@ class Objectives:
                 return f"the objectives' {name} are not finite (NaN or Inf) in row(s) {rows[:8]}"
         return ""
 
+    def snapshot(self) -> tuple[tuple[str, object, object], ...]:
+        """What :meth:`edit_since` compares: each field, and each tensor's version counter
+        (which every in-place operation on it, or on a view of it, increments)."""
+        fields = [(name, getattr(self, name)) for name in ("updates", "losses", "num_examples", "_gramian")]
+        lists = [("client_ids", self.client_ids, tuple(self.client_ids)),
+                 ("task_ids", self.task_ids, tuple(self.task_ids))]
+        return (*((name, value, getattr(value, "_version", None)) for name, value in fields), *lists)
+
+    def edit_since(self, snapshot: tuple[tuple[str, object, object], ...]) -> str:
+        """How the objectives changed since :meth:`snapshot` (``""``: they did not): a field
+        replaced, or a tensor or list changed in place. The Gramian computed since (it was
+        ``None``) is not a change."""
+        for name, value, state in snapshot:
+            now = getattr(self, name)
+            if name == "_gramian" and value is None:
+                continue
+            if now is not value:
+                return f"replaced the objectives' {name.lstrip('_')}"
+            if isinstance(value, torch.Tensor) and value._version != state or isinstance(value, list) and (
+                    tuple(value) != state):
+                return f"changed the objectives' {name.lstrip('_')} in place"
+        return ""
+
     def __len__(self) -> int:
         for value in (self.updates, self.losses, self.num_examples):
             if value is not None:

@@ -23,6 +23,7 @@ properties its paper claims in ``claims``, and register it with
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -233,7 +234,7 @@ class Weighting(Rule):
             When the objectives hold a NaN or an infinity (:meth:`Objectives.nonfinite`).
         """
         refuse_nonfinite(self, objectives)
-        result = self.compute(objectives)
+        result = computed_untouched(self, objectives)
         if not isinstance(result, Weights):
             result = Weights(result)
         if not isinstance(result.weights, torch.Tensor):
@@ -292,7 +293,7 @@ class Aggregator(Rule):
         """
         rows = self._rows(objectives)
         refuse_nonfinite(self, objectives)
-        result = self.compute(objectives)
+        result = computed_untouched(self, objectives)
         if not isinstance(result, Aggregate):
             raise RuntimeError(f"aggregator '{self.name}' returned a {type(result).__name__} from compute(); an "
                                "aggregator returns fedmtl.aggregation.Aggregate(direction, ...)")
@@ -301,8 +302,16 @@ class Aggregator(Rule):
             got = tuple(direction.shape) if isinstance(direction, torch.Tensor) else type(direction).__name__
             raise RuntimeError(f"aggregator '{self.name}' returned a direction of shape {got} for rows of width "
                                f"{rows.shape[1]}")
+        if direction.numel() and not math.isfinite(float(direction.abs().amax())):
+            raise RuntimeError(f"aggregator '{self.name}' returned a direction that is not finite (NaN or Inf) for "
+                               "finite rows")
         if self.per_row and result.parts is None:
             raise RuntimeError(f"aggregator '{self.name}' declares per_row but returned no parts")
+        parts = result.parts
+        if parts is not None and (not isinstance(parts, torch.Tensor) or tuple(parts.shape) != tuple(rows.shape)):
+            got = tuple(parts.shape) if isinstance(parts, torch.Tensor) else type(parts).__name__
+            raise RuntimeError(f"aggregator '{self.name}' returned parts of shape {got} for rows of shape "
+                               f"{tuple(rows.shape)} (one part per row)")
         return result
 
     def __call__(self, objectives: Objectives) -> torch.Tensor:
@@ -312,6 +321,24 @@ class Aggregator(Rule):
     def combine(self, objectives: Objectives) -> Combined:
         result = self.aggregate(objectives)
         return Combined(result.direction, None, result.info, result.parts)
+
+
+def computed_untouched(rule: Weighting | Aggregator, objectives: Objectives) -> Any:
+    """``rule.compute(objectives)``, refused when the rule changed its objectives (the caller's
+    update rows: a rule that zeroes them in place moves the model by nothing while its weights
+    say otherwise).
+
+    Raises
+    ------
+    RuntimeError
+        Naming the rule and what it changed.
+    """
+    before = objectives.snapshot()
+    result = rule.compute(objectives)
+    if edit := objectives.edit_since(before):
+        raise RuntimeError(f"{rule.kind} '{rule.name}' {edit}; a rule must leave its objectives as they are "
+                           "(clone a tensor before changing it)")
+    return result
 
 
 class NonFiniteObjectives(ValueError):
