@@ -72,8 +72,7 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             if name in self._entries:
                 where = self._origins.get(name, "")
-                own = where == "fedmtl" or where.startswith("fedmtl.")
-                owner = "fedmtl's own" if own else (
+                owner = "fedmtl's own" if self.is_own(name) else (
                     f"registered by {where}" if where else "registered elsewhere")
                 raise ValueError(f"{self.kind} '{name}' is registered twice (the first is {owner}); "
                                  "give yours another name")
@@ -103,6 +102,11 @@ class Registry(Generic[T]):
             f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; "
             f"allowed: {allowed}"
         )
+
+    def is_own(self, name: str) -> bool:
+        """Whether fedmtl itself registered ``name`` (not a plugin, not a caller's script)."""
+        where = self._origins.get(name, "")
+        return where == "fedmtl" or where.startswith("fedmtl.")
 
     def forget(self, name: str) -> None:
         """Drop the entry called ``name`` (a plugin file imported again after an edit

@@ -585,6 +585,27 @@ def check_personalization(cfg: ExperimentConfig) -> None:
     method.check(cfg, method.parse_params(dict(cfg.personalization.params)))
 
 
+def check_plugin_rules_build(cfg: ExperimentConfig) -> None:
+    """Every rule of ``cfg`` that fedmtl did not register (a plugin's) builds with its parameters
+    and names state it has and can copy (:meth:`fedmtl.aggregation.rule.Rule.state_dict`):
+    before the run starts, not at its first checkpoint. fedmtl's own rules are tested to."""
+    from fedmtl.aggregation import make_rule
+    from fedmtl.aggregation.plans import uses_task_weighting
+    from fedmtl.aggregation.rule import RuleContext
+
+    slots = [("client.weighting", cfg.client.weighting, cfg.client.params),
+             ("server.weighting", cfg.server.weighting, cfg.server.params)]
+    if uses_task_weighting(cfg.server.plan):
+        slots.append(("server.task-weighting", cfg.server.task_weighting, cfg.server.task_params))
+    for key, name, params in slots:
+        if WEIGHTINGS.is_own(name):
+            continue
+        try:
+            make_rule(name, RuleContext(client_lr=cfg.client.lr), **dict(params))
+        except Exception as exc:  # noqa: BLE001 - a plugin's rule: whatever it raises, in one line
+            raise ValueError(f"{key} = {name!r} does not build: {type(exc).__name__}: {one_line(exc, 300)}") from None
+
+
 def check_client_rule(cfg: ExperimentConfig) -> None:
     """A rule that needs parameter rows (every aggregator) cannot run on representation
     gradients, and an aggregator on a client needs row parts when the server splits updates into
@@ -787,6 +808,7 @@ CROSS_CHECKS: tuple[Callable[[ExperimentConfig], None], ...] = (
     check_global_heads,
     check_something_federated,
     check_client_rule,
+    check_plugin_rules_build,
     check_head_store,
     check_in_process_stragglers,
     check_centralized,

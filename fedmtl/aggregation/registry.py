@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from fedmtl.aggregation.properties import PROPERTIES, guaranteed, unknown_claims
-from fedmtl.aggregation.rule import Rule, RuleContext
+from fedmtl.aggregation.rule import Kind, Rule, RuleContext, Scope
 from fedmtl.registry import Registry
 
 R = TypeVar("R", bound=type[Rule])
+
+RULE_NAME = re.compile(r"[a-z][a-z0-9+_-]*")
+"""What a rule's config name is made of (``fedmgda+``, ``imtl-g``, ``trimmed-mean``)."""
 
 RULES: Registry[type[Rule]] = Registry("weighting")
 """Every rule, weighting or aggregator, by config name (``server.weighting = "..."``)."""
@@ -39,7 +43,15 @@ def register(name: str) -> Callable[[R], R]:
         guarantee that nothing checks).
     """
 
+    if not isinstance(name, str) or not RULE_NAME.fullmatch(name):
+        raise ValueError(f"register({name!r}): a rule's name is lowercase letters, digits, '-', '+' or '_', "
+                         "starting with a letter (configs name it: server.weighting = \"my-rule\")")
+
     def decorator(cls: R) -> R:
+        for attribute, allowed in (("scope", get_args(Scope)), ("kind", get_args(Kind))):
+            if getattr(cls, attribute, None) not in allowed:
+                raise ValueError(f"rule '{name}' has {attribute} = {getattr(cls, attribute, None)!r}: one of "
+                                 + ", ".join(map(repr, allowed)))
         if isinstance(cls.claims, str):
             raise ValueError(f"rule '{name}' has claims = {cls.claims!r}: give a tuple of property names, e.g. "
                              f"claims = ({cls.claims!r},)")
@@ -65,7 +77,9 @@ def make_rule(name: str, context: RuleContext | None = None, **params: Any) -> R
     **params
         The rule's parameters (dash or underscore spelling).
     """
-    return RULES.get(name)(context, **params)
+    rule = RULES.get(name)(context, **params)
+    rule.state_dict()  # a state attribute it lacks or cannot copy is named now, not at the first checkpoint
+    return rule
 
 
 def make_weighting(name: str, context: RuleContext | None = None, **params: Any) -> Rule:
@@ -81,7 +95,8 @@ def describe_params(cls: type[Rule]) -> str:
 
 def summary(cls: type[Rule]) -> str:
     """The first line of the rule's docstring, without reST markup."""
-    return (cls.__doc__ or "").strip().splitlines()[0].replace("``", "")
+    lines = (cls.__doc__ or "").strip().splitlines()
+    return lines[0].replace("``", "") if lines else "(no description: the rule's class has no docstring)"
 
 
 def describe_rule(cls: type[Rule]) -> list[str]:

@@ -183,8 +183,16 @@ class Rule:
         """State to checkpoint: copies of the attributes named in ``state_attributes``."""
         state = {}
         for name in self.state_attributes:
+            if not hasattr(self, name):
+                raise RuntimeError(f"{self.kind} '{self.name}' names '{name}' in state_attributes but has no "
+                                   f"attribute '{name}'")
             value = getattr(self, name)
-            state[name] = value.get_state() if isinstance(value, torch.Generator) else copy.deepcopy(value)
+            try:
+                state[name] = value.get_state() if isinstance(value, torch.Generator) else copy.deepcopy(value)
+            except Exception as exc:  # noqa: BLE001 - a plugin's state: named, in one line
+                raise RuntimeError(f"{self.kind} '{self.name}': its state attribute '{name}' cannot be copied for "
+                                   f"checkpoints ({type(exc).__name__}: {exc}); keep data only in "
+                                   "state_attributes") from None
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
