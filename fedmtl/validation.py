@@ -552,6 +552,27 @@ def check_backbone_builds(cfg: ExperimentConfig) -> None:
         raise ValueError(f"model.backbone = {cfg.model.backbone!r} has out_dim = {out!r}; a backbone says the size "
                          "of the representation it returns in a positive integer attribute out_dim "
                          "(docs/extending.md: backbones)")
+    returned = meta_output_shape(backbone, tuple(dataset_input_shape(cfg.data)))
+    if returned is not None and returned != (2, out):
+        raise ValueError(f"model.backbone = {cfg.model.backbone!r} returns a representation of shape {returned} for "
+                         f"a batch of 2, where its out_dim = {out} says (2, {out}); the heads take out_dim inputs "
+                         "(docs/extending.md: backbones)")
+
+
+def meta_output_shape(backbone: Any, input_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape of what ``backbone`` returns for a batch of 2 inputs, computed on torch's meta
+    device (no data, no arithmetic); ``None`` when that cannot be told there (a backbone built
+    on the CPU, or one whose forward needs real numbers)."""
+    import torch
+
+    if backbone is None or not all(p.is_meta for p in backbone.parameters()):
+        return None
+    try:
+        with torch.no_grad():
+            out = backbone(torch.empty((2, *input_shape), device="meta"))
+    except Exception:  # noqa: BLE001 - a forward the meta device cannot run: the run tells
+        return None
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
 
 def check_something_federated(cfg: ExperimentConfig) -> None:

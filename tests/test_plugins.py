@@ -376,6 +376,9 @@ class Mine(nn.Module):
     ("width", "self.out_dim = 4", "model.backbone = 'mine-bb' cannot be built as mine-bb(input_shape=(60,), "
                                   "out_dim=64): TypeError: Mine.__init__() got an unexpected keyword argument "
                                   "'out_dim' (docs/extending.md: backbones)"),
+    # its layer returns 4 values, its out_dim says 64: every client failed in torch, naming no backbone
+    ("out_dim", "self.out_dim = out_dim", "model.backbone = 'mine-bb' returns a representation of shape (2, 4) for "
+                                          "a batch of 2, where its out_dim = 64 says (2, 64)"),
 ])
 def test_a_plugin_backbone_that_does_not_build_as_documented_is_one_config_error(tmp_path, registries, signature,
                                                                                   attribute, said):
