@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
@@ -55,7 +56,10 @@ class RunResult:
     folder: Path
 
     def __post_init__(self) -> None:
-        self.folder = Path(self.folder).resolve()
+        folder = _folder("folder", self.folder)
+        if folder is None:
+            raise TypeError("folder: expected a run folder (str or Path), got None")
+        self.folder = folder.resolve()
 
     @functools.cached_property
     def config(self) -> ExperimentConfig:
@@ -63,30 +67,30 @@ class RunResult:
         return load_config(self.folder / "config.toml")
 
     @functools.cached_property
-    def _tables(self) -> dict[str, Any]:
-        from fedmtl.results import load_run
-
-        return load_run(self.folder)
-
-    @property
     def metrics(self) -> pd.DataFrame:
         """``metrics.csv``: one row per round, client, task, split and metric (a tidy frame)."""
-        return self._tables["metrics"]
+        from fedmtl.parquet import read_table
 
-    @property
+        return read_table(self.folder, "metrics")
+
+    @functools.cached_property
     def rounds(self) -> pd.DataFrame:
         """``rounds.csv``: one row per round (cross-client statistics, aggregation, timings)."""
-        return self._tables["rounds"]
+        from fedmtl.parquet import read_table
 
-    @property
+        return read_table(self.folder, "rounds")
+
+    @functools.cached_property
     def summary(self) -> dict[str, Any]:
         """``summary.json``: the final statistics per task, provenance, timings."""
-        return self._tables["summary"]
+        return json.loads((self.folder / "summary.json").read_text())
 
-    @property
+    @functools.cached_property
     def participation(self) -> pd.DataFrame | None:
         """``participation.csv`` (``None`` when the run did not record it)."""
-        return self._tables["participation"]
+        from fedmtl.results import read_participation
+
+        return read_participation(self.folder)
 
 
 @dataclass

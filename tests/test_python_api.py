@@ -231,3 +231,21 @@ def test_a_quiet_sweep_warns_of_each_invalid_combination_it_skips(tmp_path, caps
                             overrides=["run.mode=centralized", "run.rounds=1"])
     assert [r.values for r in done.plan.runs] == [{"client.lr": 0.05}]
     assert capsys.readouterr().out == ""
+
+
+def test_a_run_result_reads_each_file_on_its_own(tmp_path):
+    """A run stopped before it wrote rounds.csv: ``.metrics`` raised "No such file ...
+    rounds.csv" though metrics.csv was there (found by a newcomer pass)."""
+    import fedmtl
+    from tests.test_report_compare import fake_run
+
+    run = fake_run(tmp_path / "run", 0, "mean", {c: {"left": 0.5, "right": 0.4} for c in range(3)})
+    (run / "rounds.csv").unlink()
+    for parquet in run.glob("rounds.parquet"):
+        parquet.unlink()
+    result = fedmtl.RunResult(run)
+    assert len(result.metrics) and result.summary["final"]["left"]["metric"] == "accuracy"
+    with pytest.raises(FileNotFoundError, match="rounds.csv"):
+        _ = result.rounds
+    with pytest.raises(TypeError, match=r"^folder: expected a run folder \(str or Path\), got None$"):
+        fedmtl.RunResult(None)

@@ -213,6 +213,26 @@ def test_a_client_rule_that_raises_is_named_with_its_error_type(gradients):
         multitask_step(model, x, y, TASKS, Buggy([1.0, 1.0, 1.0], True), gradients=gradients)
 
 
+def test_a_client_rule_that_reads_updates_it_did_not_declare_is_told_how_to_declare_them():
+    """On a client it failed with a bare "'NoneType' object has no attribute 'norm'" (found by a
+    newcomer pass); the server's plan already said the same of undeclared losses."""
+    from fedmtl.training.local import RuleRaised
+
+    class Reading(FixedWeights):
+        name = "reading"
+
+        def compute(self, objectives):  # noqa: ANN001, ANN202
+            return objectives.updates.norm(dim=1)
+
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    x, y = _batch()
+    with pytest.raises(RuleRaised) as info:
+        multitask_step(model, x, y, TASKS, Reading([1.0, 1.0, 1.0], False), gradients="representation")
+    assert str(info.value) == ("client.weighting 'reading' failed: AttributeError: 'NoneType' object has no attribute "
+                               "'norm' (rule 'reading' got no update rows: objectives.updates is None; a rule that "
+                               "reads them declares needs_updates = True)"), str(info.value)
+
+
 def test_a_client_rule_with_negative_weights_is_told_in_full_how_to_declare_them():
     """The check of a rule's result says what to change; the client's line keeps all of it (it was
     cut at 160 characters, before 'nonnegative = False)')."""

@@ -209,7 +209,11 @@ def _called(rule: Rule, call: Callable[[Objectives], T], objectives: Objectives)
     except NonFiniteObjectives:
         raise  # the training diverged: not the rule's fault, and its message says so
     except Exception as exc:
-        raise RuleRaised(f"client.weighting '{rule.name}' failed: {described(exc, RULE_ERROR_LIMIT)}") from exc
+        hint = ""
+        if objectives.updates is None and isinstance(exc, AttributeError | TypeError) and "NoneType" in str(exc):
+            hint = (f" (rule '{rule.name}' got no update rows: objectives.updates is None; a rule that reads them "
+                    "declares needs_updates = True)")
+        raise RuleRaised(f"client.weighting '{rule.name}' failed: {described(exc, RULE_ERROR_LIMIT)}{hint}") from exc
 
 
 def _heads_only_step(
