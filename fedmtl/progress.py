@@ -107,7 +107,7 @@ def header_lines(cfg: ExperimentConfig, run_dir: Path, config: str | Path | None
                      f"{cfg.run.rounds} rounds of {cfg.client.epochs} epoch(s)")
         return lines
     if engine.backend == "inprocess":
-        at_once = engine.clients_at_once()
+        at_once = min(engine.clients_at_once(), cfg.data.num_clients)  # never more than there are
         where = f"in this process, {at_once} client{'s' if at_once > 1 else ''} at a time"
     elif engine.address:
         where = f"Ray cluster at {engine.address}"

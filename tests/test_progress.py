@@ -292,3 +292,13 @@ def test_the_final_table_never_cuts_a_number_on_a_narrow_terminal(width):
             "Personalized test metrics across clients (round 2)",
             "accuracy-task accuracy: mean 48.7%, weighted mean 48.9%, std 10.1 pp, worst 0.0%, worst 10% 0.0%, "
             "best 99.1%, Jain 0.8573"]
+
+
+def test_the_header_never_says_more_clients_at_a_time_than_there_are(tmp_path):
+    from fedmtl.progress import header_lines
+
+    for clients, expected in ((1, "1 client at a time"), (2, "2 clients at a time")):
+        cfg = load_config(ROOT / "configs/smoke.toml", ["engine.backend=inprocess", "engine.max-concurrent-clients=4",
+                                                       f"data.num-clients={clients}"])
+        engine = next(line for line in header_lines(cfg, tmp_path, None) if line.startswith("engine"))
+        assert engine.startswith(f"engine    in this process, {expected};"), engine
