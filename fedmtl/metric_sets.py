@@ -34,6 +34,7 @@ consistently (claim other predictions), but not report gaps its own rates contra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 
 from fedmtl.one_line import one_line
@@ -106,6 +107,12 @@ def _group_name_problem(name: str, counts: Mapping[str, Mapping[str, float]], bi
     return "not a metric of this task's kind"
 
 
+METRIC_NAME = re.compile(r"[\w.+ -]+")
+"""What an evaluation metric's name (and so a group attribute's or value's) is made of: no
+comma, quote, newline, bracket or other mark that would break a CSV row, a column name or a
+console line."""
+
+
 def metric_set_problem(
     metrics: Mapping[str, float], kind: str, examples: float, groups: Mapping[str, Collection[str]] | None = None,
 ) -> str:
@@ -114,6 +121,10 @@ def metric_set_problem(
     (``""``: they can). ``groups``: the dataset's group attributes and their values
     (``None``: not known); counts of any other attribute or value are a problem. See the
     module docstring."""
+    for name in metrics:
+        if not METRIC_NAME.fullmatch(name):
+            return (f"metric name {one_line(name, 64)!r} has a character no metric name has (a name is letters, "
+                    "digits, spaces and '_.+-'; a group's name goes into the results' CSV files and columns)")
     expected = TASK_KINDS.get(kind).metrics
     missing = [name for name in expected if name not in metrics]
     if missing:

@@ -60,19 +60,19 @@ def print_table(console: Console, title: str, columns: tuple[str, ...], rows: li
     cutting a cell; otherwise (a narrow terminal, where the table would show ``0.…`` for a
     number) as one line per row, ``first second: column value, ...``, wrapped by the terminal.
     Columns in ``left`` are left-aligned, the others right-aligned."""
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for column in columns:
-        table.add_column(column, justify="left" if column in left else "right")
+        table.add_column(Text(column), justify="left" if column in left else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # cells as text, never read as markup
     if natural_width(console, table)[0] <= console.width:
         console.print(table)
         return
-    console.print(title, soft_wrap=True)
+    console.print(title, soft_wrap=True, markup=False)
     keys = len(left) or 1
     for row in rows:
         named = ", ".join(f"{column} {value.strip()}" for column, value in zip(columns[keys:], row[keys:], strict=True))
-        console.print(f"{' '.join(row[:keys])}: {named}", soft_wrap=True)
+        console.print(f"{' '.join(row[:keys])}: {named}", soft_wrap=True, markup=False)
 
 
 def format_duration(seconds: float) -> str:
@@ -404,11 +404,11 @@ class Progress:
                           _fmt(m, v["worst10"]), _fmt(m, v["best"]), f"{v['jain']:.4f}"])
         print_table(self.console, title, columns, cells, left=("task", "metric"))
         for task, note in stats.predictions.items():  # its accuracy and gaps say nothing of fairness
-            self.console.print(f"note: {task}: {note}", soft_wrap=True)
+            self.console.print(f"note: {task}: {note}", soft_wrap=True, markup=False)
         if stats.global_view is not None:
-            self.console.print(self.global_view_line(stats.global_view), soft_wrap=True)
+            self.console.print(self.global_view_line(stats.global_view), soft_wrap=True, markup=False)
         if stats.never_trained:
-            self.console.print(self.never_trained_line(stats), soft_wrap=True)
+            self.console.print(self.never_trained_line(stats), soft_wrap=True, markup=False)
 
     @staticmethod
     def global_view_line(view: RoundStats) -> str:

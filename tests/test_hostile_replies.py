@@ -415,3 +415,36 @@ def test_text_a_client_sent_reaches_a_problem_as_one_printable_line():
     assert isinstance(outcome, Rejected) and outcome.problem.startswith("update: unexpected tensor 'x WARNING")
     assert outcome.problem.isprintable()
     assert Rejected(2, "a\nb\x1b" + "c" * 1000).problem == "a b?" + "c" * 496
+
+
+@pytest.mark.parametrize("attribute", ["x\n0,0,all,train,num-examples,7\n0", "x,y", 'x"y', "[/]", "a|b", "x`y"])
+def test_a_group_name_that_would_break_a_csv_row_or_a_console_line_is_rejected(attribute):
+    """A dataset that declares no groups (a plugin's) let a client invent one: a name holding a
+    newline and CSV rows forged rows of client 0 when a resume cut metrics.csv, and '[/]' broke
+    the console's final table after the last round (found by an adversarial pass)."""
+    kinds = (("left", "binary"), ("right", "binary"))
+    undeclared = ClientLimits(HELD.tasks, 50, 20, kinds, None)
+    extra = {f"count-{attribute}-0": 12.0, f"count-{attribute}-1": 8.0, f"accuracy-{attribute}-0": 0.5,
+             f"accuracy-{attribute}-1": 0.5}
+    metrics = test_metrics(**{f"test.left.{k}": v for k, v in extra.items()}, **{"test.right.loss": 1.0})
+    outcome = read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), metrics), 2, lambda c: undeclared, 102)
+    assert isinstance(outcome, Rejected) and "has a character no metric name has" in outcome.problem, outcome
+    assert "\n" not in outcome.problem
+
+
+def test_a_group_name_of_letters_digits_and_spaces_is_accepted_where_the_dataset_declares_none():
+    from fedmtl.group_fairness import group_metrics
+
+    kinds = (("left", "binary"), ("right", "binary"))
+    undeclared = ClientLimits(HELD.tasks, 50, 20, kinds, None)
+    town = {"home town": torch.tensor([0] * 12 + [1] * 8)}
+    targets = torch.tensor([1, 0] * 10)
+    honest = {wire.PARTITION_ID: 2, wire.NUM_EXAMPLES: 20}
+    for task, correct in (("left", 10), ("right", 5)):
+        predictions = torch.where(torch.arange(20) < correct, targets, 1 - targets)
+        found = {"accuracy": correct / 20, "loss": 1.0,
+                 **group_metrics(predictions, targets, town, True, {"home town": ["Été", "North2"]})}
+        honest.update({f"test.{task}.{k}": v for k, v in found.items()})
+    assert "test.left.count-home town-Été" in honest
+    outcome = read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), honest), 2, lambda c: undeclared, 102)
+    assert isinstance(outcome, Evaluated), outcome
