@@ -21,6 +21,7 @@ applies them to Flower messages):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -531,9 +532,17 @@ def _view_problem_of(stage: str, per_task: Mapping[str, Mapping[str, float]], li
     return _all_tasks_problem(per_task, limits, stage)
 
 
+PLACEMENT_CHARACTER = re.compile(r"[\w.:/()-]")
+"""What a host, Ray node or device name is made of (``node-3.lan``, ``cuda:0``)."""
+
+
 def placement_text(value: object) -> str:
-    """A placement value as kept in ``placement.csv``: a string, printable, at most
-    :data:`MAX_PLACEMENT` characters (anything else: ``""``)."""
+    """A placement value as kept in ``placement.csv`` and shown by ``fedmtl report``: a string
+    of at most :data:`MAX_PLACEMENT` characters, each one :data:`PLACEMENT_CHARACTER` allows, any
+    other (a space, ``|``, ``=``, a control character) and a leading ``-`` as ``?`` (anything
+    else: ``""``): a client's text cannot add a cell to the report's Markdown tables nor start
+    a spreadsheet formula in the CSV."""
     if not isinstance(value, str):
         return ""
-    return "".join(c if c.isprintable() else "?" for c in value[:MAX_PLACEMENT])
+    text = "".join(c if PLACEMENT_CHARACTER.fullmatch(c) else "?" for c in value[:MAX_PLACEMENT])
+    return "?" + text[1:] if text.startswith("-") else text

@@ -448,3 +448,16 @@ def test_a_group_name_of_letters_digits_and_spaces_is_accepted_where_the_dataset
     assert "test.left.count-home town-Été" in honest
     outcome = read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), honest), 2, lambda c: undeclared, 102)
     assert isinstance(outcome, Evaluated), outcome
+
+
+@pytest.mark.parametrize(("host", "kept"), [
+    ("x` | 999999 | `y", "x????999999????y"),  # a cell of its own in the report's Placement table
+    ('=HYPERLINK("http://a.example/","click")', "?HYPERLINK(?http://a.example/???click?)"),  # a spreadsheet formula
+    ("-1+2", "?1?2"),
+    ("node-3.lan", "node-3.lan"), ("cuda:0", "cuda:0"), ("a1b2c3", "a1b2c3"),
+])
+def test_placement_text_can_neither_add_a_table_cell_nor_start_a_formula(host, kept):
+    """A host string of '|' and backticks pushed a forged count of 999999 into the report's
+    Placement table; one starting with '=' was kept as a formula (found by an adversarial pass)."""
+    reply = reply_to(sent(), train_metrics(), placement={"host": host, "node": "n", "device": "cpu"})
+    assert placement_row(reply, 2, 1, "train") == (1, 2, "train", kept, "n", "cpu")
