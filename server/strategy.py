@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 
 from fedmtl import protocol as wire
 from fedmtl.aggregation.plans import make_plan, needs_task_parts
+from fedmtl.aggregation.rule import NonFiniteObjectives, NonFiniteResult
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.one_line import RULE_ERROR_LIMIT, counted
@@ -229,10 +230,13 @@ class FedMTLStrategy:
         A skipped round leaves the server's weightings and optimizer as they were before it."""
         before = self.server_state()
         rows = [row for reply in accepted for row in plan_rows(reply, self.device)]
+        server = self.cfg.server
         try:
             result = self.plan(rows)
+        except (NonFiniteResult, NonFiniteObjectives) as exc:  # numbers, not code: the round is skipped
+            self.load_server_state(before)
+            return f"{one_line(exc, RULE_ERROR_LIMIT)} (plan '{server.plan}', weighting '{server.weighting}')"
         except Exception as exc:  # noqa: BLE001 - a rule's own failure (a plugin's): one line, the run stops
-            server = self.cfg.server
             raise RuleFailed(f"round {server_round}: plan '{server.plan}' with weighting '{server.weighting}' "
                              f"failed: {type(exc).__name__}: {one_line(exc, RULE_ERROR_LIMIT)}") from exc
         for fallback in result.fallbacks:

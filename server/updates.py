@@ -25,8 +25,19 @@ def plan_rows(reply: Accepted, device: torch.device) -> list[Row]:
     rows = []
     for task, vector in reply.rows.items():
         loss = float(np.mean(list(task_loss.values()))) if task == WHOLE else task_loss[task]
-        rows.append(Row(reply.client, task, vector.to(device), loss, count))
+        rows.append(Row(reply.client, task, without_subnormals(vector).to(device), loss, count))
     return rows
+
+
+def without_subnormals(vector: torch.Tensor) -> torch.Tensor:
+    """``vector`` with its subnormal entries (below the dtype's smallest normal number, about
+    1.2e-38 in float32) set to 0: such an entry changes no model weight, but a row made of them
+    has a squared norm that underflows to 0, and rules that divide by norms (FedMGDA+, PCGrad,
+    FedFV) then return NaN: one client could make every round be skipped."""
+    if not vector.is_floating_point():
+        return vector
+    tiny = torch.finfo(vector.dtype).tiny
+    return torch.where(vector.abs() < tiny, torch.zeros((), dtype=vector.dtype), vector)
 
 
 def reply_loss(reply: Accepted) -> float:

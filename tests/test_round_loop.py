@@ -533,3 +533,47 @@ def test_a_printed_resume_command_quotes_a_folder_with_spaces(tmp_path, monkeypa
     plain.mkdir()
     run(plain, good)
     assert failed_run_advice(plain, 5).endswith(f"continue with: fedmtl run --resume {plain}")
+
+
+def test_a_rule_that_returns_numbers_that_are_not_finite_skips_the_round_naming_itself(tmp_path):
+    """Extreme but accepted replies (an overflow, a loss of 30 under AFL) made a shipped rule
+    return NaN, which stopped the whole run with RuleFailed (found by an adversarial pass): a
+    numerical failure now skips the round, and the run stops only after
+    server.max-failed-rounds of them in a row, naming the rule."""
+    from fedmtl.aggregation import Weighting, register
+    from fedmtl.aggregation.registry import RULES
+
+    @register("nan-on-the-server")
+    class NaNWeights(Weighting):
+        """Returns NaN weights."""
+
+        def compute(self, objectives):  # noqa: ANN001, ANN202
+            return torch.full((len(objectives),), float("nan"), dtype=torch.float64)
+
+    try:
+        with pytest.raises(ClientsFailed) as info:
+            run(tmp_path, good, "server.weighting=nan-on-the-server", "server.max-failed-rounds=2")
+    finally:
+        del RULES._entries["nan-on-the-server"]
+    assert ("last round: weighting 'nan-on-the-server' returned weights that are not finite: [nan, nan, nan, nan] "
+            "(plan 'clients', weighting 'nan-on-the-server')") in str(info.value)
+    assert list(pd.read_csv(tmp_path / "rounds.csv")["skipped"]) == [1, 1]
+
+
+@pytest.mark.parametrize("weighting", ["fedmgda+", "pcgrad"])
+def test_an_update_of_subnormal_numbers_does_not_make_a_rule_skip_the_round(tmp_path, weighting):
+    """One client's update of 1e-44 (finite, accepted: its squared norm underflows to 0) made
+    FedMGDA+ and PCGrad return NaN every round and FedFV stop the run (found by an adversarial
+    pass): the server reads subnormal entries as 0."""
+    from server.updates import without_subnormals
+
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 3:
+            reply.content[wire.UPDATE] = ArrayRecord({k: torch.full_like(v, 1e-44) for k, v in STATE.items()})
+        return reply
+
+    _, _, rounds = run(tmp_path, script, f"server.weighting={weighting}")
+    assert list(rounds["aggregated"]) == [4, 4] and list(rounds["skipped"]) == [0, 0]
+    tiny = torch.tensor([1e-44, -1e-44, 1.5e-38, 0.0, -2.0], dtype=torch.float32)
+    assert without_subnormals(tiny).tolist() == [0.0, 0.0, tiny[2].item(), 0.0, -2.0]

@@ -254,7 +254,7 @@ class Weighting(Rule):
                 f"weighting '{self.name}' returned shape {tuple(weights.shape)} for {len(objectives)} objectives"
             )
         if not bool(torch.isfinite(weights).all()):
-            raise RuntimeError(f"weighting '{self.name}' returned weights that are not finite: "
+            raise NonFiniteResult(f"weighting '{self.name}' returned weights that are not finite: "
                                f"{[round(w, 6) for w in weights.tolist()][:8]}")
         if self.nonnegative and len(weights) and float(weights.min()) < -NEGATIVE_RTOL * float(weights.abs().max()):
             raise RuntimeError(f"weighting '{self.name}' returned the negative weight {float(weights.min()):.6g} but "
@@ -311,8 +311,8 @@ class Aggregator(Rule):
             raise RuntimeError(f"aggregator '{self.name}' returned a direction of shape {got} for rows of width "
                                f"{rows.shape[1]}")
         if direction.numel() and not math.isfinite(float(direction.abs().amax())):
-            raise RuntimeError(f"aggregator '{self.name}' returned a direction that is not finite (NaN or Inf) for "
-                               "finite rows")
+            raise NonFiniteResult(f"aggregator '{self.name}' returned a direction that is not finite (NaN or Inf) for "
+                                  "finite rows")
         if self.per_row and result.parts is None:
             raise RuntimeError(f"aggregator '{self.name}' declares per_row but returned no parts")
         parts = result.parts
@@ -347,6 +347,12 @@ def computed_untouched(rule: Weighting | Aggregator, objectives: Objectives) -> 
         raise RuntimeError(f"{rule.kind} '{rule.name}' {edit}; a rule must leave its objectives as they are "
                            "(clone a tensor before changing it)")
     return result
+
+
+class NonFiniteResult(RuntimeError):
+    """A rule returned weights or a direction that are not finite from finite objectives: a
+    numerical failure (an overflow or underflow on extreme rows a client sent, or the rule's own
+    bug); the server skips the round (:mod:`fedmtl.server.strategy`), a client reports an error."""
 
 
 class NonFiniteObjectives(ValueError):
