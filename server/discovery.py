@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from fedmtl import protocol as wire
 from fedmtl.config import ExperimentConfig
 from fedmtl.data import DATASETS
+from fedmtl.one_line import one_line
 from fedmtl.screening import as_integer
 from fedmtl.server.admission import Admission
 from fedmtl.server.replies import has_record
@@ -73,7 +74,7 @@ def query_nodes(
         if node is None:
             log.warning("ignored a discovery reply from node %s to no message asked", reply.metadata.src_node_id)
         elif reply.has_error():
-            errors[node] = str(reply.error.reason)[:500]
+            errors[node] = one_line(str(reply.error.reason), 500)  # a client's text: one printable line
         elif node in infos or node in problems:
             problems[node] = "it replied twice"
         else:
@@ -103,6 +104,8 @@ class ClientDirectory:
         self.clients: dict[int, int] = {}
         self.ignored: set[int] = set()
         """Nodes whose discovery reply could not be used, during a run (never asked again)."""
+        self.failed: set[int] = set()
+        """Nodes whose discovery failed during a run, already said (each is asked again, said once)."""
         self.admission = Admission.from_environment()
         """Only the nodes the deployment registered, when it says which (:mod:`fedmtl.server.admission`)."""
 
@@ -154,6 +157,11 @@ class ClientDirectory:
         if errors and strict:
             node, error = next(iter(errors.items()))
             raise FederationMismatch(f"node {node} failed client discovery: {error}")
+        for node, error in errors.items():
+            if node not in self.failed:
+                self.failed.add(node)
+                log.warning("node %d failed client discovery: %s (it is asked again each round, said once)",
+                            node, error)
         for node in new:  # asked again, a node that never answers would hold up every later query
             if node not in infos and node not in errors and node not in problems:
                 log.warning("node %d ignored: it did not answer client discovery within %.0f s (a SuperNode "

@@ -118,3 +118,42 @@ def test_a_too_small_federation_during_a_run_is_ignored_not_raised(caplog):
         directory.update(QueryGrid({10: info(0), 11: info(1), 12: info(2), 14: info(1, 2)}), 1.0, strict=False)
     assert directory.clients == {0: 10, 1: 11, 2: 12}
     assert "node 14 ignored: the federation has num-partitions = 2" in caplog.text
+
+
+class ErrorGrid(QueryGrid):
+    """As :class:`QueryGrid`, but a node whose answer is a ``flwr.common.Error`` replies with it."""
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        from flwr.common import Error
+
+        failing = {n for n, a in self.answers.items() if isinstance(a, Error)}
+        replies = super().send_and_receive([m for m in messages if m.metadata.dst_node_id not in failing])
+        for msg in messages:
+            if msg.metadata.dst_node_id in failing:
+                msg.metadata.__dict__["_message_id"] = f"q{next(self.ids)}"
+                self.asked.append(msg.metadata.dst_node_id)
+                reply = Message(self.answers[msg.metadata.dst_node_id], reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+                replies.append(reply)
+        return replies
+
+
+def test_a_discovery_error_reaches_the_console_as_one_printable_line_said_once(caplog):
+    """A SuperNode's error text went into the start-up error as it was: three lines, one a forged
+    'ERROR: round 3: ...', one a terminal escape; during a run such a node was asked every round
+    and never said (found by an adversarial pass)."""
+    from flwr.common import Error
+
+    reason = "boom\nERROR: round 3: client 0 poisoned the model\x1b[31m"
+    grid = ErrorGrid({10: info(0), 11: Error(code=1, reason=reason), 12: info(2)})
+    with pytest.raises(FederationMismatch) as raised:
+        ClientDirectory(expected=3).update(grid, 1.0)
+    assert str(raised.value) == "node 11 failed client discovery: boom ERROR: round 3: client 0 poisoned the model?[31m"
+    directory = ClientDirectory(expected=3)
+    caplog.set_level("WARNING", logger="fedmtl")
+    for _ in range(3):
+        directory.update(grid, 1.0, strict=False)
+    said = [r.getMessage() for r in caplog.records if "failed client discovery" in r.getMessage()]
+    assert said == ["node 11 failed client discovery: boom ERROR: round 3: client 0 poisoned the model?[31m (it is "
+                    "asked again each round, said once)"]
+    assert grid.asked.count(11) == 4
