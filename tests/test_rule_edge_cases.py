@@ -121,3 +121,19 @@ def test_krum_picks_the_lowest_score_when_a_huge_row_shrinks_every_other():
     near[0, 0] += 1e-6
     assert int(make_rule("krum", byzantine=1)(Objectives(updates=near)).argmax()) == 1
     assert int(make_rule("krum", byzantine=1)(Objectives(updates=1e3 * near)).argmax()) == 1
+
+
+def test_afl_whose_lambda_left_every_sampled_client_weighs_them_equally_and_says_so():
+    """λ ascends on the losses and is projected onto the simplex, which zeroes entries: after a
+    client with a loss of 30 (honest, diverging), the clients sampled next round all had λ = 0
+    and their weights were 0 / 0 = NaN (found by an adversarial pass)."""
+    afl = make_rule("afl")
+    first = Objectives(updates=torch.ones(3, 2), losses=torch.tensor([1.0, 1.0, 30.0]), client_ids=[0, 1, 2])
+    weights = afl.weigh(first)
+    assert torch.allclose(weights.weights, torch.full((3,), 1 / 3, dtype=torch.float64))
+    assert afl.lam["2"] == 1.0 and afl.lam["0"] == afl.lam["1"] == 0.0
+    second = Objectives(updates=torch.ones(2, 2), losses=torch.tensor([1.0, 1.0]), client_ids=[0, 1])
+    result = afl.weigh(second)
+    assert result.weights.tolist() == [0.5, 0.5] and result.info.fallback == "zero-lambda"
+    third = Objectives(updates=torch.ones(2, 2), losses=torch.tensor([1.0, 1.0]), client_ids=[1, 2])
+    assert afl.weigh(third).info.fallback == ""  # λ on a sampled client: the paper's weights

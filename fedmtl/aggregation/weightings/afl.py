@@ -7,10 +7,11 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from fedmtl.aggregation.info import SolveInfo
 from fedmtl.aggregation.losses import losses_of
 from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.registry import register
-from fedmtl.aggregation.rule import NoParams, RuleContext, Weighting
+from fedmtl.aggregation.rule import NoParams, RuleContext, Weighting, Weights
 from fedmtl.aggregation.solvers.simplex import project_simplex
 
 
@@ -21,7 +22,9 @@ class AFL(Weighting):
     Mohri, Sivek & Suresh, "Agnostic Federated Learning", ICML 2019 (arXiv 1902.00146). The
     sampled clients' updates get weights ``λ_k / Σ_{j∈S} λ_j``; then
     ``λ ← Proj_Δ(λ + γ_λ F)`` with the sampled clients' pre-training losses (a client seen
-    for the first time enters with the mean of the known λ). λ is the weighting's state. The
+    for the first time enters with the mean of the known λ; when the projection has left every
+    sampled client at λ = 0, their weights are equal, reported as fallback ``zero-lambda``).
+    λ is the weighting's state. The
     order (weights from λ before its ascent step) is that of litian96/fair_flearn
     ``flearn/trainers/afl.py``, γ_λ = 0.1 that of huawei-noah/Federated-Learning
     ``FairFL/algs/run.py`` (whose ``AFL.aggregate`` ascends λ first, then weighs).
@@ -47,14 +50,18 @@ class AFL(Weighting):
         super().__init__(context, **params)
         self.lam: dict[str, float] = {}
 
-    def compute(self, objectives: Objectives) -> torch.Tensor:
+    def compute(self, objectives: Objectives) -> Weights:
         keys = objectives.keys()
         losses = losses_of(objectives, self.name)
         fill = sum(self.lam.values()) / len(self.lam) if self.lam else 1.0
         for key in keys:
             self.lam.setdefault(key, fill)
         present = torch.tensor([self.lam[k] for k in keys], dtype=torch.float64)
-        weights = present / present.sum()
+        info = SolveInfo()
+        if float(present.sum()) > 0:
+            weights = present / present.sum()
+        else:  # λ went to clients not sampled now (the simplex projection zeroes entries): no λ to weigh by
+            weights, info = torch.full_like(present, 1.0 / len(present)), SolveInfo(fallback="zero-lambda")
         names = list(self.lam)
         vector = torch.tensor([self.lam[k] for k in names], dtype=torch.float64)
         vector = vector / vector.sum()
@@ -62,4 +69,4 @@ class AFL(Weighting):
         for key, loss in zip(keys, losses.tolist(), strict=True):
             vector[index[key]] += self.params.lr_lambda * loss
         self.lam = dict(zip(names, project_simplex(vector).tolist(), strict=True))
-        return weights
+        return Weights(weights, info)
