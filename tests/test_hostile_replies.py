@@ -393,19 +393,25 @@ def test_groups_the_dataset_does_not_have_are_rejected(extra, problem):
     metrics = test_metrics(**{f"test.left.{k}": v for k, v in extra.items()}, **{"test.right.loss": 1.0})
     outcome = read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), metrics), 2, lambda c: groups, 102)
     assert outcome == Rejected(2, f"test.left: {problem}")
-    # what an honest client reports: each task's group metrics of its predictions (fedmtl.training.evaluate)
+    honest = honest_group_metrics("colour", ["White", "Black"])
+    assert isinstance(read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), honest), 2, lambda c: groups, 102),
+                      Evaluated)
+
+
+def honest_group_metrics(attribute: str, names: list[str]) -> dict:
+    """What an honest client with 20 test examples (12 of group 0, 8 of group 1 of
+    ``attribute``) reports: each task's group metrics of its predictions (fedmtl.training.evaluate)."""
     from fedmtl.group_fairness import group_metrics
 
-    colour = {"colour": torch.tensor([0] * 12 + [1] * 8)}
+    groups = {attribute: torch.tensor([0] * 12 + [1] * 8)}
     targets = torch.tensor([1, 0] * 10)
     honest = {wire.PARTITION_ID: 2, wire.NUM_EXAMPLES: 20}
     for task, correct in (("left", 10), ("right", 5)):
         predictions = torch.where(torch.arange(20) < correct, targets, 1 - targets)
         found = {"accuracy": correct / 20, "loss": 1.0,
-                 **group_metrics(predictions, targets, colour, True, {"colour": ["White", "Black"]})}
+                 **group_metrics(predictions, targets, groups, True, {attribute: names})}
         honest.update({f"test.{task}.{k}": v for k, v in found.items()})
-    assert isinstance(read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), honest), 2, lambda c: groups, 102),
-                      Evaluated)
+    return honest
 
 
 def test_text_a_client_sent_reaches_a_problem_as_one_printable_line():
@@ -433,18 +439,9 @@ def test_a_group_name_that_would_break_a_csv_row_or_a_console_line_is_rejected(a
 
 
 def test_a_group_name_of_letters_digits_and_spaces_is_accepted_where_the_dataset_declares_none():
-    from fedmtl.group_fairness import group_metrics
-
     kinds = (("left", "binary"), ("right", "binary"))
     undeclared = ClientLimits(HELD.tasks, 50, 20, kinds, None)
-    town = {"home town": torch.tensor([0] * 12 + [1] * 8)}
-    targets = torch.tensor([1, 0] * 10)
-    honest = {wire.PARTITION_ID: 2, wire.NUM_EXAMPLES: 20}
-    for task, correct in (("left", 10), ("right", 5)):
-        predictions = torch.where(torch.arange(20) < correct, targets, 1 - targets)
-        found = {"accuracy": correct / 20, "loss": 1.0,
-                 **group_metrics(predictions, targets, town, True, {"home town": ["Été", "North2"]})}
-        honest.update({f"test.{task}.{k}": v for k, v in found.items()})
+    honest = honest_group_metrics("home town", ["Été", "North2"])
     assert "test.left.count-home town-Été" in honest
     outcome = read_evaluate_reply(reply_to(sent(kind=MessageType.EVALUATE), honest), 2, lambda c: undeclared, 102)
     assert isinstance(outcome, Evaluated), outcome
