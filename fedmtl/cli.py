@@ -1084,7 +1084,11 @@ _literal_help(cli)
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. A crash in native code (a segmentation fault in a library's thread
+    while a run stops) prints every thread's Python stack to stderr (:mod:`faulthandler`)."""
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)
     try:
         cli()
     except Exception as exc:
