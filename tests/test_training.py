@@ -303,3 +303,21 @@ def test_backbone_rows_have_the_gramian_torchjd_autogram_computes():
         z_grads.append(torch.autograd.grad(t.task_kind.loss(model.heads[t.name](zd), y[t.name]), zd)[0])
     rows = _per_task_backbone(z, torch.stack(z_grads), list(model.backbone.parameters()))
     torch.testing.assert_close(rows @ rows.T, theirs, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("gradients", ["representation", "backbone"])
+def test_client_weights_too_large_for_the_gradients_are_blamed_on_the_rule(gradients):
+    """Weights of 1e300 (finite in float64) made the float32 gradient infinite; the next step's
+    losses then blamed the training: 'the training diverged (lower the learning rate)' (found
+    by a newcomer pass)."""
+    from fedmtl.training.local import RuleRaised
+
+    class Huge(FixedWeights):
+        name = "huge"
+
+    model = build_model(ModelSection(backbone="mlp", width=8, head_hidden=5), (6,), TASKS)
+    x, y = _batch()
+    with pytest.raises(RuleRaised) as info:
+        multitask_step(model, x, y, TASKS, Huge([1e300, 1.0, 1.0], False), gradients=gradients)
+    assert str(info.value) == ("client.weighting 'huge' gave weights [1e+300, 1.0, 1.0] whose weighted task gradients "
+                               "are not finite in torch.float32 (weights too large for the gradients)"), str(info.value)

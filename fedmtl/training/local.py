@@ -35,6 +35,7 @@ task parts, the backbone's share of it is split equally among the tasks' contrib
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -181,20 +182,38 @@ def multitask_step(
         objectives.updates = rows
         if isinstance(weighting, Weighting):
             weights = _called(weighting, weighting, objectives)
-            contributions = weights.to(rows)[:, None] * rows
+            contributions = _finite_combination(weighting, weights, weights.to(rows)[:, None] * rows)
             _set_backbone_grad(backbone, contributions.sum(dim=0))
             return StepResult(losses_t, weights, contributions)
         return _aggregator_step(weighting, objectives, rows, backbone, losses_t, track_parts)
     if weighting.needs_updates:
         objectives.updates = torch.stack([g.flatten() for g in z_grads])
     weights = _called(weighting, weighting, objectives)
-    scaled = torch.stack([w.to(z.dtype) * g for w, g in zip(weights, z_grads, strict=True)])
+    scaled = _finite_combination(
+        weighting, weights, torch.stack([w.to(z.dtype) * g for w, g in zip(weights, z_grads, strict=True)]))
     if track_parts:
         contributions = _per_task_backbone(z, scaled, backbone)
         _set_backbone_grad(backbone, contributions.sum(dim=0))
         return StepResult(losses_t, weights, contributions)
     _pairing(z, scaled.sum(dim=0)).backward()
     return StepResult(losses_t, weights)
+
+
+def _finite_combination(rule: Rule, weights: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
+    """``scaled`` (the task gradients times ``rule``'s weights, which are finite), refused when
+    it is not finite: weights too large for the gradients' dtype (1e300 in float32) are the
+    rule's doing, not a diverged training, which the next step's losses would have been blamed on.
+
+    Raises
+    ------
+    RuleRaised
+        Naming the rule and its weights.
+    """
+    if scaled.numel() and not math.isfinite(float(scaled.abs().amax())):
+        shown = [float(f"{w:.6g}") for w in weights.tolist()[:8]]
+        raise RuleRaised(f"client.weighting '{rule.name}' gave weights {shown} whose weighted task gradients are not "
+                         f"finite in {scaled.dtype} (weights too large for the gradients)")
+    return scaled
 
 
 class RuleRaised(RuntimeError):
