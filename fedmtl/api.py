@@ -480,8 +480,8 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         A run folder ``fedmtl report`` refuses (:func:`fedmtl.report.read_run`), naming its file:
         one whose files do not parse or disagree with each other.
     """
+    from fedmtl.parquet import read_table
     from fedmtl.report import find_run_dirs, read_run
-    from fedmtl.results import load_run
 
     given = paths
     if isinstance(paths, str | Path):
@@ -492,7 +492,7 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     frames = []
     for folder in find_run_dirs(list(paths)):
         read_run(folder)  # refuses, naming the file, what the report refuses
-        metrics = load_run(folder)["metrics"]
+        metrics = read_table(folder, "metrics")
         config = _flat(tomllib.loads((folder / "config.toml").read_text()))
         metrics.insert(0, "run", str(Path(folder).resolve()))
         frames.append(metrics.assign(**{key: [value] * len(metrics) for key, value in config.items()}))

@@ -77,9 +77,7 @@ def make_rule(name: str, context: RuleContext | None = None, **params: Any) -> R
     **params
         The rule's parameters (dash or underscore spelling).
     """
-    rule = RULES.get(name)(context, **params)
-    rule.state_dict()  # a state attribute it lacks or cannot copy is named now, not at the first checkpoint
-    return rule
+    return RULES.get(name)(context, **params)
 
 
 def make_weighting(name: str, context: RuleContext | None = None, **params: Any) -> Rule:
