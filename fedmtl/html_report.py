@@ -178,7 +178,7 @@ def round_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Fig
             fig.add_trace(go.Scatter(x=x + x[::-1], y=list(high) + list(low)[::-1], fill="toself", mode="lines",
                                      fillcolor=_fill(k), line={"width": 0}, hoverinfo="skip", showlegend=False,
                                      legendgroup=c.label), row=1, col=col)
-            fig.add_trace(go.Scatter(x=x, y=mean.to_numpy(), mode="lines+markers", name=c.label,
+            fig.add_trace(go.Scatter(x=x, y=mean.to_numpy(), mode="lines+markers", name=plotly_text(c.label),
                                      legendgroup=c.label, showlegend=col == 1, line={"color": _colour(k)},
                                      hovertemplate=f"{html.escape(c.label)}<br>round %{{x}}<br>mean %{{y:.3f}}"
                                                    "<extra></extra>"), row=1, col=col)
@@ -186,7 +186,7 @@ def round_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Fig
                 own = view[view["task"] == task]
                 gmean = own.groupby(["round", "seed"])["value"].mean().groupby("round").mean() * scale
                 fig.add_trace(go.Scatter(x=[int(r) for r in gmean.index], y=gmean.to_numpy(), mode="lines+markers",
-                                         name=f"{c.label} (global model)", legendgroup=c.label,
+                                         name=plotly_text(f"{c.label} (global model)"), legendgroup=c.label,
                                          showlegend=col == 1, line={"color": _colour(k), "dash": "dash"}),
                               row=1, col=col)
             fig.update_yaxes(title_text=f"client test {unit_of(metric)}", row=1, col=col)
@@ -209,7 +209,7 @@ def plane_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Fig
             xs = pd.Series([s["mean"] * scale for s in stats])
             ys = pd.Series([s["worst10"] * scale for s in stats])
             fig.add_trace(go.Scatter(
-                x=[xs.mean()], y=[ys.mean()], mode="markers", name=c.label, legendgroup=c.label,
+                x=[xs.mean()], y=[ys.mean()], mode="markers", name=plotly_text(c.label), legendgroup=c.label,
                 showlegend=col == 1, marker={"size": 11, "color": _colour(k)},
                 error_x={"type": "data", "array": [xs.std(ddof=1) if len(xs) > 1 else 0]},
                 error_y={"type": "data", "array": [ys.std(ddof=1) if len(ys) > 1 else 0]},
@@ -220,7 +220,7 @@ def plane_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Fig
                 fig.add_trace(go.Scatter(
                     x=[sum(v["mean"] for v in views) / len(views) * scale],
                     y=[sum(v["worst10"] for v in views) / len(views) * scale], mode="markers",
-                    name=f"{c.label} (global model)", legendgroup=c.label, showlegend=col == 1,
+                    name=plotly_text(f"{c.label} (global model)"), legendgroup=c.label, showlegend=col == 1,
                     marker={"size": 11, "color": "white", "line": {"color": _colour(k), "width": 2}},
                     hovertemplate=f"{html.escape(c.label)}, global model<br>mean %{{x:.3f}}<br>worst-10% %{{y:.3f}}"
                                   "<extra></extra>"), row=1, col=col)
@@ -245,7 +245,7 @@ def cdf_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Figur
             fraction = [(i + 1) / len(values) for i in range(len(values))]
             fig.add_trace(go.Scatter(
                 x=values, y=fraction, mode="lines+markers", line={"shape": "hv", "color": _colour(k)},
-                marker={"size": 6}, name=c.label, legendgroup=c.label, showlegend=col == 1,
+                marker={"size": 6}, name=plotly_text(c.label), legendgroup=c.label, showlegend=col == 1,
                 customdata=rows["client"].astype(int).to_numpy(),
                 hovertemplate=f"{html.escape(c.label)} (seed {run.seed})<br>client %{{customdata}}: %{{x:.3f}}"
                               "<extra></extra>"), row=1, col=col)
@@ -254,9 +254,11 @@ def cdf_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Figur
     return _layout(fig, "Clients' final metric (CDF; click a point to see that client)", 460)
 
 
-def heatmap_figure(configurations: Sequence[Any], tasks: dict[str, str], notes: dict[int, str]) -> go.Figure:
+def heatmap_figure(configurations: Sequence[Any], tasks: dict[str, str],
+                   records: dict[int, list[dict[str, Any]]]) -> go.Figure:
     """Clients × tasks final metric (mean over seeds), one configuration at a time (the menu),
-    on one colour scale fitted to the data; hover shows the client's participation."""
+    on one colour scale fitted to the data; hover shows the client's participation in that
+    configuration's runs (``records``: :func:`client_records`)."""
     metrics = set(tasks.values())
     scale = scale_of(next(iter(metrics))) if len(metrics) == 1 else 1.0
     tables = [client_task_table(c, list(tasks)) * scale for c in configurations]
@@ -267,16 +269,17 @@ def heatmap_figure(configurations: Sequence[Any], tasks: dict[str, str], notes: 
         grid = table.to_numpy()
         clients = [int(i) for i in table.index]
         text = [[("–" if math.isnan(v) else f"{v:.3g}") for v in row] for row in grid]
+        notes = _notes(records, c.label)
         custom = [[notes.get(client, "") for _ in tasks] for client in clients]
         fig.add_trace(go.Heatmap(
             z=[[None if math.isnan(v) else float(v) for v in row] for row in grid], x=list(tasks), y=clients,
-            zmin=low, zmax=high, colorscale="Viridis", visible=k == 0, customdata=custom, name=c.label,
+            zmin=low, zmax=high, colorscale="Viridis", visible=k == 0, customdata=custom, name=plotly_text(c.label),
             text=text, texttemplate="%{text}" if len(clients) <= 30 else None,
             colorbar={"title": {"text": unit_of(next(iter(metrics))) if len(metrics) == 1 else "metric"}},
             hovertemplate="client %{y}, task %{x}: %{z:.3f}<br>%{customdata}<extra>" + html.escape(c.label)
                           + "</extra>"))
     seeds = [len(c.runs) for c in configurations]
-    buttons = [{"label": c.label[:60], "method": "update",
+    buttons = [{"label": plotly_text(c.label[:60]), "method": "update",
                 "args": [{"visible": [j == k for j in range(len(configurations))]},
                          {"title.text": f"Every client's final metric: {html.escape(c.label)} (mean of {n} seed(s))"}]}
                for k, (c, n) in enumerate(zip(configurations, seeds, strict=True))]
@@ -309,7 +312,7 @@ def fairness_rounds_figure(configurations: Sequence[Any], tasks: dict[str, str])
                 mean = group.groupby("round")["value"].mean()
                 label = configurations[k].label + ("" if view == "personal" else f" ({VIEWS[view][3]})")
                 fig.add_trace(go.Scatter(x=[int(r) for r in mean.index], y=mean.to_numpy(), mode="lines+markers",
-                                         name=label, legendgroup=label, showlegend=row == 1 and col == 1,
+                                         name=plotly_text(label), legendgroup=label, showlegend=row == 1 and col == 1,
                                          line={"color": _colour(k), "dash": DASHES[view]}),
                               row=row, col=col)
     fig.update_xaxes(title_text="server round", row=len(FAIRNESS_STATS))
@@ -340,7 +343,7 @@ def group_figure(configurations: Sequence[Any]) -> go.Figure | None:
             mean = group.groupby("round")["value"].mean()
             label = f"{configurations[k].label} ({'pooled' if stat == 'pooled' else 'mean over clients'})"
             fig.add_trace(go.Scatter(x=[int(r) for r in mean.index], y=mean.to_numpy(), mode="lines+markers",
-                                     name=label, legendgroup=label, showlegend=i == 0,
+                                     name=plotly_text(label), legendgroup=label, showlegend=i == 0,
                                      line={"color": _colour(k), "dash": "solid" if stat == "pooled" else "dash"}),
                           row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(title_text="server round", **integer_ticks(_last_round(configurations)))
@@ -386,6 +389,20 @@ def client_records(configurations: Sequence[Any], tasks: dict[str, str]) -> dict
     return out
 
 
+def plotly_text(text: str) -> str:
+    """``text`` for a plotly legend or menu, which read a few HTML tags (``<b>``, ``<a href>``,
+    ``<br>``): escaped, so that a run's label shows as written and never becomes a link."""
+    return html.escape(text, quote=False)
+
+
+def script_json(data: Any) -> str:
+    """``data`` as JSON to sit inside a ``<script>`` element: every ``<``, ``>`` and ``&`` written
+    as a JSON escape, so that no text of a run (``<!--``, ``</script>`` in a run name) can end
+    the element or change how the browser reads it (the parsed JSON is the same)."""
+    text = json.dumps(data, allow_nan=False, default=_json_default)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def _number(value: float, metric: str) -> float | None:
     """``value`` scaled for display (accuracy in %); ``None`` for NaN."""
     value = float(value)
@@ -400,16 +417,18 @@ def _examples(record: dict[str, Any]) -> str:
             + (" (never trained)" if train is None and record["rounds_trained"] == 0 else ""))
 
 
-def _notes(records: dict[int, list[dict[str, Any]]]) -> dict[int, str]:
-    """One hover line per client: rounds trained and examples per run."""
+def _notes(records: dict[int, list[dict[str, Any]]], configuration: str) -> dict[int, str]:
+    """One hover line per client of ``configuration`` (its label): rounds trained and examples
+    in each of its runs (the first 4 seeds)."""
     out = {}
-    for client, runs in records.items():
+    for client, every in records.items():
         parts = []
-        for r in runs[:4]:
+        for r in [r for r in every if r["configuration"] == configuration][:4]:
             trained = "participation not recorded" if r["rounds_trained"] is None else (
                 f"trained {r['rounds_trained']} rounds" + (f" (last {r['last_round']})" if r["last_round"] else ""))
             parts.append(f"seed {r['seed']}: {trained}, {_examples(r)} examples")
-        out[client] = "<br>".join(dict.fromkeys(parts))
+        if parts:
+            out[client] = "<br>".join(dict.fromkeys(parts))
     return out
 
 
@@ -517,7 +536,7 @@ def _write(path: Path, configurations: Sequence[Any], markdown: str, highlight: 
     figures = [("round-curves", "Per round", round_figure(configurations, tasks)),
                ("fairness-plane", "Fairness vs accuracy", plane_figure(configurations, tasks)),
                ("client-cdf", "Clients' final metric", cdf_figure(configurations, tasks)),
-               ("client-heatmap", "Client × task", heatmap_figure(configurations, tasks, _notes(records))),
+               ("client-heatmap", "Client × task", heatmap_figure(configurations, tasks, records)),
                ("fairness-rounds", "Fairness over rounds", fairness_rounds_figure(configurations, tasks))]
     group = group_figure(configurations)
     if group is not None:
@@ -528,7 +547,7 @@ def _write(path: Path, configurations: Sequence[Any], markdown: str, highlight: 
             "units": {t: f"({unit_of(m)})" for t, m in tasks.items()},
             "configurations": [c.label for c in configurations], "initial": initial,
             "clickable": ["client-heatmap", "client-cdf"]}
-    payload = json.dumps(data, allow_nan=False, default=_json_default).replace("</", "<\\/")
+    payload = script_json(data)
     options = "".join(f'<option value="{c}">client {c}</option>' for c in clients)
     nav = " ".join(f'<a href="#{div}">{html.escape(name)}</a>' for div, name, _ in figures)
     parts = [

@@ -28,6 +28,14 @@ def one_line(text: object, limit: int | None = LIMIT) -> str:
     return "".join(c if c.isprintable() else "?" for c in flat)
 
 
+def visible(text: object) -> str:
+    """``text`` with every character that would not print (a line break, a tab, a terminal
+    escape) written as its Python escape (``\\n``, ``\\t``, ``\\x1b``): one line showing all that
+    is there, for names shown in a document (a folder named with a line break cannot start a
+    line of its own in ``report.md``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def described(exc: BaseException, limit: int | None = LIMIT) -> str:
     """``exc`` as one line: ``"<type>: <text>"``, or its type's name when it has no text."""
     text = str(exc)

@@ -92,7 +92,50 @@ def read_csv_table(path: str | Path, name: str) -> pd.DataFrame:
 
     if name not in _CSV_OPTIONS:
         raise ValueError(f"unknown table '{name}'; tables: {', '.join(TABLES)}")
-    return pd.read_csv(path, **_CSV_OPTIONS[name])
+    check_whole_rows(Path(path))
+    table = pd.read_csv(path, **_CSV_OPTIONS[name])
+    if name == "rounds":
+        check_numbers(table)
+    return table
+
+
+def check_whole_rows(path: Path) -> None:
+    """Refuse a CSV file that ends in the middle of a row: every row fedmtl writes ends with a
+    line break, so a file cut short (a killed copy, a full disk, an edit) would otherwise read
+    its last row with a shortened number (``0.1`` for ``0.174``) or empty cells.
+
+    Raises
+    ------
+    ValueError
+        When the file's last byte is not a line break.
+    """
+    with path.open("rb") as handle:
+        size = handle.seek(0, io.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                raise ValueError("it ends in the middle of a row: the file was cut short")
+
+
+def check_numbers(rounds: pd.DataFrame) -> None:
+    """Refuse a ``rounds.csv`` table with text where fedmtl writes only numbers (every column:
+    counts, seconds, losses and statistics), naming the column and the round.
+
+    Raises
+    ------
+    ValueError
+        Naming the first such cell.
+    """
+    import pandas as pd
+    from pandas.api.types import is_numeric_dtype
+
+    for column in rounds.columns:
+        if not is_numeric_dtype(rounds[column]):
+            values = rounds[column]
+            bad = values[values.notna() & pd.to_numeric(values, errors="coerce").isna()].index
+            where = f" in round {rounds.at[bad[0], 'round']}" if len(bad) and "round" in rounds else ""
+            shown = f"{values[bad[0]]!r}" if len(bad) else "text"
+            raise ValueError(f"column '{column}' holds {shown}{where} where numbers belong")
 
 
 def write_parquet(run_dir: str | Path) -> list[Path]:

@@ -187,7 +187,11 @@ def higher_is_better(metric: str) -> bool:
 
 
 def _wrap(label: str, width: int = 38) -> str:
-    return "\n".join(textwrap.wrap(label, width)) or label
+    """``label`` (a configuration's, from run names and config values) wrapped at ``width``,
+    every ``$`` escaped: matplotlib reads text between two ``$`` as mathematics, and a name like
+    ``price $x^$`` would stop the figure with a parse error."""
+    shown = label.replace("$", r"\$")
+    return "\n".join(textwrap.wrap(shown, width)) or shown
 
 
 def _colours(n: int) -> list[Any]:
@@ -228,9 +232,33 @@ def _shared_metric(metrics: Sequence[str]) -> bool:
 
 
 def read_rounds(run_dir: Path) -> pd.DataFrame:
-    """A run's ``rounds.csv`` (empty when it has none)."""
+    """A run's ``rounds.csv`` (empty when it has none), read and checked like every table of a
+    run folder (:func:`fedmtl.parquet.read_table`: whole rows, numbers where numbers belong).
+
+    Raises
+    ------
+    ValueError
+        Naming the file when it cannot be used.
+    """
     path = Path(run_dir) / "rounds.csv"
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame({"round": []})
+    return checked_table(Path(run_dir), "rounds") if path.is_file() else pd.DataFrame({"round": []})
+
+
+def checked_table(run_dir: Path, name: str) -> pd.DataFrame:
+    """Table ``name`` of ``run_dir`` (:func:`fedmtl.parquet.read_table`).
+
+    Raises
+    ------
+    ValueError
+        One line naming the file, when it is missing or cannot be read as the table fedmtl writes.
+    """
+    from fedmtl.one_line import one_line
+    from fedmtl.parquet import read_table
+
+    try:
+        return read_table(run_dir, name)
+    except (OSError, ValueError, TypeError, OverflowError) as error:  # pandas' parser errors are ValueErrors
+        raise ValueError(f"'{run_dir / (name + '.csv')}' cannot be read ({one_line(error, 200)})") from None
 
 
 def group_columns(rounds: pd.DataFrame) -> pd.DataFrame:
@@ -300,7 +328,7 @@ def plot_run(run_dir: str | Path, fmt: str = "png", dpi: int = DEFAULT_DPI,
     """
     check_format(fmt, dpi)
     run_dir = Path(run_dir)
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+    metrics = checked_table(run_dir, "metrics")
     test = metrics[(metrics["split"] == "test") & (metrics["task"] != "all")]
     view = metrics[(metrics["split"] == GLOBAL_SPLIT) & (metrics["task"] != "all")]
     out = run_dir / "plots"
@@ -799,11 +827,18 @@ def plot_client_task_heatmap(configurations: Sequence[Any], path: Path, dpi: int
     return save_figure(fig, path, dpi)
 
 
+def run_rounds(run: Any) -> pd.DataFrame:
+    """``run.rounds`` when the report read it with the run (:func:`fedmtl.report.read_run`), else
+    the run folder's (:func:`read_rounds`)."""
+    rounds = getattr(run, "rounds", None)
+    return rounds if rounds is not None else read_rounds(run.path)
+
+
 def fairness_by_round(run: Any, tasks: dict[str, str]) -> pd.DataFrame:
     """A run's across-client statistics per round: ``round, panel, stat, view, value`` (metric
     scaled; ``view``: a key of :data:`VIEWS`), from its ``rounds.csv``, else computed from its
     per-client curves."""
-    rounds = read_rounds(run.path)
+    rounds = run_rounds(run)
     panels = _fairness_panels(rounds, tasks)
     rows = []
     if panels:
@@ -872,7 +907,7 @@ def plot_fairness_rounds(configurations: Sequence[Any], path: Path, dpi: int = D
 def group_gaps_by_round(run: Any) -> pd.DataFrame:
     """A run's group gaps per round from its ``rounds.csv``: ``round, task, gap, attribute, stat,
     value`` (the personal model's; empty when none was recorded)."""
-    rounds = read_rounds(run.path)
+    rounds = run_rounds(run)
     columns = group_columns(rounds)
     columns = columns[columns["view"] == "personal"]
     rows = []

@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,7 +61,7 @@ from fedmtl.fairness import (
 from fedmtl.group_fairness import OneClass, one_class_predictions, resampled_group_gaps
 from fedmtl.html_report import HTML_FILE, write_html_report
 from fedmtl.labels import format_value
-from fedmtl.one_line import counted, one_line
+from fedmtl.one_line import counted, one_line, visible
 from fedmtl.parquet import read_table
 from fedmtl.plots import (
     DEFAULT_DPI,
@@ -69,7 +72,7 @@ from fedmtl.plots import (
     report_figures,
 )
 from fedmtl.protocol import TEST, TEST_GLOBAL
-from fedmtl.results import GLOBAL, OVERALL, read_participation
+from fedmtl.results import GLOBAL, OVERALL
 from fedmtl.screening import evaluation_range
 from fedmtl.stop_record import read_stop
 from fedmtl.tasks import TASK_KINDS
@@ -109,6 +112,9 @@ class RunResult:
     final_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     """client, task, metric, value: every metric of split ``test`` at the final round (the group
     metrics of :mod:`fedmtl.group_fairness` among them)."""
+    rounds: pd.DataFrame | None = None
+    """The run's ``rounds.csv`` as read and checked with the run (``None``: the figures read it
+    from ``path``)."""
 
     @property
     def has_global(self) -> bool:
@@ -287,10 +293,9 @@ def read_run(path: Path) -> RunResult:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise _unusable(path / "config.toml", f"has run.seed = {seed!r}, not a whole number")
     _check_final_section(path, summary["final"])
-    try:
-        metrics = read_table(path, "metrics")  # metrics.parquet when current
-    except (OSError, ValueError, TypeError, OverflowError) as error:
-        raise _unusable(path / "metrics.csv", f"cannot be read ({one_line(error, 200)})") from None
+    metrics = _run_table(path, "metrics")  # metrics.parquet when current
+    rounds = _run_table(path, "rounds", required=False)
+    participation = _run_table(path, "participation", required=False)
     primary = {t: s["metric"] for t, s in summary["final"].items()}
 
     def primary_rows(split: str) -> pd.DataFrame:
@@ -307,8 +312,27 @@ def read_run(path: Path) -> RunResult:
     _check_rows_in_range(path, summary["final"], curves)
     _check_rows_in_range(path, summary["final"], global_curves)
     _check_final_against_rows(path, summary["final"], final)
-    return RunResult(path, config, summary, final, curves, global_final, global_curves, read_participation(path),
-                     final_metrics)
+    return RunResult(path, config, summary, final, curves, global_final, global_curves, participation,
+                     final_metrics, pd.DataFrame({"round": []}) if rounds is None else rounds)
+
+
+def _run_table(path: Path, name: str, required: bool = True) -> pd.DataFrame | None:
+    """Table ``name`` of run folder ``path`` (:func:`fedmtl.parquet.read_table`: its Parquet copy
+    when current, whole rows, numbers where numbers belong); ``None`` when it is not ``required``
+    and has no CSV file (a run of an older fedmtl, a centralized run).
+
+    Raises
+    ------
+    ValueError
+        Naming the file when it is missing (and ``required``) or cannot be read.
+    """
+    file = path / f"{name}.csv"
+    if not required and not file.is_file():
+        return None
+    try:
+        return read_table(path, name)
+    except (OSError, ValueError, TypeError, OverflowError) as error:  # pandas' parser errors are ValueErrors
+        raise _unusable(file, f"cannot be read ({one_line(error, 200)})") from None
 
 
 def check_one_dataset(runs: list[RunResult]) -> None:
@@ -346,8 +370,8 @@ def group_configurations(runs: list[RunResult]) -> list[Configuration]:
                        for c in configurations}) > 1]
     for c in configurations:
         config = c.runs[0].config
-        c.label = " ".join(f"{k}={format_value(config[k])}" for k in varying if k in config) \
-            or str(config.get("run.name", c.runs[0].path.name))
+        c.label = visible(" ".join(f"{k}={format_value(config[k])}" for k in varying if k in config)
+                          or str(config.get("run.name", c.runs[0].path.name)))
         c.runs.sort(key=lambda r: r.seed)
     return configurations
 
@@ -452,6 +476,9 @@ class Estimate:
     method : str
         How the interval was computed (``"t, 3 seeds"``, ``"bootstrap, 10 clients"``, ``"paired
         t, 3 seeds"``, ``"paired bootstrap, 10 clients"``), or why there is none.
+    missing : int
+        Seeds whose run has no value of the statistic (NaN: Jain's index of all-zero accuracies,
+        a table the run did not record), left out of the mean: the cell says so.
     """
 
     mean: float
@@ -460,25 +487,32 @@ class Estimate:
     std: float = math.nan
     n: int = 0
     method: str = ""
+    missing: int = 0
 
     def cell(self, digits: int) -> str:
-        """``mean [low, high]``; the mean alone without an interval; ``–`` without a mean."""
+        """``mean [low, high]``; the mean alone without an interval; ``–`` without a mean; with
+        ``(n of N seeds)`` after it when seeds without a value were left out."""
         if math.isnan(self.mean):
             return "–"
+        fewer = f" ({self.n} of {self.n + self.missing} seeds)" if self.missing else ""
         if math.isnan(self.low) or math.isnan(self.high):
-            return f"{self.mean:.{digits}f}"
+            return f"{self.mean:.{digits}f}{fewer}"
         mark = CUT_MARK if CUT_NOTE in self.method else ""
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]{mark}"
+        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]{mark}{fewer}"
 
 
 def seed_estimate(values: list[float], paired: bool = False) -> Estimate:
     """The mean of one statistic over seeds with its Student-t interval (n − 1 degrees of freedom;
-    none with one seed)."""
+    none with one seed); seeds without a value (``None``, NaN) are left out and counted
+    (:attr:`Estimate.missing`)."""
     finite = [v for v in values if v is not None and not math.isnan(v)]
     mean, low, high = t_interval(finite)
     std = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
     method = f"{'paired ' if paired else ''}t, {len(finite)} seeds" if len(finite) > 1 else ""
-    return Estimate(mean, low, high, std, len(finite), method)
+    missing = len(values) - len(finite) if finite else 0
+    if missing:
+        method = "; ".join(filter(None, [method, f"{missing} of {len(values)} seeds without a value, left out"]))
+    return Estimate(mean, low, high, std, len(finite), method, missing)
 
 
 def _panel_stats(values: np.ndarray, metric: str, name: str) -> dict[str, np.ndarray]:
@@ -705,7 +739,7 @@ def estimate_configuration(configuration: Configuration, tasks: dict[str, str], 
     return {key: boot.get(key, Estimate(value, n=1)) for key, value in per_run[0].items()}
 
 
-TIDY_COLUMNS = ["configuration", "statistic", "mean", "low", "high", "std", "n", "interval", "seeds"]
+TIDY_COLUMNS = ["configuration", "statistic", "mean", "low", "high", "std", "n", "interval", "seeds", "missing"]
 """``report.csv``'s columns."""
 
 
@@ -726,14 +760,15 @@ def summarize_configurations(
         estimates |= compare(c, reference, tasks, overall)
         for key, e in estimates.items():
             rows.append({"configuration": c.label, "statistic": key, "mean": e.mean, "low": e.low,
-                         "high": e.high, "std": e.std, "n": e.n, "interval": e.method, "seeds": len(c.runs)})
+                         "high": e.high, "std": e.std, "n": e.n, "interval": e.method, "seeds": len(c.runs),
+                         "missing": e.missing})
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)
 
 
 def _estimates(tidy: pd.DataFrame, label: str) -> dict[str, Estimate]:
     rows = tidy[tidy["configuration"] == label]
-    return {r.statistic: Estimate(r.mean, r.low, r.high, r.std, int(r.n), "" if pd.isna(r.interval) else r.interval)
-            for r in rows.itertuples()}
+    return {r.statistic: Estimate(r.mean, r.low, r.high, r.std, int(r.n), "" if pd.isna(r.interval) else r.interval,
+                                  int(r.missing)) for r in rows.itertuples()}
 
 
 def _interval_note(estimates: dict[str, Estimate], keys: list[str]) -> str:
@@ -937,7 +972,8 @@ def repeated_runs(configurations: list[Configuration]) -> list[str]:
     for c in configurations:
         for kept, repeat in c.repeats:
             same = _same_results(kept, repeat)
-            lines.append(f"`{repeat.path}` repeats `{kept.path}` (configuration `{c.label}`, seed {kept.seed}): "
+            lines.append(f"`{visible(repeat.path)}` repeats `{visible(kept.path)}` (configuration `{c.label}`, "
+                         f"seed {kept.seed}): "
                          "left out; " + ("its final results are the same" if same else
                                          "its final per-client results DIFFER: the run did not reproduce"))
     return lines
@@ -1051,8 +1087,42 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     out = Path(out)
     check_report_targets(out)
     replaced = (out / "report.md").is_file()
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_MARKER).touch()
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        written = _write_report(runs, paths, staging, reference, fmt, dpi, highlight)
+        figures = _publish(staging, out, fmt)
+    except BaseException:
+        if created:  # a report that failed in a folder it made leaves no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**written, "report": out / "report.md", "csv": out / "report.csv", "html": out / HTML_FILE,
+            "figures": figures, "replaced": replaced}
+
+
+def _publish(staging: Path, out: Path, fmt: str) -> list[Path]:
+    """Move the report written whole in ``staging`` into ``out``, replacing an earlier report's
+    files; a figure of this format that the earlier report drew and this one does not (a group
+    figure) goes, so that ``out`` holds one report. Return the figures' paths in ``out``."""
+    figures = []
+    for name in (*REPORT_FILES, HTML_FILE, *report_figure_files(fmt)):
+        if (staging / name).is_file():
+            os.replace(staging / name, out / name)
+            if name in report_figure_files(fmt):
+                figures.append(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    return figures
+
+
+def _write_report(runs: list[RunResult], paths: list[str | Path], out: Path, reference: str | None, fmt: str,
+                  dpi: int, highlight: int | None) -> dict[str, Any]:
+    """Write every file of the report of ``runs`` into ``out`` (:func:`make_report`); return the
+    table, the configurations' labels and the repeats."""
     configurations = group_configurations(runs)
     repeats = repeated_runs(configurations)
     ref = choose_reference(configurations, reference)
@@ -1068,7 +1138,7 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     lines = [
         "# fedmtl report", "",
         f"{len(runs) - len(repeats)} runs in {len(configurations)} configurations, from "
-        + ", ".join(f"`{p}`" for p in paths) + f". Reference: `{ref.label}` ({how})."
+        + ", ".join(f"`{visible(p)}`" for p in paths) + f". Reference: `{ref.label}` ({how})."
         + (f" {counted(len(repeats), 'repeated run')} (a configuration and seed already counted) left out: "
            "see Repeated runs." if repeats else ""), "",
         "Values are the final evaluation round's statistics across clients. Each cell is a mean "
@@ -1131,7 +1201,5 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
                   "counts once in the intervals).", ""] + [f"- {line}" for line in repeats] + [""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     (out / "report.md").write_text("\n".join(lines))
-    html = write_html_report(out / HTML_FILE, configurations, "\n".join(lines), highlight)
-    return {"report": out / "report.md", "csv": out / "report.csv", "html": html, "figures": figures,
-            "table": table, "configurations": [c.label for c in configurations], "replaced": replaced,
-            "repeats": repeats}
+    write_html_report(out / HTML_FILE, configurations, "\n".join(lines), highlight)
+    return {"table": table, "configurations": [c.label for c in configurations], "repeats": repeats}

@@ -64,7 +64,7 @@ def test_a_client_that_never_trained_shows_no_train_examples_and_says_why(tmp_pa
     from tests.test_plots_format import configurations
 
     found = configurations(fabricated_runs(tmp_path / "runs"))
-    notes = _notes(client_records(found, task_metrics(found)))
+    notes = _notes(client_records(found, task_metrics(found)), found[0].label)
     assert "– train / 20 test (never trained)" in notes[0] and "?" not in notes[0]
     assert "trained 4 rounds" in notes[4] and "(never trained)" not in notes[4]
 

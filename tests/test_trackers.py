@@ -159,3 +159,31 @@ def test_a_tracker_that_does_not_start_is_switched_off_and_the_run_goes_on(tmp_p
 def test_the_registry_names_both_trackers():
     assert TRACKERS.names() == ["mlflow", "tensorboard"]
     assert Trackers(Path("."), load_config(None, [])).active == {}
+
+
+def test_a_copied_run_folder_resumed_writes_its_mlflow_artifacts_into_the_copy(tmp_path, monkeypatch):
+    """MLflow records an experiment's artifact location as an absolute path: the store of a copied
+    folder would put the resumed run's files into the folder it was copied from."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr("fedmtl.plots.plot_run", lambda run_dir: [])
+    original = tmp_path / "original"
+    cfg = load_config(None, ["data.num-clients=3", "run.rounds=2", "run.name=copied", 'run.trackers=["mlflow"]'])
+    recorder = RunRecorder(original, cfg, dataset_tasks(cfg.data))
+    recorder.finish(log_rounds(recorder, range(1, 3)))
+    before = sorted(p.relative_to(original) for p in (original / ARTIFACTS).rglob("*"))
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+
+    resumed = RunRecorder(copy, load_config(copy / "config.toml"), dataset_tasks(cfg.data), resume_round=1)
+    resumed.finish(log_rounds(resumed, range(2, 3), shift=0.05))
+
+    assert sorted(p.relative_to(original) for p in (original / ARTIFACTS).rglob("*")) == before
+    client = MlflowClient(tracking_uri=store_uri(copy))
+    experiment = client.get_experiment_by_name("copied")
+    assert experiment.artifact_location == (copy / ARTIFACTS).resolve().as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.artifact_uri.startswith((copy / ARTIFACTS).resolve().as_uri())
+    assert [p.name for p in (copy / ARTIFACTS).rglob("summary.json") if run.info.run_id in str(p)] == ["summary.json"]

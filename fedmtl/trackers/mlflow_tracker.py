@@ -82,9 +82,7 @@ class MlflowTracker:
             self.client = MlflowClient(tracking_uri=store_uri(run_dir))
             if resume and run_id:  # replayed from rounds.csv into a new MLflow run: no round logged twice
                 self._delete_runs_of(run_id)
-            experiment = self.client.get_experiment_by_name(cfg.run.name)
-            experiment_id = (experiment.experiment_id if experiment is not None else self.client.create_experiment(
-                cfg.run.name, artifact_location=(run_dir / ARTIFACTS).as_uri()))
+            experiment_id = self._experiment(cfg.run.name, (run_dir / ARTIFACTS).as_uri())
             run = self.client.create_run(experiment_id, run_name=run_dir.name,
                                          tags={"fedmtl.run-dir": str(run_dir), "fedmtl.run-id": run_id})
         self.run_id = run.info.run_id
@@ -92,6 +90,21 @@ class MlflowTracker:
         params = [Param(key, str(value)) for key, value in cfg.to_flat().items()]
         for chunk in _chunks(params, MAX_PARAMS):
             self.client.log_batch(self.run_id, params=list(chunk))
+
+    def _experiment(self, name: str, artifacts: str) -> str:
+        """The id of the store's experiment ``name`` that keeps its artifacts in ``artifacts`` (this
+        run folder's), created when there is none. A folder copied or moved keeps a store whose
+        experiment writes into the folder it came from (MLflow records the artifact location as
+        an absolute path): that experiment is renamed (its runs stay) and a new one made here."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None and experiment.artifact_location != artifacts:
+            self.client.rename_experiment(experiment.experiment_id,
+                                          f"{name} (artifacts in {experiment.artifact_location}, "
+                                          f"experiment {experiment.experiment_id})")
+            experiment = None
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifacts)
 
     def _delete_runs_of(self, run_id: str) -> None:
         """Delete the store's MLflow runs of fedmtl run ``run_id`` (a resume replaces them)."""

@@ -1,0 +1,173 @@
+"""What the report and ``fedmtl plot`` read is checked before anything is written, and a report
+that fails leaves the folder as it was: run tables cut short or holding text where numbers
+belong are refused naming the file, a report is written whole or not at all, seeds without a
+value are counted in the cell that leaves them out, and names from runs (folders, run names)
+cannot change the report's text, its page or its figures. Run folders are written here by the
+recorder (no simulation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fedmtl import report
+from fedmtl.cli import cli
+from fedmtl.data import dataset_tasks
+from fedmtl.html_report import _notes, script_json
+from fedmtl.plots import plot_run
+from fedmtl.report import make_report, read_run
+from fedmtl.results import RunRecorder
+from fedmtl.validation import load_config
+
+
+@pytest.fixture(autouse=True)
+def no_run_figures(monkeypatch):
+    monkeypatch.setattr("fedmtl.plots.plot_run", lambda run_dir: [])
+
+
+def fake_run(folder: Path, seed: int, accuracy: dict[int, dict[str, float]], name: str = "fedmtl") -> Path:
+    """A finished run folder of two rounds with these accuracies per client and task."""
+    cfg = load_config(None, [f"run.seed={seed}", f"data.num-clients={len(accuracy)}", f"run.name={name}"])
+    recorder = RunRecorder(folder, cfg, dataset_tasks(cfg.data))
+    final = None
+    for r in (1, 2):
+        per_client = {c: {t: {"accuracy": v * r / 2, "loss": 1.0} for t, v in tasks.items()}
+                      for c, tasks in accuracy.items()}
+        final = recorder.record_evaluation(r, per_client, dict.fromkeys(accuracy, 20))
+        recorder.log_round({"round": r, "aggregated": len(accuracy)}, final)
+    recorder.record_participation([(c, 2, 2, 2) for c in accuracy])
+    recorder.finish(final)
+    return folder
+
+
+ACCURACY = {c: {"left": 0.5 + 0.1 * c, "right": 0.4 + 0.05 * c} for c in range(4)}
+
+
+def cut_short(path: Path) -> None:
+    """Cut the file in the middle of its last row's last number."""
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])
+
+
+def text_in_round_2(path: Path) -> None:
+    """Put text in place of a statistic of round 2."""
+    rounds = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rounds.loc[rounds["round"] == "2", "left.accuracy.worst10"] = "oops"
+    rounds.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(("file", "damage", "said"), [
+    ("rounds.csv", cut_short, "it ends in the middle of a row: the file was cut short"),
+    ("metrics.csv", cut_short, "it ends in the middle of a row: the file was cut short"),
+    ("participation.csv", cut_short, "it ends in the middle of a row: the file was cut short"),
+    ("rounds.csv", text_in_round_2, "column 'left.accuracy.worst10' holds 'oops' in round 2 where numbers belong"),
+])
+def test_a_run_table_cut_short_or_with_text_is_refused_naming_the_file(tmp_path, file, damage, said):
+    """A cut ``rounds.csv`` drew round 2's Jain index as 0.9 (its digits cut off) and dropped the
+    round's other points; a cut ``metrics.csv`` drew a client's accuracy from a shortened number."""
+    run = fake_run(tmp_path / "run", 0, ACCURACY)
+    for parquet in run.glob("*.parquet"):  # the copies made from the tables as written
+        parquet.unlink()
+    damage(run / file)
+    with pytest.raises(ValueError, match="cannot be read") as refused:
+        read_run(run)
+    assert f"'{run / file}' cannot be read ({said})" in str(refused.value)
+    result = CliRunner().invoke(cli, ["report", str(run), "-o", str(tmp_path / "report")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "report").exists()  # refused before anything was written
+    if file != "participation.csv":  # the run's own figures do not read it
+        with pytest.raises(ValueError, match=f"'{run / file}' cannot be read"):
+            plot_run(run)
+
+
+def test_a_report_that_fails_leaves_the_earlier_report_as_it_was(tmp_path, monkeypatch):
+    """A report stopped part-way (here: by its last figure) left the new report.csv and figures
+    beside the earlier report.md and report.html, which spoke of other runs."""
+    first = fake_run(tmp_path / "a", 0, ACCURACY)
+    out = tmp_path / "report"
+    make_report([first], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"report.md", "report.csv", "report.html", "client_cdf.png"} <= set(before)
+
+    second = fake_run(tmp_path / "b", 1, {c: {t: v / 2 for t, v in tasks.items()} for c, tasks in ACCURACY.items()})
+    drawn = report.report_figures
+
+    def fails_at_the_end(configurations, folder, *args, **kwargs):
+        drawn(configurations, folder, *args, **kwargs)
+        raise RuntimeError("the disk filled up")
+
+    monkeypatch.setattr(report, "report_figures", fails_at_the_end)
+    with pytest.raises(RuntimeError, match="the disk filled up"):
+        make_report([second], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert [p.name for p in out.iterdir() if p.is_dir()] == []  # no staging folder left
+
+    with pytest.raises(RuntimeError):  # a new folder: none is left
+        make_report([second], tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+    monkeypatch.setattr(report, "report_figures", drawn)
+    written = make_report([second], out)  # a report that succeeds replaces the earlier one whole
+    assert "from `" + str(second) + "`" in (out / "report.md").read_text()
+    assert [f.name for f in written["figures"]] and all(f.parent == out and f.is_file() for f in written["figures"])
+    assert (out / "report.csv").read_bytes() != before["report.csv"]
+
+
+def test_a_seed_without_a_value_is_counted_in_the_cell_that_leaves_it_out(tmp_path):
+    """With every accuracy 0, Jain's index and the Gini coefficient have no value (NaN): the
+    configuration's 2 seeds showed a bare 0.988, seed 1's value alone."""
+    fake_run(tmp_path / "runs" / "seed-0", 0, {c: {"left": 0.0, "right": 0.0} for c in range(4)})
+    fake_run(tmp_path / "runs" / "seed-1", 1, ACCURACY)
+    written = make_report([tmp_path / "runs"], tmp_path / "report")
+    tidy = pd.read_csv(tmp_path / "report" / "report.csv").set_index("statistic")
+    assert tidy.loc["left.jain", "n"] == 1 and tidy.loc["left.jain", "missing"] == 1
+    assert tidy.loc["left.jain", "seeds"] == 2 and "1 of 2 seeds without a value" in tidy.loc["left.jain", "interval"]
+    assert tidy.loc["left.mean", "missing"] == 0  # a mean of zeros is a value
+    jain = f"{tidy.loc['left.jain', 'mean']:.3f} (1 of 2 seeds)"
+    assert jain in written["table"]
+
+
+def test_names_from_runs_cannot_add_lines_to_the_report(tmp_path):
+    """A folder named with line breaks added a table and a heading of its own to report.md and
+    report.html."""
+    forged = "r\n| fake | table |\n|---|---|\n| 99.9 | 0.0 |\n# Injected heading"
+    run = fake_run(tmp_path / forged, 0, ACCURACY)
+    make_report([run], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "# Injected heading" not in text.splitlines() and "| 99.9 | 0.0 |" not in text.splitlines()
+    assert "r\\n| fake | table |\\n" in text  # shown, escaped, on the line that names it
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<h2>Injected heading</h2>" not in page and "<td>99.9</td>" not in page
+
+
+def test_a_run_name_cannot_end_the_page_data_or_reach_a_figure_as_maths(tmp_path):
+    """``x<!--<script>y`` as a run name swallowed the page's per-client view; ``$`` in a name
+    stopped the report's figures with a mathtext parse error."""
+    runs = [fake_run(tmp_path / "runs" / "a", 0, ACCURACY, name="x<!--<script>y"),
+            fake_run(tmp_path / "runs" / "b", 0, ACCURACY, name="price $x^$ cost")]
+    make_report(runs, tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text()
+    start = page.index('<script type="application/json" id="client-data">') + len(
+        '<script type="application/json" id="client-data">')
+    payload = page[start:page.index("</script>", start)]
+    assert "<" not in payload and ">" not in payload
+    assert "x<!--<script>y" in json.loads(payload)["configurations"][0]
+    assert script_json({"a": "</script><!--&"}) == '{"a": "\\u003c/script\\u003e\\u003c!--\\u0026"}'
+
+
+def test_each_configuration_s_heatmap_notes_come_from_its_own_runs():
+    """The notes came from the first 4 runs of every configuration, labelled by seed only: one
+    configuration's participation was shown on another's heatmap."""
+    def record(configuration: str, seed: int, rounds: int) -> dict:
+        return {"configuration": configuration, "seed": seed, "rounds_trained": rounds, "last_round": rounds or None,
+                "train_examples": 10 if rounds else None, "test_examples": 5}
+
+    records = {0: [record("all", 1, 2), record("all", 2, 2), record("half", 1, 0), record("half", 2, 1)]}
+    assert _notes(records, "half")[0] == ("seed 1: trained 0 rounds, – train / 5 test (never trained) examples<br>"
+                                          "seed 2: trained 1 rounds (last 1), 10 train / 5 test examples")
+    assert "trained 2 rounds" in _notes(records, "all")[0] and "never" not in _notes(records, "all")[0]
+    assert _notes(records, "other") == {}
