@@ -989,7 +989,7 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
                                           "the rounds after it run the plugins as they are now"))
     if heads and cfg.client.head_store == "disk":
         problems += head_problems(run_dir, cfg, done, run_id or (written_by if isinstance(written_by, str) else ""),
-                                  ledger_rounds(checkpoint))
+                                  ledger_rounds(checkpoint), kept_ledger(checkpoint, cfg))
     return problems
 
 
@@ -1014,6 +1014,59 @@ def ledger_rounds(checkpoint: dict[str, Any]) -> dict[int, int]:
     return {int(c): int(h[0]) for c, h in heads.items() if isinstance(h, tuple | list) and len(h) == 2}
 
 
+def kept_ledger(checkpoint: dict[str, Any], cfg: ExperimentConfig) -> dict[int, tuple[int, float] | None] | None:
+    """The checkpoint's ``heads`` entry when its fingerprints are those the clients compute now
+    (``None``: none to check against): the clients keep personal heads or their method's state,
+    and the fingerprints are of both (``heads-fingerprints = "kept"``) or the method keeps no
+    state (an older checkpoint's are of the heads alone)."""
+    from fedmtl.server.heads import KEPT_FINGERPRINTS
+    from fedmtl.training.methods import METHODS
+
+    heads = checkpoint.get("heads")
+    keeps_state = METHODS.get(cfg.personalization.method).keeps_state
+    if not isinstance(heads, dict) or (cfg.model.heads == "global" and not keeps_state):
+        return None
+    if keeps_state and checkpoint.get("heads-fingerprints") != KEPT_FINGERPRINTS:
+        return None
+    return {int(c): (int(h[0]), float(h[1])) if isinstance(h, tuple | list) and len(h) == 2 else None
+            for c, h in heads.items()}
+
+
+def _kept_problems(store: Any, cfg: ExperimentConfig, ledger: Mapping[int, tuple[int, float] | None], done: int,
+                   skip: set[int]) -> list[Any]:
+    """:func:`fedmtl.personalization.check_kept` for the clients not in ``skip`` (problems
+    already found), with a model of each client's tasks, its fingerprints computed with the
+    clients' torch threads (``engine.client-num-cpus``)."""
+    import torch
+
+    from fedmtl.data import load_federation
+    from fedmtl.models import build_model
+    from fedmtl.personalization import check_kept
+
+    fed = load_federation(cfg.data, cfg.run.seed)
+    models: dict[tuple[str, ...], Any] = {}
+
+    def model_of(client: int) -> Any:
+        tasks = fed.client_tasks(client)
+        key = tuple(t.name for t in tasks)
+        if key not in models:
+            models[key] = build_model(cfg.model, fed.input_shape, tasks)
+        return models[key]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.engine.client_num_cpus)
+    try:
+        problems = check_kept(store, {c: h for c, h in ledger.items() if c not in skip}, done, model_of,
+                              cfg.model.heads != "global")
+    finally:
+        torch.set_num_threads(threads)
+    return [p for p in problems if p.client not in skip]
+
+
+UNCHECKED_AFTER_FORCE = ("missing", "replaced", "unexpected")
+"""Problems whose clients a forced resume's server checks no more (:func:`forget_heads`)."""
+
+
 def forget_heads(checkpoint: dict[str, Any], clients: Iterable[int]) -> None:
     """Let ``clients`` start the resumed run from whatever heads they have (``--force``): the
     checkpoint's server no longer names their heads (it learns them from their next reply)."""
@@ -1023,10 +1076,13 @@ def forget_heads(checkpoint: dict[str, Any], clients: Iterable[int]) -> None:
 
 
 def head_problems(run_dir: Path, cfg: ExperimentConfig, done: int, run_id: str,
-                  known: Mapping[int, int] | None = None) -> list[ResumeProblem]:
+                  known: Mapping[int, int] | None = None,
+                  ledger: Mapping[int, tuple[int, float] | None] | None = None) -> list[ResumeProblem]:
     """The heads a resume after round ``done`` needs, checked on disk (one problem per
     kind: the clients are listed in it); ``known``: per client, the round of heads the
-    checkpoint's server knows it saved (:func:`ledger_rounds`), besides those of ``metrics.csv``."""
+    checkpoint's server knows it saved (:func:`ledger_rounds`), besides those of ``metrics.csv``;
+    ``ledger``: what it knows of each client's heads, fingerprints included (:func:`kept_ledger`),
+    which the files must match (:func:`fedmtl.personalization.check_kept`)."""
     from fedmtl.personalization import DiskHeadStore, RunIdentity, check_heads
 
     store = DiskHeadStore(head_store_root(cfg, run_dir), RunIdentity(run_id, config_fingerprint(cfg)))
@@ -1034,9 +1090,13 @@ def head_problems(run_dir: Path, cfg: ExperimentConfig, done: int, run_id: str,
     for client, server_round in (known or {}).items():
         trained[client] = max(trained.get(client, 0), server_round)
     found = check_heads(store, trained, done, also=shorter_runs(cfg))
+    if ledger is not None:
+        found += _kept_problems(store, cfg, ledger, done, {p.client for p in found})
     forced = {"missing": "these clients start again from the older or fresh heads they find",
               "other-config": "these heads are used as they are",
               "no-identity": "these heads are used as they are",
+              "replaced": "these clients train from the heads they find",
+              "unexpected": "these clients train from the heads they find",
               "unreadable": "", "other-run": ""}
     problems = []
     for kind, then in forced.items():
@@ -1045,6 +1105,6 @@ def head_problems(run_dir: Path, cfg: ExperimentConfig, done: int, run_id: str,
             shown = "; ".join(messages[:3]) + (f"; and {len(messages) - 3} more" if len(messages) > 3 else "")
             if not then:
                 shown += " (move the file away: that client then needs --force to start from fresh heads)"
-            clients = tuple(p.client for p in found if p.kind == kind) if kind == "missing" else ()
+            clients = tuple(p.client for p in found if p.kind == kind) if kind in UNCHECKED_AFTER_FORCE else ()
             problems.append(ResumeProblem(shown, then, clients))
     return problems

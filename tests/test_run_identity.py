@@ -166,6 +166,67 @@ def test_resume_names_a_corrupted_head_file_in_one_line(base_run, tmp_path):
     assert str(victim) in line and "unreadable" in line
 
 
+def _rewrite_heads(run: Path, path: Path, heads: dict) -> None:
+    """Write ``heads`` at ``path`` as the run itself would (its identity, round 1)."""
+    client = int(path.name.split(".")[0].removeprefix("client-"))
+    cfg = load_config(run / "config.toml", [])
+    DiskHeadStore(run / "heads", RunIdentity(read_run_id(run), config_fingerprint(cfg))).save(
+        client, heads, server_round=1)
+
+
+def _edited(run: Path, victim: Path) -> None:
+    """One weight of the file's first tensor moved by 0.01."""
+    heads, _ = DiskHeadStore(run / "heads").read(victim)
+    first = next(iter(heads))
+    heads[first] = heads[first].clone()
+    heads[first].view(-1)[0] += 0.01
+    _rewrite_heads(run, victim, heads)
+
+
+def _replaced(run: Path, victim: Path) -> None:
+    """The file of another client of the same round in its place."""
+    other = next(p for p in sorted((run / "heads").rglob("client-*.r1.safetensors")) if p != victim)
+    _rewrite_heads(run, victim, DiskHeadStore(run / "heads").read(other)[0])
+
+
+@pytest.mark.parametrize("change", [_edited, _replaced])
+def test_resume_refuses_heads_edited_or_replaced_since_the_checkpoint(base_run, tmp_path, change):
+    """The check before a resume looked at each head file's round and identity only: a file
+    edited or replaced under the same identity passed, the client refused every later round,
+    and the resumed run finished without it (exit 0, other numbers than the run's)."""
+    run = _killed_copy(base_run, tmp_path / "run")
+    victim = sorted((run / "heads").rglob("client-*.r1.safetensors"))[0]
+    client = int(victim.name.split(".")[0].removeprefix("client-"))
+    change(run, victim)
+    line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
+    assert f"head file '{victim}' has heads-fingerprint" in line and "--force" in line
+    assert f"client {client}'s training of round 1 left (replaced or edited since)" in line
+    proc = _fedmtl("run", "--resume", str(run), "-q", "--force", cwd=tmp_path)  # it trains from them
+    assert proc.returncode == 0 and "these clients train from the heads they find" in proc.stderr, proc.stderr
+    rounds = pd.read_csv(run / "rounds.csv")
+    assert list(rounds["rejected"]) == [0, 0] and list(rounds["aggregated"]) == [3, 3]
+
+
+def test_the_kept_check_finds_heads_of_a_client_that_has_not_trained(tmp_path):
+    """A head file copied to a client that has not trained yet locked it out of the whole rest
+    of the run (it refuses every call naming fresh heads)."""
+    from fedmtl.data import dataset_input_shape, dataset_tasks
+    from fedmtl.models import build_model
+    from fedmtl.personalization import check_kept, kept_fingerprint, save_client_state
+
+    cfg = load_config(ROOT / "configs/smoke.toml", [])
+    model = build_model(cfg.model, dataset_input_shape(cfg.data), dataset_tasks(cfg.data))
+    store = DiskHeadStore(tmp_path / "heads", RunIdentity("run", "config"))
+    save_client_state(store, 0, model, {}, server_round=1)
+    ledger = {0: (1, kept_fingerprint(model, {}, True))}
+    assert check_kept(store, ledger, 1, lambda client: model, True) == []
+    save_client_state(store, 1, model, {}, server_round=1)  # client 1 never trained
+    (problem,) = check_kept(store, ledger, 1, lambda client: model, True)
+    assert problem.client == 1 and problem.kind == "unexpected" and "has not trained in this run" in problem.message
+    assert check_kept(store, {**ledger, 1: None}, 1, lambda client: model, True) == []  # unknown: not checked
+    assert check_kept(store, ledger, 0, lambda client: model, True) == []  # files of later rounds are not read
+
+
 def test_a_run_killed_under_the_head_files_of_before_resumes_to_the_same_numbers(base_run, tmp_path):
     """A run whose heads were written before 2026-12-01 (``torch.save`` pickles, all directly
     under ``heads/``) resumes with today's store: the files are found, moved into their folders

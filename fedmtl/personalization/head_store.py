@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -522,6 +523,74 @@ def _checksum(tensors: Iterable[torch.Tensor]) -> float:
             flat = p.reshape(-1)
             total += (i + 1) * float(torch.mul(flat, _ramp(flat.numel(), flat.device)).sum())
     return total
+
+
+FINGERPRINT_TOLERANCE = 1e-10
+"""Relative difference within which :func:`check_kept` takes a recomputed fingerprint for the
+recorded one: a float64 sum's last bits may follow torch's thread count (its reductions of over
+32,768 numbers run in parallel); an edit of a single weight by 1e-6 moves the sum far more."""
+
+
+def stored_fingerprint(state: HeadState, model: MultiTaskModel, personal_heads: bool) -> float:
+    """The :func:`kept_fingerprint` of a client's saved ``state`` (a head file's tensors): its
+    heads loaded into ``model`` (a model of the client's tasks, whose parameter order the
+    fingerprint follows; its heads are overwritten) and its method's state.
+
+    Raises
+    ------
+    RuntimeError
+        When the file's heads are not those of ``model``'s tasks (``load_state_dict``).
+    """
+    heads = {k: v for k, v in state.items() if k != WEIGHTING_KEY and not k.startswith(PERSONAL_PREFIX)}
+    personal = {k[len(PERSONAL_PREFIX):]: v for k, v in state.items() if k.startswith(PERSONAL_PREFIX)}
+    if personal_heads:
+        model.heads.load_state_dict(heads)
+    return kept_fingerprint(model, personal, personal_heads)
+
+
+def check_kept(store: DiskHeadStore, ledger: Mapping[int, tuple[int, float] | None], until_round: int,
+               model_of: Callable[[int], MultiTaskModel], personal_heads: bool) -> list[HeadsProblem]:
+    """Whether the head files a run resumed after ``until_round`` would read are those its
+    checkpoint's server expects (``ledger``: :meth:`fedmtl.server.heads.HeadsLedger.state_dict`).
+
+    A client the ledger names ``(round, fingerprint)`` must find a file whose
+    :func:`stored_fingerprint` is that fingerprint (it refuses every call otherwise: the
+    resumed run would go on without it); a client the ledger does not name has not trained in
+    the run and must find no file of a round ≤ ``until_round`` (it would refuse as well).
+    ``model_of(client)`` gives a model of the client's tasks. Files :func:`check_heads` finds
+    unreadable or missing are left to it.
+
+    Returns
+    -------
+    list of HeadsProblem
+        Kind ``"replaced"`` (another fingerprint) or ``"unexpected"`` (heads of a client that has
+        not trained), one per client.
+    """
+    problems = []
+    index = store.index()
+    for client in sorted(set(ledger) | set(index)):
+        newest = _newest(index.get(client, {}), until_round)
+        if newest is None:
+            continue
+        found_round, path = newest
+        if client not in ledger:
+            problems.append(HeadsProblem(client, "unexpected", f"client {client} has not trained in this run, yet "
+                                         f"'{path}' holds heads of it"))
+            continue
+        expected = ledger[client]
+        if expected is None or found_round < expected[0]:  # not checked by the server; missing: check_heads
+            continue
+        try:
+            state, _ = store.read(path)
+            found = stored_fingerprint(state, model_of(client), personal_heads)
+        except (HeadStoreError, RuntimeError):  # unreadable, or not this client's heads
+            found = None
+        if found is None or not math.isclose(found, expected[1], rel_tol=FINGERPRINT_TOLERANCE, abs_tol=1e-300):
+            shown = "no heads of this client's tasks" if found is None else f"heads-fingerprint {found!r}"
+            problems.append(HeadsProblem(client, "replaced", f"head file '{path}' has {shown}, not the "
+                                         f"{expected[1]!r} client {client}'s training of round {expected[0]} left "
+                                         "(replaced or edited since)"))
+    return problems
 
 
 def kept_fingerprint(model: MultiTaskModel, state: Mapping[str, torch.Tensor], personal_heads: bool) -> float:
