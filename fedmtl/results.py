@@ -195,6 +195,21 @@ def write_unfinished_outputs(run_dir: str | Path, cfg: ExperimentConfig) -> None
         write_parquet(run_dir)
 
 
+def finished_table_problems(run_dir: str | Path, checkpoint: dict[str, Any] | None = None) -> list[str]:
+    """What a finished run's tables lack of the rounds its newest checkpoint (or ``checkpoint``)
+    holds (:func:`fedmtl.run_tables.table_problems`: rows lost, added or cut short; ``[]``
+    without a checkpoint to check against). A resume of a finished run does nothing, and a
+    sweep counts it as done: damage found here would otherwise stay."""
+    if checkpoint is None:
+        if newest_checkpoint_round(run_dir) is None:
+            return []
+        try:
+            checkpoint, _ = load_checkpoint(run_dir)
+        except CheckpointError:
+            return []
+    return table_problems(run_dir, int(checkpoint["round"]), checkpoint.get(METRIC_ROWS))
+
+
 def written_by_run(run_dir: str | Path, head_store: str | Path | None = None) -> list[str]:
     """The names in ``run_dir`` of what a run writes there (:data:`RUN_FILES`, and the head
     store ``head_store`` where it lies inside the folder, at any depth) that are present."""

@@ -168,7 +168,14 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
         Another process writes the run folder.
     """
     from fedmtl.folder_lock import refuse_if_busy
-    from fedmtl.results import check_extension, checkpoint_files, extend_run, load_checkpoint, unfinished_outputs
+    from fedmtl.results import (
+        check_extension,
+        checkpoint_files,
+        extend_run,
+        finished_table_problems,
+        load_checkpoint,
+        unfinished_outputs,
+    )
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
@@ -195,6 +202,10 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
         return plan
     checkpoint, skipped = load_checkpoint(run_dir)
     if int(checkpoint["round"]) >= rounds and (run_dir / "summary.json").is_file():
+        if damaged := finished_table_problems(run_dir, checkpoint):
+            raise ResumeRefused(f"cannot resume '{run_dir}': it finished all {checkpoint['round']} rounds, but "
+                                f"{'; '.join(damaged)}; its results are not whole and no resume writes them again: "
+                                "run its config.toml again into another folder")
         return Resumption(cfg, checkpoint, finished=True, skipped=skipped, unfinished=unfinished_outputs(run_dir, cfg))
     refuse_if_busy(run_dir)
     forced = _settle_problems(run_dir, cfg, checkpoint, force, force_hint, checking, heads_on_nodes)

@@ -166,6 +166,23 @@ def test_resume_names_a_corrupted_head_file_in_one_line(base_run, tmp_path):
     assert str(victim) in line and "unreadable" in line
 
 
+def test_resuming_a_finished_run_whose_tables_lost_rows_is_refused(base_run, tmp_path):
+    """A resume of a finished run said 'nothing to resume' (exit 0) and left the damage: rows of
+    the last round lost from metrics.csv, or its last row from rounds.csv."""
+    run = shutil.copytree(base_run, tmp_path / "run")
+    metrics = run / "metrics.csv"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    metrics.write_bytes(b"".join(lines[:-3]))
+    line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
+    assert f"cannot resume '{run}': it finished all 2 rounds, but metrics.csv has" in line
+    assert "rows were lost" in line and "run its config.toml again into another folder" in line
+    metrics.write_bytes(b"".join(lines))
+    rounds = run / "rounds.csv"
+    rounds.write_bytes(b"".join(rounds.read_bytes().splitlines(keepends=True)[:-1]))
+    line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
+    assert "rounds.csv has no row of round 2" in line
+
+
 def _rewrite_heads(run: Path, path: Path, heads: dict) -> None:
     """Write ``heads`` at ``path`` as the run itself would (its identity, round 1)."""
     client = int(path.name.split(".")[0].removeprefix("client-"))

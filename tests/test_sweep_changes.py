@@ -307,9 +307,29 @@ def test_a_finished_run_with_a_damaged_summary_is_refused_and_kept(tmp_path, tex
     with pytest.raises(DamagedRunsError) as caught:
         _sweep(out, "run.rounds=1")
     lines = str(caught.value).splitlines()
-    assert "put the file back, or delete the run's folder to run it again" in lines[0]
+    assert "put the files back, or delete the run's folder to run it again" in lines[0]
     assert lines[1:] == [f"  lr=0.05/seed-0/summary.json: {problem}"]
     assert damaged.read_text() == text
+    assert {p: t for p, t in _state(out).items() if p.name != ".lock"} == {
+        p: t for p, t in before.items() if p.name != ".lock"}
+
+
+def test_a_finished_run_whose_tables_lost_rows_is_refused_and_kept(tmp_path):
+    """A sweep run again counted a finished run whose metrics.csv had lost its last rows as done."""
+    from fedmtl.launch.sweep import execute_run
+
+    out = tmp_path / "sw"
+    sets, grid = ("run.rounds=1", "engine.backend=inprocess"), {"client.lr": [0.05]}
+    _sweep(out, *sets, grid=grid, runner=execute_run)  # a real run: its checkpoint counts its rows
+    metrics = out / "lr=0.05/seed-0/metrics.csv"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    metrics.write_bytes(b"".join(lines[:-3]))
+    before = _state(out)
+    with pytest.raises(DamagedRunsError) as caught:
+        _sweep(out, *sets, grid=grid)
+    shown = str(caught.value).splitlines()
+    assert len(shown) == 2 and shown[1].startswith("  lr=0.05/seed-0: metrics.csv has ")
+    assert "rows were lost" in shown[1]
     assert {p: t for p, t in _state(out).items() if p.name != ".lock"} == {
         p: t for p, t in before.items() if p.name != ".lock"}
 

@@ -345,7 +345,8 @@ def is_finished(run_dir: Path) -> bool:
 
 
 class DamagedRunsError(ConfigError):
-    """Finished runs of a sweep whose ``summary.json`` is not a run's summary (one line per run)."""
+    """Finished runs of a sweep whose ``summary.json`` is not a run's summary, or whose tables
+    lost rows (one line per run)."""
 
 
 def summary_problem(run_dir: Path) -> str | None:
@@ -364,8 +365,10 @@ def summary_problem(run_dir: Path) -> str | None:
 
 
 def check_summaries(sweep: Sweep) -> None:
-    """Refuse a sweep with a finished run whose ``summary.json`` is damaged (:func:`summary_problem`):
-    the run would count as finished while ``fedmtl report`` refuses it.
+    """Refuse a sweep with a finished run whose ``summary.json`` is damaged (:func:`summary_problem`),
+    or whose tables lack rows of the rounds its newest checkpoint holds
+    (:func:`fedmtl.results.finished_table_problems`): the run would count as finished with
+    results that are not whole.
 
     Raises
     ------
@@ -373,14 +376,22 @@ def check_summaries(sweep: Sweep) -> None:
         One line per run, its file and what is wrong, and how to go on. Nothing was run, written
         or deleted.
     """
-    damaged = [(run.folder, problem) for run in sweep.runs
-               if is_finished(sweep.out / run.folder)
-               and (problem := summary_problem(sweep.out / run.folder)) is not None]
+    from fedmtl.results import finished_table_problems
+
+    damaged = []
+    for run in sweep.runs:
+        folder = sweep.out / run.folder
+        if not is_finished(folder):
+            continue
+        if (problem := summary_problem(folder)) is not None:
+            damaged.append(f"{run.folder}/summary.json: {problem}")
+        elif tables := finished_table_problems(folder):
+            damaged.append(f"{run.folder}: {'; '.join(tables)}")
     if damaged:
         raise DamagedRunsError(
-            f"{len(damaged)} finished run(s) in '{sweep.out}' have a damaged summary.json; nothing was run; "
-            "put the file back, or delete the run's folder to run it again:\n"
-            + "\n".join(f"  {folder}/summary.json: {problem}" for folder, problem in damaged))
+            f"{len(damaged)} finished run(s) in '{sweep.out}' have a damaged summary.json or tables; nothing was "
+            "run; put the files back, or delete the run's folder to run it again:\n"
+            + "\n".join(f"  {line}" for line in damaged))
 
 
 class ChangedRunsError(ConfigError):
