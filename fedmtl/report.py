@@ -1153,7 +1153,8 @@ def _write_report(runs: list[RunResult], paths: list[str | Path], out: Path, ref
         "equal) and Gini coefficient (0 = all equal) of the client metric. Overall: the same of "
         "each client's mean over the tasks it holds. "
         f"Δm%: mean relative change of the tasks' mean client metric against `{ref.label}` "
-        "(sign-adjusted per metric; lower is better), with a paired interval (see below); the "
+        "(sign-adjusted per metric; lower is better) over the reference's tasks (a task the "
+        "reference does not report does not count), with a paired interval (see below); the "
         "reference itself has none (–).", "",
         table, "",
     ]

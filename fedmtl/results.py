@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -57,12 +58,19 @@ from fedmtl.plugins import plugin_digests
 from fedmtl.protocol import TEST_GLOBAL
 from fedmtl.provenance import collect_provenance, finish_provenance
 from fedmtl.run_tables import METRIC_COLUMNS as TABLE_METRIC_COLUMNS
-from fedmtl.run_tables import PLACEMENT_COLUMNS, table_problems
+from fedmtl.run_tables import PLACEMENT_COLUMNS, rounds_digest, rows_up_to, table_problems
 from fedmtl.stop_record import STOPPED_FILE
 from fedmtl.tasks import TaskSpec
 from fedmtl.trackers import Trackers
 
 METRIC_COLUMNS = list(TABLE_METRIC_COLUMNS)
+METRIC_DIGEST = "metrics-digest"
+"""A checkpoint's BLAKE2b digest of ``metrics.csv`` as it was when written (its header and every
+row up to its round): a resume finds rows edited since, even where their count is unchanged
+(:func:`fedmtl.run_tables.table_problems`)."""
+ROUNDS_DIGEST = "rounds-digest"
+"""A checkpoint's digest of the values of ``rounds.csv``'s rows up to its round
+(:func:`fedmtl.run_tables.rounds_digest`)."""
 METRIC_ROWS = "metrics-rows"
 """A checkpoint's count of the ``metrics.csv`` rows written up to its round: a resume finds
 rows lost from a table cut at a line end (:func:`fedmtl.run_tables.table_problems`)."""
@@ -207,7 +215,7 @@ def finished_table_problems(run_dir: str | Path, checkpoint: dict[str, Any] | No
             checkpoint, _ = load_checkpoint(run_dir)
         except CheckpointError:
             return []
-    return table_problems(run_dir, int(checkpoint["round"]), checkpoint.get(METRIC_ROWS))
+    return table_problems(run_dir, int(checkpoint["round"]), checkpoint.get(METRIC_ROWS), recorded_digests(checkpoint))
 
 
 def written_by_run(run_dir: str | Path, head_store: str | Path | None = None) -> list[str]:
@@ -372,6 +380,8 @@ class RunRecorder:
         self.placement_path = self.run_dir / "placement.csv"
         self.metric_rows = 0
         """Rows of ``metrics.csv`` so far (a checkpoint records it: :data:`METRIC_ROWS`)."""
+        self.metric_hash = hashlib.blake2b()
+        """The digest of ``metrics.csv``'s bytes so far (a checkpoint records it: :data:`METRIC_DIGEST`)."""
         for sub in ("checkpoints", "plots"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         if resume_round is not None:
@@ -381,8 +391,9 @@ class RunRecorder:
             self.run_id = write_run_id(self.run_dir)
             """The run's identity (``run-id``), carried by its checkpoints and head files."""
             write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
-            with self.metrics_path.open("w", newline="") as handle:
-                csv.writer(handle).writerow(METRIC_COLUMNS)
+            header = _csv_bytes([METRIC_COLUMNS])
+            write_bytes(self.metrics_path, header)
+            self.metric_hash.update(header)
             with self.placement_path.open("w", newline="") as handle:
                 csv.writer(handle).writerow(PLACEMENT_COLUMNS)
         self.trackers = Trackers(self.run_dir, cfg, self.run_id, self.rounds, resume=resume_round is not None)
@@ -393,6 +404,7 @@ class RunRecorder:
         kept = rows_up_to(self.metrics_path.read_bytes(), last_round)
         write_bytes(self.metrics_path, kept)
         self.metric_rows = max(len(kept.splitlines()) - 1, 0)
+        self.metric_hash = hashlib.blake2b(kept)
         if self.placement_path.is_file():  # cut as metrics.csv is: its rows stay byte for byte (csv's line ends)
             write_bytes(self.placement_path, rows_up_to(self.placement_path.read_bytes(), last_round))
         else:  # a folder of an older fedmtl, or the file was deleted: it lists the resumed rounds
@@ -417,8 +429,10 @@ class RunRecorder:
 
     def log_metrics(self, rows: list[tuple[int, int, str, str, str, float]]) -> None:
         """Append ``(round, client, task, split, metric, value)`` rows to ``metrics.csv``."""
-        with naming(self.metrics_path), self.metrics_path.open("a", newline="") as handle:
-            csv.writer(handle).writerows(rows)
+        data = _csv_bytes(rows)
+        with naming(self.metrics_path), self.metrics_path.open("ab") as handle:
+            handle.write(data)
+        self.metric_hash.update(data)
         self.metric_rows += len(rows)
 
     def log_placement(self, rows: list[tuple[int, int, str, str, str, str]]) -> None:
@@ -542,8 +556,11 @@ class RunRecorder:
 
         keep = CHECKPOINTS_KEPT if keep is None else keep
         path = self.run_dir / "checkpoints" / f"round-{server_round}.pt"
+        rounds = self.run_dir / "rounds.csv"
+        digests = {METRIC_DIGEST: self.metric_hash.hexdigest(),
+                   ROUNDS_DIGEST: rounds_digest(rounds.read_bytes(), server_round) if rounds.is_file() else None}
         torch_save({"round": server_round, **state, **checkpoint_identity(self.run_id, self.cfg),
-                    METRIC_ROWS: self.metric_rows}, path)
+                    METRIC_ROWS: self.metric_rows, **digests}, path)
         for old in checkpoint_files(self.run_dir)[:-keep]:
             old.unlink(missing_ok=True)
         return path
@@ -707,15 +724,18 @@ RESUME_FREE_KEYS = frozenset({
 it writes (Parquet, trackers), never the results."""
 
 
-def rows_up_to(table: bytes, last_round: int) -> bytes:
-    """The header and the rows of round ≤ ``last_round`` of a CSV table whose first column is
-    the round, byte for byte as they were written (a resumed run's ``metrics.csv`` then equals
-    an uninterrupted run's)."""
-    lines = table.splitlines(keepends=True)
-    if len(lines) > 1 and not lines[-1].endswith(b"\n"):  # cut short: a row of a round the resume redoes
-        lines = lines[:-1]
-    kept = [line for line in lines[1:] if line.strip() and int(line.split(b",", 1)[0]) <= last_round]
-    return b"".join(lines[:1] + kept)
+def recorded_digests(checkpoint: dict[str, Any]) -> dict[str, str]:
+    """The table digests a checkpoint recorded (``{"metrics.csv": ..., "rounds.csv": ...}``; those
+    of a checkpoint of an older fedmtl are absent)."""
+    found = {"metrics.csv": checkpoint.get(METRIC_DIGEST), "rounds.csv": checkpoint.get(ROUNDS_DIGEST)}
+    return {name: digest for name, digest in found.items() if isinstance(digest, str)}
+
+
+def _csv_bytes(rows: Iterable[Iterable[Any]]) -> bytes:
+    """``rows`` as the csv module writes them (``\\r\\n`` line ends), in UTF-8."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue().encode("utf-8")
 
 
 def write_run_id(run_dir: str | Path, run_id: str | None = None) -> str:
@@ -970,7 +990,7 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
     """
     run_dir = Path(run_dir)
     done = int(checkpoint["round"])
-    tables = table_problems(run_dir, done, checkpoint.get(METRIC_ROWS))
+    tables = table_problems(run_dir, done, checkpoint.get(METRIC_ROWS), recorded_digests(checkpoint))
     if tables:  # rows of rounds the checkpoint holds are lost: no resume can be exact, --force or not
         return [ResumeProblem(f"{problem}; the rounds up to {done} cannot be continued exactly") for problem in tables]
     name = f"checkpoint round-{done}.pt"
@@ -1004,7 +1024,7 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
                                           "the rounds after it run the plugins as they are now"))
     if heads and cfg.client.head_store == "disk":
         problems += head_problems(run_dir, cfg, done, run_id or (written_by if isinstance(written_by, str) else ""),
-                                  ledger_rounds(checkpoint), kept_ledger(checkpoint, cfg))
+                                  ledger_rounds(checkpoint), kept_ledger(checkpoint))
     return problems
 
 
@@ -1029,19 +1049,14 @@ def ledger_rounds(checkpoint: dict[str, Any]) -> dict[int, int]:
     return {int(c): int(h[0]) for c, h in heads.items() if isinstance(h, tuple | list) and len(h) == 2}
 
 
-def kept_ledger(checkpoint: dict[str, Any], cfg: ExperimentConfig) -> dict[int, tuple[int, float] | None] | None:
-    """The checkpoint's ``heads`` entry when its fingerprints are those the clients compute now
-    (``None``: none to check against): the clients keep personal heads or their method's state,
-    and the fingerprints are of both (``heads-fingerprints = "kept"``) or the method keeps no
-    state (an older checkpoint's are of the heads alone)."""
-    from fedmtl.server.heads import KEPT_FINGERPRINTS
-    from fedmtl.training.methods import METHODS
+def kept_ledger(checkpoint: dict[str, Any]) -> dict[int, tuple[int, float] | None] | None:
+    """The checkpoint's ``heads`` entry when its fingerprints are those the clients compute now,
+    of their heads and their method's state (``heads-fingerprints = "kept"``, fedmtl since
+    2026-12-02); ``None``: nothing to check against."""
+    from fedmtl.personalization import KEPT_FINGERPRINTS
 
     heads = checkpoint.get("heads")
-    keeps_state = METHODS.get(cfg.personalization.method).keeps_state
-    if not isinstance(heads, dict) or (cfg.model.heads == "global" and not keeps_state):
-        return None
-    if keeps_state and checkpoint.get("heads-fingerprints") != KEPT_FINGERPRINTS:
+    if not isinstance(heads, dict) or checkpoint.get("heads-fingerprints") != KEPT_FINGERPRINTS:
         return None
     return {int(c): (int(h[0]), float(h[1])) if isinstance(h, tuple | list) and len(h) == 2 else None
             for c, h in heads.items()}

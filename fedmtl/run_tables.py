@@ -19,12 +19,17 @@ written. It finds
   test rows ``metrics.csv`` lacks;
 - ``metrics.csv`` with more or fewer rows of those rounds than the checkpoint counted when it
   was written (``metrics-rows``): a table cut at a line end, or edited, loses no line
-  half-way.
+  half-way;
+- ``metrics.csv`` or ``rounds.csv`` whose rows of those rounds are not those the checkpoint's
+  digests were made of (``metrics-digest``, ``rounds-digest``): a value edited, or a row
+  replaced by another, keeps the count.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -85,10 +90,47 @@ def _read(path: Path, done: int) -> tuple[pd.DataFrame | None, str]:
     return (table[table["round"] <= done] if len(table) else table), ""
 
 
-def table_problems(run_dir: str | Path, done: int, metric_rows: int | None = None) -> list[str]:
+def rows_up_to(table: bytes, last_round: int) -> bytes:
+    """The header and the rows of round ≤ ``last_round`` of a CSV table whose first column is
+    the round, byte for byte as they were written (a resumed run's ``metrics.csv`` then equals
+    an uninterrupted run's)."""
+    lines = table.splitlines(keepends=True)
+    if len(lines) > 1 and not lines[-1].endswith(b"\n"):  # cut short: a row of a round the resume redoes
+        lines = lines[:-1]
+    kept = [line for line in lines[1:] if line.strip() and int(line.split(b",", 1)[0]) <= last_round]
+    return b"".join(lines[:1] + kept)
+
+
+def rounds_digest(data: bytes, done: int) -> str:
+    """The BLAKE2b digest of the values of the rows of rounds ≤ ``done`` of ``rounds.csv``
+    (``data``): each row's non-empty cells, numbers as the floats they read as. The file is
+    written whole every round and a column may read ``1`` in one version and ``1.0`` in the next
+    (a column of whole numbers until then), so its bytes are not compared: its numbers are."""
+    if data and not data.endswith(b"\n"):  # cut short: a row of a round after ``done`` (table_problems)
+        data = data.rsplit(b"\n", 1)[0] + b"\n"
+    table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    rows = []
+    for row in table.to_dict("records"):
+        if int(row["round"]) <= done:
+            rows.append({key: _number_or_text(value) for key, value in row.items() if value != ""})
+    return hashlib.blake2b(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def _number_or_text(text: str) -> str:
+    """A cell as :func:`rounds_digest` compares it: ``repr`` of its float, else its text."""
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
+def table_problems(run_dir: str | Path, done: int, metric_rows: int | None = None,
+                   digests: dict[str, str] | None = None) -> list[str]:
     """Why the tables of ``run_dir`` cannot be resumed after round ``done`` exactly (see the
     module docstring; ``[]``: they can). ``metric_rows``: the rows of ``metrics.csv`` up to
-    round ``done`` that the checkpoint counted (``None``: a checkpoint of an older fedmtl)."""
+    round ``done`` that the checkpoint counted (``None``: a checkpoint of an older fedmtl);
+    ``digests``: the digests it recorded of ``metrics.csv`` (its bytes up to round ``done``)
+    and ``rounds.csv`` (:func:`rounds_digest`), which the tables must still have."""
     run_dir = Path(run_dir)
     metrics, problem = _read(run_dir / "metrics.csv", done)
     problems = [problem] if problem else []
@@ -120,7 +162,19 @@ def table_problems(run_dir: str | Path, done: int, metric_rows: int | None = Non
         if lost := sorted(expected - found):
             problems.append(f"metrics.csv has no {what} rows of round {lost[0]}, which rounds.csv says "
                             f"{column} clients")
-    return problems or _count_problem(metrics, done, metric_rows)
+    return problems or _count_problem(metrics, done, metric_rows) or _digest_problems(run_dir, done, digests or {})
+
+
+def _digest_problems(run_dir: Path, done: int, digests: dict[str, str]) -> list[str]:
+    """The tables whose rows up to round ``done`` are not those the checkpoint's digests were
+    made of (a value edited, a row swapped for another: the count alone does not tell)."""
+    found = {}
+    if "metrics.csv" in digests:
+        found["metrics.csv"] = hashlib.blake2b(rows_up_to((run_dir / "metrics.csv").read_bytes(), done)).hexdigest()
+    if "rounds.csv" in digests:
+        found["rounds.csv"] = rounds_digest((run_dir / "rounds.csv").read_bytes(), done)
+    return [f"{name}'s rows of rounds 1-{done} are not those the checkpoint of round {done} recorded: they were "
+            "edited since" for name, digest in found.items() if digest != digests[name]]
 
 
 def _count_problem(metrics: pd.DataFrame, done: int, metric_rows: int | None) -> list[str]:

@@ -32,10 +32,6 @@ class Trained:
     heads_out: float
 
 
-KEPT_FINGERPRINTS = "kept"
-"""A checkpoint's ``heads-fingerprints``: its ledger holds fingerprints of what each client
-keeps (heads and its method's own state: :func:`fedmtl.personalization.kept_fingerprint`).
-Checkpoints of fedmtl before 2026-12-02 lack it: theirs are of the heads alone."""
 
 FRESH = "fresh"
 """The client has not trained in this run: it has no saved heads."""

@@ -38,6 +38,7 @@ from fedmtl.aggregation.rule import NonFiniteObjectives, NonFiniteResult
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
 from fedmtl.one_line import RULE_ERROR_LIMIT, counted
+from fedmtl.personalization import KEPT_FINGERPRINTS
 from fedmtl.progress import CLIENT_ERRORS, ClientErrors, Progress
 from fedmtl.results import RoundStats, RunRecorder, aggregated_training
 from fedmtl.screening import KnownClients, one_line
@@ -52,7 +53,7 @@ from fedmtl.server.exchange import (
     train_reply_reader,
     unanswered,
 )
-from fedmtl.server.heads import KEPT_FINGERPRINTS, HeadsLedger
+from fedmtl.server.heads import HeadsLedger
 from fedmtl.server.replies import Accepted, Evaluated, Failed, Rejected
 from fedmtl.server.roster import Roster, training_sizes
 from fedmtl.server.rounds import (

@@ -62,6 +62,64 @@ def test_rows_lost_at_a_line_end_are_found_by_the_checkpoints_count(tmp_path):
     assert table_problems(folder(tmp_path, added), 3, metric_rows=7)[0].endswith("counted 7: rows were added")
 
 
+def digests_of(run, done: int) -> dict[str, str]:
+    import hashlib
+
+    from fedmtl.run_tables import rounds_digest, rows_up_to
+
+    return {"metrics.csv": hashlib.blake2b(rows_up_to((run / "metrics.csv").read_bytes(), done)).hexdigest(),
+            "rounds.csv": rounds_digest((run / "rounds.csv").read_bytes(), done)}
+
+
+@pytest.mark.parametrize(("table", "edit"), [
+    ("metrics.csv", lambda text: text.replace("2,0,left,test,accuracy,0.7", "2,0,left,test,accuracy,0.999")),
+    ("metrics.csv", lambda text: text.replace("2,0,left,test,accuracy,0.7\n", "1,0,left,test,accuracy,0.7\n")),
+    ("rounds.csv", lambda text: text.replace("2,0.2,2,2,0", "2,0.2,3,2,0")),
+])
+def test_rows_edited_in_place_are_found_by_the_checkpoints_digests(tmp_path, table, edit):
+    """A value edited, or a row replaced by a copy of another, keeps the row count: the resume
+    carried such edits into the run's results."""
+    run = folder(tmp_path, HEADER + metric_rows(1, 2, 3))
+    recorded = digests_of(run, 3)
+    assert table_problems(run, 3, metric_rows=6, digests=recorded) == []
+    (run / table).write_text(edit((run / table).read_text()))
+    assert table_problems(run, 3, metric_rows=6, digests=recorded) == [
+        f"{table}'s rows of rounds 1-3 are not those the checkpoint of round 3 recorded: they were edited since"]
+
+
+def test_the_rounds_digest_reads_numbers_not_their_spelling(tmp_path):
+    """rounds.csv is written whole every round: a count read 2 in one version may read 2.0 in
+    the next, and rows of later rounds (a cut one too) are not the checkpoint's."""
+    from fedmtl.run_tables import rounds_digest
+
+    data = ROUNDS.encode()
+    respelled = ROUNDS.replace("1,0.1,2,2,2", "1,0.10,2.0,2,2").encode() + b"4,0.4,2,2,2\n5,0"
+    assert rounds_digest(respelled, 3) == rounds_digest(data, 3) != rounds_digest(data, 2)
+
+
+def test_a_recorder_s_checkpoint_holds_the_digests_of_its_tables(tmp_path):
+    """The digests a run's checkpoint records are those a resume computes from its tables."""
+    import torch
+
+    from fedmtl.data import dataset_tasks
+    from fedmtl.results import METRIC_DIGEST, ROUNDS_DIGEST, RunRecorder, recorded_digests
+    from fedmtl.validation import load_config
+
+    cfg = load_config(None, ["data.num-clients=2", "run.rounds=3"])
+    recorder = RunRecorder(tmp_path / "run", cfg, dataset_tasks(cfg.data))
+    for r in (1, 2):
+        recorder.log_metrics([(r, c, "left", "train", "loss", 0.5 / (r + c)) for c in range(2)])
+        recorder.log_round({"round": r, "aggregated": 2, "train_loss": 0.25 * r}, None)
+        recorder.save_checkpoint(r, {})
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "round-2.pt", weights_only=False)
+    assert set(recorded_digests(checkpoint)) == {"metrics.csv", "rounds.csv"}
+    assert recorded_digests(checkpoint) == digests_of(tmp_path / "run", 2)
+    assert checkpoint[METRIC_DIGEST] == digests_of(tmp_path / "run", 2)["metrics.csv"]
+    recorder.log_metrics([(3, 0, "left", "train", "loss", 0.1)])  # round 3, after the checkpoint
+    assert table_problems(tmp_path / "run", 2, checkpoint["metrics-rows"], recorded_digests(checkpoint)) == []
+    assert checkpoint[ROUNDS_DIGEST] == digests_of(tmp_path / "run", 2)["rounds.csv"]
+
+
 def test_a_line_cut_inside_its_round_number_is_dropped_and_the_counts_decide(tmp_path):
     """``1`` may be the start of ``12,...``: the line says no round, so it is dropped as a later
     round's, and the checkpoint's count says whether a row of its rounds went with it."""

@@ -6,6 +6,7 @@ The store in a Flower node's ``Context.state`` belongs to the ClientApp
 
 from fedmtl.personalization.head_store import (
     CHECKPOINTS_KEPT,
+    KEPT_FINGERPRINTS,
     DiskHeadStore,
     HeadsProblem,
     HeadStore,
@@ -30,6 +31,7 @@ __all__ = [
     "HeadStore",
     "HeadStoreError",
     "HeadsProblem",
+    "KEPT_FINGERPRINTS",
     "RunIdentity",
     "check_heads",
     "check_kept",

@@ -525,6 +525,11 @@ def _checksum(tensors: Iterable[torch.Tensor]) -> float:
     return total
 
 
+KEPT_FINGERPRINTS = "kept"
+"""A checkpoint's ``heads-fingerprints``: its server's record of the heads holds fingerprints of
+what each client keeps (heads and its method's own state: :func:`kept_fingerprint`).
+Checkpoints of fedmtl before 2026-12-02 lack it: theirs are of the heads alone."""
+
 FINGERPRINT_TOLERANCE = 1e-10
 """Relative difference within which :func:`check_kept` takes a recomputed fingerprint for the
 recorded one: a float64 sum's last bits may follow torch's thread count (its reductions of over
