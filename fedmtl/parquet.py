@@ -114,7 +114,8 @@ def check_whole_rows(path: Path) -> None:
         if size:
             handle.seek(size - 1)
             if handle.read(1) != b"\n":
-                raise ValueError("it ends in the middle of a row: the file was cut short")
+                raise ValueError("it ends in the middle of a row: the file was cut short (a run killed while "
+                                 "writing it: fedmtl run --resume cuts its tables back to its checkpoint)")
 
 
 def check_numbers(rounds: pd.DataFrame) -> None:

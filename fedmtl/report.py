@@ -1087,7 +1087,8 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     out = Path(out)
     check_report_targets(out)
     replaced = (out / "report.md").is_file()
-    created = not out.exists()
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
+    marked = (out / REPORT_MARKER).is_file()
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_MARKER).touch()
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
@@ -1095,13 +1096,27 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
         written = _write_report(runs, paths, staging, reference, fmt, dpi, highlight)
         figures = _publish(staging, out, fmt)
     except BaseException:
-        if created:  # a report that failed in a folder it made leaves no folder
-            shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        _undo_folder(out, marked, made)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**written, "report": out / "report.md", "csv": out / "report.csv", "html": out / HTML_FILE,
             "figures": figures, "replaced": replaced}
+
+
+def _undo_folder(out: Path, marked: bool, made: list[Path]) -> None:
+    """After a report that failed before moving its files in: take back the marker it put in
+    ``out`` (unless ``out`` had one: an earlier report's folder) and the folders it made
+    (``made``, deepest first), each only while it is empty (another report may have finished
+    there meanwhile)."""
+    if not marked and not any(name.exists() for name in (out / n for n in REPORT_FILES)):
+        (out / REPORT_MARKER).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone: left as it is
+            break
 
 
 def _publish(staging: Path, out: Path, fmt: str) -> list[Path]:

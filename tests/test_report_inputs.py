@@ -75,7 +75,7 @@ def test_a_run_table_cut_short_or_with_text_is_refused_naming_the_file(tmp_path,
     damage(run / file)
     with pytest.raises(ValueError, match="cannot be read") as refused:
         read_run(run)
-    assert f"'{run / file}' cannot be read ({said})" in str(refused.value)
+    assert f"'{run / file}' cannot be read ({said}" in str(refused.value)
     result = CliRunner().invoke(cli, ["report", str(run), "-o", str(tmp_path / "report")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "report").exists()  # refused before anything was written
@@ -106,15 +106,38 @@ def test_a_report_that_fails_leaves_the_earlier_report_as_it_was(tmp_path, monke
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert [p.name for p in out.iterdir() if p.is_dir()] == []  # no staging folder left
 
-    with pytest.raises(RuntimeError):  # a new folder: none is left
-        make_report([second], tmp_path / "new")
+    with pytest.raises(RuntimeError):  # new folders: none is left, parents included
+        make_report([second], tmp_path / "new" / "a" / "b")
     assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError):  # an empty folder stays empty: no report marker that would let
+        make_report([second], tmp_path / "empty")  # a later report replace someone else's files there
+    assert list((tmp_path / "empty").iterdir()) == []
 
     monkeypatch.setattr(report, "report_figures", drawn)
     written = make_report([second], out)  # a report that succeeds replaces the earlier one whole
     assert "from `" + str(second) + "`" in (out / "report.md").read_text()
     assert [f.name for f in written["figures"]] and all(f.parent == out and f.is_file() for f in written["figures"])
     assert (out / "report.csv").read_bytes() != before["report.csv"]
+
+
+def test_a_failed_report_leaves_a_report_that_finished_meanwhile_in_its_folder(tmp_path, monkeypatch):
+    """A report that failed in a folder it had made deleted the folder, with the report another
+    process had finished there meanwhile."""
+    run = fake_run(tmp_path / "a", 0, ACCURACY)
+    out = tmp_path / "shared"
+    drawn = report.report_figures
+
+    def another_report_finishes_then_this_one_fails(configurations, folder, *args, **kwargs):
+        monkeypatch.setattr(report, "report_figures", drawn)
+        make_report([run], out)  # the other process's report, into the same new folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "report_figures", another_report_finishes_then_this_one_fails)
+    with pytest.raises(KeyboardInterrupt):
+        make_report([run], out)
+    assert {"report.md", "report.csv", "report.html"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".report-")]
 
 
 def test_a_seed_without_a_value_is_counted_in_the_cell_that_leaves_it_out(tmp_path):

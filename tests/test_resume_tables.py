@@ -75,6 +75,7 @@ def digests_of(run, done: int) -> dict[str, str]:
     ("metrics.csv", lambda text: text.replace("2,0,left,test,accuracy,0.7", "2,0,left,test,accuracy,0.999")),
     ("metrics.csv", lambda text: text.replace("2,0,left,test,accuracy,0.7\n", "1,0,left,test,accuracy,0.7\n")),
     ("rounds.csv", lambda text: text.replace("2,0.2,2,2,0", "2,0.2,3,2,0")),
+    ("metrics.csv", lambda text: text.replace("2,0,left,test,accuracy,0.7", '"2",0,left,test,accuracy,0.7')),
 ])
 def test_rows_edited_in_place_are_found_by_the_checkpoints_digests(tmp_path, table, edit):
     """A value edited, or a row replaced by a copy of another, keeps the row count: the resume
