@@ -41,6 +41,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -1091,7 +1092,8 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     marked = (out / REPORT_MARKER).is_file()
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_MARKER).touch()
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
         written = _write_report(runs, paths, staging, reference, fmt, dpi, highlight)
         figures = _publish(staging, out, fmt)
@@ -1103,6 +1105,25 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
         shutil.rmtree(staging, ignore_errors=True)
     return {**written, "report": out / "report.md", "csv": out / "report.csv", "html": out / HTML_FILE,
             "figures": figures, "replaced": replaced}
+
+
+STAGING_PREFIX = ".report-"
+"""The hidden folder inside ``--out`` a report is written into before it is moved into place."""
+STALE_STAGING_S = 3600.0
+"""A staging folder untouched this long is a killed report's (``kill -9``): the next report removes it."""
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders of reports killed before they could (older than
+    :data:`STALE_STAGING_S`; a report under way elsewhere keeps its own)."""
+    now = time.time()
+    for folder in out.glob(f"{STAGING_PREFIX}*"):
+        try:
+            stale = folder.is_dir() and not folder.is_symlink() and now - folder.stat().st_mtime > STALE_STAGING_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _undo_folder(out: Path, marked: bool, made: list[Path]) -> None:

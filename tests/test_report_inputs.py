@@ -140,6 +140,25 @@ def test_a_failed_report_leaves_a_report_that_finished_meanwhile_in_its_folder(t
     assert not [p for p in out.iterdir() if p.name.startswith(".report-")]
 
 
+def test_a_killed_report_s_staging_folder_is_removed_by_a_later_report(tmp_path):
+    """A report killed outright (kill -9) leaves its hidden staging folder: the next report into
+    the folder removes it once it is an hour old, and leaves a report under way alone."""
+    import os
+    import time
+
+    run = fake_run(tmp_path / "a", 0, ACCURACY)
+    out = tmp_path / "report"
+    make_report([run], out)
+    old, current = out / ".report-killed", out / ".report-running"
+    for folder in (old, current):
+        folder.mkdir()
+        (folder / "report.csv").write_text("partial")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    make_report([run], out)
+    assert not old.exists() and (current / "report.csv").is_file()
+
+
 def test_a_seed_without_a_value_is_counted_in_the_cell_that_leaves_it_out(tmp_path):
     """With every accuracy 0, Jain's index and the Gini coefficient have no value (NaN): the
     configuration's 2 seeds showed a bare 0.988, seed 1's value alone."""
