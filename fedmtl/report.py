@@ -63,11 +63,11 @@ from fedmtl.group_fairness import OneClass, one_class_predictions, resampled_gro
 from fedmtl.html_report import HTML_FILE, write_html_report
 from fedmtl.labels import format_value
 from fedmtl.one_line import counted, one_line, visible
-from fedmtl.parquet import read_table
 from fedmtl.plots import (
     DEFAULT_DPI,
     REPORT_FIGURES,
     check_format,
+    checked_table,
     pareto_front,  # noqa: F401 (part of this module's interface)
     report_figure_files,
     report_figures,
@@ -216,9 +216,13 @@ SUMMARY_CHECKED_STATS = ("mean", "worst10", "jain", "gini")
 final round's per-client rows of ``metrics.csv`` give (:func:`_check_final_against_rows`)."""
 
 
+UNUSABLE_HINT = "give the report the other runs' folders, or run this one again"
+"""What an error about a run folder the report cannot use says to do."""
+
+
 def _unusable(file: Path, what: str) -> ValueError:
     """The one-line error of a run folder's ``file`` the report cannot use, saying ``what`` is wrong."""
-    return ValueError(f"'{file}' {what}: give the report the other runs' folders, or run this one again")
+    return ValueError(f"'{file}' {what}: {UNUSABLE_HINT}")
 
 
 def _check_final_section(path: Path, final: dict) -> None:
@@ -318,7 +322,7 @@ def read_run(path: Path) -> RunResult:
 
 
 def _run_table(path: Path, name: str, required: bool = True) -> pd.DataFrame | None:
-    """Table ``name`` of run folder ``path`` (:func:`fedmtl.parquet.read_table`: its Parquet copy
+    """Table ``name`` of run folder ``path`` (:func:`fedmtl.plots.checked_table`: its Parquet copy
     when current, whole rows, numbers where numbers belong); ``None`` when it is not ``required``
     and has no CSV file (a run of an older fedmtl, a centralized run).
 
@@ -327,13 +331,12 @@ def _run_table(path: Path, name: str, required: bool = True) -> pd.DataFrame | N
     ValueError
         Naming the file when it is missing (and ``required``) or cannot be read.
     """
-    file = path / f"{name}.csv"
-    if not required and not file.is_file():
+    if not required and not (path / f"{name}.csv").is_file():
         return None
     try:
-        return read_table(path, name)
-    except (OSError, ValueError, TypeError, OverflowError) as error:  # pandas' parser errors are ValueErrors
-        raise _unusable(file, f"cannot be read ({one_line(error, 200)})") from None
+        return checked_table(path, name)
+    except ValueError as error:  # it names the file
+        raise ValueError(f"{error}: {UNUSABLE_HINT}") from None
 
 
 def check_one_dataset(runs: list[RunResult]) -> None:
@@ -1095,14 +1098,14 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     _remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
-        written = _write_report(runs, paths, staging, reference, fmt, dpi, highlight)
-        figures = _publish(staging, out, fmt)
+        try:
+            written = _write_report(runs, paths, staging, reference, fmt, dpi, highlight)
+            figures = _publish(staging, out, fmt)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         _undo_folder(out, marked, made)
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return {**written, "report": out / "report.md", "csv": out / "report.csv", "html": out / HTML_FILE,
             "figures": figures, "replaced": replaced}
 

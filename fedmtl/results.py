@@ -1086,8 +1086,7 @@ def _kept_problems(store: Any, cfg: ExperimentConfig, ledger: Mapping[int, tuple
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.engine.client_num_cpus)
     try:
-        problems = check_kept(store, {c: h for c, h in ledger.items() if c not in skip}, done, model_of,
-                              cfg.model.heads != "global")
+        problems = check_kept(store, ledger, done, model_of, cfg.model.heads != "global")
     finally:
         torch.set_num_threads(threads)
     return [p for p in problems if p.client not in skip]
