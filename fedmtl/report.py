@@ -36,6 +36,7 @@ this module neither imports ``matplotlib.pyplot`` nor changes matplotlib's backe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,6 +44,7 @@ import shutil
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1094,20 +1096,36 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     marked = (out / REPORT_MARKER).is_file()
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_MARKER).touch()
-    _remove_stale_staging(out)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
-    try:
+    with _one_report_at_a_time(out):  # creates the marker
+        _remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
         try:
-            written = _write_report(runs, paths, staging, reference, fmt, dpi, highlight)
-            figures = _publish(staging, out, fmt)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        _undo_folder(out, marked, made)
-        raise
+            try:
+                written = _write_report(runs, paths, staging, reference, fmt, dpi, highlight)
+                figures = _publish(staging, out, fmt)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:
+            _undo_folder(out, marked, made)
+            raise
     return {**written, "report": out / "report.md", "csv": out / "report.csv", "html": out / HTML_FILE,
             "figures": figures, "replaced": replaced}
+
+
+@contextlib.contextmanager
+def _one_report_at_a_time(out: Path) -> Iterator[None]:
+    """Hold ``out``'s :data:`REPORT_MARKER` locked (:func:`fedmtl.folder_lock.holding`, which
+    creates it) while the report is written and moved in: two reports into one folder at once
+    would interleave their files. The second is refused at once, in one line (a ``ValueError``),
+    before it writes anything."""
+    from fedmtl.folder_lock import RunFolderBusy, holding
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(holding(out, marker=REPORT_MARKER, user="a report into it"))
+        except RunFolderBusy as exc:
+            raise ValueError(str(exc)) from None
+        yield
 
 
 STAGING_PREFIX = ".report-"

@@ -126,18 +126,40 @@ def test_a_failed_report_leaves_a_report_that_finished_meanwhile_in_its_folder(t
     process had finished there meanwhile."""
     run = fake_run(tmp_path / "a", 0, ACCURACY)
     out = tmp_path / "shared"
-    drawn = report.report_figures
+    locked = report._one_report_at_a_time
 
-    def another_report_finishes_then_this_one_fails(configurations, folder, *args, **kwargs):
-        monkeypatch.setattr(report, "report_figures", drawn)
+    def another_report_finishes_first(folder):  # before this one takes the folder's lock
+        monkeypatch.setattr(report, "_one_report_at_a_time", locked)
         make_report([run], out)  # the other process's report, into the same new folder
+        monkeypatch.setattr(report, "report_figures", this_one_fails)
+        return locked(folder)
+
+    def this_one_fails(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "report_figures", another_report_finishes_then_this_one_fails)
+    monkeypatch.setattr(report, "_one_report_at_a_time", another_report_finishes_first)
     with pytest.raises(KeyboardInterrupt):
         make_report([run], out)
     assert {"report.md", "report.csv", "report.html"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if p.name.startswith(".report-")]
+
+
+def test_a_report_into_a_folder_another_report_is_writing_is_refused(tmp_path):
+    """Two reports into one folder at once interleaved their files (no lock): the second is now
+    refused in one line, before it writes anything, and the folder is the first's."""
+    from fedmtl.folder_lock import holding
+
+    run = fake_run(tmp_path / "a", 0, ACCURACY)
+    out = tmp_path / "report"
+    make_report([run], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with holding(out, marker=report.REPORT_MARKER, user="a report into it"):  # the other report, under way
+        with pytest.raises(ValueError, match=r"^'.*report' is in use by another fedmtl process \(a report into it\)"
+                           r"[^\n]*$"):
+            make_report([run], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".report-")]
+    make_report([run], out)  # and once it has ended, a report goes in
 
 
 def test_a_killed_report_s_staging_folder_is_removed_by_a_later_report(tmp_path):
