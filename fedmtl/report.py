@@ -42,7 +42,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -1130,20 +1129,11 @@ def _one_report_at_a_time(out: Path) -> Iterator[None]:
 
 STAGING_PREFIX = ".report-"
 """The hidden folder inside ``--out`` a report is written into before it is moved into place."""
-STALE_STAGING_S = 3600.0
-"""A staging folder untouched this long is a killed report's (``kill -9``): the next report removes it."""
-
-
 def _remove_stale_staging(out: Path) -> None:
-    """Remove the staging folders of reports killed before they could (older than
-    :data:`STALE_STAGING_S`; a report under way elsewhere keeps its own)."""
-    now = time.time()
+    """Remove the staging folders of reports killed before they could (``kill -9``). Called
+    under ``out``'s lock (:func:`_one_report_at_a_time`): no other report is under way there."""
     for folder in out.glob(f"{STAGING_PREFIX}*"):
-        try:
-            stale = folder.is_dir() and not folder.is_symlink() and now - folder.stat().st_mtime > STALE_STAGING_S
-        except OSError:
-            continue
-        if stale:
+        if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
 
 
