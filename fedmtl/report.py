@@ -74,7 +74,7 @@ from fedmtl.plots import (
     report_figures,
 )
 from fedmtl.protocol import TEST, TEST_GLOBAL
-from fedmtl.results import GLOBAL, OVERALL
+from fedmtl.results import GLOBAL, OVERALL, PARTICIPATION_FILE, participation_problem
 from fedmtl.screening import evaluation_range
 from fedmtl.stop_record import read_stop
 from fedmtl.tasks import TASK_KINDS
@@ -318,8 +318,17 @@ def read_run(path: Path) -> RunResult:
     _check_rows_in_range(path, summary["final"], curves)
     _check_rows_in_range(path, summary["final"], global_curves)
     _check_final_against_rows(path, summary["final"], final)
+    _check_participation(path, summary, participation)
     return RunResult(path, config, summary, final, curves, global_final, global_curves, participation,
                      final_metrics, pd.DataFrame({"round": []}) if rounds is None else rounds)
+
+
+def _check_participation(path: Path, summary: dict, participation: pd.DataFrame | None) -> None:
+    """Refuse a ``participation.csv`` deleted or changed since the run recorded its counts in
+    ``summary.json`` (:func:`fedmtl.results.participation_problem`): a report would otherwise
+    say that the run did not record participation, or count an edited file."""
+    if problem := participation_problem(participation, summary.get("participation")):
+        raise _unusable(path / PARTICIPATION_FILE, problem)
 
 
 def _run_table(path: Path, name: str, required: bool = True) -> pd.DataFrame | None:

@@ -215,7 +215,21 @@ def finished_table_problems(run_dir: str | Path, checkpoint: dict[str, Any] | No
             checkpoint, _ = load_checkpoint(run_dir)
         except CheckpointError:
             return []
-    return table_problems(run_dir, int(checkpoint["round"]), checkpoint.get(METRIC_ROWS), recorded_digests(checkpoint))
+    problems = table_problems(run_dir, int(checkpoint["round"]), checkpoint.get(METRIC_ROWS),
+                              recorded_digests(checkpoint))
+    return problems + _participation_problems(Path(run_dir))
+
+
+def _participation_problems(run_dir: Path) -> list[str]:
+    """A finished run's ``participation.csv`` deleted or changed since ``summary.json`` recorded
+    its counts (:func:`participation_problem`), as one problem naming the file."""
+    try:
+        recorded = json.loads((run_dir / "summary.json").read_text()).get("participation")
+        table = read_participation(run_dir)
+    except (OSError, ValueError, AttributeError):  # what cannot be read is another check's to name
+        return []
+    problem = participation_problem(table, recorded)
+    return [f"{PARTICIPATION_FILE} {problem}"] if problem else []
 
 
 def written_by_run(run_dir: str | Path, head_store: str | Path | None = None) -> list[str]:
@@ -646,6 +660,30 @@ def participation_summary(table: pd.DataFrame, evaluated: Iterable[int] | None =
         out.update({"evaluated": len(evaluated), "evaluated_never_trained": len(never),
                     "evaluated_never_trained_clients": never[:LISTED_CLIENTS]})
     return out
+
+
+PARTICIPATION_CHECKED = ("clients", "trained", "never_trained", "never_aggregated", "rounds_trained")
+"""The counts of ``summary.json``'s ``participation`` that ``participation.csv`` must give
+(:func:`participation_problem`)."""
+
+
+def participation_problem(table: pd.DataFrame | None, recorded: Any) -> str:
+    """Why ``table`` (``participation.csv``; ``None`` when missing) is not the table whose
+    counts ``summary.json`` records (``recorded``: its ``participation``), ``""`` when it is,
+    or when the summary records none (a run of an older fedmtl, a centralized run)."""
+    if not isinstance(recorded, dict):
+        return ""
+    if table is None:
+        return "is missing, yet summary.json records the run's participation"
+    try:
+        found = participation_summary(table)
+    except (KeyError, ValueError, TypeError) as error:
+        return f"cannot be read ({error})"
+    for key in PARTICIPATION_CHECKED:
+        if key in recorded and recorded[key] != found[key]:
+            return (f"gives participation {key} = {found[key]!r}, but summary.json records {recorded[key]!r}: "
+                    "it was changed since the run wrote it")
+    return ""
 
 
 def read_participation(run_dir: str | Path) -> pd.DataFrame | None:

@@ -229,3 +229,36 @@ def test_each_configuration_s_heatmap_notes_come_from_its_own_runs():
                                           "seed 2: trained 1 rounds (last 1), 10 train / 5 test examples")
     assert "trained 2 rounds" in _notes(records, "all")[0] and "never" not in _notes(records, "all")[0]
     assert _notes(records, "other") == {}
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    (lambda path: path.unlink(), "is missing, yet summary.json records the run's participation"),
+    (lambda path: path.write_text(path.read_text().replace("\n3,2,2,2", "\n3,0,,0")),
+     "gives participation trained = 3, but summary.json records 4: it was changed since the run wrote it"),
+])
+def test_a_participation_table_deleted_or_edited_since_the_run_is_refused(tmp_path, damage, said):
+    """A finished run whose participation.csv was deleted was reported as one that 'did not record
+    participation', and an edited one counted as the run's."""
+    run = fake_run(tmp_path / "run", 0, ACCURACY)
+    for copy in run.glob("participation.parquet"):  # the CSV is the table read when the copy is stale
+        copy.unlink()
+    make_report([run], tmp_path / "fine")
+    damage(run / "participation.csv")
+    with pytest.raises(ValueError) as caught:
+        make_report([run], tmp_path / "report")
+    assert str(caught.value) == f"'{run / 'participation.csv'}' {said}: {report.UNUSABLE_HINT}"
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_run_that_recorded_no_participation_is_reported_without_it(tmp_path):
+    """A run of an older fedmtl (no participation.csv, none in summary.json) is still reported."""
+    import json
+
+    run = fake_run(tmp_path / "run", 0, ACCURACY)
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["participation"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    for name in ("participation.csv", "participation.parquet"):
+        (run / name).unlink(missing_ok=True)
+    written = make_report([run], tmp_path / "report")
+    assert "## Participation" not in written["report"].read_text()

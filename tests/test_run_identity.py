@@ -168,7 +168,7 @@ def test_resume_names_a_corrupted_head_file_in_one_line(base_run, tmp_path):
 
 def test_resuming_a_finished_run_whose_tables_lost_rows_is_refused(base_run, tmp_path):
     """A resume of a finished run said 'nothing to resume' (exit 0) and left the damage: rows of
-    the last round lost from metrics.csv, or its last row from rounds.csv."""
+    the last round lost from metrics.csv, its last row from rounds.csv, or participation.csv."""
     run = shutil.copytree(base_run, tmp_path / "run")
     metrics = run / "metrics.csv"
     lines = metrics.read_bytes().splitlines(keepends=True)
@@ -181,6 +181,10 @@ def test_resuming_a_finished_run_whose_tables_lost_rows_is_refused(base_run, tmp
     rounds.write_bytes(b"".join(rounds.read_bytes().splitlines(keepends=True)[:-1]))
     line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
     assert "rounds.csv has no row of round 2" in line
+    shutil.copy(base_run / "rounds.csv", rounds)
+    (run / "participation.csv").unlink()  # a report would say the run did not record participation
+    line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
+    assert "but participation.csv is missing, yet summary.json records the run's participation" in line
 
 
 def _rewrite_heads(run: Path, path: Path, heads: dict) -> None:
