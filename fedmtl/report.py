@@ -1113,8 +1113,10 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
                 figures = _publish(staging, out, fmt)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        except BaseException:
+        except BaseException as error:
             _undo_folder(out, marked, made)
+            if isinstance(error, OSError):
+                _name_in_out(error, staging, out)
             raise
     return {**written, "report": out / "report.md", "csv": out / "report.csv", "html": out / HTML_FILE,
             "figures": figures, "replaced": replaced}
@@ -1144,6 +1146,15 @@ def _remove_stale_staging(out: Path) -> None:
     for folder in out.glob(f"{STAGING_PREFIX}*"):
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _name_in_out(error: OSError, staging: Path, out: Path) -> None:
+    """Make ``error`` (a full disk, a read-only folder) name the report's file in ``out``, not
+    its copy in the hidden staging folder, which the user never sees."""
+    for attribute in ("filename", "filename2"):
+        name = getattr(error, attribute)
+        if isinstance(name, str) and Path(name).is_relative_to(staging):
+            setattr(error, attribute, str(out / Path(name).relative_to(staging)))
 
 
 def _undo_folder(out: Path, marked: bool, made: list[Path]) -> None:

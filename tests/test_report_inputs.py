@@ -262,3 +262,21 @@ def test_a_run_that_recorded_no_participation_is_reported_without_it(tmp_path):
         (run / name).unlink(missing_ok=True)
     written = make_report([run], tmp_path / "report")
     assert "## Participation" not in written["report"].read_text()
+
+
+def test_a_full_disk_names_the_report_s_file_not_its_hidden_copy(tmp_path, monkeypatch):
+    """A report on a full disk said 'cannot write DIR/.report-7ww6zyt3/client_cdf.png': a file
+    of a hidden folder the user never sees, gone by then."""
+    import errno
+
+    run = fake_run(tmp_path / "a", 0, ACCURACY)
+    out = tmp_path / "report"
+
+    def disk_full(configurations, folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "client_cdf.png"))
+
+    monkeypatch.setattr(report, "report_figures", disk_full)
+    with pytest.raises(OSError) as caught:
+        make_report([run], out)
+    assert caught.value.filename == str(out / "client_cdf.png")
+    assert not out.exists()
