@@ -929,12 +929,13 @@ def data_describe(
     typer.echo(f"total: {int(totals['train'])} train, {int(totals['test'])} test examples")
     try:
         if csv_path is not None:
-            csv_path.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(csv_path, index=False)
+            from fedmtl.atomic import write_bytes
+
+            write_bytes(csv_path, table.to_csv(index=False).encode())  # whole or not at all; an error names it
             typer.echo(f"table: {csv_path}")
         typer.echo(f"figure: {plot_federation(fed, plot_path)}")
     except OSError as exc:
-        fail(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}")
+        fail(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}", code=1)
 
 
 def _file_option(option: str, path: Path, suffix: str) -> Path:

@@ -72,6 +72,26 @@ def test_output_paths_are_files_in_folders_made_for_them_or_one_line_errors(tmp_
         assert folder.stderr.strip().splitlines()[-1].startswith(f"error: {option} new: a folder; give a file name")
 
 
+def _full_disk() -> None:
+    """In the child: files may not grow past 4 KiB (EFBIG, as a full disk; works as root too)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def test_a_full_disk_names_the_figure_and_leaves_no_half_file(tmp_path):
+    """On a full disk the figure's error said 'cannot write the output' and left half a PNG."""
+    proc = subprocess.run([sys.executable, "-m", "fedmtl", "data", "describe", "smoke", "--csv", "table.csv",
+                           "--plot", "figure.png"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          preexec_fn=_full_disk)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: cannot write {Path('figure.png')}: File too large"
+    assert len(pd.read_csv(tmp_path / "table.csv")) == 2  # the table fits; no figure, not half of one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
 def test_class_counts_are_whole_numbers_with_blanks_for_tasks_not_held():
     from fedmtl.data import load_federation
     from fedmtl.data.describe import describe_federation

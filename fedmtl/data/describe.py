@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fedmtl.atomic import write_bytes
 from fedmtl.data.federation import Federation
 
 
@@ -95,6 +97,7 @@ def plot_federation(fed: Federation, path: str | Path) -> Path:
     mix.set_xlabel("client")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_bytes(path, buffer.getvalue())  # whole or not at all; an error names the figure
     return path
