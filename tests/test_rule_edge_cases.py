@@ -1,6 +1,6 @@
 """Edge cases of the rules and the fairness statistics that an independent check turned up:
 non-finite objectives are refused by every rule, CAGrad's direction near a zero row and with
-one row, a Gramian that overflows, and Jain's index, the Gini coefficient and the worst 10 %
+one row, rows whose Gramian overflows or underflows float64, and Jain's index, the Gini coefficient and the worst 10 %
 on NaN, negative, tiny and huge values."""
 
 from __future__ import annotations
@@ -70,12 +70,33 @@ def test_cagrad_gives_one_row_what_it_gives_copies_of_it(c, rescale):
     assert torch.allclose(one, two, rtol=1e-9) and torch.allclose(one, (1 + c) * row[0] / divisor, rtol=1e-12)
 
 
-def test_a_gramian_that_overflows_is_reported_as_such_not_as_zero():
-    rows = torch.tensor([[1e200, 0.0], [0.0, 1e200]], dtype=torch.float64)
-    result = make_rule("mgda").combine(objectives(rows))
-    assert result.info.fallback == "gramian-overflow"
+GRAMIAN_RULES = ("upgrad", "mgda", "imtl-g", "fairgrad", "nash-mtl", "cagrad", "dualproj", "aligned-mtl", "pcgrad",
+                 "gradvac", "krum")
+
+
+@pytest.mark.parametrize("name", GRAMIAN_RULES)
+@pytest.mark.parametrize("scale", [6.3e153, 1e200, 1e300, 1e-160, 1e-170, 1e-300])
+def test_rules_on_the_gramian_give_the_same_weights_at_every_finite_scale(name, scale):
+    """Rows whose Gramian overflows float64 (trace ∞, entries finite or not) or underflows got
+    the mean, labelled as nothing, 'zero-gramian' or 'gramian-overflow' (a conflict with a row:
+    UPGrad and MGDA claim none), weights 0 (IMTL-G), or raised (CAGrad, FairGrad, Nash-MTL,
+    UPGrad's solver). The trace-normalised Gramian is now computed from the rows divided by
+    their largest entry when the Gramian itself is out of float64's range."""
+    generator = torch.Generator().manual_seed(2)
+    rows = torch.randn(7, 3, generator=generator, dtype=torch.float64)
+    rows[1] = -0.5 * rows[0] + 0.1 * rows[1]  # a conflict
+    two = torch.tensor([[1.0, 0.0], [-2.0, 0.3]], dtype=torch.float64)
+    for base in (rows, two):
+        expected = make_rule(name).combine(objectives(base))
+        scaled = make_rule(name).combine(objectives(base * scale))
+        assert scaled.info.fallback == expected.info.fallback
+        torch.testing.assert_close(scaled.weights, expected.weights, rtol=1e-9, atol=1e-12)
+
+
+def test_zero_rows_are_reported_as_a_zero_gramian():
     small = make_rule("mgda").combine(objectives(torch.zeros(2, 2, dtype=torch.float64)))
     assert small.info.fallback == "zero-gramian"
+    assert torch.equal(small.weights, torch.full((2,), 0.5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("scale", [1e-300, 1e-150, 1.0, 1e150, 1e300])

@@ -18,8 +18,9 @@ from fedmtl.aggregation.rule import Weighting, Weights
 
 class GramianWeighting(Weighting):
     """Weights from the trace-normalised Gramian; one row gets weight 1, zero rows the mean
-    (reported as ``zero-gramian``), finite rows whose Gramian overflows float64 the mean
-    (reported as ``gramian-overflow``), non-finite weights the mean (reported as ``non-finite``)."""
+    (reported as ``zero-gramian``), non-finite weights the mean (reported as ``non-finite``).
+    Rows of any finite scale, however large or small, get the weights they get at scale 1
+    (:meth:`~fedmtl.aggregation.Objectives.normalised_gramian`)."""
 
     needs_updates = True
 
@@ -32,9 +33,8 @@ class GramianWeighting(Weighting):
         gramian, scale = objectives.normalised_gramian()
         if m == 1:
             return Weights(torch.ones(1, dtype=torch.float64))
-        if scale == 0.0:
-            label = "zero-gramian" if bool(torch.isfinite(gramian).all()) else "gramian-overflow"
-            return Weights(torch.full((m,), 1.0 / m, dtype=torch.float64), SolveInfo(fallback=label))
+        if scale == 0.0:  # every row zero (rows of any other finite scale are normalised)
+            return Weights(torch.full((m,), 1.0 / m, dtype=torch.float64), SolveInfo(fallback="zero-gramian"))
         result = self.from_gramian(gramian)
         if not isinstance(result, Weights):
             result = Weights(result)

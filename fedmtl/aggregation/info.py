@@ -18,7 +18,7 @@ class SolveInfo:
         meaning is the solver's (e.g. the α-fair condition's relative residual).
     fallback : str
         ``""`` when the rule computed what its paper defines; otherwise why not (e.g.
-        ``"zero-gramian"``, ``"gramian-overflow"``, ``"regularised"``, ``"too-few-rows"``, ``"not-converged"``).
+        ``"zero-gramian"``, ``"regularised"``, ``"too-few-rows"``, ``"not-converged"``).
         Callers log and count it.
     """
 

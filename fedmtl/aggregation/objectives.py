@@ -21,6 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+NORMAL_SCALE_MIN = 1e-250
+"""Below this mean squared row norm ``tr(A) / m`` the Gramian's smaller entries lose digits to
+float64's underflow (:meth:`Objectives.normalised_gramian` rescales the rows first)."""
+NORMAL_SCALE_MAX = 1e250
+"""Above this ``tr(A) / m`` the Gramian is close to float64's overflow (rows rescaled first)."""
+
 
 @dataclass
 class Objectives:
@@ -133,9 +139,23 @@ class Objectives:
         return [str(i) for i in range(m)]
 
     def normalised_gramian(self) -> tuple[torch.Tensor, float]:
-        """``(A / s, s)`` with ``s = tr(A) / m`` (``s = 0`` for a zero Gramian)."""
+        """``(A / s, s)`` with ``s = tr(A) / m``; ``(A, 0.0)`` when every row is zero.
+
+        Rows so large or so small that ``A`` overflows float64 or loses its digits to underflow
+        (``s`` beyond [:data:`NORMAL_SCALE_MIN`, :data:`NORMAL_SCALE_MAX`]) get the same
+        normalised Gramian from the rows divided by their largest entry first: a rule built on it
+        gives the same weights at every finite scale. ``s`` itself may then round to ``inf``, or
+        to the smallest positive float (never to 0, which means zero rows).
+        """
         a = self.gramian
         scale = float(torch.trace(a)) / len(a)
-        if not scale > 0 or not torch.isfinite(a).all():
+        if NORMAL_SCALE_MIN <= scale <= NORMAL_SCALE_MAX and bool(torch.isfinite(a).all()):
+            return a / scale, scale
+        g = self.updates.to(torch.float64).cpu()
+        largest = float(g.abs().max()) if g.numel() else 0.0
+        if not largest > 0 or not math.isfinite(largest):
             return a, 0.0
-        return a / scale, scale
+        g = g / largest
+        b = g @ g.T
+        unit = float(torch.trace(b)) / len(b)  # ≥ 1/m: an entry of the rows is ±1
+        return b / unit, unit * largest * largest or math.ulp(0.0)
