@@ -158,3 +158,17 @@ def test_afl_whose_lambda_left_every_sampled_client_weighs_them_equally_and_says
     assert result.weights.tolist() == [0.5, 0.5] and result.info.fallback == "zero-lambda"
     third = Objectives(updates=torch.ones(2, 2), losses=torch.tensor([1.0, 1.0]), client_ids=[1, 2])
     assert afl.weigh(third).info.fallback == ""  # λ on a sampled client: the paper's weights
+
+
+def test_fedfv_breaks_equal_losses_by_row_key_not_position():
+    """With equal pre-training losses the row order decided which client was exempt and the
+    projection order: the same rows in another order gave another direction, though FedFV
+    claims permutation invariance."""
+    rows = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [0.2, -1.0]], dtype=torch.float64)
+    losses = torch.ones(3, dtype=torch.float64)
+    directions = []
+    for order in ([0, 1, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]):
+        batch = Objectives(updates=rows[order], losses=losses[order], client_ids=[10 + i for i in order])
+        directions.append(make_rule("fedfv").combine(batch).direction)
+    for direction in directions[1:]:
+        torch.testing.assert_close(direction, directions[0], rtol=1e-12, atol=1e-15)

@@ -38,7 +38,8 @@ class FedFV(Aggregator):
     2104.14937); follows the official code, WwZzz/easyFL ``algorithm/fedfv.py``
     (``Server.iterate``), step by step:
 
-    1. Clients are ordered by pre-training loss. The ``m − ⌈(m−1)(1−α)⌉`` highest-loss clients
+    1. Clients are ordered by pre-training loss (equal losses by row key, so that the rows'
+       order does not matter; the code keeps their position). The ``m − ⌈(m−1)(1−α)⌉`` highest-loss clients
        (none for α = 0) keep their update (:func:`exempt_count`); every other update is
        projected off each original update ``u_j`` it conflicts with (``u_i'·u_j < 0``), j in
        ascending loss order (higher-loss clients last, so their conflicts are removed).
@@ -77,7 +78,8 @@ class FedFV(Aggregator):
         """The weights of the projected mean (step 1–2, before the history step)."""
         m = len(objectives)
         a = objectives.gramian
-        order = torch.argsort(losses_of(objectives, self.name), stable=True).tolist()
+        losses, keys = losses_of(objectives, self.name).tolist(), objectives.keys()
+        order = sorted(range(m), key=lambda i: (losses[i], keys[i]))  # ties by row key, not position
         count = exempt_count(m, self.params.alpha)
         exempt = set(order[m - count:]) if count else set()
         coefficients = torch.eye(m, dtype=torch.float64)
