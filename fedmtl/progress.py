@@ -179,7 +179,7 @@ class ClientErrors:
         with contextlib.suppress(OSError), self.path.open("a", encoding="utf-8") as log:
             for client, reason in errors:
                 who = f"client {client}" if client is not None else "a client"
-                log.write(f"round {server_round} {stage}: {who}: {reason}\n")
+                log.write(f"round {server_round} {stage}: {who}: {one_line(reason, None)}\n")  # one line each
         for _, reason in errors:
             kind = self.kind(reason)
             self.counts[kind] = self.counts.get(kind, 0) + 1

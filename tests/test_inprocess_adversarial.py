@@ -131,3 +131,55 @@ def test_an_in_process_run_leaves_the_thread_count_new_threads_get_as_it_found_i
                                  "engine.client-num-cpus=1"], out=tmp_path / "run")
     assert torch.get_num_threads() == 3
     assert _threads_a_new_thread_gets() == 3
+
+
+def _app_returning(result: str) -> ClientApp:
+    """A ClientApp whose training returns ``None`` or a message that replies to nothing."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        if result == "none":
+            return None  # type: ignore[return-value]
+        return Message(RecordDict({"config": ConfigRecord({"y": 1})}), dst_node_id=7, message_type="train")
+
+    return app
+
+
+@pytest.mark.parametrize(("result", "said"), [
+    ("none", "the ClientApp returned NoneType, not a reply Message"),
+    ("not-a-reply", "the ClientApp returned a Message that is not a reply to the message it was given"),
+])
+def test_a_clientapp_that_returns_no_reply_fails_its_call_at_once(task_identity, result, said):
+    """Flower's engine dropped a ``None`` result without a word, and the SuperLink refused a
+    message replying to nothing in a line naming no client: the server waited out
+    ``server.timeout`` (an hour by default) and then said only that a client sent no reply. The
+    call now fails at once with an error reply saying what the ClientApp returned."""
+    from flwr.common.constant import ErrorCode
+    from flwr.compat.client.run_info_store import DeprecatedRunInfoStore
+    from flwr.server.superlink.fleet.vce.metrics import VceMetrics
+    from flwr.server.superlink.fleet.vce.vce_api import worker
+
+    backend = InProcessBackend({})
+    app = _app_returning(result)
+    backend.build(lambda: app)
+    store = DeprecatedRunInfoStore(node_id=7, node_config={"partition-id": 0})
+    store.register_context(run_id=1)
+    ins: Queue[Message] = Queue()
+    outs: Queue[Message] = Queue()
+    stop = threading.Event()
+    message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=7, message_type="train")
+    message.metadata.__dict__["_message_id"] = "m-1"  # as the SuperLink's state gives every message
+    ins.put(message)
+    thread = threading.Thread(target=worker, args=(ins, outs, {7: store}, backend, stop, VceMetrics()), daemon=True)
+    thread.start()
+    try:
+        reply = outs.get(timeout=10)
+    except Empty:
+        pytest.fail("the call got no reply")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert said in reply.error.reason
+    assert reply.metadata.reply_to_message_id == "m-1"

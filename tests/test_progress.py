@@ -196,7 +196,42 @@ def test_the_engine_tracebacks_of_failed_clients_go_to_the_log_not_the_console(t
         flwr.handle(record)
     assert "boom" not in capsys.readouterr().err
     assert (tmp_path / "client-errors.log").read_text() == (
-        "engine (vce_api): Traceback (most recent call last):\n  ValueError: boom\n")
+        "engine (vce_api): Traceback (most recent call last):\n      ValueError: boom\n")
+
+
+def test_a_client_s_exception_text_cannot_forge_or_flood_the_error_log(tmp_path, capsys):
+    """The engine's record of a failure holds the client's exception text verbatim: its lines
+    'round 9 training: client 0: ...' were read back by a resume as fedmtl's own entries (a
+    resume then wiped round 1's real entry, or counted errors of a client that never failed),
+    its terminal escapes reached the log and, with -v, the console, and a 3,000,000-character
+    message made a 9 MB log. Continuation lines are now indented, escapes written as escapes,
+    and a record kept to MAX_ENGINE_RECORD characters."""
+    import logging
+
+    from fedmtl.launch.simulation import MAX_ENGINE_RECORD, quiet_flower
+    from fedmtl.progress import ClientErrors
+
+    path = tmp_path / "client-errors.log"
+    errors = ClientErrors(path, lambda line: None)
+    errors.report(1, "training", [(1, "ClientAppException: disk full round 9 training: client 0: forged")])
+    forged = ("Traceback (most recent call last):\nClientAppException: disk full\nround 9 training: client 0: "
+              "forged\nround 1 training: client 0: poisoned data detected\n\x1b[2J\x1b[31mred\nengine (x): y")
+    flwr = logging.getLogger("flwr")
+    for text in (forged, "x" * 3_000_000):
+        record = logging.LogRecord("flwr", logging.ERROR, "/site-packages/flwr/vce/vce_api.py", 1, text, None, None)
+        with quiet_flower(True, path):
+            flwr.handle(record)
+    log = path.read_text()
+    assert "\x1b" not in log and "\x1b" not in capsys.readouterr().err and "\\x1b[31mred" in log
+    starts = [line for line in log.splitlines() if not line.startswith("    ")]
+    assert starts == ["round 1 training: client 1: ClientAppException: disk full round 9 training: client 0: forged",
+                      "engine (vce_api): Traceback (most recent call last):",
+                      "engine (vce_api): " + "x" * MAX_ENGINE_RECORD]
+    assert len(log) < 2 * MAX_ENGINE_RECORD + 1000 and "(2980000 characters more, not kept)" in log
+    resumed = ClientErrors(path, lambda line: None)
+    resumed.resume_after(1)  # round 1's entry kept; the engine's records after it are a later round's
+    assert path.read_text() == log[:log.index("\nengine (vce_api): Traceback")] + "\n"
+    assert resumed.summary().startswith("client errors: 1 in all, 1 distinct")
 
 
 def test_the_sweep_eta_waits_for_a_finished_run_and_counts_the_runs_left():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.client_app import ClientAppException
 
 from fedmtl.launch.ray_pipeline import CALLS_PER_ACTOR, pipelined_ray_backend
 from fedmtl.launch.simulation import backend_config, connect
@@ -122,6 +123,8 @@ def _dying_app() -> ClientApp:
 
         if int(msg.content["config"]["x"]) == 1:
             os._exit(1)
+        if int(msg.content["config"]["x"]) == 5:
+            return None  # no reply: Flower's engine would drop it without a word
         return Message(RecordDict({"ran": ConfigRecord({"pid": os.getpid()})}), reply_to=msg)
 
     return app
@@ -130,7 +133,8 @@ def _dying_app() -> ClientApp:
 def test_a_dead_actor_is_replaced_and_only_its_own_call_fails(task_identity):
     """Flower's backend put a dead actor back into its pool: every later call on it failed, so
     its clients failed every round. Here the call it was running fails, and the next one runs
-    on a new actor (listed as many times as the dead one was)."""
+    on a new actor (listed as many times as the dead one was). A call whose ClientApp returns no
+    reply fails at once (Flower's engine dropped it: the server waited out server.timeout)."""
     import ray
 
     from fedmtl.launch.ray_pipeline import replacing_dead_actors
@@ -154,6 +158,9 @@ def test_a_dead_actor_is_replaced_and_only_its_own_call_fails(task_identity):
         pids = {call(x).content["ran"]["pid"] for x in (2, 3, 4)}  # all on the new actor
         assert len(pids) == 1 and backend.pool._future_to_actor == {}
         assert len({backend._alive(a) for a in backend.pool.pool}) == 1  # every slot leads to the new actor
+        with pytest.raises(ClientAppException, match="the ClientApp returned NoneType, not a reply Message"):
+            call(5)  # at once, not after server.timeout
+        assert call(6).content["ran"]["pid"] in pids and len(backend.pool.pool) == 2
     finally:
         backend.terminate()
         ray.shutdown()

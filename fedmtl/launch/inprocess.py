@@ -48,6 +48,8 @@ from flwr.app.message import Context, Message
 from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 
+from fedmtl.launch.client_reply import checked_reply
+
 WORKERS = "inprocess_workers"
 """The backend config's key for the number of ClientApp calls run at once (with ``_``: Flower
 turns a backend config key's ``-`` into ``_``)
@@ -94,7 +96,8 @@ class InProcessBackend(Backend):
         context. A ClientApp that raises is reported as Flower's Ray backend reports it: a
         :class:`~flwr.clientapp.client_app.ClientAppException` with the error's text, which the
         engine turns into an error reply; so is one that raises ``SystemExit`` or
-        ``KeyboardInterrupt`` (on Ray its actor dies and the engine replies an error)."""
+        ``KeyboardInterrupt`` (on Ray its actor dies and the engine replies an error), and one
+        that returns no reply to ``message`` (:func:`~fedmtl.launch.client_reply.checked_reply`)."""
         if self.app_fn is None:
             raise ValueError("InProcessBackend.build() was not called: no ClientApp to run")
         with self.slots:
@@ -104,8 +107,8 @@ class InProcessBackend(Backend):
                 # (one ArrayRecord, one ConfigRecord); Ray's actors each get a copy through
                 # serialisation, and a ClientApp changing what it received must not change the
                 # others' (the arrays' bytes are immutable and shared: the copy costs ~0.2 ms)
-                reply = self.app_fn()(message=copy.deepcopy(message), context=context)
-            except LoadClientAppError:
+                reply = checked_reply(message, self.app_fn()(message=copy.deepcopy(message), context=context))
+            except (LoadClientAppError, ClientAppException):
                 raise
             except Exception as exc:  # noqa: BLE001 - every ClientApp failure becomes an error reply
                 raise ClientAppException(str(exc)) from exc

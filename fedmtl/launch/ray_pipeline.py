@@ -98,6 +98,8 @@ def replacing_dead_actors(base: type) -> type:
     import ray
     from flwr.common.constant import PARTITION_ID_KEY
 
+    from fedmtl.launch.client_reply import checked_reply
+
     log = logging.getLogger("fedmtl")
 
     class ReplacingRayBackend(base):  # type: ignore[misc, valid-type]
@@ -122,7 +124,7 @@ def replacing_dead_actors(base: type) -> type:
             finally:
                 pool._future_to_actor.pop(future, None)
             pool.pool.append(actor)
-            return reply, updated
+            return checked_reply(message, reply), updated
 
         def _alive(self, actor: Any) -> Any:
             """``actor``, or its newest replacement when it died (a replacement may die too)."""

@@ -35,7 +35,7 @@ from typing import Any
 
 from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig, virtual_supernodes
-from fedmtl.one_line import described
+from fedmtl.one_line import described, visible
 
 log = logging.getLogger("fedmtl")
 
@@ -147,10 +147,31 @@ class _EngineErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR or record.module not in ENGINE_ERROR_MODULES:
             return True
+        text = engine_record_text(record.getMessage())
+        record.msg, record.args = text, None  # the console (verbose) shows it so too
         if self.path is not None:
             with self.lock, contextlib.suppress(OSError), self.path.open("a", encoding="utf-8") as log:
-                log.write(f"engine ({record.module}): {record.getMessage().rstrip()}\n")
+                log.write(f"engine ({record.module}): {text}\n")
         return self.verbose
+
+
+MAX_ENGINE_RECORD = 20_000
+"""The most characters of an engine record (a client's exception and its traceback) kept."""
+
+
+def engine_record_text(message: str) -> str:
+    """The engine's record of a client failure as ``client-errors.log`` keeps it: its lines
+    after the first indented by 4 spaces, so that a client's exception text (which the record
+    holds verbatim) cannot start a line of its own (``round 1 training: client 0: ...``, read
+    back by a resume, :meth:`fedmtl.progress.ClientErrors.resume_after`); characters that do
+    not print (terminal escapes) written as their escapes; at most :data:`MAX_ENGINE_RECORD`
+    characters."""
+    message = message.rstrip()
+    cut = len(message) - MAX_ENGINE_RECORD
+    if cut > 0:
+        message = message[:MAX_ENGINE_RECORD]
+    text = "\n    ".join(visible(line) for line in message.splitlines())
+    return text + (f"\n    ... ({cut} characters more, not kept)" if cut > 0 else "")
 
 
 def _colour(stream: object) -> bool:
