@@ -25,6 +25,7 @@ from fedmtl.server.replies import (
     Evaluated,
     Failed,
     Limits,
+    Refused,
     Rejected,
     addressee,
     addressees,
@@ -173,11 +174,13 @@ def placement_rows(
 ) -> list[tuple]:
     """The ``placement.csv`` rows of an exchange's replies, sorted: one per client's first
     answer that is a reply (``outcomes``: what was read from each of ``replies``, in order; a
-    second reply of a client, read as a :class:`fedmtl.server.replies.SecondReply`, places nothing)."""
+    second reply of a client, read as a :class:`fedmtl.server.replies.SecondReply`, places
+    nothing, and neither does a refusal, :class:`fedmtl.server.replies.Refused`: the client
+    computed nothing, and a refusal carries no placement)."""
     sent, nodes = addressees(messages), destinations(messages)
     rows = []
     for reply, outcome in zip(replies, outcomes, strict=True):
         node = nodes.get(reply.metadata.reply_to_message_id)
-        if not reply.has_error() and answered(outcome, reply, node) is not None:
+        if not reply.has_error() and not isinstance(outcome, Refused) and answered(outcome, reply, node) is not None:
             rows.append(placement_row(reply, addressee(reply, sent), server_round, stage, node))
     return sorted(row for row in rows if row is not None)

@@ -518,3 +518,20 @@ def test_the_norm_screen_names_the_clients_it_rejects(caplog):
         "round 3: norm screening rejected the update of client(s) 1, 7: longer than 10 × the median "
         "(its update, or its task parts together; times its local steps over the median client's where it takes "
         "more; server.norm-screening)"]
+
+
+def test_a_refusal_that_carries_a_placement_adds_no_placement_row(tmp_path):
+    """A refusal (the client neither trained nor evaluated) that also carried a placement was
+    counted as rejected, yet its made-up host was recorded in placement.csv and summary.json."""
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 1:  # with its metrics too
+            reply.content[wire.REFUSAL] = ConfigRecord({wire.REFUSAL_REASON: "not my heads"})
+            reply.content[wire.PLACEMENT] = ConfigRecord({"host": "FORGED", "node": "", "device": "cpu"})
+        return reply
+
+    _, _, rounds = run(tmp_path, script, "run.rounds=1")
+    assert list(rounds["rejected"]) == [1]
+    placement = pd.read_csv(tmp_path / "placement.csv", keep_default_na=False)
+    assert "FORGED" not in set(placement["host"])
+    assert len(placement[placement["stage"] == "train"]) == 3
