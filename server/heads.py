@@ -102,6 +102,12 @@ class HeadsLedger:
         self.now.clear()
         self.late.clear()
 
+    def saved_in(self, server_round: int) -> set[int]:
+        """After :meth:`commit`: the clients known to have trained and saved their personal
+        state in ``server_round``: an accepted reply, or one rejected for its update alone
+        (its metrics usable, ``heads-fingerprint-out`` known)."""
+        return {c for c, h in self.left.items() if isinstance(h, Trained) and h.round == server_round}
+
     def state_dict(self) -> dict[int, tuple[int, float] | None]:
         """For the checkpoint: per client that trained ``(round, heads-fingerprint-out)``, or
         ``None`` when unknown (a client absent has not trained)."""

@@ -116,7 +116,9 @@ def round_row(server_round: int, train: TrainRecord, evaluation: EvaluateRecord 
 @dataclass
 class Participation:
     """Per client, the rounds it trained in: the server accepted its training reply (well
-    formed, of the client's own tasks; the client trained and saved its personal state), and
+    formed, of the client's own tasks; the client trained and saved its personal state), or
+    rejected only its update while its metrics were usable (it trained and saved its state all
+    the same), and
     the rounds its update was aggregated (it also passed the norm screen, and the round was not
     skipped). Written to ``participation.csv`` (:meth:`rows`) and part of the server's checkpoint
     (:meth:`state_dict`), so a resumed run's record equals an uninterrupted run's.

@@ -170,9 +170,10 @@ class FedMTLStrategy:
             accepted = screen_norms(collected.formed, server.norm_screening, self.local_steps(collected.formed))
         self.errors.flush()  # the stage's errors, every attempt's, on the console
         self.heads.commit()
-        self.participation.note_trained(server_round, collected.formed)
-        # every accepted reply's rows, screened or not, aggregated or not: participation.csv counts
-        # these rounds as trained, and the heads' in/out chain runs through them
+        # trained: every accepted reply, screened or not, aggregated or not, and every reply
+        # rejected for its update alone (the client trained and saved its personal state all the same)
+        self.participation.note_trained(server_round, set(collected.formed) | self.heads.saved_in(server_round))
+        # every accepted reply's rows: the heads' in/out chain runs through them
         self.recorder.log_metrics([row for c in sorted(collected.formed)
                                    for row in train_metric_rows(server_round, collected.formed[c])])
         screened = count_screened(server_round, list(collected.formed), accepted, server.norm_screening)

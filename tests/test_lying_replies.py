@@ -535,3 +535,21 @@ def test_a_refusal_that_carries_a_placement_adds_no_placement_row(tmp_path):
     placement = pd.read_csv(tmp_path / "placement.csv", keep_default_na=False)
     assert "FORGED" not in set(placement["host"])
     assert len(placement[placement["stage"] == "train"]) == 3
+
+
+def test_a_client_whose_update_alone_is_rejected_counts_as_trained_not_aggregated(tmp_path):
+    """A reply rejected for its update alone (not finite) while its metrics were usable: the
+    client trained and saved its heads (the server's heads ledger knows them), yet
+    participation.csv said it never trained, and the report counted it among the clients
+    evaluated with heads they never trained."""
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 1:
+            reply.content[wire.UPDATE] = ArrayRecord({k: torch.full_like(v, float("nan")) for k, v in STATE.items()})
+        return reply
+
+    run(tmp_path, script)
+    participation = pd.read_csv(tmp_path / "participation.csv", keep_default_na=False).set_index("client")
+    assert participation.loc[1, "rounds_trained"] == 2 and participation.loc[1, "last_round"] == 2
+    assert participation.loc[1, "rounds_aggregated"] == 0
+    assert list(participation["rounds_aggregated"]) == [2, 0, 2, 2]
