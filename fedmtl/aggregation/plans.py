@@ -14,7 +14,10 @@ update:
     tasks, so ``mean`` gives back ``Δ_k``); then the client weighting across clients.
 ``tasks-then-clients``
     Within each task, the client weighting across the clients that hold it; then the task
-    weighting across tasks (times the number of tasks).
+    weighting across tasks (times the number of tasks). ``mean`` at both levels gives the mean
+    client update when every client holds every task; otherwise each task's mean over the
+    clients that hold it counts at full weight (FSMGDA's per-objective average), so it is not
+    the mean client update.
 
 Losses of grouped rows are the mean of the task losses (clients-then-tasks) or the
 example-weighted mean of the client losses (tasks-then-clients); example counts add up.

@@ -22,7 +22,8 @@ PROPERTIES: dict[str, str] = {
     "homogeneous": "multiplying every row by s > 0 multiplies d by s (from s = 1e-12 to 1e12)",
     "nonnegative-weights": "a weighting's weights are never negative",
     "non-conflicting": "g_iᵀd ≥ 0 for every row i: no objective is worsened to first order",
-    "linear-under-scaling": "d(diag(αc₁ + βc₂) G) = α d(diag(c₁) G) + β d(diag(c₂) G) for c₁, c₂ ≥ 0, α, β ≥ 0",
+    "linear-under-scaling": "d(diag(αc₁ + βc₂) G) = α d(diag(c₁) G) + β d(diag(c₂) G) for c₁, c₂ > 0 entrywise, "
+    "α, β ≥ 0 (a zero entry makes a zero row, which ConFIG leaves out of its common direction)",
     "strongly-stationary": "d = 0 only where some w > 0 has Σ w_i g_i = 0",
 }
 """Every property by name, with its definition."""
