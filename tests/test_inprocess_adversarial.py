@@ -34,6 +34,33 @@ def _exiting_app() -> ClientApp:
     return app
 
 
+def _served(app: ClientApp, messages: list[Message]) -> tuple[list[Message], InProcessBackend]:
+    """The replies Flower's own engine worker loop gets for ``messages`` (to node 7) from an
+    :class:`InProcessBackend` running ``app``; fails the test when one gets no reply."""
+    from flwr.compat.client.run_info_store import DeprecatedRunInfoStore
+    from flwr.server.superlink.fleet.vce.metrics import VceMetrics
+    from flwr.server.superlink.fleet.vce.vce_api import worker
+
+    backend = InProcessBackend({})
+    backend.build(lambda: app)
+    store = DeprecatedRunInfoStore(node_id=7, node_config={"partition-id": 0})
+    store.register_context(run_id=1)
+    ins: Queue[Message] = Queue()
+    outs: Queue[Message] = Queue()
+    stop = threading.Event()
+    for message in messages:
+        ins.put(message)
+    thread = threading.Thread(target=worker, args=(ins, outs, {7: store}, backend, stop, VceMetrics()), daemon=True)
+    thread.start()
+    try:
+        return [outs.get(timeout=10) for _ in messages], backend
+    except Empty:
+        pytest.fail(f"a message got no reply; the engine's worker thread is alive: {thread.is_alive()}")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def test_a_clientapp_that_calls_sys_exit_gets_an_error_reply_and_its_worker_serves_the_next(task_identity):
     """On Ray a ClientApp that exits kills its actor and the engine replies an error at once. In
     process, ``SystemExit`` passed through the backend and ended Flower's worker thread (it
@@ -42,29 +69,9 @@ def test_a_clientapp_that_calls_sys_exit_gets_an_error_reply_and_its_worker_serv
     (with one worker, no client ever replied again). Here Flower's own worker loop serves two
     messages with the backend: the first exits, the second must still be answered."""
     from flwr.common.constant import ErrorCode
-    from flwr.compat.client.run_info_store import DeprecatedRunInfoStore
-    from flwr.server.superlink.fleet.vce.metrics import VceMetrics
-    from flwr.server.superlink.fleet.vce.vce_api import worker
 
-    backend = InProcessBackend({})
-    app = _exiting_app()
-    backend.build(lambda: app)
-    store = DeprecatedRunInfoStore(node_id=7, node_config={"partition-id": 0})
-    store.register_context(run_id=1)
-    ins: Queue[Message] = Queue()
-    outs: Queue[Message] = Queue()
-    stop = threading.Event()
-    for x in (1, 2):
-        ins.put(Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=7, message_type="train"))
-    thread = threading.Thread(target=worker, args=(ins, outs, {7: store}, backend, stop, VceMetrics()), daemon=True)
-    thread.start()
-    try:
-        replies = [outs.get(timeout=10) for _ in range(2)]
-    except Empty:
-        pytest.fail(f"a message got no reply; the engine's worker thread is alive: {thread.is_alive()}")
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    replies, backend = _served(_exiting_app(), [
+        Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=7, message_type="train") for x in (1, 2)])
     failed, answered = replies
     assert failed.has_error() and failed.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     assert "SystemExit(3)" in failed.error.reason
@@ -156,30 +163,10 @@ def test_a_clientapp_that_returns_no_reply_fails_its_call_at_once(task_identity,
     ``server.timeout`` (an hour by default) and then said only that a client sent no reply. The
     call now fails at once with an error reply saying what the ClientApp returned."""
     from flwr.common.constant import ErrorCode
-    from flwr.compat.client.run_info_store import DeprecatedRunInfoStore
-    from flwr.server.superlink.fleet.vce.metrics import VceMetrics
-    from flwr.server.superlink.fleet.vce.vce_api import worker
 
-    backend = InProcessBackend({})
-    app = _app_returning(result)
-    backend.build(lambda: app)
-    store = DeprecatedRunInfoStore(node_id=7, node_config={"partition-id": 0})
-    store.register_context(run_id=1)
-    ins: Queue[Message] = Queue()
-    outs: Queue[Message] = Queue()
-    stop = threading.Event()
     message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=7, message_type="train")
     message.metadata.__dict__["_message_id"] = "m-1"  # as the SuperLink's state gives every message
-    ins.put(message)
-    thread = threading.Thread(target=worker, args=(ins, outs, {7: store}, backend, stop, VceMetrics()), daemon=True)
-    thread.start()
-    try:
-        reply = outs.get(timeout=10)
-    except Empty:
-        pytest.fail("the call got no reply")
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    (reply,), _ = _served(_app_returning(result), [message])
     assert reply.has_error() and reply.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     assert said in reply.error.reason
     assert reply.metadata.reply_to_message_id == "m-1"
