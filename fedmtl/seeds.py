@@ -55,6 +55,9 @@ class Stream(IntEnum):
     """Torch: a client's personal heads on its first visit."""
     FEATURE_SKEW = 0xF5E
     """Torch: a client's input noise (``data.feature-skew = "noise"``)."""
+    POOLED_ORDER = 0x9001
+    """The order a dataset's pooled rows are partitioned in (``data.partitioner`` other than
+    ``natural``): a seeded permutation, so that no partitioner sees the natural clients in it."""
     FINETUNE = 0xF17E
     """Torch: the order of a client's mini-batches when it fine-tunes a copy before evaluating
     (``personalization.method = "finetune"`` or ``"fedbabu"``)."""

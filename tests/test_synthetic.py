@@ -98,3 +98,28 @@ def test_other_partitioners_resplit_the_pooled_devices():
     assert sum(len(c.train) + len(c.test) for c in fed.clients()) == int(client_sizes(30, 0).sum())
     sizes = [len(c.train) + len(c.test) for c in fed.clients()]
     assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("partitioner", ["dirichlet", "pathological"])
+def test_a_label_partition_of_the_pooled_devices_does_not_follow_the_devices(partitioner):
+    """The pooled rows come device by device, and flwr-datasets' label partitioners cut each
+    class into consecutive blocks: with α = 1e6 (equal label shares) devices of 160 rows
+    reached 2 of 10 clients, every client a run of neighbouring devices. The rows are now
+    partitioned in a seeded random order: a large device's rows reach nearly every client
+    that holds its classes."""
+    from fedmtl.data.synthetic import SyntheticRows
+
+    cfg = load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.num-clients=10",
+                             f"data.partitioner={partitioner}", "data.dirichlet-alpha=1000000",
+                             "data.classes-per-client=9", "data.params={num-tasks=1}"])  # its 9 classes
+    pooled = SyntheticRows(cfg.data, 0)
+    device = np.repeat(np.arange(10), client_sizes(10, 0))
+    row_of = {pooled.x[i].tobytes(): i for i in range(len(pooled.x))}
+    fed = load_federation(cfg.data, 0)
+    reached = np.zeros((10, 10), dtype=bool)  # device × client
+    for client in fed.clients():
+        for split in (client.train, client.test):
+            for x in split.x.numpy():
+                reached[device[row_of[x.tobytes()]], client.client_id] = True
+    large = client_sizes(10, 0) >= 100
+    assert large.any() and reached[large].sum(axis=1).min() >= 9

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fedmtl.data.checks import DataError, check_client_data
+from fedmtl.seeds import Stream
 from fedmtl.seeds import rng as rng_of
 from fedmtl.tasks import TaskSpec
 
@@ -313,7 +314,8 @@ def row_federation(
 ) -> Federation:
     """Clients from a :class:`RowDataset`: its natural clients (``data.partitioner =
     'natural'``) or a partition of all its rows by any registered partitioner, on the labels
-    of ``data.partition-task`` (default: the first task). Each client's rows are split by
+    of ``data.partition-task`` (default: the first task), the rows taken in a seeded random
+    order (:data:`fedmtl.seeds.Stream.POOLED_ORDER`). Each client's rows are split by
     ``data.test-fraction`` and ``data.validation-fraction``, seeded by (seed, client, salt).
     """
     from fedmtl.data.partitioners import partition
@@ -321,9 +323,13 @@ def row_federation(
     if cfg.partitioner == "natural":
         groups = data.natural_groups()
         check_natural_clients(cfg.dataset, len(groups), cfg.num_clients)
-    else:
+    else:  # in a seeded random order: the pooled rows come natural client by client (Synthetic's
+        # devices, CelebA's identities), and a partitioner that cuts each class into consecutive
+        # blocks (dirichlet, pathological) gave clients whole runs of devices
         task = cfg.partition_task or tasks[0].name
-        groups = partition(data.labels(task), cfg, seed)
+        labels = data.labels(task)
+        order = rng_of(seed, Stream.POOLED_ORDER).permutation(len(labels))
+        groups = [order[group] for group in partition(labels[order], cfg, seed)]
 
     def build_client(client_id: int) -> ClientData:
         rng = rng_of(seed, client_id, salt)

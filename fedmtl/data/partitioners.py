@@ -117,7 +117,10 @@ def dirichlet(
     """Label skew: each class is split among clients by proportions ~ Dir(α·1).
 
     ``data.dirichlet-alpha`` is α: small values give clients few classes; large values
-    approach IID (Hsu, Qi & Brown, 2019, arXiv 1909.06335).
+    approach IID. The split of Yurochkin et al. 2019 (arXiv 1905.12022), as flwr-datasets
+    implements it; Hsu, Qi & Brown 2019 (arXiv 1909.06335) draw each client's class mix
+    instead. Each class is cut into consecutive blocks in the order of ``labels``: a caller
+    whose rows carry structure in their order shuffles them first.
     """
     _light_flwr_datasets()
     from flwr_datasets.partitioner import DirichletPartitioner
