@@ -31,6 +31,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from fedmtl.atomic import write_bytes
 from fedmtl.plots import (
     FAIRNESS_STATS,
     GAP_NAMES,
@@ -571,7 +572,7 @@ def _write(path: Path, configurations: Sequence[Any], markdown: str, highlight: 
         f'<script type="application/json" id="client-data">{payload}</script>',
         f"<script>{SCRIPT}</script>", "</body>", "</html>",
     ]
-    path.write_text("\n".join(parts), encoding="utf-8")
+    write_bytes(path, "\n".join(parts).encode("utf-8"))  # an error (a full disk) names the file
     return path
 
 

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedmtl.atomic import write_bytes
 from fedmtl.fairness import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -1106,7 +1107,11 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     out.mkdir(parents=True, exist_ok=True)
     with _one_report_at_a_time(out):  # creates the marker
         _remove_stale_staging(out)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        except OSError as error:  # a read-only folder: name it, not the hidden folder that was to be
+            _undo_folder(out, marked, made)
+            raise OSError(error.errno, error.strerror, str(out)) from None
         try:
             try:
                 written = _write_report(runs, paths, staging, reference, fmt, dpi, highlight)
@@ -1138,7 +1143,7 @@ def _one_report_at_a_time(out: Path) -> Iterator[None]:
         yield
 
 
-STAGING_PREFIX = ".report-"
+STAGING_PREFIX = ".fedmtl-report-staging-"
 """The hidden folder inside ``--out`` a report is written into before it is moved into place."""
 def _remove_stale_staging(out: Path) -> None:
     """Remove the staging folders of reports killed before they could (``kill -9``). Called
@@ -1194,7 +1199,7 @@ def _write_report(runs: list[RunResult], paths: list[str | Path], out: Path, ref
     repeats = repeated_runs(configurations)
     ref = choose_reference(configurations, reference)
     tidy = summarize_configurations(configurations, ref)
-    tidy.to_csv(out / "report.csv", index=False)
+    write_bytes(out / "report.csv", tidy.to_csv(index=False).encode())  # an error names the file
     figures = report_figures(configurations, out, fmt, dpi, highlight)
     table = markdown_table(configurations, tidy)
     deltas = delta_table(configurations, tidy, ref)
@@ -1244,8 +1249,9 @@ def _write_report(runs: list[RunResult], paths: list[str | Path], out: Path, ref
                   "", views, ""]
     if participation:
         lines += ["## Participation", "",
-                  "Clients trained in a round when the server accepted their training reply "
-                  "(`participation.csv` in each run folder). A client that never trained is evaluated "
+                  "Clients trained in a round when the server accepted their training reply, or "
+                  "rejected only its update while its metrics were usable (the client saved its state "
+                  "all the same; `participation.csv` in each run folder). A client that never trained is evaluated "
                   "with personal state it never trained (for FedPer: untrained heads on the global "
                   "backbone), so it may be among the worst for that reason alone. Per task: how many of "
                   "the final round's worst-10% clients never trained, of how many, and the worst-10% "
@@ -1268,6 +1274,6 @@ def _write_report(runs: list[RunResult], paths: list[str | Path], out: Path, ref
                   "Runs of a configuration and seed already counted (the first found is kept: a seed "
                   "counts once in the intervals).", ""] + [f"- {line}" for line in repeats] + [""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_bytes(out / "report.md", "\n".join(lines).encode())
     write_html_report(out / HTML_FILE, configurations, "\n".join(lines), highlight)
     return {"table": table, "configurations": [c.label for c in configurations], "repeats": repeats}

@@ -53,6 +53,7 @@ from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
 from fedmtl.group_fairness import one_class_predictions, summarize_group_gaps
+from fedmtl.one_line import one_line
 from fedmtl.parquet import read_table, remove_parquet, wants_parquet, write_parquet
 from fedmtl.plugins import plugin_digests
 from fedmtl.protocol import TEST_GLOBAL
@@ -225,9 +226,14 @@ def _participation_problems(run_dir: Path) -> list[str]:
     its counts (:func:`participation_problem`), as one problem naming the file."""
     try:
         recorded = json.loads((run_dir / "summary.json").read_text()).get("participation")
-        table = read_participation(run_dir)
-    except (OSError, ValueError, AttributeError):  # what cannot be read is another check's to name
+    except (OSError, ValueError, AttributeError):  # a summary that cannot be read is another check's to name
         return []
+    if not isinstance(recorded, dict):
+        return []
+    try:
+        table = read_participation(run_dir)
+    except (OSError, ValueError) as error:  # cut short, or text where counts belong
+        return [f"{PARTICIPATION_FILE} cannot be read ({one_line(error, 200)})"]
     problem = participation_problem(table, recorded)
     return [f"{PARTICIPATION_FILE} {problem}"] if problem else []
 
@@ -636,8 +642,8 @@ LISTED_CLIENTS = 100
 def participation_summary(table: pd.DataFrame, evaluated: Iterable[int] | None = None) -> dict[str, Any]:
     """``summary.json``'s ``participation`` of a ``participation.csv`` table.
 
-    ``clients``, ``trained`` and ``never_trained`` (how many clients of the federation had a
-    training reply accepted in at least one round, or in none), ``rounds_trained`` (``min``,
+    ``clients``, ``trained`` and ``never_trained`` (how many clients of the federation trained
+    in at least one round, or in none: ``rounds_trained`` above 0 or not), ``rounds_trained`` (``min``,
     ``median``, ``mean``, ``max`` over all clients), ``never_aggregated`` (clients whose update
     never entered the model); with the final round's ``evaluated`` clients: ``evaluated``,
     ``evaluated_never_trained`` and ``evaluated_never_trained_clients`` (the first

@@ -68,6 +68,10 @@ class HeadsLedger:
         """The clients asked to train in the current round, as their latest attempt left them."""
         self.late: set[int] = set()
         """The clients of the current round with an attempt that got no reply: they may still save heads."""
+        self.saving: set[int] = set()
+        """The clients of the current round with an attempt known to have saved heads."""
+        self.last_saved: set[int] = set()
+        """:attr:`saving` of the round :meth:`commit` ended last."""
 
     def heads(self, client: int, training: bool) -> Heads:
         """What ``client`` must start a training (or an evaluation) call from."""
@@ -93,20 +97,23 @@ class HeadsLedger:
             heads = attempt_heads(server_round, mine)
             if heads is not None:
                 self.now[client] = heads
+            if isinstance(heads, Trained):
+                self.saving.add(client)
 
     def commit(self) -> None:
         """End the training of a round: its clients' heads are what their last attempt left
         (:data:`UNKNOWN` for a client with a missing reply, which may save heads late)."""
         for client, heads in self.now.items():
             self.left[client] = UNKNOWN if client in self.late else heads
+        self.last_saved, self.saving = self.saving, set()
         self.now.clear()
         self.late.clear()
 
-    def saved_in(self, server_round: int) -> set[int]:
+    def saved(self) -> set[int]:
         """After :meth:`commit`: the clients known to have trained and saved their personal
-        state in ``server_round``: an accepted reply, or one rejected for its update alone
-        (its metrics usable, ``heads-fingerprint-out`` known)."""
-        return {c for c, h in self.left.items() if isinstance(h, Trained) and h.round == server_round}
+        state in the round it ended, in any of its attempts: an accepted reply, or one rejected
+        for its update alone (its metrics usable, ``heads-fingerprint-out`` known)."""
+        return set(self.last_saved)
 
     def state_dict(self) -> dict[int, tuple[int, float] | None]:
         """For the checkpoint: per client that trained ``(round, heads-fingerprint-out)``, or
@@ -119,6 +126,8 @@ class HeadsLedger:
         until each client's next readable training reply)."""
         self.now.clear()
         self.late.clear()
+        self.saving.clear()
+        self.last_saved = set()
         if state is None:
             self.left, self.default = {}, UNKNOWN
             return

@@ -125,14 +125,15 @@ class Participation:
     """
 
     trained: dict[int, int] = field(default_factory=dict)
-    """Client -> rounds with an accepted training reply (absent: none)."""
+    """Client -> rounds it trained in (absent: none): an accepted training reply, or one rejected
+    for its update alone (the client saved its state all the same)."""
     last_round: dict[int, int] = field(default_factory=dict)
     """Client -> the last of those rounds."""
     aggregated: dict[int, int] = field(default_factory=dict)
     """Client -> rounds its update entered the model."""
 
     def note_trained(self, server_round: int, clients: Iterable[int]) -> None:
-        """``clients`` had a training reply accepted in ``server_round`` (each counted once a round)."""
+        """``clients`` trained in ``server_round`` (each counted once a round)."""
         for client in set(clients):
             if self.last_round.get(client) != server_round:
                 self.trained[client] = self.trained.get(client, 0) + 1

@@ -172,7 +172,7 @@ class FedMTLStrategy:
         self.heads.commit()
         # trained: every accepted reply, screened or not, aggregated or not, and every reply
         # rejected for its update alone (the client trained and saved its personal state all the same)
-        self.participation.note_trained(server_round, set(collected.formed) | self.heads.saved_in(server_round))
+        self.participation.note_trained(server_round, set(collected.formed) | self.heads.saved())
         # every accepted reply's rows: the heads' in/out chain runs through them
         self.recorder.log_metrics([row for c in sorted(collected.formed)
                                    for row in train_metric_rows(server_round, collected.formed[c])])

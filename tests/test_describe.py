@@ -102,3 +102,20 @@ def test_class_counts_are_whole_numbers_with_blanks_for_tasks_not_held():
     for column in [c for c in table.columns if c.endswith(".classes")]:
         assert str(table[column].dtype) == "Int64"
     assert "10.00" not in table.to_string() and ".0," not in table.to_csv()
+
+
+def test_the_figure_is_written_in_the_format_its_suffix_names(tmp_path):
+    """After the figure was made atomic, a .pdf or .svg --plot got PNG bytes; a suffix that is
+    no figure format is refused in one line."""
+    def describe(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedmtl", "data", "describe", "smoke", *args],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    for name, start in (("f.pdf", b"%PDF"), ("f.svg", b"<?xml"), ("f.png", b"\x89PNG")):
+        proc = describe("--plot", name)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / name).read_bytes().startswith(start)
+    bad = describe("--plot", "f.txt")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "error: --plot f.txt: a figure is written as .png, .pdf, .svg; give one of those suffixes")
+

@@ -553,3 +553,23 @@ def test_a_client_whose_update_alone_is_rejected_counts_as_trained_not_aggregate
     assert participation.loc[1, "rounds_trained"] == 2 and participation.loc[1, "last_round"] == 2
     assert participation.loc[1, "rounds_aggregated"] == 0
     assert list(participation["rounds_aggregated"]) == [2, 0, 2, 2]
+
+
+def test_a_client_that_saved_heads_in_an_attempt_and_failed_its_retry_counts_as_trained(tmp_path):
+    """Trained in a round's first attempt (its update alone rejected, its heads saved), then
+    asked again in the round's retry and failed: it trained that round all the same."""
+    def script(msg, call):
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 1 and call.server_round == 1:
+            if call.attempt == 0:
+                reply = good(msg, call)
+                nan = {k: torch.full_like(v, float("nan")) for k, v in STATE.items()}
+                reply.content[wire.UPDATE] = ArrayRecord(nan)
+                return reply
+            return failed(msg, call)
+        return good(msg, call)
+
+    run(tmp_path, script, "server.min-replies=4", "server.on-too-few=retry", "server.max-retries=1",
+        "model.heads=personal")
+    participation = pd.read_csv(tmp_path / "participation.csv", keep_default_na=False).set_index("client")
+    assert participation.loc[1, "rounds_trained"] == 2 and participation.loc[1, "rounds_aggregated"] == 1
+

@@ -228,6 +228,9 @@ def test_a_client_s_exception_text_cannot_forge_or_flood_the_error_log(tmp_path,
                       "engine (vce_api): Traceback (most recent call last):",
                       "engine (vce_api): " + "x" * MAX_ENGINE_RECORD]
     assert len(log) < 2 * MAX_ENGINE_RECORD + 1000 and "(2980000 characters more, not kept)" in log
+    with quiet_flower(False, tmp_path / "escapes.log"):  # 8 characters written for each: kept to the limit as written
+        flwr.handle(logging.LogRecord("flwr", logging.ERROR, "/flwr/vce_api.py", 1, "\x00" * 100_000, None, None))
+    assert len((tmp_path / "escapes.log").read_text()) < MAX_ENGINE_RECORD + 1000
     resumed = ClientErrors(path, lambda line: None)
     resumed.resume_after(1)  # round 1's entry kept; the engine's records after it are a later round's
     assert path.read_text() == log[:log.index("\nengine (vce_api): Traceback")] + "\n"

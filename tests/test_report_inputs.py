@@ -141,7 +141,7 @@ def test_a_failed_report_leaves_a_report_that_finished_meanwhile_in_its_folder(t
     with pytest.raises(KeyboardInterrupt):
         make_report([run], out)
     assert {"report.md", "report.csv", "report.html"} <= {p.name for p in out.iterdir()}
-    assert not [p for p in out.iterdir() if p.name.startswith(".report-")]
+    assert not [p for p in out.iterdir() if p.name.startswith(report.STAGING_PREFIX)]
 
 
 def test_a_report_into_a_folder_another_report_is_writing_is_refused(tmp_path):
@@ -158,7 +158,7 @@ def test_a_report_into_a_folder_another_report_is_writing_is_refused(tmp_path):
                            r"[^\n]*$"):
             make_report([run], out)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert not [p for p in out.iterdir() if p.name.startswith(".report-")]
+    assert not [p for p in out.iterdir() if p.name.startswith(report.STAGING_PREFIX)]
     make_report([run], out)  # and once it has ended, a report goes in
 
 
@@ -168,7 +168,7 @@ def test_a_killed_report_s_staging_folder_is_removed_by_a_later_report(tmp_path)
     run = fake_run(tmp_path / "a", 0, ACCURACY)
     out = tmp_path / "report"
     make_report([run], out)
-    killed = out / ".report-killed"
+    killed = out / f"{report.STAGING_PREFIX}killed"
     killed.mkdir()
     (killed / "report.csv").write_text("partial")
     make_report([run], out)
@@ -280,3 +280,39 @@ def test_a_full_disk_names_the_report_s_file_not_its_hidden_copy(tmp_path, monke
         make_report([run], out)
     assert caught.value.filename == str(out / "client_cdf.png")
     assert not out.exists()
+
+
+def test_a_read_only_folder_or_a_full_disk_names_a_file_of_the_report(tmp_path, monkeypatch):
+    """A read-only --out named the hidden staging folder that could not be made; a full disk
+    while writing report.md, report.csv or report.html (written with write_text or pandas) named
+    no file at all ('cannot write: No space left on device')."""
+    import errno
+    import os
+
+    from fedmtl import atomic
+
+    run = fake_run(tmp_path / "a", 0, ACCURACY)
+    out = tmp_path / "report"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(str(out), ".fedmtl-report-staging-x"))
+
+    monkeypatch.setattr(report.tempfile, "mkdtemp", read_only)
+    with pytest.raises(OSError) as caught:
+        make_report([run], out)
+    assert caught.value.filename == str(out) and not out.exists()
+    monkeypatch.undo()
+    real = atomic.os.fdopen
+
+    def full_when_writing_the_page(fd, *args, **kwargs):
+        handle = real(fd, *args, **kwargs)
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(".report.html."):
+            def write(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr(atomic.os, "fdopen", full_when_writing_the_page)
+    with pytest.raises(OSError) as caught:
+        make_report([run], out)
+    assert caught.value.filename == str(out / "report.html")

@@ -185,6 +185,9 @@ def test_resuming_a_finished_run_whose_tables_lost_rows_is_refused(base_run, tmp
     (run / "participation.csv").unlink()  # a report would say the run did not record participation
     line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
     assert "but participation.csv is missing, yet summary.json records the run's participation" in line
+    (run / "participation.csv").write_bytes((base_run / "participation.csv").read_bytes()[:-3])  # cut short
+    line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
+    assert "but participation.csv cannot be read (" in line and "cut short" in line
 
 
 def _rewrite_heads(run: Path, path: Path, heads: dict) -> None:

@@ -98,6 +98,6 @@ def plot_federation(fed: Federation, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=120)  # the suffix's format
     write_bytes(path, buffer.getvalue())  # whole or not at all; an error names the figure
     return path

@@ -165,12 +165,11 @@ def engine_record_text(message: str) -> str:
     holds verbatim) cannot start a line of its own (``round 1 training: client 0: ...``, read
     back by a resume, :meth:`fedmtl.progress.ClientErrors.resume_after`); characters that do
     not print (terminal escapes) written as their escapes; at most :data:`MAX_ENGINE_RECORD`
-    characters."""
-    message = message.rstrip()
-    cut = len(message) - MAX_ENGINE_RECORD
+    characters as written."""
+    text = "\n    ".join(visible(line) for line in message.rstrip().splitlines())
+    cut = len(text) - MAX_ENGINE_RECORD
     if cut > 0:
-        message = message[:MAX_ENGINE_RECORD]
-    text = "\n    ".join(visible(line) for line in message.splitlines())
+        text = text[:MAX_ENGINE_RECORD]
     return text + (f"\n    ... ({cut} characters more, not kept)" if cut > 0 else "")
 
 
