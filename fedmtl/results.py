@@ -932,10 +932,13 @@ def shorter_runs(cfg: ExperimentConfig) -> Callable[[str], bool]:
 
 def checkpoint_identity(run_id: str, cfg: ExperimentConfig) -> dict[str, Any]:
     """What a checkpoint carries besides the server's state: ``run-id``,
-    ``config-fingerprint``, ``config`` (:func:`resume_config`) and ``plugins`` (the digest of
-    each plugin file's text the run imported: :func:`fedmtl.plugins.plugin_digests`)."""
+    ``config-fingerprint``, ``config`` (:func:`resume_config`), ``plugins`` (the digest of
+    each plugin file's text the run imported: :func:`fedmtl.plugins.plugin_digests`) and
+    ``data-layout`` (:data:`fedmtl.data.layout.DATA_LAYOUT`)."""
+    from fedmtl.data.layout import DATA_LAYOUT
+
     return {"run-id": run_id, "config-fingerprint": config_fingerprint(cfg), "config": resume_config(cfg),
-            "plugins": plugin_digests(list(cfg.run.plugins))}
+            "plugins": plugin_digests(list(cfg.run.plugins)), DATA_LAYOUT_KEY: DATA_LAYOUT}
 
 
 def plugin_changes(recorded: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
@@ -1016,6 +1019,23 @@ class ResumeProblem:
     clients: tuple[int, ...] = ()
 
 
+DATA_LAYOUT_KEY = "data-layout"
+"""The checkpoint's record of how its clients were built (:mod:`fedmtl.data.layout`)."""
+
+
+def _layout_problems(name: str, checkpoint: dict[str, Any], cfg: ExperimentConfig) -> list[ResumeProblem]:
+    """The checkpoint was written by a fedmtl that built this config's clients otherwise."""
+    from fedmtl.data.layout import layout_changes
+
+    recorded = checkpoint.get(DATA_LAYOUT_KEY, 1)  # written before layouts were recorded: 1
+    changes = layout_changes(recorded if isinstance(recorded, int) else 1, cfg.data)
+    if not changes:
+        return []
+    return [ResumeProblem(f"{name} was written by a fedmtl that built this config's clients otherwise ("
+                          f"{'; '.join(changes)}): resumed, they would train on other data from here on",
+                          "the rounds after it use the clients as this fedmtl builds them")]
+
+
 def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict[str, Any],
                     heads: bool = True) -> list[ResumeProblem]:
     """What keeps ``checkpoint`` from resuming ``run_dir`` with ``cfg`` (its ``config.toml``)
@@ -1059,6 +1079,7 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
         if changed:
             problems.append(ResumeProblem(f"config.toml differs from the run's: {', '.join(changed)}",
                                           "the run continues with config.toml as it is now"))
+    problems += _layout_problems(name, checkpoint, cfg)
     recorded_plugins = checkpoint.get("plugins")  # an older checkpoint has none
     if isinstance(recorded_plugins, dict):
         edited = plugin_changes(recorded_plugins, plugin_digests(list(cfg.run.plugins)))

@@ -1,0 +1,35 @@
+"""The version of how a config's clients are built from its data (its *data layout*).
+
+A run's checkpoints record :data:`DATA_LAYOUT`. When a later fedmtl builds the clients of the
+same config otherwise (other rows for a client, in another order), a run resumed across that
+change would train its clients on other data from the resumed round on, without a word: the
+resume names the change instead (:func:`layout_changes`; ``--force`` goes on with the clients
+as they are built now). Every change that alters a federation built from an unchanged config
+bumps :data:`DATA_LAYOUT` and adds an entry to :data:`CHANGES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedmtl.config import DataSection
+
+DATA_LAYOUT = 2
+"""The data layout of this fedmtl (a checkpoint without one is of layout 1)."""
+
+
+def _pooled_rows(data: DataSection) -> bool:
+    return data.partitioner != "natural" and data.dataset != "multimnist"
+
+
+CHANGES: dict[int, tuple[str, Callable[[DataSection], bool]]] = {
+    2: ("the pooled rows of a dataset with natural clients are partitioned in a seeded random order, "
+        "not device by device", _pooled_rows),
+}
+"""Layout → (what changed from the layout before, which data sections it affects)."""
+
+
+def layout_changes(recorded: int, data: DataSection) -> list[str]:
+    """The changes since layout ``recorded`` that alter the clients of ``data``, oldest first."""
+    return [what for layout, (what, affects) in sorted(CHANGES.items())
+            if recorded < layout <= DATA_LAYOUT and affects(data)]

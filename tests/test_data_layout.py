@@ -1,0 +1,30 @@
+"""A run resumed by a fedmtl that builds its config's clients otherwise is named, not mixed."""
+
+from __future__ import annotations
+
+from fedmtl.data.layout import DATA_LAYOUT, layout_changes
+from fedmtl.results import DATA_LAYOUT_KEY, _layout_problems, checkpoint_identity
+from fedmtl.validation import load_config
+
+SYNTHETIC_IID = ["data.dataset=synthetic", "model.backbone=mlp", "data.partitioner=iid"]
+
+
+def test_checkpoints_record_the_data_layout():
+    cfg = load_config(None, SYNTHETIC_IID)
+    assert checkpoint_identity("run", cfg)[DATA_LAYOUT_KEY] == DATA_LAYOUT == 2
+
+
+def test_a_checkpoint_of_an_older_layout_is_named_for_the_configs_it_changes():
+    """Since layout 2 the pooled rows of Synthetic, arrests and CelebA are partitioned in a
+    seeded random order: a run of such a config started before would resume with other client
+    data from the checkpoint's round on."""
+    pooled = load_config(None, SYNTHETIC_IID)
+    (problem,) = _layout_problems("checkpoint round-3.pt", {"round": 3}, pooled)  # no layout: 1
+    assert problem.message.startswith("checkpoint round-3.pt was written by a fedmtl that built this config's "
+                                      "clients otherwise (the pooled rows of a dataset with natural clients")
+    assert problem.forced  # --force goes on with the clients as built now
+    assert _layout_problems("c", {"round": 3, DATA_LAYOUT_KEY: 2}, pooled) == []
+    natural = load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.partitioner=natural"])
+    multimnist = load_config(None, ["data.partitioner=dirichlet"])
+    assert layout_changes(1, natural.data) == [] and layout_changes(1, multimnist.data) == []
+    assert _layout_problems("c", {"round": 3}, natural) == []
