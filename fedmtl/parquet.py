@@ -99,6 +99,12 @@ def read_csv_table(path: str | Path, name: str) -> pd.DataFrame:
     return table
 
 
+class CutShort(ValueError):
+    """A table that ends in the middle of a row (:func:`check_whole_rows`)."""
+
+    WHAT = "it ends in the middle of a row: the file was cut short"
+
+
 def check_whole_rows(path: Path) -> None:
     """Refuse a CSV file that ends in the middle of a row: every row fedmtl writes ends with a
     line break, so a file cut short (a killed copy, a full disk, an edit) would otherwise read
@@ -106,7 +112,7 @@ def check_whole_rows(path: Path) -> None:
 
     Raises
     ------
-    ValueError
+    CutShort
         When the file's last byte is not a line break.
     """
     with path.open("rb") as handle:
@@ -114,8 +120,8 @@ def check_whole_rows(path: Path) -> None:
         if size:
             handle.seek(size - 1)
             if handle.read(1) != b"\n":
-                raise ValueError("it ends in the middle of a row: the file was cut short (a run killed while "
-                                 "writing it: fedmtl run --resume cuts its tables back to its checkpoint)")
+                raise CutShort(f"{CutShort.WHAT} (a run killed while writing it: fedmtl run --resume cuts its "
+                               "tables back to its checkpoint)")
 
 
 def check_numbers(rounds: pd.DataFrame) -> None:

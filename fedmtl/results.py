@@ -54,7 +54,7 @@ from fedmtl.config import ExperimentConfig
 from fedmtl.fairness import summarize
 from fedmtl.group_fairness import one_class_predictions, summarize_group_gaps
 from fedmtl.one_line import one_line
-from fedmtl.parquet import read_table, remove_parquet, wants_parquet, write_parquet
+from fedmtl.parquet import CutShort, read_table, remove_parquet, wants_parquet, write_parquet
 from fedmtl.plugins import plugin_digests
 from fedmtl.protocol import TEST_GLOBAL
 from fedmtl.provenance import collect_provenance, finish_provenance
@@ -232,7 +232,9 @@ def _participation_problems(run_dir: Path) -> list[str]:
         return []
     try:
         table = read_participation(run_dir)
-    except (OSError, ValueError) as error:  # cut short, or text where counts belong
+    except CutShort:  # written once, when the run ends: no resume cuts it back or writes it again
+        return [f"{PARTICIPATION_FILE} cannot be read ({CutShort.WHAT})"]
+    except (OSError, ValueError) as error:  # text where counts belong
         return [f"{PARTICIPATION_FILE} cannot be read ({one_line(error, 200)})"]
     problem = participation_problem(table, recorded)
     return [f"{PARTICIPATION_FILE} {problem}"] if problem else []
@@ -1079,7 +1081,8 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
         if changed:
             problems.append(ResumeProblem(f"config.toml differs from the run's: {', '.join(changed)}",
                                           "the run continues with config.toml as it is now"))
-    problems += _layout_problems(name, checkpoint, cfg)
+    if heads:  # in a deployment the nodes build the clients with their own fedmtl: not checked here
+        problems += _layout_problems(name, checkpoint, cfg)
     recorded_plugins = checkpoint.get("plugins")  # an older checkpoint has none
     if isinstance(recorded_plugins, dict):
         edited = plugin_changes(recorded_plugins, plugin_digests(list(cfg.run.plugins)))

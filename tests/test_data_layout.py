@@ -6,25 +6,29 @@ from fedmtl.data.layout import DATA_LAYOUT, layout_changes
 from fedmtl.results import DATA_LAYOUT_KEY, _layout_problems, checkpoint_identity
 from fedmtl.validation import load_config
 
-SYNTHETIC_IID = ["data.dataset=synthetic", "model.backbone=mlp", "data.partitioner=iid"]
+SYNTHETIC = ["data.dataset=synthetic", "model.backbone=mlp"]
 
 
 def test_checkpoints_record_the_data_layout():
-    cfg = load_config(None, SYNTHETIC_IID)
+    cfg = load_config(None, [*SYNTHETIC, "data.partitioner=dirichlet"])
     assert checkpoint_identity("run", cfg)[DATA_LAYOUT_KEY] == DATA_LAYOUT == 2
 
 
 def test_a_checkpoint_of_an_older_layout_is_named_for_the_configs_it_changes():
-    """Since layout 2 the pooled rows of Synthetic, arrests and CelebA are partitioned in a
-    seeded random order: a run of such a config started before would resume with other client
-    data from the checkpoint's round on."""
-    pooled = load_config(None, SYNTHETIC_IID)
-    (problem,) = _layout_problems("checkpoint round-3.pt", {"round": 3}, pooled)  # no layout: 1
-    assert problem.message.startswith("checkpoint round-3.pt was written by a fedmtl that built this config's "
-                                      "clients otherwise (the pooled rows of a dataset with natural clients")
-    assert problem.forced  # --force goes on with the clients as built now
-    assert _layout_problems("c", {"round": 3, DATA_LAYOUT_KEY: 2}, pooled) == []
-    natural = load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.partitioner=natural"])
-    multimnist = load_config(None, ["data.partitioner=dirichlet"])
-    assert layout_changes(1, natural.data) == [] and layout_changes(1, multimnist.data) == []
-    assert _layout_problems("c", {"round": 3}, natural) == []
+    """Since layout 2 the pooled rows of Synthetic, arrests and CelebA are shuffled before the
+    label partitioners (dirichlet, pathological) cut each class into blocks: a run of such a
+    config started before would resume with other client data from the checkpoint's round on.
+    iid and power-law shuffle first themselves, and natural clients and MultiMNIST's base digits
+    are not pooled rows: their runs resume as before."""
+    for partitioner in ("dirichlet", "pathological"):
+        pooled = load_config(None, [*SYNTHETIC, f"data.partitioner={partitioner}"])
+        (problem,) = _layout_problems("checkpoint round-3.pt", {"round": 3}, pooled)  # no layout: 1
+        assert problem.message.startswith("checkpoint round-3.pt was written by a fedmtl that built this config's "
+                                          "clients otherwise (the pooled rows of a dataset with natural clients")
+        assert problem.forced  # --force goes on with the clients as built now
+        assert _layout_problems("c", {"round": 3, DATA_LAYOUT_KEY: 2}, pooled) == []
+    names = ("natural", "iid", "power-law")
+    unchanged = [load_config(None, [*SYNTHETIC, f"data.partitioner={name}"]) for name in names]
+    unchanged.append(load_config(None, ["data.partitioner=dirichlet"]))  # MultiMNIST
+    for cfg in unchanged:
+        assert layout_changes(1, cfg.data) == [] and _layout_problems("c", {"round": 3}, cfg) == []

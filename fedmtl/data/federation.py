@@ -315,21 +315,24 @@ def row_federation(
     """Clients from a :class:`RowDataset`: its natural clients (``data.partitioner =
     'natural'``) or a partition of all its rows by any registered partitioner, on the labels
     of ``data.partition-task`` (default: the first task), the rows taken in a seeded random
-    order (:data:`fedmtl.seeds.Stream.POOLED_ORDER`). Each client's rows are split by
+    order (:data:`fedmtl.seeds.Stream.POOLED_ORDER`) by a partitioner that cuts each class in
+    row order (:data:`fedmtl.data.partitioners.CUTS_CLASSES_IN_ORDER`). Each client's rows are split by
     ``data.test-fraction`` and ``data.validation-fraction``, seeded by (seed, client, salt).
     """
-    from fedmtl.data.partitioners import partition
+    from fedmtl.data.partitioners import CUTS_CLASSES_IN_ORDER, partition
 
     if cfg.partitioner == "natural":
         groups = data.natural_groups()
         check_natural_clients(cfg.dataset, len(groups), cfg.num_clients)
-    else:  # in a seeded random order: the pooled rows come natural client by client (Synthetic's
-        # devices, CelebA's identities), and a partitioner that cuts each class into consecutive
-        # blocks (dirichlet, pathological) gave clients whole runs of devices
+    elif cfg.partitioner in CUTS_CLASSES_IN_ORDER:  # in a seeded random order: the pooled rows come
+        # natural client by client (Synthetic's devices, CelebA's identities), and these partitioners
+        # cut each class into consecutive blocks: clients got whole runs of devices
         task = cfg.partition_task or tasks[0].name
         labels = data.labels(task)
         order = rng_of(seed, Stream.POOLED_ORDER).permutation(len(labels))
         groups = [order[group] for group in partition(labels[order], cfg, seed)]
+    else:
+        groups = partition(data.labels(cfg.partition_task or tasks[0].name), cfg, seed)
 
     def build_client(client_id: int) -> ClientData:
         rng = rng_of(seed, client_id, salt)

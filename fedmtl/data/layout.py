@@ -18,15 +18,18 @@ DATA_LAYOUT = 2
 """The data layout of this fedmtl (a checkpoint without one is of layout 1)."""
 
 
-def _pooled_rows(data: DataSection) -> bool:
-    return data.partitioner != "natural" and data.dataset != "multimnist"
+def _label_cut_pooled_rows(data: DataSection) -> bool:
+    from fedmtl.data.partitioners import CUTS_CLASSES_IN_ORDER
+
+    return data.dataset in ("synthetic", "arrests", "celeba") and data.partitioner in CUTS_CLASSES_IN_ORDER
 
 
 CHANGES: dict[int, tuple[str, Callable[[DataSection], bool]]] = {
-    2: ("the pooled rows of a dataset with natural clients are partitioned in a seeded random order, "
-        "not device by device", _pooled_rows),
+    2: ("the pooled rows of a dataset with natural clients are shuffled before a label partitioner cuts "
+        "each class into blocks, not taken client by client", _label_cut_pooled_rows),
 }
-"""Layout → (what changed from the layout before, which data sections it affects)."""
+"""Layout → (what changed from the layout before, which data sections it affects). Only the
+built-in datasets are named: a plugin dataset's federation is its own, and not checked."""
 
 
 def layout_changes(recorded: int, data: DataSection) -> list[str]:

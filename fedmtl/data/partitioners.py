@@ -98,6 +98,13 @@ def _check_enough(labels: np.ndarray, num_partitions: int) -> None:
         )
 
 
+CUTS_CLASSES_IN_ORDER = ("dirichlet", "pathological")
+"""The partitioners that cut each class into consecutive blocks in the order of their labels
+(flwr-datasets'): rows whose order carries structure (a dataset's pooled natural clients) are
+shuffled before them (:func:`fedmtl.data.federation.row_federation`). The others shuffle
+first themselves."""
+
+
 @PARTITIONERS.register("iid")
 def iid(labels: np.ndarray, num_partitions: int, seed: int, cfg: DataSection) -> list[np.ndarray]:
     """Shuffle (seeded), then cut into ``num_partitions`` near-equal parts."""
