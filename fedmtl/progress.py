@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedmtl.atomic import write_bytes
-from fedmtl.one_line import one_line
+from fedmtl.one_line import counted, one_line
 from fedmtl.results import OVERALL, RoundStats
 
 if TYPE_CHECKING:
@@ -198,9 +198,7 @@ class ClientErrors:
                 if kind in self.shown:
                     continue
                 self.shown.add(kind)
-                ids = sorted(c for c in clients if c is not None)
-                who = (f"{len(clients)} clients failed" if len(clients) > 1 else "a client failed") + (
-                    f" ({', '.join(map(str, ids))})" if ids else "")
+                who = _who_failed(clients)
                 text = " ".join(reason.split()) or "no message"
                 self.show(f"round {server_round} {stage}: {who}: {text} (all client errors: {self.path})")
 
@@ -229,6 +227,17 @@ class ClientErrors:
         repeats = "; ".join(f"{n}× {one_line(self.examples[k], 80)}" for k, n in self.counts.items())
         return (f"client errors: {total} in all, {distinct} distinct ({repeats}); details and tracebacks: "
                 f"{self.path}")
+
+
+def _who_failed(clients: list[int | None]) -> str:
+    """``2 clients failed (0, 3)``; a client that failed in several attempts of the stage is
+    named once, with the failures counted: ``2 failures of 1 client (0)``."""
+    ids = sorted({c for c in clients if c is not None})
+    named = f" ({', '.join(map(str, ids))})" if ids else ""
+    unknown = sum(c is None for c in clients)
+    if len(ids) + unknown == len(clients):
+        return (f"{len(clients)} clients failed" if len(clients) > 1 else "a client failed") + named
+    return f"{len(clients)} failures of {counted(len(ids) + unknown, 'client')}{named}"
 
 
 _ENTRY = re.compile(r"^(?:round (\d+) [^:\n]+: (?:client \d+|a client): |engine \()", re.MULTILINE)

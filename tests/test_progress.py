@@ -340,3 +340,19 @@ def test_the_header_never_says_more_clients_at_a_time_than_there_are(tmp_path):
                                                        f"data.num-clients={clients}"])
         engine = next(line for line in header_lines(cfg, tmp_path, None) if line.startswith("engine"))
         assert engine.startswith(f"engine    in this process, {expected};"), engine
+
+
+def test_a_client_that_failed_in_two_attempts_of_a_stage_is_named_once():
+    """A client that dropped out in a round's first attempt and again in its retry was shown as
+    '2 clients failed (0, 0)'."""
+    from fedmtl.progress import ClientErrors
+
+    shown: list[str] = []
+    errors = ClientErrors(Path("/nonexistent/client-errors.log"), shown.append)
+    dropped = "client 0 dropped out of this round (faults.dropout)"
+    errors.report(1, "training", [(0, dropped)])
+    errors.report(1, "training", [(0, dropped), (None, "no reply")])  # the retry
+    errors.flush()
+    assert shown[0].startswith(f"round 1 training: 2 failures of 1 client (0): {dropped}")
+    assert shown[1].startswith("round 1 training: a client failed: no reply")
+
