@@ -478,6 +478,8 @@ def report(
         typer.echo(f"note: replaced the earlier report in {folder}", err=True)
     for line in written["repeats"]:
         typer.echo(f"note: {line.replace('`', '')}", err=True)
+    for line in written["older_layout"]:
+        typer.echo(f"note: clients built by an older fedmtl: {line.replace('`', '')}", err=True)
     typer.echo(written["table"])
     typer.echo(f"report: {written['report']}")
     typer.echo(f"interactive report: {written['html']}")

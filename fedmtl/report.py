@@ -75,7 +75,7 @@ from fedmtl.plots import (
     report_figures,
 )
 from fedmtl.protocol import TEST, TEST_GLOBAL
-from fedmtl.results import GLOBAL, OVERALL, PARTICIPATION_FILE, participation_problem
+from fedmtl.results import GLOBAL, OVERALL, PARTICIPATION_FILE, SUMMARY_LAYOUT, participation_problem
 from fedmtl.screening import evaluation_range
 from fedmtl.stop_record import read_stop
 from fedmtl.tasks import TASK_KINDS
@@ -979,6 +979,21 @@ def choose_reference(configurations: list[Configuration], reference: str | None)
     return matches[0]
 
 
+def older_layout_runs(runs: list[RunResult]) -> list[str]:
+    """One line per run whose clients an older fedmtl built otherwise than this one builds them
+    for its config (``summary.json``'s ``data_layout``, 1 when absent:
+    :func:`fedmtl.data.layout.layout_changes`), naming the change."""
+    from fedmtl.data.layout import layout_changes
+
+    lines = []
+    for run in runs:
+        changes = layout_changes(run.summary.get(SUMMARY_LAYOUT), str(run.config.get("data.dataset", "")),
+                                 str(run.config.get("data.partitioner", "")))
+        if changes:
+            lines.append(f"`{visible(run.path)}`: {'; '.join(changes)}")
+    return lines
+
+
 def repeated_runs(configurations: list[Configuration]) -> list[str]:
     """One line per run left out as a repeat of a kept run of the same configuration and seed,
     saying whether its final per-client results equal the kept run's (a run that did not
@@ -1087,8 +1102,10 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     -------
     dict
         ``report``, ``csv``, ``html``, ``figures`` (paths), ``table`` (markdown), ``configurations``
-        (labels), ``replaced`` (whether a ``report.md`` was there before) and ``repeats`` (one
-        line per run left out as a repeat of a configuration and seed: :func:`repeated_runs`).
+        (labels), ``replaced`` (whether a ``report.md`` was there before), ``repeats`` (one
+        line per run left out as a repeat of a configuration and seed: :func:`repeated_runs`)
+        and ``older_layout`` (one line per run whose clients an older fedmtl built otherwise:
+        :func:`older_layout_runs`).
 
     Raises
     ------
@@ -1273,7 +1290,14 @@ def _write_report(runs: list[RunResult], paths: list[str | Path], out: Path, ref
         lines += ["## Repeated runs", "",
                   "Runs of a configuration and seed already counted (the first found is kept: a seed "
                   "counts once in the intervals).", ""] + [f"- {line}" for line in repeats] + [""]
+    older = older_layout_runs(runs)
+    if older:
+        lines += ["## Data layout", "",
+                  "These runs' clients were built by an older fedmtl, which made them otherwise than this "
+                  "one does for their config: a run of the same config today trains on other client data, "
+                  "so compare them with runs built alike.", ""] + [f"- {line}" for line in older] + [""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     write_bytes(out / "report.md", "\n".join(lines).encode())
     write_html_report(out / HTML_FILE, configurations, "\n".join(lines), highlight)
-    return {"table": table, "configurations": [c.label for c in configurations], "repeats": repeats}
+    return {"table": table, "configurations": [c.label for c in configurations], "repeats": repeats,
+            "older_layout": older}

@@ -613,6 +613,7 @@ class RunRecorder:
             "duration_s": round(self.elapsed, 3),
             "final_round": final.round if final else None,
             **(final.final_summary() if final else {"final": {}, OVERALL: {}, "group": {}}),
+            SUMMARY_LAYOUT: data_layout(),
         }
         if final is not None and final.global_view is not None:
             summary[GLOBAL] = final.global_view.final_summary()
@@ -1021,6 +1022,17 @@ class ResumeProblem:
     clients: tuple[int, ...] = ()
 
 
+SUMMARY_LAYOUT = "data_layout"
+"""``summary.json``'s record of how the run's clients were built (:mod:`fedmtl.data.layout`)."""
+
+
+def data_layout() -> int:
+    """This fedmtl's :data:`fedmtl.data.layout.DATA_LAYOUT`."""
+    from fedmtl.data.layout import DATA_LAYOUT
+
+    return DATA_LAYOUT
+
+
 DATA_LAYOUT_KEY = "data-layout"
 """The checkpoint's record of how its clients were built (:mod:`fedmtl.data.layout`)."""
 
@@ -1029,8 +1041,7 @@ def _layout_problems(name: str, checkpoint: dict[str, Any], cfg: ExperimentConfi
     """The checkpoint was written by a fedmtl that built this config's clients otherwise."""
     from fedmtl.data.layout import layout_changes
 
-    recorded = checkpoint.get(DATA_LAYOUT_KEY, 1)  # written before layouts were recorded: 1
-    changes = layout_changes(recorded if isinstance(recorded, int) else 1, cfg.data)
+    changes = layout_changes(checkpoint.get(DATA_LAYOUT_KEY), cfg.data.dataset, cfg.data.partitioner)
     if not changes:
         return []
     return [ResumeProblem(f"{name} was written by a fedmtl that built this config's clients otherwise ("

@@ -31,4 +31,5 @@ def test_a_checkpoint_of_an_older_layout_is_named_for_the_configs_it_changes():
     unchanged = [load_config(None, [*SYNTHETIC, f"data.partitioner={name}"]) for name in names]
     unchanged.append(load_config(None, ["data.partitioner=dirichlet"]))  # MultiMNIST
     for cfg in unchanged:
-        assert layout_changes(1, cfg.data) == [] and _layout_problems("c", {"round": 3}, cfg) == []
+        assert layout_changes(1, cfg.data.dataset, cfg.data.partitioner) == []
+        assert _layout_problems("c", {"round": 3}, cfg) == []

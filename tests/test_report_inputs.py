@@ -316,3 +316,31 @@ def test_a_read_only_folder_or_a_full_disk_names_a_file_of_the_report(tmp_path, 
     with pytest.raises(OSError) as caught:
         make_report([run], out)
     assert caught.value.filename == str(out / "report.html")
+
+
+def test_runs_whose_clients_an_older_fedmtl_built_otherwise_are_named(tmp_path):
+    """Runs of Synthetic with dirichlet finished before the pooled rows were shuffled (no
+    data_layout in summary.json) trained on other clients than a run of the same config today:
+    a sweep extended with new grid values reused them beside new ones without a word."""
+    cfg = load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.partitioner=dirichlet",
+                             "data.num-clients=3", "data.params={num-tasks=1}"])
+    tasks = dataset_tasks(cfg.data)
+    folders = []
+    for name in ("old", "new"):
+        recorder = RunRecorder(tmp_path / name, cfg, tasks)
+        final = None
+        for r in (1, 2):
+            per_client = {c: {t.name: {"accuracy": 0.5 + 0.1 * c, "loss": 1.0} for t in tasks} for c in range(3)}
+            final = recorder.record_evaluation(r, per_client, dict.fromkeys(range(3), 20))
+            recorder.log_round({"round": r, "aggregated": 3}, final)
+        recorder.finish(final)
+        folders.append(tmp_path / name)
+    summary = json.loads((folders[0] / "summary.json").read_text())
+    del summary["data_layout"]  # written by an older fedmtl
+    (folders[0] / "summary.json").write_text(json.dumps(summary))
+    written = make_report(folders, tmp_path / "report")
+    (line,) = written["older_layout"]
+    assert line.startswith(f"`{folders[0]}`: the pooled rows of a dataset with natural clients are shuffled")
+    assert "## Data layout" in written["report"].read_text()
+    alone = make_report([folders[1]], tmp_path / "report-new")
+    assert alone["older_layout"] == [] and "## Data layout" not in alone["report"].read_text()

@@ -12,27 +12,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fedmtl.config import DataSection
-
 DATA_LAYOUT = 2
 """The data layout of this fedmtl (a checkpoint without one is of layout 1)."""
 
 
-def _label_cut_pooled_rows(data: DataSection) -> bool:
+def _label_cut_pooled_rows(dataset: str, partitioner: str) -> bool:
     from fedmtl.data.partitioners import CUTS_CLASSES_IN_ORDER
 
-    return data.dataset in ("synthetic", "arrests", "celeba") and data.partitioner in CUTS_CLASSES_IN_ORDER
+    return dataset in ("synthetic", "arrests", "celeba") and partitioner in CUTS_CLASSES_IN_ORDER
 
 
-CHANGES: dict[int, tuple[str, Callable[[DataSection], bool]]] = {
+CHANGES: dict[int, tuple[str, Callable[[str, str], bool]]] = {
     2: ("the pooled rows of a dataset with natural clients are shuffled before a label partitioner cuts "
         "each class into blocks, not taken client by client", _label_cut_pooled_rows),
 }
-"""Layout → (what changed from the layout before, which data sections it affects). Only the
-built-in datasets are named: a plugin dataset's federation is its own, and not checked."""
+"""Layout → (what changed from the layout before, which configs it affects, by ``data.dataset``
+and ``data.partitioner``). Only the built-in datasets are named: a plugin dataset's federation
+is its own, and not checked."""
 
 
-def layout_changes(recorded: int, data: DataSection) -> list[str]:
-    """The changes since layout ``recorded`` that alter the clients of ``data``, oldest first."""
+def layout_changes(recorded: object, dataset: str, partitioner: str) -> list[str]:
+    """The changes since layout ``recorded`` (1 when not a whole number: written before layouts
+    were recorded) that alter the clients of a config of ``dataset`` and ``partitioner``, oldest
+    first."""
+    since = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else 1
     return [what for layout, (what, affects) in sorted(CHANGES.items())
-            if recorded < layout <= DATA_LAYOUT and affects(data)]
+            if since < layout <= DATA_LAYOUT and affects(dataset, partitioner)]
