@@ -151,6 +151,8 @@ class Objectives:
         scale = float(torch.trace(a)) / len(a)
         if NORMAL_SCALE_MIN <= scale <= NORMAL_SCALE_MAX and bool(torch.isfinite(a).all()):
             return a / scale, scale
+        if self.updates is None:  # a Gramian without its rows: nothing to rescale
+            return (a / scale, scale) if 0 < scale < math.inf else (a, 0.0)
         g = self.updates.to(torch.float64).cpu()
         largest = float(g.abs().max()) if g.numel() else 0.0
         if not largest > 0 or not math.isfinite(largest):
