@@ -909,13 +909,15 @@ def data_describe(
 
     from fedmtl.data import load_federation
     from fedmtl.data.describe import describe_federation, plot_federation
+    from fedmtl.plots import FORMATS
     from fedmtl.progress import natural_width
 
     # by default among the runs (run.output-dir): a figure left in a checkout would mark every
     # later run's provenance git_dirty
     plot_path = _file_option("--plot", plot_path or Path(cfg.run.output_dir) / "federation.png", ".png")
-    if plot_path.suffix.lower() not in FIGURE_SUFFIXES:
-        fail(f"--plot {plot_path}: a figure is written as {', '.join(FIGURE_SUFFIXES)}; give one of those suffixes")
+    suffixes = [f".{fmt}" for fmt in FORMATS]
+    if plot_path.suffix.lower() not in suffixes:
+        fail(f"--plot {plot_path}: a figure is written as {', '.join(suffixes)}; give one of those suffixes")
     csv_path = None if csv_path is None else _file_option("--csv", csv_path, ".csv")
     fed = load_federation(cfg.data, cfg.run.seed)
     table = describe_federation(fed)
@@ -940,10 +942,6 @@ def data_describe(
         typer.echo(f"figure: {plot_federation(fed, plot_path)}")
     except OSError as exc:
         fail(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}", code=1)
-
-
-FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
-"""The formats ``fedmtl data describe --plot`` writes, by the file's suffix."""
 
 
 def _file_option(option: str, path: Path, suffix: str) -> Path:

@@ -1162,6 +1162,8 @@ def _one_report_at_a_time(out: Path) -> Iterator[None]:
 
 STAGING_PREFIX = ".fedmtl-report-staging-"
 """The hidden folder inside ``--out`` a report is written into before it is moved into place."""
+
+
 def _remove_stale_staging(out: Path) -> None:
     """Remove the staging folders of reports killed before they could (``kill -9``). Called
     under ``out``'s lock (:func:`_one_report_at_a_time`): no other report is under way there."""

@@ -324,15 +324,15 @@ def row_federation(
     if cfg.partitioner == "natural":
         groups = data.natural_groups()
         check_natural_clients(cfg.dataset, len(groups), cfg.num_clients)
-    elif cfg.partitioner in CUTS_CLASSES_IN_ORDER:  # in a seeded random order: the pooled rows come
-        # natural client by client (Synthetic's devices, CelebA's identities), and these partitioners
-        # cut each class into consecutive blocks: clients got whole runs of devices
-        task = cfg.partition_task or tasks[0].name
-        labels = data.labels(task)
-        order = rng_of(seed, Stream.POOLED_ORDER).permutation(len(labels))
-        groups = [order[group] for group in partition(labels[order], cfg, seed)]
     else:
-        groups = partition(data.labels(cfg.partition_task or tasks[0].name), cfg, seed)
+        labels = data.labels(cfg.partition_task or tasks[0].name)
+        if cfg.partitioner in CUTS_CLASSES_IN_ORDER:  # in a seeded random order: the pooled rows come
+            # natural client by client (Synthetic's devices, CelebA's identities), and these
+            # partitioners cut each class into consecutive blocks: clients got whole runs of devices
+            order = rng_of(seed, Stream.POOLED_ORDER).permutation(len(labels))
+            groups = [order[group] for group in partition(labels[order], cfg, seed)]
+        else:
+            groups = partition(labels, cfg, seed)
 
     def build_client(client_id: int) -> ClientData:
         rng = rng_of(seed, client_id, salt)
