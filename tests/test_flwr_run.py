@@ -381,3 +381,19 @@ def test_flwr_run_from_a_folder_that_is_no_flower_app_is_one_line(tmp_path):
         assert result.output.strip().splitlines() == [
             f"error: --app-dir '{app_dir}' is not a Flower app folder ({app_dir / 'pyproject.toml'} has no "
             "[tool.flwr.app]): run from the fedmtl repository or pass --app-dir <your fedmtl checkout>"]
+
+
+def test_the_private_flower_home_of_a_submission_is_removed_when_the_command_exits(tmp_path):
+    """`fedmtl flwr-run --superlink-address` and `fedmtl deploy register` write the connection into a
+    temporary Flower home; it goes with the command's process (it was left in the temp folder)."""
+    script = ("import sys; from fedmtl.launch.flwr_run import connection_env; "
+              "env = connection_env('x', '127.0.0.1:1', insecure=True); print(env['FLWR_HOME'])")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    home = Path(done.stdout.strip())
+    assert home.parent == tmp_path and home.name.startswith("fedmtl-flwr-home-")
+    assert not home.exists() and list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept-home"  # a home the caller names is the caller's: it stays
+    script = script.replace("insecure=True)", f"insecure=True, home={str(kept)!r})")
+    subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert (kept / "config.toml").is_file()

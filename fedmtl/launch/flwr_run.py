@@ -12,10 +12,12 @@ resources come from the config's ``[data]`` and ``[engine]`` sections.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,10 +49,15 @@ def connection_env(
     home: Path | None = None,
 ) -> dict[str, str]:
     """:func:`flwr_env` with a private ``FLWR_HOME`` whose ``config.toml`` defines the
-    SuperLink connection ``name`` (``address``, TLS with ``root_certificates`` or insecure)."""
+    SuperLink connection ``name`` (``address``, TLS with ``root_certificates`` or insecure).
+
+    Without ``home`` the Flower home is a temporary folder, removed when this process exits."""
     if (root_certificates is None) == (not insecure):
         raise ValueError("give exactly one of the SuperLink's CA certificate (--root-certificates) and --insecure")
-    home = Path(home or tempfile.mkdtemp(prefix="fedmtl-flwr-home-"))
+    if home is None:
+        home = Path(tempfile.mkdtemp(prefix="fedmtl-flwr-home-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+    home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     security = "insecure = true" if insecure else f'root-certificates = "{Path(root_certificates).resolve()}"'
     (home / "config.toml").write_text(
