@@ -27,6 +27,7 @@ the server's settings in the run config. Messages:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import time
@@ -57,7 +58,7 @@ from fedmtl.personalization import (
     unpack_state,
 )
 from fedmtl.plugins import forget_on_edit
-from fedmtl.seeds import TORCH_RNG_LOCK
+from fedmtl.seeds import TORCH_RNG_LOCK, Stream, draws_at_random, seeded_global_rng
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import measure_losses
 from fedmtl.training.methods import ClientRun, Method, make_method
@@ -202,6 +203,16 @@ def move(model: MultiTaskModel, device: torch.device) -> None:
         model.to(device)
 
 
+def call_rng(s: LocalSetup, msg: Message) -> contextlib.AbstractContextManager[None]:
+    """Torch's global generator seeded for this call (run seed, round, attempt, client, train or
+    evaluate; :func:`fedmtl.seeds.seeded_global_rng`): a plugin's dropout or ``torch.rand``
+    draws the same numbers whichever worker runs the call, in every run with the seed. A model
+    with dropout holds the generator to itself for the call (ClientApps in threads share it)."""
+    kind = 0 if msg.metadata.message_type == MessageType.TRAIN else 1
+    return seeded_global_rng(Stream.CLIENT_CALL, s.cfg.run.seed, s.server_round, read_call(msg).attempt, s.client,
+                             kind, exclusive=draws_at_random(s.model))
+
+
 def client_run(s: LocalSetup) -> ClientRun:
     """What the personalization method works with in this call (:class:`fedmtl.training.methods.ClientRun`)."""
     return ClientRun(s.cfg, s.client, s.server_round, s.model, s.data, s.tasks, s.device, s.personal,
@@ -319,7 +330,8 @@ def train(msg: Message, context: Context) -> Message:
         metrics.update({wire.metric_key(wire.TRAIN, task, wire.LOSS_BEFORE): loss for task, loss in before.items()})
     track_parts = call.task_parts
     run = client_run(s)
-    result = s.method.train(run, weighting, track_parts=track_parts)
+    with call_rng(s, msg):
+        result = s.method.train(run, weighting, track_parts=track_parts)
     move(model, torch.device("cpu"))
     save_client_state(s.store, client, model, weighting.state_dict(), s.server_round, cfg.run.checkpoint_every,
                       run.personal)
@@ -357,7 +369,8 @@ def evaluate_personalized(msg: Message, context: Context) -> Message:
     test = s.data.test
     move(s.model, s.device)
     metrics: dict[str, float | int] = {wire.PARTITION_ID: s.client, wire.NUM_EXAMPLES: len(test)}
-    views = s.method.evaluate(client_run(s))
+    with call_rng(s, msg):
+        views = s.method.evaluate(client_run(s))
     if set(views) != set(s.method.views):  # the server accepts the views the method declares, no others
         raise RuntimeError(f"personalization.method = '{s.cfg.personalization.method}' evaluated the views "
                            f"{sorted(views)}, not those it declares: {list(s.method.views)}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from enum import IntEnum
 
 import numpy as np
@@ -61,6 +61,11 @@ class Stream(IntEnum):
     FINETUNE = 0xF17E
     """Torch: the order of a client's mini-batches when it fine-tunes a copy before evaluating
     (``personalization.method = "finetune"`` or ``"fedbabu"``)."""
+    CLIENT_CALL = 0xCA11
+    """Torch's global generator during one client call (train or evaluate, per round, attempt
+    and client): what a plugin's dropout layer or ``torch.rand`` draws (:func:`seeded_global_rng`)."""
+    SERVER_ROUND = 0x5E7D
+    """Torch's global generator while the server aggregates one round (a plugin rule's draws)."""
 
 
 def seed_sequence(*keys: int) -> np.random.SeedSequence:
@@ -133,3 +138,42 @@ def seeded_torch_init(stream: Stream, *keys: int) -> Iterator[None]:
     with TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(torch_seed(stream, *keys))
         yield
+
+
+@contextmanager
+def seeded_global_rng(stream: Stream, *keys: int, exclusive: bool = False) -> Iterator[None]:
+    """Seed torch's global CPU generator by :func:`torch_seed` for the block, then restore it.
+
+    fedmtl's own code draws from generators of its own; plugin code may draw from torch's
+    global one (a backbone's ``nn.Dropout``, a rule's ``torch.rand``). Seeded per client call
+    and per server round, those draws are the same in every run with the same seed, on every
+    worker a call lands on, and in a resumed run.
+
+    Parameters
+    ----------
+    stream : Stream
+        :attr:`Stream.CLIENT_CALL` or :attr:`Stream.SERVER_ROUND`.
+    *keys : int
+        The run seed first, then the call's keys.
+    exclusive : bool
+        Hold :data:`TORCH_RNG_LOCK` for the whole block, so that no other thread of this
+        process draws from or reseeds the generator meanwhile (ClientApps in threads,
+        ``engine.backend = "inprocess"``); otherwise it is held only while the generator is
+        seeded and restored.
+    """
+    with TORCH_RNG_LOCK:
+        saved = torch.random.get_rng_state()
+        torch.random.default_generator.manual_seed(torch_seed(stream, *keys))
+    try:
+        with TORCH_RNG_LOCK if exclusive else nullcontext():
+            yield
+    finally:
+        with TORCH_RNG_LOCK:
+            torch.random.set_rng_state(saved)
+
+
+def draws_at_random(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds a layer that draws from torch's global generator when training
+    (dropout of any kind); a ClientApp training it holds that generator to itself
+    (:func:`seeded_global_rng` with ``exclusive``)."""
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in module.modules())

@@ -42,6 +42,7 @@ from fedmtl.personalization import KEPT_FINGERPRINTS
 from fedmtl.progress import CLIENT_ERRORS, ClientErrors, Progress
 from fedmtl.results import RoundStats, RunRecorder, aggregated_training
 from fedmtl.screening import KnownClients, one_line
+from fedmtl.seeds import Stream, seeded_global_rng
 from fedmtl.server.discovery import ClientDirectory
 from fedmtl.server.exchange import (
     build_messages,
@@ -234,7 +235,8 @@ class FedMTLStrategy:
         rows = [row for reply in accepted for row in plan_rows(reply, self.device)]
         server = self.cfg.server
         try:
-            result = self.plan(rows)
+            with seeded_global_rng(Stream.SERVER_ROUND, self.cfg.run.seed, server_round, exclusive=True):
+                result = self.plan(rows)  # a plugin rule's torch.rand: the same draws in every run with the seed
         except (NonFiniteResult, NonFiniteObjectives) as exc:  # numbers, not code: the round is skipped
             self.load_server_state(before)
             return f"{one_line(exc, RULE_ERROR_LIMIT)} (plan '{server.plan}', weighting '{server.weighting}')"
