@@ -14,7 +14,7 @@ import fedmtl.aggregation  # noqa: F401  (registers every rule)
 from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.properties import UNIVERSAL, guaranteed
 from fedmtl.aggregation.registry import RULES
-from fedmtl.aggregation.rule import Weighting
+from fedmtl.aggregation.rule import Weighting, Weights
 
 
 def _objectives(m: int = 3) -> Objectives:
@@ -43,6 +43,26 @@ def _weighting(weights: list[float], nonnegative: bool = True, claims: tuple[str
 def test_weights_that_are_not_finite_or_negative_against_the_rules_word_are_refused(weights, said):
     with pytest.raises(RuntimeError) as error:
         _weighting(weights).weigh(_objectives())
+    assert str(error.value).startswith(said)
+
+
+@pytest.mark.parametrize(("result", "said"), [
+    (lambda: torch.tensor([0.5 + 1j, 0.5 - 1j, 0.0]), "weighting 'odd' returned complex weights (torch.complex64); "
+                                                       "weights are real numbers"),
+    (lambda: Weights(torch.ones(3) / 3, info="solved"),  # type: ignore[arg-type]
+     "weighting 'odd' returned Weights whose info is a str, not a SolveInfo"),
+])
+def test_complex_weights_or_a_wrong_info_are_refused_naming_the_rule(result, said):
+    """Casting complex weights to float64 dropped their imaginary parts with a warning only; an
+    info of the wrong type failed later as "'str' object has no attribute 'fallback'"."""
+    class Odd(Weighting):
+        name = "odd"
+
+        def compute(self, objectives: Objectives) -> torch.Tensor:
+            return result()
+
+    with pytest.raises(TypeError) as error:
+        Odd().weigh(_objectives())
     assert str(error.value).startswith(said)
 
 

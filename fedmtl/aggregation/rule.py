@@ -248,6 +248,12 @@ class Weighting(Rule):
         if not isinstance(result.weights, torch.Tensor):
             raise TypeError(f"weighting '{self.name}' returned weights of type {type(result.weights).__name__}, "
                             f"not a torch.Tensor")
+        if result.weights.is_complex():  # casting to float64 would drop the imaginary parts (a warning only)
+            raise TypeError(f"weighting '{self.name}' returned complex weights ({result.weights.dtype}); weights are "
+                            "real numbers")
+        if not isinstance(result.info, SolveInfo):
+            raise TypeError(f"weighting '{self.name}' returned Weights whose info is a {type(result.info).__name__}, "
+                            "not a SolveInfo (fedmtl.aggregation.rule.SolveInfo)")
         weights = result.weights.to("cpu", torch.float64)
         if weights.shape != (len(objectives),):
             raise RuntimeError(
