@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import tomli_w
 
 from fedmtl.config import ConfigError, ExperimentConfig, apply_override, parse_override
 from fedmtl.plugins import resolve_plugin_files
-from fedmtl.validation import build_config, load_config
+from fedmtl.validation import build_config, load_config, unresolved_values
 
 ConfigLike = str | Path | Mapping[str, Any] | ExperimentConfig
 """What :func:`run` and :func:`sweep` accept as a config."""
@@ -371,7 +372,9 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
     ----------
     config : str, Path, dict or ExperimentConfig, optional
         The base config (:func:`make_config`). A dict or a config object is written to
-        ``<out>/base-config.toml``, which the sweep then reads.
+        ``<out>/base-config.toml``, which the sweep then reads: a dict as given, an object
+        without its parameters at their defaults, so that a grid over a rule, dataset or method
+        gives each value its own defaults.
     grid : mapping of str to list, optional
         Values per key, e.g. ``{"server.weighting": ["fedavg", "qffl"]}``.
     seeds : int
@@ -408,9 +411,9 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
         made = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         base_file = path = folder / "base-config.toml"
-        overrides = []
         before = path.read_bytes() if path.is_file() else None
-        path.write_text(base.to_toml())
+        path.write_text(_base_toml(config, base, overrides))
+        overrides = []
     report = (lambda line: None) if quiet else print
     try:
         planned = plan_sweep(path, grid_lists(grid), seeds, folder, overrides, skip_invalid=skip_invalid,
@@ -422,6 +425,15 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
     with preserved_caller(quiet_engine=quiet):
         done = run_sweep(planned, quiet_runs=quiet, report=report, jobs=jobs)
     return SweepResult(folder.resolve(), done)
+
+
+def _base_toml(config: Mapping[str, Any] | ExperimentConfig, base: ExperimentConfig, overrides: list[str]) -> str:
+    """The ``base-config.toml`` of a sweep of ``config`` (``base``: it resolved with ``overrides``):
+    the values a dict set, or an object's values but the parameters at their defaults, so that a
+    grid over ``server.weighting`` or ``data.dataset`` gives each value its own defaults, as a
+    config file does (:func:`fedmtl.validation.unresolved_values`)."""
+    given = None if isinstance(config, ExperimentConfig) else _with_overrides(dict(config), overrides)
+    return tomli_w.dumps(unresolved_values(base, given))
 
 
 def _skipped_warning(line: str) -> None:

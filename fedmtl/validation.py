@@ -39,6 +39,7 @@ from fedmtl.config import (
     FOLLOWING_KEYS,
     ConfigError,
     ExperimentConfig,
+    PersonalizationSection,
     apply_override,
     parse_override,
     parse_schema,
@@ -382,6 +383,88 @@ def resolve_rule_params(cfg: ExperimentConfig) -> ExperimentConfig:
         "task_params": rule_params_with_defaults(cfg.server.task_weighting, dict(cfg.server.task_params)),
     })
     return cfg.model_copy(update={"client": client, "server": server})
+
+
+PARAM_TABLES: tuple[tuple[str, str, str], ...] = (
+    ("client", "weighting", "params"),
+    ("server", "weighting", "params"),
+    ("server", "task-weighting", "task-params"),
+    ("data", "dataset", "params"),
+    ("personalization", "method", "params"),
+)
+"""``(section, name key, table key)`` of every table that a resolved config fills in with the
+defaults of the name it belongs to (:func:`check_config`)."""
+
+
+def _params_model(section: str, name: str) -> Any:
+    """The pydantic model of the parameters of ``name`` (a known rule, dataset or method)."""
+    if section == "data":
+        return DATASETS.get(name).params
+    if section == "personalization":
+        return METHODS.get(name).Params
+    return WEIGHTINGS.get(name).Params
+
+
+def _param_defaults(model: Any) -> dict[str, tuple[str, Any]]:
+    """``{config key: (field name, default)}`` of the fields of ``model`` that have a default."""
+    return {info.alias or name: (name, info.get_default(call_default_factory=True))
+            for name, info in model.model_fields.items() if not info.is_required()}
+
+
+def _same_value(value: Any, default: Any) -> bool:
+    """``value`` (as a config records it) is ``default`` (a tuple and a list alike)."""
+    if isinstance(value, list | tuple) and isinstance(default, list | tuple):
+        return list(value) == list(default)
+    return bool(value == default)
+
+
+def _kept_params(table: dict[str, Any], model: Any, given: dict[str, Any] | None) -> dict[str, Any]:
+    """The keys of the resolved ``table`` that were set: those in ``given`` (under their config or
+    field name), or with ``given`` ``None``, those whose value is not the default."""
+    defaults = _param_defaults(model)
+    kept = {}
+    for key, value in table.items():
+        field_name, default = defaults.get(key, (key, None))
+        if given is not None:
+            if key in given or field_name in given:
+                kept[key] = value
+        elif key not in defaults or not _same_value(value, default):
+            kept[key] = value
+    return kept
+
+
+def unresolved_values(cfg: ExperimentConfig, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The nested values of the resolved ``cfg`` without what :func:`check_config` filled in: the
+    parameters a rule, dataset or method took by default (:data:`PARAM_TABLES`) and the one of
+    ``model.heads`` and ``personalization.method`` that follows from the other
+    (:func:`heads_from_method`). A file of them resolves to ``cfg`` again, and to the defaults of
+    another rule, dataset or method when a sweep's grid replaces the name.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        A resolved config.
+    given : dict, optional
+        The nested values ``cfg`` was built from: what they set is kept, nothing else of those
+        keys. ``None``: the parameters equal to their defaults and the heads that follow from the
+        method are dropped (as are both, when they are the defaults).
+    """
+    nested = cfg.to_nested()
+    for section, name_key, table_key in PARAM_TABLES:
+        model = _params_model(section, nested[section][name_key])
+        set_here = None if given is None else dict(given.get(section, {}).get(table_key, {}))
+        nested[section][table_key] = _kept_params(nested[section][table_key], model, set_here)
+    for key in FOLLOWING_KEYS:
+        section, name = key.split(".")
+        if given is not None and name not in given.get(section, {}):
+            del nested[section][name]
+    if given is None:
+        method, heads = nested["personalization"]["method"], nested["model"]["heads"]
+        if (method, heads) == (PersonalizationSection().method, PERSONAL):  # both unset
+            del nested["personalization"]["method"]
+        if heads == METHODS.get(method).heads[0]:
+            del nested["model"]["heads"]
+    return nested
 
 
 # -- rules across sections ----------------------------------------------------------------

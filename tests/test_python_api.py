@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmtl.config import ExperimentConfig
+from fedmtl.config import ConfigError, ExperimentConfig
 from tests.plugin_support import restored_registries, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +143,35 @@ def test_sweep_and_load_runs_of_the_centralized_baseline(tmp_path, registries, m
     with pytest.raises(ConfigError, match="--seeds = 0"):
         fedmtl.sweep(fedmtl.make_config(config, ["run.rounds=7"]), seeds=0, out=tmp_path / "objects")
     assert (tmp_path / "objects" / "base-config.toml").read_bytes() == kept
+
+
+@pytest.mark.parametrize("as_object", [False, True], ids=["dict", "object"])
+def test_a_sweep_of_a_dict_or_object_gives_each_grid_value_its_own_defaults(tmp_path, monkeypatch, as_object):
+    import fedmtl
+    import fedmtl.launch.sweep
+
+    monkeypatch.setattr(fedmtl.launch.sweep, "run_sweep", lambda planned, **kwargs: planned)  # plan only
+
+    def base(values):
+        return fedmtl.make_config(values) if as_object else values
+
+    rules = fedmtl.sweep(base({"server": {"weighting": "qffl"}}), grid={"server.weighting": ["qffl", "fedavg"]},
+                         out=tmp_path / "rules")
+    qffl = dict(fedmtl.make_config({"server": {"weighting": "qffl"}}).server.params)
+    assert [dict(rules.plan.config_of(r).server.params) for r in rules.plan.runs] == [qffl, {}]
+    datasets = fedmtl.sweep(base({"model": {"backbone": "mlp"}}), grid={"data.dataset": ["multimnist", "synthetic"]},
+                            out=tmp_path / "datasets")
+    synthetic = datasets.plan.config_of(datasets.plan.runs[1])
+    alone = fedmtl.make_config({"data": {"dataset": "synthetic"}, "model": {"backbone": "mlp"}})
+    assert synthetic.data.params == alone.data.params
+    methods = fedmtl.sweep(base({"personalization": {"method": "ditto"}}),
+                           grid={"personalization.method": ["ditto", "fedper"]}, out=tmp_path / "methods")
+    assert [methods.plan.config_of(r).model.heads for r in methods.plan.runs] == ["global", "personal"]
+    # a parameter set for the rule that the grid replaces is a conflict, named on one line
+    with pytest.raises(ConfigError, match=r"^sweep run 'server.weighting=fedavg': server.params: weighting "
+                                          r"'fedavg' has no parameter 'q'[^\n]*$"):
+        fedmtl.sweep(base({"server": {"weighting": "qffl", "params": {"q": 3}}}),
+                     grid={"server.weighting": ["qffl", "fedavg"]}, out=tmp_path / "conflict")
 
 
 def test_run_returns_lazily_read_results(tmp_path, registries):
