@@ -219,7 +219,8 @@ def load_entry_points() -> list[str]:
     loaded = []
     for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
-            point.load()
+            with undone_on_error():  # as a plugin of run.plugins: fixed, it loads again in this process
+                point.load()
         except (Exception, SystemExit) as exc:  # noqa: BLE001
             package = f" of package '{point.dist.name}'" if getattr(point, "dist", None) is not None else ""
             raise PluginError(f"entry point '{point.name} = {point.value}'{package} (group {ENTRY_POINT_GROUP}): "

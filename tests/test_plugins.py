@@ -248,6 +248,24 @@ def test_an_entry_point_that_does_not_import_is_one_line(tmp_path, registries, m
         build_config({})
 
 
+def test_an_entry_point_that_fails_after_registering_can_be_fixed_in_the_same_process(tmp_path, registries,
+                                                                                      monkeypatch):
+    """Its names stayed registered: the fixed package's next load said the rule was registered twice."""
+    from fedmtl.aggregation import WEIGHTINGS
+
+    module = tmp_path / "test_ep_half.py"
+    module.write_text(WEIGHTING.format(name="half-entry-rule") + 'raise RuntimeError("half imported")\n')
+    _entry_points(tmp_path, monkeypatch, "test_ep_half")
+    try:
+        with pytest.raises(PluginError, match="RuntimeError: half imported"):
+            build_config({})
+        assert "half-entry-rule" not in WEIGHTINGS
+        module.write_text(WEIGHTING.format(name="half-entry-rule") + "# fixed\n")  # another size: no stale .pyc
+        assert build_config({"server": {"weighting": "half-entry-rule"}}).server.weighting == "half-entry-rule"
+    finally:
+        sys.modules.pop("test_ep_half", None)
+
+
 def test_a_fresh_process_gets_the_plugins_from_the_run_config_flwr_run_sends(tmp_path, registries):
     """``flwr run`` (and ``fedmtl deploy local``) send the resolved config as a run-config file; its
     ServerApp and ClientApps, in processes that never imported the plugin, rebuild the config
