@@ -111,45 +111,79 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+_Forgotten = list[tuple[Registry[Any], str, Any, str]]
+"""The names an edited plugin file's old text registered, each ``(registry, name, entry, origin)``."""
+
+
 def _import_file(path: Path) -> ModuleType:
     """Import a plugin file, once per version of its text: unchanged, a second import is a
     no-op; edited since (a notebook), its old module and the names it registered are dropped and
-    the new text is imported, so the next run uses what the file says now."""
+    the new text is imported, so the next run uses what the file says now. A new text that does
+    not import leaves the old module and its names as they were, for the next attempt."""
     if not path.is_file():
         raise FileNotFoundError(f"no file '{path}'")
     with _import_lock:
         name, digest = _module_name(path), file_digest(path)
-        before: list[tuple[Registry[Any], str, Any]] = []
+        old: tuple[ModuleType, tuple[str, list[tuple[Registry[Any], str]]], _Forgotten] | None = None
         if name in sys.modules:
             known = _imported.get(name)
             if known is None or known[0] == digest:
                 return sys.modules[name]
-            for registry, registered in _imported.pop(name)[1]:
-                if registered in registry:
-                    before.append((registry, registered, registry.get(registered)))
-                    registry.forget(registered)
-            del sys.modules[name]
+            old = (sys.modules.pop(name), _imported.pop(name), _forget(known[1]))
             for clear in _on_edit:
                 clear()
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"'{path}' cannot be imported as a Python module")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses and pickling look the module up while it runs
         try:
-            with registered_in() as made:
-                spec.loader.exec_module(module)
+            module, made = _exec_file(name, path)
         except BaseException:
-            del sys.modules[name]
+            if old is not None:
+                _put_back(name, *old)
             raise
         # names that a module the file imports registered (not the file's own) are not registered
         # again by the new text (that module is imported already): they stay
-        for registry, registered, entry in before:
+        for registry, registered, entry, origin in old[2] if old is not None else []:
             if registered not in registry and not _defined_in(entry, name):
-                registry.register(registered)(entry)
+                registry.restore(registered, entry, origin)
                 made.append((registry, registered))
         _imported[name] = (digest, made)
         return module
+
+
+def _forget(names: list[tuple[Registry[Any], str]]) -> _Forgotten:
+    """Drop the registered ``names`` (an edited file's old text's); return what they were."""
+    forgotten: _Forgotten = []
+    for registry, registered in names:
+        if registered in registry:
+            forgotten.append((registry, registered, *registry.entry_and_origin(registered)))
+            registry.forget(registered)
+    return forgotten
+
+
+def _exec_file(name: str, path: Path) -> tuple[ModuleType, list[tuple[Registry[Any], str]]]:
+    """Import the file at ``path`` as the module ``name``; return it and the names it registered.
+    A file that raises leaves neither its module nor a name it registered."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"'{path}' cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up while it runs
+    try:
+        with undone_on_error(), registered_in() as made:
+            spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module, made
+
+
+def _put_back(name: str, module: ModuleType, known: tuple[str, list[tuple[Registry[Any], str]]],
+              forgotten: _Forgotten) -> None:
+    """Undo :func:`_import_file`'s forgetting of an edited file's old text when the new text
+    failed: its module, its record and its names (a helper's included) are as before."""
+    sys.modules[name] = module
+    _imported[name] = known
+    for registry, registered, entry, origin in forgotten:
+        if registered not in registry:
+            registry.restore(registered, entry, origin)
 
 
 def _defined_in(entry: object, module: str) -> bool:

@@ -114,6 +114,16 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
         self._origins.pop(name, None)
 
+    def entry_and_origin(self, name: str) -> tuple[T, str]:
+        """The entry called ``name`` (registered) and the module that registered it."""
+        return self._entries[name], self._origins.get(name, "")
+
+    def restore(self, name: str, entry: T, origin: str) -> None:
+        """Put back an entry that :meth:`forget` dropped, as ``origin`` registered it (a plugin
+        file's names, when its new text does not replace them: :mod:`fedmtl.plugins`)."""
+        self._entries[name] = entry
+        self._origins[name] = origin
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)

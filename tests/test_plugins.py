@@ -366,6 +366,32 @@ def test_an_edit_keeps_names_a_module_the_plugin_imports_registered_and_forgets_
     sys.modules.pop("helper_rules_for_edit", None)
 
 
+def test_a_failed_edit_leaves_the_names_of_the_plugin_and_its_helper_module_as_they_were(tmp_path, registries,
+                                                                                           monkeypatch):
+    """Once the edited file failed to import, the names its helper module registered were gone
+    until the process restarted: fixed, the file said 'unknown weighting'."""
+    from fedmtl.aggregation import WEIGHTINGS
+
+    monkeypatch.syspath_prepend(str(tmp_path / "helpers"))
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "helpers" / "helper_rules_for_failed_edit.py").write_text(WEIGHTING.format(name="helper-kept"))
+    plugin = tmp_path / "uses_helper.py"
+    plugin.write_text("import helper_rules_for_failed_edit  # noqa: F401\n" + WEIGHTING.format(name="own-kept"))
+    sets = [f"run.plugins={plugin}", "server.weighting=helper-kept"]
+    try:
+        load_config(None, sets)
+        plugin.write_text(plugin.read_text() + "\nX = (\n")
+        with pytest.raises(PluginError, match="SyntaxError"):
+            load_config(None, sets)
+        assert {"helper-kept", "own-kept"} <= set(WEIGHTINGS.names())  # as before the attempt
+        assert not WEIGHTINGS.is_own("helper-kept")  # still the helper's, not fedmtl's
+        plugin.write_text(plugin.read_text().replace("\nX = (\n", "\nX = 2\n"))
+        assert load_config(None, sets).server.weighting == "helper-kept"
+        assert not WEIGHTINGS.is_own("helper-kept")
+    finally:
+        sys.modules.pop("helper_rules_for_failed_edit", None)
+
+
 BACKBONE = '''
 from torch import nn
 from fedmtl.models import BACKBONES
