@@ -87,6 +87,26 @@ def test_tensorboard_holds_every_round_number_once_and_the_config_and_summary(tr
     assert any(t.startswith("summary") for t in events.Tags()["tensors"])
 
 
+def test_a_tracker_set_in_a_run_folder_reaches_a_finished_run_only_when_it_is_extended(tmp_path):
+    """docs/results.md said that a resume adds a tracker set in a finished run's config.toml: a
+    finished run is not resumed; its extension replays the earlier rounds into the tracker."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import fedmtl
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+    run = fedmtl.run(smoke, ["run.rounds=1", "engine.backend=inprocess"], out=tmp_path / "run").folder
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace("trackers = []", 'trackers = ["tensorboard"]'))
+    assert 'trackers = ["tensorboard"]' in config.read_text()
+    fedmtl.resume(run)  # finished: nothing runs, nothing is replayed
+    assert not (run / FOLDER).exists()
+    fedmtl.resume(run, rounds=2)
+    events = EventAccumulator(str(run / FOLDER), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars(tag("aggregated"))] == [1, 2]  # round 1 replayed
+
+
 def test_mlflow_store_holds_the_params_metric_histories_and_summary(tracked):
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
