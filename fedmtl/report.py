@@ -1056,10 +1056,30 @@ REPORT_MARKER = ".fedmtl-report"
 an earlier report's (also one stopped part-way), which a new report replaces."""
 
 
+REPORT_TITLE = "# fedmtl report"
+"""The first line of every ``report.md`` fedmtl writes."""
+
+
+def holds_earlier_report(out: Path) -> bool:
+    """Whether ``out`` holds a report fedmtl wrote: its :data:`REPORT_MARKER`, or (a report by a
+    fedmtl that wrote no marker) a ``report.md`` whose first line is :data:`REPORT_TITLE` beside
+    a ``report.csv``. A ``report.md`` of the user's own is not one."""
+    if (out / REPORT_MARKER).is_file():
+        return True
+    if not all((out / name).is_file() for name in REPORT_FILES):
+        return False
+    try:
+        with open(out / "report.md", encoding="utf-8", errors="replace") as file:
+            first = file.readline()
+    except OSError:
+        return False
+    return first.rstrip("\r\n") == REPORT_TITLE
+
+
 def check_report_targets(out: Path) -> None:
     """Refuse to write a report through a symbolic link (``out`` or any file it would write), or
-    over files of its names in a folder that holds no earlier report (no :data:`REPORT_MARKER`,
-    no ``report.md``).
+    over files of its names in a folder that holds no earlier report
+    (:func:`holds_earlier_report`).
 
     Raises
     ------
@@ -1071,11 +1091,12 @@ def check_report_targets(out: Path) -> None:
         if path.is_symlink():
             raise ValueError(f"'{path}' is a symbolic link; fedmtl report never writes through one: "
                              "remove it or choose another --out")
-    earlier = (out / REPORT_MARKER).is_file() or (out / "report.md").is_file()
-    if not earlier and (taken := [name for name in names if (out / name).exists()]):  # someone else's files: kept
-        raise ValueError(f"'{out}' holds {', '.join(taken[:3])}{' and more' if len(taken) > 3 else ''} but no "
-                         "report.md: files not of an earlier report, which a report would replace; choose another "
-                         "--out")
+    if holds_earlier_report(out):
+        return
+    if taken := [name for name in names if (out / name).exists()]:  # someone else's files: kept
+        raise ValueError(f"'{out}' holds {', '.join(taken[:3])}{' and more' if len(taken) > 3 else ''}, not "
+                         "written by a fedmtl report, which a report would replace; choose another --out (or "
+                         "move those files away)")
 
 
 def make_report(paths: list[str | Path], out: str | Path, reference: str | None = None, fmt: str = "png",
@@ -1118,7 +1139,7 @@ def make_report(paths: list[str | Path], out: str | Path, reference: str | None 
     check_one_dataset(runs)
     out = Path(out)
     check_report_targets(out)
-    replaced = (out / "report.md").is_file()
+    replaced = (out / "report.md").is_file()  # an earlier report's: check_report_targets refused any other
     made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     marked = (out / REPORT_MARKER).is_file()
     out.mkdir(parents=True, exist_ok=True)
@@ -1227,7 +1248,7 @@ def _write_report(runs: list[RunResult], paths: list[str | Path], out: Path, ref
     groups = group_table(configurations)
     how = "named with --reference" if reference is not None else "the first configuration given"
     lines = [
-        "# fedmtl report", "",
+        REPORT_TITLE, "",
         f"{len(runs) - len(repeats)} runs in {len(configurations)} configurations, from "
         + ", ".join(f"`{visible(p)}`" for p in paths) + f". Reference: `{ref.label}` ({how})."
         + (f" {counted(len(repeats), 'repeated run')} (a configuration and seed already counted) left out: "

@@ -495,7 +495,7 @@ def test_a_report_keeps_files_of_its_names_that_no_report_wrote(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "report.csv").write_text("mine\n")
-    with pytest.raises(ValueError, match=r"holds report.csv but no report.md: files not of an earlier report"):
+    with pytest.raises(ValueError, match=r"holds report.csv, not written by a fedmtl report, which a report would"):
         report.make_report([run], mine)
     assert (mine / "report.csv").read_text() == "mine\n" and sorted(p.name for p in mine.iterdir()) == ["report.csv"]
     # a report stopped part-way (its marker, report.csv, no report.md) is replaced by the next one
@@ -504,6 +504,28 @@ def test_a_report_keeps_files_of_its_names_that_no_report_wrote(tmp_path):
     (ours / "report.md").unlink()
     report.make_report([run], ours)
     assert (ours / "report.md").is_file()
+
+
+def test_a_report_keeps_a_report_md_of_the_users_and_replaces_one_an_earlier_fedmtl_wrote(tmp_path):
+    """Any report.md counted as an earlier report's: a user's own notes (and report.csv) in
+    --out were replaced, with 'note: replaced the earlier report'."""
+    run = fake_run(tmp_path / "run", 0, "mean", {c: {"left": 0.5 + 0.1 * c, "right": 0.4} for c in range(2)})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("# my notes\n")
+    (mine / "report.csv").write_text("mine\n")
+    said = (rf"^'{mine}' holds report.md, report.csv, not written by a fedmtl report, which a report would "
+            r"replace; choose another --out \(or move those files away\)$")
+    with pytest.raises(ValueError, match=said):
+        report.make_report([run], mine)
+    assert (mine / "report.md").read_text() == "# my notes\n" and (mine / "report.csv").read_text() == "mine\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["report.csv", "report.md"]
+    # a report by a fedmtl that wrote no marker: its report.md's title beside its report.csv
+    older = tmp_path / "older"
+    report.make_report([run], older)
+    (older / report.REPORT_MARKER).unlink()
+    assert report.make_report([run], older)["replaced"]
+    assert (older / "report.md").read_text().startswith(report.REPORT_TITLE + "\n")
 
 
 @pytest.mark.parametrize("seed", ['"zero"', "true", "1.5"])
