@@ -908,7 +908,9 @@ def data_describe(
     from rich.table import Table
 
     from fedmtl.data import load_federation
+    from fedmtl.data.checks import DataError
     from fedmtl.data.describe import describe_federation, plot_federation
+    from fedmtl.launch.simulation import dataset_errors
     from fedmtl.plots import FORMATS
     from fedmtl.progress import natural_width
 
@@ -919,8 +921,13 @@ def data_describe(
     if plot_path.suffix.lower() not in suffixes:
         fail(f"--plot {plot_path}: a figure is written as {', '.join(suffixes)}; give one of those suffixes")
     csv_path = None if csv_path is None else _file_option("--csv", csv_path, ".csv")
-    fed = load_federation(cfg.data, cfg.run.seed)
-    table = describe_federation(fed)
+    try:
+        with dataset_errors(cfg):  # what fedmtl run says of data it cannot build
+            fed = load_federation(cfg.data, cfg.run.seed)
+            table = describe_federation(fed)
+    except DataError as exc:
+        fail(str(exc), code=1)
+        raise
     view = Table(title=f"{cfg.data.dataset}: {fed.num_clients} clients, partitioner "
                        f"'{cfg.data.partitioner}', task sets '{cfg.data.task_sets}' (label and group columns: "
                        "training split)")

@@ -119,3 +119,54 @@ def test_the_figure_is_written_in_the_format_its_suffix_names(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         "error: --plot f.txt: a figure is written as .png, .pdf, .svg; give one of those suffixes")
 
+
+
+BUGGY_DATASET = '''
+import torch
+
+from fedmtl.config import Section
+from fedmtl.data import DATASETS, ClientData, DatasetEntry, Federation, Split
+from fedmtl.tasks import TaskSpec
+
+TASKS = (TaskSpec("above", "multiclass", 2),)
+
+
+def build(cfg, seed):
+    def build_client(client_id):
+        x = torch.randn(20, 8, generator=torch.Generator().manual_seed(client_id))
+        labels = {"above": (x[:, 1] > 0).long()}
+        return ClientData(client_id, train=Split(x, labels), test=Split(x[:4], {"above": labels["above"][:4]}))
+
+    if cfg.num_clients > 2:
+        return undefined_name
+    return Federation((8,), list(TASKS), cfg.num_clients, build_client)
+
+
+DATASETS.register("buggy-describe")(DatasetEntry(
+    input_shape=lambda cfg: (8,), tasks=lambda cfg: TASKS, build=build,
+    description="its build has a NameError", params=Section, moved={},
+))
+'''
+
+
+def test_data_that_cannot_be_built_is_one_line_as_in_fedmtl_run(tmp_path):
+    """A CelebA copy too small for the config, or a plugin dataset whose build raises, gave a
+    Python traceback (fedmtl run says one line)."""
+    from tests.celeba_fixture import make_celeba
+
+    def describe(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedmtl", "data", "describe", *args], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+
+    make_celeba(tmp_path / "celeba")
+    proc = describe("celeba", "--set", f"data.path={tmp_path / 'celeba'}")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: data.dataset = 'celeba' cannot be built: only 3 celebrities have at least data.params.min-images = "
+        "5 images; lower data.num-clients (now 100)"], proc.stderr[-3000:]
+    (tmp_path / "buggy.py").write_text(BUGGY_DATASET)
+    proc = describe("--set", 'run.plugins=["buggy.py"]', "--set", "data.dataset=buggy-describe",
+                    "--set", "data.num-clients=3", "--set", "model.backbone=mlp")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: data.dataset = 'buggy-describe' cannot be built: NameError: name "
+                               "'undefined_name' is not defined (") and "buggy.py, line " in lines[0], lines

@@ -520,13 +520,30 @@ def check_local_data(cfg: ExperimentConfig) -> None:
     if cfg.engine.address and cfg.server.max_examples:
         return
     from fedmtl.data import load_federation
-    from fedmtl.data.checks import DataError
 
-    try:
+    with dataset_errors(cfg):
         federation = load_federation(cfg.data, cfg.run.seed)
         if not shipped_dataset(cfg.data.dataset):  # a plugin's: every client's data checked here
             for client_id in range(federation.num_clients):
                 federation.check_client(client_id)  # not cached: on Ray this process never trains
+
+
+@contextlib.contextmanager
+def dataset_errors(cfg: ExperimentConfig) -> Iterator[None]:
+    """Building ``cfg``'s data within: an error is a one-line :class:`~fedmtl.data.checks.DataError`
+    naming ``data.dataset`` (``fedmtl run``, ``fedmtl data describe``).
+
+    Raises
+    ------
+    DataError
+        For a ``DataError``, ``OSError``, ``ValueError`` or ``RuntimeError`` (its text), and for
+        any other error of a plugin's dataset (its type, text and where it was raised); any
+        other error of fedmtl's own dataset keeps its traceback.
+    """
+    from fedmtl.data.checks import DataError
+
+    try:
+        yield
     except DataError:
         raise
     except (OSError, ValueError, RuntimeError) as error:
