@@ -42,6 +42,22 @@ def described(exc: BaseException, limit: int | None = LIMIT) -> str:
     return one_line(f"{type(exc).__name__}: {text}" if text.strip() else type(exc).__name__, limit)
 
 
+def raised_at(error: BaseException) -> str:
+    """Where ``error`` was raised: ``"<file>, line <n>, in <function>"`` of the innermost frame
+    of the user's code (not of an installed library or of Python's own), else of its innermost."""
+    import os
+    import sys
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "no traceback"
+    libraries = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    own = [f for f in frames if not os.path.realpath(f.filename).startswith(libraries)]
+    last = (own or frames)[-1]
+    return f"{last.filename}, line {last.lineno}, in {last.name}"
+
+
 def error_and_traceback(exc: BaseException, limit: int = 1000, keep: int = 2000) -> tuple[str, str]:
     """A failure's ``(error, traceback)``: :func:`described` (at most ``limit`` characters), and
     the last ``keep`` characters of its traceback (what a sweep records of a failed run)."""

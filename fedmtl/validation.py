@@ -47,11 +47,11 @@ from fedmtl.config import (
     unflatten,
     virtual_supernodes,
 )
-from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_input_shape, dataset_tasks
+from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS, dataset_callback, dataset_input_shape, dataset_tasks
 from fedmtl.data.federation import check_natural_clients
 from fedmtl.faults import CORRUPTIONS
 from fedmtl.models import BACKBONES, build_model
-from fedmtl.one_line import described, one_line
+from fedmtl.one_line import described, one_line, raised_at
 from fedmtl.parquet import parquet_error
 from fedmtl.plugins import load_plugins, plugin_entries, resolve_plugin_files
 from fedmtl.registry import Registry, did_you_mean
@@ -508,7 +508,7 @@ def check_natural_partition(cfg: ExperimentConfig) -> None:
             f"data.partitioner = 'natural': dataset '{cfg.data.dataset}' has no natural "
             "clients; choose another partitioner"
         )
-    count = natural(cfg.data)
+    count = dataset_callback(cfg.data, "natural_clients", lambda: natural(cfg.data))
     if count is not None:
         check_natural_clients(cfg.data.dataset, count, cfg.data.num_clients)
 
@@ -693,7 +693,17 @@ def check_personalization(cfg: ExperimentConfig) -> None:
             f"run.mode = 'centralized' trains one pooled model: personalization.method = '{name}' has no meaning "
             "there; use run.mode = 'federated'"
         )
-    method.check(cfg, method.parse_params(dict(cfg.personalization.params)))
+    params = method.parse_params(dict(cfg.personalization.params))
+    if METHODS.is_own(name):  # fedmtl's own: a ValueError naming the keys, else a bug with its traceback
+        method.check(cfg, params)
+        return
+    try:
+        method.check(cfg, params)
+    except ValueError:  # a plugin's check refusing the config, in its own words
+        raise
+    except Exception as error:  # noqa: BLE001 - a plugin's check failing in any other way is one line
+        raise ValueError(f"personalization.method = '{name}': its check(cfg, params) failed: {described(error)} "
+                         f"({raised_at(error)}; docs/extending.md: personalization methods)") from None
 
 
 def check_plugin_rules_build(cfg: ExperimentConfig) -> None:

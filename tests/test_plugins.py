@@ -558,3 +558,68 @@ def test_a_plugin_rule_whose_state_cannot_be_checkpointed_is_refused_with_the_co
     assert str(refused.value).startswith(said), refused.value
     plugin.write_text(STATEFUL.format(name="stateful", state="calls"))  # fixed: it builds
     assert load_config(None, [f"run.plugins=[{str(plugin)!r}]", "server.weighting=stateful"])
+
+
+@pytest.mark.parametrize(("callback", "body", "said"), [
+    ("tasks", 'raise KeyError("labels.csv")', "its tasks(cfg) failed: KeyError: 'labels.csv' ("),
+    ("input_shape", "return (1 / 0,)", "its input_shape(cfg) failed: ZeroDivisionError: division by zero ("),
+    ("tasks", 'raise ValueError("tasks lambda fails")', "its tasks(cfg) failed: ValueError: tasks lambda fails ("),
+])
+def test_a_plugin_dataset_whose_declaration_raises_is_one_config_error_naming_it(tmp_path, registries, callback,
+                                                                                  body, said):
+    """A dataset's tasks or input_shape raising a KeyError or ZeroDivisionError was a traceback
+    in validate and run (and a bare KeyError from fedmtl.make_config); a ValueError was one line
+    naming no dataset."""
+    import fedmtl
+
+    config = write_study(tmp_path / "study")
+    plugin = tmp_path / "study" / "plugins" / "my_plugin.py"
+    old = {"tasks": "tasks=lambda cfg: TASKS", "input_shape": "input_shape=lambda cfg: (8,)"}[callback]
+    text = plugin.read_text()
+    assert old in text
+    failing = f"def failing_{callback}(cfg):\n    {body}\n\n\nDATASETS.register"
+    plugin.write_text(text.replace(old, f"{callback}=failing_{callback}").replace("DATASETS.register", failing, 1))
+    for load in (lambda: load_config(config), lambda: fedmtl.make_config(str(config))):
+        with pytest.raises(ConfigError) as refused:
+            load()
+        line = str(refused.value)
+        assert line.startswith(f"data.dataset = 'blobs': {said}") and "\n" not in line, line
+        assert "my_plugin.py, line " in line and f"in failing_{callback}" in line, line
+
+
+METHOD = '''
+from fedmtl.training.methods import Method
+from fedmtl.training.methods.base import register
+
+
+@register
+class Checked(Method):
+    name = "checked"
+
+    @classmethod
+    def check(cls, cfg, params):
+        {body}
+'''
+
+
+def test_a_plugin_method_whose_check_raises_is_one_config_error_naming_it(tmp_path, registries):
+    """A method's check raising anything but a ValueError was a traceback (validate, run) and
+    a bare exception from fedmtl.make_config; a ValueError stays its own line."""
+    from typer.testing import CliRunner
+
+    import fedmtl
+    from fedmtl.cli import cli
+
+    (tmp_path / "method.py").write_text(METHOD.format(body='return {}["rounds"]'))
+    sets = [f"run.plugins={tmp_path / 'method.py'}", "personalization.method=checked"]
+    with pytest.raises(ConfigError) as refused:
+        fedmtl.make_config(None, sets)
+    line = str(refused.value)
+    assert line.startswith("personalization.method = 'checked': its check(cfg, params) failed: KeyError: 'rounds' (")
+    assert "method.py, line " in line and ", in check; docs/extending.md: personalization methods)" in line, line
+    said = CliRunner().invoke(cli, ["validate", *[a for s in sets for a in ("--set", s)]])
+    assert said.exit_code == 2 and said.output.strip().splitlines() == [f"error: {line}"], said.output
+    (tmp_path / "refusing.py").write_text(METHOD.format(body='raise ValueError("run.rounds = 1: give 2 or more")')
+                                          .replace('"checked"', '"refusing"'))
+    with pytest.raises(ConfigError, match=r"^run.rounds = 1: give 2 or more$"):
+        fedmtl.make_config(None, [f"run.plugins={tmp_path / 'refusing.py'}", "personalization.method=refusing"])

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel
 
@@ -23,12 +23,15 @@ from fedmtl.data.feature_skew import skew_client
 from fedmtl.data.federation import ClientData, Federation, Split
 from fedmtl.data.partitioners import PARTITIONERS, partitions_applied
 from fedmtl.data.task_sets import TASK_SETS, assign_tasks
+from fedmtl.one_line import described, raised_at
 from fedmtl.plugins import forget_on_edit
 from fedmtl.registry import Registry
 from fedmtl.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from fedmtl.config import DataSection
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -145,21 +148,57 @@ def dataset_info(name: str) -> DatasetEntry:
     return DATASETS.get(name)
 
 
+def dataset_callback(data_cfg: DataSection, what: str, call: Callable[[], T]) -> T:
+    """``call()``: one of the callbacks of ``data_cfg``'s dataset (``what``: ``tasks``,
+    ``input_shape``, ``groups``). A plugin's callback that raises anything is one
+    ``ValueError`` naming the dataset, the callback, the error and where it was raised; a
+    callback of fedmtl's own raises as it does (its ``ValueError`` names what to change)."""
+    if DATASETS.is_own(data_cfg.dataset):
+        return call()
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - a plugin's callback failing in any way is one line
+        raise ValueError(f"data.dataset = '{data_cfg.dataset}': its {what}(cfg) failed: {described(error)} "
+                         f"({raised_at(error)}; docs/extending.md: datasets)") from None
+
+
 def dataset_input_shape(data_cfg: DataSection) -> tuple[int, ...]:
-    """The input shape of ``data_cfg``'s dataset (without building any data)."""
-    return tuple(DATASETS.get(data_cfg.dataset).input_shape(data_cfg))
+    """The input shape of ``data_cfg``'s dataset (without building any data).
+
+    Raises
+    ------
+    ValueError
+        The dataset cannot say it (a plugin's callback raised: :func:`dataset_callback`).
+    """
+    entry = DATASETS.get(data_cfg.dataset)
+    return dataset_callback(data_cfg, "input_shape", lambda: tuple(entry.input_shape(data_cfg)))
 
 
 def dataset_tasks(data_cfg: DataSection) -> list[TaskSpec]:
-    """The tasks of ``data_cfg``'s dataset (without building any data)."""
-    return list(DATASETS.get(data_cfg.dataset).tasks(data_cfg))
+    """The tasks of ``data_cfg``'s dataset (without building any data).
+
+    Raises
+    ------
+    ValueError
+        The dataset cannot say them (a plugin's callback raised: :func:`dataset_callback`).
+    """
+    entry = DATASETS.get(data_cfg.dataset)
+    return dataset_callback(data_cfg, "tasks", lambda: list(entry.tasks(data_cfg)))
 
 
 def dataset_groups(data_cfg: DataSection) -> dict[str, tuple[str, ...]] | None:
     """The group attributes of ``data_cfg``'s dataset and their value names
-    (:attr:`DatasetEntry.groups`; ``None``: not declared), without building any data."""
+    (:attr:`DatasetEntry.groups`; ``None``: not declared), without building any data.
+
+    Raises
+    ------
+    ValueError
+        The dataset cannot say them (a plugin's callback raised: :func:`dataset_callback`).
+    """
     groups = DATASETS.get(data_cfg.dataset).groups
-    return None if groups is None else {g: tuple(values) for g, values in groups(data_cfg).items()}
+    if groups is None:
+        return None
+    return dataset_callback(data_cfg, "groups", lambda: {g: tuple(values) for g, values in groups(data_cfg).items()})
 
 
 def _built_once(function: Callable[[DataSection, int], Federation]) -> Callable[[DataSection, int], Federation]:
@@ -224,6 +263,7 @@ __all__ = [
     "DatasetEntry",
     "Federation",
     "Split",
+    "dataset_callback",
     "dataset_groups",
     "dataset_info",
     "dataset_input_shape",

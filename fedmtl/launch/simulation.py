@@ -35,7 +35,7 @@ from typing import Any
 
 from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig, virtual_supernodes
-from fedmtl.one_line import described, visible
+from fedmtl.one_line import described, raised_at, visible
 
 log = logging.getLogger("fedmtl")
 
@@ -553,20 +553,6 @@ def dataset_errors(cfg: ExperimentConfig) -> Iterator[None]:
             raise  # fedmtl's own: its traceback is the report
         raise DataError(f"data.dataset = '{cfg.data.dataset}' cannot be built: {described(error)} "
                         f"({raised_at(error)})") from error
-
-
-def raised_at(error: BaseException) -> str:
-    """Where ``error`` was raised: ``"<file>, line <n>, in <function>"`` of its innermost frame."""
-    import traceback
-
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return "no traceback"
-    # the innermost frame of the user's code: not of an installed library (numpy, pandas) or Python's own
-    libraries = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
-    own = [f for f in frames if not os.path.realpath(f.filename).startswith(libraries)]
-    last = (own or frames)[-1]
-    return f"{last.filename}, line {last.lineno}, in {last.name}"
 
 
 def shipped_dataset(name: str) -> bool:
