@@ -139,3 +139,30 @@ def test_a_plugin_dataset_whose_own_code_fails_is_one_line_saying_where(tmp_path
     ), proc.stderr[-3000:]
     assert "buggy_data.py, line " in lines[0] and lines[0].endswith(", in split)")
     assert not out.exists()
+
+
+RAISING_PARTITIONER = '''
+from fedmtl.data import PARTITIONERS
+
+
+@PARTITIONERS.register("raising-part")
+def raising(labels, num_partitions, seed, cfg):
+    raise RuntimeError("my partitioner broke")
+'''
+
+
+def test_a_plugin_partitioner_that_raises_is_named_not_the_dataset(tmp_path):
+    """'error: data.dataset = 'synthetic' cannot be built: my partitioner broke' blamed the
+    dataset for what the partitioner raised."""
+    (tmp_path / "part.py").write_text(RAISING_PARTITIONER)
+    out = tmp_path / "run"
+    sets = ['run.plugins=["part.py"]', "data.partitioner=raising-part", "run.rounds=1", "engine.backend=inprocess"]
+    proc = subprocess.run([sys.executable, "-m", "fedmtl", "run", str(SMOKE), *[a for s in sets for a in ("--set", s)],
+                           "-q", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: data.partitioner = 'raising-part' failed: RuntimeError: my partitioner broke ("), proc.stderr[-3000:]
+    assert "part.py, line " in lines[0] and lines[0].endswith(", in raising; docs/extending.md: partitioners)")
+    assert not out.exists()

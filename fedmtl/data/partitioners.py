@@ -42,10 +42,35 @@ def partitions_applied() -> int:
 
 def partition(labels: np.ndarray, cfg: DataSection, seed: int) -> list[np.ndarray]:
     """Each client's row indices by ``data.partitioner``, checked
-    (:func:`fedmtl.data.checks.checked_partition`: one array of rows per client)."""
+    (:func:`fedmtl.data.checks.checked_partition`: one array of rows per client).
+
+    Raises
+    ------
+    DataError
+        No partition fits the config, the parts are not one array of rows per client, or a
+        plugin's partitioner raised (naming it, the error and where it was raised).
+    """
     _applied.count = partitions_applied() + 1
-    parts = PARTITIONERS.get(cfg.partitioner)(labels, cfg.num_clients, seed, cfg)
+    partitioner = PARTITIONERS.get(cfg.partitioner)
+    if PARTITIONERS.is_own(cfg.partitioner):  # fedmtl's own: a DataError naming the keys, else a bug
+        parts = partitioner(labels, cfg.num_clients, seed, cfg)
+    else:
+        parts = _plugin_parts(partitioner, labels, cfg, seed)
     return checked_partition(cfg.partitioner, parts, cfg.num_clients, len(labels))
+
+
+def _plugin_parts(partitioner: Partitioner, labels: np.ndarray, cfg: DataSection, seed: int) -> Any:
+    """What a plugin's ``partitioner`` returns; an error it raises is a ``DataError`` naming
+    ``data.partitioner`` (not the dataset whose build called it)."""
+    from fedmtl.one_line import described, raised_at
+
+    try:
+        return partitioner(labels, cfg.num_clients, seed, cfg)
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a plugin's partitioner failing in any way is one line
+        raise DataError(f"data.partitioner = '{cfg.partitioner}' failed: {described(error)} "
+                        f"({raised_at(error)}; docs/extending.md: partitioners)") from error
 
 
 def _light_flwr_datasets() -> None:
