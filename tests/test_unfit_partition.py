@@ -166,3 +166,30 @@ def test_a_plugin_partitioner_that_raises_is_named_not_the_dataset(tmp_path):
         "error: data.partitioner = 'raising-part' failed: RuntimeError: my partitioner broke ("), proc.stderr[-3000:]
     assert "part.py, line " in lines[0] and lines[0].endswith(", in raising; docs/extending.md: partitioners)")
     assert not out.exists()
+
+
+def test_a_sweep_run_stopped_by_its_data_leaves_no_run_folder(tmp_path, monkeypatch):
+    """A sweep's run stopped by a plugin dataset's bad labels left a run folder holding only
+    .fedmtl-run (fedmtl run and fedmtl.run leave none)."""
+    from typer.testing import CliRunner
+
+    from fedmtl.cli import cli
+    from fedmtl.results import RUN_MARKER
+    from tests.plugin_support import restored_registries
+
+    (tmp_path / "bad_data.py").write_text(BAD_CLIENT_PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    sets = ['run.plugins=["bad_data.py"]', "data.dataset=one-bad-client", "data.num-clients=3", "model.backbone=mlp",
+            "run.rounds=1", "engine.backend=inprocess"]
+    out = tmp_path / "sweep"
+    registries = restored_registries()
+    next(registries)
+    try:
+        result = CliRunner().invoke(cli, ["sweep", "--grid", "client.lr=0.01,0.02", "--out", str(out),
+                                          *[a for s in sets for a in ("--set", s)]])
+    finally:
+        next(registries, None)
+    assert result.exit_code == 1, result.output
+    assert result.output.count(BAD_CLIENT_SAID) == 2 and "0/2 runs finished, 2 failed" in result.output, result.output
+    assert sorted(p.name for p in out.iterdir()) == [".fedmtl-sweep", "sweep.json"], list(out.rglob("*"))
+    assert not list(out.rglob(RUN_MARKER))

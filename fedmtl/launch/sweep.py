@@ -36,6 +36,7 @@ run folders, and the results are those of one job.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -608,7 +609,8 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
     """Run one config into ``run_dir`` (a Ray simulation, or the centralized baseline);
     continue an interrupted federated run from its latest usable checkpoint when the resume is
     exact (:func:`check_resume`, else :class:`ResumeRefused`); clear any other unfinished
-    folder first (:func:`clear_unfinished`)."""
+    folder first (:func:`clear_unfinished`). A new run stopped before it starts (its data
+    cannot be built, the engine cannot start) leaves no folder."""
     from fedmtl.results import CheckpointError, create_run_dir, load_checkpoint
 
     if resumable(cfg, run_dir):
@@ -630,10 +632,18 @@ def execute_run(cfg: ExperimentConfig, run_dir: Path, quiet: bool) -> None:
         from fedmtl.training.centralized import run_centralized
 
         run_centralized(cfg, run_dir, quiet=quiet)
-    else:
-        from fedmtl.launch.simulation import simulate
+        return
+    from fedmtl.data.checks import DataError
+    from fedmtl.launch.simulation import EngineError, simulate
+    from fedmtl.results import remove_unused_run_dir
 
+    try:
         simulate(cfg, run_dir, quiet=quiet)
+    except (EngineError, DataError):  # stopped before it started (as fedmtl.run): no folder left
+        if remove_unused_run_dir(run_dir):
+            with contextlib.suppress(OSError):  # its configuration's folder, made for it, while empty
+                run_dir.parent.rmdir()
+        raise
 
 
 @shared_engine()  # the runs share one Ray instance
