@@ -664,7 +664,27 @@ def virtual_supernodes(cfg: ExperimentConfig) -> int:
 
 
 # -- building and loading ---------------------------------------------------------------
-def _describe_error(err: dict[str, Any]) -> str:
+def _quoting_hint(err: dict[str, Any], values: dict[str, Any]) -> str:
+    """How to write a number ``err`` found where text belongs as text: the value in quotes or,
+    for an item of a list, the whole list with its numbers in quotes (``--set 'k.0="1"'``
+    would set a table)."""
+    loc, value = list(err["loc"]), err.get("input")
+    at = next((i for i, part in enumerate(loc) if isinstance(part, int)), None)
+    container: Any = values
+    for part in loc[:at]:
+        container = container.get(str(part)) if isinstance(container, dict) else None
+    if at is None or not isinstance(container, list):
+        key, text = ".".join(map(str, loc)), f'"{value}"'
+    else:
+        from fedmtl.labels import toml_inline
+
+        key = ".".join(map(str, loc[:at]))
+        text = toml_inline([str(item) if isinstance(item, int | float) and not isinstance(item, bool) else item
+                            for item in container])
+    return f" (for the text, quote it: {key} = {text}, or --set '{key}={text}')"
+
+
+def _describe_error(err: dict[str, Any], values: dict[str, Any] | None = None) -> str:
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc)
     kind = err["type"]
@@ -690,7 +710,7 @@ def _describe_error(err: dict[str, Any]) -> str:
         return "\n".join(f"{loc[0]}.{line}" for line in message.splitlines())
     if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
         # --set k=nan, k=123: TOML read a number; the text is a string in quotes
-        message += f" (for the text, quote it: {key} = \"{value}\", or --set '{key}=\"{value}\"')"
+        message += _quoting_hint(err, values or {})
     return f"{key} = {value!r}: {message}"
 
 
@@ -711,7 +731,7 @@ def parse_schema(values: dict[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe_error(e) for e in exc.errors())) from None
+        raise ConfigError("\n".join(_describe_error(e, values) for e in exc.errors())) from None
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:

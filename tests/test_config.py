@@ -331,6 +331,18 @@ def test_a_number_where_text_belongs_says_how_to_quote_it(override, key, text):
     load_config(ROOT / "configs/smoke.toml", [f'{key}="{text}"'])  # the advice, followed
 
 
+def test_a_number_in_a_list_of_text_says_to_quote_it_in_the_list():
+    """The advice for an item of a list was --set 'run.plugins.0="1"', itself refused
+    (run.plugins = {'0': '1'}: Input should be a valid list)."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(ROOT / "configs/smoke.toml", ["run.plugins=[1]"])
+    assert str(refused.value) == ("run.plugins.0 = 1: Input should be a valid string (for the text, quote it: "
+                                  "run.plugins = [\"1\"], or --set 'run.plugins=[\"1\"]')")
+    with pytest.raises(ConfigError) as followed:  # the advice, followed: the text reaches the plugin loader
+        load_config(ROOT / "configs/smoke.toml", ['run.plugins=["1"]'])
+    assert "Input should be a valid" not in str(followed.value) and "'1'" in str(followed.value), followed.value
+
+
 @pytest.mark.parametrize(("sets", "expected"), [
     (["server.task-weighting=fairgrad", "server.task-params={alpha = 2}"],
      "server.task-weighting = 'fairgrad' is used by the two-level plans only ('clients-then-tasks', "
