@@ -20,6 +20,7 @@ allowed, with a did-you-mean for misspelt keys and names.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import numbers
@@ -684,11 +685,31 @@ def _quoting_hint(err: dict[str, Any], values: dict[str, Any]) -> str:
     return f" (for the text, quote it: {key} = {text}, or --set '{key}={text}')"
 
 
+def _key_outside_sections(name: str, value: Any) -> str:
+    """The error for a value given outside any section (``rounds = 3`` before the first header
+    of a file, ``{"rounds": 3}``), naming the sections' keys of that name (or a close one)."""
+    keys = [f"{section}.{field.alias or n}" for section, model in SECTIONS.items()
+            for n, field in model.model_fields.items()]
+    kebab = name.replace("_", "-")
+    held = [key for key in keys if key.split(".", 1)[1] == kebab]
+    if not held:
+        close = difflib.get_close_matches(kebab, sorted({key.split(".", 1)[1] for key in keys}), n=1, cutoff=0.75)
+        held = [key for key in keys if close and key.split(".", 1)[1] == close[0]]
+    where = f"key '{name}' = {value!r} is outside any section"
+    if not held:
+        return f"{where}: a key goes under its section's header ([run], ...); sections: {', '.join(SECTIONS)}"
+    section = held[0].split(".", 1)[0]
+    return (f"{where}: did you mean {' or '.join(held)}? (write it under its section's header, e.g. [{section}], "
+            f"or as {held[0]})")
+
+
 def _describe_error(err: dict[str, Any], values: dict[str, Any] | None = None) -> str:
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc)
     kind = err["type"]
     if kind == "extra_forbidden":
+        if len(loc) == 1 and not isinstance(err.get("input"), dict):  # `rounds = 3` above any [section]
+            return _key_outside_sections(loc[0], err.get("input"))
         if len(loc) == 1:
             allowed = list(SECTIONS)
             return (

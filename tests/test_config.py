@@ -331,6 +331,27 @@ def test_a_number_where_text_belongs_says_how_to_quote_it(override, key, text):
     load_config(ROOT / "configs/smoke.toml", [f'{key}="{text}"'])  # the advice, followed
 
 
+@pytest.mark.parametrize(("values", "said"), [
+    ({"rounds": 3}, "key 'rounds' = 3 is outside any section: did you mean run.rounds? (write it under its section's "
+                    "header, e.g. [run], or as run.rounds)"),
+    ({"lr": 0.1}, "key 'lr' = 0.1 is outside any section: did you mean client.lr or server.lr? (write it under its "
+                  "section's header, e.g. [client], or as client.lr)"),
+    ({"num_clients": 2}, "key 'num_clients' = 2 is outside any section: did you mean data.num-clients?"),
+    ({"colour": 1}, "key 'colour' = 1 is outside any section: a key goes under its section's header ([run], ...); "
+                    "sections: run, data, model"),
+])
+def test_a_key_outside_any_section_is_called_a_key_and_its_section_suggested(tmp_path, values, said):
+    """`rounds = 3` above the first header was 'unknown section '[rounds]'', with no hint."""
+    import fedmtl
+
+    config = tmp_path / "top.toml"
+    config.write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+    for load in (lambda: load_config(config), lambda: fedmtl.make_config(values)):
+        with pytest.raises(ConfigError) as refused:
+            load()
+        assert str(refused.value).startswith(said) and "\n" not in str(refused.value), refused.value
+
+
 def test_a_number_in_a_list_of_text_says_to_quote_it_in_the_list():
     """The advice for an item of a list was --set 'run.plugins.0="1"', itself refused
     (run.plugins = {'0': '1'}: Input should be a valid list)."""
