@@ -35,7 +35,25 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+
+
+class OneSuggestion(typer.core.TyperGroup):
+    """A command group whose unknown command gets one suggestion: click (8.4 and later) adds
+    its own ``Did you mean 'run'?`` to the one typer adds (``No such command 'runn'. Did you
+    mean 'run'? Did you mean 'run'?``)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            if getattr(error, "possibilities", None) and " Did you mean " in error.message:  # click says it too
+                error.message = error.message.rsplit(" Did you mean ", 1)[0]
+            raise
+
+
 cli = typer.Typer(
+    cls=OneSuggestion,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -601,7 +619,7 @@ def _flwr_resume(run_dir: Path, local: bool) -> tuple[Path | None, dict[str, obj
     return run_dir / "config.toml", extra  # a deployment's folder as typed: the ServerApp's machine resolves it
 
 
-deploy_cli = typer.Typer(no_args_is_help=True, help="Run on a real Flower deployment.")
+deploy_cli = typer.Typer(cls=OneSuggestion, no_args_is_help=True, help="Run on a real Flower deployment.")
 cli.add_typer(deploy_cli, name="deploy")
 
 
@@ -884,7 +902,7 @@ def plot(
         typer.echo(path)
 
 
-data_cli = typer.Typer(no_args_is_help=True, help="Inspect the data of a config.")
+data_cli = typer.Typer(cls=OneSuggestion, no_args_is_help=True, help="Inspect the data of a config.")
 cli.add_typer(data_cli, name="data")
 
 

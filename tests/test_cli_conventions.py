@@ -56,6 +56,18 @@ def test_sweep_help_keeps_its_bracketed_examples(tmp_path):
     assert "shipped config" in run_help.stdout  # the arguments' help is shown
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["runn", "quickstart"], "No such command 'runn'. Did you mean 'run'?"),
+    (["data", "descibe"], "No such command 'descibe'. Did you mean 'describe'?"),
+])
+def test_an_unknown_command_is_suggested_its_close_name_once(args, said):
+    """typer and click both added the suggestion: "Did you mean 'run'? Did you mean 'run'?"."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert said in text and text.count("Did you mean") == 1, result.output
+
+
 # -- shipped configs -------------------------------------------------------------------------
 def test_shipped_configs_are_the_repositorys():
     shipped = shipped_configs()
