@@ -15,6 +15,10 @@ import pytest
 import fedmtl
 from fedmtl.data.checks import DataError
 from fedmtl.validation import load_config
+from tests.plugin_support import restored_registries
+
+# the plugins the in-process runs import register into this process: every test leaves them behind
+registries = pytest.fixture(restored_registries, name="registries", autouse=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs/smoke.toml"
@@ -175,20 +179,13 @@ def test_a_sweep_run_stopped_by_its_data_leaves_no_run_folder(tmp_path, monkeypa
 
     from fedmtl.cli import cli
     from fedmtl.results import RUN_MARKER
-    from tests.plugin_support import restored_registries
-
     (tmp_path / "bad_data.py").write_text(BAD_CLIENT_PLUGIN)
     monkeypatch.chdir(tmp_path)
     sets = ['run.plugins=["bad_data.py"]', "data.dataset=one-bad-client", "data.num-clients=3", "model.backbone=mlp",
             "run.rounds=1", "engine.backend=inprocess"]
     out = tmp_path / "sweep"
-    registries = restored_registries()
-    next(registries)
-    try:
-        result = CliRunner().invoke(cli, ["sweep", "--grid", "client.lr=0.01,0.02", "--out", str(out),
-                                          *[a for s in sets for a in ("--set", s)]])
-    finally:
-        next(registries, None)
+    result = CliRunner().invoke(cli, ["sweep", "--grid", "client.lr=0.01,0.02", "--out", str(out),
+                                      *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 1, result.output
     assert result.output.count(BAD_CLIENT_SAID) == 2 and "0/2 runs finished, 2 failed" in result.output, result.output
     assert sorted(p.name for p in out.iterdir()) == [".fedmtl-sweep", "sweep.json"], list(out.rglob("*"))
