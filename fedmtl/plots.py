@@ -104,9 +104,10 @@ _GROUP_COLUMN = re.compile(r"^(?P<view>global_|trained_)?(?P<task>[^.]+)\.(?P<ga
 
 
 def primary_metric(test: pd.DataFrame, task: str) -> str:
-    """The metric shown for ``task``: accuracy if recorded, else MSE, MAE or loss."""
-    recorded = set(test.loc[test["task"] == task, "metric"])
-    return next(m for m in PREFERRED if m in recorded)
+    """The metric shown for ``task``: accuracy if recorded, else MSE, MAE or loss, else (a
+    plugin kind's own metrics only) the first one recorded."""
+    recorded = list(dict.fromkeys(test.loc[test["task"] == task, "metric"]))
+    return next((m for m in PREFERRED if m in recorded), recorded[0])
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ from fedmtl.protocol import (
     metric_key,
     parse_metric_keys,
 )
+from fedmtl.tasks import TASK_KINDS
 
 if TYPE_CHECKING:
     from fedmtl.config import DataSection
@@ -164,6 +165,11 @@ COUNT_METRICS = ("count-", "positives-")
 """Evaluation metrics that count test examples, in [0, num-examples]."""
 LOSS_METRICS = ("loss", "loss-before", "mse", "mae")
 """Metrics that are losses, in [0, :data:`MAX_LOSS`]."""
+MAX_KIND_METRIC = 1e100
+"""The largest magnitude of a metric a plugin's task kind declares
+(:attr:`fedmtl.tasks.TaskKind.metrics`) under a name none of the ranges above covers: fedmtl
+cannot know its range, so any finite value up to this bound passes; far beyond any
+measurement, the bound keeps the server's sums and squares of it over clients finite."""
 MAX_TASK_WEIGHT = 1e12
 """The largest magnitude of a training reply's ``train.<task>.weight`` (the mean weight the
 client's cross-task rule gave the task): a normalised rule's weights are at most 1, but
@@ -466,6 +472,20 @@ def evaluation_range(name: str, count: float) -> tuple[float, float] | None:
     return None
 
 
+def declared_metric_range(name: str, count: float, kind: str | None) -> tuple[float, float] | None:
+    """The valid range of evaluation metric ``name`` of a task of ``kind`` (``None``: not
+    known) on ``count`` test examples: :func:`evaluation_range`, or, for a metric the kind
+    declares (:attr:`fedmtl.tasks.TaskKind.metrics`) that no range covers (a plugin kind's
+    own metric), [−:data:`MAX_KIND_METRIC`, :data:`MAX_KIND_METRIC`]; ``None`` for a name
+    neither reports."""
+    valid = evaluation_range(name, count)
+    if valid is not None or kind is None or kind not in TASK_KINDS:
+        return valid
+    if name in TASK_KINDS.get(kind).metrics:
+        return -MAX_KIND_METRIC, MAX_KIND_METRIC
+    return None
+
+
 def _view_problem(values: Mapping[str, float], views: Collection[str]) -> str:
     """A metric of a known view (:data:`fedmtl.protocol.TEST_GLOBAL`) outside ``views``."""
     for key in values:
@@ -515,17 +535,18 @@ def evaluate_metrics_problem(values: Mapping[str, float], limits: ClientLimits |
 def _view_problem_of(stage: str, per_task: Mapping[str, Mapping[str, float]], limits: ClientLimits | None,
                      count: float) -> str:
     """Why the metrics of one view (``{task: {metric: value}}``) cannot be used: a metric no
-    task kind reports or one out of its range, a set of a task's metrics its kind could not
+    of fedmtl's task kinds and not one the task's own kind declares reports, or one out of its
+    range (:func:`declared_metric_range`), a set of a task's metrics its kind could not
     have produced (:func:`fedmtl.metric_sets.metric_set_problem`, when the kinds are known), or
     a task of the client's missing."""
     for task, metrics in per_task.items():
+        kind = limits.kind(task) if limits else None
         for name, value in metrics.items():
-            valid = evaluation_range(name, count)
+            valid = declared_metric_range(name, count, kind)
             if valid is None:
                 return f"unexpected metric '{_short(metric_key(stage, task, name))}'"
             if problem := _range_problem(metric_key(stage, task, name), value, *valid):
                 return problem
-        kind = limits.kind(task) if limits else None
         groups = limits.group_values() if limits else None
         if kind is not None and (problem := metric_set_problem(metrics, kind, count, groups)):
             return f"{stage}.{_short(task)}: {one_line(problem, 300)}"

@@ -19,7 +19,10 @@ from fedmtl.one_line import described, one_line
 from fedmtl.screening import ClientLimits, evaluate_metrics_problem, norm_outliers
 from fedmtl.server.discovery import ClientDirectory, FederationMismatch
 from fedmtl.server.replies import Failed, Rejected, placement_row, read_train_reply
+from tests.plugin_support import restored_registries
 from tests.test_round_loop import STATE, failed, good, run
+
+registries = pytest.fixture(restored_registries, name="registries")
 
 
 @pytest.fixture(autouse=True)
@@ -161,6 +164,29 @@ def test_binary_group_metrics_are_refused_on_a_multiclass_task():
     limits = ClientLimits(frozenset({"t"}), 0, 0, (("t", "multiclass"),))
     values = {wire.PARTITION_ID: 0, wire.NUM_EXAMPLES: 10, **GROUPED}
     assert "-sex-f': a metric of binary tasks only" in evaluate_metrics_problem(values, limits)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({}, ""),
+    ({"test.t.hit": -3.5}, ""),
+    ({"test.t.hit": 1e101}, "metric 'test.t.hit' is 1e+101, outside [-1e+100, 1e+100]"),
+    ({"test.t.loss": 2e4}, "metric 'test.t.loss' is 20000, outside [0, 10000]"),
+    ({"test.t.miss": 0.5}, "unexpected metric 'test.t.miss'"),
+    ({"test.t.hit": None}, "test.t: no 'hit', which a hits task reports"),
+])
+def test_a_plugin_kinds_own_metric_is_accepted_within_its_bound(registries, change, problem):
+    """A metric a plugin's kind declares and no built-in range covers passes at any magnitude up
+    to MAX_KIND_METRIC (it used to be refused: "unexpected metric 'test.t.hit'")."""
+    from fedmtl.tasks import TASK_KINDS, TaskKind
+
+    @TASK_KINDS.register("hits")
+    class Hits(TaskKind):
+        metrics = {"hit": True, "loss": False}
+
+    limits = ClientLimits(frozenset({"t"}), 0, 10, (("t", "hits"),))
+    values = {wire.PARTITION_ID: 0, wire.NUM_EXAMPLES: 10, "test.t.hit": 7.0, "test.t.loss": 0.5, **change}
+    values = {k: v for k, v in values.items() if v is not None}
+    assert evaluate_metrics_problem(values, limits, ("test",)) == problem
 
 
 def test_made_up_metric_names_cannot_flood_the_results(tmp_path):

@@ -4,12 +4,14 @@ A task kind of a plugin that reports a metric it does not declare: the server re
 evaluation reply (each names the metric), so the run has no accepted evaluation at all. It
 must stop with exit code 1 and one error line saying so, keeping its checkpoints and writing no
 ``summary.json`` (it used to exit 0 with ``final: {}``). A kind that declares no metrics at
-all is refused before anything runs. Runs use the in-process engine: the end-of-run check, not
+all is refused before anything runs; one reporting a metric of its own that it declares has
+results. Runs use the in-process engine: the end-of-run check, not
 the engine, is the subject.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +43,7 @@ class Hinge(TaskKind):
         return torch.clamp(1 - (target.float() * 2 - 1) * output.squeeze(-1), min=0).mean()
 
     def metric_sums(self, output, target):
-        return {"accuracy": float(((output.squeeze(-1) > 0).long() == target).sum())}
+        return {{REPORTED}: float(((output.squeeze(-1) > 0).long() == target).sum())}
 
 
 TASKS = (TaskSpec("sign", "hinge", 2),)
@@ -74,8 +76,8 @@ backend = "inprocess"
 '''
 
 
-def _run(tmp_path: Path, metrics: str) -> tuple[subprocess.CompletedProcess, Path]:
-    (tmp_path / "hinge.py").write_text(PLUGIN.replace("{METRICS}", metrics))
+def _run(tmp_path: Path, metrics: str, reported: str = '"accuracy"') -> tuple[subprocess.CompletedProcess, Path]:
+    (tmp_path / "hinge.py").write_text(PLUGIN.replace("{METRICS}", metrics).replace("{REPORTED}", reported))
     (tmp_path / "exp.toml").write_text(CONFIG)
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "fedmtl", "run", str(tmp_path / "exp.toml"), "--out", str(out),
@@ -93,6 +95,17 @@ def test_a_run_whose_evaluations_were_all_rejected_fails_and_keeps_its_checkpoin
     assert errors[0].endswith("no 'hit-rate', which a hinge task reports") and "Traceback" not in proc.stderr
     assert not (out / "summary.json").exists()
     assert (out / "checkpoints" / "round-2.pt").is_file() and (out / "metrics.csv").is_file()
+
+
+def test_a_task_kind_reporting_a_metric_of_its_own_has_results(tmp_path):
+    """A metric fedmtl has no range for, declared by the kind that reports it, is accepted: the
+    server used to reject every reply ("unexpected metric 'test.sign.hit-rate'")."""
+    proc, out = _run(tmp_path, '{"hit-rate": True}', '"hit-rate"')
+    assert proc.returncode == 0 and "error" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "rejected" not in proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["sign"]["metric"] == "hit-rate"
+    assert 0 <= summary["final"]["sign"]["mean"] <= 1
 
 
 def test_a_task_kind_without_metrics_is_refused_before_anything_runs(tmp_path):
