@@ -64,6 +64,49 @@ def test_a_client_whose_data_does_not_fit_is_one_line_naming_where(test, said):
         assert "\n" not in message
 
 
+def _grouped(codes: object, names: dict | None = None, attribute: str = "g") -> Split:
+    split = _split()
+    return Split(split.x, split.targets, {attribute: codes}, {"g": ("a", "b")} if names is None else names)
+
+
+CODES = torch.tensor([0, 1, 0, 1, 1, 0])
+
+
+@pytest.mark.parametrize(("test", "declared", "said"), [
+    (_grouped(CODES[:5]), None, "group attribute 'g': codes of shape (5,), expected (6,): one per example"),
+    (_grouped(CODES.float() / 2), None, "group attribute 'g': codes must be integers, not torch.float32"),
+    (_grouped(CODES.bool()), None, "codes must be integers, not torch.bool"),
+    (_grouped(CODES + 6), None, "group attribute 'g': codes span 6..7, outside 0..1 (its group_names: a, b)"),
+    (_grouped(CODES - 1, {}), None, "codes span -1..0; a group code is at least 0"),
+    (_grouped([0, 1, 0, 1, 1, 0]), None, "codes of shape list, expected (6,)"),
+    (_grouped(CODES, {"g": ("a", "b-c")}), None, "group value name 'b-c' cannot be part of a metric name"),
+    (_grouped(CODES, {"g": ("a", "b"), "h": ("x",)}), None, "group_names of attribute 'h', which has no groups"),
+    (_grouped(CODES), {"g": ("a", "b"), "h": ("x",)}, "group attributes ['g'], but the dataset declares ['g', 'h']"),
+    (_grouped(CODES, {"g": ("a", "c")}), {"g": ("a", "b")}, "group attribute 'g': value 'c' (code 1), which the "
+                                                            "dataset does not declare (its values: a, b)"),
+    (_grouped(CODES, {}), {"g": ("a", "b")}, "value '0' (code 0), which the dataset does not declare"),
+])
+def test_a_client_whose_groups_do_not_fit_is_one_line_naming_where(test, declared, said):
+    """Groups of the wrong length or dtype, or codes no value names, used to pass and fail every
+    evaluation in PyTorch (a mask of 5 on 6 examples) or with a division by zero."""
+    fed = _federation(test, _grouped(CODES) if declared else None)  # a declared dataset's splits all have groups
+    fed.declared_groups = declared
+    with pytest.raises(DataError) as error:
+        fed.client(1)
+    message = str(error.value)
+    assert message.startswith("data.dataset = 'mine', client 1, split '") and said in message, message
+    assert "\n" not in message
+
+
+def test_groups_that_fit_their_declaration_pass():
+    for declared in (None, {"g": ("a", "b")}):
+        fed = _federation(_grouped(CODES), _grouped(torch.zeros(6, dtype=torch.int64)))
+        fed.declared_groups = declared
+        assert len(fed.client(0).test) == 6
+    fed = _federation(_grouped(CODES.to(torch.int32) + 3, {}))  # codes without names, shown as codes
+    assert len(fed.client(0).test) == 6
+
+
 def test_every_split_holds_the_same_tasks():
     fed = Federation((4,), TASKS[:1], 1, lambda c: ClientData(c, Split(torch.randn(4, 4), {"above": torch.zeros(
         4, dtype=torch.int64)}), Split(torch.randn(2, 4), {})), name="mine")

@@ -242,6 +242,7 @@ def load_federation(data_cfg: DataSection, seed: int) -> Federation:
     check_federation(data_cfg.dataset, dataset_tasks(data_cfg), dataset_input_shape(data_cfg), federation.tasks,
                      federation.input_shape)
     federation.name = data_cfg.dataset
+    federation.declared_groups = dataset_groups(data_cfg)
     if data_cfg.task_sets != "all":
         names = [t.name for t in federation.tasks]
         federation.task_sets = assign_tasks(federation.num_clients, names, seed, data_cfg)

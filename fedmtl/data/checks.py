@@ -5,7 +5,9 @@ A dataset (a plugin's, docs/extending.md) declares its input shape and tasks
 have them, and every client's data must fit them: float32 inputs of that shape with finite
 values, targets of every declared task and no other in every split (``data.task-sets`` then
 gives a client fewer), one target per example, and targets its task's kind accepts
-(:meth:`fedmtl.tasks.TaskKind.target_problem`: class labels in range). Anything
+(:meth:`fedmtl.tasks.TaskKind.target_problem`: class labels in range); group attributes
+(``Split.groups``) hold one integer code per example, each a value the attribute names, and
+are the groups the dataset declares (:attr:`fedmtl.data.DatasetEntry.groups`). Anything
 else is a :class:`DataError` naming the dataset, the client, the split and the task, before
 training or evaluation could turn it into a shape error deep in PyTorch or a silent NaN.
 """
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmtl.group_fairness import value_name
 from fedmtl.tasks import TASK_KINDS, TaskSpec
 
 
@@ -48,10 +51,12 @@ def _specs(tasks: Sequence[TaskSpec]) -> str:
 
 
 def check_client_data(name: str, client_id: int, splits: Mapping[str, Any], tasks: Sequence[TaskSpec],
-                      input_shape: Sequence[int]) -> None:
+                      input_shape: Sequence[int], groups: Mapping[str, Sequence[str]] | None = None) -> None:
     """Client ``client_id``'s splits (``{"train": Split, "test": Split, ...}``; this module
     comes before :mod:`fedmtl.data.federation`, which calls it, so it names no ``Split``) fit the
-    dataset's declared ``tasks`` and ``input_shape``.
+    dataset's declared ``tasks`` and ``input_shape``, and their group attributes are well formed
+    (:func:`_groups_problem`) and, where the dataset declares its ``groups`` (``{attribute:
+    value names}``; ``None``: not declared), these.
 
     Raises
     ------
@@ -60,7 +65,7 @@ def check_client_data(name: str, client_id: int, splits: Mapping[str, Any], task
     """
     specs = {t.name: t for t in tasks}
     for split_name, split in splits.items():
-        problem = _split_problem(split, specs, tuple(input_shape))
+        problem = _split_problem(split, specs, tuple(input_shape)) or _groups_problem(split, groups)
         if problem is None and split_name in ("train", "test") and len(split) == 0:
             problem = "no examples (a client trains and is tested on at least one each)"
         if problem:
@@ -92,6 +97,59 @@ def _split_problem(split: Any, specs: dict[str, TaskSpec], shape: tuple[int, ...
         problem = TASK_KINDS.get(spec.kind)().target_problem(target, spec.num_classes)
         if problem:
             return f"task '{task}' ({spec.kind}, {spec.num_classes} classes): {problem}"
+    return None
+
+
+def _groups_problem(split: Any, declared: Mapping[str, Sequence[str]] | None) -> str | None:
+    """What is wrong with a split's group attributes (``None``: nothing): each attribute's
+    codes are one integer per example, each a value it names (at least 0, below the number of
+    its ``group_names`` where it has them); names only of attributes the split has; and, where
+    the dataset ``declared`` its groups, exactly those attributes, each value's name
+    (:func:`fedmtl.group_fairness.value_name`) one it declares."""
+    groups, names = getattr(split, "groups", None), getattr(split, "group_names", None)
+    if not isinstance(groups, dict) or not isinstance(names, dict):
+        return "groups and group_names must be dicts keyed by attribute name"
+    for attribute in names:
+        if attribute not in groups:
+            return f"group_names of attribute {attribute!r}, which has no groups"
+    for attribute, codes in groups.items():
+        problem = _codes_problem(codes, len(split.x), names.get(attribute))
+        if problem:
+            return f"group attribute {attribute!r}: {problem}"
+    if declared is None:
+        return None
+    if set(groups) != set(declared):
+        return (f"group attributes {sorted(groups)}, but the dataset declares {sorted(declared)} "
+                "(DatasetEntry groups=)")
+    for attribute, codes in groups.items():
+        for code in sorted(int(c) for c in codes.unique()):
+            value = value_name(code, names.get(attribute))
+            if value not in declared[attribute]:
+                return (f"group attribute {attribute!r}: value {value!r} (code {code}), which the dataset does "
+                        f"not declare (its values: {', '.join(declared[attribute])})")
+    return None
+
+
+def _codes_problem(codes: Any, examples: int, names: Sequence[str] | None) -> str | None:
+    """What is wrong with one attribute's group codes (``None``: nothing)."""
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 1 or len(codes) != examples:
+        got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        return f"codes of shape {got}, expected ({examples},): one per example"
+    if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+        return f"codes must be integers, not {codes.dtype}"
+    if not len(codes):
+        return None
+    low, high = int(codes.min()), int(codes.max())
+    if low < 0:
+        return f"codes span {low}..{high}; a group code is at least 0"
+    if names is not None and high >= len(names):
+        return (f"codes span {low}..{high}, outside 0..{len(names) - 1} (its group_names: "
+                f"{', '.join(map(str, names))})")
+    try:
+        for code in codes.unique():
+            value_name(int(code), names)
+    except ValueError as error:
+        return str(error)
     return None
 
 

@@ -131,6 +131,10 @@ class Federation:
     split_sizes: Callable[[int], tuple[int, int]] | None = None
     name: str = ""
     """The dataset's registered name (in the messages of :mod:`fedmtl.data.checks`)."""
+    declared_groups: dict[str, tuple[str, ...]] | None = None
+    """The group attributes and value names the dataset declares
+    (:attr:`fedmtl.data.DatasetEntry.groups`; ``None``: not declared): every split's groups
+    must be these (:mod:`fedmtl.data.checks`)."""
     _cache: dict[int, ClientData] = field(default_factory=dict, repr=False)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     """Guards ``_cache``: ClientApp calls in threads of one process (the in-process backend)
@@ -184,7 +188,7 @@ class Federation:
         splits = {"train": data.train, "test": data.test}
         if data.validation is not None:
             splits["validation"] = data.validation
-        check_client_data(self.name or "?", client_id, splits, self.tasks, self.input_shape)
+        check_client_data(self.name or "?", client_id, splits, self.tasks, self.input_shape, self.declared_groups)
         return data
 
     def _build(self, client_id: int) -> ClientData:
