@@ -61,7 +61,7 @@ from fedmtl.plugins import forget_on_edit
 from fedmtl.seeds import TORCH_RNG_LOCK, Stream, draws_at_random, seeded_global_rng
 from fedmtl.tasks import TaskSpec
 from fedmtl.training import measure_losses
-from fedmtl.training.methods import ClientRun, Method, make_method
+from fedmtl.training.methods import ClientRun, Method, make_method, train_checked
 from fedmtl.training.setup import select_device
 from fedmtl.validation import config_from_flat
 
@@ -331,7 +331,7 @@ def train(msg: Message, context: Context) -> Message:
     track_parts = call.task_parts
     run = client_run(s)
     with call_rng(s, msg):
-        result = s.method.train(run, weighting, track_parts=track_parts)
+        result = train_checked(s.method, run, weighting, track_parts=track_parts)
     move(model, torch.device("cpu"))
     save_client_state(s.store, client, model, weighting.state_dict(), s.server_round, cfg.run.checkpoint_every,
                       run.personal)

@@ -25,9 +25,10 @@ from fedmtl.tasks import TaskSpec
 from fedmtl.training import evaluate, train_local
 from fedmtl.training.local import Proximal
 from fedmtl.training.methods import METHODS, ClientRun, initial_heads, initial_state, make_method
-from fedmtl.training.methods.base import MODEL_PREFIX, initial_model
+from fedmtl.training.methods.base import MODEL_PREFIX, MethodError, initial_model
 from fedmtl.training.methods.ditto import LAMBDA_KEY
 from fedmtl.validation import config_from_flat, load_config
+from tests.plugin_support import restored_registries
 
 BASE = ["data.num-clients=3", "data.params.pairs-per-digit=1", "data.params.test-pairs-per-digit=1",
         "client.batch-size=64"]
@@ -539,6 +540,47 @@ def test_local_sends_no_update_and_keeps_its_whole_model(tmp_path):
     expected = evaluate(mine, fed.client(0).test, fed.client_tasks(0))
     assert metrics["test.left.accuracy"] == expected["left"]["accuracy"]
     assert not any(k.startswith("test-global.") for k in metrics)
+
+
+registries = pytest.fixture(restored_registries, name="registries")
+
+
+@pytest.mark.parametrize(("state", "said"), [
+    ({"count": 3}, "the state run.personal must be a dict of str -> torch.Tensor; 'count' is of type int"),
+    ([torch.zeros(2)], "the state run.personal must be a dict of str -> torch.Tensor, not of type list"),
+    ({"v": {"a": torch.zeros(2)}}, "'v' is of type dict"),
+    ({1: torch.zeros(2)}, "it has the key 1 of type int"),
+    (None, "train returned None (of type NoneType); it must return the fedmtl.training.TrainResult of run.train"),
+])
+def test_a_method_leaving_a_state_that_is_not_tensors_fails_in_one_line_naming_it(tmp_path, registries, state,
+                                                                                   said):
+    """It used to fail later, naming neither the method nor the problem ('int' object has no
+    attribute 'layout', 'NoneType' object has no attribute 'num_examples')."""
+    from fedmtl.clients.app import app
+    from fedmtl.training.methods.base import Method, register
+
+    @register
+    class Counting(Method):
+        name = "counting"
+        keeps_state = True
+
+        def train(self, run, weighting, *, track_parts=False):
+            result = run.train(run.model, weighting, track_parts=track_parts)
+            if state is None:
+                return None
+            run.personal = state
+            return result
+
+    cfg = _cfg(tmp_path, "personalization.method=counting")
+    context = _context(0)
+    content = RecordDict({"arrays": ArrayRecord(_server_model(cfg).federated_state(False)),
+                          "config": ConfigRecord({**cfg.to_flat(), "server-round": 1}),
+                          "call": ConfigRecord(wire.TrainCall(1).values())})
+    with pytest.raises(MethodError) as error:  # the SuperNode replies its one line as the client's error
+        app(Message(content=content, dst_node_id=context.node_id, message_type=MessageType.TRAIN), context)
+    message = str(error.value)
+    assert message.startswith("personalization.method = 'counting': ") and said in message and "\n" not in message
+    assert _stored(cfg, context, 0) is None  # nothing of it was saved
 
 
 # -- a real simulation -------------------------------------------------------------------------

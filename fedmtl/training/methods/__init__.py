@@ -12,11 +12,13 @@ from fedmtl.training.methods.base import (
     PERSONAL,
     ClientRun,
     Method,
+    MethodError,
     MethodParamsError,
     NoParams,
     initial_heads,
     initial_state,
     make_method,
+    train_checked,
 )
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "PERSONAL",
     "ClientRun",
     "Method",
+    "MethodError",
     "MethodParamsError",
     "NoParams",
     "apfl",
@@ -39,4 +42,5 @@ __all__ = [
     "local",
     "make_method",
     "none",
+    "train_checked",
 ]

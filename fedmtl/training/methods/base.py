@@ -209,6 +209,49 @@ class Method:
         return {TEST: run.evaluate(run.model)}
 
 
+class MethodError(ValueError):
+    """A method's training returned something else than a :class:`~fedmtl.training.TrainResult`,
+    or left a state (``run.personal``) that is not a dict of str → torch.Tensor (one line naming
+    the method)."""
+
+
+def train_checked(method: Method, run: ClientRun, weighting: Rule, *, track_parts: bool = False) -> TrainResult:
+    """``method.train(run, weighting)``, its result and the state it left checked.
+
+    Raises
+    ------
+    MethodError
+        ``personalization.method = '<name>': <what is wrong>``: the client saves the state and
+        replies the result, which would otherwise fail later, naming neither.
+    """
+    result = method.train(run, weighting, track_parts=track_parts)
+    problem = _result_problem(result) or _state_problem(run.personal)
+    if problem:
+        raise MethodError(f"personalization.method = '{method.name}': {problem}")
+    return result
+
+
+def _result_problem(result: object) -> str:
+    """Why ``result`` is not what a method's ``train`` returns (``""``: it is)."""
+    if isinstance(result, TrainResult):
+        return ""
+    return (f"train returned {result!r:.40} (of type {type(result).__name__}); it must return the "
+            "fedmtl.training.TrainResult of run.train")
+
+
+def _state_problem(state: object) -> str:
+    """Why ``state`` cannot be a method's state (``""``: it can): a dict of str → torch.Tensor."""
+    must = "the state run.personal must be a dict of str -> torch.Tensor"
+    if not isinstance(state, dict):
+        return f"{must}, not of type {type(state).__name__}"
+    for key, value in state.items():
+        if not isinstance(key, str):
+            return f"{must}; it has the key {key!r:.40} of type {type(key).__name__}"
+        if not isinstance(value, torch.Tensor):
+            return f"{must}; {key!r:.40} is of type {type(value).__name__}"
+    return ""
+
+
 METHODS: Registry[type[Method]] = Registry("personalization method")
 """Every personalization method, by name."""
 
