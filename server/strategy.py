@@ -33,7 +33,7 @@ from flwr.common import MessageType, log
 from flwr.serverapp import Grid
 
 from fedmtl import protocol as wire
-from fedmtl.aggregation.plans import make_plan, needs_task_parts
+from fedmtl.aggregation.plans import LEVEL_KEYS, make_plan, needs_task_parts
 from fedmtl.aggregation.rule import NonFiniteObjectives, NonFiniteResult
 from fedmtl.aggregation.server_optimizer import ServerOptimizer
 from fedmtl.config import ExperimentConfig
@@ -151,7 +151,7 @@ class FedMTLStrategy:
         self.recorder.log_round(row, stats)
         self.progress.advance(server_round, self.recorder.elapsed, row, evaluated=stats is not None)
         if is_checkpoint_round(self.cfg.run, server_round):
-            self.recorder.save_checkpoint(server_round, self.checkpoint_state())
+            self.recorder.save_checkpoint(server_round, self.checkpoint_state(server_round))
 
     def train_round(self, grid: Grid, server_round: int) -> TrainRecord:
         """Ask clients, retry while too few replies are usable, then aggregate or skip."""
@@ -231,7 +231,7 @@ class FedMTLStrategy:
         """Weight the accepted updates, take the server step; return the fallbacks and the loss,
         or why the round must be skipped (a combined update or a new model that is not finite).
         A skipped round leaves the server's weightings and optimizer as they were before it."""
-        before = self.server_state()
+        before = self.server_state(server_round)
         rows = [row for reply in accepted for row in plan_rows(reply, self.device)]
         server = self.cfg.server
         try:
@@ -256,10 +256,27 @@ class FedMTLStrategy:
         self.arrays = ArrayRecord(self.state)
         return len(result.fallbacks), train_loss(accepted)
 
-    def server_state(self) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+    def server_state(self, server_round: int) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
         """Copies of the server optimizer's and the weightings' states (what aggregating changes)."""
-        return (copy.deepcopy(self.optimizer.state_dict()),
-                {level: w.state_dict() for level, w in self.plan.weightings().items()})
+        return copy.deepcopy(self.optimizer.state_dict()), self.weighting_states(server_round)
+
+    def weighting_states(self, server_round: int) -> dict[str, dict[str, object]]:
+        """Copies of the weightings' states, by level (:meth:`fedmtl.aggregation.rule.Rule.state_dict`).
+
+        Raises
+        ------
+        RuleFailed
+            A rule's state cannot be copied (a plugin's rule that keeps a lock or a file in a
+            state attribute): one line naming its ``[server]`` key, as for a rule that raises.
+        """
+        states = {}
+        for level, weighting in self.plan.weightings().items():
+            try:
+                states[level] = weighting.state_dict()
+            except Exception as exc:  # noqa: BLE001 - a plugin's rule: whatever it raises, in one line
+                raise RuleFailed(f"round {server_round}: server.{LEVEL_KEYS[level]} = '{weighting.name}' failed: "
+                                 f"{type(exc).__name__}: {one_line(exc, RULE_ERROR_LIMIT)}") from exc
+        return states
 
     def load_server_state(self, state: tuple[dict[str, object], dict[str, dict[str, object]]]) -> None:
         """Restore :meth:`server_state` output."""
@@ -329,7 +346,7 @@ class FedMTLStrategy:
             raise ClientsFailed.none_evaluated(self.tally)
 
     # -- checkpoints ----------------------------------------------------------------------
-    def checkpoint_state(self) -> dict[str, object]:
+    def checkpoint_state(self, server_round: int) -> dict[str, object]:
         """What a resumed run needs besides the heads and the run folder: the global model, the
         server optimizer, the weightings, the sampling RNG, the last evaluation's statistics, the
         heads each client must start from (:meth:`fedmtl.server.heads.HeadsLedger.state_dict`),
@@ -338,7 +355,7 @@ class FedMTLStrategy:
         return {
             "backbone": self.state,
             "server_optimizer": self.optimizer.state_dict(),
-            "weightings": {level: w.state_dict() for level, w in self.plan.weightings().items()},
+            "weightings": self.weighting_states(server_round),
             "rng": self.roster.rng.bit_generator.state,
             "last_stats": dataclasses.asdict(self.last_stats) if self.last_stats else None,
             "heads": self.heads.state_dict(),

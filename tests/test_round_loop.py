@@ -150,6 +150,17 @@ def good(msg: Message, call: wire.TrainCall, client: int | None = None) -> Messa
                    reply_to=msg)
 
 
+def good_parts(msg: Message, call: wire.TrainCall) -> Message:
+    """:func:`good`, its training reply the update's task parts (two-level plans)."""
+    reply = good(msg, call)
+    if msg.metadata.message_type == MessageType.EVALUATE:
+        return reply
+    size = sum(v.numel() for v in STATE.values())
+    parts = ArrayRecord({task: torch.full((size,), 0.05 * (call.client + 1)) for task in ("left", "right")})
+    return Message(RecordDict({wire.METRICS: reply.content[wire.METRICS], wire.PARTS: parts,
+                               wire.PLACEMENT: reply.content[wire.PLACEMENT]}), reply_to=msg)
+
+
 def failed(msg: Message, call: wire.TrainCall) -> Message:
     return Message(error=Error(code=1, reason=f"client {call.client} is down"), reply_to=msg)
 
@@ -251,6 +262,44 @@ def test_a_server_rule_that_raises_stops_the_run_in_one_line(tmp_path):
     text = str(info.value)
     assert len(text.splitlines()) == 1 and text.startswith("round 1: plan 'clients' with weighting")
     assert "TypeError: weighting 'raises-on-the-server' returned weights of type list, not a torch.Tensor" in text
+
+
+@pytest.mark.parametrize(("sets", "key"), [
+    (["server.weighting=keeps-a-lock"], "server.weighting"),
+    (["server.plan=clients-then-tasks", "server.task-weighting=keeps-a-lock"], "server.task-weighting"),
+])
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_server_rule_whose_state_cannot_be_copied_stops_the_run_in_one_line(tmp_path, sets, key, every):
+    """At a checkpoint (every round) or before the next round's aggregation (every other one):
+    its state_dict's error used to escape as an 88-line traceback without an error line."""
+    import threading
+
+    from fedmtl.aggregation import Weighting, register
+    from fedmtl.aggregation.registry import RULES
+    from fedmtl.server.strategy import RuleFailed
+
+    @register("keeps-a-lock")
+    class KeepsALock(Weighting):
+        state_attributes = ("cache",)
+
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            self.cache = None  # copied when the config is checked
+
+        def compute(self, objectives):  # noqa: ANN001, ANN202
+            self.cache = threading.Lock()  # not any more
+            return torch.ones(len(objectives), dtype=torch.float64) / len(objectives)
+
+    try:
+        with pytest.raises(RuleFailed) as info:
+            run(tmp_path, good_parts if "task" in key else good, *sets, f"run.checkpoint-every={every}")
+    finally:
+        del RULES._entries["keeps-a-lock"]
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and text.startswith(f"round {'1' if every == 1 else '2'}: {key} = "
+                                                           "'keeps-a-lock' failed: RuntimeError: weighting "
+                                                           "'keeps-a-lock': its state attribute 'cache' cannot be "
+                                                           "copied for checkpoints"), text
 
 
 def test_too_many_failed_rounds_in_a_row_stop_the_run(tmp_path):

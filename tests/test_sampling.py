@@ -139,7 +139,7 @@ def test_a_resumed_server_samples_what_the_uninterrupted_one_would(tmp_path):
                   "model.heads=global", "run.seed=5")
     first = server("first")
     before = [first.roster.sample_train(0.25, 1) for _ in range(3)]
-    checkpoint = first.checkpoint_state() | {"round": 3}
+    checkpoint = first.checkpoint_state(3) | {"round": 3}
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)  # as a run's checkpoint is written and read back
     buffer.seek(0)

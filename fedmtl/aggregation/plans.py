@@ -36,6 +36,8 @@ from fedmtl.aggregation.rule import Rule, RuleContext
 
 PLANS = ("clients", "flat", "clients-then-tasks", "tasks-then-clients")
 WHOLE = "all"
+LEVEL_KEYS = {"client": "weighting", "task": "task-weighting"}
+"""The ``[server]`` key naming the rule of each level of :meth:`AggregationPlan.weightings`."""
 
 
 @dataclass
