@@ -239,9 +239,9 @@ class FedMTLStrategy:
                 result = self.plan(rows)  # a plugin rule's torch.rand: the same draws in every run with the seed
         except (NonFiniteResult, NonFiniteObjectives) as exc:  # numbers, not code: the round is skipped
             self.load_server_state(before)
-            return f"{one_line(exc, RULE_ERROR_LIMIT)} (plan '{server.plan}', weighting '{server.weighting}')"
+            return f"{one_line(exc, RULE_ERROR_LIMIT)} (plan '{server.plan}', {self.failed_rule()})"
         except Exception as exc:  # noqa: BLE001 - a rule's own failure (a plugin's): one line, the run stops
-            raise RuleFailed(f"round {server_round}: plan '{server.plan}' with weighting '{server.weighting}' "
+            raise RuleFailed(f"round {server_round}: plan '{server.plan}' with {self.failed_rule()} "
                              f"failed: {type(exc).__name__}: {one_line(exc, RULE_ERROR_LIMIT)}") from exc
         for fallback in result.fallbacks:
             log(WARNING, "round %d: weighting fallback %s", server_round, fallback)
@@ -255,6 +255,12 @@ class FedMTLStrategy:
         self.state = unflatten_state(new, self.state, keys)
         self.arrays = ArrayRecord(self.state)
         return len(result.fallbacks), train_loss(accepted)
+
+    def failed_rule(self) -> str:
+        """The rule of the plan's level that raised, as its ``[server]`` key names it
+        (``weighting 'fedavg'``, ``task-weighting 'mgda'``: :attr:`fedmtl.aggregation.plans.AggregationPlan.level`)."""
+        key = LEVEL_KEYS[self.plan.level]
+        return f"{key} '{getattr(self.cfg.server, key.replace('-', '_'))}'"
 
     def server_state(self, server_round: int) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
         """Copies of the server optimizer's and the weightings' states (what aggregating changes)."""

@@ -168,3 +168,40 @@ def test_a_server_rule_gets_the_losses_only_when_it_declares_it_reads_them(name)
     with pytest.raises((AttributeError, TypeError), match="rule 'softmax-of-losses' got no losses: it does not "
                                                           "declare needs_losses = True"):
         AggregationPlan(name, _ReadsLosses.make(False), _ReadsLosses.make(False))(rows)
+
+
+class _Raises:
+    """A weighting that raises, or one whose weights overflow the rows (1e300 in float32)."""
+
+    @staticmethod
+    def make(kind: str):  # noqa: ANN205
+        from fedmtl.aggregation import Weighting
+
+        class Failing(Weighting):
+            name = f"{kind}-weights"
+
+            def compute(self, objectives: Objectives) -> torch.Tensor:
+                if kind == "raising":
+                    raise ValueError("boom in my rule")
+                return torch.full((len(objectives),), 1e300, dtype=torch.float64)
+
+        return Failing()
+
+
+@pytest.mark.parametrize("name", ["clients-then-tasks", "tasks-then-clients"])
+@pytest.mark.parametrize("level", ["client", "task"])
+def test_a_failing_level_of_a_two_level_plan_is_the_one_named(name, level):
+    """A task weighting's error or overflow was blamed on the client weighting that ran after
+    it (its direction of Inf handed on as 'objectives that are not finite')."""
+    from fedmtl.aggregation.rule import NonFiniteResult
+
+    rows = [Row(r.client, r.task, r.update.float(), r.loss, r.num_examples) for r in task_rows()]
+    for kind, error, said in (("raising", ValueError, "boom in my rule"),
+                              ("huge", NonFiniteResult, "weighting 'huge-weights' combined finite rows into a "
+                                                        "direction that is not finite")):
+        failing = _Raises.make(kind)
+        p = AggregationPlan(name, failing if level == "client" else make_weighting("fedavg"),
+                            failing if level == "task" else make_weighting("fedavg"))
+        with pytest.raises(error, match=said):
+            p(rows)
+        assert p.level == level, (kind, p.level)

@@ -609,6 +609,38 @@ def test_a_rule_that_returns_numbers_that_are_not_finite_skips_the_round_naming_
     assert list(pd.read_csv(tmp_path / "rounds.csv")["skipped"]) == [1, 1]
 
 
+@pytest.mark.parametrize("plan", ["clients-then-tasks", "tasks-then-clients"])
+def test_a_failing_task_weighting_is_named_not_the_client_weighting(tmp_path, plan):
+    """A two-level plan's task weighting that raised, or whose weights overflowed, was blamed on
+    server.weighting ('fedavg' failed: ValueError: boom in my rule; 'fedavg': ... diverged)."""
+    from fedmtl.aggregation import Weighting, register
+    from fedmtl.aggregation.registry import RULES
+    from fedmtl.server.strategy import RuleFailed
+
+    @register("raises-boom")
+    class Raises(Weighting):
+        def compute(self, objectives):  # noqa: ANN001, ANN202
+            raise ValueError("boom in my rule")
+
+    @register("huge-weights")
+    class Huge(Weighting):
+        def compute(self, objectives):  # noqa: ANN001, ANN202
+            return torch.full((len(objectives),), 1e300, dtype=torch.float64)
+
+    sets = [f"server.plan={plan}", "server.weighting=fedavg", "server.max-failed-rounds=2"]
+    try:
+        with pytest.raises(RuleFailed) as raised:
+            run(tmp_path / "raises", good_parts, *sets, "server.task-weighting=raises-boom")
+        with pytest.raises(ClientsFailed) as skipped:
+            run(tmp_path / "huge", good_parts, *sets, "server.task-weighting=huge-weights")
+    finally:
+        del RULES._entries["raises-boom"], RULES._entries["huge-weights"]
+    assert str(raised.value) == (f"round 1: plan '{plan}' with task-weighting 'raises-boom' failed: ValueError: "
+                                 "boom in my rule")
+    assert (f"last round: weighting 'huge-weights' combined finite rows into a direction that is not finite (NaN or "
+            f"Inf) (plan '{plan}', task-weighting 'huge-weights')") in str(skipped.value), str(skipped.value)
+
+
 @pytest.mark.parametrize("weighting", ["fedmgda+", "pcgrad"])
 def test_an_update_of_subnormal_numbers_does_not_make_a_rule_skip_the_round(tmp_path, weighting):
     """One client's update of 1e-44 (finite, accepted: its squared norm underflows to 0) made

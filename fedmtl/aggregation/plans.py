@@ -32,7 +32,7 @@ import torch
 
 from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.registry import make_rule
-from fedmtl.aggregation.rule import Rule, RuleContext
+from fedmtl.aggregation.rule import NonFiniteResult, Rule, RuleContext
 
 PLANS = ("clients", "flat", "clients-then-tasks", "tasks-then-clients")
 WHOLE = "all"
@@ -95,7 +95,14 @@ def _run(rule: Rule, objectives: Objectives, fallbacks: list[str]) -> tuple[torc
     """``rule`` on ``objectives``; a rule that does not declare ``needs_losses`` gets no losses
     (``objectives.losses`` is ``None``): the losses the server has then are the clients' training
     losses, not the global model's before local training that the rule's losses stand for (the
-    clients measure those only for a rule that declares it reads them)."""
+    clients measure those only for a rule that declares it reads them).
+
+    Raises
+    ------
+    NonFiniteResult
+        The rule's direction is not finite (weights of 1e300 overflow float32 rows): named here,
+        where the rule is known, not blamed on the level it would be handed to next.
+    """
     if not rule.needs_losses:
         objectives.losses = None
     try:
@@ -105,6 +112,9 @@ def _run(rule: Rule, objectives: Objectives, fallbacks: list[str]) -> tuple[torc
             raise
         raise type(exc)(f"{exc} (rule '{rule.name}' got no losses: it does not declare needs_losses = True, which "
                         "makes the clients measure the global model's losses before local training)") from exc
+    if result.direction.numel() and not bool(torch.isfinite(result.direction).all()):
+        raise NonFiniteResult(f"{rule.kind} '{rule.name}' combined finite rows into a direction that is not finite "
+                              "(NaN or Inf)")
     if result.info.fallback:
         fallbacks.append(f"{rule.name}:{result.info.fallback}")
     return result.direction, result.weights
@@ -127,6 +137,9 @@ class AggregationPlan:
         if plan not in PLANS:
             raise ValueError(f"unknown aggregation plan '{plan}'; plans: {', '.join(PLANS)}")
         self.plan = plan
+        self.level = "client"
+        """The level (a key of :meth:`weightings`, :data:`LEVEL_KEYS`) whose rule the plan
+        called last: after the plan raised, the one that failed."""
         self.client_weighting = client_weighting
         self.task_weighting = task_weighting
 
@@ -137,17 +150,27 @@ class AggregationPlan:
         return {"client": self.client_weighting}
 
     def __call__(self, rows: list[Row]) -> PlanResult:
-        """Combine ``rows`` (whole updates for ``clients``, task parts otherwise)."""
+        """Combine ``rows`` (whole updates for ``clients``, task parts otherwise); when it
+        raises, :attr:`level` is the level whose rule failed."""
+        self.level = "client"
         if not rows:
             raise ValueError("no update rows to aggregate")
         result = getattr(self, "_" + self.plan.replace("-", "_"))(rows)
-        for weighting in self.weightings().values():
+        for level, weighting in self.weightings().items():
+            self.level = level
             weighting.end_epoch()
         return result
 
+    def _level(self, level: str, objectives: Objectives,
+               fallbacks: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rule of ``level`` (``"client"`` or ``"task"``) on ``objectives`` (:func:`_run`),
+        the level kept in :attr:`level`."""
+        self.level = level
+        return _run(self.weightings()[level], objectives, fallbacks)
+
     def _clients(self, rows: list[Row]) -> PlanResult:
         fallbacks: list[str] = []
-        direction, weights = _run(self.client_weighting, _objectives(rows, task_ids=False), fallbacks)
+        direction, weights = self._level("client", _objectives(rows, task_ids=False), fallbacks)
         row_weights = {}
         if weights is not None:
             row_weights = {(r.client, r.task): float(w) for r, w in zip(rows, weights, strict=True)}
@@ -156,7 +179,7 @@ class AggregationPlan:
     def _flat(self, rows: list[Row]) -> PlanResult:
         fallbacks: list[str] = []
         scale = len(rows) / len({r.client for r in rows})
-        direction, weights = _run(self.client_weighting, _objectives(rows), fallbacks)
+        direction, weights = self._level("client", _objectives(rows), fallbacks)
         row_weights = {}
         if weights is not None:
             row_weights = {(r.client, r.task): scale * float(w) for r, w in zip(rows, weights, strict=True)}
@@ -169,11 +192,11 @@ class AggregationPlan:
             groups[r.client].append(r)
         merged, inner = [], {}
         for client, group in sorted(groups.items()):
-            direction, weights = _run(self.task_weighting, _objectives(group), fallbacks)
+            direction, weights = self._level("task", _objectives(group), fallbacks)
             merged.append(Row(client, WHOLE, len(group) * direction,
                               sum(r.loss for r in group) / len(group), group[0].num_examples))
             inner[client] = None if weights is None else len(group) * weights
-        direction, outer = _run(self.client_weighting, _objectives(merged, task_ids=False), fallbacks)
+        direction, outer = self._level("client", _objectives(merged, task_ids=False), fallbacks)
         row_weights = {}
         if outer is not None and all(w is not None for w in inner.values()):
             for k, (client, group) in enumerate(sorted(groups.items())):
@@ -190,13 +213,13 @@ class AggregationPlan:
         merged, inner = [], {}
         for task in tasks:
             group = groups[task]
-            direction, weights = _run(self.client_weighting, _objectives(group), fallbacks)
+            direction, weights = self._level("client", _objectives(group), fallbacks)
             counts = torch.tensor([r.num_examples for r in group], dtype=torch.float64)
             losses = torch.tensor([r.loss for r in group], dtype=torch.float64)
             loss = float((counts * losses).sum() / counts.sum()) if counts.sum() > 0 else float(losses.mean())
             merged.append(Row(-1, task, direction, loss, float(counts.sum())))
             inner[task] = weights
-        direction, outer = _run(self.task_weighting, _objectives(merged, client_ids=False), fallbacks)
+        direction, outer = self._level("task", _objectives(merged, client_ids=False), fallbacks)
         scale = len(tasks)
         row_weights = {}
         if outer is not None and all(w is not None for w in inner.values()):
