@@ -178,13 +178,20 @@ def unit_of(metric: str) -> str:
 
 
 def higher_is_better(metric: str) -> bool:
-    """The direction of a metric name, from the registered task kinds."""
+    """The direction of a metric name, from the registered task kinds.
+
+    Raises
+    ------
+    ValueError
+        No registered task kind has ``metric`` (a plugin's kind whose plugin is not loaded).
+    """
     from fedmtl.tasks import TASK_KINDS  # torch, only when a direction is needed
 
     for _, kind in TASK_KINDS.items():
         if metric in kind.metrics:
             return kind.metrics[metric]
-    raise KeyError(f"unknown metric '{metric}'")
+    raise ValueError(f"metric '{metric}' is of no registered task kind, so whether higher is better is unknown (a "
+                     "plugin's task kind: its plugin, the run's run.plugins, must be importable from here)")
 
 
 def _wrap(label: str, width: int = 38) -> str:

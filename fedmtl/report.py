@@ -70,6 +70,7 @@ from fedmtl.plots import (
     REPORT_FIGURES,
     check_format,
     checked_table,
+    higher_is_better,
     pareto_front,  # noqa: F401 (part of this module's interface)
     report_figure_files,
     report_figures,
@@ -78,7 +79,6 @@ from fedmtl.protocol import TEST, TEST_GLOBAL
 from fedmtl.results import GLOBAL, OVERALL, PARTICIPATION_FILE, SUMMARY_LAYOUT, participation_problem
 from fedmtl.screening import evaluation_range
 from fedmtl.stop_record import read_stop
-from fedmtl.tasks import TASK_KINDS
 
 IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "run.parquet", "run.trackers", "run.plugins",
                 "client.head-store-dir", "engine.supernodes", "engine.backend")
@@ -87,14 +87,6 @@ the results a run wrote, and how many virtual SuperNodes played the clients or w
 them, neither of which changes a run's results; where the plugin files lie is recorded in each
 run's config)."""
 TABLE_STATS = (("mean", "mean"), ("worst10", "worst-10%"), ("jain", "Jain"), ("gini", "Gini"))
-
-
-def higher_is_better(metric: str) -> bool:
-    """The direction of a metric name, from the registered task kinds."""
-    for _, kind in TASK_KINDS.items():
-        if metric in kind.metrics:
-            return kind.metrics[metric]
-    raise KeyError(f"unknown metric '{metric}'")
 
 
 @dataclass
@@ -299,6 +291,7 @@ def read_run(path: Path) -> RunResult:
     seed = config.get("run.seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise _unusable(path / "config.toml", f"has run.seed = {seed!r}, not a whole number")
+    _load_run_plugins(config)
     _check_final_section(path, summary["final"])
     metrics = _run_table(path, "metrics")  # metrics.parquet when current
     rounds = _run_table(path, "rounds", required=False)
@@ -330,6 +323,18 @@ def _check_participation(path: Path, summary: dict, participation: pd.DataFrame 
     say that the run did not record participation, or count an edited file."""
     if problem := participation_problem(participation, summary.get("participation")):
         raise _unusable(path / PARTICIPATION_FILE, problem)
+
+
+def _load_run_plugins(config: dict[str, Any]) -> None:
+    """Import the plugins a run names (``run.plugins``), so that a plugin's task kind says which
+    way its metrics are better. One that cannot be imported (moved, edited into an error) is left
+    out: a report of built-in metrics does not need it, and one of its kind's metrics then says
+    what is missing (:func:`fedmtl.plots.higher_is_better`)."""
+    from fedmtl.plugins import PluginError, load_plugins, plugin_entries
+
+    for entry in plugin_entries({"run": {"plugins": config.get("run.plugins", [])}}):
+        with contextlib.suppress(PluginError):
+            load_plugins([entry])
 
 
 def _run_table(path: Path, name: str, required: bool = True) -> pd.DataFrame | None:

@@ -106,6 +106,18 @@ def test_a_task_kind_reporting_a_metric_of_its_own_has_results(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final"]["sign"]["metric"] == "hit-rate"
     assert 0 <= summary["final"]["sign"]["mean"] <= 1
+    # its report loads the run's plugins: the kind says which way hit-rate is better (a traceback,
+    # KeyError "unknown metric 'hit-rate'", before); with the plugin gone, one line says what is missing
+    report = [sys.executable, "-m", "fedmtl", "report", str(out), "--out"]
+    done = subprocess.run([*report, str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "hit-rate" in (tmp_path / "report" / "report.md").read_text()
+    (tmp_path / "hinge.py").rename(tmp_path / "hinge.moved")
+    done = subprocess.run([*report, str(tmp_path / "report-2")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: metric 'hit-rate' is of no registered task kind, so whether higher is better is unknown (a plugin's "
+        "task kind: its plugin, the run's run.plugins, must be importable from here)"], done.stderr[-3000:]
+    assert not (tmp_path / "report-2").exists()
 
 
 def test_a_task_kind_without_metrics_is_refused_before_anything_runs(tmp_path):
