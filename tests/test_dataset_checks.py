@@ -149,3 +149,26 @@ def test_a_partition_that_is_not_one_index_array_per_client_is_one_line(parts, s
 def test_a_partition_of_index_arrays_passes_as_int64():
     parts = checked_partition("mine", [[0, 1, 2], np.array([3, 4, 5], dtype=np.int32)], 2, 6)
     assert [p.dtype for p in parts] == [np.int64, np.int64] and parts[1].tolist() == [3, 4, 5]
+
+
+def test_a_federation_of_another_number_of_clients_than_the_config_s_is_refused(tmp_path):
+    """A plugin's build that ignores cfg.num_clients (here: always 3 clients) was accepted: the
+    run then sampled among clients its data did not have, or left some out."""
+    from fedmtl.data import load_federation
+    from fedmtl.validation import load_config
+    from tests.plugin_support import PLUGIN, restored_registries
+
+    plugin = tmp_path / "fixed_size.py"
+    plugin.write_text(PLUGIN.replace("Federation((8,), list(TASKS), cfg.num_clients, build_client)",
+                                     "Federation((8,), list(TASKS), 3, build_client)"))
+    registries = restored_registries()
+    next(registries)
+    try:
+        sets = [f"run.plugins={plugin}", "data.dataset=blobs", "model.backbone=mlp"]
+        assert load_federation(load_config(None, [*sets, "data.num-clients=3"]).data, 0).num_clients == 3
+        with pytest.raises(DataError) as error:
+            load_federation(load_config(None, [*sets, "data.num-clients=5"]).data, 0)
+    finally:
+        next(registries, None)
+    assert str(error.value) == ("data.dataset = 'blobs' built a federation of 3 clients for data.num-clients = 5 "
+                                "(its build passes cfg.num_clients to Federation)")

@@ -240,7 +240,7 @@ def load_federation(data_cfg: DataSection, seed: int) -> Federation:
             f"'{data_cfg.partitioner}' would not be applied; leave data.partitioner at 'iid', or build a row dataset "
             "through row_federation (docs/extending.md)")
     check_federation(data_cfg.dataset, dataset_tasks(data_cfg), dataset_input_shape(data_cfg), federation.tasks,
-                     federation.input_shape)
+                     federation.input_shape, data_cfg.num_clients, federation.num_clients)
     federation.name = data_cfg.dataset
     federation.declared_groups = dataset_groups(data_cfg)
     if data_cfg.task_sets != "all":

@@ -30,14 +30,19 @@ class DataError(ValueError):
 
 
 def check_federation(name: str, tasks: Sequence[TaskSpec], input_shape: Sequence[int], built_tasks: Sequence[TaskSpec],
-                     built_shape: Sequence[int]) -> None:
-    """The federation the dataset built has the tasks and input shape it declares.
+                     built_shape: Sequence[int], num_clients: int | None = None,
+                     built_clients: int | None = None) -> None:
+    """The federation the dataset built has the tasks and input shape it declares, and the
+    ``num_clients`` clients the config asks for (``data.num-clients``; not checked when ``None``).
 
     Raises
     ------
     DataError
         Naming the dataset and what differs.
     """
+    if num_clients is not None and built_clients != num_clients:
+        raise DataError(f"data.dataset = {name!r} built a federation of {built_clients!r} clients for "
+                        f"data.num-clients = {num_clients} (its build passes cfg.num_clients to Federation)")
     if tuple(built_shape) != tuple(input_shape):
         raise DataError(f"data.dataset = {name!r} declares inputs of shape {tuple(input_shape)} but built a "
                         f"federation of shape {tuple(built_shape)}")
