@@ -15,8 +15,10 @@ _REGISTRIES: list[Registry[Any]] = []
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
-    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
-    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.75)
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` (a choice that differs
+    from ``name`` in letter case only is the closest: ``[Run]`` is ``[run]``)."""
+    same_letters = [c for c in choices if str(c).lower() == str(name).lower()]
+    close = same_letters or difflib.get_close_matches(str(name), choices, n=1, cutoff=0.75)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

@@ -158,6 +158,12 @@ def test_misspelt_names_get_a_did_you_mean(tmp_path):
     assert result.exit_code == 2
     assert "unknown key 'data.partitoner' (did you mean 'partitioner'?)" in result.stderr
     assert "(did you mean 'fairgrad'?)" in result.stderr
+    path.write_text('[Run]\nrounds = 3\n[server]\nweighting = "FedAvg"\n')  # letter case alone: no hint before
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2 and "(did you mean 'run'?)" in result.stderr, result.stderr
+    path.write_text('[server]\nweighting = "FedAvg"\n')
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2 and "(did you mean 'fedavg'?)" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
