@@ -34,6 +34,18 @@ def test_table_counts_examples_tasks_and_label_mix():
         assert pd.isna(row[f"{other}.classes"])  # whole numbers, blank where the task is not held
 
 
+def test_the_figure_labels_clients_with_whole_numbers():
+    """Client ids on the x axis were labelled 0.0, 2.5, 5.0, ... for 20 clients."""
+    from fedmtl.data.describe import federation_figure
+
+    cfg = load_config(None, ["data.num-clients=20", "data.params.pairs-per-digit=1"])
+    fig = federation_figure(load_federation(cfg.data, 0))
+    fig.canvas.draw()
+    for axes in fig.axes[:2]:
+        ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_cli_prints_the_table_and_writes_the_figure_and_csv(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "fedmtl", "data", "describe", str(ROOT / "configs/arrests.toml"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,10 +60,23 @@ def describe_federation(fed: Federation) -> pd.DataFrame:
 
 
 def plot_federation(fed: Federation, path: str | Path) -> Path:
-    """Examples per client (train/test) and the label mix of each client's first held task."""
+    """Examples per client (train/test) and the label mix of each client's first held task,
+    written to ``path`` in the format of its suffix."""
+    fig = federation_figure(fed)
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=120)  # the suffix's format
+    write_bytes(path, buffer.getvalue())  # whole or not at all; an error names the figure
+    return path
+
+
+def federation_figure(fed: Federation) -> Any:
+    """The figure of :func:`plot_federation` (a ``matplotlib.figure.Figure``; client ids on the
+    x axis are whole numbers)."""
     # a Figure of its own: neither pyplot nor a backend switch (no global matplotlib state)
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     clients = fed.clients()
     ids = np.array([c.client_id for c in clients])
@@ -95,9 +109,6 @@ def plot_federation(fed: Federation, path: str | Path) -> Path:
         mix.set_title("label mix of each client's first task (" + ", ".join(sorted(set(shown))) + ")")
         mix.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
     mix.set_xlabel("client")
+    mix.xaxis.set_major_locator(MaxNLocator(integer=True))  # client ids, not 2.5 (shared with the sizes above)
     fig.tight_layout()
-    path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=120)  # the suffix's format
-    write_bytes(path, buffer.getvalue())  # whole or not at all; an error names the figure
-    return path
+    return fig
