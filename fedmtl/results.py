@@ -57,7 +57,7 @@ from fedmtl.one_line import one_line
 from fedmtl.parquet import CutShort, read_table, remove_parquet, wants_parquet, write_parquet
 from fedmtl.plugins import plugin_digests
 from fedmtl.protocol import TEST_GLOBAL
-from fedmtl.provenance import collect_provenance, finish_provenance
+from fedmtl.provenance import collect_provenance, finish_provenance, utc_now
 from fedmtl.run_tables import METRIC_COLUMNS as TABLE_METRIC_COLUMNS
 from fedmtl.run_tables import PLACEMENT_COLUMNS, rounds_digest, rows_up_to, table_problems
 from fedmtl.stop_record import STOPPED_FILE
@@ -625,7 +625,8 @@ class RunRecorder:
             summary["participation"] = participation_summary(self.participation, evaluated)
         summary.update({"placement": self.placement_summary(), "run_dir": str(self.run_dir),
                         "config_fingerprint": config_fingerprint(self.cfg),
-                        "provenance": finish_provenance(self.provenance), **(extra or {})})
+                        "provenance": {**finish_provenance(self.provenance),
+                                       FORCED_KEY: forced_resumes(self.run_dir)}, **(extra or {})})
         write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         if self.background is None:
             self.draw_figures()
@@ -1000,6 +1001,43 @@ def aggregated_training(run_dir: str | Path) -> dict[int, list[int]]:
     metrics = pd.read_csv(path, dtype={"task": str, "split": str, "metric": str})
     rows = metrics[(metrics["split"] == "train") & (metrics["metric"] == HEADS_OUT)]
     return {int(c): sorted(int(r) for r in set(rounds)) for c, rounds in rows.groupby("client")["round"]}
+
+
+FORCED_RESUMES = "forced-resumes.jsonl"
+"""The run folder's record of its resumes that ``--force`` let go of a problem: one JSON line
+each (:func:`record_forced_resume`); ``summary.json``'s ``provenance`` lists them."""
+FORCED_KEY = "forced_resumes"
+"""``summary.json``'s ``provenance`` key of :func:`forced_resumes`."""
+
+
+def record_forced_resume(run_dir: str | Path, after_round: int, forced: list[ResumeProblem],
+                         plugins_before: object) -> None:
+    """Add a forced resume to the run folder's :data:`FORCED_RESUMES`: when, after which round,
+    each problem overridden and what the override does, and the plugin files' digests the rounds
+    before it ran (the checkpoint's; the resumed rounds' are ``provenance.plugins``), so that every
+    round's numbers stay attributable to what produced them."""
+    path = Path(run_dir) / FORCED_RESUMES
+    line = json.dumps({"time": utc_now(), "after_round": int(after_round),
+                       "overridden": [{"problem": p.message, "override": p.forced} for p in forced],
+                       "plugins_before": plugins_before if isinstance(plugins_before, dict) else None})
+    before = path.read_bytes() if path.is_file() else b""
+    write_bytes(path, before + line.encode() + b"\n")
+
+
+def forced_resumes(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The forced resumes :func:`record_forced_resume` recorded in ``run_dir`` (oldest first;
+    a line that does not read is kept as ``{"unreadable": text}``)."""
+    path = Path(run_dir) / FORCED_RESUMES
+    if not path.is_file():
+        return []
+    out: list[dict[str, Any]] = []
+    for text in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            entry = None
+        out.append(entry if isinstance(entry, dict) else {"unreadable": text[:500]})
+    return out
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,7 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
         extend_run,
         finished_table_problems,
         load_checkpoint,
+        record_forced_resume,
         unfinished_outputs,
     )
 
@@ -210,6 +211,8 @@ def plan_resume(run_dir: str | Path, rounds: int | None = None, *, force: bool =
     refuse_if_busy(run_dir)
     forced = _settle_problems(run_dir, cfg, checkpoint, force, force_hint, checking, heads_on_nodes)
     cfg, extended = extend_run(run_dir, cfg, rounds, int(checkpoint["round"]))  # config.toml records them
+    if forced:  # the run's record of what --force let go (summary.json's provenance lists it)
+        record_forced_resume(run_dir, int(checkpoint["round"]), forced, checkpoint.get("plugins"))
     return Resumption(cfg, checkpoint, skipped=skipped, forced=forced, extended=extended)
 
 

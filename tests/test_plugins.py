@@ -194,6 +194,14 @@ def test_a_resume_after_the_plugin_file_was_edited_is_refused_unless_forced(tmp_
     forced = fedmtl("run", "--resume", str(run_dir), "--set", "run.rounds=2", "--force", "-q")
     assert forced.returncode == 0, forced.stderr
     assert "the rounds after it run the plugins as they are now" in forced.stdout + forced.stderr
+    # the run records what --force let go: round 1's numbers came from the plugin's old text (only
+    # the new digest was recorded, in summary.json's provenance.plugins)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["provenance"]["plugins"] == {str(plugin): plugins.file_digest(plugin)}
+    [record] = summary["provenance"]["forced_resumes"]
+    assert record["after_round"] == 1 and record["plugins_before"] == {str(plugin): before}
+    assert [o["override"] for o in record["overridden"]] == ["the rounds after it run the plugins as they are now"]
+    assert [json.loads(line) for line in (run_dir / "forced-resumes.jsonl").read_text().splitlines()] == [record]
 
 
 CLAIMING = WEIGHTING.replace('    """Uniform weights, registered by a plugin."""',
