@@ -218,7 +218,22 @@ def finished_table_problems(run_dir: str | Path, checkpoint: dict[str, Any] | No
             return []
     problems = table_problems(run_dir, int(checkpoint["round"]), checkpoint.get(METRIC_ROWS),
                               recorded_digests(checkpoint))
-    return problems + _participation_problems(Path(run_dir))
+    return problems + _summary_problems(Path(run_dir)) + _participation_problems(Path(run_dir))
+
+
+def _summary_problems(run_dir: Path) -> list[str]:
+    """A finished run's ``summary.json`` that no longer reads as a run summary (what
+    ``fedmtl report`` refuses), as one problem naming the file; ``[]`` when it is absent."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return []
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return [f"summary.json cannot be read ({one_line(error, 200)})"]
+    if not isinstance(summary, dict) or not isinstance(summary.get("final"), dict):
+        return ["summary.json holds no run summary"]
+    return []
 
 
 def _participation_problems(run_dir: Path) -> list[str]:

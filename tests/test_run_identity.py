@@ -189,6 +189,12 @@ def test_resuming_a_finished_run_whose_tables_lost_rows_is_refused(base_run, tmp
     line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
     assert "but participation.csv cannot be read (it ends in the middle of a row: the file was cut short)" in line
     assert "cuts its tables back" not in line  # written once, at the end: no resume cuts it back
+    shutil.copy(base_run / "participation.csv", run / "participation.csv")
+    damages = [(b'{"final": ', "summary.json cannot be read ("), (b"[]", "summary.json holds no run summary")]
+    for damaged, said in damages:
+        (run / "summary.json").write_bytes(damaged)  # the report refuses it; the resume said 'nothing to resume'
+        line = _one_error_line(_fedmtl("run", "--resume", str(run), "-q", cwd=tmp_path))
+        assert f"cannot resume '{run}': it finished all 2 rounds, but {said}" in line, line
 
 
 def _rewrite_heads(run: Path, path: Path, heads: dict) -> None:
