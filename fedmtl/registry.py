@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._-]*")
+"""What a registered name is made of: letters, digits, '+', '.', '_' and '-', starting with a
+letter or digit (a config or a ``--grid`` list names it: no spaces, commas or quotes)."""
 
 _REGISTRIES: list[Registry[Any]] = []
 """Every registry made, in order (for :func:`undone_on_error`)."""
@@ -67,8 +72,16 @@ class Registry(Generic[T]):
         _REGISTRIES.append(self)
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name``."""
+        """Decorator registering ``obj`` under ``name``.
 
+        Raises
+        ------
+        ValueError
+            ``name`` is not made of :data:`NAME`'s characters, or is registered already.
+        """
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ValueError(f"{self.kind} name {name!r}: a name is letters, digits, '+', '.', '_' or '-', starting "
+                             "with a letter or digit (configs and --grid lists name it)")
         caller = _registering_module()
 
         def decorator(obj: T) -> T:

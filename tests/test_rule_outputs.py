@@ -123,6 +123,17 @@ def test_a_name_registered_twice_says_whose_the_first_is():
         RULES.register("mean")(object())
 
 
+@pytest.mark.parametrize("name", ["My Blobs, v2", "a=b", "", " blobs", 'say"this"', 7])
+def test_a_name_that_a_config_or_grid_list_cannot_give_is_refused(name):
+    """Names with spaces, commas, '=' or quotes were accepted for datasets, methods, ... (rules
+    only were checked), though `--grid data.dataset=a,b` cannot give them."""
+    from fedmtl.data import DATASETS
+
+    with pytest.raises(ValueError, match=r"^dataset name .*: a name is letters, digits, '\+', '\.', '_' or '-'"):
+        DATASETS.register(name)(object())  # type: ignore[arg-type]
+    assert name not in DATASETS
+
+
 def _zero_updates(objectives: Objectives) -> None:
     objectives.updates.zero_()
 
