@@ -418,6 +418,10 @@ class Progress:
             self.console.print(self.global_view_line(stats.global_view), soft_wrap=True, markup=False)
         if stats.never_trained:
             self.console.print(self.never_trained_line(stats), soft_wrap=True, markup=False)
+        if stats.round < self.total:  # the last round is always evaluated: none of its replies was usable
+            self.console.print(f"note: no evaluation after round {stats.round} of {self.total} was accepted (see "
+                               f"the warnings above): the table and summary.json's final results are round "
+                               f"{stats.round}'s, not the final model's", soft_wrap=True, markup=False)
 
     @staticmethod
     def global_view_line(view: RoundStats) -> str:

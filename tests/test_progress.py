@@ -59,7 +59,13 @@ def test_a_method_with_a_global_model_shows_its_numbers_under_the_table(capsys):
     assert "global model (the same clients' test data, test-global): left mean 55.0% worst 25.0% worst 10% 25.0%" \
         in out
     Progress(3).final_table(stats(0.8, 0.6))
-    assert "global model" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "global model" not in out
+    # round 2 of 3: the last round's evaluations were all rejected, and the run's numbers are round 2's
+    assert "note: no evaluation after round 2 of 3 was accepted (see the warnings above): the table and " \
+           "summary.json's final results are round 2's, not the final model's" in " ".join(out.split())
+    Progress(2).final_table(stats(0.8, 0.6))
+    assert "no evaluation after" not in capsys.readouterr().out
 
 
 # -- the terminal of a run: header, bar or plain lines, client errors (#21) -----------------
