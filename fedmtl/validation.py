@@ -23,6 +23,8 @@ Everybody loads configs through :func:`load_config`, :func:`build_config` or
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import re
@@ -452,11 +454,11 @@ def unresolved_values(cfg: ExperimentConfig, given: dict[str, Any] | None = None
     nested = cfg.to_nested()
     for section, name_key, table_key in PARAM_TABLES:
         model = _params_model(section, nested[section][name_key])
-        set_here = None if given is None else dict(given.get(section, {}).get(table_key, {}))
+        set_here = None if given is None else _given_table(given, section, table_key)
         nested[section][table_key] = _kept_params(nested[section][table_key], model, set_here)
     for key in FOLLOWING_KEYS:
         section, name = key.split(".")
-        if given is not None and name not in given.get(section, {}):
+        if given is not None and _given_value(given, section, name) is None:
             del nested[section][name]
     if given is None:
         method, heads = nested["personalization"]["method"], nested["model"]["heads"]
@@ -465,6 +467,25 @@ def unresolved_values(cfg: ExperimentConfig, given: dict[str, Any] | None = None
         if heads == METHODS.get(method).heads[0]:
             del nested["model"]["heads"]
     return nested
+
+
+def _given_value(given: dict[str, Any], section: str, key: str) -> Any:
+    """What ``given`` sets for ``section.key``, under the key's name or its Python spelling
+    (``task-params`` or ``task_params``, as :func:`build_config` takes both); ``None``: unset."""
+    values = given.get(section, {})
+    if not isinstance(values, dict):
+        return None
+    return values.get(key, values.get(key.replace("-", "_")))
+
+
+def _given_table(given: dict[str, Any], section: str, key: str) -> dict[str, Any]:
+    """The parameter table ``given`` sets for ``section.key`` (:func:`_given_value`), as a dict
+    (its JSON text in Flower's flat form read); ``{}`` when unset."""
+    table = _given_value(given, section, key)
+    if isinstance(table, str):
+        with contextlib.suppress(ValueError):
+            table = json.loads(table)
+    return dict(table) if isinstance(table, dict) else {}
 
 
 # -- rules across sections ----------------------------------------------------------------

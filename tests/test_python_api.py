@@ -167,6 +167,11 @@ def test_a_sweep_of_a_dict_or_object_gives_each_grid_value_its_own_defaults(tmp_
     methods = fedmtl.sweep(base({"personalization": {"method": "ditto"}}),
                            grid={"personalization.method": ["ditto", "fedper"]}, out=tmp_path / "methods")
     assert [methods.plan.config_of(r).model.heads for r in methods.plan.runs] == ["global", "personal"]
+    # a table given in its Python spelling (task_params) is kept: it was dropped, and q fell back to 1
+    spelt = fedmtl.sweep(base({"server": {"plan": "tasks-then-clients", "task_weighting": "qffl",
+                                          "task_params": {"q": 3}}}), grid={"client.lr": [0.1, 0.2]},
+                         out=tmp_path / "spelt")
+    assert [dict(spelt.plan.config_of(r).server.task_params)["q"] for r in spelt.plan.runs] == [3, 3]
     # a parameter set for the rule that the grid replaces is a conflict, named on one line
     with pytest.raises(ConfigError, match=r"^sweep run 'server.weighting=fedavg': server.params: weighting "
                                           r"'fedavg' has no parameter 'q'[^\n]*$"):
