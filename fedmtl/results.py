@@ -174,9 +174,17 @@ def _whole_numbers(values: list[Any]) -> bool:
                                 for v in values)
 
 
+FORCED_RESUMES = "forced-resumes.jsonl"
+"""The run folder's record of its resumes that ``--force`` let go of a problem: one JSON line
+each (:func:`record_forced_resume`); ``summary.json``'s ``provenance`` lists them."""
+FORCED_KEY = "forced_resumes"
+"""``summary.json``'s ``provenance`` key of :func:`forced_resumes`."""
+
+
 RUN_FILES = ("run-id", "flower-run-id", "metrics.csv", "rounds.csv", "placement.csv", "participation.csv",
              "summary.json", "client-errors.log", STOPPED_FILE, "metrics.parquet", "rounds.parquet",
-             "participation.parquet", "mlflow.db", "checkpoints", "plots", "heads", "tensorboard", "mlflow-artifacts")
+             "participation.parquet", "mlflow.db", "checkpoints", "plots", "heads", "tensorboard", "mlflow-artifacts",
+             FORCED_RESUMES)
 """What a run writes into its folder besides ``config.toml`` (``heads``: the default head store)."""
 
 
@@ -1016,13 +1024,6 @@ def aggregated_training(run_dir: str | Path) -> dict[int, list[int]]:
     metrics = pd.read_csv(path, dtype={"task": str, "split": str, "metric": str})
     rows = metrics[(metrics["split"] == "train") & (metrics["metric"] == HEADS_OUT)]
     return {int(c): sorted(int(r) for r in set(rounds)) for c, rounds in rows.groupby("client")["round"]}
-
-
-FORCED_RESUMES = "forced-resumes.jsonl"
-"""The run folder's record of its resumes that ``--force`` let go of a problem: one JSON line
-each (:func:`record_forced_resume`); ``summary.json``'s ``provenance`` lists them."""
-FORCED_KEY = "forced_resumes"
-"""``summary.json``'s ``provenance`` key of :func:`forced_resumes`."""
 
 
 def record_forced_resume(run_dir: str | Path, after_round: int, forced: list[ResumeProblem],

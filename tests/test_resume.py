@@ -281,13 +281,14 @@ def test_reset_deletes_the_runs_files_and_its_head_store_at_any_depth_and_keeps_
     for path in ("sub/heads/clients-0-99/client-0.r1.safetensors", "sub/notes.md", "checkpoints/x", "notes.md"):
         (run / path).parent.mkdir(parents=True, exist_ok=True)
         (run / path).write_text("")
-    for name in (".fedmtl-run", "config.toml", "metrics.csv", "run-id"):
+    # forced-resumes.jsonl: a run started again from round 1 has had no forced resume
+    for name in (".fedmtl-run", "config.toml", "metrics.csv", "run-id", "forced-resumes.jsonl"):
         (run / name).write_text("")
     (run / "plots").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "keep.png").write_text("")
     deleted = reset_run_dir(run, run / "sub" / "heads")
-    assert deleted == ["checkpoints", "metrics.csv", "plots", "run-id", "sub/heads"]
+    assert deleted == ["checkpoints", "forced-resumes.jsonl", "metrics.csv", "plots", "run-id", "sub/heads"]
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
         ".fedmtl-run", "config.toml", "notes.md", "sub", "sub/notes.md"]
     assert (tmp_path / "elsewhere" / "keep.png").is_file()  # a link is removed, never followed
