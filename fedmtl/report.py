@@ -330,11 +330,13 @@ def _load_run_plugins(config: dict[str, Any]) -> None:
     way its metrics are better. One that cannot be imported (moved, edited into an error) is left
     out: a report of built-in metrics does not need it, and one of its kind's metrics then says
     what is missing (:func:`fedmtl.plots.higher_is_better`)."""
-    from fedmtl.plugins import PluginError, load_plugins, plugin_entries
+    from fedmtl.plugins import PluginError, import_plugin, load_entry_points, plugin_entries
 
+    with contextlib.suppress(PluginError):  # installed packages' plugins: one that is broken stops none of the run's
+        load_entry_points()
     for entry in plugin_entries({"run": {"plugins": config.get("run.plugins", [])}}):
         with contextlib.suppress(PluginError):
-            load_plugins([entry])
+            import_plugin(entry)
 
 
 def _run_table(path: Path, name: str, required: bool = True) -> pd.DataFrame | None:
