@@ -344,3 +344,29 @@ def test_runs_whose_clients_an_older_fedmtl_built_otherwise_are_named(tmp_path):
     assert "## Data layout" in written["report"].read_text()
     alone = make_report([folders[1]], tmp_path / "report-new")
     assert alone["older_layout"] == [] and "## Data layout" not in alone["report"].read_text()
+
+
+def test_a_broken_installed_plugin_does_not_keep_a_run_s_own_plugins_out_of_its_report(tmp_path, monkeypatch):
+    """The report imports each run's run.plugins (a plugin task kind says which way its metric is
+    better); an installed package's entry point that fails to import stopped them all."""
+    from fedmtl import plugins
+    from fedmtl.plugins import PluginError
+    from fedmtl.report import _load_run_plugins
+    from fedmtl.tasks import TASK_KINDS
+    from tests.plugin_support import restored_registries
+
+    def broken() -> list[str]:
+        raise PluginError("entry point 'x = broken.pkg' of package 'broken' (group fedmtl.plugins): cannot import it")
+
+    monkeypatch.setattr(plugins, "load_entry_points", broken)
+    kind = tmp_path / "kind.py"
+    kind.write_text("from fedmtl.tasks import TASK_KINDS\nfrom fedmtl.tasks import MultiClass\n\n"
+                    "@TASK_KINDS.register('report-kind')\nclass ReportKind(MultiClass):\n"
+                    "    metrics = {'hits': True}\n")
+    registries = restored_registries()
+    next(registries)
+    try:
+        _load_run_plugins({"run.plugins": [str(kind)]})
+        assert "report-kind" in TASK_KINDS
+    finally:
+        next(registries, None)
