@@ -546,11 +546,11 @@ registries = pytest.fixture(restored_registries, name="registries")
 
 
 @pytest.mark.parametrize(("state", "said"), [
-    ({"count": 3}, "the state run.personal must be a dict of str -> torch.Tensor; 'count' is of type int"),
-    ([torch.zeros(2)], "the state run.personal must be a dict of str -> torch.Tensor, not of type list"),
+    ({"count": 3}, "the state ClientRun.personal must be a dict of str -> torch.Tensor; 'count' is of type int"),
+    ([torch.zeros(2)], "the state ClientRun.personal must be a dict of str -> torch.Tensor, not of type list"),
     ({"v": {"a": torch.zeros(2)}}, "'v' is of type dict"),
     ({1: torch.zeros(2)}, "it has the key 1 of type int"),
-    (None, "train returned None (of type NoneType); it must return the fedmtl.training.TrainResult of run.train"),
+    (None, "train returned None (of type NoneType); it must return the fedmtl.training.TrainResult of ClientRun.train"),
 ])
 def test_a_method_leaving_a_state_that_is_not_tensors_fails_in_one_line_naming_it(tmp_path, registries, state,
                                                                                    said):

@@ -5,10 +5,14 @@ client call and per server round (:func:`fedmtl.seeds.seeded_global_rng`)."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 from fedmtl.seeds import Stream, draws_at_random, seeded_global_rng
-from tests.plugin_support import PLUGIN
+from tests.plugin_support import PLUGIN, restored_registries
+
+# the in-process runs import the plugins into this process: the names go with the test
+registries = pytest.fixture(restored_registries, name="registries")
 
 RANDOM_PARTS = '''
 import torch
@@ -57,7 +61,8 @@ def _run(tmp_path, name, clients_at_once):
     return pd.read_csv(result.folder / "metrics.csv")
 
 
-def test_dropout_and_rule_draws_are_the_same_whoever_runs_them_and_whatever_ran_before(tmp_path, monkeypatch):
+def test_dropout_and_rule_draws_are_the_same_whoever_runs_them_and_whatever_ran_before(tmp_path, monkeypatch,
+                                                                                       registries):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "blobs.py").write_text(PLUGIN)
     (tmp_path / "random_parts.py").write_text(RANDOM_PARTS)

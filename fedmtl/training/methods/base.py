@@ -235,13 +235,14 @@ def _result_problem(result: object) -> str:
     """Why ``result`` is not what a method's ``train`` returns (``""``: it is)."""
     if isinstance(result, TrainResult):
         return ""
-    return (f"train returned {result!r:.40} (of type {type(result).__name__}); it must return the "
-            "fedmtl.training.TrainResult of run.train")
+    shown = " ".join(repr(result).split())[:40]  # one line, whatever the value's repr spans
+    return (f"train returned {shown} (of type {type(result).__name__}); it must return the "
+            "fedmtl.training.TrainResult of ClientRun.train")
 
 
 def _state_problem(state: object) -> str:
     """Why ``state`` cannot be a method's state (``""``: it can): a dict of str → torch.Tensor."""
-    must = "the state run.personal must be a dict of str -> torch.Tensor"
+    must = "the state ClientRun.personal must be a dict of str -> torch.Tensor"
     if not isinstance(state, dict):
         return f"{must}, not of type {type(state).__name__}"
     for key, value in state.items():
