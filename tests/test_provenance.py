@@ -30,7 +30,7 @@ from fedmtl.validation import load_config
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ["client.weighting=fairgrad", "server.weighting=qffl", "server.task-weighting=dwa"]
 KEYS = {"fedmtl", "torch", "flwr", "ray", "git_commit", "git_dirty", "python", "host", "platform", "started",
-        "finished", "plugins", "resumed_after_round"}
+        "finished", "plugins", "resumed_after_round", "forced_resumes"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_the_summary_holds_provenance_with_every_field(run):
     assert block["python"] == platform.python_version()
     assert block["host"] == socket.gethostname() and block["platform"] == platform.platform()
     assert _utc(block["started"]) <= _utc(block["finished"]) <= datetime.now(UTC)
-    assert block["resumed_after_round"] is None and block["plugins"] == {}
+    assert block["resumed_after_round"] is None and block["plugins"] == {} and block["forced_resumes"] == []
     assert (block["git_commit"], block["git_dirty"]) == tuple(git_state().values())
     if block["git_commit"] is not None:
         assert re.fullmatch(r"[0-9a-f]{40}", block["git_commit"]) and isinstance(block["git_dirty"], bool)
