@@ -135,8 +135,7 @@ def seeded_torch_init(stream: Stream, *keys: int) -> Iterator[None]:
     inside this block it draws from ``stream`` and the caller's generator state is left as
     it was.
     """
-    with TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(torch_seed(stream, *keys))
+    with seeded_global_rng(stream, *keys, exclusive=True):
         yield
 
 
