@@ -160,15 +160,15 @@ def seeded_global_rng(stream: Stream, *keys: int, exclusive: bool = False) -> It
         ``engine.backend = "inprocess"``); otherwise it is held only while the generator is
         seeded and restored.
     """
-    with TORCH_RNG_LOCK:
-        saved = torch.random.get_rng_state()
-        torch.random.default_generator.manual_seed(torch_seed(stream, *keys))
-    try:
-        with TORCH_RNG_LOCK if exclusive else nullcontext():
-            yield
-    finally:
+    with TORCH_RNG_LOCK if exclusive else nullcontext():  # held from the seeding to the restore
         with TORCH_RNG_LOCK:
-            torch.random.set_rng_state(saved)
+            saved = torch.random.get_rng_state()
+            torch.random.default_generator.manual_seed(torch_seed(stream, *keys))
+        try:
+            yield
+        finally:
+            with TORCH_RNG_LOCK:
+                torch.random.set_rng_state(saved)
 
 
 def draws_at_random(module: torch.nn.Module) -> bool:
