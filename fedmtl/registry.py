@@ -181,6 +181,10 @@ def option_errors(model: type[Any], values: dict[str, Any], owner: str, noun: st
     from pydantic import ValidationError
 
     allowed = [f.alias or n for n, f in model.model_fields.items()]
+    unknown = _unknown_options(model, values)
+    if unknown:  # a model keeping pydantic's default (extra="ignore") would drop a misspelt option silently
+        return None, [f"{owner} has no {noun} '{key}'{did_you_mean(key, allowed)}; its {noun}s: "
+                      f"{', '.join(allowed) or 'none'}" for key in unknown]
     try:
         return model(**values), []
     except ValidationError as exc:
@@ -195,6 +199,17 @@ def option_errors(model: type[Any], values: dict[str, Any], owner: str, noun: st
             line = f"{key} = {err.get('input')!r}: {message}" if key else message
             lines.append(f"{owner}: {line}" if qualify else line)
         return None, lines
+
+
+def _unknown_options(model: type[Any], values: dict[str, Any]) -> list[str]:
+    """The keys of ``values`` that name no field of ``model`` (by its alias or its own name),
+    unless ``model`` declares ``extra="allow"``."""
+    if model.model_config.get("extra") == "allow":
+        return []
+    by_name = bool(model.model_config.get("populate_by_name") or model.model_config.get("validate_by_name"))
+    known = {f.alias or name for name, f in model.model_fields.items()}
+    known |= {name for name, f in model.model_fields.items() if by_name or not f.alias}
+    return [key for key in values if key not in known]
 
 
 @contextlib.contextmanager

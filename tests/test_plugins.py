@@ -631,3 +631,53 @@ def test_a_plugin_method_whose_check_raises_is_one_config_error_naming_it(tmp_pa
                                           .replace('"checked"', '"refusing"'))
     with pytest.raises(ConfigError, match=r"^run.rounds = 1: give 2 or more$"):
         fedmtl.make_config(None, [f"run.plugins={tmp_path / 'refusing.py'}", "personalization.method=refusing"])
+
+
+PLAIN_PARAMS = '''
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedmtl.aggregation import Weighting, register
+
+
+class Params(BaseModel):  # pydantic's own BaseModel: extra keys are ignored by default
+    {config}
+    {field}: float = Field(1.0, alias="{alias}")
+
+
+@register("plain-params")
+class PlainParams(Weighting):
+    """Uniform weights; its Params is a plain pydantic model."""
+
+    Params = Params
+
+    def compute(self, objectives):
+        return torch.full((len(objectives),), 1.0 / len(objectives), dtype=torch.float64)
+'''
+
+
+@pytest.mark.parametrize(("config", "given", "refused"), [
+    ("", "{temprature = 2}", "temprature"),  # a misspelt option, the model keeping extra = "ignore"
+    ("", "{temperature_scale = 2}", "temperature_scale"),  # a field's own name, which pydantic ignores
+    ('model_config = ConfigDict(extra="ignore")', "{temprature = 2}", "temprature"),
+    (None, "{temperature-scale = 2}", None),  # its alias: accepted
+    ('model_config = ConfigDict(populate_by_name=True)', "{temperature_scale = 2}", None),
+    ('model_config = ConfigDict(extra="allow")', "{anything = 2}", None),  # the author allows any key
+])
+def test_a_plugin_rule_with_a_plain_pydantic_params_refuses_a_key_it_would_drop(tmp_path, registries, config,
+                                                                                given, refused):
+    """A rule's ``Params`` subclassing pydantic's ``BaseModel`` (not fedmtl's ``NoParams``)
+    ignores unknown keys by default: a misspelt parameter was dropped without a word and the
+    run used the default."""
+    import fedmtl
+
+    (tmp_path / "plain.py").write_text(PLAIN_PARAMS.format(config=config or "", field="temperature_scale",
+                                                           alias="temperature-scale"))
+    sets = [f"run.plugins={tmp_path / 'plain.py'}", "client.weighting=plain-params", f"client.params={given}"]
+    if refused is None:
+        fedmtl.make_config(None, sets)
+        return
+    with pytest.raises(ConfigError) as error:
+        fedmtl.make_config(None, sets)
+    assert f"weighting 'plain-params' has no parameter '{refused}'" in str(error.value), str(error.value)
+    assert "its parameters: temperature-scale" in str(error.value)
