@@ -205,3 +205,58 @@ def test_a_failing_level_of_a_two_level_plan_is_the_one_named(name, level):
         with pytest.raises(error, match=said):
             p(rows)
         assert p.level == level, (kind, p.level)
+
+
+class _NearMax:
+    """Weights of 1e38 on rows of ones in float32: a direction of T·1e38, finite, that the
+    plan's scaling by its level's number of rows takes past float32's largest (3.4e38)."""
+
+    @staticmethod
+    def make():  # noqa: ANN205
+        from fedmtl.aggregation import Weighting
+
+        class NearMax(Weighting):
+            name = "near-max"
+
+            def compute(self, objectives: Objectives) -> torch.Tensor:
+                return torch.full((len(objectives),), 1e38, dtype=torch.float64)
+
+        return NearMax()
+
+
+@pytest.mark.parametrize(("name", "level"), [("clients-then-tasks", "task"), ("tasks-then-clients", "task"),
+                                             ("flat", "client")])
+def test_a_direction_that_overflows_once_scaled_is_blamed_on_its_own_rule(name, level):
+    """clients-then-tasks hands the outer level len(group) × the task rule's direction: an
+    overflow there was blamed on the client rule, which had only been given Inf rows; flat
+    and tasks-then-clients returned an Inf direction without naming a rule."""
+    from fedmtl.aggregation.rule import NonFiniteResult
+
+    rows = [Row(r.client, r.task, torch.ones(5), r.loss, r.num_examples) for r in task_rows()]
+    p = AggregationPlan(name, _NearMax.make() if level == "client" else make_weighting("fedavg"),
+                        _NearMax.make() if level == "task" else make_weighting("fedavg"))
+    if name == "flat":
+        rows = rows[:2] + [Row(1, "c", torch.ones(5), 1.0, 10.0)]  # 3 rows of 2 clients: scaled by 1.5
+        p.client_weighting = _TwoRows.make()
+    with pytest.raises(NonFiniteResult, match=f"weighting '{'two-rows' if name == 'flat' else 'near-max'}' "
+                                              "combined finite rows into a direction that is not finite"):
+        p(rows)
+    assert p.level == level
+
+
+class _TwoRows:
+    """Weights of 1.2e38 on the first two rows and 0 elsewhere: 2.4e38, finite; × 1.5 is not."""
+
+    @staticmethod
+    def make():  # noqa: ANN205
+        from fedmtl.aggregation import Weighting
+
+        class TwoRows(Weighting):
+            name = "two-rows"
+
+            def compute(self, objectives: Objectives) -> torch.Tensor:
+                weights = torch.zeros(len(objectives), dtype=torch.float64)
+                weights[:2] = 1.2e38
+                return weights
+
+        return TwoRows()

@@ -168,6 +168,23 @@ class AggregationPlan:
         self.level = level
         return _run(self.weightings()[level], objectives, fallbacks)
 
+    def _scaled(self, level: str, factor: float, direction: torch.Tensor) -> torch.Tensor:
+        """``factor * direction`` of ``level``'s rule; one that overflows (a direction near the
+        largest float32) is that rule's, not the next level's that it would reach.
+
+        Raises
+        ------
+        NonFiniteResult
+            Naming the rule of ``level``.
+        """
+        scaled = factor * direction
+        if direction.numel() and not bool(torch.isfinite(scaled).all()):
+            self.level = level
+            rule = self.weightings()[level]
+            raise NonFiniteResult(f"{rule.kind} '{rule.name}' combined finite rows into a direction that is not "
+                                  f"finite (NaN or Inf) once scaled by {factor:g} (its level's number of rows)")
+        return scaled
+
     def _clients(self, rows: list[Row]) -> PlanResult:
         fallbacks: list[str] = []
         direction, weights = self._level("client", _objectives(rows, task_ids=False), fallbacks)
@@ -183,7 +200,7 @@ class AggregationPlan:
         row_weights = {}
         if weights is not None:
             row_weights = {(r.client, r.task): scale * float(w) for r, w in zip(rows, weights, strict=True)}
-        return PlanResult(scale * direction, row_weights, fallbacks)
+        return PlanResult(self._scaled("client", scale, direction), row_weights, fallbacks)
 
     def _clients_then_tasks(self, rows: list[Row]) -> PlanResult:
         fallbacks: list[str] = []
@@ -193,7 +210,7 @@ class AggregationPlan:
         merged, inner = [], {}
         for client, group in sorted(groups.items()):
             direction, weights = self._level("task", _objectives(group), fallbacks)
-            merged.append(Row(client, WHOLE, len(group) * direction,
+            merged.append(Row(client, WHOLE, self._scaled("task", len(group), direction),
                               sum(r.loss for r in group) / len(group), group[0].num_examples))
             inner[client] = None if weights is None else len(group) * weights
         direction, outer = self._level("client", _objectives(merged, task_ids=False), fallbacks)
@@ -226,7 +243,7 @@ class AggregationPlan:
             for k, task in enumerate(tasks):
                 for r, w in zip(groups[task], inner[task], strict=True):
                     row_weights[(r.client, task)] = float(scale * outer[k] * w)
-        return PlanResult(scale * direction, row_weights, fallbacks)
+        return PlanResult(self._scaled("task", scale, direction), row_weights, fallbacks)
 
 
 def server_weighting(name: str, params: dict, client_lr: float) -> Rule:
