@@ -162,11 +162,9 @@ def shutdown_engine(started_before: dict[int, int] | None = None) -> None:
     a process that has lost its parent since is no descendant any more)."""
     # before Ray's raylet goes: its agents and workers would lose their parent
     started = {**(started_before or {}), **descendants()}
-    ray = sys.modules.get("ray")
-    if ray is not None:
-        with contextlib.suppress(Exception):
-            if ray.is_initialized():
-                ray.shutdown()
+    from fedmtl.launch.ray_pipeline import shut_down_ray
+
+    shut_down_ray()  # the engine's threads, still running, submit nothing to it from now on
     stop_processes({**started, **descendants()})
 
 

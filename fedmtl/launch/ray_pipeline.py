@@ -31,9 +31,51 @@ rounds, 4 runs each way): 0.466 s a round with one call per actor against 0.440 
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from fedmtl.config import ROUND_TIMEOUT_S, ExperimentConfig
+
+_GATE = threading.RLock()
+"""Held while an engine worker thread submits a call to Ray (or replaces an actor, or Flower's
+backend terminates), and while :func:`shut_down_ray` shuts Ray down."""
+_CLOSED = threading.Event()
+
+
+class EngineClosed(RuntimeError):
+    """Ray was shut down for good in this process (an interrupt): no call reaches it any more."""
+
+
+@contextlib.contextmanager
+def ray_open() -> Iterator[None]:
+    """Within the block this thread may use Ray: :func:`shut_down_ray` waits for it to end.
+
+    Raises
+    ------
+    EngineClosed
+        Ray was shut down by :func:`shut_down_ray`: using it would start a new local Ray
+        instance (``ray.remote`` calls ``ray.init``), or, while it shuts down, end the whole
+        process with exit code 1 ("The core worker has already been shutdown").
+    """
+    with _GATE:
+        if _CLOSED.is_set():
+            raise EngineClosed("the simulation engine was shut down (the run was interrupted)")
+        yield
+
+
+def shut_down_ray() -> None:
+    """Shut Ray down for good in this process (the way out of an interrupted run): the engine's
+    worker threads, which may still be running, submit nothing to Ray from now on."""
+    with _GATE:
+        _CLOSED.set()
+        ray = sys.modules.get("ray")
+        if ray is not None:
+            with contextlib.suppress(Exception):
+                if ray.is_initialized():
+                    ray.shutdown()
 
 CALLS_PER_ACTOR = 2
 """ClientApp calls in flight per Ray actor (Flower's backend: 1)."""
@@ -110,13 +152,16 @@ def replacing_dead_actors(base: type) -> type:
             if self.pool is None or self.app_fn is None:
                 return super().process_message(message, context)  # Flower's errors for an unbuilt backend
             pool = self.pool
-            actor = self._alive(pool.pool.pop())
-            future = actor.run.remote(self.app_fn, message, str(context.node_config[PARTITION_ID_KEY]), context)
-            pool._future_to_actor[future] = actor  # a call in flight (what a shared engine's end checks)
+            with ray_open():  # not while Ray shuts down after an interrupt, nor after
+                actor = self._alive(pool.pool.pop())
+                future = actor.run.remote(self.app_fn, message, str(context.node_config[PARTITION_ID_KEY]),
+                                          context)
+                pool._future_to_actor[future] = actor  # a call in flight (what a shared engine's end checks)
             try:
                 _, reply, updated = ray.get(future)
             except ray.exceptions.ActorDiedError:
-                pool.pool.append(self._replacement(actor))
+                with ray_open():
+                    pool.pool.append(self._replacement(actor))
                 raise
             except BaseException:
                 pool.pool.append(actor)
@@ -125,6 +170,11 @@ def replacing_dead_actors(base: type) -> type:
                 pool._future_to_actor.pop(future, None)
             pool.pool.append(actor)
             return checked_reply(message, reply), updated
+
+        def terminate(self) -> None:
+            """Flower's (kill the actors, shut Ray down), unless Ray was shut down for good."""
+            with contextlib.suppress(EngineClosed), ray_open():
+                super().terminate()
 
         def _alive(self, actor: Any) -> Any:
             """``actor``, or its newest replacement when it died (a replacement may die too)."""

@@ -472,16 +472,20 @@ def _keep_ray_up(base: type) -> type:
 
     class SharedRayBackend(base):  # type: ignore[misc, valid-type]
         def terminate(self) -> None:
-            """Kill this run's actors (no ``ray.shutdown``) when none is busy, else Flower's."""
+            """Kill this run's actors (no ``ray.shutdown``) when none is busy, else Flower's;
+            nothing once Ray was shut down for good (an interrupt)."""
+            from fedmtl.launch.ray_pipeline import EngineClosed, ray_open
+
             pool = self.pool
             if pool is None:
                 return
-            if getattr(pool, "_future_to_actor", None) != {}:  # busy actors (or another Flower)
-                super().terminate()
-                return
-            for actor in dict.fromkeys(pool.pool):  # each actor once (the pool lists it per call slot)
-                with contextlib.suppress(Exception):  # already dead
-                    ray.kill(actor, no_restart=True)
+            with contextlib.suppress(EngineClosed), ray_open():
+                if getattr(pool, "_future_to_actor", None) != {}:  # busy actors (or another Flower)
+                    super().terminate()
+                    return
+                for actor in dict.fromkeys(pool.pool):  # each actor once (the pool lists it per call slot)
+                    with contextlib.suppress(Exception):  # already dead
+                        ray.kill(actor, no_restart=True)
 
     return SharedRayBackend
 
