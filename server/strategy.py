@@ -275,21 +275,19 @@ class FedMTLStrategy:
             A rule's state cannot be copied (a plugin's rule that keeps a lock or a file in a
             state attribute): one line naming its ``[server]`` key, as for a rule that raises.
         """
-        states = {}
-        for level, weighting in self.plan.weightings().items():
-            try:
-                states[level] = weighting.state_dict()
-            except Exception as exc:  # noqa: BLE001 - a plugin's rule: whatever it raises, in one line
-                raise RuleFailed(f"round {server_round}: server.{LEVEL_KEYS[level]} = '{weighting.name}' failed: "
-                                 f"{type(exc).__name__}: {one_line(exc, RULE_ERROR_LIMIT)}") from exc
-        return states
+        try:
+            return self.plan.state_dict()
+        except Exception as exc:  # noqa: BLE001 - a plugin's rule: whatever it raises, in one line
+            level = self.plan.level
+            raise RuleFailed(f"round {server_round}: server.{LEVEL_KEYS[level]} = "
+                             f"'{self.plan.weightings()[level].name}' failed: "
+                             f"{type(exc).__name__}: {one_line(exc, RULE_ERROR_LIMIT)}") from exc
 
     def load_server_state(self, state: tuple[dict[str, object], dict[str, dict[str, object]]]) -> None:
         """Restore :meth:`server_state` output."""
         optimizer, weightings = state
         self.optimizer.load_state_dict(optimizer)
-        for level, weighting in self.plan.weightings().items():
-            weighting.load_state_dict(weightings[level])
+        self.plan.load_state_dict(weightings)
 
     def skip(self, server_round: int, record: TrainRecord, reasons: list[str], why: str = "") -> TrainRecord:
         """Leave the model as it is, or stop the run after ``server.max-failed-rounds`` skips in a
@@ -375,8 +373,7 @@ class FedMTLStrategy:
         self.first_round = int(checkpoint["round"]) + 1
         self.errors.resume_after(int(checkpoint["round"]))  # the rounds after it are redone: their errors too
         self.optimizer.load_state_dict(checkpoint["server_optimizer"])
-        for level, weighting in self.plan.weightings().items():
-            weighting.load_state_dict(checkpoint["weightings"][level])
+        self.plan.load_state_dict(checkpoint["weightings"])
         self.roster.rng.bit_generator.state = checkpoint["rng"]
         self.state = dict(checkpoint["backbone"])
         heads = checkpoint.get("heads")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmtl.aggregation import Objectives, make_weighting
+from fedmtl.aggregation import Objectives, Rule, make_weighting
 from fedmtl.aggregation.plans import (
     PLANS,
     AggregationPlan,
@@ -260,3 +260,103 @@ class _TwoRows:
                 return weights
 
         return TwoRows()
+
+
+def _rounds_of_rows(rounds: int = 4, num_clients: int = 4) -> list[list[Row]]:
+    """Task rows of ``rounds`` rounds, losses and updates changing each round (every client
+    holds both tasks except client 3, which holds task 'a' only)."""
+    out = []
+    for r in range(rounds):
+        rows = task_rows(num_clients, seed=r)
+        out.append([Row(x.client, x.task, x.update, x.loss * (1 + 0.3 * r) + 0.1 * x.client, x.num_examples)
+                    for x in rows if not (x.client == 3 and x.task == TASKS[1])])
+    return out
+
+
+STATEFUL = [("term", {"tilt": 2.0}), ("fedfv", {"tau": 2}), ("afl", {"lr_lambda": 0.5}), ("dwa", {})]
+
+
+@pytest.mark.parametrize(("rule", "params"), STATEFUL)
+@pytest.mark.parametrize("name", ["tasks-then-clients", "clients-then-tasks"])
+def test_a_stateful_rule_called_once_per_group_advances_once_a_round_per_group(name, rule, params):
+    """The inner level of a two-level plan runs once per group a round. One instance shared by
+    the groups advanced its state once per call: TERM's normaliser twice a round, FedFV's
+    'previous round' the other task's updates of the same round, AFL's λ zeroed by the other
+    task's projection. Each group's result must be the rule's run on that group's rows alone,
+    round after round (the outer level the mean)."""
+    from fedmtl.aggregation.plans import _objectives
+
+    inner_is_client = name == "tasks-then-clients"
+    p = AggregationPlan(name, make_weighting(rule, **params) if inner_is_client else make_weighting("mean"),
+                        make_weighting("mean") if inner_is_client else make_weighting(rule, **params))
+    alone: dict[str, Rule] = {}
+    key = (lambda r: r.task) if inner_is_client else (lambda r: str(r.client))
+    for rows in _rounds_of_rows():
+        got = p(rows)
+        groups = sorted({key(r) for r in rows})
+        expected = torch.zeros_like(rows[0].update)
+        for group in groups:
+            members = [r for r in rows if key(r) == group]
+            own = alone.setdefault(group, make_weighting(rule, **params))
+            objectives = _objectives(members)
+            if not own.needs_losses:
+                objectives.losses = None
+            direction = own.combine(objectives).direction
+            own.end_epoch()
+            # tasks-then-clients: T × the mean over tasks; clients-then-tasks: the mean over clients of |tasks| × d
+            expected += direction if inner_is_client else len(members) * direction / len(groups)
+        torch.testing.assert_close(got.direction, expected, rtol=1e-12, atol=1e-14)
+    assert sorted(p.groups) == sorted(alone)
+
+
+@pytest.mark.parametrize(("rule", "params"), STATEFUL)
+def test_grouped_states_go_through_a_checkpoint(rule, params):
+    """A plan restored from its state_dict after round 2 goes on as the uninterrupted one
+    (each group's own state, and only the groups it had)."""
+    rounds = _rounds_of_rows()
+
+    def fresh() -> AggregationPlan:
+        return AggregationPlan("tasks-then-clients", make_weighting(rule, **params), make_weighting("mean"))
+
+    whole, first = fresh(), fresh()
+    expected = [whole(rows) for rows in rounds]
+    for rows in rounds[:2]:
+        first(rows)
+    import pickle
+
+    resumed = fresh()
+    resumed.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
+    for rows, want in zip(rounds[2:], expected[2:], strict=True):
+        got = resumed(rows)
+        torch.testing.assert_close(got.direction, want.direction, rtol=0, atol=0)
+        assert got.row_weights == want.row_weights
+
+
+def test_a_grouped_level_s_state_from_before_groups_is_where_each_group_starts():
+    """A checkpoint written when one instance served every group holds one state for the
+    level: each group starts from it (and keeps starting from it after the next checkpoint)."""
+    from fedmtl.aggregation.plans import GROUPS, START
+
+    shared = make_weighting("term", tilt=2.0)
+    rounds = _rounds_of_rows()
+    shared.combine(_objectives_of(rounds[0]))
+    old_format = {"client": shared.state_dict(), "task": {}}
+    p = AggregationPlan("tasks-then-clients", make_weighting("term", tilt=2.0), make_weighting("mean"))
+    p.load_state_dict(old_format)
+    p(rounds[1])
+    for task, group in p.groups.items():
+        from_there = make_weighting("term", tilt=2.0)
+        from_there.load_state_dict(old_format["client"])
+        from_there.combine(_objectives_of([r for r in rounds[1] if r.task == task]))
+        assert group.log_z == from_there.log_z != shared.log_z
+    state = p.state_dict()
+    assert state["client"][START] == old_format["client"] and set(state["client"][GROUPS]) == set(TASKS)
+    later = AggregationPlan("tasks-then-clients", make_weighting("term", tilt=2.0), make_weighting("mean"))
+    later.load_state_dict(state)
+    assert later._start == old_format["client"]
+
+
+def _objectives_of(rows: list[Row]) -> Objectives:
+    from fedmtl.aggregation.plans import _objectives
+
+    return _objectives(rows)

@@ -315,3 +315,21 @@ def test_a_resumed_run_logs_each_client_error_once(tmp_path):
     assert (killed / "client-errors.log").read_text() == log
     errors = log.count(" dropped out of this round")
     assert f"client errors: {errors} in all" in proc.stdout + proc.stderr
+
+
+def test_a_two_level_plan_s_per_group_rule_states_resume_exactly(tmp_path):
+    """tasks-then-clients runs the client rule once per task, each task's group with its own
+    instance (TERM's normaliser per task): the checkpoint holds one state per group, and a run
+    extended from it gives the rows of an uninterrupted one."""
+    import fedmtl
+
+    sets = ["engine.backend=inprocess", "server.plan=tasks-then-clients", "server.weighting=term",
+            "server.params={tilt = 2.0}", "data.task-sets=mixed", "data.num-clients=6"]
+    whole = fedmtl.run(ROOT / "configs/smoke.toml", overrides=[*sets, "run.rounds=3"], out=tmp_path / "whole")
+    fedmtl.run(ROOT / "configs/smoke.toml", overrides=[*sets, "run.rounds=2"], out=tmp_path / "part")
+    extended = fedmtl.resume(tmp_path / "part", rounds=3)
+    checkpoint, _ = load_checkpoint(extended.folder)
+    groups = checkpoint["weightings"]["client"]["per-group"]
+    assert sorted(groups) == ["left", "right"] and len({repr(g) for g in groups.values()}) == 2, groups
+    pd.testing.assert_frame_equal(pd.read_csv(whole.folder / "metrics.csv"),
+                                  pd.read_csv(extended.folder / "metrics.csv"))

@@ -21,12 +21,21 @@ update:
 
 Losses of grouped rows are the mean of the task losses (clients-then-tasks) or the
 example-weighted mean of the client losses (tasks-then-clients); example counts add up.
+
+**A rule called once per group keeps one state per group.** The inner level of a two-level
+plan (the task rule of each client in ``clients-then-tasks``, the client rule of each task in
+``tasks-then-clients``) runs as many times a round as there are groups. Each group gets its
+own instance of the configured rule, made on the group's first round, so that a stateful rule
+(TERM's normaliser, FedFV's history of past rounds, AFL's λ) advances once per round for its
+group, as if it ran for that group alone, instead of once per call.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -38,6 +47,10 @@ PLANS = ("clients", "flat", "clients-then-tasks", "tasks-then-clients")
 WHOLE = "all"
 LEVEL_KEYS = {"client": "weighting", "task": "task-weighting"}
 """The ``[server]`` key naming the rule of each level of :meth:`AggregationPlan.weightings`."""
+GROUPS, START = "per-group", "per-group-start"
+"""The keys of a grouped level's state (:meth:`AggregationPlan.state_dict`): one state per group,
+and the state a new group starts from (``None``: the rule's initial one). Not names of Python
+attributes, so never a rule's own state."""
 
 
 @dataclass
@@ -69,6 +82,16 @@ class PlanResult:
     direction: torch.Tensor
     row_weights: dict[tuple[int, str], float] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
+
+
+def grouped_level(plan: str) -> str | None:
+    """The level of ``plan`` whose rule runs once per group of rows (module docstring), or ``None``."""
+    return {"clients-then-tasks": "task", "tasks-then-clients": "client"}.get(plan)
+
+
+def fresh_copy(rule: Rule) -> Rule:
+    """A new instance of ``rule``'s class with its context and parameters, in its initial state."""
+    return type(rule)(rule.context, **rule.params.model_dump(by_alias=True))
 
 
 def uses_task_weighting(plan: str) -> bool:
@@ -142,12 +165,68 @@ class AggregationPlan:
         called last: after the plan raised, the one that failed."""
         self.client_weighting = client_weighting
         self.task_weighting = task_weighting
+        self.groups: dict[str, Rule] = {}
+        """The instances of the grouped level's rule (:func:`grouped_level`), by group (a task
+        name, or a client id as text); the configured rule itself is never called there."""
+        self._start: dict[str, Any] | None = None
+        """The state each new group starts from (a checkpoint's from before groups had their own)."""
+        self._used: list[tuple[str, Rule]] = []
 
     def weightings(self) -> dict[str, Rule]:
-        """The weightings in use, by level (for checkpoints)."""
+        """The weightings configured, by level (what each level's rule is and reads)."""
         if uses_task_weighting(self.plan):
             return {"client": self.client_weighting, "task": self.task_weighting}
         return {"client": self.client_weighting}
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """The rules' states, by level: a grouped level's is ``{GROUPS: {group: state}, START: state}``.
+
+        Raises
+        ------
+        Exception
+            A rule's own, from :meth:`~fedmtl.aggregation.rule.Rule.state_dict`; :attr:`level`
+            is then the level whose rule raised.
+        """
+        states: dict[str, dict[str, Any]] = {}
+        for level, rule in self.weightings().items():
+            self.level = level
+            if level == grouped_level(self.plan):
+                states[level] = {GROUPS: {group: r.state_dict() for group, r in self.groups.items()},
+                                 START: copy.deepcopy(self._start)}
+            else:
+                states[level] = rule.state_dict()
+        return states
+
+    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+        """Restore :meth:`state_dict` output: the groups are exactly those of ``states``. A grouped
+        level's state written before groups had their own (one state for every call) becomes the
+        state each group starts from."""
+        self.groups, self._start = {}, None
+        for level, rule in self.weightings().items():
+            state = states[level]
+            if level != grouped_level(self.plan):
+                rule.load_state_dict(state)
+            elif GROUPS in state:
+                self._start = copy.deepcopy(state.get(START))
+                for group, group_state in state[GROUPS].items():
+                    self.groups[group] = fresh_copy(rule)
+                    self.groups[group].load_state_dict(group_state)
+            else:
+                self._start = copy.deepcopy(state)
+
+    def _rule(self, level: str, group: str | None) -> Rule:
+        """The rule that combines ``group``'s rows at ``level`` (its own instance on the grouped level)."""
+        if level != grouped_level(self.plan):
+            rule = self.weightings()[level]
+        else:
+            rule = self.groups.get(str(group))
+            if rule is None:
+                rule = self.groups[str(group)] = fresh_copy(self.weightings()[level])
+                if self._start is not None:
+                    rule.load_state_dict(self._start)
+        if not any(r is rule for _, r in self._used):
+            self._used.append((level, rule))
+        return rule
 
     def __call__(self, rows: list[Row]) -> PlanResult:
         """Combine ``rows`` (whole updates for ``clients``, task parts otherwise); when it
@@ -155,18 +234,19 @@ class AggregationPlan:
         self.level = "client"
         if not rows:
             raise ValueError("no update rows to aggregate")
+        self._used = []
         result = getattr(self, "_" + self.plan.replace("-", "_"))(rows)
-        for level, weighting in self.weightings().items():
+        for level, rule in self._used:  # the rules called this round (a group without rows has no round)
             self.level = level
-            weighting.end_epoch()
+            rule.end_epoch()
         return result
 
     def _level(self, level: str, objectives: Objectives,
-               fallbacks: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The rule of ``level`` (``"client"`` or ``"task"``) on ``objectives`` (:func:`_run`),
-        the level kept in :attr:`level`."""
+               fallbacks: list[str], group: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rule of ``level`` (``"client"`` or ``"task"``; on the grouped level ``group``'s
+        own) on ``objectives`` (:func:`_run`), the level kept in :attr:`level`."""
         self.level = level
-        return _run(self.weightings()[level], objectives, fallbacks)
+        return _run(self._rule(level, group), objectives, fallbacks)
 
     def _scaled(self, level: str, factor: float, direction: torch.Tensor) -> torch.Tensor:
         """``factor * direction`` of ``level``'s rule; one that overflows (a direction near the
@@ -209,7 +289,7 @@ class AggregationPlan:
             groups[r.client].append(r)
         merged, inner = [], {}
         for client, group in sorted(groups.items()):
-            direction, weights = self._level("task", _objectives(group), fallbacks)
+            direction, weights = self._level("task", _objectives(group), fallbacks, group=str(client))
             merged.append(Row(client, WHOLE, self._scaled("task", len(group), direction),
                               sum(r.loss for r in group) / len(group), group[0].num_examples))
             inner[client] = None if weights is None else len(group) * weights
@@ -230,7 +310,7 @@ class AggregationPlan:
         merged, inner = [], {}
         for task in tasks:
             group = groups[task]
-            direction, weights = self._level("client", _objectives(group), fallbacks)
+            direction, weights = self._level("client", _objectives(group), fallbacks, group=task)
             counts = torch.tensor([r.num_examples for r in group], dtype=torch.float64)
             losses = torch.tensor([r.loss for r in group], dtype=torch.float64)
             loss = float((counts * losses).sum() / counts.sum()) if counts.sum() > 0 else float(losses.mean())
