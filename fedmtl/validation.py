@@ -907,7 +907,7 @@ def check_task_names(dataset: str, names: list[object]) -> None:
     ValueError
         Naming the dataset and the task.
     """
-    from fedmtl.results import OVERALL
+    from fedmtl.results import CLIENT_LEVEL, GLOBAL_PREFIX, OVERALL, TRAINED_PREFIX
 
     for i, name in enumerate(names):
         if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
@@ -916,6 +916,14 @@ def check_task_names(dataset: str, names: list[object]) -> None:
         if name == OVERALL:
             raise ValueError(f"data.dataset = {dataset!r}: a task may not be named '{OVERALL}': the results use that "
                              "name for the statistics across tasks")
+        if name == CLIENT_LEVEL:
+            raise ValueError(f"data.dataset = {dataset!r}: a task may not be named '{CLIENT_LEVEL}': metrics.csv "
+                             "uses that name for a client's own rows (its example counts, its weight)")
+        prefix = next((p for p in (GLOBAL_PREFIX, TRAINED_PREFIX) if name.startswith(p)), None)
+        if prefix is not None:
+            raise ValueError(f"data.dataset = {dataset!r}: task name {name!r} may not start with '{prefix}': "
+                             f"rounds.csv names the columns of a task's {prefix.rstrip('_')} view so "
+                             f"('{prefix}{name[len(prefix):]}.accuracy.mean' is task '{name[len(prefix):]}''s)")
         if name in names[:i]:
             raise ValueError(f"data.dataset = {dataset!r}: two tasks are named {name!r}: each task needs its own name")
 
