@@ -103,10 +103,15 @@ _GROUP_COLUMN = re.compile(r"^(?P<view>global_|trained_)?(?P<task>[^.]+)\.(?P<ga
                            + r")-(?P<attribute>[^.]+)\.(?P<stat>pooled|mean|worst)$")
 
 
-def primary_metric(test: pd.DataFrame, task: str) -> str:
-    """The metric shown for ``task``: accuracy if recorded, else MSE, MAE or loss, else (a
-    plugin kind's own metrics only) the first one recorded."""
+def primary_metric(test: pd.DataFrame, task: str, rounds: pd.DataFrame | None = None) -> str:
+    """The metric shown for ``task``: the one ``rounds`` (``rounds.csv``) has statistics of (its
+    kind's first metric, a plugin kind's too); without them accuracy if recorded, else MSE, MAE
+    or loss, else the first one recorded."""
     recorded = list(dict.fromkeys(test.loc[test["task"] == task, "metric"]))
+    if rounds is not None:
+        summarised = [m for m in recorded if f"{task}.{m}.mean" in rounds.columns]
+        if summarised:
+            return summarised[0]
     return next((m for m in PREFERRED if m in recorded), recorded[0])
 
 
@@ -345,11 +350,11 @@ def plot_run(run_dir: str | Path, fmt: str = "png", dpi: int = DEFAULT_DPI,
         return []
     _check_highlight(highlight, set(test["client"].astype(int)), str(run_dir))
     tasks = sorted(test["task"].unique())
-    written = [_curves(test, tasks, out / f"accuracy.{fmt}", view, dpi, highlight),
-               _final(test, tasks, out / f"final_distribution.{fmt}", view, dpi, highlight),
-               _clients(test, tasks, out / f"clients.{fmt}", run_dir, dpi, highlight)]
     rounds = read_rounds(run_dir)
-    metric_of = {t: primary_metric(test, t) for t in tasks}
+    metric_of = {t: primary_metric(test, t, rounds) for t in tasks}
+    written = [_curves(test, metric_of, out / f"accuracy.{fmt}", view, dpi, highlight),
+               _final(test, metric_of, out / f"final_distribution.{fmt}", view, dpi, highlight),
+               _clients(test, metric_of, out / f"clients.{fmt}", run_dir, dpi, highlight)]
     written.append(_run_fairness_rounds(rounds, metric_of, out / f"fairness_rounds.{fmt}", dpi))
     written.append(_run_group_fairness(rounds, out / f"group_fairness.{fmt}", dpi))
     return [p for p in written if p is not None]
@@ -363,10 +368,10 @@ def _check_highlight(highlight: int | None, clients: set[int], where: str) -> No
                          f"(clients {span})")
 
 
-def _curves(test: pd.DataFrame, tasks: list[str], path: Path, view: pd.DataFrame | None = None,
+def _curves(test: pd.DataFrame, metric_of: dict[str, str], path: Path, view: pd.DataFrame | None = None,
             dpi: int = DEFAULT_DPI, highlight: int | None = None) -> Path:
     both = view is not None and not view.empty
-    metrics = [primary_metric(test, t) for t in tasks]
+    tasks, metrics = list(metric_of), list(metric_of.values())
     fig, axes = _panels(len(tasks), 5.0, 3.8, sharey=_shared_metric(metrics))
     for ax, task, metric in zip(axes, tasks, metrics, strict=True):
         label, scale = unit_of(metric), scale_of(metric)
@@ -410,16 +415,15 @@ def _curves(test: pd.DataFrame, tasks: list[str], path: Path, view: pd.DataFrame
     return save_figure(fig, path, dpi)
 
 
-def _final(test: pd.DataFrame, tasks: list[str], path: Path, view: pd.DataFrame | None = None,
+def _final(test: pd.DataFrame, metric_of: dict[str, str], path: Path, view: pd.DataFrame | None = None,
            dpi: int = DEFAULT_DPI, highlight: int | None = None) -> Path:
     last = test["round"].max()
     view = view[view["round"] == last] if view is not None else None
     both = view is not None and not view.empty
-    fig = Figure(figsize=(1.8 + 1.8 * len(tasks) * (2 if both else 1), 3.8))
+    fig = Figure(figsize=(1.8 + 1.8 * len(metric_of) * (2 if both else 1), 3.8))
     ax = fig.subplots()
     data, labels, marked = [], [], []
-    for task in tasks:
-        metric = primary_metric(test, task)
+    for task, metric in metric_of.items():
         scale = scale_of(metric)
         sources = [(test[test["round"] == last], "\npersonal" if both else "")]
         if both:
@@ -441,18 +445,20 @@ def _final(test: pd.DataFrame, tasks: list[str], path: Path, view: pd.DataFrame 
                    label=f"client {highlight}")
         ax.legend(loc="best", fontsize=8)
     ax.set_xticks(range(1, len(labels) + 1), labels)
-    ax.set_ylabel("client test metric (accuracy in %)")
-    ax.set_title(f"Client distribution at round {last} ({len(data[0])} clients)")
+    shown = set(metric_of.values())
+    ax.set_ylabel(f"client test {unit_of(shown.pop())}" if len(shown) == 1 else "client test metric (per box)")
+    evaluated = test.loc[test["round"] == last, "client"].nunique()  # with task sets, a task has fewer
+    ax.set_title(f"Client distribution at round {last} ({evaluated} clients)")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return save_figure(fig, path, dpi)
 
 
-def _clients(test: pd.DataFrame, tasks: list[str], path: Path, run_dir: Path, dpi: int = DEFAULT_DPI,
+def _clients(test: pd.DataFrame, metric_of: dict[str, str], path: Path, run_dir: Path, dpi: int = DEFAULT_DPI,
              highlight: int | None = None) -> Path:
     """Per task, each client's final metric by client id (hollow: never trained)."""
     last = test["round"].max()
-    metrics = [primary_metric(test, t) for t in tasks]
+    tasks, metrics = list(metric_of), list(metric_of.values())
     participation = Path(run_dir) / "participation.csv"
     never: set[int] = set()
     if participation.is_file():

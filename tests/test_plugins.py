@@ -473,8 +473,9 @@ def test_fedmtl_list_shows_a_plugin_s_names_with_plugin(tmp_path, registries, mo
     # found by an audit: 'all' sat among metrics.csv's client-level rows (and left the figures);
     # 'trained_a' got the columns of task 'a's trained-clients view in rounds.csv
     (("all", "right"), "a task may not be named 'all': metrics.csv uses that name for a client's own rows"),
-    (("right", "trained_right"), "task name 'trained_right' may not start with 'trained_': rounds.csv names the "
-                                 "columns of a task's trained view so ('trained_right.accuracy.mean' is task 'right''s)"),
+    (("right", "trained_right"), "task name 'trained_right' may not start with 'trained_': rounds.csv names "
+                                 "the columns of a task's trained view so ('trained_right.accuracy.mean' is task "
+                                 "'right''s)"),
     (("global_x", "right"), "task name 'global_x' may not start with 'global_'"),
 ])
 def test_a_dataset_whose_task_names_would_mix_up_the_results_is_refused(tmp_path, registries, names, said):
