@@ -182,3 +182,25 @@ def test_data_that_cannot_be_built_is_one_line_as_in_fedmtl_run(tmp_path):
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("error: data.dataset = 'buggy-describe' cannot be built: NameError: name "
                                "'undefined_name' is not defined (") and "buggy.py, line " in lines[0], lines
+
+
+def test_group_shares_are_shares_of_each_value_not_the_mean_of_the_codes():
+    """An attribute of three values reported the mean of its codes as the share of group 1
+    (codes 0, 1, 2, 2: 1.25); each value after the first now has its share (found by an audit)."""
+    import torch
+
+    from fedmtl.data.describe import describe_federation
+    from fedmtl.data.federation import ClientData, Federation, Split
+    from fedmtl.tasks import TaskSpec
+
+    def split(codes: list[int], names: dict) -> Split:
+        return Split(torch.zeros(len(codes), 2), {"t": torch.zeros(len(codes), dtype=torch.int64)},
+                     {"g": torch.tensor(codes)}, names)
+
+    for names, codes, expected in (({"g": ("a", "b", "c")}, [0, 1, 2, 2], {"g.share-b": 0.25, "g.share-c": 0.5}),
+                                   ({"g": ("no", "yes")}, [0, 1, 1, 1], {"g.share-yes": 0.75}),
+                                   ({}, [0, 1, 1, 0], {"g.share-1": 0.5})):
+        fed = Federation((2,), [TaskSpec("t", "multiclass", 2)], 1,
+                         lambda c, n=names, k=codes: ClientData(c, train=split(k, n), test=split(k[:1], n)))
+        table = describe_federation(fed)
+        assert {c: table[c][0] for c in table.columns if c.startswith("g.")} == expected

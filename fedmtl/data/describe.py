@@ -13,12 +13,6 @@ from fedmtl.atomic import write_bytes
 from fedmtl.data.federation import Federation
 
 
-def group_one(group_names: dict[str, tuple[str, ...]], group: str) -> str:
-    """The name of value 1 of group attribute ``group`` (``"1"`` when the dataset names none)."""
-    names = group_names.get(group, ())
-    return str(names[1]) if len(names) > 1 else "1"
-
-
 def describe_federation(fed: Federation) -> pd.DataFrame:
     """One row per client: example counts, tasks held and, per task, its label mix.
 
@@ -27,7 +21,8 @@ def describe_federation(fed: Federation) -> pd.DataFrame:
     does not hold the task) and ``<task>.top-share`` (share of the most common training
     label), and for every group attribute ``<group>.share-<name>`` (the share of the training
     examples in group 1, named by the dataset: ``colour.share-Black``; ``<group>.share-1``
-    when the dataset names no groups). Regression tasks get ``<task>.mean`` instead. Every
+    when the dataset names no groups; an attribute with more than two named values has one
+    such column per value after the first). Regression tasks get ``<task>.mean`` instead. Every
     label and group column counts the training split.
     """
     rows = []
@@ -51,7 +46,10 @@ def describe_federation(fed: Federation) -> pd.DataFrame:
             row[f"{task.name}.classes"] = int((counts > 0).sum())
             row[f"{task.name}.top-share"] = float(counts.max() / counts.sum())
         for group, values in client.train.groups.items():
-            row[f"{group}.share-{group_one(client.train.group_names, group)}"] = float(values.float().mean())
+            names = client.train.group_names.get(group, ())
+            for code in range(1, max(len(names), 2)):  # every value but the first (a binary one: value 1 only)
+                name = str(names[code]) if len(names) > code else str(code)
+                row[f"{group}.share-{name}"] = float((values == code).float().mean()) if len(values) else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in [c for c in table.columns if c.endswith(".classes")]:  # counts, blank where not held
