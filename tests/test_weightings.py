@@ -629,3 +629,28 @@ def test_mgda_weights_on_pareto_stationary_rows_are_the_least_norm_ones():
     null = torch.linalg.svd(g.T).Vh[6:]  # orthonormal rows spanning {λ : Gᵀλ = 0}
     projection = null.T @ (null @ torch.ones(8, dtype=F64))
     torch.testing.assert_close(w, projection / projection.sum(), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fedmgda_plus_reaches_the_exact_qp_optimum_on_nearly_parallel_updates(seed):
+    """Clients whose updates share a direction (the common case) make the cosine matrix nearly
+    rank one: plain projected gradient stopped short of the optimum on almost every round with
+    the default budget (1-2.5% off the step; found by an audit). The default solve converges and
+    its step is the exact QP's (quadprog's active-set solution, an independent method)."""
+    from quadprog import solve_qp
+
+    gen = np.random.default_rng(seed)
+    m, eps = 20, 0.1
+    u = gen.normal(size=100) + gen.normal(size=(m, 100)) * 0.2
+    n = gen.integers(20, 500, m).astype(float)
+    result = make_weighting("fedmgda+", epsilon=eps).weigh(
+        Objectives(updates=torch.tensor(u), num_examples=torch.tensor(n)))
+    assert not result.info.fallback, result.info
+    g = u / np.linalg.norm(u, axis=1, keepdims=True)
+    prior = n / n.sum()
+    lower, upper = np.maximum(prior - eps, 0), np.minimum(prior + eps, 1)
+    constraints = np.hstack([np.ones((m, 1)), np.eye(m), -np.eye(m)])
+    exact = solve_qp(g @ g.T + 1e-12 * np.eye(m), np.zeros(m), constraints,
+                     np.concatenate([[1.0], lower, -upper]), meq=1)[0]
+    step = result.weights.numpy() @ u  # w_k = λ_k / ‖u_k‖
+    np.testing.assert_allclose(step, exact @ g, rtol=1e-6, atol=1e-9)
