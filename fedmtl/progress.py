@@ -224,9 +224,16 @@ class ClientErrors:
         if not self.counts:
             return None
         total, distinct = sum(self.counts.values()), len(self.counts)
-        repeats = "; ".join(f"{n}× {one_line(self.examples[k], 80)}" for k, n in self.counts.items())
+        repeats = "; ".join(f"{n}× {_example(self.examples[k], n)}" for k, n in self.counts.items())
         return (f"client errors: {total} in all, {distinct} distinct ({repeats}); details and tracebacks: "
                 f"{self.path}")
+
+
+def _example(reason: str, times: int) -> str:
+    """The first message of an error seen ``times`` times: ``e.g.`` before it when its numbers
+    (the client's id, a value) may differ in the others (:meth:`ClientErrors.kind`)."""
+    text = one_line(reason, 80)
+    return f"e.g. {text}" if times > 1 and re.search(r"\d", reason) else text
 
 
 def _who_failed(clients: list[int | None]) -> str:

@@ -281,7 +281,7 @@ def test_a_resume_cuts_the_client_error_log_after_its_checkpoint_and_counts_what
     assert resumed.counts == {"client # dropped out of this round (faults.dropout)": 1,
                               "update not finite second line": 1, "lost": 1}
     resumed.report(3, "training", [(2, "client 2 dropped out of this round (faults.dropout)")])
-    assert resumed.summary().startswith("client errors: 4 in all, 3 distinct (2× client 1 dropped out")
+    assert resumed.summary().startswith("client errors: 4 in all, 3 distinct (2× e.g. client 1 dropped out")
     ClientErrors(path, lambda line: None).resume_after(0)
     assert path.read_text() == ""
     ClientErrors(tmp_path / "none.log", lambda line: None).resume_after(3)  # no log: nothing to cut
@@ -308,7 +308,7 @@ def test_a_rounds_console_line_counts_the_clients_of_every_attempt(tmp_path):
     errors.flush()
     assert shown[1:] == [f"round 1 evaluation: a client failed (2): KeyError: 'left' (all client errors: {log})"]
     assert len(log.read_text().splitlines()) == 6
-    assert errors.summary().startswith("client errors: 6 in all, 2 distinct (5× client 0 dropped out")
+    assert errors.summary().startswith("client errors: 6 in all, 2 distinct (5× e.g. client 0 dropped out")
 
 
 @pytest.mark.parametrize("width", [40, 80, 120])
