@@ -76,7 +76,7 @@ def normalised_entropy(values: np.ndarray) -> float:
         return math.nan
     values = values + 1e-9
     p = values / values.sum()
-    return float(-(p * np.log(p)).sum())
+    return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: one client's 0, not −0.0
 
 
 def summarize(

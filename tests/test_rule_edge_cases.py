@@ -172,3 +172,9 @@ def test_fedfv_breaks_equal_losses_by_row_key_not_position():
         directions.append(make_rule("fedfv").combine(batch).direction)
     for direction in directions[1:]:
         torch.testing.assert_close(direction, directions[0], rtol=1e-12, atol=1e-15)
+
+
+def test_the_entropy_of_one_client_is_zero_not_minus_zero():
+    """summary.json printed ``-0.0`` for a run with one evaluated client (found by an audit)."""
+    value = normalised_entropy(np.array([0.7]))
+    assert value == 0.0 and math.copysign(1.0, value) == 1.0 and str(value) == "0.0"
