@@ -21,7 +21,10 @@ class QFFL(Weighting):
     ``h_k = q F_k^(q−1) ‖Δw_k‖² + L F_k^q``, the paper's step ``wᵗ⁺¹ = wᵗ − Σ Δ_k / Σ h_k`` is
     ``Σ_k w_k u_k`` with ``w_k = L F_k^q / Σ_j h_j``. ``F_k`` is client k's loss of ``wᵗ``
     before local training (+1e-10, as in the paper's code). q = 0 gives the plain mean.
-    Use ``server.lr = 1`` for the paper's update.
+    Use ``server.lr = 1`` for the paper's update. The paper's clients take plain SGD steps, so
+    that ``L (wᵗ − w̄_k)`` is their summed gradients; with ``client.momentum = μ`` (0.5 by
+    default) an update is up to ``1/(1−μ)`` times longer, which weighs the ``‖Δw_k‖²`` term of
+    ``h_k`` more: set ``client.momentum = 0`` for the paper's setting.
     """
 
     scope = "server"
