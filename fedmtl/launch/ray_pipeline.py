@@ -40,42 +40,69 @@ from typing import Any
 from fedmtl.config import ROUND_TIMEOUT_S, ExperimentConfig
 
 _GATE = threading.RLock()
-"""Held while an engine worker thread submits a call to Ray (or replaces an actor, or Flower's
-backend terminates), and while :func:`shut_down_ray` shuts Ray down."""
+"""Held while an engine worker thread submits a call to Ray or starts an actor, while a backend
+terminates (Flower's terminate shuts Ray down), and while :func:`shut_down_ray` shuts it down:
+no call is submitted while Ray shuts down."""
 _CLOSED = threading.Event()
+"""Set by :func:`shut_down_ray`: Ray is down for good in this process (an interrupted run)."""
+SHUTDOWN_WAIT_S = 5.0
+"""How long :func:`shut_down_ray` waits for a thread that holds the gate (a submission)."""
 
 
 class EngineClosed(RuntimeError):
-    """Ray was shut down for good in this process (an interrupt): no call reaches it any more."""
+    """The engine's backend terminated, or Ray was shut down for good in this process (an
+    interrupt): no call reaches Ray any more."""
 
 
 @contextlib.contextmanager
-def ray_open() -> Iterator[None]:
-    """Within the block this thread may use Ray: :func:`shut_down_ray` waits for it to end.
+def ray_open(backend: Any = None) -> Iterator[None]:
+    """Within the block this thread may use Ray (submit a call, start an actor): Ray is not
+    shut down meanwhile.
 
     Raises
     ------
     EngineClosed
-        Ray was shut down by :func:`shut_down_ray`: using it would start a new local Ray
-        instance (``ray.remote`` calls ``ray.init``), or, while it shuts down, end the whole
-        process with exit code 1 ("The core worker has already been shutdown").
+        ``backend`` terminated (:func:`close_backend`) or Ray was shut down by
+        :func:`shut_down_ray`: a submission now would start a new local Ray instance
+        (``.remote`` calls ``ray.init``), or, while Ray shuts down, end the whole process
+        with exit code 1 ("The core worker has already been shutdown").
     """
     with _GATE:
-        if _CLOSED.is_set():
-            raise EngineClosed("the simulation engine was shut down (the run was interrupted)")
+        if _CLOSED.is_set() or getattr(backend, "_engine_closed", False):
+            raise EngineClosed("the simulation engine was shut down (the run ended or was interrupted)")
         yield
+
+
+def close_backend(backend: Any) -> bool:
+    """Mark ``backend`` terminated: its threads submit nothing from now on (:func:`ray_open`).
+    Call with the gate held (within :func:`ray_open` or ``with _GATE``). Returns whether Ray
+    is still up for its terminate to use (not shut down for good)."""
+    backend._engine_closed = True
+    return not _CLOSED.is_set()
+
+
+def gated_shutdown(ray: Any) -> None:
+    """``ray.shutdown()`` with the gate held: no engine thread submits a call meanwhile."""
+    with _GATE:
+        ray.shutdown()
 
 
 def shut_down_ray() -> None:
     """Shut Ray down for good in this process (the way out of an interrupted run): the engine's
-    worker threads, which may still be running, submit nothing to Ray from now on."""
-    with _GATE:
+    worker threads, which may still be running, submit nothing to Ray from now on. Waits at most
+    :data:`SHUTDOWN_WAIT_S` for a thread in the middle of a submission."""
+    held = _GATE.acquire(timeout=SHUTDOWN_WAIT_S)
+    try:
         _CLOSED.set()
         ray = sys.modules.get("ray")
         if ray is not None:
             with contextlib.suppress(Exception):
                 if ray.is_initialized():
                     ray.shutdown()
+    finally:
+        if held:
+            _GATE.release()
+
 
 CALLS_PER_ACTOR = 2
 """ClientApp calls in flight per Ray actor (Flower's backend: 1)."""
@@ -152,7 +179,7 @@ def replacing_dead_actors(base: type) -> type:
             if self.pool is None or self.app_fn is None:
                 return super().process_message(message, context)  # Flower's errors for an unbuilt backend
             pool = self.pool
-            with ray_open():  # not while Ray shuts down after an interrupt, nor after
+            with ray_open(self):  # not while Ray shuts down, nor once this backend terminated
                 actor = self._alive(pool.pool.pop())
                 future = actor.run.remote(self.app_fn, message, str(context.node_config[PARTITION_ID_KEY]),
                                           context)
@@ -160,8 +187,11 @@ def replacing_dead_actors(base: type) -> type:
             try:
                 _, reply, updated = ray.get(future)
             except ray.exceptions.ActorDiedError:
-                with ray_open():
-                    pool.pool.append(self._replacement(actor))
+                try:
+                    replacement = self._replacement(actor)
+                except EngineClosed:  # the run is ending: no new actor
+                    replacement = actor
+                pool.pool.append(replacement)
                 raise
             except BaseException:
                 pool.pool.append(actor)
@@ -172,9 +202,11 @@ def replacing_dead_actors(base: type) -> type:
             return checked_reply(message, reply), updated
 
         def terminate(self) -> None:
-            """Flower's (kill the actors, shut Ray down), unless Ray was shut down for good."""
-            with contextlib.suppress(EngineClosed), ray_open():
-                super().terminate()
+            """Flower's (kill the actors, shut Ray down) with the gate held, after which this
+            backend's threads submit nothing; nothing when Ray was shut down for good."""
+            with _GATE:
+                if close_backend(self):
+                    super().terminate()
 
         def _alive(self, actor: Any) -> Any:
             """``actor``, or its newest replacement when it died (a replacement may die too)."""
@@ -193,10 +225,13 @@ def replacing_dead_actors(base: type) -> type:
                 replacements = self.__dict__.setdefault("_replacements", {})
                 if key in replacements:
                     return replacements[key]
-                new = self.pool.create_actor_fn()
-                ready, _ = ray.wait([new.__ray_ready__.remote()], timeout=REPLACEMENT_START_S)
+                with ray_open(self):  # the gate only while it is started: its wait holds nothing
+                    new = self.pool.create_actor_fn()
+                    started = new.__ray_ready__.remote()
+                ready, _ = ray.wait([started], timeout=REPLACEMENT_START_S)
                 if not ready:
-                    ray.kill(new, no_restart=True)
+                    with contextlib.suppress(EngineClosed), ray_open(self):
+                        ray.kill(new, no_restart=True)
                     log.warning("a client actor died (Ray actor %s) and no new one started within %g s; "
                                 "its calls fail from now on", key[:12], REPLACEMENT_START_S)
                     replacements[key] = dead

@@ -319,7 +319,9 @@ def shared_engine() -> Iterator[None]:
     finally:  # on an error or an interrupt too, without waiting
         _SHARED, ray = None, sys.modules.get("ray")
         if shared.settings is not None and ray is not None and ray.is_initialized():
-            ray.shutdown()
+            from fedmtl.launch.ray_pipeline import gated_shutdown
+
+            gated_shutdown(ray)  # an interrupted run's engine threads may still be running
 
 
 def ray_logging(verbose: bool) -> dict[str, Any]:
@@ -474,14 +476,16 @@ def _keep_ray_up(base: type) -> type:
         def terminate(self) -> None:
             """Kill this run's actors (no ``ray.shutdown``) when none is busy, else Flower's;
             nothing once Ray was shut down for good (an interrupt)."""
-            from fedmtl.launch.ray_pipeline import EngineClosed, ray_open
+            from fedmtl.launch.ray_pipeline import _GATE, close_backend
 
             pool = self.pool
             if pool is None:
                 return
-            with contextlib.suppress(EngineClosed), ray_open():
+            with _GATE:  # no thread of this run submits a call meanwhile, nor after
                 if getattr(pool, "_future_to_actor", None) != {}:  # busy actors (or another Flower)
                     super().terminate()
+                    return
+                if not close_backend(self):  # Ray was shut down for good (an interrupt)
                     return
                 for actor in dict.fromkeys(pool.pool):  # each actor once (the pool lists it per call slot)
                     with contextlib.suppress(Exception):  # already dead
