@@ -332,28 +332,27 @@ def test_grouped_states_go_through_a_checkpoint(rule, params):
         assert got.row_weights == want.row_weights
 
 
-def test_a_grouped_level_s_state_from_before_groups_is_where_each_group_starts():
-    """A checkpoint written when one instance served every group holds one state for the
-    level: each group starts from it (and keeps starting from it after the next checkpoint)."""
-    from fedmtl.aggregation.plans import GROUPS, START
+def test_a_grouped_level_s_state_from_before_groups_is_not_copied_into_every_group():
+    """A checkpoint written when one instance served every group holds one state for the level,
+    mixing the groups: each group starts from the rule's initial state. Copying it into every
+    group multiplied a state kept per row key by the number of groups (centered clipping's
+    center of every client in every client's group: found by a review)."""
+    from fedmtl.aggregation.plans import GROUPS
 
-    shared = make_weighting("term", tilt=2.0)
+    shared = make_weighting("centered-clipping", tau=1.0)
     rounds = _rounds_of_rows()
-    shared.combine(_objectives_of(rounds[0]))
-    old_format = {"client": shared.state_dict(), "task": {}}
-    p = AggregationPlan("tasks-then-clients", make_weighting("term", tilt=2.0), make_weighting("mean"))
+    for rows in rounds[:2]:  # the old way: one instance called once per client (clients-then-tasks)
+        for client in sorted({r.client for r in rows}):
+            shared.combine(_objectives_of([r for r in rows if r.client == client]))
+    assert len(shared.centers) == 4
+    old_format = {"client": {}, "task": shared.state_dict()}
+    p = AggregationPlan("clients-then-tasks", make_weighting("mean"), make_weighting("centered-clipping", tau=1.0))
     p.load_state_dict(old_format)
-    p(rounds[1])
-    for task, group in p.groups.items():
-        from_there = make_weighting("term", tilt=2.0)
-        from_there.load_state_dict(old_format["client"])
-        from_there.combine(_objectives_of([r for r in rounds[1] if r.task == task]))
-        assert group.log_z == from_there.log_z != shared.log_z
-    state = p.state_dict()
-    assert state["client"][START] == old_format["client"] and set(state["client"][GROUPS]) == set(TASKS)
-    later = AggregationPlan("tasks-then-clients", make_weighting("term", tilt=2.0), make_weighting("mean"))
-    later.load_state_dict(state)
-    assert later._start == old_format["client"]
+    assert p.groups == {}
+    fresh = AggregationPlan("clients-then-tasks", make_weighting("mean"), make_weighting("centered-clipping", tau=1.0))
+    torch.testing.assert_close(p(rounds[2]).direction, fresh(rounds[2]).direction, rtol=0, atol=0)
+    state = p.state_dict()["task"][GROUPS]
+    assert {client: len(s["centers"]) for client, s in state.items()} == dict.fromkeys(state, 1)
 
 
 def _objectives_of(rows: list[Row]) -> Objectives:

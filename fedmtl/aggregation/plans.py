@@ -32,7 +32,6 @@ group, as if it ran for that group alone, instead of once per call.
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,10 +46,9 @@ PLANS = ("clients", "flat", "clients-then-tasks", "tasks-then-clients")
 WHOLE = "all"
 LEVEL_KEYS = {"client": "weighting", "task": "task-weighting"}
 """The ``[server]`` key naming the rule of each level of :meth:`AggregationPlan.weightings`."""
-GROUPS, START = "per-group", "per-group-start"
-"""The keys of a grouped level's state (:meth:`AggregationPlan.state_dict`): one state per group,
-and the state a new group starts from (``None``: the rule's initial one). Not names of Python
-attributes, so never a rule's own state."""
+GROUPS = "per-group"
+"""The key of a grouped level's state (:meth:`AggregationPlan.state_dict`) that holds one state
+per group; not a Python attribute's name, so never a rule's own state."""
 
 
 @dataclass
@@ -168,8 +166,6 @@ class AggregationPlan:
         self.groups: dict[str, Rule] = {}
         """The instances of the grouped level's rule (:func:`grouped_level`), by group (a task
         name, or a client id as text); the configured rule itself is never called there."""
-        self._start: dict[str, Any] | None = None
-        """The state each new group starts from (a checkpoint's from before groups had their own)."""
         self._used: list[tuple[str, Rule]] = []
 
     def weightings(self) -> dict[str, Rule]:
@@ -179,7 +175,7 @@ class AggregationPlan:
         return {"client": self.client_weighting}
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
-        """The rules' states, by level: a grouped level's is ``{GROUPS: {group: state}, START: state}``.
+        """The rules' states, by level: a grouped level's is ``{GROUPS: {group: state}}``.
 
         Raises
         ------
@@ -191,28 +187,26 @@ class AggregationPlan:
         for level, rule in self.weightings().items():
             self.level = level
             if level == grouped_level(self.plan):
-                states[level] = {GROUPS: {group: r.state_dict() for group, r in self.groups.items()},
-                                 START: copy.deepcopy(self._start)}
+                states[level] = {GROUPS: {group: r.state_dict() for group, r in self.groups.items()}}
             else:
                 states[level] = rule.state_dict()
         return states
 
     def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
         """Restore :meth:`state_dict` output: the groups are exactly those of ``states``. A grouped
-        level's state written before groups had their own (one state for every call) becomes the
-        state each group starts from."""
-        self.groups, self._start = {}, None
+        level's state written before groups had their own (one state for every call, which mixed
+        the groups) is not kept: each group starts from the rule's initial state. (Copied to every
+        group it would multiply a state kept per row key, such as centered clipping's centers,
+        by the number of groups.)"""
+        self.groups = {}
         for level, rule in self.weightings().items():
             state = states[level]
             if level != grouped_level(self.plan):
                 rule.load_state_dict(state)
             elif GROUPS in state:
-                self._start = copy.deepcopy(state.get(START))
                 for group, group_state in state[GROUPS].items():
                     self.groups[group] = fresh_copy(rule)
                     self.groups[group].load_state_dict(group_state)
-            else:
-                self._start = copy.deepcopy(state)
 
     def _rule(self, level: str, group: str | None) -> Rule:
         """The rule that combines ``group``'s rows at ``level`` (its own instance on the grouped level)."""
@@ -222,8 +216,6 @@ class AggregationPlan:
             rule = self.groups.get(str(group))
             if rule is None:
                 rule = self.groups[str(group)] = fresh_copy(self.weightings()[level])
-                if self._start is not None:
-                    rule.load_state_dict(self._start)
         if not any(r is rule for _, r in self._used):
             self._used.append((level, rule))
         return rule
