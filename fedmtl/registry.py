@@ -180,15 +180,14 @@ def option_errors(model: type[Any], values: dict[str, Any], owner: str, noun: st
     """
     from pydantic import ValidationError
 
-    allowed = [f.alias or n for n, f in model.model_fields.items()]
-    unknown = _unknown_options(model, values)
-    if unknown:  # a model keeping pydantic's default (extra="ignore") would drop a misspelt option silently
-        return None, [f"{owner} has no {noun} '{key}'{did_you_mean(key, allowed)}; its {noun}s: "
-                      f"{', '.join(allowed) or 'none'}" for key in unknown]
+    allowed = [_shown_spelling(n, f) for n, f in model.model_fields.items()]
+    unknown = _unknown_options(model, values)  # pydantic's default (extra="ignore") would drop them silently
+    lines = [f"{owner} has no {noun} '{key}'{did_you_mean(key, allowed)}; its {noun}s: {', '.join(allowed) or 'none'}"
+             for key in unknown]
     try:
-        return model(**values), []
+        instance = model(**{k: v for k, v in values.items() if k not in unknown})
+        return (None, lines) if lines else (instance, [])
     except ValidationError as exc:
-        lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
@@ -202,14 +201,38 @@ def option_errors(model: type[Any], values: dict[str, Any], owner: str, noun: st
 
 
 def _unknown_options(model: type[Any], values: dict[str, Any]) -> list[str]:
-    """The keys of ``values`` that name no field of ``model`` (by its alias or its own name),
-    unless ``model`` declares ``extra="allow"``."""
+    """The keys of ``values`` that pydantic would not take for a field of ``model`` (by its
+    alias, its validation alias or one of its alias choices, or its own name where the model
+    accepts it), unless ``model`` declares ``extra="allow"``."""
     if model.model_config.get("extra") == "allow":
         return []
-    by_name = bool(model.model_config.get("populate_by_name") or model.model_config.get("validate_by_name"))
-    known = {f.alias or name for name, f in model.model_fields.items()}
-    known |= {name for name, f in model.model_fields.items() if by_name or not f.alias}
+    known = {key for name, f in model.model_fields.items() for key in _spellings(model, name, f)}
     return [key for key in values if key not in known]
+
+
+def _shown_spelling(name: str, field: Any) -> str:
+    """How messages name field ``name``: its alias, else its (first) validation alias, else its name."""
+    from pydantic import AliasChoices
+
+    validation = field.validation_alias
+    first = validation.choices[0] if isinstance(validation, AliasChoices) and validation.choices else validation
+    return field.alias or (first if isinstance(first, str) else name)
+
+
+def _spellings(model: type[Any], name: str, field: Any) -> set[str]:
+    """The keys pydantic takes for field ``name`` of ``model`` (top-level keys only)."""
+    from pydantic import AliasChoices, AliasPath
+
+    config = model.model_config
+    validation = field.validation_alias
+    choices = validation.choices if isinstance(validation, AliasChoices) else [validation]
+    keys = {c for c in choices if isinstance(c, str)}
+    keys |= {c.path[0] for c in choices if isinstance(c, AliasPath) and c.path and isinstance(c.path[0], str)}
+    if validation is None and field.alias:
+        keys.add(field.alias)
+    if not keys or config.get("populate_by_name") or config.get("validate_by_name"):
+        keys.add(name)
+    return keys
 
 
 @contextlib.contextmanager
