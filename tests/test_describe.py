@@ -199,8 +199,28 @@ def test_group_shares_are_shares_of_each_value_not_the_mean_of_the_codes():
 
     for names, codes, expected in (({"g": ("a", "b", "c")}, [0, 1, 2, 2], {"g.share-b": 0.25, "g.share-c": 0.5}),
                                    ({"g": ("no", "yes")}, [0, 1, 1, 1], {"g.share-yes": 0.75}),
-                                   ({}, [0, 1, 1, 0], {"g.share-1": 0.5})):
+                                   ({}, [0, 1, 1, 0], {"g.share-1": 0.5}),
+                                   ({}, [0, 1, 2, 2], {"g.share-1": 0.25, "g.share-2": 0.5})):  # unnamed
         fed = Federation((2,), [TaskSpec("t", "multiclass", 2)], 1,
                          lambda c, n=names, k=codes: ClientData(c, train=split(k, n), test=split(k[:1], n)))
         table = describe_federation(fed)
         assert {c: table[c][0] for c in table.columns if c.startswith("g.")} == expected
+
+
+def test_an_unnamed_value_some_clients_lack_is_a_share_of_0_for_them():
+    import torch
+
+    from fedmtl.data.describe import describe_federation
+    from fedmtl.data.federation import ClientData, Federation, Split
+    from fedmtl.tasks import TaskSpec
+
+    codes = {0: [0, 1, 2, 2], 1: [0, 1, 1, 1]}
+
+    def split(values: list[int]) -> Split:
+        return Split(torch.zeros(len(values), 2), {"t": torch.zeros(len(values), dtype=torch.int64)},
+                     {"g": torch.tensor(values)}, {})
+
+    fed = Federation((2,), [TaskSpec("t", "multiclass", 2)], 2,
+                     lambda c: ClientData(c, train=split(codes[c]), test=split(codes[c][:1])))
+    table = describe_federation(fed)
+    assert table["g.share-2"].tolist() == [0.5, 0.0] and table["g.share-1"].tolist() == [0.25, 0.75]

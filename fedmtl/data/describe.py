@@ -21,8 +21,8 @@ def describe_federation(fed: Federation) -> pd.DataFrame:
     does not hold the task) and ``<task>.top-share`` (share of the most common training
     label), and for every group attribute ``<group>.share-<name>`` (the share of the training
     examples in group 1, named by the dataset: ``colour.share-Black``; ``<group>.share-1``
-    when the dataset names no groups; an attribute with more than two named values has one
-    such column per value after the first). Regression tasks get ``<task>.mean`` instead. Every
+    when the dataset names no groups; an attribute of more than two values, named or seen,
+    has one such column per value after the first). Regression tasks get ``<task>.mean`` instead. Every
     label and group column counts the training split.
     """
     rows = []
@@ -47,11 +47,14 @@ def describe_federation(fed: Federation) -> pd.DataFrame:
             row[f"{task.name}.top-share"] = float(counts.max() / counts.sum())
         for group, values in client.train.groups.items():
             names = client.train.group_names.get(group, ())
-            for code in range(1, max(len(names), 2)):  # every value but the first (a binary one: value 1 only)
+            top = int(values.max()) + 1 if len(values) else 0
+            for code in range(1, max(len(names), top, 2)):  # every value but the first (binary: value 1 only)
                 name = str(names[code]) if len(names) > code else str(code)
                 row[f"{group}.share-{name}"] = float((values == code).float().mean()) if len(values) else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
+    for column in [c for c in table.columns if ".share-" in c]:  # a value some clients have: 0 for the others
+        table.loc[table[column].isna() & (table["train"] > 0), column] = 0.0
     for column in [c for c in table.columns if c.endswith(".classes")]:  # counts, blank where not held
         table[column] = table[column].astype("Int64")
     return table
