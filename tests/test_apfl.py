@@ -154,6 +154,42 @@ def test_alpha_one_trains_v_as_plain_local_training():
     assert method.evaluate(run)[wire.TEST] == evaluate(expected, run.data.test, run.tasks)  # v̄ = v
 
 
+class _BatchNormBackbone(torch.nn.Module):
+    """A plugin backbone with buffers (BatchNorm's running statistics)."""
+
+    input_rank = None
+
+    def __init__(self, input_shape, out_dim=8):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, out_dim), torch.nn.BatchNorm1d(out_dim),
+                                       torch.nn.ReLU())
+        self.out_dim = out_dim
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_alpha_one_gives_v_the_batchnorm_statistics_of_plain_local_training(monkeypatch):
+    """v̄'s forward passes updated the running statistics of a throw-away copy only: v kept its
+    first ones forever, and α = 1 (v̄ = v) evaluated with them, unlike plain local training
+    (found by an audit, with a plugin backbone)."""
+    from fedmtl.models import BACKBONES
+
+    monkeypatch.setitem(BACKBONES._entries, "test-batchnorm", _BatchNormBackbone)
+    run = _run("personalization.params.alpha=1", "client.epochs=2")
+    torch.manual_seed(0)
+    run.model = build_model(ModelSection(backbone="test-batchnorm", width=8, head_hidden=5), (6,), TASKS)
+    run.personal = {MODEL_PREFIX + k: t.clone() for k, t in run.model.state_dict().items()}
+    expected = _v(run)
+    run.train(expected, run.new_weighting())  # plain local training of v, the same batches
+    method = _method(run)
+    method.train(run, run.new_weighting())
+    trained = _v(run).state_dict()
+    assert int(trained["backbone.net.2.num_batches_tracked"]) == 2 * 3  # 2 epochs of 48 / 16
+    assert _equal_states(trained, expected.state_dict())
+    assert method.evaluate(run)[wire.TEST] == evaluate(expected, run.data.test, run.tasks)
+
+
 def _loss(model, split, task):
     return task.task_kind.loss(model.heads[task.name](model.backbone(split.x)), split.targets[task.name])
 

@@ -36,7 +36,10 @@ Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
 def mixture(v: MultiTaskModel, w: MultiTaskModel, alpha: float) -> dict[str, torch.Tensor]:
-    """The state of v̄ = α v + (1 − α) w, entry by entry (``w``'s entries that are not floating point)."""
+    """The state of v̄ = α v + (1 − α) w, entry by entry (``w``'s entries that are not floating
+    point). A plugin backbone's BatchNorm statistics mix alike: v's are those gathered by v̄'s
+    forward passes in training (:class:`PersonalStep`), so α = 1 evaluates v with its own
+    statistics, as plain local training would, and α = 0 evaluates w exactly."""
     w_state = w.state_dict()
     return {k: alpha * p + (1 - alpha) * w_state[k] if p.is_floating_point() else w_state[k].clone()
             for k, p in v.state_dict().items()}
@@ -164,6 +167,9 @@ class PersonalStep:
                 pv.grad = a * g  # ∇_v f(α v + (1 − α) w) = α ∇f(v̄)
         for optimizer in self.optimizers:
             optimizer.step()
+        with torch.no_grad():  # v̄'s forward pass updated its running statistics: v keeps them (mixture)
+            for kept, updated in zip(self.v.buffers(), self.mixed.buffers(), strict=True):
+                kept.copy_(updated)
         if self.alpha_lr is not None:  # ∂f(v̄)/∂α = ⟨v − w, ∇f(v̄)⟩
             self.alpha = min(1.0, max(0.0, a - self.alpha_lr * slope))
 
