@@ -732,19 +732,24 @@ def check_plugin_rules_build(cfg: ExperimentConfig) -> None:
     and names state it has and can copy (:meth:`fedmtl.aggregation.rule.Rule.state_dict`):
     before the run starts, not at its first checkpoint. fedmtl's own rules are tested to."""
     from fedmtl.aggregation import make_rule
-    from fedmtl.aggregation.plans import uses_task_weighting
+    from fedmtl.aggregation.plans import LEVEL_KEYS, fresh_copy, grouped_level, uses_task_weighting
     from fedmtl.aggregation.rule import RuleContext
 
     slots = [("client.weighting", cfg.client.weighting, cfg.client.params),
              ("server.weighting", cfg.server.weighting, cfg.server.params)]
     if uses_task_weighting(cfg.server.plan):
         slots.append(("server.task-weighting", cfg.server.task_weighting, cfg.server.task_params))
+    level = grouped_level(cfg.server.plan)
+    grouped = f"server.{LEVEL_KEYS[level]}" if level else None  # one instance per group (fedmtl.aggregation.plans)
     for key, name, params in slots:
         if WEIGHTINGS.is_own(name):
             continue
         try:
             rule = make_rule(name, RuleContext(client_lr=cfg.client.lr), **dict(params))
             rule.state_dict()  # a state attribute it lacks or cannot copy: named now, not at the first checkpoint
+            if key == grouped and fresh_copy(rule).params != rule.params:
+                raise ValueError("an instance built again from its parameters (one per group of the plan) has other "
+                                 "parameters; its Params must give back what it was given")
         except Exception as exc:  # noqa: BLE001 - a plugin's rule: whatever it raises, in one line
             raise ValueError(f"{key} = {name!r} does not build: {type(exc).__name__}: {one_line(exc, 300)}") from None
 

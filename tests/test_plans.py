@@ -359,3 +359,65 @@ def _objectives_of(rows: list[Row]) -> Objectives:
     from fedmtl.aggregation.plans import _objectives
 
     return _objectives(rows)
+
+
+def test_the_groups_of_a_random_rule_draw_independent_numbers_reproducibly():
+    """Each group's instance was a copy with the same seeded generator: RLW gave the tasks of
+    tasks-then-clients (three clients each) the same weights every round (found by a review)."""
+    rows = [Row(c, t, torch.ones(3, dtype=F64) * (c + 1), 1.0, 10.0) for c in range(3) for t in TASKS]
+
+    def weights() -> list[dict]:
+        p = AggregationPlan("tasks-then-clients", make_weighting("rlw"), make_weighting("mean"))
+        return [p(rows).row_weights for _ in range(3)]
+
+    first = weights()
+    for round_weights in first:
+        left = [round_weights[(c, TASKS[0])] for c in range(3)]
+        right = [round_weights[(c, TASKS[1])] for c in range(3)]
+        assert left != right
+    assert weights() == first  # the same in every run
+
+
+def test_a_plugin_rule_that_does_not_build_again_from_its_params_is_refused_for_a_grouped_level(tmp_path):
+    """The inner level of a two-level plan builds one instance per group from the rule's
+    parameters: a plugin rule whose Params do not give back what they were given would run
+    with other parameters in every group (found by a review); refused with the config."""
+    from fedmtl.config import ConfigError
+    from tests.plugin_support import restored_registries
+
+    plugin = tmp_path / "doubling.py"
+    plugin.write_text('''
+import torch
+from pydantic import field_validator
+from fedmtl.aggregation import NoParams, Weighting, register
+
+
+class Params(NoParams):
+    scale: float = 1.0
+
+    @field_validator("scale")
+    @classmethod
+    def doubled(cls, value):
+        return 2 * value  # not idempotent: built again, 4 × what was given
+
+
+@register("doubling")
+class Doubling(Weighting):
+    """Uniform weights."""
+
+    scope = "server"
+    Params = Params
+
+    def compute(self, objectives):
+        return torch.full((len(objectives),), 1.0 / len(objectives), dtype=torch.float64)
+''')
+    registries = restored_registries()
+    next(registries)
+    try:
+        sets = [f"run.plugins={plugin}", "server.weighting=doubling", "server.params={scale = 1.0}"]
+        load_config(None, [*sets, "server.plan=clients"])  # one instance: accepted
+        with pytest.raises(ConfigError, match="server.weighting = 'doubling' does not build: ValueError: an instance "
+                                              "built again from its parameters"):
+            load_config(None, [*sets, "server.plan=tasks-then-clients"])
+    finally:
+        next(registries, None)

@@ -32,6 +32,7 @@ group, as if it ran for that group alone, instead of once per call.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,20 @@ def grouped_level(plan: str) -> str | None:
 def fresh_copy(rule: Rule) -> Rule:
     """A new instance of ``rule``'s class with its context and parameters, in its initial state."""
     return type(rule)(rule.context, **rule.params.model_dump(by_alias=True))
+
+
+def group_instance(rule: Rule, group: str) -> Rule:
+    """``group``'s own instance of ``rule`` (:func:`fresh_copy`): each random generator it keeps
+    in its state (RLW's weights, PCGrad's order) reseeded from its seed and the group's name, so
+    that the groups draw independent numbers (copies would draw the same sequence in every
+    group: tasks with as many clients would get the same RLW weights every round)."""
+    instance = fresh_copy(rule)
+    for name in instance.state_attributes:
+        generator = getattr(instance, name, None)
+        if isinstance(generator, torch.Generator):
+            text = f"{generator.initial_seed()}/{group}".encode()
+            generator.manual_seed(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") >> 1)
+    return instance
 
 
 def uses_task_weighting(plan: str) -> bool:
@@ -205,7 +220,7 @@ class AggregationPlan:
                 rule.load_state_dict(state)
             elif GROUPS in state:
                 for group, group_state in state[GROUPS].items():
-                    self.groups[group] = fresh_copy(rule)
+                    self.groups[group] = group_instance(rule, group)
                     self.groups[group].load_state_dict(group_state)
 
     def _rule(self, level: str, group: str | None) -> Rule:
@@ -215,7 +230,7 @@ class AggregationPlan:
         else:
             rule = self.groups.get(str(group))
             if rule is None:
-                rule = self.groups[str(group)] = fresh_copy(self.weightings()[level])
+                rule = self.groups[str(group)] = group_instance(self.weightings()[level], str(group))
         if not any(r is rule for _, r in self._used):
             self._used.append((level, rule))
         return rule
