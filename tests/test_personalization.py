@@ -189,6 +189,37 @@ def test_frozen_groups_do_not_move(track_parts):
         _train(_model(), freeze=("head",))
 
 
+class _BatchNormBackbone(torch.nn.Module):
+    """A plugin backbone with BatchNorm (running statistics as buffers)."""
+
+    input_rank = None
+
+    def __init__(self, input_shape, out_dim=8):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, out_dim), torch.nn.BatchNorm1d(out_dim), torch.nn.ReLU())
+        self.out_dim = out_dim
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_frozen_backbone_keeps_its_batchnorm_statistics(monkeypatch):
+    """A frozen backbone's BatchNorm ran in training mode and moved its running statistics:
+    FedRep's head phase sent a backbone update with body-epochs = 0 (found by an audit, with a
+    plugin backbone). Frozen, it normalises with them and they stay; trained, they move."""
+    from fedmtl.models import BACKBONES
+
+    monkeypatch.setitem(BACKBONES._entries, "test-batchnorm", _BatchNormBackbone)
+    torch.manual_seed(0)
+    model = build_model(ModelSection(backbone="test-batchnorm", width=8, head_hidden=5), (6,), TASKS)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    _train(model, freeze=("backbone",))
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items() if k.startswith("backbone."))
+    assert model.backbone.training  # the model is left in training mode; only the frozen BatchNorm is not
+    _train(model, freeze=("heads",))
+    assert int(model.state_dict()["backbone.net.1.num_batches_tracked"]) > 0
+
+
 # -- methods in the core (ClientRun) ---------------------------------------------------------
 def _client_run(overrides, client=0, server_round=1, personal=None):
     cfg = load_config(None, [*BASE, *overrides])

@@ -404,7 +404,8 @@ def train_local(
         the backbone update (flattened, ``(T, P)``).
     freeze : collection of {"backbone", "heads"}
         Groups that do not move (no optimizer step; their gradients are still computed, so
-        the cross-task rule sees the same rows). A frozen backbone has zero task parts.
+        the cross-task rule sees the same rows; their BatchNorm layers, a plugin backbone's,
+        normalise with their running statistics, which stay). A frozen backbone has zero task parts.
     proximal : Proximal, optional
         A proximal term added to the gradients of its parameters at every step (module docstring).
     """
@@ -412,6 +413,7 @@ def train_local(
     if unknown:
         raise ValueError(f"freeze names {sorted(unknown)}; the groups are 'backbone' and 'heads'")
     model.train()
+    _freeze_batch_norm_statistics(model, freeze)
     backbone = list(model.backbone.parameters())
     heads = [p for head in model.heads.values() for p in head.parameters()]
     params = backbone + heads  # every parameter of the model (a backbone and its heads)
@@ -451,6 +453,17 @@ def train_local(
         task_weights=dict(zip(names, (weight_sum / max(steps, 1)).tolist(), strict=True)),
         parts=None if parts_sgd is None else parts_sgd.parts.cpu(),
     )
+
+
+def _freeze_batch_norm_statistics(model: MultiTaskModel, freeze: Collection[Group]) -> None:
+    """Put the BatchNorm layers of the frozen groups (a plugin backbone's) in evaluation mode: in
+    training mode their running statistics would move, so a frozen backbone would change (FedRep's
+    head phase would send an update with body-epochs = 0); they normalise with those statistics."""
+    parts = [model.backbone] * ("backbone" in freeze) + list(model.heads.values()) * ("heads" in freeze)
+    for part in parts:
+        for module in part.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 @torch.no_grad()
