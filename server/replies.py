@@ -180,9 +180,13 @@ def array_problem(key: str, array: object, shape: tuple[int, ...]) -> str:
     metadata and byte size alone, before any decoding."""
     if not isinstance(array, Array):
         return f"'{key}' is not an array"
-    if array.stype != "numpy.ndarray" or array.dtype not in ARRAY_DTYPES:
-        return f"'{key}' has serialization '{one_line(array.stype, 32)}' and dtype '{one_line(array.dtype, 32)}'"
-    declared = tuple(array.shape)
+    # an Array's fields can be set after Flower built and checked it: each is type-checked here
+    stype, dtype, declared = array.stype, array.dtype, array.shape
+    if not (isinstance(stype, str) and isinstance(dtype, str)) or stype != "numpy.ndarray" or dtype not in ARRAY_DTYPES:
+        return f"'{key}' has serialization '{one_line(stype, 32)}' and dtype '{one_line(dtype, 32)}'"
+    if not isinstance(declared, tuple | list) or not all(type(n) is int for n in declared):
+        return f"'{key}' has shape {one_line(declared, 64)}, expected {tuple(shape)}"
+    declared = tuple(declared)
     if declared != tuple(shape):
         return f"'{key}' has shape {declared}, expected {tuple(shape)}"
     needed = math.prod(shape) * np.dtype(array.dtype).itemsize

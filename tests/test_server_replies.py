@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -144,6 +145,35 @@ def test_missing_misshapen_or_non_finite_updates_are_rejected():
     # an update where parts were asked for
     assert read_train_reply(reply_to(msg, metrics, update=update()), 1, LIKE, True) == Rejected(
         1, "no 'parts' arrays")
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("shape", None, "'a.bias' has shape None, expected (2,)"),
+    ("shape", 3, "'a.bias' has shape 3, expected (2,)"),
+    ("shape", (2.0,), "'a.bias' has shape (2.0,), expected (2,)"),
+    ("stype", np.array(["numpy.ndarray", "x"]), "'a.bias' has serialization"),
+    ("dtype", np.array(["float32", "x"]), "'a.bias' has serialization 'numpy.ndarray' and dtype"),
+])
+@pytest.mark.parametrize("as_parts", [False, True])
+def test_an_array_whose_fields_were_changed_after_it_was_built_is_rejected_not_raised(field, value, said, as_parts):
+    """Flower checks an Array's fields when it builds it; a ClientApp may set them afterwards, and
+    in simulation the reply object reaches the server as it is: ``shape = None`` raised a
+    TypeError out of the server and the round's good replies were lost (found by an
+    adversarial pass)."""
+    msg = sent(1)
+    if as_parts:
+        record = ArrayRecord(parts("left", "right"))
+        setattr(record["right"], field, value)
+        reply = reply_to(msg, train_metrics(1))
+        reply.content[wire.PARTS] = record
+        said = said.replace("'a.bias'", "'right'").replace("expected (2,)", f"expected ({SIZE},)")
+    else:
+        record = ArrayRecord(update())
+        setattr(record["a.bias"], field, value)
+        reply = reply_to(msg, train_metrics(1))
+        reply.content[wire.UPDATE] = record
+    outcome = read_train_reply(reply, 1, LIKE, as_parts)
+    assert isinstance(outcome, Rejected) and said in outcome.problem, outcome
 
 
 def test_parts_for_the_wrong_tasks_or_of_the_wrong_length_are_rejected():
