@@ -15,6 +15,7 @@ stream gets its seed from the ``SeedSequence`` of its keys.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -66,6 +67,9 @@ class Stream(IntEnum):
     and client): what a plugin's dropout layer or ``torch.rand`` draws (:func:`seeded_global_rng`)."""
     SERVER_ROUND = 0x5E7D
     """Torch's global generator while the server aggregates one round (a plugin rule's draws)."""
+    RULE_GROUP = 0x6409
+    """A rule's own generator in one group of a two-level plan (its seed, the group's name:
+    :func:`text_key`), so that the groups draw independent numbers."""
 
 
 def seed_sequence(*keys: int) -> np.random.SeedSequence:
@@ -107,6 +111,12 @@ TORCH_RNG_LOCK = threading.RLock()
 (:func:`seeded_torch_init`, building a model, a weighting that seeds it), so that ClientApps
 running in threads of one process (``engine.backend = "inprocess"`` with several workers) never
 interleave their draws: each block draws exactly what it draws when it runs alone."""
+
+
+def text_key(text: str) -> int:
+    """A key (a 63-bit integer) for ``text``, the same in every process (Python's ``hash`` of a
+    string is not: it is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def torch_seed(stream: Stream, *keys: int) -> int:

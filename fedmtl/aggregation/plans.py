@@ -32,7 +32,6 @@ group, as if it ran for that group alone, instead of once per call.
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +41,7 @@ import torch
 from fedmtl.aggregation.objectives import Objectives
 from fedmtl.aggregation.registry import make_rule
 from fedmtl.aggregation.rule import NonFiniteResult, Rule, RuleContext
+from fedmtl.seeds import Stream, text_key, torch_seed
 
 PLANS = ("clients", "flat", "clients-then-tasks", "tasks-then-clients")
 WHOLE = "all"
@@ -102,8 +102,7 @@ def group_instance(rule: Rule, group: str) -> Rule:
     for name in instance.state_attributes:
         generator = getattr(instance, name, None)
         if isinstance(generator, torch.Generator):
-            text = f"{generator.initial_seed()}/{group}".encode()
-            generator.manual_seed(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") >> 1)
+            generator.manual_seed(torch_seed(Stream.RULE_GROUP, generator.initial_seed(), text_key(group)))
     return instance
 
 
