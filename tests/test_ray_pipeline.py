@@ -130,6 +130,24 @@ def _dying_app() -> ClientApp:
     return app
 
 
+def _replacing_backend(app: ClientApp):  # noqa: ANN202 - a Ray backend class built at run time
+    """A built replacing, pipelined Ray backend of one actor running ``app`` (Ray started)."""
+    from fedmtl.launch.ray_pipeline import replacing_dead_actors
+
+    cfg = load_config(ROOT / "configs/smoke.toml", ["engine.max-concurrent-clients=1"])
+    connect(cfg)
+    backend = replacing_dead_actors(pipelined_ray_backend())(backend_config(cfg))
+    backend.build(lambda: app)
+    return backend
+
+
+def _process(backend, x: int) -> Message:  # noqa: ANN001
+    """The reply of ``backend`` to a training message with config ``x`` for node and partition ``x``."""
+    msg = Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=x, message_type="train")
+    context = Context(run_id=1, node_id=x, node_config={"partition-id": x}, state=RecordDict(), run_config={})
+    return backend.process_message(msg, context)[0]
+
+
 def test_a_dead_actor_is_replaced_and_only_its_own_call_fails(task_identity):
     """Flower's backend put a dead actor back into its pool: every later call on it failed, so
     its clients failed every round. Here the call it was running fails, and the next one runs
@@ -137,20 +155,12 @@ def test_a_dead_actor_is_replaced_and_only_its_own_call_fails(task_identity):
     reply fails at once (Flower's engine dropped it: the server waited out server.timeout)."""
     import ray
 
-    from fedmtl.launch.ray_pipeline import replacing_dead_actors
-
-    cfg = load_config(ROOT / "configs/smoke.toml", ["engine.max-concurrent-clients=1"])
-    connect(cfg)
-    backend = replacing_dead_actors(pipelined_ray_backend())(backend_config(cfg))
+    backend = _replacing_backend(_dying_app())
     try:
-        app = _dying_app()
-        backend.build(lambda: app)
         dead = backend.pool.pool[0]
 
         def call(x: int) -> Message:
-            msg = Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=x, message_type="train")
-            context = Context(run_id=1, node_id=x, node_config={"partition-id": x}, state=RecordDict(), run_config={})
-            return backend.process_message(msg, context)[0]
+            return _process(backend, x)
 
         with pytest.raises(ray.exceptions.ActorDiedError):
             call(1)
@@ -177,19 +187,12 @@ def test_once_ray_is_shut_down_the_engine_threads_reach_it_no_more(task_identity
     import ray
 
     from fedmtl.launch import ray_pipeline
-    from fedmtl.launch.ray_pipeline import EngineClosed, replacing_dead_actors, shut_down_ray
+    from fedmtl.launch.ray_pipeline import EngineClosed, shut_down_ray
 
-    cfg = load_config(ROOT / "configs/smoke.toml", ["engine.max-concurrent-clients=1"])
-    connect(cfg)
-    backend = replacing_dead_actors(pipelined_ray_backend())(backend_config(cfg))
+    backend = _replacing_backend(_slow_app())
     try:
-        app = _slow_app()
-        backend.build(lambda: app)
-
         def call(x: int) -> Message:
-            msg = Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=x, message_type="train")
-            context = Context(run_id=1, node_id=x, node_config={"partition-id": x}, state=RecordDict(), run_config={})
-            return backend.process_message(msg, context)[0]
+            return _process(backend, x)
 
         assert call(1).content["ran"]["x"] == 1
         backend.terminate()  # Flower's way out: its actors killed, Ray shut down
