@@ -207,3 +207,40 @@ def test_once_ray_is_shut_down_the_engine_threads_reach_it_no_more(task_identity
         ray_pipeline._CLOSED.clear()  # this test's process goes on (an interrupted run's exits)
         if ray.is_initialized():
             ray.shutdown()
+
+
+def test_a_call_ended_by_the_engine_s_shutdown_ends_flower_s_worker_thread_without_a_traceback(caplog, task_identity):
+    """After an interrupt, a call in flight whose ``ray.get`` raised (its actor died with the
+    driver) reached Flower's engine worker, which logged it with its traceback on stderr: the
+    interrupted sweep's message began with one (seen in CI, tests/test_interrupt.py). The
+    backend ends such a call with :class:`EngineClosed`, which Flower's worker (it catches
+    ``Exception``) does not log: its thread just ends."""
+    import logging
+    import queue
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from fedmtl.launch.ray_pipeline import EngineClosed
+
+    class Store:
+        def retrieve_context(self, run_id):  # noqa: ANN001, ANN202
+            return Context(run_id=run_id, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+    class Closed:
+        def process_message(self, message, context):  # noqa: ANN001, ANN202
+            raise EngineClosed("the call ended with the engine: ActorDiedError")
+
+    class Metrics:
+        def add_clientapp_runtime(self, seconds):  # noqa: ANN001, ANN202
+            pass
+
+    inbox, outbox = queue.Queue(), queue.Queue()
+    inbox.put(Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=1, message_type="train"))
+    stop = threading.Event()
+    threading.Timer(3.0, stop.set).start()  # an Exception would be logged and the worker go on: stop it then
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(EngineClosed):
+        vce_api.worker(inbox, outbox, {1: Store()}, Closed(), stop, Metrics())
+    assert outbox.empty()  # no error reply
+    assert "Traceback" not in caplog.text and "EngineClosed" not in caplog.text, caplog.text
+    assert not issubclass(EngineClosed, Exception)

@@ -49,9 +49,19 @@ SHUTDOWN_WAIT_S = 5.0
 """How long :func:`shut_down_ray` waits for a thread that holds the gate (a submission)."""
 
 
-class EngineClosed(RuntimeError):
+class EngineClosed(BaseException):  # noqa: N818 - named for what happened, as KeyboardInterrupt
     """The engine's backend terminated, or Ray was shut down for good in this process (an
-    interrupt): no call reaches Ray any more."""
+    interrupt): no call reaches Ray any more, and a call in flight ends with this.
+
+    A ``BaseException``, not an ``Exception``: Flower's engine worker logs every ``Exception``
+    a call raises, with its traceback, and replies with an error; this one ends the worker's
+    thread without a word (after an interrupt nothing waits for its reply any more).
+    """
+
+
+def closed(backend: Any) -> bool:
+    """Whether ``backend`` terminated or Ray was shut down for good (:func:`ray_open` refuses)."""
+    return _CLOSED.is_set() or getattr(backend, "_engine_closed", False)
 
 
 @contextlib.contextmanager
@@ -68,7 +78,7 @@ def ray_open(backend: Any = None) -> Iterator[None]:
         with exit code 1 ("The core worker has already been shutdown").
     """
     with _GATE:
-        if _CLOSED.is_set() or getattr(backend, "_engine_closed", False):
+        if closed(backend):
             raise EngineClosed("the simulation engine was shut down (the run ended or was interrupted)")
         yield
 
@@ -186,15 +196,19 @@ def replacing_dead_actors(base: type) -> type:
                 pool._future_to_actor[future] = actor  # a call in flight (what a shared engine's end checks)
             try:
                 _, reply, updated = ray.get(future)
-            except ray.exceptions.ActorDiedError:
+            except ray.exceptions.ActorDiedError as error:
+                if closed(self):  # Ray went down under the call (an interrupt): end quietly
+                    raise EngineClosed(f"the call ended with the engine: {error}") from None
                 try:
                     replacement = self._replacement(actor)
                 except EngineClosed:  # the run is ending: no new actor
                     replacement = actor
                 pool.pool.append(replacement)
                 raise
-            except BaseException:
+            except BaseException as error:
                 pool.pool.append(actor)
+                if closed(self) and not isinstance(error, EngineClosed | KeyboardInterrupt):
+                    raise EngineClosed(f"the call ended with the engine: {type(error).__name__}") from None
                 raise
             finally:
                 pool._future_to_actor.pop(future, None)
