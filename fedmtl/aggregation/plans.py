@@ -147,12 +147,18 @@ def _run(rule: Rule, objectives: Objectives, fallbacks: list[str]) -> tuple[torc
             raise
         raise type(exc)(f"{exc} (rule '{rule.name}' got no losses: it does not declare needs_losses = True, which "
                         "makes the clients measure the global model's losses before local training)") from exc
-    if result.direction.numel() and not bool(torch.isfinite(result.direction).all()):
-        raise NonFiniteResult(f"{rule.kind} '{rule.name}' combined finite rows into a direction that is not finite "
-                              "(NaN or Inf)")
+    _check_finite(rule, result.direction)
     if result.info.fallback:
         fallbacks.append(f"{rule.name}:{result.info.fallback}")
     return result.direction, result.weights
+
+
+def _check_finite(rule: Rule, direction: torch.Tensor, how: str = "") -> None:
+    """Raise :class:`NonFiniteResult` naming ``rule`` when ``direction`` (its, ``how`` formed) is
+    not finite."""
+    if direction.numel() and not bool(torch.isfinite(direction).all()):
+        raise NonFiniteResult(f"{rule.kind} '{rule.name}' combined finite rows into a direction that is not finite "
+                              f"(NaN or Inf){how}")
 
 
 class AggregationPlan:
@@ -264,11 +270,8 @@ class AggregationPlan:
             Naming the rule of ``level``.
         """
         scaled = factor * direction
-        if direction.numel() and not bool(torch.isfinite(scaled).all()):
-            self.level = level
-            rule = self.weightings()[level]
-            raise NonFiniteResult(f"{rule.kind} '{rule.name}' combined finite rows into a direction that is not "
-                                  f"finite (NaN or Inf) once scaled by {factor:g} (its level's number of rows)")
+        self.level = level
+        _check_finite(self.weightings()[level], scaled, f" once scaled by {factor:g} (its level's number of rows)")
         return scaled
 
     def _clients(self, rows: list[Row]) -> PlanResult:
