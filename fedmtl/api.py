@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
@@ -83,8 +82,11 @@ class RunResult:
 
     @functools.cached_property
     def summary(self) -> dict[str, Any]:
-        """``summary.json``: the final statistics per task, provenance, timings."""
-        return json.loads((self.folder / "summary.json").read_text())
+        """``summary.json``: the final statistics per task, provenance, timings (a statistic
+        that was not finite, written as ``null``, is NaN here: :func:`fedmtl.results.read_summary`)."""
+        from fedmtl.results import read_summary
+
+        return read_summary(self.folder)
 
     @functools.cached_property
     def participation(self) -> pd.DataFrame | None:

@@ -76,7 +76,14 @@ from fedmtl.plots import (
     report_figures,
 )
 from fedmtl.protocol import TEST, TEST_GLOBAL
-from fedmtl.results import GLOBAL, OVERALL, PARTICIPATION_FILE, SUMMARY_LAYOUT, participation_problem
+from fedmtl.results import (
+    GLOBAL,
+    OVERALL,
+    PARTICIPATION_FILE,
+    SUMMARY_LAYOUT,
+    participation_problem,
+    read_summary,
+)
 from fedmtl.screening import evaluation_range
 from fedmtl.stop_record import read_stop
 
@@ -279,7 +286,7 @@ def read_run(path: Path) -> RunResult:
         is not a whole number.
     """
     try:
-        summary = json.loads((path / "summary.json").read_text())
+        summary = read_summary(path)
         if not isinstance(summary, dict) or not isinstance(summary.get("final"), dict):
             raise ValueError("it holds no run summary")
     except (OSError, UnicodeDecodeError, ValueError) as error:

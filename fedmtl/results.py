@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedmtl import strict_json
 from fedmtl.atomic import naming, torch_save, write_bytes
 from fedmtl.background import BackgroundWork
 from fedmtl.config import ExperimentConfig
@@ -229,6 +230,22 @@ def finished_table_problems(run_dir: str | Path, checkpoint: dict[str, Any] | No
     return problems + _summary_problems(Path(run_dir)) + _participation_problems(Path(run_dir))
 
 
+def read_summary(run_dir: str | Path) -> Any:
+    """A run folder's ``summary.json`` as written, with its statistics' ``null`` read back as NaN
+    (:data:`SUMMARY_STATISTICS`; the file is strict JSON, :mod:`fedmtl.strict_json`).
+
+    Raises
+    ------
+    OSError, UnicodeDecodeError, ValueError
+        When the file cannot be read or is not JSON.
+    """
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    if isinstance(summary, dict):
+        summary.update({key: strict_json.nan_for_null(summary[key]) for key in SUMMARY_STATISTICS
+                        if isinstance(summary.get(key), dict)})
+    return summary
+
+
 def _summary_problems(run_dir: Path) -> list[str]:
     """A finished run's ``summary.json`` that no longer reads as a run summary (what
     ``fedmtl report`` refuses), as one problem naming the file; ``[]`` when it is absent."""
@@ -306,6 +323,9 @@ def reset_run_dir(run_dir: str | Path, head_store: str | Path | None = None) -> 
 
 
 OVERALL = "overall"
+SUMMARY_STATISTICS = ("final", OVERALL, "group", GLOBAL, TRAINED)
+"""The sections of ``summary.json`` that hold statistics, where ``null`` stands for a number
+that was not finite (:mod:`fedmtl.strict_json`)."""
 
 
 @dataclass
@@ -650,7 +670,7 @@ class RunRecorder:
                         "config_fingerprint": config_fingerprint(self.cfg),
                         "provenance": {**finish_provenance(self.provenance),
                                        FORCED_KEY: forced_resumes(self.run_dir)}, **(extra or {})})
-        write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        write_bytes(self.run_dir / "summary.json", strict_json.dumps(summary, indent=2).encode())
         if self.background is None:
             self.draw_figures()
         else:
@@ -780,7 +800,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return {
         "metrics": read_table(run_dir, "metrics"),
         "rounds": read_table(run_dir, "rounds"),
-        "summary": json.loads((run_dir / "summary.json").read_text()),
+        "summary": read_summary(run_dir),
         "participation": read_participation(run_dir),
     }
 

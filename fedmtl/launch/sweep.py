@@ -898,8 +898,10 @@ def _run_jobs(sweep: Sweep, todo: list[SweepRun], jobs: int, quiet_runs: bool, r
 
 def _outcome(run_dir: Path) -> str:
     """``left 90.1% (worst 10% 80.2%)  right …`` from a finished run's summary."""
+    from fedmtl.results import read_summary
+
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_summary(run_dir)
     except (OSError, ValueError):
         return "finished (no readable summary.json)"
     parts = []
