@@ -83,9 +83,18 @@ def ray_open(backend: Any = None) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def engine_gate() -> Iterator[None]:
+    """Hold the gate for the block: no engine thread submits a call to Ray or starts an actor
+    meanwhile (a backend's terminate, Ray's shutdown); unlike :func:`ray_open`, also after the
+    engine was closed."""
+    with _GATE:
+        yield
+
+
 def close_backend(backend: Any) -> bool:
     """Mark ``backend`` terminated: its threads submit nothing from now on (:func:`ray_open`).
-    Call with the gate held (within :func:`ray_open` or ``with _GATE``). Returns whether Ray
+    Call with the gate held (within :func:`ray_open` or :func:`engine_gate`). Returns whether Ray
     is still up for its terminate to use (not shut down for good)."""
     backend._engine_closed = True
     return not _CLOSED.is_set()
@@ -93,7 +102,7 @@ def close_backend(backend: Any) -> bool:
 
 def gated_shutdown(ray: Any) -> None:
     """``ray.shutdown()`` with the gate held: no engine thread submits a call meanwhile."""
-    with _GATE:
+    with engine_gate():
         ray.shutdown()
 
 
@@ -218,7 +227,7 @@ def replacing_dead_actors(base: type) -> type:
         def terminate(self) -> None:
             """Flower's (kill the actors, shut Ray down) with the gate held, after which this
             backend's threads submit nothing; nothing when Ray was shut down for good."""
-            with _GATE:
+            with engine_gate():
                 if close_backend(self):
                     super().terminate()
 

@@ -476,12 +476,12 @@ def _keep_ray_up(base: type) -> type:
         def terminate(self) -> None:
             """Kill this run's actors (no ``ray.shutdown``) when none is busy, else Flower's;
             nothing once Ray was shut down for good (an interrupt)."""
-            from fedmtl.launch.ray_pipeline import _GATE, close_backend
+            from fedmtl.launch.ray_pipeline import close_backend, engine_gate
 
             pool = self.pool
             if pool is None:
                 return
-            with _GATE:  # no thread of this run submits a call meanwhile, nor after
+            with engine_gate():  # no thread of this run submits a call meanwhile, nor after
                 if getattr(pool, "_future_to_actor", None) != {}:  # busy actors (or another Flower)
                     super().terminate()
                     return
