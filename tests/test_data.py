@@ -39,10 +39,29 @@ def test_overlay_places_left_top_left_right_shifted_and_keeps_the_max():
     out = overlay(left, right)
     assert out.shape == (1, 28, 28)
     # nearest-neighbour resize 36 -> 28 by pixel centres: dst i <- src floor((i + .5) * 36 / 28)
+    # (Pillow's NEAREST, which the loader uses, takes these pixels at 36: no exact ties)
     src = np.minimum(((np.arange(28) + 0.5) * 36 / 28).astype(int), 35)
     canvas = np.zeros((36, 36), np.uint8)
     canvas[0, 0], canvas[27, 27], canvas[33, 33] = 200, 120, 90
     np.testing.assert_array_equal(out[0], canvas[src][:, src])
+
+
+@pytest.mark.parametrize("canvas_size", [36, 40, 44, 50, 64])
+def test_overlay_resizes_as_pillow_s_nearest_on_every_canvas_size(canvas_size):
+    """Sener & Koltun resize with ``scipy.misc.imresize(..., interp='nearest')``, i.e. Pillow's
+    NEAREST: on a 40-pixel canvas the pixel-centre formula took columns 25 and 35 where Pillow
+    takes 24 and 34 (exact ties), and canvases differed by up to 255 there."""
+    from PIL import Image
+
+    images, _ = load_digits()
+    shift = canvas_size - 28 - 2
+    out = overlay(images[:4], images[4:8], canvas_size=canvas_size, shift=shift)
+    for k in range(4):
+        canvas = np.zeros((canvas_size, canvas_size), np.uint8)
+        canvas[:28, :28] = images[k]
+        canvas[shift:shift + 28, shift:shift + 28] = np.maximum(canvas[shift:shift + 28, shift:shift + 28], images[4 + k])
+        expected = np.asarray(Image.fromarray(canvas).resize((28, 28), Image.Resampling.NEAREST))
+        np.testing.assert_array_equal(out[k], expected)
 
 
 def test_pairs_never_pair_a_digit_with_itself_and_stay_in_the_pool():

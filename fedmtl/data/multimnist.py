@@ -4,7 +4,7 @@ Construction of Sener & Koltun (NeurIPS 2018, "Multi-Task Learning as Multi-Obje
 Optimization"; their ``multi_mnist_loader.py``): a digit (left) and another random digit
 (right, any class) are placed on a 36x36 zero canvas, the left one at rows/cols [0:28] and
 the right one at [6:34]; where they overlap the pixelwise maximum is kept. The canvas is
-resized to 28x28 (nearest neighbour) and normalised with MNIST's mean 0.1307 and std
+resized to 28x28 (Pillow's nearest neighbour, as their ``scipy.misc.imresize``) and normalised with MNIST's mean 0.1307 and std
 0.3081. Tasks: ``left`` and ``right`` digit (10 classes each).
 
 Options (ours, in ``[data.params]``, see :class:`Params`): canvases per base digit
@@ -123,9 +123,18 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, DIGIT, DIGIT).astype(np.uint8), table[:, -1]
 
 
+@lru_cache(maxsize=8)
 def _nearest_index(src: int, dst: int) -> np.ndarray:
-    """Source pixel of each destination pixel for nearest-neighbour resizing (pixel centres)."""
-    return np.minimum(((np.arange(dst) + 0.5) * src / dst).astype(np.int64), src - 1)
+    """Source pixel of each destination pixel when Pillow resizes ``src`` pixels to ``dst``
+    with ``NEAREST``, as Sener & Koltun's loader does (``scipy.misc.imresize(..., interp=
+    'nearest')`` calls Pillow): read off a row of pixel numbers Pillow resizes. A formula of
+    pixel centres, ``⌊(i + ½)·src/dst⌋``, is Pillow's but for exact ties (a 40-pixel canvas:
+    destination columns 17 and 24), which Pillow's float steps break the other way. Nearest
+    resizing by a pure scale maps rows and columns alike and independently."""
+    from PIL import Image  # imported on use: only building canvases needs it
+
+    numbers = Image.fromarray(np.arange(src, dtype=np.int32)[None, :])
+    return np.asarray(numbers.resize((dst, 1), Image.Resampling.NEAREST), dtype=np.int64)[0]
 
 
 def overlay(left: np.ndarray, right: np.ndarray, canvas_size: int = CANVAS, shift: int = SHIFT) -> np.ndarray:
