@@ -42,6 +42,8 @@ class Stream(IntEnum):
     """Synthetic(α, β): the tasks' shared model parameters."""
     SYNTHETIC_DEVICE = 0x5E
     """Synthetic(α, β): one device's model and inputs."""
+    SYNTHETIC_IID_MODELS = 0x5D
+    """Synthetic-IID: the one model (per task) every device labels its inputs with."""
     SYNTHETIC_SPLIT = 0x5F
     """Synthetic(α, β): a client's train/validation/test split."""
     CELEBA_SPLIT = 0xCE1

@@ -59,7 +59,8 @@ def test_overlay_resizes_as_pillow_s_nearest_on_every_canvas_size(canvas_size):
     for k in range(4):
         canvas = np.zeros((canvas_size, canvas_size), np.uint8)
         canvas[:28, :28] = images[k]
-        canvas[shift:shift + 28, shift:shift + 28] = np.maximum(canvas[shift:shift + 28, shift:shift + 28], images[4 + k])
+        window = canvas[shift:shift + 28, shift:shift + 28]
+        np.maximum(window, images[4 + k], out=window)
         expected = np.asarray(Image.fromarray(canvas).resize((28, 28), Image.Resampling.NEAREST))
         np.testing.assert_array_equal(out[k], expected)
 

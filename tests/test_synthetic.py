@@ -123,3 +123,42 @@ def test_a_label_partition_of_the_pooled_devices_does_not_follow_the_devices(par
                 reached[device[row_of[x.tobytes()]], client.client_id] = True
     large = client_sizes(10, 0) >= 100
     assert large.any() and reached[large].sum(axis=1).min() >= 9
+
+
+def _pooled(fed, split="train"):
+    clients = fed.clients()
+    x = np.concatenate([getattr(c, split).x.numpy() for c in clients]).astype(np.float64)
+    y = np.concatenate([getattr(c, split).targets["task0"].numpy() for c in clients])
+    return x, y, clients
+
+
+def test_synthetic_iid_labels_every_device_s_inputs_of_mean_zero_with_one_linear_model():
+    """Li et al.'s ``synthetic_iid``: one global (W, b) and v_k = 0. One multinomial logistic
+    regression then fits every device's examples: fitted on half the devices it labels the
+    other half's almost as well as its own (the non-IID devices, each with its own model and
+    input means, leave it far behind)."""
+    from sklearn.linear_model import LogisticRegression
+
+    iid = load_federation(_cfg("data.params.iid=true", "data.params.num-tasks=1", "data.num-clients=40").data, 0)
+    x, y, clients = _pooled(iid)
+    assert abs(x.mean(axis=0)).max() < 0.05  # every device's inputs have mean 0
+    np.testing.assert_allclose(x.var(axis=0), np.arange(1, DIMENSION + 1) ** -1.2, rtol=0.1)
+    sizes = client_sizes(40, 0)
+    assert [len(c.train) + len(c.test) for c in clients] == sizes.tolist()  # sizes and splits as non-IID
+
+    def transfer(fed):
+        x, y, clients = _pooled(fed)
+        half = sum(len(c.train) for c in clients[:20])
+        model = LogisticRegression(C=100.0, max_iter=3000).fit(x[:half], y[:half])
+        return model.score(x[half:], y[half:])
+
+    assert transfer(iid) > 0.9
+    non_iid = load_federation(_cfg("data.params.num-tasks=1", "data.num-clients=40").data, 0)
+    assert transfer(non_iid) < 0.6
+
+
+def test_synthetic_iid_refuses_alpha_and_beta_it_would_ignore():
+    with pytest.raises(ConfigError, match="alpha = 0.5 plays no part with iid = true"):
+        load_federation(_cfg("data.params.iid=true", "data.params.alpha=0.5", "data.params.beta=1").data, 0)
+    with pytest.raises(ConfigError, match="alpha = 0, beta = 2 play no part with iid = true"):
+        load_federation(_cfg("data.params.iid=true", "data.params.alpha=0", "data.params.beta=2").data, 0)

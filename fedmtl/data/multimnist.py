@@ -4,8 +4,8 @@ Construction of Sener & Koltun (NeurIPS 2018, "Multi-Task Learning as Multi-Obje
 Optimization"; their ``multi_mnist_loader.py``): a digit (left) and another random digit
 (right, any class) are placed on a 36x36 zero canvas, the left one at rows/cols [0:28] and
 the right one at [6:34]; where they overlap the pixelwise maximum is kept. The canvas is
-resized to 28x28 (Pillow's nearest neighbour, as their ``scipy.misc.imresize``) and normalised with MNIST's mean 0.1307 and std
-0.3081. Tasks: ``left`` and ``right`` digit (10 classes each).
+resized to 28x28 (Pillow's nearest neighbour, as their ``scipy.misc.imresize``) and
+normalised with MNIST's mean 0.1307 and std 0.3081. Tasks: ``left`` and ``right`` digit (10 classes each).
 
 Options (ours, in ``[data.params]``, see :class:`Params`): canvases per base digit
 (``pairs-per-digit``, ``test-pairs-per-digit``), the canvas size (``canvas``, 36) and the

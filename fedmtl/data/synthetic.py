@@ -30,8 +30,15 @@ devices), its examples shuffled and split as the generators split them
 ``data.validation-fraction`` v, the first ``⌊(1 − t − v)·n_k⌋`` train and those up to
 ``⌊(1 − t)·n_k⌋`` validate (q-FFL's 80/10/10). Other partitioners re-split the devices'
 pooled examples.
+**Synthetic-IID** (``data.params.iid = true``): the same authors' IID variant
+(``data/synthetic_iid/generate_iid.py``): one model ``W ∈ R^(60×10)``, ``b ∈ R^10`` with
+``N(0, 1)`` entries labels every device's inputs, and ``v_k = 0`` (``x ~ N(0, Σ)``); sizes
+and splits as above; α and β play no part (setting them to other values than their defaults
+is refused). With T tasks, each
+task's global model is built from shared and own ``N(0, 1)`` parts as above (ρ).
+
 Options (``[data.params]``, see :class:`Params`): ``num-tasks``, ``alpha``, ``beta``,
-``relatedness``.
+``relatedness``, ``iid``.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedmtl import seeds
 from fedmtl.config import Section
@@ -73,6 +80,19 @@ class Params(Section):
     relatedness: float = Field(
         0.5, ge=0, le=1, description="Correlation ρ of two tasks' parameters (1 = identical tasks)."
     )
+    iid: bool = Field(False, description="Synthetic-IID: one global model labels every device's inputs, "
+                      "which have mean 0 (Li et al.'s synthetic_iid); alpha and beta play no part.")
+
+    @model_validator(mode="after")
+    def _no_spread_without_devices_models(self) -> Params:
+        default = type(self).model_fields
+        given = [f"{key} = {getattr(self, key):g}" for key in ("alpha", "beta")
+                 if getattr(self, key) != default[key].default]
+        if self.iid and given:
+            verb = "plays" if len(given) == 1 else "play"
+            raise ValueError(f"{', '.join(given)} {verb} no part with iid = true, where every device shares one "
+                             "model and inputs of mean 0: remove it, or set iid = false")
+        return self
 
 
 MOVED = {
@@ -103,6 +123,30 @@ def client_sizes(num_clients: int, seed: int) -> np.ndarray:
     return rng.lognormal(4, 2, num_clients).astype(np.int64) + 50
 
 
+INPUT_STD = np.sqrt(np.arange(1, DIMENSION + 1, dtype=np.float64) ** -1.2)
+"""Standard deviation of input feature j: ``Σ = diag(j^(-1.2))``, j = 1..60."""
+
+
+def task_models(u: float, num_tasks: int, relatedness: float,
+                rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(W_t, b_t)`` of each task: every entry ``u + √ρ Z + √(1−ρ) Z_t``, ``Z`` shared by the
+    tasks, ``Z_t`` each task's own (all standard normal)."""
+    shared_w = rng.normal(0.0, 1.0, (DIMENSION, CLASSES))
+    shared_b = rng.normal(0.0, 1.0, CLASSES)
+    models = []
+    for _ in range(num_tasks):
+        own_w = rng.normal(0.0, 1.0, (DIMENSION, CLASSES))
+        own_b = rng.normal(0.0, 1.0, CLASSES)
+        models.append((u + np.sqrt(relatedness) * shared_w + np.sqrt(1 - relatedness) * own_w,
+                       u + np.sqrt(relatedness) * shared_b + np.sqrt(1 - relatedness) * own_b))
+    return models
+
+
+def _labels(x: np.ndarray, models: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """``argmax(x W_t + b_t)`` of every task, ``(n, T)`` int64."""
+    return np.stack([np.argmax(x @ w + b, axis=1) for w, b in models], axis=1).astype(np.int64)
+
+
 def generate_device(
     n: int, alpha: float, beta: float, num_tasks: int, relatedness: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -110,18 +154,15 @@ def generate_device(
     u = rng.normal(0.0, alpha)
     b_mean = rng.normal(0.0, beta)
     v = rng.normal(b_mean, 1.0, DIMENSION)
-    scale = np.arange(1, DIMENSION + 1, dtype=np.float64) ** -1.2
-    x = rng.normal(v, np.sqrt(scale), (n, DIMENSION))
-    shared_w = rng.normal(0.0, 1.0, (DIMENSION, CLASSES))
-    shared_b = rng.normal(0.0, 1.0, CLASSES)
-    labels = np.empty((n, num_tasks), dtype=np.int64)
-    for t in range(num_tasks):
-        own_w = rng.normal(0.0, 1.0, (DIMENSION, CLASSES))
-        own_b = rng.normal(0.0, 1.0, CLASSES)
-        w = u + np.sqrt(relatedness) * shared_w + np.sqrt(1 - relatedness) * own_w
-        b = u + np.sqrt(relatedness) * shared_b + np.sqrt(1 - relatedness) * own_b
-        labels[:, t] = np.argmax(x @ w + b, axis=1)
-    return x.astype(np.float32), labels
+    x = rng.normal(v, INPUT_STD, (n, DIMENSION))
+    return x.astype(np.float32), _labels(x, task_models(u, num_tasks, relatedness, rng))
+
+
+def generate_iid_device(n: int, models: list[tuple[np.ndarray, np.ndarray]],
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One Synthetic-IID device's ``(x, y)``: inputs ``N(0, Σ)`` labelled by the global ``models``."""
+    x = rng.normal(0.0, INPUT_STD, (n, DIMENSION))
+    return x.astype(np.float32), _labels(x, models)
 
 
 SPLIT_SALT = seeds.Stream.SYNTHETIC_SPLIT
@@ -131,6 +172,10 @@ def device_examples(cfg: DataSection, seed: int, device: int, n: int) -> tuple[n
     """Device ``device``'s ``n`` examples (seeded by the run seed and the device id)."""
     rng = seeds.rng(seed, device, seeds.Stream.SYNTHETIC_DEVICE)
     params = options(cfg)
+    if params.iid:
+        models = task_models(0.0, params.num_tasks, params.relatedness,
+                             seeds.rng(seed, seeds.Stream.SYNTHETIC_IID_MODELS))
+        return generate_iid_device(n, models, rng)
     return generate_device(n, params.alpha, params.beta, params.num_tasks, params.relatedness, rng)
 
 
