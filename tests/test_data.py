@@ -99,6 +99,27 @@ def test_partitioners_cover_every_example_exactly_once(name, num):
     assert min(len(p) for p in parts) >= 2
 
 
+def test_a_pathological_partition_that_leaves_classes_out_names_them_in_fedmtl_s_keys():
+    """flwr-datasets' own warning advised 'first_class_deterministic_assignment=True', an option
+    fedmtl has no key for (and already uses)."""
+    import warnings
+
+    _, labels = load_digits()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parts = PARTITIONERS.get("pathological")(labels, 3, 0, DataSection(classes_per_client=2))
+    said = [str(w.message) for w in caught]
+    held = sorted({int(c) for c in labels[np.concatenate(parts)]})
+    unused = sorted(set(range(10)) - set(held))
+    assert unused and said == [f"data.partitioner = 'pathological': no client holds class(es) {unused} (3 clients × 2 "
+                               f"classes per client drew {len(held)} of 10); their examples are left out. Raise "
+                               "data.num-clients or data.classes-per-client to use them"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PARTITIONERS.get("pathological")(labels, 10, 0, DataSection(classes_per_client=2))
+    assert not caught  # every class held: nothing to say
+
+
 def test_iid_sizes_are_balanced_and_seeded():
     _, labels = load_digits()
     parts = PARTITIONERS.get("iid")(labels, 7, 3, DataSection())

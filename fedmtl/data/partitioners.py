@@ -109,6 +109,9 @@ def _indices_with(partitioner, labels: np.ndarray) -> list[np.ndarray]:
     )
     with warnings.catch_warnings():  # one warning per Dirichlet redraw; a partition that never fits is a DataError
         warnings.filterwarnings("ignore", message="The specified min_partition_size", category=UserWarning)
+        # flwr-datasets' advice (first_class_deterministic_assignment) is no option of fedmtl's:
+        # pathological() says which classes no client holds in its own words
+        warnings.filterwarnings("ignore", message=r"Classes: .* will NOT be used", category=UserWarning)
         return [
             np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
             for i in range(partitioner.num_partitions)
@@ -213,6 +216,12 @@ def pathological(
             f"pathological partition with {cfg.classes_per_client} classes per client left a "
             f"client with fewer than 2 examples; lower data.num-clients or raise data.classes-per-client"
         )
+    held = np.unique(labels[np.concatenate(parts)])
+    if unused := sorted(int(c) for c in set(np.unique(labels).tolist()) - set(held.tolist())):
+        warnings.warn(f"data.partitioner = 'pathological': no client holds class(es) {unused} "
+                      f"({num_partitions} clients × {cfg.classes_per_client} classes per client drew "
+                      f"{len(held)} of {len(held) + len(unused)}); their examples are left out. Raise "
+                      "data.num-clients or data.classes-per-client to use them", UserWarning, stacklevel=2)
     return parts
 
 
