@@ -11,8 +11,8 @@ from fedmtl.data.synthetic import DIMENSION, client_sizes, generate_device
 from fedmtl.validation import load_config
 
 
-def _cfg(*overrides):
-    return load_config(None, ["data.dataset=synthetic", "model.backbone=mlp", "data.partitioner=natural",
+def _cfg(*overrides, dataset="synthetic"):
+    return load_config(None, [f"data.dataset={dataset}", "model.backbone=mlp", "data.partitioner=natural",
                               "data.num-clients=30", *overrides])
 
 
@@ -139,7 +139,7 @@ def test_synthetic_iid_labels_every_device_s_inputs_of_mean_zero_with_one_linear
     input means, leave it far behind)."""
     from sklearn.linear_model import LogisticRegression
 
-    iid = load_federation(_cfg("data.params.iid=true", "data.params.num-tasks=1", "data.num-clients=40").data, 0)
+    iid = load_federation(_cfg("data.params.num-tasks=1", "data.num-clients=40", dataset="synthetic-iid").data, 0)
     x, y, clients = _pooled(iid)
     assert abs(x.mean(axis=0)).max() < 0.05  # every device's inputs have mean 0
     np.testing.assert_allclose(x.var(axis=0), np.arange(1, DIMENSION + 1) ** -1.2, rtol=0.1)
@@ -157,8 +157,16 @@ def test_synthetic_iid_labels_every_device_s_inputs_of_mean_zero_with_one_linear
     assert transfer(non_iid) < 0.6
 
 
-def test_synthetic_iid_refuses_alpha_and_beta_it_would_ignore():
-    with pytest.raises(ConfigError, match="alpha = 0.5 plays no part with iid = true"):
-        load_federation(_cfg("data.params.iid=true", "data.params.alpha=0.5", "data.params.beta=1").data, 0)
-    with pytest.raises(ConfigError, match="alpha = 0, beta = 2 play no part with iid = true"):
-        load_federation(_cfg("data.params.iid=true", "data.params.alpha=0", "data.params.beta=2").data, 0)
+def test_synthetic_iid_refuses_alpha_it_has_no_use_for():
+    with pytest.raises(ConfigError, match="alpha"):
+        _cfg("data.params.alpha=0.5", dataset="synthetic-iid")
+
+
+def test_synthetic_iid_with_related_tasks_labels_each_task_with_its_own_global_model():
+    fed = load_federation(_cfg("data.params.num-tasks=2", "data.params.relatedness=1", dataset="synthetic-iid").data, 0)
+    for client in fed.clients()[:5]:
+        assert (client.train.targets["task0"] == client.train.targets["task1"]).all()
+    other = load_federation(_cfg("data.params.relatedness=0", dataset="synthetic-iid").data, 0)
+    agree = np.mean([(c.train.targets["task0"] == c.train.targets["task1"]).float().mean().item()
+                     for c in other.clients()])
+    assert agree < 0.5

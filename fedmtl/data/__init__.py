@@ -117,6 +117,18 @@ DATASETS.register("synthetic")(
         groups=lambda cfg: {},
     )
 )
+DATASETS.register(synthetic.IID_NAME)(
+    DatasetEntry(
+        lambda cfg: synthetic.INPUT_SHAPE,
+        synthetic.tasks,
+        synthetic.build,
+        "Synthetic-IID of Li et al. (FedProx): one global model labels every device's inputs, T tasks",
+        synthetic.IidParams,
+        {},
+        natural_clients=lambda cfg: None,
+        groups=lambda cfg: {},
+    )
+)
 DATASETS.register("arrests")(
     DatasetEntry(
         lambda cfg: (arrests.input_dim(cfg),),

@@ -30,15 +30,14 @@ devices), its examples shuffled and split as the generators split them
 ``data.validation-fraction`` v, the first ``⌊(1 − t − v)·n_k⌋`` train and those up to
 ``⌊(1 − t)·n_k⌋`` validate (q-FFL's 80/10/10). Other partitioners re-split the devices'
 pooled examples.
-**Synthetic-IID** (``data.params.iid = true``): the same authors' IID variant
+**Synthetic-IID** (``data.dataset = "synthetic-iid"``): the same authors' IID variant
 (``data/synthetic_iid/generate_iid.py``): one model ``W ∈ R^(60×10)``, ``b ∈ R^10`` with
 ``N(0, 1)`` entries labels every device's inputs, and ``v_k = 0`` (``x ~ N(0, Σ)``); sizes
-and splits as above; α and β play no part (setting them to other values than their defaults
-is refused). With T tasks, each
-task's global model is built from shared and own ``N(0, 1)`` parts as above (ρ).
+and splits as above; no α or β. With T tasks, each task's global model is built from shared
+and own ``N(0, 1)`` parts as above (ρ).
 
 Options (``[data.params]``, see :class:`Params`): ``num-tasks``, ``alpha``, ``beta``,
-``relatedness``, ``iid``.
+``relatedness``; Synthetic-IID's (:class:`IidParams`): ``num-tasks``, ``relatedness``.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from fedmtl import seeds
 from fedmtl.config import Section
@@ -80,19 +79,19 @@ class Params(Section):
     relatedness: float = Field(
         0.5, ge=0, le=1, description="Correlation ρ of two tasks' parameters (1 = identical tasks)."
     )
-    iid: bool = Field(False, description="Synthetic-IID: one global model labels every device's inputs, "
-                      "which have mean 0 (Li et al.'s synthetic_iid); alpha and beta play no part.")
 
-    @model_validator(mode="after")
-    def _no_spread_without_devices_models(self) -> Params:
-        default = type(self).model_fields
-        given = [f"{key} = {getattr(self, key):g}" for key in ("alpha", "beta")
-                 if getattr(self, key) != default[key].default]
-        if self.iid and given:
-            verb = "plays" if len(given) == 1 else "play"
-            raise ValueError(f"{', '.join(given)} {verb} no part with iid = true, where every device shares one "
-                             "model and inputs of mean 0: remove it, or set iid = false")
-        return self
+
+class IidParams(Section):
+    """``[data.params]`` of Synthetic-IID (``data.dataset = "synthetic-iid"``)."""
+
+    num_tasks: int = Field(2, ge=1, le=100, description="Number of tasks T.")
+    relatedness: float = Field(
+        0.5, ge=0, le=1, description="Correlation ρ of two tasks' global models (1 = identical tasks)."
+    )
+
+
+IID_NAME = "synthetic-iid"
+"""The registered name of Synthetic-IID."""
 
 
 MOVED = {
@@ -102,9 +101,9 @@ MOVED = {
 """Keys of ``[data]`` before ``[data.params]`` -> their ``[data.params]`` names."""
 
 
-def options(cfg: DataSection) -> Params:
-    """The Synthetic options of ``cfg`` (``data.params``, defaults filled in)."""
-    return Params.model_validate(dict(cfg.params))
+def options(cfg: DataSection) -> Params | IidParams:
+    """The Synthetic (or Synthetic-IID) options of ``cfg`` (``data.params``, defaults filled in)."""
+    return (IidParams if cfg.dataset == IID_NAME else Params).model_validate(dict(cfg.params))
 
 
 def task_names(num_tasks: int) -> list[str]:
@@ -172,7 +171,7 @@ def device_examples(cfg: DataSection, seed: int, device: int, n: int) -> tuple[n
     """Device ``device``'s ``n`` examples (seeded by the run seed and the device id)."""
     rng = seeds.rng(seed, device, seeds.Stream.SYNTHETIC_DEVICE)
     params = options(cfg)
-    if params.iid:
+    if isinstance(params, IidParams):
         models = task_models(0.0, params.num_tasks, params.relatedness,
                              seeds.rng(seed, seeds.Stream.SYNTHETIC_IID_MODELS))
         return generate_iid_device(n, models, rng)
