@@ -1001,8 +1001,10 @@ def older_layout_runs(runs: list[RunResult]) -> list[str]:
 
     lines = []
     for run in runs:
+        params = run.config.get("data.params", {})
         changes = layout_changes(run.summary.get(SUMMARY_LAYOUT), str(run.config.get("data.dataset", "")),
-                                 str(run.config.get("data.partitioner", "")))
+                                 str(run.config.get("data.partitioner", "")),
+                                 params if isinstance(params, dict) else {})
         if changes:
             lines.append(f"`{visible(run.path)}`: {'; '.join(changes)}")
     return lines

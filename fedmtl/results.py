@@ -1115,7 +1115,8 @@ def _layout_problems(name: str, checkpoint: dict[str, Any], cfg: ExperimentConfi
     """The checkpoint was written by a fedmtl that built this config's clients otherwise."""
     from fedmtl.data.layout import layout_changes
 
-    changes = layout_changes(checkpoint.get(DATA_LAYOUT_KEY), cfg.data.dataset, cfg.data.partitioner)
+    changes = layout_changes(checkpoint.get(DATA_LAYOUT_KEY), cfg.data.dataset, cfg.data.partitioner,
+                             dict(cfg.data.params))
     if not changes:
         return []
     return [ResumeProblem(f"{name} was written by a fedmtl that built this config's clients otherwise ("

@@ -11,7 +11,7 @@ SYNTHETIC = ["data.dataset=synthetic", "model.backbone=mlp"]
 
 def test_checkpoints_record_the_data_layout():
     cfg = load_config(None, [*SYNTHETIC, "data.partitioner=dirichlet"])
-    assert checkpoint_identity("run", cfg)[DATA_LAYOUT_KEY] == DATA_LAYOUT == 2
+    assert checkpoint_identity("run", cfg)[DATA_LAYOUT_KEY] == DATA_LAYOUT == 3
 
 
 def test_a_checkpoint_of_an_older_layout_is_named_for_the_configs_it_changes():
@@ -33,3 +33,17 @@ def test_a_checkpoint_of_an_older_layout_is_named_for_the_configs_it_changes():
     for cfg in unchanged:
         assert layout_changes(1, cfg.data.dataset, cfg.data.partitioner) == []
         assert _layout_problems("c", {"round": 3}, cfg) == []
+
+
+def test_a_multimnist_run_on_a_canvas_pillow_resizes_otherwise_is_named_since_layout_3():
+    """Layout 3 resizes MultiMNIST canvases as Pillow does: on canvases of 40 pixels (and 32,
+    64, 72, 80, ...) other pixels than the pixel-centre formula of layouts 1 and 2 took, so a run
+    checkpointed before would go on with other canvases; at 36 (the default) nothing changed."""
+    changed = [c for c in range(28, 101)
+               if layout_changes(2, "multimnist", "iid", {"canvas": c})]
+    assert {32, 40, 64, 72, 80} <= set(changed) and 36 not in changed and 84 not in changed
+    forty = load_config(None, ["data.params.canvas=40"])
+    (problem,) = _layout_problems("checkpoint round-3.pt", {"round": 3, DATA_LAYOUT_KEY: 2}, forty)
+    assert "Pillow's nearest neighbour" in problem.message and problem.forced
+    assert _layout_problems("c", {"round": 3, DATA_LAYOUT_KEY: 3}, forty) == []
+    assert _layout_problems("c", {"round": 3, DATA_LAYOUT_KEY: 2}, load_config(None, [])) == []
