@@ -29,7 +29,6 @@ exact command; ``fedmtl report``'s figures stay in each part's ``report/`` folde
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedmtl.launch.sweep import plan_sweep, run_sweep  # noqa: E402
 from fedmtl.report import make_report  # noqa: E402
+from fedmtl.results import read_summary  # noqa: E402
 
 # label -> overrides (``--set`` strings) of each method, on top of the part's base.
 METHODS: dict[str, list[str]] = {
@@ -128,7 +128,7 @@ def round_seconds(rounds_csv: Path) -> float:
 
 def read_record(part: str, label: str, seed: int, run_dir: Path) -> dict:
     """The final statistics of one finished run, both views."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     record = {"part": part, "method": label, "seed": seed,
               "round_s": round_seconds(run_dir / "rounds.csv"),
               "never_trained": summary.get("participation", {}).get("never_trained")}

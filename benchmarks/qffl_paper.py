@@ -36,7 +36,6 @@ jobs) on the 2-core machine shared with other work: 400 rounds are 24 to 36 minu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -50,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedmtl.launch.sweep import plan_sweep, run_sweep  # noqa: E402
+from fedmtl.results import read_summary  # noqa: E402
 
 CONFIG = "configs/studies/qffl_paper.toml"
 DEFAULT_ROUNDS = 400
@@ -105,7 +105,7 @@ def collect(sweep) -> dict[float, list[dict]]:
         path = sweep.out / run.folder / "summary.json"
         if not path.is_file():
             continue
-        summary = json.loads(path.read_text())
+        summary = read_summary(path.parent)
         q = float(run.values["server.params"]["q"])
         rows.setdefault(q, []).append({
             "seed": run.seed, **scaled(summary["final"][TASK]), "minutes": summary["duration_s"] / 60,

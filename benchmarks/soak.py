@@ -15,7 +15,6 @@ interruption and finished runs are skipped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedmtl.launch.sweep import plan_sweep, run_sweep  # noqa: E402
+from fedmtl.results import read_summary  # noqa: E402
 
 CONFIG = ROOT / "configs/studies/soak.toml"
 FAULTS = {"faults.dropout": 0.2, "faults.corrupt": 0.05}
@@ -39,7 +39,7 @@ honest clients and what it stops."""
 
 def summarize(run_dir: Path) -> dict:
     """Final accuracies and the fault totals of one run folder."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     rounds = pd.read_csv(run_dir / "rounds.csv")
     row = {"duration_min": summary["duration_s"] / 60}
     for task, values in summary["final"].items():
