@@ -603,6 +603,17 @@ def test_db_mtl_balances_log_loss_gradient_norms():
     torch.testing.assert_close(d, torch.tensor([1.0, 1.0], dtype=F64))
 
 
+@pytest.mark.parametrize("scale", [1e-300, 1e-40, 1e-31, 1e-29, 1.0, 1e200])
+def test_db_mtl_rescales_rows_of_any_size_to_the_largest_norm(scale):
+    """A clamp of the norms at 1e-30 left rows below it unscaled (at 1e-31 the direction was
+    (1e-3, 3e-3, 5e-4) × scale, not (0.1, 0.1, 0.1) × scale), and squared norms under- or
+    overflowed at 1e-300 and 1e200: DB-MTL is homogeneous at every scale."""
+    g = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.5]], dtype=F64) * scale
+    losses = torch.ones(3, dtype=F64)
+    d = make_weighting("db-mtl").aggregate(Objectives(updates=g, losses=losses, task_ids=["a", "b", "c"])).direction
+    torch.testing.assert_close(d / scale, torch.full((3,), 0.1, dtype=F64), rtol=1e-12, atol=0)
+
+
 def test_simplex_projections():
     torch.testing.assert_close(project_simplex(torch.tensor([0.3, 0.2, 0.25], dtype=F64)),
                                torch.tensor([0.3833333333, 0.2833333333, 0.3333333333], dtype=F64))

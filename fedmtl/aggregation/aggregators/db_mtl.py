@@ -53,7 +53,12 @@ class DBMTL(Aggregator):
             self.averages[key] = average.detach().clone()
             rows.append(average)
         stacked = torch.stack(rows)
-        norms = stacked.norm(dim=1)
-        largest = norms.max()
-        scales = torch.where(norms > 0, largest / norms.clamp_min(1e-30), torch.zeros_like(norms))
-        return Aggregate.from_parts(scales[:, None] * stacked / len(keys))
+        # each row rescaled to the largest norm, as its unit vector times that norm, the norms
+        # taken of rows divided by their largest entry: no square or ratio of norms under- or
+        # overflows at any scale, and a zero row contributes nothing
+        peaks = stacked.abs().amax(dim=1)
+        shrunk = stacked / torch.where(peaks > 0, peaks, 1.0)[:, None]
+        shrunk_norms = shrunk.norm(dim=1)
+        units = shrunk / torch.where(peaks > 0, shrunk_norms, 1.0)[:, None]
+        largest = (peaks * shrunk_norms).max()
+        return Aggregate.from_parts(largest * units / len(keys))
