@@ -27,7 +27,12 @@ plan (the task rule of each client in ``clients-then-tasks``, the client rule of
 ``tasks-then-clients``) runs as many times a round as there are groups. Each group gets its
 own instance of the configured rule, made on the group's first round, so that a stateful rule
 (TERM's normaliser, FedFV's history of past rounds, AFL's λ) advances once per round for its
-group, as if it ran for that group alone, instead of once per call.
+group, as if it ran for that group alone, instead of once per call. A rule whose state is
+nothing but random generators (RLW, PCGrad, GradDrop) or nothing at all (mean, MGDA) is the
+same for every group: one instance serves them all, its generator
+drawing for the groups in turn (in sorted order, so the same every run), and the plan holds no
+instance and checkpoints no state per group: a client's group would otherwise keep a 5 KB
+generator state for every client ever sampled.
 """
 
 from __future__ import annotations
@@ -104,6 +109,12 @@ def group_instance(rule: Rule, group: str) -> Rule:
         if isinstance(generator, torch.Generator):
             generator.manual_seed(torch_seed(Stream.RULE_GROUP, generator.initial_seed(), text_key(group)))
     return instance
+
+
+def serves_every_group(rule: Rule) -> bool:
+    """Whether one instance of ``rule`` serves every group of a grouped level: its state is
+    nothing but random generators, or nothing (module docstring)."""
+    return all(isinstance(getattr(rule, name, None), torch.Generator) for name in rule.state_attributes)
 
 
 def uses_task_weighting(plan: str) -> bool:
@@ -185,7 +196,12 @@ class AggregationPlan:
         self.task_weighting = task_weighting
         self.groups: dict[str, Rule] = {}
         """The instances of the grouped level's rule (:func:`grouped_level`), by group (a task
-        name, or a client id as text); the configured rule itself is never called there."""
+        name, or a client id as text); the configured rule itself is never called there, unless
+        it serves every group (:attr:`one_instance`)."""
+        level = grouped_level(plan)
+        self.one_instance = level is not None and serves_every_group(self.weightings()[level])
+        """Whether the grouped level's configured rule serves every group (:func:`serves_every_group`;
+        ``False`` after loading a state that holds one per group)."""
         self._used: list[tuple[str, Rule]] = []
 
     def weightings(self) -> dict[str, Rule]:
@@ -206,7 +222,7 @@ class AggregationPlan:
         states: dict[str, dict[str, Any]] = {}
         for level, rule in self.weightings().items():
             self.level = level
-            if level == grouped_level(self.plan):
+            if level == grouped_level(self.plan) and not self.one_instance:
                 states[level] = {GROUPS: {group: r.state_dict() for group, r in self.groups.items()}}
             else:
                 states[level] = rule.state_dict()
@@ -217,20 +233,25 @@ class AggregationPlan:
         level's state written before groups had their own (one state for every call, which mixed
         the groups) is not kept: each group starts from the rule's initial state. (Copied to every
         group it would multiply a state kept per row key, such as centered clipping's centers,
-        by the number of groups.)"""
+        by the number of groups.) A rule that serves every group (:func:`serves_every_group`)
+        takes the level's state as it is, and a state written per group (before such a rule
+        served every group) goes on per group, as written."""
         self.groups = {}
         for level, rule in self.weightings().items():
             state = states[level]
             if level != grouped_level(self.plan):
                 rule.load_state_dict(state)
             elif GROUPS in state:
+                self.one_instance = False
                 for group, group_state in state[GROUPS].items():
                     self.groups[group] = group_instance(rule, group)
                     self.groups[group].load_state_dict(group_state)
+            elif self.one_instance:
+                rule.load_state_dict(state)
 
     def _rule(self, level: str, group: str | None) -> Rule:
         """The rule that combines ``group``'s rows at ``level`` (its own instance on the grouped level)."""
-        if level != grouped_level(self.plan):
+        if level != grouped_level(self.plan) or self.one_instance:
             rule = self.weightings()[level]
         else:
             rule = self.groups.get(str(group))
