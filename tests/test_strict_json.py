@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from test_report_inputs import ACCURACY, fake_run
+from test_report_inputs import ACCURACY, fake_run, no_run_figures  # noqa: F401 - an autouse fixture
 
 from fedmtl import strict_json
 from fedmtl.api import RunResult
@@ -24,11 +24,6 @@ def strict_loads(text: str):
     def refuse(constant: str):
         raise ValueError(f"not JSON: {constant}")
     return json.loads(text, parse_constant=refuse)
-
-
-@pytest.fixture(autouse=True)
-def no_run_figures(monkeypatch):
-    monkeypatch.setattr("fedmtl.plots.plot_run", lambda run_dir: [])
 
 
 ZERO = {c: {"left": 0.0, "right": 0.0} for c in range(4)}

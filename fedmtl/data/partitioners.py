@@ -217,7 +217,7 @@ def pathological(
             f"client with fewer than 2 examples; lower data.num-clients or raise data.classes-per-client"
         )
     held = np.unique(labels[np.concatenate(parts)])
-    if unused := sorted(int(c) for c in set(np.unique(labels).tolist()) - set(held.tolist())):
+    if unused := np.setdiff1d(labels, held).tolist():
         warnings.warn(f"data.partitioner = 'pathological': no client holds class(es) {unused} "
                       f"({num_partitions} clients × {cfg.classes_per_client} classes per client drew "
                       f"{len(held)} of {len(held) + len(unused)}); their examples are left out. Raise "

@@ -30,6 +30,7 @@ devices), its examples shuffled and split as the generators split them
 ``data.validation-fraction`` v, the first ``⌊(1 − t − v)·n_k⌋`` train and those up to
 ``⌊(1 − t)·n_k⌋`` validate (q-FFL's 80/10/10). Other partitioners re-split the devices'
 pooled examples.
+
 **Synthetic-IID** (``data.dataset = "synthetic-iid"``): the same authors' IID variant
 (``data/synthetic_iid/generate_iid.py``): one model ``W ∈ R^(60×10)``, ``b ∈ R^10`` with
 ``N(0, 1)`` entries labels every device's inputs, and ``v_k = 0`` (``x ~ N(0, Σ)``); sizes
