@@ -32,7 +32,9 @@ Usage (from the repository root, inside the venv)::
     python benchmarks/gpu.py --engine none --quick
     python benchmarks/gpu.py --dry-run            # check every configuration, run nothing
 
-Writes ``benchmarks/results/gpu.md`` and ``gpu.json`` (``--out`` elsewhere).
+Writes ``benchmarks/results/gpu.md`` and ``gpu.json`` (Ray engine) or ``gpu-none.md`` and
+``gpu-none.json`` (``-quick`` added with ``--quick``; ``--out`` elsewhere), after each pass over
+the configurations.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -125,8 +128,12 @@ def plan(engine: str, quick: bool) -> dict[str, ExperimentConfig]:
     return {name: workload(quick, ["run.name=gpu-none"]) for name in NONE_CASES}
 
 
-def measure(configs: dict[str, ExperimentConfig], engine: str, repeat: int, out: Path) -> dict:
-    """Median seconds of each runnable configuration, interleaved; the skipped ones and why."""
+def measure(configs: dict[str, ExperimentConfig], engine: str, repeat: int, out: Path,
+            after_each: Callable[[dict], object] | None = None) -> dict:
+    """Median seconds of each runnable configuration, interleaved; the skipped ones and why.
+
+    ``after_each`` receives the result so far after each pass over the configurations (the
+    script writes its page then, so a run stopped by a time limit keeps its finished passes)."""
     cuda = torch.cuda.is_available()
     seconds: dict[str, list[float]] = {name: [] for name in configs if cuda or not needs_cuda(name)}
     skipped = {name: "no CUDA device (torch.cuda.is_available() is false)" for name in configs if name not in seconds}
@@ -136,15 +143,33 @@ def measure(configs: dict[str, ExperimentConfig], engine: str, repeat: int, out:
             value = ray_round(cfg, out) if engine == "ray" else none_case(name, cfg)
             seconds[name].append(value)
             print(f"[{attempt + 1}/{repeat}] {name}: {value:.4f} s", flush=True)
-    return {"seconds": {n: statistics.median(v) for n, v in seconds.items()}, "repeats": seconds, "skipped": skipped}
+        if after_each is not None:
+            after_each(_result(seconds, skipped))
+    return _result(seconds, skipped)
+
+
+def _result(seconds: dict[str, list[float]], skipped: dict[str, str]) -> dict:
+    """Medians of the repeats measured so far, the repeats themselves and the skipped rows."""
+    measured = {name: values for name, values in seconds.items() if values}
+    return {"seconds": {n: statistics.median(v) for n, v in measured.items()}, "repeats": measured,
+            "skipped": skipped}
+
+
+def stem(engine: str, quick: bool) -> str:
+    """The results' file name without suffix: ``gpu`` (Ray engine), ``gpu-none``, ``…-quick``."""
+    return "gpu" + ("-none" if engine == "none" else "") + ("-quick" if quick else "")
 
 
 def write(result: dict, engine: str, quick: bool, repeat: int, folder: Path) -> Path:
-    """``gpu.md`` and ``gpu.json`` in ``folder``; returns the page."""
+    """``<stem>.md`` and ``<stem>.json`` in ``folder`` (:func:`stem`); returns the page.
+
+    ``repeat`` is the number of passes asked for; each row says how many it has (a pass cut
+    short by a time limit leaves some rows with one repeat fewer)."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, GPU: {gpu}, torch {torch.__version__}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "gpu.json").write_text(json.dumps(
+    name = stem(engine, quick)
+    (folder / f"{name}.json").write_text(json.dumps(
         {"date": date.today().isoformat(), "machine": machine, "engine": engine, "quick": quick, "repeat": repeat,
          **result}, indent=2))
     unit = "s / round" if engine == "ray" else "s / round (floor) or s / call (fairgrad)"
@@ -155,17 +180,17 @@ def write(result: dict, engine: str, quick: bool, repeat: int, folder: Path) -> 
         f"{date.today().isoformat()}, {machine}.", "",
         f"Command: `python benchmarks/gpu.py --engine {engine}{' --quick' if quick else ''} --repeat {repeat}`; "
         "the workload of `benchmarks/simulation.py`, medians of the repeats (see the script's docstring).", "",
-        f"| configuration | {unit} | × its CPU row |", "|---|---:|---:|",
+        f"| configuration | {unit} | repeats | × its CPU row |", "|---|---:|---:|---:|",
     ]
     seconds = result["seconds"]
-    for name in [*seconds, *result["skipped"]]:
-        if name not in seconds:
-            lines.append(f"| {name} | not run: {result['skipped'][name]} | – |")
+    for row in [*seconds, *result["skipped"]]:
+        if row not in seconds:
+            lines.append(f"| {row} | not run: {result['skipped'][row]} | 0 | – |")
             continue
-        family = next((b for prefix, b in base[engine].items() if name.startswith(prefix)), None)
-        ratio = f"{seconds[name] / seconds[family]:.2f}" if family in seconds else "–"
-        lines.append(f"| {name} | {seconds[name]:.4f} | {ratio} |")
-    page = folder / "gpu.md"
+        family = next((b for prefix, b in base[engine].items() if row.startswith(prefix)), None)
+        ratio = f"{seconds[row] / seconds[family]:.2f}" if family in seconds else "–"
+        lines.append(f"| {row} | {seconds[row]:.4f} | {len(result['repeats'][row])} | {ratio} |")
+    page = folder / f"{name}.md"
     page.write_text("\n".join([*lines, ""]))
     print("\n".join(lines))
     return page
@@ -178,7 +203,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer canvases per digit")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dry-run", action="store_true", help="validate every configuration and stop")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for gpu.md/.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-gpu", help="run folders (ray engine)")
     args = parser.parse_args()
     configs = plan(args.engine, args.quick)
@@ -187,7 +212,11 @@ def main() -> None:
             print(f"{name}: client.device={cfg.client.device} engine.client-num-gpus={cfg.engine.client_num_gpus} "
                   f"server.device={cfg.server.device} server.weighting={cfg.server.weighting}")
         return
-    write(measure(configs, args.engine, args.repeat, args.runs), args.engine, args.quick, args.repeat, args.out)
+
+    def page(result: dict) -> Path:
+        return write(result, args.engine, args.quick, args.repeat, args.out)
+
+    measure(configs, args.engine, args.repeat, args.runs, after_each=page)
 
 
 if __name__ == "__main__":

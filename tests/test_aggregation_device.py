@@ -162,3 +162,20 @@ def test_server_device_is_validated_in_the_config():
     assert load_config(None, ["server.device=auto"]).server.device == "auto"
     with pytest.raises(Exception, match="device"):
         load_config(None, ["server.device=tpu"])
+
+
+# -- a real GPU (skipped where there is none; the emulated accelerator above runs everywhere) --
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("plan", PLANS)
+@pytest.mark.parametrize("weighting", SERVER_WEIGHTINGS)
+def test_every_server_weighting_aggregates_on_a_real_gpu_as_on_the_cpu(plan, weighting):
+    on_cpu, on_gpu = make(plan, weighting), make(plan, weighting)
+    for round_ in range(2):
+        expected = on_cpu(rows(False, plan, seed=round_))
+        moved = [Row(r.client, r.task, r.update.cuda(), r.loss, r.num_examples) for r in rows(False, plan, seed=round_)]
+        got = on_gpu(moved)
+        assert got.direction.device.type == "cuda", "the combined update left the GPU"
+        torch.testing.assert_close(got.direction.cpu(), expected.direction, rtol=1e-5, atol=1e-6)
+        assert got.row_weights.keys() == expected.row_weights.keys()
+        for key, w in expected.row_weights.items():
+            assert got.row_weights[key] == pytest.approx(w, rel=1e-5, abs=1e-7)
