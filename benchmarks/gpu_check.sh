@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, as one script with time limits: the tests that need CUDA (skipped on CPU-only
-# machines), then benchmarks/gpu.py on both engines. Run from the repository root on a machine
+# machines), benchmarks/gpu_agreement.py, then benchmarks/gpu.py on both engines. Run from the repository root on a machine
 # with a GPU, in the venv (`PY=python3 bash benchmarks/gpu_check.sh` for another Python):
 #
 #   bash benchmarks/gpu_check.sh [output folder, default benchmarks/results]
@@ -19,8 +19,11 @@ T0=$(date +%s)
   $PY -c "import sys, torch, ray, flwr; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available(), ray.__version__, flwr.__version__)"
   echo "== CUDA tests"
   timeout "${T_TESTS:-150}" $PY -m pytest -q -p no:cacheprovider -rs tests/test_sgd.py tests/test_aggregation_device.py \
-    tests/test_gpu_benchmark.py tests/test_inprocess_engine.py::test_a_run_with_clients_and_server_on_a_gpu_gives_the_cpu_run_s_metrics
+    tests/test_gpu_benchmark.py tests/test_gpu_runs.py
   echo "pytest rc=$? at $(( $(date +%s) - T0 )) s"
+  echo "== benchmarks/gpu_agreement.py"
+  timeout "${T_AGREE:-120}" $PY benchmarks/gpu_agreement.py --out "$OUT_DIR"
+  echo "rc=$? at $(( $(date +%s) - T0 )) s"
   echo "== benchmarks/gpu.py --engine none"
   timeout "${T_NONE:-100}" $PY benchmarks/gpu.py --engine none --repeat 3 --out "$OUT_DIR"
   echo "rc=$? at $(( $(date +%s) - T0 )) s"

@@ -13,7 +13,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -358,24 +357,3 @@ def test_a_report_groups_runs_on_either_backend_as_one_configuration(tmp_path):
     groups = group_configurations([run(0, "ray", "fedavg"), run(1, "inprocess", "fedavg"), run(0, "ray", "qffl")])
     assert [len(g.runs) for g in groups] == [2, 1]
     assert [g.label for g in groups] == ["server.weighting=fedavg", "server.weighting=qffl"]
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_run_with_clients_and_server_on_a_gpu_gives_the_cpu_run_s_metrics(tmp_path):
-    """The whole pipeline on a GPU: clients train on it (half a GPU each, two at once) and a
-    fair server rule combines there. Kernels round otherwise than the CPU's, so the metrics
-    agree to a tolerance that a wrong step (not trained, rows mixed up) would break."""
-    import fedmtl
-
-    base = ["engine.backend=inprocess", "server.plan=flat", "server.weighting=fairgrad", "data.num-clients=4"]
-    cpu = fedmtl.run(SMOKE, overrides=[*base, "client.device=cpu", "server.device=cpu"], out=tmp_path / "cpu")
-    gpu = fedmtl.run(SMOKE, overrides=[*base, "client.device=cuda", "server.device=cuda",
-                                       "engine.client-num-gpus=0.5"], out=tmp_path / "gpu")
-    keys = ["round", "client", "task", "split", "metric"]
-    on_cpu, on_gpu = cpu.metrics.set_index(keys)["value"], gpu.metrics.set_index(keys)["value"]
-    assert on_gpu.index.equals(on_cpu.index) and on_gpu.notna().all()
-    losses = on_cpu.index.get_level_values("metric") == "loss"
-    np.testing.assert_allclose(on_gpu[losses], on_cpu[losses], rtol=1e-3, atol=1e-4)
-    accuracy = on_cpu.index.get_level_values("metric") == "accuracy"
-    np.testing.assert_allclose(on_gpu[accuracy], on_cpu[accuracy], atol=0.02)

@@ -1,0 +1,159 @@
+"""How closely a run on a GPU reproduces the same run on the CPU, with and without TF32.
+
+On Ampere and later GPUs, PyTorch lets cuDNN compute float32 convolutions in TF32 (a 10-bit
+mantissa) unless ``torch.backends.cudnn.allow_tf32`` is false; float32 matrix products stay
+in full float32 unless ``torch.backends.cuda.matmul.allow_tf32`` is true. fedmtl leaves both
+flags at PyTorch's defaults. This script runs ``configs/smoke.toml`` (4 clients, 2 rounds,
+in-process engine) on the CPU, then with clients (half a GPU each) and the server on the GPU,
+once with TF32 off and once with PyTorch's defaults, for the fair configuration of
+``tests/test_gpu_runs.py`` and several personalization methods, and reports:
+
+- the largest ‖gpu − cpu‖ / ‖cpu‖ over the tensors of the final global backbone and heads;
+- the largest relative difference of a loss row of ``metrics.csv``;
+- the largest difference of an accuracy row.
+
+Usage (from the repository root, inside the venv, on a machine with a GPU)::
+
+    python benchmarks/gpu_agreement.py
+
+Writes ``benchmarks/results/gpu_agreement.md`` and ``.json`` (``--out`` elsewhere). Without a
+GPU it says so and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SMOKE = ROOT / "configs" / "smoke.toml"
+BASE = ["engine.backend=inprocess", "data.num-clients=4"]
+ON_CPU = ["client.device=cpu", "server.device=cpu"]
+ON_GPU = ["client.device=cuda", "server.device=cuda", "engine.client-num-gpus=0.5"]
+CASES: dict[str, list[str]] = {
+    "fair (flat FairGrad, clients' FairGrad)": ["server.plan=flat", "server.weighting=fairgrad",
+                                                "client.weighting=fairgrad"],
+    "personalization none": ["personalization.method=none"],
+    "ditto": ["personalization.method=ditto"],
+    "apfl": ["personalization.method=apfl"],
+    "fedrep": ["personalization.method=fedrep"],
+}
+
+
+def tensors(state: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a nested checkpoint entry, by its path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    if isinstance(state, dict):
+        return {k: v for key, value in state.items() for k, v in tensors(value, f"{prefix}/{key}").items()}
+    return {}
+
+
+def model_differences(reference: Path, other: Path) -> dict[str, float]:
+    """‖other − reference‖ / ‖reference‖ of each tensor of the two runs' final global backbone and
+    heads (their newest checkpoints)."""
+    from fedmtl.results import load_checkpoint
+
+    ref, oth = load_checkpoint(reference)[0], load_checkpoint(other)[0]
+    a = {**tensors(ref["backbone"], "backbone"), **tensors(ref["heads"], "heads")}
+    b = {**tensors(oth["backbone"], "backbone"), **tensors(oth["heads"], "heads")}
+    if a.keys() != b.keys() or not a:
+        raise ValueError(f"the runs' models differ in their tensors: {sorted(a.keys() ^ b.keys())[:5]}")
+    return {k: float((b[k].double() - v.double()).norm() / v.double().norm().clamp_min(1e-12)) for k, v in a.items()}
+
+
+def metric_differences(reference: Path, other: Path) -> dict[str, float]:
+    """The largest relative difference of a loss row and absolute one of an accuracy row between
+    two runs' ``metrics.csv`` (which must hold the same rows)."""
+    from fedmtl.api import RunResult
+
+    keys = ["round", "client", "task", "split", "metric"]
+    ref = RunResult(reference).metrics.set_index(keys)["value"]
+    oth = RunResult(other).metrics.set_index(keys)["value"]
+    if not oth.index.equals(ref.index):
+        raise ValueError("the runs' metrics.csv hold different rows")
+    metric = ref.index.get_level_values("metric")
+    loss, accuracy = metric == "loss", metric == "accuracy"
+    return {"loss": float(np.max(np.abs(oth[loss] - ref[loss]) / np.abs(ref[loss]).clip(1e-12))),
+            "accuracy": float(np.max(np.abs(oth[accuracy] - ref[accuracy])))}
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool | None) -> Iterator[None]:
+    """TF32 for convolutions and matrix products on (``True``), off (``False``) or PyTorch's
+    defaults left as they are (``None``); put back after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if enabled is not None:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def measure(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """For each case: the differences of the GPU run (TF32 off; PyTorch's defaults) from the CPU run."""
+    import fedmtl
+
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for i, (case, extra) in enumerate(CASES.items()):
+        cpu = fedmtl.run(SMOKE, overrides=[*BASE, *extra, *ON_CPU], out=folder / f"{i}-cpu").folder
+        result[case] = {}
+        for label, flag in (("tf32 off", False), ("PyTorch defaults", None)):
+            with tf32(flag):
+                gpu = fedmtl.run(SMOKE, overrides=[*BASE, *extra, *ON_GPU], out=folder / f"{i}-{label}").folder
+            result[case][label] = {"model": max(model_differences(cpu, gpu).values()),
+                                   **metric_differences(cpu, gpu)}
+            print(case, label, result[case][label], flush=True)
+    return result
+
+
+def write(result: dict, out: Path) -> Path:
+    """``gpu_agreement.md`` and ``.json`` in ``out``; returns the page."""
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name(0)
+    defaults = f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, " \
+               f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
+    (out / "gpu_agreement.json").write_text(json.dumps(
+        {"date": date.today().isoformat(), "gpu": device, "torch": torch.__version__, "defaults": defaults,
+         "cases": result}, indent=2))
+    lines = ["# A run on a GPU against the same run on the CPU (`benchmarks/gpu_agreement.py`)", "",
+             f"{date.today().isoformat()}, {device}, torch {torch.__version__} (its defaults: {defaults}).", "",
+             "`configs/smoke.toml`, 4 clients, 2 rounds, in-process engine; clients on half a GPU each and the "
+             "server on the GPU, against the CPU. Model: the largest ‖gpu − cpu‖ / ‖cpu‖ over the tensors of "
+             "the final global backbone and heads; loss: the largest relative difference of a loss row; "
+             "accuracy: the largest difference of an accuracy row.", "",
+             "| configuration | TF32 | model | loss | accuracy |", "|---|---|---:|---:|---:|"]
+    for case, rows in result.items():
+        for label, d in rows.items():
+            lines.append(f"| {case} | {label} | {d['model']:.1e} | {d['loss']:.1e} | {d['accuracy']:.3f} |")
+    page = out / "gpu_agreement.md"
+    page.write_text("\n".join([*lines, ""]))
+    print("\n".join(lines))
+    return page
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device (torch.cuda.is_available() is false): nothing measured")
+        return
+    with tempfile.TemporaryDirectory() as runs:
+        write(measure(Path(runs)), args.out)
+
+
+if __name__ == "__main__":
+    main()
