@@ -74,8 +74,23 @@ CONFIGURATIONS = ("floor", "flower", "fedmtl", "fedmtl-fair", "flower-inprocess"
 
 
 # -- memory ------------------------------------------------------------------------------
-def _tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (from /proc)."""
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` (``Pss:`` of /proc/<pid>/smaps_rollup): its resident
+    pages, each shared page counted as 1/n in each of the n processes that map it."""
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_memory_bytes(root: int) -> tuple[int, int]:
+    """Resident memory (RSS) and proportional set size (PSS) of ``root`` and all its
+    descendants, summed (from /proc).
+
+    Summed RSS counts a page that n processes share (a library such as libtorch, mapped by
+    every Ray worker) n times; summed PSS counts it once, split among them, so it is what the
+    tree adds to the machine's memory."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -90,34 +105,42 @@ def _tree_rss_bytes(root: int) -> int:
                 rss[int(entry)] = int(handle.read().split()[1]) * page
         except (OSError, IndexError, ValueError):
             continue
-    total, stack = 0, [root]
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
+    total_rss = total_pss = 0
+    stack = [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        if pid in rss:
+            total_rss += rss[pid]
+            try:
+                total_pss += _pss_bytes(pid)
+            except OSError:  # it ended between the two reads
+                pass
         stack.extend(children.get(pid, []))
-    return total
+    return total_rss, total_pss
 
 
 class PeakRSS:
     """Samples the resident memory of the process tree under ``root`` (this process when not
-    given) in a thread; ``peak_mb`` after the block.
+    given) in a thread; ``peak_mb`` (summed RSS) and ``peak_pss_mb`` (summed PSS, see
+    :func:`tree_memory_bytes`) after the block.
 
     The sampler reads /proc for every process, which is Python work under the interpreter's
     lock: measuring another process (``root``) keeps that work out of the measured one, whose
     in-process clients would otherwise wait for the lock while it samples."""
 
     def __init__(self, interval: float = 0.05, root: int | None = None) -> None:
-        self.interval, self.peak = interval, 0
+        self.interval, self.peak, self.peak_pss = interval, 0, 0
         self.root = os.getpid() if root is None else root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_bytes(self.root))
+            rss, pss = tree_memory_bytes(self.root)
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRSS:
@@ -130,7 +153,13 @@ class PeakRSS:
 
     @property
     def peak_mb(self) -> float:
+        """The largest summed RSS sampled, in MiB."""
         return self.peak / 2**20
+
+    @property
+    def peak_pss_mb(self) -> float:
+        """The largest summed PSS sampled, in MiB."""
+        return self.peak_pss / 2**20
 
 
 def per_round(ends: list[float]) -> float:
@@ -311,16 +340,17 @@ def measure_once(name: str, work) -> tuple[float, float, int]:  # noqa: ANN001 -
 def measure(work: dict, repeat: int) -> dict:
     """Run every configuration ``repeat`` times, interleaved (floor, flower, fedmtl, fair,
     floor, ...), so that a slow spell of a shared machine hits all of them alike; the median
-    seconds per round and the largest peak RSS of each. ``work`` maps each name to a job that
-    returns (seconds per round, peak RSS in MB, wall seconds, rounds timed)."""
-    runs: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name in work}
+    seconds per round and the largest peak RSS and PSS of each. ``work`` maps each name to a job
+    that returns (seconds per round, peak RSS in MB, wall seconds, rounds timed, peak PSS in MB)."""
+    runs: dict[str, list[tuple[float, float, float, int, float]]] = {name: [] for name in work}
     for attempt in range(repeat):
         print(f"repeat {attempt + 1} of {repeat}", flush=True)
         for name, job in work.items():
             runs[name].append(job())
     return {
         name: {"s_per_round": float(np.median([r[0] for r in rs])), "repeats_s_per_round": [r[0] for r in rs],
-               "rounds_timed": rs[0][3], "wall_s": [r[2] for r in rs], "peak_rss_mb": max(r[1] for r in rs)}
+               "rounds_timed": rs[0][3], "wall_s": [r[2] for r in rs], "peak_rss_mb": max(r[1] for r in rs),
+               "peak_pss_mb": max(r[4] for r in rs)}
         for name, rs in runs.items()
     }
 
@@ -360,14 +390,14 @@ def main() -> None:
     write(results, args.quick, cfg, args.repeat)
 
 
-def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[float, float, float, int]]:
+def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[float, float, float, int, float]]:
     """A job that measures configuration ``name`` in a fresh interpreter (this script with
     ``--child``): what :func:`measure_once` measured there, with the peak RSS of its process
     tree sampled from this process."""
     import subprocess
     import tempfile
 
-    def job() -> tuple[float, float, float, int]:
+    def job() -> tuple[float, float, float, int, float]:
         with tempfile.TemporaryDirectory(prefix="bench-simulation-") as tmp:
             result = Path(tmp) / "result.json"
             command = [sys.executable, __file__, "--child", name, "--child-result", str(result), "--out", str(args.out)]
@@ -377,8 +407,9 @@ def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[
             if code != 0:
                 raise subprocess.CalledProcessError(code, command)
             seconds, wall, rounds = json.loads(result.read_text())
-            print(f"  {name}: {seconds:.3f} s/round, peak RSS {rss.peak_mb:.0f} MB, wall {wall:.1f} s", flush=True)
-            return seconds, rss.peak_mb, wall, rounds
+            print(f"  {name}: {seconds:.3f} s/round, peak RSS {rss.peak_mb:.0f} MB, peak PSS {rss.peak_pss_mb:.0f} MB, "
+                  f"wall {wall:.1f} s", flush=True)
+            return seconds, rss.peak_mb, wall, rounds, rss.peak_pss_mb
 
     return job
 
@@ -405,7 +436,12 @@ def memory_lines(results: dict) -> list[str]:
             ratio = results[name]["peak_rss_mb"] / floor_mb
             lines.append(f"- `{name}`: peak RSS {results[name]['peak_rss_mb']:.0f} MB = {ratio:.2f}× the floor's "
                          f"({floor_mb:.0f} MB): target ≤ 1.5× **{'met' if ratio <= 1.5 else 'not met'}**.")
-    return ["Memory (each configuration in a fresh process; the largest peak over the repeats):", "", *lines, ""]
+            floor_pss, pss = results["floor"].get("peak_pss_mb"), results[name].get("peak_pss_mb")
+            if floor_pss and pss:
+                lines.append(f"  Its peak PSS (shared pages counted once): {pss:.0f} MB = {pss / floor_pss:.2f}× the "
+                             f"floor's ({floor_pss:.0f} MB); for information, the target is on RSS.")
+    return ["Memory (each configuration in a fresh process; the largest peak over the repeats; RSS and PSS "
+            "summed over the process tree):", "", *lines, ""]
 
 
 def speed_lines(results: dict) -> list[str]:
@@ -450,12 +486,14 @@ def write(results: dict, quick: bool, cfg: ExperimentConfig, repeat: int) -> Non
         "load_average": os.getloadavg()[0],
     }
     (out / f"simulation{suffix}.json").write_text(json.dumps(summary, indent=2))
-    rows = ["| configuration | s / round | × floor | × vanilla Flower | peak RSS (MB) |", "|---|---|---|---|---|"]
+    rows = ["| configuration | s / round | × floor | × vanilla Flower | peak RSS (MB) | peak PSS (MB) |",
+            "|---|---|---|---|---|---|"]
     flower_s = results.get("flower", {}).get("s_per_round")
     for name, r in results.items():
         ratio_floor = f"{r['s_per_round'] / floor_s:.2f}" if floor_s else "–"
         ratio_flower = f"{r['s_per_round'] / flower_s:.2f}" if flower_s else "–"
-        rows.append(f"| {name} | {r['s_per_round']:.3f} | {ratio_floor} | {ratio_flower} | {r['peak_rss_mb']:.0f} |")
+        rows.append(f"| {name} | {r['s_per_round']:.3f} | {ratio_floor} | {ratio_flower} | {r['peak_rss_mb']:.0f} "
+                    f"| {r['peak_pss_mb']:.0f} |")
     page = [
         f"# Simulation speed{' (quick)' if quick else ''}", "",
         f"Measured {summary['date']} on {summary['machine']}, no GPU; load average {summary['load_average']:.1f} "
