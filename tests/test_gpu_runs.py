@@ -10,8 +10,9 @@ on the CPU, a learning rate changed by one part in a million moved the final mod
 2-round run by up to 1.4e-3 of a tensor's norm, and on an H200 (2026-12-04, TF32 off) FedBABU's
 and FedRep's runs ended 4.5e-4 and 1.3e-4 from the CPU's while the others agreed to 2e-7. So
 these tests train calmly (learning rate 0.01, no momentum), where the same one-in-a-million
-change moves the final model by under 1.3e-7 and a 1% change by 6e-5 to 7e-4
-(:func:`test_the_tolerance_tells_a_1_percent_learning_rate_change_from_rounding`). The GPU run
+change moves the final model by at most 1.3e-7 and a 1% change by 6.3e-5 to 7.3e-4
+(``benchmarks/results/training_sensitivity.md``;
+:func:`test_the_tolerance_tells_a_1_percent_learning_rate_change_from_rounding`). The GPU run
 must then agree with the CPU run to 1e-5: its final global model and heads (of each tensor's
 norm) and its losses (relative); its accuracies to 0.02 (rounding can flip a near-tied
 prediction of a barely trained model). A wrong step on the GPU path (a model or state left on
