@@ -119,15 +119,24 @@ def measure(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
     return result
 
 
+def write_results(out: Path, stem: str, data: dict, lines: list[str]) -> Path:
+    """``<stem>.json`` holding ``data`` and ``<stem>.md`` holding ``lines`` in ``out``; prints the
+    page and returns its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    page = out / f"{stem}.md"
+    page.write_text("\n".join([*lines, ""]))
+    print("\n".join(lines))
+    return page
+
+
 def write(result: dict, out: Path) -> Path:
     """``gpu_agreement.md`` and ``.json`` in ``out``; returns the page."""
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0)
     defaults = f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, " \
                f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
-    (out / "gpu_agreement.json").write_text(json.dumps(
-        {"date": date.today().isoformat(), "gpu": device, "torch": torch.__version__, "defaults": defaults,
-         "cases": result}, indent=2))
+    data = {"date": date.today().isoformat(), "gpu": device, "torch": torch.__version__, "defaults": defaults,
+            "cases": result}
     lines = ["# A run on a GPU against the same run on the CPU (`benchmarks/gpu_agreement.py`)", "",
              f"{date.today().isoformat()}, {device}, torch {torch.__version__} (its defaults: {defaults}).", "",
              "`configs/smoke.toml`, 4 clients, 2 rounds, in-process engine; clients on half a GPU each and the "
@@ -138,10 +147,7 @@ def write(result: dict, out: Path) -> Path:
     for case, rows in result.items():
         for label, d in rows.items():
             lines.append(f"| {case} | {label} | {d['model']:.1e} | {d['loss']:.1e} | {d['accuracy']:.3f} |")
-    page = out / "gpu_agreement.md"
-    page.write_text("\n".join([*lines, ""]))
-    print("\n".join(lines))
-    return page
+    return write_results(out, "gpu_agreement", data, lines)
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ Writes ``benchmarks/results/training_sensitivity.md`` and ``.json`` (``--out`` e
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_agreement import BASE, SMOKE, model_differences  # noqa: E402
+from benchmarks.gpu_agreement import BASE, SMOKE, model_differences, write_results  # noqa: E402
 
 SETTINGS = {"smoke's (lr 0.05, momentum 0.5)": (0.05, 0.5), "calm (lr 0.01, no momentum)": (0.01, 0.0)}
 METHODS = ("none", "fedbabu", "fedrep")
@@ -59,10 +58,8 @@ def measure(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
 
 def write(result: dict, out: Path) -> Path:
     """``training_sensitivity.md`` and ``.json`` in ``out``; returns the page."""
-    out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, torch {torch.__version__}"
-    (out / "training_sensitivity.json").write_text(json.dumps(
-        {"date": date.today().isoformat(), "machine": machine, "results": result}, indent=2))
+    data = {"date": date.today().isoformat(), "machine": machine, "results": result}
     lines = ["# Training sensitivity (`benchmarks/training_sensitivity.py`)", "",
              f"{date.today().isoformat()}, {machine}, on the CPU. `configs/smoke.toml`, 4 clients, 2 rounds, "
              "in-process engine. Each cell: the largest ‖changed − base‖ / ‖base‖ over the tensors of the final "
@@ -71,10 +68,7 @@ def write(result: dict, out: Path) -> Path:
     for setting, methods in result.items():
         for method, d in methods.items():
             lines.append(f"| {setting} | {method} | {d['1e-6']:.1e} | {d['1%']:.1e} |")
-    page = out / "training_sensitivity.md"
-    page.write_text("\n".join([*lines, ""]))
-    print("\n".join(lines))
-    return page
+    return write_results(out, "training_sensitivity", data, lines)
 
 
 def main() -> None:
