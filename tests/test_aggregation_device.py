@@ -5,7 +5,8 @@ tensor that enforces CUDA's rules. An operation that mixes it with a plain CPU t
 or more dimensions raises (as "Expected all tensors to be on the same device" does), and
 ``.numpy()`` raises (as "can't convert cuda tensor to numpy" does). ``.cpu()`` and
 ``.to("cpu")`` give a plain tensor; ``.to(t)`` follows ``t``. Every server weighting under
-every plan must then run, keep the combined update on the device and give the CPU's result.
+every plan must then run, keep the combined update on the device and give the CPU's result;
+where there is a GPU, the same test runs on it too.
 """
 
 from __future__ import annotations
@@ -104,7 +105,18 @@ PARAMS = {"qffl": {"lipschitz": 10.0}}
 SERVER_WEIGHTINGS = sorted(n for n in WEIGHTINGS.names() if WEIGHTINGS.get(n).scope in ("server", "both"))
 
 
-def rows(device_rows: bool, plan: str, seed: int = 0) -> list[Row]:
+ON_DEVICE = {"cpu": lambda u: u, "emulated": on_accelerator, "cuda": lambda u: u.cuda()}
+"""How a row reaches each device: left on the CPU, on the emulated accelerator, on a real GPU."""
+DEVICES = ["emulated", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                     reason="needs a CUDA GPU"))]
+
+
+def on_the_device(t: torch.Tensor, device: str) -> bool:
+    """Whether ``t`` is on ``device`` (the emulated accelerator's type, or CUDA)."""
+    return isinstance(t, OnAccelerator) if device == "emulated" else t.device.type == device
+
+
+def rows(device: str, plan: str, seed: int = 0) -> list[Row]:
     gen = torch.Generator().manual_seed(seed)
     made = []
     for client in range(4):
@@ -112,7 +124,7 @@ def rows(device_rows: bool, plan: str, seed: int = 0) -> list[Row]:
         if plan == "clients":
             parts = [parts[0] + parts[1]]
         for task, u in zip(["all"] if plan == "clients" else ["left", "right"], parts, strict=True):
-            update = on_accelerator(u) if device_rows else u
+            update = ON_DEVICE[device](u)
             made.append(Row(client, task, update, float(1 + client + len(task) / 10), float(10 * (client + 1))))
     return made
 
@@ -121,14 +133,15 @@ def make(plan: str, weighting: str) -> AggregationPlan:
     return AggregationPlan(plan, make_weighting(weighting, **PARAMS.get(weighting, {})), make_weighting("mgda"))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("weighting", SERVER_WEIGHTINGS)
-def test_every_server_weighting_aggregates_on_the_device_as_on_the_cpu(plan, weighting):
+def test_every_server_weighting_aggregates_on_the_device_as_on_the_cpu(plan, weighting, device):
     on_cpu, on_device = make(plan, weighting), make(plan, weighting)
     for round_ in range(2):  # the second round uses the weightings' state (histories, averages)
-        expected = on_cpu(rows(False, plan, seed=round_))
-        got = on_device(rows(True, plan, seed=round_))
-        assert isinstance(got.direction, OnAccelerator), "the combined update left the device"
+        expected = on_cpu(rows("cpu", plan, seed=round_))
+        got = on_device(rows(device, plan, seed=round_))
+        assert on_the_device(got.direction, device), "the combined update left the device"
         torch.testing.assert_close(got.direction.cpu(), expected.direction, rtol=1e-5, atol=1e-6)
         assert got.row_weights.keys() == expected.row_weights.keys()
         for key, w in expected.row_weights.items():
@@ -163,19 +176,3 @@ def test_server_device_is_validated_in_the_config():
     with pytest.raises(Exception, match="device"):
         load_config(None, ["server.device=tpu"])
 
-
-# -- a real GPU (skipped where there is none; the emulated accelerator above runs everywhere) --
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("plan", PLANS)
-@pytest.mark.parametrize("weighting", SERVER_WEIGHTINGS)
-def test_every_server_weighting_aggregates_on_a_real_gpu_as_on_the_cpu(plan, weighting):
-    on_cpu, on_gpu = make(plan, weighting), make(plan, weighting)
-    for round_ in range(2):
-        expected = on_cpu(rows(False, plan, seed=round_))
-        moved = [Row(r.client, r.task, r.update.cuda(), r.loss, r.num_examples) for r in rows(False, plan, seed=round_)]
-        got = on_gpu(moved)
-        assert got.direction.device.type == "cuda", "the combined update left the GPU"
-        torch.testing.assert_close(got.direction.cpu(), expected.direction, rtol=1e-5, atol=1e-6)
-        assert got.row_weights.keys() == expected.row_weights.keys()
-        for key, w in expected.row_weights.items():
-            assert got.row_weights[key] == pytest.approx(w, rel=1e-5, abs=1e-7)

@@ -65,4 +65,3 @@ def test_the_gpu_check_names_tests_that_exist():
         assert (root / path).is_file(), path
         if function:
             assert f"def {function}(" in (root / path).read_text(), f"{path}::{function}"
-

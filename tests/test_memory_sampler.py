@@ -3,6 +3,8 @@ PSS of a process tree."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,8 +30,7 @@ def test_the_tree_s_memory_counts_a_child_s_private_pages_in_rss_and_pss():
     try:
         rss_with, pss_with = tree_memory_bytes(child.pid)
         assert rss_with >= pss_with > 190 * 2**20  # its 200 MiB are private: in both
-        parent_rss, parent_pss = tree_memory_bytes(0xFFFFFFF)  # no such process: nothing
-        assert (parent_rss, parent_pss) == (0, 0)
+        assert tree_memory_bytes(0xFFFFFFF) == (0, 0)  # no such process: nothing
     finally:
         child.kill()
         child.wait()
@@ -40,14 +41,15 @@ def test_pss_counts_pages_shared_by_a_tree_once_where_rss_counts_them_per_proces
     twice, summed PSS once."""
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
                                "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
-                               "print('ready', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+                               "print('ready', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
     try:
         assert parent.stdout.readline().strip() == "ready"
         time.sleep(0.3)
         rss, pss = tree_memory_bytes(parent.pid)
         assert rss > pss > 0
     finally:
-        parent.kill()
+        os.killpg(parent.pid, signal.SIGKILL)  # the child too, not only its parent
         parent.wait()
 
 
