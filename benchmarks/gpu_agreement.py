@@ -6,7 +6,8 @@ in full float32 unless ``torch.backends.cuda.matmul.allow_tf32`` is true. fedmtl
 flags at PyTorch's defaults. This script runs ``configs/smoke.toml`` (4 clients, 2 rounds,
 in-process engine) on the CPU, then with clients (half a GPU each) and the server on the GPU,
 once with TF32 off and once with PyTorch's defaults, for the fair configuration of
-``tests/test_gpu_runs.py`` and several personalization methods, and reports:
+``tests/test_gpu_runs.py`` and several personalization methods; then at the calm settings of
+``tests/test_gpu_runs.py`` (TF32 off) on the CPU and twice on the GPU, and reports:
 
 - the largest ‖gpu − cpu‖ / ‖cpu‖ over the tensors of the final global backbone and heads;
 - the largest relative difference of a loss row of ``metrics.csv``;
@@ -27,7 +28,7 @@ import contextlib
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -41,13 +42,16 @@ SMOKE = ROOT / "configs" / "smoke.toml"
 BASE = ["engine.backend=inprocess", "data.num-clients=4"]
 ON_CPU = ["client.device=cpu", "server.device=cpu"]
 ON_GPU = ["client.device=cuda", "server.device=cuda", "engine.client-num-gpus=0.5"]
+CALM = ["client.lr=0.01", "client.momentum=0"]  # the settings of tests/test_gpu_runs.py
 CASES: dict[str, list[str]] = {
     "fair (flat FairGrad, clients' FairGrad)": ["server.plan=flat", "server.weighting=fairgrad",
                                                 "client.weighting=fairgrad"],
     "personalization none": ["personalization.method=none"],
     "ditto": ["personalization.method=ditto"],
     "apfl": ["personalization.method=apfl"],
+    "fedbabu": ["personalization.method=fedbabu"],
     "fedrep": ["personalization.method=fedrep"],
+    "fedrep, 1 head epoch": ["personalization.method=fedrep", "personalization.params.head-epochs=1"],
 }
 
 
@@ -102,20 +106,40 @@ def tf32(enabled: bool | None) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def measure(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """For each case: the differences of the GPU run (TF32 off; PyTorch's defaults) from the CPU run."""
+def one_run(out: Path, overrides: list[str], flag: bool | None) -> Path:
+    """The folder of a smoke run with ``overrides`` (after :data:`BASE`), TF32 as :func:`tf32` ``flag``."""
     import fedmtl
 
+    with tf32(flag):
+        return fedmtl.run(SMOKE, overrides=[*BASE, *overrides], out=out).folder
+
+
+def measure(folder: Path, after_each: Callable[[dict], object] = lambda result: None,
+            ) -> dict[str, dict[str, dict[str, float]]]:
+    """For each case, at the smoke config's settings and at the calm ones: the GPU run's
+    differences from the CPU run (TF32 off; at smoke's settings also PyTorch's defaults), and at
+    the calm settings a second GPU run's from the first (the GPU's run-to-run reproducibility).
+    ``after_each`` gets the result so far after each case (to write it: a run cut short keeps
+    the cases before)."""
     result: dict[str, dict[str, dict[str, float]]] = {}
     for i, (case, extra) in enumerate(CASES.items()):
-        cpu = fedmtl.run(SMOKE, overrides=[*BASE, *extra, *ON_CPU], out=folder / f"{i}-cpu").folder
         result[case] = {}
-        for label, flag in (("tf32 off", False), ("PyTorch defaults", None)):
-            with tf32(flag):
-                gpu = fedmtl.run(SMOKE, overrides=[*BASE, *extra, *ON_GPU], out=folder / f"{i}-{label}").folder
-            result[case][label] = {"model": max(model_differences(cpu, gpu).values()),
-                                   **metric_differences(cpu, gpu)}
-            print(case, label, result[case][label], flush=True)
+        for setting, knobs in (("smoke's", []), ("calm", CALM)):
+            name = f"{i}-{setting}"
+            cpu = one_run(folder / f"{name}-cpu", [*extra, *knobs, *ON_CPU], False)
+            gpu = one_run(folder / f"{name}-gpu", [*extra, *knobs, *ON_GPU], False)
+            pairs = {"GPU, TF32 off, vs CPU": (cpu, gpu)}
+            if setting == "calm":
+                pairs["GPU, TF32 off, run again"] = (gpu, one_run(folder / f"{name}-again", [*extra, *knobs, *ON_GPU],
+                                                                  False))
+            else:
+                pairs["GPU, PyTorch defaults, vs CPU"] = (cpu, one_run(folder / f"{name}-defaults",
+                                                                       [*extra, *knobs, *ON_GPU], None))
+            for compared, (a, b) in pairs.items():
+                row = result[case][f"{setting} | {compared}"] = {"model": max(model_differences(a, b).values()),
+                                                                  **metric_differences(a, b)}
+                print(case, setting, compared, row, flush=True)
+        after_each(result)
     return result
 
 
@@ -140,10 +164,12 @@ def write(result: dict, out: Path) -> Path:
     lines = ["# A run on a GPU against the same run on the CPU (`benchmarks/gpu_agreement.py`)", "",
              f"{date.today().isoformat()}, {device}, torch {torch.__version__} (its defaults: {defaults}).", "",
              "`configs/smoke.toml`, 4 clients, 2 rounds, in-process engine; clients on half a GPU each and the "
-             "server on the GPU, against the CPU. Model: the largest ‖gpu − cpu‖ / ‖cpu‖ over the tensors of "
-             "the final global backbone and heads; loss: the largest relative difference of a loss row; "
-             "accuracy: the largest difference of an accuracy row.", "",
-             "| configuration | TF32 | model | loss | accuracy |", "|---|---|---:|---:|---:|"]
+             "server on the GPU, against the CPU, at the smoke config's settings (lr 0.05, momentum 0.5) and at "
+             "the calm ones of `tests/test_gpu_runs.py` (lr 0.01, no momentum); at the calm ones also a second "
+             "GPU run against the first. Model: the largest ‖b − a‖ / ‖a‖ over the tensors of the final global "
+             "backbone and heads; loss: the largest relative difference of a loss row; accuracy: the largest "
+             "difference of an accuracy row.", "",
+             "| configuration | settings | compared | model | loss | accuracy |", "|---|---|---|---:|---:|---:|"]
     for case, rows in result.items():
         for label, d in rows.items():
             lines.append(f"| {case} | {label} | {d['model']:.1e} | {d['loss']:.1e} | {d['accuracy']:.3f} |")
@@ -158,7 +184,7 @@ def main() -> None:
         print("no CUDA device (torch.cuda.is_available() is false): nothing measured")
         return
     with tempfile.TemporaryDirectory() as runs:
-        write(measure(Path(runs)), args.out)
+        measure(Path(runs), after_each=lambda result: write(result, args.out))
 
 
 if __name__ == "__main__":

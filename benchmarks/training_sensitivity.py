@@ -28,10 +28,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_agreement import BASE, SMOKE, model_differences, write_results  # noqa: E402
+from benchmarks.gpu_agreement import BASE, ON_CPU, SMOKE, model_differences, write_results  # noqa: E402
 
 SETTINGS = {"smoke's (lr 0.05, momentum 0.5)": (0.05, 0.5), "calm (lr 0.01, no momentum)": (0.01, 0.0)}
-METHODS = ("none", "fedbabu", "fedrep")
+METHODS: dict[str, list[str]] = {
+    "none": ["personalization.method=none"],
+    "fedbabu": ["personalization.method=fedbabu"],
+    "fedrep": ["personalization.method=fedrep"],
+    "fedrep, 1 head epoch": ["personalization.method=fedrep", "personalization.params.head-epochs=1"],
+}
 CHANGES = {"1e-6": 1e-6, "1%": 1e-2}
 
 
@@ -39,18 +44,18 @@ def measure(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
     """For each setting and method: the largest relative model change of each learning-rate change."""
     import fedmtl
 
-    def run(name: str, lr: float, momentum: float, method: str) -> Path:
-        overrides = [*BASE, f"client.lr={lr!r}", f"client.momentum={momentum!r}", f"personalization.method={method}"]
+    def run(name: str, lr: float, momentum: float, method: list[str]) -> Path:
+        overrides = [*BASE, *ON_CPU, f"client.lr={lr!r}", f"client.momentum={momentum!r}", *method]
         return fedmtl.run(SMOKE, overrides=overrides, out=folder / name).folder
 
     result: dict[str, dict[str, dict[str, float]]] = {}
     for s, (setting, (lr, momentum)) in enumerate(SETTINGS.items()):
         result[setting] = {}
-        for method in METHODS:
-            base = run(f"{s}-{method}", lr, momentum, method)
+        for m, (method, extra) in enumerate(METHODS.items()):
+            base = run(f"{s}-{m}", lr, momentum, extra)
             result[setting][method] = {
-                label: max(model_differences(base, run(f"{s}-{method}-{label}", lr * (1 + c), momentum,
-                                                       method)).values())
+                label: max(model_differences(base, run(f"{s}-{m}-{label}", lr * (1 + c), momentum,
+                                                       extra)).values())
                 for label, c in CHANGES.items()}
             print(setting, method, result[setting][method], flush=True)
     return result

@@ -65,3 +65,39 @@ def test_the_gpu_check_names_tests_that_exist():
         assert (root / path).is_file(), path
         if function:
             assert f"def {function}(" in (root / path).read_text(), f"{path}::{function}"
+
+
+def test_the_agreement_benchmark_compares_the_right_runs_and_writes_after_each_case(tmp_path, monkeypatch):
+    """``benchmarks/gpu_agreement.py`` (GPU-only) wired on the CPU: each case's CPU run, GPU
+    runs (TF32 off; PyTorch's defaults at the smoke settings; again at the calm ones) with the
+    right overrides, and its page written after each case."""
+    import fedmtl
+    from benchmarks import gpu_agreement as agreement
+
+    done = fedmtl.run(agreement.SMOKE, overrides=[*agreement.BASE, *agreement.ON_CPU, "run.rounds=1"],
+                      out=tmp_path / "run").folder
+    calls = []
+
+    def one_run(out, overrides, flag):
+        calls.append((out.name, overrides, flag))
+        return done
+
+    monkeypatch.setattr(agreement, "one_run", one_run)
+    monkeypatch.setattr(agreement.torch.cuda, "get_device_name", lambda index: "emulated")
+    cases = {"a": ["personalization.method=none"], "b": ["personalization.method=fedrep"]}
+    monkeypatch.setattr(agreement, "CASES", cases)
+    pages = []
+    result = agreement.measure(tmp_path / "runs", after_each=lambda r: pages.append(
+        (set(r), agreement.write(r, tmp_path / "out").read_text())))
+    assert [names for names, _ in pages] == [{"a"}, {"a", "b"}]
+    assert pages[-1][1].count("| b |") == 4 and pages[-1][1].count("| a |") == 4
+    assert all(row == {"model": 0.0, "loss": 0.0, "accuracy": 0.0} for rows in result.values() for row in rows.values())
+    for out, overrides, flag in calls:
+        case = cases["a"] if out.startswith("0-") else cases["b"]
+        assert overrides[:len(case)] == case
+        assert (agreement.CALM[0] in overrides) == ("calm" in out)
+        where = agreement.ON_CPU if out.endswith("cpu") else agreement.ON_GPU
+        assert overrides[-len(where):] == where
+        assert flag is (None if out.endswith("defaults") else False)
+    assert sorted(out.split("-", 1)[1] for out, _, _ in calls if out.startswith("1-")) == [
+        "calm-again", "calm-cpu", "calm-gpu", "smoke's-cpu", "smoke's-defaults", "smoke's-gpu"]
