@@ -37,6 +37,7 @@ from fedmtl.plots import (
     GAP_NAMES,
     OVERALL,
     VIEWS,
+    client_task_seeds,
     client_task_table,
     fairness_by_round,
     group_gaps_by_round,
@@ -45,6 +46,7 @@ from fedmtl.plots import (
     plane_statistics,
     report_clients,
     scale_of,
+    seeds_note,
     task_metrics,
     unit_of,
 )
@@ -255,6 +257,12 @@ def cdf_figure(configurations: Sequence[Any], tasks: dict[str, str]) -> go.Figur
     return _layout(fig, "Clients' final metric (CDF; click a point to see that client)", 460)
 
 
+def _seeds_hover(seeds: float, runs: int) -> str:
+    """The hover line of a heatmap cell averaging fewer than the configuration's ``runs`` seeds
+    (empty otherwise)."""
+    return f"mean of {int(seeds)} of {runs} seeds" if math.isfinite(seeds) and seeds < runs else ""
+
+
 def heatmap_figure(configurations: Sequence[Any], tasks: dict[str, str],
                    records: dict[int, list[dict[str, Any]]]) -> go.Figure:
     """Clients × tasks final metric (mean over seeds), one configuration at a time (the menu),
@@ -271,7 +279,9 @@ def heatmap_figure(configurations: Sequence[Any], tasks: dict[str, str],
         clients = [int(i) for i in table.index]
         text = [[("–" if math.isnan(v) else f"{v:.3g}") for v in row] for row in grid]
         notes = _notes(records, c.label)
-        custom = [[notes.get(client, "") for _ in tasks] for client in clients]
+        seeds = client_task_seeds(c, list(tasks)).reindex(index=table.index, columns=list(tasks)).to_numpy()
+        custom = [["<br>".join(filter(None, [notes.get(client, ""), _seeds_hover(seeds[i, j], len(c.runs))]))
+                   for j in range(len(tasks))] for i, client in enumerate(clients)]
         fig.add_trace(go.Heatmap(
             z=[[None if math.isnan(v) else float(v) for v in row] for row in grid], x=list(tasks), y=clients,
             zmin=low, zmax=high, colorscale="Viridis", visible=k == 0, customdata=custom, name=plotly_text(c.label),
@@ -279,18 +289,18 @@ def heatmap_figure(configurations: Sequence[Any], tasks: dict[str, str],
             colorbar={"title": {"text": unit_of(next(iter(metrics))) if len(metrics) == 1 else "metric"}},
             hovertemplate="client %{y}, task %{x}: %{z:.3f}<br>%{customdata}<extra>" + html.escape(c.label)
                           + "</extra>"))
-    seeds = [len(c.runs) for c in configurations]
+    notes = [seeds_note(c, list(tasks)) for c in configurations]
     buttons = [{"label": plotly_text(c.label[:60]), "method": "update",
                 "args": [{"visible": [j == k for j in range(len(configurations))]},
-                         {"title.text": f"Every client's final metric: {html.escape(c.label)} (mean of {n} seed(s))"}]}
-               for k, (c, n) in enumerate(zip(configurations, seeds, strict=True))]
+                         {"title.text": f"Every client's final metric: {html.escape(c.label)} ({note})"}]}
+               for k, (c, note) in enumerate(zip(configurations, notes, strict=True))]
     fig.update_layout(updatemenus=[{"buttons": buttons, "x": 0, "y": 1.0, "xanchor": "left", "yanchor": "bottom",
                                     "pad": {"b": 8}, "direction": "down", "showactive": True}])
     fig.update_yaxes(title_text="client id", autorange="reversed", **integer_ticks(max(report_clients(configurations),
                                                                                         default=1)))
     fig.update_xaxes(title_text="task")
     n = max((len(t.index) for t in tables), default=1)
-    _layout(fig, f"Every client's final metric: {html.escape(configurations[0].label)} (mean of {seeds[0]} seed(s))",
+    _layout(fig, f"Every client's final metric: {html.escape(configurations[0].label)} ({notes[0]})",
             min(360 + 18 * n, 1400))
     fig.update_layout(margin={"t": 130}, title={"y": 0.99, "yref": "container", "yanchor": "top"})
     return fig

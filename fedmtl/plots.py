@@ -777,6 +777,33 @@ def client_task_table(configuration: Any, tasks: Sequence[str]) -> pd.DataFrame:
     return table.reindex(columns=list(tasks))
 
 
+def client_task_seeds(configuration: Any, tasks: Sequence[str]) -> pd.DataFrame:
+    """Clients × tasks: how many of the configuration's runs (seeds) have a final metric for the
+    cell, the runs :func:`client_task_table` averages there (NaN: none has). A cell averages
+    fewer than all seeds where a seed's federation or sampling left the client without that
+    task, or without a final evaluation."""
+    frames = [r.final.assign(run=k) for k, r in enumerate(configuration.runs)]
+    final = pd.concat(frames) if frames else pd.DataFrame(columns=["client", "task", "value", "run"])
+    final = final.dropna(subset=["value"])
+    if final.empty:
+        return pd.DataFrame(columns=list(tasks), dtype=float)
+    table = final.assign(client=final["client"].astype(int)).pivot_table(
+        index="client", columns="task", values="run", aggfunc="nunique")
+    return table.reindex(columns=list(tasks)).astype(float)
+
+
+def seeds_note(configuration: Any, tasks: Sequence[str]) -> str:
+    """What a heatmap cell of the configuration averages: ``seed S`` (one run), ``mean of N
+    seeds`` (every cell has all N) or ``mean of k–N seeds a cell`` (some have fewer)."""
+    runs = len(configuration.runs)
+    if runs == 1:
+        return f"seed {configuration.runs[0].seed}"
+    counts = client_task_seeds(configuration, tasks).to_numpy().ravel()
+    counts = counts[np.isfinite(counts)]
+    fewest = int(counts.min()) if len(counts) else runs
+    return f"mean of {runs} seeds" if fewest == runs else f"mean of {fewest}–{runs} seeds a cell"
+
+
 def _cell_text(value: float, percent: bool) -> str:
     return f"{value:.0f}" if percent else f"{value:.3g}"
 
@@ -809,13 +836,15 @@ def plot_client_task_heatmap(configurations: Sequence[Any], path: Path, dpi: int
     for k, (ax, c, table) in enumerate(zip(axes.flat, shown, tables, strict=False)):
         grid = table.to_numpy()
         ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        seeds = client_task_seeds(c, list(tasks)).reindex(index=table.index).to_numpy()
+        fewer = np.isfinite(seeds) & (seeds < len(c.runs))
         if values:
             for (i, j), value in np.ndenumerate(grid):
                 if np.isfinite(value):
                     r, g, b, _ = cmap(norm(value))
                     dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-                    ax.text(j, i, _cell_text(value, scale == 100.0), ha="center", va="center", fontsize=7,
-                            color="white" if dark else "black")
+                    ax.text(j, i, _cell_text(value, scale == 100.0) + ("*" if fewer[i, j] else ""), ha="center",
+                            va="center", fontsize=7, color="white" if dark else "black")
         ax.set_xticks(range(len(tasks)), list(tasks), rotation=30 if len(tasks) > 3 else 0)
         ax.set_xlabel("task")
         if k % cols == 0:
@@ -827,8 +856,8 @@ def plot_client_task_heatmap(configurations: Sequence[Any], path: Path, dpi: int
             ax.add_patch(Rectangle((-0.5, row - 0.5), len(tasks), 1, fill=False, ec="red", lw=2.2, zorder=5))
             if row % step == 0:
                 ax.get_yticklabels()[row // step].set_color("red")
-        seeds_note = f"mean of {len(c.runs)} seeds" if len(c.runs) > 1 else f"seed {c.runs[0].seed}"
-        ax.set_title(_wrap(f"{c.label} ({seeds_note})", 30), fontsize=9)
+        cells = seeds_note(c, list(tasks)) + ("; *: fewer" if values and fewer.any() else "")
+        ax.set_title(_wrap(f"{c.label} ({cells})", 30), fontsize=9)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     label = f"client test {unit_of(next(iter(metrics)))}" if len(metrics) == 1 else "client test metric"

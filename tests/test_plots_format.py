@@ -167,6 +167,34 @@ def test_the_heatmap_is_scaled_to_its_data_averages_the_seeds_and_writes_the_val
         assert title.y0 >= ax.get_tightbbox(renderer).y1 - 0.5
 
 
+def test_a_cell_averaging_fewer_seeds_is_marked_and_the_titles_say_so(runs, tmp_path, drawn):
+    """The titles said "mean of 2 seeds" where a cell averaged one: a seed without the client's
+    final metric for the task (its federation or sampling left it out)."""
+    import dataclasses
+
+    from fedmtl.html_report import heatmap_figure
+    from fedmtl.report import Configuration
+
+    whole = configurations(runs)[0]
+    first, second = whole.runs
+    kept = second.final[~((second.final["client"] == 4) & (second.final["task"] == "left"))]
+    partial = Configuration(whole.label, [first, dataclasses.replace(second, final=kept)])
+    tasks = ["left", "right"]
+    seeds = plots.client_task_seeds(partial, tasks)
+    assert seeds.loc[4, "left"] == 1 and seeds.loc[4, "right"] == 2 and np.isnan(seeds.loc[0, "right"])
+    assert plots.seeds_note(whole, tasks) == "mean of 2 seeds"
+    assert plots.seeds_note(partial, tasks) == "mean of 1–2 seeds a cell"
+    plots.plot_client_task_heatmap([partial], tmp_path / "h.png")
+    ax = next(ax for ax in drawn["h"].axes if ax.images)
+    assert "mean of 1–2 seeds a cell; *: fewer" in ax.get_title().replace("\n", " ")
+    alone = first.final.set_index(["client", "task"])["value"][(4, "left")] * 100
+    assert [t.get_text() for t in ax.texts if t.get_text().endswith("*")] == [f"{alone:.0f}*"]
+    figure = heatmap_figure([partial], dict.fromkeys(tasks, "accuracy"), {})
+    assert "(mean of 1–2 seeds a cell)" in figure.layout.title.text
+    hover = figure.data[0].customdata
+    assert hover[4][0] == "mean of 1 of 2 seeds" and hover[4][1] == "" and hover[5][0] == ""
+
+
 def test_many_clients_leave_the_cells_blank(runs, tmp_path, drawn, monkeypatch):
     monkeypatch.setattr(plots, "VALUES_UP_TO", 5)
     plots.plot_client_task_heatmap(configurations(runs), tmp_path / "h.png")
