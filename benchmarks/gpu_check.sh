@@ -33,7 +33,7 @@ step() {  # step NAME LIMIT COMMAND...: run with a time limit, log its status, k
 {
   echo "== machine"; nvidia-smi -L; nproc
   "$PY" -c "import sys, torch, ray, flwr; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available(), ray.__version__, flwr.__version__)"
-  step "CUDA tests" "${T_TESTS:-300}" "$PY" -m pytest -q -p no:cacheprovider -rs -n 4 tests/test_sgd.py \
+  step "CUDA tests" "${T_TESTS:-300}" "$PY" -m pytest -q -p no:cacheprovider -rs -n 4 tests/test_sgd.py tests/test_determinism.py \
     tests/test_aggregation_device.py tests/test_gpu_benchmark.py tests/test_gpu_runs.py
   step "benchmarks/gpu_agreement.py" "${T_AGREE:-180}" "$PY" benchmarks/gpu_agreement.py --out "$OUT_DIR"
   step "benchmarks/gpu.py --engine none" "${T_NONE:-100}" "$PY" benchmarks/gpu.py --engine none --repeat 3 --out "$OUT_DIR"

@@ -45,6 +45,7 @@ from fedmtl.clients.context_store import ContextHeadStore
 from fedmtl.clients.parts import flat_parts
 from fedmtl.config import ExperimentConfig
 from fedmtl.data import ClientData, load_federation
+from fedmtl.determinism import use_deterministic
 from fedmtl.faults import Fault, corrupt, draw_fault
 from fedmtl.models import MultiTaskModel, build_model
 from fedmtl.personalization import (
@@ -167,6 +168,7 @@ def local_setup(msg: Message, context: Context) -> LocalSetup:
     """Config from ``msg``; global backbone from ``msg`` + this client's heads; its data."""
     cfg, server_round = read_config(msg)
     use_threads(cfg.engine.client_num_cpus)
+    use_deterministic(cfg.run.deterministic)
     client = client_id(msg, context)
     fed = load_federation(cfg.data, cfg.run.seed)
     tasks = fed.client_tasks(client)

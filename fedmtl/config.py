@@ -148,6 +148,11 @@ class RunSection(Section):
         1, ge=1, description="Checkpoint every N rounds (and the last); `fedmtl run --resume` "
         "continues from the latest.",
     )
+    deterministic: bool = Field(
+        False, description="Deterministic GPU kernels in every process of the run (torch.use_deterministic_algorithms, "
+        "cuDNN's deterministic convolutions): two GPU runs then give the same numbers; an operation with no "
+        "deterministic kernel fails, naming it. CPU runs are deterministic without it (docs/deploy.md).",
+    )
     output_dir: str = Field("runs", min_length=1, description="Parent folder of run folders.")
     parquet: bool | Literal["auto"] = Field(
         "auto", description="Write metrics, rounds and participation as Parquet next to their CSV files when the "

@@ -17,6 +17,7 @@ from fedmtl import protocol as wire
 from fedmtl.background import BackgroundWork
 from fedmtl.config import RESUME_HEADS_ON_NODES, RESUME_RUN_DIR, ConfigError, ExperimentConfig
 from fedmtl.data import dataset_input_shape, dataset_tasks
+from fedmtl.determinism import use_deterministic
 from fedmtl.folder_lock import holding
 from fedmtl.models import build_model
 from fedmtl.one_line import described
@@ -78,6 +79,7 @@ def _run(
     """:func:`run_server`'s experiment, in its run folder (held)."""
     recorded = recorded_head_store_dir(cfg)  # config.toml keeps the head store relative to the run folder
     cfg = resolve_paths(recorded, run_dir)
+    use_deterministic(cfg.run.deterministic)  # the server's aggregation on server.device
     poll_replies_often(grid)
     signal_pushes(grid)
     signal_replies(grid)

@@ -16,6 +16,7 @@ import torch
 
 from fedmtl.aggregation import WEIGHTINGS, Objectives, make_weighting
 from fedmtl.aggregation.plans import PLANS, AggregationPlan, Row
+from fedmtl.determinism import preserved_determinism, use_deterministic
 from fedmtl.training.setup import server_device
 from fedmtl.validation import load_config
 
@@ -105,15 +106,17 @@ PARAMS = {"qffl": {"lipschitz": 10.0}}
 SERVER_WEIGHTINGS = sorted(n for n in WEIGHTINGS.names() if WEIGHTINGS.get(n).scope in ("server", "both"))
 
 
-ON_DEVICE = {"cpu": lambda u: u, "emulated": on_accelerator, "cuda": lambda u: u.cuda()}
-"""How a row reaches each device: left on the CPU, on the emulated accelerator, on a real GPU."""
-DEVICES = ["emulated", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                     reason="needs a CUDA GPU"))]
+ON_DEVICE = {"cpu": lambda u: u, "emulated": on_accelerator, "cuda": lambda u: u.cuda(),
+             "cuda-deterministic": lambda u: u.cuda()}
+"""How a row reaches each device: left on the CPU, on the emulated accelerator, on a real GPU
+(``cuda-deterministic``: with ``run.deterministic``'s kernels, :mod:`fedmtl.determinism`)."""
+NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["emulated", pytest.param("cuda", marks=NEEDS_GPU), pytest.param("cuda-deterministic", marks=NEEDS_GPU)]
 
 
 def on_the_device(t: torch.Tensor, device: str) -> bool:
     """Whether ``t`` is on ``device`` (the emulated accelerator's type, or CUDA)."""
-    return isinstance(t, OnAccelerator) if device == "emulated" else t.device.type == device
+    return isinstance(t, OnAccelerator) if device == "emulated" else t.device.type == "cuda"
 
 
 def rows(device: str, plan: str, seed: int = 0) -> list[Row]:
@@ -140,7 +143,9 @@ def test_every_server_weighting_aggregates_on_the_device_as_on_the_cpu(plan, wei
     on_cpu, on_device = make(plan, weighting), make(plan, weighting)
     for round_ in range(2):  # the second round uses the weightings' state (histories, averages)
         expected = on_cpu(rows("cpu", plan, seed=round_))
-        got = on_device(rows(device, plan, seed=round_))
+        with preserved_determinism():  # an operation with no deterministic kernel raises here
+            use_deterministic(device == "cuda-deterministic")
+            got = on_device(rows(device, plan, seed=round_))
         assert on_the_device(got.direction, device), "the combined update left the device"
         torch.testing.assert_close(got.direction.cpu(), expected.direction, rtol=1e-5, atol=1e-6)
         assert got.row_weights.keys() == expected.row_weights.keys()

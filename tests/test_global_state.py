@@ -84,6 +84,7 @@ def snapshot(loggers: tuple[str, ...] | None = None) -> dict[str, Any]:
         state["torch.interop_threads"] = torch.get_num_interop_threads()
         state["torch.default_dtype"] = str(torch.get_default_dtype())
         state["torch.deterministic"] = torch.are_deterministic_algorithms_enabled()
+        state["torch.cudnn.deterministic"] = bool(torch.backends.cudnn.deterministic)
         state["torch.initial_seed"] = torch.initial_seed()
         state["torch.rng"] = _digest(torch.get_rng_state().tolist())
         state["torch.grad_enabled"] = torch.is_grad_enabled()
@@ -295,7 +296,8 @@ def test_simulate_on_ray_then_in_process_leaves_logging_environment_and_threads_
         before = state()
         simulate(cfg, create_run_dir(cfg, {str(tmp_path / "first")!r}), quiet=True)
         between = state()
-        here = cfg.with_values(engine={{"backend": "inprocess"}})  # sets its own switch interval, then puts it back
+        # sets its own switch interval and (run.deterministic) torch's kernels, then puts them back
+        here = cfg.with_values(engine={{"backend": "inprocess"}}, run={{"deterministic": True}})
         simulate(here, create_run_dir(here, {str(tmp_path / "second")!r}), quiet=True)
         after = state()
         print(json.dumps({{"first": differences(before, between), "second": differences(before, after)}}))

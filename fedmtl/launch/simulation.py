@@ -600,6 +600,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedmtl.clients.app import app as client_app
+    from fedmtl.determinism import preserved_determinism
     from fedmtl.launch.inprocess import engine_backend, switch_interval, use_in_process_backend
     from fedmtl.progress import CLIENT_ERRORS
     from fedmtl.server.app import make_server_app
@@ -612,6 +613,7 @@ def simulate(
     with contextlib.ExitStack() as stack:
         stack.enter_context(preserved_environ())
         stack.enter_context(preserved_torch_threads())
+        stack.enter_context(preserved_determinism())  # run.deterministic: the server's and in-process clients'
         stack.enter_context(torch.random.fork_rng(devices=[]))  # torch's CPU generator
         stack.enter_context(preserved_sigterm())
         stack.enter_context(preserved_logging())

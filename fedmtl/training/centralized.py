@@ -21,6 +21,7 @@ import torch
 from fedmtl.aggregation import make_weighting
 from fedmtl.config import ExperimentConfig
 from fedmtl.data import Split, load_federation
+from fedmtl.determinism import preserved_determinism, use_deterministic
 from fedmtl.models import build_model
 from fedmtl.progress import Progress
 from fedmtl.results import RoundStats, RunRecorder
@@ -43,8 +44,10 @@ def torch_threads(count: int) -> Iterator[None]:
 
 def run_centralized(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> Path:
     """Train on the pooled data and write a run folder; return it (with
-    ``engine.client-num-cpus`` torch threads, :func:`torch_threads`)."""
-    with torch_threads(cfg.engine.client_num_cpus):
+    ``engine.client-num-cpus`` torch threads, :func:`torch_threads`, and ``run.deterministic``;
+    the caller's settings are put back)."""
+    with torch_threads(cfg.engine.client_num_cpus), preserved_determinism():
+        use_deterministic(cfg.run.deterministic)
         return _train_pooled(cfg, run_dir, quiet)
 
 

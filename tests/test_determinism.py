@@ -1,0 +1,106 @@
+"""``run.deterministic``: torch's deterministic kernels in every process of a run, put back after.
+
+On the CPU a run is deterministic without it (``tests/test_simulation.py``); on a GPU two runs
+differ (``tests/test_gpu_runs.py`` checks that with it they do not, where there is a GPU). Here:
+the switches, the ClientApp and the ServerApp asking for them, the same numbers with and without
+them on the CPU, and the caller's settings left as they were.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fedmtl import determinism
+from fedmtl.determinism import (
+    CUBLAS_SETTING,
+    CUBLAS_VARIABLE,
+    is_deterministic,
+    preserved_determinism,
+    use_deterministic,
+)
+from fedmtl.validation import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.toml"
+QUICK = ["engine.backend=inprocess", "data.num-clients=4", "run.rounds=1", "client.device=cpu", "server.device=cpu"]
+
+
+def test_the_switches_turn_on_and_off_and_are_put_back(monkeypatch):
+    monkeypatch.delenv(CUBLAS_VARIABLE, raising=False)
+    assert not is_deterministic()
+    with preserved_determinism():
+        use_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert is_deterministic()
+        assert os.environ[CUBLAS_VARIABLE] == CUBLAS_SETTING  # cuBLAS reads it when its handle is made
+        use_deterministic(False)
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+        use_deterministic(True)
+    assert not is_deterministic()  # put back as it was
+
+
+def test_a_workspace_setting_of_the_user_s_is_kept(monkeypatch):
+    monkeypatch.setenv(CUBLAS_VARIABLE, ":16:8")
+    with preserved_determinism():
+        use_deterministic(True)
+        assert os.environ[CUBLAS_VARIABLE] == ":16:8"
+
+
+def test_the_config_key_is_a_boolean_named_in_its_error():
+    assert load_config(None, []).run.deterministic is False
+    assert load_config(None, ["run.deterministic=true"]).run.deterministic is True
+    with pytest.raises(Exception, match="deterministic"):
+        load_config(None, ["run.deterministic=sometimes"])
+
+
+def test_a_deterministic_run_asks_every_client_and_the_server_and_gives_the_cpu_s_numbers(tmp_path, monkeypatch):
+    """The ClientApp (each message) and the ServerApp turn the kernels on; on the CPU, where they
+    change nothing, the metrics are the same bit for bit; the caller's settings are put back."""
+    import fedmtl
+    import fedmtl.clients.app as client_app
+    import fedmtl.server.app as server_app
+
+    asked: list[tuple[str, bool]] = []
+
+    def recording(where: str):
+        def use(enabled: bool) -> None:
+            asked.append((where, enabled))
+            determinism.use_deterministic(enabled)
+        return use
+
+    monkeypatch.setattr(client_app, "use_deterministic", recording("client"))
+    monkeypatch.setattr(server_app, "use_deterministic", recording("server"))
+    fair = ["server.plan=flat", "server.weighting=fairgrad", "client.weighting=fairgrad"]
+    plain = fedmtl.run(SMOKE, overrides=[*QUICK, *fair], out=tmp_path / "plain").folder
+    assert set(asked) == {("client", False), ("server", False)}
+    asked.clear()
+    kept = fedmtl.run(SMOKE, overrides=[*QUICK, *fair, "run.deterministic=true"], out=tmp_path / "deterministic").folder
+    assert ("server", True) in asked and asked.count(("client", True)) >= 4  # train and evaluate, 4 clients
+    assert ("client", False) not in asked
+    assert not is_deterministic()
+    assert (plain / "metrics.csv").read_text() == (kept / "metrics.csv").read_text()
+    assert len(pd.read_csv(kept / "metrics.csv")) > 0
+
+
+def test_the_centralized_baseline_runs_deterministic_and_puts_the_settings_back(tmp_path):
+    from fedmtl.results import create_run_dir
+    from fedmtl.training.centralized import run_centralized
+
+    seen: list[bool] = []
+    cfg = load_config(SMOKE, ["run.mode=centralized", "run.rounds=1", "run.deterministic=true", "client.device=cpu"])
+    original = torch.nn.Module.train
+
+    def train(self, mode=True):  # the model is set to train mode inside the run
+        seen.append(is_deterministic())
+        return original(self, mode)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.Module, "train", train)
+        run_centralized(cfg, create_run_dir(cfg, tmp_path / "run"), quiet=True)
+    assert seen and all(seen)
+    assert not is_deterministic()
