@@ -11,7 +11,9 @@ the run asks PyTorch for deterministic kernels (`PyTorch's notes on reproducibil
   a ``RuntimeError`` naming it, rather than giving numbers that vary;
 - ``torch.backends.cudnn.deterministic``, for cuDNN's convolution algorithms;
 - the ``CUBLAS_WORKSPACE_CONFIG`` environment variable (``:4096:8``, unless already set), which
-  cuBLAS needs for deterministic matrix products on CUDA 10.2 and later.
+  cuBLAS needs for deterministic matrix products on CUDA 10.2 and later. PyTorch reads it when
+  the process first uses cuBLAS: a client process sets it before its first CUDA work, but a
+  Python session that used CUDA before calling :func:`fedmtl.run` should set it itself.
 
 The settings are process-wide: a simulation restores the caller's on exit
 (:func:`preserved_determinism`), and a client process sets them at each message only when they
