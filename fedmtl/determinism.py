@@ -9,15 +9,20 @@ the run asks PyTorch for deterministic kernels (`PyTorch's notes on reproducibil
 
 - :func:`torch.use_deterministic_algorithms`: an operation with no deterministic kernel raises
   a ``RuntimeError`` naming it, rather than giving numbers that vary;
-- ``torch.backends.cudnn.deterministic``, for cuDNN's convolution algorithms;
+- ``torch.backends.cudnn.deterministic`` on and ``torch.backends.cudnn.benchmark`` off, for
+  cuDNN's convolution algorithms (timing algorithms against each other could pick another one
+  in each run);
 - the ``CUBLAS_WORKSPACE_CONFIG`` environment variable (``:4096:8``, unless already set), which
   cuBLAS needs for deterministic matrix products on CUDA 10.2 and later. PyTorch reads it when
   the process first uses cuBLAS: a client process sets it before its first CUDA work, but a
-  Python session that used CUDA before calling :func:`fedmtl.run` should set it itself.
+  Python session that used CUDA before calling :func:`fedmtl.run`, or a sweep whose runs on the
+  GPU are not all deterministic, should set it itself (in the environment fedmtl starts in).
 
-The settings are process-wide: a simulation restores the caller's on exit
-(:func:`preserved_determinism`), and a client process sets them at each message only when they
-differ (runs sharing an engine may differ).
+The settings are process-wide. ``run.deterministic = false`` leaves a process's own settings
+alone (a notebook that turned them on keeps them); it turns off only what an earlier
+``run.deterministic = true`` of fedmtl's turned on in that process (a Ray worker that ran a
+deterministic run of a sweep, then runs another). A simulation puts the caller's settings back
+on exit (:func:`preserved_determinism`); a client process sets them at each message.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -33,35 +39,68 @@ CUBLAS_SETTING = ":4096:8"
 """The workspace setting PyTorch's reproducibility notes give for deterministic cuBLAS."""
 
 
+class Settings(NamedTuple):
+    """torch's process-wide settings that decide whether its kernels are deterministic."""
+
+    algorithms: bool
+    warn_only: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+
+    @classmethod
+    def now(cls) -> Settings:
+        return cls(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                   bool(torch.backends.cudnn.deterministic), bool(torch.backends.cudnn.benchmark))
+
+    def apply(self) -> None:
+        if Settings.now() != self:
+            torch.use_deterministic_algorithms(self.algorithms, warn_only=self.warn_only)
+            torch.backends.cudnn.deterministic = self.cudnn_deterministic
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
+
+DETERMINISTIC = Settings(algorithms=True, warn_only=False, cudnn_deterministic=True, cudnn_benchmark=False)
+"""``run.deterministic = true``: an operation with no deterministic kernel raises; cuDNN picks
+deterministic convolutions and does not time algorithms against each other."""
+
+_before_ours: Settings | None = None
+"""The settings before :func:`use_deterministic` turned them on in this process (None: it did not,
+or it has turned them off again)."""
+
+
 def is_deterministic() -> bool:
-    """Whether this process computes with deterministic kernels (both of torch's switches on)."""
-    return torch.are_deterministic_algorithms_enabled() and bool(torch.backends.cudnn.deterministic)
+    """Whether this process computes with deterministic kernels (:data:`DETERMINISTIC`)."""
+    return Settings.now() == DETERMINISTIC
 
 
 def use_deterministic(enabled: bool) -> None:
-    """Turn deterministic kernels on or off in this process (changed only when they differ).
+    """Turn deterministic kernels on (``run.deterministic = true``), or turn off what an earlier
+    call turned on in this process (``false``; the process's own settings are left alone).
 
     Parameters
     ----------
     enabled : bool
-        ``run.deterministic``. Off leaves ``CUBLAS_WORKSPACE_CONFIG`` as it is.
+        ``run.deterministic``. On also sets ``CUBLAS_WORKSPACE_CONFIG`` when it is unset.
     """
-    if torch.are_deterministic_algorithms_enabled() == enabled and bool(torch.backends.cudnn.deterministic) == enabled:
-        return
+    global _before_ours
     if enabled:
         os.environ.setdefault(CUBLAS_VARIABLE, CUBLAS_SETTING)
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
+        if _before_ours is None and not is_deterministic():
+            _before_ours = Settings.now()
+        DETERMINISTIC.apply()
+    elif _before_ours is not None:
+        _before_ours.apply()
+        _before_ours = None
 
 
 @contextlib.contextmanager
 def preserved_determinism() -> Iterator[None]:
-    """Put torch's two determinism switches back as they were on exit (a run in this process,
-    or its in-process clients, may change them)."""
-    algorithms, cudnn = torch.are_deterministic_algorithms_enabled(), bool(torch.backends.cudnn.deterministic)
+    """Put torch's settings (:class:`Settings`) back as they were on exit: a run in this process,
+    or its in-process clients, may change them."""
+    global _before_ours
+    settings, ours = Settings.now(), _before_ours
     try:
         yield
     finally:
-        if torch.are_deterministic_algorithms_enabled() != algorithms:
-            torch.use_deterministic_algorithms(algorithms)
-        torch.backends.cudnn.deterministic = cudnn
+        settings.apply()
+        _before_ours = ours

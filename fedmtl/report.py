@@ -88,10 +88,11 @@ from fedmtl.screening import evaluation_range
 from fedmtl.stop_record import read_stop
 
 IGNORED_KEYS = ("run.seed", "run.name", "run.output-dir", "run.parquet", "run.trackers", "run.plugins",
-                "client.head-store-dir", "engine.supernodes", "engine.backend")
+                "client.head-store-dir", "engine.supernodes", "engine.backend", "run.deterministic")
 """Config keys that do not make a different configuration (seeds, names, folders, which copies of
 the results a run wrote, and how many virtual SuperNodes played the clients or which backend ran
-them, neither of which changes a run's results; where the plugin files lie is recorded in each
+them, neither of which changes a run's results; whether GPU kernels were deterministic, which
+changes no CPU number and a GPU run's by rounding; where the plugin files lie is recorded in each
 run's config)."""
 TABLE_STATS = (("mean", "mean"), ("worst10", "worst-10%"), ("jain", "Jain"), ("gini", "Gini"))
 

@@ -860,9 +860,17 @@ def read_run_id(run_dir: str | Path) -> str:
     return path.read_text().strip() if path.is_file() else ""
 
 
+LATER_KEYS: dict[str, Any] = {"run.deterministic": False}
+"""Keys added after run folders had been recorded, with the value that runs as those did: at that
+value a key is left out of :func:`resume_config` (and so of config fingerprints), so a run folder
+written before the key existed, whose config.toml lacks it, resumes and keeps its heads."""
+
+
 def resume_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The flat config a resume must find unchanged (all keys but :data:`RESUME_FREE_KEYS`)."""
-    return {k: v for k, v in sorted(cfg.to_flat().items()) if k not in RESUME_FREE_KEYS}
+    """The flat config a resume must find unchanged (all keys but :data:`RESUME_FREE_KEYS`, and
+    :data:`LATER_KEYS` at their old behaviour's value)."""
+    return {k: v for k, v in sorted(cfg.to_flat().items())
+            if k not in RESUME_FREE_KEYS and not (k in LATER_KEYS and LATER_KEYS[k] == v)}
 
 
 def config_fingerprint(cfg: ExperimentConfig) -> str:

@@ -19,6 +19,7 @@ from fedmtl import determinism
 from fedmtl.determinism import (
     CUBLAS_SETTING,
     CUBLAS_VARIABLE,
+    Settings,
     is_deterministic,
     preserved_determinism,
     use_deterministic,
@@ -32,16 +33,36 @@ QUICK = ["engine.backend=inprocess", "data.num-clients=4", "run.rounds=1", "clie
 
 def test_the_switches_turn_on_and_off_and_are_put_back(monkeypatch):
     monkeypatch.delenv(CUBLAS_VARIABLE, raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # a caller's own: cuDNN times algorithms
+    before = Settings.now()
     assert not is_deterministic()
     with preserved_determinism():
         use_deterministic(True)
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and not torch.is_deterministic_algorithms_warn_only_enabled()
         assert is_deterministic()
         assert os.environ[CUBLAS_VARIABLE] == CUBLAS_SETTING  # cuBLAS reads it when its handle is made
-        use_deterministic(False)
-        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+        use_deterministic(False)  # what it turned on is turned off: the settings of before
+        assert Settings.now() == before
         use_deterministic(True)
-    assert not is_deterministic()  # put back as it was
+    assert Settings.now() == before  # put back as it was
+
+
+def test_false_leaves_a_caller_s_own_settings_and_true_puts_them_back(monkeypatch):
+    """A session that turned deterministic kernels on itself (warning only) keeps them through a
+    run without run.deterministic, and gets them back after a run with it (which raises)."""
+    with preserved_determinism():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        own = Settings.now()
+        use_deterministic(False)
+        assert Settings.now() == own
+        with preserved_determinism():
+            use_deterministic(True)
+            assert is_deterministic() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert Settings.now() == own
+        use_deterministic(False)
+        assert Settings.now() == own
 
 
 def test_a_workspace_setting_of_the_user_s_is_kept(monkeypatch):
@@ -104,3 +125,42 @@ def test_the_centralized_baseline_runs_deterministic_and_puts_the_settings_back(
         run_centralized(cfg, create_run_dir(cfg, tmp_path / "run"), quiet=True)
     assert seen and all(seen)
     assert not is_deterministic()
+
+
+def test_a_run_folder_from_before_the_key_resumes_exactly(tmp_path, monkeypatch):
+    """A run folder written before run.deterministic existed (its config.toml and checkpoint
+    lack it) was refused on resume ("config.toml differs ... run.deterministic = False (was
+    unset)") and its heads counted as another config's."""
+    import fedmtl
+    from fedmtl.config import ExperimentConfig
+
+    flat = ExperimentConfig.to_flat
+    with monkeypatch.context() as old_code:  # the config as the code before the key wrote it
+        old_code.setattr(ExperimentConfig, "to_flat",
+                         lambda self: {k: v for k, v in flat(self).items() if k != "run.deterministic"})
+        folder = fedmtl.run(SMOKE, overrides=[*QUICK, "run.rounds=2", "personalization.method=ditto"],
+                            out=tmp_path / "old").folder
+    config = folder / "config.toml"
+    config.write_text("\n".join(line for line in config.read_text().splitlines()
+                                if not line.startswith("deterministic")) + "\n")
+    assert "deterministic" not in config.read_text()
+    resumed = fedmtl.resume(folder, rounds=3)
+    assert not (folder / "forced-resumes.jsonl").exists()
+    straight = fedmtl.run(SMOKE, overrides=[*QUICK, "run.rounds=3", "personalization.method=ditto"],
+                          out=tmp_path / "new").folder
+    assert (resumed.folder / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+
+
+def test_deterministic_runs_are_one_configuration_with_the_others_in_a_report():
+    """Seeds of one configuration from before the key and with it (true or false) are one
+    configuration of the report: the key changes no CPU number and a GPU run's by rounding."""
+    from fedmtl.report import RunResult
+
+    def result(**extra: object) -> RunResult:
+        config = {"run.seed": 0, "run.rounds": 2, "client.lr": 0.05, **extra}
+        return RunResult(Path("run"), config, {}, pd.DataFrame(), pd.DataFrame())
+
+    before = result()
+    assert result(**{"run.deterministic": False}).identity() == before.identity()
+    assert result(**{"run.deterministic": True}).identity() == before.identity()
+    assert result(**{"client.lr": 0.01}).identity() != before.identity()
