@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -53,15 +54,20 @@ class Settings(NamedTuple):
                    bool(torch.backends.cudnn.deterministic), bool(torch.backends.cudnn.benchmark))
 
     def apply(self) -> None:
+        """Make these the process's settings (cuDNN's first: they are the ones that can be
+        refused, under ``torch.backends.disable_global_flags``, before anything changed)."""
         if Settings.now() != self:
-            torch.use_deterministic_algorithms(self.algorithms, warn_only=self.warn_only)
             torch.backends.cudnn.deterministic = self.cudnn_deterministic
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
+            torch.use_deterministic_algorithms(self.algorithms, warn_only=self.warn_only)
 
 
 DETERMINISTIC = Settings(algorithms=True, warn_only=False, cudnn_deterministic=True, cudnn_benchmark=False)
 """``run.deterministic = true``: an operation with no deterministic kernel raises; cuDNN picks
 deterministic convolutions and does not time algorithms against each other."""
+
+_LOCK = threading.RLock()
+"""In-process clients call :func:`use_deterministic` from several threads at once."""
 
 _before_ours: Settings | None = None
 """The settings before :func:`use_deterministic` turned them on in this process (None: it did not,
@@ -83,14 +89,15 @@ def use_deterministic(enabled: bool) -> None:
         ``run.deterministic``. On also sets ``CUBLAS_WORKSPACE_CONFIG`` when it is unset.
     """
     global _before_ours
-    if enabled:
-        os.environ.setdefault(CUBLAS_VARIABLE, CUBLAS_SETTING)
-        if _before_ours is None and not is_deterministic():
-            _before_ours = Settings.now()
-        DETERMINISTIC.apply()
-    elif _before_ours is not None:
-        _before_ours.apply()
-        _before_ours = None
+    with _LOCK:
+        if enabled:
+            os.environ.setdefault(CUBLAS_VARIABLE, CUBLAS_SETTING)
+            if _before_ours is None and not is_deterministic():
+                _before_ours = Settings.now()
+            DETERMINISTIC.apply()
+        elif _before_ours is not None:
+            _before_ours.apply()
+            _before_ours = None
 
 
 @contextlib.contextmanager
@@ -98,9 +105,13 @@ def preserved_determinism() -> Iterator[None]:
     """Put torch's settings (:class:`Settings`) back as they were on exit: a run in this process,
     or its in-process clients, may change them."""
     global _before_ours
-    settings, ours = Settings.now(), _before_ours
+    with _LOCK:
+        settings, ours = Settings.now(), _before_ours
     try:
         yield
     finally:
-        settings.apply()
-        _before_ours = ours
+        with _LOCK:
+            try:
+                settings.apply()
+            finally:
+                _before_ours = ours

@@ -869,8 +869,12 @@ written before the key existed, whose config.toml lacks it, resumes and keeps it
 def resume_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """The flat config a resume must find unchanged (all keys but :data:`RESUME_FREE_KEYS`, and
     :data:`LATER_KEYS` at their old behaviour's value)."""
-    return {k: v for k, v in sorted(cfg.to_flat().items())
-            if k not in RESUME_FREE_KEYS and not (k in LATER_KEYS and LATER_KEYS[k] == v)}
+    return without_later_keys({k: v for k, v in sorted(cfg.to_flat().items()) if k not in RESUME_FREE_KEYS})
+
+
+def without_later_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` without the :data:`LATER_KEYS` that hold their old behaviour's value."""
+    return {k: v for k, v in flat.items() if not (k in LATER_KEYS and LATER_KEYS[k] == v)}
 
 
 def config_fingerprint(cfg: ExperimentConfig) -> str:
@@ -1171,7 +1175,7 @@ def resume_problems(run_dir: str | Path, cfg: ExperimentConfig, checkpoint: dict
             problems.append(ResumeProblem(f"{name} belongs to run {written_by}, not to this folder's {run_id}",
                                           "it is taken as this run's"))
         now = resume_config(cfg)
-        changed = config_changes(extended_to(dict(checkpoint["config"]), now), now)
+        changed = config_changes(extended_to(without_later_keys(checkpoint["config"]), now), now)
         if changed:
             problems.append(ResumeProblem(f"config.toml differs from the run's: {', '.join(changed)}",
                                           "the run continues with config.toml as it is now"))
@@ -1195,10 +1199,16 @@ def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(before) | set(now)):
         if before.get(key) != now.get(key):
-            old = repr(before[key]) if key in before else "unset"
-            new = repr(now[key]) if key in now else "unset"
+            old = repr(before[key]) if key in before else _missing(key)
+            new = repr(now[key]) if key in now else _missing(key)
             out.append(f"{key} = {new} (was {old})")
     return out
+
+
+def _missing(key: str) -> str:
+    """How :func:`config_changes` names a key one side lacks: a :data:`LATER_KEYS` key's value
+    (left out of the flat config at it), else ``unset``."""
+    return repr(LATER_KEYS[key]) if key in LATER_KEYS else "unset"
 
 
 def ledger_rounds(checkpoint: dict[str, Any]) -> dict[int, int]:

@@ -63,6 +63,10 @@ def test_false_leaves_a_caller_s_own_settings_and_true_puts_them_back(monkeypatc
         assert Settings.now() == own
         use_deterministic(False)
         assert Settings.now() == own
+        use_deterministic(True)  # a client process: no simulation around it puts them back
+        assert is_deterministic()
+        use_deterministic(False)
+        assert Settings.now() == own
 
 
 def test_a_workspace_setting_of_the_user_s_is_kept(monkeypatch):
@@ -164,3 +168,49 @@ def test_deterministic_runs_are_one_configuration_with_the_others_in_a_report():
     assert result(**{"run.deterministic": False}).identity() == before.identity()
     assert result(**{"run.deterministic": True}).identity() == before.identity()
     assert result(**{"client.lr": 0.01}).identity() != before.identity()
+
+
+def test_a_resume_that_turns_the_key_on_or_off_is_refused_naming_both_values():
+    """A run mixing rounds with and without deterministic kernels would not be the run it
+    records; the refusal names the values as written (``False``, not "unset")."""
+    from fedmtl.results import config_changes, resume_config, without_later_keys
+
+    plain = resume_config(load_config(SMOKE, QUICK))
+    kept = resume_config(load_config(SMOKE, [*QUICK, "run.deterministic=true"]))
+    assert config_changes(kept, plain) == ["run.deterministic = False (was True)"]
+    assert config_changes(plain, kept) == ["run.deterministic = True (was False)"]
+    assert without_later_keys({**plain, "run.deterministic": False}) == plain  # a checkpoint that wrote it
+
+
+def test_threads_turning_the_kernels_on_at_once_record_the_caller_s_settings(monkeypatch):
+    """In-process clients call it from several threads at once: the settings recorded as the
+    caller's must be the caller's, not a thread's deterministic ones (reading the settings is
+    slowed down here, so that threads without a lock would interleave between the check and
+    the record)."""
+    import threading
+    import time
+
+    read = Settings.now.__func__
+
+    def slow(cls):
+        time.sleep(0.01)
+        return read(cls)
+
+    with preserved_determinism():
+        monkeypatch.setattr(Settings, "now", classmethod(slow))
+        own = Settings.now()
+        start = threading.Barrier(8)
+
+        def client(i: int) -> None:
+            start.wait()
+            time.sleep(0.012 * i)  # each thread's check while an earlier one is turning them on
+            use_deterministic(True)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert is_deterministic()
+        use_deterministic(False)
+        assert Settings.now() == own

@@ -84,7 +84,12 @@ def snapshot(loggers: tuple[str, ...] | None = None) -> dict[str, Any]:
         state["torch.interop_threads"] = torch.get_num_interop_threads()
         state["torch.default_dtype"] = str(torch.get_default_dtype())
         state["torch.deterministic"] = torch.are_deterministic_algorithms_enabled()
+        state["torch.deterministic.warn_only"] = torch.is_deterministic_algorithms_warn_only_enabled()
         state["torch.cudnn.deterministic"] = bool(torch.backends.cudnn.deterministic)
+        state["torch.cudnn.benchmark"] = bool(torch.backends.cudnn.benchmark)
+        # what a run.deterministic = false would turn off (None until the module is imported)
+        state["fedmtl.determinism._before_ours"] = repr(getattr(sys.modules.get("fedmtl.determinism"),
+                                                                "_before_ours", None))
         state["torch.initial_seed"] = torch.initial_seed()
         state["torch.rng"] = _digest(torch.get_rng_state().tolist())
         state["torch.grad_enabled"] = torch.is_grad_enabled()
