@@ -151,7 +151,8 @@ class RunSection(Section):
     deterministic: bool = Field(
         False, description="Deterministic GPU kernels in every process of the run (torch.use_deterministic_algorithms, "
         "cuDNN's deterministic convolutions): two GPU runs then give the same numbers; an operation with no "
-        "deterministic kernel fails, naming it. CPU runs are deterministic without it (docs/deploy.md).",
+        "deterministic kernel fails, naming it. CPU runs are deterministic without it, and it slows them "
+        "(docs/deploy.md).",
     )
     output_dir: str = Field("runs", min_length=1, description="Parent folder of run folders.")
     parquet: bool | Literal["auto"] = Field(
