@@ -125,16 +125,14 @@ def measure(folder: Path, after_each: Callable[[dict], object] = lambda result: 
     for i, (case, extra) in enumerate(CASES.items()):
         result[case] = {}
         for setting, knobs in (("smoke's", []), ("calm", CALM)):
-            name = f"{i}-{setting}"
+            name, on_gpu = f"{i}-{setting}", [*extra, *knobs, *ON_GPU]
             cpu = one_run(folder / f"{name}-cpu", [*extra, *knobs, *ON_CPU], False)
-            gpu = one_run(folder / f"{name}-gpu", [*extra, *knobs, *ON_GPU], False)
+            gpu = one_run(folder / f"{name}-gpu", on_gpu, False)
             pairs = {"GPU, TF32 off, vs CPU": (cpu, gpu)}
             if setting == "calm":
-                pairs["GPU, TF32 off, run again"] = (gpu, one_run(folder / f"{name}-again", [*extra, *knobs, *ON_GPU],
-                                                                  False))
+                pairs["GPU, TF32 off, run again"] = (gpu, one_run(folder / f"{name}-again", on_gpu, False))
             else:
-                pairs["GPU, PyTorch defaults, vs CPU"] = (cpu, one_run(folder / f"{name}-defaults",
-                                                                       [*extra, *knobs, *ON_GPU], None))
+                pairs["GPU, PyTorch defaults, vs CPU"] = (cpu, one_run(folder / f"{name}-defaults", on_gpu, None))
             for compared, (a, b) in pairs.items():
                 row = result[case][f"{setting} | {compared}"] = {"model": max(model_differences(a, b).values()),
                                                                   **metric_differences(a, b)}

@@ -274,13 +274,16 @@ def heatmap_figure(configurations: Sequence[Any], tasks: dict[str, str],
     values = pd.concat([t.stack() for t in tables if not t.empty]) if any(not t.empty for t in tables) else None
     low, high = (float(values.min()), float(values.max())) if values is not None and len(values) else (0.0, 1.0)
     fig = go.Figure()
+    notes = []  # per configuration: what its cells average
     for k, (c, table) in enumerate(zip(configurations, tables, strict=True)):
         grid = table.to_numpy()
         clients = [int(i) for i in table.index]
         text = [[("–" if math.isnan(v) else f"{v:.3g}") for v in row] for row in grid]
-        notes = _notes(records, c.label)
-        seeds = client_task_seeds(c, list(tasks)).reindex(index=table.index, columns=list(tasks)).to_numpy()
-        custom = [["<br>".join(filter(None, [notes.get(client, ""), _seeds_hover(seeds[i, j], len(c.runs))]))
+        participation = _notes(records, c.label)
+        seeds = client_task_seeds(c, list(tasks))
+        notes.append(seeds_note(c, seeds))
+        counts = seeds.reindex(index=table.index).to_numpy()
+        custom = [["<br>".join(filter(None, [participation.get(client, ""), _seeds_hover(counts[i, j], len(c.runs))]))
                    for j in range(len(tasks))] for i, client in enumerate(clients)]
         fig.add_trace(go.Heatmap(
             z=[[None if math.isnan(v) else float(v) for v in row] for row in grid], x=list(tasks), y=clients,
@@ -289,7 +292,6 @@ def heatmap_figure(configurations: Sequence[Any], tasks: dict[str, str],
             colorbar={"title": {"text": unit_of(next(iter(metrics))) if len(metrics) == 1 else "metric"}},
             hovertemplate="client %{y}, task %{x}: %{z:.3f}<br>%{customdata}<extra>" + html.escape(c.label)
                           + "</extra>"))
-    notes = [seeds_note(c, list(tasks)) for c in configurations]
     buttons = [{"label": plotly_text(c.label[:60]), "method": "update",
                 "args": [{"visible": [j == k for j in range(len(configurations))]},
                          {"title.text": f"Every client's final metric: {html.escape(c.label)} ({note})"}]}

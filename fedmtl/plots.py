@@ -766,15 +766,19 @@ def plot_round_curves(configurations: Sequence[Any], path: Path, dpi: int = DEFA
     return _save_with_legend(fig, path, dpi, handles, labels)
 
 
-def client_task_table(configuration: Any, tasks: Sequence[str]) -> pd.DataFrame:
-    """Clients × tasks: each client's final metric (unscaled), mean over the configuration's seeds
-    (NaN: the client does not hold the task)."""
-    final = pd.concat([r.final for r in configuration.runs])
+def _client_task_pivot(final: pd.DataFrame, tasks: Sequence[str], values: str, aggfunc: str) -> pd.DataFrame:
+    """Clients × tasks: ``aggfunc`` of the ``values`` column of the runs' ``final`` rows."""
     if final.empty:
         return pd.DataFrame(columns=list(tasks), dtype=float)
     table = final.assign(client=final["client"].astype(int)).pivot_table(
-        index="client", columns="task", values="value", aggfunc="mean")
+        index="client", columns="task", values=values, aggfunc=aggfunc)
     return table.reindex(columns=list(tasks))
+
+
+def client_task_table(configuration: Any, tasks: Sequence[str]) -> pd.DataFrame:
+    """Clients × tasks: each client's final metric (unscaled), mean over the configuration's seeds
+    (NaN: the client does not hold the task)."""
+    return _client_task_pivot(pd.concat([r.final for r in configuration.runs]), tasks, "value", "mean")
 
 
 def client_task_seeds(configuration: Any, tasks: Sequence[str]) -> pd.DataFrame:
@@ -782,23 +786,18 @@ def client_task_seeds(configuration: Any, tasks: Sequence[str]) -> pd.DataFrame:
     cell, the runs :func:`client_task_table` averages there (NaN: none has). A cell averages
     fewer than all seeds where a seed's federation or sampling left the client without that
     task, or without a final evaluation."""
-    frames = [r.final.assign(run=k) for k, r in enumerate(configuration.runs)]
-    final = pd.concat(frames) if frames else pd.DataFrame(columns=["client", "task", "value", "run"])
-    final = final.dropna(subset=["value"])
-    if final.empty:
-        return pd.DataFrame(columns=list(tasks), dtype=float)
-    table = final.assign(client=final["client"].astype(int)).pivot_table(
-        index="client", columns="task", values="run", aggfunc="nunique")
-    return table.reindex(columns=list(tasks)).astype(float)
+    final = pd.concat([r.final.assign(run=k) for k, r in enumerate(configuration.runs)])
+    return _client_task_pivot(final.dropna(subset=["value"]), tasks, "run", "nunique").astype(float)
 
 
-def seeds_note(configuration: Any, tasks: Sequence[str]) -> str:
-    """What a heatmap cell of the configuration averages: ``seed S`` (one run), ``mean of N
-    seeds`` (every cell has all N) or ``mean of k–N seeds a cell`` (some have fewer)."""
+def seeds_note(configuration: Any, seeds: pd.DataFrame) -> str:
+    """What a heatmap cell of the configuration averages (``seeds``: its
+    :func:`client_task_seeds`): ``seed S`` (one run), ``mean of N seeds`` (every cell has all N)
+    or ``mean of k–N seeds a cell`` (some have fewer)."""
     runs = len(configuration.runs)
     if runs == 1:
         return f"seed {configuration.runs[0].seed}"
-    counts = client_task_seeds(configuration, tasks).to_numpy().ravel()
+    counts = seeds.to_numpy(dtype=float).ravel()
     counts = counts[np.isfinite(counts)]
     fewest = int(counts.min()) if len(counts) else runs
     return f"mean of {runs} seeds" if fewest == runs else f"mean of {fewest}–{runs} seeds a cell"
@@ -836,8 +835,9 @@ def plot_client_task_heatmap(configurations: Sequence[Any], path: Path, dpi: int
     for k, (ax, c, table) in enumerate(zip(axes.flat, shown, tables, strict=False)):
         grid = table.to_numpy()
         ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
-        seeds = client_task_seeds(c, list(tasks)).reindex(index=table.index).to_numpy()
-        fewer = np.isfinite(seeds) & (seeds < len(c.runs))
+        seeds = client_task_seeds(c, list(tasks))
+        counts = seeds.reindex(index=table.index).to_numpy()
+        fewer = np.isfinite(counts) & (counts < len(c.runs))
         if values:
             for (i, j), value in np.ndenumerate(grid):
                 if np.isfinite(value):
@@ -856,7 +856,7 @@ def plot_client_task_heatmap(configurations: Sequence[Any], path: Path, dpi: int
             ax.add_patch(Rectangle((-0.5, row - 0.5), len(tasks), 1, fill=False, ec="red", lw=2.2, zorder=5))
             if row % step == 0:
                 ax.get_yticklabels()[row // step].set_color("red")
-        cells = seeds_note(c, list(tasks)) + ("; *: fewer" if values and fewer.any() else "")
+        cells = seeds_note(c, seeds) + ("; *: fewer" if values and fewer.any() else "")
         ax.set_title(_wrap(f"{c.label} ({cells})", 30), fontsize=9)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")

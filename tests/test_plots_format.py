@@ -182,8 +182,8 @@ def test_a_cell_averaging_fewer_seeds_is_marked_and_the_titles_say_so(runs, tmp_
     tasks = ["left", "right"]
     seeds = plots.client_task_seeds(partial, tasks)
     assert seeds.loc[4, "left"] == 1 and seeds.loc[4, "right"] == 2 and np.isnan(seeds.loc[0, "right"])
-    assert plots.seeds_note(whole, tasks) == "mean of 2 seeds"
-    assert plots.seeds_note(partial, tasks) == "mean of 1–2 seeds a cell"
+    assert plots.seeds_note(whole, plots.client_task_seeds(whole, tasks)) == "mean of 2 seeds"
+    assert plots.seeds_note(partial, seeds) == "mean of 1–2 seeds a cell"
     plots.plot_client_task_heatmap([partial], tmp_path / "h.png")
     ax = next(ax for ax in drawn["h"].axes if ax.images)
     assert "mean of 1–2 seeds a cell; *: fewer" in ax.get_title().replace("\n", " ")
