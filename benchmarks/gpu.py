@@ -14,13 +14,21 @@ The workload is ``benchmarks/simulation.py``'s (MultiMNIST, LeNet with two heads
   ``gpu-0.25``              0.25 (4 clients share it)
   ``fair-server-cpu``       flat FairGrad over (client, task) rows on the server, on the CPU
   ``fair-server-cuda``      the same rule with ``server.device = "cuda"``
+  ``…-deterministic``       ``gpu-0.25`` and ``fair-server-cuda`` with ``run.deterministic =
+                            true`` (deterministic kernels: what reproducibility costs)
   ========================  ===================================================================
 
 - ``--engine none`` (needs only torch and fedmtl's core, for a machine without Flower or Ray):
   ``floor-cpu`` / ``floor-cuda``, the same local steps and averaging in one process
   (``benchmarks/simulation.py``'s floor) on each device, and ``fairgrad-cpu`` /
   ``fairgrad-cuda``, the server's FairGrad (α = 2) over rows the size of the workload's
-  (20 clients × 2 tasks, the backbone's parameters), timed per call.
+  (20 clients × 2 tasks, the backbone's parameters), timed per call; ``floor-cuda-deterministic``
+  is ``floor-cuda`` under :func:`fedmtl.determinism.use_deterministic` (the settings
+  ``run.deterministic = true`` gives a process; ``CUBLAS_WORKSPACE_CONFIG`` is set when the row
+  starts, after ``floor-cuda`` has used cuBLAS, so only the kernel choices differ).
+
+The table's last column divides each row by its CPU row; a ``…-deterministic`` row is also
+given against the same row without deterministic kernels, below the table.
 
 Configurations that need CUDA are skipped, and said so, where ``torch.cuda.is_available()`` is
 false: on a CPU-only machine the script measures its CPU rows (``tests/test_gpu_benchmark.py``
@@ -31,6 +39,7 @@ Usage (from the repository root, inside the venv)::
     python benchmarks/gpu.py                      # ray engine if installed, else none
     python benchmarks/gpu.py --engine none --quick
     python benchmarks/gpu.py --dry-run            # check every configuration, run nothing
+    python benchmarks/gpu.py --only gpu-0.25 gpu-0.25-deterministic   # some rows
 
 Writes ``benchmarks/results/gpu.md`` and ``gpu.json`` (Ray engine) or ``gpu-none.md`` and
 ``gpu-none.json`` (``-quick`` added with ``--quick``; ``--out`` elsewhere), after each pass over
@@ -69,12 +78,16 @@ RAY_CASES: dict[str, list[str]] = {
     "fair-server-cpu": [*CPU_CLIENTS, *FAIR, "server.device=cpu"],
     "fair-server-cuda": [*CPU_CLIENTS, *FAIR, "server.device=cuda"],
 }
-NONE_CASES = ("floor-cpu", "floor-cuda", "fairgrad-cpu", "fairgrad-cuda")
+DETERMINISTIC = "-deterministic"
+"""The suffix of a row that is another row with ``run.deterministic = true``."""
+RAY_CASES |= {f"{name}{DETERMINISTIC}": [*RAY_CASES[name], "run.deterministic=true"]
+              for name in ("gpu-0.25", "fair-server-cuda")}
+NONE_CASES = ("floor-cpu", "floor-cuda", f"floor-cuda{DETERMINISTIC}", "fairgrad-cpu", "fairgrad-cuda")
 
 
 def needs_cuda(name: str) -> bool:
     """Whether configuration ``name`` runs anything on CUDA."""
-    return "gpu-" in name or name.endswith("cuda")
+    return "gpu-" in name or name.removesuffix(DETERMINISTIC).endswith("cuda")
 
 
 def workload(quick: bool, extra: list[str] | None = None) -> ExperimentConfig:
@@ -115,17 +128,39 @@ def fairgrad_call(cfg: ExperimentConfig, device: str, calls: int = 20) -> float:
 
 def none_case(name: str, cfg: ExperimentConfig) -> float:
     """Seconds (per round, or per call for the rule) of an engine-free configuration."""
-    device = "cuda" if name.endswith("cuda") else "cpu"
-    if name.startswith("floor"):
-        return per_round(floor(cfg, device))
-    return fairgrad_call(cfg, device)
+    from fedmtl.determinism import preserved_determinism, use_deterministic
+
+    device = "cuda" if name.removesuffix(DETERMINISTIC).endswith("cuda") else "cpu"
+    with preserved_determinism():
+        use_deterministic(name.endswith(DETERMINISTIC))
+        if name.startswith("floor"):
+            return per_round(floor(cfg, device))
+        return fairgrad_call(cfg, device)
 
 
-def plan(engine: str, quick: bool) -> dict[str, ExperimentConfig]:
-    """Every configuration of ``engine``, validated (a bad one fails here, before any run)."""
+def plan(engine: str, quick: bool, only: list[str] | None = None) -> dict[str, ExperimentConfig]:
+    """Every configuration of ``engine`` (those named in ``only``, when given), validated (a
+    bad one fails here, before any run); an unknown name in ``only`` is a ``ValueError``."""
+    names = list(RAY_CASES if engine == "ray" else NONE_CASES)
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ValueError(f"no configuration {', '.join(map(repr, unknown))} for --engine {engine}; "
+                         f"its configurations: {', '.join(names)}")
+    names = [name for name in names if only is None or name in only]
     if engine == "ray":
-        return {name: workload(quick, [f"run.name=gpu-{name}", *extra]) for name, extra in RAY_CASES.items()}
-    return {name: workload(quick, ["run.name=gpu-none"]) for name in NONE_CASES}
+        return {name: workload(quick, [f"run.name=gpu-{name}", *RAY_CASES[name]]) for name in names}
+    return {name: workload(quick, ["run.name=gpu-none"]) for name in names}
+
+
+def deterministic_lines(seconds: dict[str, float]) -> list[str]:
+    """What deterministic kernels cost: each measured ``…-deterministic`` row against the same
+    row without them."""
+    lines = [f"- `{name}` / `{name.removesuffix(DETERMINISTIC)}` = {seconds[name]:.4f} / "
+             f"{seconds[name.removesuffix(DETERMINISTIC)]:.4f} = "
+             f"{seconds[name] / seconds[name.removesuffix(DETERMINISTIC)]:.2f}"
+             for name in seconds if name.endswith(DETERMINISTIC) and name.removesuffix(DETERMINISTIC) in seconds]
+    return ["", "Deterministic kernels (`run.deterministic = true`) against the same row without them:", "",
+            *lines] if lines else []
 
 
 def measure(configs: dict[str, ExperimentConfig], engine: str, repeat: int, out: Path,
@@ -160,11 +195,12 @@ def stem(engine: str, quick: bool) -> str:
     return "gpu" + ("-none" if engine == "none" else "") + ("-quick" if quick else "")
 
 
-def write(result: dict, engine: str, quick: bool, repeat: int, folder: Path) -> Path:
+def write(result: dict, engine: str, quick: bool, repeat: int, folder: Path, only: list[str] | None = None) -> Path:
     """``<stem>.md`` and ``<stem>.json`` in ``folder`` (:func:`stem`); returns the page.
 
     ``repeat`` is the number of passes asked for; each row says how many it has (a pass cut
-    short by a time limit leaves some rows with one repeat fewer)."""
+    short by a time limit leaves some rows with one repeat fewer); ``only`` the rows asked for
+    (``--only``), named in the page's command."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, GPU: {gpu}, torch {torch.__version__}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -178,7 +214,8 @@ def write(result: dict, engine: str, quick: bool, repeat: int, folder: Path) -> 
     lines = [
         "# GPUs (`benchmarks/gpu.py`)", "",
         f"{date.today().isoformat()}, {machine}.", "",
-        f"Command: `python benchmarks/gpu.py --engine {engine}{' --quick' if quick else ''} --repeat {repeat}`; "
+        f"Command: `python benchmarks/gpu.py --engine {engine}{' --quick' if quick else ''} --repeat {repeat}"
+        f"{' --only ' + ' '.join(only) if only else ''}`; "
         "the workload of `benchmarks/simulation.py`, medians of the repeats (see the script's docstring).", "",
         f"| configuration | {unit} | repeats | × its CPU row |", "|---|---:|---:|---:|",
     ]
@@ -190,6 +227,7 @@ def write(result: dict, engine: str, quick: bool, repeat: int, folder: Path) -> 
         family = next((b for prefix, b in base[engine].items() if row.startswith(prefix)), None)
         ratio = f"{seconds[row] / seconds[family]:.2f}" if family in seconds else "–"
         lines.append(f"| {row} | {seconds[row]:.4f} | {len(result['repeats'][row])} | {ratio} |")
+    lines += deterministic_lines(seconds)
     page = folder / f"{name}.md"
     page.write_text("\n".join([*lines, ""]))
     print("\n".join(lines))
@@ -203,18 +241,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer canvases per digit")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dry-run", action="store_true", help="validate every configuration and stop")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="measure only these configurations")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-gpu", help="run folders (ray engine)")
     args = parser.parse_args()
-    configs = plan(args.engine, args.quick)
+    try:
+        configs = plan(args.engine, args.quick, args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.dry_run:
         for name, cfg in configs.items():
             print(f"{name}: client.device={cfg.client.device} engine.client-num-gpus={cfg.engine.client_num_gpus} "
-                  f"server.device={cfg.server.device} server.weighting={cfg.server.weighting}")
+                  f"server.device={cfg.server.device} server.weighting={cfg.server.weighting} "
+                  f"run.deterministic={cfg.run.deterministic}")
         return
 
     def page(result: dict) -> Path:
-        return write(result, args.engine, args.quick, args.repeat, args.out)
+        return write(result, args.engine, args.quick, args.repeat, args.out, args.only)
 
     measure(configs, args.engine, args.repeat, args.runs, after_each=page)
 

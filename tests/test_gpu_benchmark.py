@@ -23,6 +23,40 @@ def test_every_configuration_of_each_engine_validates(engine):
         assert configs["cpu"].client.device == "cpu"
 
 
+def test_a_deterministic_row_is_its_counterpart_with_deterministic_kernels_and_its_cost_is_written(tmp_path):
+    configs = gpu.plan("ray", quick=True)
+    for name in ("gpu-0.25", "fair-server-cuda"):
+        twin = configs[f"{name}-deterministic"]
+        assert twin.run.deterministic and not configs[name].run.deterministic
+        undone = twin.run.model_copy(update={"deterministic": False, "name": configs[name].run.name})
+        assert twin.model_copy(update={"run": undone}) == configs[name]
+    assert gpu.needs_cuda("floor-cuda-deterministic") and gpu.needs_cuda("gpu-0.25-deterministic")
+    assert not gpu.needs_cuda("floor-cpu")
+    result = {"seconds": {"gpu-0.25": 0.2, "gpu-0.25-deterministic": 0.3, "cpu": 0.1},
+              "repeats": {"gpu-0.25": [0.2], "gpu-0.25-deterministic": [0.3], "cpu": [0.1]}, "skipped": {}}
+    page = gpu.write(result, "ray", True, 1, tmp_path).read_text()
+    assert "- `gpu-0.25-deterministic` / `gpu-0.25` = 0.3000 / 0.2000 = 1.50" in page
+
+
+def test_only_some_rows_are_planned_and_an_unknown_name_is_refused():
+    assert list(gpu.plan("none", quick=True, only=["fairgrad-cpu", "floor-cpu"])) == ["floor-cpu", "fairgrad-cpu"]
+    with pytest.raises(ValueError, match="no configuration 'gpu-2' for --engine ray"):
+        gpu.plan("ray", quick=True, only=["gpu-0.25", "gpu-2"])
+
+
+def test_an_engine_free_deterministic_row_runs_under_deterministic_kernels_and_restores_them(monkeypatch):
+    from fedmtl.determinism import is_deterministic
+
+    seen = []
+    monkeypatch.setattr(gpu, "floor", lambda cfg, device: seen.append((device, is_deterministic())) or [0.0, 1.0])
+    before = is_deterministic()
+    small = gpu.workload(True)
+    assert gpu.none_case("floor-cuda-deterministic", small) == 1.0
+    assert gpu.none_case("floor-cuda", small) == 1.0
+    assert seen == [("cuda", True), ("cuda", False)]
+    assert is_deterministic() == before
+
+
 def test_the_cpu_path_measures_cpu_rows_and_skips_cuda_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: False)
     small = gpu.workload(True, ["data.num-clients=4", "run.rounds=2", "data.params.pairs-per-digit=1"])
@@ -30,7 +64,7 @@ def test_the_cpu_path_measures_cpu_rows_and_skips_cuda_ones(tmp_path, monkeypatc
     result = gpu.measure(configs, "none", repeat=1, out=tmp_path)
     assert set(result["seconds"]) == {"floor-cpu", "fairgrad-cpu"}
     assert all(value > 0 for value in result["seconds"].values())
-    assert set(result["skipped"]) == {"floor-cuda", "fairgrad-cuda"}
+    assert set(result["skipped"]) == {"floor-cuda", "floor-cuda-deterministic", "fairgrad-cuda"}
     page = gpu.write(result, "none", True, 1, tmp_path)
     assert page.name == "gpu-none-quick.md"
     assert "| floor-cpu |" in page.read_text() and "| floor-cuda | not run: no CUDA device" in page.read_text()
