@@ -84,13 +84,9 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
-def tree_memory_bytes(root: int) -> tuple[int, int]:
-    """Resident memory (RSS) and proportional set size (PSS) of ``root`` and all its
-    descendants, summed (from /proc).
-
-    Summed RSS counts a page that n processes share (a library such as libtorch, mapped by
-    every Ray worker) n times; summed PSS counts it once, split among them, so it is what the
-    tree adds to the machine's memory."""
+def tree_processes(root: int) -> dict[int, int]:
+    """Resident memory (RSS, bytes) of ``root`` and each of its descendants, by process id
+    (from /proc; empty when ``root`` does not exist)."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -108,18 +104,64 @@ def tree_memory_bytes(root: int) -> tuple[int, int]:
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
-    total_rss = total_pss = 0
+    found: dict[int, int] = {}
     stack = [root]
     while stack:
         pid = stack.pop()
         if pid in rss:
-            total_rss += rss[pid]
-            try:
-                total_pss += _pss_bytes(pid)
-            except OSError:  # it ended between the two reads
-                pass
+            found[pid] = rss[pid]
         stack.extend(children.get(pid, []))
-    return total_rss, total_pss
+    return found
+
+
+def tree_memory_bytes(root: int) -> tuple[int, int]:
+    """Resident memory (RSS) and proportional set size (PSS) of ``root`` and all its
+    descendants, summed (from /proc).
+
+    Summed RSS counts a page that n processes share (a library such as libtorch, mapped by
+    every Ray worker) n times; summed PSS counts it once, split among them, so it is what the
+    tree adds to the machine's memory."""
+    return _summed(tree_processes(root))
+
+
+def _summed(processes: dict[int, int]) -> tuple[int, int]:
+    """Summed RSS (given) and PSS (read now) of ``processes``."""
+    total_pss = 0
+    for pid in processes:
+        try:
+            total_pss += _pss_bytes(pid)
+        except OSError:  # it ended between the two reads
+            pass
+    return sum(processes.values()), total_pss
+
+
+def process_kind(pid: int, root: int) -> str:
+    """What process ``pid`` of the tree under ``root`` is, for the memory breakdown: ``"measured
+    process"`` for ``root``, a Ray worker by the name Ray gives it (``ray::ClientAppActor``), else
+    its program and script (``gcs_server``, ``python log_monitor.py``)."""
+    if pid == root:
+        return "measured process"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = [part.decode(errors="replace") for part in handle.read().split(b"\0") if part]
+    except OSError:
+        return "ended"
+    if not argv:
+        return "unnamed"
+    if argv[0].startswith("ray::"):
+        return argv[0].split()[0]
+    script = next((Path(a).name for a in argv[1:] if a.endswith(".py")), "")
+    return " ".join(filter(None, [Path(argv[0]).name, script]))
+
+
+def by_kind(processes: dict[int, int], root: int) -> list[dict]:
+    """``processes`` (pid → RSS bytes) grouped by :func:`process_kind`, largest first: each kind,
+    its number of processes and their summed RSS in MiB."""
+    groups: dict[str, list[int]] = {}
+    for pid, rss in processes.items():
+        groups.setdefault(process_kind(pid, root), []).append(rss)
+    return sorted(({"kind": kind, "processes": len(sizes), "rss_mb": sum(sizes) / 2**20}
+                   for kind, sizes in groups.items()), key=lambda g: -g["rss_mb"])
 
 
 class PeakRSS:
@@ -133,14 +175,19 @@ class PeakRSS:
 
     def __init__(self, interval: float = 0.05, root: int | None = None) -> None:
         self.interval, self.peak, self.peak_pss = interval, 0, 0
+        self.peak_parts: list[dict] = []
+        """The tree at its RSS peak, by kind of process (:func:`by_kind`)."""
         self.root = os.getpid() if root is None else root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, pss = tree_memory_bytes(self.root)
-            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+            processes = tree_processes(self.root)
+            rss, pss = _summed(processes)
+            if rss > self.peak:
+                self.peak, self.peak_parts = rss, by_kind(processes, self.root)
+            self.peak_pss = max(self.peak_pss, pss)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRSS:
@@ -340,9 +387,10 @@ def measure_once(name: str, work) -> tuple[float, float, int]:  # noqa: ANN001 -
 def measure(work: dict, repeat: int) -> dict:
     """Run every configuration ``repeat`` times, interleaved (floor, flower, fedmtl, fair,
     floor, ...), so that a slow spell of a shared machine hits all of them alike; the median
-    seconds per round and the largest peak RSS and PSS of each. ``work`` maps each name to a job
-    that returns (seconds per round, peak RSS in MB, wall seconds, rounds timed, peak PSS in MB)."""
-    runs: dict[str, list[tuple[float, float, float, int, float]]] = {name: [] for name in work}
+    seconds per round and the largest peak RSS and PSS of each, with the breakdown of the largest
+    RSS peak by kind of process. ``work`` maps each name to a job that returns (seconds per round,
+    peak RSS in MB, wall seconds, rounds timed, peak PSS in MB, the peak's breakdown: :func:`by_kind`)."""
+    runs: dict[str, list[tuple[float, float, float, int, float, list]]] = {name: [] for name in work}
     for attempt in range(repeat):
         print(f"repeat {attempt + 1} of {repeat}", flush=True)
         for name, job in work.items():
@@ -350,7 +398,7 @@ def measure(work: dict, repeat: int) -> dict:
     return {
         name: {"s_per_round": float(np.median([r[0] for r in rs])), "repeats_s_per_round": [r[0] for r in rs],
                "rounds_timed": rs[0][3], "wall_s": [r[2] for r in rs], "peak_rss_mb": max(r[1] for r in rs),
-               "peak_pss_mb": max(r[4] for r in rs)}
+               "peak_pss_mb": max(r[4] for r in rs), "peak_rss_parts": max(rs, key=lambda r: r[1])[5]}
         for name, rs in runs.items()
     }
 
@@ -390,14 +438,14 @@ def main() -> None:
     write(results, args.quick, cfg, args.repeat)
 
 
-def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[float, float, float, int, float]]:
+def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[float, float, float, int, float, list]]:
     """A job that measures configuration ``name`` in a fresh interpreter (this script with
     ``--child``): what :func:`measure_once` measured there, with the peak RSS of its process
-    tree sampled from this process."""
+    tree sampled from this process, and that tree at its peak by kind of process."""
     import subprocess
     import tempfile
 
-    def job() -> tuple[float, float, float, int, float]:
+    def job() -> tuple[float, float, float, int, float, list]:
         with tempfile.TemporaryDirectory(prefix="bench-simulation-") as tmp:
             result = Path(tmp) / "result.json"
             command = [sys.executable, __file__, "--child", name, "--child-result", str(result), "--out", str(args.out)]
@@ -409,7 +457,7 @@ def in_fresh_process(name: str, args: argparse.Namespace) -> Callable[[], tuple[
             seconds, wall, rounds = json.loads(result.read_text())
             print(f"  {name}: {seconds:.3f} s/round, peak RSS {rss.peak_mb:.0f} MB, peak PSS {rss.peak_pss_mb:.0f} MB, "
                   f"wall {wall:.1f} s", flush=True)
-            return seconds, rss.peak_mb, wall, rounds, rss.peak_pss_mb
+            return seconds, rss.peak_mb, wall, rounds, rss.peak_pss_mb, rss.peak_parts
 
     return job
 
@@ -440,8 +488,18 @@ def memory_lines(results: dict) -> list[str]:
             if floor_pss and pss:
                 lines.append(f"  Its peak PSS (shared pages counted once): {pss:.0f} MB = {pss / floor_pss:.2f}× the "
                              f"floor's ({floor_pss:.0f} MB); for information, the target is on RSS.")
+            parts = results[name].get("peak_rss_parts")
+            if parts:
+                lines.append(f"  At its RSS peak: {parts_text(parts)}.")
     return ["Memory (each configuration in a fresh process; the largest peak over the repeats; RSS and PSS "
             "summed over the process tree):", "", *lines, ""]
+
+
+def parts_text(parts: list[dict]) -> str:
+    """A peak's breakdown (:func:`by_kind`) in words: ``measured process 573 MB, 2 ×
+    ray::ClientAppActor 1074 MB, …``."""
+    return ", ".join(f"{'' if p['processes'] == 1 else str(p['processes']) + ' × '}{p['kind']} {p['rss_mb']:.0f} MB"
+                     for p in parts)
 
 
 def speed_lines(results: dict) -> list[str]:
