@@ -491,8 +491,16 @@ def memory_lines(results: dict) -> list[str]:
             parts = results[name].get("peak_rss_parts")
             if parts:
                 lines.append(f"  At its RSS peak: {parts_text(parts)}.")
+                own = sum(p["rss_mb"] for p in parts if p["kind"] in ("measured process", ACTOR))
+                if any(p["kind"] == ACTOR for p in parts):
+                    lines.append(f"  The measured process and its ClientApp actors alone: {own:.0f} MB = "
+                                 f"{own / floor_mb:.2f}× the floor's (Ray's other processes left out).")
     return ["Memory (each configuration in a fresh process; the largest peak over the repeats; RSS and PSS "
             "summed over the process tree):", "", *lines, ""]
+
+
+ACTOR = "ray::ClientAppActor"
+"""The name Ray gives the processes of Flower's ClientApp actors."""
 
 
 def parts_text(parts: list[dict]) -> str:

@@ -101,3 +101,4 @@ def test_the_page_gives_the_breakdown_of_the_largest_peak_over_the_repeats():
     text = "\n".join(memory_lines(results))
     assert "peak RSS 1200 MB = 3.00× the floor's (400 MB)" in text
     assert "At its RSS peak: measured process 500 MB, 2 × ray::ClientAppActor 700 MB." in text
+    assert "The measured process and its ClientApp actors alone: 1200 MB = 3.00× the floor's" in text
