@@ -24,6 +24,7 @@ from fedmtl.server.replies import (
     Accepted,
     Evaluated,
     Failed,
+    Ignored,
     Limits,
     Refused,
     Rejected,
@@ -58,17 +59,17 @@ def build_messages(
 def train_reply_reader(
     messages: list[Message], like: dict[str, torch.Tensor], parts: bool, seen: Collection[int],
     limits: Limits | None = None,
-) -> Callable[[list[Message]], list[Accepted | Rejected | Failed]]:
+) -> Callable[[list[Message]], list[Accepted | Rejected | Failed | Ignored]]:
     """A reader of an attempt's training replies, called on each batch as it comes; it reads
     them in order (``seen``: clients already accepted this round; a second answer of a client,
-    in this batch or an earlier one, is rejected; ``limits``: each client's limits). A reply
+    in this batch or an earlier one, is ignored; ``limits``: each client's limits). A reply
     counts as the client its message was sent to, must come from the node it went to, and must
     agree with the call the message made (the heads named, the losses asked for).
     ``messages`` must have been sent (their ids are set)."""
     sent, nodes, done = addressees(messages), destinations(messages), set(seen)
     calls = {m.metadata.message_id: wire.read_call(m.content[wire.CALL]) for m in messages}
 
-    def read(replies: list[Message]) -> list[Accepted | Rejected | Failed]:
+    def read(replies: list[Message]) -> list[Accepted | Rejected | Failed | Ignored]:
         outcomes = []
         for reply in replies:
             node = nodes.get(reply.metadata.reply_to_message_id)
@@ -127,9 +128,9 @@ def send_and_read(
 def read_evaluate_replies(
     messages: list[Message], replies: list[Message], limits: Limits | None = None,
     views: Collection[str] | None = None,
-) -> list[Evaluated | Rejected | Failed]:
+) -> list[Evaluated | Rejected | Failed | Ignored]:
     """Read an exchange's evaluation replies in order (as :func:`train_reply_reader`; a
-    second reply of a client is rejected; ``views``: the views the run's method reports)."""
+    second answer of a client is ignored; ``views``: the views the run's method reports)."""
     sent, nodes, done, outcomes = addressees(messages), destinations(messages), set(), []
     for reply in replies:
         node = nodes.get(reply.metadata.reply_to_message_id)
@@ -140,9 +141,13 @@ def read_evaluate_replies(
     return outcomes
 
 
-def unanswered(messages: list[Message], replies: list[Message]) -> int:
-    """How many of ``messages`` got no reply (within the grid's timeout)."""
-    answered = {reply.metadata.reply_to_message_id for reply in replies}
+def unanswered(messages: list[Message], replies: list[Message], outcomes: list | None = None) -> int:
+    """How many of ``messages`` got no answer that counts (within the grid's timeout): no reply,
+    or only answers read as :class:`fedmtl.server.replies.Ignored` (``outcomes``: what was read
+    from each of ``replies``, in order; ``None``: every reply counts), such as one from another
+    node than the message went to."""
+    counted = [True] * len(replies) if outcomes is None else [not isinstance(o, Ignored) for o in outcomes]
+    answered = {reply.metadata.reply_to_message_id for reply, counts in zip(replies, counted, strict=True) if counts}
     return sum(m.metadata.message_id not in answered for m in messages)
 
 
@@ -158,7 +163,11 @@ def client_failures(outcomes: list, missing: int, timeout: float) -> list[tuple[
 
 
 def log_rejections(server_round: int, stage: str, outcomes: list) -> int:
-    """Log the rejected replies among ``outcomes``; return how many."""
+    """Log the rejected replies among ``outcomes`` and the ignored answers (which count nothing:
+    :class:`fedmtl.server.replies.Ignored`); return how many were rejected."""
+    for o in outcomes:
+        if isinstance(o, Ignored):
+            log(WARNING, "round %d %s: ignored %s", server_round, stage, o.problem)
     rejected = [o for o in outcomes if isinstance(o, Rejected)]
     for o in rejected:
         who = f"client {o.client}" if o.client is not None else "a client"

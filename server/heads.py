@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fedmtl import protocol as wire
-from fedmtl.server.replies import Accepted, Contradicted, Failed, Refused, Rejected
+from fedmtl.server.replies import Accepted, Contradicted, Failed, Ignored, Refused, Rejected
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,11 @@ class HeadsLedger:
             return {"heads_in": heads.heads_out}
         return {"fresh_heads": True} if heads == FRESH else {}
 
-    def observe(self, server_round: int, asked: Iterable[int], outcomes: list[Accepted | Rejected | Failed]) -> None:
+    def observe(self, server_round: int, asked: Iterable[int],
+                outcomes: list[Accepted | Rejected | Failed | Ignored]) -> None:
         """Note what one training attempt of ``server_round`` says of the heads of the clients it ``asked``."""
         for client in asked:
-            mine = [o for o in outcomes if o.client == client]
+            mine = [o for o in outcomes if o.client == client and not isinstance(o, Ignored)]
             if not mine:
                 self.late.add(client)
             heads = attempt_heads(server_round, mine)

@@ -2,11 +2,13 @@
 
 A reply counts as the client its message was sent to: :func:`addressees` maps the ids of
 the messages sent to their clients, and each reply is matched through its
-``reply_to_message_id``; a reply that comes from another node than the message went to
-(:func:`destinations`), or whose claimed ``partition-id`` disagrees, is rejected. Each
-reader returns one outcome: :class:`Accepted` (or :class:`Evaluated`), :class:`Rejected`
-(a reply that cannot be used; :class:`Refused` when the client refused the call because its
-heads are not those the server named) or :class:`Failed` (an error in place of a reply).
+``reply_to_message_id``; a reply whose claimed ``partition-id`` disagrees is rejected. Only a
+client's first answer from the node its message went to (:func:`destinations`; or the
+SuperLink's error for that node) counts: any other answer, a second one of the client, one
+from another node or one to no message of the round, is :class:`Ignored`. Each reader returns
+one outcome: :class:`Accepted` (or :class:`Evaluated`), :class:`Rejected` (a reply that cannot
+be used; :class:`Refused` when the client refused the call because its heads are not those the
+server named), :class:`Failed` (an error in place of a reply) or :class:`Ignored`.
 
 Reading is total: whatever a reply holds, a reader returns an outcome and raises nothing.
 Metrics must be numbers (:func:`fedmtl.screening.number_values`) with the required keys and
@@ -96,11 +98,27 @@ class Rejected:
 
 
 @dataclass(frozen=True)
-class SecondReply(Rejected):
-    """A reply, or an error, from a client that already answered this round: it counts nothing
-    but a rejection (no failure, no placement, no update)."""
+class Ignored:
+    """An answer that is no client's first answer from the node its message went to: a second
+    answer of a client (:class:`SecondReply`), an answer from another node, or a reply to no
+    message of the round (``client`` is then ``None``). It is logged and counts nothing: no
+    reply, failure or rejection, no placement, no update. Each client asked counts once, by its
+    first answer, so in ``rounds.csv`` replies + failures never exceed the clients asked.
+    """
 
-    problem: str = "a second reply from the same client"
+    client: int | None
+    problem: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "problem", one_line(self.problem, MAX_REASON))
+
+
+@dataclass(frozen=True)
+class SecondReply(Ignored):
+    """A reply, or an error, from a client that already answered this round: ignored (its
+    first answer stands)."""
+
+    problem: str = "a second answer of the same client"
 
 
 @dataclass(frozen=True)
@@ -244,12 +262,12 @@ def read_arrays(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> dict
 
 
 def answered(outcome: object, reply: Message, node: int | None) -> int | None:
-    """The client ``outcome`` is the first answer of (its reply or error came from the node
-    its message went to); ``None`` when it answers no client, or is a second answer."""
-    client = getattr(outcome, "client", None)
-    if client is None or not from_addressee(reply, node):
+    """The client ``outcome`` is the first answer of (a reply or error from the node its message
+    went to, or the SuperLink's error for that node); ``None`` when it counts for no client
+    (:class:`Ignored`)."""
+    if isinstance(outcome, Ignored):
         return None
-    return None if isinstance(outcome, SecondReply) else client
+    return getattr(outcome, "client", None)
 
 
 def from_addressee(reply: Message, node: int | None) -> bool:
@@ -259,20 +277,23 @@ def from_addressee(reply: Message, node: int | None) -> bool:
 
 def _check_sender(
     reply: Message, client: int | None, node: int | None, seen: Collection[int] = (),
-) -> Failed | Rejected | dict[str, float]:
+) -> Failed | Rejected | Ignored | dict[str, float]:
     """The reply's metrics, once it is known to answer ``client`` from ``node`` for the first
     time (``seen``: the clients already answered); else why not. An error in place of a reply
-    counts only from that node, and only as the client's first answer, too."""
+    counts only from that node (or from the SuperLink, for it), and only as the client's first
+    answer, too: any other answer is :class:`Ignored`."""
+    kind = "an error" if reply.has_error() else "a reply"
     if client is None:
-        return Rejected(None, "a reply to no message of this round")
+        return Ignored(None, f"{kind} to no message of this round")
+    if client in seen:
+        return SecondReply(client, f"a second answer ({kind}) of client {client}; its first stands")
     if not from_addressee(reply, node):
-        if reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID and client not in seen:
+        if reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID:
             # the SuperLink answers for a node it lost, or for a message that expired: the client failed
             return Failed(client, f"the SuperLink answered for its node {node}: "
                                   f"{client_error_message(reply.error.reason)}")
-        return Rejected(client, f"a reply from node {reply.metadata.src_node_id} to the message sent to node {node}")
-    if client in seen:
-        return SecondReply(client)
+        return Ignored(client, f"{kind} from node {reply.metadata.src_node_id} to the message sent to client "
+                               f"{client} on node {node}")
     if reply.has_error():
         return Failed(client, client_error_message(reply.error.reason))
     if has_record(reply.content, wire.REFUSAL, ConfigRecord):
@@ -309,7 +330,7 @@ def _read_parts(reply: Message, like: dict[str, torch.Tensor], tasks: list[str])
 def read_train_reply(
     reply: Message, client: int | None, like: dict[str, torch.Tensor], parts: bool, seen: Collection[int] = (),
     limits: Limits | None = None, node: int | None = None, call: wire.TrainCall | None = None,
-) -> Accepted | Rejected | Failed:
+) -> Accepted | Rejected | Failed | Ignored:
     """Read one training reply (total: any reply gives an outcome).
 
     Parameters
@@ -351,7 +372,7 @@ def read_train_reply(
 def read_evaluate_reply(
     reply: Message, client: int | None, limits: Limits | None = None, node: int | None = None,
     views: Collection[str] | None = None, seen: Collection[int] = (),
-) -> Evaluated | Rejected | Failed:
+) -> Evaluated | Rejected | Failed | Ignored:
     """Read one evaluation reply (total; ``client``: the client its message was sent to,
     ``limits``, ``node`` and ``seen`` as in :func:`read_train_reply`; ``views``: the views the
     run's personalization method reports, :attr:`fedmtl.training.methods.Method.views`: a reply

@@ -25,6 +25,7 @@ from fedmtl.screening import (
 from fedmtl.server.replies import (
     Accepted,
     Evaluated,
+    Ignored,
     Refused,
     Rejected,
     placement_row,
@@ -304,15 +305,15 @@ def test_evaluation_metrics_are_screened(key, value, problem):
     assert outcome.per_task["left"]["count-colour-0"] == 12
 
 
-def test_a_reply_from_another_node_than_the_message_went_to_is_rejected():
+def test_a_reply_from_another_node_than_the_message_went_to_is_ignored():
     reply = reply_to(sent(), train_metrics(), {wire.UPDATE: update()})
     reply.metadata.__dict__["_src_node_id"] = 999
-    assert read_train_reply(reply, 2, LIKE, False, limits=limits, node=102) == Rejected(
-        2, "a reply from node 999 to the message sent to node 102")
+    assert read_train_reply(reply, 2, LIKE, False, limits=limits, node=102) == Ignored(
+        2, "a reply from node 999 to the message sent to client 2 on node 102")
     evaluation = reply_to(sent(kind=MessageType.EVALUATE), test_metrics())
     evaluation.metadata.__dict__["_src_node_id"] = 999
-    assert read_evaluate_reply(evaluation, 2, limits, node=102) == Rejected(
-        2, "a reply from node 999 to the message sent to node 102")
+    assert read_evaluate_reply(evaluation, 2, limits, node=102) == Ignored(
+        2, "a reply from node 999 to the message sent to client 2 on node 102")
 
 
 def test_a_refusal_is_a_rejection_with_the_clients_reason_on_one_bounded_line():
@@ -327,7 +328,7 @@ def test_a_refusal_is_a_rejection_with_the_clients_reason_on_one_bounded_line():
     assert problem.startswith("refused: a b?x") and len(problem) <= len("refused: ") + 500
     # only the node the message went to may refuse for its client
     long.metadata.__dict__["_src_node_id"] = 999
-    assert type(read_train_reply(long, 2, LIKE, False, limits=limits, node=102)) is Rejected
+    assert type(read_train_reply(long, 2, LIKE, False, limits=limits, node=102)) is Ignored
 
 
 def test_a_rejected_update_keeps_the_heads_the_client_saved():

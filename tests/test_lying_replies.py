@@ -18,7 +18,7 @@ from fedmtl import protocol as wire
 from fedmtl.one_line import described, one_line
 from fedmtl.screening import ClientLimits, evaluate_metrics_problem, norm_outliers
 from fedmtl.server.discovery import ClientDirectory, FederationMismatch
-from fedmtl.server.replies import Failed, Rejected, placement_row, read_train_reply
+from fedmtl.server.replies import Failed, Ignored, Rejected, placement_row, read_train_reply
 from tests.plugin_support import restored_registries
 from tests.test_round_loop import STATE, failed, good, run
 
@@ -371,8 +371,8 @@ def test_an_error_from_another_node_is_not_counted_as_the_addressees_and_its_pla
     error = Message(error=Error(code=1, reason="down"), reply_to=message)
     error.metadata.__dict__["_src_node_id"] = 999
     outcome = read_train_reply(error, 2, dict(STATE), False, node=102)
-    assert isinstance(outcome, Rejected) and not isinstance(outcome, Failed)
-    assert "a reply from node 999 to the message sent to node 102" in outcome.problem
+    assert isinstance(outcome, Ignored) and not isinstance(outcome, Failed | Rejected)
+    assert outcome.problem == "an error from node 999 to the message sent to client 2 on node 102"
     reply = Message(RecordDict({wire.METRICS: MetricRecord({wire.PARTITION_ID: 2}),
                                 wire.PLACEMENT: ConfigRecord({"host": "impostor", "node": "", "device": "cpu"})}),
                     reply_to=message)
@@ -385,7 +385,7 @@ def test_an_error_from_another_node_is_not_counted_as_the_addressees_and_its_pla
 def test_the_superlinks_error_for_a_lost_node_is_the_addressees_failure():
     """Flower's SuperLink answers a message to a node it lost with an error of its own (source
     node 1): the client failed (counted in failures), it is no stranger's reply; a reply with
-    content from the SuperLink's id, or a second answer, is still refused."""
+    content from the SuperLink's id, or a second answer, is ignored (it counts nothing)."""
     from flwr.common.constant import SUPERLINK_NODE_ID
 
     message = Message(RecordDict({wire.CALL: ConfigRecord({wire.CLIENT_ID: 2})}), dst_node_id=102,
@@ -397,10 +397,10 @@ def test_the_superlinks_error_for_a_lost_node_is_the_addressees_failure():
     assert isinstance(outcome, Failed) and outcome.client == 2
     assert outcome.reason.startswith("the SuperLink answered for its node 102: ")
     assert "node unavailable" in outcome.reason
-    assert isinstance(read_train_reply(error, 2, dict(STATE), False, seen={2}, node=102), Rejected)
+    assert isinstance(read_train_reply(error, 2, dict(STATE), False, seen={2}, node=102), Ignored)
     content = Message(RecordDict({wire.METRICS: MetricRecord({wire.PARTITION_ID: 2})}), reply_to=message)
     content.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
-    assert isinstance(read_train_reply(content, 2, dict(STATE), False, node=102), Rejected)
+    assert isinstance(read_train_reply(content, 2, dict(STATE), False, node=102), Ignored)
 
 
 class QueryGrid:

@@ -325,7 +325,9 @@ def test_lying_duplicate_and_missing_replies_are_counted(tmp_path):
 
     _, _, rounds = run(tmp_path, script, "server.min-replies=1", "run.rounds=1")
     row = rounds.iloc[0]
-    assert (row.sampled, row.replies, row.failures, row.rejected, row.aggregated) == (4, 4, 1, 2, 2)
+    # client 0's reply is rejected, client 1's second answer ignored, client 2 failed: each
+    # client asked counts once, by its first answer
+    assert (row.sampled, row.replies, row.failures, row.rejected, row.aggregated) == (4, 3, 1, 1, 2)
     weights = pd.read_csv(tmp_path / "metrics.csv", dtype={"task": str})
     assert sorted(set(weights[weights.metric == "aggregation-weight"].client)) == [1, 3]
 
@@ -333,8 +335,9 @@ def test_lying_duplicate_and_missing_replies_are_counted(tmp_path):
 @pytest.mark.parametrize("error_first", [False, True])
 def test_only_a_clients_first_answer_counts_an_error_after_a_reply_or_before_it(tmp_path, error_first):
     """Client 1 answers each message twice, with a reply and an error: the first answer is
-    its answer (aggregated and evaluated, or failed), the second is rejected, and neither
-    counts it twice."""
+    its answer (aggregated and evaluated, or failed), the second is ignored: it counts nothing
+    (no reply, failure or rejection, in training or evaluation), so replies and failures add up
+    to the clients asked."""
     def script(msg, call):
         if call.client != 1:
             return good(msg, call)
@@ -343,12 +346,34 @@ def test_only_a_clients_first_answer_counts_an_error_after_a_reply_or_before_it(
 
     _, _, rounds = run(tmp_path, script, "server.min-replies=1", "run.rounds=1")
     row = rounds.iloc[0]
-    counts = (row.sampled, row.failures, row.rejected, row.aggregated, row.evaluated)
-    assert counts == ((4, 1, 1, 3, 3) if error_first else (4, 0, 1, 4, 4))
+    counts = (row.sampled, row.replies, row.failures, row.rejected, row.aggregated, row.evaluated,
+              row.evaluate_failures)
+    assert counts == ((4, 3, 1, 0, 3, 3, 1) if error_first else (4, 4, 0, 0, 4, 4, 0))
     errors = tmp_path / "client-errors.log"
     assert errors.is_file() == error_first  # a client that answered is not also "down"
     participation = pd.read_csv(tmp_path / "participation.csv").set_index("client")
     assert participation.loc[1, "rounds_trained"] == (0 if error_first else 1)
+
+
+@pytest.mark.parametrize("then_its_own", [False, True])
+def test_an_answer_from_another_node_counts_nothing_and_the_client_s_own_answer_stands(tmp_path, then_its_own):
+    """A reply and an error from node 999 to client 1's messages are ignored: with no answer of
+    its own client 1 sent no reply (a failure), else its own answer counts as any client's."""
+    def script(msg, call):
+        if call.client != 1:
+            return good(msg, call)
+        stranger = [good(msg, call), failed(msg, call)]
+        for answer in stranger:
+            answer.metadata.__dict__["_src_node_id"] = 999
+        return [*stranger, good(msg, call)] if then_its_own else stranger
+
+    _, _, rounds = run(tmp_path, script, "server.min-replies=1", "run.rounds=1", "server.timeout=0.3")
+    row = rounds.iloc[0]
+    counts = (row.sampled, row.replies, row.failures, row.rejected, row.aggregated, row.evaluated,
+              row.evaluate_failures)
+    assert counts == ((4, 4, 0, 0, 4, 4, 0) if then_its_own else (4, 3, 1, 0, 3, 3, 1))
+    participation = pd.read_csv(tmp_path / "participation.csv").set_index("client")
+    assert participation.loc[1, "rounds_trained"] == (1 if then_its_own else 0)
 
 
 def test_a_second_reply_places_nothing(tmp_path):

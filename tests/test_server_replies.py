@@ -16,6 +16,7 @@ from fedmtl.server.replies import (
     Accepted,
     Evaluated,
     Failed,
+    Ignored,
     Rejected,
     SecondReply,
     addressee,
@@ -104,14 +105,15 @@ def test_the_reply_counts_as_the_client_its_message_was_sent_to():
     # a reply to no message of this round
     stray = reply_to(sent(7, message_id="old"), train_metrics(7), update=update())
     assert addressee(stray, table) is None
-    assert read_train_reply(stray, None, LIKE, parts=False) == Rejected(None, "a reply to no message of this round")
+    assert read_train_reply(stray, None, LIKE, parts=False) == Ignored(None, "a reply to no message of this round")
 
 
-def test_a_second_reply_of_the_same_client_is_rejected():
+def test_a_second_answer_of_the_same_client_is_ignored():
     msg = sent(3)
     reply = reply_to(msg, train_metrics(3), update=update())
     second = read_train_reply(reply, 3, LIKE, parts=False, seen={3})
-    assert second == SecondReply(3) and second.problem == "a second reply from the same client"
+    assert isinstance(second, SecondReply) and isinstance(second, Ignored) and not isinstance(second, Rejected)
+    assert second.problem == "a second answer (a reply) of client 3; its first stands"
 
 
 @pytest.mark.parametrize(
