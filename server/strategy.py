@@ -73,7 +73,7 @@ from fedmtl.server.rounds import (
     round_row,
 )
 from fedmtl.server.updates import plan_rows, screen_norms, stepped, train_loss, train_metric_rows, weight_rows
-from fedmtl.server.vectors import flatten_state, unflatten_state
+from fedmtl.server.vectors import flatten_state, unfit_problem, unflatten_state
 from fedmtl.training.methods import METHODS
 from fedmtl.training.setup import server_device
 
@@ -247,9 +247,10 @@ class FedMTLStrategy:
             log(WARNING, "round %d: weighting fallback %s", server_round, fallback)
         keys = list(self.state)
         new = stepped(flatten_state(self.state, keys), result.direction, self.optimizer)
-        if isinstance(new, str):
+        problem = new if isinstance(new, str) else unfit_problem(new, self.state, keys)
+        if problem:  # not finite, or outside a tensor's dtype (an integer buffer would wrap around)
             self.load_server_state(before)
-            return f"{new} (plan '{self.cfg.server.plan}', weighting '{self.cfg.server.weighting}')"
+            return f"{problem} (plan '{self.cfg.server.plan}', weighting '{self.cfg.server.weighting}')"
         self.recorder.log_metrics(weight_rows(server_round, result))
         self.tally.failed_streak, self.tally.aggregated_rounds = 0, self.tally.aggregated_rounds + 1
         self.state = unflatten_state(new, self.state, keys)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 from collections.abc import Callable
 
 import pandas as pd
@@ -457,6 +458,32 @@ def test_a_round_whose_new_model_is_not_finite_is_skipped_not_crashed(tmp_path):
     assert torch.equal(strategy.state["w"], STATE["w"])
     with pytest.raises(ClientsFailed, match="none of the 2 round"):
         strategy.check_progress()
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(torch.int64, 1e30), (torch.int32, -2e10), (torch.float16, 4e5)])
+def test_a_round_whose_new_model_does_not_fit_a_tensor_s_dtype_is_skipped(tmp_path, monkeypatch, dtype, value):
+    """An update finite in float32 that moves a tensor outside its own dtype (an int64 BatchNorm
+    count cast back would wrap to -2**63; float16 ends at 65504) skips the round, naming the
+    tensor, as a model that is not finite does; the global model keeps its values (``value`` is
+    client 0's, one of 4 updates averaged)."""
+    state = {"w": torch.zeros(3), "n": torch.tensor(5, dtype=dtype)}
+    monkeypatch.setattr(sys.modules[__name__], "STATE", state)
+
+    def script(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN and call.client == 0:
+            reply.content[wire.UPDATE] = ArrayRecord({"w": torch.full((3,), 0.1),
+                                                      "n": torch.tensor(value, dtype=torch.float32)})
+        return reply
+
+    # norm screening off: it would reject the long update before aggregation
+    strategy, _, rounds = run(tmp_path, script, "run.rounds=1", "server.max-failed-rounds=0",
+                              "server.norm-screening=0")
+    assert list(rounds["skipped"]) == [1] and list(rounds["aggregated"]) == [0]
+    assert strategy.state["n"].dtype == dtype and float(strategy.state["n"]) == 5
+    # in range, the same tensor aggregates
+    ok, _, rounds = run(tmp_path / "ok", lambda msg, call: good(msg, call), "run.rounds=1")
+    assert list(rounds["skipped"]) == [0] and ok.state["n"].dtype == dtype
 
 
 def test_every_accepted_training_reply_has_its_rows_screened_or_skipped(tmp_path):
