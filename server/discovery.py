@@ -35,7 +35,8 @@ def read_info(reply: Message, node: int) -> tuple[int, int] | str:
     """``(partition id, num partitions)`` of a query reply to the message sent to ``node``, or
     why it cannot be used (total: raises nothing). The reply must come from ``node`` and carry
     an ``info`` metric record whose two values are whole numbers (not bools), the partition id
-    at least 0 and below num-partitions."""
+    at least 0 and below num-partitions, which is at least 1 (a ClientApp whose node config
+    has no ``num-partitions`` reports -1)."""
     source = reply.metadata.src_node_id
     if source != node:
         return f"its reply came from node {source}"
@@ -47,7 +48,12 @@ def read_info(reply: Message, node: int) -> tuple[int, int] | str:
         if value is None:
             return f"its {key} is {str(info.get(key))[:40]!s}, not a whole number"
     partition, partitions = values
-    if partition < 0 or (partitions >= 0 and partition >= partitions):
+    if partitions == -1:
+        return (f"its node config has no {wire.NUM_PARTITIONS} (start its SuperNode with --node-config "
+                f"'{wire.PARTITION_ID}=<i> {wire.NUM_PARTITIONS}=<N>')")
+    if partitions < 1:
+        return f"its {wire.NUM_PARTITIONS} is {partitions}, not a positive whole number"
+    if partition < 0 or partition >= partitions:
         return f"its partition-id {partition} is outside [0, num-partitions = {partitions})"
     return partition, partitions
 

@@ -83,6 +83,10 @@ BAD = [
     (info(True), "its partition-id is True, not a whole number"),
     (info(5), "its partition-id 5 is outside [0, num-partitions = 3)"),
     (info(1, float("nan")), "its num-partitions is nan, not a whole number"),
+    (info(1, -1), "its node config has no num-partitions (start its SuperNode with --node-config "
+                  "'partition-id=<i> num-partitions=<N>')"),
+    (info(0, -5), "its num-partitions is -5, not a positive whole number"),
+    (info(0, 0), "its num-partitions is 0, not a positive whole number"),
     (RecordDict({}), "its reply has no 'info' record"),
     (RecordDict({wire.INFO: ConfigRecord({wire.PARTITION_ID: "1", wire.NUM_PARTITIONS: "3"})}),
      "its reply has no 'info' record"),
