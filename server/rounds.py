@@ -24,7 +24,7 @@ class ClientsFailed(RuntimeError):
         """``streak`` skipped rounds in a row reached ``server.max-failed-rounds``."""
         return cls(f"round {server_round}: {streak} rounds in a row without enough valid replies "
                    f"(server.max-failed-rounds = {limit}); last round: {why}"
-                   + (f"; first error: {reasons[0]}" if reasons else ""))
+                   + (f"; first problem: {reasons[0]}" if reasons else ""))
 
     @classmethod
     def none_aggregated(cls, tally: RunTally, min_replies: int) -> ClientsFailed:
@@ -68,10 +68,11 @@ class Collected:
     """Replies rejected when read (norm screening is counted apart)."""
     retries: int = 0
     reasons: list[str] = field(default_factory=list)
-    """The round's client errors (the first :data:`MAX_REASONS`)."""
+    """The round's client errors and rejected replies, each naming its client (the first
+    :data:`MAX_REASONS`)."""
 
     def note_failure(self, reason: str) -> None:
-        """Count one failed client and keep its reason."""
+        """Keep the reason of one failed client or rejected reply (``client 3: ...``)."""
         if len(self.reasons) < MAX_REASONS:
             self.reasons.append(reason)
 

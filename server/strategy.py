@@ -214,6 +214,10 @@ class FedMTLStrategy:
         collected.failures += self.count_failures(server_round, "training", outcomes, missing, collected)
         self.recorder.log_placement(placement_rows(server_round, "train", messages, replies, outcomes))
         collected.rejected += log_rejections(server_round, "training", outcomes)
+        for o in outcomes:
+            if isinstance(o, Rejected):  # the reason a round ends up skipped names its clients
+                collected.note_failure(f"client {o.client if o.client is not None else '?'}'s update rejected: "
+                                       f"{o.problem}")
         collected.formed.update({o.client: o for o in outcomes if isinstance(o, Accepted)})
 
     def count_failures(self, server_round: int, stage: str, outcomes: list, missing: int,
@@ -221,10 +225,11 @@ class FedMTLStrategy:
         """Report (:attr:`errors`) and count the errors among ``outcomes`` and the ``missing`` replies."""
         failures = client_failures(outcomes, missing, self.cfg.server.timeout)
         self.errors.report(server_round, stage, failures)
-        for _, reason in failures:
-            self.tally.note_error(reason)
+        for client, reason in failures:
+            said = reason if client is None else f"client {client}: {reason}"
+            self.tally.note_error(said)
             if collected is not None:
-                collected.note_failure(reason)
+                collected.note_failure(said)
         return sum(isinstance(o, Failed) for o in outcomes) + max(missing, 0)
 
     def aggregate_train(self, server_round: int, accepted: list[Accepted]) -> tuple[int, float] | str:

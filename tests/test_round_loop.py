@@ -218,7 +218,7 @@ def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(tmp_path):
     with pytest.raises(ClientsFailed, match=r"none of the 2 round\(s\) moved the model \(each needs "
                                             r"server.min-replies = 3 valid replies and a finite update\); last "
                                             r"round: 2 usable replies < server.min-replies = 3 \(2 failed, 0 "
-                                            r"rejected\); first error: client 0 is down"):
+                                            r"rejected\); first error: client 0: client 0 is down"):
         strategy.check_progress()
 
 
@@ -303,11 +303,26 @@ def test_a_server_rule_whose_state_cannot_be_copied_stops_the_run_in_one_line(tm
                                                            "copied for checkpoints"), text
 
 
+def test_rounds_skipped_for_rejected_replies_stop_the_run_naming_a_client_and_its_problem(tmp_path):
+    """Before, the stop said only "(0 failed, 4 rejected)": no client, no reason."""
+    def lying(msg, call):
+        reply = good(msg, call)
+        if msg.metadata.message_type == MessageType.TRAIN:
+            reply.content[wire.METRICS][wire.NUM_EXAMPLES] = 1e30
+        return reply
+
+    with pytest.raises(ClientsFailed) as info:
+        run(tmp_path, lying, "server.max-failed-rounds=1", "run.rounds=2")
+    text = str(info.value)
+    assert "(0 failed, 4 rejected)" in text
+    assert "; first problem: client 0's update rejected: num-examples is 1e+30" in text
+
+
 def test_too_many_failed_rounds_in_a_row_stop_the_run(tmp_path):
     with pytest.raises(ClientsFailed) as info:
         run(tmp_path, failed, "server.max-failed-rounds=2", "run.rounds=3")
     assert "round 2: 2 rounds in a row without enough valid replies (server.max-failed-rounds = 2)" in str(info.value)
-    assert "first error: client 0 is down" in str(info.value)
+    assert "first problem: client 0: client 0 is down" in str(info.value)
     rounds = pd.read_csv(tmp_path / "rounds.csv")
     assert list(rounds["skipped"]) == [1, 1] and list(rounds["failures"]) == [4, 4]
 
