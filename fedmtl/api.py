@@ -226,6 +226,33 @@ def _folder(name: str, value: object) -> Path | None:
     return Path(value)
 
 
+def _check_flags(**flags: object) -> None:
+    """Refuse a flag argument that is not a bool (``quiet="no"`` would count as true).
+
+    Raises
+    ------
+    TypeError
+        Naming the argument and its value.
+    """
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+
+
+def _check_counts(**counts: object) -> None:
+    """Refuse a count argument that is not a whole number (a bool or ``"3"`` is not; ``None``
+    passes, where the argument allows it).
+
+    Raises
+    ------
+    TypeError
+        Naming the argument and its value.
+    """
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name}: expected a whole number (int), got {type(value).__name__} {value!r}")
+
+
 def _execute(cfg: ExperimentConfig, run_dir: Path, quiet: bool, verbose: bool,
              checkpoint: dict[str, Any] | None = None) -> None:
     if cfg.run.mode == "centralized":
@@ -282,6 +309,7 @@ def run(config: ConfigLike | None = None, overrides: Iterable[str] | None = None
     from fedmtl.launch.simulation import EngineError, preserved_caller
     from fedmtl.results import create_run_dir, remove_unused_run_dir
 
+    _check_flags(quiet=quiet, verbose=verbose)
     cfg = make_config(config, overrides)
     run_dir = create_run_dir(cfg, _folder("out", out))
     with preserved_caller(quiet_engine=quiet and not verbose and cfg.run.mode == "federated"):
@@ -329,6 +357,7 @@ def resume(folder: str | Path, quiet: bool = True, verbose: bool = False, *, rou
     """
     from fedmtl.folder_lock import holding_run
 
+    _check_flags(quiet=quiet, verbose=verbose, force=force)  # rounds: checked with the run's config
     run_dir = Path(folder).resolve()
     with holding_run(run_dir):  # from the checks to the run's end: no other process writes it between
         return _plan_and_resume(run_dir, rounds, force, quiet, verbose)
@@ -401,6 +430,8 @@ def sweep(config: ConfigLike | None = None, grid: Mapping[str, Iterable[Any]] | 
     from fedmtl.launch.simulation import preserved_caller
     from fedmtl.launch.sweep import check_sweep_folder, plan_sweep, run_sweep
 
+    _check_flags(quiet=quiet, skip_invalid=skip_invalid, rerun_changed=rerun_changed)
+    _check_counts(seeds=seeds, jobs=jobs)
     overrides = override_list(overrides)
     base = make_config(config, overrides)
     folder = _folder("out", out) or Path(base.run.output_dir) / f"sweep-{base.run.name}"

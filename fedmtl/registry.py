@@ -111,12 +111,13 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        """The one-line error for an unknown ``name``."""
+        """The one-line error for an unknown ``name``: the closest name when one is close, else
+        a reminder that a plugin's names exist only once it is loaded."""
         allowed = ", ".join(f"'{n}'" for n in self.names())
-        return (
-            f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; "
-            f"allowed: {allowed}"
-        )
+        close = did_you_mean(name, self.names())
+        hint = "" if close else (f" (a plugin's {self.kind} is known once its file or module is in run.plugins, "
+                                 "or given with --plugin)")
+        return f"unknown {self.kind} '{name}'{close}; allowed: {allowed}{hint}"
 
     def is_own(self, name: str) -> bool:
         """Whether fedmtl itself registered ``name`` (not a plugin, not a caller's script)."""

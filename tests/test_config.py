@@ -79,6 +79,9 @@ def test_override_parses_toml_values_and_bare_strings():
         ({"model": {"backbone": "resnet"}}, "unknown backbone 'resnet'; allowed: 'identity', 'lenet', 'mlp'"),
         ({"client": {"weighting": "fedavg"}}, "runs on the server only"),
         ({"server": {"weighting": "nope"}}, "unknown weighting 'nope'"),
+        # a plugin's name, its plugin not loaded: said how to load it (found by a newcomer pass)
+        ({"server": {"weighting": "first-task-heavy"}}, "'upgrad' (a plugin's weighting is known once its file or "
+                                                        "module is in run.plugins, or given with --plugin)"),
         ({"client": {"head-store": "cloud"}}, "client.head-store = 'cloud'"),
         ({"run": 3}, "'run' must be a table"),
     ],

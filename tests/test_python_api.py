@@ -248,6 +248,25 @@ def test_an_out_that_is_not_a_path_is_named(call):
         call(fedmtl)
 
 
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda f, d: f.run("smoke", out=d, quiet="no"), "quiet: expected True or False, got str 'no'"),
+    (lambda f, d: f.run("smoke", out=d, verbose=1), "verbose: expected True or False, got int 1"),
+    (lambda f, d: f.resume(d, force="yes"), "force: expected True or False, got str 'yes'"),
+    (lambda f, d: f.sweep("smoke", out=d, seeds="3"), "seeds: expected a whole number (int), got str '3'"),
+    (lambda f, d: f.sweep("smoke", out=d, jobs=True), "jobs: expected a whole number (int), got bool True"),
+    (lambda f, d: f.sweep("smoke", out=d, skip_invalid=None),
+     "skip_invalid: expected True or False, got NoneType None"),
+])
+def test_a_flag_or_count_of_the_wrong_type_is_named_before_anything_runs(tmp_path, call, message):
+    """``quiet="no"`` ran quietly, as a truthy value (found by a newcomer pass)."""
+    import fedmtl
+
+    with pytest.raises(TypeError) as caught:
+        call(fedmtl, tmp_path / "x")
+    assert str(caught.value) == message
+    assert not (tmp_path / "x").exists()
+
+
 def test_load_runs_of_a_number_shows_it():
     import fedmtl
 
