@@ -1001,14 +1001,15 @@ def list_(
     from fedmtl.aggregation import WEIGHTINGS
     from fedmtl.data import DATASETS, PARTITIONERS, TASK_SETS
     from fedmtl.models import BACKBONES
-    from fedmtl.plugins import PluginError, load_plugins
+    from fedmtl.plugins import KEY, PluginError, load_plugins
     from fedmtl.tasks import TASK_KINDS
     from fedmtl.training.methods import METHODS
 
     try:  # installed plugin packages (entry points of group fedmtl.plugins) and --plugin list theirs too
         load_plugins(plugin or [])
-    except PluginError as exc:
-        fail(str(exc))
+    except PluginError as exc:  # a --plugin entry's error names the option given, not the config key
+        said = str(exc)
+        fail(f"--plugin{said.removeprefix(KEY)}" if said.startswith(f"{KEY}: ") else said)
     registries = {
         "weightings": WEIGHTINGS, "datasets": DATASETS, "backbones": BACKBONES,
         "partitioners": PARTITIONERS, "task-sets": TASK_SETS, "tasks": TASK_KINDS, "methods": METHODS,

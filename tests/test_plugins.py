@@ -462,7 +462,7 @@ def test_fedmtl_list_shows_a_plugin_s_names_with_plugin(tmp_path, registries, mo
     assert shown.exit_code == 0, shown.output
     assert "listed-rule" in shown.output and "Uniform weights, registered by a plugin." in shown.output
     broken = CliRunner().invoke(cli, ["list", "--plugin", "missing.py"])
-    assert broken.exit_code == 2 and "run.plugins: cannot import file 'missing.py'" in broken.output
+    assert broken.exit_code == 2 and "--plugin: cannot import file 'missing.py'" in broken.output
 
 
 @pytest.mark.parametrize(("names", "said"), [
