@@ -155,10 +155,9 @@ def plan(engine: str, quick: bool, only: list[str] | None = None) -> dict[str, E
 def deterministic_lines(seconds: dict[str, float]) -> list[str]:
     """What deterministic kernels cost: each measured ``…-deterministic`` row against the same
     row without them."""
-    lines = [f"- `{name}` / `{name.removesuffix(DETERMINISTIC)}` = {seconds[name]:.4f} / "
-             f"{seconds[name.removesuffix(DETERMINISTIC)]:.4f} = "
-             f"{seconds[name] / seconds[name.removesuffix(DETERMINISTIC)]:.2f}"
-             for name in seconds if name.endswith(DETERMINISTIC) and name.removesuffix(DETERMINISTIC) in seconds]
+    pairs = [(name, name.removesuffix(DETERMINISTIC)) for name in seconds if name.endswith(DETERMINISTIC)]
+    lines = [f"- `{name}` / `{base}` = {seconds[name]:.4f} / {seconds[base]:.4f} = {seconds[name] / seconds[base]:.2f}"
+             for name, base in pairs if base in seconds]
     return ["", "Deterministic kernels (`run.deterministic = true`) against the same row without them:", "",
             *lines] if lines else []
 

@@ -135,12 +135,18 @@ def _summed(processes: dict[int, int]) -> tuple[int, int]:
     return sum(processes.values()), total_pss
 
 
+MEASURED = "measured process"
+"""The kind of the tree's root (:func:`process_kind`)."""
+ACTOR = "ray::ClientAppActor"
+"""The kind of the processes of Flower's ClientApp actors (the name Ray gives them)."""
+
+
 def process_kind(pid: int, root: int) -> str:
     """What process ``pid`` of the tree under ``root`` is, for the memory breakdown: ``"measured
     process"`` for ``root``, a Ray worker by the name Ray gives it (``ray::ClientAppActor``), else
     its program and script (``gcs_server``, ``python log_monitor.py``)."""
     if pid == root:
-        return "measured process"
+        return MEASURED
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             argv = [part.decode(errors="replace") for part in handle.read().split(b"\0") if part]
@@ -491,16 +497,12 @@ def memory_lines(results: dict) -> list[str]:
             parts = results[name].get("peak_rss_parts")
             if parts:
                 lines.append(f"  At its RSS peak: {parts_text(parts)}.")
-                own = sum(p["rss_mb"] for p in parts if p["kind"] in ("measured process", ACTOR))
+                own = sum(p["rss_mb"] for p in parts if p["kind"] in (MEASURED, ACTOR))
                 if any(p["kind"] == ACTOR for p in parts):
                     lines.append(f"  The measured process and its ClientApp actors alone: {own:.0f} MB = "
                                  f"{own / floor_mb:.2f}× the floor's (Ray's other processes left out).")
     return ["Memory (each configuration in a fresh process; the largest peak over the repeats; RSS and PSS "
             "summed over the process tree):", "", *lines, ""]
-
-
-ACTOR = "ray::ClientAppActor"
-"""The name Ray gives the processes of Flower's ClientApp actors."""
 
 
 def parts_text(parts: list[dict]) -> str:
