@@ -162,9 +162,9 @@ def client_failures(outcomes: list, missing: int, timeout: float) -> list[tuple[
     return failures
 
 
-def log_rejections(server_round: int, stage: str, outcomes: list) -> int:
+def log_rejections(server_round: int, stage: str, outcomes: list) -> list[Rejected]:
     """Log the rejected replies among ``outcomes`` and the ignored answers (which count nothing:
-    :class:`fedmtl.server.replies.Ignored`); return how many were rejected."""
+    :class:`fedmtl.server.replies.Ignored`); return the rejected ones."""
     for o in outcomes:
         if isinstance(o, Ignored):
             log(WARNING, "round %d %s: ignored %s", server_round, stage, o.problem)
@@ -175,7 +175,7 @@ def log_rejections(server_round: int, stage: str, outcomes: list) -> int:
             log(WARNING, "round %d: rejected the update of %s: %s", server_round, who, o.problem)
         else:
             log(WARNING, "round %d %s: rejected the reply of %s: %s", server_round, stage, who, o.problem)
-    return len(rejected)
+    return rejected
 
 
 def placement_rows(

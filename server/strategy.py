@@ -55,7 +55,7 @@ from fedmtl.server.exchange import (
     unanswered,
 )
 from fedmtl.server.heads import HeadsLedger
-from fedmtl.server.replies import Accepted, Evaluated, Failed, Rejected
+from fedmtl.server.replies import Accepted, Evaluated, Failed
 from fedmtl.server.roster import Roster, training_sizes
 from fedmtl.server.rounds import (
     ClientsFailed,
@@ -213,11 +213,10 @@ class FedMTLStrategy:
         missing = unanswered(messages, replies, outcomes)
         collected.failures += self.count_failures(server_round, "training", outcomes, missing, collected)
         self.recorder.log_placement(placement_rows(server_round, "train", messages, replies, outcomes))
-        collected.rejected += log_rejections(server_round, "training", outcomes)
-        for o in outcomes:
-            if isinstance(o, Rejected):  # the reason a round ends up skipped names its clients
-                collected.note_failure(f"client {o.client if o.client is not None else '?'}'s update rejected: "
-                                       f"{o.problem}")
+        rejected = log_rejections(server_round, "training", outcomes)
+        collected.rejected += len(rejected)
+        for o in rejected:  # the reason a round ends up skipped names its clients
+            collected.note_failure(f"client {o.client if o.client is not None else '?'}'s update rejected: {o.problem}")
         collected.formed.update({o.client: o for o in outcomes if isinstance(o, Accepted)})
 
     def count_failures(self, server_round: int, stage: str, outcomes: list, missing: int,
@@ -324,11 +323,11 @@ class FedMTLStrategy:
         failures = self.count_failures(server_round, "evaluation", outcomes, unanswered(messages, replies, outcomes))
         self.errors.flush()
         self.recorder.log_placement(placement_rows(server_round, "evaluate", messages, replies, outcomes))
-        failures += log_rejections(server_round, "evaluation", outcomes)
+        rejected = log_rejections(server_round, "evaluation", outcomes)
+        failures += len(rejected)
         self.tally.evaluate_rounds += 1
-        for o in outcomes:
-            if isinstance(o, Rejected):
-                self.tally.note_rejection(f"client {o.client}: {o.problem}" if o.client is not None else o.problem)
+        for o in rejected:
+            self.tally.note_rejection(f"client {o.client}: {o.problem}" if o.client is not None else o.problem)
         evaluated = {o.client: o for o in outcomes if isinstance(o, Evaluated)}
         if not evaluated:
             return EvaluateRecord(failures, 0), None
